@@ -1,0 +1,59 @@
+"""Typed errors. Each carries the exit code the CLI returns for it (DESIGN §1):
+2 for usage errors (the user can fix the command line), 1 for failures while working."""
+
+from __future__ import annotations
+
+
+class ReinitError(Exception):
+    """Base of every error reinit raises on purpose. The message is one line that names the
+    file or tensor and says what to do; the CLI prints it as is."""
+
+    exit_code: int = 1
+
+
+class UsageError(ReinitError):
+    """The command line or recipe asks for something impossible; nothing was read or written."""
+
+    exit_code = 2
+
+
+class RuleError(UsageError):
+    """A rule does not parse, names an unknown scheme or argument, or matches nothing."""
+
+
+class SchemeError(UsageError):
+    """A scheme cannot be applied as asked (bad argument value, tensor it cannot take)."""
+
+
+class StrictError(UsageError):
+    """`--strict` found a skip; raised before anything is written."""
+
+
+class OutputError(UsageError):
+    """The output would overwrite something the user did not allow us to overwrite."""
+
+
+class InputNotFoundError(UsageError):
+    """The source path does not exist or is not a checkpoint we know how to read."""
+
+
+class CheckpointError(ReinitError):
+    """A checkpoint is corrupt, truncated or unreadable (exit 1)."""
+
+
+class UnsafePickleError(CheckpointError):
+    """A torch file needs globals the weights-only unpickler refuses."""
+
+
+class HubError(ReinitError):
+    """The Hugging Face Hub could not give us a file (offline, not found, unauthorized)."""
+
+
+class TransplantError(ReinitError):
+    """A `from(...)` source lacks a tensor or has one of the wrong shape."""
+
+    exit_code = 2
+
+
+class WriteError(ReinitError):
+    """Writing the output failed (disk full, file size limit, permissions)."""
