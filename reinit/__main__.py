@@ -1,0 +1,3 @@
+from reinit.cli import main
+
+main()

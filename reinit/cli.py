@@ -1,0 +1,296 @@
+"""The command line: click commands, one library call each.
+
+Library errors (`ReinitError`) become one line on stderr and the exit code they carry (2 usage,
+1 failure); anything unexpected becomes one line too, with the traceback only under
+REINIT_DEBUG=1. `--json` output goes to stdout and nothing else does."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+from typing import Any, NoReturn
+
+import click
+
+from reinit import __version__
+from reinit.errors import ReinitError
+
+
+def _debug() -> bool:
+    return os.environ.get("REINIT_DEBUG", "") not in ("", "0")
+
+
+class CommandError(click.ClickException):
+    """A one-line error with the exit code the library chose."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def _on_sigterm(signum: int, frame: object) -> NoReturn:
+    # Unwind like Ctrl-C so every `finally` (temporary output removal) runs.
+    raise KeyboardInterrupt
+
+
+class ReinitGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        previous = signal.getsignal(signal.SIGTERM)
+        try:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+        except ValueError:  # not the main thread (e.g. some test runners)
+            previous = None
+        try:
+            return super().invoke(ctx)
+        except ReinitError as e:
+            if _debug():
+                raise
+            raise CommandError(
+                str(e).splitlines()[0] if str(e) else type(e).__name__, e.exit_code
+            ) from None
+        except KeyboardInterrupt:
+            click.echo("error: interrupted; nothing was written", err=True)
+            ctx.exit(130)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as e:  # a bug: still one line, and the way to see more
+            if _debug():
+                raise
+            raise CommandError(
+                f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+                "(run with REINIT_DEBUG=1 for the traceback, and please report it)",
+                1,
+            ) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _err(text: str) -> None:
+    click.echo(text, err=True)
+
+
+def _progress_on(quiet: bool) -> bool:
+    return not quiet and sys.stderr.isatty()
+
+
+def _width() -> int:
+    return min(shutil.get_terminal_size((100, 24)).columns, 160)
+
+
+@click.group(cls=ReinitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="reinit")
+def main() -> None:
+    """Model surgery for checkpoints: re-initialize or transplant parameters by name pattern,
+    and see every layer's scale at a glance."""
+
+
+# --- apply ------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("source")
+@click.option(
+    "--rule",
+    "-r",
+    "rules",
+    multiple=True,
+    metavar="PATTERN=ACTION",
+    help="Repeatable; the last matching rule wins.",
+)
+@click.option(
+    "-o", "--output", default=None, help="Output file (.safetensors, .bin/.pt) or directory."
+)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--report",
+    "reports",
+    multiple=True,
+    metavar="PATH",
+    help="Extra report (.json, .csv, .md); repeatable.",
+)
+@click.option("--dry-run", is_flag=True, help="Print the plan and write nothing.")
+@click.option("--strict", is_flag=True, help="Any skipped tensor is an error.")
+@click.option(
+    "--allow-unmatched",
+    is_flag=True,
+    help="A rule that matches nothing is a warning, not an error.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--in-place", is_flag=True, help="Replace the source (atomically).")
+@click.option(
+    "--device", default="cpu", show_default=True, help="cpu or cuda: where values are drawn."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
+@click.option(
+    "--unsafe-pickle",
+    is_flag=True,
+    help="Allow torch files that need arbitrary code to load. Only for files you trust.",
+)
+def apply(
+    source: str,
+    rules: tuple[str, ...],
+    output: str | None,
+    seed: int,
+    reports: tuple[str, ...],
+    dry_run: bool,
+    strict: bool,
+    allow_unmatched: bool,
+    overwrite: bool,
+    in_place: bool,
+    device: str,
+    as_json: bool,
+    quiet: bool,
+    unsafe_pickle: bool,
+) -> None:
+    """Re-initialize or transplant the tensors of SOURCE that the rules match."""
+    import reinit
+    from reinit.report import render_plan, render_terminal
+
+    if unsafe_pickle:
+        _err(
+            "warning: --unsafe-pickle lets torch files run code while loading; use it only for files you trust"
+        )
+    if dry_run:
+        plan = reinit.plan(
+            source,
+            rules,
+            strict=strict,
+            allow_unmatched=allow_unmatched,
+            unsafe_pickle=unsafe_pickle,
+        )
+        for w in plan.warnings:
+            _err(f"warning: {w}")
+        click.echo(render_plan(plan, _width()), err=as_json)
+        return
+    report = reinit.apply(
+        source,
+        rules,
+        output,
+        seed=seed,
+        reports=reports,
+        strict=strict,
+        allow_unmatched=allow_unmatched,
+        overwrite=overwrite,
+        in_place=in_place,
+        device=device,
+        progress=_progress_on(quiet),
+        unsafe_pickle=unsafe_pickle,
+    )
+    for w in report.warnings:
+        _err(f"warning: {w}")
+    if as_json:
+        click.echo(report.to_json())
+    if not quiet:
+        _err(render_terminal(report, _width(), color=sys.stderr.isatty()))
+
+
+# --- report -----------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("source")
+@click.option(
+    "-o",
+    "--output",
+    "outputs",
+    multiple=True,
+    metavar="PATH",
+    help="Write the report (.json, .csv, .md); repeatable.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout.")
+@click.option("--quiet", "-q", is_flag=True)
+def report(source: str, outputs: tuple[str, ...], as_json: bool, quiet: bool) -> None:
+    """The per-tensor std report of a checkpoint as it is."""
+    import reinit
+    from reinit.report import render_terminal, write_report
+
+    rep = reinit.report_checkpoint(source, progress=_progress_on(quiet))
+    for path in outputs:
+        write_report(rep, path)
+    if as_json:
+        click.echo(rep.to_json())
+    if not quiet:
+        _err(render_terminal(rep, _width(), color=sys.stderr.isatty()))
+
+
+# --- inspect ----------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("source")
+@click.option(
+    "--filter", "pattern", default=None, help="Only names matching this glob or re: pattern."
+)
+@click.option("--stats", is_flag=True, help="Also read every tensor and show mean/std/min/max.")
+@click.option("--json", "as_json", is_flag=True)
+def inspect(source: str, pattern: str | None, stats: bool, as_json: bool) -> None:
+    """List the tensors of a checkpoint: name, shape, dtype, size (and statistics)."""
+    from reinit.engine import inspect_checkpoint
+    from reinit.report import fmt, shape_text, shorten
+
+    rows = inspect_checkpoint(source, pattern, stats=stats)
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in rows], indent=2))
+        return
+    width = _width()
+    name_w = max(16, min(max((len(r.name) for r in rows), default=4), width // 2))
+    for r in rows:
+        line = f"{shorten(r.name, name_w).ljust(name_w)}  {shape_text(r.shape):<16} {r.dtype:<14} {r.nbytes:>12,d} B"
+        if r.stats is not None:
+            s = r.stats
+            line += f"  mean {fmt(s.mean)}  std {fmt(s.std)}  min {fmt(s.min)}  max {fmt(s.max)}"
+            if s.nonfinite:
+                line += f"  nonfinite {s.nonfinite}"
+        click.echo(line)
+    total = sum(r.nbytes for r in rows)
+    click.echo(f"{len(rows)} tensors, {total:,d} bytes", err=True)
+
+
+# --- schemes and gain -------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def schemes(as_json: bool) -> None:
+    """Every scheme, its arguments (torch's defaults) and the std of its result."""
+    from reinit.schemes import scheme_table
+
+    table = scheme_table()
+    if as_json:
+        click.echo(json.dumps(table, indent=2))
+        return
+    for row in table:
+        aliases = f"  (= {', '.join(row['aliases'])})" if row["aliases"] else ""
+        click.echo(f"{row['signature']}{aliases}")
+        click.echo(f"    std: {row['std']}")
+        click.echo(f"    {row['doc']}")
+    click.echo("keep\n    leaves the tensor as it is (carve an exception out of a broader rule)")
+    click.echo(
+        "from(SOURCE, key=TEMPLATE, on_mismatch=error|skip|slice)\n    copies the tensor from another checkpoint"
+    )
+
+
+@main.command()
+@click.argument("nonlinearity")
+@click.argument("param", required=False, type=float)
+@click.option(
+    "--measure", is_flag=True, help="Also measure std(x)/std(f(x)) on a million N(0,1) samples."
+)
+def gain(nonlinearity: str, param: float | None, measure: bool) -> None:
+    """The recommended gain for NONLINEARITY (torch.nn.init.calculate_gain)."""
+    from reinit.schemes import calculate_gain
+    from reinit.schemes.gain import measure_gain
+
+    value = calculate_gain(nonlinearity, param)
+    click.echo(f"{nonlinearity}: gain {value:.6g}")
+    if measure:
+        ratio = measure_gain(nonlinearity, param)
+        click.echo(f"measured std(x)/std(f(x)) on 1,000,000 N(0,1) samples: {ratio:.4g}")

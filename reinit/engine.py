@@ -1,0 +1,505 @@
+"""Applying a plan: the loop that streams every tensor from the source to the output.
+
+`apply` = open the source, parse the rules, plan, resolve the output, then for each output
+file write the header and stream each tensor (kept bytes copied as they are, re-initialized or
+transplanted tensors produced one at a time), computing the report's statistics on the way."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from reinit import __version__
+from reinit.errors import OutputError, UsageError
+from reinit.io.readers import TORCH_SUFFIXES, Checkpoint, TensorRef, open_checkpoint
+from reinit.io.safetensors_format import dtype_name, tensor_to_bytes
+from reinit.io.writer import SafetensorsWriter, atomic_output, remove_path
+from reinit.report import Report, Stats, TensorEntry, finalize, summarize, tensor_stats, var_gain
+from reinit.rules import Plan, PlanEntry, Rule, parse_rules
+from reinit.rules import plan as make_plan
+from reinit.schemes import compute_fans, generate
+
+RuleInput = str | Rule
+
+
+# --- output -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    path: Path
+    fmt: str  # "safetensors" | "torch" | "directory"
+
+    @property
+    def default_report(self) -> Path:
+        if self.fmt == "directory":
+            return self.path / "reinit-report.json"
+        name = self.path.name
+        for suffix in (".safetensors", *TORCH_SUFFIXES):
+            if name.endswith(suffix):
+                return self.path.with_name(name[: -len(suffix)] + ".report.json")
+        return self.path.with_name(name + ".report.json")
+
+
+def output_format(path: str) -> str:
+    lower = path.lower()
+    if lower.endswith(".safetensors"):
+        return "safetensors"
+    if lower.endswith(TORCH_SUFFIXES):
+        return "torch"
+    return "directory"
+
+
+def default_output(source: str, ckpt: Checkpoint) -> Path:
+    """DESIGN §1: X.safetensors / X.bin -> X.reinit.safetensors; D -> D-reinit/;
+    hf://OWNER/NAME -> ./NAME-reinit/."""
+    if source.startswith("hf://"):
+        from reinit.io.hub import parse_hf_url
+
+        return Path.cwd() / f"{parse_hf_url(source).name}-reinit"
+    p = Path(source)
+    if ckpt.kind == "directory":
+        return p.parent / f"{p.resolve().name}-reinit"
+    return p.with_name(p.stem + ".reinit.safetensors")
+
+
+def resolve_output(
+    source: str,
+    ckpt: Checkpoint,
+    output: str | os.PathLike[str] | None,
+    *,
+    overwrite: bool,
+    in_place: bool,
+) -> OutputSpec:
+    if output is None and in_place:
+        if source.startswith("hf://"):
+            raise OutputError(f"--in-place: {source} is on the Hub; give -o for the output")
+        output = source
+    path = Path(output) if output is not None else default_output(source, ckpt)
+    text = os.fspath(output) if output is not None else os.fspath(path)
+    fmt = "directory" if text.endswith(("/", os.sep)) else output_format(text)
+    if path.is_dir() and fmt != "directory":
+        raise OutputError(f"-o {path}: is a directory; give a file name or a directory form")
+    same = not source.startswith("hf://") and Path(source).resolve() == path.resolve()
+    if same and not in_place:
+        raise OutputError(
+            f"-o {path}: is the source; pass --in-place to replace it (atomically) or pick another -o"
+        )
+    if path.exists() and not (overwrite or in_place):
+        raise OutputError(f"-o {path}: exists; pass --overwrite to replace it")
+    return OutputSpec(path, fmt)
+
+
+@dataclass(frozen=True)
+class OutFile:
+    relname: str  # within a directory output; "" for a single-file output
+    names: tuple[str, ...]
+    source_shard: str
+
+
+def output_files(spec: OutputSpec, refs: Sequence[TensorRef], ckpt: Checkpoint) -> list[OutFile]:
+    """A file output holds everything; a directory output keeps the source's shard layout
+    (torch shards become safetensors shards of the same numbering)."""
+    if spec.fmt != "directory":
+        return [OutFile("", tuple(r.name for r in refs), ckpt.shards()[0])]
+    groups: dict[str, list[str]] = {}
+    for r in refs:
+        groups.setdefault(r.shard, []).append(r.name)
+    return [
+        OutFile(shard_output_name(shard), tuple(names), shard) for shard, names in groups.items()
+    ]
+
+
+def shard_output_name(shard: str) -> str:
+    """`model-00001-of-00002.safetensors` stays; `pytorch_model-00001-of-00002.bin` becomes
+    `model-00001-of-00002.safetensors`; a single file becomes `model.safetensors`."""
+    name = os.path.basename(shard)
+    if not shard or name in ("pytorch_model.bin",) or not name:
+        return "model.safetensors"
+    if name.endswith(".safetensors"):
+        return shard
+    stem = name.rsplit(".", 1)[0]
+    if stem.startswith("pytorch_model"):
+        stem = "model" + stem[len("pytorch_model") :]
+    return os.path.join(os.path.dirname(shard), stem + ".safetensors")
+
+
+def output_metadata(
+    ckpt: Checkpoint, shard: str, seed: int, rules: Sequence[str]
+) -> dict[str, str]:
+    """The source's metadata, plus `format: pt` (transformers refuses safetensors files with
+    metadata but no format) and our provenance under `reinit`."""
+    meta = dict(ckpt.metadata(shard)) if shard is not None else {}
+    meta.setdefault("format", "pt")
+    meta["reinit"] = json.dumps(
+        {"version": __version__, "seed": seed, "rules": list(rules)}, separators=(",", ":")
+    )
+    return meta
+
+
+# --- the loop ---------------------------------------------------------------------------
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=desc,
+        disable=not enabled,
+        leave=False,
+        dynamic_ncols=True,
+    )
+
+
+def _entry(
+    p: PlanEntry,
+    after: Stats,
+    before: Stats | None = None,
+    source: str | None = None,
+    notes: tuple[str, ...] = (),
+) -> TensorEntry:
+    fans = compute_fans(p.shape)
+    fan_in, fan_out = fans if fans else (None, None)
+    bound = p.scheme
+    expected = bound.expected_std(p.shape) if bound is not None else None
+    return TensorEntry(
+        name=p.name,
+        shape=p.shape,
+        dtype=dtype_name(p.dtype),
+        action=p.action,
+        after=after,
+        rule=p.rule.text if p.rule is not None else None,
+        scheme=bound.describe() if bound is not None else None,
+        source=source,
+        reason=p.reason,
+        fan_in=fan_in,
+        fan_out=fan_out,
+        before=before,
+        expected_std=expected,
+        var_gain=var_gain(fan_in, after.std) if p.dtype.is_floating_point else None,
+        notes=notes,
+        kurtosis=bound.scheme.kurtosis if bound is not None else 3.0,
+    )
+
+
+@dataclass
+class _Produced:
+    data: bytes | bytearray | memoryview
+    entry: TensorEntry
+    tensor: torch.Tensor | None = None
+
+
+class Applier:
+    """Produces each planned tensor's output bytes and its report entry."""
+
+    def __init__(self, ckpt: Checkpoint, seed: int, device: str, sources: object = None):
+        self.ckpt = ckpt
+        self.seed = seed
+        self.device = device
+        self.sources = sources  # a transplant.SourcePool when any rule is from(...)
+        self._tied_values: dict[str, torch.Tensor] = {}
+
+    def produce(self, p: PlanEntry) -> _Produced:
+        if p.action in ("kept", "skipped"):
+            raw = self.ckpt.read_bytes(p.name)
+            stats = tensor_stats(_view(raw, p))
+            return _Produced(raw, _entry(p, stats))
+        before_t = self.ckpt.read(p.name)
+        before = tensor_stats(before_t)
+        notes: tuple[str, ...] = ()
+        source = None
+        if p.action == "reinit":
+            assert p.scheme is not None
+            new = generate(p.scheme, p.name, p.shape, p.dtype, self.seed, self.device)
+        else:
+            from reinit.transplant import transplant_value
+
+            new, source, notes = transplant_value(self.sources, p, before_t)
+        del before_t
+        return _Produced(
+            tensor_to_bytes(new), _entry(p, tensor_stats(new), before, source, notes), new
+        )
+
+
+def _view(raw: bytes | bytearray | memoryview, p: PlanEntry) -> torch.Tensor:
+    if memoryview(raw).nbytes == 0:
+        return torch.empty(p.shape, dtype=p.dtype)
+    return torch.frombuffer(raw, dtype=p.dtype).reshape(p.shape)
+
+
+def _as_rules(rules: Sequence[RuleInput]) -> tuple[Rule, ...]:
+    if isinstance(rules, str):
+        rules = [rules]
+    return tuple(r if isinstance(r, Rule) else parse_rules([r])[0] for r in rules)
+
+
+def check_device(device: str) -> str:
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise UsageError(f"--device {device}: use cpu or cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(
+            f"--device {device}: CUDA is not available here (torch {torch.__version__}, "
+            f"{'no CUDA build' if torch.version.cuda is None else 'no GPU visible'}); use --device cpu"
+        )
+    return device
+
+
+def plan(
+    source: str | os.PathLike[str] | Checkpoint,
+    rules: Sequence[RuleInput],
+    *,
+    strict: bool = False,
+    allow_unmatched: bool = False,
+    unsafe_pickle: bool = False,
+) -> Plan:
+    """What `apply` would do, without writing anything (the `--dry-run`)."""
+    from reinit.transplant import SourcePool
+
+    with _opened(source, unsafe_pickle) as ckpt, SourcePool(ckpt, unsafe_pickle) as pool:
+        return _plan_for(ckpt, _as_rules(rules), strict, allow_unmatched, pool)
+
+
+def _plan_for(
+    ckpt: Checkpoint,
+    rules: tuple[Rule, ...],
+    strict: bool,
+    allow_unmatched: bool,
+    pool: object,
+) -> Plan:
+    result = make_plan(ckpt.refs(), rules, strict=strict, allow_unmatched=allow_unmatched)
+    if any(r.kind == "transplant" for r in rules):
+        from reinit.transplant import check_transplants
+
+        result = check_transplants(result, pool)  # type: ignore[arg-type]
+        if strict and result.skipped:
+            from reinit.errors import StrictError
+
+            first = result.skipped[0]
+            raise StrictError(f"--strict: '{first.name}' would be skipped: {first.reason}")
+    return result
+
+
+@contextmanager
+def _opened(
+    source: str | os.PathLike[str] | Checkpoint, unsafe_pickle: bool = False
+) -> Iterator[Checkpoint]:
+    if isinstance(source, Checkpoint):
+        yield source
+        return
+    ckpt = open_checkpoint(source, unsafe_pickle=unsafe_pickle)
+    try:
+        yield ckpt
+    finally:
+        ckpt.close()
+
+
+def apply(
+    source: str | os.PathLike[str],
+    rules: Sequence[RuleInput],
+    output: str | os.PathLike[str] | None = None,
+    *,
+    seed: int = 0,
+    reports: Sequence[str | os.PathLike[str]] = (),
+    default_report: bool = True,
+    strict: bool = False,
+    allow_unmatched: bool = False,
+    overwrite: bool = False,
+    in_place: bool = False,
+    device: str = "cpu",
+    progress: bool = False,
+    unsafe_pickle: bool = False,
+) -> Report:
+    """Re-initialize or transplant the tensors the rules match and write a new checkpoint.
+
+    Returns the report (also written to the default report path unless `default_report` is
+    False, and to each of `reports` in the format its extension names)."""
+    started = time.perf_counter()
+    source_text = os.fspath(source)
+    rule_objs = _as_rules(rules)
+    device = check_device(device)
+    for r in reports:  # checked before any work, so a typo costs nothing
+        if not str(r).lower().endswith((".json", ".csv", ".md")):
+            raise UsageError(f"--report {r}: unknown report format; use .json, .csv or .md")
+    with ExitStack() as stack:
+        from reinit.transplant import SourcePool
+
+        ckpt = stack.enter_context(_opened(source_text, unsafe_pickle))
+        sources = stack.enter_context(SourcePool(ckpt, unsafe_pickle=unsafe_pickle))
+        the_plan = _plan_for(ckpt, rule_objs, strict, allow_unmatched, sources)
+        spec = resolve_output(source_text, ckpt, output, overwrite=overwrite, in_place=in_place)
+        applier = Applier(ckpt, seed, device, sources)
+        rule_texts = tuple(r.text for r in rule_objs)
+        refs = {r.name: r for r in ckpt.refs()}
+        by_name = {e.name: e for e in the_plan.entries}
+        files = output_files(spec, [refs[e.name] for e in the_plan.entries], ckpt)
+        total = sum(refs[e.name].nbytes for e in the_plan.entries)
+        entries: list[TensorEntry] = []
+        bar = stack.enter_context(_progress(total, progress, "reinit apply"))
+        bytes_written = 0
+        with atomic_output(spec.path, directory=spec.fmt == "directory") as tmp:
+            if spec.fmt == "torch":
+                state: dict[str, torch.Tensor] = {}
+                for name in files[0].names:
+                    produced = applier.produce(by_name[name])
+                    state[name] = (
+                        produced.tensor if produced.tensor is not None else ckpt.read(name)
+                    )
+                    entries.append(produced.entry)
+                    bar.update(refs[name].nbytes)
+                torch.save(state, tmp)
+                bytes_written = tmp.stat().st_size
+            else:
+                for f in files:
+                    target = tmp / f.relname if spec.fmt == "directory" else tmp
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    layout = [(n, by_name[n].dtype, by_name[n].shape) for n in f.names]
+                    meta = output_metadata(ckpt, f.source_shard, seed, rule_texts)
+                    with SafetensorsWriter(target, layout, meta) as w:
+                        for name in f.names:
+                            produced = applier.produce(by_name[name])
+                            w.write(name, produced.data)
+                            entries.append(produced.entry)
+                            bar.update(refs[name].nbytes)
+                    bytes_written += w.bytes_written
+                if spec.fmt == "directory":
+                    bytes_written += _finish_directory(tmp, ckpt, files, refs)
+            order = {e.name: i for i, e in enumerate(the_plan.entries)}
+            entries.sort(key=lambda e: order[e.name])
+            report = _make_report(
+                source_text, spec, seed, rule_texts, entries, bytes_written, started, the_plan
+            )
+            if default_report and spec.fmt == "directory":
+                _write_text(tmp / "reinit-report.json", report.to_json() + "\n")
+        if default_report and spec.fmt != "directory":
+            _write_report_atomic(report, spec.default_report)
+        for r in reports:
+            _write_report_atomic(report, Path(r))
+    return report
+
+
+def _make_report(
+    source: str,
+    spec: OutputSpec | None,
+    seed: int,
+    rules: tuple[str, ...],
+    entries: Sequence[TensorEntry],
+    bytes_written: int,
+    started: float,
+    the_plan: Plan | None = None,
+) -> Report:
+    final = finalize(entries)
+    return Report(
+        reinit_version=__version__,
+        source=source,
+        output=os.fspath(spec.path) if spec else None,
+        seed=seed,
+        rules=rules,
+        tensors=final,
+        summary=summarize(final, bytes_written, time.perf_counter() - started),
+        warnings=the_plan.warnings if the_plan else (),
+    )
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")
+
+
+def _write_report_atomic(report: Report, path: Path) -> None:
+    from reinit.report import render_for_path
+
+    text = render_for_path(report, path.name)
+    with atomic_output(path) as tmp:
+        _write_text(tmp, text)
+
+
+def _finish_directory(
+    tmp: Path, ckpt: Checkpoint, files: Sequence[OutFile], refs: dict[str, TensorRef]
+) -> int:
+    """Copy every non-weight file and write the shard index (when there is more than one
+    shard, or the source had an index)."""
+    import shutil
+
+    written = 0
+    for rel in ckpt.extra_files():
+        dst = tmp / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ckpt.fetch_extra(rel), dst)
+        written += dst.stat().st_size
+    has_index = getattr(getattr(ckpt, "layout", None), "index", None) is not None
+    if len(files) > 1 or has_index:
+        index = {
+            "metadata": {"total_size": sum(refs[n].nbytes for f in files for n in f.names)},
+            "weight_map": {n: f.relname for f in files for n in f.names},
+        }
+        text = json.dumps(index, indent=2) + "\n"
+        _write_text(tmp / "model.safetensors.index.json", text)
+        written += len(text)
+    return written
+
+
+def report_checkpoint(
+    source: str | os.PathLike[str], *, progress: bool = False, unsafe_pickle: bool = False
+) -> Report:
+    """The report of a checkpoint as it is: every tensor `kept`, with its statistics."""
+    started = time.perf_counter()
+    with _opened(source, unsafe_pickle) as ckpt:
+        the_plan = make_plan(ckpt.refs(), ())
+        applier = Applier(ckpt, 0, "cpu")
+        entries = []
+        total = sum(TensorRef(e.name, e.dtype, e.shape).nbytes for e in the_plan.entries)
+        with _progress(total, progress, "reinit report") as bar:
+            for p in the_plan.entries:
+                entries.append(applier.produce(p).entry)
+                bar.update(TensorRef(p.name, p.dtype, p.shape).nbytes)
+        return _make_report(os.fspath(source), None, 0, (), entries, 0, started)
+
+
+__all__ = ["apply", "plan", "report_checkpoint", "OutputSpec", "resolve_output", "remove_path"]
+
+
+@dataclass(frozen=True)
+class InspectRow:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    nbytes: int
+    shard: str
+    stats: Stats | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "bytes": self.nbytes,
+            "shard": self.shard or None,
+            "stats": self.stats.to_dict() if self.stats else None,
+        }
+
+
+def inspect_checkpoint(
+    source: str | os.PathLike[str], pattern: str | None = None, *, stats: bool = False
+) -> list[InspectRow]:
+    """The tensors of a checkpoint (optionally only those matching `pattern`)."""
+    from reinit.rules import parse_pattern
+
+    pat = parse_pattern(pattern) if pattern else None
+    with _opened(source) as ckpt:
+        rows = []
+        for r in ckpt.refs():
+            if pat is not None and pat.match(r.name) is None:
+                continue
+            st = tensor_stats(ckpt.read(r.name)) if stats else None
+            rows.append(InspectRow(r.name, r.shape, dtype_name(r.dtype), r.nbytes, r.shard, st))
+        return rows

@@ -1,0 +1,537 @@
+"""Checkpoint readers: one safetensors file, a torch file, a Hugging Face model directory (local
+or on the Hub). All lazy: names, dtypes and shapes come from headers and indexes; tensor bytes
+are read one tensor at a time, on demand, so memory stays at about one tensor.
+
+The directory reader gets its files from a provider (`LocalFiles` or `hub.HubRepo`), which is
+how a Hub repo downloads only the index and then only the shards that hold needed tensors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import re
+import zipfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from reinit.errors import CheckpointError, InputNotFoundError, UnsafePickleError
+from reinit.io.safetensors_format import TensorInfo, dtype_size, read_header
+
+SAFETENSORS_SUFFIXES = (".safetensors",)
+TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+# Files that hold weights in some format. A directory output never copies these: they would
+# carry the old weights beside the new ones.
+WEIGHT_FILE = re.compile(
+    r".*\.(safetensors|bin|pt|pth|ckpt|h5|msgpack|onnx|gguf)$|.*\.(safetensors|bin)\.index\.json$"
+)
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """A tensor's identity without its data: enough to plan and to lay out the output."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    shard: str = ""  # the file within a directory checkpoint that holds it ("" for one file)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * dtype_size(self.dtype)
+
+
+@dataclass(frozen=True)
+class FileSpan:
+    """Where a tensor's exact bytes lie in a file, for kernel-side copies."""
+
+    path: str
+    fd: int
+    start: int
+    nbytes: int
+
+
+class Checkpoint:
+    """The interface every reader offers. Subclasses implement the abstract parts."""
+
+    source: str = ""  # as the user named it, for messages and the report
+    kind: str = ""  # "safetensors" | "torch" | "directory"
+
+    def names(self) -> list[str]:
+        """Tensor names in storage order; cheap (no shard is opened for a sharded index)."""
+        raise NotImplementedError
+
+    def ref(self, name: str) -> TensorRef:
+        raise NotImplementedError
+
+    def refs(self) -> list[TensorRef]:
+        return [self.ref(n) for n in self.names()]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._name_set()
+
+    def _name_set(self) -> set[str]:
+        cached = getattr(self, "_names_cache", None)
+        if cached is None:
+            cached = set(self.names())
+            self._names_cache = cached
+        return cached
+
+    def read(self, name: str) -> torch.Tensor:
+        """The tensor as an independent CPU tensor (safe to modify)."""
+        raise NotImplementedError
+
+    def read_bytes(self, name: str) -> bytes | bytearray | memoryview:
+        """The tensor's bytes, C-contiguous little-endian: what a safetensors file stores."""
+        raise NotImplementedError
+
+    def span(self, name: str) -> FileSpan | None:
+        """Where the bytes lie in a file, when they lie there exactly; else None."""
+        return None
+
+    def shards(self) -> list[str]:
+        return [""]
+
+    def metadata(self, shard: str = "") -> dict[str, str]:
+        return {}
+
+    def aliases(self) -> dict[str, str]:
+        """Tied tensors: name -> the first name sharing its storage (only for torch files)."""
+        return {}
+
+    def extra_files(self) -> list[str]:
+        """Non-weight files a directory output copies (relative names)."""
+        return []
+
+    def fetch_extra(self, relname: str) -> Path:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _pread_into(fd: int, buf: bytearray | memoryview, offset: int, where: str) -> None:
+    view = memoryview(buf)
+    done = 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n == 0:
+            raise CheckpointError(f"{where}: unexpected end of file; the file is truncated")
+        done += n
+
+
+def tensor_from_bytes(buf: bytearray, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    if not buf:
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(buf, dtype=dtype).reshape(shape)
+
+
+class SafetensorsFile(Checkpoint):
+    """One safetensors file, read with positioned reads (no whole-file mapping)."""
+
+    kind = "safetensors"
+
+    def __init__(self, path: str | os.PathLike[str], shard: str = "", source: str | None = None):
+        self.path = os.fspath(path)
+        self.source = source if source is not None else self.path
+        self.shard = shard
+        self.header = read_header(self.path)
+        self._infos: dict[str, TensorInfo] = {t.name: t for t in self.header.tensors}
+        self.fd = os.open(self.path, os.O_RDONLY)
+
+    def names(self) -> list[str]:
+        return list(self._infos)
+
+    def info(self, name: str) -> TensorInfo:
+        try:
+            return self._infos[name]
+        except KeyError:
+            raise CheckpointError(f"{self.path}: has no tensor '{name}'") from None
+
+    def ref(self, name: str) -> TensorRef:
+        t = self.info(name)
+        return TensorRef(t.name, t.dtype, t.shape, self.shard)
+
+    def read_bytes(self, name: str) -> bytearray:
+        t = self.info(name)
+        buf = bytearray(t.nbytes)
+        _pread_into(self.fd, buf, t.start, self.path)
+        return buf
+
+    def read(self, name: str) -> torch.Tensor:
+        t = self.info(name)
+        return tensor_from_bytes(self.read_bytes(name), t.dtype, t.shape)
+
+    def span(self, name: str) -> FileSpan:
+        t = self.info(name)
+        return FileSpan(self.path, self.fd, t.start, t.nbytes)
+
+    def shards(self) -> list[str]:
+        return [self.shard]
+
+    def metadata(self, shard: str = "") -> dict[str, str]:
+        return dict(self.header.metadata)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+# --- torch files ------------------------------------------------------------------------
+
+_STATE_DICT_KEYS = ("state_dict", "model", "module")
+
+
+def unwrap_state_dict(obj: object, where: str) -> dict[str, torch.Tensor]:
+    """The tensors of a state dict, unwrapping `state_dict` / `model` / `module` nestings
+    (Lightning, DeepSpeed, training-loop checkpoints). Non-tensor entries are ignored."""
+    while isinstance(obj, Mapping):
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        nested = next(
+            (obj[k] for k in _STATE_DICT_KEYS if k in obj and isinstance(obj[k], Mapping)), None
+        )
+        if nested is not None and not tensors:
+            obj = nested
+            continue
+        if tensors:
+            bad = [k for k in tensors if not isinstance(k, str)]
+            if bad:
+                raise CheckpointError(f"{where}: tensor keys must be strings, found {bad[0]!r}")
+            return tensors
+        raise CheckpointError(
+            f"{where}: holds no tensors (keys: {', '.join(map(str, list(obj)[:8]))}); "
+            "expected a state dict"
+        )
+    raise CheckpointError(f"{where}: holds a {type(obj).__name__}, not a state dict")
+
+
+def load_torch_file(path: str, unsafe: bool = False) -> object:
+    """`torch.load` with weights_only (never executing code from the file), memory-mapped when
+    the file is in the zip format. `unsafe=True` (`--unsafe-pickle`) lifts weights_only."""
+    try:
+        is_zip = zipfile.is_zipfile(path)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not unsafe, mmap=is_zip)
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        found = sorted(set(re.findall(r"GLOBAL ([\w.]+)", text)))
+        if found or "Weights only load failed" in text:
+            names = ", ".join(found) or "globals outside torch's allow-list"
+            raise UnsafePickleError(
+                f"{path}: refusing to unpickle {names}: loading it would run code from the file. "
+                "Convert it to safetensors with the code that made it, or pass --unsafe-pickle "
+                "if you trust its author"
+            ) from None
+        raise CheckpointError(f"{path}: not a readable torch file ({_first_line(e)})") from None
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as e:
+        raise CheckpointError(
+            f"{path}: not a readable torch file ({_first_line(e)}); it may be truncated"
+        ) from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+class TorchFile(Checkpoint):
+    """A `.bin/.pt/.pth/.ckpt` state dict. Tensors stay memory-mapped (zip format) until read."""
+
+    kind = "torch"
+
+    def __init__(self, path: str | os.PathLike[str], shard: str = "", unsafe: bool = False):
+        self.path = os.fspath(path)
+        self.source = self.path
+        self.shard = shard
+        self.tensors = unwrap_state_dict(load_torch_file(self.path, unsafe), self.path)
+        self._aliases = _find_aliases(self.tensors)
+
+    def names(self) -> list[str]:
+        return list(self.tensors)
+
+    def _get(self, name: str) -> torch.Tensor:
+        try:
+            return self.tensors[name]
+        except KeyError:
+            raise CheckpointError(f"{self.path}: has no tensor '{name}'") from None
+
+    def ref(self, name: str) -> TensorRef:
+        t = self._get(name)
+        return TensorRef(name, t.dtype, tuple(t.shape), self.shard)
+
+    def read(self, name: str) -> torch.Tensor:
+        return self._get(name).detach().clone(memory_format=torch.contiguous_format)
+
+    def read_bytes(self, name: str) -> memoryview:
+        t = self._get(name).detach().contiguous().reshape(-1)
+        if t.numel() == 0:
+            return memoryview(b"")
+        return memoryview(t.view(torch.uint8).numpy()).cast("B")
+
+    def shards(self) -> list[str]:
+        return [self.shard]
+
+    def aliases(self) -> dict[str, str]:
+        return dict(self._aliases)
+
+
+def _find_aliases(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """Names whose tensor is the same view of the same storage as an earlier name (tied
+    weights such as embeddings shared with the LM head)."""
+    seen: dict[tuple[Any, ...], str] = {}
+    out: dict[str, str] = {}
+    for name, t in tensors.items():
+        if t.numel() == 0:
+            continue
+        key = (
+            t.untyped_storage().data_ptr(),
+            t.storage_offset(),
+            tuple(t.shape),
+            tuple(t.stride()),
+            t.dtype,
+        )
+        if key in seen:
+            out[name] = seen[key]
+        else:
+            seen[key] = name
+    return out
+
+
+# --- directories ------------------------------------------------------------------------
+
+
+class FileProvider(Protocol):
+    """Where a directory checkpoint's files come from (a local folder or a Hub repo)."""
+
+    @property
+    def display(self) -> str: ...
+    def list_files(self) -> list[str]: ...
+    def exists(self, relname: str) -> bool: ...
+    def fetch(self, relname: str) -> Path: ...
+
+
+class LocalFiles:
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root)
+
+    @property
+    def display(self) -> str:
+        return os.fspath(self.root)
+
+    def list_files(self) -> list[str]:
+        out: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for f in sorted(filenames):
+                if not f.startswith("."):
+                    out.append(os.path.relpath(os.path.join(dirpath, f), self.root))
+        return out
+
+    def exists(self, relname: str) -> bool:
+        return (self.root / relname).is_file()
+
+    def fetch(self, relname: str) -> Path:
+        return self.root / relname
+
+
+@dataclass(frozen=True)
+class DirLayout:
+    fmt: str  # "safetensors" | "torch"
+    index: str | None  # the index file, or None for a single weight file
+    single: str | None  # the single weight file when there is no index
+
+
+def detect_layout(files: list[str], where: str) -> DirLayout:
+    """Which weights a Hugging Face directory holds; safetensors preferred over torch files."""
+    present = set(files)
+    top = [f for f in files if "/" not in f and os.sep not in f]
+    if "model.safetensors.index.json" in present:
+        return DirLayout("safetensors", "model.safetensors.index.json", None)
+    idx = [f for f in top if f.endswith(".safetensors.index.json")]
+    if len(idx) == 1:
+        return DirLayout("safetensors", idx[0], None)
+    if "model.safetensors" in present:
+        return DirLayout("safetensors", None, "model.safetensors")
+    if "pytorch_model.bin.index.json" in present:
+        return DirLayout("torch", "pytorch_model.bin.index.json", None)
+    if "pytorch_model.bin" in present:
+        return DirLayout("torch", None, "pytorch_model.bin")
+    single = [f for f in top if f.endswith(".safetensors")]
+    if len(single) == 1:
+        return DirLayout("safetensors", None, single[0])
+    raise InputNotFoundError(
+        f"{where}: no model weights found; expected model.safetensors, "
+        "model.safetensors.index.json, pytorch_model.bin or pytorch_model.bin.index.json"
+    )
+
+
+class DirectoryCheckpoint(Checkpoint):
+    """A Hugging Face model directory: one weight file, or an index with shards. Shards are
+    opened (and, on the Hub, downloaded) only when a tensor in them is first needed."""
+
+    kind = "directory"
+
+    def __init__(self, provider: FileProvider, source: str | None = None, unsafe: bool = False):
+        self.provider = provider
+        self.source = source or provider.display
+        self.unsafe = unsafe
+        self._files = provider.list_files()
+        self.layout = detect_layout(self._files, self.source)
+        self._open: dict[str, Checkpoint] = {}
+        if self.layout.index is not None:
+            self.index_metadata, self.weight_map = self._read_index(self.layout.index)
+        else:
+            assert self.layout.single is not None
+            only = self._shard(self.layout.single)
+            self.index_metadata = {}
+            self.weight_map = dict.fromkeys(only.names(), self.layout.single)
+        order = {s: i for i, s in enumerate(sorted(set(self.weight_map.values())))}
+        self._names = sorted(self.weight_map, key=lambda n: order[self.weight_map[n]])
+
+    def _read_index(self, index: str) -> tuple[dict[str, Any], dict[str, str]]:
+        where = f"{self.source}/{index}"
+        path = self.provider.fetch(index)
+        try:
+            doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{where}: unreadable index ({_first_line(e)})") from None
+        wm = doc.get("weight_map") if isinstance(doc, dict) else None
+        if not isinstance(wm, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in wm.items()
+        ):
+            raise CheckpointError(f"{where}: index has no valid weight_map of name -> shard file")
+        for shard in sorted(set(wm.values())):
+            if not self.provider.exists(shard):
+                raise CheckpointError(
+                    f"{where}: names shard '{shard}', which is missing from {self.source}"
+                )
+        meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+        return meta, dict(wm)
+
+    def _shard(self, shard: str) -> Checkpoint:
+        ck = self._open.get(shard)
+        if ck is None:
+            path = self.provider.fetch(shard)
+            if shard.endswith(".safetensors"):
+                ck = SafetensorsFile(path, shard=shard, source=f"{self.source}/{shard}")
+            else:
+                ck = TorchFile(path, shard=shard, unsafe=self.unsafe)
+            self._open[shard] = ck
+        return ck
+
+    def _owner(self, name: str) -> Checkpoint:
+        try:
+            shard = self.weight_map[name]
+        except KeyError:
+            raise CheckpointError(f"{self.source}: has no tensor '{name}'") from None
+        ck = self._shard(shard)
+        if name not in ck:
+            raise CheckpointError(
+                f"{self.source}: the index puts '{name}' in {shard}, but that shard lacks it; "
+                "the index or the shard is corrupt"
+            )
+        return ck
+
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    def refs(self) -> list[TensorRef]:
+        """All refs in shard order, and within a shard in its storage order."""
+        out: list[TensorRef] = []
+        for shard in sorted(set(self.weight_map.values())):
+            wanted = {n for n, s in self.weight_map.items() if s == shard}
+            ck = self._shard(shard)
+            present = [n for n in ck.names() if n in wanted]
+            missing = wanted.difference(present)
+            if missing:
+                name = sorted(missing)[0]
+                raise CheckpointError(
+                    f"{self.source}: the index puts '{name}' in {shard}, but that shard lacks it; "
+                    "the index or the shard is corrupt"
+                )
+            out.extend(ck.ref(n) for n in present)
+        return out
+
+    def ref(self, name: str) -> TensorRef:
+        return self._owner(name).ref(name)
+
+    def read(self, name: str) -> torch.Tensor:
+        return self._owner(name).read(name)
+
+    def read_bytes(self, name: str) -> bytes | bytearray | memoryview:
+        return self._owner(name).read_bytes(name)
+
+    def span(self, name: str) -> FileSpan | None:
+        return self._owner(name).span(name)
+
+    def shards(self) -> list[str]:
+        return sorted(set(self.weight_map.values()))
+
+    def metadata(self, shard: str = "") -> dict[str, str]:
+        return self._shard(shard or self.shards()[0]).metadata()
+
+    def aliases(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for shard in self.shards():
+            out.update(self._shard(shard).aliases())
+        return out
+
+    def extra_files(self) -> list[str]:
+        return [f for f in self._files if not WEIGHT_FILE.match(f)]
+
+    def fetch_extra(self, relname: str) -> Path:
+        return self.provider.fetch(relname)
+
+    def close(self) -> None:
+        for ck in self._open.values():
+            ck.close()
+        self._open.clear()
+
+
+def open_checkpoint(source: str | os.PathLike[str], *, unsafe_pickle: bool = False) -> Checkpoint:
+    """Open any source form of DESIGN §1: a safetensors file, a torch file, a Hugging Face
+    directory, or `hf://OWNER/NAME[@REVISION][/SUBFOLDER]`."""
+    text = os.fspath(source)
+    if text.startswith("hf://"):
+        from reinit.io.hub import HubRepo, parse_hf_url
+
+        ref = parse_hf_url(text)
+        return DirectoryCheckpoint(HubRepo(ref), source=ref.url, unsafe=unsafe_pickle)
+    path = Path(text)
+    if path.is_dir():
+        return DirectoryCheckpoint(LocalFiles(path), source=text, unsafe=unsafe_pickle)
+    if not path.exists():
+        raise InputNotFoundError(f"{text}: no such file or directory")
+    suffix = path.suffix.lower()
+    if suffix in SAFETENSORS_SUFFIXES:
+        return SafetensorsFile(path)
+    if suffix in TORCH_SUFFIXES:
+        return TorchFile(path, unsafe=unsafe_pickle)
+    raise InputNotFoundError(
+        f"{text}: unknown checkpoint type {suffix or '(no suffix)'}; use a .safetensors, "
+        ".bin/.pt/.pth/.ckpt file, a Hugging Face model directory or hf://OWNER/NAME"
+    )
+
+
+def iter_chunks(buf: bytes | bytearray | memoryview, size: int) -> Iterator[memoryview]:
+    view = memoryview(buf).cast("B")
+    for i in range(0, len(view), size):
+        yield view[i : i + size]

@@ -1,0 +1,253 @@
+"""The safetensors file format: dtype table, header parsing with full validation, header building.
+
+One validator serves the reader, the writer's self-check and `reinit verify`, so a file we accept
+is a file `safetensors` accepts, and a file we write is one we would accept.
+
+Layout: 8-byte little-endian header length N, N bytes of JSON header (padded with spaces to a
+multiple of 8 by writers), then the data section. Each tensor's `data_offsets` are [begin, end)
+relative to the data section; tensors must tile it exactly (no holes, no overlaps).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from reinit.errors import CheckpointError
+
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
+
+# safetensors dtype code -> torch dtype. Only dtypes this torch build has are listed.
+_CODES: dict[str, str] = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "F8_E8M0": "float8_e8m0fnu",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U64": "uint64",
+    "U32": "uint32",
+    "U16": "uint16",
+    "U8": "uint8",
+    "BOOL": "bool",
+    "C64": "complex64",
+}
+CODE_TO_DTYPE: dict[str, torch.dtype] = {
+    code: getattr(torch, name) for code, name in _CODES.items() if hasattr(torch, name)
+}
+DTYPE_TO_CODE: dict[torch.dtype, str] = {dt: code for code, dt in CODE_TO_DTYPE.items()}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """torch's name without the `torch.` prefix, as the report spells dtypes."""
+    return str(dtype).removeprefix("torch.")
+
+
+def dtype_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor lives in a safetensors file; offsets are absolute file positions."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    start: int  # absolute offset in the file
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class Header:
+    tensors: tuple[TensorInfo, ...]  # in data order
+    metadata: dict[str, str]
+    data_start: int  # 8 + header length
+    file_size: int
+
+
+def parse_header_bytes(raw: bytes, file_size: int, where: str) -> Header:
+    """Parse and validate a header. `raw` holds at least the first 8 + N bytes of the file.
+
+    Any malformed input raises `CheckpointError` naming `where` and the defect; no other
+    exception escapes (a fuzz test holds this)."""
+    if file_size < 8 or len(raw) < 8:
+        raise CheckpointError(
+            f"{where}: file is {file_size} bytes, too short for a safetensors header; "
+            "it is truncated or not a safetensors file"
+        )
+    (n,) = struct.unpack("<Q", raw[:8])
+    if n > MAX_HEADER_BYTES:
+        raise CheckpointError(
+            f"{where}: header claims {n} bytes, over the 100 MB limit; the file is corrupt "
+            "or not a safetensors file"
+        )
+    if 8 + n > file_size:
+        raise CheckpointError(
+            f"{where}: header length {n} runs past the end of the {file_size}-byte file; "
+            "the file is truncated or not a safetensors file"
+        )
+    if len(raw) < 8 + n:
+        raise CheckpointError(f"{where}: could not read the {n}-byte header")
+    try:
+        doc = json.loads(raw[8 : 8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise CheckpointError(
+            f"{where}: header is not valid JSON ({e}); the file is corrupt"
+        ) from None
+    if not isinstance(doc, dict):
+        raise CheckpointError(f"{where}: header is not a JSON object; the file is corrupt")
+
+    metadata: dict[str, str] = {}
+    raw_meta = doc.pop("__metadata__", None)
+    if raw_meta is not None:
+        if not isinstance(raw_meta, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in raw_meta.items()
+        ):
+            raise CheckpointError(
+                f"{where}: __metadata__ must map strings to strings; the file is corrupt"
+            )
+        metadata = dict(raw_meta)
+
+    data_start = 8 + n
+    data_size = file_size - data_start
+    infos: list[TensorInfo] = []
+    for name, entry in doc.items():
+        infos.append(_parse_entry(name, entry, data_start, where))
+    infos.sort(key=lambda t: (t.start, t.end))
+    _check_tiling(infos, data_start, data_size, where)
+    return Header(tuple(infos), metadata, data_start, file_size)
+
+
+def _parse_entry(name: str, entry: object, data_start: int, where: str) -> TensorInfo:
+    if not isinstance(entry, dict):
+        raise CheckpointError(f"{where}: entry for tensor '{name}' is not an object")
+    code = entry.get("dtype")
+    shape = entry.get("shape")
+    offsets = entry.get("data_offsets")
+    if not isinstance(code, str) or code not in CODE_TO_DTYPE:
+        raise CheckpointError(
+            f"{where}: tensor '{name}' has unknown dtype {code!r}; "
+            f"known: {', '.join(CODE_TO_DTYPE)}"
+        )
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise CheckpointError(f"{where}: tensor '{name}' has an invalid shape {shape!r}")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
+        or offsets[0] > offsets[1]
+    ):
+        raise CheckpointError(f"{where}: tensor '{name}' has invalid data_offsets {offsets!r}")
+    dtype = CODE_TO_DTYPE[code]
+    expected = math.prod(shape) * dtype_size(dtype)
+    if offsets[1] - offsets[0] != expected:
+        raise CheckpointError(
+            f"{where}: tensor '{name}' spans {offsets[1] - offsets[0]} bytes but shape "
+            f"{shape} of {code} needs {expected}; the file is corrupt"
+        )
+    return TensorInfo(name, dtype, tuple(shape), data_start + offsets[0], data_start + offsets[1])
+
+
+def _check_tiling(infos: Sequence[TensorInfo], data_start: int, data_size: int, where: str) -> None:
+    pos = data_start
+    for t in infos:
+        if t.start < pos:
+            raise CheckpointError(f"{where}: tensor '{t.name}' overlaps the tensor before it")
+        if t.start > pos:
+            raise CheckpointError(
+                f"{where}: {t.start - pos} unused bytes before tensor '{t.name}'; "
+                "the data section has a hole, the file is corrupt"
+            )
+        pos = t.end
+    end = data_start + data_size
+    if pos > end:
+        last = infos[-1].name if infos else "?"
+        raise CheckpointError(
+            f"{where}: tensor '{last}' runs {pos - end} bytes past the end of the file; "
+            "the file is truncated"
+        )
+    if pos < end:
+        raise CheckpointError(
+            f"{where}: {end - pos} bytes after the last tensor belong to none; the file is corrupt"
+        )
+
+
+def read_header(path: str | os.PathLike[str]) -> Header:
+    """Read and validate the header of the safetensors file at `path`."""
+    where = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(8)
+            if len(head) == 8:
+                (n,) = struct.unpack("<Q", head)
+                if n <= MAX_HEADER_BYTES and 8 + n <= size:
+                    head += f.read(n)
+    except FileNotFoundError:
+        raise CheckpointError(f"{where}: file not found") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{where}: is a directory, expected a safetensors file") from None
+    except OSError as e:
+        raise CheckpointError(f"{where}: cannot read ({e.strerror})") from None
+    return parse_header_bytes(head, size, where)
+
+
+def build_header(
+    entries: Sequence[tuple[str, torch.dtype, Sequence[int]]],
+    metadata: Mapping[str, str] | None,
+) -> tuple[bytes, list[tuple[int, int]]]:
+    """The header bytes (length prefix included, padded to 8 bytes) for tensors laid out in the
+    given order, and each tensor's [begin, end) relative to the data section.
+
+    Knowing every name, dtype and shape up front is what lets the writer stream: the header goes
+    first and tensor bytes are appended in order."""
+    doc: dict[str, object] = {}
+    if metadata:
+        doc["__metadata__"] = dict(metadata)
+    offsets: list[tuple[int, int]] = []
+    pos = 0
+    for name, dtype, shape in entries:
+        if name in doc:
+            raise ValueError(f"duplicate tensor name {name!r}")
+        size = math.prod(shape) * dtype_size(dtype)
+        doc[name] = {
+            "dtype": DTYPE_TO_CODE[dtype],
+            "shape": list(shape),
+            "data_offsets": [pos, pos + size],
+        }
+        offsets.append((pos, pos + size))
+        pos += size
+    body = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    body += b" " * (-(8 + len(body)) % 8)
+    return struct.pack("<Q", len(body)) + body, offsets
+
+
+def tensor_to_bytes(t: torch.Tensor) -> memoryview:
+    """A tensor's bytes as safetensors stores them: C-contiguous, little-endian, no copy when
+    the tensor is already contiguous on the CPU."""
+    flat = t.detach().to("cpu").contiguous().reshape(-1)
+    if flat.numel() == 0:
+        return memoryview(b"")
+    return memoryview(flat.view(torch.uint8).numpy()).cast("B")

@@ -1,0 +1,358 @@
+"""Rules: grammar (DESIGN §2), matching, and planning.
+
+A plan is plain data: for every tensor, the rule that won and what will happen to it (or why
+it is skipped). Applying a plan is a loop elsewhere (`engine.py`)."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from reinit.errors import RuleError, SchemeError, StrictError
+from reinit.schemes import KEEP, BoundScheme, bind_scheme
+
+ValueT = int | float | str
+
+
+# --- grammar ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Action:
+    """`NAME` or `NAME(ARG, KEY=VALUE, ...)`, parsed but not yet interpreted."""
+
+    name: str
+    args: tuple[ValueT, ...] = ()
+    kwargs: tuple[tuple[str, ValueT], ...] = ()
+
+    def kwargs_dict(self) -> dict[str, ValueT]:
+        return dict(self.kwargs)
+
+
+@dataclass(frozen=True)
+class Pattern:
+    text: str  # as written
+    regex: re.Pattern[str]
+    has_wildcards: bool
+
+    def match(self, name: str) -> tuple[str, ...] | None:
+        """The captures if the whole name matches, else None."""
+        m = self.regex.fullmatch(name)
+        return None if m is None else tuple(g if g is not None else "" for g in m.groups())
+
+
+@dataclass(frozen=True)
+class Rule:
+    text: str
+    pattern: Pattern
+    action: Action
+    scheme: BoundScheme | None  # None for `keep` and `from(...)`
+    transplant: Any = None  # a `transplant.TransplantSpec` for `from(...)` rules
+
+    @property
+    def kind(self) -> str:
+        if self.action.name == KEEP:
+            return "keep"
+        if self.transplant is not None:
+            return "transplant"
+        return "reinit"
+
+
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_KEY_EQ = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=(?!=)(.*)\Z", re.S)
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?|inf|nan)\Z")
+_OPEN = {"(": ")", "[": "]", "{": "}"}
+
+
+def glob_to_regex(glob: str) -> tuple[str, bool]:
+    """Translate a glob to a regex: `*` -> a capturing `(.*)` that crosses dots, `?` -> `.`,
+    `[...]` a set (`[!...]` negated). Returns the regex and whether any wildcard occurred."""
+    out: list[str] = []
+    wild = False
+    i = 0
+    while i < len(glob):
+        c = glob[i]
+        if c == "*":
+            out.append("(.*)")
+            wild = True
+        elif c == "?":
+            out.append(".")
+            wild = True
+        elif c == "[":
+            j = glob.find("]", i + 2 if glob[i + 1 : i + 2] in ("!", "]") else i + 1)
+            if j == -1:
+                out.append(re.escape(c))
+            else:
+                body = glob[i + 1 : j]
+                if body.startswith("!"):
+                    body = "^" + body[1:]
+                out.append("[" + body.replace("\\", "\\\\") + "]")
+                wild = True
+                i = j
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "".join(out), wild
+
+
+def parse_pattern(text: str) -> Pattern:
+    if text.startswith("re:"):
+        source = text[3:]
+        try:
+            regex = re.compile(source)
+        except re.error as e:
+            raise RuleError(f"pattern {text!r}: invalid regular expression ({e})") from None
+        return Pattern(text, regex, True)
+    if not text:
+        raise RuleError("empty pattern; write PATTERN=ACTION, e.g. '*.weight=kaiming'")
+    source, wild = glob_to_regex(text)
+    return Pattern(text, re.compile(source, re.S), wild)
+
+
+def split_args(text: str, where: str) -> list[str]:
+    """Split at commas outside brackets and quotes."""
+    parts: list[str] = []
+    depth: list[str] = []
+    quote: str | None = None
+    start = 0
+    for i, c in enumerate(text):
+        if quote:
+            if c == quote:
+                quote = None
+        elif c in "'\"":
+            quote = c
+        elif c in _OPEN:
+            depth.append(_OPEN[c])
+        elif depth and c == depth[-1]:
+            depth.pop()
+        elif c in ")]}":
+            raise RuleError(f"{where}: unbalanced {c!r}; quote a value that holds ')'")
+        elif c == "," and not depth:
+            parts.append(text[start:i])
+            start = i + 1
+    if quote:
+        raise RuleError(f"{where}: unterminated {quote} quote")
+    if depth:
+        raise RuleError(f"{where}: missing {depth[-1]!r}")
+    parts.append(text[start:])
+    return parts
+
+
+def parse_value(text: str, where: str) -> ValueT:
+    s = text.strip()
+    if not s:
+        raise RuleError(f"{where}: empty argument")
+    if len(s) >= 2 and s[0] == s[-1] and s[0] in "'\"":
+        return s[1:-1]
+    if s[0] in "'\"":
+        raise RuleError(f"{where}: unterminated quote in {s!r}")
+    if _NUMBER.match(s):
+        try:
+            return int(s)
+        except ValueError:
+            return float(s)
+    return s
+
+
+def parse_action(text: str, where: str = "rule") -> Action:
+    s = text.strip()
+    m = _WORD.match(s)
+    if not m:
+        raise RuleError(f"{where}: action {s!r} must start with a scheme name, e.g. kaiming_normal")
+    name = m.group(0)
+    rest = s[m.end() :].strip()
+    if not rest:
+        return Action(name)
+    if not (rest.startswith("(") and rest.endswith(")")):
+        raise RuleError(f"{where}: expected {name}(ARG, ...) but found {rest!r} after the name")
+    inner = rest[1:-1]
+    args: list[ValueT] = []
+    kwargs: list[tuple[str, ValueT]] = []
+    if inner.strip():
+        for part in split_args(inner, where):
+            km = _KEY_EQ.match(part)
+            if km and not part.strip().startswith(("'", '"')):
+                key = km.group(1)
+                if any(k == key for k, _ in kwargs):
+                    raise RuleError(f"{where}: argument {key!r} given twice")
+                kwargs.append((key, parse_value(km.group(2), where)))
+            else:
+                if kwargs:
+                    raise RuleError(f"{where}: positional argument after keyword argument")
+                args.append(parse_value(part, where))
+    return Action(name, tuple(args), tuple(kwargs))
+
+
+def parse_rule(text: str) -> Rule:
+    """`PATTERN=ACTION`, split at the first `=`. Scheme names and arguments are checked here,
+    so a bad rule is a usage error before anything is read."""
+    if "=" not in text:
+        raise RuleError(f"rule {text!r} has no '='; write PATTERN=ACTION, e.g. '*.weight=kaiming'")
+    left, right = text.split("=", 1)
+    where = f"rule {text!r}"
+    pattern = parse_pattern(left.strip())
+    action = parse_action(right, where)
+    if action.name == KEEP:
+        if action.args or action.kwargs:
+            raise RuleError(f"{where}: keep takes no arguments")
+        return Rule(text, pattern, action, None)
+    if action.name == "from":
+        from reinit.transplant import parse_from
+
+        return Rule(text, pattern, action, None, transplant=parse_from(action, where))
+    try:
+        scheme = bind_scheme(action.name, action.args, action.kwargs_dict())
+    except SchemeError as e:
+        raise RuleError(f"{where}: {e}") from None
+    return Rule(text, pattern, action, scheme)
+
+
+def parse_rules(texts: Sequence[str]) -> tuple[Rule, ...]:
+    return tuple(parse_rule(t) for t in texts)
+
+
+# --- planning ---------------------------------------------------------------------------
+
+
+class TensorLike(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+
+ACTIONS = ("kept", "reinit", "transplant", "skipped")
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    """What happens to one tensor. `rule` is None when no rule matched (kept byte-for-byte)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    action: str  # one of ACTIONS
+    rule: Rule | None = None
+    captures: tuple[str, ...] = ()
+    reason: str | None = None
+
+    @property
+    def scheme(self) -> BoundScheme | None:
+        return self.rule.scheme if self.rule is not None and self.action == "reinit" else None
+
+    @property
+    def changes(self) -> bool:
+        return self.action in ("reinit", "transplant")
+
+
+@dataclass(frozen=True)
+class Plan:
+    entries: tuple[PlanEntry, ...]
+    rules: tuple[Rule, ...]
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def skipped(self) -> tuple[PlanEntry, ...]:
+        return tuple(e for e in self.entries if e.action == "skipped")
+
+
+def is_integer_dtype(dtype: torch.dtype) -> bool:
+    return not (dtype.is_floating_point or dtype.is_complex)
+
+
+def why_cannot_take(rule: Rule, shape: tuple[int, ...], dtype: torch.dtype) -> str | None:
+    """The reason a reinit rule's scheme cannot take this tensor, or None."""
+    if rule.scheme is None:
+        return None
+    if is_integer_dtype(dtype):
+        return f"{dtype_label(dtype)} tensor: integer and bool tensors are never re-initialized"
+    if dtype.is_complex:
+        return f"{dtype_label(dtype)} tensor: complex tensors are not re-initialized"
+    return rule.scheme.scheme.can_take(shape, rule.scheme.kwargs)
+
+
+def dtype_label(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def last_match(rules: Sequence[Rule], name: str) -> tuple[Rule, tuple[str, ...]] | None:
+    """The last rule that matches `name` wins (general first, specific after)."""
+    for rule in reversed(rules):
+        caps = rule.pattern.match(name)
+        if caps is not None:
+            return rule, caps
+    return None
+
+
+def plan(
+    tensors: Sequence[TensorLike],
+    rules: Sequence[Rule],
+    *,
+    strict: bool = False,
+    allow_unmatched: bool = False,
+) -> Plan:
+    """Decide, for each tensor, which rule wins and what it does. Raises `RuleError` for a rule
+    that matches nothing (unless allowed) or a wildcard-free rule naming a tensor its scheme
+    cannot take, and `StrictError` under `strict` for any skip."""
+    entries: list[PlanEntry] = []
+    used: set[int] = set()
+    for t in tensors:
+        shape = tuple(t.shape)
+        hit = last_match(rules, t.name)
+        # a rule "matches" for the unmatched check even when it loses to a later rule
+        for i, r in enumerate(rules):
+            if i not in used and r.pattern.match(t.name) is not None:
+                used.add(i)
+        if hit is None:
+            entries.append(PlanEntry(t.name, shape, t.dtype, "kept"))
+            continue
+        rule, caps = hit
+        if rule.kind == "keep":
+            entries.append(PlanEntry(t.name, shape, t.dtype, "kept", rule, caps))
+            continue
+        if rule.kind == "transplant":
+            entries.append(PlanEntry(t.name, shape, t.dtype, "transplant", rule, caps))
+            continue
+        reason = why_cannot_take(rule, shape, t.dtype)
+        if reason is not None:
+            if not rule.pattern.has_wildcards:
+                raise RuleError(f"rule {rule.text!r}: tensor '{t.name}' {shape}: {reason}")
+            entries.append(PlanEntry(t.name, shape, t.dtype, "skipped", rule, caps, reason))
+            continue
+        entries.append(PlanEntry(t.name, shape, t.dtype, "reinit", rule, caps))
+
+    warnings: list[str] = []
+    names = [t.name for t in tensors]
+    for i, r in enumerate(rules):
+        if i in used:
+            continue
+        msg = f"rule {r.text!r} matches no tensor{closest_hint(r.pattern.text, names)}"
+        if not allow_unmatched:
+            raise RuleError(msg + " (--allow-unmatched makes this a warning)")
+        warnings.append(msg)
+
+    result = Plan(tuple(entries), tuple(rules), tuple(warnings))
+    if strict and result.skipped:
+        first = result.skipped[0]
+        raise StrictError(
+            f"--strict: {len(result.skipped)} tensor(s) would be skipped, e.g. "
+            f"'{first.name}' by rule {first.rule.text if first.rule else ''!r}: {first.reason}"
+        )
+    return result
+
+
+def closest_hint(pattern: str, names: Sequence[str], n: int = 3) -> str:
+    """'; closest names: a, b, c' for an error message, from the pattern with wildcards removed."""
+    probe = pattern.removeprefix("re:")
+    probe = re.sub(r"[*?\[\]^$()|+\\]", "", probe)
+    close = difflib.get_close_matches(probe, names, n=n, cutoff=0.3)
+    if not close and names:
+        close = sorted(names, key=lambda x: -difflib.SequenceMatcher(None, probe, x).ratio())[:n]
+    return f"; closest names: {', '.join(close)}" if close else "; the checkpoint has no tensors"

@@ -1,0 +1,260 @@
+"""Every `torch.nn.init` scheme, with torch's argument names, positional order and defaults.
+
+Fills call the torch function itself with the tensor's own generator, so a float32 result is
+bit-identical to the plain torch call (DESIGN §3). The one exception is `sparse`, whose zero
+positions torch draws from the global RNG; ours come from the tensor's generator."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.nn import init
+
+from reinit.schemes.base import Args, Param, Scheme, Shape, compute_fans
+from reinit.schemes.gain import calculate_gain, gain_value
+
+_SQRT12 = math.sqrt(12.0)
+
+
+# --- what a scheme can take -------------------------------------------------------------
+
+
+def _needs_2d_or_more(name: str):
+    def check(shape: Shape, args: Args) -> str | None:
+        if len(shape) < 2:
+            return f"{name} needs a tensor of 2 or more dims to compute fans; this one is {len(shape)}-D"
+        return None
+
+    return check
+
+
+def _needs_exactly_2d(name: str):
+    def check(shape: Shape, args: Args) -> str | None:
+        if len(shape) != 2:
+            return f"{name} needs a 2-D tensor; this one is {len(shape)}-D"
+        return None
+
+    return check
+
+
+def _dirac_can_take(shape: Shape, args: Args) -> str | None:
+    if len(shape) not in (3, 4, 5):
+        return f"dirac needs a 3-, 4- or 5-D tensor; this one is {len(shape)}-D"
+    groups = args.get("groups", 1)
+    if groups < 1 or shape[0] % groups != 0:
+        return f"dirac(groups={groups}) needs dim 0 ({shape[0]}) divisible by groups"
+    return None
+
+
+# --- std formulas -----------------------------------------------------------------------
+
+
+def _phi(x: float) -> float:
+    return math.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+
+
+def _Phi(x: float) -> float:
+    return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+
+def truncated_normal_std(mean: float, std: float, a: float, b: float) -> float:
+    """Std of N(mean, std²) truncated to [a, b] (absolute bounds)."""
+    alpha, beta = (a - mean) / std, (b - mean) / std
+    z = _Phi(beta) - _Phi(alpha)
+    if z <= 0:
+        raise ValueError("empty truncation interval")
+    t1 = (alpha * _phi(alpha) - beta * _phi(beta)) / z
+    t2 = (_phi(alpha) - _phi(beta)) / z
+    return std * math.sqrt(max(0.0, 1.0 + t1 - t2 * t2))
+
+
+def _pattern_std(ones: int, numel: int) -> float:
+    """Population std of a 0/1 pattern with `ones` ones among `numel` entries."""
+    p = ones / numel
+    return math.sqrt(p * (1.0 - p))
+
+
+def _eye_std(shape: Shape, args: Args) -> float:
+    return _pattern_std(min(shape), math.prod(shape))
+
+
+def _dirac_std(shape: Shape, args: Args) -> float:
+    groups = args["groups"]
+    ones = groups * min(shape[0] // groups, shape[1])
+    return _pattern_std(ones, math.prod(shape))
+
+
+def _fans(shape: Shape) -> tuple[int, int]:
+    fans = compute_fans(shape)
+    if fans is None:
+        raise ValueError("no fans under 2-D")
+    return fans
+
+
+def _xavier_std(shape: Shape, args: Args) -> float:
+    fan_in, fan_out = _fans(shape)
+    return gain_value(args["gain"]) * math.sqrt(2.0 / (fan_in + fan_out))
+
+
+def _kaiming_std(shape: Shape, args: Args) -> float:
+    fan_in, fan_out = _fans(shape)
+    fan = fan_in if args["mode"] == "fan_in" else fan_out
+    return calculate_gain(args["nonlinearity"], args["a"]) / math.sqrt(fan)
+
+
+def _orthogonal_std(shape: Shape, args: Args) -> float:
+    rows = shape[0]
+    cols = math.prod(shape) // rows
+    return gain_value(args["gain"]) / math.sqrt(max(rows, cols))
+
+
+def _sparse_std(shape: Shape, args: Args) -> float:
+    rows = shape[0]
+    zeros = math.ceil(args["sparsity"] * rows)
+    return args["std"] * math.sqrt(max(0.0, 1.0 - zeros / rows))
+
+
+# --- fills ------------------------------------------------------------------------------
+
+
+def _sparse_fill(t: torch.Tensor, g: torch.Generator, args: Args) -> None:
+    """Martens' sparse init with zero positions drawn from `g` (torch draws them from the
+    global RNG, which would break per-tensor reproducibility). One random permutation per
+    column, vectorized: argsort of uniform noise."""
+    rows, cols = t.shape
+    t.normal_(0.0, args["std"], generator=g)
+    zeros = math.ceil(args["sparsity"] * rows)
+    if zeros and rows and cols:
+        order = torch.rand((rows, cols), generator=g).argsort(dim=0)
+        t.scatter_(0, order[:zeros], 0.0)
+
+
+_GAIN = Param("gain", "gain", 1.0, help="number or nonlinearity name")
+_KAIMING = (
+    Param("a", "float", 0.0, help="negative slope of leaky_relu"),
+    Param("mode", "mode", "fan_in", choices=("fan_in", "fan_out")),
+    Param("nonlinearity", "nonlinearity", "leaky_relu"),
+)
+
+TORCH_SCHEMES: tuple[Scheme, ...] = (
+    Scheme(
+        "uniform",
+        (Param("a", "float", 0.0), Param("b", "float", 1.0)),
+        lambda t, g, a: init.uniform_(t, a["a"], a["b"], generator=g),
+        lambda s, a: (a["b"] - a["a"]) / _SQRT12,
+        "(b−a)/√12",
+        "U(a, b)",
+        kurtosis=1.8,
+    ),
+    Scheme(
+        "normal",
+        (Param("mean", "float", 0.0), Param("std", "float", 1.0)),
+        lambda t, g, a: init.normal_(t, a["mean"], a["std"], generator=g),
+        lambda s, a: a["std"],
+        "std",
+        "N(mean, std²)",
+    ),
+    Scheme(
+        "trunc_normal",
+        (
+            Param("mean", "float", 0.0),
+            Param("std", "float", 1.0),
+            Param("a", "float", -2.0, help="absolute lower bound"),
+            Param("b", "float", 2.0, help="absolute upper bound"),
+        ),
+        lambda t, g, a: init.trunc_normal_(t, a["mean"], a["std"], a["a"], a["b"], generator=g),
+        lambda s, a: truncated_normal_std(a["mean"], a["std"], a["a"], a["b"]),
+        "std of N(mean, std²) truncated to [a, b]",
+        "N(mean, std²) truncated to [a, b] (absolute bounds)",
+        kurtosis=2.8,
+    ),
+    Scheme(
+        "constant",
+        (Param("val", "float"),),
+        lambda t, g, a: init.constant_(t, a["val"]),
+        lambda s, a: 0.0,
+        "0",
+        "every value = val",
+    ),
+    Scheme("ones", (), lambda t, g, a: init.ones_(t), lambda s, a: 0.0, "0", "every value = 1"),
+    Scheme("zeros", (), lambda t, g, a: init.zeros_(t), lambda s, a: 0.0, "0", "every value = 0"),
+    Scheme(
+        "eye",
+        (),
+        lambda t, g, a: init.eye_(t),
+        _eye_std,
+        "√(p(1−p)), p = min(n,m)/(n·m)",
+        "identity matrix (2-D)",
+        can_take=_needs_exactly_2d("eye"),
+        aliases=("identity",),
+    ),
+    Scheme(
+        "dirac",
+        (Param("groups", "int", 1),),
+        lambda t, g, a: init.dirac_(t, a["groups"]),
+        _dirac_std,
+        "√(p(1−p)), p = fraction of ones in the dirac pattern",
+        "Dirac delta: convolution that preserves its input (3/4/5-D)",
+        can_take=_dirac_can_take,
+    ),
+    Scheme(
+        "xavier_uniform",
+        (_GAIN,),
+        lambda t, g, a: init.xavier_uniform_(t, gain_value(a["gain"]), generator=g),
+        _xavier_std,
+        "gain·√(2/(fan_in+fan_out))",
+        "Glorot & Bengio (2010), uniform",
+        can_take=_needs_2d_or_more("xavier_uniform"),
+        kurtosis=1.8,
+        aliases=("xavier", "glorot"),
+    ),
+    Scheme(
+        "xavier_normal",
+        (_GAIN,),
+        lambda t, g, a: init.xavier_normal_(t, gain_value(a["gain"]), generator=g),
+        _xavier_std,
+        "gain·√(2/(fan_in+fan_out))",
+        "Glorot & Bengio (2010), normal",
+        can_take=_needs_2d_or_more("xavier_normal"),
+    ),
+    Scheme(
+        "kaiming_uniform",
+        _KAIMING,
+        lambda t, g, a: init.kaiming_uniform_(t, a["a"], a["mode"], a["nonlinearity"], generator=g),
+        _kaiming_std,
+        "gain/√fan, gain = calculate_gain(nonlinearity, a)",
+        "He et al. (2015), uniform",
+        can_take=_needs_2d_or_more("kaiming_uniform"),
+        kurtosis=1.8,
+    ),
+    Scheme(
+        "kaiming_normal",
+        _KAIMING,
+        lambda t, g, a: init.kaiming_normal_(t, a["a"], a["mode"], a["nonlinearity"], generator=g),
+        _kaiming_std,
+        "gain/√fan, gain = calculate_gain(nonlinearity, a)",
+        "He et al. (2015), normal",
+        can_take=_needs_2d_or_more("kaiming_normal"),
+        aliases=("kaiming", "he"),
+    ),
+    Scheme(
+        "orthogonal",
+        (_GAIN,),
+        lambda t, g, a: init.orthogonal_(t, gain_value(a["gain"]), generator=g),
+        _orthogonal_std,
+        "gain/√max(rows, cols) (trailing dims flattened)",
+        "Saxe et al. (2013): (semi-)orthogonal matrix via QR",
+        can_take=_needs_2d_or_more("orthogonal"),
+    ),
+    Scheme(
+        "sparse",
+        (Param("sparsity", "float"), Param("std", "float", 0.01)),
+        _sparse_fill,
+        _sparse_std,
+        "std·√(1−⌈sparsity·rows⌉/rows)",
+        "Martens (2010): N(0, std²) with a fraction `sparsity` of each column zeroed (2-D)",
+        can_take=_needs_exactly_2d("sparse"),
+        kurtosis=3.0 / 0.05,  # heavy-tailed mixture of zeros and normals; a loose tolerance
+    ),
+)
