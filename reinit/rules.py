@@ -168,6 +168,8 @@ def parse_action(text: str, where: str = "rule") -> Action:
     rest = s[m.end() :].strip()
     if not rest:
         return Action(name)
+    if rest.startswith("(") and not rest.endswith(")"):
+        raise RuleError(f"{where}: missing ')' at the end of {s!r}")
     if not (rest.startswith("(") and rest.endswith(")")):
         raise RuleError(f"{where}: expected {name}(ARG, ...) but found {rest!r} after the name")
     inner = rest[1:-1]

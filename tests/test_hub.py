@@ -118,7 +118,11 @@ def single_repo(home: Path, tmp_path: Path, repo_id: str = "acme/tiny-bert") -> 
     seed_repo(
         home,
         repo_id,
-        {"model.safetensors": st_bytes(tmp_path, tensors), "config.json": b'{"hidden_size": 4}'},
+        {
+            "model.safetensors": st_bytes(tmp_path, tensors),
+            "config.json": b'{"hidden_size": 4}',
+            ".gitattributes": b"*.safetensors filter=lfs",
+        },
     )
     return tensors
 
@@ -230,6 +234,7 @@ def test_single_file_repo_offline(offline, tmp_path):
     assert path.is_relative_to(offline / "hub" / "models--acme--tiny-bert" / "snapshots" / C2)
     assert_same(load_file(str(path)), tensors)
     assert json.loads(repo.fetch("config.json").read_text()) == {"hidden_size": 4}
+    assert repo.fetch(".gitattributes").is_file()  # hidden from the listing, still fetchable
 
 
 def test_sharded_repo_offline(offline, tmp_path):
@@ -459,7 +464,11 @@ class FakeHub:
 
     def add(self, repo_id, files, commit=C2, branches=None, gated=False, token=None):
         self.repos[repo_id] = dict(
-            files=files, commit=commit, branches=branches or {"main": commit}, gated=gated, token=token
+            files=files,
+            commit=commit,
+            branches=branches or {"main": commit},
+            gated=gated,
+            token=token,
         )
 
     def close(self):
@@ -496,7 +505,9 @@ class FakeHub:
             return self.reply(req, 401, headers={"X-Error-Message": msg}, send_body=body)
         commit = rev if rev in (repo["commit"], C1) else repo["branches"].get(rev)
         if commit is None:
-            return self.reply(req, 404, headers={"X-Error-Code": "RevisionNotFound"}, send_body=body)
+            return self.reply(
+                req, 404, headers={"X-Error-Code": "RevisionNotFound"}, send_body=body
+            )
         if api:
             info = {
                 "id": repo_id,
@@ -531,6 +542,7 @@ def test_online_download_then_offline_reuse(fake_hub, online, tmp_path, monkeypa
             "config.json": b"{}",
             "model.safetensors": st_bytes(tmp_path, tensors),
             "sub/extra.txt": b"x",
+            ".gitattributes": b"",
         },
     )
     repo = HubRepo(parse_hf_url("hf://acme/remote"), progress=False)

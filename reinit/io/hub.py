@@ -22,10 +22,12 @@ Chosen behaviour:
 - Hub unreachable (connection refused, timeout, proxy error, HTTP 429/5xx) while online: if the revision
   is cached, the repo falls back to the cache exactly as in offline mode and logs one warning on the
   `reinit.hub` logger (`fallback_reason` says why); otherwise it is a `HubError`.
-- `HF_HOME` / `HF_HUB_CACHE`, `HF_ENDPOINT` and `HF_TOKEN` are read from the environment when the
-  `HubRepo` is created (falling back to `huggingface_hub.constants`), so setting them after
-  `huggingface_hub` was imported still works. `HF_HUB_DOWNLOAD_TIMEOUT` is only read by the library,
-  at import time.
+- `HF_HOME` / `HF_HUB_CACHE` and `HF_ENDPOINT` are read from the environment when the `HubRepo` is
+  created (falling back to `huggingface_hub.constants`), so setting them after `huggingface_hub` was
+  imported still works; `HF_TOKEN` is read by the library at each request. `HF_HUB_DOWNLOAD_TIMEOUT`
+  is only read by the library, at import time.
+- `list_files` leaves out hidden files (`.gitattributes`, anything under a `.dir/`), as the local
+  directory reader does; `fetch` still gets them when asked by name.
 - `fetch` returns the snapshot path (`.../snapshots/<commit>/<file>`, usually a symlink into `blobs/`),
   which keeps the file's real name and extension.
 - Progress bars are huggingface_hub's own (tqdm on stderr, hidden when stderr is not a terminal or
@@ -170,7 +172,8 @@ class HubRepo:
         return bool(self._offline)
 
     def list_files(self) -> list[str]:
-        """Sorted file names (with "/" for nested files) relative to the subfolder. Online: the whole
+        """Sorted file names (with "/" for nested files) relative to the subfolder, without hidden
+        ones (`.gitattributes`, `.cache/...`), like the local directory reader. Online: the whole
         repo at the pinned commit. Offline: the files of the cached snapshot."""
         self._resolve()
         files = self._root_files()
@@ -213,7 +216,7 @@ class HubRepo:
                 revision=self._commit,
                 cache_dir=str(self.cache_dir),
                 endpoint=self.endpoint,
-                local_files_only=False,
+                local_files_only=bool(self._offline),
                 etag_timeout=_timeout(),
                 tqdm_class=None if self.progress else _quiet_bar(),
                 library_name="reinit",
@@ -263,7 +266,9 @@ class HubRepo:
         self._offline = False
         self._commit = commit
         self._repo_files = sorted(
-            s.rfilename for s in (getattr(info, "siblings", None) or []) if s.rfilename
+            s.rfilename
+            for s in (getattr(info, "siblings", None) or [])
+            if s.rfilename and not _hidden(s.rfilename)
         )
         if self.ref.revision is None or not _COMMIT_RE.fullmatch(self.ref.revision):
             # Record branch/tag -> commit in the cache's refs/ so a later offline run finds it.
@@ -316,7 +321,9 @@ class HubRepo:
             for n in names:
                 full = os.path.join(root, n)
                 if os.path.isfile(full):  # follows the blob symlink; skips dangling ones
-                    files.append(pathlib.Path(full).relative_to(snapshot).as_posix())
+                    rel = pathlib.Path(full).relative_to(snapshot).as_posix()
+                    if not _hidden(rel):
+                        files.append(rel)
         return sorted(files)
 
     # -- errors ------------------------------------------------------------------------------
@@ -406,7 +413,10 @@ class HubRepo:
             files = self._known_files() if self._offline else None
             return HubError(
                 self._not_cached_message(
-                    subject or "the file", filename=filename, unreachable=unreachable, files=files
+                    f"file {subject}" if subject else "the file",
+                    filename=filename,
+                    unreachable=unreachable,
+                    files=files,
                 )
             )
         if isinstance(exc, hf.EntryNotFoundError):  # RemoteEntryNotFoundError: the Hub said 404
@@ -543,6 +553,10 @@ def _reason(exc: BaseException) -> str:
 
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
+
+
+def _hidden(relname: str) -> bool:
+    return any(part.startswith(".") for part in relname.split("/"))
 
 
 def _clean_name(filename: str) -> str:
