@@ -1,0 +1,285 @@
+"""`reinit apply` end to end: the mission example, byte-for-byte guarantees, output forms,
+dtypes, and a real transformers round trip."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+import reinit
+from reinit.errors import OutputError, RuleError
+from reinit.io.safetensors_format import tensor_to_bytes
+from reinit.schemes import seed_for
+
+
+def tiny_bert(tmp_path: Path, name: str = "bert") -> Path:
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        vocab_size=99, max_position_embeddings=64,
+    )  # fmt: skip
+    model = BertModel(cfg).eval()
+    out = tmp_path / name
+    model.save_pretrained(out)
+    return out
+
+
+def test_mission_example_on_a_bert_checkpoint(tmp_path):
+    src_dir = tiny_bert(tmp_path)
+    src = src_dir / "model.safetensors"
+    # the int64 position_ids buffer is not saved by every transformers version: add one
+    sd = load_file(src)
+    sd["embeddings.position_ids"] = torch.arange(64).unsqueeze(0)
+    save_file(sd, src, metadata={"format": "pt"})
+
+    report = reinit.apply(src, ["*.weight=kaiming"])
+
+    out = src.with_name("model.reinit.safetensors")
+    rep_path = src.with_name("model.reinit.report.json")
+    assert out.is_file() and rep_path.is_file()
+    new = load_file(out)
+    assert list(new) == list(load_file(src))
+    by = {e.name: e for e in report.tensors}
+    n_reinit = 0
+    for name, t in sd.items():
+        e = by[name]
+        if name.endswith(".weight") and t.dim() >= 2:
+            n_reinit += 1
+            assert e.action == "reinit"
+            fan_in = t.shape[1]
+            expected = math.sqrt(2.0) / math.sqrt(fan_in)  # torch: a=0 -> leaky_relu gain √2
+            assert e.expected_std == pytest.approx(expected)
+            n = t.numel()
+            assert abs(new[name].double().std().item() - expected) / expected < 5 / math.sqrt(2 * n) + 0.01
+        elif name.endswith(".weight"):
+            assert e.action == "skipped" and "dims" in e.reason  # LayerNorm weights
+            assert torch.equal(new[name], t)
+        else:
+            assert e.action == "kept"
+            assert torch.equal(new[name], t)
+    assert n_reinit >= 10
+    assert by["embeddings.position_ids"].dtype == "int64"
+    assert new["embeddings.position_ids"].dtype == torch.int64
+    doc = json.loads(rep_path.read_text())
+    assert doc["summary"]["reinit"] == n_reinit
+    assert doc["summary"]["skipped"] == sum(1 for e in report.tensors if e.action == "skipped") > 0
+    assert doc["tensors"][0].keys() >= {
+        "name", "shape", "dtype", "action", "rule", "scheme", "from", "reason", "fan_in",
+        "fan_out", "before", "after", "expected_std", "var_gain", "flags",
+    }  # fmt: skip
+
+
+def raw(t: torch.Tensor) -> bytes:
+    return tensor_to_bytes(t).tobytes()
+
+
+def _bytes_of(path: Path) -> dict[str, bytes]:
+    """Each tensor's stored bytes, read by the safetensors library itself."""
+    with safe_open(path, "pt") as f:
+        return {k: raw(f.get_tensor(k)) for k in f.keys()}  # noqa: SIM118
+
+
+def edge_state_dict() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "a.weight": torch.randn(16, 8, generator=g),
+        "a.bias": torch.randn(16, generator=g),
+        "h.weight": torch.randn(8, 8, generator=g).to(torch.bfloat16),
+        "h16.weight": torch.randn(8, 8, generator=g).to(torch.float16),
+        "f8.weight": torch.randn(8, 8, generator=g).to(torch.float8_e4m3fn),
+        "f8b.weight": torch.randn(8, 8, generator=g).to(torch.float8_e5m2),
+        "d.weight": torch.randn(4, 4, generator=g, dtype=torch.float64),
+        "ids": torch.arange(10, dtype=torch.int64),
+        "mask": torch.tensor([True, False, True]),
+        "empty.weight": torch.zeros(0, 4),
+        "scalar": torch.tensor(2.5),
+    }
+
+
+def test_untouched_tensors_are_byte_identical_and_every_dtype_round_trips(tmp_path):
+    src = tmp_path / "m.safetensors"
+    sd = edge_state_dict()
+    save_file(sd, src)
+    out = tmp_path / "o.safetensors"
+    report = reinit.apply(src, ["h*.weight=normal(std=0.1)", "f8*.weight=normal(std=0.1)"], out)
+    new = load_file(out)
+    before, after = _bytes_of(src), _bytes_of(out)
+    for name, t in sd.items():
+        assert new[name].dtype == t.dtype and tuple(new[name].shape) == tuple(t.shape)
+        if name in ("h.weight", "h16.weight", "f8.weight", "f8b.weight"):
+            assert after[name] != before[name]
+        else:
+            assert after[name] == before[name] == raw(t), name
+    # the fp8 tensor's values are the float32 draw cast to fp8
+    ref = torch.empty(8, 8).normal_(0, 0.1, generator=torch.Generator().manual_seed(seed_for(0, "f8.weight")))
+    assert torch.equal(new["f8.weight"].view(torch.uint8), ref.to(torch.float8_e4m3fn).view(torch.uint8))
+    assert report.entry("scalar").after.mean == 2.5
+    assert report.entry("empty.weight").after.std is None
+    assert report.entry("ids").after.max == 9.0
+
+
+def test_two_runs_and_rule_order_give_identical_bytes(tmp_path):
+    src = tmp_path / "m.safetensors"
+    save_file(edge_state_dict(), src)
+    rules = ["a.weight=orthogonal", "h.weight=xavier_uniform", "d.weight=sparse(0.5)"]
+    outs = []
+    for i, rs in enumerate([rules, rules, list(reversed(rules))]):
+        out = tmp_path / f"o{i}.safetensors"
+        reinit.apply(src, rs, out, default_report=False, seed=5)
+        outs.append(out.read_bytes())
+    # the provenance metadata lists the rules in order, so compare everything else
+    assert outs[0] == outs[1]
+    assert _bytes_of(tmp_path / "o0.safetensors") == _bytes_of(tmp_path / "o2.safetensors")
+
+
+def test_output_is_bit_identical_to_the_plain_torch_call(tmp_path):
+    src = tmp_path / "m.safetensors"
+    save_file({"enc.w": torch.zeros(32, 16)}, src)
+    reinit.apply(src, ["enc.w=kaiming_uniform(nonlinearity=relu)"], tmp_path / "o.safetensors", seed=3)
+    ref = torch.empty(32, 16)
+    torch.nn.init.kaiming_uniform_(ref, nonlinearity="relu", generator=torch.Generator().manual_seed(seed_for(3, "enc.w")))
+    assert torch.equal(load_file(tmp_path / "o.safetensors")["enc.w"], ref)
+
+
+def test_metadata_kept_and_provenance_added(tmp_path):
+    src = tmp_path / "m.safetensors"
+    save_file({"w": torch.ones(2, 2)}, src, metadata={"format": "pt", "author": "me"})
+    reinit.apply(src, ["w=zeros"], seed=9)
+    with safe_open(tmp_path / "m.reinit.safetensors", "pt") as f:
+        meta = f.metadata()
+    assert meta["author"] == "me" and meta["format"] == "pt"
+    prov = json.loads(meta["reinit"])
+    assert prov == {"version": reinit.__version__, "seed": 9, "rules": ["w=zeros"]}
+
+
+def test_refuses_existing_output_and_source_as_output(tmp_path):
+    src = tmp_path / "m.safetensors"
+    save_file({"w": torch.ones(2, 2)}, src)
+    before = src.read_bytes()
+    reinit.apply(src, ["w=zeros"])
+    out = tmp_path / "m.reinit.safetensors"
+    first = out.read_bytes()
+    with pytest.raises(OutputError, match="--overwrite"):
+        reinit.apply(src, ["w=ones"])
+    assert out.read_bytes() == first
+    reinit.apply(src, ["w=ones"], overwrite=True)
+    assert torch.equal(load_file(out)["w"], torch.ones(2, 2))
+    with pytest.raises(OutputError, match="--in-place"):
+        reinit.apply(src, ["w=zeros"], src)
+    assert src.read_bytes() == before
+    reinit.apply(src, ["w=zeros"], in_place=True, default_report=False)
+    assert torch.equal(load_file(src)["w"], torch.zeros(2, 2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.reinit.report.json", "m.reinit.safetensors", "m.safetensors"]
+
+
+def test_bad_rule_writes_nothing(tmp_path):
+    src = tmp_path / "m.safetensors"
+    save_file({"w": torch.ones(2, 2)}, src)
+    with pytest.raises(RuleError):
+        reinit.apply(src, ["nothing.here=zeros"])
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+
+def test_torch_file_with_nested_state_dict_and_non_contiguous_tensor(tmp_path):
+    base = torch.randn(6, 4)
+    inner = {"layer.weight": base.t(), "layer.bias": torch.zeros(6), "step": torch.tensor(3)}
+    assert not inner["layer.weight"].is_contiguous()
+    torch.save({"state_dict": inner, "epoch": 3, "hparams": {"lr": 0.1}}, tmp_path / "ck.ckpt")
+    report = reinit.apply(tmp_path / "ck.ckpt", ["layer.bias=ones"])
+    out = load_file(tmp_path / "ck.reinit.safetensors")
+    assert set(out) == {"layer.weight", "layer.bias", "step"}
+    assert torch.equal(out["layer.weight"], base.t().contiguous())
+    assert torch.equal(out["layer.bias"], torch.ones(6))
+    assert report.summary.reinit == 1
+
+
+def test_torch_output_format(tmp_path):
+    src = tmp_path / "m.safetensors"
+    save_file({"w": torch.ones(3, 3), "b": torch.ones(3)}, src)
+    reinit.apply(src, ["w=eye"], tmp_path / "out.pt")
+    sd = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert torch.equal(sd["w"], torch.eye(3)) and torch.equal(sd["b"], torch.ones(3))
+    assert (tmp_path / "out.report.json").is_file()
+
+
+def test_sharded_directory_keeps_layout_and_copies_other_files(tmp_path):
+    src = tmp_path / "model"
+    src.mkdir()
+    save_file({"a.weight": torch.randn(4, 4), "a.bias": torch.zeros(4)}, src / "model-00001-of-00002.safetensors", metadata={"format": "pt"})
+    save_file({"b.weight": torch.randn(4, 4)}, src / "model-00002-of-00002.safetensors", metadata={"format": "pt"})
+    index = {"metadata": {"total_size": 144}, "weight_map": {"a.weight": "model-00001-of-00002.safetensors", "a.bias": "model-00001-of-00002.safetensors", "b.weight": "model-00002-of-00002.safetensors"}}
+    (src / "model.safetensors.index.json").write_text(json.dumps(index))
+    (src / "config.json").write_text('{"x": 1}')
+    (src / "tokenizer").mkdir()
+    (src / "tokenizer" / "vocab.txt").write_text("a\nb\n")
+    (src / "pytorch_model.bin").write_bytes(b"stale weights must not be copied")
+
+    report = reinit.apply(src, ["b.weight=zeros"])
+    out = tmp_path / "model-reinit"
+    names = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert names == sorted([
+        "config.json", "tokenizer/vocab.txt", "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors", "model.safetensors.index.json", "reinit-report.json",
+    ])  # fmt: skip
+    idx = json.loads((out / "model.safetensors.index.json").read_text())
+    assert idx["weight_map"] == index["weight_map"]
+    assert idx["metadata"]["total_size"] == 144
+    assert (out / "model-00001-of-00002.safetensors").read_bytes()[8:].find(b'"reinit"') > 0
+    assert torch.equal(load_file(out / "model-00002-of-00002.safetensors")["b.weight"], torch.zeros(4, 4))
+    assert report.summary.reinit == 1 and report.output == str(out)
+
+
+def test_transformers_round_trip(tmp_path):
+    """A real architecture: save_pretrained -> reinit -> from_pretrained -> forward."""
+    from transformers import BertModel
+
+    src = tiny_bert(tmp_path)
+    report = reinit.apply(src, ["encoder.layer.1.*.weight=xavier_uniform", "pooler.dense.weight=orthogonal"])
+    out = tmp_path / "bert-reinit"
+    assert (out / "config.json").is_file()
+    original = BertModel.from_pretrained(src).eval()
+    model = BertModel.from_pretrained(out).eval()
+    ids = torch.randint(0, 99, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model(ids).last_hidden_state
+        y0 = original(ids).last_hidden_state
+    assert y.shape == (2, 7, 32) and torch.isfinite(y).all()
+    assert not torch.allclose(y, y0)
+    new_sd = model.state_dict()
+    for e in report.tensors:
+        if e.action == "reinit":
+            w = new_sd[e.name]
+            assert abs(w.std(unbiased=False).item() - e.after.std) < 1e-6
+        elif e.name in new_sd:
+            assert torch.equal(new_sd[e.name], original.state_dict()[e.name])
+
+
+def test_dry_run_plans_and_writes_nothing(tmp_path):
+    src = tmp_path / "m.safetensors"
+    save_file({"w": torch.ones(2, 2), "ln.weight": torch.ones(2)}, src)
+    p = reinit.plan(src, ["*.weight=kaiming", "w=normal"])
+    assert [(e.name, e.action) for e in p.entries] == [("ln.weight", "skipped"), ("w", "reinit")]
+    assert [x.name for x in tmp_path.iterdir()] == ["m.safetensors"]
+
+
+def test_report_formats(tmp_path):
+    import csv
+
+    src = tmp_path / "m.safetensors"
+    save_file({"a.weight": torch.randn(8, 8), "b": torch.ones(3)}, src)
+    reinit.apply(src, ["a.weight=xavier_normal"], reports=[tmp_path / "r.csv", tmp_path / "r.md", tmp_path / "r.json"])
+    rows = list(csv.DictReader((tmp_path / "r.csv").open()))
+    assert [r["name"] for r in rows] == ["a.weight", "b"]
+    assert rows[0]["action"] == "reinit" and float(rows[0]["expected_std"]) == pytest.approx(math.sqrt(2 / 16))
+    md = (tmp_path / "r.md").read_text().splitlines()
+    table = [line for line in md if line.startswith("| `")]
+    assert len(table) == 2
+    assert json.loads((tmp_path / "r.json").read_text())["summary"]["tensors"] == 2
