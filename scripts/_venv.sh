@@ -14,9 +14,12 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   echo "installing $TORCH_PIN (CPU build)" >&2
   "$VENV/bin/python" -m pip install -q "$TORCH_PIN"
 fi
-install_project() {  # $1: extras, e.g. "test" or ""
+install_project() {  # $1: extras, e.g. "test" or ""; pip's chatter goes to .venv/install.log
   local spec="$ROOT"
   [ -n "${1:-}" ] && spec="$ROOT[$1]"
-  "$VENV/bin/python" -m pip install -q -e "$spec" 2>&1 | grep -v -E "^WARNING: Location|^$" >&2 || true
-  "$VENV/bin/python" -c "import reinit" # fail loudly if the install did not take
+  if ! "$VENV/bin/python" -m pip install -q -e "$spec" >"$VENV/install.log" 2>&1; then
+    cat "$VENV/install.log" >&2
+    echo "pip install failed (log above, also in $VENV/install.log)" >&2
+    return 1
+  fi
 }

@@ -58,7 +58,10 @@ def test_mission_example_on_a_bert_checkpoint(tmp_path):
             expected = math.sqrt(2.0) / math.sqrt(fan_in)  # torch: a=0 -> leaky_relu gain √2
             assert e.expected_std == pytest.approx(expected)
             n = t.numel()
-            assert abs(new[name].double().std().item() - expected) / expected < 5 / math.sqrt(2 * n) + 0.01
+            assert (
+                abs(new[name].double().std().item() - expected) / expected
+                < 5 / math.sqrt(2 * n) + 0.01
+            )
         elif name.endswith(".weight"):
             assert e.action == "skipped" and "dims" in e.reason  # LayerNorm weights
             assert torch.equal(new[name], t)
@@ -119,8 +122,12 @@ def test_untouched_tensors_are_byte_identical_and_every_dtype_round_trips(tmp_pa
         else:
             assert after[name] == before[name] == raw(t), name
     # the fp8 tensor's values are the float32 draw cast to fp8
-    ref = torch.empty(8, 8).normal_(0, 0.1, generator=torch.Generator().manual_seed(seed_for(0, "f8.weight")))
-    assert torch.equal(new["f8.weight"].view(torch.uint8), ref.to(torch.float8_e4m3fn).view(torch.uint8))
+    ref = torch.empty(8, 8).normal_(
+        0, 0.1, generator=torch.Generator().manual_seed(seed_for(0, "f8.weight"))
+    )
+    assert torch.equal(
+        new["f8.weight"].view(torch.uint8), ref.to(torch.float8_e4m3fn).view(torch.uint8)
+    )
     assert report.entry("scalar").after.mean == 2.5
     assert report.entry("empty.weight").after.std is None
     assert report.entry("ids").after.max == 9.0
@@ -143,9 +150,13 @@ def test_two_runs_and_rule_order_give_identical_bytes(tmp_path):
 def test_output_is_bit_identical_to_the_plain_torch_call(tmp_path):
     src = tmp_path / "m.safetensors"
     save_file({"enc.w": torch.zeros(32, 16)}, src)
-    reinit.apply(src, ["enc.w=kaiming_uniform(nonlinearity=relu)"], tmp_path / "o.safetensors", seed=3)
+    reinit.apply(
+        src, ["enc.w=kaiming_uniform(nonlinearity=relu)"], tmp_path / "o.safetensors", seed=3
+    )
     ref = torch.empty(32, 16)
-    torch.nn.init.kaiming_uniform_(ref, nonlinearity="relu", generator=torch.Generator().manual_seed(seed_for(3, "enc.w")))
+    torch.nn.init.kaiming_uniform_(
+        ref, nonlinearity="relu", generator=torch.Generator().manual_seed(seed_for(3, "enc.w"))
+    )
     assert torch.equal(load_file(tmp_path / "o.safetensors")["enc.w"], ref)
 
 
@@ -177,7 +188,11 @@ def test_refuses_existing_output_and_source_as_output(tmp_path):
     assert src.read_bytes() == before
     reinit.apply(src, ["w=zeros"], in_place=True, default_report=False)
     assert torch.equal(load_file(src)["w"], torch.zeros(2, 2))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.reinit.report.json", "m.reinit.safetensors", "m.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "m.reinit.report.json",
+        "m.reinit.safetensors",
+        "m.safetensors",
+    ]
 
 
 def test_bad_rule_writes_nothing(tmp_path):
@@ -213,9 +228,24 @@ def test_torch_output_format(tmp_path):
 def test_sharded_directory_keeps_layout_and_copies_other_files(tmp_path):
     src = tmp_path / "model"
     src.mkdir()
-    save_file({"a.weight": torch.randn(4, 4), "a.bias": torch.zeros(4)}, src / "model-00001-of-00002.safetensors", metadata={"format": "pt"})
-    save_file({"b.weight": torch.randn(4, 4)}, src / "model-00002-of-00002.safetensors", metadata={"format": "pt"})
-    index = {"metadata": {"total_size": 144}, "weight_map": {"a.weight": "model-00001-of-00002.safetensors", "a.bias": "model-00001-of-00002.safetensors", "b.weight": "model-00002-of-00002.safetensors"}}
+    save_file(
+        {"a.weight": torch.randn(4, 4), "a.bias": torch.zeros(4)},
+        src / "model-00001-of-00002.safetensors",
+        metadata={"format": "pt"},
+    )
+    save_file(
+        {"b.weight": torch.randn(4, 4)},
+        src / "model-00002-of-00002.safetensors",
+        metadata={"format": "pt"},
+    )
+    index = {
+        "metadata": {"total_size": 144},
+        "weight_map": {
+            "a.weight": "model-00001-of-00002.safetensors",
+            "a.bias": "model-00001-of-00002.safetensors",
+            "b.weight": "model-00002-of-00002.safetensors",
+        },
+    }
     (src / "model.safetensors.index.json").write_text(json.dumps(index))
     (src / "config.json").write_text('{"x": 1}')
     (src / "tokenizer").mkdir()
@@ -233,7 +263,9 @@ def test_sharded_directory_keeps_layout_and_copies_other_files(tmp_path):
     assert idx["weight_map"] == index["weight_map"]
     assert idx["metadata"]["total_size"] == 144
     assert (out / "model-00001-of-00002.safetensors").read_bytes()[8:].find(b'"reinit"') > 0
-    assert torch.equal(load_file(out / "model-00002-of-00002.safetensors")["b.weight"], torch.zeros(4, 4))
+    assert torch.equal(
+        load_file(out / "model-00002-of-00002.safetensors")["b.weight"], torch.zeros(4, 4)
+    )
     assert report.summary.reinit == 1 and report.output == str(out)
 
 
@@ -242,7 +274,9 @@ def test_transformers_round_trip(tmp_path):
     from transformers import BertModel
 
     src = tiny_bert(tmp_path)
-    report = reinit.apply(src, ["encoder.layer.1.*.weight=xavier_uniform", "pooler.dense.weight=orthogonal"])
+    report = reinit.apply(
+        src, ["encoder.layer.1.*.weight=xavier_uniform", "pooler.dense.weight=orthogonal"]
+    )
     out = tmp_path / "bert-reinit"
     assert (out / "config.json").is_file()
     original = BertModel.from_pretrained(src).eval()
@@ -275,10 +309,16 @@ def test_report_formats(tmp_path):
 
     src = tmp_path / "m.safetensors"
     save_file({"a.weight": torch.randn(8, 8), "b": torch.ones(3)}, src)
-    reinit.apply(src, ["a.weight=xavier_normal"], reports=[tmp_path / "r.csv", tmp_path / "r.md", tmp_path / "r.json"])
+    reinit.apply(
+        src,
+        ["a.weight=xavier_normal"],
+        reports=[tmp_path / "r.csv", tmp_path / "r.md", tmp_path / "r.json"],
+    )
     rows = list(csv.DictReader((tmp_path / "r.csv").open()))
     assert [r["name"] for r in rows] == ["a.weight", "b"]
-    assert rows[0]["action"] == "reinit" and float(rows[0]["expected_std"]) == pytest.approx(math.sqrt(2 / 16))
+    assert rows[0]["action"] == "reinit" and float(rows[0]["expected_std"]) == pytest.approx(
+        math.sqrt(2 / 16)
+    )
     md = (tmp_path / "r.md").read_text().splitlines()
     table = [line for line in md if line.startswith("| `")]
     assert len(table) == 2

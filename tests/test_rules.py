@@ -31,7 +31,9 @@ BERTISH = [
 
 def test_glob_star_crosses_dots_and_captures():
     p = parse_pattern("encoder.*.weight")
-    assert p.match("encoder.layer.0.attention.self.query.weight") == ("layer.0.attention.self.query",)
+    assert p.match("encoder.layer.0.attention.self.query.weight") == (
+        "layer.0.attention.self.query",
+    )
     assert p.match("encoder.layer.0.attention.self.query.bias") is None
     assert parse_pattern("*.weight").match("a.b.c.weight") == ("a.b.c",)
 

@@ -80,7 +80,9 @@ def test_distribution_shapes_are_told_apart():
 
 def test_kaiming_uniform_is_uniform_with_its_bound():
     shape = (256, 128)
-    t = generate(bind_scheme("kaiming_uniform", (), {"nonlinearity": "relu"}), "w", shape, torch.float64, 0)
+    t = generate(
+        bind_scheme("kaiming_uniform", (), {"nonlinearity": "relu"}), "w", shape, torch.float64, 0
+    )
     bound = math.sqrt(2.0) * math.sqrt(3.0 / 128)
     assert t.abs().max().item() <= bound
     assert sps.kstest(t.flatten().numpy(), sps.uniform(-bound, 2 * bound).cdf).pvalue > 1e-3
@@ -93,7 +95,9 @@ def test_orthogonal_gives_gain_squared_identity(shape):
     m = t.reshape(shape[0], -1)
     rows, cols = m.shape
     prod = m @ m.T if rows <= cols else m.T @ m
-    torch.testing.assert_close(prod, gain**2 * torch.eye(min(rows, cols), dtype=torch.float64), atol=1e-10, rtol=0)
+    torch.testing.assert_close(
+        prod, gain**2 * torch.eye(min(rows, cols), dtype=torch.float64), atol=1e-10, rtol=0
+    )
 
 
 def test_sparse_zero_fraction_per_column_and_reproducible():
@@ -130,9 +134,13 @@ def test_constants(name, val):
 TORCH_CALLS = {
     "uniform(-0.2, 0.3)": lambda t, g: torch.nn.init.uniform_(t, -0.2, 0.3, generator=g),
     "normal(std=0.02)": lambda t, g: torch.nn.init.normal_(t, 0.0, 0.02, generator=g),
-    "trunc_normal(0, 0.02, -0.04, 0.04)": lambda t, g: torch.nn.init.trunc_normal_(t, 0, 0.02, -0.04, 0.04, generator=g),
+    "trunc_normal(0, 0.02, -0.04, 0.04)": lambda t, g: torch.nn.init.trunc_normal_(
+        t, 0, 0.02, -0.04, 0.04, generator=g
+    ),
     "xavier_uniform": lambda t, g: torch.nn.init.xavier_uniform_(t, generator=g),
-    "xavier_normal(gain=relu)": lambda t, g: torch.nn.init.xavier_normal_(t, math.sqrt(2), generator=g),
+    "xavier_normal(gain=relu)": lambda t, g: torch.nn.init.xavier_normal_(
+        t, math.sqrt(2), generator=g
+    ),
     "kaiming_uniform": lambda t, g: torch.nn.init.kaiming_uniform_(t, generator=g),
     "kaiming_normal(mode=fan_out, nonlinearity=relu)": lambda t, g: torch.nn.init.kaiming_normal_(
         t, mode="fan_out", nonlinearity="relu", generator=g
@@ -171,7 +179,9 @@ def test_low_and_high_precision_dtypes_are_drawn_in_float32_then_cast(dtype):
     t = generate(b, "w", (64, 64), dtype, 0)
     assert t.dtype == dtype
     if dtype == torch.float64:
-        ref = torch.empty(64, 64, dtype=torch.float64).normal_(0, 0.5, generator=torch.Generator().manual_seed(seed_for(0, "w")))
+        ref = torch.empty(64, 64, dtype=torch.float64).normal_(
+            0, 0.5, generator=torch.Generator().manual_seed(seed_for(0, "w"))
+        )
     else:
         ref = generate(b, "w", (64, 64), torch.float32, 0).to(dtype)
     assert torch.equal(t.view(torch.uint8), ref.view(torch.uint8))

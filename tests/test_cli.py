@@ -1,0 +1,207 @@
+"""The command line: CliRunner for each command and its errors, and once through the
+installed `reinit` executable in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+
+from reinit.cli import main
+
+
+@pytest.fixture()
+def ckpt(tmp_path: Path) -> Path:
+    g = torch.Generator().manual_seed(0)
+    path = tmp_path / "model.safetensors"
+    save_file(
+        {
+            "layers.0.fc.weight": torch.randn(16, 8, generator=g),
+            "layers.0.fc.bias": torch.zeros(16),
+            "layers.0.norm.weight": torch.ones(16),
+            "head.weight": torch.randn(4, 16, generator=g),
+        },
+        path,
+    )
+    return path
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_apply_default_output_summary_and_table(ckpt):
+    r = run("apply", str(ckpt), "--rule", "*.weight=kaiming")
+    assert r.exit_code == 0, r.output
+    assert "4 tensors, 2 reinit, 0 transplanted, 1 kept, 1 skipped" in r.stderr
+    assert "layers.0.fc.weight" in r.stderr and "head.weight" in r.stderr
+    assert "skipped 1: kaiming_normal needs a tensor of 2 or more dims" in r.stderr
+    assert r.stdout == ""
+    assert (ckpt.parent / "model.reinit.safetensors").is_file()
+    assert (ckpt.parent / "model.reinit.report.json").is_file()
+
+
+def test_apply_json_goes_to_stdout_only(ckpt, tmp_path):
+    r = run(
+        "apply",
+        str(ckpt),
+        "-r",
+        "head.weight=zeros",
+        "-o",
+        str(tmp_path / "o.safetensors"),
+        "--json",
+    )
+    assert r.exit_code == 0
+    doc = json.loads(r.stdout)
+    assert doc["summary"]["reinit"] == 1
+    assert doc["output"] == str(tmp_path / "o.safetensors")
+    assert {t["name"]: t["action"] for t in doc["tensors"]}["head.weight"] == "reinit"
+
+
+def test_dry_run_prints_plan_and_writes_nothing(ckpt):
+    r = run("apply", str(ckpt), "-r", "*.weight=orthogonal", "--dry-run")
+    assert r.exit_code == 0
+    assert "dry run, nothing written" in r.stdout
+    assert "layers.0.norm.weight" in r.stdout and "skipped" in r.stdout
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["model.safetensors"]
+
+
+@pytest.mark.parametrize(
+    "args, code, fragment",
+    [
+        (["-r", "nothing=zeros"], 2, "matches no tensor; closest names"),
+        (["-r", "*.weight=kaimin"], 2, "unknown scheme 'kaimin'"),
+        (["-r", "*.weight=normal(sd=1)"], 2, "has no argument 'sd'"),
+        (["-r", "layers.0.norm.weight=kaiming"], 2, "layers.0.norm.weight"),
+        (["-r", "*.weight=kaiming", "--strict"], 2, "--strict"),
+        (["-r", "*=zeros", "--device", "cuda"], 2, "CUDA is not available"),
+        (["-r", "*=zeros", "--report", "x.txt"], 2, "unknown report format"),
+    ],
+)
+def test_usage_errors_are_one_line_with_exit_2(ckpt, args, code, fragment):
+    r = run("apply", str(ckpt), *args)
+    assert r.exit_code == code, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0]
+    assert "Traceback" not in r.output
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["model.safetensors"]
+
+
+def test_missing_input_and_corrupt_input(tmp_path):
+    r = run("apply", str(tmp_path / "nope.safetensors"), "-r", "*=zeros")
+    assert r.exit_code == 2 and "no such file" in r.stderr
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ")
+    r = run("apply", str(bad), "-r", "*=zeros")
+    assert r.exit_code == 1 and "not valid JSON" in r.stderr and str(bad) in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_existing_output_refused(ckpt):
+    assert run("apply", str(ckpt), "-r", "head.weight=zeros").exit_code == 0
+    r = run("apply", str(ckpt), "-r", "head.weight=ones")
+    assert r.exit_code == 2 and "--overwrite" in r.stderr
+    assert run("apply", str(ckpt), "-r", "head.weight=ones", "--overwrite").exit_code == 0
+    assert torch.equal(
+        load_file(ckpt.parent / "model.reinit.safetensors")["head.weight"], torch.ones(4, 16)
+    )
+
+
+def test_allow_unmatched_warns(ckpt, tmp_path):
+    r = run(
+        "apply", str(ckpt), "-r", "head.weight=zeros", "-r", "nope=zeros", "--allow-unmatched", "-q"
+    )
+    assert r.exit_code == 0
+    assert "warning: rule 'nope=zeros' matches no tensor" in r.stderr
+
+
+def test_inspect(ckpt):
+    r = run("inspect", str(ckpt), "--filter", "layers.*", "--stats")
+    assert r.exit_code == 0
+    assert "layers.0.fc.weight" in r.stdout and "head.weight" not in r.stdout and "std" in r.stdout
+    r = run("inspect", str(ckpt), "--json")
+    rows = json.loads(r.stdout)
+    assert {x["name"] for x in rows} == {
+        "layers.0.fc.weight",
+        "layers.0.fc.bias",
+        "layers.0.norm.weight",
+        "head.weight",
+    }
+    assert {x["name"]: x["shape"] for x in rows}["head.weight"] == [4, 16]
+
+
+def test_schemes_lists_every_scheme_with_formula():
+    r = run("schemes")
+    assert r.exit_code == 0
+    for word in [
+        "kaiming_normal(a=0, mode=fan_in, nonlinearity=leaky_relu)",
+        "gain/√fan",
+        "(b−a)/√12",
+        "sparse(sparsity, std=0.01)",
+        "keep",
+        "from(SOURCE",
+    ]:
+        assert word in r.stdout
+    doc = json.loads(run("schemes", "--json").stdout)
+    assert {"uniform", "orthogonal", "dirac"} <= {d["name"] for d in doc}
+
+
+def test_gain_and_measure():
+    r = run("gain", "tanh", "--measure")
+    assert r.exit_code == 0
+    assert "gain 1.66667" in r.stdout and "1.59" in r.stdout
+    assert "gain 1.41421" in run("gain", "leaky_relu", "0").stdout
+    bad = run("gain", "swish")
+    assert bad.exit_code == 2 and "relu" in bad.stderr
+
+
+def test_report_command(ckpt, tmp_path):
+    r = run("report", str(ckpt), "--json", "-o", str(tmp_path / "r.csv"))
+    assert r.exit_code == 0
+    doc = json.loads(r.stdout)
+    assert doc["output"] is None and len(doc["tensors"]) == 4
+    assert (tmp_path / "r.csv").read_text().startswith("name,shape,dtype")
+
+
+def test_internal_errors_are_one_line_unless_debugging(ckpt, monkeypatch):
+    import reinit
+
+    def boom(*a, **k):
+        raise ZeroDivisionError("oops")
+
+    monkeypatch.setattr(reinit, "apply", boom)
+    r = CliRunner().invoke(main, ["apply", str(ckpt), "-r", "*=zeros"])
+    assert r.exit_code == 1 and "internal error: ZeroDivisionError: oops" in r.stderr
+    assert "REINIT_DEBUG=1" in r.stderr and "Traceback" not in r.stderr
+    monkeypatch.setenv("REINIT_DEBUG", "1")
+    r = CliRunner().invoke(main, ["apply", str(ckpt), "-r", "*=zeros"])
+    assert isinstance(r.exception, ZeroDivisionError)
+
+
+def test_installed_executable_in_a_subprocess(ckpt, tmp_path):
+    exe = Path(sys.executable).with_name("reinit")
+    assert exe.is_file(), "the project must be installed (./scripts/test does it)"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    ok = subprocess.run(
+        [str(exe), "apply", str(ckpt), "-r", "*.weight=xavier_uniform", "--json", "-q"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["summary"]["reinit"] == 2
+    assert ok.stderr == ""  # --quiet, and no progress bar when stderr is not a terminal
+    bad = subprocess.run(
+        [str(exe), "apply", str(ckpt), "-r", "x=y"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
