@@ -134,6 +134,13 @@ def main() -> None:
     is_flag=True,
     help="Allow torch files that need arbitrary code to load. Only for files you trust.",
 )
+@click.option(
+    "--model",
+    default=None,
+    metavar="MODEL",
+    help="The model the checkpoint belongs to (HF directory, hf://OWNER/NAME, module:callable): "
+    "enables type:CLASS patterns, module fans and the scheme default.",
+)
 def apply(
     source: str,
     rules: tuple[str, ...],
@@ -149,6 +156,7 @@ def apply(
     as_json: bool,
     quiet: bool,
     unsafe_pickle: bool,
+    model: str | None,
 ) -> None:
     """Re-initialize or transplant the tensors of SOURCE that the rules match."""
     import reinit
@@ -165,6 +173,7 @@ def apply(
             strict=strict,
             allow_unmatched=allow_unmatched,
             unsafe_pickle=unsafe_pickle,
+            model=model,
         )
         for w in plan.warnings:
             _err(f"warning: {w}")
@@ -183,6 +192,7 @@ def apply(
         device=device,
         progress=_progress_on(quiet),
         unsafe_pickle=unsafe_pickle,
+        model=model,
     )
     for w in report.warnings:
         _err(f"warning: {w}")

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -24,9 +25,13 @@ from reinit.io.writer import SafetensorsWriter, atomic_output, remove_path
 from reinit.report import Report, Stats, TensorEntry, finalize, summarize, tensor_stats, var_gain
 from reinit.rules import Plan, PlanEntry, Rule, parse_rules
 from reinit.rules import plan as make_plan
-from reinit.schemes import compute_fans, generate
+from reinit.schemes import compute_fans, expected_std_for, generate
+
+if TYPE_CHECKING:
+    from reinit.model import ModelView
 
 RuleInput = str | Rule
+ModelInput = Any  # str | os.PathLike | torch.nn.Module | reinit.model.Model | ModelView
 
 
 # --- output -----------------------------------------------------------------------------
@@ -168,11 +173,13 @@ def _entry(
     before: Stats | None = None,
     source: str | None = None,
     notes: tuple[str, ...] = (),
+    fans: tuple[int, int] | None = None,
 ) -> TensorEntry:
-    fans = compute_fans(p.shape)
+    """`fans`: the owning module's own fans when a model is given (else torch's, from the shape)."""
+    fans = fans or compute_fans(p.shape)
     fan_in, fan_out = fans if fans else (None, None)
     bound = p.scheme
-    expected = bound.expected_std(p.shape) if bound is not None else None
+    expected = expected_std_for(bound, p.shape, fans) if bound is not None else None
     return TensorEntry(
         name=p.name,
         shape=p.shape,
@@ -203,33 +210,48 @@ class _Produced:
 class Applier:
     """Produces each planned tensor's output bytes and its report entry."""
 
-    def __init__(self, ckpt: Checkpoint, seed: int, device: str, sources: object = None):
+    def __init__(
+        self,
+        ckpt: Checkpoint,
+        seed: int,
+        device: str,
+        sources: object = None,
+        model: ModelView | None = None,
+    ):
         self.ckpt = ckpt
         self.seed = seed
         self.device = device
         self.sources = sources  # a transplant.SourcePool when any rule is from(...)
+        self.model = model  # with --model: module fans and the `default` scheme
+        self.fans = model.fans if model is not None else {}
         self._tied_values: dict[str, torch.Tensor] = {}
 
     def produce(self, p: PlanEntry) -> _Produced:
         if p.action in ("kept", "skipped"):
             raw = self.ckpt.read_bytes(p.name)
             stats = tensor_stats(_view(raw, p))
-            return _Produced(raw, _entry(p, stats))
+            return _Produced(raw, _entry(p, stats, fans=self.fans.get(p.name)))
         before_t = self.ckpt.read(p.name)
         before = tensor_stats(before_t)
         notes: tuple[str, ...] = ()
         source = None
         if p.action == "reinit":
             assert p.scheme is not None
-            new = generate(p.scheme, p.name, p.shape, p.dtype, self.seed, self.device)
+            if self.model is not None:
+                from reinit.model import reinit_value
+
+                new = reinit_value(
+                    self.model, p.scheme, p.name, p.shape, p.dtype, self.seed, self.device
+                )
+            else:
+                new = generate(p.scheme, p.name, p.shape, p.dtype, self.seed, self.device)
         else:
             from reinit.transplant import transplant_value
 
             new, source, notes = transplant_value(self.sources, p, before_t)
         del before_t
-        return _Produced(
-            tensor_to_bytes(new), _entry(p, tensor_stats(new), before, source, notes), new
-        )
+        entry = _entry(p, tensor_stats(new), before, source, notes, self.fans.get(p.name))
+        return _Produced(tensor_to_bytes(new), entry, new)
 
 
 def _view(raw: bytes | bytearray | memoryview, p: PlanEntry) -> torch.Tensor:
@@ -262,12 +284,15 @@ def plan(
     strict: bool = False,
     allow_unmatched: bool = False,
     unsafe_pickle: bool = False,
+    model: ModelInput | None = None,
 ) -> Plan:
-    """What `apply` would do, without writing anything (the `--dry-run`)."""
+    """What `apply` would do, without writing anything (the `--dry-run`). `model` (see
+    `reinit.model`) enables `type:` patterns and the `default` scheme."""
     from reinit.transplant import SourcePool
 
     with _opened(source, unsafe_pickle) as ckpt, SourcePool(ckpt, unsafe_pickle) as pool:
-        return _plan_for(ckpt, _as_rules(rules), strict, allow_unmatched, pool)
+        view = model_view(model, ckpt)
+        return _plan_for(ckpt, _as_rules(rules), strict, allow_unmatched, pool, view)
 
 
 def _plan_for(
@@ -276,8 +301,15 @@ def _plan_for(
     strict: bool,
     allow_unmatched: bool,
     pool: object,
+    view: ModelView | None = None,
 ) -> Plan:
-    result = make_plan(ckpt.refs(), rules, strict=strict, allow_unmatched=allow_unmatched)
+    result = make_plan(
+        ckpt.refs(),
+        rules,
+        strict=strict,
+        allow_unmatched=allow_unmatched,
+        module_types=view.module_types if view is not None else None,
+    )
     if any(r.kind == "transplant" for r in rules):
         from reinit.transplant import check_transplants
 
@@ -288,6 +320,19 @@ def _plan_for(
             first = result.skipped[0]
             raise StrictError(f"--strict: '{first.name}' would be skipped: {first.reason}")
     return result
+
+
+def model_view(model: ModelInput | None, ckpt: Checkpoint) -> ModelView | None:
+    """The model (a spec, a loaded `Model`, or a view already) seen through the checkpoint's
+    tensor names; None without a model."""
+    if model is None:
+        return None
+    from reinit.model import Model, ModelView, load_model
+
+    if isinstance(model, ModelView):
+        return model
+    loaded = model if isinstance(model, Model) else load_model(model)
+    return loaded.align(ckpt.names())
 
 
 @contextmanager
@@ -319,8 +364,11 @@ def apply(
     device: str = "cpu",
     progress: bool = False,
     unsafe_pickle: bool = False,
+    model: ModelInput | None = None,
 ) -> Report:
     """Re-initialize or transplant the tensors the rules match and write a new checkpoint.
+    `model` (a Hugging Face directory, hf:// URL, `module:callable`, an `nn.Module` or a
+    `reinit.model.Model`) enables `type:` patterns, module fans and the `default` scheme.
 
     Returns the report (also written to the default report path unless `default_report` is
     False, and to each of `reports` in the format its extension names)."""
@@ -336,9 +384,10 @@ def apply(
 
         ckpt = stack.enter_context(_opened(source_text, unsafe_pickle))
         sources = stack.enter_context(SourcePool(ckpt, unsafe_pickle=unsafe_pickle))
-        the_plan = _plan_for(ckpt, rule_objs, strict, allow_unmatched, sources)
+        view = model_view(model, ckpt)
+        the_plan = _plan_for(ckpt, rule_objs, strict, allow_unmatched, sources, view)
         spec = resolve_output(source_text, ckpt, output, overwrite=overwrite, in_place=in_place)
-        applier = Applier(ckpt, seed, device, sources)
+        applier = Applier(ckpt, seed, device, sources, view)
         rule_texts = tuple(r.text for r in rule_objs)
         refs = {r.name: r for r in ckpt.refs()}
         by_name = {e.name: e for e in the_plan.entries}
