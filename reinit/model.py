@@ -274,24 +274,29 @@ def module_fans(module: nn.Module, attr: str, shape: Sequence[int]) -> Fans | No
 
 
 def _from_module(spec: str, module: nn.Module, kind: str, prefix: str) -> Model:
+    """Every parameter and buffer, tied names included (a checkpoint may hold either)."""
+    modules = dict(module.named_modules(remove_duplicate=False))
     sites: dict[str, TensorSite] = {}
-    for mname, mod in module.named_modules():
-        types = _type_names(mod)
-        for attr, p in mod.named_parameters(recurse=False):
-            full = f"{mname}.{attr}" if mname else attr
-            shape = tuple(p.shape)
-            sites.setdefault(
-                full, TensorSite(full, mname, attr, types, shape, module_fans(mod, attr, shape))
-            )
-        for attr, b in mod.named_buffers(recurse=False):
-            if b is None:
-                continue
-            full = f"{mname}.{attr}" if mname else attr
-            shape = tuple(b.shape)
-            sites.setdefault(
+    named = [
+        *((n, t, False) for n, t in module.named_parameters(remove_duplicate=False)),
+        *((n, t, True) for n, t in module.named_buffers(remove_duplicate=False)),
+    ]
+    for full, t, is_buffer in named:
+        mname, _, attr = full.rpartition(".")
+        owner = modules[mname]
+        shape = tuple(t.shape)
+        sites.setdefault(
+            full,
+            TensorSite(
                 full,
-                TensorSite(full, mname, attr, types, shape, module_fans(mod, attr, shape), True),
-            )
+                mname,
+                attr,
+                _type_names(owner),
+                shape,
+                module_fans(owner, attr, shape),
+                is_buffer,
+            ),
+        )
     return Model(spec, module, kind, sites, prefix)
 
 
