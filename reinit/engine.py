@@ -277,21 +277,45 @@ class Applier:
             acc.add(_view(chunk, p.dtype))
         return acc.result()
 
+    def _copy(
+        self,
+        ck: Checkpoint,
+        name: str,
+        dtype: torch.dtype,
+        chunks: Iterator[memoryview],
+        acc: StatsAccumulator,
+    ) -> Iterator[Piece]:
+        """Pieces that reproduce `name`'s bytes of `ck` exactly: spans for the writer to copy
+        kernel-side when the bytes lie in a file, else the chunks themselves."""
+        span = ck.span(name) if KERNEL_COPY else None
+        pos = 0
+        for chunk in chunks:
+            acc.add(_view(chunk, dtype))
+            if span is not None:
+                yield Piece(name, span=(span.fd, span.start + pos, chunk.nbytes))
+            else:
+                yield Piece(name, data=chunk)
+            pos += chunk.nbytes
+
     def pieces(self, p: PlanEntry, reads: Iterator[tuple[str, memoryview]]) -> Iterator[Piece]:
         if p.action in ("kept", "skipped"):
             acc = StatsAccumulator(p.dtype)
-            span = self.ckpt.span(p.name) if KERNEL_COPY else None
-            pos = 0
-            for chunk in self._chunks(reads, p):
-                acc.add(_view(chunk, p.dtype))
-                if span is not None:
-                    yield Piece(p.name, span=(span.fd, span.start + pos, chunk.nbytes))
-                else:
-                    yield Piece(p.name, data=chunk)
-                pos += chunk.nbytes
+            for piece in self._copy(self.ckpt, p.name, p.dtype, self._chunks(reads, p), acc):
+                yield piece
             yield Piece(p.name, entry=_entry(p, acc.result()))
             return
         before = self._source_stats(reads, p)
+        if p.action == "transplant":
+            from reinit.transplant import exact_source
+
+            direct = exact_source(self.sources, p)
+            if direct is not None:  # same dtype and shape: a byte copy, streamed
+                src, key, label = direct
+                acc = StatsAccumulator(p.dtype)
+                for piece in self._copy(src, key, p.dtype, src.iter_chunks(key, CHUNK_BYTES), acc):
+                    yield Piece(p.name, piece.data, piece.span)
+                yield Piece(p.name, entry=_entry(p, acc.result(), before, label))
+                return
         notes: tuple[str, ...] = ()
         source = None
         if p.action == "reinit":
