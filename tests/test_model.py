@@ -21,6 +21,9 @@ from reinit.model import load_model
 from reinit.rules import parse_pattern
 from reinit.schemes import seed_for
 
+sys.path.insert(0, str(Path(__file__).parent))
+from test_hub import hf_home, offline, seed_repo  # noqa: E402, F401  (fixtures: a seeded HF cache)
+
 HERE = Path(__file__).parent
 CONV = "models_for_tests:convnet"
 
@@ -52,7 +55,6 @@ def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture()
 def conv_ckpt(tmp_path: Path) -> Path:
-    sys.path.insert(0, str(HERE))
     import models_for_tests
 
     torch.manual_seed(1)
@@ -133,6 +135,7 @@ def test_module_fans_grouped_conv_and_conv_transpose(conv_ckpt: Path, tmp_path: 
     e = rep.entry("up.weight")
     assert (e.fan_in, e.fan_out) == (32, 12)
     assert e.expected_std == pytest.approx(math.sqrt(2) / math.sqrt(32))
+    assert "std_off" not in e.flags
     # the same draw as torch's (fan_in 12 from the shape), rescaled to the module's fan_in 32
     torch_draw = torch.nn.init.kaiming_normal_(
         torch.empty(16, 3, 2, 2), generator=torch.Generator().manual_seed(seed_for(0, "up.weight"))
@@ -306,3 +309,17 @@ def test_cli_apply_with_model_json(bert_dir: Path, tmp_path: Path) -> None:
     assert set(changed) == {"classifier.weight", "classifier.bias"}
     assert changed["classifier.weight"]["scheme"] == "default"
     assert changed["classifier.weight"]["fan_in"] == 32
+
+
+def test_model_from_hub_cache_offline(bert_dir: Path, offline: Path) -> None:  # noqa: F811
+    """`--model hf://...` fetches only config.json (here from a seeded offline cache)."""
+    seed_repo(
+        offline, "acme/tiny-bert-cls", {"config.json": (bert_dir / "config.json").read_bytes()}
+    )
+    m = load_model("hf://acme/tiny-bert-cls")
+    assert type(m.module).__name__ == "BertForSequenceClassification"
+    p = reinit.plan(bert_dir, ["type:Linear@classifier.*=default"], model="hf://acme/tiny-bert-cls")
+    assert {e.name for e in p.entries if e.action == "reinit"} == {
+        "classifier.weight",
+        "classifier.bias",
+    }

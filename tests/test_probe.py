@@ -121,3 +121,24 @@ def test_probe_usage_errors() -> None:
     assert r.exit_code == 2 and "--input-shape" in r.output
     assert parse_shape("[8, 3, 32, 32]") == (8, 3, 32, 32)
     assert math.isclose(len(parse_shape("2x3")), 2)
+
+
+def test_probe_before_is_the_checkpoint_when_given(tmp_path: Path) -> None:
+    import models_for_tests
+    import torch
+    from safetensors.torch import save_file
+
+    net = models_for_tests.mlp(depth=8, width=64, inputs=64)
+    g = torch.Generator().manual_seed(0)
+    state = {
+        k: torch.randn(v.shape, generator=g) if k.endswith("weight") else torch.zeros(v.shape)
+        for k, v in net.state_dict().items()
+    }
+    ckpt = tmp_path / "mlp.safetensors"
+    save_file(state, ckpt)
+    res = probe(
+        MLP, ["*.weight=kaiming(nonlinearity=relu)"], input_shape=(128, 64), checkpoint=str(ckpt)
+    )
+    assert res.before.act_verdict == "exploding"  # the checkpoint's N(0,1) weights
+    assert res.after is not None and res.after.act_verdict == "stable"
+    assert res.to_dict()["checkpoint"] == str(ckpt)
