@@ -416,6 +416,10 @@ def _plan_for(
         allow_unmatched=allow_unmatched,
         module_types=view.module_types if view is not None else None,
     )
+    if view is not None:
+        from reinit.model import check_default
+
+        result = check_default(result, view, strict)
     if any(r.kind == "transplant" for r in rules):
         from reinit.transplant import check_transplants
 
@@ -438,7 +442,7 @@ def model_view(model: ModelInput | None, ckpt: Checkpoint) -> ModelView | None:
     if isinstance(model, ModelView):
         return model
     loaded = model if isinstance(model, Model) else load_model(model)
-    return loaded.align(ckpt.names())
+    return loaded.align(ckpt.names(), {r.name: r.shape for r in ckpt.refs()})
 
 
 @contextmanager

@@ -30,14 +30,15 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from reinit.errors import ReinitError, SchemeError, UsageError
+from reinit.errors import ReinitError, RuleError, SchemeError, StrictError, UsageError
+from reinit.rules import Plan
 from reinit.schemes import DEFAULT, BoundScheme, compute_fans, fans_scale, generate, seed_for
 
 Fans = tuple[int, int]
@@ -71,8 +72,10 @@ class Model:
     sites: Mapping[str, TensorSite]
     prefix: str = ""  # transformers' base_model_prefix ("bert"), for name alignment
 
-    def align(self, names: Sequence[str]) -> ModelView:
-        return align(self, names)
+    def align(
+        self, names: Sequence[str], shapes: Mapping[str, Sequence[int]] | None = None
+    ) -> ModelView:
+        return align(self, names, shapes)
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,7 @@ class ModelView:
 
     model: Model
     names: Mapping[str, str]  # checkpoint name -> model name
+    shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # the checkpoint's
 
     @property
     def module_types(self) -> dict[str, tuple[str, ...]]:
@@ -89,12 +93,27 @@ class ModelView:
 
     @property
     def fans(self) -> dict[str, Fans]:
+        """Module fans, only where the model's tensor has the checkpoint's shape (a model of
+        another size says nothing about this tensor's fans)."""
         out: dict[str, Fans] = {}
         for ck, m in self.names.items():
-            f = self.model.sites[m].fans
-            if f is not None:
-                out[ck] = f
+            site = self.model.sites[m]
+            if site.fans is not None and self.shapes.get(ck, site.shape) == site.shape:
+                out[ck] = site.fans
         return out
+
+    def why_no_default(self, name: str) -> str | None:
+        """Why the `default` scheme cannot give this checkpoint tensor values, or None."""
+        site = self.site(name)
+        if site is None:
+            return "default: not a parameter or buffer of the model, so it has no own init"
+        shape = self.shapes.get(name, site.shape)
+        if tuple(shape) != site.shape:
+            return (
+                f"default: the model's '{site.name}' is {list(site.shape)}, the checkpoint's "
+                f"{list(shape)}; is --model the checkpoint's configuration?"
+            )
+        return None
 
     def site(self, name: str) -> TensorSite | None:
         m = self.names.get(name)
@@ -303,7 +322,9 @@ def _from_module(spec: str, module: nn.Module, kind: str, prefix: str) -> Model:
 # --- aligning with a checkpoint -----------------------------------------------------------
 
 
-def align(model: Model, names: Sequence[str]) -> ModelView:
+def align(
+    model: Model, names: Sequence[str], shapes: Mapping[str, Sequence[int]] | None = None
+) -> ModelView:
     """Map checkpoint names to the model's: the same name, else with the base-model prefix
     added or removed (a `BertModel` checkpoint against `BertForSequenceClassification`, or the
     other way round). Nothing in common is an error that shows both sides."""
@@ -324,7 +345,32 @@ def align(model: Model, names: Sequence[str]) -> ModelView:
             f"(checkpoint: {ck}, ...; model: {mm}, ...); is it the model this checkpoint was "
             "saved from?"
         )
-    return ModelView(model, mapping)
+    return ModelView(model, mapping, {k: tuple(v) for k, v in (shapes or {}).items()})
+
+
+def check_default(result: Plan, view: ModelView | None, strict: bool = False) -> Plan:
+    """`default` entries the model cannot serve (a tensor it lacks, or of another shape) become
+    skips with the reason, or errors for a rule without wildcards (as for any scheme)."""
+    if view is None:
+        return result
+    entries = []
+    for e in result.entries:
+        bound = e.scheme
+        reason = (
+            view.why_no_default(e.name) if bound is not None and bound.name == DEFAULT else None
+        )
+        if reason is None:
+            entries.append(e)
+            continue
+        assert e.rule is not None
+        if not e.rule.pattern.has_wildcards:
+            raise RuleError(f"rule {e.rule.text!r}: tensor '{e.name}' {list(e.shape)}: {reason}")
+        entries.append(replace(e, action="skipped", reason=reason))
+    checked = replace(result, entries=tuple(entries))
+    if strict and checked.skipped:
+        first = checked.skipped[0]
+        raise StrictError(f"--strict: '{first.name}' would be skipped: {first.reason}")
+    return checked
 
 
 # --- values -------------------------------------------------------------------------------
@@ -343,8 +389,9 @@ def reinit_value(
     module's own fans where they differ from torch's (rescaled from the same draw, so it stays
     reproducible from seed and name); anything else exactly as without a model."""
     if bound.name == DEFAULT:
-        if view is None or view.site(name) is None:
-            raise SchemeError(f"'{name}': the scheme default needs the tensor's model (--model)")
+        why = view.why_no_default(name) if view is not None else "default needs --model"
+        if view is None or why is not None:
+            raise SchemeError(f"'{name}': {why}")
         return default_value(view, name, dtype, seed)
     new = generate(bound, name, shape, dtype, seed, device)
     fans = view.fans.get(name) if view is not None else None

@@ -297,7 +297,7 @@ def apply_rules_in_memory(
 ) -> Plan:
     """Apply rules to a module's own tensors, in place, exactly as `reinit apply` would write
     them (same planning, same per-tensor seeds, module fans and `default`)."""
-    from reinit.model import load_model, reinit_value
+    from reinit.model import check_default, load_model, reinit_value
     from reinit.transplant import SourcePool, check_transplants, transplant_value
 
     state = module.state_dict(keep_vars=True)
@@ -313,6 +313,7 @@ def apply_rules_in_memory(
     the_plan = make_plan(
         refs, rules, allow_unmatched=allow_unmatched, module_types=view.module_types
     )
+    the_plan = check_default(the_plan, view)
     with SourcePool() as pool, torch.no_grad():
         if any(e.action == "transplant" for e in the_plan.entries):
             the_plan = check_transplants(the_plan, pool)

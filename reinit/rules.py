@@ -366,14 +366,6 @@ def plan(
             entries.append(PlanEntry(t.name, shape, t.dtype, "transplant", rule, caps))
             continue
         reason = why_cannot_take(rule, shape, t.dtype)
-        if (
-            reason is None
-            and module_types is not None
-            and rule.scheme is not None
-            and rule.scheme.name == DEFAULT
-            and t.name not in module_types
-        ):
-            reason = "default: not a parameter or buffer of the model, so it has no own init"
         if reason is not None:
             if not rule.pattern.has_wildcards:
                 raise RuleError(f"rule {rule.text!r}: tensor '{t.name}' {shape}: {reason}")

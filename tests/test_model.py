@@ -323,3 +323,21 @@ def test_model_from_hub_cache_offline(bert_dir: Path, offline: Path) -> None:  #
         "classifier.weight",
         "classifier.bias",
     }
+
+
+def test_default_refuses_a_model_of_another_shape(conv_ckpt: Path, tmp_path: Path) -> None:
+    """The checkpoint's head has 10 classes; a 5-class model cannot give it its own init."""
+    five = "models_for_tests:convnet(num_classes=5)"
+    p = reinit.plan(conv_ckpt, ["type:Linear=default"], model=five)
+    fc = {e.name: e for e in p.entries if e.name.startswith("fc.")}
+    assert all(e.action == "skipped" for e in fc.values())
+    assert "[5, 6]" in (fc["fc.weight"].reason or "") and "[10, 6]" in (
+        fc["fc.weight"].reason or ""
+    )
+    with pytest.raises(RuleError, match="fc.weight"):
+        reinit.plan(conv_ckpt, ["fc.weight=default"], model=five)
+    with pytest.raises(UsageError, match="--strict"):
+        reinit.plan(conv_ckpt, ["type:Linear=default"], model=five, strict=True)
+    rep = reinit.apply(conv_ckpt, ["type:Linear=default"], tmp_path / "o.safetensors", model=five)
+    assert rep.entry("fc.weight").action == "skipped"
+    assert rep.entry("fc.weight").fan_out == 10  # torch's fans from the shape, not the model's
