@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -449,20 +449,78 @@ def _finish_directory(
 
 
 def report_checkpoint(
-    source: str | os.PathLike[str], *, progress: bool = False, unsafe_pickle: bool = False
+    source: str | os.PathLike[str],
+    against: str | os.PathLike[str] | None = None,
+    *,
+    progress: bool = False,
+    unsafe_pickle: bool = False,
 ) -> Report:
-    """The report of a checkpoint as it is: every tensor `kept`, with its statistics."""
+    """The report of a checkpoint as it is: every tensor `kept`, with its statistics.
+
+    With `against` (a baseline checkpoint, any form of §1), each tensor of the same name in
+    the baseline gives the `before` statistics, a tensor whose bytes (or shape or dtype) differ
+    carries the note "changed vs baseline", one absent from the baseline "not in baseline", and
+    the baseline's names absent from SOURCE are listed in the report's warnings."""
+    from reinit.report import NOTE_CHANGED, NOTE_NEW
+
     started = time.perf_counter()
-    with _opened(source, unsafe_pickle) as ckpt:
+    with ExitStack() as stack:
+        ckpt = stack.enter_context(_opened(source, unsafe_pickle))
+        base = stack.enter_context(_opened(against, unsafe_pickle)) if against is not None else None
         the_plan = make_plan(ckpt.refs(), ())
         applier = Applier(ckpt, 0, "cpu")
         entries = []
         total = sum(TensorRef(e.name, e.dtype, e.shape).nbytes for e in the_plan.entries)
-        with _progress(total, progress, "reinit report") as bar:
-            for p in the_plan.entries:
+        bar = stack.enter_context(_progress(total, progress, "reinit report"))
+        for p in the_plan.entries:
+            if base is None:
                 entries.append(applier.produce(p).entry)
-                bar.update(TensorRef(p.name, p.dtype, p.shape).nbytes)
-        return _make_report(os.fspath(source), None, 0, (), entries, 0, started)
+            elif p.name not in base:
+                entries.append(replace(applier.produce(p).entry, notes=(NOTE_NEW,)))
+            else:
+                raw = ckpt.read_bytes(p.name)
+                entry = _entry(p, tensor_stats(_view(raw, p)))
+                bref = base.ref(p.name)
+                braw = base.read_bytes(p.name)
+                before = tensor_stats(
+                    _view(braw, PlanEntry(p.name, bref.shape, bref.dtype, "kept"))
+                )
+                notes: tuple[str, ...] = ()
+                if (bref.dtype, bref.shape) != (p.dtype, p.shape) or not _same_bytes(raw, braw):
+                    notes = (NOTE_CHANGED,)
+                    if bref.shape != p.shape:
+                        notes += (f"baseline shape {list(bref.shape)}",)
+                    if bref.dtype != p.dtype:
+                        notes += (f"baseline dtype {dtype_name(bref.dtype)}",)
+                del braw
+                entries.append(replace(entry, before=before, notes=notes))
+            bar.update(TensorRef(p.name, p.dtype, p.shape).nbytes)
+        report = _make_report(os.fspath(source), None, 0, (), entries, 0, started)
+        if base is not None:
+            missing = [n for n in base.names() if n not in ckpt]
+            if missing:
+                shown = ", ".join(missing[:10]) + (", …" if len(missing) > 10 else "")
+                report = replace(
+                    report,
+                    warnings=(
+                        *report.warnings,
+                        f"{len(missing)} tensor(s) of the baseline {os.fspath(against)} are not "
+                        f"in {os.fspath(source)}: {shown}",
+                    ),
+                )
+        return report
+
+
+def _same_bytes(a: bytes | bytearray | memoryview, b: bytes | bytearray | memoryview) -> bool:
+    """Bitwise equality without copying either buffer (NaN payloads compare as bits)."""
+    ma, mb = memoryview(a).cast("B"), memoryview(b).cast("B")
+    if ma.nbytes != mb.nbytes:
+        return False
+    if ma.nbytes == 0:
+        return True
+    return torch.equal(
+        torch.frombuffer(ma, dtype=torch.uint8), torch.frombuffer(mb, dtype=torch.uint8)
+    )
 
 
 __all__ = ["apply", "plan", "report_checkpoint", "OutputSpec", "resolve_output", "remove_path"]
