@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from reinit.io.safetensors_format import dtype_name
-from reinit.report import fmt, shape_text, shorten, tensor_stats
+from reinit.report import fmt, shape_text, shorten, shorten_name, tensor_stats
 
 _CHUNK = 1 << 21
 
@@ -244,7 +244,9 @@ def render_diff(d: Diff, width: int = 100, color: bool = False) -> str:
     lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
     style = {"changed": "yellow", "added": "green", "removed": "red"}
     for t, c in zip(rows, cells, strict=True):
-        line = "  ".join(shorten(v, w).ljust(w) for v, w in zip(c, widths, strict=True)).rstrip()
+        cells = [shorten_name(c[0], widths[0]).ljust(widths[0])]
+        cells += [shorten(v, w).ljust(w) for v, w in zip(c[1:], widths[1:], strict=True)]
+        line = "  ".join(cells).rstrip()
         lines.append(click.style(line, fg=style[t.status]) if color else line)
     return "\n".join(lines)
 

@@ -11,7 +11,14 @@ import os
 from collections.abc import Sequence
 
 from reinit.errors import UsageError
-from reinit.report import LayerTable, Report, layer_tables, shorten, summary_line
+from reinit.report import (
+    LayerTable,
+    Report,
+    layer_tables,
+    shorten,
+    shorten_name,
+    summary_line,
+)
 
 FIGSIZE = (11.0, 6.0)  # inches
 DPI = 100  # so the PNG is 1100 × 600 pixels
@@ -85,7 +92,13 @@ def plot_report(report: Report, path: str | os.PathLike[str], title: str | None 
             label=_label(t),
         )
         if any(c.before is not None for c in t.cells):
-            before = [c.before if sane(c.before) else math.nan for c in t.cells]
+            # an unchanged tensor's before is its after: the dashed line leaves the solid
+            # one exactly where something changed
+            before = [
+                (c.before if c.before is not None else (None if c.changed else c.after))
+                for c in t.cells
+            ]
+            before = [v if sane(v) else math.nan for v in before]
             ax.plot(xs, before, linestyle="--", color=color, linewidth=1.0, alpha=0.8)
         for x, c in zip(xs, t.cells, strict=True):
             if not c.flags:
@@ -120,7 +133,7 @@ def plot_report(report: Report, path: str | os.PathLike[str], title: str | None 
     caption = [summary_line(report)]
     loose = [e for e in report.tensors if e.flags and not _in_tables(e.name, drawn)]
     if loose:
-        shown = ", ".join(f"{shorten(e.name, 40)} [{','.join(e.flags)}]" for e in loose[:4])
+        shown = ", ".join(f"{shorten_name(e.name, 40)} [{','.join(e.flags)}]" for e in loose[:4])
         caption.append(
             f"flagged outside the per-layer lines: {shown}" + (" …" if len(loose) > 4 else "")
         )
@@ -138,7 +151,7 @@ def _x(label: str) -> float:
 
 
 def _label(t: LayerTable) -> str:
-    text = shorten(t.kind, 42)
+    text = shorten_name(t.kind, 42)
     return text + (f"  [{','.join(t.flags)}]" if t.flags else "")
 
 

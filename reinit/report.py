@@ -14,6 +14,7 @@ import json
 import math
 import re
 import statistics
+import textwrap
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -585,7 +586,9 @@ def _layer_rows(t: LayerTable, mark: str) -> list[tuple[str, list[str]]]:
 
     rows = [("std after" if t.has_before else "std", [flagged(c, fmt(c.after)) for c in t.cells])]
     if t.has_before:
-        rows.append(("std before", [fmt(c.before) for c in t.cells]))
+        rows.append(
+            ("std before", [fmt(c.before) if c.before is not None else "=" for c in t.cells])
+        )
     if t.has_var_gain:
         rows.append(("var_gain", [fmt(c.var_gain) for c in t.cells]))
     return rows
@@ -596,10 +599,12 @@ def render_layer_table(t: LayerTable, width: int = 100, color: bool = False) -> 
     column per layer, wrapped into blocks that fit `width`."""
     import click
 
-    title = f"{shorten(t.kind, max(20, width // 2))}  {_table_title(t)}"
-    if t.flags:
-        title += f"  [{', '.join(t.flags)}]"
-    lines = [click.style(title, bold=True) if color else title]
+    rest = _table_title(t) + (f"  [{', '.join(t.flags)}]" if t.flags else "")
+    if len(t.kind) + 2 + len(rest) <= width:
+        titles = [f"{t.kind}  {rest}"]
+    else:  # the kind on its own line, what it is below
+        titles = [shorten_name(t.kind, width), "  " + shorten(rest, width - 2)]
+    lines = [click.style(x, bold=True) if color else x for x in titles]
     rows = [("layer", [c.label for c in t.cells]), *_layer_rows(t, "!")]
     label_w = max(len(r[0]) for r in rows)
     col_w = [max(len(r[1][i]) for r in rows) for i in range(len(t.cells))]
@@ -776,6 +781,28 @@ def depth_lines(entries: Sequence[TensorEntry]) -> list[str]:
     return lines
 
 
+def shorten_name(name: str, width: int) -> str:
+    """Shorten a dotted tensor name to `width` by clipping its longest non-numeric parts
+    first (`very_long_block_name` -> `very_l…`), so the layer numbers and the last part,
+    which tell tensors apart, survive; then in the middle if that is not enough."""
+    if len(name) <= width:
+        return name
+    parts = name.split(".")
+    lengths = [len(p) for p in parts]
+    clippable = [i for i, p in enumerate(parts[:-1]) if not (p.isdigit() or p == "*")]
+    excess = len(name) - width
+    while excess > 0 and clippable:
+        i = max(clippable, key=lambda k: lengths[k])
+        if lengths[i] <= 2:  # "m…": still says where a part was
+            break
+        lengths[i] -= 1
+        excess -= 1
+    short = ".".join(
+        p if n >= len(p) else p[: n - 1] + "…" for p, n in zip(parts, lengths, strict=True)
+    )
+    return shorten(short, width)
+
+
 def shorten(text: str, width: int) -> str:
     """Shorten in the middle, keeping both ends (the ends of a tensor name carry the meaning)."""
     if len(text) <= width:
@@ -830,7 +857,9 @@ def render_table(entries: Sequence[TensorEntry], width: int = 100, color: bool =
         ).rstrip()
     ]
     for e, c in zip(rows, cols, strict=True):
-        line = "  ".join(shorten(v, w).ljust(w) for v, w in zip(c, widths, strict=True)).rstrip()
+        cells = [shorten_name(c[0], widths[0]).ljust(widths[0])]
+        cells += [shorten(v, w).ljust(w) for v, w in zip(c[1:], widths[1:], strict=True)]
+        line = "  ".join(cells).rstrip()
         if color and e.flags:
             line = click.style(line, fg="red")
         elif color and is_changed(e):
@@ -854,7 +883,8 @@ def render_terminal(
     if shown:
         lines.append(render_table(shown, width, color))
     for line in depth_lines(report.tensors):
-        lines.append(click_style(line, color, fg="red"))
+        wrapped = textwrap.fill(line, width, subsequent_indent="    ", break_on_hyphens=False)
+        lines.append(click_style(wrapped, color, fg="red"))
     if skipped:
         reasons: dict[str, int] = defaultdict(int)
         for e in skipped:
@@ -937,7 +967,8 @@ def render_plan(plan: Any, width: int = 100) -> str:
     lines = []
     for r in [header, *rows]:
         head = "  ".join(
-            (shorten(c, widths[i]) if i == 0 else c).ljust(widths[i]) for i, c in enumerate(r[:4])
+            (shorten_name(c, widths[i]) if i == 0 else c).ljust(widths[i])
+            for i, c in enumerate(r[:4])
         )
         lines.append(f"{head}  {r[4]}" + (f"   [{r[5]}]" if r[5] not in ("-", "rule") else ""))
     counts = defaultdict(int)
