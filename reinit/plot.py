@@ -99,7 +99,7 @@ def plot_report(report: Report, path: str | os.PathLike[str], title: str | None 
                 for c in t.cells
             ]
             before = [v if sane(v) else math.nan for v in before]
-            ax.plot(xs, before, linestyle="--", color=color, linewidth=1.0, alpha=0.8)
+            ax.plot(xs, before, linestyle="--", color=color, linewidth=1.4, alpha=0.7, zorder=1)
         for x, c in zip(xs, t.cells, strict=True):
             if not c.flags:
                 continue

@@ -350,7 +350,7 @@ def test_csv_and_markdown_parse_back(tmp_path):
     rows = list(csv.DictReader(io.StringIO((tmp_path / "r.csv").read_text())))
     assert [r["name"] for r in rows] == [e.name for e in rep.tensors]
     for row, e in zip(rows, rep.tensors, strict=True):
-        assert row["flags"].split(";") if row["flags"] else list(e.flags) == []
+        assert (row["flags"].split(";") if row["flags"] else []) == list(e.flags)
         assert float(row["after_std"]) == e.after.std
         assert row["action"] == e.action and row["shape"] == "x".join(map(str, e.shape))
     assert rows[[r["name"] for r in rows].index("layers.0.norm.weight")]["action"] == "skipped"
