@@ -309,6 +309,10 @@ def var_gain(fan_in: int | None, std: float | None) -> float | None:
 
 # --- flags ------------------------------------------------------------------------------
 
+#: Parameters that architectures initialize to zero on purpose (LoRA's B matrices, ControlNet's
+#: zero convolutions, DiT's adaLN-Zero modulation): all-zero, they are not `constant`.
+ZERO_INIT_NAMES = ("lora_B", "lora_embedding_B", "zero_conv", "adaLN_modulation")
+
 #: Flags a tensor earns on its own. A tensor that has one of these is not also compared with
 #: its siblings (`outlier`, `unstable_depth`): the first flag already names the problem, and
 #: its absurd std must not move the median or the geometric mean the siblings are judged by.
@@ -325,7 +329,9 @@ def tensor_flags(e: TensorEntry) -> tuple[str, ...]:
         flags.append("nonfinite")
     if s.min is not None and max(abs(s.min), abs(s.max or 0.0)) > GARBAGE_ABS:
         flags.append("garbage")
-    meant_constant = e.action == "reinit" and e.expected_std == 0.0
+    meant_constant = (e.action == "reinit" and e.expected_std == 0.0) or (
+        s.max == 0.0 and s.min == 0.0 and any(z in e.name for z in ZERO_INIT_NAMES)
+    )
     if len(e.shape) >= 2 and s.count > 1 and s.std == 0.0 and not meant_constant:
         flags.append("constant")
     if std_off(e):

@@ -116,6 +116,9 @@ def test_fail_on_exit_codes(tmp_path):
     assert run("report", str(src), "--fail-on", "any", "-q").exit_code == 1
     bad = run("report", str(src), "--fail-on", "nan")
     assert bad.exit_code == 2 and "unknown flag nan" in bad.stderr and "nonfinite" in bad.stderr
+    typo = run("report", str(src), "-o", str(tmp_path / "r.txt"))
+    assert typo.exit_code == 2 and "unknown report format" in typo.stderr
+    assert not (tmp_path / "r.txt").exists()
     shown = run("report", str(src))  # without --fail-on: flags shown, exit 0
     assert shown.exit_code == 0 and "garbage" in shown.stderr
 
@@ -234,6 +237,15 @@ def test_realistic_models_get_no_false_flags(tmp_path):
     assert len(kinds) == 7 and "model.layers.*.mlp.down_proj.weight" in kinds
     assert all(e.flags == ("unstable_depth",) for e in wild.flagged)
     assert not any("layernorm" in e.name for e in wild.flagged)
+
+
+def test_intentional_zero_inits_are_not_constant():
+    """LoRA's B and ControlNet's zero convolutions start at zero by design; any other all-zero
+    weight is flagged."""
+    zero = Stats(0.0, 0.0, 0.0, 0.0, 0, 64)
+    names = ["base.q.lora_B.default.weight", "controlnet.zero_convs.0.0.weight", "q.weight"]
+    entries = [TensorEntry(n, (8, 8), "float32", "kept", zero) for n in names]
+    assert [e.flags for e in finalize(entries)] == [(), (), ("constant",)]
 
 
 def test_vanishing_without_norms_is_flagged():
