@@ -44,6 +44,10 @@ class ReinitGroup(click.Group):
         previous = signal.getsignal(signal.SIGTERM)
         try:
             signal.signal(signal.SIGTERM, _on_sigterm)
+            # Over `ulimit -f`, the kernel's default is to kill us (SIGXFSZ) mid-write, leaving
+            # the temporary behind; ignored, the write fails with EFBIG and we clean up.
+            if hasattr(signal, "SIGXFSZ"):
+                signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         except ValueError:  # not the main thread (e.g. some test runners)
             previous = None
         try:
@@ -55,7 +59,7 @@ class ReinitGroup(click.Group):
                 str(e).splitlines()[0] if str(e) else type(e).__name__, e.exit_code
             ) from None
         except KeyboardInterrupt:
-            click.echo("error: interrupted; nothing was written", err=True)
+            click.echo("error: interrupted; no partial output was left behind", err=True)
             ctx.exit(130)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise

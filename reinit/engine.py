@@ -20,11 +20,12 @@ from reinit import __version__
 from reinit.errors import OutputError, UsageError
 from reinit.io.readers import TORCH_SUFFIXES, Checkpoint, TensorRef, open_checkpoint
 from reinit.io.safetensors_format import dtype_name, tensor_to_bytes
-from reinit.io.writer import SafetensorsWriter, atomic_output, remove_path
+from reinit.io.writer import SafetensorsWriter, atomic_output, remove_path, write_torch_file
 from reinit.report import Report, Stats, TensorEntry, finalize, summarize, tensor_stats, var_gain
 from reinit.rules import Plan, PlanEntry, Rule, parse_rules
 from reinit.rules import plan as make_plan
 from reinit.schemes import compute_fans, generate
+from reinit.ties import Ties, resolve_ties
 
 RuleInput = str | Rule
 
@@ -203,33 +204,60 @@ class _Produced:
 class Applier:
     """Produces each planned tensor's output bytes and its report entry."""
 
-    def __init__(self, ckpt: Checkpoint, seed: int, device: str, sources: object = None):
+    def __init__(
+        self,
+        ckpt: Checkpoint,
+        seed: int,
+        device: str,
+        sources: object = None,
+        ties: Ties | None = None,
+    ):
         self.ckpt = ckpt
         self.seed = seed
         self.device = device
         self.sources = sources  # a transplant.SourcePool when any rule is from(...)
-        self._tied_values: dict[str, torch.Tensor] = {}
+        self.ties = ties or Ties()
+        # a changed tied group's new value, kept until its last member is written
+        self._tied_values: dict[str, tuple[torch.Tensor, str | None, tuple[str, ...]]] = {}
+        self._tied_left = {
+            root: sum(1 for g in self.ties.groups.values() if g[0] == root)
+            for root in self.ties.defining
+        }
 
     def produce(self, p: PlanEntry) -> _Produced:
+        tie_note = self.ties.note(p.name)
         if p.action in ("kept", "skipped"):
             raw = self.ckpt.read_bytes(p.name)
             stats = tensor_stats(_view(raw, p))
-            return _Produced(raw, _entry(p, stats))
+            return _Produced(raw, _entry(p, stats, notes=tie_note))
         before_t = self.ckpt.read(p.name)
         before = tensor_stats(before_t)
-        notes: tuple[str, ...] = ()
-        source = None
+        root = self.ties.root(p.name)
+        if root is not None and root in self.ties.defining:
+            cached = self._tied_values.get(root)
+            if cached is None:
+                cached = self._new_value(self.ties.defining[root], before_t)
+                self._tied_values[root] = cached
+            self._tied_left[root] -= 1
+            if self._tied_left[root] <= 0:
+                del self._tied_values[root]
+            new, source, notes = cached
+        else:
+            new, source, notes = self._new_value(p, before_t)
+        del before_t
+        entry = _entry(p, tensor_stats(new), before, source, notes + tie_note)
+        return _Produced(tensor_to_bytes(new), entry, new)
+
+    def _new_value(
+        self, p: PlanEntry, before_t: torch.Tensor
+    ) -> tuple[torch.Tensor, str | None, tuple[str, ...]]:
+        """The new values the rule gives `p` (for a tied group: its defining entry)."""
         if p.action == "reinit":
             assert p.scheme is not None
-            new = generate(p.scheme, p.name, p.shape, p.dtype, self.seed, self.device)
-        else:
-            from reinit.transplant import transplant_value
+            return generate(p.scheme, p.name, p.shape, p.dtype, self.seed, self.device), None, ()
+        from reinit.transplant import transplant_value
 
-            new, source, notes = transplant_value(self.sources, p, before_t)
-        del before_t
-        return _Produced(
-            tensor_to_bytes(new), _entry(p, tensor_stats(new), before, source, notes), new
-        )
+        return transplant_value(self.sources, p, before_t)
 
 
 def _view(raw: bytes | bytearray | memoryview, p: PlanEntry) -> torch.Tensor:
@@ -267,7 +295,7 @@ def plan(
     from reinit.transplant import SourcePool
 
     with _opened(source, unsafe_pickle) as ckpt, SourcePool(ckpt, unsafe_pickle) as pool:
-        return _plan_for(ckpt, _as_rules(rules), strict, allow_unmatched, pool)
+        return _plan_for(ckpt, _as_rules(rules), strict, allow_unmatched, pool)[0]
 
 
 def _plan_for(
@@ -276,7 +304,8 @@ def _plan_for(
     strict: bool,
     allow_unmatched: bool,
     pool: object,
-) -> Plan:
+) -> tuple[Plan, Ties]:
+    """The plan, with tied groups made consistent (see `reinit.ties`), and the ties."""
     result = make_plan(ckpt.refs(), rules, strict=strict, allow_unmatched=allow_unmatched)
     if any(r.kind == "transplant" for r in rules):
         from reinit.transplant import check_transplants
@@ -287,7 +316,7 @@ def _plan_for(
 
             first = result.skipped[0]
             raise StrictError(f"--strict: '{first.name}' would be skipped: {first.reason}")
-    return result
+    return resolve_ties(result, ckpt.aliases())
 
 
 @contextmanager
@@ -336,9 +365,9 @@ def apply(
 
         ckpt = stack.enter_context(_opened(source_text, unsafe_pickle))
         sources = stack.enter_context(SourcePool(ckpt, unsafe_pickle=unsafe_pickle))
-        the_plan = _plan_for(ckpt, rule_objs, strict, allow_unmatched, sources)
+        the_plan, ties = _plan_for(ckpt, rule_objs, strict, allow_unmatched, sources)
         spec = resolve_output(source_text, ckpt, output, overwrite=overwrite, in_place=in_place)
-        applier = Applier(ckpt, seed, device, sources)
+        applier = Applier(ckpt, seed, device, sources, ties)
         rule_texts = tuple(r.text for r in rule_objs)
         refs = {r.name: r for r in ckpt.refs()}
         by_name = {e.name: e for e in the_plan.entries}
@@ -350,15 +379,15 @@ def apply(
         with atomic_output(spec.path, directory=spec.fmt == "directory") as tmp:
             if spec.fmt == "torch":
                 state: dict[str, torch.Tensor] = {}
+                shared: dict[str, torch.Tensor] = {}  # tied groups stay tied in a torch file
                 for name in files[0].names:
                     produced = applier.produce(by_name[name])
-                    state[name] = (
-                        produced.tensor if produced.tensor is not None else ckpt.read(name)
-                    )
+                    value = produced.tensor if produced.tensor is not None else ckpt.read(name)
+                    root = ties.root(name)
+                    state[name] = shared.setdefault(root, value) if root else value
                     entries.append(produced.entry)
                     bar.update(refs[name].nbytes)
-                torch.save(state, tmp)
-                bytes_written = tmp.stat().st_size
+                bytes_written = write_torch_file(tmp, state)
             else:
                 for f in files:
                     target = tmp / f.relname if spec.fmt == "directory" else tmp
@@ -455,7 +484,7 @@ def report_checkpoint(
     started = time.perf_counter()
     with _opened(source, unsafe_pickle) as ckpt:
         the_plan = make_plan(ckpt.refs(), ())
-        applier = Applier(ckpt, 0, "cpu")
+        applier = Applier(ckpt, 0, "cpu", ties=resolve_ties(the_plan, ckpt.aliases())[1])
         entries = []
         total = sum(TensorRef(e.name, e.dtype, e.shape).nbytes for e in the_plan.entries)
         with _progress(total, progress, "reinit report") as bar:
