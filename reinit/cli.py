@@ -225,6 +225,30 @@ def report(source: str, outputs: tuple[str, ...], as_json: bool, quiet: bool) ->
         _err(render_terminal(rep, _width(), color=sys.stderr.isatty()))
 
 
+# --- verify -----------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("path")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def verify(path: str, as_json: bool) -> None:
+    """Check a safetensors file, or a directory of shards and its index, against the format
+    rules (the validator reinit reads with). Exit 0 when valid, 1 when not."""
+    from reinit.io.verify import verify as verify_path
+
+    result = verify_path(path)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    if len(result.files) > 1 or os.path.isdir(path):
+        for f in result.files:
+            _err(f"{f.path}: ok, {f.tensors} tensors, {f.nbytes:,d} bytes")
+    click.echo(
+        f"{result.path}: valid safetensors: {len(result.files)} file(s), "
+        f"{result.tensors} tensors, {result.nbytes:,d} bytes of tensor data"
+    )
+
+
 # --- inspect ----------------------------------------------------------------------------
 
 
