@@ -337,4 +337,7 @@ def atomic_output(target: str | os.PathLike[str], *, directory: bool = False) ->
             remove_path(tmp)
         if isinstance(e, OSError):
             raise _write_error(str(target), e) from None
+        if isinstance(e, WriteError) and str(tmp) in str(e):
+            # name the output the user asked for, not our temporary
+            raise WriteError(str(e).replace(str(tmp), str(target))) from None
         raise
