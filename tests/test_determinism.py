@@ -88,7 +88,10 @@ def test_sharding_does_not_matter(src, tmp_path):
     d = tmp_path / "sharded"
     d.mkdir()
     names = list(sd)
-    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    shards = {
+        "model-00001-of-00002.safetensors": names[::2],
+        "model-00002-of-00002.safetensors": names[1::2],
+    }
     for shard, members in shards.items():
         save_file({n: sd[n] for n in members}, d / shard, metadata={"format": "pt"})
     index = {"metadata": {}, "weight_map": {n: s for s, ms in shards.items() for n in ms}}

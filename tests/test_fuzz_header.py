@@ -12,9 +12,7 @@ from hypothesis import strategies as st
 from reinit.errors import CheckpointError
 from reinit.io.safetensors_format import CODE_TO_DTYPE, Header, parse_header_bytes
 
-SETTINGS = settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def parse(raw: bytes, file_size: int | None = None) -> Header | None:
@@ -58,8 +56,9 @@ json_values = st.recursive(
     | st.integers(min_value=-(2**70), max_value=2**70)
     | st.floats(allow_nan=True)
     | st.text(max_size=8),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=6), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -90,8 +89,9 @@ def test_structured_headers(doc, meta, data_len):
 @SETTINGS
 @given(
     st.lists(
-        st.tuples(st.sampled_from(["F32", "F16", "I8", "BOOL"]), st.lists(
-            st.integers(0, 4), max_size=3)),
+        st.tuples(
+            st.sampled_from(["F32", "F16", "I8", "BOOL"]), st.lists(st.integers(0, 4), max_size=3)
+        ),
         min_size=1,
         max_size=4,
     ),

@@ -124,6 +124,8 @@ def test_safetensors_with_duplicate_offsets_is_refused(tmp_path):
     src.write_bytes(struct.pack("<Q", len(body)) + body + bytes(16))
     with pytest.raises(CheckpointError, match="share data offsets"):
         reinit.open_checkpoint(src)
-    res = CliRunner().invoke(main, ["apply", str(src), "-r", "*=zeros", "-o", str(tmp_path / "o.safetensors")])
+    res = CliRunner().invoke(
+        main, ["apply", str(src), "-r", "*=zeros", "-o", str(tmp_path / "o.safetensors")]
+    )
     assert res.exit_code == 1
     assert "'embed.weight' and 'lm_head.weight' share data offsets [0, 16]" in res.stderr

@@ -37,7 +37,10 @@ def test_valid_file(tmp_path):
     save_file(SD, p)
     res = invoke(str(p))
     assert res.exit_code == 0, res.output
-    assert res.stdout.strip() == f"{p}: valid safetensors: 1 file(s), 2 tensors, 88 bytes of tensor data"
+    assert (
+        res.stdout.strip()
+        == f"{p}: valid safetensors: 1 file(s), 2 tensors, 88 bytes of tensor data"
+    )
     doc = json.loads(invoke(str(p), "--json").stdout)
     assert doc["valid"] and doc["tensors"] == 2 and doc["bytes"] == 88
 
@@ -109,6 +112,11 @@ def test_broken_directory(tmp_path, breakage, message):
 def test_verify_accepts_what_apply_writes(tmp_path):
     d = sharded(tmp_path)
     out = tmp_path / "out"
-    assert CliRunner().invoke(main, ["apply", str(d), "-r", "a=normal", "-o", str(out), "-q"]).exit_code == 0
+    assert (
+        CliRunner()
+        .invoke(main, ["apply", str(d), "-r", "a=normal", "-o", str(out), "-q"])
+        .exit_code
+        == 0
+    )
     res = invoke(str(out))
     assert res.exit_code == 0 and "2 tensors, 88 bytes" in res.stdout

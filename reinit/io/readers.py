@@ -274,7 +274,9 @@ def load_torch_file(path: str, unsafe: bool = False, mmap: bool | None = None) -
             ) from None
         found = sorted(set(re.findall(r"GLOBAL ([\w.]+)", text)))
         if found:
-            what = f"refusing to unpickle {', '.join(found)}: loading it would run code from the file"
+            what = (
+                f"refusing to unpickle {', '.join(found)}: loading it would run code from the file"
+            )
         else:
             detail = _weights_only_detail(text)
             what = (

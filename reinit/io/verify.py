@@ -107,9 +107,7 @@ def _check_indexes(root: Path, names_in: dict[str, set[str]]) -> None:
             if shard not in names_in:
                 raise CheckpointError(f"{where}: names shard '{shard}', which is missing")
             if name not in names_in[shard]:
-                raise CheckpointError(
-                    f"{where}: puts '{name}' in {shard}, but that shard lacks it"
-                )
+                raise CheckpointError(f"{where}: puts '{name}' in {shard}, but that shard lacks it")
         indexed = set(wm.values())
         for shard in sorted(indexed):
             extra = names_in[shard].difference(wm)
