@@ -5,14 +5,27 @@ from __future__ import annotations
 
 import json
 import struct
+import tempfile
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from reinit.errors import CheckpointError
 from reinit.io.safetensors_format import CODE_TO_DTYPE, Header, parse_header_bytes
 
-SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Hypothesis keeps caches in ./.hypothesis; tests never write to the working folder. The
+# folder is removed when the test process ends.
+_HOME = tempfile.TemporaryDirectory(prefix="reinit-hypothesis-")
+set_hypothesis_home_dir(_HOME.name)
+
+# bounded for CI; database=None keeps hypothesis from writing .hypothesis/ into the working folder
+SETTINGS = settings(
+    max_examples=300,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 def parse(raw: bytes, file_size: int | None = None) -> Header | None:

@@ -63,7 +63,9 @@ def test_cached_repo_works_offline(offline, tmp_path, work):
 
 def test_repo_not_cached_offline(offline, work):
     res = apply("hf://acme/never-seen", "-r", "*=zeros")
-    assert_failed_cleanly(res, work, "hf://acme/never-seen", "not in the local cache", "HF_HUB_OFFLINE")
+    assert_failed_cleanly(
+        res, work, "hf://acme/never-seen", "not in the local cache", "HF_HUB_OFFLINE"
+    )
 
 
 def test_revision_not_cached_offline(offline, tmp_path, work):
@@ -82,7 +84,9 @@ def test_transplant_source_not_cached_offline(offline, tmp_path, work):
     target = tmp_path / "target.safetensors"
     save_file({"w": torch.ones(2, 2)}, target)
     before = target.read_bytes()
-    res = apply(str(target), "-r", "w=from(hf://acme/never-seen)", "-o", str(work / "o.safetensors"))
+    res = apply(
+        str(target), "-r", "w=from(hf://acme/never-seen)", "-o", str(work / "o.safetensors")
+    )
     assert_failed_cleanly(res, work, "hf://acme/never-seen", "not in the local cache")
     assert target.read_bytes() == before
 
