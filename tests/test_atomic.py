@@ -255,3 +255,16 @@ def test_errno_messages():
     assert "disk is full" in str(write_error("x", OSError(errno.ENOSPC, "No space")))
     assert "ulimit -f" in str(write_error("x", OSError(errno.EFBIG, "File too large")))
     assert "read-only" not in str(write_error("x", OSError(errno.EROFS, "Read-only")))
+
+
+def test_signals_are_held_while_publishing():
+    """A Ctrl-C inside the publish step is delivered after it, not in the middle."""
+    from reinit.io.writer import signals_deferred
+
+    steps = []
+    with pytest.raises(KeyboardInterrupt):  # noqa: SIM117
+        with signals_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            steps.append("finished")
+    assert steps == ["finished"]

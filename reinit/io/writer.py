@@ -266,23 +266,37 @@ def remove_path(path: Path) -> None:
             path.unlink()
 
 
-_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextmanager
 def signals_deferred() -> Iterator[None]:
     """Hold SIGINT/SIGTERM until the block ends, so a Ctrl-C cannot land between the two steps
-    of publishing an output or in the middle of removing a temporary. A signal that arrives
-    meanwhile is delivered (as KeyboardInterrupt) right after. Only the main thread can do
-    this; elsewhere the block runs as is."""
+    of publishing an output or in the middle of removing a temporary; a signal that arrives
+    meanwhile is re-raised right after, to whatever handler was there.
+
+    Python runs signal handlers in the main thread whichever thread the kernel picked (the
+    reader and compute threads, torch's pool), so holding means swapping in a handler that only
+    takes note; blocking the signal in one thread would not do. Off the main thread (where
+    handlers cannot be set) the block runs as is."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    caught: list[int] = []
+    saved: dict[int, object] = {}
+    for sig in _STOP_SIGNALS:
+        old = signal.getsignal(sig)
+        if old is None:  # installed outside Python: cannot be restored, leave it
+            continue
+        saved[sig] = old
+        signal.signal(sig, lambda signum, frame: caught.append(signum))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for sig, old in saved.items():
+            signal.signal(sig, old)  # type: ignore[arg-type]
+        if caught:
+            signal.raise_signal(caught[0])
 
 
 _RENAME_EXCHANGE = 2
