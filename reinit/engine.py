@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,7 @@ from reinit.io.readers import (
     tensor_from_bytes,
 )
 from reinit.io.safetensors_format import dtype_name, tensor_to_bytes
-from reinit.io.writer import SafetensorsWriter, atomic_output, remove_path
+from reinit.io.writer import SafetensorsWriter, atomic_output, remove_path, write_torch_file
 from reinit.report import (
     Report,
     Stats,
@@ -43,6 +43,7 @@ from reinit.report import (
 from reinit.rules import Plan, PlanEntry, Rule, parse_rules
 from reinit.rules import plan as make_plan
 from reinit.schemes import compute_fans, expected_std_for, generate
+from reinit.ties import Ties, resolve_ties
 
 if TYPE_CHECKING:
     from reinit.model import ModelView
@@ -269,6 +270,7 @@ class Applier:
         seed: int,
         device: str,
         sources: object = None,
+        ties: Ties | None = None,
         model: ModelView | None = None,
     ):
         self.ckpt = ckpt
@@ -277,6 +279,13 @@ class Applier:
         self.sources = sources  # a transplant.SourcePool when any rule is from(...)
         self.model = model  # with --model: module fans and the `default` scheme
         self.fans = model.fans if model is not None else {}
+        self.ties = ties or Ties()
+        # a changed tied group's new value, kept until its last member is written
+        self._tied_values: dict[str, tuple[torch.Tensor, str | None, tuple[str, ...]]] = {}
+        self._tied_left = {
+            root: sum(1 for g in self.ties.groups.values() if g[0] == root)
+            for root in self.ties.defining
+        }
 
     def _chunks(
         self, reads: Iterator[tuple[str, memoryview]], p: PlanEntry
@@ -313,13 +322,24 @@ class Applier:
             pos += chunk.nbytes
 
     def pieces(self, p: PlanEntry, reads: Iterator[tuple[str, memoryview]]) -> Iterator[Piece]:
+        tie_note = self.ties.note(p.name)
         if p.action in ("kept", "skipped"):
             acc = StatsAccumulator(p.dtype)
             for piece in self._copy(self.ckpt, p.name, p.dtype, self._chunks(reads, p), acc):
                 yield piece
-            yield Piece(p.name, entry=_entry(p, acc.result(), fans=self.fans.get(p.name)))
+            entry = _entry(p, acc.result(), notes=tie_note, fans=self.fans.get(p.name))
+            yield Piece(p.name, entry=entry)
             return
         before = self._source_stats(reads, p)
+        root = self.ties.root(p.name)
+        if root is not None and root in self.ties.defining:
+            new, source, notes = self._tied_value(root)
+            yield from _tensor_pieces(p.name, new)
+            entry = _entry(
+                p, tensor_stats(new), before, source, notes + tie_note, self.fans.get(p.name)
+            )
+            yield Piece(p.name, entry=entry)
+            return
         if p.action == "transplant":
             from reinit.transplant import exact_source
 
@@ -335,24 +355,44 @@ class Applier:
         notes: tuple[str, ...] = ()
         source = None
         if p.action == "reinit":
-            assert p.scheme is not None
-            if self.model is not None:
-                from reinit.model import reinit_value
-
-                new = reinit_value(
-                    self.model, p.scheme, p.name, p.shape, p.dtype, self.seed, self.device
-                )
-            else:
-                new = generate(p.scheme, p.name, p.shape, p.dtype, self.seed, self.device)
+            new = self._reinit(p)
         else:
             from reinit.transplant import transplant_value
 
             new, source, notes = transplant_value(self.sources, p, self.ckpt.read(p.name))
         after = tensor_stats(new)
-        data = tensor_to_bytes(new)
-        for i in range(0, data.nbytes, CHUNK_BYTES):
-            yield Piece(p.name, data=data[i : i + CHUNK_BYTES])
+        yield from _tensor_pieces(p.name, new)
         yield Piece(p.name, entry=_entry(p, after, before, source, notes, self.fans.get(p.name)))
+
+    def _reinit(self, p: PlanEntry) -> torch.Tensor:
+        """A reinit entry's values; with a model, module fans and `default` apply."""
+        assert p.scheme is not None
+        if self.model is not None:
+            from reinit.model import reinit_value
+
+            return reinit_value(
+                self.model, p.scheme, p.name, p.shape, p.dtype, self.seed, self.device
+            )
+        return generate(p.scheme, p.name, p.shape, p.dtype, self.seed, self.device)
+
+    def _tied_value(self, root: str) -> tuple[torch.Tensor, str | None, tuple[str, ...]]:
+        """A changed tied group's one new value: made once from its defining entry (the member
+        the rule hit), handed to every member, dropped after the last."""
+        value = self._tied_values.get(root)
+        if value is None:
+            d = self.ties.defining[root]
+            if d.action == "reinit":
+                new = self._reinit(d)
+                value = (new, None, ())
+            else:
+                from reinit.transplant import transplant_value
+
+                value = transplant_value(self.sources, d, self.ckpt.read(d.name))
+            self._tied_values[root] = value
+        self._tied_left[root] -= 1
+        if self._tied_left[root] <= 0:
+            del self._tied_values[root]
+        return value
 
     def stream(self, entries: Sequence[PlanEntry]) -> Iterator[Piece]:
         """All pieces of all entries, in output order."""
@@ -364,6 +404,12 @@ class Applier:
                 yield from self.pieces(p, reads)
         finally:
             reads.close()
+
+
+def _tensor_pieces(name: str, t: torch.Tensor) -> Iterator[Piece]:
+    data = tensor_to_bytes(t)
+    for i in range(0, data.nbytes, CHUNK_BYTES):
+        yield Piece(name, data=data[i : i + CHUNK_BYTES])
 
 
 def _as_rules(rules: Sequence[RuleInput]) -> tuple[Rule, ...]:
@@ -398,7 +444,7 @@ def plan(
 
     with _opened(source, unsafe_pickle) as ckpt, SourcePool(ckpt, unsafe_pickle) as pool:
         view = model_view(model, ckpt)
-        return _plan_for(ckpt, _as_rules(rules), strict, allow_unmatched, pool, view)
+        return _plan_for(ckpt, _as_rules(rules), strict, allow_unmatched, pool, view)[0]
 
 
 def _plan_for(
@@ -408,7 +454,8 @@ def _plan_for(
     allow_unmatched: bool,
     pool: object,
     view: ModelView | None = None,
-) -> Plan:
+) -> tuple[Plan, Ties]:
+    """The plan, with tied groups made consistent (see `reinit.ties`), and the ties."""
     result = make_plan(
         ckpt.refs(),
         rules,
@@ -429,7 +476,7 @@ def _plan_for(
 
             first = result.skipped[0]
             raise StrictError(f"--strict: '{first.name}' would be skipped: {first.reason}")
-    return result
+    return resolve_ties(result, ckpt.aliases())
 
 
 def model_view(model: ModelInput | None, ckpt: Checkpoint) -> ModelView | None:
@@ -495,9 +542,9 @@ def apply(
         ckpt = stack.enter_context(_opened(source_text, unsafe_pickle))
         sources = stack.enter_context(SourcePool(ckpt, unsafe_pickle=unsafe_pickle))
         view = model_view(model, ckpt)
-        the_plan = _plan_for(ckpt, rule_objs, strict, allow_unmatched, sources, view)
+        the_plan, ties = _plan_for(ckpt, rule_objs, strict, allow_unmatched, sources, view)
         spec = resolve_output(source_text, ckpt, output, overwrite=overwrite, in_place=in_place)
-        applier = Applier(ckpt, seed, device, sources, view)
+        applier = Applier(ckpt, seed, device, sources, ties, view)
         rule_texts = tuple(r.text for r in rule_objs)
         refs = {r.name: r for r in ckpt.refs()}
         by_name = {e.name: e for e in the_plan.entries}
@@ -509,7 +556,7 @@ def apply(
             stream = prefetch(applier.stream(ordered), WRITE_AHEAD, "reinit-compute")
             with closing(stream) as pieces:
                 if spec.fmt == "torch":
-                    entries, bytes_written = _write_torch(tmp, pieces, by_name, bar)
+                    entries, bytes_written = _write_torch(tmp, pieces, by_name, bar, ties)
                 else:
                     entries, bytes_written = [], 0
                     for f in files:
@@ -556,17 +603,25 @@ def _write_pieces(
 
 
 def _write_torch(
-    tmp: Path, pieces: Iterator[Piece], by_name: dict[str, PlanEntry], bar: Any
+    tmp: Path,
+    pieces: Iterator[Piece],
+    by_name: dict[str, PlanEntry],
+    bar: Any,
+    ties: Ties | None = None,
 ) -> tuple[list[TensorEntry], int]:
     """The `.bin/.pt` output: `torch.save` needs every tensor at once, so this form holds the
-    whole model in memory."""
+    whole model in memory. Tied names stay tied (one tensor object, one storage in the file)."""
+    ties = ties or Ties()
+    shared: dict[str, torch.Tensor] = {}
     state: dict[str, torch.Tensor] = {}
     entries: list[TensorEntry] = []
     buf = bytearray()
     for piece in pieces:
         if piece.entry is not None:
             p = by_name[piece.name]
-            state[piece.name] = tensor_from_bytes(buf, p.dtype, p.shape).clone()
+            value = tensor_from_bytes(buf, p.dtype, p.shape).clone()
+            root = ties.root(piece.name)
+            state[piece.name] = shared.setdefault(root, value) if root else value
             entries.append(piece.entry)
             buf = bytearray()
         elif piece.span is not None:
@@ -575,8 +630,7 @@ def _write_torch(
         elif piece.data is not None:
             buf += piece.data
         bar.update(piece.nbytes)
-    torch.save(state, tmp)
-    return entries, tmp.stat().st_size
+    return entries, write_torch_file(tmp, state)
 
 
 def _make_report(
@@ -640,26 +694,89 @@ def _finish_directory(
 
 
 def report_checkpoint(
-    source: str | os.PathLike[str], *, progress: bool = False, unsafe_pickle: bool = False
+    source: str | os.PathLike[str],
+    against: str | os.PathLike[str] | None = None,
+    *,
+    progress: bool = False,
+    unsafe_pickle: bool = False,
 ) -> Report:
     """The report of a checkpoint as it is: every tensor `kept`, with its statistics. One
     thread reads ahead while another computes, so this runs at the disk's (or the page
-    cache's) speed rather than at the sum of both."""
+    cache's) speed rather than at the sum of both.
+
+    With `against` (a baseline checkpoint, any form of §1), each tensor of the same name in
+    the baseline gives the `before` statistics, a tensor whose bytes (or shape or dtype) differ
+    carries the note "changed vs baseline", one absent from the baseline "not in baseline", and
+    the baseline's names absent from SOURCE are listed in the report's warnings."""
     started = time.perf_counter()
-    with _opened(source, unsafe_pickle) as ckpt:
+    with ExitStack() as stack:
+        ckpt = stack.enter_context(_opened(source, unsafe_pickle))
+        base = stack.enter_context(_opened(against, unsafe_pickle)) if against is not None else None
         the_plan = make_plan(ckpt.refs(), ())
-        applier = Applier(ckpt, 0, "cpu")
+        applier = Applier(ckpt, 0, "cpu", ties=resolve_ties(the_plan, ckpt.aliases())[1])
         total = sum(TensorRef(e.name, e.dtype, e.shape).nbytes for e in the_plan.entries)
         entries = []
-        with (
-            _progress(total, progress, "reinit report") as bar,
-            closing(applier.stream(the_plan.entries)) as pieces,
-        ):
-            for piece in pieces:
-                if piece.entry is not None:
-                    entries.append(piece.entry)
-                bar.update(piece.nbytes)
-        return _make_report(os.fspath(source), None, 0, (), entries, 0, started)
+        bar = stack.enter_context(_progress(total, progress, "reinit report"))
+        pieces = stack.enter_context(closing(applier.stream(the_plan.entries)))
+        for piece in pieces:
+            if piece.entry is not None:
+                entry = piece.entry
+                if base is not None:
+                    entry = _against(ckpt, base, entry)
+                entries.append(entry)
+            bar.update(piece.nbytes)
+        report = _make_report(os.fspath(source), None, 0, (), entries, 0, started)
+        if base is not None:
+            missing = [n for n in base.names() if n not in ckpt]
+            if missing:
+                shown = ", ".join(missing[:10]) + (", …" if len(missing) > 10 else "")
+                report = replace(
+                    report,
+                    warnings=(
+                        *report.warnings,
+                        f"{len(missing)} tensor(s) of the baseline {os.fspath(against or '')} "
+                        f"are not in {os.fspath(source)}: {shown}",
+                    ),
+                )
+        return report
+
+
+def _against(ckpt: Checkpoint, base: Checkpoint, entry: TensorEntry) -> TensorEntry:
+    """`entry` with the baseline's statistics as `before` and a note when it differs: one
+    pass over the baseline's chunks, compared with the source's chunk for chunk (bitwise, so
+    a NaN equals the same NaN) until the first difference."""
+    from reinit.report import NOTE_CHANGED, NOTE_NEW
+
+    if entry.name not in base:
+        return replace(entry, notes=(*entry.notes, NOTE_NEW))
+    ref, bref = ckpt.ref(entry.name), base.ref(entry.name)
+    acc = StatsAccumulator(bref.dtype)
+    same = (ref.dtype, ref.shape) == (bref.dtype, bref.shape)
+    with closing(ckpt.iter_chunks(entry.name, CHUNK_BYTES)) as mine:
+        for chunk in base.iter_chunks(entry.name, CHUNK_BYTES):
+            acc.add(_view(chunk, bref.dtype))
+            if same:
+                same = _same_bytes(next(mine, memoryview(b"")), chunk)
+    notes: tuple[str, ...] = ()
+    if not same:
+        notes = (NOTE_CHANGED,)
+        if bref.shape != ref.shape:
+            notes += (f"baseline shape {list(bref.shape)}",)
+        if bref.dtype != ref.dtype:
+            notes += (f"baseline dtype {dtype_name(bref.dtype)}",)
+    return replace(entry, before=acc.result(), notes=(*entry.notes, *notes))
+
+
+def _same_bytes(a: bytes | bytearray | memoryview, b: bytes | bytearray | memoryview) -> bool:
+    """Bitwise equality without copying either buffer (NaN payloads compare as bits)."""
+    ma, mb = memoryview(a).cast("B"), memoryview(b).cast("B")
+    if ma.nbytes != mb.nbytes:
+        return False
+    if ma.nbytes == 0:
+        return True
+    return torch.equal(
+        torch.frombuffer(ma, dtype=torch.uint8), torch.frombuffer(mb, dtype=torch.uint8)
+    )
 
 
 __all__ = ["apply", "plan", "report_checkpoint", "OutputSpec", "resolve_output", "remove_path"]
