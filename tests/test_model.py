@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
+from hubcache import seed_repo
 from safetensors.torch import load_file, save_file
 
 import reinit
@@ -20,9 +20,6 @@ from reinit.errors import RuleError, UsageError
 from reinit.model import load_model
 from reinit.rules import parse_pattern
 from reinit.schemes import seed_for
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_hub import hf_home, offline, seed_repo  # noqa: E402, F401  (fixtures: a seeded HF cache)
 
 HERE = Path(__file__).parent
 CONV = "models_for_tests:convnet"
@@ -311,7 +308,7 @@ def test_cli_apply_with_model_json(bert_dir: Path, tmp_path: Path) -> None:
     assert changed["classifier.weight"]["fan_in"] == 32
 
 
-def test_model_from_hub_cache_offline(bert_dir: Path, offline: Path) -> None:  # noqa: F811
+def test_model_from_hub_cache_offline(bert_dir: Path, offline: Path) -> None:
     """`--model hf://...` fetches only config.json (here from a seeded offline cache)."""
     seed_repo(
         offline, "acme/tiny-bert-cls", {"config.json": (bert_dir / "config.json").read_bytes()}
