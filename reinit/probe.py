@@ -437,7 +437,10 @@ def plot(result: ProbeResult, path: str) -> None:
         (axes[0], "act_std", "activation std (forward)"),
         (axes[1], "grad_std", "gradient std (backward)"),
     ):
-        for label, p in (("before", result.before), ("after", result.after)):
+        after_label = "after " + " ".join(result.rules)
+        if len(after_label) > 60:
+            after_label = after_label[:59] + "…"
+        for label, p in (("before", result.before), (after_label, result.after)):
             if p is None:
                 continue
             xs = [i for i, layer in enumerate(p.layers) if _positive(getattr(layer, attr))]

@@ -338,3 +338,15 @@ def test_default_refuses_a_model_of_another_shape(conv_ckpt: Path, tmp_path: Pat
     rep = reinit.apply(conv_ckpt, ["type:Linear=default"], tmp_path / "o.safetensors", model=five)
     assert rep.entry("fc.weight").action == "skipped"
     assert rep.entry("fc.weight").fan_out == 10  # torch's fans from the shape, not the model's
+
+
+def test_module_fans_hf_conv1d_and_plain_layers() -> None:
+    from transformers.pytorch_utils import Conv1D
+
+    from reinit.model import module_fans
+
+    # GPT-2's Conv1D(nf=12, nx=4) stores its weight as (in, out) = (4, 12)
+    assert module_fans(Conv1D(12, 4), "weight", (4, 12)) == (4, 12)
+    assert module_fans(torch.nn.Linear(4, 12), "weight", (12, 4)) == (4, 12)
+    assert module_fans(torch.nn.Embedding(7, 3), "weight", (7, 3)) == (3, 7)  # torch's convention
+    assert module_fans(torch.nn.Linear(4, 12), "bias", (12,)) is None
