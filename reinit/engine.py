@@ -9,22 +9,29 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from reinit import __version__
-from reinit.errors import OutputError, UsageError
+from reinit.errors import OutputError, RuleError, SchemeError, UsageError
 from reinit.io.readers import TORCH_SUFFIXES, Checkpoint, TensorRef, open_checkpoint
 from reinit.io.safetensors_format import dtype_name, tensor_to_bytes
 from reinit.io.writer import SafetensorsWriter, atomic_output, remove_path
 from reinit.report import Report, Stats, TensorEntry, finalize, summarize, tensor_stats, var_gain
-from reinit.rules import Plan, PlanEntry, Rule, parse_rules
+from reinit.rules import Plan, PlanEntry, Rule, closest_hint, parse_rules
 from reinit.rules import plan as make_plan
-from reinit.schemes import compute_fans, generate
+from reinit.schemes import (
+    FillContext,
+    compute_fans,
+    generate,
+    missing_from_config,
+    resolve_from_config,
+)
 
 RuleInput = str | Rule
 
@@ -221,7 +228,10 @@ class Applier:
         source = None
         if p.action == "reinit":
             assert p.scheme is not None
-            new = generate(p.scheme, p.name, p.shape, p.dtype, self.seed, self.device)
+            context = self._context(p, before_t)
+            new = generate(
+                p.scheme, p.name, p.shape, p.dtype, self.seed, self.device, context=context
+            )
         else:
             from reinit.transplant import transplant_value
 
@@ -230,6 +240,60 @@ class Applier:
         return _Produced(
             tensor_to_bytes(new), _entry(p, tensor_stats(new), before, source, notes), new
         )
+
+
+    def _context(self, p: PlanEntry, before_t: torch.Tensor) -> FillContext | None:
+        """What a scheme that reads beyond its own shape gets (see `Scheme.needs_context`)."""
+        assert p.scheme is not None
+        scheme = p.scheme.scheme
+        if not scheme.needs_context:
+            return None
+        other_name = scheme.reads(p.name, p.captures, p.scheme.kwargs) if scheme.reads else None
+        return FillContext(
+            before=before_t if scheme.needs_before else None,
+            other=self.ckpt.read(other_name) if other_name is not None else None,
+            other_name=other_name,
+        )
+
+
+def resolve_rules(rules: Sequence[Rule], config: Mapping[str, Any] | None) -> tuple[Rule, ...]:
+    """Fill scheme arguments that come from the model config (scaled_normal's layers,
+    small_init's dim) when the rule left them unset; a required one still missing is an error."""
+    out: list[Rule] = []
+    for r in rules:
+        if r.scheme is not None and r.scheme.scheme.from_config:
+            resolved = resolve_from_config(r.scheme, config)
+            problem = missing_from_config(resolved)
+            if problem:
+                raise RuleError(f"rule {r.text!r}: {problem}")
+            r = replace(r, scheme=resolved)
+        out.append(r)
+    return tuple(out)
+
+
+def check_reads(result: Plan, ckpt: Checkpoint) -> None:
+    """Schemes that read another tensor (`copy`): it must exist and have the target's shape.
+    Checked before anything is written."""
+    for e in result.entries:
+        bound = e.scheme
+        if bound is None or bound.scheme.reads is None:
+            continue
+        rule = e.rule.text if e.rule else ""
+        try:
+            other = bound.scheme.reads(e.name, e.captures, bound.kwargs)
+        except SchemeError as err:
+            raise RuleError(f"rule {rule!r}: {err}") from None
+        if other not in ckpt:
+            raise RuleError(
+                f"rule {rule!r}: {bound.describe()} for '{e.name}': the checkpoint has no "
+                f"tensor '{other}'{closest_hint(other, ckpt.names())}"
+            )
+        shape = ckpt.ref(other).shape
+        if shape != e.shape:
+            raise RuleError(
+                f"rule {rule!r}: cannot copy '{other}' {list(shape)} into '{e.name}' "
+                f"{list(e.shape)}: shapes differ"
+            )
 
 
 def _view(raw: bytes | bytearray | memoryview, p: PlanEntry) -> torch.Tensor:
@@ -256,18 +320,21 @@ def check_device(device: str) -> str:
 
 
 def plan(
-    source: str | os.PathLike[str] | Checkpoint,
+    source: str | os.PathLike[str] | Checkpoint | Mapping[str, torch.Tensor],
     rules: Sequence[RuleInput],
     *,
     strict: bool = False,
     allow_unmatched: bool = False,
     unsafe_pickle: bool = False,
+    config: Mapping[str, Any] | None = None,
 ) -> Plan:
-    """What `apply` would do, without writing anything (the `--dry-run`)."""
+    """What `apply` would do, without writing anything (the `--dry-run`). `source` may also be
+    an open `Checkpoint` or an in-memory state dict. `config` (a model config as a dict) gives
+    the arguments some schemes read from it; by default the checkpoint's own config.json."""
     from reinit.transplant import SourcePool
 
     with _opened(source, unsafe_pickle) as ckpt, SourcePool(ckpt, unsafe_pickle) as pool:
-        return _plan_for(ckpt, _as_rules(rules), strict, allow_unmatched, pool)
+        return _plan_for(ckpt, _as_rules(rules), strict, allow_unmatched, pool, config)
 
 
 def _plan_for(
@@ -276,8 +343,13 @@ def _plan_for(
     strict: bool,
     allow_unmatched: bool,
     pool: object,
+    config: Mapping[str, Any] | None = None,
 ) -> Plan:
+    if any(r.scheme is not None and r.scheme.scheme.from_config for r in rules):
+        # read config.json only when a rule needs it (on the Hub it is one more download)
+        rules = resolve_rules(rules, config if config is not None else ckpt.config())
     result = make_plan(ckpt.refs(), rules, strict=strict, allow_unmatched=allow_unmatched)
+    check_reads(result, ckpt)
     if any(r.kind == "transplant" for r in rules):
         from reinit.transplant import check_transplants
 
@@ -292,10 +364,16 @@ def _plan_for(
 
 @contextmanager
 def _opened(
-    source: str | os.PathLike[str] | Checkpoint, unsafe_pickle: bool = False
+    source: str | os.PathLike[str] | Checkpoint | Mapping[str, torch.Tensor],
+    unsafe_pickle: bool = False,
 ) -> Iterator[Checkpoint]:
     if isinstance(source, Checkpoint):
         yield source
+        return
+    if isinstance(source, Mapping):
+        from reinit.io.readers import StateDictCheckpoint
+
+        yield StateDictCheckpoint(source)
         return
     ckpt = open_checkpoint(source, unsafe_pickle=unsafe_pickle)
     try:
@@ -305,7 +383,7 @@ def _opened(
 
 
 def apply(
-    source: str | os.PathLike[str],
+    source: str | os.PathLike[str] | Checkpoint,
     rules: Sequence[RuleInput],
     output: str | os.PathLike[str] | None = None,
     *,
@@ -319,13 +397,17 @@ def apply(
     device: str = "cpu",
     progress: bool = False,
     unsafe_pickle: bool = False,
+    config: Mapping[str, Any] | None = None,
 ) -> Report:
     """Re-initialize or transplant the tensors the rules match and write a new checkpoint.
 
     Returns the report (also written to the default report path unless `default_report` is
-    False, and to each of `reports` in the format its extension names)."""
+    False, and to each of `reports` in the format its extension names). `source` may be an
+    open `Checkpoint` (e.g. a recipe's in-memory step result); `config` overrides the model
+    config that scaled_normal/small_init read (default: the checkpoint's config.json)."""
     started = time.perf_counter()
-    source_text = os.fspath(source)
+    source_text = source.source if isinstance(source, Checkpoint) else os.fspath(source)
+    opened: str | Checkpoint = source if isinstance(source, Checkpoint) else source_text
     rule_objs = _as_rules(rules)
     device = check_device(device)
     for r in reports:  # checked before any work, so a typo costs nothing
@@ -334,9 +416,9 @@ def apply(
     with ExitStack() as stack:
         from reinit.transplant import SourcePool
 
-        ckpt = stack.enter_context(_opened(source_text, unsafe_pickle))
+        ckpt = stack.enter_context(_opened(opened, unsafe_pickle))
         sources = stack.enter_context(SourcePool(ckpt, unsafe_pickle=unsafe_pickle))
-        the_plan = _plan_for(ckpt, rule_objs, strict, allow_unmatched, sources)
+        the_plan = _plan_for(ckpt, rule_objs, strict, allow_unmatched, sources, config)
         spec = resolve_output(source_text, ckpt, output, overwrite=overwrite, in_place=in_place)
         applier = Applier(ckpt, seed, device, sources)
         rule_texts = tuple(r.text for r in rule_objs)
