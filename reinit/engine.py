@@ -241,7 +241,6 @@ class Applier:
             tensor_to_bytes(new), _entry(p, tensor_stats(new), before, source, notes), new
         )
 
-
     def _context(self, p: PlanEntry, before_t: torch.Tensor) -> FillContext | None:
         """What a scheme that reads beyond its own shape gets (see `Scheme.needs_context`)."""
         assert p.scheme is not None

@@ -337,7 +337,9 @@ EXTRA_SCHEMES: tuple[Scheme, ...] = (
         "scaled_normal",
         (
             Param("std", "float", 0.02),
-            Param("layers", "int", None, help="L; default: n_layer/num_hidden_layers of the config"),
+            Param(
+                "layers", "int", None, help="L; default: n_layer/num_hidden_layers of the config"
+            ),
         ),
         _scaled_fill,
         _scaled_std,
