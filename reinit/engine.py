@@ -85,6 +85,8 @@ def resolve_output(
     overwrite: bool,
     in_place: bool,
 ) -> OutputSpec:
+    if output is None and ckpt.kind == "memory":
+        raise OutputError(f"{source}: an in-memory checkpoint has no default output; give -o")
     if output is None and in_place:
         if source.startswith("hf://"):
             raise OutputError(f"--in-place: {source} is on the Hub; give -o for the output")

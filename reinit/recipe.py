@@ -522,9 +522,8 @@ def _check_pass_through(steps: Sequence[Step], where: Where, label: str) -> None
     supported = _supported_options()
     for i, step in enumerate(steps):
         for key, _ in step.options:
-            path: Path_ = (
-                ("steps", i, key) if len(steps) > 1 or (("steps", i, key) in where) else (key,)
-            )
+            in_step = ("steps", i, key) in where
+            path: Path_ = ("steps", i, key) if in_step else (key,)
             at = _loc(where, path, label)
             if key not in supported:
                 raise UsageError(
