@@ -6,16 +6,25 @@ for value, what the CLI gives on that module's saved state dict."""
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 
-from reinit.engine import Applier, RuleInput, _as_rules, _make_report, _plan_for, check_device
-from reinit.io.readers import Checkpoint, StateDictCheckpoint
+from reinit.engine import (
+    Applier,
+    Piece,
+    RuleInput,
+    _as_rules,
+    _make_report,
+    _plan_for,
+    check_device,
+)
+from reinit.io.readers import Checkpoint, StateDictCheckpoint, tensor_from_bytes
 from reinit.report import Report, TensorEntry
-from reinit.rules import Rule
+from reinit.rules import Plan, Rule
 
 
 def apply_to_checkpoint(
@@ -40,17 +49,7 @@ def apply_to_checkpoint(
         the_plan = _plan_for(ckpt, rule_objs, strict, allow_unmatched, pool, config)
         applier = Applier(ckpt, seed, device, pool)
         own = ckpt.tensors if isinstance(ckpt, StateDictCheckpoint) else None
-        out: dict[str, torch.Tensor] = {}
-        entries: list[TensorEntry] = []
-        for p in the_plan.entries:
-            produced = applier.produce(p)
-            entries.append(produced.entry)
-            if produced.tensor is not None:
-                out[p.name] = produced.tensor
-            elif own is not None:
-                out[p.name] = own[p.name]
-            else:
-                out[p.name] = ckpt.read(p.name)
+        out, entries = _collect(applier.stream(the_plan.entries), the_plan, own)
     report = _make_report(
         ckpt.source,
         None,
@@ -62,6 +61,37 @@ def apply_to_checkpoint(
         the_plan,
     )
     return out, report
+
+
+def _collect(
+    pieces: Iterator[Piece], plan: Plan, own: Mapping[str, torch.Tensor] | None
+) -> tuple[dict[str, torch.Tensor], list[TensorEntry]]:
+    """Every tensor of the engine's output stream, in memory (as the `.bin` output assembles
+    them), and the report entries. Unchanged tensors of an in-memory source are its own
+    objects, not copies."""
+    by_name = {p.name: p for p in plan.entries}
+    out: dict[str, torch.Tensor] = {}
+    entries: list[TensorEntry] = []
+    buf = bytearray()
+    for piece in pieces:
+        p = by_name[piece.name]
+        reuse = own is not None and not p.changes
+        if piece.entry is not None:
+            if reuse:
+                assert own is not None
+                out[p.name] = own[p.name]
+            else:
+                out[p.name] = tensor_from_bytes(buf, p.dtype, p.shape)
+            entries.append(piece.entry)
+            buf = bytearray()
+        elif reuse:
+            continue
+        elif piece.span is not None:
+            fd, offset, nbytes = piece.span
+            buf += os.pread(fd, nbytes, offset)
+        elif piece.data is not None:
+            buf += piece.data
+    return out, entries
 
 
 def apply_to_state_dict(

@@ -30,8 +30,6 @@ UNSTABLE_MIN_LAYERS = 8
 UNSTABLE_GAIN = 4.0
 FLAGS = ("nonfinite", "garbage", "constant", "std_off", "outlier", "unstable_depth")
 
-_CHUNK = 1 << 21  # elements per statistics chunk
-
 
 # --- statistics -------------------------------------------------------------------------
 
@@ -62,56 +60,101 @@ class Stats:
         return Stats(d["mean"], d["std"], d["min"], d["max"], int(d["nonfinite"]))
 
 
-@dataclass
-class _Acc:
-    n: int = 0
-    mean: float = 0.0
-    m2: float = 0.0
-    lo: float = math.inf
-    hi: float = -math.inf
-    bad: int = 0
+_FLOAT_CHUNK = 1 << 20  # elements per float32 work buffer (4 MB: stays in cache)
 
-    def add(self, x: torch.Tensor) -> None:
-        """Merge one chunk (float32/float64) by Chan's parallel variance formula."""
-        if x.is_floating_point():
-            finite = torch.isfinite(x)
-            if not bool(finite.all()):
-                self.bad += int(x.numel() - int(finite.sum()))
-                x = x[finite]
-        k = x.numel()
+
+class StatsAccumulator:
+    """Streaming mean/std/min/max/nonfinite of one tensor, fed chunk by chunk in order.
+
+    Why it looks like this: statistics are on the hot path of every command (every byte of a
+    checkpoint passes through here), so each chunk is converted once into a reused float32
+    buffer (float64 for 64-bit types), shifted by a pivot (the tensor's first finite value, so
+    E[x²]−E[x]² does not cancel for tensors like LayerNorm weights ≈ 1 ± 0.01), and reduced with
+    torch's cascade summation; chunk sums are accumulated in float64. A chunk holding NaN/Inf
+    (or values whose squares overflow) takes an exact masked path instead."""
+
+    def __init__(self, dtype: torch.dtype):
+        self.dtype = dtype
+        wide = dtype in (torch.float64, torch.int64, torch.uint64, torch.int32, torch.uint32)
+        self.work = torch.float64 if wide or dtype.is_complex else torch.float32
+        self.is_float = dtype.is_floating_point
+        self._buf: torch.Tensor | None = None
+        self.n = 0
+        self.s1 = 0.0  # Σ(x − pivot)
+        self.s2 = 0.0  # Σ(x − pivot)²
+        self.pivot: float | None = None
+        self.lo = math.inf
+        self.hi = -math.inf
+        self.bad = 0
+
+    def add(self, chunk: torch.Tensor) -> None:
+        flat = chunk.reshape(-1)
+        if flat.dtype.is_complex:
+            flat = torch.view_as_real(flat).reshape(-1)
+        for i in range(0, flat.numel(), _FLOAT_CHUNK):
+            self._add(flat[i : i + _FLOAT_CHUNK])
+
+    def _add(self, part: torch.Tensor) -> None:
+        k = part.numel()
         if k == 0:
             return
-        xd = x.to(torch.float64)
-        var, mu = torch.var_mean(xd, correction=0)
-        mu_f, m2 = float(mu), float(var) * k
-        lo, hi = torch.aminmax(xd)
-        delta = mu_f - self.mean
-        total = self.n + k
-        self.mean += delta * k / total
-        self.m2 += m2 + delta * delta * self.n * k / total
-        self.n = total
-        self.lo = min(self.lo, float(lo))
-        self.hi = max(self.hi, float(hi))
+        if self._buf is None or self._buf.numel() < k:
+            self._buf = torch.empty(max(k, min(_FLOAT_CHUNK, 1 << 16)), dtype=self.work)
+        x = self._buf[:k]
+        x.copy_(part)
+        if self.pivot is None:
+            first = float(x[0])
+            self.pivot = first if math.isfinite(first) else 0.0
+        lo, hi = torch.aminmax(x)
+        lo_f, hi_f = float(lo), float(hi)
+        x.sub_(self.pivot)
+        s1 = float(x.sum())
+        x.square_()
+        s2 = float(x.sum())
+        if math.isfinite(s1) and math.isfinite(s2) and math.isfinite(lo_f) and math.isfinite(hi_f):
+            self._merge(k, s1, s2, lo_f, hi_f)
+        else:
+            self._add_masked(part)
 
-    def stats(self) -> Stats:
+    def _add_masked(self, part: torch.Tensor) -> None:
+        """The exact path: finite values only, in float64."""
+        xd = part.to(torch.float64)
+        finite = torch.isfinite(xd)
+        self.bad += int(xd.numel() - int(finite.sum()))
+        xd = xd[finite]
+        k = xd.numel()
+        if k == 0:
+            return
+        lo, hi = torch.aminmax(xd)
+        if self.pivot is None or not math.isfinite(self.pivot):
+            self.pivot = float(xd[0])
+        xd = xd - self.pivot
+        self._merge(k, float(xd.sum()), float(xd.square().sum()), float(lo), float(hi))
+
+    def _merge(self, k: int, s1: float, s2: float, lo: float, hi: float) -> None:
+        self.n += k
+        self.s1 += s1
+        self.s2 += s2
+        self.lo = min(self.lo, lo)
+        self.hi = max(self.hi, hi)
+
+    def result(self) -> Stats:
         if self.n == 0:
             return Stats(None, None, None, None, self.bad, 0)
-        std = math.sqrt(max(self.m2, 0.0) / self.n)
-        return Stats(self.mean, std, self.lo, self.hi, self.bad, self.n)
+        m1 = self.s1 / self.n
+        var = max(self.s2 / self.n - m1 * m1, 0.0)
+        mean = (self.pivot or 0.0) + m1
+        # the shifted sums can round outside [min, max] for near-constant tensors
+        mean = min(max(mean, self.lo), self.hi)
+        return Stats(mean, math.sqrt(var), self.lo, self.hi, self.bad, self.n)
 
 
 def tensor_stats(t: torch.Tensor) -> Stats:
     """Stats of any tensor: float (incl. bf16/fp16/fp8), integer and bool (never changed,
     but their values are summarized too)."""
-    flat = t.detach().reshape(-1)
-    acc = _Acc()
-    work = torch.float64 if t.dtype in (torch.float64, torch.int64, torch.uint64) else torch.float32
-    if t.dtype.is_complex:
-        flat = torch.view_as_real(flat).reshape(-1)
-        work = torch.float64
-    for i in range(0, flat.numel(), _CHUNK):
-        acc.add(flat[i : i + _CHUNK].to(work))
-    return acc.stats()
+    acc = StatsAccumulator(t.dtype)
+    acc.add(t.detach())
+    return acc.result()
 
 
 # --- entries and report -----------------------------------------------------------------

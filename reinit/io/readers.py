@@ -23,6 +23,7 @@ import torch
 from reinit.errors import CheckpointError, InputNotFoundError, UnsafePickleError
 from reinit.io.safetensors_format import TensorInfo, dtype_size, read_header
 
+CHUNK_BYTES = 16 << 20  # streaming unit: big enough for full-speed I/O, small against RSS
 SAFETENSORS_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 # Files that hold weights in some format. A directory output never copies these: they would
@@ -97,6 +98,11 @@ class Checkpoint:
     def span(self, name: str) -> FileSpan | None:
         """Where the bytes lie in a file, when they lie there exactly; else None."""
         return None
+
+    def iter_chunks(self, name: str, size: int = CHUNK_BYTES) -> Iterator[memoryview]:
+        """The tensor's bytes in pieces of at most `size` bytes (a multiple of every element
+        size), so a tensor of any size passes through bounded memory."""
+        yield from iter_chunks(self.read_bytes(name), size)
 
     def shards(self) -> list[str]:
         return [""]
@@ -201,6 +207,13 @@ class SafetensorsFile(Checkpoint):
     def span(self, name: str) -> FileSpan:
         t = self.info(name)
         return FileSpan(self.path, self.fd, t.start, t.nbytes)
+
+    def iter_chunks(self, name: str, size: int = CHUNK_BYTES) -> Iterator[memoryview]:
+        t = self.info(name)
+        for off in range(t.start, t.end, size):
+            buf = bytearray(min(size, t.end - off))
+            _pread_into(self.fd, buf, off, self.path)
+            yield memoryview(buf)
 
     def shards(self) -> list[str]:
         return [self.shard]
@@ -587,6 +600,9 @@ class DirectoryCheckpoint(Checkpoint):
 
     def span(self, name: str) -> FileSpan | None:
         return self._owner(name).span(name)
+
+    def iter_chunks(self, name: str, size: int = CHUNK_BYTES) -> Iterator[memoryview]:
+        return self._owner(name).iter_chunks(name, size)
 
     def shards(self) -> list[str]:
         return sorted(set(self.weight_map.values()))

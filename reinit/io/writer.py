@@ -53,6 +53,7 @@ class SafetensorsWriter:
         self.entries = list(entries)
         self.header, self.offsets = build_header(self.entries, metadata)
         self._next = 0
+        self._left: int | None = None  # bytes left of the tensor being written
         self._fd = -1
         self.bytes_written = 0
 
@@ -72,36 +73,56 @@ class SafetensorsWriter:
             view = view[n:]
             self.bytes_written += n
 
-    def _expect(self, name: str, nbytes: int) -> None:
+    def _begin(self, name: str) -> None:
+        if self._left is not None:
+            return
         if self._next >= len(self.entries):
             raise ValueError(f"writer: unexpected tensor '{name}', all tensors already written")
-        want_name = self.entries[self._next][0]
+        want = self.entries[self._next][0]
+        if name != want:
+            raise ValueError(f"writer: expected tensor '{want}' next, got '{name}'")
         begin, end = self.offsets[self._next]
-        if name != want_name:
-            raise ValueError(f"writer: expected tensor '{want_name}' next, got '{name}'")
-        if nbytes != end - begin:
-            raise ValueError(f"writer: tensor '{name}' needs {end - begin} bytes, got {nbytes}")
+        self._left = end - begin
 
-    def write(self, name: str, data: bytes | bytearray | memoryview) -> None:
-        """Append the next tensor's bytes (C-contiguous, little-endian)."""
+    def _advance(self, name: str, nbytes: int) -> None:
+        assert self._left is not None
+        if nbytes > self._left:
+            raise ValueError(f"writer: tensor '{name}' got {nbytes} bytes, {self._left} were left")
+        self._left -= nbytes
+
+    def write_part(self, name: str, data: bytes | bytearray | memoryview) -> None:
+        """Append the next piece of tensor `name` (its bytes in order, in any number of parts)."""
+        self._begin(name)
         nbytes = memoryview(data).nbytes
-        self._expect(name, nbytes)
+        self._advance(name, nbytes)
         try:
             self._write_all(data)
         except OSError as e:
             raise _write_error(self.path, e) from None
-        self._next += 1
 
-    def copy_range(self, name: str, src_fd: int, offset: int, nbytes: int) -> None:
-        """Append the next tensor by copying `nbytes` from `src_fd` at `offset`, kernel-side
-        (`os.copy_file_range`) where the platform allows, else through a bounded buffer."""
-        self._expect(name, nbytes)
+    def copy_part(self, name: str, src_fd: int, offset: int, nbytes: int) -> None:
+        """Append the next piece of tensor `name` by copying `nbytes` of `src_fd` at `offset`,
+        kernel-side (`os.copy_file_range`) where the platform allows, else through a buffer."""
+        self._begin(name)
+        self._advance(name, nbytes)
         try:
             copy_file_span(src_fd, offset, self._fd, nbytes)
         except OSError as e:
             raise _write_error(self.path, e) from None
         self.bytes_written += nbytes
+
+    def end_tensor(self, name: str) -> None:
+        """Close tensor `name`; every one of its bytes must have been written."""
+        self._begin(name)
+        if self._left:
+            raise ValueError(f"writer: tensor '{name}' is {self._left} bytes short")
+        self._left = None
         self._next += 1
+
+    def write(self, name: str, data: bytes | bytearray | memoryview) -> None:
+        """Append a whole tensor's bytes (C-contiguous, little-endian)."""
+        self.write_part(name, data)
+        self.end_tensor(name)
 
     def _close(self) -> None:
         if self._fd >= 0:
@@ -116,7 +137,7 @@ class SafetensorsWriter:
     ) -> None:
         try:
             if exc_type is None:
-                if self._next != len(self.entries):
+                if self._left is not None or self._next != len(self.entries):
                     missing = self.entries[self._next][0]
                     raise ValueError(f"writer: tensor '{missing}' was never written")
                 try:
