@@ -127,7 +127,15 @@ def _read_yaml(text: str, label: str) -> tuple[Any, Where]:
         mark = getattr(e, "problem_mark", None)
         at = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise UsageError(f"{label}{at}: not valid YAML ({problem})") from None
+        hint = ""
+        bad_line = (
+            text.splitlines()[mark.line]
+            if mark is not None and mark.line < len(text.splitlines())
+            else ""
+        )
+        if re.search(r"(^|[\s\[,:-])\*", bad_line):  # a leading * is a YAML alias
+            hint = "; quote rules that start with '*', e.g. '*.weight=kaiming'"
+        raise UsageError(f"{label}{at}: not valid YAML ({problem}){hint}") from None
     where: Where = {}
     if node is not None:
         _yaml_where(node, (), where, label)

@@ -260,6 +260,10 @@ def test_bad_values_are_one_line_errors_with_the_line(tmp_path, monkeypatch):
     assert res.exit_code == 2 and "matches no tensor" in res.output
     r.write_text("source: m.safetensors\nrules: [x\n")
     assert "not valid YAML" in invoke(["run", r]).output
+    r.write_text("source: m.safetensors\nrules:\n  - *.weight=zeros\n")
+    res = invoke(["run", r])
+    assert res.exit_code == 2 and "r.yaml line 3: not valid YAML" in res.output
+    assert "quote rules that start with '*'" in res.output
     bad = tmp_path / "r.ini"
     bad.write_text("x")
     assert "use .yaml, .yml, .toml or .json" in invoke(["run", bad]).output
