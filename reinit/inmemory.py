@@ -109,7 +109,16 @@ def apply_to_state_dict(
     tensors on their original device with their original dtype; the others are the input's own
     objects) and the report. The input is not modified.
 
-    `config` is the model config some schemes read (scaled_normal's layers, small_init's dim)."""
+    `config` is the model config some schemes read (scaled_normal's layers, small_init's dim).
+
+    >>> import torch, reinit
+    >>> state = {"fc.weight": torch.zeros(64, 32), "fc.bias": torch.zeros(64)}
+    >>> new, report = reinit.apply_to_state_dict(state, ["fc.weight=lecun_normal"], seed=0)
+    >>> report.entry("fc.weight").action, round(report.entry("fc.weight").expected_std, 4)
+    ('reinit', 0.1768)
+    >>> new["fc.bias"] is state["fc.bias"], bool(state["fc.weight"].any())
+    (True, False)
+    """
     ckpt = StateDictCheckpoint(state_dict, source=source, config=config)
     new, report = apply_to_checkpoint(
         ckpt, rules, seed=seed, strict=strict, allow_unmatched=allow_unmatched, device=device
@@ -145,7 +154,16 @@ def apply_to_module(
     """Apply rules to a module's parameters and buffers in place (under `torch.no_grad`), by
     their `state_dict()` names. Values equal those `reinit apply` gives on the module's saved
     state dict with the same seed. `config` defaults to the module's own `config` (transformers
-    models). Tied parameters are one tensor: the last of their names in the state dict wins."""
+    models). Tied parameters are one tensor: the last of their names in the state dict wins.
+
+    >>> import torch, reinit
+    >>> layer = torch.nn.Linear(4, 3)
+    >>> report = reinit.apply_to_module(layer, ["bias=bias_prior(0.25)", "weight=zeros"])
+    >>> [round(b, 4) for b in layer.bias.tolist()], bool(layer.weight.any())
+    ([-1.0986, -1.0986, -1.0986], False)
+    >>> layer.weight.requires_grad, report.summary.reinit
+    (True, 2)
+    """
     state = module.state_dict()
     if config is None:
         config = module_config(module)

@@ -288,7 +288,11 @@ _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 def expand_vars(text: str, where: str, env: Mapping[str, str] | None = None) -> str:
     """`${VAR}` -> the environment variable (an error when unset), `${VAR:-default}` -> it or
-    the default when unset or empty, `$$` -> `$`. A bare `$VAR` is left alone."""
+    the default when unset or empty, `$$` -> `$`. A bare `$VAR` is left alone.
+
+    >>> expand_vars("${MODEL}/x-${TAG:-v1} costs $$5, $HOME stays", "r.yaml", {"MODEL": "m"})
+    'm/x-v1 costs $5, $HOME stays'
+    """
     env = os.environ if env is None else env
 
     def sub(m: re.Match[str]) -> str:

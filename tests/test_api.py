@@ -143,3 +143,12 @@ def test_public_api_is_exported_and_typed():
     for name in ("apply", "plan", "open_checkpoint", "apply_to_module", "apply_to_state_dict"):
         assert name in reinit.__all__ and callable(getattr(reinit, name))
     assert importlib.resources.files("reinit").joinpath("py.typed").is_file()
+
+
+@pytest.mark.parametrize("module_name", ["reinit.inmemory", "reinit.recipe"])
+def test_docstring_examples_run(module_name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module_name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
