@@ -127,6 +127,7 @@ def main() -> None:
 @click.option(
     "--device", default="cpu", show_default=True, help="cpu or cuda: where values are drawn."
 )
+@click.option("--plot", "plot_path", default=None, metavar="PNG", help="Plot std per layer.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
 @click.option(
@@ -146,6 +147,7 @@ def apply(
     overwrite: bool,
     in_place: bool,
     device: str,
+    plot_path: str | None,
     as_json: bool,
     quiet: bool,
     unsafe_pickle: bool,
@@ -170,6 +172,10 @@ def apply(
             _err(f"warning: {w}")
         click.echo(render_plan(plan, _width()), err=as_json)
         return
+    if plot_path is not None:
+        from reinit.plot import require_matplotlib
+
+        require_matplotlib()
     report = reinit.apply(
         source,
         rules,
@@ -184,6 +190,10 @@ def apply(
         progress=_progress_on(quiet),
         unsafe_pickle=unsafe_pickle,
     )
+    if plot_path is not None:
+        from reinit.plot import plot_report
+
+        plot_report(report, plot_path)
     for w in report.warnings:
         _err(f"warning: {w}")
     if as_json:
@@ -192,11 +202,36 @@ def apply(
         _err(render_terminal(report, _width(), color=sys.stderr.isatty()))
 
 
-# --- report -----------------------------------------------------------------------------
+# --- report ---------------------------------------------------------------------------
+
+
+def _fail_on(value: str | None) -> frozenset[str]:
+    """`--fail-on nonfinite,garbage` (or `any`) -> the set of flags that fail the run."""
+    from reinit.errors import UsageError
+    from reinit.report import FLAGS
+
+    if not value:
+        return frozenset()
+    names = {v.strip() for v in value.split(",") if v.strip()}
+    if "any" in names:
+        return frozenset(FLAGS)
+    unknown = sorted(names - set(FLAGS))
+    if unknown:
+        raise UsageError(
+            f"--fail-on {value}: unknown flag {', '.join(unknown)}; use any of "
+            f"{', '.join(FLAGS)} (comma-separated) or 'any'"
+        )
+    return frozenset(names)
 
 
 @main.command()
 @click.argument("source")
+@click.option(
+    "--against",
+    default=None,
+    metavar="BASELINE",
+    help="A checkpoint whose same-named tensors give the 'before' statistics.",
+)
 @click.option(
     "-o",
     "--output",
@@ -205,20 +240,93 @@ def apply(
     metavar="PATH",
     help="Write the report (.json, .csv, .md); repeatable.",
 )
+@click.option("--plot", "plot_path", default=None, metavar="PNG", help="Plot std per layer.")
+@click.option(
+    "--fail-on",
+    default=None,
+    metavar="FLAG[,FLAG]",
+    help="Exit 1 when a tensor carries one of these flags ('any' for all).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout.")
-@click.option("--quiet", "-q", is_flag=True)
-def report(source: str, outputs: tuple[str, ...], as_json: bool, quiet: bool) -> None:
-    """The per-tensor std report of a checkpoint as it is."""
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar, no terminal report.")
+@click.option(
+    "--unsafe-pickle",
+    is_flag=True,
+    help="Allow torch files that need arbitrary code to load. Only for files you trust.",
+)
+def report(
+    source: str,
+    against: str | None,
+    outputs: tuple[str, ...],
+    plot_path: str | None,
+    fail_on: str | None,
+    as_json: bool,
+    quiet: bool,
+    unsafe_pickle: bool,
+) -> None:
+    """The per-tensor std report of a checkpoint as it is (before/after with --against).
+
+    Flags (nonfinite, garbage, constant, std_off, outlier, unstable_depth) are shown and the
+    exit status is 0, unless --fail-on names one that a tensor carries (exit 1)."""
     import reinit
     from reinit.report import render_terminal, write_report
 
-    rep = reinit.report_checkpoint(source, progress=_progress_on(quiet))
+    failing = _fail_on(fail_on)
+    for path in outputs:  # a typo in a format costs nothing
+        if not path.lower().endswith((".json", ".csv", ".md")):
+            from reinit.errors import UsageError
+
+            raise UsageError(f"-o {path}: unknown report format; use .json, .csv or .md")
+    if plot_path is not None:
+        from reinit.plot import require_matplotlib
+
+        require_matplotlib()
+    rep = reinit.report_checkpoint(
+        source, against, progress=_progress_on(quiet), unsafe_pickle=unsafe_pickle
+    )
     for path in outputs:
         write_report(rep, path)
+    if plot_path is not None:
+        from reinit.plot import plot_report
+
+        plot_report(rep, plot_path)
+    for w in rep.warnings:
+        _err(f"warning: {w}")
     if as_json:
         click.echo(rep.to_json())
     if not quiet:
-        _err(render_terminal(rep, _width(), color=sys.stderr.isatty()))
+        _err(render_terminal(rep, _width(), color=sys.stderr.isatty(), per_layer="all"))
+    hits = [e for e in rep.tensors if failing & set(e.flags)]
+    if hits:
+        first = hits[0]
+        _err(
+            f"error: --fail-on {fail_on}: {len(hits)} tensor(s) flagged, first "
+            f"'{first.name}' [{', '.join(sorted(failing & set(first.flags)))}]"
+        )
+        raise click.exceptions.Exit(1)
+
+
+# --- diff -------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("a")
+@click.argument("b")
+@click.option("--json", "as_json", is_flag=True, help="Print the diff as JSON on stdout.")
+@click.option(
+    "--unsafe-pickle",
+    is_flag=True,
+    help="Allow torch files that need arbitrary code to load. Only for files you trust.",
+)
+def diff(a: str, b: str, as_json: bool, unsafe_pickle: bool) -> None:
+    """Which tensors differ between checkpoints A and B (bitwise), and by how much."""
+    from reinit.diff import diff_checkpoints, render_diff
+
+    d = diff_checkpoints(a, b, unsafe_pickle=unsafe_pickle)
+    if as_json:
+        click.echo(d.to_json())
+        return
+    click.echo(render_diff(d, _width(), color=sys.stdout.isatty()))
 
 
 # --- inspect ----------------------------------------------------------------------------

@@ -670,26 +670,89 @@ def _finish_directory(
 
 
 def report_checkpoint(
-    source: str | os.PathLike[str], *, progress: bool = False, unsafe_pickle: bool = False
+    source: str | os.PathLike[str],
+    against: str | os.PathLike[str] | None = None,
+    *,
+    progress: bool = False,
+    unsafe_pickle: bool = False,
 ) -> Report:
     """The report of a checkpoint as it is: every tensor `kept`, with its statistics. One
     thread reads ahead while another computes, so this runs at the disk's (or the page
-    cache's) speed rather than at the sum of both."""
+    cache's) speed rather than at the sum of both.
+
+    With `against` (a baseline checkpoint, any form of §1), each tensor of the same name in
+    the baseline gives the `before` statistics, a tensor whose bytes (or shape or dtype) differ
+    carries the note "changed vs baseline", one absent from the baseline "not in baseline", and
+    the baseline's names absent from SOURCE are listed in the report's warnings."""
     started = time.perf_counter()
-    with _opened(source, unsafe_pickle) as ckpt:
+    with ExitStack() as stack:
+        ckpt = stack.enter_context(_opened(source, unsafe_pickle))
+        base = stack.enter_context(_opened(against, unsafe_pickle)) if against is not None else None
         the_plan = make_plan(ckpt.refs(), ())
         applier = Applier(ckpt, 0, "cpu")
         total = sum(TensorRef(e.name, e.dtype, e.shape).nbytes for e in the_plan.entries)
         entries = []
-        with (
-            _progress(total, progress, "reinit report") as bar,
-            closing(applier.stream(the_plan.entries)) as pieces,
-        ):
-            for piece in pieces:
-                if piece.entry is not None:
-                    entries.append(piece.entry)
-                bar.update(piece.nbytes)
-        return _make_report(os.fspath(source), None, 0, (), entries, 0, started)
+        bar = stack.enter_context(_progress(total, progress, "reinit report"))
+        pieces = stack.enter_context(closing(applier.stream(the_plan.entries)))
+        for piece in pieces:
+            if piece.entry is not None:
+                entry = piece.entry
+                if base is not None:
+                    entry = _against(ckpt, base, entry)
+                entries.append(entry)
+            bar.update(piece.nbytes)
+        report = _make_report(os.fspath(source), None, 0, (), entries, 0, started)
+        if base is not None:
+            missing = [n for n in base.names() if n not in ckpt]
+            if missing:
+                shown = ", ".join(missing[:10]) + (", …" if len(missing) > 10 else "")
+                report = replace(
+                    report,
+                    warnings=(
+                        *report.warnings,
+                        f"{len(missing)} tensor(s) of the baseline {os.fspath(against or '')} "
+                        f"are not in {os.fspath(source)}: {shown}",
+                    ),
+                )
+        return report
+
+
+def _against(ckpt: Checkpoint, base: Checkpoint, entry: TensorEntry) -> TensorEntry:
+    """`entry` with the baseline's statistics as `before` and a note when it differs: one
+    pass over the baseline's chunks, compared with the source's chunk for chunk (bitwise, so
+    a NaN equals the same NaN) until the first difference."""
+    from reinit.report import NOTE_CHANGED, NOTE_NEW
+
+    if entry.name not in base:
+        return replace(entry, notes=(*entry.notes, NOTE_NEW))
+    ref, bref = ckpt.ref(entry.name), base.ref(entry.name)
+    acc = StatsAccumulator(bref.dtype)
+    same = (ref.dtype, ref.shape) == (bref.dtype, bref.shape)
+    with closing(ckpt.iter_chunks(entry.name, CHUNK_BYTES)) as mine:
+        for chunk in base.iter_chunks(entry.name, CHUNK_BYTES):
+            acc.add(_view(chunk, bref.dtype))
+            if same:
+                same = _same_bytes(next(mine, memoryview(b"")), chunk)
+    notes: tuple[str, ...] = ()
+    if not same:
+        notes = (NOTE_CHANGED,)
+        if bref.shape != ref.shape:
+            notes += (f"baseline shape {list(bref.shape)}",)
+        if bref.dtype != ref.dtype:
+            notes += (f"baseline dtype {dtype_name(bref.dtype)}",)
+    return replace(entry, before=acc.result(), notes=(*entry.notes, *notes))
+
+
+def _same_bytes(a: bytes | bytearray | memoryview, b: bytes | bytearray | memoryview) -> bool:
+    """Bitwise equality without copying either buffer (NaN payloads compare as bits)."""
+    ma, mb = memoryview(a).cast("B"), memoryview(b).cast("B")
+    if ma.nbytes != mb.nbytes:
+        return False
+    if ma.nbytes == 0:
+        return True
+    return torch.equal(
+        torch.frombuffer(ma, dtype=torch.uint8), torch.frombuffer(mb, dtype=torch.uint8)
+    )
 
 
 __all__ = ["apply", "plan", "report_checkpoint", "OutputSpec", "resolve_output", "remove_path"]
