@@ -163,6 +163,8 @@ def scheme_table() -> list[dict[str, Any]]:
         params = ", ".join(
             p.name
             if p.default is REQUIRED
+            else f"{p.name}=auto"  # from the model config (or the tensor), see `from_config`
+            if p.default is None
             else f"{p.name}={p.default:g}"
             if isinstance(p.default, float)
             else f"{p.name}={p.default}"
