@@ -75,7 +75,8 @@ class Step:
 
     @property
     def label(self) -> str:
-        return self.name or self.where
+        """How errors name the step: `recipe.yaml step 1 (name)`."""
+        return self.where or self.name
 
 
 @dataclass(frozen=True)

@@ -378,3 +378,22 @@ def test_every_example_parses(monkeypatch):
     for name in found:
         recipe = reinit.load_recipe(EXAMPLES / name)
         assert recipe.source == "m" and recipe.steps
+
+
+def test_a_failing_later_step_names_the_step_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    small_file(tmp_path / "m.safetensors")
+    doc = {
+        "source": "m.safetensors",
+        "output": "out.safetensors",
+        "steps": [
+            {"rules": ["*.weight=lecun_normal"]},
+            {"name": "head", "rules": ["classifier.*=zeros"]},
+        ],
+    }
+    r = write_recipe(tmp_path / "r.yaml", doc)
+    before = sorted(os.listdir(tmp_path))
+    res = invoke(["run", r])
+    assert res.exit_code == 2
+    assert "r.yaml step 1 (head): rule 'classifier.*=zeros' matches no tensor" in res.output
+    assert sorted(os.listdir(tmp_path)) == before
