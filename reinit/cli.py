@@ -44,6 +44,10 @@ class ReinitGroup(click.Group):
         previous = signal.getsignal(signal.SIGTERM)
         try:
             signal.signal(signal.SIGTERM, _on_sigterm)
+            # Over `ulimit -f`, the kernel's default is to kill us (SIGXFSZ) mid-write, leaving
+            # the temporary behind; ignored, the write fails with EFBIG and we clean up.
+            if hasattr(signal, "SIGXFSZ"):
+                signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         except ValueError:  # not the main thread (e.g. some test runners)
             previous = None
         try:
@@ -55,7 +59,7 @@ class ReinitGroup(click.Group):
                 str(e).splitlines()[0] if str(e) else type(e).__name__, e.exit_code
             ) from None
         except KeyboardInterrupt:
-            click.echo("error: interrupted; nothing was written", err=True)
+            click.echo("error: interrupted; no partial output was left behind", err=True)
             ctx.exit(130)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
@@ -327,6 +331,30 @@ def diff(a: str, b: str, as_json: bool, unsafe_pickle: bool) -> None:
         click.echo(d.to_json())
         return
     click.echo(render_diff(d, _width(), color=sys.stdout.isatty()))
+
+
+# --- verify -----------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("path")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def verify(path: str, as_json: bool) -> None:
+    """Check a safetensors file, or a directory of shards and its index, against the format
+    rules (the validator reinit reads with). Exit 0 when valid, 1 when not."""
+    from reinit.io.verify import verify as verify_path
+
+    result = verify_path(path)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    if len(result.files) > 1 or os.path.isdir(path):
+        for f in result.files:
+            _err(f"{f.path}: ok, {f.tensors} tensors, {f.nbytes:,d} bytes")
+    click.echo(
+        f"{result.path}: valid safetensors: {len(result.files)} file(s), "
+        f"{result.tensors} tensors, {result.nbytes:,d} bytes of tensor data"
+    )
 
 
 # --- inspect ----------------------------------------------------------------------------

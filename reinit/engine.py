@@ -29,7 +29,7 @@ from reinit.io.readers import (
     tensor_from_bytes,
 )
 from reinit.io.safetensors_format import dtype_name, tensor_to_bytes
-from reinit.io.writer import SafetensorsWriter, atomic_output, remove_path
+from reinit.io.writer import SafetensorsWriter, atomic_output, remove_path, write_torch_file
 from reinit.report import (
     Report,
     Stats,
@@ -49,6 +49,7 @@ from reinit.schemes import (
     missing_from_config,
     resolve_from_config,
 )
+from reinit.ties import Ties, resolve_ties
 
 RuleInput = str | Rule
 
@@ -265,11 +266,25 @@ class Applier:
     source byte is read once: for a kept tensor its chunks give the statistics and the writer
     copies the same span kernel-side; for a changed tensor they give the `before` statistics."""
 
-    def __init__(self, ckpt: Checkpoint, seed: int, device: str, sources: object = None):
+    def __init__(
+        self,
+        ckpt: Checkpoint,
+        seed: int,
+        device: str,
+        sources: object = None,
+        ties: Ties | None = None,
+    ):
         self.ckpt = ckpt
         self.seed = seed
         self.device = device
         self.sources = sources  # a transplant.SourcePool when any rule is from(...)
+        self.ties = ties or Ties()
+        # a changed tied group's new value, kept until its last member is written
+        self._tied_values: dict[str, tuple[torch.Tensor, str | None, tuple[str, ...]]] = {}
+        self._tied_left = {
+            root: sum(1 for g in self.ties.groups.values() if g[0] == root)
+            for root in self.ties.defining
+        }
 
     def _chunks(
         self, reads: Iterator[tuple[str, memoryview]], p: PlanEntry
@@ -306,13 +321,22 @@ class Applier:
             pos += chunk.nbytes
 
     def pieces(self, p: PlanEntry, reads: Iterator[tuple[str, memoryview]]) -> Iterator[Piece]:
+        tie_note = self.ties.note(p.name)
         if p.action in ("kept", "skipped"):
             acc = StatsAccumulator(p.dtype)
             for piece in self._copy(self.ckpt, p.name, p.dtype, self._chunks(reads, p), acc):
                 yield piece
-            yield Piece(p.name, entry=_entry(p, acc.result()))
+            yield Piece(p.name, entry=_entry(p, acc.result(), notes=tie_note))
             return
         before = self._source_stats(reads, p)
+        root = self.ties.root(p.name)
+        if root is not None and root in self.ties.defining:
+            new, source, notes = self._tied_value(root)
+            yield from _tensor_pieces(p.name, new)
+            yield Piece(
+                p.name, entry=_entry(p, tensor_stats(new), before, source, notes + tie_note)
+            )
+            return
         if p.action == "transplant":
             from reinit.transplant import exact_source
 
@@ -337,10 +361,36 @@ class Applier:
 
             new, source, notes = transplant_value(self.sources, p, self.ckpt.read(p.name))
         after = tensor_stats(new)
-        data = tensor_to_bytes(new)
-        for i in range(0, data.nbytes, CHUNK_BYTES):
-            yield Piece(p.name, data=data[i : i + CHUNK_BYTES])
+        yield from _tensor_pieces(p.name, new)
         yield Piece(p.name, entry=_entry(p, after, before, source, notes))
+
+    def _tied_value(self, root: str) -> tuple[torch.Tensor, str | None, tuple[str, ...]]:
+        """A changed tied group's one new value: made once from its defining entry (the member
+        the rule hit), handed to every member, dropped after the last."""
+        value = self._tied_values.get(root)
+        if value is None:
+            d = self.ties.defining[root]
+            if d.action == "reinit":
+                assert d.scheme is not None
+                new = generate(
+                    d.scheme,
+                    d.name,
+                    d.shape,
+                    d.dtype,
+                    self.seed,
+                    self.device,
+                    context=self._context(d),
+                )
+                value = (new, None, ())
+            else:
+                from reinit.transplant import transplant_value
+
+                value = transplant_value(self.sources, d, self.ckpt.read(d.name))
+            self._tied_values[root] = value
+        self._tied_left[root] -= 1
+        if self._tied_left[root] <= 0:
+            del self._tied_values[root]
+        return value
 
     def stream(self, entries: Sequence[PlanEntry]) -> Iterator[Piece]:
         """All pieces of all entries, in output order."""
@@ -409,6 +459,12 @@ def check_reads(result: Plan, ckpt: Checkpoint) -> None:
             )
 
 
+def _tensor_pieces(name: str, t: torch.Tensor) -> Iterator[Piece]:
+    data = tensor_to_bytes(t)
+    for i in range(0, data.nbytes, CHUNK_BYTES):
+        yield Piece(name, data=data[i : i + CHUNK_BYTES])
+
+
 def _as_rules(rules: Sequence[RuleInput]) -> tuple[Rule, ...]:
     if isinstance(rules, str):
         rules = [rules]
@@ -441,7 +497,7 @@ def plan(
     from reinit.transplant import SourcePool
 
     with _opened(source, unsafe_pickle) as ckpt, SourcePool(ckpt, unsafe_pickle) as pool:
-        return _plan_for(ckpt, _as_rules(rules), strict, allow_unmatched, pool, config)
+        return _plan_for(ckpt, _as_rules(rules), strict, allow_unmatched, pool, config)[0]
 
 
 def _plan_for(
@@ -451,7 +507,8 @@ def _plan_for(
     allow_unmatched: bool,
     pool: object,
     config: Mapping[str, Any] | None = None,
-) -> Plan:
+) -> tuple[Plan, Ties]:
+    """The plan, with tied groups made consistent (see `reinit.ties`), and the ties."""
     if any(r.scheme is not None and r.scheme.scheme.from_config for r in rules):
         # read config.json only when a rule needs it (on the Hub it is one more download)
         rules = resolve_rules(rules, config if config is not None else ckpt.config())
@@ -466,7 +523,7 @@ def _plan_for(
 
             first = result.skipped[0]
             raise StrictError(f"--strict: '{first.name}' would be skipped: {first.reason}")
-    return result
+    return resolve_ties(result, ckpt.aliases())
 
 
 @contextmanager
@@ -525,9 +582,9 @@ def apply(
 
         ckpt = stack.enter_context(_opened(opened, unsafe_pickle))
         sources = stack.enter_context(SourcePool(ckpt, unsafe_pickle=unsafe_pickle))
-        the_plan = _plan_for(ckpt, rule_objs, strict, allow_unmatched, sources, config)
+        the_plan, ties = _plan_for(ckpt, rule_objs, strict, allow_unmatched, sources, config)
         spec = resolve_output(source_text, ckpt, output, overwrite=overwrite, in_place=in_place)
-        applier = Applier(ckpt, seed, device, sources)
+        applier = Applier(ckpt, seed, device, sources, ties)
         rule_texts = tuple(r.text for r in rule_objs)
         refs = {r.name: r for r in ckpt.refs()}
         by_name = {e.name: e for e in the_plan.entries}
@@ -539,7 +596,7 @@ def apply(
             stream = prefetch(applier.stream(ordered), WRITE_AHEAD, "reinit-compute")
             with closing(stream) as pieces:
                 if spec.fmt == "torch":
-                    entries, bytes_written = _write_torch(tmp, pieces, by_name, bar)
+                    entries, bytes_written = _write_torch(tmp, pieces, by_name, bar, ties)
                 else:
                     entries, bytes_written = [], 0
                     for f in files:
@@ -586,17 +643,25 @@ def _write_pieces(
 
 
 def _write_torch(
-    tmp: Path, pieces: Iterator[Piece], by_name: dict[str, PlanEntry], bar: Any
+    tmp: Path,
+    pieces: Iterator[Piece],
+    by_name: dict[str, PlanEntry],
+    bar: Any,
+    ties: Ties | None = None,
 ) -> tuple[list[TensorEntry], int]:
     """The `.bin/.pt` output: `torch.save` needs every tensor at once, so this form holds the
-    whole model in memory."""
+    whole model in memory. Tied names stay tied (one tensor object, one storage in the file)."""
+    ties = ties or Ties()
+    shared: dict[str, torch.Tensor] = {}
     state: dict[str, torch.Tensor] = {}
     entries: list[TensorEntry] = []
     buf = bytearray()
     for piece in pieces:
         if piece.entry is not None:
             p = by_name[piece.name]
-            state[piece.name] = tensor_from_bytes(buf, p.dtype, p.shape).clone()
+            value = tensor_from_bytes(buf, p.dtype, p.shape).clone()
+            root = ties.root(piece.name)
+            state[piece.name] = shared.setdefault(root, value) if root else value
             entries.append(piece.entry)
             buf = bytearray()
         elif piece.span is not None:
@@ -605,8 +670,7 @@ def _write_torch(
         elif piece.data is not None:
             buf += piece.data
         bar.update(piece.nbytes)
-    torch.save(state, tmp)
-    return entries, tmp.stat().st_size
+    return entries, write_torch_file(tmp, state)
 
 
 def _make_report(
@@ -689,7 +753,7 @@ def report_checkpoint(
         ckpt = stack.enter_context(_opened(source, unsafe_pickle))
         base = stack.enter_context(_opened(against, unsafe_pickle)) if against is not None else None
         the_plan = make_plan(ckpt.refs(), ())
-        applier = Applier(ckpt, 0, "cpu")
+        applier = Applier(ckpt, 0, "cpu", ties=resolve_ties(the_plan, ckpt.aliases())[1])
         total = sum(TensorRef(e.name, e.dtype, e.shape).nbytes for e in the_plan.entries)
         entries = []
         bar = stack.enter_context(_progress(total, progress, "reinit report"))

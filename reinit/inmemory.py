@@ -25,6 +25,7 @@ from reinit.engine import (
 from reinit.io.readers import Checkpoint, StateDictCheckpoint, tensor_from_bytes
 from reinit.report import Report, TensorEntry
 from reinit.rules import Plan, Rule
+from reinit.ties import Ties
 
 
 def apply_to_checkpoint(
@@ -46,10 +47,10 @@ def apply_to_checkpoint(
     device = check_device(device)
     rule_objs = _as_rules(rules)
     with SourcePool(ckpt, unsafe_pickle=unsafe_pickle) as pool:
-        the_plan = _plan_for(ckpt, rule_objs, strict, allow_unmatched, pool, config)
-        applier = Applier(ckpt, seed, device, pool)
+        the_plan, ties = _plan_for(ckpt, rule_objs, strict, allow_unmatched, pool, config)
+        applier = Applier(ckpt, seed, device, pool, ties)
         own = ckpt.tensors if isinstance(ckpt, StateDictCheckpoint) else None
-        out, entries = _collect(applier.stream(the_plan.entries), the_plan, own)
+        out, entries = _collect(applier.stream(the_plan.entries), the_plan, ties, own)
     report = _make_report(
         ckpt.source,
         None,
@@ -64,12 +65,13 @@ def apply_to_checkpoint(
 
 
 def _collect(
-    pieces: Iterator[Piece], plan: Plan, own: Mapping[str, torch.Tensor] | None
+    pieces: Iterator[Piece], plan: Plan, ties: Ties, own: Mapping[str, torch.Tensor] | None
 ) -> tuple[dict[str, torch.Tensor], list[TensorEntry]]:
     """Every tensor of the engine's output stream, in memory (as the `.bin` output assembles
     them), and the report entries. Unchanged tensors of an in-memory source are its own
-    objects, not copies."""
+    objects, not copies; tied names stay one tensor object."""
     by_name = {p.name: p for p in plan.entries}
+    shared: dict[str, torch.Tensor] = {}
     out: dict[str, torch.Tensor] = {}
     entries: list[TensorEntry] = []
     buf = bytearray()
@@ -81,7 +83,9 @@ def _collect(
                 assert own is not None
                 out[p.name] = own[p.name]
             else:
-                out[p.name] = tensor_from_bytes(buf, p.dtype, p.shape)
+                value = tensor_from_bytes(buf, p.dtype, p.shape)
+                root = ties.root(p.name)
+                out[p.name] = shared.setdefault(root, value) if root else value
             entries.append(piece.entry)
             buf = bytearray()
         elif reuse:
@@ -154,7 +158,8 @@ def apply_to_module(
     """Apply rules to a module's parameters and buffers in place (under `torch.no_grad`), by
     their `state_dict()` names. Values equal those `reinit apply` gives on the module's saved
     state dict with the same seed. `config` defaults to the module's own `config` (transformers
-    models). Tied parameters are one tensor: the last of their names in the state dict wins.
+    models). Tied parameters (one storage under several names) stay tied and consistent, as
+    in `reinit.ties`: rules that would give their names different values are an error.
 
     >>> import torch, reinit
     >>> layer = torch.nn.Linear(4, 3)

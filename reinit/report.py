@@ -1000,6 +1000,8 @@ def render_plan(plan: Any, width: int = 100) -> str:
             what = e.reason or ""
         else:
             what = "unchanged" if e.rule is None else "keep"
+        if e.action in ("reinit", "transplant") and e.reason:  # e.g. a tied tensor's partner
+            what += f" ({e.reason})"
         rows.append(
             (
                 e.name,

@@ -9,108 +9,25 @@ with the Hub's headers. The library itself is never mocked; only its config cons
 
 from __future__ import annotations
 
-import hashlib
-import http.server
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
-from urllib.parse import unquote
 
 import huggingface_hub.constants as hf_constants
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from hubcache import C1, C2, closed_port, seed_repo, st_bytes
+from safetensors.torch import load_file
 
 from reinit.errors import HubError, UsageError
 from reinit.io.hub import HubRef, HubRepo, is_hf_url, parse_hf_url
 
 ROOT = Path(__file__).resolve().parents[1]
-C1 = "1" * 40  # an older commit
-C2 = "a1b2c3d4e5" * 4  # the commit of main
-
-
-# --------------------------------------------------------------------------------------------------
-# fixtures and helpers
-
-
-def _closed_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def hf_home(tmp_path, monkeypatch):
-    """An empty HF_HOME under tmp_path; no token; any stray request goes to a closed local port."""
-    home = tmp_path / "hf_home"
-    (home / "hub").mkdir(parents=True)
-    monkeypatch.setenv("HF_HOME", str(home))
-    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(home / "token"))
-    monkeypatch.setattr(hf_constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
-    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "2")
-    monkeypatch.setenv("HF_HUB_DOWNLOAD_TIMEOUT", "2")
-    monkeypatch.setattr(hf_constants, "HF_HUB_ETAG_TIMEOUT", 2)
-    monkeypatch.setattr(hf_constants, "HF_HUB_DOWNLOAD_TIMEOUT", 2)
-    return home
-
-
-@pytest.fixture
-def offline(hf_home, monkeypatch):
-    """HF_HUB_OFFLINE=1 as huggingface_hub sees it (its constant is read at import) and as the
-    environment says it."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
-    return hf_home
-
-
-@pytest.fixture
-def online(hf_home, monkeypatch):
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-    return hf_home
-
-
-def st_bytes(tmp_path: Path, tensors: dict[str, torch.Tensor]) -> bytes:
-    path = tmp_path / f"tmp-{len(list(tmp_path.iterdir()))}.safetensors"
-    save_file(tensors, str(path))
-    data = path.read_bytes()
-    path.unlink()
-    return data
-
-
-def seed_repo(
-    home: Path,
-    repo_id: str,
-    files: dict[str, bytes],
-    commit: str = C2,
-    refs: tuple[str, ...] = ("main",),
-) -> Path:
-    """Lay out one snapshot of `repo_id` the way hf_hub_download does; return the snapshot dir."""
-    repo_dir = home / "hub" / ("models--" + repo_id.replace("/", "--"))
-    snapshot = repo_dir / "snapshots" / commit
-    for rel, data in files.items():
-        blob = repo_dir / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(data)
-        pointer = snapshot / rel
-        pointer.parent.mkdir(parents=True, exist_ok=True)
-        pointer.symlink_to(os.path.relpath(blob, pointer.parent))
-    for ref in refs:
-        ref_file = repo_dir / "refs" / ref
-        ref_file.parent.mkdir(parents=True, exist_ok=True)
-        ref_file.write_text(commit)
-    return snapshot
 
 
 def single_repo(home: Path, tmp_path: Path, repo_id: str = "acme/tiny-bert") -> dict:
@@ -381,7 +298,7 @@ def test_offline_env_set_before_import_subprocess(tmp_path):
     env.update(
         HF_HOME=str(home),
         HF_HUB_OFFLINE="1",
-        HF_ENDPOINT=f"http://127.0.0.1:{_closed_port()}",
+        HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}",
         PYTHONPATH=str(ROOT),
     )
     proc = subprocess.run(
@@ -435,103 +352,6 @@ def test_unreachable_hub_falls_back_to_cache(online, tmp_path, caplog):
 
 # --------------------------------------------------------------------------------------------------
 # online, against a fake Hub on 127.0.0.1
-
-
-class FakeHub:
-    """Answers the routes huggingface_hub uses, with the Hub's status codes and headers."""
-
-    def __init__(self):
-        self.repos: dict[str, dict] = {}
-        self.auth_seen: list[str | None] = []
-        hub = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                hub.handle(self, body=True)
-
-            def do_HEAD(self):
-                hub.handle(self, body=False)
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self.thread.start()
-
-    def add(self, repo_id, files, commit=C2, branches=None, gated=False, token=None):
-        self.repos[repo_id] = dict(
-            files=files,
-            commit=commit,
-            branches=branches or {"main": commit},
-            gated=gated,
-            token=token,
-        )
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-    @staticmethod
-    def reply(req, status, body=b"", headers=None, send_body=True):
-        req.send_response(status)
-        for k, v in (headers or {}).items():
-            req.send_header(k, v)
-        req.send_header("Content-Length", str(len(body)))
-        req.end_headers()
-        if send_body:
-            req.wfile.write(body)
-
-    def handle(self, req, body):
-        self.auth_seen.append(req.headers.get("Authorization"))
-        path = req.path.split("?", 1)[0]
-        parts = [unquote(p) for p in path.strip("/").split("/")]
-        api = parts[:2] == ["api", "models"]
-        if api:
-            repo_id, rest = "/".join(parts[2:4]), parts[4:]
-            rev = rest[1] if rest[:1] == ["revision"] else "main"
-        elif len(parts) >= 5 and parts[2] == "resolve":
-            repo_id, rev, filename = "/".join(parts[:2]), parts[3], "/".join(parts[4:])
-        else:
-            return self.reply(req, 404, send_body=body)
-        repo = self.repos.get(repo_id)
-        if repo is None:
-            return self.reply(req, 404, headers={"X-Error-Code": "RepoNotFound"}, send_body=body)
-        if repo["token"] and req.headers.get("Authorization") != f"Bearer {repo['token']}":
-            msg = "Invalid credentials in Authorization header"
-            return self.reply(req, 401, headers={"X-Error-Message": msg}, send_body=body)
-        commit = rev if rev in (repo["commit"], C1) else repo["branches"].get(rev)
-        if commit is None:
-            return self.reply(
-                req, 404, headers={"X-Error-Code": "RevisionNotFound"}, send_body=body
-            )
-        if api:
-            info = {
-                "id": repo_id,
-                "sha": commit,
-                "gated": "auto" if repo["gated"] else False,
-                "siblings": [{"rfilename": f} for f in sorted(repo["files"])],
-            }
-            return self.reply(req, 200, json.dumps(info).encode(), send_body=body)
-        if repo["gated"]:
-            return self.reply(req, 401, headers={"X-Error-Code": "GatedRepo"}, send_body=body)
-        if filename not in repo["files"]:
-            headers = {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": commit}
-            return self.reply(req, 404, headers=headers, send_body=body)
-        data = repo["files"][filename]
-        headers = {"X-Repo-Commit": commit, "ETag": f'"{hashlib.sha256(data).hexdigest()}"'}
-        return self.reply(req, 200, data, headers=headers, send_body=body)
-
-
-@pytest.fixture
-def fake_hub(online, monkeypatch):
-    hub = FakeHub()
-    monkeypatch.setenv("HF_ENDPOINT", hub.url)
-    yield hub
-    hub.close()
 
 
 def test_online_download_then_offline_reuse(fake_hub, online, tmp_path, monkeypatch):
