@@ -152,3 +152,24 @@ def test_docstring_examples_run(module_name):
 
     result = doctest.testmod(importlib.import_module(module_name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_tied_parameters_stay_tied_and_match_the_cli_on_the_torch_file(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Module()
+    model.emb = torch.nn.Embedding(30, 8)
+    model.head = torch.nn.Linear(8, 30, bias=False)
+    model.head.weight = model.emb.weight  # tied, as an LM head
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    rules = ["*.weight=small_init(8)"]
+    res = CliRunner().invoke(
+        main, ["apply", str(tmp_path / "m.pt"), "-o", str(tmp_path / "o.safetensors"), "-q"]
+        + ["--seed", "3", "--rule", rules[0]],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    cli = load_file(tmp_path / "o.safetensors")
+    report = reinit.apply_to_module(model, rules, seed=3)
+    assert model.head.weight is model.emb.weight
+    assert torch.equal(model.emb.weight.detach(), cli["emb.weight"])
+    assert torch.equal(cli["emb.weight"], cli["head.weight"])
+    assert any("tied with" in n for n in report.entry("head.weight").notes)
