@@ -25,7 +25,9 @@ from reinit.errors import (  # noqa: E402
     UsageError,
     WriteError,
 )
-from reinit.io.readers import Checkpoint, open_checkpoint  # noqa: E402
+from reinit.inmemory import apply_to_module, apply_to_state_dict  # noqa: E402
+from reinit.io.readers import Checkpoint, StateDictCheckpoint, open_checkpoint  # noqa: E402
+from reinit.recipe import Recipe, load_recipe, run_recipe  # noqa: E402
 from reinit.report import Report, Stats, TensorEntry  # noqa: E402
 from reinit.rules import Plan, PlanEntry, Rule, parse_rule  # noqa: E402
 from reinit.schemes import SCHEMES, calculate_gain, seed_for  # noqa: E402
@@ -33,6 +35,12 @@ from reinit.schemes import SCHEMES, calculate_gain, seed_for  # noqa: E402
 __all__ = [
     "__version__",
     "apply",
+    "apply_to_module",
+    "apply_to_state_dict",
+    "load_recipe",
+    "run_recipe",
+    "Recipe",
+    "StateDictCheckpoint",
     "plan",
     "report_checkpoint",
     "diff_checkpoints",

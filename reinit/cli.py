@@ -507,3 +507,50 @@ def probe(
         click.echo(result.to_json())
     else:
         click.echo(render(result, _width()))
+
+
+# --- run --------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("recipe")
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a recipe key (dotted for steps: steps.0.seed=3); repeatable.",
+)
+@click.option("--dry-run", is_flag=True, help="Print each step's plan and write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
+def run(recipe: str, sets: tuple[str, ...], dry_run: bool, as_json: bool, quiet: bool) -> None:
+    """Run a recipe (.yaml/.yml, .toml or .json): apply's options as keys, and `steps:` to
+    chain several rule sets in memory."""
+    from dataclasses import replace
+
+    from reinit.recipe import load_recipe, run_recipe
+    from reinit.report import render_plan, render_terminal
+
+    loaded = load_recipe(recipe, sets)
+    if dry_run:
+        loaded = replace(loaded, dry_run=True)
+    if loaded.unsafe_pickle:
+        _err(
+            "warning: unsafe_pickle lets torch files run code while loading; use it only for files you trust"
+        )
+    result = run_recipe(loaded, progress=_progress_on(quiet))
+    if loaded.dry_run:
+        for i, plan in enumerate(result):
+            for w in plan.warnings:
+                _err(f"warning: {w}")
+            if len(result) > 1:
+                click.echo(f"step {i}:", err=as_json)
+            click.echo(render_plan(plan, _width()), err=as_json)
+        return
+    for w in result.warnings:
+        _err(f"warning: {w}")
+    if as_json:
+        click.echo(result.to_json())
+    if not quiet:
+        _err(render_terminal(result, _width(), color=sys.stderr.isatty()))

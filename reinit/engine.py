@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from reinit import __version__
-from reinit.errors import OutputError, UsageError
+from reinit.errors import OutputError, RuleError, SchemeError, UsageError
 from reinit.io.pipeline import prefetch
 from reinit.io.readers import (
     CHUNK_BYTES,
@@ -40,9 +40,16 @@ from reinit.report import (
     tensor_stats,
     var_gain,
 )
-from reinit.rules import Plan, PlanEntry, Rule, parse_rules
+from reinit.rules import Plan, PlanEntry, Rule, closest_hint, parse_rules
 from reinit.rules import plan as make_plan
-from reinit.schemes import compute_fans, expected_std_for, generate
+from reinit.schemes import (
+    FillContext,
+    compute_fans,
+    expected_std_for,
+    generate,
+    missing_from_config,
+    resolve_from_config,
+)
 from reinit.ties import Ties, resolve_ties
 
 if TYPE_CHECKING:
@@ -101,6 +108,8 @@ def resolve_output(
     overwrite: bool,
     in_place: bool,
 ) -> OutputSpec:
+    if output is None and ckpt.kind == "memory":
+        raise OutputError(f"{source}: an in-memory checkpoint has no default output; give -o")
     if output is None and in_place:
         if source.startswith("hf://"):
             raise OutputError(f"--in-place: {source} is on the Hub; give -o for the output")
@@ -367,13 +376,14 @@ class Applier:
     def _reinit(self, p: PlanEntry) -> torch.Tensor:
         """A reinit entry's values; with a model, module fans and `default` apply."""
         assert p.scheme is not None
+        context = self._context(p)
         if self.model is not None:
             from reinit.model import reinit_value
 
             return reinit_value(
-                self.model, p.scheme, p.name, p.shape, p.dtype, self.seed, self.device
+                self.model, p.scheme, p.name, p.shape, p.dtype, self.seed, self.device, context
             )
-        return generate(p.scheme, p.name, p.shape, p.dtype, self.seed, self.device)
+        return generate(p.scheme, p.name, p.shape, p.dtype, self.seed, self.device, context=context)
 
     def _tied_value(self, root: str) -> tuple[torch.Tensor, str | None, tuple[str, ...]]:
         """A changed tied group's one new value: made once from its defining entry (the member
@@ -405,6 +415,61 @@ class Applier:
         finally:
             reads.close()
 
+    def _context(self, p: PlanEntry) -> FillContext | None:
+        """What a scheme that reads beyond its own shape gets (see `Scheme.needs_context`):
+        the tensor's values (read again: the stream only kept its statistics) and the other
+        tensor it names."""
+        assert p.scheme is not None
+        scheme = p.scheme.scheme
+        if not scheme.needs_context:
+            return None
+        other_name = scheme.reads(p.name, p.captures, p.scheme.kwargs) if scheme.reads else None
+        return FillContext(
+            before=self.ckpt.read(p.name) if scheme.needs_before else None,
+            other=self.ckpt.read(other_name) if other_name is not None else None,
+            other_name=other_name,
+        )
+
+
+def resolve_rules(rules: Sequence[Rule], config: Mapping[str, Any] | None) -> tuple[Rule, ...]:
+    """Fill scheme arguments that come from the model config (scaled_normal's layers,
+    small_init's dim) when the rule left them unset; a required one still missing is an error."""
+    out: list[Rule] = []
+    for r in rules:
+        if r.scheme is not None and r.scheme.scheme.from_config:
+            resolved = resolve_from_config(r.scheme, config)
+            problem = missing_from_config(resolved)
+            if problem:
+                raise RuleError(f"rule {r.text!r}: {problem}")
+            r = replace(r, scheme=resolved)
+        out.append(r)
+    return tuple(out)
+
+
+def check_reads(result: Plan, ckpt: Checkpoint) -> None:
+    """Schemes that read another tensor (`copy`): it must exist and have the target's shape.
+    Checked before anything is written."""
+    for e in result.entries:
+        bound = e.scheme
+        if bound is None or bound.scheme.reads is None:
+            continue
+        rule = e.rule.text if e.rule else ""
+        try:
+            other = bound.scheme.reads(e.name, e.captures, bound.kwargs)
+        except SchemeError as err:
+            raise RuleError(f"rule {rule!r}: {err}") from None
+        if other not in ckpt:
+            raise RuleError(
+                f"rule {rule!r}: {bound.describe()} for '{e.name}': the checkpoint has no "
+                f"tensor '{other}'{closest_hint(other, ckpt.names())}"
+            )
+        shape = ckpt.ref(other).shape
+        if shape != e.shape:
+            raise RuleError(
+                f"rule {rule!r}: cannot copy '{other}' {list(shape)} into '{e.name}' "
+                f"{list(e.shape)}: shapes differ"
+            )
+
 
 def _tensor_pieces(name: str, t: torch.Tensor) -> Iterator[Piece]:
     data = tensor_to_bytes(t)
@@ -430,21 +495,24 @@ def check_device(device: str) -> str:
 
 
 def plan(
-    source: str | os.PathLike[str] | Checkpoint,
+    source: str | os.PathLike[str] | Checkpoint | Mapping[str, torch.Tensor],
     rules: Sequence[RuleInput],
     *,
     strict: bool = False,
     allow_unmatched: bool = False,
     unsafe_pickle: bool = False,
     model: ModelInput | None = None,
+    config: Mapping[str, Any] | None = None,
 ) -> Plan:
-    """What `apply` would do, without writing anything (the `--dry-run`). `model` (see
-    `reinit.model`) enables `type:` patterns and the `default` scheme."""
+    """What `apply` would do, without writing anything (the `--dry-run`). `source` may also be
+    an open `Checkpoint` or an in-memory state dict. `model` (see `reinit.model`) enables
+    `type:` patterns and the `default` scheme; `config` (a model config as a dict) gives the
+    arguments some schemes read from it, by default the checkpoint's own config.json."""
     from reinit.transplant import SourcePool
 
     with _opened(source, unsafe_pickle) as ckpt, SourcePool(ckpt, unsafe_pickle) as pool:
         view = model_view(model, ckpt)
-        return _plan_for(ckpt, _as_rules(rules), strict, allow_unmatched, pool, view)[0]
+        return _plan_for(ckpt, _as_rules(rules), strict, allow_unmatched, pool, view, config)[0]
 
 
 def _plan_for(
@@ -454,8 +522,12 @@ def _plan_for(
     allow_unmatched: bool,
     pool: object,
     view: ModelView | None = None,
+    config: Mapping[str, Any] | None = None,
 ) -> tuple[Plan, Ties]:
     """The plan, with tied groups made consistent (see `reinit.ties`), and the ties."""
+    if any(r.scheme is not None and r.scheme.scheme.from_config for r in rules):
+        # read config.json only when a rule needs it (on the Hub it is one more download)
+        rules = resolve_rules(rules, config if config is not None else ckpt.config())
     result = make_plan(
         ckpt.refs(),
         rules,
@@ -463,6 +535,7 @@ def _plan_for(
         allow_unmatched=allow_unmatched,
         module_types=view.module_types if view is not None else None,
     )
+    check_reads(result, ckpt)
     if view is not None:
         from reinit.model import check_default
 
@@ -494,10 +567,16 @@ def model_view(model: ModelInput | None, ckpt: Checkpoint) -> ModelView | None:
 
 @contextmanager
 def _opened(
-    source: str | os.PathLike[str] | Checkpoint, unsafe_pickle: bool = False
+    source: str | os.PathLike[str] | Checkpoint | Mapping[str, torch.Tensor],
+    unsafe_pickle: bool = False,
 ) -> Iterator[Checkpoint]:
     if isinstance(source, Checkpoint):
         yield source
+        return
+    if isinstance(source, Mapping):
+        from reinit.io.readers import StateDictCheckpoint
+
+        yield StateDictCheckpoint(source)
         return
     ckpt = open_checkpoint(source, unsafe_pickle=unsafe_pickle)
     try:
@@ -507,7 +586,7 @@ def _opened(
 
 
 def apply(
-    source: str | os.PathLike[str],
+    source: str | os.PathLike[str] | Checkpoint,
     rules: Sequence[RuleInput],
     output: str | os.PathLike[str] | None = None,
     *,
@@ -522,15 +601,19 @@ def apply(
     progress: bool = False,
     unsafe_pickle: bool = False,
     model: ModelInput | None = None,
+    config: Mapping[str, Any] | None = None,
 ) -> Report:
     """Re-initialize or transplant the tensors the rules match and write a new checkpoint.
     `model` (a Hugging Face directory, hf:// URL, `module:callable`, an `nn.Module` or a
     `reinit.model.Model`) enables `type:` patterns, module fans and the `default` scheme.
 
     Returns the report (also written to the default report path unless `default_report` is
-    False, and to each of `reports` in the format its extension names)."""
+    False, and to each of `reports` in the format its extension names). `source` may be an
+    open `Checkpoint` (e.g. a recipe's in-memory step result); `config` overrides the model
+    config that scaled_normal/small_init read (default: the checkpoint's config.json)."""
     started = time.perf_counter()
-    source_text = os.fspath(source)
+    source_text = source.source if isinstance(source, Checkpoint) else os.fspath(source)
+    opened: str | Checkpoint = source if isinstance(source, Checkpoint) else source_text
     rule_objs = _as_rules(rules)
     device = check_device(device)
     for r in reports:  # checked before any work, so a typo costs nothing
@@ -539,10 +622,10 @@ def apply(
     with ExitStack() as stack:
         from reinit.transplant import SourcePool
 
-        ckpt = stack.enter_context(_opened(source_text, unsafe_pickle))
+        ckpt = stack.enter_context(_opened(opened, unsafe_pickle))
         sources = stack.enter_context(SourcePool(ckpt, unsafe_pickle=unsafe_pickle))
         view = model_view(model, ckpt)
-        the_plan, ties = _plan_for(ckpt, rule_objs, strict, allow_unmatched, sources, view)
+        the_plan, ties = _plan_for(ckpt, rule_objs, strict, allow_unmatched, sources, view, config)
         spec = resolve_output(source_text, ckpt, output, overwrite=overwrite, in_place=in_place)
         applier = Applier(ckpt, seed, device, sources, ties, view)
         rule_texts = tuple(r.text for r in rule_objs)

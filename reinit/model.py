@@ -39,7 +39,15 @@ from torch import nn
 
 from reinit.errors import ReinitError, RuleError, SchemeError, StrictError, UsageError
 from reinit.rules import Plan
-from reinit.schemes import DEFAULT, BoundScheme, compute_fans, fans_scale, generate, seed_for
+from reinit.schemes import (
+    DEFAULT,
+    BoundScheme,
+    FillContext,
+    compute_fans,
+    fans_scale,
+    generate,
+    seed_for,
+)
 
 Fans = tuple[int, int]
 
@@ -384,6 +392,7 @@ def reinit_value(
     dtype: torch.dtype,
     seed: int,
     device: str = "cpu",
+    context: FillContext | None = None,
 ) -> torch.Tensor:
     """A reinit entry's values: `default` from the model; a fan-based scheme drawn with the
     module's own fans where they differ from torch's (rescaled from the same draw, so it stays
@@ -393,7 +402,7 @@ def reinit_value(
         if view is None or why is not None:
             raise SchemeError(f"'{name}': {why}")
         return default_value(view, name, dtype, seed)
-    new = generate(bound, name, shape, dtype, seed, device)
+    new = generate(bound, name, shape, dtype, seed, device, context=context)
     fans = view.fans.get(name) if view is not None else None
     scale = fans_scale(bound, shape, fans)
     if scale != 1.0:

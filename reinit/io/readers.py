@@ -122,6 +122,11 @@ class Checkpoint:
     def fetch_extra(self, relname: str) -> Path:
         raise NotImplementedError
 
+    def config(self) -> dict[str, Any] | None:
+        """The model's config.json (Hugging Face layout) when the checkpoint has one: some
+        schemes read arguments from it (scaled_normal's layers, small_init's dim)."""
+        return None
+
     def close(self) -> None:
         pass
 
@@ -130,6 +135,22 @@ class Checkpoint:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """A config.json as a dict, or None when absent or not a JSON object (a config we cannot
+    read is not an error: only schemes that need it say so, naming what to pass instead)."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _beside_config(path: str) -> dict[str, Any] | None:
+    """config.json in the same folder as a single weight file (the HF layout)."""
+    candidate = Path(path).parent / "config.json"
+    return read_config_file(candidate) if candidate.is_file() else None
 
 
 def _pread_into(fd: int, buf: bytearray | memoryview, offset: int, where: str) -> None:
@@ -203,6 +224,9 @@ class SafetensorsFile(Checkpoint):
 
     def metadata(self, shard: str = "") -> dict[str, str]:
         return dict(self.header.metadata)
+
+    def config(self) -> dict[str, Any] | None:
+        return _beside_config(self.path)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -358,6 +382,88 @@ class TorchFile(Checkpoint):
 
     def aliases(self) -> dict[str, str]:
         return dict(self._aliases)
+
+    def config(self) -> dict[str, Any] | None:
+        return _beside_config(self.path)
+
+
+class StateDictCheckpoint(Checkpoint):
+    """An in-memory state dict as a checkpoint: what `apply_to_state_dict`, `apply_to_module`
+    and multi-step recipes read from. Tensors may live on any device; reads are CPU copies.
+
+    `like` lends its layout (shards, metadata, extra files, config, source name) so that a
+    recipe's final step writes exactly what applying to a file of these tensors would."""
+
+    kind = "memory"
+
+    def __init__(
+        self,
+        tensors: Mapping[str, torch.Tensor],
+        *,
+        source: str = "<state_dict>",
+        like: Checkpoint | None = None,
+        config: Mapping[str, Any] | None = None,
+    ):
+        bad = [k for k in tensors if not isinstance(k, str)]
+        if bad:
+            raise CheckpointError(f"{source}: tensor keys must be strings, found {bad[0]!r}")
+        self.tensors = {k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)}
+        self.like = like
+        self.source = like.source if like is not None else source
+        if like is not None:
+            self.kind = like.kind
+            self.layout = getattr(like, "layout", None)
+            self._shard_of = {r.name: r.shard for r in like.refs()}
+        else:
+            self._shard_of = {}
+        self._config = dict(config) if config is not None else None
+        self._aliases = _find_aliases(self.tensors)
+
+    def names(self) -> list[str]:
+        return list(self.tensors)
+
+    def _get(self, name: str) -> torch.Tensor:
+        try:
+            return self.tensors[name]
+        except KeyError:
+            raise CheckpointError(f"{self.source}: has no tensor '{name}'") from None
+
+    def ref(self, name: str) -> TensorRef:
+        t = self._get(name)
+        shard = self._shard_of.get(name, self.shards()[0])
+        return TensorRef(name, t.dtype, tuple(t.shape), shard)
+
+    def read(self, name: str) -> torch.Tensor:
+        t = self._get(name).detach()
+        return t.to("cpu", copy=True, memory_format=torch.contiguous_format)
+
+    def read_bytes(self, name: str) -> memoryview:
+        t = self._get(name).detach().cpu().contiguous().reshape(-1)
+        if t.numel() == 0:
+            return memoryview(b"")
+        return memoryview(t.view(torch.uint8).numpy()).cast("B")
+
+    def shards(self) -> list[str]:
+        return self.like.shards() if self.like is not None else [""]
+
+    def metadata(self, shard: str = "") -> dict[str, str]:
+        return self.like.metadata(shard) if self.like is not None else {}
+
+    def aliases(self) -> dict[str, str]:
+        return dict(self._aliases)
+
+    def extra_files(self) -> list[str]:
+        return self.like.extra_files() if self.like is not None else []
+
+    def fetch_extra(self, relname: str) -> Path:
+        if self.like is None:
+            raise CheckpointError(f"{self.source}: has no file {relname}")
+        return self.like.fetch_extra(relname)
+
+    def config(self) -> dict[str, Any] | None:
+        if self._config is not None:
+            return dict(self._config)
+        return self.like.config() if self.like is not None else None
 
 
 def _find_aliases(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
@@ -571,6 +677,11 @@ class DirectoryCheckpoint(Checkpoint):
 
     def fetch_extra(self, relname: str) -> Path:
         return self.provider.fetch(relname)
+
+    def config(self) -> dict[str, Any] | None:
+        if "config.json" not in self._files:
+            return None
+        return read_config_file(self.provider.fetch("config.json"))
 
     def close(self) -> None:
         for ck in self._open.values():

@@ -11,13 +11,15 @@ from typing import Any
 import torch
 
 from reinit.errors import SchemeError
-from reinit.schemes.base import BoundScheme, Param, Scheme, bind, compute_fans
+from reinit.schemes.base import BoundScheme, FillContext, Param, Scheme, bind, compute_fans
+from reinit.schemes.extra import EXTRA_SCHEMES
 from reinit.schemes.gain import NONLINEARITIES, calculate_gain
 from reinit.schemes.model_default import DEFAULT, DEFAULT_SCHEMES
 from reinit.schemes.torch_init import TORCH_SCHEMES
 
 __all__ = [
     "BoundScheme",
+    "FillContext",
     "Param",
     "Scheme",
     "SCHEMES",
@@ -29,10 +31,11 @@ __all__ = [
     "compute_fans",
     "generate",
     "get_scheme",
+    "resolve_from_config",
     "seed_for",
 ]
 
-_ALL: tuple[Scheme, ...] = (*TORCH_SCHEMES, *DEFAULT_SCHEMES)
+_ALL: tuple[Scheme, ...] = (*TORCH_SCHEMES, *EXTRA_SCHEMES, *DEFAULT_SCHEMES)
 
 SCHEMES: dict[str, Scheme] = {s.name: s for s in _ALL}
 ALIASES: dict[str, str] = {alias: s.name for s in _ALL for alias in s.aliases}
@@ -73,16 +76,84 @@ def generate(
     dtype: torch.dtype,
     seed: int,
     device: str = "cpu",
+    context: FillContext | None = None,
 ) -> torch.Tensor:
     """The values a scheme gives tensor `name`: drawn in float32 (float64 for float64 tensors)
-    from the tensor's own generator, then cast to `dtype`. Always returned on the CPU."""
+    from the tensor's own generator, then cast to `dtype`. Always returned on the CPU.
+
+    Schemes that read more than their own shape (`Scheme.needs_context`) need `context`."""
     work_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     generator = torch.Generator(device=device).manual_seed(seed_for(seed, name))
     t = torch.empty(tuple(shape), dtype=work_dtype, device=device)
     if t.numel():
         with torch.no_grad():
-            bound.scheme.fill(t, generator, bound.kwargs)
+            fill_ctx = bound.scheme.fill_ctx
+            if fill_ctx is not None:
+                if context is None:
+                    raise SchemeError(
+                        f"{bound.describe()} on '{name}': this scheme reads other values; "
+                        "pass a FillContext"
+                    )
+                moved = FillContext(
+                    before=None if context.before is None else context.before.to(device),
+                    other=None if context.other is None else context.other.to(device),
+                    other_name=context.other_name,
+                )
+                fill_ctx(t, generator, bound.kwargs, moved)
+            else:
+                bound.scheme.fill(t, generator, bound.kwargs)
     return t.to(device="cpu", dtype=dtype)
+
+
+def missing_from_config(bound: BoundScheme) -> str | None:
+    """Why a scheme cannot run: a required argument that neither the rule nor the model config
+    gave (e.g. scaled_normal's layers), or None."""
+    args = bound.kwargs
+    for param, keys, required in bound.scheme.from_config:
+        if required and args.get(param) is None:
+            return (
+                f"{bound.scheme.name} needs {param}=N: give it in the rule, or keep a model config "
+                f"(config.json with {' or '.join(keys)}) beside the checkpoint"
+            )
+    return None
+
+
+CONFIG_NESTS = ("text_config", "language_config", "llm_config")
+
+
+def config_value(config: Mapping[str, Any] | None, keys: Sequence[str]) -> Any:
+    """The first of `keys` present in a model config (looking into a multimodal model's text
+    config too), or None."""
+    if not config:
+        return None
+    for key in keys:
+        if config.get(key) is not None:
+            return config[key]
+    for nest in CONFIG_NESTS:
+        sub = config.get(nest)
+        if isinstance(sub, Mapping):
+            found = config_value(sub, keys)
+            if found is not None:
+                return found
+    return None
+
+
+def resolve_from_config(bound: BoundScheme, config: Mapping[str, Any] | None) -> BoundScheme:
+    """Fill the arguments a scheme takes from the model config (`Scheme.from_config`) when the
+    rule left them unset; arguments the rule gives always win."""
+    if not bound.scheme.from_config:
+        return bound
+    args = dict(bound.args)
+    changed = False
+    for param, keys, _required in bound.scheme.from_config:
+        if args.get(param) is None:
+            value = config_value(config, keys)
+            if isinstance(value, int) and not isinstance(value, bool):
+                args[param] = value
+                changed = True
+    if not changed:
+        return bound
+    return BoundScheme(bound.scheme, tuple((p.name, args[p.name]) for p in bound.scheme.params))
 
 
 def scheme_table() -> list[dict[str, Any]]:
@@ -94,6 +165,8 @@ def scheme_table() -> list[dict[str, Any]]:
         params = ", ".join(
             p.name
             if p.default is REQUIRED
+            else f"{p.name}=auto"  # from the model config (or the tensor), see `from_config`
+            if p.default is None
             else f"{p.name}={p.default:g}"
             if isinstance(p.default, float)
             else f"{p.name}={p.default}"

@@ -36,12 +36,38 @@ class Param:
 
 
 @dataclass(frozen=True)
+class FillContext:
+    """What a scheme may see beyond its own tensor's shape: the tensor's current values
+    (`before`) and one other tensor of the same checkpoint (`other`, as read before this run
+    changed anything). The engine fills in only what the scheme declares it needs, so a fill
+    stays a pure function of its inputs."""
+
+    before: torch.Tensor | None = None
+    other: torch.Tensor | None = None
+    other_name: str | None = None
+
+
+ContextFill = Callable[[torch.Tensor, torch.Generator, Args, FillContext], None]
+ReadsFn = Callable[[str, tuple[str, ...], Args], str]
+
+
+def context_only(t: torch.Tensor, g: torch.Generator, args: Args) -> None:
+    raise SchemeError("this scheme needs a fill context (use `generate(..., context=...)`)")
+
+
+@dataclass(frozen=True)
 class Scheme:
     """One initialization scheme.
 
     `fill(t, generator, args)` fills a float32/float64 tensor in place (the reproducibility
     contract of DESIGN §3 fixes the generator and the dtype); `std(shape, args)` is the
-    theoretical std of the result, or None where it is undefined (e.g. zero fan)."""
+    theoretical std of the result, or None where it is undefined (e.g. zero fan).
+
+    Schemes that need data beyond their own tensor say so as data, and the engine provides it:
+    `fill_ctx` (used instead of `fill`) gets a `FillContext`; `needs_before` asks for the
+    tensor's current values; `reads(name, captures, args)` names another tensor of the same
+    checkpoint to read; `from_config` lists, per argument left unset (None), the model-config
+    keys that supply it (first present wins)."""
 
     name: str
     params: tuple[Param, ...]
@@ -55,6 +81,15 @@ class Scheme:
     can_take: Callable[[Shape, Args], str | None] = field(default=lambda shape, args: None)
     kurtosis: float = 3.0  # of the value distribution; sets std_off's sampling tolerance
     aliases: tuple[str, ...] = ()
+    fill_ctx: ContextFill | None = None
+    needs_before: bool = False
+    reads: ReadsFn | None = None
+    from_config: tuple[tuple[str, tuple[str, ...], bool], ...] = ()  # (arg, keys, required)
+    validate: Callable[[Args], str | None] | None = None  # bad argument values, at parse time
+
+    @property
+    def needs_context(self) -> bool:
+        return self.fill_ctx is not None
 
 
 @dataclass(frozen=True)
@@ -110,6 +145,10 @@ def bind(scheme: Scheme, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Boun
             raise SchemeError(f"{scheme.name} needs argument {p.name!r}, e.g. {scheme.name}(...)")
         else:
             bound.append((p.name, p.default))
+    if scheme.validate is not None:
+        problem = scheme.validate(dict(bound))
+        if problem:
+            raise SchemeError(f"{scheme.name}: {problem}")
     return BoundScheme(scheme, tuple(bound))
 
 

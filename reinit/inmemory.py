@@ -1,0 +1,192 @@
+"""The library on tensors already in memory: a state dict or an `nn.Module`.
+
+Same rules, same planning (`rules.plan`), same schemes and seeds (`schemes.generate`, per-tensor
+generators) and the same report as `reinit apply` on a file — so a training script gets, value
+for value, what the CLI gives on that module's saved state dict."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from reinit.engine import (
+    Applier,
+    Piece,
+    RuleInput,
+    _as_rules,
+    _make_report,
+    _plan_for,
+    check_device,
+)
+from reinit.io.readers import Checkpoint, StateDictCheckpoint, tensor_from_bytes
+from reinit.report import Report, TensorEntry
+from reinit.rules import Plan, Rule
+from reinit.ties import Ties
+
+
+def apply_to_checkpoint(
+    ckpt: Checkpoint,
+    rules: Sequence[RuleInput] | Sequence[Rule],
+    *,
+    seed: int = 0,
+    strict: bool = False,
+    allow_unmatched: bool = False,
+    device: str = "cpu",
+    config: Mapping[str, Any] | None = None,
+    unsafe_pickle: bool = False,
+) -> tuple[dict[str, torch.Tensor], Report]:
+    """Apply rules to any checkpoint and return every tensor in memory (CPU; kept tensors of a
+    `StateDictCheckpoint` are its own objects, not copies) with the report. Nothing is written."""
+    from reinit.transplant import SourcePool
+
+    started = time.perf_counter()
+    device = check_device(device)
+    rule_objs = _as_rules(rules)
+    with SourcePool(ckpt, unsafe_pickle=unsafe_pickle) as pool:
+        the_plan, ties = _plan_for(ckpt, rule_objs, strict, allow_unmatched, pool, config)
+        applier = Applier(ckpt, seed, device, pool, ties)
+        own = ckpt.tensors if isinstance(ckpt, StateDictCheckpoint) else None
+        out, entries = _collect(applier.stream(the_plan.entries), the_plan, ties, own)
+    report = _make_report(
+        ckpt.source,
+        None,
+        seed,
+        tuple(r.text for r in rule_objs),
+        entries,
+        0,
+        started,
+        the_plan,
+    )
+    return out, report
+
+
+def _collect(
+    pieces: Iterator[Piece], plan: Plan, ties: Ties, own: Mapping[str, torch.Tensor] | None
+) -> tuple[dict[str, torch.Tensor], list[TensorEntry]]:
+    """Every tensor of the engine's output stream, in memory (as the `.bin` output assembles
+    them), and the report entries. Unchanged tensors of an in-memory source are its own
+    objects, not copies; tied names stay one tensor object."""
+    by_name = {p.name: p for p in plan.entries}
+    shared: dict[str, torch.Tensor] = {}
+    out: dict[str, torch.Tensor] = {}
+    entries: list[TensorEntry] = []
+    buf = bytearray()
+    for piece in pieces:
+        p = by_name[piece.name]
+        reuse = own is not None and not p.changes
+        if piece.entry is not None:
+            if reuse:
+                assert own is not None
+                out[p.name] = own[p.name]
+            else:
+                value = tensor_from_bytes(buf, p.dtype, p.shape)
+                root = ties.root(p.name)
+                out[p.name] = shared.setdefault(root, value) if root else value
+            entries.append(piece.entry)
+            buf = bytearray()
+        elif reuse:
+            continue
+        elif piece.span is not None:
+            fd, offset, nbytes = piece.span
+            buf += os.pread(fd, nbytes, offset)
+        elif piece.data is not None:
+            buf += piece.data
+    return out, entries
+
+
+def apply_to_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    rules: Sequence[RuleInput],
+    seed: int = 0,
+    *,
+    strict: bool = False,
+    allow_unmatched: bool = False,
+    device: str = "cpu",
+    config: Mapping[str, Any] | None = None,
+    source: str = "<state_dict>",
+) -> tuple[dict[str, torch.Tensor], Report]:
+    """Apply rules to a state dict in memory: returns a new dict (changed tensors are new
+    tensors on their original device with their original dtype; the others are the input's own
+    objects) and the report. The input is not modified.
+
+    `config` is the model config some schemes read (scaled_normal's layers, small_init's dim).
+
+    >>> import torch, reinit
+    >>> state = {"fc.weight": torch.zeros(64, 32), "fc.bias": torch.zeros(64)}
+    >>> new, report = reinit.apply_to_state_dict(state, ["fc.weight=lecun_normal"], seed=0)
+    >>> report.entry("fc.weight").action, round(report.entry("fc.weight").expected_std, 4)
+    ('reinit', 0.1768)
+    >>> new["fc.bias"] is state["fc.bias"], bool(state["fc.weight"].any())
+    (True, False)
+    """
+    ckpt = StateDictCheckpoint(state_dict, source=source, config=config)
+    new, report = apply_to_checkpoint(
+        ckpt, rules, seed=seed, strict=strict, allow_unmatched=allow_unmatched, device=device
+    )
+    for e in report.tensors:
+        if e.action in ("reinit", "transplant"):
+            orig = state_dict[e.name]
+            new[e.name] = new[e.name].to(orig.device)
+    return new, report
+
+
+def module_config(module: torch.nn.Module) -> dict[str, Any] | None:
+    """A transformers model's config as a dict (its `config.to_dict()`), else None."""
+    cfg = getattr(module, "config", None)
+    if cfg is None:
+        return None
+    if isinstance(cfg, Mapping):
+        return dict(cfg)
+    to_dict = getattr(cfg, "to_dict", None)
+    return to_dict() if callable(to_dict) else None
+
+
+def apply_to_module(
+    module: torch.nn.Module,
+    rules: Sequence[RuleInput],
+    seed: int = 0,
+    *,
+    strict: bool = False,
+    allow_unmatched: bool = False,
+    device: str = "cpu",
+    config: Mapping[str, Any] | None = None,
+) -> Report:
+    """Apply rules to a module's parameters and buffers in place (under `torch.no_grad`), by
+    their `state_dict()` names. Values equal those `reinit apply` gives on the module's saved
+    state dict with the same seed. `config` defaults to the module's own `config` (transformers
+    models). Tied parameters (one storage under several names) stay tied and consistent, as
+    in `reinit.ties`: rules that would give their names different values are an error.
+
+    >>> import torch, reinit
+    >>> layer = torch.nn.Linear(4, 3)
+    >>> report = reinit.apply_to_module(layer, ["bias=bias_prior(0.25)", "weight=zeros"])
+    >>> [round(b, 4) for b in layer.bias.tolist()], bool(layer.weight.any())
+    ([-1.0986, -1.0986, -1.0986], False)
+    >>> layer.weight.requires_grad, report.summary.reinit
+    (True, 2)
+    """
+    state = module.state_dict()
+    if config is None:
+        config = module_config(module)
+    new, report = apply_to_state_dict(
+        state,
+        rules,
+        seed,
+        strict=strict,
+        allow_unmatched=allow_unmatched,
+        device=device,
+        config=config,
+        source=f"<{type(module).__name__}>",
+    )
+    with torch.no_grad():
+        for e in report.tensors:
+            if e.action in ("reinit", "transplant"):
+                state[e.name].copy_(new[e.name])
+    return report
+
+
+__all__ = ["apply_to_checkpoint", "apply_to_module", "apply_to_state_dict", "module_config"]

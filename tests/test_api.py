@@ -1,0 +1,175 @@
+"""The Python API (DESIGN §6): reinit.apply -> a typed Report, open_checkpoint, plan, and the
+in-memory forms apply_to_state_dict / apply_to_module, which give the CLI's values."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+
+import reinit
+from reinit.cli import main
+from reinit.errors import RuleError
+from reinit.report import Report, Stats, TensorEntry
+
+RULES = [
+    "*.weight=kaiming_normal(nonlinearity=relu)",
+    "*.bias=zeros",
+    "0.weight=lecun_normal",
+    "1.*=keep",
+    "2.weight=delta_orthogonal(relu)",
+    "4.weight=scaled_normal(0.02, 3)",
+    "4.bias=bias_prior(0.01)",
+    "5.weight=small_init",
+]
+
+
+def make_module() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(12, 16),
+        torch.nn.LayerNorm(16),
+        torch.nn.Conv1d(16, 16, 3),
+        torch.nn.BatchNorm1d(16),  # buffers, incl. an int64 num_batches_tracked
+        torch.nn.Linear(16, 16),
+        torch.nn.Embedding(20, 16),
+    )
+
+
+def test_apply_to_module_equals_the_cli_on_its_saved_state_dict(tmp_path):
+    module = make_module()
+    src = tmp_path / "m.safetensors"
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, src)
+    res = CliRunner().invoke(
+        main,
+        ["apply", str(src), "-o", str(tmp_path / "o.safetensors"), "--seed", "7", "--json", "-q"]
+        + [a for r in RULES for a in ("--rule", r)],
+    )
+    assert res.exit_code == 0, res.output
+    cli = load_file(tmp_path / "o.safetensors")
+    cli_report = json.loads(res.stdout)
+
+    params_before = {n: p for n, p in module.named_parameters()}
+    report = reinit.apply_to_module(module, RULES, seed=7)
+
+    after = module.state_dict()
+    assert set(after) == set(cli)
+    for name, t in cli.items():
+        assert torch.equal(after[name], t), name
+    # in place: the same Parameter objects, still trainable
+    for n, p in module.named_parameters():
+        assert p is params_before[n] and p.requires_grad
+    # the same report, entry by entry (but where it came from and how long it took)
+    theirs = {t["name"]: t for t in cli_report["tensors"]}
+    for entry in report.to_dict()["tensors"]:
+        assert entry == theirs[entry["name"]]
+    assert report.summary.reinit == cli_report["summary"]["reinit"] > 5
+    assert report.entry("3.num_batches_tracked").action == "kept"
+    assert report.entry("2.weight").scheme == "delta_orthogonal(gain=relu)"
+
+
+def test_apply_to_state_dict_leaves_its_input_alone():
+    module = make_module()
+    sd = module.state_dict()
+    copy = {k: v.clone() for k, v in sd.items()}
+    new, report = reinit.apply_to_state_dict(sd, ["*.weight=orthogonal"], seed=3)
+    for k in sd:
+        assert torch.equal(sd[k], copy[k])
+    assert new["0.bias"] is sd["0.bias"]  # untouched tensors are not copied
+    assert not torch.equal(new["0.weight"], sd["0.weight"])
+    assert new["0.weight"].dtype == sd["0.weight"].dtype
+    assert isinstance(report, Report) and report.output is None
+    assert report.source == "<state_dict>"
+    # the same values again from the same seed; others from another seed
+    again, _ = reinit.apply_to_state_dict(sd, ["*.weight=orthogonal"], seed=3)
+    other, _ = reinit.apply_to_state_dict(sd, ["*.weight=orthogonal"], seed=4)
+    assert torch.equal(again["0.weight"], new["0.weight"])
+    assert not torch.equal(other["0.weight"], new["0.weight"])
+
+
+def test_module_config_supplies_scheme_arguments():
+    module = torch.nn.Linear(8, 8)
+
+    class Config:
+        def to_dict(self):
+            return {"num_hidden_layers": 8, "hidden_size": 50}
+
+    module.config = Config()  # what a transformers model carries
+    report = reinit.apply_to_module(module, ["weight=scaled_normal", "bias=small_init"])
+    assert report.entry("weight").expected_std == pytest.approx(0.02 / 4)
+    assert report.entry("bias").expected_std == pytest.approx(math.sqrt(2 / 250))
+    with pytest.raises(RuleError, match="needs layers=N"):
+        reinit.apply_to_module(torch.nn.Linear(2, 2), ["weight=scaled_normal"])
+
+
+def test_typed_errors_and_nothing_changed_on_error():
+    module = make_module()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    with pytest.raises(RuleError, match="matches no tensor"):
+        reinit.apply_to_module(module, ["*.weight=zeros", "missing.*=ones"])
+    with pytest.raises(reinit.StrictError):
+        reinit.apply_to_module(module, ["*.weight=kaiming"], strict=True)  # LayerNorm: 1-D
+    for k, v in module.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_apply_returns_a_typed_report_and_plan_and_open_checkpoint_work(tmp_path):
+    src = tmp_path / "m.safetensors"
+    save_file({"a.weight": torch.randn(8, 4), "a.bias": torch.randn(8)}, src)
+    with reinit.open_checkpoint(src) as ckpt:
+        assert ckpt.names() == ["a.bias", "a.weight"] or set(ckpt.names()) == {"a.bias", "a.weight"}
+        assert ckpt.ref("a.weight").shape == (8, 4)
+    plan = reinit.plan(src, ["*.weight=lecun_uniform"])
+    assert {e.name: e.action for e in plan.entries} == {"a.weight": "reinit", "a.bias": "kept"}
+    rep = reinit.apply(src, ["*.weight=lecun_uniform"], tmp_path / "o.safetensors", seed=2)
+    e = rep.entry("a.weight")
+    assert isinstance(e, TensorEntry) and isinstance(e.after, Stats)
+    assert e.expected_std == pytest.approx(1 / 2) and e.fan_in == 4
+    assert rep.summary.reinit == 1 and rep.seed == 2
+    # the in-memory form of the same plan on the same tensors gives the same values
+    new, _ = reinit.apply_to_state_dict(load_file(src), ["*.weight=lecun_uniform"], seed=2)
+    assert torch.equal(new["a.weight"], load_file(tmp_path / "o.safetensors")["a.weight"])
+    # plan also takes a state dict
+    assert reinit.plan(load_file(src), ["*.bias=zeros"]).entries[0].name in ("a.bias", "a.weight")
+
+
+def test_public_api_is_exported_and_typed():
+    import importlib.resources
+
+    for name in ("apply", "plan", "open_checkpoint", "apply_to_module", "apply_to_state_dict"):
+        assert name in reinit.__all__ and callable(getattr(reinit, name))
+    assert importlib.resources.files("reinit").joinpath("py.typed").is_file()
+
+
+@pytest.mark.parametrize("module_name", ["reinit.inmemory", "reinit.recipe"])
+def test_docstring_examples_run(module_name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module_name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_tied_parameters_stay_tied_and_match_the_cli_on_the_torch_file(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Module()
+    model.emb = torch.nn.Embedding(30, 8)
+    model.head = torch.nn.Linear(8, 30, bias=False)
+    model.head.weight = model.emb.weight  # tied, as an LM head
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    rules = ["*.weight=small_init(8)"]
+    res = CliRunner().invoke(
+        main, ["apply", str(tmp_path / "m.pt"), "-o", str(tmp_path / "o.safetensors"), "-q"]
+        + ["--seed", "3", "--rule", rules[0]],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    cli = load_file(tmp_path / "o.safetensors")
+    report = reinit.apply_to_module(model, rules, seed=3)
+    assert model.head.weight is model.emb.weight
+    assert torch.equal(model.emb.weight.detach(), cli["emb.weight"])
+    assert torch.equal(cli["emb.weight"], cli["head.weight"])
+    assert any("tied with" in n for n in report.entry("head.weight").notes)

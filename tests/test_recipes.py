@@ -1,0 +1,399 @@
+"""`reinit run RECIPE`: each recipe form gives the bytes the same flags give, multi-step recipes
+chain in memory (no intermediate file, output byte-identical to chained applies), --set and
+${VAR}, errors that name the key and its line, and the examples in examples/."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+
+import reinit
+from reinit.cli import main
+from reinit.io import writer
+
+EXAMPLES = Path(__file__).parents[1] / "examples"
+
+
+def gpt2_dir(path: Path, vocab: int = 99, d: int = 16, layers: int = 2, seed: int = 0) -> Path:
+    """A GPT-2-shaped Hugging Face directory (names, shapes and config.json of GPT2Model)."""
+    g = torch.Generator().manual_seed(seed)
+    sd: dict[str, torch.Tensor] = {
+        "wte.weight": torch.randn(vocab, d, generator=g),
+        "wpe.weight": torch.randn(32, d, generator=g),
+    }
+    for i in range(layers):
+        for ln in ("ln_1", "ln_2"):
+            sd[f"h.{i}.{ln}.weight"] = torch.ones(d) + 0.1 * torch.randn(d, generator=g)
+            sd[f"h.{i}.{ln}.bias"] = 0.1 * torch.randn(d, generator=g)
+        for name, shape in [
+            ("attn.c_attn", (d, 3 * d)),
+            ("attn.c_proj", (d, d)),
+            ("mlp.c_fc", (d, 4 * d)),
+            ("mlp.c_proj", (4 * d, d)),
+        ]:
+            sd[f"h.{i}.{name}.weight"] = torch.randn(*shape, generator=g)
+            sd[f"h.{i}.{name}.bias"] = torch.randn(shape[1], generator=g)
+    sd["ln_f.weight"] = torch.ones(d)
+    sd["ln_f.bias"] = torch.zeros(d)
+    path.mkdir(parents=True)
+    save_file(sd, path / "model.safetensors", metadata={"format": "pt"})
+    config = {"model_type": "gpt2", "n_layer": layers, "n_embd": d, "vocab_size": vocab}
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def small_file(path: Path) -> Path:
+    g = torch.Generator().manual_seed(1)
+    save_file(
+        {
+            "enc.0.weight": torch.randn(24, 16, generator=g),
+            "enc.0.bias": torch.randn(24, generator=g),
+            "enc.1.weight": torch.randn(24, 24, generator=g).to(torch.bfloat16),
+            "norm.weight": torch.ones(24),
+            "head.weight": torch.randn(5, 24, generator=g),
+            "head.bias": torch.zeros(5),
+        },
+        path,
+        metadata={"format": "pt", "note": "kept"},
+    )
+    return path
+
+
+def invoke(args, env=None):
+    return CliRunner().invoke(main, [str(a) for a in args], env=env, catch_exceptions=False)
+
+
+def to_toml(doc: dict) -> str:
+    """Just enough TOML for these tests: scalars, lists of strings, [[steps]] tables."""
+
+    def val(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, list):
+            return "[\n" + "".join(f"  {json.dumps(x)},\n" for x in v) + "]"
+        return json.dumps(v)
+
+    lines = [f"{k} = {val(v)}" for k, v in doc.items() if k != "steps"]
+    for step in doc.get("steps", []):
+        lines += ["", "[[steps]]"] + [f"{k} = {val(v)}" for k, v in step.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_recipe(path: Path, doc: dict) -> Path:
+    if path.suffix == ".json":
+        path.write_text(json.dumps(doc, indent=2))
+    elif path.suffix == ".toml":
+        path.write_text(to_toml(doc))
+    else:
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+RULES = [
+    "*.weight=lecun_normal",
+    "enc.1.weight=variance_scaling(2.0, fan_avg, uniform)",
+    "head.bias=bias_prior(0.05)",
+    "norm.weight=keep",
+]
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".toml", ".json"])
+def test_each_recipe_form_gives_the_bytes_the_flags_give(tmp_path, monkeypatch, suffix):
+    monkeypatch.chdir(tmp_path)
+    small_file(tmp_path / "m.safetensors")
+    flags = ["apply", "m.safetensors", "-o", "flags.safetensors", "--seed", "5", "-q"]
+    flags += [a for r in RULES for a in ("--rule", r)] + ["--report", "flags.csv"]
+    assert invoke(flags).exit_code == 0
+    doc = {
+        "source": "m.safetensors",
+        "output": "recipe.safetensors",
+        "seed": 5,
+        "rules": RULES,
+        "report": ["recipe.csv"],
+        "strict": False,
+    }
+    recipe = write_recipe(tmp_path / f"r{suffix}", doc)
+    res = invoke(["run", recipe, "-q"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "recipe.safetensors").read_bytes() == (
+        tmp_path / "flags.safetensors"
+    ).read_bytes()
+    assert (tmp_path / "recipe.csv").read_text() == (tmp_path / "flags.csv").read_text()
+    assert (tmp_path / "recipe.report.json").is_file()
+
+
+def test_multi_step_recipe_equals_chained_applies_and_writes_no_intermediate_file(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    gpt2_dir(tmp_path / "model")
+    step1 = ["*.weight=lecun_normal", "*.bias=zeros"]
+    step2 = ["wte.weight=mean_resize(old_rows=90)", "h.*.c_proj.weight=scaled_normal"]
+    reinit.apply("model", step1, "chain1", seed=1)
+    reinit.apply("chain1", step2, "chain2", seed=2)
+
+    doc = {
+        "source": "model",
+        "output": "piped",
+        "seed": 1,
+        "steps": [{"rules": step1}, {"rules": step2, "seed": 2}],
+    }
+    recipe = write_recipe(tmp_path / "pipe.yaml", doc)
+    before = set(os.listdir(tmp_path))
+    opened: list[str] = []
+    real_init = writer.SafetensorsWriter.__init__
+
+    def spy(self, path, *a, **k):
+        opened.append(os.fspath(path))
+        real_init(self, path, *a, **k)
+
+    monkeypatch.setattr(writer.SafetensorsWriter, "__init__", spy)
+    res = invoke(["run", recipe, "--json", "-q"])
+    assert res.exit_code == 0, res.output
+    assert len(opened) == 1 and "piped" in opened[0]  # one file written: the final output
+    assert set(os.listdir(tmp_path)) - before == {"piped"}
+    assert sorted(os.listdir(tmp_path / "piped")) == [
+        "config.json",
+        "model.safetensors",
+        "reinit-report.json",
+    ]
+    for f in ("model.safetensors", "config.json"):
+        assert (tmp_path / "piped" / f).read_bytes() == (tmp_path / "chain2" / f).read_bytes()
+
+    # one report for the whole pipeline: the last step that acted, std before the first change
+    rep = json.loads(res.stdout)
+    assert rep["rules"] == step1 + step2
+    by = {t["name"]: t for t in rep["tensors"]}
+    wte = by["wte.weight"]
+    assert wte["scheme"] == "mean_resize(old_rows=90)"
+    orig = load_file(tmp_path / "model" / "model.safetensors")["wte.weight"].double()
+    assert wte["before"]["std"] == pytest.approx(orig.std(unbiased=False).item(), rel=1e-6)
+    assert by["h.0.attn.c_proj.weight"]["expected_std"] == pytest.approx(0.02 / math.sqrt(4))
+    assert by["h.0.attn.c_attn.weight"]["scheme"] == "lecun_normal"
+    on_disk = json.loads((tmp_path / "piped" / "reinit-report.json").read_text())
+    assert on_disk["tensors"] == rep["tensors"]
+
+
+def test_set_overrides_and_environment_variables(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    small_file(tmp_path / "m.safetensors")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "source: ${SRC}\noutput: ${OUT:-default.safetensors}\nseed: ${SEED:-1}\n"
+        "rules:\n  - '*.weight=normal(0, 0.02)'\n"
+    )
+    env = {"SRC": "m.safetensors", "SEED": "4", "OUT": None}
+    assert invoke(["run", recipe, "-q"], env).exit_code == 0
+    reinit.apply("m.safetensors", ["*.weight=normal(0, 0.02)"], "ref4.safetensors", seed=4)
+    same = (tmp_path / "default.safetensors").read_bytes() == (
+        tmp_path / "ref4.safetensors"
+    ).read_bytes()
+    assert same
+
+    sets = ["--set", "seed=7", "--set", "output=o7.safetensors"]
+    sets += ["--set", 'rules=["*.weight=zeros", "head.*=ones"]']
+    assert invoke(["run", recipe, "-q", *sets], env).exit_code == 0
+    reinit.apply("m.safetensors", ["*.weight=zeros", "head.*=ones"], "ref7.safetensors", seed=7)
+    assert (tmp_path / "o7.safetensors").read_bytes() == (
+        tmp_path / "ref7.safetensors"
+    ).read_bytes()
+
+    res = invoke(["run", recipe], {"SRC": None})
+    assert res.exit_code == 2
+    assert "r.yaml line 1: environment variable SRC is not set" in res.output
+
+
+def _line_of(text: str, needle: str) -> int:
+    return next(i for i, s in enumerate(text.splitlines(), 1) if needle in s)
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".toml", ".json"])
+def test_unknown_keys_name_the_key_and_its_line(tmp_path, monkeypatch, suffix):
+    monkeypatch.chdir(tmp_path)
+    small_file(tmp_path / "m.safetensors")
+    doc = {
+        "source": "m.safetensors",
+        "seed": 1,
+        "steps": [{"rules": ["*.weight=zeros"]}, {"rules": ["head.*=ones"], "sed": 3}],
+    }
+    recipe = write_recipe(tmp_path / f"r{suffix}", doc)
+    text = recipe.read_text()
+    res = invoke(["run", recipe])
+    assert res.exit_code == 2
+    line = _line_of(text, "sed")
+    assert f"r{suffix} line {line}: unknown key 'sed' in steps[1]; did you mean 'seed'?" in (
+        res.output
+    )
+    assert "Traceback" not in res.output
+
+    doc2 = {"source": "m.safetensors", "rules": ["*.weight=zeros"], "overwirte": True}
+    recipe = write_recipe(tmp_path / f"s{suffix}", doc2)
+    res = invoke(["run", recipe])
+    assert res.exit_code == 2
+    assert f"s{suffix} line {_line_of(recipe.read_text(), 'overwirte')}: unknown key" in res.output
+    assert "did you mean 'overwrite'?" in res.output
+    assert not (tmp_path / "m.reinit.safetensors").exists()
+
+
+def test_bad_values_are_one_line_errors_with_the_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    small_file(tmp_path / "m.safetensors")
+    r = tmp_path / "r.yaml"
+    r.write_text("source: m.safetensors\nrules: ['*.weight=zeros']\nseed: many\n")
+    res = invoke(["run", r])
+    assert res.exit_code == 2 and "r.yaml line 3: 'seed' must be an integer" in res.output
+    r.write_text("source: m.safetensors\nrules: ['*.weight=zeros']\nseed: 1\nseed: 2\n")
+    assert "r.yaml line 4: key 'seed' given twice" in invoke(["run", r]).output
+    r.write_text("source: m.safetensors\nsteps:\n  - rules: ['nothing.here=zeros']\n")
+    res = invoke(["run", r])
+    assert res.exit_code == 2 and "matches no tensor" in res.output
+    r.write_text("source: m.safetensors\nrules: [x\n")
+    assert "not valid YAML" in invoke(["run", r]).output
+    r.write_text("source: m.safetensors\nrules:\n  - *.weight=zeros\n")
+    res = invoke(["run", r])
+    assert res.exit_code == 2 and "r.yaml line 3: not valid YAML" in res.output
+    assert "quote rules that start with '*'" in res.output
+    bad = tmp_path / "r.ini"
+    bad.write_text("x")
+    assert "use .yaml, .yml, .toml or .json" in invoke(["run", bad]).output
+    assert not (tmp_path / "m.reinit.safetensors").exists()
+
+
+def test_add_drop_rename_pass_through_or_say_not_supported(tmp_path, monkeypatch):
+    import inspect
+
+    if "add" in inspect.signature(reinit.apply).parameters:
+        pytest.skip("reinit.apply takes add=: covered by the transplant tests")
+    monkeypatch.chdir(tmp_path)
+    small_file(tmp_path / "m.safetensors")
+    r = tmp_path / "r.yaml"
+    r.write_text("source: m.safetensors\nrules: ['*.weight=zeros']\nadd: ['x: [3]']\n")
+    res = invoke(["run", r])
+    assert res.exit_code == 2 and "r.yaml line 3: 'add' is not supported yet" in res.output
+
+
+def test_dry_run_plans_every_step_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    gpt2_dir(tmp_path / "model")
+    doc = {
+        "source": "model",
+        "steps": [{"rules": ["*.weight=lecun_normal"]}, {"rules": ["*.bias=bias_prior(0.2)"]}],
+    }
+    r = write_recipe(tmp_path / "r.json", doc)
+    before = sorted(os.listdir(tmp_path))
+    res = invoke(["run", r, "--dry-run"])
+    assert res.exit_code == 0
+    assert "step 0:" in res.output and "step 1:" in res.output
+    assert "bias_prior(p=0.2)" in res.output and "lecun_normal" in res.output
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+# --- the examples ------------------------------------------------------------------------
+
+
+def test_example_gpt2_init(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    gpt2_dir(tmp_path / "gpt2", layers=3)
+    res = invoke(["run", EXAMPLES / "gpt2-init.yaml", "-q"], {"MODEL": "gpt2", "OUT": None})
+    assert res.exit_code == 0, res.output
+    out = load_file(tmp_path / "gpt2-init" / "model.safetensors")
+    rep = json.loads((tmp_path / "gpt2-init" / "reinit-report.json").read_text())
+    by = {t["name"]: t for t in rep["tensors"]}
+    assert by["h.2.mlp.c_proj.weight"]["expected_std"] == pytest.approx(0.02 / math.sqrt(6))
+    assert by["h.0.attn.c_attn.weight"]["expected_std"] == 0.02
+    assert torch.equal(out["h.1.ln_2.weight"], torch.ones(16))
+    assert torch.equal(out["ln_f.bias"], torch.zeros(16))
+    assert not any(t["flags"] for t in rep["tensors"] if t["action"] == "reinit")
+    assert (tmp_path / "gpt2-init.report.md").is_file()
+
+
+def test_example_grow_vocab(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    gpt2_dir(tmp_path / "old", vocab=90, seed=1)
+    gpt2_dir(tmp_path / "new", vocab=97, seed=2)
+    env = {"MODEL": "new", "OLD": "old", "OLD_VOCAB": "90", "OUT": None}
+    res = invoke(["run", EXAMPLES / "grow-vocab.toml", "-q"], env)
+    assert res.exit_code == 0, res.output
+    assert sorted(os.listdir(tmp_path)) == ["grown", "new", "old"]  # no intermediate output
+    old = load_file(tmp_path / "old" / "model.safetensors")
+    out = load_file(tmp_path / "grown" / "model.safetensors")
+    assert torch.equal(out["wte.weight"][:90], old["wte.weight"])
+    mean = old["wte.weight"].double().mean(0)
+    new_rows = out["wte.weight"][90:].double()
+    assert torch.allclose(new_rows, mean.expand(7, -1), atol=1e-3)  # spread √1e-9·σ ≈ 3e-5
+    assert not torch.equal(new_rows[0], new_rows[1])  # drawn, not the bare mean
+    for name in old:
+        if name != "wte.weight":
+            assert torch.equal(out[name], old[name]), name
+
+
+def test_example_detection_head(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            conv = lambda: torch.nn.Sequential(  # noqa: E731
+                torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3)
+            )
+            self.cls = torch.nn.Module()
+            self.cls.conv = conv()
+            self.box = torch.nn.Module()
+            self.box.conv = conv()
+            self.cls_logits = torch.nn.Conv2d(8, 9, 3)
+            self.bbox_pred = torch.nn.Conv2d(8, 4, 3)
+
+    model = torch.nn.Module()
+    model.backbone = torch.nn.Linear(4, 8)
+    model.head = Head()
+    save_file(model.state_dict(), tmp_path / "det.safetensors")
+    res = invoke(
+        ["run", EXAMPLES / "detection-head.json", "--json", "-q"],
+        {"MODEL": "det.safetensors", "OUT": None},
+    )
+    assert res.exit_code == 0, res.output
+    out = load_file(tmp_path / "detector-init.safetensors")
+    assert torch.allclose(out["head.cls_logits.bias"], torch.full((9,), -math.log(99)))
+    assert torch.equal(out["backbone.weight"], model.backbone.weight.detach())
+    rep = json.loads(res.stdout)
+    assert rep["summary"]["reinit"] == 12 and rep["summary"]["skipped"] == 0
+
+
+def test_every_example_parses(monkeypatch):
+    found = sorted(p.name for p in EXAMPLES.iterdir() if re.search(r"\.(ya?ml|toml|json)$", p.name))
+    assert found == ["detection-head.json", "gpt2-init.yaml", "grow-vocab.toml"]
+    for key, value in {"MODEL": "m", "OLD": "o", "OLD_VOCAB": "3"}.items():
+        monkeypatch.setenv(key, value)
+    for name in found:
+        recipe = reinit.load_recipe(EXAMPLES / name)
+        assert recipe.source == "m" and recipe.steps
+
+
+def test_a_failing_later_step_names_the_step_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    small_file(tmp_path / "m.safetensors")
+    doc = {
+        "source": "m.safetensors",
+        "output": "out.safetensors",
+        "steps": [
+            {"rules": ["*.weight=lecun_normal"]},
+            {"name": "head", "rules": ["classifier.*=zeros"]},
+        ],
+    }
+    r = write_recipe(tmp_path / "r.yaml", doc)
+    before = sorted(os.listdir(tmp_path))
+    res = invoke(["run", r])
+    assert res.exit_code == 2
+    assert "r.yaml step 1 (head): rule 'classifier.*=zeros' matches no tensor" in res.output
+    assert sorted(os.listdir(tmp_path)) == before
