@@ -107,6 +107,29 @@ def main() -> None:
 @click.option(
     "-o", "--output", default=None, help="Output file (.safetensors, .bin/.pt) or directory."
 )
+@click.option(
+    "--add",
+    "adds",
+    multiple=True,
+    metavar="NAME=[d0,...]:SCHEME",
+    help="Add a new tensor filled by SCHEME (float32 unless ':dtype=bfloat16' etc. follows); "
+    "repeatable. Runs before the rules.",
+)
+@click.option(
+    "--drop",
+    "drops",
+    multiple=True,
+    metavar="PATTERN",
+    help="Remove the tensors PATTERN matches; repeatable. Runs before the rules.",
+)
+@click.option(
+    "--rename",
+    "renames",
+    multiple=True,
+    metavar="PATTERN=TEMPLATE",
+    help="Rename the tensors PATTERN matches ({name}, {1}, {2}, ... in TEMPLATE); repeatable, "
+    "applied in order. Runs before the rules.",
+)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option(
     "--report",
@@ -138,6 +161,9 @@ def apply(
     source: str,
     rules: tuple[str, ...],
     output: str | None,
+    adds: tuple[str, ...],
+    drops: tuple[str, ...],
+    renames: tuple[str, ...],
     seed: int,
     reports: tuple[str, ...],
     dry_run: bool,
@@ -165,10 +191,15 @@ def apply(
             strict=strict,
             allow_unmatched=allow_unmatched,
             unsafe_pickle=unsafe_pickle,
+            add=adds,
+            drop=drops,
+            rename=renames,
         )
         for w in plan.warnings:
             _err(f"warning: {w}")
         click.echo(render_plan(plan, _width()), err=as_json)
+        if plan.dropped:
+            _err(_dropped_line(plan.dropped))
         return
     report = reinit.apply(
         source,
@@ -183,13 +214,23 @@ def apply(
         device=device,
         progress=_progress_on(quiet),
         unsafe_pickle=unsafe_pickle,
+        add=adds,
+        drop=drops,
+        rename=renames,
     )
     for w in report.warnings:
         _err(f"warning: {w}")
+    if report.dropped and not quiet:
+        _err(_dropped_line(report.dropped))
     if as_json:
         click.echo(report.to_json())
     if not quiet:
         _err(render_terminal(report, _width(), color=sys.stderr.isatty()))
+
+
+def _dropped_line(names: tuple[str, ...]) -> str:
+    shown = ", ".join(names[:10]) + (f", … ({len(names) - 10} more)" if len(names) > 10 else "")
+    return f"dropped {len(names)} tensor(s): {shown}"
 
 
 # --- report -----------------------------------------------------------------------------

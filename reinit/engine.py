@@ -214,9 +214,10 @@ class Applier:
         if p.action in ("kept", "skipped"):
             raw = self.ckpt.read_bytes(p.name)
             stats = tensor_stats(_view(raw, p))
-            return _Produced(raw, _entry(p, stats))
-        before_t = self.ckpt.read(p.name)
-        before = tensor_stats(before_t)
+            return _Produced(raw, _entry(p, stats, notes=p.notes))
+        # an added tensor has no "before"; its generated values are the target of a transplant
+        before_t = None if p.added and p.action == "reinit" else self.ckpt.read(p.name)
+        before = None if p.added or before_t is None else tensor_stats(before_t)
         notes: tuple[str, ...] = ()
         source = None
         if p.action == "reinit":
@@ -225,11 +226,11 @@ class Applier:
         else:
             from reinit.transplant import transplant_value
 
+            assert before_t is not None
             new, source, notes = transplant_value(self.sources, p, before_t)
         del before_t
-        return _Produced(
-            tensor_to_bytes(new), _entry(p, tensor_stats(new), before, source, notes), new
-        )
+        entry = _entry(p, tensor_stats(new), before, source, p.notes + notes)
+        return _Produced(tensor_to_bytes(new), entry, new)
 
 
 def _view(raw: bytes | bytearray | memoryview, p: PlanEntry) -> torch.Tensor:
@@ -262,12 +263,38 @@ def plan(
     strict: bool = False,
     allow_unmatched: bool = False,
     unsafe_pickle: bool = False,
+    add: Sequence[str] = (),
+    drop: Sequence[str] = (),
+    rename: Sequence[str] = (),
 ) -> Plan:
     """What `apply` would do, without writing anything (the `--dry-run`)."""
+    from reinit.surgery import parse_surgery
     from reinit.transplant import SourcePool
 
-    with _opened(source, unsafe_pickle) as ckpt, SourcePool(ckpt, unsafe_pickle) as pool:
-        return _plan_for(ckpt, _as_rules(rules), strict, allow_unmatched, pool)
+    surgery = parse_surgery(add, drop, rename)
+    rule_objs = _as_rules(rules)
+    with ExitStack() as stack:
+        ckpt = stack.enter_context(_opened(source, unsafe_pickle))
+        ckpt, edited = _edited(ckpt, surgery, allow_unmatched)
+        pool = stack.enter_context(SourcePool(ckpt, unsafe_pickle))
+        return _plan_for(ckpt, rule_objs, strict, allow_unmatched, pool, edited)
+
+
+def _edited(
+    ckpt: Checkpoint,
+    surgery: object,
+    allow_unmatched: bool,
+    seed: int = 0,
+    device: str = "cpu",
+) -> tuple[Checkpoint, object]:
+    """The checkpoint as `--drop/--rename/--add` leave it (itself when there are none)."""
+    from reinit.surgery import EditedCheckpoint, Surgery, edit_refs
+
+    assert isinstance(surgery, Surgery)
+    if not surgery:
+        return ckpt, None
+    edited = edit_refs(ckpt.refs(), surgery, allow_unmatched=allow_unmatched)
+    return EditedCheckpoint(ckpt, edited, seed, device), edited
 
 
 def _plan_for(
@@ -276,8 +303,13 @@ def _plan_for(
     strict: bool,
     allow_unmatched: bool,
     pool: object,
+    edited: object = None,
 ) -> Plan:
     result = make_plan(ckpt.refs(), rules, strict=strict, allow_unmatched=allow_unmatched)
+    if edited is not None:
+        from reinit.surgery import mark_plan
+
+        result = mark_plan(result, edited)  # type: ignore[arg-type]
     if any(r.kind == "transplant" for r in rules):
         from reinit.transplant import check_transplants
 
@@ -319,14 +351,23 @@ def apply(
     device: str = "cpu",
     progress: bool = False,
     unsafe_pickle: bool = False,
+    add: Sequence[str] = (),
+    drop: Sequence[str] = (),
+    rename: Sequence[str] = (),
 ) -> Report:
     """Re-initialize or transplant the tensors the rules match and write a new checkpoint.
+
+    `drop` (patterns), `rename` (`PATTERN=TEMPLATE`) and `add` (`NAME=[d0,...]:SCHEME`)
+    change the list of tensors first, in that order; the rules then see the new names.
 
     Returns the report (also written to the default report path unless `default_report` is
     False, and to each of `reports` in the format its extension names)."""
     started = time.perf_counter()
     source_text = os.fspath(source)
+    from reinit.surgery import parse_surgery
+
     rule_objs = _as_rules(rules)
+    surgery = parse_surgery(add, drop, rename)
     device = check_device(device)
     for r in reports:  # checked before any work, so a typo costs nothing
         if not str(r).lower().endswith((".json", ".csv", ".md")):
@@ -335,8 +376,9 @@ def apply(
         from reinit.transplant import SourcePool
 
         ckpt = stack.enter_context(_opened(source_text, unsafe_pickle))
+        ckpt, edited = _edited(ckpt, surgery, allow_unmatched, seed, device)
         sources = stack.enter_context(SourcePool(ckpt, unsafe_pickle=unsafe_pickle))
-        the_plan = _plan_for(ckpt, rule_objs, strict, allow_unmatched, sources)
+        the_plan = _plan_for(ckpt, rule_objs, strict, allow_unmatched, sources, edited)
         spec = resolve_output(source_text, ckpt, output, overwrite=overwrite, in_place=in_place)
         applier = Applier(ckpt, seed, device, sources)
         rule_texts = tuple(r.text for r in rule_objs)
@@ -408,6 +450,7 @@ def _make_report(
         tensors=final,
         summary=summarize(final, bytes_written, time.perf_counter() - started),
         warnings=the_plan.warnings if the_plan else (),
+        dropped=the_plan.dropped if the_plan else (),
     )
 
 

@@ -212,6 +212,7 @@ class Report:
     tensors: tuple[TensorEntry, ...]
     summary: Summary
     warnings: tuple[str, ...] = field(default=())
+    dropped: tuple[str, ...] = field(default=())  # names removed by --drop
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -222,6 +223,7 @@ class Report:
             "rules": list(self.rules),
             "tensors": [t.to_dict() for t in self.tensors],
             "summary": self.summary.to_dict(),
+            "dropped": list(self.dropped),
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -237,6 +239,7 @@ class Report:
             rules=tuple(d.get("rules", ())),
             tensors=tuple(TensorEntry.from_dict(t) for t in d["tensors"]),
             summary=Summary(**d["summary"]),
+            dropped=tuple(d.get("dropped", ())),
         )
 
     def entry(self, name: str) -> TensorEntry:

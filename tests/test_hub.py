@@ -14,7 +14,6 @@ import http.server
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -26,132 +25,22 @@ from urllib.parse import unquote
 import huggingface_hub.constants as hf_constants
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from hub_cache import (
+    C1,
+    C2,
+    _closed_port,
+    assert_same,
+    seed_repo,
+    sharded_repo,
+    single_repo,
+    st_bytes,
+)
+from safetensors.torch import load_file
 
 from reinit.errors import HubError, UsageError
 from reinit.io.hub import HubRef, HubRepo, is_hf_url, parse_hf_url
 
 ROOT = Path(__file__).resolve().parents[1]
-C1 = "1" * 40  # an older commit
-C2 = "a1b2c3d4e5" * 4  # the commit of main
-
-
-# --------------------------------------------------------------------------------------------------
-# fixtures and helpers
-
-
-def _closed_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def hf_home(tmp_path, monkeypatch):
-    """An empty HF_HOME under tmp_path; no token; any stray request goes to a closed local port."""
-    home = tmp_path / "hf_home"
-    (home / "hub").mkdir(parents=True)
-    monkeypatch.setenv("HF_HOME", str(home))
-    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(home / "token"))
-    monkeypatch.setattr(hf_constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
-    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "2")
-    monkeypatch.setenv("HF_HUB_DOWNLOAD_TIMEOUT", "2")
-    monkeypatch.setattr(hf_constants, "HF_HUB_ETAG_TIMEOUT", 2)
-    monkeypatch.setattr(hf_constants, "HF_HUB_DOWNLOAD_TIMEOUT", 2)
-    return home
-
-
-@pytest.fixture
-def offline(hf_home, monkeypatch):
-    """HF_HUB_OFFLINE=1 as huggingface_hub sees it (its constant is read at import) and as the
-    environment says it."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
-    return hf_home
-
-
-@pytest.fixture
-def online(hf_home, monkeypatch):
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-    return hf_home
-
-
-def st_bytes(tmp_path: Path, tensors: dict[str, torch.Tensor]) -> bytes:
-    path = tmp_path / f"tmp-{len(list(tmp_path.iterdir()))}.safetensors"
-    save_file(tensors, str(path))
-    data = path.read_bytes()
-    path.unlink()
-    return data
-
-
-def seed_repo(
-    home: Path,
-    repo_id: str,
-    files: dict[str, bytes],
-    commit: str = C2,
-    refs: tuple[str, ...] = ("main",),
-) -> Path:
-    """Lay out one snapshot of `repo_id` the way hf_hub_download does; return the snapshot dir."""
-    repo_dir = home / "hub" / ("models--" + repo_id.replace("/", "--"))
-    snapshot = repo_dir / "snapshots" / commit
-    for rel, data in files.items():
-        blob = repo_dir / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(data)
-        pointer = snapshot / rel
-        pointer.parent.mkdir(parents=True, exist_ok=True)
-        pointer.symlink_to(os.path.relpath(blob, pointer.parent))
-    for ref in refs:
-        ref_file = repo_dir / "refs" / ref
-        ref_file.parent.mkdir(parents=True, exist_ok=True)
-        ref_file.write_text(commit)
-    return snapshot
-
-
-def single_repo(home: Path, tmp_path: Path, repo_id: str = "acme/tiny-bert") -> dict:
-    tensors = {"emb.weight": torch.arange(12.0).reshape(3, 4), "emb.bias": torch.ones(3)}
-    seed_repo(
-        home,
-        repo_id,
-        {
-            "model.safetensors": st_bytes(tmp_path, tensors),
-            "config.json": b'{"hidden_size": 4}',
-            ".gitattributes": b"*.safetensors filter=lfs",
-        },
-    )
-    return tensors
-
-
-def sharded_repo(home: Path, tmp_path: Path, repo_id: str = "acme/sharded") -> dict:
-    s1 = {"a.weight": torch.randn(4, 4), "a.bias": torch.zeros(4)}
-    s2 = {"b.weight": torch.randn(2, 4)}
-    shard1, shard2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
-    index = {
-        "metadata": {"total_size": 4 * (16 + 4 + 8)},
-        "weight_map": {"a.weight": shard1, "a.bias": shard1, "b.weight": shard2},
-    }
-    seed_repo(
-        home,
-        repo_id,
-        {
-            shard1: st_bytes(tmp_path, s1),
-            shard2: st_bytes(tmp_path, s2),
-            "model.safetensors.index.json": json.dumps(index).encode(),
-            "config.json": b"{}",
-        },
-    )
-    return {**s1, **s2}
-
-
-def assert_same(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
 
 
 # --------------------------------------------------------------------------------------------------

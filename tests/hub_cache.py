@@ -1,0 +1,103 @@
+"""A real Hugging Face cache, seeded by hand for tests (no network, no mock of the library).
+
+`seed_repo` lays out `models--OWNER--NAME/{blobs,refs,snapshots}` exactly as `hf_hub_download`
+does (snapshot files are relative symlinks into `blobs/`), so huggingface_hub's own resolution
+code reads it in offline mode. The fixtures that use it (`hf_home`, `offline`, `online`) are in
+conftest.py; the helpers keep these names (other test files import them)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+C1 = "1" * 40  # an older commit
+C2 = "a1b2c3d4e5" * 4  # the commit of main
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: any stray request fails fast."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def st_bytes(tmp_path: Path, tensors: dict[str, torch.Tensor]) -> bytes:
+    path = tmp_path / f"tmp-{len(list(tmp_path.iterdir()))}.safetensors"
+    save_file(tensors, str(path))
+    data = path.read_bytes()
+    path.unlink()
+    return data
+
+
+def seed_repo(
+    home: Path,
+    repo_id: str,
+    files: dict[str, bytes],
+    commit: str = C2,
+    refs: tuple[str, ...] = ("main",),
+) -> Path:
+    """Lay out one snapshot of `repo_id` the way hf_hub_download does; return the snapshot dir."""
+    repo_dir = home / "hub" / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo_dir / "snapshots" / commit
+    for rel, data in files.items():
+        blob = repo_dir / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        pointer = snapshot / rel
+        pointer.parent.mkdir(parents=True, exist_ok=True)
+        pointer.symlink_to(os.path.relpath(blob, pointer.parent))
+    for ref in refs:
+        ref_file = repo_dir / "refs" / ref
+        ref_file.parent.mkdir(parents=True, exist_ok=True)
+        ref_file.write_text(commit)
+    return snapshot
+
+
+def single_repo(home: Path, tmp_path: Path, repo_id: str = "acme/tiny-bert") -> dict:
+    tensors = {"emb.weight": torch.arange(12.0).reshape(3, 4), "emb.bias": torch.ones(3)}
+    seed_repo(
+        home,
+        repo_id,
+        {
+            "model.safetensors": st_bytes(tmp_path, tensors),
+            "config.json": b'{"hidden_size": 4}',
+            ".gitattributes": b"*.safetensors filter=lfs",
+        },
+    )
+    return tensors
+
+
+def sharded_repo(home: Path, tmp_path: Path, repo_id: str = "acme/sharded") -> dict:
+    s1 = {"a.weight": torch.randn(4, 4), "a.bias": torch.zeros(4)}
+    s2 = {"b.weight": torch.randn(2, 4)}
+    shard1, shard2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
+    index = {
+        "metadata": {"total_size": 4 * (16 + 4 + 8)},
+        "weight_map": {"a.weight": shard1, "a.bias": shard1, "b.weight": shard2},
+    }
+    seed_repo(
+        home,
+        repo_id,
+        {
+            shard1: st_bytes(tmp_path, s1),
+            shard2: st_bytes(tmp_path, s2),
+            "model.safetensors.index.json": json.dumps(index).encode(),
+            "config.json": b"{}",
+        },
+    )
+    return {**s1, **s2}
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+_closed_port = closed_port
