@@ -57,7 +57,9 @@ class AddSpec:
     def rule(self) -> Rule:
         """The rule an added tensor is reported under when no `--rule` overrides it."""
         pattern = Pattern(self.name, re.compile(re.escape(self.name)), False)
-        return Rule(f"--add {self.text}", pattern, parse_action(self.scheme.describe()), self.scheme)
+        return Rule(
+            f"--add {self.text}", pattern, parse_action(self.scheme.describe()), self.scheme
+        )
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,9 @@ def parse_add(text: str) -> AddSpec:
         raise RuleError(f"{where}: {e}") from None
     reason = bound.scheme.can_take(shape, bound.kwargs)
     if reason is not None:
-        raise RuleError(f"{where}: {bound.describe()} cannot fill a tensor of shape {shape}: {reason}")
+        raise RuleError(
+            f"{where}: {bound.describe()} cannot fill a tensor of shape {shape}: {reason}"
+        )
     return AddSpec(text, name, shape, dtype, bound)
 
 
@@ -170,7 +174,9 @@ class Edited:
     warnings: tuple[str, ...] = ()
 
 
-def _unmatched(flag: str, text: str, names: Sequence[str], allow: bool, warnings: list[str]) -> None:
+def _unmatched(
+    flag: str, text: str, names: Sequence[str], allow: bool, warnings: list[str]
+) -> None:
     msg = f"{flag} {text!r} matches no tensor{closest_hint(text, list(names))}"
     if not allow:
         raise RuleError(msg + " (--allow-unmatched makes this a warning)")
@@ -341,4 +347,3 @@ class EditedCheckpoint(Checkpoint):
 
     def close(self) -> None:
         self.base.close()
-

@@ -196,6 +196,23 @@ def check_transplants(plan: Plan, pool: SourcePool) -> Plan:
     Only the index (or header) of each source is read, and of a sharded source only the shards
     holding the tensors asked for."""
     keys = resolve_keys(plan, pool)
+    missing = [
+        e
+        for e in plan.entries
+        if e.action == "transplant" and keys[e.name] not in pool.get(_spec(e).source)
+    ]
+    if missing:
+        e = missing[0]
+        key, spec = keys[e.name], _spec(e)
+        more = ""
+        if len(missing) > 1:
+            others = ", ".join(f"'{keys[m.name]}'" for m in missing[1:4])
+            more = f"; {len(missing) - 1} more missing: {others}{', …' if len(missing) > 4 else ''}"
+        raise TransplantError(
+            f"rule {e.rule.text if e.rule else ''!r}: source {spec.source} has no tensor "
+            f"'{key}' (for target '{e.name}'){closest_hint(key, pool.get(spec.source).names())}"
+            f"{more}; fix key= (templates take {{name}}, {{1}}, {{2}}, …) or try key=auto"
+        )
     mismatches: list[str] = []
     entries: list[PlanEntry] = []
     for e in plan.entries:
@@ -206,11 +223,6 @@ def check_transplants(plan: Plan, pool: SourcePool) -> Plan:
         rule_text = e.rule.text if e.rule else ""
         key = keys[e.name]
         src = pool.get(spec.source)
-        if key not in src:
-            raise TransplantError(
-                f"rule {rule_text!r}: source {spec.source} has no tensor '{key}' "
-                f"(for target '{e.name}'){closest_hint(key, src.names())}"
-            )
         e = replace(e, source_key=key)
         ref = src.ref(key)
         if ref.shape == e.shape:
