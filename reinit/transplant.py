@@ -47,6 +47,10 @@ def parse_from(action: Action, where: str) -> TransplantSpec:
     source = action.args[0] if action.args else kw.get("source")
     if not isinstance(source, str) or not source:
         raise RuleError(f"{where}: from() needs a source, e.g. from(other.safetensors)")
+    if source.startswith("hf://"):
+        from reinit.io.hub import parse_hf_url
+
+        parse_hf_url(source)  # a malformed URL is a usage error now, before anything is read
     key = kw.get("key")
     if key is not None and not isinstance(key, str):
         key = str(key)

@@ -281,7 +281,7 @@ def test_several_sources_each_opened_once(tmp_path, monkeypatch):
         {"a.w": torch.zeros(2), "b.w": torch.zeros(2), "c.w": torch.zeros(2)},
     )
     s1 = st(tmp_path / "s1.safetensors", {"a.w": randn(2, seed=1), "b.w": randn(2, seed=2)})
-    s2 = st(tmp_path / "s2.safetensors", {"c.w": randn(2, seed=3)})
+    st(tmp_path / "s2.safetensors", {"c.w": randn(2, seed=3)})
     opened: list[str] = []
     real = transplant_mod.open_checkpoint
 
