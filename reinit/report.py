@@ -567,6 +567,8 @@ def render_plan(plan: Any, width: int = 100) -> str:
             what = e.scheme.describe()
         elif e.action == "transplant" and e.rule is not None and e.rule.transplant is not None:
             what = e.rule.transplant.describe()
+            if e.source_key is not None and e.source_key != e.name:
+                what += f" <- {e.source_key}"
         elif e.action == "skipped":
             what = e.reason or ""
         else:

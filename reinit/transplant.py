@@ -183,13 +183,14 @@ def resolve_keys(plan: Plan, pool: SourcePool) -> dict[str, str]:
             continue
         spec = _spec(e)
         if spec.key == AUTO:
-            auto.setdefault(spec.source, []).append(e)
+            auto.setdefault(_identity(spec.source), []).append(e)
         else:
             keys[e.name] = source_key(spec, e.name, e.captures, e.rule.text if e.rule else "")
-    for source, entries in auto.items():
+    for entries in auto.values():
         rule_texts = sorted({e.rule.text for e in entries if e.rule is not None})
         where = "rule " + ", ".join(repr(t) for t in rule_texts)
-        keys.update(auto_keys([e.name for e in entries], pool.get(source).names(), where))
+        names = pool.get(_spec(entries[0]).source).names()
+        keys.update(auto_keys([e.name for e in entries], names, where))
     return keys
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import huggingface_hub.constants as hf_constants
 import pytest
-from hub_cache import closed_port
+from hub_cache import FakeHub, closed_port
 
 
 @pytest.fixture
@@ -40,3 +40,11 @@ def online(hf_home, monkeypatch):
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
     return hf_home
+
+
+@pytest.fixture
+def fake_hub(online, monkeypatch):
+    hub = FakeHub()
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    yield hub
+    hub.close()

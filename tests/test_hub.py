@@ -9,18 +9,14 @@ with the Hub's headers. The library itself is never mocked; only its config cons
 
 from __future__ import annotations
 
-import hashlib
-import http.server
 import json
 import logging
 import os
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
-from urllib.parse import unquote
 
 import huggingface_hub.constants as hf_constants
 import pytest
@@ -324,103 +320,6 @@ def test_unreachable_hub_falls_back_to_cache(online, tmp_path, caplog):
 
 # --------------------------------------------------------------------------------------------------
 # online, against a fake Hub on 127.0.0.1
-
-
-class FakeHub:
-    """Answers the routes huggingface_hub uses, with the Hub's status codes and headers."""
-
-    def __init__(self):
-        self.repos: dict[str, dict] = {}
-        self.auth_seen: list[str | None] = []
-        hub = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                hub.handle(self, body=True)
-
-            def do_HEAD(self):
-                hub.handle(self, body=False)
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self.thread.start()
-
-    def add(self, repo_id, files, commit=C2, branches=None, gated=False, token=None):
-        self.repos[repo_id] = dict(
-            files=files,
-            commit=commit,
-            branches=branches or {"main": commit},
-            gated=gated,
-            token=token,
-        )
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-    @staticmethod
-    def reply(req, status, body=b"", headers=None, send_body=True):
-        req.send_response(status)
-        for k, v in (headers or {}).items():
-            req.send_header(k, v)
-        req.send_header("Content-Length", str(len(body)))
-        req.end_headers()
-        if send_body:
-            req.wfile.write(body)
-
-    def handle(self, req, body):
-        self.auth_seen.append(req.headers.get("Authorization"))
-        path = req.path.split("?", 1)[0]
-        parts = [unquote(p) for p in path.strip("/").split("/")]
-        api = parts[:2] == ["api", "models"]
-        if api:
-            repo_id, rest = "/".join(parts[2:4]), parts[4:]
-            rev = rest[1] if rest[:1] == ["revision"] else "main"
-        elif len(parts) >= 5 and parts[2] == "resolve":
-            repo_id, rev, filename = "/".join(parts[:2]), parts[3], "/".join(parts[4:])
-        else:
-            return self.reply(req, 404, send_body=body)
-        repo = self.repos.get(repo_id)
-        if repo is None:
-            return self.reply(req, 404, headers={"X-Error-Code": "RepoNotFound"}, send_body=body)
-        if repo["token"] and req.headers.get("Authorization") != f"Bearer {repo['token']}":
-            msg = "Invalid credentials in Authorization header"
-            return self.reply(req, 401, headers={"X-Error-Message": msg}, send_body=body)
-        commit = rev if rev in (repo["commit"], C1) else repo["branches"].get(rev)
-        if commit is None:
-            return self.reply(
-                req, 404, headers={"X-Error-Code": "RevisionNotFound"}, send_body=body
-            )
-        if api:
-            info = {
-                "id": repo_id,
-                "sha": commit,
-                "gated": "auto" if repo["gated"] else False,
-                "siblings": [{"rfilename": f} for f in sorted(repo["files"])],
-            }
-            return self.reply(req, 200, json.dumps(info).encode(), send_body=body)
-        if repo["gated"]:
-            return self.reply(req, 401, headers={"X-Error-Code": "GatedRepo"}, send_body=body)
-        if filename not in repo["files"]:
-            headers = {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": commit}
-            return self.reply(req, 404, headers=headers, send_body=body)
-        data = repo["files"][filename]
-        headers = {"X-Repo-Commit": commit, "ETag": f'"{hashlib.sha256(data).hexdigest()}"'}
-        return self.reply(req, 200, data, headers=headers, send_body=body)
-
-
-@pytest.fixture
-def fake_hub(online, monkeypatch):
-    hub = FakeHub()
-    monkeypatch.setenv("HF_ENDPOINT", hub.url)
-    yield hub
-    hub.close()
 
 
 def test_online_download_then_offline_reuse(fake_hub, online, tmp_path, monkeypatch):

@@ -32,6 +32,10 @@ def listing(path: Path) -> list[str]:
     return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
 
 
+def fake_hub_home() -> Path:
+    return Path(os.environ["HF_HOME"])
+
+
 def snapshot(home: Path, repo_id: str, commit: str = C2) -> Path:
     return home / "hub" / ("models--" + repo_id.replace("/", "--")) / "snapshots" / commit
 
@@ -61,6 +65,42 @@ def test_sharded_hub_source_reads_only_the_needed_shard(offline, tmp_path):
     )
     assert res.exit_code == 1, res.output
     assert f"'{SHARD2}'" in res.output and "HF_HUB_OFFLINE=1" in res.output
+
+
+def test_online_downloads_index_then_only_the_needed_shard(fake_hub, tmp_path, monkeypatch):
+    s1 = {"a.weight": torch.randn(4, 4), "a.bias": torch.zeros(4)}
+    s2 = {"b.weight": torch.randn(2, 4)}
+    index = {
+        "metadata": {},
+        "weight_map": {"a.weight": SHARD1, "a.bias": SHARD1, "b.weight": SHARD2},
+    }
+    fake_hub.add(
+        "acme/private",
+        {
+            SHARD1: st_bytes(tmp_path, s1),
+            SHARD2: st_bytes(tmp_path, s2),
+            "model.safetensors.index.json": json.dumps(index).encode(),
+            "pytorch_model.bin": b"never read: safetensors are preferred",
+            "config.json": b"{}",
+        },
+        token="hf_secret",
+    )
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    tgt = target(tmp_path, {"a.weight": torch.zeros(4, 4)})
+    reinit.apply(tgt, ["a.weight=from(hf://acme/private)"], tmp_path / "o.safetensors")
+    assert torch.equal(load_file(tmp_path / "o.safetensors")["a.weight"], s1["a.weight"])
+    fetched = {
+        path.split("/resolve/", 1)[1].split("/", 1)[1]
+        for _, path in fake_hub.requests
+        if "/resolve/" in path
+    }
+    assert fetched == {"model.safetensors.index.json", SHARD1}
+    assert set(fake_hub.auth_seen) == {"Bearer hf_secret"}
+    snap = snapshot(fake_hub_home(), "acme/private")
+    assert sorted(p.name for p in snap.iterdir()) == [
+        "model-00001-of-00002.safetensors",
+        "model.safetensors.index.json",
+    ]
 
 
 def test_single_file_hub_source_at_a_revision(offline, tmp_path):

@@ -334,7 +334,7 @@ def test_dry_run_shows_resolved_transplants(pair):
     tgt, src = pair
     res = run(["apply", str(tgt), "--dry-run", "-r", f"encoder.*=from({src}, key=auto)"])
     assert res.exit_code == 0, res.output
-    assert f"from({src}, key=auto)" in res.output
+    assert f"from({src}, key=auto) <- model.encoder.0.weight" in res.output
     assert "3 transplant" in res.output
     plan = reinit.plan(tgt, [f"encoder.*=from({src}, key=auto)"])
     assert {e.name: e.source_key for e in plan.entries if e.action == "transplant"} == {
