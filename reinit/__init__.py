@@ -11,6 +11,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from reinit.diff import diff_checkpoints  # noqa: E402
 from reinit.engine import apply, plan, report_checkpoint  # noqa: E402
 from reinit.errors import (  # noqa: E402
     CheckpointError,
@@ -34,6 +35,7 @@ __all__ = [
     "apply",
     "plan",
     "report_checkpoint",
+    "diff_checkpoints",
     "open_checkpoint",
     "parse_rule",
     "calculate_gain",

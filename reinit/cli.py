@@ -44,6 +44,10 @@ class ReinitGroup(click.Group):
         previous = signal.getsignal(signal.SIGTERM)
         try:
             signal.signal(signal.SIGTERM, _on_sigterm)
+            # Over `ulimit -f`, the kernel's default is to kill us (SIGXFSZ) mid-write, leaving
+            # the temporary behind; ignored, the write fails with EFBIG and we clean up.
+            if hasattr(signal, "SIGXFSZ"):
+                signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         except ValueError:  # not the main thread (e.g. some test runners)
             previous = None
         try:
@@ -55,7 +59,7 @@ class ReinitGroup(click.Group):
                 str(e).splitlines()[0] if str(e) else type(e).__name__, e.exit_code
             ) from None
         except KeyboardInterrupt:
-            click.echo("error: interrupted; nothing was written", err=True)
+            click.echo("error: interrupted; no partial output was left behind", err=True)
             ctx.exit(130)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
@@ -150,6 +154,7 @@ def main() -> None:
 @click.option(
     "--device", default="cpu", show_default=True, help="cpu or cuda: where values are drawn."
 )
+@click.option("--plot", "plot_path", default=None, metavar="PNG", help="Plot std per layer.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
 @click.option(
@@ -172,6 +177,7 @@ def apply(
     overwrite: bool,
     in_place: bool,
     device: str,
+    plot_path: str | None,
     as_json: bool,
     quiet: bool,
     unsafe_pickle: bool,
@@ -201,6 +207,10 @@ def apply(
         if plan.dropped:
             _err(_dropped_line(plan.dropped))
         return
+    if plot_path is not None:
+        from reinit.plot import require_matplotlib
+
+        require_matplotlib()
     report = reinit.apply(
         source,
         rules,
@@ -218,6 +228,10 @@ def apply(
         drop=drops,
         rename=renames,
     )
+    if plot_path is not None:
+        from reinit.plot import plot_report
+
+        plot_report(report, plot_path)
     for w in report.warnings:
         _err(f"warning: {w}")
     if report.dropped and not quiet:
@@ -233,11 +247,36 @@ def _dropped_line(names: tuple[str, ...]) -> str:
     return f"dropped {len(names)} tensor(s): {shown}"
 
 
-# --- report -----------------------------------------------------------------------------
+# --- report ---------------------------------------------------------------------------
+
+
+def _fail_on(value: str | None) -> frozenset[str]:
+    """`--fail-on nonfinite,garbage` (or `any`) -> the set of flags that fail the run."""
+    from reinit.errors import UsageError
+    from reinit.report import FLAGS
+
+    if not value:
+        return frozenset()
+    names = {v.strip() for v in value.split(",") if v.strip()}
+    if "any" in names:
+        return frozenset(FLAGS)
+    unknown = sorted(names - set(FLAGS))
+    if unknown:
+        raise UsageError(
+            f"--fail-on {value}: unknown flag {', '.join(unknown)}; use any of "
+            f"{', '.join(FLAGS)} (comma-separated) or 'any'"
+        )
+    return frozenset(names)
 
 
 @main.command()
 @click.argument("source")
+@click.option(
+    "--against",
+    default=None,
+    metavar="BASELINE",
+    help="A checkpoint whose same-named tensors give the 'before' statistics.",
+)
 @click.option(
     "-o",
     "--output",
@@ -246,20 +285,117 @@ def _dropped_line(names: tuple[str, ...]) -> str:
     metavar="PATH",
     help="Write the report (.json, .csv, .md); repeatable.",
 )
+@click.option("--plot", "plot_path", default=None, metavar="PNG", help="Plot std per layer.")
+@click.option(
+    "--fail-on",
+    default=None,
+    metavar="FLAG[,FLAG]",
+    help="Exit 1 when a tensor carries one of these flags ('any' for all).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout.")
-@click.option("--quiet", "-q", is_flag=True)
-def report(source: str, outputs: tuple[str, ...], as_json: bool, quiet: bool) -> None:
-    """The per-tensor std report of a checkpoint as it is."""
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar, no terminal report.")
+@click.option(
+    "--unsafe-pickle",
+    is_flag=True,
+    help="Allow torch files that need arbitrary code to load. Only for files you trust.",
+)
+def report(
+    source: str,
+    against: str | None,
+    outputs: tuple[str, ...],
+    plot_path: str | None,
+    fail_on: str | None,
+    as_json: bool,
+    quiet: bool,
+    unsafe_pickle: bool,
+) -> None:
+    """The per-tensor std report of a checkpoint as it is (before/after with --against).
+
+    Flags (nonfinite, garbage, constant, std_off, outlier, unstable_depth) are shown and the
+    exit status is 0, unless --fail-on names one that a tensor carries (exit 1)."""
     import reinit
     from reinit.report import render_terminal, write_report
 
-    rep = reinit.report_checkpoint(source, progress=_progress_on(quiet))
+    failing = _fail_on(fail_on)
+    for path in outputs:  # a typo in a format costs nothing
+        if not path.lower().endswith((".json", ".csv", ".md")):
+            from reinit.errors import UsageError
+
+            raise UsageError(f"-o {path}: unknown report format; use .json, .csv or .md")
+    if plot_path is not None:
+        from reinit.plot import require_matplotlib
+
+        require_matplotlib()
+    rep = reinit.report_checkpoint(
+        source, against, progress=_progress_on(quiet), unsafe_pickle=unsafe_pickle
+    )
     for path in outputs:
         write_report(rep, path)
+    if plot_path is not None:
+        from reinit.plot import plot_report
+
+        plot_report(rep, plot_path)
+    for w in rep.warnings:
+        _err(f"warning: {w}")
     if as_json:
         click.echo(rep.to_json())
     if not quiet:
-        _err(render_terminal(rep, _width(), color=sys.stderr.isatty()))
+        _err(render_terminal(rep, _width(), color=sys.stderr.isatty(), per_layer="all"))
+    hits = [e for e in rep.tensors if failing & set(e.flags)]
+    if hits:
+        first = hits[0]
+        _err(
+            f"error: --fail-on {fail_on}: {len(hits)} tensor(s) flagged, first "
+            f"'{first.name}' [{', '.join(sorted(failing & set(first.flags)))}]"
+        )
+        raise click.exceptions.Exit(1)
+
+
+# --- diff -------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("a")
+@click.argument("b")
+@click.option("--json", "as_json", is_flag=True, help="Print the diff as JSON on stdout.")
+@click.option(
+    "--unsafe-pickle",
+    is_flag=True,
+    help="Allow torch files that need arbitrary code to load. Only for files you trust.",
+)
+def diff(a: str, b: str, as_json: bool, unsafe_pickle: bool) -> None:
+    """Which tensors differ between checkpoints A and B (bitwise), and by how much."""
+    from reinit.diff import diff_checkpoints, render_diff
+
+    d = diff_checkpoints(a, b, unsafe_pickle=unsafe_pickle)
+    if as_json:
+        click.echo(d.to_json())
+        return
+    click.echo(render_diff(d, _width(), color=sys.stdout.isatty()))
+
+
+# --- verify -----------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("path")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def verify(path: str, as_json: bool) -> None:
+    """Check a safetensors file, or a directory of shards and its index, against the format
+    rules (the validator reinit reads with). Exit 0 when valid, 1 when not."""
+    from reinit.io.verify import verify as verify_path
+
+    result = verify_path(path)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    if len(result.files) > 1 or os.path.isdir(path):
+        for f in result.files:
+            _err(f"{f.path}: ok, {f.tensors} tensors, {f.nbytes:,d} bytes")
+    click.echo(
+        f"{result.path}: valid safetensors: {len(result.files)} file(s), "
+        f"{result.tensors} tensors, {result.nbytes:,d} bytes of tensor data"
+    )
 
 
 # --- inspect ----------------------------------------------------------------------------

@@ -10,21 +10,40 @@ import json
 import os
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, closing, contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from reinit import __version__
 from reinit.errors import OutputError, UsageError
-from reinit.io.readers import TORCH_SUFFIXES, Checkpoint, TensorRef, open_checkpoint
+from reinit.io.pipeline import prefetch
+from reinit.io.readers import (
+    CHUNK_BYTES,
+    TORCH_SUFFIXES,
+    Checkpoint,
+    TensorRef,
+    open_checkpoint,
+    tensor_from_bytes,
+)
 from reinit.io.safetensors_format import dtype_name, tensor_to_bytes
-from reinit.io.writer import SafetensorsWriter, atomic_output, remove_path
-from reinit.report import Report, Stats, TensorEntry, finalize, summarize, tensor_stats, var_gain
+from reinit.io.writer import SafetensorsWriter, atomic_output, remove_path, write_torch_file
+from reinit.report import (
+    Report,
+    Stats,
+    StatsAccumulator,
+    TensorEntry,
+    finalize,
+    summarize,
+    tensor_stats,
+    var_gain,
+)
 from reinit.rules import Plan, PlanEntry, Rule, parse_rules
 from reinit.rules import plan as make_plan
 from reinit.schemes import compute_fans, generate
+from reinit.ties import Ties, resolve_ties
 
 RuleInput = str | Rule
 
@@ -193,31 +212,141 @@ def _entry(
     )
 
 
-@dataclass
-class _Produced:
-    data: bytes | bytearray | memoryview
-    entry: TensorEntry
-    tensor: torch.Tensor | None = None
+@dataclass(frozen=True)
+class Piece:
+    """One step of the output stream: some bytes of a tensor, a span of a file to copy
+    kernel-side, or (with `entry`) the end of the tensor and its report entry."""
+
+    name: str
+    data: memoryview | None = None
+    span: tuple[int, int, int] | None = None  # (fd, offset, nbytes)
+    entry: TensorEntry | None = None
+
+    @property
+    def nbytes(self) -> int:
+        if self.data is not None:
+            return self.data.nbytes
+        return self.span[2] if self.span is not None else 0
+
+
+KERNEL_COPY = True  # copy unchanged bytes with copy_file_range; tests compare both paths
+READ_AHEAD = 3  # chunks read ahead of the compute thread
+WRITE_AHEAD = 3  # pieces computed ahead of the writer
+
+
+def _n_chunks(nbytes: int) -> int:
+    return -(-nbytes // CHUNK_BYTES)
+
+
+def _view(raw: bytes | bytearray | memoryview, dtype: torch.dtype) -> torch.Tensor:
+    if memoryview(raw).nbytes == 0:
+        return torch.empty(0, dtype=dtype)
+    return torch.frombuffer(raw, dtype=dtype)
+
+
+def read_stream(ckpt: Checkpoint, names: Sequence[str]) -> Iterator[tuple[str, memoryview]]:
+    """Every chunk of the named tensors, in order: the one sequential read of the source."""
+    for name in names:
+        for chunk in ckpt.iter_chunks(name, CHUNK_BYTES):
+            yield name, chunk
 
 
 class Applier:
-    """Produces each planned tensor's output bytes and its report entry."""
+    """Turns planned entries into pieces of output, computing statistics on the way.
 
-    def __init__(self, ckpt: Checkpoint, seed: int, device: str, sources: object = None):
+    It consumes the source's chunks from `reads` (read ahead by another thread), so each
+    source byte is read once: for a kept tensor its chunks give the statistics and the writer
+    copies the same span kernel-side; for a changed tensor they give the `before` statistics."""
+
+    def __init__(
+        self,
+        ckpt: Checkpoint,
+        seed: int,
+        device: str,
+        sources: object = None,
+        ties: Ties | None = None,
+    ):
         self.ckpt = ckpt
         self.seed = seed
         self.device = device
         self.sources = sources  # a transplant.SourcePool when any rule is from(...)
-        self._tied_values: dict[str, torch.Tensor] = {}
+        self.ties = ties or Ties()
+        # a changed tied group's new value, kept until its last member is written
+        self._tied_values: dict[str, tuple[torch.Tensor, str | None, tuple[str, ...]]] = {}
+        self._tied_left = {
+            root: sum(1 for g in self.ties.groups.values() if g[0] == root)
+            for root in self.ties.defining
+        }
 
-    def produce(self, p: PlanEntry) -> _Produced:
+    def _chunks(
+        self, reads: Iterator[tuple[str, memoryview]], p: PlanEntry
+    ) -> Iterator[memoryview]:
+        for _ in range(_n_chunks(TensorRef(p.name, p.dtype, p.shape).nbytes)):
+            name, chunk = next(reads)
+            assert name == p.name, (name, p.name)
+            yield chunk
+
+    def _source_stats(self, reads: Iterator[tuple[str, memoryview]], p: PlanEntry) -> Stats:
+        acc = StatsAccumulator(p.dtype)
+        for chunk in self._chunks(reads, p):
+            acc.add(_view(chunk, p.dtype))
+        return acc.result()
+
+    def _copy(
+        self,
+        ck: Checkpoint,
+        name: str,
+        dtype: torch.dtype,
+        chunks: Iterator[memoryview],
+        acc: StatsAccumulator,
+    ) -> Iterator[Piece]:
+        """Pieces that reproduce `name`'s bytes of `ck` exactly: spans for the writer to copy
+        kernel-side when the bytes lie in a file, else the chunks themselves."""
+        span = ck.span(name) if KERNEL_COPY else None
+        pos = 0
+        for chunk in chunks:
+            acc.add(_view(chunk, dtype))
+            if span is not None:
+                yield Piece(name, span=(span.fd, span.start + pos, chunk.nbytes))
+            else:
+                yield Piece(name, data=chunk)
+            pos += chunk.nbytes
+
+    def pieces(self, p: PlanEntry, reads: Iterator[tuple[str, memoryview]]) -> Iterator[Piece]:
+        tie_note = self.ties.note(p.name)
         if p.action in ("kept", "skipped"):
-            raw = self.ckpt.read_bytes(p.name)
-            stats = tensor_stats(_view(raw, p))
-            return _Produced(raw, _entry(p, stats, notes=p.notes))
-        # an added tensor has no "before"; its generated values are the target of a transplant
-        before_t = None if p.added and p.action == "reinit" else self.ckpt.read(p.name)
-        before = None if p.added or before_t is None else tensor_stats(before_t)
+            acc = StatsAccumulator(p.dtype)
+            if p.added:  # no source bytes: its --add values, generated
+                for piece in _tensor_pieces(p.name, self.ckpt.read(p.name)):
+                    acc.add(_view(piece.data, p.dtype))
+                    yield piece
+            else:
+                for piece in self._copy(self.ckpt, p.name, p.dtype, self._chunks(reads, p), acc):
+                    yield piece
+            yield Piece(p.name, entry=_entry(p, acc.result(), notes=p.notes + tie_note))
+            return
+        # an added tensor has no source bytes, so no "before"
+        before = None if p.added else self._source_stats(reads, p)
+        root = self.ties.root(p.name)
+        if root is not None and root in self.ties.defining:
+            new, source, notes = self._tied_value(root)
+            yield from _tensor_pieces(p.name, new)
+            yield Piece(
+                p.name,
+                entry=_entry(p, tensor_stats(new), before, source, p.notes + notes + tie_note),
+            )
+            return
+        if p.action == "transplant":
+            from reinit.transplant import exact_source
+
+            direct = exact_source(self.sources, p)
+            if direct is not None:  # same dtype and shape: a byte copy, streamed
+                src, key, label = direct
+                acc = StatsAccumulator(p.dtype)
+                for piece in self._copy(src, key, p.dtype, src.iter_chunks(key, CHUNK_BYTES), acc):
+                    yield Piece(p.name, piece.data, piece.span)
+                yield Piece(p.name, entry=_entry(p, acc.result(), before, label, p.notes))
+                return
         notes: tuple[str, ...] = ()
         source = None
         if p.action == "reinit":
@@ -226,17 +355,49 @@ class Applier:
         else:
             from reinit.transplant import transplant_value
 
-            assert before_t is not None
-            new, source, notes = transplant_value(self.sources, p, before_t)
-        del before_t
-        entry = _entry(p, tensor_stats(new), before, source, p.notes + notes)
-        return _Produced(tensor_to_bytes(new), entry, new)
+            new, source, notes = transplant_value(self.sources, p, self.ckpt.read(p.name))
+        after = tensor_stats(new)
+        yield from _tensor_pieces(p.name, new)
+        yield Piece(p.name, entry=_entry(p, after, before, source, p.notes + notes))
+
+    def _tied_value(self, root: str) -> tuple[torch.Tensor, str | None, tuple[str, ...]]:
+        """A changed tied group's one new value: made once from its defining entry (the member
+        the rule hit), handed to every member, dropped after the last."""
+        value = self._tied_values.get(root)
+        if value is None:
+            d = self.ties.defining[root]
+            if d.action == "reinit":
+                assert d.scheme is not None
+                new = generate(d.scheme, d.name, d.shape, d.dtype, self.seed, self.device)
+                value = (new, None, ())
+            else:
+                from reinit.transplant import transplant_value
+
+                value = transplant_value(self.sources, d, self.ckpt.read(d.name))
+            self._tied_values[root] = value
+        self._tied_left[root] -= 1
+        if self._tied_left[root] <= 0:
+            del self._tied_values[root]
+        return value
+
+    def stream(self, entries: Sequence[PlanEntry]) -> Iterator[Piece]:
+        """All pieces of all entries, in output order."""
+        reads = prefetch(
+            read_stream(self.ckpt, [p.name for p in entries if not p.added]),
+            READ_AHEAD,
+            "reinit-read",
+        )
+        try:
+            for p in entries:
+                yield from self.pieces(p, reads)
+        finally:
+            reads.close()
 
 
-def _view(raw: bytes | bytearray | memoryview, p: PlanEntry) -> torch.Tensor:
-    if memoryview(raw).nbytes == 0:
-        return torch.empty(p.shape, dtype=p.dtype)
-    return torch.frombuffer(raw, dtype=p.dtype).reshape(p.shape)
+def _tensor_pieces(name: str, t: torch.Tensor) -> Iterator[Piece]:
+    data = tensor_to_bytes(t)
+    for i in range(0, data.nbytes, CHUNK_BYTES):
+        yield Piece(name, data=data[i : i + CHUNK_BYTES])
 
 
 def _as_rules(rules: Sequence[RuleInput]) -> tuple[Rule, ...]:
@@ -277,7 +438,7 @@ def plan(
         ckpt = stack.enter_context(_opened(source, unsafe_pickle))
         ckpt, edited = _edited(ckpt, surgery, allow_unmatched)
         pool = stack.enter_context(SourcePool(ckpt, unsafe_pickle))
-        return _plan_for(ckpt, rule_objs, strict, allow_unmatched, pool, edited)
+        return _plan_for(ckpt, rule_objs, strict, allow_unmatched, pool, edited)[0]
 
 
 def _edited(
@@ -304,7 +465,8 @@ def _plan_for(
     allow_unmatched: bool,
     pool: object,
     edited: object = None,
-) -> Plan:
+) -> tuple[Plan, Ties]:
+    """The plan, with tied groups made consistent (see `reinit.ties`), and the ties."""
     result = make_plan(ckpt.refs(), rules, strict=strict, allow_unmatched=allow_unmatched)
     if edited is not None:
         from reinit.surgery import mark_plan
@@ -319,7 +481,7 @@ def _plan_for(
 
             first = result.skipped[0]
             raise StrictError(f"--strict: '{first.name}' would be skipped: {first.reason}")
-    return result
+    return resolve_ties(result, ckpt.aliases())
 
 
 @contextmanager
@@ -378,44 +540,33 @@ def apply(
         ckpt = stack.enter_context(_opened(source_text, unsafe_pickle))
         ckpt, edited = _edited(ckpt, surgery, allow_unmatched, seed, device)
         sources = stack.enter_context(SourcePool(ckpt, unsafe_pickle=unsafe_pickle))
-        the_plan = _plan_for(ckpt, rule_objs, strict, allow_unmatched, sources, edited)
+        the_plan, ties = _plan_for(ckpt, rule_objs, strict, allow_unmatched, sources, edited)
         spec = resolve_output(source_text, ckpt, output, overwrite=overwrite, in_place=in_place)
-        applier = Applier(ckpt, seed, device, sources)
+        applier = Applier(ckpt, seed, device, sources, ties)
         rule_texts = tuple(r.text for r in rule_objs)
         refs = {r.name: r for r in ckpt.refs()}
         by_name = {e.name: e for e in the_plan.entries}
         files = output_files(spec, [refs[e.name] for e in the_plan.entries], ckpt)
+        ordered = [by_name[n] for f in files for n in f.names]
         total = sum(refs[e.name].nbytes for e in the_plan.entries)
-        entries: list[TensorEntry] = []
         bar = stack.enter_context(_progress(total, progress, "reinit apply"))
-        bytes_written = 0
         with atomic_output(spec.path, directory=spec.fmt == "directory") as tmp:
-            if spec.fmt == "torch":
-                state: dict[str, torch.Tensor] = {}
-                for name in files[0].names:
-                    produced = applier.produce(by_name[name])
-                    state[name] = (
-                        produced.tensor if produced.tensor is not None else ckpt.read(name)
-                    )
-                    entries.append(produced.entry)
-                    bar.update(refs[name].nbytes)
-                torch.save(state, tmp)
-                bytes_written = tmp.stat().st_size
-            else:
-                for f in files:
-                    target = tmp / f.relname if spec.fmt == "directory" else tmp
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    layout = [(n, by_name[n].dtype, by_name[n].shape) for n in f.names]
-                    meta = output_metadata(ckpt, f.source_shard, seed, rule_texts)
-                    with SafetensorsWriter(target, layout, meta) as w:
-                        for name in f.names:
-                            produced = applier.produce(by_name[name])
-                            w.write(name, produced.data)
-                            entries.append(produced.entry)
-                            bar.update(refs[name].nbytes)
-                    bytes_written += w.bytes_written
-                if spec.fmt == "directory":
-                    bytes_written += _finish_directory(tmp, ckpt, files, refs)
+            stream = prefetch(applier.stream(ordered), WRITE_AHEAD, "reinit-compute")
+            with closing(stream) as pieces:
+                if spec.fmt == "torch":
+                    entries, bytes_written = _write_torch(tmp, pieces, by_name, bar, ties)
+                else:
+                    entries, bytes_written = [], 0
+                    for f in files:
+                        target = tmp / f.relname if spec.fmt == "directory" else tmp
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        layout = [(n, by_name[n].dtype, by_name[n].shape) for n in f.names]
+                        meta = output_metadata(ckpt, f.source_shard, seed, rule_texts)
+                        with SafetensorsWriter(target, layout, meta) as w:
+                            entries.extend(_write_pieces(w, pieces, len(f.names), bar))
+                        bytes_written += w.bytes_written
+                    if spec.fmt == "directory":
+                        bytes_written += _finish_directory(tmp, ckpt, files, refs)
             order = {e.name: i for i, e in enumerate(the_plan.entries)}
             entries.sort(key=lambda e: order[e.name])
             report = _make_report(
@@ -428,6 +579,56 @@ def apply(
         for r in reports:
             _write_report_atomic(report, Path(r))
     return report
+
+
+def _write_pieces(
+    w: SafetensorsWriter, pieces: Iterator[Piece], count: int, bar: Any
+) -> list[TensorEntry]:
+    """Write `count` tensors' pieces with `w`; return their report entries."""
+    entries: list[TensorEntry] = []
+    while len(entries) < count:
+        piece = next(pieces)
+        if piece.entry is not None:
+            w.end_tensor(piece.name)
+            entries.append(piece.entry)
+        elif piece.span is not None:
+            w.copy_part(piece.name, *piece.span)
+        else:
+            assert piece.data is not None
+            w.write_part(piece.name, piece.data)
+        bar.update(piece.nbytes)
+    return entries
+
+
+def _write_torch(
+    tmp: Path,
+    pieces: Iterator[Piece],
+    by_name: dict[str, PlanEntry],
+    bar: Any,
+    ties: Ties | None = None,
+) -> tuple[list[TensorEntry], int]:
+    """The `.bin/.pt` output: `torch.save` needs every tensor at once, so this form holds the
+    whole model in memory. Tied names stay tied (one tensor object, one storage in the file)."""
+    ties = ties or Ties()
+    shared: dict[str, torch.Tensor] = {}
+    state: dict[str, torch.Tensor] = {}
+    entries: list[TensorEntry] = []
+    buf = bytearray()
+    for piece in pieces:
+        if piece.entry is not None:
+            p = by_name[piece.name]
+            value = tensor_from_bytes(buf, p.dtype, p.shape).clone()
+            root = ties.root(piece.name)
+            state[piece.name] = shared.setdefault(root, value) if root else value
+            entries.append(piece.entry)
+            buf = bytearray()
+        elif piece.span is not None:
+            fd, offset, nbytes = piece.span
+            buf += os.pread(fd, nbytes, offset)
+        elif piece.data is not None:
+            buf += piece.data
+        bar.update(piece.nbytes)
+    return entries, write_torch_file(tmp, state)
 
 
 def _make_report(
@@ -492,20 +693,89 @@ def _finish_directory(
 
 
 def report_checkpoint(
-    source: str | os.PathLike[str], *, progress: bool = False, unsafe_pickle: bool = False
+    source: str | os.PathLike[str],
+    against: str | os.PathLike[str] | None = None,
+    *,
+    progress: bool = False,
+    unsafe_pickle: bool = False,
 ) -> Report:
-    """The report of a checkpoint as it is: every tensor `kept`, with its statistics."""
+    """The report of a checkpoint as it is: every tensor `kept`, with its statistics. One
+    thread reads ahead while another computes, so this runs at the disk's (or the page
+    cache's) speed rather than at the sum of both.
+
+    With `against` (a baseline checkpoint, any form of §1), each tensor of the same name in
+    the baseline gives the `before` statistics, a tensor whose bytes (or shape or dtype) differ
+    carries the note "changed vs baseline", one absent from the baseline "not in baseline", and
+    the baseline's names absent from SOURCE are listed in the report's warnings."""
     started = time.perf_counter()
-    with _opened(source, unsafe_pickle) as ckpt:
+    with ExitStack() as stack:
+        ckpt = stack.enter_context(_opened(source, unsafe_pickle))
+        base = stack.enter_context(_opened(against, unsafe_pickle)) if against is not None else None
         the_plan = make_plan(ckpt.refs(), ())
-        applier = Applier(ckpt, 0, "cpu")
-        entries = []
+        applier = Applier(ckpt, 0, "cpu", ties=resolve_ties(the_plan, ckpt.aliases())[1])
         total = sum(TensorRef(e.name, e.dtype, e.shape).nbytes for e in the_plan.entries)
-        with _progress(total, progress, "reinit report") as bar:
-            for p in the_plan.entries:
-                entries.append(applier.produce(p).entry)
-                bar.update(TensorRef(p.name, p.dtype, p.shape).nbytes)
-        return _make_report(os.fspath(source), None, 0, (), entries, 0, started)
+        entries = []
+        bar = stack.enter_context(_progress(total, progress, "reinit report"))
+        pieces = stack.enter_context(closing(applier.stream(the_plan.entries)))
+        for piece in pieces:
+            if piece.entry is not None:
+                entry = piece.entry
+                if base is not None:
+                    entry = _against(ckpt, base, entry)
+                entries.append(entry)
+            bar.update(piece.nbytes)
+        report = _make_report(os.fspath(source), None, 0, (), entries, 0, started)
+        if base is not None:
+            missing = [n for n in base.names() if n not in ckpt]
+            if missing:
+                shown = ", ".join(missing[:10]) + (", …" if len(missing) > 10 else "")
+                report = replace(
+                    report,
+                    warnings=(
+                        *report.warnings,
+                        f"{len(missing)} tensor(s) of the baseline {os.fspath(against or '')} "
+                        f"are not in {os.fspath(source)}: {shown}",
+                    ),
+                )
+        return report
+
+
+def _against(ckpt: Checkpoint, base: Checkpoint, entry: TensorEntry) -> TensorEntry:
+    """`entry` with the baseline's statistics as `before` and a note when it differs: one
+    pass over the baseline's chunks, compared with the source's chunk for chunk (bitwise, so
+    a NaN equals the same NaN) until the first difference."""
+    from reinit.report import NOTE_CHANGED, NOTE_NEW
+
+    if entry.name not in base:
+        return replace(entry, notes=(*entry.notes, NOTE_NEW))
+    ref, bref = ckpt.ref(entry.name), base.ref(entry.name)
+    acc = StatsAccumulator(bref.dtype)
+    same = (ref.dtype, ref.shape) == (bref.dtype, bref.shape)
+    with closing(ckpt.iter_chunks(entry.name, CHUNK_BYTES)) as mine:
+        for chunk in base.iter_chunks(entry.name, CHUNK_BYTES):
+            acc.add(_view(chunk, bref.dtype))
+            if same:
+                same = _same_bytes(next(mine, memoryview(b"")), chunk)
+    notes: tuple[str, ...] = ()
+    if not same:
+        notes = (NOTE_CHANGED,)
+        if bref.shape != ref.shape:
+            notes += (f"baseline shape {list(bref.shape)}",)
+        if bref.dtype != ref.dtype:
+            notes += (f"baseline dtype {dtype_name(bref.dtype)}",)
+    return replace(entry, before=acc.result(), notes=(*entry.notes, *notes))
+
+
+def _same_bytes(a: bytes | bytearray | memoryview, b: bytes | bytearray | memoryview) -> bool:
+    """Bitwise equality without copying either buffer (NaN payloads compare as bits)."""
+    ma, mb = memoryview(a).cast("B"), memoryview(b).cast("B")
+    if ma.nbytes != mb.nbytes:
+        return False
+    if ma.nbytes == 0:
+        return True
+    return torch.equal(
+        torch.frombuffer(ma, dtype=torch.uint8), torch.frombuffer(mb, dtype=torch.uint8)
+    )
 
 
 __all__ = ["apply", "plan", "report_checkpoint", "OutputSpec", "resolve_output", "remove_path"]

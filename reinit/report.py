@@ -14,6 +14,7 @@ import json
 import math
 import re
 import statistics
+import textwrap
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -29,8 +30,6 @@ OUTLIER_MIN_KIND = 3
 UNSTABLE_MIN_LAYERS = 8
 UNSTABLE_GAIN = 4.0
 FLAGS = ("nonfinite", "garbage", "constant", "std_off", "outlier", "unstable_depth")
-
-_CHUNK = 1 << 21  # elements per statistics chunk
 
 
 # --- statistics -------------------------------------------------------------------------
@@ -62,56 +61,101 @@ class Stats:
         return Stats(d["mean"], d["std"], d["min"], d["max"], int(d["nonfinite"]))
 
 
-@dataclass
-class _Acc:
-    n: int = 0
-    mean: float = 0.0
-    m2: float = 0.0
-    lo: float = math.inf
-    hi: float = -math.inf
-    bad: int = 0
+_FLOAT_CHUNK = 1 << 20  # elements per float32 work buffer (4 MB: stays in cache)
 
-    def add(self, x: torch.Tensor) -> None:
-        """Merge one chunk (float32/float64) by Chan's parallel variance formula."""
-        if x.is_floating_point():
-            finite = torch.isfinite(x)
-            if not bool(finite.all()):
-                self.bad += int(x.numel() - int(finite.sum()))
-                x = x[finite]
-        k = x.numel()
+
+class StatsAccumulator:
+    """Streaming mean/std/min/max/nonfinite of one tensor, fed chunk by chunk in order.
+
+    Why it looks like this: statistics are on the hot path of every command (every byte of a
+    checkpoint passes through here), so each chunk is converted once into a reused float32
+    buffer (float64 for 64-bit types), shifted by a pivot (the tensor's first finite value, so
+    E[x²]−E[x]² does not cancel for tensors like LayerNorm weights ≈ 1 ± 0.01), and reduced with
+    torch's cascade summation; chunk sums are accumulated in float64. A chunk holding NaN/Inf
+    (or values whose squares overflow) takes an exact masked path instead."""
+
+    def __init__(self, dtype: torch.dtype):
+        self.dtype = dtype
+        wide = dtype in (torch.float64, torch.int64, torch.uint64, torch.int32, torch.uint32)
+        self.work = torch.float64 if wide or dtype.is_complex else torch.float32
+        self.is_float = dtype.is_floating_point
+        self._buf: torch.Tensor | None = None
+        self.n = 0
+        self.s1 = 0.0  # Σ(x − pivot)
+        self.s2 = 0.0  # Σ(x − pivot)²
+        self.pivot: float | None = None
+        self.lo = math.inf
+        self.hi = -math.inf
+        self.bad = 0
+
+    def add(self, chunk: torch.Tensor) -> None:
+        flat = chunk.reshape(-1)
+        if flat.dtype.is_complex:
+            flat = torch.view_as_real(flat).reshape(-1)
+        for i in range(0, flat.numel(), _FLOAT_CHUNK):
+            self._add(flat[i : i + _FLOAT_CHUNK])
+
+    def _add(self, part: torch.Tensor) -> None:
+        k = part.numel()
         if k == 0:
             return
-        xd = x.to(torch.float64)
-        var, mu = torch.var_mean(xd, correction=0)
-        mu_f, m2 = float(mu), float(var) * k
-        lo, hi = torch.aminmax(xd)
-        delta = mu_f - self.mean
-        total = self.n + k
-        self.mean += delta * k / total
-        self.m2 += m2 + delta * delta * self.n * k / total
-        self.n = total
-        self.lo = min(self.lo, float(lo))
-        self.hi = max(self.hi, float(hi))
+        if self._buf is None or self._buf.numel() < k:
+            self._buf = torch.empty(max(k, min(_FLOAT_CHUNK, 1 << 16)), dtype=self.work)
+        x = self._buf[:k]
+        x.copy_(part)
+        if self.pivot is None:
+            first = float(x[0])
+            self.pivot = first if math.isfinite(first) else 0.0
+        lo, hi = torch.aminmax(x)
+        lo_f, hi_f = float(lo), float(hi)
+        x.sub_(self.pivot)
+        s1 = float(x.sum())
+        x.square_()
+        s2 = float(x.sum())
+        if math.isfinite(s1) and math.isfinite(s2) and math.isfinite(lo_f) and math.isfinite(hi_f):
+            self._merge(k, s1, s2, lo_f, hi_f)
+        else:
+            self._add_masked(part)
 
-    def stats(self) -> Stats:
+    def _add_masked(self, part: torch.Tensor) -> None:
+        """The exact path: finite values only, in float64."""
+        xd = part.to(torch.float64)
+        finite = torch.isfinite(xd)
+        self.bad += int(xd.numel() - int(finite.sum()))
+        xd = xd[finite]
+        k = xd.numel()
+        if k == 0:
+            return
+        lo, hi = torch.aminmax(xd)
+        if self.pivot is None or not math.isfinite(self.pivot):
+            self.pivot = float(xd[0])
+        xd = xd - self.pivot
+        self._merge(k, float(xd.sum()), float(xd.square().sum()), float(lo), float(hi))
+
+    def _merge(self, k: int, s1: float, s2: float, lo: float, hi: float) -> None:
+        self.n += k
+        self.s1 += s1
+        self.s2 += s2
+        self.lo = min(self.lo, lo)
+        self.hi = max(self.hi, hi)
+
+    def result(self) -> Stats:
         if self.n == 0:
             return Stats(None, None, None, None, self.bad, 0)
-        std = math.sqrt(max(self.m2, 0.0) / self.n)
-        return Stats(self.mean, std, self.lo, self.hi, self.bad, self.n)
+        m1 = self.s1 / self.n
+        var = max(self.s2 / self.n - m1 * m1, 0.0)
+        mean = (self.pivot or 0.0) + m1
+        # the shifted sums can round outside [min, max] for near-constant tensors
+        mean = min(max(mean, self.lo), self.hi)
+        return Stats(mean, math.sqrt(var), self.lo, self.hi, self.bad, self.n)
 
 
 def tensor_stats(t: torch.Tensor) -> Stats:
     """Stats of any tensor: float (incl. bf16/fp16/fp8), integer and bool (never changed,
     but their values are summarized too)."""
-    flat = t.detach().reshape(-1)
-    acc = _Acc()
-    work = torch.float64 if t.dtype in (torch.float64, torch.int64, torch.uint64) else torch.float32
-    if t.dtype.is_complex:
-        flat = torch.view_as_real(flat).reshape(-1)
-        work = torch.float64
-    for i in range(0, flat.numel(), _CHUNK):
-        acc.add(flat[i : i + _CHUNK].to(work))
-    return acc.stats()
+    acc = StatsAccumulator(t.dtype)
+    acc.add(t.detach())
+    return acc.result()
 
 
 # --- entries and report -----------------------------------------------------------------
@@ -172,7 +216,7 @@ class TensorEntry:
             shape=tuple(d["shape"]),
             dtype=d["dtype"],
             action=d["action"],
-            after=Stats.from_dict(d["after"]),
+            after=_counted(Stats.from_dict(d["after"]), d["shape"]),
             rule=d.get("rule"),
             scheme=d.get("scheme"),
             source=d.get("from"),
@@ -185,6 +229,12 @@ class TensorEntry:
             flags=tuple(d.get("flags", ())),
             notes=tuple(d.get("notes", ())),
         )
+
+
+def _counted(s: Stats, shape: Sequence[int]) -> Stats:
+    """Stats read back from JSON, with the finite count (not in the schema) restored, so
+    std_off's sampling tolerance is the same as when the report was made."""
+    return replace(s, count=max(math.prod(shape) - s.nonfinite, 0) if s.std is not None else 0)
 
 
 @dataclass(frozen=True)
@@ -262,6 +312,15 @@ def var_gain(fan_in: int | None, std: float | None) -> float | None:
 
 # --- flags ------------------------------------------------------------------------------
 
+#: Parameters that architectures initialize to zero on purpose (LoRA's B matrices, ControlNet's
+#: zero convolutions, DiT's adaLN-Zero modulation): all-zero, they are not `constant`.
+ZERO_INIT_NAMES = ("lora_B", "lora_embedding_B", "zero_conv", "adaLN_modulation")
+
+#: Flags a tensor earns on its own. A tensor that has one of these is not also compared with
+#: its siblings (`outlier`, `unstable_depth`): the first flag already names the problem, and
+#: its absurd std must not move the median or the geometric mean the siblings are judged by.
+SELF_FLAGS = ("nonfinite", "garbage", "constant")
+
 
 def tensor_flags(e: TensorEntry) -> tuple[str, ...]:
     """The flags one tensor earns on its own (the cross-layer ones come from `finalize`)."""
@@ -273,7 +332,9 @@ def tensor_flags(e: TensorEntry) -> tuple[str, ...]:
         flags.append("nonfinite")
     if s.min is not None and max(abs(s.min), abs(s.max or 0.0)) > GARBAGE_ABS:
         flags.append("garbage")
-    meant_constant = e.action == "reinit" and e.expected_std == 0.0
+    meant_constant = (e.action == "reinit" and e.expected_std == 0.0) or (
+        s.max == 0.0 and s.min == 0.0 and any(z in e.name for z in ZERO_INIT_NAMES)
+    )
     if len(e.shape) >= 2 and s.count > 1 and s.std == 0.0 and not meant_constant:
         flags.append("constant")
     if std_off(e):
@@ -281,21 +342,28 @@ def tensor_flags(e: TensorEntry) -> tuple[str, ...]:
     return tuple(flags)
 
 
+def std_tolerance(n: int, kurtosis: float = 3.0) -> float:
+    """The relative deviation of a sample std that std_off forgives for a tensor of `n` values:
+    10%, or 5 standard errors of the sample std when that is more. SE(s)/σ ≈ √((κ−1)/(4n)) for
+    a distribution of kurtosis κ (κ = 3 normal, 1.8 uniform), so a 16-value head may be off by
+    ~88% and a 1M-value matrix only by 10%."""
+    se = math.sqrt(max(kurtosis - 1.0, 0.0) / (4.0 * max(n, 1)))
+    return max(STD_OFF_REL, STD_OFF_SIGMAS * se)
+
+
 def std_off(e: TensorEntry) -> bool:
-    """A re-initialized tensor whose std is off its expected value by more than 10% and by
-    more than 5 standard errors of the sample std, SE ≈ σ·√((κ−1)/(4n)) for kurtosis κ."""
+    """A re-initialized tensor whose std is off its expected value by more than
+    `std_tolerance` (10%, and more than sampling error allows)."""
     if e.action != "reinit" or e.expected_std is None or e.after.std is None:
         return False
     exp, got = e.expected_std, e.after.std
     if exp == 0.0:
         return got > 0.0
-    rel = abs(got - exp) / exp
-    n = max(e.after.count, 1)
-    se = math.sqrt(max(e.kurtosis - 1.0, 0.0) / (4.0 * n))
-    return rel > STD_OFF_REL and rel > STD_OFF_SIGMAS * se
+    return abs(got - exp) / exp > std_tolerance(e.after.count, e.kurtosis)
 
 
 _NUM = re.compile(r"(?<![^.])\d+(?![^.])")
+_NORM = re.compile(r"norm|(?:^|[._])ln(?:_?\d+|_?f)?(?:[._]|$)", re.IGNORECASE)
 
 
 def kind_of(name: str) -> str:
@@ -310,31 +378,124 @@ def layer_index(name: str) -> int | None:
     return int(m.group(0)) if m else None
 
 
-def finalize(entries: Sequence[TensorEntry]) -> tuple[TensorEntry, ...]:
-    """Add every flag: per-tensor ones, then `outlier` (std > 5× off the median of its kind)
-    and `unstable_depth` (a kind of ≥ 8 layers whose geometric-mean var_gain leaves [1/4, 4])."""
-    by_kind: dict[str, list[int]] = defaultdict(list)
-    for i, e in enumerate(entries):
-        if e.is_float and e.after.std is not None:
-            by_kind[kind_of(e.name)].append(i)
-    extra: dict[int, list[str]] = defaultdict(list)
-    for members in by_kind.values():
-        if len(members) >= OUTLIER_MIN_KIND:
-            med = statistics.median(entries[i].after.std or 0.0 for i in members)
-            if med > 0:
-                for i in members:
-                    std = entries[i].after.std or 0.0
-                    if std > OUTLIER_FACTOR * med or std < med / OUTLIER_FACTOR:
-                        extra[i].append("outlier")
-        gains = [entries[i].var_gain for i in members if entries[i].var_gain]
-        if len(gains) >= UNSTABLE_MIN_LAYERS and len(gains) == len(members):
-            gmean = math.exp(sum(math.log(g) for g in gains) / len(gains))
-            if gmean > UNSTABLE_GAIN or gmean < 1.0 / UNSTABLE_GAIN:
-                for i in members:
-                    extra[i].append("unstable_depth")
-    return tuple(
-        replace(e, flags=tensor_flags(e) + tuple(extra.get(i, ()))) for i, e in enumerate(entries)
+def layer_key(name: str) -> tuple[int, ...]:
+    """Every dotted number of the name, outermost first: the column of a tensor within its
+    kind (`layers.3` -> (3,); `layers.3.experts.7` -> (3, 7))."""
+    return tuple(int(m.group(0)) for m in _NUM.finditer(name))
+
+
+def layer_prefix(name: str) -> str | None:
+    """The name up to and including its first dotted number (`model.layers.3`): the block."""
+    m = _NUM.search(name)
+    return name[: m.end()] if m else None
+
+
+def is_norm(name: str) -> bool:
+    """LayerNorm/RMSNorm/BatchNorm parameters by their usual names (`LayerNorm`,
+    `input_layernorm`, `norm1`, GPT-2's `ln_1`/`ln_f`)."""
+    return _NORM.search(name) is not None
+
+
+def _comparable(e: TensorEntry) -> bool:
+    """May this tensor be judged against its siblings? ≥2-D float weights with a finite,
+    positive std and none of the self-explaining flags. 1-D tensors (biases, norm gains) are
+    left out: their std measures spread around a learned value, not a scale."""
+    return (
+        e.is_float
+        and len(e.shape) >= 2
+        and e.after.std is not None
+        and e.after.std > 0.0
+        and not (set(tensor_flags(e)) & set(SELF_FLAGS))
     )
+
+
+def geometric_mean(values: Iterable[float]) -> float | None:
+    vals = [v for v in values if v and v > 0 and math.isfinite(v)]
+    if not vals:
+        return None
+    return math.exp(sum(math.log(v) for v in vals) / len(vals))
+
+
+@dataclass(frozen=True)
+class DepthCheck:
+    """The `unstable_depth` verdict for one kind."""
+
+    kind: str
+    layers: int
+    gmean_var_gain: float
+    normalized: bool  # every block that holds a member also holds a norm parameter
+    unstable: bool
+
+
+def depth_checks(entries: Sequence[TensorEntry]) -> tuple[DepthCheck, ...]:
+    """For each kind of ≥ `UNSTABLE_MIN_LAYERS` comparable tensors at distinct depths: the
+    geometric-mean var_gain and whether it signals explosion (> 4) or vanishing (< 1/4).
+
+    Vanishing is not flagged in a normalized stack (a norm parameter in every block that holds
+    a member): there a LayerNorm/RMSNorm rescales the signal at every block and the residual
+    stream carries it past a small branch, so HF's default N(0, 0.02) in a 64-wide Llama
+    (var_gain 0.026) is intended, not a bug. Explosion is flagged regardless: N(0, 1) weights
+    saturate attention and swamp the residual stream even behind norms."""
+    normed = {layer_prefix(e.name) for e in entries if is_norm(e.name)}
+    normed.discard(None)
+    by_kind: dict[str, list[TensorEntry]] = defaultdict(list)
+    for e in entries:
+        if _comparable(e) and e.var_gain and layer_index(e.name) is not None:
+            by_kind[kind_of(e.name)].append(e)
+    out = []
+    for kind, members in by_kind.items():
+        depths = {layer_key(e.name) for e in members}
+        if len(depths) < UNSTABLE_MIN_LAYERS:
+            continue
+        g = geometric_mean(e.var_gain or 0.0 for e in members)
+        if g is None:
+            continue
+        normalized = all(layer_prefix(e.name) in normed for e in members)
+        unstable = g > UNSTABLE_GAIN or (g < 1.0 / UNSTABLE_GAIN and not normalized)
+        out.append(DepthCheck(kind, len(depths), g, normalized, unstable))
+    return tuple(out)
+
+
+def outliers(entries: Sequence[TensorEntry]) -> set[str]:
+    """Names whose std is more than 5× away from the median std of their siblings: the
+    comparable tensors of the same kind *and shape* (a kind can mix shapes — nn.Sequential's
+    `net.*.weight`, a first layer wider than the rest — whose stds differ by design), counted
+    only where there are at least `OUTLIER_MIN_KIND` of them."""
+    groups: dict[tuple[str, tuple[int, ...]], list[TensorEntry]] = defaultdict(list)
+    for e in entries:
+        if _comparable(e) and layer_index(e.name) is not None:
+            groups[(kind_of(e.name), e.shape)].append(e)
+    out: set[str] = set()
+    for members in groups.values():
+        if len(members) < OUTLIER_MIN_KIND:
+            continue
+        med = statistics.median(e.after.std or 0.0 for e in members)
+        for e in members:
+            std = e.after.std or 0.0
+            if std > OUTLIER_FACTOR * med or std < med / OUTLIER_FACTOR:
+                out.add(e.name)
+    return out
+
+
+def finalize(entries: Sequence[TensorEntry]) -> tuple[TensorEntry, ...]:
+    """Add every flag: per-tensor ones, then `outlier` and `unstable_depth` (see `outliers`
+    and `depth_checks` for which tensors take part)."""
+    out_names = outliers(entries)
+    unstable = {c.kind for c in depth_checks(entries) if c.unstable}
+    result = []
+    for e in entries:
+        flags = list(tensor_flags(e))
+        if e.name in out_names:
+            flags.append("outlier")
+        if (
+            kind_of(e.name) in unstable
+            and _comparable(e)
+            and e.var_gain
+            and layer_index(e.name) is not None
+        ):
+            flags.append("unstable_depth")
+        result.append(replace(e, flags=tuple(flags)))
+    return tuple(result)
 
 
 def summarize(entries: Iterable[TensorEntry], bytes_written: int, seconds: float) -> Summary:
@@ -357,18 +518,181 @@ def summarize(entries: Iterable[TensorEntry], bytes_written: int, seconds: float
 
 # --- renderers --------------------------------------------------------------------------
 
+NOTE_CHANGED = "changed vs baseline"  # `report --against`: the bytes differ from the baseline's
+NOTE_NEW = "not in baseline"
+
 
 def fmt(x: float | None) -> str:
-    """3 significant digits; '-' for none."""
+    """3 significant digits, exponents without padding (`1e37`, `2.56e-5`); '-' for none."""
     if x is None:
         return "-"
     if x == 0:
         return "0"
-    return f"{x:.3g}"
+    text = f"{x:.3g}"
+    if "e" in text:
+        mant, exp = text.split("e")
+        text = f"{mant}e{int(exp)}"
+    return text
 
 
 def shape_text(shape: Sequence[int]) -> str:
     return "×".join(map(str, shape)) if shape else "scalar"
+
+
+def is_changed(e: TensorEntry) -> bool:
+    """Re-initialized, transplanted, or (report --against) different from the baseline."""
+    return e.action in ("reinit", "transplant") or NOTE_CHANGED in e.notes
+
+
+# --- per-layer view ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerCell:
+    label: str  # the layer's numbers, "3" or "3.7"
+    name: str
+    after: float | None
+    before: float | None
+    var_gain: float | None
+    flags: tuple[str, ...]
+    changed: bool
+
+
+@dataclass(frozen=True)
+class LayerTable:
+    """One tensor kind across depth: a row reads as the layers of the stack, in order."""
+
+    kind: str
+    shapes: tuple[str, ...]
+    cells: tuple[LayerCell, ...]
+    gmean_var_gain: float | None  # over the members that take part in unstable_depth
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        seen = dict.fromkeys(f for c in self.cells for f in c.flags)
+        return tuple(seen)
+
+    @property
+    def has_before(self) -> bool:
+        return any(c.before is not None for c in self.cells)
+
+    @property
+    def has_var_gain(self) -> bool:
+        return any(c.var_gain is not None for c in self.cells)
+
+    @property
+    def interesting(self) -> bool:
+        """Worth a reader's lines: something changed, something is flagged, or the std is
+        not zero everywhere (all-zero biases and all-one norm gains say nothing per layer)."""
+        return (
+            bool(self.flags)
+            or any(c.changed for c in self.cells)
+            or any(c.after not in (None, 0.0) for c in self.cells)
+        )
+
+
+def layer_tables(entries: Sequence[TensorEntry]) -> tuple[LayerTable, ...]:
+    """Every float kind with at least two layer-indexed members, in order of first
+    appearance, its columns sorted by layer numbers."""
+    groups: dict[str, list[TensorEntry]] = defaultdict(list)
+    for e in entries:
+        if e.is_float and layer_index(e.name) is not None:
+            groups[kind_of(e.name)].append(e)
+    tables = []
+    for kind, members in groups.items():
+        if len(members) < 2:
+            continue
+        members = sorted(members, key=lambda e: layer_key(e.name))
+        cells = tuple(
+            LayerCell(
+                ".".join(map(str, layer_key(e.name))),
+                e.name,
+                e.after.std,
+                e.before.std if e.before else None,
+                e.var_gain,
+                e.flags,
+                is_changed(e),
+            )
+            for e in members
+        )
+        shapes = tuple(dict.fromkeys(shape_text(e.shape) for e in members))
+        gm = geometric_mean(e.var_gain or 0.0 for e in members if _comparable(e) and e.var_gain)
+        tables.append(LayerTable(kind, shapes, cells, gm))
+    return tuple(tables)
+
+
+def _table_title(t: LayerTable) -> str:
+    parts = [", ".join(t.shapes) if len(t.shapes) <= 2 else f"{len(t.shapes)} shapes"]
+    parts.append(f"{len(t.cells)} layers")
+    if t.gmean_var_gain is not None:
+        parts.append(f"geometric-mean var_gain {fmt(t.gmean_var_gain)}")
+    return "  ".join(parts)
+
+
+def _layer_rows(t: LayerTable, mark: str) -> list[tuple[str, list[str]]]:
+    """(label, cells) rows: std after (a flagged tensor's std carries `mark`), std before,
+    var_gain."""
+
+    def flagged(c: LayerCell, text: str) -> str:
+        return text + mark if c.flags else text
+
+    rows = [("std after" if t.has_before else "std", [flagged(c, fmt(c.after)) for c in t.cells])]
+    if t.has_before:
+        rows.append(
+            ("std before", [fmt(c.before) if c.before is not None else "=" for c in t.cells])
+        )
+    if t.has_var_gain:
+        rows.append(("var_gain", [fmt(c.var_gain) for c in t.cells]))
+    return rows
+
+
+def render_layer_table(t: LayerTable, width: int = 100, color: bool = False) -> str:
+    """The kind's title line, then rows `layer / std / std before / var_gain` with one
+    column per layer, wrapped into blocks that fit `width`."""
+    import click
+
+    rest = _table_title(t) + (f"  [{', '.join(t.flags)}]" if t.flags else "")
+    if len(t.kind) + 2 + len(rest) <= width:
+        titles = [f"{t.kind}  {rest}"]
+    else:  # the kind on its own line, what it is below
+        titles = [shorten_name(t.kind, width), "  " + shorten(rest, width - 2)]
+    lines = [click.style(x, bold=True) if color else x for x in titles]
+    rows = [("layer", [c.label for c in t.cells]), *_layer_rows(t, "!")]
+    label_w = max(len(r[0]) for r in rows)
+    col_w = [max(len(r[1][i]) for r in rows) for i in range(len(t.cells))]
+    start = 0
+    while start < len(t.cells):
+        used, stop = 2 + label_w, start
+        while stop < len(t.cells) and (stop == start or used + 2 + col_w[stop] <= width):
+            used += 2 + col_w[stop]
+            stop += 1
+        for label, cells in rows:
+            parts = []
+            for i in range(start, stop):
+                text = cells[i].rjust(col_w[i])
+                if color and label.startswith("std") and t.cells[i].flags and label != "std before":
+                    text = click.style(text, fg="red", bold=True)
+                parts.append(text)
+            lines.append(f"  {label.ljust(label_w)}  " + "  ".join(parts))
+        start = stop
+    return "\n".join(lines)
+
+
+def layers_markdown(t: LayerTable) -> list[str]:
+    title = _table_title(t).replace("  ", " · ")
+    if t.flags:
+        title += " · " + ", ".join(f"**{f}**" for f in t.flags)
+    lines = [f"### `{t.kind}`", "", title, ""]
+    lines.append("| layer | " + " | ".join(c.label for c in t.cells) + " |")
+    lines.append("| --- |" + " ---: |" * len(t.cells))
+    for label, cells in _layer_rows(t, ""):
+        marked = [
+            f"**{v}**" if label != "std before" and c.flags and label.startswith("std") else v
+            for v, c in zip(cells, t.cells, strict=True)
+        ]
+        lines.append(f"| {label} | " + " | ".join(marked) + " |")
+    lines.append("")
+    return lines
 
 
 CSV_COLUMNS = (
@@ -387,6 +711,7 @@ CSV_COLUMNS = (
     "expected_std",
     "var_gain",
     "flags",
+    "notes",
 )
 
 
@@ -413,6 +738,7 @@ def to_csv(report: Report) -> str:
             e.expected_std,
             e.var_gain,
             ";".join(e.flags),
+            "; ".join(e.notes),
         ]
         w.writerow(["" if v is None else v for v in row])
     return buf.getvalue()
@@ -423,7 +749,8 @@ def _md_cell(text: str) -> str:
 
 
 def to_markdown(report: Report) -> str:
-    s = report.summary
+    """A header, `## Tensors` (one table row per tensor, flags in the last column) and
+    `## Per layer` (one table per tensor kind, a column per layer)."""
     lines = [
         f"# reinit report: {_md_cell(report.source)}",
         "",
@@ -431,6 +758,10 @@ def to_markdown(report: Report) -> str:
         f"- seed: {report.seed}",
         f"- rules: {', '.join(f'`{r}`' for r in report.rules) or '(none)'}",
         f"- {summary_line(report)}",
+        *(f"- warning: {_md_cell(w)}" for w in report.warnings),
+        *(f"- {_md_cell(line)}" for line in depth_lines(report.tensors)),
+        "",
+        "## Tensors",
         "",
         "| name | shape | dtype | action | rule | std before | std after | expected | var_gain | flags |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -455,8 +786,18 @@ def to_markdown(report: Report) -> str:
             )
             + " |"
         )
-    del s
-    return "\n".join(lines) + "\n"
+    tables = layer_tables(report.tensors)
+    if tables:
+        lines += ["", "## Per layer", ""]
+        lines.append(
+            "std per layer for each tensor kind (the name with its numbers replaced by `*`); "
+            "var_gain = fan_in·std², the factor by which the layer scales the variance of its "
+            "input (≈1 keeps a stack stable, ≈2 in front of a ReLU). Flagged tensors in bold."
+        )
+        lines.append("")
+        for t in tables:
+            lines += layers_markdown(t)
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def summary_line(report: Report) -> str:
@@ -469,23 +810,81 @@ def summary_line(report: Report) -> str:
         f"{s.skipped} skipped",
         f"{s.flagged} flagged",
     ]
+    changed = sum(1 for e in report.tensors if NOTE_CHANGED in e.notes)
+    if changed or any(e.before is not None for e in report.tensors if e.action == "kept"):
+        parts.insert(1, f"{changed} changed vs baseline")
     if s.bytes_written:
         parts.append(f"{s.bytes_written / 1e6:.1f} MB written")
     parts.append(f"{s.seconds:.2f}s")
     return ", ".join(parts)
 
 
+def depth_lines(entries: Sequence[TensorEntry]) -> list[str]:
+    """One line per kind flagged unstable_depth, with the number that explains it."""
+    lines = []
+    for c in depth_checks(entries):
+        if c.unstable:
+            way = "explode" if c.gmean_var_gain > 1 else "vanish"
+            lines.append(
+                f"unstable_depth: {c.kind}: {c.layers} layers, geometric-mean var_gain "
+                f"{fmt(c.gmean_var_gain)}: signals {way} through depth "
+                "(stable: ≈1, ≈2 in front of a ReLU)"
+            )
+    return lines
+
+
+def shorten_name(name: str, width: int) -> str:
+    """Shorten a dotted tensor name to `width` by clipping its longest non-numeric parts
+    first (`very_long_block_name` -> `very_l…`), so the layer numbers and the last part,
+    which tell tensors apart, survive; then in the middle if that is not enough."""
+    if len(name) <= width:
+        return name
+    parts = name.split(".")
+    lengths = [len(p) for p in parts]
+    clippable = [i for i, p in enumerate(parts[:-1]) if not (p.isdigit() or p == "*")]
+    excess = len(name) - width
+    while excess > 0 and clippable:
+        i = max(clippable, key=lambda k: lengths[k])
+        if lengths[i] <= 2:  # "m…": still says where a part was
+            break
+        lengths[i] -= 1
+        excess -= 1
+    short = ".".join(
+        p if n >= len(p) else p[: n - 1] + "…" for p, n in zip(parts, lengths, strict=True)
+    )
+    return shorten(short, width)
+
+
 def shorten(text: str, width: int) -> str:
     """Shorten in the middle, keeping both ends (the ends of a tensor name carry the meaning)."""
     if len(text) <= width:
         return text
+    if width <= 1:
+        return text[:width]
     keep = width - 1
     head = keep // 2
     return text[:head] + "…" + text[len(text) - (keep - head) :]
 
 
+_TABLE_HEADER = ("name", "shape", "action", "std before → after", "expected", "var_gain", "flags")
+_MIN_WIDTH = (16, 7, 6, 11, 8, 8, 7)
+
+
+def _fit_widths(widths: list[int], width: int) -> list[int]:
+    """Shrink the widest shrinkable columns (name first in practice) until the row fits."""
+    widths = list(widths)
+    while sum(widths) + 2 * (len(widths) - 1) > width:
+        excess = [w - m for w, m in zip(widths, _MIN_WIDTH, strict=True)]
+        i = max(range(len(widths)), key=lambda k: (excess[k], k == 0))
+        if excess[i] <= 0:
+            break
+        widths[i] -= 1
+    return widths
+
+
 def render_table(entries: Sequence[TensorEntry], width: int = 100, color: bool = False) -> str:
-    """An aligned table (flagged rows first) that fits `width` columns."""
+    """An aligned table (flagged rows first) that fits `width` columns: long names are
+    shortened in the middle, numbers have 3 significant digits."""
     import click
 
     rows = sorted(entries, key=lambda e: (not e.flags,))
@@ -501,49 +900,82 @@ def render_table(entries: Sequence[TensorEntry], width: int = 100, color: bool =
         )
         for e in rows
     ]
-    header = ("name", "shape", "action", "std before → after", "expected", "var_gain", "flags")
-    widths = [max([len(header[i])] + [len(c[i]) for c in cols]) for i in range(len(header))]
-    fixed = sum(widths[1:]) + 2 * (len(widths) - 1)
-    widths[0] = max(16, min(widths[0], width - fixed))
-    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    n = len(_TABLE_HEADER)
+    widths = [max([len(_TABLE_HEADER[i])] + [len(c[i]) for c in cols]) for i in range(n)]
+    widths = _fit_widths(widths, width)
+    out = [
+        "  ".join(
+            shorten(h, w).ljust(w) for h, w in zip(_TABLE_HEADER, widths, strict=True)
+        ).rstrip()
+    ]
     for e, c in zip(rows, cols, strict=True):
-        cells = [shorten(c[0], widths[0]).ljust(widths[0])] + [
-            v.ljust(w) for v, w in zip(c[1:], widths[1:], strict=True)
-        ]
+        cells = [shorten_name(c[0], widths[0]).ljust(widths[0])]
+        cells += [shorten(v, w).ljust(w) for v, w in zip(c[1:], widths[1:], strict=True)]
         line = "  ".join(cells).rstrip()
         if color and e.flags:
             line = click.style(line, fg="red")
-        elif color and e.action in ("reinit", "transplant"):
+        elif color and is_changed(e):
             line = click.style(line, fg="green")
         out.append(line)
     return "\n".join(out)
 
 
-def render_terminal(report: Report, width: int = 100, color: bool = False) -> str:
-    """The one-line summary, then the changed and the flagged tensors as a table."""
-    shown = [e for e in report.tensors if e.flags or e.action in ("reinit", "transplant")]
+def render_terminal(
+    report: Report, width: int = 100, color: bool = False, per_layer: str = "changed"
+) -> str:
+    """The one-line summary, the changed and the flagged tensors as a table (flagged first;
+    a kind flagged only for unstable_depth takes one line, not one row per layer), then the
+    per-layer view: `per_layer="all"` every kind with something to read, `"changed"` only the
+    kinds with a changed or flagged member, `"none"` nothing."""
+    shown = [e for e in report.tensors if set(e.flags) - {"unstable_depth"} or is_changed(e)]
     skipped = [e for e in report.tensors if e.action == "skipped"]
     lines = [summary_line(report)]
     if report.output:
         lines.append(f"wrote {report.output}")
     if shown:
         lines.append(render_table(shown, width, color))
+    for line in depth_lines(report.tensors):
+        wrapped = textwrap.fill(line, width, subsequent_indent="    ", break_on_hyphens=False)
+        lines.append(click_style(wrapped, color, fg="red"))
     if skipped:
         reasons: dict[str, int] = defaultdict(int)
         for e in skipped:
             reasons[e.reason or ""] += 1
         for reason, n in reasons.items():
             lines.append(f"skipped {n}: {reason}")
+    if per_layer != "none":
+        tables = [
+            t
+            for t in layer_tables(report.tensors)
+            if t.interesting and (per_layer == "all" or t.flags or any(c.changed for c in t.cells))
+        ]
+        if tables:
+            lines.append("")
+            lines.append("per layer (std of each tensor kind by layer index; ! = flagged):")
+            for t in tables:
+                lines.append(render_layer_table(t, width, color))
     return "\n".join(lines)
 
 
-def write_report(report: Report, path: str) -> None:
-    """Write `report` to `path` in the format its extension names (.json, .csv, .md)."""
+def click_style(text: str, color: bool, **style: Any) -> str:
+    if not color:
+        return text
+    import click
+
+    return click.style(text, **style)
+
+
+def write_report(report: Report, path: str | Any) -> None:
+    """Write `report` to `path` in the format its extension names (.json, .csv, .md),
+    atomically (a temporary beside it, renamed when complete)."""
     from pathlib import Path
+
+    from reinit.io.writer import atomic_output
 
     p = Path(path)
     text = render_for_path(report, p.name)
-    p.write_text(text, encoding="utf-8")
+    with atomic_output(p) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def render_for_path(report: Report, filename: str) -> str:
@@ -573,6 +1005,8 @@ def render_plan(plan: Any, width: int = 100) -> str:
             what = e.reason or ""
         else:
             what = "unchanged" if e.rule is None else "keep"
+        if e.action in ("reinit", "transplant") and e.reason:  # e.g. a tied tensor's partner
+            what += f" ({e.reason})"
         rows.append(
             (
                 e.name,
@@ -589,7 +1023,8 @@ def render_plan(plan: Any, width: int = 100) -> str:
     lines = []
     for r in [header, *rows]:
         head = "  ".join(
-            (shorten(c, widths[i]) if i == 0 else c).ljust(widths[i]) for i, c in enumerate(r[:4])
+            (shorten_name(c, widths[i]) if i == 0 else c).ljust(widths[i])
+            for i, c in enumerate(r[:4])
         )
         lines.append(f"{head}  {r[4]}" + (f"   [{r[5]}]" if r[5] not in ("-", "rule") else ""))
     counts = defaultdict(int)

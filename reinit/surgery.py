@@ -10,14 +10,14 @@ added one has no source bytes (its values come from its scheme, seeded by its na
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from reinit.errors import RuleError, SchemeError
-from reinit.io.readers import Checkpoint, FileSpan, TensorRef
+from reinit.io.readers import CHUNK_BYTES, Checkpoint, FileSpan, TensorRef, iter_chunks
 from reinit.io.safetensors_format import tensor_to_bytes
 from reinit.rules import (
     Pattern,
@@ -319,6 +319,12 @@ class EditedCheckpoint(Checkpoint):
             return tensor_to_bytes(self._added(name))
         self.ref(name)
         return self.base.read_bytes(self.edited.origin[name])
+
+    def iter_chunks(self, name: str, size: int = CHUNK_BYTES) -> Iterator[memoryview]:
+        if name in self.edited.added:
+            return iter_chunks(self.read_bytes(name), size)
+        self.ref(name)
+        return self.base.iter_chunks(self.edited.origin[name], size)
 
     def span(self, name: str) -> FileSpan | None:
         if name in self.edited.added:

@@ -256,6 +256,20 @@ def check_transplants(plan: Plan, pool: SourcePool) -> Plan:
     return replace(plan, entries=tuple(entries))
 
 
+def exact_source(pool: SourcePool, entry: PlanEntry) -> tuple[Checkpoint, str, str] | None:
+    """The source checkpoint, key and label when the transplant is an exact byte copy (same
+    dtype, same shape), so the engine can stream it instead of loading the tensor."""
+    spec = _spec(entry)
+    key = entry.source_key
+    if key is None:  # a plan that did not go through check_transplants
+        key = source_key(spec, entry.name, entry.captures, entry.rule.text if entry.rule else "")
+    src = pool.get(spec.source)
+    ref = src.ref(key)
+    if ref.dtype != entry.dtype or ref.shape != entry.shape:
+        return None
+    return src, key, f"{spec.source}:{key}"
+
+
 def lossy_cast_note(src: torch.Tensor, cast: torch.Tensor) -> str | None:
     """A note when casting changed any value (e.g. float32 -> bfloat16 rounding)."""
     if src.dtype == cast.dtype:

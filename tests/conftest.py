@@ -1,10 +1,11 @@
-"""Shared fixtures: an isolated Hugging Face home (see hub_cache.py for the cache helpers)."""
+"""Shared fixtures: an isolated Hugging Face home (HF_HOME under tmp_path, no token, any stray
+request sent to a closed local port), offline and online modes, and a fake Hub."""
 
 from __future__ import annotations
 
 import huggingface_hub.constants as hf_constants
 import pytest
-from hub_cache import FakeHub, closed_port
+from hubcache import FakeHub, closed_port
 
 
 @pytest.fixture

@@ -21,11 +21,11 @@ from pathlib import Path
 import huggingface_hub.constants as hf_constants
 import pytest
 import torch
-from hub_cache import (
+from hubcache import (
     C1,
     C2,
-    _closed_port,
     assert_same,
+    closed_port,
     seed_repo,
     sharded_repo,
     single_repo,
@@ -266,7 +266,7 @@ def test_offline_env_set_before_import_subprocess(tmp_path):
     env.update(
         HF_HOME=str(home),
         HF_HUB_OFFLINE="1",
-        HF_ENDPOINT=f"http://127.0.0.1:{_closed_port()}",
+        HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}",
         PYTHONPATH=str(ROOT),
     )
     proc = subprocess.run(

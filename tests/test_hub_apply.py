@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from hub_cache import C1, C2, closed_port, seed_repo, sharded_repo, single_repo, st_bytes
+from hubcache import C1, C2, closed_port, seed_repo, sharded_repo, single_repo, st_bytes
 from safetensors.torch import load_file, save_file
 
 import reinit

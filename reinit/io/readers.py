@@ -12,6 +12,7 @@ import math
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import torch
 from reinit.errors import CheckpointError, InputNotFoundError, UnsafePickleError
 from reinit.io.safetensors_format import TensorInfo, dtype_size, read_header
 
+CHUNK_BYTES = 16 << 20  # streaming unit: big enough for full-speed I/O, small against RSS
 SAFETENSORS_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 # Files that hold weights in some format. A directory output never copies these: they would
@@ -98,6 +100,11 @@ class Checkpoint:
         """Where the bytes lie in a file, when they lie there exactly; else None."""
         return None
 
+    def iter_chunks(self, name: str, size: int = CHUNK_BYTES) -> Iterator[memoryview]:
+        """The tensor's bytes in pieces of at most `size` bytes (a multiple of every element
+        size), so a tensor of any size passes through bounded memory."""
+        yield from iter_chunks(self.read_bytes(name), size)
+
     def shards(self) -> list[str]:
         return [""]
 
@@ -129,7 +136,10 @@ def _pread_into(fd: int, buf: bytearray | memoryview, offset: int, where: str) -
     view = memoryview(buf)
     done = 0
     while done < len(view):
-        n = os.preadv(fd, [view[done:]], offset + done)
+        try:
+            n = os.preadv(fd, [view[done:]], offset + done)
+        except OSError as e:
+            raise CheckpointError(f"{where}: cannot read ({e.strerror})") from None
         if n == 0:
             raise CheckpointError(f"{where}: unexpected end of file; the file is truncated")
         done += n
@@ -181,6 +191,13 @@ class SafetensorsFile(Checkpoint):
         t = self.info(name)
         return FileSpan(self.path, self.fd, t.start, t.nbytes)
 
+    def iter_chunks(self, name: str, size: int = CHUNK_BYTES) -> Iterator[memoryview]:
+        t = self.info(name)
+        for off in range(t.start, t.end, size):
+            buf = bytearray(min(size, t.end - off))
+            _pread_into(self.fd, buf, off, self.path)
+            yield memoryview(buf)
+
     def shards(self) -> list[str]:
         return [self.shard]
 
@@ -221,30 +238,80 @@ def unwrap_state_dict(obj: object, where: str) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{where}: holds a {type(obj).__name__}, not a state dict")
 
 
-def load_torch_file(path: str, unsafe: bool = False) -> object:
+# torch.load(weights_only=True) had a remote-code-execution flaw before 2.6 (CVE-2025-32434);
+# below this floor we refuse torch files rather than trust the weights-only loader.
+TORCH_FLOOR = (2, 6)
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _torch_version() -> tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", torch.__version__)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def load_torch_file(path: str, unsafe: bool = False, mmap: bool | None = None) -> object:
     """`torch.load` with weights_only (never executing code from the file), memory-mapped when
-    the file is in the zip format. `unsafe=True` (`--unsafe-pickle`) lifts weights_only."""
+    the file is in the zip format. `unsafe=True` (`--unsafe-pickle`) lifts weights_only.
+
+    Every failure is a `CheckpointError` (an `UnsafePickleError` when the file needs globals
+    the weights-only unpickler refuses): torch.load's own failures range from KeyError to
+    struct.error on garbage input, none of which may reach the user as a traceback."""
+    if not unsafe and _torch_version() < TORCH_FLOOR:
+        raise UnsafePickleError(
+            f"{path}: torch {torch.__version__} has a code-execution flaw in its weights-only "
+            "loader (CVE-2025-32434); upgrade to torch>=2.6 to read torch files"
+        )
     try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
         is_zip = zipfile.is_zipfile(path)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
+    if not magic:
+        raise CheckpointError(f"{path}: file is empty; it is truncated or not a torch file")
+    if magic == _ZIP_MAGIC and not is_zip:
+        raise CheckpointError(
+            f"{path}: the zip archive is cut short (no central directory at its end); "
+            "the file is truncated, download or save it again"
+        )
+    use_mmap = is_zip if mmap is None else (mmap and is_zip)
     try:
-        return torch.load(path, map_location="cpu", weights_only=not unsafe, mmap=is_zip)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=not unsafe, mmap=use_mmap)
     except pickle.UnpicklingError as e:
         text = str(e)
-        found = sorted(set(re.findall(r"GLOBAL ([\w.]+)", text)))
-        if found or "Weights only load failed" in text:
-            names = ", ".join(found) or "globals outside torch's allow-list"
-            raise UnsafePickleError(
-                f"{path}: refusing to unpickle {names}: loading it would run code from the file. "
-                "Convert it to safetensors with the code that made it, or pass --unsafe-pickle "
-                "if you trust its author"
+        if "Weights only load failed" not in text:
+            raise CheckpointError(
+                f"{path}: not a readable torch file ({_first_line(e)}); it may be truncated"
             ) from None
-        raise CheckpointError(f"{path}: not a readable torch file ({_first_line(e)})") from None
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as e:
-        raise CheckpointError(
-            f"{path}: not a readable torch file ({_first_line(e)}); it may be truncated"
+        found = sorted(set(re.findall(r"GLOBAL ([\w.]+)", text)))
+        if found:
+            what = (
+                f"refusing to unpickle {', '.join(found)}: loading it would run code from the file"
+            )
+        else:
+            detail = _weights_only_detail(text)
+            what = (
+                f"the weights-only unpickler refuses it ({detail}); it may be a plain pickle "
+                "rather than a torch.save file"
+            )
+        raise UnsafePickleError(
+            f"{path}: {what}. Convert it to safetensors with the code that made it, or pass "
+            "--unsafe-pickle if you trust its author"
         ) from None
+    except Exception as e:
+        raise CheckpointError(
+            f"{path}: not a readable torch file ({type(e).__name__}: {_first_line(e)}); "
+            "it may be truncated or corrupt"
+        ) from None
+
+
+def _weights_only_detail(text: str) -> str:
+    """The line after torch's 'WeightsUnpickler error:' (e.g. 'Unsupported operand 149')."""
+    _, _, rest = text.partition("WeightsUnpickler error:")
+    lines = [ln.strip() for ln in rest.splitlines() if ln.strip()]
+    return lines[0] if lines else "unsupported content"
 
 
 def _first_line(e: BaseException) -> str:
@@ -418,9 +485,10 @@ class DirectoryCheckpoint(Checkpoint):
             isinstance(k, str) and isinstance(v, str) for k, v in wm.items()
         ):
             raise CheckpointError(f"{where}: index has no valid weight_map of name -> shard file")
-        # A local folder is checked now; a Hub repo is not: offline, its listing is only what
-        # is cached, and a shard no rule needs need not be there (`fetch` explains a missing one).
-        if isinstance(self.provider, LocalFiles):
+        # Checked now, except for a Hub repo served from the cache (offline): its listing is
+        # only what was downloaded, and a shard no rule needs need not be there (`fetch`
+        # explains a missing one if it is needed after all).
+        if not getattr(self.provider, "offline", False):
             for shard in sorted(set(wm.values())):
                 if not self.provider.exists(shard):
                     raise CheckpointError(
@@ -485,6 +553,9 @@ class DirectoryCheckpoint(Checkpoint):
     def span(self, name: str) -> FileSpan | None:
         return self._owner(name).span(name)
 
+    def iter_chunks(self, name: str, size: int = CHUNK_BYTES) -> Iterator[memoryview]:
+        return self._owner(name).iter_chunks(name, size)
+
     def shards(self) -> list[str]:
         return sorted(set(self.weight_map.values()))
 
@@ -492,6 +563,8 @@ class DirectoryCheckpoint(Checkpoint):
         return self._shard(shard or self.shards()[0]).metadata()
 
     def aliases(self) -> dict[str, str]:
+        if self.layout.fmt != "torch":  # safetensors shards cannot alias (the validator refuses)
+            return {}
         out: dict[str, str] = {}
         for shard in self.shards():
             out.update(self._shard(shard).aliases())

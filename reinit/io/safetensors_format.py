@@ -109,10 +109,14 @@ def parse_header_bytes(raw: bytes, file_size: int, where: str) -> Header:
     if len(raw) < 8 + n:
         raise CheckpointError(f"{where}: could not read the {n}-byte header")
     try:
-        doc = json.loads(raw[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        doc = json.loads(raw[8 : 8 + n].decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+    except _DuplicateKey as e:
         raise CheckpointError(
-            f"{where}: header is not valid JSON ({e}); the file is corrupt"
+            f"{where}: header names '{e.key}' twice; the file is corrupt"
+        ) from None
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError, JSONDecodeError, int limits
+        raise CheckpointError(
+            f"{where}: header is not valid JSON ({_one_line(e)}); the file is corrupt"
         ) from None
     if not isinstance(doc, dict):
         raise CheckpointError(f"{where}: header is not a JSON object; the file is corrupt")
@@ -136,6 +140,28 @@ def parse_header_bytes(raw: bytes, file_size: int, where: str) -> Header:
     infos.sort(key=lambda t: (t.start, t.end))
     _check_tiling(infos, data_start, data_size, where)
     return Header(tuple(infos), metadata, data_start, file_size)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """json.loads keeps the last of two equal keys silently; a header that names a tensor twice
+    is ambiguous, so we refuse it."""
+    out: dict[str, object] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text[:200] if text else type(e).__name__
 
 
 def _parse_entry(name: str, entry: object, data_start: int, where: str) -> TensorInfo:
@@ -172,15 +198,26 @@ def _parse_entry(name: str, entry: object, data_start: int, where: str) -> Tenso
 
 def _check_tiling(infos: Sequence[TensorInfo], data_start: int, data_size: int, where: str) -> None:
     pos = data_start
+    prev: TensorInfo | None = None
     for t in infos:
-        if t.start < pos:
-            raise CheckpointError(f"{where}: tensor '{t.name}' overlaps the tensor before it")
+        if t.start < pos and prev is not None:
+            if (t.start, t.end) == (prev.start, prev.end):
+                raise CheckpointError(
+                    f"{where}: tensors '{prev.name}' and '{t.name}' share data offsets "
+                    f"[{t.start - data_start}, {t.end - data_start}] (aliased storage, which "
+                    "safetensors forbids); the file is corrupt, save it again without aliasing"
+                )
+            raise CheckpointError(
+                f"{where}: tensor '{t.name}' overlaps tensor '{prev.name}' in the data "
+                "section; the file is corrupt"
+            )
         if t.start > pos:
             raise CheckpointError(
                 f"{where}: {t.start - pos} unused bytes before tensor '{t.name}'; "
                 "the data section has a hole, the file is corrupt"
             )
         pos = t.end
+        prev = t
     end = data_start + data_size
     if pos > end:
         last = infos[-1].name if infos else "?"

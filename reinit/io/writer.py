@@ -10,9 +10,13 @@ and the target is untouched."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import os
 import shutil
+import signal
+import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -23,6 +27,11 @@ import torch
 
 from reinit.errors import WriteError
 from reinit.io.safetensors_format import build_header
+
+
+def write_error(path: str, e: OSError) -> WriteError:
+    """The one-line `WriteError` for an OSError, saying what the user can do about it."""
+    return _write_error(path, e)
 
 
 def _write_error(path: str, e: OSError) -> WriteError:
@@ -53,6 +62,7 @@ class SafetensorsWriter:
         self.entries = list(entries)
         self.header, self.offsets = build_header(self.entries, metadata)
         self._next = 0
+        self._left: int | None = None  # bytes left of the tensor being written
         self._fd = -1
         self.bytes_written = 0
 
@@ -72,36 +82,56 @@ class SafetensorsWriter:
             view = view[n:]
             self.bytes_written += n
 
-    def _expect(self, name: str, nbytes: int) -> None:
+    def _begin(self, name: str) -> None:
+        if self._left is not None:
+            return
         if self._next >= len(self.entries):
             raise ValueError(f"writer: unexpected tensor '{name}', all tensors already written")
-        want_name = self.entries[self._next][0]
+        want = self.entries[self._next][0]
+        if name != want:
+            raise ValueError(f"writer: expected tensor '{want}' next, got '{name}'")
         begin, end = self.offsets[self._next]
-        if name != want_name:
-            raise ValueError(f"writer: expected tensor '{want_name}' next, got '{name}'")
-        if nbytes != end - begin:
-            raise ValueError(f"writer: tensor '{name}' needs {end - begin} bytes, got {nbytes}")
+        self._left = end - begin
 
-    def write(self, name: str, data: bytes | bytearray | memoryview) -> None:
-        """Append the next tensor's bytes (C-contiguous, little-endian)."""
+    def _advance(self, name: str, nbytes: int) -> None:
+        assert self._left is not None
+        if nbytes > self._left:
+            raise ValueError(f"writer: tensor '{name}' got {nbytes} bytes, {self._left} were left")
+        self._left -= nbytes
+
+    def write_part(self, name: str, data: bytes | bytearray | memoryview) -> None:
+        """Append the next piece of tensor `name` (its bytes in order, in any number of parts)."""
+        self._begin(name)
         nbytes = memoryview(data).nbytes
-        self._expect(name, nbytes)
+        self._advance(name, nbytes)
         try:
             self._write_all(data)
         except OSError as e:
             raise _write_error(self.path, e) from None
-        self._next += 1
 
-    def copy_range(self, name: str, src_fd: int, offset: int, nbytes: int) -> None:
-        """Append the next tensor by copying `nbytes` from `src_fd` at `offset`, kernel-side
-        (`os.copy_file_range`) where the platform allows, else through a bounded buffer."""
-        self._expect(name, nbytes)
+    def copy_part(self, name: str, src_fd: int, offset: int, nbytes: int) -> None:
+        """Append the next piece of tensor `name` by copying `nbytes` of `src_fd` at `offset`,
+        kernel-side (`os.copy_file_range`) where the platform allows, else through a buffer."""
+        self._begin(name)
+        self._advance(name, nbytes)
         try:
             copy_file_span(src_fd, offset, self._fd, nbytes)
         except OSError as e:
             raise _write_error(self.path, e) from None
         self.bytes_written += nbytes
+
+    def end_tensor(self, name: str) -> None:
+        """Close tensor `name`; every one of its bytes must have been written."""
+        self._begin(name)
+        if self._left:
+            raise ValueError(f"writer: tensor '{name}' is {self._left} bytes short")
+        self._left = None
         self._next += 1
+
+    def write(self, name: str, data: bytes | bytearray | memoryview) -> None:
+        """Append a whole tensor's bytes (C-contiguous, little-endian)."""
+        self.write_part(name, data)
+        self.end_tensor(name)
 
     def _close(self) -> None:
         if self._fd >= 0:
@@ -116,7 +146,7 @@ class SafetensorsWriter:
     ) -> None:
         try:
             if exc_type is None:
-                if self._next != len(self.entries):
+                if self._left is not None or self._next != len(self.entries):
                     missing = self.entries[self._next][0]
                     raise ValueError(f"writer: tensor '{missing}' was never written")
                 try:
@@ -125,6 +155,39 @@ class SafetensorsWriter:
                     raise _write_error(self.path, e) from None
         finally:
             self._close()
+
+
+def write_torch_file(path: str | os.PathLike[str], state: Mapping[str, torch.Tensor]) -> int:
+    """`torch.save` into a file we own and fsync it; returns its size. Tensors that are the same
+    object stay tied in the file (torch.save keeps shared storage).
+
+    Saving through our own file object is what lets a full disk or a file size limit surface
+    as its OSError (torch reports a path write failure only as an opaque RuntimeError)."""
+    where = os.fspath(path)
+    try:
+        with open(path, "wb") as f:
+            torch.save(dict(state), f)
+            f.flush()
+            os.fsync(f.fileno())
+            return f.tell()
+    except OSError as e:
+        raise _write_error(where, e) from None
+    except RuntimeError as e:
+        cause = _os_error_in_chain(e)
+        if cause is not None:
+            raise _write_error(where, cause) from None
+        raise WriteError(f"{where}: cannot write: {str(e).splitlines()[0]}") from None
+
+
+def _os_error_in_chain(e: BaseException) -> OSError | None:
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, OSError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 _COPY_CHUNK = 64 << 20
@@ -177,6 +240,24 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _fsync_file(path: Path) -> None:
+    """Flush a finished file to disk; cheap when its writer already did."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """Every file and folder of a directory output reaches the disk before the rename that
+    publishes it: a crash right after the rename must not leave empty files behind."""
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for f in filenames:
+            _fsync_file(Path(dirpath) / f)
+        _fsync_dir(Path(dirpath))
+
+
 def remove_path(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -185,10 +266,83 @@ def remove_path(path: Path) -> None:
             path.unlink()
 
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM until the block ends, so a Ctrl-C cannot land between the two steps
+    of publishing an output or in the middle of removing a temporary; a signal that arrives
+    meanwhile is re-raised right after, to whatever handler was there.
+
+    Python runs signal handlers in the main thread whichever thread the kernel picked (the
+    reader and compute threads, torch's pool), so holding means swapping in a handler that only
+    takes note; blocking the signal in one thread would not do. Off the main thread (where
+    handlers cannot be set) the block runs as is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    saved: dict[int, object] = {}
+    for sig in _STOP_SIGNALS:
+        old = signal.getsignal(sig)
+        if old is None:  # installed outside Python: cannot be restored, leave it
+            continue
+        saved[sig] = old
+        signal.signal(sig, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for sig, old in saved.items():
+            signal.signal(sig, old)  # type: ignore[arg-type]
+        if caught:
+            signal.raise_signal(caught[0])
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False when the platform
+    or file system cannot, so the caller falls back to two renames."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    rc = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    return rc == 0
+
+
+def _publish_directory(tmp: Path, target: Path) -> None:
+    """Move a finished directory onto `target`. Replacing an existing directory is one atomic
+    swap where the kernel allows it; otherwise the old one is moved aside first (with signals
+    held, so an interrupt cannot strike between the two renames)."""
+    if not target.exists():
+        os.replace(tmp, target)
+        return
+    if not target.is_dir() or target.is_symlink():
+        raise WriteError(f"{target}: exists and is not a directory; choose another -o")
+    if _exchange(tmp, target):
+        remove_path(tmp)  # now holds the old directory
+        return
+    old = temp_sibling(target)
+    os.replace(target, old)
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        os.replace(old, target)
+        raise
+    remove_path(old)
+
+
 @contextmanager
 def atomic_output(target: str | os.PathLike[str], *, directory: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; on success move it onto `target` (replacing what
-    is there, which the caller has already allowed), on any failure remove it."""
+    """Yield a temporary path beside `target`; on success fsync it and move it onto `target`
+    (replacing what is there, which the caller has already allowed), on any failure, Ctrl-C
+    and SIGTERM included, remove it and leave `target` untouched."""
     target = Path(target)
     parent = target.parent
     if not parent.is_dir():
@@ -202,21 +356,23 @@ def atomic_output(target: str | os.PathLike[str], *, directory: bool = False) ->
     try:
         yield tmp
         if directory:
-            _fsync_dir(tmp)
-            if target.exists():
-                old = temp_sibling(target)
-                os.replace(target, old)
-                os.replace(tmp, target)
-                remove_path(old)
-            else:
-                os.replace(tmp, target)
+            _fsync_tree(tmp)
         else:
             if target.is_dir():
                 raise WriteError(f"{target}: is a directory; choose a file name for -o")
-            os.replace(tmp, target)
+            _fsync_file(tmp)
+        with signals_deferred():
+            if directory:
+                _publish_directory(tmp, target)
+            else:
+                os.replace(tmp, target)
         _fsync_dir(parent)
     except BaseException as e:
-        remove_path(tmp)
+        with signals_deferred():
+            remove_path(tmp)
         if isinstance(e, OSError):
             raise _write_error(str(target), e) from None
+        if isinstance(e, WriteError) and str(tmp) in str(e):
+            # name the output the user asked for, not our temporary
+            raise WriteError(str(e).replace(str(tmp), str(target))) from None
         raise

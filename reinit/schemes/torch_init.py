@@ -118,6 +118,18 @@ def _sparse_std(shape: Shape, args: Args) -> float:
 # --- fills ------------------------------------------------------------------------------
 
 
+def _orthogonal_fill(t: torch.Tensor, g: torch.Generator, args: Args) -> None:
+    """torch's orthogonal_, with LAPACK's QR on one thread: a blocked QR on several threads
+    rounds differently, and the output must not depend on the machine's thread count. (Equal,
+    bit for bit, to `init.orthogonal_` run under `torch.set_num_threads(1)`.)"""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        init.orthogonal_(t, gain_value(args["gain"]), generator=g)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _sparse_fill(t: torch.Tensor, g: torch.Generator, args: Args) -> None:
     """Martens' sparse init with zero positions drawn from `g` (torch draws them from the
     global RNG, which would break per-tensor reproducibility). One random permutation per
@@ -241,7 +253,7 @@ TORCH_SCHEMES: tuple[Scheme, ...] = (
     Scheme(
         "orthogonal",
         (_GAIN,),
-        lambda t, g, a: init.orthogonal_(t, gain_value(a["gain"]), generator=g),
+        _orthogonal_fill,
         _orthogonal_std,
         "gain/√max(rows, cols) (trailing dims flattened)",
         "Saxe et al. (2013): (semi-)orthogonal matrix via QR",

@@ -1,9 +1,6 @@
-"""A real Hugging Face cache, seeded by hand for tests (no network, no mock of the library).
-
-`seed_repo` lays out `models--OWNER--NAME/{blobs,refs,snapshots}` exactly as `hf_hub_download`
-does (snapshot files are relative symlinks into `blobs/`), so huggingface_hub's own resolution
-code reads it in offline mode. The fixtures that use it (`hf_home`, `offline`, `online`) are in
-conftest.py; the helpers keep these names (other test files import them)."""
+"""A real Hugging Face cache and a fake Hub on 127.0.0.1, for tests that go through the real
+huggingface_hub without the internet (shared by test_hub.py and the apply-level hub-fault tests;
+the pytest fixtures built on these live in conftest.py)."""
 
 from __future__ import annotations
 
@@ -24,7 +21,6 @@ C2 = "a1b2c3d4e5" * 4  # the commit of main
 
 
 def closed_port() -> int:
-    """A loopback port nothing listens on: any stray request fails fast."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -101,9 +97,6 @@ def assert_same(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-
-
-_closed_port = closed_port
 
 
 class FakeHub:

@@ -1,0 +1,254 @@
+"""`reinit diff A B`: which tensors two checkpoints disagree on, and by how much.
+
+Tensors are matched by name. A pair is `identical` when shape, dtype and every byte agree (so a
+NaN equals the same NaN, and -0.0 differs from 0.0: the question is "did anything touch this
+tensor"). For a changed pair of the same shape the size of the change is measured in float64,
+chunk by chunk (never a float64 copy of a whole tensor): max |B−A| and the relative Frobenius
+change ‖B−A‖/‖A‖, both over the positions finite in A and B; positions where either side is
+NaN/Inf and the two disagree are counted apart (`nonfinite_changed`)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from reinit.io.safetensors_format import dtype_name
+from reinit.report import fmt, shape_text, shorten, shorten_name, tensor_stats
+
+_CHUNK = 1 << 21
+
+
+@dataclass(frozen=True)
+class TensorDiff:
+    name: str
+    status: str  # identical | changed | added | removed
+    shape_a: tuple[int, ...] | None
+    shape_b: tuple[int, ...] | None
+    dtype_a: str | None
+    dtype_b: str | None
+    std_a: float | None = None
+    std_b: float | None = None
+    max_abs_diff: float | None = None  # same shape only
+    rel_frobenius: float | None = None  # ‖B−A‖/‖A‖; None when A is all zero or shapes differ
+    nonfinite_changed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": self.status,
+            "shape_a": list(self.shape_a) if self.shape_a is not None else None,
+            "shape_b": list(self.shape_b) if self.shape_b is not None else None,
+            "dtype_a": self.dtype_a,
+            "dtype_b": self.dtype_b,
+            "std_a": self.std_a,
+            "std_b": self.std_b,
+            "max_abs_diff": self.max_abs_diff,
+            "rel_frobenius": self.rel_frobenius,
+            "nonfinite_changed": self.nonfinite_changed,
+        }
+
+    @property
+    def what(self) -> str:
+        """Shape and dtype, or how they changed."""
+        parts = []
+        if self.shape_a == self.shape_b or self.shape_b is None or self.shape_a is None:
+            parts.append(shape_text(self.shape_a or self.shape_b or ()))
+        else:
+            parts.append(f"{shape_text(self.shape_a)}→{shape_text(self.shape_b)}")
+        if self.dtype_a != self.dtype_b and self.dtype_a and self.dtype_b:
+            parts.append(f"{self.dtype_a}→{self.dtype_b}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class Diff:
+    a: str
+    b: str
+    tensors: tuple[TensorDiff, ...]
+
+    def of(self, status: str) -> tuple[TensorDiff, ...]:
+        return tuple(t for t in self.tensors if t.status == status)
+
+    def entry(self, name: str) -> TensorDiff:
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "a": self.a,
+            "b": self.b,
+            "tensors": [t.to_dict() for t in self.tensors],
+            "added": [t.name for t in self.of("added")],
+            "removed": [t.name for t in self.of("removed")],
+            "summary": {
+                "compared": sum(1 for t in self.tensors if t.status in ("identical", "changed")),
+                **{s: len(self.of(s)) for s in ("identical", "changed", "added", "removed")},
+            },
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
+
+
+def _finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def value_diff(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float | None, int]:
+    """(max |b−a|, ‖b−a‖/‖a‖ or None when ‖a‖ = 0 and b ≠ a, nonfinite positions that
+    changed) for two tensors of the same shape, in float64 chunks."""
+    fa, fb = a.detach().reshape(-1), b.detach().reshape(-1)
+    max_abs, sq_diff, sq_a, bad = 0.0, 0.0, 0.0, 0
+    for i in range(0, fa.numel(), _CHUNK):
+        x = fa[i : i + _CHUNK].to(torch.float64)
+        y = fb[i : i + _CHUNK].to(torch.float64)
+        fin = torch.isfinite(x) & torch.isfinite(y)
+        if not bool(fin.all()):
+            same = (x == y) | (torch.isnan(x) & torch.isnan(y))
+            bad += int((~fin & ~same).sum())
+            x, y = x[fin], y[fin]
+        if x.numel() == 0:
+            continue
+        d = y - x
+        max_abs = max(max_abs, float(d.abs().max()))
+        sq_diff += float(d.square().sum())
+        sq_a += float(x.square().sum())
+    rel = (0.0 if sq_diff == 0.0 else None) if sq_a == 0.0 else math.sqrt(sq_diff / sq_a)
+    return max_abs, rel, bad
+
+
+def diff_checkpoints(
+    a: str | os.PathLike[str], b: str | os.PathLike[str], *, unsafe_pickle: bool = False
+) -> Diff:
+    """Compare two checkpoints (any form of DESIGN §1) tensor by tensor, streaming: at most
+    one tensor of each is in memory at a time."""
+    from reinit.engine import _opened, _same_bytes
+
+    out: list[TensorDiff] = []
+    with _opened(a, unsafe_pickle) as ca, _opened(b, unsafe_pickle) as cb:
+        for ref in ca.refs():
+            if ref.name not in cb:
+                t = ca.read(ref.name)
+                out.append(
+                    TensorDiff(
+                        ref.name,
+                        "removed",
+                        ref.shape,
+                        None,
+                        dtype_name(ref.dtype),
+                        None,
+                        std_a=tensor_stats(t).std,
+                    )
+                )
+                continue
+            bref = cb.ref(ref.name)
+            same_layout = (ref.shape, ref.dtype) == (bref.shape, bref.dtype)
+            if same_layout and _same_bytes(ca.read_bytes(ref.name), cb.read_bytes(ref.name)):
+                std = tensor_stats(ca.read(ref.name)).std
+                out.append(
+                    TensorDiff(
+                        ref.name,
+                        "identical",
+                        ref.shape,
+                        bref.shape,
+                        dtype_name(ref.dtype),
+                        dtype_name(bref.dtype),
+                        std,
+                        std,
+                        0.0,
+                        0.0,
+                    )
+                )
+                continue
+            ta, tb = ca.read(ref.name), cb.read(ref.name)
+            max_abs: float | None = None
+            rel: float | None = None
+            bad = 0
+            if ref.shape == bref.shape and not (ta.dtype.is_complex or tb.dtype.is_complex):
+                max_abs, rel, bad = value_diff(ta, tb)
+            out.append(
+                TensorDiff(
+                    ref.name,
+                    "changed",
+                    ref.shape,
+                    bref.shape,
+                    dtype_name(ref.dtype),
+                    dtype_name(bref.dtype),
+                    tensor_stats(ta).std,
+                    tensor_stats(tb).std,
+                    _finite_or_none(max_abs) if max_abs is not None else None,
+                    rel,
+                    bad,
+                )
+            )
+            del ta, tb
+        for bref in cb.refs():
+            if bref.name not in ca:
+                out.append(
+                    TensorDiff(
+                        bref.name,
+                        "added",
+                        None,
+                        bref.shape,
+                        None,
+                        dtype_name(bref.dtype),
+                        std_b=tensor_stats(cb.read(bref.name)).std,
+                    )
+                )
+    return Diff(os.fspath(a), os.fspath(b), tuple(out))
+
+
+def summary_line(d: Diff) -> str:
+    s = d.to_dict()["summary"]
+    return (
+        f"{s['compared']} tensors in both: {s['changed']} changed, {s['identical']} identical; "
+        f"{s['added']} added, {s['removed']} removed"
+    )
+
+
+def render_diff(d: Diff, width: int = 100, color: bool = False) -> str:
+    """The summary, then the changed, added and removed tensors as an aligned table that fits
+    `width` columns (identical ones are only counted)."""
+    import click
+
+    rows = [t for t in d.tensors if t.status != "identical"]
+    lines = [summary_line(d)]
+    if not rows:
+        return lines[0]
+    header = ("name", "status", "shape/dtype", "max |Δ|", "rel Δ", "std A → B")
+    cells = [
+        (
+            t.name,
+            t.status,
+            t.what,
+            fmt(t.max_abs_diff)
+            + (f" +{t.nonfinite_changed} nonfinite" if t.nonfinite_changed else ""),
+            fmt(t.rel_frobenius) if t.status == "changed" else "-",
+            f"{fmt(t.std_a)} → {fmt(t.std_b)}",
+        )
+        for t in rows
+    ]
+    widths = [max([len(header[i])] + [len(c[i]) for c in cells]) for i in range(len(header))]
+    fixed = sum(widths[1:]) + 2 * (len(widths) - 1)
+    widths[0] = max(16, min(widths[0], width - fixed))
+    if sum(widths) + 2 * (len(widths) - 1) > width:  # a long shape/dtype change: shorten it
+        widths[2] = max(8, widths[2] - (sum(widths) + 2 * (len(widths) - 1) - width))
+    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
+    style = {"changed": "yellow", "added": "green", "removed": "red"}
+    for t, c in zip(rows, cells, strict=True):
+        cells = [shorten_name(c[0], widths[0]).ljust(widths[0])]
+        cells += [shorten(v, w).ljust(w) for v, w in zip(c[1:], widths[1:], strict=True)]
+        line = "  ".join(cells).rstrip()
+        lines.append(click.style(line, fg=style[t.status]) if color else line)
+    return "\n".join(lines)
+
+
+__all__: Sequence[str] = ["Diff", "TensorDiff", "diff_checkpoints", "render_diff", "value_diff"]

@@ -1,0 +1,74 @@
+"""Overlapping I/O and compute: run an iterator in a background thread, handing its items over
+through a bounded queue.
+
+Why threads work here: `os.pread`, `os.write`, `os.copy_file_range` and torch's kernels all
+release the GIL, so a reader thread, a compute thread and the writing thread run on different
+cores. The queue bound keeps memory at `depth` items whatever the checkpoint's size."""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+
+_DONE = object()
+
+
+class _Failure:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+def prefetch(items: Iterable[T], depth: int = 4, name: str = "reinit-prefetch") -> Iterator[T]:
+    """Yield the items of `items`, produced ahead in a daemon thread, at most `depth` ahead.
+
+    An exception in the producer is re-raised in the consumer. If the consumer stops early
+    (an error, Ctrl-C, or `close()` of this generator), the producer is told to stop and no
+    thread stays blocked."""
+    q: queue.Queue[object] = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_DONE)
+        except BaseException as e:  # handed to the consumer, which re-raises it
+            put(_Failure(e))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None and stop.is_set():
+                with contextlib.suppress(Exception):
+                    close()
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:  # unblock a producer waiting on a full queue
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)

@@ -1,0 +1,123 @@
+"""Tied tensors: names that share one storage in a torch checkpoint (an LM head tied to the
+input embedding is the common case).
+
+The promise: a tied group stays consistent. When a rule changes one member, every member gets
+the same new values (the values the rule gives the member it hits, seeded by that member's
+name), and each member's report entry says what it is tied with. Two different rules, or one
+`from(...)` rule that would copy different source tensors into members of the same group, are
+a usage error: the group can only hold one value.
+
+safetensors cannot express aliasing; a safetensors file whose tensors share data offsets is
+refused by the header validator instead."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from reinit.errors import RuleError
+from reinit.rules import Plan, PlanEntry
+
+
+@dataclass(frozen=True)
+class Ties:
+    """`groups`: each tied name -> every name of its group, in plan order (first = root).
+    `defining`: group root -> the plan entry whose rule makes the group's new values (only for
+    groups that change)."""
+
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    defining: Mapping[str, PlanEntry] = field(default_factory=dict)
+
+    def note(self, name: str) -> tuple[str, ...]:
+        """The report note for `name`: `tied with A, B`, or nothing."""
+        group = self.groups.get(name)
+        if not group:
+            return ()
+        return ("tied with " + ", ".join(n for n in group if n != name),)
+
+    def root(self, name: str) -> str | None:
+        group = self.groups.get(name)
+        return group[0] if group else None
+
+
+def tie_groups(order: Sequence[str], aliases: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
+    """Group names by the name they alias (`aliases`: name -> first name sharing its storage),
+    each group in `order`; names that share nothing are left out."""
+    members: dict[str, list[str]] = {}
+    for name, first in aliases.items():
+        members.setdefault(first, [first]).append(name)
+    pos = {n: i for i, n in enumerate(order)}
+    out: dict[str, tuple[str, ...]] = {}
+    for names in members.values():
+        present = sorted((n for n in set(names) if n in pos), key=pos.__getitem__)
+        if len(present) < 2:
+            continue
+        for n in present:
+            out[n] = tuple(present)
+    return out
+
+
+def _conflict(group: tuple[str, ...], a: PlanEntry, b: PlanEntry, why: str) -> RuleError:
+    ra = a.rule.text if a.rule is not None else "(no rule)"
+    rb = b.rule.text if b.rule is not None else "(no rule)"
+    return RuleError(
+        f"tensors '{a.name}' and '{b.name}' are tied (they share storage"
+        f"{', with ' + ', '.join(n for n in group if n not in (a.name, b.name)) if len(group) > 2 else ''})"
+        f" but {why}: {ra!r} vs {rb!r}; give the tied names one rule"
+    )
+
+
+def resolve_ties(plan: Plan, aliases: Mapping[str, str]) -> tuple[Plan, Ties]:
+    """The plan with every member of a changed tied group changed the same way, and the ties.
+
+    Raises `RuleError` when members of a group get different rules (including `keep` against a
+    change) or one transplant rule maps them to different source tensors."""
+    if not aliases:
+        return plan, Ties()
+    by_name = {e.name: e for e in plan.entries}
+    groups = tie_groups([e.name for e in plan.entries], aliases)
+    defining: dict[str, PlanEntry] = {}
+    replaced: dict[str, PlanEntry] = {}
+    seen: set[str] = set()
+    for group in groups.values():
+        if group[0] in seen:
+            continue
+        seen.add(group[0])
+        entries = [by_name[n] for n in group]
+        changing = [e for e in entries if e.changes]
+        if not changing:
+            continue
+        first = changing[0]
+        for e in entries:
+            if e.rule is not None and e.rule != first.rule:
+                raise _conflict(group, first, e, "different rules hit them")
+        if first.action == "transplant":
+            _check_same_source(group, changing)
+        defining[group[0]] = first
+        for e in entries:
+            if e.changes:
+                continue
+            replaced[e.name] = replace(
+                e,
+                action=first.action,
+                rule=first.rule,
+                captures=first.captures,
+                reason=f"tied with '{first.name}' (shares its storage), so it takes the same values",
+            )
+    entries = tuple(replaced.get(e.name, e) for e in plan.entries)
+    return replace(plan, entries=entries), Ties(groups, defining)
+
+
+def _check_same_source(group: tuple[str, ...], changing: Sequence[PlanEntry]) -> None:
+    from reinit.transplant import source_key
+
+    first = changing[0]
+    assert first.rule is not None and first.rule.transplant is not None
+    want = source_key(first.rule.transplant, first.name, first.captures, first.rule.text)
+    for e in changing[1:]:
+        assert e.rule is not None and e.rule.transplant is not None
+        got = source_key(e.rule.transplant, e.name, e.captures, e.rule.text)
+        if got != want:
+            raise _conflict(
+                group, first, e, f"the rule copies different source tensors ('{want}', '{got}')"
+            )

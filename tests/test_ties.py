@@ -1,0 +1,131 @@
+"""Tied and aliased tensors (issue #7 item 6): a .bin whose names share storage stays consistent;
+a safetensors file with duplicate data offsets is refused clearly."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+import reinit
+from reinit.cli import main
+from reinit.errors import CheckpointError, RuleError
+from reinit.schemes import seed_for
+
+
+def tied_bin(tmp_path: Path) -> tuple[Path, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(50, 16, generator=g)
+    sd = {
+        "embed.weight": emb,
+        "block.weight": torch.randn(16, 16, generator=g),
+        "lm_head.weight": emb,  # tied: the same storage
+    }
+    path = tmp_path / "tied.bin"
+    torch.save(sd, path)
+    return path, emb
+
+
+def test_rule_on_one_changes_both_and_the_report_says_tied(tmp_path):
+    src, emb = tied_bin(tmp_path)
+    out = tmp_path / "out.safetensors"
+    rep = reinit.apply(src, ["lm_head.weight=normal(std=0.5)"], out, seed=3)
+    new = load_file(out)
+    assert torch.equal(new["embed.weight"], new["lm_head.weight"])
+    assert not torch.equal(new["embed.weight"], emb)
+    # the values are those the rule gives the tensor it names (seeded by its name)
+    g = torch.Generator().manual_seed(seed_for(3, "lm_head.weight"))
+    expected = torch.nn.init.normal_(torch.empty(50, 16), 0.0, 0.5, generator=g)
+    assert torch.equal(new["lm_head.weight"], expected)
+    by = {e.name: e for e in rep.tensors}
+    assert by["lm_head.weight"].action == by["embed.weight"].action == "reinit"
+    assert by["lm_head.weight"].notes == ("tied with embed.weight",)
+    assert by["embed.weight"].notes == ("tied with lm_head.weight",)
+    assert "tied with 'lm_head.weight'" in by["embed.weight"].reason
+    assert by["block.weight"].action == "kept" and by["block.weight"].notes == ()
+    doc = json.loads((tmp_path / "out.report.json").read_text())
+    notes = {t["name"]: t["notes"] for t in doc["tensors"]}
+    assert notes["embed.weight"] == ["tied with lm_head.weight"]
+
+
+def test_torch_output_keeps_the_tie(tmp_path):
+    src, _ = tied_bin(tmp_path)
+    out = tmp_path / "out.bin"
+    reinit.apply(src, ["embed.weight=zeros"], out)
+    sd = torch.load(out, weights_only=True)
+    assert sd["embed.weight"].untyped_storage().data_ptr() == (
+        sd["lm_head.weight"].untyped_storage().data_ptr()
+    )
+    assert torch.count_nonzero(sd["lm_head.weight"]) == 0
+
+
+def test_one_rule_hitting_both_gives_one_value(tmp_path):
+    src, _ = tied_bin(tmp_path)
+    out = tmp_path / "out.safetensors"
+    reinit.apply(src, ["*.weight=xavier_uniform"], out)
+    new = load_file(out)
+    assert torch.equal(new["embed.weight"], new["lm_head.weight"])
+
+
+def test_transplant_into_a_tied_pair(tmp_path):
+    src, _ = tied_bin(tmp_path)
+    donor = tmp_path / "donor.bin"
+    torch.save({"lm_head.weight": torch.full((50, 16), 7.0)}, donor)
+    out = tmp_path / "out.safetensors"
+    reinit.apply(src, [f"lm_head.weight=from({donor})"], out)
+    new = load_file(out)
+    assert torch.equal(new["embed.weight"], torch.full((50, 16), 7.0))
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        ["lm_head.weight=normal", "embed.weight=zeros"],
+        ["*.weight=normal", "embed.weight=keep"],
+    ],
+)
+def test_conflicting_rules_on_a_tied_pair_are_refused(tmp_path, rules):
+    src, _ = tied_bin(tmp_path)
+    out = tmp_path / "out.safetensors"
+    with pytest.raises(RuleError, match="are tied .* give the tied names one rule"):
+        reinit.apply(src, rules, out)
+    assert not out.exists()
+    args = ["apply", str(src), "-o", str(out)] + [a for r in rules for a in ("-r", r)]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2 and "are tied" in res.stderr and not out.exists()
+
+
+def test_dry_run_shows_the_tie(tmp_path):
+    src, _ = tied_bin(tmp_path)
+    res = CliRunner().invoke(main, ["apply", str(src), "-r", "lm_head.weight=zeros", "--dry-run"])
+    assert res.exit_code == 0
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("embed.weight"))
+    assert "reinit" in line and "tied with 'lm_head.weight'" in line
+
+
+def test_report_of_a_tied_checkpoint_names_the_tie(tmp_path):
+    src, _ = tied_bin(tmp_path)
+    rep = reinit.report_checkpoint(src)
+    assert {e.name: e.notes for e in rep.tensors}["lm_head.weight"] == ("tied with embed.weight",)
+
+
+def test_safetensors_with_duplicate_offsets_is_refused(tmp_path):
+    header = {
+        "embed.weight": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
+        "lm_head.weight": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
+    }
+    body = json.dumps(header).encode()
+    src = tmp_path / "aliased.safetensors"
+    src.write_bytes(struct.pack("<Q", len(body)) + body + bytes(16))
+    with pytest.raises(CheckpointError, match="share data offsets"):
+        reinit.open_checkpoint(src)
+    res = CliRunner().invoke(
+        main, ["apply", str(src), "-r", "*=zeros", "-o", str(tmp_path / "o.safetensors")]
+    )
+    assert res.exit_code == 1
+    assert "'embed.weight' and 'lm_head.weight' share data offsets [0, 16]" in res.stderr
