@@ -1007,6 +1007,8 @@ def render_plan(plan: Any, width: int = 100) -> str:
             what = "unchanged" if e.rule is None else "keep"
         if e.action in ("reinit", "transplant") and e.reason:  # e.g. a tied tensor's partner
             what += f" ({e.reason})"
+        if getattr(e, "notes", ()):  # --add / --rename
+            what += f" [{', '.join(e.notes)}]"
         rows.append(
             (
                 e.name,

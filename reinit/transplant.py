@@ -1,7 +1,9 @@
-"""Transplant: `from(SOURCE, key=TEMPLATE, on_mismatch=error|skip|slice)` (DESIGN §4).
+"""Transplant: `from(SOURCE, key=TEMPLATE|auto, on_mismatch=error|skip|slice)` (DESIGN §4).
 
-Each source is opened once per run (`SourcePool`), lazily: for a sharded source, and on the Hub,
-only the shards that hold tensors the rules need are opened or downloaded."""
+Each source is opened once per run (`SourcePool`, keyed by the resolved path or canonical hf://
+URL), lazily: for a sharded source, and on the Hub, only the shards that hold tensors the rules
+need are opened or downloaded. Every source key is resolved and checked (missing tensors, shape
+mismatches, `key=auto` ambiguities) before anything is written."""
 
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ def parse_from(action: Action, where: str) -> TransplantSpec:
     if unknown:
         raise RuleError(
             f"{where}: from() has no argument {sorted(unknown)[0]!r}; "
-            "use from(SOURCE, key=TEMPLATE, on_mismatch=error|skip|slice)"
+            "use from(SOURCE, key=TEMPLATE|auto, on_mismatch=error|skip|slice)"
         )
     if len(action.args) > 1:
         raise RuleError(f"{where}: from() takes one positional argument, the source")

@@ -294,7 +294,11 @@ def test_dry_run_and_errors_write_nothing(model, tmp_path):
     res = run(["apply", str(path), "--dry-run", "--drop", "classifier.bias", "--add", "z=[2]:ones"])
     assert res.exit_code == 0, res.output
     assert "dropped 1 tensor(s): classifier.bias" in res.output
-    assert "z " in res.output and "reinit" in res.output
+    z_line = next(line for line in res.output.splitlines() if line.startswith("z "))
+    assert "reinit" in z_line and "ones" in z_line and "[added]" in z_line
+    res = run(["apply", str(path), "--dry-run", "--rename", "classifier.*=head.{1}"])
+    assert res.exit_code == 0, res.output
+    assert "[renamed from classifier.weight]" in res.output
     plan = reinit.plan(path, [], drop=["classifier.bias"], add=["z=[2]:ones"])
     assert plan.dropped == ("classifier.bias",)
     assert [e.name for e in plan.entries if e.added] == ["z"]
@@ -309,3 +313,16 @@ def test_dry_run_and_errors_write_nothing(model, tmp_path):
         assert res.exit_code == code, (args, res.output)
         assert fragment in res.output and res.output.startswith("error: ")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_rename_keeps_tied_tensors_tied(tmp_path):
+    emb = randn(6, 4, seed=1)
+    path = tmp_path / "m.bin"
+    torch.save({"emb.weight": emb, "lm_head.weight": emb, "b": torch.zeros(2)}, path)
+    out = tmp_path / "o.safetensors"
+    rep = reinit.apply(path, ["embed.weight=normal(std=0.5)"], out, rename=["emb.*=embed.{1}"])
+    o = load_file(out)
+    assert sorted(o) == ["b", "embed.weight", "lm_head.weight"]
+    assert torch.equal(o["embed.weight"], o["lm_head.weight"])  # still one tensor's values
+    assert not torch.equal(o["embed.weight"], emb)
+    assert "renamed from emb.weight" in rep.entry("embed.weight").notes
