@@ -162,6 +162,13 @@ def main() -> None:
     is_flag=True,
     help="Allow torch files that need arbitrary code to load. Only for files you trust.",
 )
+@click.option(
+    "--model",
+    default=None,
+    metavar="MODEL",
+    help="The model the checkpoint belongs to (HF directory, hf://OWNER/NAME, module:callable): "
+    "enables type:CLASS patterns, module fans and the scheme default.",
+)
 def apply(
     source: str,
     rules: tuple[str, ...],
@@ -181,6 +188,7 @@ def apply(
     as_json: bool,
     quiet: bool,
     unsafe_pickle: bool,
+    model: str | None,
 ) -> None:
     """Re-initialize or transplant the tensors of SOURCE that the rules match."""
     import reinit
@@ -200,6 +208,7 @@ def apply(
             add=adds,
             drop=drops,
             rename=renames,
+            model=model,
         )
         for w in plan.warnings:
             _err(f"warning: {w}")
@@ -227,6 +236,7 @@ def apply(
         add=adds,
         drop=drops,
         rename=renames,
+        model=model,
     )
     if plot_path is not None:
         from reinit.plot import plot_report
@@ -471,3 +481,70 @@ def gain(nonlinearity: str, param: float | None, measure: bool) -> None:
     if measure:
         ratio = measure_gain(nonlinearity, param)
         click.echo(f"measured std(x)/std(f(x)) on 1,000,000 N(0,1) samples: {ratio:.4g}")
+
+
+# --- probe ------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("model")
+@click.option(
+    "--input-shape",
+    default=None,
+    metavar="SHAPE",
+    help="Input shape, e.g. 256,64 (MLP) or 8,3,32,32 (images); for token models (batch,seq), default 2,16.",
+)
+@click.option(
+    "--rule",
+    "-r",
+    "rules",
+    multiple=True,
+    metavar="PATTERN=ACTION",
+    help="Rules applied in memory for the 'after' pass; repeatable.",
+)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--checkpoint", default=None, help="Load these weights first (else the model as built)."
+)
+@click.option("--allow-unmatched", is_flag=True, help="A rule that matches nothing is a warning.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON result on stdout.")
+@click.option("--plot", "plot_path", default=None, metavar="PNG", help="Plot (needs reinit[plot]).")
+def probe(
+    model: str,
+    input_shape: str | None,
+    rules: tuple[str, ...],
+    seed: int,
+    checkpoint: str | None,
+    allow_unmatched: bool,
+    as_json: bool,
+    plot_path: str | None,
+) -> None:
+    """Run random inputs through MODEL and report activation and gradient std per layer,
+    before and after the rules: see signals vanish or explode through depth.
+
+    MODEL: a Hugging Face model directory, hf://OWNER/NAME, or module:callable."""
+    from reinit.probe import parse_shape, plot, render
+    from reinit.probe import probe as run_probe
+
+    shape = parse_shape(input_shape) if input_shape else None
+    if plot_path is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise CommandError("--plot needs matplotlib: pip install 'reinit[plot]'", 2) from None
+    result = run_probe(
+        model,
+        rules,
+        input_shape=shape,
+        seed=seed,
+        checkpoint=checkpoint,
+        allow_unmatched=allow_unmatched,
+    )
+    for w in result.warnings:
+        _err(f"warning: {w}")
+    if plot_path is not None:
+        plot(result, plot_path)
+    if as_json:
+        click.echo(result.to_json())
+    else:
+        click.echo(render(result, _width()))

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -42,10 +42,14 @@ from reinit.report import (
 )
 from reinit.rules import Plan, PlanEntry, Rule, parse_rules
 from reinit.rules import plan as make_plan
-from reinit.schemes import compute_fans, generate
+from reinit.schemes import compute_fans, expected_std_for, generate
 from reinit.ties import Ties, resolve_ties
 
+if TYPE_CHECKING:
+    from reinit.model import ModelView
+
 RuleInput = str | Rule
+ModelInput = Any  # str | os.PathLike | torch.nn.Module | reinit.model.Model | ModelView
 
 
 # --- output -----------------------------------------------------------------------------
@@ -187,11 +191,13 @@ def _entry(
     before: Stats | None = None,
     source: str | None = None,
     notes: tuple[str, ...] = (),
+    fans: tuple[int, int] | None = None,
 ) -> TensorEntry:
-    fans = compute_fans(p.shape)
+    """`fans`: the owning module's own fans when a model is given (else torch's, from the shape)."""
+    fans = fans or compute_fans(p.shape)
     fan_in, fan_out = fans if fans else (None, None)
     bound = p.scheme
-    expected = bound.expected_std(p.shape) if bound is not None else None
+    expected = expected_std_for(bound, p.shape, fans) if bound is not None else None
     return TensorEntry(
         name=p.name,
         shape=p.shape,
@@ -265,11 +271,14 @@ class Applier:
         device: str,
         sources: object = None,
         ties: Ties | None = None,
+        model: ModelView | None = None,
     ):
         self.ckpt = ckpt
         self.seed = seed
         self.device = device
         self.sources = sources  # a transplant.SourcePool when any rule is from(...)
+        self.model = model  # with --model: module fans and the `default` scheme
+        self.fans = model.fans if model is not None else {}
         self.ties = ties or Ties()
         # a changed tied group's new value, kept until its last member is written
         self._tied_values: dict[str, tuple[torch.Tensor, str | None, tuple[str, ...]]] = {}
@@ -323,7 +332,8 @@ class Applier:
             else:
                 for piece in self._copy(self.ckpt, p.name, p.dtype, self._chunks(reads, p), acc):
                     yield piece
-            yield Piece(p.name, entry=_entry(p, acc.result(), notes=p.notes + tie_note))
+            entry = _entry(p, acc.result(), notes=p.notes + tie_note, fans=self.fans.get(p.name))
+            yield Piece(p.name, entry=entry)
             return
         # an added tensor has no source bytes, so no "before"
         before = None if p.added else self._source_stats(reads, p)
@@ -331,10 +341,15 @@ class Applier:
         if root is not None and root in self.ties.defining:
             new, source, notes = self._tied_value(root)
             yield from _tensor_pieces(p.name, new)
-            yield Piece(
-                p.name,
-                entry=_entry(p, tensor_stats(new), before, source, p.notes + notes + tie_note),
+            entry = _entry(
+                p,
+                tensor_stats(new),
+                before,
+                source,
+                p.notes + notes + tie_note,
+                self.fans.get(p.name),
             )
+            yield Piece(p.name, entry=entry)
             return
         if p.action == "transplant":
             from reinit.transplant import exact_source
@@ -345,20 +360,32 @@ class Applier:
                 acc = StatsAccumulator(p.dtype)
                 for piece in self._copy(src, key, p.dtype, src.iter_chunks(key, CHUNK_BYTES), acc):
                     yield Piece(p.name, piece.data, piece.span)
-                yield Piece(p.name, entry=_entry(p, acc.result(), before, label, p.notes))
+                entry = _entry(p, acc.result(), before, label, p.notes, self.fans.get(p.name))
+                yield Piece(p.name, entry=entry)
                 return
         notes: tuple[str, ...] = ()
         source = None
         if p.action == "reinit":
-            assert p.scheme is not None
-            new = generate(p.scheme, p.name, p.shape, p.dtype, self.seed, self.device)
+            new = self._reinit(p)
         else:
             from reinit.transplant import transplant_value
 
             new, source, notes = transplant_value(self.sources, p, self.ckpt.read(p.name))
         after = tensor_stats(new)
         yield from _tensor_pieces(p.name, new)
-        yield Piece(p.name, entry=_entry(p, after, before, source, p.notes + notes))
+        entry = _entry(p, after, before, source, p.notes + notes, self.fans.get(p.name))
+        yield Piece(p.name, entry=entry)
+
+    def _reinit(self, p: PlanEntry) -> torch.Tensor:
+        """A reinit entry's values; with a model, module fans and `default` apply."""
+        assert p.scheme is not None
+        if self.model is not None:
+            from reinit.model import reinit_value
+
+            return reinit_value(
+                self.model, p.scheme, p.name, p.shape, p.dtype, self.seed, self.device
+            )
+        return generate(p.scheme, p.name, p.shape, p.dtype, self.seed, self.device)
 
     def _tied_value(self, root: str) -> tuple[torch.Tensor, str | None, tuple[str, ...]]:
         """A changed tied group's one new value: made once from its defining entry (the member
@@ -367,8 +394,7 @@ class Applier:
         if value is None:
             d = self.ties.defining[root]
             if d.action == "reinit":
-                assert d.scheme is not None
-                new = generate(d.scheme, d.name, d.shape, d.dtype, self.seed, self.device)
+                new = self._reinit(d)
                 value = (new, None, ())
             else:
                 from reinit.transplant import transplant_value
@@ -427,8 +453,10 @@ def plan(
     add: Sequence[str] = (),
     drop: Sequence[str] = (),
     rename: Sequence[str] = (),
+    model: ModelInput | None = None,
 ) -> Plan:
-    """What `apply` would do, without writing anything (the `--dry-run`)."""
+    """What `apply` would do, without writing anything (the `--dry-run`). `model` (see
+    `reinit.model`) enables `type:` patterns and the `default` scheme."""
     from reinit.surgery import parse_surgery
     from reinit.transplant import SourcePool
 
@@ -438,7 +466,8 @@ def plan(
         ckpt = stack.enter_context(_opened(source, unsafe_pickle))
         ckpt, edited = _edited(ckpt, surgery, allow_unmatched)
         pool = stack.enter_context(SourcePool(ckpt, unsafe_pickle))
-        return _plan_for(ckpt, rule_objs, strict, allow_unmatched, pool, edited)[0]
+        view = model_view(model, ckpt)
+        return _plan_for(ckpt, rule_objs, strict, allow_unmatched, pool, view, edited)[0]
 
 
 def _edited(
@@ -464,10 +493,21 @@ def _plan_for(
     strict: bool,
     allow_unmatched: bool,
     pool: object,
+    view: ModelView | None = None,
     edited: object = None,
 ) -> tuple[Plan, Ties]:
     """The plan, with tied groups made consistent (see `reinit.ties`), and the ties."""
-    result = make_plan(ckpt.refs(), rules, strict=strict, allow_unmatched=allow_unmatched)
+    result = make_plan(
+        ckpt.refs(),
+        rules,
+        strict=strict,
+        allow_unmatched=allow_unmatched,
+        module_types=view.module_types if view is not None else None,
+    )
+    if view is not None:
+        from reinit.model import check_default
+
+        result = check_default(result, view, strict)
     if edited is not None:
         from reinit.surgery import mark_plan
 
@@ -482,6 +522,19 @@ def _plan_for(
             first = result.skipped[0]
             raise StrictError(f"--strict: '{first.name}' would be skipped: {first.reason}")
     return resolve_ties(result, ckpt.aliases())
+
+
+def model_view(model: ModelInput | None, ckpt: Checkpoint) -> ModelView | None:
+    """The model (a spec, a loaded `Model`, or a view already) seen through the checkpoint's
+    tensor names; None without a model."""
+    if model is None:
+        return None
+    from reinit.model import Model, ModelView, load_model
+
+    if isinstance(model, ModelView):
+        return model
+    loaded = model if isinstance(model, Model) else load_model(model)
+    return loaded.align(ckpt.names(), {r.name: r.shape for r in ckpt.refs()})
 
 
 @contextmanager
@@ -516,8 +569,11 @@ def apply(
     add: Sequence[str] = (),
     drop: Sequence[str] = (),
     rename: Sequence[str] = (),
+    model: ModelInput | None = None,
 ) -> Report:
     """Re-initialize or transplant the tensors the rules match and write a new checkpoint.
+    `model` (a Hugging Face directory, hf:// URL, `module:callable`, an `nn.Module` or a
+    `reinit.model.Model`) enables `type:` patterns, module fans and the `default` scheme.
 
     `drop` (patterns), `rename` (`PATTERN=TEMPLATE`) and `add` (`NAME=[d0,...]:SCHEME`)
     change the list of tensors first, in that order; the rules then see the new names.
@@ -540,9 +596,10 @@ def apply(
         ckpt = stack.enter_context(_opened(source_text, unsafe_pickle))
         ckpt, edited = _edited(ckpt, surgery, allow_unmatched, seed, device)
         sources = stack.enter_context(SourcePool(ckpt, unsafe_pickle=unsafe_pickle))
-        the_plan, ties = _plan_for(ckpt, rule_objs, strict, allow_unmatched, sources, edited)
+        view = model_view(model, ckpt)
+        the_plan, ties = _plan_for(ckpt, rule_objs, strict, allow_unmatched, sources, view, edited)
         spec = resolve_output(source_text, ckpt, output, overwrite=overwrite, in_place=in_place)
-        applier = Applier(ckpt, seed, device, sources, ties)
+        applier = Applier(ckpt, seed, device, sources, ties, view)
         rule_texts = tuple(r.text for r in rule_objs)
         refs = {r.name: r for r in ckpt.refs()}
         by_name = {e.name: e for e in the_plan.entries}

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
 from reinit.errors import RuleError, SchemeError, StrictError
-from reinit.schemes import KEEP, BoundScheme, bind_scheme
+from reinit.schemes import DEFAULT, KEEP, BoundScheme, bind_scheme
 
 ValueT = int | float | str
 
@@ -39,9 +39,16 @@ class Pattern:
     text: str  # as written
     regex: re.Pattern[str]
     has_wildcards: bool
+    # `type:Linear|Conv2d[@GLOB]`: the class names the tensor's owning module must have (one
+    # of); empty for plain name patterns. Selecting by type needs a model (`--model`).
+    module_types: tuple[str, ...] = ()
 
-    def match(self, name: str) -> tuple[str, ...] | None:
-        """The captures if the whole name matches, else None."""
+    def match(self, name: str, types: Sequence[str] | None = None) -> tuple[str, ...] | None:
+        """The captures if the whole name matches, else None. `types` are the class names of
+        the module owning the tensor (most specific first); a `type:` pattern never matches
+        without them."""
+        if self.module_types and (types is None or not set(types) & set(self.module_types)):
+            return None
         m = self.regex.fullmatch(name)
         return None if m is None else tuple(g if g is not None else "" for g in m.groups())
 
@@ -122,7 +129,35 @@ def glob_to_regex(glob: str) -> tuple[str, bool]:
     return "".join(out), wild
 
 
+TYPE_PREFIX = "type:"
+_TYPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def parse_type_pattern(text: str) -> Pattern:
+    """`type:Linear`, `type:Linear|Conv2d`, `type:Linear@encoder.*` (the part after `@` is any
+    pattern, glob or `re:`, and gives the captures)."""
+    body = text[len(TYPE_PREFIX) :]
+    types_text, sep, rest = body.partition("@")
+    types = tuple(t.strip() for t in types_text.split("|"))
+    bad = [t for t in types if not _TYPE_NAME.match(t)]
+    if not types_text.strip() or bad:
+        raise RuleError(
+            f"pattern {text!r}: write type:CLASS[|CLASS...][@PATTERN] with module class names, "
+            "e.g. type:Linear or type:Linear@encoder.*"
+        )
+    if sep:
+        if not rest:
+            raise RuleError(f"pattern {text!r}: empty name pattern after '@'")
+        inner = parse_pattern(rest)
+        if inner.module_types:
+            raise RuleError(f"pattern {text!r}: only one type: selector per pattern")
+        return Pattern(text, inner.regex, True, types)
+    return Pattern(text, re.compile(r"(?s:.*)"), True, types)
+
+
 def parse_pattern(text: str) -> Pattern:
+    if text.startswith(TYPE_PREFIX):
+        return parse_type_pattern(text)
     if text.startswith("re:"):
         source = text[3:]
         try:
@@ -319,10 +354,12 @@ def dtype_label(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def last_match(rules: Sequence[Rule], name: str) -> tuple[Rule, tuple[str, ...]] | None:
+def last_match(
+    rules: Sequence[Rule], name: str, types: Sequence[str] | None = None
+) -> tuple[Rule, tuple[str, ...]] | None:
     """The last rule that matches `name` wins (general first, specific after)."""
     for rule in reversed(rules):
-        caps = rule.pattern.match(name)
+        caps = rule.pattern.match(name, types)
         if caps is not None:
             return rule, caps
     return None
@@ -334,18 +371,24 @@ def plan(
     *,
     strict: bool = False,
     allow_unmatched: bool = False,
+    module_types: Mapping[str, Sequence[str]] | None = None,
 ) -> Plan:
     """Decide, for each tensor, which rule wins and what it does. Raises `RuleError` for a rule
     that matches nothing (unless allowed) or a wildcard-free rule naming a tensor its scheme
-    cannot take, and `StrictError` under `strict` for any skip."""
+    cannot take, and `StrictError` under `strict` for any skip.
+
+    `module_types` (from a model, see `reinit.model`) maps each tensor name to its owning
+    module's class names; `type:` patterns and the `default` scheme need it."""
+    check_model_needs(rules, module_types)
     entries: list[PlanEntry] = []
     used: set[int] = set()
     for t in tensors:
         shape = tuple(t.shape)
-        hit = last_match(rules, t.name)
+        types = module_types.get(t.name) if module_types is not None else None
+        hit = last_match(rules, t.name, types)
         # a rule "matches" for the unmatched check even when it loses to a later rule
         for i, r in enumerate(rules):
-            if i not in used and r.pattern.match(t.name) is not None:
+            if i not in used and r.pattern.match(t.name, types) is not None:
                 used.add(i)
         if hit is None:
             entries.append(PlanEntry(t.name, shape, t.dtype, "kept"))
@@ -370,7 +413,12 @@ def plan(
     for i, r in enumerate(rules):
         if i in used:
             continue
-        msg = f"rule {r.text!r} matches no tensor{closest_hint(r.pattern.text, names)}"
+        hint = (
+            type_hint(r.pattern, module_types)
+            if r.pattern.module_types and module_types is not None
+            else closest_hint(r.pattern.text, names)
+        )
+        msg = f"rule {r.text!r} matches no tensor{hint}"
         if not allow_unmatched:
             raise RuleError(msg + " (--allow-unmatched makes this a warning)")
         warnings.append(msg)
@@ -383,6 +431,40 @@ def plan(
             f"'{first.name}' by rule {first.rule.text if first.rule else ''!r}: {first.reason}"
         )
     return result
+
+
+NEEDS_MODEL = (
+    "needs a model: pass --model with a Hugging Face model directory, hf://OWNER/NAME "
+    "or module:callable (e.g. torchvision.models:resnet18)"
+)
+
+
+def check_model_needs(
+    rules: Sequence[Rule], module_types: Mapping[str, Sequence[str]] | None
+) -> None:
+    """`type:` patterns and the `default` scheme are meaningless without a model."""
+    if module_types is not None:
+        return
+    for r in rules:
+        if r.pattern.module_types:
+            raise RuleError(f"rule {r.text!r}: selecting by module type {NEEDS_MODEL}")
+        if r.scheme is not None and r.scheme.name == DEFAULT:
+            raise RuleError(
+                f"rule {r.text!r}: the scheme default (the architecture's own init) {NEEDS_MODEL}"
+            )
+
+
+def type_hint(pattern: Pattern, module_types: Mapping[str, Sequence[str]]) -> str:
+    """'; module types with tensors: ...' for a `type:` rule that matched nothing."""
+    present = sorted({ts[0] for ts in module_types.values() if ts})
+    close = [
+        c
+        for t in pattern.module_types
+        for c in difflib.get_close_matches(t, present, n=2, cutoff=0.5)
+    ]
+    did = f" (did you mean {' or '.join(dict.fromkeys(close))}?)" if close else ""
+    shown = ", ".join(present[:12]) + (", ..." if len(present) > 12 else "")
+    return f"{did}; module types holding tensors: {shown or 'none'}"
 
 
 def closest_hint(pattern: str, names: Sequence[str], n: int = 3) -> str:

@@ -13,6 +13,7 @@ import torch
 from reinit.errors import SchemeError
 from reinit.schemes.base import BoundScheme, Param, Scheme, bind, compute_fans
 from reinit.schemes.gain import NONLINEARITIES, calculate_gain
+from reinit.schemes.model_default import DEFAULT, DEFAULT_SCHEMES
 from reinit.schemes.torch_init import TORCH_SCHEMES
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "Scheme",
     "SCHEMES",
     "ALIASES",
+    "DEFAULT",
     "NONLINEARITIES",
     "bind_scheme",
     "calculate_gain",
@@ -30,7 +32,7 @@ __all__ = [
     "seed_for",
 ]
 
-_ALL: tuple[Scheme, ...] = (*TORCH_SCHEMES,)
+_ALL: tuple[Scheme, ...] = (*TORCH_SCHEMES, *DEFAULT_SCHEMES)
 
 SCHEMES: dict[str, Scheme] = {s.name: s for s in _ALL}
 ALIASES: dict[str, str] = {alias: s.name for s in _ALL for alias in s.aliases}
@@ -115,3 +117,31 @@ def scheme_table() -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+# --- a model's own fans -----------------------------------------------------------------
+
+
+def fans_scale(bound: BoundScheme, shape: Sequence[int], fans: tuple[int, int] | None) -> float:
+    """The factor that turns torch's draw (fans from the shape) into the draw with a module's
+    own `fans`: for a `uses_fans` scheme the values are a fixed distribution times a std that
+    depends on the fans alone, so rescaling by the ratio of the two stds gives the module-fan
+    distribution from the same generator. 1.0 when nothing differs."""
+    if fans is None or not bound.scheme.uses_fans or tuple(fans) == compute_fans(shape):
+        return 1.0
+    torch_std = bound.expected_std(tuple(shape))
+    module_std = expected_std_for(bound, shape, fans)
+    if not torch_std or module_std is None:
+        return 1.0
+    return module_std / torch_std
+
+
+def expected_std_for(
+    bound: BoundScheme, shape: Sequence[int], fans: tuple[int, int] | None
+) -> float | None:
+    """The scheme's theoretical std, with a module's own fans where the scheme uses fans:
+    evaluated on the 2-D shape (fan_out, fan_in), whose torch fans are exactly those."""
+    if fans is None or not bound.scheme.uses_fans:
+        return bound.expected_std(tuple(shape))
+    fan_in, fan_out = fans
+    return bound.expected_std((fan_out, fan_in))

@@ -49,6 +49,9 @@ class Scheme:
     std: Callable[[Shape, Args], float | None]
     formula: str
     doc: str
+    # True when the values depend on the shape only through (fan_in, fan_out): then a model's
+    # own fans (ConvTranspose, grouped conv, HF Conv1D) can replace torch's shape convention.
+    uses_fans: bool = False
     can_take: Callable[[Shape, Args], str | None] = field(default=lambda shape, args: None)
     kurtosis: float = 3.0  # of the value distribution; sets std_off's sampling tolerance
     aliases: tuple[str, ...] = ()

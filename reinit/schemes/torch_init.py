@@ -218,6 +218,7 @@ TORCH_SCHEMES: tuple[Scheme, ...] = (
         "gain·√(2/(fan_in+fan_out))",
         "Glorot & Bengio (2010), uniform",
         can_take=_needs_2d_or_more("xavier_uniform"),
+        uses_fans=True,
         kurtosis=1.8,
         aliases=("xavier", "glorot"),
     ),
@@ -229,6 +230,7 @@ TORCH_SCHEMES: tuple[Scheme, ...] = (
         "gain·√(2/(fan_in+fan_out))",
         "Glorot & Bengio (2010), normal",
         can_take=_needs_2d_or_more("xavier_normal"),
+        uses_fans=True,
     ),
     Scheme(
         "kaiming_uniform",
@@ -238,6 +240,7 @@ TORCH_SCHEMES: tuple[Scheme, ...] = (
         "gain/√fan, gain = calculate_gain(nonlinearity, a)",
         "He et al. (2015), uniform",
         can_take=_needs_2d_or_more("kaiming_uniform"),
+        uses_fans=True,
         kurtosis=1.8,
     ),
     Scheme(
@@ -248,6 +251,7 @@ TORCH_SCHEMES: tuple[Scheme, ...] = (
         "gain/√fan, gain = calculate_gain(nonlinearity, a)",
         "He et al. (2015), normal",
         can_take=_needs_2d_or_more("kaiming_normal"),
+        uses_fans=True,
         aliases=("kaiming", "he"),
     ),
     Scheme(

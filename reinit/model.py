@@ -1,0 +1,467 @@
+"""Model awareness: a model's skeleton, built on the meta device (no weights allocated), tells
+the planner what module owns each tensor (`type:Linear` patterns), the fans that module really
+has, and how the architecture initializes it (the `default` scheme).
+
+A model is named by `--model`:
+
+- a Hugging Face model directory (its `config.json`; the class comes from the config's
+  `architectures`, else `AutoModel`), a `config.json` file, or `hf://OWNER/NAME[@REV][/SUB]`
+  (only `config.json` is fetched). Needs `transformers` (the extra `reinit[hf]`); remote code
+  is never run.
+- `module:callable` or `module:callable(ARG, KEY=VALUE)` (arguments as in rules), e.g.
+  `torchvision.models:resnet18` or `mypkg.nets:MLP(depth=8)`: the callable is called under
+  `torch.device("meta")` and must return an `nn.Module`.
+
+Fans from the module (where torch's shape convention is wrong):
+
+- Conv weight `(out, in/g, k...)`: fan_in = in/g·∏k (as torch), fan_out = out/g·∏k (torch
+  says out·∏k: each input channel only reaches the out/g channels of its group).
+- ConvTranspose weight `(in, out/g, k...)`: the roles of the two first dims swap, so
+  fan_in = in/g·∏k and fan_out = out/g·∏k (torch reads them the other way round).
+- transformers' `Conv1D` (GPT-2) stores `(in, out)`: fan_in = size(0), fan_out = size(1).
+- Everything else: torch's convention (fan_in = size(1)·∏size[2:], fan_out = size(0)·∏size[2:]).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import math
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from reinit.errors import ReinitError, RuleError, SchemeError, StrictError, UsageError
+from reinit.rules import Plan
+from reinit.schemes import DEFAULT, BoundScheme, compute_fans, fans_scale, generate, seed_for
+
+Fans = tuple[int, int]
+
+
+class ModelError(UsageError):
+    """`--model` names nothing we can build, or a model that does not fit the checkpoint."""
+
+
+@dataclass(frozen=True)
+class TensorSite:
+    """Where a tensor lives in the model: its owning module and that module's class names
+    (most specific first, e.g. ('NonDynamicallyQuantizableLinear', 'Linear'))."""
+
+    name: str  # the model's own name for it
+    module_name: str  # "" for the root
+    attr: str
+    types: tuple[str, ...]
+    shape: tuple[int, ...]
+    fans: Fans | None
+    is_buffer: bool = False
+
+
+@dataclass(frozen=True)
+class Model:
+    """A model skeleton on the meta device and what the planner needs from it."""
+
+    spec: str
+    module: nn.Module
+    kind: str  # "hf" | "torch"
+    sites: Mapping[str, TensorSite]
+    prefix: str = ""  # transformers' base_model_prefix ("bert"), for name alignment
+
+    def align(
+        self, names: Sequence[str], shapes: Mapping[str, Sequence[int]] | None = None
+    ) -> ModelView:
+        return align(self, names, shapes)
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """A model seen through one checkpoint's tensor names (which may lack or carry the
+    transformers base-model prefix): everything keyed by the checkpoint's name."""
+
+    model: Model
+    names: Mapping[str, str]  # checkpoint name -> model name
+    shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # the checkpoint's
+
+    @property
+    def module_types(self) -> dict[str, tuple[str, ...]]:
+        return {ck: self.model.sites[m].types for ck, m in self.names.items()}
+
+    @property
+    def fans(self) -> dict[str, Fans]:
+        """Module fans, only where the model's tensor has the checkpoint's shape (a model of
+        another size says nothing about this tensor's fans)."""
+        out: dict[str, Fans] = {}
+        for ck, m in self.names.items():
+            site = self.model.sites[m]
+            if site.fans is not None and self.shapes.get(ck, site.shape) == site.shape:
+                out[ck] = site.fans
+        return out
+
+    def why_no_default(self, name: str) -> str | None:
+        """Why the `default` scheme cannot give this checkpoint tensor values, or None."""
+        site = self.site(name)
+        if site is None:
+            return "default: not a parameter or buffer of the model, so it has no own init"
+        shape = self.shapes.get(name, site.shape)
+        if tuple(shape) != site.shape:
+            return (
+                f"default: the model's '{site.name}' is {list(site.shape)}, the checkpoint's "
+                f"{list(shape)}; is --model the checkpoint's configuration?"
+            )
+        return None
+
+    def site(self, name: str) -> TensorSite | None:
+        m = self.names.get(name)
+        return self.model.sites[m] if m is not None else None
+
+
+# --- loading ------------------------------------------------------------------------------
+
+_CALLABLE = re.compile(r"([A-Za-z_][\w.]*):([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)(\(.*\))?\Z", re.S)
+
+
+def load_model(spec: str | os.PathLike[str] | nn.Module) -> Model:
+    """Build the skeleton `spec` names (see the module docstring), on the meta device. An
+    `nn.Module` is taken as it is (its tensors may be real or meta)."""
+    if isinstance(spec, nn.Module):
+        kind = "hf" if callable(getattr(spec, "_init_weights", None)) else "torch"
+        return _from_module(type(spec).__name__, spec, kind, _prefix(spec))
+    text = os.fspath(spec)
+    factory = model_factory(text)
+    try:
+        with torch.device("meta"):
+            module = factory()
+    except ReinitError:
+        raise
+    except Exception as e:
+        raise ModelError(f"--model {text}: building the model failed: {_one_line(e)}") from None
+    if not isinstance(module, nn.Module):
+        raise ModelError(
+            f"--model {text}: the callable returned {type(module).__name__}, not a torch.nn.Module"
+        )
+    kind = "hf" if _is_hf(module) else "torch"
+    return _from_module(text, module, kind, _prefix(module) if kind == "hf" else "")
+
+
+def build_real(spec: str, seed: int = 0) -> nn.Module:
+    """The model `spec` names with real weights on the CPU, initialized as its constructor
+    (for transformers, with `post_init`) does, from `torch.manual_seed(seed)` inside `fork_rng`
+    (the caller's RNG is untouched)."""
+    text = os.fspath(spec)
+    factory = model_factory(text)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            module = factory()
+        except ReinitError:
+            raise
+        except Exception as e:
+            raise ModelError(f"--model {text}: building the model failed: {_one_line(e)}") from None
+    if not isinstance(module, nn.Module):
+        raise ModelError(
+            f"--model {text}: the callable returned {type(module).__name__}, not a torch.nn.Module"
+        )
+    return module
+
+
+def model_factory(text: str) -> Callable[[], Any]:
+    """A function that builds the model `text` names (on whatever device is current)."""
+    if text.startswith("hf://"):
+        from reinit.io.hub import HubRepo, parse_hf_url
+
+        ref = parse_hf_url(text)
+        return _hf_factory(text, HubRepo(ref, progress=False).fetch("config.json"))
+    path = Path(text)
+    if path.is_dir():
+        config_path = path / "config.json"
+        if not config_path.is_file():
+            raise ModelError(
+                f"--model {text}: the directory has no config.json; give a Hugging Face model "
+                "directory or module:callable"
+            )
+        return _hf_factory(text, config_path)
+    if path.is_file() and path.name.endswith(".json"):
+        return _hf_factory(text, path)
+    m = _CALLABLE.match(text)
+    if m and not path.exists():
+        return _callable_factory(text, m.group(1), m.group(2), m.group(3))
+    raise ModelError(
+        f"--model {text}: no such directory and not module:callable; give a Hugging Face model "
+        "directory (with config.json), hf://OWNER/NAME, or module:callable "
+        "(e.g. torchvision.models:resnet18)"
+    )
+
+
+def _callable_factory(
+    text: str, module_name: str, attr: str, call: str | None
+) -> Callable[[], Any]:
+    from reinit.rules import parse_action
+
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = {}
+    if call:
+        action = parse_action("f" + call, f"--model {text}")
+        args, kwargs = action.args, action.kwargs_dict()
+    try:
+        mod = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ModelError(
+            f"--model {text}: cannot import {module_name!r} ({e}); install it or put its "
+            "directory on PYTHONPATH"
+        ) from None
+    fn: Any = mod
+    for part in attr.split("."):
+        fn = getattr(fn, part, None)
+        if fn is None:
+            raise ModelError(f"--model {text}: module {module_name!r} has no {attr!r}")
+    if not callable(fn):
+        raise ModelError(f"--model {text}: {module_name}.{attr} is not callable")
+    return lambda: fn(*args, **kwargs)
+
+
+def _transformers() -> Any:
+    try:
+        import transformers
+    except ImportError:
+        raise ModelError(
+            "--model with a Hugging Face config needs transformers: pip install 'reinit[hf]'"
+        ) from None
+    return transformers
+
+
+def _hf_factory(spec: str, config_path: Path) -> Callable[[], Any]:
+    """The class comes from the config's `architectures` (so names line up with checkpoints
+    saved from it), else `AutoModel`. Remote code is never run."""
+    transformers = _transformers()
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(config_path))
+    except Exception as e:
+        raise ModelError(
+            f"--model {spec}: transformers cannot read {config_path}: {_one_line(e)} "
+            "(remote code is never run; upgrade transformers for new model types)"
+        ) from None
+    archs = getattr(config, "architectures", None) or []
+    cls = getattr(transformers, archs[0], None) if archs else None
+    if cls is not None:
+        return lambda: cls(config)
+    return lambda: transformers.AutoModel.from_config(config)
+
+
+def _is_hf(module: nn.Module) -> bool:
+    return callable(getattr(module, "_init_weights", None)) and hasattr(module, "config")
+
+
+def _prefix(module: nn.Module) -> str:
+    return str(getattr(module, "base_model_prefix", "") or "")
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _type_names(module: nn.Module) -> tuple[str, ...]:
+    names = []
+    for cls in type(module).__mro__:
+        if cls is nn.Module or cls is object:
+            break
+        if not cls.__name__.startswith("_"):
+            names.append(cls.__name__)
+    return tuple(names) or (type(module).__name__,)
+
+
+def module_fans(module: nn.Module, attr: str, shape: Sequence[int]) -> Fans | None:
+    """A tensor's fans as its module uses it (see the module docstring)."""
+    fans = compute_fans(shape)
+    if fans is None or attr != "weight":
+        return fans
+    rf = math.prod(shape[2:])
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        g = module.groups
+        return shape[0] // g * rf, shape[1] * rf
+    if isinstance(module, nn.modules.conv._ConvNd):
+        g = module.groups
+        return shape[1] * rf, shape[0] // g * rf
+    if type(module).__name__ == "Conv1D" and len(shape) == 2:  # transformers' GPT-2 layer
+        return shape[0], shape[1]
+    return fans
+
+
+def _from_module(spec: str, module: nn.Module, kind: str, prefix: str) -> Model:
+    """Every parameter and buffer, tied names included (a checkpoint may hold either)."""
+    modules = dict(module.named_modules(remove_duplicate=False))
+    sites: dict[str, TensorSite] = {}
+    named = [
+        *((n, t, False) for n, t in module.named_parameters(remove_duplicate=False)),
+        *((n, t, True) for n, t in module.named_buffers(remove_duplicate=False)),
+    ]
+    for full, t, is_buffer in named:
+        mname, _, attr = full.rpartition(".")
+        owner = modules[mname]
+        shape = tuple(t.shape)
+        sites.setdefault(
+            full,
+            TensorSite(
+                full,
+                mname,
+                attr,
+                _type_names(owner),
+                shape,
+                module_fans(owner, attr, shape),
+                is_buffer,
+            ),
+        )
+    return Model(spec, module, kind, sites, prefix)
+
+
+# --- aligning with a checkpoint -----------------------------------------------------------
+
+
+def align(
+    model: Model, names: Sequence[str], shapes: Mapping[str, Sequence[int]] | None = None
+) -> ModelView:
+    """Map checkpoint names to the model's: the same name, else with the base-model prefix
+    added or removed (a `BertModel` checkpoint against `BertForSequenceClassification`, or the
+    other way round). Nothing in common is an error that shows both sides."""
+    mapping: dict[str, str] = {}
+    pre = model.prefix + "." if model.prefix else ""
+    for n in names:
+        if n in model.sites:
+            mapping[n] = n
+        elif pre and pre + n in model.sites:
+            mapping[n] = pre + n
+        elif pre and n.startswith(pre) and n[len(pre) :] in model.sites:
+            mapping[n] = n[len(pre) :]
+    if names and not mapping:
+        ck = ", ".join(list(names)[:3])
+        mm = ", ".join(list(model.sites)[:3])
+        raise ModelError(
+            f"--model {model.spec}: no checkpoint tensor name matches a parameter of the model "
+            f"(checkpoint: {ck}, ...; model: {mm}, ...); is it the model this checkpoint was "
+            "saved from?"
+        )
+    return ModelView(model, mapping, {k: tuple(v) for k, v in (shapes or {}).items()})
+
+
+def check_default(result: Plan, view: ModelView | None, strict: bool = False) -> Plan:
+    """`default` entries the model cannot serve (a tensor it lacks, or of another shape) become
+    skips with the reason, or errors for a rule without wildcards (as for any scheme)."""
+    if view is None:
+        return result
+    entries = []
+    for e in result.entries:
+        bound = e.scheme
+        reason = (
+            view.why_no_default(e.name) if bound is not None and bound.name == DEFAULT else None
+        )
+        if reason is None:
+            entries.append(e)
+            continue
+        assert e.rule is not None
+        if not e.rule.pattern.has_wildcards:
+            raise RuleError(f"rule {e.rule.text!r}: tensor '{e.name}' {list(e.shape)}: {reason}")
+        entries.append(replace(e, action="skipped", reason=reason))
+    checked = replace(result, entries=tuple(entries))
+    if strict and checked.skipped:
+        first = checked.skipped[0]
+        raise StrictError(f"--strict: '{first.name}' would be skipped: {first.reason}")
+    return checked
+
+
+# --- values -------------------------------------------------------------------------------
+
+
+def reinit_value(
+    view: ModelView | None,
+    bound: BoundScheme,
+    name: str,
+    shape: Sequence[int],
+    dtype: torch.dtype,
+    seed: int,
+    device: str = "cpu",
+) -> torch.Tensor:
+    """A reinit entry's values: `default` from the model; a fan-based scheme drawn with the
+    module's own fans where they differ from torch's (rescaled from the same draw, so it stays
+    reproducible from seed and name); anything else exactly as without a model."""
+    if bound.name == DEFAULT:
+        why = view.why_no_default(name) if view is not None else "default needs --model"
+        if view is None or why is not None:
+            raise SchemeError(f"'{name}': {why}")
+        return default_value(view, name, dtype, seed)
+    new = generate(bound, name, shape, dtype, seed, device)
+    fans = view.fans.get(name) if view is not None else None
+    scale = fans_scale(bound, shape, fans)
+    if scale != 1.0:
+        work = torch.float64 if dtype == torch.float64 else torch.float32
+        new = (new.to(work) * scale).to(dtype)
+    return new
+
+
+def default_value(view: ModelView, name: str, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """The architecture's own init for one tensor: a real CPU copy of its owning module (only
+    that module), initialized the way the architecture does it — torch's `reset_parameters()`
+    (as at construction), then for transformers models the model's `_init_weights(module)` —
+    with torch's global RNG seeded from `seed_for(seed, name)` inside `fork_rng`, so the caller's
+    RNG is untouched and the values depend on seed and name only.
+
+    The values follow the architecture's init distribution; they are not those of one
+    particular from-scratch model instance (that one draws all tensors from one RNG stream)."""
+    site = view.site(name)
+    assert site is not None
+    model = view.model
+    owner = model.module.get_submodule(site.module_name)
+    real = copy.deepcopy(owner).to_empty(device="cpu", recurse=True).float()
+    with torch.no_grad():
+        for t in [*real.parameters(), *real.buffers()]:
+            if hasattr(t, "_is_hf_initialized"):  # transformers would skip "done" tensors
+                del t._is_hf_initialized
+            if t.is_floating_point():
+                t.fill_(float("nan"))
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed_for(seed, name))
+        ran = False
+        for method in ("reset_parameters", "_reset_parameters"):
+            fn = getattr(real, method, None)
+            if callable(fn):
+                fn()
+                ran = True
+                break
+        if model.kind == "hf":
+            init = getattr(model.module, "_init_weights", None)
+            if callable(init):
+                init(real)
+                ran = True
+    value = _get_attr_tensor(real, site.attr)
+    if not ran or (value.is_floating_point() and bool(value.isnan().any())):
+        raise SchemeError(
+            f"default: the architecture's init does not set '{name}' (module "
+            f"{site.module_name or '(root)'} of type {site.types[0]} has no reset_parameters"
+            f"{' and _init_weights leaves it' if model.kind == 'hf' else ''}); give it an "
+            "explicit scheme"
+        )
+    return value.detach().to(dtype).contiguous().clone()
+
+
+def _get_attr_tensor(module: nn.Module, attr: str) -> torch.Tensor:
+    t = getattr(module, attr)
+    assert isinstance(t, torch.Tensor)
+    return t
+
+
+__all__ = [
+    "Model",
+    "ModelError",
+    "ModelView",
+    "TensorSite",
+    "align",
+    "build_real",
+    "default_value",
+    "load_model",
+    "module_fans",
+    "reinit_value",
+]

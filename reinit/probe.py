@@ -1,0 +1,466 @@
+"""The forward probe: push random inputs through a model and measure, layer by layer, the std
+of the activations (forward) and of the gradients flowing back (backward) — before and after a
+set of rules. It is the experiment that shows vanishing and exploding signals: a deep ReLU MLP
+at N(0,1) weights multiplies the activation std by ≈√(fan_in/2) per layer; after
+`kaiming(nonlinearity=relu)` it stays ≈1.
+
+Inputs: transformers models that take `input_ids` get uniform random token ids of shape
+(batch, seq) (default 2×16); `pixel_values` models and `module:callable` models get N(0,1)
+tensors of `--input-shape`. The backward pass starts from an N(0,1) cotangent on the model's
+first output tensor (logits or last hidden state), so gradients measure how the network scales
+a unit signal on its way back. The model runs in eval mode (no dropout; BatchNorm uses its
+running statistics), with everything seeded from `seed`."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from reinit.errors import UsageError
+from reinit.io.readers import TensorRef
+from reinit.rules import Plan, Rule, parse_rules
+from reinit.rules import plan as make_plan
+
+STABLE_FACTOR = 2.0  # per weighted layer, in std: variance ×4 (the report's unstable_depth)
+_SKIP_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity)
+
+
+@dataclass(frozen=True)
+class LayerSignal:
+    """One leaf module's output, in call order: its std forward and its gradient's backward."""
+
+    name: str
+    type: str
+    act_std: float | None
+    grad_std: float | None
+    weighted: bool  # owns a ≥2-D parameter (Linear, Conv, Embedding, ...)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type,
+            "act_std": self.act_std,
+            "grad_std": self.grad_std,
+            "weighted": self.weighted,
+        }
+
+
+def _per_layer(ratio: float | None, depth: int) -> float | None:
+    if ratio is None or ratio <= 0 or not math.isfinite(ratio):
+        return None if ratio is None or ratio < 0 or math.isnan(ratio) else ratio
+    return ratio ** (1.0 / max(1, depth - 1))
+
+
+def verdict(per_layer: float | None) -> str:
+    """`exploding` / `vanishing` when the std changes by more than ×2 per weighted layer on
+    average (variance ×4: the report's unstable_depth threshold), else `stable`."""
+    if per_layer is None:
+        return "unknown"
+    if per_layer == math.inf or per_layer > STABLE_FACTOR:
+        return "exploding"
+    if per_layer < 1.0 / STABLE_FACTOR:
+        return "vanishing"
+    return "stable"
+
+
+@dataclass(frozen=True)
+class ProbePass:
+    """One forward+backward pass. `act_growth` = std of the last weighted layer's output over
+    the first's; `grad_growth` = gradient std at the first weighted layer's output over the
+    last's (gradients grow toward the input when they explode). `*_per_layer` is the geometric
+    mean factor per weighted layer: growth^(1/(depth−1))."""
+
+    layers: tuple[LayerSignal, ...]
+    output_std: float | None
+
+    @property
+    def depth(self) -> int:
+        return sum(1 for layer in self.layers if layer.weighted)
+
+    def _ends(self, attr: str) -> tuple[float | None, float | None]:
+        """The first and last weighted layers' values (like is compared with like: a ReLU's
+        output has a smaller std than the Linear's before it); all layers if none is weighted."""
+        chosen = [layer for layer in self.layers if layer.weighted] or list(self.layers)
+        values = [getattr(layer, attr) for layer in chosen if getattr(layer, attr) is not None]
+        return (values[0], values[-1]) if values else (None, None)
+
+    @property
+    def act_growth(self) -> float | None:
+        first, last = self._ends("act_std")
+        return _ratio(last, first)
+
+    @property
+    def grad_growth(self) -> float | None:
+        first, last = self._ends("grad_std")
+        return _ratio(first, last)
+
+    @property
+    def act_verdict(self) -> str:
+        return verdict(_per_layer(self.act_growth, self.depth))
+
+    @property
+    def grad_verdict(self) -> str:
+        return verdict(_per_layer(self.grad_growth, self.depth))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layers": [layer.to_dict() for layer in self.layers],
+            "output_std": self.output_std,
+            "depth": self.depth,
+            "act_growth": _finite(self.act_growth),
+            "act_per_layer": _finite(_per_layer(self.act_growth, self.depth)),
+            "activations": self.act_verdict,
+            "grad_growth": _finite(self.grad_growth),
+            "grad_per_layer": _finite(_per_layer(self.grad_growth, self.depth)),
+            "gradients": self.grad_verdict,
+        }
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)):
+        return math.inf if (a is not None and not math.isfinite(a)) else None
+    if b == 0:
+        return math.inf if a > 0 else None
+    return a / b
+
+
+def _finite(x: float | None) -> float | str | None:
+    """JSON has no Infinity: non-finite numbers are written as strings."""
+    if x is None or math.isfinite(x):
+        return x
+    return str(x)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    model: str
+    input: str  # what was fed, e.g. "N(0,1) [256, 64]" or "token ids [2, 16] < 30522"
+    seed: int
+    rules: tuple[str, ...]
+    before: ProbePass
+    after: ProbePass | None
+    checkpoint: str | None = None
+    warnings: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "checkpoint": self.checkpoint,
+            "input": self.input,
+            "seed": self.seed,
+            "rules": list(self.rules),
+            "before": self.before.to_dict(),
+            "after": self.after.to_dict() if self.after else None,
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+
+# --- running ------------------------------------------------------------------------------
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """`256,64` or `256x64` or `[256, 64]`."""
+    cleaned = text.strip().strip("[]()").replace("x", ",").replace("×", ",")
+    try:
+        shape = tuple(int(p) for p in cleaned.split(",") if p.strip())
+    except ValueError:
+        shape = ()
+    if not shape or any(d <= 0 for d in shape):
+        raise UsageError(
+            f"--input-shape {text}: write positive sizes separated by commas, e.g. 32,3,224,224"
+        )
+    return shape
+
+
+def make_inputs(
+    module: nn.Module, input_shape: Sequence[int] | None, seed: int
+) -> tuple[dict[str, torch.Tensor] | torch.Tensor, str]:
+    """The model's random input and a description of it."""
+    g = torch.Generator().manual_seed(seed)
+    config = getattr(module, "config", None)
+    main = getattr(module, "main_input_name", None) if config is not None else None
+    if main == "input_ids":
+        shape = tuple(input_shape) if input_shape else (2, 16)
+        if len(shape) != 2:
+            raise UsageError(
+                f"--input-shape {list(shape)}: a token model takes (batch, sequence), e.g. 2,16"
+            )
+        vocab = int(getattr(config, "vocab_size", 0) or 0)
+        if vocab <= 0:
+            raise UsageError("the model config has no vocab_size; cannot draw token ids")
+        ids = torch.randint(0, vocab, shape, generator=g)
+        return {"input_ids": ids}, f"token ids {list(shape)} uniform in [0, {vocab})"
+    if main == "pixel_values" and not input_shape:
+        size = getattr(config, "image_size", None)
+        channels = getattr(config, "num_channels", 3)
+        if isinstance(size, int):
+            input_shape = (2, channels, size, size)
+    if not input_shape:
+        raise UsageError(
+            "--input-shape is needed for this model (e.g. --input-shape 32,784 for an MLP, "
+            "32,3,224,224 for an image model)"
+        )
+    x = torch.randn(tuple(input_shape), generator=g)
+    if main == "pixel_values":
+        return {"pixel_values": x}, f"N(0,1) images {list(input_shape)}"
+    return x, f"N(0,1) {list(input_shape)}"
+
+
+def _first_tensor(out: Any) -> torch.Tensor | None:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        for o in out:
+            t = _first_tensor(o)
+            if t is not None:
+                return t
+    return None
+
+
+def _std(t: torch.Tensor) -> float | None:
+    if not t.is_floating_point() or t.numel() < 2:
+        return None
+    return float(t.detach().to(torch.float64).std(correction=0))
+
+
+def run_pass(
+    module: nn.Module, inputs: dict[str, torch.Tensor] | torch.Tensor, seed: int
+) -> ProbePass:
+    """One forward and backward pass with hooks on every leaf module."""
+    records: list[dict[str, Any]] = []
+    counts: dict[str, int] = {}
+    handles = []
+
+    def hook(name: str, mod: nn.Module):
+        weighted = any(p.dim() >= 2 for p in mod.parameters(recurse=False))
+
+        def fwd(_m: nn.Module, _inp: Any, out: Any) -> None:
+            t = _first_tensor(out)
+            if t is None or not t.is_floating_point():
+                return
+            counts[name] = counts.get(name, 0) + 1
+            label = name if counts[name] == 1 else f"{name}[{counts[name]}]"
+            rec = {
+                "name": label,
+                "type": type(mod).__name__,
+                "act": _std(t),
+                "grad": None,
+                "weighted": weighted,
+            }
+            records.append(rec)
+            if t.requires_grad:
+
+                def grad_hook(g: torch.Tensor) -> None:
+                    rec["grad"] = _std(g)
+
+                t.register_hook(grad_hook)
+
+        return fwd
+
+    for name, mod in module.named_modules():
+        if any(True for _ in mod.children()) or isinstance(mod, _SKIP_TYPES):
+            continue
+        handles.append(mod.register_forward_hook(hook(name or "(root)", mod)))
+    was_training = module.training
+    module.eval()
+    try:
+        module.zero_grad(set_to_none=True)
+        out = module(**inputs) if isinstance(inputs, dict) else module(inputs)
+        y = _first_tensor(out)
+        output_std = _std(y) if y is not None else None
+        if y is not None and y.requires_grad:
+            cot = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed + 1))
+            y.backward(cot.to(y.dtype))
+    finally:
+        for h in handles:
+            h.remove()
+        module.train(was_training)
+        module.zero_grad(set_to_none=True)
+    layers = tuple(
+        LayerSignal(r["name"], r["type"], r["act"], r["grad"], r["weighted"]) for r in records
+    )
+    return ProbePass(layers, output_std)
+
+
+def apply_rules_in_memory(
+    module: nn.Module, rules: Sequence[Rule], seed: int, allow_unmatched: bool = False
+) -> Plan:
+    """Apply rules to a module's own tensors, in place, exactly as `reinit apply` would write
+    them (same planning, same per-tensor seeds, module fans and `default`)."""
+    from reinit.model import check_default, load_model, reinit_value
+    from reinit.transplant import SourcePool, check_transplants, transplant_value
+
+    state = module.state_dict(keep_vars=True)
+    seen: set[int] = set()
+    tensors: dict[str, torch.Tensor] = {}
+    for name, t in state.items():  # tied weights appear under several names: keep the first
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        tensors[name] = t
+    view = load_model(module).align(list(tensors))
+    refs = [TensorRef(n, t.dtype, tuple(t.shape)) for n, t in tensors.items()]
+    the_plan = make_plan(
+        refs, rules, allow_unmatched=allow_unmatched, module_types=view.module_types
+    )
+    the_plan = check_default(the_plan, view)
+    with SourcePool() as pool, torch.no_grad():
+        if any(e.action == "transplant" for e in the_plan.entries):
+            the_plan = check_transplants(the_plan, pool)
+        for e in the_plan.entries:
+            t = tensors[e.name]
+            if e.action == "reinit":
+                assert e.scheme is not None
+                new = reinit_value(view, e.scheme, e.name, e.shape, e.dtype, seed)
+            elif e.action == "transplant":
+                new, _, _ = transplant_value(pool, e, t.detach())
+            else:
+                continue
+            t.copy_(new)
+    return the_plan
+
+
+def load_weights(module: nn.Module, checkpoint: str) -> None:
+    """Copy a checkpoint's tensors into the module (names aligned as for `--model`)."""
+    from reinit.io.readers import open_checkpoint
+    from reinit.model import ModelError, load_model
+
+    state = module.state_dict(keep_vars=True)
+    with open_checkpoint(checkpoint) as ckpt:
+        view = load_model(module).align(ckpt.names())
+        with torch.no_grad():
+            for ck_name, m_name in view.names.items():
+                if m_name not in state:
+                    continue
+                src = ckpt.read(ck_name)
+                dst = state[m_name]
+                if tuple(src.shape) != tuple(dst.shape):
+                    raise ModelError(
+                        f"--checkpoint {checkpoint}: '{ck_name}' is {list(src.shape)} but the "
+                        f"model's '{m_name}' is {list(dst.shape)}"
+                    )
+                dst.copy_(src.to(dst.dtype))
+
+
+def probe(
+    model: str,
+    rules: Sequence[str | Rule] = (),
+    *,
+    input_shape: Sequence[int] | None = None,
+    seed: int = 0,
+    checkpoint: str | None = None,
+    allow_unmatched: bool = False,
+) -> ProbeResult:
+    """Build `model` (see `reinit.model`; real weights as its constructor draws them from
+    `seed`, or `checkpoint`'s), probe it, apply `rules` in memory, probe again."""
+    from reinit.model import build_real
+
+    rule_objs = tuple(r if isinstance(r, Rule) else parse_rules([r])[0] for r in rules)
+    module = build_real(model, seed)
+    if checkpoint is not None:
+        load_weights(module, checkpoint)
+    inputs, described = make_inputs(module, input_shape, seed)
+    before = run_pass(module, inputs, seed)
+    after = None
+    warnings: tuple[str, ...] = ()
+    if rule_objs:
+        p = apply_rules_in_memory(module, rule_objs, seed, allow_unmatched)
+        warnings = p.warnings
+        after = run_pass(module, inputs, seed)
+    return ProbeResult(
+        model,
+        described,
+        seed,
+        tuple(r.text for r in rule_objs),
+        before,
+        after,
+        checkpoint,
+        warnings,
+    )
+
+
+# --- rendering ----------------------------------------------------------------------------
+
+
+def render(result: ProbeResult, width: int = 100) -> str:
+    from reinit.report import fmt, shorten
+
+    def f(x: float | None) -> str:
+        return fmt(x) if x is not None else "-"
+
+    after = result.after
+    rows = list(zip(result.before.layers, after.layers if after else [None] * 10**6, strict=False))
+    name_w = max(12, min(max((len(b.name) for b, _ in rows), default=5), width // 3))
+    head = f"{'layer'.ljust(name_w)}  {'type':<14} {'act std':>22}  {'grad std':>22}"
+    lines = [f"{result.model}: {result.input}, seed {result.seed}", head]
+    for b, a in rows:
+        act = f(b.act_std) if a is None else f"{f(b.act_std)} → {f(a.act_std)}"
+        grad = f(b.grad_std) if a is None else f"{f(b.grad_std)} → {f(a.grad_std)}"
+        lines.append(
+            f"{shorten(b.name, name_w).ljust(name_w)}  {shorten(b.type, 14):<14} {act:>22}  {grad:>22}"
+        )
+
+    def summary(label: str, p: ProbePass) -> str:
+        return (
+            f"{label}: activations {p.act_verdict} (×{f(_per_layer(p.act_growth, p.depth))}/layer, "
+            f"×{f(p.act_growth)} overall), gradients {p.grad_verdict} "
+            f"(×{f(_per_layer(p.grad_growth, p.depth))}/layer) over {p.depth} weighted layers"
+        )
+
+    lines.append(summary("before", result.before))
+    if after is not None:
+        lines.append(summary(f"after {' '.join(result.rules)}", after))
+    return "\n".join(lines)
+
+
+def plot(result: ProbeResult, path: str) -> None:
+    """Activation and gradient std per layer (log scale), before and after."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UsageError("--plot needs matplotlib: pip install 'reinit[plot]'") from None
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, attr, title in (
+        (axes[0], "act_std", "activation std (forward)"),
+        (axes[1], "grad_std", "gradient std (backward)"),
+    ):
+        after_label = "after " + " ".join(result.rules)
+        if len(after_label) > 60:
+            after_label = after_label[:59] + "…"
+        for label, p in (("before", result.before), (after_label, result.after)):
+            if p is None:
+                continue
+            xs = [i for i, layer in enumerate(p.layers) if _positive(getattr(layer, attr))]
+            ys = [getattr(p.layers[i], attr) for i in xs]
+            ax.plot(xs, ys, marker="o", markersize=3, label=label)
+        ax.set_yscale("log")
+        ax.set_xlabel("layer (call order)")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{result.model}: {result.input}")
+    fig.tight_layout()
+    from pathlib import Path
+
+    from reinit.io.writer import atomic_output
+
+    with atomic_output(Path(path)) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=100)
+    plt.close(fig)
+
+
+def _positive(x: float | None) -> bool:
+    return x is not None and math.isfinite(x) and x > 0

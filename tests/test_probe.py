@@ -1,0 +1,144 @@
+"""`reinit probe`: activation and gradient std per layer, before and after rules."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from reinit.cli import main
+from reinit.probe import parse_shape, probe
+
+HERE = Path(__file__).parent
+MLP = "models_for_tests:mlp(depth=8, width=64, inputs=64)"
+
+
+@pytest.fixture(autouse=True)
+def _tests_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(HERE))
+
+
+def _linear_acts(p) -> list[float]:
+    return [layer.act_std for layer in p.layers if layer.type == "Linear"]
+
+
+def test_deep_mlp_explodes_at_normal_and_is_stable_after_kaiming() -> None:
+    # N(0,1) weights, fan_in 64, ReLU: each layer multiplies the pre-activation std by
+    # ≈ sqrt(64/2) ≈ 5.7 (a finite-width sample over 7 gaps lands within 4..7 per layer).
+    exploded = probe(MLP, ["*.weight=normal"], input_shape=(256, 64), seed=0)
+    after = exploded.after
+    assert after is not None
+    acts = _linear_acts(after)
+    assert len(acts) == 8 and after.depth == 8
+    per_layer = (acts[-1] / acts[0]) ** (1 / 7)
+    assert 4.0 < per_layer < 7.0
+    assert after.act_verdict == "exploding" and after.grad_verdict == "exploding"
+    assert after.act_growth is not None and after.act_growth > 1e4
+
+    stable = probe(
+        MLP,
+        ["*.weight=kaiming(nonlinearity=relu)", "*.bias=zeros"],
+        input_shape=(256, 64),
+        seed=0,
+    )
+    assert stable.after is not None
+    assert stable.after.act_verdict == "stable" and stable.after.grad_verdict == "stable"
+    acts = _linear_acts(stable.after)
+    assert all(0.5 < a < 2.0 for a in acts), acts  # input std 1, gain sqrt(2): stays O(1)
+    # "before" is the same model as built, the same for both runs (seeded from --seed)
+    assert exploded.before == stable.before
+    # torch's default init (kaiming_uniform a=sqrt(5)) makes the gradients vanish here
+    assert exploded.before.grad_verdict == "vanishing"
+
+
+def test_probe_cli_json_and_plot(tmp_path: Path) -> None:
+    png = tmp_path / "probe.png"
+    r = CliRunner().invoke(
+        main,
+        [
+            "probe",
+            MLP,
+            "--input-shape",
+            "64,64",
+            "-r",
+            "*.weight=normal",
+            "--json",
+            "--plot",
+            str(png),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["input"] == "N(0,1) [64, 64]"
+    assert data["rules"] == ["*.weight=normal"]
+    assert data["after"]["activations"] == "exploding"
+    assert [layer["type"] for layer in data["before"]["layers"][:2]] == ["Linear", "ReLU"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    table = CliRunner().invoke(
+        main, ["probe", MLP, "--input-shape", "64x64", "-r", "*.weight=normal"]
+    )
+    assert table.exit_code == 0, table.output
+    assert "after *.weight=normal: activations exploding" in table.output
+    assert "→" in table.output
+
+
+def test_probe_hf_model_uses_token_ids(tmp_path: Path) -> None:
+    from transformers import BertConfig, BertModel
+
+    cfg = BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=24,
+        max_position_embeddings=32,
+    )
+    BertModel(cfg).save_pretrained(tmp_path / "bert")
+    res = probe(str(tmp_path / "bert"), ["type:Linear=normal(std=1)"], seed=0)
+    assert res.input == "token ids [2, 16] uniform in [0, 50)"
+    types = {layer.type for layer in res.before.layers}
+    assert {"Embedding", "Linear", "LayerNorm"} <= types
+    assert res.after is not None
+    # N(0,1) Linear weights at width 16 blow up the projections' outputs (std ≈ 4 vs 0.02·4)
+    before = {layer.name: layer.act_std for layer in res.before.layers}
+    after = {layer.name: layer.act_std for layer in res.after.layers}
+    q = "encoder.layer.0.attention.self.query"
+    assert after[q] > 20 * before[q]
+    # every encoder Linear lies on the path to last_hidden_state, so each gets a gradient
+    encoder = [layer for layer in res.before.layers if layer.name.startswith("encoder.")]
+    assert encoder and all(layer.grad_std is not None for layer in encoder)
+
+
+def test_probe_usage_errors() -> None:
+    runner = CliRunner()
+    r = runner.invoke(main, ["probe", MLP])
+    assert r.exit_code == 2 and "--input-shape" in r.output
+    r = runner.invoke(main, ["probe", MLP, "--input-shape", "0,a"])
+    assert r.exit_code == 2 and "--input-shape" in r.output
+    assert parse_shape("[8, 3, 32, 32]") == (8, 3, 32, 32)
+    assert math.isclose(len(parse_shape("2x3")), 2)
+
+
+def test_probe_before_is_the_checkpoint_when_given(tmp_path: Path) -> None:
+    import models_for_tests
+    import torch
+    from safetensors.torch import save_file
+
+    net = models_for_tests.mlp(depth=8, width=64, inputs=64)
+    g = torch.Generator().manual_seed(0)
+    state = {
+        k: torch.randn(v.shape, generator=g) if k.endswith("weight") else torch.zeros(v.shape)
+        for k, v in net.state_dict().items()
+    }
+    ckpt = tmp_path / "mlp.safetensors"
+    save_file(state, ckpt)
+    res = probe(
+        MLP, ["*.weight=kaiming(nonlinearity=relu)"], input_shape=(128, 64), checkpoint=str(ckpt)
+    )
+    assert res.before.act_verdict == "exploding"  # the checkpoint's N(0,1) weights
+    assert res.after is not None and res.after.act_verdict == "stable"
+    assert res.to_dict()["checkpoint"] == str(ckpt)
