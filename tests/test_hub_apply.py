@@ -230,3 +230,25 @@ def test_bad_hub_url_in_from_is_a_usage_error(offline, tmp_path, url):
     assert (
         url in res.output and "hf://OWNER/NAME" in res.output or "model repositories" in res.output
     )
+
+
+def test_hub_subfolder_source(offline, tmp_path):
+    enc = {"embeddings.weight": torch.arange(8.0).reshape(2, 4)}
+    seed_repo(
+        offline,
+        "acme/pipe",
+        {
+            "model_index.json": b"{}",
+            "text_encoder/model.safetensors": st_bytes(tmp_path, enc),
+            "unet/model.safetensors": b"never read",
+        },
+    )
+    tgt = target(tmp_path, {"te.embeddings.weight": torch.zeros(2, 4)})
+    rep = reinit.apply(
+        tgt, ["te.*=from(hf://acme/pipe/text_encoder, key={1})"], tmp_path / "o.safetensors"
+    )
+    o = load_file(tmp_path / "o.safetensors")
+    assert torch.equal(o["te.embeddings.weight"], enc["embeddings.weight"])
+    assert rep.entry("te.embeddings.weight").source == (
+        "hf://acme/pipe/text_encoder:embeddings.weight"
+    )
