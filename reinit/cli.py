@@ -111,6 +111,29 @@ def main() -> None:
 @click.option(
     "-o", "--output", default=None, help="Output file (.safetensors, .bin/.pt) or directory."
 )
+@click.option(
+    "--add",
+    "adds",
+    multiple=True,
+    metavar="NAME=[d0,...]:SCHEME",
+    help="Add a new tensor filled by SCHEME (float32 unless ':dtype=bfloat16' etc. follows); "
+    "repeatable. Runs before the rules.",
+)
+@click.option(
+    "--drop",
+    "drops",
+    multiple=True,
+    metavar="PATTERN",
+    help="Remove the tensors PATTERN matches; repeatable. Runs before the rules.",
+)
+@click.option(
+    "--rename",
+    "renames",
+    multiple=True,
+    metavar="PATTERN=TEMPLATE",
+    help="Rename the tensors PATTERN matches ({name}, {1}, {2}, ... in TEMPLATE); repeatable, "
+    "applied in order. Runs before the rules.",
+)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option(
     "--report",
@@ -150,6 +173,9 @@ def apply(
     source: str,
     rules: tuple[str, ...],
     output: str | None,
+    adds: tuple[str, ...],
+    drops: tuple[str, ...],
+    renames: tuple[str, ...],
     seed: int,
     reports: tuple[str, ...],
     dry_run: bool,
@@ -179,11 +205,16 @@ def apply(
             strict=strict,
             allow_unmatched=allow_unmatched,
             unsafe_pickle=unsafe_pickle,
+            add=adds,
+            drop=drops,
+            rename=renames,
             model=model,
         )
         for w in plan.warnings:
             _err(f"warning: {w}")
         click.echo(render_plan(plan, _width()), err=as_json)
+        if plan.dropped:
+            _err(_dropped_line(plan.dropped))
         return
     if plot_path is not None:
         from reinit.plot import require_matplotlib
@@ -202,6 +233,9 @@ def apply(
         device=device,
         progress=_progress_on(quiet),
         unsafe_pickle=unsafe_pickle,
+        add=adds,
+        drop=drops,
+        rename=renames,
         model=model,
     )
     if plot_path is not None:
@@ -210,10 +244,17 @@ def apply(
         plot_report(report, plot_path)
     for w in report.warnings:
         _err(f"warning: {w}")
+    if report.dropped and not quiet:
+        _err(_dropped_line(report.dropped))
     if as_json:
         click.echo(report.to_json())
     if not quiet:
         _err(render_terminal(report, _width(), color=sys.stderr.isatty()))
+
+
+def _dropped_line(names: tuple[str, ...]) -> str:
+    shown = ", ".join(names[:10]) + (f", … ({len(names) - 10} more)" if len(names) > 10 else "")
+    return f"dropped {len(names)} tensor(s): {shown}"
 
 
 # --- report ---------------------------------------------------------------------------
@@ -420,7 +461,7 @@ def schemes(as_json: bool) -> None:
         click.echo(f"    {row['doc']}")
     click.echo("keep\n    leaves the tensor as it is (carve an exception out of a broader rule)")
     click.echo(
-        "from(SOURCE, key=TEMPLATE, on_mismatch=error|skip|slice)\n    copies the tensor from another checkpoint"
+        "from(SOURCE, key=TEMPLATE|auto, on_mismatch=error|skip|slice)\n    copies the tensor from another checkpoint (key: {name}, {1}, {2}, ... or auto = longest common dotted suffix)"
     )
 
 

@@ -334,18 +334,29 @@ class Applier:
         tie_note = self.ties.note(p.name)
         if p.action in ("kept", "skipped"):
             acc = StatsAccumulator(p.dtype)
-            for piece in self._copy(self.ckpt, p.name, p.dtype, self._chunks(reads, p), acc):
-                yield piece
-            entry = _entry(p, acc.result(), notes=tie_note, fans=self.fans.get(p.name))
+            if p.added:  # no source bytes: its --add values, generated
+                for piece in _tensor_pieces(p.name, self.ckpt.read(p.name)):
+                    acc.add(_view(piece.data, p.dtype))
+                    yield piece
+            else:
+                for piece in self._copy(self.ckpt, p.name, p.dtype, self._chunks(reads, p), acc):
+                    yield piece
+            entry = _entry(p, acc.result(), notes=p.notes + tie_note, fans=self.fans.get(p.name))
             yield Piece(p.name, entry=entry)
             return
-        before = self._source_stats(reads, p)
+        # an added tensor has no source bytes, so no "before"
+        before = None if p.added else self._source_stats(reads, p)
         root = self.ties.root(p.name)
         if root is not None and root in self.ties.defining:
             new, source, notes = self._tied_value(root)
             yield from _tensor_pieces(p.name, new)
             entry = _entry(
-                p, tensor_stats(new), before, source, notes + tie_note, self.fans.get(p.name)
+                p,
+                tensor_stats(new),
+                before,
+                source,
+                p.notes + notes + tie_note,
+                self.fans.get(p.name),
             )
             yield Piece(p.name, entry=entry)
             return
@@ -358,7 +369,7 @@ class Applier:
                 acc = StatsAccumulator(p.dtype)
                 for piece in self._copy(src, key, p.dtype, src.iter_chunks(key, CHUNK_BYTES), acc):
                     yield Piece(p.name, piece.data, piece.span)
-                entry = _entry(p, acc.result(), before, label, fans=self.fans.get(p.name))
+                entry = _entry(p, acc.result(), before, label, p.notes, self.fans.get(p.name))
                 yield Piece(p.name, entry=entry)
                 return
         notes: tuple[str, ...] = ()
@@ -371,7 +382,8 @@ class Applier:
             new, source, notes = transplant_value(self.sources, p, self.ckpt.read(p.name))
         after = tensor_stats(new)
         yield from _tensor_pieces(p.name, new)
-        yield Piece(p.name, entry=_entry(p, after, before, source, notes, self.fans.get(p.name)))
+        entry = _entry(p, after, before, source, p.notes + notes, self.fans.get(p.name))
+        yield Piece(p.name, entry=entry)
 
     def _reinit(self, p: PlanEntry) -> torch.Tensor:
         """A reinit entry's values; with a model, module fans and `default` apply."""
@@ -407,7 +419,9 @@ class Applier:
     def stream(self, entries: Sequence[PlanEntry]) -> Iterator[Piece]:
         """All pieces of all entries, in output order."""
         reads = prefetch(
-            read_stream(self.ckpt, [p.name for p in entries]), READ_AHEAD, "reinit-read"
+            read_stream(self.ckpt, [p.name for p in entries if not p.added]),
+            READ_AHEAD,
+            "reinit-read",
         )
         try:
             for p in entries:
@@ -501,6 +515,9 @@ def plan(
     strict: bool = False,
     allow_unmatched: bool = False,
     unsafe_pickle: bool = False,
+    add: Sequence[str] = (),
+    drop: Sequence[str] = (),
+    rename: Sequence[str] = (),
     model: ModelInput | None = None,
     config: Mapping[str, Any] | None = None,
 ) -> Plan:
@@ -508,11 +525,34 @@ def plan(
     an open `Checkpoint` or an in-memory state dict. `model` (see `reinit.model`) enables
     `type:` patterns and the `default` scheme; `config` (a model config as a dict) gives the
     arguments some schemes read from it, by default the checkpoint's own config.json."""
+    from reinit.surgery import parse_surgery
     from reinit.transplant import SourcePool
 
-    with _opened(source, unsafe_pickle) as ckpt, SourcePool(ckpt, unsafe_pickle) as pool:
+    surgery = parse_surgery(add, drop, rename)
+    rule_objs = _as_rules(rules)
+    with ExitStack() as stack:
+        ckpt = stack.enter_context(_opened(source, unsafe_pickle))
+        ckpt, edited = _edited(ckpt, surgery, allow_unmatched)
+        pool = stack.enter_context(SourcePool(ckpt, unsafe_pickle))
         view = model_view(model, ckpt)
-        return _plan_for(ckpt, _as_rules(rules), strict, allow_unmatched, pool, view, config)[0]
+        return _plan_for(ckpt, rule_objs, strict, allow_unmatched, pool, view, config, edited)[0]
+
+
+def _edited(
+    ckpt: Checkpoint,
+    surgery: object,
+    allow_unmatched: bool,
+    seed: int = 0,
+    device: str = "cpu",
+) -> tuple[Checkpoint, object]:
+    """The checkpoint as `--drop/--rename/--add` leave it (itself when there are none)."""
+    from reinit.surgery import EditedCheckpoint, Surgery, edit_refs
+
+    assert isinstance(surgery, Surgery)
+    if not surgery:
+        return ckpt, None
+    edited = edit_refs(ckpt.refs(), surgery, allow_unmatched=allow_unmatched)
+    return EditedCheckpoint(ckpt, edited, seed, device), edited
 
 
 def _plan_for(
@@ -523,6 +563,7 @@ def _plan_for(
     pool: object,
     view: ModelView | None = None,
     config: Mapping[str, Any] | None = None,
+    edited: object = None,
 ) -> tuple[Plan, Ties]:
     """The plan, with tied groups made consistent (see `reinit.ties`), and the ties."""
     if any(r.scheme is not None and r.scheme.scheme.from_config for r in rules):
@@ -540,6 +581,10 @@ def _plan_for(
         from reinit.model import check_default
 
         result = check_default(result, view, strict)
+    if edited is not None:
+        from reinit.surgery import mark_plan
+
+        result = mark_plan(result, edited)  # type: ignore[arg-type]
     if any(r.kind == "transplant" for r in rules):
         from reinit.transplant import check_transplants
 
@@ -600,12 +645,18 @@ def apply(
     device: str = "cpu",
     progress: bool = False,
     unsafe_pickle: bool = False,
+    add: Sequence[str] = (),
+    drop: Sequence[str] = (),
+    rename: Sequence[str] = (),
     model: ModelInput | None = None,
     config: Mapping[str, Any] | None = None,
 ) -> Report:
     """Re-initialize or transplant the tensors the rules match and write a new checkpoint.
     `model` (a Hugging Face directory, hf:// URL, `module:callable`, an `nn.Module` or a
     `reinit.model.Model`) enables `type:` patterns, module fans and the `default` scheme.
+
+    `drop` (patterns), `rename` (`PATTERN=TEMPLATE`) and `add` (`NAME=[d0,...]:SCHEME`)
+    change the list of tensors first, in that order; the rules then see the new names.
 
     Returns the report (also written to the default report path unless `default_report` is
     False, and to each of `reports` in the format its extension names). `source` may be an
@@ -614,7 +665,10 @@ def apply(
     started = time.perf_counter()
     source_text = source.source if isinstance(source, Checkpoint) else os.fspath(source)
     opened: str | Checkpoint = source if isinstance(source, Checkpoint) else source_text
+    from reinit.surgery import parse_surgery
+
     rule_objs = _as_rules(rules)
+    surgery = parse_surgery(add, drop, rename)
     device = check_device(device)
     for r in reports:  # checked before any work, so a typo costs nothing
         if not str(r).lower().endswith((".json", ".csv", ".md")):
@@ -623,9 +677,12 @@ def apply(
         from reinit.transplant import SourcePool
 
         ckpt = stack.enter_context(_opened(opened, unsafe_pickle))
+        ckpt, edited = _edited(ckpt, surgery, allow_unmatched, seed, device)
         sources = stack.enter_context(SourcePool(ckpt, unsafe_pickle=unsafe_pickle))
         view = model_view(model, ckpt)
-        the_plan, ties = _plan_for(ckpt, rule_objs, strict, allow_unmatched, sources, view, config)
+        the_plan, ties = _plan_for(
+            ckpt, rule_objs, strict, allow_unmatched, sources, view, config, edited
+        )
         spec = resolve_output(source_text, ckpt, output, overwrite=overwrite, in_place=in_place)
         applier = Applier(ckpt, seed, device, sources, ties, view)
         rule_texts = tuple(r.text for r in rule_objs)
@@ -736,6 +793,7 @@ def _make_report(
         tensors=final,
         summary=summarize(final, bytes_written, time.perf_counter() - started),
         warnings=the_plan.warnings if the_plan else (),
+        dropped=the_plan.dropped if the_plan else (),
     )
 
 

@@ -47,7 +47,7 @@ def apply_to_checkpoint(
     device = check_device(device)
     rule_objs = _as_rules(rules)
     with SourcePool(ckpt, unsafe_pickle=unsafe_pickle) as pool:
-        the_plan, ties = _plan_for(ckpt, rule_objs, strict, allow_unmatched, pool, config)
+        the_plan, ties = _plan_for(ckpt, rule_objs, strict, allow_unmatched, pool, config=config)
         applier = Applier(ckpt, seed, device, pool, ties)
         own = ckpt.tensors if isinstance(ckpt, StateDictCheckpoint) else None
         out, entries = _collect(applier.stream(the_plan.entries), the_plan, ties, own)

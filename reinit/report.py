@@ -262,6 +262,7 @@ class Report:
     tensors: tuple[TensorEntry, ...]
     summary: Summary
     warnings: tuple[str, ...] = field(default=())
+    dropped: tuple[str, ...] = field(default=())  # names removed by --drop
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -272,6 +273,7 @@ class Report:
             "rules": list(self.rules),
             "tensors": [t.to_dict() for t in self.tensors],
             "summary": self.summary.to_dict(),
+            "dropped": list(self.dropped),
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -287,6 +289,7 @@ class Report:
             rules=tuple(d.get("rules", ())),
             tensors=tuple(TensorEntry.from_dict(t) for t in d["tensors"]),
             summary=Summary(**d["summary"]),
+            dropped=tuple(d.get("dropped", ())),
         )
 
     def entry(self, name: str) -> TensorEntry:
@@ -996,12 +999,16 @@ def render_plan(plan: Any, width: int = 100) -> str:
             what = e.scheme.describe()
         elif e.action == "transplant" and e.rule is not None and e.rule.transplant is not None:
             what = e.rule.transplant.describe()
+            if e.source_key is not None and e.source_key != e.name:
+                what += f" <- {e.source_key}"
         elif e.action == "skipped":
             what = e.reason or ""
         else:
             what = "unchanged" if e.rule is None else "keep"
         if e.action in ("reinit", "transplant") and e.reason:  # e.g. a tied tensor's partner
             what += f" ({e.reason})"
+        if getattr(e, "notes", ()):  # --add / --rename
+            what += f" [{', '.join(e.notes)}]"
         rows.append(
             (
                 e.name,

@@ -53,6 +53,28 @@ class Pattern:
         return None if m is None else tuple(g if g is not None else "" for g in m.groups())
 
 
+_FIELD = re.compile(r"\{(name|\d+)\}")
+
+
+def fill_template(template: str, name: str, captures: Sequence[str], where: str) -> str:
+    """`{name}` -> the whole name, `{1}`, `{2}`, … -> the pattern's captures (each `*` of a
+    glob, each group of a regex). Used by `from(..., key=…)` and `--rename`."""
+
+    def sub(m: re.Match[str]) -> str:
+        field = m.group(1)
+        if field == "name":
+            return name
+        i = int(field)
+        if not 1 <= i <= len(captures):
+            raise RuleError(
+                f"{where}: the template {template!r} uses {{{i}}} but the pattern has "
+                f"{len(captures)} capture(s)"
+            )
+        return captures[i - 1]
+
+    return _FIELD.sub(sub, template)
+
+
 @dataclass(frozen=True)
 class Rule:
     text: str
@@ -279,6 +301,18 @@ class PlanEntry:
     rule: Rule | None = None
     captures: tuple[str, ...] = ()
     reason: str | None = None
+    source_key: str | None = None  # a transplant's resolved source tensor name
+    added: bool = False  # made by --add: no source bytes
+    renamed_from: str | None = None  # its name in the source, when --rename changed it
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What surgery did to this tensor, for the report."""
+        if self.added:
+            return ("added",)
+        if self.renamed_from is not None:
+            return (f"renamed from {self.renamed_from}",)
+        return ()
 
     @property
     def scheme(self) -> BoundScheme | None:
@@ -294,6 +328,7 @@ class Plan:
     entries: tuple[PlanEntry, ...]
     rules: tuple[Rule, ...]
     warnings: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()  # names removed by --drop (not in `entries`)
 
     @property
     def skipped(self) -> tuple[PlanEntry, ...]:

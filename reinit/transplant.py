@@ -1,11 +1,13 @@
-"""Transplant: `from(SOURCE, key=TEMPLATE, on_mismatch=error|skip|slice)` (DESIGN §4).
+"""Transplant: `from(SOURCE, key=TEMPLATE|auto, on_mismatch=error|skip|slice)` (DESIGN §4).
 
-Each source is opened once per run (`SourcePool`), lazily: for a sharded source, and on the Hub,
-only the shards that hold tensors the rules need are opened or downloaded."""
+Each source is opened once per run (`SourcePool`, keyed by the resolved path or canonical hf://
+URL), lazily: for a sharded source, and on the Hub, only the shards that hold tensors the rules
+need are opened or downloaded. Every source key is resolved and checked (missing tensors, shape
+mismatches, `key=auto` ambiguities) before anything is written."""
 
 from __future__ import annotations
 
-import re
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from types import TracebackType
@@ -14,10 +16,9 @@ import torch
 
 from reinit.errors import RuleError, TransplantError
 from reinit.io.readers import Checkpoint, open_checkpoint
-from reinit.rules import Action, Plan, PlanEntry, closest_hint
+from reinit.rules import Action, Plan, PlanEntry, closest_hint, fill_template
 
 MISMATCH_POLICIES = ("error", "skip", "slice")
-_FIELD = re.compile(r"\{(name|\d+)\}")
 
 
 @dataclass(frozen=True)
@@ -41,13 +42,17 @@ def parse_from(action: Action, where: str) -> TransplantSpec:
     if unknown:
         raise RuleError(
             f"{where}: from() has no argument {sorted(unknown)[0]!r}; "
-            "use from(SOURCE, key=TEMPLATE, on_mismatch=error|skip|slice)"
+            "use from(SOURCE, key=TEMPLATE|auto, on_mismatch=error|skip|slice)"
         )
     if len(action.args) > 1:
         raise RuleError(f"{where}: from() takes one positional argument, the source")
     source = action.args[0] if action.args else kw.get("source")
     if not isinstance(source, str) or not source:
         raise RuleError(f"{where}: from() needs a source, e.g. from(other.safetensors)")
+    if source.startswith("hf://"):
+        from reinit.io.hub import parse_hf_url
+
+        parse_hf_url(source)  # a malformed URL is a usage error now, before anything is read
     key = kw.get("key")
     if key is not None and not isinstance(key, str):
         key = str(key)
@@ -57,24 +62,65 @@ def parse_from(action: Action, where: str) -> TransplantSpec:
     return TransplantSpec(source, key, str(policy))
 
 
+AUTO = "auto"
+AUTO_MIN_PARTS = 2  # a shared suffix of one part (`weight`, `bias`) says nothing
+
+
 def source_key(spec: TransplantSpec, name: str, captures: Sequence[str], rule_text: str) -> str:
-    """The source tensor's name: the template with `{name}` and captures `{1}`, `{2}`, …"""
+    """The source tensor's name: the template with `{name}` and captures `{1}`, `{2}`, …
+    (`key=auto` is resolved against the source's names by `auto_keys`, not here)."""
     if spec.key is None:
         return name
+    return fill_template(spec.key, name, captures, f"rule {rule_text!r}")
 
-    def sub(m: re.Match[str]) -> str:
-        field = m.group(1)
-        if field == "name":
-            return name
-        i = int(field)
-        if not 1 <= i <= len(captures):
-            raise RuleError(
-                f"rule {rule_text!r}: key template uses {{{i}}} but the pattern has "
-                f"{len(captures)} capture(s)"
+
+def _suffixes(name: str) -> list[str]:
+    """`a.b.c` -> [`a.b.c`, `b.c`, `c`]: its dotted suffixes, longest first."""
+    parts = name.split(".")
+    return [".".join(parts[i:]) for i in range(len(parts))]
+
+
+def auto_keys(targets: Sequence[str], source_names: Sequence[str], where: str) -> dict[str, str]:
+    """`key=auto`: each target takes the source tensor sharing the longest dotted suffix with
+    it (at least two parts, or the whole name), as detectron2 aligns checkpoints. A target
+    with two equally good sources, or a source that would feed two targets, is an error."""
+    by_suffix: dict[str, list[str]] = {}
+    for s in source_names:
+        for suf in _suffixes(s):
+            by_suffix.setdefault(suf, []).append(s)
+    chosen: dict[str, str] = {}
+    for t in targets:
+        hits: list[str] = []
+        for suf in _suffixes(t):
+            if suf.count(".") + 1 < AUTO_MIN_PARTS and suf != t:
+                break
+            hits = by_suffix.get(suf, [])
+            if hits:
+                break
+        if not hits:
+            raise TransplantError(
+                f"{where}: key=auto found no source tensor sharing a dotted suffix of "
+                f"{AUTO_MIN_PARTS}+ parts with '{t}'{closest_hint(t, list(source_names))}; "
+                "give key=TEMPLATE instead"
             )
-        return captures[i - 1]
-
-    return _FIELD.sub(sub, spec.key)
+        if len(hits) > 1:
+            shown = ", ".join(f"'{h}'" for h in hits[:5])
+            raise TransplantError(
+                f"{where}: key=auto is ambiguous for '{t}': {len(hits)} source tensors match "
+                f"equally well ({shown}); give key=TEMPLATE or a narrower pattern"
+            )
+        chosen[t] = hits[0]
+    fed: dict[str, list[str]] = {}
+    for t, s in chosen.items():
+        fed.setdefault(s, []).append(t)
+    for s, ts in fed.items():
+        if len(ts) > 1:
+            shown = ", ".join(f"'{t}'" for t in ts[:5])
+            raise TransplantError(
+                f"{where}: key=auto would feed source tensor '{s}' to {len(ts)} targets "
+                f"({shown}); give key=TEMPLATE or a narrower pattern"
+            )
+    return chosen
 
 
 class SourcePool:
@@ -86,11 +132,16 @@ class SourcePool:
         self._open: dict[str, Checkpoint] = {}
 
     def get(self, source: str) -> Checkpoint:
-        ck = self._open.get(source)
+        ident = _identity(source)
+        ck = self._open.get(ident)
         if ck is None:
             ck = open_checkpoint(source, unsafe_pickle=self.unsafe_pickle)
-            self._open[source] = ck
+            self._open[ident] = ck
         return ck
+
+    def opened(self) -> list[str]:
+        """The sources opened so far (by identity), for tests and messages."""
+        return list(self._open)
 
     def close(self) -> None:
         for ck in self._open.values():
@@ -109,15 +160,66 @@ class SourcePool:
         self.close()
 
 
+def _identity(source: str) -> str:
+    """One key per source however it is spelled: `./a.safetensors` and `a.safetensors` are
+    the same file; `hf://acme/m` and `hf://models/acme/m` the same repo."""
+    if source.startswith("hf://"):
+        from reinit.io.hub import parse_hf_url
+
+        return parse_hf_url(source).url
+    return os.path.realpath(source)
+
+
 def _spec(entry: PlanEntry) -> TransplantSpec:
     assert entry.rule is not None and entry.rule.transplant is not None
     return entry.rule.transplant
 
 
+def resolve_keys(plan: Plan, pool: SourcePool) -> dict[str, str]:
+    """Each transplant target's source tensor name: from its key template, or by `key=auto`
+    over all the targets of the same source (so one source tensor feeds at most one)."""
+    keys: dict[str, str] = {}
+    auto: dict[str, list[PlanEntry]] = {}
+    for e in plan.entries:
+        if e.action != "transplant":
+            continue
+        spec = _spec(e)
+        if spec.key == AUTO:
+            auto.setdefault(_identity(spec.source), []).append(e)
+        else:
+            keys[e.name] = source_key(spec, e.name, e.captures, e.rule.text if e.rule else "")
+    for entries in auto.values():
+        rule_texts = sorted({e.rule.text for e in entries if e.rule is not None})
+        where = "rule " + ", ".join(repr(t) for t in rule_texts)
+        names = pool.get(_spec(entries[0]).source).names()
+        keys.update(auto_keys([e.name for e in entries], names, where))
+    return keys
+
+
 def check_transplants(plan: Plan, pool: SourcePool) -> Plan:
     """Resolve every transplant's source tensor before anything is written: a missing source
     tensor is an error listing the closest source names; shape mismatches are collected and
-    reported together under `error`, turned into skips under `skip`, allowed under `slice`."""
+    reported together under `error`, turned into skips under `skip`, allowed under `slice`.
+    Only the index (or header) of each source is read, and of a sharded source only the shards
+    holding the tensors asked for."""
+    keys = resolve_keys(plan, pool)
+    missing = [
+        e
+        for e in plan.entries
+        if e.action == "transplant" and keys[e.name] not in pool.get(_spec(e).source)
+    ]
+    if missing:
+        e = missing[0]
+        key, spec = keys[e.name], _spec(e)
+        more = ""
+        if len(missing) > 1:
+            others = ", ".join(f"'{keys[m.name]}'" for m in missing[1:4])
+            more = f"; {len(missing) - 1} more missing: {others}{', …' if len(missing) > 4 else ''}"
+        raise TransplantError(
+            f"rule {e.rule.text if e.rule else ''!r}: source {spec.source} has no tensor "
+            f"'{key}' (for target '{e.name}'){closest_hint(key, pool.get(spec.source).names())}"
+            f"{more}; fix key= (templates take {{name}}, {{1}}, {{2}}, …) or try key=auto"
+        )
     mismatches: list[str] = []
     entries: list[PlanEntry] = []
     for e in plan.entries:
@@ -126,13 +228,9 @@ def check_transplants(plan: Plan, pool: SourcePool) -> Plan:
             continue
         spec = _spec(e)
         rule_text = e.rule.text if e.rule else ""
-        key = source_key(spec, e.name, e.captures, rule_text)
+        key = keys[e.name]
         src = pool.get(spec.source)
-        if key not in src:
-            raise TransplantError(
-                f"rule {rule_text!r}: source {spec.source} has no tensor '{key}' "
-                f"(for target '{e.name}'){closest_hint(key, src.names())}"
-            )
+        e = replace(e, source_key=key)
         ref = src.ref(key)
         if ref.shape == e.shape:
             entries.append(e)
@@ -143,7 +241,7 @@ def check_transplants(plan: Plan, pool: SourcePool) -> Plan:
             entries.append(e)
         elif spec.on_mismatch == "skip":
             entries.append(
-                replace(e, action="skipped", reason=f"shape mismatch with source {pair}")
+                replace(e, action="skipped", reason=f"shape mismatch with source: {pair}")
             )
         else:
             if len(ref.shape) != len(e.shape):
@@ -152,9 +250,8 @@ def check_transplants(plan: Plan, pool: SourcePool) -> Plan:
                 )
             entries.append(e)
     if mismatches:
-        more = f" (and {len(mismatches) - 5} more)" if len(mismatches) > 5 else ""
         raise TransplantError(
-            f"shape mismatch in {len(mismatches)} transplant(s): {'; '.join(mismatches[:5])}{more}; "
+            f"shape mismatch in {len(mismatches)} transplant(s): {'; '.join(mismatches)}; "
             "add on_mismatch=skip to keep the target's values or on_mismatch=slice to copy "
             "the overlapping block"
         )
@@ -165,7 +262,9 @@ def exact_source(pool: SourcePool, entry: PlanEntry) -> tuple[Checkpoint, str, s
     """The source checkpoint, key and label when the transplant is an exact byte copy (same
     dtype, same shape), so the engine can stream it instead of loading the tensor."""
     spec = _spec(entry)
-    key = source_key(spec, entry.name, entry.captures, entry.rule.text if entry.rule else "")
+    key = entry.source_key
+    if key is None:  # a plan that did not go through check_transplants
+        key = source_key(spec, entry.name, entry.captures, entry.rule.text if entry.rule else "")
     src = pool.get(spec.source)
     ref = src.ref(key)
     if ref.dtype != entry.dtype or ref.shape != entry.shape:
@@ -197,7 +296,9 @@ def transplant_value(
     """The tensor to write for a transplant entry, the source it came from (`SOURCE:KEY`),
     and notes for the report (lossy cast, sliced block)."""
     spec = _spec(entry)
-    key = source_key(spec, entry.name, entry.captures, entry.rule.text if entry.rule else "")
+    key = entry.source_key
+    if key is None:  # a plan that did not go through check_transplants
+        key = source_key(spec, entry.name, entry.captures, entry.rule.text if entry.rule else "")
     src = pool.get(spec.source).read(key)
     notes: list[str] = []
     cast = src.to(entry.dtype)

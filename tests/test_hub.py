@@ -21,54 +21,22 @@ from pathlib import Path
 import huggingface_hub.constants as hf_constants
 import pytest
 import torch
-from hubcache import C1, C2, closed_port, seed_repo, st_bytes
+from hubcache import (
+    C1,
+    C2,
+    assert_same,
+    closed_port,
+    seed_repo,
+    sharded_repo,
+    single_repo,
+    st_bytes,
+)
 from safetensors.torch import load_file
 
 from reinit.errors import HubError, UsageError
 from reinit.io.hub import HubRef, HubRepo, is_hf_url, parse_hf_url
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def single_repo(home: Path, tmp_path: Path, repo_id: str = "acme/tiny-bert") -> dict:
-    tensors = {"emb.weight": torch.arange(12.0).reshape(3, 4), "emb.bias": torch.ones(3)}
-    seed_repo(
-        home,
-        repo_id,
-        {
-            "model.safetensors": st_bytes(tmp_path, tensors),
-            "config.json": b'{"hidden_size": 4}',
-            ".gitattributes": b"*.safetensors filter=lfs",
-        },
-    )
-    return tensors
-
-
-def sharded_repo(home: Path, tmp_path: Path, repo_id: str = "acme/sharded") -> dict:
-    s1 = {"a.weight": torch.randn(4, 4), "a.bias": torch.zeros(4)}
-    s2 = {"b.weight": torch.randn(2, 4)}
-    shard1, shard2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
-    index = {
-        "metadata": {"total_size": 4 * (16 + 4 + 8)},
-        "weight_map": {"a.weight": shard1, "a.bias": shard1, "b.weight": shard2},
-    }
-    seed_repo(
-        home,
-        repo_id,
-        {
-            shard1: st_bytes(tmp_path, s1),
-            shard2: st_bytes(tmp_path, s2),
-            "model.safetensors.index.json": json.dumps(index).encode(),
-            "config.json": b"{}",
-        },
-    )
-    return {**s1, **s2}
-
-
-def assert_same(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
 
 
 # --------------------------------------------------------------------------------------------------

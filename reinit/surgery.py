@@ -1,0 +1,355 @@
+"""Surgery: `--drop PATTERN`, `--rename "PATTERN=TEMPLATE"`, `--add "NAME=[d0,...]:SCHEME"`.
+
+They change the list of tensors before the rules see it, in a fixed order: drops (matched
+against the source's names), then renames (each in the order given, applied to the names as
+the previous renames left them), then adds. The result is an `EditedCheckpoint`, a view of the
+source under the new names that the rest of the pipeline plans, streams and writes as it would
+any checkpoint: a dropped tensor is never read, a renamed one is read under its old name, an
+added one has no source bytes (its values come from its scheme, seeded by its name)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from reinit.errors import RuleError, SchemeError
+from reinit.io.readers import CHUNK_BYTES, Checkpoint, FileSpan, TensorRef, iter_chunks
+from reinit.io.safetensors_format import tensor_to_bytes
+from reinit.rules import (
+    Pattern,
+    Plan,
+    PlanEntry,
+    Rule,
+    closest_hint,
+    fill_template,
+    parse_action,
+    parse_pattern,
+)
+from reinit.schemes import KEEP, BoundScheme, bind_scheme, generate
+
+ADD_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+_ADD = re.compile(r"\s*(?P<name>[^=]+?)\s*=\s*\[(?P<shape>[^\]]*)\]\s*:(?P<rest>.+)\Z", re.S)
+_DTYPE_SUFFIX = re.compile(r":\s*dtype\s*=\s*(?P<dtype>\w+)\s*\Z")
+
+
+# --- specs ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AddSpec:
+    """A new tensor: its name, shape, dtype and the scheme that fills it."""
+
+    text: str
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    scheme: BoundScheme
+
+    def rule(self) -> Rule:
+        """The rule an added tensor is reported under when no `--rule` overrides it."""
+        pattern = Pattern(self.name, re.compile(re.escape(self.name)), False)
+        return Rule(
+            f"--add {self.text}", pattern, parse_action(self.scheme.describe()), self.scheme
+        )
+
+
+@dataclass(frozen=True)
+class DropSpec:
+    text: str
+    pattern: Pattern
+
+
+@dataclass(frozen=True)
+class RenameSpec:
+    text: str
+    pattern: Pattern
+    template: str
+
+
+@dataclass(frozen=True)
+class Surgery:
+    adds: tuple[AddSpec, ...] = ()
+    drops: tuple[DropSpec, ...] = ()
+    renames: tuple[RenameSpec, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.adds or self.drops or self.renames)
+
+
+def parse_add(text: str) -> AddSpec:
+    """`NAME=[d0,d1,...]:SCHEME[:dtype=DTYPE]`, e.g. `classifier.weight=[3,768]:normal(std=0.02)`."""
+    where = f"--add {text!r}"
+    m = _ADD.match(text)
+    if not m:
+        raise RuleError(
+            f"{where}: write NAME=[d0,d1,...]:SCHEME[:dtype=DTYPE], "
+            "e.g. 'classifier.weight=[3,768]:normal(std=0.02)'"
+        )
+    name = m.group("name")
+    shape_text = m.group("shape").strip()
+    try:
+        shape = tuple(int(d) for d in shape_text.split(",")) if shape_text else ()
+    except ValueError:
+        raise RuleError(f"{where}: the shape [{shape_text}] must be integers") from None
+    if any(d < 0 for d in shape):
+        raise RuleError(f"{where}: the shape {list(shape)} has a negative size")
+    rest = m.group("rest")
+    dtype = torch.float32
+    dm = _DTYPE_SUFFIX.search(rest)
+    if dm:
+        label = dm.group("dtype")
+        if label not in ADD_DTYPES:
+            raise RuleError(f"{where}: dtype {label!r}: use one of {', '.join(ADD_DTYPES)}")
+        dtype = ADD_DTYPES[label]
+        rest = rest[: dm.start()]
+    action = parse_action(rest, where)
+    if action.name in (KEEP, "from"):
+        raise RuleError(
+            f"{where}: a new tensor needs a scheme to fill it (e.g. zeros, normal(std=0.02)); "
+            "to copy values into it, add it and then use --rule NAME=from(...)"
+        )
+    try:
+        bound = bind_scheme(action.name, action.args, action.kwargs_dict())
+    except SchemeError as e:
+        raise RuleError(f"{where}: {e}") from None
+    reason = bound.scheme.can_take(shape, bound.kwargs)
+    if reason is not None:
+        raise RuleError(
+            f"{where}: {bound.describe()} cannot fill a tensor of shape {shape}: {reason}"
+        )
+    return AddSpec(text, name, shape, dtype, bound)
+
+
+def parse_drop(text: str) -> DropSpec:
+    return DropSpec(text, parse_pattern(text.strip()))
+
+
+def parse_rename(text: str) -> RenameSpec:
+    """`PATTERN=TEMPLATE` (split at the first `=`); the template takes `{name}`, `{1}`, …"""
+    if "=" not in text:
+        raise RuleError(
+            f"--rename {text!r}: write PATTERN=TEMPLATE, e.g. 'model.*={{1}}' or "
+            "'re:(.*)\\.gamma={1}.weight'"
+        )
+    left, right = text.split("=", 1)
+    template = right.strip()
+    if not template:
+        raise RuleError(f"--rename {text!r}: the template after '=' is empty")
+    return RenameSpec(text, parse_pattern(left.strip()), template)
+
+
+def parse_surgery(
+    add: Sequence[str | AddSpec] = (),
+    drop: Sequence[str | DropSpec] = (),
+    rename: Sequence[str | RenameSpec] = (),
+) -> Surgery:
+    def many(items: Sequence[object], one: object) -> tuple:
+        if isinstance(items, str):
+            items = [items]
+        return tuple(one(x) if isinstance(x, str) else x for x in items)  # type: ignore[operator]
+
+    return Surgery(many(add, parse_add), many(drop, parse_drop), many(rename, parse_rename))
+
+
+# --- applying to the list of tensors ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Edited:
+    """The tensor list after surgery: each output name and where its bytes come from."""
+
+    refs: tuple[TensorRef, ...]
+    origin: dict[str, str]  # output name -> source name (for every kept or renamed tensor)
+    added: dict[str, AddSpec]
+    dropped: tuple[str, ...]
+    warnings: tuple[str, ...] = ()
+
+
+def _unmatched(
+    flag: str, text: str, names: Sequence[str], allow: bool, warnings: list[str]
+) -> None:
+    msg = f"{flag} {text!r} matches no tensor{closest_hint(text, list(names))}"
+    if not allow:
+        raise RuleError(msg + " (--allow-unmatched makes this a warning)")
+    warnings.append(msg)
+
+
+def edit_refs(
+    refs: Sequence[TensorRef], surgery: Surgery, *, allow_unmatched: bool = False
+) -> Edited:
+    """Drop, then rename, then add. Usage errors: a pattern that matches nothing (unless
+    allowed), two tensors renamed to one name, an added name that already exists."""
+    warnings: list[str] = []
+    names = [r.name for r in refs]
+    dropped: list[str] = []
+    drop_hit = [False] * len(surgery.drops)
+    kept: list[TensorRef] = []
+    for r in refs:
+        hit = False
+        for i, d in enumerate(surgery.drops):
+            if d.pattern.match(r.name) is not None:
+                drop_hit[i] = hit = True
+        if hit:
+            dropped.append(r.name)
+        else:
+            kept.append(r)
+    for d, hit in zip(surgery.drops, drop_hit, strict=True):
+        if not hit:
+            _unmatched("--drop", d.text, names, allow_unmatched, warnings)
+
+    current = [r.name for r in kept]
+    for rn in surgery.renames:
+        hit = False
+        out: list[str] = []
+        for n in current:
+            caps = rn.pattern.match(n)
+            if caps is None:
+                out.append(n)
+                continue
+            hit = True
+            new = fill_template(rn.template, n, caps, f"--rename {rn.text!r}")
+            if not new:
+                raise RuleError(f"--rename {rn.text!r}: renames '{n}' to an empty name")
+            out.append(new)
+        if not hit:
+            _unmatched("--rename", rn.text, current, allow_unmatched, warnings)
+        current = out
+    seen: dict[str, str] = {}
+    for r, new in zip(kept, current, strict=True):
+        if new in seen:
+            raise RuleError(
+                f"--rename: '{seen[new]}' and '{r.name}' would both be named '{new}'; "
+                "make the templates tell them apart or --drop one"
+            )
+        seen[new] = r.name
+    out_refs = [replace(r, name=new) for r, new in zip(kept, current, strict=True)]
+    origin = {new: r.name for r, new in zip(kept, current, strict=True)}
+
+    added: dict[str, AddSpec] = {}
+    shards = sorted({r.shard for r in refs}) or [""]
+    for a in surgery.adds:
+        if a.name in origin or a.name in added:
+            raise RuleError(
+                f"--add {a.text!r}: a tensor '{a.name}' already exists; "
+                f"--drop it first or pick another name"
+            )
+        added[a.name] = a
+        out_refs.append(TensorRef(a.name, a.dtype, a.shape, shards[-1]))
+    return Edited(tuple(out_refs), origin, added, tuple(dropped), tuple(warnings))
+
+
+def mark_plan(plan: Plan, edited: Edited) -> Plan:
+    """Record surgery in the plan: added and renamed entries say so, and an added tensor no
+    rule matched is reported as re-initialized by its --add scheme."""
+    entries: list[PlanEntry] = []
+    for e in plan.entries:
+        if e.name in edited.added:
+            e = replace(e, added=True)
+            if e.rule is None:
+                e = replace(e, action="reinit", rule=edited.added[e.name].rule())
+        elif edited.origin.get(e.name, e.name) != e.name:
+            e = replace(e, renamed_from=edited.origin[e.name])
+        entries.append(e)
+    return replace(
+        plan,
+        entries=tuple(entries),
+        warnings=plan.warnings + edited.warnings,
+        dropped=edited.dropped,
+    )
+
+
+# --- the view ---------------------------------------------------------------------------
+
+
+class EditedCheckpoint(Checkpoint):
+    """The source as surgery left it. Everything but the names is the source's: shards,
+    metadata, extra files. Added tensors live in the last shard and are generated on demand
+    (seeded by the run's seed and their name, as any re-initialized tensor)."""
+
+    def __init__(self, base: Checkpoint, edited: Edited, seed: int = 0, device: str = "cpu"):
+        self.base = base
+        self.edited = edited
+        self.seed = seed
+        self.device = device
+        self.source = base.source
+        self.kind = base.kind
+        self._refs = {r.name: r for r in edited.refs}
+
+    def __getattr__(self, attr: str) -> object:
+        # reader-specific attributes (a directory's `layout`, a file's `path`)
+        if attr == "base":
+            raise AttributeError(attr)
+        return getattr(self.base, attr)
+
+    def names(self) -> list[str]:
+        return list(self._refs)
+
+    def ref(self, name: str) -> TensorRef:
+        try:
+            return self._refs[name]
+        except KeyError:
+            from reinit.errors import CheckpointError
+
+            raise CheckpointError(f"{self.source}: has no tensor '{name}'") from None
+
+    def refs(self) -> list[TensorRef]:
+        return list(self.edited.refs)
+
+    def _added(self, name: str) -> torch.Tensor:
+        a = self.edited.added[name]
+        return generate(a.scheme, a.name, a.shape, a.dtype, self.seed, self.device)
+
+    def read(self, name: str) -> torch.Tensor:
+        if name in self.edited.added:
+            return self._added(name)
+        self.ref(name)
+        return self.base.read(self.edited.origin[name])
+
+    def read_bytes(self, name: str) -> bytes | bytearray | memoryview:
+        if name in self.edited.added:
+            return tensor_to_bytes(self._added(name))
+        self.ref(name)
+        return self.base.read_bytes(self.edited.origin[name])
+
+    def iter_chunks(self, name: str, size: int = CHUNK_BYTES) -> Iterator[memoryview]:
+        if name in self.edited.added:
+            return iter_chunks(self.read_bytes(name), size)
+        self.ref(name)
+        return self.base.iter_chunks(self.edited.origin[name], size)
+
+    def span(self, name: str) -> FileSpan | None:
+        if name in self.edited.added:
+            return None
+        return self.base.span(self.edited.origin[name])
+
+    def shards(self) -> list[str]:
+        return self.base.shards()
+
+    def metadata(self, shard: str = "") -> dict[str, str]:
+        return self.base.metadata(shard)
+
+    def aliases(self) -> dict[str, str]:
+        new_name = {old: new for new, old in self.edited.origin.items()}
+        return {
+            new_name[a]: new_name[b]
+            for a, b in self.base.aliases().items()
+            if a in new_name and b in new_name
+        }
+
+    def extra_files(self) -> list[str]:
+        return self.base.extra_files()
+
+    def fetch_extra(self, relname: str) -> Path:
+        return self.base.fetch_extra(relname)
+
+    def close(self) -> None:
+        self.base.close()
