@@ -173,3 +173,18 @@ def test_tied_parameters_stay_tied_and_match_the_cli_on_the_torch_file(tmp_path)
     assert torch.equal(model.emb.weight.detach(), cli["emb.weight"])
     assert torch.equal(cli["emb.weight"], cli["head.weight"])
     assert any("tied with" in n for n in report.entry("head.weight").notes)
+
+
+def test_apply_to_state_dict_takes_a_config():
+    """`config` reaches the schemes that read it (it once landed in the model-view slot)."""
+    import math
+
+    state = {"h.0.proj.weight": torch.zeros(64, 32)}
+    new, report = reinit.apply_to_state_dict(
+        state, ["*.proj.weight=scaled_normal"], config={"num_hidden_layers": 8}
+    )
+    e = report.entry("h.0.proj.weight")
+    assert e.expected_std == pytest.approx(0.02 / math.sqrt(16))
+    assert abs(
+        new["h.0.proj.weight"].std().item() - e.expected_std
+    ) < 5 * e.expected_std / math.sqrt(2 * 2048)

@@ -270,17 +270,37 @@ def test_bad_values_are_one_line_errors_with_the_line(tmp_path, monkeypatch):
     assert not (tmp_path / "m.reinit.safetensors").exists()
 
 
-def test_add_drop_rename_pass_through_or_say_not_supported(tmp_path, monkeypatch):
-    import inspect
-
-    if "add" in inspect.signature(reinit.apply).parameters:
-        pytest.skip("reinit.apply takes add=: covered by the transplant tests")
+def test_add_drop_rename_in_a_recipe_equal_the_flags(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     small_file(tmp_path / "m.safetensors")
+    flags = invoke(
+        ["apply", "m.safetensors", "-o", "flags.safetensors", "-q",
+         "--drop", "head.*", "--rename", "enc.*=encoder.{1}",
+         "--add", "cls.weight=[3,24]:xavier_uniform", "--add", "cls.bias=[3]:zeros",
+         "-r", "encoder.1.weight=normal(std=0.02)"]
+    )  # fmt: skip
+    assert flags.exit_code == 0, flags.output
     r = tmp_path / "r.yaml"
-    r.write_text("source: m.safetensors\nrules: ['*.weight=zeros']\nadd: ['x: [3]']\n")
-    res = invoke(["run", r])
-    assert res.exit_code == 2 and "r.yaml line 3: 'add' is not supported yet" in res.output
+    r.write_text(
+        "source: m.safetensors\noutput: recipe.safetensors\n"
+        "drop: ['head.*']\nrename: ['enc.*=encoder.{1}']\n"
+        "add: ['cls.weight=[3,24]:xavier_uniform', 'cls.bias=[3]:zeros']\n"
+        "rules: ['encoder.1.weight=normal(std=0.02)']\n"
+    )
+    res = invoke(["run", r, "-q"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "recipe.safetensors").read_bytes() == (
+        tmp_path / "flags.safetensors"
+    ).read_bytes()
+    names = set(load_file(tmp_path / "recipe.safetensors"))
+    assert names == {
+        "encoder.0.weight",
+        "encoder.0.bias",
+        "encoder.1.weight",
+        "norm.weight",
+        "cls.weight",
+        "cls.bias",
+    }
 
 
 def test_dry_run_plans_every_step_and_writes_nothing(tmp_path, monkeypatch):
