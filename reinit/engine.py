@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -247,6 +249,7 @@ class Piece:
 KERNEL_COPY = True  # copy unchanged bytes with copy_file_range; tests compare both paths
 READ_AHEAD = 3  # chunks read ahead of the compute thread
 WRITE_AHEAD = 3  # pieces computed ahead of the writer
+DRAW_AHEAD = 2  # re-initialized tensors drawn ahead on a worker thread
 
 
 def _n_chunks(nbytes: int) -> int:
@@ -291,6 +294,7 @@ class Applier:
         self.ties = ties or Ties()
         # a changed tied group's new value, kept until its last member is written
         self._tied_values: dict[str, tuple[torch.Tensor, str | None, tuple[str, ...]]] = {}
+        self._drawn: dict[str, Future[torch.Tensor]] = {}  # values drawn ahead, by name
         self._tied_left = {
             root: sum(1 for g in self.ties.groups.values() if g[0] == root)
             for root in self.ties.defining
@@ -375,7 +379,7 @@ class Applier:
         notes: tuple[str, ...] = ()
         source = None
         if p.action == "reinit":
-            new = self._reinit(p)
+            new = self._drawn_value(p)
         else:
             from reinit.transplant import transplant_value
 
@@ -417,17 +421,42 @@ class Applier:
         return value
 
     def stream(self, entries: Sequence[PlanEntry]) -> Iterator[Piece]:
-        """All pieces of all entries, in output order."""
+        """All pieces of all entries, in output order.
+
+        Re-initialized values are drawn ahead on a worker thread (at most `DRAW_AHEAD`
+        tensors): torch draws with an explicit generator on one core, so drawing the next
+        tensor while this thread computes statistics keeps the second core busy. Values do
+        not depend on this: each tensor has its own generator."""
         reads = prefetch(
             read_stream(self.ckpt, [p.name for p in entries if not p.added]),
             READ_AHEAD,
             "reinit-read",
         )
-        try:
-            for p in entries:
-                yield from self.pieces(p, reads)
-        finally:
-            reads.close()
+        pending = deque(p for p in entries if p.action == "reinit" and not self._tied(p))
+        with ThreadPoolExecutor(1, thread_name_prefix="reinit-draw") as pool:
+
+            def top_up() -> None:
+                while pending and len(self._drawn) < DRAW_AHEAD:
+                    q = pending.popleft()
+                    self._drawn[q.name] = pool.submit(self._reinit, q)
+
+            try:
+                for p in entries:
+                    top_up()
+                    yield from self.pieces(p, reads)
+            finally:
+                reads.close()
+                for future in self._drawn.values():
+                    future.cancel()
+                self._drawn.clear()
+
+    def _tied(self, p: PlanEntry) -> bool:
+        root = self.ties.root(p.name)
+        return root is not None and root in self.ties.defining
+
+    def _drawn_value(self, p: PlanEntry) -> torch.Tensor:
+        future = self._drawn.pop(p.name, None)
+        return future.result() if future is not None else self._reinit(p)
 
     def _context(self, p: PlanEntry) -> FillContext | None:
         """What a scheme that reads beyond its own shape gets (see `Scheme.needs_context`):
