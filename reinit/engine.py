@@ -247,9 +247,9 @@ class Piece:
 
 
 KERNEL_COPY = True  # copy unchanged bytes with copy_file_range; tests compare both paths
-READ_AHEAD = 3  # chunks read ahead of the compute thread
-WRITE_AHEAD = 3  # pieces computed ahead of the writer
-DRAW_AHEAD = 2  # re-initialized tensors drawn ahead on a worker thread
+READ_AHEAD = 2  # chunks read ahead of the compute thread
+WRITE_AHEAD = 2  # pieces computed ahead of the writer
+DRAW_AHEAD = 1  # re-initialized tensors drawn ahead on a worker thread
 
 
 def _n_chunks(nbytes: int) -> int:
