@@ -209,6 +209,7 @@ def apply(
             drop=drops,
             rename=renames,
             model=model,
+            progress=_progress_on(quiet),
         )
         for w in plan.warnings:
             _err(f"warning: {w}")

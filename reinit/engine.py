@@ -549,20 +549,22 @@ def plan(
     rename: Sequence[str] = (),
     model: ModelInput | None = None,
     config: Mapping[str, Any] | None = None,
+    progress: bool = True,
 ) -> Plan:
     """What `apply` would do, without writing anything (the `--dry-run`). `source` may also be
     an open `Checkpoint` or an in-memory state dict. `model` (see `reinit.model`) enables
     `type:` patterns and the `default` scheme; `config` (a model config as a dict) gives the
-    arguments some schemes read from it, by default the checkpoint's own config.json."""
+    arguments some schemes read from it, by default the checkpoint's own config.json.
+    `progress=False` silences the Hub's download bars of hf:// sources."""
     from reinit.surgery import parse_surgery
     from reinit.transplant import SourcePool
 
     surgery = parse_surgery(add, drop, rename)
     rule_objs = _as_rules(rules)
     with ExitStack() as stack:
-        ckpt = stack.enter_context(_opened(source, unsafe_pickle))
+        ckpt = stack.enter_context(_opened(source, unsafe_pickle, progress))
         ckpt, edited = _edited(ckpt, surgery, allow_unmatched)
-        pool = stack.enter_context(SourcePool(ckpt, unsafe_pickle))
+        pool = stack.enter_context(SourcePool(ckpt, unsafe_pickle, progress))
         view = model_view(model, ckpt)
         return _plan_for(ckpt, rule_objs, strict, allow_unmatched, pool, view, config, edited)[0]
 
@@ -643,6 +645,7 @@ def model_view(model: ModelInput | None, ckpt: Checkpoint) -> ModelView | None:
 def _opened(
     source: str | os.PathLike[str] | Checkpoint | Mapping[str, torch.Tensor],
     unsafe_pickle: bool = False,
+    progress: bool = True,
 ) -> Iterator[Checkpoint]:
     if isinstance(source, Checkpoint):
         yield source
@@ -652,7 +655,7 @@ def _opened(
 
         yield StateDictCheckpoint(source)
         return
-    ckpt = open_checkpoint(source, unsafe_pickle=unsafe_pickle)
+    ckpt = open_checkpoint(source, unsafe_pickle=unsafe_pickle, progress=progress)
     try:
         yield ckpt
     finally:
@@ -705,9 +708,9 @@ def apply(
     with ExitStack() as stack:
         from reinit.transplant import SourcePool
 
-        ckpt = stack.enter_context(_opened(opened, unsafe_pickle))
+        ckpt = stack.enter_context(_opened(opened, unsafe_pickle, progress))
         ckpt, edited = _edited(ckpt, surgery, allow_unmatched, seed, device)
-        sources = stack.enter_context(SourcePool(ckpt, unsafe_pickle=unsafe_pickle))
+        sources = stack.enter_context(SourcePool(ckpt, unsafe_pickle, progress))
         view = model_view(model, ckpt)
         the_plan, ties = _plan_for(
             ckpt, rule_objs, strict, allow_unmatched, sources, view, config, edited
@@ -880,8 +883,11 @@ def report_checkpoint(
     the baseline's names absent from SOURCE are listed in the report's warnings."""
     started = time.perf_counter()
     with ExitStack() as stack:
-        ckpt = stack.enter_context(_opened(source, unsafe_pickle))
-        base = stack.enter_context(_opened(against, unsafe_pickle)) if against is not None else None
+        ckpt = stack.enter_context(_opened(source, unsafe_pickle, progress))
+        if against is not None:
+            base = stack.enter_context(_opened(against, unsafe_pickle, progress))
+        else:
+            base = None
         the_plan = make_plan(ckpt.refs(), ())
         applier = Applier(ckpt, 0, "cpu", ties=resolve_ties(the_plan, ckpt.aliases())[1])
         total = sum(TensorRef(e.name, e.dtype, e.shape).nbytes for e in the_plan.entries)

@@ -38,15 +38,17 @@ def apply_to_checkpoint(
     device: str = "cpu",
     config: Mapping[str, Any] | None = None,
     unsafe_pickle: bool = False,
+    progress: bool = True,
 ) -> tuple[dict[str, torch.Tensor], Report]:
     """Apply rules to any checkpoint and return every tensor in memory (CPU; kept tensors of a
-    `StateDictCheckpoint` are its own objects, not copies) with the report. Nothing is written."""
+    `StateDictCheckpoint` are its own objects, not copies) with the report. Nothing is written.
+    `progress=False` silences the Hub's download bars of hf:// transplant sources."""
     from reinit.transplant import SourcePool
 
     started = time.perf_counter()
     device = check_device(device)
     rule_objs = _as_rules(rules)
-    with SourcePool(ckpt, unsafe_pickle=unsafe_pickle) as pool:
+    with SourcePool(ckpt, unsafe_pickle=unsafe_pickle, progress=progress) as pool:
         the_plan, ties = _plan_for(ckpt, rule_objs, strict, allow_unmatched, pool, config=config)
         applier = Applier(ckpt, seed, device, pool, ties)
         own = ckpt.tensors if isinstance(ckpt, StateDictCheckpoint) else None

@@ -585,6 +585,7 @@ def run_recipe(recipe: Recipe, *, progress: bool = False) -> Any:
                 strict=step.strict,
                 allow_unmatched=step.allow_unmatched,
                 unsafe_pickle=recipe.unsafe_pickle,
+                progress=progress,
             )
             for step in recipe.steps
         ]
@@ -610,10 +611,12 @@ def run_recipe(recipe: Recipe, *, progress: bool = False) -> Any:
         )
     started = time.perf_counter()
     reports = []
-    with open_checkpoint(recipe.source, unsafe_pickle=recipe.unsafe_pickle) as original:
+    with open_checkpoint(
+        recipe.source, unsafe_pickle=recipe.unsafe_pickle, progress=progress
+    ) as original:
         current: Any = original
         for step in recipe.steps[:-1]:
-            tensors, rep = _step(apply_to_checkpoint, current, step, recipe)
+            tensors, rep = _step(apply_to_checkpoint, current, step, recipe, progress)
             reports.append(rep)
             current = StateDictCheckpoint(tensors, like=original)
         last = recipe.steps[-1]
@@ -648,7 +651,7 @@ def _step_or_raise(fn: Callable[[], Any], step: Step) -> Any:
         raise type(e)(f"{step.label}: {e}") from None
 
 
-def _step(fn: Callable[..., Any], ckpt: Any, step: Step, recipe: Recipe) -> Any:
+def _step(fn: Callable[..., Any], ckpt: Any, step: Step, recipe: Recipe, progress: bool) -> Any:
     return _step_or_raise(
         lambda: fn(
             ckpt,
@@ -658,6 +661,7 @@ def _step(fn: Callable[..., Any], ckpt: Any, step: Step, recipe: Recipe) -> Any:
             allow_unmatched=step.allow_unmatched,
             device=recipe.device,
             unsafe_pickle=recipe.unsafe_pickle,
+            progress=progress,
         ),
         step,
     )

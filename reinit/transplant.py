@@ -126,16 +126,22 @@ def auto_keys(targets: Sequence[str], source_names: Sequence[str], where: str) -
 class SourcePool:
     """Opens each transplant source once; the target itself may be named as a source."""
 
-    def __init__(self, target: Checkpoint | None = None, unsafe_pickle: bool = False):
+    def __init__(
+        self,
+        target: Checkpoint | None = None,
+        unsafe_pickle: bool = False,
+        progress: bool = True,
+    ):
         self.target = target
         self.unsafe_pickle = unsafe_pickle
+        self.progress = progress
         self._open: dict[str, Checkpoint] = {}
 
     def get(self, source: str) -> Checkpoint:
         ident = _identity(source)
         ck = self._open.get(ident)
         if ck is None:
-            ck = open_checkpoint(source, unsafe_pickle=self.unsafe_pickle)
+            ck = open_checkpoint(source, unsafe_pickle=self.unsafe_pickle, progress=self.progress)
             self._open[ident] = ck
         return ck
 

@@ -399,3 +399,20 @@ def test_online_error_mapping(fake_hub, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_good")
     ok = HubRepo(parse_hf_url("hf://acme/private"), progress=False)
     assert ok.fetch("model.safetensors").read_bytes() == b"x"
+
+
+def test_quiet_silences_the_hubs_download_bar(fake_hub, tmp_path, capfd, monkeypatch):
+    """`progress=False` (the CLI's --quiet) reaches the Hub's own bars, not only reinit's."""
+    from reinit.engine import report_checkpoint
+
+    monkeypatch.setenv("TQDM_POSITION", "-1")  # huggingface_hub: show bars on a non-terminal too
+    tensors = {"w": torch.randn(64, 64)}
+    for name in ("acme/loud", "acme/hush"):
+        fake_hub.add(name, {"config.json": b"{}", "model.safetensors": st_bytes(tmp_path, tensors)})
+
+    report_checkpoint("hf://acme/hush", progress=False)
+    assert "model.safetensors" not in capfd.readouterr().err
+
+    report_checkpoint("hf://acme/loud", progress=True)
+    err = capfd.readouterr().err
+    assert "model.safetensors" in err  # huggingface_hub's bar names the file it downloads

@@ -693,15 +693,20 @@ class DirectoryCheckpoint(Checkpoint):
         self._open.clear()
 
 
-def open_checkpoint(source: str | os.PathLike[str], *, unsafe_pickle: bool = False) -> Checkpoint:
+def open_checkpoint(
+    source: str | os.PathLike[str], *, unsafe_pickle: bool = False, progress: bool = True
+) -> Checkpoint:
     """Open any source form of DESIGN §1: a safetensors file, a torch file, a Hugging Face
-    directory, or `hf://OWNER/NAME[@REVISION][/SUBFOLDER]`."""
+    directory, or `hf://OWNER/NAME[@REVISION][/SUBFOLDER]`. `progress=False` silences the
+    Hub's download bars for this source (the CLI's `--quiet`, or stderr not a terminal)."""
     text = os.fspath(source)
     if text.startswith("hf://"):
         from reinit.io.hub import HubRepo, parse_hf_url
 
         ref = parse_hf_url(text)
-        return DirectoryCheckpoint(HubRepo(ref), source=ref.url, unsafe=unsafe_pickle)
+        return DirectoryCheckpoint(
+            HubRepo(ref, progress=progress), source=ref.url, unsafe=unsafe_pickle
+        )
     path = Path(text)
     if path.is_dir():
         return DirectoryCheckpoint(LocalFiles(path), source=text, unsafe=unsafe_pickle)
