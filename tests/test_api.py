@@ -143,6 +143,24 @@ def test_public_api_is_exported_and_typed():
     for name in ("apply", "plan", "open_checkpoint", "apply_to_module", "apply_to_state_dict"):
         assert name in reinit.__all__ and callable(getattr(reinit, name))
     assert importlib.resources.files("reinit").joinpath("py.typed").is_file()
+    for name in reinit.__all__:  # every advertised name resolves (the package is lazy)
+        assert getattr(reinit, name) is not None, name
+    with pytest.raises(AttributeError, match="no_such_thing"):
+        reinit.no_such_thing  # noqa: B018
+
+
+def test_the_cli_answers_help_without_importing_torch():
+    """`reinit --help` should not pay ~2 s for torch: the package imports its API lazily."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from click.testing import CliRunner; from reinit.cli import main; "
+        "r = CliRunner().invoke(main, ['--help']); "
+        "print(r.exit_code, 'apply' in r.output, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["0", "True", "False"]
 
 
 @pytest.mark.parametrize("module_name", ["reinit.inmemory", "reinit.recipe"])
