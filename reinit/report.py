@@ -834,25 +834,24 @@ def depth_lines(entries: Sequence[TensorEntry]) -> list[str]:
 
 
 def shorten_name(name: str, width: int) -> str:
-    """Shorten a dotted tensor name to `width` by clipping its longest non-numeric parts
-    first (`very_long_block_name` -> `very_l…`), so the layer numbers and the last part,
-    which tell tensors apart, survive; then in the middle if that is not enough."""
+    """Shorten a dotted tensor name to `width` by clipping its non-numeric parts from the
+    left (`bert.encoder.layer.3.attention.output.dense.weight` ->
+    `b….e….l….3.attent….output.dense.weight`): a name goes from general to specific, so the
+    leading parts are the ones every row shares, while the layer numbers and the trailing
+    parts tell tensors apart. In the middle if that is not enough."""
     if len(name) <= width:
         return name
     parts = name.split(".")
-    lengths = [len(p) for p in parts]
-    clippable = [i for i, p in enumerate(parts[:-1]) if not (p.isdigit() or p == "*")]
     excess = len(name) - width
-    while excess > 0 and clippable:
-        i = max(clippable, key=lambda k: lengths[k])
-        if lengths[i] <= 2:  # "m…": still says where a part was
+    for i, p in enumerate(parts[:-1]):
+        if excess <= 0:
             break
-        lengths[i] -= 1
-        excess -= 1
-    short = ".".join(
-        p if n >= len(p) else p[: n - 1] + "…" for p, n in zip(parts, lengths, strict=True)
-    )
-    return shorten(short, width)
+        if p.isdigit() or p == "*" or len(p) <= 2:  # "m…" still says where a part was
+            continue
+        keep = max(len(p) - excess, 2)
+        excess -= len(p) - keep
+        parts[i] = p[: keep - 1] + "…"
+    return shorten(".".join(parts), width)
 
 
 def shorten(text: str, width: int) -> str:

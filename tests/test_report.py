@@ -406,3 +406,19 @@ def test_terminal_fits_100_columns_flagged_first_no_colour(tmp_path):
     rep = reinit.report_checkpoint(tmp_path / "m.reinit.safetensors")
     colored = render_terminal(rep, 100, color=True, per_layer="all")
     assert "\x1b[31m" in colored  # red for the flagged row on a terminal
+
+
+def test_long_names_lose_their_shared_prefix_first():
+    """Names run from general to specific: the prefix every row shares is clipped first, and
+    the layer number and the specific tail survive."""
+    from reinit.report import shorten_name
+
+    name = "bert.encoder.layer.3.attention.output.dense.weight"
+    assert shorten_name(name, 60) == name
+    assert shorten_name(name, 38) == "b….e….l….3.attent….output.dense.weight"
+    assert shorten_name(name, 30) == "b….e….l….3.a….ou….dense.weight"
+    for width in range(16, 51):
+        short = shorten_name(name, width)
+        assert len(short) == width
+        if width >= 27:  # every clippable part down to "x…": number and last part intact
+            assert ".3." in short and short.endswith(".weight")
