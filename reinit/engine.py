@@ -549,13 +549,13 @@ def plan(
     rename: Sequence[str] = (),
     model: ModelInput | None = None,
     config: Mapping[str, Any] | None = None,
-    progress: bool = True,
+    progress: bool = False,
 ) -> Plan:
     """What `apply` would do, without writing anything (the `--dry-run`). `source` may also be
     an open `Checkpoint` or an in-memory state dict. `model` (see `reinit.model`) enables
     `type:` patterns and the `default` scheme; `config` (a model config as a dict) gives the
     arguments some schemes read from it, by default the checkpoint's own config.json.
-    `progress=False` silences the Hub's download bars of hf:// sources."""
+    `progress=True` shows the Hub's download bars of hf:// sources."""
     from reinit.surgery import parse_surgery
     from reinit.transplant import SourcePool
 

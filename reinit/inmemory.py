@@ -38,11 +38,11 @@ def apply_to_checkpoint(
     device: str = "cpu",
     config: Mapping[str, Any] | None = None,
     unsafe_pickle: bool = False,
-    progress: bool = True,
+    progress: bool = False,
 ) -> tuple[dict[str, torch.Tensor], Report]:
     """Apply rules to any checkpoint and return every tensor in memory (CPU; kept tensors of a
     `StateDictCheckpoint` are its own objects, not copies) with the report. Nothing is written.
-    `progress=False` silences the Hub's download bars of hf:// transplant sources."""
+    `progress=True` shows the Hub's download bars of hf:// transplant sources."""
     from reinit.transplant import SourcePool
 
     started = time.perf_counter()

@@ -145,6 +145,7 @@ def test_public_api_is_exported_and_typed():
     assert importlib.resources.files("reinit").joinpath("py.typed").is_file()
     for name in reinit.__all__:  # every advertised name resolves (the package is lazy)
         assert getattr(reinit, name) is not None, name
+    assert set(reinit._LAZY) <= set(reinit.__all__)  # and every lazy name is advertised
     with pytest.raises(AttributeError, match="no_such_thing"):
         reinit.no_such_thing  # noqa: B018
 
