@@ -46,7 +46,8 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from reinit.errors import HubError, UsageError
+from reinit.errors import HubError, UnsafePathError, UsageError
+from reinit.io.confine import check_relname, check_revision
 
 if TYPE_CHECKING:  # pragma: no cover
     from huggingface_hub import HfApi
@@ -125,6 +126,7 @@ def parse_hf_url(text: str) -> HubRef:
         raise UsageError(
             f"bad Hub URL {text!r}: the subfolder {subfolder!r} must not contain '.' or '..'"
         )
+    check_revision(uri.revision, text)
     return HubRef(repo_id=uri.id, revision=uri.revision, subfolder=subfolder)
 
 
@@ -140,6 +142,7 @@ class HubRepo:
     def __init__(
         self, ref: HubRef, progress: bool = True, *, cache_dir: str | os.PathLike | None = None
     ):
+        check_revision(ref.revision, ref.url)  # also for a HubRef built by hand
         self.ref = ref
         self.progress = progress
         self.cache_dir = pathlib.Path(cache_dir) if cache_dir is not None else _default_cache_dir()
@@ -199,13 +202,8 @@ class HubRepo:
     def fetch(self, filename: str) -> pathlib.Path:
         """Download `filename` (relative to the subfolder) into the Hugging Face cache if needed and
         return its local path. Offline, only the cache is read."""
+        name = check_relname(filename, self.display, "asks for the file")
         self._resolve()
-        name = _clean_name(filename)
-        if not name or any(part in ("", ".", "..") for part in name.split("/")):
-            raise HubError(
-                f"{self.display}: invalid file name {filename!r} (the index or caller asked for"
-                " a path outside the repo)"
-            )
         from huggingface_hub import hf_hub_download
 
         try:
@@ -223,6 +221,11 @@ class HubRepo:
             )
         except Exception as exc:
             raise self._error(exc, filename=name) from None
+        if not os.path.isfile(path):  # a FIFO or device planted in the cache is never opened
+            raise UnsafePathError(
+                f"{self.display}: the cached {name} ({path}) is not a regular file; "
+                "delete it from the cache and download again"
+            )
         return pathlib.Path(path)
 
     def __repr__(self) -> str:
