@@ -525,7 +525,9 @@ class LocalFiles:
         return out
 
     def exists(self, relname: str) -> bool:
-        return relname_problem(relname) is None and (self.root / relname).is_file()
+        # exists, not is_file: a FIFO or device under a shard's name is refused by `fetch`
+        # as what it is, not reported as missing
+        return relname_problem(relname) is None and (self.root / relname).exists()
 
     def fetch(self, relname: str) -> Path:
         return local_file(self.root, relname, self.display)
