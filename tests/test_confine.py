@@ -312,7 +312,7 @@ def shard_with_unlisted_tensor(tmp_path: Path) -> Path:
 def name_listed_twice(tmp_path: Path) -> Path:
     d = sharded(tmp_path)
     (d / "model.safetensors.index.json").write_text(
-        '{"weight_map": {"a.weight": "%s", "b.weight": "%s", "a.weight": "%s"}}' % (S1, S2, S2)
+        f'{{"weight_map": {{"a.weight": "{S1}", "b.weight": "{S2}", "a.weight": "{S2}"}}}}'
     )
     return d
 
