@@ -10,6 +10,11 @@ Chosen behaviour:
 - `parse_hf_url` accepts the library's `hf://` grammar restricted to model repositories (an explicit
   `hf://models/` prefix is allowed; `datasets/`, `spaces/`, `buckets/` are usage errors, as are a
   missing owner or name, an empty revision, and `.`/`..` in the subfolder). `refs/pr/N` revisions work.
+- A revision must be a safe git ref (`confine.check_revision`: no `..` part, `%`, leading `/`,
+  backslash or control character), checked before huggingface_hub sees it: it writes the revision
+  as a path under the cache's `refs/`, so `@..%2F..%2Fx` would otherwise write outside the cache.
+- `fetch` takes only plain relative names (`confine.check_relname`, an `UnsafePathError` otherwise:
+  no leading `/` is stripped, no backslash converted) and never returns a non-regular file.
 - A `HubRepo` resolves its revision to one commit on first use and pins every listing and download to
   that commit, so an index and its shards always come from the same snapshot. Online, one
   `model_info` call gives the commit and the file list (no retries, timeout `HF_HUB_ETAG_TIMEOUT`,
