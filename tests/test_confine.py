@@ -345,3 +345,32 @@ def test_library_reader_raises_the_same_error(tmp_path):
 
     with open_checkpoint(tensor_in_two_shards(tmp_path)) as ck, pytest.raises(CheckpointError):
         ck.refs()
+
+
+# --- output names (defence in depth for library callers with their own Checkpoint) ------------
+
+
+@pytest.mark.parametrize("shard", ["../x.bin", "/abs/x.safetensors", "a/../../x.pt", "a\\b.bin"])
+def test_shard_output_name_refuses_names_that_leave_the_output(shard):
+    from reinit.engine import shard_output_name
+
+    with pytest.raises(UnsafePathError):
+        shard_output_name(shard)
+
+
+def test_shard_output_names_stay_relative():
+    from reinit.engine import shard_output_name
+
+    assert shard_output_name("sub/pytorch_model-00001-of-00002.bin") == (
+        "sub/model-00001-of-00002.safetensors"
+    )
+    assert shard_output_name("pytorch_model.bin") == "model.safetensors"
+    assert shard_output_name("x.pt") == "x.safetensors"
+
+
+def test_output_file_where_another_needs_a_folder_is_refused():
+    from reinit.errors import OutputError
+    from reinit.io.confine import check_output_names
+
+    with pytest.raises(OutputError, match="where sub/x.bin needs a folder"):
+        check_output_names([("sub", "sub"), ("sub/x.safetensors", "sub/x.bin")], "m")
