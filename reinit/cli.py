@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import sys
+import warnings
 from typing import Any, NoReturn
 
 import click
@@ -62,6 +63,10 @@ class ReinitGroup(click.Group):
                 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         except ValueError:  # not the main thread (e.g. some test runners)
             previous = None
+        if not _debug():
+            # huggingface_hub's warnings.warn() (e.g. about disk space or symlinks) would add
+            # lines to our one-line failures; its logging is captured by reinit/io/hub_retry.py.
+            warnings.filterwarnings("ignore", module=r"huggingface_hub(\.|$)")
         try:
             return super().invoke(ctx)
         except ReinitError as e:
