@@ -425,9 +425,9 @@ def verify(path: str, as_json: bool) -> None:
         return
     if len(result.files) > 1 or os.path.isdir(path):
         for f in result.files:
-            _err(f"{f.path}: ok, {f.tensors} tensors, {f.nbytes:,d} bytes")
+            _err(f"{_shown(f.path)}: ok, {f.tensors} tensors, {f.nbytes:,d} bytes")
     click.echo(
-        f"{result.path}: valid safetensors: {len(result.files)} file(s), "
+        f"{_shown(result.path)}: valid safetensors: {len(result.files)} file(s), "
         f"{result.tensors} tensors, {result.nbytes:,d} bytes of tensor data"
     )
 
