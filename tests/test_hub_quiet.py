@@ -104,6 +104,22 @@ def test_cache_refs_not_writable_says_nothing(hub, tmp_path):
     assert res.stderr.startswith("2 tensors"), res.stderr
 
 
+def test_endless_resume_is_cut_by_the_budget(fake_hub, tmp_path, monkeypatch):
+    """Cut past the first 10 MB chunk, huggingface_hub resumes without end (its counter resets
+    whenever a chunk arrived); the budget (2 s here, to keep the test short) stops it."""
+    from reinit.errors import HubError
+    from reinit.io.hub import HubRepo, parse_hf_url
+
+    data = st_bytes(tmp_path, {"w": torch.zeros(3200, 2000)})  # 25.6 MB, cut at 12.8 MB
+    fake_hub.add("acme/big", {"model.safetensors": data})
+    fake_hub.fault("model.safetensors", "truncate")
+    monkeypatch.setenv(hub_retry.RETRY_ENV, "2")
+    start = time.monotonic()
+    with pytest.raises(HubError, match="cut short.*gave up after"):
+        HubRepo(parse_hf_url("hf://acme/big"), progress=False).fetch("model.safetensors")
+    assert time.monotonic() - start < 20
+
+
 # --- the budget itself, with a fake clock ---------------------------------------------------
 
 

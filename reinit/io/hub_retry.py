@@ -5,8 +5,9 @@ retries on its own and says so on stderr through its `huggingface_hub` logger (w
 stderr handler): `HTTP Error 500 thrown while requesting HEAD …`, `Retrying in 8s [Retry 5/5]`,
 `Error while downloading from …`, `Trying to resume download...`, `Max retries exceeded.`,
 `Ignored error while caching commit hash …` (read-only cache). A 500 on a file costs its full
-backoff (1+2+4+8+8 s of sleeps), and a server that cuts every download short at the same byte
-makes it resume forever (its resume counter resets whenever some bytes arrived).
+backoff (1+2+4+8+8 s of sleeps), and a server that cuts every download of a file short past its
+first 10 MB chunk makes it resume forever (its resume counter resets whenever a chunk arrived;
+measured: a 25.6 MB file cut at half, 24 resumes in 40 s and still going).
 
 `library_call()` wraps each call reinit makes into the library:
 
