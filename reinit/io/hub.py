@@ -562,7 +562,9 @@ def _unreachable(exc: BaseException) -> bool:
 
 
 def _reason(exc: BaseException) -> str:
-    text = _one_line(str(exc))
+    from reinit.text import shown  # a server's message may hold escapes (it also reaches log lines)
+
+    text = shown(_one_line(str(exc)))
     if len(text) > 160:
         text = text[:157] + "..."
     name = type(exc).__name__

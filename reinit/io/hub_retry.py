@@ -11,8 +11,10 @@ measured: a 25.6 MB file cut at half, 24 resumes in 40 s and still going).
 
 `library_call()` wraps each call reinit makes into the library:
 
-- **Chatter**: for the duration, the `huggingface_hub` logger's records go to one handler of ours
-  instead of the library's stderr handler (and do not propagate); each is re-logged at DEBUG on
+- **Chatter**: for the duration (process-wide: the handlers are swapped once, reference-counted,
+  so concurrent calls in threads nest safely), the `huggingface_hub` logger's records go to one
+  handler of ours instead of the library's stderr handler (and do not propagate); each is
+  re-logged at DEBUG on
   `reinit.hub` (`REINIT_DEBUG=1` keeps the library's own handler as well, to see them live). The
   logger's level is lowered to WARNING if it was set higher, so the retry records are always seen.
   The library's `warnings.warn` calls are silenced by the CLI (a `warnings` filter), not here: the
