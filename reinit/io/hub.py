@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 from reinit.errors import HubError, UnsafePathError, UsageError
 from reinit.io.confine import check_relname, check_revision
+from reinit.io.hub_retry import RetryBudgetSpent, failure_message, library_call
 
 if TYPE_CHECKING:  # pragma: no cover
     from huggingface_hub import HfApi
@@ -212,19 +213,20 @@ class HubRepo:
         from huggingface_hub import hf_hub_download
 
         try:
-            path = hf_hub_download(
-                self.ref.repo_id,
-                name,
-                subfolder=self.ref.subfolder,
-                revision=self._commit,
-                cache_dir=str(self.cache_dir),
-                endpoint=self.endpoint,
-                local_files_only=bool(self._offline),
-                etag_timeout=_timeout(),
-                tqdm_class=None if self.progress else _quiet_bar(),
-                library_name="reinit",
-            )
-        except Exception as exc:
+            with library_call():  # no library chatter on stderr; retries bounded (hub_retry.py)
+                path = hf_hub_download(
+                    self.ref.repo_id,
+                    name,
+                    subfolder=self.ref.subfolder,
+                    revision=self._commit,
+                    cache_dir=str(self.cache_dir),
+                    endpoint=self.endpoint,
+                    local_files_only=bool(self._offline),
+                    etag_timeout=_timeout(),
+                    tqdm_class=None if self.progress else _quiet_bar(),
+                    library_name="reinit",
+                )
+        except (Exception, RetryBudgetSpent) as exc:
             raise self._error(exc, filename=name) from None
         if not os.path.isfile(path):  # a FIFO or device planted in the cache is never opened
             raise UnsafePathError(
@@ -241,6 +243,13 @@ class HubRepo:
     def _resolve(self) -> None:
         if self._commit is not None:
             return
+        try:
+            with library_call():  # no library chatter on stderr; retries bounded (hub_retry.py)
+                self._resolve_now()
+        except RetryBudgetSpent as exc:
+            raise self._error(exc) from None
+
+    def _resolve_now(self) -> None:
         from huggingface_hub import HfApi
 
         api = HfApi(endpoint=self.endpoint, library_name="reinit")
@@ -390,6 +399,15 @@ class HubRepo:
     def _error(self, exc: BaseException, filename: str | None = None) -> HubError:
         """Turn any exception of huggingface_hub (or below it) into a one-line `HubError`."""
         from huggingface_hub import errors as hf
+
+        line = failure_message(self.display, filename, exc, _reason(exc))
+        if line is not None:  # retry budget spent, or a download cut short (hub_retry.py)
+            return HubError(line)
+        cause = exc.__cause__ or exc.__context__
+        answered = cause is not None and _status(cause) is not None
+        if isinstance(exc, hf.LocalEntryNotFoundError) and not self._offline and answered:
+            assert cause is not None
+            return self._error(cause, filename)  # the Hub answered (e.g. 500): say what
 
         repo = self.ref.repo_id
         subject = f"'{filename}'" if filename is not None else None
@@ -552,7 +570,9 @@ def _unreachable(exc: BaseException) -> bool:
 
 
 def _reason(exc: BaseException) -> str:
-    text = _one_line(str(exc))
+    from reinit.text import shown  # a server's message may hold escapes (it also reaches log lines)
+
+    text = shown(_one_line(str(exc)))
     if len(text) > 160:
         text = text[:157] + "..."
     name = type(exc).__name__
