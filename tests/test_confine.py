@@ -112,6 +112,14 @@ def test_index_with_parent_shard_is_refused_by_every_command(tmp_path, command):
     assert "../parent_victim.safetensors" in line and "not a file inside the model folder" in line
 
 
+def test_hostile_folder_as_a_from_source_is_refused(tmp_path):
+    save_file(VICTIM, tmp_path / "parent_victim.safetensors")
+    d = sharded(tmp_path, {"p.weight": "../parent_victim.safetensors"})
+    save_file({"p.weight": torch.zeros(3)}, tmp_path / "t.safetensors")
+    args = ["apply", str(tmp_path / "t.safetensors"), "-r", f"p.weight=from({d})", "-q"]
+    refused(tmp_path, args, 1, "p.weight", "../parent_victim.safetensors")
+
+
 def test_index_with_absolute_shard_is_refused_and_that_file_is_untouched(tmp_path):
     victim = tmp_path / "elsewhere" / "abs_victim.safetensors"
     victim.parent.mkdir()
@@ -174,6 +182,7 @@ def test_hf_cache_snapshot_folder_given_as_a_local_path_works(tmp_path):
         load_file(tmp_path / "out" / "model.safetensors")["a.weight"], A["a.weight"] * 0
     )
     assert (tmp_path / "out" / "config.json").read_text() == "{}"
+    assert verify(snap).tensors == 1  # verify follows the same rule
 
 
 # --- extra (non-weight) files copied into a directory output ----------------------------------
