@@ -56,7 +56,7 @@ class AddSpec:
 
     def rule(self) -> Rule:
         """The rule an added tensor is reported under when no `--rule` overrides it."""
-        pattern = Pattern(self.name, re.compile(re.escape(self.name)), False)
+        pattern = Pattern.literal(self.name)
         return Rule(
             f"--add {self.text}", pattern, parse_action(self.scheme.describe()), self.scheme
         )
