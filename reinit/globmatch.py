@@ -13,6 +13,7 @@ test in tests/test_hostile_rules.py checks that against the old regex."""
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 
 from reinit.errors import RuleError
@@ -60,7 +61,9 @@ def _set_class(body: str, glob: str) -> re.Pattern[str]:
         body = "^" + body[1:]
     source = "[" + body.replace("\\", "\\\\") + "]"
     try:
-        return re.compile(source, re.S)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # "possible nested set" for `[[`
+            return re.compile(source, re.S)
     except re.error as e:
         raise RuleError(
             f"pattern {glob!r}: bad character set [{body}] ({e}); write ranges low-high, e.g. [0-9]"
