@@ -172,7 +172,10 @@ def parse_type_pattern(text: str) -> Pattern:
     if sep:
         if not rest:
             raise RuleError(f"pattern {text!r}: empty name pattern after '@'")
-        inner = parse_pattern(rest)
+        try:
+            inner = parse_pattern(rest)
+        except RuleError as e:
+            raise RuleError(f"in {text!r}: {e}") from None
         if inner.module_types:
             raise RuleError(f"pattern {text!r}: only one type: selector per pattern")
         return Pattern(text, inner.matcher, True, types)
