@@ -1,0 +1,101 @@
+"""Hostile scheme arguments and recipes (issue 16): each is a one-line usage error naming the
+argument (with its allowed range) or the recipe file and line, never an internal error."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from reinit.errors import ReinitError, RuleError
+from reinit.rules import parse_rule, plan
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class T:
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype = torch.float32
+
+
+@pytest.mark.parametrize(
+    "action, fragment",
+    [
+        ("normal(std=nan)", "'std' must be a finite number in [0, inf)"),
+        ("normal(std=inf)", "'std' must be a finite number"),
+        ("normal(std=-1)", "'std' must be in [0, inf), got -1"),
+        ("uniform(a=1, b=0)", "needs a <= b, got a=1, b=0"),
+        ("uniform(-inf, inf)", "'a' must be a finite number"),
+        ("trunc_normal(std=0)", "'std' must be in (0, inf), got 0"),
+        ("trunc_normal(a=1, b=1)", "needs a < b"),
+        ("kaiming_uniform(a=1e200)", "'a' must be in [-1e+06, 1e+06], got 1e+200"),
+        ("kaiming_normal(a=nan)", "'a' must be a finite number"),
+        ("sparse(sparsity=nan)", "'sparsity' must be a finite number in [0, 1]"),
+        ("sparse(sparsity=1.5)", "'sparsity' must be in [0, 1], got 1.5"),
+        ("constant(val=1" + "0" * 400 + ")", "'val' must be a number within float64's range"),
+        ("xavier_uniform(gain=inf)", "'gain' must be a finite number"),
+    ],
+)
+def test_bad_scheme_arguments_are_refused_at_parse_time(action, fragment):
+    with pytest.raises(RuleError) as e:
+        parse_rule(f"*.weight={action}")
+    assert fragment in str(e.value), str(e.value)
+    assert e.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "action, dtype, ok",
+    [
+        ("constant(val=1e39)", torch.float32, False),
+        ("constant(val=1e39)", torch.float64, True),
+        ("uniform(0, 1e39)", torch.float32, False),
+        ("uniform(0, 1e5)", torch.float16, False),
+        ("uniform(0, 1e5)", torch.bfloat16, True),
+        ("normal(mean=-1e300)", torch.float32, False),
+    ],
+)
+def test_a_value_that_overflows_the_target_dtype_is_named_at_plan_time(action, dtype, ok):
+    rule = parse_rule(f"*.weight={action}")
+    tensors = [T("a.weight", (2, 2), dtype)]
+    if ok:
+        assert plan(tensors, [rule]).entries[0].action == "reinit"
+        return
+    with pytest.raises(RuleError) as e:
+        plan(tensors, [rule])
+    label = str(dtype).removeprefix("torch.")
+    assert f"overflows {label}" in str(e.value) and "a.weight" in str(e.value)
+    assert e.value.exit_code == 2
+
+
+def test_overflow_on_the_command_line_is_exit_2_without_output(tmp_path):
+    src = tmp_path / "m.safetensors"
+    save_file({"a.weight": torch.zeros(2, 2)}, str(src))
+    out = tmp_path / "o.safetensors"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "reinit",
+            "apply",
+            str(src),
+            "-o",
+            str(out),
+            "-r",
+            "*=constant(val=1e39)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    assert r.returncode == 2, r.stderr
+    assert "overflows float32" in r.stderr and "internal error" not in r.stderr
+    assert not out.exists()
