@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from reinit.errors import ReinitError, RuleError
+from reinit.errors import RuleError
 from reinit.rules import parse_rule, plan
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,3 +99,70 @@ def test_overflow_on_the_command_line_is_exit_2_without_output(tmp_path):
     assert r.returncode == 2, r.stderr
     assert "overflows float32" in r.stderr and "internal error" not in r.stderr
     assert not out.exists()
+
+
+# --- recipes ------------------------------------------------------------------------------
+
+BILLION_LAUGHS = (
+    "source: m.safetensors\n"
+    'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+    + "".join(
+        f"{c}: &{c} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n"
+        for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+    )
+    + "rules: ['*=zeros']\n"
+)
+
+
+@pytest.mark.parametrize(
+    "name, text, fragment",
+    [
+        (
+            "deep.json",
+            '{"source": "m", "rules": ' + "[" * 100_000 + "]" * 100_000 + "}",
+            "line 1: nested deeper than 32 levels",
+        ),
+        (
+            "deep.toml",
+            'source = "m"\nrules = ' + "[" * 100_000 + "]" * 100_000 + "\n",
+            "line 2: nested deeper than 32 levels",
+        ),
+        ("deep.yaml", "source: m\nrules: " + "[" * 100_000 + "]" * 100_000 + "\n", "nested"),
+        ("laughs.yaml", BILLION_LAUGHS, "expands to more than 200000 values"),
+        (
+            "add.yaml",
+            "source: m\nrules: ['*=zeros']\nadd: 5\n",
+            "line 3: 'add' must be a list of strings",
+        ),
+        (
+            "drop.yaml",
+            "source: m\nrules: ['*=zeros']\ndrop: [1]\n",
+            "line 3: 'drop' must be a list of strings",
+        ),
+        (
+            "rename.yaml",
+            "source: m\nrules: ['*=zeros']\nrename: null\n",
+            "line 3: 'rename' must be a list of strings",
+        ),
+        (
+            "step.json",
+            '{"source": "m",\n "steps": [{"rules": ["*=zeros"],\n  "drop": {"x": 1}}]}',
+            "line 3: 'drop' must be a list of strings",
+        ),
+    ],
+)
+def test_hostile_recipes_are_usage_errors_with_file_and_line(tmp_path, name, text, fragment):
+    path = tmp_path / name
+    path.write_text(text)
+    r = subprocess.run(
+        [sys.executable, "-m", "reinit", "run", str(path), "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        cwd=tmp_path,
+    )
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert fragment in r.stderr and str(path) in r.stderr, r.stderr[-2000:]
+    assert "internal error" not in r.stdout + r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
