@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -106,6 +107,10 @@ class FakeHub:
         self.repos: dict[str, dict] = {}
         self.auth_seen: list[str | None] = []
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request
+        # trickle mode: seconds between single bytes of every GET body (file downloads and,
+        # with trickle_api, the API's JSON), as a slow or hostile server sends them
+        self.trickle: float = 0.0
+        self.trickle_api = False
         hub = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -139,14 +144,24 @@ class FakeHub:
         self.server.server_close()
 
     @staticmethod
-    def reply(req, status, body=b"", headers=None, send_body=True):
+    def reply(req, status, body=b"", headers=None, send_body=True, trickle=0.0):
         req.send_response(status)
         for k, v in (headers or {}).items():
             req.send_header(k, v)
         req.send_header("Content-Length", str(len(body)))
         req.end_headers()
-        if send_body:
+        if not send_body:
+            return
+        if not trickle:
             req.wfile.write(body)
+            return
+        try:
+            for i in range(len(body)):
+                req.wfile.write(body[i : i + 1])
+                req.wfile.flush()
+                time.sleep(trickle)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up, as it should
 
     def handle(self, req, body):
         self.auth_seen.append(req.headers.get("Authorization"))
@@ -179,7 +194,8 @@ class FakeHub:
                 "gated": "auto" if repo["gated"] else False,
                 "siblings": [{"rfilename": f} for f in sorted(repo["files"])],
             }
-            return self.reply(req, 200, json.dumps(info).encode(), send_body=body)
+            trickle = self.trickle if self.trickle_api else 0.0
+            return self.reply(req, 200, json.dumps(info).encode(), send_body=body, trickle=trickle)
         if repo["gated"]:
             return self.reply(req, 401, headers={"X-Error-Code": "GatedRepo"}, send_body=body)
         if filename not in repo["files"]:
@@ -187,4 +203,4 @@ class FakeHub:
             return self.reply(req, 404, headers=headers, send_body=body)
         data = repo["files"][filename]
         headers = {"X-Repo-Commit": commit, "ETag": f'"{hashlib.sha256(data).hexdigest()}"'}
-        return self.reply(req, 200, data, headers=headers, send_body=body)
+        return self.reply(req, 200, data, headers=headers, send_body=body, trickle=self.trickle)

@@ -43,10 +43,18 @@ import logging
 import os
 import pathlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from reinit.errors import HubError, UsageError
+from reinit.io.stall import (
+    STALL_ENV,
+    HubStalled,
+    call_with_stall_timeout,
+    pinging_bar,
+    stall_timeout,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from huggingface_hub import HfApi
@@ -207,9 +215,10 @@ class HubRepo:
                 " a path outside the repo)"
             )
         from huggingface_hub import hf_hub_download
+        from huggingface_hub.utils import tqdm as hf_tqdm
 
-        try:
-            path = hf_hub_download(
+        def download(ping: Callable[[], None]) -> str:
+            return hf_hub_download(
                 self.ref.repo_id,
                 name,
                 subfolder=self.ref.subfolder,
@@ -218,9 +227,14 @@ class HubRepo:
                 endpoint=self.endpoint,
                 local_files_only=bool(self._offline),
                 etag_timeout=_timeout(),
-                tqdm_class=None if self.progress else _quiet_bar(),
+                tqdm_class=pinging_bar(hf_tqdm if self.progress else _quiet_bar(), ping),
                 library_name="reinit",
             )
+
+        try:
+            path = call_with_stall_timeout(download, stall_timeout())
+        except HubStalled as exc:
+            raise self._stalled(exc, f"downloading '{name}'") from None
         except Exception as exc:
             raise self._error(exc, filename=name) from None
         return pathlib.Path(path)
@@ -241,7 +255,14 @@ class HubRepo:
             self._commit = self._commit_from_cache(api)
             return
         try:
-            info = api.model_info(self.ref.repo_id, revision=self.ref.revision, timeout=_timeout())
+            info = call_with_stall_timeout(
+                lambda ping: api.model_info(
+                    self.ref.repo_id, revision=self.ref.revision, timeout=_timeout()
+                ),
+                stall_timeout(),
+            )
+        except HubStalled as exc:
+            raise self._stalled(exc, "listing its files") from None
         except Exception as exc:
             if not _unreachable(exc):
                 raise self._error(exc) from None
@@ -378,6 +399,14 @@ class HubRepo:
             return files
         prefix = sub + "/"
         return [f[len(prefix) :] for f in files if f.startswith(prefix)]
+
+    def _stalled(self, exc: HubStalled, doing: str) -> HubError:
+        """A trickling or frozen Hub (see `reinit.io.stall`)."""
+        return HubError(
+            f"{self.display}: the Hub at {self._endpoint_text()} stalled {doing} from "
+            f"{self.ref.repo_id} (no progress for {exc.seconds:g} s, {STALL_ENV}): retry later, "
+            "or set HF_HUB_OFFLINE=1 to use files already in the cache"
+        )
 
     def _error(self, exc: BaseException, filename: str | None = None) -> HubError:
         """Turn any exception of huggingface_hub (or below it) into a one-line `HubError`."""
