@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from reinit.errors import RuleError
+from reinit.globmatch import Segment
 from reinit.rules import parse_pattern, parse_rule, plan
 from reinit.surgery import parse_drop, parse_rename
 
@@ -130,18 +131,33 @@ HARD_SEGMENTS = ["a", ".", "a.", "?", "[a.]", ".weight", "x"]
 @given(st.lists(st.sampled_from(HARD_SEGMENTS), min_size=1, max_size=9))
 def test_glob_matching_time_is_linear_in_the_name_length(segments):
     """Up to 8 stars between hard segments, on names of 2,000 and 8,000 characters that
-    almost match. The old regex took exponential time here; the bound is generous (a quadratic
-    matcher at 8,000 characters already needs ~64M steps, seconds in Python)."""
+    almost match. Steps (segment tests at a position) grow at most linearly with the name: 4x
+    the name, at most 4x the steps (plus a constant); and a generous wall-clock bound (the old
+    regex took exponential time here; a quadratic matcher needs ~64M steps at 8,000)."""
     glob = "*".join(segments)
     p = parse_pattern(glob)
     assert p.matcher.stars <= 8
+    steps: dict[int, int] = {}
+    original = Segment.matches_at
     for n in (2_000, 8_000):
         name = ("a." * n)[:n] + "y"
-        t0 = time.perf_counter()
-        p.match(name)
-        p.match(name[:-1])
-        elapsed = time.perf_counter() - t0
-        assert elapsed < 0.002 * n / 100 + 0.5, (glob, n, elapsed)
+        count = [0]
+
+        def counting(self, name, pos, count=count):
+            count[0] += 1
+            return original(self, name, pos)
+
+        Segment.matches_at = counting
+        try:
+            t0 = time.perf_counter()
+            p.match(name)
+            p.match(name[:-1])
+            elapsed = time.perf_counter() - t0
+        finally:
+            Segment.matches_at = original
+        steps[n] = count[0]
+        assert elapsed < 2.0, (glob, n, elapsed)
+    assert steps[8_000] <= 4 * steps[2_000] + 40, (glob, steps)
 
 
 def test_captures_are_the_old_greedy_ones():
