@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from reinit.errors import RuleError
 from reinit.rules import parse_rule, plan
+from reinit.surgery import parse_add
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,6 +74,20 @@ def test_a_value_that_overflows_the_target_dtype_is_named_at_plan_time(action, d
     label = str(dtype).removeprefix("torch.")
     assert f"overflows {label}" in str(e.value) and "a.weight" in str(e.value)
     assert e.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("x=[2]:constant(val=1e39)", "overflows float32"),
+        ("x=[2]:uniform(0, 1e5):dtype=float16", "overflows float16"),
+        ("x=[2]:normal(std=nan)", "'std' must be a finite number"),
+    ],
+)
+def test_added_tensors_get_the_same_argument_checks(text, fragment):
+    with pytest.raises(RuleError) as e:
+        parse_add(text)
+    assert fragment in str(e.value) and e.value.exit_code == 2
 
 
 def test_overflow_on_the_command_line_is_exit_2_without_output(tmp_path):
