@@ -30,7 +30,8 @@ Where = dict[Path_, str]  # a key's path -> "recipe.yaml line 7" or "--set seed"
 # --- schema: the keys a recipe may hold, and what each must be ----------------------------
 
 # kinds: str, str?, int, bool, rules (list of rule strings), paths (a string or a list of
-# strings), steps (list of step mappings), any (passed through to reinit.apply as given)
+# strings), steps (list of step mappings), any (passed through to reinit.apply as given),
+# specs (a string or a list of strings, each an --add/--drop/--rename value)
 TOP_KEYS: dict[str, str] = {
     "source": "str",
     "output": "str?",
@@ -45,9 +46,9 @@ TOP_KEYS: dict[str, str] = {
     "unsafe_pickle": "bool",
     "dry_run": "bool",
     "steps": "steps",
-    "add": "any",
-    "drop": "any",
-    "rename": "any",
+    "add": "specs",
+    "drop": "specs",
+    "rename": "specs",
 }
 STEP_KEYS: dict[str, str] = {
     "name": "str",
@@ -55,9 +56,9 @@ STEP_KEYS: dict[str, str] = {
     "seed": "int",
     "strict": "bool",
     "allow_unmatched": "bool",
-    "add": "any",
-    "drop": "any",
-    "rename": "any",
+    "add": "specs",
+    "drop": "specs",
+    "rename": "specs",
 }
 PASS_THROUGH = ("add", "drop", "rename")  # options of reinit.apply added by the transplant work
 SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".json": "json"}
@@ -99,6 +100,73 @@ class Recipe:
 # --- reading the file, with where each key is ---------------------------------------------
 
 
+# Bounds on what a recipe file may hold (a recipe needs a few levels and a few thousand
+# values): deeper nesting overflowed Python's recursion, YAML aliases expanded exponentially
+# (a "billion laughs" exhausted memory). Documented in README "Guarantees".
+MAX_RECIPE_BYTES = 16 * 1024 * 1024
+MAX_DEPTH = 32
+MAX_VALUES = 200_000  # scalars and containers, counting each alias use in full
+
+
+def _check_bracket_depth(text: str, label: str) -> None:
+    """JSON/TOML: refuse nesting deeper than MAX_DEPTH before a recursive parser sees it
+    (strings and TOML comments are skipped)."""
+    depth = 0
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == '"' or c == "'":
+            j = i + 1
+            while j < n and text[j] != c:
+                j += 2 if c == '"' and text[j] == "\\" else 1
+            i = j + 1
+            continue
+        if c == "#":
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+            continue
+        if c in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                line = text.count("\n", 0, i) + 1
+                raise UsageError(
+                    f"{label} line {line}: nested deeper than {MAX_DEPTH} levels; "
+                    "a recipe needs only a few"
+                )
+        elif c in "]}":
+            depth -= 1
+        i += 1
+
+
+def _check_yaml_nodes(root: Any, label: str) -> None:
+    """YAML: refuse nesting deeper than MAX_DEPTH and more than MAX_VALUES values once
+    aliases are expanded (an alias is a reference to an earlier node; walking references
+    counts what every later step would walk), without recursion."""
+    import yaml
+
+    seen = 0
+    stack: list[tuple[Any, int]] = [(root, 0)]
+    while stack:
+        node, depth = stack.pop()
+        seen += 1
+        line = f"{label} line {node.start_mark.line + 1}"
+        if depth > MAX_DEPTH:
+            raise UsageError(
+                f"{line}: nested deeper than {MAX_DEPTH} levels; a recipe needs only a few"
+            )
+        if seen > MAX_VALUES:
+            raise UsageError(
+                f"{line}: the recipe expands to more than {MAX_VALUES} values (YAML aliases "
+                "or sheer size); write the rules out plainly"
+            )
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                stack.append((k, depth + 1))
+                stack.append((v, depth + 1))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, depth + 1) for item in node.value)
+
+
 def _yaml_where(node: Any, path: Path_, where: Where, label: str) -> None:
     import yaml
 
@@ -122,8 +190,14 @@ def _read_yaml(text: str, label: str) -> tuple[Any, Where]:
     import yaml
 
     try:
-        data = yaml.safe_load(text)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None:
+            _check_yaml_nodes(node, label)
+        data = yaml.safe_load(text)
+    except RecursionError:
+        raise UsageError(
+            f"{label}: nested too deeply to parse; a recipe needs only a few levels"
+        ) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" line {mark.line + 1}" if mark is not None else ""
@@ -190,6 +264,7 @@ def _json_scan(text: str, label: str) -> tuple[Any, Where]:
                 i = skip(j + 1)
         return decoder.raw_decode(text, i)
 
+    _check_bracket_depth(text, label)
     try:
         json.loads(text)  # the json module's own errors, with line and column
     except json.JSONDecodeError as e:
@@ -245,6 +320,7 @@ def _read_toml(text: str, label: str) -> tuple[Any, Where]:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         raise UsageError(f"{label}: TOML recipes need Python 3.11 or newer (tomllib)") from None
+    _check_bracket_depth(text, label)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -262,6 +338,11 @@ def read_recipe_file(path: str | os.PathLike[str]) -> tuple[Any, Where, str]:
             f"{label}: unknown recipe type {p.suffix or '(no suffix)'}; use .yaml, .yml, .toml or .json"
         )
     try:
+        if p.stat().st_size > MAX_RECIPE_BYTES:
+            raise UsageError(
+                f"{label}: the recipe is larger than {MAX_RECIPE_BYTES // 2**20} MiB; "
+                "a recipe holds rules, not data"
+            )
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UsageError(f"{label}: no such recipe file") from None
@@ -272,7 +353,12 @@ def read_recipe_file(path: str | os.PathLike[str]) -> tuple[Any, Where, str]:
         "toml": _read_toml,
         "json": _json_scan,
     }[fmt]
-    data, where = reader(text, label)
+    try:
+        data, where = reader(text, label)
+    except RecursionError:
+        raise UsageError(
+            f"{label}: nested too deeply to parse; a recipe needs only a few levels"
+        ) from None
     if data is None:
         raise UsageError(f"{label}: the recipe is empty; it needs at least source and rules")
     if not isinstance(data, dict):
@@ -382,8 +468,10 @@ _FALSE = {"false", "no", "off", "0"}
 
 def _coerce(kind: str, value: Any, key: str, at: str) -> Any:
     set_text = value.text if isinstance(value, _SetValue) else None
-    if set_text is not None and kind in ("rules", "paths", "any"):
-        value = _parse_set_list(set_text) if kind != "any" else _parse_set_any(set_text)
+    if set_text is not None and kind in ("rules", "paths", "any", "specs"):
+        value = (
+            _parse_set_list(set_text) if kind in ("rules", "paths") else _parse_set_any(set_text)
+        )
     elif set_text is not None:
         value = set_text
     if kind == "any":
@@ -415,7 +503,23 @@ def _coerce(kind: str, value: Any, key: str, at: str) -> Any:
             what = "rule strings (PATTERN=ACTION)" if kind == "rules" else "paths"
             raise UsageError(f"{at}: {key!r} must be a list of {what}, got {value!r}")
         return tuple(value)
+    if kind == "specs":
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            example = SPEC_EXAMPLES.get(key, "")
+            raise UsageError(
+                f"{at}: {key!r} must be a list of strings, e.g. {example}, got {value!r}"
+            )
+        return tuple(value)
     raise AssertionError(kind)
+
+
+SPEC_EXAMPLES = {
+    "add": "['head.weight=[3,24]:xavier_uniform']",
+    "drop": "['head.*']",
+    "rename": "['enc.*=encoder.{1}']",
+}
 
 
 def _parse_set_list(text: str) -> Any:

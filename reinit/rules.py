@@ -14,6 +14,8 @@ from typing import Any, Protocol
 import torch
 
 from reinit.errors import RuleError, SchemeError, StrictError
+from reinit.globmatch import Glob, compile_glob, literal_glob
+from reinit.ruleindex import RuleIndex
 from reinit.schemes import DEFAULT, KEEP, BoundScheme, bind_scheme
 
 ValueT = int | float | str
@@ -34,14 +36,68 @@ class Action:
         return dict(self.kwargs)
 
 
+class Matcher(Protocol):
+    """What a pattern matches names with: a `Glob` (linear time, see `globmatch`) or a
+    `UserRegex` (time-bounded)."""
+
+    def fullmatch(self, name: str) -> tuple[str, ...] | None: ...
+
+
+# A user regex may spend this long on one tensor name before the rule is refused: tensor
+# names are short, so a sane regex needs microseconds; catastrophic backtracking (`(a+)+$`)
+# is stopped instead of hanging. Documented in README "Guarantees".
+REGEX_TIMEOUT_S = 0.5
+
+
+@dataclass(frozen=True)
+class UserRegex:
+    """A `re:` pattern, run by the `regex` module with a per-match timeout (Python's `re`
+    cannot be interrupted, and no static check catches every exponential regex)."""
+
+    text: str
+    compiled: Any  # a `regex.Pattern`
+
+    def fullmatch(self, name: str) -> tuple[str, ...] | None:
+        try:
+            m = self.compiled.fullmatch(name, timeout=REGEX_TIMEOUT_S)
+        except TimeoutError:
+            shown = name if len(name) <= 80 else name[:77] + "..."
+            raise RuleError(
+                f"pattern {self.text!r}: the regular expression took over {REGEX_TIMEOUT_S} s "
+                f"on tensor '{shown}' (catastrophic backtracking, e.g. nested quantifiers like "
+                "(a+)+); rewrite it without nested repeats, or use a glob"
+            ) from None
+        return None if m is None else tuple(g if g is not None else "" for g in m.groups())
+
+
+class MatchAll:
+    """The name part of a bare `type:` pattern: every name, no captures."""
+
+    def fullmatch(self, name: str) -> tuple[str, ...] | None:
+        return ()
+
+
 @dataclass(frozen=True)
 class Pattern:
     text: str  # as written
-    regex: re.Pattern[str]
+    matcher: Matcher
     has_wildcards: bool
     # `type:Linear|Conv2d[@GLOB]`: the class names the tensor's owning module must have (one
     # of); empty for plain name patterns. Selecting by type needs a model (`--model`).
     module_types: tuple[str, ...] = ()
+
+    @classmethod
+    def literal(cls, name: str) -> Pattern:
+        """A pattern matching exactly `name` (as `--add` reports its tensors under)."""
+        return cls(name, literal_glob(name), False)
+
+    @property
+    def literal_prefix(self) -> str | None:
+        """Every name this pattern matches starts with this string; None when unknown
+        (regexes, `type:` patterns). Planning indexes rules by it."""
+        if self.module_types or not isinstance(self.matcher, Glob):
+            return None
+        return self.matcher.literal_prefix
 
     def match(self, name: str, types: Sequence[str] | None = None) -> tuple[str, ...] | None:
         """The captures if the whole name matches, else None. `types` are the class names of
@@ -49,8 +105,7 @@ class Pattern:
         without them."""
         if self.module_types and (types is None or not set(types) & set(self.module_types)):
             return None
-        m = self.regex.fullmatch(name)
-        return None if m is None else tuple(g if g is not None else "" for g in m.groups())
+        return self.matcher.fullmatch(name)
 
 
 _FIELD = re.compile(r"\{(name|\d+)\}")
@@ -98,37 +153,6 @@ _NUMBER = re.compile(r"[+-]?(\d+\.?\d*([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?|inf|n
 _OPEN = {"(": ")", "[": "]", "{": "}"}
 
 
-def glob_to_regex(glob: str) -> tuple[str, bool]:
-    """Translate a glob to a regex: `*` -> a capturing `(.*)` that crosses dots, `?` -> `.`,
-    `[...]` a set (`[!...]` negated). Returns the regex and whether any wildcard occurred."""
-    out: list[str] = []
-    wild = False
-    i = 0
-    while i < len(glob):
-        c = glob[i]
-        if c == "*":
-            out.append("(.*)")
-            wild = True
-        elif c == "?":
-            out.append(".")
-            wild = True
-        elif c == "[":
-            j = glob.find("]", i + 2 if glob[i + 1 : i + 2] in ("!", "]") else i + 1)
-            if j == -1:
-                out.append(re.escape(c))
-            else:
-                body = glob[i + 1 : j]
-                if body.startswith("!"):
-                    body = "^" + body[1:]
-                out.append("[" + body.replace("\\", "\\\\") + "]")
-                wild = True
-                i = j
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return "".join(out), wild
-
-
 TYPE_PREFIX = "type:"
 _TYPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -148,27 +172,31 @@ def parse_type_pattern(text: str) -> Pattern:
     if sep:
         if not rest:
             raise RuleError(f"pattern {text!r}: empty name pattern after '@'")
-        inner = parse_pattern(rest)
+        try:
+            inner = parse_pattern(rest)
+        except RuleError as e:
+            raise RuleError(f"in {text!r}: {e}") from None
         if inner.module_types:
             raise RuleError(f"pattern {text!r}: only one type: selector per pattern")
-        return Pattern(text, inner.regex, True, types)
-    return Pattern(text, re.compile(r"(?s:.*)"), True, types)
+        return Pattern(text, inner.matcher, True, types)
+    return Pattern(text, MatchAll(), True, types)
 
 
 def parse_pattern(text: str) -> Pattern:
     if text.startswith(TYPE_PREFIX):
         return parse_type_pattern(text)
     if text.startswith("re:"):
-        source = text[3:]
+        import regex  # the `re` engine cannot be stopped; `regex` takes a timeout
+
         try:
-            regex = re.compile(source)
-        except re.error as e:
+            compiled = regex.compile(text[3:])
+        except (regex.error, ValueError, OverflowError, RecursionError) as e:
             raise RuleError(f"pattern {text!r}: invalid regular expression ({e})") from None
-        return Pattern(text, regex, True)
+        return Pattern(text, UserRegex(text, compiled), True)
     if not text:
         raise RuleError("empty pattern; write PATTERN=ACTION, e.g. '*.weight=kaiming'")
-    source, wild = glob_to_regex(text)
-    return Pattern(text, re.compile(source, re.S), wild)
+    glob = compile_glob(text)
+    return Pattern(text, glob, glob.has_wildcards)
 
 
 def split_args(text: str, where: str) -> list[str]:
@@ -382,14 +410,21 @@ def plan(
     check_model_needs(rules, module_types)
     entries: list[PlanEntry] = []
     used: set[int] = set()
+    index = RuleIndex(rules)
     for t in tensors:
         shape = tuple(t.shape)
         types = module_types.get(t.name) if module_types is not None else None
-        hit = last_match(rules, t.name, types)
-        # a rule "matches" for the unmatched check even when it loses to a later rule
-        for i, r in enumerate(rules):
-            if i not in used and r.pattern.match(t.name, types) is not None:
+        # the last matching rule wins; a rule also "matches" for the unmatched check when it
+        # loses to a later rule, so candidates below the winner are tried only until used
+        hit: tuple[Rule, tuple[str, ...]] | None = None
+        for i in index.candidates(t.name):
+            if hit is not None and i in used:
+                continue
+            caps = rules[i].pattern.match(t.name, types)
+            if caps is not None:
                 used.add(i)
+                if hit is None:
+                    hit = (rules[i], caps)
         if hit is None:
             entries.append(PlanEntry(t.name, shape, t.dtype, "kept"))
             continue
@@ -406,18 +441,26 @@ def plan(
                 raise RuleError(f"rule {rule.text!r}: tensor '{t.name}' {shape}: {reason}")
             entries.append(PlanEntry(t.name, shape, t.dtype, "skipped", rule, caps, reason))
             continue
+        overflow = rule.scheme.overflow(t.dtype) if rule.scheme is not None else None
+        if overflow is not None:
+            raise RuleError(f"rule {rule.text!r}: tensor '{t.name}': {overflow}")
         entries.append(PlanEntry(t.name, shape, t.dtype, "reinit", rule, caps))
 
     warnings: list[str] = []
     names = [t.name for t in tensors]
+    hinted = 0
     for i, r in enumerate(rules):
         if i in used:
             continue
-        hint = (
-            type_hint(r.pattern, module_types)
-            if r.pattern.module_types and module_types is not None
-            else closest_hint(r.pattern.text, names)
-        )
+        # a hint costs a fuzzy search over all names: give it to the first few rules only,
+        # so thousands of unmatched rules stay fast
+        hinted += 1
+        if hinted > MAX_HINTS:
+            hint = ""
+        elif r.pattern.module_types and module_types is not None:
+            hint = type_hint(r.pattern, module_types)
+        else:
+            hint = closest_hint(r.pattern.text, names)
         msg = f"rule {r.text!r} matches no tensor{hint}"
         if not allow_unmatched:
             raise RuleError(msg + " (--allow-unmatched makes this a warning)")
@@ -432,6 +475,8 @@ def plan(
         )
     return result
 
+
+MAX_HINTS = 20  # unmatched rules that get a "closest names" hint
 
 NEEDS_MODEL = (
     "needs a model: pass --model with a Hugging Face model directory, hf://OWNER/NAME "

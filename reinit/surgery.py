@@ -56,7 +56,7 @@ class AddSpec:
 
     def rule(self) -> Rule:
         """The rule an added tensor is reported under when no `--rule` overrides it."""
-        pattern = Pattern(self.name, re.compile(re.escape(self.name)), False)
+        pattern = Pattern.literal(self.name)
         return Rule(
             f"--add {self.text}", pattern, parse_action(self.scheme.describe()), self.scheme
         )
@@ -126,6 +126,9 @@ def parse_add(text: str) -> AddSpec:
         raise RuleError(
             f"{where}: {bound.describe()} cannot fill a tensor of shape {shape}: {reason}"
         )
+    overflow = bound.overflow(dtype)
+    if overflow is not None:
+        raise RuleError(f"{where}: {overflow}")
     return AddSpec(text, name, shape, dtype, bound)
 
 

@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -107,6 +108,10 @@ class FakeHub:
         self.auth_seen: list[str | None] = []
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request
         self.faults: dict[str, str] = {}  # file name -> fault mode, see fault()
+        # trickle mode: seconds between single bytes of every GET body (file downloads and,
+        # with trickle_api, the API's JSON), as a slow or hostile server sends them
+        self.trickle: float = 0.0
+        self.trickle_api = False
         hub = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -148,14 +153,24 @@ class FakeHub:
         self.server.server_close()
 
     @staticmethod
-    def reply(req, status, body=b"", headers=None, send_body=True):
+    def reply(req, status, body=b"", headers=None, send_body=True, trickle=0.0):
         req.send_response(status)
         for k, v in (headers or {}).items():
             req.send_header(k, v)
         req.send_header("Content-Length", str(len(body)))
         req.end_headers()
-        if send_body:
+        if not send_body:
+            return
+        if not trickle:
             req.wfile.write(body)
+            return
+        try:
+            for i in range(len(body)):
+                req.wfile.write(body[i : i + 1])
+                req.wfile.flush()
+                time.sleep(trickle)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up, as it should
 
     def handle(self, req, body):
         self.auth_seen.append(req.headers.get("Authorization"))
@@ -188,7 +203,8 @@ class FakeHub:
                 "gated": "auto" if repo["gated"] else False,
                 "siblings": [{"rfilename": f} for f in sorted(repo["files"])],
             }
-            return self.reply(req, 200, json.dumps(info).encode(), send_body=body)
+            trickle = self.trickle if self.trickle_api else 0.0
+            return self.reply(req, 200, json.dumps(info).encode(), send_body=body, trickle=trickle)
         if repo["gated"]:
             return self.reply(req, 401, headers={"X-Error-Code": "GatedRepo"}, send_body=body)
         if filename not in repo["files"]:
@@ -201,7 +217,7 @@ class FakeHub:
             return self.reply(req, 500, b"Internal Error", send_body=body)
         if fault == "truncate" and body:
             return self.reply_truncated(req, data, headers)
-        return self.reply(req, 200, data, headers=headers, send_body=body)
+        return self.reply(req, 200, data, headers=headers, send_body=body, trickle=self.trickle)
 
     @staticmethod
     def reply_truncated(req, data: bytes, headers: dict) -> None:

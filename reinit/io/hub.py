@@ -48,12 +48,20 @@ import logging
 import os
 import pathlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from reinit.errors import HubError, UnsafePathError, UsageError
 from reinit.io.confine import check_relname, check_revision
 from reinit.io.hub_retry import RetryBudgetSpent, failure_message, library_call
+from reinit.io.stall import (
+    STALL_ENV,
+    HubStalled,
+    call_with_stall_timeout,
+    pinging_bar,
+    stall_timeout,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from huggingface_hub import HfApi
@@ -68,6 +76,7 @@ _SPECIAL_REF_RE = re.compile(r"refs/(?:convert/[\w.-]+|pr/\d+)")
 _TRUE = {"1", "ON", "YES", "TRUE"}
 _SHOW_FILES = 8  # how many existing files an error message lists
 
+T = TypeVar("T")
 log = logging.getLogger("reinit.hub")
 
 
@@ -211,10 +220,11 @@ class HubRepo:
         name = check_relname(filename, self.display, "asks for the file")
         self._resolve()
         from huggingface_hub import hf_hub_download
+        from huggingface_hub.utils import tqdm as hf_tqdm
 
-        try:
-            with library_call():  # no library chatter on stderr; retries bounded (hub_retry.py)
-                path = hf_hub_download(
+        def download(ping: Callable[[], None]) -> str:
+            with library_call():  # in the worker thread: the retry state is per thread
+                return hf_hub_download(
                     self.ref.repo_id,
                     name,
                     subfolder=self.ref.subfolder,
@@ -223,9 +233,16 @@ class HubRepo:
                     endpoint=self.endpoint,
                     local_files_only=bool(self._offline),
                     etag_timeout=_timeout(),
-                    tqdm_class=None if self.progress else _quiet_bar(),
+                    tqdm_class=pinging_bar(hf_tqdm if self.progress else _quiet_bar(), ping),
                     library_name="reinit",
                 )
+
+        try:
+            # no library chatter on stderr, retries bounded (hub_retry.py); a server that
+            # trickles bytes is cut off after the stall timeout (stall.py)
+            path = call_with_stall_timeout(download, stall_timeout())
+        except HubStalled as exc:
+            raise self._stalled(exc, f"downloading '{name}'") from None
         except (Exception, RetryBudgetSpent) as exc:
             raise self._error(exc, filename=name) from None
         if not os.path.isfile(path):  # a FIFO or device planted in the cache is never opened
@@ -258,7 +275,16 @@ class HubRepo:
             self._commit = self._commit_from_cache(api)
             return
         try:
-            info = api.model_info(self.ref.repo_id, revision=self.ref.revision, timeout=_timeout())
+            info = call_with_stall_timeout(
+                lambda ping: _in_library_call(
+                    lambda: api.model_info(
+                        self.ref.repo_id, revision=self.ref.revision, timeout=_timeout()
+                    )
+                ),
+                stall_timeout(),
+            )
+        except HubStalled as exc:
+            raise self._stalled(exc, "listing its files") from None
         except Exception as exc:
             if not _unreachable(exc):
                 raise self._error(exc) from None
@@ -395,6 +421,14 @@ class HubRepo:
             return files
         prefix = sub + "/"
         return [f[len(prefix) :] for f in files if f.startswith(prefix)]
+
+    def _stalled(self, exc: HubStalled, doing: str) -> HubError:
+        """A trickling or frozen Hub (see `reinit.io.stall`)."""
+        return HubError(
+            f"{self.display}: the Hub at {self._endpoint_text()} stalled {doing} from "
+            f"{self.ref.repo_id} (no progress for {exc.seconds:g} s, {STALL_ENV}): retry later, "
+            "or set HF_HUB_OFFLINE=1 to use files already in the cache"
+        )
 
     def _error(self, exc: BaseException, filename: str | None = None) -> HubError:
         """Turn any exception of huggingface_hub (or below it) into a one-line `HubError`."""
@@ -619,3 +653,10 @@ def _quiet_bar() -> Any:
 
         _QUIET_BAR = _QuietBar
     return _QUIET_BAR
+
+
+def _in_library_call(fn: Callable[[], T]) -> T:
+    """`fn()` under `library_call()` in the calling thread (the stall guard's worker thread):
+    the retry state is kept per thread."""
+    with library_call():
+        return fn()

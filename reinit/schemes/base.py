@@ -33,6 +33,36 @@ class Param:
     default: Any = REQUIRED
     choices: tuple[str, ...] | None = None
     help: str = ""
+    # The allowed range of a number (checked when a rule is parsed, exit 2): `low`/`high`
+    # bounds, `low_open` makes `low` itself refused. Every float must also be finite.
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    # True when the value lands in the tensor (a bound, a constant, a mean or std): it must
+    # then fit the target tensor's dtype, checked at plan time (see `BoundScheme.overflow`).
+    in_tensor: bool = False
+
+    def range_text(self) -> str:
+        """The allowed range as the error message shows it."""
+        lo = "-inf" if self.low is None else f"{self.low:g}"
+        hi = "inf" if self.high is None else f"{self.high:g}"
+        return f"{'(' if self.low_open or self.low is None else '['}{lo}, {hi}{')' if self.high is None else ']'}"
+
+    def check_range(self, scheme: str, value: Any) -> None:
+        """Refuse a number outside the declared range (or a non-finite float)."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SchemeError(
+                f"{scheme}: argument {self.name!r} must be a finite number in "
+                f"{self.range_text()}, got {value}"
+            )
+        below = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        above = self.high is not None and value > self.high
+        if below or above:
+            raise SchemeError(
+                f"{scheme}: argument {self.name!r} must be in {self.range_text()}, got {value:g}"
+            )
 
 
 @dataclass(frozen=True)
@@ -86,6 +116,8 @@ class Scheme:
     reads: ReadsFn | None = None
     from_config: tuple[tuple[str, tuple[str, ...], bool], ...] = ()  # (arg, keys, required)
     validate: Callable[[Args], str | None] | None = None  # bad argument values, at parse time
+    # (low, high, strict): argument `low` must be below (strict) or at most `high`
+    ordered: tuple[tuple[str, str, bool], ...] = ()
 
     @property
     def needs_context(self) -> bool:
@@ -112,6 +144,23 @@ class BoundScheme:
             return self.scheme.name
         inner = ", ".join(f"{k}={v}" for k, v in self.args)
         return f"{self.scheme.name}({inner})"
+
+    def overflow(self, dtype: torch.dtype) -> str | None:
+        """Why the values this scheme writes cannot be stored in `dtype` (an argument that
+        lands in the tensor beyond the dtype's largest finite value), or None."""
+        if not dtype.is_floating_point:
+            return None
+        top = torch.finfo(dtype).max
+        values = self.kwargs
+        for p in self.scheme.params:
+            v = values.get(p.name)
+            if p.in_tensor and isinstance(v, (int, float)) and abs(v) > top:
+                label = str(dtype).removeprefix("torch.")
+                return (
+                    f"{self.scheme.name}: argument {p.name!r}={v:g} overflows {label} "
+                    f"(largest finite {label} value: {top:g})"
+                )
+        return None
 
     def expected_std(self, shape: Shape) -> float | None:
         try:
@@ -145,6 +194,14 @@ def bind(scheme: Scheme, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Boun
             raise SchemeError(f"{scheme.name} needs argument {p.name!r}, e.g. {scheme.name}(...)")
         else:
             bound.append((p.name, p.default))
+    for p in scheme.params:
+        p.check_range(scheme.name, dict(bound)[p.name])
+    args_now = dict(bound)
+    for lo, hi, strict in scheme.ordered:
+        a, b = args_now[lo], args_now[hi]
+        if a is not None and b is not None and (a >= b if strict else a > b):
+            rel = "<" if strict else "<="
+            raise SchemeError(f"{scheme.name}: needs {lo} {rel} {hi}, got {lo}={a:g}, {hi}={b:g}")
     if scheme.validate is not None:
         problem = scheme.validate(dict(bound))
         if problem:
@@ -161,7 +218,10 @@ def _coerce(scheme: str, p: Param, value: Any) -> Any:
     if p.kind == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad("a number")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise bad("a number within float64's range") from None
     if p.kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad("an integer")

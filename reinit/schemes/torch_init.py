@@ -144,7 +144,7 @@ def _sparse_fill(t: torch.Tensor, g: torch.Generator, args: Args) -> None:
 
 _GAIN = Param("gain", "gain", 1.0, help="number or nonlinearity name")
 _KAIMING = (
-    Param("a", "float", 0.0, help="negative slope of leaky_relu"),
+    Param("a", "float", 0.0, help="negative slope of leaky_relu", low=-1e6, high=1e6),
     Param("mode", "mode", "fan_in", choices=("fan_in", "fan_out")),
     Param("nonlinearity", "nonlinearity", "leaky_relu"),
 )
@@ -152,16 +152,20 @@ _KAIMING = (
 TORCH_SCHEMES: tuple[Scheme, ...] = (
     Scheme(
         "uniform",
-        (Param("a", "float", 0.0), Param("b", "float", 1.0)),
+        (Param("a", "float", 0.0, in_tensor=True), Param("b", "float", 1.0, in_tensor=True)),
         lambda t, g, a: init.uniform_(t, a["a"], a["b"], generator=g),
         lambda s, a: (a["b"] - a["a"]) / _SQRT12,
         "(b−a)/√12",
         "U(a, b)",
         kurtosis=1.8,
+        ordered=(("a", "b", False),),
     ),
     Scheme(
         "normal",
-        (Param("mean", "float", 0.0), Param("std", "float", 1.0)),
+        (
+            Param("mean", "float", 0.0, in_tensor=True),
+            Param("std", "float", 1.0, low=0.0, in_tensor=True),
+        ),
         lambda t, g, a: init.normal_(t, a["mean"], a["std"], generator=g),
         lambda s, a: a["std"],
         "std",
@@ -170,20 +174,21 @@ TORCH_SCHEMES: tuple[Scheme, ...] = (
     Scheme(
         "trunc_normal",
         (
-            Param("mean", "float", 0.0),
-            Param("std", "float", 1.0),
-            Param("a", "float", -2.0, help="absolute lower bound"),
-            Param("b", "float", 2.0, help="absolute upper bound"),
+            Param("mean", "float", 0.0, in_tensor=True),
+            Param("std", "float", 1.0, low=0.0, low_open=True, in_tensor=True),
+            Param("a", "float", -2.0, help="absolute lower bound", in_tensor=True),
+            Param("b", "float", 2.0, help="absolute upper bound", in_tensor=True),
         ),
         lambda t, g, a: init.trunc_normal_(t, a["mean"], a["std"], a["a"], a["b"], generator=g),
         lambda s, a: truncated_normal_std(a["mean"], a["std"], a["a"], a["b"]),
         "std of N(mean, std²) truncated to [a, b]",
         "N(mean, std²) truncated to [a, b] (absolute bounds)",
         kurtosis=2.8,
+        ordered=(("a", "b", True),),
     ),
     Scheme(
         "constant",
-        (Param("val", "float"),),
+        (Param("val", "float", in_tensor=True),),
         lambda t, g, a: init.constant_(t, a["val"]),
         lambda s, a: 0.0,
         "0",
@@ -265,7 +270,10 @@ TORCH_SCHEMES: tuple[Scheme, ...] = (
     ),
     Scheme(
         "sparse",
-        (Param("sparsity", "float"), Param("std", "float", 0.01)),
+        (
+            Param("sparsity", "float", low=0.0, high=1.0),
+            Param("std", "float", 0.01, low=0.0, in_tensor=True),
+        ),
         _sparse_fill,
         _sparse_std,
         "std·√(1−⌈sparsity·rows⌉/rows)",

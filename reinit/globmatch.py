@@ -1,0 +1,189 @@
+"""Glob matching in O(len(name) · len(pattern)) time, without a backtracking regex.
+
+A glob used to be translated to a regex with one `(.*)` per `*`; on a name that does not
+match, Python's backtracking engine tries every way of splitting the name among the stars,
+which is exponential in the number of stars (`*.*.*.*.*.weight` on a long dotted name ran for
+minutes). Here a glob is split at its stars into fixed-length segments (literal characters,
+`?`, `[...]` sets); the first segment is anchored at the start of the name, the last at its
+end, and each middle segment is placed at the *rightmost* position where the segments after
+it still fit. That placement is exactly what the old greedy regex chose (each `(.*)` takes as
+much as it can, left to right), so the captures `{1}`, `{2}`, … are unchanged; the property
+test in tests/test_hostile_rules.py checks that against the old regex."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+
+from reinit.errors import RuleError
+
+# One fixed-width piece of a segment: a literal string (matched with startswith), or a
+# single-character test: None for `?` (any character), else a compiled one-character class.
+Piece = str | re.Pattern[str] | None
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A star-free run of a glob: literal strings and one-character wildcards."""
+
+    pieces: tuple[Piece, ...]
+    width: int
+    literal: str | None  # the whole segment when it has no wildcard (fast paths)
+
+    def matches_at(self, name: str, pos: int) -> bool:
+        """Whether the segment matches `name[pos : pos + width]` (caller checks bounds)."""
+        for p in self.pieces:
+            if isinstance(p, str):
+                if not name.startswith(p, pos):
+                    return False
+                pos += len(p)
+            else:
+                if p is not None and p.match(name, pos) is None:
+                    return False
+                pos += 1
+        return True
+
+    def rightmost(self, name: str, lo: int, hi: int) -> int:
+        """The largest start `s` with lo <= s and s + width <= hi where the segment matches,
+        or -1."""
+        if self.literal is not None:
+            return name.rfind(self.literal, lo, hi)
+        for s in range(hi - self.width, lo - 1, -1):
+            if self.matches_at(name, s):
+                return s
+        return -1
+
+
+def _set_class(body: str, glob: str) -> re.Pattern[str]:
+    """`[...]` as today's translation made it: `!` negates, backslashes are literal."""
+    if body.startswith("!"):
+        body = "^" + body[1:]
+    source = "[" + body.replace("\\", "\\\\") + "]"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # "possible nested set" for `[[`
+            return re.compile(source, re.S)
+    except re.error as e:
+        raise RuleError(
+            f"pattern {glob!r}: bad character set [{body}] ({e}); write ranges low-high, e.g. [0-9]"
+        ) from None
+
+
+def _segment(pieces: list[Piece]) -> Segment:
+    width = sum(len(p) if isinstance(p, str) else 1 for p in pieces)
+    literal = "".join(p for p in pieces if isinstance(p, str))
+    all_literal = all(isinstance(p, str) for p in pieces)
+    return Segment(tuple(pieces), width, literal if all_literal else None)
+
+
+@dataclass(frozen=True)
+class Glob:
+    """A compiled glob: `*` matches any run of characters (dots included) and captures it,
+    `?` one character, `[...]` one character of a set (`[!...]` negated)."""
+
+    text: str
+    segments: tuple[Segment, ...]  # len(segments) == number of stars + 1
+    has_wildcards: bool
+
+    @property
+    def stars(self) -> int:
+        return len(self.segments) - 1
+
+    @property
+    def literal_prefix(self) -> str:
+        """The literal characters every matching name starts with (for indexing)."""
+        out = []
+        for p in self.segments[0].pieces:
+            if not isinstance(p, str):
+                break
+            out.append(p)
+        return "".join(out)
+
+    @property
+    def literal_suffix(self) -> str:
+        """The literal characters every matching name ends with (for indexing); the whole
+        text for a glob without stars is a prefix, not counted here."""
+        if len(self.segments) == 1:
+            return ""
+        out: list[str] = []
+        for p in reversed(self.segments[-1].pieces):
+            if not isinstance(p, str):
+                break
+            out.append(p)
+        return "".join(reversed(out))
+
+    def fullmatch(self, name: str) -> tuple[str, ...] | None:
+        """The captures (one per `*`) if the whole name matches, else None."""
+        segs = self.segments
+        n = len(name)
+        first = segs[0]
+        if len(segs) == 1:
+            return () if n == first.width and first.matches_at(name, 0) else None
+        last = segs[-1]
+        end = n - last.width
+        if end < first.width or not first.matches_at(name, 0) or not last.matches_at(name, end):
+            return None
+        # rightmost feasible start of each middle segment, placed right to left
+        starts = [0] * len(segs)
+        starts[-1] = end
+        hi = end
+        for i in range(len(segs) - 2, 0, -1):
+            s = segs[i].rightmost(name, first.width, hi)
+            if s < 0:
+                return None
+            starts[i] = s
+            hi = s
+        caps = []
+        prev_end = first.width
+        for i in range(1, len(segs)):
+            caps.append(name[prev_end : starts[i]])
+            prev_end = starts[i] + segs[i].width
+        return tuple(caps)
+
+
+def compile_glob(glob: str) -> Glob:
+    """Parse a glob. A `[` without a closing `]` is a literal `[`; a bad set (e.g. `[z-a]`)
+    is a `RuleError` naming the pattern."""
+    segments: list[Segment] = []
+    pieces: list[Piece] = []
+    lit: list[str] = []
+    wild = False
+
+    def flush_lit() -> None:
+        if lit:
+            pieces.append("".join(lit))
+            lit.clear()
+
+    i = 0
+    while i < len(glob):
+        c = glob[i]
+        if c == "*":
+            flush_lit()
+            segments.append(_segment(pieces))
+            pieces = []
+            wild = True
+        elif c == "?":
+            flush_lit()
+            pieces.append(None)
+            wild = True
+        elif c == "[":
+            j = glob.find("]", i + 2 if glob[i + 1 : i + 2] in ("!", "]") else i + 1)
+            if j == -1:
+                lit.append(c)
+            else:
+                flush_lit()
+                pieces.append(_set_class(glob[i + 1 : j], glob))
+                wild = True
+                i = j
+        else:
+            lit.append(c)
+        i += 1
+    flush_lit()
+    segments.append(_segment(pieces))
+    return Glob(glob, tuple(segments), wild)
+
+
+def literal_glob(name: str) -> Glob:
+    """A pattern that matches exactly `name` (no character of it is a wildcard)."""
+    return Glob(name, (Segment((name,) if name else (), len(name), name),), False)

@@ -1,0 +1,71 @@
+"""A Hub that trickles bytes (issue 16): `apply hf://…` fails within the stall timeout with a
+one-line error naming the repo and file, instead of hanging. Runs the CLI in a subprocess
+against the fake Hub of hubcache.py in trickle mode, under a generous wall-clock bound."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hubcache import st_bytes
+
+REPO = Path(__file__).resolve().parents[1]
+BOUND_S = 40.0
+
+
+def run_cli(*args: str, env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], float]:
+    t0 = time.monotonic()
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "reinit", *args],
+            capture_output=True,
+            text=True,
+            timeout=BOUND_S,
+            env=env,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"reinit {' '.join(args)} ran past {BOUND_S} s against a trickling Hub")
+    return out, time.monotonic() - t0
+
+
+@pytest.mark.parametrize("where", ["file", "api"])
+def test_trickling_hub_fails_with_a_stall_error(fake_hub, tmp_path, where):
+    tensors = {"a.weight": torch.zeros(16, 16)}
+    fake_hub.add(
+        "acme/slow", {"model.safetensors": st_bytes(tmp_path, tensors), "config.json": b"{}"}
+    )
+    fake_hub.trickle = 0.2  # ~1 KB file: ~4 minutes at this pace
+    fake_hub.trickle_api = where == "api"
+    env = dict(os.environ, PYTHONPATH=str(REPO), REINIT_HUB_STALL_TIMEOUT="3")
+    out_path = tmp_path / "o.safetensors"
+    out, elapsed = run_cli("apply", "hf://acme/slow", "-o", str(out_path), "-r", "*=zeros", env=env)
+    assert out.returncode == 1, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert (
+        "acme/slow" in lines[0] and "stalled" in lines[0] and "REINIT_HUB_STALL_TIMEOUT" in lines[0]
+    )
+    if where == "file":
+        assert "'model.safetensors'" in lines[0]
+    else:
+        assert "listing its files" in lines[0]
+    assert "internal error" not in out.stdout + out.stderr
+    assert not out_path.exists()
+    assert elapsed < BOUND_S
+
+
+def test_a_normal_hub_is_unaffected_by_the_stall_watch(fake_hub, tmp_path):
+    tensors = {"a.weight": torch.ones(4, 4)}
+    fake_hub.add(
+        "acme/fast", {"model.safetensors": st_bytes(tmp_path, tensors), "config.json": b"{}"}
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO), REINIT_HUB_STALL_TIMEOUT="3")
+    out_path = tmp_path / "o.safetensors"
+    out, _ = run_cli("apply", "hf://acme/fast", "-o", str(out_path), "-r", "*=zeros", env=env)
+    assert out.returncode == 0, out.stderr
+    assert out_path.exists()
