@@ -50,6 +50,9 @@ class ReinitGroup(click.Group):
                 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         except ValueError:  # not the main thread (e.g. some test runners)
             previous = None
+        from reinit.io.publish import forget_published
+
+        forget_published()
         try:
             return super().invoke(ctx)
         except ReinitError as e:
@@ -59,6 +62,16 @@ class ReinitGroup(click.Group):
                 str(e).splitlines()[0] if str(e) else type(e).__name__, e.exit_code
             ) from None
         except KeyboardInterrupt:
+            from reinit.io.publish import published
+
+            done = published()
+            if done:  # the rename happened: the outputs are complete, say so truthfully
+                click.echo(
+                    f"interrupted after the output was published: {', '.join(done)} "
+                    "(complete); nothing else was left behind",
+                    err=True,
+                )
+                ctx.exit(0)
             click.echo("error: interrupted; no partial output was left behind", err=True)
             ctx.exit(130)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
@@ -225,6 +238,7 @@ def apply(
         source,
         rules,
         output,
+        plot=plot_path,
         seed=seed,
         reports=reports,
         strict=strict,
@@ -239,10 +253,6 @@ def apply(
         rename=renames,
         model=model,
     )
-    if plot_path is not None:
-        from reinit.plot import plot_report
-
-        plot_report(report, plot_path)
     for w in report.warnings:
         _err(f"warning: {w}")
     if report.dropped and not quiet:
@@ -303,6 +313,7 @@ def _fail_on(value: str | None) -> frozenset[str]:
     metavar="FLAG[,FLAG]",
     help="Exit 1 when a tensor carries one of these flags ('any' for all).",
 )
+@click.option("--overwrite", is_flag=True, help="Replace existing report/plot files.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no terminal report.")
 @click.option(
@@ -316,6 +327,7 @@ def report(
     outputs: tuple[str, ...],
     plot_path: str | None,
     fail_on: str | None,
+    overwrite: bool,
     as_json: bool,
     quiet: bool,
     unsafe_pickle: bool,
@@ -324,28 +336,28 @@ def report(
 
     Flags (nonfinite, garbage, constant, std_off, outlier, unstable_depth) are shown and the
     exit status is 0, unless --fail-on names one that a tensor carries (exit 1)."""
-    import reinit
-    from reinit.report import render_terminal, write_report
+    from reinit.report import render_terminal
 
     failing = _fail_on(fail_on)
-    for path in outputs:  # a typo in a format costs nothing
-        if not path.lower().endswith((".json", ".csv", ".md")):
-            from reinit.errors import UsageError
+    from reinit.engine import write_report_files
+    from reinit.io.targets import check_suffix
 
-            raise UsageError(f"-o {path}: unknown report format; use .json, .csv or .md")
+    for path in outputs:  # a typo in a format costs nothing
+        check_suffix(path, "-o", "report")
     if plot_path is not None:
+        check_suffix(plot_path, "--plot", "plot")
         from reinit.plot import require_matplotlib
 
         require_matplotlib()
-    rep = reinit.report_checkpoint(
-        source, against, progress=_progress_on(quiet), unsafe_pickle=unsafe_pickle
+    rep = write_report_files(
+        source,
+        against,
+        outputs,
+        plot_path,
+        overwrite=overwrite,
+        progress=_progress_on(quiet),
+        unsafe_pickle=unsafe_pickle,
     )
-    for path in outputs:
-        write_report(rep, path)
-    if plot_path is not None:
-        from reinit.plot import plot_report
-
-        plot_report(rep, plot_path)
     for w in rep.warnings:
         _err(f"warning: {w}")
     if as_json:
@@ -426,7 +438,9 @@ def inspect(source: str, pattern: str | None, stats: bool, as_json: bool) -> Non
 
     rows = inspect_checkpoint(source, pattern, stats=stats)
     if as_json:
-        click.echo(json.dumps([r.to_dict() for r in rows], indent=2))
+        from reinit.report import dumps
+
+        click.echo(dumps([r.to_dict() for r in rows], indent=2))
         return
     width = _width()
     name_w = max(16, min(max((len(r.name) for r in rows), default=4), width // 2))
