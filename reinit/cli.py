@@ -163,7 +163,11 @@ def main() -> None:
     help="A rule that matches nothing is a warning, not an error.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
-@click.option("--in-place", is_flag=True, help="Replace the source (atomically).")
+@click.option(
+    "--in-place",
+    is_flag=True,
+    help="Replace the source's weight files (and index) atomically; nothing else in its folder changes.",
+)
 @click.option(
     "--device", default="cpu", show_default=True, help="cpu or cuda: where values are drawn."
 )
