@@ -96,6 +96,24 @@ def test_in_place_folder_changes_only_its_weight_file_and_keeps_mode(tmp_path):
     assert not list(tmp_path.glob(".*reinit-tmp*")) and not list(m.glob(".*reinit-tmp*"))
 
 
+def test_interrupted_in_place_folder_is_left_exactly_as_it_was(tmp_path, monkeypatch):
+    import reinit.engine as engine
+
+    m = project(tmp_path)
+    before = snapshot(tmp_path)
+    real = engine._write_pieces
+
+    def ctrl_c_mid_write(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "_write_pieces", ctrl_c_mid_write)
+    res = run("apply", str(m), "-r", "a.weight=zeros", "--in-place", "-q")
+    assert res.exit_code == 130, res.output
+    assert "no partial output was left behind" in res.output
+    assert snapshot(tmp_path) == before
+
+
 def test_in_place_sharded_folder_replaces_shards_and_index_only(tmp_path):
     m = tmp_path / "sharded"
     m.mkdir()

@@ -26,6 +26,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import uuid
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,7 +194,12 @@ class Publication:
             raise WriteError(
                 f"{target}: the folder {target.parent} does not exist; create it first"
             )
-        tmp = temp_sibling(target)
+        # merge: the new files are staged inside the target folder, so that renaming them onto
+        # their names stays on one file system (a model folder may be a mount point) and needs
+        # no write access to the folder above; the reader skips hidden entries
+        merge = how == "merge"
+        tmp = target / f".reinit-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}" if merge else None
+        tmp = tmp or temp_sibling(target)
         if directory:
             try:
                 tmp.mkdir()
@@ -255,8 +261,9 @@ class Publication:
                 raise self._error(s, e) from None
             finally:
                 self.committed = True
-        for parent in {s.target.parent for s in order}:
-            _fsync(parent, directory=True)
+        folders = {s.target.parent for s in order} | {s.target for s in order if s.how == "merge"}
+        for folder in folders:
+            _fsync(folder, directory=True)
 
     def _put(self, s: Staged) -> None:
         if s.how == "noreplace":
