@@ -39,7 +39,41 @@ def _on_sigterm(signum: int, frame: object) -> NoReturn:
     raise KeyboardInterrupt
 
 
+def _interrupted() -> int:
+    """Say what a Ctrl-C/SIGTERM left, truthfully, and return the exit code: once the outputs
+    were renamed into place they are complete (exit 0, named); before, nothing was (130)."""
+    # never import here: a Ctrl-C during `import torch` leaves it half-initialized, and
+    # importing it again (publish imports torch) crashes the interpreter; not loaded, nothing
+    # was published
+    publish = sys.modules.get("reinit.io.publish")
+    done = publish.published() if publish is not None else ()
+    if done:
+        click.echo(
+            f"interrupted after the output was published: {', '.join(done)} "
+            "(complete); nothing else was left behind",
+            err=True,
+        )
+        return 0
+    click.echo("error: interrupted; no partial output was left behind", err=True)
+    return 130
+
+
 class ReinitGroup(click.Group):
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        """click's standalone main, except that a Ctrl-C outside a command's own handling
+        (while parsing, or after the command returned) is told like any other (`_interrupted`),
+        not as click's "Aborted!" with exit 1."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            sys.exit(_interrupted())
+        except click.ClickException as e:
+            e.show()
+            sys.exit(e.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
     def invoke(self, ctx: click.Context) -> Any:
         previous = signal.getsignal(signal.SIGTERM)
         try:
@@ -50,9 +84,9 @@ class ReinitGroup(click.Group):
                 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         except ValueError:  # not the main thread (e.g. some test runners)
             previous = None
-        from reinit.io.publish import forget_published
-
-        forget_published()
+        publish = sys.modules.get("reinit.io.publish")  # in-process reruns (tests, notebooks)
+        if publish is not None:
+            publish.forget_published()
         try:
             return super().invoke(ctx)
         except ReinitError as e:
@@ -62,18 +96,7 @@ class ReinitGroup(click.Group):
                 str(e).splitlines()[0] if str(e) else type(e).__name__, e.exit_code
             ) from None
         except KeyboardInterrupt:
-            from reinit.io.publish import published
-
-            done = published()
-            if done:  # the rename happened: the outputs are complete, say so truthfully
-                click.echo(
-                    f"interrupted after the output was published: {', '.join(done)} "
-                    "(complete); nothing else was left behind",
-                    err=True,
-                )
-                ctx.exit(0)
-            click.echo("error: interrupted; no partial output was left behind", err=True)
-            ctx.exit(130)
+            ctx.exit(_interrupted())
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as e:  # a bug: still one line, and the way to see more

@@ -487,3 +487,51 @@ def test_nonfinite_scheme_arguments_publish_both_or_neither(tmp_path, rule):
         assert out.is_file()
     else:
         assert not out.exists() and not report.exists()
+
+
+def test_ctrl_c_at_any_moment_is_told_truthfully(tmp_path):
+    """Real processes, SIGINT at moments spread across a run (before, during and after the
+    publish): exit 130 with nothing published, or exit 0 with the checkpoint and its report
+    complete; never a published output with "no partial output was left behind"."""
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "REINIT_DEBUG": ""}
+
+    def start(d: Path) -> subprocess.Popen:
+        d.mkdir()
+        src = weights(d / "m.safetensors")
+        cmd = ["apply", str(src), "-r", "a.weight=zeros", "-o", str(d / "out.safetensors"), "-q"]
+        return subprocess.Popen(
+            [sys.executable, "-m", "reinit", *cmd],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+
+    t0 = time.monotonic()
+    probe = start(tmp_path / "probe")
+    assert probe.wait(timeout=120) == 0, probe.stderr.read()
+    took = time.monotonic() - t0
+    cases = {}
+    for i in range(8):
+        d = tmp_path / f"run{i}"
+        cases[d] = (start(d), time.monotonic() + took * (0.6 + 0.3 * i))
+    for p, when in sorted(cases.values(), key=lambda pw: pw[1]):
+        time.sleep(max(0.0, when - time.monotonic()))
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    outcomes = []
+    for d, (p, _) in cases.items():
+        _, err = p.communicate(timeout=120)
+        names = sorted(x.name for x in d.iterdir())
+        outcomes.append(p.returncode)
+        if names == ["m.safetensors"]:  # nothing published: an interrupted run (130, or -2
+            assert p.returncode != 0, err  # when the signal beat our handler at start-up)
+        else:  # published: complete, exit 0, and never "no partial output"
+            assert p.returncode == 0, (p.returncode, err)
+            assert "no partial output" not in err, err
+            assert names == ["m.safetensors", "out.report.json", "out.safetensors"], (names, err)
+            assert torch.count_nonzero(load_file(d / "out.safetensors")["a.weight"]) == 0
+            strict_json((d / "out.report.json").read_text())
+    assert outcomes, outcomes
