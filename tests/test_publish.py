@@ -148,9 +148,12 @@ def test_in_place_sharded_folder_replaces_shards_and_index_only(tmp_path):
 def test_in_place_file_keeps_its_mode(tmp_path):
     src = weights(tmp_path / "m.safetensors")
     src.chmod(0o600)
+    owner = (4321, 4321) if os.geteuid() == 0 else (os.getuid(), os.getgid())
+    os.chown(src, *owner)  # as root: another owner, which the replacement must keep
     res = run("apply", str(src), "-r", "a.weight=zeros", "--in-place", "-q")
     assert res.exit_code == 0, res.output
-    assert stat.S_IMODE(src.stat().st_mode) == 0o600
+    st = src.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o600 and (st.st_uid, st.st_gid) == owner
 
 
 # --- --overwrite never deletes a folder that is not ours ------------------------------------
