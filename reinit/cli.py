@@ -52,7 +52,41 @@ def _on_sigterm(signum: int, frame: object) -> NoReturn:
     raise KeyboardInterrupt
 
 
+def _interrupted() -> int:
+    """Say what a Ctrl-C/SIGTERM left, truthfully, and return the exit code: once the outputs
+    were renamed into place they are complete (exit 0, named); before, nothing was (130)."""
+    # never import here: a Ctrl-C during `import torch` leaves it half-initialized, and
+    # importing it again (publish imports torch) crashes the interpreter; not loaded, nothing
+    # was published
+    publish = sys.modules.get("reinit.io.publish")
+    done = publish.published() if publish is not None else ()
+    if done:
+        click.echo(
+            f"interrupted after the output was published: {', '.join(done)} "
+            "(complete); nothing else was left behind",
+            err=True,
+        )
+        return 0
+    click.echo("error: interrupted; no partial output was left behind", err=True)
+    return 130
+
+
 class ReinitGroup(click.Group):
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        """click's standalone main, except that a Ctrl-C outside a command's own handling
+        (while parsing, or after the command returned) is told like any other (`_interrupted`),
+        not as click's "Aborted!" with exit 1."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            sys.exit(_interrupted())
+        except click.ClickException as e:
+            e.show()
+            sys.exit(e.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
     def invoke(self, ctx: click.Context) -> Any:
         previous = signal.getsignal(signal.SIGTERM)
         try:
@@ -67,6 +101,9 @@ class ReinitGroup(click.Group):
             # huggingface_hub's warnings.warn() (e.g. about disk space or symlinks) would add
             # lines to our one-line failures; its logging is captured by reinit/io/hub_retry.py.
             warnings.filterwarnings("ignore", module=r"huggingface_hub(\.|$)")
+        publish = sys.modules.get("reinit.io.publish")  # in-process reruns (tests, notebooks)
+        if publish is not None:
+            publish.forget_published()
         try:
             return super().invoke(ctx)
         except ReinitError as e:
@@ -74,8 +111,7 @@ class ReinitGroup(click.Group):
                 raise
             raise CommandError(_one_line(e), e.exit_code) from None
         except KeyboardInterrupt:
-            click.echo("error: interrupted; no partial output was left behind", err=True)
-            ctx.exit(130)
+            ctx.exit(_interrupted())
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as e:  # a bug: still one line, and the way to see more
@@ -172,7 +208,11 @@ def main() -> None:
     help="A rule that matches nothing is a warning, not an error.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
-@click.option("--in-place", is_flag=True, help="Replace the source (atomically).")
+@click.option(
+    "--in-place",
+    is_flag=True,
+    help="Replace the source's weight files (and index) atomically; nothing else in its folder changes.",
+)
 @click.option(
     "--device", default="cpu", show_default=True, help="cpu or cuda: where values are drawn."
 )
@@ -247,6 +287,7 @@ def apply(
         source,
         rules,
         output,
+        plot=plot_path,
         seed=seed,
         reports=reports,
         strict=strict,
@@ -261,10 +302,6 @@ def apply(
         rename=renames,
         model=model,
     )
-    if plot_path is not None:
-        from reinit.plot import plot_report
-
-        plot_report(report, plot_path)
     for w in report.warnings:
         _err(f"warning: {_shown(w)}")
     if report.dropped and not quiet:
@@ -326,6 +363,7 @@ def _fail_on(value: str | None) -> frozenset[str]:
     metavar="FLAG[,FLAG]",
     help="Exit 1 when a tensor carries one of these flags ('any' for all).",
 )
+@click.option("--overwrite", is_flag=True, help="Replace existing report/plot files.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no terminal report.")
 @click.option(
@@ -339,6 +377,7 @@ def report(
     outputs: tuple[str, ...],
     plot_path: str | None,
     fail_on: str | None,
+    overwrite: bool,
     as_json: bool,
     quiet: bool,
     unsafe_pickle: bool,
@@ -347,28 +386,28 @@ def report(
 
     Flags (nonfinite, garbage, constant, std_off, outlier, unstable_depth) are shown and the
     exit status is 0, unless --fail-on names one that a tensor carries (exit 1)."""
-    import reinit
-    from reinit.report import render_terminal, write_report
+    from reinit.report import render_terminal
 
     failing = _fail_on(fail_on)
-    for path in outputs:  # a typo in a format costs nothing
-        if not path.lower().endswith((".json", ".csv", ".md")):
-            from reinit.errors import UsageError
+    from reinit.engine import write_report_files
+    from reinit.io.targets import check_suffix
 
-            raise UsageError(f"-o {path}: unknown report format; use .json, .csv or .md")
+    for path in outputs:  # a typo in a format costs nothing
+        check_suffix(path, "-o", "report")
     if plot_path is not None:
+        check_suffix(plot_path, "--plot", "plot")
         from reinit.plot import require_matplotlib
 
         require_matplotlib()
-    rep = reinit.report_checkpoint(
-        source, against, progress=_progress_on(quiet), unsafe_pickle=unsafe_pickle
+    rep = write_report_files(
+        source,
+        against,
+        outputs,
+        plot_path,
+        overwrite=overwrite,
+        progress=_progress_on(quiet),
+        unsafe_pickle=unsafe_pickle,
     )
-    for path in outputs:
-        write_report(rep, path)
-    if plot_path is not None:
-        from reinit.plot import plot_report
-
-        plot_report(rep, plot_path)
     for w in rep.warnings:
         _err(f"warning: {_shown(w)}")
     if as_json:
@@ -449,7 +488,9 @@ def inspect(source: str, pattern: str | None, stats: bool, as_json: bool) -> Non
 
     rows = inspect_checkpoint(source, pattern, stats=stats)
     if as_json:
-        click.echo(json.dumps([r.to_dict() for r in rows], indent=2))
+        from reinit.report import dumps
+
+        click.echo(dumps([r.to_dict() for r in rows], indent=2))
         return
     width = _width()
     names = [_shown(r.name) for r in rows]

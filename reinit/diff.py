@@ -9,7 +9,6 @@ NaN/Inf and the two disagree are counted apart (`nonfinite_changed`)."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -95,7 +94,9 @@ class Diff:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
+        from reinit.report import dumps
+
+        return dumps(self.to_dict(), indent=2)
 
 
 def _finite_or_none(x: float) -> float | None:

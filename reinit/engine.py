@@ -10,7 +10,7 @@ import json
 import os
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, replace
@@ -29,6 +29,7 @@ from reinit.io.confine import (
     output_path,
 )
 from reinit.io.pipeline import prefetch
+from reinit.io.publish import Publication, how_to_publish
 from reinit.io.readers import (
     CHUNK_BYTES,
     TORCH_SUFFIXES,
@@ -38,7 +39,16 @@ from reinit.io.readers import (
     tensor_from_bytes,
 )
 from reinit.io.safetensors_format import dtype_name, tensor_to_bytes
-from reinit.io.writer import SafetensorsWriter, atomic_output, remove_path, write_torch_file
+from reinit.io.targets import (
+    REPORT_NAME,
+    Inputs,
+    check_distinct,
+    check_output,
+    check_replace_folder,
+    check_suffix,
+    check_target,
+)
+from reinit.io.writer import SafetensorsWriter, remove_path, write_torch_file
 from reinit.report import (
     Report,
     Stats,
@@ -116,7 +126,10 @@ def resolve_output(
     *,
     overwrite: bool,
     in_place: bool,
+    inputs: Inputs | None = None,
 ) -> OutputSpec:
+    """The output's path and form, refused (before any work) when it is, holds or lies in an
+    input without `--in-place`, or exists without `--overwrite` (see `reinit.io.targets`)."""
     if output is None and ckpt.kind == "memory":
         raise OutputError(f"{source}: an in-memory checkpoint has no default output; give -o")
     if output is None and in_place:
@@ -128,13 +141,8 @@ def resolve_output(
     fmt = "directory" if text.endswith(("/", os.sep)) else output_format(text)
     if path.is_dir() and fmt != "directory":
         raise OutputError(f"-o {path}: is a directory; give a file name or a directory form")
-    same = not source.startswith("hf://") and Path(source).resolve() == path.resolve()
-    if same and not in_place:
-        raise OutputError(
-            f"-o {path}: is the source; pass --in-place to replace it (atomically) or pick another -o"
-        )
-    if path.exists() and not (overwrite or in_place):
-        raise OutputError(f"-o {path}: exists; pass --overwrite to replace it")
+    inputs = inputs if inputs is not None else Inputs.of([source])
+    check_output(path, fmt, inputs=inputs, overwrite=overwrite, in_place=in_place)
     return OutputSpec(path, fmt)
 
 
@@ -696,6 +704,8 @@ def apply(
     rename: Sequence[str] = (),
     model: ModelInput | None = None,
     config: Mapping[str, Any] | None = None,
+    plot: str | os.PathLike[str] | None = None,
+    finish_report: Callable[[Report], Report] | None = None,
 ) -> Report:
     """Re-initialize or transplant the tensors the rules match and write a new checkpoint.
     `model` (a Hugging Face directory, hf:// URL, `module:callable`, an `nn.Module` or a
@@ -717,8 +727,9 @@ def apply(
     surgery = parse_surgery(add, drop, rename)
     device = check_device(device)
     for r in reports:  # checked before any work, so a typo costs nothing
-        if not str(r).lower().endswith((".json", ".csv", ".md")):
-            raise UsageError(f"--report {r}: unknown report format; use .json, .csv or .md")
+        check_suffix(r, "--report", "report")
+    if plot is not None:
+        check_suffix(plot, "--plot", "plot")
     with ExitStack() as stack:
         from reinit.transplant import SourcePool
 
@@ -729,7 +740,11 @@ def apply(
         the_plan, ties = _plan_for(
             ckpt, rule_objs, strict, allow_unmatched, sources, view, config, edited
         )
-        spec = resolve_output(source_text, ckpt, output, overwrite=overwrite, in_place=in_place)
+        inputs = Inputs.of([source_text, *sources.opened()])
+        spec = resolve_output(
+            source_text, ckpt, output, overwrite=overwrite, in_place=in_place, inputs=inputs
+        )
+        targets = _side_targets(spec, reports, plot, inputs, default_report, overwrite, in_place)
         applier = Applier(ckpt, seed, device, sources, ties, view)
         rule_texts = tuple(r.text for r in rule_objs)
         refs = {r.name: r for r in ckpt.refs()}
@@ -742,40 +757,101 @@ def apply(
         )
         ordered = [by_name[n] for f in files for n in f.names]
         total = sum(refs[e.name].nbytes for e in the_plan.entries)
+        # --in-place on a folder: only the files written here replace their namesakes
+        merge = in_place and spec.fmt == "directory" and spec.path.is_dir()
+        into_source = merge and inputs.owner(spec.path) == spec.path.resolve()
+        if spec.fmt == "directory" and not merge:
+            held = [f.relname for f in files] + list(ckpt.extra_files())
+            check_replace_folder(spec.path, [*held, INDEX_NAME, REPORT_NAME])
         bar = stack.enter_context(_progress(total, progress, "reinit apply"))
-        with atomic_output(spec.path, directory=spec.fmt == "directory") as tmp:
-            stream = prefetch(applier.stream(ordered), WRITE_AHEAD, "reinit-compute")
-            with closing(stream) as pieces:
-                if spec.fmt == "torch":
-                    entries, bytes_written = _write_torch(tmp, pieces, by_name, bar, ties)
-                else:
-                    entries, bytes_written = [], 0
-                    for f in files:
-                        target = (
-                            output_path(tmp, f.relname, source_text)
-                            if spec.fmt == "directory"
-                            else tmp
-                        )
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        layout = [(n, by_name[n].dtype, by_name[n].shape) for n in f.names]
-                        meta = output_metadata(ckpt, f.source_shard, seed, rule_texts)
-                        with SafetensorsWriter(target, layout, meta) as w:
-                            entries.extend(_write_pieces(w, pieces, len(f.names), bar))
-                        bytes_written += w.bytes_written
-                    if spec.fmt == "directory":
-                        bytes_written += _finish_directory(tmp, ckpt, files, refs, extras)
-            order = {e.name: i for i, e in enumerate(the_plan.entries)}
-            entries.sort(key=lambda e: order[e.name])
-            report = _make_report(
-                source_text, spec, seed, rule_texts, entries, bytes_written, started, the_plan
-            )
-            if default_report and spec.fmt == "directory":
-                _write_text(tmp / "reinit-report.json", report.to_json() + "\n")
-        if default_report and spec.fmt != "directory":
-            _write_report_atomic(report, spec.default_report)
-        for r in reports:
-            _write_report_atomic(report, Path(r))
+        pub = stack.enter_context(Publication())
+        how = how_to_publish(overwrite=overwrite, in_place=in_place)
+        tmp = pub.stage(
+            spec.path,
+            how="merge" if merge else how,
+            directory=spec.fmt == "directory",
+            first=tuple(f.relname for f in files),
+            last=(INDEX_NAME, REPORT_NAME),
+        )
+        stream = prefetch(applier.stream(ordered), WRITE_AHEAD, "reinit-compute")
+        with closing(stream) as pieces:
+            if spec.fmt == "torch":
+                entries, bytes_written = _write_torch(tmp, pieces, by_name, bar, ties)
+            else:
+                entries, bytes_written = [], 0
+                for f in files:
+                    target = (
+                        output_path(tmp, f.relname, source_text) if spec.fmt == "directory" else tmp
+                    )
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    layout = [(n, by_name[n].dtype, by_name[n].shape) for n in f.names]
+                    meta = output_metadata(ckpt, f.source_shard, seed, rule_texts)
+                    with SafetensorsWriter(target, layout, meta) as w:
+                        entries.extend(_write_pieces(w, pieces, len(f.names), bar))
+                    bytes_written += w.bytes_written
+                if spec.fmt == "directory":
+                    # --in-place into the source folder: its other files are already there
+                    copied = [] if into_source else extras
+                    bytes_written += _finish_directory(tmp, ckpt, files, refs, copied)
+        order = {e.name: i for i, e in enumerate(the_plan.entries)}
+        entries.sort(key=lambda e: order[e.name])
+        report = _make_report(
+            source_text, spec, seed, rule_texts, entries, bytes_written, started, the_plan
+        )
+        if finish_report is not None:
+            report = finish_report(report)
+        if default_report and spec.fmt == "directory":
+            _write_text(tmp / REPORT_NAME, report.to_json() + "\n")
+        _stage_side_outputs(pub, report, targets, how)
+        pub.commit()  # the checkpoint, its reports and plot: all of them or none
     return report
+
+
+INDEX_NAME = "model.safetensors.index.json"
+
+
+def _side_targets(
+    spec: OutputSpec,
+    reports: Sequence[str | os.PathLike[str]],
+    plot: str | os.PathLike[str] | None,
+    inputs: Inputs,
+    default_report: bool,
+    overwrite: bool,
+    in_place: bool,
+) -> list[tuple[str, Path]]:
+    """The reports and plot a run writes beside its checkpoint, as (kind, path), each checked
+    by the one rule (`check_target`) before any work."""
+    out: list[tuple[str, Path]] = []
+    if default_report and spec.fmt != "directory":
+        path = spec.default_report
+        if os.path.lexists(path) and not (overwrite or in_place):
+            raise OutputError(f"-o {spec.path}: its report {path} exists; pass --overwrite")
+        out.append(("report", path))
+    for r in reports:
+        out.append(
+            ("report", check_target(r, "--report", "report", inputs=inputs, overwrite=overwrite))
+        )
+    if plot is not None:
+        out.append(
+            ("plot", check_target(plot, "--plot", "plot", inputs=inputs, overwrite=overwrite))
+        )
+    check_distinct([spec.path, *(p for _, p in out)])
+    return out
+
+
+def _stage_side_outputs(
+    pub: Publication, report: Report, targets: Sequence[tuple[str, Path]], how: str
+) -> None:
+    from reinit.report import render_for_path
+
+    for kind, path in targets:
+        tmp = pub.stage(path, how=how)
+        if kind == "plot":
+            from reinit.plot import plot_report
+
+            plot_report(report, tmp, direct=True)
+        else:
+            _write_text(tmp, render_for_path(report, path.name))
 
 
 def _write_pieces(
@@ -856,14 +932,6 @@ def _write_text(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
-def _write_report_atomic(report: Report, path: Path) -> None:
-    from reinit.report import render_for_path
-
-    text = render_for_path(report, path.name)
-    with atomic_output(path) as tmp:
-        _write_text(tmp, text)
-
-
 def _finish_directory(
     tmp: Path,
     ckpt: Checkpoint,
@@ -939,6 +1007,37 @@ def report_checkpoint(
                     ),
                 )
         return report
+
+
+def write_report_files(
+    source: str | os.PathLike[str],
+    against: str | os.PathLike[str] | None,
+    outputs: Sequence[str | os.PathLike[str]],
+    plot: str | os.PathLike[str] | None,
+    *,
+    overwrite: bool = False,
+    progress: bool = False,
+    unsafe_pickle: bool = False,
+) -> Report:
+    """`reinit report SOURCE -o ... --plot ...`: every path checked by the one rule before the
+    checkpoint is read (never an input, never an existing file without `overwrite`), then all
+    of them published together."""
+    inputs = Inputs.of([source, against])
+    targets = [
+        ("report", check_target(p, "-o", "report", inputs=inputs, overwrite=overwrite))
+        for p in outputs
+    ]
+    if plot is not None:
+        targets.append(
+            ("plot", check_target(plot, "--plot", "plot", inputs=inputs, overwrite=overwrite))
+        )
+    check_distinct([p for _, p in targets])
+    rep = report_checkpoint(source, against, progress=progress, unsafe_pickle=unsafe_pickle)
+    if targets:
+        with Publication() as pub:
+            _stage_side_outputs(pub, rep, targets, how_to_publish(overwrite=overwrite))
+            pub.commit()
+    return rep
 
 
 def _against(ckpt: Checkpoint, base: Checkpoint, entry: TensorEntry) -> TensorEntry:

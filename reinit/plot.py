@@ -41,7 +41,14 @@ def _plottable(t: LayerTable) -> bool:
     )
 
 
-def plot_report(report: Report, path: str | os.PathLike[str], title: str | None = None) -> None:
+def plot_report(
+    report: Report,
+    path: str | os.PathLike[str],
+    title: str | None = None,
+    *,
+    direct: bool = False,
+    replace: bool = True,
+) -> None:
     """Write a PNG of std (log scale) against layer index, one colour per tensor kind: after
     solid, before (when the report has it) dashed; flagged tensors marked with a red ×, those
     whose std cannot sit on a log axis (zero, NaN-only, or garbage beyond 1e10) as red
@@ -141,7 +148,11 @@ def plot_report(report: Report, path: str | os.PathLike[str], title: str | None 
         caption.append(f"{len(dropped)} more kinds not drawn (see the .md report)")
     fig.text(0.01, 0.01, "\n".join(caption), fontsize=7, va="bottom", ha="left")
     fig.subplots_adjust(left=0.07, right=0.70, top=0.93, bottom=0.10 + 0.025 * len(caption))
-    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+    if direct:  # `path` is a temporary that the caller publishes with the rest of its run
+        with open(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=DPI)
+        return
+    with atomic_output(path, replace=replace) as tmp, open(tmp, "wb") as f:
         fig.savefig(f, format="png", dpi=DPI)
 
 

@@ -13,7 +13,6 @@ running statistics), with everything seeded from `seed`."""
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -160,7 +159,9 @@ class ProbeResult:
         }
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+        from reinit.report import dumps
+
+        return dumps(self.to_dict(), indent=indent)
 
 
 # --- running ------------------------------------------------------------------------------

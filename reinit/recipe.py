@@ -724,27 +724,25 @@ def run_recipe(recipe: Recipe, *, progress: bool = False) -> Any:
             reports.append(rep)
             current = StateDictCheckpoint(tensors, like=original)
         last = recipe.steps[-1]
-        for r in recipe.reports:  # a typo costs nothing: checked before the last step writes
-            if not str(r).lower().endswith((".json", ".csv", ".md")):
-                raise UsageError(f"--report {r}: unknown report format; use .json, .csv or .md")
-        final = _step_or_raise(
+        done = tuple(reports)
+        # the merged report is written with the checkpoint, published together or not at all
+        return _step_or_raise(
             lambda: reinit.apply(
                 current,
                 last.rules,
                 recipe.output,
                 seed=last.seed,
-                default_report=False,
+                reports=recipe.reports,
                 strict=last.strict,
                 allow_unmatched=last.allow_unmatched,
+                finish_report=lambda final: merge_reports(
+                    [*done, final], recipe.seed, time.perf_counter() - started
+                ),
                 **common,
                 **dict(last.options),
             ),
             last,
         )
-        reports.append(final)
-    merged = merge_reports(reports, recipe.seed, time.perf_counter() - started)
-    _write_reports(merged, recipe.reports)
-    return merged
 
 
 def _step_or_raise(fn: Callable[[], Any], step: Step) -> Any:
@@ -803,17 +801,6 @@ def merge_reports(reports: Sequence[Any], seed: int, seconds: float) -> Any:
         summary=summarize(done, final.summary.bytes_written, seconds),
         warnings=warnings,
     )
-
-
-def _write_reports(report: Any, extra: Sequence[str]) -> None:
-    from reinit.engine import OutputSpec, _write_report_atomic, output_format
-
-    if report.output is not None:
-        out = Path(report.output)
-        fmt = "directory" if out.is_dir() else output_format(report.output)
-        _write_report_atomic(report, OutputSpec(out, fmt).default_report)
-    for r in extra:
-        _write_report_atomic(report, Path(r))
 
 
 __all__ = ["Recipe", "Step", "expand_vars", "load_recipe", "merge_reports", "run_recipe"]

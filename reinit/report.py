@@ -34,6 +34,34 @@ UNSTABLE_GAIN = 4.0
 FLAGS = ("nonfinite", "garbage", "constant", "std_off", "outlier", "unstable_depth")
 
 
+# --- JSON -------------------------------------------------------------------------------
+
+NONFINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def json_safe(obj: Any) -> Any:
+    """`obj` with every non-finite float written as a string ("NaN", "Infinity", "-Infinity"):
+    strict JSON has no such numbers, and Python's json would emit bare NaN, which other parsers
+    reject. Finite numbers stay numbers; `number()` reads the strings back."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return NONFINITE[repr(obj)]
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any, indent: int | None = 2) -> str:
+    """Strict JSON of `obj` (see `json_safe`): never a bare NaN/Infinity."""
+    return json.dumps(json_safe(obj), indent=indent, allow_nan=False)
+
+
+def number(v: Any) -> Any:
+    """A number of our JSON back as a float: "NaN"/"Infinity"/"-Infinity" strings included."""
+    return float(v) if isinstance(v, str) and v in NONFINITE.values() else v
+
+
 # --- statistics -------------------------------------------------------------------------
 
 
@@ -60,7 +88,13 @@ class Stats:
 
     @staticmethod
     def from_dict(d: Mapping[str, Any]) -> Stats:
-        return Stats(d["mean"], d["std"], d["min"], d["max"], int(d["nonfinite"]))
+        return Stats(
+            number(d["mean"]),
+            number(d["std"]),
+            number(d["min"]),
+            number(d["max"]),
+            int(d["nonfinite"]),
+        )
 
 
 _FLOAT_CHUNK = 1 << 20  # elements per float32 work buffer (4 MB: stays in cache)
@@ -86,6 +120,7 @@ class StatsAccumulator:
         self.s1 = 0.0  # Σ(x − pivot)
         self.s2 = 0.0  # Σ(x − pivot)²
         self.pivot: float | None = None
+        self.exp = 0  # s1 is in units of 2**exp, s2 in units of 2**(2*exp)
         self.lo = math.inf
         self.hi = -math.inf
         self.bad = 0
@@ -120,7 +155,8 @@ class StatsAccumulator:
             self._add_masked(part)
 
     def _add_masked(self, part: torch.Tensor) -> None:
-        """The exact path: finite values only, in float64."""
+        """The exact path: finite values only, in float64; scaled by a power of two when the
+        squares (or the differences from the pivot) would overflow, e.g. values near 1e200."""
         xd = part.to(torch.float64)
         finite = torch.isfinite(xd)
         self.bad += int(xd.numel() - int(finite.sum()))
@@ -129,15 +165,29 @@ class StatsAccumulator:
         if k == 0:
             return
         lo, hi = torch.aminmax(xd)
+        lo_f, hi_f = float(lo), float(hi)
         if self.pivot is None or not math.isfinite(self.pivot):
             self.pivot = float(xd[0])
-        xd = xd - self.pivot
-        self._merge(k, float(xd.sum()), float(xd.square().sum()), float(lo), float(hi))
+        d = xd - self.pivot
+        s1, s2 = float(d.sum()), float(d.square().sum())
+        if math.isfinite(s1) and math.isfinite(s2):
+            self._merge(k, s1, s2, lo_f, hi_f)
+            return
+        # |x|, |pivot| < 2**(e-1), so every scaled difference lies in (-1, 1) and its square
+        # sum is below k: nothing overflows, and a power of two scales exactly
+        e = math.frexp(max(abs(lo_f), abs(hi_f), abs(self.pivot)))[1] + 1
+        scale = math.ldexp(1.0, -e)
+        y = xd * scale - self.pivot * scale
+        self._merge(k, float(y.sum()), float(y.square().sum()), lo_f, hi_f, e)
 
-    def _merge(self, k: int, s1: float, s2: float, lo: float, hi: float) -> None:
+    def _merge(self, k: int, s1: float, s2: float, lo: float, hi: float, e: int = 0) -> None:
+        """Add a part's sums, given in units of 2**e (squares: 2**2e), to the running ones,
+        which are kept in units of 2**self.exp: both go to the larger unit."""
+        top = max(self.exp, e)
+        self.s1 = math.ldexp(self.s1, self.exp - top) + math.ldexp(s1, e - top)
+        self.s2 = math.ldexp(self.s2, 2 * (self.exp - top)) + math.ldexp(s2, 2 * (e - top))
+        self.exp = top
         self.n += k
-        self.s1 += s1
-        self.s2 += s2
         self.lo = min(self.lo, lo)
         self.hi = max(self.hi, hi)
 
@@ -146,10 +196,19 @@ class StatsAccumulator:
             return Stats(None, None, None, None, self.bad, 0)
         m1 = self.s1 / self.n
         var = max(self.s2 / self.n - m1 * m1, 0.0)
-        mean = (self.pivot or 0.0) + m1
+        mean = (self.pivot or 0.0) + _unscale(m1, self.exp)
         # the shifted sums can round outside [min, max] for near-constant tensors
         mean = min(max(mean, self.lo), self.hi)
-        return Stats(mean, math.sqrt(var), self.lo, self.hi, self.bad, self.n)
+        return Stats(mean, _unscale(math.sqrt(var), self.exp), self.lo, self.hi, self.bad, self.n)
+
+
+def _unscale(x: float, e: int) -> float:
+    """x * 2**e; inf only where the true value is beyond float64 (a std of values spanning
+    ±1.8e308)."""
+    try:
+        return math.ldexp(x, e)
+    except OverflowError:
+        return math.copysign(math.inf, x)
 
 
 def tensor_stats(t: torch.Tensor) -> Stats:
@@ -226,8 +285,8 @@ class TensorEntry:
             fan_in=d.get("fan_in"),
             fan_out=d.get("fan_out"),
             before=Stats.from_dict(d["before"]) if d.get("before") else None,
-            expected_std=d.get("expected_std"),
-            var_gain=d.get("var_gain"),
+            expected_std=number(d.get("expected_std")),
+            var_gain=number(d.get("var_gain")),
             flags=tuple(d.get("flags", ())),
             notes=tuple(d.get("notes", ())),
         )
@@ -279,7 +338,7 @@ class Report:
         }
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+        return dumps(self.to_dict(), indent=indent)
 
     @staticmethod
     def from_dict(d: Mapping[str, Any]) -> Report:
@@ -971,16 +1030,17 @@ def click_style(text: str, color: bool, **style: Any) -> str:
     return click.style(text, **style)
 
 
-def write_report(report: Report, path: str | Any) -> None:
+def write_report(report: Report, path: str | Any, *, replace: bool = True) -> None:
     """Write `report` to `path` in the format its extension names (.json, .csv, .md),
-    atomically (a temporary beside it, renamed when complete)."""
+    atomically (a temporary beside it, renamed when complete; without `replace`, an existing
+    file is an error, even one that appears meanwhile)."""
     from pathlib import Path
 
     from reinit.io.writer import atomic_output
 
     p = Path(path)
     text = render_for_path(report, p.name)
-    with atomic_output(p) as tmp:
+    with atomic_output(p, replace=replace) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 
@@ -992,9 +1052,10 @@ def render_for_path(report: Report, filename: str) -> str:
         return to_csv(report)
     if lower.endswith(".md"):
         return to_markdown(report)
-    from reinit.errors import UsageError
+    from reinit.io.targets import check_suffix
 
-    raise UsageError(f"--report {filename}: unknown report format; use .json, .csv or .md")
+    check_suffix(filename, "--report", "report")  # raises: the one message for every path
+    raise AssertionError(filename)
 
 
 def render_plan(plan: Any, width: int = 100) -> str:

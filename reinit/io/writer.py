@@ -249,37 +249,6 @@ def temp_sibling(target: Path) -> Path:
     return target.parent / f".{target.name}.reinit-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    """Flush a finished file to disk; cheap when its writer already did."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    """Every file and folder of a directory output reaches the disk before the rename that
-    publishes it: a crash right after the rename must not leave empty files behind."""
-    for dirpath, _dirnames, filenames in os.walk(root):
-        for f in filenames:
-            _fsync_file(Path(dirpath) / f)
-        _fsync_dir(Path(dirpath))
-
-
 def remove_path(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -338,7 +307,7 @@ def _exchange(a: Path, b: Path) -> bool:
     return rc == 0
 
 
-def _publish_directory(tmp: Path, target: Path) -> None:
+def publish_directory(tmp: Path, target: Path) -> None:
     """Move a finished directory onto `target`. Replacing an existing directory is one atomic
     swap where the kernel allows it; otherwise the old one is moved aside first (with signals
     held, so an interrupt cannot strike between the two renames)."""
@@ -361,40 +330,20 @@ def _publish_directory(tmp: Path, target: Path) -> None:
 
 
 @contextmanager
-def atomic_output(target: str | os.PathLike[str], *, directory: bool = False) -> Iterator[Path]:
+def atomic_output(
+    target: str | os.PathLike[str], *, directory: bool = False, replace: bool = True
+) -> Iterator[Path]:
     """Yield a temporary path beside `target`; on success fsync it and move it onto `target`
-    (replacing what is there, which the caller has already allowed), on any failure, Ctrl-C
-    and SIGTERM included, remove it and leave `target` untouched."""
-    target = Path(target)
-    parent = target.parent
-    if not parent.is_dir():
-        raise WriteError(f"{target}: the folder {parent} does not exist; create it first")
-    tmp = temp_sibling(target)
-    try:
-        if directory:
-            tmp.mkdir()
-    except OSError as e:
-        raise _write_error(str(target), e) from None
-    try:
-        yield tmp
-        if directory:
-            _fsync_tree(tmp)
-        else:
-            if target.is_dir():
-                raise WriteError(f"{target}: is a directory; choose a file name for -o")
-            _fsync_file(tmp)
-        with signals_deferred():
-            if directory:
-                _publish_directory(tmp, target)
-            else:
-                os.replace(tmp, target)
-        _fsync_dir(parent)
-    except BaseException as e:
-        with signals_deferred():
-            remove_path(tmp)
-        if isinstance(e, OSError):
-            raise _write_error(str(target), e) from None
-        if isinstance(e, WriteError) and str(tmp) in str(e):
-            # name the output the user asked for, not our temporary
-            raise WriteError(str(e).replace(str(tmp), str(target))) from None
-        raise
+    (replacing what is there when `replace`, which the caller has already allowed; else failing
+    with "exists" if another run got there first), on any failure, Ctrl-C and SIGTERM included,
+    remove it and leave `target` untouched. One output alone: see `reinit.io.publish` for a
+    batch published together."""
+    from reinit.io.publish import Publication
+
+    with Publication() as pub:
+        tmp = pub.stage(target, how="replace" if replace else "noreplace", directory=directory)
+        try:
+            yield tmp
+        except OSError as e:
+            raise _write_error(os.fspath(target), e) from None
+        pub.commit()
