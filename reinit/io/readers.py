@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import torch
 
 from reinit.errors import CheckpointError, InputNotFoundError, UnsafePickleError
-from reinit.io.safetensors_format import TensorInfo, dtype_size, read_header
+from reinit.io.safetensors_format import MAX_TENSORS, TensorInfo, dtype_size, read_header
 
 CHUNK_BYTES = 16 << 20  # streaming unit: big enough for full-speed I/O, small against RSS
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -251,15 +251,35 @@ def unwrap_state_dict(obj: object, where: str) -> dict[str, torch.Tensor]:
             obj = nested
             continue
         if tensors:
-            bad = [k for k in tensors if not isinstance(k, str)]
-            if bad:
-                raise CheckpointError(f"{where}: tensor keys must be strings, found {bad[0]!r}")
+            check_tensor_names(tensors, where)
             return tensors
         raise CheckpointError(
             f"{where}: holds no tensors (keys: {', '.join(map(str, list(obj)[:8]))}); "
             "expected a state dict"
         )
     raise CheckpointError(f"{where}: holds a {type(obj).__name__}, not a state dict")
+
+
+def check_tensor_names(tensors: Mapping[object, object], where: str) -> None:
+    """The same name rules as the safetensors validator: string keys that UTF-8 can encode
+    (a pickle may hold lone surrogates, which could be neither printed nor written to a
+    safetensors header), and at most `MAX_TENSORS` of them."""
+    if len(tensors) > MAX_TENSORS:
+        raise CheckpointError(
+            f"{where}: holds {len(tensors)} tensors, over reinit's limit of {MAX_TENSORS} per "
+            "file; split the checkpoint into shards (a model folder with an index)"
+        )
+    for k in tensors:
+        if not isinstance(k, str):
+            raise CheckpointError(f"{where}: tensor keys must be strings, found {k!r}")
+        try:
+            k.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = k.encode("utf-8", "backslashreplace").decode("utf-8")
+            raise CheckpointError(
+                f"{where}: tensor name '{shown}' holds a lone surrogate, which no file can "
+                "store; rename it with the code that made the file"
+            ) from None
 
 
 # torch.load(weights_only=True) had a remote-code-execution flaw before 2.6 (CVE-2025-32434);
@@ -299,6 +319,12 @@ def load_torch_file(path: str, unsafe: bool = False, mmap: bool | None = None) -
             "the file is truncated, download or save it again"
         )
     use_mmap = is_zip if mmap is None else (mmap and is_zip)
+    if use_mmap and _has_compressed_records(path):
+        # torch.save stores records uncompressed, and torch's mmap path maps each record's raw
+        # bytes as the tensor: a re-zipped (DEFLATE) file would read as garbage. torch's
+        # non-mapped reader decompresses, at the cost of holding the file's tensors in memory
+        # (as for the legacy non-zip format).
+        use_mmap = False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -327,6 +353,18 @@ def load_torch_file(path: str, unsafe: bool = False, mmap: bool | None = None) -
     except Exception as e:
         raise CheckpointError(
             f"{path}: not a readable torch file ({type(e).__name__}: {_first_line(e)}); "
+            "it may be truncated or corrupt"
+        ) from None
+
+
+def _has_compressed_records(path: str) -> bool:
+    """Whether any record of the zip archive at `path` is compressed (not ZIP_STORED)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(info.compress_type != zipfile.ZIP_STORED for info in z.infolist())
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError) as e:
+        raise CheckpointError(
+            f"{path}: not a readable torch file (its zip directory: {_first_line(e)}); "
             "it may be truncated or corrupt"
         ) from None
 
@@ -404,9 +442,7 @@ class StateDictCheckpoint(Checkpoint):
         like: Checkpoint | None = None,
         config: Mapping[str, Any] | None = None,
     ):
-        bad = [k for k in tensors if not isinstance(k, str)]
-        if bad:
-            raise CheckpointError(f"{source}: tensor keys must be strings, found {bad[0]!r}")
+        check_tensor_names(tensors, source)
         self.tensors = {k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)}
         self.like = like
         self.source = like.source if like is not None else source

@@ -10,11 +10,12 @@ relative to the data section; tensors must tile it exactly (no holes, no overlap
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,14 @@ import torch
 from reinit.errors import CheckpointError
 
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
+# Most tensors one file may declare. Real checkpoints hold at most tens of thousands per file
+# (a large MoE shard); a header of a million one-element tensors fits in 100 MB but costs
+# minutes and gigabytes downstream (plan, report). README "Guarantees" states this limit.
+MAX_TENSORS = 200_000
+# Largest tensor byte size a header may declare: what torch (int64 sizes) and every file
+# system can address. Dims are multiplied ignoring zeros, so [2**62, 2**62, 0] is refused too
+# (torch's own storage-size check overflows on it).
+MAX_TENSOR_BYTES = 2**63 - 1
 
 # safetensors dtype code -> torch dtype. Only dtypes this torch build has are listed.
 _CODES: dict[str, str] = {
@@ -54,7 +63,10 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+@functools.cache
 def dtype_size(dtype: torch.dtype) -> int:
+    """Bytes per element (cached: it is asked once per tensor, and files hold up to
+    `MAX_TENSORS`)."""
     return torch.empty((), dtype=dtype).element_size()
 
 
@@ -112,7 +124,7 @@ def parse_header_bytes(raw: bytes, file_size: int, where: str) -> Header:
         doc = json.loads(raw[8 : 8 + n].decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
     except _DuplicateKey as e:
         raise CheckpointError(
-            f"{where}: header names '{e.key}' twice; the file is corrupt"
+            f"{where}: header names '{_shown(e.key)}' twice; the file is corrupt"
         ) from None
     except (ValueError, RecursionError) as e:  # UnicodeDecodeError, JSONDecodeError, int limits
         raise CheckpointError(
@@ -131,6 +143,14 @@ def parse_header_bytes(raw: bytes, file_size: int, where: str) -> Header:
                 f"{where}: __metadata__ must map strings to strings; the file is corrupt"
             )
         metadata = dict(raw_meta)
+
+    count = len(doc)
+    if count > MAX_TENSORS:
+        raise CheckpointError(
+            f"{where}: header declares {count} tensors, over reinit's limit of {MAX_TENSORS} "
+            "per file; split the checkpoint into shards (a model folder with an index)"
+        )
+    _check_text(metadata.items(), where, "__metadata__ entry")
 
     data_start = 8 + n
     data_size = file_size - data_start
@@ -164,7 +184,38 @@ def _one_line(e: BaseException) -> str:
     return text[:200] if text else type(e).__name__
 
 
+def _check_text(pairs: Iterable[tuple[str, str]], where: str, what: str) -> None:
+    """Every string must be encodable as UTF-8: JSON's `\\ud800` escapes decode to lone
+    surrogates, which Python keeps but cannot print or write back (safetensors itself refuses
+    them)."""
+    for pair in pairs:
+        for text in pair:
+            if not _encodable(text):
+                raise CheckpointError(
+                    f"{where}: {what} '{_shown(text)}' holds a lone surrogate (an invalid \\u "
+                    "escape); the file is corrupt"
+                )
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(name: str) -> str:
+    """A name safe to print whatever it holds (lone surrogates as `\\udXXX`)."""
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _parse_entry(name: str, entry: object, data_start: int, where: str) -> TensorInfo:
+    if not _encodable(name):
+        raise CheckpointError(
+            f"{where}: tensor name '{_shown(name)}' holds a lone surrogate (an invalid \\u "
+            "escape); the file is corrupt"
+        )
     if not isinstance(entry, dict):
         raise CheckpointError(f"{where}: entry for tensor '{name}' is not an object")
     code = entry.get("dtype")
@@ -179,6 +230,16 @@ def _parse_entry(name: str, entry: object, data_start: int, where: str) -> Tenso
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
         raise CheckpointError(f"{where}: tensor '{name}' has an invalid shape {shape!r}")
+    itemsize = dtype_size(CODE_TO_DTYPE[code])
+    declared = itemsize
+    for d in shape:  # stops at the first overflow: a shape of huge ints costs no bigint product
+        declared *= d or 1
+        if declared > MAX_TENSOR_BYTES:
+            raise CheckpointError(
+                f"{where}: tensor '{name}' has a shape whose dims multiply past "
+                f"{MAX_TENSOR_BYTES} bytes (2^63 - 1, the most torch can address); "
+                "the file is corrupt"
+            )
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
@@ -187,7 +248,7 @@ def _parse_entry(name: str, entry: object, data_start: int, where: str) -> Tenso
     ):
         raise CheckpointError(f"{where}: tensor '{name}' has invalid data_offsets {offsets!r}")
     dtype = CODE_TO_DTYPE[code]
-    expected = math.prod(shape) * dtype_size(dtype)
+    expected = math.prod(shape) * itemsize
     if offsets[1] - offsets[0] != expected:
         raise CheckpointError(
             f"{where}: tensor '{name}' spans {offsets[1] - offsets[0]} bytes but shape "
