@@ -21,16 +21,13 @@ from dataclasses import dataclass
 import torch
 
 from reinit.errors import CheckpointError
+from reinit.limits import MAX_TENSOR_BYTES, declared_bytes
 
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
 # Most tensors one file may declare. Real checkpoints hold at most tens of thousands per file
 # (a large MoE shard); a header of a million one-element tensors fits in 100 MB but costs
 # minutes and gigabytes downstream (plan, report). README "Guarantees" states this limit.
 MAX_TENSORS = 200_000
-# Largest tensor byte size a header may declare: what torch (int64 sizes) and every file
-# system can address. Dims are multiplied ignoring zeros, so [2**62, 2**62, 0] is refused too
-# (torch's own storage-size check overflows on it).
-MAX_TENSOR_BYTES = 2**63 - 1
 
 # safetensors dtype code -> torch dtype. Only dtypes this torch build has are listed.
 _CODES: dict[str, str] = {
@@ -231,15 +228,12 @@ def _parse_entry(name: str, entry: object, data_start: int, where: str) -> Tenso
     ):
         raise CheckpointError(f"{where}: tensor '{name}' has an invalid shape {shape!r}")
     itemsize = dtype_size(CODE_TO_DTYPE[code])
-    declared = itemsize
-    for d in shape:  # stops at the first overflow: a shape of huge ints costs no bigint product
-        declared *= d or 1
-        if declared > MAX_TENSOR_BYTES:
-            raise CheckpointError(
-                f"{where}: tensor '{name}' has a shape whose dims multiply past "
-                f"{MAX_TENSOR_BYTES} bytes (2^63 - 1, the most torch can address); "
-                "the file is corrupt"
-            )
+    if declared_bytes(shape, itemsize) is None:
+        raise CheckpointError(
+            f"{where}: tensor '{name}' has a shape whose dims multiply past "
+            f"{MAX_TENSOR_BYTES} bytes (2^63 - 1, the most torch can address); "
+            "the file is corrupt"
+        )
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
