@@ -16,10 +16,11 @@ from pathlib import Path
 
 import torch
 
+from reinit import limits
 from reinit.errors import RuleError, SchemeError
 from reinit.io.readers import CHUNK_BYTES, Checkpoint, FileSpan, TensorRef, iter_chunks
 from reinit.io.safetensors_format import dtype_name, dtype_size, tensor_to_bytes
-from reinit.limits import MAX_TENSOR_BYTES, available_memory, declared_bytes
+from reinit.limits import MAX_TENSOR_BYTES, declared_bytes
 from reinit.rules import (
     Pattern,
     Plan,
@@ -141,7 +142,7 @@ def _check_add_size(where: str, shape: tuple[int, ...], dtype: torch.dtype) -> N
             f"{where}: the shape {list(shape)} needs more than {MAX_TENSOR_BYTES} bytes "
             "(2^63 - 1, the most torch can address); check the dims"
         )
-    free = available_memory()
+    free = limits.available_memory()
     if nbytes > free:
         raise RuleError(
             f"{where}: the shape {list(shape)} of {dtype_name(dtype)} needs {nbytes:,} bytes, "

@@ -117,8 +117,14 @@ def parse_header_bytes(raw: bytes, file_size: int, where: str) -> Header:
         )
     if len(raw) < 8 + n:
         raise CheckpointError(f"{where}: could not read the {n}-byte header")
+    too_many = (
+        f"{where}: header declares over {MAX_TENSORS} tensors, reinit's limit per file; "
+        "split the checkpoint into shards (a model folder with an index)"
+    )
     try:
-        doc = json.loads(raw[8 : 8 + n].decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+        doc = json.loads(raw[8 : 8 + n].decode("utf-8"), object_pairs_hook=_ObjectHook())
+    except _TooManyObjects:
+        raise CheckpointError(too_many) from None
     except _DuplicateKey as e:
         raise CheckpointError(
             f"{where}: header names '{_shown(e.key)}' twice; the file is corrupt"
@@ -141,12 +147,8 @@ def parse_header_bytes(raw: bytes, file_size: int, where: str) -> Header:
             )
         metadata = dict(raw_meta)
 
-    count = len(doc)
-    if count > MAX_TENSORS:
-        raise CheckpointError(
-            f"{where}: header declares {count} tensors, over reinit's limit of {MAX_TENSORS} "
-            "per file; split the checkpoint into shards (a model folder with an index)"
-        )
+    if len(doc) > MAX_TENSORS:
+        raise CheckpointError(too_many)
     _check_text(metadata.items(), where, "__metadata__ entry")
 
     data_start = 8 + n
@@ -163,6 +165,26 @@ class _DuplicateKey(Exception):
     def __init__(self, key: str):
         super().__init__(key)
         self.key = key
+
+
+class _TooManyObjects(Exception):
+    pass
+
+
+class _ObjectHook:
+    """json.loads' object_pairs_hook for a header: refuses duplicate keys and stops parsing
+    once the header holds more JSON objects than a file of `MAX_TENSORS` tensors can (one per
+    tensor, plus the header and its `__metadata__`), so a header of a million tensors fails
+    after a fifth of its parse instead of building it all."""
+
+    def __init__(self) -> None:
+        self.objects = 0
+
+    def __call__(self, pairs: list[tuple[str, object]]) -> dict[str, object]:
+        self.objects += 1
+        if self.objects > MAX_TENSORS + 2:
+            raise _TooManyObjects
+        return _no_duplicate_keys(pairs)
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
