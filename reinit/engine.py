@@ -31,6 +31,7 @@ from reinit.io.readers import (
     tensor_from_bytes,
 )
 from reinit.io.safetensors_format import dtype_name, tensor_to_bytes
+from reinit.io.trust import TrustSpec
 from reinit.io.writer import SafetensorsWriter, atomic_output, remove_path, write_torch_file
 from reinit.report import (
     Report,
@@ -543,7 +544,7 @@ def plan(
     *,
     strict: bool = False,
     allow_unmatched: bool = False,
-    unsafe_pickle: bool = False,
+    unsafe_pickle: TrustSpec = (),
     add: Sequence[str] = (),
     drop: Sequence[str] = (),
     rename: Sequence[str] = (),
@@ -644,7 +645,7 @@ def model_view(model: ModelInput | None, ckpt: Checkpoint) -> ModelView | None:
 @contextmanager
 def _opened(
     source: str | os.PathLike[str] | Checkpoint | Mapping[str, torch.Tensor],
-    unsafe_pickle: bool = False,
+    unsafe_pickle: TrustSpec = (),
     progress: bool = True,
 ) -> Iterator[Checkpoint]:
     if isinstance(source, Checkpoint):
@@ -676,7 +677,7 @@ def apply(
     in_place: bool = False,
     device: str = "cpu",
     progress: bool = False,
-    unsafe_pickle: bool = False,
+    unsafe_pickle: TrustSpec = (),
     add: Sequence[str] = (),
     drop: Sequence[str] = (),
     rename: Sequence[str] = (),
@@ -871,7 +872,7 @@ def report_checkpoint(
     against: str | os.PathLike[str] | None = None,
     *,
     progress: bool = False,
-    unsafe_pickle: bool = False,
+    unsafe_pickle: TrustSpec = (),
 ) -> Report:
     """The report of a checkpoint as it is: every tensor `kept`, with its statistics. One
     thread reads ahead while another computes, so this runs at the disk's (or the page

@@ -23,6 +23,7 @@ import torch
 
 from reinit.errors import CheckpointError, InputNotFoundError, UnsafePickleError
 from reinit.io.safetensors_format import MAX_TENSORS, TensorInfo, dtype_size, read_header
+from reinit.io.trust import NO_TRUST, pickle_trust
 
 CHUNK_BYTES = 16 << 20  # streaming unit: big enough for full-speed I/O, small against RSS
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -348,7 +349,7 @@ def load_torch_file(path: str, unsafe: bool = False, mmap: bool | None = None) -
             )
         raise UnsafePickleError(
             f"{path}: {what}. Convert it to safetensors with the code that made it, or pass "
-            "--unsafe-pickle if you trust its author"
+            f"--unsafe-pickle {path} if you trust its author"
         ) from None
     except Exception as e:
         raise CheckpointError(
@@ -598,10 +599,12 @@ class DirectoryCheckpoint(Checkpoint):
 
     kind = "directory"
 
-    def __init__(self, provider: FileProvider, source: str | None = None, unsafe: bool = False):
+    def __init__(
+        self, provider: FileProvider, source: str | None = None, unsafe: object = NO_TRUST
+    ):
         self.provider = provider
         self.source = source or provider.display
-        self.unsafe = unsafe
+        self.trust = pickle_trust(unsafe)
         self._files = provider.list_files()
         self.layout = detect_layout(self._files, self.source)
         self._open: dict[str, Checkpoint] = {}
@@ -646,7 +649,9 @@ class DirectoryCheckpoint(Checkpoint):
             if shard.endswith(".safetensors"):
                 ck = SafetensorsFile(path, shard=shard, source=f"{self.source}/{shard}")
             else:
-                ck = TorchFile(path, shard=shard, unsafe=self.unsafe)
+                # a shard may run code only when the user named this model or that shard
+                unsafe = self.trust.allows(self.source) or self.trust.allows(path)
+                ck = TorchFile(path, shard=shard, unsafe=unsafe)
             self._open[shard] = ck
         return ck
 
@@ -730,29 +735,31 @@ class DirectoryCheckpoint(Checkpoint):
 
 
 def open_checkpoint(
-    source: str | os.PathLike[str], *, unsafe_pickle: bool = False, progress: bool = True
+    source: str | os.PathLike[str], *, unsafe_pickle: object = NO_TRUST, progress: bool = True
 ) -> Checkpoint:
     """Open any source form of DESIGN §1: a safetensors file, a torch file, a Hugging Face
     directory, or `hf://OWNER/NAME[@REVISION][/SUBFOLDER]`. `progress=False` silences the
-    Hub's download bars for this source (the CLI's `--quiet`, or stderr not a terminal)."""
+    Hub's download bars for this source (the CLI's `--quiet`, or stderr not a terminal).
+
+    `unsafe_pickle` names the torch files (or model folders) that may run code while
+    loading (see `reinit.io.trust`); this source is loaded unsafely only if it is among them."""
     text = os.fspath(source)
+    trust = pickle_trust(unsafe_pickle)
     if text.startswith("hf://"):
         from reinit.io.hub import HubRepo, parse_hf_url
 
         ref = parse_hf_url(text)
-        return DirectoryCheckpoint(
-            HubRepo(ref, progress=progress), source=ref.url, unsafe=unsafe_pickle
-        )
+        return DirectoryCheckpoint(HubRepo(ref, progress=progress), source=ref.url, unsafe=trust)
     path = Path(text)
     if path.is_dir():
-        return DirectoryCheckpoint(LocalFiles(path), source=text, unsafe=unsafe_pickle)
+        return DirectoryCheckpoint(LocalFiles(path), source=text, unsafe=trust)
     if not path.exists():
         raise InputNotFoundError(f"{text}: no such file or directory")
     suffix = path.suffix.lower()
     if suffix in SAFETENSORS_SUFFIXES:
         return SafetensorsFile(path)
     if suffix in TORCH_SUFFIXES:
-        return TorchFile(path, unsafe=unsafe_pickle)
+        return TorchFile(path, unsafe=trust.allows(path))
     raise InputNotFoundError(
         f"{text}: unknown checkpoint type {suffix or '(no suffix)'}; use a .safetensors, "
         ".bin/.pt/.pth/.ckpt file, a Hugging Face model directory or hf://OWNER/NAME"
