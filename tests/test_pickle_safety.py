@@ -197,3 +197,21 @@ def test_old_flag_form_is_a_usage_error(tmp_path):
     res = CliRunner().invoke(main, ["apply", str(path), "--unsafe-pickle", "-r", "w=zeros"])
     assert res.exit_code == 2 and "internal error" not in res.output, res.output
     assert not marker.exists()
+
+
+def test_recipe_unsafe_pickle_names_paths(tmp_path):
+    src, marker = planted(tmp_path, "src.bin")
+    out = tmp_path / "out.safetensors"
+    recipe = tmp_path / "r.yaml"
+    base = f"source: {src}\noutput: {out}\nrules: ['w=zeros']\n"
+    recipe.write_text(base + "unsafe_pickle: true\n")
+    res = CliRunner().invoke(main, ["run", str(recipe), "-q"])
+    assert res.exit_code == 2 and "internal error" not in res.output, res.output
+    assert not marker.exists() and not out.exists()
+    recipe.write_text(base + f"unsafe_pickle: [{src}]\n")
+    res = CliRunner().invoke(main, ["run", str(recipe), "-q"])
+    assert res.exit_code == 0, res.output
+    assert f"warning: unsafe_pickle lets torch files run code while loading, only these: {src}" in (
+        res.stderr
+    )
+    assert out.is_file()
