@@ -253,3 +253,18 @@ def test_add_limit_reads_real_memory():
     assert declared_bytes((3, 0, 2**70), 4) is None
     assert declared_bytes((3, 0, 5), 4) == 0
     assert declared_bytes((3, 5), 2) == 30
+
+
+def test_report_json_is_one_line_per_tensor_and_round_trips(tmp_path):
+    """Per-tensor cost of the JSON report (issue #17: a 494 MB report for 1M tensors): rows are
+    encoded compactly, one per line; the document is the same JSON as before."""
+    from reinit.engine import report_checkpoint
+
+    src = tmp_path / "m.safetensors"
+    save_file({f"t{i}": torch.full((2,), float(i)) for i in range(5)}, src)
+    rep = report_checkpoint(src, progress=False)
+    text = rep.to_json()
+    assert json.loads(text) == json.loads(rep.to_json(None)) == rep.to_dict()
+    assert list(json.loads(text)) == list(rep.to_dict())
+    rows = [ln for ln in text.splitlines() if ln.startswith('    {"name": ')]
+    assert len(rows) == 5
