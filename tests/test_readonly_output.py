@@ -142,3 +142,60 @@ def test_read_only_file_system_is_one_clear_line(tmp_path):
         ], (label, err)
     # (--report/--plot failing after the checkpoint was published is issue #17's "published
     # together or not at all", handled with output publishing, not here.)
+
+
+def test_read_only_errors_in_process(tmp_path, monkeypatch):
+    """The same path without a mount (where user namespaces are not allowed): the file system
+    calls writing under `ro/` answer EROFS as a read-only mount does, removing a file that is
+    not there included (the call that used to escape as an internal error)."""
+    import builtins
+    import errno
+    import io
+    import os
+
+    from click.testing import CliRunner
+
+    from reinit.cli import main
+
+    src = tmp_path / "m.safetensors"
+    save_file({"a.weight": torch.ones(4, 4)}, src)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    prefix = str(ro) + os.sep
+
+    def guard(real, write_only=False):
+        def call(path, *args, **kwargs):
+            text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else ""
+            mode = args[0] if args else kwargs.get("mode", kwargs.get("flags", "r"))
+            writes = (
+                not write_only
+                or (isinstance(mode, str) and any(c in mode for c in "wax+"))
+                or (isinstance(mode, int) and mode & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+            )
+            if text.startswith(prefix) and writes:
+                raise OSError(errno.EROFS, "Read-only file system", text)
+            return real(path, *args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(os, "open", guard(os.open, write_only=True))
+    monkeypatch.setattr(builtins, "open", guard(builtins.open, write_only=True))
+    monkeypatch.setattr(io, "open", guard(io.open, write_only=True))  # pathlib's write_text
+    for name in ("mkdir", "unlink", "rename", "replace", "rmdir"):
+        monkeypatch.setattr(os, name, guard(getattr(os, name)))
+    cases = {
+        "file": (
+            ["apply", str(src), "-r", "a.*=zeros", "-o", str(ro / "o.safetensors")],
+            ro / "o.safetensors",
+        ),
+        "folder": (["apply", str(src), "-r", "a.*=zeros", "-o", str(ro / "odir")], ro / "odir"),
+        "report -o": (["report", str(src), "-o", str(ro / "r.json")], ro / "r.json"),
+    }
+    for label, (argv, named) in cases.items():
+        res = CliRunner().invoke(main, [*argv, "-q"])
+        assert "internal error" not in res.output, (label, res.output)
+        assert res.exit_code == 1, (label, res.output)
+        assert res.stderr.strip() == (
+            f"error: {named}: cannot write: read-only file system; "
+            "choose a folder on a writable one"
+        ), (label, res.stderr)

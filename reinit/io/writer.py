@@ -392,7 +392,9 @@ def atomic_output(target: str | os.PathLike[str], *, directory: bool = False) ->
                 os.replace(tmp, target)
         _fsync_dir(parent)
     except BaseException as e:
-        with signals_deferred():
+        # best effort: a temporary that cannot be removed (the file system turned read-only
+        # meanwhile) must not hide the error that stopped the run
+        with signals_deferred(), suppress(OSError):
             remove_path(tmp)
         if isinstance(e, OSError):
             raise write_error(str(target), e) from None
