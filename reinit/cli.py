@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import sys
+import warnings
 from typing import Any, NoReturn
 
 import click
@@ -31,7 +32,19 @@ class CommandError(click.ClickException):
         self.exit_code = exit_code
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
+        # The message may quote a tensor or file name from the input: escape control and bidi
+        # characters (reinit.text) so the one line stays one line and cannot be forged.
+        from reinit.text import shown
+
+        click.echo(f"error: {shown(self.format_message())}", err=True)
+
+
+def _one_line(e: BaseException, empty: str | None = None) -> str:
+    """The error's message as one line: a name from the input inside it (which may hold a
+    newline) is escaped by `CommandError.show`, so the whole message is kept; a trailing newline
+    is dropped."""
+    text = str(e).rstrip("\n")
+    return text or (type(e).__name__ if empty is None else empty)
 
 
 def _on_sigterm(signum: int, frame: object) -> NoReturn:
@@ -50,14 +63,16 @@ class ReinitGroup(click.Group):
                 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         except ValueError:  # not the main thread (e.g. some test runners)
             previous = None
+        if not _debug():
+            # huggingface_hub's warnings.warn() (e.g. about disk space or symlinks) would add
+            # lines to our one-line failures; its logging is captured by reinit/io/hub_retry.py.
+            warnings.filterwarnings("ignore", module=r"huggingface_hub(\.|$)")
         try:
             return super().invoke(ctx)
         except ReinitError as e:
             if _debug():
                 raise
-            raise CommandError(
-                str(e).splitlines()[0] if str(e) else type(e).__name__, e.exit_code
-            ) from None
+            raise CommandError(_one_line(e), e.exit_code) from None
         except KeyboardInterrupt:
             click.echo("error: interrupted; no partial output was left behind", err=True)
             ctx.exit(130)
@@ -67,7 +82,7 @@ class ReinitGroup(click.Group):
             if _debug():
                 raise
             raise CommandError(
-                f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+                f"internal error: {type(e).__name__}: {_one_line(e, '')} "
                 "(run with REINIT_DEBUG=1 for the traceback, and please report it)",
                 1,
             ) from None
@@ -92,6 +107,13 @@ def _warn_unsafe(paths: tuple[str, ...], what: str = "--unsafe-pickle") -> None:
         f"warning: {what} lets torch files run code while loading, only these: "
         f"{', '.join(paths)}; use it only for files you trust"
     )
+
+
+def _shown(text: str) -> str:
+    """Text from the input (a name, a warning naming one), escaped for the terminal."""
+    from reinit.text import shown
+
+    return shown(text)
 
 
 def _progress_on(quiet: bool) -> bool:
@@ -226,7 +248,7 @@ def apply(
             progress=_progress_on(quiet),
         )
         for w in plan.warnings:
-            _err(f"warning: {w}")
+            _err(f"warning: {_shown(w)}")
         click.echo(render_plan(plan, _width()), err=as_json)
         if plan.dropped:
             _err(_dropped_line(plan.dropped))
@@ -258,7 +280,7 @@ def apply(
 
         plot_report(report, plot_path)
     for w in report.warnings:
-        _err(f"warning: {w}")
+        _err(f"warning: {_shown(w)}")
     if report.dropped and not quiet:
         _err(_dropped_line(report.dropped))
     if as_json:
@@ -268,8 +290,9 @@ def apply(
 
 
 def _dropped_line(names: tuple[str, ...]) -> str:
-    shown = ", ".join(names[:10]) + (f", … ({len(names) - 10} more)" if len(names) > 10 else "")
-    return f"dropped {len(names)} tensor(s): {shown}"
+    listed = ", ".join(map(_shown, names[:10]))
+    listed += f", … ({len(names) - 10} more)" if len(names) > 10 else ""
+    return f"dropped {len(names)} tensor(s): {listed}"
 
 
 # --- report ---------------------------------------------------------------------------
@@ -365,7 +388,7 @@ def report(
 
         plot_report(rep, plot_path)
     for w in rep.warnings:
-        _err(f"warning: {w}")
+        _err(f"warning: {_shown(w)}")
     if as_json:
         click.echo(rep.to_json())
     if not quiet:
@@ -375,7 +398,7 @@ def report(
         first = hits[0]
         _err(
             f"error: --fail-on {fail_on}: {len(hits)} tensor(s) flagged, first "
-            f"'{first.name}' [{', '.join(sorted(failing & set(first.flags)))}]"
+            f"'{_shown(first.name)}' [{', '.join(sorted(failing & set(first.flags)))}]"
         )
         raise click.exceptions.Exit(1)
 
@@ -424,9 +447,9 @@ def verify(path: str, as_json: bool) -> None:
         return
     if len(result.files) > 1 or os.path.isdir(path):
         for f in result.files:
-            _err(f"{f.path}: ok, {f.tensors} tensors, {f.nbytes:,d} bytes")
+            _err(f"{_shown(f.path)}: ok, {f.tensors} tensors, {f.nbytes:,d} bytes")
     click.echo(
-        f"{result.path}: valid safetensors: {len(result.files)} file(s), "
+        f"{_shown(result.path)}: valid safetensors: {len(result.files)} file(s), "
         f"{result.tensors} tensors, {result.nbytes:,d} bytes of tensor data"
     )
 
@@ -451,9 +474,10 @@ def inspect(source: str, pattern: str | None, stats: bool, as_json: bool) -> Non
         click.echo(json.dumps([r.to_dict() for r in rows], indent=2))
         return
     width = _width()
-    name_w = max(16, min(max((len(r.name) for r in rows), default=4), width // 2))
-    for r in rows:
-        line = f"{shorten(r.name, name_w).ljust(name_w)}  {shape_text(r.shape):<16} {r.dtype:<14} {r.nbytes:>12,d} B"
+    names = [_shown(r.name) for r in rows]
+    name_w = max(16, min(max(map(len, names), default=4), width // 2))
+    for r, name in zip(rows, names, strict=True):
+        line = f"{shorten(name, name_w).ljust(name_w)}  {shape_text(r.shape):<16} {r.dtype:<14} {r.nbytes:>12,d} B"
         if r.stats is not None:
             s = r.stats
             line += f"  mean {fmt(s.mean)}  std {fmt(s.std)}  min {fmt(s.min)}  max {fmt(s.max)}"
@@ -564,7 +588,7 @@ def probe(
         allow_unmatched=allow_unmatched,
     )
     for w in result.warnings:
-        _err(f"warning: {w}")
+        _err(f"warning: {_shown(w)}")
     if plot_path is not None:
         plot(result, plot_path)
     if as_json:
@@ -604,13 +628,13 @@ def run(recipe: str, sets: tuple[str, ...], dry_run: bool, as_json: bool, quiet:
     if loaded.dry_run:
         for i, plan in enumerate(result):
             for w in plan.warnings:
-                _err(f"warning: {w}")
+                _err(f"warning: {_shown(w)}")
             if len(result) > 1:
                 click.echo(f"step {i}:", err=as_json)
             click.echo(render_plan(plan, _width()), err=as_json)
         return
     for w in result.warnings:
-        _err(f"warning: {w}")
+        _err(f"warning: {_shown(w)}")
     if as_json:
         click.echo(result.to_json())
     if not quiet:

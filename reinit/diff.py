@@ -220,6 +220,8 @@ def render_diff(d: Diff, width: int = 100, color: bool = False) -> str:
     `width` columns (identical ones are only counted)."""
     import click
 
+    from reinit.text import shown
+
     rows = [t for t in d.tensors if t.status != "identical"]
     lines = [summary_line(d)]
     if not rows:
@@ -227,9 +229,9 @@ def render_diff(d: Diff, width: int = 100, color: bool = False) -> str:
     header = ("name", "status", "shape/dtype", "max |Δ|", "rel Δ", "std A → B")
     cells = [
         (
-            t.name,
+            shown(t.name),
             t.status,
-            t.what,
+            shown(t.what),
             fmt(t.max_abs_diff)
             + (f" +{t.nonfinite_changed} nonfinite" if t.nonfinite_changed else ""),
             fmt(t.rel_frobenius) if t.status == "changed" else "-",

@@ -21,6 +21,13 @@ import torch
 
 from reinit import __version__
 from reinit.errors import OutputError, RuleError, SchemeError, UsageError
+from reinit.io.confine import (
+    check_output_names,
+    check_relname,
+    copy_regular,
+    extras_to_copy,
+    output_path,
+)
 from reinit.io.pipeline import prefetch
 from reinit.io.readers import (
     CHUNK_BYTES,
@@ -147,23 +154,30 @@ def output_files(spec: OutputSpec, refs: Sequence[TensorRef], ckpt: Checkpoint) 
     groups: dict[str, list[str]] = {}
     for r in refs:
         groups.setdefault(r.shard, []).append(r.name)
-    return [
+    files = [
         OutFile(shard_output_name(shard), tuple(names), shard) for shard, names in groups.items()
     ]
+    check_output_names([(f.relname, f.source_shard) for f in files], ckpt.source)
+    return files
 
 
 def shard_output_name(shard: str) -> str:
     """`model-00001-of-00002.safetensors` stays; `pytorch_model-00001-of-00002.bin` becomes
-    `model-00001-of-00002.safetensors`; a single file becomes `model.safetensors`."""
-    name = os.path.basename(shard)
-    if not shard or name in ("pytorch_model.bin",) or not name:
+    `model-00001-of-00002.safetensors`; a single file becomes `model.safetensors`. Only a plain
+    relative name is accepted (`confine.check_relname`), so the result stays inside the output
+    folder whatever the source's index said."""
+    if not shard:
+        return "model.safetensors"
+    check_relname(shard, "directory output", "would write the shard")
+    folder, _, name = shard.rpartition("/")
+    if name == "pytorch_model.bin":
         return "model.safetensors"
     if name.endswith(".safetensors"):
         return shard
     stem = name.rsplit(".", 1)[0]
     if stem.startswith("pytorch_model"):
         stem = "model" + stem[len("pytorch_model") :]
-    return os.path.join(os.path.dirname(shard), stem + ".safetensors")
+    return f"{folder}/{stem}.safetensors" if folder else stem + ".safetensors"
 
 
 def output_metadata(
@@ -722,6 +736,11 @@ def apply(
         refs = {r.name: r for r in ckpt.refs()}
         by_name = {e.name: e for e in the_plan.entries}
         files = output_files(spec, [refs[e.name] for e in the_plan.entries], ckpt)
+        extras = (
+            extras_to_copy(ckpt, [(f.relname, f.source_shard) for f in files], source_text)
+            if spec.fmt == "directory"
+            else []
+        )
         ordered = [by_name[n] for f in files for n in f.names]
         total = sum(refs[e.name].nbytes for e in the_plan.entries)
         bar = stack.enter_context(_progress(total, progress, "reinit apply"))
@@ -733,7 +752,11 @@ def apply(
                 else:
                     entries, bytes_written = [], 0
                     for f in files:
-                        target = tmp / f.relname if spec.fmt == "directory" else tmp
+                        target = (
+                            output_path(tmp, f.relname, source_text)
+                            if spec.fmt == "directory"
+                            else tmp
+                        )
                         target.parent.mkdir(parents=True, exist_ok=True)
                         layout = [(n, by_name[n].dtype, by_name[n].shape) for n in f.names]
                         meta = output_metadata(ckpt, f.source_shard, seed, rule_texts)
@@ -741,7 +764,7 @@ def apply(
                             entries.extend(_write_pieces(w, pieces, len(f.names), bar))
                         bytes_written += w.bytes_written
                     if spec.fmt == "directory":
-                        bytes_written += _finish_directory(tmp, ckpt, files, refs)
+                        bytes_written += _finish_directory(tmp, ckpt, files, refs, extras)
             order = {e.name: i for i, e in enumerate(the_plan.entries)}
             entries.sort(key=lambda e: order[e.name])
             report = _make_report(
@@ -843,18 +866,19 @@ def _write_report_atomic(report: Report, path: Path) -> None:
 
 
 def _finish_directory(
-    tmp: Path, ckpt: Checkpoint, files: Sequence[OutFile], refs: dict[str, TensorRef]
+    tmp: Path,
+    ckpt: Checkpoint,
+    files: Sequence[OutFile],
+    refs: dict[str, TensorRef],
+    extras: Sequence[tuple[str, Path]],
 ) -> int:
-    """Copy every non-weight file and write the shard index (when there is more than one
-    shard, or the source had an index)."""
-    import shutil
-
+    """Copy the non-weight files (checked by `extras_to_copy`) and write the shard index
+    (when there is more than one shard, or the source had an index)."""
     written = 0
-    for rel in ckpt.extra_files():
-        dst = tmp / rel
+    for rel, src in extras:
+        dst = output_path(tmp, rel, ckpt.source)
         dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(ckpt.fetch_extra(rel), dst)
-        written += dst.stat().st_size
+        written += copy_regular(src, dst, ckpt.source)
     has_index = getattr(getattr(ckpt, "layout", None), "index", None) is not None
     if len(files) > 1 or has_index:
         index = {

@@ -41,6 +41,12 @@ class CheckpointError(ReinitError):
     """A checkpoint is corrupt, truncated or unreadable (exit 1)."""
 
 
+class UnsafePathError(CheckpointError):
+    """A model folder, index or Hub repo names a file outside itself (`../x`, `/abs`, a link
+    that leaves the folder) or a file that is not a regular file (FIFO, device): never read,
+    never written (exit 1)."""
+
+
 class UnsafePickleError(CheckpointError):
     """A torch file needs globals the weights-only unpickler refuses."""
 

@@ -394,6 +394,7 @@ def probe(
 
 def render(result: ProbeResult, width: int = 100) -> str:
     from reinit.report import fmt, shorten
+    from reinit.text import shown
 
     def f(x: float | None) -> str:
         return fmt(x) if x is not None else "-"
@@ -407,7 +408,7 @@ def render(result: ProbeResult, width: int = 100) -> str:
         act = f(b.act_std) if a is None else f"{f(b.act_std)} → {f(a.act_std)}"
         grad = f(b.grad_std) if a is None else f"{f(b.grad_std)} → {f(a.grad_std)}"
         lines.append(
-            f"{shorten(b.name, name_w).ljust(name_w)}  {shorten(b.type, 14):<14} {act:>22}  {grad:>22}"
+            f"{shorten(shown(b.name), name_w).ljust(name_w)}  {shorten(b.type, 14):<14} {act:>22}  {grad:>22}"
         )
 
     def summary(label: str, p: ProbePass) -> str:

@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from reinit.text import md_cell, shown
+
 GARBAGE_ABS = 1e10
 STD_OFF_REL = 0.10
 STD_OFF_SIGMAS = 5.0
@@ -670,11 +672,12 @@ def render_layer_table(t: LayerTable, width: int = 100, color: bool = False) -> 
     import click
 
     rest = _table_title(t) + (f"  [{', '.join(t.flags)}]" if t.flags else "")
-    if len(t.kind) + 2 + len(rest) <= width:
-        titles = [f"{t.kind}  {rest}"]
+    kind = shown(t.kind)
+    if len(kind) + 2 + len(rest) <= width:
+        titles = [f"{kind}  {rest}"]
     else:  # the kind on its own line, what it is below
-        titles = [shorten_name(t.kind, width), "  " + shorten(rest, width - 2)]
-    lines = [click.style(x, bold=True) if color else x for x in titles]
+        titles = [shorten_name(kind, width), "  " + shorten(rest, width - 2)]
+    lines = [click.style(x, bold=True) if color else x for x in titles]  # kind: shown() above
     rows = [("layer", [c.label for c in t.cells]), *_layer_rows(t, "!")]
     label_w = max(len(r[0]) for r in rows)
     col_w = [max(len(r[1][i]) for r in rows) for i in range(len(t.cells))]
@@ -700,7 +703,7 @@ def layers_markdown(t: LayerTable) -> list[str]:
     title = _table_title(t).replace("  ", " · ")
     if t.flags:
         title += " · " + ", ".join(f"**{f}**" for f in t.flags)
-    lines = [f"### `{t.kind}`", "", title, ""]
+    lines = [f"### `{md_cell(t.kind)}`", "", title, ""]
     lines.append("| layer | " + " | ".join(c.label for c in t.cells) + " |")
     lines.append("| --- |" + " ---: |" * len(t.cells))
     for label, cells in _layer_rows(t, ""):
@@ -758,12 +761,14 @@ def to_csv(report: Report) -> str:
             ";".join(e.flags),
             "; ".join(e.notes),
         ]
-        w.writerow(["" if v is None else v for v in row])
+        # the csv module quotes a cell with a newline, a quote or a comma; control and bidi
+        # characters are escaped too, so a spreadsheet or a terminal shows them as text.
+        w.writerow(["" if v is None else shown(v) if isinstance(v, str) else v for v in row])
     return buf.getvalue()
 
 
 def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|")
+    return md_cell(text)
 
 
 def to_markdown(report: Report) -> str:
@@ -772,9 +777,9 @@ def to_markdown(report: Report) -> str:
     lines = [
         f"# reinit report: {_md_cell(report.source)}",
         "",
-        f"- output: {report.output or '(none)'}",
+        f"- output: {_md_cell(report.output or '(none)')}",
         f"- seed: {report.seed}",
-        f"- rules: {', '.join(f'`{r}`' for r in report.rules) or '(none)'}",
+        f"- rules: {', '.join(f'`{_md_cell(r)}`' for r in report.rules) or '(none)'}",
         f"- {summary_line(report)}",
         *(f"- warning: {_md_cell(w)}" for w in report.warnings),
         *(f"- {_md_cell(line)}" for line in depth_lines(report.tensors)),
@@ -907,7 +912,7 @@ def render_table(entries: Sequence[TensorEntry], width: int = 100, color: bool =
     rows = sorted(entries, key=lambda e: (not e.flags,))
     cols = [
         (
-            e.name,
+            shown(e.name),
             shape_text(e.shape),
             e.action,
             (fmt(e.before.std) + " → " if e.before else "") + fmt(e.after.std),
@@ -944,22 +949,24 @@ def render_terminal(
     a kind flagged only for unstable_depth takes one line, not one row per layer), then the
     per-layer view: `per_layer="all"` every kind with something to read, `"changed"` only the
     kinds with a changed or flagged member, `"none"` nothing."""
-    shown = [e for e in report.tensors if set(e.flags) - {"unstable_depth"} or is_changed(e)]
+    listed = [e for e in report.tensors if set(e.flags) - {"unstable_depth"} or is_changed(e)]
     skipped = [e for e in report.tensors if e.action == "skipped"]
     lines = [summary_line(report)]
     if report.output:
-        lines.append(f"wrote {report.output}")
-    if shown:
-        lines.append(render_table(shown, width, color))
+        lines.append(f"wrote {shown(report.output)}")
+    if listed:
+        lines.append(render_table(listed, width, color))
     for line in depth_lines(report.tensors):
-        wrapped = textwrap.fill(line, width, subsequent_indent="    ", break_on_hyphens=False)
+        wrapped = textwrap.fill(
+            shown(line), width, subsequent_indent="    ", break_on_hyphens=False
+        )
         lines.append(click_style(wrapped, color, fg="red"))
     if skipped:
         reasons: dict[str, int] = defaultdict(int)
         for e in skipped:
             reasons[e.reason or ""] += 1
         for reason, n in reasons.items():
-            lines.append(f"skipped {n}: {reason}")
+            lines.append(f"skipped {n}: {shown(reason)}")
     if per_layer != "none":
         tables = [
             t
@@ -1028,12 +1035,12 @@ def render_plan(plan: Any, width: int = 100) -> str:
             what += f" [{', '.join(e.notes)}]"
         rows.append(
             (
-                e.name,
+                shown(e.name),
                 shape_text(e.shape),
                 str(e.dtype).removeprefix("torch."),
                 e.action,
-                what,
-                e.rule.text if e.rule else "-",
+                shown(what),
+                shown(e.rule.text) if e.rule else "-",
             )
         )
     header = ("name", "shape", "dtype", "action", "what", "rule")

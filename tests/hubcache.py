@@ -106,6 +106,7 @@ class FakeHub:
         self.repos: dict[str, dict] = {}
         self.auth_seen: list[str | None] = []
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request
+        self.faults: dict[str, str] = {}  # file name -> fault mode, see fault()
         hub = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -133,6 +134,14 @@ class FakeHub:
             gated=gated,
             token=token,
         )
+
+    def fault(self, filename: str, mode: str) -> None:
+        """Make every repo misbehave on `filename`: "500" answers HEAD and GET with an internal
+        server error; "truncate" answers HEAD normally but a GET announces the full
+        Content-Length, sends half the bytes and closes the connection (Range is ignored, like a
+        broken proxy, so a resumed download is cut short again)."""
+        assert mode in ("500", "truncate"), mode
+        self.faults[filename] = mode
 
     def close(self):
         self.server.shutdown()
@@ -187,4 +196,21 @@ class FakeHub:
             return self.reply(req, 404, headers=headers, send_body=body)
         data = repo["files"][filename]
         headers = {"X-Repo-Commit": commit, "ETag": f'"{hashlib.sha256(data).hexdigest()}"'}
+        fault = self.faults.get(filename)
+        if fault == "500":
+            return self.reply(req, 500, b"Internal Error", send_body=body)
+        if fault == "truncate" and body:
+            return self.reply_truncated(req, data, headers)
         return self.reply(req, 200, data, headers=headers, send_body=body)
+
+    @staticmethod
+    def reply_truncated(req, data: bytes, headers: dict) -> None:
+        req.send_response(200)
+        for k, v in headers.items():
+            req.send_header(k, v)
+        req.send_header("Content-Length", str(len(data)))
+        req.send_header("Connection", "close")
+        req.end_headers()
+        req.wfile.write(data[: len(data) // 2])
+        req.wfile.flush()
+        req.close_connection = True

@@ -33,7 +33,7 @@ from hubcache import (
 )
 from safetensors.torch import load_file
 
-from reinit.errors import HubError, UsageError
+from reinit.errors import HubError, UnsafePathError, UsageError
 from reinit.io.hub import HubRef, HubRepo, is_hf_url, parse_hf_url
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -225,8 +225,8 @@ def test_repo_not_cached(offline):
 def test_fetch_rejects_paths_outside_the_repo(offline, tmp_path):
     single_repo(offline, tmp_path)
     repo = HubRepo(parse_hf_url("hf://acme/tiny-bert"), progress=False)
-    for bad in ("../../../etc/passwd", "a/../../x", ""):
-        with pytest.raises(HubError, match="invalid file name"):
+    for bad in ("../../../etc/passwd", "a/../../x", "", "/etc/passwd", "a\\..\\b", "a\x00b"):
+        with pytest.raises(UnsafePathError, match="not a file inside the model folder"):
             repo.fetch(bad)
 
 

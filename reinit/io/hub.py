@@ -10,6 +10,11 @@ Chosen behaviour:
 - `parse_hf_url` accepts the library's `hf://` grammar restricted to model repositories (an explicit
   `hf://models/` prefix is allowed; `datasets/`, `spaces/`, `buckets/` are usage errors, as are a
   missing owner or name, an empty revision, and `.`/`..` in the subfolder). `refs/pr/N` revisions work.
+- A revision must be a safe git ref (`confine.check_revision`: no `..` part, `%`, leading `/`,
+  backslash or control character), checked before huggingface_hub sees it: it writes the revision
+  as a path under the cache's `refs/`, so `@..%2F..%2Fx` would otherwise write outside the cache.
+- `fetch` takes only plain relative names (`confine.check_relname`, an `UnsafePathError` otherwise:
+  no leading `/` is stripped, no backslash converted) and never returns a non-regular file.
 - A `HubRepo` resolves its revision to one commit on first use and pins every listing and download to
   that commit, so an index and its shards always come from the same snapshot. Online, one
   `model_info` call gives the commit and the file list (no retries, timeout `HF_HUB_ETAG_TIMEOUT`,
@@ -46,7 +51,9 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from reinit.errors import HubError, UsageError
+from reinit.errors import HubError, UnsafePathError, UsageError
+from reinit.io.confine import check_relname, check_revision
+from reinit.io.hub_retry import RetryBudgetSpent, failure_message, library_call
 
 if TYPE_CHECKING:  # pragma: no cover
     from huggingface_hub import HfApi
@@ -125,6 +132,7 @@ def parse_hf_url(text: str) -> HubRef:
         raise UsageError(
             f"bad Hub URL {text!r}: the subfolder {subfolder!r} must not contain '.' or '..'"
         )
+    check_revision(uri.revision, text)
     return HubRef(repo_id=uri.id, revision=uri.revision, subfolder=subfolder)
 
 
@@ -140,6 +148,7 @@ class HubRepo:
     def __init__(
         self, ref: HubRef, progress: bool = True, *, cache_dir: str | os.PathLike | None = None
     ):
+        check_revision(ref.revision, ref.url)  # also for a HubRef built by hand
         self.ref = ref
         self.progress = progress
         self.cache_dir = pathlib.Path(cache_dir) if cache_dir is not None else _default_cache_dir()
@@ -199,30 +208,31 @@ class HubRepo:
     def fetch(self, filename: str) -> pathlib.Path:
         """Download `filename` (relative to the subfolder) into the Hugging Face cache if needed and
         return its local path. Offline, only the cache is read."""
+        name = check_relname(filename, self.display, "asks for the file")
         self._resolve()
-        name = _clean_name(filename)
-        if not name or any(part in ("", ".", "..") for part in name.split("/")):
-            raise HubError(
-                f"{self.display}: invalid file name {filename!r} (the index or caller asked for"
-                " a path outside the repo)"
-            )
         from huggingface_hub import hf_hub_download
 
         try:
-            path = hf_hub_download(
-                self.ref.repo_id,
-                name,
-                subfolder=self.ref.subfolder,
-                revision=self._commit,
-                cache_dir=str(self.cache_dir),
-                endpoint=self.endpoint,
-                local_files_only=bool(self._offline),
-                etag_timeout=_timeout(),
-                tqdm_class=None if self.progress else _quiet_bar(),
-                library_name="reinit",
-            )
-        except Exception as exc:
+            with library_call():  # no library chatter on stderr; retries bounded (hub_retry.py)
+                path = hf_hub_download(
+                    self.ref.repo_id,
+                    name,
+                    subfolder=self.ref.subfolder,
+                    revision=self._commit,
+                    cache_dir=str(self.cache_dir),
+                    endpoint=self.endpoint,
+                    local_files_only=bool(self._offline),
+                    etag_timeout=_timeout(),
+                    tqdm_class=None if self.progress else _quiet_bar(),
+                    library_name="reinit",
+                )
+        except (Exception, RetryBudgetSpent) as exc:
             raise self._error(exc, filename=name) from None
+        if not os.path.isfile(path):  # a FIFO or device planted in the cache is never opened
+            raise UnsafePathError(
+                f"{self.display}: the cached {name} ({path}) is not a regular file; "
+                "delete it from the cache and download again"
+            )
         return pathlib.Path(path)
 
     def __repr__(self) -> str:
@@ -233,6 +243,13 @@ class HubRepo:
     def _resolve(self) -> None:
         if self._commit is not None:
             return
+        try:
+            with library_call():  # no library chatter on stderr; retries bounded (hub_retry.py)
+                self._resolve_now()
+        except RetryBudgetSpent as exc:
+            raise self._error(exc) from None
+
+    def _resolve_now(self) -> None:
         from huggingface_hub import HfApi
 
         api = HfApi(endpoint=self.endpoint, library_name="reinit")
@@ -382,6 +399,15 @@ class HubRepo:
     def _error(self, exc: BaseException, filename: str | None = None) -> HubError:
         """Turn any exception of huggingface_hub (or below it) into a one-line `HubError`."""
         from huggingface_hub import errors as hf
+
+        line = failure_message(self.display, filename, exc, _reason(exc))
+        if line is not None:  # retry budget spent, or a download cut short (hub_retry.py)
+            return HubError(line)
+        cause = exc.__cause__ or exc.__context__
+        answered = cause is not None and _status(cause) is not None
+        if isinstance(exc, hf.LocalEntryNotFoundError) and not self._offline and answered:
+            assert cause is not None
+            return self._error(cause, filename)  # the Hub answered (e.g. 500): say what
 
         repo = self.ref.repo_id
         subject = f"'{filename}'" if filename is not None else None
@@ -544,7 +570,9 @@ def _unreachable(exc: BaseException) -> bool:
 
 
 def _reason(exc: BaseException) -> str:
-    text = _one_line(str(exc))
+    from reinit.text import shown  # a server's message may hold escapes (it also reaches log lines)
+
+    text = shown(_one_line(str(exc)))
     if len(text) > 160:
         text = text[:157] + "..."
     name = type(exc).__name__

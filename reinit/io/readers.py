@@ -22,7 +22,9 @@ from typing import Any, Protocol
 import torch
 
 from reinit.errors import CheckpointError, InputNotFoundError, UnsafePickleError
+from reinit.io.confine import check_relname, local_file, relname_problem, require_regular
 from reinit.io.safetensors_format import MAX_TENSORS, TensorInfo, dtype_size, read_header
+from reinit.io.shardindex import ShardIndex, check_shard, read_index
 from reinit.io.trust import NO_TRUST, pickle_trust
 
 CHUNK_BYTES = 16 << 20  # streaming unit: big enough for full-speed I/O, small against RSS
@@ -539,6 +541,10 @@ class FileProvider(Protocol):
 
 
 class LocalFiles:
+    """A local model folder. Every file it hands out lies inside the folder and is a regular
+    file (`confine.local_file`): a name or link that leaves the folder, a FIFO or a device is
+    refused, so a folder from someone else cannot pull other local files into an output."""
+
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root)
 
@@ -556,10 +562,12 @@ class LocalFiles:
         return out
 
     def exists(self, relname: str) -> bool:
-        return (self.root / relname).is_file()
+        # exists, not is_file: a FIFO or device under a shard's name is refused by `fetch`
+        # as what it is, not reported as missing
+        return relname_problem(relname) is None and (self.root / relname).exists()
 
     def fetch(self, relname: str) -> Path:
-        return self.root / relname
+        return local_file(self.root, relname, self.display)
 
 
 @dataclass(frozen=True)
@@ -608,8 +616,11 @@ class DirectoryCheckpoint(Checkpoint):
         self._files = provider.list_files()
         self.layout = detect_layout(self._files, self.source)
         self._open: dict[str, Checkpoint] = {}
+        self.index: ShardIndex | None = None
         if self.layout.index is not None:
-            self.index_metadata, self.weight_map = self._read_index(self.layout.index)
+            self.index = self._read_index(self.layout.index)
+            self.index_metadata = dict(self.index.metadata)
+            self.weight_map = dict(self.index.weight_map)
         else:
             assert self.layout.single is not None
             only = self._shard(self.layout.single)
@@ -618,18 +629,12 @@ class DirectoryCheckpoint(Checkpoint):
         order = {s: i for i, s in enumerate(sorted(set(self.weight_map.values())))}
         self._names = sorted(self.weight_map, key=lambda n: order[self.weight_map[n]])
 
-    def _read_index(self, index: str) -> tuple[dict[str, Any], dict[str, str]]:
+    def _read_index(self, index: str) -> ShardIndex:
+        """The index, validated by the rule `reinit verify` uses (shardindex): shard names are
+        plain relative names inside the folder, no tensor is listed twice."""
         where = f"{self.source}/{index}"
-        path = self.provider.fetch(index)
-        try:
-            doc = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{where}: unreadable index ({_first_line(e)})") from None
-        wm = doc.get("weight_map") if isinstance(doc, dict) else None
-        if not isinstance(wm, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in wm.items()
-        ):
-            raise CheckpointError(f"{where}: index has no valid weight_map of name -> shard file")
+        idx = read_index(self.provider.fetch(index), where)
+        wm = idx.weight_map
         # Checked now, except for a Hub repo served from the cache (offline): its listing is
         # only what was downloaded, and a shard no rule needs need not be there (`fetch`
         # explains a missing one if it is needed after all).
@@ -639,12 +644,12 @@ class DirectoryCheckpoint(Checkpoint):
                     raise CheckpointError(
                         f"{where}: names shard '{shard}', which is missing from {self.source}"
                     )
-        meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
-        return meta, dict(wm)
+        return idx
 
     def _shard(self, shard: str) -> Checkpoint:
         ck = self._open.get(shard)
         if ck is None:
+            check_relname(shard, self.source, "names the shard")
             path = self.provider.fetch(shard)
             if shard.endswith(".safetensors"):
                 ck = SafetensorsFile(path, shard=shard, source=f"{self.source}/{shard}")
@@ -652,6 +657,12 @@ class DirectoryCheckpoint(Checkpoint):
                 # a shard may run code only when the user named this model or that shard
                 unsafe = self.trust.allows(self.source) or self.trust.allows(path)
                 ck = TorchFile(path, shard=shard, unsafe=unsafe)
+            if self.index is not None:  # one rule with `verify`: nothing silently dropped
+                try:
+                    check_shard(self.index, shard, ck.names())
+                except CheckpointError:
+                    ck.close()
+                    raise
             self._open[shard] = ck
         return ck
 
@@ -675,17 +686,8 @@ class DirectoryCheckpoint(Checkpoint):
         """All refs in shard order, and within a shard in its storage order."""
         out: list[TensorRef] = []
         for shard in sorted(set(self.weight_map.values())):
-            wanted = {n for n, s in self.weight_map.items() if s == shard}
-            ck = self._shard(shard)
-            present = [n for n in ck.names() if n in wanted]
-            missing = wanted.difference(present)
-            if missing:
-                name = sorted(missing)[0]
-                raise CheckpointError(
-                    f"{self.source}: the index puts '{name}' in {shard}, but that shard lacks it; "
-                    "the index or the shard is corrupt"
-                )
-            out.extend(ck.ref(n) for n in present)
+            ck = self._shard(shard)  # checked: holds exactly the index's names for it
+            out.extend(ck.ref(n) for n in ck.names())
         return out
 
     def ref(self, name: str) -> TensorRef:
@@ -755,6 +757,7 @@ def open_checkpoint(
         return DirectoryCheckpoint(LocalFiles(path), source=text, unsafe=trust)
     if not path.exists():
         raise InputNotFoundError(f"{text}: no such file or directory")
+    require_regular(path)  # a FIFO would block the reader forever
     suffix = path.suffix.lower()
     if suffix in SAFETENSORS_SUFFIXES:
         return SafetensorsFile(path)

@@ -4,17 +4,20 @@ rules with the very validator the reader uses (`read_header`), so "verify passes
 
 For a directory every `*.safetensors` file is checked, and when an index is present it must be
 valid JSON with a `weight_map` whose every shard exists and holds the tensors the index puts in
-it; a tensor name in two shards is refused too."""
+it; a tensor name in two shards is refused too. The index rule is `shardindex`'s, the one the
+reader applies, and every file is read through `confine.local_file` (inside the folder, regular),
+so verify, apply, inspect and report accept and refuse the same folders."""
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from reinit.errors import CheckpointError, InputNotFoundError
+from reinit.io.confine import local_file, require_regular
 from reinit.io.safetensors_format import Header, read_header
+from reinit.io.shardindex import check_shard, read_index
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ def verify(path: str | os.PathLike[str]) -> VerifyResult:
     where = os.fspath(path)
     if not p.exists():
         raise InputNotFoundError(f"{where}: no such file or directory")
+    require_regular(p)
     if p.is_file():
         if not p.name.endswith(".safetensors"):
             raise CheckpointError(
@@ -73,7 +77,8 @@ def verify(path: str | os.PathLike[str]) -> VerifyResult:
     files = sorted(f for f in p.rglob("*.safetensors") if not _hidden(f, p))
     if not files:
         raise CheckpointError(f"{where}: holds no .safetensors file to verify")
-    headers = {f.relative_to(p).as_posix(): read_header(f) for f in files}
+    rels = [f.relative_to(p).as_posix() for f in files]
+    headers = {rel: read_header(local_file(p, rel, where, "holds")) for rel in rels}
     _check_indexes(p, {rel: {t.name for t in h.tensors} for rel, h in headers.items()})
     return VerifyResult(where, tuple(_check(p / rel, h) for rel, h in headers.items()))
 
@@ -94,25 +99,9 @@ def _check_indexes(root: Path, names_in: dict[str, set[str]]) -> None:
             owner[name] = rel
     for index in sorted(root.glob("*.safetensors.index.json")):
         where = os.fspath(index)
-        try:
-            doc = json.loads(index.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"{where}: unreadable index ({e})") from None
-        wm = doc.get("weight_map") if isinstance(doc, dict) else None
-        if not isinstance(wm, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in wm.items()
-        ):
-            raise CheckpointError(f"{where}: index has no valid weight_map of name -> shard file")
-        for name, shard in sorted(wm.items()):
+        idx = read_index(local_file(root, index.name, os.fspath(root), "holds"), where)
+        for shard in idx.shards():
             if shard not in names_in:
                 raise CheckpointError(f"{where}: names shard '{shard}', which is missing")
-            if name not in names_in[shard]:
-                raise CheckpointError(f"{where}: puts '{name}' in {shard}, but that shard lacks it")
-        indexed = set(wm.values())
-        for shard in sorted(indexed):
-            extra = names_in[shard].difference(wm)
-            if extra:
-                raise CheckpointError(
-                    f"{where}: shard {shard} holds '{sorted(extra)[0]}', which the index "
-                    "does not list"
-                )
+        for shard in idx.shards():
+            check_shard(idx, shard, names_in[shard])

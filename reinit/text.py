@@ -1,0 +1,57 @@
+"""Showing text that came from a file (tensor names, metadata values, config strings, Hub file
+names) to a human, without letting the file forge what the terminal or a report shows.
+
+A checkpoint is untrusted input: a tensor named ``"a\\nerror: fake\\x1b[31m"`` printed raw makes
+``reinit inspect`` show a fake ``error:`` line in red, and a right-to-left override (U+202E)
+makes a name read backwards. Every human-readable renderer therefore passes such text through
+`shown`, which replaces each character of these Unicode categories with a visible escape:
+
+- ``Cc`` control characters: C0 (U+0000-U+001F, including tab, newline, carriage return,
+  escape), DEL (U+007F) and C1 (U+0080-U+009F);
+- ``Cf`` format characters: bidi overrides and isolates (U+202A-U+202E, U+2066-U+2069), the
+  marks U+200E/U+200F/U+061C, zero-width space/joiners, the BOM U+FEFF, soft hyphen U+00AD, ...;
+- ``Zl`` / ``Zp``: the line and paragraph separators U+2028 / U+2029;
+- ``Cs``: lone surrogates (a JSON header may hold ``"\\ud800"``; printing one would crash).
+
+The escapes are Python's: ``\\t \\n \\r``, ``\\xHH`` below U+0100, ``\\uHHHH``, ``\\UHHHHHHHH``.
+A backslash itself is kept as it is, so ordinary names look the same; the escaped form is
+therefore for reading, not for parsing back: the exact name is in the JSON outputs, which never
+escape (beyond JSON's own string escapes, which decode to the exact name).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+__all__ = ["ESCAPED_CATEGORIES", "md_cell", "shown"]
+
+ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+_SHORT = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escape(ch: str) -> str:
+    if ch in _SHORT:
+        return _SHORT[ch]
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def shown(text: object) -> str:
+    """`text` as it may be shown on a terminal or in a text report: every control, format,
+    line/paragraph-separator and surrogate character replaced by its escape (see the module
+    doc). Ordinary text, including non-ASCII letters and spaces, is returned unchanged."""
+    s = text if isinstance(text, str) else str(text)
+    if s.isprintable():  # fast path (C speed): no Cc/Cf/Cs/Zl/Zp (nor Zs other than " ")
+        return s
+    return "".join(
+        _escape(ch) if unicodedata.category(ch) in ESCAPED_CATEGORIES else ch for ch in s
+    )
+
+
+def md_cell(text: object) -> str:
+    """`shown(text)` with `|` escaped, for a Markdown table cell (a raw `|` would split it)."""
+    return shown(text).replace("|", "\\|")

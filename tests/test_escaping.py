@@ -1,0 +1,142 @@
+"""Names from a checkpoint cannot forge what reinit shows (issue #18): a tensor name holding
+`\\n`, `\\r`, `\\x1b[31m`, `\\x00` and a right-to-left override (U+202E) appears escaped in every
+human-readable output (`inspect`, `report`, `apply`'s table, `--dry-run`, `diff`, the error line,
+the `.md` and `.csv` reports) and byte-exact in every JSON output."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import save_file
+
+from reinit.cli import main
+from reinit.text import md_cell, shown
+
+# Two layers of one kind, so the per-layer tables (whose row title is the kind) show it too.
+EVIL = [f"enc.layer.{i}.a\nerror: fake\r\x1b[31m\x00\u202eb.weight" for i in range(2)]
+ESCAPED = "a\\nerror: fake\\r\\x1b[31m\\x00\\u202eb"
+RAW = ("\n", "\r", "\x1b", "\x00", "\u202e")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def evil(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    path = tmp_path / "evil.safetensors"
+    save_file({n: torch.randn(8, 8, generator=g) for n in EVIL}, str(path))
+    return path
+
+
+def run(*args: str):
+    # 160 columns (the widest reinit uses), so the long escaped name is not clipped
+    return CliRunner(env={"COLUMNS": "160"}).invoke(main, [str(a) for a in args])
+
+
+def assert_escaped(text: str) -> None:
+    """No raw control/bidi character of the name (a newline only between lines) and the
+    escaped form present."""
+    for line in text.splitlines():
+        for ch in RAW:
+            assert ch not in line, repr(line)
+    assert "\r" not in text and "\x1b" not in text and "\x00" not in text
+    assert "error: fake" not in [line.strip() for line in text.splitlines()]
+    assert ESCAPED in text, text
+
+
+def test_shown_set():
+    assert shown("plain.name-ü µ 文字 x") == "plain.name-ü µ 文字 x"
+    assert shown("a\tb\nc\rd\x1b\x00\x7f\x85") == "a\\tb\\nc\\rd\\x1b\\x00\\x7f\\x85"
+    assert shown("\u202e\u2066\u200b\ufeff\u00ad") == "\\u202e\\u2066\\u200b\\ufeff\\xad"
+    assert shown("\u2028\u2029\ud800") == "\\u2028\\u2029\\ud800"
+    assert shown("\U000e0001") == "\\U000e0001"  # a Cf outside the BMP (language tag)
+    assert md_cell("a|b\n") == "a\\|b\\n"
+
+
+def test_inspect(evil):
+    res = run("inspect", evil)
+    assert res.exit_code == 0, res.output
+    assert_escaped(res.stdout)
+    assert len(res.stdout.splitlines()) == 2  # one line per tensor, nothing forged
+
+
+def test_inspect_json_exact(evil):
+    res = run("inspect", evil, "--json")
+    assert [r["name"] for r in json.loads(res.stdout)] == EVIL
+
+
+def test_report_terminal_files_and_json(evil, tmp_path):
+    md, csv_path = tmp_path / "r.md", tmp_path / "r.csv"
+    res = run("report", evil, "-o", md, "-o", csv_path)
+    assert res.exit_code == 0, res.output
+    assert_escaped(res.stderr)
+    assert_escaped(md.read_text())
+    assert_escaped(csv_path.read_text())
+    assert "enc.layer.*.a\\nerror" in res.stderr  # the per-layer table's kind
+    res = run("report", evil, "--json")
+    assert [t["name"] for t in json.loads(res.stdout)["tensors"]] == EVIL
+
+
+def test_apply_table_reports_and_json(evil, tmp_path):
+    md, csv_path, js = tmp_path / "r.md", tmp_path / "r.csv", tmp_path / "r.json"
+    res = run(
+        "apply", evil, "-r", "*.weight=zeros", "--report", md, "--report", csv_path,
+        "--report", js, "--json",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert_escaped(res.stderr)
+    assert [t["name"] for t in json.loads(res.stdout)["tensors"]] == EVIL
+    assert [t["name"] for t in json.loads(js.read_text())["tensors"]] == EVIL
+    text = md.read_text()
+    assert_escaped(text)
+    assert f"`enc.layer.0.{ESCAPED}.weight`" in text
+    rows = list(csv.reader(io.StringIO(csv_path.read_text())))
+    assert [r[0] for r in rows[1:]] == [shown(n) for n in EVIL]
+    assert_escaped(csv_path.read_text())
+
+
+def test_markdown_pipe(tmp_path):
+    src = tmp_path / "pipe.safetensors"
+    save_file({"a|b": torch.ones(2)}, str(src))
+    md = tmp_path / "r.md"
+    assert run("report", src, "-o", md, "-q").exit_code == 0
+    assert "| `a\\|b` |" in md.read_text()
+
+
+def test_dry_run(evil):
+    res = run("apply", evil, "-r", "*.weight=zeros", "--dry-run")
+    assert res.exit_code == 0, res.output
+    assert_escaped(res.stdout)
+    assert len(res.stdout.splitlines()) == 1 + 1 + len(EVIL)  # plan line, header, rows
+
+
+def test_diff(evil, tmp_path):
+    other = tmp_path / "other.safetensors"
+    save_file({n: torch.zeros(8, 8) for n in EVIL}, str(other))
+    res = run("diff", evil, other)
+    assert res.exit_code == 0, res.output
+    assert_escaped(res.stdout)
+    res = run("diff", evil, other, "--json")
+    assert sorted(t["name"] for t in json.loads(res.stdout)["tensors"]) == sorted(EVIL)
+
+
+def test_error_line(evil, tmp_path):
+    """An error that names the tensor is still one line, with the name escaped."""
+    other = tmp_path / "other.safetensors"
+    save_file({n: torch.zeros(3) for n in EVIL}, str(other))  # wrong shape for a transplant
+    res = run("apply", evil, "-r", f"*.weight=from({other})", "-q")
+    assert res.exit_code in (1, 2), res.output
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    assert_escaped(res.stderr)
