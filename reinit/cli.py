@@ -131,6 +131,20 @@ def _err(text: str) -> None:
     click.echo(text, err=True)
 
 
+def _warn_unsafe(paths: tuple[str, ...], what: str = "--unsafe-pickle") -> None:
+    """The loud warning whenever trust is given, naming exactly what it covers (and refusing a
+    value that is no path, e.g. the old flag form followed by another option)."""
+    if not paths:
+        return
+    from reinit.io.trust import pickle_trust
+
+    pickle_trust(paths, what)
+    _err(
+        f"warning: {what} lets torch files run code while loading, only these: "
+        f"{', '.join(paths)}; use it only for files you trust"
+    )
+
+
 def _shown(text: str) -> str:
     """Text from the input (a name, a warning naming one), escaped for the terminal."""
     from reinit.text import shown
@@ -221,8 +235,11 @@ def main() -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
 @click.option(
     "--unsafe-pickle",
-    is_flag=True,
-    help="Allow torch files that need arbitrary code to load. Only for files you trust.",
+    "unsafe_pickle",
+    multiple=True,
+    metavar="PATH",
+    help="Let this torch file (or model folder) run code while loading; repeatable. Only for "
+    "files you trust: other sources stay weights-only.",
 )
 @click.option(
     "--model",
@@ -249,17 +266,14 @@ def apply(
     plot_path: str | None,
     as_json: bool,
     quiet: bool,
-    unsafe_pickle: bool,
+    unsafe_pickle: tuple[str, ...],
     model: str | None,
 ) -> None:
     """Re-initialize or transplant the tensors of SOURCE that the rules match."""
     import reinit
     from reinit.report import render_plan, render_terminal
 
-    if unsafe_pickle:
-        _err(
-            "warning: --unsafe-pickle lets torch files run code while loading; use it only for files you trust"
-        )
+    _warn_unsafe(unsafe_pickle)
     if dry_run:
         plan = reinit.plan(
             source,
@@ -368,8 +382,11 @@ def _fail_on(value: str | None) -> frozenset[str]:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no terminal report.")
 @click.option(
     "--unsafe-pickle",
-    is_flag=True,
-    help="Allow torch files that need arbitrary code to load. Only for files you trust.",
+    "unsafe_pickle",
+    multiple=True,
+    metavar="PATH",
+    help="Let this torch file (or model folder) run code while loading; repeatable. Only for "
+    "files you trust: other sources stay weights-only.",
 )
 def report(
     source: str,
@@ -380,7 +397,7 @@ def report(
     overwrite: bool,
     as_json: bool,
     quiet: bool,
-    unsafe_pickle: bool,
+    unsafe_pickle: tuple[str, ...],
 ) -> None:
     """The per-tensor std report of a checkpoint as it is (before/after with --against).
 
@@ -399,6 +416,7 @@ def report(
         from reinit.plot import require_matplotlib
 
         require_matplotlib()
+    _warn_unsafe(unsafe_pickle)
     rep = write_report_files(
         source,
         against,
@@ -433,13 +451,17 @@ def report(
 @click.option("--json", "as_json", is_flag=True, help="Print the diff as JSON on stdout.")
 @click.option(
     "--unsafe-pickle",
-    is_flag=True,
-    help="Allow torch files that need arbitrary code to load. Only for files you trust.",
+    "unsafe_pickle",
+    multiple=True,
+    metavar="PATH",
+    help="Let this torch file (or model folder) run code while loading; repeatable. Only for "
+    "files you trust: other sources stay weights-only.",
 )
-def diff(a: str, b: str, as_json: bool, unsafe_pickle: bool) -> None:
+def diff(a: str, b: str, as_json: bool, unsafe_pickle: tuple[str, ...]) -> None:
     """Which tensors differ between checkpoints A and B (bitwise), and by how much."""
     from reinit.diff import diff_checkpoints, render_diff
 
+    _warn_unsafe(unsafe_pickle)
     d = diff_checkpoints(a, b, unsafe_pickle=unsafe_pickle)
     if as_json:
         click.echo(d.to_json())
@@ -642,10 +664,7 @@ def run(recipe: str, sets: tuple[str, ...], dry_run: bool, as_json: bool, quiet:
     loaded = load_recipe(recipe, sets)
     if dry_run:
         loaded = replace(loaded, dry_run=True)
-    if loaded.unsafe_pickle:
-        _err(
-            "warning: unsafe_pickle lets torch files run code while loading; use it only for files you trust"
-        )
+    _warn_unsafe(loaded.unsafe_pickle, "unsafe_pickle")
     result = run_recipe(loaded, progress=_progress_on(quiet))
     if loaded.dry_run:
         for i, plan in enumerate(result):

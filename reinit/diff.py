@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from reinit.io.safetensors_format import dtype_name
+from reinit.io.trust import TrustSpec
 from reinit.report import fmt, shape_text, shorten, shorten_name, tensor_stats
 
 _CHUNK = 1 << 21
@@ -127,7 +128,7 @@ def value_diff(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float | None, i
 
 
 def diff_checkpoints(
-    a: str | os.PathLike[str], b: str | os.PathLike[str], *, unsafe_pickle: bool = False
+    a: str | os.PathLike[str], b: str | os.PathLike[str], *, unsafe_pickle: TrustSpec = ()
 ) -> Diff:
     """Compare two checkpoints (any form of DESIGN §1) tensor by tensor, streaming: at most
     one tensor of each is in memory at a time."""

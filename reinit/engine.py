@@ -48,7 +48,8 @@ from reinit.io.targets import (
     check_suffix,
     check_target,
 )
-from reinit.io.writer import SafetensorsWriter, remove_path, write_torch_file
+from reinit.io.trust import TrustSpec
+from reinit.io.writer import SafetensorsWriter, remove_path, write_error, write_torch_file
 from reinit.report import (
     Report,
     Stats,
@@ -565,7 +566,7 @@ def plan(
     *,
     strict: bool = False,
     allow_unmatched: bool = False,
-    unsafe_pickle: bool = False,
+    unsafe_pickle: TrustSpec = (),
     add: Sequence[str] = (),
     drop: Sequence[str] = (),
     rename: Sequence[str] = (),
@@ -666,7 +667,7 @@ def model_view(model: ModelInput | None, ckpt: Checkpoint) -> ModelView | None:
 @contextmanager
 def _opened(
     source: str | os.PathLike[str] | Checkpoint | Mapping[str, torch.Tensor],
-    unsafe_pickle: bool = False,
+    unsafe_pickle: TrustSpec = (),
     progress: bool = True,
 ) -> Iterator[Checkpoint]:
     if isinstance(source, Checkpoint):
@@ -698,7 +699,7 @@ def apply(
     in_place: bool = False,
     device: str = "cpu",
     progress: bool = False,
-    unsafe_pickle: bool = False,
+    unsafe_pickle: TrustSpec = (),
     add: Sequence[str] = (),
     drop: Sequence[str] = (),
     rename: Sequence[str] = (),
@@ -846,12 +847,15 @@ def _stage_side_outputs(
 
     for kind, path in targets:
         tmp = pub.stage(path, how=how)
-        if kind == "plot":
-            from reinit.plot import plot_report
+        try:
+            if kind == "plot":
+                from reinit.plot import plot_report
 
-            plot_report(report, tmp, direct=True)
-        else:
-            _write_text(tmp, render_for_path(report, path.name))
+                plot_report(report, tmp, direct=True)
+            else:
+                _write_text(tmp, render_for_path(report, path.name))
+        except OSError as e:  # named as the user named it, not as our temporary
+            raise write_error(str(path), e) from None
 
 
 def _write_pieces(
@@ -963,7 +967,7 @@ def report_checkpoint(
     against: str | os.PathLike[str] | None = None,
     *,
     progress: bool = False,
-    unsafe_pickle: bool = False,
+    unsafe_pickle: TrustSpec = (),
 ) -> Report:
     """The report of a checkpoint as it is: every tensor `kept`, with its statistics. One
     thread reads ahead while another computes, so this runs at the disk's (or the page

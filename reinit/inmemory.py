@@ -23,6 +23,7 @@ from reinit.engine import (
     check_device,
 )
 from reinit.io.readers import Checkpoint, StateDictCheckpoint, tensor_from_bytes
+from reinit.io.trust import TrustSpec
 from reinit.report import Report, TensorEntry
 from reinit.rules import Plan, Rule
 from reinit.ties import Ties
@@ -37,7 +38,7 @@ def apply_to_checkpoint(
     allow_unmatched: bool = False,
     device: str = "cpu",
     config: Mapping[str, Any] | None = None,
-    unsafe_pickle: bool = False,
+    unsafe_pickle: TrustSpec = (),
     progress: bool = False,
 ) -> tuple[dict[str, torch.Tensor], Report]:
     """Apply rules to any checkpoint and return every tensor in memory (CPU; kept tensors of a

@@ -43,7 +43,7 @@ TOP_KEYS: dict[str, str] = {
     "overwrite": "bool",
     "in_place": "bool",
     "device": "str",
-    "unsafe_pickle": "bool",
+    "unsafe_pickle": "paths",
     "dry_run": "bool",
     "steps": "steps",
     "add": "specs",
@@ -93,7 +93,7 @@ class Recipe:
     overwrite: bool = False
     in_place: bool = False
     device: str = "cpu"
-    unsafe_pickle: bool = False
+    unsafe_pickle: tuple[str, ...] = ()  # the torch files/folders trusted to run code
     dry_run: bool = False
 
 
@@ -622,7 +622,7 @@ def validate(data: dict[str, Any], where: Where, label: str) -> Recipe:
         overwrite=top.get("overwrite", False),
         in_place=top.get("in_place", False),
         device=top.get("device", "cpu"),
-        unsafe_pickle=top.get("unsafe_pickle", False),
+        unsafe_pickle=top.get("unsafe_pickle", ()),
         dry_run=top.get("dry_run", False),
     )
 

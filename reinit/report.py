@@ -313,6 +313,9 @@ class Summary:
         return asdict(self)
 
 
+_ROWS = "\x00reinit-tensor-rows\x00"  # to_json's placeholder for the tensor rows
+
+
 @dataclass(frozen=True)
 class Report:
     reinit_version: str
@@ -338,7 +341,22 @@ class Report:
         }
 
     def to_json(self, indent: int | None = 2) -> str:
-        return dumps(self.to_dict(), indent=indent)
+        """The report as JSON: indented, with one line per tensor.
+
+        Why one line per tensor: json's indenting encoder is pure Python, and a fully indented
+        tensor list cost ~0.4 ms and ~500 bytes per tensor (a third of `apply`'s time on a file
+        of 100k small tensors); each row is encoded by the C encoder instead."""
+        d = json_safe(self.to_dict())  # non-finite numbers as strings: strict JSON
+        if indent is None:
+            return json.dumps(d, allow_nan=False)
+        rows = d["tensors"]
+        d["tensors"] = _ROWS  # a placeholder no real value encodes to, kept in key order
+        encode = json.JSONEncoder(allow_nan=False).encode
+        pad = " " * indent
+        body = ",\n".join(pad * 2 + encode(row) for row in rows)
+        text = json.dumps(d, indent=indent, allow_nan=False)
+        tensors = f"[\n{body}\n{pad}]" if rows else "[]"
+        return text.replace(json.dumps(_ROWS), tensors, 1)
 
     @staticmethod
     def from_dict(d: Mapping[str, Any]) -> Report:

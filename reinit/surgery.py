@@ -16,9 +16,11 @@ from pathlib import Path
 
 import torch
 
+from reinit import limits
 from reinit.errors import RuleError, SchemeError
 from reinit.io.readers import CHUNK_BYTES, Checkpoint, FileSpan, TensorRef, iter_chunks
-from reinit.io.safetensors_format import tensor_to_bytes
+from reinit.io.safetensors_format import dtype_name, dtype_size, tensor_to_bytes
+from reinit.limits import MAX_TENSOR_BYTES, declared_bytes
 from reinit.rules import (
     Pattern,
     Plan,
@@ -111,6 +113,7 @@ def parse_add(text: str) -> AddSpec:
             raise RuleError(f"{where}: dtype {label!r}: use one of {', '.join(ADD_DTYPES)}")
         dtype = ADD_DTYPES[label]
         rest = rest[: dm.start()]
+    _check_add_size(where, shape, dtype)
     action = parse_action(rest, where)
     if action.name in (KEEP, "from"):
         raise RuleError(
@@ -130,6 +133,25 @@ def parse_add(text: str) -> AddSpec:
     if overflow is not None:
         raise RuleError(f"{where}: {overflow}")
     return AddSpec(text, name, shape, dtype, bound)
+
+
+def _check_add_size(where: str, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    """An added tensor is generated whole in memory before it is written: refuse, before any
+    allocation, a size torch cannot address or this machine cannot hold."""
+    itemsize = dtype_size(dtype)
+    nbytes = declared_bytes(shape, itemsize)
+    if nbytes is None:
+        raise RuleError(
+            f"{where}: the shape {list(shape)} needs more than {MAX_TENSOR_BYTES} bytes "
+            "(2^63 - 1, the most torch can address); check the dims"
+        )
+    free = limits.available_memory()
+    if nbytes > free:
+        raise RuleError(
+            f"{where}: the shape {list(shape)} of {dtype_name(dtype)} needs {nbytes:,} bytes, "
+            f"more than the {free:,} bytes of memory available (an added tensor is generated "
+            "whole in memory); check the dims"
+        )
 
 
 def parse_drop(text: str) -> DropSpec:

@@ -16,6 +16,7 @@ import torch
 
 from reinit.errors import RuleError, TransplantError
 from reinit.io.readers import Checkpoint, open_checkpoint
+from reinit.io.trust import TrustSpec
 from reinit.rules import Action, Plan, PlanEntry, closest_hint, fill_template
 
 MISMATCH_POLICIES = ("error", "skip", "slice")
@@ -129,7 +130,7 @@ class SourcePool:
     def __init__(
         self,
         target: Checkpoint | None = None,
-        unsafe_pickle: bool = False,
+        unsafe_pickle: TrustSpec = (),
         progress: bool = True,
     ):
         self.target = target

@@ -254,7 +254,7 @@ def test_errno_messages():
 
     assert "disk is full" in str(write_error("x", OSError(errno.ENOSPC, "No space")))
     assert "ulimit -f" in str(write_error("x", OSError(errno.EFBIG, "File too large")))
-    assert "read-only" not in str(write_error("x", OSError(errno.EROFS, "Read-only")))
+    assert "read-only file system" in str(write_error("x", OSError(errno.EROFS, "Read-only")))
 
 
 def test_signals_are_held_while_publishing():

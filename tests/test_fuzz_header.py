@@ -7,6 +7,7 @@ import json
 import struct
 import tempfile
 
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
@@ -39,6 +40,12 @@ def parse(raw: bytes, file_size: int | None = None) -> Header | None:
     for t in header.tensors:
         assert t.start == pos and t.end >= t.start
         pos = t.end
+        # ...and one torch can hold (issue #16: dims of 2**62 or bigints crashed torch), with
+        # names and metadata that can be printed and written back (no lone surrogates)
+        torch.empty(t.shape, dtype=t.dtype, device="meta")
+        t.name.encode("utf-8")
+    for k, v in header.metadata.items():
+        (k + v).encode("utf-8")
     assert pos == header.file_size
     return header
 
@@ -78,16 +85,21 @@ json_values = st.recursive(
 entries = st.fixed_dictionaries(
     {
         "dtype": st.sampled_from([*CODE_TO_DTYPE, "F31", "", "f32"]) | json_values,
-        "shape": st.lists(st.integers(min_value=-2, max_value=6), max_size=3) | json_values,
+        "shape": st.lists(st.integers(min_value=-2, max_value=6), max_size=3)
+        | st.lists(st.sampled_from([0, 1, 2**31, 2**61, 2**62, 2**63, 2**64, 2**70]), max_size=3)
+        | json_values,
         "data_offsets": st.lists(st.integers(min_value=-4, max_value=80), min_size=0, max_size=3)
         | json_values,
     }
 )
 
 
+names = st.text(max_size=6) | st.sampled_from(["a\ud800", "\udc00", "x\ud83d"])
+
+
 @SETTINGS
 @given(
-    st.dictionaries(st.text(max_size=6), entries | json_values, max_size=4),
+    st.dictionaries(names, entries | json_values, max_size=4),
     st.one_of(st.none(), json_values),
     st.integers(min_value=0, max_value=96),
 )

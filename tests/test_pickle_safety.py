@@ -106,7 +106,8 @@ def test_unsafe_pickle_is_explicit_and_loud(tmp_path):
     res = runner.invoke(main, ["apply", str(path), "-r", "w=zeros", "-o", str(out), "-q"])
     assert res.exit_code == 1 and not out.exists()
     res = runner.invoke(
-        main, ["apply", str(path), "-r", "w=zeros", "-o", str(out), "-q", "--unsafe-pickle"]
+        main,
+        ["apply", str(path), "-r", "w=zeros", "-o", str(out), "-q", "--unsafe-pickle", str(path)],
     )
     assert res.exit_code == 0, res.output
     assert "warning: --unsafe-pickle lets torch files run code" in res.stderr
@@ -119,3 +120,98 @@ def test_torch_floor_is_the_cve_fix():
     assert _torch_version() >= TORCH_FLOOR
     text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     assert '"torch>=2.6"' in text
+
+
+# --- trust names the file (issue #17): it never spreads to other sources ---------------------
+
+
+def planted(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """A torch file that needs --unsafe-pickle: unpickling its payload creates `marker`."""
+    marker = tmp_path / f"PWNED-{name}"
+    path = tmp_path / name
+    torch.save({"w": torch.ones(2, 2), "payload": Planted(marker)}, path)
+    return path, marker
+
+
+def test_unsafe_pickle_trusts_only_the_named_file_not_from_sources(tmp_path):
+    """Trusting the source used to trust every from() source too: the donor's payload ran."""
+    src, src_marker = planted(tmp_path, "src.bin")
+    donor, donor_marker = planted(tmp_path, "donor.bin")
+    out = tmp_path / "out.safetensors"
+    args = ["apply", str(src), "-r", f"w=from({donor})", "-o", str(out), "-q"]
+    res = CliRunner().invoke(main, [*args, "--unsafe-pickle", str(src)])
+    assert res.exit_code == 1, res.output
+    assert "internal error" not in res.output
+    assert f"error: {donor}: refusing to unpickle" in res.stderr, res.stderr
+    assert f"--unsafe-pickle {donor} if you trust its author" in res.stderr
+    assert src_marker.exists()  # the named file was trusted (its payload ran, as allowed)
+    assert not donor_marker.exists() and not out.exists()
+    # naming both (repeatable) trusts both; the warning names exactly what is trusted
+    res = CliRunner().invoke(
+        main, [*args, "--unsafe-pickle", str(src), "--unsafe-pickle", str(donor)]
+    )
+    assert res.exit_code == 0, res.output
+    assert f"only these: {src}, {donor};" in res.stderr
+    assert donor_marker.exists() and out.is_file()
+
+
+def test_unsafe_pickle_matches_the_file_not_its_spelling(tmp_path, monkeypatch):
+    src, marker = planted(tmp_path, "src.bin")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "link.bin").symlink_to(src)
+    ck = reinit.open_checkpoint("./link.bin", unsafe_pickle={str(src)})
+    assert ck.names() == ["w"] and marker.exists()
+    # another file never matches
+    other, other_marker = planted(tmp_path, "other.bin")
+    with pytest.raises(UnsafePickleError):
+        reinit.open_checkpoint(other, unsafe_pickle={str(src)})
+    assert not other_marker.exists()
+
+
+def test_unsafe_pickle_folder_trusts_its_shards_only(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    _, marker = planted(folder, "pytorch_model.bin")
+    with pytest.raises(UnsafePickleError):
+        reinit.open_checkpoint(folder, unsafe_pickle=[tmp_path / "elsewhere"]).refs()
+    assert not marker.exists()
+    assert [r.name for r in reinit.open_checkpoint(folder, unsafe_pickle=[folder]).refs()] == ["w"]
+    assert marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "must"),
+    [(True, "name the torch files you trust"), ([3], "expected paths"), (["-r"], "is not a path")],
+)
+def test_unsafe_pickle_true_or_no_path_is_a_usage_error(tmp_path, value, must):
+    from reinit.errors import UsageError
+
+    path, marker = planted(tmp_path, "src.bin")
+    with pytest.raises(UsageError, match=must):
+        reinit.open_checkpoint(path, unsafe_pickle=value)
+    assert not marker.exists()
+
+
+def test_old_flag_form_is_a_usage_error(tmp_path):
+    path, marker = planted(tmp_path, "src.bin")
+    res = CliRunner().invoke(main, ["apply", str(path), "--unsafe-pickle", "-r", "w=zeros"])
+    assert res.exit_code == 2 and "internal error" not in res.output, res.output
+    assert not marker.exists()
+
+
+def test_recipe_unsafe_pickle_names_paths(tmp_path):
+    src, marker = planted(tmp_path, "src.bin")
+    out = tmp_path / "out.safetensors"
+    recipe = tmp_path / "r.yaml"
+    base = f"source: {src}\noutput: {out}\nrules: ['w=zeros']\n"
+    recipe.write_text(base + "unsafe_pickle: true\n")
+    res = CliRunner().invoke(main, ["run", str(recipe), "-q"])
+    assert res.exit_code == 2 and "internal error" not in res.output, res.output
+    assert not marker.exists() and not out.exists()
+    recipe.write_text(base + f"unsafe_pickle: [{src}]\n")
+    res = CliRunner().invoke(main, ["run", str(recipe), "-q"])
+    assert res.exit_code == 0, res.output
+    assert f"warning: unsafe_pickle lets torch files run code while loading, only these: {src}" in (
+        res.stderr
+    )
+    assert out.is_file()

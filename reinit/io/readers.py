@@ -23,8 +23,9 @@ import torch
 
 from reinit.errors import CheckpointError, InputNotFoundError, UnsafePickleError
 from reinit.io.confine import check_relname, local_file, relname_problem, require_regular
-from reinit.io.safetensors_format import TensorInfo, dtype_size, read_header
+from reinit.io.safetensors_format import MAX_TENSORS, TensorInfo, dtype_size, read_header
 from reinit.io.shardindex import ShardIndex, check_shard, read_index
+from reinit.io.trust import NO_TRUST, pickle_trust
 
 CHUNK_BYTES = 16 << 20  # streaming unit: big enough for full-speed I/O, small against RSS
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -253,15 +254,35 @@ def unwrap_state_dict(obj: object, where: str) -> dict[str, torch.Tensor]:
             obj = nested
             continue
         if tensors:
-            bad = [k for k in tensors if not isinstance(k, str)]
-            if bad:
-                raise CheckpointError(f"{where}: tensor keys must be strings, found {bad[0]!r}")
+            check_tensor_names(tensors, where)
             return tensors
         raise CheckpointError(
             f"{where}: holds no tensors (keys: {', '.join(map(str, list(obj)[:8]))}); "
             "expected a state dict"
         )
     raise CheckpointError(f"{where}: holds a {type(obj).__name__}, not a state dict")
+
+
+def check_tensor_names(tensors: Mapping[object, object], where: str) -> None:
+    """The same name rules as the safetensors validator: string keys that UTF-8 can encode
+    (a pickle may hold lone surrogates, which could be neither printed nor written to a
+    safetensors header), and at most `MAX_TENSORS` of them."""
+    if len(tensors) > MAX_TENSORS:
+        raise CheckpointError(
+            f"{where}: holds {len(tensors)} tensors, over reinit's limit of {MAX_TENSORS} per "
+            "file; split the checkpoint into shards (a model folder with an index)"
+        )
+    for k in tensors:
+        if not isinstance(k, str):
+            raise CheckpointError(f"{where}: tensor keys must be strings, found {k!r}")
+        try:
+            k.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = k.encode("utf-8", "backslashreplace").decode("utf-8")
+            raise CheckpointError(
+                f"{where}: tensor name '{shown}' holds a lone surrogate, which no file can "
+                "store; rename it with the code that made the file"
+            ) from None
 
 
 # torch.load(weights_only=True) had a remote-code-execution flaw before 2.6 (CVE-2025-32434);
@@ -301,6 +322,12 @@ def load_torch_file(path: str, unsafe: bool = False, mmap: bool | None = None) -
             "the file is truncated, download or save it again"
         )
     use_mmap = is_zip if mmap is None else (mmap and is_zip)
+    if use_mmap and _has_compressed_records(path):
+        # torch.save stores records uncompressed, and torch's mmap path maps each record's raw
+        # bytes as the tensor: a re-zipped (DEFLATE) file would read as garbage. torch's
+        # non-mapped reader decompresses, at the cost of holding the file's tensors in memory
+        # (as for the legacy non-zip format).
+        use_mmap = False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -324,11 +351,23 @@ def load_torch_file(path: str, unsafe: bool = False, mmap: bool | None = None) -
             )
         raise UnsafePickleError(
             f"{path}: {what}. Convert it to safetensors with the code that made it, or pass "
-            "--unsafe-pickle if you trust its author"
+            f"--unsafe-pickle {path} if you trust its author"
         ) from None
     except Exception as e:
         raise CheckpointError(
             f"{path}: not a readable torch file ({type(e).__name__}: {_first_line(e)}); "
+            "it may be truncated or corrupt"
+        ) from None
+
+
+def _has_compressed_records(path: str) -> bool:
+    """Whether any record of the zip archive at `path` is compressed (not ZIP_STORED)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(info.compress_type != zipfile.ZIP_STORED for info in z.infolist())
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError) as e:
+        raise CheckpointError(
+            f"{path}: not a readable torch file (its zip directory: {_first_line(e)}); "
             "it may be truncated or corrupt"
         ) from None
 
@@ -406,9 +445,7 @@ class StateDictCheckpoint(Checkpoint):
         like: Checkpoint | None = None,
         config: Mapping[str, Any] | None = None,
     ):
-        bad = [k for k in tensors if not isinstance(k, str)]
-        if bad:
-            raise CheckpointError(f"{source}: tensor keys must be strings, found {bad[0]!r}")
+        check_tensor_names(tensors, source)
         self.tensors = {k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)}
         self.like = like
         self.source = like.source if like is not None else source
@@ -570,10 +607,12 @@ class DirectoryCheckpoint(Checkpoint):
 
     kind = "directory"
 
-    def __init__(self, provider: FileProvider, source: str | None = None, unsafe: bool = False):
+    def __init__(
+        self, provider: FileProvider, source: str | None = None, unsafe: object = NO_TRUST
+    ):
         self.provider = provider
         self.source = source or provider.display
-        self.unsafe = unsafe
+        self.trust = pickle_trust(unsafe)
         self._files = provider.list_files()
         self.layout = detect_layout(self._files, self.source)
         self._open: dict[str, Checkpoint] = {}
@@ -615,7 +654,9 @@ class DirectoryCheckpoint(Checkpoint):
             if shard.endswith(".safetensors"):
                 ck = SafetensorsFile(path, shard=shard, source=f"{self.source}/{shard}")
             else:
-                ck = TorchFile(path, shard=shard, unsafe=self.unsafe)
+                # a shard may run code only when the user named this model or that shard
+                unsafe = self.trust.allows(self.source) or self.trust.allows(path)
+                ck = TorchFile(path, shard=shard, unsafe=unsafe)
             if self.index is not None:  # one rule with `verify`: nothing silently dropped
                 try:
                     check_shard(self.index, shard, ck.names())
@@ -696,22 +737,24 @@ class DirectoryCheckpoint(Checkpoint):
 
 
 def open_checkpoint(
-    source: str | os.PathLike[str], *, unsafe_pickle: bool = False, progress: bool = True
+    source: str | os.PathLike[str], *, unsafe_pickle: object = NO_TRUST, progress: bool = True
 ) -> Checkpoint:
     """Open any source form of DESIGN §1: a safetensors file, a torch file, a Hugging Face
     directory, or `hf://OWNER/NAME[@REVISION][/SUBFOLDER]`. `progress=False` silences the
-    Hub's download bars for this source (the CLI's `--quiet`, or stderr not a terminal)."""
+    Hub's download bars for this source (the CLI's `--quiet`, or stderr not a terminal).
+
+    `unsafe_pickle` names the torch files (or model folders) that may run code while
+    loading (see `reinit.io.trust`); this source is loaded unsafely only if it is among them."""
     text = os.fspath(source)
+    trust = pickle_trust(unsafe_pickle)
     if text.startswith("hf://"):
         from reinit.io.hub import HubRepo, parse_hf_url
 
         ref = parse_hf_url(text)
-        return DirectoryCheckpoint(
-            HubRepo(ref, progress=progress), source=ref.url, unsafe=unsafe_pickle
-        )
+        return DirectoryCheckpoint(HubRepo(ref, progress=progress), source=ref.url, unsafe=trust)
     path = Path(text)
     if path.is_dir():
-        return DirectoryCheckpoint(LocalFiles(path), source=text, unsafe=unsafe_pickle)
+        return DirectoryCheckpoint(LocalFiles(path), source=text, unsafe=trust)
     if not path.exists():
         raise InputNotFoundError(f"{text}: no such file or directory")
     require_regular(path)  # a FIFO would block the reader forever
@@ -719,7 +762,7 @@ def open_checkpoint(
     if suffix in SAFETENSORS_SUFFIXES:
         return SafetensorsFile(path)
     if suffix in TORCH_SUFFIXES:
-        return TorchFile(path, unsafe=unsafe_pickle)
+        return TorchFile(path, unsafe=trust.allows(path))
     raise InputNotFoundError(
         f"{text}: unknown checkpoint type {suffix or '(no suffix)'}; use a .safetensors, "
         ".bin/.pt/.pth/.ckpt file, a Hugging Face model directory or hf://OWNER/NAME"

@@ -10,18 +10,24 @@ relative to the data section; tensors must tile it exactly (no holes, no overlap
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from reinit.errors import CheckpointError
+from reinit.limits import MAX_TENSOR_BYTES, declared_bytes
 
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
+# Most tensors one file may declare. Real checkpoints hold at most tens of thousands per file
+# (a large MoE shard); a header of a million one-element tensors fits in 100 MB but costs
+# minutes and gigabytes downstream (plan, report). README "Guarantees" states this limit.
+MAX_TENSORS = 200_000
 
 # safetensors dtype code -> torch dtype. Only dtypes this torch build has are listed.
 _CODES: dict[str, str] = {
@@ -54,7 +60,10 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+@functools.cache
 def dtype_size(dtype: torch.dtype) -> int:
+    """Bytes per element (cached: it is asked once per tensor, and files hold up to
+    `MAX_TENSORS`)."""
     return torch.empty((), dtype=dtype).element_size()
 
 
@@ -108,11 +117,17 @@ def parse_header_bytes(raw: bytes, file_size: int, where: str) -> Header:
         )
     if len(raw) < 8 + n:
         raise CheckpointError(f"{where}: could not read the {n}-byte header")
+    too_many = (
+        f"{where}: header declares over {MAX_TENSORS} tensors, reinit's limit per file; "
+        "split the checkpoint into shards (a model folder with an index)"
+    )
     try:
-        doc = json.loads(raw[8 : 8 + n].decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+        doc = json.loads(raw[8 : 8 + n].decode("utf-8"), object_pairs_hook=_ObjectHook())
+    except _TooManyObjects:
+        raise CheckpointError(too_many) from None
     except _DuplicateKey as e:
         raise CheckpointError(
-            f"{where}: header names '{e.key}' twice; the file is corrupt"
+            f"{where}: header names '{_shown(e.key)}' twice; the file is corrupt"
         ) from None
     except (ValueError, RecursionError) as e:  # UnicodeDecodeError, JSONDecodeError, int limits
         raise CheckpointError(
@@ -132,6 +147,10 @@ def parse_header_bytes(raw: bytes, file_size: int, where: str) -> Header:
             )
         metadata = dict(raw_meta)
 
+    if len(doc) > MAX_TENSORS:
+        raise CheckpointError(too_many)
+    _check_text(metadata.items(), where, "__metadata__ entry")
+
     data_start = 8 + n
     data_size = file_size - data_start
     infos: list[TensorInfo] = []
@@ -146,6 +165,26 @@ class _DuplicateKey(Exception):
     def __init__(self, key: str):
         super().__init__(key)
         self.key = key
+
+
+class _TooManyObjects(Exception):
+    pass
+
+
+class _ObjectHook:
+    """json.loads' object_pairs_hook for a header: refuses duplicate keys and stops parsing
+    once the header holds more JSON objects than a file of `MAX_TENSORS` tensors can (one per
+    tensor, plus the header and its `__metadata__`), so a header of a million tensors fails
+    after a fifth of its parse instead of building it all."""
+
+    def __init__(self) -> None:
+        self.objects = 0
+
+    def __call__(self, pairs: list[tuple[str, object]]) -> dict[str, object]:
+        self.objects += 1
+        if self.objects > MAX_TENSORS + 2:
+            raise _TooManyObjects
+        return _no_duplicate_keys(pairs)
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
@@ -164,7 +203,38 @@ def _one_line(e: BaseException) -> str:
     return text[:200] if text else type(e).__name__
 
 
+def _check_text(pairs: Iterable[tuple[str, str]], where: str, what: str) -> None:
+    """Every string must be encodable as UTF-8: JSON's `\\ud800` escapes decode to lone
+    surrogates, which Python keeps but cannot print or write back (safetensors itself refuses
+    them)."""
+    for pair in pairs:
+        for text in pair:
+            if not _encodable(text):
+                raise CheckpointError(
+                    f"{where}: {what} '{_shown(text)}' holds a lone surrogate (an invalid \\u "
+                    "escape); the file is corrupt"
+                )
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(name: str) -> str:
+    """A name safe to print whatever it holds (lone surrogates as `\\udXXX`)."""
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _parse_entry(name: str, entry: object, data_start: int, where: str) -> TensorInfo:
+    if not _encodable(name):
+        raise CheckpointError(
+            f"{where}: tensor name '{_shown(name)}' holds a lone surrogate (an invalid \\u "
+            "escape); the file is corrupt"
+        )
     if not isinstance(entry, dict):
         raise CheckpointError(f"{where}: entry for tensor '{name}' is not an object")
     code = entry.get("dtype")
@@ -179,6 +249,13 @@ def _parse_entry(name: str, entry: object, data_start: int, where: str) -> Tenso
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
         raise CheckpointError(f"{where}: tensor '{name}' has an invalid shape {shape!r}")
+    itemsize = dtype_size(CODE_TO_DTYPE[code])
+    if declared_bytes(shape, itemsize) is None:
+        raise CheckpointError(
+            f"{where}: tensor '{name}' has a shape whose dims multiply past "
+            f"{MAX_TENSOR_BYTES} bytes (2^63 - 1, the most torch can address); "
+            "the file is corrupt"
+        )
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
@@ -187,7 +264,7 @@ def _parse_entry(name: str, entry: object, data_start: int, where: str) -> Tenso
     ):
         raise CheckpointError(f"{where}: tensor '{name}' has invalid data_offsets {offsets!r}")
     dtype = CODE_TO_DTYPE[code]
-    expected = math.prod(shape) * dtype_size(dtype)
+    expected = math.prod(shape) * itemsize
     if offsets[1] - offsets[0] != expected:
         raise CheckpointError(
             f"{where}: tensor '{name}' spans {offsets[1] - offsets[0]} bytes but shape "

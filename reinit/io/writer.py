@@ -30,16 +30,16 @@ from reinit.io.safetensors_format import build_header
 
 
 def write_error(path: str, e: OSError) -> WriteError:
-    """The one-line `WriteError` for an OSError, saying what the user can do about it."""
-    return _write_error(path, e)
-
-
-def _write_error(path: str, e: OSError) -> WriteError:
+    """The one-line `WriteError` for an OSError met while writing `path` (the output, report or
+    plot as the user named it), saying what the user can do about it. Every write failure
+    goes through here, so each errno reads the same whichever file hit it."""
     if e.errno == errno.ENOSPC:
         why = "the disk is full; free space or choose another -o"
     elif e.errno == errno.EFBIG:
         why = "the file size limit (ulimit -f) is too small for the output"
-    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    elif e.errno == errno.EROFS:
+        why = "read-only file system; choose a folder on a writable one"
+    elif e.errno in (errno.EACCES, errno.EPERM):
         why = "permission denied; choose a writable -o"
     else:
         why = e.strerror or str(e)
@@ -77,7 +77,7 @@ class SafetensorsWriter:
             self._write_all(self.header)
         except OSError as e:
             self._close()
-            raise _write_error(self.path, e) from None
+            raise write_error(self.path, e) from None
         return self
 
     def _write_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -128,7 +128,7 @@ class SafetensorsWriter:
             self._write_all(data)
             self._start_writeback()
         except OSError as e:
-            raise _write_error(self.path, e) from None
+            raise write_error(self.path, e) from None
 
     def copy_part(self, name: str, src_fd: int, offset: int, nbytes: int) -> None:
         """Append the next piece of tensor `name` by copying `nbytes` of `src_fd` at `offset`,
@@ -138,7 +138,7 @@ class SafetensorsWriter:
         try:
             copy_file_span(src_fd, offset, self._fd, nbytes)
         except OSError as e:
-            raise _write_error(self.path, e) from None
+            raise write_error(self.path, e) from None
         self.bytes_written += nbytes
         self._start_writeback()
 
@@ -174,7 +174,7 @@ class SafetensorsWriter:
                 try:
                     os.fsync(self._fd)
                 except OSError as e:
-                    raise _write_error(self.path, e) from None
+                    raise write_error(self.path, e) from None
         finally:
             self._close()
 
@@ -193,11 +193,11 @@ def write_torch_file(path: str | os.PathLike[str], state: Mapping[str, torch.Ten
             os.fsync(f.fileno())
             return f.tell()
     except OSError as e:
-        raise _write_error(where, e) from None
+        raise write_error(where, e) from None
     except RuntimeError as e:
         cause = _os_error_in_chain(e)
         if cause is not None:
-            raise _write_error(where, cause) from None
+            raise write_error(where, cause) from None
         raise WriteError(f"{where}: cannot write: {str(e).splitlines()[0]}") from None
 
 
@@ -250,9 +250,11 @@ def temp_sibling(target: Path) -> Path:
 
 
 def remove_path(path: Path) -> None:
+    """Remove a file or folder if it is there. A path that is not there is no error, whatever
+    the file system says about unlinking it (a read-only one answers EROFS, not ENOENT)."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
-    else:
+    elif path.is_symlink() or path.exists():
         with suppress(FileNotFoundError):
             path.unlink()
 
@@ -345,5 +347,5 @@ def atomic_output(
         try:
             yield tmp
         except OSError as e:
-            raise _write_error(os.fspath(target), e) from None
+            raise write_error(os.fspath(target), e) from None
         pub.commit()

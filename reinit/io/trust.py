@@ -1,0 +1,88 @@
+"""Which torch files may run code while loading (`--unsafe-pickle PATH`).
+
+Trust names files: a run that reads several checkpoints (a source, `from(...)` sources, an
+`--against` baseline) lifts the weights-only loader only for the files the user named, never
+for the others. A named folder (or `hf://OWNER/NAME`) trusts the torch shards of that model;
+a named file trusts that file, whatever path reaches it (compared after resolving links)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from reinit.errors import UsageError
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class PickleTrust:
+    """The sources the user trusts to run code: resolved local paths, and Hub URLs as given."""
+
+    paths: frozenset[str] = frozenset()
+    urls: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.paths or self.urls)
+
+    def allows(self, source: PathLike) -> bool:
+        """Whether `source` (a torch file, a model folder or an hf:// URL) was named."""
+        text = os.fspath(source)
+        if text.startswith("hf://"):
+            return text.rstrip("/") in self.urls
+        return _resolved(text) in self.paths
+
+    def names(self) -> list[str]:
+        return sorted(self.paths | self.urls)
+
+
+NO_TRUST = PickleTrust()
+
+
+def _resolved(path: str) -> str:
+    return os.path.realpath(os.path.abspath(path))
+
+
+def pickle_trust(value: object, where: str = "unsafe_pickle") -> PickleTrust:
+    """A `PickleTrust` from what the API accepts: nothing (False/None/empty), one path, or an
+    iterable of paths (a set, a list, the CLI's repeated `--unsafe-pickle PATH`).
+
+    `True` is refused: it used to trust every file the run opened, which is how trust spread
+    from the source to `from(...)` sources the user never vetted."""
+    if isinstance(value, PickleTrust):
+        return value
+    if value is None or value is False:
+        return NO_TRUST
+    if value is True:
+        raise UsageError(
+            f"{where}: name the torch files you trust (e.g. --unsafe-pickle model.ckpt, or "
+            "unsafe_pickle={'model.ckpt'}), not true: trust never extends to other files"
+        )
+    items: Iterable[object] = [value] if isinstance(value, (str, os.PathLike)) else value  # type: ignore[assignment]
+    try:
+        entries = list(items)
+    except TypeError:
+        raise UsageError(
+            f"{where}: expected paths of torch files you trust, got {value!r}"
+        ) from None
+    paths: set[str] = set()
+    urls: set[str] = set()
+    for item in entries:
+        if not isinstance(item, (str, os.PathLike)) or not os.fspath(item).strip():
+            raise UsageError(f"{where}: expected paths of torch files you trust, got {item!r}")
+        text = os.fspath(item)
+        if text.startswith("-"):
+            raise UsageError(
+                f"{where}: {text!r} is not a path; write --unsafe-pickle PATH, naming the "
+                "torch file you trust"
+            )
+        if text.startswith("hf://"):
+            urls.add(text.rstrip("/"))
+        else:
+            paths.add(_resolved(text))
+    return PickleTrust(frozenset(paths), frozenset(urls))
+
+
+# What every `unsafe_pickle=` parameter accepts: see `pickle_trust`.
+TrustSpec = PickleTrust | str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | bool | None
