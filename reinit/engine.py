@@ -128,6 +128,11 @@ def resolve_output(
         )
     if path.exists() and not (overwrite or in_place):
         raise OutputError(f"-o {path}: exists; pass --overwrite to replace it")
+    if not path.parent.is_dir():  # refused like any output we will not write: exit 2, early
+        raise OutputError(
+            f"-o {path}: the folder {path.parent} does not exist; create it first "
+            f"(mkdir -p {path.parent})"
+        )
     return OutputSpec(path, fmt)
 
 
@@ -700,6 +705,11 @@ def apply(
     from reinit.surgery import parse_surgery
 
     rule_objs = _as_rules(rules)
+    if not rule_objs and not (add or drop or rename):
+        raise UsageError(
+            f"{source_text}: no rules, so apply would only copy the checkpoint; give at least "
+            "one rule (e.g. '*.weight=kaiming'), or add/drop/rename"
+        )
     surgery = parse_surgery(add, drop, rename)
     device = check_device(device)
     for r in reports:  # checked before any work, so a typo costs nothing
