@@ -162,7 +162,7 @@ def _fixtures(root: Path) -> None:
 def test_shell_blocks_of_the_readme_run(tmp_path, monkeypatch):
     """Every `reinit ...` line of the README's shell blocks runs as written (in order, in one
     folder holding checkpoints with the names the README uses) and exits 0; the lines it does
-    not run are listed in NOT_RUN with the reason."""
+    not run are listed in NOT_RUN with the reason. The ```yaml recipe block runs too."""
     import shlex
 
     from click.testing import CliRunner
@@ -188,6 +188,14 @@ def test_shell_blocks_of_the_readme_run(tmp_path, monkeypatch):
         assert res.exit_code == 0, f"README.md line {line}: {command}\n{res.output}"
         ran.append(command)
     assert len(ran) >= 25 and len(skipped) <= 8, (len(ran), skipped)
+    # the ```yaml recipe of "Recipes", run as a file on the GPT-2 checkpoints above
+    (yaml_block,) = re.findall(r"^```yaml[ \t]*\n(.*?)^```", README.read_text(), re.S | re.M)
+    (tmp_path / "readme-recipe.yaml").write_text(yaml_block)
+    env = {"MODEL": "new", "OLD": "old", "OLD_VOCAB": "50257"}
+    res = CliRunner().invoke(main, ["run", "readme-recipe.yaml", "-q"], env=env)
+    assert res.exit_code == 0, f"README.md yaml recipe\n{res.output}"
+    assert (tmp_path / "model-init" / "model.safetensors").is_file()
+    assert (tmp_path / "init.report.md").is_file()
     assert (tmp_path / "model.reinit.safetensors").is_file() and (tmp_path / "std.png").is_file()
 
 
