@@ -12,6 +12,7 @@ import shutil
 import signal
 import sys
 import warnings
+from contextlib import suppress
 from typing import Any, NoReturn
 
 import click
@@ -71,6 +72,23 @@ def _interrupted() -> int:
     return 130
 
 
+def _end_on_closed_pipe() -> NoReturn:
+    """The reader went away (`reinit inspect x | head -1`): stop quietly with exit 0, as `cat`
+    does, instead of an "internal error". As the Python docs recommend, stdout (and stderr,
+    which may be the pipe) are pointed at /dev/null so the flush at exit cannot fail again.
+    Outputs are published before anything is printed, so nothing is left half done."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(OSError, ValueError, AttributeError):  # not a real file (test captures)
+            os.dup2(devnull, stream.fileno())
+    raise click.exceptions.Exit(0)
+
+
+def _examples(*lines: str) -> str:
+    """An --help epilog of real commands, kept as written (click's \\b: no rewrapping)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
 class ReinitGroup(click.Group):
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         """click's standalone main, except that a Ctrl-C outside a command's own handling
@@ -112,6 +130,8 @@ class ReinitGroup(click.Group):
             raise CommandError(_one_line(e), e.exit_code) from None
         except KeyboardInterrupt:
             ctx.exit(_interrupted())
+        except BrokenPipeError:
+            _end_on_closed_pipe()
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as e:  # a bug: still one line, and the way to see more
@@ -170,7 +190,14 @@ def main() -> None:
 # --- apply ------------------------------------------------------------------------------
 
 
-@main.command()
+@main.command(
+    epilog=_examples(
+        'reinit apply model.safetensors --rule "*.weight=kaiming"',
+        'reinit apply model.safetensors -r "classifier.weight=xavier_uniform" -r "classifier.bias=zeros" -o new.safetensors',
+        'reinit apply new_model/ -o clf/ --rule "bert.*=from(pretrained/, key={1})"',
+        'reinit apply model.safetensors -r "*.weight=normal(std=0.02)" --dry-run',
+    )
+)
 @click.argument("source")
 @click.option(
     "--rule",
@@ -181,7 +208,12 @@ def main() -> None:
     help="Repeatable; the last matching rule wins.",
 )
 @click.option(
-    "-o", "--output", default=None, help="Output file (.safetensors, .bin/.pt) or directory."
+    "-o",
+    "--output",
+    default=None,
+    help="Output file (.safetensors, .bin/.pt) or directory (a trailing /). Default: "
+    "X.reinit.safetensors beside a file X.safetensors, D-reinit/ beside a directory D, "
+    "./NAME-reinit/ for hf://OWNER/NAME.",
 )
 @click.option(
     "--add",
@@ -206,7 +238,14 @@ def main() -> None:
     help="Rename the tensors PATTERN matches ({name}, {1}, {2}, ... in TEMPLATE); repeatable, "
     "applied in order. Runs before the rules.",
 )
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    type=int,
+    help="Seeds every re-initialized tensor's own generator (with its name): same seed, "
+    "same bytes.",
+)
 @click.option(
     "--report",
     "reports",
@@ -269,9 +308,21 @@ def apply(
     unsafe_pickle: tuple[str, ...],
     model: str | None,
 ) -> None:
-    """Re-initialize or transplant the tensors of SOURCE that the rules match."""
+    """Re-initialize or transplant the tensors of SOURCE that the rules match, and write a
+    new checkpoint plus its report (X.reinit.report.json beside X.reinit.safetensors).
+
+    A rule is PATTERN=ACTION: PATTERN a glob (* also matches dots) or re:REGEX, ACTION a
+    scheme (reinit schemes), keep, or from(SOURCE, key=..., on_mismatch=...). The last
+    matching rule wins; tensors no rule matches are copied byte for byte."""
     import reinit
+    from reinit.errors import UsageError
     from reinit.report import render_plan, render_terminal
+
+    if not (rules or adds or drops or renames):
+        raise UsageError(
+            f"{source}: no rules, so apply would only copy it; pass --rule PATTERN=ACTION "
+            '(e.g. --rule "*.weight=kaiming"), or --add/--drop/--rename (see reinit apply --help)'
+        )
 
     _warn_unsafe(unsafe_pickle)
     if dry_run:
@@ -354,7 +405,13 @@ def _fail_on(value: str | None) -> frozenset[str]:
     return frozenset(names)
 
 
-@main.command()
+@main.command(
+    epilog=_examples(
+        "reinit report model.safetensors",
+        "reinit report model.safetensors -o r.md --fail-on nonfinite,garbage",
+        "reinit report new.safetensors --against old.safetensors --json",
+    )
+)
 @click.argument("source")
 @click.option(
     "--against",
@@ -445,7 +502,12 @@ def report(
 # --- diff -------------------------------------------------------------------------------
 
 
-@main.command()
+@main.command(
+    epilog=_examples(
+        "reinit diff model.safetensors model.reinit.safetensors",
+        "reinit diff a.bin b/ --json",
+    )
+)
 @click.argument("a")
 @click.argument("b")
 @click.option("--json", "as_json", is_flag=True, help="Print the diff as JSON on stdout.")
@@ -472,7 +534,12 @@ def diff(a: str, b: str, as_json: bool, unsafe_pickle: tuple[str, ...]) -> None:
 # --- verify -----------------------------------------------------------------------------
 
 
-@main.command()
+@main.command(
+    epilog=_examples(
+        "reinit verify model.safetensors",
+        "reinit verify ./my-model/ --json",
+    )
+)
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def verify(path: str, as_json: bool) -> None:
@@ -496,7 +563,13 @@ def verify(path: str, as_json: bool) -> None:
 # --- inspect ----------------------------------------------------------------------------
 
 
-@main.command()
+@main.command(
+    epilog=_examples(
+        "reinit inspect model.safetensors",
+        'reinit inspect model.safetensors --filter "*.attention.*" --stats',
+        "reinit inspect ./my-model/ --json",
+    )
+)
 @click.argument("source")
 @click.option(
     "--filter", "pattern", default=None, help="Only names matching this glob or re: pattern."
@@ -532,7 +605,12 @@ def inspect(source: str, pattern: str | None, stats: bool, as_json: bool) -> Non
 # --- schemes and gain -------------------------------------------------------------------
 
 
-@main.command()
+@main.command(
+    epilog=_examples(
+        "reinit schemes",
+        "reinit schemes --json",
+    )
+)
 @click.option("--json", "as_json", is_flag=True)
 def schemes(as_json: bool) -> None:
     """Every scheme, its arguments (torch's defaults) and the std of its result."""
@@ -553,7 +631,13 @@ def schemes(as_json: bool) -> None:
     )
 
 
-@main.command()
+@main.command(
+    epilog=_examples(
+        "reinit gain relu",
+        "reinit gain leaky_relu 0.2",
+        "reinit gain tanh --measure",
+    )
+)
 @click.argument("nonlinearity")
 @click.argument("param", required=False, type=float)
 @click.option(
@@ -574,7 +658,12 @@ def gain(nonlinearity: str, param: float | None, measure: bool) -> None:
 # --- probe ------------------------------------------------------------------------------
 
 
-@main.command()
+@main.command(
+    epilog=_examples(
+        'reinit probe "mypkg.nets:MLP(depth=8)" --input-shape 256,64 --rule "*.weight=normal"',
+        'reinit probe bert-dir/ --rule "type:Linear=default" --json',
+    )
+)
 @click.argument("model")
 @click.option(
     "--input-shape",
@@ -590,7 +679,9 @@ def gain(nonlinearity: str, param: float | None, measure: bool) -> None:
     metavar="PATTERN=ACTION",
     help="Rules applied in memory for the 'after' pass; repeatable.",
 )
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--seed", default=0, show_default=True, type=int, help="Seeds the inputs and the rules."
+)
 @click.option(
     "--checkpoint", default=None, help="Load these weights first (else the model as built)."
 )
@@ -641,7 +732,12 @@ def probe(
 # --- run --------------------------------------------------------------------------------
 
 
-@main.command()
+@main.command(
+    epilog=_examples(
+        "MODEL=path/to/gpt2-dir reinit run examples/gpt2-init.yaml",
+        "reinit run recipe.toml --set seed=3 --set steps.1.seed=4 --dry-run",
+    )
+)
 @click.argument("recipe")
 @click.option(
     "--set",

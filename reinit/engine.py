@@ -144,6 +144,11 @@ def resolve_output(
         raise OutputError(f"-o {path}: is a directory; give a file name or a directory form")
     inputs = inputs if inputs is not None else Inputs.of([source])
     check_output(path, fmt, inputs=inputs, overwrite=overwrite, in_place=in_place)
+    if not path.parent.is_dir():  # refused like any output we will not write: exit 2, early
+        raise OutputError(
+            f"-o {path}: the folder {path.parent} does not exist; create it first "
+            f"(mkdir -p {path.parent})"
+        )
     return OutputSpec(path, fmt)
 
 
@@ -725,6 +730,11 @@ def apply(
     from reinit.surgery import parse_surgery
 
     rule_objs = _as_rules(rules)
+    if not rule_objs and not (add or drop or rename):
+        raise UsageError(
+            f"{source_text}: no rules, so apply would only copy the checkpoint; give at least "
+            "one rule (e.g. '*.weight=kaiming'), or add/drop/rename"
+        )
     surgery = parse_surgery(add, drop, rename)
     device = check_device(device)
     for r in reports:  # checked before any work, so a typo costs nothing

@@ -661,8 +661,10 @@ def load_recipe(
     it are left as written: like the flags they mirror, they are relative to the current
     directory."""
     data, where, label = read_recipe_file(path)
-    data = _expand_all(data, (), where, label)
+    # --set first: a key it overrides is not expanded, so `--set source=dir` works on a recipe
+    # whose source is `${MODEL}` without MODEL set (--set values are taken as written)
     apply_sets(data, where, sets)
+    data = _expand_all(data, (), where, label)
     return validate(data, where, label)
 
 

@@ -20,6 +20,7 @@ from reinit.io.trust import TrustSpec
 from reinit.rules import Action, Plan, PlanEntry, closest_hint, fill_template
 
 MISMATCH_POLICIES = ("error", "skip", "slice")
+MISMATCHES_SHOWN = 5  # pairs named in a shape-mismatch error; the count says how many in all
 
 
 @dataclass(frozen=True)
@@ -257,8 +258,11 @@ def check_transplants(plan: Plan, pool: SourcePool) -> Plan:
                 )
             entries.append(e)
     if mismatches:
+        shown = "; ".join(mismatches[:MISMATCHES_SHOWN])
+        if len(mismatches) > MISMATCHES_SHOWN:
+            shown += f"; … and {len(mismatches) - MISMATCHES_SHOWN} more"
         raise TransplantError(
-            f"shape mismatch in {len(mismatches)} transplant(s): {'; '.join(mismatches)}; "
+            f"shape mismatch in {len(mismatches)} transplant(s): {shown}; "
             "add on_mismatch=skip to keep the target's values or on_mismatch=slice to copy "
             "the overlapping block"
         )

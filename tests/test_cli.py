@@ -205,3 +205,81 @@ def test_installed_executable_in_a_subprocess(ckpt, tmp_path):
     )
     assert bad.returncode == 2
     assert bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
+# --- first contact (issue 11) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["apply"], ["apply", "--dry-run"], ["apply", "--seed", "3", "-o", "x.safetensors"]],
+)
+def test_apply_without_rules_is_a_usage_error_naming_what_to_pass(ckpt, tmp_path, args):
+    before = sorted(os.listdir(tmp_path))
+    r = CliRunner().invoke(main, [args[0], str(ckpt), *args[1:]])
+    assert r.exit_code == 2, r.output
+    assert "no rules" in r.output and "--rule PATTERN=ACTION" in r.output
+    assert "--add/--drop/--rename" in r.output
+    assert sorted(os.listdir(tmp_path)) == before  # no full copy written
+
+
+def test_api_apply_without_rules_is_a_usage_error(ckpt, tmp_path):
+    import reinit
+
+    with pytest.raises(reinit.UsageError, match="no rules"):
+        reinit.apply(ckpt, [], tmp_path / "out.safetensors")
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+@pytest.mark.parametrize("out", ["missing/dir/out.safetensors", "missing/dir/out/"])
+def test_output_in_a_missing_folder_is_exit_2_naming_it(ckpt, tmp_path, out):
+    r = CliRunner().invoke(main, ["apply", str(ckpt), "-r", "*=zeros", "-o", str(tmp_path / out)])
+    assert r.exit_code == 2, r.output
+    assert f"the folder {tmp_path / 'missing' / 'dir'} does not exist" in r.output
+    assert "create it" in r.output
+    assert not (tmp_path / "missing").exists()
+
+
+COMMANDS = ["apply", "report", "diff", "verify", "inspect", "schemes", "gain", "probe", "run"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_help_shows_real_examples(command):
+    r = run(command, "--help")
+    assert r.exit_code == 0
+    examples = r.output.split("Examples:\n", 1)[1].splitlines()
+    lines = [line.strip() for line in examples if line.strip()]
+    assert 2 <= len(lines) <= 4
+    assert all(f"reinit {command}" in line for line in lines)
+
+
+def test_apply_help_says_the_default_output_and_what_seed_does():
+    r = run("apply", "--help")
+    text = " ".join(r.output.split())
+    assert "Default: X.reinit.safetensors beside a file" in text
+    assert "--seed INTEGER Seeds every re-initialized tensor" in text
+    assert 'reinit apply model.safetensors --rule "*.weight=kaiming"' in r.output
+
+
+@pytest.fixture()
+def many(tmp_path: Path) -> Path:
+    """3000 tensors: far more output than a pipe buffer holds, so the pipe really breaks."""
+    path = tmp_path / "many.safetensors"
+    save_file(
+        {f"block.{i}.a_rather_long_tensor_name.weight": torch.ones(2) for i in range(3000)}, path
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["inspect", "{m}"], ["report", "{m}", "--json", "-q"], ["diff", "{m}", "{m}", "--json"]],
+)
+def test_a_closed_pipe_ends_quietly_with_exit_0(many, args):
+    cmd = [sys.executable, "-m", "reinit", *(a.format(m=many) for a in args)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert os.read(p.stdout.fileno(), 100)  # `| head -c 100`: the reader stops early
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 0, err
+    assert "error" not in err and "Traceback" not in err and "Exception" not in err, err
