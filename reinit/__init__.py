@@ -9,8 +9,6 @@ pretrained weights into them; write a new checkpoint and a per-layer std report.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 import importlib
 from typing import TYPE_CHECKING, Any
 
@@ -26,28 +24,29 @@ from reinit.errors import (
     UsageError,
     WriteError,
 )
+from reinit.version import __version__
 
 # The public names live in modules that import torch (about 2 s). They are imported on first
 # use (PEP 562), so `reinit --help` and `reinit --version` answer at once (0.15 s, not 2.8 s
 # measured) without torch. `from reinit import apply` works as before.
 _LAZY = {
-    "diff_checkpoints": "reinit.diff",
-    "apply": "reinit.engine",
-    "plan": "reinit.engine",
-    "report_checkpoint": "reinit.engine",
-    "apply_to_module": "reinit.inmemory",
-    "apply_to_state_dict": "reinit.inmemory",
+    "diff_checkpoints": "reinit.tools.diff",
+    "apply": "reinit.run.apply",
+    "plan": "reinit.planning.session",
+    "report_checkpoint": "reinit.tools.audit",
+    "apply_to_module": "reinit.run.inmemory",
+    "apply_to_state_dict": "reinit.run.inmemory",
     "Checkpoint": "reinit.io.readers",
     "StateDictCheckpoint": "reinit.io.readers",
     "open_checkpoint": "reinit.io.readers",
-    "Recipe": "reinit.recipe",
-    "load_recipe": "reinit.recipe",
-    "run_recipe": "reinit.recipe",
-    "Report": "reinit.report",
-    "Stats": "reinit.report",
-    "TensorEntry": "reinit.report",
-    "Plan": "reinit.rules",
-    "PlanEntry": "reinit.rules",
+    "Recipe": "reinit.recipe.validate",
+    "load_recipe": "reinit.recipe.validate",
+    "run_recipe": "reinit.recipe.run",
+    "Report": "reinit.report.entries",
+    "Stats": "reinit.report.stats",
+    "TensorEntry": "reinit.report.entries",
+    "Plan": "reinit.planning.planner",
+    "PlanEntry": "reinit.planning.planner",
     "Rule": "reinit.rules",
     "parse_rule": "reinit.rules",
     "SCHEMES": "reinit.schemes",
@@ -56,14 +55,19 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from reinit.diff import diff_checkpoints
-    from reinit.engine import apply, plan, report_checkpoint
-    from reinit.inmemory import apply_to_module, apply_to_state_dict
     from reinit.io.readers import Checkpoint, StateDictCheckpoint, open_checkpoint
-    from reinit.recipe import Recipe, load_recipe, run_recipe
-    from reinit.report import Report, Stats, TensorEntry
-    from reinit.rules import Plan, PlanEntry, Rule, parse_rule
+    from reinit.planning.planner import Plan, PlanEntry
+    from reinit.planning.session import plan
+    from reinit.recipe.run import run_recipe
+    from reinit.recipe.validate import Recipe, load_recipe
+    from reinit.report.entries import Report, TensorEntry
+    from reinit.report.stats import Stats
+    from reinit.rules import Rule, parse_rule
+    from reinit.run.apply import apply
+    from reinit.run.inmemory import apply_to_module, apply_to_state_dict
     from reinit.schemes import SCHEMES, calculate_gain, seed_for
+    from reinit.tools.audit import report_checkpoint
+    from reinit.tools.diff import diff_checkpoints
 
 
 def __getattr__(name: str) -> Any:

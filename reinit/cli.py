@@ -17,8 +17,8 @@ from typing import Any, NoReturn
 
 import click
 
-from reinit import __version__
 from reinit.errors import ReinitError
+from reinit.version import __version__
 
 
 def _debug() -> bool:
@@ -314,9 +314,11 @@ def apply(
     A rule is PATTERN=ACTION: PATTERN a glob (* also matches dots) or re:REGEX, ACTION a
     scheme (reinit schemes), keep, or from(SOURCE, key=..., on_mismatch=...). The last
     matching rule wins; tensors no rule matches are copied byte for byte."""
-    import reinit
+    import reinit.planning.session as planning
+    import reinit.run.apply as running
     from reinit.errors import UsageError
-    from reinit.report import render_plan, render_terminal
+    from reinit.report.plan_view import render_plan
+    from reinit.report.terminal import render_terminal
 
     if not (rules or adds or drops or renames):
         raise UsageError(
@@ -326,7 +328,7 @@ def apply(
 
     _warn_unsafe(unsafe_pickle)
     if dry_run:
-        plan = reinit.plan(
+        plan = planning.plan(
             source,
             rules,
             strict=strict,
@@ -345,10 +347,10 @@ def apply(
             _err(_dropped_line(plan.dropped))
         return
     if plot_path is not None:
-        from reinit.plot import require_matplotlib
+        from reinit.report.plot import require_matplotlib
 
         require_matplotlib()
-    report = reinit.apply(
+    report = running.apply(
         source,
         rules,
         output,
@@ -389,7 +391,7 @@ def _dropped_line(names: tuple[str, ...]) -> str:
 def _fail_on(value: str | None) -> frozenset[str]:
     """`--fail-on nonfinite,garbage` (or `any`) -> the set of flags that fail the run."""
     from reinit.errors import UsageError
-    from reinit.report import FLAGS
+    from reinit.report.flags import FLAGS
 
     if not value:
         return frozenset()
@@ -460,17 +462,17 @@ def report(
 
     Flags (nonfinite, garbage, constant, std_off, outlier, unstable_depth) are shown and the
     exit status is 0, unless --fail-on names one that a tensor carries (exit 1)."""
-    from reinit.report import render_terminal
+    from reinit.report.terminal import render_terminal
 
     failing = _fail_on(fail_on)
-    from reinit.engine import write_report_files
     from reinit.io.targets import check_suffix
+    from reinit.tools.audit import write_report_files
 
     for path in outputs:  # a typo in a format costs nothing
         check_suffix(path, "-o", "report")
     if plot_path is not None:
         check_suffix(plot_path, "--plot", "plot")
-        from reinit.plot import require_matplotlib
+        from reinit.report.plot import require_matplotlib
 
         require_matplotlib()
     _warn_unsafe(unsafe_pickle)
@@ -521,7 +523,7 @@ def report(
 )
 def diff(a: str, b: str, as_json: bool, unsafe_pickle: tuple[str, ...]) -> None:
     """Which tensors differ between checkpoints A and B (bitwise), and by how much."""
-    from reinit.diff import diff_checkpoints, render_diff
+    from reinit.tools.diff import diff_checkpoints, render_diff
 
     _warn_unsafe(unsafe_pickle)
     d = diff_checkpoints(a, b, unsafe_pickle=unsafe_pickle)
@@ -578,12 +580,12 @@ def verify(path: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def inspect(source: str, pattern: str | None, stats: bool, as_json: bool) -> None:
     """List the tensors of a checkpoint: name, shape, dtype, size (and statistics)."""
-    from reinit.engine import inspect_checkpoint
-    from reinit.report import fmt, shape_text, shorten
+    from reinit.report.text import fmt, shape_text, shorten
+    from reinit.tools.inspect import inspect_checkpoint
 
     rows = inspect_checkpoint(source, pattern, stats=stats)
     if as_json:
-        from reinit.report import dumps
+        from reinit.report.jsonio import dumps
 
         click.echo(dumps([r.to_dict() for r in rows], indent=2))
         return
@@ -702,8 +704,9 @@ def probe(
     before and after the rules: see signals vanish or explode through depth.
 
     MODEL: a Hugging Face model directory, hf://OWNER/NAME, or module:callable."""
-    from reinit.probe import parse_shape, plot, render
-    from reinit.probe import probe as run_probe
+    from reinit.tools.probe import parse_shape
+    from reinit.tools.probe import probe as run_probe
+    from reinit.tools.probe_render import plot, render
 
     shape = parse_shape(input_shape) if input_shape else None
     if plot_path is not None:
@@ -754,8 +757,10 @@ def run(recipe: str, sets: tuple[str, ...], dry_run: bool, as_json: bool, quiet:
     chain several rule sets in memory."""
     from dataclasses import replace
 
-    from reinit.recipe import load_recipe, run_recipe
-    from reinit.report import render_plan, render_terminal
+    from reinit.recipe.run import run_recipe
+    from reinit.recipe.validate import load_recipe
+    from reinit.report.plan_view import render_plan
+    from reinit.report.terminal import render_terminal
 
     loaded = load_recipe(recipe, sets)
     if dry_run:

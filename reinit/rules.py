@@ -7,21 +7,15 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-import torch
-
-from reinit.errors import RuleError, SchemeError, StrictError
-from reinit.globmatch import Glob, compile_glob, literal_glob
-from reinit.ruleindex import RuleIndex
-from reinit.schemes import DEFAULT, KEEP, BoundScheme, bind_scheme
+from reinit.errors import RuleError, SchemeError
+from reinit.matching import Glob, MatchAll, Matcher, UserRegex, compile_glob, literal_glob
+from reinit.schemes import KEEP, BoundScheme, bind_scheme
 
 ValueT = int | float | str
-
-
-# --- grammar ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -34,47 +28,6 @@ class Action:
 
     def kwargs_dict(self) -> dict[str, ValueT]:
         return dict(self.kwargs)
-
-
-class Matcher(Protocol):
-    """What a pattern matches names with: a `Glob` (linear time, see `globmatch`) or a
-    `UserRegex` (time-bounded)."""
-
-    def fullmatch(self, name: str) -> tuple[str, ...] | None: ...
-
-
-# A user regex may spend this long on one tensor name before the rule is refused: tensor
-# names are short, so a sane regex needs microseconds; catastrophic backtracking (`(a+)+$`)
-# is stopped instead of hanging. Documented in README "Guarantees".
-REGEX_TIMEOUT_S = 0.5
-
-
-@dataclass(frozen=True)
-class UserRegex:
-    """A `re:` pattern, run by the `regex` module with a per-match timeout (Python's `re`
-    cannot be interrupted, and no static check catches every exponential regex)."""
-
-    text: str
-    compiled: Any  # a `regex.Pattern`
-
-    def fullmatch(self, name: str) -> tuple[str, ...] | None:
-        try:
-            m = self.compiled.fullmatch(name, timeout=REGEX_TIMEOUT_S)
-        except TimeoutError:
-            shown = name if len(name) <= 80 else name[:77] + "..."
-            raise RuleError(
-                f"pattern {self.text!r}: the regular expression took over {REGEX_TIMEOUT_S} s "
-                f"on tensor '{shown}' (catastrophic backtracking, e.g. nested quantifiers like "
-                "(a+)+); rewrite it without nested repeats, or use a glob"
-            ) from None
-        return None if m is None else tuple(g if g is not None else "" for g in m.groups())
-
-
-class MatchAll:
-    """The name part of a bare `type:` pattern: every name, no captures."""
-
-    def fullmatch(self, name: str) -> tuple[str, ...] | None:
-        return ()
 
 
 @dataclass(frozen=True)
@@ -148,12 +101,20 @@ class Rule:
 
 
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 _KEY_EQ = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=(?!=)(.*)\Z", re.S)
+
+
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?|inf|nan)\Z")
+
+
 _OPEN = {"(": ")", "[": "]", "{": "}"}
 
 
 TYPE_PREFIX = "type:"
+
+
 _TYPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
@@ -289,8 +250,6 @@ def parse_rule(text: str) -> Rule:
             raise RuleError(f"{where}: keep takes no arguments")
         return Rule(text, pattern, action, None)
     if action.name == "from":
-        from reinit.transplant import parse_from
-
         return Rule(text, pattern, action, None, transplant=parse_from(action, where))
     try:
         scheme = bind_scheme(action.name, action.args, action.kwargs_dict())
@@ -303,213 +262,7 @@ def parse_rules(texts: Sequence[str]) -> tuple[Rule, ...]:
     return tuple(parse_rule(t) for t in texts)
 
 
-# --- planning ---------------------------------------------------------------------------
-
-
-class TensorLike(Protocol):
-    @property
-    def name(self) -> str: ...
-    @property
-    def shape(self) -> tuple[int, ...]: ...
-    @property
-    def dtype(self) -> torch.dtype: ...
-
-
-ACTIONS = ("kept", "reinit", "transplant", "skipped")
-
-
-@dataclass(frozen=True)
-class PlanEntry:
-    """What happens to one tensor. `rule` is None when no rule matched (kept byte-for-byte)."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-    action: str  # one of ACTIONS
-    rule: Rule | None = None
-    captures: tuple[str, ...] = ()
-    reason: str | None = None
-    source_key: str | None = None  # a transplant's resolved source tensor name
-    added: bool = False  # made by --add: no source bytes
-    renamed_from: str | None = None  # its name in the source, when --rename changed it
-
-    @property
-    def notes(self) -> tuple[str, ...]:
-        """What surgery did to this tensor, for the report."""
-        if self.added:
-            return ("added",)
-        if self.renamed_from is not None:
-            return (f"renamed from {self.renamed_from}",)
-        return ()
-
-    @property
-    def scheme(self) -> BoundScheme | None:
-        return self.rule.scheme if self.rule is not None and self.action == "reinit" else None
-
-    @property
-    def changes(self) -> bool:
-        return self.action in ("reinit", "transplant")
-
-
-@dataclass(frozen=True)
-class Plan:
-    entries: tuple[PlanEntry, ...]
-    rules: tuple[Rule, ...]
-    warnings: tuple[str, ...] = ()
-    dropped: tuple[str, ...] = ()  # names removed by --drop (not in `entries`)
-
-    @property
-    def skipped(self) -> tuple[PlanEntry, ...]:
-        return tuple(e for e in self.entries if e.action == "skipped")
-
-
-def is_integer_dtype(dtype: torch.dtype) -> bool:
-    return not (dtype.is_floating_point or dtype.is_complex)
-
-
-def why_cannot_take(rule: Rule, shape: tuple[int, ...], dtype: torch.dtype) -> str | None:
-    """The reason a reinit rule's scheme cannot take this tensor, or None."""
-    if rule.scheme is None:
-        return None
-    if is_integer_dtype(dtype):
-        return f"{dtype_label(dtype)} tensor: integer and bool tensors are never re-initialized"
-    if dtype.is_complex:
-        return f"{dtype_label(dtype)} tensor: complex tensors are not re-initialized"
-    return rule.scheme.scheme.can_take(shape, rule.scheme.kwargs)
-
-
-def dtype_label(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def last_match(
-    rules: Sequence[Rule], name: str, types: Sequence[str] | None = None
-) -> tuple[Rule, tuple[str, ...]] | None:
-    """The last rule that matches `name` wins (general first, specific after)."""
-    for rule in reversed(rules):
-        caps = rule.pattern.match(name, types)
-        if caps is not None:
-            return rule, caps
-    return None
-
-
-def plan(
-    tensors: Sequence[TensorLike],
-    rules: Sequence[Rule],
-    *,
-    strict: bool = False,
-    allow_unmatched: bool = False,
-    module_types: Mapping[str, Sequence[str]] | None = None,
-) -> Plan:
-    """Decide, for each tensor, which rule wins and what it does. Raises `RuleError` for a rule
-    that matches nothing (unless allowed) or a wildcard-free rule naming a tensor its scheme
-    cannot take, and `StrictError` under `strict` for any skip.
-
-    `module_types` (from a model, see `reinit.model`) maps each tensor name to its owning
-    module's class names; `type:` patterns and the `default` scheme need it."""
-    check_model_needs(rules, module_types)
-    entries: list[PlanEntry] = []
-    used: set[int] = set()
-    index = RuleIndex(rules)
-    for t in tensors:
-        shape = tuple(t.shape)
-        types = module_types.get(t.name) if module_types is not None else None
-        # the last matching rule wins; a rule also "matches" for the unmatched check when it
-        # loses to a later rule, so candidates below the winner are tried only until used
-        hit: tuple[Rule, tuple[str, ...]] | None = None
-        for i in index.candidates(t.name):
-            if hit is not None and i in used:
-                continue
-            caps = rules[i].pattern.match(t.name, types)
-            if caps is not None:
-                used.add(i)
-                if hit is None:
-                    hit = (rules[i], caps)
-        if hit is None:
-            entries.append(PlanEntry(t.name, shape, t.dtype, "kept"))
-            continue
-        rule, caps = hit
-        if rule.kind == "keep":
-            entries.append(PlanEntry(t.name, shape, t.dtype, "kept", rule, caps))
-            continue
-        if rule.kind == "transplant":
-            entries.append(PlanEntry(t.name, shape, t.dtype, "transplant", rule, caps))
-            continue
-        reason = why_cannot_take(rule, shape, t.dtype)
-        if reason is not None:
-            if not rule.pattern.has_wildcards:
-                raise RuleError(f"rule {rule.text!r}: tensor '{t.name}' {shape}: {reason}")
-            entries.append(PlanEntry(t.name, shape, t.dtype, "skipped", rule, caps, reason))
-            continue
-        overflow = rule.scheme.overflow(t.dtype) if rule.scheme is not None else None
-        if overflow is not None:
-            raise RuleError(f"rule {rule.text!r}: tensor '{t.name}': {overflow}")
-        entries.append(PlanEntry(t.name, shape, t.dtype, "reinit", rule, caps))
-
-    warnings: list[str] = []
-    names = [t.name for t in tensors]
-    hinted = 0
-    for i, r in enumerate(rules):
-        if i in used:
-            continue
-        # a hint costs a fuzzy search over all names: give it to the first few rules only,
-        # so thousands of unmatched rules stay fast
-        hinted += 1
-        if hinted > MAX_HINTS:
-            hint = ""
-        elif r.pattern.module_types and module_types is not None:
-            hint = type_hint(r.pattern, module_types)
-        else:
-            hint = closest_hint(r.pattern.text, names)
-        msg = f"rule {r.text!r} matches no tensor{hint}"
-        if not allow_unmatched:
-            raise RuleError(msg + " (--allow-unmatched makes this a warning)")
-        warnings.append(msg)
-
-    result = Plan(tuple(entries), tuple(rules), tuple(warnings))
-    if strict and result.skipped:
-        first = result.skipped[0]
-        raise StrictError(
-            f"--strict: {len(result.skipped)} tensor(s) would be skipped, e.g. "
-            f"'{first.name}' by rule {first.rule.text if first.rule else ''!r}: {first.reason}"
-        )
-    return result
-
-
 MAX_HINTS = 20  # unmatched rules that get a "closest names" hint
-
-NEEDS_MODEL = (
-    "needs a model: pass --model with a Hugging Face model directory, hf://OWNER/NAME "
-    "or module:callable (e.g. torchvision.models:resnet18)"
-)
-
-
-def check_model_needs(
-    rules: Sequence[Rule], module_types: Mapping[str, Sequence[str]] | None
-) -> None:
-    """`type:` patterns and the `default` scheme are meaningless without a model."""
-    if module_types is not None:
-        return
-    for r in rules:
-        if r.pattern.module_types:
-            raise RuleError(f"rule {r.text!r}: selecting by module type {NEEDS_MODEL}")
-        if r.scheme is not None and r.scheme.name == DEFAULT:
-            raise RuleError(
-                f"rule {r.text!r}: the scheme default (the architecture's own init) {NEEDS_MODEL}"
-            )
-
-
-def type_hint(pattern: Pattern, module_types: Mapping[str, Sequence[str]]) -> str:
-    """'; module types with tensors: ...' for a `type:` rule that matched nothing."""
-    present = sorted({ts[0] for ts in module_types.values() if ts})
-    close = [
-        c
-        for t in pattern.module_types
-        for c in difflib.get_close_matches(t, present, n=2, cutoff=0.5)
-    ]
-    did = f" (did you mean {' or '.join(dict.fromkeys(close))}?)" if close else ""
-    shown = ", ".join(present[:12]) + (", ..." if len(present) > 12 else "")
-    return f"{did}; module types holding tensors: {shown or 'none'}"
 
 
 def closest_hint(pattern: str, names: Sequence[str], n: int = 3) -> str:
@@ -520,3 +273,47 @@ def closest_hint(pattern: str, names: Sequence[str], n: int = 3) -> str:
     if not close and names:
         close = sorted(names, key=lambda x: -difflib.SequenceMatcher(None, probe, x).ratio())[:n]
     return f"; closest names: {', '.join(close)}" if close else "; the checkpoint has no tensors"
+
+
+MISMATCH_POLICIES = ("error", "skip", "slice")
+
+
+@dataclass(frozen=True)
+class TransplantSpec:
+    source: str
+    key: str | None = None  # template; None = the target's own name
+    on_mismatch: str = "error"
+
+    def describe(self) -> str:
+        parts = [self.source]
+        if self.key is not None:
+            parts.append(f"key={self.key}")
+        if self.on_mismatch != "error":
+            parts.append(f"on_mismatch={self.on_mismatch}")
+        return f"from({', '.join(parts)})"
+
+
+def parse_from(action: Action, where: str) -> TransplantSpec:
+    kw = action.kwargs_dict()
+    unknown = set(kw) - {"source", "key", "on_mismatch"}
+    if unknown:
+        raise RuleError(
+            f"{where}: from() has no argument {sorted(unknown)[0]!r}; "
+            "use from(SOURCE, key=TEMPLATE|auto, on_mismatch=error|skip|slice)"
+        )
+    if len(action.args) > 1:
+        raise RuleError(f"{where}: from() takes one positional argument, the source")
+    source = action.args[0] if action.args else kw.get("source")
+    if not isinstance(source, str) or not source:
+        raise RuleError(f"{where}: from() needs a source, e.g. from(other.safetensors)")
+    if source.startswith("hf://"):
+        from reinit.io.hub import parse_hf_url
+
+        parse_hf_url(source)  # a malformed URL is a usage error now, before anything is read
+    key = kw.get("key")
+    if key is not None and not isinstance(key, str):
+        key = str(key)
+    policy = kw.get("on_mismatch", "error")
+    if policy not in MISMATCH_POLICIES:
+        raise RuleError(f"{where}: on_mismatch must be one of {', '.join(MISMATCH_POLICIES)}")
+    return TransplantSpec(source, key, str(policy))

@@ -14,7 +14,8 @@ from safetensors.torch import load_file, save_file
 import reinit
 from reinit.cli import main
 from reinit.errors import RuleError
-from reinit.report import Report, Stats, TensorEntry
+from reinit.report.entries import Report, TensorEntry
+from reinit.report.stats import Stats
 
 RULES = [
     "*.weight=kaiming_normal(nonlinearity=relu)",
@@ -164,7 +165,7 @@ def test_the_cli_answers_help_without_importing_torch():
     assert out.stdout.split() == ["0", "True", "False"]
 
 
-@pytest.mark.parametrize("module_name", ["reinit.inmemory", "reinit.recipe"])
+@pytest.mark.parametrize("module_name", ["reinit.run.inmemory", "reinit.recipe.files"])
 def test_docstring_examples_run(module_name):
     import doctest
     import importlib

@@ -25,7 +25,8 @@ from safetensors.torch import load_file, save_file
 
 from reinit.cli import main
 from reinit.errors import WriteError
-from reinit.io.writer import SafetensorsWriter, atomic_output
+from reinit.io.publish import atomic_output
+from reinit.io.writer import SafetensorsWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -171,12 +171,12 @@ def test_report_command(ckpt, tmp_path):
 
 
 def test_internal_errors_are_one_line_unless_debugging(ckpt, monkeypatch):
-    import reinit
+    import reinit.run.apply as running
 
     def boom(*a, **k):
         raise ZeroDivisionError("oops")
 
-    monkeypatch.setattr(reinit, "apply", boom)
+    monkeypatch.setattr(running, "apply", boom)
     r = CliRunner().invoke(main, ["apply", str(ckpt), "-r", "*=zeros"])
     assert r.exit_code == 1 and "internal error: ZeroDivisionError: oops" in r.stderr
     assert "REINIT_DEBUG=1" in r.stderr and "Traceback" not in r.stderr

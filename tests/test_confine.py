@@ -361,14 +361,14 @@ def test_library_reader_raises_the_same_error(tmp_path):
 
 @pytest.mark.parametrize("shard", ["../x.bin", "/abs/x.safetensors", "a/../../x.pt", "a\\b.bin"])
 def test_shard_output_name_refuses_names_that_leave_the_output(shard):
-    from reinit.engine import shard_output_name
+    from reinit.run.output import shard_output_name
 
     with pytest.raises(UnsafePathError):
         shard_output_name(shard)
 
 
 def test_shard_output_names_stay_relative():
-    from reinit.engine import shard_output_name
+    from reinit.run.output import shard_output_name
 
     assert shard_output_name("sub/pytorch_model-00001-of-00002.bin") == (
         "sub/model-00001-of-00002.safetensors"

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 import reinit
 from reinit.cli import main
-from reinit.diff import diff_checkpoints, value_diff
+from reinit.tools.diff import diff_checkpoints, value_diff
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -100,7 +100,7 @@ def test_diff_measures_each_change(pair):
 
 
 def test_value_diff_is_exact_in_float64_across_chunks(monkeypatch):
-    import reinit.diff as diff_mod
+    import reinit.tools.diff as diff_mod
 
     monkeypatch.setattr(diff_mod, "_CHUNK", 7)  # many chunks on a small tensor
     g = torch.Generator().manual_seed(3)

@@ -14,9 +14,10 @@ import torch
 from safetensors.torch import save_file
 
 from reinit.errors import RuleError, UsageError
-from reinit.recipe import load_recipe
-from reinit.rules import parse_rule, plan
-from reinit.surgery import parse_add
+from reinit.planning.planner import plan
+from reinit.planning.surgery import parse_add
+from reinit.recipe.validate import load_recipe
+from reinit.rules import parse_rule
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -258,7 +258,7 @@ def test_add_limit_reads_real_memory():
 def test_report_json_is_one_line_per_tensor_and_round_trips(tmp_path):
     """Per-tensor cost of the JSON report (issue #17: a 494 MB report for 1M tensors): rows are
     encoded compactly, one per line; the document is the same JSON as before."""
-    from reinit.engine import report_checkpoint
+    from reinit.tools.audit import report_checkpoint
 
     src = tmp_path / "m.safetensors"
     save_file({f"t{i}": torch.full((2,), float(i)) for i in range(5)}, src)

@@ -22,9 +22,10 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from reinit.errors import RuleError
-from reinit.globmatch import Segment
-from reinit.rules import parse_pattern, parse_rule, plan
-from reinit.surgery import parse_drop, parse_rename
+from reinit.matching import Segment
+from reinit.planning.planner import plan
+from reinit.planning.surgery import parse_drop, parse_rename
+from reinit.rules import parse_pattern, parse_rule
 
 HANG_BOUND_S = 20.0
 REPO = Path(__file__).resolve().parents[1]

@@ -403,7 +403,7 @@ def test_online_error_mapping(fake_hub, tmp_path, monkeypatch):
 
 def test_quiet_silences_the_hubs_download_bar(fake_hub, tmp_path, capfd, monkeypatch):
     """`progress=False` (the CLI's --quiet) reaches the Hub's own bars, not only reinit's."""
-    from reinit.engine import report_checkpoint
+    from reinit.tools.audit import report_checkpoint
 
     monkeypatch.setenv("TQDM_POSITION", "-1")  # huggingface_hub: show bars on a non-terminal too
     tensors = {"w": torch.randn(64, 64)}

@@ -55,7 +55,7 @@ def test_apply_peak_rss_growth_is_bounded(tmp_path):
     assert size > 380 * MB
     py = sys.executable
     baseline = peak_rss(
-        [py, "-c", "import reinit.cli, reinit.engine, torch, safetensors"], tmp_path
+        [py, "-c", "import reinit.cli, reinit.run.apply, torch, safetensors"], tmp_path
     )
     used = peak_rss(
         [

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 import reinit
 from reinit.cli import main
 from reinit.errors import RuleError, UsageError
-from reinit.model import load_model
+from reinit.planning.model_load import load_model
 from reinit.rules import parse_pattern
 from reinit.schemes import seed_for
 
@@ -343,7 +343,7 @@ def test_default_refuses_a_model_of_another_shape(conv_ckpt: Path, tmp_path: Pat
 def test_module_fans_hf_conv1d_and_plain_layers() -> None:
     from transformers.pytorch_utils import Conv1D
 
-    from reinit.model import module_fans
+    from reinit.planning.model import module_fans
 
     # GPT-2's Conv1D(nf=12, nx=4) stores its weight as (in, out) = (4, 12)
     assert module_fans(Conv1D(12, 4), "weight", (4, 12)) == (4, 12)

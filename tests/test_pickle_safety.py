@@ -15,7 +15,7 @@ from click.testing import CliRunner
 import reinit
 from reinit.cli import main
 from reinit.errors import UnsafePickleError
-from reinit.io.readers import TORCH_FLOOR, _torch_version, load_torch_file
+from reinit.io.readers import TORCH_FLOOR, load_torch_file, torch_version
 
 
 class Planted:
@@ -117,7 +117,7 @@ def test_unsafe_pickle_is_explicit_and_loud(tmp_path):
 def test_torch_floor_is_the_cve_fix():
     # CVE-2025-32434: torch.load(weights_only=True) could run code before torch 2.6.0
     assert TORCH_FLOOR == (2, 6)
-    assert _torch_version() >= TORCH_FLOOR
+    assert torch_version() >= TORCH_FLOOR
     text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     assert '"torch>=2.6"' in text
 

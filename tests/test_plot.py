@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 import reinit
 from reinit.cli import main
-from reinit.plot import DPI, FIGSIZE, plot_report
+from reinit.report.plot import DPI, FIGSIZE, plot_report
 
 
 @pytest.fixture(autouse=True, scope="module")

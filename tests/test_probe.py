@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from reinit.cli import main
-from reinit.probe import parse_shape, probe
+from reinit.tools.probe import parse_shape, probe
 
 HERE = Path(__file__).parent
 MLP = "models_for_tests:mlp(depth=8, width=64, inputs=64)"

@@ -97,7 +97,7 @@ def test_in_place_folder_changes_only_its_weight_file_and_keeps_mode(tmp_path):
 
 
 def test_interrupted_in_place_folder_is_left_exactly_as_it_was(tmp_path, monkeypatch):
-    import reinit.engine as engine
+    import reinit.run.apply as engine
 
     m = project(tmp_path)
     before = snapshot(tmp_path)
@@ -341,7 +341,7 @@ def test_concurrent_runs_to_one_output_exactly_one_wins(tmp_path):
 
 
 def test_checkpoint_and_report_are_published_together_or_not_at_all(tmp_path, monkeypatch):
-    import reinit.report as report_mod
+    import reinit.report.files as report_mod
 
     src = weights(tmp_path / "m.safetensors")
     before = snapshot(tmp_path)
@@ -405,7 +405,7 @@ def test_signal_during_publish_finishes_and_says_so(tmp_path, monkeypatch):
 
 
 def test_signal_after_publish_exits_0_naming_the_output(tmp_path, monkeypatch):
-    import reinit.report as report_mod
+    import reinit.report.terminal as report_mod
 
     def ctrl_c(*a, **k):
         raise KeyboardInterrupt
@@ -455,7 +455,10 @@ def test_huge_and_nonfinite_values_give_a_valid_report(tmp_path):
 
 
 def test_nonfinite_numbers_are_strings_in_json_and_read_back():
-    from reinit.report import Report, Stats, TensorEntry, dumps, summarize
+    from reinit.report.assemble import summarize
+    from reinit.report.entries import Report, TensorEntry
+    from reinit.report.jsonio import dumps
+    from reinit.report.stats import Stats
 
     after = Stats(None, None, None, None, 4)
     entry = TensorEntry(

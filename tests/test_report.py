@@ -17,17 +17,13 @@ from safetensors.torch import load_file, save_file
 
 import reinit
 from reinit.cli import main
-from reinit.report import (
-    Stats,
-    TensorEntry,
-    depth_checks,
-    finalize,
-    layer_tables,
-    render_terminal,
-    std_tolerance,
-    to_csv,
-    to_markdown,
-)
+from reinit.report.assemble import finalize
+from reinit.report.entries import TensorEntry
+from reinit.report.files import to_csv, to_markdown
+from reinit.report.flags import depth_checks, std_tolerance
+from reinit.report.layers import layer_tables
+from reinit.report.stats import Stats
+from reinit.report.terminal import render_terminal
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -411,7 +407,7 @@ def test_terminal_fits_100_columns_flagged_first_no_colour(tmp_path):
 def test_long_names_lose_their_shared_prefix_first():
     """Names run from general to specific: the prefix every row shares is clipped first, and
     the layer number and the specific tail survive."""
-    from reinit.report import shorten_name
+    from reinit.report.text import shorten_name
 
     name = "bert.encoder.layer.3.attention.output.dense.weight"
     assert shorten_name(name, 60) == name

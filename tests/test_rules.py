@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from reinit.errors import RuleError, StrictError
-from reinit.rules import parse_action, parse_pattern, parse_rule, plan
+from reinit.planning.planner import plan
+from reinit.rules import parse_action, parse_pattern, parse_rule
 
 
 @dataclass(frozen=True)

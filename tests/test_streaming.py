@@ -16,9 +16,9 @@ from safetensors.torch import save_file
 from test_memory import MB, make_checkpoint, peak_rss
 
 import reinit
-from reinit import engine
 from reinit.io import writer
 from reinit.io.pipeline import prefetch
+from reinit.run import stream as engine
 
 
 def odd_checkpoint(path: Path) -> None:
@@ -177,7 +177,7 @@ def test_transplant_and_report_memory_bounded(tmp_path):
     size = make_checkpoint(src)
     py = sys.executable
     baseline = peak_rss(
-        [py, "-c", "import reinit.cli, reinit.engine, torch, safetensors"], tmp_path
+        [py, "-c", "import reinit.cli, reinit.run.apply, torch, safetensors"], tmp_path
     )
     transplant = peak_rss(
         [

@@ -15,8 +15,8 @@ import reinit
 from reinit.cli import main
 from reinit.errors import RuleError
 from reinit.io.readers import TensorRef
+from reinit.planning.surgery import Surgery, edit_refs, parse_add, parse_drop, parse_rename
 from reinit.schemes import seed_for
-from reinit.surgery import Surgery, edit_refs, parse_add, parse_drop, parse_rename
 
 
 def st(path: Path, tensors: dict[str, torch.Tensor]) -> Path:

@@ -12,10 +12,10 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 import reinit
-import reinit.transplant as transplant_mod
+import reinit.planning.transplant as transplant_mod
 from reinit.cli import main
 from reinit.errors import TransplantError
-from reinit.transplant import auto_keys
+from reinit.planning.transplant import auto_keys
 
 
 def st(path: Path, tensors: dict[str, torch.Tensor]) -> Path:
@@ -361,7 +361,7 @@ def test_transplant_every_tensor_peak_rss_growth_is_bounded(tmp_path):
     save_file({k: torch.zeros(s) for k, s in layout.items()}, tgt)
     py = sys.executable
     baseline = peak_rss(
-        [py, "-c", "import reinit.cli, reinit.engine, torch, safetensors"], tmp_path
+        [py, "-c", "import reinit.cli, reinit.run.apply, torch, safetensors"], tmp_path
     )
     used = peak_rss(
         [

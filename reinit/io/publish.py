@@ -27,7 +27,8 @@ import ctypes.util
 import errno
 import os
 import uuid
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -311,3 +312,21 @@ class Publication:
 def how_to_publish(*, overwrite: bool, in_place: bool = False) -> str:
     """The rename a target gets: replacing only when the user allowed it."""
     return "replace" if (overwrite or in_place) else "noreplace"
+
+
+@contextmanager
+def atomic_output(
+    target: str | os.PathLike[str], *, directory: bool = False, replace: bool = True
+) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; on success fsync it and move it onto `target`
+    (replacing what is there when `replace`, which the caller has already allowed; else failing
+    with "exists" if another run got there first), on any failure, Ctrl-C and SIGTERM included,
+    remove it and leave `target` untouched. One output alone: see `reinit.io.publish` for a
+    batch published together."""
+    with Publication() as pub:
+        tmp = pub.stage(target, how="replace" if replace else "noreplace", directory=directory)
+        try:
+            yield tmp
+        except OSError as e:
+            raise write_error(os.fspath(target), e) from None
+        pub.commit()

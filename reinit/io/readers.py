@@ -291,7 +291,7 @@ TORCH_FLOOR = (2, 6)
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
-def _torch_version() -> tuple[int, int]:
+def torch_version() -> tuple[int, int]:
     m = re.match(r"(\d+)\.(\d+)", torch.__version__)
     return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
@@ -303,7 +303,7 @@ def load_torch_file(path: str, unsafe: bool = False, mmap: bool | None = None) -
     Every failure is a `CheckpointError` (an `UnsafePickleError` when the file needs globals
     the weights-only unpickler refuses): torch.load's own failures range from KeyError to
     struct.error on garbage input, none of which may reach the user as a traceback."""
-    if not unsafe and _torch_version() < TORCH_FLOOR:
+    if not unsafe and torch_version() < TORCH_FLOOR:
         raise UnsafePickleError(
             f"{path}: torch {torch.__version__} has a code-execution flaw in its weights-only "
             "loader (CVE-2025-32434); upgrade to torch>=2.6 to read torch files"

@@ -54,7 +54,7 @@ class SafetensorsWriter:
     """Write a safetensors file tensor by tensor, in the order given at construction.
 
     Use as a context manager; `write(name, data)` must be called for each tensor in order.
-    The file at `path` is written directly: atomicity is `atomic_output`'s job."""
+    The file at `path` is written directly: atomicity is `reinit.io.publish`'s job."""
 
     def __init__(
         self,
@@ -329,23 +329,3 @@ def publish_directory(tmp: Path, target: Path) -> None:
         os.replace(old, target)
         raise
     remove_path(old)
-
-
-@contextmanager
-def atomic_output(
-    target: str | os.PathLike[str], *, directory: bool = False, replace: bool = True
-) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; on success fsync it and move it onto `target`
-    (replacing what is there when `replace`, which the caller has already allowed; else failing
-    with "exists" if another run got there first), on any failure, Ctrl-C and SIGTERM included,
-    remove it and leave `target` untouched. One output alone: see `reinit.io.publish` for a
-    batch published together."""
-    from reinit.io.publish import Publication
-
-    with Publication() as pub:
-        tmp = pub.stage(target, how="replace" if replace else "noreplace", directory=directory)
-        try:
-            yield tmp
-        except OSError as e:
-            raise write_error(os.fspath(target), e) from None
-        pub.commit()

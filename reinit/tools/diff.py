@@ -1,17 +1,9 @@
-"""`reinit diff A B`: which tensors two checkpoints disagree on, and by how much.
-
-Tensors are matched by name. A pair is `identical` when shape, dtype and every byte agree (so a
-NaN equals the same NaN, and -0.0 differs from 0.0: the question is "did anything touch this
-tensor"). For a changed pair of the same shape the size of the change is measured in float64,
-chunk by chunk (never a float64 copy of a whole tensor): max |B−A| and the relative Frobenius
-change ‖B−A‖/‖A‖, both over the positions finite in A and B; positions where either side is
-NaN/Inf and the two disagree are counted apart (`nonfinite_changed`)."""
+"""`reinit diff A B`: which tensors differ between two checkpoints and by how much."""
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +11,8 @@ import torch
 
 from reinit.io.safetensors_format import dtype_name
 from reinit.io.trust import TrustSpec
-from reinit.report import fmt, shape_text, shorten, shorten_name, tensor_stats
+from reinit.report.stats import tensor_stats
+from reinit.report.text import fmt, shape_text, shorten, shorten_name
 
 _CHUNK = 1 << 21
 
@@ -95,7 +88,7 @@ class Diff:
         }
 
     def to_json(self) -> str:
-        from reinit.report import dumps
+        from reinit.report.jsonio import dumps
 
         return dumps(self.to_dict(), indent=2)
 
@@ -132,10 +125,11 @@ def diff_checkpoints(
 ) -> Diff:
     """Compare two checkpoints (any form of DESIGN §1) tensor by tensor, streaming: at most
     one tensor of each is in memory at a time."""
-    from reinit.engine import _opened, _same_bytes
+    from reinit.planning.session import open_source
+    from reinit.tools.audit import same_bytes
 
     out: list[TensorDiff] = []
-    with _opened(a, unsafe_pickle) as ca, _opened(b, unsafe_pickle) as cb:
+    with open_source(a, unsafe_pickle) as ca, open_source(b, unsafe_pickle) as cb:
         for ref in ca.refs():
             if ref.name not in cb:
                 t = ca.read(ref.name)
@@ -153,7 +147,7 @@ def diff_checkpoints(
                 continue
             bref = cb.ref(ref.name)
             same_layout = (ref.shape, ref.dtype) == (bref.shape, bref.dtype)
-            if same_layout and _same_bytes(ca.read_bytes(ref.name), cb.read_bytes(ref.name)):
+            if same_layout and same_bytes(ca.read_bytes(ref.name), cb.read_bytes(ref.name)):
                 std = tensor_stats(ca.read(ref.name)).std
                 out.append(
                     TensorDiff(
@@ -253,6 +247,3 @@ def render_diff(d: Diff, width: int = 100, color: bool = False) -> str:
         line = "  ".join(cells).rstrip()
         lines.append(click.style(line, fg=style[t.status]) if color else line)
     return "\n".join(lines)
-
-
-__all__: Sequence[str] = ["Diff", "TensorDiff", "diff_checkpoints", "render_diff", "value_diff"]

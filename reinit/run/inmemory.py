@@ -1,8 +1,5 @@
-"""The library on tensors already in memory: a state dict or an `nn.Module`.
-
-Same rules, same planning (`rules.plan`), same schemes and seeds (`schemes.generate`, per-tensor
-generators) and the same report as `reinit apply` on a file — so a training script gets, value
-for value, what the CLI gives on that module's saved state dict."""
+"""The same rules on tensors already in memory: state dicts, `nn.Module`s and in-memory
+checkpoints (a recipe's intermediate steps)."""
 
 from __future__ import annotations
 
@@ -13,20 +10,15 @@ from typing import Any
 
 import torch
 
-from reinit.engine import (
-    Applier,
-    Piece,
-    RuleInput,
-    _as_rules,
-    _make_report,
-    _plan_for,
-    check_device,
-)
 from reinit.io.readers import Checkpoint, StateDictCheckpoint, tensor_from_bytes
 from reinit.io.trust import TrustSpec
-from reinit.report import Report, TensorEntry
-from reinit.rules import Plan, Rule
-from reinit.ties import Ties
+from reinit.planning.planner import Plan
+from reinit.planning.session import RuleInput, as_rules, check_device, plan_for
+from reinit.planning.ties import Ties
+from reinit.report.assemble import make_report
+from reinit.report.entries import Report, TensorEntry
+from reinit.rules import Rule
+from reinit.run.stream import Applier, Piece
 
 
 def apply_to_checkpoint(
@@ -44,17 +36,17 @@ def apply_to_checkpoint(
     """Apply rules to any checkpoint and return every tensor in memory (CPU; kept tensors of a
     `StateDictCheckpoint` are its own objects, not copies) with the report. Nothing is written.
     `progress=True` shows the Hub's download bars of hf:// transplant sources."""
-    from reinit.transplant import SourcePool
+    from reinit.planning.transplant import SourcePool
 
     started = time.perf_counter()
     device = check_device(device)
-    rule_objs = _as_rules(rules)
+    rule_objs = as_rules(rules)
     with SourcePool(ckpt, unsafe_pickle=unsafe_pickle, progress=progress) as pool:
-        the_plan, ties = _plan_for(ckpt, rule_objs, strict, allow_unmatched, pool, config=config)
+        the_plan, ties = plan_for(ckpt, rule_objs, strict, allow_unmatched, pool, config=config)
         applier = Applier(ckpt, seed, device, pool, ties)
         own = ckpt.tensors if isinstance(ckpt, StateDictCheckpoint) else None
         out, entries = _collect(applier.stream(the_plan.entries), the_plan, ties, own)
-    report = _make_report(
+    report = make_report(
         ckpt.source,
         None,
         seed,
@@ -190,6 +182,3 @@ def apply_to_module(
             if e.action in ("reinit", "transplant"):
                 state[e.name].copy_(new[e.name])
     return report
-
-
-__all__ = ["apply_to_checkpoint", "apply_to_module", "apply_to_state_dict", "module_config"]

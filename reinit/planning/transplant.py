@@ -1,70 +1,30 @@
 """Transplant: `from(SOURCE, key=TEMPLATE|auto, on_mismatch=error|skip|slice)` (DESIGN §4).
 
-Each source is opened once per run (`SourcePool`, keyed by the resolved path or canonical hf://
-URL), lazily: for a sharded source, and on the Hub, only the shards that hold tensors the rules
-need are opened or downloaded. Every source key is resolved and checked (missing tensors, shape
-mismatches, `key=auto` ambiguities) before anything is written."""
+Each source is opened once per run (`SourcePool`), lazily: only the shards that hold needed
+tensors are opened or downloaded. Every source key is resolved and checked before anything is
+written."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from types import TracebackType
 
 import torch
 
-from reinit.errors import RuleError, TransplantError
+from reinit.errors import TransplantError
 from reinit.io.readers import Checkpoint, open_checkpoint
 from reinit.io.trust import TrustSpec
-from reinit.rules import Action, Plan, PlanEntry, closest_hint, fill_template
+from reinit.planning.planner import Plan, PlanEntry
+from reinit.rules import TransplantSpec, closest_hint, fill_template
 
-MISMATCH_POLICIES = ("error", "skip", "slice")
 MISMATCHES_SHOWN = 5  # pairs named in a shape-mismatch error; the count says how many in all
 
 
-@dataclass(frozen=True)
-class TransplantSpec:
-    source: str
-    key: str | None = None  # template; None = the target's own name
-    on_mismatch: str = "error"
-
-    def describe(self) -> str:
-        parts = [self.source]
-        if self.key is not None:
-            parts.append(f"key={self.key}")
-        if self.on_mismatch != "error":
-            parts.append(f"on_mismatch={self.on_mismatch}")
-        return f"from({', '.join(parts)})"
-
-
-def parse_from(action: Action, where: str) -> TransplantSpec:
-    kw = action.kwargs_dict()
-    unknown = set(kw) - {"source", "key", "on_mismatch"}
-    if unknown:
-        raise RuleError(
-            f"{where}: from() has no argument {sorted(unknown)[0]!r}; "
-            "use from(SOURCE, key=TEMPLATE|auto, on_mismatch=error|skip|slice)"
-        )
-    if len(action.args) > 1:
-        raise RuleError(f"{where}: from() takes one positional argument, the source")
-    source = action.args[0] if action.args else kw.get("source")
-    if not isinstance(source, str) or not source:
-        raise RuleError(f"{where}: from() needs a source, e.g. from(other.safetensors)")
-    if source.startswith("hf://"):
-        from reinit.io.hub import parse_hf_url
-
-        parse_hf_url(source)  # a malformed URL is a usage error now, before anything is read
-    key = kw.get("key")
-    if key is not None and not isinstance(key, str):
-        key = str(key)
-    policy = kw.get("on_mismatch", "error")
-    if policy not in MISMATCH_POLICIES:
-        raise RuleError(f"{where}: on_mismatch must be one of {', '.join(MISMATCH_POLICIES)}")
-    return TransplantSpec(source, key, str(policy))
-
-
 AUTO = "auto"
+
+
 AUTO_MIN_PARTS = 2  # a shared suffix of one part (`weight`, `bias`) says nothing
 
 

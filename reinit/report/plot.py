@@ -1,8 +1,4 @@
-"""`--plot PNG`: std per layer for each tensor kind, before and after (extra `reinit[plot]`).
-
-Drawn with matplotlib's object API and the Agg canvas, never pyplot: no global backend is
-switched and no window can open, so the library is safe to call from a notebook or a server.
-The PNG is written to a temporary beside the target and renamed when complete."""
+"""`--plot`: std per layer for each tensor kind, before and after (extra `reinit[plot]`)."""
 
 from __future__ import annotations
 
@@ -11,17 +7,17 @@ import os
 from collections.abc import Sequence
 
 from reinit.errors import UsageError
-from reinit.report import (
-    LayerTable,
-    Report,
-    layer_tables,
-    shorten,
-    shorten_name,
-    summary_line,
-)
+from reinit.report.entries import Report
+from reinit.report.layers import LayerTable, layer_tables
+from reinit.report.terminal import summary_line
+from reinit.report.text import shorten, shorten_name
 
 FIGSIZE = (11.0, 6.0)  # inches
+
+
 DPI = 100  # so the PNG is 1100 × 600 pixels
+
+
 MAX_LINES = 24  # kinds drawn; the rest are named in the caption
 
 
@@ -58,7 +54,7 @@ def plot_report(
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
-    from reinit.io.writer import atomic_output
+    from reinit.io.publish import atomic_output
 
     tables = [t for t in layer_tables(report.tensors) if _plottable(t)]
     drawn, dropped = tables[:MAX_LINES], tables[MAX_LINES:]

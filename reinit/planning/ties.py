@@ -1,14 +1,5 @@
-"""Tied tensors: names that share one storage in a torch checkpoint (an LM head tied to the
-input embedding is the common case).
-
-The promise: a tied group stays consistent. When a rule changes one member, every member gets
-the same new values (the values the rule gives the member it hits, seeded by that member's
-name), and each member's report entry says what it is tied with. Two different rules, or one
-`from(...)` rule that would copy different source tensors into members of the same group, are
-a usage error: the group can only hold one value.
-
-safetensors cannot express aliasing; a safetensors file whose tensors share data offsets is
-refused by the header validator instead."""
+"""Tied tensors (names that share one storage): every name of a group must get the same value,
+so a plan that treats them differently is made consistent or refused."""
 
 from __future__ import annotations
 
@@ -16,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from reinit.errors import RuleError
-from reinit.rules import Plan, PlanEntry
+from reinit.planning.planner import Plan, PlanEntry
 
 
 @dataclass(frozen=True)
@@ -109,7 +100,7 @@ def resolve_ties(plan: Plan, aliases: Mapping[str, str]) -> tuple[Plan, Ties]:
 
 
 def _check_same_source(group: tuple[str, ...], changing: Sequence[PlanEntry]) -> None:
-    from reinit.transplant import source_key
+    from reinit.planning.transplant import source_key
 
     first = changing[0]
     assert first.rule is not None and first.rule.transplant is not None

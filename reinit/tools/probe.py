@@ -1,15 +1,5 @@
-"""The forward probe: push random inputs through a model and measure, layer by layer, the std
-of the activations (forward) and of the gradients flowing back (backward) — before and after a
-set of rules. It is the experiment that shows vanishing and exploding signals: a deep ReLU MLP
-at N(0,1) weights multiplies the activation std by ≈√(fan_in/2) per layer; after
-`kaiming(nonlinearity=relu)` it stays ≈1.
-
-Inputs: transformers models that take `input_ids` get uniform random token ids of shape
-(batch, seq) (default 2×16); `pixel_values` models and `module:callable` models get N(0,1)
-tensors of `--input-shape`. The backward pass starts from an N(0,1) cotangent on the model's
-first output tensor (logits or last hidden state), so gradients measure how the network scales
-a unit signal on its way back. The model runs in eval mode (no dropout; BatchNorm uses its
-running statistics), with everything seeded from `seed`."""
+"""`reinit probe`: a forward and backward pass through the model with fixed seeded inputs,
+per-layer activation and gradient std, before and after the rules."""
 
 from __future__ import annotations
 
@@ -23,10 +13,13 @@ from torch import nn
 
 from reinit.errors import UsageError
 from reinit.io.readers import TensorRef
-from reinit.rules import Plan, Rule, parse_rules
-from reinit.rules import plan as make_plan
+from reinit.planning.planner import Plan
+from reinit.planning.planner import plan as make_plan
+from reinit.rules import Rule, parse_rules
 
 STABLE_FACTOR = 2.0  # per weighted layer, in std: variance ×4 (the report's unstable_depth)
+
+
 _SKIP_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity)
 
 
@@ -50,7 +43,7 @@ class LayerSignal:
         }
 
 
-def _per_layer(ratio: float | None, depth: int) -> float | None:
+def per_layer_factor(ratio: float | None, depth: int) -> float | None:
     if ratio is None or ratio <= 0 or not math.isfinite(ratio):
         return None if ratio is None or ratio < 0 or math.isnan(ratio) else ratio
     return ratio ** (1.0 / max(1, depth - 1))
@@ -72,7 +65,7 @@ def verdict(per_layer: float | None) -> str:
 class ProbePass:
     """One forward+backward pass. `act_growth` = std of the last weighted layer's output over
     the first's; `grad_growth` = gradient std at the first weighted layer's output over the
-    last's (gradients grow toward the input when they explode). `*_per_layer` is the geometric
+    last's (gradients grow toward the input when they explode). `*per_layer_factor` is the geometric
     mean factor per weighted layer: growth^(1/(depth−1))."""
 
     layers: tuple[LayerSignal, ...]
@@ -101,11 +94,11 @@ class ProbePass:
 
     @property
     def act_verdict(self) -> str:
-        return verdict(_per_layer(self.act_growth, self.depth))
+        return verdict(per_layer_factor(self.act_growth, self.depth))
 
     @property
     def grad_verdict(self) -> str:
-        return verdict(_per_layer(self.grad_growth, self.depth))
+        return verdict(per_layer_factor(self.grad_growth, self.depth))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -113,10 +106,10 @@ class ProbePass:
             "output_std": self.output_std,
             "depth": self.depth,
             "act_growth": _finite(self.act_growth),
-            "act_per_layer": _finite(_per_layer(self.act_growth, self.depth)),
+            "act_per_layer": _finite(per_layer_factor(self.act_growth, self.depth)),
             "activations": self.act_verdict,
             "grad_growth": _finite(self.grad_growth),
-            "grad_per_layer": _finite(_per_layer(self.grad_growth, self.depth)),
+            "grad_per_layer": _finite(per_layer_factor(self.grad_growth, self.depth)),
             "gradients": self.grad_verdict,
         }
 
@@ -159,12 +152,9 @@ class ProbeResult:
         }
 
     def to_json(self, indent: int | None = 2) -> str:
-        from reinit.report import dumps
+        from reinit.report.jsonio import dumps
 
         return dumps(self.to_dict(), indent=indent)
-
-
-# --- running ------------------------------------------------------------------------------
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -298,8 +288,9 @@ def apply_rules_in_memory(
 ) -> Plan:
     """Apply rules to a module's own tensors, in place, exactly as `reinit apply` would write
     them (same planning, same per-tensor seeds, module fans and `default`)."""
-    from reinit.model import check_default, load_model, reinit_value
-    from reinit.transplant import SourcePool, check_transplants, transplant_value
+    from reinit.planning.model import check_default, reinit_value
+    from reinit.planning.model_load import load_model
+    from reinit.planning.transplant import SourcePool, check_transplants, transplant_value
 
     state = module.state_dict(keep_vars=True)
     seen: set[int] = set()
@@ -334,7 +325,8 @@ def apply_rules_in_memory(
 def load_weights(module: nn.Module, checkpoint: str) -> None:
     """Copy a checkpoint's tensors into the module (names aligned as for `--model`)."""
     from reinit.io.readers import open_checkpoint
-    from reinit.model import ModelError, load_model
+    from reinit.planning.model import ModelError
+    from reinit.planning.model_load import load_model
 
     state = module.state_dict(keep_vars=True)
     with open_checkpoint(checkpoint) as ckpt:
@@ -364,7 +356,7 @@ def probe(
 ) -> ProbeResult:
     """Build `model` (see `reinit.model`; real weights as its constructor draws them from
     `seed`, or `checkpoint`'s), probe it, apply `rules` in memory, probe again."""
-    from reinit.model import build_real
+    from reinit.planning.model_load import build_real
 
     rule_objs = tuple(r if isinstance(r, Rule) else parse_rules([r])[0] for r in rules)
     module = build_real(model, seed)
@@ -390,79 +382,5 @@ def probe(
     )
 
 
-# --- rendering ----------------------------------------------------------------------------
-
-
-def render(result: ProbeResult, width: int = 100) -> str:
-    from reinit.report import fmt, shorten
-    from reinit.text import shown
-
-    def f(x: float | None) -> str:
-        return fmt(x) if x is not None else "-"
-
-    after = result.after
-    rows = list(zip(result.before.layers, after.layers if after else [None] * 10**6, strict=False))
-    name_w = max(12, min(max((len(b.name) for b, _ in rows), default=5), width // 3))
-    head = f"{'layer'.ljust(name_w)}  {'type':<14} {'act std':>22}  {'grad std':>22}"
-    lines = [f"{result.model}: {result.input}, seed {result.seed}", head]
-    for b, a in rows:
-        act = f(b.act_std) if a is None else f"{f(b.act_std)} → {f(a.act_std)}"
-        grad = f(b.grad_std) if a is None else f"{f(b.grad_std)} → {f(a.grad_std)}"
-        lines.append(
-            f"{shorten(shown(b.name), name_w).ljust(name_w)}  {shorten(b.type, 14):<14} {act:>22}  {grad:>22}"
-        )
-
-    def summary(label: str, p: ProbePass) -> str:
-        return (
-            f"{label}: activations {p.act_verdict} (×{f(_per_layer(p.act_growth, p.depth))}/layer, "
-            f"×{f(p.act_growth)} overall), gradients {p.grad_verdict} "
-            f"(×{f(_per_layer(p.grad_growth, p.depth))}/layer) over {p.depth} weighted layers"
-        )
-
-    lines.append(summary("before", result.before))
-    if after is not None:
-        lines.append(summary(f"after {' '.join(result.rules)}", after))
-    return "\n".join(lines)
-
-
-def plot(result: ProbeResult, path: str) -> None:
-    """Activation and gradient std per layer (log scale), before and after."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UsageError("--plot needs matplotlib: pip install 'reinit[plot]'") from None
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, attr, title in (
-        (axes[0], "act_std", "activation std (forward)"),
-        (axes[1], "grad_std", "gradient std (backward)"),
-    ):
-        after_label = "after " + " ".join(result.rules)
-        if len(after_label) > 60:
-            after_label = after_label[:59] + "…"
-        for label, p in (("before", result.before), (after_label, result.after)):
-            if p is None:
-                continue
-            xs = [i for i, layer in enumerate(p.layers) if _positive(getattr(layer, attr))]
-            ys = [getattr(p.layers[i], attr) for i in xs]
-            ax.plot(xs, ys, marker="o", markersize=3, label=label)
-        ax.set_yscale("log")
-        ax.set_xlabel("layer (call order)")
-        ax.set_title(title)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-    fig.suptitle(f"{result.model}: {result.input}")
-    fig.tight_layout()
-    from pathlib import Path
-
-    from reinit.io.writer import atomic_output
-
-    with atomic_output(Path(path)) as tmp:
-        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=100)
-    plt.close(fig)
-
-
-def _positive(x: float | None) -> bool:
+def is_positive(x: float | None) -> bool:
     return x is not None and math.isfinite(x) and x > 0

@@ -1,11 +1,5 @@
-"""Surgery: `--drop PATTERN`, `--rename "PATTERN=TEMPLATE"`, `--add "NAME=[d0,...]:SCHEME"`.
-
-They change the list of tensors before the rules see it, in a fixed order: drops (matched
-against the source's names), then renames (each in the order given, applied to the names as
-the previous renames left them), then adds. The result is an `EditedCheckpoint`, a view of the
-source under the new names that the rest of the pipeline plans, streams and writes as it would
-any checkpoint: a dropped tensor is never read, a renamed one is read under its old name, an
-added one has no source bytes (its values come from its scheme, seeded by its name)."""
+"""Surgery before the rules: --drop, --rename and --add change the list of tensors; the rules
+then see the new names."""
 
 from __future__ import annotations
 
@@ -21,16 +15,8 @@ from reinit.errors import RuleError, SchemeError
 from reinit.io.readers import CHUNK_BYTES, Checkpoint, FileSpan, TensorRef, iter_chunks
 from reinit.io.safetensors_format import dtype_name, dtype_size, tensor_to_bytes
 from reinit.limits import MAX_TENSOR_BYTES, declared_bytes
-from reinit.rules import (
-    Pattern,
-    Plan,
-    PlanEntry,
-    Rule,
-    closest_hint,
-    fill_template,
-    parse_action,
-    parse_pattern,
-)
+from reinit.planning.planner import Plan, PlanEntry
+from reinit.rules import Pattern, Rule, closest_hint, fill_template, parse_action, parse_pattern
 from reinit.schemes import KEEP, BoundScheme, bind_scheme, generate
 
 ADD_DTYPES: dict[str, torch.dtype] = {
@@ -39,11 +25,12 @@ ADD_DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
+
+
 _ADD = re.compile(r"\s*(?P<name>[^=]+?)\s*=\s*\[(?P<shape>[^\]]*)\]\s*:(?P<rest>.+)\Z", re.S)
+
+
 _DTYPE_SUFFIX = re.compile(r":\s*dtype\s*=\s*(?P<dtype>\w+)\s*\Z")
-
-
-# --- specs ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -185,9 +172,6 @@ def parse_surgery(
     return Surgery(many(add, parse_add), many(drop, parse_drop), many(rename, parse_rename))
 
 
-# --- applying to the list of tensors ----------------------------------------------------
-
-
 @dataclass(frozen=True)
 class Edited:
     """The tensor list after surgery: each output name and where its bytes come from."""
@@ -290,9 +274,6 @@ def mark_plan(plan: Plan, edited: Edited) -> Plan:
         warnings=plan.warnings + edited.warnings,
         dropped=edited.dropped,
     )
-
-
-# --- the view ---------------------------------------------------------------------------
 
 
 class EditedCheckpoint(Checkpoint):

@@ -1,20 +1,13 @@
-"""Glob matching in O(len(name) · len(pattern)) time, without a backtracking regex.
-
-A glob used to be translated to a regex with one `(.*)` per `*`; on a name that does not
-match, Python's backtracking engine tries every way of splitting the name among the stars,
-which is exponential in the number of stars (`*.*.*.*.*.weight` on a long dotted name ran for
-minutes). Here a glob is split at its stars into fixed-length segments (literal characters,
-`?`, `[...]` sets); the first segment is anchored at the start of the name, the last at its
-end, and each middle segment is placed at the *rightmost* position where the segments after
-it still fit. That placement is exactly what the old greedy regex chose (each `(.*)` takes as
-much as it can, left to right), so the captures `{1}`, `{2}`, … are unchanged; the property
-test in tests/test_hostile_rules.py checks that against the old regex."""
+"""Matching tensor names: globs matched segment by segment (no backtracking, the greedy
+captures of the old regex translation), user regexes under a per-match time limit, and
+`type:` selectors."""
 
 from __future__ import annotations
 
 import re
 import warnings
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from reinit.errors import RuleError
 
@@ -187,3 +180,44 @@ def compile_glob(glob: str) -> Glob:
 def literal_glob(name: str) -> Glob:
     """A pattern that matches exactly `name` (no character of it is a wildcard)."""
     return Glob(name, (Segment((name,) if name else (), len(name), name),), False)
+
+
+class Matcher(Protocol):
+    """What a pattern matches names with: a `Glob` (linear time, see `globmatch`) or a
+    `UserRegex` (time-bounded)."""
+
+    def fullmatch(self, name: str) -> tuple[str, ...] | None: ...
+
+
+# A user regex may spend this long on one tensor name before the rule is refused: tensor
+# names are short, so a sane regex needs microseconds; catastrophic backtracking (`(a+)+$`)
+# is stopped instead of hanging. Documented in README "Guarantees".
+REGEX_TIMEOUT_S = 0.5
+
+
+@dataclass(frozen=True)
+class UserRegex:
+    """A `re:` pattern, run by the `regex` module with a per-match timeout (Python's `re`
+    cannot be interrupted, and no static check catches every exponential regex)."""
+
+    text: str
+    compiled: Any  # a `regex.Pattern`
+
+    def fullmatch(self, name: str) -> tuple[str, ...] | None:
+        try:
+            m = self.compiled.fullmatch(name, timeout=REGEX_TIMEOUT_S)
+        except TimeoutError:
+            shown = name if len(name) <= 80 else name[:77] + "..."
+            raise RuleError(
+                f"pattern {self.text!r}: the regular expression took over {REGEX_TIMEOUT_S} s "
+                f"on tensor '{shown}' (catastrophic backtracking, e.g. nested quantifiers like "
+                "(a+)+); rewrite it without nested repeats, or use a glob"
+            ) from None
+        return None if m is None else tuple(g if g is not None else "" for g in m.groups())
+
+
+class MatchAll:
+    """The name part of a bare `type:` pattern: every name, no captures."""
+
+    def fullmatch(self, name: str) -> tuple[str, ...] | None:
+        return ()

@@ -1,0 +1,159 @@
+"""Loading a model to plan with: a Hugging Face directory or hf:// repo (on the meta device),
+or a `module:callable` spec."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from reinit.errors import ReinitError
+from reinit.planning.model import Model, ModelError, fans_from_module
+
+_CALLABLE = re.compile(r"([A-Za-z_][\w.]*):([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)(\(.*\))?\Z", re.S)
+
+
+def load_model(spec: str | os.PathLike[str] | nn.Module) -> Model:
+    """Build the skeleton `spec` names (see the module docstring), on the meta device. An
+    `nn.Module` is taken as it is (its tensors may be real or meta)."""
+    if isinstance(spec, nn.Module):
+        kind = "hf" if callable(getattr(spec, "_init_weights", None)) else "torch"
+        return fans_from_module(type(spec).__name__, spec, kind, _prefix(spec))
+    text = os.fspath(spec)
+    factory = model_factory(text)
+    try:
+        with torch.device("meta"):
+            module = factory()
+    except ReinitError:
+        raise
+    except Exception as e:
+        raise ModelError(f"--model {text}: building the model failed: {_one_line(e)}") from None
+    if not isinstance(module, nn.Module):
+        raise ModelError(
+            f"--model {text}: the callable returned {type(module).__name__}, not a torch.nn.Module"
+        )
+    kind = "hf" if _is_hf(module) else "torch"
+    return fans_from_module(text, module, kind, _prefix(module) if kind == "hf" else "")
+
+
+def build_real(spec: str, seed: int = 0) -> nn.Module:
+    """The model `spec` names with real weights on the CPU, initialized as its constructor
+    (for transformers, with `post_init`) does, from `torch.manual_seed(seed)` inside `fork_rng`
+    (the caller's RNG is untouched)."""
+    text = os.fspath(spec)
+    factory = model_factory(text)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            module = factory()
+        except ReinitError:
+            raise
+        except Exception as e:
+            raise ModelError(f"--model {text}: building the model failed: {_one_line(e)}") from None
+    if not isinstance(module, nn.Module):
+        raise ModelError(
+            f"--model {text}: the callable returned {type(module).__name__}, not a torch.nn.Module"
+        )
+    return module
+
+
+def model_factory(text: str) -> Callable[[], Any]:
+    """A function that builds the model `text` names (on whatever device is current)."""
+    if text.startswith("hf://"):
+        from reinit.io.hub import HubRepo, parse_hf_url
+
+        ref = parse_hf_url(text)
+        return _hf_factory(text, HubRepo(ref, progress=False).fetch("config.json"))
+    path = Path(text)
+    if path.is_dir():
+        config_path = path / "config.json"
+        if not config_path.is_file():
+            raise ModelError(
+                f"--model {text}: the directory has no config.json; give a Hugging Face model "
+                "directory or module:callable"
+            )
+        return _hf_factory(text, config_path)
+    if path.is_file() and path.name.endswith(".json"):
+        return _hf_factory(text, path)
+    m = _CALLABLE.match(text)
+    if m and not path.exists():
+        return _callable_factory(text, m.group(1), m.group(2), m.group(3))
+    raise ModelError(
+        f"--model {text}: no such directory and not module:callable; give a Hugging Face model "
+        "directory (with config.json), hf://OWNER/NAME, or module:callable "
+        "(e.g. torchvision.models:resnet18)"
+    )
+
+
+def _callable_factory(
+    text: str, module_name: str, attr: str, call: str | None
+) -> Callable[[], Any]:
+    from reinit.rules import parse_action
+
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = {}
+    if call:
+        action = parse_action("f" + call, f"--model {text}")
+        args, kwargs = action.args, action.kwargs_dict()
+    try:
+        mod = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ModelError(
+            f"--model {text}: cannot import {module_name!r} ({e}); install it or put its "
+            "directory on PYTHONPATH"
+        ) from None
+    fn: Any = mod
+    for part in attr.split("."):
+        fn = getattr(fn, part, None)
+        if fn is None:
+            raise ModelError(f"--model {text}: module {module_name!r} has no {attr!r}")
+    if not callable(fn):
+        raise ModelError(f"--model {text}: {module_name}.{attr} is not callable")
+    return lambda: fn(*args, **kwargs)
+
+
+def _transformers() -> Any:
+    try:
+        import transformers
+    except ImportError:
+        raise ModelError(
+            "--model with a Hugging Face config needs transformers: pip install 'reinit[hf]'"
+        ) from None
+    return transformers
+
+
+def _hf_factory(spec: str, config_path: Path) -> Callable[[], Any]:
+    """The class comes from the config's `architectures` (so names line up with checkpoints
+    saved from it), else `AutoModel`. Remote code is never run."""
+    transformers = _transformers()
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(config_path))
+    except Exception as e:
+        raise ModelError(
+            f"--model {spec}: transformers cannot read {config_path}: {_one_line(e)} "
+            "(remote code is never run; upgrade transformers for new model types)"
+        ) from None
+    archs = getattr(config, "architectures", None) or []
+    cls = getattr(transformers, archs[0], None) if archs else None
+    if cls is not None:
+        return lambda: cls(config)
+    return lambda: transformers.AutoModel.from_config(config)
+
+
+def _is_hf(module: nn.Module) -> bool:
+    return callable(getattr(module, "_init_weights", None)) and hasattr(module, "config")
+
+
+def _prefix(module: nn.Module) -> str:
+    return str(getattr(module, "base_model_prefix", "") or "")
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__

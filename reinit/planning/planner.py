@@ -1,0 +1,220 @@
+"""Rules x tensor names -> a Plan: for each tensor the last matching rule, the action it takes,
+or why it is skipped (a scheme that cannot take the shape or dtype)."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from reinit.errors import RuleError, StrictError
+from reinit.planning.ruleindex import RuleIndex
+from reinit.rules import MAX_HINTS, Pattern, Rule, closest_hint
+from reinit.schemes import DEFAULT, BoundScheme
+
+
+class TensorLike(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+
+ACTIONS = ("kept", "reinit", "transplant", "skipped")
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    """What happens to one tensor. `rule` is None when no rule matched (kept byte-for-byte)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    action: str  # one of ACTIONS
+    rule: Rule | None = None
+    captures: tuple[str, ...] = ()
+    reason: str | None = None
+    source_key: str | None = None  # a transplant's resolved source tensor name
+    added: bool = False  # made by --add: no source bytes
+    renamed_from: str | None = None  # its name in the source, when --rename changed it
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What surgery did to this tensor, for the report."""
+        if self.added:
+            return ("added",)
+        if self.renamed_from is not None:
+            return (f"renamed from {self.renamed_from}",)
+        return ()
+
+    @property
+    def scheme(self) -> BoundScheme | None:
+        return self.rule.scheme if self.rule is not None and self.action == "reinit" else None
+
+    @property
+    def changes(self) -> bool:
+        return self.action in ("reinit", "transplant")
+
+
+@dataclass(frozen=True)
+class Plan:
+    entries: tuple[PlanEntry, ...]
+    rules: tuple[Rule, ...]
+    warnings: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()  # names removed by --drop (not in `entries`)
+
+    @property
+    def skipped(self) -> tuple[PlanEntry, ...]:
+        return tuple(e for e in self.entries if e.action == "skipped")
+
+
+def is_integer_dtype(dtype: torch.dtype) -> bool:
+    return not (dtype.is_floating_point or dtype.is_complex)
+
+
+def why_cannot_take(rule: Rule, shape: tuple[int, ...], dtype: torch.dtype) -> str | None:
+    """The reason a reinit rule's scheme cannot take this tensor, or None."""
+    if rule.scheme is None:
+        return None
+    if is_integer_dtype(dtype):
+        return f"{dtype_label(dtype)} tensor: integer and bool tensors are never re-initialized"
+    if dtype.is_complex:
+        return f"{dtype_label(dtype)} tensor: complex tensors are not re-initialized"
+    return rule.scheme.scheme.can_take(shape, rule.scheme.kwargs)
+
+
+def dtype_label(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def last_match(
+    rules: Sequence[Rule], name: str, types: Sequence[str] | None = None
+) -> tuple[Rule, tuple[str, ...]] | None:
+    """The last rule that matches `name` wins (general first, specific after)."""
+    for rule in reversed(rules):
+        caps = rule.pattern.match(name, types)
+        if caps is not None:
+            return rule, caps
+    return None
+
+
+def plan(
+    tensors: Sequence[TensorLike],
+    rules: Sequence[Rule],
+    *,
+    strict: bool = False,
+    allow_unmatched: bool = False,
+    module_types: Mapping[str, Sequence[str]] | None = None,
+) -> Plan:
+    """Decide, for each tensor, which rule wins and what it does. Raises `RuleError` for a rule
+    that matches nothing (unless allowed) or a wildcard-free rule naming a tensor its scheme
+    cannot take, and `StrictError` under `strict` for any skip.
+
+    `module_types` (from a model, see `reinit.model`) maps each tensor name to its owning
+    module's class names; `type:` patterns and the `default` scheme need it."""
+    check_model_needs(rules, module_types)
+    entries: list[PlanEntry] = []
+    used: set[int] = set()
+    index = RuleIndex(rules)
+    for t in tensors:
+        shape = tuple(t.shape)
+        types = module_types.get(t.name) if module_types is not None else None
+        # the last matching rule wins; a rule also "matches" for the unmatched check when it
+        # loses to a later rule, so candidates below the winner are tried only until used
+        hit: tuple[Rule, tuple[str, ...]] | None = None
+        for i in index.candidates(t.name):
+            if hit is not None and i in used:
+                continue
+            caps = rules[i].pattern.match(t.name, types)
+            if caps is not None:
+                used.add(i)
+                if hit is None:
+                    hit = (rules[i], caps)
+        if hit is None:
+            entries.append(PlanEntry(t.name, shape, t.dtype, "kept"))
+            continue
+        rule, caps = hit
+        if rule.kind == "keep":
+            entries.append(PlanEntry(t.name, shape, t.dtype, "kept", rule, caps))
+            continue
+        if rule.kind == "transplant":
+            entries.append(PlanEntry(t.name, shape, t.dtype, "transplant", rule, caps))
+            continue
+        reason = why_cannot_take(rule, shape, t.dtype)
+        if reason is not None:
+            if not rule.pattern.has_wildcards:
+                raise RuleError(f"rule {rule.text!r}: tensor '{t.name}' {shape}: {reason}")
+            entries.append(PlanEntry(t.name, shape, t.dtype, "skipped", rule, caps, reason))
+            continue
+        overflow = rule.scheme.overflow(t.dtype) if rule.scheme is not None else None
+        if overflow is not None:
+            raise RuleError(f"rule {rule.text!r}: tensor '{t.name}': {overflow}")
+        entries.append(PlanEntry(t.name, shape, t.dtype, "reinit", rule, caps))
+
+    warnings: list[str] = []
+    names = [t.name for t in tensors]
+    hinted = 0
+    for i, r in enumerate(rules):
+        if i in used:
+            continue
+        # a hint costs a fuzzy search over all names: give it to the first few rules only,
+        # so thousands of unmatched rules stay fast
+        hinted += 1
+        if hinted > MAX_HINTS:
+            hint = ""
+        elif r.pattern.module_types and module_types is not None:
+            hint = type_hint(r.pattern, module_types)
+        else:
+            hint = closest_hint(r.pattern.text, names)
+        msg = f"rule {r.text!r} matches no tensor{hint}"
+        if not allow_unmatched:
+            raise RuleError(msg + " (--allow-unmatched makes this a warning)")
+        warnings.append(msg)
+
+    result = Plan(tuple(entries), tuple(rules), tuple(warnings))
+    if strict and result.skipped:
+        first = result.skipped[0]
+        raise StrictError(
+            f"--strict: {len(result.skipped)} tensor(s) would be skipped, e.g. "
+            f"'{first.name}' by rule {first.rule.text if first.rule else ''!r}: {first.reason}"
+        )
+    return result
+
+
+NEEDS_MODEL = (
+    "needs a model: pass --model with a Hugging Face model directory, hf://OWNER/NAME "
+    "or module:callable (e.g. torchvision.models:resnet18)"
+)
+
+
+def check_model_needs(
+    rules: Sequence[Rule], module_types: Mapping[str, Sequence[str]] | None
+) -> None:
+    """`type:` patterns and the `default` scheme are meaningless without a model."""
+    if module_types is not None:
+        return
+    for r in rules:
+        if r.pattern.module_types:
+            raise RuleError(f"rule {r.text!r}: selecting by module type {NEEDS_MODEL}")
+        if r.scheme is not None and r.scheme.name == DEFAULT:
+            raise RuleError(
+                f"rule {r.text!r}: the scheme default (the architecture's own init) {NEEDS_MODEL}"
+            )
+
+
+def type_hint(pattern: Pattern, module_types: Mapping[str, Sequence[str]]) -> str:
+    """'; module types with tensors: ...' for a `type:` rule that matched nothing."""
+    present = sorted({ts[0] for ts in module_types.values() if ts})
+    close = [
+        c
+        for t in pattern.module_types
+        for c in difflib.get_close_matches(t, present, n=2, cutoff=0.5)
+    ]
+    did = f" (did you mean {' or '.join(dict.fromkeys(close))}?)" if close else ""
+    shown = ", ".join(present[:12]) + (", ..." if len(present) > 12 else "")
+    return f"{did}; module types holding tensors: {shown or 'none'}"

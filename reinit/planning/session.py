@@ -1,0 +1,220 @@
+"""A planning session: open the source, apply the surgery (--add/--drop/--rename), align the
+model view, then turn the rules into a Plan with tied tensors made consistent. `plan` is the
+`--dry-run`; `apply` uses the same steps."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from reinit.errors import RuleError, SchemeError, UsageError
+from reinit.io.readers import (
+    Checkpoint,
+    open_checkpoint,
+)
+from reinit.io.trust import TrustSpec
+from reinit.planning.planner import Plan
+from reinit.planning.planner import plan as make_plan
+from reinit.planning.ties import Ties, resolve_ties
+from reinit.rules import Rule, closest_hint, parse_rules
+from reinit.schemes import (
+    missing_from_config,
+    resolve_from_config,
+)
+
+if TYPE_CHECKING:
+    from reinit.planning.model import ModelView
+
+
+RuleInput = str | Rule
+
+
+ModelInput = Any  # str | os.PathLike | torch.nn.Module | reinit.model.Model | ModelView
+
+
+def resolve_rules(rules: Sequence[Rule], config: Mapping[str, Any] | None) -> tuple[Rule, ...]:
+    """Fill scheme arguments that come from the model config (scaled_normal's layers,
+    small_init's dim) when the rule left them unset; a required one still missing is an error."""
+    out: list[Rule] = []
+    for r in rules:
+        if r.scheme is not None and r.scheme.scheme.from_config:
+            resolved = resolve_from_config(r.scheme, config)
+            problem = missing_from_config(resolved)
+            if problem:
+                raise RuleError(f"rule {r.text!r}: {problem}")
+            r = replace(r, scheme=resolved)
+        out.append(r)
+    return tuple(out)
+
+
+def check_reads(result: Plan, ckpt: Checkpoint) -> None:
+    """Schemes that read another tensor (`copy`): it must exist and have the target's shape.
+    Checked before anything is written."""
+    for e in result.entries:
+        bound = e.scheme
+        if bound is None or bound.scheme.reads is None:
+            continue
+        rule = e.rule.text if e.rule else ""
+        try:
+            other = bound.scheme.reads(e.name, e.captures, bound.kwargs)
+        except SchemeError as err:
+            raise RuleError(f"rule {rule!r}: {err}") from None
+        if other not in ckpt:
+            raise RuleError(
+                f"rule {rule!r}: {bound.describe()} for '{e.name}': the checkpoint has no "
+                f"tensor '{other}'{closest_hint(other, ckpt.names())}"
+            )
+        shape = ckpt.ref(other).shape
+        if shape != e.shape:
+            raise RuleError(
+                f"rule {rule!r}: cannot copy '{other}' {list(shape)} into '{e.name}' "
+                f"{list(e.shape)}: shapes differ"
+            )
+
+
+def as_rules(rules: Sequence[RuleInput]) -> tuple[Rule, ...]:
+    if isinstance(rules, str):
+        rules = [rules]
+    return tuple(r if isinstance(r, Rule) else parse_rules([r])[0] for r in rules)
+
+
+def check_device(device: str) -> str:
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise UsageError(f"--device {device}: use cpu or cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(
+            f"--device {device}: CUDA is not available here (torch {torch.__version__}, "
+            f"{'no CUDA build' if torch.version.cuda is None else 'no GPU visible'}); use --device cpu"
+        )
+    return device
+
+
+def plan(
+    source: str | os.PathLike[str] | Checkpoint | Mapping[str, torch.Tensor],
+    rules: Sequence[RuleInput],
+    *,
+    strict: bool = False,
+    allow_unmatched: bool = False,
+    unsafe_pickle: TrustSpec = (),
+    add: Sequence[str] = (),
+    drop: Sequence[str] = (),
+    rename: Sequence[str] = (),
+    model: ModelInput | None = None,
+    config: Mapping[str, Any] | None = None,
+    progress: bool = False,
+) -> Plan:
+    """What `apply` would do, without writing anything (the `--dry-run`). `source` may also be
+    an open `Checkpoint` or an in-memory state dict. `model` (see `reinit.model`) enables
+    `type:` patterns and the `default` scheme; `config` (a model config as a dict) gives the
+    arguments some schemes read from it, by default the checkpoint's own config.json.
+    `progress=True` shows the Hub's download bars of hf:// sources."""
+    from reinit.planning.surgery import parse_surgery
+    from reinit.planning.transplant import SourcePool
+
+    surgery = parse_surgery(add, drop, rename)
+    rule_objs = as_rules(rules)
+    with ExitStack() as stack:
+        ckpt = stack.enter_context(open_source(source, unsafe_pickle, progress))
+        ckpt, edited = edit_checkpoint(ckpt, surgery, allow_unmatched)
+        pool = stack.enter_context(SourcePool(ckpt, unsafe_pickle, progress))
+        view = model_view(model, ckpt)
+        return plan_for(ckpt, rule_objs, strict, allow_unmatched, pool, view, config, edited)[0]
+
+
+def edit_checkpoint(
+    ckpt: Checkpoint,
+    surgery: object,
+    allow_unmatched: bool,
+    seed: int = 0,
+    device: str = "cpu",
+) -> tuple[Checkpoint, object]:
+    """The checkpoint as `--drop/--rename/--add` leave it (itself when there are none)."""
+    from reinit.planning.surgery import EditedCheckpoint, Surgery, edit_refs
+
+    assert isinstance(surgery, Surgery)
+    if not surgery:
+        return ckpt, None
+    edited = edit_refs(ckpt.refs(), surgery, allow_unmatched=allow_unmatched)
+    return EditedCheckpoint(ckpt, edited, seed, device), edited
+
+
+def plan_for(
+    ckpt: Checkpoint,
+    rules: tuple[Rule, ...],
+    strict: bool,
+    allow_unmatched: bool,
+    pool: object,
+    view: ModelView | None = None,
+    config: Mapping[str, Any] | None = None,
+    edited: object = None,
+) -> tuple[Plan, Ties]:
+    """The plan, with tied groups made consistent (see `reinit.ties`), and the ties."""
+    if any(r.scheme is not None and r.scheme.scheme.from_config for r in rules):
+        # read config.json only when a rule needs it (on the Hub it is one more download)
+        rules = resolve_rules(rules, config if config is not None else ckpt.config())
+    result = make_plan(
+        ckpt.refs(),
+        rules,
+        strict=strict,
+        allow_unmatched=allow_unmatched,
+        module_types=view.module_types if view is not None else None,
+    )
+    check_reads(result, ckpt)
+    if view is not None:
+        from reinit.planning.model import check_default
+
+        result = check_default(result, view, strict)
+    if edited is not None:
+        from reinit.planning.surgery import mark_plan
+
+        result = mark_plan(result, edited)  # type: ignore[arg-type]
+    if any(r.kind == "transplant" for r in rules):
+        from reinit.planning.transplant import check_transplants
+
+        result = check_transplants(result, pool)  # type: ignore[arg-type]
+        if strict and result.skipped:
+            from reinit.errors import StrictError
+
+            first = result.skipped[0]
+            raise StrictError(f"--strict: '{first.name}' would be skipped: {first.reason}")
+    return resolve_ties(result, ckpt.aliases())
+
+
+def model_view(model: ModelInput | None, ckpt: Checkpoint) -> ModelView | None:
+    """The model (a spec, a loaded `Model`, or a view already) seen through the checkpoint's
+    tensor names; None without a model."""
+    if model is None:
+        return None
+    from reinit.planning.model import Model, ModelView
+    from reinit.planning.model_load import load_model
+
+    if isinstance(model, ModelView):
+        return model
+    loaded = model if isinstance(model, Model) else load_model(model)
+    return loaded.align(ckpt.names(), {r.name: r.shape for r in ckpt.refs()})
+
+
+@contextmanager
+def open_source(
+    source: str | os.PathLike[str] | Checkpoint | Mapping[str, torch.Tensor],
+    unsafe_pickle: TrustSpec = (),
+    progress: bool = True,
+) -> Iterator[Checkpoint]:
+    if isinstance(source, Checkpoint):
+        yield source
+        return
+    if isinstance(source, Mapping):
+        from reinit.io.readers import StateDictCheckpoint
+
+        yield StateDictCheckpoint(source)
+        return
+    ckpt = open_checkpoint(source, unsafe_pickle=unsafe_pickle, progress=progress)
+    try:
+        yield ckpt
+    finally:
+        ckpt.close()

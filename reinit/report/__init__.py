@@ -1,0 +1,1 @@
+"""The report: statistics, entries, flags and their renderers (terminal, JSON, CSV, Markdown, plot)."""

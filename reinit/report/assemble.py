@@ -1,0 +1,83 @@
+"""Entries -> a finished Report: flags added, the summary counted."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+
+from reinit.planning.planner import Plan
+from reinit.report.entries import Report, Summary, TensorEntry
+from reinit.report.flags import (
+    depth_checks,
+    kind_of,
+    layer_index,
+    outliers,
+    takes_part,
+    tensor_flags,
+)
+from reinit.version import __version__
+
+
+def make_report(
+    source: str,
+    output: str | os.PathLike[str] | None,
+    seed: int,
+    rules: tuple[str, ...],
+    entries: Sequence[TensorEntry],
+    bytes_written: int,
+    started: float,
+    the_plan: Plan | None = None,
+) -> Report:
+    final = finalize(entries)
+    return Report(
+        reinit_version=__version__,
+        source=source,
+        output=os.fspath(output) if output is not None else None,
+        seed=seed,
+        rules=rules,
+        tensors=final,
+        summary=summarize(final, bytes_written, time.perf_counter() - started),
+        warnings=the_plan.warnings if the_plan else (),
+        dropped=the_plan.dropped if the_plan else (),
+    )
+
+
+def finalize(entries: Sequence[TensorEntry]) -> tuple[TensorEntry, ...]:
+    """Add every flag: per-tensor ones, then `outlier` and `unstable_depth` (see `outliers`
+    and `depth_checks` for which tensors take part)."""
+    out_names = outliers(entries)
+    unstable = {c.kind for c in depth_checks(entries) if c.unstable}
+    result = []
+    for e in entries:
+        flags = list(tensor_flags(e))
+        if e.name in out_names:
+            flags.append("outlier")
+        if (
+            kind_of(e.name) in unstable
+            and takes_part(e)
+            and e.var_gain
+            and layer_index(e.name) is not None
+        ):
+            flags.append("unstable_depth")
+        result.append(replace(e, flags=tuple(flags)))
+    return tuple(result)
+
+
+def summarize(entries: Iterable[TensorEntry], bytes_written: int, seconds: float) -> Summary:
+    entries = list(entries)
+    count = {
+        a: sum(1 for e in entries if e.action == a)
+        for a in ("reinit", "transplant", "kept", "skipped")
+    }
+    return Summary(
+        tensors=len(entries),
+        reinit=count["reinit"],
+        transplant=count["transplant"],
+        kept=count["kept"],
+        skipped=count["skipped"],
+        flagged=sum(1 for e in entries if e.flags),
+        bytes_written=bytes_written,
+        seconds=round(seconds, 3),
+    )

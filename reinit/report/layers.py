@@ -1,0 +1,166 @@
+"""The per-layer view: one table per tensor kind, one column per layer index."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from reinit.report.entries import NOTE_CHANGED, TensorEntry
+from reinit.report.flags import geometric_mean, kind_of, layer_index, layer_key, takes_part
+from reinit.report.text import fmt, shape_text, shorten, shorten_name
+from reinit.text import md_cell, shown
+
+
+def is_changed(e: TensorEntry) -> bool:
+    """Re-initialized, transplanted, or (report --against) different from the baseline."""
+    return e.action in ("reinit", "transplant") or NOTE_CHANGED in e.notes
+
+
+@dataclass(frozen=True)
+class LayerCell:
+    label: str  # the layer's numbers, "3" or "3.7"
+    name: str
+    after: float | None
+    before: float | None
+    var_gain: float | None
+    flags: tuple[str, ...]
+    changed: bool
+
+
+@dataclass(frozen=True)
+class LayerTable:
+    """One tensor kind across depth: a row reads as the layers of the stack, in order."""
+
+    kind: str
+    shapes: tuple[str, ...]
+    cells: tuple[LayerCell, ...]
+    gmean_var_gain: float | None  # over the members that take part in unstable_depth
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        seen = dict.fromkeys(f for c in self.cells for f in c.flags)
+        return tuple(seen)
+
+    @property
+    def has_before(self) -> bool:
+        return any(c.before is not None for c in self.cells)
+
+    @property
+    def has_var_gain(self) -> bool:
+        return any(c.var_gain is not None for c in self.cells)
+
+    @property
+    def interesting(self) -> bool:
+        """Worth a reader's lines: something changed, something is flagged, or the std is
+        not zero everywhere (all-zero biases and all-one norm gains say nothing per layer)."""
+        return (
+            bool(self.flags)
+            or any(c.changed for c in self.cells)
+            or any(c.after not in (None, 0.0) for c in self.cells)
+        )
+
+
+def layer_tables(entries: Sequence[TensorEntry]) -> tuple[LayerTable, ...]:
+    """Every float kind with at least two layer-indexed members, in order of first
+    appearance, its columns sorted by layer numbers."""
+    groups: dict[str, list[TensorEntry]] = defaultdict(list)
+    for e in entries:
+        if e.is_float and layer_index(e.name) is not None:
+            groups[kind_of(e.name)].append(e)
+    tables = []
+    for kind, members in groups.items():
+        if len(members) < 2:
+            continue
+        members = sorted(members, key=lambda e: layer_key(e.name))
+        cells = tuple(
+            LayerCell(
+                ".".join(map(str, layer_key(e.name))),
+                e.name,
+                e.after.std,
+                e.before.std if e.before else None,
+                e.var_gain,
+                e.flags,
+                is_changed(e),
+            )
+            for e in members
+        )
+        shapes = tuple(dict.fromkeys(shape_text(e.shape) for e in members))
+        gm = geometric_mean(e.var_gain or 0.0 for e in members if takes_part(e) and e.var_gain)
+        tables.append(LayerTable(kind, shapes, cells, gm))
+    return tuple(tables)
+
+
+def _table_title(t: LayerTable) -> str:
+    parts = [", ".join(t.shapes) if len(t.shapes) <= 2 else f"{len(t.shapes)} shapes"]
+    parts.append(f"{len(t.cells)} layers")
+    if t.gmean_var_gain is not None:
+        parts.append(f"geometric-mean var_gain {fmt(t.gmean_var_gain)}")
+    return "  ".join(parts)
+
+
+def _layer_rows(t: LayerTable, mark: str) -> list[tuple[str, list[str]]]:
+    """(label, cells) rows: std after (a flagged tensor's std carries `mark`), std before,
+    var_gain."""
+
+    def flagged(c: LayerCell, text: str) -> str:
+        return text + mark if c.flags else text
+
+    rows = [("std after" if t.has_before else "std", [flagged(c, fmt(c.after)) for c in t.cells])]
+    if t.has_before:
+        rows.append(
+            ("std before", [fmt(c.before) if c.before is not None else "=" for c in t.cells])
+        )
+    if t.has_var_gain:
+        rows.append(("var_gain", [fmt(c.var_gain) for c in t.cells]))
+    return rows
+
+
+def render_layer_table(t: LayerTable, width: int = 100, color: bool = False) -> str:
+    """The kind's title line, then rows `layer / std / std before / var_gain` with one
+    column per layer, wrapped into blocks that fit `width`."""
+    import click
+
+    rest = _table_title(t) + (f"  [{', '.join(t.flags)}]" if t.flags else "")
+    kind = shown(t.kind)
+    if len(kind) + 2 + len(rest) <= width:
+        titles = [f"{kind}  {rest}"]
+    else:  # the kind on its own line, what it is below
+        titles = [shorten_name(kind, width), "  " + shorten(rest, width - 2)]
+    lines = [click.style(x, bold=True) if color else x for x in titles]  # kind: shown() above
+    rows = [("layer", [c.label for c in t.cells]), *_layer_rows(t, "!")]
+    label_w = max(len(r[0]) for r in rows)
+    col_w = [max(len(r[1][i]) for r in rows) for i in range(len(t.cells))]
+    start = 0
+    while start < len(t.cells):
+        used, stop = 2 + label_w, start
+        while stop < len(t.cells) and (stop == start or used + 2 + col_w[stop] <= width):
+            used += 2 + col_w[stop]
+            stop += 1
+        for label, cells in rows:
+            parts = []
+            for i in range(start, stop):
+                text = cells[i].rjust(col_w[i])
+                if color and label.startswith("std") and t.cells[i].flags and label != "std before":
+                    text = click.style(text, fg="red", bold=True)
+                parts.append(text)
+            lines.append(f"  {label.ljust(label_w)}  " + "  ".join(parts))
+        start = stop
+    return "\n".join(lines)
+
+
+def layers_markdown(t: LayerTable) -> list[str]:
+    title = _table_title(t).replace("  ", " · ")
+    if t.flags:
+        title += " · " + ", ".join(f"**{f}**" for f in t.flags)
+    lines = [f"### `{md_cell(t.kind)}`", "", title, ""]
+    lines.append("| layer | " + " | ".join(c.label for c in t.cells) + " |")
+    lines.append("| --- |" + " ---: |" * len(t.cells))
+    for label, cells in _layer_rows(t, ""):
+        marked = [
+            f"**{v}**" if label != "std before" and c.flags and label.startswith("std") else v
+            for v, c in zip(cells, t.cells, strict=True)
+        ]
+        lines.append(f"| {label} | " + " | ".join(marked) + " |")
+    lines.append("")
+    return lines

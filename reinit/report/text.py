@@ -1,0 +1,64 @@
+"""Number and name formatting shared by the renderers (3 significant digits, shapes, names
+clipped from the left so the layer number and the specific tail stay)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def fmt(x: float | None) -> str:
+    """3 significant digits, exponents without padding (`1e37`, `2.56e-5`); '-' for none."""
+    if x is None:
+        return "-"
+    if x == 0:
+        return "0"
+    text = f"{x:.3g}"
+    if "e" in text:
+        mant, exp = text.split("e")
+        text = f"{mant}e{int(exp)}"
+    return text
+
+
+def shape_text(shape: Sequence[int]) -> str:
+    return "×".join(map(str, shape)) if shape else "scalar"
+
+
+def shorten_name(name: str, width: int) -> str:
+    """Shorten a dotted tensor name to `width` by clipping its non-numeric parts from the
+    left (`bert.encoder.layer.3.attention.output.dense.weight` ->
+    `b….e….l….3.attent….output.dense.weight`): a name goes from general to specific, so the
+    leading parts are the ones every row shares, while the layer numbers and the trailing
+    parts tell tensors apart. In the middle if that is not enough."""
+    if len(name) <= width:
+        return name
+    parts = name.split(".")
+    excess = len(name) - width
+    for i, p in enumerate(parts[:-1]):
+        if excess <= 0:
+            break
+        if p.isdigit() or p == "*" or len(p) <= 2:  # "m…" still says where a part was
+            continue
+        keep = max(len(p) - excess, 2)
+        excess -= len(p) - keep
+        parts[i] = p[: keep - 1] + "…"
+    return shorten(".".join(parts), width)
+
+
+def shorten(text: str, width: int) -> str:
+    """Shorten in the middle, keeping both ends (the ends of a tensor name carry the meaning)."""
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return text[:width]
+    keep = width - 1
+    head = keep // 2
+    return text[:head] + "…" + text[len(text) - (keep - head) :]
+
+
+def click_style(text: str, color: bool, **style: Any) -> str:
+    if not color:
+        return text
+    import click
+
+    return click.style(text, **style)

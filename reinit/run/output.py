@@ -1,0 +1,157 @@
+"""Where a run writes and in what layout: the output path and format a SOURCE and `-o` give
+(DESIGN §1), the output files of a directory or sharded output, and the provenance metadata."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from reinit.errors import OutputError
+from reinit.io.confine import (
+    check_output_names,
+    check_relname,
+)
+from reinit.io.readers import (
+    TORCH_SUFFIXES,
+    Checkpoint,
+    TensorRef,
+)
+from reinit.io.targets import (
+    Inputs,
+    check_output,
+)
+from reinit.version import __version__
+
+if TYPE_CHECKING:
+    pass
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    path: Path
+    fmt: str  # "safetensors" | "torch" | "directory"
+
+    @property
+    def default_report(self) -> Path:
+        if self.fmt == "directory":
+            return self.path / "reinit-report.json"
+        name = self.path.name
+        for suffix in (".safetensors", *TORCH_SUFFIXES):
+            if name.endswith(suffix):
+                return self.path.with_name(name[: -len(suffix)] + ".report.json")
+        return self.path.with_name(name + ".report.json")
+
+
+def output_format(path: str) -> str:
+    lower = path.lower()
+    if lower.endswith(".safetensors"):
+        return "safetensors"
+    if lower.endswith(TORCH_SUFFIXES):
+        return "torch"
+    return "directory"
+
+
+def default_output(source: str, ckpt: Checkpoint) -> Path:
+    """DESIGN §1: X.safetensors / X.bin -> X.reinit.safetensors; D -> D-reinit/;
+    hf://OWNER/NAME -> ./NAME-reinit/."""
+    if source.startswith("hf://"):
+        from reinit.io.hub import parse_hf_url
+
+        return Path.cwd() / f"{parse_hf_url(source).name}-reinit"
+    p = Path(source)
+    if ckpt.kind == "directory":
+        return p.parent / f"{p.resolve().name}-reinit"
+    return p.with_name(p.stem + ".reinit.safetensors")
+
+
+def resolve_output(
+    source: str,
+    ckpt: Checkpoint,
+    output: str | os.PathLike[str] | None,
+    *,
+    overwrite: bool,
+    in_place: bool,
+    inputs: Inputs | None = None,
+) -> OutputSpec:
+    """The output's path and form, refused (before any work) when it is, holds or lies in an
+    input without `--in-place`, or exists without `--overwrite` (see `reinit.io.targets`)."""
+    if output is None and ckpt.kind == "memory":
+        raise OutputError(f"{source}: an in-memory checkpoint has no default output; give -o")
+    if output is None and in_place:
+        if source.startswith("hf://"):
+            raise OutputError(f"--in-place: {source} is on the Hub; give -o for the output")
+        output = source
+    path = Path(output) if output is not None else default_output(source, ckpt)
+    text = os.fspath(output) if output is not None else os.fspath(path)
+    fmt = "directory" if text.endswith(("/", os.sep)) else output_format(text)
+    if path.is_dir() and fmt != "directory":
+        raise OutputError(f"-o {path}: is a directory; give a file name or a directory form")
+    inputs = inputs if inputs is not None else Inputs.of([source])
+    check_output(path, fmt, inputs=inputs, overwrite=overwrite, in_place=in_place)
+    if not path.parent.is_dir():  # refused like any output we will not write: exit 2, early
+        raise OutputError(
+            f"-o {path}: the folder {path.parent} does not exist; create it first "
+            f"(mkdir -p {path.parent})"
+        )
+    return OutputSpec(path, fmt)
+
+
+@dataclass(frozen=True)
+class OutFile:
+    relname: str  # within a directory output; "" for a single-file output
+    names: tuple[str, ...]
+    source_shard: str
+
+
+def output_files(spec: OutputSpec, refs: Sequence[TensorRef], ckpt: Checkpoint) -> list[OutFile]:
+    """A file output holds everything; a directory output keeps the source's shard layout
+    (torch shards become safetensors shards of the same numbering)."""
+    if spec.fmt != "directory":
+        return [OutFile("", tuple(r.name for r in refs), ckpt.shards()[0])]
+    groups: dict[str, list[str]] = {}
+    for r in refs:
+        groups.setdefault(r.shard, []).append(r.name)
+    files = [
+        OutFile(shard_output_name(shard), tuple(names), shard) for shard, names in groups.items()
+    ]
+    check_output_names([(f.relname, f.source_shard) for f in files], ckpt.source)
+    return files
+
+
+def shard_output_name(shard: str) -> str:
+    """`model-00001-of-00002.safetensors` stays; `pytorch_model-00001-of-00002.bin` becomes
+    `model-00001-of-00002.safetensors`; a single file becomes `model.safetensors`. Only a plain
+    relative name is accepted (`confine.check_relname`), so the result stays inside the output
+    folder whatever the source's index said."""
+    if not shard:
+        return "model.safetensors"
+    check_relname(shard, "directory output", "would write the shard")
+    folder, _, name = shard.rpartition("/")
+    if name == "pytorch_model.bin":
+        return "model.safetensors"
+    if name.endswith(".safetensors"):
+        return shard
+    stem = name.rsplit(".", 1)[0]
+    if stem.startswith("pytorch_model"):
+        stem = "model" + stem[len("pytorch_model") :]
+    return f"{folder}/{stem}.safetensors" if folder else stem + ".safetensors"
+
+
+def output_metadata(
+    ckpt: Checkpoint, shard: str, seed: int, rules: Sequence[str]
+) -> dict[str, str]:
+    """The source's metadata, plus `format: pt` (transformers refuses safetensors files with
+    metadata but no format) and our provenance under `reinit`."""
+    meta = dict(ckpt.metadata(shard)) if shard is not None else {}
+    meta.setdefault("format", "pt")
+    meta["reinit"] = json.dumps(
+        {"version": __version__, "seed": seed, "rules": list(rules)}, separators=(",", ":")
+    )
+    return meta
+
+
+INDEX_NAME = "model.safetensors.index.json"

@@ -1,0 +1,340 @@
+"""The streaming engine: a Plan's entries in, `Piece`s out (kept bytes as file spans for the
+kernel copy, new values drawn one tensor at a time), with each tensor's report entry computed on
+the way. Reading, drawing and statistics overlap on worker threads; memory stays bounded by the
+largest changed tensor."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from reinit.io.pipeline import prefetch
+from reinit.io.readers import (
+    CHUNK_BYTES,
+    Checkpoint,
+    TensorRef,
+)
+from reinit.io.safetensors_format import dtype_name, tensor_to_bytes
+from reinit.planning.planner import PlanEntry
+from reinit.planning.ties import Ties
+from reinit.report.entries import TensorEntry, var_gain
+from reinit.report.stats import Stats, StatsAccumulator, tensor_stats
+from reinit.schemes import (
+    FillContext,
+    compute_fans,
+    expected_std_for,
+    generate,
+)
+
+if TYPE_CHECKING:
+    from reinit.planning.model import ModelView
+
+
+def progress_bar(total: int, enabled: bool, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=desc,
+        disable=not enabled,
+        leave=False,
+        dynamic_ncols=True,
+    )
+
+
+def _entry(
+    p: PlanEntry,
+    after: Stats,
+    before: Stats | None = None,
+    source: str | None = None,
+    notes: tuple[str, ...] = (),
+    fans: tuple[int, int] | None = None,
+) -> TensorEntry:
+    """`fans`: the owning module's own fans when a model is given (else torch's, from the shape)."""
+    fans = fans or compute_fans(p.shape)
+    fan_in, fan_out = fans if fans else (None, None)
+    bound = p.scheme
+    expected = expected_std_for(bound, p.shape, fans) if bound is not None else None
+    return TensorEntry(
+        name=p.name,
+        shape=p.shape,
+        dtype=dtype_name(p.dtype),
+        action=p.action,
+        after=after,
+        rule=p.rule.text if p.rule is not None else None,
+        scheme=bound.describe() if bound is not None else None,
+        source=source,
+        reason=p.reason,
+        fan_in=fan_in,
+        fan_out=fan_out,
+        before=before,
+        expected_std=expected,
+        var_gain=var_gain(fan_in, after.std) if p.dtype.is_floating_point else None,
+        notes=notes,
+        kurtosis=bound.scheme.kurtosis if bound is not None else 3.0,
+    )
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One step of the output stream: some bytes of a tensor, a span of a file to copy
+    kernel-side, or (with `entry`) the end of the tensor and its report entry."""
+
+    name: str
+    data: memoryview | None = None
+    span: tuple[int, int, int] | None = None  # (fd, offset, nbytes)
+    entry: TensorEntry | None = None
+
+    @property
+    def nbytes(self) -> int:
+        if self.data is not None:
+            return self.data.nbytes
+        return self.span[2] if self.span is not None else 0
+
+
+KERNEL_COPY = True  # copy unchanged bytes with copy_file_range; tests compare both paths
+
+
+READ_AHEAD = 2  # chunks read ahead of the compute thread
+
+
+WRITE_AHEAD = 2  # pieces computed ahead of the writer
+
+
+DRAW_AHEAD = 1  # re-initialized tensors drawn ahead on a worker thread
+
+
+def _n_chunks(nbytes: int) -> int:
+    return -(-nbytes // CHUNK_BYTES)
+
+
+def view_bytes(raw: bytes | bytearray | memoryview, dtype: torch.dtype) -> torch.Tensor:
+    if memoryview(raw).nbytes == 0:
+        return torch.empty(0, dtype=dtype)
+    return torch.frombuffer(raw, dtype=dtype)
+
+
+def read_stream(ckpt: Checkpoint, names: Sequence[str]) -> Iterator[tuple[str, memoryview]]:
+    """Every chunk of the named tensors, in order: the one sequential read of the source."""
+    for name in names:
+        for chunk in ckpt.iter_chunks(name, CHUNK_BYTES):
+            yield name, chunk
+
+
+class Applier:
+    """Turns planned entries into pieces of output, computing statistics on the way.
+
+    It consumes the source's chunks from `reads` (read ahead by another thread), so each
+    source byte is read once: for a kept tensor its chunks give the statistics and the writer
+    copies the same span kernel-side; for a changed tensor they give the `before` statistics."""
+
+    def __init__(
+        self,
+        ckpt: Checkpoint,
+        seed: int,
+        device: str,
+        sources: object = None,
+        ties: Ties | None = None,
+        model: ModelView | None = None,
+    ):
+        self.ckpt = ckpt
+        self.seed = seed
+        self.device = device
+        self.sources = sources  # a transplant.SourcePool when any rule is from(...)
+        self.model = model  # with --model: module fans and the `default` scheme
+        self.fans = model.fans if model is not None else {}
+        self.ties = ties or Ties()
+        # a changed tied group's new value, kept until its last member is written
+        self._tied_values: dict[str, tuple[torch.Tensor, str | None, tuple[str, ...]]] = {}
+        self._drawn: dict[str, Future[torch.Tensor]] = {}  # values drawn ahead, by name
+        self._tied_left = {
+            root: sum(1 for g in self.ties.groups.values() if g[0] == root)
+            for root in self.ties.defining
+        }
+
+    def _chunks(
+        self, reads: Iterator[tuple[str, memoryview]], p: PlanEntry
+    ) -> Iterator[memoryview]:
+        for _ in range(_n_chunks(TensorRef(p.name, p.dtype, p.shape).nbytes)):
+            name, chunk = next(reads)
+            assert name == p.name, (name, p.name)
+            yield chunk
+
+    def _source_stats(self, reads: Iterator[tuple[str, memoryview]], p: PlanEntry) -> Stats:
+        acc = StatsAccumulator(p.dtype)
+        for chunk in self._chunks(reads, p):
+            acc.add(view_bytes(chunk, p.dtype))
+        return acc.result()
+
+    def _copy(
+        self,
+        ck: Checkpoint,
+        name: str,
+        dtype: torch.dtype,
+        chunks: Iterator[memoryview],
+        acc: StatsAccumulator,
+    ) -> Iterator[Piece]:
+        """Pieces that reproduce `name`'s bytes of `ck` exactly: spans for the writer to copy
+        kernel-side when the bytes lie in a file, else the chunks themselves."""
+        span = ck.span(name) if KERNEL_COPY else None
+        pos = 0
+        for chunk in chunks:
+            acc.add(view_bytes(chunk, dtype))
+            if span is not None:
+                yield Piece(name, span=(span.fd, span.start + pos, chunk.nbytes))
+            else:
+                yield Piece(name, data=chunk)
+            pos += chunk.nbytes
+
+    def pieces(self, p: PlanEntry, reads: Iterator[tuple[str, memoryview]]) -> Iterator[Piece]:
+        tie_note = self.ties.note(p.name)
+        if p.action in ("kept", "skipped"):
+            acc = StatsAccumulator(p.dtype)
+            if p.added:  # no source bytes: its --add values, generated
+                for piece in _tensor_pieces(p.name, self.ckpt.read(p.name)):
+                    acc.add(view_bytes(piece.data, p.dtype))
+                    yield piece
+            else:
+                for piece in self._copy(self.ckpt, p.name, p.dtype, self._chunks(reads, p), acc):
+                    yield piece
+            entry = _entry(p, acc.result(), notes=p.notes + tie_note, fans=self.fans.get(p.name))
+            yield Piece(p.name, entry=entry)
+            return
+        # an added tensor has no source bytes, so no "before"
+        before = None if p.added else self._source_stats(reads, p)
+        root = self.ties.root(p.name)
+        if root is not None and root in self.ties.defining:
+            new, source, notes = self._tied_value(root)
+            yield from _tensor_pieces(p.name, new)
+            entry = _entry(
+                p,
+                tensor_stats(new),
+                before,
+                source,
+                p.notes + notes + tie_note,
+                self.fans.get(p.name),
+            )
+            yield Piece(p.name, entry=entry)
+            return
+        if p.action == "transplant":
+            from reinit.planning.transplant import exact_source
+
+            direct = exact_source(self.sources, p)
+            if direct is not None:  # same dtype and shape: a byte copy, streamed
+                src, key, label = direct
+                acc = StatsAccumulator(p.dtype)
+                for piece in self._copy(src, key, p.dtype, src.iter_chunks(key, CHUNK_BYTES), acc):
+                    yield Piece(p.name, piece.data, piece.span)
+                entry = _entry(p, acc.result(), before, label, p.notes, self.fans.get(p.name))
+                yield Piece(p.name, entry=entry)
+                return
+        notes: tuple[str, ...] = ()
+        source = None
+        if p.action == "reinit":
+            new = self._drawn_value(p)
+        else:
+            from reinit.planning.transplant import transplant_value
+
+            new, source, notes = transplant_value(self.sources, p, self.ckpt.read(p.name))
+        after = tensor_stats(new)
+        yield from _tensor_pieces(p.name, new)
+        entry = _entry(p, after, before, source, p.notes + notes, self.fans.get(p.name))
+        yield Piece(p.name, entry=entry)
+
+    def _reinit(self, p: PlanEntry) -> torch.Tensor:
+        """A reinit entry's values; with a model, module fans and `default` apply."""
+        assert p.scheme is not None
+        context = self._context(p)
+        if self.model is not None:
+            from reinit.planning.model import reinit_value
+
+            return reinit_value(
+                self.model, p.scheme, p.name, p.shape, p.dtype, self.seed, self.device, context
+            )
+        return generate(p.scheme, p.name, p.shape, p.dtype, self.seed, self.device, context=context)
+
+    def _tied_value(self, root: str) -> tuple[torch.Tensor, str | None, tuple[str, ...]]:
+        """A changed tied group's one new value: made once from its defining entry (the member
+        the rule hit), handed to every member, dropped after the last."""
+        value = self._tied_values.get(root)
+        if value is None:
+            d = self.ties.defining[root]
+            if d.action == "reinit":
+                new = self._reinit(d)
+                value = (new, None, ())
+            else:
+                from reinit.planning.transplant import transplant_value
+
+                value = transplant_value(self.sources, d, self.ckpt.read(d.name))
+            self._tied_values[root] = value
+        self._tied_left[root] -= 1
+        if self._tied_left[root] <= 0:
+            del self._tied_values[root]
+        return value
+
+    def stream(self, entries: Sequence[PlanEntry]) -> Iterator[Piece]:
+        """All pieces of all entries, in output order.
+
+        Re-initialized values are drawn ahead on a worker thread (at most `DRAW_AHEAD`
+        tensors): torch draws with an explicit generator on one core, so drawing the next
+        tensor while this thread computes statistics keeps the second core busy. Values do
+        not depend on this: each tensor has its own generator."""
+        reads = prefetch(
+            read_stream(self.ckpt, [p.name for p in entries if not p.added]),
+            READ_AHEAD,
+            "reinit-read",
+        )
+        pending = deque(p for p in entries if p.action == "reinit" and not self._tied(p))
+        with ThreadPoolExecutor(1, thread_name_prefix="reinit-draw") as pool:
+
+            def top_up() -> None:
+                while pending and len(self._drawn) < DRAW_AHEAD:
+                    q = pending.popleft()
+                    self._drawn[q.name] = pool.submit(self._reinit, q)
+
+            try:
+                for p in entries:
+                    top_up()
+                    yield from self.pieces(p, reads)
+            finally:
+                reads.close()
+                for future in self._drawn.values():
+                    future.cancel()
+                self._drawn.clear()
+
+    def _tied(self, p: PlanEntry) -> bool:
+        root = self.ties.root(p.name)
+        return root is not None and root in self.ties.defining
+
+    def _drawn_value(self, p: PlanEntry) -> torch.Tensor:
+        future = self._drawn.pop(p.name, None)
+        return future.result() if future is not None else self._reinit(p)
+
+    def _context(self, p: PlanEntry) -> FillContext | None:
+        """What a scheme that reads beyond its own shape gets (see `Scheme.needs_context`):
+        the tensor's values (read again: the stream only kept its statistics) and the other
+        tensor it names."""
+        assert p.scheme is not None
+        scheme = p.scheme.scheme
+        if not scheme.needs_context:
+            return None
+        other_name = scheme.reads(p.name, p.captures, p.scheme.kwargs) if scheme.reads else None
+        return FillContext(
+            before=self.ckpt.read(p.name) if scheme.needs_before else None,
+            other=self.ckpt.read(other_name) if other_name is not None else None,
+            other_name=other_name,
+        )
+
+
+def _tensor_pieces(name: str, t: torch.Tensor) -> Iterator[Piece]:
+    data = tensor_to_bytes(t)
+    for i in range(0, data.nbytes, CHUNK_BYTES):
+        yield Piece(name, data=data[i : i + CHUNK_BYTES])

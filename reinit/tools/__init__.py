@@ -1,0 +1,1 @@
+"""The commands beside `apply`: report (audit), inspect, diff, probe, verify."""

@@ -1,0 +1,158 @@
+"""`reinit report`: the statistics of a checkpoint as it is, optionally against a baseline
+(before/after by name, bitwise change detection), written to the requested files."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack, closing
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import torch
+
+from reinit.io.publish import Publication, how_to_publish
+from reinit.io.readers import (
+    CHUNK_BYTES,
+    Checkpoint,
+    TensorRef,
+)
+from reinit.io.safetensors_format import dtype_name
+from reinit.io.targets import (
+    Inputs,
+    check_distinct,
+    check_target,
+)
+from reinit.io.trust import TrustSpec
+from reinit.planning.planner import plan as make_plan
+from reinit.planning.session import open_source
+from reinit.planning.ties import resolve_ties
+from reinit.report.assemble import make_report
+from reinit.report.entries import Report, TensorEntry
+from reinit.report.stats import StatsAccumulator
+from reinit.run.apply import stage_side_outputs
+from reinit.run.stream import Applier, progress_bar, view_bytes
+
+if TYPE_CHECKING:
+    pass
+
+
+def report_checkpoint(
+    source: str | os.PathLike[str],
+    against: str | os.PathLike[str] | None = None,
+    *,
+    progress: bool = False,
+    unsafe_pickle: TrustSpec = (),
+) -> Report:
+    """The report of a checkpoint as it is: every tensor `kept`, with its statistics. One
+    thread reads ahead while another computes, so this runs at the disk's (or the page
+    cache's) speed rather than at the sum of both.
+
+    With `against` (a baseline checkpoint, any form of §1), each tensor of the same name in
+    the baseline gives the `before` statistics, a tensor whose bytes (or shape or dtype) differ
+    carries the note "changed vs baseline", one absent from the baseline "not in baseline", and
+    the baseline's names absent from SOURCE are listed in the report's warnings."""
+    started = time.perf_counter()
+    with ExitStack() as stack:
+        ckpt = stack.enter_context(open_source(source, unsafe_pickle, progress))
+        if against is not None:
+            base = stack.enter_context(open_source(against, unsafe_pickle, progress))
+        else:
+            base = None
+        the_plan = make_plan(ckpt.refs(), ())
+        applier = Applier(ckpt, 0, "cpu", ties=resolve_ties(the_plan, ckpt.aliases())[1])
+        total = sum(TensorRef(e.name, e.dtype, e.shape).nbytes for e in the_plan.entries)
+        entries = []
+        bar = stack.enter_context(progress_bar(total, progress, "reinit report"))
+        pieces = stack.enter_context(closing(applier.stream(the_plan.entries)))
+        for piece in pieces:
+            if piece.entry is not None:
+                entry = piece.entry
+                if base is not None:
+                    entry = _against(ckpt, base, entry)
+                entries.append(entry)
+            bar.update(piece.nbytes)
+        report = make_report(os.fspath(source), None, 0, (), entries, 0, started)
+        if base is not None:
+            missing = [n for n in base.names() if n not in ckpt]
+            if missing:
+                shown = ", ".join(missing[:10]) + (", …" if len(missing) > 10 else "")
+                report = replace(
+                    report,
+                    warnings=(
+                        *report.warnings,
+                        f"{len(missing)} tensor(s) of the baseline {os.fspath(against or '')} "
+                        f"are not in {os.fspath(source)}: {shown}",
+                    ),
+                )
+        return report
+
+
+def write_report_files(
+    source: str | os.PathLike[str],
+    against: str | os.PathLike[str] | None,
+    outputs: Sequence[str | os.PathLike[str]],
+    plot: str | os.PathLike[str] | None,
+    *,
+    overwrite: bool = False,
+    progress: bool = False,
+    unsafe_pickle: bool = False,
+) -> Report:
+    """`reinit report SOURCE -o ... --plot ...`: every path checked by the one rule before the
+    checkpoint is read (never an input, never an existing file without `overwrite`), then all
+    of them published together."""
+    inputs = Inputs.of([source, against])
+    targets = [
+        ("report", check_target(p, "-o", "report", inputs=inputs, overwrite=overwrite))
+        for p in outputs
+    ]
+    if plot is not None:
+        targets.append(
+            ("plot", check_target(plot, "--plot", "plot", inputs=inputs, overwrite=overwrite))
+        )
+    check_distinct([p for _, p in targets])
+    rep = report_checkpoint(source, against, progress=progress, unsafe_pickle=unsafe_pickle)
+    if targets:
+        with Publication() as pub:
+            stage_side_outputs(pub, rep, targets, how_to_publish(overwrite=overwrite))
+            pub.commit()
+    return rep
+
+
+def _against(ckpt: Checkpoint, base: Checkpoint, entry: TensorEntry) -> TensorEntry:
+    """`entry` with the baseline's statistics as `before` and a note when it differs: one
+    pass over the baseline's chunks, compared with the source's chunk for chunk (bitwise, so
+    a NaN equals the same NaN) until the first difference."""
+    from reinit.report.entries import NOTE_CHANGED, NOTE_NEW
+
+    if entry.name not in base:
+        return replace(entry, notes=(*entry.notes, NOTE_NEW))
+    ref, bref = ckpt.ref(entry.name), base.ref(entry.name)
+    acc = StatsAccumulator(bref.dtype)
+    same = (ref.dtype, ref.shape) == (bref.dtype, bref.shape)
+    with closing(ckpt.iter_chunks(entry.name, CHUNK_BYTES)) as mine:
+        for chunk in base.iter_chunks(entry.name, CHUNK_BYTES):
+            acc.add(view_bytes(chunk, bref.dtype))
+            if same:
+                same = same_bytes(next(mine, memoryview(b"")), chunk)
+    notes: tuple[str, ...] = ()
+    if not same:
+        notes = (NOTE_CHANGED,)
+        if bref.shape != ref.shape:
+            notes += (f"baseline shape {list(bref.shape)}",)
+        if bref.dtype != ref.dtype:
+            notes += (f"baseline dtype {dtype_name(bref.dtype)}",)
+    return replace(entry, before=acc.result(), notes=(*entry.notes, *notes))
+
+
+def same_bytes(a: bytes | bytearray | memoryview, b: bytes | bytearray | memoryview) -> bool:
+    """Bitwise equality without copying either buffer (NaN payloads compare as bits)."""
+    ma, mb = memoryview(a).cast("B"), memoryview(b).cast("B")
+    if ma.nbytes != mb.nbytes:
+        return False
+    if ma.nbytes == 0:
+        return True
+    return torch.equal(
+        torch.frombuffer(ma, dtype=torch.uint8), torch.frombuffer(mb, dtype=torch.uint8)
+    )

@@ -1,0 +1,51 @@
+"""`reinit inspect`: the tensors of a checkpoint, optionally filtered, with statistics."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from reinit.io.safetensors_format import dtype_name
+from reinit.planning.session import open_source
+from reinit.report.stats import Stats, tensor_stats
+
+if TYPE_CHECKING:
+    pass
+
+
+@dataclass(frozen=True)
+class InspectRow:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    nbytes: int
+    shard: str
+    stats: Stats | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "bytes": self.nbytes,
+            "shard": self.shard or None,
+            "stats": self.stats.to_dict() if self.stats else None,
+        }
+
+
+def inspect_checkpoint(
+    source: str | os.PathLike[str], pattern: str | None = None, *, stats: bool = False
+) -> list[InspectRow]:
+    """The tensors of a checkpoint (optionally only those matching `pattern`)."""
+    from reinit.rules import parse_pattern
+
+    pat = parse_pattern(pattern) if pattern else None
+    with open_source(source) as ckpt:
+        rows = []
+        for r in ckpt.refs():
+            if pat is not None and pat.match(r.name) is None:
+                continue
+            st = tensor_stats(ckpt.read(r.name)) if stats else None
+            rows.append(InspectRow(r.name, r.shape, dtype_name(r.dtype), r.nbytes, r.shard, st))
+        return rows

@@ -1,0 +1,130 @@
+"""The package's shape, checked: the rules of reinit/ARCHITECTURE.md as tests, so the map stays
+true as the code grows (imports point one way, no cycles, no private names across modules,
+no file too long to read)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "reinit"
+MAX_LINES = 400
+
+# Lower layers never import higher ones. Same-layer imports are allowed (no cycles, below).
+LAYERS = {
+    "reinit.errors": 0,
+    "reinit.version": 0,
+    "reinit.text": 0,
+    "reinit.limits": 0,
+    "reinit.matching": 2,
+    "reinit.io": 1,
+    "reinit.schemes": 1,
+    "reinit.rules": 2,
+    "reinit.options": 2,
+    "reinit.planning": 3,
+    "reinit.report": 4,
+    "reinit.run": 5,
+    "reinit.tools": 6,
+    "reinit.recipe": 6,
+    "reinit.cli": 7,
+    "reinit": 8,  # the facade: nothing inside the package imports it
+}
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for p in sorted(PKG.rglob("*.py")):
+        parts = list(p.relative_to(PKG.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = p
+    return out
+
+
+def layer(mod: str) -> int:
+    best = ""
+    for prefix in LAYERS:
+        if (mod == prefix or mod.startswith(prefix + ".")) and len(prefix) > len(best):
+            best = prefix
+    return LAYERS[best]
+
+
+def type_checking_nodes(tree: ast.Module) -> set[int]:
+    skip = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for sub in ast.walk(node):
+                skip.add(id(sub))
+    return skip
+
+
+def imports(path: Path, known: set[str]) -> list[tuple[int, str, list[str]]]:
+    """(line, imported module, names) for every runtime import of a reinit module."""
+    tree = ast.parse(path.read_text())
+    skip = type_checking_nodes(tree)
+    out = []
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module == "reinit" or node.module.startswith("reinit."):
+                names = [a.name for a in node.names]
+                subs = [n for n in names if f"{node.module}.{n}" in known]
+                if subs:
+                    out += [(node.lineno, f"{node.module}.{n}", []) for n in subs]
+                rest = [n for n in names if n not in subs]
+                if rest:
+                    out.append((node.lineno, node.module, rest))
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name == "reinit" or a.name.startswith("reinit."):
+                    out.append((node.lineno, a.name, []))
+    return out
+
+
+MODS = modules()
+
+
+def test_no_file_over_the_line_limit():
+    long = {m: n for m, p in MODS.items() if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"split these (over {MAX_LINES} lines): {long}"
+
+
+@pytest.mark.parametrize("mod", sorted(MODS))
+def test_imports_point_down_and_name_no_private(mod):
+    me = layer(mod)
+    for line, target, names in imports(MODS[mod], set(MODS)):
+        where = f"{MODS[mod].relative_to(PKG.parent)}:{line}"
+        assert target != "reinit" or mod == "reinit", f"{where}: imports the facade `reinit`"
+        assert layer(target) <= me, f"{where}: {mod} (layer {me}) imports {target} (higher)"
+        private = [n for n in names if n.startswith("_") and not n.startswith("__")]
+        assert not private, f"{where}: imports private {private} from {target}"
+
+
+def test_no_import_cycles():
+    graph = {
+        m: {t for _, t, _ in imports(p, set(MODS)) if t in MODS and t != m} for m, p in MODS.items()
+    }
+    # a package's __init__ importing its own submodules is not a cycle of the design
+    for m in graph:
+        graph[m] = {t for t in graph[m] if not t.startswith(m + ".")}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for t in sorted(graph[m]):
+            if state.get(t) == 1:
+                cycle = stack[stack.index(t) :] + [t]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if t not in state:
+                visit(t)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
