@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from reinit.errors import InputNotFoundError, OutputError, UnsafePathError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from reinit.io.readers import Checkpoint
+    from reinit.io.checkpoint import Checkpoint
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

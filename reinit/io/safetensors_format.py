@@ -22,6 +22,7 @@ import torch
 
 from reinit.errors import CheckpointError
 from reinit.limits import MAX_TENSOR_BYTES, declared_bytes
+from reinit.text import one_line
 
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
 # Most tensors one file may declare. Real checkpoints hold at most tens of thousands per file
@@ -131,7 +132,7 @@ def parse_header_bytes(raw: bytes, file_size: int, where: str) -> Header:
         ) from None
     except (ValueError, RecursionError) as e:  # UnicodeDecodeError, JSONDecodeError, int limits
         raise CheckpointError(
-            f"{where}: header is not valid JSON ({_one_line(e)}); the file is corrupt"
+            f"{where}: header is not valid JSON ({one_line(e)}); the file is corrupt"
         ) from None
     if not isinstance(doc, dict):
         raise CheckpointError(f"{where}: header is not a JSON object; the file is corrupt")
@@ -196,11 +197,6 @@ def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
             raise _DuplicateKey(k)
         out[k] = v
     return out
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return text[:200] if text else type(e).__name__
 
 
 def _check_text(pairs: Iterable[tuple[str, str]], where: str, what: str) -> None:
@@ -364,4 +360,4 @@ def tensor_to_bytes(t: torch.Tensor) -> memoryview:
     flat = t.detach().to("cpu").contiguous().reshape(-1)
     if flat.numel() == 0:
         return memoryview(b"")
-    return memoryview(flat.view(torch.uint8).numpy()).cast("B")
+    return flat.view(torch.uint8).numpy().data.cast("B")

@@ -20,6 +20,7 @@ from typing import Any
 
 from reinit.errors import CheckpointError
 from reinit.io.confine import check_relname
+from reinit.text import one_line
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def parse_index(text: str, where: str) -> ShardIndex:
             "fix or regenerate the index"
         ) from None
     except (ValueError, RecursionError) as e:
-        raise CheckpointError(f"{where}: unreadable index ({_first_line(e)})") from None
+        raise CheckpointError(f"{where}: unreadable index ({one_line(e)})") from None
     wm = doc.get("weight_map") if isinstance(doc, dict) else None
     if not isinstance(wm, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in wm.items()
@@ -83,7 +84,7 @@ def read_index(path: str | Path, where: str) -> ShardIndex:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{where}: unreadable index ({_first_line(e)})") from None
+        raise CheckpointError(f"{where}: unreadable index ({one_line(e)})") from None
     return parse_index(text, where)
 
 
@@ -108,8 +109,3 @@ def check_shard(index: ShardIndex, shard: str, held: Iterable[str]) -> None:
                 f"{index.where}: tensor '{name}' is in shard {shard}, but the index puts it in "
                 f"{owner}; a name must live in one shard: regenerate the index"
             )
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from reinit.errors import UsageError
+from reinit.io.hub_url import is_hf_url
 
 PathLike = str | os.PathLike[str]
 
@@ -29,7 +30,7 @@ class PickleTrust:
     def allows(self, source: PathLike) -> bool:
         """Whether `source` (a torch file, a model folder or an hf:// URL) was named."""
         text = os.fspath(source)
-        if text.startswith("hf://"):
+        if is_hf_url(text):
             return text.rstrip("/") in self.urls
         return _resolved(text) in self.paths
 
@@ -77,7 +78,7 @@ def pickle_trust(value: object, where: str = "unsafe_pickle") -> PickleTrust:
                 f"{where}: {text!r} is not a path; write --unsafe-pickle PATH, naming the "
                 "torch file you trust"
             )
-        if text.startswith("hf://"):
+        if is_hf_url(text):
             urls.add(text.rstrip("/"))
         else:
             paths.add(_resolved(text))
