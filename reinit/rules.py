@@ -15,6 +15,7 @@ from reinit.errors import RuleError, SchemeError
 from reinit.io.hub_url import is_hf_url, parse_hf_url
 from reinit.matching import Glob, MatchAll, Matcher, UserRegex, compile_glob, literal_glob
 from reinit.schemes import KEEP, BoundScheme, bind_scheme
+from reinit.schemes import templates as schemes_templates
 
 ValueT = int | float | str
 
@@ -62,26 +63,12 @@ class Pattern:
         return self.matcher.fullmatch(name)
 
 
-_FIELD = re.compile(r"\{(name|\d+)\}")
-
-
 def fill_template(template: str, name: str, captures: Sequence[str], where: str) -> str:
     """`{name}` -> the whole name, `{1}`, `{2}`, … -> the pattern's captures (each `*` of a
     glob, each group of a regex). Used by `from(..., key=…)` and `--rename`."""
-
-    def sub(m: re.Match[str]) -> str:
-        field = m.group(1)
-        if field == "name":
-            return name
-        i = int(field)
-        if not 1 <= i <= len(captures):
-            raise RuleError(
-                f"{where}: the template {template!r} uses {{{i}}} but the pattern has "
-                f"{len(captures)} capture(s)"
-            )
-        return captures[i - 1]
-
-    return _FIELD.sub(sub, template)
+    return schemes_templates.fill_template(
+        template, name, captures, f"{where}: the template ", RuleError
+    )
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import torch
 from reinit.errors import TransplantError
 from reinit.io.checkpoint import Checkpoint
 from reinit.io.hub_url import is_hf_url, parse_hf_url
+from reinit.io.safetensors_format import dtype_name
 from reinit.io.sources import open_checkpoint
 from reinit.io.trust import TrustSpec
 from reinit.planning.planner import Plan, PlanEntry
@@ -255,10 +256,7 @@ def lossy_cast_note(src: torch.Tensor, cast: torch.Tensor) -> str | None:
     )
     if same:
         return None
-    return (
-        f"lossy cast {str(src.dtype).removeprefix('torch.')} -> "
-        f"{str(cast.dtype).removeprefix('torch.')}"
-    )
+    return f"lossy cast {dtype_name(src.dtype)} -> {dtype_name(cast.dtype)}"
 
 
 def transplant_value(

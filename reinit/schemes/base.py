@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from reinit.errors import SchemeError
+from reinit.io.safetensors_format import dtype_name
 
 REQUIRED = object()  # sentinel default: the argument must be given
 
@@ -77,6 +78,9 @@ class FillContext:
     other_name: str | None = None
 
 
+# A fill works in place; torch.nn.init's functions also return the tensor, which is ignored.
+Fill = Callable[[torch.Tensor, torch.Generator, Args], torch.Tensor | None]
+StdFormula = Callable[[Shape, Args], float | None]
 ContextFill = Callable[[torch.Tensor, torch.Generator, Args, FillContext], None]
 ReadsFn = Callable[[str, tuple[str, ...], Args], str]
 
@@ -101,8 +105,8 @@ class Scheme:
 
     name: str
     params: tuple[Param, ...]
-    fill: Callable[[torch.Tensor, torch.Generator, Args], None]
-    std: Callable[[Shape, Args], float | None]
+    fill: Fill
+    std: StdFormula
     formula: str
     doc: str
     # True when the values depend on the shape only through (fan_in, fan_out): then a model's
@@ -155,7 +159,7 @@ class BoundScheme:
         for p in self.scheme.params:
             v = values.get(p.name)
             if p.in_tensor and isinstance(v, (int, float)) and abs(v) > top:
-                label = str(dtype).removeprefix("torch.")
+                label = dtype_name(dtype)
                 return (
                     f"{self.scheme.name}: argument {p.name!r}={v:g} overflows {label} "
                     f"(largest finite {label} value: {top:g})"
