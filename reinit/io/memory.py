@@ -8,7 +8,7 @@ layout they report."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import torch
@@ -20,8 +20,8 @@ from reinit.io.safetensors_format import MAX_TENSORS, tensor_to_bytes
 __all__ = ["StateDictCheckpoint", "TensorDictCheckpoint", "check_tensor_names", "find_aliases"]
 
 
-def check_tensor_names(tensors: Mapping[object, object], where: str) -> None:
-    """The same name rules as the safetensors validator: string keys that UTF-8 can encode
+def check_tensor_names(tensors: Collection[object], where: str) -> None:
+    """The same name rules as the safetensors validator, for the keys of `tensors`: string keys that UTF-8 can encode
     (a pickle may hold lone surrogates, which could be neither printed nor written to a
     safetensors header), and at most `MAX_TENSORS` of them."""
     if len(tensors) > MAX_TENSORS:
@@ -52,7 +52,7 @@ def find_aliases(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
             continue
         key = (
             t.untyped_storage().data_ptr(),
-            t.storage_offset(),
+            int(t.storage_offset()),
             tuple(t.shape),
             tuple(t.stride()),
             t.dtype,

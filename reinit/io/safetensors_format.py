@@ -24,6 +24,21 @@ from reinit.errors import CheckpointError
 from reinit.limits import MAX_TENSOR_BYTES, declared_bytes
 from reinit.text import one_line
 
+__all__ = [
+    "CODE_TO_DTYPE",
+    "DTYPE_TO_CODE",
+    "Header",
+    "MAX_HEADER_BYTES",
+    "MAX_TENSORS",
+    "TensorInfo",
+    "build_header",
+    "dtype_name",
+    "dtype_size",
+    "parse_header_bytes",
+    "read_header",
+    "tensor_to_bytes",
+]
+
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
 # Most tensors one file may declare. Real checkpoints hold at most tens of thousands per file
 # (a large MoE shard); a header of a million one-element tensors fits in 100 MB but costs

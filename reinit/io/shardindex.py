@@ -22,6 +22,8 @@ from reinit.errors import CheckpointError
 from reinit.io.confine import check_relname
 from reinit.text import one_line
 
+__all__ = ["ShardIndex", "check_shard", "parse_index", "read_index"]
+
 
 @dataclass(frozen=True)
 class ShardIndex:

@@ -24,6 +24,18 @@ from pathlib import Path
 from reinit.errors import OutputError, UsageError
 from reinit.io.hub_url import is_hf_url
 
+__all__ = [
+    "Inputs",
+    "REPORT_NAME",
+    "SUFFIXES",
+    "check_distinct",
+    "check_output",
+    "check_replace_folder",
+    "check_suffix",
+    "check_target",
+    "is_own_output",
+]
+
 SUFFIXES = {"report": (".json", ".csv", ".md"), "plot": (".png",)}
 REPORT_NAME = "reinit-report.json"
 

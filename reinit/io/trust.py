@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from reinit.errors import UsageError
 from reinit.io.hub_url import is_hf_url
 
+__all__ = ["NO_TRUST", "PathLike", "PickleTrust", "TrustSpec", "pickle_trust"]
+
 PathLike = str | os.PathLike[str]
 
 
@@ -45,7 +47,7 @@ def _resolved(path: str) -> str:
     return os.path.realpath(os.path.abspath(path))
 
 
-def pickle_trust(value: object, where: str = "unsafe_pickle") -> PickleTrust:
+def pickle_trust(value: TrustSpec, where: str = "unsafe_pickle") -> PickleTrust:
     """A `PickleTrust` from what the API accepts: nothing (False/None/empty), one path, or an
     iterable of paths (a set, a list, the CLI's repeated `--unsafe-pickle PATH`).
 
@@ -60,7 +62,7 @@ def pickle_trust(value: object, where: str = "unsafe_pickle") -> PickleTrust:
             f"{where}: name the torch files you trust (e.g. --unsafe-pickle model.ckpt, or "
             "unsafe_pickle={'model.ckpt'}), not true: trust never extends to other files"
         )
-    items: Iterable[object] = [value] if isinstance(value, (str, os.PathLike)) else value  # type: ignore[assignment]
+    items: Iterable[object] = [value] if isinstance(value, (str, os.PathLike)) else value
     try:
         entries = list(items)
     except TypeError:

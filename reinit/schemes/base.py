@@ -13,9 +13,29 @@ import torch
 from reinit.errors import SchemeError
 from reinit.io.safetensors_format import dtype_name
 
+__all__ = [
+    "Args",
+    "BoundScheme",
+    "ContextFill",
+    "Fill",
+    "FillContext",
+    "Param",
+    "REQUIRED",
+    "ReadsFn",
+    "Scheme",
+    "Shape",
+    "StdFormula",
+    "bind",
+    "compute_fans",
+    "context_only",
+]
+
 REQUIRED = object()  # sentinel default: the argument must be given
 
 Shape = tuple[int, ...]
+# A scheme's bound arguments. Values differ in type by name (a float `std`, a str `mode`, a gain
+# that is a number or a name, None for "from the config"); `bind` checks each against its
+# `Param.kind`, so a fill reads every value as the kind its Param declares.
 Args = Mapping[str, Any]
 
 

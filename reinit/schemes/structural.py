@@ -43,7 +43,8 @@ def _delta_fill(t: torch.Tensor, g: torch.Generator, args: Args) -> None:
     centre = torch.empty((out_ch, in_ch), dtype=t.dtype, device=t.device)
     init.orthogonal_(centre, gain_value(args["gain"]), generator=g)
     t.zero_()
-    t[(slice(None), slice(None), *(k // 2 for k in t.shape[2:]))] = centre
+    index: tuple[slice | int, ...] = (slice(None), slice(None))
+    t[index + tuple(k // 2 for k in t.shape[2:])] = centre
 
 
 def _delta_std(shape: Shape, args: Args) -> float:
