@@ -25,6 +25,8 @@ from reinit.limits import MAX_TENSOR_BYTES, declared_bytes
 from reinit.text import one_line
 
 __all__ = [
+    "DuplicateKey",
+    "no_duplicate_keys",
     "CODE_TO_DTYPE",
     "DTYPE_TO_CODE",
     "Header",
@@ -141,7 +143,7 @@ def parse_header_bytes(raw: bytes, file_size: int, where: str) -> Header:
         doc = json.loads(raw[8 : 8 + n].decode("utf-8"), object_pairs_hook=_ObjectHook())
     except _TooManyObjects:
         raise CheckpointError(too_many) from None
-    except _DuplicateKey as e:
+    except DuplicateKey as e:
         raise CheckpointError(
             f"{where}: header names '{_shown(e.key)}' twice; the file is corrupt"
         ) from None
@@ -177,7 +179,9 @@ def parse_header_bytes(raw: bytes, file_size: int, where: str) -> Header:
     return Header(tuple(infos), metadata, data_start, file_size)
 
 
-class _DuplicateKey(Exception):
+class DuplicateKey(Exception):
+    """A JSON object that names one key twice (raised by `no_duplicate_keys`)."""
+
     def __init__(self, key: str):
         super().__init__(key)
         self.key = key
@@ -200,16 +204,16 @@ class _ObjectHook:
         self.objects += 1
         if self.objects > MAX_TENSORS + 2:
             raise _TooManyObjects
-        return _no_duplicate_keys(pairs)
+        return no_duplicate_keys(pairs)
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    """json.loads keeps the last of two equal keys silently; a header that names a tensor twice
-    is ambiguous, so we refuse it."""
+def no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """An `object_pairs_hook` for json.loads, which keeps the last of two equal keys silently:
+    a header or an index that names a tensor twice is ambiguous, so we refuse it."""
     out: dict[str, object] = {}
     for k, v in pairs:
         if k in out:
-            raise _DuplicateKey(k)
+            raise DuplicateKey(k)
         out[k] = v
     return out
 

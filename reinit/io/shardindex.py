@@ -20,6 +20,7 @@ from typing import Any
 
 from reinit.errors import CheckpointError
 from reinit.io.confine import check_relname
+from reinit.io.safetensors_format import DuplicateKey, no_duplicate_keys
 from reinit.text import one_line
 
 __all__ = ["ShardIndex", "check_shard", "parse_index", "read_index"]
@@ -41,26 +42,12 @@ class ShardIndex:
         return self.by_shard.get(shard, frozenset())
 
 
-class _Duplicate(Exception):
-    def __init__(self, key: str):
-        self.key = key
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise _Duplicate(k)
-        out[k] = v
-    return out
-
-
 def parse_index(text: str, where: str) -> ShardIndex:
     """Parse and validate an index's text; every defect is a `CheckpointError` naming `where`
     (and the tensor and shard where one is at fault)."""
     try:
-        doc = json.loads(text, object_pairs_hook=_no_duplicates)
-    except _Duplicate as d:
+        doc = json.loads(text, object_pairs_hook=no_duplicate_keys)
+    except DuplicateKey as d:
         raise CheckpointError(
             f"{where}: the index lists {d.key!r} twice; a name must live in one shard: "
             "fix or regenerate the index"
