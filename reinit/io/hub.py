@@ -1,8 +1,10 @@
 """Hugging Face Hub access for `hf://OWNER/NAME[@REVISION][/SUBFOLDER]` sources (DESIGN §1, §4).
 
-This is the only module that talks to the Hub, always through `huggingface_hub` (tested with 2.4.0):
-`parse_hf_uri` for the URL grammar, `HfApi.model_info` / `HfApi.resolve_revision` for the file list and
-the commit, `hf_hub_download` for files. Nothing is downloaded until asked for: the directory reader
+This module (`HubRepo`) and its helpers are the only code that talks to the Hub, always through
+`huggingface_hub` (tested with 2.4.0): `hub_url` parses the URL with `parse_hf_uri`, `hub_env`
+reads the environment, `hub_errors` words every failure, and `HubRepo` uses
+`HfApi.model_info` / `HfApi.resolve_revision` for the file list and the commit, `hf_hub_download`
+for files. Nothing is downloaded until asked for: the directory reader
 asks for the index first and then only the shards that hold the tensors it needs.
 
 Chosen behaviour:

@@ -105,8 +105,19 @@ class StateDictCheckpoint(TensorDictCheckpoint):
     """An in-memory state dict as a checkpoint. Tensors may live on any device; reads are CPU
     copies.
 
-    `like` lends its layout (shards, metadata, extra files, config, source name) so that a
-    recipe's final step writes exactly what applying to a file of these tensors would."""
+    Args:
+        tensors: name -> tensor; entries that are not tensors are left out.
+        source: the name messages and the report use.
+        like: an open checkpoint that lends its layout (shards, metadata, extra files, config,
+            source name), so that a recipe's final step writes exactly what applying to a file
+            of these tensors would.
+        config: a model config (as config.json would hold it) for schemes that read one.
+
+    Example:
+        >>> ck = StateDictCheckpoint({"w": torch.zeros(2, 3)})
+        >>> ck.ref("w").shape
+        (2, 3)
+    """
 
     kind = "memory"
 
