@@ -36,9 +36,9 @@ _LAZY = {
     "report_checkpoint": "reinit.tools.audit",
     "apply_to_module": "reinit.run.inmemory",
     "apply_to_state_dict": "reinit.run.inmemory",
-    "Checkpoint": "reinit.io.readers",
-    "StateDictCheckpoint": "reinit.io.readers",
-    "open_checkpoint": "reinit.io.readers",
+    "Checkpoint": "reinit.io.checkpoint",
+    "StateDictCheckpoint": "reinit.io.memory",
+    "open_checkpoint": "reinit.io.sources",
     "Recipe": "reinit.recipe.validate",
     "load_recipe": "reinit.recipe.validate",
     "run_recipe": "reinit.recipe.run",
@@ -55,7 +55,9 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from reinit.io.readers import Checkpoint, StateDictCheckpoint, open_checkpoint
+    from reinit.io.checkpoint import Checkpoint
+    from reinit.io.memory import StateDictCheckpoint
+    from reinit.io.sources import open_checkpoint
     from reinit.planning.planner import Plan, PlanEntry
     from reinit.planning.session import plan
     from reinit.recipe.run import run_recipe

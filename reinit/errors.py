@@ -3,6 +3,22 @@
 
 from __future__ import annotations
 
+__all__ = [
+    "CheckpointError",
+    "HubError",
+    "InputNotFoundError",
+    "OutputError",
+    "ReinitError",
+    "RuleError",
+    "SchemeError",
+    "StrictError",
+    "TransplantError",
+    "UnsafePathError",
+    "UnsafePickleError",
+    "UsageError",
+    "WriteError",
+]
+
 
 class ReinitError(Exception):
     """Base of every error reinit raises on purpose. The message is one line that names the

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+__all__ = ["MAX_TENSOR_BYTES", "available_memory", "declared_bytes"]
+
 # Largest tensor byte size anything may declare: what torch (int64 sizes) can address.
 MAX_TENSOR_BYTES = 2**63 - 1
 

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from reinit.errors import RuleError, SchemeError
+from reinit.io.hub_url import is_hf_url, parse_hf_url
 from reinit.matching import Glob, MatchAll, Matcher, UserRegex, compile_glob, literal_glob
 from reinit.schemes import KEEP, BoundScheme, bind_scheme
+from reinit.schemes import templates as schemes_templates
 
 ValueT = int | float | str
 
@@ -61,26 +63,12 @@ class Pattern:
         return self.matcher.fullmatch(name)
 
 
-_FIELD = re.compile(r"\{(name|\d+)\}")
-
-
 def fill_template(template: str, name: str, captures: Sequence[str], where: str) -> str:
     """`{name}` -> the whole name, `{1}`, `{2}`, … -> the pattern's captures (each `*` of a
     glob, each group of a regex). Used by `from(..., key=…)` and `--rename`."""
-
-    def sub(m: re.Match[str]) -> str:
-        field = m.group(1)
-        if field == "name":
-            return name
-        i = int(field)
-        if not 1 <= i <= len(captures):
-            raise RuleError(
-                f"{where}: the template {template!r} uses {{{i}}} but the pattern has "
-                f"{len(captures)} capture(s)"
-            )
-        return captures[i - 1]
-
-    return _FIELD.sub(sub, template)
+    return schemes_templates.fill_template(
+        template, name, captures, f"{where}: the template ", RuleError
+    )
 
 
 @dataclass(frozen=True)
@@ -306,9 +294,7 @@ def parse_from(action: Action, where: str) -> TransplantSpec:
     source = action.args[0] if action.args else kw.get("source")
     if not isinstance(source, str) or not source:
         raise RuleError(f"{where}: from() needs a source, e.g. from(other.safetensors)")
-    if source.startswith("hf://"):
-        from reinit.io.hub import parse_hf_url
-
+    if is_hf_url(source):
         parse_hf_url(source)  # a malformed URL is a usage error now, before anything is read
     key = kw.get("key")
     if key is not None and not isinstance(key, str):

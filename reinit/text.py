@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import unicodedata
 
-__all__ = ["ESCAPED_CATEGORIES", "md_cell", "shown"]
+__all__ = ["ESCAPED_CATEGORIES", "md_cell", "one_line", "shown"]
 
 ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 _SHORT = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
@@ -55,3 +55,24 @@ def shown(text: object) -> str:
 def md_cell(text: object) -> str:
     """`shown(text)` with `|` escaped, for a Markdown table cell (a raw `|` would split it)."""
     return shown(text).replace("|", "\\|")
+
+
+def one_line(message: BaseException | str, *, limit: int | None = 200, typed: bool = False) -> str:
+    """A message (an exception's, or any text) as one line to quote inside another message:
+    every run of whitespace, newlines included, becomes one space, and text over `limit`
+    characters is cut to `limit` with "..." at the end (None: never cut).
+
+    An exception with an empty message gives its type name; `typed=True` always leads with it
+    ("ValueError: bad value"). Escaping is `shown`'s job, not this one's.
+
+    Example:
+        >>> one_line(ValueError("bad\\n  value"), typed=True)
+        'ValueError: bad value'
+    """
+    text = " ".join(str(message).split())
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 3] + "..."
+    name = type(message).__name__ if isinstance(message, BaseException) else ""
+    if typed and name and text:
+        return f"{name}: {text}"
+    return text or name

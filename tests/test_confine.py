@@ -350,7 +350,7 @@ def test_index_and_shards_disagree_every_command_refuses(tmp_path, make, fragmen
 
 
 def test_library_reader_raises_the_same_error(tmp_path):
-    from reinit.io.readers import open_checkpoint
+    from reinit.io.sources import open_checkpoint
 
     with open_checkpoint(tensor_in_two_shards(tmp_path)) as ck, pytest.raises(CheckpointError):
         ck.refs()

@@ -17,7 +17,7 @@ from treesnap import assert_unchanged, tree_state
 from reinit.cli import main
 from reinit.errors import UsageError
 from reinit.io.confine import check_revision, revision_problem
-from reinit.io.hub import parse_hf_url
+from reinit.io.hub_url import parse_hf_url
 
 S1 = "model-00001-of-00001.safetensors"
 A = {"a.weight": torch.arange(6.0).reshape(2, 3)}

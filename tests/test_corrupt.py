@@ -14,8 +14,9 @@ from safetensors.torch import save_file
 
 from reinit.cli import main
 from reinit.errors import CheckpointError
-from reinit.io.readers import TorchFile, open_checkpoint
 from reinit.io.safetensors_format import read_header
+from reinit.io.sources import open_checkpoint
+from reinit.io.torch_reader import TorchFile
 
 GOOD = {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.ones(4)}
 

@@ -18,7 +18,8 @@ from safetensors.torch import save_file
 from reinit.cli import main
 from reinit.errors import CheckpointError
 from reinit.io import safetensors_format
-from reinit.io.readers import TorchFile, open_checkpoint
+from reinit.io.sources import open_checkpoint
+from reinit.io.torch_reader import TorchFile
 
 
 def write_raw(path: Path, doc: dict, data_len: int) -> Path:
@@ -118,9 +119,9 @@ def test_tensor_count_over_the_limit_is_refused(tmp_path, monkeypatch):
 
 
 def test_tensor_count_limit_applies_to_torch_files(tmp_path, monkeypatch):
-    from reinit.io import readers
+    from reinit.io import memory
 
-    monkeypatch.setattr(readers, "MAX_TENSORS", 3)
+    monkeypatch.setattr(memory, "MAX_TENSORS", 3)
     path = tmp_path / "m.pt"
     torch.save({f"t{i}": torch.zeros(1) for i in range(4)}, path)
     with pytest.raises(CheckpointError, match="holds 4 tensors, over reinit's limit of 3"):

@@ -34,7 +34,8 @@ from hubcache import (
 from safetensors.torch import load_file
 
 from reinit.errors import HubError, UnsafePathError, UsageError
-from reinit.io.hub import HubRef, HubRepo, is_hf_url, parse_hf_url
+from reinit.io.hub import HubRepo
+from reinit.io.hub_url import HubRef, is_hf_url, parse_hf_url
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -251,7 +252,8 @@ def test_offline_env_set_before_import_subprocess(tmp_path):
         import json, sys
         import huggingface_hub.constants as c
         from reinit.errors import HubError
-        from reinit.io.hub import HubRepo, parse_hf_url
+        from reinit.io.hub import HubRepo
+        from reinit.io.hub_url import parse_hf_url
         repo = HubRepo(parse_hf_url("hf://acme/tiny-bert"), progress=False)
         out = {"constant": c.HF_HUB_OFFLINE, "files": repo.list_files(),
                "path": str(repo.fetch("model.safetensors"))}

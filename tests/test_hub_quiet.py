@@ -108,7 +108,8 @@ def test_endless_resume_is_cut_by_the_budget(fake_hub, tmp_path, monkeypatch):
     """Cut past the first 10 MB chunk, huggingface_hub resumes without end (its counter resets
     whenever a chunk arrived); the budget (2 s here, to keep the test short) stops it."""
     from reinit.errors import HubError
-    from reinit.io.hub import HubRepo, parse_hf_url
+    from reinit.io.hub import HubRepo
+    from reinit.io.hub_url import parse_hf_url
 
     data = st_bytes(tmp_path, {"w": torch.zeros(3200, 2000)})  # 25.6 MB, cut at 12.8 MB
     fake_hub.add("acme/big", {"model.safetensors": data})

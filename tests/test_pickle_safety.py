@@ -15,7 +15,7 @@ from click.testing import CliRunner
 import reinit
 from reinit.cli import main
 from reinit.errors import UnsafePickleError
-from reinit.io.readers import TORCH_FLOOR, load_torch_file, torch_version
+from reinit.io.torch_reader import TORCH_FLOOR, load_torch_file, torch_version
 
 
 class Planted:

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 import reinit
 from reinit.cli import main
 from reinit.errors import RuleError
-from reinit.io.readers import TensorRef
+from reinit.io.checkpoint import TensorRef
 from reinit.planning.surgery import Surgery, edit_refs, parse_add, parse_drop, parse_rename
 from reinit.schemes import seed_for
 

@@ -32,7 +32,21 @@ from typing import TYPE_CHECKING
 from reinit.errors import InputNotFoundError, OutputError, UnsafePathError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from reinit.io.readers import Checkpoint
+    from reinit.io.checkpoint import Checkpoint
+
+__all__ = [
+    "cache_blobs",
+    "check_output_names",
+    "check_relname",
+    "check_revision",
+    "copy_regular",
+    "extras_to_copy",
+    "local_file",
+    "output_path",
+    "relname_problem",
+    "require_regular",
+    "revision_problem",
+]
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

@@ -137,7 +137,7 @@ class _Capture(logging.Handler):
         if streak is not None:
             streak.observe(message)  # may raise RetryBudgetSpent, which ends the library call
 
-    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+    def handle(self, record: logging.LogRecord) -> bool:
         # logging.Handler.handle would hold our lock while emit raises; nothing to guard here.
         if self.filter(record):
             self.emit(record)

@@ -13,9 +13,16 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
+__all__ = ["prefetch"]
+
 T = TypeVar("T")
 
-_DONE = object()
+
+class _Done:
+    """The producer's end-of-items marker (a class, so the queue's item type stays exact)."""
+
+
+_DONE = _Done()
 
 
 class _Failure:
@@ -29,10 +36,10 @@ def prefetch(items: Iterable[T], depth: int = 4, name: str = "reinit-prefetch") 
     An exception in the producer is re-raised in the consumer. If the consumer stops early
     (an error, Ctrl-C, or `close()` of this generator), the producer is told to stop and no
     thread stays blocked."""
-    q: queue.Queue[object] = queue.Queue(maxsize=max(1, depth))
+    q: queue.Queue[T | _Done | _Failure] = queue.Queue(maxsize=max(1, depth))
     stop = threading.Event()
 
-    def put(item: object) -> bool:
+    def put(item: T | _Done | _Failure) -> bool:
         while not stop.is_set():
             try:
                 q.put(item, timeout=0.1)
@@ -60,11 +67,11 @@ def prefetch(items: Iterable[T], depth: int = 4, name: str = "reinit-prefetch") 
     try:
         while True:
             item = q.get()
-            if item is _DONE:
+            if isinstance(item, _Done):
                 return
             if isinstance(item, _Failure):
                 raise item.exc
-            yield item  # type: ignore[misc]
+            yield item
     finally:
         stop.set()
         while thread.is_alive():

@@ -22,8 +22,6 @@ Three ways to put a staged output in place:
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
 import uuid
@@ -34,6 +32,7 @@ from pathlib import Path
 from types import TracebackType
 
 from reinit.errors import OutputError, WriteError
+from reinit.io.renameat import RENAME_NOREPLACE, renameat2
 from reinit.io.writer import (
     publish_directory,
     remove_path,
@@ -41,6 +40,17 @@ from reinit.io.writer import (
     temp_sibling,
     write_error,
 )
+
+__all__ = [
+    "Publication",
+    "Staged",
+    "atomic_output",
+    "forget_published",
+    "how_to_publish",
+    "keep_mode",
+    "published",
+    "rename_noreplace",
+]
 
 _PUBLISHED: list[str] = []
 
@@ -57,19 +67,6 @@ def forget_published() -> None:
 
 # --- renames -------------------------------------------------------------------------------
 
-_AT_FDCWD = -100
-_RENAME_NOREPLACE = 1
-
-
-def _renameat2():  # type: ignore[no-untyped-def]
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    return fn
-
 
 def _exists_error(dst: Path) -> FileExistsError:
     return FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
@@ -78,12 +75,10 @@ def _exists_error(dst: Path) -> FileExistsError:
 def rename_noreplace(src: Path, dst: Path) -> None:
     """Rename `src` to `dst`, failing with FileExistsError when `dst` exists, with no window
     between the check and the rename (two runs racing for `dst`: exactly one wins)."""
-    fn = _renameat2()
-    if fn is not None:
-        rc = fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
-        if rc == 0:
+    err = renameat2(src, dst, RENAME_NOREPLACE)
+    if err is not None:
+        if err == 0:
             return
-        err = ctypes.get_errno()
         if err == errno.EEXIST:
             raise _exists_error(dst)
         if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):

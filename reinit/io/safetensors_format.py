@@ -22,6 +22,24 @@ import torch
 
 from reinit.errors import CheckpointError
 from reinit.limits import MAX_TENSOR_BYTES, declared_bytes
+from reinit.text import one_line
+
+__all__ = [
+    "DuplicateKey",
+    "no_duplicate_keys",
+    "CODE_TO_DTYPE",
+    "DTYPE_TO_CODE",
+    "Header",
+    "MAX_HEADER_BYTES",
+    "MAX_TENSORS",
+    "TensorInfo",
+    "build_header",
+    "dtype_name",
+    "dtype_size",
+    "parse_header_bytes",
+    "read_header",
+    "tensor_to_bytes",
+]
 
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
 # Most tensors one file may declare. Real checkpoints hold at most tens of thousands per file
@@ -125,13 +143,13 @@ def parse_header_bytes(raw: bytes, file_size: int, where: str) -> Header:
         doc = json.loads(raw[8 : 8 + n].decode("utf-8"), object_pairs_hook=_ObjectHook())
     except _TooManyObjects:
         raise CheckpointError(too_many) from None
-    except _DuplicateKey as e:
+    except DuplicateKey as e:
         raise CheckpointError(
             f"{where}: header names '{_shown(e.key)}' twice; the file is corrupt"
         ) from None
     except (ValueError, RecursionError) as e:  # UnicodeDecodeError, JSONDecodeError, int limits
         raise CheckpointError(
-            f"{where}: header is not valid JSON ({_one_line(e)}); the file is corrupt"
+            f"{where}: header is not valid JSON ({one_line(e)}); the file is corrupt"
         ) from None
     if not isinstance(doc, dict):
         raise CheckpointError(f"{where}: header is not a JSON object; the file is corrupt")
@@ -161,7 +179,9 @@ def parse_header_bytes(raw: bytes, file_size: int, where: str) -> Header:
     return Header(tuple(infos), metadata, data_start, file_size)
 
 
-class _DuplicateKey(Exception):
+class DuplicateKey(Exception):
+    """A JSON object that names one key twice (raised by `no_duplicate_keys`)."""
+
     def __init__(self, key: str):
         super().__init__(key)
         self.key = key
@@ -184,23 +204,18 @@ class _ObjectHook:
         self.objects += 1
         if self.objects > MAX_TENSORS + 2:
             raise _TooManyObjects
-        return _no_duplicate_keys(pairs)
+        return no_duplicate_keys(pairs)
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    """json.loads keeps the last of two equal keys silently; a header that names a tensor twice
-    is ambiguous, so we refuse it."""
+def no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """An `object_pairs_hook` for json.loads, which keeps the last of two equal keys silently:
+    a header or an index that names a tensor twice is ambiguous, so we refuse it."""
     out: dict[str, object] = {}
     for k, v in pairs:
         if k in out:
-            raise _DuplicateKey(k)
+            raise DuplicateKey(k)
         out[k] = v
     return out
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return text[:200] if text else type(e).__name__
 
 
 def _check_text(pairs: Iterable[tuple[str, str]], where: str, what: str) -> None:
@@ -364,4 +379,4 @@ def tensor_to_bytes(t: torch.Tensor) -> memoryview:
     flat = t.detach().to("cpu").contiguous().reshape(-1)
     if flat.numel() == 0:
         return memoryview(b"")
-    return memoryview(flat.view(torch.uint8).numpy()).cast("B")
+    return flat.view(torch.uint8).numpy().data.cast("B")

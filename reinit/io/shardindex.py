@@ -20,6 +20,10 @@ from typing import Any
 
 from reinit.errors import CheckpointError
 from reinit.io.confine import check_relname
+from reinit.io.safetensors_format import DuplicateKey, no_duplicate_keys
+from reinit.text import one_line
+
+__all__ = ["ShardIndex", "check_shard", "parse_index", "read_index"]
 
 
 @dataclass(frozen=True)
@@ -38,32 +42,18 @@ class ShardIndex:
         return self.by_shard.get(shard, frozenset())
 
 
-class _Duplicate(Exception):
-    def __init__(self, key: str):
-        self.key = key
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise _Duplicate(k)
-        out[k] = v
-    return out
-
-
 def parse_index(text: str, where: str) -> ShardIndex:
     """Parse and validate an index's text; every defect is a `CheckpointError` naming `where`
     (and the tensor and shard where one is at fault)."""
     try:
-        doc = json.loads(text, object_pairs_hook=_no_duplicates)
-    except _Duplicate as d:
+        doc = json.loads(text, object_pairs_hook=no_duplicate_keys)
+    except DuplicateKey as d:
         raise CheckpointError(
             f"{where}: the index lists {d.key!r} twice; a name must live in one shard: "
             "fix or regenerate the index"
         ) from None
     except (ValueError, RecursionError) as e:
-        raise CheckpointError(f"{where}: unreadable index ({_first_line(e)})") from None
+        raise CheckpointError(f"{where}: unreadable index ({one_line(e)})") from None
     wm = doc.get("weight_map") if isinstance(doc, dict) else None
     if not isinstance(wm, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in wm.items()
@@ -83,7 +73,7 @@ def read_index(path: str | Path, where: str) -> ShardIndex:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{where}: unreadable index ({_first_line(e)})") from None
+        raise CheckpointError(f"{where}: unreadable index ({one_line(e)})") from None
     return parse_index(text, where)
 
 
@@ -108,8 +98,3 @@ def check_shard(index: ShardIndex, shard: str, held: Iterable[str]) -> None:
                 f"{index.where}: tensor '{name}' is in shard {shard}, but the index puts it in "
                 f"{owner}; a name must live in one shard: regenerate the index"
             )
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__

@@ -14,7 +14,16 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
+
+__all__ = [
+    "DEFAULT_STALL_S",
+    "HubStalled",
+    "STALL_ENV",
+    "call_with_stall_timeout",
+    "pinging_bar",
+    "stall_timeout",
+]
 
 T = TypeVar("T")
 
@@ -44,16 +53,17 @@ def call_with_stall_timeout(fn: Callable[[Callable[[], None]], T], seconds: floa
     """`fn(ping)` in a daemon thread; `ping()` marks progress. Returns its result, re-raises
     its exception, or raises `HubStalled` after `seconds` without progress."""
     last = [time.monotonic()]
-    box: dict[str, Any] = {}
+    result: list[T] = []
+    error: list[BaseException] = []
 
     def ping() -> None:
         last[0] = time.monotonic()
 
     def target() -> None:
         try:
-            box["value"] = fn(ping)
+            result.append(fn(ping))
         except BaseException as exc:  # handed to the caller's thread below
-            box["error"] = exc
+            error.append(exc)
 
     worker = threading.Thread(target=target, name="reinit-hub-call", daemon=True)
     worker.start()
@@ -61,15 +71,15 @@ def call_with_stall_timeout(fn: Callable[[Callable[[], None]], T], seconds: floa
         worker.join(timeout=min(0.25, seconds))
         if worker.is_alive() and time.monotonic() - last[0] > seconds:
             raise HubStalled(seconds)
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+    if error:
+        raise error[0]
+    return result[0]
 
 
 def pinging_bar(base: type, ping: Callable[[], None]) -> type:
     """A subclass of the tqdm class `base` whose updates count as progress."""
 
-    class PingingBar(base):  # type: ignore[misc, valid-type]
+    class PingingBar(base):
         def update(self, n: float | None = 1) -> bool | None:
             ping()
             return super().update(n)

@@ -22,6 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reinit.errors import OutputError, UsageError
+from reinit.io.hub_url import is_hf_url
+
+__all__ = [
+    "Inputs",
+    "REPORT_NAME",
+    "SUFFIXES",
+    "check_distinct",
+    "check_output",
+    "check_replace_folder",
+    "check_suffix",
+    "check_target",
+    "is_own_output",
+]
 
 SUFFIXES = {"report": (".json", ".csv", ".md"), "plot": (".png",)}
 REPORT_NAME = "reinit-report.json"
@@ -53,7 +66,7 @@ class Inputs:
         files: set[Path] = set()
         folders: set[Path] = set()
         for p in paths:
-            if p is None or os.fspath(p).startswith("hf://"):
+            if p is None or is_hf_url(os.fspath(p)):
                 continue
             path = Path(p)
             if not path.exists():

@@ -12,6 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from reinit.errors import UsageError
+from reinit.io.hub_url import is_hf_url
+
+__all__ = ["NO_TRUST", "PathLike", "PickleTrust", "TrustSpec", "pickle_trust"]
 
 PathLike = str | os.PathLike[str]
 
@@ -29,7 +32,7 @@ class PickleTrust:
     def allows(self, source: PathLike) -> bool:
         """Whether `source` (a torch file, a model folder or an hf:// URL) was named."""
         text = os.fspath(source)
-        if text.startswith("hf://"):
+        if is_hf_url(text):
             return text.rstrip("/") in self.urls
         return _resolved(text) in self.paths
 
@@ -44,7 +47,7 @@ def _resolved(path: str) -> str:
     return os.path.realpath(os.path.abspath(path))
 
 
-def pickle_trust(value: object, where: str = "unsafe_pickle") -> PickleTrust:
+def pickle_trust(value: TrustSpec, where: str = "unsafe_pickle") -> PickleTrust:
     """A `PickleTrust` from what the API accepts: nothing (False/None/empty), one path, or an
     iterable of paths (a set, a list, the CLI's repeated `--unsafe-pickle PATH`).
 
@@ -59,7 +62,7 @@ def pickle_trust(value: object, where: str = "unsafe_pickle") -> PickleTrust:
             f"{where}: name the torch files you trust (e.g. --unsafe-pickle model.ckpt, or "
             "unsafe_pickle={'model.ckpt'}), not true: trust never extends to other files"
         )
-    items: Iterable[object] = [value] if isinstance(value, (str, os.PathLike)) else value  # type: ignore[assignment]
+    items: Iterable[object] = [value] if isinstance(value, (str, os.PathLike)) else value
     try:
         entries = list(items)
     except TypeError:
@@ -77,7 +80,7 @@ def pickle_trust(value: object, where: str = "unsafe_pickle") -> PickleTrust:
                 f"{where}: {text!r} is not a path; write --unsafe-pickle PATH, naming the "
                 "torch file you trust"
             )
-        if text.startswith("hf://"):
+        if is_hf_url(text):
             urls.add(text.rstrip("/"))
         else:
             paths.add(_resolved(text))

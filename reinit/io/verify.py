@@ -19,6 +19,8 @@ from reinit.io.confine import local_file, require_regular
 from reinit.io.safetensors_format import Header, read_header
 from reinit.io.shardindex import check_shard, read_index
 
+__all__ = ["FileCheck", "VerifyResult", "verify", "verify_file"]
+
 
 @dataclass(frozen=True)
 class FileCheck:

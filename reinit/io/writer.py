@@ -10,23 +10,34 @@ and the target is untouched."""
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
 import shutil
 import signal
 import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 
 import torch
 
 from reinit.errors import WriteError
+from reinit.io.renameat import RENAME_EXCHANGE, renameat2
 from reinit.io.safetensors_format import build_header
+
+__all__ = [
+    "SafetensorsWriter",
+    "WRITEBACK_BYTES",
+    "copy_file_span",
+    "publish_directory",
+    "remove_path",
+    "signals_deferred",
+    "temp_sibling",
+    "write_error",
+    "write_torch_file",
+]
 
 
 def write_error(path: str, e: OSError) -> WriteError:
@@ -276,7 +287,7 @@ def signals_deferred() -> Iterator[None]:
         yield
         return
     caught: list[int] = []
-    saved: dict[int, object] = {}
+    saved: dict[signal.Signals, Callable[[int, FrameType | None], object] | int] = {}
     for sig in _STOP_SIGNALS:
         old = signal.getsignal(sig)
         if old is None:  # installed outside Python: cannot be restored, leave it
@@ -287,26 +298,15 @@ def signals_deferred() -> Iterator[None]:
         yield
     finally:
         for sig, old in saved.items():
-            signal.signal(sig, old)  # type: ignore[arg-type]
+            signal.signal(sig, old)
         if caught:
             signal.raise_signal(caught[0])
-
-
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
 
 
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False when the platform
     or file system cannot, so the caller falls back to two renames."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    rc = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
-    return rc == 0
+    return renameat2(a, b, RENAME_EXCHANGE) == 0
 
 
 def publish_directory(tmp: Path, target: Path) -> None:

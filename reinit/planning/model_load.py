@@ -14,7 +14,9 @@ import torch
 from torch import nn
 
 from reinit.errors import ReinitError
+from reinit.io.hub_url import is_hf_url, parse_hf_url
 from reinit.planning.model import Model, ModelError, fans_from_module
+from reinit.text import one_line
 
 _CALLABLE = re.compile(r"([A-Za-z_][\w.]*):([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)(\(.*\))?\Z", re.S)
 
@@ -33,7 +35,9 @@ def load_model(spec: str | os.PathLike[str] | nn.Module) -> Model:
     except ReinitError:
         raise
     except Exception as e:
-        raise ModelError(f"--model {text}: building the model failed: {_one_line(e)}") from None
+        raise ModelError(
+            f"--model {text}: building the model failed: {one_line(e, typed=True)}"
+        ) from None
     if not isinstance(module, nn.Module):
         raise ModelError(
             f"--model {text}: the callable returned {type(module).__name__}, not a torch.nn.Module"
@@ -55,7 +59,9 @@ def build_real(spec: str, seed: int = 0) -> nn.Module:
         except ReinitError:
             raise
         except Exception as e:
-            raise ModelError(f"--model {text}: building the model failed: {_one_line(e)}") from None
+            raise ModelError(
+                f"--model {text}: building the model failed: {one_line(e, typed=True)}"
+            ) from None
     if not isinstance(module, nn.Module):
         raise ModelError(
             f"--model {text}: the callable returned {type(module).__name__}, not a torch.nn.Module"
@@ -65,8 +71,8 @@ def build_real(spec: str, seed: int = 0) -> nn.Module:
 
 def model_factory(text: str) -> Callable[[], Any]:
     """A function that builds the model `text` names (on whatever device is current)."""
-    if text.startswith("hf://"):
-        from reinit.io.hub import HubRepo, parse_hf_url
+    if is_hf_url(text):
+        from reinit.io.hub import HubRepo
 
         ref = parse_hf_url(text)
         return _hf_factory(text, HubRepo(ref, progress=False).fetch("config.json"))
@@ -136,7 +142,7 @@ def _hf_factory(spec: str, config_path: Path) -> Callable[[], Any]:
         config = transformers.AutoConfig.from_pretrained(str(config_path))
     except Exception as e:
         raise ModelError(
-            f"--model {spec}: transformers cannot read {config_path}: {_one_line(e)} "
+            f"--model {spec}: transformers cannot read {config_path}: {one_line(e, typed=True)} "
             "(remote code is never run; upgrade transformers for new model types)"
         ) from None
     archs = getattr(config, "architectures", None) or []
@@ -152,8 +158,3 @@ def _is_hf(module: nn.Module) -> bool:
 
 def _prefix(module: nn.Module) -> str:
     return str(getattr(module, "base_model_prefix", "") or "")
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).splitlines()[0] if str(e) else ""
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__

@@ -13,10 +13,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from reinit.errors import RuleError, SchemeError, UsageError
-from reinit.io.readers import (
-    Checkpoint,
-    open_checkpoint,
-)
+from reinit.io.checkpoint import Checkpoint
+from reinit.io.sources import open_checkpoint
 from reinit.io.trust import TrustSpec
 from reinit.planning.planner import Plan
 from reinit.planning.planner import plan as make_plan
@@ -209,7 +207,7 @@ def open_source(
         yield source
         return
     if isinstance(source, Mapping):
-        from reinit.io.readers import StateDictCheckpoint
+        from reinit.io.memory import StateDictCheckpoint
 
         yield StateDictCheckpoint(source)
         return

@@ -12,7 +12,7 @@ import torch
 
 from reinit import limits
 from reinit.errors import RuleError, SchemeError
-from reinit.io.readers import CHUNK_BYTES, Checkpoint, FileSpan, TensorRef, iter_chunks
+from reinit.io.checkpoint import CHUNK_BYTES, Checkpoint, FileSpan, TensorRef, iter_chunks
 from reinit.io.safetensors_format import dtype_name, dtype_size, tensor_to_bytes
 from reinit.limits import MAX_TENSOR_BYTES, declared_bytes
 from reinit.planning.planner import Plan, PlanEntry

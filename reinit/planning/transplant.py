@@ -14,7 +14,10 @@ from types import TracebackType
 import torch
 
 from reinit.errors import TransplantError
-from reinit.io.readers import Checkpoint, open_checkpoint
+from reinit.io.checkpoint import Checkpoint
+from reinit.io.hub_url import is_hf_url, parse_hf_url
+from reinit.io.safetensors_format import dtype_name
+from reinit.io.sources import open_checkpoint
 from reinit.io.trust import TrustSpec
 from reinit.planning.planner import Plan, PlanEntry
 from reinit.rules import TransplantSpec, closest_hint, fill_template
@@ -131,9 +134,7 @@ class SourcePool:
 def _identity(source: str) -> str:
     """One key per source however it is spelled: `./a.safetensors` and `a.safetensors` are
     the same file; `hf://acme/m` and `hf://models/acme/m` the same repo."""
-    if source.startswith("hf://"):
-        from reinit.io.hub import parse_hf_url
-
+    if is_hf_url(source):
         return parse_hf_url(source).url
     return os.path.realpath(source)
 
@@ -255,10 +256,7 @@ def lossy_cast_note(src: torch.Tensor, cast: torch.Tensor) -> str | None:
     )
     if same:
         return None
-    return (
-        f"lossy cast {str(src.dtype).removeprefix('torch.')} -> "
-        f"{str(cast.dtype).removeprefix('torch.')}"
-    )
+    return f"lossy cast {dtype_name(src.dtype)} -> {dtype_name(cast.dtype)}"
 
 
 def transplant_value(

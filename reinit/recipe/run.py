@@ -20,7 +20,8 @@ def run_recipe(recipe: Recipe, *, progress: bool = False) -> Any:
     streams to the output with the source's layout and metadata; no intermediate file is
     written. The report then covers all steps: per tensor, the last step that changed it, its
     std before the first change and after the last."""
-    from reinit.io.readers import StateDictCheckpoint, open_checkpoint
+    from reinit.io.memory import StateDictCheckpoint
+    from reinit.io.sources import open_checkpoint
     from reinit.planning.session import plan
     from reinit.run.apply import apply
     from reinit.run.inmemory import apply_to_checkpoint

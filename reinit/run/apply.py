@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from reinit.errors import OutputError, UsageError
+from reinit.io.checkpoint import Checkpoint, TensorRef, tensor_from_bytes
 from reinit.io.confine import (
     copy_regular,
     extras_to_copy,
@@ -21,11 +22,6 @@ from reinit.io.confine import (
 )
 from reinit.io.pipeline import prefetch
 from reinit.io.publish import Publication, how_to_publish
-from reinit.io.readers import (
-    Checkpoint,
-    TensorRef,
-    tensor_from_bytes,
-)
 from reinit.io.targets import (
     REPORT_NAME,
     Inputs,

@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 
-from reinit.io.readers import Checkpoint, StateDictCheckpoint, tensor_from_bytes
+from reinit.io.checkpoint import Checkpoint, tensor_from_bytes
+from reinit.io.memory import StateDictCheckpoint
 from reinit.io.trust import TrustSpec
 from reinit.planning.planner import Plan
 from reinit.planning.session import RuleInput, as_rules, check_device, plan_for

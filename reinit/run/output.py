@@ -11,19 +11,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reinit.errors import OutputError
+from reinit.io.checkpoint import Checkpoint, TensorRef
 from reinit.io.confine import (
     check_output_names,
     check_relname,
 )
-from reinit.io.readers import (
-    TORCH_SUFFIXES,
-    Checkpoint,
-    TensorRef,
-)
+from reinit.io.hub_url import is_hf_url, parse_hf_url
 from reinit.io.targets import (
     Inputs,
     check_output,
 )
+from reinit.io.torch_reader import TORCH_SUFFIXES
 from reinit.version import __version__
 
 if TYPE_CHECKING:
@@ -58,9 +56,7 @@ def output_format(path: str) -> str:
 def default_output(source: str, ckpt: Checkpoint) -> Path:
     """DESIGN §1: X.safetensors / X.bin -> X.reinit.safetensors; D -> D-reinit/;
     hf://OWNER/NAME -> ./NAME-reinit/."""
-    if source.startswith("hf://"):
-        from reinit.io.hub import parse_hf_url
-
+    if is_hf_url(source):
         return Path.cwd() / f"{parse_hf_url(source).name}-reinit"
     p = Path(source)
     if ckpt.kind == "directory":
@@ -82,7 +78,7 @@ def resolve_output(
     if output is None and ckpt.kind == "memory":
         raise OutputError(f"{source}: an in-memory checkpoint has no default output; give -o")
     if output is None and in_place:
-        if source.startswith("hf://"):
+        if is_hf_url(source):
             raise OutputError(f"--in-place: {source} is on the Hub; give -o for the output")
         output = source
     path = Path(output) if output is not None else default_output(source, ckpt)

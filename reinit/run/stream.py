@@ -13,12 +13,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from reinit.io.checkpoint import CHUNK_BYTES, Checkpoint, TensorRef
 from reinit.io.pipeline import prefetch
-from reinit.io.readers import (
-    CHUNK_BYTES,
-    Checkpoint,
-    TensorRef,
-)
 from reinit.io.safetensors_format import dtype_name, tensor_to_bytes
 from reinit.planning.planner import PlanEntry
 from reinit.planning.ties import Ties

@@ -12,10 +12,12 @@ import torch
 
 from reinit.errors import SchemeError
 from reinit.schemes.base import BoundScheme, FillContext, Param, Scheme, bind, compute_fans
-from reinit.schemes.extra import EXTRA_SCHEMES
 from reinit.schemes.gain import NONLINEARITIES, calculate_gain
 from reinit.schemes.model_default import DEFAULT, DEFAULT_SCHEMES
+from reinit.schemes.structural import STRUCTURAL_SCHEMES
 from reinit.schemes.torch_init import TORCH_SCHEMES
+from reinit.schemes.transformer import TRANSFORMER_SCHEMES
+from reinit.schemes.variance import VARIANCE_SCHEMES
 
 __all__ = [
     "BoundScheme",
@@ -35,7 +37,13 @@ __all__ = [
     "seed_for",
 ]
 
-_ALL: tuple[Scheme, ...] = (*TORCH_SCHEMES, *EXTRA_SCHEMES, *DEFAULT_SCHEMES)
+_ALL: tuple[Scheme, ...] = (
+    *TORCH_SCHEMES,
+    *VARIANCE_SCHEMES,
+    *TRANSFORMER_SCHEMES,
+    *STRUCTURAL_SCHEMES,
+    *DEFAULT_SCHEMES,
+)
 
 SCHEMES: dict[str, Scheme] = {s.name: s for s in _ALL}
 ALIASES: dict[str, str] = {alias: s.name for s in _ALL for alias in s.aliases}

@@ -11,10 +11,31 @@ from typing import Any
 import torch
 
 from reinit.errors import SchemeError
+from reinit.io.safetensors_format import dtype_name
+
+__all__ = [
+    "Args",
+    "BoundScheme",
+    "ContextFill",
+    "Fill",
+    "FillContext",
+    "Param",
+    "REQUIRED",
+    "ReadsFn",
+    "Scheme",
+    "Shape",
+    "StdFormula",
+    "bind",
+    "compute_fans",
+    "context_only",
+]
 
 REQUIRED = object()  # sentinel default: the argument must be given
 
 Shape = tuple[int, ...]
+# A scheme's bound arguments. Values differ in type by name (a float `std`, a str `mode`, a gain
+# that is a number or a name, None for "from the config"); `bind` checks each against its
+# `Param.kind`, so a fill reads every value as the kind its Param declares.
 Args = Mapping[str, Any]
 
 
@@ -77,6 +98,9 @@ class FillContext:
     other_name: str | None = None
 
 
+# A fill works in place; torch.nn.init's functions also return the tensor, which is ignored.
+Fill = Callable[[torch.Tensor, torch.Generator, Args], torch.Tensor | None]
+StdFormula = Callable[[Shape, Args], float | None]
 ContextFill = Callable[[torch.Tensor, torch.Generator, Args, FillContext], None]
 ReadsFn = Callable[[str, tuple[str, ...], Args], str]
 
@@ -101,8 +125,8 @@ class Scheme:
 
     name: str
     params: tuple[Param, ...]
-    fill: Callable[[torch.Tensor, torch.Generator, Args], None]
-    std: Callable[[Shape, Args], float | None]
+    fill: Fill
+    std: StdFormula
     formula: str
     doc: str
     # True when the values depend on the shape only through (fan_in, fan_out): then a model's
@@ -155,7 +179,7 @@ class BoundScheme:
         for p in self.scheme.params:
             v = values.get(p.name)
             if p.in_tensor and isinstance(v, (int, float)) and abs(v) > top:
-                label = str(dtype).removeprefix("torch.")
+                label = dtype_name(dtype)
                 return (
                     f"{self.scheme.name}: argument {p.name!r}={v:g} overflows {label} "
                     f"(largest finite {label} value: {top:g})"

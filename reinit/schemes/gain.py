@@ -6,8 +6,23 @@ argument can take a name (`xavier_uniform(gain=tanh)`)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from reinit.errors import SchemeError
+
+if TYPE_CHECKING:  # torch is imported only where a gain is measured
+    from torch import Tensor
+
+__all__ = [
+    "LINEAR_LIKE",
+    "NONLINEARITIES",
+    "activation",
+    "calculate_gain",
+    "gain_value",
+    "measure_gain",
+    "torch_sigmoid",
+]
 
 LINEAR_LIKE = (
     "linear",
@@ -55,23 +70,24 @@ def gain_value(value: object) -> float:
 
 
 # Elementwise functions for `reinit gain --measure`.
-def activation(nonlinearity: str, param: float | None = None):  # -> Callable[[Tensor], Tensor]
+def activation(nonlinearity: str, param: float | None = None) -> Callable[[Tensor], Tensor]:
     import torch.nn.functional as F
 
     name = nonlinearity.strip().lower()
     calculate_gain(name, param)  # validates the name
     if name in LINEAR_LIKE and name != "sigmoid":
         return lambda x: x
-    return {
+    table: dict[str, Callable[[Tensor], Tensor]] = {
         "sigmoid": torch_sigmoid,
         "tanh": lambda x: x.tanh(),
         "relu": F.relu,
         "leaky_relu": lambda x: F.leaky_relu(x, 0.01 if param is None else float(param)),
         "selu": F.selu,
-    }[name]
+    }
+    return table[name]
 
 
-def torch_sigmoid(x):  # a named function keeps `activation` a plain table
+def torch_sigmoid(x: Tensor) -> Tensor:  # a named function keeps `activation` a plain table
     return x.sigmoid()
 
 

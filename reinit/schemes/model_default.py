@@ -11,6 +11,8 @@ import torch
 from reinit.errors import SchemeError
 from reinit.schemes.base import Args, Scheme
 
+__all__ = ["DEFAULT", "DEFAULT_SCHEMES"]
+
 DEFAULT = "default"
 
 

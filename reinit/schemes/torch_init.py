@@ -11,31 +11,16 @@ import math
 import torch
 from torch.nn import init
 
-from reinit.schemes.base import Args, Param, Scheme, Shape, compute_fans
+from reinit.schemes.base import Args, Param, Scheme, Shape
 from reinit.schemes.gain import calculate_gain, gain_value
+from reinit.schemes.shapes import GAIN, fans, needs_2d_or_more, needs_exactly_2d
+
+__all__ = ["TORCH_SCHEMES", "truncated_normal_std"]
 
 _SQRT12 = math.sqrt(12.0)
 
 
 # --- what a scheme can take -------------------------------------------------------------
-
-
-def _needs_2d_or_more(name: str):
-    def check(shape: Shape, args: Args) -> str | None:
-        if len(shape) < 2:
-            return f"{name} needs a tensor of 2 or more dims to compute fans; this one is {len(shape)}-D"
-        return None
-
-    return check
-
-
-def _needs_exactly_2d(name: str):
-    def check(shape: Shape, args: Args) -> str | None:
-        if len(shape) != 2:
-            return f"{name} needs a 2-D tensor; this one is {len(shape)}-D"
-        return None
-
-    return check
 
 
 def _dirac_can_take(shape: Shape, args: Args) -> str | None:
@@ -85,20 +70,13 @@ def _dirac_std(shape: Shape, args: Args) -> float:
     return _pattern_std(ones, math.prod(shape))
 
 
-def _fans(shape: Shape) -> tuple[int, int]:
-    fans = compute_fans(shape)
-    if fans is None:
-        raise ValueError("no fans under 2-D")
-    return fans
-
-
 def _xavier_std(shape: Shape, args: Args) -> float:
-    fan_in, fan_out = _fans(shape)
+    fan_in, fan_out = fans(shape)
     return gain_value(args["gain"]) * math.sqrt(2.0 / (fan_in + fan_out))
 
 
 def _kaiming_std(shape: Shape, args: Args) -> float:
-    fan_in, fan_out = _fans(shape)
+    fan_in, fan_out = fans(shape)
     fan = fan_in if args["mode"] == "fan_in" else fan_out
     return calculate_gain(args["nonlinearity"], args["a"]) / math.sqrt(fan)
 
@@ -142,7 +120,6 @@ def _sparse_fill(t: torch.Tensor, g: torch.Generator, args: Args) -> None:
         t.scatter_(0, order[:zeros], 0.0)
 
 
-_GAIN = Param("gain", "gain", 1.0, help="number or nonlinearity name")
 _KAIMING = (
     Param("a", "float", 0.0, help="negative slope of leaky_relu", low=-1e6, high=1e6),
     Param("mode", "mode", "fan_in", choices=("fan_in", "fan_out")),
@@ -203,7 +180,7 @@ TORCH_SCHEMES: tuple[Scheme, ...] = (
         _eye_std,
         "√(p(1−p)), p = min(n,m)/(n·m)",
         "identity matrix (2-D)",
-        can_take=_needs_exactly_2d("eye"),
+        can_take=needs_exactly_2d("eye"),
         aliases=("identity",),
     ),
     Scheme(
@@ -217,24 +194,24 @@ TORCH_SCHEMES: tuple[Scheme, ...] = (
     ),
     Scheme(
         "xavier_uniform",
-        (_GAIN,),
+        (GAIN,),
         lambda t, g, a: init.xavier_uniform_(t, gain_value(a["gain"]), generator=g),
         _xavier_std,
         "gain·√(2/(fan_in+fan_out))",
         "Glorot & Bengio (2010), uniform",
-        can_take=_needs_2d_or_more("xavier_uniform"),
+        can_take=needs_2d_or_more("xavier_uniform"),
         uses_fans=True,
         kurtosis=1.8,
         aliases=("xavier", "glorot"),
     ),
     Scheme(
         "xavier_normal",
-        (_GAIN,),
+        (GAIN,),
         lambda t, g, a: init.xavier_normal_(t, gain_value(a["gain"]), generator=g),
         _xavier_std,
         "gain·√(2/(fan_in+fan_out))",
         "Glorot & Bengio (2010), normal",
-        can_take=_needs_2d_or_more("xavier_normal"),
+        can_take=needs_2d_or_more("xavier_normal"),
         uses_fans=True,
     ),
     Scheme(
@@ -244,7 +221,7 @@ TORCH_SCHEMES: tuple[Scheme, ...] = (
         _kaiming_std,
         "gain/√fan, gain = calculate_gain(nonlinearity, a)",
         "He et al. (2015), uniform",
-        can_take=_needs_2d_or_more("kaiming_uniform"),
+        can_take=needs_2d_or_more("kaiming_uniform"),
         uses_fans=True,
         kurtosis=1.8,
     ),
@@ -255,18 +232,18 @@ TORCH_SCHEMES: tuple[Scheme, ...] = (
         _kaiming_std,
         "gain/√fan, gain = calculate_gain(nonlinearity, a)",
         "He et al. (2015), normal",
-        can_take=_needs_2d_or_more("kaiming_normal"),
+        can_take=needs_2d_or_more("kaiming_normal"),
         uses_fans=True,
         aliases=("kaiming", "he"),
     ),
     Scheme(
         "orthogonal",
-        (_GAIN,),
+        (GAIN,),
         _orthogonal_fill,
         _orthogonal_std,
         "gain/√max(rows, cols) (trailing dims flattened)",
         "Saxe et al. (2013): (semi-)orthogonal matrix via QR",
-        can_take=_needs_2d_or_more("orthogonal"),
+        can_take=needs_2d_or_more("orthogonal"),
     ),
     Scheme(
         "sparse",
@@ -278,7 +255,7 @@ TORCH_SCHEMES: tuple[Scheme, ...] = (
         _sparse_std,
         "std·√(1−⌈sparsity·rows⌉/rows)",
         "Martens (2010): N(0, std²) with a fraction `sparsity` of each column zeroed (2-D)",
-        can_take=_needs_exactly_2d("sparse"),
+        can_take=needs_exactly_2d("sparse"),
         kurtosis=3.0 / 0.05,  # heavy-tailed mixture of zeros and normals; a loose tolerance
     ),
 )

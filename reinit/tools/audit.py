@@ -12,12 +12,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from reinit.io.checkpoint import CHUNK_BYTES, Checkpoint, TensorRef
 from reinit.io.publish import Publication, how_to_publish
-from reinit.io.readers import (
-    CHUNK_BYTES,
-    Checkpoint,
-    TensorRef,
-)
 from reinit.io.safetensors_format import dtype_name
 from reinit.io.targets import (
     Inputs,

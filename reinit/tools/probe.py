@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from reinit.errors import UsageError
-from reinit.io.readers import TensorRef
+from reinit.io.checkpoint import TensorRef
 from reinit.planning.planner import Plan
 from reinit.planning.planner import plan as make_plan
 from reinit.rules import Rule, parse_rules
@@ -324,7 +324,7 @@ def apply_rules_in_memory(
 
 def load_weights(module: nn.Module, checkpoint: str) -> None:
     """Copy a checkpoint's tensors into the module (names aligned as for `--model`)."""
-    from reinit.io.readers import open_checkpoint
+    from reinit.io.sources import open_checkpoint
     from reinit.planning.model import ModelError
     from reinit.planning.model_load import load_model
 

@@ -1,0 +1,166 @@
+"""Tensors held in a dict as a `Checkpoint`: the shared base of a loaded torch file
+(`torch_reader.TorchFile`) and of a state dict in memory (`StateDictCheckpoint`, what
+`apply_to_state_dict`, `apply_to_module` and multi-step recipes read from).
+
+Both hold `name -> torch.Tensor`, so reading, aliasing (tied weights) and the name rules are one
+code path here; the subclasses differ only in where the dict comes from and which shard and
+layout they report."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from pathlib import Path
+
+import torch
+
+from reinit.errors import CheckpointError
+from reinit.io.checkpoint import Checkpoint, ConfigDict, TensorRef
+from reinit.io.safetensors_format import MAX_TENSORS, tensor_to_bytes
+
+__all__ = ["StateDictCheckpoint", "TensorDictCheckpoint", "check_tensor_names", "find_aliases"]
+
+
+def check_tensor_names(tensors: Collection[object], where: str) -> None:
+    """The same name rules as the safetensors validator, for the keys of `tensors`: string keys that UTF-8 can encode
+    (a pickle may hold lone surrogates, which could be neither printed nor written to a
+    safetensors header), and at most `MAX_TENSORS` of them."""
+    if len(tensors) > MAX_TENSORS:
+        raise CheckpointError(
+            f"{where}: holds {len(tensors)} tensors, over reinit's limit of {MAX_TENSORS} per "
+            "file; split the checkpoint into shards (a model folder with an index)"
+        )
+    for k in tensors:
+        if not isinstance(k, str):
+            raise CheckpointError(f"{where}: tensor keys must be strings, found {k!r}")
+        try:
+            k.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = k.encode("utf-8", "backslashreplace").decode("utf-8")
+            raise CheckpointError(
+                f"{where}: tensor name '{shown}' holds a lone surrogate, which no file can "
+                "store; rename it with the code that made the file"
+            ) from None
+
+
+def find_aliases(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """Names whose tensor is the same view of the same storage as an earlier name (tied
+    weights such as embeddings shared with the LM head)."""
+    seen: dict[tuple[int, int, tuple[int, ...], tuple[int, ...], torch.dtype], str] = {}
+    out: dict[str, str] = {}
+    for name, t in tensors.items():
+        if t.numel() == 0:
+            continue
+        key = (
+            t.untyped_storage().data_ptr(),
+            int(t.storage_offset()),
+            tuple(t.shape),
+            tuple(t.stride()),
+            t.dtype,
+        )
+        if key in seen:
+            out[name] = seen[key]
+        else:
+            seen[key] = name
+    return out
+
+
+class TensorDictCheckpoint(Checkpoint):
+    """A checkpoint whose tensors are already objects (`self.tensors`). Reads are independent,
+    contiguous CPU copies, whatever device a tensor lives on."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], source: str):
+        self.source = source
+        self.tensors = dict(tensors)
+        self._aliases = find_aliases(self.tensors)
+
+    def shard_of(self, name: str) -> str:
+        """The shard a tensor is reported in (its file within a folder layout)."""
+        return self.shards()[0]
+
+    def names(self) -> list[str]:
+        return list(self.tensors)
+
+    def _get(self, name: str) -> torch.Tensor:
+        try:
+            return self.tensors[name]
+        except KeyError:
+            raise CheckpointError(f"{self.source}: has no tensor '{name}'") from None
+
+    def ref(self, name: str) -> TensorRef:
+        t = self._get(name)
+        return TensorRef(name, t.dtype, tuple(t.shape), self.shard_of(name))
+
+    def read(self, name: str) -> torch.Tensor:
+        t = self._get(name).detach()
+        return t.to("cpu", copy=True, memory_format=torch.contiguous_format)
+
+    def read_bytes(self, name: str) -> memoryview:
+        return tensor_to_bytes(self._get(name))
+
+    def aliases(self) -> dict[str, str]:
+        return dict(self._aliases)
+
+
+class StateDictCheckpoint(TensorDictCheckpoint):
+    """An in-memory state dict as a checkpoint. Tensors may live on any device; reads are CPU
+    copies.
+
+    Args:
+        tensors: name -> tensor; entries that are not tensors are left out.
+        source: the name messages and the report use.
+        like: an open checkpoint that lends its layout (shards, metadata, extra files, config,
+            source name), so that a recipe's final step writes exactly what applying to a file
+            of these tensors would.
+        config: a model config (as config.json would hold it) for schemes that read one.
+
+    Example:
+        >>> ck = StateDictCheckpoint({"w": torch.zeros(2, 3)})
+        >>> ck.ref("w").shape
+        (2, 3)
+    """
+
+    kind = "memory"
+
+    def __init__(
+        self,
+        tensors: Mapping[str, torch.Tensor],
+        *,
+        source: str = "<state_dict>",
+        like: Checkpoint | None = None,
+        config: Mapping[str, object] | None = None,
+    ):
+        check_tensor_names(tensors, source)
+        super().__init__(
+            {k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)},
+            like.source if like is not None else source,
+        )
+        self.like = like
+        if like is not None:
+            self.kind = like.kind
+            self.layout = getattr(like, "layout", None)
+            self._shard_of = {r.name: r.shard for r in like.refs()}
+        else:
+            self._shard_of = {}
+        self._config: ConfigDict | None = dict(config) if config is not None else None
+
+    def shard_of(self, name: str) -> str:
+        return self._shard_of.get(name, self.shards()[0])
+
+    def shards(self) -> list[str]:
+        return self.like.shards() if self.like is not None else [""]
+
+    def metadata(self, shard: str = "") -> dict[str, str]:
+        return self.like.metadata(shard) if self.like is not None else {}
+
+    def extra_files(self) -> list[str]:
+        return self.like.extra_files() if self.like is not None else []
+
+    def fetch_extra(self, relname: str) -> Path:
+        if self.like is None:
+            raise CheckpointError(f"{self.source}: has no file {relname}")
+        return self.like.fetch_extra(relname)
+
+    def config(self) -> ConfigDict | None:
+        if self._config is not None:
+            return dict(self._config)
+        return self.like.config() if self.like is not None else None

@@ -1,0 +1,62 @@
+"""Which reader a source names (DESIGN §1): `open_checkpoint` turns what the user typed (a
+safetensors file, a torch file, a Hugging Face folder or `hf://OWNER/NAME[@REVISION][/SUB]`)
+into an open `Checkpoint`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from reinit.errors import InputNotFoundError
+from reinit.io.checkpoint import Checkpoint
+from reinit.io.confine import require_regular
+from reinit.io.directory import DirectoryCheckpoint, LocalFiles
+from reinit.io.hub import HubRepo
+from reinit.io.hub_url import is_hf_url, parse_hf_url
+from reinit.io.safetensors_reader import SAFETENSORS_SUFFIXES, SafetensorsFile
+from reinit.io.torch_reader import TORCH_SUFFIXES, TorchFile
+from reinit.io.trust import NO_TRUST, TrustSpec, pickle_trust
+
+__all__ = ["open_checkpoint"]
+
+
+def open_checkpoint(
+    source: str | os.PathLike[str], *, unsafe_pickle: TrustSpec = NO_TRUST, progress: bool = True
+) -> Checkpoint:
+    """Open any source form of DESIGN §1.
+
+    Args:
+        source: a safetensors file, a torch file (.bin/.pt/.pth/.ckpt), a Hugging Face model
+            directory, or `hf://OWNER/NAME[@REVISION][/SUBFOLDER]`.
+        unsafe_pickle: the torch files (or model folders) that may run code while loading
+            (see `reinit.io.trust`); this source is loaded unsafely only if it is among them.
+        progress: False silences the Hub's download bars for this source (the CLI's
+            `--quiet`, or stderr not a terminal).
+
+    Returns:
+        The open checkpoint (close it, or use it as a context manager).
+
+    Example:
+        >>> with open_checkpoint("model.safetensors") as ck:  # doctest: +SKIP
+        ...     print(ck.names()[:3])
+    """
+    text = os.fspath(source)
+    trust = pickle_trust(unsafe_pickle)
+    if is_hf_url(text):
+        ref = parse_hf_url(text)
+        return DirectoryCheckpoint(HubRepo(ref, progress=progress), source=ref.url, unsafe=trust)
+    path = Path(text)
+    if path.is_dir():
+        return DirectoryCheckpoint(LocalFiles(path), source=text, unsafe=trust)
+    if not path.exists():
+        raise InputNotFoundError(f"{text}: no such file or directory")
+    require_regular(path)  # a FIFO would block the reader forever
+    suffix = path.suffix.lower()
+    if suffix in SAFETENSORS_SUFFIXES:
+        return SafetensorsFile(path)
+    if suffix in TORCH_SUFFIXES:
+        return TorchFile(path, unsafe=trust.allows(path))
+    raise InputNotFoundError(
+        f"{text}: unknown checkpoint type {suffix or '(no suffix)'}; use a .safetensors, "
+        ".bin/.pt/.pth/.ckpt file, a Hugging Face model directory or hf://OWNER/NAME"
+    )
