@@ -757,7 +757,7 @@ def run(recipe: str, sets: tuple[str, ...], dry_run: bool, as_json: bool, quiet:
     chain several rule sets in memory."""
     from dataclasses import replace
 
-    from reinit.recipe.run import run_recipe
+    from reinit.recipe.run import plan_recipe, run_recipe
     from reinit.recipe.validate import load_recipe
     from reinit.report.plan_view import render_plan
     from reinit.report.terminal import render_terminal
@@ -766,15 +766,16 @@ def run(recipe: str, sets: tuple[str, ...], dry_run: bool, as_json: bool, quiet:
     if dry_run:
         loaded = replace(loaded, dry_run=True)
     _warn_unsafe(loaded.unsafe_pickle, "unsafe_pickle")
-    result = run_recipe(loaded, progress=_progress_on(quiet))
     if loaded.dry_run:
-        for i, plan in enumerate(result):
+        plans = plan_recipe(loaded, progress=_progress_on(quiet))
+        for i, plan in enumerate(plans):
             for w in plan.warnings:
                 _err(f"warning: {_shown(w)}")
-            if len(result) > 1:
+            if len(plans) > 1:
                 click.echo(f"step {i}:", err=as_json)
             click.echo(render_plan(plan, _width()), err=as_json)
         return
+    result = run_recipe(loaded, progress=_progress_on(quiet))
     for w in result.warnings:
         _err(f"warning: {_shown(w)}")
     if as_json:

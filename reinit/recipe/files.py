@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -103,11 +104,11 @@ def _yaml_where(node: Any, path: Path_, where: Where, label: str) -> None:
             if key in seen:
                 raise UsageError(f"{line}: key {key!r} given twice")
             seen.add(key)
-            where[(*path, key)] = line
+            where[path + (key,)] = line
             _yaml_where(value_node, (*path, key), where, label)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            where[(*path, i)] = f"{label} line {item.start_mark.line + 1}"
+            where[path + (i,)] = f"{label} line {item.start_mark.line + 1}"
             _yaml_where(item, (*path, i), where, label)
 
 
@@ -167,7 +168,7 @@ def _json_scan(text: str, label: str) -> tuple[Any, Where]:
                 key, j = scanstring(text, i + 1)
                 if key in obj:
                     raise UsageError(f"{line(i)}: key {key!r} given twice")
-                where[(*path, key)] = line(i)
+                where[path + (key,)] = line(i)
                 j = skip(j) + 1  # the ':'
                 obj[key], j = value(j, (*path, key))
                 j = skip(j)
@@ -180,7 +181,7 @@ def _json_scan(text: str, label: str) -> tuple[Any, Where]:
             if text.startswith("]", i):
                 return arr, i + 1
             while True:
-                where[(*path, len(arr))] = line(i)
+                where[path + (len(arr),)] = line(i)
                 item, j = value(i, (*path, len(arr)))
                 arr.append(item)
                 j = skip(j)
@@ -221,7 +222,7 @@ def _toml_where(data: Any, text: str, label: str) -> Where:
                 i = find(key, start, stop)
                 if i is None and path == () and step_starts:
                     i = find(key, 0, step_starts[0])
-                where[(*path, key)] = f"{label} line {i + 1}" if i is not None else label
+                where[path + (key,)] = f"{label} line {i + 1}" if i is not None else label
                 if key == "steps" and path == () and isinstance(val, list):
                     for n, step in enumerate(val):
                         if n < len(step_starts):
@@ -241,16 +242,17 @@ def _toml_where(data: Any, text: str, label: str) -> Where:
 
 
 def _read_toml(text: str, label: str) -> tuple[Any, Where]:
-    try:
+    if sys.version_info < (3, 11):
+        raise UsageError(f"{label}: TOML recipes need Python 3.11 or newer (tomllib)")
+    else:  # checked by the type checker as the oldest Python we run on, hence this shape
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        raise UsageError(f"{label}: TOML recipes need Python 3.11 or newer (tomllib)") from None
-    _check_bracket_depth(text, label)
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise UsageError(f"{label}: not valid TOML ({e})") from None
-    return data, _toml_where(data, text, label)
+
+        _check_bracket_depth(text, label)
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise UsageError(f"{label}: not valid TOML ({e})") from None
+        return data, _toml_where(data, text, label)
 
 
 def read_recipe_file(path: str | os.PathLike[str]) -> tuple[Any, Where, str]:
