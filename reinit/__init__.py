@@ -58,9 +58,9 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from reinit.io.readers import Checkpoint, StateDictCheckpoint, open_checkpoint
+    from reinit.options import ApplyOptions
     from reinit.planning.planner import Plan, PlanEntry
     from reinit.planning.session import plan
-    from reinit.options import ApplyOptions
     from reinit.recipe.run import plan_recipe, run_recipe
     from reinit.recipe.validate import Recipe, load_recipe
     from reinit.report.entries import Report, TensorEntry

@@ -19,7 +19,7 @@ from reinit.io.readers import (
 )
 from reinit.io.trust import TrustSpec
 from reinit.options import PLAN_FIELDS, ApplyOptions, OptionKwargs, with_kwargs
-from reinit.planning.planner import Plan
+from reinit.planning.planner import Plan, check_strict
 from reinit.planning.planner import plan as make_plan
 from reinit.planning.ties import Ties, resolve_ties
 from reinit.rules import Rule, closest_hint, parse_rules
@@ -205,11 +205,7 @@ def plan_for(
         from reinit.planning.transplant import check_transplants
 
         result = check_transplants(result, pool)  # type: ignore[arg-type]
-        if strict and result.skipped:
-            from reinit.errors import StrictError
-
-            first = result.skipped[0]
-            raise StrictError(f"--strict: '{first.name}' would be skipped: {first.reason}")
+        check_strict(result, strict)
     return resolve_ties(result, ckpt.aliases())
 
 
