@@ -7,15 +7,24 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Literal
 
 from reinit.errors import UsageError
 from reinit.io.trust import TrustSpec
 from reinit.options import ApplyOptions, meta, option_names
-from reinit.recipe.files import Path_, Where, expand_all, location, read_recipe_file
+from reinit.recipe.files import (
+    Data,
+    Path_,
+    SetValue,
+    Where,
+    expand_all,
+    location,
+    read_recipe_file,
+)
 
-# A value as parsed from the file (YAML/JSON/TOML data, --set text), before and after conversion.
-Value = Any
+# A key's value after conversion by its kind (`_coerce`): lists become tuples of strings; a
+# `steps` value stays as parsed, checked step by step.
+Value = Data | tuple[str, ...]
 
 # A value's kind: an ApplyOptions kind (reinit.options.RecipeKind), or one of the recipe's own:
 # rules (a list of rule strings), steps (a list of step mappings).
@@ -104,7 +113,7 @@ class Recipe:
         return self.options.unsafe_pickle
 
 
-def apply_sets(data: dict[str, Any], where: Where, sets: Sequence[str]) -> None:
+def apply_sets(data: dict[str, Data], where: Where, sets: Sequence[str]) -> None:
     """`--set KEY=VALUE` overrides, in place. KEY is a dotted path (`seed`, `steps.0.seed`);
     VALUE is text that the key's kind converts (a list key takes one item, or a YAML/JSON
     list such as `["a=zeros", "b=ones"]`)."""
@@ -114,13 +123,10 @@ def apply_sets(data: dict[str, Any], where: Where, sets: Sequence[str]) -> None:
         key, value = item.split("=", 1)
         key = key.strip()
         parts: list[str | int] = [int(p) if p.isdigit() else p for p in key.split(".")]
-        node: Any = data
+        node: Data = data
         for depth, part in enumerate(parts[:-1]):
-            in_list = isinstance(node, list) and isinstance(part, int) and part < len(node)
-            in_dict = isinstance(node, dict) and isinstance(part, str) and part in node
-            if in_list or in_dict:
-                node = node[part]
-            else:
+            found, node = _child(node, part)
+            if not found:
                 have = ".".join(map(str, parts[: depth + 1]))
                 raise UsageError(f"--set {key}: the recipe has no {have}")
             if not isinstance(node, (dict, list)):
@@ -130,18 +136,20 @@ def apply_sets(data: dict[str, Any], where: Where, sets: Sequence[str]) -> None:
         last = parts[-1]
         if not isinstance(node, dict) or not isinstance(last, str):
             raise UsageError(f"--set {key}: name a key, e.g. seed or steps.0.seed")
-        node[last] = _SetValue(value)
+        node[last] = SetValue(value)
         where[tuple(parts)] = f"--set {key}"
 
 
-@dataclass(frozen=True)
-class _SetValue:
-    """Text from --set, converted by the kind of the key it lands on."""
+def _child(node: Data, part: str | int) -> tuple[bool, Data]:
+    """(True, the item) of a list index or a mapping key that `node` has, else (False, None)."""
+    if isinstance(node, list) and isinstance(part, int) and part < len(node):
+        return True, node[part]
+    if isinstance(node, dict) and isinstance(part, str) and part in node:
+        return True, node[part]
+    return False, None
 
-    text: str
 
-
-def _unknown(key: str, known: Mapping[str, str], at: str, inside: str) -> UsageError:
+def _unknown(key: str, known: Mapping[str, Kind], at: str, inside: str) -> UsageError:
     close = difflib.get_close_matches(key, list(known), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return UsageError(f"{at}: unknown key {key!r}{inside}{hint} Known keys: {', '.join(known)}")
@@ -153,8 +161,8 @@ _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 
 
-def _coerce(kind: str, value: Any, key: str, at: str) -> Any:
-    set_text = value.text if isinstance(value, _SetValue) else None
+def _coerce(kind: Kind, value: Data, key: str, at: str) -> Value:
+    set_text = value.text if isinstance(value, SetValue) else None
     if set_text is not None and kind in ("rules", "paths", "any", "specs"):
         value = (
             _parse_set_list(set_text) if kind in ("rules", "paths") else _parse_set_any(set_text)
@@ -186,20 +194,30 @@ def _coerce(kind: str, value: Any, key: str, at: str) -> Any:
     if kind in ("rules", "paths"):
         if isinstance(value, str):
             value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        strings = _strings(value)
+        if strings is None:
             what = "rule strings (PATTERN=ACTION)" if kind == "rules" else "paths"
             raise UsageError(f"{at}: {key!r} must be a list of {what}, got {value!r}")
-        return tuple(value)
+        return strings
     if kind == "specs":
         if isinstance(value, str):
             value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        strings = _strings(value)
+        if strings is None:
             example = SPEC_EXAMPLES.get(key, "")
             raise UsageError(
                 f"{at}: {key!r} must be a list of strings, e.g. {example}, got {value!r}"
             )
-        return tuple(value)
+        return strings
     raise AssertionError(kind)
+
+
+def _strings(value: Data) -> tuple[str, ...] | None:
+    """A list of strings as a tuple; None when `value` is not one."""
+    if not isinstance(value, list):
+        return None
+    out = tuple(v for v in value if isinstance(v, str))
+    return out if len(out) == len(value) else None
 
 
 SPEC_EXAMPLES = {
@@ -209,7 +227,7 @@ SPEC_EXAMPLES = {
 }
 
 
-def _parse_set_list(text: str) -> Any:
+def _parse_set_list(text: str) -> Data:
     if text.lstrip().startswith("["):
         import yaml
 
@@ -220,7 +238,7 @@ def _parse_set_list(text: str) -> Any:
     return [text]
 
 
-def _parse_set_any(text: str) -> Any:
+def _parse_set_any(text: str) -> Data:
     import yaml
 
     try:
@@ -230,10 +248,10 @@ def _parse_set_any(text: str) -> Any:
 
 
 def _fields(
-    node: Mapping[str, Any], known: Mapping[str, str], path: Path_, where: Where, label: str
-) -> dict[str, Any]:
+    node: Mapping[str, Data], known: Mapping[str, Kind], path: Path_, where: Where, label: str
+) -> dict[str, Value]:
     inside = "" if not path else f" in {_path_text(path)}"
-    out: dict[str, Any] = {}
+    out: dict[str, Value] = {}
     for key, value in node.items():
         at = location(where, (*path, key), label)
         if not isinstance(key, str) or key not in known:
@@ -257,10 +275,11 @@ def _options(
 ) -> ApplyOptions:
     """`base` with the option keys of `values` (already converted) set."""
     changes = {keys[k]: v for k, v in values.items() if k in keys}
-    return replace(base, **changes)
+    # each value was converted by its field's recipe kind (`_coerce`), so it has its type
+    return replace(base, **changes)  # type: ignore[arg-type]
 
 
-def validate(data: dict[str, Value], where: Where, label: str) -> Recipe:
+def validate(data: Mapping[str, Data], where: Where, label: str) -> Recipe:
     top = _fields(data, TOP_KEYS, (), where, label)
     if "source" not in top:
         raise UsageError(
@@ -337,10 +356,32 @@ def load_recipe(
 ) -> Recipe:
     """Read, override (`--set`), expand `${VAR}` and validate a recipe file. Relative paths in
     it are left as written: like the flags they mirror, they are relative to the current
-    directory."""
+    directory.
+
+    Args:
+        path: A `.yaml`/`.yml`, `.toml` (Python >= 3.11) or `.json` recipe.
+        sets: `KEY=VALUE` overrides, as `reinit run --set` (`seed=3`, `steps.1.seed=4`).
+
+    Returns:
+        The validated `Recipe`: its source, output, top-level `ApplyOptions` and steps (each
+        with its own rules and options), every default filled in.
+
+    Raises:
+        UsageError: naming the file and the line of the key at fault.
+
+    Example:
+
+    ```python
+    import reinit
+
+    recipe = reinit.load_recipe("init.yaml", sets=["seed=5"])
+    print(recipe.source, [step.rules for step in recipe.steps], recipe.options.seed)
+    ```
+    """
     data, where, label = read_recipe_file(path)
     # --set first: a key it overrides is not expanded, so `--set source=dir` works on a recipe
     # whose source is `${MODEL}` without MODEL set (--set values are taken as written)
     apply_sets(data, where, sets)
-    data = expand_all(data, (), where, label)
-    return validate(data, where, label)
+    expanded = expand_all(data, (), where, label)
+    assert isinstance(expanded, dict)  # expand_all keeps a mapping a mapping
+    return validate(expanded, where, label)
