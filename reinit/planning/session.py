@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union
 
 import torch
 
@@ -31,13 +31,15 @@ from reinit.schemes import (
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-    from reinit.planning.model import ModelView
+    from reinit.planning.model import Model, ModelView
 
 
 RuleInput = str | Rule
 
 
-ModelInput = Any  # str | os.PathLike | torch.nn.Module | reinit.model.Model | ModelView
+# What `model=` accepts: a spec (HF folder, hf:// URL, module:callable), a module, a loaded
+# Model, or a view already aligned to the checkpoint.
+ModelInput = Union[str, "os.PathLike[str]", torch.nn.Module, "Model", "ModelView"]
 
 
 def resolve_rules(rules: Sequence[Rule], config: Mapping[str, Any] | None) -> tuple[Rule, ...]:
