@@ -28,5 +28,12 @@ def main() -> None:
     and see every layer's scale at a glance."""
 
 
-for command in (apply, report, diff, verify, inspect, schemes, gain, probe, run):
-    main.add_command(command)
+main.add_command(apply)
+main.add_command(report)
+main.add_command(diff)
+main.add_command(verify)
+main.add_command(inspect)
+main.add_command(schemes)
+main.add_command(gain)
+main.add_command(probe)
+main.add_command(run)

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from reinit.cli.common import examples
+from reinit.cli.common import examples, json_option
 
 __all__ = ["gain", "schemes"]
 
@@ -17,7 +17,7 @@ __all__ = ["gain", "schemes"]
         "reinit schemes --json",
     )
 )
-@click.option("--json", "as_json", is_flag=True)
+@json_option("Print the table as JSON on stdout.")
 def schemes(as_json: bool) -> None:
     """Every scheme, its arguments (torch's defaults) and the std of its result."""
     from reinit.schemes import scheme_table

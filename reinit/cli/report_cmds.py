@@ -190,7 +190,7 @@ def verify(path: str, as_json: bool) -> None:
     "--filter", "pattern", default=None, help="Only names matching this glob or re: pattern."
 )
 @click.option("--stats", is_flag=True, help="Also read every tensor and show mean/std/min/max.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option("Print the rows as JSON on stdout.")
 def inspect(source: str, pattern: str | None, stats: bool, as_json: bool) -> None:
     """List the tensors of a checkpoint: name, shape, dtype, size (and statistics)."""
     from reinit.report.text import fmt, shape_text, shorten
