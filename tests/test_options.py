@@ -152,3 +152,14 @@ def test_a_dry_run_recipe_is_refused_by_run_recipe(tmp_path, monkeypatch):
     with pytest.raises(reinit.UsageError, match="plan_recipe"):
         reinit.run_recipe(reinit.load_recipe("r.yaml"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "r.yaml"]
+
+
+def test_a_recipe_plot_key_plots_as_the_flag_does(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    tiny(tmp_path / "m.safetensors")
+    (tmp_path / "r.yaml").write_text(
+        "source: m.safetensors\noutput: o.safetensors\nplot: std.png\nrules: ['*.weight=zeros']\n"
+    )
+    reinit.run_recipe(reinit.load_recipe("r.yaml"))
+    assert (tmp_path / "std.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
