@@ -42,6 +42,8 @@ _LAZY = {
     "Recipe": "reinit.recipe.validate",
     "load_recipe": "reinit.recipe.validate",
     "run_recipe": "reinit.recipe.run",
+    "plan_recipe": "reinit.recipe.run",
+    "ApplyOptions": "reinit.options",
     "Report": "reinit.report.entries",
     "Stats": "reinit.report.stats",
     "TensorEntry": "reinit.report.entries",
@@ -58,9 +60,10 @@ if TYPE_CHECKING:
     from reinit.io.checkpoint import Checkpoint
     from reinit.io.memory import StateDictCheckpoint
     from reinit.io.sources import open_checkpoint
+    from reinit.options import ApplyOptions
     from reinit.planning.planner import Plan, PlanEntry
     from reinit.planning.session import plan
-    from reinit.recipe.run import run_recipe
+    from reinit.recipe.run import plan_recipe, run_recipe
     from reinit.recipe.validate import Recipe, load_recipe
     from reinit.report.entries import Report, TensorEntry
     from reinit.report.stats import Stats
@@ -98,6 +101,8 @@ __all__ = [
     "apply_to_state_dict",
     "load_recipe",
     "run_recipe",
+    "plan_recipe",
+    "ApplyOptions",
     "Recipe",
     "StateDictCheckpoint",
     "plan",

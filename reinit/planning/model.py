@@ -11,8 +11,8 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from reinit.errors import RuleError, SchemeError, StrictError, UsageError
-from reinit.planning.planner import Plan
+from reinit.errors import RuleError, SchemeError, UsageError
+from reinit.planning.planner import Plan, check_strict
 from reinit.schemes import (
     DEFAULT,
     BoundScheme,
@@ -201,9 +201,7 @@ def check_default(result: Plan, view: ModelView | None, strict: bool = False) ->
             raise RuleError(f"rule {e.rule.text!r}: tensor '{e.name}' {list(e.shape)}: {reason}")
         entries.append(replace(e, action="skipped", reason=reason))
     checked = replace(result, entries=tuple(entries))
-    if strict and checked.skipped:
-        first = checked.skipped[0]
-        raise StrictError(f"--strict: '{first.name}' would be skipped: {first.reason}")
+    check_strict(checked, strict)
     return checked
 
 

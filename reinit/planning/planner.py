@@ -174,13 +174,19 @@ def plan(
         warnings.append(msg)
 
     result = Plan(tuple(entries), tuple(rules), tuple(warnings))
+    check_strict(result, strict)
+    return result
+
+
+def check_strict(result: Plan, strict: bool) -> None:
+    """`--strict`: any skipped tensor is an error, told the one way (how many, the first, by
+    which rule, why) wherever a skip is found (planner, model defaults, transplants)."""
     if strict and result.skipped:
         first = result.skipped[0]
         raise StrictError(
             f"--strict: {len(result.skipped)} tensor(s) would be skipped, e.g. "
             f"'{first.name}' by rule {first.rule.text if first.rule else ''!r}: {first.reason}"
         )
-    return result
 
 
 NEEDS_MODEL = (

@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union
 
 import torch
 
@@ -16,7 +16,8 @@ from reinit.errors import RuleError, SchemeError, UsageError
 from reinit.io.checkpoint import Checkpoint
 from reinit.io.sources import open_checkpoint
 from reinit.io.trust import TrustSpec
-from reinit.planning.planner import Plan
+from reinit.options import PLAN_FIELDS, ApplyOptions, OptionKwargs, with_kwargs
+from reinit.planning.planner import Plan, check_strict
 from reinit.planning.planner import plan as make_plan
 from reinit.planning.ties import Ties, resolve_ties
 from reinit.rules import Rule, closest_hint, parse_rules
@@ -26,13 +27,17 @@ from reinit.schemes import (
 )
 
 if TYPE_CHECKING:
-    from reinit.planning.model import ModelView
+    from typing_extensions import Unpack
+
+    from reinit.planning.model import Model, ModelView
 
 
 RuleInput = str | Rule
 
 
-ModelInput = Any  # str | os.PathLike | torch.nn.Module | reinit.model.Model | ModelView
+# What `model=` accepts: a spec (HF folder, hf:// URL, module:callable), a module, a loaded
+# Model, or a view already aligned to the checkpoint.
+ModelInput = Union[str, "os.PathLike[str]", torch.nn.Module, "Model", "ModelView"]
 
 
 def resolve_rules(rules: Sequence[Rule], config: Mapping[str, Any] | None) -> tuple[Rule, ...]:
@@ -96,21 +101,46 @@ def plan(
     source: str | os.PathLike[str] | Checkpoint | Mapping[str, torch.Tensor],
     rules: Sequence[RuleInput],
     *,
-    strict: bool = False,
-    allow_unmatched: bool = False,
-    unsafe_pickle: TrustSpec = (),
-    add: Sequence[str] = (),
-    drop: Sequence[str] = (),
-    rename: Sequence[str] = (),
-    model: ModelInput | None = None,
-    config: Mapping[str, Any] | None = None,
-    progress: bool = False,
+    options: ApplyOptions | None = None,
+    **kwargs: Unpack[OptionKwargs],
 ) -> Plan:
-    """What `apply` would do, without writing anything (the `--dry-run`). `source` may also be
-    an open `Checkpoint` or an in-memory state dict. `model` (see `reinit.model`) enables
-    `type:` patterns and the `default` scheme; `config` (a model config as a dict) gives the
-    arguments some schemes read from it, by default the checkpoint's own config.json.
-    `progress=True` shows the Hub's download bars of hf:// sources."""
+    """What `apply` would do, without writing anything (the `--dry-run`).
+
+    Args:
+        source: A checkpoint path, folder or `hf://OWNER/NAME`, an open `Checkpoint`, or an
+            in-memory state dict.
+        rules: `PATTERN=ACTION` strings (or parsed `Rule`s); the last matching rule wins.
+        options: An `ApplyOptions` (the same object `apply` takes; the fields planning has no
+            use for, such as `seed` or `overwrite`, are ignored); keywords override it.
+        **kwargs: The planning fields of `reinit.ApplyOptions`: `strict`, `allow_unmatched`,
+            `unsafe_pickle`, `add`/`drop`/`rename`, `model` (enables `type:` patterns and the
+            `default` scheme), `config` (the model config some schemes read; default: the
+            checkpoint's config.json) and `progress` (the Hub's download bars). Any other
+            keyword is a TypeError.
+
+    Returns:
+        The `Plan`: one `PlanEntry` per output tensor (action, scheme, expected std, rule),
+        with the names `drop` removed and the warnings.
+
+    Example:
+
+    ```python
+    import reinit
+
+    plan = reinit.plan("model.safetensors", ["*.weight=orthogonal"], drop=["head.*"])
+    print({e.name: e.action for e in plan.entries}, plan.dropped)
+    ```
+    """
+    o = with_kwargs("plan", options, kwargs, PLAN_FIELDS)
+    strict, allow_unmatched, unsafe_pickle = o.strict, o.allow_unmatched, o.unsafe_pickle
+    add, drop, rename, model, config, progress = (
+        o.add,
+        o.drop,
+        o.rename,
+        o.model,
+        o.config,
+        o.progress,
+    )
     from reinit.planning.surgery import parse_surgery
     from reinit.planning.transplant import SourcePool
 
@@ -175,11 +205,7 @@ def plan_for(
         from reinit.planning.transplant import check_transplants
 
         result = check_transplants(result, pool)  # type: ignore[arg-type]
-        if strict and result.skipped:
-            from reinit.errors import StrictError
-
-            first = result.skipped[0]
-            raise StrictError(f"--strict: '{first.name}' would be skipped: {first.reason}")
+        check_strict(result, strict)
     return resolve_ties(result, ckpt.aliases())
 
 

@@ -3,16 +3,45 @@ size, nesting and alias expansion; `${VAR}` expansion."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypeAlias
 
 from reinit.errors import UsageError
 
+if TYPE_CHECKING:
+    import yaml
+
 Path_ = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class SetValue:
+    """Text from `--set KEY=VALUE`, converted by the kind of the key it lands on."""
+
+    text: str
+
+
+# A recipe's data as parsed (YAML's safe loader, JSON, TOML: timestamps included), with the
+# text of `--set` (a SetValue) where it overrides a key.
+Data: TypeAlias = (
+    None
+    | bool
+    | int
+    | float
+    | str
+    | datetime.date
+    | datetime.time
+    | SetValue
+    | list["Data"]
+    | dict[str, "Data"]
+)
 
 
 Where = dict[Path_, str]  # a key's path -> "recipe.yaml line 7" or "--set seed"
@@ -63,14 +92,14 @@ def _check_bracket_depth(text: str, label: str) -> None:
         i += 1
 
 
-def _check_yaml_nodes(root: Any, label: str) -> None:
+def _check_yaml_nodes(root: yaml.Node, label: str) -> None:
     """YAML: refuse nesting deeper than MAX_DEPTH and more than MAX_VALUES values once
     aliases are expanded (an alias is a reference to an earlier node; walking references
     counts what every later step would walk), without recursion."""
     import yaml
 
     seen = 0
-    stack: list[tuple[Any, int]] = [(root, 0)]
+    stack: list[tuple[yaml.Node, int]] = [(root, 0)]
     while stack:
         node, depth = stack.pop()
         seen += 1
@@ -92,7 +121,7 @@ def _check_yaml_nodes(root: Any, label: str) -> None:
             stack.extend((item, depth + 1) for item in node.value)
 
 
-def _yaml_where(node: Any, path: Path_, where: Where, label: str) -> None:
+def _yaml_where(node: yaml.Node, path: Path_, where: Where, label: str) -> None:
     import yaml
 
     if isinstance(node, yaml.MappingNode):
@@ -103,15 +132,15 @@ def _yaml_where(node: Any, path: Path_, where: Where, label: str) -> None:
             if key in seen:
                 raise UsageError(f"{line}: key {key!r} given twice")
             seen.add(key)
-            where[(*path, key)] = line
+            where[path + (key,)] = line
             _yaml_where(value_node, (*path, key), where, label)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            where[(*path, i)] = f"{label} line {item.start_mark.line + 1}"
+            where[path + (i,)] = f"{label} line {item.start_mark.line + 1}"
             _yaml_where(item, (*path, i), where, label)
 
 
-def _read_yaml(text: str, label: str) -> tuple[Any, Where]:
+def _read_yaml(text: str, label: str) -> tuple[Data, Where]:
     import yaml
 
     try:
@@ -142,7 +171,7 @@ def _read_yaml(text: str, label: str) -> tuple[Any, Where]:
     return data, where
 
 
-def _json_scan(text: str, label: str) -> tuple[Any, Where]:
+def _json_scan(text: str, label: str) -> tuple[Data, Where]:
     """Parse JSON recording each key's line: objects and arrays are walked here, scalars and
     strings are decoded by the json module itself."""
     decoder = json.JSONDecoder()
@@ -156,10 +185,10 @@ def _json_scan(text: str, label: str) -> tuple[Any, Where]:
     def skip(i: int) -> int:
         return ws.match(text, i).end()  # type: ignore[union-attr]
 
-    def value(i: int, path: Path_) -> tuple[Any, int]:
+    def value(i: int, path: Path_) -> tuple[Data, int]:
         i = skip(i)
         if text.startswith("{", i):
-            obj: dict[str, Any] = {}
+            obj: dict[str, Data] = {}
             i = skip(i + 1)
             if text.startswith("}", i):
                 return obj, i + 1
@@ -167,7 +196,7 @@ def _json_scan(text: str, label: str) -> tuple[Any, Where]:
                 key, j = scanstring(text, i + 1)
                 if key in obj:
                     raise UsageError(f"{line(i)}: key {key!r} given twice")
-                where[(*path, key)] = line(i)
+                where[path + (key,)] = line(i)
                 j = skip(j) + 1  # the ':'
                 obj[key], j = value(j, (*path, key))
                 j = skip(j)
@@ -175,12 +204,12 @@ def _json_scan(text: str, label: str) -> tuple[Any, Where]:
                     return obj, j + 1
                 i = skip(j + 1)  # the ','
         if text.startswith("[", i):
-            arr: list[Any] = []
+            arr: list[Data] = []
             i = skip(i + 1)
             if text.startswith("]", i):
                 return arr, i + 1
             while True:
-                where[(*path, len(arr))] = line(i)
+                where[path + (len(arr),)] = line(i)
                 item, j = value(i, (*path, len(arr)))
                 arr.append(item)
                 j = skip(j)
@@ -198,7 +227,7 @@ def _json_scan(text: str, label: str) -> tuple[Any, Where]:
     return data, where
 
 
-def _toml_where(data: Any, text: str, label: str) -> Where:
+def _toml_where(data: Data, text: str, label: str) -> Where:
     """tomllib keeps no positions: find each key in the text — within its `[[steps]]` table
     for step keys, else the first line that assigns it (or opens its table)."""
     lines = text.splitlines()
@@ -215,13 +244,13 @@ def _toml_where(data: Any, text: str, label: str) -> Where:
                 return i
         return None
 
-    def walk(node: Any, path: Path_, start: int, stop: int) -> None:
+    def walk(node: Data, path: Path_, start: int, stop: int) -> None:
         if isinstance(node, dict):
             for key, val in node.items():
                 i = find(key, start, stop)
                 if i is None and path == () and step_starts:
                     i = find(key, 0, step_starts[0])
-                where[(*path, key)] = f"{label} line {i + 1}" if i is not None else label
+                where[path + (key,)] = f"{label} line {i + 1}" if i is not None else label
                 if key == "steps" and path == () and isinstance(val, list):
                     for n, step in enumerate(val):
                         if n < len(step_starts):
@@ -240,20 +269,21 @@ def _toml_where(data: Any, text: str, label: str) -> Where:
     return where
 
 
-def _read_toml(text: str, label: str) -> tuple[Any, Where]:
-    try:
+def _read_toml(text: str, label: str) -> tuple[Data, Where]:
+    if sys.version_info < (3, 11):
+        raise UsageError(f"{label}: TOML recipes need Python 3.11 or newer (tomllib)")
+    else:  # checked by the type checker as the oldest Python we run on, hence this shape
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        raise UsageError(f"{label}: TOML recipes need Python 3.11 or newer (tomllib)") from None
-    _check_bracket_depth(text, label)
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise UsageError(f"{label}: not valid TOML ({e})") from None
-    return data, _toml_where(data, text, label)
+
+        _check_bracket_depth(text, label)
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise UsageError(f"{label}: not valid TOML ({e})") from None
+        return data, _toml_where(data, text, label)
 
 
-def read_recipe_file(path: str | os.PathLike[str]) -> tuple[Any, Where, str]:
+def read_recipe_file(path: str | os.PathLike[str]) -> tuple[dict[str, Data], Where, str]:
     """The recipe's raw data, where each key was written, and the file's label."""
     p = Path(path)
     label = os.fspath(path)
@@ -273,7 +303,7 @@ def read_recipe_file(path: str | os.PathLike[str]) -> tuple[Any, Where, str]:
         raise UsageError(f"{label}: no such recipe file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"{label}: cannot read ({e})") from None
-    reader: Callable[[str, str], tuple[Any, Where]] = {
+    reader: Callable[[str, str], tuple[Data, Where]] = {
         "yaml": _read_yaml,
         "toml": _read_toml,
         "json": _json_scan,
@@ -322,7 +352,8 @@ def expand_vars(text: str, where: str, env: Mapping[str, str] | None = None) -> 
     return _VAR.sub(sub, text)
 
 
-def expand_all(node: Any, path: Path_, where: Where, label: str) -> Any:
+def expand_all(node: Data, path: Path_, where: Where, label: str) -> Data:
+    """`node` with `${VAR}` expanded in every string (a --set value is left as written)."""
     if isinstance(node, str):
         return expand_vars(node, location(where, path, label))
     if isinstance(node, dict):

@@ -4,121 +4,161 @@ one streamed to the output; one merged report."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any
+
+import torch
 
 from reinit.errors import UsageError
+from reinit.io.checkpoint import Checkpoint
+from reinit.io.memory import StateDictCheckpoint
+from reinit.options import ApplyOptions
+from reinit.planning.planner import Plan
 from reinit.recipe.validate import Recipe, Step
+from reinit.report.entries import Report
 
 
-def run_recipe(recipe: Recipe, *, progress: bool = False) -> Any:
-    """Run every step; return the final `Report` (or, for a dry run, the list of `Plan`s).
+def run_recipe(recipe: Recipe, *, progress: bool = False) -> Report:
+    """Run every step of a recipe and write its output (checkpoint and reports published
+    together, or nothing).
 
     One step is exactly `reinit.apply` with the recipe's options. Several steps: each but the
     last runs in memory on the previous step's tensors (`StateDictCheckpoint`), the last one
     streams to the output with the source's layout and metadata; no intermediate file is
     written. The report then covers all steps: per tensor, the last step that changed it, its
-    std before the first change and after the last."""
+    std before the first change and after the last.
+
+    Args:
+        recipe: A validated recipe (`reinit.load_recipe`). One that says `dry_run: true` is
+            refused (UsageError): `plan_recipe` gives its plans.
+        progress: Show progress bars (and the Hub's download bars).
+
+    Returns:
+        The final `Report` (merged over the steps).
+
+    Example:
+
+    ```python
+    import reinit
+
+    recipe = reinit.load_recipe("init.yaml", sets=["seed=5"])
+    report = reinit.run_recipe(recipe)
+    print(report.output, report.summary.reinit)
+    ```
+    """
     from reinit.io.memory import StateDictCheckpoint
     from reinit.io.sources import open_checkpoint
-    from reinit.planning.session import plan
     from reinit.run.apply import apply
     from reinit.run.inmemory import apply_to_checkpoint
 
     if recipe.dry_run:
-        return [
-            plan(
-                recipe.source,
-                step.rules,
-                strict=step.strict,
-                allow_unmatched=step.allow_unmatched,
-                unsafe_pickle=recipe.unsafe_pickle,
-                progress=progress,
-            )
-            for step in recipe.steps
-        ]
-    common: dict[str, Any] = {
-        "overwrite": recipe.overwrite,
-        "in_place": recipe.in_place,
-        "device": recipe.device,
-        "progress": progress,
-        "unsafe_pickle": recipe.unsafe_pickle,
-    }
+        raise UsageError(
+            f"{recipe.path}: the recipe says dry_run, so nothing may be written; plan it with "
+            "reinit.plan_recipe(recipe) (or set dry_run to false)"
+        )
     if len(recipe.steps) == 1:
         step = recipe.steps[0]
-        return apply(
-            recipe.source,
-            step.rules,
-            recipe.output,
-            seed=step.seed,
-            reports=recipe.reports,
-            strict=step.strict,
-            allow_unmatched=step.allow_unmatched,
-            **common,
-            **dict(step.options),
-        )
+        return apply(recipe.source, step.rules, recipe.output, options=_live(step, progress))
     started = time.perf_counter()
-    reports = []
+    reports: list[Report] = []
     with open_checkpoint(
         recipe.source, unsafe_pickle=recipe.unsafe_pickle, progress=progress
     ) as original:
-        current: Any = original
+        current: Checkpoint = original
         for step in recipe.steps[:-1]:
-            tensors, rep = _step(apply_to_checkpoint, current, step, recipe, progress)
+            with _naming(step):
+                tensors, rep = apply_to_checkpoint(
+                    current, step.rules, options=_live(step, progress)
+                )
             reports.append(rep)
             current = StateDictCheckpoint(tensors, like=original)
         last = recipe.steps[-1]
         done = tuple(reports)
+
+        def merged(final: Report) -> Report:
+            return merge_reports([*done, final], recipe.seed, time.perf_counter() - started)
+
         # the merged report is written with the checkpoint, published together or not at all
-        return _step_or_raise(
-            lambda: apply(
-                current,
-                last.rules,
-                recipe.output,
-                seed=last.seed,
-                reports=recipe.reports,
-                strict=last.strict,
-                allow_unmatched=last.allow_unmatched,
-                finish_report=lambda final: merge_reports(
-                    [*done, final], recipe.seed, time.perf_counter() - started
-                ),
-                **common,
-                **dict(last.options),
-            ),
-            last,
-        )
+        options = replace(_live(last, progress), finish_report=merged)
+        with _naming(last):
+            return apply(current, last.rules, recipe.output, options=options)
 
 
-def _step_or_raise(fn: Callable[[], Any], step: Step) -> Any:
+def plan_recipe(recipe: Recipe, *, progress: bool = False) -> list[Plan]:
+    """Each step's plan, as `run_recipe` would run it, writing nothing (`--dry-run`).
+
+    Each step is planned on the previous step's result: a checkpoint of the names, shapes and
+    dtypes the previous plan produces (its add/drop/rename applied), holding no data, so a
+    dry run shows exactly the plans the run follows.
+
+    Args:
+        recipe: A validated recipe (`reinit.load_recipe`).
+        progress: Show the Hub's download bars of hf:// sources.
+
+    Returns:
+        One `Plan` per step, in order.
+
+    Example:
+
+    ```python
+    import reinit
+
+    for plan in reinit.plan_recipe(reinit.load_recipe("init.yaml")):
+        print([(e.name, e.action) for e in plan.entries])
+    ```
+    """
+    from reinit.io.sources import open_checkpoint
+    from reinit.planning.session import plan
+
+    plans: list[Plan] = []
+    with open_checkpoint(
+        recipe.source, unsafe_pickle=recipe.unsafe_pickle, progress=progress
+    ) as original:
+        current: Checkpoint = original
+        for step in recipe.steps:
+            with _naming(step):
+                the_plan = plan(current, step.rules, options=_live(step, progress))
+            plans.append(the_plan)
+            current = PlannedCheckpoint(the_plan, current, original)
+    return plans
+
+
+class PlannedCheckpoint(StateDictCheckpoint):
+    """The tensors a plan produces, as a checkpoint without data (meta tensors: names, shapes
+    and dtypes), laid out like the source as the run's in-memory steps are. Names tied in the
+    step's input stay tied, as the run keeps them one tensor object."""
+
+    def __init__(self, the_plan: Plan, before: Checkpoint, like: Checkpoint):
+        tensors = {
+            e.name: torch.empty(e.shape, dtype=e.dtype, device="meta") for e in the_plan.entries
+        }
+        super().__init__(tensors, like=like)
+        self.tied = {n: r for n, r in before.aliases().items() if n in tensors and r in tensors}
+
+    def aliases(self) -> dict[str, str]:
+        # meta tensors share no storage to find ties by: the input's ties carry over
+        return dict(self.tied)
+
+
+def _live(step: Step, progress: bool) -> ApplyOptions:
+    """The step's options as a run uses them (progress shown or not)."""
+    return replace(step.options, progress=progress)
+
+
+@contextmanager
+def _naming(step: Step) -> Iterator[None]:
     """Prefix a step's usage errors with the step, so a multi-step error says where."""
     try:
-        return fn()
+        yield
     except UsageError as e:
         raise type(e)(f"{step.label}: {e}") from None
 
 
-def _step(fn: Callable[..., Any], ckpt: Any, step: Step, recipe: Recipe, progress: bool) -> Any:
-    return _step_or_raise(
-        lambda: fn(
-            ckpt,
-            step.rules,
-            seed=step.seed,
-            strict=step.strict,
-            allow_unmatched=step.allow_unmatched,
-            device=recipe.device,
-            unsafe_pickle=recipe.unsafe_pickle,
-            progress=progress,
-        ),
-        step,
-    )
-
-
-def merge_reports(reports: Sequence[Any], seed: int, seconds: float) -> Any:
+def merge_reports(reports: Sequence[Report], seed: int, seconds: float) -> Report:
     """One report for a multi-step run: each tensor as the last step that acted on it, with its
     std before the first change and after the last; flags recomputed over the result."""
     from reinit.report.assemble import finalize, summarize
-    from reinit.report.entries import Report
 
     final = reports[-1]
     steps = [{e.name: e for e in r.tensors} for r in reports]

@@ -3,62 +3,82 @@
 from __future__ import annotations
 
 import difflib
-import inspect
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Literal
 
 from reinit.errors import UsageError
-from reinit.recipe.files import Path_, Where, expand_all, location, read_recipe_file
+from reinit.io.trust import TrustSpec
+from reinit.options import ApplyOptions, meta, option_names
+from reinit.recipe.files import (
+    Data,
+    Path_,
+    SetValue,
+    Where,
+    expand_all,
+    location,
+    read_recipe_file,
+)
 
-# kinds: str, str?, int, bool, rules (list of rule strings), paths (a string or a list of
-# strings), steps (list of step mappings), any (passed through to reinit.apply as given),
-# specs (a string or a list of strings, each an --add/--drop/--rename value)
-TOP_KEYS: dict[str, str] = {
+# A key's value after conversion by its kind (`_coerce`): lists become tuples of strings; a
+# `steps` value stays as parsed, checked step by step.
+Value = Data | tuple[str, ...]
+
+# A value's kind: an ApplyOptions kind (reinit.options.RecipeKind), or one of the recipe's own:
+# rules (a list of rule strings), steps (a list of step mappings).
+Kind = Literal["int", "bool", "str", "str?", "paths", "specs", "rules", "steps"]
+
+# The keys a recipe has besides apply's options (which come from ApplyOptions, below).
+OWN_TOP_KEYS: dict[str, Kind] = {
     "source": "str",
     "output": "str?",
-    "seed": "int",
     "rules": "rules",
-    "report": "paths",
-    "strict": "bool",
-    "allow_unmatched": "bool",
-    "overwrite": "bool",
-    "in_place": "bool",
-    "device": "str",
-    "unsafe_pickle": "paths",
-    "dry_run": "bool",
     "steps": "steps",
-    "add": "specs",
-    "drop": "specs",
-    "rename": "specs",
+    "dry_run": "bool",
 }
+OWN_STEP_KEYS: dict[str, Kind] = {"name": "str", "rules": "rules"}
 
 
-STEP_KEYS: dict[str, str] = {
-    "name": "str",
-    "rules": "rules",
-    "seed": "int",
-    "strict": "bool",
-    "allow_unmatched": "bool",
-    "add": "specs",
-    "drop": "specs",
-    "rename": "specs",
+def _option_keys(per_step: bool) -> dict[str, str]:
+    """Recipe key -> ApplyOptions field, for the options a recipe (or a step) may set."""
+    out: dict[str, str] = {}
+    for name in option_names():
+        m = meta(name)
+        if m.recipe is not None and (m.per_step or not per_step):
+            out[m.key or name] = name
+    return out
+
+
+TOP_OPTION_KEYS = _option_keys(per_step=False)
+STEP_OPTION_KEYS = _option_keys(per_step=True)
+
+
+def _kind(field_name: str) -> Kind:
+    kind = meta(field_name).recipe
+    assert kind is not None
+    return kind
+
+
+TOP_KEYS: dict[str, Kind] = {
+    **OWN_TOP_KEYS,
+    **{k: _kind(f) for k, f in TOP_OPTION_KEYS.items()},
 }
-
-
-PASS_THROUGH = ("add", "drop", "rename")  # options of reinit.apply added by the transplant work
+STEP_KEYS: dict[str, Kind] = {
+    **OWN_STEP_KEYS,
+    **{k: _kind(f) for k, f in STEP_OPTION_KEYS.items()},
+}
+SURGERY = ("add", "drop", "rename")  # in a multi-step recipe: last step only, for now
 
 
 @dataclass(frozen=True)
 class Step:
+    """One step: its rules and its options (the recipe's, with the step's own keys over them)."""
+
     rules: tuple[str, ...]
-    seed: int
-    strict: bool
-    allow_unmatched: bool
+    options: ApplyOptions
     name: str = ""
-    options: tuple[tuple[str, Any], ...] = ()  # add/drop/rename, as written
     where: str = ""
 
     @property
@@ -66,25 +86,34 @@ class Step:
         """How errors name the step: `recipe.yaml step 1 (name)`."""
         return self.where or self.name
 
+    @property
+    def surgery(self) -> tuple[str, ...]:
+        """Which of add/drop/rename the step uses."""
+        return tuple(k for k in SURGERY if getattr(self.options, k))
+
 
 @dataclass(frozen=True)
 class Recipe:
-    """A validated recipe: what to run, with every default filled in."""
+    """A validated recipe: what to run, with every default filled in. `options` holds the
+    recipe's top-level options; each step's own (`Step.options`) start from them."""
 
     path: str
     source: str
     steps: tuple[Step, ...]
     output: str | None = None
-    seed: int = 0
-    reports: tuple[str, ...] = ()
-    overwrite: bool = False
-    in_place: bool = False
-    device: str = "cpu"
-    unsafe_pickle: tuple[str, ...] = ()  # the torch files/folders trusted to run code
+    options: ApplyOptions = ApplyOptions()
     dry_run: bool = False
 
+    @property
+    def seed(self) -> int:
+        return self.options.seed
 
-def apply_sets(data: dict[str, Any], where: Where, sets: Sequence[str]) -> None:
+    @property
+    def unsafe_pickle(self) -> TrustSpec:
+        return self.options.unsafe_pickle
+
+
+def apply_sets(data: dict[str, Data], where: Where, sets: Sequence[str]) -> None:
     """`--set KEY=VALUE` overrides, in place. KEY is a dotted path (`seed`, `steps.0.seed`);
     VALUE is text that the key's kind converts (a list key takes one item, or a YAML/JSON
     list such as `["a=zeros", "b=ones"]`)."""
@@ -94,13 +123,10 @@ def apply_sets(data: dict[str, Any], where: Where, sets: Sequence[str]) -> None:
         key, value = item.split("=", 1)
         key = key.strip()
         parts: list[str | int] = [int(p) if p.isdigit() else p for p in key.split(".")]
-        node: Any = data
+        node: Data = data
         for depth, part in enumerate(parts[:-1]):
-            in_list = isinstance(node, list) and isinstance(part, int) and part < len(node)
-            in_dict = isinstance(node, dict) and isinstance(part, str) and part in node
-            if in_list or in_dict:
-                node = node[part]
-            else:
+            found, node = _child(node, part)
+            if not found:
                 have = ".".join(map(str, parts[: depth + 1]))
                 raise UsageError(f"--set {key}: the recipe has no {have}")
             if not isinstance(node, (dict, list)):
@@ -110,18 +136,20 @@ def apply_sets(data: dict[str, Any], where: Where, sets: Sequence[str]) -> None:
         last = parts[-1]
         if not isinstance(node, dict) or not isinstance(last, str):
             raise UsageError(f"--set {key}: name a key, e.g. seed or steps.0.seed")
-        node[last] = _SetValue(value)
+        node[last] = SetValue(value)
         where[tuple(parts)] = f"--set {key}"
 
 
-@dataclass(frozen=True)
-class _SetValue:
-    """Text from --set, converted by the kind of the key it lands on."""
+def _child(node: Data, part: str | int) -> tuple[bool, Data]:
+    """(True, the item) of a list index or a mapping key that `node` has, else (False, None)."""
+    if isinstance(node, list) and isinstance(part, int) and part < len(node):
+        return True, node[part]
+    if isinstance(node, dict) and isinstance(part, str) and part in node:
+        return True, node[part]
+    return False, None
 
-    text: str
 
-
-def _unknown(key: str, known: Mapping[str, str], at: str, inside: str) -> UsageError:
+def _unknown(key: str, known: Mapping[str, Kind], at: str, inside: str) -> UsageError:
     close = difflib.get_close_matches(key, list(known), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return UsageError(f"{at}: unknown key {key!r}{inside}{hint} Known keys: {', '.join(known)}")
@@ -133,8 +161,8 @@ _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 
 
-def _coerce(kind: str, value: Any, key: str, at: str) -> Any:
-    set_text = value.text if isinstance(value, _SetValue) else None
+def _coerce(kind: Kind, value: Data, key: str, at: str) -> Value:
+    set_text = value.text if isinstance(value, SetValue) else None
     if set_text is not None and kind in ("rules", "paths", "any", "specs"):
         value = (
             _parse_set_list(set_text) if kind in ("rules", "paths") else _parse_set_any(set_text)
@@ -166,20 +194,30 @@ def _coerce(kind: str, value: Any, key: str, at: str) -> Any:
     if kind in ("rules", "paths"):
         if isinstance(value, str):
             value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        strings = _strings(value)
+        if strings is None:
             what = "rule strings (PATTERN=ACTION)" if kind == "rules" else "paths"
             raise UsageError(f"{at}: {key!r} must be a list of {what}, got {value!r}")
-        return tuple(value)
+        return strings
     if kind == "specs":
         if isinstance(value, str):
             value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        strings = _strings(value)
+        if strings is None:
             example = SPEC_EXAMPLES.get(key, "")
             raise UsageError(
                 f"{at}: {key!r} must be a list of strings, e.g. {example}, got {value!r}"
             )
-        return tuple(value)
+        return strings
     raise AssertionError(kind)
+
+
+def _strings(value: Data) -> tuple[str, ...] | None:
+    """A list of strings as a tuple; None when `value` is not one."""
+    if not isinstance(value, list):
+        return None
+    out = tuple(v for v in value if isinstance(v, str))
+    return out if len(out) == len(value) else None
 
 
 SPEC_EXAMPLES = {
@@ -189,7 +227,7 @@ SPEC_EXAMPLES = {
 }
 
 
-def _parse_set_list(text: str) -> Any:
+def _parse_set_list(text: str) -> Data:
     if text.lstrip().startswith("["):
         import yaml
 
@@ -200,7 +238,7 @@ def _parse_set_list(text: str) -> Any:
     return [text]
 
 
-def _parse_set_any(text: str) -> Any:
+def _parse_set_any(text: str) -> Data:
     import yaml
 
     try:
@@ -210,10 +248,10 @@ def _parse_set_any(text: str) -> Any:
 
 
 def _fields(
-    node: Mapping[str, Any], known: Mapping[str, str], path: Path_, where: Where, label: str
-) -> dict[str, Any]:
+    node: Mapping[str, Data], known: Mapping[str, Kind], path: Path_, where: Where, label: str
+) -> dict[str, Value]:
     inside = "" if not path else f" in {_path_text(path)}"
-    out: dict[str, Any] = {}
+    out: dict[str, Value] = {}
     for key, value in node.items():
         at = location(where, (*path, key), label)
         if not isinstance(key, str) or key not in known:
@@ -232,24 +270,31 @@ def _path_text(path: Path_) -> str:
     return text
 
 
-def validate(data: dict[str, Any], where: Where, label: str) -> Recipe:
+def _options(
+    base: ApplyOptions, values: Mapping[str, Value], keys: Mapping[str, str]
+) -> ApplyOptions:
+    """`base` with the option keys of `values` (already converted) set."""
+    changes = {keys[k]: v for k, v in values.items() if k in keys}
+    # each value was converted by its field's recipe kind (`_coerce`), so it has its type
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def validate(data: Mapping[str, Data], where: Where, label: str) -> Recipe:
     top = _fields(data, TOP_KEYS, (), where, label)
     if "source" not in top:
         raise UsageError(
             f"{label}: the recipe needs a source (a checkpoint path or hf://OWNER/NAME)"
         )
-    seed = top.get("seed", 0)
-    strict = top.get("strict", False)
-    allow = top.get("allow_unmatched", False)
-    top_options = tuple((k, top[k]) for k in PASS_THROUGH if k in top)
+    base = _options(ApplyOptions(), top, TOP_OPTION_KEYS)
+    top_surgery = [k for k in SURGERY if k in top]
     steps: list[Step] = []
     if "steps" in top:
         raw = top["steps"]
         at = location(where, ("steps",), label)
         if "rules" in top:
             raise UsageError(f"{at}: give rules or steps, not both (put the rules in a step)")
-        if top_options:
-            raise UsageError(f"{at}: with steps, put {top_options[0][0]} in the step it belongs to")
+        if top_surgery:
+            raise UsageError(f"{at}: with steps, put {top_surgery[0]} in the step it belongs to")
         if not isinstance(raw, list) or not raw:
             raise UsageError(f"{at}: 'steps' must be a non-empty list of steps, each with rules")
         for i, step in enumerate(raw):
@@ -257,67 +302,52 @@ def validate(data: dict[str, Any], where: Where, label: str) -> Recipe:
             if not isinstance(step, dict):
                 raise UsageError(f"{sat}: each step is a mapping with rules (and seed, strict, …)")
             f = _fields(step, STEP_KEYS, ("steps", i), where, label)
-            if not f.get("rules") and not any(k in f for k in PASS_THROUGH):
+            if not f.get("rules") and not any(k in f for k in SURGERY):
                 raise UsageError(f"{sat}: step {i} has no rules")
+            name = str(f.get("name", ""))
             steps.append(
                 Step(
-                    rules=f.get("rules", ()),
-                    seed=f.get("seed", seed),
-                    strict=f.get("strict", strict),
-                    allow_unmatched=f.get("allow_unmatched", allow),
-                    name=f.get("name", ""),
-                    options=tuple((k, f[k]) for k in PASS_THROUGH if k in f),
-                    where=f"{label} step {i}" + (f" ({f['name']})" if f.get("name") else ""),
+                    rules=_rules(f),
+                    options=_options(base, f, STEP_OPTION_KEYS),
+                    name=name,
+                    where=f"{label} step {i}" + (f" ({name})" if name else ""),
                 )
             )
     else:
-        if not top.get("rules") and not top_options:
+        if not top.get("rules") and not top_surgery:
             raise UsageError(
                 f"{label}: the recipe has no rules (give rules: [...] or steps: [...])"
             )
-        steps.append(
-            Step(top.get("rules", ()), seed, strict, allow, options=top_options, where=label)
-        )
-    _check_pass_through(steps, where, label)
+        steps.append(Step(_rules(top), base, where=label))
+    _check_surgery(steps, where, label)
+    output = top.get("output")
     return Recipe(
         path=label,
-        source=top["source"],
+        source=str(top["source"]),
         steps=tuple(steps),
-        output=top.get("output"),
-        seed=seed,
-        reports=top.get("report", ()),
-        overwrite=top.get("overwrite", False),
-        in_place=top.get("in_place", False),
-        device=top.get("device", "cpu"),
-        unsafe_pickle=top.get("unsafe_pickle", ()),
-        dry_run=top.get("dry_run", False),
+        output=output if isinstance(output, str) else None,
+        options=base,
+        dry_run=bool(top.get("dry_run", False)),
     )
 
 
-def _supported_options() -> set[str]:
-    """Which of add/drop/rename this version's `reinit.apply` takes."""
-    from reinit.run.apply import apply
-
-    params = inspect.signature(apply).parameters
-    return {k for k in PASS_THROUGH if k in params}
+def _rules(values: Mapping[str, Value]) -> tuple[str, ...]:
+    rules = values.get("rules", ())
+    assert isinstance(rules, tuple)
+    return tuple(str(r) for r in rules)
 
 
-def _check_pass_through(steps: Sequence[Step], where: Where, label: str) -> None:
-    supported = _supported_options()
-    for i, step in enumerate(steps):
-        for key, _ in step.options:
+def _check_surgery(steps: Sequence[Step], where: Where, label: str) -> None:
+    """add/drop/rename: in the last step of a multi-step recipe only (the steps before run in
+    memory through `apply_to_checkpoint`, which takes no surgery yet)."""
+    for i, step in enumerate(steps[:-1]):
+        for key in step.surgery:
             in_step = ("steps", i, key) in where
             path: Path_ = ("steps", i, key) if in_step else (key,)
             at = location(where, path, label)
-            if key not in supported:
-                raise UsageError(
-                    f"{at}: {key!r} is not supported yet by this version of reinit "
-                    "(reinit.apply has no such option); use rules for now"
-                )
-            if len(steps) > 1 and i < len(steps) - 1:
-                raise UsageError(
-                    f"{at}: {key!r} is supported only in the last step of a multi-step recipe for now"
-                )
+            raise UsageError(
+                f"{at}: {key!r} is supported only in the last step of a multi-step recipe for now"
+            )
 
 
 def load_recipe(
@@ -326,10 +356,32 @@ def load_recipe(
 ) -> Recipe:
     """Read, override (`--set`), expand `${VAR}` and validate a recipe file. Relative paths in
     it are left as written: like the flags they mirror, they are relative to the current
-    directory."""
+    directory.
+
+    Args:
+        path: A `.yaml`/`.yml`, `.toml` (Python >= 3.11) or `.json` recipe.
+        sets: `KEY=VALUE` overrides, as `reinit run --set` (`seed=3`, `steps.1.seed=4`).
+
+    Returns:
+        The validated `Recipe`: its source, output, top-level `ApplyOptions` and steps (each
+        with its own rules and options), every default filled in.
+
+    Raises:
+        UsageError: naming the file and the line of the key at fault.
+
+    Example:
+
+    ```python
+    import reinit
+
+    recipe = reinit.load_recipe("init.yaml", sets=["seed=5"])
+    print(recipe.source, [step.rules for step in recipe.steps], recipe.options.seed)
+    ```
+    """
     data, where, label = read_recipe_file(path)
     # --set first: a key it overrides is not expanded, so `--set source=dir` works on a recipe
     # whose source is `${MODEL}` without MODEL set (--set values are taken as written)
     apply_sets(data, where, sets)
-    data = expand_all(data, (), where, label)
-    return validate(data, where, label)
+    expanded = expand_all(data, (), where, label)
+    assert isinstance(expanded, dict)  # expand_all keeps a mapping a mapping
+    return validate(expanded, where, label)

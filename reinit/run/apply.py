@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,11 +30,10 @@ from reinit.io.targets import (
     check_suffix,
     check_target,
 )
-from reinit.io.trust import TrustSpec
 from reinit.io.writer import SafetensorsWriter, write_error, write_torch_file
+from reinit.options import APPLY_FIELDS, ApplyOptions, OptionKwargs, with_kwargs
 from reinit.planning.planner import PlanEntry
 from reinit.planning.session import (
-    ModelInput,
     RuleInput,
     as_rules,
     check_device,
@@ -58,7 +57,7 @@ from reinit.run.output import (
 from reinit.run.stream import WRITE_AHEAD, Applier, Piece, progress_bar
 
 if TYPE_CHECKING:
-    pass
+    from typing_extensions import Unpack
 
 
 def apply(
@@ -66,35 +65,52 @@ def apply(
     rules: Sequence[RuleInput],
     output: str | os.PathLike[str] | None = None,
     *,
-    seed: int = 0,
-    reports: Sequence[str | os.PathLike[str]] = (),
-    default_report: bool = True,
-    strict: bool = False,
-    allow_unmatched: bool = False,
-    overwrite: bool = False,
-    in_place: bool = False,
-    device: str = "cpu",
-    progress: bool = False,
-    unsafe_pickle: TrustSpec = (),
-    add: Sequence[str] = (),
-    drop: Sequence[str] = (),
-    rename: Sequence[str] = (),
-    model: ModelInput | None = None,
-    config: Mapping[str, Any] | None = None,
-    plot: str | os.PathLike[str] | None = None,
-    finish_report: Callable[[Report], Report] | None = None,
+    options: ApplyOptions | None = None,
+    **kwargs: Unpack[OptionKwargs],
 ) -> Report:
-    """Re-initialize or transplant the tensors the rules match and write a new checkpoint.
-    `model` (a Hugging Face directory, hf:// URL, `module:callable`, an `nn.Module` or a
-    `reinit.model.Model`) enables `type:` patterns, module fans and the `default` scheme.
+    """Re-initialize or transplant the tensors the rules match and write a new checkpoint
+    (with its report beside it), published atomically: all of it or nothing.
 
-    `drop` (patterns), `rename` (`PATTERN=TEMPLATE`) and `add` (`NAME=[d0,...]:SCHEME`)
-    change the list of tensors first, in that order; the rules then see the new names.
+    Args:
+        source: A checkpoint file (.safetensors, .bin/.pt), a model folder, `hf://OWNER/NAME`,
+            or an open `Checkpoint` (e.g. `StateDictCheckpoint(tensors, like=ckpt)`).
+        rules: `PATTERN=ACTION` strings (or parsed `Rule`s); the last matching rule wins.
+        output: The output file or folder; by default beside the source
+            (`X.reinit.safetensors`, `D-reinit/`, `./NAME-reinit/` for the Hub).
+        options: An `ApplyOptions` holding any of the keywords below; keywords given too
+            override it.
+        **kwargs: The fields of `reinit.ApplyOptions`: `seed` (int, 0), `reports` (extra report
+            paths, .json/.csv/.md), `default_report` (True), `strict`, `allow_unmatched`,
+            `overwrite`, `in_place`, `device` ("cpu" or "cuda"), `progress`, `unsafe_pickle`
+            (torch files trusted to run code), `add`/`drop`/`rename` (surgery, run before the
+            rules in the order drop, rename, add; the rules see the new names), `model` (a
+            Hugging Face folder, hf:// URL, `module:callable`, an `nn.Module` or a
+            `reinit.model.Model`: enables `type:` patterns, module fans and `default`),
+            `config` (overrides the model config scaled_normal/small_init read), `plot` (a PNG
+            path), `finish_report` (maps the report before it is written). An unknown keyword
+            is a TypeError.
 
-    Returns the report (also written to the default report path unless `default_report` is
-    False, and to each of `reports` in the format its extension names). `source` may be an
-    open `Checkpoint` (e.g. a recipe's in-memory step result); `config` overrides the model
-    config that scaled_normal/small_init read (default: the checkpoint's config.json)."""
+    Returns:
+        The `Report` (also written to the default report path unless `default_report=False`,
+        and to each of `reports` in the format its extension names).
+
+    Raises:
+        ReinitError: a subclass naming the file, tensor or rule at fault; nothing is written.
+
+    Example:
+
+    ```python
+    import reinit
+
+    report = reinit.apply("model.safetensors", ["*.weight=kaiming", "*.bias=zeros"], seed=0)
+    print(report.output, report.summary.reinit)  # model.reinit.safetensors 2
+    ```
+    """
+    o = with_kwargs("apply", options, kwargs, APPLY_FIELDS)
+    seed, device = o.seed, o.device
+    overwrite, in_place, default_report = o.overwrite, o.in_place, o.default_report
+    add, drop, rename = o.add, o.drop, o.rename
+    reports, plot = o.reports, o.plot
     started = time.perf_counter()
     source_text = source.source if isinstance(source, Checkpoint) else os.fspath(source)
     opened: str | Checkpoint = source if isinstance(source, Checkpoint) else source_text
@@ -115,12 +131,12 @@ def apply(
     with ExitStack() as stack:
         from reinit.planning.transplant import SourcePool
 
-        ckpt = stack.enter_context(open_source(opened, unsafe_pickle, progress))
-        ckpt, edited = edit_checkpoint(ckpt, surgery, allow_unmatched, seed, device)
-        sources = stack.enter_context(SourcePool(ckpt, unsafe_pickle, progress))
-        view = model_view(model, ckpt)
+        ckpt = stack.enter_context(open_source(opened, o.unsafe_pickle, o.progress))
+        ckpt, edited = edit_checkpoint(ckpt, surgery, o.allow_unmatched, seed, device)
+        sources = stack.enter_context(SourcePool(ckpt, o.unsafe_pickle, o.progress))
+        view = model_view(o.model, ckpt)
         the_plan, ties = plan_for(
-            ckpt, rule_objs, strict, allow_unmatched, sources, view, config, edited
+            ckpt, rule_objs, o.strict, o.allow_unmatched, sources, view, o.config, edited
         )
         inputs = Inputs.of([source_text, *sources.opened()])
         spec = resolve_output(
@@ -145,7 +161,7 @@ def apply(
         if spec.fmt == "directory" and not merge:
             held = [f.relname for f in files] + list(ckpt.extra_files())
             check_replace_folder(spec.path, [*held, INDEX_NAME, REPORT_NAME])
-        bar = stack.enter_context(progress_bar(total, progress, "reinit apply"))
+        bar = stack.enter_context(progress_bar(total, o.progress, "reinit apply"))
         pub = stack.enter_context(Publication())
         how = how_to_publish(overwrite=overwrite, in_place=in_place)
         tmp = pub.stage(
@@ -180,8 +196,8 @@ def apply(
         report = make_report(
             source_text, spec.path, seed, rule_texts, entries, bytes_written, started, the_plan
         )
-        if finish_report is not None:
-            report = finish_report(report)
+        if o.finish_report is not None:
+            report = o.finish_report(report)
         if default_report and spec.fmt == "directory":
             write_text_file(tmp / REPORT_NAME, report.to_json() + "\n")
         stage_side_outputs(pub, report, targets, how)

@@ -93,7 +93,7 @@ def write_report_files(
     *,
     overwrite: bool = False,
     progress: bool = False,
-    unsafe_pickle: bool = False,
+    unsafe_pickle: TrustSpec = False,
 ) -> Report:
     """`reinit report SOURCE -o ... --plot ...`: every path checked by the one rule before the
     checkpoint is read (never an input, never an existing file without `overwrite`), then all

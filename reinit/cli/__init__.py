@@ -1,0 +1,39 @@
+"""The command line: click commands, one library call each (`reinit = "reinit.cli:main"`).
+
+Each command lives in its own module and is added here explicitly (never registered by an
+import's side effect). Nothing here imports torch at import time: `reinit --help` answers at
+once. The group's error mapping (one line, the library's exit code) is in `group.py`; the
+options the commands share are defined once in `common.py`, apply's derived from
+`reinit.options.ApplyOptions`."""
+
+from __future__ import annotations
+
+import click
+
+from reinit.cli.apply_cmd import apply
+from reinit.cli.group import ReinitGroup
+from reinit.cli.info_cmds import gain, schemes
+from reinit.cli.probe_cmd import probe
+from reinit.cli.report_cmds import diff, inspect, report, verify
+from reinit.cli.run_cmd import run
+from reinit.version import __version__
+
+__all__ = ["main"]
+
+
+@click.group(cls=ReinitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="reinit")
+def main() -> None:
+    """Model surgery for checkpoints: re-initialize or transplant parameters by name pattern,
+    and see every layer's scale at a glance."""
+
+
+main.add_command(apply)
+main.add_command(report)
+main.add_command(diff)
+main.add_command(verify)
+main.add_command(inspect)
+main.add_command(schemes)
+main.add_command(gain)
+main.add_command(probe)
+main.add_command(run)

@@ -1,0 +1,101 @@
+"""`reinit apply`: its options are ApplyOptions' flags (reinit/options.py), derived, plus the
+command's own (--rule, -o, --dry-run, --json, --quiet)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from reinit.cli.common import (
+    FlagValue,
+    apply_options,
+    dropped_line,
+    dry_run_option,
+    err,
+    examples,
+    json_option,
+    options_from_flags,
+    progress_on,
+    quiet_option,
+    warn_all,
+    warn_unsafe,
+    width,
+)
+
+__all__ = ["apply"]
+
+RULE_HELP = "Repeatable; the last matching rule wins."
+OUTPUT_HELP = (
+    "Output file (.safetensors, .bin/.pt) or directory (a trailing /). Default: "
+    "X.reinit.safetensors beside a file X.safetensors, D-reinit/ beside a directory D, "
+    "./NAME-reinit/ for hf://OWNER/NAME."
+)
+
+
+@click.command(
+    epilog=examples(
+        'reinit apply model.safetensors --rule "*.weight=kaiming"',
+        'reinit apply model.safetensors -r "classifier.weight=xavier_uniform" -r "classifier.bias=zeros" -o new.safetensors',
+        'reinit apply new_model/ -o clf/ --rule "bert.*=from(pretrained/, key={1})"',
+        'reinit apply model.safetensors -r "*.weight=normal(std=0.02)" --dry-run',
+    )
+)
+@click.argument("source")
+@click.option("--rule", "-r", "rules", multiple=True, metavar="PATTERN=ACTION", help=RULE_HELP)
+@click.option("-o", "--output", default=None, help=OUTPUT_HELP)
+@dry_run_option()
+@json_option()
+@quiet_option()
+@apply_options
+def apply(
+    source: str,
+    rules: tuple[str, ...],
+    output: str | None,
+    dry_run: bool,
+    as_json: bool,
+    quiet: bool,
+    **flags: FlagValue,
+) -> None:
+    """Re-initialize or transplant the tensors of SOURCE that the rules match, and write a
+    new checkpoint plus its report (X.reinit.report.json beside X.reinit.safetensors).
+
+    A rule is PATTERN=ACTION: PATTERN a glob (* also matches dots) or re:REGEX, ACTION a
+    scheme (reinit schemes), keep, or from(SOURCE, key=..., on_mismatch=...). The last
+    matching rule wins; tensors no rule matches are copied byte for byte."""
+    from reinit.errors import UsageError
+
+    options = options_from_flags(flags, progress=progress_on(quiet))
+    if not (rules or options.add or options.drop or options.rename):
+        raise UsageError(
+            f"{source}: no rules, so apply would only copy it; pass --rule PATTERN=ACTION "
+            '(e.g. --rule "*.weight=kaiming"), or --add/--drop/--rename (see reinit apply --help)'
+        )
+    trusted = options.unsafe_pickle
+    assert isinstance(trusted, tuple)  # a repeatable flag: a tuple of paths
+    warn_unsafe(trusted)
+    if dry_run:
+        from reinit.planning.session import plan
+        from reinit.report.plan_view import render_plan
+
+        the_plan = plan(source, rules, options=options)
+        warn_all(the_plan.warnings)
+        click.echo(render_plan(the_plan, width()), err=as_json)
+        if the_plan.dropped:
+            err(dropped_line(the_plan.dropped))
+        return
+    if options.plot is not None:
+        from reinit.report.plot import require_matplotlib
+
+        require_matplotlib()
+    from reinit.report.terminal import render_terminal
+    from reinit.run.apply import apply as run_apply
+
+    report = run_apply(source, rules, output, options=options)
+    warn_all(report.warnings)
+    if report.dropped and not quiet:
+        err(dropped_line(report.dropped))
+    if as_json:
+        click.echo(report.to_json())
+    if not quiet:
+        err(render_terminal(report, width(), color=sys.stderr.isatty()))

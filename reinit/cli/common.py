@@ -1,0 +1,163 @@
+"""What the commands share: the options repeated per command (defined once here, or derived
+from `ApplyOptions`), output helpers, and the loud --unsafe-pickle warning."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import click
+
+from reinit.options import meta
+
+if TYPE_CHECKING:
+    from reinit.options import ApplyOptions
+
+__all__ = [
+    "FlagValue",
+    "apply_option",
+    "apply_options",
+    "dry_run_option",
+    "flag_fields",
+    "options_from_flags",
+    "dropped_line",
+    "err",
+    "examples",
+    "json_option",
+    "plot_option",
+    "progress_on",
+    "quiet_option",
+    "shown",
+    "unsafe_pickle_option",
+    "warn_all",
+    "warn_unsafe",
+    "width",
+]
+
+Command = Callable[..., None]  # a click command function, before click wraps it
+Decorator = Callable[[Command], Command]
+
+
+def err(text: str) -> None:
+    """One line (or block) on stderr."""
+    click.echo(text, err=True)
+
+
+def shown(text: str) -> str:
+    """Text from the input (a name, a warning naming one), escaped for the terminal."""
+    from reinit.text import shown as escape
+
+    return escape(text)
+
+
+def warn_all(warnings: tuple[str, ...]) -> None:
+    """The library's warnings, one line each on stderr."""
+    for w in warnings:
+        err(f"warning: {shown(w)}")
+
+
+def warn_unsafe(paths: tuple[str, ...], what: str = "--unsafe-pickle") -> None:
+    """The loud warning whenever trust is given, naming exactly what it covers (and refusing a
+    value that is no path, e.g. the old flag form followed by another option)."""
+    if not paths:
+        return
+    from reinit.io.trust import pickle_trust
+
+    pickle_trust(paths, what)
+    err(
+        f"warning: {what} lets torch files run code while loading, only these: "
+        f"{', '.join(paths)}; use it only for files you trust"
+    )
+
+
+def progress_on(quiet: bool) -> bool:
+    """Progress bars: on a terminal, unless --quiet."""
+    return not quiet and sys.stderr.isatty()
+
+
+def width() -> int:
+    return min(shutil.get_terminal_size((100, 24)).columns, 160)
+
+
+def examples(*lines: str) -> str:
+    """An --help epilog of real commands, kept as written (click's \\b: no rewrapping)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def dropped_line(names: tuple[str, ...]) -> str:
+    listed = ", ".join(map(shown, names[:10]))
+    listed += f", … ({len(names) - 10} more)" if len(names) > 10 else ""
+    return f"dropped {len(names)} tensor(s): {listed}"
+
+
+def apply_option(field: str, help: str | None = None) -> Decorator:
+    """The click option of ApplyOptions' `field`, as its metadata declares it (flag names,
+    help, metavar, repeatable or not, default); the parameter is named like the field."""
+    from reinit.options import ApplyOptions
+
+    m = meta(field)
+    assert m.flags, f"{field} is not a flag"
+    default = getattr(ApplyOptions(), field)
+    text = help or m.help
+    if m.is_flag:
+        return click.option(*m.flags, field, is_flag=True, help=text)
+    if m.multiple:
+        return click.option(*m.flags, field, multiple=True, metavar=m.metavar, help=text)
+    return click.option(
+        *m.flags,
+        field,
+        default=default,
+        type=type(default) if default is not None else None,
+        metavar=m.metavar,
+        show_default=m.show_default,
+        help=text,
+    )
+
+
+def json_option(help: str = "Print the JSON report on stdout.") -> Decorator:
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def quiet_option(help: str = "No progress bar, no summary.") -> Decorator:
+    return click.option("--quiet", "-q", is_flag=True, help=help)
+
+
+def unsafe_pickle_option() -> Decorator:
+    return apply_option("unsafe_pickle")
+
+
+def plot_option(help: str | None = None) -> Decorator:
+    return apply_option("plot", help)
+
+
+def dry_run_option(help: str = "Print the plan and write nothing.") -> Decorator:
+    return click.option("--dry-run", is_flag=True, help=help)
+
+
+# What click hands a command for an ApplyOptions flag: typed by the declaration in `meta`.
+FlagValue = str | int | bool | tuple[str, ...] | None
+
+
+def flag_fields() -> tuple[str, ...]:
+    """The ApplyOptions fields that are flags of `reinit apply`, in field order."""
+    from reinit.options import option_names
+
+    return tuple(n for n in option_names() if meta(n).flags)
+
+
+def apply_options(f: Command) -> Command:
+    """Every flag of ApplyOptions on a command (`reinit apply`), derived from its fields."""
+    for name in reversed(flag_fields()):  # click lists the last decorator applied first
+        f = apply_option(name)(f)
+    return f
+
+
+def options_from_flags(values: dict[str, FlagValue], *, progress: bool) -> ApplyOptions:
+    """The ApplyOptions the flags of `apply_options` give."""
+    from reinit.options import ApplyOptions
+
+    assert set(values) == set(flag_fields()), sorted(set(values) ^ set(flag_fields()))
+    # each value has the type its click declaration (from the field's metadata) gives it
+    return ApplyOptions(progress=progress, **values)  # type: ignore[arg-type]

@@ -1,0 +1,154 @@
+"""The command group's machinery: one-line errors with the library's exit codes, Ctrl-C and
+SIGTERM told truthfully, a closed pipe ending quietly.
+
+Library errors (`ReinitError`) become one line on stderr and the exit code they carry (2 usage,
+1 failure); anything unexpected becomes one line too, with the traceback only under
+REINIT_DEBUG=1. `--json` output goes to stdout and nothing else does."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import warnings
+from collections.abc import Sequence
+from contextlib import suppress
+from types import FrameType
+from typing import IO, Any, NoReturn
+
+import click
+
+from reinit.errors import ReinitError
+
+__all__ = ["CommandError", "ReinitGroup", "one_line"]
+
+
+def debug() -> bool:
+    """REINIT_DEBUG=1: let tracebacks through."""
+    return os.environ.get("REINIT_DEBUG", "") not in ("", "0")
+
+
+class CommandError(click.ClickException):
+    """A one-line error with the exit code the library chose."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        # click types exit_code as a ClassVar, yet reads it from the instance: ours is per error
+        self.exit_code = exit_code  # type: ignore[misc]
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        # The message may quote a tensor or file name from the input: escape control and bidi
+        # characters (reinit.text) so the one line stays one line and cannot be forged.
+        from reinit.text import shown
+
+        click.echo(f"error: {shown(self.format_message())}", err=True)
+
+
+def one_line(e: BaseException, empty: str | None = None) -> str:
+    """The error's message as one line: a name from the input inside it (which may hold a
+    newline) is escaped by `CommandError.show`, so the whole message is kept; a trailing newline
+    is dropped."""
+    text = str(e).rstrip("\n")
+    return text or (type(e).__name__ if empty is None else empty)
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> NoReturn:
+    # Unwind like Ctrl-C so every `finally` (temporary output removal) runs.
+    raise KeyboardInterrupt
+
+
+def _interrupted() -> int:
+    """Say what a Ctrl-C/SIGTERM left, truthfully, and return the exit code: once the outputs
+    were renamed into place they are complete (exit 0, named); before, nothing was (130)."""
+    # never import here: a Ctrl-C during `import torch` leaves it half-initialized, and
+    # importing it again (publish imports torch) crashes the interpreter; not loaded, nothing
+    # was published
+    publish = sys.modules.get("reinit.io.publish")
+    done = publish.published() if publish is not None else ()
+    if done:
+        click.echo(
+            f"interrupted after the output was published: {', '.join(done)} "
+            "(complete); nothing else was left behind",
+            err=True,
+        )
+        return 0
+    click.echo("error: interrupted; no partial output was left behind", err=True)
+    return 130
+
+
+def _end_on_closed_pipe() -> NoReturn:
+    """The reader went away (`reinit inspect x | head -1`): stop quietly with exit 0, as `cat`
+    does, instead of an "internal error". As the Python docs recommend, stdout (and stderr,
+    which may be the pipe) are pointed at /dev/null so the flush at exit cannot fail again.
+    Outputs are published before anything is printed, so nothing is left half done."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(OSError, ValueError, AttributeError):  # not a real file (test captures)
+            os.dup2(devnull, stream.fileno())
+    raise click.exceptions.Exit(0)
+
+
+class ReinitGroup(click.Group):
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,  # click's own signature: passed through to make_context
+    ) -> Any:  # click's own: the command's return value
+        """click's standalone main, except that a Ctrl-C outside a command's own handling
+        (while parsing, or after the command returned) is told like any other (`_interrupted`),
+        not as click's "Aborted!" with exit 1."""
+        run = super().main
+        if not standalone_mode:
+            return run(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = run(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            sys.exit(_interrupted())
+        except click.ClickException as e:
+            e.show()
+            sys.exit(e.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+    def invoke(self, ctx: click.Context) -> Any:  # click's own: the command's return value
+        previous = signal.getsignal(signal.SIGTERM)
+        try:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+            # Over `ulimit -f`, the kernel's default is to kill us (SIGXFSZ) mid-write, leaving
+            # the temporary behind; ignored, the write fails with EFBIG and we clean up.
+            if hasattr(signal, "SIGXFSZ"):
+                signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        except ValueError:  # not the main thread (e.g. some test runners)
+            previous = None
+        if not debug():
+            # huggingface_hub's warnings.warn() (e.g. about disk space or symlinks) would add
+            # lines to our one-line failures; its logging is captured by reinit/io/hub_retry.py.
+            warnings.filterwarnings("ignore", module=r"huggingface_hub(\.|$)")
+        publish = sys.modules.get("reinit.io.publish")  # in-process reruns (tests, notebooks)
+        if publish is not None:
+            publish.forget_published()
+        try:
+            return super().invoke(ctx)
+        except ReinitError as e:
+            if debug():
+                raise
+            raise CommandError(one_line(e), e.exit_code) from None
+        except KeyboardInterrupt:
+            ctx.exit(_interrupted())
+        except BrokenPipeError:
+            _end_on_closed_pipe()
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as e:  # a bug: still one line, and the way to see more
+            if debug():
+                raise
+            raise CommandError(
+                f"internal error: {type(e).__name__}: {one_line(e, '')} "
+                "(run with REINIT_DEBUG=1 for the traceback, and please report it)",
+                1,
+            ) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,61 @@
+"""The commands that answer from reinit's own tables: `schemes`, `gain`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from reinit.cli.common import examples, json_option
+
+__all__ = ["gain", "schemes"]
+
+
+@click.command(
+    epilog=examples(
+        "reinit schemes",
+        "reinit schemes --json",
+    )
+)
+@json_option("Print the table as JSON on stdout.")
+def schemes(as_json: bool) -> None:
+    """Every scheme, its arguments (torch's defaults) and the std of its result."""
+    from reinit.schemes import scheme_table
+
+    table = scheme_table()
+    if as_json:
+        click.echo(json.dumps(table, indent=2))
+        return
+    for row in table:
+        aliases = f"  (= {', '.join(row['aliases'])})" if row["aliases"] else ""
+        click.echo(f"{row['signature']}{aliases}")
+        click.echo(f"    std: {row['std']}")
+        click.echo(f"    {row['doc']}")
+    click.echo("keep\n    leaves the tensor as it is (carve an exception out of a broader rule)")
+    click.echo(
+        "from(SOURCE, key=TEMPLATE|auto, on_mismatch=error|skip|slice)\n    copies the tensor from another checkpoint (key: {name}, {1}, {2}, ... or auto = longest common dotted suffix)"
+    )
+
+
+@click.command(
+    epilog=examples(
+        "reinit gain relu",
+        "reinit gain leaky_relu 0.2",
+        "reinit gain tanh --measure",
+    )
+)
+@click.argument("nonlinearity")
+@click.argument("param", required=False, type=float)
+@click.option(
+    "--measure", is_flag=True, help="Also measure std(x)/std(f(x)) on a million N(0,1) samples."
+)
+def gain(nonlinearity: str, param: float | None, measure: bool) -> None:
+    """The recommended gain for NONLINEARITY (torch.nn.init.calculate_gain)."""
+    from reinit.schemes import calculate_gain
+    from reinit.schemes.gain import measure_gain
+
+    value = calculate_gain(nonlinearity, param)
+    click.echo(f"{nonlinearity}: gain {value:.6g}")
+    if measure:
+        ratio = measure_gain(nonlinearity, param)
+        click.echo(f"measured std(x)/std(f(x)) on 1,000,000 N(0,1) samples: {ratio:.4g}")

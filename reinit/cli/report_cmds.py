@@ -1,0 +1,217 @@
+"""The commands that read checkpoints and write nothing but reports: `report`, `inspect`,
+`diff`, `verify`."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from reinit.cli.common import (
+    err,
+    examples,
+    json_option,
+    plot_option,
+    progress_on,
+    quiet_option,
+    shown,
+    unsafe_pickle_option,
+    warn_all,
+    warn_unsafe,
+    width,
+)
+
+__all__ = ["diff", "inspect", "report", "verify"]
+
+
+def fail_on_flags(value: str | None) -> frozenset[str]:
+    """`--fail-on nonfinite,garbage` (or `any`) -> the set of flags that fail the run."""
+    from reinit.errors import UsageError
+    from reinit.report.flags import FLAGS
+
+    if not value:
+        return frozenset()
+    names = {v.strip() for v in value.split(",") if v.strip()}
+    if "any" in names:
+        return frozenset(FLAGS)
+    unknown = sorted(names - set(FLAGS))
+    if unknown:
+        raise UsageError(
+            f"--fail-on {value}: unknown flag {', '.join(unknown)}; use any of "
+            f"{', '.join(FLAGS)} (comma-separated) or 'any'"
+        )
+    return frozenset(names)
+
+
+@click.command(
+    epilog=examples(
+        "reinit report model.safetensors",
+        "reinit report model.safetensors -o r.md --fail-on nonfinite,garbage",
+        "reinit report new.safetensors --against old.safetensors --json",
+    )
+)
+@click.argument("source")
+@click.option(
+    "--against",
+    default=None,
+    metavar="BASELINE",
+    help="A checkpoint whose same-named tensors give the 'before' statistics.",
+)
+@click.option(
+    "-o",
+    "--output",
+    "outputs",
+    multiple=True,
+    metavar="PATH",
+    help="Write the report (.json, .csv, .md); repeatable.",
+)
+@plot_option()
+@click.option(
+    "--fail-on",
+    default=None,
+    metavar="FLAG[,FLAG]",
+    help="Exit 1 when a tensor carries one of these flags ('any' for all).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace existing report/plot files.")
+@json_option()
+@quiet_option("No progress bar, no terminal report.")
+@unsafe_pickle_option()
+def report(
+    source: str,
+    against: str | None,
+    outputs: tuple[str, ...],
+    plot: str | None,
+    fail_on: str | None,
+    overwrite: bool,
+    as_json: bool,
+    quiet: bool,
+    unsafe_pickle: tuple[str, ...],
+) -> None:
+    """The per-tensor std report of a checkpoint as it is (before/after with --against).
+
+    Flags (nonfinite, garbage, constant, std_off, outlier, unstable_depth) are shown and the
+    exit status is 0, unless --fail-on names one that a tensor carries (exit 1)."""
+    from reinit.io.targets import check_suffix
+    from reinit.report.terminal import render_terminal
+    from reinit.tools.audit import write_report_files
+
+    failing = fail_on_flags(fail_on)
+    for path in outputs:  # a typo in a format costs nothing
+        check_suffix(path, "-o", "report")
+    if plot is not None:
+        check_suffix(plot, "--plot", "plot")
+        from reinit.report.plot import require_matplotlib
+
+        require_matplotlib()
+    warn_unsafe(unsafe_pickle)
+    rep = write_report_files(
+        source,
+        against,
+        outputs,
+        plot,
+        overwrite=overwrite,
+        progress=progress_on(quiet),
+        unsafe_pickle=unsafe_pickle,
+    )
+    warn_all(rep.warnings)
+    if as_json:
+        click.echo(rep.to_json())
+    if not quiet:
+        err(render_terminal(rep, width(), color=sys.stderr.isatty(), per_layer="all"))
+    hits = [e for e in rep.tensors if failing & set(e.flags)]
+    if hits:
+        first = hits[0]
+        err(
+            f"error: --fail-on {fail_on}: {len(hits)} tensor(s) flagged, first "
+            f"'{shown(first.name)}' [{', '.join(sorted(failing & set(first.flags)))}]"
+        )
+        raise click.exceptions.Exit(1)
+
+
+@click.command(
+    epilog=examples(
+        "reinit diff model.safetensors model.reinit.safetensors",
+        "reinit diff a.bin b/ --json",
+    )
+)
+@click.argument("a")
+@click.argument("b")
+@json_option("Print the diff as JSON on stdout.")
+@unsafe_pickle_option()
+def diff(a: str, b: str, as_json: bool, unsafe_pickle: tuple[str, ...]) -> None:
+    """Which tensors differ between checkpoints A and B (bitwise), and by how much."""
+    from reinit.tools.diff import diff_checkpoints, render_diff
+
+    warn_unsafe(unsafe_pickle)
+    d = diff_checkpoints(a, b, unsafe_pickle=unsafe_pickle)
+    if as_json:
+        click.echo(d.to_json())
+        return
+    click.echo(render_diff(d, width(), color=sys.stdout.isatty()))
+
+
+@click.command(
+    epilog=examples(
+        "reinit verify model.safetensors",
+        "reinit verify ./my-model/ --json",
+    )
+)
+@click.argument("path")
+@json_option("Print the result as JSON on stdout.")
+def verify(path: str, as_json: bool) -> None:
+    """Check a safetensors file, or a directory of shards and its index, against the format
+    rules (the validator reinit reads with). Exit 0 when valid, 1 when not."""
+    from reinit.io.verify import verify as verify_path
+
+    result = verify_path(path)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    if len(result.files) > 1 or os.path.isdir(path):
+        for f in result.files:
+            err(f"{shown(f.path)}: ok, {f.tensors} tensors, {f.nbytes:,d} bytes")
+    click.echo(
+        f"{shown(result.path)}: valid safetensors: {len(result.files)} file(s), "
+        f"{result.tensors} tensors, {result.nbytes:,d} bytes of tensor data"
+    )
+
+
+@click.command(
+    epilog=examples(
+        "reinit inspect model.safetensors",
+        'reinit inspect model.safetensors --filter "*.attention.*" --stats',
+        "reinit inspect ./my-model/ --json",
+    )
+)
+@click.argument("source")
+@click.option(
+    "--filter", "pattern", default=None, help="Only names matching this glob or re: pattern."
+)
+@click.option("--stats", is_flag=True, help="Also read every tensor and show mean/std/min/max.")
+@json_option("Print the rows as JSON on stdout.")
+def inspect(source: str, pattern: str | None, stats: bool, as_json: bool) -> None:
+    """List the tensors of a checkpoint: name, shape, dtype, size (and statistics)."""
+    from reinit.report.text import fmt, shape_text, shorten
+    from reinit.tools.inspect import inspect_checkpoint
+
+    rows = inspect_checkpoint(source, pattern, stats=stats)
+    if as_json:
+        from reinit.report.jsonio import dumps
+
+        click.echo(dumps([r.to_dict() for r in rows], indent=2))
+        return
+    cols = width()
+    names = [shown(r.name) for r in rows]
+    name_w = max(16, min(max(map(len, names), default=4), cols // 2))
+    for r, name in zip(rows, names, strict=True):
+        line = f"{shorten(name, name_w).ljust(name_w)}  {shape_text(r.shape):<16} {r.dtype:<14} {r.nbytes:>12,d} B"
+        if r.stats is not None:
+            s = r.stats
+            line += f"  mean {fmt(s.mean)}  std {fmt(s.std)}  min {fmt(s.min)}  max {fmt(s.max)}"
+            if s.nonfinite:
+                line += f"  nonfinite {s.nonfinite}"
+        click.echo(line)
+    total = sum(r.nbytes for r in rows)
+    click.echo(f"{len(rows)} tensors, {total:,d} bytes", err=True)

@@ -1,0 +1,67 @@
+"""`reinit run RECIPE`: a recipe's keys are apply's options (reinit/options.py); its --dry-run,
+--json and --quiet are apply's own, shared from reinit/cli/common.py."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from reinit.cli.common import (
+    dry_run_option,
+    err,
+    examples,
+    json_option,
+    progress_on,
+    quiet_option,
+    warn_all,
+    warn_unsafe,
+    width,
+)
+
+__all__ = ["run"]
+
+
+@click.command(
+    epilog=examples(
+        "MODEL=path/to/gpt2-dir reinit run examples/gpt2-init.yaml",
+        "reinit run recipe.toml --set seed=3 --set steps.1.seed=4 --dry-run",
+    )
+)
+@click.argument("recipe")
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a recipe key (dotted for steps: steps.0.seed=3); repeatable.",
+)
+@dry_run_option("Print each step's plan and write nothing.")
+@json_option()
+@quiet_option()
+def run(recipe: str, sets: tuple[str, ...], dry_run: bool, as_json: bool, quiet: bool) -> None:
+    """Run a recipe (.yaml/.yml, .toml or .json): apply's options as keys, and `steps:` to
+    chain several rule sets in memory."""
+    from reinit.recipe.run import plan_recipe, run_recipe
+    from reinit.recipe.validate import load_recipe
+    from reinit.report.plan_view import render_plan
+    from reinit.report.terminal import render_terminal
+
+    loaded = load_recipe(recipe, sets)
+    trusted = loaded.unsafe_pickle
+    assert isinstance(trusted, tuple)  # a recipe's paths: a tuple of strings
+    warn_unsafe(trusted, "unsafe_pickle")
+    if dry_run or loaded.dry_run:
+        plans = plan_recipe(loaded, progress=progress_on(quiet))
+        for i, plan in enumerate(plans):
+            warn_all(plan.warnings)
+            if len(plans) > 1:
+                click.echo(f"step {i}:", err=as_json)
+            click.echo(render_plan(plan, width()), err=as_json)
+        return
+    result = run_recipe(loaded, progress=progress_on(quiet))
+    warn_all(result.warnings)
+    if as_json:
+        click.echo(result.to_json())
+    if not quiet:
+        err(render_terminal(result, width(), color=sys.stderr.isatty()))

@@ -1,0 +1,360 @@
+"""`ApplyOptions`: every option of an apply, defined once.
+
+The click options of `reinit apply`, the keys of a recipe (top-level and per step) and the
+keyword arguments of `reinit.apply`, `reinit.plan` and the in-memory functions are all derived
+from the fields below and their `OptionMeta`, so the three surfaces cannot drift apart
+(tests/test_options.py checks that they are the same set, minus the exceptions each field
+documents in `OptionMeta.why_not`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Literal, TypedDict
+
+from reinit.io.trust import TrustSpec
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from reinit.planning.session import ModelInput
+    from reinit.report.entries import Report
+
+__all__ = [
+    "ApplyOptions",
+    "OptionKwargs",
+    "OptionKwargsBesidesSeed",
+    "OptionMeta",
+    "RecipeKind",
+    "meta",
+    "option_names",
+    "with_kwargs",
+    "APPLY_FIELDS",
+    "PLAN_FIELDS",
+    "IN_MEMORY_FIELDS",
+]
+
+# How a recipe value is checked and converted (recipe/validate.py): an integer, a boolean, a
+# string, a string or null, a string or list of strings (paths), or a list of
+# --add/--drop/--rename values (specs).
+RecipeKind = Literal["int", "bool", "str", "str?", "paths", "specs"]
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class OptionMeta:
+    """Where an option appears besides the Python API.
+
+    `flags`: the click declarations of `reinit apply` (none: not a flag); `recipe`: the value
+    kind of its recipe key (None: not a recipe key), named `key` in the file when that differs
+    from the field; `per_step`: a recipe step may set it too; `why_not`: why a field is missing
+    from the CLI or the recipe (the documented exceptions the drift test accepts)."""
+
+    help: str
+    flags: tuple[str, ...] = ()
+    metavar: str | None = None
+    multiple: bool = False
+    is_flag: bool = False
+    show_default: bool = False
+    recipe: RecipeKind | None = None
+    key: str | None = None
+    per_step: bool = False
+    why_not: str = ""
+
+
+def meta(f_name: str) -> OptionMeta:
+    """The metadata of the ApplyOptions field `f_name`."""
+    for f in fields(ApplyOptions):
+        if f.name == f_name:
+            m = f.metadata["reinit"]
+            assert isinstance(m, OptionMeta)
+            return m
+    raise KeyError(f_name)
+
+
+def _m(m: OptionMeta) -> dict[str, OptionMeta]:
+    return {"reinit": m}
+
+
+SPEC_SEQUENCES = ("reports", "add", "drop", "rename")
+
+
+@dataclass(frozen=True)
+class ApplyOptions:
+    """The options of an apply (`reinit apply`'s flags, a recipe's keys, `reinit.apply`'s
+    keywords). Sequences are kept as tuples; a single string counts as a list of one."""
+
+    seed: int = field(
+        default=0,
+        metadata=_m(
+            OptionMeta(
+                help="Seeds every re-initialized tensor's own generator (with its name): same "
+                "seed, same bytes.",
+                flags=("--seed",),
+                show_default=True,
+                recipe="int",
+                per_step=True,
+            )
+        ),
+    )
+    reports: Sequence[PathLike] = field(
+        default=(),
+        metadata=_m(
+            OptionMeta(
+                help="Extra report (.json, .csv, .md); repeatable.",
+                flags=("--report",),
+                metavar="PATH",
+                multiple=True,
+                recipe="paths",
+                key="report",
+            )
+        ),
+    )
+    default_report: bool = field(
+        default=True,
+        metadata=_m(
+            OptionMeta(
+                help="Also write the report beside the output (X.reinit.report.json).",
+                why_not="the CLI and recipes always write the default report",
+            )
+        ),
+    )
+    strict: bool = field(
+        default=False,
+        metadata=_m(
+            OptionMeta(
+                help="Any skipped tensor is an error.",
+                flags=("--strict",),
+                is_flag=True,
+                recipe="bool",
+                per_step=True,
+            )
+        ),
+    )
+    allow_unmatched: bool = field(
+        default=False,
+        metadata=_m(
+            OptionMeta(
+                help="A rule that matches nothing is a warning, not an error.",
+                flags=("--allow-unmatched",),
+                is_flag=True,
+                recipe="bool",
+                per_step=True,
+            )
+        ),
+    )
+    overwrite: bool = field(
+        default=False,
+        metadata=_m(
+            OptionMeta(
+                help="Replace an existing output.",
+                flags=("--overwrite",),
+                is_flag=True,
+                recipe="bool",
+            )
+        ),
+    )
+    in_place: bool = field(
+        default=False,
+        metadata=_m(
+            OptionMeta(
+                help="Replace the source's weight files (and index) atomically; nothing else in "
+                "its folder changes.",
+                flags=("--in-place",),
+                is_flag=True,
+                recipe="bool",
+            )
+        ),
+    )
+    device: str = field(
+        default="cpu",
+        metadata=_m(
+            OptionMeta(
+                help="cpu or cuda: where values are drawn.",
+                flags=("--device",),
+                show_default=True,
+                recipe="str",
+            )
+        ),
+    )
+    progress: bool = field(
+        default=False,
+        metadata=_m(
+            OptionMeta(
+                help="Show progress bars (and the Hub's download bars).",
+                why_not="the CLI shows progress on a terminal unless --quiet (run's --quiet too)",
+            )
+        ),
+    )
+    unsafe_pickle: TrustSpec = field(
+        default=(),
+        metadata=_m(
+            OptionMeta(
+                help="Let this torch file (or model folder) run code while loading; repeatable. "
+                "Only for files you trust: other sources stay weights-only.",
+                flags=("--unsafe-pickle",),
+                metavar="PATH",
+                multiple=True,
+                recipe="paths",
+            )
+        ),
+    )
+    add: Sequence[str] = field(
+        default=(),
+        metadata=_m(
+            OptionMeta(
+                help="Add a new tensor filled by SCHEME (float32 unless ':dtype=bfloat16' etc. "
+                "follows); repeatable. Runs before the rules.",
+                flags=("--add",),
+                metavar="NAME=[d0,...]:SCHEME",
+                multiple=True,
+                recipe="specs",
+                per_step=True,
+            )
+        ),
+    )
+    drop: Sequence[str] = field(
+        default=(),
+        metadata=_m(
+            OptionMeta(
+                help="Remove the tensors PATTERN matches; repeatable. Runs before the rules.",
+                flags=("--drop",),
+                metavar="PATTERN",
+                multiple=True,
+                recipe="specs",
+                per_step=True,
+            )
+        ),
+    )
+    rename: Sequence[str] = field(
+        default=(),
+        metadata=_m(
+            OptionMeta(
+                help="Rename the tensors PATTERN matches ({name}, {1}, {2}, ... in TEMPLATE); "
+                "repeatable, applied in order. Runs before the rules.",
+                flags=("--rename",),
+                metavar="PATTERN=TEMPLATE",
+                multiple=True,
+                recipe="specs",
+                per_step=True,
+            )
+        ),
+    )
+    model: ModelInput | None = field(
+        default=None,
+        metadata=_m(
+            OptionMeta(
+                help="The model the checkpoint belongs to (HF directory, hf://OWNER/NAME, "
+                "module:callable): enables type:CLASS patterns, module fans and the scheme default.",
+                flags=("--model",),
+                metavar="MODEL",
+                why_not="not a recipe key yet: a recipe's in-memory steps take no model",
+            )
+        ),
+    )
+    config: Mapping[str, object] | None = field(
+        default=None,
+        metadata=_m(
+            OptionMeta(
+                help="The model config some schemes read (default: the checkpoint's config.json).",
+                why_not="a Python dict: the CLI and recipes read the checkpoint's config.json",
+            )
+        ),
+    )
+    plot: PathLike | None = field(
+        default=None,
+        metadata=_m(
+            OptionMeta(
+                help="Plot std per layer.",
+                flags=("--plot",),
+                metavar="PNG",
+                recipe="str?",
+            )
+        ),
+    )
+    finish_report: Callable[[Report], Report] | None = field(
+        default=None,
+        metadata=_m(
+            OptionMeta(
+                help="Turn the report into the one written (a recipe merges its steps' reports).",
+                why_not="a Python callable",
+            )
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        for name in SPEC_SEQUENCES:  # one string is one item, not its characters
+            value = getattr(self, name)
+            as_tuple = (value,) if isinstance(value, (str, os.PathLike)) else tuple(value)
+            object.__setattr__(self, name, as_tuple)
+
+    def updated(self, **changes: Unpack[OptionKwargs]) -> ApplyOptions:
+        """A copy with these fields changed."""
+        return replace(self, **changes)
+
+
+class OptionKwargsBesidesSeed(TypedDict, total=False):
+    """`OptionKwargs` less `seed`: the keywords of the in-memory functions, whose `seed` is a
+    positional parameter of its own."""
+
+    reports: Sequence[PathLike]
+    default_report: bool
+    strict: bool
+    allow_unmatched: bool
+    overwrite: bool
+    in_place: bool
+    device: str
+    progress: bool
+    unsafe_pickle: TrustSpec
+    add: Sequence[str]
+    drop: Sequence[str]
+    rename: Sequence[str]
+    model: ModelInput | None
+    config: Mapping[str, object] | None
+    plot: PathLike | None
+    finish_report: Callable[[Report], Report] | None
+
+
+class OptionKwargs(OptionKwargsBesidesSeed, total=False):
+    """The keyword arguments the public functions take, typed (`**kwargs: Unpack[...]`):
+    exactly ApplyOptions' fields (tests/test_options.py checks it)."""
+
+    seed: int
+
+
+def option_names() -> tuple[str, ...]:
+    """Every ApplyOptions field, in order."""
+    return tuple(f.name for f in fields(ApplyOptions))
+
+
+# Which keywords each public function takes (an `options=` object may carry any field; the
+# ones a function has no use for are ignored, so one object serves plan and apply alike).
+APPLY_FIELDS = frozenset(option_names())
+PLAN_FIELDS = frozenset(
+    {"strict", "allow_unmatched", "unsafe_pickle", "add", "drop", "rename", "model", "config"}
+    | {"progress"}
+)
+IN_MEMORY_FIELDS = frozenset(
+    {"seed", "strict", "allow_unmatched", "device", "config", "unsafe_pickle", "progress"}
+)
+
+
+def with_kwargs(
+    fn: str,
+    options: ApplyOptions | None,
+    kwargs: OptionKwargsBesidesSeed,
+    allowed: frozenset[str],
+) -> ApplyOptions:
+    """`options` (default: all defaults) with the keyword arguments `kwargs` applied. A keyword
+    `fn` does not take is a TypeError naming the ones it does, as a real signature would."""
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise TypeError(
+            f"{fn}() got an unexpected keyword argument {unknown[0]!r}; it takes "
+            f"{', '.join(n for n in option_names() if n in allowed)} (or options=ApplyOptions(...))"
+        )
+    if options is not None and not isinstance(options, ApplyOptions):
+        raise TypeError(f"{fn}(): options= must be a reinit.ApplyOptions, got {options!r}")
+    return replace(options or ApplyOptions(), **kwargs)
