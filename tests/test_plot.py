@@ -12,7 +12,8 @@ from safetensors.torch import save_file
 
 import reinit
 from reinit.cli import main
-from reinit.report.plot import DPI, FIGSIZE, plot_report
+from reinit.report.files import plot_report
+from reinit.report.plot import DPI, FIGSIZE
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+__all__ = ["Diff", "TensorDiff", "diff_checkpoints", "render_diff", "summary_line", "value_diff"]
+
 import math
 import os
 from dataclasses import dataclass
@@ -11,8 +13,12 @@ import torch
 
 from reinit.io.safetensors_format import dtype_name
 from reinit.io.trust import TrustSpec
+from reinit.planning.session import open_source
+from reinit.report.jsonio import dumps
 from reinit.report.stats import tensor_stats
-from reinit.report.text import fmt, shape_text, shorten, shorten_name
+from reinit.report.text import click_style, column_widths, fmt, shape_text, table_row
+from reinit.text import shown
+from reinit.tools.audit import same_bytes
 
 _CHUNK = 1 << 21
 
@@ -88,8 +94,6 @@ class Diff:
         }
 
     def to_json(self) -> str:
-        from reinit.report.jsonio import dumps
-
         return dumps(self.to_dict(), indent=2)
 
 
@@ -125,9 +129,6 @@ def diff_checkpoints(
 ) -> Diff:
     """Compare two checkpoints (any form of DESIGN §1) tensor by tensor, streaming: at most
     one tensor of each is in memory at a time."""
-    from reinit.planning.session import open_source
-    from reinit.tools.audit import same_bytes
-
     out: list[TensorDiff] = []
     with open_source(a, unsafe_pickle) as ca, open_source(b, unsafe_pickle) as cb:
         for ref in ca.refs():
@@ -213,10 +214,6 @@ def summary_line(d: Diff) -> str:
 def render_diff(d: Diff, width: int = 100, color: bool = False) -> str:
     """The summary, then the changed, added and removed tensors as an aligned table that fits
     `width` columns (identical ones are only counted)."""
-    import click
-
-    from reinit.text import shown
-
     rows = [t for t in d.tensors if t.status != "identical"]
     lines = [summary_line(d)]
     if not rows:
@@ -234,7 +231,7 @@ def render_diff(d: Diff, width: int = 100, color: bool = False) -> str:
         )
         for t in rows
     ]
-    widths = [max([len(header[i])] + [len(c[i]) for c in cells]) for i in range(len(header))]
+    widths = column_widths(header, cells)
     fixed = sum(widths[1:]) + 2 * (len(widths) - 1)
     widths[0] = max(16, min(widths[0], width - fixed))
     if sum(widths) + 2 * (len(widths) - 1) > width:  # a long shape/dtype change: shorten it
@@ -242,8 +239,5 @@ def render_diff(d: Diff, width: int = 100, color: bool = False) -> str:
     lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
     style = {"changed": "yellow", "added": "green", "removed": "red"}
     for t, c in zip(rows, cells, strict=True):
-        cells = [shorten_name(c[0], widths[0]).ljust(widths[0])]
-        cells += [shorten(v, w).ljust(w) for v, w in zip(c[1:], widths[1:], strict=True)]
-        line = "  ".join(cells).rstrip()
-        lines.append(click.style(line, fg=style[t.status]) if color else line)
+        lines.append(click_style(table_row(c, widths), color, fg=style[t.status]))
     return "\n".join(lines)
