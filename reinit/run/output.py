@@ -3,42 +3,47 @@
 
 from __future__ import annotations
 
+__all__ = [
+    "INDEX_NAME",
+    "OutFile",
+    "OutputSpec",
+    "default_output",
+    "output_files",
+    "output_format",
+    "output_metadata",
+    "resolve_output",
+    "shard_output_name",
+]
+
 import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from reinit.errors import OutputError
-from reinit.io.confine import (
-    check_output_names,
-    check_relname,
-)
-from reinit.io.readers import (
-    TORCH_SUFFIXES,
-    Checkpoint,
-    TensorRef,
-)
-from reinit.io.targets import (
-    Inputs,
-    check_output,
-)
+from reinit.io.confine import check_output_names, check_relname
+from reinit.io.hub import is_hf_url, parse_hf_url
+from reinit.io.readers import TORCH_SUFFIXES, Checkpoint, TensorRef
+from reinit.io.targets import REPORT_NAME, Inputs, check_output
 from reinit.version import __version__
 
-if TYPE_CHECKING:
-    pass
+#: The shard index of a sharded output (transformers' name).
+INDEX_NAME = "model.safetensors.index.json"
 
 
 @dataclass(frozen=True)
 class OutputSpec:
+    """The checkpoint output of a run: where, and in which form (a file or a folder)."""
+
     path: Path
     fmt: str  # "safetensors" | "torch" | "directory"
 
     @property
     def default_report(self) -> Path:
+        """Inside a folder output; beside a file output (`X.safetensors` -> `X.report.json`)."""
         if self.fmt == "directory":
-            return self.path / "reinit-report.json"
+            return self.path / REPORT_NAME
         name = self.path.name
         for suffix in (".safetensors", *TORCH_SUFFIXES):
             if name.endswith(suffix):
@@ -47,6 +52,8 @@ class OutputSpec:
 
 
 def output_format(path: str) -> str:
+    """The output form its name asks for: a known weight suffix is a file, anything else a
+    folder."""
     lower = path.lower()
     if lower.endswith(".safetensors"):
         return "safetensors"
@@ -58,9 +65,7 @@ def output_format(path: str) -> str:
 def default_output(source: str, ckpt: Checkpoint) -> Path:
     """DESIGN §1: X.safetensors / X.bin -> X.reinit.safetensors; D -> D-reinit/;
     hf://OWNER/NAME -> ./NAME-reinit/."""
-    if source.startswith("hf://"):
-        from reinit.io.hub import parse_hf_url
-
+    if is_hf_url(source):
         return Path.cwd() / f"{parse_hf_url(source).name}-reinit"
     p = Path(source)
     if ckpt.kind == "directory":
@@ -82,7 +87,7 @@ def resolve_output(
     if output is None and ckpt.kind == "memory":
         raise OutputError(f"{source}: an in-memory checkpoint has no default output; give -o")
     if output is None and in_place:
-        if source.startswith("hf://"):
+        if is_hf_url(source):
             raise OutputError(f"--in-place: {source} is on the Hub; give -o for the output")
         output = source
     path = Path(output) if output is not None else default_output(source, ckpt)
@@ -102,6 +107,8 @@ def resolve_output(
 
 @dataclass(frozen=True)
 class OutFile:
+    """One output file and the tensors it holds, in the order they are written."""
+
     relname: str  # within a directory output; "" for a single-file output
     names: tuple[str, ...]
     source_shard: str
@@ -152,6 +159,3 @@ def output_metadata(
         {"version": __version__, "seed": seed, "rules": list(rules)}, separators=(",", ":")
     )
     return meta
-
-
-INDEX_NAME = "model.safetensors.index.json"

@@ -7,14 +7,13 @@ __all__ = ["Diff", "TensorDiff", "diff_checkpoints", "render_diff", "summary_lin
 import math
 import os
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from reinit.io.safetensors_format import dtype_name
 from reinit.io.trust import TrustSpec
 from reinit.planning.session import open_source
-from reinit.report.jsonio import dumps
+from reinit.report.jsonio import JSON, dumps
 from reinit.report.stats import tensor_stats
 from reinit.report.text import click_style, column_widths, fmt, shape_text, table_row
 from reinit.text import shown
@@ -37,7 +36,7 @@ class TensorDiff:
     rel_frobenius: float | None = None  # ‖B−A‖/‖A‖; None when A is all zero or shapes differ
     nonfinite_changed: int = 0
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, JSON]:
         return {
             "name": self.name,
             "status": self.status,
@@ -80,17 +79,21 @@ class Diff:
                 return t
         raise KeyError(name)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, JSON]:
         return {
             "a": self.a,
             "b": self.b,
             "tensors": [t.to_dict() for t in self.tensors],
             "added": [t.name for t in self.of("added")],
             "removed": [t.name for t in self.of("removed")],
-            "summary": {
-                "compared": sum(1 for t in self.tensors if t.status in ("identical", "changed")),
-                **{s: len(self.of(s)) for s in ("identical", "changed", "added", "removed")},
-            },
+            "summary": dict(self.counts()),
+        }
+
+    def counts(self) -> dict[str, int]:
+        """Tensors compared (in both), and how many of each status."""
+        return {
+            "compared": sum(1 for t in self.tensors if t.status in ("identical", "changed")),
+            **{s: len(self.of(s)) for s in ("identical", "changed", "added", "removed")},
         }
 
     def to_json(self) -> str:
@@ -204,7 +207,7 @@ def diff_checkpoints(
 
 
 def summary_line(d: Diff) -> str:
-    s = d.to_dict()["summary"]
+    s = d.counts()
     return (
         f"{s['compared']} tensors in both: {s['changed']} changed, {s['identical']} identical; "
         f"{s['added']} added, {s['removed']} removed"
