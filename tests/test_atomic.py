@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import child_env
 from safetensors.torch import load_file, save_file
 
 from reinit.cli import main
@@ -53,7 +54,7 @@ def written(folder: Path) -> int:
 
 
 def cli(*args: str, preexec=None, **kw) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "REINIT_DEBUG": ""}
+    env = child_env(REINIT_DEBUG="")
     return subprocess.Popen(
         [sys.executable, "-m", "reinit", *args],
         stdout=subprocess.PIPE,

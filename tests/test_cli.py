@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import run
 from safetensors.torch import load_file, save_file
 
 from reinit.cli import main
@@ -31,10 +32,6 @@ def ckpt(tmp_path: Path) -> Path:
         path,
     )
     return path
-
-
-def run(*args: str):
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
 def test_apply_default_output_summary_and_table(ckpt):

@@ -10,6 +10,7 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import run
 from hubcache import st_bytes
 from safetensors.torch import load_file
 from treesnap import assert_unchanged, tree_state
@@ -24,9 +25,9 @@ A = {"a.weight": torch.arange(6.0).reshape(2, 3)}
 VICTIM = {"p.weight": torch.full((3,), 7.0)}
 
 
-def run(tmp_path, hf_home, args: list[str], code: int, *fragments: str) -> str:
+def refused(tmp_path, hf_home, args: list[str], code: int, *fragments: str) -> str:
     before = tree_state(tmp_path, skip=(hf_home,))
-    res = CliRunner().invoke(main, args)
+    res = run(*args)
     assert res.exit_code == code, res.output
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
@@ -61,7 +62,9 @@ def test_hub_index_naming_an_absolute_shard_writes_nothing_there(fake_hub, tmp_p
     args = [command, "hf://owner/evil"] + (
         ["-r", "a.weight=zeros", "-q"] if command == "apply" else []
     )
-    line = run(tmp_path, fake_hub_home(tmp_path), args, 1, "p.weight", str(pwned), "absolute path")
+    line = refused(
+        tmp_path, fake_hub_home(tmp_path), args, 1, "p.weight", str(pwned), "absolute path"
+    )
     assert "model.safetensors.index.json" in line
     assert not (tmp_path / "x").exists() and not (work / "evil-reinit").exists()
 
@@ -73,7 +76,7 @@ def test_hub_index_naming_a_parent_shard_is_refused(fake_hub, tmp_path, work):
         {"model.safetensors.index.json": json.dumps(index).encode(), S1: st_bytes(tmp_path, A)},
     )
     args = ["apply", "hf://owner/evil", "-r", "a.weight=zeros", "-q"]
-    run(tmp_path, fake_hub_home(tmp_path), args, 1, "p.weight", "'../escape.safetensors'")
+    refused(tmp_path, fake_hub_home(tmp_path), args, 1, "p.weight", "'../escape.safetensors'")
 
 
 def fake_hub_home(tmp_path):
@@ -91,7 +94,7 @@ def test_hub_sibling_with_an_absolute_name_is_not_copied_anywhere(fake_hub, tmp_
         },
     )
     args = ["apply", "hf://owner/evil", "-r", "a.weight=zeros", "-q"]
-    run(tmp_path, fake_hub_home(tmp_path), args, 1, str(evil), "absolute path")
+    refused(tmp_path, fake_hub_home(tmp_path), args, 1, str(evil), "absolute path")
     assert not evil.parent.exists() and not (work / "evil-reinit").exists()
 
 
@@ -101,7 +104,7 @@ def test_hub_sibling_with_a_backslash_name_is_refused_named(fake_hub, tmp_path, 
         {"model.safetensors": st_bytes(tmp_path, A), "a\\..\\..\\x": b"attacker content"},
     )
     args = ["apply", "hf://owner/evil", "-r", "a.weight=zeros", "-q"]
-    run(tmp_path, fake_hub_home(tmp_path), args, 1, "lists the file", "backslash")
+    refused(tmp_path, fake_hub_home(tmp_path), args, 1, "lists the file", "backslash")
 
 
 def test_hub_sibling_with_dot_dot_parts_is_skipped_like_hidden_files(fake_hub, tmp_path, work):
@@ -158,7 +161,7 @@ def test_unsafe_revisions_are_refused_before_any_request(fake_hub, tmp_path, wor
     with pytest.raises(UsageError, match="is not a branch, tag or commit"):
         parse_hf_url(url)
     args = ["apply", url, "-r", "a.weight=zeros", "-q"]
-    run(tmp_path, fake_hub_home(tmp_path), args, 2, "is not a branch, tag or commit")
+    refused(tmp_path, fake_hub_home(tmp_path), args, 2, "is not a branch, tag or commit")
     assert fake_hub.requests == []
     assert sorted(p.name for p in fake_hub_home(tmp_path).rglob("*")) == ["hub"]
 

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
+from helpers import run
 from safetensors.torch import load_file, save_file
 
 import reinit
-from reinit.cli import main
 from reinit.report.assemble import finalize
 from reinit.report.entries import TensorEntry
 from reinit.report.files import to_csv, to_markdown
@@ -34,10 +33,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def run(*args: str):
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
 # --- a checkpoint with planted problems -------------------------------------------------
