@@ -9,13 +9,11 @@ import json
 
 import pytest
 import torch
-from click.testing import CliRunner
 from helpers import run
 from hubcache import st_bytes
 from safetensors.torch import load_file
 from treesnap import assert_unchanged, tree_state
 
-from reinit.cli import main
 from reinit.errors import UsageError
 from reinit.io.confine import check_revision, revision_problem
 from reinit.io.hub import parse_hf_url
@@ -114,7 +112,7 @@ def test_hub_sibling_with_dot_dot_parts_is_skipped_like_hidden_files(fake_hub, t
         "owner/evil", {"model.safetensors": st_bytes(tmp_path, A), "../x": b"attacker content"}
     )
     before = tree_state(tmp_path, skip=(fake_hub_home(tmp_path), work))
-    res = CliRunner().invoke(main, ["apply", "hf://owner/evil", "-r", "a.weight=zeros", "-q"])
+    res = run("apply", "hf://owner/evil", "-r", "a.weight=zeros", "-q")
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in (work / "evil-reinit").iterdir()) == [
         "model.safetensors",
@@ -133,7 +131,7 @@ def test_hub_repo_with_safe_names_still_copies_its_files(fake_hub, tmp_path, wor
             "tok/tokenizer.json": b'{"t": 1}',
         },
     )
-    res = CliRunner().invoke(main, ["apply", "hf://owner/good", "-r", "a.weight=zeros", "-q"])
+    res = run("apply", "hf://owner/good", "-r", "a.weight=zeros", "-q")
     assert res.exit_code == 0, res.output
     out = work / "good-reinit"
     assert (out / "tok" / "tokenizer.json").read_bytes() == b'{"t": 1}'

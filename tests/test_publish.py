@@ -394,7 +394,7 @@ def test_signal_after_publish_exits_0_naming_the_output(tmp_path, monkeypatch):
     monkeypatch.setattr(report_mod, "render_terminal", ctrl_c)
     src = weights(tmp_path / "m.safetensors")
     out = tmp_path / "out.safetensors"
-    res = CliRunner().invoke(main, ["apply", str(src), "-r", "a.weight=zeros", "-o", str(out)])
+    res = run("apply", str(src), "-r", "a.weight=zeros", "-o", str(out))
     assert res.exit_code == 0, res.output
     assert f"interrupted after the output was published: {out}" in res.output
     assert out.is_file()

@@ -166,7 +166,8 @@ RENDERERS: dict[str, Callable[[Report], str]] = {
 def render_for_path(report: Report, filename: str) -> str:
     """The report in the format `filename`'s extension names."""
     check_suffix(filename, "--report", "report")  # the one message for an unknown format
-    return RENDERERS[os.path.splitext(filename.lower())[1]](report)
+    suffix = next(k for k in RENDERERS if filename.lower().endswith(k))  # `.json` alone too
+    return RENDERERS[suffix](report)
 
 
 @dataclass(frozen=True)
