@@ -18,6 +18,7 @@ import pytest
 import torch
 from click.testing import CliRunner, Result
 from safetensors.torch import save_file
+from treesnap import assert_unchanged, tree_state
 
 from reinit.cli import main
 
@@ -32,6 +33,24 @@ def run(*args: str | os.PathLike[str], env: Mapping[str, str | None] | None = No
     every error it knows to exit 1 or 2 itself. `env`: variables to set (None unsets one)."""
     runner = CliRunner(env=dict(env) if env is not None else None)
     return runner.invoke(main, [os.fspath(a) for a in args], catch_exceptions=False)
+
+
+def refused(
+    tmp_path: Path, args: list[str], code: int, *fragments: str, skip: tuple[Path, ...] = ()
+) -> str:
+    """Run the CLI and check a refusal: exit `code`, one `error:` line holding each fragment,
+    no traceback, and the whole tmp tree unchanged (nothing read was truncated, nothing written
+    anywhere; the subtrees in `skip`, e.g. a Hub cache, left out). Returns the error line."""
+    before = tree_state(tmp_path, skip=skip)
+    res = run(*args)
+    assert res.exit_code == code, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    for frag in fragments:
+        assert frag in lines[0], (frag, lines[0])
+    assert "internal error" not in res.output and "Traceback" not in res.output
+    assert_unchanged(before, tree_state(tmp_path, skip=skip))
+    return lines[0]
 
 
 def child_env(**extra: str) -> dict[str, str]:

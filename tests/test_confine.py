@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run, run_child
+from helpers import refused, run, run_child
 from safetensors.torch import load_file, save_file
 from treesnap import assert_unchanged, tree_state
 
@@ -40,21 +40,6 @@ def sharded(tmp_path: Path, wm_extra: dict[str, str] | None = None) -> Path:
     (d / "config.json").write_text("{}")
     write_index(d, {"a.weight": S1, "b.weight": S2, **(wm_extra or {})})
     return d
-
-
-def refused(tmp_path: Path, args: list[str], code: int, *fragments: str):
-    """Run the CLI; exit `code`, one error line holding each fragment, the whole tmp tree
-    unchanged (nothing read was truncated, nothing written anywhere)."""
-    before = tree_state(tmp_path)
-    res = run(*args)
-    assert res.exit_code == code, res.output
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
-    for frag in fragments:
-        assert frag in lines[0], (frag, lines[0])
-    assert "internal error" not in res.output and "Traceback" not in res.output
-    assert_unchanged(before, tree_state(tmp_path))
-    return lines[0]
 
 
 # --- names ------------------------------------------------------------------------------------
