@@ -158,7 +158,7 @@ def test_the_cli_answers_help_without_importing_torch():
 
     code = (
         "import sys; from click.testing import CliRunner; from reinit.cli import main; "
-        "r = run('--help'); "
+        "r = CliRunner().invoke(main, ['--help']); "
         "print(r.exit_code, 'apply' in r.output, 'torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
