@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import child_env, run
 from safetensors.torch import load_file, save_file
 
 from reinit.cli import main
@@ -53,7 +54,7 @@ def written(folder: Path) -> int:
 
 
 def cli(*args: str, preexec=None, **kw) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "REINIT_DEBUG": ""}
+    env = child_env(REINIT_DEBUG="")
     return subprocess.Popen(
         [sys.executable, "-m", "reinit", *args],
         stdout=subprocess.PIPE,
@@ -87,7 +88,7 @@ def model(tmp_path: Path, mb: int = 8) -> Path:
 def test_success_leaves_no_temporary_and_fsyncs(tmp_path):
     src = model(tmp_path, 1)
     out = tmp_path / "out.safetensors"
-    res = CliRunner().invoke(main, ["apply", str(src), "-r", "a.weight=zeros", "-o", str(out)])
+    res = run("apply", str(src), "-r", "a.weight=zeros", "-o", str(out))
     assert res.exit_code == 0, res.output
     assert out.is_file() and not temporaries(tmp_path)
     assert torch.count_nonzero(load_file(out)["a.weight"]) == 0
@@ -124,7 +125,7 @@ def test_directory_overwrite_is_complete_or_untouched(tmp_path):
 def test_in_place_replaces_the_source_only_when_complete(tmp_path):
     src = model(tmp_path, 1)
     before = load_file(src)
-    res = CliRunner().invoke(main, ["apply", str(src), "-r", "a.weight=zeros", "--in-place", "-q"])
+    res = run("apply", str(src), "-r", "a.weight=zeros", "--in-place", "-q")
     assert res.exit_code == 0, res.output
     after = load_file(src)
     assert torch.count_nonzero(after["a.weight"]) == 0

@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
+from helpers import refused, run, run_child
 from safetensors.torch import load_file, save_file
 from treesnap import assert_unchanged, tree_state
 
-from reinit.cli import main
 from reinit.errors import CheckpointError, UnsafePathError
 from reinit.io.confine import check_relname, relname_problem
 from reinit.io.shardindex import parse_index
@@ -43,25 +40,6 @@ def sharded(tmp_path: Path, wm_extra: dict[str, str] | None = None) -> Path:
     (d / "config.json").write_text("{}")
     write_index(d, {"a.weight": S1, "b.weight": S2, **(wm_extra or {})})
     return d
-
-
-def cli(*args: str):
-    return CliRunner().invoke(main, list(args))
-
-
-def refused(tmp_path: Path, args: list[str], code: int, *fragments: str):
-    """Run the CLI; exit `code`, one error line holding each fragment, the whole tmp tree
-    unchanged (nothing read was truncated, nothing written anywhere)."""
-    before = tree_state(tmp_path)
-    res = cli(*args)
-    assert res.exit_code == code, res.output
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
-    for frag in fragments:
-        assert frag in lines[0], (frag, lines[0])
-    assert "internal error" not in res.output and "Traceback" not in res.output
-    assert_unchanged(before, tree_state(tmp_path))
-    return lines[0]
 
 
 # --- names ------------------------------------------------------------------------------------
@@ -160,7 +138,7 @@ def test_shard_link_inside_the_folder_is_read(tmp_path):
     (d / "blobs").mkdir()
     (d / S2).rename(d / "blobs" / "b")
     (d / S2).symlink_to("blobs/b")
-    res = cli("apply", str(d), "-r", "a.weight=zeros", "-q")
+    res = run("apply", str(d), "-r", "a.weight=zeros", "-q")
     assert res.exit_code == 0, res.output
     out = tmp_path / "model-reinit"
     assert torch.equal(load_file(out / S2)["b.weight"], B["b.weight"])
@@ -176,7 +154,7 @@ def test_hf_cache_snapshot_folder_given_as_a_local_path_works(tmp_path):
         "acme/x",
         {"model.safetensors": st_bytes(tmp_path, A), "config.json": b"{}"},
     )
-    res = cli("apply", str(snap), "-r", "a.weight=zeros", "-o", str(tmp_path / "out"), "-q")
+    res = run("apply", str(snap), "-r", "a.weight=zeros", "-o", str(tmp_path / "out"), "-q")
     assert res.exit_code == 0, res.output
     assert torch.equal(
         load_file(tmp_path / "out" / "model.safetensors")["a.weight"], A["a.weight"] * 0
@@ -203,30 +181,16 @@ def test_extra_file_link_inside_the_folder_is_copied_by_content(tmp_path):
     (d / "tok").mkdir()
     (d / "tok" / "real.json").write_text('{"v": 1}')
     (d / "tokenizer.json").symlink_to("tok/real.json")
-    assert cli("apply", str(d), "-r", "a.weight=zeros", "-q").exit_code == 0
+    assert run("apply", str(d), "-r", "a.weight=zeros", "-q").exit_code == 0
     copied = tmp_path / "model-reinit" / "tokenizer.json"
     assert not copied.is_symlink() and copied.read_text() == '{"v": 1}'
-
-
-def run_cli_subprocess(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """The CLI in a child process with a generous bound, so a regression (a blocking open of a
-    FIFO) fails the test instead of hanging the suite."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run(
-        [sys.executable, "-m", "reinit", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_fifo_extra_file_is_refused_without_blocking(tmp_path):
     d = sharded(tmp_path)
     os.mkfifo(d / "tokenizer.json")
     before = tree_state(tmp_path)
-    proc = run_cli_subprocess(["apply", str(d), "-r", "a.weight=zeros", "-q"], tmp_path)
+    proc = run_child("apply", d, "-r", "a.weight=zeros", "-q", cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr
     assert "tokenizer.json is a FIFO" in proc.stderr and "internal error" not in proc.stderr
     assert_unchanged(before, tree_state(tmp_path))
@@ -242,7 +206,7 @@ def test_fifo_source_is_refused_without_blocking(tmp_path, as_from):
         args = ["apply", str(tmp_path / "t.safetensors"), "-r", f"a.weight=from({fifo})", "-q"]
     else:
         args = ["inspect", str(fifo)]
-    proc = run_cli_subprocess(args, tmp_path)
+    proc = run_child(*args, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert f"{fifo}: is a FIFO (named pipe), not a checkpoint file" in proc.stderr
     assert_unchanged(before, tree_state(tmp_path))
@@ -254,7 +218,7 @@ def test_fifo_shard_is_refused_without_blocking(tmp_path):
     os.mkfifo(d / S2)
     before = tree_state(tmp_path)
     for command in (["inspect", str(d)], ["verify", str(d)]):
-        proc = run_cli_subprocess(command, tmp_path)
+        proc = run_child(*command, cwd=tmp_path)
         assert proc.returncode == 1 and f"{S2} is a FIFO" in proc.stderr, proc.stderr
     assert_unchanged(before, tree_state(tmp_path))
 
@@ -299,7 +263,7 @@ def test_torch_shards_output_passes_verify(tmp_path):
         },
         "pytorch_model.bin.index.json",
     )
-    assert cli("apply", str(d), "-r", "a.weight=zeros", "-q").exit_code == 0
+    assert run("apply", str(d), "-r", "a.weight=zeros", "-q").exit_code == 0
     assert verify(tmp_path / "model-reinit").tensors == 2
 
 

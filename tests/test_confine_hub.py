@@ -9,12 +9,11 @@ import json
 
 import pytest
 import torch
-from click.testing import CliRunner
+from helpers import refused, run
 from hubcache import st_bytes
 from safetensors.torch import load_file
 from treesnap import assert_unchanged, tree_state
 
-from reinit.cli import main
 from reinit.errors import UsageError
 from reinit.io.confine import check_revision, revision_problem
 from reinit.io.hub_url import parse_hf_url
@@ -22,19 +21,6 @@ from reinit.io.hub_url import parse_hf_url
 S1 = "model-00001-of-00001.safetensors"
 A = {"a.weight": torch.arange(6.0).reshape(2, 3)}
 VICTIM = {"p.weight": torch.full((3,), 7.0)}
-
-
-def run(tmp_path, hf_home, args: list[str], code: int, *fragments: str) -> str:
-    before = tree_state(tmp_path, skip=(hf_home,))
-    res = CliRunner().invoke(main, args)
-    assert res.exit_code == code, res.output
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
-    for frag in fragments:
-        assert frag in lines[0], (frag, lines[0])
-    assert "internal error" not in res.output
-    assert_unchanged(before, tree_state(tmp_path, skip=(hf_home,)))
-    return lines[0]
 
 
 @pytest.fixture
@@ -61,7 +47,9 @@ def test_hub_index_naming_an_absolute_shard_writes_nothing_there(fake_hub, tmp_p
     args = [command, "hf://owner/evil"] + (
         ["-r", "a.weight=zeros", "-q"] if command == "apply" else []
     )
-    line = run(tmp_path, fake_hub_home(tmp_path), args, 1, "p.weight", str(pwned), "absolute path")
+    line = refused(
+        tmp_path, args, 1, "p.weight", str(pwned), "absolute path", skip=(fake_hub_home(tmp_path),)
+    )
     assert "model.safetensors.index.json" in line
     assert not (tmp_path / "x").exists() and not (work / "evil-reinit").exists()
 
@@ -73,7 +61,9 @@ def test_hub_index_naming_a_parent_shard_is_refused(fake_hub, tmp_path, work):
         {"model.safetensors.index.json": json.dumps(index).encode(), S1: st_bytes(tmp_path, A)},
     )
     args = ["apply", "hf://owner/evil", "-r", "a.weight=zeros", "-q"]
-    run(tmp_path, fake_hub_home(tmp_path), args, 1, "p.weight", "'../escape.safetensors'")
+    refused(
+        tmp_path, args, 1, "p.weight", "'../escape.safetensors'", skip=(fake_hub_home(tmp_path),)
+    )
 
 
 def fake_hub_home(tmp_path):
@@ -91,7 +81,7 @@ def test_hub_sibling_with_an_absolute_name_is_not_copied_anywhere(fake_hub, tmp_
         },
     )
     args = ["apply", "hf://owner/evil", "-r", "a.weight=zeros", "-q"]
-    run(tmp_path, fake_hub_home(tmp_path), args, 1, str(evil), "absolute path")
+    refused(tmp_path, args, 1, str(evil), "absolute path", skip=(fake_hub_home(tmp_path),))
     assert not evil.parent.exists() and not (work / "evil-reinit").exists()
 
 
@@ -101,7 +91,7 @@ def test_hub_sibling_with_a_backslash_name_is_refused_named(fake_hub, tmp_path, 
         {"model.safetensors": st_bytes(tmp_path, A), "a\\..\\..\\x": b"attacker content"},
     )
     args = ["apply", "hf://owner/evil", "-r", "a.weight=zeros", "-q"]
-    run(tmp_path, fake_hub_home(tmp_path), args, 1, "lists the file", "backslash")
+    refused(tmp_path, args, 1, "lists the file", "backslash", skip=(fake_hub_home(tmp_path),))
 
 
 def test_hub_sibling_with_dot_dot_parts_is_skipped_like_hidden_files(fake_hub, tmp_path, work):
@@ -111,7 +101,7 @@ def test_hub_sibling_with_dot_dot_parts_is_skipped_like_hidden_files(fake_hub, t
         "owner/evil", {"model.safetensors": st_bytes(tmp_path, A), "../x": b"attacker content"}
     )
     before = tree_state(tmp_path, skip=(fake_hub_home(tmp_path), work))
-    res = CliRunner().invoke(main, ["apply", "hf://owner/evil", "-r", "a.weight=zeros", "-q"])
+    res = run("apply", "hf://owner/evil", "-r", "a.weight=zeros", "-q")
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in (work / "evil-reinit").iterdir()) == [
         "model.safetensors",
@@ -130,7 +120,7 @@ def test_hub_repo_with_safe_names_still_copies_its_files(fake_hub, tmp_path, wor
             "tok/tokenizer.json": b'{"t": 1}',
         },
     )
-    res = CliRunner().invoke(main, ["apply", "hf://owner/good", "-r", "a.weight=zeros", "-q"])
+    res = run("apply", "hf://owner/good", "-r", "a.weight=zeros", "-q")
     assert res.exit_code == 0, res.output
     out = work / "good-reinit"
     assert (out / "tok" / "tokenizer.json").read_bytes() == b'{"t": 1}'
@@ -158,7 +148,7 @@ def test_unsafe_revisions_are_refused_before_any_request(fake_hub, tmp_path, wor
     with pytest.raises(UsageError, match="is not a branch, tag or commit"):
         parse_hf_url(url)
     args = ["apply", url, "-r", "a.weight=zeros", "-q"]
-    run(tmp_path, fake_hub_home(tmp_path), args, 2, "is not a branch, tag or commit")
+    refused(tmp_path, args, 2, "is not a branch, tag or commit", skip=(fake_hub_home(tmp_path),))
     assert fake_hub.requests == []
     assert sorted(p.name for p in fake_hub_home(tmp_path).rglob("*")) == ["hub"]
 

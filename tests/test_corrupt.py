@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
+from helpers import run
 from safetensors.torch import save_file
 
-from reinit.cli import main
 from reinit.errors import CheckpointError
 from reinit.io.safetensors_format import read_header
 from reinit.io.sources import open_checkpoint
@@ -40,7 +39,7 @@ def good_file(tmp_path: Path) -> Path:
 
 
 def run_apply(src: Path, out: Path) -> object:
-    return CliRunner().invoke(main, ["apply", str(src), "--rule", "*=zeros", "-o", str(out), "-q"])
+    return run("apply", src, "--rule", "*=zeros", "-o", out, "-q")
 
 
 def assert_clean_failure(src: Path, tmp_path: Path, *fragments: str) -> None:

@@ -8,11 +8,10 @@ import math
 
 import pytest
 import torch
-from click.testing import CliRunner
+from helpers import run
 from safetensors.torch import save_file
 
 import reinit
-from reinit.cli import main
 from reinit.tools.diff import diff_checkpoints, value_diff
 
 
@@ -22,10 +21,6 @@ def _one_thread():
     torch.set_num_threads(1)  # see tests/test_report.py: the shared box thrashes with more
     yield
     torch.set_num_threads(before)
-
-
-def run(*args: str):
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
 @pytest.fixture()

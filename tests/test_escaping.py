@@ -11,10 +11,9 @@ import json
 
 import pytest
 import torch
-from click.testing import CliRunner
+from helpers import run
 from safetensors.torch import save_file
 
-from reinit.cli import main
 from reinit.text import md_cell, shown
 
 # Two layers of one kind, so the per-layer tables (whose row title is the kind) show it too.
@@ -39,9 +38,8 @@ def evil(tmp_path):
     return path
 
 
-def run(*args: str):
-    # 160 columns (the widest reinit uses), so the long escaped name is not clipped
-    return CliRunner(env={"COLUMNS": "160"}).invoke(main, [str(a) for a in args])
+# 160 columns (the widest reinit uses), so the long escaped name is not clipped
+WIDE = {"COLUMNS": "160"}
 
 
 def assert_escaped(text: str) -> None:
@@ -65,26 +63,26 @@ def test_shown_set():
 
 
 def test_inspect(evil):
-    res = run("inspect", evil)
+    res = run("inspect", evil, env=WIDE)
     assert res.exit_code == 0, res.output
     assert_escaped(res.stdout)
     assert len(res.stdout.splitlines()) == 2  # one line per tensor, nothing forged
 
 
 def test_inspect_json_exact(evil):
-    res = run("inspect", evil, "--json")
+    res = run("inspect", evil, "--json", env=WIDE)
     assert [r["name"] for r in json.loads(res.stdout)] == EVIL
 
 
 def test_report_terminal_files_and_json(evil, tmp_path):
     md, csv_path = tmp_path / "r.md", tmp_path / "r.csv"
-    res = run("report", evil, "-o", md, "-o", csv_path)
+    res = run("report", evil, "-o", md, "-o", csv_path, env=WIDE)
     assert res.exit_code == 0, res.output
     assert_escaped(res.stderr)
     assert_escaped(md.read_text())
     assert_escaped(csv_path.read_text())
     assert "enc.layer.*.a\\nerror" in res.stderr  # the per-layer table's kind
-    res = run("report", evil, "--json")
+    res = run("report", evil, "--json", env=WIDE)
     assert [t["name"] for t in json.loads(res.stdout)["tensors"]] == EVIL
 
 
@@ -92,7 +90,7 @@ def test_apply_table_reports_and_json(evil, tmp_path):
     md, csv_path, js = tmp_path / "r.md", tmp_path / "r.csv", tmp_path / "r.json"
     res = run(
         "apply", evil, "-r", "*.weight=zeros", "--report", md, "--report", csv_path,
-        "--report", js, "--json",
+        "--report", js, "--json", env=WIDE,
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     assert_escaped(res.stderr)
@@ -110,12 +108,12 @@ def test_markdown_pipe(tmp_path):
     src = tmp_path / "pipe.safetensors"
     save_file({"a|b": torch.ones(2)}, str(src))
     md = tmp_path / "r.md"
-    assert run("report", src, "-o", md, "-q").exit_code == 0
+    assert run("report", src, "-o", md, "-q", env=WIDE).exit_code == 0
     assert "| `a\\|b` |" in md.read_text()
 
 
 def test_dry_run(evil):
-    res = run("apply", evil, "-r", "*.weight=zeros", "--dry-run")
+    res = run("apply", evil, "-r", "*.weight=zeros", "--dry-run", env=WIDE)
     assert res.exit_code == 0, res.output
     assert_escaped(res.stdout)
     assert len(res.stdout.splitlines()) == 1 + 1 + len(EVIL)  # plan line, header, rows
@@ -124,10 +122,10 @@ def test_dry_run(evil):
 def test_diff(evil, tmp_path):
     other = tmp_path / "other.safetensors"
     save_file({n: torch.zeros(8, 8) for n in EVIL}, str(other))
-    res = run("diff", evil, other)
+    res = run("diff", evil, other, env=WIDE)
     assert res.exit_code == 0, res.output
     assert_escaped(res.stdout)
-    res = run("diff", evil, other, "--json")
+    res = run("diff", evil, other, "--json", env=WIDE)
     assert sorted(t["name"] for t in json.loads(res.stdout)["tensors"]) == sorted(EVIL)
 
 
@@ -135,7 +133,7 @@ def test_error_line(evil, tmp_path):
     """An error that names the tensor is still one line, with the name escaped."""
     other = tmp_path / "other.safetensors"
     save_file({n: torch.zeros(3) for n in EVIL}, str(other))  # wrong shape for a transplant
-    res = run("apply", evil, "-r", f"*.weight=from({other})", "-q")
+    res = run("apply", evil, "-r", f"*.weight=from({other})", "-q", env=WIDE)
     assert res.exit_code in (1, 2), res.output
     lines = res.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr

@@ -4,33 +4,14 @@ against the fake Hub of hubcache.py in trickle mode, under a generous wall-clock
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import child_env, run_child
 from hubcache import st_bytes
 
-REPO = Path(__file__).resolve().parents[1]
 BOUND_S = 40.0
-
-
-def run_cli(*args: str, env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], float]:
-    t0 = time.monotonic()
-    try:
-        out = subprocess.run(
-            [sys.executable, "-m", "reinit", *args],
-            capture_output=True,
-            text=True,
-            timeout=BOUND_S,
-            env=env,
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"reinit {' '.join(args)} ran past {BOUND_S} s against a trickling Hub")
-    return out, time.monotonic() - t0
 
 
 @pytest.mark.parametrize("where", ["file", "api"])
@@ -41,9 +22,13 @@ def test_trickling_hub_fails_with_a_stall_error(fake_hub, tmp_path, where):
     )
     fake_hub.trickle = 0.2  # ~1 KB file: ~4 minutes at this pace
     fake_hub.trickle_api = where == "api"
-    env = dict(os.environ, PYTHONPATH=str(REPO), REINIT_HUB_STALL_TIMEOUT="3")
+    env = child_env(REINIT_HUB_STALL_TIMEOUT="3")
     out_path = tmp_path / "o.safetensors"
-    out, elapsed = run_cli("apply", "hf://acme/slow", "-o", str(out_path), "-r", "*=zeros", env=env)
+    t0 = time.monotonic()
+    out = run_child(
+        "apply", "hf://acme/slow", "-o", out_path, "-r", "*=zeros", env=env, timeout=BOUND_S
+    )
+    elapsed = time.monotonic() - t0
     assert out.returncode == 1, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
@@ -64,8 +49,10 @@ def test_a_normal_hub_is_unaffected_by_the_stall_watch(fake_hub, tmp_path):
     fake_hub.add(
         "acme/fast", {"model.safetensors": st_bytes(tmp_path, tensors), "config.json": b"{}"}
     )
-    env = dict(os.environ, PYTHONPATH=str(REPO), REINIT_HUB_STALL_TIMEOUT="3")
+    env = child_env(REINIT_HUB_STALL_TIMEOUT="3")
     out_path = tmp_path / "o.safetensors"
-    out, _ = run_cli("apply", "hf://acme/fast", "-o", str(out_path), "-r", "*=zeros", env=env)
+    out = run_child(
+        "apply", "hf://acme/fast", "-o", out_path, "-r", "*=zeros", env=env, timeout=BOUND_S
+    )
     assert out.returncode == 0, out.stderr
     assert out_path.exists()

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import run
 from safetensors.torch import save_file
 
 from reinit.cli import main
@@ -91,7 +92,7 @@ def test_malformed_header_is_a_corrupt_file_error(tmp_path, case, command):
         "apply": ["apply", str(bad), "-r", "*=zeros", "-o", str(tmp_path / "out.safetensors")],
         "report": ["report", str(bad), "-q"],
     }[command]
-    res = CliRunner().invoke(main, args)
+    res = run(*args)
     assert "internal error" not in res.output
     assert res.exit_code == 1, res.output
     lines = res.stderr.strip().splitlines()
@@ -108,7 +109,7 @@ def test_tensor_count_over_the_limit_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(safetensors_format, "MAX_TENSORS", 50)
     doc = {f"t{i}": entry("U8", [1], [i, i + 1]) for i in range(51)}
     bad = write_raw(tmp_path / "many.safetensors", doc, 51)
-    res = CliRunner().invoke(main, ["inspect", str(bad)])
+    res = run("inspect", str(bad))
     assert res.exit_code == 1 and "internal error" not in res.output, res.output
     assert res.stderr.strip() == (
         f"error: {bad}: header declares over 50 tensors, reinit's limit per file; "
@@ -202,7 +203,7 @@ def test_torch_zip_stored_or_deflated_reads_the_true_values(tmp_path, compressio
         assert torch.equal(got.view(torch.uint8), want.view(torch.uint8)), name
     # end to end: the output holds the source's exact bytes for the kept tensor
     out = tmp_path / "out.safetensors"
-    res = CliRunner().invoke(main, ["apply", str(path), "-r", "a.weight=zeros", "-o", str(out)])
+    res = run("apply", str(path), "-r", "a.weight=zeros", "-o", str(out))
     assert res.exit_code == 0, res.output
     kept = open_checkpoint(out).read("b.bias")
     assert torch.equal(kept, state["b.bias"])
@@ -211,7 +212,7 @@ def test_torch_zip_stored_or_deflated_reads_the_true_values(tmp_path, compressio
 def test_torch_file_lone_surrogate_key_is_named(tmp_path):
     path = tmp_path / "m.pt"
     torch.save({"a\ud800": torch.zeros(2), "b": torch.ones(2)}, path)
-    res = CliRunner().invoke(main, ["inspect", str(path)])
+    res = run("inspect", str(path))
     assert res.exit_code == 1 and "internal error" not in res.output, res.output
     assert "tensor name 'a\\ud800' holds a lone surrogate" in res.stderr
 

@@ -6,10 +6,7 @@ instead of hanging the suite."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -17,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_child
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
@@ -29,24 +27,6 @@ from reinit.rules import parse_pattern, parse_rule
 
 HANG_BOUND_S = 20.0
 REPO = Path(__file__).resolve().parents[1]
-
-
-def cli(*args: str, timeout: float = HANG_BOUND_S) -> subprocess.CompletedProcess[str]:
-    """`reinit ARGS` in a subprocess; fails the test (instead of hanging) past `timeout`."""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    try:
-        out = subprocess.run(
-            [sys.executable, "-m", "reinit", *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env,
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"reinit {' '.join(args)[:200]} ran past {timeout} s")
-    assert "internal error" not in out.stdout + out.stderr
-    assert "Traceback" not in out.stderr
-    return out
 
 
 def old_glob_to_regex(glob: str) -> str:
@@ -186,19 +166,41 @@ def write(path: Path, names: list[str]) -> Path:
 def test_many_stars_on_names_with_many_dots_finish_fast(tmp_path):
     names = [".".join(["a"] * 400) + f".x{i}" for i in range(3)]
     src = write(tmp_path / "longdots.safetensors", names)
-    out = cli(
-        "apply", str(src), "-o", str(tmp_path / "o.safetensors"), "-r", "*.*.*.*.*.weight=zeros"
+    out = run_child(
+        "apply",
+        str(src),
+        "-o",
+        str(tmp_path / "o.safetensors"),
+        "-r",
+        "*.*.*.*.*.weight=zeros",
+        timeout=HANG_BOUND_S,
     )
     assert out.returncode == 2
     assert "matches no tensor" in out.stderr
-    ok = cli("apply", str(src), "-o", str(tmp_path / "o.safetensors"), "-r", "*.*.*.*.*.x1=zeros")
+    ok = run_child(
+        "apply",
+        str(src),
+        "-o",
+        str(tmp_path / "o.safetensors"),
+        "-r",
+        "*.*.*.*.*.x1=zeros",
+        timeout=HANG_BOUND_S,
+    )
     assert ok.returncode == 0, ok.stderr
 
 
 @pytest.mark.parametrize("regex", ["(a+)+$", "(a|aa)+$", "(a|a?)+b"])
 def test_catastrophic_user_regex_is_stopped_with_a_rule_error(tmp_path, regex):
     src = write(tmp_path / "m.safetensors", ["a" * 3000 + "c"])
-    out = cli("apply", str(src), "-o", str(tmp_path / "o.safetensors"), "-r", f"re:{regex}=zeros")
+    out = run_child(
+        "apply",
+        str(src),
+        "-o",
+        str(tmp_path / "o.safetensors"),
+        "-r",
+        f"re:{regex}=zeros",
+        timeout=HANG_BOUND_S,
+    )
     assert out.returncode in (0, 2), out.stderr
     if out.returncode == 2:
         assert f"re:{regex}" in out.stderr
@@ -229,7 +231,7 @@ def test_three_thousand_rule_recipe_plans_fast(tmp_path):
         f"source: {src}\noutput: {tmp_path / 'o.safetensors'}\nallow_unmatched: true\n"
         "rules:\n  - '*=zeros'\n" + "\n".join(rules) + "\n"
     )
-    out = cli("run", str(recipe), timeout=90)
+    out = run_child("run", str(recipe), timeout=90)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stderr.count("matches no tensor") == 3000
 
@@ -251,5 +253,13 @@ def test_bad_character_range_is_a_rule_error_naming_the_pattern(pattern):
 
 def test_bad_character_range_on_the_command_line(tmp_path):
     src = write(tmp_path / "m.safetensors", ["a.bweight"])
-    out = cli("apply", str(src), "-o", str(tmp_path / "o.safetensors"), "-r", "a.[z-a]weight=zeros")
+    out = run_child(
+        "apply",
+        str(src),
+        "-o",
+        str(tmp_path / "o.safetensors"),
+        "-r",
+        "a.[z-a]weight=zeros",
+        timeout=HANG_BOUND_S,
+    )
     assert out.returncode == 2 and "a.[z-a]weight" in out.stderr

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import run
 from hubcache import C1, C2, closed_port, seed_repo, sharded_repo, single_repo, st_bytes
 from safetensors.torch import load_file, save_file
 
@@ -148,7 +149,7 @@ def test_hub_repo_as_main_source(offline, tmp_path, monkeypatch):
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    res = CliRunner().invoke(main, ["apply", "hf://acme/sharded", "-r", "b.weight=zeros", "-q"])
+    res = run("apply", "hf://acme/sharded", "-r", "b.weight=zeros", "-q")
     assert res.exit_code == 0, res.output
     out = work / "sharded-reinit"
     assert listing(out) == sorted(
@@ -174,7 +175,7 @@ def test_not_cached_offline_is_a_clear_error_and_writes_nothing(offline, tmp_pat
         [str(tgt), "-r", "w=from(hf://acme/never-seen)"],
         ["hf://acme/never-seen", "-r", "*=zeros"],
     ):
-        res = CliRunner().invoke(main, ["apply", *args])
+        res = run("apply", *args)
         assert res.exit_code == 1, res.output
         line = res.output.strip()
         assert "\n" not in line and line.startswith("error: hf://acme/never-seen: ")
@@ -225,7 +226,7 @@ def test_cli_subprocess_with_offline_env(tmp_path):
 @pytest.mark.parametrize("url", ["hf://acme", "hf://datasets/acme/data"])
 def test_bad_hub_url_in_from_is_a_usage_error(offline, tmp_path, url):
     tgt = target(tmp_path, {"w": torch.zeros(4)})
-    res = CliRunner().invoke(main, ["apply", str(tgt), "-r", f"w=from({url})"])
+    res = run("apply", str(tgt), "-r", f"w=from({url})")
     assert res.exit_code == 2, res.output
     assert (
         url in res.output and "hf://OWNER/NAME" in res.output or "model repositories" in res.output

@@ -10,11 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
+from helpers import run
 from hubcache import seed_repo, st_bytes
 from safetensors.torch import load_file, save_file
-
-from reinit.cli import main
 
 S1, S2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
 
@@ -29,7 +27,7 @@ def work(tmp_path, monkeypatch) -> Path:
 
 
 def apply(*args: str):
-    return CliRunner().invoke(main, ["apply", *args, "-q"])
+    return run("apply", *args, "-q")
 
 
 def assert_failed_cleanly(res, work: Path, *fragments: str) -> str:

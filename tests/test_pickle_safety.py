@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import run
 
 import reinit
 from reinit.cli import main
@@ -60,7 +61,7 @@ def test_planted_reduce_never_runs(tmp_path, fmt, mmap):
 def test_apply_refuses_and_writes_nothing(tmp_path, fmt):
     path, marker = evil_checkpoint(tmp_path, fmt)
     out = tmp_path / "out.safetensors"
-    res = CliRunner().invoke(main, ["apply", str(path), "-r", "w=zeros", "-o", str(out)])
+    res = run("apply", str(path), "-r", "w=zeros", "-o", str(out))
     assert res.exit_code == 1, res.output
     assert res.stderr.startswith(f"error: {path}: ")
     assert len(res.stderr.strip().splitlines()) == 1
@@ -139,7 +140,7 @@ def test_unsafe_pickle_trusts_only_the_named_file_not_from_sources(tmp_path):
     donor, donor_marker = planted(tmp_path, "donor.bin")
     out = tmp_path / "out.safetensors"
     args = ["apply", str(src), "-r", f"w=from({donor})", "-o", str(out), "-q"]
-    res = CliRunner().invoke(main, [*args, "--unsafe-pickle", str(src)])
+    res = run(*args, "--unsafe-pickle", str(src))
     assert res.exit_code == 1, res.output
     assert "internal error" not in res.output
     assert f"error: {donor}: refusing to unpickle" in res.stderr, res.stderr
@@ -194,7 +195,7 @@ def test_unsafe_pickle_true_or_no_path_is_a_usage_error(tmp_path, value, must):
 
 def test_old_flag_form_is_a_usage_error(tmp_path):
     path, marker = planted(tmp_path, "src.bin")
-    res = CliRunner().invoke(main, ["apply", str(path), "--unsafe-pickle", "-r", "w=zeros"])
+    res = run("apply", str(path), "--unsafe-pickle", "-r", "w=zeros")
     assert res.exit_code == 2 and "internal error" not in res.output, res.output
     assert not marker.exists()
 
@@ -205,11 +206,11 @@ def test_recipe_unsafe_pickle_names_paths(tmp_path):
     recipe = tmp_path / "r.yaml"
     base = f"source: {src}\noutput: {out}\nrules: ['w=zeros']\n"
     recipe.write_text(base + "unsafe_pickle: true\n")
-    res = CliRunner().invoke(main, ["run", str(recipe), "-q"])
+    res = run("run", str(recipe), "-q")
     assert res.exit_code == 2 and "internal error" not in res.output, res.output
     assert not marker.exists() and not out.exists()
     recipe.write_text(base + f"unsafe_pickle: [{src}]\n")
-    res = CliRunner().invoke(main, ["run", str(recipe), "-q"])
+    res = run("run", str(recipe), "-q")
     assert res.exit_code == 0, res.output
     assert f"warning: unsafe_pickle lets torch files run code while loading, only these: {src}" in (
         res.stderr

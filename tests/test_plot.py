@@ -7,12 +7,12 @@ import sys
 
 import pytest
 import torch
-from click.testing import CliRunner
+from helpers import run
 from safetensors.torch import save_file
 
 import reinit
-from reinit.cli import main
-from reinit.report.plot import DPI, FIGSIZE, plot_report
+from reinit.report.files import plot_report
+from reinit.report.plot import DPI, FIGSIZE
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -21,10 +21,6 @@ def _one_thread():
     torch.set_num_threads(1)  # see tests/test_report.py
     yield
     torch.set_num_threads(before)
-
-
-def run(*args: str):
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
 def stack(path, bad: bool):

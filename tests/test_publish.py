@@ -7,7 +7,6 @@ output may change."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -20,32 +19,14 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import run
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from treesnap import tree_state
 
 from reinit.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def snapshot(root: Path) -> dict[str, tuple]:
-    """Every entry under `root`: kind, size, permission bits and content hash."""
-    out: dict[str, tuple] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            st = p.lstat()
-            rel = os.path.relpath(p, root)
-            if stat.S_ISDIR(st.st_mode):
-                out[rel] = ("dir", stat.S_IMODE(st.st_mode))
-            else:
-                digest = hashlib.sha256(p.read_bytes()).hexdigest()
-                out[rel] = ("file", st.st_size, stat.S_IMODE(st.st_mode), digest)
-    return out
-
-
-def run(*args: str):
-    return CliRunner().invoke(main, list(args))
 
 
 def strict_json(text: str):
@@ -85,10 +66,10 @@ def project(tmp_path: Path) -> Path:
 def test_in_place_folder_changes_only_its_weight_file_and_keeps_mode(tmp_path):
     m = project(tmp_path)
     (m / "model.safetensors").chmod(0o600)
-    before = snapshot(tmp_path)
+    before = tree_state(tmp_path, mtime=False)
     res = run("apply", str(m), "-r", "a.weight=zeros", "--in-place", "-q")
     assert res.exit_code == 0, res.output
-    after = snapshot(tmp_path)
+    after = tree_state(tmp_path, mtime=False)
     changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
     assert changed == {"model/model.safetensors", "model/reinit-report.json"}
     assert torch.count_nonzero(load_file(m / "model.safetensors")["a.weight"]) == 0
@@ -100,7 +81,7 @@ def test_interrupted_in_place_folder_is_left_exactly_as_it_was(tmp_path, monkeyp
     import reinit.run.apply as engine
 
     m = project(tmp_path)
-    before = snapshot(tmp_path)
+    before = tree_state(tmp_path, mtime=False)
     real = engine._write_pieces
 
     def ctrl_c_mid_write(*args, **kwargs):
@@ -111,7 +92,7 @@ def test_interrupted_in_place_folder_is_left_exactly_as_it_was(tmp_path, monkeyp
     res = run("apply", str(m), "-r", "a.weight=zeros", "--in-place", "-q")
     assert res.exit_code == 130, res.output
     assert "no partial output was left behind" in res.output
-    assert snapshot(tmp_path) == before
+    assert tree_state(tmp_path, mtime=False) == before
 
 
 def test_in_place_sharded_folder_replaces_shards_and_index_only(tmp_path):
@@ -130,10 +111,10 @@ def test_in_place_sharded_folder_replaces_shards_and_index_only(tmp_path):
     (m / "README.md").write_text("card")
     (m / ".git").mkdir()
     (m / ".git" / "config").write_text("[core]")
-    before = snapshot(tmp_path)
+    before = tree_state(tmp_path, mtime=False)
     res = run("apply", str(m), "-r", "a.weight=zeros", "--in-place", "-q")
     assert res.exit_code == 0, res.output
-    after = snapshot(tmp_path)
+    after = tree_state(tmp_path, mtime=False)
     changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
     assert changed <= {
         "sharded/model-00001-of-00002.safetensors",
@@ -165,19 +146,19 @@ def test_overwrite_of_a_folder_holding_the_source_is_refused(tmp_path):
     (proj / "notes.txt").write_text("mine")
     (proj / "data" / "x.csv").write_text("1,2")
     src = weights(proj / "src.safetensors")
-    before = snapshot(tmp_path)
+    before = tree_state(tmp_path, mtime=False)
     res = run("apply", str(src), "-r", "a.weight=zeros", "-o", f"{proj}/", "--overwrite", "-q")
     assert res.exit_code == 2, res.output
     assert "holds the source" in res.output
-    assert snapshot(tmp_path) == before
+    assert tree_state(tmp_path, mtime=False) == before
 
 
 def test_output_inside_a_source_folder_is_refused(tmp_path):
     m = project(tmp_path)
-    before = snapshot(tmp_path)
+    before = tree_state(tmp_path, mtime=False)
     res = run("apply", str(m), "-r", "a.weight=zeros", "-o", str(m / "sub.safetensors"), "-q")
     assert res.exit_code == 2 and "inside the source folder" in res.output, res.output
-    assert snapshot(tmp_path) == before
+    assert tree_state(tmp_path, mtime=False) == before
 
 
 def test_overwrite_of_a_foreign_folder_is_refused_of_our_own_allowed(tmp_path):
@@ -185,10 +166,10 @@ def test_overwrite_of_a_foreign_folder_is_refused_of_our_own_allowed(tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("keep me")
-    before = snapshot(tmp_path)
+    before = tree_state(tmp_path, mtime=False)
     res = run("apply", str(src), "-r", "a.weight=zeros", "-o", f"{other}/", "--overwrite", "-q")
     assert res.exit_code == 2 and "not an earlier reinit output" in res.output, res.output
-    assert snapshot(tmp_path) == before
+    assert tree_state(tmp_path, mtime=False) == before
     ours = tmp_path / "ours"
     assert run("apply", str(src), "-r", "a.weight=zeros", "-o", f"{ours}/", "-q").exit_code == 0
     (ours / "extra-from-an-older-run.txt").write_text("x")  # ours: replaced as a whole
@@ -255,21 +236,21 @@ def test_report_and_plot_paths_never_replace_inputs_or_files(tmp_path, case):
             str(tmp_path / "r.json"),
         ],
     }[case]
-    before = snapshot(tmp_path)
+    before = tree_state(tmp_path, mtime=False)
     res = run("apply", *args, "-q")
     assert res.exit_code == 2, res.output
     assert res.output.startswith("error: ") and len(res.output.strip().splitlines()) == 1
-    assert snapshot(tmp_path) == before
+    assert tree_state(tmp_path, mtime=False) == before
 
 
 def test_report_command_outputs_follow_the_rule(tmp_path):
     src = weights(tmp_path / "m.safetensors")
     (tmp_path / "r.md").write_text("old")
-    before = snapshot(tmp_path)
+    before = tree_state(tmp_path, mtime=False)
     for args in (["-o", str(src)], ["-o", str(tmp_path / "r.md")], ["--plot", str(src)]):
         res = run("report", str(src), *args, "-q")
         assert res.exit_code == 2, (args, res.output)
-        assert snapshot(tmp_path) == before, args
+        assert tree_state(tmp_path, mtime=False) == before, args
     res = run("report", str(src), "-o", str(tmp_path / "r.md"), "--overwrite", "-q")
     assert res.exit_code == 0, res.output
     assert (tmp_path / "r.md").read_text().startswith("#")
@@ -344,7 +325,7 @@ def test_checkpoint_and_report_are_published_together_or_not_at_all(tmp_path, mo
     import reinit.report.files as report_mod
 
     src = weights(tmp_path / "m.safetensors")
-    before = snapshot(tmp_path)
+    before = tree_state(tmp_path, mtime=False)
 
     def broken(report, filename):
         raise RuntimeError("report rendering failed")
@@ -362,7 +343,7 @@ def test_checkpoint_and_report_are_published_together_or_not_at_all(tmp_path, mo
         str(tmp_path / "r.md"),
     )
     assert res.exit_code == 1, res.output
-    assert snapshot(tmp_path) == before  # no checkpoint without its report
+    assert tree_state(tmp_path, mtime=False) == before  # no checkpoint without its report
 
 
 def test_signal_during_publish_finishes_and_says_so(tmp_path, monkeypatch):
@@ -413,7 +394,7 @@ def test_signal_after_publish_exits_0_naming_the_output(tmp_path, monkeypatch):
     monkeypatch.setattr(report_mod, "render_terminal", ctrl_c)
     src = weights(tmp_path / "m.safetensors")
     out = tmp_path / "out.safetensors"
-    res = CliRunner().invoke(main, ["apply", str(src), "-r", "a.weight=zeros", "-o", str(out)])
+    res = run("apply", str(src), "-r", "a.weight=zeros", "-o", str(out))
     assert res.exit_code == 0, res.output
     assert f"interrupted after the output was published: {out}" in res.output
     assert out.is_file()

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import run
 
 README = Path(__file__).parents[1] / "README.md"
 _BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
@@ -165,10 +166,6 @@ def test_shell_blocks_of_the_readme_run(tmp_path, monkeypatch):
     not run are listed in NOT_RUN with the reason. The ```yaml recipe block runs too."""
     import shlex
 
-    from click.testing import CliRunner
-
-    from reinit.cli import main
-
     _fixtures(tmp_path)
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))  # `mypkg.nets:MLP` as a user's own package
@@ -184,7 +181,7 @@ def test_shell_blocks_of_the_readme_run(tmp_path, monkeypatch):
             key, value = words.pop(0).split("=", 1)
             env[key] = value
         assert words[0] == "reinit", f"README.md line {line}: not a reinit command: {command}"
-        res = CliRunner().invoke(main, words[1:], env=env)
+        res = run(*words[1:], env=env)
         assert res.exit_code == 0, f"README.md line {line}: {command}\n{res.output}"
         ran.append(command)
     assert len(ran) >= 25 and len(skipped) <= 8, (len(ran), skipped)
@@ -192,7 +189,7 @@ def test_shell_blocks_of_the_readme_run(tmp_path, monkeypatch):
     (yaml_block,) = re.findall(r"^```yaml[ \t]*\n(.*?)^```", README.read_text(), re.S | re.M)
     (tmp_path / "readme-recipe.yaml").write_text(yaml_block)
     env = {"MODEL": "new", "OLD": "old", "OLD_VOCAB": "50257"}
-    res = CliRunner().invoke(main, ["run", "readme-recipe.yaml", "-q"], env=env)
+    res = run("run", "readme-recipe.yaml", "-q", env=env)
     assert res.exit_code == 0, f"README.md yaml recipe\n{res.output}"
     assert (tmp_path / "model-init" / "model.safetensors").is_file()
     assert (tmp_path / "init.report.md").is_file()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run
 from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,10 +154,6 @@ def test_read_only_errors_in_process(tmp_path, monkeypatch):
     import io
     import os
 
-    from click.testing import CliRunner
-
-    from reinit.cli import main
-
     src = tmp_path / "m.safetensors"
     save_file({"a.weight": torch.ones(4, 4)}, src)
     ro = tmp_path / "ro"
@@ -192,7 +189,7 @@ def test_read_only_errors_in_process(tmp_path, monkeypatch):
         "report -o": (["report", str(src), "-o", str(ro / "r.json")], ro / "r.json"),
     }
     for label, (argv, named) in cases.items():
-        res = CliRunner().invoke(main, [*argv, "-q"])
+        res = run(*argv, "-q")
         assert "internal error" not in res.output, (label, res.output)
         assert res.exit_code == 1, (label, res.output)
         assert res.stderr.strip() == (

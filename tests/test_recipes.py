@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from click.testing import CliRunner
+from helpers import run
 from safetensors.torch import load_file, save_file
 
 import reinit
-from reinit.cli import main
 from reinit.io import writer
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
@@ -68,10 +67,6 @@ def small_file(path: Path) -> Path:
     return path
 
 
-def invoke(args, env=None):
-    return CliRunner().invoke(main, [str(a) for a in args], env=env, catch_exceptions=False)
-
-
 def to_toml(doc: dict) -> str:
     """Just enough TOML for these tests: scalars, lists of strings, [[steps]] tables."""
 
@@ -114,7 +109,7 @@ def test_each_recipe_form_gives_the_bytes_the_flags_give(tmp_path, monkeypatch, 
     small_file(tmp_path / "m.safetensors")
     flags = ["apply", "m.safetensors", "-o", "flags.safetensors", "--seed", "5", "-q"]
     flags += [a for r in RULES for a in ("--rule", r)] + ["--report", "flags.csv"]
-    assert invoke(flags).exit_code == 0
+    assert run(*flags).exit_code == 0
     doc = {
         "source": "m.safetensors",
         "output": "recipe.safetensors",
@@ -124,7 +119,7 @@ def test_each_recipe_form_gives_the_bytes_the_flags_give(tmp_path, monkeypatch, 
         "strict": False,
     }
     recipe = write_recipe(tmp_path / f"r{suffix}", doc)
-    res = invoke(["run", recipe, "-q"])
+    res = run("run", recipe, "-q")
     assert res.exit_code == 0, res.output
     assert (tmp_path / "recipe.safetensors").read_bytes() == (
         tmp_path / "flags.safetensors"
@@ -159,7 +154,7 @@ def test_multi_step_recipe_equals_chained_applies_and_writes_no_intermediate_fil
         real_init(self, path, *a, **k)
 
     monkeypatch.setattr(writer.SafetensorsWriter, "__init__", spy)
-    res = invoke(["run", recipe, "--json", "-q"])
+    res = run("run", recipe, "--json", "-q")
     assert res.exit_code == 0, res.output
     assert len(opened) == 1 and "piped" in opened[0]  # one file written: the final output
     assert set(os.listdir(tmp_path)) - before == {"piped"}
@@ -194,7 +189,7 @@ def test_set_overrides_and_environment_variables(tmp_path, monkeypatch):
         "rules:\n  - '*.weight=normal(0, 0.02)'\n"
     )
     env = {"SRC": "m.safetensors", "SEED": "4", "OUT": None}
-    assert invoke(["run", recipe, "-q"], env).exit_code == 0
+    assert run("run", recipe, "-q", env=env).exit_code == 0
     reinit.apply("m.safetensors", ["*.weight=normal(0, 0.02)"], "ref4.safetensors", seed=4)
     same = (tmp_path / "default.safetensors").read_bytes() == (
         tmp_path / "ref4.safetensors"
@@ -203,13 +198,13 @@ def test_set_overrides_and_environment_variables(tmp_path, monkeypatch):
 
     sets = ["--set", "seed=7", "--set", "output=o7.safetensors"]
     sets += ["--set", 'rules=["*.weight=zeros", "head.*=ones"]']
-    assert invoke(["run", recipe, "-q", *sets], env).exit_code == 0
+    assert run("run", recipe, "-q", *sets, env=env).exit_code == 0
     reinit.apply("m.safetensors", ["*.weight=zeros", "head.*=ones"], "ref7.safetensors", seed=7)
     assert (tmp_path / "o7.safetensors").read_bytes() == (
         tmp_path / "ref7.safetensors"
     ).read_bytes()
 
-    res = invoke(["run", recipe], {"SRC": None})
+    res = run("run", recipe, env={"SRC": None})
     assert res.exit_code == 2
     assert "r.yaml line 1: environment variable SRC is not set" in res.output
 
@@ -229,7 +224,7 @@ def test_unknown_keys_name_the_key_and_its_line(tmp_path, monkeypatch, suffix):
     }
     recipe = write_recipe(tmp_path / f"r{suffix}", doc)
     text = recipe.read_text()
-    res = invoke(["run", recipe])
+    res = run("run", recipe)
     assert res.exit_code == 2
     line = _line_of(text, "sed")
     assert f"r{suffix} line {line}: unknown key 'sed' in steps[1]; did you mean 'seed'?" in (
@@ -239,7 +234,7 @@ def test_unknown_keys_name_the_key_and_its_line(tmp_path, monkeypatch, suffix):
 
     doc2 = {"source": "m.safetensors", "rules": ["*.weight=zeros"], "overwirte": True}
     recipe = write_recipe(tmp_path / f"s{suffix}", doc2)
-    res = invoke(["run", recipe])
+    res = run("run", recipe)
     assert res.exit_code == 2
     assert f"s{suffix} line {_line_of(recipe.read_text(), 'overwirte')}: unknown key" in res.output
     assert "did you mean 'overwrite'?" in res.output
@@ -251,33 +246,33 @@ def test_bad_values_are_one_line_errors_with_the_line(tmp_path, monkeypatch):
     small_file(tmp_path / "m.safetensors")
     r = tmp_path / "r.yaml"
     r.write_text("source: m.safetensors\nrules: ['*.weight=zeros']\nseed: many\n")
-    res = invoke(["run", r])
+    res = run("run", r)
     assert res.exit_code == 2 and "r.yaml line 3: 'seed' must be an integer" in res.output
     r.write_text("source: m.safetensors\nrules: ['*.weight=zeros']\nseed: 1\nseed: 2\n")
-    assert "r.yaml line 4: key 'seed' given twice" in invoke(["run", r]).output
+    assert "r.yaml line 4: key 'seed' given twice" in run("run", r).output
     r.write_text("source: m.safetensors\nsteps:\n  - rules: ['nothing.here=zeros']\n")
-    res = invoke(["run", r])
+    res = run("run", r)
     assert res.exit_code == 2 and "matches no tensor" in res.output
     r.write_text("source: m.safetensors\nrules: [x\n")
-    assert "not valid YAML" in invoke(["run", r]).output
+    assert "not valid YAML" in run("run", r).output
     r.write_text("source: m.safetensors\nrules:\n  - *.weight=zeros\n")
-    res = invoke(["run", r])
+    res = run("run", r)
     assert res.exit_code == 2 and "r.yaml line 3: not valid YAML" in res.output
     assert "quote rules that start with '*'" in res.output
     bad = tmp_path / "r.ini"
     bad.write_text("x")
-    assert "use .yaml, .yml, .toml or .json" in invoke(["run", bad]).output
+    assert "use .yaml, .yml, .toml or .json" in run("run", bad).output
     assert not (tmp_path / "m.reinit.safetensors").exists()
 
 
 def test_add_drop_rename_in_a_recipe_equal_the_flags(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     small_file(tmp_path / "m.safetensors")
-    flags = invoke(
-        ["apply", "m.safetensors", "-o", "flags.safetensors", "-q",
-         "--drop", "head.*", "--rename", "enc.*=encoder.{1}",
-         "--add", "cls.weight=[3,24]:xavier_uniform", "--add", "cls.bias=[3]:zeros",
-         "-r", "encoder.1.weight=normal(std=0.02)"]
+    flags = run(
+        "apply", "m.safetensors", "-o", "flags.safetensors", "-q",
+        "--drop", "head.*", "--rename", "enc.*=encoder.{1}",
+        "--add", "cls.weight=[3,24]:xavier_uniform", "--add", "cls.bias=[3]:zeros",
+        "-r", "encoder.1.weight=normal(std=0.02)",
     )  # fmt: skip
     assert flags.exit_code == 0, flags.output
     r = tmp_path / "r.yaml"
@@ -287,7 +282,7 @@ def test_add_drop_rename_in_a_recipe_equal_the_flags(tmp_path, monkeypatch):
         "add: ['cls.weight=[3,24]:xavier_uniform', 'cls.bias=[3]:zeros']\n"
         "rules: ['encoder.1.weight=normal(std=0.02)']\n"
     )
-    res = invoke(["run", r, "-q"])
+    res = run("run", r, "-q")
     assert res.exit_code == 0, res.output
     assert (tmp_path / "recipe.safetensors").read_bytes() == (
         tmp_path / "flags.safetensors"
@@ -312,7 +307,7 @@ def test_dry_run_plans_every_step_and_writes_nothing(tmp_path, monkeypatch):
     }
     r = write_recipe(tmp_path / "r.json", doc)
     before = sorted(os.listdir(tmp_path))
-    res = invoke(["run", r, "--dry-run"])
+    res = run("run", r, "--dry-run")
     assert res.exit_code == 0
     assert "step 0:" in res.output and "step 1:" in res.output
     assert "bias_prior(p=0.2)" in res.output and "lecun_normal" in res.output
@@ -325,7 +320,7 @@ def test_dry_run_plans_every_step_and_writes_nothing(tmp_path, monkeypatch):
 def test_example_gpt2_init(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     gpt2_dir(tmp_path / "gpt2", layers=3)
-    res = invoke(["run", EXAMPLES / "gpt2-init.yaml", "-q"], {"MODEL": "gpt2", "OUT": None})
+    res = run("run", EXAMPLES / "gpt2-init.yaml", "-q", env={"MODEL": "gpt2", "OUT": None})
     assert res.exit_code == 0, res.output
     out = load_file(tmp_path / "gpt2-init" / "model.safetensors")
     rep = json.loads((tmp_path / "gpt2-init" / "reinit-report.json").read_text())
@@ -343,7 +338,7 @@ def test_example_grow_vocab(tmp_path, monkeypatch):
     gpt2_dir(tmp_path / "old", vocab=90, seed=1)
     gpt2_dir(tmp_path / "new", vocab=97, seed=2)
     env = {"MODEL": "new", "OLD": "old", "OLD_VOCAB": "90", "OUT": None}
-    res = invoke(["run", EXAMPLES / "grow-vocab.toml", "-q"], env)
+    res = run("run", EXAMPLES / "grow-vocab.toml", "-q", env=env)
     assert res.exit_code == 0, res.output
     assert sorted(os.listdir(tmp_path)) == ["grown", "new", "old"]  # no intermediate output
     old = load_file(tmp_path / "old" / "model.safetensors")
@@ -378,9 +373,12 @@ def test_example_detection_head(tmp_path, monkeypatch):
     model.backbone = torch.nn.Linear(4, 8)
     model.head = Head()
     save_file(model.state_dict(), tmp_path / "det.safetensors")
-    res = invoke(
-        ["run", EXAMPLES / "detection-head.json", "--json", "-q"],
-        {"MODEL": "det.safetensors", "OUT": None},
+    res = run(
+        "run",
+        EXAMPLES / "detection-head.json",
+        "--json",
+        "-q",
+        env={"MODEL": "det.safetensors", "OUT": None},
     )
     assert res.exit_code == 0, res.output
     out = load_file(tmp_path / "detector-init.safetensors")
@@ -413,7 +411,7 @@ def test_a_failing_later_step_names_the_step_and_writes_nothing(tmp_path, monkey
     }
     r = write_recipe(tmp_path / "r.yaml", doc)
     before = sorted(os.listdir(tmp_path))
-    res = invoke(["run", r])
+    res = run("run", r)
     assert res.exit_code == 2
     assert "r.yaml step 1 (head): rule 'classifier.*=zeros' matches no tensor" in res.output
     assert sorted(os.listdir(tmp_path)) == before

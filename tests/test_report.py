@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
+from helpers import run
 from safetensors.torch import load_file, save_file
 
 import reinit
-from reinit.cli import main
+from reinit.io.targets import SUFFIXES
 from reinit.report.assemble import finalize
 from reinit.report.entries import TensorEntry
-from reinit.report.files import to_csv, to_markdown
+from reinit.report.files import RENDERERS, to_csv, to_markdown, write_report
 from reinit.report.flags import depth_checks, std_tolerance
 from reinit.report.layers import layer_tables
 from reinit.report.stats import Stats
@@ -34,10 +34,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def run(*args: str):
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
 # --- a checkpoint with planted problems -------------------------------------------------
@@ -418,3 +414,26 @@ def test_long_names_lose_their_shared_prefix_first():
         assert len(short) == width
         if width >= 27:  # every clippable part down to "x…": number and last part intact
             assert ".3." in short and short.endswith(".weight")
+
+
+# --- report files: one way to the disk ---------------------------------------------------
+
+
+def test_every_report_suffix_has_a_renderer_and_no_other():
+    """A format is added in two places (a renderer, its suffix); the path check and the
+    writer must agree on the list, or a checked path would reach no renderer."""
+    assert set(RENDERERS) == set(SUFFIXES["report"])
+
+
+def test_write_report_goes_through_the_checked_publishing_path(tmp_path):
+    src = tmp_path / "m.safetensors"
+    save_file({"a.weight": torch.ones(2, 2)}, src)
+    rep = reinit.report_checkpoint(src)
+    out = tmp_path / "r.md"
+    write_report(rep, out)
+    assert out.read_text(encoding="utf-8").startswith("# reinit report:")
+    with pytest.raises(reinit.OutputError, match="exists"):
+        write_report(rep, out, replace=False)  # never replaced unless allowed
+    with pytest.raises(reinit.UsageError, match="unknown report format"):
+        write_report(rep, tmp_path / "r.txt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "r.md"]

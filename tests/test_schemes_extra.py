@@ -10,12 +10,11 @@ import math
 
 import pytest
 import torch
-from click.testing import CliRunner
+from helpers import run
 from safetensors.torch import load_file, save_file
 from scipy import stats as sps
 
 import reinit
-from reinit.cli import main
 from reinit.errors import RuleError
 from reinit.rules import parse_action
 from reinit.schemes import SCHEMES, FillContext, bind_scheme, generate
@@ -325,7 +324,7 @@ def test_every_new_scheme_follows_the_per_tensor_generator_contract():
 
 
 def test_reinit_schemes_lists_every_new_scheme_with_its_std():
-    out = CliRunner().invoke(main, ["schemes", "--json"]).output
+    out = run("schemes", "--json").output
     rows = {r["name"]: r for r in json.loads(out)}
     for name in [
         "variance_scaling",

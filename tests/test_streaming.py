@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import MB, make_checkpoint, rss_growth
 from safetensors.torch import save_file
-from test_memory import MB, make_checkpoint, peak_rss
 
 import reinit
 from reinit.io import writer
@@ -175,29 +174,12 @@ def test_write_error_midway_leaves_nothing(tmp_path, monkeypatch):
 def test_transplant_and_report_memory_bounded(tmp_path):
     src = tmp_path / "big.safetensors"
     size = make_checkpoint(src)
-    py = sys.executable
-    baseline = peak_rss(
-        [py, "-c", "import reinit.cli, reinit.run.apply, torch, safetensors"], tmp_path
-    )
-    transplant = peak_rss(
-        [
-            py,
-            "-m",
-            "reinit",
-            "apply",
-            str(src),
-            "-o",
-            str(tmp_path / "t.safetensors"),
-            "-r",
-            f"*=from({src})",
-            "-q",
-        ],
-        tmp_path,
-    )
-    report = peak_rss([py, "-m", "reinit", "report", str(src), "-q"], tmp_path)
+    out = tmp_path / "t.safetensors"
+    transplant = rss_growth("apply", src, "-o", out, "-r", f"*=from({src})", "-q", cwd=tmp_path)
+    report = rss_growth("report", src, "-q", cwd=tmp_path)
     print(
-        f"{size / MB:.0f} MB checkpoint: baseline {baseline / MB:.0f} MB, transplant +{(transplant - baseline) / MB:.0f} MB, report +{(report - baseline) / MB:.0f} MB"
+        f"{size / MB:.0f} MB checkpoint: transplant +{transplant / MB:.0f} MB, report +{report / MB:.0f} MB"
     )
     assert (tmp_path / "t.safetensors").stat().st_size > size  # metadata grew, every tensor there
-    assert transplant - baseline < 200 * MB
-    assert report - baseline < 200 * MB
+    assert transplant < 200 * MB
+    assert report < 200 * MB

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
+from helpers import run
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import reinit
-from reinit.cli import main
 from reinit.errors import RuleError
 from reinit.io.checkpoint import TensorRef
 from reinit.planning.surgery import Surgery, edit_refs, parse_add, parse_drop, parse_rename
@@ -47,10 +46,6 @@ def model(tmp_path):
         "classifier.bias": randn(3, seed=5),
     }
     return st(tmp_path / "m.safetensors", tensors), tensors
-
-
-def run(args: list[str]):
-    return CliRunner().invoke(main, args)
 
 
 # --- parsing ----------------------------------------------------------------------------
@@ -141,21 +136,19 @@ def test_new_head_by_drop_and_add(model, tmp_path):
     path, tensors = model
     out = tmp_path / "o.safetensors"
     res = run(
-        [
-            "apply",
-            str(path),
-            "-o",
-            str(out),
-            "--seed",
-            "3",
-            "--json",
-            "--drop",
-            "classifier.*",
-            "--add",
-            "classifier.weight=[5,8]:normal(std=0.02)",
-            "--add",
-            "classifier.bias=[5]:zeros:dtype=bfloat16",
-        ]
+        "apply",
+        str(path),
+        "-o",
+        str(out),
+        "--seed",
+        "3",
+        "--json",
+        "--drop",
+        "classifier.*",
+        "--add",
+        "classifier.weight=[5,8]:normal(std=0.02)",
+        "--add",
+        "classifier.bias=[5]:zeros:dtype=bfloat16",
     )
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
@@ -291,12 +284,12 @@ def test_added_values_follow_seed_and_name(model, tmp_path):
 def test_dry_run_and_errors_write_nothing(model, tmp_path):
     path, _ = model
     before = sorted(p.name for p in tmp_path.iterdir())
-    res = run(["apply", str(path), "--dry-run", "--drop", "classifier.bias", "--add", "z=[2]:ones"])
+    res = run("apply", str(path), "--dry-run", "--drop", "classifier.bias", "--add", "z=[2]:ones")
     assert res.exit_code == 0, res.output
     assert "dropped 1 tensor(s): classifier.bias" in res.output
     z_line = next(line for line in res.output.splitlines() if line.startswith("z "))
     assert "reinit" in z_line and "ones" in z_line and "[added]" in z_line
-    res = run(["apply", str(path), "--dry-run", "--rename", "classifier.*=head.{1}"])
+    res = run("apply", str(path), "--dry-run", "--rename", "classifier.*=head.{1}")
     assert res.exit_code == 0, res.output
     assert "[renamed from classifier.weight]" in res.output
     plan = reinit.plan(path, [], drop=["classifier.bias"], add=["z=[2]:ones"])
@@ -309,7 +302,7 @@ def test_dry_run_and_errors_write_nothing(model, tmp_path):
         (["--rename", "encoder.*=x"], 2, "would both be named 'x'"),
         (["--add", "h=[2]:bogus"], 2, "unknown scheme"),
     ]:
-        res = run(["apply", str(path), *args])
+        res = run("apply", str(path), *args)
         assert res.exit_code == code, (args, res.output)
         assert fragment in res.output and res.output.startswith("error: ")
     assert sorted(p.name for p in tmp_path.iterdir()) == before

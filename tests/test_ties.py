@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import run
 from safetensors.torch import load_file
 
 import reinit
@@ -96,13 +97,13 @@ def test_conflicting_rules_on_a_tied_pair_are_refused(tmp_path, rules):
         reinit.apply(src, rules, out)
     assert not out.exists()
     args = ["apply", str(src), "-o", str(out)] + [a for r in rules for a in ("-r", r)]
-    res = CliRunner().invoke(main, args)
+    res = run(*args)
     assert res.exit_code == 2 and "are tied" in res.stderr and not out.exists()
 
 
 def test_dry_run_shows_the_tie(tmp_path):
     src, _ = tied_bin(tmp_path)
-    res = CliRunner().invoke(main, ["apply", str(src), "-r", "lm_head.weight=zeros", "--dry-run"])
+    res = run("apply", str(src), "-r", "lm_head.weight=zeros", "--dry-run")
     assert res.exit_code == 0
     line = next(ln for ln in res.output.splitlines() if ln.startswith("embed.weight"))
     assert "reinit" in line and "tied with 'lm_head.weight'" in line

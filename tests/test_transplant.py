@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
+from helpers import MB, make_checkpoint, rss_growth, run
 from safetensors.torch import load_file, save_file
 
 import reinit
 import reinit.planning.transplant as transplant_mod
-from reinit.cli import main
 from reinit.errors import TransplantError
 from reinit.planning.transplant import auto_keys
 
@@ -47,10 +45,6 @@ def pair(tmp_path):
         "model.lm_head.weight": randn(9, 4, seed=4),
     }
     return st(tmp_path / "t.safetensors", target), st(tmp_path / "s.safetensors", source)
-
-
-def run(args: list[str]):
-    return CliRunner().invoke(main, args)
 
 
 # --- key mapping ------------------------------------------------------------------------
@@ -90,7 +84,7 @@ def test_key_templates_and_auto(pair, tmp_path, rule):
 
 def test_template_capture_out_of_range_is_a_usage_error(pair, tmp_path):
     tgt, src = pair
-    res = run(["apply", str(tgt), "-r", f"encoder.*=from({src}, key={{2}})"])
+    res = run("apply", str(tgt), "-r", f"encoder.*=from({src}, key={{2}})")
     assert res.exit_code == 2
     assert "{2}" in res.output and "1 capture" in res.output
 
@@ -98,7 +92,7 @@ def test_template_capture_out_of_range_is_a_usage_error(pair, tmp_path):
 def test_missing_source_tensor_lists_closest_names(pair, tmp_path):
     tgt, src = pair
     out = tmp_path / "o.safetensors"
-    res = run(["apply", str(tgt), "-o", str(out), "-r", f"encoder.*=from({src}, key={{name}})"])
+    res = run("apply", str(tgt), "-o", str(out), "-r", f"encoder.*=from({src}, key={{name}})")
     assert res.exit_code == 2, res.output
     line = res.output.strip()
     assert line.startswith("error: ") and "\n" not in line
@@ -143,7 +137,7 @@ def test_auto_ambiguity_errors(tmp_path):
         tmp_path / "s.safetensors",
         {"a.dense.weight": randn(2, 2), "b.dense.weight": randn(2, 2, seed=1)},
     )
-    res = run(["apply", str(tgt), "-r", f"head.*=from({src}, key=auto)"])
+    res = run("apply", str(tgt), "-r", f"head.*=from({src}, key=auto)")
     assert res.exit_code == 2, res.output
     assert "key=auto is ambiguous for 'head.dense.weight'" in res.output
     assert "'a.dense.weight'" in res.output and "'b.dense.weight'" in res.output
@@ -154,7 +148,7 @@ def test_auto_ambiguity_errors(tmp_path):
         {"x.proj.weight": torch.zeros(2, 2), "y.proj.weight": torch.zeros(2, 2)},
     )
     src2 = st(tmp_path / "s2.safetensors", {"proj.weight": randn(2, 2)})
-    res = run(["apply", str(tgt2), "-r", f"*.proj.weight=from({src2}, key=auto)"])
+    res = run("apply", str(tgt2), "-r", f"*.proj.weight=from({src2}, key=auto)")
     assert res.exit_code == 2, res.output
     assert "would feed source tensor 'proj.weight' to 2 targets" in res.output
     assert "'x.proj.weight'" in res.output and "'y.proj.weight'" in res.output
@@ -177,7 +171,7 @@ def test_mismatch_error_lists_the_first_pairs_and_the_count(tmp_path):
         tmp_path / "s.safetensors",
         {f"l{i}.w": torch.zeros(4, 5 + i) for i in range(7)} | {"ok.w": torch.ones(2)},
     )
-    res = run(["apply", str(tgt), "-r", f"*=from({src})"])
+    res = run("apply", str(tgt), "-r", f"*=from({src})")
     assert res.exit_code == 2, res.output
     assert "shape mismatch in 7 transplant(s)" in res.output
     for i in range(5):
@@ -233,7 +227,7 @@ def test_mismatch_slice_grow_and_shrink(tmp_path):
     assert rep.entry("emb").action == "transplant"
 
     bad = st(tmp_path / "b.safetensors", {"emb": torch.zeros(6, 4, 1)})
-    res = run(["apply", str(tgt), "-r", f"emb=from({bad}, on_mismatch=slice)"])
+    res = run("apply", str(tgt), "-r", f"emb=from({bad}, on_mismatch=slice)")
     assert res.exit_code == 2 and "the number of dims differs" in res.output
 
 
@@ -320,21 +314,19 @@ def test_sharded_directory_source_reads_only_needed_shards(tmp_path):
     assert torch.equal(load_file(tmp_path / "o.safetensors")["enc.w"], s1["enc.w"])
     # asking for a tensor of the corrupt shard does fail, clearly
     res = run(
-        [
-            "apply",
-            str(tgt),
-            "-r",
-            f"enc.w=from({src}, key=dec.w)",
-            "-o",
-            str(tmp_path / "p.safetensors"),
-        ]
+        "apply",
+        str(tgt),
+        "-r",
+        f"enc.w=from({src}, key=dec.w)",
+        "-o",
+        str(tmp_path / "p.safetensors"),
     )
     assert res.exit_code == 1 and "model-00002-of-00002.safetensors" in res.output
 
 
 def test_dry_run_shows_resolved_transplants(pair):
     tgt, src = pair
-    res = run(["apply", str(tgt), "--dry-run", "-r", f"encoder.*=from({src}, key=auto)"])
+    res = run("apply", str(tgt), "--dry-run", "-r", f"encoder.*=from({src}, key=auto)")
     assert res.exit_code == 0, res.output
     assert f"from({src}, key=auto) <- model.encoder.0.weight" in res.output
     assert "3 transplant" in res.output
@@ -351,37 +343,16 @@ def test_dry_run_shows_resolved_transplants(pair):
 
 @pytest.mark.slow
 def test_transplant_every_tensor_peak_rss_growth_is_bounded(tmp_path):
-    from test_memory import MB, make_checkpoint, peak_rss
-
     src = tmp_path / "src.safetensors"
     size = make_checkpoint(src)
     assert size > 380 * MB
     tgt = tmp_path / "tgt.safetensors"
     layout = load_file_shapes(src)
     save_file({k: torch.zeros(s) for k, s in layout.items()}, tgt)
-    py = sys.executable
-    baseline = peak_rss(
-        [py, "-c", "import reinit.cli, reinit.run.apply, torch, safetensors"], tmp_path
+    growth = rss_growth(
+        "apply", tgt, "-r", f"*=from({src})", "-o", "out.safetensors", "-q", cwd=tmp_path
     )
-    used = peak_rss(
-        [
-            py,
-            "-m",
-            "reinit",
-            "apply",
-            str(tgt),
-            "-r",
-            f"*=from({src})",
-            "-o",
-            "out.safetensors",
-            "-q",
-        ],
-        tmp_path,
-    )
-    growth = used - baseline
-    print(
-        f"source {size / MB:.0f} MB, baseline {baseline / MB:.0f} MB, peak {used / MB:.0f} MB, growth {growth / MB:.0f} MB"
-    )
+    print(f"source {size / MB:.0f} MB, growth {growth / MB:.0f} MB")
     from safetensors import safe_open
 
     with safe_open(src, "pt") as a, safe_open(tmp_path / "out.safetensors", "pt") as b:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import run
 from safetensors.torch import save_file
 
 from reinit.cli import main
@@ -28,20 +29,16 @@ def sharded(tmp_path: Path) -> Path:
     return d
 
 
-def invoke(*args: str):
-    return CliRunner().invoke(main, ["verify", *args])
-
-
 def test_valid_file(tmp_path):
     p = tmp_path / "m.safetensors"
     save_file(SD, p)
-    res = invoke(str(p))
+    res = run("verify", str(p))
     assert res.exit_code == 0, res.output
     assert (
         res.stdout.strip()
         == f"{p}: valid safetensors: 1 file(s), 2 tensors, 88 bytes of tensor data"
     )
-    doc = json.loads(invoke(str(p), "--json").stdout)
+    doc = json.loads(run("verify", str(p), "--json").stdout)
     assert doc["valid"] and doc["tensors"] == 2 and doc["bytes"] == 88
 
 
@@ -49,7 +46,7 @@ def test_valid_directory(tmp_path):
     d = sharded(tmp_path)
     r = verify(d)
     assert (r.tensors, r.nbytes, len(r.files)) == (2, 88, 2)
-    res = invoke(str(d))
+    res = run("verify", str(d))
     assert res.exit_code == 0 and "2 file(s), 2 tensors, 88 bytes" in res.stdout
 
 
@@ -57,7 +54,7 @@ def test_truncated_file(tmp_path):
     p = tmp_path / "m.safetensors"
     save_file(SD, p)
     p.write_bytes(p.read_bytes()[:-3])
-    res = invoke(str(p))
+    res = run("verify", str(p))
     assert res.exit_code == 1
     last = "a"  # safetensors stores the 8-byte-aligned int64 tensor first
     assert res.stderr.strip() == (
@@ -68,9 +65,9 @@ def test_truncated_file(tmp_path):
 def test_not_safetensors(tmp_path):
     p = tmp_path / "m.bin"
     torch.save(SD, p)
-    res = invoke(str(p))
+    res = run("verify", str(p))
     assert res.exit_code == 1 and "not one (.safetensors)" in res.stderr
-    assert invoke(str(tmp_path / "missing.safetensors")).exit_code == 2
+    assert run("verify", str(tmp_path / "missing.safetensors")).exit_code == 2
 
 
 @pytest.mark.parametrize(
@@ -104,7 +101,7 @@ def test_broken_directory(tmp_path, breakage, message):
         s2.write_bytes(bytes(data))
     with pytest.raises(CheckpointError):
         verify(d)
-    res = invoke(str(d))
+    res = run("verify", str(d))
     assert res.exit_code == 1, res.output
     assert len(res.stderr.strip().splitlines()) == 1 and message in res.stderr, res.stderr
 
@@ -118,5 +115,5 @@ def test_verify_accepts_what_apply_writes(tmp_path):
         .exit_code
         == 0
     )
-    res = invoke(str(out))
+    res = run("verify", str(out))
     assert res.exit_code == 0 and "2 tensors, 88 bytes" in res.stdout

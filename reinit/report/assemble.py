@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+__all__ = ["finalize", "make_report", "summarize"]
+
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -30,6 +32,8 @@ def make_report(
     started: float,
     the_plan: Plan | None = None,
 ) -> Report:
+    """The finished Report of a run: flags added (`finalize`), counts and time summed, the
+    plan's warnings and dropped names carried over."""
     final = finalize(entries)
     return Report(
         reinit_version=__version__,
@@ -66,6 +70,7 @@ def finalize(entries: Sequence[TensorEntry]) -> tuple[TensorEntry, ...]:
 
 
 def summarize(entries: Iterable[TensorEntry], bytes_written: int, seconds: float) -> Summary:
+    """The report's counts by action and flagged, with what the run wrote and took."""
     entries = list(entries)
     count = {
         a: sum(1 for e in entries if e.action == a)

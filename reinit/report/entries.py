@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+__all__ = ["NOTE_CHANGED", "NOTE_NEW", "Report", "Summary", "TensorEntry", "var_gain"]
+
 import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from reinit.report.jsonio import json_safe, number
+from reinit.report.jsonio import JSON, json_safe, number
 from reinit.report.stats import Stats
 
 
 @dataclass(frozen=True)
 class TensorEntry:
+    """One tensor's row of the report: what was done to it, its statistics after (and before,
+    where known), what its scheme expected, and the flags it earned."""
+
     name: str
     shape: tuple[int, ...]
     dtype: str
@@ -40,7 +45,8 @@ class TensorEntry:
     def is_float(self) -> bool:
         return self.dtype.startswith(("float", "bfloat"))
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, JSON]:
+        """The tensor's object in the JSON report (DESIGN §5)."""
         return {
             "name": self.name,
             "shape": list(self.shape),
@@ -61,7 +67,7 @@ class TensorEntry:
         }
 
     @staticmethod
-    def from_dict(d: Mapping[str, Any]) -> TensorEntry:
+    def from_dict(d: Mapping[str, Any]) -> TensorEntry:  # Any: json.loads' output, as read
         return TensorEntry(
             name=d["name"],
             shape=tuple(d["shape"]),
@@ -90,6 +96,8 @@ def _counted(s: Stats, shape: Sequence[int]) -> Stats:
 
 @dataclass(frozen=True)
 class Summary:
+    """The counts of a report, by action, and what the run cost."""
+
     tensors: int
     reinit: int
     transplant: int
@@ -99,7 +107,7 @@ class Summary:
     bytes_written: int
     seconds: float
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, JSON]:
         return asdict(self)
 
 
@@ -108,6 +116,9 @@ _ROWS = "\x00reinit-tensor-rows\x00"  # to_json's placeholder for the tensor row
 
 @dataclass(frozen=True)
 class Report:
+    """What a run did to every tensor, in plan order: the value `apply` and `reinit report`
+    return, and the source of every rendering (terminal, JSON, CSV, Markdown, plot)."""
+
     reinit_version: str
     source: str
     output: str | None
@@ -118,14 +129,18 @@ class Report:
     warnings: tuple[str, ...] = field(default=())
     dropped: tuple[str, ...] = field(default=())  # names removed by --drop
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, JSON]:
+        """The JSON report (DESIGN §5) as Python values (non-finite numbers as floats)."""
+        return self._fields([t.to_dict() for t in self.tensors])
+
+    def _fields(self, tensors: JSON) -> dict[str, JSON]:
         return {
             "reinit_version": self.reinit_version,
             "source": self.source,
             "output": self.output,
             "seed": self.seed,
             "rules": list(self.rules),
-            "tensors": [t.to_dict() for t in self.tensors],
+            "tensors": tensors,
             "summary": self.summary.to_dict(),
             "dropped": list(self.dropped),
         }
@@ -136,11 +151,11 @@ class Report:
         Why one line per tensor: json's indenting encoder is pure Python, and a fully indented
         tensor list cost ~0.4 ms and ~500 bytes per tensor (a third of `apply`'s time on a file
         of 100k small tensors); each row is encoded by the C encoder instead."""
-        d = json_safe(self.to_dict())  # non-finite numbers as strings: strict JSON
-        if indent is None:
-            return json.dumps(d, allow_nan=False)
-        rows = d["tensors"]
-        d["tensors"] = _ROWS  # a placeholder no real value encodes to, kept in key order
+        if indent is None:  # non-finite numbers as strings: strict JSON
+            return json.dumps(json_safe(self.to_dict()), allow_nan=False)
+        rows = [json_safe(t.to_dict()) for t in self.tensors]
+        # a placeholder no real value encodes to, kept in key order
+        d = json_safe(self._fields(_ROWS))
         encode = json.JSONEncoder(allow_nan=False).encode
         pad = " " * indent
         body = ",\n".join(pad * 2 + encode(row) for row in rows)
@@ -149,7 +164,7 @@ class Report:
         return text.replace(json.dumps(_ROWS), tensors, 1)
 
     @staticmethod
-    def from_dict(d: Mapping[str, Any]) -> Report:
+    def from_dict(d: Mapping[str, Any]) -> Report:  # Any: json.loads' output, as read
         return Report(
             reinit_version=d["reinit_version"],
             source=d["source"],

@@ -1,29 +1,51 @@
-"""The report as files: CSV, Markdown and JSON, chosen by extension."""
+"""The report as files: CSV, Markdown, JSON (chosen by extension) and the PNG plot, and the one
+way they reach the disk.
+
+Why one way: `apply --report/--plot`, `reinit report -o/--plot` and the library's
+`write_report`/`plot_report` once each had their own checks and their own atomic writer. Every
+report or plot file now has its path checked by `report_targets` (the one rule of
+`reinit.io.targets`) and is written by `stage_report_files` into a `Publication`, so it is
+published together with whatever else the run writes, or not at all."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+__all__ = [
+    "CSV_COLUMNS",
+    "RENDERERS",
+    "SideOutput",
+    "check_formats",
+    "plot_report",
+    "publish_report_files",
+    "render_for_path",
+    "report_targets",
+    "stage_report_files",
+    "to_csv",
+    "to_markdown",
+    "write_report",
+    "write_text_file",
+]
 
-from reinit.io.targets import (
-    check_suffix,
-)
-from reinit.report.entries import Report
-from reinit.report.layers import layer_tables, layers_markdown
-from reinit.report.terminal import depth_lines, summary_line
-from reinit.report.text import fmt, shape_text
-
-if TYPE_CHECKING:
-    pass
 import csv
 import io
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
+from reinit.io.publish import Publication, how_to_publish
+from reinit.io.targets import Inputs, check_distinct, check_suffix, check_target
+from reinit.io.writer import write_error
+from reinit.report.entries import Report
+from reinit.report.layers import layer_tables, layers_markdown
+from reinit.report.plot import draw_plot
+from reinit.report.terminal import depth_lines, summary_line
+from reinit.report.text import fmt, shape_text
 from reinit.text import md_cell, shown
 
+StrPath = str | os.PathLike[str]
 
-def write_text_file(path: Path, text: str) -> None:
-    path.write_text(text, encoding="utf-8")
-
+_STAT_KEYS = ("mean", "std", "min", "max", "nonfinite")
 
 CSV_COLUMNS = (
     "name",
@@ -36,8 +58,8 @@ CSV_COLUMNS = (
     "reason",
     "fan_in",
     "fan_out",
-    *(f"before_{k}" for k in ("mean", "std", "min", "max", "nonfinite")),
-    *(f"after_{k}" for k in ("mean", "std", "min", "max", "nonfinite")),
+    *(f"before_{k}" for k in _STAT_KEYS),
+    *(f"after_{k}" for k in _STAT_KEYS),
     "expected_std",
     "var_gain",
     "flags",
@@ -45,13 +67,19 @@ CSV_COLUMNS = (
 )
 
 
+def write_text_file(path: Path, text: str) -> None:
+    """UTF-8 whatever the locale: a report holds tensor names from any script."""
+    path.write_text(text, encoding="utf-8")
+
+
 def to_csv(report: Report) -> str:
+    """One row per tensor, every field of the JSON form flattened into `CSV_COLUMNS`."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
     for e in report.tensors:
-        d = e.to_dict()
-        before = d["before"] or dict.fromkeys(("mean", "std", "min", "max", "nonfinite"))
+        before = e.before.to_dict() if e.before else dict.fromkeys(_STAT_KEYS)
+        after = e.after.to_dict()
         row = [
             e.name,
             "x".join(map(str, e.shape)),
@@ -63,8 +91,8 @@ def to_csv(report: Report) -> str:
             e.reason,
             e.fan_in,
             e.fan_out,
-            *(before[k] for k in ("mean", "std", "min", "max", "nonfinite")),
-            *(d["after"][k] for k in ("mean", "std", "min", "max", "nonfinite")),
+            *(before[k] for k in _STAT_KEYS),
+            *(after[k] for k in _STAT_KEYS),
             e.expected_std,
             e.var_gain,
             ";".join(e.flags),
@@ -76,22 +104,18 @@ def to_csv(report: Report) -> str:
     return buf.getvalue()
 
 
-def _md_cell(text: str) -> str:
-    return md_cell(text)
-
-
 def to_markdown(report: Report) -> str:
     """A header, `## Tensors` (one table row per tensor, flags in the last column) and
     `## Per layer` (one table per tensor kind, a column per layer)."""
     lines = [
-        f"# reinit report: {_md_cell(report.source)}",
+        f"# reinit report: {md_cell(report.source)}",
         "",
-        f"- output: {_md_cell(report.output or '(none)')}",
+        f"- output: {md_cell(report.output or '(none)')}",
         f"- seed: {report.seed}",
-        f"- rules: {', '.join(f'`{_md_cell(r)}`' for r in report.rules) or '(none)'}",
+        f"- rules: {', '.join(f'`{md_cell(r)}`' for r in report.rules) or '(none)'}",
         f"- {summary_line(report)}",
-        *(f"- warning: {_md_cell(w)}" for w in report.warnings),
-        *(f"- {_md_cell(line)}" for line in depth_lines(report.tensors)),
+        *(f"- warning: {md_cell(w)}" for w in report.warnings),
+        *(f"- {md_cell(line)}" for line in depth_lines(report.tensors)),
         "",
         "## Tensors",
         "",
@@ -99,25 +123,19 @@ def to_markdown(report: Report) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for e in report.tensors:
-        lines.append(
-            "| "
-            + " | ".join(
-                _md_cell(c)
-                for c in (
-                    f"`{e.name}`",
-                    shape_text(e.shape),
-                    e.dtype,
-                    e.action + (f" ({e.reason})" if e.reason else ""),
-                    f"`{e.rule}`" if e.rule else "",
-                    fmt(e.before.std) if e.before else "",
-                    fmt(e.after.std),
-                    fmt(e.expected_std),
-                    fmt(e.var_gain),
-                    ", ".join(e.flags),
-                )
-            )
-            + " |"
+        cells = (
+            f"`{e.name}`",
+            shape_text(e.shape),
+            e.dtype,
+            e.action + (f" ({e.reason})" if e.reason else ""),
+            f"`{e.rule}`" if e.rule else "",
+            fmt(e.before.std) if e.before else "",
+            fmt(e.after.std),
+            fmt(e.expected_std),
+            fmt(e.var_gain),
+            ", ".join(e.flags),
         )
+        lines.append("| " + " | ".join(md_cell(c) for c in cells) + " |")
     tables = layer_tables(report.tensors)
     if tables:
         lines += ["", "## Per layer", ""]
@@ -132,28 +150,113 @@ def to_markdown(report: Report) -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def write_report(report: Report, path: str | Any, *, replace: bool = True) -> None:
-    """Write `report` to `path` in the format its extension names (.json, .csv, .md),
-    atomically (a temporary beside it, renamed when complete; without `replace`, an existing
-    file is an error, even one that appears meanwhile)."""
-    from pathlib import Path
+def _to_json(report: Report) -> str:
+    return report.to_json() + "\n"
 
-    from reinit.io.publish import atomic_output
 
-    p = Path(path)
-    text = render_for_path(report, p.name)
-    with atomic_output(p, replace=replace) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+#: The text report formats by extension. A new format: a renderer here and its suffix in
+#: `reinit.io.targets.SUFFIXES["report"]` (which every path is checked against first).
+RENDERERS: dict[str, Callable[[Report], str]] = {
+    ".json": _to_json,
+    ".csv": to_csv,
+    ".md": to_markdown,
+}
 
 
 def render_for_path(report: Report, filename: str) -> str:
-    lower = filename.lower()
-    if lower.endswith(".json"):
-        return report.to_json() + "\n"
-    if lower.endswith(".csv"):
-        return to_csv(report)
-    if lower.endswith(".md"):
-        return to_markdown(report)
+    """The report in the format `filename`'s extension names."""
+    check_suffix(filename, "--report", "report")  # the one message for an unknown format
+    suffix = next(k for k in RENDERERS if filename.lower().endswith(k))  # `.json` alone too
+    return RENDERERS[suffix](report)
 
-    check_suffix(filename, "--report", "report")  # raises: the one message for every path
-    raise AssertionError(filename)
+
+@dataclass(frozen=True)
+class SideOutput:
+    """A file written beside (or instead of) a checkpoint: a text report or the plot."""
+
+    kind: Literal["report", "plot"]
+    path: Path
+
+
+def check_formats(reports: Iterable[StrPath], plot: StrPath | None, option: str) -> None:
+    """Refuse an unknown report or plot extension before any work (a typo costs nothing);
+    `option` names the report flag as the user gave it (`--report` or `-o`)."""
+    for r in reports:
+        check_suffix(r, option, "report")
+    if plot is not None:
+        check_suffix(plot, "--plot", "plot")
+
+
+def report_targets(
+    reports: Iterable[StrPath],
+    plot: StrPath | None,
+    option: str,
+    *,
+    inputs: Inputs,
+    overwrite: bool,
+    also: Sequence[Path] = (),
+) -> list[SideOutput]:
+    """The report and plot paths of a run, each checked by the one rule (`check_target`:
+    known extension, never an input, never an existing file without `overwrite`), and all of
+    them (with `also`, the run's other outputs) distinct."""
+    out = [
+        SideOutput("report", check_target(r, option, "report", inputs=inputs, overwrite=overwrite))
+        for r in reports
+    ]
+    if plot is not None:
+        path = check_target(plot, "--plot", "plot", inputs=inputs, overwrite=overwrite)
+        out.append(SideOutput("plot", path))
+    check_distinct([*also, *(t.path for t in out)])
+    return out
+
+
+def stage_report_files(
+    pub: Publication, report: Report, targets: Sequence[SideOutput], how: str
+) -> None:
+    """Write each target into a temporary of `pub` (published by the caller's `commit`)."""
+    for t in targets:
+        tmp = pub.stage(t.path, how=how)
+        try:
+            if t.kind == "plot":
+                draw_plot(report, tmp)
+            else:
+                write_text_file(tmp, render_for_path(report, t.path.name))
+        except OSError as e:  # named as the user named it, not as our temporary
+            raise write_error(str(t.path), e) from None
+
+
+def publish_report_files(report: Report, targets: Sequence[SideOutput], how: str) -> None:
+    """Write `targets` and publish them together (all of them or none)."""
+    if not targets:
+        return
+    with Publication() as pub:
+        stage_report_files(pub, report, targets, how)
+        pub.commit()
+
+
+def write_report(report: Report, path: StrPath, *, replace: bool = True) -> None:
+    """Write `report` to `path` in the format its extension names (.json, .csv, .md),
+    atomically (a temporary beside it, renamed when complete; without `replace`, an existing
+    file is an error, even one that appears meanwhile).
+
+    Example:
+        >>> write_report(reinit.report_checkpoint("model.safetensors"), "r.md")  # doctest: +SKIP
+    """
+    check_suffix(path, "--report", "report")
+    target = SideOutput("report", Path(path))
+    publish_report_files(report, [target], how_to_publish(overwrite=replace))
+
+
+def plot_report(
+    report: Report, path: StrPath, title: str | None = None, *, replace: bool = True
+) -> None:
+    """Write the `--plot` PNG of `report` (see `draw_plot`) to `path` atomically.
+
+    Example:
+        >>> plot_report(reinit.report_checkpoint("model.safetensors"), "std.png")  # doctest: +SKIP
+    """
+    check_suffix(path, "--plot", "plot")
+    with Publication() as pub:
+        tmp = pub.stage(Path(path), how=how_to_publish(overwrite=replace))
+        draw_plot(report, tmp, title)
+        pub.commit()

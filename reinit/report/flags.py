@@ -3,6 +3,25 @@ cross-layer (outlier by kind and shape, unstable_depth by geometric-mean var_gai
 
 from __future__ import annotations
 
+__all__ = [
+    "FLAGS",
+    "SELF_FLAGS",
+    "ZERO_INIT_NAMES",
+    "DepthCheck",
+    "depth_checks",
+    "geometric_mean",
+    "is_norm",
+    "kind_of",
+    "layer_index",
+    "layer_key",
+    "layer_prefix",
+    "outliers",
+    "std_off",
+    "std_tolerance",
+    "takes_part",
+    "tensor_flags",
+]
+
 import math
 import re
 import statistics

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+__all__ = [
+    "LayerCell",
+    "LayerTable",
+    "is_changed",
+    "layer_tables",
+    "layers_markdown",
+    "render_layer_table",
+]
+
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from reinit.report.entries import NOTE_CHANGED, TensorEntry
 from reinit.report.flags import geometric_mean, kind_of, layer_index, layer_key, takes_part
-from reinit.report.text import fmt, shape_text, shorten, shorten_name
+from reinit.report.text import click_style, fmt, shape_text, shorten, shorten_name
 from reinit.text import md_cell, shown
 
 
@@ -119,15 +128,13 @@ def _layer_rows(t: LayerTable, mark: str) -> list[tuple[str, list[str]]]:
 def render_layer_table(t: LayerTable, width: int = 100, color: bool = False) -> str:
     """The kind's title line, then rows `layer / std / std before / var_gain` with one
     column per layer, wrapped into blocks that fit `width`."""
-    import click
-
     rest = _table_title(t) + (f"  [{', '.join(t.flags)}]" if t.flags else "")
     kind = shown(t.kind)
     if len(kind) + 2 + len(rest) <= width:
         titles = [f"{kind}  {rest}"]
     else:  # the kind on its own line, what it is below
         titles = [shorten_name(kind, width), "  " + shorten(rest, width - 2)]
-    lines = [click.style(x, bold=True) if color else x for x in titles]  # kind: shown() above
+    lines = [click_style(x, color, bold=True) for x in titles]  # kind: shown() above
     rows = [("layer", [c.label for c in t.cells]), *_layer_rows(t, "!")]
     label_w = max(len(r[0]) for r in rows)
     col_w = [max(len(r[1][i]) for r in rows) for i in range(len(t.cells))]
@@ -141,8 +148,8 @@ def render_layer_table(t: LayerTable, width: int = 100, color: bool = False) -> 
             parts = []
             for i in range(start, stop):
                 text = cells[i].rjust(col_w[i])
-                if color and label.startswith("std") and t.cells[i].flags and label != "std before":
-                    text = click.style(text, fg="red", bold=True)
+                if label.startswith("std") and t.cells[i].flags and label != "std before":
+                    text = click_style(text, color, fg="red", bold=True)
                 parts.append(text)
             lines.append(f"  {label.ljust(label_w)}  " + "  ".join(parts))
         start = stop
@@ -150,6 +157,7 @@ def render_layer_table(t: LayerTable, width: int = 100, color: bool = False) -> 
 
 
 def layers_markdown(t: LayerTable) -> list[str]:
+    """The Markdown form of `render_layer_table`: a `###` title and a table, flagged in bold."""
     title = _table_title(t).replace("  ", " · ")
     if t.flags:
         title += " · " + ", ".join(f"**{f}**" for f in t.flags)

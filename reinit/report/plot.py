@@ -5,12 +5,15 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from typing import TypeGuard
 
 from reinit.errors import UsageError
 from reinit.report.entries import Report
 from reinit.report.layers import LayerTable, layer_tables
 from reinit.report.terminal import summary_line
 from reinit.report.text import shorten, shorten_name
+
+__all__ = ["DPI", "FIGSIZE", "MAX_LINES", "draw_plot", "require_matplotlib"]
 
 FIGSIZE = (11.0, 6.0)  # inches
 
@@ -37,15 +40,8 @@ def _plottable(t: LayerTable) -> bool:
     )
 
 
-def plot_report(
-    report: Report,
-    path: str | os.PathLike[str],
-    title: str | None = None,
-    *,
-    direct: bool = False,
-    replace: bool = True,
-) -> None:
-    """Write a PNG of std (log scale) against layer index, one colour per tensor kind: after
+def draw_plot(report: Report, path: str | os.PathLike[str], title: str | None = None) -> None:
+    """Write (directly: `path` is a temporary that `reinit.report.files` publishes) a PNG of std (log scale) against layer index, one colour per tensor kind: after
     solid, before (when the report has it) dashed; flagged tensors marked with a red ×, those
     whose std cannot sit on a log axis (zero, NaN-only, or garbage beyond 1e10) as red
     triangles on the bottom or top edge."""
@@ -53,8 +49,6 @@ def plot_report(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
-
-    from reinit.io.publish import atomic_output
 
     tables = [t for t in layer_tables(report.tensors) if _plottable(t)]
     drawn, dropped = tables[:MAX_LINES], tables[MAX_LINES:]
@@ -67,12 +61,7 @@ def plot_report(
     ax.grid(True, which="major", alpha=0.3)
     ax.set_title(title or f"reinit report: {shorten(report.source, 80)}", fontsize=11)
 
-    def sane(v: float | None) -> bool:
-        return v is not None and 0 < v < 1e10 and math.isfinite(v)
-
-    values = [
-        v for t in drawn for c in t.cells for v in (c.after, c.before) if sane(v) and v is not None
-    ]
+    values = [v for t in drawn for c in t.cells for v in (c.after, c.before) if _sane(v)]
     lo = min(values) / 2 if values else 1e-3
     hi = max(values) * 2 if values else 1.0
     edge_low: list[float] = []
@@ -84,7 +73,7 @@ def plot_report(
         xs = [_x(c.label) for c in t.cells]
         color = colors[i]
         width = 1.8 if i < 10 else 1.0
-        after = [c.after if sane(c.after) else math.nan for c in t.cells]
+        after = [c.after if _sane(c.after) else math.nan for c in t.cells]
         ax.plot(
             xs,
             after,
@@ -98,22 +87,26 @@ def plot_report(
             # an unchanged tensor's before is its after: the dashed line leaves the solid
             # one exactly where something changed
             before = [
-                (c.before if c.before is not None else (None if c.changed else c.after))
-                for c in t.cells
+                v if _sane(v) else math.nan
+                for v in (
+                    (c.before if c.before is not None else (None if c.changed else c.after))
+                    for c in t.cells
+                )
             ]
-            before = [v if sane(v) else math.nan for v in before]
             ax.plot(xs, before, linestyle="--", color=color, linewidth=1.4, alpha=0.7, zorder=1)
         for x, c in zip(xs, t.cells, strict=True):
             if not c.flags:
                 continue
-            if sane(c.after):
-                marks.append((x, c.after or 0.0))
+            if _sane(c.after):
+                marks.append((x, c.after))
             elif "garbage" in c.flags or (c.after is not None and c.after >= 1e10):
                 edge_high.append(x)
             else:
                 edge_low.append(x)
     if marks:
-        ax.scatter(*zip(*marks, strict=True), marker="x", s=70, color="red", zorder=5)
+        ax.scatter(
+            [m[0] for m in marks], [m[1] for m in marks], marker="x", s=70, color="red", zorder=5
+        )
     ax.set_ylim(lo, hi)
     if edge_high:
         ax.scatter(edge_high, [hi / 1.15] * len(edge_high), marker="^", s=70, color="red", zorder=5)
@@ -136,20 +129,21 @@ def plot_report(
     caption = [summary_line(report)]
     loose = [e for e in report.tensors if e.flags and not _in_tables(e.name, drawn)]
     if loose:
-        shown = ", ".join(f"{shorten_name(e.name, 40)} [{','.join(e.flags)}]" for e in loose[:4])
+        names = ", ".join(f"{shorten_name(e.name, 40)} [{','.join(e.flags)}]" for e in loose[:4])
         caption.append(
-            f"flagged outside the per-layer lines: {shown}" + (" …" if len(loose) > 4 else "")
+            f"flagged outside the per-layer lines: {names}" + (" …" if len(loose) > 4 else "")
         )
     if dropped:
         caption.append(f"{len(dropped)} more kinds not drawn (see the .md report)")
     fig.text(0.01, 0.01, "\n".join(caption), fontsize=7, va="bottom", ha="left")
     fig.subplots_adjust(left=0.07, right=0.70, top=0.93, bottom=0.10 + 0.025 * len(caption))
-    if direct:  # `path` is a temporary that the caller publishes with the rest of its run
-        with open(path, "wb") as f:
-            fig.savefig(f, format="png", dpi=DPI)
-        return
-    with atomic_output(path, replace=replace) as tmp, open(tmp, "wb") as f:
+    with open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=DPI)
+
+
+def _sane(v: float | None) -> TypeGuard[float]:
+    """Drawable on the log axis: positive, finite, below the `garbage` threshold."""
+    return v is not None and 0 < v < 1e10 and math.isfinite(v)
 
 
 def _x(label: str) -> float:

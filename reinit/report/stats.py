@@ -4,6 +4,8 @@ do not overflow)."""
 
 from __future__ import annotations
 
+__all__ = ["Stats", "StatsAccumulator", "tensor_stats"]
+
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -11,7 +13,7 @@ from typing import Any
 
 import torch
 
-from reinit.report.jsonio import number
+from reinit.report.jsonio import JSON, number
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,7 @@ class Stats:
     nonfinite: int
     count: int = 0  # finite values counted; not part of the JSON schema
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, JSON]:
         return {
             "mean": self.mean,
             "std": self.std,
@@ -38,7 +40,7 @@ class Stats:
     @staticmethod
     def from_dict(d: Mapping[str, Any]) -> Stats:
         return Stats(
-            number(d["mean"]),
+            number(d["mean"]),  # "NaN"/"Infinity" strings back as floats
             number(d["std"]),
             number(d["min"]),
             number(d["max"]),

@@ -3,6 +3,8 @@ the unstable-depth lines and the per-layer view."""
 
 from __future__ import annotations
 
+__all__ = ["depth_lines", "render_table", "render_terminal", "summary_line"]
+
 import textwrap
 from collections import defaultdict
 from collections.abc import Sequence
@@ -10,11 +12,19 @@ from collections.abc import Sequence
 from reinit.report.entries import NOTE_CHANGED, Report, TensorEntry
 from reinit.report.flags import depth_checks
 from reinit.report.layers import is_changed, layer_tables, render_layer_table
-from reinit.report.text import click_style, fmt, shape_text, shorten, shorten_name
+from reinit.report.text import (
+    click_style,
+    column_widths,
+    fmt,
+    shape_text,
+    shorten,
+    table_row,
+)
 from reinit.text import shown
 
 
 def summary_line(report: Report) -> str:
+    """`12 tensors, 3 reinit, …, 0.41s`: the counts every rendering starts with."""
     s = report.summary
     parts = [
         f"{s.tensors} tensors",
@@ -68,8 +78,6 @@ def _fit_widths(widths: list[int], width: int) -> list[int]:
 def render_table(entries: Sequence[TensorEntry], width: int = 100, color: bool = False) -> str:
     """An aligned table (flagged rows first) that fits `width` columns: long names are
     shortened in the middle, numbers have 3 significant digits."""
-    import click
-
     rows = sorted(entries, key=lambda e: (not e.flags,))
     cols = [
         (
@@ -83,23 +91,17 @@ def render_table(entries: Sequence[TensorEntry], width: int = 100, color: bool =
         )
         for e in rows
     ]
-    n = len(_TABLE_HEADER)
-    widths = [max([len(_TABLE_HEADER[i])] + [len(c[i]) for c in cols]) for i in range(n)]
-    widths = _fit_widths(widths, width)
+    widths = _fit_widths(column_widths(_TABLE_HEADER, cols), width)
     out = [
         "  ".join(
             shorten(h, w).ljust(w) for h, w in zip(_TABLE_HEADER, widths, strict=True)
         ).rstrip()
     ]
     for e, c in zip(rows, cols, strict=True):
-        cells = [shorten_name(c[0], widths[0]).ljust(widths[0])]
-        cells += [shorten(v, w).ljust(w) for v, w in zip(c[1:], widths[1:], strict=True)]
-        line = "  ".join(cells).rstrip()
-        if color and e.flags:
-            line = click.style(line, fg="red")
-        elif color and is_changed(e):
-            line = click.style(line, fg="green")
-        out.append(line)
+        line = table_row(c, widths)
+        out.append(
+            click_style(line, color, fg="red" if e.flags else "green" if is_changed(e) else None)
+        )
     return "\n".join(out)
 
 

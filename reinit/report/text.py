@@ -3,8 +3,19 @@ clipped from the left so the layer number and the specific tail stay)."""
 
 from __future__ import annotations
 
+__all__ = [
+    "click_style",
+    "column_widths",
+    "fmt",
+    "shape_text",
+    "shorten",
+    "shorten_name",
+    "table_row",
+]
+
 from collections.abc import Sequence
-from typing import Any
+
+import click
 
 
 def fmt(x: float | None) -> str:
@@ -21,6 +32,7 @@ def fmt(x: float | None) -> str:
 
 
 def shape_text(shape: Sequence[int]) -> str:
+    """`768×3072`; `scalar` for a 0-d tensor."""
     return "×".join(map(str, shape)) if shape else "scalar"
 
 
@@ -56,9 +68,21 @@ def shorten(text: str, width: int) -> str:
     return text[:head] + "…" + text[len(text) - (keep - head) :]
 
 
-def click_style(text: str, color: bool, **style: Any) -> str:
-    if not color:
-        return text
-    import click
+def column_widths(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[int]:
+    """The width of each column: its longest cell, header included."""
+    return [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
 
-    return click.style(text, **style)
+
+def table_row(cells: Sequence[str], widths: Sequence[int]) -> str:
+    """One aligned row of a renderer's table: the first cell is a tensor name, shortened by
+    `shorten_name`, the others in the middle; trailing blanks dropped."""
+    parts = [shorten_name(cells[0], widths[0]).ljust(widths[0])]
+    parts += [shorten(c, w).ljust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
+    return "  ".join(parts).rstrip()
+
+
+def click_style(text: str, color: bool, *, fg: str | None = None, bold: bool | None = None) -> str:
+    """`text` styled for a terminal when `color` and a style is given, as it is otherwise."""
+    if not color or (fg is None and bold is None):
+        return text
+    return click.style(text, fg=fg, bold=bold)

@@ -3,34 +3,25 @@ and publish them (checkpoint, reports and plot together or not at all)."""
 
 from __future__ import annotations
 
+__all__ = ["apply"]
+
 import json
 import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, closing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from reinit.errors import OutputError, UsageError
 from reinit.io.checkpoint import Checkpoint, TensorRef, tensor_from_bytes
-from reinit.io.confine import (
-    copy_regular,
-    extras_to_copy,
-    output_path,
-)
+from reinit.io.confine import copy_regular, extras_to_copy, output_path
 from reinit.io.pipeline import prefetch
 from reinit.io.publish import Publication, how_to_publish
-from reinit.io.targets import (
-    REPORT_NAME,
-    Inputs,
-    check_distinct,
-    check_replace_folder,
-    check_suffix,
-    check_target,
-)
-from reinit.io.writer import SafetensorsWriter, write_error, write_torch_file
+from reinit.io.targets import REPORT_NAME, Inputs, check_replace_folder
+from reinit.io.writer import SafetensorsWriter, write_torch_file
 from reinit.options import APPLY_FIELDS, ApplyOptions, OptionKwargs, with_kwargs
 from reinit.planning.planner import PlanEntry
 from reinit.planning.session import (
@@ -42,10 +33,18 @@ from reinit.planning.session import (
     open_source,
     plan_for,
 )
+from reinit.planning.surgery import parse_surgery
 from reinit.planning.ties import Ties
 from reinit.report.assemble import make_report
 from reinit.report.entries import Report, TensorEntry
-from reinit.report.files import write_text_file
+from reinit.report.files import (
+    SideOutput,
+    check_formats,
+    render_for_path,
+    report_targets,
+    stage_report_files,
+    write_text_file,
+)
 from reinit.run.output import (
     INDEX_NAME,
     OutFile,
@@ -58,6 +57,12 @@ from reinit.run.stream import WRITE_AHEAD, Applier, Piece, progress_bar
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
+
+
+class Progress(Protocol):
+    """What the writers need of a progress bar (tqdm's `update`)."""
+
+    def update(self, n: float | None = 1) -> bool | None: ...
 
 
 def apply(
@@ -114,8 +119,6 @@ def apply(
     started = time.perf_counter()
     source_text = source.source if isinstance(source, Checkpoint) else os.fspath(source)
     opened: str | Checkpoint = source if isinstance(source, Checkpoint) else source_text
-    from reinit.planning.surgery import parse_surgery
-
     rule_objs = as_rules(rules)
     if not rule_objs and not (add or drop or rename):
         raise UsageError(
@@ -124,10 +127,7 @@ def apply(
         )
     surgery = parse_surgery(add, drop, rename)
     device = check_device(device)
-    for r in reports:  # checked before any work, so a typo costs nothing
-        check_suffix(r, "--report", "report")
-    if plot is not None:
-        check_suffix(plot, "--plot", "plot")
+    check_formats(reports, plot, "--report")  # before any work, so a typo costs nothing
     with ExitStack() as stack:
         from reinit.planning.transplant import SourcePool
 
@@ -199,8 +199,8 @@ def apply(
         if o.finish_report is not None:
             report = o.finish_report(report)
         if default_report and spec.fmt == "directory":
-            write_text_file(tmp / REPORT_NAME, report.to_json() + "\n")
-        stage_side_outputs(pub, report, targets, how)
+            write_text_file(tmp / REPORT_NAME, render_for_path(report, REPORT_NAME))
+        stage_report_files(pub, report, targets, how)
         pub.commit()  # the checkpoint, its reports and plot: all of them or none
     return report
 
@@ -213,47 +213,28 @@ def _side_targets(
     default_report: bool,
     overwrite: bool,
     in_place: bool,
-) -> list[tuple[str, Path]]:
-    """The reports and plot a run writes beside its checkpoint, as (kind, path), each checked
-    by the one rule (`check_target`) before any work."""
-    out: list[tuple[str, Path]] = []
+) -> list[SideOutput]:
+    """The reports and plot a run writes beside its checkpoint, each checked by the one rule
+    before any work; the default report of a file output comes first."""
+    first: list[SideOutput] = []
     if default_report and spec.fmt != "directory":
         path = spec.default_report
         if os.path.lexists(path) and not (overwrite or in_place):
             raise OutputError(f"-o {spec.path}: its report {path} exists; pass --overwrite")
-        out.append(("report", path))
-    for r in reports:
-        out.append(
-            ("report", check_target(r, "--report", "report", inputs=inputs, overwrite=overwrite))
-        )
-    if plot is not None:
-        out.append(
-            ("plot", check_target(plot, "--plot", "plot", inputs=inputs, overwrite=overwrite))
-        )
-    check_distinct([spec.path, *(p for _, p in out)])
-    return out
-
-
-def stage_side_outputs(
-    pub: Publication, report: Report, targets: Sequence[tuple[str, Path]], how: str
-) -> None:
-    from reinit.report.files import render_for_path
-
-    for kind, path in targets:
-        tmp = pub.stage(path, how=how)
-        try:
-            if kind == "plot":
-                from reinit.report.plot import plot_report
-
-                plot_report(report, tmp, direct=True)
-            else:
-                write_text_file(tmp, render_for_path(report, path.name))
-        except OSError as e:  # named as the user named it, not as our temporary
-            raise write_error(str(path), e) from None
+        first.append(SideOutput("report", path))
+    rest = report_targets(
+        reports,
+        plot,
+        "--report",
+        inputs=inputs,
+        overwrite=overwrite,
+        also=[spec.path, *(t.path for t in first)],
+    )
+    return [*first, *rest]
 
 
 def _write_pieces(
-    w: SafetensorsWriter, pieces: Iterator[Piece], count: int, bar: Any
+    w: SafetensorsWriter, pieces: Iterator[Piece], count: int, bar: Progress
 ) -> list[TensorEntry]:
     """Write `count` tensors' pieces with `w`; return their report entries."""
     entries: list[TensorEntry] = []
@@ -275,7 +256,7 @@ def _write_torch(
     tmp: Path,
     pieces: Iterator[Piece],
     by_name: dict[str, PlanEntry],
-    bar: Any,
+    bar: Progress,
     ties: Ties | None = None,
 ) -> tuple[list[TensorEntry], int]:
     """The `.bin/.pt` output: `torch.save` needs every tensor at once, so this form holds the
@@ -323,6 +304,6 @@ def _finish_directory(
             "weight_map": {n: f.relname for f in files for n in f.names},
         }
         text = json.dumps(index, indent=2) + "\n"
-        write_text_file(tmp / "model.safetensors.index.json", text)
+        write_text_file(tmp / INDEX_NAME, text)
         written += len(text)
     return written

@@ -3,12 +3,23 @@
 
 from __future__ import annotations
 
+__all__ = [
+    "INDEX_NAME",
+    "OutFile",
+    "OutputSpec",
+    "default_output",
+    "output_files",
+    "output_format",
+    "output_metadata",
+    "resolve_output",
+    "shard_output_name",
+]
+
 import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from reinit.errors import OutputError
 from reinit.io.checkpoint import Checkpoint, TensorRef
@@ -17,26 +28,26 @@ from reinit.io.confine import (
     check_relname,
 )
 from reinit.io.hub_url import is_hf_url, parse_hf_url
-from reinit.io.targets import (
-    Inputs,
-    check_output,
-)
+from reinit.io.targets import REPORT_NAME, Inputs, check_output
 from reinit.io.torch_reader import TORCH_SUFFIXES
 from reinit.version import __version__
 
-if TYPE_CHECKING:
-    pass
+#: The shard index of a sharded output (transformers' name).
+INDEX_NAME = "model.safetensors.index.json"
 
 
 @dataclass(frozen=True)
 class OutputSpec:
+    """The checkpoint output of a run: where, and in which form (a file or a folder)."""
+
     path: Path
     fmt: str  # "safetensors" | "torch" | "directory"
 
     @property
     def default_report(self) -> Path:
+        """Inside a folder output; beside a file output (`X.safetensors` -> `X.report.json`)."""
         if self.fmt == "directory":
-            return self.path / "reinit-report.json"
+            return self.path / REPORT_NAME
         name = self.path.name
         for suffix in (".safetensors", *TORCH_SUFFIXES):
             if name.endswith(suffix):
@@ -45,6 +56,8 @@ class OutputSpec:
 
 
 def output_format(path: str) -> str:
+    """The output form its name asks for: a known weight suffix is a file, anything else a
+    folder."""
     lower = path.lower()
     if lower.endswith(".safetensors"):
         return "safetensors"
@@ -98,6 +111,8 @@ def resolve_output(
 
 @dataclass(frozen=True)
 class OutFile:
+    """One output file and the tensors it holds, in the order they are written."""
+
     relname: str  # within a directory output; "" for a single-file output
     names: tuple[str, ...]
     source_shard: str
@@ -148,6 +163,3 @@ def output_metadata(
         {"version": __version__, "seed": seed, "rules": list(rules)}, separators=(",", ":")
     )
     return meta
-
-
-INDEX_NAME = "model.safetensors.index.json"

@@ -6,7 +6,7 @@ largest changed tensor."""
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -276,7 +276,7 @@ class Applier:
             del self._tied_values[root]
         return value
 
-    def stream(self, entries: Sequence[PlanEntry]) -> Iterator[Piece]:
+    def stream(self, entries: Sequence[PlanEntry]) -> Generator[Piece, None, None]:
         """All pieces of all entries, in output order.
 
         Re-initialized values are drawn ahead on a worker thread (at most `DRAW_AHEAD`

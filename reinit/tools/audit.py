@@ -3,35 +3,29 @@
 
 from __future__ import annotations
 
+__all__ = ["report_checkpoint", "same_bytes", "write_report_files"]
+
 import os
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack, closing
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 import torch
 
 from reinit.io.checkpoint import CHUNK_BYTES, Checkpoint, TensorRef
-from reinit.io.publish import Publication, how_to_publish
+from reinit.io.publish import how_to_publish
 from reinit.io.safetensors_format import dtype_name
-from reinit.io.targets import (
-    Inputs,
-    check_distinct,
-    check_target,
-)
+from reinit.io.targets import Inputs
 from reinit.io.trust import TrustSpec
 from reinit.planning.planner import plan as make_plan
 from reinit.planning.session import open_source
 from reinit.planning.ties import resolve_ties
 from reinit.report.assemble import make_report
-from reinit.report.entries import Report, TensorEntry
+from reinit.report.entries import NOTE_CHANGED, NOTE_NEW, Report, TensorEntry
+from reinit.report.files import check_formats, publish_report_files, report_targets
 from reinit.report.stats import StatsAccumulator
-from reinit.run.apply import stage_side_outputs
 from reinit.run.stream import Applier, progress_bar, view_bytes
-
-if TYPE_CHECKING:
-    pass
 
 
 def report_checkpoint(
@@ -93,26 +87,16 @@ def write_report_files(
     *,
     overwrite: bool = False,
     progress: bool = False,
-    unsafe_pickle: TrustSpec = False,
+    unsafe_pickle: TrustSpec = (),
 ) -> Report:
     """`reinit report SOURCE -o ... --plot ...`: every path checked by the one rule before the
     checkpoint is read (never an input, never an existing file without `overwrite`), then all
     of them published together."""
+    check_formats(outputs, plot, "-o")
     inputs = Inputs.of([source, against])
-    targets = [
-        ("report", check_target(p, "-o", "report", inputs=inputs, overwrite=overwrite))
-        for p in outputs
-    ]
-    if plot is not None:
-        targets.append(
-            ("plot", check_target(plot, "--plot", "plot", inputs=inputs, overwrite=overwrite))
-        )
-    check_distinct([p for _, p in targets])
+    targets = report_targets(outputs, plot, "-o", inputs=inputs, overwrite=overwrite)
     rep = report_checkpoint(source, against, progress=progress, unsafe_pickle=unsafe_pickle)
-    if targets:
-        with Publication() as pub:
-            stage_side_outputs(pub, rep, targets, how_to_publish(overwrite=overwrite))
-            pub.commit()
+    publish_report_files(rep, targets, how_to_publish(overwrite=overwrite))
     return rep
 
 
@@ -120,18 +104,17 @@ def _against(ckpt: Checkpoint, base: Checkpoint, entry: TensorEntry) -> TensorEn
     """`entry` with the baseline's statistics as `before` and a note when it differs: one
     pass over the baseline's chunks, compared with the source's chunk for chunk (bitwise, so
     a NaN equals the same NaN) until the first difference."""
-    from reinit.report.entries import NOTE_CHANGED, NOTE_NEW
-
     if entry.name not in base:
         return replace(entry, notes=(*entry.notes, NOTE_NEW))
     ref, bref = ckpt.ref(entry.name), base.ref(entry.name)
     acc = StatsAccumulator(bref.dtype)
     same = (ref.dtype, ref.shape) == (bref.dtype, bref.shape)
-    with closing(ckpt.iter_chunks(entry.name, CHUNK_BYTES)) as mine:
-        for chunk in base.iter_chunks(entry.name, CHUNK_BYTES):
-            acc.add(view_bytes(chunk, bref.dtype))
-            if same:
-                same = same_bytes(next(mine, memoryview(b"")), chunk)
+    # the source's chunks are read lazily and only until the first difference
+    mine = ckpt.iter_chunks(entry.name, CHUNK_BYTES)
+    for chunk in base.iter_chunks(entry.name, CHUNK_BYTES):
+        acc.add(view_bytes(chunk, bref.dtype))
+        if same:
+            same = same_bytes(next(mine, memoryview(b"")), chunk)
     notes: tuple[str, ...] = ()
     if not same:
         notes = (NOTE_CHANGED,)

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+__all__ = ["Diff", "TensorDiff", "diff_checkpoints", "render_diff", "summary_line", "value_diff"]
+
 import math
 import os
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from reinit.io.safetensors_format import dtype_name
 from reinit.io.trust import TrustSpec
+from reinit.planning.session import open_source
+from reinit.report.jsonio import JSON, dumps
 from reinit.report.stats import tensor_stats
-from reinit.report.text import fmt, shape_text, shorten, shorten_name
+from reinit.report.text import click_style, column_widths, fmt, shape_text, table_row
+from reinit.text import shown
+from reinit.tools.audit import same_bytes
 
 _CHUNK = 1 << 21
 
@@ -31,7 +36,7 @@ class TensorDiff:
     rel_frobenius: float | None = None  # ‖B−A‖/‖A‖; None when A is all zero or shapes differ
     nonfinite_changed: int = 0
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, JSON]:
         return {
             "name": self.name,
             "status": self.status,
@@ -74,22 +79,24 @@ class Diff:
                 return t
         raise KeyError(name)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, JSON]:
         return {
             "a": self.a,
             "b": self.b,
             "tensors": [t.to_dict() for t in self.tensors],
             "added": [t.name for t in self.of("added")],
             "removed": [t.name for t in self.of("removed")],
-            "summary": {
-                "compared": sum(1 for t in self.tensors if t.status in ("identical", "changed")),
-                **{s: len(self.of(s)) for s in ("identical", "changed", "added", "removed")},
-            },
+            "summary": dict(self.counts()),
+        }
+
+    def counts(self) -> dict[str, int]:
+        """Tensors compared (in both), and how many of each status."""
+        return {
+            "compared": sum(1 for t in self.tensors if t.status in ("identical", "changed")),
+            **{s: len(self.of(s)) for s in ("identical", "changed", "added", "removed")},
         }
 
     def to_json(self) -> str:
-        from reinit.report.jsonio import dumps
-
         return dumps(self.to_dict(), indent=2)
 
 
@@ -125,9 +132,6 @@ def diff_checkpoints(
 ) -> Diff:
     """Compare two checkpoints (any form of DESIGN §1) tensor by tensor, streaming: at most
     one tensor of each is in memory at a time."""
-    from reinit.planning.session import open_source
-    from reinit.tools.audit import same_bytes
-
     out: list[TensorDiff] = []
     with open_source(a, unsafe_pickle) as ca, open_source(b, unsafe_pickle) as cb:
         for ref in ca.refs():
@@ -203,7 +207,7 @@ def diff_checkpoints(
 
 
 def summary_line(d: Diff) -> str:
-    s = d.to_dict()["summary"]
+    s = d.counts()
     return (
         f"{s['compared']} tensors in both: {s['changed']} changed, {s['identical']} identical; "
         f"{s['added']} added, {s['removed']} removed"
@@ -213,10 +217,6 @@ def summary_line(d: Diff) -> str:
 def render_diff(d: Diff, width: int = 100, color: bool = False) -> str:
     """The summary, then the changed, added and removed tensors as an aligned table that fits
     `width` columns (identical ones are only counted)."""
-    import click
-
-    from reinit.text import shown
-
     rows = [t for t in d.tensors if t.status != "identical"]
     lines = [summary_line(d)]
     if not rows:
@@ -234,7 +234,7 @@ def render_diff(d: Diff, width: int = 100, color: bool = False) -> str:
         )
         for t in rows
     ]
-    widths = [max([len(header[i])] + [len(c[i]) for c in cells]) for i in range(len(header))]
+    widths = column_widths(header, cells)
     fixed = sum(widths[1:]) + 2 * (len(widths) - 1)
     widths[0] = max(16, min(widths[0], width - fixed))
     if sum(widths) + 2 * (len(widths) - 1) > width:  # a long shape/dtype change: shorten it
@@ -242,8 +242,5 @@ def render_diff(d: Diff, width: int = 100, color: bool = False) -> str:
     lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
     style = {"changed": "yellow", "added": "green", "removed": "red"}
     for t, c in zip(rows, cells, strict=True):
-        cells = [shorten_name(c[0], widths[0]).ljust(widths[0])]
-        cells += [shorten(v, w).ljust(w) for v, w in zip(c[1:], widths[1:], strict=True)]
-        line = "  ".join(cells).rstrip()
-        lines.append(click.style(line, fg=style[t.status]) if color else line)
+        lines.append(click_style(table_row(c, widths), color, fg=style[t.status]))
     return "\n".join(lines)

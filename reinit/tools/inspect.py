@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+__all__ = ["InspectRow", "inspect_checkpoint"]
+
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from reinit.io.safetensors_format import dtype_name
 from reinit.planning.session import open_source
+from reinit.report.jsonio import JSON
 from reinit.report.stats import Stats, tensor_stats
-
-if TYPE_CHECKING:
-    pass
+from reinit.rules import parse_pattern
 
 
 @dataclass(frozen=True)
 class InspectRow:
+    """One tensor as `reinit inspect` lists it (statistics only with `--stats`)."""
+
     name: str
     shape: tuple[int, ...]
     dtype: str
@@ -23,7 +25,7 @@ class InspectRow:
     shard: str
     stats: Stats | None = None
 
-    def to_dict(self) -> dict[str, object]:
+    def to_dict(self) -> dict[str, JSON]:
         return {
             "name": self.name,
             "shape": list(self.shape),
@@ -37,9 +39,8 @@ class InspectRow:
 def inspect_checkpoint(
     source: str | os.PathLike[str], pattern: str | None = None, *, stats: bool = False
 ) -> list[InspectRow]:
-    """The tensors of a checkpoint (optionally only those matching `pattern`)."""
-    from reinit.rules import parse_pattern
-
+    """The tensors of a checkpoint (optionally only those matching `pattern`, a rule's
+    pattern: glob, `re:` or `type:`), reading a tensor only when `stats` asks for it."""
     pat = parse_pattern(pattern) if pattern else None
     with open_source(source) as ckpt:
         rows = []

@@ -1,0 +1,133 @@
+"""Test code shared by the test modules: running the CLI (in process or as a child process) and
+measuring a command's peak memory.
+
+Why here: each test module once had its own copy of these (the in-process CLI helper in a dozen
+files, the peak-RSS recipe in three, modules importing each other's helpers). Test modules
+import from here (and from `treesnap`, `hubcache`, `models_for_tests`), never from each other.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner, Result
+from safetensors.torch import save_file
+from treesnap import assert_unchanged, tree_state
+
+from reinit.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+MB = 1024 * 1024
+HANG_BOUND_S = 60.0
+
+
+def run(*args: str | os.PathLike[str], env: Mapping[str, str | None] | None = None) -> Result:
+    """`reinit ARGS` in this process (click's CliRunner; Paths may be given as they are). An
+    exception that escapes the command is raised, not folded into an exit code: the CLI maps
+    every error it knows to exit 1 or 2 itself. `env`: variables to set (None unsets one)."""
+    runner = CliRunner(env=dict(env) if env is not None else None)
+    return runner.invoke(main, [os.fspath(a) for a in args], catch_exceptions=False)
+
+
+def refused(
+    tmp_path: Path, args: list[str], code: int, *fragments: str, skip: tuple[Path, ...] = ()
+) -> str:
+    """Run the CLI and check a refusal: exit `code`, one `error:` line holding each fragment,
+    no traceback, and the whole tmp tree unchanged (nothing read was truncated, nothing written
+    anywhere; the subtrees in `skip`, e.g. a Hub cache, left out). Returns the error line."""
+    before = tree_state(tmp_path, skip=skip)
+    res = run(*args)
+    assert res.exit_code == code, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    for frag in fragments:
+        assert frag in lines[0], (frag, lines[0])
+    assert "internal error" not in res.output and "Traceback" not in res.output
+    assert_unchanged(before, tree_state(tmp_path, skip=skip))
+    return lines[0]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a child `python -m reinit`: this checkout's `reinit` first."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), **extra}
+
+
+def run_child(
+    *args: str | os.PathLike[str],
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = HANG_BOUND_S,
+) -> subprocess.CompletedProcess[str]:
+    """`python -m reinit ARGS` in a child process; a run past `timeout` fails the test
+    instead of hanging the suite (a regression such as a blocking open of a FIFO), and so does
+    a traceback or an "internal error" (every failure must be a one-line error)."""
+    argv = [os.fspath(a) for a in args]
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "reinit", *argv],
+            capture_output=True,
+            text=True,
+            cwd=cwd,
+            env=dict(env) if env is not None else child_env(),
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"reinit {' '.join(argv)[:200]} ran past {timeout} s")
+    assert "internal error" not in out.stdout + out.stderr, out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    return out
+
+
+# --- peak memory ------------------------------------------------------------------------
+
+_WRAPPER = (
+    "import resource, subprocess, sys;"
+    "rc = subprocess.run(sys.argv[1:]).returncode;"
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024);"
+    "sys.exit(rc)"
+)
+
+#: What every `reinit` command imports before it reads a byte: the baseline of `rss_growth`.
+_IMPORTS = "import reinit.cli, reinit.run.apply, torch, safetensors"
+
+
+def peak_rss(cmd: list[str], cwd: Path) -> int:
+    """Peak RSS in bytes of `cmd`, run as the only child of a fresh wrapper process."""
+    out = subprocess.run(
+        [sys.executable, "-c", _WRAPPER, *cmd],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=child_env(),
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def rss_growth(*args: str | os.PathLike[str], cwd: Path) -> int:
+    """How much more memory (peak RSS, bytes) `reinit ARGS` takes than a process that only
+    imports what it imports: the memory the command's work costs."""
+    baseline = peak_rss([sys.executable, "-c", _IMPORTS], cwd)
+    used = peak_rss([sys.executable, "-m", "reinit", *map(os.fspath, args)], cwd)
+    print(f"reinit {args[0]}: baseline {baseline / MB:.0f} MB, peak {used / MB:.0f} MB")
+    return used - baseline
+
+
+def make_checkpoint(path: Path, layers: int = 12) -> int:
+    """~400 MB: `layers` blocks of two 2048×2048 fp32 matrices and a bias each; its size."""
+    g = torch.Generator().manual_seed(0)
+    sd = {}
+    for i in range(layers):
+        sd[f"layers.{i}.up.weight"] = torch.randn(2048, 2048, generator=g)
+        sd[f"layers.{i}.down.weight"] = torch.randn(2048, 2048, generator=g)
+        sd[f"layers.{i}.down.bias"] = torch.zeros(2048)
+    save_file(sd, path)
+    del sd
+    return path.stat().st_size
