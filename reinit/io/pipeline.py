@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -23,7 +23,9 @@ class _Failure:
         self.exc = exc
 
 
-def prefetch(items: Iterable[T], depth: int = 4, name: str = "reinit-prefetch") -> Iterator[T]:
+def prefetch(
+    items: Iterable[T], depth: int = 4, name: str = "reinit-prefetch"
+) -> Generator[T, None, None]:
     """Yield the items of `items`, produced ahead in a daemon thread, at most `depth` ahead.
 
     An exception in the producer is re-raised in the consumer. If the consumer stops early

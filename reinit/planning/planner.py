@@ -26,6 +26,13 @@ class TensorLike(Protocol):
 
 
 ACTIONS = ("kept", "reinit", "transplant", "skipped")
+CHANGING_ACTIONS = ("reinit", "transplant")  # the actions that give a tensor new values
+
+
+def action_changes(action: str) -> bool:
+    """Whether an action (of a plan entry or a report entry) writes new values: the one
+    definition behind `PlanEntry.changes` and `TensorEntry.changes`."""
+    return action in CHANGING_ACTIONS
 
 
 @dataclass(frozen=True)
@@ -58,7 +65,12 @@ class PlanEntry:
 
     @property
     def changes(self) -> bool:
-        return self.action in ("reinit", "transplant")
+        return action_changes(self.action)
+
+    @property
+    def rule_text(self) -> str:
+        """The winning rule as written, '' when none matched (for messages)."""
+        return self.rule.text if self.rule is not None else ""
 
 
 @dataclass(frozen=True)
@@ -181,7 +193,7 @@ def plan(
         first = result.skipped[0]
         raise StrictError(
             f"--strict: {len(result.skipped)} tensor(s) would be skipped, e.g. "
-            f"'{first.name}' by rule {first.rule.text if first.rule else ''!r}: {first.reason}"
+            f"'{first.name}' by rule {first.rule_text!r}: {first.reason}"
         )
     return result
 

@@ -59,7 +59,7 @@ def check_reads(result: Plan, ckpt: Checkpoint) -> None:
         bound = e.scheme
         if bound is None or bound.scheme.reads is None:
             continue
-        rule = e.rule.text if e.rule else ""
+        rule = e.rule_text
         try:
             other = bound.scheme.reads(e.name, e.captures, bound.kwargs)
         except SchemeError as err:

@@ -49,8 +49,8 @@ def tie_groups(order: Sequence[str], aliases: Mapping[str, str]) -> dict[str, tu
 
 
 def _conflict(group: tuple[str, ...], a: PlanEntry, b: PlanEntry, why: str) -> RuleError:
-    ra = a.rule.text if a.rule is not None else "(no rule)"
-    rb = b.rule.text if b.rule is not None else "(no rule)"
+    ra = a.rule_text or "(no rule)"
+    rb = b.rule_text or "(no rule)"
     return RuleError(
         f"tensors '{a.name}' and '{b.name}' are tied (they share storage"
         f"{', with ' + ', '.join(n for n in group if n not in (a.name, b.name)) if len(group) > 2 else ''})"

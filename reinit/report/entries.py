@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from reinit.planning.planner import action_changes
 from reinit.report.jsonio import json_safe, number
 from reinit.report.stats import Stats
 
@@ -35,6 +36,11 @@ class TensorEntry:
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def changes(self) -> bool:
+        """Re-initialized or transplanted (as `PlanEntry.changes`)."""
+        return action_changes(self.action)
 
     @property
     def is_float(self) -> bool:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-from typing import Any
+from collections import Counter
 
+from reinit.planning.planner import Plan
 from reinit.report.text import shape_text, shorten_name
 from reinit.text import shown
 
+__all__ = ["render_plan"]
 
-def render_plan(plan: Any, width: int = 100) -> str:
+
+def render_plan(plan: Plan, width: int = 100) -> str:
     """The `--dry-run` view: each tensor, the rule that won, the action, or why it is skipped."""
     rows = []
     for e in plan.entries:
@@ -23,9 +25,9 @@ def render_plan(plan: Any, width: int = 100) -> str:
             what = e.reason or ""
         else:
             what = "unchanged" if e.rule is None else "keep"
-        if e.action in ("reinit", "transplant") and e.reason:  # e.g. a tied tensor's partner
+        if e.changes and e.reason:  # e.g. a tied tensor's partner
             what += f" ({e.reason})"
-        if getattr(e, "notes", ()):  # --add / --rename
+        if e.notes:  # --add / --rename
             what += f" [{', '.join(e.notes)}]"
         rows.append(
             (
@@ -47,9 +49,7 @@ def render_plan(plan: Any, width: int = 100) -> str:
             for i, c in enumerate(r[:4])
         )
         lines.append(f"{head}  {r[4]}" + (f"   [{r[5]}]" if r[5] not in ("-", "rule") else ""))
-    counts = defaultdict(int)
-    for e in plan.entries:
-        counts[e.action] += 1
+    counts = Counter(e.action for e in plan.entries)
     summary = ", ".join(f"{counts[a]} {a}" for a in ("reinit", "transplant", "kept", "skipped"))
     return "\n".join(
         [f"plan: {len(plan.entries)} tensors: {summary} (dry run, nothing written)", *lines]

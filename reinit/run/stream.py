@@ -1,15 +1,22 @@
 """The streaming engine: a Plan's entries in, `Piece`s out (kept bytes as file spans for the
 kernel copy, new values drawn one tensor at a time), with each tensor's report entry computed on
 the way. Reading, drawing and statistics overlap on worker threads; memory stays bounded by the
-largest changed tensor."""
+largest changed tensor.
+
+This is the one place rules become values: `apply` writes the pieces to files, and
+`apply_to_*`, `probe` and a recipe's in-memory steps `assemble` them into tensors, so every
+scheme (including those that read the tensor's own values or another tensor: `mean_resize`,
+`copy(...)`) gives the same values everywhere."""
 
 from __future__ import annotations
 
+import os
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from types import TracebackType
+from typing import Protocol
 
 import torch
 
@@ -18,10 +25,13 @@ from reinit.io.readers import (
     CHUNK_BYTES,
     Checkpoint,
     TensorRef,
+    tensor_from_bytes,
 )
 from reinit.io.safetensors_format import dtype_name, tensor_to_bytes
+from reinit.planning.model import ModelView, reinit_value
 from reinit.planning.planner import PlanEntry
 from reinit.planning.ties import Ties
+from reinit.planning.transplant import SourcePool, exact_source, transplant_value
 from reinit.report.entries import TensorEntry, var_gain
 from reinit.report.stats import Stats, StatsAccumulator, tensor_stats
 from reinit.schemes import (
@@ -31,14 +41,42 @@ from reinit.schemes import (
     generate,
 )
 
-if TYPE_CHECKING:
-    from reinit.planning.model import ModelView
+__all__ = [
+    "DRAW_AHEAD",
+    "KERNEL_COPY",
+    "READ_AHEAD",
+    "WRITE_AHEAD",
+    "Applier",
+    "Piece",
+    "Progress",
+    "assemble",
+    "progress_bar",
+    "read_stream",
+    "view_bytes",
+]
 
 
-def progress_bar(total: int, enabled: bool, desc: str):
-    from tqdm import tqdm
+class Progress(Protocol):
+    """What the streaming loops need of a progress bar (tqdm's, or one disabled)."""
 
-    return tqdm(
+    def update(self, n: float | None = 1) -> bool | None: ...
+
+    def __enter__(self) -> Progress: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+def progress_bar(total: int, enabled: bool, desc: str) -> Progress:
+    """A byte-counting tqdm bar (disabled when not `enabled`); imported here only, so a run
+    without --progress never pays for it."""
+    from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no type stubs
+
+    bar: Progress = tqdm(
         total=total,
         unit="B",
         unit_scale=True,
@@ -48,6 +86,7 @@ def progress_bar(total: int, enabled: bool, desc: str):
         leave=False,
         dynamic_ncols=True,
     )
+    return bar
 
 
 def _entry(
@@ -69,7 +108,7 @@ def _entry(
         dtype=dtype_name(p.dtype),
         action=p.action,
         after=after,
-        rule=p.rule.text if p.rule is not None else None,
+        rule=p.rule_text or None,
         scheme=bound.describe() if bound is not None else None,
         source=source,
         reason=p.reason,
@@ -141,14 +180,14 @@ class Applier:
         ckpt: Checkpoint,
         seed: int,
         device: str,
-        sources: object = None,
+        sources: SourcePool | None = None,
         ties: Ties | None = None,
         model: ModelView | None = None,
     ):
         self.ckpt = ckpt
         self.seed = seed
         self.device = device
-        self.sources = sources  # a transplant.SourcePool when any rule is from(...)
+        self.sources = sources  # the from(...) sources (needed when any rule transplants)
         self.model = model  # with --model: module fans and the `default` scheme
         self.fans = model.fans if model is not None else {}
         self.ties = ties or Ties()
@@ -200,6 +239,7 @@ class Applier:
             acc = StatsAccumulator(p.dtype)
             if p.added:  # no source bytes: its --add values, generated
                 for piece in _tensor_pieces(p.name, self.ckpt.read(p.name)):
+                    assert piece.data is not None
                     acc.add(view_bytes(piece.data, p.dtype))
                     yield piece
             else:
@@ -225,9 +265,7 @@ class Applier:
             yield Piece(p.name, entry=entry)
             return
         if p.action == "transplant":
-            from reinit.planning.transplant import exact_source
-
-            direct = exact_source(self.sources, p)
+            direct = exact_source(self._pool(), p)
             if direct is not None:  # same dtype and shape: a byte copy, streamed
                 src, key, label = direct
                 acc = StatsAccumulator(p.dtype)
@@ -236,17 +274,15 @@ class Applier:
                 entry = _entry(p, acc.result(), before, label, p.notes, self.fans.get(p.name))
                 yield Piece(p.name, entry=entry)
                 return
-        notes: tuple[str, ...] = ()
+        got: tuple[str, ...] = ()
         source = None
         if p.action == "reinit":
             new = self._drawn_value(p)
         else:
-            from reinit.planning.transplant import transplant_value
-
-            new, source, notes = transplant_value(self.sources, p, self.ckpt.read(p.name))
+            new, source, got = transplant_value(self._pool(), p, self.ckpt.read(p.name))
         after = tensor_stats(new)
         yield from _tensor_pieces(p.name, new)
-        entry = _entry(p, after, before, source, p.notes + notes, self.fans.get(p.name))
+        entry = _entry(p, after, before, source, p.notes + got, self.fans.get(p.name))
         yield Piece(p.name, entry=entry)
 
     def _reinit(self, p: PlanEntry) -> torch.Tensor:
@@ -254,8 +290,6 @@ class Applier:
         assert p.scheme is not None
         context = self._context(p)
         if self.model is not None:
-            from reinit.planning.model import reinit_value
-
             return reinit_value(
                 self.model, p.scheme, p.name, p.shape, p.dtype, self.seed, self.device, context
             )
@@ -271,9 +305,7 @@ class Applier:
                 new = self._reinit(d)
                 value = (new, None, ())
             else:
-                from reinit.planning.transplant import transplant_value
-
-                value = transplant_value(self.sources, d, self.ckpt.read(d.name))
+                value = transplant_value(self._pool(), d, self.ckpt.read(d.name))
             self._tied_values[root] = value
         self._tied_left[root] -= 1
         if self._tied_left[root] <= 0:
@@ -310,6 +342,12 @@ class Applier:
                     future.cancel()
                 self._drawn.clear()
 
+    def _pool(self) -> SourcePool:
+        """The transplant sources; a plan with `from(...)` entries always comes with them."""
+        if self.sources is None:
+            raise AssertionError("a transplant entry reached the Applier without its SourcePool")
+        return self.sources
+
     def _tied(self, p: PlanEntry) -> bool:
         root = self.ties.root(p.name)
         return root is not None and root in self.ties.defining
@@ -338,3 +376,44 @@ def _tensor_pieces(name: str, t: torch.Tensor) -> Iterator[Piece]:
     data = tensor_to_bytes(t)
     for i in range(0, data.nbytes, CHUNK_BYTES):
         yield Piece(name, data=data[i : i + CHUNK_BYTES])
+
+
+def assemble(
+    pieces: Iterator[Piece],
+    by_name: Mapping[str, PlanEntry],
+    ties: Ties | None = None,
+    own: Mapping[str, torch.Tensor] | None = None,
+    on_piece: Callable[[int], object] | None = None,
+) -> tuple[dict[str, torch.Tensor], list[TensorEntry]]:
+    """Every tensor of the output stream as a CPU tensor, with the report entries, in stream
+    order: what the `.bin/.pt` writer saves (`torch.save` needs them all at once) and what the
+    in-memory API returns. Tied names stay one tensor object. With `own` (an in-memory
+    source's tensors), unchanged tensors are its own objects, not copies. `on_piece` gets
+    each piece's byte count (a progress bar)."""
+    ties = ties or Ties()
+    shared: dict[str, torch.Tensor] = {}
+    out: dict[str, torch.Tensor] = {}
+    entries: list[TensorEntry] = []
+    buf = bytearray()
+    for piece in pieces:
+        if on_piece is not None:
+            on_piece(piece.nbytes)
+        p = by_name[piece.name]
+        reuse = own is not None and not p.changes
+        if piece.entry is not None:
+            if own is not None and reuse:
+                out[p.name] = own[p.name]
+            else:
+                value = tensor_from_bytes(buf, p.dtype, p.shape)
+                root = ties.root(p.name)
+                out[p.name] = shared.setdefault(root, value) if root else value
+            entries.append(piece.entry)
+            buf = bytearray()
+        elif reuse:
+            continue
+        elif piece.span is not None:
+            fd, offset, nbytes = piece.span
+            buf += os.pread(fd, nbytes, offset)
+        elif piece.data is not None:
+            buf += piece.data
+    return out, entries

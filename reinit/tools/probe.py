@@ -12,10 +12,11 @@ import torch
 from torch import nn
 
 from reinit.errors import UsageError
-from reinit.io.readers import TensorRef
+from reinit.io.readers import StateDictCheckpoint
 from reinit.planning.planner import Plan
-from reinit.planning.planner import plan as make_plan
+from reinit.planning.session import model_view
 from reinit.rules import Rule, parse_rules
+from reinit.run.inmemory import module_config, run_in_memory, write_back
 
 STABLE_FACTOR = 2.0  # per weighted layer, in std: variance ×4 (the report's unstable_depth)
 
@@ -286,40 +287,23 @@ def run_pass(
 def apply_rules_in_memory(
     module: nn.Module, rules: Sequence[Rule], seed: int, allow_unmatched: bool = False
 ) -> Plan:
-    """Apply rules to a module's own tensors, in place, exactly as `reinit apply` would write
-    them (same planning, same per-tensor seeds, module fans and `default`)."""
-    from reinit.planning.model import check_default, reinit_value
-    from reinit.planning.model_load import load_model
-    from reinit.planning.transplant import SourcePool, check_transplants, transplant_value
-
-    state = module.state_dict(keep_vars=True)
-    seen: set[int] = set()
-    tensors: dict[str, torch.Tensor] = {}
-    for name, t in state.items():  # tied weights appear under several names: keep the first
-        if id(t) in seen:
-            continue
-        seen.add(id(t))
-        tensors[name] = t
-    view = load_model(module).align(list(tensors))
-    refs = [TensorRef(n, t.dtype, tuple(t.shape)) for n, t in tensors.items()]
-    the_plan = make_plan(
-        refs, rules, allow_unmatched=allow_unmatched, module_types=view.module_types
+    """Apply rules to a module's own tensors, in place, exactly as `reinit apply --model` would
+    write them: the same planning and the same streaming `Applier` (per-tensor seeds, module
+    fans, `default`, and schemes that read other values such as `copy(...)` and
+    `mean_resize`), by way of `run_in_memory`. Tied parameters stay tied."""
+    state = module.state_dict()
+    config = module_config(module)
+    ckpt = StateDictCheckpoint(state, source=f"<{type(module).__name__}>", config=config)
+    run = run_in_memory(
+        ckpt,
+        rules,
+        seed=seed,
+        allow_unmatched=allow_unmatched,
+        config=config,
+        view=model_view(module, ckpt),
     )
-    the_plan = check_default(the_plan, view)
-    with SourcePool() as pool, torch.no_grad():
-        if any(e.action == "transplant" for e in the_plan.entries):
-            the_plan = check_transplants(the_plan, pool)
-        for e in the_plan.entries:
-            t = tensors[e.name]
-            if e.action == "reinit":
-                assert e.scheme is not None
-                new = reinit_value(view, e.scheme, e.name, e.shape, e.dtype, seed)
-            elif e.action == "transplant":
-                new, _, _ = transplant_value(pool, e, t.detach())
-            else:
-                continue
-            t.copy_(new)
-    return the_plan
+    write_back(state, run)
+    return run.plan
 
 
 def load_weights(module: nn.Module, checkpoint: str) -> None:
