@@ -61,28 +61,6 @@ class Pattern:
         return self.matcher.fullmatch(name)
 
 
-_FIELD = re.compile(r"\{(name|\d+)\}")
-
-
-def fill_template(template: str, name: str, captures: Sequence[str], where: str) -> str:
-    """`{name}` -> the whole name, `{1}`, `{2}`, … -> the pattern's captures (each `*` of a
-    glob, each group of a regex). Used by `from(..., key=…)` and `--rename`."""
-
-    def sub(m: re.Match[str]) -> str:
-        field = m.group(1)
-        if field == "name":
-            return name
-        i = int(field)
-        if not 1 <= i <= len(captures):
-            raise RuleError(
-                f"{where}: the template {template!r} uses {{{i}}} but the pattern has "
-                f"{len(captures)} capture(s)"
-            )
-        return captures[i - 1]
-
-    return _FIELD.sub(sub, template)
-
-
 @dataclass(frozen=True)
 class Rule:
     text: str

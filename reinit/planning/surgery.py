@@ -16,8 +16,9 @@ from reinit.io.readers import CHUNK_BYTES, Checkpoint, FileSpan, TensorRef, iter
 from reinit.io.safetensors_format import dtype_name, dtype_size, tensor_to_bytes
 from reinit.limits import MAX_TENSOR_BYTES, declared_bytes
 from reinit.planning.planner import Plan, PlanEntry
-from reinit.rules import Pattern, Rule, closest_hint, fill_template, parse_action, parse_pattern
+from reinit.rules import Pattern, Rule, closest_hint, parse_action, parse_pattern
 from reinit.schemes import KEEP, BoundScheme, bind_scheme, generate
+from reinit.schemes.template import fill_template
 
 ADD_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -225,7 +226,7 @@ def edit_refs(
                 out.append(n)
                 continue
             hit = True
-            new = fill_template(rn.template, n, caps, f"--rename {rn.text!r}")
+            new = fill_template(rn.template, n, caps, f"--rename {rn.text!r}", RuleError)
             if not new:
                 raise RuleError(f"--rename {rn.text!r}: renames '{n}' to an empty name")
             out.append(new)

@@ -13,11 +13,12 @@ from types import TracebackType
 
 import torch
 
-from reinit.errors import TransplantError
+from reinit.errors import RuleError, TransplantError
 from reinit.io.readers import Checkpoint, open_checkpoint
 from reinit.io.trust import TrustSpec
 from reinit.planning.planner import Plan, PlanEntry
-from reinit.rules import TransplantSpec, closest_hint, fill_template
+from reinit.rules import TransplantSpec, closest_hint
+from reinit.schemes.template import fill_template
 
 MISMATCHES_SHOWN = 5  # pairs named in a shape-mismatch error; the count says how many in all
 
@@ -33,7 +34,7 @@ def source_key(spec: TransplantSpec, name: str, captures: Sequence[str], rule_te
     (`key=auto` is resolved against the source's names by `auto_keys`, not here)."""
     if spec.key is None:
         return name
-    return fill_template(spec.key, name, captures, f"rule {rule_text!r}")
+    return fill_template(spec.key, name, captures, f"rule {rule_text!r}", RuleError)
 
 
 def _suffixes(name: str) -> list[str]:

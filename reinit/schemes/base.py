@@ -26,6 +26,29 @@ def compute_fans(shape: Sequence[int]) -> tuple[int, int] | None:
     return shape[1] * receptive, shape[0] * receptive
 
 
+CanTake = Callable[[Shape, Args], str | None]  # why a scheme cannot take a shape, or None
+
+
+def fans_of(shape: Shape) -> tuple[int, int]:
+    """torch's fans of a tensor the scheme has already required to be 2-D or more (see
+    `needs_2d_or_more`): the std formulas of the fan-based schemes."""
+    fans = compute_fans(shape)
+    if fans is None:
+        raise ValueError("no fans under 2-D")
+    return fans
+
+
+def needs_2d_or_more(name: str) -> CanTake:
+    """`can_take` of a fan-based scheme: fans are undefined under 2-D (torch raises there)."""
+
+    def check(shape: Shape, args: Args) -> str | None:
+        if len(shape) < 2:
+            return f"{name} needs a tensor of 2 or more dims to compute fans; this one is {len(shape)}-D"
+        return None
+
+    return check
+
+
 @dataclass(frozen=True)
 class Param:
     name: str

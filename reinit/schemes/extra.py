@@ -13,7 +13,6 @@ DESIGN §3); schemes that read other values declare it as data (`needs_before`, 
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 from torch.nn import init
@@ -25,10 +24,12 @@ from reinit.schemes.base import (
     Param,
     Scheme,
     Shape,
-    compute_fans,
     context_only,
+    fans_of,
+    needs_2d_or_more,
 )
 from reinit.schemes.gain import gain_value
+from reinit.schemes.template import fill_template
 from reinit.schemes.torch_init import truncated_normal_std
 
 # std of N(0, 1) truncated to [-2, 2]: Keras/JAX divide by it so the truncated result keeps
@@ -39,28 +40,12 @@ VS_MODES = ("fan_in", "fan_out", "fan_avg")
 VS_DISTRIBUTIONS = ("truncated_normal", "normal", "untruncated_normal", "uniform")
 
 
-def _fans(shape: Shape) -> tuple[int, int]:
-    fans = compute_fans(shape)
-    if fans is None:
-        raise ValueError("no fans under 2-D")
-    return fans
-
-
-def _needs_2d_or_more(name: str):
-    def check(shape: Shape, args: Args) -> str | None:
-        if len(shape) < 2:
-            return f"{name} needs a tensor of 2 or more dims to compute fans; this one is {len(shape)}-D"
-        return None
-
-    return check
-
-
 # --- variance scaling (Keras / JAX) ------------------------------------------------------
 
 
 def variance_scaling_variance(shape: Shape, scale: float, mode: str) -> float:
     """Keras' `scale / max(1, fan)`, with torch's fans (fan_in = size(1)·∏size[2:])."""
-    fan_in, fan_out = _fans(shape)
+    fan_in, fan_out = fans_of(shape)
     fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2.0}[mode]
     return scale / max(1.0, fan)
 
@@ -249,28 +234,8 @@ def _delta_can_take(shape: Shape, args: Args) -> str | None:
     return None
 
 
-_FIELD = re.compile(r"\{(name|\d+)\}")
-
-
-def expand_template(template: str, name: str, captures: tuple[str, ...]) -> str:
-    """`{name}` -> the target's name, `{1}`, `{2}`, … -> the rule pattern's captures."""
-
-    def sub(m: re.Match[str]) -> str:
-        field = m.group(1)
-        if field == "name":
-            return name
-        i = int(field)
-        if not 1 <= i <= len(captures):
-            raise SchemeError(
-                f"template {template!r} uses {{{i}}} but the pattern has {len(captures)} capture(s)"
-            )
-        return captures[i - 1]
-
-    return _FIELD.sub(sub, template)
-
-
 def _copy_reads(name: str, captures: tuple[str, ...], args: Args) -> str:
-    return expand_template(args["source"], name, captures)
+    return fill_template(args["source"], name, captures)
 
 
 def _copy_fill(t: torch.Tensor, g: torch.Generator, args: Args, ctx: FillContext) -> None:
@@ -294,7 +259,7 @@ EXTRA_SCHEMES: tuple[Scheme, ...] = (
         "√(scale/max(1, fan)), fan = fan_in, fan_out or (fan_in+fan_out)/2",
         "Keras/JAX VarianceScaling: truncated_normal (±2σ, σ corrected by 0.8796…), "
         "normal (= untruncated_normal) or uniform; torch's fans",
-        can_take=_needs_2d_or_more("variance_scaling"),
+        can_take=needs_2d_or_more("variance_scaling"),
         uses_fans=True,
         validate=_vs_validate,
     ),
@@ -305,7 +270,7 @@ EXTRA_SCHEMES: tuple[Scheme, ...] = (
         _lecun_normal_std,
         "1/√fan_in",
         "LeCun normal as Keras/JAX: variance_scaling(1, fan_in, truncated_normal)",
-        can_take=_needs_2d_or_more("lecun_normal"),
+        can_take=needs_2d_or_more("lecun_normal"),
         uses_fans=True,
         kurtosis=2.4,
         aliases=("lecun",),
@@ -317,7 +282,7 @@ EXTRA_SCHEMES: tuple[Scheme, ...] = (
         _lecun_uniform_std,
         "1/√fan_in",
         "LeCun uniform as Keras/JAX: variance_scaling(1, fan_in, uniform)",
-        can_take=_needs_2d_or_more("lecun_uniform"),
+        can_take=needs_2d_or_more("lecun_uniform"),
         uses_fans=True,
         kurtosis=1.8,
     ),

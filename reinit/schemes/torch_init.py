@@ -11,22 +11,20 @@ import math
 import torch
 from torch.nn import init
 
-from reinit.schemes.base import Args, Param, Scheme, Shape, compute_fans
+from reinit.schemes.base import (
+    Args,
+    Param,
+    Scheme,
+    Shape,
+    fans_of,
+    needs_2d_or_more,
+)
 from reinit.schemes.gain import calculate_gain, gain_value
 
 _SQRT12 = math.sqrt(12.0)
 
 
 # --- what a scheme can take -------------------------------------------------------------
-
-
-def _needs_2d_or_more(name: str):
-    def check(shape: Shape, args: Args) -> str | None:
-        if len(shape) < 2:
-            return f"{name} needs a tensor of 2 or more dims to compute fans; this one is {len(shape)}-D"
-        return None
-
-    return check
 
 
 def _needs_exactly_2d(name: str):
@@ -85,20 +83,13 @@ def _dirac_std(shape: Shape, args: Args) -> float:
     return _pattern_std(ones, math.prod(shape))
 
 
-def _fans(shape: Shape) -> tuple[int, int]:
-    fans = compute_fans(shape)
-    if fans is None:
-        raise ValueError("no fans under 2-D")
-    return fans
-
-
 def _xavier_std(shape: Shape, args: Args) -> float:
-    fan_in, fan_out = _fans(shape)
+    fan_in, fan_out = fans_of(shape)
     return gain_value(args["gain"]) * math.sqrt(2.0 / (fan_in + fan_out))
 
 
 def _kaiming_std(shape: Shape, args: Args) -> float:
-    fan_in, fan_out = _fans(shape)
+    fan_in, fan_out = fans_of(shape)
     fan = fan_in if args["mode"] == "fan_in" else fan_out
     return calculate_gain(args["nonlinearity"], args["a"]) / math.sqrt(fan)
 
@@ -222,7 +213,7 @@ TORCH_SCHEMES: tuple[Scheme, ...] = (
         _xavier_std,
         "gain·√(2/(fan_in+fan_out))",
         "Glorot & Bengio (2010), uniform",
-        can_take=_needs_2d_or_more("xavier_uniform"),
+        can_take=needs_2d_or_more("xavier_uniform"),
         uses_fans=True,
         kurtosis=1.8,
         aliases=("xavier", "glorot"),
@@ -234,7 +225,7 @@ TORCH_SCHEMES: tuple[Scheme, ...] = (
         _xavier_std,
         "gain·√(2/(fan_in+fan_out))",
         "Glorot & Bengio (2010), normal",
-        can_take=_needs_2d_or_more("xavier_normal"),
+        can_take=needs_2d_or_more("xavier_normal"),
         uses_fans=True,
     ),
     Scheme(
@@ -244,7 +235,7 @@ TORCH_SCHEMES: tuple[Scheme, ...] = (
         _kaiming_std,
         "gain/√fan, gain = calculate_gain(nonlinearity, a)",
         "He et al. (2015), uniform",
-        can_take=_needs_2d_or_more("kaiming_uniform"),
+        can_take=needs_2d_or_more("kaiming_uniform"),
         uses_fans=True,
         kurtosis=1.8,
     ),
@@ -255,7 +246,7 @@ TORCH_SCHEMES: tuple[Scheme, ...] = (
         _kaiming_std,
         "gain/√fan, gain = calculate_gain(nonlinearity, a)",
         "He et al. (2015), normal",
-        can_take=_needs_2d_or_more("kaiming_normal"),
+        can_take=needs_2d_or_more("kaiming_normal"),
         uses_fans=True,
         aliases=("kaiming", "he"),
     ),
@@ -266,7 +257,7 @@ TORCH_SCHEMES: tuple[Scheme, ...] = (
         _orthogonal_std,
         "gain/√max(rows, cols) (trailing dims flattened)",
         "Saxe et al. (2013): (semi-)orthogonal matrix via QR",
-        can_take=_needs_2d_or_more("orthogonal"),
+        can_take=needs_2d_or_more("orthogonal"),
     ),
     Scheme(
         "sparse",
