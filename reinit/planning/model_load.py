@@ -27,17 +27,8 @@ def load_model(spec: str | os.PathLike[str] | nn.Module) -> Model:
         return fans_from_module(type(spec).__name__, spec, kind, _prefix(spec))
     text = os.fspath(spec)
     factory = model_factory(text)
-    try:
-        with torch.device("meta"):
-            module = factory()
-    except ReinitError:
-        raise
-    except Exception as e:
-        raise ModelError(f"--model {text}: building the model failed: {_one_line(e)}") from None
-    if not isinstance(module, nn.Module):
-        raise ModelError(
-            f"--model {text}: the callable returned {type(module).__name__}, not a torch.nn.Module"
-        )
+    with torch.device("meta"):
+        module = build_module(text, factory)
     kind = "hf" if _is_hf(module) else "torch"
     return fans_from_module(text, module, kind, _prefix(module) if kind == "hf" else "")
 
@@ -50,12 +41,18 @@ def build_real(spec: str, seed: int = 0) -> nn.Module:
     factory = model_factory(text)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        try:
-            module = factory()
-        except ReinitError:
-            raise
-        except Exception as e:
-            raise ModelError(f"--model {text}: building the model failed: {_one_line(e)}") from None
+        return build_module(text, factory)
+
+
+def build_module(text: str, factory: Callable[[], object]) -> nn.Module:
+    """Call a model factory (on whatever device and RNG state the caller set up): a failure
+    inside the user's code, or a result that is not a module, is one `ModelError` line."""
+    try:
+        module = factory()
+    except ReinitError:
+        raise
+    except Exception as e:
+        raise ModelError(f"--model {text}: building the model failed: {_one_line(e)}") from None
     if not isinstance(module, nn.Module):
         raise ModelError(
             f"--model {text}: the callable returned {type(module).__name__}, not a torch.nn.Module"

@@ -77,13 +77,15 @@ def run_in_memory(
     return InMemoryRun(out, report, the_plan)
 
 
-def write_back(state: Mapping[str, torch.Tensor], run: InMemoryRun) -> None:
-    """Copy a run's changed tensors into `state`'s own tensors, in place (under
-    `torch.no_grad`, so parameters keep `requires_grad` and stay the module's objects)."""
+def write_back(
+    state: Mapping[str, torch.Tensor], new: Mapping[str, torch.Tensor], report: Report
+) -> None:
+    """Copy the tensors `report` says changed from `new` into `state`'s own tensors, in place
+    (under `torch.no_grad`, so parameters keep `requires_grad` and stay the module's objects)."""
     with torch.no_grad():
-        for e in run.report.tensors:
+        for e in report.tensors:
             if e.changes:
-                state[e.name].copy_(run.tensors[e.name])
+                state[e.name].copy_(new[e.name])
 
 
 def apply_to_checkpoint(
@@ -189,15 +191,15 @@ def apply_to_module(
     state = module.state_dict()
     if config is None:
         config = module_config(module)
-    ckpt = StateDictCheckpoint(state, source=f"<{type(module).__name__}>", config=config)
-    run = run_in_memory(
-        ckpt,
-        as_rules(rules),
-        seed=seed,
+    new, report = apply_to_state_dict(
+        state,
+        rules,
+        seed,
         strict=strict,
         allow_unmatched=allow_unmatched,
         device=device,
         config=config,
+        source=f"<{type(module).__name__}>",
     )
-    write_back(state, run)
-    return run.report
+    write_back(state, new, report)
+    return report

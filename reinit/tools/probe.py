@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -35,13 +35,7 @@ class LayerSignal:
     weighted: bool  # owns a ≥2-D parameter (Linear, Conv, Embedding, ...)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "type": self.type,
-            "act_std": self.act_std,
-            "grad_std": self.grad_std,
-            "weighted": self.weighted,
-        }
+        return asdict(self)
 
 
 def per_layer_factor(ratio: float | None, depth: int) -> float | None:
@@ -302,7 +296,7 @@ def apply_rules_in_memory(
         config=config,
         view=model_view(module, ckpt),
     )
-    write_back(state, run)
+    write_back(state, run.tensors, run.report)
     return run.plan
 
 
