@@ -9,9 +9,9 @@ import difflib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from reinit.errors import RuleError, SchemeError
+from reinit.io.hub import is_hf_url, parse_hf_url
 from reinit.matching import Glob, MatchAll, Matcher, UserRegex, compile_glob, literal_glob
 from reinit.schemes import KEEP, BoundScheme, bind_scheme
 
@@ -67,7 +67,7 @@ class Rule:
     pattern: Pattern
     action: Action
     scheme: BoundScheme | None  # None for `keep` and `from(...)`
-    transplant: Any = None  # a `transplant.TransplantSpec` for `from(...)` rules
+    transplant: TransplantSpec | None = None  # for `from(...)` rules
 
     @property
     def kind(self) -> str:
@@ -284,9 +284,7 @@ def parse_from(action: Action, where: str) -> TransplantSpec:
     source = action.args[0] if action.args else kw.get("source")
     if not isinstance(source, str) or not source:
         raise RuleError(f"{where}: from() needs a source, e.g. from(other.safetensors)")
-    if source.startswith("hf://"):
-        from reinit.io.hub import parse_hf_url
-
+    if is_hf_url(source):
         parse_hf_url(source)  # a malformed URL is a usage error now, before anything is read
     key = kw.get("key")
     if key is not None and not isinstance(key, str):

@@ -8,33 +8,54 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from torch import nn
 
-from reinit.errors import RuleError, SchemeError, UsageError
-from reinit.io.readers import (
-    Checkpoint,
-    open_checkpoint,
-)
+from reinit.errors import RuleError, SchemeError, StrictError, UsageError
+from reinit.io.readers import Checkpoint, StateDictCheckpoint, open_checkpoint
 from reinit.io.trust import TrustSpec
+from reinit.planning.model import Model, ModelView, check_default
+from reinit.planning.model_load import load_model
 from reinit.planning.planner import Plan
 from reinit.planning.planner import plan as make_plan
+from reinit.planning.surgery import (
+    Edited,
+    EditedCheckpoint,
+    Surgery,
+    edit_refs,
+    mark_plan,
+    parse_surgery,
+)
 from reinit.planning.ties import Ties, resolve_ties
+from reinit.planning.transplant import SourcePool, check_transplants
 from reinit.rules import Rule, closest_hint, parse_rules
 from reinit.schemes import (
     missing_from_config,
     resolve_from_config,
 )
 
-if TYPE_CHECKING:
-    from reinit.planning.model import ModelView
-
+__all__ = [
+    "ModelInput",
+    "RuleInput",
+    "as_rules",
+    "check_device",
+    "check_reads",
+    "edit_checkpoint",
+    "model_view",
+    "open_source",
+    "plan",
+    "plan_for",
+    "resolve_rules",
+]
 
 RuleInput = str | Rule
+"""A rule as text (`'*.weight=kaiming'`) or already parsed."""
 
-
-ModelInput = Any  # str | os.PathLike | torch.nn.Module | reinit.model.Model | ModelView
+ModelInput = str | os.PathLike[str] | nn.Module | Model | ModelView
+"""What `--model` / `model=` accepts: a Hugging Face directory, hf:// URL or `module:callable`
+spec; a module; a loaded `Model`; or a `ModelView` already aligned to the checkpoint."""
 
 
 def resolve_rules(rules: Sequence[Rule], config: Mapping[str, Any] | None) -> tuple[Rule, ...]:
@@ -113,9 +134,6 @@ def plan(
     `type:` patterns and the `default` scheme; `config` (a model config as a dict) gives the
     arguments some schemes read from it, by default the checkpoint's own config.json.
     `progress=True` shows the Hub's download bars of hf:// sources."""
-    from reinit.planning.surgery import parse_surgery
-    from reinit.planning.transplant import SourcePool
-
     surgery = parse_surgery(add, drop, rename)
     rule_objs = as_rules(rules)
     with ExitStack() as stack:
@@ -128,15 +146,13 @@ def plan(
 
 def edit_checkpoint(
     ckpt: Checkpoint,
-    surgery: object,
+    surgery: Surgery,
     allow_unmatched: bool,
     seed: int = 0,
     device: str = "cpu",
-) -> tuple[Checkpoint, object]:
-    """The checkpoint as `--drop/--rename/--add` leave it (itself when there are none)."""
-    from reinit.planning.surgery import EditedCheckpoint, Surgery, edit_refs
-
-    assert isinstance(surgery, Surgery)
+) -> tuple[Checkpoint, Edited | None]:
+    """The checkpoint as `--drop/--rename/--add` leave it (itself when there are none), and
+    the edit (which `plan_for` marks on the plan: added, renamed, dropped)."""
     if not surgery:
         return ckpt, None
     edited = edit_refs(ckpt.refs(), surgery, allow_unmatched=allow_unmatched)
@@ -148,10 +164,10 @@ def plan_for(
     rules: tuple[Rule, ...],
     strict: bool,
     allow_unmatched: bool,
-    pool: object,
+    pool: SourcePool,
     view: ModelView | None = None,
     config: Mapping[str, Any] | None = None,
-    edited: object = None,
+    edited: Edited | None = None,
 ) -> tuple[Plan, Ties]:
     """The plan, with tied groups made consistent (see `reinit.ties`), and the ties."""
     if any(r.scheme is not None and r.scheme.scheme.from_config for r in rules):
@@ -166,20 +182,12 @@ def plan_for(
     )
     check_reads(result, ckpt)
     if view is not None:
-        from reinit.planning.model import check_default
-
         result = check_default(result, view, strict)
     if edited is not None:
-        from reinit.planning.surgery import mark_plan
-
-        result = mark_plan(result, edited)  # type: ignore[arg-type]
+        result = mark_plan(result, edited)
     if any(r.kind == "transplant" for r in rules):
-        from reinit.planning.transplant import check_transplants
-
-        result = check_transplants(result, pool)  # type: ignore[arg-type]
+        result = check_transplants(result, pool)
         if strict and result.skipped:
-            from reinit.errors import StrictError
-
             first = result.skipped[0]
             raise StrictError(f"--strict: '{first.name}' would be skipped: {first.reason}")
     return resolve_ties(result, ckpt.aliases())
@@ -190,9 +198,6 @@ def model_view(model: ModelInput | None, ckpt: Checkpoint) -> ModelView | None:
     tensor names; None without a model."""
     if model is None:
         return None
-    from reinit.planning.model import Model, ModelView
-    from reinit.planning.model_load import load_model
-
     if isinstance(model, ModelView):
         return model
     loaded = model if isinstance(model, Model) else load_model(model)
@@ -209,8 +214,6 @@ def open_source(
         yield source
         return
     if isinstance(source, Mapping):
-        from reinit.io.readers import StateDictCheckpoint
-
         yield StateDictCheckpoint(source)
         return
     ckpt = open_checkpoint(source, unsafe_pickle=unsafe_pickle, progress=progress)

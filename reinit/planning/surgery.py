@@ -4,14 +4,15 @@ then see the new names."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 from reinit import limits
-from reinit.errors import RuleError, SchemeError
+from reinit.errors import CheckpointError, RuleError, SchemeError
 from reinit.io.readers import CHUNK_BYTES, Checkpoint, FileSpan, TensorRef, iter_chunks
 from reinit.io.safetensors_format import dtype_name, dtype_size, tensor_to_bytes
 from reinit.limits import MAX_TENSOR_BYTES, declared_bytes
@@ -32,6 +33,9 @@ _ADD = re.compile(r"\s*(?P<name>[^=]+?)\s*=\s*\[(?P<shape>[^\]]*)\]\s*:(?P<rest>
 
 
 _DTYPE_SUFFIX = re.compile(r":\s*dtype\s*=\s*(?P<dtype>\w+)\s*\Z")
+
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -165,12 +169,16 @@ def parse_surgery(
     drop: Sequence[str | DropSpec] = (),
     rename: Sequence[str | RenameSpec] = (),
 ) -> Surgery:
-    def many(items: Sequence[object], one: object) -> tuple:
-        if isinstance(items, str):
-            items = [items]
-        return tuple(one(x) if isinstance(x, str) else x for x in items)  # type: ignore[operator]
+    return Surgery(
+        _parsed(add, parse_add), _parsed(drop, parse_drop), _parsed(rename, parse_rename)
+    )
 
-    return Surgery(many(add, parse_add), many(drop, parse_drop), many(rename, parse_rename))
+
+def _parsed(items: Sequence[str | T], parse: Callable[[str], T]) -> tuple[T, ...]:
+    """Each item parsed from its text, or taken as given (a bare string is one item)."""
+    if isinstance(items, str):
+        items = [items]
+    return tuple(parse(x) if isinstance(x, str) else x for x in items)
 
 
 @dataclass(frozen=True)
@@ -304,8 +312,6 @@ class EditedCheckpoint(Checkpoint):
         try:
             return self._refs[name]
         except KeyError:
-            from reinit.errors import CheckpointError
-
             raise CheckpointError(f"{self.source}: has no tensor '{name}'") from None
 
     def refs(self) -> list[TensorRef]:

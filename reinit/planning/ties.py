@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 
 from reinit.errors import RuleError
 from reinit.planning.planner import Plan, PlanEntry
+from reinit.planning.transplant import source_key
 
 
 @dataclass(frozen=True)
@@ -74,18 +75,18 @@ def resolve_ties(plan: Plan, aliases: Mapping[str, str]) -> tuple[Plan, Ties]:
         if group[0] in seen:
             continue
         seen.add(group[0])
-        entries = [by_name[n] for n in group]
-        changing = [e for e in entries if e.changes]
+        members = [by_name[n] for n in group]
+        changing = [e for e in members if e.changes]
         if not changing:
             continue
         first = changing[0]
-        for e in entries:
+        for e in members:
             if e.rule is not None and e.rule != first.rule:
                 raise _conflict(group, first, e, "different rules hit them")
         if first.action == "transplant":
             _check_same_source(group, changing)
         defining[group[0]] = first
-        for e in entries:
+        for e in members:
             if e.changes:
                 continue
             replaced[e.name] = replace(
@@ -100,8 +101,6 @@ def resolve_ties(plan: Plan, aliases: Mapping[str, str]) -> tuple[Plan, Ties]:
 
 
 def _check_same_source(group: tuple[str, ...], changing: Sequence[PlanEntry]) -> None:
-    from reinit.planning.transplant import source_key
-
     first = changing[0]
     assert first.rule is not None and first.rule.transplant is not None
     want = source_key(first.rule.transplant, first.name, first.captures, first.rule.text)

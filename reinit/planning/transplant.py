@@ -14,6 +14,7 @@ from types import TracebackType
 import torch
 
 from reinit.errors import RuleError, TransplantError
+from reinit.io.hub import is_hf_url, parse_hf_url
 from reinit.io.readers import Checkpoint, open_checkpoint
 from reinit.io.trust import TrustSpec
 from reinit.planning.planner import Plan, PlanEntry
@@ -132,9 +133,7 @@ class SourcePool:
 def _identity(source: str) -> str:
     """One key per source however it is spelled: `./a.safetensors` and `a.safetensors` are
     the same file; `hf://acme/m` and `hf://models/acme/m` the same repo."""
-    if source.startswith("hf://"):
-        from reinit.io.hub import parse_hf_url
-
+    if is_hf_url(source):
         return parse_hf_url(source).url
     return os.path.realpath(source)
 

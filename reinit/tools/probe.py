@@ -4,7 +4,7 @@ per-layer activation and gradient std, before and after the rules."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -12,9 +12,12 @@ import torch
 from torch import nn
 
 from reinit.errors import UsageError
-from reinit.io.readers import StateDictCheckpoint
+from reinit.io.readers import StateDictCheckpoint, open_checkpoint
+from reinit.planning.model import ModelError
+from reinit.planning.model_load import build_real, load_model
 from reinit.planning.planner import Plan
 from reinit.planning.session import model_view
+from reinit.report.jsonio import dumps
 from reinit.rules import Rule, parse_rules
 from reinit.run.inmemory import module_config, run_in_memory, write_back
 
@@ -147,8 +150,6 @@ class ProbeResult:
         }
 
     def to_json(self, indent: int | None = 2) -> str:
-        from reinit.report.jsonio import dumps
-
         return dumps(self.to_dict(), indent=indent)
 
 
@@ -200,7 +201,9 @@ def make_inputs(
     return x, f"N(0,1) {list(input_shape)}"
 
 
-def _first_tensor(out: Any) -> torch.Tensor | None:
+def _first_tensor(out: object) -> torch.Tensor | None:
+    """The first tensor in a module's output (a tensor, or one nested in a dict/tuple/list:
+    a transformers `ModelOutput` is a dict)."""
     if isinstance(out, torch.Tensor):
         return out
     if isinstance(out, dict):
@@ -219,35 +222,44 @@ def _std(t: torch.Tensor) -> float | None:
     return float(t.detach().to(torch.float64).std(correction=0))
 
 
+@dataclass
+class _Record:
+    """A leaf module's signal while the pass runs (mutable: the backward hook fills `grad`
+    after the forward hook made it); frozen into a `LayerSignal` at the end."""
+
+    name: str
+    type: str
+    act: float | None
+    weighted: bool
+    grad: float | None = None
+
+
+Hook = Callable[[nn.Module, tuple[object, ...], object], None]
+
+
 def run_pass(
     module: nn.Module, inputs: dict[str, torch.Tensor] | torch.Tensor, seed: int
 ) -> ProbePass:
     """One forward and backward pass with hooks on every leaf module."""
-    records: list[dict[str, Any]] = []
+    records: list[_Record] = []
     counts: dict[str, int] = {}
     handles = []
 
-    def hook(name: str, mod: nn.Module):
+    def hook(name: str, mod: nn.Module) -> Hook:
         weighted = any(p.dim() >= 2 for p in mod.parameters(recurse=False))
 
-        def fwd(_m: nn.Module, _inp: Any, out: Any) -> None:
+        def fwd(_m: nn.Module, _inp: tuple[object, ...], out: object) -> None:
             t = _first_tensor(out)
             if t is None or not t.is_floating_point():
                 return
             counts[name] = counts.get(name, 0) + 1
             label = name if counts[name] == 1 else f"{name}[{counts[name]}]"
-            rec = {
-                "name": label,
-                "type": type(mod).__name__,
-                "act": _std(t),
-                "grad": None,
-                "weighted": weighted,
-            }
+            rec = _Record(label, type(mod).__name__, _std(t), weighted)
             records.append(rec)
             if t.requires_grad:
 
                 def grad_hook(g: torch.Tensor) -> None:
-                    rec["grad"] = _std(g)
+                    rec.grad = _std(g)
 
                 t.register_hook(grad_hook)
 
@@ -272,9 +284,7 @@ def run_pass(
             h.remove()
         module.train(was_training)
         module.zero_grad(set_to_none=True)
-    layers = tuple(
-        LayerSignal(r["name"], r["type"], r["act"], r["grad"], r["weighted"]) for r in records
-    )
+    layers = tuple(LayerSignal(r.name, r.type, r.act, r.grad, r.weighted) for r in records)
     return ProbePass(layers, output_std)
 
 
@@ -302,10 +312,6 @@ def apply_rules_in_memory(
 
 def load_weights(module: nn.Module, checkpoint: str) -> None:
     """Copy a checkpoint's tensors into the module (names aligned as for `--model`)."""
-    from reinit.io.readers import open_checkpoint
-    from reinit.planning.model import ModelError
-    from reinit.planning.model_load import load_model
-
     state = module.state_dict(keep_vars=True)
     with open_checkpoint(checkpoint) as ckpt:
         view = load_model(module).align(ckpt.names())
@@ -334,8 +340,6 @@ def probe(
 ) -> ProbeResult:
     """Build `model` (see `reinit.model`; real weights as its constructor draws them from
     `seed`, or `checkpoint`'s), probe it, apply `rules` in memory, probe again."""
-    from reinit.planning.model_load import build_real
-
     rule_objs = tuple(r if isinstance(r, Rule) else parse_rules([r])[0] for r in rules)
     module = build_real(model, seed)
     if checkpoint is not None:
