@@ -56,7 +56,8 @@ from reinit.run.output import (
     output_metadata,
     resolve_output,
 )
-from reinit.run.stream import WRITE_AHEAD, Applier, Piece, assemble, progress_bar
+from reinit.run.pieces import Piece, assemble, progress_bar
+from reinit.run.stream import WRITE_AHEAD, Applier
 
 if TYPE_CHECKING:
     pass

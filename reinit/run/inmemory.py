@@ -24,7 +24,8 @@ from reinit.planning.transplant import SourcePool
 from reinit.report.assemble import make_report
 from reinit.report.entries import Report
 from reinit.rules import Rule
-from reinit.run.stream import Applier, assemble
+from reinit.run.pieces import assemble
+from reinit.run.stream import Applier
 
 __all__ = [
     "InMemoryRun",

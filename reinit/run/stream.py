@@ -10,13 +10,9 @@ scheme (including those that read the tensor's own values or another tensor: `me
 
 from __future__ import annotations
 
-import os
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from types import TracebackType
-from typing import Protocol
 
 import torch
 
@@ -25,15 +21,15 @@ from reinit.io.readers import (
     CHUNK_BYTES,
     Checkpoint,
     TensorRef,
-    tensor_from_bytes,
 )
-from reinit.io.safetensors_format import dtype_name, tensor_to_bytes
+from reinit.io.safetensors_format import dtype_name
 from reinit.planning.model import ModelView, reinit_value
 from reinit.planning.planner import PlanEntry
 from reinit.planning.ties import Ties
 from reinit.planning.transplant import SourcePool, exact_source, transplant_value
 from reinit.report.entries import TensorEntry, var_gain
 from reinit.report.stats import Stats, StatsAccumulator, tensor_stats
+from reinit.run.pieces import Piece, progress_bar, tensor_pieces, view_bytes
 from reinit.schemes import (
     FillContext,
     compute_fans,
@@ -47,46 +43,11 @@ __all__ = [
     "READ_AHEAD",
     "WRITE_AHEAD",
     "Applier",
-    "Piece",
-    "Progress",
-    "assemble",
+    "Piece",  # re-exported from run.pieces, with the two helpers `tools.audit` reads here
     "progress_bar",
     "read_stream",
     "view_bytes",
 ]
-
-
-class Progress(Protocol):
-    """What the streaming loops need of a progress bar (tqdm's, or one disabled)."""
-
-    def update(self, n: float | None = 1) -> bool | None: ...
-
-    def __enter__(self) -> Progress: ...
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
-
-
-def progress_bar(total: int, enabled: bool, desc: str) -> Progress:
-    """A byte-counting tqdm bar (disabled when not `enabled`); imported here only, so a run
-    without --progress never pays for it."""
-    from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no type stubs
-
-    bar: Progress = tqdm(
-        total=total,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        desc=desc,
-        disable=not enabled,
-        leave=False,
-        dynamic_ncols=True,
-    )
-    return bar
 
 
 def _entry(
@@ -122,23 +83,6 @@ def _entry(
     )
 
 
-@dataclass(frozen=True)
-class Piece:
-    """One step of the output stream: some bytes of a tensor, a span of a file to copy
-    kernel-side, or (with `entry`) the end of the tensor and its report entry."""
-
-    name: str
-    data: memoryview | None = None
-    span: tuple[int, int, int] | None = None  # (fd, offset, nbytes)
-    entry: TensorEntry | None = None
-
-    @property
-    def nbytes(self) -> int:
-        if self.data is not None:
-            return self.data.nbytes
-        return self.span[2] if self.span is not None else 0
-
-
 KERNEL_COPY = True  # copy unchanged bytes with copy_file_range; tests compare both paths
 
 
@@ -153,12 +97,6 @@ DRAW_AHEAD = 1  # re-initialized tensors drawn ahead on a worker thread
 
 def _n_chunks(nbytes: int) -> int:
     return -(-nbytes // CHUNK_BYTES)
-
-
-def view_bytes(raw: bytes | bytearray | memoryview, dtype: torch.dtype) -> torch.Tensor:
-    if memoryview(raw).nbytes == 0:
-        return torch.empty(0, dtype=dtype)
-    return torch.frombuffer(raw, dtype=dtype)
 
 
 def read_stream(ckpt: Checkpoint, names: Sequence[str]) -> Iterator[tuple[str, memoryview]]:
@@ -238,7 +176,7 @@ class Applier:
         if p.action in ("kept", "skipped"):
             acc = StatsAccumulator(p.dtype)
             if p.added:  # no source bytes: its --add values, generated
-                for piece in _tensor_pieces(p.name, self.ckpt.read(p.name)):
+                for piece in tensor_pieces(p.name, self.ckpt.read(p.name)):
                     assert piece.data is not None
                     acc.add(view_bytes(piece.data, p.dtype))
                     yield piece
@@ -253,7 +191,7 @@ class Applier:
         root = self.ties.root(p.name)
         if root is not None and root in self.ties.defining:
             new, source, notes = self._tied_value(root)
-            yield from _tensor_pieces(p.name, new)
+            yield from tensor_pieces(p.name, new)
             entry = _entry(
                 p,
                 tensor_stats(new),
@@ -281,7 +219,7 @@ class Applier:
         else:
             new, source, got = transplant_value(self._pool(), p, self.ckpt.read(p.name))
         after = tensor_stats(new)
-        yield from _tensor_pieces(p.name, new)
+        yield from tensor_pieces(p.name, new)
         entry = _entry(p, after, before, source, p.notes + got, self.fans.get(p.name))
         yield Piece(p.name, entry=entry)
 
@@ -370,50 +308,3 @@ class Applier:
             other=self.ckpt.read(other_name) if other_name is not None else None,
             other_name=other_name,
         )
-
-
-def _tensor_pieces(name: str, t: torch.Tensor) -> Iterator[Piece]:
-    data = tensor_to_bytes(t)
-    for i in range(0, data.nbytes, CHUNK_BYTES):
-        yield Piece(name, data=data[i : i + CHUNK_BYTES])
-
-
-def assemble(
-    pieces: Iterator[Piece],
-    by_name: Mapping[str, PlanEntry],
-    ties: Ties | None = None,
-    own: Mapping[str, torch.Tensor] | None = None,
-    on_piece: Callable[[int], object] | None = None,
-) -> tuple[dict[str, torch.Tensor], list[TensorEntry]]:
-    """Every tensor of the output stream as a CPU tensor, with the report entries, in stream
-    order: what the `.bin/.pt` writer saves (`torch.save` needs them all at once) and what the
-    in-memory API returns. Tied names stay one tensor object. With `own` (an in-memory
-    source's tensors), unchanged tensors are its own objects, not copies. `on_piece` gets
-    each piece's byte count (a progress bar)."""
-    ties = ties or Ties()
-    shared: dict[str, torch.Tensor] = {}
-    out: dict[str, torch.Tensor] = {}
-    entries: list[TensorEntry] = []
-    buf = bytearray()
-    for piece in pieces:
-        if on_piece is not None:
-            on_piece(piece.nbytes)
-        p = by_name[piece.name]
-        reuse = own is not None and not p.changes
-        if piece.entry is not None:
-            if own is not None and reuse:
-                out[p.name] = own[p.name]
-            else:
-                value = tensor_from_bytes(buf, p.dtype, p.shape)
-                root = ties.root(p.name)
-                out[p.name] = shared.setdefault(root, value) if root else value
-            entries.append(piece.entry)
-            buf = bytearray()
-        elif reuse:
-            continue
-        elif piece.span is not None:
-            fd, offset, nbytes = piece.span
-            buf += os.pread(fd, nbytes, offset)
-        elif piece.data is not None:
-            buf += piece.data
-    return out, entries
