@@ -11,6 +11,21 @@ from typing import Protocol
 
 from reinit.errors import RuleError
 
+__all__ = [
+    "REGEX_TIMEOUT_S",
+    "Glob",
+    "MatchAll",
+    "Matcher",
+    "Piece",
+    "RegexMatch",
+    "Segment",
+    "TimedRegex",
+    "UserRegex",
+    "compile_glob",
+    "literal_glob",
+]
+
+
 # One fixed-width piece of a segment: a literal string (matched with startswith), or a
 # single-character test: None for `?` (any character), else a compiled one-character class.
 Piece = str | re.Pattern[str] | None

@@ -15,6 +15,27 @@ from reinit.io.hub import is_hf_url, parse_hf_url
 from reinit.matching import Glob, MatchAll, Matcher, UserRegex, compile_glob, literal_glob
 from reinit.schemes import KEEP, BoundScheme, bind_scheme
 
+__all__ = [
+    "MAX_HINTS",
+    "MISMATCH_POLICIES",
+    "TYPE_PREFIX",
+    "Action",
+    "Pattern",
+    "Rule",
+    "TransplantSpec",
+    "ValueT",
+    "closest_hint",
+    "parse_action",
+    "parse_from",
+    "parse_pattern",
+    "parse_rule",
+    "parse_rules",
+    "parse_type_pattern",
+    "parse_value",
+    "split_args",
+]
+
+
 ValueT = int | float | str
 
 

@@ -18,6 +18,15 @@ from reinit.io.hub import HubRepo, is_hf_url, parse_hf_url
 from reinit.planning.model import Model, ModelError, fans_from_module
 from reinit.rules import ValueT, parse_action
 
+__all__ = [
+    "Factory",
+    "build_module",
+    "build_real",
+    "load_model",
+    "model_factory",
+]
+
+
 Factory = Callable[[], object]  # builds a model; `build_module` checks it is an nn.Module
 
 _CALLABLE = re.compile(r"([A-Za-z_][\w.]*):([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)(\(.*\))?\Z", re.S)

@@ -15,6 +15,23 @@ from reinit.planning.ruleindex import RuleIndex
 from reinit.rules import MAX_HINTS, Pattern, Rule, closest_hint
 from reinit.schemes import DEFAULT, BoundScheme
 
+__all__ = [
+    "ACTIONS",
+    "CHANGING_ACTIONS",
+    "NEEDS_MODEL",
+    "Plan",
+    "PlanEntry",
+    "TensorLike",
+    "action_changes",
+    "check_model_needs",
+    "dtype_label",
+    "is_integer_dtype",
+    "last_match",
+    "plan",
+    "type_hint",
+    "why_cannot_take",
+]
+
 
 class TensorLike(Protocol):
     @property

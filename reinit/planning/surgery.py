@@ -21,6 +21,22 @@ from reinit.rules import Pattern, Rule, closest_hint, parse_action, parse_patter
 from reinit.schemes import KEEP, BoundScheme, bind_scheme, generate
 from reinit.schemes.template import fill_template
 
+__all__ = [
+    "AddSpec",
+    "DropSpec",
+    "Edited",
+    "EditedCheckpoint",
+    "RenameSpec",
+    "Surgery",
+    "edit_refs",
+    "mark_plan",
+    "parse_add",
+    "parse_drop",
+    "parse_rename",
+    "parse_surgery",
+]
+
+
 ADD_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float64": torch.float64,

@@ -10,6 +10,12 @@ from reinit.errors import RuleError
 from reinit.planning.planner import Plan, PlanEntry
 from reinit.planning.transplant import source_key
 
+__all__ = [
+    "Ties",
+    "resolve_ties",
+    "tie_groups",
+]
+
 
 @dataclass(frozen=True)
 class Ties:

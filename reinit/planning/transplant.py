@@ -21,6 +21,21 @@ from reinit.planning.planner import Plan, PlanEntry
 from reinit.rules import TransplantSpec, closest_hint
 from reinit.schemes.template import fill_template
 
+__all__ = [
+    "AUTO",
+    "AUTO_MIN_PARTS",
+    "MISMATCHES_SHOWN",
+    "SourcePool",
+    "auto_keys",
+    "check_transplants",
+    "exact_source",
+    "lossy_cast_note",
+    "resolve_keys",
+    "source_key",
+    "transplant_value",
+]
+
+
 MISMATCHES_SHOWN = 5  # pairs named in a shape-mismatch error; the count says how many in all
 
 

@@ -21,6 +21,23 @@ from reinit.report.jsonio import dumps
 from reinit.rules import Rule, parse_rules
 from reinit.run.inmemory import module_config, run_in_memory, write_back
 
+__all__ = [
+    "STABLE_FACTOR",
+    "LayerSignal",
+    "ProbePass",
+    "ProbeResult",
+    "apply_rules_in_memory",
+    "is_positive",
+    "load_weights",
+    "make_inputs",
+    "parse_shape",
+    "per_layer_factor",
+    "probe",
+    "run_pass",
+    "verdict",
+]
+
+
 STABLE_FACTOR = 2.0  # per weighted layer, in std: variance ×4 (the report's unstable_depth)
 
 

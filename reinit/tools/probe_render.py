@@ -10,6 +10,11 @@ from reinit.report.text import fmt, shorten
 from reinit.text import shown
 from reinit.tools.probe import ProbePass, ProbeResult, is_positive, per_layer_factor
 
+__all__ = [
+    "plot",
+    "render",
+]
+
 
 def render(result: ProbeResult, width: int = 100) -> str:
     def f(x: float | None) -> str:
