@@ -34,6 +34,8 @@ __all__ = [
 
 
 class TensorLike(Protocol):
+    """What planning needs of a tensor: a `TensorRef`, or a test's stand-in."""
+
     @property
     def name(self) -> str: ...
     @property
@@ -92,6 +94,9 @@ class PlanEntry:
 
 @dataclass(frozen=True)
 class Plan:
+    """Every tensor's `PlanEntry`, in checkpoint order, with the rules, the unmatched-rule
+    warnings and the names `--drop` removed: what `--dry-run` shows and `apply` runs."""
+
     entries: tuple[PlanEntry, ...]
     rules: tuple[Rule, ...]
     warnings: tuple[str, ...] = ()
@@ -103,6 +108,7 @@ class Plan:
 
 
 def is_integer_dtype(dtype: torch.dtype) -> bool:
+    """Integer and bool tensors (token ids, counters, masks) are never re-initialized."""
     return not (dtype.is_floating_point or dtype.is_complex)
 
 
@@ -118,6 +124,7 @@ def why_cannot_take(rule: Rule, shape: tuple[int, ...], dtype: torch.dtype) -> s
 
 
 def dtype_label(dtype: torch.dtype) -> str:
+    """`float32`, not `torch.float32`, in messages."""
     return str(dtype).removeprefix("torch.")
 
 

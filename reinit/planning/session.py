@@ -99,12 +99,15 @@ def check_reads(result: Plan, ckpt: Checkpoint) -> None:
 
 
 def as_rules(rules: Sequence[RuleInput]) -> tuple[Rule, ...]:
+    """Rules as given (text or parsed; a lone string is one rule) as parsed `Rule`s."""
     if isinstance(rules, str):
         rules = [rules]
     return tuple(r if isinstance(r, Rule) else parse_rules([r])[0] for r in rules)
 
 
 def check_device(device: str) -> str:
+    """`--device`, checked before any work: an unusable CUDA is a usage error, not a
+    traceback halfway through."""
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise UsageError(f"--device {device}: use cpu or cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -210,6 +213,8 @@ def open_source(
     unsafe_pickle: TrustSpec = (),
     progress: bool = True,
 ) -> Iterator[Checkpoint]:
+    """The source as a `Checkpoint`, closed after (an open `Checkpoint` or a state dict passed
+    in is used as it is and left open: the caller owns it)."""
     if isinstance(source, Checkpoint):
         yield source
         return

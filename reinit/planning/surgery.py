@@ -74,12 +74,16 @@ class AddSpec:
 
 @dataclass(frozen=True)
 class DropSpec:
+    """`--drop PATTERN`."""
+
     text: str
     pattern: Pattern
 
 
 @dataclass(frozen=True)
 class RenameSpec:
+    """`--rename PATTERN=TEMPLATE` (the template as in `reinit.schemes.template`)."""
+
     text: str
     pattern: Pattern
     template: str
@@ -87,6 +91,8 @@ class RenameSpec:
 
 @dataclass(frozen=True)
 class Surgery:
+    """All of a run's --add/--drop/--rename, parsed; falsy when there are none."""
+
     adds: tuple[AddSpec, ...] = ()
     drops: tuple[DropSpec, ...] = ()
     renames: tuple[RenameSpec, ...] = ()
@@ -163,6 +169,7 @@ def _check_add_size(where: str, shape: tuple[int, ...], dtype: torch.dtype) -> N
 
 
 def parse_drop(text: str) -> DropSpec:
+    """`--drop PATTERN`: any rule pattern."""
     return DropSpec(text, parse_pattern(text.strip()))
 
 
@@ -185,6 +192,7 @@ def parse_surgery(
     drop: Sequence[str | DropSpec] = (),
     rename: Sequence[str | RenameSpec] = (),
 ) -> Surgery:
+    """The options as given (text or specs already parsed) into one `Surgery`."""
     return Surgery(
         _parsed(add, parse_add), _parsed(drop, parse_drop), _parsed(rename, parse_rename)
     )

@@ -72,6 +72,7 @@ def progress_bar(total: int, enabled: bool, desc: str) -> Progress:
 
 
 def view_bytes(raw: bytes | bytearray | memoryview, dtype: torch.dtype) -> torch.Tensor:
+    """A tensor over raw bytes without copying (the statistics read chunks in place)."""
     if memoryview(raw).nbytes == 0:
         return torch.empty(0, dtype=dtype)
     return torch.frombuffer(raw, dtype=dtype)

@@ -59,6 +59,8 @@ class LayerSignal:
 
 
 def per_layer_factor(ratio: float | None, depth: int) -> float | None:
+    """The geometric-mean factor per weighted layer, growth^(1/(depth−1)): a whole-net
+    ratio says little until it is spread over the depth that produced it."""
     if ratio is None or ratio <= 0 or not math.isfinite(ratio):
         return None if ratio is None or ratio < 0 or math.isnan(ratio) else ratio
     return ratio ** (1.0 / max(1, depth - 1))
@@ -146,6 +148,9 @@ def _finite(x: float | None) -> float | str | None:
 
 @dataclass(frozen=True)
 class ProbeResult:
+    """Both passes of one probe, with what was fed and the rules applied between them (the
+    `--json` output)."""
+
     model: str
     input: str  # what was fed, e.g. "N(0,1) [256, 64]" or "token ids [2, 16] < 30522"
     seed: int
@@ -382,4 +387,5 @@ def probe(
 
 
 def is_positive(x: float | None) -> bool:
+    """Drawable on a log axis (finite and > 0)."""
     return x is not None and math.isfinite(x) and x > 0

@@ -17,6 +17,9 @@ __all__ = [
 
 
 def render(result: ProbeResult, width: int = 100) -> str:
+    """The terminal table: per layer, activation and gradient std before → after, then one
+    verdict line per pass (names escaped: they come from user code)."""
+
     def f(x: float | None) -> str:
         return fmt(x) if x is not None else "-"
 
