@@ -11,6 +11,7 @@ from typing import Protocol
 import torch
 
 from reinit.errors import RuleError, StrictError
+from reinit.io.safetensors_format import dtype_name
 from reinit.planning.ruleindex import RuleIndex
 from reinit.rules import MAX_HINTS, Pattern, Rule, closest_hint
 from reinit.schemes import DEFAULT, BoundScheme
@@ -24,7 +25,6 @@ __all__ = [
     "TensorLike",
     "action_changes",
     "check_model_needs",
-    "dtype_label",
     "is_integer_dtype",
     "last_match",
     "plan",
@@ -117,15 +117,10 @@ def why_cannot_take(rule: Rule, shape: tuple[int, ...], dtype: torch.dtype) -> s
     if rule.scheme is None:
         return None
     if is_integer_dtype(dtype):
-        return f"{dtype_label(dtype)} tensor: integer and bool tensors are never re-initialized"
+        return f"{dtype_name(dtype)} tensor: integer and bool tensors are never re-initialized"
     if dtype.is_complex:
-        return f"{dtype_label(dtype)} tensor: complex tensors are not re-initialized"
+        return f"{dtype_name(dtype)} tensor: complex tensors are not re-initialized"
     return rule.scheme.scheme.can_take(shape, rule.scheme.kwargs)
-
-
-def dtype_label(dtype: torch.dtype) -> str:
-    """`float32`, not `torch.float32`, in messages."""
-    return str(dtype).removeprefix("torch.")
 
 
 def last_match(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from reinit.io.safetensors_format import dtype_name
 from reinit.planning.planner import Plan
 from reinit.report.text import shape_text, shorten_name
 from reinit.text import shown
@@ -33,7 +34,7 @@ def render_plan(plan: Plan, width: int = 100) -> str:
             (
                 shown(e.name),
                 shape_text(e.shape),
-                str(e.dtype).removeprefix("torch."),
+                dtype_name(e.dtype),
                 e.action,
                 shown(what),
                 shown(e.rule.text) if e.rule else "-",

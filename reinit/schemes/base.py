@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from reinit.errors import SchemeError
+from reinit.io.safetensors_format import dtype_name
 
 REQUIRED = object()  # sentinel default: the argument must be given
 
@@ -178,7 +179,7 @@ class BoundScheme:
         for p in self.scheme.params:
             v = values.get(p.name)
             if p.in_tensor and isinstance(v, (int, float)) and abs(v) > top:
-                label = str(dtype).removeprefix("torch.")
+                label = dtype_name(dtype)
                 return (
                     f"{self.scheme.name}: argument {p.name!r}={v:g} overflows {label} "
                     f"(largest finite {label} value: {top:g})"
