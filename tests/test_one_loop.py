@@ -81,3 +81,22 @@ def test_apply_to_state_dict_and_module_accept_reading_schemes(tmp_path: Path) -
     report = reinit.apply_to_module(module, READING[:2], seed=7)
     for name, value in expected.items():
         assert torch.equal(module.state_dict()[name], value), name
+
+
+def test_probe_keeps_tied_parameters_tied() -> None:
+    # before: probe planned only the first name of a tied pair, so a rule naming the second
+    # matched nothing; through apply's engine both names take the rule's values
+    class Tied(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = torch.nn.Embedding(10, 4)
+            self.head = torch.nn.Linear(4, 10, bias=False)
+            self.head.weight = self.emb.weight
+
+    module = Tied()
+    the_plan = apply_rules_in_memory(module, parse_rules(["head.weight=zeros"]), seed=0)
+    assert {e.name: e.action for e in the_plan.entries} == {
+        "emb.weight": "reinit",
+        "head.weight": "reinit",
+    }
+    assert module.head.weight is module.emb.weight and not module.emb.weight.any()
