@@ -7,9 +7,24 @@ from __future__ import annotations
 import re
 import warnings
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from reinit.errors import RuleError
+
+__all__ = [
+    "REGEX_TIMEOUT_S",
+    "Glob",
+    "MatchAll",
+    "Matcher",
+    "Piece",
+    "RegexMatch",
+    "Segment",
+    "TimedRegex",
+    "UserRegex",
+    "compile_glob",
+    "literal_glob",
+]
+
 
 # One fixed-width piece of a segment: a literal string (matched with startswith), or a
 # single-character test: None for `?` (any character), else a compiled one-character class.
@@ -195,13 +210,24 @@ class Matcher(Protocol):
 REGEX_TIMEOUT_S = 0.5
 
 
+class RegexMatch(Protocol):
+    def groups(self) -> tuple[str | None, ...]: ...
+
+
+class TimedRegex(Protocol):
+    """What `UserRegex` uses of a compiled `regex.Pattern`: a full match with a timeout (the
+    `regex` module ships no type stubs, so its type is spelled out here)."""
+
+    def fullmatch(self, string: str, *, timeout: float) -> RegexMatch | None: ...
+
+
 @dataclass(frozen=True)
 class UserRegex:
     """A `re:` pattern, run by the `regex` module with a per-match timeout (Python's `re`
     cannot be interrupted, and no static check catches every exponential regex)."""
 
     text: str
-    compiled: Any  # a `regex.Pattern`
+    compiled: TimedRegex  # a `regex.Pattern`
 
     def fullmatch(self, name: str) -> tuple[str, ...] | None:
         try:

@@ -9,13 +9,33 @@ import difflib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from reinit.errors import RuleError, SchemeError
 from reinit.io.hub_url import is_hf_url, parse_hf_url
 from reinit.matching import Glob, MatchAll, Matcher, UserRegex, compile_glob, literal_glob
 from reinit.schemes import KEEP, BoundScheme, bind_scheme
 from reinit.schemes import templates as schemes_templates
+
+__all__ = [
+    "MAX_HINTS",
+    "MISMATCH_POLICIES",
+    "TYPE_PREFIX",
+    "Action",
+    "Pattern",
+    "Rule",
+    "TransplantSpec",
+    "ValueT",
+    "closest_hint",
+    "parse_action",
+    "parse_from",
+    "parse_pattern",
+    "parse_rule",
+    "parse_rules",
+    "parse_type_pattern",
+    "parse_value",
+    "split_args",
+]
+
 
 ValueT = int | float | str
 
@@ -34,6 +54,8 @@ class Action:
 
 @dataclass(frozen=True)
 class Pattern:
+    """A parsed name pattern (glob, `re:` or `type:`): what a rule selects."""
+
     text: str  # as written
     matcher: Matcher
     has_wildcards: bool
@@ -73,11 +95,14 @@ def fill_template(template: str, name: str, captures: Sequence[str], where: str)
 
 @dataclass(frozen=True)
 class Rule:
+    """One parsed rule `PATTERN=ACTION`: a scheme to draw (`scheme`), a `from(...)` source to
+    copy from (`transplant`), or `keep`. The planner reads `kind`."""
+
     text: str
     pattern: Pattern
     action: Action
     scheme: BoundScheme | None  # None for `keep` and `from(...)`
-    transplant: Any = None  # a `transplant.TransplantSpec` for `from(...)` rules
+    transplant: TransplantSpec | None = None  # for `from(...)` rules
 
     @property
     def kind(self) -> str:
@@ -132,6 +157,7 @@ def parse_type_pattern(text: str) -> Pattern:
 
 
 def parse_pattern(text: str) -> Pattern:
+    """`re:REGEX`, `type:…`, or a glob (`*` matches any run, dots included; DESIGN §2)."""
     if text.startswith(TYPE_PREFIX):
         return parse_type_pattern(text)
     if text.startswith("re:"):
@@ -178,6 +204,8 @@ def split_args(text: str, where: str) -> list[str]:
 
 
 def parse_value(text: str, where: str) -> ValueT:
+    """A literal argument: int, float (incl. inf/nan, refused later where out of range) or
+    string (quotes optional)."""
     s = text.strip()
     if not s:
         raise RuleError(f"{where}: empty argument")
@@ -194,6 +222,8 @@ def parse_value(text: str, where: str) -> ValueT:
 
 
 def parse_action(text: str, where: str = "rule") -> Action:
+    """`NAME` or `NAME(ARGS)` into an `Action`, not yet bound to a scheme (so `from(...)`,
+    `keep` and a `--model` spec's call share one argument grammar)."""
     s = text.strip()
     m = _WORD.match(s)
     if not m:
@@ -247,6 +277,7 @@ def parse_rule(text: str) -> Rule:
 
 
 def parse_rules(texts: Sequence[str]) -> tuple[Rule, ...]:
+    """Every rule parsed; the first bad one raises `RuleError` naming it."""
     return tuple(parse_rule(t) for t in texts)
 
 
@@ -268,6 +299,8 @@ MISMATCH_POLICIES = ("error", "skip", "slice")
 
 @dataclass(frozen=True)
 class TransplantSpec:
+    """`from(SOURCE, key=TEMPLATE|auto, on_mismatch=error|skip|slice)`, as written."""
+
     source: str
     key: str | None = None  # template; None = the target's own name
     on_mismatch: str = "error"
@@ -282,6 +315,8 @@ class TransplantSpec:
 
 
 def parse_from(action: Action, where: str) -> TransplantSpec:
+    """A `from(...)` action checked into a `TransplantSpec` (a malformed hf:// URL fails here,
+    before anything is read)."""
     kw = action.kwargs_dict()
     unknown = set(kw) - {"source", "key", "on_mismatch"}
     if unknown:

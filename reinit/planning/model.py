@@ -23,6 +23,21 @@ from reinit.schemes import (
     seed_for,
 )
 
+__all__ = [
+    "Fans",
+    "Model",
+    "ModelError",
+    "ModelView",
+    "TensorSite",
+    "align",
+    "check_default",
+    "default_value",
+    "fans_from_module",
+    "module_fans",
+    "reinit_value",
+]
+
+
 Fans = tuple[int, int]
 
 

@@ -8,15 +8,28 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from types import ModuleType
 
 import torch
 from torch import nn
 
 from reinit.errors import ReinitError
+from reinit.io.hub import HubRepo
 from reinit.io.hub_url import is_hf_url, parse_hf_url
 from reinit.planning.model import Model, ModelError, fans_from_module
+from reinit.rules import ValueT, parse_action
 from reinit.text import one_line
+
+__all__ = [
+    "Factory",
+    "build_module",
+    "build_real",
+    "load_model",
+    "model_factory",
+]
+
+
+Factory = Callable[[], object]  # builds a model; `build_module` checks it is an nn.Module
 
 _CALLABLE = re.compile(r"([A-Za-z_][\w.]*):([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)(\(.*\))?\Z", re.S)
 
@@ -29,19 +42,8 @@ def load_model(spec: str | os.PathLike[str] | nn.Module) -> Model:
         return fans_from_module(type(spec).__name__, spec, kind, _prefix(spec))
     text = os.fspath(spec)
     factory = model_factory(text)
-    try:
-        with torch.device("meta"):
-            module = factory()
-    except ReinitError:
-        raise
-    except Exception as e:
-        raise ModelError(
-            f"--model {text}: building the model failed: {one_line(e, typed=True)}"
-        ) from None
-    if not isinstance(module, nn.Module):
-        raise ModelError(
-            f"--model {text}: the callable returned {type(module).__name__}, not a torch.nn.Module"
-        )
+    with torch.device("meta"):
+        module = build_module(text, factory)
     kind = "hf" if _is_hf(module) else "torch"
     return fans_from_module(text, module, kind, _prefix(module) if kind == "hf" else "")
 
@@ -54,14 +56,20 @@ def build_real(spec: str, seed: int = 0) -> nn.Module:
     factory = model_factory(text)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        try:
-            module = factory()
-        except ReinitError:
-            raise
-        except Exception as e:
-            raise ModelError(
-                f"--model {text}: building the model failed: {one_line(e, typed=True)}"
-            ) from None
+        return build_module(text, factory)
+
+
+def build_module(text: str, factory: Factory) -> nn.Module:
+    """Call a model factory (on whatever device and RNG state the caller set up): a failure
+    inside the user's code, or a result that is not a module, is one `ModelError` line."""
+    try:
+        module = factory()
+    except ReinitError:
+        raise
+    except Exception as e:
+        raise ModelError(
+            f"--model {text}: building the model failed: {one_line(e, typed=True)}"
+        ) from None
     if not isinstance(module, nn.Module):
         raise ModelError(
             f"--model {text}: the callable returned {type(module).__name__}, not a torch.nn.Module"
@@ -69,11 +77,9 @@ def build_real(spec: str, seed: int = 0) -> nn.Module:
     return module
 
 
-def model_factory(text: str) -> Callable[[], Any]:
+def model_factory(text: str) -> Factory:
     """A function that builds the model `text` names (on whatever device is current)."""
     if is_hf_url(text):
-        from reinit.io.hub import HubRepo
-
         ref = parse_hf_url(text)
         return _hf_factory(text, HubRepo(ref, progress=False).fetch("config.json"))
     path = Path(text)
@@ -97,13 +103,9 @@ def model_factory(text: str) -> Callable[[], Any]:
     )
 
 
-def _callable_factory(
-    text: str, module_name: str, attr: str, call: str | None
-) -> Callable[[], Any]:
-    from reinit.rules import parse_action
-
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = {}
+def _callable_factory(text: str, module_name: str, attr: str, call: str | None) -> Factory:
+    args: tuple[ValueT, ...] = ()
+    kwargs: dict[str, ValueT] = {}
     if call:
         action = parse_action("f" + call, f"--model {text}")
         args, kwargs = action.args, action.kwargs_dict()
@@ -114,17 +116,18 @@ def _callable_factory(
             f"--model {text}: cannot import {module_name!r} ({e}); install it or put its "
             "directory on PYTHONPATH"
         ) from None
-    fn: Any = mod
+    found: object = mod
     for part in attr.split("."):
-        fn = getattr(fn, part, None)
-        if fn is None:
+        found = getattr(found, part, None)
+        if found is None:
             raise ModelError(f"--model {text}: module {module_name!r} has no {attr!r}")
-    if not callable(fn):
+    if not callable(found):
         raise ModelError(f"--model {text}: {module_name}.{attr} is not callable")
+    fn = found
     return lambda: fn(*args, **kwargs)
 
 
-def _transformers() -> Any:
+def _transformers() -> ModuleType:
     try:
         import transformers
     except ImportError:
@@ -134,7 +137,7 @@ def _transformers() -> Any:
     return transformers
 
 
-def _hf_factory(spec: str, config_path: Path) -> Callable[[], Any]:
+def _hf_factory(spec: str, config_path: Path) -> Factory:
     """The class comes from the config's `architectures` (so names line up with checkpoints
     saved from it), else `AutoModel`. Remote code is never run."""
     transformers = _transformers()

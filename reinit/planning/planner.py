@@ -16,8 +16,26 @@ from reinit.planning.ruleindex import RuleIndex
 from reinit.rules import MAX_HINTS, Pattern, Rule, closest_hint
 from reinit.schemes import DEFAULT, BoundScheme
 
+__all__ = [
+    "ACTIONS",
+    "CHANGING_ACTIONS",
+    "NEEDS_MODEL",
+    "Plan",
+    "PlanEntry",
+    "TensorLike",
+    "action_changes",
+    "check_model_needs",
+    "is_integer_dtype",
+    "last_match",
+    "plan",
+    "type_hint",
+    "why_cannot_take",
+]
+
 
 class TensorLike(Protocol):
+    """What planning needs of a tensor: a `TensorRef`, or a test's stand-in."""
+
     @property
     def name(self) -> str: ...
     @property
@@ -27,6 +45,13 @@ class TensorLike(Protocol):
 
 
 ACTIONS = ("kept", "reinit", "transplant", "skipped")
+CHANGING_ACTIONS = ("reinit", "transplant")  # the actions that give a tensor new values
+
+
+def action_changes(action: str) -> bool:
+    """Whether an action (of a plan entry or a report entry) writes new values: the one
+    definition behind `PlanEntry.changes` and `TensorEntry.changes`."""
+    return action in CHANGING_ACTIONS
 
 
 @dataclass(frozen=True)
@@ -59,11 +84,19 @@ class PlanEntry:
 
     @property
     def changes(self) -> bool:
-        return self.action in ("reinit", "transplant")
+        return action_changes(self.action)
+
+    @property
+    def rule_text(self) -> str:
+        """The winning rule as written, '' when none matched (for messages)."""
+        return self.rule.text if self.rule is not None else ""
 
 
 @dataclass(frozen=True)
 class Plan:
+    """Every tensor's `PlanEntry`, in checkpoint order, with the rules, the unmatched-rule
+    warnings and the names `--drop` removed: what `--dry-run` shows and `apply` runs."""
+
     entries: tuple[PlanEntry, ...]
     rules: tuple[Rule, ...]
     warnings: tuple[str, ...] = ()
@@ -75,6 +108,7 @@ class Plan:
 
 
 def is_integer_dtype(dtype: torch.dtype) -> bool:
+    """Integer and bool tensors (token ids, counters, masks) are never re-initialized."""
     return not (dtype.is_floating_point or dtype.is_complex)
 
 
@@ -185,7 +219,7 @@ def check_strict(result: Plan, strict: bool) -> None:
         first = result.skipped[0]
         raise StrictError(
             f"--strict: {len(result.skipped)} tensor(s) would be skipped, e.g. "
-            f"'{first.name}' by rule {first.rule.text if first.rule else ''!r}: {first.reason}"
+            f"'{first.name}' by rule {first.rule_text!r}: {first.reason}"
         )
 
 

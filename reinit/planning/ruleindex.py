@@ -7,11 +7,16 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from reinit.matching import Glob
+from reinit.rules import Pattern
+
+__all__ = ["HasPattern", "RuleIndex"]
 
 
 class HasPattern(Protocol):
+    """A rule, as far as the index needs one (its name pattern)."""
+
     @property
-    def pattern(self) -> object: ...
+    def pattern(self) -> Pattern: ...
 
 
 class RuleIndex:
@@ -22,8 +27,8 @@ class RuleIndex:
         self.by_prefix: dict[str, list[int]] = {}
         self.by_suffix: dict[str, list[int]] = {}
         for i, r in enumerate(rules):
-            matcher = getattr(r.pattern, "matcher", None)
-            if getattr(r.pattern, "module_types", ()) or not isinstance(matcher, Glob):
+            matcher = r.pattern.matcher
+            if r.pattern.module_types or not isinstance(matcher, Glob):
                 self.always.append(i)
             elif matcher.literal_prefix:
                 self.by_prefix.setdefault(matcher.literal_prefix, []).append(i)

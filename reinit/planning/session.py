@@ -8,18 +8,30 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from reinit.errors import RuleError, SchemeError, UsageError
 from reinit.io.checkpoint import Checkpoint
 from reinit.io.sources import open_checkpoint
 from reinit.io.trust import TrustSpec
 from reinit.options import PLAN_FIELDS, ApplyOptions, OptionKwargs, with_kwargs
+from reinit.planning.model import Model, ModelView, check_default
+from reinit.planning.model_load import load_model
 from reinit.planning.planner import Plan, check_strict
 from reinit.planning.planner import plan as make_plan
+from reinit.planning.surgery import (
+    Edited,
+    EditedCheckpoint,
+    Surgery,
+    edit_refs,
+    mark_plan,
+    parse_surgery,
+)
 from reinit.planning.ties import Ties, resolve_ties
+from reinit.planning.transplant import SourcePool
 from reinit.rules import Rule, closest_hint, parse_rules
 from reinit.schemes import (
     missing_from_config,
@@ -29,15 +41,26 @@ from reinit.schemes import (
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-    from reinit.planning.model import Model, ModelView
-
+__all__ = [
+    "ModelInput",
+    "RuleInput",
+    "as_rules",
+    "check_device",
+    "check_reads",
+    "edit_checkpoint",
+    "model_view",
+    "open_source",
+    "plan",
+    "plan_for",
+    "resolve_rules",
+]
 
 RuleInput = str | Rule
+"""A rule as text (`'*.weight=kaiming'`) or already parsed."""
 
-
-# What `model=` accepts: a spec (HF folder, hf:// URL, module:callable), a module, a loaded
-# Model, or a view already aligned to the checkpoint.
-ModelInput = Union[str, "os.PathLike[str]", torch.nn.Module, "Model", "ModelView"]
+ModelInput = str | os.PathLike[str] | nn.Module | Model | ModelView
+"""What `--model` / `model=` accepts: a Hugging Face directory, hf:// URL or `module:callable`
+spec; a module; a loaded `Model`; or a `ModelView` already aligned to the checkpoint."""
 
 
 def resolve_rules(rules: Sequence[Rule], config: Mapping[str, Any] | None) -> tuple[Rule, ...]:
@@ -62,7 +85,7 @@ def check_reads(result: Plan, ckpt: Checkpoint) -> None:
         bound = e.scheme
         if bound is None or bound.scheme.reads is None:
             continue
-        rule = e.rule.text if e.rule else ""
+        rule = e.rule_text
         try:
             other = bound.scheme.reads(e.name, e.captures, bound.kwargs)
         except SchemeError as err:
@@ -81,12 +104,15 @@ def check_reads(result: Plan, ckpt: Checkpoint) -> None:
 
 
 def as_rules(rules: Sequence[RuleInput]) -> tuple[Rule, ...]:
+    """Rules as given (text or parsed; a lone string is one rule) as parsed `Rule`s."""
     if isinstance(rules, str):
         rules = [rules]
     return tuple(r if isinstance(r, Rule) else parse_rules([r])[0] for r in rules)
 
 
 def check_device(device: str) -> str:
+    """`--device`, checked before any work: an unusable CUDA is a usage error, not a
+    traceback halfway through."""
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise UsageError(f"--device {device}: use cpu or cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -141,7 +167,6 @@ def plan(
         o.config,
         o.progress,
     )
-    from reinit.planning.surgery import parse_surgery
     from reinit.planning.transplant import SourcePool
 
     surgery = parse_surgery(add, drop, rename)
@@ -156,15 +181,13 @@ def plan(
 
 def edit_checkpoint(
     ckpt: Checkpoint,
-    surgery: object,
+    surgery: Surgery,
     allow_unmatched: bool,
     seed: int = 0,
     device: str = "cpu",
-) -> tuple[Checkpoint, object]:
-    """The checkpoint as `--drop/--rename/--add` leave it (itself when there are none)."""
-    from reinit.planning.surgery import EditedCheckpoint, Surgery, edit_refs
-
-    assert isinstance(surgery, Surgery)
+) -> tuple[Checkpoint, Edited | None]:
+    """The checkpoint as `--drop/--rename/--add` leave it (itself when there are none), and
+    the edit (which `plan_for` marks on the plan: added, renamed, dropped)."""
     if not surgery:
         return ckpt, None
     edited = edit_refs(ckpt.refs(), surgery, allow_unmatched=allow_unmatched)
@@ -176,10 +199,10 @@ def plan_for(
     rules: tuple[Rule, ...],
     strict: bool,
     allow_unmatched: bool,
-    pool: object,
+    pool: SourcePool,
     view: ModelView | None = None,
     config: Mapping[str, Any] | None = None,
-    edited: object = None,
+    edited: Edited | None = None,
 ) -> tuple[Plan, Ties]:
     """The plan, with tied groups made consistent (see `reinit.ties`), and the ties."""
     if any(r.scheme is not None and r.scheme.scheme.from_config for r in rules):
@@ -194,13 +217,9 @@ def plan_for(
     )
     check_reads(result, ckpt)
     if view is not None:
-        from reinit.planning.model import check_default
-
         result = check_default(result, view, strict)
     if edited is not None:
-        from reinit.planning.surgery import mark_plan
-
-        result = mark_plan(result, edited)  # type: ignore[arg-type]
+        result = mark_plan(result, edited)
     if any(r.kind == "transplant" for r in rules):
         from reinit.planning.transplant import check_transplants
 
@@ -214,9 +233,6 @@ def model_view(model: ModelInput | None, ckpt: Checkpoint) -> ModelView | None:
     tensor names; None without a model."""
     if model is None:
         return None
-    from reinit.planning.model import Model, ModelView
-    from reinit.planning.model_load import load_model
-
     if isinstance(model, ModelView):
         return model
     loaded = model if isinstance(model, Model) else load_model(model)
@@ -229,6 +245,8 @@ def open_source(
     unsafe_pickle: TrustSpec = (),
     progress: bool = True,
 ) -> Iterator[Checkpoint]:
+    """The source as a `Checkpoint`, closed after (an open `Checkpoint` or a state dict passed
+    in is used as it is and left open: the caller owns it)."""
     if isinstance(source, Checkpoint):
         yield source
         return

@@ -4,20 +4,37 @@ then see the new names."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 from reinit import limits
-from reinit.errors import RuleError, SchemeError
+from reinit.errors import CheckpointError, RuleError, SchemeError
 from reinit.io.checkpoint import CHUNK_BYTES, Checkpoint, FileSpan, TensorRef, iter_chunks
 from reinit.io.safetensors_format import dtype_name, dtype_size, tensor_to_bytes
 from reinit.limits import MAX_TENSOR_BYTES, declared_bytes
 from reinit.planning.planner import Plan, PlanEntry
 from reinit.rules import Pattern, Rule, closest_hint, fill_template, parse_action, parse_pattern
 from reinit.schemes import KEEP, BoundScheme, bind_scheme, generate
+
+__all__ = [
+    "AddSpec",
+    "DropSpec",
+    "Edited",
+    "EditedCheckpoint",
+    "RenameSpec",
+    "Surgery",
+    "edit_refs",
+    "mark_plan",
+    "parse_add",
+    "parse_drop",
+    "parse_rename",
+    "parse_surgery",
+]
+
 
 ADD_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -31,6 +48,9 @@ _ADD = re.compile(r"\s*(?P<name>[^=]+?)\s*=\s*\[(?P<shape>[^\]]*)\]\s*:(?P<rest>
 
 
 _DTYPE_SUFFIX = re.compile(r":\s*dtype\s*=\s*(?P<dtype>\w+)\s*\Z")
+
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -53,12 +73,16 @@ class AddSpec:
 
 @dataclass(frozen=True)
 class DropSpec:
+    """`--drop PATTERN`."""
+
     text: str
     pattern: Pattern
 
 
 @dataclass(frozen=True)
 class RenameSpec:
+    """`--rename PATTERN=TEMPLATE` (the template as in `reinit.schemes.template`)."""
+
     text: str
     pattern: Pattern
     template: str
@@ -66,6 +90,8 @@ class RenameSpec:
 
 @dataclass(frozen=True)
 class Surgery:
+    """All of a run's --add/--drop/--rename, parsed; falsy when there are none."""
+
     adds: tuple[AddSpec, ...] = ()
     drops: tuple[DropSpec, ...] = ()
     renames: tuple[RenameSpec, ...] = ()
@@ -142,6 +168,7 @@ def _check_add_size(where: str, shape: tuple[int, ...], dtype: torch.dtype) -> N
 
 
 def parse_drop(text: str) -> DropSpec:
+    """`--drop PATTERN`: any rule pattern."""
     return DropSpec(text, parse_pattern(text.strip()))
 
 
@@ -164,12 +191,17 @@ def parse_surgery(
     drop: Sequence[str | DropSpec] = (),
     rename: Sequence[str | RenameSpec] = (),
 ) -> Surgery:
-    def many(items: Sequence[object], one: object) -> tuple:
-        if isinstance(items, str):
-            items = [items]
-        return tuple(one(x) if isinstance(x, str) else x for x in items)  # type: ignore[operator]
+    """The options as given (text or specs already parsed) into one `Surgery`."""
+    return Surgery(
+        _parsed(add, parse_add), _parsed(drop, parse_drop), _parsed(rename, parse_rename)
+    )
 
-    return Surgery(many(add, parse_add), many(drop, parse_drop), many(rename, parse_rename))
+
+def _parsed(items: Sequence[str | T], parse: Callable[[str], T]) -> tuple[T, ...]:
+    """Each item parsed from its text, or taken as given (a bare string is one item)."""
+    if isinstance(items, str):
+        items = [items]
+    return tuple(parse(x) if isinstance(x, str) else x for x in items)
 
 
 @dataclass(frozen=True)
@@ -303,8 +335,6 @@ class EditedCheckpoint(Checkpoint):
         try:
             return self._refs[name]
         except KeyError:
-            from reinit.errors import CheckpointError
-
             raise CheckpointError(f"{self.source}: has no tensor '{name}'") from None
 
     def refs(self) -> list[TensorRef]:

@@ -8,6 +8,13 @@ from dataclasses import dataclass, field, replace
 
 from reinit.errors import RuleError
 from reinit.planning.planner import Plan, PlanEntry
+from reinit.planning.transplant import source_key
+
+__all__ = [
+    "Ties",
+    "resolve_ties",
+    "tie_groups",
+]
 
 
 @dataclass(frozen=True)
@@ -49,8 +56,8 @@ def tie_groups(order: Sequence[str], aliases: Mapping[str, str]) -> dict[str, tu
 
 
 def _conflict(group: tuple[str, ...], a: PlanEntry, b: PlanEntry, why: str) -> RuleError:
-    ra = a.rule.text if a.rule is not None else "(no rule)"
-    rb = b.rule.text if b.rule is not None else "(no rule)"
+    ra = a.rule_text or "(no rule)"
+    rb = b.rule_text or "(no rule)"
     return RuleError(
         f"tensors '{a.name}' and '{b.name}' are tied (they share storage"
         f"{', with ' + ', '.join(n for n in group if n not in (a.name, b.name)) if len(group) > 2 else ''})"
@@ -74,18 +81,18 @@ def resolve_ties(plan: Plan, aliases: Mapping[str, str]) -> tuple[Plan, Ties]:
         if group[0] in seen:
             continue
         seen.add(group[0])
-        entries = [by_name[n] for n in group]
-        changing = [e for e in entries if e.changes]
+        members = [by_name[n] for n in group]
+        changing = [e for e in members if e.changes]
         if not changing:
             continue
         first = changing[0]
-        for e in entries:
+        for e in members:
             if e.rule is not None and e.rule != first.rule:
                 raise _conflict(group, first, e, "different rules hit them")
         if first.action == "transplant":
             _check_same_source(group, changing)
         defining[group[0]] = first
-        for e in entries:
+        for e in members:
             if e.changes:
                 continue
             replaced[e.name] = replace(
@@ -100,8 +107,6 @@ def resolve_ties(plan: Plan, aliases: Mapping[str, str]) -> tuple[Plan, Ties]:
 
 
 def _check_same_source(group: tuple[str, ...], changing: Sequence[PlanEntry]) -> None:
-    from reinit.planning.transplant import source_key
-
     first = changing[0]
     assert first.rule is not None and first.rule.transplant is not None
     want = source_key(first.rule.transplant, first.name, first.captures, first.rule.text)

@@ -22,6 +22,21 @@ from reinit.io.trust import TrustSpec
 from reinit.planning.planner import Plan, PlanEntry
 from reinit.rules import TransplantSpec, closest_hint, fill_template
 
+__all__ = [
+    "AUTO",
+    "AUTO_MIN_PARTS",
+    "MISMATCHES_SHOWN",
+    "SourcePool",
+    "auto_keys",
+    "check_transplants",
+    "exact_source",
+    "lossy_cast_note",
+    "resolve_keys",
+    "source_key",
+    "transplant_value",
+]
+
+
 MISMATCHES_SHOWN = 5  # pairs named in a shape-mismatch error; the count says how many in all
 
 
@@ -156,7 +171,7 @@ def resolve_keys(plan: Plan, pool: SourcePool) -> dict[str, str]:
         if spec.key == AUTO:
             auto.setdefault(_identity(spec.source), []).append(e)
         else:
-            keys[e.name] = source_key(spec, e.name, e.captures, e.rule.text if e.rule else "")
+            keys[e.name] = source_key(spec, e.name, e.captures, e.rule_text)
     for entries in auto.values():
         rule_texts = sorted({e.rule.text for e in entries if e.rule is not None})
         where = "rule " + ", ".join(repr(t) for t in rule_texts)
@@ -185,7 +200,7 @@ def check_transplants(plan: Plan, pool: SourcePool) -> Plan:
             others = ", ".join(f"'{keys[m.name]}'" for m in missing[1:4])
             more = f"; {len(missing) - 1} more missing: {others}{', …' if len(missing) > 4 else ''}"
         raise TransplantError(
-            f"rule {e.rule.text if e.rule else ''!r}: source {spec.source} has no tensor "
+            f"rule {e.rule_text!r}: source {spec.source} has no tensor "
             f"'{key}' (for target '{e.name}'){closest_hint(key, pool.get(spec.source).names())}"
             f"{more}; fix key= (templates take {{name}}, {{1}}, {{2}}, …) or try key=auto"
         )
@@ -196,7 +211,7 @@ def check_transplants(plan: Plan, pool: SourcePool) -> Plan:
             entries.append(e)
             continue
         spec = _spec(e)
-        rule_text = e.rule.text if e.rule else ""
+        rule_text = e.rule_text
         key = keys[e.name]
         src = pool.get(spec.source)
         e = replace(e, source_key=key)
@@ -236,7 +251,7 @@ def exact_source(pool: SourcePool, entry: PlanEntry) -> tuple[Checkpoint, str, s
     spec = _spec(entry)
     key = entry.source_key
     if key is None:  # a plan that did not go through check_transplants
-        key = source_key(spec, entry.name, entry.captures, entry.rule.text if entry.rule else "")
+        key = source_key(spec, entry.name, entry.captures, entry.rule_text)
     src = pool.get(spec.source)
     ref = src.ref(key)
     if ref.dtype != entry.dtype or ref.shape != entry.shape:
@@ -267,7 +282,7 @@ def transplant_value(
     spec = _spec(entry)
     key = entry.source_key
     if key is None:  # a plan that did not go through check_transplants
-        key = source_key(spec, entry.name, entry.captures, entry.rule.text if entry.rule else "")
+        key = source_key(spec, entry.name, entry.captures, entry.rule_text)
     src = pool.get(spec.source).read(key)
     notes: list[str] = []
     cast = src.to(entry.dtype)

@@ -165,7 +165,7 @@ def merge_reports(reports: Sequence[Report], seed: int, seconds: float) -> Repor
     entries = []
     for e in final.tensors:
         seen = [s[e.name] for s in steps if e.name in s]
-        changed = [x for x in seen if x.action in ("reinit", "transplant")]
+        changed = [x for x in seen if x.changes]
         acted = [x for x in seen if x.rule is not None]
         if changed:
             entry = replace(changed[-1], before=changed[0].before, after=e.after, flags=())

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from reinit.planning.planner import action_changes
 from reinit.report.jsonio import JSON, json_safe, number
 from reinit.report.stats import Stats
 
@@ -40,6 +41,11 @@ class TensorEntry:
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def changes(self) -> bool:
+        """Re-initialized or transplanted (as `PlanEntry.changes`)."""
+        return action_changes(self.action)
 
     @property
     def is_float(self) -> bool:

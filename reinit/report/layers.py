@@ -23,7 +23,7 @@ from reinit.text import md_cell, shown
 
 def is_changed(e: TensorEntry) -> bool:
     """Re-initialized, transplanted, or (report --against) different from the baseline."""
-    return e.action in ("reinit", "transplant") or NOTE_CHANGED in e.notes
+    return e.changes or NOTE_CHANGED in e.notes
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ from reinit.planning.planner import Plan
 from reinit.report.text import shape_text, shorten_name
 from reinit.text import shown
 
+__all__ = ["render_plan"]
+
 
 def render_plan(plan: Plan, width: int = 100) -> str:
     """The `--dry-run` view: each tensor, the rule that won, the action, or why it is skipped."""
@@ -26,7 +28,7 @@ def render_plan(plan: Plan, width: int = 100) -> str:
             what = e.reason or ""
         else:
             what = "unchanged" if e.rule is None else "keep"
-        if e.action in ("reinit", "transplant") and e.reason:  # e.g. a tied tensor's partner
+        if e.changes and e.reason:  # e.g. a tied tensor's partner
             what += f" ({e.reason})"
         if e.notes:  # --add / --rename
             what += f" [{', '.join(e.notes)}]"

@@ -13,10 +13,8 @@ from contextlib import ExitStack, closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-import torch
-
 from reinit.errors import OutputError, UsageError
-from reinit.io.checkpoint import Checkpoint, TensorRef, tensor_from_bytes
+from reinit.io.checkpoint import Checkpoint, TensorRef
 from reinit.io.confine import copy_regular, extras_to_copy, output_path
 from reinit.io.pipeline import prefetch
 from reinit.io.publish import Publication, how_to_publish
@@ -53,7 +51,8 @@ from reinit.run.output import (
     output_metadata,
     resolve_output,
 )
-from reinit.run.stream import WRITE_AHEAD, Applier, Piece, progress_bar
+from reinit.run.pieces import Piece, assemble, progress_bar
+from reinit.run.stream import WRITE_AHEAD, Applier
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -261,25 +260,7 @@ def _write_torch(
 ) -> tuple[list[TensorEntry], int]:
     """The `.bin/.pt` output: `torch.save` needs every tensor at once, so this form holds the
     whole model in memory. Tied names stay tied (one tensor object, one storage in the file)."""
-    ties = ties or Ties()
-    shared: dict[str, torch.Tensor] = {}
-    state: dict[str, torch.Tensor] = {}
-    entries: list[TensorEntry] = []
-    buf = bytearray()
-    for piece in pieces:
-        if piece.entry is not None:
-            p = by_name[piece.name]
-            value = tensor_from_bytes(buf, p.dtype, p.shape).clone()
-            root = ties.root(piece.name)
-            state[piece.name] = shared.setdefault(root, value) if root else value
-            entries.append(piece.entry)
-            buf = bytearray()
-        elif piece.span is not None:
-            fd, offset, nbytes = piece.span
-            buf += os.pread(fd, nbytes, offset)
-        elif piece.data is not None:
-            buf += piece.data
-        bar.update(piece.nbytes)
+    state, entries = assemble(pieces, by_name, ties, on_piece=bar.update)
     return entries, write_torch_file(tmp, state)
 
 

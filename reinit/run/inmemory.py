@@ -1,18 +1,23 @@
 """The same rules on tensors already in memory: state dicts, `nn.Module`s and in-memory
-checkpoints (a recipe's intermediate steps)."""
+checkpoints (a recipe's intermediate steps), and the probe's model.
+
+Nothing here computes a value: `run_in_memory` plans as `apply` does (`plan_for`) and runs the
+same `Applier` stream, only assembling its pieces into tensors instead of writing them, so a
+scheme that reads the tensor's own values or another tensor (`mean_resize`, `copy(...)`) gives
+exactly what `reinit apply` writes for the same tensors and seed."""
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from reinit.io.checkpoint import Checkpoint, tensor_from_bytes
+from reinit.io.checkpoint import Checkpoint
 from reinit.io.memory import StateDictCheckpoint
+from reinit.io.trust import TrustSpec
 from reinit.options import (
     IN_MEMORY_FIELDS,
     ApplyOptions,
@@ -20,16 +25,79 @@ from reinit.options import (
     OptionKwargsBesidesSeed,
     with_kwargs,
 )
+from reinit.planning.model import ModelView
 from reinit.planning.planner import Plan
 from reinit.planning.session import RuleInput, as_rules, check_device, plan_for
-from reinit.planning.ties import Ties
+from reinit.planning.transplant import SourcePool
 from reinit.report.assemble import make_report
-from reinit.report.entries import Report, TensorEntry
+from reinit.report.entries import Report
 from reinit.rules import Rule
-from reinit.run.stream import Applier, Piece
+from reinit.run.pieces import assemble
+from reinit.run.stream import Applier
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
+
+__all__ = [
+    "InMemoryRun",
+    "apply_to_checkpoint",
+    "apply_to_module",
+    "apply_to_state_dict",
+    "module_config",
+    "run_in_memory",
+    "write_back",
+]
+
+
+@dataclass(frozen=True)
+class InMemoryRun:
+    """What `run_in_memory` gives: every tensor (CPU), the report, and the plan it followed
+    (the probe reads its warnings)."""
+
+    tensors: dict[str, torch.Tensor]
+    report: Report
+    plan: Plan
+
+
+def run_in_memory(
+    ckpt: Checkpoint,
+    rules: Sequence[Rule],
+    *,
+    seed: int = 0,
+    strict: bool = False,
+    allow_unmatched: bool = False,
+    device: str = "cpu",
+    config: Mapping[str, Any] | None = None,
+    unsafe_pickle: TrustSpec = (),
+    progress: bool = False,
+    view: ModelView | None = None,
+) -> InMemoryRun:
+    """The one in-memory apply: plan `rules` on `ckpt` (with `view`'s module types, fans and
+    `default` when given) and run the streaming `Applier` over it, assembling the tensors.
+    Kept tensors of a `StateDictCheckpoint` are its own objects, not copies."""
+    started = time.perf_counter()
+    device = check_device(device)
+    with SourcePool(ckpt, unsafe_pickle=unsafe_pickle, progress=progress) as pool:
+        the_plan, ties = plan_for(ckpt, tuple(rules), strict, allow_unmatched, pool, view, config)
+        applier = Applier(ckpt, seed, device, pool, ties, view)
+        own = ckpt.tensors if isinstance(ckpt, StateDictCheckpoint) else None
+        by_name = {p.name: p for p in the_plan.entries}
+        out, entries = assemble(applier.stream(the_plan.entries), by_name, ties, own)
+    report = make_report(
+        ckpt.source, None, seed, tuple(r.text for r in rules), entries, 0, started, the_plan
+    )
+    return InMemoryRun(out, report, the_plan)
+
+
+def write_back(
+    state: Mapping[str, torch.Tensor], new: Mapping[str, torch.Tensor], report: Report
+) -> None:
+    """Copy the tensors `report` says changed from `new` into `state`'s own tensors, in place
+    (under `torch.no_grad`, so parameters keep `requires_grad` and stay the module's objects)."""
+    with torch.no_grad():
+        for e in report.tensors:
+            if e.changes:
+                state[e.name].copy_(new[e.name])
 
 
 def apply_to_checkpoint(
@@ -65,63 +133,18 @@ def apply_to_checkpoint(
     ```
     """
     o = with_kwargs("apply_to_checkpoint", options, kwargs, IN_MEMORY_FIELDS)
-    seed, strict, allow_unmatched, device = o.seed, o.strict, o.allow_unmatched, o.device
-    config, unsafe_pickle, progress = o.config, o.unsafe_pickle, o.progress
-    from reinit.planning.transplant import SourcePool
-
-    started = time.perf_counter()
-    device = check_device(device)
-    rule_objs = as_rules(rules)
-    with SourcePool(ckpt, unsafe_pickle=unsafe_pickle, progress=progress) as pool:
-        the_plan, ties = plan_for(ckpt, rule_objs, strict, allow_unmatched, pool, config=config)
-        applier = Applier(ckpt, seed, device, pool, ties)
-        own = ckpt.tensors if isinstance(ckpt, StateDictCheckpoint) else None
-        out, entries = _collect(applier.stream(the_plan.entries), the_plan, ties, own)
-    report = make_report(
-        ckpt.source,
-        None,
-        seed,
-        tuple(r.text for r in rule_objs),
-        entries,
-        0,
-        started,
-        the_plan,
+    run = run_in_memory(
+        ckpt,
+        as_rules(rules),
+        seed=o.seed,
+        strict=o.strict,
+        allow_unmatched=o.allow_unmatched,
+        device=o.device,
+        config=o.config,
+        unsafe_pickle=o.unsafe_pickle,
+        progress=o.progress,
     )
-    return out, report
-
-
-def _collect(
-    pieces: Iterator[Piece], plan: Plan, ties: Ties, own: Mapping[str, torch.Tensor] | None
-) -> tuple[dict[str, torch.Tensor], list[TensorEntry]]:
-    """Every tensor of the engine's output stream, in memory (as the `.bin` output assembles
-    them), and the report entries. Unchanged tensors of an in-memory source are its own
-    objects, not copies; tied names stay one tensor object."""
-    by_name = {p.name: p for p in plan.entries}
-    shared: dict[str, torch.Tensor] = {}
-    out: dict[str, torch.Tensor] = {}
-    entries: list[TensorEntry] = []
-    buf = bytearray()
-    for piece in pieces:
-        p = by_name[piece.name]
-        reuse = own is not None and not p.changes
-        if piece.entry is not None:
-            if reuse:
-                assert own is not None
-                out[p.name] = own[p.name]
-            else:
-                value = tensor_from_bytes(buf, p.dtype, p.shape)
-                root = ties.root(p.name)
-                out[p.name] = shared.setdefault(root, value) if root else value
-            entries.append(piece.entry)
-            buf = bytearray()
-        elif reuse:
-            continue
-        elif piece.span is not None:
-            fd, offset, nbytes = piece.span
-            buf += os.pread(fd, nbytes, offset)
-        elif piece.data is not None:
-            buf += piece.data
-    return out, entries
+    return run.tensors, run.report
 
 
 def apply_to_state_dict(
@@ -168,7 +191,7 @@ def apply_to_state_dict(
     ckpt = StateDictCheckpoint(state_dict, source=source, config=config)
     new, report = apply_to_checkpoint(ckpt, rules, options=replace(o, config=None))
     for e in report.tensors:
-        if e.action in ("reinit", "transplant"):
+        if e.changes:
             orig = state_dict[e.name]
             new[e.name] = new[e.name].to(orig.device)
     return new, report
@@ -235,8 +258,5 @@ def apply_to_module(
         source=f"<{type(module).__name__}>",
         options=replace(o, config=config),
     )
-    with torch.no_grad():
-        for e in report.tensors:
-            if e.action in ("reinit", "transplant"):
-                state[e.name].copy_(new[e.name])
+    write_back(state, new, report)
     return report

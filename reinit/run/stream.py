@@ -1,25 +1,31 @@
 """The streaming engine: a Plan's entries in, `Piece`s out (kept bytes as file spans for the
 kernel copy, new values drawn one tensor at a time), with each tensor's report entry computed on
 the way. Reading, drawing and statistics overlap on worker threads; memory stays bounded by the
-largest changed tensor."""
+largest changed tensor.
+
+This is the one place rules become values: `apply` writes the pieces to files, and
+`apply_to_*`, `probe` and a recipe's in-memory steps `assemble` them into tensors, so every
+scheme (including those that read the tensor's own values or another tensor: `mean_resize`,
+`copy(...)`) gives the same values everywhere."""
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
 from reinit.io.checkpoint import CHUNK_BYTES, Checkpoint, TensorRef
 from reinit.io.pipeline import prefetch
-from reinit.io.safetensors_format import dtype_name, tensor_to_bytes
+from reinit.io.safetensors_format import dtype_name
+from reinit.planning.model import ModelView, reinit_value
 from reinit.planning.planner import PlanEntry
 from reinit.planning.ties import Ties
+from reinit.planning.transplant import SourcePool, exact_source, transplant_value
 from reinit.report.entries import TensorEntry, var_gain
 from reinit.report.stats import Stats, StatsAccumulator, tensor_stats
+from reinit.run.pieces import Piece, progress_bar, tensor_pieces, view_bytes
 from reinit.schemes import (
     FillContext,
     compute_fans,
@@ -27,23 +33,17 @@ from reinit.schemes import (
     generate,
 )
 
-if TYPE_CHECKING:
-    from reinit.planning.model import ModelView
-
-
-def progress_bar(total: int, enabled: bool, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        desc=desc,
-        disable=not enabled,
-        leave=False,
-        dynamic_ncols=True,
-    )
+__all__ = [
+    "DRAW_AHEAD",
+    "KERNEL_COPY",
+    "READ_AHEAD",
+    "WRITE_AHEAD",
+    "Applier",
+    "Piece",  # re-exported from run.pieces, with the two helpers `tools.audit` reads here
+    "progress_bar",
+    "read_stream",
+    "view_bytes",
+]
 
 
 def _entry(
@@ -65,7 +65,7 @@ def _entry(
         dtype=dtype_name(p.dtype),
         action=p.action,
         after=after,
-        rule=p.rule.text if p.rule is not None else None,
+        rule=p.rule_text or None,
         scheme=bound.describe() if bound is not None else None,
         source=source,
         reason=p.reason,
@@ -77,23 +77,6 @@ def _entry(
         notes=notes,
         kurtosis=bound.scheme.kurtosis if bound is not None else 3.0,
     )
-
-
-@dataclass(frozen=True)
-class Piece:
-    """One step of the output stream: some bytes of a tensor, a span of a file to copy
-    kernel-side, or (with `entry`) the end of the tensor and its report entry."""
-
-    name: str
-    data: memoryview | None = None
-    span: tuple[int, int, int] | None = None  # (fd, offset, nbytes)
-    entry: TensorEntry | None = None
-
-    @property
-    def nbytes(self) -> int:
-        if self.data is not None:
-            return self.data.nbytes
-        return self.span[2] if self.span is not None else 0
 
 
 KERNEL_COPY = True  # copy unchanged bytes with copy_file_range; tests compare both paths
@@ -110,12 +93,6 @@ DRAW_AHEAD = 1  # re-initialized tensors drawn ahead on a worker thread
 
 def _n_chunks(nbytes: int) -> int:
     return -(-nbytes // CHUNK_BYTES)
-
-
-def view_bytes(raw: bytes | bytearray | memoryview, dtype: torch.dtype) -> torch.Tensor:
-    if memoryview(raw).nbytes == 0:
-        return torch.empty(0, dtype=dtype)
-    return torch.frombuffer(raw, dtype=dtype)
 
 
 def read_stream(ckpt: Checkpoint, names: Sequence[str]) -> Iterator[tuple[str, memoryview]]:
@@ -137,14 +114,14 @@ class Applier:
         ckpt: Checkpoint,
         seed: int,
         device: str,
-        sources: object = None,
+        sources: SourcePool | None = None,
         ties: Ties | None = None,
         model: ModelView | None = None,
     ):
         self.ckpt = ckpt
         self.seed = seed
         self.device = device
-        self.sources = sources  # a transplant.SourcePool when any rule is from(...)
+        self.sources = sources  # the from(...) sources (needed when any rule transplants)
         self.model = model  # with --model: module fans and the `default` scheme
         self.fans = model.fans if model is not None else {}
         self.ties = ties or Ties()
@@ -195,7 +172,8 @@ class Applier:
         if p.action in ("kept", "skipped"):
             acc = StatsAccumulator(p.dtype)
             if p.added:  # no source bytes: its --add values, generated
-                for piece in _tensor_pieces(p.name, self.ckpt.read(p.name)):
+                for piece in tensor_pieces(p.name, self.ckpt.read(p.name)):
+                    assert piece.data is not None
                     acc.add(view_bytes(piece.data, p.dtype))
                     yield piece
             else:
@@ -209,7 +187,7 @@ class Applier:
         root = self.ties.root(p.name)
         if root is not None and root in self.ties.defining:
             new, source, notes = self._tied_value(root)
-            yield from _tensor_pieces(p.name, new)
+            yield from tensor_pieces(p.name, new)
             entry = _entry(
                 p,
                 tensor_stats(new),
@@ -221,9 +199,7 @@ class Applier:
             yield Piece(p.name, entry=entry)
             return
         if p.action == "transplant":
-            from reinit.planning.transplant import exact_source
-
-            direct = exact_source(self.sources, p)
+            direct = exact_source(self._pool(), p)
             if direct is not None:  # same dtype and shape: a byte copy, streamed
                 src, key, label = direct
                 acc = StatsAccumulator(p.dtype)
@@ -232,17 +208,15 @@ class Applier:
                 entry = _entry(p, acc.result(), before, label, p.notes, self.fans.get(p.name))
                 yield Piece(p.name, entry=entry)
                 return
-        notes: tuple[str, ...] = ()
+        got: tuple[str, ...] = ()
         source = None
         if p.action == "reinit":
             new = self._drawn_value(p)
         else:
-            from reinit.planning.transplant import transplant_value
-
-            new, source, notes = transplant_value(self.sources, p, self.ckpt.read(p.name))
+            new, source, got = transplant_value(self._pool(), p, self.ckpt.read(p.name))
         after = tensor_stats(new)
-        yield from _tensor_pieces(p.name, new)
-        entry = _entry(p, after, before, source, p.notes + notes, self.fans.get(p.name))
+        yield from tensor_pieces(p.name, new)
+        entry = _entry(p, after, before, source, p.notes + got, self.fans.get(p.name))
         yield Piece(p.name, entry=entry)
 
     def _reinit(self, p: PlanEntry) -> torch.Tensor:
@@ -250,8 +224,6 @@ class Applier:
         assert p.scheme is not None
         context = self._context(p)
         if self.model is not None:
-            from reinit.planning.model import reinit_value
-
             return reinit_value(
                 self.model, p.scheme, p.name, p.shape, p.dtype, self.seed, self.device, context
             )
@@ -267,9 +239,7 @@ class Applier:
                 new = self._reinit(d)
                 value = (new, None, ())
             else:
-                from reinit.planning.transplant import transplant_value
-
-                value = transplant_value(self.sources, d, self.ckpt.read(d.name))
+                value = transplant_value(self._pool(), d, self.ckpt.read(d.name))
             self._tied_values[root] = value
         self._tied_left[root] -= 1
         if self._tied_left[root] <= 0:
@@ -306,6 +276,12 @@ class Applier:
                     future.cancel()
                 self._drawn.clear()
 
+    def _pool(self) -> SourcePool:
+        """The transplant sources; a plan with `from(...)` entries always comes with them."""
+        if self.sources is None:
+            raise AssertionError("a transplant entry reached the Applier without its SourcePool")
+        return self.sources
+
     def _tied(self, p: PlanEntry) -> bool:
         root = self.ties.root(p.name)
         return root is not None and root in self.ties.defining
@@ -328,9 +304,3 @@ class Applier:
             other=self.ckpt.read(other_name) if other_name is not None else None,
             other_name=other_name,
         )
-
-
-def _tensor_pieces(name: str, t: torch.Tensor) -> Iterator[Piece]:
-    data = tensor_to_bytes(t)
-    for i in range(0, data.nbytes, CHUNK_BYTES):
-        yield Piece(name, data=data[i : i + CHUNK_BYTES])

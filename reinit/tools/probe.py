@@ -4,18 +4,40 @@ per-layer activation and gradient std, before and after the rules."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
 from reinit.errors import UsageError
-from reinit.io.checkpoint import TensorRef
+from reinit.io.memory import StateDictCheckpoint
+from reinit.io.sources import open_checkpoint
+from reinit.planning.model import ModelError
+from reinit.planning.model_load import build_real, load_model
 from reinit.planning.planner import Plan
-from reinit.planning.planner import plan as make_plan
+from reinit.planning.session import model_view
+from reinit.report.jsonio import dumps
 from reinit.rules import Rule, parse_rules
+from reinit.run.inmemory import module_config, run_in_memory, write_back
+
+__all__ = [
+    "STABLE_FACTOR",
+    "LayerSignal",
+    "ProbePass",
+    "ProbeResult",
+    "apply_rules_in_memory",
+    "is_positive",
+    "load_weights",
+    "make_inputs",
+    "parse_shape",
+    "per_layer_factor",
+    "probe",
+    "run_pass",
+    "verdict",
+]
+
 
 STABLE_FACTOR = 2.0  # per weighted layer, in std: variance ×4 (the report's unstable_depth)
 
@@ -34,16 +56,12 @@ class LayerSignal:
     weighted: bool  # owns a ≥2-D parameter (Linear, Conv, Embedding, ...)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "type": self.type,
-            "act_std": self.act_std,
-            "grad_std": self.grad_std,
-            "weighted": self.weighted,
-        }
+        return asdict(self)
 
 
 def per_layer_factor(ratio: float | None, depth: int) -> float | None:
+    """The geometric-mean factor per weighted layer, growth^(1/(depth−1)): a whole-net
+    ratio says little until it is spread over the depth that produced it."""
     if ratio is None or ratio <= 0 or not math.isfinite(ratio):
         return None if ratio is None or ratio < 0 or math.isnan(ratio) else ratio
     return ratio ** (1.0 / max(1, depth - 1))
@@ -131,6 +149,9 @@ def _finite(x: float | None) -> float | str | None:
 
 @dataclass(frozen=True)
 class ProbeResult:
+    """Both passes of one probe, with what was fed and the rules applied between them (the
+    `--json` output)."""
+
     model: str
     input: str  # what was fed, e.g. "N(0,1) [256, 64]" or "token ids [2, 16] < 30522"
     seed: int
@@ -152,8 +173,6 @@ class ProbeResult:
         }
 
     def to_json(self, indent: int | None = 2) -> str:
-        from reinit.report.jsonio import dumps
-
         return dumps(self.to_dict(), indent=indent)
 
 
@@ -205,7 +224,9 @@ def make_inputs(
     return x, f"N(0,1) {list(input_shape)}"
 
 
-def _first_tensor(out: Any) -> torch.Tensor | None:
+def _first_tensor(out: object) -> torch.Tensor | None:
+    """The first tensor in a module's output (a tensor, or one nested in a dict/tuple/list:
+    a transformers `ModelOutput` is a dict)."""
     if isinstance(out, torch.Tensor):
         return out
     if isinstance(out, dict):
@@ -224,35 +245,44 @@ def _std(t: torch.Tensor) -> float | None:
     return float(t.detach().to(torch.float64).std(correction=0))
 
 
+@dataclass
+class _Record:
+    """A leaf module's signal while the pass runs (mutable: the backward hook fills `grad`
+    after the forward hook made it); frozen into a `LayerSignal` at the end."""
+
+    name: str
+    type: str
+    act: float | None
+    weighted: bool
+    grad: float | None = None
+
+
+Hook = Callable[[nn.Module, tuple[object, ...], object], None]
+
+
 def run_pass(
     module: nn.Module, inputs: dict[str, torch.Tensor] | torch.Tensor, seed: int
 ) -> ProbePass:
     """One forward and backward pass with hooks on every leaf module."""
-    records: list[dict[str, Any]] = []
+    records: list[_Record] = []
     counts: dict[str, int] = {}
     handles = []
 
-    def hook(name: str, mod: nn.Module):
+    def hook(name: str, mod: nn.Module) -> Hook:
         weighted = any(p.dim() >= 2 for p in mod.parameters(recurse=False))
 
-        def fwd(_m: nn.Module, _inp: Any, out: Any) -> None:
+        def fwd(_m: nn.Module, _inp: tuple[object, ...], out: object) -> None:
             t = _first_tensor(out)
             if t is None or not t.is_floating_point():
                 return
             counts[name] = counts.get(name, 0) + 1
             label = name if counts[name] == 1 else f"{name}[{counts[name]}]"
-            rec = {
-                "name": label,
-                "type": type(mod).__name__,
-                "act": _std(t),
-                "grad": None,
-                "weighted": weighted,
-            }
+            rec = _Record(label, type(mod).__name__, _std(t), weighted)
             records.append(rec)
             if t.requires_grad:
 
                 def grad_hook(g: torch.Tensor) -> None:
-                    rec["grad"] = _std(g)
+                    rec.grad = _std(g)
 
                 t.register_hook(grad_hook)
 
@@ -277,57 +307,34 @@ def run_pass(
             h.remove()
         module.train(was_training)
         module.zero_grad(set_to_none=True)
-    layers = tuple(
-        LayerSignal(r["name"], r["type"], r["act"], r["grad"], r["weighted"]) for r in records
-    )
+    layers = tuple(LayerSignal(r.name, r.type, r.act, r.grad, r.weighted) for r in records)
     return ProbePass(layers, output_std)
 
 
 def apply_rules_in_memory(
     module: nn.Module, rules: Sequence[Rule], seed: int, allow_unmatched: bool = False
 ) -> Plan:
-    """Apply rules to a module's own tensors, in place, exactly as `reinit apply` would write
-    them (same planning, same per-tensor seeds, module fans and `default`)."""
-    from reinit.planning.model import check_default, reinit_value
-    from reinit.planning.model_load import load_model
-    from reinit.planning.transplant import SourcePool, check_transplants, transplant_value
-
-    state = module.state_dict(keep_vars=True)
-    seen: set[int] = set()
-    tensors: dict[str, torch.Tensor] = {}
-    for name, t in state.items():  # tied weights appear under several names: keep the first
-        if id(t) in seen:
-            continue
-        seen.add(id(t))
-        tensors[name] = t
-    view = load_model(module).align(list(tensors))
-    refs = [TensorRef(n, t.dtype, tuple(t.shape)) for n, t in tensors.items()]
-    the_plan = make_plan(
-        refs, rules, allow_unmatched=allow_unmatched, module_types=view.module_types
+    """Apply rules to a module's own tensors, in place, exactly as `reinit apply --model` would
+    write them: the same planning and the same streaming `Applier` (per-tensor seeds, module
+    fans, `default`, and schemes that read other values such as `copy(...)` and
+    `mean_resize`), by way of `run_in_memory`. Tied parameters stay tied."""
+    state = module.state_dict()
+    config = module_config(module)
+    ckpt = StateDictCheckpoint(state, source=f"<{type(module).__name__}>", config=config)
+    run = run_in_memory(
+        ckpt,
+        rules,
+        seed=seed,
+        allow_unmatched=allow_unmatched,
+        config=config,
+        view=model_view(module, ckpt),
     )
-    the_plan = check_default(the_plan, view)
-    with SourcePool() as pool, torch.no_grad():
-        if any(e.action == "transplant" for e in the_plan.entries):
-            the_plan = check_transplants(the_plan, pool)
-        for e in the_plan.entries:
-            t = tensors[e.name]
-            if e.action == "reinit":
-                assert e.scheme is not None
-                new = reinit_value(view, e.scheme, e.name, e.shape, e.dtype, seed)
-            elif e.action == "transplant":
-                new, _, _ = transplant_value(pool, e, t.detach())
-            else:
-                continue
-            t.copy_(new)
-    return the_plan
+    write_back(state, run.tensors, run.report)
+    return run.plan
 
 
 def load_weights(module: nn.Module, checkpoint: str) -> None:
     """Copy a checkpoint's tensors into the module (names aligned as for `--model`)."""
-    from reinit.io.sources import open_checkpoint
-    from reinit.planning.model import ModelError
-    from reinit.planning.model_load import load_model
-
     state = module.state_dict(keep_vars=True)
     with open_checkpoint(checkpoint) as ckpt:
         view = load_model(module).align(ckpt.names())
@@ -356,8 +363,6 @@ def probe(
 ) -> ProbeResult:
     """Build `model` (see `reinit.model`; real weights as its constructor draws them from
     `seed`, or `checkpoint`'s), probe it, apply `rules` in memory, probe again."""
-    from reinit.planning.model_load import build_real
-
     rule_objs = tuple(r if isinstance(r, Rule) else parse_rules([r])[0] for r in rules)
     module = build_real(model, seed)
     if checkpoint is not None:
@@ -383,4 +388,5 @@ def probe(
 
 
 def is_positive(x: float | None) -> bool:
+    """Drawable on a log axis (finite and > 0)."""
     return x is not None and math.isfinite(x) and x > 0

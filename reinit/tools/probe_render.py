@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from reinit.errors import UsageError
+from reinit.io.publish import atomic_output
+from reinit.report.text import fmt, shorten
+from reinit.text import shown
 from reinit.tools.probe import ProbePass, ProbeResult, is_positive, per_layer_factor
+
+__all__ = [
+    "plot",
+    "render",
+]
 
 
 def render(result: ProbeResult, width: int = 100) -> str:
-    from reinit.report.text import fmt, shorten
-    from reinit.text import shown
+    """The terminal table: per layer, activation and gradient std before → after, then one
+    verdict line per pass (names escaped: they come from user code)."""
 
     def f(x: float | None) -> str:
         return fmt(x) if x is not None else "-"
@@ -68,10 +78,6 @@ def plot(result: ProbeResult, path: str) -> None:
         ax.legend()
     fig.suptitle(f"{result.model}: {result.input}")
     fig.tight_layout()
-    from pathlib import Path
-
-    from reinit.io.publish import atomic_output
-
     with atomic_output(Path(path)) as tmp:
         fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=100)
     plt.close(fig)
