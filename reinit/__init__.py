@@ -80,7 +80,7 @@ def __getattr__(name: str) -> Any:
     if module is not None:
         value = getattr(importlib.import_module(module), name)
     else:
-        try:  # a submodule not imported yet (`reinit.engine`), as an eager package allowed
+        try:  # a submodule not imported yet (`reinit.run.apply`), as an eager package allowed
             value = importlib.import_module(f"{__name__}.{name}")
         except ModuleNotFoundError as exc:
             if exc.name != f"{__name__}.{name}":

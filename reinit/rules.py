@@ -1,7 +1,7 @@
 """Rules: grammar (DESIGN §2), matching, and planning.
 
 A plan is plain data: for every tensor, the rule that won and what will happen to it (or why
-it is skipped). Applying a plan is a loop elsewhere (`engine.py`)."""
+it is skipped). Applying a plan is a loop elsewhere (`reinit.run.stream`)."""
 
 from __future__ import annotations
 

@@ -146,7 +146,7 @@ def plan(
     that matches nothing (unless allowed) or a wildcard-free rule naming a tensor its scheme
     cannot take, and `StrictError` under `strict` for any skip.
 
-    `module_types` (from a model, see `reinit.model`) maps each tensor name to its owning
+    `module_types` (from a model, see `reinit.planning.model`) maps each tensor name to its owning
     module's class names; `type:` patterns and the `default` scheme need it."""
     check_model_needs(rules, module_types)
     entries: list[PlanEntry] = []

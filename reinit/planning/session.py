@@ -31,7 +31,7 @@ from reinit.planning.surgery import (
     parse_surgery,
 )
 from reinit.planning.ties import Ties, resolve_ties
-from reinit.planning.transplant import SourcePool
+from reinit.planning.transplant import SourcePool, check_transplants
 from reinit.rules import Rule, closest_hint, parse_rules
 from reinit.schemes import (
     missing_from_config,
@@ -204,7 +204,7 @@ def plan_for(
     config: Mapping[str, Any] | None = None,
     edited: Edited | None = None,
 ) -> tuple[Plan, Ties]:
-    """The plan, with tied groups made consistent (see `reinit.ties`), and the ties."""
+    """The plan, with tied groups made consistent (see `reinit.planning.ties`), and the ties."""
     if any(r.scheme is not None and r.scheme.scheme.from_config for r in rules):
         # read config.json only when a rule needs it (on the Hub it is one more download)
         rules = resolve_rules(rules, config if config is not None else ckpt.config())
@@ -221,9 +221,7 @@ def plan_for(
     if edited is not None:
         result = mark_plan(result, edited)
     if any(r.kind == "transplant" for r in rules):
-        from reinit.planning.transplant import check_transplants
-
-        result = check_transplants(result, pool)  # type: ignore[arg-type]
+        result = check_transplants(result, pool)
         check_strict(result, strict)
     return resolve_ties(result, ckpt.aliases())
 

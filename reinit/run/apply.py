@@ -89,7 +89,7 @@ def apply(
             (torch files trusted to run code), `add`/`drop`/`rename` (surgery, run before the
             rules in the order drop, rename, add; the rules see the new names), `model` (a
             Hugging Face folder, hf:// URL, `module:callable`, an `nn.Module` or a
-            `reinit.model.Model`: enables `type:` patterns, module fans and `default`),
+            `reinit.planning.model.Model`: enables `type:` patterns, module fans and `default`),
             `config` (overrides the model config scaled_normal/small_init read), `plot` (a PNG
             path), `finish_report` (maps the report before it is written). An unknown keyword
             is a TypeError.

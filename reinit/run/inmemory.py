@@ -219,7 +219,7 @@ def apply_to_module(
     """Apply rules to a module's parameters and buffers in place (under `torch.no_grad`), by
     their `state_dict()` names. Values equal those `reinit apply` gives on the module's saved
     state dict with the same seed. Tied parameters (one storage under several names) stay tied
-    and consistent, as in `reinit.ties`: rules that would give their names different values are
+    and consistent, as in `reinit.planning.ties`: rules that would give their names different values are
     an error.
 
     Args:

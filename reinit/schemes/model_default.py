@@ -1,7 +1,7 @@
 """`default`: each tensor gets its architecture's own initialization.
 
 It is a scheme in the registry (so rules parse, `reinit schemes` lists it, and the planner can
-say when a tensor cannot take it), but its values come from the model (`reinit.model`), not
+say when a tensor cannot take it), but its values come from the model (`reinit.planning.model`), not
 from a fill function: the engine hands `default` entries to the model."""
 
 from __future__ import annotations

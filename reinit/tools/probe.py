@@ -361,7 +361,7 @@ def probe(
     checkpoint: str | None = None,
     allow_unmatched: bool = False,
 ) -> ProbeResult:
-    """Build `model` (see `reinit.model`; real weights as its constructor draws them from
+    """Build `model` (see `reinit.planning.model`; real weights as its constructor draws them from
     `seed`, or `checkpoint`'s), probe it, apply `rules` in memory, probe again."""
     rule_objs = tuple(r if isinstance(r, Rule) else parse_rules([r])[0] for r in rules)
     module = build_real(model, seed)
