@@ -199,7 +199,11 @@ def _main_output(out: object) -> tuple[str, torch.Tensor]:
     ModelOutput: `logits`, or `last_hidden_state`) or tuple."""
     if isinstance(out, torch.Tensor):
         return "output", out
-    items = list(out.items()) if isinstance(out, dict) else list(enumerate(out or ()))  # type: ignore[call-overload]
+    items: list[tuple[object, object]] = []
+    if isinstance(out, dict):
+        items = list(out.items())
+    elif isinstance(out, (tuple, list)):
+        items = list(enumerate(out))
     for key, value in items:
         if isinstance(value, torch.Tensor) and value.is_floating_point():
             return (key if isinstance(key, str) else f"output[{key}]"), value
