@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,6 @@ class ForwardResult:
     kl: float | None = None
     positions: int | None = None
     compared_classes: int | None = None
-    warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -76,7 +75,6 @@ class ForwardResult:
             "kl": self.kl,
             "positions": self.positions,
             "compared_classes": self.compared_classes,
-            "warnings": list(self.warnings),
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -282,13 +280,11 @@ def forward_check(
         return result
     _, y_ref = _run(ref_module, inputs)
     diff, kl, positions, classes = output_distance(y_ref, y)
-    return ForwardResult(
-        **{
-            **result.__dict__,
-            "against_shape": tuple(y_ref.shape),
-            "max_abs_diff": diff,
-            "kl": kl,
-            "positions": positions,
-            "compared_classes": classes,
-        }
+    return replace(
+        result,
+        against_shape=tuple(y_ref.shape),
+        max_abs_diff=diff,
+        kl=kl,
+        positions=positions,
+        compared_classes=classes,
     )
