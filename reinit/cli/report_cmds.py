@@ -156,15 +156,48 @@ def diff(a: str, b: str, as_json: bool, unsafe_pickle: tuple[str, ...]) -> None:
     epilog=examples(
         "reinit verify model.safetensors",
         "reinit verify ./my-model/ --json",
+        "reinit verify ./grown/ --forward --against ./old/ --max-kl 0.01",
     )
 )
 @click.argument("path")
 @json_option("Print the result as JSON on stdout.")
-def verify(path: str, as_json: bool) -> None:
+@click.option(
+    "--forward", is_flag=True, help="Load the weights into the model and run fixed inputs."
+)
+@click.option(
+    "--against", default=None, metavar="SOURCE", help="--forward: compare outputs with SOURCE's."
+)
+@click.option(
+    "--model",
+    default=None,
+    metavar="M",
+    help="--forward: the architecture (module:callable or model dir) instead of config.json.",
+)
+@click.option(
+    "--max-kl",
+    type=float,
+    default=None,
+    metavar="X",
+    help="--forward --against: exit 1 when the KL (nats) exceeds X.",
+)
+def verify(
+    path: str,
+    as_json: bool,
+    forward: bool,
+    against: str | None,
+    model: str | None,
+    max_kl: float | None,
+) -> None:
     """Check a safetensors file, or a directory of shards and its index, against the format
-    rules (the validator reinit reads with). Exit 0 when valid, 1 when not."""
+    rules (the validator reinit reads with). Exit 0 when valid, 1 when not. With --forward:
+    run the weights in their architecture (per-layer std; max |Δ| and KL against SOURCE)."""
+    from reinit.cli.forward_out import check_forward_options, verify_forward
     from reinit.io.verify import verify as verify_path
 
+    check_forward_options(forward, against, model, max_kl)
+    if forward:
+        verify_forward(path, against, model, max_kl, as_json)
+        return
     result = verify_path(path)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))

@@ -1,0 +1,290 @@
+"""`reinit verify OUTPUT --forward`: load a written checkpoint into its architecture, run fixed
+seeded inputs, and measure the per-layer activation std and (with a reference) how far the
+outputs moved: the check that surgery kept the function it meant to keep (DESIGN §8).
+
+Why a module of its own: `probe` asks "is the signal healthy after these rules?" on a model it
+builds; this asks "does this *file* compute what the source computed?", so it needs a second
+model, inputs valid for both, and a distance between outputs. The hooks, the weight loading and
+the model building are probe's and model_load's, reused."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from reinit.errors import UsageError
+from reinit.io.sources import open_checkpoint
+from reinit.planning.model_load import build_real, load_model
+from reinit.report.jsonio import dumps
+from reinit.tools.probe import LayerSignal, load_weights, run_pass
+
+__all__ = ["ForwardError", "ForwardResult", "forward_check", "forward_inputs", "output_distance"]
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+BATCH, SEQ, IMAGE = 2, 16, 32  # the fixed input shape: (2, 16) token ids, (2, C, 32, 32) images
+
+
+class ForwardError(UsageError):
+    """The output cannot be run (no architecture, no transformers, inputs of no known kind,
+    outputs that cannot be compared): a usage error, exit 2."""
+
+
+@dataclass(frozen=True)
+class ForwardResult:
+    """What `forward_check` measured. `layers`: every leaf module's output std, in call order
+    (the probe's hooks; `grad_std` is the probe's backward pass and is not shown by the CLI).
+    With `against`: `max_abs_diff` over the compared outputs and `kl`, the mean over positions
+    of KL(P_against || P_output) in nats, P = softmax over the last dim (see `output_distance`)."""
+
+    output: str
+    model: str
+    against: str | None
+    against_model: str | None
+    inputs: str
+    seed: int
+    layers: tuple[LayerSignal, ...]
+    output_name: str
+    output_shape: tuple[int, ...]
+    output_std: float | None
+    against_shape: tuple[int, ...] | None = None
+    max_abs_diff: float | None = None
+    kl: float | None = None
+    positions: int | None = None
+    compared_classes: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "output": self.output,
+            "model": self.model,
+            "against": self.against,
+            "against_model": self.against_model,
+            "inputs": self.inputs,
+            "seed": self.seed,
+            "layers": [{"name": s.name, "type": s.type, "act_std": s.act_std} for s in self.layers],
+            "output_name": self.output_name,
+            "output_shape": list(self.output_shape),
+            "output_std": self.output_std,
+            "against_shape": None if self.against_shape is None else list(self.against_shape),
+            "max_abs_diff": self.max_abs_diff,
+            "kl": self.kl,
+            "positions": self.positions,
+            "compared_classes": self.compared_classes,
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return dumps(self.to_dict(), indent=indent)
+
+
+def _config_dir(path: str) -> str | None:
+    """The Hugging Face directory that describes `path`: itself, or a single file's folder,
+    when it holds config.json."""
+    p = Path(path)
+    d = p if p.is_dir() else p.parent
+    return str(d) if (d / "config.json").is_file() else None
+
+
+def _require_transformers(path: str) -> None:
+    try:
+        importlib.import_module("transformers")
+    except ImportError:
+        raise ForwardError(
+            f"verify --forward {path}: building the model from its config.json needs "
+            "transformers: pip install 'reinit[hf]' (or pass --model module:callable)"
+        ) from None
+
+
+def _spec_for(path: str, model: str | None, what: str) -> str:
+    """The model spec that builds `path`'s architecture: --model, else its config.json."""
+    if model is not None:
+        return model
+    found = _config_dir(path)
+    if found is None:
+        raise ForwardError(
+            f"verify --forward: {what} {path} has no config.json (in its directory or beside "
+            "it); pass --model module:callable to name its architecture"
+        )
+    _require_transformers(path)
+    return found
+
+
+def _loaded(module: nn.Module, checkpoint: str) -> nn.Module:
+    """`checkpoint`'s weights in `module` (eval mode). A model tensor the checkpoint lacks would
+    keep its random init and make the check meaningless: refused, unless it shares storage with a
+    loaded one (tied embeddings, which save_pretrained writes once)."""
+    load_weights(module, checkpoint)
+    with open_checkpoint(checkpoint) as ckpt:
+        loaded = set(load_model(module).align(ckpt.names()).names.values())
+    state = module.state_dict(keep_vars=True)
+    ptrs = {state[n].data_ptr() for n in loaded if n in state}
+    missing = [
+        n
+        for n, t in module.named_parameters(remove_duplicate=False)
+        if n not in loaded and t.data_ptr() not in ptrs
+    ]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise ForwardError(
+            f"verify --forward: {checkpoint} lacks {len(missing)} of the model's parameters "
+            f"({', '.join(missing[:3])}{more}); pass --model with the architecture it was "
+            "written for"
+        )
+    return module.eval()
+
+
+def _vocab(module: nn.Module) -> int | None:
+    config = getattr(module, "config", None)
+    vocab = int(getattr(config, "vocab_size", 0) or 0) if config is not None else 0
+    if vocab > 0:
+        return vocab
+    first = next((m for m in module.modules() if not any(True for _ in m.children())), None)
+    return first.num_embeddings if isinstance(first, nn.Embedding) else None
+
+
+def _max_positions(module: nn.Module) -> int | None:
+    config = getattr(module, "config", None)
+    for key in ("n_positions", "max_position_embeddings"):
+        n = getattr(config, key, None)
+        if isinstance(n, int) and n > 0:
+            return n
+    return None
+
+
+def forward_inputs(
+    modules: list[nn.Module], seed: int
+) -> tuple[dict[str, torch.Tensor] | torch.Tensor, str]:
+    """One fixed seeded input valid for every module given: token ids in [0, smallest vocab)
+    when the first has a vocabulary (config `vocab_size`, or an Embedding as first leaf),
+    else N(0,1) images (config `num_channels`/`image_size`, or the first conv's in_channels)."""
+    g = torch.Generator().manual_seed(seed)
+    first = modules[0]
+    vocabs = [_vocab(m) for m in modules]
+    if vocabs[0] is not None:
+        vocab = min(v for v in vocabs if v is not None)
+        seq = min([SEQ] + [p for p in map(_max_positions, modules) if p is not None])
+        ids = torch.randint(0, vocab, (BATCH, seq), generator=g)
+        text = f"token ids [{BATCH}, {seq}] uniform in [0, {vocab})"
+        return ({"input_ids": ids} if hasattr(first, "config") else ids), text
+    config = getattr(first, "config", None)
+    if getattr(first, "main_input_name", None) == "pixel_values" and config is not None:
+        size = getattr(config, "image_size", IMAGE)
+        size = size if isinstance(size, int) else IMAGE
+        shape: tuple[int, ...] = (BATCH, int(getattr(config, "num_channels", 3)), size, size)
+        x = torch.randn(shape, generator=g)
+        return {"pixel_values": x}, f"N(0,1) images {list(shape)}"
+    conv = next((m for m in first.modules() if isinstance(m, _CONVS)), None)
+    if conv is not None:
+        spatial = (IMAGE,) * (conv.weight.dim() - 2)
+        shape = (BATCH, conv.in_channels, *spatial)
+        return torch.randn(shape, generator=g), f"N(0,1) images {list(shape)}"
+    lin = next((m for m in first.modules() if isinstance(m, nn.Linear)), None)
+    if lin is not None:
+        shape = (BATCH, lin.in_features)
+        return torch.randn(shape, generator=g), f"N(0,1) {list(shape)}"
+    raise ForwardError(
+        f"verify --forward: cannot choose inputs for {type(first).__name__} (no vocab_size, "
+        "Embedding, conv or Linear); check it with `reinit probe --input-shape` instead"
+    )
+
+
+def _main_output(out: object) -> tuple[str, torch.Tensor]:
+    """The output compared: a tensor as it is, else the first tensor of a dict (a transformers
+    ModelOutput: `logits`, or `last_hidden_state`) or tuple."""
+    if isinstance(out, torch.Tensor):
+        return "output", out
+    items: list[tuple[object, object]] = []
+    if isinstance(out, dict):
+        items = list(out.items())
+    elif isinstance(out, (tuple, list)):
+        items = list(enumerate(out))
+    for key, value in items:
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            return (key if isinstance(key, str) else f"output[{key}]"), value
+    raise ForwardError("verify --forward: the model returned no floating-point tensor")
+
+
+def _run(
+    module: nn.Module, inputs: dict[str, torch.Tensor] | torch.Tensor
+) -> tuple[str, torch.Tensor]:
+    with torch.no_grad():
+        out = module(**inputs) if isinstance(inputs, dict) else module(inputs)
+    name, t = _main_output(out)
+    return name, t.detach().to(torch.float64)
+
+
+def output_distance(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float, int, int]:
+    """(max |Δ|, KL in nats, positions, classes compared). Positions are every index but the
+    last; the last dim is the class axis. When the class counts differ (a grown vocabulary or
+    head), the first n = min(…) classes are compared for |Δ| and the narrower distribution counts
+    as zero on the extra classes: KL(P_narrow || P_wide) = Σ_{i<n} p_i·(log p_i − log q_i),
+    which for a grown vocabulary is −log(1 − mass the new tokens take). Identical logits give
+    exactly 0."""
+    if ref.shape[:-1] != out.shape[:-1] or ref.dim() == 0:
+        raise ForwardError(
+            f"verify --forward: outputs of shape {list(out.shape)} and {list(ref.shape)} "
+            "(against) differ beyond the last dim; they cannot be compared"
+        )
+    n = min(ref.shape[-1], out.shape[-1])
+    diff = float((ref[..., :n] - out[..., :n]).abs().max()) if ref.numel() else 0.0
+    narrow, wide = (ref, out) if ref.shape[-1] <= out.shape[-1] else (out, ref)
+    logp = torch.log_softmax(narrow, dim=-1)
+    logq = torch.log_softmax(wide, dim=-1)[..., : narrow.shape[-1]]
+    p = logp.exp()
+    terms = torch.where(p > 0, p * (logp - logq), torch.zeros_like(p))
+    per_position = terms.sum(-1).reshape(-1)
+    kl = max(float(per_position.mean()), 0.0)  # rounding can give -1e-17 for equal inputs
+    return diff, kl, per_position.numel(), n
+
+
+def _std(t: torch.Tensor) -> float | None:
+    return float(t.std(correction=0)) if t.numel() > 1 else None
+
+
+def forward_check(
+    output: str | os.PathLike[str],
+    against: str | os.PathLike[str] | None = None,
+    model: str | None = None,
+    seed: int = 0,
+) -> ForwardResult:
+    """Load `output` into its architecture (`model`, a `module:callable` or model directory
+    spec, else the config.json of its directory), run fixed inputs drawn from `seed`, and
+    measure per-layer activation std; with `against`, load that checkpoint into its own
+    architecture (its config.json, else the same as `output`'s) and compare the outputs."""
+    out_path = os.fspath(output)
+    spec = _spec_for(out_path, model, "OUTPUT")
+    module = _loaded(build_real(spec, seed), out_path)
+    modules = [module]
+    ref_path = ref_spec = None
+    ref_module = None
+    if against is not None:
+        ref_path = os.fspath(against)
+        ref_dir = _config_dir(ref_path) if model is None else None
+        ref_spec = ref_dir if ref_dir is not None else spec
+        if ref_dir is not None:
+            _require_transformers(ref_path)
+        ref_module = _loaded(build_real(ref_spec, seed), ref_path)
+        modules.append(ref_module)
+    inputs, described = forward_inputs(modules, seed)
+    signal = run_pass(module, inputs, seed)
+    name, y = _run(module, inputs)
+    result = ForwardResult(
+        out_path, spec, ref_path, ref_spec, described, seed, signal.layers, name,
+        tuple(y.shape), _std(y),
+    )  # fmt: skip
+    if ref_module is None:
+        return result
+    _, y_ref = _run(ref_module, inputs)
+    diff, kl, positions, classes = output_distance(y_ref, y)
+    return replace(
+        result,
+        against_shape=tuple(y_ref.shape),
+        max_abs_diff=diff,
+        kl=kl,
+        positions=positions,
+        compared_classes=classes,
+    )

@@ -1,0 +1,179 @@
+"""`reinit verify OUTPUT --forward` (DESIGN §8 "Forward check", issue 14 item 6): the weights
+run in their architecture; a same-architecture transplant gives KL exactly 0, a mean_resize
+vocabulary growth a small measured KL; --max-kl fails beyond; --model callables; no transformers
+-> a clear usage error."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import ROOT, refused, run
+
+from reinit.tools.forward import forward_check, output_distance
+
+transformers = pytest.importorskip("transformers")
+
+
+def gpt2(path: Path, vocab: int, seed: int) -> Path:
+    cfg = transformers.GPT2Config(vocab_size=vocab, n_positions=32, n_embd=16, n_layer=2, n_head=2)
+    torch.manual_seed(seed)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(path)
+    return path
+
+
+def bert(path: Path, seed: int) -> Path:
+    cfg = transformers.BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+    )
+    torch.manual_seed(seed)
+    transformers.BertModel(cfg).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("make", [gpt2, bert], ids=["gpt2", "bert"])
+def test_same_architecture_transplant_gives_kl_exactly_zero(tmp_path, make):
+    kw = {"vocab": 60} if make is gpt2 else {}
+    src = make(tmp_path / "src", seed=1, **kw)
+    target = make(tmp_path / "target", seed=2, **kw)
+    out = tmp_path / "out"
+    res = run("apply", target, "-r", f"*=from({src})", "-o", out, "-q")
+    assert res.exit_code == 0, res.output
+    res = run("verify", out, "--forward", "--against", src, "--max-kl", "0")
+    assert res.exit_code == 0, res.output
+    assert re.search(r"max \|Δ\| 0, KL 0 nats", res.stdout), res.stdout
+    data = json.loads(run("verify", out, "--forward", "--against", src, "--json").stdout)
+    assert data["kl"] == 0.0 and data["max_abs_diff"] == 0.0
+    assert data["output_name"] == ("logits" if make is gpt2 else "last_hidden_state")
+    assert data["positions"] == 32  # 2 x 16 token positions
+    assert all(s["act_std"] is None or s["act_std"] > 0 for s in data["layers"])
+    assert any("attn" in s["name"] or "attention" in s["name"] for s in data["layers"])
+    # against the untouched target (other weights), the outputs do differ: the check sees weights
+    other = forward_check(out, against=target)
+    assert other.kl > 0 and other.max_abs_diff > 0
+
+
+def test_mean_resize_growth_by_8_tokens_gives_small_measured_kl(tmp_path, capsys):
+    old = gpt2(tmp_path / "old", vocab=1000, seed=1)
+    new = gpt2(tmp_path / "new", vocab=1008, seed=2)  # the grown config: vocab_size 1008
+    grown = tmp_path / "grown"
+    env = {"MODEL": str(new), "OLD": str(old), "OLD_VOCAB": "1000", "OUT": str(grown)}
+    res = run("run", ROOT / "examples" / "grow-vocab.toml", "-q", env=env)
+    assert res.exit_code == 0, res.output
+    res = run("verify", grown, "--forward", "--against", old)
+    assert res.exit_code == 0, res.output
+    line = res.stdout.strip().splitlines()[-1]
+    assert "token ids [2, 16] uniform in [0, 1000)" in res.stdout  # the shared vocabulary
+    kl = float(re.search(r"KL (\S+) nats", line)[1])
+    with capsys.disabled():
+        print(f"\n[forward check] GPT-2 1000 -> 1008 tokens by mean_resize: {line}")
+    assert 0 < kl < 1e-2
+    # near uniform logits at init: the 8 new tokens take about 8/1008 of the mass
+    assert kl == pytest.approx(-torch.log1p(torch.tensor(-8 / 1008)).item(), rel=0.2)
+    assert "1000 classes compared" in line
+    # --max-kl: exit 1 beyond, one line saying by how much
+    res = run("verify", grown, "--forward", "--against", old, "--max-kl", "1e-4")
+    assert res.exit_code == 1
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and re.match(
+        r"error: --max-kl 0.0001: KL \S+ nats exceeds it by \S+", err[0]
+    )
+    exceed = float(err[0].rsplit(" ", 1)[1])
+    assert exceed == pytest.approx(kl - 1e-4, rel=1e-3)
+
+
+CONVNET = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, channels=3, classes=5):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, 4, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4, classes)
+
+    def forward(self, x):
+        return self.fc(self.pool(torch.relu(self.conv(x))).flatten(1))
+
+
+def net(channels=3, classes=5):
+    return Net(channels, classes)
+
+
+def deeper(channels=3):
+    model = Net(channels)
+    model.extra = nn.Linear(5, 5)  # not in the checkpoints
+    return model
+"""
+
+
+@pytest.fixture()
+def fnet(tmp_path, monkeypatch):
+    """A module `fnet_mod` (a small conv net taking 1-channel images) on sys.path, and two of its
+    checkpoints: a.safetensors and b.safetensors (other weights)."""
+    from safetensors.torch import save_file
+
+    (tmp_path / "fnet_mod.py").write_text(textwrap.dedent(CONVNET))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("fnet_mod", None)
+    import fnet_mod
+
+    for name, seed in (("a", 1), ("b", 2)):
+        torch.manual_seed(seed)
+        save_file(fnet_mod.net(channels=1).state_dict(), tmp_path / f"{name}.safetensors")
+    return tmp_path
+
+
+def test_model_callable_runs_images_by_first_conv(fnet):
+    spec = "fnet_mod:net(channels=1)"
+    res = run("verify", fnet / "a.safetensors", "--forward", "--model", spec, "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["inputs"] == "N(0,1) images [2, 1, 32, 32]"
+    assert [s["name"] for s in data["layers"]] == ["conv", "pool", "fc"]
+    assert data["output_shape"] == [2, 5] and data["kl"] is None
+    same = forward_check(fnet / "a.safetensors", against=fnet / "a.safetensors", model=spec)
+    assert same.kl == 0.0 and same.max_abs_diff == 0.0
+    other = forward_check(fnet / "a.safetensors", against=fnet / "b.safetensors", model=spec)
+    assert other.kl > 0 and other.positions == 2
+    res = run("verify", fnet / "a.safetensors", "--forward", "--model", spec, "--against",
+              fnet / "b.safetensors", "--max-kl", "0")  # fmt: skip
+    assert res.exit_code == 1 and "exceeds it by" in res.stderr
+
+
+def test_without_transformers_a_clear_usage_error(tmp_path, monkeypatch):
+    src = gpt2(tmp_path / "src", vocab=60, seed=1)
+    monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` fails
+    refused(tmp_path, ["verify", str(src), "--forward"], 2, "pip install 'reinit[hf]'")
+
+
+def test_usage_errors(tmp_path, fnet):
+    a = str(fnet / "a.safetensors")
+    refused(tmp_path, ["verify", a, "--against", a], 2, "--against only apply with --forward")
+    refused(tmp_path, ["verify", a, "--forward", "--max-kl", "1"], 2, "give --against")
+    refused(tmp_path, ["verify", a, "--forward"], 2, "has no config.json", "--model")
+    # a model that the checkpoint does not fill would run on random init: refused
+    refused(tmp_path, ["verify", a, "--forward", "--model", "fnet_mod:deeper(channels=1)"], 2,
+            "lacks 2 of the model's parameters (extra.weight, extra.bias)")  # fmt: skip
+    refused(tmp_path, ["verify", a, "--forward", "--model", "fnet_mod:net(channels=1, classes=7)"],
+            2, "'fc.bias' is [5] but the model's 'fc.bias' is [7]")  # fmt: skip
+
+
+def test_output_distance_counts_new_classes_as_taken_mass():
+    ref = torch.zeros(3, 4, dtype=torch.float64)
+    out = torch.zeros(3, 5, dtype=torch.float64)  # one new class with the same logit
+    diff, kl, positions, classes = output_distance(ref, out)
+    assert (diff, positions, classes) == (0.0, 3, 4)
+    assert kl == pytest.approx(-torch.log(torch.tensor(4 / 5, dtype=torch.float64)).item())
