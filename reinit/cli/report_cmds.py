@@ -156,16 +156,30 @@ def diff(a: str, b: str, as_json: bool, unsafe_pickle: tuple[str, ...]) -> None:
     epilog=examples(
         "reinit verify model.safetensors",
         "reinit verify ./my-model/ --json",
+        "reinit verify out/ --report out/reinit_report.json",
     )
 )
 @click.argument("path")
+@click.option(
+    "--report",
+    "report_path",
+    default=None,
+    metavar="R.json",
+    help="Also recheck every tensor's sha256 against this report (written by apply --checksums).",
+)
 @json_option("Print the result as JSON on stdout.")
-def verify(path: str, as_json: bool) -> None:
+def verify(path: str, report_path: str | None, as_json: bool) -> None:
     """Check a safetensors file, or a directory of shards and its index, against the format
-    rules (the validator reinit reads with). Exit 0 when valid, 1 when not."""
+    rules (the validator reinit reads with). Exit 0 when valid, 1 when not (with --report:
+    also when a tensor's sha256 differs from the report's, naming the first)."""
     from reinit.io.verify import verify as verify_path
 
     result = verify_path(path)
+    if report_path is not None:
+        from reinit.io.checksums import verify_checksums
+
+        checked = verify_checksums(path, report_path)
+        err(f"{shown(path)}: {checked} tensors match their sha256 in {shown(report_path)}")
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
         return
