@@ -114,3 +114,93 @@ def test_parse_size_and_split():
         ["d", "e", "f"],
     ]
     assert split_like_save_pretrained(names[:3], [2, 20, 3], 10) == [["b"], ["a", "c"]]
+
+
+def _tiny_bert(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    model = transformers.BertModel(cfg).eval()
+    src = tmp_path / "bert"
+    model.save_pretrained(src)
+    return transformers, model, src
+
+
+def test_max_shard_size_matches_save_pretrained_and_loads(tmp_path):
+    transformers, model, src = _tiny_bert(tmp_path)
+    out = tmp_path / "out"
+    r = run(
+        "apply",
+        src,
+        "-o",
+        f"{out}/",
+        "-r",
+        "pooler.dense.bias=zeros",
+        "--max-shard-size",
+        "20KB",
+        "--model",
+        src,
+    )
+    assert r.exit_code == 0, r.output
+    ref = tmp_path / "ref"
+    model.save_pretrained(ref, max_shard_size="20KB")
+    ref_index = json.loads((ref / "model.safetensors.index.json").read_text())
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert index["weight_map"] == ref_index["weight_map"]
+    assert index["metadata"]["total_size"] == ref_index["metadata"]["total_size"]
+    shards = sorted(p.name for p in out.glob("*.safetensors"))
+    assert shards == sorted(p.name for p in ref.glob("*.safetensors"))
+    assert len(shards) > 2 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+    loaded, info = transformers.BertModel.from_pretrained(out, output_loading_info=True)
+    assert not any(info.values()), info
+    want = model.state_dict()
+    for name, value in loaded.state_dict().items():
+        expect = torch.zeros_like(want[name]) if name == "pooler.dense.bias" else want[name]
+        assert torch.equal(value, expect), name
+
+
+def test_max_shard_size_from_a_single_file_makes_a_folder(tmp_path):
+    src, sd = _src(tmp_path)
+    r = run("apply", src, "-r", "lin.bias=zeros", "--max-shard-size", "1000", "-q")
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "m.reinit"
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    files = sorted(set(index["weight_map"].values()))
+    assert files == sorted(p.name for p in out.glob("*.safetensors"))
+    # emb.weight (3,200 bytes) is over the limit: a shard of its own
+    assert [
+        n for n, f in index["weight_map"].items() if f == index["weight_map"]["emb.weight"]
+    ] == ["emb.weight"]
+    refused(
+        tmp_path,
+        [
+            "apply",
+            str(src),
+            "-o",
+            str(tmp_path / "x.safetensors"),
+            "-r",
+            "lin.bias=zeros",
+            "--max-shard-size",
+            "1000",
+        ],
+        2,
+        "--max-shard-size",
+    )
+
+
+@pytest.mark.slow
+def test_dtype_cast_memory_stays_bounded(tmp_path):
+    src = tmp_path / "big.safetensors"
+    size = make_checkpoint(src)
+    growth = rss_growth(
+        "apply", src, "-r", "*.bias=zeros", "--dtype", "bfloat16", "--checksums", "-q", cwd=tmp_path
+    )
+    print(f"checkpoint {size / MB:.0f} MB, growth {growth / MB:.0f} MB")
+    assert growth < 200 * MB

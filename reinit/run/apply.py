@@ -44,7 +44,7 @@ from reinit.report.files import (
     stage_report_files,
     write_text_file,
 )
-from reinit.run.outcontrol import OutputControl, parse_dtype, parse_size
+from reinit.run.outcontrol import OutputControl, model_order, parse_dtype, parse_size
 from reinit.run.output import (
     INDEX_NAME,
     OutFile,
@@ -164,7 +164,10 @@ def apply(
         out_dtype = {e.name: control.out_dtype(e.dtype) for e in the_plan.entries}
         numels = {n: refs[n].numel for n in out_dtype}
         sizes = {n: numels[n] * d.itemsize for n, d in out_dtype.items()}
-        files = output_files(spec, [refs[e.name] for e in the_plan.entries], ckpt, max_shard, sizes)
+        in_order = [refs[e.name] for e in the_plan.entries]
+        if max_shard is not None and view is not None:  # save_pretrained's order: the model's
+            in_order = model_order(in_order, view)
+        files = output_files(spec, in_order, ckpt, max_shard, sizes)
         extras = (
             extras_to_copy(ckpt, [(f.relname, f.source_shard) for f in files], source_text)
             if spec.fmt == "directory"

@@ -12,6 +12,7 @@ __all__ = [
     "CAST_DTYPES",
     "OutputControl",
     "hf_shard_name",
+    "model_order",
     "parse_dtype",
     "parse_size",
     "split_like_save_pretrained",
@@ -26,7 +27,9 @@ from dataclasses import replace
 import torch
 
 from reinit.errors import UsageError
+from reinit.io.checkpoint import TensorRef
 from reinit.io.safetensors_format import dtype_name, tensor_to_bytes
+from reinit.planning.model import ModelView
 from reinit.run.pieces import Piece, view_bytes
 
 #: What `--dtype` accepts.
@@ -104,6 +107,21 @@ def split_like_save_pretrained(
     if current:
         shards.append(current)
     return shards
+
+
+def model_order(refs: Sequence[TensorRef], view: ModelView) -> list[TensorRef]:
+    """The tensors in the model's parameter order (then its buffers): the order
+    `save_pretrained` walks, which a safetensors file does not keep (it stores names sorted).
+    Tensors the model lacks keep their place after those it has."""
+    rank = {name: i for i, name in enumerate(view.model.sites)}
+    big = len(rank)
+
+    def key(item: tuple[int, TensorRef]) -> tuple[int, int]:
+        i, r = item
+        m = view.names.get(r.name)
+        return (rank.get(m, big) if m is not None else big, i)
+
+    return [r for _, r in sorted(enumerate(refs), key=key)]
 
 
 def hf_shard_name(index: int, count: int) -> str:
