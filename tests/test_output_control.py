@@ -204,3 +204,15 @@ def test_dtype_cast_memory_stays_bounded(tmp_path):
     )
     print(f"checkpoint {size / MB:.0f} MB, growth {growth / MB:.0f} MB")
     assert growth < 200 * MB
+
+
+def test_api_keywords(tmp_path):
+    import reinit
+
+    src, sd = _src(tmp_path)
+    out = tmp_path / "api.safetensors"
+    report = reinit.apply(src, ["lin.bias=zeros"], out, dtype="float16", checksums=True)
+    by = {t.name: t for t in report.tensors}
+    assert by["emb.weight"].dtype == "float16" and by["pos.ids"].dtype == "int64"
+    assert load_file(out)["emb.weight"].dtype == torch.float16
+    assert all(t.sha256 is not None for t in report.tensors)
