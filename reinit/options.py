@@ -274,6 +274,43 @@ class ApplyOptions:
             )
         ),
     )
+    dtype: str | None = field(
+        default=None,
+        metadata=_m(
+            OptionMeta(
+                help="float32, bfloat16 or float16: cast every floating tensor on write "
+                "(integer tensors untouched; lossy casts noted in the report).",
+                flags=("--dtype",),
+                metavar="DTYPE",
+                recipe="str?",
+            )
+        ),
+    )
+    max_shard_size: str | int | None = field(
+        default=None,
+        metadata=_m(
+            OptionMeta(
+                help="Write the Hugging Face sharded layout (model-00001-of-0000N.safetensors "
+                "+ index), shards split as save_pretrained splits them (e.g. 5GB, 500MB, "
+                "10MiB, or bytes).",
+                flags=("--max-shard-size",),
+                metavar="SIZE",
+                recipe="str?",
+            )
+        ),
+    )
+    checksums: bool = field(
+        default=False,
+        metadata=_m(
+            OptionMeta(
+                help="Add each output tensor's sha256 (of its bytes as written) to the report; "
+                "`reinit verify OUTPUT --report R.json` rechecks them.",
+                flags=("--checksums",),
+                is_flag=True,
+                recipe="bool",
+            )
+        ),
+    )
     finish_report: Callable[[Report], Report] | None = field(
         default=None,
         metadata=_m(
@@ -314,6 +351,9 @@ class OptionKwargsBesidesSeed(TypedDict, total=False):
     model: ModelInput | None
     config: Mapping[str, object] | None
     plot: PathLike | None
+    dtype: str | None
+    max_shard_size: str | int | None
+    checksums: bool
     finish_report: Callable[[Report], Report] | None
 
 

@@ -157,9 +157,17 @@ def diff(a: str, b: str, as_json: bool, unsafe_pickle: tuple[str, ...]) -> None:
         "reinit verify model.safetensors",
         "reinit verify ./my-model/ --json",
         "reinit verify ./grown/ --forward --against ./old/ --max-kl 0.01",
+        "reinit verify out/ --report out/reinit_report.json",
     )
 )
 @click.argument("path")
+@click.option(
+    "--report",
+    "report_path",
+    default=None,
+    metavar="R.json",
+    help="Also recheck every tensor's sha256 against this report (written by apply --checksums).",
+)
 @json_option("Print the result as JSON on stdout.")
 @click.option(
     "--forward", is_flag=True, help="Load the weights into the model and run fixed inputs."
@@ -182,6 +190,7 @@ def diff(a: str, b: str, as_json: bool, unsafe_pickle: tuple[str, ...]) -> None:
 )
 def verify(
     path: str,
+    report_path: str | None,
     as_json: bool,
     forward: bool,
     against: str | None,
@@ -189,7 +198,8 @@ def verify(
     max_kl: float | None,
 ) -> None:
     """Check a safetensors file, or a directory of shards and its index, against the format
-    rules (the validator reinit reads with). Exit 0 when valid, 1 when not. With --forward:
+    rules (the validator reinit reads with). Exit 0 when valid, 1 when not (with --report: also
+    when a tensor's sha256 differs from the report's, naming the first). With --forward:
     run the weights in their architecture (per-layer std; max |Δ| and KL against SOURCE)."""
     from reinit.cli.forward_out import check_forward_options, verify_forward
     from reinit.io.verify import verify as verify_path
@@ -199,6 +209,11 @@ def verify(
         verify_forward(path, against, model, max_kl, as_json)
         return
     result = verify_path(path)
+    if report_path is not None:
+        from reinit.io.checksums import verify_checksums
+
+        checked = verify_checksums(path, report_path)
+        err(f"{shown(path)}: {checked} tensors match their sha256 in {shown(report_path)}")
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
         return

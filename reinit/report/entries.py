@@ -37,6 +37,7 @@ class TensorEntry:
     flags: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     kurtosis: float = 3.0  # of the scheme's distribution; for std_off's tolerance only
+    sha256: str | None = None  # of the bytes as written (--checksums)
 
     @property
     def numel(self) -> int:
@@ -52,8 +53,8 @@ class TensorEntry:
         return self.dtype.startswith(("float", "bfloat"))
 
     def to_dict(self) -> dict[str, JSON]:
-        """The tensor's object in the JSON report (DESIGN §5)."""
-        return {
+        """The tensor's object in the JSON report (DESIGN §5); `sha256` only with --checksums."""
+        d: dict[str, JSON] = {
             "name": self.name,
             "shape": list(self.shape),
             "dtype": self.dtype,
@@ -71,6 +72,9 @@ class TensorEntry:
             "flags": list(self.flags),
             "notes": list(self.notes),
         }
+        if self.sha256 is not None:
+            d["sha256"] = self.sha256
+        return d
 
     @staticmethod
     def from_dict(d: Mapping[str, Any]) -> TensorEntry:  # Any: json.loads' output, as read
@@ -91,6 +95,7 @@ class TensorEntry:
             var_gain=number(d.get("var_gain")),
             flags=tuple(d.get("flags", ())),
             notes=tuple(d.get("notes", ())),
+            sha256=d.get("sha256"),
         )
 
 

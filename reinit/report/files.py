@@ -64,6 +64,7 @@ CSV_COLUMNS = (
     "var_gain",
     "flags",
     "notes",
+    "sha256",
 )
 
 
@@ -97,6 +98,7 @@ def to_csv(report: Report) -> str:
             e.var_gain,
             ";".join(e.flags),
             "; ".join(e.notes),
+            e.sha256,
         ]
         # the csv module quotes a cell with a newline, a quote or a comma; control and bidi
         # characters are escaped too, so a spreadsheet or a terminal shows them as text.

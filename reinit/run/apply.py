@@ -10,11 +10,12 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, closing
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from reinit.errors import OutputError, UsageError
-from reinit.io.checkpoint import Checkpoint, TensorRef
+from reinit.io.checkpoint import Checkpoint
 from reinit.io.confine import copy_regular, extras_to_copy, output_path
 from reinit.io.pipeline import prefetch
 from reinit.io.publish import Publication, how_to_publish
@@ -43,6 +44,7 @@ from reinit.report.files import (
     stage_report_files,
     write_text_file,
 )
+from reinit.run.outcontrol import OutputControl, model_order, parse_dtype, parse_size
 from reinit.run.output import (
     INDEX_NAME,
     OutFile,
@@ -127,6 +129,8 @@ def apply(
     surgery = parse_surgery(add, drop, rename)
     device = check_device(device)
     check_formats(reports, plot, "--report")  # before any work, so a typo costs nothing
+    control = OutputControl(parse_dtype(o.dtype), o.checksums)
+    max_shard = parse_size(o.max_shard_size)
     with ExitStack() as stack:
         from reinit.planning.transplant import SourcePool
 
@@ -141,12 +145,29 @@ def apply(
         spec = resolve_output(
             source_text, ckpt, output, overwrite=overwrite, in_place=in_place, inputs=inputs
         )
+        if max_shard is not None and spec.fmt != "directory":
+            if output is not None or in_place:
+                raise UsageError(
+                    f"-o {spec.path}: --max-shard-size writes a folder of shards; give a "
+                    "folder as -o (e.g. -o out/)"
+                )
+            folder = str(spec.path.with_name(spec.path.name.split(".safetensors")[0])) + "/"
+            spec = resolve_output(
+                source_text, ckpt, folder, overwrite=overwrite, in_place=False, inputs=inputs
+            )
         targets = _side_targets(spec, reports, plot, inputs, default_report, overwrite, in_place)
         applier = Applier(ckpt, seed, device, sources, ties, view)
+        applier.spans = not control.active  # a cast or a hash reads kept bytes as chunks
         rule_texts = tuple(r.text for r in rule_objs)
         refs = {r.name: r for r in ckpt.refs()}
         by_name = {e.name: e for e in the_plan.entries}
-        files = output_files(spec, [refs[e.name] for e in the_plan.entries], ckpt)
+        out_dtype = {e.name: control.out_dtype(e.dtype) for e in the_plan.entries}
+        numels = {n: refs[n].numel for n in out_dtype}
+        sizes = {n: numels[n] * d.itemsize for n, d in out_dtype.items()}
+        in_order = [refs[e.name] for e in the_plan.entries]
+        if max_shard is not None and view is not None:  # save_pretrained's order: the model's
+            in_order = model_order(in_order, view)
+        files = output_files(spec, in_order, ckpt, max_shard, sizes)
         extras = (
             extras_to_copy(ckpt, [(f.relname, f.source_shard) for f in files], source_text)
             if spec.fmt == "directory"
@@ -171,9 +192,11 @@ def apply(
             last=(INDEX_NAME, REPORT_NAME),
         )
         stream = prefetch(applier.stream(ordered), WRITE_AHEAD, "reinit-compute")
-        with closing(stream) as pieces:
+        with closing(stream) as raw:
+            pieces = control.stream(raw, {e.name: e.dtype for e in the_plan.entries})
             if spec.fmt == "torch":
-                entries, bytes_written = _write_torch(tmp, pieces, by_name, bar, ties)
+                cast = {n: replace(e, dtype=out_dtype[n]) for n, e in by_name.items()}
+                entries, bytes_written = _write_torch(tmp, pieces, cast, bar, ties)
             else:
                 entries, bytes_written = [], 0
                 for f in files:
@@ -181,7 +204,7 @@ def apply(
                         output_path(tmp, f.relname, source_text) if spec.fmt == "directory" else tmp
                     )
                     target.parent.mkdir(parents=True, exist_ok=True)
-                    layout = [(n, by_name[n].dtype, by_name[n].shape) for n in f.names]
+                    layout = [(n, out_dtype[n], by_name[n].shape) for n in f.names]
                     meta = output_metadata(ckpt, f.source_shard, seed, rule_texts)
                     with SafetensorsWriter(target, layout, meta) as w:
                         entries.extend(_write_pieces(w, pieces, len(f.names), bar))
@@ -189,12 +212,17 @@ def apply(
                 if spec.fmt == "directory":
                     # --in-place into the source folder: its other files are already there
                     copied = [] if into_source else extras
-                    bytes_written += _finish_directory(tmp, ckpt, files, refs, copied)
+                    bytes_written += _finish_directory(
+                        tmp, ckpt, files, sizes, numels, copied, sharded=max_shard is not None
+                    )
         order = {e.name: i for i, e in enumerate(the_plan.entries)}
         entries.sort(key=lambda e: order[e.name])
         report = make_report(
             source_text, spec.path, seed, rule_texts, entries, bytes_written, started, the_plan
         )
+        line = control.summary()
+        if line is not None:
+            report = replace(report, warnings=(*report.warnings, line))
         if o.finish_report is not None:
             report = o.finish_report(report)
         if default_report and spec.fmt == "directory":
@@ -268,8 +296,10 @@ def _finish_directory(
     tmp: Path,
     ckpt: Checkpoint,
     files: Sequence[OutFile],
-    refs: dict[str, TensorRef],
+    sizes: dict[str, int],
+    numel: dict[str, int],
     extras: Sequence[tuple[str, Path]],
+    sharded: bool = False,
 ) -> int:
     """Copy the non-weight files (checked by `extras_to_copy`) and write the shard index
     (when there is more than one shard, or the source had an index)."""
@@ -279,12 +309,17 @@ def _finish_directory(
         dst.parent.mkdir(parents=True, exist_ok=True)
         written += copy_regular(src, dst, ckpt.source)
     has_index = getattr(getattr(ckpt, "layout", None), "index", None) is not None
+    if sharded and len(files) < 2:  # save_pretrained writes no index for one shard
+        return written
     if len(files) > 1 or has_index:
+        meta: dict[str, int] = {"total_size": sum(sizes[n] for f in files for n in f.names)}
+        if sharded:  # save_pretrained's metadata, keys sorted as it writes them
+            meta["total_parameters"] = sum(numel[n] for f in files for n in f.names)
         index = {
-            "metadata": {"total_size": sum(refs[n].nbytes for f in files for n in f.names)},
+            "metadata": meta,
             "weight_map": {n: f.relname for f in files for n in f.names},
         }
-        text = json.dumps(index, indent=2) + "\n"
+        text = json.dumps(index, indent=2, sort_keys=sharded) + "\n"
         write_text_file(tmp / INDEX_NAME, text)
         written += len(text)
     return written

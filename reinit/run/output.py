@@ -30,6 +30,7 @@ from reinit.io.confine import (
 from reinit.io.hub_url import is_hf_url, parse_hf_url
 from reinit.io.targets import REPORT_NAME, Inputs, check_output
 from reinit.io.torch_reader import TORCH_SUFFIXES
+from reinit.run.outcontrol import hf_shard_name, split_like_save_pretrained
 from reinit.version import __version__
 
 #: The shard index of a sharded output (transformers' name).
@@ -118,9 +119,25 @@ class OutFile:
     source_shard: str
 
 
-def output_files(spec: OutputSpec, refs: Sequence[TensorRef], ckpt: Checkpoint) -> list[OutFile]:
+def output_files(
+    spec: OutputSpec,
+    refs: Sequence[TensorRef],
+    ckpt: Checkpoint,
+    max_shard: int | None = None,
+    sizes: dict[str, int] | None = None,
+) -> list[OutFile]:
     """A file output holds everything; a directory output keeps the source's shard layout
-    (torch shards become safetensors shards of the same numbering)."""
+    (torch shards become safetensors shards of the same numbering), or, with `max_shard`
+    (bytes), is split as transformers' `save_pretrained` splits (`sizes`: output bytes)."""
+    if max_shard is not None:
+        sized = sizes or {r.name: r.nbytes for r in refs}
+        shard_of = {r.name: r.shard for r in refs}
+        names = [r.name for r in refs]
+        split = split_like_save_pretrained(names, [sized[n] for n in names], max_shard)
+        return [
+            OutFile(hf_shard_name(i, len(split)), tuple(group), shard_of[group[0]])
+            for i, group in enumerate(split)
+        ]
     if spec.fmt != "directory":
         return [OutFile("", tuple(r.name for r in refs), ckpt.shards()[0])]
     groups: dict[str, list[str]] = {}

@@ -125,6 +125,8 @@ class Applier:
         self.model = model  # with --model: module fans and the `default` scheme
         self.fans = model.fans if model is not None else {}
         self.ties = ties or Ties()
+        # False: kept bytes come as chunks, never spans (--dtype/--checksums read them here)
+        self.spans = True
         # a changed tied group's new value, kept until its last member is written
         self._tied_values: dict[str, tuple[torch.Tensor, str | None, tuple[str, ...]]] = {}
         self._drawn: dict[str, Future[torch.Tensor]] = {}  # values drawn ahead, by name
@@ -157,7 +159,7 @@ class Applier:
     ) -> Iterator[Piece]:
         """Pieces that reproduce `name`'s bytes of `ck` exactly: spans for the writer to copy
         kernel-side when the bytes lie in a file, else the chunks themselves."""
-        span = ck.span(name) if KERNEL_COPY else None
+        span = ck.span(name) if KERNEL_COPY and self.spans else None
         pos = 0
         for chunk in chunks:
             acc.add(view_bytes(chunk, dtype))

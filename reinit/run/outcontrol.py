@@ -1,0 +1,214 @@
+"""Output control (DESIGN §8): `--dtype` (cast floating tensors as they are written),
+`--max-shard-size` (the Hugging Face sharded layout, split exactly as `save_pretrained` splits)
+and `--checksums` (each tensor's sha256 of the bytes as written).
+
+It sits between the Applier's piece stream and the file writers, so a cast is done chunk by
+chunk (memory bounded by one chunk, kept tensors included) and a checksum is taken over the
+very bytes handed to the writer: nothing is read twice."""
+
+from __future__ import annotations
+
+__all__ = [
+    "CAST_DTYPES",
+    "OutputControl",
+    "hf_shard_name",
+    "model_order",
+    "parse_dtype",
+    "parse_size",
+    "split_like_save_pretrained",
+]
+
+import hashlib
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+
+import torch
+
+from reinit.errors import UsageError
+from reinit.io.checkpoint import TensorRef
+from reinit.io.safetensors_format import dtype_name, tensor_to_bytes
+from reinit.planning.model import ModelView
+from reinit.run.pieces import Piece, view_bytes
+
+#: What `--dtype` accepts.
+CAST_DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+# huggingface_hub's decimal units (what save_pretrained's "5GB" means) plus the binary ones
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
+
+
+def parse_dtype(value: str | None) -> torch.dtype | None:
+    """`--dtype` text -> the torch dtype (None: keep each tensor's own)."""
+    if value is None:
+        return None
+    try:
+        return CAST_DTYPES[value.strip().lower()]
+    except KeyError:
+        raise UsageError(
+            f"--dtype {value}: unknown dtype; use one of {', '.join(CAST_DTYPES)}"
+        ) from None
+
+
+def parse_size(value: str | int | None) -> int | None:
+    """`--max-shard-size` text -> bytes. `5GB`/`500MB` are decimal (as in transformers),
+    `10MiB` binary, a bare number is bytes."""
+    if value is None:
+        return None
+    if isinstance(value, int):
+        size = value
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", value)
+        unit = m.group(2).upper() if m else ""
+        if m is None or unit not in _UNITS:
+            raise UsageError(
+                f"--max-shard-size {value}: not a size; give e.g. 5GB, 500MB, 10MiB or bytes"
+            )
+        size = int(float(m.group(1)) * _UNITS[unit])
+    if size <= 0:
+        raise UsageError(f"--max-shard-size {value}: must be more than 0 bytes")
+    return size
+
+
+def split_like_save_pretrained(
+    names: Sequence[str], sizes: Sequence[int], limit: int
+) -> list[list[str]]:
+    """huggingface_hub's `split_state_dict_into_shards_factory` (what `save_pretrained` uses):
+    greedy in order; a tensor that would tip the current shard over `limit` starts a new one;
+    a tensor bigger than `limit` gets a shard of its own, placed before the current one."""
+    shards: list[list[str]] = []
+    current: list[str] = []
+    current_size = 0
+    for name, size in zip(names, sizes, strict=True):
+        if size > limit:
+            shards.append([name])
+            continue
+        if current_size + size > limit and current:
+            shards.append(current)
+            current, current_size = [], 0
+        current.append(name)
+        current_size += size
+    if current:
+        shards.append(current)
+    return shards
+
+
+def model_order(refs: Sequence[TensorRef], view: ModelView) -> list[TensorRef]:
+    """The tensors in the model's parameter order (then its buffers): the order
+    `save_pretrained` walks, which a safetensors file does not keep (it stores names sorted).
+    Tensors the model lacks keep their place after those it has."""
+    rank = {name: i for i, name in enumerate(view.model.sites)}
+    big = len(rank)
+
+    def key(item: tuple[int, TensorRef]) -> tuple[int, int]:
+        i, r = item
+        m = view.names.get(r.name)
+        return (rank.get(m, big) if m is not None else big, i)
+
+    return [r for _, r in sorted(enumerate(refs), key=key)]
+
+
+def hf_shard_name(index: int, count: int) -> str:
+    """transformers' shard file name: `model-00001-of-00003.safetensors` (one shard:
+    `model.safetensors`)."""
+    if count == 1:
+        return "model.safetensors"
+    return f"model-{index + 1:05d}-of-{count:05d}.safetensors"
+
+
+class OutputControl:
+    """Casts and hashes the piece stream on its way to the writer.
+
+    `dtype`: the output dtype of every floating tensor (None: unchanged); `checksums`: add each
+    tensor's sha256 to its report entry. Entries get the output dtype, a note per lossy cast
+    (with the count of values that overflowed to inf), and `summary()` one line for the run."""
+
+    def __init__(self, dtype: torch.dtype | None, checksums: bool):
+        self.dtype = dtype
+        self.checksums = checksums
+        self.lossy: list[str] = []
+        self.overflowed = 0
+
+    @property
+    def active(self) -> bool:
+        return self.dtype is not None or self.checksums
+
+    def out_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        """The dtype a tensor of `dtype` is written as."""
+        if self.dtype is None or not dtype.is_floating_point:
+            return dtype
+        return self.dtype
+
+    def stream(self, pieces: Iterator[Piece], dtypes: dict[str, torch.dtype]) -> Iterator[Piece]:
+        """The pieces with data cast and hashed; spans (kernel copies) pass through only when
+        neither applies (the Applier is told to hand chunks instead when this is active)."""
+        hasher = hashlib.sha256() if self.checksums else None
+        overflow = 0
+        for piece in pieces:
+            src = dtypes[piece.name]
+            dst = self.out_dtype(src)
+            if piece.entry is not None:
+                entry = piece.entry
+                if dst != src:
+                    lossy = _is_lossy(src, dst)
+                    note = f"cast {dtype_name(src)} -> {dtype_name(dst)}"
+                    if lossy:
+                        note = f"lossy cast {dtype_name(src)} -> {dtype_name(dst)}"
+                        self.lossy.append(piece.name)
+                    if overflow:
+                        note += f"; {overflow} values overflowed to inf"
+                        self.overflowed += overflow
+                    entry = replace(entry, dtype=dtype_name(dst), notes=(*entry.notes, note))
+                if hasher is not None:
+                    entry = replace(entry, sha256=hasher.hexdigest())
+                    hasher = hashlib.sha256()
+                overflow = 0
+                yield Piece(piece.name, entry=entry)
+                continue
+            data = piece.data
+            if data is None and piece.span is not None and (dst != src or hasher is not None):
+                fd, offset, nbytes = piece.span
+                data = memoryview(os.pread(fd, nbytes, offset))
+            if data is not None and dst != src:
+                values = view_bytes(data, src)
+                cast = values.to(dst)
+                if dst == torch.float16:
+                    overflow += int((torch.isinf(cast) & torch.isfinite(values)).sum())
+                data = tensor_to_bytes(cast)
+            if data is not None and hasher is not None:
+                hasher.update(data)
+            if data is None:
+                yield piece
+            else:
+                yield Piece(piece.name, data=data)
+
+    def summary(self) -> str | None:
+        """One line for the whole run, when any cast lost precision or range."""
+        if not self.lossy:
+            return None
+        assert self.dtype is not None
+        line = f"--dtype {dtype_name(self.dtype)}: {len(self.lossy)} tensors cast lossily"
+        if self.overflowed:
+            line += f", {self.overflowed} values overflowed to inf"
+        return line
+
+
+def _is_lossy(src: torch.dtype, dst: torch.dtype) -> bool:
+    """A cast that can change values: to fewer bits, or between the two 16-bit formats."""
+    return src.itemsize > dst.itemsize or (src != dst and src.itemsize == dst.itemsize)

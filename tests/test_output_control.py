@@ -1,0 +1,218 @@
+"""Output control (issue 14 item 5, DESIGN §8): --dtype, --max-shard-size, --checksums and
+`verify --report`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers import MB, make_checkpoint, refused, rss_growth, run
+from safetensors.torch import load_file, save_file
+
+from reinit.run.outcontrol import parse_size, split_like_save_pretrained
+
+
+def _src(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    sd = {
+        "emb.weight": torch.randn(50, 16, generator=g),
+        "lin.weight": torch.randn(16, 16, generator=g),
+        "lin.bias": torch.randn(16, generator=g),
+        "big.weight": torch.tensor([1.0, 70000.0, -1e6, 3.0]),
+        "pos.ids": torch.arange(12, dtype=torch.int64),
+    }
+    path = tmp_path / "m.safetensors"
+    save_file(sd, path)
+    return path, sd
+
+
+def test_dtype_bfloat16_casts_every_float_tensor_like_torch(tmp_path):
+    src, sd = _src(tmp_path)
+    out = tmp_path / "o.safetensors"
+    r = run("apply", src, "-o", out, "-r", "lin.bias=zeros", "--dtype", "bfloat16", "--json")
+    assert r.exit_code == 0, r.output
+    got = load_file(out)
+    for name, t in sd.items():
+        if t.is_floating_point():
+            assert got[name].dtype == torch.bfloat16
+            if name != "lin.bias":  # kept tensors: torch's own cast, bit for bit
+                assert torch.equal(got[name], t.to(torch.bfloat16)), name
+        else:
+            assert torch.equal(got[name], t)  # integers untouched
+    assert torch.equal(got["lin.bias"], torch.zeros(16, dtype=torch.bfloat16))
+    doc = json.loads((tmp_path / "o.report.json").read_text())
+    by = {t["name"]: t for t in doc["tensors"]}
+    assert by["emb.weight"]["dtype"] == "bfloat16"
+    assert "lossy cast float32 -> bfloat16" in by["emb.weight"]["notes"]
+    assert by["pos.ids"]["dtype"] == "int64" and by["pos.ids"]["notes"] == []
+    assert "--dtype bfloat16: 4 tensors cast lossily" in r.output
+
+
+def test_dtype_float16_counts_overflow(tmp_path):
+    src, _ = _src(tmp_path)
+    out = tmp_path / "o.safetensors"
+    r = run("apply", src, "-o", out, "-r", "lin.bias=zeros", "--dtype", "float16", "-q")
+    assert r.exit_code == 0, r.output
+    assert load_file(out)["big.weight"].isinf().sum() == 2
+    doc = json.loads((tmp_path / "o.report.json").read_text())
+    by = {t["name"]: t for t in doc["tensors"]}
+    assert any("2 values overflowed to inf" in n for n in by["big.weight"]["notes"])
+    assert "2 values overflowed to inf" in r.output
+
+
+def test_dtype_unknown_is_a_usage_error(tmp_path):
+    src, _ = _src(tmp_path)
+    refused(tmp_path, ["apply", str(src), "-r", "lin.bias=zeros", "--dtype", "int8"], 2, "--dtype")
+
+
+def test_checksums_verify_passes_then_fails_after_a_flipped_byte(tmp_path):
+    src, _ = _src(tmp_path)
+    out = tmp_path / "o.safetensors"
+    rep = tmp_path / "o.report.json"
+    r = run("apply", src, "-o", out, "-r", "lin.bias=zeros", "--checksums", "--dtype", "float16")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(rep.read_text())
+    assert all(len(t["sha256"]) == 64 for t in doc["tensors"])
+    ok = run("verify", out, "--report", rep)
+    assert ok.exit_code == 0, ok.output
+    assert "5 tensors match" in ok.output
+    data = bytearray(out.read_bytes())
+    hlen = int.from_bytes(data[:8], "little")
+    start = json.loads(data[8 : 8 + hlen])["lin.weight"]["data_offsets"][0]
+    data[8 + hlen + start + 1] ^= 0x01  # one bit of one value of lin.weight
+    out.write_bytes(bytes(data))
+    bad = run("verify", out, "--report", rep)
+    assert bad.exit_code == 1
+    assert "'lin.weight' does not match its sha256" in bad.output
+
+
+def test_checksums_in_csv_report(tmp_path):
+    src, _ = _src(tmp_path)
+    out = tmp_path / "o.safetensors"
+    csv_path = tmp_path / "r.csv"
+    r = run("apply", src, "-o", out, "-r", "lin.bias=zeros", "--checksums", "--report", csv_path)
+    assert r.exit_code == 0, r.output
+    import hashlib
+
+    header, *rows = csv_path.read_text().splitlines()
+    assert header.split(",")[-1] == "sha256"
+    digest = hashlib.sha256(load_file(out)["lin.weight"].numpy().tobytes()).hexdigest()
+    assert any(row.startswith("lin.weight,") and row.endswith(digest) for row in rows)
+
+
+def test_parse_size_and_split():
+    assert parse_size("5GB") == 5 * 10**9
+    assert parse_size("500MB") == 500 * 10**6
+    assert parse_size("10MiB") == 10 * 2**20
+    assert parse_size("1234") == 1234
+    # huggingface_hub's documented example: [6, 6, 2, 6, 2, 2] GB at 10 GB
+    names = list("abcdef")
+    assert split_like_save_pretrained(names, [6, 6, 2, 6, 2, 2], 10) == [
+        ["a"],
+        ["b", "c"],
+        ["d", "e", "f"],
+    ]
+    assert split_like_save_pretrained(names[:3], [2, 20, 3], 10) == [["b"], ["a", "c"]]
+
+
+def _tiny_bert(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    model = transformers.BertModel(cfg).eval()
+    src = tmp_path / "bert"
+    model.save_pretrained(src)
+    return transformers, model, src
+
+
+def test_max_shard_size_matches_save_pretrained_and_loads(tmp_path):
+    transformers, model, src = _tiny_bert(tmp_path)
+    out = tmp_path / "out"
+    r = run(
+        "apply",
+        src,
+        "-o",
+        f"{out}/",
+        "-r",
+        "pooler.dense.bias=zeros",
+        "--max-shard-size",
+        "20KB",
+        "--model",
+        src,
+    )
+    assert r.exit_code == 0, r.output
+    ref = tmp_path / "ref"
+    model.save_pretrained(ref, max_shard_size="20KB")
+    ref_index = json.loads((ref / "model.safetensors.index.json").read_text())
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert index["weight_map"] == ref_index["weight_map"]
+    assert index["metadata"]["total_size"] == ref_index["metadata"]["total_size"]
+    shards = sorted(p.name for p in out.glob("*.safetensors"))
+    assert shards == sorted(p.name for p in ref.glob("*.safetensors"))
+    assert len(shards) > 2 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+    loaded, info = transformers.BertModel.from_pretrained(out, output_loading_info=True)
+    assert not any(info.values()), info
+    want = model.state_dict()
+    for name, value in loaded.state_dict().items():
+        expect = torch.zeros_like(want[name]) if name == "pooler.dense.bias" else want[name]
+        assert torch.equal(value, expect), name
+
+
+def test_max_shard_size_from_a_single_file_makes_a_folder(tmp_path):
+    src, sd = _src(tmp_path)
+    r = run("apply", src, "-r", "lin.bias=zeros", "--max-shard-size", "1000", "-q")
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "m.reinit"
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    files = sorted(set(index["weight_map"].values()))
+    assert files == sorted(p.name for p in out.glob("*.safetensors"))
+    # emb.weight (3,200 bytes) is over the limit: a shard of its own
+    assert [
+        n for n, f in index["weight_map"].items() if f == index["weight_map"]["emb.weight"]
+    ] == ["emb.weight"]
+    refused(
+        tmp_path,
+        [
+            "apply",
+            str(src),
+            "-o",
+            str(tmp_path / "x.safetensors"),
+            "-r",
+            "lin.bias=zeros",
+            "--max-shard-size",
+            "1000",
+        ],
+        2,
+        "--max-shard-size",
+    )
+
+
+@pytest.mark.slow
+def test_dtype_cast_memory_stays_bounded(tmp_path):
+    src = tmp_path / "big.safetensors"
+    size = make_checkpoint(src)
+    growth = rss_growth(
+        "apply", src, "-r", "*.bias=zeros", "--dtype", "bfloat16", "--checksums", "-q", cwd=tmp_path
+    )
+    print(f"checkpoint {size / MB:.0f} MB, growth {growth / MB:.0f} MB")
+    assert growth < 200 * MB
+
+
+def test_api_keywords(tmp_path):
+    import reinit
+
+    src, sd = _src(tmp_path)
+    out = tmp_path / "api.safetensors"
+    report = reinit.apply(src, ["lin.bias=zeros"], out, dtype="float16", checksums=True)
+    by = {t.name: t for t in report.tensors}
+    assert by["emb.weight"].dtype == "float16" and by["pos.ids"].dtype == "int64"
+    assert load_file(out)["emb.weight"].dtype == torch.float16
+    assert all(t.sha256 is not None for t in report.tensors)
