@@ -201,6 +201,18 @@ class ApplyOptions:
             )
         ),
     )
+    key: str = field(
+        default="",
+        metadata=_m(
+            OptionMeta(
+                help="The dotted path of the state dict inside a torch training checkpoint "
+                "(e.g. model_state_dict); default: a well-known nest found by itself.",
+                flags=("--key",),
+                metavar="PATH",
+                recipe="str",
+            )
+        ),
+    )
     add: Sequence[str] = field(
         default=(),
         metadata=_m(
@@ -308,6 +320,7 @@ class OptionKwargsBesidesSeed(TypedDict, total=False):
     device: str
     progress: bool
     unsafe_pickle: TrustSpec
+    key: str
     add: Sequence[str]
     drop: Sequence[str]
     rename: Sequence[str]
@@ -334,7 +347,7 @@ def option_names() -> tuple[str, ...]:
 APPLY_FIELDS = frozenset(option_names())
 PLAN_FIELDS = frozenset(
     {"strict", "allow_unmatched", "unsafe_pickle", "add", "drop", "rename", "model", "config"}
-    | {"progress"}
+    | {"progress", "key"}
 )
 IN_MEMORY_FIELDS = frozenset(
     {"seed", "strict", "allow_unmatched", "device", "config", "unsafe_pickle", "progress"}
