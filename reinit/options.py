@@ -262,7 +262,7 @@ class ApplyOptions:
                 "module:callable): enables type:CLASS patterns, module fans and the scheme default.",
                 flags=("--model",),
                 metavar="MODEL",
-                why_not="not a recipe key yet: a recipe's in-memory steps take no model",
+                recipe="str?",
             )
         ),
     )
@@ -351,6 +351,7 @@ PLAN_FIELDS = frozenset(
 )
 IN_MEMORY_FIELDS = frozenset(
     {"seed", "strict", "allow_unmatched", "device", "config", "unsafe_pickle", "progress"}
+    | {"model"}
 )
 
 
