@@ -23,6 +23,8 @@ import torch
 class Net(torch.nn.Module):
     def __init__(self, flag=True, n=2, name="x", dims=(4,)):
         super().__init__()
+        if not isinstance(flag, bool):  # as a real model's `pretrained=` would need
+            raise TypeError(f"flag must be a bool, got {flag!r}")
         self.flag, self.n, self.name, self.dims = flag, n, name, dims
         self.fc = torch.nn.Linear(dims[0], n)
         if flag:
