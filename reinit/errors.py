@@ -7,6 +7,7 @@ __all__ = [
     "CheckpointError",
     "HubError",
     "InputNotFoundError",
+    "NestedStateError",
     "OutputError",
     "ReinitError",
     "RuleError",
@@ -79,3 +80,8 @@ class TransplantError(ReinitError):
 
 class WriteError(ReinitError):
     """Writing the output failed (disk full, file size limit, permissions)."""
+
+
+class NestedStateError(UsageError):
+    """A torch checkpoint nests its tensors where `--key` / `state=` must say which (several
+    candidates, or a key that is not there); exit 2, nothing read further."""

@@ -201,6 +201,18 @@ class ApplyOptions:
             )
         ),
     )
+    key: str = field(
+        default="",
+        metadata=_m(
+            OptionMeta(
+                help="The dotted path of the state dict inside a torch training checkpoint "
+                "(e.g. model_state_dict); default: a well-known nest found by itself.",
+                flags=("--key",),
+                metavar="PATH",
+                recipe="str",
+            )
+        ),
+    )
     add: Sequence[str] = field(
         default=(),
         metadata=_m(
@@ -250,7 +262,7 @@ class ApplyOptions:
                 "module:callable): enables type:CLASS patterns, module fans and the scheme default.",
                 flags=("--model",),
                 metavar="MODEL",
-                why_not="not a recipe key yet: a recipe's in-memory steps take no model",
+                recipe="str?",
             )
         ),
     )
@@ -345,6 +357,7 @@ class OptionKwargsBesidesSeed(TypedDict, total=False):
     device: str
     progress: bool
     unsafe_pickle: TrustSpec
+    key: str
     add: Sequence[str]
     drop: Sequence[str]
     rename: Sequence[str]
@@ -374,10 +387,11 @@ def option_names() -> tuple[str, ...]:
 APPLY_FIELDS = frozenset(option_names())
 PLAN_FIELDS = frozenset(
     {"strict", "allow_unmatched", "unsafe_pickle", "add", "drop", "rename", "model", "config"}
-    | {"progress"}
+    | {"progress", "key"}
 )
 IN_MEMORY_FIELDS = frozenset(
     {"seed", "strict", "allow_unmatched", "device", "config", "unsafe_pickle", "progress"}
+    | {"model"}
 )
 
 

@@ -299,11 +299,14 @@ MISMATCH_POLICIES = ("error", "skip", "slice")
 
 @dataclass(frozen=True)
 class TransplantSpec:
-    """`from(SOURCE, key=TEMPLATE|auto, on_mismatch=error|skip|slice)`, as written."""
+    """`from(SOURCE, key=TEMPLATE|auto, on_mismatch=error|skip|slice, state=PATH)`, as
+    written. `state`: the dotted path of the state dict inside a torch training checkpoint
+    (as `--key` for the main source); "" finds a well-known nest itself."""
 
     source: str
     key: str | None = None  # template; None = the target's own name
     on_mismatch: str = "error"
+    state: str = ""
 
     def describe(self) -> str:
         parts = [self.source]
@@ -311,6 +314,8 @@ class TransplantSpec:
             parts.append(f"key={self.key}")
         if self.on_mismatch != "error":
             parts.append(f"on_mismatch={self.on_mismatch}")
+        if self.state:
+            parts.append(f"state={self.state}")
         return f"from({', '.join(parts)})"
 
 
@@ -318,11 +323,11 @@ def parse_from(action: Action, where: str) -> TransplantSpec:
     """A `from(...)` action checked into a `TransplantSpec` (a malformed hf:// URL fails here,
     before anything is read)."""
     kw = action.kwargs_dict()
-    unknown = set(kw) - {"source", "key", "on_mismatch"}
+    unknown = set(kw) - {"source", "key", "on_mismatch", "state"}
     if unknown:
         raise RuleError(
             f"{where}: from() has no argument {sorted(unknown)[0]!r}; "
-            "use from(SOURCE, key=TEMPLATE|auto, on_mismatch=error|skip|slice)"
+            "use from(SOURCE, key=TEMPLATE|auto, on_mismatch=error|skip|slice, state=PATH)"
         )
     if len(action.args) > 1:
         raise RuleError(f"{where}: from() takes one positional argument, the source")
@@ -337,4 +342,5 @@ def parse_from(action: Action, where: str) -> TransplantSpec:
     policy = kw.get("on_mismatch", "error")
     if policy not in MISMATCH_POLICIES:
         raise RuleError(f"{where}: on_mismatch must be one of {', '.join(MISMATCH_POLICIES)}")
-    return TransplantSpec(source, key, str(policy))
+    state = kw.get("state", "")
+    return TransplantSpec(source, key, str(policy), str(state))

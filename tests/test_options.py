@@ -26,7 +26,7 @@ from reinit.recipe.validate import OWN_STEP_KEYS, OWN_TOP_KEYS, STEP_KEYS, TOP_K
 
 APPLY_OWN = {"source", "rules", "output", "dry_run", "as_json", "quiet"}
 NOT_FLAGS = {"default_report", "progress", "config", "finish_report"}
-NOT_RECIPE_KEYS = {"default_report", "progress", "model", "config", "finish_report"}
+NOT_RECIPE_KEYS = {"default_report", "progress", "config", "finish_report"}
 
 
 def test_apply_flags_are_the_option_fields_with_flags():

@@ -33,7 +33,7 @@ def schemes(as_json: bool) -> None:
         click.echo(f"    {row['doc']}")
     click.echo("keep\n    leaves the tensor as it is (carve an exception out of a broader rule)")
     click.echo(
-        "from(SOURCE, key=TEMPLATE|auto, on_mismatch=error|skip|slice)\n    copies the tensor from another checkpoint (key: {name}, {1}, {2}, ... or auto = longest common dotted suffix)"
+        "from(SOURCE, key=TEMPLATE|auto, on_mismatch=error|skip|slice, state=PATH)\n    copies the tensor from another checkpoint (key: {name}, {1}, {2}, ... or auto = longest common dotted suffix; state: the state dict's dotted path inside a torch training checkpoint)"
     )
 
 

@@ -77,6 +77,12 @@ def fail_on_flags(value: str | None) -> frozenset[str]:
 @click.option("--overwrite", is_flag=True, help="Replace existing report/plot files.")
 @json_option()
 @quiet_option("No progress bar, no terminal report.")
+@click.option(
+    "--key",
+    default="",
+    metavar="PATH",
+    help="The dotted path of the state dict inside a torch training checkpoint.",
+)
 @unsafe_pickle_option()
 def report(
     source: str,
@@ -87,6 +93,7 @@ def report(
     overwrite: bool,
     as_json: bool,
     quiet: bool,
+    key: str,
     unsafe_pickle: tuple[str, ...],
 ) -> None:
     """The per-tensor std report of a checkpoint as it is (before/after with --against).
@@ -114,6 +121,7 @@ def report(
         overwrite=overwrite,
         progress=progress_on(quiet),
         unsafe_pickle=unsafe_pickle,
+        key=key,
     )
     warn_all(rep.warnings)
     if as_json:
@@ -239,12 +247,18 @@ def verify(
 )
 @click.option("--stats", is_flag=True, help="Also read every tensor and show mean/std/min/max.")
 @json_option("Print the rows as JSON on stdout.")
-def inspect(source: str, pattern: str | None, stats: bool, as_json: bool) -> None:
+@click.option(
+    "--key",
+    default="",
+    metavar="PATH",
+    help="The dotted path of the state dict inside a torch training checkpoint.",
+)
+def inspect(source: str, pattern: str | None, stats: bool, as_json: bool, key: str) -> None:
     """List the tensors of a checkpoint: name, shape, dtype, size (and statistics)."""
     from reinit.report.text import fmt, shape_text, shorten
     from reinit.tools.inspect import inspect_checkpoint
 
-    rows = inspect_checkpoint(source, pattern, stats=stats)
+    rows = inspect_checkpoint(source, pattern, stats=stats, key=key)
     if as_json:
         from reinit.report.jsonio import dumps
 

@@ -36,10 +36,23 @@ __all__ = ["run"]
     metavar="KEY=VALUE",
     help="Override a recipe key (dotted for steps: steps.0.seed=3); repeatable.",
 )
+@click.option(
+    "--model",
+    default=None,
+    metavar="MODEL",
+    help="The model the checkpoint belongs to, as the recipe's model: key (overrides it).",
+)
 @dry_run_option("Print each step's plan and write nothing.")
 @json_option()
 @quiet_option()
-def run(recipe: str, sets: tuple[str, ...], dry_run: bool, as_json: bool, quiet: bool) -> None:
+def run(
+    recipe: str,
+    sets: tuple[str, ...],
+    model: str | None,
+    dry_run: bool,
+    as_json: bool,
+    quiet: bool,
+) -> None:
     """Run a recipe (.yaml/.yml, .toml or .json): apply's options as keys, and `steps:` to
     chain several rule sets in memory."""
     from reinit.recipe.run import plan_recipe, run_recipe
@@ -47,6 +60,8 @@ def run(recipe: str, sets: tuple[str, ...], dry_run: bool, as_json: bool, quiet:
     from reinit.report.plan_view import render_plan
     from reinit.report.terminal import render_terminal
 
+    if model is not None:  # the same as --set model=MODEL
+        sets = (*sets, f"model={model}")
     loaded = load_recipe(recipe, sets)
     trusted = loaded.unsafe_pickle
     assert isinstance(trusted, tuple)  # a recipe's paths: a tuple of strings

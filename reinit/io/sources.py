@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from reinit.errors import InputNotFoundError
+from reinit.errors import InputNotFoundError, UsageError
 from reinit.io.checkpoint import Checkpoint
 from reinit.io.confine import require_regular
 from reinit.io.directory import DirectoryCheckpoint, LocalFiles
@@ -21,7 +21,12 @@ __all__ = ["open_checkpoint"]
 
 
 def open_checkpoint(
-    source: str | os.PathLike[str], *, unsafe_pickle: TrustSpec = NO_TRUST, progress: bool = True
+    source: str | os.PathLike[str],
+    *,
+    unsafe_pickle: TrustSpec = NO_TRUST,
+    progress: bool = True,
+    key: str = "",
+    key_flag: str = "--key",
 ) -> Checkpoint:
     """Open any source form of DESIGN §1.
 
@@ -32,6 +37,9 @@ def open_checkpoint(
             (see `reinit.io.trust`); this source is loaded unsafely only if it is among them.
         progress: False silences the Hub's download bars for this source (the CLI's
             `--quiet`, or stderr not a terminal).
+        key: the dotted path of the state dict inside a torch file (`--key`); "" finds a
+            well-known nest itself (see `reinit.io.nested_state`). Other forms refuse a key.
+        key_flag: how the key is spelled in messages (`--key`, or `state=` in `from()`).
 
     Returns:
         The open checkpoint (close it, or use it as a context manager).
@@ -42,6 +50,11 @@ def open_checkpoint(
     """
     text = os.fspath(source)
     trust = pickle_trust(unsafe_pickle)
+    if key and Path(text).suffix.lower() not in TORCH_SUFFIXES:
+        raise UsageError(
+            f"{text}: {key_flag} {key} picks a state inside a torch file "
+            f"({'/'.join(TORCH_SUFFIXES)}); this source is not one, drop {key_flag}"
+        )
     if is_hf_url(text):
         ref = parse_hf_url(text)
         return DirectoryCheckpoint(HubRepo(ref, progress=progress), source=ref.url, unsafe=trust)
@@ -55,7 +68,7 @@ def open_checkpoint(
     if suffix in SAFETENSORS_SUFFIXES:
         return SafetensorsFile(path)
     if suffix in TORCH_SUFFIXES:
-        return TorchFile(path, unsafe=trust.allows(path))
+        return TorchFile(path, unsafe=trust.allows(path), key=key, flag=key_flag)
     raise InputNotFoundError(
         f"{text}: unknown checkpoint type {suffix or '(no suffix)'}; use a .safetensors, "
         ".bin/.pt/.pth/.ckpt file, a Hugging Face model directory or hf://OWNER/NAME"

@@ -9,13 +9,13 @@ import pickle
 import re
 import warnings
 import zipfile
-from collections.abc import Mapping
 
 import torch
 
 from reinit.errors import CheckpointError, UnsafePickleError
 from reinit.io.checkpoint import ConfigDict, beside_config
 from reinit.io.memory import TensorDictCheckpoint, check_tensor_names
+from reinit.io.nested_state import find_state
 from reinit.text import one_line
 
 __all__ = [
@@ -29,28 +29,17 @@ __all__ = [
 
 TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
-_STATE_DICT_KEYS = ("state_dict", "model", "module")
 
-
-def unwrap_state_dict(obj: object, where: str) -> dict[str, torch.Tensor]:
-    """The tensors of a state dict, unwrapping `state_dict` / `model` / `module` nestings
-    (Lightning, DeepSpeed, training-loop checkpoints). Non-tensor entries are ignored."""
-    while isinstance(obj, Mapping):
-        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-        nested = next(
-            (obj[k] for k in _STATE_DICT_KEYS if k in obj and isinstance(obj[k], Mapping)), None
-        )
-        if nested is not None and not tensors:
-            obj = nested
-            continue
-        if tensors:
-            check_tensor_names(tensors, where)
-            return tensors
-        raise CheckpointError(
-            f"{where}: holds no tensors (keys: {', '.join(map(str, list(obj)[:8]))}); "
-            "expected a state dict"
-        )
-    raise CheckpointError(f"{where}: holds a {type(obj).__name__}, not a state dict")
+def unwrap_state_dict(
+    obj: object, where: str, key: str = "", flag: str = "--key"
+) -> dict[str, torch.Tensor]:
+    """The tensors of a state dict, found inside training-checkpoint nestings by the one rule
+    of `reinit.io.nested_state.find_state` (`key`: a dotted path to start from). Non-tensor
+    entries are ignored."""
+    state = find_state(obj, where, key, flag)
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    check_tensor_names(tensors, where)
+    return tensors  # type: ignore[return-value]
 
 
 # torch.load(weights_only=True) had a remote-code-execution flaw before 2.6 (CVE-2025-32434);
@@ -152,11 +141,19 @@ class TorchFile(TensorDictCheckpoint):
 
     kind = "torch"
 
-    def __init__(self, path: str | os.PathLike[str], shard: str = "", unsafe: bool = False):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        shard: str = "",
+        unsafe: bool = False,
+        key: str = "",
+        flag: str = "--key",
+    ):
         self.path = os.fspath(path)
         self.shard = shard
         super().__init__(
-            unwrap_state_dict(load_torch_file(self.path, unsafe), self.path), self.path
+            unwrap_state_dict(load_torch_file(self.path, unsafe), self.path, key, flag),
+            self.path,
         )
 
     def shard_of(self, name: str) -> str:

@@ -3,6 +3,7 @@ or a `module:callable` spec."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import os
 import re
@@ -17,13 +18,13 @@ from reinit.errors import ReinitError
 from reinit.io.hub import HubRepo
 from reinit.io.hub_url import is_hf_url, parse_hf_url
 from reinit.planning.model import Model, ModelError, fans_from_module
-from reinit.rules import ValueT, parse_action
 from reinit.text import one_line
 
 __all__ = [
     "Factory",
     "build_module",
     "build_real",
+    "call_arguments",
     "load_model",
     "model_factory",
 ]
@@ -103,12 +104,44 @@ def model_factory(text: str) -> Factory:
     )
 
 
+def call_arguments(text: str, call: str) -> tuple[tuple[object, ...], dict[str, object]]:
+    """The arguments of `module:callable(ARGS)` as Python literals (`ast.literal_eval`: so
+    `pretrained=False` is False and `None` is None, never the strings a rule's arguments
+    would be). Anything else (a name, a call, `*args`) is a `ModelError` naming the argument."""
+    where = f"--model {text}"
+    try:
+        tree = ast.parse("f" + call, mode="eval")
+    except SyntaxError as e:
+        raise ModelError(f"{where}: the arguments do not parse ({e.msg})") from None
+    node = tree.body
+    if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
+        raise ModelError(f"{where}: give the arguments as (VALUE, ..., NAME=VALUE, ...)")
+    args: list[object] = []
+    kwargs: dict[str, object] = {}
+    for i, arg in enumerate(node.args):
+        args.append(_literal(where, f"argument {i + 1}", arg))
+    for kw in node.keywords:
+        if kw.arg is None:
+            raise ModelError(f"{where}: **kwargs is not allowed; name each argument")
+        kwargs[kw.arg] = _literal(where, f"argument {kw.arg}", kw.value)
+    return tuple(args), kwargs
+
+
+def _literal(where: str, what: str, node: ast.expr) -> object:
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        raise ModelError(
+            f"{where}: {what} ({ast.unparse(node)}) is not a Python literal; use a number, "
+            "string ('...'), True/False/None, or a list/tuple/dict of them"
+        ) from None
+
+
 def _callable_factory(text: str, module_name: str, attr: str, call: str | None) -> Factory:
-    args: tuple[ValueT, ...] = ()
-    kwargs: dict[str, ValueT] = {}
+    args: tuple[object, ...] = ()
+    kwargs: dict[str, object] = {}
     if call:
-        action = parse_action("f" + call, f"--model {text}")
-        args, kwargs = action.args, action.kwargs_dict()
+        args, kwargs = call_arguments(text, call)
     try:
         mod = importlib.import_module(module_name)
     except ImportError as e:

@@ -172,7 +172,7 @@ def plan(
     surgery = parse_surgery(add, drop, rename)
     rule_objs = as_rules(rules)
     with ExitStack() as stack:
-        ckpt = stack.enter_context(open_source(source, unsafe_pickle, progress))
+        ckpt = stack.enter_context(open_source(source, unsafe_pickle, progress, o.key))
         ckpt, edited = edit_checkpoint(ckpt, surgery, allow_unmatched)
         pool = stack.enter_context(SourcePool(ckpt, unsafe_pickle, progress))
         view = model_view(model, ckpt)
@@ -242,9 +242,11 @@ def open_source(
     source: str | os.PathLike[str] | Checkpoint | Mapping[str, torch.Tensor],
     unsafe_pickle: TrustSpec = (),
     progress: bool = True,
+    key: str = "",
 ) -> Iterator[Checkpoint]:
     """The source as a `Checkpoint`, closed after (an open `Checkpoint` or a state dict passed
-    in is used as it is and left open: the caller owns it)."""
+    in is used as it is and left open: the caller owns it). `key`: `--key`, the state's dotted
+    path inside a torch file."""
     if isinstance(source, Checkpoint):
         yield source
         return
@@ -253,7 +255,7 @@ def open_source(
 
         yield StateDictCheckpoint(source)
         return
-    ckpt = open_checkpoint(source, unsafe_pickle=unsafe_pickle, progress=progress)
+    ckpt = open_checkpoint(source, unsafe_pickle=unsafe_pickle, progress=progress, key=key)
     try:
         yield ckpt
     finally:

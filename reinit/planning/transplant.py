@@ -117,11 +117,18 @@ class SourcePool:
         self.progress = progress
         self._open: dict[str, Checkpoint] = {}
 
-    def get(self, source: str) -> Checkpoint:
-        ident = _identity(source)
+    def get(self, source: str, state: str = "") -> Checkpoint:
+        """The source opened (once per source and `state=` path inside a torch file)."""
+        ident = _identity(source, state)
         ck = self._open.get(ident)
         if ck is None:
-            ck = open_checkpoint(source, unsafe_pickle=self.unsafe_pickle, progress=self.progress)
+            ck = open_checkpoint(
+                source,
+                unsafe_pickle=self.unsafe_pickle,
+                progress=self.progress,
+                key=state,
+                key_flag="from(..., state=)",
+            )
             self._open[ident] = ck
         return ck
 
@@ -146,12 +153,12 @@ class SourcePool:
         self.close()
 
 
-def _identity(source: str) -> str:
+def _identity(source: str, state: str = "") -> str:
     """One key per source however it is spelled: `./a.safetensors` and `a.safetensors` are
-    the same file; `hf://acme/m` and `hf://models/acme/m` the same repo."""
-    if is_hf_url(source):
-        return parse_hf_url(source).url
-    return os.path.realpath(source)
+    the same file; `hf://acme/m` and `hf://models/acme/m` the same repo. Two `state=` paths
+    inside one torch file are two sources."""
+    ident = parse_hf_url(source).url if is_hf_url(source) else os.path.realpath(source)
+    return f"{ident}#{state}" if state else ident
 
 
 def _spec(entry: PlanEntry) -> TransplantSpec:
@@ -169,13 +176,13 @@ def resolve_keys(plan: Plan, pool: SourcePool) -> dict[str, str]:
             continue
         spec = _spec(e)
         if spec.key == AUTO:
-            auto.setdefault(_identity(spec.source), []).append(e)
+            auto.setdefault(_identity(spec.source, spec.state), []).append(e)
         else:
             keys[e.name] = source_key(spec, e.name, e.captures, e.rule_text)
     for entries in auto.values():
         rule_texts = sorted({e.rule.text for e in entries if e.rule is not None})
         where = "rule " + ", ".join(repr(t) for t in rule_texts)
-        names = pool.get(_spec(entries[0]).source).names()
+        names = pool.get(_spec(entries[0]).source, _spec(entries[0]).state).names()
         keys.update(auto_keys([e.name for e in entries], names, where))
     return keys
 
@@ -190,7 +197,8 @@ def check_transplants(plan: Plan, pool: SourcePool) -> Plan:
     missing = [
         e
         for e in plan.entries
-        if e.action == "transplant" and keys[e.name] not in pool.get(_spec(e).source)
+        if e.action == "transplant"
+        and keys[e.name] not in pool.get(_spec(e).source, _spec(e).state)
     ]
     if missing:
         e = missing[0]
@@ -201,7 +209,7 @@ def check_transplants(plan: Plan, pool: SourcePool) -> Plan:
             more = f"; {len(missing) - 1} more missing: {others}{', …' if len(missing) > 4 else ''}"
         raise TransplantError(
             f"rule {e.rule_text!r}: source {spec.source} has no tensor "
-            f"'{key}' (for target '{e.name}'){closest_hint(key, pool.get(spec.source).names())}"
+            f"'{key}' (for target '{e.name}'){closest_hint(key, pool.get(spec.source, spec.state).names())}"
             f"{more}; fix key= (templates take {{name}}, {{1}}, {{2}}, …) or try key=auto"
         )
     mismatches: list[str] = []
@@ -213,7 +221,7 @@ def check_transplants(plan: Plan, pool: SourcePool) -> Plan:
         spec = _spec(e)
         rule_text = e.rule_text
         key = keys[e.name]
-        src = pool.get(spec.source)
+        src = pool.get(spec.source, spec.state)
         e = replace(e, source_key=key)
         ref = src.ref(key)
         if ref.shape == e.shape:
@@ -252,7 +260,7 @@ def exact_source(pool: SourcePool, entry: PlanEntry) -> tuple[Checkpoint, str, s
     key = entry.source_key
     if key is None:  # a plan that did not go through check_transplants
         key = source_key(spec, entry.name, entry.captures, entry.rule_text)
-    src = pool.get(spec.source)
+    src = pool.get(spec.source, spec.state)
     ref = src.ref(key)
     if ref.dtype != entry.dtype or ref.shape != entry.shape:
         return None
@@ -283,7 +291,7 @@ def transplant_value(
     key = entry.source_key
     if key is None:  # a plan that did not go through check_transplants
         key = source_key(spec, entry.name, entry.captures, entry.rule_text)
-    src = pool.get(spec.source).read(key)
+    src = pool.get(spec.source, spec.state).read(key)
     notes: list[str] = []
     cast = src.to(entry.dtype)
     note = lossy_cast_note(src, cast)

@@ -63,7 +63,10 @@ def run_recipe(recipe: Recipe, *, progress: bool = False) -> Report:
     started = time.perf_counter()
     reports: list[Report] = []
     with open_checkpoint(
-        recipe.source, unsafe_pickle=recipe.unsafe_pickle, progress=progress
+        recipe.source,
+        unsafe_pickle=recipe.unsafe_pickle,
+        progress=progress,
+        key=recipe.options.key,
     ) as original:
         current: Checkpoint = original
         for step in recipe.steps[:-1]:
@@ -113,7 +116,10 @@ def plan_recipe(recipe: Recipe, *, progress: bool = False) -> list[Plan]:
 
     plans: list[Plan] = []
     with open_checkpoint(
-        recipe.source, unsafe_pickle=recipe.unsafe_pickle, progress=progress
+        recipe.source,
+        unsafe_pickle=recipe.unsafe_pickle,
+        progress=progress,
+        key=recipe.options.key,
     ) as original:
         current: Checkpoint = original
         for step in recipe.steps:

@@ -134,7 +134,7 @@ def apply(
     with ExitStack() as stack:
         from reinit.planning.transplant import SourcePool
 
-        ckpt = stack.enter_context(open_source(opened, o.unsafe_pickle, o.progress))
+        ckpt = stack.enter_context(open_source(opened, o.unsafe_pickle, o.progress, o.key))
         ckpt, edited = edit_checkpoint(ckpt, surgery, o.allow_unmatched, seed, device)
         sources = stack.enter_context(SourcePool(ckpt, o.unsafe_pickle, o.progress))
         view = model_view(o.model, ckpt)

@@ -27,7 +27,7 @@ from reinit.options import (
 )
 from reinit.planning.model import ModelView
 from reinit.planning.planner import Plan
-from reinit.planning.session import RuleInput, as_rules, check_device, plan_for
+from reinit.planning.session import RuleInput, as_rules, check_device, model_view, plan_for
 from reinit.planning.transplant import SourcePool
 from reinit.report.assemble import make_report
 from reinit.report.entries import Report
@@ -114,10 +114,12 @@ def apply_to_checkpoint(
         ckpt: An open `Checkpoint` (a file's, or a `StateDictCheckpoint`).
         rules: `PATTERN=ACTION` strings (or parsed `Rule`s).
         options: An `ApplyOptions`; the fields an in-memory apply has no use for (output,
-            reports, surgery, model) are ignored. Keywords override it.
+            reports, surgery) are ignored. Keywords override it.
         **kwargs: `seed`, `strict`, `allow_unmatched`, `device`, `config`, `unsafe_pickle`
-            (for transplant sources) and `progress` (the Hub's download bars of hf://
-            transplant sources), as in `reinit.ApplyOptions`. Any other keyword is a TypeError.
+            (for transplant sources), `progress` (the Hub's download bars of hf://
+            transplant sources) and `model` (for `type:` patterns, module fans and `default`;
+            a spec or an `nn.Module`), as in `reinit.ApplyOptions`. Any other keyword is a
+            TypeError.
 
     Returns:
         `(tensors, report)`: every tensor on the CPU (kept tensors of a `StateDictCheckpoint`
@@ -143,6 +145,7 @@ def apply_to_checkpoint(
         config=o.config,
         unsafe_pickle=o.unsafe_pickle,
         progress=o.progress,
+        view=model_view(o.model, ckpt),
     )
     return run.tensors, run.report
 
@@ -229,7 +232,8 @@ def apply_to_module(
             (default: the seed of `options`, else 0).
         options: An `ApplyOptions`, as for `apply_to_state_dict`.
         **kwargs: `strict`, `allow_unmatched`, `device`, `config` (default: the module's own
-            `config`, for transformers models), `unsafe_pickle`, `progress`.
+            `config`, for transformers models), `unsafe_pickle`, `progress`, `model`
+            (default: the module itself, so `default` and `type:CLASS` rules need nothing more).
 
     Returns:
         The `Report`.
@@ -247,6 +251,8 @@ def apply_to_module(
     o = with_kwargs("apply_to_module", options, kwargs, IN_MEMORY_FIELDS)
     if seed is not None:
         o = replace(o, seed=seed)
+    if o.model is None:  # the module is its own model: `default`, `type:` and fans from it
+        o = replace(o, model=module)
     config = o.config
     state = module.state_dict()
     if config is None:

@@ -34,6 +34,7 @@ def report_checkpoint(
     *,
     progress: bool = False,
     unsafe_pickle: TrustSpec = (),
+    key: str = "",
 ) -> Report:
     """The report of a checkpoint as it is: every tensor `kept`, with its statistics. One
     thread reads ahead while another computes, so this runs at the disk's (or the page
@@ -45,7 +46,7 @@ def report_checkpoint(
     the baseline's names absent from SOURCE are listed in the report's warnings."""
     started = time.perf_counter()
     with ExitStack() as stack:
-        ckpt = stack.enter_context(open_source(source, unsafe_pickle, progress))
+        ckpt = stack.enter_context(open_source(source, unsafe_pickle, progress, key))
         if against is not None:
             base = stack.enter_context(open_source(against, unsafe_pickle, progress))
         else:
@@ -88,6 +89,7 @@ def write_report_files(
     overwrite: bool = False,
     progress: bool = False,
     unsafe_pickle: TrustSpec = (),
+    key: str = "",
 ) -> Report:
     """`reinit report SOURCE -o ... --plot ...`: every path checked by the one rule before the
     checkpoint is read (never an input, never an existing file without `overwrite`), then all
@@ -95,7 +97,9 @@ def write_report_files(
     check_formats(outputs, plot, "-o")
     inputs = Inputs.of([source, against])
     targets = report_targets(outputs, plot, "-o", inputs=inputs, overwrite=overwrite)
-    rep = report_checkpoint(source, against, progress=progress, unsafe_pickle=unsafe_pickle)
+    rep = report_checkpoint(
+        source, against, progress=progress, unsafe_pickle=unsafe_pickle, key=key
+    )
     publish_report_files(rep, targets, how_to_publish(overwrite=overwrite))
     return rep
 

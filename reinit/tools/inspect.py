@@ -37,12 +37,17 @@ class InspectRow:
 
 
 def inspect_checkpoint(
-    source: str | os.PathLike[str], pattern: str | None = None, *, stats: bool = False
+    source: str | os.PathLike[str],
+    pattern: str | None = None,
+    *,
+    stats: bool = False,
+    key: str = "",
 ) -> list[InspectRow]:
     """The tensors of a checkpoint (optionally only those matching `pattern`, a rule's
-    pattern: glob, `re:` or `type:`), reading a tensor only when `stats` asks for it."""
+    pattern: glob, `re:` or `type:`), reading a tensor only when `stats` asks for it. `key`:
+    the state's dotted path inside a torch training checkpoint (`--key`)."""
     pat = parse_pattern(pattern) if pattern else None
-    with open_source(source) as ckpt:
+    with open_source(source, key=key) as ckpt:
         rows = []
         for r in ckpt.refs():
             if pat is not None and pat.match(r.name) is None:

@@ -1,0 +1,117 @@
+"""Where a torch checkpoint keeps its weights (DESIGN §8): training checkpoints nest the state
+dict (`{"epoch", "model_state_dict", "optimizer_state_dict"}`, Lightning's `state_dict`,
+DeepSpeed's `module`, `ema` copies ...).
+
+One rule: a mapping that holds tensors itself is the state. Otherwise descend through the
+well-known nest names only (`NEST_KEYS`, at any depth); every mapping reached that holds
+tensors is a candidate. One candidate is used; several is an exit-2 error listing them with
+their tensor counts (pick one with `--key PATH` / `from(..., state=PATH)`); none is an error
+that names the tensor-holding mappings found anywhere, as `--key` hints. An explicit dotted
+`key` is followed first, and the same rule applies below it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from reinit.errors import CheckpointError, NestedStateError
+
+__all__ = ["NEST_KEYS", "find_state"]
+
+# Names training code gives the model's state inside a bigger checkpoint.
+NEST_KEYS = (
+    "model_state_dict",
+    "state_dict",
+    "model_state",
+    "model",
+    "module",
+    "ema",
+    "ema_state_dict",
+    "model_ema",
+    "state_dict_ema",
+    "net",
+    "network",
+)
+
+_MAX_DEPTH = 4  # how deep the hint search looks for tensor-holding mappings
+
+
+def _tensor_count(obj: Mapping[object, object]) -> int:
+    return sum(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+Candidate = tuple[str, int, Mapping[object, object]]
+
+
+def _candidates(
+    obj: Mapping[object, object], path: str, nests_only: bool, depth: int = 0
+) -> list[Candidate]:
+    """Dotted paths (below `path`) of mappings holding tensors, descending through the nest
+    names only (`nests_only`) or through every mapping (for the hint)."""
+    found: list[Candidate] = []
+    if depth >= _MAX_DEPTH:
+        return found
+    for k, v in obj.items():
+        if not isinstance(v, Mapping) or (nests_only and k not in NEST_KEYS):
+            continue
+        sub = f"{path}.{k}" if path else str(k)
+        n = _tensor_count(v)
+        if n:
+            found.append((sub, n, v))
+        else:
+            found.extend(_candidates(v, sub, nests_only, depth + 1))
+    return found
+
+
+def _listed(cands: list[Candidate]) -> str:
+    return ", ".join(f"{p} ({n} tensors)" for p, n, _ in cands[:8])
+
+
+def find_state(
+    obj: object, where: str, key: str = "", flag: str = "--key"
+) -> Mapping[object, object]:
+    """The mapping holding the model's tensors (see the module docstring).
+
+    Args:
+        obj: what `torch.load` returned.
+        where: the file, for messages.
+        key: a dotted path (`--key` / `state=`) to start from; "" for the top.
+        flag: how the user spells the key in messages (`--key` or `state=`).
+    """
+    path = ""
+    for part in [p for p in key.split(".") if p] if key else []:
+        if not isinstance(obj, Mapping) or part not in obj:
+            here = f"'{path}'" if path else "the top level"
+            keys = (
+                ", ".join(map(str, list(obj)[:8]))
+                if isinstance(obj, Mapping)
+                else type(obj).__name__
+            )
+            raise NestedStateError(
+                f"{where}: {flag} {key}: no key '{part}' at {here} (keys: {keys})"
+            )
+        obj = obj[part]
+        path = f"{path}.{part}" if path else part
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(
+            f"{where}: {('at ' + repr(path) + ' ') if path else ''}holds a {type(obj).__name__}, not a state dict"
+        )
+    if _tensor_count(obj):
+        return obj
+    cands = _candidates(obj, path, nests_only=True)
+    if len(cands) == 1:
+        return cands[0][2]
+    if cands:
+        raise NestedStateError(
+            f"{where}: several nests hold tensors: {_listed(cands)}; pick one with {flag} PATH"
+        )
+    anywhere = _candidates(obj, path, nests_only=False)
+    hint = (
+        f"; pick the state with {flag} PATH: {_listed(anywhere)}"
+        if anywhere
+        else "; expected a state dict"
+    )
+    raise CheckpointError(
+        f"{where}: holds no tensors (keys: {', '.join(map(str, list(obj)[:8]))}){hint}"
+    )

@@ -1,0 +1,147 @@
+"""Torch training checkpoints whose weights are nested (DESIGN §8, issue 14 item 2): well-known
+nests found by themselves, `--key PATH` picks one, ambiguity is exit 2 listing the candidates,
+and `from(SOURCE, state=PATH)` does the same for a transplant source."""
+
+from __future__ import annotations
+
+import torch
+from helpers import refused, run
+from safetensors.torch import load_file, save_file
+
+import reinit
+
+
+def _net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+
+
+def _tutorial_checkpoint(path, net: torch.nn.Module) -> None:
+    """The PyTorch tutorial's training checkpoint layout."""
+    opt = torch.optim.Adam(net.parameters())
+    net(torch.randn(3, 4)).sum().backward()
+    opt.step()
+    torch.save(
+        {
+            "epoch": 5,
+            "model_state_dict": net.state_dict(),
+            "optimizer_state_dict": opt.state_dict(),
+            "loss": 0.25,
+        },
+        path,
+    )
+
+
+def test_tutorial_training_checkpoint_applies_and_the_output_loads(tmp_path):
+    net = _net()
+    src = tmp_path / "ckpt.pt"
+    _tutorial_checkpoint(src, net)
+    out = tmp_path / "out.safetensors"
+    res = run("apply", src, "-r", "2.*=xavier_uniform", "-o", out, "--seed", "1")
+    assert res.exit_code == 0, res.output
+    fresh = _net()
+    result = fresh.load_state_dict(load_file(out), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    assert torch.equal(fresh[0].weight, net[0].weight)  # kept
+    assert not torch.equal(fresh[2].weight, net[2].weight)  # re-initialized
+
+
+def test_model_state_nest_is_found(tmp_path):
+    net = _net()
+    src = tmp_path / "ckpt.pth"
+    torch.save({"model_state": net.state_dict(), "step": 100, "config": {"lr": 0.1}}, src)
+    with reinit.open_checkpoint(src) as ck:
+        assert sorted(ck.names()) == sorted(net.state_dict())
+
+
+def test_several_nests_are_an_exit_2_listing_the_candidates(tmp_path):
+    net = _net()
+    src = tmp_path / "ckpt.pt"
+    sd = net.state_dict()
+    torch.save({"model": sd, "ema": {k: v + 1 for k, v in sd.items()}}, src)
+    line = refused(
+        tmp_path,
+        ["apply", str(src), "-r", "*=keep", "-o", str(tmp_path / "o.safetensors")],
+        2,
+        "model (4 tensors)",
+        "ema (4 tensors)",
+        "--key",
+    )
+    assert "several nests" in line
+
+
+def test_key_picks_one_nest(tmp_path):
+    net = _net()
+    src = tmp_path / "ckpt.pt"
+    sd = net.state_dict()
+    ema = {k: v + 1 for k, v in sd.items()}
+    torch.save({"model": sd, "extra": {"ema": ema}}, src)
+    out = tmp_path / "out.safetensors"
+    res = run("apply", src, "-r", "*=keep", "-o", out, "--key", "extra.ema")
+    assert res.exit_code == 0, res.output
+    assert torch.equal(load_file(out)["0.weight"], ema["0.weight"])
+    # a key that is not there: exit 2 naming what is
+    refused(
+        tmp_path,
+        [
+            "apply",
+            str(src),
+            "-r",
+            "*=keep",
+            "-o",
+            str(tmp_path / "o2.safetensors"),
+            "--key",
+            "extra.x",
+        ],
+        2,
+        "--key extra.x",
+        "no key 'x'",
+        "ema",
+    )
+
+
+def test_inspect_and_report_take_key(tmp_path):
+    net = _net()
+    src = tmp_path / "ckpt.pt"
+    sd = net.state_dict()
+    torch.save({"model": sd, "ema": sd}, src)
+    res = run("inspect", src, "--key", "ema")
+    assert res.exit_code == 0, res.output
+    assert "2.weight" in res.output
+    res = run("report", src, "--key", "model")
+    assert res.exit_code == 0, res.output
+    assert run("inspect", src).exit_code == 2
+
+
+def test_tensors_elsewhere_hint_the_key(tmp_path):
+    src = tmp_path / "ckpt.pt"
+    torch.save({"weights": {"a": torch.zeros(2)}, "epoch": 1}, src)
+    line = refused(
+        tmp_path, ["apply", str(src), "-r", "*=keep", "-o", str(tmp_path / "o.safetensors")], 1
+    )
+    assert "--key PATH: weights (1 tensors)" in line
+
+
+def test_from_state_picks_the_nest_of_a_transplant_source(tmp_path):
+    net, donor = _net(), _net()
+    with torch.no_grad():
+        for p in donor.parameters():
+            p.add_(1.0)
+    src = tmp_path / "a.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, src)
+    donor_path = tmp_path / "donor.pt"
+    torch.save({"model_state_dict": donor.state_dict(), "ema": donor.state_dict()}, donor_path)
+    out = tmp_path / "out.safetensors"
+    # ambiguous without state=: exit 2 naming the candidates
+    refused(
+        tmp_path,
+        ["apply", str(src), "-r", f"2.*=from({donor_path})", "-o", str(out)],
+        2,
+        "model_state_dict (4 tensors)",
+        "state=",
+    )
+    res = run("apply", src, "-r", f"2.*=from({donor_path}, state=model_state_dict)", "-o", out)
+    assert res.exit_code == 0, res.output
+    got = load_file(out)
+    assert torch.equal(got["2.weight"], donor.state_dict()["2.weight"])
+    assert torch.equal(got["0.weight"], net.state_dict()["0.weight"])
