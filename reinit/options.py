@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Literal, TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from reinit.io.trust import TrustSpec
+from reinit.option_meta import OptionMeta, PathLike, RecipeKind, option_meta
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -35,34 +36,6 @@ __all__ = [
     "IN_MEMORY_FIELDS",
 ]
 
-# How a recipe value is checked and converted (recipe/validate.py): an integer, a boolean, a
-# string, a string or null, a string or list of strings (paths), or a list of
-# --add/--drop/--rename values (specs).
-RecipeKind = Literal["int", "bool", "str", "str?", "paths", "specs"]
-
-PathLike = str | os.PathLike[str]
-
-
-@dataclass(frozen=True)
-class OptionMeta:
-    """Where an option appears besides the Python API.
-
-    `flags`: the click declarations of `reinit apply` (none: not a flag); `recipe`: the value
-    kind of its recipe key (None: not a recipe key), named `key` in the file when that differs
-    from the field; `per_step`: a recipe step may set it too; `why_not`: why a field is missing
-    from the CLI or the recipe (the documented exceptions the drift test accepts)."""
-
-    help: str
-    flags: tuple[str, ...] = ()
-    metavar: str | None = None
-    multiple: bool = False
-    is_flag: bool = False
-    show_default: bool = False
-    recipe: RecipeKind | None = None
-    key: str | None = None
-    per_step: bool = False
-    why_not: str = ""
-
 
 def meta(f_name: str) -> OptionMeta:
     """The metadata of the ApplyOptions field `f_name`."""
@@ -72,10 +45,6 @@ def meta(f_name: str) -> OptionMeta:
             assert isinstance(m, OptionMeta)
             return m
     raise KeyError(f_name)
-
-
-def _m(m: OptionMeta) -> dict[str, OptionMeta]:
-    return {"reinit": m}
 
 
 SPEC_SEQUENCES = ("reports", "add", "drop", "rename")
@@ -88,7 +57,7 @@ class ApplyOptions:
 
     seed: int = field(
         default=0,
-        metadata=_m(
+        metadata=option_meta(
             OptionMeta(
                 help="Seeds every re-initialized tensor's own generator (with its name): same "
                 "seed, same bytes.",
@@ -101,7 +70,7 @@ class ApplyOptions:
     )
     reports: Sequence[PathLike] = field(
         default=(),
-        metadata=_m(
+        metadata=option_meta(
             OptionMeta(
                 help="Extra report (.json, .csv, .md); repeatable.",
                 flags=("--report",),
@@ -114,7 +83,7 @@ class ApplyOptions:
     )
     default_report: bool = field(
         default=True,
-        metadata=_m(
+        metadata=option_meta(
             OptionMeta(
                 help="Also write the report beside the output (X.reinit.report.json).",
                 why_not="the CLI and recipes always write the default report",
@@ -123,7 +92,7 @@ class ApplyOptions:
     )
     strict: bool = field(
         default=False,
-        metadata=_m(
+        metadata=option_meta(
             OptionMeta(
                 help="Any skipped tensor is an error.",
                 flags=("--strict",),
@@ -135,7 +104,7 @@ class ApplyOptions:
     )
     allow_unmatched: bool = field(
         default=False,
-        metadata=_m(
+        metadata=option_meta(
             OptionMeta(
                 help="A rule that matches nothing is a warning, not an error.",
                 flags=("--allow-unmatched",),
@@ -147,7 +116,7 @@ class ApplyOptions:
     )
     overwrite: bool = field(
         default=False,
-        metadata=_m(
+        metadata=option_meta(
             OptionMeta(
                 help="Replace an existing output.",
                 flags=("--overwrite",),
@@ -158,7 +127,7 @@ class ApplyOptions:
     )
     in_place: bool = field(
         default=False,
-        metadata=_m(
+        metadata=option_meta(
             OptionMeta(
                 help="Replace the source's weight files (and index) atomically; nothing else in "
                 "its folder changes.",
@@ -170,7 +139,7 @@ class ApplyOptions:
     )
     device: str = field(
         default="cpu",
-        metadata=_m(
+        metadata=option_meta(
             OptionMeta(
                 help="cpu or cuda: where values are drawn.",
                 flags=("--device",),
@@ -181,7 +150,7 @@ class ApplyOptions:
     )
     progress: bool = field(
         default=False,
-        metadata=_m(
+        metadata=option_meta(
             OptionMeta(
                 help="Show progress bars (and the Hub's download bars).",
                 why_not="the CLI shows progress on a terminal unless --quiet (run's --quiet too)",
@@ -190,7 +159,7 @@ class ApplyOptions:
     )
     unsafe_pickle: TrustSpec = field(
         default=(),
-        metadata=_m(
+        metadata=option_meta(
             OptionMeta(
                 help="Let this torch file (or model folder) run code while loading; repeatable. "
                 "Only for files you trust: other sources stay weights-only.",
@@ -203,7 +172,7 @@ class ApplyOptions:
     )
     key: str = field(
         default="",
-        metadata=_m(
+        metadata=option_meta(
             OptionMeta(
                 help="The dotted path of the state dict inside a torch training checkpoint "
                 "(e.g. model_state_dict); default: a well-known nest found by itself.",
@@ -215,7 +184,7 @@ class ApplyOptions:
     )
     add: Sequence[str] = field(
         default=(),
-        metadata=_m(
+        metadata=option_meta(
             OptionMeta(
                 help="Add a new tensor filled by SCHEME (float32 unless ':dtype=bfloat16' etc. "
                 "follows); repeatable. Runs before the rules.",
@@ -229,7 +198,7 @@ class ApplyOptions:
     )
     drop: Sequence[str] = field(
         default=(),
-        metadata=_m(
+        metadata=option_meta(
             OptionMeta(
                 help="Remove the tensors PATTERN matches; repeatable. Runs before the rules.",
                 flags=("--drop",),
@@ -242,7 +211,7 @@ class ApplyOptions:
     )
     rename: Sequence[str] = field(
         default=(),
-        metadata=_m(
+        metadata=option_meta(
             OptionMeta(
                 help="Rename the tensors PATTERN matches ({name}, {1}, {2}, ... in TEMPLATE); "
                 "repeatable, applied in order. Runs before the rules.",
@@ -256,7 +225,7 @@ class ApplyOptions:
     )
     model: ModelInput | None = field(
         default=None,
-        metadata=_m(
+        metadata=option_meta(
             OptionMeta(
                 help="The model the checkpoint belongs to (HF directory, hf://OWNER/NAME, "
                 "module:callable): enables type:CLASS patterns, module fans and the scheme default.",
@@ -268,7 +237,7 @@ class ApplyOptions:
     )
     config: Mapping[str, object] | None = field(
         default=None,
-        metadata=_m(
+        metadata=option_meta(
             OptionMeta(
                 help="The model config some schemes read (default: the checkpoint's config.json).",
                 why_not="a Python dict: the CLI and recipes read the checkpoint's config.json",
@@ -277,7 +246,7 @@ class ApplyOptions:
     )
     plot: PathLike | None = field(
         default=None,
-        metadata=_m(
+        metadata=option_meta(
             OptionMeta(
                 help="Plot std per layer.",
                 flags=("--plot",),
@@ -288,7 +257,7 @@ class ApplyOptions:
     )
     dtype: str | None = field(
         default=None,
-        metadata=_m(
+        metadata=option_meta(
             OptionMeta(
                 help="float32, bfloat16 or float16: cast every floating tensor on write "
                 "(integer tensors untouched; lossy casts noted in the report).",
@@ -300,7 +269,7 @@ class ApplyOptions:
     )
     max_shard_size: str | int | None = field(
         default=None,
-        metadata=_m(
+        metadata=option_meta(
             OptionMeta(
                 help="Write the Hugging Face sharded layout (model-00001-of-0000N.safetensors "
                 "+ index), shards split as save_pretrained splits them (e.g. 5GB, 500MB, "
@@ -313,7 +282,7 @@ class ApplyOptions:
     )
     checksums: bool = field(
         default=False,
-        metadata=_m(
+        metadata=option_meta(
             OptionMeta(
                 help="Add each output tensor's sha256 (of its bytes as written) to the report; "
                 "`reinit verify OUTPUT --report R.json` rechecks them.",
@@ -325,7 +294,7 @@ class ApplyOptions:
     )
     finish_report: Callable[[Report], Report] | None = field(
         default=None,
-        metadata=_m(
+        metadata=option_meta(
             OptionMeta(
                 help="Turn the report into the one written (a recipe merges its steps' reports).",
                 why_not="a Python callable",
