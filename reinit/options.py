@@ -38,7 +38,7 @@ __all__ = [
 # How a recipe value is checked and converted (recipe/validate.py): an integer, a boolean, a
 # string, a string or null, a string or list of strings (paths), or a list of
 # --add/--drop/--rename values (specs).
-RecipeKind = Literal["int", "bool", "str", "str?", "paths", "specs"]
+RecipeKind = Literal["int", "float", "bool", "str", "str?", "paths", "specs"]
 
 PathLike = str | os.PathLike[str]
 
@@ -274,6 +274,20 @@ class ApplyOptions:
             )
         ),
     )
+    reference_tolerance: float = field(
+        default=2.0,
+        metadata=_m(
+            OptionMeta(
+                help="Flag off_reference: a changed tensor's std beyond this factor either way "
+                "of the model's own scale (its --model init, config initializer_range, or its "
+                "untouched siblings).",
+                flags=("--reference-tolerance",),
+                metavar="FACTOR",
+                show_default=True,
+                recipe="float",
+            )
+        ),
+    )
     finish_report: Callable[[Report], Report] | None = field(
         default=None,
         metadata=_m(
@@ -314,6 +328,7 @@ class OptionKwargsBesidesSeed(TypedDict, total=False):
     model: ModelInput | None
     config: Mapping[str, object] | None
     plot: PathLike | None
+    reference_tolerance: float
     finish_report: Callable[[Report], Report] | None
 
 
@@ -338,6 +353,7 @@ PLAN_FIELDS = frozenset(
 )
 IN_MEMORY_FIELDS = frozenset(
     {"seed", "strict", "allow_unmatched", "device", "config", "unsafe_pickle", "progress"}
+    | {"reference_tolerance"}
 )
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from reinit.report.entries import NOTE_CHANGED, Report, TensorEntry
 from reinit.report.flags import depth_checks
 from reinit.report.layers import is_changed, layer_tables, render_layer_table
+from reinit.report.reference import reference_text
 from reinit.report.text import (
     click_style,
     column_widths,
@@ -24,7 +25,8 @@ from reinit.text import shown
 
 
 def summary_line(report: Report) -> str:
-    """`12 tensors, 3 reinit, …, 0.41s`: the counts every rendering starts with."""
+    """`12 tensors, 3 reinit, …, 0.41s; reference: config initializer_range 0.02`: the counts
+    every rendering starts with, and the reference scale the changed tensors were judged by."""
     s = report.summary
     parts = [
         f"{s.tensors} tensors",
@@ -40,7 +42,8 @@ def summary_line(report: Report) -> str:
     if s.bytes_written:
         parts.append(f"{s.bytes_written / 1e6:.1f} MB written")
     parts.append(f"{s.seconds:.2f}s")
-    return ", ".join(parts)
+    reference = reference_text(report.tensors)  # which scale off_reference judged by
+    return ", ".join(parts) + (f"; {reference}" if reference else "")
 
 
 def depth_lines(entries: Sequence[TensorEntry]) -> list[str]:
@@ -57,10 +60,19 @@ def depth_lines(entries: Sequence[TensorEntry]) -> list[str]:
     return lines
 
 
-_TABLE_HEADER = ("name", "shape", "action", "std before → after", "expected", "var_gain", "flags")
+_TABLE_HEADER = (
+    "name",
+    "shape",
+    "action",
+    "std before → after",
+    "expected",
+    "reference",
+    "var_gain",
+    "flags",
+)
 
 
-_MIN_WIDTH = (16, 7, 6, 11, 8, 8, 7)
+_MIN_WIDTH = (16, 7, 6, 11, 8, 9, 8, 7)
 
 
 def _fit_widths(widths: list[int], width: int) -> list[int]:
@@ -86,6 +98,7 @@ def render_table(entries: Sequence[TensorEntry], width: int = 100, color: bool =
             e.action,
             (fmt(e.before.std) + " → " if e.before else "") + fmt(e.after.std),
             fmt(e.expected_std),
+            fmt(e.reference_std),
             fmt(e.var_gain),
             ",".join(e.flags),
         )
