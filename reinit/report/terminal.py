@@ -60,19 +60,10 @@ def depth_lines(entries: Sequence[TensorEntry]) -> list[str]:
     return lines
 
 
-_TABLE_HEADER = (
-    "name",
-    "shape",
-    "action",
-    "std before → after",
-    "expected",
-    "reference",
-    "var_gain",
-    "flags",
-)
+_TABLE_HEADER = ("name", "shape", "action", "std before → after", "expected", "var_gain", "flags")
 
 
-_MIN_WIDTH = (16, 7, 6, 11, 8, 9, 8, 7)
+_MIN_WIDTH = (16, 7, 6, 11, 8, 8, 7)
 
 
 def _fit_widths(widths: list[int], width: int) -> list[int]:
@@ -98,7 +89,6 @@ def render_table(entries: Sequence[TensorEntry], width: int = 100, color: bool =
             e.action,
             (fmt(e.before.std) + " → " if e.before else "") + fmt(e.after.std),
             fmt(e.expected_std),
-            fmt(e.reference_std),
             fmt(e.var_gain),
             ",".join(e.flags),
         )
@@ -127,7 +117,9 @@ def render_terminal(
     kinds with a changed or flagged member, `"none"` nothing."""
     listed = [e for e in report.tensors if set(e.flags) - {"unstable_depth"} or is_changed(e)]
     skipped = [e for e in report.tensors if e.action == "skipped"]
-    lines = [summary_line(report)]
+    # the summary may wrap (it names the reference scale at its end)
+    summary = textwrap.fill(summary_line(report), width, subsequent_indent="  ")
+    lines = [summary]
     if report.output:
         lines.append(f"wrote {shown(report.output)}")
     if listed:
