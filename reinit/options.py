@@ -292,6 +292,20 @@ class ApplyOptions:
             )
         ),
     )
+    reference_tolerance: float = field(
+        default=2.0,
+        metadata=option_meta(
+            OptionMeta(
+                help="Flag off_reference: a changed tensor's std beyond this factor either way "
+                "of the model's own scale (its --model init, config initializer_range, or its "
+                "untouched siblings).",
+                flags=("--reference-tolerance",),
+                metavar="FACTOR",
+                show_default=True,
+                recipe="float",
+            )
+        ),
+    )
     finish_report: Callable[[Report], Report] | None = field(
         default=None,
         metadata=option_meta(
@@ -336,6 +350,7 @@ class OptionKwargsBesidesSeed(TypedDict, total=False):
     dtype: str | None
     max_shard_size: str | int | None
     checksums: bool
+    reference_tolerance: float
     finish_report: Callable[[Report], Report] | None
 
 
@@ -361,6 +376,7 @@ PLAN_FIELDS = frozenset(
 IN_MEMORY_FIELDS = frozenset(
     {"seed", "strict", "allow_unmatched", "device", "config", "unsafe_pickle", "progress"}
     | {"model"}
+    | {"reference_tolerance"}
 )
 
 

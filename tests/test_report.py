@@ -95,7 +95,8 @@ def test_planted_problems_are_flagged_exactly(tmp_path):
     assert doc["summary"]["flagged"] == len(PLANTED)
     assert set(doc["tensors"][0]) == {
         "name", "shape", "dtype", "action", "rule", "scheme", "from", "reason", "fan_in",
-        "fan_out", "before", "after", "expected_std", "var_gain", "flags", "notes",
+        "fan_out", "before", "after", "expected_std", "reference_std", "reference", "var_gain",
+        "flags", "notes",
     }  # fmt: skip
 
 

@@ -80,7 +80,9 @@ def run_recipe(recipe: Recipe, *, progress: bool = False) -> Report:
         done = tuple(reports)
 
         def merged(final: Report) -> Report:
-            return merge_reports([*done, final], recipe.seed, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            tolerance = recipe.options.reference_tolerance
+            return merge_reports([*done, final], recipe.seed, seconds, tolerance)
 
         # the merged report is written with the checkpoint, published together or not at all
         options = replace(_live(last, progress), finish_report=merged)
@@ -161,9 +163,12 @@ def _naming(step: Step) -> Iterator[None]:
         raise type(e)(f"{step.label}: {e}") from None
 
 
-def merge_reports(reports: Sequence[Report], seed: int, seconds: float) -> Report:
+def merge_reports(
+    reports: Sequence[Report], seed: int, seconds: float, tolerance: float = 2.0
+) -> Report:
     """One report for a multi-step run: each tensor as the last step that acted on it, with its
-    std before the first change and after the last; flags recomputed over the result."""
+    std before the first change and after the last (and the reference scale of that step);
+    flags recomputed over the result, `off_reference` with `tolerance`."""
     from reinit.report.assemble import finalize, summarize
 
     final = reports[-1]
@@ -180,7 +185,7 @@ def merge_reports(reports: Sequence[Report], seed: int, seconds: float) -> Repor
         else:
             entry = replace(e, flags=())
         entries.append(entry)
-    done = finalize(entries)
+    done = finalize(entries, tolerance)
     rules = tuple(r for rep in reports for r in rep.rules)
     warnings = tuple(w for rep in reports for w in rep.warnings)
     return Report(

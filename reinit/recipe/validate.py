@@ -28,7 +28,7 @@ Value = Data | tuple[str, ...]
 
 # A value's kind: an ApplyOptions kind (reinit.options.RecipeKind), or one of the recipe's own:
 # rules (a list of rule strings), steps (a list of step mappings).
-Kind = Literal["int", "bool", "str", "str?", "paths", "specs", "rules", "steps"]
+Kind = Literal["int", "float", "bool", "str", "str?", "paths", "specs", "rules", "steps"]
 
 # The keys a recipe has besides apply's options (which come from ApplyOptions, below).
 OWN_TOP_KEYS: dict[str, Kind] = {
@@ -185,6 +185,13 @@ def _coerce(kind: Kind, value: Data, key: str, at: str) -> Value:
         if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
             return int(value)
         raise UsageError(f"{at}: {key!r} must be an integer, got {value!r}")
+    if kind == "float":
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            try:  # a number, or --set text that reads as one
+                return float(value)
+            except ValueError:
+                pass
+        raise UsageError(f"{at}: {key!r} must be a number, got {value!r}")
     if kind == "bool":
         if isinstance(value, bool):
             return value

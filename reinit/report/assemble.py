@@ -12,12 +12,19 @@ from dataclasses import replace
 from reinit.planning.planner import Plan
 from reinit.report.entries import Report, Summary, TensorEntry
 from reinit.report.flags import (
+    SELF_FLAGS,
     depth_checks,
     kind_of,
     layer_index,
     outliers,
     takes_part,
     tensor_flags,
+)
+from reinit.report.reference import (
+    REFERENCE_TOLERANCE,
+    ReferenceBasis,
+    off_reference,
+    with_references,
 )
 from reinit.version import __version__
 
@@ -31,10 +38,14 @@ def make_report(
     bytes_written: int,
     started: float,
     the_plan: Plan | None = None,
+    basis: ReferenceBasis | None = None,
 ) -> Report:
-    """The finished Report of a run: flags added (`finalize`), counts and time summed, the
-    plan's warnings and dropped names carried over."""
-    final = finalize(entries)
+    """The finished Report of a run: each changed tensor's reference scale found
+    (`with_references`, from `basis`: the model config, the model's own init, the tolerance),
+    flags added (`finalize`), counts and time summed, the plan's warnings and dropped names
+    carried over."""
+    basis = basis or ReferenceBasis()
+    final = finalize(with_references(entries, basis), basis.tolerance)
     return Report(
         reinit_version=__version__,
         source=source,
@@ -48,14 +59,19 @@ def make_report(
     )
 
 
-def finalize(entries: Sequence[TensorEntry]) -> tuple[TensorEntry, ...]:
-    """Add every flag: per-tensor ones, then `outlier` and `unstable_depth` (see `outliers`
-    and `depth_checks` for which tensors take part)."""
+def finalize(
+    entries: Sequence[TensorEntry], tolerance: float = REFERENCE_TOLERANCE
+) -> tuple[TensorEntry, ...]:
+    """Add every flag: per-tensor ones, `off_reference` (beyond `tolerance`x of the entry's
+    `reference_std`, unless a self-explaining flag already names the problem), then `outlier`
+    and `unstable_depth` (see `outliers` and `depth_checks` for which tensors take part)."""
     out_names = outliers(entries)
     unstable = {c.kind for c in depth_checks(entries) if c.unstable}
     result = []
     for e in entries:
         flags = list(tensor_flags(e))
+        if not set(flags) & set(SELF_FLAGS) and off_reference(e, tolerance):
+            flags.append("off_reference")
         if e.name in out_names:
             flags.append("outlier")
         if (

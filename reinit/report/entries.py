@@ -38,6 +38,9 @@ class TensorEntry:
     notes: tuple[str, ...] = ()
     kurtosis: float = 3.0  # of the scheme's distribution; for std_off's tolerance only
     sha256: str | None = None  # of the bytes as written (--checksums)
+    # the model's own scale for this tensor and where it came from (report/reference.py)
+    reference_std: float | None = None
+    reference: str | None = None
 
     @property
     def numel(self) -> int:
@@ -68,6 +71,8 @@ class TensorEntry:
             "before": self.before.to_dict() if self.before else None,
             "after": self.after.to_dict(),
             "expected_std": self.expected_std,
+            "reference_std": self.reference_std,
+            "reference": self.reference,
             "var_gain": self.var_gain,
             "flags": list(self.flags),
             "notes": list(self.notes),
@@ -92,6 +97,8 @@ class TensorEntry:
             fan_out=d.get("fan_out"),
             before=Stats.from_dict(d["before"]) if d.get("before") else None,
             expected_std=number(d.get("expected_std")),
+            reference_std=number(d.get("reference_std")),
+            reference=d.get("reference"),
             var_gain=number(d.get("var_gain")),
             flags=tuple(d.get("flags", ())),
             notes=tuple(d.get("notes", ())),

@@ -61,6 +61,8 @@ CSV_COLUMNS = (
     *(f"before_{k}" for k in _STAT_KEYS),
     *(f"after_{k}" for k in _STAT_KEYS),
     "expected_std",
+    "reference_std",
+    "reference",
     "var_gain",
     "flags",
     "notes",
@@ -95,6 +97,8 @@ def to_csv(report: Report) -> str:
             *(before[k] for k in _STAT_KEYS),
             *(after[k] for k in _STAT_KEYS),
             e.expected_std,
+            e.reference_std,
+            e.reference,
             e.var_gain,
             ";".join(e.flags),
             "; ".join(e.notes),
@@ -121,8 +125,9 @@ def to_markdown(report: Report) -> str:
         "",
         "## Tensors",
         "",
-        "| name | shape | dtype | action | rule | std before | std after | expected | var_gain | flags |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| name | shape | dtype | action | rule | std before | std after | expected | reference "
+        "| var_gain | flags |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for e in report.tensors:
         cells = (
@@ -134,6 +139,7 @@ def to_markdown(report: Report) -> str:
             fmt(e.before.std) if e.before else "",
             fmt(e.after.std),
             fmt(e.expected_std),
+            f"{fmt(e.reference_std)} ({e.reference})" if e.reference else "",
             fmt(e.var_gain),
             ", ".join(e.flags),
         )

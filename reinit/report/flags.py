@@ -1,5 +1,6 @@
-"""The flags and what they compare: per-tensor (nonfinite, garbage, constant, std_off) and
-cross-layer (outlier by kind and shape, unstable_depth by geometric-mean var_gain)."""
+"""The flags and what they compare: per-tensor (nonfinite, garbage, constant, std_off;
+off_reference against the model's own scale is in `reference`) and cross-layer (outlier by
+kind and shape, unstable_depth by geometric-mean var_gain)."""
 
 from __future__ import annotations
 
@@ -52,7 +53,15 @@ UNSTABLE_MIN_LAYERS = 8
 UNSTABLE_GAIN = 4.0
 
 
-FLAGS = ("nonfinite", "garbage", "constant", "std_off", "outlier", "unstable_depth")
+FLAGS = (
+    "nonfinite",
+    "garbage",
+    "constant",
+    "std_off",
+    "off_reference",
+    "outlier",
+    "unstable_depth",
+)
 
 
 #: Parameters that architectures initialize to zero on purpose (LoRA's B matrices, ControlNet's

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from reinit.report.entries import NOTE_CHANGED, Report, TensorEntry
 from reinit.report.flags import depth_checks
 from reinit.report.layers import is_changed, layer_tables, render_layer_table
+from reinit.report.reference import reference_text
 from reinit.report.text import (
     click_style,
     column_widths,
@@ -24,7 +25,8 @@ from reinit.text import shown
 
 
 def summary_line(report: Report) -> str:
-    """`12 tensors, 3 reinit, …, 0.41s`: the counts every rendering starts with."""
+    """`12 tensors, 3 reinit, …, 0.41s; reference: config initializer_range 0.02`: the counts
+    every rendering starts with, and the reference scale the changed tensors were judged by."""
     s = report.summary
     parts = [
         f"{s.tensors} tensors",
@@ -40,7 +42,8 @@ def summary_line(report: Report) -> str:
     if s.bytes_written:
         parts.append(f"{s.bytes_written / 1e6:.1f} MB written")
     parts.append(f"{s.seconds:.2f}s")
-    return ", ".join(parts)
+    reference = reference_text(report.tensors)  # which scale off_reference judged by
+    return ", ".join(parts) + (f"; {reference}" if reference else "")
 
 
 def depth_lines(entries: Sequence[TensorEntry]) -> list[str]:
@@ -114,7 +117,9 @@ def render_terminal(
     kinds with a changed or flagged member, `"none"` nothing."""
     listed = [e for e in report.tensors if set(e.flags) - {"unstable_depth"} or is_changed(e)]
     skipped = [e for e in report.tensors if e.action == "skipped"]
-    lines = [summary_line(report)]
+    # the summary may wrap (it names the reference scale at its end)
+    summary = textwrap.fill(summary_line(report), width, subsequent_indent="  ")
+    lines = [summary]
     if report.output:
         lines.append(f"wrote {shown(report.output)}")
     if listed:

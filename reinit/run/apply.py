@@ -44,6 +44,7 @@ from reinit.report.files import (
     stage_report_files,
     write_text_file,
 )
+from reinit.report.reference import basis_for, check_tolerance
 from reinit.run.outcontrol import OutputControl, model_order, parse_dtype, parse_size
 from reinit.run.output import (
     INDEX_NAME,
@@ -93,8 +94,9 @@ def apply(
             Hugging Face folder, hf:// URL, `module:callable`, an `nn.Module` or a
             `reinit.planning.model.Model`: enables `type:` patterns, module fans and `default`),
             `config` (overrides the model config scaled_normal/small_init read), `plot` (a PNG
-            path), `finish_report` (maps the report before it is written). An unknown keyword
-            is a TypeError.
+            path), `reference_tolerance` (2.0: `off_reference` beyond that factor of the
+            model's own scale), `finish_report` (maps the report before it is written). An
+            unknown keyword is a TypeError.
 
     Returns:
         The `Report` (also written to the default report path unless `default_report=False`,
@@ -131,6 +133,7 @@ def apply(
     check_formats(reports, plot, "--report")  # before any work, so a typo costs nothing
     control = OutputControl(parse_dtype(o.dtype), o.checksums)
     max_shard = parse_size(o.max_shard_size)
+    tolerance = check_tolerance(o.reference_tolerance)
     with ExitStack() as stack:
         from reinit.planning.transplant import SourcePool
 
@@ -217,8 +220,17 @@ def apply(
                     )
         order = {e.name: i for i, e in enumerate(the_plan.entries)}
         entries.sort(key=lambda e: order[e.name])
+        basis = basis_for(ckpt, o.config, view, seed, tolerance)
         report = make_report(
-            source_text, spec.path, seed, rule_texts, entries, bytes_written, started, the_plan
+            source_text,
+            spec.path,
+            seed,
+            rule_texts,
+            entries,
+            bytes_written,
+            started,
+            the_plan,
+            basis,
         )
         line = control.summary()
         if line is not None:

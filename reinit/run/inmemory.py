@@ -31,6 +31,7 @@ from reinit.planning.session import RuleInput, as_rules, check_device, model_vie
 from reinit.planning.transplant import SourcePool
 from reinit.report.assemble import make_report
 from reinit.report.entries import Report
+from reinit.report.reference import REFERENCE_TOLERANCE, basis_for, check_tolerance
 from reinit.rules import Rule
 from reinit.run.pieces import assemble
 from reinit.run.stream import Applier
@@ -71,10 +72,13 @@ def run_in_memory(
     unsafe_pickle: TrustSpec = (),
     progress: bool = False,
     view: ModelView | None = None,
+    reference_tolerance: float = REFERENCE_TOLERANCE,
 ) -> InMemoryRun:
     """The one in-memory apply: plan `rules` on `ckpt` (with `view`'s module types, fans and
     `default` when given) and run the streaming `Applier` over it, assembling the tensors.
-    Kept tensors of a `StateDictCheckpoint` are its own objects, not copies."""
+    Kept tensors of a `StateDictCheckpoint` are its own objects, not copies. The report's
+    reference scale comes from `config` (else the checkpoint's) and `view`, as in `apply`."""
+    tolerance = check_tolerance(reference_tolerance)
     started = time.perf_counter()
     device = check_device(device)
     with SourcePool(ckpt, unsafe_pickle=unsafe_pickle, progress=progress) as pool:
@@ -83,8 +87,9 @@ def run_in_memory(
         own = ckpt.tensors if isinstance(ckpt, StateDictCheckpoint) else None
         by_name = {p.name: p for p in the_plan.entries}
         out, entries = assemble(applier.stream(the_plan.entries), by_name, ties, own)
+    basis = basis_for(ckpt, config, view, seed, tolerance)
     report = make_report(
-        ckpt.source, None, seed, tuple(r.text for r in rules), entries, 0, started, the_plan
+        ckpt.source, None, seed, tuple(r.text for r in rules), entries, 0, started, the_plan, basis
     )
     return InMemoryRun(out, report, the_plan)
 
@@ -117,9 +122,9 @@ def apply_to_checkpoint(
             reports, surgery) are ignored. Keywords override it.
         **kwargs: `seed`, `strict`, `allow_unmatched`, `device`, `config`, `unsafe_pickle`
             (for transplant sources), `progress` (the Hub's download bars of hf://
-            transplant sources) and `model` (for `type:` patterns, module fans and `default`;
-            a spec or an `nn.Module`), as in `reinit.ApplyOptions`. Any other keyword is a
-            TypeError.
+            transplant sources), `model` (for `type:` patterns, module fans and `default`; a spec
+            or an `nn.Module`) and `reference_tolerance`, as in `reinit.ApplyOptions`. Any
+            other keyword is a TypeError.
 
     Returns:
         `(tensors, report)`: every tensor on the CPU (kept tensors of a `StateDictCheckpoint`
@@ -146,6 +151,7 @@ def apply_to_checkpoint(
         unsafe_pickle=o.unsafe_pickle,
         progress=o.progress,
         view=model_view(o.model, ckpt),
+        reference_tolerance=o.reference_tolerance,
     )
     return run.tensors, run.report
 

@@ -1,0 +1,223 @@
+"""Reference scale (DESIGN §8): the std a changed tensor would have by the model's own standard,
+where it came from, and the `off_reference` flag when the tensor is far from it.
+
+Why this exists: `std_off` compares a tensor with its own scheme's formula and `outlier` with
+its siblings, so neither sees the commonest mistake: `*.weight=kaiming` on a BERT initialized
+with N(0, 0.02) gives exactly what kaiming promises (no `std_off`), to every layer alike (no
+`outlier`), yet 2.5-12x the model's own scale. The reference answers "does this match the
+model's own scale?" from, in this order (the first that is known wins):
+
+1. `model default`: with `--model`, the std of the architecture's own init of that tensor
+   (the `default` scheme's values, drawn once per kind and shape);
+2. `config initializer_range` (or `init_std`, its name in BART-like configs): the model
+   config's init std, for >=2-D float weights that are not norms (the tensors HF models draw
+   from N(0, initializer_range); biases and norm gains start constant);
+3. `siblings median`: the median std of the untouched tensors of the same kind and shape.
+
+A transplanted tensor holds trained values, which sit beside trained siblings rather than
+at the init scale (trained BERT weights reach ~2x initializer_range), so for a transplant the
+siblings come first and the init scale second.
+
+Everything here is pure except `model_default_std`, which draws the model's init."""
+
+from __future__ import annotations
+
+__all__ = [
+    "CONFIG_KEYS",
+    "MODEL_DEFAULT",
+    "REFERENCE_TOLERANCE",
+    "SIBLINGS",
+    "ModelStd",
+    "ReferenceBasis",
+    "basis_for",
+    "check_tolerance",
+    "config_reference",
+    "model_default_std",
+    "off_reference",
+    "reference_text",
+    "sibling_medians",
+    "with_references",
+]
+
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+import torch
+
+from reinit.errors import ReinitError, SchemeError, UsageError
+from reinit.io.checkpoint import Checkpoint
+from reinit.planning.model import ModelView, default_value
+from reinit.report.entries import TensorEntry
+from reinit.report.flags import is_norm, kind_of, std_tolerance
+from reinit.report.stats import tensor_stats
+from reinit.report.text import fmt
+
+#: `off_reference` when the std is more than this factor above or below the reference.
+REFERENCE_TOLERANCE = 2.0
+
+MODEL_DEFAULT = "model default"
+
+SIBLINGS = "siblings median"
+
+#: The config keys that hold a model's init std, in the order they are tried.
+CONFIG_KEYS = ("initializer_range", "init_std")
+
+#: The std of a tensor's own init by the model, or None where the model does not say.
+ModelStd = Callable[[TensorEntry], float | None]
+
+Ref = tuple[str, float]
+
+
+@dataclass(frozen=True)
+class ReferenceBasis:
+    """What a run's references are drawn from: the model config (the checkpoint's, or the one
+    passed as `config`), the model's own init (`--model`) and the `off_reference` tolerance."""
+
+    config: Mapping[str, object] | None = None
+    model_std: ModelStd | None = None
+    tolerance: float = REFERENCE_TOLERANCE
+
+
+def check_tolerance(tolerance: float) -> float:
+    """A tolerance is a factor >= 1 (2 = half to twice the reference); anything else is a
+    usage error, refused before any work."""
+    if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 1):
+        raise UsageError(
+            f"--reference-tolerance {tolerance!r}: give a factor of at least 1 (2 flags a std "
+            "beyond half or twice the reference)"
+        )
+    return float(tolerance)
+
+
+def config_reference(config: Mapping[str, object] | None) -> Ref | None:
+    """("config initializer_range", 0.02) from a config that holds a positive init std."""
+    for key in CONFIG_KEYS:
+        value = (config or {}).get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if math.isfinite(value) and value > 0:
+            return f"config {key}", float(value)
+    return None
+
+
+def sibling_medians(entries: Sequence[TensorEntry]) -> dict[tuple[str, tuple[int, ...]], float]:
+    """The median std of the untouched (kept) float tensors of each (kind, shape)."""
+    groups: dict[tuple[str, tuple[int, ...]], list[float]] = defaultdict(list)
+    for e in entries:
+        if e.action == "kept" and e.is_float and e.after.std is not None and not e.after.nonfinite:
+            groups[(kind_of(e.name), e.shape)].append(e.after.std)
+    return {k: statistics.median(v) for k, v in groups.items()}
+
+
+def with_references(
+    entries: Sequence[TensorEntry], basis: ReferenceBasis | None = None
+) -> tuple[TensorEntry, ...]:
+    """Every changed float tensor with its `reference_std` and `reference` (see the module
+    docstring for the order); the others unchanged. A tensor no source speaks for keeps None."""
+    basis = basis or ReferenceBasis()
+    from_config = config_reference(basis.config)
+    medians = sibling_medians(entries)
+    out = []
+    for e in entries:
+        ref = _reference_for(e, from_config, medians, basis.model_std)
+        out.append(replace(e, reference=ref[0], reference_std=ref[1]) if ref else e)
+    return tuple(out)
+
+
+def _reference_for(
+    e: TensorEntry,
+    from_config: Ref | None,
+    medians: Mapping[tuple[str, tuple[int, ...]], float],
+    model_std: ModelStd | None,
+) -> Ref | None:
+    if not (e.changes and e.is_float):
+        return None
+    own: Ref | None = None
+    if model_std is not None:
+        std = model_std(e)
+        own = (MODEL_DEFAULT, std) if std is not None else None
+    if own is None and from_config is not None and len(e.shape) >= 2 and not is_norm(e.name):
+        own = from_config
+    median = medians.get((kind_of(e.name), e.shape))
+    siblings = (SIBLINGS, median) if median is not None else None
+    order = (siblings, own) if e.action == "transplant" else (own, siblings)
+    return next((r for r in order if r is not None), None)
+
+
+def off_reference(e: TensorEntry, tolerance: float = REFERENCE_TOLERANCE) -> bool:
+    """The std is beyond `tolerance`x either way of a positive reference. A tensor with std 0
+    is not judged (meant constant, or flagged `constant`), and a tiny tensor's factor widens
+    to its sampling error (`std_tolerance`), so a 4-value head is not flagged by chance."""
+    ref, got = e.reference_std, e.after.std
+    if ref is None or got is None or ref <= 0 or got <= 0 or not math.isfinite(got):
+        return False
+    factor = max(tolerance, 1.0 + std_tolerance(e.after.count, e.kurtosis))
+    return got > ref * factor or got < ref / factor
+
+
+def reference_text(entries: Sequence[TensorEntry]) -> str | None:
+    """`reference: config initializer_range 0.02` for the summary line: each source used, with
+    its value (or range), and how many tensors it served when there are several."""
+    by_source: dict[str, list[float]] = defaultdict(list)
+    for e in entries:
+        if e.reference is not None and e.reference_std is not None:
+            by_source[e.reference].append(e.reference_std)
+    if not by_source:
+        return None
+    parts = []
+    for source, values in by_source.items():
+        lo, hi = min(values), max(values)
+        value = fmt(lo) if fmt(lo) == fmt(hi) else f"{fmt(lo)}–{fmt(hi)}"
+        count = f" ({len(values)} tensors)" if len(by_source) > 1 else ""
+        parts.append(f"{source} {value}{count}")
+    return "reference: " + ", ".join(parts)
+
+
+def model_default_std(view: ModelView, seed: int) -> ModelStd:
+    """The std of the model's own init (the `default` scheme) for each tensor the model can
+    serve: drawn once per (kind, shape), since layers of one kind share their init; a tensor
+    re-initialized with `default` itself is its own reference (the same values)."""
+    cache: dict[tuple[str, tuple[int, ...]], float | None] = {}
+
+    def std(e: TensorEntry) -> float | None:
+        if view.why_no_default(e.name) is not None:
+            return None
+        if e.action == "reinit" and e.scheme == "default":
+            return e.after.std
+        key = (kind_of(e.name), e.shape)
+        if key not in cache:
+            try:
+                value = default_value(view, e.name, torch.float32, seed)
+            except SchemeError:  # the architecture's init does not set it: no reference
+                cache[key] = None
+            else:
+                cache[key] = tensor_stats(value).std if value.numel() > 1 else None
+        return cache[key]
+
+    return std
+
+
+def basis_for(
+    ckpt: Checkpoint,
+    config: Mapping[str, object] | None,
+    view: ModelView | None,
+    seed: int,
+    tolerance: float,
+) -> ReferenceBasis:
+    """A run's `ReferenceBasis`: `config` when the caller passed one, else the checkpoint's
+    config.json (beside a file, in its folder, or fetched from the Hub); the model's own
+    init when there is a `--model` view. A config that cannot be read or fetched means no
+    config reference, not a failed run (as for `read_config_file`)."""
+    if config is None:
+        try:
+            config = ckpt.config()
+        except ReinitError:
+            config = None
+    return ReferenceBasis(
+        config=config,
+        model_std=model_default_std(view, seed) if view is not None else None,
+        tolerance=tolerance,
+    )
