@@ -78,7 +78,7 @@ def _m(m: OptionMeta) -> dict[str, OptionMeta]:
     return {"reinit": m}
 
 
-SPEC_SEQUENCES = ("reports", "add", "drop", "rename")
+SPEC_SEQUENCES = ("reports", "add", "drop", "rename", "config_set")
 
 
 @dataclass(frozen=True)
@@ -263,6 +263,34 @@ class ApplyOptions:
             )
         ),
     )
+    config_set: Sequence[str] = field(
+        default=(),
+        metadata=_m(
+            OptionMeta(
+                help="Set a field of the output's config.json (VALUE is JSON); repeatable. "
+                "Fields the surgery implies (vocab_size, num_labels/id2label, "
+                "num_hidden_layers) follow it anyway, with a note. A file output writes "
+                "config.json beside it. (Not `config`: that is the config schemes read.)",
+                flags=("--config",),
+                metavar="KEY=VALUE",
+                multiple=True,
+                recipe="specs",
+                key="config",
+            )
+        ),
+    )
+    labels: str | Sequence[str] | None = field(
+        default=None,
+        metadata=_m(
+            OptionMeta(
+                help="Names of the classifier head's rows, comma-separated (id2label/label2id "
+                "in the output's config.json).",
+                flags=("--labels",),
+                metavar="A,B,C",
+                recipe="str?",
+            )
+        ),
+    )
     plot: PathLike | None = field(
         default=None,
         metadata=_m(
@@ -313,6 +341,8 @@ class OptionKwargsBesidesSeed(TypedDict, total=False):
     rename: Sequence[str]
     model: ModelInput | None
     config: Mapping[str, object] | None
+    config_set: Sequence[str]
+    labels: str | Sequence[str] | None
     plot: PathLike | None
     finish_report: Callable[[Report], Report] | None
 

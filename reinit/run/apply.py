@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, closing
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -18,7 +19,7 @@ from reinit.io.checkpoint import Checkpoint, TensorRef
 from reinit.io.confine import copy_regular, extras_to_copy, output_path
 from reinit.io.pipeline import prefetch
 from reinit.io.publish import Publication, how_to_publish
-from reinit.io.targets import REPORT_NAME, Inputs, check_replace_folder
+from reinit.io.targets import REPORT_NAME, Inputs, check_replace_folder, check_target
 from reinit.io.writer import SafetensorsWriter, write_torch_file
 from reinit.options import APPLY_FIELDS, ApplyOptions, OptionKwargs, with_kwargs
 from reinit.planning.planner import PlanEntry
@@ -42,6 +43,12 @@ from reinit.report.files import (
     report_targets,
     stage_report_files,
     write_text_file,
+)
+from reinit.run.config_update import (
+    labels_list,
+    parse_config_set,
+    stale_file,
+    update_config,
 )
 from reinit.run.output import (
     INDEX_NAME,
@@ -127,6 +134,7 @@ def apply(
     surgery = parse_surgery(add, drop, rename)
     device = check_device(device)
     check_formats(reports, plot, "--report")  # before any work, so a typo costs nothing
+    config_set, labels = parse_config_set(o.config_set), labels_list(o.labels)
     with ExitStack() as stack:
         from reinit.planning.transplant import SourcePool
 
@@ -152,6 +160,30 @@ def apply(
             if spec.fmt == "directory"
             else []
         )
+        shapes = {e.name: e.shape for e in the_plan.entries}
+        notes, config_file = _config_for(spec, ckpt, shapes, config_set, labels, surgery)
+        if spec.fmt == "directory":
+            notes = [
+                *(
+                    f"not copied: {r} (it describes the source's weights)"
+                    for r, _ in extras
+                    if stale_file(r)
+                ),
+                *notes,
+            ]
+            skip = {"config.json"} if config_file is not None else set()
+            extras = [(r, p) for r, p in extras if not stale_file(r) and r not in skip]
+        elif config_file is not None:
+            beside = check_target(
+                spec.path.parent / "config.json",
+                "--config",
+                "report",
+                inputs=inputs,
+                overwrite=overwrite or in_place,
+            )
+            targets_paths = [spec.path, *(t.path for t in targets)]
+            if beside.resolve() in {p.resolve() for p in targets_paths}:
+                raise OutputError(f"--config: {beside} is also another output; choose another -o")
         ordered = [by_name[n] for f in files for n in f.names]
         total = sum(refs[e.name].nbytes for e in the_plan.entries)
         # --in-place on a folder: only the files written here replace their namesakes
@@ -190,18 +222,48 @@ def apply(
                     # --in-place into the source folder: its other files are already there
                     copied = [] if into_source else extras
                     bytes_written += _finish_directory(tmp, ckpt, files, refs, copied)
+                    if config_file is not None:
+                        write_text_file(output_path(tmp, "config.json", source_text), config_file)
+                        bytes_written += len(config_file)
         order = {e.name: i for i, e in enumerate(the_plan.entries)}
         entries.sort(key=lambda e: order[e.name])
         report = make_report(
             source_text, spec.path, seed, rule_texts, entries, bytes_written, started, the_plan
         )
+        if notes:
+            report = replace(report, notes=(*report.notes, *notes))
         if o.finish_report is not None:
             report = o.finish_report(report)
         if default_report and spec.fmt == "directory":
             write_text_file(tmp / REPORT_NAME, render_for_path(report, REPORT_NAME))
         stage_report_files(pub, report, targets, how)
+        if config_file is not None and spec.fmt != "directory":
+            write_text_file(pub.stage(spec.path.parent / "config.json", how=how), config_file)
         pub.commit()  # the checkpoint, its reports and plot: all of them or none
     return report
+
+
+def _config_for(
+    spec: OutputSpec,
+    ckpt: Checkpoint,
+    shapes: dict[str, tuple[int, ...]],
+    config_set: tuple[tuple[str, object], ...],
+    labels: tuple[str, ...] | None,
+    surgery: object,
+) -> tuple[list[str], str | None]:
+    """The notes and the text of the output's config.json, or None to leave it as it is
+    (copied from a source folder, or not written beside a file output). A folder's config
+    follows the surgery; a file output gets one only when --config or --labels asks."""
+    asked = bool(config_set) or labels is not None
+    if not (asked or (spec.fmt == "directory" and surgery)):
+        return [], None
+    base = ckpt.config()
+    if base is None and not asked:
+        return [], None
+    update = update_config(base, shapes, config_set, labels)
+    if not update.changed and spec.fmt == "directory":
+        return list(update.notes), None
+    return list(update.notes), json.dumps(update.config, indent=2) + "\n"
 
 
 def _side_targets(
