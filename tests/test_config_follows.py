@@ -148,12 +148,16 @@ def test_a_recipe_sets_config_and_labels(tmp_path):
                 "output": str(tmp_path / "r-out") + "/",
                 "config": ['problem_type="single_label_classification"'],
                 "labels": "x,y",
-                "steps": [{"add": ["classifier.weight=[2,32]:zeros", "classifier.bias=[2]:zeros"]}],
+                "steps": [
+                    {"rules": ["pooler.dense.weight=zeros"]},
+                    {"add": ["classifier.weight=[2,32]:zeros", "classifier.bias=[2]:zeros"]},
+                ],
             }
         )
     )
     res = run("run", recipe, "-q")
     assert res.exit_code == 0, res.output
+    assert "note: config.json: id2label" in res.stderr  # a multi-step recipe prints its notes
     cfg = json.loads((tmp_path / "r-out" / "config.json").read_text())
     assert cfg["problem_type"] == "single_label_classification"
     assert cfg["id2label"] == {"0": "x", "1": "y"}

@@ -13,14 +13,7 @@ import torch
 
 from reinit import limits
 from reinit.errors import CheckpointError, RuleError, SchemeError
-from reinit.io.checkpoint import (
-    CHUNK_BYTES,
-    Checkpoint,
-    ConfigDict,
-    FileSpan,
-    TensorRef,
-    iter_chunks,
-)
+from reinit.io.checkpoint import CHUNK_BYTES, Checkpoint, FileSpan, TensorRef, iter_chunks
 from reinit.io.safetensors_format import dtype_name, dtype_size, tensor_to_bytes
 from reinit.limits import MAX_TENSOR_BYTES, declared_bytes
 from reinit.planning.planner import Plan, PlanEntry
@@ -393,9 +386,6 @@ class EditedCheckpoint(Checkpoint):
 
     def fetch_extra(self, relname: str) -> Path:
         return self.base.fetch_extra(relname)
-
-    def config(self) -> ConfigDict | None:
-        return self.base.config()
 
     def close(self) -> None:
         self.base.close()

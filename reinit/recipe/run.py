@@ -186,4 +186,5 @@ def merge_reports(reports: Sequence[Report], seed: int, seconds: float) -> Repor
         tensors=done,
         summary=summarize(done, final.summary.bytes_written, seconds),
         warnings=warnings,
+        notes=tuple(n for rep in reports for n in rep.notes),
     )

@@ -8,7 +8,7 @@ __all__ = ["apply"]
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, closing
 from dataclasses import replace
 from pathlib import Path
@@ -139,6 +139,7 @@ def apply(
         from reinit.planning.transplant import SourcePool
 
         ckpt = stack.enter_context(open_source(opened, o.unsafe_pickle, o.progress))
+        source_config = ckpt.config  # the source's config.json, read only when needed
         ckpt, edited = edit_checkpoint(ckpt, surgery, o.allow_unmatched, seed, device)
         sources = stack.enter_context(SourcePool(ckpt, o.unsafe_pickle, o.progress))
         view = model_view(o.model, ckpt)
@@ -161,7 +162,7 @@ def apply(
             else []
         )
         shapes = {e.name: e.shape for e in the_plan.entries}
-        notes, config_file = _config_for(spec, ckpt, shapes, config_set, labels, surgery)
+        notes, config_file = _config_for(spec, source_config, shapes, config_set, labels, surgery)
         if spec.fmt == "directory":
             notes = [
                 *(
@@ -245,7 +246,7 @@ def apply(
 
 def _config_for(
     spec: OutputSpec,
-    ckpt: Checkpoint,
+    source_config: Callable[[], Mapping[str, object] | None],
     shapes: dict[str, tuple[int, ...]],
     config_set: tuple[tuple[str, object], ...],
     labels: tuple[str, ...] | None,
@@ -257,7 +258,7 @@ def _config_for(
     asked = bool(config_set) or labels is not None
     if not (asked or (spec.fmt == "directory" and surgery)):
         return [], None
-    base = ckpt.config()
+    base = source_config()
     if base is None and not asked:
         return [], None
     update = update_config(base, shapes, config_set, labels)
