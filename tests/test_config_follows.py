@@ -201,3 +201,21 @@ def test_a_lone_file_with_config_gets_just_those_fields(tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "o" / "config.json").read_text()) == {"model_type": "x"}
+
+
+def test_without_surgery_config_json_is_copied_byte_for_byte(tmp_path):
+    _minilm(tmp_path / "src")
+    res = run("apply", tmp_path / "src", "--rule", "pooler.*=zeros", "-o", f"{tmp_path / 'o'}/")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "o" / "config.json").read_bytes() == (
+        tmp_path / "src" / "config.json"
+    ).read_bytes()
+    assert "note: config.json" not in res.stderr
+
+
+def test_in_place_surgery_updates_config_and_keeps_the_card(tmp_path):
+    _minilm(tmp_path / "src")
+    res = run("apply", tmp_path / "src", "--drop", "encoder.layer.1.*", "--in-place")
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "src" / "config.json").read_text())["num_hidden_layers"] == 1
+    assert (tmp_path / "src" / "README.md").read_text() == "# the source's model card\n"
