@@ -219,3 +219,4 @@ def test_in_place_surgery_updates_config_and_keeps_the_card(tmp_path):
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "src" / "config.json").read_text())["num_hidden_layers"] == 1
     assert (tmp_path / "src" / "README.md").read_text() == "# the source's model card\n"
+    assert "not copied" not in res.stderr  # nothing is copied in place: the card stays

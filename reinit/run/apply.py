@@ -168,7 +168,7 @@ def apply(
                 *(
                     f"not copied: {r} (it describes the source's weights)"
                     for r, _ in extras
-                    if stale_file(r)
+                    if stale_file(r) and not in_place  # in place: they stay where they are
                 ),
                 *notes,
             ]
