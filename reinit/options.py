@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING
 
 from reinit.io.trust import TrustSpec
+from reinit.option_kwargs import OptionKwargs, OptionKwargsBesidesSeed
 from reinit.option_meta import OptionMeta, PathLike, RecipeKind, option_meta
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ def meta(f_name: str) -> OptionMeta:
     raise KeyError(f_name)
 
 
-SPEC_SEQUENCES = ("reports", "add", "drop", "rename")
+SPEC_SEQUENCES = ("reports", "add", "drop", "rename", "config_set")
 
 
 @dataclass(frozen=True)
@@ -244,6 +245,34 @@ class ApplyOptions:
             )
         ),
     )
+    config_set: Sequence[str] = field(
+        default=(),
+        metadata=option_meta(
+            OptionMeta(
+                help="Set a field of the output's config.json (VALUE is JSON); repeatable. "
+                "Fields the surgery implies (vocab_size, num_labels/id2label, "
+                "num_hidden_layers) follow it anyway, with a note. A file output writes "
+                "config.json beside it. (Not `config`: that is the config schemes read.)",
+                flags=("--config",),
+                metavar="KEY=VALUE",
+                multiple=True,
+                recipe="specs",
+                key="config",
+            )
+        ),
+    )
+    labels: str | Sequence[str] | None = field(
+        default=None,
+        metadata=option_meta(
+            OptionMeta(
+                help="Names of the classifier head's rows, comma-separated (id2label/label2id "
+                "in the output's config.json).",
+                flags=("--labels",),
+                metavar="A,B,C",
+                recipe="str?",
+            )
+        ),
+    )
     plot: PathLike | None = field(
         default=None,
         metadata=option_meta(
@@ -325,40 +354,6 @@ class ApplyOptions:
     def updated(self, **changes: Unpack[OptionKwargs]) -> ApplyOptions:
         """A copy with these fields changed."""
         return replace(self, **changes)
-
-
-class OptionKwargsBesidesSeed(TypedDict, total=False):
-    """`OptionKwargs` less `seed`: the keywords of the in-memory functions, whose `seed` is a
-    positional parameter of its own."""
-
-    reports: Sequence[PathLike]
-    default_report: bool
-    strict: bool
-    allow_unmatched: bool
-    overwrite: bool
-    in_place: bool
-    device: str
-    progress: bool
-    unsafe_pickle: TrustSpec
-    key: str
-    add: Sequence[str]
-    drop: Sequence[str]
-    rename: Sequence[str]
-    model: ModelInput | None
-    config: Mapping[str, object] | None
-    plot: PathLike | None
-    dtype: str | None
-    max_shard_size: str | int | None
-    checksums: bool
-    reference_tolerance: float
-    finish_report: Callable[[Report], Report] | None
-
-
-class OptionKwargs(OptionKwargsBesidesSeed, total=False):
-    """The keyword arguments the public functions take, typed (`**kwargs: Unpack[...]`):
-    exactly ApplyOptions' fields (tests/test_options.py checks it)."""
-
-    seed: int
 
 
 def option_names() -> tuple[str, ...]:

@@ -24,6 +24,7 @@ LAYERS = {
     "reinit.rules": 2,
     "reinit.options": 2,
     "reinit.option_meta": 2,
+    "reinit.option_kwargs": 2,
     "reinit.planning": 3,
     "reinit.report": 4,
     "reinit.run": 5,

@@ -93,6 +93,8 @@ def apply(
 
     report = run_apply(source, rules, output, options=options)
     warn_all(report.warnings)
+    for note in report.notes:
+        err(f"note: {note}")
     if report.dropped and not quiet:
         err(dropped_line(report.dropped))
     if as_json:

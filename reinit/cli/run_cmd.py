@@ -76,6 +76,8 @@ def run(
         return
     result = run_recipe(loaded, progress=progress_on(quiet))
     warn_all(result.warnings)
+    for note in result.notes:  # config.json fields changed, stale files not copied
+        err(f"note: {note}")
     if as_json:
         click.echo(result.to_json())
     if not quiet:

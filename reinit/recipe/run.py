@@ -197,4 +197,5 @@ def merge_reports(
         tensors=done,
         summary=summarize(done, final.summary.bytes_written, seconds),
         warnings=warnings,
+        notes=tuple(n for rep in reports for n in rep.notes),
     )

@@ -146,6 +146,7 @@ class Report:
     summary: Summary
     warnings: tuple[str, ...] = field(default=())
     dropped: tuple[str, ...] = field(default=())  # names removed by --drop
+    notes: tuple[str, ...] = field(default=())  # config.json fields changed, files not copied
 
     def to_dict(self) -> dict[str, JSON]:
         """The JSON report (DESIGN §5) as Python values (non-finite numbers as floats)."""

@@ -8,7 +8,7 @@ __all__ = ["apply"]
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, closing
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +19,7 @@ from reinit.io.checkpoint import Checkpoint
 from reinit.io.confine import copy_regular, extras_to_copy, output_path
 from reinit.io.pipeline import prefetch
 from reinit.io.publish import Publication, how_to_publish
-from reinit.io.targets import REPORT_NAME, Inputs, check_replace_folder
+from reinit.io.targets import REPORT_NAME, Inputs, check_replace_folder, check_target
 from reinit.io.writer import SafetensorsWriter, write_torch_file
 from reinit.options import APPLY_FIELDS, ApplyOptions, OptionKwargs, with_kwargs
 from reinit.planning.planner import PlanEntry
@@ -45,6 +45,12 @@ from reinit.report.files import (
     write_text_file,
 )
 from reinit.report.reference import basis_for, check_tolerance
+from reinit.run.config_update import (
+    labels_list,
+    parse_config_set,
+    stale_file,
+    update_config,
+)
 from reinit.run.outcontrol import OutputControl, model_order, parse_dtype, parse_size
 from reinit.run.output import (
     INDEX_NAME,
@@ -134,10 +140,12 @@ def apply(
     control = OutputControl(parse_dtype(o.dtype), o.checksums)
     max_shard = parse_size(o.max_shard_size)
     tolerance = check_tolerance(o.reference_tolerance)
+    config_set, labels = parse_config_set(o.config_set), labels_list(o.labels)
     with ExitStack() as stack:
         from reinit.planning.transplant import SourcePool
 
         ckpt = stack.enter_context(open_source(opened, o.unsafe_pickle, o.progress, o.key))
+        source_config = ckpt.config  # the source's config.json, read only when needed
         ckpt, edited = edit_checkpoint(ckpt, surgery, o.allow_unmatched, seed, device)
         sources = stack.enter_context(SourcePool(ckpt, o.unsafe_pickle, o.progress))
         view = model_view(o.model, ckpt)
@@ -176,6 +184,30 @@ def apply(
             if spec.fmt == "directory"
             else []
         )
+        shapes = {e.name: e.shape for e in the_plan.entries}
+        notes, config_file = _config_for(spec, source_config, shapes, config_set, labels, surgery)
+        if spec.fmt == "directory":
+            notes = [
+                *(
+                    f"not copied: {r} (it describes the source's weights)"
+                    for r, _ in extras
+                    if stale_file(r) and not in_place  # in place: they stay where they are
+                ),
+                *notes,
+            ]
+            skip = {"config.json"} if config_file is not None else set()
+            extras = [(r, p) for r, p in extras if not stale_file(r) and r not in skip]
+        elif config_file is not None:
+            beside = check_target(
+                spec.path.parent / "config.json",
+                "--config",
+                "report",
+                inputs=inputs,
+                overwrite=overwrite or in_place,
+            )
+            targets_paths = [spec.path, *(t.path for t in targets)]
+            if beside.resolve() in {p.resolve() for p in targets_paths}:
+                raise OutputError(f"--config: {beside} is also another output; choose another -o")
         ordered = [by_name[n] for f in files for n in f.names]
         total = sum(refs[e.name].nbytes for e in the_plan.entries)
         # --in-place on a folder: only the files written here replace their namesakes
@@ -218,6 +250,9 @@ def apply(
                     bytes_written += _finish_directory(
                         tmp, ckpt, files, sizes, numels, copied, sharded=max_shard is not None
                     )
+                    if config_file is not None:
+                        write_text_file(output_path(tmp, "config.json", source_text), config_file)
+                        bytes_written += len(config_file)
         order = {e.name: i for i, e in enumerate(the_plan.entries)}
         entries.sort(key=lambda e: order[e.name])
         basis = basis_for(ckpt, o.config, view, seed, tolerance)
@@ -235,13 +270,40 @@ def apply(
         line = control.summary()
         if line is not None:
             report = replace(report, warnings=(*report.warnings, line))
+        if notes:
+            report = replace(report, notes=(*report.notes, *notes))
         if o.finish_report is not None:
             report = o.finish_report(report)
         if default_report and spec.fmt == "directory":
             write_text_file(tmp / REPORT_NAME, render_for_path(report, REPORT_NAME))
         stage_report_files(pub, report, targets, how)
+        if config_file is not None and spec.fmt != "directory":
+            write_text_file(pub.stage(spec.path.parent / "config.json", how=how), config_file)
         pub.commit()  # the checkpoint, its reports and plot: all of them or none
     return report
+
+
+def _config_for(
+    spec: OutputSpec,
+    source_config: Callable[[], Mapping[str, object] | None],
+    shapes: dict[str, tuple[int, ...]],
+    config_set: tuple[tuple[str, object], ...],
+    labels: tuple[str, ...] | None,
+    surgery: object,
+) -> tuple[list[str], str | None]:
+    """The notes and the text of the output's config.json, or None to leave it as it is
+    (copied from a source folder, or not written beside a file output). A folder's config
+    follows the surgery; a file output gets one only when --config or --labels asks."""
+    asked = bool(config_set) or labels is not None
+    if not (asked or (spec.fmt == "directory" and surgery)):
+        return [], None
+    base = source_config()
+    if base is None and not asked:
+        return [], None
+    update = update_config(base, shapes, config_set, labels)
+    if not update.changed and spec.fmt == "directory":
+        return list(update.notes), None
+    return list(update.notes), json.dumps(update.config, indent=2) + "\n"
 
 
 def _side_targets(

@@ -1,0 +1,157 @@
+"""The output's `config.json` follows the surgery (issue 14 item 1, DESIGN §8 "Outputs that load
+as the intended model").
+
+Why: after `--add classifier.weight=[3,H]` or `--drop "encoder.layer.1.*"` the weights no longer
+match the source's config.json, and `from_pretrained(out)` fails on a size mismatch or builds the
+wrong model. These pure functions take the source config, the output's tensor shapes and the
+user's `--config KEY=VALUE` / `--labels a,b,c` and return the new config and one note per field
+changed, so `run/apply.py` writes config.json from the dict instead of copying the stale one.
+
+Fields the surgery implies (each only when the config has a different value):
+- `vocab_size`: the rows of the word-embedding tensor (`word_embeddings`, `embed_tokens`, `wte`,
+  `shared`), when the config has a `vocab_size`;
+- `num_labels`, `id2label`, `label2id`: the rows of the classifier head (`classifier`, `score`,
+  `classifier.out_proj`), names from `--labels` (else `LABEL_i`, as transformers names them);
+- `num_hidden_layers` (or `n_layer`/`num_layers`, whichever the config has): how many layer
+  indices (`layer.N.`, `layers.N.`, `h.N.`, `block.N.`) the output holds.
+`architectures` is never guessed: set it with `--config 'architectures=["..."]'`. `--config`
+values are applied last, so they win over the implied ones."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from reinit.errors import UsageError
+
+__all__ = ["ConfigUpdate", "labels_list", "parse_config_set", "stale_file", "update_config"]
+
+_EMBED = re.compile(r"(?:^|\.)(?:word_embeddings|embed_tokens|wte|shared)\.weight$")
+_HEAD = re.compile(r"(?:^|\.)(?:classifier|score)(?:\.out_proj)?\.weight$")
+_LAYER = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")
+_LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+
+
+@dataclass(frozen=True)
+class ConfigUpdate:
+    """The new config, one note per field changed, and whether anything changed."""
+
+    config: dict[str, object]
+    notes: tuple[str, ...]
+    changed: bool
+
+
+def parse_config_set(items: Sequence[str]) -> tuple[tuple[str, object], ...]:
+    """`KEY=VALUE` strings (VALUE as JSON) as (key, value) pairs; a bad item is a UsageError
+    (exit 2) before any work."""
+    out: list[tuple[str, object]] = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(
+                f"--config {item!r}: expected KEY=VALUE with a JSON value "
+                "(e.g. --config 'architectures=[\"BertForSequenceClassification\"]')"
+            )
+        try:
+            value = json.loads(text)
+        except ValueError:
+            raise UsageError(
+                f"--config {item!r}: {text!r} is not a JSON value; quote a string as JSON "
+                f"(--config '{key}=\"{text}\"')"
+            ) from None
+        out.append((key, value))
+    return tuple(out)
+
+
+def labels_list(labels: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """`--labels a,b,c` (or a list of names) as a tuple; None when not given."""
+    if labels is None:
+        return None
+    names = labels.split(",") if isinstance(labels, str) else list(labels)
+    names = [n.strip() for n in names]
+    if not names or any(not n for n in names) or len(set(names)) != len(names):
+        raise UsageError(f"--labels {labels!r}: give distinct, non-empty names (e.g. neg,neu,pos)")
+    return tuple(names)
+
+
+def _rows(shapes: Mapping[str, Sequence[int]], pattern: re.Pattern[str]) -> int | None:
+    rows = {s[0] for n, s in shapes.items() if pattern.search(n) and len(s) == 2}
+    return rows.pop() if len(rows) == 1 else None
+
+
+def _label_count(config: Mapping[str, object]) -> int:
+    id2label = config.get("id2label")
+    if isinstance(id2label, Mapping):
+        return len(id2label)
+    n = config.get("num_labels")
+    return n if isinstance(n, int) else 2  # transformers' default
+
+
+def update_config(
+    config: Mapping[str, object] | None,
+    shapes: Mapping[str, Sequence[int]],
+    config_set: Sequence[tuple[str, object]] = (),
+    labels: tuple[str, ...] | None = None,
+) -> ConfigUpdate:
+    """The config the output's weights imply (see the module docstring), then `config_set`.
+    `shapes`: every output tensor's name and shape."""
+    new: dict[str, object] = dict(config or {})
+    notes: list[str] = []
+
+    def put(key: str, value: object, why: str) -> None:
+        if new.get(key) != value:
+            old = new.get(key, "unset")
+            new[key] = value
+            notes.append(f"config.json: {key} {old} -> {json.dumps(value)} ({why})")
+
+    vocab = _rows(shapes, _EMBED)
+    if vocab is not None and "vocab_size" in new:
+        put("vocab_size", vocab, "rows of the word embeddings")
+    head = _rows(shapes, _HEAD)
+    if labels is not None and head is not None and len(labels) != head:
+        raise UsageError(
+            f"--labels names {len(labels)} labels but the classifier head has {head} rows; "
+            "give one name per row"
+        )
+    if head is not None and (head != _label_count(new) or labels is not None):
+        names = labels or tuple(f"LABEL_{i}" for i in range(head))
+        why = f"the classifier head's {head} rows"
+        if _label_count(new) != head:
+            notes.append(f"config.json: num_labels {_label_count(new)} -> {head} ({why})")
+        if "num_labels" in new:  # transformers reads the count from id2label; keep them equal
+            new["num_labels"] = head
+        put("id2label", {str(i): n for i, n in enumerate(names)}, why)
+        put("label2id", {n: i for i, n in enumerate(names)}, why)
+    elif labels is not None:
+        raise UsageError(
+            "--labels: the output has no classifier head (classifier.weight, score.weight) "
+            "whose rows the names would label"
+        )
+    indices = {int(m.group(1)) for n in shapes for m in [_LAYER.search(n)] if m}
+    key = next((k for k in _LAYER_KEYS if k in new), None)
+    if indices and key is not None:
+        put(key, len(indices), "layer indices present in the output")
+        if indices != set(range(len(indices))):
+            notes.append(
+                f"layer indices {sorted(indices)} are not 0..{len(indices) - 1}: transformers "
+                "will not load them; renumber with --rename (e.g. 'encoder.layer.3.*=encoder.layer.1.{2}')"
+            )
+    for k, value in config_set:
+        if new.get(k) != value:
+            new[k] = value
+            notes.append(f"config.json: {k} = {json.dumps(value)} (--config)")
+    return ConfigUpdate(new, tuple(notes), new != dict(config or {}))
+
+
+_STALE = re.compile(r"(?:^|/)(?:reinit-report\.json|[^/]*\.report\.(?:json|csv|md)|README\.md)$")
+
+
+def stale_file(relname: str) -> bool:
+    """Whether a source folder's file describes the source's weights, not the output's: our own
+    reports (`reinit-report.json`, `*.report.json/csv/md`) and the model card (`README.md`).
+    A directory output does not copy them (a note names each): a card or report beside the
+    new weights would claim numbers and results those weights never had."""
+    return _STALE.search(relname) is not None

@@ -1,0 +1,222 @@
+"""Issue 14 item 1: a directory output's config.json follows the surgery (`--config`, `--labels`,
+implied vocab_size/num_labels/num_hidden_layers), a file output with --config gets config.json
+beside it, and the source's stale reports and model card are not copied. Each output is loaded
+by its consumer with no missing, unexpected or mismatched keys and no warnings."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+
+import pytest
+from helpers import refused, run
+
+import reinit
+from reinit.run.config_update import stale_file, update_config
+
+transformers = pytest.importorskip("transformers")
+
+
+def _minilm(path, layers=2):
+    """A MiniLM-shaped tiny BertModel saved as transformers saves it, with a stale card and
+    report beside it."""
+    import torch
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=100,
+    )
+    transformers.BertModel(cfg).save_pretrained(path)
+    (path / "README.md").write_text("# the source's model card\n")
+    (path / "reinit-report.json").write_text("{}\n")
+    (path / "old.report.md").write_text("stale\n")
+
+
+def _load_clean(auto, path, caplog):
+    """Load `path` with `auto`; assert no missing/unexpected/mismatched key and no warning."""
+    caplog.clear()
+    with warnings.catch_warnings(record=True) as seen, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
+        model, info = auto.from_pretrained(path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert not info["mismatched_keys"] and not info["error_msgs"], info
+    assert [str(w.message) for w in seen] == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    return model
+
+
+def test_minilm_becomes_a_3_label_classifier_that_loads_as_one(tmp_path, caplog):
+    _minilm(tmp_path / "src")
+    out = tmp_path / "out"
+    res = run(
+        "apply", tmp_path / "src", "--rename", "*=bert.{1}",
+        "--add", "classifier.weight=[3,32]:xavier_uniform", "--add", "classifier.bias=[3]:zeros",
+        "--labels", "neg,neu,pos",
+        "--config", 'architectures=["BertForSequenceClassification"]',
+        "-o", f"{out}/", "-q",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    notes = [line for line in res.stderr.splitlines() if line.startswith("note: ")]
+    assert any("num_labels 2 -> 3" in n for n in notes), notes
+    assert any("architectures" in n for n in notes), notes
+    assert sum("not copied" in n for n in notes) == 3, notes  # README.md and both reports
+    assert not (out / "README.md").exists() and not (out / "old.report.md").exists()
+    assert json.loads((out / "reinit-report.json").read_text())["output"]  # ours, not the stale {}
+    model = _load_clean(transformers.AutoModelForSequenceClassification, out, caplog)
+    assert type(model).__name__ == "BertForSequenceClassification"
+    assert model.num_labels == 3
+    assert model.config.id2label == {0: "neg", 1: "neu", 2: "pos"}
+    assert model.config.label2id == {"neg": 0, "neu": 1, "pos": 2}
+
+
+def test_dropping_a_layer_sets_num_hidden_layers_and_loads(tmp_path, caplog):
+    _minilm(tmp_path / "src")
+    out = tmp_path / "cut"
+    res = run("apply", tmp_path / "src", "--drop", "encoder.layer.1.*", "-o", f"{out}/", "-q")
+    assert res.exit_code == 0, res.output
+    assert "note: config.json: num_hidden_layers 2 -> 1" in res.stderr
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 1
+    model = _load_clean(transformers.AutoModel, out, caplog)
+    assert len(model.encoder.layer) == 1
+
+
+def test_a_file_output_with_config_writes_config_json_beside_it(tmp_path, caplog):
+    _minilm(tmp_path / "src")
+    (tmp_path / "o").mkdir()
+    out = tmp_path / "o" / "model.safetensors"
+    args = ["apply", tmp_path / "src" / "model.safetensors", "--rule", "pooler.*=zeros"]
+    res = run(*args, "--config", "layer_norm_eps=1e-6", "-o", out)
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((tmp_path / "o" / "config.json").read_text())
+    # the source file's own config.json (beside it) with the change: the folder loads as a model
+    assert cfg["layer_norm_eps"] == 1e-6 and cfg["vocab_size"] == 100
+    model = _load_clean(transformers.AutoModel, tmp_path / "o", caplog)
+    assert model.config.layer_norm_eps == 1e-6
+    # an existing config.json beside the output is never replaced without --overwrite
+    again = [*args, "--config", "hidden_size=32", "-o", tmp_path / "o" / "m2.safetensors"]
+    refused(tmp_path, again, 2, "config.json", "--overwrite")
+
+
+def test_without_config_a_file_output_writes_no_config(tmp_path):
+    _minilm(tmp_path / "src")
+    out = tmp_path / "m.safetensors"
+    res = run(
+        "apply", tmp_path / "src" / "model.safetensors", "--rule", "pooler.*=zeros", "-o", out
+    )
+    assert res.exit_code == 0, res.output
+    assert not (tmp_path / "config.json").exists()
+
+
+def test_config_values_are_json_and_labels_must_match_the_head(tmp_path):
+    _minilm(tmp_path / "src")
+    src = tmp_path / "src"
+    refused(tmp_path, ["apply", src, "--rule", "pooler.*=zeros", "--config", "a=b c"], 2, "JSON")
+    refused(tmp_path, ["apply", src, "--rule", "pooler.*=zeros", "--config", "novalue"], 2, "KEY")
+    grow = ["--add", "classifier.weight=[3,32]:zeros", "--labels", "a,b"]
+    refused(tmp_path, ["apply", src, *grow], 2, "2 labels", "3 rows")
+    refused(tmp_path, ["apply", src, "--rule", "pooler.*=zeros", "--labels", "a,b"], 2, "head")
+
+
+def test_grown_embeddings_set_vocab_size_through_the_api(tmp_path):
+    _minilm(tmp_path / "src")
+    add = "embeddings.word_embeddings.weight=[108,32]:normal(std=0.02)"
+    report = reinit.apply(
+        tmp_path / "src",
+        [],
+        tmp_path / "grown",
+        drop=["embeddings.word_embeddings.weight"],
+        add=[add],
+        config_set=["tie_word_embeddings=false"],
+    )
+    cfg = json.loads((tmp_path / "grown" / "config.json").read_text())
+    assert cfg["vocab_size"] == 108 and cfg["tie_word_embeddings"] is False
+    assert any("vocab_size 100 -> 108" in n for n in report.notes), report.notes
+
+
+def test_a_recipe_sets_config_and_labels(tmp_path):
+    _minilm(tmp_path / "src")
+    recipe = tmp_path / "r.json"
+    recipe.write_text(
+        json.dumps(
+            {
+                "source": str(tmp_path / "src"),
+                "output": str(tmp_path / "r-out") + "/",
+                "config": ['problem_type="single_label_classification"'],
+                "labels": "x,y",
+                "steps": [
+                    {"rules": ["pooler.dense.weight=zeros"]},
+                    {"add": ["classifier.weight=[2,32]:zeros", "classifier.bias=[2]:zeros"]},
+                ],
+            }
+        )
+    )
+    res = run("run", recipe, "-q")
+    assert res.exit_code == 0, res.output
+    assert "note: config.json: id2label" in res.stderr  # a multi-step recipe prints its notes
+    cfg = json.loads((tmp_path / "r-out" / "config.json").read_text())
+    assert cfg["problem_type"] == "single_label_classification"
+    assert cfg["id2label"] == {"0": "x", "1": "y"}
+
+
+def test_update_config_unit():
+    shapes = {
+        "model.layers.0.w": (4, 4),
+        "model.layers.1.w": (4, 4),
+        "model.embed_tokens.weight": (9, 4),
+    }
+    up = update_config({"vocab_size": 8, "num_hidden_layers": 4}, shapes)
+    assert up.config == {"vocab_size": 9, "num_hidden_layers": 2} and up.changed
+    assert len(up.notes) == 2
+    same = update_config({"vocab_size": 9, "num_hidden_layers": 2}, shapes)
+    assert not same.changed and same.notes == ()
+    gap = update_config({"num_hidden_layers": 4}, {"h.0.w": (1,), "h.3.w": (1,)})
+    assert any("not 0..1" in n for n in gap.notes)
+    assert (
+        stale_file("README.md") and stale_file("x.report.csv") and stale_file("reinit-report.json")
+    )
+    assert not stale_file("config.json") and not stale_file("docs/notes.md")
+
+
+def test_a_lone_file_with_config_gets_just_those_fields(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2, 2)}, tmp_path / "lone.safetensors")
+    (tmp_path / "o").mkdir()
+    out = tmp_path / "o" / "lone.safetensors"
+    res = run(
+        "apply",
+        tmp_path / "lone.safetensors",
+        "--rule",
+        "w=ones",
+        "--config",
+        'model_type="x"',
+        "-o",
+        out,
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "o" / "config.json").read_text()) == {"model_type": "x"}
+
+
+def test_without_surgery_config_json_is_copied_byte_for_byte(tmp_path):
+    _minilm(tmp_path / "src")
+    res = run("apply", tmp_path / "src", "--rule", "pooler.*=zeros", "-o", f"{tmp_path / 'o'}/")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "o" / "config.json").read_bytes() == (
+        tmp_path / "src" / "config.json"
+    ).read_bytes()
+    assert "note: config.json" not in res.stderr
+
+
+def test_in_place_surgery_updates_config_and_keeps_the_card(tmp_path):
+    _minilm(tmp_path / "src")
+    res = run("apply", tmp_path / "src", "--drop", "encoder.layer.1.*", "--in-place")
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "src" / "config.json").read_text())["num_hidden_layers"] == 1
+    assert (tmp_path / "src" / "README.md").read_text() == "# the source's model card\n"
+    assert "not copied" not in res.stderr  # nothing is copied in place: the card stays
