@@ -10,6 +10,7 @@ import sys
 import click
 
 from reinit.cli.common import (
+    by_option,
     err,
     examples,
     json_option,
@@ -78,6 +79,7 @@ def fail_on_flags(value: str | None) -> frozenset[str]:
 @json_option()
 @quiet_option("No progress bar, no terminal report.")
 @unsafe_pickle_option()
+@by_option()
 def report(
     source: str,
     against: str | None,
@@ -88,6 +90,7 @@ def report(
     as_json: bool,
     quiet: bool,
     unsafe_pickle: tuple[str, ...],
+    by: str,
 ) -> None:
     """The per-tensor std report of a checkpoint as it is (before/after with --against).
 
@@ -119,7 +122,7 @@ def report(
     if as_json:
         click.echo(rep.to_json())
     if not quiet:
-        err(render_terminal(rep, width(), color=sys.stderr.isatty(), per_layer="all"))
+        err(render_terminal(rep, width(), color=sys.stderr.isatty(), per_layer="all", by=by))
     hits = [e for e in rep.tensors if failing & set(e.flags)]
     if hits:
         first = hits[0]

@@ -8,6 +8,7 @@ import sys
 import click
 
 from reinit.cli.common import (
+    by_option,
     dry_run_option,
     err,
     examples,
@@ -39,7 +40,16 @@ __all__ = ["run"]
 @dry_run_option("Print each step's plan and write nothing.")
 @json_option()
 @quiet_option()
-def run(recipe: str, sets: tuple[str, ...], dry_run: bool, as_json: bool, quiet: bool) -> None:
+@by_option()
+def run(
+    recipe: str,
+    sets: tuple[str, ...],
+    dry_run: bool,
+    all_tensors: bool,
+    as_json: bool,
+    quiet: bool,
+    by: str,
+) -> None:
     """Run a recipe (.yaml/.yml, .toml or .json): apply's options as keys, and `steps:` to
     chain several rule sets in memory."""
     from reinit.recipe.run import plan_recipe, run_recipe
@@ -57,11 +67,12 @@ def run(recipe: str, sets: tuple[str, ...], dry_run: bool, as_json: bool, quiet:
             warn_all(plan.warnings)
             if len(plans) > 1:
                 click.echo(f"step {i}:", err=as_json)
-            click.echo(render_plan(plan, width()), err=as_json)
+            click.echo(render_plan(plan, width(), by=by, every=all_tensors), err=as_json)
         return
     result = run_recipe(loaded, progress=progress_on(quiet))
     warn_all(result.warnings)
     if as_json:
         click.echo(result.to_json())
     if not quiet:
-        err(render_terminal(result, width(), color=sys.stderr.isatty()))
+        per_layer = "none" if by == "kind" else "changed"
+        err(render_terminal(result, width(), sys.stderr.isatty(), per_layer, by))

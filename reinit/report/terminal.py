@@ -3,7 +3,7 @@ the unstable-depth lines and the per-layer view."""
 
 from __future__ import annotations
 
-__all__ = ["depth_lines", "render_table", "render_terminal", "summary_line"]
+__all__ = ["depth_lines", "render_kind_table", "render_table", "render_terminal", "summary_line"]
 
 import textwrap
 from collections import defaultdict
@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 from reinit.report.entries import NOTE_CHANGED, Report, TensorEntry
 from reinit.report.flags import depth_checks
+from reinit.report.group_table import GroupRow, render_group_table
+from reinit.report.groups import flag_counts, group_by_kind, layer_range, span
 from reinit.report.layers import is_changed, layer_tables, render_layer_table
 from reinit.report.text import (
     click_style,
@@ -105,20 +107,62 @@ def render_table(entries: Sequence[TensorEntry], width: int = 100, color: bool =
     return "\n".join(out)
 
 
+def _reference(e: TensorEntry) -> float | None:
+    """The entry's reference std (DESIGN §8 "Reference scale"), where the report has one."""
+    ref = getattr(e, "reference_std", None)
+    return ref if isinstance(ref, int | float) else None
+
+
+def render_kind_table(entries: Sequence[TensorEntry], width: int = 100, color: bool = False) -> str:
+    """One row per (kind, shape, action, rule): the layer range, std before → after as
+    min–max, expected, reference (when known), var_gain and the flags with their counts;
+    flagged groups first. Columns with nothing to say (reference, flags) are left out."""
+    groups = group_by_kind(entries, lambda e: e.name, lambda e: (e.shape, e.action, e.rule))
+    groups.sort(key=lambda g: not any(e.flags for e in g.members))
+    with_ref = any(_reference(e) is not None for e in entries)
+    with_flags = any(e.flags for e in entries)
+    header = ["kind", "layers", "shape", "action", "std before → after", "expected"]
+    header += ["reference"] * with_ref + ["var_gain"] + ["flags"] * with_flags
+    rows = []
+    for g in groups:
+        m = g.members
+        before = span(e.before.std for e in m if e.before is not None)
+        after = span(e.after.std for e in m)
+        cells = [
+            layer_range(e.name for e in m),
+            shape_text(m[0].shape),
+            m[0].action,
+            after if before == "-" else f"{before} → {after}",
+            span(e.expected_std for e in m),
+        ]
+        cells += [span(_reference(e) for e in m)] * with_ref + [span(e.var_gain for e in m)]
+        cells += [flag_counts(e.flags for e in m)] * with_flags
+        flagged = any(e.flags for e in m)
+        fg = "red" if flagged else "green" if any(is_changed(e) for e in m) else None
+        rows.append(GroupRow(g.kind, tuple(cells), fg))
+    return "\n".join(render_group_table(header, rows, width, color))
+
+
 def render_terminal(
-    report: Report, width: int = 100, color: bool = False, per_layer: str = "changed"
+    report: Report,
+    width: int = 100,
+    color: bool = False,
+    per_layer: str = "changed",
+    by: str = "tensor",
 ) -> str:
     """The one-line summary, the changed and the flagged tensors as a table (flagged first;
     a kind flagged only for unstable_depth takes one line, not one row per layer), then the
     per-layer view: `per_layer="all"` every kind with something to read, `"changed"` only the
-    kinds with a changed or flagged member, `"none"` nothing."""
+    kinds with a changed or flagged member, `"none"` nothing. `by="kind"` groups the table
+    (one row per kind, shape, action and rule); `by="tensor"` lists every tensor."""
     listed = [e for e in report.tensors if set(e.flags) - {"unstable_depth"} or is_changed(e)]
     skipped = [e for e in report.tensors if e.action == "skipped"]
     lines = [summary_line(report)]
     if report.output:
         lines.append(f"wrote {shown(report.output)}")
     if listed:
-        lines.append(render_table(listed, width, color))
+        table = render_kind_table if by == "kind" else render_table
+        lines.append(table(listed, width, color))
     for line in depth_lines(report.tensors):
         wrapped = textwrap.fill(
             shown(line), width, subsequent_indent="    ", break_on_hyphens=False
