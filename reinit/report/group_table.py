@@ -7,6 +7,7 @@ from __future__ import annotations
 
 __all__ = ["GroupRow", "render_group_table"]
 
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,6 +37,11 @@ def _pack(cells: Sequence[str], widths: Sequence[int], width: int, indent: int) 
         if current.strip() and len(current) + len(sep) + len(text.rstrip()) > width:
             lines.append(current.rstrip())
             current, sep = " " * (indent + 2), ""
+            if len(current) + len(text.rstrip()) > width:  # a long last cell: at its spaces
+                *whole, text = textwrap.wrap(
+                    text, width - len(current), break_long_words=False, break_on_hyphens=False
+                )
+                lines += [current + x for x in whole]
         current += sep + text
         fresh = False
     lines.append(current.rstrip())

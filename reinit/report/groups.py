@@ -7,6 +7,7 @@ from __future__ import annotations
 __all__ = [
     "KindGroup",
     "common_prefix",
+    "fit_items",
     "flag_counts",
     "group_by_kind",
     "layer_range",
@@ -106,4 +107,17 @@ def wrap_label(label: str, width: int) -> list[str]:
             piece = piece[width:]
         current = piece
     lines.append(current)
+    return lines
+
+
+def fit_items(items: Sequence[str], width: int) -> list[str]:
+    """`a, b, c` on as many lines of `width` as it needs, broken only between items."""
+    lines = [""]
+    for item in items:
+        piece = f"{lines[-1]}, {item}" if lines[-1] else item
+        if len(piece) > width and lines[-1]:
+            lines[-1] += ","
+            lines.append(item)
+        else:
+            lines[-1] = piece
     return lines

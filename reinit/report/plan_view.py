@@ -11,7 +11,7 @@ from collections import Counter
 from reinit.io.safetensors_format import dtype_name
 from reinit.planning.planner import Plan, PlanEntry
 from reinit.report.group_table import GroupRow, render_group_table
-from reinit.report.groups import group_by_kind, layer_range
+from reinit.report.groups import fit_items, group_by_kind, layer_range
 from reinit.report.text import shape_text, shorten_name
 from reinit.text import shown
 
@@ -98,6 +98,5 @@ def render_plan(plan: Plan, width: int = 100, *, by: str = "tensor", every: bool
     summary = ", ".join(f"{counts[a]} {a}" for a in ("reinit", "transplant", "kept", "skipped"))
     entries = [e for e in plan.entries if every or e.changes or e.notes]
     lines = _by_kind(entries, width) if by == "kind" else _by_tensor(entries, width)
-    return "\n".join(
-        [f"plan: {len(plan.entries)} tensors: {summary} (dry run, nothing written)", *lines]
-    )
+    head = f"plan: {len(plan.entries)} tensors: {summary} (dry run, nothing written)"
+    return "\n".join([*fit_items(head.split(", "), width), *lines])

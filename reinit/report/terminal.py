@@ -12,15 +12,12 @@ from collections.abc import Sequence
 from reinit.report.entries import NOTE_CHANGED, Report, TensorEntry
 from reinit.report.flags import depth_checks
 from reinit.report.group_table import GroupRow, render_group_table
-from reinit.report.groups import flag_counts, group_by_kind, layer_range, span
+from reinit.report.groups import fit_items, flag_counts, group_by_kind, layer_range, span
 from reinit.report.layers import is_changed, layer_tables, render_layer_table
 from reinit.report.text import (
     click_style,
-    column_widths,
     fmt,
     shape_text,
-    shorten,
-    table_row,
 )
 from reinit.text import shown
 
@@ -59,52 +56,28 @@ def depth_lines(entries: Sequence[TensorEntry]) -> list[str]:
     return lines
 
 
-_TABLE_HEADER = ("name", "shape", "action", "std before → after", "expected", "var_gain", "flags")
-
-
-_MIN_WIDTH = (16, 7, 6, 11, 8, 8, 7)
-
-
-def _fit_widths(widths: list[int], width: int) -> list[int]:
-    """Shrink the widest shrinkable columns (name first in practice) until the row fits."""
-    widths = list(widths)
-    while sum(widths) + 2 * (len(widths) - 1) > width:
-        excess = [w - m for w, m in zip(widths, _MIN_WIDTH, strict=True)]
-        i = max(range(len(widths)), key=lambda k: (excess[k], k == 0))
-        if excess[i] <= 0:
-            break
-        widths[i] -= 1
-    return widths
-
-
 def render_table(entries: Sequence[TensorEntry], width: int = 100, color: bool = False) -> str:
-    """An aligned table (flagged rows first) that fits `width` columns: long names are
-    shortened in the middle, numbers have 3 significant digits."""
+    """One row per tensor (flagged rows first) that fits `width` columns: the prefix every
+    name shares is named once above the table, a name too long for its column is wrapped
+    after a dot (never elided), numbers have 3 significant digits."""
     rows = sorted(entries, key=lambda e: (not e.flags,))
-    cols = [
-        (
-            shown(e.name),
+    with_ref = any(_reference(e) is not None for e in rows)
+    with_flags = any(e.flags for e in rows)
+    header = ["name", "shape", "action", "std before → after", "expected"]
+    header += ["reference"] * with_ref + ["var_gain"] + ["flags"] * with_flags
+    table = []
+    for e in rows:
+        cells = [
             shape_text(e.shape),
             e.action,
             (fmt(e.before.std) + " → " if e.before else "") + fmt(e.after.std),
             fmt(e.expected_std),
-            fmt(e.var_gain),
-            ",".join(e.flags),
-        )
-        for e in rows
-    ]
-    widths = _fit_widths(column_widths(_TABLE_HEADER, cols), width)
-    out = [
-        "  ".join(
-            shorten(h, w).ljust(w) for h, w in zip(_TABLE_HEADER, widths, strict=True)
-        ).rstrip()
-    ]
-    for e, c in zip(rows, cols, strict=True):
-        line = table_row(c, widths)
-        out.append(
-            click_style(line, color, fg="red" if e.flags else "green" if is_changed(e) else None)
-        )
-    return "\n".join(out)
+        ]
+        cells += [fmt(_reference(e))] * with_ref + [fmt(e.var_gain)]
+        cells += [",".join(e.flags)] * with_flags
+        fg = "red" if e.flags else "green" if is_changed(e) else None
+        table.append(GroupRow(e.name, tuple(cells), fg))
+    return "\n".join(render_group_table(header, table, width, color))
 
 
 def _reference(e: TensorEntry) -> float | None:
@@ -157,7 +130,7 @@ def render_terminal(
     (one row per kind, shape, action and rule); `by="tensor"` lists every tensor."""
     listed = [e for e in report.tensors if set(e.flags) - {"unstable_depth"} or is_changed(e)]
     skipped = [e for e in report.tensors if e.action == "skipped"]
-    lines = [summary_line(report)]
+    lines = fit_items(summary_line(report).split(", "), width)
     if report.output:
         lines.append(f"wrote {shown(report.output)}")
     if listed:

@@ -1,0 +1,102 @@
+"""The terminal report by kind (DESIGN §8): a 24-layer Llama-shaped checkpoint whose top 4
+layers are re-initialized reads on one screen, at 80 and 100 columns, without cut cells.
+
+Golden files: tests/golden/llama_top4_{80,100}.txt, compared exactly (the run time and the
+temporary output path are replaced by placeholders). After an intended change to the view,
+regenerate them with
+
+    REINIT_UPDATE_GOLDEN=1 PYTHONPATH=$PWD python -m pytest tests/test_terminal_by_kind.py
+
+and read the diff before committing it."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from tests.helpers import run
+
+GOLDEN = Path(__file__).parent / "golden"
+RULES = ("model.layers.2[0-3].*.weight=normal(std=0.02)", "model.layers.2[0-3].*norm.weight=ones")
+
+
+def llama(path: Path) -> Path:
+    """embed_tokens, 24 × (q/k/v/o, gate/up/down, 2 norms) at d=64, ffn=172, vocab=256, norm,
+    lm_head; float32, std 0.02 weights and all-one norms (a fixed seed)."""
+    g = torch.Generator().manual_seed(0)
+    d, ffn, vocab = 64, 172, 256
+    sd = {"model.embed_tokens.weight": torch.randn(vocab, d, generator=g) * 0.02}
+    for i in range(24):
+        p = f"model.layers.{i}."
+        for n in "qkvo":
+            sd[p + f"self_attn.{n}_proj.weight"] = torch.randn(d, d, generator=g) * 0.02
+        sd[p + "mlp.gate_proj.weight"] = torch.randn(ffn, d, generator=g) * 0.02
+        sd[p + "mlp.up_proj.weight"] = torch.randn(ffn, d, generator=g) * 0.02
+        sd[p + "mlp.down_proj.weight"] = torch.randn(d, ffn, generator=g) * 0.02
+        sd[p + "input_layernorm.weight"] = torch.ones(d)
+        sd[p + "post_attention_layernorm.weight"] = torch.ones(d)
+    sd["model.norm.weight"] = torch.ones(d)
+    sd["lm_head.weight"] = torch.randn(vocab, d, generator=g) * 0.02
+    save_file(sd, path)
+    return path
+
+
+def apply_at(tmp_path: Path, columns: int, *extra: str) -> str:
+    src = llama(tmp_path / "llama.safetensors")
+    args = ["apply", str(src), "-o", str(tmp_path / "out.safetensors"), *extra]
+    for r in RULES:
+        args += ["-r", r]
+    res = run(*args, env={"COLUMNS": str(columns), "NO_COLOR": "1"})
+    assert res.exit_code == 0, res.output
+    text = res.stderr.replace(str(tmp_path), "TMP")
+    return re.sub(r", \d+\.\d\ds$", ", N.NNs", text, flags=re.M)
+
+
+@pytest.mark.parametrize("columns", [80, 100])
+def test_llama_top4_fits_one_screen(tmp_path, columns):
+    text = apply_at(tmp_path, columns)
+    golden = GOLDEN / f"llama_top4_{columns}.txt"
+    if os.environ.get("REINIT_UPDATE_GOLDEN"):
+        golden.write_text(text, encoding="utf-8")
+    lines = text.splitlines()
+    assert len(lines) <= 40
+    assert max(len(x) for x in lines) <= columns
+    assert "…" not in text  # nothing elided: no name or cell cut into fragments
+    assert "all names start with model.layers.*." in text
+    for kind in ("self_attn.q_proj.weight", "mlp.down_proj.weight", "input_layernorm.weight"):
+        assert kind in text and "model.layers.20" not in text
+    assert text == golden.read_text(encoding="utf-8")
+
+
+def test_by_tensor_lists_every_tensor(tmp_path):
+    text = apply_at(tmp_path, 100, "--by", "tensor")
+    assert "all names start with model.layers.\n" in text
+    names = [x.split()[0] for x in text.splitlines()]
+    for i in range(20, 24):  # each tensor whole on its own line (the prefix named above)
+        assert f"{i}.self_attn.q_proj.weight" in names
+    assert "…" not in text
+
+
+def test_wide_terminal_takes_one_line_per_group(tmp_path):
+    text = apply_at(tmp_path, 120)
+    rows = [x for x in text.splitlines() if "20-23" in x]
+    assert len(rows) == 9 and all(x.split()[0].endswith(".weight") for x in rows)
+    assert max(len(x) for x in text.splitlines()) <= 120
+
+
+def test_dry_run_groups_changed_tensors_rule_once(tmp_path):
+    src = llama(tmp_path / "llama.safetensors")
+    args = ["apply", str(src), "--dry-run", "-r", RULES[0], "-r", RULES[1]]
+    res = run(*args, env={"COLUMNS": "80"})
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert max(len(x) for x in lines) <= 80 and len(lines) < 40
+    assert res.output.count(RULES[0]) == 7 and res.output.count(RULES[1]) == 2  # once a group
+    assert "lm_head" not in res.output and "unchanged" not in res.output
+    every = run(*args, "--all", env={"COLUMNS": "80"}).output
+    assert "lm_head.weight" in every and "unchanged" in every
