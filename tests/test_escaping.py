@@ -116,6 +116,9 @@ def test_dry_run(evil):
     res = run("apply", evil, "-r", "*.weight=zeros", "--dry-run", env=WIDE)
     assert res.exit_code == 0, res.output
     assert_escaped(res.stdout)
+    assert len(res.stdout.splitlines()) == 1 + 1 + 1  # plan line, header, one kind's row
+    res = run("apply", evil, "-r", "*.weight=zeros", "--dry-run", "--by", "tensor", env=WIDE)
+    assert_escaped(res.stdout)
     assert len(res.stdout.splitlines()) == 1 + 1 + len(EVIL)  # plan line, header, rows
 
 

@@ -76,7 +76,7 @@ def test_llama_top4_fits_one_screen(tmp_path, columns):
 def test_by_tensor_lists_every_tensor(tmp_path):
     text = apply_at(tmp_path, 100, "--by", "tensor")
     assert "all names start with model.layers.\n" in text
-    names = [x.split()[0] for x in text.splitlines()]
+    names = [x.split()[0] for x in text.splitlines() if x.strip()]
     for i in range(20, 24):  # each tensor whole on its own line (the prefix named above)
         assert f"{i}.self_attn.q_proj.weight" in names
     assert "…" not in text

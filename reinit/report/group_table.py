@@ -60,12 +60,12 @@ def render_group_table(
     labels = [shown(r.label) for r in rows]
     prefix = common_prefix(labels)
     labels = [x[len(prefix) :] for x in labels]
-    out = [f"all {what} start with {prefix}"] if prefix else []
+    out = wrap_label(f"all {what} start with {prefix}", width) if prefix else []
     cell_w = [max([len(h)] + [len(r.cells[i]) for r in rows]) for i, h in enumerate(header[1:])]
     cells_total = sum(cell_w) + 2 * (len(cell_w) - 1)
-    label_w = max([len(header[0])] + [len(x) for x in labels])
-    label_w = min(label_w, width - 2 - cells_total)
-    if label_w < MIN_LABEL:  # the labels on their own lines, the cells below them
+    longest = max([len(header[0])] + [len(x) for x in labels])
+    label_w = min(longest, width - 2 - cells_total)
+    if label_w < min(MIN_LABEL, longest):  # the labels on their own lines, the cells below them
         out += _pack(header[1:], cell_w, width, 2)
         for label, r in zip(labels, rows, strict=True):
             block = wrap_label(label, width)

@@ -76,15 +76,22 @@ def flag_counts(flags: Iterable[Sequence[str]]) -> str:
 
 
 def common_prefix(labels: Sequence[str]) -> str:
-    """The dotted parts every label starts with (`model.layers.*.`), keeping at least the last
-    part of each label; empty when there is nothing worth dropping (under 4 characters)."""
-    if len(labels) < 2:
+    """The dotted parts every label starts with, up to its last layer number where it has
+    one (`model.layers.*.`), keeping at least the last part of each label; empty when there is
+    nothing worth dropping (under 4 characters, or fewer than 3 rows)."""
+    if len(labels) < 3:
         return ""
     split = [x.split(".") for x in labels]
     n = 0
     while all(len(p) > n + 1 for p in split) and len({p[n] for p in split}) == 1:
         n += 1
-    prefix = "".join(p + "." for p in split[0][:n])
+    if len({tuple(p[n:]) for p in split}) < 2:
+        return ""  # the rows would all read alike
+    parts = split[0][:n]
+    stack = [i for i, p in enumerate(parts) if p == "*" or p.isdigit()]
+    if stack:  # `model.layers.*.`: the block's parts stay together after the layer number
+        parts = parts[: stack[-1] + 1]
+    prefix = "".join(p + "." for p in parts)
     return prefix if len(prefix) >= 4 else ""
 
 

@@ -1,5 +1,6 @@
 """The `--dry-run` view of a Plan: by default one row per (kind, shape, dtype, action, rule) of
-the tensors that change, the rule printed once per group; `--all` adds the unchanged ones and
+the tensors that change or are skipped, the rule printed once per group; `--all` adds the
+unchanged ones and
 `--by tensor` lists every tensor."""
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def render_plan(plan: Plan, width: int = 100, *, by: str = "tensor", every: bool
     that change) grouped by kind (`by="kind"`) or one row each (`by="tensor"`)."""
     counts = Counter(e.action for e in plan.entries)
     summary = ", ".join(f"{counts[a]} {a}" for a in ("reinit", "transplant", "kept", "skipped"))
-    entries = [e for e in plan.entries if every or e.changes or e.notes]
+    entries = [e for e in plan.entries if every or e.changes or e.notes or e.action == "skipped"]
     lines = _by_kind(entries, width) if by == "kind" else _by_tensor(entries, width)
     head = f"plan: {len(plan.entries)} tensors: {summary} (dry run, nothing written)"
     return "\n".join([*fit_items(head.split(", "), width), *lines])
