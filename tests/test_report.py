@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -373,12 +374,18 @@ def test_csv_and_markdown_parse_back(tmp_path):
 
     md = (tmp_path / "r.md").read_text()
     assert md == to_markdown(rep)
-    tensors = _md_rows(md, "Tensors")
-    assert len(tensors) == len(rep.tensors)
-    assert [r[0].strip("`") for r in tensors] == [e.name for e in rep.tensors]
-    assert {r[0].strip("`"): r[-1] for r in tensors if r[-1]} == {
-        k: ", ".join(v) for k, v in PLANTED.items()
+    kinds = _md_rows(md, "Tensors by kind")  # one row per group; every tensor in the CSV
+    assert sum(int(r[2]) for r in kinds) == len(rep.tensors) and len(kinds) < len(rep.tensors)
+    flagged = [r for r in kinds if r[-1]]
+    assert kinds[: len(flagged)] == flagged  # flagged groups first
+    planted: dict[str, list[str]] = {}
+    for name, flags in PLANTED.items():
+        planted.setdefault(re.sub(r"\.\d+\.", ".*.", name), []).extend(flags)
+    assert {r[0].strip("`"): r[-1] for r in flagged} == {
+        k: ", ".join(v) for k, v in planted.items()
     }
+    fc2 = next(r for r in kinds if r[0] == "`layers.*.fc2.weight`" and r[-1])
+    assert fc2[1] == "0-5" and fc2[2] == "6"  # the layer range, the count
     # the per-layer view: a column per layer, the flagged cell in bold, var_gain per layer
     per_layer = md.split("## Per layer", 1)[1]
     block = per_layer.split("### `layers.*.fc2.weight`", 1)[1].split("###", 1)[0]

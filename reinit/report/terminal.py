@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from reinit.report.entries import NOTE_CHANGED, Report, TensorEntry
 from reinit.report.flags import depth_checks
 from reinit.report.group_table import GroupRow, render_group_table
-from reinit.report.groups import fit_items, flag_counts, group_by_kind, layer_range, span
+from reinit.report.groups import fit_items, flag_counts, layer_range, span
+from reinit.report.kinds import entry_groups, reference_of
 from reinit.report.layers import is_changed, layer_tables, render_layer_table
 from reinit.report.text import (
     click_style,
@@ -61,7 +62,7 @@ def render_table(entries: Sequence[TensorEntry], width: int = 100, color: bool =
     name shares is named once above the table, a name too long for its column is wrapped
     after a dot (never elided), numbers have 3 significant digits."""
     rows = sorted(entries, key=lambda e: (not e.flags,))
-    with_ref = any(_reference(e) is not None for e in rows)
+    with_ref = any(reference_of(e) is not None for e in rows)
     with_flags = any(e.flags for e in rows)
     header = ["name", "shape", "action", "std before → after", "expected"]
     header += ["reference"] * with_ref + ["var_gain"] + ["flags"] * with_flags
@@ -73,26 +74,19 @@ def render_table(entries: Sequence[TensorEntry], width: int = 100, color: bool =
             (fmt(e.before.std) + " → " if e.before else "") + fmt(e.after.std),
             fmt(e.expected_std),
         ]
-        cells += [fmt(_reference(e))] * with_ref + [fmt(e.var_gain)]
+        cells += [fmt(reference_of(e))] * with_ref + [fmt(e.var_gain)]
         cells += [",".join(e.flags)] * with_flags
         fg = "red" if e.flags else "green" if is_changed(e) else None
         table.append(GroupRow(e.name, tuple(cells), fg))
     return "\n".join(render_group_table(header, table, width, color))
 
 
-def _reference(e: TensorEntry) -> float | None:
-    """The entry's reference std (DESIGN §8 "Reference scale"), where the report has one."""
-    ref = getattr(e, "reference_std", None)
-    return ref if isinstance(ref, int | float) else None
-
-
 def render_kind_table(entries: Sequence[TensorEntry], width: int = 100, color: bool = False) -> str:
     """One row per (kind, shape, action, rule): the layer range, std before → after as
     min–max, expected, reference (when known), var_gain and the flags with their counts;
     flagged groups first. Columns with nothing to say (reference, flags) are left out."""
-    groups = group_by_kind(entries, lambda e: e.name, lambda e: (e.shape, e.action, e.rule))
-    groups.sort(key=lambda g: not any(e.flags for e in g.members))
-    with_ref = any(_reference(e) is not None for e in entries)
+    groups = entry_groups(entries)
+    with_ref = any(reference_of(e) is not None for e in entries)
     with_flags = any(e.flags for e in entries)
     header = ["kind", "layers", "shape", "action", "std before → after", "expected"]
     header += ["reference"] * with_ref + ["var_gain"] + ["flags"] * with_flags
@@ -108,7 +102,7 @@ def render_kind_table(entries: Sequence[TensorEntry], width: int = 100, color: b
             after if before == "-" else f"{before} → {after}",
             span(e.expected_std for e in m),
         ]
-        cells += [span(_reference(e) for e in m)] * with_ref + [span(e.var_gain for e in m)]
+        cells += [span(reference_of(e) for e in m)] * with_ref + [span(e.var_gain for e in m)]
         cells += [flag_counts(e.flags for e in m)] * with_flags
         flagged = any(e.flags for e in m)
         fg = "red" if flagged else "green" if any(is_changed(e) for e in m) else None
