@@ -100,3 +100,67 @@ def test_dry_run_groups_changed_tensors_rule_once(tmp_path):
     assert "lm_head" not in res.output and "unchanged" not in res.output
     every = run(*args, "--all", env={"COLUMNS": "80"}).output
     assert "lm_head.weight" in every and "unchanged" in every
+
+
+# --- the grouping, on hand-made entries --------------------------------------------------------
+
+
+def _entry(name: str, std: float, flags: tuple[str, ...] = (), **kw):
+    from reinit.report.entries import TensorEntry
+    from reinit.report.stats import Stats
+
+    s = Stats(0.0, std, -1.0, 1.0, 0, 64)
+    return TensorEntry(
+        name, (8, 8), "float32", "reinit", s, rule="*=x", before=s, flags=flags, **kw
+    )
+
+
+def test_kind_rows_count_flags_and_put_flagged_groups_first():
+    from reinit.report.terminal import render_kind_table
+
+    entries = [_entry(f"enc.layer.{i}.fc.weight", 0.02) for i in range(6)]
+    entries += [_entry(f"enc.layer.{i}.attn.weight", 0.1, ("std_off",)) for i in (0, 1, 2, 5)]
+    entries.append(_entry("enc.layer.3.attn.weight", 0.1, ("std_off", "outlier")))
+    entries += [_entry(f"enc.layer.{i}.norm.weight", 0.0) for i in range(6)]
+    lines = render_kind_table(entries, 100).splitlines()
+    assert lines[0] == "all names start with enc.layer.*."
+    assert lines[1].split()[:3] == ["kind", "layers", "shape"]
+    assert lines[2].split()[:2] == ["attn.weight", "0-3,5"]  # flagged first, runs of layers
+    assert lines[2].endswith("std_off×5, outlier")  # each flag once, with its count
+    assert lines[3].split()[:2] == ["fc.weight", "0-5"] and len(lines) == 5
+    assert "reference" not in lines[1]  # no entry has a reference: no empty column
+
+
+def test_reference_column_when_entries_carry_one():
+    """The reference helper's field (`reference_std`) is read where it exists."""
+    from dataclasses import dataclass
+
+    from reinit.report.entries import TensorEntry
+    from reinit.report.terminal import render_kind_table
+
+    @dataclass(frozen=True)
+    class WithReference(TensorEntry):
+        reference_std: float | None = None
+
+    base = [_entry(f"h.{i}.w", 0.07, ("off_reference",)) for i in range(4)]
+    entries = [WithReference(**{**e.__dict__, "reference_std": 0.02}) for e in base]
+    text = render_kind_table(entries, 80)
+    header = next(x for x in text.splitlines() if "expected" in x)
+    row = next(x for x in text.splitlines() if "0-3" in x)
+    assert "reference" in header and "off_reference×4" in text
+    # "std before → after" is 4 words in the header, 3 in the row
+    assert row.split()[header.split().index("reference") - 1] == "0.02"
+    assert max(len(x) for x in text.splitlines()) <= 80
+
+
+def test_label_helpers():
+    from reinit.report.groups import common_prefix, layer_range, wrap_label
+
+    assert layer_range(["a.0.w", "a.1.w", "a.2.w", "a.7.w", "a.9.w", "a.10.w"]) == "0-2,7,9-10"
+    assert layer_range(["head.w"]) == "-"
+    assert common_prefix(["m.l.*.a.w", "m.l.*.b.w", "m.l.*.c.w"]) == "m.l.*."
+    assert common_prefix(["m.a.w", "m.a.w", "m.a.w"]) == ""  # the rows would read alike
+    assert common_prefix(["m.l.*.a.w", "m.l.*.b.w"]) == ""  # two rows: not worth a line
+    name = "encoder.layer.*.attention.output.dense.weight"
+    assert wrap_label(name, 20) == ["encoder.layer.*", ".attention.output", ".dense.weight"]
+    assert "".join(wrap_label(name, 20)) == name
