@@ -126,7 +126,7 @@ def test_kind_rows_count_flags_and_put_flagged_groups_first():
     assert lines[0] == "all names start with enc.layer.*."
     assert lines[1].split()[:3] == ["kind", "layers", "shape"]
     assert lines[2].split()[:2] == ["attn.weight", "0-3,5"]  # flagged first, runs of layers
-    assert lines[2].endswith("std_off×5, outlier")  # each flag once, with its count
+    assert lines[2].endswith("std_off×5, outlier×1")  # each flag once, with its count
     assert lines[3].split()[:2] == ["fc.weight", "0-5"] and len(lines) == 5
     assert "reference" not in lines[1]  # no entry has a reference: no empty column
 

@@ -69,10 +69,11 @@ def span(values: Iterable[float | None]) -> str:
     return lo if lo == hi else f"{lo}–{hi}"
 
 
-def flag_counts(flags: Iterable[Sequence[str]]) -> str:
-    """`off_reference×4, outlier` from the members' flags: each flag once, with its count."""
+def flag_counts(flags: Sequence[Sequence[str]]) -> str:
+    """`off_reference×4, outlier×1` from the members' flags: each flag once, with how many
+    members carry it (no count for a group of one tensor)."""
     counts = Counter(f for fs in flags for f in fs)
-    return ", ".join(f if n == 1 else f"{f}×{n}" for f, n in counts.items())
+    return ", ".join(f if len(flags) == 1 else f"{f}×{n}" for f, n in counts.items())
 
 
 def common_prefix(labels: Sequence[str]) -> str:

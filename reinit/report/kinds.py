@@ -51,7 +51,7 @@ def kinds_markdown(entries: Sequence[TensorEntry]) -> list[str]:
             span(x.expected_std for x in m),
             span(reference_of(x) for x in m),
             span(x.var_gain for x in m),
-            flag_counts(x.flags for x in m),
+            flag_counts([x.flags for x in m]),
         )
         lines.append("| " + " | ".join(md_cell(c) for c in cells) + " |")
     return lines

@@ -103,7 +103,7 @@ def render_kind_table(entries: Sequence[TensorEntry], width: int = 100, color: b
             span(e.expected_std for e in m),
         ]
         cells += [span(reference_of(e) for e in m)] * with_ref + [span(e.var_gain for e in m)]
-        cells += [flag_counts(e.flags for e in m)] * with_flags
+        cells += [flag_counts([e.flags for e in m])] * with_flags
         flagged = any(e.flags for e in m)
         fg = "red" if flagged else "green" if any(is_changed(e) for e in m) else None
         rows.append(GroupRow(g.kind, tuple(cells), fg))
