@@ -382,7 +382,8 @@ def test_csv_and_markdown_parse_back(tmp_path):
     for name, flags in PLANTED.items():
         planted.setdefault(re.sub(r"\.\d+\.", ".*.", name), []).extend(flags)
     assert {r[0].strip("`"): r[-1] for r in flagged} == {
-        k: ", ".join(v) for k, v in planted.items()
+        k: ", ".join(f"{f}×1" for f in v)
+        for k, v in planted.items()  # with their counts
     }
     fc2 = next(r for r in kinds if r[0] == "`layers.*.fc2.weight`" and r[-1])
     assert fc2[1] == "0-5" and fc2[2] == "6"  # the layer range, the count
