@@ -67,6 +67,7 @@ def test_apply_to_module_equals_the_cli_on_its_saved_state_dict(tmp_path):
     # the same report, entry by entry (but where it came from and how long it took)
     # and the reference scale: apply_to_module knows its model, the CLI ran without --model
     theirs = {t["name"]: t for t in cli_report["tensors"]}
+
     def comparable(e: dict) -> dict:
         out = {k: v for k, v in e.items() if k not in ("reference", "reference_std")}
         out["flags"] = [f for f in e["flags"] if f != "off_reference"]

@@ -35,7 +35,11 @@ def test_apply_default_output_summary_and_table(ckpt):
     r = run("apply", str(ckpt), "--rule", "*.weight=kaiming")
     assert r.exit_code == 0, r.output
     assert "4 tensors, 2 reinit, 0 transplanted, 1 kept, 1 skipped" in r.stderr
-    assert "layers.0.fc.weight" in r.stderr and "head.weight" in r.stderr
+    assert "layers.*.fc.weight" in r.stderr and "head.weight" in r.stderr  # by kind
+    assert (
+        "layers.0.fc.weight"
+        in run("apply", str(ckpt), "-r", "*.weight=kaiming", "--by", "tensor", "--overwrite").stderr
+    )
     assert "skipped 1: kaiming_normal needs a tensor of 2 or more dims" in r.stderr
     assert r.stdout == ""
     assert (ckpt.parent / "model.reinit.safetensors").is_file()
@@ -63,7 +67,12 @@ def test_dry_run_prints_plan_and_writes_nothing(ckpt):
     r = run("apply", str(ckpt), "-r", "*.weight=orthogonal", "--dry-run")
     assert r.exit_code == 0
     assert "dry run, nothing written" in r.stdout
-    assert "layers.0.norm.weight" in r.stdout and "skipped" in r.stdout
+    assert "layers.*.norm.weight" in r.stdout and "skipped" in r.stdout  # changed/skipped kinds
+    assert "head.weight" in r.stdout and "layers.0.fc.bias" not in r.stdout  # unchanged: --all
+    every = run(
+        "apply", str(ckpt), "-r", "*.weight=orthogonal", "--dry-run", "--all", "--by", "tensor"
+    )
+    assert "layers.0.fc.bias" in every.stdout and "layers.0.norm.weight" in every.stdout
     assert sorted(p.name for p in ckpt.parent.iterdir()) == ["model.safetensors"]
 
 

@@ -98,7 +98,7 @@ def test_apply_table_reports_and_json(evil, tmp_path):
     assert [t["name"] for t in json.loads(js.read_text())["tensors"]] == EVIL
     text = md.read_text()
     assert_escaped(text)
-    assert f"`enc.layer.0.{ESCAPED}.weight`" in text
+    assert f"`enc.layer.*.{ESCAPED}.weight`" in text  # the kind's row, escaped
     rows = list(csv.reader(io.StringIO(csv_path.read_text())))
     assert [r[0] for r in rows[1:]] == [shown(n) for n in EVIL]
     assert_escaped(csv_path.read_text())
@@ -115,6 +115,9 @@ def test_markdown_pipe(tmp_path):
 def test_dry_run(evil):
     res = run("apply", evil, "-r", "*.weight=zeros", "--dry-run", env=WIDE)
     assert res.exit_code == 0, res.output
+    assert_escaped(res.stdout)
+    assert len(res.stdout.splitlines()) == 1 + 1 + 1  # plan line, header, one kind's row
+    res = run("apply", evil, "-r", "*.weight=zeros", "--dry-run", "--by", "tensor", env=WIDE)
     assert_escaped(res.stdout)
     assert len(res.stdout.splitlines()) == 1 + 1 + len(EVIL)  # plan line, header, rows
 

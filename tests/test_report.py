@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -320,6 +321,17 @@ def test_report_against_baseline(tmp_path):
     assert "warning: 1 tensor(s) of the baseline" in r.stderr and "old_head" in r.stderr
     assert "2 changed vs baseline" in r.stderr
     table = r.stderr.split("per layer")[0]
+    # by kind: only the changed/flagged layers (1-2, not 0) in the kind's row
+    assert "\nlayers.*.w  1-2 " in table and "0-2" not in table
+    r = run(
+        "report",
+        str(tmp_path / "new.safetensors"),
+        "--against",
+        str(tmp_path / "base.safetensors"),
+        "--by",
+        "tensor",
+    )
+    table = r.stderr.split("per layer")[0]
     assert "layers.1.w" in table and "layers.0.w" not in table  # only changed/flagged rows
     assert "std after" in r.stderr and "std before" in r.stderr  # the per-layer view
 
@@ -363,12 +375,19 @@ def test_csv_and_markdown_parse_back(tmp_path):
 
     md = (tmp_path / "r.md").read_text()
     assert md == to_markdown(rep)
-    tensors = _md_rows(md, "Tensors")
-    assert len(tensors) == len(rep.tensors)
-    assert [r[0].strip("`") for r in tensors] == [e.name for e in rep.tensors]
-    assert {r[0].strip("`"): r[-1] for r in tensors if r[-1]} == {
-        k: ", ".join(v) for k, v in PLANTED.items()
+    kinds = _md_rows(md, "Tensors by kind")  # one row per group; every tensor in the CSV
+    assert sum(int(r[2]) for r in kinds) == len(rep.tensors) and len(kinds) < len(rep.tensors)
+    flagged = [r for r in kinds if r[-1]]
+    assert kinds[: len(flagged)] == flagged  # flagged groups first
+    planted: dict[str, list[str]] = {}
+    for name, flags in PLANTED.items():
+        planted.setdefault(re.sub(r"\.\d+\.", ".*.", name), []).extend(flags)
+    assert {r[0].strip("`"): r[-1] for r in flagged} == {
+        k: ", ".join(f"{f}×1" for f in v)
+        for k, v in planted.items()  # with their counts
     }
+    fc2 = next(r for r in kinds if r[0] == "`layers.*.fc2.weight`" and r[-1])
+    assert fc2[1] == "0-5" and fc2[2] == "6"  # the layer range, the count
     # the per-layer view: a column per layer, the flagged cell in bold, var_gain per layer
     per_layer = md.split("## Per layer", 1)[1]
     block = per_layer.split("### `layers.*.fc2.weight`", 1)[1].split("###", 1)[0]
@@ -391,10 +410,29 @@ def test_terminal_fits_100_columns_flagged_first_no_colour(tmp_path):
     lines = r.stderr.splitlines()
     assert max(len(line) for line in lines) <= 100
     assert "\x1b[" not in r.stderr  # no colour off a terminal
+    assert "…" not in r.stderr  # a long name is wrapped after a dot, never cut into fragments
+    # the header (its `kind` label drops when every label takes a line of its own), then rows
+    header = next(i for i, line in enumerate(lines) if "layers" in line and "shape" in line)
+    rows = [line.split() for line in lines[header + 1 :] if "48×40" in line]
+    rows = [r[1:] if not r[0].isdigit() else r for r in rows]  # the label, where inline
+    assert rows[0][:2] == ["2", "48×40"] and "nonfinite" in rows[0]  # flagged groups first
+    assert rows[1][:3] == ["0", "48×40", "reinit"]  # the layer range of each group
+    assert long.format("*").rsplit(".", 1)[0] in r.stderr  # the kind, whole
+    r = run(
+        "apply",
+        str(tmp_path / "m.safetensors"),
+        "-r",
+        f"{long.format(0)}=normal(std=0.02)",
+        "--by",
+        "tensor",
+        "-o",
+        str(tmp_path / "t.safetensors"),
+    )
+    lines = r.stderr.splitlines()
+    assert max(len(line) for line in lines) <= 100 and "…" not in r.stderr
     header = next(i for i, line in enumerate(lines) if line.startswith("name"))
-    flagged, changed = lines[header + 1], lines[header + 2]  # flagged rows first
-    assert "nonfinite" in flagged and ".2." in flagged and "…" in flagged and "weight" in flagged
-    assert "reinit" in changed and ".0." in changed  # the layer number survives shortening
+    assert long.format(2).rsplit(".", 1)[0] == lines[header + 1]  # flagged rows first, whole
+    assert long.format(0).rsplit(".", 1)[0] == lines[header + 3]
     assert "4.09e-3" not in r.stderr  # 3 significant digits, compact exponents
     rep = reinit.report_checkpoint(tmp_path / "m.reinit.safetensors")
     colored = render_terminal(rep, 100, color=True, per_layer="all")

@@ -103,7 +103,7 @@ def test_conflicting_rules_on_a_tied_pair_are_refused(tmp_path, rules):
 
 def test_dry_run_shows_the_tie(tmp_path):
     src, _ = tied_bin(tmp_path)
-    res = run("apply", str(src), "-r", "lm_head.weight=zeros", "--dry-run")
+    res = run("apply", str(src), "-r", "lm_head.weight=zeros", "--dry-run", "--by", "tensor")
     assert res.exit_code == 0
     line = next(ln for ln in res.output.splitlines() if ln.startswith("embed.weight"))
     assert "reinit" in line and "tied with 'lm_head.weight'" in line

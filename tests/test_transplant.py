@@ -326,7 +326,8 @@ def test_sharded_directory_source_reads_only_needed_shards(tmp_path):
 
 def test_dry_run_shows_resolved_transplants(pair):
     tgt, src = pair
-    res = run("apply", str(tgt), "--dry-run", "-r", f"encoder.*=from({src}, key=auto)")
+    rule = f"encoder.*=from({src}, key=auto)"
+    res = run("apply", str(tgt), "--dry-run", "-r", rule, "--by", "tensor")
     assert res.exit_code == 0, res.output
     assert f"from({src}, key=auto) <- model.encoder.0.weight" in res.output
     assert "3 transplant" in res.output

@@ -10,6 +10,7 @@ import click
 from reinit.cli.common import (
     FlagValue,
     apply_options,
+    by_option,
     dropped_line,
     dry_run_option,
     err,
@@ -47,14 +48,17 @@ OUTPUT_HELP = (
 @dry_run_option()
 @json_option()
 @quiet_option()
+@by_option()
 @apply_options
 def apply(
     source: str,
     rules: tuple[str, ...],
     output: str | None,
     dry_run: bool,
+    all_tensors: bool,
     as_json: bool,
     quiet: bool,
+    by: str,
     **flags: FlagValue,
 ) -> None:
     """Re-initialize or transplant the tensors of SOURCE that the rules match, and write a
@@ -80,7 +84,7 @@ def apply(
 
         the_plan = plan(source, rules, options=options)
         warn_all(the_plan.warnings)
-        click.echo(render_plan(the_plan, width()), err=as_json)
+        click.echo(render_plan(the_plan, width(), by=by, every=all_tensors), err=as_json)
         if the_plan.dropped:
             err(dropped_line(the_plan.dropped))
         return
@@ -100,4 +104,5 @@ def apply(
     if as_json:
         click.echo(report.to_json())
     if not quiet:
-        err(render_terminal(report, width(), color=sys.stderr.isatty()))
+        per_layer = "none" if by == "kind" else "changed"
+        err(render_terminal(report, width(), sys.stderr.isatty(), per_layer, by))

@@ -19,6 +19,7 @@ __all__ = [
     "FlagValue",
     "apply_option",
     "apply_options",
+    "by_option",
     "dry_run_option",
     "flag_fields",
     "options_from_flags",
@@ -132,8 +133,31 @@ def plot_option(help: str | None = None) -> Decorator:
     return apply_option("plot", help)
 
 
+def by_option() -> Decorator:
+    """`--by kind|tensor`: a display choice (not an ApplyOptions field: it changes no file)."""
+    return click.option(
+        "--by",
+        type=click.Choice(["kind", "tensor"]),
+        default="kind",
+        show_default=True,
+        help="The terminal table: one row per kind (name with numbers as *), shape, action and "
+        "rule, or one row per tensor.",
+    )
+
+
 def dry_run_option(help: str = "Print the plan and write nothing.") -> Decorator:
-    return click.option("--dry-run", is_flag=True, help=help)
+    """--dry-run, and --all: the plan lists the unchanged tensors too."""
+
+    def both(f: Command) -> Command:
+        f = click.option(
+            "--all",
+            "all_tensors",
+            is_flag=True,
+            help="With --dry-run: list the tensors that stay unchanged too.",
+        )(f)
+        return click.option("--dry-run", is_flag=True, help=help)(f)
+
+    return both
 
 
 # What click hands a command for an ApplyOptions flag: typed by the declaration in `meta`.

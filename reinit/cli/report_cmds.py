@@ -10,6 +10,7 @@ import sys
 import click
 
 from reinit.cli.common import (
+    by_option,
     err,
     examples,
     json_option,
@@ -84,6 +85,7 @@ def fail_on_flags(value: str | None) -> frozenset[str]:
     help="The dotted path of the state dict inside a torch training checkpoint.",
 )
 @unsafe_pickle_option()
+@by_option()
 def report(
     source: str,
     against: str | None,
@@ -95,6 +97,7 @@ def report(
     quiet: bool,
     key: str,
     unsafe_pickle: tuple[str, ...],
+    by: str,
 ) -> None:
     """The per-tensor std report of a checkpoint as it is (before/after with --against).
 
@@ -127,7 +130,7 @@ def report(
     if as_json:
         click.echo(rep.to_json())
     if not quiet:
-        err(render_terminal(rep, width(), color=sys.stderr.isatty(), per_layer="all"))
+        err(render_terminal(rep, width(), color=sys.stderr.isatty(), per_layer="all", by=by))
     hits = [e for e in rep.tensors if failing & set(e.flags)]
     if hits:
         first = hits[0]

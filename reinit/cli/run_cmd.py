@@ -8,6 +8,7 @@ import sys
 import click
 
 from reinit.cli.common import (
+    by_option,
     dry_run_option,
     err,
     examples,
@@ -45,13 +46,16 @@ __all__ = ["run"]
 @dry_run_option("Print each step's plan and write nothing.")
 @json_option()
 @quiet_option()
+@by_option()
 def run(
     recipe: str,
     sets: tuple[str, ...],
     model: str | None,
     dry_run: bool,
+    all_tensors: bool,
     as_json: bool,
     quiet: bool,
+    by: str,
 ) -> None:
     """Run a recipe (.yaml/.yml, .toml or .json): apply's options as keys, and `steps:` to
     chain several rule sets in memory."""
@@ -72,7 +76,7 @@ def run(
             warn_all(plan.warnings)
             if len(plans) > 1:
                 click.echo(f"step {i}:", err=as_json)
-            click.echo(render_plan(plan, width()), err=as_json)
+            click.echo(render_plan(plan, width(), by=by, every=all_tensors), err=as_json)
         return
     result = run_recipe(loaded, progress=progress_on(quiet))
     warn_all(result.warnings)
@@ -81,4 +85,5 @@ def run(
     if as_json:
         click.echo(result.to_json())
     if not quiet:
-        err(render_terminal(result, width(), color=sys.stderr.isatty()))
+        per_layer = "none" if by == "kind" else "changed"
+        err(render_terminal(result, width(), sys.stderr.isatty(), per_layer, by))

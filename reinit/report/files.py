@@ -37,10 +37,10 @@ from reinit.io.publish import Publication, how_to_publish
 from reinit.io.targets import Inputs, check_distinct, check_suffix, check_target
 from reinit.io.writer import write_error
 from reinit.report.entries import Report
+from reinit.report.kinds import kinds_markdown
 from reinit.report.layers import layer_tables, layers_markdown
 from reinit.report.plot import draw_plot
 from reinit.report.terminal import depth_lines, summary_line
-from reinit.report.text import fmt, shape_text
 from reinit.text import md_cell, shown
 
 StrPath = str | os.PathLike[str]
@@ -111,7 +111,8 @@ def to_csv(report: Report) -> str:
 
 
 def to_markdown(report: Report) -> str:
-    """A header, `## Tensors` (one table row per tensor, flags in the last column) and
+    """A header, `## Tensors by kind` (one table row per group of tensors, flags with their
+    counts in the last column) and
     `## Per layer` (one table per tensor kind, a column per layer)."""
     lines = [
         f"# reinit report: {md_cell(report.source)}",
@@ -123,27 +124,14 @@ def to_markdown(report: Report) -> str:
         *(f"- warning: {md_cell(w)}" for w in report.warnings),
         *(f"- {md_cell(line)}" for line in depth_lines(report.tensors)),
         "",
-        "## Tensors",
+        "## Tensors by kind",
         "",
-        "| name | shape | dtype | action | rule | std before | std after | expected | reference "
-        "| var_gain | flags |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        *kinds_markdown(report.tensors),
+        "",
+        "One row per kind (the name with its numbers replaced by `*`), shape, action and rule; "
+        "numbers as min–max over the group; flagged groups first. The JSON and CSV reports "
+        "list every tensor.",
     ]
-    for e in report.tensors:
-        cells = (
-            f"`{e.name}`",
-            shape_text(e.shape),
-            e.dtype,
-            e.action + (f" ({e.reason})" if e.reason else ""),
-            f"`{e.rule}`" if e.rule else "",
-            fmt(e.before.std) if e.before else "",
-            fmt(e.after.std),
-            fmt(e.expected_std),
-            f"{fmt(e.reference_std)} ({e.reference})" if e.reference else "",
-            fmt(e.var_gain),
-            ", ".join(e.flags),
-        )
-        lines.append("| " + " | ".join(md_cell(c) for c in cells) + " |")
     tables = layer_tables(report.tensors)
     if tables:
         lines += ["", "## Per layer", ""]

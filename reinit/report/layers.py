@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from reinit.report.entries import NOTE_CHANGED, TensorEntry
 from reinit.report.flags import geometric_mean, kind_of, layer_index, layer_key, takes_part
-from reinit.report.text import click_style, fmt, shape_text, shorten, shorten_name
+from reinit.report.groups import wrap_label
+from reinit.report.text import click_style, fmt, shape_text, shorten
 from reinit.text import md_cell, shown
 
 
@@ -133,7 +134,7 @@ def render_layer_table(t: LayerTable, width: int = 100, color: bool = False) -> 
     if len(kind) + 2 + len(rest) <= width:
         titles = [f"{kind}  {rest}"]
     else:  # the kind on its own line, what it is below
-        titles = [shorten_name(kind, width), "  " + shorten(rest, width - 2)]
+        titles = [*wrap_label(kind, width), "  " + shorten(rest, width - 2)]
     lines = [click_style(x, color, bold=True) for x in titles]  # kind: shown() above
     rows = [("layer", [c.label for c in t.cells]), *_layer_rows(t, "!")]
     label_w = max(len(r[0]) for r in rows)

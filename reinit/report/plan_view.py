@@ -1,47 +1,53 @@
-"""The `--dry-run` view of a Plan."""
+"""The `--dry-run` view of a Plan: by default one row per (kind, shape, dtype, action, rule) of
+the tensors that change or are skipped, the rule printed once per group; `--all` adds the
+unchanged ones and
+`--by tensor` lists every tensor."""
 
 from __future__ import annotations
 
-__all__ = ["render_plan"]
+__all__ = ["plan_what", "render_plan"]
 
 from collections import Counter
 
 from reinit.io.safetensors_format import dtype_name
-from reinit.planning.planner import Plan
+from reinit.planning.planner import Plan, PlanEntry
+from reinit.report.group_table import GroupRow, render_group_table
+from reinit.report.groups import fit_items, group_by_kind, layer_range
 from reinit.report.text import shape_text, shorten_name
 from reinit.text import shown
 
-__all__ = ["render_plan"]
+
+def plan_what(e: PlanEntry) -> str:
+    """What happens to the tensor: the scheme, the transplant's source, or why it is skipped."""
+    if e.action == "reinit" and e.scheme is not None:
+        what = e.scheme.describe()
+    elif e.action == "transplant" and e.rule is not None and e.rule.transplant is not None:
+        what = e.rule.transplant.describe()
+        if e.source_key is not None and e.source_key != e.name:
+            what += f" <- {e.source_key}"
+    elif e.action == "skipped":
+        what = e.reason or ""
+    else:
+        what = "unchanged" if e.rule is None else "keep"
+    if e.changes and e.reason:  # e.g. a tied tensor's partner
+        what += f" ({e.reason})"
+    if e.notes:  # --add / --rename
+        what += f" [{', '.join(e.notes)}]"
+    return what
 
 
-def render_plan(plan: Plan, width: int = 100) -> str:
-    """The `--dry-run` view: each tensor, the rule that won, the action, or why it is skipped."""
-    rows = []
-    for e in plan.entries:
-        if e.action == "reinit" and e.scheme is not None:
-            what = e.scheme.describe()
-        elif e.action == "transplant" and e.rule is not None and e.rule.transplant is not None:
-            what = e.rule.transplant.describe()
-            if e.source_key is not None and e.source_key != e.name:
-                what += f" <- {e.source_key}"
-        elif e.action == "skipped":
-            what = e.reason or ""
-        else:
-            what = "unchanged" if e.rule is None else "keep"
-        if e.changes and e.reason:  # e.g. a tied tensor's partner
-            what += f" ({e.reason})"
-        if e.notes:  # --add / --rename
-            what += f" [{', '.join(e.notes)}]"
-        rows.append(
-            (
-                shown(e.name),
-                shape_text(e.shape),
-                dtype_name(e.dtype),
-                e.action,
-                shown(what),
-                shown(e.rule.text) if e.rule else "-",
-            )
+def _by_tensor(entries: list[PlanEntry], width: int) -> list[str]:
+    rows = [
+        (
+            shown(e.name),
+            shape_text(e.shape),
+            dtype_name(e.dtype),
+            e.action,
+            shown(plan_what(e)),
+            shown(e.rule.text) if e.rule else "-",
         )
+        for e in entries
+    ]
     header = ("name", "shape", "dtype", "action", "what", "rule")
     widths = [max([len(header[i])] + [len(r[i]) for r in rows]) for i in range(4)]
     widths[0] = max(16, min(widths[0], width // 2))
@@ -52,8 +58,46 @@ def render_plan(plan: Plan, width: int = 100) -> str:
             for i, c in enumerate(r[:4])
         )
         lines.append(f"{head}  {r[4]}" + (f"   [{r[5]}]" if r[5] not in ("-", "rule") else ""))
+    return lines
+
+
+def _by_kind(entries: list[PlanEntry], width: int) -> list[str]:
+    """One row per group; `what` (the scheme or source, once per group) then the rule."""
+    groups = group_by_kind(
+        entries,
+        lambda e: e.name,
+        lambda e: (e.shape, dtype_name(e.dtype), e.action, e.rule.text if e.rule else None),
+    )
+    rows = []
+    for g in groups:
+        e = g.members[0]
+        whats = list(dict.fromkeys(plan_what(m) for m in g.members))
+        what = whats[0] if len(whats) == 1 else f"{whats[0]} (+{len(whats) - 1} more)"
+        rule = f"[{e.rule.text}]" if e.rule else ""
+        rows.append(
+            GroupRow(
+                g.kind,
+                (
+                    layer_range(m.name for m in g.members),
+                    shape_text(e.shape),
+                    dtype_name(e.dtype),
+                    e.action,
+                    shown(f"{what} {rule}".strip()),
+                ),
+            )
+        )
+    if not rows:
+        return ["(no tensor changes; --all lists every tensor)"]
+    header = ("kind", "layers", "shape", "dtype", "action", "what [rule]")
+    return render_group_table(header, rows, width)
+
+
+def render_plan(plan: Plan, width: int = 100, *, by: str = "tensor", every: bool = True) -> str:
+    """The `--dry-run` view: the summary line, then the tensors (`every=False`: only those
+    that change) grouped by kind (`by="kind"`) or one row each (`by="tensor"`)."""
     counts = Counter(e.action for e in plan.entries)
     summary = ", ".join(f"{counts[a]} {a}" for a in ("reinit", "transplant", "kept", "skipped"))
-    return "\n".join(
-        [f"plan: {len(plan.entries)} tensors: {summary} (dry run, nothing written)", *lines]
-    )
+    entries = [e for e in plan.entries if every or e.changes or e.notes or e.action == "skipped"]
+    lines = _by_kind(entries, width) if by == "kind" else _by_tensor(entries, width)
+    head = f"plan: {len(plan.entries)} tensors: {summary} (dry run, nothing written)"
+    return "\n".join([*fit_items(head.split(", "), width), *lines])

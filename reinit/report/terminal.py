@@ -3,7 +3,7 @@ the unstable-depth lines and the per-layer view."""
 
 from __future__ import annotations
 
-__all__ = ["depth_lines", "render_table", "render_terminal", "summary_line"]
+__all__ = ["depth_lines", "render_kind_table", "render_table", "render_terminal", "summary_line"]
 
 import textwrap
 from collections import defaultdict
@@ -11,15 +11,15 @@ from collections.abc import Sequence
 
 from reinit.report.entries import NOTE_CHANGED, Report, TensorEntry
 from reinit.report.flags import depth_checks
+from reinit.report.group_table import GroupRow, render_group_table
+from reinit.report.groups import fit_items, flag_counts, layer_range, span
+from reinit.report.kinds import entry_groups, reference_of
 from reinit.report.layers import is_changed, layer_tables, render_layer_table
 from reinit.report.reference import reference_text
 from reinit.report.text import (
     click_style,
-    column_widths,
     fmt,
     shape_text,
-    shorten,
-    table_row,
 )
 from reinit.text import shown
 
@@ -60,70 +60,79 @@ def depth_lines(entries: Sequence[TensorEntry]) -> list[str]:
     return lines
 
 
-_TABLE_HEADER = ("name", "shape", "action", "std before → after", "expected", "var_gain", "flags")
-
-
-_MIN_WIDTH = (16, 7, 6, 11, 8, 8, 7)
-
-
-def _fit_widths(widths: list[int], width: int) -> list[int]:
-    """Shrink the widest shrinkable columns (name first in practice) until the row fits."""
-    widths = list(widths)
-    while sum(widths) + 2 * (len(widths) - 1) > width:
-        excess = [w - m for w, m in zip(widths, _MIN_WIDTH, strict=True)]
-        i = max(range(len(widths)), key=lambda k: (excess[k], k == 0))
-        if excess[i] <= 0:
-            break
-        widths[i] -= 1
-    return widths
-
-
 def render_table(entries: Sequence[TensorEntry], width: int = 100, color: bool = False) -> str:
-    """An aligned table (flagged rows first) that fits `width` columns: long names are
-    shortened in the middle, numbers have 3 significant digits."""
+    """One row per tensor (flagged rows first) that fits `width` columns: the prefix every
+    name shares is named once above the table, a name too long for its column is wrapped
+    after a dot (never elided), numbers have 3 significant digits."""
     rows = sorted(entries, key=lambda e: (not e.flags,))
-    cols = [
-        (
-            shown(e.name),
+    with_ref = any(reference_of(e) is not None for e in rows)
+    with_flags = any(e.flags for e in rows)
+    header = ["name", "shape", "action", "std before → after", "expected"]
+    header += ["reference"] * with_ref + ["var_gain"] + ["flags"] * with_flags
+    table = []
+    for e in rows:
+        cells = [
             shape_text(e.shape),
             e.action,
             (fmt(e.before.std) + " → " if e.before else "") + fmt(e.after.std),
             fmt(e.expected_std),
-            fmt(e.var_gain),
-            ",".join(e.flags),
-        )
-        for e in rows
-    ]
-    widths = _fit_widths(column_widths(_TABLE_HEADER, cols), width)
-    out = [
-        "  ".join(
-            shorten(h, w).ljust(w) for h, w in zip(_TABLE_HEADER, widths, strict=True)
-        ).rstrip()
-    ]
-    for e, c in zip(rows, cols, strict=True):
-        line = table_row(c, widths)
-        out.append(
-            click_style(line, color, fg="red" if e.flags else "green" if is_changed(e) else None)
-        )
-    return "\n".join(out)
+        ]
+        cells += [fmt(reference_of(e))] * with_ref + [fmt(e.var_gain)]
+        cells += [",".join(e.flags)] * with_flags
+        fg = "red" if e.flags else "green" if is_changed(e) else None
+        table.append(GroupRow(e.name, tuple(cells), fg))
+    return "\n".join(render_group_table(header, table, width, color))
+
+
+def render_kind_table(entries: Sequence[TensorEntry], width: int = 100, color: bool = False) -> str:
+    """One row per (kind, shape, action, rule): the layer range, std before → after as
+    min–max, expected, reference (when known), var_gain and the flags with their counts;
+    flagged groups first. Columns with nothing to say (reference, flags) are left out."""
+    groups = entry_groups(entries)
+    with_ref = any(reference_of(e) is not None for e in entries)
+    with_flags = any(e.flags for e in entries)
+    header = ["kind", "layers", "shape", "action", "std before → after", "expected"]
+    header += ["reference"] * with_ref + ["var_gain"] + ["flags"] * with_flags
+    rows = []
+    for g in groups:
+        m = g.members
+        before = span(e.before.std for e in m if e.before is not None)
+        after = span(e.after.std for e in m)
+        cells = [
+            layer_range(e.name for e in m),
+            shape_text(m[0].shape),
+            m[0].action,
+            after if before == "-" else f"{before} → {after}",
+            span(e.expected_std for e in m),
+        ]
+        cells += [span(reference_of(e) for e in m)] * with_ref + [span(e.var_gain for e in m)]
+        cells += [flag_counts([e.flags for e in m])] * with_flags
+        flagged = any(e.flags for e in m)
+        fg = "red" if flagged else "green" if any(is_changed(e) for e in m) else None
+        rows.append(GroupRow(g.kind, tuple(cells), fg))
+    return "\n".join(render_group_table(header, rows, width, color))
 
 
 def render_terminal(
-    report: Report, width: int = 100, color: bool = False, per_layer: str = "changed"
+    report: Report,
+    width: int = 100,
+    color: bool = False,
+    per_layer: str = "changed",
+    by: str = "tensor",
 ) -> str:
     """The one-line summary, the changed and the flagged tensors as a table (flagged first;
     a kind flagged only for unstable_depth takes one line, not one row per layer), then the
     per-layer view: `per_layer="all"` every kind with something to read, `"changed"` only the
-    kinds with a changed or flagged member, `"none"` nothing."""
+    kinds with a changed or flagged member, `"none"` nothing. `by="kind"` groups the table
+    (one row per kind, shape, action and rule); `by="tensor"` lists every tensor."""
     listed = [e for e in report.tensors if set(e.flags) - {"unstable_depth"} or is_changed(e)]
     skipped = [e for e in report.tensors if e.action == "skipped"]
-    # the summary may wrap (it names the reference scale at its end)
-    summary = textwrap.fill(summary_line(report), width, subsequent_indent="  ")
-    lines = [summary]
+    lines = fit_items(summary_line(report).split(", "), width)
     if report.output:
         lines.append(f"wrote {shown(report.output)}")
     if listed:
-        lines.append(render_table(listed, width, color))
+        table = render_kind_table if by == "kind" else render_table
+        lines.append(table(listed, width, color))
     for line in depth_lines(report.tensors):
         wrapped = textwrap.fill(
             shown(line), width, subsequent_indent="    ", break_on_hyphens=False
