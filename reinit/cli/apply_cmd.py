@@ -99,3 +99,7 @@ def apply(
         click.echo(report.to_json())
     if not quiet:
         err(render_terminal(report, width(), color=sys.stderr.isatty()))
+        from reinit.report.notes_view import note_lines
+
+        for line in note_lines(report):
+            err(line)
