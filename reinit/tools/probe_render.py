@@ -78,7 +78,7 @@ def render(result: ProbeResult, width: int = 100) -> str:
         if worst is not None and max(worst[1], 1 / worst[1]) > FAR_FROM_ONE:
             name, ratio = worst
             moved = f"fall {f(1 / ratio)}×" if ratio < 1 else f"rise {f(ratio)}×"
-            line += f"; but {shorten(shown(name), 60)}'s gradients {moved} (after vs before)"
+            line += f"; but layer {shorten(shown(name), 60)}'s gradients {moved} (after vs before)"
         lines.append(line)
     return "\n".join(lines)
 
