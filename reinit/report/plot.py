@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import TYPE_CHECKING, TypeGuard
+from typing import Any, TypeGuard
 
 from reinit.errors import UsageError
 from reinit.report.entries import Report
@@ -23,9 +23,10 @@ from reinit.report.plot_groups import PlotKind, PlotPanel, plot_panels
 from reinit.report.terminal import summary_line
 from reinit.report.text import shorten, shorten_name
 
-if TYPE_CHECKING:
-    from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
+# matplotlib is an extra, imported lazily (tests/test_dependencies.py forbids a module-level
+# import, even under TYPE_CHECKING): its Figure and Axes are typed Any here.
+Figure = Any
+Axes = Any
 
 __all__ = ["DPI", "FIGSIZE", "LABEL_WIDTH", "build_figure", "draw_plot", "require_matplotlib"]
 
@@ -71,12 +72,12 @@ def build_figure(report: Report, title: str | None = None) -> Figure:
     """The figure, not yet written: one axes per panel (titles = panel names)."""
     require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure as MplFigure
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     panels = plot_panels([e for e in report.tensors if e.is_float])
-    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    fig = MplFigure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     n = max(len(panels), 1)
     cols = 1 if n == 1 else 2
