@@ -52,7 +52,7 @@ def test_report_plot_png_decodes_at_size_and_marks_flags(tmp_path):
     r = run("report", str(bad), "--plot", str(tmp_path / "bad.png"), "-q")
     assert r.exit_code == 0
     img = decode(tmp_path / "bad.png")
-    assert img.shape[:2] == size == (600, 1100)
+    assert img.shape[:2] == size == (900, 1600)
     good = stack(tmp_path / "good.safetensors", bad=False)
     plot_report(reinit.report_checkpoint(good), tmp_path / "good.png")
     clean = decode(tmp_path / "good.png")
@@ -77,7 +77,7 @@ def test_apply_plot_shows_before_and_after(tmp_path):
         str(tmp_path / "p.png"),
     )
     assert r.exit_code == 0 and out.is_file()
-    assert decode(tmp_path / "p.png").shape[:2] == (600, 1100)
+    assert decode(tmp_path / "p.png").shape[:2] == (900, 1600)
 
 
 def test_missing_matplotlib_is_one_clear_line_and_nothing_is_written(tmp_path, monkeypatch):
@@ -93,3 +93,93 @@ def test_missing_matplotlib_is_one_clear_line_and_nothing_is_written(tmp_path, m
     r = run("apply", str(src), "-r", "*=zeros", "--plot", str(tmp_path / "p.png"))
     assert r.exit_code == 2 and "reinit[plot]" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]  # checked first
+
+
+def _after_points(ax) -> int:
+    n = sum(len(line.get_xdata()) for line in ax.lines if line.get_gid() == "after")
+    return n + sum(
+        len(c.get_offsets()) for c in ax.collections if c.get_gid() in ("after-zero", "after-off")
+    )
+
+
+def test_plot_panels_by_group_every_tensor_drawn_and_zeros_kept(tmp_path):
+    from reinit.report.plot import build_figure
+
+    g = torch.Generator().manual_seed(0)
+    sd = {"model.embed_tokens.weight": torch.randn(64, 16, generator=g) * 0.02}
+    for i in range(6):
+        p = f"model.layers.{i}"
+        for name in ("self_attn.q_proj", "self_attn.k_proj", "mlp.up_proj", "mlp.down_proj"):
+            sd[f"{p}.{name}.weight"] = torch.randn(16, 16, generator=g) * 0.02
+        sd[f"{p}.input_layernorm.weight"] = torch.ones(16)  # std 0
+        sd[f"{p}.mlp.up_proj.bias"] = torch.zeros(16)  # std 0
+    sd["model.norm.weight"] = torch.ones(16)
+    sd["lm_head.weight"] = torch.randn(64, 16, generator=g) * 0.02
+    src = tmp_path / "m.safetensors"
+    save_file(sd, src)
+    report = reinit.apply(
+        src, ["model.layers.[45].*_proj.weight=kaiming"], output=tmp_path / "o.safetensors"
+    )
+    fig = build_figure(report)
+    titles = [ax.get_title(loc="left").split("   ")[0] for ax in fig.axes]
+    assert titles == ["attention", "MLP", "embeddings and heads", "norms and biases"]
+    assert sum(_after_points(ax) for ax in fig.axes) == len(sd)  # every tensor, once
+    zeros = sum(
+        len(c.get_offsets())
+        for ax in fig.axes
+        for c in ax.collections
+        if c.get_gid() == "after-zero"
+    )
+    assert zeros == 6 + 6 + 1  # the ones and zeros sit on the std-0 row, not dropped
+    heads = fig.axes[2]
+    assert {t.get_text() for t in heads.get_xticklabels()} == {
+        "model.embed_tokens.weight",
+        "lm_head.weight",
+    }  # layer-less tensors are columns of their own
+    flagged = sum(
+        len(c.get_offsets())
+        for ax in fig.axes
+        for c in ax.collections
+        if c.get_gid() is None
+        and c.get_edgecolor().size
+        and tuple(c.get_facecolor()[0][:3]) == (1, 0, 0)
+    )
+    assert flagged == len([e for e in report.tensors if e.flags]) > 0
+
+
+def test_few_kinds_one_panel_each_and_labels_cut_at_dots():
+    from reinit.report.plot import LABEL_WIDTH, label_text
+    from reinit.report.plot_groups import plot_panels
+
+    name = "encoder.layer.*.attention.self.very_long_module_name.query.weight"
+    cut = label_text(name)
+    assert len(cut) <= LABEL_WIDTH and cut.startswith("….") and name.endswith(cut[2:])
+    assert label_text("short.weight") == "short.weight"
+    report = reinit.report_checkpoint
+    del report
+    from reinit.report.entries import TensorEntry
+    from reinit.report.stats import Stats
+
+    def entry(name):
+        return TensorEntry(
+            name=name,
+            shape=(4, 4),
+            dtype="float32",
+            action="kept",
+            after=Stats.from_dict(
+                {
+                    "mean": 0.0,
+                    "std": 0.1,
+                    "min": -1.0,
+                    "max": 1.0,
+                    "abs_max": 1.0,
+                    "nonfinite": 0,
+                    "zero_frac": 0.0,
+                }
+            ),
+        )
+
+    panels = plot_panels(
+        [entry(f"layers.{i}.fc.weight") for i in range(3)] + [entry("head.weight")]
+    )
+    assert [p.title for p in panels] == ["layers.*.fc.weight", "head.weight"]

@@ -142,3 +142,35 @@ def test_probe_before_is_the_checkpoint_when_given(tmp_path: Path) -> None:
     assert res.before.act_verdict == "exploding"  # the checkpoint's N(0,1) weights
     assert res.after is not None and res.after.act_verdict == "stable"
     assert res.to_dict()["checkpoint"] == str(ckpt)
+
+
+def test_probe_says_random_weights_and_names_the_worst_gradient_layer() -> None:
+    from reinit.tools.probe_render import render, worst_grad_change
+
+    # one middle layer scaled down 100x: its own and earlier layers' gradients fall
+    res = probe(MLP, ["6.weight=normal(std=0.001)"], input_shape=(64, 64), seed=0)
+    text = render(res)
+    assert "randomly initialized by the model's constructor (seed 0)" in text
+    assert "--checkpoint" in text
+    worst = worst_grad_change(res)
+    assert worst is not None and max(worst[1], 1 / worst[1]) > 4
+    last = text.splitlines()[-1]
+    assert (
+        last.startswith("after ")
+        and f"{worst[0]}'s gradients" in last
+        and "(after vs before)" in last
+    )
+
+
+def test_probe_with_checkpoint_does_not_say_random(tmp_path: Path) -> None:
+    import models_for_tests
+    from safetensors.torch import save_file
+
+    from reinit.tools.probe_render import render
+
+    net = models_for_tests.mlp(depth=8, width=64, inputs=64)
+    ckpt = tmp_path / "m.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, ckpt)
+    assert "randomly initialized" not in render(
+        probe(MLP, input_shape=(16, 64), checkpoint=str(ckpt))
+    )

@@ -415,3 +415,19 @@ def test_a_failing_later_step_names_the_step_and_writes_nothing(tmp_path, monkey
     assert res.exit_code == 2
     assert "r.yaml step 1 (head): rule 'classifier.*=zeros' matches no tensor" in res.output
     assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_multi_step_report_says_which_step_changed_each_tensor(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    save_file(
+        {"a": torch.ones(4, 4), "b": torch.ones(4, 4), "c": torch.ones(4, 4)}, "m.safetensors"
+    )
+    doc = {
+        "source": "m.safetensors",
+        "output": "o.safetensors",
+        "steps": [{"rules": ["a=zeros", "b=zeros"]}, {"rules": ["b=normal", "c=keep"]}],
+    }
+    res = run("run", write_recipe(tmp_path / "r.yaml", doc), "--json", "-q")
+    assert res.exit_code == 0, res.output
+    notes = {t["name"]: t["notes"] for t in json.loads(res.stdout)["tensors"]}
+    assert notes == {"a": ["changed by step 1"], "b": ["changed by steps 1, 2"], "c": []}

@@ -106,3 +106,7 @@ def apply(
     if not quiet:
         per_layer = "none" if by == "kind" else "changed"
         err(render_terminal(report, width(), sys.stderr.isatty(), per_layer, by))
+        from reinit.report.notes_view import note_lines
+
+        for line in note_lines(report):
+            err(line)

@@ -4,7 +4,7 @@ one streamed to the output; one merged report."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 
@@ -16,7 +16,7 @@ from reinit.io.memory import StateDictCheckpoint
 from reinit.options import ApplyOptions
 from reinit.planning.planner import Plan
 from reinit.recipe.validate import Recipe, Step
-from reinit.report.entries import Report
+from reinit.report.entries import Report, TensorEntry
 
 
 def run_recipe(recipe: Recipe, *, progress: bool = False) -> Report:
@@ -163,12 +163,22 @@ def _naming(step: Step) -> Iterator[None]:
         raise type(e)(f"{step.label}: {e}") from None
 
 
+def step_note(name: str, steps: Sequence[Mapping[str, TensorEntry]]) -> tuple[str, ...]:
+    """`changed by step 2` / `changed by steps 1, 3` (1-based), or nothing if no step did."""
+    which = [str(i + 1) for i, s in enumerate(steps) if name in s and s[name].changes]
+    if not which:
+        return ()
+    return (f"changed by step{'s' if len(which) > 1 else ''} {', '.join(which)}",)
+
+
 def merge_reports(
     reports: Sequence[Report], seed: int, seconds: float, tolerance: float = 2.0
 ) -> Report:
     """One report for a multi-step run: each tensor as the last step that acted on it, with its
     std before the first change and after the last (and the reference scale of that step);
-    flags recomputed over the result, `off_reference` with `tolerance`."""
+    flags recomputed over the result, `off_reference` with `tolerance`. With more
+    than one step, a tensor that changed carries the note `changed by step N` (`steps 1, 3`),
+    numbered as the recipe's steps, so the report says which step did it."""
     from reinit.report.assemble import finalize, summarize
 
     final = reports[-1]
@@ -184,6 +194,8 @@ def merge_reports(
             entry = replace(acted[-1], after=e.after, flags=())
         else:
             entry = replace(e, flags=())
+        if len(reports) > 1:
+            entry = replace(entry, notes=(*entry.notes, *step_note(e.name, steps)))
         entries.append(entry)
     done = finalize(entries, tolerance)
     rules = tuple(r for rep in reports for r in rep.rules)

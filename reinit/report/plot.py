@@ -1,27 +1,43 @@
-"""`--plot`: std per layer for each tensor kind, before and after (extra `reinit[plot]`)."""
+"""`--plot`: small multiples of std per layer, one panel per group of tensor kinds (extra
+`reinit[plot]`).
+
+A panel per group (attention, MLP, embeddings and heads, norms and biases; one per kind when
+there are few) keeps each panel to a handful of colours. In every panel: after solid, before
+dashed; each kind's expected std a band of its colour (±10%, the `std_off` tolerance), the
+reference std (when the report has one) a grey band of ×/÷2 (the `off_reference` line);
+tensors without a layer number (embeddings, pooler, head, final norm) as their own columns at
+the right; tensors of std 0 (zeros, ones) on a marked row at the bottom of the log axis;
+those with no finite value or beyond 1e10 as triangles on the bottom/top edge; flagged
+tensors a red ×. Every after-point carries a gid (`after`, `after-zero`, `after-off`) so a
+test can count that every tensor was drawn."""
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
-from typing import TypeGuard
+from typing import Any, TypeGuard
 
 from reinit.errors import UsageError
 from reinit.report.entries import Report
-from reinit.report.layers import LayerTable, layer_tables
+from reinit.report.plot_groups import PlotKind, PlotPanel, plot_panels
 from reinit.report.terminal import summary_line
 from reinit.report.text import shorten, shorten_name
 
-__all__ = ["DPI", "FIGSIZE", "MAX_LINES", "draw_plot", "require_matplotlib"]
+# matplotlib is an extra, imported lazily (tests/test_dependencies.py forbids a module-level
+# import, even under TYPE_CHECKING): its Figure and Axes are typed Any here.
+Figure = Any
+Axes = Any
 
-FIGSIZE = (11.0, 6.0)  # inches
+__all__ = ["DPI", "FIGSIZE", "LABEL_WIDTH", "build_figure", "draw_plot", "require_matplotlib"]
 
+FIGSIZE = (16.0, 9.0)  # inches
 
-DPI = 100  # so the PNG is 1100 × 600 pixels
+DPI = 100  # so the PNG is 1600 × 900 pixels
 
+LABEL_WIDTH = 40  # legend and column names: cut at dots from the left, the same way everywhere
 
-MAX_LINES = 24  # kinds drawn; the rest are named in the caption
+EXPECTED_BAND = 0.10  # ± around the expected std (std_off's relative tolerance)
+REFERENCE_BAND = 2.0  # ×/÷ around the reference std (off_reference's default tolerance)
 
 
 def require_matplotlib() -> None:
@@ -34,127 +50,206 @@ def require_matplotlib() -> None:
         ) from None
 
 
-def _plottable(t: LayerTable) -> bool:
-    return any(c.after and c.after > 0 for c in t.cells) or any(
-        c.before and c.before > 0 for c in t.cells
-    )
-
-
 def draw_plot(report: Report, path: str | os.PathLike[str], title: str | None = None) -> None:
-    """Write (directly: `path` is a temporary that `reinit.report.files` publishes) a PNG of std (log scale) against layer index, one colour per tensor kind: after
-    solid, before (when the report has it) dashed; flagged tensors marked with a red ×, those
-    whose std cannot sit on a log axis (zero, NaN-only, or garbage beyond 1e10) as red
-    triangles on the bottom or top edge."""
-    require_matplotlib()
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-
-    tables = [t for t in layer_tables(report.tensors) if _plottable(t)]
-    drawn, dropped = tables[:MAX_LINES], tables[MAX_LINES:]
-    fig = Figure(figsize=FIGSIZE, dpi=DPI)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.set_yscale("log")
-    ax.set_xlabel("layer index")
-    ax.set_ylabel("std")
-    ax.grid(True, which="major", alpha=0.3)
-    ax.set_title(title or f"reinit report: {shorten(report.source, 80)}", fontsize=11)
-
-    values = [v for t in drawn for c in t.cells for v in (c.after, c.before) if _sane(v)]
-    lo = min(values) / 2 if values else 1e-3
-    hi = max(values) * 2 if values else 1.0
-    edge_low: list[float] = []
-    edge_high: list[float] = []
-    marks: list[tuple[float, float]] = []
-    colors = [f"C{i % 10}" for i in range(len(drawn))]
-    styles = ["-", "-", "-.", ":"]
-    for i, t in enumerate(drawn):
-        xs = [_x(c.label) for c in t.cells]
-        color = colors[i]
-        width = 1.8 if i < 10 else 1.0
-        after = [c.after if _sane(c.after) else math.nan for c in t.cells]
-        ax.plot(
-            xs,
-            after,
-            linestyle=styles[(i // 10) % len(styles)],
-            color=color,
-            linewidth=width,
-            marker="." if len(xs) <= 40 else None,
-            label=_label(t),
-        )
-        if any(c.before is not None for c in t.cells):
-            # an unchanged tensor's before is its after: the dashed line leaves the solid
-            # one exactly where something changed
-            before = [
-                v if _sane(v) else math.nan
-                for v in (
-                    (c.before if c.before is not None else (None if c.changed else c.after))
-                    for c in t.cells
-                )
-            ]
-            ax.plot(xs, before, linestyle="--", color=color, linewidth=1.4, alpha=0.7, zorder=1)
-        for x, c in zip(xs, t.cells, strict=True):
-            if not c.flags:
-                continue
-            if _sane(c.after):
-                marks.append((x, c.after))
-            elif "garbage" in c.flags or (c.after is not None and c.after >= 1e10):
-                edge_high.append(x)
-            else:
-                edge_low.append(x)
-    if marks:
-        ax.scatter(
-            [m[0] for m in marks], [m[1] for m in marks], marker="x", s=70, color="red", zorder=5
-        )
-    ax.set_ylim(lo, hi)
-    if edge_high:
-        ax.scatter(edge_high, [hi / 1.15] * len(edge_high), marker="^", s=70, color="red", zorder=5)
-    if edge_low:
-        ax.scatter(edge_low, [lo * 1.15] * len(edge_low), marker="v", s=70, color="red", zorder=5)
-    handles, labels = ax.get_legend_handles_labels()
-    handles += [
-        Line2D([], [], color="black", linestyle="-", label="after"),
-        Line2D([], [], color="black", linestyle="--", label="before"),
-        Line2D([], [], color="red", marker="x", linestyle="", label="flagged"),
-        Line2D([], [], color="red", marker="^", linestyle="", label="flagged, off the axis"),
-    ]
-    ax.legend(
-        handles=handles,
-        loc="upper left",
-        bbox_to_anchor=(1.01, 1.0),
-        fontsize=7,
-        frameon=False,
-    )
-    caption = [summary_line(report)]
-    loose = [e for e in report.tensors if e.flags and not _in_tables(e.name, drawn)]
-    if loose:
-        names = ", ".join(f"{shorten_name(e.name, 40)} [{','.join(e.flags)}]" for e in loose[:4])
-        caption.append(
-            f"flagged outside the per-layer lines: {names}" + (" …" if len(loose) > 4 else "")
-        )
-    if dropped:
-        caption.append(f"{len(dropped)} more kinds not drawn (see the .md report)")
-    fig.text(0.01, 0.01, "\n".join(caption), fontsize=7, va="bottom", ha="left")
-    fig.subplots_adjust(left=0.07, right=0.70, top=0.93, bottom=0.10 + 0.025 * len(caption))
+    """Write (directly: `path` is a temporary that `reinit.report.files` publishes) the PNG."""
+    fig = build_figure(report, title)
     with open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=DPI)
+
+
+def label_text(text: str) -> str:
+    """A name cut to `LABEL_WIDTH` always the same way: whole dotted parts from the right."""
+    if len(text) <= LABEL_WIDTH:
+        return text
+    parts = text.split(".")
+    kept: list[str] = []
+    while parts and len(".".join([parts[-1], *kept])) + 2 <= LABEL_WIDTH:
+        kept.insert(0, parts.pop())
+    return "…." + ".".join(kept) if kept else shorten_name(text, LABEL_WIDTH)
+
+
+def build_figure(report: Report, title: str | None = None) -> Figure:
+    """The figure, not yet written: one axes per panel (titles = panel names)."""
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure as MplFigure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    panels = plot_panels([e for e in report.tensors if e.is_float])
+    fig = MplFigure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    n = max(len(panels), 1)
+    cols = 1 if n == 1 else 2
+    rows = math.ceil(n / cols)
+    last = max((p.layer for pn in panels for p in pn.points if p.layer is not None), default=-1)
+    values = [
+        v
+        for pn in panels
+        for p in pn.points
+        for v in (p.after, p.before, p.expected, p.reference)
+        if _sane(v)
+    ]
+    lo = min(values) / 3 if values else 1e-3
+    hi = max(values) * 3 if values else 1.0
+    for i, panel in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        _draw_panel(ax, panel, last, lo, hi)
+    if not panels:
+        fig.add_subplot(1, 1, 1).set_title("no float tensors")
+    head = title or f"reinit report: {shorten(report.source, 90)}"
+    fig.suptitle(f"{head}\n{shorten(summary_line(report), 160)}", fontsize=11)
+    handles = [
+        Line2D([], [], color="black", linestyle="-", marker="o", markersize=4, label="after"),
+        Line2D(
+            [],
+            [],
+            color="black",
+            linestyle="--",
+            marker="o",
+            markerfacecolor="none",
+            markersize=4,
+            label="before",
+        ),
+        Patch(color="C0", alpha=0.25, label="expected std ±10%"),
+        Patch(color="grey", alpha=0.15, label="reference std ×/÷2"),
+        Line2D([], [], color="red", marker="x", linestyle="", label="flagged"),
+        Line2D([], [], color="black", marker="v", linestyle="", label="std 0 / off the axis"),
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncol=6, fontsize=8, frameon=False)
+    return fig
+
+
+def _draw_panel(ax: Axes, panel: PlotPanel, last: int, lo: float, hi: float) -> None:
+    ax.set_yscale("log")
+    ax.set_ylim(lo, hi)
+    zero_y = lo * 1.35
+    ax.axhline(zero_y * 1.35, color="grey", linewidth=0.5, linestyle=":")
+    ax.text(0.005, 0.01, "std 0 ↓", transform=ax.transAxes, fontsize=6, color="grey")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.set_ylabel("std")
+    title = panel.title + (f"   ({panel.prefix}…)" if panel.prefix else "")
+    ax.set_title(shorten(title, 90), fontsize=10, loc="left")
+    column = last + 1.5  # the first column of the layer-less tensors
+    ticks: list[tuple[float, str]] = []
+    for j, kind in enumerate(panel.kinds):
+        color = f"C{j % 10}"
+        if kind.layered:  # nudged apart, so that lines that coincide stay visible
+            nudge = (j - (len(panel.kinds) - 1) / 2) * 0.06
+            xs = [p.layer + nudge if p.layer is not None else math.nan for p in kind.points]
+        else:
+            xs = []
+            for p in kind.points:
+                xs.append(column)
+                ticks.append((column, label_text(kind.label if len(kind.points) == 1 else p.name)))
+                column += 1.0
+        _draw_kind(ax, kind, xs, color, zero_y, lo, hi)
+    layered = last >= 0 and any(k.layered for k in panel.kinds)
+    if layered:
+        step = max(1, math.ceil((last + 1) / 12))
+        ticks = [(float(x), str(x)) for x in range(0, last + 1, step)] + ticks
+        ax.set_xlabel(
+            "layer index" + ("   |   layer-less tensors →" if column > last + 1.5 else "")
+        )
+    if ticks:
+        ax.set_xticks([t[0] for t in ticks], [t[1] for t in ticks], fontsize=7)
+        for lab in ax.get_xticklabels()[(last + step) // step if layered else 0 :]:
+            lab.set_rotation(25)
+            lab.set_horizontalalignment("right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
+
+
+def _draw_kind(
+    ax: Axes, kind: PlotKind, xs: list[float], color: str, zero_y: float, lo: float, hi: float
+) -> None:
+    pts = kind.points
+    flagged = any(p.flags for p in pts)
+    label = label_text(kind.label) + (
+        " [" + ",".join(dict.fromkeys(f for p in pts for f in p.flags)) + "]" if flagged else ""
+    )
+    after = [p.after if _sane(p.after) else math.nan for p in pts]
+    style = "-" if kind.layered else "none"
+    drawn = [(x, y) for x, y in zip(xs, after, strict=True) if not math.isnan(y)]
+    ax.plot(
+        [d[0] for d in drawn],
+        [d[1] for d in drawn],
+        linestyle=style,
+        marker="o",
+        markersize=3.5,
+        color=color,
+        linewidth=1.6,
+        label=label,
+        gid="after",
+        zorder=3,
+    )
+    if any(p.before is not None for p in pts):
+        before = [(x, p.before) for x, p in zip(xs, pts, strict=True) if _sane(p.before)]
+        ax.plot(
+            [b[0] for b in before],
+            [b[1] for b in before],
+            linestyle="--" if kind.layered else "none",
+            marker="o",
+            markerfacecolor="none",
+            markersize=5,
+            color=color,
+            linewidth=1.2,
+            alpha=0.75,
+            zorder=2,
+        )
+    half = 0.3 if not kind.layered else 0.5
+    for x, p in zip(xs, pts, strict=True):
+        if _sane(p.expected):
+            ax.fill_between(
+                [x - half, x + half],
+                p.expected * (1 - EXPECTED_BAND),
+                p.expected * (1 + EXPECTED_BAND),
+                color=color,
+                alpha=0.25,
+                linewidth=0,
+                zorder=1,
+            )
+        if _sane(p.reference):
+            ax.fill_between(
+                [x - half, x + half],
+                p.reference / REFERENCE_BAND,
+                p.reference * REFERENCE_BAND,
+                color="grey",
+                alpha=0.12,
+                linewidth=0,
+                zorder=0,
+            )
+    zeros = [(x, p) for x, p in zip(xs, pts, strict=True) if p.after == 0.0]
+    if zeros:
+        ax.scatter(
+            [z[0] for z in zeros],
+            [zero_y] * len(zeros),
+            marker="v",
+            s=28,
+            color=color,
+            gid="after-zero",
+            zorder=4,
+        )
+    off = [(x, p) for x, p in zip(xs, pts, strict=True) if p.after != 0.0 and not _sane(p.after)]
+    for x, p in off:
+        high = p.after is not None and not (p.after < 1e10)
+        ax.scatter(
+            [x],
+            [hi / 1.3 if high else lo * 1.1],
+            marker="^" if high else "v",
+            s=40,
+            color="red" if p.flags else color,
+            gid="after-off",
+            zorder=4,
+        )
+    marks = [(x, p) for x, p in zip(xs, pts, strict=True) if p.flags]
+    if marks:
+        ys = [
+            p.after if _sane(p.after) else (zero_y if p.after == 0.0 else math.nan)
+            for _, p in marks
+        ]
+        ax.scatter([m[0] for m in marks], ys, marker="x", s=60, color="red", zorder=5)
 
 
 def _sane(v: float | None) -> TypeGuard[float]:
     """Drawable on the log axis: positive, finite, below the `garbage` threshold."""
     return v is not None and 0 < v < 1e10 and math.isfinite(v)
-
-
-def _x(label: str) -> float:
-    """Layer index on the x axis: "3" -> 3; a nested "3.7" (expert 7 of layer 3) -> 3."""
-    return float(label.split(".")[0])
-
-
-def _label(t: LayerTable) -> str:
-    text = shorten_name(t.kind, 42)
-    return text + (f"  [{','.join(t.flags)}]" if t.flags else "")
-
-
-def _in_tables(name: str, tables: Sequence[LayerTable]) -> bool:
-    return any(c.name == name for t in tables for c in t.cells)

@@ -1,10 +1,17 @@
-"""Gains by nonlinearity name, with torch's values (`torch.nn.init.calculate_gain`).
+"""Gains by nonlinearity name, with torch's values (`torch.nn.init.calculate_gain`), plus
+`gelu` and `silu`, which torch does not name.
+
+For gelu and silu the gain is the one that keeps the second moment through the nonlinearity
+for a unit normal input: g = 1/√E[f(x)²], x ~ N(0,1) — the definition behind relu's √2
+(E[relu(x)²] = 1/2). It is computed (Simpson's rule on [-12, 12], see `second_moment_gain`):
+gelu 1.5335, silu 1.6765 (tanh would give 1.5925 by this definition; torch keeps 5/3).
 
 Kept as our own table so that every error can list the valid names, and so that a `gain=`
 argument can take a name (`xavier_uniform(gain=tanh)`)."""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -21,6 +28,8 @@ __all__ = [
     "calculate_gain",
     "gain_value",
     "measure_gain",
+    "measure_second_moment_gain",
+    "second_moment_gain",
     "torch_sigmoid",
 ]
 
@@ -34,7 +43,31 @@ LINEAR_LIKE = (
     "conv_transpose3d",
     "sigmoid",
 )
-NONLINEARITIES = (*LINEAR_LIKE, "tanh", "relu", "leaky_relu", "selu")
+NONLINEARITIES = (*LINEAR_LIKE, "tanh", "relu", "leaky_relu", "selu", "gelu", "silu")
+
+
+def gelu_scalar(x: float) -> float:
+    """GELU, exact (erf) form, as torch.nn.functional.gelu's default."""
+    return 0.5 * x * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+
+def silu_scalar(x: float) -> float:
+    """SiLU (swish): x·sigmoid(x), written to stay finite for large |x|."""
+    return x / (1.0 + math.exp(-x)) if x >= 0 else x * math.exp(x) / (1.0 + math.exp(x))
+
+
+@functools.cache
+def second_moment_gain(name: str, steps: int = 4000, half_width: float = 12.0) -> float:
+    """1/√E[f(x)²] for x ~ N(0,1), by Simpson's rule on [-12, 12] (the tails beyond carry
+    < 1e-30 of the mass): the gain that keeps the second moment through f."""
+    f = {"gelu": gelu_scalar, "silu": silu_scalar}[name]
+    h = 2 * half_width / steps
+    total = 0.0
+    for i in range(steps + 1):
+        x = -half_width + i * h
+        weight = 1 if i in (0, steps) else (4 if i % 2 else 2)
+        total += weight * f(x) ** 2 * math.exp(-x * x / 2)
+    return 1.0 / math.sqrt(total * h / 3 / math.sqrt(2 * math.pi))
 
 
 def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
@@ -48,6 +81,8 @@ def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
         return math.sqrt(2.0)
     if name == "selu":
         return 3.0 / 4.0
+    if name in ("gelu", "silu"):
+        return second_moment_gain(name)
     if name == "leaky_relu":
         slope = 0.01 if param is None else param
         if isinstance(slope, bool) or not isinstance(slope, (int, float)):
@@ -83,6 +118,8 @@ def activation(nonlinearity: str, param: float | None = None) -> Callable[[Tenso
         "relu": F.relu,
         "leaky_relu": lambda x: F.leaky_relu(x, 0.01 if param is None else float(param)),
         "selu": F.selu,
+        "gelu": F.gelu,
+        "silu": F.silu,
     }
     return table[name]
 
@@ -99,3 +136,15 @@ def measure_gain(nonlinearity: str, param: float | None = None, n: int = 1_000_0
     x = torch.randn(n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     y = activation(nonlinearity, param)(x)
     return float(x.std() / y.std())
+
+
+def measure_second_moment_gain(
+    nonlinearity: str, param: float | None = None, n: int = 1_000_000
+) -> float:
+    """rms(x)/rms(f(x)) for x ~ N(0,1), seed 0: the gain that keeps the second moment (what
+    kaiming's √2 for relu keeps; unlike std, the mean is not taken out)."""
+    import torch
+
+    x = torch.randn(n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = activation(nonlinearity, param)(x)
+    return float(x.pow(2).mean().sqrt() / y.pow(2).mean().sqrt())

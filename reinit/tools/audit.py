@@ -26,6 +26,7 @@ from reinit.report.entries import NOTE_CHANGED, NOTE_NEW, Report, TensorEntry
 from reinit.report.files import check_formats, publish_report_files, report_targets
 from reinit.report.stats import StatsAccumulator
 from reinit.run.stream import Applier, progress_bar, view_bytes
+from reinit.tools.provenance import recorded_provenance
 
 
 def report_checkpoint(
@@ -64,7 +65,9 @@ def report_checkpoint(
                     entry = _against(ckpt, base, entry)
                 entries.append(entry)
             bar.update(piece.nbytes)
-        report = make_report(os.fspath(source), None, 0, (), entries, 0, started)
+        # the file's own recorded seed and rules (written by reinit), else seed 0 and none
+        seed, rules = recorded_provenance(ckpt) or (0, ())
+        report = make_report(os.fspath(source), None, seed, rules, entries, 0, started)
         if base is not None:
             missing = [n for n in base.names() if n not in ckpt]
             if missing:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from reinit.errors import UsageError
@@ -11,9 +12,31 @@ from reinit.text import shown
 from reinit.tools.probe import ProbePass, ProbeResult, is_positive, per_layer_factor
 
 __all__ = [
+    "FAR_FROM_ONE",
     "plot",
     "render",
+    "worst_grad_change",
 ]
+
+FAR_FROM_ONE = 4.0  # a layer's gradient std changed by more than this (either way): say which
+
+
+def worst_grad_change(result: ProbeResult) -> tuple[str, float] | None:
+    """The layer whose gradient std changed most (after / before, either direction), with the
+    ratio; None without an after pass or comparable layers. The overall verdict compares only
+    the first and last layers, so a layer in the middle whose gradients fall 35× hid behind
+    "stable"."""
+    if result.after is None:
+        return None
+    worst: tuple[str, float] | None = None
+    for b, a in zip(result.before.layers, result.after.layers, strict=False):
+        if not (is_positive(b.grad_std) and is_positive(a.grad_std)):
+            continue
+        assert b.grad_std is not None and a.grad_std is not None
+        ratio = a.grad_std / b.grad_std
+        if worst is None or abs(math.log(ratio)) > abs(math.log(worst[1])):
+            worst = (b.name, ratio)
+    return worst
 
 
 def render(result: ProbeResult, width: int = 100) -> str:
@@ -27,7 +50,13 @@ def render(result: ProbeResult, width: int = 100) -> str:
     rows = list(zip(result.before.layers, after.layers if after else [None] * 10**6, strict=False))
     name_w = max(12, min(max((len(b.name) for b, _ in rows), default=5), width // 3))
     head = f"{'layer'.ljust(name_w)}  {'type':<14} {'act std':>22}  {'grad std':>22}"
-    lines = [f"{result.model}: {result.input}, seed {result.seed}", head]
+    lines = [f"{result.model}: {result.input}, seed {result.seed}"]
+    if result.checkpoint is None:
+        lines.append(
+            f"weights: randomly initialized by the model's constructor (seed {result.seed}), "
+            "not trained ones: pass --checkpoint FILE to probe a checkpoint's weights"
+        )
+    lines.append(head)
     for b, a in rows:
         act = f(b.act_std) if a is None else f"{f(b.act_std)} → {f(a.act_std)}"
         grad = f(b.grad_std) if a is None else f"{f(b.grad_std)} → {f(a.grad_std)}"
@@ -44,7 +73,13 @@ def render(result: ProbeResult, width: int = 100) -> str:
 
     lines.append(summary("before", result.before))
     if after is not None:
-        lines.append(summary(f"after {' '.join(result.rules)}", after))
+        line = summary(f"after {' '.join(result.rules)}", after)
+        worst = worst_grad_change(result)
+        if worst is not None and max(worst[1], 1 / worst[1]) > FAR_FROM_ONE:
+            name, ratio = worst
+            moved = f"fall {f(1 / ratio)}×" if ratio < 1 else f"rise {f(ratio)}×"
+            line += f"; but layer {shorten(shown(name), 60)}'s gradients {moved} (after vs before)"
+        lines.append(line)
     return "\n".join(lines)
 
 

@@ -1,0 +1,32 @@
+"""The entries' notes as terminal lines: one `note:` line per distinct note with its count.
+
+Why: notes such as "lossy cast float32 -> bfloat16" (a transplant from a float32 source into
+bf16 targets) were only in the JSON; a user reading the terminal never learned that values
+were rounded. Grouped by text so a 700-tensor transplant gives one line, not 700."""
+
+from __future__ import annotations
+
+__all__ = ["note_lines"]
+
+from collections import Counter
+
+from reinit.report.entries import NOTE_CHANGED, NOTE_NEW, Report
+
+QUIET_NOTES = (NOTE_CHANGED, NOTE_NEW)  # already counted by the summary of `report --against`
+
+
+def note_lines(report: Report) -> list[str]:
+    """`note: TEXT (N tensors)` per distinct note, most frequent first; the first tensor named."""
+    counts: Counter[str] = Counter()
+    first: dict[str, str] = {}
+    for e in report.tensors:
+        for note in e.notes:
+            if note in QUIET_NOTES:
+                continue
+            counts[note] += 1
+            first.setdefault(note, e.name)
+    lines = []
+    for note, n in counts.most_common():
+        where = first[note] if n == 1 else f"{n} tensors, e.g. {first[note]}"
+        lines.append(f"note: {note} ({where})")
+    return lines

@@ -1,0 +1,36 @@
+"""What a checkpoint written by reinit records about itself: the seed and rules in the
+safetensors metadata's `reinit` key (written by `run.output.output_metadata`).
+
+Why: `reinit report new --against old` built its report with seed 0 and no rules, so its
+Markdown said `seed: 0, rules: (none)` about a file that records both."""
+
+from __future__ import annotations
+
+__all__ = ["recorded_provenance"]
+
+import json
+
+from reinit.io.checkpoint import Checkpoint
+
+
+def recorded_provenance(ckpt: Checkpoint) -> tuple[int, tuple[str, ...]] | None:
+    """(seed, rules) from the file's `reinit` metadata, or None when absent or unreadable
+    (a file not written by reinit, or one whose metadata was edited into something else)."""
+    try:
+        raw = ckpt.metadata().get("reinit")
+    except Exception:  # noqa: BLE001 - a form without metadata, or a shard that cannot be read
+        return None
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    seed, rules = data.get("seed"), data.get("rules")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not isinstance(rules, list):
+        return None
+    if not all(isinstance(r, str) for r in rules):
+        return None
+    return seed, tuple(rules)
