@@ -48,7 +48,6 @@ def run_recipe(recipe: Recipe, *, progress: bool = False) -> Report:
     ```
     """
     from reinit.io.memory import StateDictCheckpoint
-    from reinit.io.sources import open_checkpoint
     from reinit.run.apply import apply
     from reinit.run.inmemory import apply_to_checkpoint
 
@@ -62,12 +61,7 @@ def run_recipe(recipe: Recipe, *, progress: bool = False) -> Report:
         return apply(recipe.source, step.rules, recipe.output, options=_live(step, progress))
     started = time.perf_counter()
     reports: list[Report] = []
-    with open_checkpoint(
-        recipe.source,
-        unsafe_pickle=recipe.unsafe_pickle,
-        progress=progress,
-        key=recipe.options.key,
-    ) as original:
+    with _open_source(recipe, progress) as original:
         current: Checkpoint = original
         for step in recipe.steps[:-1]:
             with _naming(step):
@@ -113,16 +107,10 @@ def plan_recipe(recipe: Recipe, *, progress: bool = False) -> list[Plan]:
         print([(e.name, e.action) for e in plan.entries])
     ```
     """
-    from reinit.io.sources import open_checkpoint
     from reinit.planning.session import plan
 
     plans: list[Plan] = []
-    with open_checkpoint(
-        recipe.source,
-        unsafe_pickle=recipe.unsafe_pickle,
-        progress=progress,
-        key=recipe.options.key,
-    ) as original:
+    with _open_source(recipe, progress) as original:
         current: Checkpoint = original
         for step in recipe.steps:
             with _naming(step):
@@ -210,4 +198,17 @@ def merge_reports(
         summary=summarize(done, final.summary.bytes_written, seconds),
         warnings=warnings,
         notes=tuple(n for rep in reports for n in rep.notes),
+    )
+
+
+def _open_source(recipe: Recipe, progress: bool) -> Checkpoint:
+    """The recipe's source, opened as its run and its dry run both read it (trust and --key
+    as the recipe says)."""
+    from reinit.io.sources import open_checkpoint
+
+    return open_checkpoint(
+        recipe.source,
+        unsafe_pickle=recipe.unsafe_pickle,
+        progress=progress,
+        key=recipe.options.key,
     )
