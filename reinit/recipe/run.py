@@ -24,9 +24,9 @@ def run_recipe(recipe: Recipe, *, progress: bool = False) -> Report:
     together, or nothing).
 
     One step is exactly `reinit.apply` with the recipe's options. Several steps: each but the
-    last runs in memory on the previous step's tensors (`StateDictCheckpoint`), the last one
-    streams to the output with the source's layout and metadata; no intermediate file is
-    written. The report then covers all steps: per tensor, the last step that changed it, its
+    last runs in memory on the previous step's tensors (`StateDictCheckpoint`), its surgery
+    (add/drop/rename/resize) included, the last one streams to the output with the source's
+    layout and metadata; no intermediate file is written. The report then covers all steps: per tensor, the last step that changed it, its
     std before the first change and after the last.
 
     Args:
