@@ -321,10 +321,11 @@ def _resize_refs(
         for name in dict.fromkeys([spec.name, *tied]):
             done = resize_ref(spec, by_name[name], spec.name)
             if name in out and out[name].shape != done.shape:
+                other = out[name].spec.name if out[name].spec.name != name else spec.name
+                tied = f" ('{name}' is tied with '{other}')" if other != name else ""
                 raise RuleError(
                     f"--resize {spec.text!r}: '{name}' is already resized to "
-                    f"{list(out[name].shape)} by --resize {out[name].spec.text!r}"
-                    + (f" (it is tied with '{spec.name}')" if name != spec.name else "")
+                    f"{list(out[name].shape)} by --resize {out[name].spec.text!r}{tied}"
                 )
             out.setdefault(name, done)
     return out
