@@ -322,10 +322,10 @@ def _resize_refs(
             done = resize_ref(spec, by_name[name], spec.name)
             if name in out and out[name].shape != done.shape:
                 other = out[name].spec.name if out[name].spec.name != name else spec.name
-                tied = f" ('{name}' is tied with '{other}')" if other != name else ""
+                why = f" ('{name}' is tied with '{other}')" if other != name else ""
                 raise RuleError(
                     f"--resize {spec.text!r}: '{name}' is already resized to "
-                    f"{list(out[name].shape)} by --resize {out[name].spec.text!r}{tied}"
+                    f"{list(out[name].shape)} by --resize {out[name].spec.text!r}{why}"
                 )
             out.setdefault(name, done)
     return out
