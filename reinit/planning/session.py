@@ -1,5 +1,5 @@
-"""A planning session: open the source, apply the surgery (--add/--drop/--rename), align the
-model view, then turn the rules into a Plan with tied tensors made consistent. `plan` is the
+"""A planning session: open the source, apply the surgery (--drop/--rename/--resize/--add),
+align the model view, then turn the rules into a Plan with tied tensors made consistent. `plan` is the
 `--dry-run`; `apply` uses the same steps."""
 
 from __future__ import annotations

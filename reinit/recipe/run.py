@@ -88,7 +88,7 @@ def plan_recipe(recipe: Recipe, *, progress: bool = False) -> list[Plan]:
     """Each step's plan, as `run_recipe` would run it, writing nothing (`--dry-run`).
 
     Each step is planned on the previous step's result: a checkpoint of the names, shapes and
-    dtypes the previous plan produces (its add/drop/rename applied), holding no data, so a
+    dtypes the previous plan produces (its add/drop/rename/resize applied), holding no data, so a
     dry run shows exactly the plans the run follows.
 
     Args:

@@ -91,8 +91,9 @@ def apply(
         **kwargs: The fields of `reinit.ApplyOptions`: `seed` (int, 0), `reports` (extra report
             paths, .json/.csv/.md), `default_report` (True), `strict`, `allow_unmatched`,
             `overwrite`, `in_place`, `device` ("cpu" or "cuda"), `progress`, `unsafe_pickle`
-            (torch files trusted to run code), `add`/`drop`/`rename` (surgery, run before the
-            rules in the order drop, rename, add; the rules see the new names), `model` (a
+            (torch files trusted to run code), `add`/`drop`/`rename`/`resize` (surgery, run
+            before the rules in the order drop, rename, resize, add; the rules see the new
+            names and shapes), `model` (a
             Hugging Face folder, hf:// URL, `module:callable`, an `nn.Module` or a
             `reinit.planning.model.Model`: enables `type:` patterns, module fans and `default`),
             `config` (overrides the model config scaled_normal/small_init read), `plot` (a PNG
