@@ -63,7 +63,10 @@ def test_grow_the_vocabulary_in_step_1_and_redraw_its_new_rows_in_step_2(
     assert not torch.equal(new[WTE][1000:], step1[WTE][1000:])  # not step 1's rows
     report = json.loads(Path("grown/reinit-report.json").read_text())
     entry = next(e for e in report["tensors"] if e["name"] == WTE)
-    assert "changed by steps 1, 2" in entry["notes"], entry["notes"]
+    assert entry["notes"] == [
+        "resized [1000, 32] -> [1008, 32] (8 new rows by mean_resize)",
+        "changed by steps 1, 2",
+    ]
     # the forward check: the grown model computes what the old one did, up to the new tokens'
     # share of the probability mass
     res = run("verify", "grown", "--forward", "--against", "gpt2")

@@ -165,8 +165,9 @@ def merge_reports(
     """One report for a multi-step run: each tensor as the last step that acted on it, with its
     std before the first change and after the last (and the reference scale of that step);
     flags recomputed over the result, `off_reference` with `tolerance`. With more
-    than one step, a tensor that changed carries the note `changed by step N` (`steps 1, 3`),
-    numbered as the recipe's steps, so the report says which step did it."""
+    than one step, a tensor keeps the notes every step gave it (`resized ...` by step 1 though
+    step 2 redrew it), and one that changed carries the note `changed by step N`
+    (`steps 1, 3`), numbered as the recipe's steps, so the report says which step did it."""
     from reinit.report.assemble import finalize, summarize
 
     final = reports[-1]
@@ -182,8 +183,10 @@ def merge_reports(
             entry = replace(acted[-1], after=e.after, flags=())
         else:
             entry = replace(e, flags=())
-        if len(reports) > 1:
-            entry = replace(entry, notes=(*entry.notes, *step_note(e.name, steps)))
+        if len(reports) > 1:  # every step's notes (a step-1 resize's too), then which step
+            earlier = [n for x in seen for n in x.notes]
+            notes = dict.fromkeys([*earlier, *entry.notes, *step_note(e.name, steps)])
+            entry = replace(entry, notes=tuple(notes))
         entries.append(entry)
     done = finalize(entries, tolerance)
     rules = tuple(r for rep in reports for r in rep.rules)
