@@ -146,6 +146,18 @@ def test_llama_cut_from_4_to_2_layers_loads_as_a_2_layer_model(tmp_path):
     ids = torch.tensor([[3, 4, 5]])
     logits = model(ids).logits
     assert logits.shape == (1, 3, 128) and torch.isfinite(logits).all()
+    # its vocabulary grown too: Llama's head is untied, so it is resized beside the embedding
+    grow = ["--resize", "model.embed_tokens.weight=[136,*]"]
+    res = run("apply", out, *grow, "-o", f"{tmp_path / 'half'}/", "-q")
+    assert res.exit_code == 0, res.output
+    assert "'lm_head.weight' still has 128 rows; resize it too" in res.stderr
+    res = run("apply", out, *grow, "--resize", "lm_head.weight=[136,*]",
+              "-o", f"{tmp_path / 'grown'}/", "-q")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "still has" not in res.stderr
+    grown = _load_clean(transformers.AutoModelForCausalLM, tmp_path / "grown")
+    assert grown.config.vocab_size == 136 and grown.config.num_hidden_layers == 2
+    assert grown(ids).logits.shape == (1, 3, 136)
 
 
 def _tiny(path: Path) -> Path:
@@ -156,6 +168,7 @@ def _tiny(path: Path) -> Path:
             "fc.weight": torch.randn(4, 3, generator=g),
             "fc.bias": torch.randn(4, generator=g),
             "steps": torch.arange(5, dtype=torch.int64),
+            "half": torch.ones(2, dtype=torch.float16),
         },
         path,
     )
@@ -256,6 +269,7 @@ def test_the_api_and_recipes_take_resize(tmp_path, monkeypatch):
         ("emb.weight=12", ("write NAME=[d0,d1,...][:SCHEME]",)),
         ("emb.weight=[12,*]:from(x.safetensors)", ("new entries need a scheme",)),
         ("emb.weight=[12,x]", ("integer or '*'",)),
+        ("half=[4]:constant(1e6)", ("overflows float16",)),
     ],
 )
 def test_bad_resizes_are_usage_errors_that_write_nothing(tmp_path, spec, fragments):

@@ -190,6 +190,9 @@ def resize_ref(spec: ResizeSpec, ref: TensorRef, seed_name: str) -> Resized:
         reason = fill.scheme.can_take(shape, fill.kwargs)
         if reason is not None:
             raise RuleError(f"{where}: {fill.describe()} cannot fill '{ref.name}': {reason}")
+        overflow = fill.overflow(ref.dtype)
+        if overflow is not None:
+            raise RuleError(f"{where}: '{ref.name}': {overflow}")
     if shape != old:
         check_whole_in_memory(where, shape, ref.dtype, "a resized tensor")
     return Resized(

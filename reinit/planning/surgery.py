@@ -328,6 +328,28 @@ def _resize_refs(
                     f"{list(out[name].shape)} by --resize {out[name].spec.text!r}{why}"
                 )
             out.setdefault(name, done)
+    warnings.extend(_untied_heads(refs, out))
+    return out
+
+
+_LM_HEAD = re.compile(r"(?:^|\.)(?:lm_head|embed_out)\.weight$")
+
+
+def _untied_heads(refs: Sequence[TensorRef], resized: Mapping[str, Resized]) -> list[str]:
+    """A warning for an untied LM head left at the old vocabulary while the embedding it
+    mirrors grew or shrank (a Llama's `lm_head`): the model would not load."""
+    out: list[str] = []
+    for r in refs:
+        if r.name in resized or not _LM_HEAD.search(r.name):
+            continue
+        for rs in resized.values():
+            if len(rs.old) == 2 and r.shape == rs.old and rs.shape[1:] == rs.old[1:]:
+                out.append(
+                    f"--resize {rs.spec.text!r}: '{r.name}' still has {r.shape[0]} rows; "
+                    f"resize it too (--resize '{r.name}=[{rs.shape[0]},*]') if it is the "
+                    f"head of '{rs.spec.name}'"
+                )
+                break
     return out
 
 
