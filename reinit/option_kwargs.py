@@ -34,6 +34,7 @@ class OptionKwargsBesidesSeed(TypedDict, total=False):
     add: Sequence[str]
     drop: Sequence[str]
     rename: Sequence[str]
+    resize: Sequence[str]
     model: ModelInput | None
     config: Mapping[str, object] | None
     config_set: Sequence[str]

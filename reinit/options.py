@@ -1,10 +1,7 @@
-"""`ApplyOptions`: every option of an apply, defined once.
-
-The click options of `reinit apply`, the keys of a recipe (top-level and per step) and the
-keyword arguments of `reinit.apply`, `reinit.plan` and the in-memory functions are all derived
-from the fields below and their `OptionMeta`, so the three surfaces cannot drift apart
-(tests/test_options.py checks that they are the same set, minus the exceptions each field
-documents in `OptionMeta.why_not`)."""
+"""`ApplyOptions`: every option of an apply, defined once. The click options of `reinit apply`,
+a recipe's keys (top-level and per step) and the keywords of `reinit.apply`, `reinit.plan` and
+the in-memory functions all derive from its fields and their `OptionMeta`, so they cannot drift
+(tests/test_options.py checks it, minus the exceptions each field documents in `why_not`)."""
 
 from __future__ import annotations
 
@@ -35,6 +32,7 @@ __all__ = [
     "APPLY_FIELDS",
     "PLAN_FIELDS",
     "IN_MEMORY_FIELDS",
+    "SURGERY_FIELDS",
 ]
 
 
@@ -48,7 +46,7 @@ def meta(f_name: str) -> OptionMeta:
     raise KeyError(f_name)
 
 
-SPEC_SEQUENCES = ("reports", "add", "drop", "rename", "config_set")
+SPEC_SEQUENCES = ("reports", "add", "drop", "rename", "resize", "config_set")
 
 
 @dataclass(frozen=True)
@@ -224,6 +222,20 @@ class ApplyOptions:
             )
         ),
     )
+    resize: Sequence[str] = field(
+        default=(),
+        metadata=option_meta(
+            OptionMeta(
+                help="Grow or shrink a tensor to SHAPE ('*' keeps a dim); new entries by SCHEME "
+                "(mean_resize for new rows, else zeros); repeatable. Before the rules.",
+                flags=("--resize",),
+                metavar="NAME=[d0,...][:SCHEME]",
+                multiple=True,
+                recipe="specs",
+                per_step=True,
+            )
+        ),
+    )
     model: ModelInput | None = field(
         default=None,
         metadata=option_meta(
@@ -364,22 +376,14 @@ def option_names() -> tuple[str, ...]:
 # Which keywords each public function takes (an `options=` object may carry any field; the
 # ones a function has no use for are ignored, so one object serves plan and apply alike).
 APPLY_FIELDS = frozenset(option_names())
-PLAN_FIELDS = frozenset(
-    {"strict", "allow_unmatched", "unsafe_pickle", "add", "drop", "rename", "model", "config"}
-    | {"progress", "key"}
-)
-IN_MEMORY_FIELDS = frozenset(
-    {"seed", "strict", "allow_unmatched", "device", "config", "unsafe_pickle", "progress"}
-    | {"model"}
-    | {"reference_tolerance"}
-)
+SURGERY_FIELDS = frozenset({"add", "drop", "rename", "resize"})  # apply_to_module: none
+_COMMON = {"strict", "allow_unmatched", "unsafe_pickle", "model", "config", "progress"}
+PLAN_FIELDS = SURGERY_FIELDS | _COMMON | {"key"}
+IN_MEMORY_FIELDS = frozenset(_COMMON | {"seed", "device", "reference_tolerance"})
 
 
 def with_kwargs(
-    fn: str,
-    options: ApplyOptions | None,
-    kwargs: OptionKwargsBesidesSeed,
-    allowed: frozenset[str],
+    fn: str, options: ApplyOptions | None, kwargs: OptionKwargsBesidesSeed, allowed: frozenset[str]
 ) -> ApplyOptions:
     """`options` (default: all defaults) with the keyword arguments `kwargs` applied. A keyword
     `fn` does not take is a TypeError naming the ones it does, as a real signature would."""

@@ -20,3 +20,21 @@ def test_apply_peak_rss_growth_is_bounded(tmp_path):
     with safe_open(tmp_path / "big.reinit.safetensors", "pt") as f:
         assert len(list(f.keys())) == 36
     assert growth < 200 * MB
+
+
+@pytest.mark.slow
+def test_resize_keeps_apply_streaming(tmp_path):
+    """--resize builds only the resized tensor whole (issue 14 item 4): the rest still streams,
+    so growing one 16 MB matrix of a ~400 MB checkpoint stays within the same bound."""
+    src = tmp_path / "big.safetensors"
+    make_checkpoint(src)
+    growth = rss_growth(
+        "apply", src, "--resize", "layers.0.up.weight=[2056,*]", "-r", "*.bias=zeros", "-q",
+        cwd=tmp_path,
+    )  # fmt: skip
+    print(f"resize: growth {growth / MB:.0f} MB")
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "big.reinit.safetensors", "pt") as f:
+        assert f.get_slice("layers.0.up.weight").get_shape() == [2056, 2048]
+    assert growth < 200 * MB

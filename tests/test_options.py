@@ -45,7 +45,7 @@ def test_recipe_keys_are_the_option_fields_with_recipe_keys():
     assert set(TOP_KEYS) - set(OWN_TOP_KEYS) == keys
     per_step = {meta(n).key or n for n in option_names() if meta(n).per_step}
     assert set(STEP_KEYS) - set(OWN_STEP_KEYS) == per_step
-    assert per_step == {"seed", "strict", "allow_unmatched", "add", "drop", "rename"}
+    assert per_step == {"seed", "strict", "allow_unmatched", "add", "drop", "rename", "resize"}
     for name in NOT_RECIPE_KEYS:
         assert meta(name).recipe is None and meta(name).why_not
 

@@ -70,10 +70,11 @@ def apply(
     from reinit.errors import UsageError
 
     options = options_from_flags(flags, progress=progress_on(quiet))
-    if not (rules or options.add or options.drop or options.rename):
+    if not (rules or options.add or options.drop or options.rename or options.resize):
         raise UsageError(
             f"{source}: no rules, so apply would only copy it; pass --rule PATTERN=ACTION "
-            '(e.g. --rule "*.weight=kaiming"), or --add/--drop/--rename (see reinit apply --help)'
+            '(e.g. --rule "*.weight=kaiming"), or --add/--drop/--rename/--resize (see reinit '
+            "apply --help)"
         )
     trusted = options.unsafe_pickle
     assert isinstance(trusted, tuple)  # a repeatable flag: a tuple of paths

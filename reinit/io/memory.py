@@ -17,7 +17,13 @@ from reinit.errors import CheckpointError
 from reinit.io.checkpoint import Checkpoint, ConfigDict, TensorRef
 from reinit.io.safetensors_format import MAX_TENSORS, tensor_to_bytes
 
-__all__ = ["StateDictCheckpoint", "TensorDictCheckpoint", "check_tensor_names", "find_aliases"]
+__all__ = [
+    "StateDictCheckpoint",
+    "TensorDictCheckpoint",
+    "check_tensor_names",
+    "find_aliases",
+    "reshaped",
+]
 
 
 def check_tensor_names(tensors: Collection[object], where: str) -> None:
@@ -164,3 +170,13 @@ class StateDictCheckpoint(TensorDictCheckpoint):
         if self._config is not None:
             return dict(self._config)
         return self.like.config() if self.like is not None else None
+
+
+def reshaped(ckpt: Checkpoint) -> bool:
+    """Whether `ckpt` is an in-memory checkpoint lent another's layout (`like`: a recipe's later
+    step) whose names or shapes differ from that checkpoint's: an earlier step's surgery, which
+    the output's config.json must follow."""
+    like = ckpt.like if isinstance(ckpt, StateDictCheckpoint) else None
+    if like is None:
+        return False
+    return {r.name: r.shape for r in ckpt.refs()} != {r.name: r.shape for r in like.refs()}

@@ -68,15 +68,16 @@ class PlanEntry:
     source_key: str | None = None  # a transplant's resolved source tensor name
     added: bool = False  # made by --add: no source bytes
     renamed_from: str | None = None  # its name in the source, when --rename changed it
+    resized: str | None = None  # what --resize did ("resized [a, b] -> [c, b] (...)")
+    resize_fills: bool = False  # its values are the --resize's own (no rule overrides them)
 
     @property
     def notes(self) -> tuple[str, ...]:
         """What surgery did to this tensor, for the report."""
         if self.added:
             return ("added",)
-        if self.renamed_from is not None:
-            return (f"renamed from {self.renamed_from}",)
-        return ()
+        renamed = () if self.renamed_from is None else (f"renamed from {self.renamed_from}",)
+        return renamed + (() if self.resized is None else (self.resized,))
 
     @property
     def scheme(self) -> BoundScheme | None:

@@ -1,5 +1,5 @@
-"""A planning session: open the source, apply the surgery (--add/--drop/--rename), align the
-model view, then turn the rules into a Plan with tied tensors made consistent. `plan` is the
+"""A planning session: open the source, apply the surgery (--drop/--rename/--resize/--add),
+align the model view, then turn the rules into a Plan with tied tensors made consistent. `plan` is the
 `--dry-run`; `apply` uses the same steps."""
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from reinit.io.checkpoint import Checkpoint
 from reinit.io.sources import open_checkpoint
 from reinit.io.trust import TrustSpec
 from reinit.options import PLAN_FIELDS, ApplyOptions, OptionKwargs, with_kwargs
+from reinit.planning.edited import EditedCheckpoint
 from reinit.planning.model import Model, ModelView, check_default
 from reinit.planning.model_load import load_model
 from reinit.planning.planner import Plan, check_strict
 from reinit.planning.planner import plan as make_plan
 from reinit.planning.surgery import (
     Edited,
-    EditedCheckpoint,
     Surgery,
     edit_refs,
     mark_plan,
@@ -139,7 +139,7 @@ def plan(
         options: An `ApplyOptions` (the same object `apply` takes; the fields planning has no
             use for, such as `seed` or `overwrite`, are ignored); keywords override it.
         **kwargs: The planning fields of `reinit.ApplyOptions`: `strict`, `allow_unmatched`,
-            `unsafe_pickle`, `add`/`drop`/`rename`, `model` (enables `type:` patterns and the
+            `unsafe_pickle`, `add`/`drop`/`rename`/`resize`, `model` (enables `type:` patterns and the
             `default` scheme), `config` (the model config some schemes read; default: the
             checkpoint's config.json) and `progress` (the Hub's download bars). Any other
             keyword is a TypeError.
@@ -169,7 +169,7 @@ def plan(
     )
     from reinit.planning.transplant import SourcePool
 
-    surgery = parse_surgery(add, drop, rename)
+    surgery = parse_surgery(add, drop, rename, o.resize)
     rule_objs = as_rules(rules)
     with ExitStack() as stack:
         ckpt = stack.enter_context(open_source(source, unsafe_pickle, progress, o.key))
@@ -186,11 +186,12 @@ def edit_checkpoint(
     seed: int = 0,
     device: str = "cpu",
 ) -> tuple[Checkpoint, Edited | None]:
-    """The checkpoint as `--drop/--rename/--add` leave it (itself when there are none), and
+    """The checkpoint as `--drop/--rename/--resize/--add` leave it (itself when there are none), and
     the edit (which `plan_for` marks on the plan: added, renamed, dropped)."""
     if not surgery:
         return ckpt, None
-    edited = edit_refs(ckpt.refs(), surgery, allow_unmatched=allow_unmatched)
+    aliases = ckpt.aliases() if surgery.resizes else {}  # tied names resize together
+    edited = edit_refs(ckpt.refs(), surgery, allow_unmatched=allow_unmatched, aliases=aliases)
     return EditedCheckpoint(ckpt, edited, seed, device), edited
 
 

@@ -1,30 +1,33 @@
-"""Surgery before the rules: --drop, --rename and --add change the list of tensors; the rules
-then see the new names."""
+"""Surgery before the rules: --drop, --rename, --resize and --add change the list of tensors
+(in that order); the rules then see the new names and shapes. The checkpoint as surgery leaves
+it is `reinit.planning.edited.EditedCheckpoint`."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 import torch
 
-from reinit import limits
-from reinit.errors import CheckpointError, RuleError, SchemeError
-from reinit.io.checkpoint import CHUNK_BYTES, Checkpoint, FileSpan, TensorRef, iter_chunks
-from reinit.io.safetensors_format import dtype_name, dtype_size, tensor_to_bytes
-from reinit.limits import MAX_TENSOR_BYTES, declared_bytes
+from reinit.errors import RuleError, SchemeError
+from reinit.io.checkpoint import TensorRef
 from reinit.planning.planner import Plan, PlanEntry
+from reinit.planning.resize import (
+    Resized,
+    ResizeSpec,
+    check_whole_in_memory,
+    parse_resize,
+    resize_ref,
+)
 from reinit.rules import Pattern, Rule, closest_hint, fill_template, parse_action, parse_pattern
-from reinit.schemes import KEEP, BoundScheme, bind_scheme, generate
+from reinit.schemes import KEEP, BoundScheme, bind_scheme
 
 __all__ = [
     "AddSpec",
     "DropSpec",
     "Edited",
-    "EditedCheckpoint",
     "RenameSpec",
     "Surgery",
     "edit_refs",
@@ -90,14 +93,15 @@ class RenameSpec:
 
 @dataclass(frozen=True)
 class Surgery:
-    """All of a run's --add/--drop/--rename, parsed; falsy when there are none."""
+    """All of a run's --add/--drop/--rename/--resize, parsed; falsy when there are none."""
 
     adds: tuple[AddSpec, ...] = ()
     drops: tuple[DropSpec, ...] = ()
     renames: tuple[RenameSpec, ...] = ()
+    resizes: tuple[ResizeSpec, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.adds or self.drops or self.renames)
+        return bool(self.adds or self.drops or self.renames or self.resizes)
 
 
 def parse_add(text: str) -> AddSpec:
@@ -149,22 +153,8 @@ def parse_add(text: str) -> AddSpec:
 
 
 def _check_add_size(where: str, shape: tuple[int, ...], dtype: torch.dtype) -> None:
-    """An added tensor is generated whole in memory before it is written: refuse, before any
-    allocation, a size torch cannot address or this machine cannot hold."""
-    itemsize = dtype_size(dtype)
-    nbytes = declared_bytes(shape, itemsize)
-    if nbytes is None:
-        raise RuleError(
-            f"{where}: the shape {list(shape)} needs more than {MAX_TENSOR_BYTES} bytes "
-            "(2^63 - 1, the most torch can address); check the dims"
-        )
-    free = limits.available_memory()
-    if nbytes > free:
-        raise RuleError(
-            f"{where}: the shape {list(shape)} of {dtype_name(dtype)} needs {nbytes:,} bytes, "
-            f"more than the {free:,} bytes of memory available (an added tensor is generated "
-            "whole in memory); check the dims"
-        )
+    """An added tensor is generated whole in memory before it is written."""
+    check_whole_in_memory(where, shape, dtype, "an added tensor")
 
 
 def parse_drop(text: str) -> DropSpec:
@@ -190,10 +180,14 @@ def parse_surgery(
     add: Sequence[str | AddSpec] = (),
     drop: Sequence[str | DropSpec] = (),
     rename: Sequence[str | RenameSpec] = (),
+    resize: Sequence[str | ResizeSpec] = (),
 ) -> Surgery:
     """The options as given (text or specs already parsed) into one `Surgery`."""
     return Surgery(
-        _parsed(add, parse_add), _parsed(drop, parse_drop), _parsed(rename, parse_rename)
+        _parsed(add, parse_add),
+        _parsed(drop, parse_drop),
+        _parsed(rename, parse_rename),
+        _parsed(resize, parse_resize),
     )
 
 
@@ -213,6 +207,7 @@ class Edited:
     added: dict[str, AddSpec]
     dropped: tuple[str, ...]
     warnings: tuple[str, ...] = ()
+    resized: Mapping[str, Resized] = field(default_factory=dict)  # output name -> its resize
 
 
 def _unmatched(
@@ -225,10 +220,16 @@ def _unmatched(
 
 
 def edit_refs(
-    refs: Sequence[TensorRef], surgery: Surgery, *, allow_unmatched: bool = False
+    refs: Sequence[TensorRef],
+    surgery: Surgery,
+    *,
+    allow_unmatched: bool = False,
+    aliases: Mapping[str, str] | None = None,
 ) -> Edited:
-    """Drop, then rename, then add. Usage errors: a pattern that matches nothing (unless
-    allowed), two tensors renamed to one name, an added name that already exists."""
+    """Drop, then rename, then resize, then add. Usage errors: a pattern that matches nothing
+    (unless allowed), two tensors renamed to one name, a resize of a missing name or of the
+    wrong rank, an added name that already exists. `aliases` (the source's tied names) make a
+    resize of one tied name resize its group."""
     warnings: list[str] = []
     names = [r.name for r in refs]
     dropped: list[str] = []
@@ -274,6 +275,12 @@ def edit_refs(
         seen[new] = r.name
     out_refs = [replace(r, name=new) for r, new in zip(kept, current, strict=True)]
     origin = {new: r.name for r, new in zip(kept, current, strict=True)}
+    resized = _resize_refs(
+        out_refs, origin, surgery.resizes, aliases or {}, allow_unmatched, warnings
+    )
+    out_refs = [
+        replace(r, shape=resized[r.name].shape) if r.name in resized else r for r in out_refs
+    ]
 
     added: dict[str, AddSpec] = {}
     shards = sorted({r.shard for r in refs}) or [""]
@@ -285,12 +292,71 @@ def edit_refs(
             )
         added[a.name] = a
         out_refs.append(TensorRef(a.name, a.dtype, a.shape, shards[-1]))
-    return Edited(tuple(out_refs), origin, added, tuple(dropped), tuple(warnings))
+    return Edited(tuple(out_refs), origin, added, tuple(dropped), tuple(warnings), resized)
+
+
+def _resize_refs(
+    refs: Sequence[TensorRef],
+    origin: Mapping[str, str],
+    resizes: Sequence[ResizeSpec],
+    aliases: Mapping[str, str],
+    allow_unmatched: bool,
+    warnings: list[str],
+) -> dict[str, Resized]:
+    """Each `--resize` resolved against the tensor it names (after renames), and against
+    every name tied to it (one storage: they resize together, drawn under the name given)."""
+    by_name = {r.name: r for r in refs}
+    new_name = {old: new for new, old in origin.items()}
+    groups: dict[str, list[str]] = {}
+    for name, first in aliases.items():
+        groups.setdefault(first, [first]).append(name)
+    out: dict[str, Resized] = {}
+    for spec in resizes:
+        ref = by_name.get(spec.name)
+        if ref is None:
+            _unmatched("--resize", spec.text, list(by_name), allow_unmatched, warnings)
+            continue
+        root = aliases.get(origin[spec.name], origin[spec.name])
+        tied = [new_name[n] for n in groups.get(root, [root]) if n in new_name]
+        for name in dict.fromkeys([spec.name, *tied]):
+            done = resize_ref(spec, by_name[name], spec.name)
+            if name in out and out[name].shape != done.shape:
+                other = out[name].spec.name if out[name].spec.name != name else spec.name
+                why = f" ('{name}' is tied with '{other}')" if other != name else ""
+                raise RuleError(
+                    f"--resize {spec.text!r}: '{name}' is already resized to "
+                    f"{list(out[name].shape)} by --resize {out[name].spec.text!r}{why}"
+                )
+            out.setdefault(name, done)
+    warnings.extend(_untied_heads(refs, out))
+    return out
+
+
+_LM_HEAD = re.compile(r"(?:^|\.)(?:lm_head|embed_out)\.weight$")
+
+
+def _untied_heads(refs: Sequence[TensorRef], resized: Mapping[str, Resized]) -> list[str]:
+    """A warning for an untied LM head left at the old vocabulary while the embedding it
+    mirrors grew or shrank (a Llama's `lm_head`): the model would not load."""
+    out: list[str] = []
+    for r in refs:
+        if r.name in resized or not _LM_HEAD.search(r.name):
+            continue
+        for rs in resized.values():
+            if len(rs.old) == 2 and r.shape == rs.old and rs.shape[1:] == rs.old[1:]:
+                out.append(
+                    f"--resize {rs.spec.text!r}: '{r.name}' still has {r.shape[0]} rows; "
+                    f"resize it too (--resize '{r.name}=[{rs.shape[0]},*]') if it is the "
+                    f"head of '{rs.spec.name}'"
+                )
+                break
+    return out
 
 
 def mark_plan(plan: Plan, edited: Edited) -> Plan:
-    """Record surgery in the plan: added and renamed entries say so, and an added tensor no
-    rule matched is reported as re-initialized by its --add scheme."""
+    """Record surgery in the plan: added, renamed and resized entries say so; an added tensor
+    no rule matched is reported as re-initialized by its --add scheme, a grown one by its
+    --resize fill (a rule that matches it wins, on the new shape)."""
     entries: list[PlanEntry] = []
     for e in plan.entries:
         if e.name in edited.added:
@@ -299,6 +365,11 @@ def mark_plan(plan: Plan, edited: Edited) -> Plan:
                 e = replace(e, action="reinit", rule=edited.added[e.name].rule())
         elif edited.origin.get(e.name, e.name) != e.name:
             e = replace(e, renamed_from=edited.origin[e.name])
+        rs = edited.resized.get(e.name)
+        if rs is not None:
+            e = replace(e, resized=rs.note())
+            if e.rule is None and rs.grows:  # its new entries are the resize's own values
+                e = replace(e, action="reinit", rule=rs.rule(), resize_fills=True)
         entries.append(e)
     return replace(
         plan,
@@ -306,86 +377,3 @@ def mark_plan(plan: Plan, edited: Edited) -> Plan:
         warnings=plan.warnings + edited.warnings,
         dropped=edited.dropped,
     )
-
-
-class EditedCheckpoint(Checkpoint):
-    """The source as surgery left it. Everything but the names is the source's: shards,
-    metadata, extra files. Added tensors live in the last shard and are generated on demand
-    (seeded by the run's seed and their name, as any re-initialized tensor)."""
-
-    def __init__(self, base: Checkpoint, edited: Edited, seed: int = 0, device: str = "cpu"):
-        self.base = base
-        self.edited = edited
-        self.seed = seed
-        self.device = device
-        self.source = base.source
-        self.kind = base.kind
-        self._refs = {r.name: r for r in edited.refs}
-
-    def __getattr__(self, attr: str) -> object:
-        # reader-specific attributes (a directory's `layout`, a file's `path`)
-        if attr == "base":
-            raise AttributeError(attr)
-        return getattr(self.base, attr)
-
-    def names(self) -> list[str]:
-        return list(self._refs)
-
-    def ref(self, name: str) -> TensorRef:
-        try:
-            return self._refs[name]
-        except KeyError:
-            raise CheckpointError(f"{self.source}: has no tensor '{name}'") from None
-
-    def refs(self) -> list[TensorRef]:
-        return list(self.edited.refs)
-
-    def _added(self, name: str) -> torch.Tensor:
-        a = self.edited.added[name]
-        return generate(a.scheme, a.name, a.shape, a.dtype, self.seed, self.device)
-
-    def read(self, name: str) -> torch.Tensor:
-        if name in self.edited.added:
-            return self._added(name)
-        self.ref(name)
-        return self.base.read(self.edited.origin[name])
-
-    def read_bytes(self, name: str) -> bytes | bytearray | memoryview:
-        if name in self.edited.added:
-            return tensor_to_bytes(self._added(name))
-        self.ref(name)
-        return self.base.read_bytes(self.edited.origin[name])
-
-    def iter_chunks(self, name: str, size: int = CHUNK_BYTES) -> Iterator[memoryview]:
-        if name in self.edited.added:
-            return iter_chunks(self.read_bytes(name), size)
-        self.ref(name)
-        return self.base.iter_chunks(self.edited.origin[name], size)
-
-    def span(self, name: str) -> FileSpan | None:
-        if name in self.edited.added:
-            return None
-        return self.base.span(self.edited.origin[name])
-
-    def shards(self) -> list[str]:
-        return self.base.shards()
-
-    def metadata(self, shard: str = "") -> dict[str, str]:
-        return self.base.metadata(shard)
-
-    def aliases(self) -> dict[str, str]:
-        new_name = {old: new for new, old in self.edited.origin.items()}
-        return {
-            new_name[a]: new_name[b]
-            for a, b in self.base.aliases().items()
-            if a in new_name and b in new_name
-        }
-
-    def extra_files(self) -> list[str]:
-        return self.base.extra_files()
-
-    def fetch_extra(self, relname: str) -> Path:
-        return self.base.fetch_extra(relname)
-
-    def close(self) -> None:
-        self.base.close()

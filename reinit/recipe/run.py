@@ -24,9 +24,9 @@ def run_recipe(recipe: Recipe, *, progress: bool = False) -> Report:
     together, or nothing).
 
     One step is exactly `reinit.apply` with the recipe's options. Several steps: each but the
-    last runs in memory on the previous step's tensors (`StateDictCheckpoint`), the last one
-    streams to the output with the source's layout and metadata; no intermediate file is
-    written. The report then covers all steps: per tensor, the last step that changed it, its
+    last runs in memory on the previous step's tensors (`StateDictCheckpoint`), its surgery
+    (add/drop/rename/resize) included, the last one streams to the output with the source's
+    layout and metadata; no intermediate file is written. The report then covers all steps: per tensor, the last step that changed it, its
     std before the first change and after the last.
 
     Args:
@@ -88,7 +88,7 @@ def plan_recipe(recipe: Recipe, *, progress: bool = False) -> list[Plan]:
     """Each step's plan, as `run_recipe` would run it, writing nothing (`--dry-run`).
 
     Each step is planned on the previous step's result: a checkpoint of the names, shapes and
-    dtypes the previous plan produces (its add/drop/rename applied), holding no data, so a
+    dtypes the previous plan produces (its add/drop/rename/resize applied), holding no data, so a
     dry run shows exactly the plans the run follows.
 
     Args:
@@ -165,8 +165,9 @@ def merge_reports(
     """One report for a multi-step run: each tensor as the last step that acted on it, with its
     std before the first change and after the last (and the reference scale of that step);
     flags recomputed over the result, `off_reference` with `tolerance`. With more
-    than one step, a tensor that changed carries the note `changed by step N` (`steps 1, 3`),
-    numbered as the recipe's steps, so the report says which step did it."""
+    than one step, a tensor keeps the notes every step gave it (`resized ...` by step 1 though
+    step 2 redrew it), and one that changed carries the note `changed by step N`
+    (`steps 1, 3`), numbered as the recipe's steps, so the report says which step did it."""
     from reinit.report.assemble import finalize, summarize
 
     final = reports[-1]
@@ -182,8 +183,10 @@ def merge_reports(
             entry = replace(acted[-1], after=e.after, flags=())
         else:
             entry = replace(e, flags=())
-        if len(reports) > 1:
-            entry = replace(entry, notes=(*entry.notes, *step_note(e.name, steps)))
+        if len(reports) > 1:  # every step's notes (a step-1 resize's too), then which step
+            earlier = [n for x in seen for n in x.notes]
+            notes = dict.fromkeys([*earlier, *entry.notes, *step_note(e.name, steps)])
+            entry = replace(entry, notes=tuple(notes))
         entries.append(entry)
     done = finalize(entries, tolerance)
     rules = tuple(r for rep in reports for r in rep.rules)

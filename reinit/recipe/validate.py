@@ -69,7 +69,7 @@ STEP_KEYS: dict[str, Kind] = {
     **OWN_STEP_KEYS,
     **{k: _kind(f) for k, f in STEP_OPTION_KEYS.items()},
 }
-SURGERY = ("add", "drop", "rename")  # in a multi-step recipe: last step only, for now
+SURGERY = ("add", "drop", "rename", "resize")  # in any step (a step's own, not top-level)
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class Step:
 
     @property
     def surgery(self) -> tuple[str, ...]:
-        """Which of add/drop/rename the step uses."""
+        """Which of add/drop/rename/resize the step uses."""
         return tuple(k for k in SURGERY if getattr(self.options, k))
 
 
@@ -231,6 +231,7 @@ SPEC_EXAMPLES = {
     "add": "['head.weight=[3,24]:xavier_uniform']",
     "drop": "['head.*']",
     "rename": "['enc.*=encoder.{1}']",
+    "resize": "['transformer.wte.weight=[1008,*]']",
 }
 
 
@@ -326,7 +327,6 @@ def validate(data: Mapping[str, Data], where: Where, label: str) -> Recipe:
                 f"{label}: the recipe has no rules (give rules: [...] or steps: [...])"
             )
         steps.append(Step(_rules(top), base, where=label))
-    _check_surgery(steps, where, label)
     output = top.get("output")
     return Recipe(
         path=label,
@@ -342,19 +342,6 @@ def _rules(values: Mapping[str, Value]) -> tuple[str, ...]:
     rules = values.get("rules", ())
     assert isinstance(rules, tuple)
     return tuple(str(r) for r in rules)
-
-
-def _check_surgery(steps: Sequence[Step], where: Where, label: str) -> None:
-    """add/drop/rename: in the last step of a multi-step recipe only (the steps before run in
-    memory through `apply_to_checkpoint`, which takes no surgery yet)."""
-    for i, step in enumerate(steps[:-1]):
-        for key in step.surgery:
-            in_step = ("steps", i, key) in where
-            path: Path_ = ("steps", i, key) if in_step else (key,)
-            at = location(where, path, label)
-            raise UsageError(
-                f"{at}: {key!r} is supported only in the last step of a multi-step recipe for now"
-            )
 
 
 def load_recipe(

@@ -8,7 +8,7 @@ __all__ = ["apply"]
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, closing
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 from reinit.errors import OutputError, UsageError
 from reinit.io.checkpoint import Checkpoint
 from reinit.io.confine import copy_regular, extras_to_copy, output_path
+from reinit.io.memory import reshaped
 from reinit.io.pipeline import prefetch
 from reinit.io.publish import Publication, how_to_publish
 from reinit.io.targets import REPORT_NAME, Inputs, check_replace_folder, check_target
@@ -45,12 +46,7 @@ from reinit.report.files import (
     write_text_file,
 )
 from reinit.report.reference import basis_for, check_tolerance
-from reinit.run.config_update import (
-    labels_list,
-    parse_config_set,
-    stale_file,
-    update_config,
-)
+from reinit.run.config_update import config_for, labels_list, parse_config_set, stale_file
 from reinit.run.outcontrol import OutputControl, model_order, parse_dtype, parse_size
 from reinit.run.output import (
     INDEX_NAME,
@@ -95,8 +91,9 @@ def apply(
         **kwargs: The fields of `reinit.ApplyOptions`: `seed` (int, 0), `reports` (extra report
             paths, .json/.csv/.md), `default_report` (True), `strict`, `allow_unmatched`,
             `overwrite`, `in_place`, `device` ("cpu" or "cuda"), `progress`, `unsafe_pickle`
-            (torch files trusted to run code), `add`/`drop`/`rename` (surgery, run before the
-            rules in the order drop, rename, add; the rules see the new names), `model` (a
+            (torch files trusted to run code), `add`/`drop`/`rename`/`resize` (surgery, run
+            before the rules in the order drop, rename, resize, add; the rules see the new
+            names and shapes), `model` (a
             Hugging Face folder, hf:// URL, `module:callable`, an `nn.Module` or a
             `reinit.planning.model.Model`: enables `type:` patterns, module fans and `default`),
             `config` (overrides the model config scaled_normal/small_init read), `plot` (a PNG
@@ -123,18 +120,18 @@ def apply(
     o = with_kwargs("apply", options, kwargs, APPLY_FIELDS)
     seed, device = o.seed, o.device
     overwrite, in_place, default_report = o.overwrite, o.in_place, o.default_report
-    add, drop, rename = o.add, o.drop, o.rename
+    add, drop, rename, resize = o.add, o.drop, o.rename, o.resize
     reports, plot = o.reports, o.plot
     started = time.perf_counter()
     source_text = source.source if isinstance(source, Checkpoint) else os.fspath(source)
     opened: str | Checkpoint = source if isinstance(source, Checkpoint) else source_text
     rule_objs = as_rules(rules)
-    if not rule_objs and not (add or drop or rename):
+    if not rule_objs and not (add or drop or rename or resize):
         raise UsageError(
             f"{source_text}: no rules, so apply would only copy the checkpoint; give at least "
-            "one rule (e.g. '*.weight=kaiming'), or add/drop/rename"
+            "one rule (e.g. '*.weight=kaiming'), or add/drop/rename/resize"
         )
-    surgery = parse_surgery(add, drop, rename)
+    surgery = parse_surgery(add, drop, rename, resize)
     device = check_device(device)
     check_formats(reports, plot, "--report")  # before any work, so a typo costs nothing
     control = OutputControl(parse_dtype(o.dtype), o.checksums)
@@ -185,7 +182,11 @@ def apply(
             else []
         )
         shapes = {e.name: e.shape for e in the_plan.entries}
-        notes, config_file = _config_for(spec, source_config, shapes, config_set, labels, surgery)
+        # a recipe's earlier steps may have done the surgery: its input's shapes then differ
+        edited_before = bool(surgery) or reshaped(ckpt)
+        notes, config_file = config_for(
+            spec.fmt, source_config, shapes, config_set, labels, edited_before
+        )
         if spec.fmt == "directory":
             notes = [
                 *(
@@ -281,29 +282,6 @@ def apply(
             write_text_file(pub.stage(spec.path.parent / "config.json", how=how), config_file)
         pub.commit()  # the checkpoint, its reports and plot: all of them or none
     return report
-
-
-def _config_for(
-    spec: OutputSpec,
-    source_config: Callable[[], Mapping[str, object] | None],
-    shapes: dict[str, tuple[int, ...]],
-    config_set: tuple[tuple[str, object], ...],
-    labels: tuple[str, ...] | None,
-    surgery: object,
-) -> tuple[list[str], str | None]:
-    """The notes and the text of the output's config.json, or None to leave it as it is
-    (copied from a source folder, or not written beside a file output). A folder's config
-    follows the surgery; a file output gets one only when --config or --labels asks."""
-    asked = bool(config_set) or labels is not None
-    if not (asked or (spec.fmt == "directory" and surgery)):
-        return [], None
-    base = source_config()
-    if base is None and not asked:
-        return [], None
-    update = update_config(base, shapes, config_set, labels)
-    if not update.changed and spec.fmt == "directory":
-        return list(update.notes), None
-    return list(update.notes), json.dumps(update.config, indent=2) + "\n"
 
 
 def _side_targets(

@@ -21,12 +21,19 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from reinit.errors import UsageError
 
-__all__ = ["ConfigUpdate", "labels_list", "parse_config_set", "stale_file", "update_config"]
+__all__ = [
+    "ConfigUpdate",
+    "config_for",
+    "labels_list",
+    "parse_config_set",
+    "stale_file",
+    "update_config",
+]
 
 _EMBED = re.compile(r"(?:^|\.)(?:word_embeddings|embed_tokens|wte|shared)\.weight$")
 _HEAD = re.compile(r"(?:^|\.)(?:classifier|score)(?:\.out_proj)?\.weight$")
@@ -144,6 +151,30 @@ def update_config(
             new[k] = value
             notes.append(f"config.json: {k} = {json.dumps(value)} (--config)")
     return ConfigUpdate(new, tuple(notes), new != dict(config or {}))
+
+
+def config_for(
+    fmt: str,
+    source_config: Callable[[], Mapping[str, object] | None],
+    shapes: Mapping[str, Sequence[int]],
+    config_set: Sequence[tuple[str, object]],
+    labels: tuple[str, ...] | None,
+    surgery: bool,
+) -> tuple[list[str], str | None]:
+    """The notes and the text of the output's config.json, or None to leave it as it is
+    (copied from a source folder, or not written beside a file output). A folder's (`fmt`
+    "directory") config follows the surgery (`surgery`: this run's, or a recipe's earlier
+    step's); a file output gets one only when --config or --labels asks."""
+    asked = bool(config_set) or labels is not None
+    if not (asked or (fmt == "directory" and surgery)):
+        return [], None
+    base = source_config()
+    if base is None and not asked:
+        return [], None
+    update = update_config(base, shapes, config_set, labels)
+    if not update.changed and fmt == "directory":
+        return list(update.notes), None
+    return list(update.notes), json.dumps(update.config, indent=2) + "\n"
 
 
 _STALE = re.compile(r"(?:^|/)(?:reinit-report\.json|[^/]*\.report\.(?:json|csv|md)|README\.md)$")

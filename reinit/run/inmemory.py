@@ -15,19 +15,30 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from reinit.errors import UsageError
 from reinit.io.checkpoint import Checkpoint
 from reinit.io.memory import StateDictCheckpoint
 from reinit.io.trust import TrustSpec
 from reinit.options import (
     IN_MEMORY_FIELDS,
+    SURGERY_FIELDS,
     ApplyOptions,
     OptionKwargs,
     OptionKwargsBesidesSeed,
     with_kwargs,
 )
+from reinit.planning.edited import EditedCheckpoint
 from reinit.planning.model import ModelView
 from reinit.planning.planner import Plan
-from reinit.planning.session import RuleInput, as_rules, check_device, model_view, plan_for
+from reinit.planning.session import (
+    RuleInput,
+    as_rules,
+    check_device,
+    edit_checkpoint,
+    model_view,
+    plan_for,
+)
+from reinit.planning.surgery import Edited, parse_surgery
 from reinit.planning.transplant import SourcePool
 from reinit.report.assemble import make_report
 from reinit.report.entries import Report
@@ -73,18 +84,22 @@ def run_in_memory(
     progress: bool = False,
     view: ModelView | None = None,
     reference_tolerance: float = REFERENCE_TOLERANCE,
+    edited: Edited | None = None,
 ) -> InMemoryRun:
     """The one in-memory apply: plan `rules` on `ckpt` (with `view`'s module types, fans and
     `default` when given) and run the streaming `Applier` over it, assembling the tensors.
     Kept tensors of a `StateDictCheckpoint` are its own objects, not copies. The report's
-    reference scale comes from `config` (else the checkpoint's) and `view`, as in `apply`."""
+    reference scale comes from `config` (else the checkpoint's) and `view`, as in `apply`.
+    `edited`: the surgery `ckpt` (an `EditedCheckpoint`) went through, marked on the plan."""
     tolerance = check_tolerance(reference_tolerance)
     started = time.perf_counter()
     device = check_device(device)
     with SourcePool(ckpt, unsafe_pickle=unsafe_pickle, progress=progress) as pool:
-        the_plan, ties = plan_for(ckpt, tuple(rules), strict, allow_unmatched, pool, view, config)
+        the_plan, ties = plan_for(
+            ckpt, tuple(rules), strict, allow_unmatched, pool, view, config, edited
+        )
         applier = Applier(ckpt, seed, device, pool, ties, view)
-        own = ckpt.tensors if isinstance(ckpt, StateDictCheckpoint) else None
+        own = _own_tensors(ckpt)
         by_name = {p.name: p for p in the_plan.entries}
         out, entries = assemble(applier.stream(the_plan.entries), by_name, ties, own)
     basis = basis_for(ckpt, config, view, seed, tolerance)
@@ -92,6 +107,17 @@ def run_in_memory(
         ckpt.source, None, seed, tuple(r.text for r in rules), entries, 0, started, the_plan, basis
     )
     return InMemoryRun(out, report, the_plan)
+
+
+def _own_tensors(ckpt: Checkpoint) -> dict[str, torch.Tensor] | None:
+    """The tensor objects an in-memory source holds, by output name (after surgery: renamed
+    ones under their new names; added and resized ones are new, so not here)."""
+    if isinstance(ckpt, StateDictCheckpoint):
+        return ckpt.tensors
+    if isinstance(ckpt, EditedCheckpoint) and isinstance(ckpt.base, StateDictCheckpoint):
+        base, edit = ckpt.base.tensors, ckpt.edited
+        return {new: base[old] for new, old in edit.origin.items() if new not in edit.resized}
+    return None
 
 
 def write_back(
@@ -119,11 +145,12 @@ def apply_to_checkpoint(
         ckpt: An open `Checkpoint` (a file's, or a `StateDictCheckpoint`).
         rules: `PATTERN=ACTION` strings (or parsed `Rule`s).
         options: An `ApplyOptions`; the fields an in-memory apply has no use for (output,
-            reports, surgery) are ignored. Keywords override it.
+            reports) are ignored. Keywords override it.
         **kwargs: `seed`, `strict`, `allow_unmatched`, `device`, `config`, `unsafe_pickle`
             (for transplant sources), `progress` (the Hub's download bars of hf://
             transplant sources), `model` (for `type:` patterns, module fans and `default`; a spec
-            or an `nn.Module`) and `reference_tolerance`, as in `reinit.ApplyOptions`. Any
+            or an `nn.Module`), `reference_tolerance` and the surgery `add`, `drop`, `rename`,
+            `resize` (a recipe's steps run through here), as in `reinit.ApplyOptions`. Any
             other keyword is a TypeError.
 
     Returns:
@@ -139,7 +166,9 @@ def apply_to_checkpoint(
         tensors, report = reinit.run.inmemory.apply_to_checkpoint(ckpt, ["*.bias=zeros"])
     ```
     """
-    o = with_kwargs("apply_to_checkpoint", options, kwargs, IN_MEMORY_FIELDS)
+    o = with_kwargs("apply_to_checkpoint", options, kwargs, IN_MEMORY_FIELDS | SURGERY_FIELDS)
+    surgery = parse_surgery(o.add, o.drop, o.rename, o.resize)
+    ckpt, edited = edit_checkpoint(ckpt, surgery, o.allow_unmatched, o.seed, o.device)
     run = run_in_memory(
         ckpt,
         as_rules(rules),
@@ -152,6 +181,7 @@ def apply_to_checkpoint(
         progress=o.progress,
         view=model_view(o.model, ckpt),
         reference_tolerance=o.reference_tolerance,
+        edited=edited,
     )
     return run.tensors, run.report
 
@@ -177,7 +207,8 @@ def apply_to_state_dict(
             fields an in-memory apply has no use for are ignored. Keywords override it.
         **kwargs: `strict`, `allow_unmatched`, `device`, `config` (the model config some
             schemes read: scaled_normal's layers, small_init's dim), `unsafe_pickle` and
-            `progress` (for transplant sources), as in `reinit.ApplyOptions`.
+            `progress` (for transplant sources), the surgery `add`, `drop`, `rename`, `resize`
+            (the result then has the new names and shapes), as in `reinit.ApplyOptions`.
 
     Returns:
         `(new_state_dict, report)`: changed tensors are new tensors on their original device
@@ -193,16 +224,15 @@ def apply_to_state_dict(
     >>> new["fc.bias"] is state["fc.bias"], bool(state["fc.weight"].any())
     (True, False)
     """
-    o = with_kwargs("apply_to_state_dict", options, kwargs, IN_MEMORY_FIELDS)
+    o = with_kwargs("apply_to_state_dict", options, kwargs, IN_MEMORY_FIELDS | SURGERY_FIELDS)
     if seed is not None:
         o = replace(o, seed=seed)
     config = o.config
     ckpt = StateDictCheckpoint(state_dict, source=source, config=config)
     new, report = apply_to_checkpoint(ckpt, rules, options=replace(o, config=None))
     for e in report.tensors:
-        if e.changes:
-            orig = state_dict[e.name]
-            new[e.name] = new[e.name].to(orig.device)
+        if e.changes and e.name in state_dict:
+            new[e.name] = new[e.name].to(state_dict[e.name].device)
     return new, report
 
 
@@ -255,6 +285,12 @@ def apply_to_module(
     (True, 2)
     """
     o = with_kwargs("apply_to_module", options, kwargs, IN_MEMORY_FIELDS)
+    surgery = [k for k in sorted(SURGERY_FIELDS) if getattr(o, k)]
+    if surgery:
+        raise UsageError(
+            f"apply_to_module: {surgery[0]} would change the module's tensor list, which an "
+            "in-place apply cannot; use apply_to_state_dict and load its result into the model"
+        )
     if seed is not None:
         o = replace(o, seed=seed)
     if o.model is None:  # the module is its own model: `default`, `type:` and fans from it

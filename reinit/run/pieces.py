@@ -106,7 +106,7 @@ def assemble(
         if on_piece is not None:
             on_piece(piece.nbytes)
         p = by_name[piece.name]
-        reuse = own is not None and not p.changes
+        reuse = own is not None and not p.changes and p.name in own
         if piece.entry is not None:
             if own is not None and reuse:
                 out[p.name] = own[p.name]

@@ -19,6 +19,7 @@ import torch
 from reinit.io.checkpoint import CHUNK_BYTES, Checkpoint, TensorRef
 from reinit.io.pipeline import prefetch
 from reinit.io.safetensors_format import dtype_name
+from reinit.planning.edited import original_of
 from reinit.planning.model import ModelView, reinit_value
 from reinit.planning.planner import PlanEntry
 from reinit.planning.ties import Ties
@@ -58,7 +59,9 @@ def _entry(
     fans = fans or compute_fans(p.shape)
     fan_in, fan_out = fans if fans else (None, None)
     bound = p.scheme
-    expected = expected_std_for(bound, p.shape, fans) if bound is not None else None
+    # a grown tensor's std mixes its kept and its new entries: no one scheme's std to expect
+    scored = bound if not p.resize_fills else None
+    expected = expected_std_for(scored, p.shape, fans) if scored is not None else None
     return TensorEntry(
         name=p.name,
         shape=p.shape,
@@ -75,7 +78,7 @@ def _entry(
         expected_std=expected,
         var_gain=var_gain(fan_in, after.std) if p.dtype.is_floating_point else None,
         notes=notes,
-        kurtosis=bound.scheme.kurtosis if bound is not None else 3.0,
+        kurtosis=scored.scheme.kurtosis if scored is not None else 3.0,
     )
 
 
@@ -89,6 +92,12 @@ WRITE_AHEAD = 2  # pieces computed ahead of the writer
 
 
 DRAW_AHEAD = 1  # re-initialized tensors drawn ahead on a worker thread
+
+
+def _made(p: PlanEntry) -> bool:
+    """Whether surgery makes the entry's values (--add, --resize): they are not in the source's
+    read stream, and are read whole."""
+    return p.added or p.resized is not None
 
 
 def _n_chunks(nbytes: int) -> int:
@@ -173,7 +182,7 @@ class Applier:
         tie_note = self.ties.note(p.name)
         if p.action in ("kept", "skipped"):
             acc = StatsAccumulator(p.dtype)
-            if p.added:  # no source bytes: its --add values, generated
+            if _made(p):  # no source bytes as such: its --add / --resize values
                 for piece in tensor_pieces(p.name, self.ckpt.read(p.name)):
                     assert piece.data is not None
                     acc.add(view_bytes(piece.data, p.dtype))
@@ -184,8 +193,11 @@ class Applier:
             entry = _entry(p, acc.result(), notes=p.notes + tie_note, fans=self.fans.get(p.name))
             yield Piece(p.name, entry=entry)
             return
-        # an added tensor has no source bytes, so no "before"
-        before = None if p.added else self._source_stats(reads, p)
+        # an added tensor has no source bytes, so no "before"; a resized one's is its old value's
+        before = None if p.added else self._source_stats(reads, p) if not _made(p) else None
+        if p.resized is not None:
+            old = original_of(self.ckpt, p.name)
+            before = tensor_stats(old) if old is not None else None
         root = self.ties.root(p.name)
         if root is not None and root in self.ties.defining:
             new, source, notes = self._tied_value(root)
@@ -223,6 +235,8 @@ class Applier:
 
     def _reinit(self, p: PlanEntry) -> torch.Tensor:
         """A reinit entry's values; with a model, module fans and `default` apply."""
+        if p.resize_fills:  # the --resize's own values (kept block and new entries)
+            return self.ckpt.read(p.name)
         assert p.scheme is not None
         context = self._context(p)
         if self.model is not None:
@@ -256,7 +270,7 @@ class Applier:
         tensor while this thread computes statistics keeps the second core busy. Values do
         not depend on this: each tensor has its own generator."""
         reads = prefetch(
-            read_stream(self.ckpt, [p.name for p in entries if not p.added]),
+            read_stream(self.ckpt, [p.name for p in entries if not _made(p)]),
             READ_AHEAD,
             "reinit-read",
         )

@@ -1,0 +1,147 @@
+"""Issue 14 item 4: add/drop/rename/resize in any step of a recipe, not only the last. A step's
+surgery runs in memory like its rules; the next step sees the new names and shapes; the output
+equals the steps run one after another with files in between, and a directory output's
+config.json follows surgery done in an earlier step."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import refused, run
+from safetensors.torch import load_file, save_file
+
+import reinit
+
+transformers = pytest.importorskip("transformers")
+
+WTE = "transformer.wte.weight"
+
+
+def _gpt2(path: Path) -> Path:
+    cfg = transformers.GPT2Config(
+        n_embd=32, n_layer=2, n_head=2, vocab_size=1000, n_positions=64,
+        bos_token_id=999, eos_token_id=999,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(path)
+    return path
+
+
+def test_grow_the_vocabulary_in_step_1_and_redraw_its_new_rows_in_step_2(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    _gpt2(tmp_path / "gpt2")
+    Path("grow.yaml").write_text(
+        "source: gpt2\noutput: grown/\nsteps:\n"
+        "  - name: resize\n"
+        f"    resize: ['{WTE}=[1008,*]']\n"
+        "  - name: new-rows\n"
+        "    seed: 5\n"
+        f"    rules: ['{WTE}=mean_resize(old_rows=1000)', 'transformer.h.1.mlp.c_proj.bias=zeros']\n"
+    )
+    res = run("run", "grow.yaml", "-q")
+    assert res.exit_code == 0, res.output
+    # the config follows step 1's resize though the last step did no surgery
+    assert "note: config.json: vocab_size 1000 -> 1008" in res.stderr
+    assert json.loads(Path("grown/config.json").read_text())["vocab_size"] == 1008
+    model = transformers.AutoModelForCausalLM.from_pretrained("grown")
+    assert model.lm_head.weight.shape == (1008, 32)
+    old, new = load_file("gpt2/model.safetensors"), load_file("grown/model.safetensors")
+    assert torch.equal(new[WTE][:1000], old[WTE])
+    # step 2's rule read step 1's grown tensor and redrew the 8 rows with its own seed (5)
+    grown = torch.cat([old[WTE], torch.zeros(8, 32)])
+    want, _ = reinit.apply_to_state_dict(
+        {WTE: grown}, [f"{WTE}=mean_resize(old_rows=1000)"], seed=5
+    )
+    assert torch.equal(new[WTE], want[WTE])
+    step1, _ = reinit.apply_to_state_dict({WTE: old[WTE]}, [], resize=[f"{WTE}=[1008,*]"])
+    assert not torch.equal(new[WTE][1000:], step1[WTE][1000:])  # not step 1's rows
+    report = json.loads(Path("grown/reinit-report.json").read_text())
+    entry = next(e for e in report["tensors"] if e["name"] == WTE)
+    assert entry["notes"] == [
+        "resized [1000, 32] -> [1008, 32] (8 new rows by mean_resize)",
+        "changed by steps 1, 2",
+    ]
+    # the forward check: the grown model computes what the old one did, up to the new tokens'
+    # share of the probability mass
+    res = run("verify", "grown", "--forward", "--against", "gpt2")
+    assert res.exit_code == 0, res.output
+    line = res.stdout.strip().splitlines()[-1]
+    kl = float(re.search(r"KL (\S+) nats", line)[1])
+    with capsys.disabled():
+        print(f"\n[recipe: resize in step 1, rule in step 2] forward check: {line}")
+    assert 0 < kl < 1e-2
+
+
+def _small(path: Path) -> Path:
+    g = torch.Generator().manual_seed(0)
+    save_file(
+        {
+            "enc.0.weight": torch.randn(6, 4, generator=g),
+            "enc.0.bias": torch.randn(6, generator=g),
+            "head.weight": torch.randn(2, 6, generator=g),
+            "head.bias": torch.randn(2, generator=g),
+        },
+        path,
+    )
+    return path
+
+
+def test_surgery_in_every_step_equals_the_steps_chained_through_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _small(tmp_path / "m.safetensors")
+    step1 = {
+        "drop": ["head.*"],
+        "rename": ["enc.*=encoder.{1}"],
+        "add": ["cls.weight=[3,6]:normal(std=0.02)", "cls.bias=[3]:zeros"],
+        "resize": ["encoder.0.weight=[8,*]", "encoder.0.bias=[8]"],
+    }
+    step2 = {
+        "rules": ["classifier.bias=ones", "encoder.0.weight=orthogonal"],
+        "rename": ["cls.*=classifier.{1}"],
+        "resize": ["classifier.weight=[3,8]"],
+    }
+    Path("r.json").write_text(
+        json.dumps({"source": "m.safetensors", "output": "out.safetensors", "seed": 2,
+                    "steps": [{"name": "one", **step1}, {"name": "two", **step2}]})
+    )  # fmt: skip
+    res = run("run", "r.json", "-q")
+    assert res.exit_code == 0, res.output
+    # the same steps as two applies with a file between them: the same bytes
+    a = reinit.apply("m.safetensors", [], "mid.safetensors", seed=2, **step1)
+    assert a.entry("encoder.0.weight").shape == (8, 4)
+    rules = step2.pop("rules")
+    reinit.apply("mid.safetensors", rules, "chained.safetensors", seed=2, **step2)
+    assert Path("out.safetensors").read_bytes() == Path("chained.safetensors").read_bytes()
+    out = load_file("out.safetensors")
+    assert sorted(out) == ["classifier.bias", "classifier.weight", "encoder.0.bias",
+                           "encoder.0.weight"]  # fmt: skip
+    assert out["classifier.weight"].shape == (3, 8)
+    assert torch.equal(out["classifier.weight"][:, 6:], torch.zeros(3, 2))
+    assert torch.equal(out["classifier.weight"][:, :6], load_file("mid.safetensors")["cls.weight"])
+    assert torch.equal(out["classifier.bias"], torch.ones(3))
+    # the dry run plans each step on the previous one's names and shapes, as the run does
+    plans = reinit.plan_recipe(reinit.load_recipe("r.json"))
+    assert {e.name: e.shape for e in plans[1].entries} == {n: tuple(t.shape) for n, t in
+                                                           out.items()}  # fmt: skip
+    shown = run("run", "r.json", "--dry-run")
+    assert shown.exit_code == 0 and "resized [6, 4] -> [8, 4]" in shown.output
+
+
+def test_surgery_at_the_top_of_a_multi_step_recipe_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _small(tmp_path / "m.safetensors")
+    Path("r.yaml").write_text(
+        "source: m.safetensors\nresize: ['head.bias=[3]']\nsteps:\n  - rules: ['*.bias=zeros']\n"
+    )
+    refused(tmp_path, ["run", "r.yaml"], 2, "put resize in the step it belongs to")
+    Path("r.yaml").write_text(
+        "source: m.safetensors\nsteps:\n  - resize: ['head.bias=[3,1]']\n"
+        "  - rules: ['*.bias=zeros']\n"
+    )
+    refused(tmp_path, ["run", "r.yaml"], 2, "step 0", "give 1 dims")
