@@ -3,7 +3,7 @@ the Markdown report show instead of one row per tensor."""
 
 from __future__ import annotations
 
-__all__ = ["entry_groups", "kinds_markdown", "reference_of"]
+__all__ = ["applied_init", "entry_groups", "kinds_markdown", "reference_of"]
 
 from collections.abc import Sequence
 
@@ -17,6 +17,25 @@ def reference_of(e: TensorEntry) -> float | None:
     """The entry's reference std (DESIGN §8 "Reference scale"), where the report has one."""
     ref = getattr(e, "reference_std", None)
     return ref if isinstance(ref, int | float) else None
+
+
+def applied_init(e: TensorEntry) -> str | None:
+    """What the `default` scheme ran on the tensor, from its scheme text
+    (`default (BertModel._init_weights on Linear: normal(std=0.02))` -> the part in
+    parentheses); None for any other tensor."""
+    scheme = e.scheme or ""
+    head = "default ("
+    if e.action == "reinit" and scheme.startswith(head) and scheme.endswith(")"):
+        return scheme[len(head) : -1]
+    return None
+
+
+def _rule_cell(members: Sequence[TensorEntry]) -> str:
+    """The group's rule as code, with the init `default` ran (`→ Linear.reset_parameters: ...`)."""
+    rule = members[0].rule
+    text = f"`{rule}`" if rule else ""
+    inits = list(dict.fromkeys(x for x in map(applied_init, members) if x is not None))
+    return text + (f" → {'; '.join(inits)}" if inits else "")
 
 
 def entry_groups(entries: Sequence[TensorEntry]) -> list[KindGroup[TensorEntry]]:
@@ -45,7 +64,7 @@ def kinds_markdown(entries: Sequence[TensorEntry]) -> list[str]:
             shape_text(e.shape),
             ", ".join(sorted({x.dtype for x in m})),
             e.action + (f" ({'; '.join(reasons)})" if reasons else ""),
-            f"`{e.rule}`" if e.rule else "",
+            _rule_cell(m),
             before if before != "-" else "",
             span(x.after.std for x in m),
             span(x.expected_std for x in m),
