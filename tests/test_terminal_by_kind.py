@@ -67,6 +67,10 @@ def test_llama_top4_fits_one_screen(tmp_path, columns):
     assert len(lines) <= 40
     assert max(len(x) for x in lines) <= columns
     assert "…" not in text  # nothing elided: no name or cell cut into fragments
+    for x in lines:  # and no cell split: each row holds shape .. reference whole on one line
+        if "20-23" in x:
+            cells = x.split("20-23", 1)[1].split()
+            assert len(cells) >= 7 and cells[3] == "→", x
     assert "all names start with model.layers.*." in text
     for kind in ("self_attn.q_proj.weight", "mlp.down_proj.weight", "input_layernorm.weight"):
         assert kind in text and "model.layers.20" not in text
