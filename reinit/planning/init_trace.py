@@ -29,7 +29,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from reinit.errors import SchemeError
-from reinit.schemes import BoundScheme, bind_scheme
+from reinit.schemes import BoundScheme, bind_scheme, get_scheme
 
 #: torch.nn.init functions by their scheme name (reinit's schemes mirror them one to one).
 _INIT_FUNCTIONS = frozenset(
@@ -120,7 +120,10 @@ class InitTrace(TorchFunctionMode):
         if not (is_init or fname in _METHODS or fname in _OTHER_WRITES):
             return None
         t = args[0] if args else kwargs.get("tensor")
-        if not isinstance(t, torch.Tensor) or t.untyped_storage().data_ptr() != self.storage:
+        try:
+            if not isinstance(t, torch.Tensor) or t.untyped_storage().data_ptr() != self.storage:
+                return None
+        except (RuntimeError, NotImplementedError):  # a tensor without storage (sparse, ...)
             return None
         whole = t.data_ptr() == self.start and t.numel() == self.numel
         part = t.numel() / self.numel if self.numel else 1.0
@@ -141,11 +144,7 @@ def _named(
     scheme: str, args: Sequence[Any], kwargs: Mapping[str, Any]
 ) -> tuple[tuple[str, Any], ...]:
     """A torch.nn.init call's arguments by name (torch's names and order are our schemes')."""
-    try:
-        bound = bind_scheme(scheme, (), {})
-    except SchemeError:
-        return tuple(kwargs.items())
-    names = [k for k, _ in bound.args]
+    names = [p.name for p in get_scheme(scheme).params]
     return (*zip(names, args, strict=False), *kwargs.items())
 
 
