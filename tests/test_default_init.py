@@ -134,3 +134,43 @@ def test_default_draws_each_tensor_once(tmp_path: Path, monkeypatch: pytest.Monk
     rep = reinit.apply_to_module(net, ["*=default"])
     assert sorted(calls) == sorted(t.name for t in rep.tensors)
     assert all(t.expected_std is not None for t in rep.tensors)
+
+
+def test_an_init_of_several_steps_is_named_as_the_nn_init_function_that_ran() -> None:
+    """torch.nn.init functions that do not dispatch as themselves (orthogonal_, trunc_normal_,
+    xavier_normal_ run copy_/mul_/normal_ inside) are named as the function, with its
+    arguments; later in-place ops are named after it, a scalar mul_ scales the expected std,
+    and an op with no formula (clamp_) leaves it unknown rather than wrong."""
+
+    class Custom(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            for name, shape in [("x", (20, 30)), ("o", (40, 40)), ("t", (30, 30))]:
+                self.register_parameter(name, nn.Parameter(torch.empty(shape)))
+            self.register_parameter("s", nn.Parameter(torch.empty(40, 40)))
+            self.register_parameter("c", nn.Parameter(torch.empty(8, 8)))
+
+        def reset_parameters(self) -> None:
+            nn.init.xavier_normal_(self.x, 2.0)
+            nn.init.orthogonal_(self.o)
+            nn.init.trunc_normal_(self.t, 0.0, 0.02, -0.04, 0.04)
+            self.s.data.normal_(0, 1)
+            self.s.data.mul_(0.1)
+            self.c.data.normal_()
+            self.c.data.clamp_(-1, 1)
+
+    e = {t.name: t for t in reinit.apply_to_module(Custom(), ["*=default"]).tensors}
+    assert e["x"].scheme == "default (Custom.reset_parameters: xavier_normal(gain=2))"
+    assert e["x"].expected_std == pytest.approx(2 * math.sqrt(2 / 50), rel=1e-12)
+    assert e["o"].scheme == "default (Custom.reset_parameters: orthogonal)"
+    assert e["o"].expected_std == pytest.approx(1 / math.sqrt(40), rel=1e-12)
+    assert (
+        e["t"].scheme
+        == "default (Custom.reset_parameters: trunc_normal(std=0.02, a=-0.04, b=0.04))"
+    )
+    assert e["t"].expected_std == pytest.approx(0.02 * 0.8796, rel=1e-3)  # truncated at ±2σ
+    assert e["s"].scheme == "default (Custom.reset_parameters: normal, then mul_(0.1))"
+    assert e["s"].expected_std == pytest.approx(0.1, rel=1e-12)
+    assert e["c"].scheme == "default (Custom.reset_parameters: normal, then clamp_(-1, 1))"
+    assert e["c"].expected_std is None
+    assert not any(t.flags for t in e.values())
