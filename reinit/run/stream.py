@@ -65,7 +65,7 @@ def _entry(
     bound = p.scheme
     expected = expected_std_for(bound, p.shape, fans) if bound is not None else None
     scheme = bound.describe() if bound is not None else None
-    if applied is not None:
+    if applied is not None and bound is not None and bound.name == DEFAULT:
         expected = applied.expected_std
         scheme = f"{scheme} ({applied.description})"
     return TensorEntry(
