@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import unicodedata
 
-__all__ = ["ESCAPED_CATEGORIES", "md_cell", "one_line", "shown"]
+__all__ = ["ESCAPED_CATEGORIES", "md_cell", "md_code", "one_line", "shown"]
 
 ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 _SHORT = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
@@ -53,8 +53,30 @@ def shown(text: object) -> str:
 
 
 def md_cell(text: object) -> str:
-    """`shown(text)` with `|` escaped, for a Markdown table cell (a raw `|` would split it)."""
-    return shown(text).replace("|", "\\|")
+    """`shown(text)` as plain text in a Markdown table cell: `|` escaped (a raw one would split
+    the cell) and backticks escaped (a raw one would open a code span that swallows the rest
+    of the row)."""
+    return shown(text).replace("|", "\\|").replace("`", "\\`")
+
+
+def md_code(text: object, *, table: bool = False) -> str:
+    """`shown(text)` as a Markdown code span that shows it exactly, whatever it holds: the
+    fence is one backtick longer than the longest run of backticks inside (CommonMark), padded
+    with a space where the text starts or ends with a backtick or a space (one space either
+    side is stripped by the reader). In a table (`table=True`) a `|` is escaped as `\\|`,
+    which GFM resolves before the code span, so the cell shows `|`; outside a table the
+    backslash would show, so nothing else is touched."""
+    s = shown(text)
+    run = longest = 0
+    for ch in s:
+        run = run + 1 if ch == "`" else 0
+        longest = max(longest, run)
+    fence = "`" * (longest + 1)
+    if s[:1] in ("`", " ") or s[-1:] in ("`", " "):
+        s = f" {s} "
+    if table:
+        s = s.replace("|", "\\|")
+    return f"{fence}{s}{fence}"
 
 
 def one_line(message: BaseException | str, *, limit: int | None = 200, typed: bool = False) -> str:

@@ -112,6 +112,37 @@ def test_markdown_pipe(tmp_path):
     assert "| `a\\|b` |" in md.read_text()
 
 
+def test_markdown_backticks_and_pipes_in_names_keep_the_table(tmp_path):
+    """A backtick in a name closed the kind's code span early (and a lone one swallowed the
+    rest of the row); a `|` in a rule outside the table showed a stray backslash. Read by a
+    real CommonMark + GFM-table parser, every row has the header's cells and every code span
+    holds the exact name, kind or rule."""
+    markdown_it = pytest.importorskip("markdown_it")
+    from html import unescape
+
+    kinds = ["enc.*.a`b.weight", "enc.*.c|d.weight", "enc.*.``x``.weight", "enc.*.`e|f`.weight"]
+    names = [k.replace("*", str(i)) for k in kinds for i in range(2)] + ["`", "|"]
+    src = tmp_path / "tick.safetensors"
+    g = torch.Generator().manual_seed(0)
+    save_file({n: torch.randn(4, 4, generator=g) for n in names}, str(src))
+    md = tmp_path / "r.md"
+    rules = ["enc.0.a`b.weight=zeros", "enc.*.c|d.weight=ones", "`=zeros"]
+    args = ["apply", src, "-o", tmp_path / "o.safetensors", "--report", md, "-q"]
+    for r in rules:
+        args += ["-r", r]
+    assert run(*args, env=WIDE).exit_code == 0
+    html = markdown_it.MarkdownIt("commonmark").enable("table").render(md.read_text())
+    table = html.split("<table>")[1].split("</table>")[0]
+    rows = table.split("<tr>")[1:]
+    assert rows and all(row.count("<td") + row.count("<th") == 13 for row in rows), rows
+    first = [unescape(r.split("<td>")[1].split("</td>")[0]) for r in rows[1:]]
+    code = [c.removeprefix("<code>").removesuffix("</code>") for c in first]
+    assert set(kinds) <= set(code) and {"`", "|"} <= set(code), code
+    spans = {unescape(x.split("</code>")[0]) for x in html.split("<code>")[1:]}
+    assert set(rules) <= spans, spans  # the rules line and the rule cells, exact
+    assert "\\|" not in "".join(spans)  # no stray backslash before a pipe in any code span
+
+
 def test_dry_run(evil):
     res = run("apply", evil, "-r", "*.weight=zeros", "--dry-run", env=WIDE)
     assert res.exit_code == 0, res.output

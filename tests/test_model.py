@@ -304,7 +304,10 @@ def test_cli_apply_with_model_json(bert_dir: Path, tmp_path: Path) -> None:
     data = json.loads(r.stdout)
     changed = {t["name"]: t for t in data["tensors"] if t["action"] == "reinit"}
     assert set(changed) == {"classifier.weight", "classifier.bias"}
-    assert changed["classifier.weight"]["scheme"] == "default"
+    assert changed["classifier.weight"]["scheme"] == (
+        "default (BertForSequenceClassification._init_weights on Linear: normal(std=0.02))"
+    )
+    assert changed["classifier.weight"]["expected_std"] == 0.02
     assert changed["classifier.weight"]["fan_in"] == 32
 
 

@@ -183,3 +183,37 @@ def test_few_kinds_one_panel_each_and_labels_cut_at_dots():
         [entry(f"layers.{i}.fc.weight") for i in range(3)] + [entry("head.weight")]
     )
     assert [p.title for p in panels] == ["layers.*.fc.weight", "head.weight"]
+
+
+def test_names_with_mathtext_characters_render_literally(tmp_path):
+    """A `$` in a name made matplotlib parse mathtext (`$w_1$` drawn as a subscript; `$\\bad{$`
+    raised in savefig) and a kind starting with `_` vanished from the legend: every label is
+    now drawn as the name reads."""
+    import io
+
+    from matplotlib import cbook
+
+    from reinit.report.plot import build_figure, mpl_text
+
+    g = torch.Generator().manual_seed(0)
+    names = [f"blocks.{i}.$w_1$.weight" for i in range(3)]
+    names += [f"_orig_mod.{i}.lin.weight" for i in range(3)]
+    names += ["head.$\\bad{$.weight"]  # an unknown mathtext command: savefig raised
+    path = tmp_path / "m$x_1$.safetensors"  # the source is in the title
+    save_file({n: torch.randn(8, 8, generator=g) for n in names}, path)
+    fig = build_figure(reinit.report_checkpoint(path))
+    fig.savefig(io.BytesIO(), format="png")  # raised ValueError (mathtext) before the fix
+    texts = [t.get_text() for ax in fig.axes for t in ax.get_xticklabels()]
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        texts += [t.get_text() for t in legend.get_texts()] if legend else []
+        texts.append(ax.get_title(loc="left"))
+    assert not any(cbook.is_math_text(t) for t in texts)  # drawn as text, `_` and all
+    drawn = [t.replace("\\$", "$") for t in texts]  # what matplotlib draws for `\$`
+    assert any("$w_1$.weight" in t for t in drawn), drawn
+    assert any("head.$\\bad{$.weight" in t for t in drawn), drawn
+    assert any(t.strip().startswith("_orig_mod.") for t in drawn), drawn  # in the legend
+    assert mpl_text("a$b$c") == "a\\$b\\$c" and mpl_text("_x") == " _x"
+    title = fig.get_suptitle()  # two lines: the source, the summary
+    assert not cbook.is_math_text(title) and len(title.splitlines()) == 2
+    assert "m$x_1$.safetensors" in title.replace("\\$", "$"), title

@@ -137,6 +137,29 @@ def test_kaiming_on_the_top_layers_of_a_768_wide_bert_is_flagged(tmp_path):
     assert report.summary.flagged == 10
 
 
+def test_kaiming_on_a_768_wide_bert_with_model_is_flagged_against_its_default(tmp_path):
+    """The issue saw nothing flagged "with or without --model". With --model (BERT-base's own
+    config: 768 wide, initializer_range 0.02) the reference is the model's `default` init of
+    each tensor, N(0, 0.02) drawn by BertModel._init_weights, and the same 10 matrices are
+    flagged; the model's init is drawn once per kind and shape, not per tensor."""
+    from transformers import BertConfig
+
+    src = bert768_top_layers(tmp_path / "m")
+    model = tmp_path / "base"
+    model.mkdir()
+    BertConfig().to_json_file(model / "config.json")  # 768 wide, 12 layers, 0.02
+    report = reinit.apply(
+        src, ["encoder.layer.1[01].*.weight=kaiming"], tmp_path / "o.safetensors", model=str(model)
+    )
+    weights = [e for e in report.tensors if e.action == "reinit"]
+    assert len(weights) == 12
+    for e in weights:
+        assert e.reference == "model default", e
+        assert abs((e.reference_std or 0) / 0.02 - 1) < std_tolerance(math.prod(e.shape)), e
+        assert ("off_reference" in e.flags) == (e.fan_in == 768), e
+    assert report.summary.flagged == 10
+
+
 def test_with_model_the_reference_is_the_models_own_init(tmp_path):
     """--model B (initializer_range 0.05) wins over the checkpoint's config (0.02): the
     reference is the std of B's `default` init of each tensor, and it says so."""

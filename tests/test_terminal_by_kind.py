@@ -1,7 +1,7 @@
 """The terminal report by kind (DESIGN §8): a 24-layer Llama-shaped checkpoint whose top 4
 layers are re-initialized reads on one screen, at 80 and 100 columns, without cut cells.
 
-Golden files: tests/golden/llama_top4_{80,100}.txt, compared exactly (the run time and the
+Golden files: tests/golden/llama_top4_{80,100,120}.txt, compared exactly (the run time and the
 temporary output path are replaced by placeholders). After an intended change to the view,
 regenerate them with
 
@@ -57,7 +57,7 @@ def apply_at(tmp_path: Path, columns: int, *extra: str) -> str:
     return re.sub(r"\b\d+\.\d\ds\b", "N.NNs", text)
 
 
-@pytest.mark.parametrize("columns", [80, 100])
+@pytest.mark.parametrize("columns", [80, 100, 120])
 def test_llama_top4_fits_one_screen(tmp_path, columns):
     text = apply_at(tmp_path, columns)
     golden = GOLDEN / f"llama_top4_{columns}.txt"
@@ -67,6 +67,10 @@ def test_llama_top4_fits_one_screen(tmp_path, columns):
     assert len(lines) <= 40
     assert max(len(x) for x in lines) <= columns
     assert "…" not in text  # nothing elided: no name or cell cut into fragments
+    for x in lines:  # and no cell split: each row holds shape .. reference whole on one line
+        if "20-23" in x:
+            cells = x.split("20-23", 1)[1].split()
+            assert len(cells) >= 7 and cells[3] == "→", x
     assert "all names start with model.layers.*." in text
     for kind in ("self_attn.q_proj.weight", "mlp.down_proj.weight", "input_layernorm.weight"):
         assert kind in text and "model.layers.20" not in text
@@ -83,13 +87,18 @@ def test_by_tensor_lists_every_tensor(tmp_path):
 
 
 def test_wide_terminal_is_readable_at_120(tmp_path):
-    # every group once, whole names, nothing cut; a label longer than its column (here
-    # post_attention_layernorm.weight, beside the reference column) takes a line of its own
+    # every group once, whole names, nothing cut, and every label on its row: at 120 columns
+    # post_attention_layernorm.weight (31 characters) fits beside the reference column once
+    # the space-free cells (layers, shape, action) close up to one space
     text = apply_at(tmp_path, 120)
     rows = [x for x in text.splitlines() if "20-23" in x]
     assert len(rows) == 9 and "…" not in text
-    assert sum(x.split()[0].endswith(".weight") for x in rows) >= 7
+    assert all(x.split()[0].endswith(".weight") for x in rows), rows
+    assert any(x.startswith("post_attention_layernorm.weight  20-23") for x in rows), rows
+    assert not any(x.strip().endswith(".weight") for x in text.splitlines())  # no label alone
     assert max(len(x) for x in text.splitlines()) <= 120
+    # the cell with spaces inside keeps two spaces either side
+    assert "reinit  0.0196–0.0204 → 0.0198–0.0201  0.02" in text
 
 
 def test_dry_run_groups_changed_tensors_rule_once(tmp_path):

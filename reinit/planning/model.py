@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from reinit.errors import RuleError, SchemeError, UsageError
+from reinit.planning.init_trace import AppliedInit, InitTrace, applied_init
 from reinit.planning.planner import Plan, check_strict
 from reinit.schemes import (
     DEFAULT,
@@ -31,6 +32,7 @@ __all__ = [
     "TensorSite",
     "align",
     "check_default",
+    "default_init",
     "default_value",
     "fans_from_module",
     "module_fans",
@@ -234,10 +236,7 @@ def reinit_value(
     module's own fans where they differ from torch's (rescaled from the same draw, so it stays
     reproducible from seed and name); anything else exactly as without a model."""
     if bound.name == DEFAULT:
-        why = view.why_no_default(name) if view is not None else "default needs --model"
-        if view is None or why is not None:
-            raise SchemeError(f"'{name}': {why}")
-        return default_value(view, name, dtype, seed)
+        return default_init(view, name, dtype, seed)[0]
     new = generate(bound, name, shape, dtype, seed, device, context=context)
     fans = view.fans.get(name) if view is not None else None
     scale = fans_scale(bound, shape, fans)
@@ -248,6 +247,13 @@ def reinit_value(
 
 
 def default_value(view: ModelView, name: str, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """The architecture's own init for one tensor (see `default_init`), the values only."""
+    return default_init(view, name, dtype, seed)[0]
+
+
+def default_init(
+    view: ModelView | None, name: str, dtype: torch.dtype, seed: int
+) -> tuple[torch.Tensor, AppliedInit]:
     """The architecture's own init for one tensor: a real CPU copy of its owning module (only
     that module), initialized the way the architecture does it — torch's `reset_parameters()`
     (as at construction), then for transformers models the model's `_init_weights(module)` —
@@ -255,7 +261,14 @@ def default_value(view: ModelView, name: str, dtype: torch.dtype, seed: int) -> 
     RNG is untouched and the values depend on seed and name only.
 
     The values follow the architecture's init distribution; they are not those of one
-    particular from-scratch model instance (that one draws all tensors from one RNG stream)."""
+    particular from-scratch model instance (that one draws all tensors from one RNG stream).
+
+    With them comes what ran (`AppliedInit`: `Linear.reset_parameters: kaiming_uniform(a=2.236)`,
+    `BertModel._init_weights on Linear: normal(std=0.02)`) and the std that init's formula
+    gives for the tensor, recorded while the init runs (`init_trace`): nothing is drawn twice."""
+    why = view.why_no_default(name) if view is not None else "default needs --model"
+    if view is None or why is not None:
+        raise SchemeError(f"'{name}': {why}")
     site = view.site(name)
     assert site is not None
     model = view.model
@@ -267,21 +280,26 @@ def default_value(view: ModelView, name: str, dtype: torch.dtype, seed: int) -> 
                 del t._is_hf_initialized
             if t.is_floating_point():
                 t.fill_(float("nan"))
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
+    trace = InitTrace(_get_attr_tensor(real, site.attr))
+    kind = type(real).__name__
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), trace:
         torch.manual_seed(seed_for(seed, name))
         ran = False
         for method in ("reset_parameters", "_reset_parameters"):
             fn = getattr(real, method, None)
             if callable(fn):
+                trace.phase = f"{kind}.{method}"
                 fn()
                 ran = True
                 break
         if model.kind == "hf":
             init = getattr(model.module, "_init_weights", None)
             if callable(init):
+                trace.phase = f"{type(model.module).__name__}._init_weights on {kind}"
                 init(real)
                 ran = True
     value = _get_attr_tensor(real, site.attr)
+    applied = applied_init(trace.calls, site.shape)
     if not ran or (value.is_floating_point() and bool(value.isnan().any())):
         raise SchemeError(
             f"default: the architecture's init does not set '{name}' (module "
@@ -289,7 +307,9 @@ def default_value(view: ModelView, name: str, dtype: torch.dtype, seed: int) -> 
             f"{' and _init_weights leaves it' if model.kind == 'hf' else ''}); give it an "
             "explicit scheme"
         )
-    return value.detach().to(dtype).contiguous().clone()
+    if applied is None:  # set, but by nothing the trace names (a custom write)
+        applied = AppliedInit(f"{kind}: its own init (not a torch.nn.init call)", None)
+    return value.detach().to(dtype).contiguous().clone(), applied
 
 
 def _get_attr_tensor(module: nn.Module, attr: str) -> torch.Tensor:

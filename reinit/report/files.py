@@ -41,7 +41,7 @@ from reinit.report.kinds import kinds_markdown
 from reinit.report.layers import layer_tables, layers_markdown
 from reinit.report.plot import draw_plot
 from reinit.report.terminal import depth_lines, summary_line
-from reinit.text import md_cell, shown
+from reinit.text import md_cell, md_code, shown
 
 StrPath = str | os.PathLike[str]
 
@@ -119,7 +119,7 @@ def to_markdown(report: Report) -> str:
         "",
         f"- output: {md_cell(report.output or '(none)')}",
         f"- seed: {report.seed}",
-        f"- rules: {', '.join(f'`{md_cell(r)}`' for r in report.rules) or '(none)'}",
+        f"- rules: {', '.join(md_code(r) for r in report.rules) or '(none)'}",
         f"- {summary_line(report)}",
         *(f"- warning: {md_cell(w)}" for w in report.warnings),
         *(f"- {md_cell(line)}" for line in depth_lines(report.tensors)),

@@ -19,7 +19,7 @@ from reinit.report.entries import NOTE_CHANGED, TensorEntry
 from reinit.report.flags import geometric_mean, kind_of, layer_index, layer_key, takes_part
 from reinit.report.groups import wrap_label
 from reinit.report.text import click_style, fmt, shape_text, shorten
-from reinit.text import md_cell, shown
+from reinit.text import md_code, shown
 
 
 def is_changed(e: TensorEntry) -> bool:
@@ -162,7 +162,7 @@ def layers_markdown(t: LayerTable) -> list[str]:
     title = _table_title(t).replace("  ", " · ")
     if t.flags:
         title += " · " + ", ".join(f"**{f}**" for f in t.flags)
-    lines = [f"### `{md_cell(t.kind)}`", "", title, ""]
+    lines = [f"### {md_code(t.kind)}", "", title, ""]
     lines.append("| layer | " + " | ".join(c.label for c in t.cells) + " |")
     lines.append("| --- |" + " ---: |" * len(t.cells))
     for label, cells in _layer_rows(t, ""):

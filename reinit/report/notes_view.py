@@ -11,18 +11,27 @@ __all__ = ["note_lines"]
 from collections import Counter
 
 from reinit.report.entries import NOTE_CHANGED, NOTE_NEW, Report
+from reinit.report.kinds import applied_init
 
 QUIET_NOTES = (NOTE_CHANGED, NOTE_NEW)  # already counted by the summary of `report --against`
 
 
 def note_lines(report: Report) -> list[str]:
-    """`note: TEXT (N tensors)` per distinct note, most frequent first; the first tensor named."""
+    """`note: TEXT (N tensors)` per distinct note, most frequent first; the first tensor named.
+    A tensor re-initialized by `default` adds `note: default ran Linear.reset_parameters:
+    kaiming_uniform(a=2.236) (...)`: which init the architecture's code ran."""
     counts: Counter[str] = Counter()
     first: dict[str, str] = {}
     for e in report.tensors:
         for note in e.notes:
             if note in QUIET_NOTES:
                 continue
+            counts[note] += 1
+            first.setdefault(note, e.name)
+    for e in report.tensors:  # which init `default` ran, said once per distinct init
+        init = applied_init(e)
+        if init is not None:
+            note = f"default ran {init}"
             counts[note] += 1
             first.setdefault(note, e.name)
     lines = []

@@ -22,13 +22,22 @@ from reinit.report.entries import Report
 from reinit.report.plot_groups import PlotKind, PlotPanel, plot_panels
 from reinit.report.terminal import summary_line
 from reinit.report.text import shorten, shorten_name
+from reinit.text import shown
 
 # matplotlib is an extra, imported lazily (tests/test_dependencies.py forbids a module-level
 # import, even under TYPE_CHECKING): its Figure and Axes are typed Any here.
 Figure = Any
 Axes = Any
 
-__all__ = ["DPI", "FIGSIZE", "LABEL_WIDTH", "build_figure", "draw_plot", "require_matplotlib"]
+__all__ = [
+    "DPI",
+    "FIGSIZE",
+    "LABEL_WIDTH",
+    "build_figure",
+    "draw_plot",
+    "mpl_text",
+    "require_matplotlib",
+]
 
 FIGSIZE = (16.0, 9.0)  # inches
 
@@ -55,6 +64,18 @@ def draw_plot(report: Report, path: str | os.PathLike[str], title: str | None = 
     fig = build_figure(report, title)
     with open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=DPI)
+
+
+def mpl_text(text: str) -> str:
+    """Text from the checkpoint (names, kinds, the source) as matplotlib draws it literally.
+
+    matplotlib reads `$...$` as mathtext: a tensor named `w.$x_1$` would be drawn with a
+    subscript, and one named `w.$\\bad{$.x` makes `savefig` raise. Every `$` is escaped
+    (`\\$`, drawn as `$`; with no unescaped `$` left nothing is parsed as math, so `_`, `^`
+    and backslashes stay literal). A legend leaves out any label that starts with `_` (its
+    mark for "hidden"), so such a name (`_orig_mod.` of torch.compile) gets a leading space."""
+    text = shown(text).replace("$", "\\$")
+    return " " + text if text.startswith("_") else text
 
 
 def label_text(text: str) -> str:
@@ -98,7 +119,8 @@ def build_figure(report: Report, title: str | None = None) -> Figure:
     if not panels:
         fig.add_subplot(1, 1, 1).set_title("no float tensors")
     head = title or f"reinit report: {shorten(report.source, 90)}"
-    fig.suptitle(f"{head}\n{shorten(summary_line(report), 160)}", fontsize=11)
+    summary = shorten(summary_line(report), 160)
+    fig.suptitle(f"{mpl_text(head)}\n{mpl_text(summary)}", fontsize=11)
     handles = [
         Line2D([], [], color="black", linestyle="-", marker="o", markersize=4, label="after"),
         Line2D(
@@ -129,7 +151,7 @@ def _draw_panel(ax: Axes, panel: PlotPanel, last: int, lo: float, hi: float) -> 
     ax.grid(True, which="major", alpha=0.3)
     ax.set_ylabel("std")
     title = panel.title + (f"   ({panel.prefix}…)" if panel.prefix else "")
-    ax.set_title(shorten(title, 90), fontsize=10, loc="left")
+    ax.set_title(mpl_text(shorten(title, 90)), fontsize=10, loc="left")
     column = last + 1.5  # the first column of the layer-less tensors
     ticks: list[tuple[float, str]] = []
     for j, kind in enumerate(panel.kinds):
@@ -141,7 +163,8 @@ def _draw_panel(ax: Axes, panel: PlotPanel, last: int, lo: float, hi: float) -> 
             xs = []
             for p in kind.points:
                 xs.append(column)
-                ticks.append((column, label_text(kind.label if len(kind.points) == 1 else p.name)))
+                name = kind.label if len(kind.points) == 1 else p.name
+                ticks.append((column, mpl_text(label_text(name))))
                 column += 1.0
         _draw_kind(ax, kind, xs, color, zero_y, lo, hi)
     layered = last >= 0 and any(k.layered for k in panel.kinds)
@@ -164,7 +187,7 @@ def _draw_kind(
 ) -> None:
     pts = kind.points
     flagged = any(p.flags for p in pts)
-    label = label_text(kind.label) + (
+    label = mpl_text(label_text(kind.label)) + (
         " [" + ",".join(dict.fromkeys(f for p in pts for f in p.flags)) + "]" if flagged else ""
     )
     after = [p.after if _sane(p.after) else math.nan for p in pts]

@@ -54,6 +54,7 @@ from reinit.report.entries import TensorEntry
 from reinit.report.flags import is_norm, kind_of, std_tolerance
 from reinit.report.stats import tensor_stats
 from reinit.report.text import fmt
+from reinit.schemes import DEFAULT
 
 #: `off_reference` when the std is more than this factor above or below the reference.
 REFERENCE_TOLERANCE = 2.0
@@ -179,14 +180,15 @@ def reference_text(entries: Sequence[TensorEntry]) -> str | None:
 def model_default_std(view: ModelView, seed: int) -> ModelStd:
     """The std of the model's own init (the `default` scheme) for each tensor the model can
     serve: drawn once per (kind, shape), since layers of one kind share their init; a tensor
-    re-initialized with `default` itself is its own reference (the same values)."""
+    re-initialized with `default` itself is its own reference: the std of the init that ran
+    (its `expected_std`), else its own measured std (the same values)."""
     cache: dict[tuple[str, tuple[int, ...]], float | None] = {}
 
     def std(e: TensorEntry) -> float | None:
         if view.why_no_default(e.name) is not None:
             return None
-        if e.action == "reinit" and e.scheme == "default":
-            return e.after.std
+        if e.action == "reinit" and (e.scheme or "").split(" (")[0] == DEFAULT:
+            return e.expected_std if e.expected_std is not None else e.after.std
         key = (kind_of(e.name), e.shape)
         if key not in cache:
             try:

@@ -20,7 +20,8 @@ from reinit.io.checkpoint import CHUNK_BYTES, Checkpoint, TensorRef
 from reinit.io.pipeline import prefetch
 from reinit.io.safetensors_format import dtype_name
 from reinit.planning.edited import original_of
-from reinit.planning.model import ModelView, reinit_value
+from reinit.planning.init_trace import AppliedInit
+from reinit.planning.model import ModelView, default_init, reinit_value
 from reinit.planning.planner import PlanEntry
 from reinit.planning.ties import Ties
 from reinit.planning.transplant import SourcePool, exact_source, transplant_value
@@ -28,6 +29,7 @@ from reinit.report.entries import TensorEntry, var_gain
 from reinit.report.stats import Stats, StatsAccumulator, tensor_stats
 from reinit.run.pieces import Piece, progress_bar, tensor_pieces, view_bytes
 from reinit.schemes import (
+    DEFAULT,
     FillContext,
     compute_fans,
     expected_std_for,
@@ -54,14 +56,21 @@ def _entry(
     source: str | None = None,
     notes: tuple[str, ...] = (),
     fans: tuple[int, int] | None = None,
+    applied: AppliedInit | None = None,
 ) -> TensorEntry:
-    """`fans`: the owning module's own fans when a model is given (else torch's, from the shape)."""
+    """`fans`: the owning module's own fans when a model is given (else torch's, from the shape).
+    `applied`: what the `default` scheme ran on this tensor; its expected std is that init's and
+    the scheme reads `default (BertModel._init_weights on Linear: normal(std=0.02))`."""
     fans = fans or compute_fans(p.shape)
     fan_in, fan_out = fans if fans else (None, None)
     bound = p.scheme
     # a grown tensor's std mixes its kept and its new entries: no one scheme's std to expect
     scored = bound if not p.resize_fills else None
     expected = expected_std_for(scored, p.shape, fans) if scored is not None else None
+    scheme = bound.describe() if bound is not None else None
+    if applied is not None and bound is not None and bound.name == DEFAULT:
+        expected = applied.expected_std
+        scheme = f"{scheme} ({applied.description})"
     return TensorEntry(
         name=p.name,
         shape=p.shape,
@@ -69,7 +78,7 @@ def _entry(
         action=p.action,
         after=after,
         rule=p.rule_text or None,
-        scheme=bound.describe() if bound is not None else None,
+        scheme=scheme,
         source=source,
         reason=p.reason,
         fan_in=fan_in,
@@ -139,6 +148,8 @@ class Applier:
         # a changed tied group's new value, kept until its last member is written
         self._tied_values: dict[str, tuple[torch.Tensor, str | None, tuple[str, ...]]] = {}
         self._drawn: dict[str, Future[torch.Tensor]] = {}  # values drawn ahead, by name
+        # what `default` ran, by name (set by the draw, on whichever thread drew it)
+        self._applied: dict[str, AppliedInit] = {}
         self._tied_left = {
             root: sum(1 for g in self.ties.groups.values() if g[0] == root)
             for root in self.ties.defining
@@ -209,6 +220,7 @@ class Applier:
                 source,
                 p.notes + notes + tie_note,
                 self.fans.get(p.name),
+                self._applied.get(self.ties.defining[root].name),
             )
             yield Piece(p.name, entry=entry)
             return
@@ -230,7 +242,8 @@ class Applier:
             new, source, got = transplant_value(self._pool(), p, self.ckpt.read(p.name))
         after = tensor_stats(new)
         yield from tensor_pieces(p.name, new)
-        entry = _entry(p, after, before, source, p.notes + got, self.fans.get(p.name))
+        applied = self._applied.pop(p.name, None)
+        entry = _entry(p, after, before, source, p.notes + got, self.fans.get(p.name), applied)
         yield Piece(p.name, entry=entry)
 
     def _reinit(self, p: PlanEntry) -> torch.Tensor:
@@ -239,6 +252,9 @@ class Applier:
             return self.ckpt.read(p.name)
         assert p.scheme is not None
         context = self._context(p)
+        if self.model is not None and p.scheme.name == DEFAULT:
+            value, self._applied[p.name] = default_init(self.model, p.name, p.dtype, self.seed)
+            return value
         if self.model is not None:
             return reinit_value(
                 self.model, p.scheme, p.name, p.shape, p.dtype, self.seed, self.device, context
