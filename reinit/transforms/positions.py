@@ -40,6 +40,7 @@ __all__ = [
     "copy_positions",
     "parse_grid",
     "position_layout",
+    "positions_value",
     "resample_positions",
 ]
 
@@ -211,3 +212,26 @@ def copy_positions(
     grid_out = flat[p:].view(th, tw, d)
     grid_out[:rows, :cols] = table[p:].reshape(h, w, d)[:rows, :cols]
     return out, p + rows * cols
+
+
+def positions_value(
+    src: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    mode: str,
+    prefix: int | None,
+    grid: tuple[int, int] | None,
+    fill: torch.Tensor | None,
+    where: str,
+) -> tuple[torch.Tensor, tuple[str, ...]]:
+    """The value a `from(..., resample=MODE)` transplant writes, and its report note. `fill`:
+    for `copy`, the target-shaped values of the positions not copied (see `rows.fill_values`)."""
+    layout = position_layout(src.shape, target.shape, prefix=prefix, grid=grid, where=where)
+    if mode == "copy":
+        if fill is None:
+            raise ValueError("resample=copy needs a fill")
+        out, copied = copy_positions(src, layout, fill)
+        total = math.prod(target.shape[:-1])
+        return out, (f"resample=copy: {layout.describe()}; {copied} copied, {total - copied} new",)
+    out = resample_positions(src, layout, mode, target.dtype)
+    return out, (f"resample={mode}: {layout.describe()}",)

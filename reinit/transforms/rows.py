@@ -36,6 +36,7 @@ __all__ = [
     "fill_values",
     "map_rows",
     "remap_rows",
+    "rows_value",
 ]
 
 MEAN_RESIZE = "mean_resize"
@@ -165,3 +166,28 @@ def remap_rows(
     if picked:
         out[tgt_idx] = src.to(dtype)[src_idx]
     return out.contiguous()
+
+
+def rows_value(
+    src: torch.Tensor,
+    target: torch.Tensor,
+    rowmap: RowMap,
+    new: NewFill,
+    *,
+    name: str,
+    seed: int,
+    how: str,
+) -> tuple[torch.Tensor, tuple[str, ...]]:
+    """The value a `from(..., rows=...)` transplant writes, and its report notes (the counts,
+    how the rows were named)."""
+    out = remap_rows(
+        src,
+        rowmap,
+        new,
+        name=name,
+        shape=target.shape,
+        dtype=target.dtype,
+        seed=seed,
+        target=target,
+    )
+    return out, (rowmap.note(new), f"rows mapped {how}")

@@ -17,7 +17,7 @@ import torch
 
 from reinit.errors import TransplantError
 
-__all__ = ["adapt_channels", "check_stem"]
+__all__ = ["adapt_channels", "check_stem", "stem_value"]
 
 
 def check_stem(src_shape: Sequence[int], tgt_shape: Sequence[int], where: str) -> None:
@@ -55,3 +55,15 @@ def adapt_channels(
         reps = math.ceil(want / have)
         out = w.repeat(1, reps, *([1] * (w.dim() - 2)))[:, :want] * (have / float(want))
     return out.to(dtype).contiguous()
+
+
+def stem_value(
+    src: torch.Tensor, target: torch.Tensor, where: str
+) -> tuple[torch.Tensor, tuple[str, ...]]:
+    """The value a `from(..., adapt=channels)` transplant writes, and its report note."""
+    out = adapt_channels(src, target.shape, target.dtype, where)
+    have, want = src.shape[1], target.shape[1]
+    how = (
+        "same channels" if want == have else "summed" if want == 1 else f"repeated, x{have}/{want}"
+    )
+    return out, (f"adapt=channels: {have} -> {want} input channels ({how})",)

@@ -29,6 +29,7 @@ __all__ = [
     "find_vocab",
     "labels_of",
     "read_vocab",
+    "row_names",
 ]
 
 VOCAB_FILES = ("tokenizer.json", "vocab.txt", "vocab.json")
@@ -138,3 +139,38 @@ def labels_of(config: Mapping[str, Any] | None, where: str, what: str) -> dict[s
             )
         out[label] = index
     return out
+
+
+def _vocab_path(given: str | None, ck: Checkpoint, what: str, flag: str, where: str) -> Path:
+    if given:
+        return Path(given)
+    found = find_vocab(ck, ck.source)
+    if found is None:
+        raise TransplantError(
+            f"{where}: rows=tokens found no tokenizer file ({', '.join(VOCAB_FILES)}) in or "
+            f"beside the {what} {ck.source}; pass {flag}=PATH"
+        )
+    return found
+
+
+def row_names(
+    kind: str,
+    source: Checkpoint,
+    target: Checkpoint,
+    *,
+    vocab: str | None,
+    src_vocab: str | None,
+    where: str,
+) -> tuple[dict[str, int], dict[str, int], str]:
+    """(source names, target names, how they were found) for `rows=tokens|labels`: tokens
+    from the two tokenizer files (given, or found in/beside each checkpoint), labels from the
+    `id2label` of each checkpoint's config.json."""
+    if kind == "labels":
+        return (
+            labels_of(source.config(), where, "source"),
+            labels_of(target.config(), where, "target"),
+            "by class name (id2label)",
+        )
+    sp = _vocab_path(src_vocab, source, "source", "src_vocab", where)
+    tp = _vocab_path(vocab, target, "target", "vocab", where)
+    return read_vocab(sp), read_vocab(tp), f"by token ({sp.name} -> {tp.name})"
