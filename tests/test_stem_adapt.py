@@ -78,8 +78,8 @@ def test_other_source_channel_counts_and_kernel_dims():
     ],
 )
 def test_impossible_shapes_are_refused(src, tgt, says):
-    with pytest.raises(TransplantError, match="^t: adapt=channels") as e:
-        adapt_channels(torch.zeros(src), tgt, torch.float32, "t")
+    with pytest.raises(TransplantError, match="^adapt=channels: ") as e:
+        adapt_channels(torch.zeros(src), tgt, torch.float32, "adapt=channels")
     assert says in str(e.value) and e.value.exit_code == 2
 
 

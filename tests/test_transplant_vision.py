@@ -60,8 +60,8 @@ def vit(path, image_size: int, channels: int = 3, seed: int = 0):
     return load_file(path / "model.safetensors")
 
 
-def load_clean(cls, path):
-    model, info = cls.from_pretrained(path, output_loading_info=True)
+def load_clean(cls, path, **kw):
+    model, info = cls.from_pretrained(path, output_loading_info=True, **kw)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     assert not info["mismatched_keys"], info["mismatched_keys"]
     return model
@@ -84,7 +84,7 @@ def test_vit_224_to_384_with_a_4_channel_stem_equals_timm(tmp_path):
     assert torch.equal(got[POS], timm_pos(src[POS], 24))
     assert torch.equal(got[STEM], timm_stem(src[STEM], 4))
     assert torch.equal(got["embeddings.cls_token"], src["embeddings.cls_token"])
-    model = load_clean(transformers.ViTModel, out)
+    model = load_clean(transformers.ViTModel, out, add_pooling_layer=False)
     assert model(torch.randn(1, 4, 384, 384)).last_hidden_state.shape == (1, 577, 8)
     entries = {e["name"]: e for e in json.loads((tmp_path / "r.json").read_text())["tensors"]}
     assert any("grid 14x14 -> 24x24" in n for n in entries[POS]["notes"]), entries[POS]
@@ -106,7 +106,7 @@ def test_vit_shrink_384_to_224_is_antialiased_and_a_grey_stem_sums_rgb(tmp_path)
     got = load_file(out / "model.safetensors")
     assert torch.equal(got[POS], timm_pos(src[POS], 14))
     assert torch.equal(got[STEM], src[STEM].sum(1, keepdim=True))
-    load_clean(transformers.ViTModel, out)
+    load_clean(transformers.ViTModel, out, add_pooling_layer=False)
 
 
 def bert(path, positions: int, seed: int = 0):
@@ -138,7 +138,7 @@ def test_bert_positions_512_to_1024_linear_and_copy(tmp_path):
     assert res.exit_code == 0, res.output
     ref = F.interpolate(src[BPOS].T[None], size=1024, mode="linear", align_corners=False)[0].T
     assert torch.equal(load_file(lin / "model.safetensors")[BPOS], ref)
-    load_clean(transformers.BertModel, lin)
+    load_clean(transformers.BertModel, lin, add_pooling_layer=False)
     res = run(
         "apply", tmp_path / "b1024", "-o", cp, "-q", "--seed", "7",
         "--rule", f"*=from({s})",
@@ -149,7 +149,7 @@ def test_bert_positions_512_to_1024_linear_and_copy(tmp_path):
     assert torch.equal(got[:512], src[BPOS])
     drawn = generate(bind_scheme("normal", (), {"std": 0.02}), BPOS, (1024, 8), torch.float32, 7)
     assert torch.equal(got[512:], drawn[512:])  # the tensor's own generator, as a plain rule
-    load_clean(transformers.BertModel, cp)
+    load_clean(transformers.BertModel, cp, add_pooling_layer=False)
 
 
 def test_impossible_shapes_are_exit_2_and_write_nothing(tmp_path):
@@ -163,11 +163,16 @@ def test_impossible_shapes_are_exit_2_and_write_nothing(tmp_path):
     )  # fmt: skip
     refused(
         tmp_path,
-        ["apply", t, "-o", tmp_path / "o2", "--rule", f"{POS}=from({s}, adapt=channels)"],
-        2, "adapt=channels",
+        ["apply", t, "-o", tmp_path / "o2", "--rule", f"{STEM}=from({s}, adapt=channels, key={POS})"],
+        2, "adapt=channels: needs a convolution weight",
     )  # fmt: skip
     refused(
         tmp_path,
         ["apply", t, "-o", tmp_path / "o3", "--rule", f"{STEM}=from({s}, resample=bicubic)"],
         2, "position table",
+    )  # fmt: skip
+    refused(
+        tmp_path,
+        ["apply", t, "-o", tmp_path / "o4", "--rule", f"{POS}=from({s}, resample=cubic)"],
+        2, "resample='cubic' is not one of linear, bilinear, bicubic, copy",
     )  # fmt: skip

@@ -38,9 +38,17 @@ def tokenizer_json(path, tokens, added=("<|endoftext|>",)):
     path.write_text(json.dumps(doc))
 
 
-def gpt2(path, vocab: int, seed: int):
+def gpt2(path, vocab: int, seed: int, eot: int):
     torch.manual_seed(seed)
-    cfg = transformers.GPT2Config(vocab_size=vocab, n_positions=16, n_embd=8, n_layer=2, n_head=2)
+    cfg = transformers.GPT2Config(
+        vocab_size=vocab,
+        n_positions=16,
+        n_embd=8,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=eot,
+        eos_token_id=eot,
+    )
     model = transformers.GPT2LMHeadModel(cfg)
     model.save_pretrained(path)
     return model
@@ -73,9 +81,9 @@ def load_clean(cls, path):
 
 @pytest.fixture
 def two_gpt2(tmp_path):
-    src = gpt2(tmp_path / "src", len(SRC_TOKENS), 0).eval()
+    src = gpt2(tmp_path / "src", len(SRC_TOKENS), 0, 20).eval()
     tokenizer_json(tmp_path / "src" / "tokenizer.json", SRC_TOKENS)
-    gpt2(tmp_path / "tgt", 24, 1)
+    gpt2(tmp_path / "tgt", 24, 1, 0)
     tokenizer_json(tmp_path / "tgt" / "tokenizer.json", TGT_TOKENS)
     return src
 
@@ -96,10 +104,10 @@ def test_gpt2_vocab_remap_keeps_shared_rows_and_logits(tmp_path, two_gpt2):
     for tok in SHARED:  # byte-identical rows
         a, b = after[TGT_TOKENS.index(tok)], before[SRC_TOKENS.index(tok)]
         assert a.view(torch.int32).equal(b.view(torch.int32))
-    new = after[len(TGT_TOKENS) - 5 :]  # 5 new tokens + 3 padding rows: the copied rows' mean
+    new = after[12:]  # 5 new tokens + 7 padding rows past the tokenizer: the copied rows' mean
     copied = before[[SRC_TOKENS.index(t) for t in TGT_TOKENS if t in SRC_TOKENS]]
     assert torch.allclose(new, copied.mean(0).expand_as(new), rtol=0, atol=1e-4)
-    assert len({tuple(r.tolist()) for r in new}) == 8  # plus noise (1e-9 of their covariance)
+    assert len({tuple(r.tolist()) for r in new}) == 12  # plus noise (1e-9 of their covariance)
     entry = {e["name"]: e for e in json.loads((tmp_path / "r.json").read_text())["tensors"]}[WTE]
     assert "rows: 12 copied, 12 new (mean_resize)" in entry["notes"], entry["notes"]
     model = load_clean(transformers.GPT2LMHeadModel, out)

@@ -216,7 +216,8 @@ def copy_positions(
 
 def positions_value(
     src: torch.Tensor,
-    target: torch.Tensor,
+    shape: Sequence[int],
+    dtype: torch.dtype,
     *,
     mode: str,
     prefix: int | None,
@@ -226,12 +227,12 @@ def positions_value(
 ) -> tuple[torch.Tensor, tuple[str, ...]]:
     """The value a `from(..., resample=MODE)` transplant writes, and its report note. `fill`:
     for `copy`, the target-shaped values of the positions not copied (see `rows.fill_values`)."""
-    layout = position_layout(src.shape, target.shape, prefix=prefix, grid=grid, where=where)
+    layout = position_layout(src.shape, shape, prefix=prefix, grid=grid, where=where)
     if mode == "copy":
         if fill is None:
             raise ValueError("resample=copy needs a fill")
         out, copied = copy_positions(src, layout, fill)
-        total = math.prod(target.shape[:-1])
+        total = math.prod(tuple(shape)[:-1])
         return out, (f"resample=copy: {layout.describe()}; {copied} copied, {total - copied} new",)
-    out = resample_positions(src, layout, mode, target.dtype)
+    out = resample_positions(src, layout, mode, dtype)
     return out, (f"resample={mode}: {layout.describe()}",)

@@ -32,6 +32,7 @@ __all__ = [
     "MEAN_RESIZE",
     "NewFill",
     "RowMap",
+    "RowNames",
     "describe_fill",
     "fill_values",
     "map_rows",
@@ -48,6 +49,16 @@ NewFill = BoundScheme | str
 
 def describe_fill(new: NewFill) -> str:
     return new if isinstance(new, str) else new.describe()
+
+
+@dataclass(frozen=True)
+class RowNames:
+    """The names of the source's and the target's rows (name -> row), and how they were
+    found (for the report: `by token (tokenizer.json -> vocab.txt)`)."""
+
+    source: Mapping[str, int]
+    target: Mapping[str, int]
+    how: str
 
 
 @dataclass(frozen=True)

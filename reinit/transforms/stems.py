@@ -27,16 +27,15 @@ def check_stem(src_shape: Sequence[int], tgt_shape: Sequence[int], where: str) -
     pair = f"source {list(src)} -> target {list(tgt)}"
     if len(src) < 3 or len(src) != len(tgt):
         raise TransplantError(
-            f"{where}: adapt=channels takes a convolution weight [out, in, *kernel] on both "
-            f"sides; got {pair}"
+            f"{where}: needs a convolution weight [out, in, *kernel] on both sides; got {pair}"
         )
     if src[0] != tgt[0] or src[2:] != tgt[2:]:
         raise TransplantError(
-            f"{where}: adapt=channels changes the input channels (dim 1) only; the output "
-            f"channels or the kernel differ: {pair}"
+            f"{where}: changes the input channels (dim 1) only; the output channels or the "
+            f"kernel differ: {pair}"
         )
     if src[1] < 1 or tgt[1] < 1:
-        raise TransplantError(f"{where}: adapt=channels needs at least one input channel; {pair}")
+        raise TransplantError(f"{where}: needs at least one input channel; {pair}")
 
 
 def adapt_channels(
@@ -58,11 +57,11 @@ def adapt_channels(
 
 
 def stem_value(
-    src: torch.Tensor, target: torch.Tensor, where: str
+    src: torch.Tensor, shape: Sequence[int], dtype: torch.dtype, where: str = "adapt=channels"
 ) -> tuple[torch.Tensor, tuple[str, ...]]:
     """The value a `from(..., adapt=channels)` transplant writes, and its report note."""
-    out = adapt_channels(src, target.shape, target.dtype, where)
-    have, want = src.shape[1], target.shape[1]
+    out = adapt_channels(src, shape, dtype, where)
+    have, want = src.shape[1], int(shape[1])
     how = (
         "same channels" if want == have else "summed" if want == 1 else f"repeated, x{have}/{want}"
     )

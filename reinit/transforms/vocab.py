@@ -23,6 +23,7 @@ from typing import Any
 from reinit.errors import TransplantError
 from reinit.io.checkpoint import Checkpoint
 from reinit.io.confine import require_regular
+from reinit.transforms.rows import RowNames
 
 __all__ = [
     "VOCAB_FILES",
@@ -161,16 +162,17 @@ def row_names(
     vocab: str | None,
     src_vocab: str | None,
     where: str,
-) -> tuple[dict[str, int], dict[str, int], str]:
-    """(source names, target names, how they were found) for `rows=tokens|labels`: tokens
+) -> RowNames:
+    """The source's and the target's row names for `rows=tokens|labels`: tokens
     from the two tokenizer files (given, or found in/beside each checkpoint), labels from the
     `id2label` of each checkpoint's config.json."""
     if kind == "labels":
-        return (
+        return RowNames(
             labels_of(source.config(), where, "source"),
             labels_of(target.config(), where, "target"),
             "by class name (id2label)",
         )
     sp = _vocab_path(src_vocab, source, "source", "src_vocab", where)
     tp = _vocab_path(vocab, target, "target", "vocab", where)
-    return read_vocab(sp), read_vocab(tp), f"by token ({sp.name} -> {tp.name})"
+    how = f"by token ({sp.parent.name}/{sp.name} -> {tp.parent.name}/{tp.name})"
+    return RowNames(read_vocab(sp), read_vocab(tp), how)
