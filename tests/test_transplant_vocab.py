@@ -235,3 +235,27 @@ def test_label_remap_keeps_shared_class_rows(tmp_path):
     }
     assert "rows: 2 copied, 1 new (keep)" in notes["classifier.weight"]
     load_clean(transformers.BertForSequenceClassification, out)
+
+
+def test_label_remap_with_a_config_given_by_path(tmp_path):
+    """rows=labels reads id2label beside each checkpoint, or from src_vocab=/vocab= paths; a
+    source with no config.json anywhere is exit 2."""
+    src = classifier(tmp_path / "s", ["a", "b"], 0)
+    classifier(tmp_path / "t", ["b", "a", "c"], 1)
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / "w.safetensors").write_bytes(
+        (tmp_path / "s" / "model.safetensors").read_bytes()
+    )
+    bare = tmp_path / "bare" / "w.safetensors"
+    rule = f"classifier.weight=from({bare}, rows=labels)"
+    refused(tmp_path, ["apply", tmp_path / "t", "-o", tmp_path / "o", "--rule", rule], 2,
+            "needs id2label in the source's config.json")  # fmt: skip
+    given = (
+        f"classifier.weight=from({bare}, rows=labels, src_vocab={tmp_path / 's' / 'config.json'})"
+    )
+    res = run("apply", tmp_path / "t", "-o", tmp_path / "o", "-q", "--rule", given)
+    assert res.exit_code == 0, res.output
+    got = load_file(tmp_path / "o" / "model.safetensors")["classifier.weight"]
+    assert torch.equal(got[0], src["classifier.weight"][1]) and torch.equal(
+        got[1], src["classifier.weight"][0]
+    )

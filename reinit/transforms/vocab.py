@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from reinit.errors import TransplantError
-from reinit.io.checkpoint import Checkpoint
+from reinit.io.checkpoint import Checkpoint, read_config_file
 from reinit.io.confine import require_regular
 from reinit.transforms.rows import RowNames
 
@@ -154,6 +154,20 @@ def _vocab_path(given: str | None, ck: Checkpoint, what: str, flag: str, where: 
     return found
 
 
+def _config_at(path: str, where: str) -> Mapping[str, Any]:
+    """A config.json named by `vocab=`/`src_vocab=` for `rows=labels`."""
+    p = Path(path)
+    if not p.is_file():
+        raise TransplantError(
+            f"{where}: config file {p} not found (rows=labels reads its id2label)"
+        )
+    require_regular(p, "config file")
+    config = read_config_file(p)
+    if config is None:
+        raise TransplantError(f"{where}: {p} is not a JSON object (rows=labels reads its id2label)")
+    return config
+
+
 def row_names(
     kind: str,
     source: Checkpoint,
@@ -165,11 +179,14 @@ def row_names(
 ) -> RowNames:
     """The source's and the target's row names for `rows=tokens|labels`: tokens
     from the two tokenizer files (given, or found in/beside each checkpoint), labels from the
-    `id2label` of each checkpoint's config.json."""
+    `id2label` of each checkpoint's config.json (or of the config files `vocab=`/`src_vocab=`
+    name)."""
     if kind == "labels":
+        src_config = _config_at(src_vocab, where) if src_vocab else source.config()
+        tgt_config = _config_at(vocab, where) if vocab else target.config()
         return RowNames(
-            labels_of(source.config(), where, "source"),
-            labels_of(target.config(), where, "target"),
+            labels_of(src_config, where, "source"),
+            labels_of(tgt_config, where, "target"),
             "by class name (id2label)",
         )
     sp = _vocab_path(src_vocab, source, "source", "src_vocab", where)
