@@ -278,7 +278,7 @@ def test_fused_qkv_to_separate_projections_gives_the_same_attention(fused, tmp_p
     k = rows["k.weight"]
     assert k["transform"] == "dim=0, chunk=1/3"
     assert k["from"] == f"{src}:in_proj_weight"
-    assert any("indices 16:32 along dim 0 of in_proj_weight [48, 16]" in n for n in k["notes"])
+    assert any("chunk 1/3: indices 16:32 along dim 0 of a [48, 16] source" in n for n in k["notes"])
     assert "transform" not in rows["out.weight"]  # a plain copy: no transform field
 
 
