@@ -428,3 +428,31 @@ def test_slice_applies_after_the_transform(qkv_files, tmp_path):
     got = load_file(out)["attn.q.weight"]
     assert torch.equal(got[:2], load_file(src)["attn.qkv.weight"][2:4]) and not got[2:].any()
     assert math.isclose(float(got[2:].abs().sum()), 0.0)
+
+
+def test_in_memory_module_takes_a_split_fused_projection(fused, tmp_path):
+    """The Python API runs the same transforms: `apply_to_module` fills a live module's q/k/v
+    from the fused file, in place, and its forward matches the fused attention."""
+    import reinit
+
+    mha, src = fused
+    split = SplitAttention().eval()
+    rules = [r for r in split_rules(src) if r != "--rule"]
+    report = reinit.apply_to_module(split, rules)
+    assert report.entry("v.bias").transform == "dim=0, chunk=2/3"
+    x = randn(1, 3, E, seed=11)
+    with torch.no_grad():
+        want = mha(x, x, x, need_weights=False)[0]
+        assert torch.allclose(split(x), want, rtol=0, atol=forward_tol(want))
+
+
+def test_rename_takes_capture_arithmetic(tmp_path):
+    """`--rename` shares the key templates: shift every layer up by one."""
+    src = tmp_path / "m.safetensors"
+    save_file({f"layers.{i}.w": torch.full((2,), float(i)) for i in range(3)}, src)
+    out = tmp_path / "o.safetensors"
+    res = run("apply", src, "-o", out, "-q", "--rename", r"re:layers\.(\d+)\.w=layers.{1+1}.w")
+    assert res.exit_code == 0, res.output
+    got = load_file(out)
+    assert sorted(got) == ["layers.1.w", "layers.2.w", "layers.3.w"]
+    assert all(got[f"layers.{i + 1}.w"][0].item() == i for i in range(3))
