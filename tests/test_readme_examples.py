@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from helpers import run
+from transform_fixtures import transform_fixtures
 
 README = Path(__file__).parents[1] / "README.md"
 _BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
@@ -158,6 +159,7 @@ def _fixtures(root: Path) -> None:
     }
     save_file(det, root / "detector.safetensors")
     shutil.copytree(README.parent / "examples", root / "examples")
+    transform_fixtures(root)
     _architecture_change_fixtures(root, transformers)
 
 

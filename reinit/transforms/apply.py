@@ -157,13 +157,11 @@ def transform(
 ) -> tuple[torch.Tensor, tuple[str, ...]]:
     """The transformed value (in the sources' dtype unless an adapter says otherwise) and
     notes saying what was done, for the report."""
+    # notes name no tensor (the report's `from` does), so the terminal groups equal ones
     notes: list[str] = []
-    keys = ctx.source_keys or tuple(f"#{i}" for i in range(len(sources)))
     if len(sources) > 1:
         t = concat(sources, spec.dim)
-        notes.append(
-            f"cat: {len(sources)} source tensors ({', '.join(keys)}) joined along dim {spec.dim}"
-        )
+        notes.append(f"cat: {len(sources)} source tensors joined along dim {spec.dim}")
     else:
         t = sources[0]
     if spec.chunk is not None:
@@ -171,7 +169,7 @@ def transform(
         whole = list(t.shape)
         t = take_chunk(t, spec.chunk, spec.dim)
         notes.append(
-            f"chunk {spec.chunk.text}: indices {a}:{b} along dim {spec.dim} of {keys[0]} {whole}"
+            f"chunk {spec.chunk.text}: indices {a}:{b} along dim {spec.dim} of a {whole} source"
         )
     if spec.rotary is not None:
         t = permute_rotary(t, spec.rotary, spec.heads)

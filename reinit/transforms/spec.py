@@ -180,7 +180,9 @@ def parse_transform(kw: Mapping[str, object], where: str, has_cat: bool = False)
     among their choices, companions only beside what they qualify, at most one adapter."""
     for name, needs in _NEEDS.items():
         if name in kw and not any(n in kw or (n == "cat" and has_cat) for n in needs):
-            raise RuleError(f"{where}: {name}= only applies with {' or '.join(needs)}=")
+            raise RuleError(
+                f"{where}: {name}= only applies with {' or '.join(n + '=' for n in needs)}"
+            )
     adapters = [a for a in ADAPTERS if a in kw]
     if len(adapters) > 1:
         raise RuleError(
