@@ -382,7 +382,7 @@ def parse_from(action: Action, where: str) -> TransplantSpec:
     transform = parse_transform(kw, where, has_cat=bool(cat))
     for scheme_arg in ("init", "new"):
         text = getattr(transform, scheme_arg)
-        if text is not None:
+        if text is not None and text != KEEP:
             try:
                 get_scheme(parse_action(text, where).name)
             except SchemeError as e:

@@ -406,7 +406,6 @@ def qkv_files(tmp_path):
         ("blocks.*.w=from(SRC, key=blocks.{1+1}.w)",
          ["rule 'blocks.*.w=", "needs an integer capture", "'a'"]),
         ("layers.*.w=from(SRC, key=blocks.{1-1}.w)", ["gives -1", "results must be >= 0"]),
-        ("attn.q.weight=from(SRC, key=attn.qkv.weight, resample=linear)", ["resample= is not implemented yet"]),
         ("attn.q.weight=from(SRC, rotary=sideways, heads=2)", ["hf_to_meta, meta_to_hf"]),
     ],
 )  # fmt: skip

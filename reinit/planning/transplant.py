@@ -19,6 +19,7 @@ from reinit.io.hub_url import is_hf_url, parse_hf_url
 from reinit.io.safetensors_format import dtype_name
 from reinit.io.sources import open_checkpoint
 from reinit.io.trust import TrustSpec
+from reinit.planning.adapters import RowNamesCache, adapter_inputs, check_adapter
 from reinit.planning.planner import Plan, PlanEntry
 from reinit.rules import TransplantSpec, closest_hint, fill_template
 from reinit.transforms.apply import TransformContext, result_shape, transform
@@ -128,6 +129,7 @@ class SourcePool:
         self.unsafe_pickle = unsafe_pickle
         self.progress = progress
         self._open: dict[str, Checkpoint] = {}
+        self.row_names: RowNamesCache = {}  # rows=: names read once per run
 
     def get(self, source: str, state: str = "") -> Checkpoint:
         """The source opened (once per source and `state=` path inside a torch file)."""
@@ -239,6 +241,10 @@ def check_transplants(plan: Plan, pool: SourcePool) -> Plan:
         src = pool.get(spec.source, spec.state)
         e = replace(e, source_key=";".join(names), source_keys=names)
         shape = _checked_shape(e, spec, [tuple(src.ref(k).shape) for k in names])
+        if spec.transform.adapter is not None:
+            rows_in = None if spec.cat or spec.transform.chunk else tuple(src.ref(names[0]).shape)
+            where = f"rule {e.rule_text!r}: '{e.name}'"
+            check_adapter(spec.transform, src, pool.target, pool.row_names, rows_in, e.shape, where)
         if shape == e.shape:
             entries.append(e)
             continue
@@ -337,8 +343,11 @@ def transplant_value(
     ck = pool.get(spec.source, spec.state)
     notes: list[str] = []
     if spec.has_transform:
+        fill, names = adapter_inputs(
+            spec.transform, ck, pool.target, pool.row_names, f"rule {entry.rule_text!r}"
+        )
         ctx = TransformContext(
-            entry.name, entry.shape, entry.dtype, seed, target, keys, entry.rule_text
+            entry.name, entry.shape, entry.dtype, seed, target, keys, entry.rule_text, fill, names
         )
         try:
             src, done = transform(spec.transform, [ck.read(k) for k in keys], ctx)

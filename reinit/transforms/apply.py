@@ -17,8 +17,11 @@ import torch
 from reinit.errors import TransplantError
 from reinit.schemes import seed_for
 from reinit.transforms.fuse import cat_shape, chunk_bounds, chunk_shape, concat, take_chunk
+from reinit.transforms.positions import position_layout, positions_value
 from reinit.transforms.rotary import check_rotary, permute_rotary
+from reinit.transforms.rows import NewFill, RowNames, fill_values, map_rows, rows_value
 from reinit.transforms.spec import TransformSpec
+from reinit.transforms.stems import check_stem, stem_value
 
 __all__ = [
     "ADAPTER_IMPLS",
@@ -45,6 +48,9 @@ class TransformContext:
     target: torch.Tensor | None = None  # the target's current values (None at plan time)
     source_keys: tuple[str, ...] = ()
     rule: str = ""
+    # resample=copy's init= / rows=' new= bound (planning/adapters.py), and rows=' names
+    fill: NewFill | None = None
+    names: RowNames | None = None
 
     def generator(self) -> torch.Generator:
         """The tensor's own generator (DESIGN §3): new values stay reproducible."""
@@ -59,26 +65,77 @@ AdapterApply = Callable[
 ]
 
 
-def _pending(kind: str) -> tuple[AdapterShape, AdapterApply]:
-    def refuse() -> TransplantError:
-        return TransplantError(f"{kind}= is not implemented yet (issue 15); leave it out")
+def _target(ctx: TransformContext) -> torch.Tensor:
+    if ctx.target is None:
+        raise TransplantError("needs the target's current values")
+    return ctx.target
 
-    def shape(spec: TransformSpec, source: Shape, target: Shape) -> Shape:
-        raise refuse()
 
-    def apply(
-        spec: TransformSpec, t: torch.Tensor, ctx: TransformContext
-    ) -> tuple[torch.Tensor, tuple[str, ...]]:
-        raise refuse()
+def _resample_shape(spec: TransformSpec, source: Shape, target: Shape) -> Shape:
+    where = f"resample={spec.resample}"
+    return position_layout(
+        source, target, prefix=spec.prefix, grid=spec.grid, where=where
+    ).tgt_shape
 
-    return shape, apply
+
+def _resample(
+    spec: TransformSpec, t: torch.Tensor, ctx: TransformContext
+) -> tuple[torch.Tensor, tuple[str, ...]]:
+    assert spec.resample is not None
+    fill = None
+    if spec.resample == "copy":
+        how = ctx.fill if ctx.fill is not None else "keep"
+        tgt = _target(ctx)
+        fill = fill_values(how, ctx.name, ctx.target_shape, ctx.target_dtype, ctx.seed, tgt)
+    return positions_value(
+        t,
+        ctx.target_shape,
+        ctx.target_dtype,
+        mode=spec.resample,
+        prefix=spec.prefix,
+        grid=spec.grid,
+        fill=fill,
+        where=f"resample={spec.resample}",
+    )
+
+
+def _adapt_shape(spec: TransformSpec, source: Shape, target: Shape) -> Shape:
+    check_stem(source, target, f"adapt={spec.adapt}")
+    return target
+
+
+def _adapt(
+    spec: TransformSpec, t: torch.Tensor, ctx: TransformContext
+) -> tuple[torch.Tensor, tuple[str, ...]]:
+    return stem_value(t, ctx.target_shape, ctx.target_dtype, f"adapt={spec.adapt}")
+
+
+def _rows_shape(spec: TransformSpec, source: Shape, target: Shape) -> Shape:
+    if len(source) != len(target) or source[1:] != target[1:] or not source:
+        raise TransplantError(
+            f"rows={spec.rows} maps rows (dim 0) only; the other dims must match: "
+            f"source {list(source)} -> target {list(target)}"
+        )
+    return target
+
+
+def _rows(
+    spec: TransformSpec, t: torch.Tensor, ctx: TransformContext
+) -> tuple[torch.Tensor, tuple[str, ...]]:
+    where = f"rows={spec.rows}"
+    if ctx.names is None or ctx.fill is None:
+        raise TransplantError(f"{where}: the row names were not resolved (a plan without a run)")
+    what = "vocab" if spec.rows == "tokens" else "id2label"
+    n = ctx.names
+    rowmap = map_rows(n.source, n.target, t.shape[0], ctx.target_shape[0], where=where, what=what)
+    return rows_value(t, _target(ctx), rowmap, ctx.fill, name=ctx.name, seed=ctx.seed, how=n.how)
 
 
 # resample= (position tables), adapt= (conv stems), rows= (vocab / labels): one entry each
 ADAPTER_IMPLS: dict[str, tuple[AdapterShape, AdapterApply]] = {
-    "resample": _pending("resample"),
-    "adapt": _pending("adapt"),
-    "rows": _pending("rows"),
+    "resample": (_resample_shape, _resample),
+    "adapt": (_adapt_shape, _adapt),
+    "rows": (_rows_shape, _rows),
 }
 
 

@@ -26,7 +26,7 @@ __all__ = [
 # the values each choice-valued argument takes
 CHOICES: dict[str, tuple[str, ...]] = {
     "rotary": ("hf_to_meta", "meta_to_hf"),
-    "resample": ("linear", "bicubic", "copy"),
+    "resample": ("linear", "bilinear", "bicubic", "copy"),
     "adapt": ("channels",),
     "rows": ("tokens", "labels"),
 }
@@ -76,7 +76,7 @@ class TransformSpec:
     dim: int = 0  # of chunk= and cat=
     rotary: str | None = None  # hf_to_meta | meta_to_hf
     heads: int = 0  # rotary=: the number of heads of THIS tensor (n_kv_heads for k under GQA)
-    resample: str | None = None  # linear | bicubic | copy (position tables)
+    resample: str | None = None  # linear | bilinear | bicubic | copy (position tables)
     prefix: int | None = None  # resample=: leading tokens kept as they are (None: infer)
     grid: tuple[int, int] | None = None  # resample=: the source grid HxW (None: infer)
     init: str | None = None  # resample=copy: the scheme for the new positions
