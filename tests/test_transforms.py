@@ -406,6 +406,8 @@ def qkv_files(tmp_path):
         ("blocks.*.w=from(SRC, key=blocks.{1+1}.w)",
          ["rule 'blocks.*.w=", "needs an integer capture", "'a'"]),
         ("layers.*.w=from(SRC, key=blocks.{1-1}.w)", ["gives -1", "results must be >= 0"]),
+        ("attn.q.weight=from(SRC, key=attn.qkv.weight, resample=bicubic, prefix=1)",
+         ["resample=bicubic: the target's 4 positions less 1 prefix token(s) is not a square grid"]),
         ("attn.q.weight=from(SRC, rotary=sideways, heads=2)", ["hf_to_meta, meta_to_hf"]),
     ],
 )  # fmt: skip

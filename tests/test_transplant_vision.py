@@ -140,7 +140,7 @@ def test_bert_positions_512_to_1024_linear_and_copy(tmp_path):
     assert torch.equal(load_file(lin / "model.safetensors")[BPOS], ref)
     load_clean(transformers.BertModel, lin, add_pooling_layer=False)
     res = run(
-        "apply", tmp_path / "b1024", "-o", cp, "-q", "--seed", "7",
+        "apply", tmp_path / "b1024", "-o", cp, "-q", "--seed", "7", "--report", tmp_path / "c.json",
         "--rule", f"*=from({s})",
         "--rule", f'{BPOS}=from({s}, resample=copy, init="normal(std=0.02)")',
     )  # fmt: skip
@@ -149,6 +149,10 @@ def test_bert_positions_512_to_1024_linear_and_copy(tmp_path):
     assert torch.equal(got[:512], src[BPOS])
     drawn = generate(bind_scheme("normal", (), {"std": 0.02}), BPOS, (1024, 8), torch.float32, 7)
     assert torch.equal(got[512:], drawn[512:])  # the tensor's own generator, as a plain rule
+    entry = {e["name"]: e for e in json.loads((tmp_path / "c.json").read_text())["tensors"]}[BPOS]
+    assert entry["transform"] == "resample=copy, init=normal(std=0.02)"
+    want = "resample=copy: positions 512 -> 1024; 512 copied, 512 new (normal(mean=0.0, std=0.02))"
+    assert want in entry["notes"], entry["notes"]
     load_clean(transformers.BertModel, cp, add_pooling_layer=False)
 
 

@@ -12,7 +12,7 @@ import logging
 import pytest
 import torch
 from helpers import refused, run
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 transformers = pytest.importorskip("transformers")
 
@@ -259,3 +259,28 @@ def test_label_remap_with_a_config_given_by_path(tmp_path):
     assert torch.equal(got[0], src["classifier.weight"][1]) and torch.equal(
         got[1], src["classifier.weight"][0]
     )
+
+
+def test_hub_source_tokenizer_is_fetched_from_the_repo(offline, tmp_path):
+    """src_vocab defaults to the Hub repo's tokenizer.json (from a seeded offline cache)."""
+    from hubcache import seed_repo, st_bytes
+
+    emb = torch.randn(len(SRC_TOKENS), 4)
+    tok = tmp_path / "src-tokenizer.json"
+    tokenizer_json(tok, SRC_TOKENS)
+    files = {
+        "model.safetensors": st_bytes(tmp_path, {"emb": emb}),
+        "tokenizer.json": tok.read_bytes(),
+    }
+    seed_repo(offline, "acme/tok", files)
+    (tmp_path / "t").mkdir()
+    save_file({"emb": torch.zeros(24, 4)}, tmp_path / "t" / "model.safetensors")
+    tokenizer_json(tmp_path / "t" / "tokenizer.json", TGT_TOKENS)
+    out = tmp_path / "o.safetensors"
+    res = run(
+        "apply", tmp_path / "t", "-o", out, "-q", "--rule", "emb=from(hf://acme/tok, rows=tokens)"
+    )
+    assert res.exit_code == 0, res.output
+    got = load_file(out)["emb"]
+    for t in SHARED:
+        assert torch.equal(got[TGT_TOKENS.index(t)], emb[SRC_TOKENS.index(t)])

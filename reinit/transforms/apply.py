@@ -19,7 +19,14 @@ from reinit.schemes import seed_for
 from reinit.transforms.fuse import cat_shape, chunk_bounds, chunk_shape, concat, take_chunk
 from reinit.transforms.positions import position_layout, positions_value
 from reinit.transforms.rotary import check_rotary, permute_rotary
-from reinit.transforms.rows import NewFill, RowNames, fill_values, map_rows, rows_value
+from reinit.transforms.rows import (
+    NewFill,
+    RowNames,
+    describe_fill,
+    fill_values,
+    map_rows,
+    rows_value,
+)
 from reinit.transforms.spec import TransformSpec
 from reinit.transforms.stems import check_stem, stem_value
 
@@ -96,6 +103,7 @@ def _resample(
         grid=spec.grid,
         fill=fill,
         where=f"resample={spec.resample}",
+        fill_name=describe_fill(ctx.fill if ctx.fill is not None else "keep"),
     )
 
 

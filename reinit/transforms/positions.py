@@ -224,15 +224,18 @@ def positions_value(
     grid: tuple[int, int] | None,
     fill: torch.Tensor | None,
     where: str,
+    fill_name: str = "keep",
 ) -> tuple[torch.Tensor, tuple[str, ...]]:
     """The value a `from(..., resample=MODE)` transplant writes, and its report note. `fill`:
-    for `copy`, the target-shaped values of the positions not copied (see `rows.fill_values`)."""
+    for `copy`, the target-shaped values of the positions not copied (see `rows.fill_values`),
+    made as `fill_name` says."""
     layout = position_layout(src.shape, shape, prefix=prefix, grid=grid, where=where)
     if mode == "copy":
         if fill is None:
             raise ValueError("resample=copy needs a fill")
         out, copied = copy_positions(src, layout, fill)
         total = math.prod(tuple(shape)[:-1])
-        return out, (f"resample=copy: {layout.describe()}; {copied} copied, {total - copied} new",)
+        rest = f"{total - copied} new ({fill_name})"
+        return out, (f"resample=copy: {layout.describe()}; {copied} copied, {rest}",)
     out = resample_positions(src, layout, mode, dtype)
     return out, (f"resample={mode}: {layout.describe()}",)
