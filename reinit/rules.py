@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from reinit.errors import RuleError, SchemeError
 from reinit.io.hub_url import is_hf_url, parse_hf_url
 from reinit.matching import Glob, MatchAll, Matcher, UserRegex, compile_glob, literal_glob
-from reinit.schemes import KEEP, BoundScheme, bind_scheme
+from reinit.schemes import KEEP, BoundScheme, bind_scheme, get_scheme
 from reinit.schemes import templates as schemes_templates
+from reinit.transforms.spec import TRANSFORM_ARGS, TransformSpec, parse_transform
 
 __all__ = [
     "MAX_HINTS",
@@ -299,19 +300,40 @@ MISMATCH_POLICIES = ("error", "skip", "slice")
 
 @dataclass(frozen=True)
 class TransplantSpec:
-    """`from(SOURCE, key=TEMPLATE|auto, on_mismatch=error|skip|slice, state=PATH)`, as
+    """`from(SOURCE, key=TEMPLATE|auto, on_mismatch=error|skip|slice, state=PATH, ...)`, as
     written. `state`: the dotted path of the state dict inside a torch training checkpoint
-    (as `--key` for the main source); "" finds a well-known nest itself."""
+    (as `--key` for the main source); "" finds a well-known nest itself. `cat`: several
+    source key templates joined along `transform.dim` (instead of `key`); `transform`: what
+    happens between reading and writing (README "Transplants across architecture changes")."""
 
     source: str
     key: str | None = None  # template; None = the target's own name
     on_mismatch: str = "error"
     state: str = ""
+    cat: tuple[str, ...] = ()  # key templates, concatenated in this order
+    transform: TransformSpec = TransformSpec()
+
+    @property
+    def has_transform(self) -> bool:
+        """Whether the values are more than a (cast) copy of one source tensor."""
+        return bool(self.cat) or self.transform.active
+
+    def transform_text(self) -> str | None:
+        """The transform as written (`cat=…, dim=…, chunk=…, rotary=…`), None for a copy."""
+        if not self.has_transform:
+            return None
+        parts = [f"cat={';'.join(self.cat)}"] if self.cat else []
+        if self.cat or self.transform.chunk is not None:
+            parts.append(f"dim={self.transform.dim}")
+        return ", ".join(parts + self.transform.parts())
 
     def describe(self) -> str:
         parts = [self.source]
         if self.key is not None:
             parts.append(f"key={self.key}")
+        text = self.transform_text()
+        if text:
+            parts.append(text)
         if self.on_mismatch != "error":
             parts.append(f"on_mismatch={self.on_mismatch}")
         if self.state:
@@ -319,15 +341,19 @@ class TransplantSpec:
         return f"from({', '.join(parts)})"
 
 
+_FROM_ARGS = ("source", "key", "on_mismatch", "state", "cat", *TRANSFORM_ARGS)
+
+
 def parse_from(action: Action, where: str) -> TransplantSpec:
-    """A `from(...)` action checked into a `TransplantSpec` (a malformed hf:// URL fails here,
-    before anything is read)."""
+    """A `from(...)` action checked into a `TransplantSpec` (a malformed hf:// URL or transform
+    argument fails here, before anything is read)."""
     kw = action.kwargs_dict()
-    unknown = set(kw) - {"source", "key", "on_mismatch", "state"}
+    unknown = set(kw) - set(_FROM_ARGS)
     if unknown:
         raise RuleError(
             f"{where}: from() has no argument {sorted(unknown)[0]!r}; "
-            "use from(SOURCE, key=TEMPLATE|auto, on_mismatch=error|skip|slice, state=PATH)"
+            "use from(SOURCE, key=TEMPLATE|auto, on_mismatch=error|skip|slice, state=PATH) "
+            f"with transforms {', '.join(a + '=' for a in _FROM_ARGS[5:])}"
         )
     if len(action.args) > 1:
         raise RuleError(f"{where}: from() takes one positional argument, the source")
@@ -339,8 +365,26 @@ def parse_from(action: Action, where: str) -> TransplantSpec:
     key = kw.get("key")
     if key is not None and not isinstance(key, str):
         key = str(key)
+    cat: tuple[str, ...] = ()
+    if "cat" in kw:
+        if key is not None:
+            raise RuleError(f"{where}: key= and cat= are exclusive (cat= names every source key)")
+        cat = tuple(k.strip() for k in str(kw["cat"]).split(";"))
+        if len(cat) < 2 or not all(cat):
+            raise RuleError(
+                f"{where}: cat= needs two or more key templates separated by ';', "
+                "e.g. cat={1}.q.weight;{1}.k.weight;{1}.v.weight"
+            )
     policy = kw.get("on_mismatch", "error")
     if policy not in MISMATCH_POLICIES:
         raise RuleError(f"{where}: on_mismatch must be one of {', '.join(MISMATCH_POLICIES)}")
     state = kw.get("state", "")
-    return TransplantSpec(source, key, str(policy), str(state))
+    transform = parse_transform(kw, where, has_cat=bool(cat))
+    for scheme_arg in ("init", "new"):
+        text = getattr(transform, scheme_arg)
+        if text is not None and text != KEEP:
+            try:
+                get_scheme(parse_action(text, where).name)
+            except SchemeError as e:
+                raise RuleError(f"{where}: {scheme_arg}={text}: {e}") from None
+    return TransplantSpec(source, key, str(policy), str(state), cat, transform)

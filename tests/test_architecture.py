@@ -21,6 +21,7 @@ LAYERS = {
     "reinit.matching": 2,
     "reinit.io": 1,
     "reinit.schemes": 1,
+    "reinit.transforms": 1,
     "reinit.rules": 2,
     "reinit.options": 2,
     "reinit.option_meta": 2,

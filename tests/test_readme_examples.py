@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from helpers import run
+from transform_fixtures import transform_fixtures
 
 README = Path(__file__).parents[1] / "README.md"
 _BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
@@ -158,6 +159,56 @@ def _fixtures(root: Path) -> None:
     }
     save_file(det, root / "detector.safetensors")
     shutil.copytree(README.parent / "examples", root / "examples")
+    transform_fixtures(root)
+    _architecture_change_fixtures(root, transformers)
+
+
+def _architecture_change_fixtures(root: Path, transformers: Any) -> None:
+    """The models of "Transplants across architecture changes" (positions, stems, rows), at
+    tiny widths: ViTs of 224/384 pixels and 3/4 channels, BERTs of 512/1024 positions, GPT-2s
+    with two tokenizer.json files, classifiers with two id2label."""
+    import json
+
+    import torch
+
+    def small(**kw: Any) -> dict[str, Any]:
+        return dict(
+            hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16, **kw
+        )
+
+    for name, size, channels in (("vit224", 224, 3), ("vit384", 384, 3), ("vit-rgbn", 224, 4)):
+        cfg = transformers.ViTConfig(
+            image_size=size, patch_size=16, num_channels=channels, **small()
+        )
+        transformers.ViTModel(cfg, add_pooling_layer=False).save_pretrained(root / name)
+    for name, positions in (("bert512", 512), ("bert1024", 1024)):
+        cfg = transformers.BertConfig(vocab_size=32, max_position_embeddings=positions, **small())
+        transformers.BertModel(cfg, add_pooling_layer=False).save_pretrained(root / name)
+    tokens = {
+        "gpt2-oldtok": ["<|endoftext|>", *(f"w{i}" for i in range(15))],
+        "gpt2-newtok": ["<|endoftext|>", *(f"w{i}" for i in range(0, 15, 2)), "new0", "new1"],
+    }
+    for name, vocab in tokens.items():
+        cfg = transformers.GPT2Config(
+            vocab_size=len(vocab), n_positions=16, n_embd=8, n_layer=1, n_head=2,
+            bos_token_id=0, eos_token_id=0,
+        )  # fmt: skip
+        transformers.GPT2LMHeadModel(cfg).save_pretrained(root / name)
+        doc = {
+            "added_tokens": [{"id": 0, "content": vocab[0], "special": True}],
+            "model": {"type": "WordLevel", "vocab": {t: i for i, t in enumerate(vocab)}},
+        }
+        (root / name / "tokenizer.json").write_text(json.dumps(doc))
+    for name, labels in (
+        ("clf-old-labels", ["neg", "neu", "pos"]),
+        ("clf-new-labels", ["pos", "mixed", "neg"]),
+    ):
+        cfg = transformers.BertConfig(
+            vocab_size=32, max_position_embeddings=16, id2label=dict(enumerate(labels)),
+            label2id={lab: i for i, lab in enumerate(labels)}, **small(),
+        )  # fmt: skip
+        torch.manual_seed(len(name))
+        transformers.BertForSequenceClassification(cfg).save_pretrained(root / name)
 
 
 def test_shell_blocks_of_the_readme_run(tmp_path, monkeypatch):

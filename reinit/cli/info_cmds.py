@@ -33,7 +33,11 @@ def schemes(as_json: bool) -> None:
         click.echo(f"    {row['doc']}")
     click.echo("keep\n    leaves the tensor as it is (carve an exception out of a broader rule)")
     click.echo(
-        "from(SOURCE, key=TEMPLATE|auto, on_mismatch=error|skip|slice, state=PATH)\n    copies the tensor from another checkpoint (key: {name}, {1}, {2}, ... or auto = longest common dotted suffix; state: the state dict's dotted path inside a torch training checkpoint)"
+        "from(SOURCE, key=TEMPLATE|auto, on_mismatch=error|skip|slice, state=PATH)\n    copies the tensor from another checkpoint (key: {name}, {1}, {2}, ... with integer arithmetic {1+8}, {1*2+1}, or auto = longest common dotted suffix; state: the state dict's dotted path inside a torch training checkpoint)"
+    )
+    click.echo(
+        "    transforms: cat=K1;K2 or chunk=I/N|START:STOP [dim=D]; rotary=hf_to_meta|meta_to_hf heads=N; "
+        "resample=linear|bilinear|bicubic|copy [prefix=N grid=HxW init=SCHEME], adapt=channels, rows=tokens|labels [vocab=PATH src_vocab=PATH new=SCHEME] (README: Transplants across architecture changes)"
     )
 
 

@@ -66,6 +66,7 @@ class PlanEntry:
     captures: tuple[str, ...] = ()
     reason: str | None = None
     source_key: str | None = None  # a transplant's resolved source tensor name
+    source_keys: tuple[str, ...] = ()  # every source tensor it reads (several for cat=)
     added: bool = False  # made by --add: no source bytes
     renamed_from: str | None = None  # its name in the source, when --rename changed it
     resized: str | None = None  # what --resize did ("resized [a, b] -> [c, b] (...)")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 
 from reinit.errors import RuleError
 from reinit.planning.planner import Plan, PlanEntry
-from reinit.planning.transplant import source_key
+from reinit.planning.transplant import source_keys
 
 __all__ = [
     "Ties",
@@ -109,11 +109,15 @@ def resolve_ties(plan: Plan, aliases: Mapping[str, str]) -> tuple[Plan, Ties]:
 def _check_same_source(group: tuple[str, ...], changing: Sequence[PlanEntry]) -> None:
     first = changing[0]
     assert first.rule is not None and first.rule.transplant is not None
-    want = source_key(first.rule.transplant, first.name, first.captures, first.rule.text)
+    spec = first.rule.transplant
+    want = ";".join(source_keys(spec, first.name, first.captures, first.rule.text))
     for e in changing[1:]:
         assert e.rule is not None and e.rule.transplant is not None
-        got = source_key(e.rule.transplant, e.name, e.captures, e.rule.text)
+        other = e.rule.transplant
+        got = ";".join(source_keys(other, e.name, e.captures, e.rule.text))
         if got != want:
             raise _conflict(
                 group, first, e, f"the rule copies different source tensors ('{want}', '{got}')"
             )
+        if other.transform_text() != spec.transform_text():
+            raise _conflict(group, first, e, "the rules transform the source differently")

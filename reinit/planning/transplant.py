@@ -19,8 +19,10 @@ from reinit.io.hub_url import is_hf_url, parse_hf_url
 from reinit.io.safetensors_format import dtype_name
 from reinit.io.sources import open_checkpoint
 from reinit.io.trust import TrustSpec
+from reinit.planning.adapters import RowNamesCache, adapter_inputs, check_adapter
 from reinit.planning.planner import Plan, PlanEntry
 from reinit.rules import TransplantSpec, closest_hint, fill_template
+from reinit.transforms.apply import TransformContext, result_shape, transform
 
 __all__ = [
     "AUTO",
@@ -33,6 +35,8 @@ __all__ = [
     "lossy_cast_note",
     "resolve_keys",
     "source_key",
+    "source_keys",
+    "transform_label",
     "transplant_value",
 ]
 
@@ -52,6 +56,15 @@ def source_key(spec: TransplantSpec, name: str, captures: Sequence[str], rule_te
     if spec.key is None:
         return name
     return fill_template(spec.key, name, captures, f"rule {rule_text!r}")
+
+
+def source_keys(
+    spec: TransplantSpec, name: str, captures: Sequence[str], rule_text: str
+) -> tuple[str, ...]:
+    """Every source tensor the rule reads, in order: one, or the `cat=` templates filled."""
+    if spec.cat:
+        return tuple(fill_template(t, name, captures, f"rule {rule_text!r}") for t in spec.cat)
+    return (source_key(spec, name, captures, rule_text),)
 
 
 def _suffixes(name: str) -> list[str]:
@@ -116,6 +129,7 @@ class SourcePool:
         self.unsafe_pickle = unsafe_pickle
         self.progress = progress
         self._open: dict[str, Checkpoint] = {}
+        self.row_names: RowNamesCache = {}  # rows=: names read once per run
 
     def get(self, source: str, state: str = "") -> Checkpoint:
         """The source opened (once per source and `state=` path inside a torch file)."""
@@ -166,10 +180,11 @@ def _spec(entry: PlanEntry) -> TransplantSpec:
     return entry.rule.transplant
 
 
-def resolve_keys(plan: Plan, pool: SourcePool) -> dict[str, str]:
-    """Each transplant target's source tensor name: from its key template, or by `key=auto`
-    over all the targets of the same source (so one source tensor feeds at most one)."""
-    keys: dict[str, str] = {}
+def resolve_keys(plan: Plan, pool: SourcePool) -> dict[str, tuple[str, ...]]:
+    """Each transplant target's source tensor names (several for `cat=`): from its key
+    templates, or by `key=auto` over all the targets of the same source (so one source
+    tensor feeds at most one)."""
+    keys: dict[str, tuple[str, ...]] = {}
     auto: dict[str, list[PlanEntry]] = {}
     for e in plan.entries:
         if e.action != "transplant":
@@ -178,12 +193,13 @@ def resolve_keys(plan: Plan, pool: SourcePool) -> dict[str, str]:
         if spec.key == AUTO:
             auto.setdefault(_identity(spec.source, spec.state), []).append(e)
         else:
-            keys[e.name] = source_key(spec, e.name, e.captures, e.rule_text)
+            keys[e.name] = source_keys(spec, e.name, e.captures, e.rule_text)
     for entries in auto.values():
         rule_texts = sorted({e.rule.text for e in entries if e.rule is not None})
         where = "rule " + ", ".join(repr(t) for t in rule_texts)
         names = pool.get(_spec(entries[0]).source, _spec(entries[0]).state).names()
-        keys.update(auto_keys([e.name for e in entries], names, where))
+        chosen = auto_keys([e.name for e in entries], names, where)
+        keys.update({t: (s,) for t, s in chosen.items()})
     return keys
 
 
@@ -195,17 +211,18 @@ def check_transplants(plan: Plan, pool: SourcePool) -> Plan:
     holding the tensors asked for."""
     keys = resolve_keys(plan, pool)
     missing = [
-        e
+        (e, k)
         for e in plan.entries
         if e.action == "transplant"
-        and keys[e.name] not in pool.get(_spec(e).source, _spec(e).state)
+        for k in keys[e.name]
+        if k not in pool.get(_spec(e).source, _spec(e).state)
     ]
     if missing:
-        e = missing[0]
-        key, spec = keys[e.name], _spec(e)
+        e, key = missing[0]
+        spec = _spec(e)
         more = ""
         if len(missing) > 1:
-            others = ", ".join(f"'{keys[m.name]}'" for m in missing[1:4])
+            others = ", ".join(f"'{k}'" for _, k in missing[1:4])
             more = f"; {len(missing) - 1} more missing: {others}{', …' if len(missing) > 4 else ''}"
         raise TransplantError(
             f"rule {e.rule_text!r}: source {spec.source} has no tensor "
@@ -220,14 +237,19 @@ def check_transplants(plan: Plan, pool: SourcePool) -> Plan:
             continue
         spec = _spec(e)
         rule_text = e.rule_text
-        key = keys[e.name]
+        names = keys[e.name]
         src = pool.get(spec.source, spec.state)
-        e = replace(e, source_key=key)
-        ref = src.ref(key)
-        if ref.shape == e.shape:
+        e = replace(e, source_key=";".join(names), source_keys=names)
+        shape = _checked_shape(e, spec, [tuple(src.ref(k).shape) for k in names])
+        if spec.transform.adapter is not None:
+            rows_in = None if spec.cat or spec.transform.chunk else tuple(src.ref(names[0]).shape)
+            where = f"rule {e.rule_text!r}: '{e.name}'"
+            check_adapter(spec.transform, src, pool.target, pool.row_names, rows_in, e.shape, where)
+        if shape == e.shape:
             entries.append(e)
             continue
-        pair = f"'{e.name}' {list(e.shape)} <- '{key}' {list(ref.shape)}"
+        label = "transformed " if spec.has_transform else ""
+        pair = f"'{e.name}' {list(e.shape)} <- {label}'{e.source_key}' {list(shape)}"
         if spec.on_mismatch == "error":
             mismatches.append(pair)
             entries.append(e)
@@ -236,7 +258,7 @@ def check_transplants(plan: Plan, pool: SourcePool) -> Plan:
                 replace(e, action="skipped", reason=f"shape mismatch with source: {pair}")
             )
         else:
-            if len(ref.shape) != len(e.shape):
+            if len(shape) != len(e.shape):
                 raise TransplantError(
                     f"rule {rule_text!r}: cannot slice {pair}: the number of dims differs"
                 )
@@ -253,10 +275,35 @@ def check_transplants(plan: Plan, pool: SourcePool) -> Plan:
     return replace(plan, entries=tuple(entries))
 
 
+def _checked_shape(
+    e: PlanEntry, spec: TransplantSpec, shapes: list[tuple[int, ...]]
+) -> tuple[int, ...]:
+    """The shape the transplant's transform gives (the source's own shape without one); a
+    transform that cannot take the source shapes is an error saying why."""
+    if not spec.has_transform:
+        return shapes[0]
+    try:
+        return result_shape(spec.transform, shapes, e.shape)
+    except TransplantError as err:
+        sources = ", ".join(f"'{k}' {list(s)}" for k, s in zip(e.source_keys, shapes, strict=True))
+        raise TransplantError(
+            f"rule {e.rule_text!r}: cannot make '{e.name}' {list(e.shape)} from {sources}: {err}"
+        ) from None
+
+
+def transform_label(entry: PlanEntry) -> str | None:
+    """The transform a transplant entry runs, as written (the report's `transform`)."""
+    if entry.action != "transplant" or entry.rule is None or entry.rule.transplant is None:
+        return None
+    return entry.rule.transplant.transform_text()
+
+
 def exact_source(pool: SourcePool, entry: PlanEntry) -> tuple[Checkpoint, str, str] | None:
-    """The source checkpoint, key and label when the transplant is an exact byte copy (same
-    dtype, same shape), so the engine can stream it instead of loading the tensor."""
+    """The source checkpoint, key and label when the transplant is an exact byte copy (no
+    transform, same dtype, same shape), so the engine can stream it instead of loading it."""
     spec = _spec(entry)
+    if spec.has_transform:
+        return None
     key = entry.source_key
     if key is None:  # a plan that did not go through check_transplants
         key = source_key(spec, entry.name, entry.captures, entry.rule_text)
@@ -283,16 +330,32 @@ def lossy_cast_note(src: torch.Tensor, cast: torch.Tensor) -> str | None:
 
 
 def transplant_value(
-    pool: SourcePool, entry: PlanEntry, target: torch.Tensor
+    pool: SourcePool, entry: PlanEntry, target: torch.Tensor, seed: int = 0
 ) -> tuple[torch.Tensor, str, tuple[str, ...]]:
-    """The tensor to write for a transplant entry, the source it came from (`SOURCE:KEY`),
-    and notes for the report (lossy cast, sliced block)."""
+    """The tensor to write for a transplant entry, the source it came from (`SOURCE:KEY`,
+    `SOURCE:K1;K2` for `cat=`), and notes for the report (transform, lossy cast, sliced
+    block). Reads only the source tensors the entry names."""
     spec = _spec(entry)
-    key = entry.source_key
-    if key is None:  # a plan that did not go through check_transplants
-        key = source_key(spec, entry.name, entry.captures, entry.rule_text)
-    src = pool.get(spec.source, spec.state).read(key)
+    keys = entry.source_keys
+    if not keys:  # a plan that did not go through check_transplants
+        keys = source_keys(spec, entry.name, entry.captures, entry.rule_text)
+    key = ";".join(keys)
+    ck = pool.get(spec.source, spec.state)
     notes: list[str] = []
+    if spec.has_transform:
+        fill, names = adapter_inputs(
+            spec.transform, ck, pool.target, pool.row_names, f"rule {entry.rule_text!r}"
+        )
+        ctx = TransformContext(
+            entry.name, entry.shape, entry.dtype, seed, target, keys, entry.rule_text, fill, names
+        )
+        try:
+            src, done = transform(spec.transform, [ck.read(k) for k in keys], ctx)
+        except TransplantError as err:
+            raise TransplantError(f"rule {entry.rule_text!r}: '{entry.name}': {err}") from None
+        notes += done
+    else:
+        src = ck.read(keys[0])
     cast = src.to(entry.dtype)
     note = lossy_cast_note(src, cast)
     if note:

@@ -41,6 +41,8 @@ class TensorEntry:
     # the model's own scale for this tensor and where it came from (report/reference.py)
     reference_std: float | None = None
     reference: str | None = None
+    # a transplant's transform as written (`chunk=0/3, dim=0`, `rotary=…`), None for a copy
+    transform: str | None = None
 
     @property
     def numel(self) -> int:
@@ -56,7 +58,8 @@ class TensorEntry:
         return self.dtype.startswith(("float", "bfloat"))
 
     def to_dict(self) -> dict[str, JSON]:
-        """The tensor's object in the JSON report (DESIGN §5); `sha256` only with --checksums."""
+        """The tensor's object in the JSON report (DESIGN §5); `sha256` only with --checksums,
+        `transform` only for a transplant that ran one."""
         d: dict[str, JSON] = {
             "name": self.name,
             "shape": list(self.shape),
@@ -77,6 +80,8 @@ class TensorEntry:
             "flags": list(self.flags),
             "notes": list(self.notes),
         }
+        if self.transform is not None:  # added for transforms; absent for a plain copy
+            d["transform"] = self.transform
         if self.sha256 is not None:
             d["sha256"] = self.sha256
         return d
@@ -103,6 +108,7 @@ class TensorEntry:
             flags=tuple(d.get("flags", ())),
             notes=tuple(d.get("notes", ())),
             sha256=d.get("sha256"),
+            transform=d.get("transform"),
         )
 
 

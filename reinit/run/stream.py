@@ -24,7 +24,12 @@ from reinit.planning.init_trace import AppliedInit
 from reinit.planning.model import ModelView, default_init, reinit_value
 from reinit.planning.planner import PlanEntry
 from reinit.planning.ties import Ties
-from reinit.planning.transplant import SourcePool, exact_source, transplant_value
+from reinit.planning.transplant import (
+    SourcePool,
+    exact_source,
+    transform_label,
+    transplant_value,
+)
 from reinit.report.entries import TensorEntry, var_gain
 from reinit.report.stats import Stats, StatsAccumulator, tensor_stats
 from reinit.run.pieces import Piece, progress_bar, tensor_pieces, view_bytes
@@ -87,6 +92,7 @@ def _entry(
         expected_std=expected,
         var_gain=var_gain(fan_in, after.std) if p.dtype.is_floating_point else None,
         notes=notes,
+        transform=transform_label(p),
         kurtosis=scored.scheme.kurtosis if scored is not None else 3.0,
     )
 
@@ -239,7 +245,7 @@ class Applier:
         if p.action == "reinit":
             new = self._drawn_value(p)
         else:
-            new, source, got = transplant_value(self._pool(), p, self.ckpt.read(p.name))
+            new, source, got = transplant_value(self._pool(), p, self.ckpt.read(p.name), self.seed)
         after = tensor_stats(new)
         yield from tensor_pieces(p.name, new)
         applied = self._applied.pop(p.name, None)
@@ -271,7 +277,7 @@ class Applier:
                 new = self._reinit(d)
                 value = (new, None, ())
             else:
-                value = transplant_value(self._pool(), d, self.ckpt.read(d.name))
+                value = transplant_value(self._pool(), d, self.ckpt.read(d.name), self.seed)
             self._tied_values[root] = value
         self._tied_left[root] -= 1
         if self._tied_left[root] <= 0:
