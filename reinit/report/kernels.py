@@ -24,10 +24,13 @@ __all__ = [
     "Buffers",
     "ChunkSums",
     "Decoded",
+    "chunk_sums",
     "code_of",
     "decode",
+    "first_value",
     "fused_sums",
     "itemsize",
+    "masked_sums",
     "raw_dtype",
 ]
 
@@ -38,29 +41,11 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from reinit.io.safetensors_header import CODE_NAMES
+
 #: Values per sub-chunk: 128 Ki float32 values (512 KiB) and their differences stay in L2.
 SUB = 1 << 17
 
-#: safetensors dtype code -> torch's dtype name (as the report spells dtypes).
-CODE_NAMES: dict[str, str] = {
-    "F64": "float64",
-    "F32": "float32",
-    "F16": "float16",
-    "BF16": "bfloat16",
-    "F8_E4M3": "float8_e4m3fn",
-    "F8_E5M2": "float8_e5m2",
-    "F8_E8M0": "float8_e8m0fnu",
-    "I64": "int64",
-    "I32": "int32",
-    "I16": "int16",
-    "I8": "int8",
-    "U64": "uint64",
-    "U32": "uint32",
-    "U16": "uint16",
-    "U8": "uint8",
-    "BOOL": "bool",
-    "C64": "complex64",
-}
 _NAME_CODES = {name: code for code, name in CODE_NAMES.items()}
 
 #: The codes whose values are floating point (a report's `var_gain` is only for these).
@@ -161,13 +146,16 @@ def _total(v: npt.NDArray[np.floating]) -> float:
 
 @dataclass(frozen=True)
 class ChunkSums:
-    """One sub-chunk's sums: count, Σ(x − pivot), Σ(x − pivot)², min, max."""
+    """One sub-chunk's finite values: count, Σ(x − pivot) and Σ(x − pivot)² in units of 2**e
+    (squares: 2**2e), min, max, and how many values were NaN/Inf (left out)."""
 
     k: int
     s1: float
     s2: float
     lo: float
     hi: float
+    e: int = 0
+    bad: int = 0
 
     @property
     def finite(self) -> bool:
@@ -186,7 +174,7 @@ class Decoded:
 class Buffers:
     """The reused work buffers of one accumulator (one per thread: never shared)."""
 
-    def __init__(self, code: str, size: int):
+    def __init__(self, code: str, size: int = SUB):
         wide = code in _WIDE
         self.work = np.empty(size, dtype=np.float64 if wide else np.float32)
         self.diff = np.empty(size, dtype=np.float64 if wide else np.float32)
@@ -216,7 +204,7 @@ def decode(code: str, raw: npt.NDArray[np.generic], buf: Buffers) -> Decoded:
     if code == "F16":
         np.copyto(work, raw)
         return Decoded(work, diff)
-    np.take(_table(code), raw, out=work)  # fp8
+    np.take(_table(code), raw.view(np.uint8), out=work)  # fp8
     return Decoded(work, diff)
 
 
@@ -234,6 +222,54 @@ def fused_sums(d: Decoded, pivot: float) -> ChunkSums:
         np.square(diff, out=diff)
         s2 = _total(diff)
     return ChunkSums(x.shape[0], s1, s2, lo, hi)
+
+
+def masked_sums(values: npt.NDArray[np.generic], pivot: float) -> ChunkSums:
+    """The exact path for a sub-chunk the fast sums found non-finite: finite values only, in
+    float64; scaled by a power of two when the squares (or the differences from the pivot)
+    would overflow, e.g. values near 1e200. k = 0 when none is finite."""
+    xd = values.astype(np.float64)
+    finite = np.isfinite(xd)
+    kept = int(np.count_nonzero(finite))
+    bad = xd.shape[0] - kept
+    if kept == 0:
+        return ChunkSums(0, 0.0, 0.0, math.inf, -math.inf, 0, bad)
+    xd = xd[finite]
+    lo, hi = float(xd.min()), float(xd.max())
+    with np.errstate(over="ignore", invalid="ignore"):
+        d = xd - pivot
+        s1, s2 = float(d.sum()), float(np.dot(d, d))
+    if math.isfinite(s1) and math.isfinite(s2):
+        return ChunkSums(kept, s1, s2, lo, hi, 0, bad)
+    # |x|, |pivot| < 2**(e-1), so every scaled difference lies in (-1, 1) and its square
+    # sum is below k: nothing overflows, and a power of two scales exactly
+    e = math.frexp(max(abs(lo), abs(hi), abs(pivot)))[1] + 1
+    scale = math.ldexp(1.0, -e)
+    y = xd * scale - pivot * scale
+    return ChunkSums(kept, float(y.sum()), float(np.dot(y, y)), lo, hi, e, bad)
+
+
+def chunk_sums(
+    code: str, raw: npt.NDArray[np.generic], pivot: float, buf: Buffers
+) -> list[ChunkSums]:
+    """The sums of every sub-chunk of `raw` (values of `code`, as `raw_dtype` reads them):
+    a pure function of its inputs, so chunks may be summed on several threads (each with its
+    own `buf`) and merged in order, giving the same result as one thread."""
+    out = []
+    for i in range(0, raw.shape[0], SUB):
+        d = decode(code, raw[i : i + SUB], buf)
+        sums = fused_sums(d, pivot)
+        out.append(sums if sums.finite else masked_sums(d.values, pivot))
+    return out
+
+
+def first_value(code: str, raw: npt.NDArray[np.generic]) -> float:
+    """The value of the first element of `raw` (at least one)."""
+    if code == "BF16":
+        return float((np.uint32(raw[0]) << np.uint32(16)).view(np.float32))
+    if code in ("F8_E4M3", "F8_E5M2", "F8_E8M0"):
+        return float(_table(code)[raw[0]])
+    return float(raw[0])
 
 
 def raw_dtype(code: str) -> np.dtype[np.generic]:

@@ -6,7 +6,7 @@ it."""
 
 from __future__ import annotations
 
-__all__ = ["Stats", "StatsAccumulator", "tensor_stats"]
+__all__ = ["Buffers", "ChunkSums", "Stats", "StatsAccumulator", "tensor_stats"]
 
 import math
 from collections.abc import Mapping
@@ -21,9 +21,9 @@ from reinit.report.kernels import (
     SUB,
     Buffers,
     ChunkSums,
+    chunk_sums,
     code_of,
-    decode,
-    fused_sums,
+    first_value,
     raw_dtype,
 )
 
@@ -114,67 +114,52 @@ class StatsAccumulator:
     def add_bytes(self, raw: bytes | bytearray | memoryview) -> None:
         """The next values as raw little-endian bytes of the accumulator's dtype (a whole
         number of elements); no torch needed."""
+        values = self.values_of(raw)
+        if values.shape[0] == 0:
+            return
+        self.set_pivot(values)
+        if self._bufs is None or self._bufs.diff.shape[0] < min(values.shape[0], SUB):
+            self._bufs = Buffers(self.code, min(max(values.shape[0], 1 << 12), SUB))
+        self.merge(self.sums(values, self._bufs))
+
+    def values_of(self, raw: bytes | bytearray | memoryview) -> np.ndarray:
+        """`raw` as an array of the accumulator's raw dtype (no copy)."""
         view = memoryview(raw).cast("B")
         if view.nbytes % self._raw.itemsize:
             raise ValueError(
                 f"{view.nbytes} bytes is not a whole number of {self.code} elements"
             )
-        values = np.frombuffer(view, dtype=self._raw)
-        for i in range(0, values.shape[0], SUB):
-            self._add(values[i : i + SUB])
+        return np.frombuffer(view, dtype=self._raw)
 
-    def _add(self, raw: np.ndarray) -> None:
-        k = raw.shape[0]
-        if k == 0:
-            return
-        if self._bufs is None or self._bufs.diff.shape[0] < k:
-            self._bufs = Buffers(self.code, max(k, min(SUB, 1 << 12)))
-        d = decode(self.code, raw, self._bufs)
-        if self.pivot is None:
-            first = float(d.values[0])
+    def set_pivot(self, values: np.ndarray) -> None:
+        """The pivot from the tensor's first value (0 when it is NaN/Inf): call with the
+        first values before `sums` of any."""
+        if self.pivot is None and values.shape[0]:
+            first = first_value(self.code, values)
             self.pivot = first if math.isfinite(first) else 0.0
-        sums = fused_sums(d, self.pivot)
-        if sums.finite:
-            self._merge(sums)
-        else:
-            self._add_masked(d.values)
 
-    def _add_masked(self, values: np.ndarray) -> None:
-        """The exact path: finite values only, in float64; scaled by a power of two when the
-        squares (or the differences from the pivot) would overflow, e.g. values near 1e200."""
-        xd = values.astype(np.float64)
-        finite = np.isfinite(xd)
-        kept = int(np.count_nonzero(finite))
-        self.bad += xd.shape[0] - kept
-        xd = xd[finite]
-        if kept == 0:
-            return
-        lo_f, hi_f = float(xd.min()), float(xd.max())
-        if self.pivot is None or not math.isfinite(self.pivot):
-            self.pivot = float(xd[0])
-        with np.errstate(over="ignore", invalid="ignore"):
-            d = xd - self.pivot
-            s1, s2 = float(d.sum()), float(np.dot(d, d))
-        if math.isfinite(s1) and math.isfinite(s2):
-            self._merge(ChunkSums(kept, s1, s2, lo_f, hi_f))
-            return
-        # |x|, |pivot| < 2**(e-1), so every scaled difference lies in (-1, 1) and its square
-        # sum is below k: nothing overflows, and a power of two scales exactly
-        e = math.frexp(max(abs(lo_f), abs(hi_f), abs(self.pivot)))[1] + 1
-        scale = math.ldexp(1.0, -e)
-        y = xd * scale - self.pivot * scale
-        self._merge(ChunkSums(kept, float(y.sum()), float(np.dot(y, y)), lo_f, hi_f), e)
+    def sums(self, values: np.ndarray, bufs: Buffers) -> list[ChunkSums]:
+        """The sums of `values` around the pivot (set): pure, so it may run on any thread
+        with its own `bufs`; `merge` the parts in order to get what `add_bytes` gives."""
+        assert self.pivot is not None, "set_pivot first"
+        return chunk_sums(self.code, values, self.pivot, bufs)
 
-    def _merge(self, c: ChunkSums, e: int = 0) -> None:
-        """Add a part's sums, given in units of 2**e (squares: 2**2e), to the running ones,
+    def merge(self, parts: list[ChunkSums]) -> None:
+        """Add parts' sums, each in units of 2**e (squares: 2**2e), to the running ones,
         which are kept in units of 2**self.exp: both go to the larger unit."""
-        top = max(self.exp, e)
-        self.s1 = math.ldexp(self.s1, self.exp - top) + math.ldexp(c.s1, e - top)
-        self.s2 = math.ldexp(self.s2, 2 * (self.exp - top)) + math.ldexp(c.s2, 2 * (e - top))
-        self.exp = top
-        self.n += c.k
-        self.lo = min(self.lo, c.lo)
-        self.hi = max(self.hi, c.hi)
+        for c in parts:
+            self.bad += c.bad
+            if c.k == 0:
+                continue
+            top = max(self.exp, c.e)
+            self.s1 = math.ldexp(self.s1, self.exp - top) + math.ldexp(c.s1, c.e - top)
+            self.s2 = math.ldexp(self.s2, 2 * (self.exp - top)) + math.ldexp(
+                c.s2, 2 * (c.e - top)
+            )
+            self.exp = top
+            self.n += c.k
+            self.lo = min(self.lo, c.lo)
+            self.hi = max(self.hi, c.hi)
 
     def result(self) -> Stats:
         if self.n == 0:
@@ -193,7 +178,8 @@ def _bytes_of(t: torch.Tensor) -> memoryview:
 
     if t.numel() == 0:
         return memoryview(b"")
-    return memoryview(t.view(torch.uint8).numpy()).cast("B")
+    data: np.ndarray = t.view(torch.uint8).numpy()
+    return memoryview(data.data).cast("B")
 
 
 def _unscale(x: float, e: int) -> float:
