@@ -83,7 +83,10 @@ def sharded(tmp_path: Path) -> Path:
     d.mkdir()
     t = edge_tensors()
     names = sorted(t)
-    halves = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    halves = {
+        "model-00001-of-00002.safetensors": names[::2],
+        "model-00002-of-00002.safetensors": names[1::2],
+    }
     weight_map = {}
     for shard, ns in halves.items():
         write_safetensors(d / shard, {n: t[n] for n in ns})

@@ -28,7 +28,6 @@ __all__ = [
 ]
 
 
-
 def unwrap_state_dict(
     obj: object, where: str, key: str = "", flag: str = "--key"
 ) -> dict[str, torch.Tensor]:

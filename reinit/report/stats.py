@@ -126,9 +126,7 @@ class StatsAccumulator:
         """`raw` as an array of the accumulator's raw dtype (no copy)."""
         view = memoryview(raw).cast("B")
         if view.nbytes % self._raw.itemsize:
-            raise ValueError(
-                f"{view.nbytes} bytes is not a whole number of {self.code} elements"
-            )
+            raise ValueError(f"{view.nbytes} bytes is not a whole number of {self.code} elements")
         return np.frombuffer(view, dtype=self._raw)
 
     def set_pivot(self, values: np.ndarray) -> None:
@@ -153,9 +151,7 @@ class StatsAccumulator:
                 continue
             top = max(self.exp, c.e)
             self.s1 = math.ldexp(self.s1, self.exp - top) + math.ldexp(c.s1, c.e - top)
-            self.s2 = math.ldexp(self.s2, 2 * (self.exp - top)) + math.ldexp(
-                c.s2, 2 * (c.e - top)
-            )
+            self.s2 = math.ldexp(self.s2, 2 * (self.exp - top)) + math.ldexp(c.s2, 2 * (c.e - top))
             self.exp = top
             self.n += c.k
             self.lo = min(self.lo, c.lo)
