@@ -228,7 +228,8 @@ def masked_sums(values: npt.NDArray[np.generic], pivot: float) -> ChunkSums:
     """The exact path for a sub-chunk the fast sums found non-finite: finite values only, in
     float64; scaled by a power of two when the squares (or the differences from the pivot)
     would overflow, e.g. values near 1e200. k = 0 when none is finite."""
-    xd = values.astype(np.float64)
+    with np.errstate(invalid="ignore"):  # a signalling NaN's payload, widened
+        xd = values.astype(np.float64)
     finite = np.isfinite(xd)
     kept = int(np.count_nonzero(finite))
     bad = xd.shape[0] - kept
