@@ -24,9 +24,29 @@ class Progress(Protocol):
     ) -> None: ...
 
 
+class _Silent:
+    """The bar of a run without progress: counts nothing, imports nothing."""
+
+    def update(self, n: float | None = 1) -> bool | None:
+        return None
+
+    def __enter__(self) -> _Silent:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+
 def progress_bar(total: int, enabled: bool, desc: str) -> Progress:
-    """A byte-counting tqdm bar (disabled when not `enabled`); imported here only, so a run
-    without --progress never pays for it."""
+    """A byte-counting tqdm bar when `enabled`; tqdm is imported only then, so a run without
+    progress (--quiet, or stderr not a terminal) never pays for it."""
+    if not enabled:
+        return _Silent()
     from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no type stubs
 
     bar: Progress = tqdm(
@@ -35,7 +55,6 @@ def progress_bar(total: int, enabled: bool, desc: str) -> Progress:
         unit_scale=True,
         unit_divisor=1024,
         desc=desc,
-        disable=not enabled,
         leave=False,
         dynamic_ncols=True,
     )
