@@ -1,15 +1,16 @@
 """The statistics kernel on raw little-endian bytes, numpy only (no torch): every dtype the
 safetensors format has, decoded one cache-sized sub-chunk at a time into a reused float32
-(float64 for 64-bit and 32-bit integer types) work buffer, then reduced in one fused pass
-per sub-chunk: min, max, and the sum and sum of squares around a pivot (rows of 1024 values
-summed by BLAS in float32, the row sums in float64).
+(float64 for 64-bit and 32-bit integer types) work buffer, then reduced while it stays in L2:
+min, max, and the sum and sum of squares around a pivot (rows of 1024 values summed by BLAS
+in float32, the row sums in float64). Memory is read once per sub-chunk; the numpy operations
+after the decode touch only cache.
 
 Why this shape: `reinit report` and `apply` push every byte of a checkpoint through here.
-torch's path (copy into a buffer, aminmax, sub, sum, square, sum over 1M values) cost ~2 ns
-per bf16 value on one core; sub-chunks kept in L2 and BLAS row sums cost about half of that
-(numbers in BENCH.md, issue 19). The non-finite count is taken only
-when the fast sums are not finite (NaN propagates through min/max, an Inf shows in them), so
-a clean chunk pays nothing for it.
+torch's path (copy into a buffer, aminmax, sub, sum, square, sum over 1M values) cost
+1.3–2 ns per bf16 value on one core here; this costs ~0.9–1.1 (f32: 1.5–2 -> 0.8–1.0; the
+log is in BENCH.md, issue 19). The non-finite count is taken only when the fast sums are not
+finite (NaN propagates through min/max, an Inf shows in them), so a clean chunk pays nothing
+for it.
 
 Decoding (bit-exact, no rounding): bf16 is its 16 bits shifted into the high half of a
 float32; fp8 (E4M3FN, E5M2, E8M0) goes through a 256-entry table of float32 values; float16
