@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from reinit.cli import main
 from reinit.errors import CheckpointError
-from reinit.io import safetensors_format
+from reinit.io import safetensors_header
 from reinit.io.sources import open_checkpoint
 from reinit.io.torch_reader import TorchFile
 
@@ -106,7 +106,7 @@ def test_tensor_count_over_the_limit_is_refused(tmp_path, monkeypatch):
     """A header declaring more tensors than MAX_TENSORS: a clear error naming the limit and
     the file, not minutes of work and gigabytes of memory (the limit is lowered here so the
     file stays tiny)."""
-    monkeypatch.setattr(safetensors_format, "MAX_TENSORS", 50)
+    monkeypatch.setattr(safetensors_header, "MAX_TENSORS", 50)  # where the header is parsed
     doc = {f"t{i}": entry("U8", [1], [i, i + 1]) for i in range(51)}
     bad = write_raw(tmp_path / "many.safetensors", doc, 51)
     res = run("inspect", str(bad))

@@ -15,23 +15,28 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from reinit.io.safetensors_header import TensorInfo
 
-from reinit.io.safetensors_format import dtype_size
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "CHUNK_BYTES",
+    "TORCH_SUFFIXES",
     "Checkpoint",
     "ConfigDict",
     "FileSpan",
+    "FileTensor",
     "TensorRef",
     "beside_config",
     "iter_chunks",
     "read_config_file",
     "tensor_from_bytes",
 ]
+
+TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")  # the files `torch_reader` opens
 
 CHUNK_BYTES = 16 << 20  # streaming unit: big enough for full-speed I/O, small against RSS
 
@@ -54,6 +59,8 @@ class TensorRef:
 
     @property
     def nbytes(self) -> int:
+        from reinit.io.safetensors_format import dtype_size
+
         return self.numel * dtype_size(self.dtype)
 
 
@@ -65,6 +72,16 @@ class FileSpan:
     fd: int
     start: int
     nbytes: int
+
+
+@dataclass(frozen=True)
+class FileTensor:
+    """A tensor as a safetensors file stores it: its header entry (dtype code, shape, byte
+    range) and the open file. What `reinit report` reads without torch."""
+
+    info: TensorInfo
+    path: str
+    fd: int
 
 
 class Checkpoint:
@@ -109,6 +126,11 @@ class Checkpoint:
         """The tensor's bytes in pieces of at most `size` bytes (a multiple of every element
         size), so a tensor of any size passes through bounded memory."""
         yield from iter_chunks(self.read_bytes(name), size)
+
+    def file_tensors(self) -> list[FileTensor] | None:
+        """Every tensor in `refs()` order as stored in safetensors files, or None when this
+        form does not store them so (torch files, state dicts): no torch needed."""
+        return None
 
     def shards(self) -> list[str]:
         return [""]
@@ -160,6 +182,8 @@ def beside_config(path: str) -> ConfigDict | None:
 
 def tensor_from_bytes(buf: bytearray, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
     """A tensor over `buf` (no copy): the bytes a reader returned, as the tensor they store."""
+    import torch
+
     if not buf:
         return torch.empty(shape, dtype=dtype)
     return torch.frombuffer(buf, dtype=dtype).reshape(shape)

@@ -9,9 +9,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
-
-import torch
+from typing import TYPE_CHECKING, Protocol
 
 from reinit.errors import CheckpointError, InputNotFoundError
 from reinit.io.checkpoint import (
@@ -19,14 +17,17 @@ from reinit.io.checkpoint import (
     Checkpoint,
     ConfigDict,
     FileSpan,
+    FileTensor,
     TensorRef,
     read_config_file,
 )
 from reinit.io.confine import check_relname, local_file, relname_problem
 from reinit.io.safetensors_reader import SafetensorsFile
 from reinit.io.shardindex import ShardIndex, check_shard, read_index
-from reinit.io.torch_reader import TorchFile
 from reinit.io.trust import NO_TRUST, TrustSpec, pickle_trust
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "WEIGHT_FILE",
@@ -168,6 +169,8 @@ class DirectoryCheckpoint(Checkpoint):
             if shard.endswith(".safetensors"):
                 ck = SafetensorsFile(path, shard=shard, source=f"{self.source}/{shard}")
             else:
+                from reinit.io.torch_reader import TorchFile  # torch only for torch shards
+
                 # a shard may run code only when the user named this model or that shard
                 unsafe = self.trust.allows(self.source) or self.trust.allows(path)
                 ck = TorchFile(path, shard=shard, unsafe=unsafe)
@@ -202,6 +205,18 @@ class DirectoryCheckpoint(Checkpoint):
         for shard in sorted(set(self.weight_map.values())):
             ck = self._shard(shard)  # checked: holds exactly the index's names for it
             out.extend(ck.ref(n) for n in ck.names())
+        return out
+
+    def file_tensors(self) -> list[FileTensor] | None:
+        """As `refs()`, for a folder of safetensors shards (None for torch shards)."""
+        if self.layout.fmt != "safetensors":
+            return None
+        out: list[FileTensor] = []
+        for shard in sorted(set(self.weight_map.values())):
+            tensors = self._shard(shard).file_tensors()
+            if tensors is None:  # an index naming a torch shard among safetensors ones
+                return None
+            out.extend(tensors)
         return out
 
     def ref(self, name: str) -> TensorRef:

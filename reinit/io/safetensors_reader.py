@@ -1,12 +1,12 @@
 """One safetensors file as a `Checkpoint`: the header validated once (`safetensors_format`),
-tensors read with positioned reads (no whole-file mapping, so RSS stays at one tensor)."""
+tensors read with positioned reads (no whole-file mapping, so RSS stays at one tensor). Opening
+one imports no torch (`reinit report` reads `file_tensors` without it)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-
-import torch
+from typing import TYPE_CHECKING
 
 from reinit.errors import CheckpointError
 from reinit.io.checkpoint import (
@@ -14,11 +14,15 @@ from reinit.io.checkpoint import (
     Checkpoint,
     ConfigDict,
     FileSpan,
+    FileTensor,
     TensorRef,
     beside_config,
     tensor_from_bytes,
 )
-from reinit.io.safetensors_format import TensorInfo, read_header
+from reinit.io.safetensors_header import TensorInfo, read_header
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["SAFETENSORS_SUFFIXES", "SafetensorsFile", "pread_into"]
 
@@ -85,6 +89,9 @@ class SafetensorsFile(Checkpoint):
             buf = bytearray(min(size, t.end - off))
             pread_into(self.fd, buf, off, self.path)
             yield memoryview(buf)
+
+    def file_tensors(self) -> list[FileTensor]:
+        return [FileTensor(t, self.path, self.fd) for t in self.header.tensors]
 
     def shards(self) -> list[str]:
         return [self.shard]

@@ -20,7 +20,7 @@ from typing import Any
 
 from reinit.errors import CheckpointError
 from reinit.io.confine import check_relname
-from reinit.io.safetensors_format import DuplicateKey, no_duplicate_keys
+from reinit.io.safetensors_header import DuplicateKey, no_duplicate_keys
 from reinit.text import one_line
 
 __all__ = ["ShardIndex", "check_shard", "parse_index", "read_index"]

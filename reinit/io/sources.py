@@ -1,6 +1,6 @@
 """Which reader a source names (DESIGN §1): `open_checkpoint` turns what the user typed (a
 safetensors file, a torch file, a Hugging Face folder or `hf://OWNER/NAME[@REVISION][/SUB]`)
-into an open `Checkpoint`."""
+into an open `Checkpoint`. Opening a safetensors file or folder imports no torch."""
 
 from __future__ import annotations
 
@@ -8,13 +8,12 @@ import os
 from pathlib import Path
 
 from reinit.errors import InputNotFoundError, UsageError
-from reinit.io.checkpoint import Checkpoint
+from reinit.io.checkpoint import TORCH_SUFFIXES, Checkpoint
 from reinit.io.confine import require_regular
 from reinit.io.directory import DirectoryCheckpoint, LocalFiles
 from reinit.io.hub import HubRepo
 from reinit.io.hub_url import is_hf_url, parse_hf_url
 from reinit.io.safetensors_reader import SAFETENSORS_SUFFIXES, SafetensorsFile
-from reinit.io.torch_reader import TORCH_SUFFIXES, TorchFile
 from reinit.io.trust import NO_TRUST, TrustSpec, pickle_trust
 
 __all__ = ["open_checkpoint"]
@@ -68,6 +67,8 @@ def open_checkpoint(
     if suffix in SAFETENSORS_SUFFIXES:
         return SafetensorsFile(path)
     if suffix in TORCH_SUFFIXES:
+        from reinit.io.torch_reader import TorchFile  # torch only for a torch file
+
         return TorchFile(path, unsafe=trust.allows(path), key=key, flag=key_flag)
     raise InputNotFoundError(
         f"{text}: unknown checkpoint type {suffix or '(no suffix)'}; use a .safetensors, "

@@ -13,7 +13,7 @@ import zipfile
 import torch
 
 from reinit.errors import CheckpointError, UnsafePickleError
-from reinit.io.checkpoint import ConfigDict, beside_config
+from reinit.io.checkpoint import TORCH_SUFFIXES, ConfigDict, beside_config
 from reinit.io.memory import TensorDictCheckpoint, check_tensor_names
 from reinit.io.nested_state import find_state
 from reinit.text import one_line
@@ -26,8 +26,6 @@ __all__ = [
     "torch_version",
     "unwrap_state_dict",
 ]
-
-TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 
 def unwrap_state_dict(

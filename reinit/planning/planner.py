@@ -12,6 +12,7 @@ import torch
 
 from reinit.errors import RuleError, StrictError
 from reinit.io.safetensors_format import dtype_name
+from reinit.planning.actions import ACTIONS, CHANGING_ACTIONS, action_changes
 from reinit.planning.ruleindex import RuleIndex
 from reinit.rules import MAX_HINTS, Pattern, Rule, closest_hint
 from reinit.schemes import DEFAULT, BoundScheme
@@ -42,16 +43,6 @@ class TensorLike(Protocol):
     def shape(self) -> tuple[int, ...]: ...
     @property
     def dtype(self) -> torch.dtype: ...
-
-
-ACTIONS = ("kept", "reinit", "transplant", "skipped")
-CHANGING_ACTIONS = ("reinit", "transplant")  # the actions that give a tensor new values
-
-
-def action_changes(action: str) -> bool:
-    """Whether an action (of a plan entry or a report entry) writes new values: the one
-    definition behind `PlanEntry.changes` and `TensorEntry.changes`."""
-    return action in CHANGING_ACTIONS
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
-from reinit.planning.planner import Plan
 from reinit.report.entries import Report, Summary, TensorEntry
 from reinit.report.flags import (
     SELF_FLAGS,
@@ -27,6 +27,9 @@ from reinit.report.reference import (
     with_references,
 )
 from reinit.version import __version__
+
+if TYPE_CHECKING:
+    from reinit.planning.planner import Plan
 
 
 def make_report(

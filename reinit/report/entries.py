@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-__all__ = ["NOTE_CHANGED", "NOTE_NEW", "Report", "Summary", "TensorEntry", "var_gain"]
+__all__ = [
+    "NOTE_CHANGED",
+    "NOTE_NEW",
+    "Report",
+    "Summary",
+    "TensorEntry",
+    "kept_entry",
+    "var_gain",
+]
 
 import json
 import math
@@ -10,7 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from reinit.planning.planner import action_changes
+from reinit.fans import compute_fans
+from reinit.planning.actions import action_changes
 from reinit.report.jsonio import JSON, json_safe, number
 from reinit.report.stats import Stats
 
@@ -217,6 +226,26 @@ def var_gain(fan_in: int | None, std: float | None) -> float | None:
     if fan_in is None or std is None:
         return None
     return fan_in * std * std
+
+
+def kept_entry(
+    name: str, shape: tuple[int, ...], dtype: str, is_float: bool, after: Stats
+) -> TensorEntry:
+    """The entry of a tensor no rule touched, as `run.stream` makes it for one (torch's fans
+    from the shape, `var_gain` for floats): what `reinit report` of a safetensors file builds
+    without torch (tests/test_report_no_torch.py holds the two equal)."""
+    fans = compute_fans(shape)
+    fan_in, fan_out = fans if fans else (None, None)
+    return TensorEntry(
+        name=name,
+        shape=shape,
+        dtype=dtype,
+        action="kept",
+        after=after,
+        fan_in=fan_in,
+        fan_out=fan_out,
+        var_gain=var_gain(fan_in, after.std) if is_float else None,
+    )
 
 
 NOTE_CHANGED = "changed vs baseline"  # `report --against`: the bytes differ from the baseline's

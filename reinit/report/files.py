@@ -31,17 +31,18 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from reinit.io.publish import Publication, how_to_publish
 from reinit.io.targets import Inputs, check_distinct, check_suffix, check_target
-from reinit.io.writer import write_error
 from reinit.report.entries import Report
 from reinit.report.kinds import kinds_markdown
 from reinit.report.layers import layer_tables, layers_markdown
 from reinit.report.plot import draw_plot
 from reinit.report.terminal import depth_lines, summary_line
 from reinit.text import md_cell, md_code, shown
+
+if TYPE_CHECKING:  # publishing imports the writer (torch): only when a file is written
+    from reinit.io.publish import Publication
 
 StrPath = str | os.PathLike[str]
 
@@ -210,6 +211,8 @@ def stage_report_files(
     pub: Publication, report: Report, targets: Sequence[SideOutput], how: str
 ) -> None:
     """Write each target into a temporary of `pub` (published by the caller's `commit`)."""
+    from reinit.io.writer import write_error
+
     for t in targets:
         tmp = pub.stage(t.path, how=how)
         try:
@@ -225,6 +228,8 @@ def publish_report_files(report: Report, targets: Sequence[SideOutput], how: str
     """Write `targets` and publish them together (all of them or none)."""
     if not targets:
         return
+    from reinit.io.publish import Publication
+
     with Publication() as pub:
         stage_report_files(pub, report, targets, how)
         pub.commit()
@@ -238,6 +243,8 @@ def write_report(report: Report, path: StrPath, *, replace: bool = True) -> None
     Example:
         >>> write_report(reinit.report_checkpoint("model.safetensors"), "r.md")  # doctest: +SKIP
     """
+    from reinit.io.publish import how_to_publish
+
     check_suffix(path, "--report", "report")
     target = SideOutput("report", Path(path))
     publish_report_files(report, [target], how_to_publish(overwrite=replace))
@@ -251,6 +258,8 @@ def plot_report(
     Example:
         >>> plot_report(reinit.report_checkpoint("model.safetensors"), "std.png")  # doctest: +SKIP
     """
+    from reinit.io.publish import Publication, how_to_publish
+
     check_suffix(path, "--plot", "plot")
     with Publication() as pub:
         tmp = pub.stage(Path(path), how=how_to_publish(overwrite=replace))

@@ -44,17 +44,17 @@ import statistics
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-
-import torch
+from typing import TYPE_CHECKING
 
 from reinit.errors import ReinitError, SchemeError, UsageError
-from reinit.io.checkpoint import Checkpoint
-from reinit.planning.model import ModelView, default_value
 from reinit.report.entries import TensorEntry
 from reinit.report.flags import is_norm, kind_of, std_tolerance
 from reinit.report.stats import tensor_stats
 from reinit.report.text import fmt
-from reinit.schemes import DEFAULT
+
+if TYPE_CHECKING:  # torch and the model only where a model's own init is drawn
+    from reinit.io.checkpoint import Checkpoint
+    from reinit.planning.model import ModelView
 
 #: `off_reference` when the std is more than this factor above or below the reference.
 REFERENCE_TOLERANCE = 2.0
@@ -182,6 +182,11 @@ def model_default_std(view: ModelView, seed: int) -> ModelStd:
     serve: drawn once per (kind, shape), since layers of one kind share their init; a tensor
     re-initialized with `default` itself is its own reference: the std of the init that ran
     (its `expected_std`), else its own measured std (the same values)."""
+    import torch
+
+    from reinit.planning.model import default_value
+    from reinit.schemes import DEFAULT
+
     cache: dict[tuple[str, tuple[int, ...]], float | None] = {}
 
     def std(e: TensorEntry) -> float | None:

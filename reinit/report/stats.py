@@ -1,19 +1,34 @@
 """Per-tensor statistics in float64 accumulation, one chunk at a time: mean, std, min, max over
 the finite values and the count of NaN/Inf (scaled before squaring so huge finite values
-do not overflow)."""
+do not overflow). The hot loop is `report.kernels` (numpy on the raw bytes); torch is imported
+only where a torch tensor is handed in, so `reinit report` of a safetensors file runs without
+it."""
 
 from __future__ import annotations
 
-__all__ = ["Stats", "StatsAccumulator", "tensor_stats"]
+__all__ = ["Buffers", "ChunkSums", "Stats", "StatsAccumulator", "tensor_stats"]
 
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
 from reinit.report.jsonio import JSON, number
+from reinit.report.kernels import (
+    CODE_NAMES,
+    SUB,
+    Buffers,
+    ChunkSums,
+    chunk_sums,
+    code_of,
+    first_value,
+    raw_dtype,
+)
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -48,25 +63,34 @@ class Stats:
         )
 
 
-_FLOAT_CHUNK = 1 << 20  # elements per float32 work buffer (4 MB: stays in cache)
+_TORCH_STEP = 1 << 22  # elements of a non-CPU (or non-contiguous) tensor moved at a time
 
 
 class StatsAccumulator:
     """Streaming mean/std/min/max/nonfinite of one tensor, fed chunk by chunk in order.
 
-    Why it looks like this: statistics are on the hot path of every command (every byte of a
-    checkpoint passes through here), so each chunk is converted once into a reused float32
-    buffer (float64 for 64-bit types), shifted by a pivot (the tensor's first finite value, so
-    E[x²]−E[x]² does not cancel for tensors like LayerNorm weights ≈ 1 ± 0.01), and reduced with
-    torch's cascade summation; chunk sums are accumulated in float64. A chunk holding NaN/Inf
-    (or values whose squares overflow) takes an exact masked path instead."""
+    `dtype` is a torch dtype or a safetensors code ("BF16", "F8_E4M3", ...). Feed it torch
+    tensors (`add`) or the raw little-endian bytes of that dtype (`add_bytes`, no torch).
 
-    def __init__(self, dtype: torch.dtype):
+    Why it looks like this: statistics are on the hot path of every command (every byte of a
+    checkpoint passes through here), so each chunk is decoded one cache-sized sub-chunk at a
+    time into a reused float32 buffer (float64 for 64-bit and 32-bit integer types), shifted
+    by a pivot (the tensor's first finite value, so E[x²]−E[x]² does not cancel for tensors
+    like LayerNorm weights ≈ 1 ± 0.01) and reduced in one fused pass (`report.kernels`);
+    sub-chunk sums are accumulated in float64. A sub-chunk holding NaN/Inf (or values whose
+    squares overflow) takes an exact masked path instead."""
+
+    def __init__(self, dtype: torch.dtype | str):
         self.dtype = dtype
-        wide = dtype in (torch.float64, torch.int64, torch.uint64, torch.int32, torch.uint32)
-        self.work = torch.float64 if wide or dtype.is_complex else torch.float32
-        self.is_float = dtype.is_floating_point
-        self._buf: torch.Tensor | None = None
+        if isinstance(dtype, str) and dtype in CODE_NAMES:
+            code: str | None = dtype
+        else:
+            code = code_of(str(dtype).removeprefix("torch."))
+        # a torch dtype the kernel does not decode (e.g. float8_e4m3fnuz) is widened first
+        self.code = code or "F64"
+        self.widen = code is None
+        self._raw = raw_dtype(self.code)
+        self._bufs: Buffers | None = None
         self.n = 0
         self.s1 = 0.0  # Σ(x − pivot)
         self.s2 = 0.0  # Σ(x − pivot)²
@@ -77,70 +101,61 @@ class StatsAccumulator:
         self.bad = 0
 
     def add(self, chunk: torch.Tensor) -> None:
-        flat = chunk.reshape(-1)
-        if flat.dtype.is_complex:
-            flat = torch.view_as_real(flat).reshape(-1)
-        for i in range(0, flat.numel(), _FLOAT_CHUNK):
-            self._add(flat[i : i + _FLOAT_CHUNK])
+        """A torch tensor's values (any device, any layout), in order."""
+        flat = chunk.detach().reshape(-1)
+        if self.widen:
+            import torch
 
-    def _add(self, part: torch.Tensor) -> None:
-        k = part.numel()
-        if k == 0:
+            flat = flat.to(torch.float64)
+        for i in range(0, flat.numel(), _TORCH_STEP):
+            part = flat[i : i + _TORCH_STEP].cpu().contiguous()
+            self.add_bytes(_bytes_of(part))
+
+    def add_bytes(self, raw: bytes | bytearray | memoryview) -> None:
+        """The next values as raw little-endian bytes of the accumulator's dtype (a whole
+        number of elements); no torch needed."""
+        values = self.values_of(raw)
+        if values.shape[0] == 0:
             return
-        if self._buf is None or self._buf.numel() < k:
-            self._buf = torch.empty(max(k, min(_FLOAT_CHUNK, 1 << 16)), dtype=self.work)
-        x = self._buf[:k]
-        x.copy_(part)
-        if self.pivot is None:
-            first = float(x[0])
+        self.set_pivot(values)
+        if self._bufs is None or self._bufs.diff.shape[0] < min(values.shape[0], SUB):
+            self._bufs = Buffers(self.code, min(max(values.shape[0], 1 << 12), SUB))
+        self.merge(self.sums(values, self._bufs))
+
+    def values_of(self, raw: bytes | bytearray | memoryview) -> np.ndarray:
+        """`raw` as an array of the accumulator's raw dtype (no copy)."""
+        view = memoryview(raw).cast("B")
+        if view.nbytes % self._raw.itemsize:
+            raise ValueError(f"{view.nbytes} bytes is not a whole number of {self.code} elements")
+        return np.frombuffer(view, dtype=self._raw)
+
+    def set_pivot(self, values: np.ndarray) -> None:
+        """The pivot from the tensor's first value (0 when it is NaN/Inf): call with the
+        first values before `sums` of any."""
+        if self.pivot is None and values.shape[0]:
+            first = first_value(self.code, values)
             self.pivot = first if math.isfinite(first) else 0.0
-        lo, hi = torch.aminmax(x)
-        lo_f, hi_f = float(lo), float(hi)
-        x.sub_(self.pivot)
-        s1 = float(x.sum())
-        x.square_()
-        s2 = float(x.sum())
-        if math.isfinite(s1) and math.isfinite(s2) and math.isfinite(lo_f) and math.isfinite(hi_f):
-            self._merge(k, s1, s2, lo_f, hi_f)
-        else:
-            self._add_masked(part)
 
-    def _add_masked(self, part: torch.Tensor) -> None:
-        """The exact path: finite values only, in float64; scaled by a power of two when the
-        squares (or the differences from the pivot) would overflow, e.g. values near 1e200."""
-        xd = part.to(torch.float64)
-        finite = torch.isfinite(xd)
-        self.bad += int(xd.numel() - int(finite.sum()))
-        xd = xd[finite]
-        k = xd.numel()
-        if k == 0:
-            return
-        lo, hi = torch.aminmax(xd)
-        lo_f, hi_f = float(lo), float(hi)
-        if self.pivot is None or not math.isfinite(self.pivot):
-            self.pivot = float(xd[0])
-        d = xd - self.pivot
-        s1, s2 = float(d.sum()), float(d.square().sum())
-        if math.isfinite(s1) and math.isfinite(s2):
-            self._merge(k, s1, s2, lo_f, hi_f)
-            return
-        # |x|, |pivot| < 2**(e-1), so every scaled difference lies in (-1, 1) and its square
-        # sum is below k: nothing overflows, and a power of two scales exactly
-        e = math.frexp(max(abs(lo_f), abs(hi_f), abs(self.pivot)))[1] + 1
-        scale = math.ldexp(1.0, -e)
-        y = xd * scale - self.pivot * scale
-        self._merge(k, float(y.sum()), float(y.square().sum()), lo_f, hi_f, e)
+    def sums(self, values: np.ndarray, bufs: Buffers) -> list[ChunkSums]:
+        """The sums of `values` around the pivot (set): pure, so it may run on any thread
+        with its own `bufs`; `merge` the parts in order to get what `add_bytes` gives."""
+        assert self.pivot is not None, "set_pivot first"
+        return chunk_sums(self.code, values, self.pivot, bufs)
 
-    def _merge(self, k: int, s1: float, s2: float, lo: float, hi: float, e: int = 0) -> None:
-        """Add a part's sums, given in units of 2**e (squares: 2**2e), to the running ones,
+    def merge(self, parts: list[ChunkSums]) -> None:
+        """Add parts' sums, each in units of 2**e (squares: 2**2e), to the running ones,
         which are kept in units of 2**self.exp: both go to the larger unit."""
-        top = max(self.exp, e)
-        self.s1 = math.ldexp(self.s1, self.exp - top) + math.ldexp(s1, e - top)
-        self.s2 = math.ldexp(self.s2, 2 * (self.exp - top)) + math.ldexp(s2, 2 * (e - top))
-        self.exp = top
-        self.n += k
-        self.lo = min(self.lo, lo)
-        self.hi = max(self.hi, hi)
+        for c in parts:
+            self.bad += c.bad
+            if c.k == 0:
+                continue
+            top = max(self.exp, c.e)
+            self.s1 = math.ldexp(self.s1, self.exp - top) + math.ldexp(c.s1, c.e - top)
+            self.s2 = math.ldexp(self.s2, 2 * (self.exp - top)) + math.ldexp(c.s2, 2 * (c.e - top))
+            self.exp = top
+            self.n += c.k
+            self.lo = min(self.lo, c.lo)
+            self.hi = max(self.hi, c.hi)
 
     def result(self) -> Stats:
         if self.n == 0:
@@ -151,6 +166,16 @@ class StatsAccumulator:
         # the shifted sums can round outside [min, max] for near-constant tensors
         mean = min(max(mean, self.lo), self.hi)
         return Stats(mean, _unscale(math.sqrt(var), self.exp), self.lo, self.hi, self.bad, self.n)
+
+
+def _bytes_of(t: torch.Tensor) -> memoryview:
+    """A contiguous CPU tensor's bytes, without a copy."""
+    import torch
+
+    if t.numel() == 0:
+        return memoryview(b"")
+    data: np.ndarray = t.view(torch.uint8).numpy()
+    return memoryview(data.data).cast("B")
 
 
 def _unscale(x: float, e: int) -> float:
@@ -166,5 +191,5 @@ def tensor_stats(t: torch.Tensor) -> Stats:
     """Stats of any tensor: float (incl. bf16/fp16/fp8), integer and bool (never changed,
     but their values are summarized too)."""
     acc = StatsAccumulator(t.dtype)
-    acc.add(t.detach())
+    acc.add(t)
     return acc.result()

@@ -7,8 +7,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Protocol
 
 import torch
 
@@ -17,6 +15,7 @@ from reinit.io.safetensors_format import tensor_to_bytes
 from reinit.planning.planner import PlanEntry
 from reinit.planning.ties import Ties
 from reinit.report.entries import TensorEntry
+from reinit.report.progress import Progress, progress_bar
 
 __all__ = ["Piece", "Progress", "assemble", "progress_bar", "tensor_pieces", "view_bytes"]
 
@@ -36,39 +35,6 @@ class Piece:
         if self.data is not None:
             return self.data.nbytes
         return self.span[2] if self.span is not None else 0
-
-
-class Progress(Protocol):
-    """What the streaming loops need of a progress bar (tqdm's, or one disabled)."""
-
-    def update(self, n: float | None = 1) -> bool | None: ...
-
-    def __enter__(self) -> Progress: ...
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
-
-
-def progress_bar(total: int, enabled: bool, desc: str) -> Progress:
-    """A byte-counting tqdm bar (disabled when not `enabled`); imported here only, so a run
-    without --progress never pays for it."""
-    from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no type stubs
-
-    bar: Progress = tqdm(
-        total=total,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        desc=desc,
-        disable=not enabled,
-        leave=False,
-        dynamic_ncols=True,
-    )
-    return bar
 
 
 def view_bytes(raw: bytes | bytearray | memoryview, dtype: torch.dtype) -> torch.Tensor:

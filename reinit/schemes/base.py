@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from reinit.errors import SchemeError
+from reinit.fans import compute_fans
 from reinit.io.safetensors_format import dtype_name
 
 __all__ = [
@@ -37,14 +38,6 @@ Shape = tuple[int, ...]
 # that is a number or a name, None for "from the config"); `bind` checks each against its
 # `Param.kind`, so a fill reads every value as the kind its Param declares.
 Args = Mapping[str, Any]
-
-
-def compute_fans(shape: Sequence[int]) -> tuple[int, int] | None:
-    """torch's fans: fan_in = size(1)·∏size[2:], fan_out = size(0)·∏size[2:]; None under 2-D."""
-    if len(shape) < 2:
-        return None
-    receptive = math.prod(shape[2:])
-    return shape[1] * receptive, shape[0] * receptive
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,9 @@
 """`reinit report`: the statistics of a checkpoint as it is, optionally against a baseline
-(before/after by name, bitwise change detection), written to the requested files."""
+(before/after by name, bitwise change detection), written to the requested files.
+
+A safetensors source (a file, or a folder of safetensors shards) without a baseline is read
+by `tools.raw_report` and imports no torch; every other form goes through the streaming
+engine (`run.stream`), imported only then."""
 
 from __future__ import annotations
 
@@ -7,26 +11,23 @@ __all__ = ["report_checkpoint", "same_bytes", "write_report_files"]
 
 import os
 import time
-from collections.abc import Sequence
-from contextlib import ExitStack, closing
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 
-import torch
+import numpy as np
 
-from reinit.io.checkpoint import CHUNK_BYTES, Checkpoint, TensorRef
-from reinit.io.publish import how_to_publish
-from reinit.io.safetensors_format import dtype_name
+from reinit.io.checkpoint import CHUNK_BYTES, Checkpoint
+from reinit.io.sources import open_checkpoint
 from reinit.io.targets import Inputs
 from reinit.io.trust import TrustSpec
-from reinit.planning.planner import plan as make_plan
-from reinit.planning.session import open_source
-from reinit.planning.ties import resolve_ties
 from reinit.report.assemble import make_report
 from reinit.report.entries import NOTE_CHANGED, NOTE_NEW, Report, TensorEntry
 from reinit.report.files import check_formats, publish_report_files, report_targets
+from reinit.report.progress import Progress, progress_bar
 from reinit.report.stats import StatsAccumulator
-from reinit.run.stream import Applier, progress_bar, view_bytes
 from reinit.tools.provenance import recorded_provenance
+from reinit.tools.raw_report import raw_entries
 
 
 def report_checkpoint(
@@ -47,24 +48,18 @@ def report_checkpoint(
     the baseline's names absent from SOURCE are listed in the report's warnings."""
     started = time.perf_counter()
     with ExitStack() as stack:
-        ckpt = stack.enter_context(open_source(source, unsafe_pickle, progress, key))
+        ckpt = stack.enter_context(_opened(source, unsafe_pickle, progress, key))
         if against is not None:
-            base = stack.enter_context(open_source(against, unsafe_pickle, progress))
+            base = stack.enter_context(_opened(against, unsafe_pickle, progress))
         else:
             base = None
-        the_plan = make_plan(ckpt.refs(), ())
-        applier = Applier(ckpt, 0, "cpu", ties=resolve_ties(the_plan, ckpt.aliases())[1])
-        total = sum(TensorRef(e.name, e.dtype, e.shape).nbytes for e in the_plan.entries)
-        entries = []
-        bar = stack.enter_context(progress_bar(total, progress, "reinit report"))
-        pieces = stack.enter_context(closing(applier.stream(the_plan.entries)))
-        for piece in pieces:
-            if piece.entry is not None:
-                entry = piece.entry
-                if base is not None:
-                    entry = _against(ckpt, base, entry)
-                entries.append(entry)
-            bar.update(piece.nbytes)
+        stored = ckpt.file_tensors() if base is None else None
+        if stored is not None:  # safetensors: no torch
+            total = sum(t.info.nbytes for t in stored)
+            bar = stack.enter_context(progress_bar(total, progress, "reinit report"))
+            entries = raw_entries(stored, bar)
+        else:
+            entries = _streamed(ckpt, base, progress, stack)
         # the file's own recorded seed and rules (written by reinit), else seed 0 and none
         seed, rules = recorded_provenance(ckpt) or (0, ())
         report = make_report(os.fspath(source), None, seed, rules, entries, 0, started)
@@ -81,6 +76,55 @@ def report_checkpoint(
                     ),
                 )
         return report
+
+
+@contextmanager
+def _opened(
+    source: str | os.PathLike[str] | Checkpoint,
+    unsafe_pickle: TrustSpec,
+    progress: bool,
+    key: str = "",
+) -> Iterator[Checkpoint]:
+    """A path opened (and closed after) without torch where it is safetensors; anything else
+    (an open `Checkpoint`, a state dict) as `planning.session.open_source` takes it."""
+    if not isinstance(source, (str, os.PathLike)):
+        from reinit.planning.session import open_source
+
+        with open_source(source, unsafe_pickle, progress, key) as ckpt:
+            yield ckpt
+        return
+    ckpt = open_checkpoint(source, unsafe_pickle=unsafe_pickle, progress=progress, key=key)
+    try:
+        yield ckpt
+    finally:
+        ckpt.close()
+
+
+def _streamed(
+    ckpt: Checkpoint, base: Checkpoint | None, progress: bool, stack: ExitStack
+) -> list[TensorEntry]:
+    """Every tensor's entry through the streaming engine (torch), with the baseline's."""
+    from contextlib import closing
+
+    from reinit.io.checkpoint import TensorRef
+    from reinit.planning.planner import plan as make_plan
+    from reinit.planning.ties import resolve_ties
+    from reinit.run.stream import Applier
+
+    the_plan = make_plan(ckpt.refs(), ())
+    applier = Applier(ckpt, 0, "cpu", ties=resolve_ties(the_plan, ckpt.aliases())[1])
+    total = sum(TensorRef(e.name, e.dtype, e.shape).nbytes for e in the_plan.entries)
+    entries = []
+    bar: Progress = stack.enter_context(progress_bar(total, progress, "reinit report"))
+    pieces = stack.enter_context(closing(applier.stream(the_plan.entries)))
+    for piece in pieces:
+        if piece.entry is not None:
+            entry = piece.entry
+            if base is not None:
+                entry = _against(ckpt, base, entry)
+            entries.append(entry)
+        bar.update(piece.nbytes)
+    return entries
 
 
 def write_report_files(
@@ -103,7 +147,10 @@ def write_report_files(
     rep = report_checkpoint(
         source, against, progress=progress, unsafe_pickle=unsafe_pickle, key=key
     )
-    publish_report_files(rep, targets, how_to_publish(overwrite=overwrite))
+    if targets:  # publishing imports the writer (and torch): only when there are files
+        from reinit.io.publish import how_to_publish
+
+        publish_report_files(rep, targets, how_to_publish(overwrite=overwrite))
     return rep
 
 
@@ -114,6 +161,9 @@ def _against(ckpt: Checkpoint, base: Checkpoint, entry: TensorEntry) -> TensorEn
     if entry.name not in base:
         return replace(entry, notes=(*entry.notes, NOTE_NEW))
     ref, bref = ckpt.ref(entry.name), base.ref(entry.name)
+    from reinit.io.safetensors_format import dtype_name
+    from reinit.run.stream import view_bytes
+
     acc = StatsAccumulator(bref.dtype)
     same = (ref.dtype, ref.shape) == (bref.dtype, bref.shape)
     # the source's chunks are read lazily and only until the first difference
@@ -139,6 +189,4 @@ def same_bytes(a: bytes | bytearray | memoryview, b: bytes | bytearray | memoryv
         return False
     if ma.nbytes == 0:
         return True
-    return torch.equal(
-        torch.frombuffer(ma, dtype=torch.uint8), torch.frombuffer(mb, dtype=torch.uint8)
-    )
+    return bool(np.array_equal(np.frombuffer(ma, np.uint8), np.frombuffer(mb, np.uint8)))
