@@ -15,7 +15,7 @@ from helpers import run
 from torch import nn
 
 import reinit
-import reinit.report.reference as reference_mod
+import reinit.planning.model as model_mod
 import reinit.run.stream as stream_mod
 
 BERT = re.compile(r"^default \(Bert\w*\._init_weights on (\w+): (.+)\)$")
@@ -129,7 +129,8 @@ def test_default_draws_each_tensor_once(tmp_path: Path, monkeypatch: pytest.Monk
         raise AssertionError("the reference drew a `default` tensor again")
 
     monkeypatch.setattr(stream_mod, "default_init", counting)
-    monkeypatch.setattr(reference_mod, "default_value", no_second_draw)
+    # the reference imports `default_value` when it draws (lazily: `reinit report` needs no torch)
+    monkeypatch.setattr(model_mod, "default_value", no_second_draw)
     net = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 4))
     rep = reinit.apply_to_module(net, ["*=default"])
     assert sorted(calls) == sorted(t.name for t in rep.tensors)
