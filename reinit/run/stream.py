@@ -1,7 +1,7 @@
-"""The streaming engine: a Plan's entries in, `Piece`s out (kept bytes as file spans for the
-kernel copy, new values drawn one tensor at a time), with each tensor's report entry computed on
-the way. Reading, drawing and statistics overlap on worker threads; memory stays bounded by the
-largest changed tensor.
+"""The streaming engine: a Plan's entries in, `Piece`s out (kept bytes as the very chunks their
+statistics were computed on, new values drawn two tensors at a time), with each tensor's report
+entry computed on the way. Reading, drawing and statistics overlap on worker threads; memory
+stays bounded by the largest changed tensors.
 
 This is the one place rules become values: `apply` writes the pieces to files, and
 `apply_to_*`, `probe` and a recipe's in-memory steps `assemble` them into tensors, so every
@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
+from reinit.io.buffers import BufferPool, read_span
 from reinit.io.checkpoint import CHUNK_BYTES, Checkpoint, TensorRef
 from reinit.io.pipeline import prefetch
 from reinit.io.safetensors_format import dtype_name
@@ -35,8 +36,10 @@ from reinit.schemes import (
 
 __all__ = [
     "DRAW_AHEAD",
+    "DRAW_THREADS",
     "KERNEL_COPY",
     "READ_AHEAD",
+    "READ_ONCE",
     "WRITE_AHEAD",
     "Applier",
     "Piece",  # re-exported from run.pieces, with the two helpers `tools.audit` reads here
@@ -79,7 +82,14 @@ def _entry(
     )
 
 
-KERNEL_COPY = True  # copy unchanged bytes with copy_file_range; tests compare both paths
+# True: every source byte is read once, into a reused buffer; its statistics are computed on
+# that buffer and the writer writes the same buffer. False: the first engine's path, kept for
+# tests that compare the two: chunks read for the statistics, then the writer copies the same
+# span again kernel-side (copy_file_range) when KERNEL_COPY.
+READ_ONCE = True
+
+
+KERNEL_COPY = True  # (READ_ONCE False) copy unchanged bytes with copy_file_range
 
 
 READ_AHEAD = 2  # chunks read ahead of the compute thread
@@ -88,17 +98,34 @@ READ_AHEAD = 2  # chunks read ahead of the compute thread
 WRITE_AHEAD = 2  # pieces computed ahead of the writer
 
 
-DRAW_AHEAD = 1  # re-initialized tensors drawn ahead on a worker thread
+DRAW_AHEAD = 2  # re-initialized tensors drawn ahead (drawing or drawn, not yet written)
+
+
+DRAW_THREADS = 2  # worker threads drawing them: two tensors at once, one per core
+
+
+# buffers the pool keeps: the chunks in flight between the reader, the compute thread and the
+# writer (READ_AHEAD + WRITE_AHEAD + one held by each of the three threads + one being put)
+POOL_KEEP = READ_AHEAD + WRITE_AHEAD + 4
 
 
 def _n_chunks(nbytes: int) -> int:
     return -(-nbytes // CHUNK_BYTES)
 
 
-def read_stream(ckpt: Checkpoint, names: Sequence[str]) -> Iterator[tuple[str, memoryview]]:
-    """Every chunk of the named tensors, in order: the one sequential read of the source."""
+def read_stream(
+    ckpt: Checkpoint, names: Sequence[str], pool: BufferPool | None = None
+) -> Iterator[tuple[str, memoryview]]:
+    """Every chunk of the named tensors, in order: the one sequential read of the source.
+    With `pool`, tensors whose bytes lie in a file are read into its reused buffers."""
     for name in names:
-        for chunk in ckpt.iter_chunks(name, CHUNK_BYTES):
+        span = ckpt.span(name) if pool is not None else None
+        chunks = (
+            ckpt.iter_chunks(name, CHUNK_BYTES)
+            if span is None or pool is None
+            else read_span(span, CHUNK_BYTES, pool)
+        )
+        for chunk in chunks:
             yield name, chunk
 
 
@@ -106,8 +133,9 @@ class Applier:
     """Turns planned entries into pieces of output, computing statistics on the way.
 
     It consumes the source's chunks from `reads` (read ahead by another thread), so each
-    source byte is read once: for a kept tensor its chunks give the statistics and the writer
-    copies the same span kernel-side; for a changed tensor they give the `before` statistics."""
+    source byte is read once: for a kept tensor its chunks give the statistics and are then
+    handed to the writer as they are (the writer gives each back to `pool` with `release`
+    once written); for a changed tensor they give the `before` statistics."""
 
     def __init__(
         self,
@@ -127,9 +155,12 @@ class Applier:
         self.ties = ties or Ties()
         # False: kept bytes come as chunks, never spans (--dtype/--checksums read them here)
         self.spans = True
+        # the reused read buffers (READ_ONCE); chunks go back with `release`
+        self.pool = BufferPool(CHUNK_BYTES, POOL_KEEP)
         # a changed tied group's new value, kept until its last member is written
         self._tied_values: dict[str, tuple[torch.Tensor, str | None, tuple[str, ...]]] = {}
-        self._drawn: dict[str, Future[torch.Tensor]] = {}  # values drawn ahead, by name
+        # values drawn ahead with their statistics, by name
+        self._drawn: dict[str, Future[tuple[torch.Tensor, Stats]]] = {}
         self._tied_left = {
             root: sum(1 for g in self.ties.groups.values() if g[0] == root)
             for root in self.ties.defining
@@ -143,10 +174,15 @@ class Applier:
             assert name == p.name, (name, p.name)
             yield chunk
 
+    def release(self, data: memoryview | None) -> None:
+        """A chunk's last holder is done with it: its buffer may be read into again."""
+        self.pool.give(data)
+
     def _source_stats(self, reads: Iterator[tuple[str, memoryview]], p: PlanEntry) -> Stats:
         acc = StatsAccumulator(p.dtype)
         for chunk in self._chunks(reads, p):
             acc.add(view_bytes(chunk, p.dtype))
+            self.release(chunk)
         return acc.result()
 
     def _copy(
@@ -159,7 +195,7 @@ class Applier:
     ) -> Iterator[Piece]:
         """Pieces that reproduce `name`'s bytes of `ck` exactly: spans for the writer to copy
         kernel-side when the bytes lie in a file, else the chunks themselves."""
-        span = ck.span(name) if KERNEL_COPY and self.spans else None
+        span = ck.span(name) if KERNEL_COPY and self.spans and not READ_ONCE else None
         pos = 0
         for chunk in chunks:
             acc.add(view_bytes(chunk, dtype))
@@ -205,7 +241,8 @@ class Applier:
             if direct is not None:  # same dtype and shape: a byte copy, streamed
                 src, key, label = direct
                 acc = StatsAccumulator(p.dtype)
-                for piece in self._copy(src, key, p.dtype, src.iter_chunks(key, CHUNK_BYTES), acc):
+                chunks = read_stream(src, [key], self.pool if READ_ONCE else None)
+                for piece in self._copy(src, key, p.dtype, (c for _, c in chunks), acc):
                     yield Piece(p.name, piece.data, piece.span)
                 entry = _entry(p, acc.result(), before, label, p.notes, self.fans.get(p.name))
                 yield Piece(p.name, entry=entry)
@@ -213,13 +250,19 @@ class Applier:
         got: tuple[str, ...] = ()
         source = None
         if p.action == "reinit":
-            new = self._drawn_value(p)
+            new, after = self._drawn_value(p)
         else:
             new, source, got = transplant_value(self._pool(), p, self.ckpt.read(p.name))
-        after = tensor_stats(new)
+            after = tensor_stats(new)
         yield from tensor_pieces(p.name, new)
+        del new
         entry = _entry(p, after, before, source, p.notes + got, self.fans.get(p.name))
         yield Piece(p.name, entry=entry)
+
+    def _draw(self, p: PlanEntry) -> tuple[torch.Tensor, Stats]:
+        """A reinit entry's values and their statistics, on a drawing thread."""
+        new = self._reinit(p)
+        return new, tensor_stats(new)
 
     def _reinit(self, p: PlanEntry) -> torch.Tensor:
         """A reinit entry's values; with a model, module fans and `default` apply."""
@@ -251,22 +294,24 @@ class Applier:
     def stream(self, entries: Sequence[PlanEntry]) -> Generator[Piece, None, None]:
         """All pieces of all entries, in output order.
 
-        Re-initialized values are drawn ahead on a worker thread (at most `DRAW_AHEAD`
-        tensors): torch draws with an explicit generator on one core, so drawing the next
-        tensor while this thread computes statistics keeps the second core busy. Values do
-        not depend on this: each tensor has its own generator."""
+        Re-initialized values are drawn ahead on `DRAW_THREADS` worker threads (at most
+        `DRAW_AHEAD` tensors), each with its statistics: torch draws with an explicit generator
+        on one core, so two tensors drawn at once keep both cores busy. Values do not depend
+        on this: each tensor has its own generator."""
         reads = prefetch(
-            read_stream(self.ckpt, [p.name for p in entries if not p.added]),
+            read_stream(
+                self.ckpt, [p.name for p in entries if not p.added], self.pool if READ_ONCE else None
+            ),
             READ_AHEAD,
             "reinit-read",
         )
         pending = deque(p for p in entries if p.action == "reinit" and not self._tied(p))
-        with ThreadPoolExecutor(1, thread_name_prefix="reinit-draw") as pool:
+        with ThreadPoolExecutor(DRAW_THREADS, thread_name_prefix="reinit-draw") as pool:
 
             def top_up() -> None:
                 while pending and len(self._drawn) < DRAW_AHEAD:
                     q = pending.popleft()
-                    self._drawn[q.name] = pool.submit(self._reinit, q)
+                    self._drawn[q.name] = pool.submit(self._draw, q)
 
             try:
                 for p in entries:
@@ -288,9 +333,9 @@ class Applier:
         root = self.ties.root(p.name)
         return root is not None and root in self.ties.defining
 
-    def _drawn_value(self, p: PlanEntry) -> torch.Tensor:
+    def _drawn_value(self, p: PlanEntry) -> tuple[torch.Tensor, Stats]:
         future = self._drawn.pop(p.name, None)
-        return future.result() if future is not None else self._reinit(p)
+        return future.result() if future is not None else self._draw(p)
 
     def _context(self, p: PlanEntry) -> FillContext | None:
         """What a scheme that reads beyond its own shape gets (see `Scheme.needs_context`):
