@@ -109,6 +109,25 @@ DRAW_THREADS = 2  # worker threads drawing them: two tensors at once, one per co
 POOL_KEEP = READ_AHEAD + WRITE_AHEAD + 4
 
 
+_CAST_CHUNK = 1 << 20  # elements cast at a time by narrow_in_place
+
+
+def narrow_in_place(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`t.to(dtype)` for a float32 `t` and a smaller floating `dtype`, written into `t`'s own
+    storage chunk by chunk: the same values, with at most one chunk beside `t` instead of a
+    second tensor of half its size. The result views the front of `t`'s storage (which is
+    freed with the result). Each chunk is cast into a temporary before it is stored, and its
+    destination bytes lie over float32 values already read, so nothing is overwritten early."""
+    if t.dtype != torch.float32 or not t.is_contiguous() or t.device.type != "cpu":
+        return t.to(device="cpu", dtype=dtype)
+    n = t.numel()
+    src = t.reshape(-1)
+    dst = src.view(torch.uint8)[: n * dtype.itemsize].view(dtype)
+    for i in range(0, n, _CAST_CHUNK):
+        dst[i : i + _CAST_CHUNK] = src[i : i + _CAST_CHUNK].to(dtype)
+    return dst.view(t.shape)
+
+
 def _n_chunks(nbytes: int) -> int:
     return -(-nbytes // CHUNK_BYTES)
 
@@ -264,6 +283,18 @@ class Applier:
         new = self._reinit(p)
         return new, tensor_stats(new)
 
+    def _generate(self, p: PlanEntry, context: FillContext | None) -> torch.Tensor:
+        """`generate`'s values; a float16/bfloat16/fp8 target is drawn in float32 (as
+        `generate` always does) and cast in that tensor's own storage, so no float32 copy
+        stands beside the cast one (see `narrow_in_place`)."""
+        assert p.scheme is not None
+        if p.dtype.is_floating_point and p.dtype.itemsize < 4:
+            drawn = generate(
+                p.scheme, p.name, p.shape, torch.float32, self.seed, self.device, context=context
+            )
+            return narrow_in_place(drawn, p.dtype)
+        return generate(p.scheme, p.name, p.shape, p.dtype, self.seed, self.device, context=context)
+
     def _reinit(self, p: PlanEntry) -> torch.Tensor:
         """A reinit entry's values; with a model, module fans and `default` apply."""
         assert p.scheme is not None
@@ -272,7 +303,7 @@ class Applier:
             return reinit_value(
                 self.model, p.scheme, p.name, p.shape, p.dtype, self.seed, self.device, context
             )
-        return generate(p.scheme, p.name, p.shape, p.dtype, self.seed, self.device, context=context)
+        return self._generate(p, context)
 
     def _tied_value(self, root: str) -> tuple[torch.Tensor, str | None, tuple[str, ...]]:
         """A changed tied group's one new value: made once from its defining entry (the member
@@ -300,7 +331,9 @@ class Applier:
         on this: each tensor has its own generator."""
         reads = prefetch(
             read_stream(
-                self.ckpt, [p.name for p in entries if not p.added], self.pool if READ_ONCE else None
+                self.ckpt,
+                [p.name for p in entries if not p.added],
+                self.pool if READ_ONCE else None,
             ),
             READ_AHEAD,
             "reinit-read",
