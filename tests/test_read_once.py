@@ -1,8 +1,9 @@
-"""The read-once apply path (issue 19): every kept byte is read once into a reused buffer, its
-statistics computed there and the same buffer written. It must give the same output bytes and
-the same report (statistics) as the old path (read for the statistics, then copied again
-kernel-side, `READ_ONCE = False`) on every dtype a safetensors file holds, across chunk
-boundaries; and two tensors drawn at once must give the values one thread gives."""
+"""The apply paths of issue 19. With `READ_ONCE` every kept byte is read once into a reused
+buffer, its statistics computed there and the same buffer written; the default reads into
+reused buffers for the statistics and copies kernel-side. Both must give the same output bytes
+and the same report (statistics) as the first engine's path (fresh buffers, then a kernel
+copy, or a plain write) on every dtype a safetensors file holds, across chunk boundaries; and
+two tensors drawn at once must give the values one thread gives."""
 
 from __future__ import annotations
 
@@ -79,14 +80,34 @@ def _run(tmp: Path, src: Path, rules: list[str], tag: str) -> tuple[bytes, dict]
     return out.read_bytes(), {t.name: t.to_dict() for t in report.tensors}
 
 
+class _FreshBuffers:
+    """The first engine's reads: a new buffer for every chunk, never recycled."""
+
+    def __init__(self, size: int, keep: int):
+        self.size = size
+
+    def take(self, n: int) -> memoryview:
+        return memoryview(bytearray(n))
+
+    def give(self, view: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("read_once", [True, False])
 @pytest.mark.parametrize("kernel_copy", [True, False])
-def test_read_once_gives_the_old_paths_bytes_and_statistics(tmp_path, monkeypatch, kernel_copy):
+def test_new_paths_give_the_old_paths_bytes_and_statistics(
+    tmp_path, monkeypatch, kernel_copy, read_once
+):
     src = tmp_path / "m.safetensors"
     every_dtype(src)
     _small_chunks(monkeypatch)
+    monkeypatch.setattr(engine, "READ_ONCE", read_once)
     new_bytes, new_stats = _run(tmp_path, src, RULES, "new")
     monkeypatch.setattr(engine, "READ_ONCE", False)
     monkeypatch.setattr(engine, "KERNEL_COPY", kernel_copy)
+    monkeypatch.setattr(engine, "BufferPool", _FreshBuffers)
+    monkeypatch.setattr(engine, "DRAW_THREADS", 1)
+    monkeypatch.setattr(engine, "DRAW_AHEAD", 1)
     old_bytes, old_stats = _run(tmp_path, src, RULES, "old")
     assert new_bytes == old_bytes
     assert new_stats.keys() == old_stats.keys()
@@ -101,6 +122,7 @@ def test_read_once_gives_the_old_paths_bytes_and_statistics(tmp_path, monkeypatc
 
 
 def test_every_source_byte_is_read_once_and_never_copied_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(engine, "READ_ONCE", True)
     src = tmp_path / "m.safetensors"
     tensors = every_dtype(src)
     _small_chunks(monkeypatch)
@@ -123,9 +145,12 @@ def test_every_source_byte_is_read_once_and_never_copied_again(tmp_path, monkeyp
     assert read["bytes"] == data_bytes
 
 
-def test_buffers_are_recycled(tmp_path, monkeypatch):
-    """Many chunks pass through a handful of buffers: the writer gives each back once written,
-    and the before-statistics of a changed tensor give theirs back too."""
+@pytest.mark.parametrize("read_once", [True, False])
+def test_buffers_are_recycled(tmp_path, monkeypatch, read_once):
+    """Many chunks pass through a handful of buffers: each goes back once counted (kernel
+    copy) or once written (READ_ONCE), and the before-statistics of a changed tensor give
+    theirs back too."""
+    monkeypatch.setattr(engine, "READ_ONCE", read_once)
     src = tmp_path / "m.safetensors"
     every_dtype(src)
     _small_chunks(monkeypatch)

@@ -1,11 +1,11 @@
-"""Reading a file span once into reused buffers (`BufferPool`, `read_span`).
+"""Reading a file span into reused buffers (`BufferPool`, `read_span`).
 
-Why: `apply` computes every kept tensor's statistics and then writes the same bytes. Reading
-them into the process for the statistics and then copying them again kernel-side
-(`copy_file_range`) reads every byte twice; reading each chunk once into a buffer, counting
-it and writing that buffer reads it once. Fresh 16 MB buffers per chunk would cost a page
-fault per 4 KB page and the zeroing of every page (system time comparable to the copy
-itself), so the buffers are recycled: whoever is done with a chunk gives it back.
+Why: every kept byte of `apply` and every byte of `reinit report` is read into the process for
+its statistics. A fresh 8 MB buffer per chunk costs the zeroing and first-touch page faults of
+every page; measured on the dev machine, reading 2.7 GB into fresh buffers took about twice
+the system time of reading it into one reused buffer (BENCH.md, "read once"). So buffers are
+recycled: whoever is done with a chunk gives it back. With `stream.READ_ONCE` the writer
+writes the very buffer the statistics were computed on and gives it back after.
 
 A buffer that is never given back is simply garbage-collected (a consumer that keeps the
 chunks, such as the in-memory API, is safe without knowing about the pool); one that is given

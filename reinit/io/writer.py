@@ -58,10 +58,6 @@ def write_error(path: str, e: OSError) -> WriteError:
 
 
 WRITEBACK_BYTES = 64 << 20
-# The most one write(2) is handed. Measured on the dev machine (Linux 6.18, ext4): writing a
-# 16 MB buffer in 1 MB calls costs ~0.5 s of system time per GB against ~1-1.3 s in one 16 MB
-# call (BENCH.md, "read once").
-WRITE_SLICE = 1 << 20
 _HAVE_FADVISE = hasattr(os, "posix_fadvise") and hasattr(os, "POSIX_FADV_DONTNEED")
 
 
@@ -98,7 +94,7 @@ class SafetensorsWriter:
     def _write_all(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data).cast("B")
         while view:
-            n = os.write(self._fd, view[:WRITE_SLICE])
+            n = os.write(self._fd, view)
             view = view[n:]
             self.bytes_written += n
 

@@ -1,6 +1,6 @@
-"""The streaming engine: a Plan's entries in, `Piece`s out (kept bytes as the very chunks their
-statistics were computed on, new values drawn two tensors at a time), with each tensor's report
-entry computed on the way. Reading, drawing and statistics overlap on worker threads; memory
+"""The streaming engine: a Plan's entries in, `Piece`s out (kept bytes as file spans for the
+kernel copy, or with READ_ONCE as the very chunks their statistics were computed on; new values
+drawn two tensors at a time), with each tensor's report entry computed on the way. Reading, drawing and statistics overlap on worker threads; memory
 stays bounded by the largest changed tensors.
 
 This is the one place rules become values: `apply` writes the pieces to files, and
@@ -82,11 +82,13 @@ def _entry(
     )
 
 
-# True: every source byte is read once, into a reused buffer; its statistics are computed on
-# that buffer and the writer writes the same buffer. False: the first engine's path, kept for
-# tests that compare the two: chunks read for the statistics, then the writer copies the same
-# span again kernel-side (copy_file_range) when KERNEL_COPY.
-READ_ONCE = True
+# How kept bytes reach the output. Both read each chunk into a reused buffer (`BufferPool`) for
+# its statistics. True: the writer writes that same buffer (every byte read from the page cache
+# once). False (default): the buffer goes back at once and the writer copies the span
+# kernel-side with copy_file_range (KERNEL_COPY), which reads it again inside the kernel but
+# measured ~0.7 s less system time per 2.7 GB than write(2) of the buffer on the dev machine
+# (BENCH.md, "read once"). Tests compare both paths byte for byte.
+READ_ONCE = False
 
 
 KERNEL_COPY = True  # (READ_ONCE False) copy unchanged bytes with copy_file_range
@@ -151,10 +153,10 @@ def read_stream(
 class Applier:
     """Turns planned entries into pieces of output, computing statistics on the way.
 
-    It consumes the source's chunks from `reads` (read ahead by another thread), so each
-    source byte is read once: for a kept tensor its chunks give the statistics and are then
-    handed to the writer as they are (the writer gives each back to `pool` with `release`
-    once written); for a changed tensor they give the `before` statistics."""
+    It consumes the source's chunks from `reads` (read ahead by another thread into the reused
+    buffers of `pool`): for a kept tensor its chunks give the statistics, then the writer
+    copies the same span kernel-side (or, with READ_ONCE, writes the chunk itself and gives
+    it back with `release`); for a changed tensor they give the `before` statistics."""
 
     def __init__(
         self,
@@ -219,6 +221,7 @@ class Applier:
         for chunk in chunks:
             acc.add(view_bytes(chunk, dtype))
             if span is not None:
+                self.release(chunk)  # counted; the writer copies its span kernel-side
                 yield Piece(name, span=(span.fd, span.start + pos, chunk.nbytes))
             else:
                 yield Piece(name, data=chunk)
@@ -260,7 +263,7 @@ class Applier:
             if direct is not None:  # same dtype and shape: a byte copy, streamed
                 src, key, label = direct
                 acc = StatsAccumulator(p.dtype)
-                chunks = read_stream(src, [key], self.pool if READ_ONCE else None)
+                chunks = read_stream(src, [key], self.pool)
                 for piece in self._copy(src, key, p.dtype, (c for _, c in chunks), acc):
                     yield Piece(p.name, piece.data, piece.span)
                 entry = _entry(p, acc.result(), before, label, p.notes, self.fans.get(p.name))
@@ -333,7 +336,7 @@ class Applier:
             read_stream(
                 self.ckpt,
                 [p.name for p in entries if not p.added],
-                self.pool if READ_ONCE else None,
+                self.pool,
             ),
             READ_AHEAD,
             "reinit-read",
