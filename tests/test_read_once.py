@@ -188,13 +188,13 @@ def test_pool_only_takes_back_its_own_buffers():
 )
 def test_narrow_in_place_is_the_plain_cast(dtype):
     g = torch.Generator().manual_seed(3)
-    for n in (0, 1, 7, engine._CAST_CHUNK + 3, 3 * engine._CAST_CHUNK):
+    for n in (0, 1, 7, pieces.CAST_CHUNK + 3, 3 * pieces.CAST_CHUNK):
         t = torch.randn(n, generator=g) * 100
         if n:
             t[:: max(1, n // 5)] = float("nan")
             t[-1] = float("inf")
         want = t.to(dtype)
-        got = engine.narrow_in_place(t.clone().reshape(-1, 1), dtype)
+        got = pieces.narrow_in_place(t.clone().reshape(-1, 1), dtype)
         assert got.dtype == dtype and got.shape == (n, 1)
         assert torch.equal(got.reshape(-1).view(torch.uint8), want.view(torch.uint8))
 
@@ -267,3 +267,24 @@ def test_two_tensors_are_drawn_at_the_same_time(tmp_path, monkeypatch):
     monkeypatch.setattr(engine.Applier, "_draw", draw_in_pairs)
     _run(tmp_path, src, ["layer.*.weight=normal"], "pairs")
     assert len(set(met)) == 2
+
+
+@pytest.mark.parametrize("budget, most", [(256 << 20, 2), (1, 1)])
+def test_a_second_tensor_is_drawn_ahead_only_within_the_byte_budget(
+    tmp_path, monkeypatch, budget, most
+):
+    """Two small tensors are drawn ahead; tensors whose float32 draws exceed DRAW_AHEAD_BYTES
+    together are drawn one ahead, as before (two huge embeddings are never held at once)."""
+    src = tmp_path / "m.safetensors"
+    _reinit_all(src)
+    monkeypatch.setattr(engine, "DRAW_AHEAD_BYTES", budget)
+    seen: list[int] = []
+    real_pieces = engine.Applier.pieces
+
+    def recording_pieces(self, p, reads):
+        seen.append(len(self._drawn))  # right after top_up(): what is drawn ahead now
+        return real_pieces(self, p, reads)
+
+    monkeypatch.setattr(engine.Applier, "pieces", recording_pieces)
+    _run(tmp_path, src, ["layer.*.weight=normal"], "budget")
+    assert max(seen) == most

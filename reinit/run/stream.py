@@ -26,7 +26,7 @@ from reinit.planning.ties import Ties
 from reinit.planning.transplant import SourcePool, exact_source, transplant_value
 from reinit.report.entries import TensorEntry, var_gain
 from reinit.report.stats import Stats, StatsAccumulator, tensor_stats
-from reinit.run.pieces import Piece, progress_bar, tensor_pieces, view_bytes
+from reinit.run.pieces import Piece, narrow_in_place, progress_bar, tensor_pieces, view_bytes
 from reinit.schemes import (
     FillContext,
     compute_fans,
@@ -106,28 +106,18 @@ DRAW_AHEAD = 2  # re-initialized tensors drawn ahead (drawing or drawn, not yet 
 DRAW_THREADS = 2  # worker threads drawing them: two tensors at once, one per core
 
 
+# a second tensor is drawn ahead only while the drawn-ahead tensors' float32 draws stay under
+# this together (one is always drawn ahead): two huge embeddings are not held at once
+DRAW_AHEAD_BYTES = 256 << 20
+
+
+def _draw_bytes(p: PlanEntry) -> int:
+    return TensorRef(p.name, p.dtype, p.shape).numel * (8 if p.dtype == torch.float64 else 4)
+
+
 # buffers the pool keeps: the chunks in flight between the reader, the compute thread and the
 # writer (READ_AHEAD + WRITE_AHEAD + one held by each of the three threads + one being put)
 POOL_KEEP = READ_AHEAD + WRITE_AHEAD + 4
-
-
-_CAST_CHUNK = 1 << 20  # elements cast at a time by narrow_in_place
-
-
-def narrow_in_place(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """`t.to(dtype)` for a float32 `t` and a smaller floating `dtype`, written into `t`'s own
-    storage chunk by chunk: the same values, with at most one chunk beside `t` instead of a
-    second tensor of half its size. The result views the front of `t`'s storage (which is
-    freed with the result). Each chunk is cast into a temporary before it is stored, and its
-    destination bytes lie over float32 values already read, so nothing is overwritten early."""
-    if t.dtype != torch.float32 or not t.is_contiguous() or t.device.type != "cpu":
-        return t.to(device="cpu", dtype=dtype)
-    n = t.numel()
-    src = t.reshape(-1)
-    dst = src.view(torch.uint8)[: n * dtype.itemsize].view(dtype)
-    for i in range(0, n, _CAST_CHUNK):
-        dst[i : i + _CAST_CHUNK] = src[i : i + _CAST_CHUNK].to(dtype)
-    return dst.view(t.shape)
 
 
 def _n_chunks(nbytes: int) -> int:
@@ -343,10 +333,17 @@ class Applier:
         )
         pending = deque(p for p in entries if p.action == "reinit" and not self._tied(p))
         with ThreadPoolExecutor(DRAW_THREADS, thread_name_prefix="reinit-draw") as pool:
+            ahead: dict[str, int] = {}  # float32 bytes of the tensors drawn ahead, by name
 
             def top_up() -> None:
+                for name in [n for n in ahead if n not in self._drawn]:
+                    del ahead[name]  # taken by pieces()
                 while pending and len(self._drawn) < DRAW_AHEAD:
+                    size = _draw_bytes(pending[0])
+                    if self._drawn and sum(ahead.values()) + size > DRAW_AHEAD_BYTES:
+                        break
                     q = pending.popleft()
+                    ahead[q.name] = size
                     self._drawn[q.name] = pool.submit(self._draw, q)
 
             try:
