@@ -85,9 +85,10 @@ def _entry(
 # How kept bytes reach the output. Both read each chunk into a reused buffer (`BufferPool`) for
 # its statistics. True: the writer writes that same buffer (every byte read from the page cache
 # once). False (default): the buffer goes back at once and the writer copies the span
-# kernel-side with copy_file_range (KERNEL_COPY), which reads it again inside the kernel but
-# measured ~0.7 s less system time per 2.7 GB than write(2) of the buffer on the dev machine
-# (BENCH.md, "read once"). Tests compare both paths byte for byte.
+# kernel-side with copy_file_range (KERNEL_COPY), which reads it again inside the kernel; on
+# the dev machine write(2) of the buffer measured no less system time than that copy (a tie
+# or worse, BENCH.md "read once"), and the kernel copy holds fewer buffers. Tests compare
+# both paths byte for byte.
 READ_ONCE = False
 
 
