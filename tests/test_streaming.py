@@ -80,6 +80,7 @@ def _outputs(tmp_path: Path, source: Path, rules: list[str], tag: str) -> dict[s
 
 @pytest.mark.parametrize("kind", ["file", "sharded"])
 def test_kernel_copy_and_plain_path_give_identical_bytes(tmp_path, monkeypatch, kind):
+    monkeypatch.setattr(engine, "READ_ONCE", False)  # the kernel copy is the old path's
     if kind == "file":
         src = tmp_path / "m.safetensors"
         odd_checkpoint(src)
@@ -95,6 +96,7 @@ def test_kernel_copy_and_plain_path_give_identical_bytes(tmp_path, monkeypatch, 
 
 
 def test_buffered_fallback_without_copy_file_range(tmp_path, monkeypatch):
+    monkeypatch.setattr(engine, "READ_ONCE", False)  # the kernel copy is the old path's
     src = tmp_path / "m.safetensors"
     odd_checkpoint(src)
     expected = _outputs(tmp_path, src, ["a.weight=zeros"], "kernel")
@@ -112,6 +114,7 @@ def test_fallback_when_the_kernel_refuses(tmp_path, monkeypatch):
     def refuse(*a, **k):
         raise OSError(errno.EXDEV, "cross-device")
 
+    monkeypatch.setattr(engine, "READ_ONCE", False)  # the kernel copy is the old path's
     src = tmp_path / "m.safetensors"
     odd_checkpoint(src)
     expected = _outputs(tmp_path, src, ["b.bias=ones"], "kernel")

@@ -38,7 +38,7 @@ __all__ = [
 
 TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")  # the files `torch_reader` opens
 
-CHUNK_BYTES = 16 << 20  # streaming unit: big enough for full-speed I/O, small against RSS
+CHUNK_BYTES = 8 << 20  # streaming unit: big enough for full-speed I/O, small against RSS
 
 # A config.json as parsed: JSON values of any shape, which only the schemes that need one read.
 ConfigDict = dict[str, Any]

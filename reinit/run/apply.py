@@ -243,7 +243,7 @@ def apply(
                     layout = [(n, out_dtype[n], by_name[n].shape) for n in f.names]
                     meta = output_metadata(ckpt, f.source_shard, seed, rule_texts)
                     with SafetensorsWriter(target, layout, meta) as w:
-                        entries.extend(_write_pieces(w, pieces, len(f.names), bar))
+                        entries.extend(_write_pieces(w, pieces, len(f.names), bar, applier))
                     bytes_written += w.bytes_written
                 if spec.fmt == "directory":
                     # --in-place into the source folder: its other files are already there
@@ -313,9 +313,9 @@ def _side_targets(
 
 
 def _write_pieces(
-    w: SafetensorsWriter, pieces: Iterator[Piece], count: int, bar: Progress
+    w: SafetensorsWriter, pieces: Iterator[Piece], count: int, bar: Progress, applier: Applier
 ) -> list[TensorEntry]:
-    """Write `count` tensors' pieces with `w`; return their report entries."""
+    """Write `count` tensors' pieces with `w`, chunks back to `applier` once written."""
     entries: list[TensorEntry] = []
     while len(entries) < count:
         piece = next(pieces)
@@ -327,6 +327,7 @@ def _write_pieces(
         else:
             assert piece.data is not None
             w.write_part(piece.name, piece.data)
+            applier.release(piece.data)
         bar.update(piece.nbytes)
     return entries
 

@@ -17,7 +17,16 @@ from reinit.planning.ties import Ties
 from reinit.report.entries import TensorEntry
 from reinit.report.progress import Progress, progress_bar
 
-__all__ = ["Piece", "Progress", "assemble", "progress_bar", "tensor_pieces", "view_bytes"]
+__all__ = [
+    "CAST_CHUNK",
+    "Piece",
+    "Progress",
+    "assemble",
+    "narrow_in_place",
+    "progress_bar",
+    "tensor_pieces",
+    "view_bytes",
+]
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,25 @@ def view_bytes(raw: bytes | bytearray | memoryview, dtype: torch.dtype) -> torch
     if memoryview(raw).nbytes == 0:
         return torch.empty(0, dtype=dtype)
     return torch.frombuffer(raw, dtype=dtype)
+
+
+CAST_CHUNK = 1 << 20  # elements cast at a time by narrow_in_place
+
+
+def narrow_in_place(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`t.to(dtype)` for a float32 `t` and a smaller floating `dtype`, written into `t`'s own
+    storage chunk by chunk: the same values, with at most one chunk beside `t` instead of a
+    second tensor of half its size. The result views the front of `t`'s storage (which is
+    freed with the result). Each chunk is cast into a temporary before it is stored, and its
+    destination bytes lie over float32 values already read, so nothing is overwritten early."""
+    if t.dtype != torch.float32 or not t.is_contiguous() or t.device.type != "cpu":
+        return t.to(device="cpu", dtype=dtype)
+    n = t.numel()
+    src = t.reshape(-1)
+    dst = src.view(torch.uint8)[: n * dtype.itemsize].view(dtype)
+    for i in range(0, n, CAST_CHUNK):
+        dst[i : i + CAST_CHUNK] = src[i : i + CAST_CHUNK].to(dtype)
+    return dst.view(t.shape)
 
 
 def tensor_pieces(name: str, t: torch.Tensor) -> Iterator[Piece]:

@@ -1,7 +1,8 @@
 """The streaming engine: a Plan's entries in, `Piece`s out (kept bytes as file spans for the
-kernel copy, new values drawn one tensor at a time), with each tensor's report entry computed on
-the way. Reading, drawing and statistics overlap on worker threads; memory stays bounded by the
-largest changed tensor.
+kernel copy, or with READ_ONCE as the very chunks their statistics were computed on; new
+values drawn two tensors at a time), with each tensor's report entry computed on the way
+(`run.entry`). Reading, drawing and statistics overlap on worker threads; memory stays bounded
+by the largest changed tensors.
 
 This is the one place rules become values: `apply` writes the pieces to files, and
 `apply_to_*`, `probe` and a recipe's in-memory steps `assemble` them into tensors, so every
@@ -16,9 +17,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
+from reinit.io.buffers import BufferPool, read_span
 from reinit.io.checkpoint import CHUNK_BYTES, Checkpoint, TensorRef
 from reinit.io.pipeline import prefetch
-from reinit.io.safetensors_format import dtype_name
 from reinit.planning.edited import original_of
 from reinit.planning.init_trace import AppliedInit
 from reinit.planning.model import ModelView, default_init, reinit_value
@@ -27,24 +28,23 @@ from reinit.planning.ties import Ties
 from reinit.planning.transplant import (
     SourcePool,
     exact_source,
-    transform_label,
     transplant_value,
 )
-from reinit.report.entries import TensorEntry, var_gain
 from reinit.report.stats import Stats, StatsAccumulator, tensor_stats
-from reinit.run.pieces import Piece, progress_bar, tensor_pieces, view_bytes
+from reinit.run.entry import entry_for
+from reinit.run.pieces import Piece, narrow_in_place, progress_bar, tensor_pieces, view_bytes
 from reinit.schemes import (
     DEFAULT,
     FillContext,
-    compute_fans,
-    expected_std_for,
     generate,
 )
 
 __all__ = [
     "DRAW_AHEAD",
+    "DRAW_THREADS",
     "KERNEL_COPY",
     "READ_AHEAD",
+    "READ_ONCE",
     "WRITE_AHEAD",
     "Applier",
     "Piece",  # re-exported from run.pieces, with the two helpers `tools.audit` reads here
@@ -54,50 +54,17 @@ __all__ = [
 ]
 
 
-def _entry(
-    p: PlanEntry,
-    after: Stats,
-    before: Stats | None = None,
-    source: str | None = None,
-    notes: tuple[str, ...] = (),
-    fans: tuple[int, int] | None = None,
-    applied: AppliedInit | None = None,
-) -> TensorEntry:
-    """`fans`: the owning module's own fans when a model is given (else torch's, from the shape).
-    `applied`: what the `default` scheme ran on this tensor; its expected std is that init's and
-    the scheme reads `default (BertModel._init_weights on Linear: normal(std=0.02))`."""
-    fans = fans or compute_fans(p.shape)
-    fan_in, fan_out = fans if fans else (None, None)
-    bound = p.scheme
-    # a grown tensor's std mixes its kept and its new entries: no one scheme's std to expect
-    scored = bound if not p.resize_fills else None
-    expected = expected_std_for(scored, p.shape, fans) if scored is not None else None
-    scheme = bound.describe() if bound is not None else None
-    if applied is not None and bound is not None and bound.name == DEFAULT:
-        expected = applied.expected_std
-        scheme = f"{scheme} ({applied.description})"
-    return TensorEntry(
-        name=p.name,
-        shape=p.shape,
-        dtype=dtype_name(p.dtype),
-        action=p.action,
-        after=after,
-        rule=p.rule_text or None,
-        scheme=scheme,
-        source=source,
-        reason=p.reason,
-        fan_in=fan_in,
-        fan_out=fan_out,
-        before=before,
-        expected_std=expected,
-        var_gain=var_gain(fan_in, after.std) if p.dtype.is_floating_point else None,
-        notes=notes,
-        transform=transform_label(p),
-        kurtosis=scored.scheme.kurtosis if scored is not None else 3.0,
-    )
+# How kept bytes reach the output. Both read each chunk into a reused buffer (`BufferPool`) for
+# its statistics. True: the writer writes that same buffer (every byte read from the page cache
+# once). False (default): the buffer goes back at once and the writer copies the span
+# kernel-side with copy_file_range (KERNEL_COPY), which reads it again inside the kernel; on
+# the dev machine write(2) of the buffer measured no less system time than that copy (a tie
+# or worse, BENCH.md "read once"), and the kernel copy holds fewer buffers. Tests compare
+# both paths byte for byte.
+READ_ONCE = False
 
 
-KERNEL_COPY = True  # copy unchanged bytes with copy_file_range; tests compare both paths
+KERNEL_COPY = True  # (READ_ONCE False) copy unchanged bytes with copy_file_range
 
 
 READ_AHEAD = 2  # chunks read ahead of the compute thread
@@ -106,7 +73,24 @@ READ_AHEAD = 2  # chunks read ahead of the compute thread
 WRITE_AHEAD = 2  # pieces computed ahead of the writer
 
 
-DRAW_AHEAD = 1  # re-initialized tensors drawn ahead on a worker thread
+DRAW_AHEAD = 2  # re-initialized tensors drawn ahead (drawing or drawn, not yet written)
+
+
+DRAW_THREADS = 2  # worker threads drawing them: two tensors at once, one per core
+
+
+# a second tensor is drawn ahead only while the drawn-ahead tensors' float32 draws stay under
+# this together (one is always drawn ahead): two huge embeddings are not held at once
+DRAW_AHEAD_BYTES = 256 << 20
+
+
+def _draw_bytes(p: PlanEntry) -> int:
+    return TensorRef(p.name, p.dtype, p.shape).numel * (8 if p.dtype == torch.float64 else 4)
+
+
+# buffers the pool keeps: the chunks in flight between the reader, the compute thread and the
+# writer (READ_AHEAD + WRITE_AHEAD + one held by each of the three threads + one being put)
+POOL_KEEP = READ_AHEAD + WRITE_AHEAD + 4
 
 
 def _made(p: PlanEntry) -> bool:
@@ -115,23 +99,42 @@ def _made(p: PlanEntry) -> bool:
     return p.added or p.resized is not None
 
 
+def _count(acc: StatsAccumulator, chunk: memoryview, dtype: torch.dtype) -> None:
+    """A chunk's statistics straight from its bytes (no tensor view) where the kernel decodes
+    the dtype; the few it does not (e.g. float8_e4m3fnuz) are widened through torch."""
+    if acc.widen:
+        acc.add(view_bytes(chunk, dtype))
+    else:
+        acc.add_bytes(chunk)
+
+
 def _n_chunks(nbytes: int) -> int:
     return -(-nbytes // CHUNK_BYTES)
 
 
-def read_stream(ckpt: Checkpoint, names: Sequence[str]) -> Iterator[tuple[str, memoryview]]:
-    """Every chunk of the named tensors, in order: the one sequential read of the source."""
+def read_stream(
+    ckpt: Checkpoint, names: Sequence[str], pool: BufferPool | None = None
+) -> Iterator[tuple[str, memoryview]]:
+    """Every chunk of the named tensors, in order: the one sequential read of the source.
+    With `pool`, tensors whose bytes lie in a file are read into its reused buffers."""
     for name in names:
-        for chunk in ckpt.iter_chunks(name, CHUNK_BYTES):
+        span = ckpt.span(name) if pool is not None else None
+        chunks = (
+            ckpt.iter_chunks(name, CHUNK_BYTES)
+            if span is None or pool is None
+            else read_span(span, CHUNK_BYTES, pool)
+        )
+        for chunk in chunks:
             yield name, chunk
 
 
 class Applier:
     """Turns planned entries into pieces of output, computing statistics on the way.
 
-    It consumes the source's chunks from `reads` (read ahead by another thread), so each
-    source byte is read once: for a kept tensor its chunks give the statistics and the writer
-    copies the same span kernel-side; for a changed tensor they give the `before` statistics."""
+    It consumes the source's chunks from `reads` (read ahead by another thread into the reused
+    buffers of `pool`): for a kept tensor its chunks give the statistics, then the writer
+    copies the same span kernel-side (or, with READ_ONCE, writes the chunk itself and gives
+    it back with `release`); for a changed tensor they give the `before` statistics."""
 
     def __init__(
         self,
@@ -151,9 +154,12 @@ class Applier:
         self.ties = ties or Ties()
         # False: kept bytes come as chunks, never spans (--dtype/--checksums read them here)
         self.spans = True
+        # the reused read buffers (READ_ONCE); chunks go back with `release`
+        self.pool = BufferPool(CHUNK_BYTES, POOL_KEEP)
         # a changed tied group's new value, kept until its last member is written
         self._tied_values: dict[str, tuple[torch.Tensor, str | None, tuple[str, ...]]] = {}
-        self._drawn: dict[str, Future[torch.Tensor]] = {}  # values drawn ahead, by name
+        # values drawn ahead with their statistics, by name
+        self._drawn: dict[str, Future[tuple[torch.Tensor, Stats]]] = {}
         # what `default` ran, by name (set by the draw, on whichever thread drew it)
         self._applied: dict[str, AppliedInit] = {}
         self._tied_left = {
@@ -169,10 +175,15 @@ class Applier:
             assert name == p.name, (name, p.name)
             yield chunk
 
+    def release(self, data: memoryview | None) -> None:
+        """A chunk's last holder is done with it: its buffer may be read into again."""
+        self.pool.give(data)
+
     def _source_stats(self, reads: Iterator[tuple[str, memoryview]], p: PlanEntry) -> Stats:
         acc = StatsAccumulator(p.dtype)
         for chunk in self._chunks(reads, p):
-            acc.add(view_bytes(chunk, p.dtype))
+            _count(acc, chunk, p.dtype)
+            self.release(chunk)
         return acc.result()
 
     def _copy(
@@ -185,11 +196,12 @@ class Applier:
     ) -> Iterator[Piece]:
         """Pieces that reproduce `name`'s bytes of `ck` exactly: spans for the writer to copy
         kernel-side when the bytes lie in a file, else the chunks themselves."""
-        span = ck.span(name) if KERNEL_COPY and self.spans else None
+        span = ck.span(name) if KERNEL_COPY and self.spans and not READ_ONCE else None
         pos = 0
         for chunk in chunks:
-            acc.add(view_bytes(chunk, dtype))
+            _count(acc, chunk, dtype)
             if span is not None:
+                self.release(chunk)  # counted; the writer copies its span kernel-side
                 yield Piece(name, span=(span.fd, span.start + pos, chunk.nbytes))
             else:
                 yield Piece(name, data=chunk)
@@ -202,16 +214,16 @@ class Applier:
             if _made(p):  # no source bytes as such: its --add / --resize values
                 for piece in tensor_pieces(p.name, self.ckpt.read(p.name)):
                     assert piece.data is not None
-                    acc.add(view_bytes(piece.data, p.dtype))
+                    _count(acc, piece.data, p.dtype)
                     yield piece
             else:
                 for piece in self._copy(self.ckpt, p.name, p.dtype, self._chunks(reads, p), acc):
                     yield piece
-            entry = _entry(p, acc.result(), notes=p.notes + tie_note, fans=self.fans.get(p.name))
+            entry = entry_for(p, acc.result(), notes=p.notes + tie_note, fans=self.fans.get(p.name))
             yield Piece(p.name, entry=entry)
             return
         # an added tensor has no source bytes, so no "before"; a resized one's is its old value's
-        before = None if p.added else self._source_stats(reads, p) if not _made(p) else None
+        before = None if _made(p) else self._source_stats(reads, p)
         if p.resized is not None:
             old = original_of(self.ckpt, p.name)
             before = tensor_stats(old) if old is not None else None
@@ -219,7 +231,7 @@ class Applier:
         if root is not None and root in self.ties.defining:
             new, source, notes = self._tied_value(root)
             yield from tensor_pieces(p.name, new)
-            entry = _entry(
+            entry = entry_for(
                 p,
                 tensor_stats(new),
                 before,
@@ -235,22 +247,41 @@ class Applier:
             if direct is not None:  # same dtype and shape: a byte copy, streamed
                 src, key, label = direct
                 acc = StatsAccumulator(p.dtype)
-                for piece in self._copy(src, key, p.dtype, src.iter_chunks(key, CHUNK_BYTES), acc):
+                chunks = read_stream(src, [key], self.pool)
+                for piece in self._copy(src, key, p.dtype, (c for _, c in chunks), acc):
                     yield Piece(p.name, piece.data, piece.span)
-                entry = _entry(p, acc.result(), before, label, p.notes, self.fans.get(p.name))
+                entry = entry_for(p, acc.result(), before, label, p.notes, self.fans.get(p.name))
                 yield Piece(p.name, entry=entry)
                 return
         got: tuple[str, ...] = ()
         source = None
         if p.action == "reinit":
-            new = self._drawn_value(p)
+            new, after = self._drawn_value(p)
         else:
             new, source, got = transplant_value(self._pool(), p, self.ckpt.read(p.name), self.seed)
-        after = tensor_stats(new)
+            after = tensor_stats(new)
         yield from tensor_pieces(p.name, new)
+        del new
         applied = self._applied.pop(p.name, None)
-        entry = _entry(p, after, before, source, p.notes + got, self.fans.get(p.name), applied)
+        entry = entry_for(p, after, before, source, p.notes + got, self.fans.get(p.name), applied)
         yield Piece(p.name, entry=entry)
+
+    def _draw(self, p: PlanEntry) -> tuple[torch.Tensor, Stats]:
+        """A reinit entry's values and their statistics, on a drawing thread."""
+        new = self._reinit(p)
+        return new, tensor_stats(new)
+
+    def _generate(self, p: PlanEntry, context: FillContext | None) -> torch.Tensor:
+        """`generate`'s values; a float16/bfloat16/fp8 target is drawn in float32 (as
+        `generate` always does) and cast in that tensor's own storage, so no float32 copy
+        stands beside the cast one (see `narrow_in_place`)."""
+        assert p.scheme is not None
+        if p.dtype.is_floating_point and p.dtype.itemsize < 4:
+            drawn = generate(
+                p.scheme, p.name, p.shape, torch.float32, self.seed, self.device, context=context
+            )
+            return narrow_in_place(drawn, p.dtype)
+        return generate(p.scheme, p.name, p.shape, p.dtype, self.seed, self.device, context=context)
 
     def _reinit(self, p: PlanEntry) -> torch.Tensor:
         """A reinit entry's values; with a model, module fans and `default` apply."""
@@ -265,7 +296,7 @@ class Applier:
             return reinit_value(
                 self.model, p.scheme, p.name, p.shape, p.dtype, self.seed, self.device, context
             )
-        return generate(p.scheme, p.name, p.shape, p.dtype, self.seed, self.device, context=context)
+        return self._generate(p, context)
 
     def _tied_value(self, root: str) -> tuple[torch.Tensor, str | None, tuple[str, ...]]:
         """A changed tied group's one new value: made once from its defining entry (the member
@@ -287,22 +318,29 @@ class Applier:
     def stream(self, entries: Sequence[PlanEntry]) -> Generator[Piece, None, None]:
         """All pieces of all entries, in output order.
 
-        Re-initialized values are drawn ahead on a worker thread (at most `DRAW_AHEAD`
-        tensors): torch draws with an explicit generator on one core, so drawing the next
-        tensor while this thread computes statistics keeps the second core busy. Values do
-        not depend on this: each tensor has its own generator."""
+        Re-initialized values are drawn ahead on `DRAW_THREADS` worker threads (at most
+        `DRAW_AHEAD` tensors), each with its statistics: torch draws with an explicit generator
+        on one core, so two tensors drawn at once keep both cores busy. Values do not depend
+        on this: each tensor has its own generator."""
         reads = prefetch(
-            read_stream(self.ckpt, [p.name for p in entries if not _made(p)]),
+            read_stream(self.ckpt, [p.name for p in entries if not _made(p)], self.pool),
             READ_AHEAD,
             "reinit-read",
         )
         pending = deque(p for p in entries if p.action == "reinit" and not self._tied(p))
-        with ThreadPoolExecutor(1, thread_name_prefix="reinit-draw") as pool:
+        with ThreadPoolExecutor(DRAW_THREADS, thread_name_prefix="reinit-draw") as pool:
+            ahead: dict[str, int] = {}  # float32 bytes of the tensors drawn ahead, by name
 
             def top_up() -> None:
+                for name in [n for n in ahead if n not in self._drawn]:
+                    del ahead[name]  # taken by pieces()
                 while pending and len(self._drawn) < DRAW_AHEAD:
+                    size = _draw_bytes(pending[0])
+                    if self._drawn and sum(ahead.values()) + size > DRAW_AHEAD_BYTES:
+                        break
                     q = pending.popleft()
-                    self._drawn[q.name] = pool.submit(self._reinit, q)
+                    ahead[q.name] = size
+                    self._drawn[q.name] = pool.submit(self._draw, q)
 
             try:
                 for p in entries:
@@ -324,9 +362,9 @@ class Applier:
         root = self.ties.root(p.name)
         return root is not None and root in self.ties.defining
 
-    def _drawn_value(self, p: PlanEntry) -> torch.Tensor:
+    def _drawn_value(self, p: PlanEntry) -> tuple[torch.Tensor, Stats]:
         future = self._drawn.pop(p.name, None)
-        return future.result() if future is not None else self._reinit(p)
+        return future.result() if future is not None else self._draw(p)
 
     def _context(self, p: PlanEntry) -> FillContext | None:
         """What a scheme that reads beyond its own shape gets (see `Scheme.needs_context`):

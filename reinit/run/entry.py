@@ -1,0 +1,58 @@
+"""A planned tensor's report entry, once its values are known: the one place a `PlanEntry`
+and its statistics become a `TensorEntry` (expected std, var_gain, what `default` ran, which
+transform fed it), so the streaming engine and every caller describe a tensor alike."""
+
+from __future__ import annotations
+
+from reinit.io.safetensors_format import dtype_name
+from reinit.planning.init_trace import AppliedInit
+from reinit.planning.planner import PlanEntry
+from reinit.planning.transplant import transform_label
+from reinit.report.entries import TensorEntry, var_gain
+from reinit.report.stats import Stats
+from reinit.schemes import DEFAULT, compute_fans, expected_std_for
+
+__all__ = ["entry_for"]
+
+
+def entry_for(
+    p: PlanEntry,
+    after: Stats,
+    before: Stats | None = None,
+    source: str | None = None,
+    notes: tuple[str, ...] = (),
+    fans: tuple[int, int] | None = None,
+    applied: AppliedInit | None = None,
+) -> TensorEntry:
+    """`fans`: the owning module's own fans when a model is given (else torch's, from the shape).
+    `applied`: what the `default` scheme ran on this tensor; its expected std is that init's and
+    the scheme reads `default (BertModel._init_weights on Linear: normal(std=0.02))`."""
+    fans = fans or compute_fans(p.shape)
+    fan_in, fan_out = fans if fans else (None, None)
+    bound = p.scheme
+    # a grown tensor's std mixes its kept and its new entries: no one scheme's std to expect
+    scored = bound if not p.resize_fills else None
+    expected = expected_std_for(scored, p.shape, fans) if scored is not None else None
+    scheme = bound.describe() if bound is not None else None
+    if applied is not None and bound is not None and bound.name == DEFAULT:
+        expected = applied.expected_std
+        scheme = f"{scheme} ({applied.description})"
+    return TensorEntry(
+        name=p.name,
+        shape=p.shape,
+        dtype=dtype_name(p.dtype),
+        action=p.action,
+        after=after,
+        rule=p.rule_text or None,
+        scheme=scheme,
+        source=source,
+        reason=p.reason,
+        fan_in=fan_in,
+        fan_out=fan_out,
+        before=before,
+        expected_std=expected,
+        var_gain=var_gain(fan_in, after.std) if p.dtype.is_floating_point else None,
+        notes=notes,
+        transform=transform_label(p),
+        kurtosis=scored.scheme.kurtosis if scored is not None else 3.0,
+    )
