@@ -175,3 +175,28 @@ def test_an_init_of_several_steps_is_named_as_the_nn_init_function_that_ran() ->
     assert e["c"].scheme == "default (Custom.reset_parameters: normal, then clamp_(-1, 1))"
     assert e["c"].expected_std is None
     assert not any(t.flags for t in e.values())
+
+
+def test_default_on_two_drawing_threads_gives_the_values_of_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`default` draws from torch's one global RNG (`reset_parameters`), seeded per tensor: the
+    engine's two drawing threads must not interleave those draws. Without the lock around the
+    seeded section the values changed from run to run."""
+    import copy
+
+    base = nn.Sequential(*[nn.Linear(96, 96) for _ in range(16)])
+
+    def values(threads: int, ahead: int) -> dict[str, torch.Tensor]:
+        monkeypatch.setattr(stream_mod, "DRAW_THREADS", threads)
+        monkeypatch.setattr(stream_mod, "DRAW_AHEAD", ahead)
+        net = copy.deepcopy(base)
+        reinit.apply_to_module(net, ["*=default"], seed=3)
+        return {k: v.clone() for k, v in net.state_dict().items()}
+
+    one = values(1, 0)  # drawn in line, one after another
+    for _ in range(3):
+        two = values(2, 2)
+        assert two.keys() == one.keys()
+        for name in one:
+            assert torch.equal(two[name], one[name]), name

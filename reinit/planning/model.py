@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -251,6 +252,12 @@ def default_value(view: ModelView, name: str, dtype: torch.dtype, seed: int) -> 
     return default_init(view, name, dtype, seed)[0]
 
 
+# `reset_parameters` and `_init_weights` draw from torch's one global RNG: two tensors drawn at
+# once (the engine's two drawing threads) would interleave their draws, so the seeded section
+# is held by one thread at a time.
+_GLOBAL_RNG = threading.Lock()
+
+
 def default_init(
     view: ModelView | None, name: str, dtype: torch.dtype, seed: int
 ) -> tuple[torch.Tensor, AppliedInit]:
@@ -282,7 +289,7 @@ def default_init(
                 t.fill_(float("nan"))
     trace = InitTrace(_get_attr_tensor(real, site.attr))
     kind = type(real).__name__
-    with torch.random.fork_rng(devices=[]), torch.no_grad(), trace:
+    with _GLOBAL_RNG, torch.random.fork_rng(devices=[]), torch.no_grad(), trace:
         torch.manual_seed(seed_for(seed, name))
         ran = False
         for method in ("reset_parameters", "_reset_parameters"):
