@@ -30,7 +30,7 @@ from reinit.errors import RuleError, SchemeError
 from reinit.io.checkpoint import TensorRef
 from reinit.io.safetensors_format import dtype_name, dtype_size
 from reinit.limits import MAX_TENSOR_BYTES, declared_bytes
-from reinit.rules import Pattern, Rule, parse_action
+from reinit.rules import Action, Pattern, Rule, parse_action
 from reinit.schemes import KEEP, BoundScheme, bind_scheme, generate, seed_for
 from reinit.schemes.transformer import MEAN_RESIZE_EPS, mean_resize_rows
 
@@ -38,6 +38,7 @@ __all__ = [
     "MEAN_RESIZE",
     "Resized",
     "ResizeSpec",
+    "bind_fill",
     "check_whole_in_memory",
     "parse_resize",
     "resize_ref",
@@ -110,6 +111,18 @@ class Resized:
 _DIM_NAMES = ("rows", "columns")
 
 
+def bind_fill(action: Action, where: str, needs_scheme: str) -> BoundScheme:
+    """The scheme that fills values `--add`/`--resize` make: `keep` and `from(...)` have no
+    values to give there (`needs_scheme` says what to write instead), and a bad scheme is a
+    usage error naming the option."""
+    if action.name in (KEEP, "from"):
+        raise RuleError(f"{where}: {needs_scheme}")
+    try:
+        return bind_scheme(action.name, action.args, action.kwargs_dict())
+    except SchemeError as e:
+        raise RuleError(f"{where}: {e}") from None
+
+
 def parse_resize(text: str) -> ResizeSpec:
     """`NAME=[d0,d1,...][:SCHEME]`, a dim `*` for unchanged: `wte.weight=[1008,*]`,
     `head.weight=[10,768]:normal(std=0.02)`."""
@@ -140,15 +153,12 @@ def parse_resize(text: str) -> ResizeSpec:
         if action.args or action.kwargs:
             raise RuleError(f"{where}: write plain ':mean_resize' (the kept rows are the old ones)")
         return ResizeSpec(text, m.group("name"), tuple(dims), None, mean=True)
-    if action.name in (KEEP, "from"):
-        raise RuleError(
-            f"{where}: new entries need a scheme (e.g. zeros, normal(std=0.02), mean_resize); to "
-            "copy values into them, resize and then use --rule NAME=from(..., on_mismatch=slice)"
-        )
-    try:
-        bound = bind_scheme(action.name, action.args, action.kwargs_dict())
-    except SchemeError as e:
-        raise RuleError(f"{where}: {e}") from None
+    bound = bind_fill(
+        action,
+        where,
+        "new entries need a scheme (e.g. zeros, normal(std=0.02), mean_resize); to copy values "
+        "into them, resize and then use --rule NAME=from(..., on_mismatch=slice)",
+    )
     if bound.scheme.needs_context or bound.scheme.name == "default":
         raise RuleError(
             f"{where}: {bound.describe()} reads other values or the model; resize with the "

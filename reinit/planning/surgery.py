@@ -11,18 +11,19 @@ from typing import TypeVar
 
 import torch
 
-from reinit.errors import RuleError, SchemeError
+from reinit.errors import RuleError
 from reinit.io.checkpoint import TensorRef
 from reinit.planning.planner import Plan, PlanEntry
 from reinit.planning.resize import (
     Resized,
     ResizeSpec,
+    bind_fill,
     check_whole_in_memory,
     parse_resize,
     resize_ref,
 )
 from reinit.rules import Pattern, Rule, closest_hint, fill_template, parse_action, parse_pattern
-from reinit.schemes import KEEP, BoundScheme, bind_scheme
+from reinit.schemes import BoundScheme
 
 __all__ = [
     "AddSpec",
@@ -132,15 +133,12 @@ def parse_add(text: str) -> AddSpec:
         rest = rest[: dm.start()]
     _check_add_size(where, shape, dtype)
     action = parse_action(rest, where)
-    if action.name in (KEEP, "from"):
-        raise RuleError(
-            f"{where}: a new tensor needs a scheme to fill it (e.g. zeros, normal(std=0.02)); "
-            "to copy values into it, add it and then use --rule NAME=from(...)"
-        )
-    try:
-        bound = bind_scheme(action.name, action.args, action.kwargs_dict())
-    except SchemeError as e:
-        raise RuleError(f"{where}: {e}") from None
+    bound = bind_fill(
+        action,
+        where,
+        "a new tensor needs a scheme to fill it (e.g. zeros, normal(std=0.02)); to copy values "
+        "into it, add it and then use --rule NAME=from(...)",
+    )
     reason = bound.scheme.can_take(shape, bound.kwargs)
     if reason is not None:
         raise RuleError(
