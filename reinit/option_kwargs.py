@@ -4,7 +4,7 @@ so that file stays one readable list of fields."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, TypedDict
 
 from reinit.io.trust import TrustSpec
@@ -12,7 +12,6 @@ from reinit.option_meta import PathLike
 
 if TYPE_CHECKING:
     from reinit.planning.session import ModelInput
-    from reinit.report.entries import Report
 
 __all__ = ["OptionKwargs", "OptionKwargsBesidesSeed"]
 
@@ -44,7 +43,6 @@ class OptionKwargsBesidesSeed(TypedDict, total=False):
     max_shard_size: str | int | None
     checksums: bool
     reference_tolerance: float
-    finish_report: Callable[[Report], Report] | None
 
 
 class OptionKwargs(OptionKwargsBesidesSeed, total=False):

@@ -6,7 +6,7 @@ the in-memory functions all derive from its fields and their `OptionMeta`, so th
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING
 
@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from reinit.planning.session import ModelInput
-    from reinit.report.entries import Report
 
 __all__ = [
     "ApplyOptions",
@@ -344,15 +343,6 @@ class ApplyOptions:
                 metavar="FACTOR",
                 show_default=True,
                 recipe="float",
-            )
-        ),
-    )
-    finish_report: Callable[[Report], Report] | None = field(
-        default=None,
-        metadata=option_meta(
-            OptionMeta(
-                help="Turn the report into the one written (a recipe merges its steps' reports).",
-                why_not="a Python callable",
             )
         ),
     )

@@ -25,8 +25,8 @@ from reinit.options import (
 from reinit.recipe.validate import OWN_STEP_KEYS, OWN_TOP_KEYS, STEP_KEYS, TOP_KEYS
 
 APPLY_OWN = {"source", "rules", "output", "dry_run", "all_tensors", "as_json", "quiet", "by"}
-NOT_FLAGS = {"default_report", "progress", "config", "finish_report"}
-NOT_RECIPE_KEYS = {"default_report", "progress", "config", "finish_report"}
+NOT_FLAGS = {"default_report", "progress", "config"}
+NOT_RECIPE_KEYS = {"default_report", "progress", "config"}
 
 
 def test_apply_flags_are_the_option_fields_with_flags():

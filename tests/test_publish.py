@@ -78,7 +78,7 @@ def test_in_place_folder_changes_only_its_weight_file_and_keeps_mode(tmp_path):
 
 
 def test_interrupted_in_place_folder_is_left_exactly_as_it_was(tmp_path, monkeypatch):
-    import reinit.run.apply as engine
+    import reinit.run.write as engine
 
     m = project(tmp_path)
     before = tree_state(tmp_path, mtime=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 
 import torch
@@ -70,18 +70,33 @@ def run_recipe(recipe: Recipe, *, progress: bool = False) -> Report:
                 )
             reports.append(rep)
             current = StateDictCheckpoint(tensors, like=original)
-        last = recipe.steps[-1]
-        done = tuple(reports)
+        with _naming(recipe.steps[-1]):
+            return _write_last(recipe, current, tuple(reports), started, progress)
 
-        def merged(final: Report) -> Report:
-            seconds = time.perf_counter() - started
-            tolerance = recipe.options.reference_tolerance
-            return merge_reports([*done, final], recipe.seed, seconds, tolerance)
 
-        # the merged report is written with the checkpoint, published together or not at all
-        options = replace(_live(last, progress), finish_report=merged)
-        with _naming(last):
-            return apply(current, last.rules, recipe.output, options=options)
+def _write_last(
+    recipe: Recipe, current: Checkpoint, earlier: tuple[Report, ...], started: float, progress: bool
+) -> Report:
+    """The last step: `apply`'s stages on the previous step's tensors, its report merged with
+    the earlier steps' and published with the checkpoint (together or not at all)."""
+    from reinit.run.layout import OutputRequest, lay_out
+    from reinit.run.prepare import Job, prepare
+    from reinit.run.write import publish, report_of, stage, write
+
+    last = recipe.steps[-1]
+    o = _live(last, progress)
+    job, request = Job.of(current, last.rules, o), OutputRequest.of(recipe.output, o)
+    with ExitStack() as stack:
+        prepared = prepare(stack, job, o)
+        layout = lay_out(prepared, request, o)
+        staging = stage(stack, layout)
+        written = write(prepared, layout, staging.tmp, progress=o.progress)
+        seconds = time.perf_counter() - started
+        tolerance = recipe.options.reference_tolerance
+        steps = [*earlier, report_of(prepared, layout, written)]
+        report = merge_reports(steps, recipe.seed, seconds, tolerance)
+        publish(staging, layout, report)
+    return report
 
 
 def plan_recipe(recipe: Recipe, *, progress: bool = False) -> list[Plan]:

@@ -8,8 +8,8 @@ exactly what `reinit apply` writes for the same tensors and seed."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -30,22 +30,13 @@ from reinit.options import (
 from reinit.planning.edited import EditedCheckpoint
 from reinit.planning.model import ModelView
 from reinit.planning.planner import Plan
-from reinit.planning.session import (
-    RuleInput,
-    as_rules,
-    check_device,
-    edit_checkpoint,
-    model_view,
-    plan_for,
-)
-from reinit.planning.surgery import Edited, parse_surgery
-from reinit.planning.transplant import SourcePool
-from reinit.report.assemble import make_report
+from reinit.planning.session import RuleInput
+from reinit.planning.surgery import Edited
 from reinit.report.entries import Report
-from reinit.report.reference import REFERENCE_TOLERANCE, basis_for, check_tolerance
+from reinit.report.reference import REFERENCE_TOLERANCE
 from reinit.rules import Rule
 from reinit.run.pieces import assemble
-from reinit.run.stream import Applier
+from reinit.run.prepare import Job, Prepared, plan_on, prepare
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -57,6 +48,7 @@ __all__ = [
     "apply_to_state_dict",
     "module_config",
     "run_in_memory",
+    "run_prepared",
     "write_back",
 ]
 
@@ -91,22 +83,27 @@ def run_in_memory(
     Kept tensors of a `StateDictCheckpoint` are its own objects, not copies. The report's
     reference scale comes from `config` (else the checkpoint's) and `view`, as in `apply`.
     `edited`: the surgery `ckpt` (an `EditedCheckpoint`) went through, marked on the plan."""
-    tolerance = check_tolerance(reference_tolerance)
-    started = time.perf_counter()
-    device = check_device(device)
-    with SourcePool(ckpt, unsafe_pickle=unsafe_pickle, progress=progress) as pool:
-        the_plan, ties = plan_for(
-            ckpt, tuple(rules), strict, allow_unmatched, pool, view, config, edited
-        )
-        applier = Applier(ckpt, seed, device, pool, ties, view)
-        own = _own_tensors(ckpt)
-        by_name = {p.name: p for p in the_plan.entries}
-        out, entries = assemble(applier.stream(the_plan.entries), by_name, ties, own)
-    basis = basis_for(ckpt, config, view, seed, tolerance)
-    report = make_report(
-        ckpt.source, None, seed, tuple(r.text for r in rules), entries, 0, started, the_plan, basis
+    o = ApplyOptions(
+        seed=seed,
+        strict=strict,
+        allow_unmatched=allow_unmatched,
+        device=device,
+        config=config,
+        unsafe_pickle=unsafe_pickle,
+        progress=progress,
+        reference_tolerance=reference_tolerance,
     )
-    return InMemoryRun(out, report, the_plan)
+    job = Job.of(ckpt, rules, o, require_rules=False)
+    with ExitStack() as stack:
+        return run_prepared(plan_on(stack, job, ckpt, o, view, edited))
+
+
+def run_prepared(prepared: Prepared) -> InMemoryRun:
+    """The in-memory writer: the prepared run's stream assembled into tensors (no files)."""
+    own = _own_tensors(prepared.ckpt)
+    stream = prepared.applier().stream(prepared.plan.entries)
+    out, entries = assemble(stream, prepared.by_name, prepared.ties, own)
+    return InMemoryRun(out, prepared.report(entries), prepared.plan)
 
 
 def _own_tensors(ckpt: Checkpoint) -> dict[str, torch.Tensor] | None:
@@ -167,22 +164,9 @@ def apply_to_checkpoint(
     ```
     """
     o = with_kwargs("apply_to_checkpoint", options, kwargs, IN_MEMORY_FIELDS | SURGERY_FIELDS)
-    surgery = parse_surgery(o.add, o.drop, o.rename, o.resize)
-    ckpt, edited = edit_checkpoint(ckpt, surgery, o.allow_unmatched, o.seed, o.device)
-    run = run_in_memory(
-        ckpt,
-        as_rules(rules),
-        seed=o.seed,
-        strict=o.strict,
-        allow_unmatched=o.allow_unmatched,
-        device=o.device,
-        config=o.config,
-        unsafe_pickle=o.unsafe_pickle,
-        progress=o.progress,
-        view=model_view(o.model, ckpt),
-        reference_tolerance=o.reference_tolerance,
-        edited=edited,
-    )
+    job = Job.of(ckpt, rules, o, require_rules=False)
+    with ExitStack() as stack:
+        run = run_prepared(prepare(stack, job, o))
     return run.tensors, run.report
 
 

@@ -1,5 +1,5 @@
-"""The output stream's unit (`Piece`) and the two ways it is consumed besides the file writers:
-`assemble` (into tensors: the `.bin/.pt` output and the in-memory API) and the progress bar.
+"""The output stream's unit (`Piece`) and the way it is consumed besides the file writers:
+`assemble` (into tensors: the `.bin/.pt` output and the in-memory API).
 Kept apart from `stream` (which produces pieces) so both sides read the same definitions."""
 
 from __future__ import annotations
@@ -15,15 +15,12 @@ from reinit.io.safetensors_format import tensor_to_bytes
 from reinit.planning.planner import PlanEntry
 from reinit.planning.ties import Ties
 from reinit.report.entries import TensorEntry
-from reinit.report.progress import Progress, progress_bar
 
 __all__ = [
     "CAST_CHUNK",
     "Piece",
-    "Progress",
     "assemble",
     "narrow_in_place",
-    "progress_bar",
     "tensor_pieces",
     "view_bytes",
 ]

@@ -32,7 +32,7 @@ from reinit.planning.transplant import (
 )
 from reinit.report.stats import Stats, StatsAccumulator, tensor_stats
 from reinit.run.entry import entry_for
-from reinit.run.pieces import Piece, narrow_in_place, progress_bar, tensor_pieces, view_bytes
+from reinit.run.pieces import Piece, narrow_in_place, tensor_pieces, view_bytes
 from reinit.schemes import (
     DEFAULT,
     FillContext,
@@ -48,7 +48,6 @@ __all__ = [
     "WRITE_AHEAD",
     "Applier",
     "Piece",  # re-exported from run.pieces, with the two helpers `tools.audit` reads here
-    "progress_bar",
     "read_stream",
     "view_bytes",
 ]

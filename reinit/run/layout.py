@@ -1,0 +1,294 @@
+"""Stage 2 of a run that writes, `lay_out`: where every byte goes, decided before anything is
+written. The output's path and form, its files (shards) and the tensors of each in write order,
+each tensor's output dtype, the source files copied beside, the config.json and shard index
+texts, the reports and plot beside, how it is published. Every refusal of an output happens
+here (exit 2, nothing written).
+
+A `Layout` is plain data: a writer may write any subset of its `shards()` (`run.write.write`)
+and publishing is a step of its own after every writer has finished."""
+
+from __future__ import annotations
+
+__all__ = ["Layout", "OutputRequest", "lay_out"]
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from reinit.errors import OutputError, UsageError
+from reinit.io.confine import extras_to_copy
+from reinit.io.memory import reshaped
+from reinit.io.publish import how_to_publish
+from reinit.io.targets import REPORT_NAME, Inputs, check_replace_folder, check_target
+from reinit.options import ApplyOptions
+from reinit.planning.planner import PlanEntry
+from reinit.report.files import SideOutput, check_formats, report_targets
+from reinit.run.config_update import config_for, labels_list, parse_config_set, stale_file
+from reinit.run.outcontrol import OutputControl, model_order, parse_dtype, parse_size
+from reinit.run.output import INDEX_NAME, OutFile, OutputSpec, output_files, resolve_output
+from reinit.run.prepare import Prepared
+
+StrPath = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class OutputRequest:
+    """The output options of a run, parsed and checked before any work: `-o`, `--dtype`,
+    `--checksums`, `--max-shard-size`, `--config`, `--labels` (and the report formats)."""
+
+    output: StrPath | None
+    dtype: torch.dtype | None
+    checksums: bool
+    max_shard: int | None
+    config_set: tuple[tuple[str, object], ...]
+    labels: tuple[str, ...] | None
+
+    @classmethod
+    def of(cls, output: StrPath | None, o: ApplyOptions) -> OutputRequest:
+        check_formats(o.reports, o.plot, "--report")  # before any work: a typo costs nothing
+        dtype, max_shard = parse_dtype(o.dtype), parse_size(o.max_shard_size)
+        return cls(
+            output,
+            dtype,
+            o.checksums,
+            max_shard,
+            parse_config_set(o.config_set),
+            labels_list(o.labels),
+        )
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where every byte of a run goes (see the module docstring). `control` casts and hashes
+    the pieces on the way (its summary is the writer's warning); `extras` are source files
+    copied into a folder output; `index` and `config_file` are the texts of the shard index
+    and config.json (None: not written); `side` the reports and plot; `how` and `merge` how
+    the checkpoint is published."""
+
+    spec: OutputSpec
+    files: tuple[OutFile, ...]
+    entries: Mapping[str, PlanEntry]
+    out_dtype: Mapping[str, torch.dtype]
+    in_bytes: Mapping[str, int]
+    control: OutputControl
+    side: tuple[SideOutput, ...]
+    extras: tuple[tuple[str, Path], ...]
+    index: str | None
+    config_file: str | None
+    notes: tuple[str, ...]
+    how: str
+    merge: bool
+    default_report: bool
+
+    def shards(self) -> tuple[str, ...]:
+        """The output files' names (within a folder output; "" for a single file)."""
+        return tuple(f.relname for f in self.files)
+
+    def files_of(self, shards: Sequence[str] | None = None) -> tuple[OutFile, ...]:
+        """The output files named `shards` (all of them for None), in layout order."""
+        if shards is None:
+            return self.files
+        unknown = sorted(set(shards) - set(self.shards()))
+        if unknown:
+            raise UsageError(f"{self.spec.path}: no output shard {unknown[0]!r} in the layout")
+        return tuple(f for f in self.files if f.relname in set(shards))
+
+    @property
+    def config_beside(self) -> Path | None:
+        """Where a file output's config.json goes (a folder's is one of its files)."""
+        if self.config_file is None or self.spec.fmt == "directory":
+            return None
+        return self.spec.path.parent / "config.json"
+
+
+def lay_out(prepared: Prepared, request: OutputRequest, o: ApplyOptions) -> Layout:
+    """Decide where every byte of the prepared run goes, refusing any output that may not be
+    written (see `Layout`)."""
+    inputs = Inputs.of([prepared.job.source_text, *prepared.sources.opened()])
+    spec = _output_spec(prepared, request, inputs, o)
+    side = _side_targets(spec, o, inputs)
+    control = OutputControl(request.dtype, request.checksums)
+    entries = prepared.by_name
+    out_dtype = {n: control.out_dtype(e.dtype) for n, e in entries.items()}
+    files = _files(prepared, spec, request.max_shard, out_dtype)
+    extras = _extras(prepared, spec, files)
+    notes, config_file = _config(prepared, spec, request, extras, o.in_place)
+    if spec.fmt == "directory":
+        skip = {"config.json"} if config_file is not None else set()
+        extras = [(r, p) for r, p in extras if not stale_file(r) and r not in skip]
+    elif config_file is not None:
+        _check_config_beside(spec, side, inputs, o)
+    merge = _check_folder(prepared, spec, files, o.in_place)
+    into_source = merge and inputs.owner(spec.path) == spec.path.resolve()
+    refs = {r.name: r for r in prepared.ckpt.refs()}
+    return Layout(
+        spec=spec,
+        files=tuple(files),
+        entries=entries,
+        out_dtype=out_dtype,
+        in_bytes={n: refs[n].nbytes for n in entries},
+        control=control,
+        side=tuple(side),
+        extras=() if into_source else tuple(extras),  # in place: the others are there already
+        index=_index(prepared, spec, files, out_dtype, request.max_shard is not None),
+        config_file=config_file,
+        notes=tuple(notes),
+        how=how_to_publish(overwrite=o.overwrite, in_place=o.in_place),
+        merge=merge,
+        default_report=o.default_report,
+    )
+
+
+def _output_spec(
+    prepared: Prepared, request: OutputRequest, inputs: Inputs, o: ApplyOptions
+) -> OutputSpec:
+    """The output's path and form; `--max-shard-size` turns a default file output into a
+    folder of the same stem."""
+    source, ckpt = prepared.job.source_text, prepared.ckpt
+    output, overwrite, in_place = request.output, o.overwrite, o.in_place
+    spec = resolve_output(
+        source, ckpt, output, overwrite=overwrite, in_place=in_place, inputs=inputs
+    )
+    if request.max_shard is None or spec.fmt == "directory":
+        return spec
+    if output is not None or in_place:
+        raise UsageError(
+            f"-o {spec.path}: --max-shard-size writes a folder of shards; give a "
+            "folder as -o (e.g. -o out/)"
+        )
+    folder = str(spec.path.with_name(spec.path.name.split(".safetensors")[0])) + "/"
+    return resolve_output(source, ckpt, folder, overwrite=overwrite, in_place=False, inputs=inputs)
+
+
+def _side_targets(spec: OutputSpec, o: ApplyOptions, inputs: Inputs) -> list[SideOutput]:
+    """The reports and plot a run writes beside its checkpoint, each checked by the one rule
+    before any work; the default report of a file output comes first."""
+    first: list[SideOutput] = []
+    if o.default_report and spec.fmt != "directory":
+        path = spec.default_report
+        if os.path.lexists(path) and not (o.overwrite or o.in_place):
+            raise OutputError(f"-o {spec.path}: its report {path} exists; pass --overwrite")
+        first.append(SideOutput("report", path))
+    rest = report_targets(
+        o.reports,
+        o.plot,
+        "--report",
+        inputs=inputs,
+        overwrite=o.overwrite,
+        also=[spec.path, *(t.path for t in first)],
+    )
+    return [*first, *rest]
+
+
+def _files(
+    prepared: Prepared,
+    spec: OutputSpec,
+    max_shard: int | None,
+    out_dtype: Mapping[str, torch.dtype],
+) -> list[OutFile]:
+    """The output files and their tensors: the source's layout, or split as save_pretrained
+    splits (in the model's order when there is one) by output bytes."""
+    ckpt, view = prepared.ckpt, prepared.view
+    refs = {r.name: r for r in ckpt.refs()}
+    sizes = {n: refs[n].numel * d.itemsize for n, d in out_dtype.items()}
+    in_order = [refs[e.name] for e in prepared.plan.entries]
+    if max_shard is not None and view is not None:  # save_pretrained's order: the model's
+        in_order = model_order(in_order, view)
+    return output_files(spec, in_order, ckpt, max_shard, sizes)
+
+
+def _extras(
+    prepared: Prepared, spec: OutputSpec, files: Sequence[OutFile]
+) -> list[tuple[str, Path]]:
+    """The source folder's other files a folder output copies (checked: regular, inside)."""
+    if spec.fmt != "directory":
+        return []
+    shards = [(f.relname, f.source_shard) for f in files]
+    return extras_to_copy(prepared.ckpt, shards, prepared.job.source_text)
+
+
+def _config(
+    prepared: Prepared,
+    spec: OutputSpec,
+    request: OutputRequest,
+    extras: Sequence[tuple[str, Path]],
+    in_place: bool,
+) -> tuple[list[str], str | None]:
+    """The notes and the output's config.json text (None: left as it is), with a note for
+    each source file not copied because it describes the source's weights."""
+    shapes = {e.name: e.shape for e in prepared.plan.entries}
+    # a recipe's earlier steps may have done the surgery: its input's shapes then differ
+    edited_before = bool(prepared.job.surgery) or reshaped(prepared.ckpt)
+    notes, config_file = config_for(
+        spec.fmt,
+        prepared.source_config,
+        shapes,
+        request.config_set,
+        request.labels,
+        edited_before,
+    )
+    if spec.fmt != "directory":
+        return notes, config_file
+    stale = [
+        f"not copied: {r} (it describes the source's weights)"
+        for r, _ in extras
+        if stale_file(r) and not in_place  # in place: they stay where they are
+    ]
+    return [*stale, *notes], config_file
+
+
+def _check_config_beside(
+    spec: OutputSpec, side: Sequence[SideOutput], inputs: Inputs, o: ApplyOptions
+) -> None:
+    """A file output's config.json goes beside it: checked as any output, and distinct."""
+    beside = check_target(
+        spec.path.parent / "config.json",
+        "--config",
+        "report",
+        inputs=inputs,
+        overwrite=o.overwrite or o.in_place,
+    )
+    paths = [spec.path, *(t.path for t in side)]
+    if beside.resolve() in {p.resolve() for p in paths}:
+        raise OutputError(f"--config: {beside} is also another output; choose another -o")
+
+
+def _check_folder(
+    prepared: Prepared, spec: OutputSpec, files: Sequence[OutFile], in_place: bool
+) -> bool:
+    """Whether the folder output merges into an existing folder (--in-place: only the files
+    written replace their namesakes); a folder replaced whole must hold only what a run
+    writes there."""
+    merge = in_place and spec.fmt == "directory" and spec.path.is_dir()
+    if spec.fmt == "directory" and not merge:
+        held = [f.relname for f in files] + list(prepared.ckpt.extra_files())
+        check_replace_folder(spec.path, [*held, INDEX_NAME, REPORT_NAME])
+    return merge
+
+
+def _index(
+    prepared: Prepared,
+    spec: OutputSpec,
+    files: Sequence[OutFile],
+    out_dtype: Mapping[str, torch.dtype],
+    sharded: bool,
+) -> str | None:
+    """The shard index's text: when there is more than one shard, or the source had an index
+    (save_pretrained writes none for one shard)."""
+    if spec.fmt != "directory" or (sharded and len(files) < 2):
+        return None
+    ckpt = prepared.ckpt
+    has_index = getattr(getattr(ckpt, "layout", None), "index", None) is not None
+    if len(files) < 2 and not has_index:
+        return None
+    refs = {r.name: r for r in ckpt.refs()}
+    names = [n for f in files for n in f.names]
+    meta: dict[str, int] = {"total_size": sum(refs[n].numel * out_dtype[n].itemsize for n in names)}
+    if sharded:  # save_pretrained's metadata, keys sorted as it writes them
+        meta["total_parameters"] = sum(refs[n].numel for n in names)
+    index = {"metadata": meta, "weight_map": {n: f.relname for f in files for n in f.names}}
+    return json.dumps(index, indent=2, sort_keys=sharded) + "\n"
