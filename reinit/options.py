@@ -1,38 +1,76 @@
 """`ApplyOptions`: every option of an apply, defined once. The click options of `reinit apply`,
 a recipe's keys (top-level and per step) and the keywords of `reinit.apply`, `reinit.plan` and
 the in-memory functions all derive from its fields and their `OptionMeta`, so they cannot drift
-(tests/test_options.py checks it, minus the exceptions each field documents in `why_not`)."""
+(tests/test_options.py checks it, minus the exceptions each field documents in `why_not`).
+
+One topic, in order: what a field says about itself besides its type (`OptionMeta`), the
+fields (`ApplyOptions`), which keywords each public function takes, and those keywords typed
+(`OptionKwargs`, exactly the fields)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, TypedDict
 
 from reinit.io.trust import TrustSpec
-from reinit.option_kwargs import OptionKwargs, OptionKwargsBesidesSeed
-from reinit.option_meta import OptionMeta, PathLike, RecipeKind, option_meta
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-    from reinit.planning.session import ModelInput
+    from reinit.planning.model import ModelInput
 
 __all__ = [
+    "APPLY_FIELDS",
+    "IN_MEMORY_FIELDS",
+    "PLAN_FIELDS",
+    "SURGERY_FIELDS",
     "ApplyOptions",
     "OptionKwargs",
     "OptionKwargsBesidesSeed",
     "OptionMeta",
+    "PathLike",
     "RecipeKind",
     "meta",
+    "option_meta",
     "option_names",
     "with_kwargs",
-    "APPLY_FIELDS",
-    "PLAN_FIELDS",
-    "IN_MEMORY_FIELDS",
-    "SURGERY_FIELDS",
 ]
+
+# How a recipe value is checked and converted (recipe/validate.py): an integer, a float, a boolean, a
+# string, a string or null, a string or list of strings (paths), or a list of
+# --add/--drop/--rename values (specs).
+RecipeKind = Literal["int", "float", "bool", "str", "str?", "paths", "specs"]
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class OptionMeta:
+    """Where an option appears besides the Python API.
+
+    `flags`: the click declarations of `reinit apply` (none: not a flag); `recipe`: the value
+    kind of its recipe key (None: not a recipe key), named `key` in the file when that differs
+    from the field; `per_step`: a recipe step may set it too; `why_not`: why a field is missing
+    from the CLI or the recipe (the documented exceptions the drift test accepts)."""
+
+    help: str
+    flags: tuple[str, ...] = ()
+    metavar: str | None = None
+    multiple: bool = False
+    is_flag: bool = False
+    show_default: bool = False
+    recipe: RecipeKind | None = None
+    key: str | None = None
+    per_step: bool = False
+    why_not: str = ""
+
+
+def option_meta(m: OptionMeta) -> dict[str, OptionMeta]:
+    """`m` as a dataclass field's metadata (under the key `reinit`, where `options.meta`
+    finds it)."""
+    return {"reinit": m}
 
 
 def meta(f_name: str) -> OptionMeta:
@@ -370,6 +408,42 @@ SURGERY_FIELDS = frozenset({"add", "drop", "rename", "resize"})  # apply_to_modu
 _COMMON = {"strict", "allow_unmatched", "unsafe_pickle", "model", "config", "progress"}
 PLAN_FIELDS = SURGERY_FIELDS | _COMMON | {"key"}
 IN_MEMORY_FIELDS = frozenset(_COMMON | {"seed", "device", "reference_tolerance"})
+
+
+class OptionKwargsBesidesSeed(TypedDict, total=False):
+    """`OptionKwargs` less `seed`: the keywords of the in-memory functions, whose `seed` is a
+    positional parameter of its own."""
+
+    reports: Sequence[PathLike]
+    default_report: bool
+    strict: bool
+    allow_unmatched: bool
+    overwrite: bool
+    in_place: bool
+    device: str
+    progress: bool
+    unsafe_pickle: TrustSpec
+    key: str
+    add: Sequence[str]
+    drop: Sequence[str]
+    rename: Sequence[str]
+    resize: Sequence[str]
+    model: ModelInput | None
+    config: Mapping[str, object] | None
+    config_set: Sequence[str]
+    labels: str | Sequence[str] | None
+    plot: PathLike | None
+    dtype: str | None
+    max_shard_size: str | int | None
+    checksums: bool
+    reference_tolerance: float
+
+
+class OptionKwargs(OptionKwargsBesidesSeed, total=False):
+    """The keyword arguments the public functions take, typed (`**kwargs: Unpack[...]`):
+    exactly ApplyOptions' fields (tests/test_options.py checks it)."""
+
+    seed: int
 
 
 def with_kwargs(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -29,6 +30,7 @@ __all__ = [
     "Fans",
     "Model",
     "ModelError",
+    "ModelInput",
     "ModelView",
     "TensorSite",
     "align",
@@ -323,3 +325,8 @@ def _get_attr_tensor(module: nn.Module, attr: str) -> torch.Tensor:
     t = getattr(module, attr)
     assert isinstance(t, torch.Tensor)
     return t
+
+
+ModelInput = str | os.PathLike[str] | nn.Module | Model | ModelView
+"""What `--model` / `model=` accepts: a Hugging Face directory, hf:// URL or `module:callable`
+spec; a module; a loaded `Model`; or a `ModelView` already aligned to the checkpoint."""

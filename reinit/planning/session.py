@@ -11,7 +11,6 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
 from reinit.errors import RuleError, SchemeError, UsageError
 from reinit.io.checkpoint import Checkpoint
@@ -19,7 +18,7 @@ from reinit.io.sources import open_checkpoint
 from reinit.io.trust import TrustSpec
 from reinit.options import PLAN_FIELDS, ApplyOptions, OptionKwargs, with_kwargs
 from reinit.planning.edited import EditedCheckpoint
-from reinit.planning.model import Model, ModelView, check_default
+from reinit.planning.model import Model, ModelInput, ModelView, check_default
 from reinit.planning.model_load import load_model
 from reinit.planning.planner import Plan, check_strict
 from reinit.planning.planner import plan as make_plan
@@ -57,10 +56,6 @@ __all__ = [
 
 RuleInput = str | Rule
 """A rule as text (`'*.weight=kaiming'`) or already parsed."""
-
-ModelInput = str | os.PathLike[str] | nn.Module | Model | ModelView
-"""What `--model` / `model=` accepts: a Hugging Face directory, hf:// URL or `module:callable`
-spec; a module; a loaded `Model`; or a `ModelView` already aligned to the checkpoint."""
 
 
 def resolve_rules(rules: Sequence[Rule], config: Mapping[str, Any] | None) -> tuple[Rule, ...]:
