@@ -81,6 +81,36 @@ class HubMessages:
             "or set HF_HUB_OFFLINE=1 to use files already in the cache"
         )
 
+    def _http_error(
+        self, exc: BaseException, status: int | None, subject: str | None, token_hint: str
+    ) -> HubError:
+        """The Hub answered with an HTTP error: what each status means and what to do."""
+        repo = self.ref.repo_id
+        about = f" for {subject}" if subject else ""
+        if status == 401:
+            return HubError(
+                f"{self.display}: the Hub refused the request{about} (401 unauthorized):"
+                f" the token is missing or invalid; {token_hint}"
+            )
+        if status == 403:
+            return HubError(
+                f"{self.display}: access to {repo}{about} is forbidden (403): use a token"
+                f" with read access to it; {token_hint}"
+            )
+        if status == 429:
+            return HubError(
+                f"{self.display}: the Hub is rate-limiting requests{about} (429): wait and"
+                f" retry, or {token_hint}"
+            )
+        if status is not None and status >= 500:
+            return HubError(
+                f"{self.display}: the Hub answered {status}{about}: retry later, or set"
+                " HF_HUB_OFFLINE=1 to use files already in the cache"
+            )
+        return HubError(
+            f"{self.display}: the Hub answered {status or 'an error'}{about}: {reason_of(exc)}"
+        )
+
     def _error(self, exc: BaseException, filename: str | None = None) -> HubError:
         """Turn any exception of huggingface_hub (or below it) into a one-line `HubError`."""
         from huggingface_hub import errors as hf
@@ -139,30 +169,7 @@ class HubMessages:
                 f"{self._at_revision()}{listing}: check the file name"
             )
         if isinstance(exc, hf.HfHubHTTPError) or status is not None:
-            about = f" for {subject}" if subject else ""
-            if status == 401:
-                return HubError(
-                    f"{self.display}: the Hub refused the request{about} (401 unauthorized):"
-                    f" the token is missing or invalid; {token_hint}"
-                )
-            if status == 403:
-                return HubError(
-                    f"{self.display}: access to {repo}{about} is forbidden (403): use a token"
-                    f" with read access to it; {token_hint}"
-                )
-            if status == 429:
-                return HubError(
-                    f"{self.display}: the Hub is rate-limiting requests{about} (429): wait and"
-                    f" retry, or {token_hint}"
-                )
-            if status is not None and status >= 500:
-                return HubError(
-                    f"{self.display}: the Hub answered {status}{about}: retry later, or set"
-                    " HF_HUB_OFFLINE=1 to use files already in the cache"
-                )
-            return HubError(
-                f"{self.display}: the Hub answered {status or 'an error'}{about}: {reason_of(exc)}"
-            )
+            return self._http_error(exc, status, subject, token_hint)
         if is_unreachable(exc):
             about = f" to download {subject}" if subject else ""
             return HubError(

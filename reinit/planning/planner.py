@@ -142,46 +142,72 @@ def plan(
     `module_types` (from a model, see `reinit.planning.model`) maps each tensor name to its owning
     module's class names; `type:` patterns and the `default` scheme need it."""
     check_model_needs(rules, module_types)
-    entries: list[PlanEntry] = []
     used: set[int] = set()
     index = RuleIndex(rules)
+    entries = []
     for t in tensors:
-        shape = tuple(t.shape)
         types = module_types.get(t.name) if module_types is not None else None
-        # the last matching rule wins; a rule also "matches" for the unmatched check when it
-        # loses to a later rule, so candidates below the winner are tried only until used
-        hit: tuple[Rule, tuple[str, ...]] | None = None
-        for i in index.candidates(t.name):
-            if hit is not None and i in used:
-                continue
-            caps = rules[i].pattern.match(t.name, types)
-            if caps is not None:
-                used.add(i)
-                if hit is None:
-                    hit = (rules[i], caps)
-        if hit is None:
-            entries.append(PlanEntry(t.name, shape, t.dtype, "kept"))
-            continue
-        rule, caps = hit
-        if rule.kind == "keep":
-            entries.append(PlanEntry(t.name, shape, t.dtype, "kept", rule, caps))
-            continue
-        if rule.kind == "transplant":
-            entries.append(PlanEntry(t.name, shape, t.dtype, "transplant", rule, caps))
-            continue
-        reason = why_cannot_take(rule, shape, t.dtype)
-        if reason is not None:
-            if not rule.pattern.has_wildcards:
-                raise RuleError(f"rule {rule.text!r}: tensor '{t.name}' {shape}: {reason}")
-            entries.append(PlanEntry(t.name, shape, t.dtype, "skipped", rule, caps, reason))
-            continue
-        overflow = rule.scheme.overflow(t.dtype) if rule.scheme is not None else None
-        if overflow is not None:
-            raise RuleError(f"rule {rule.text!r}: tensor '{t.name}': {overflow}")
-        entries.append(PlanEntry(t.name, shape, t.dtype, "reinit", rule, caps))
-
-    warnings: list[str] = []
+        entries.append(_entry(t, _winner(rules, index, used, t.name, types)))
     names = [t.name for t in tensors]
+    warnings = _unmatched_rules(rules, used, names, module_types, allow_unmatched)
+    result = Plan(tuple(entries), tuple(rules), tuple(warnings))
+    check_strict(result, strict)
+    return result
+
+
+def _winner(
+    rules: Sequence[Rule],
+    index: RuleIndex,
+    used: set[int],
+    name: str,
+    types: Sequence[str] | None,
+) -> tuple[Rule, tuple[str, ...]] | None:
+    """The last matching rule and its captures. A rule also "matches" for the unmatched check
+    when it loses to a later rule (marked in `used`), so candidates below the winner are
+    tried only until used."""
+    hit: tuple[Rule, tuple[str, ...]] | None = None
+    for i in index.candidates(name):
+        if hit is not None and i in used:
+            continue
+        caps = rules[i].pattern.match(name, types)
+        if caps is not None:
+            used.add(i)
+            if hit is None:
+                hit = (rules[i], caps)
+    return hit
+
+
+def _entry(t: TensorLike, hit: tuple[Rule, tuple[str, ...]] | None) -> PlanEntry:
+    """What the winning rule does to `t`: keep, transplant, skip (a wildcard rule whose
+    scheme cannot take it), or reinit; a rule naming `t` alone that cannot is an error."""
+    shape = tuple(t.shape)
+    if hit is None:
+        return PlanEntry(t.name, shape, t.dtype, "kept")
+    rule, caps = hit
+    if rule.kind == "keep":
+        return PlanEntry(t.name, shape, t.dtype, "kept", rule, caps)
+    if rule.kind == "transplant":
+        return PlanEntry(t.name, shape, t.dtype, "transplant", rule, caps)
+    reason = why_cannot_take(rule, shape, t.dtype)
+    if reason is not None:
+        if not rule.pattern.has_wildcards:
+            raise RuleError(f"rule {rule.text!r}: tensor '{t.name}' {shape}: {reason}")
+        return PlanEntry(t.name, shape, t.dtype, "skipped", rule, caps, reason)
+    overflow = rule.scheme.overflow(t.dtype) if rule.scheme is not None else None
+    if overflow is not None:
+        raise RuleError(f"rule {rule.text!r}: tensor '{t.name}': {overflow}")
+    return PlanEntry(t.name, shape, t.dtype, "reinit", rule, caps)
+
+
+def _unmatched_rules(
+    rules: Sequence[Rule],
+    used: set[int],
+    names: Sequence[str],
+    module_types: Mapping[str, Sequence[str]] | None,
+    allow_unmatched: bool,
+) -> list[str]:
+    """A rule that matched nothing: an error, or (allowed) a warning, with a hint."""
+    warnings: list[str] = []
     hinted = 0
     for i, r in enumerate(rules):
         if i in used:
@@ -199,10 +225,7 @@ def plan(
         if not allow_unmatched:
             raise RuleError(msg + " (--allow-unmatched makes this a warning)")
         warnings.append(msg)
-
-    result = Plan(tuple(entries), tuple(rules), tuple(warnings))
-    check_strict(result, strict)
-    return result
+    return warnings
 
 
 def check_strict(result: Plan, strict: bool) -> None:

@@ -229,25 +229,56 @@ def edit_refs(
     wrong rank, an added name that already exists. `aliases` (the source's tied names) make a
     resize of one tied name resize its group."""
     warnings: list[str] = []
+    kept, dropped = _drop(refs, surgery.drops, allow_unmatched, warnings)
+    current = _rename([r.name for r in kept], surgery.renames, allow_unmatched, warnings)
+    _check_distinct(kept, current)
+    out_refs = [replace(r, name=new) for r, new in zip(kept, current, strict=True)]
+    origin = {new: r.name for r, new in zip(kept, current, strict=True)}
+    resized = _resize_refs(
+        out_refs, origin, surgery.resizes, aliases or {}, allow_unmatched, warnings
+    )
+    out_refs = [
+        replace(r, shape=resized[r.name].shape) if r.name in resized else r for r in out_refs
+    ]
+    shards = sorted({r.shard for r in refs}) or [""]
+    added = _add(out_refs, origin, surgery.adds, shards[-1])
+    return Edited(tuple(out_refs), origin, added, tuple(dropped), tuple(warnings), resized)
+
+
+def _drop(
+    refs: Sequence[TensorRef],
+    drops: Sequence[DropSpec],
+    allow_unmatched: bool,
+    warnings: list[str],
+) -> tuple[list[TensorRef], list[str]]:
+    """The refs no --drop pattern matches, and the names dropped."""
     names = [r.name for r in refs]
     dropped: list[str] = []
-    drop_hit = [False] * len(surgery.drops)
+    drop_hit = [False] * len(drops)
     kept: list[TensorRef] = []
     for r in refs:
         hit = False
-        for i, d in enumerate(surgery.drops):
+        for i, d in enumerate(drops):
             if d.pattern.match(r.name) is not None:
                 drop_hit[i] = hit = True
         if hit:
             dropped.append(r.name)
         else:
             kept.append(r)
-    for d, hit in zip(surgery.drops, drop_hit, strict=True):
+    for d, hit in zip(drops, drop_hit, strict=True):
         if not hit:
             _unmatched("--drop", d.text, names, allow_unmatched, warnings)
+    return kept, dropped
 
-    current = [r.name for r in kept]
-    for rn in surgery.renames:
+
+def _rename(
+    current: list[str],
+    renames: Sequence[RenameSpec],
+    allow_unmatched: bool,
+    warnings: list[str],
+) -> list[str]:
+    """The names after each --rename in order (same length and order as `current`)."""
+    for rn in renames:
         hit = False
         out: list[str] = []
         for n in current:
@@ -263,6 +294,11 @@ def edit_refs(
         if not hit:
             _unmatched("--rename", rn.text, current, allow_unmatched, warnings)
         current = out
+    return current
+
+
+def _check_distinct(kept: Sequence[TensorRef], current: Sequence[str]) -> None:
+    """No two tensors renamed to one name."""
     seen: dict[str, str] = {}
     for r, new in zip(kept, current, strict=True):
         if new in seen:
@@ -271,26 +307,23 @@ def edit_refs(
                 "make the templates tell them apart or --drop one"
             )
         seen[new] = r.name
-    out_refs = [replace(r, name=new) for r, new in zip(kept, current, strict=True)]
-    origin = {new: r.name for r, new in zip(kept, current, strict=True)}
-    resized = _resize_refs(
-        out_refs, origin, surgery.resizes, aliases or {}, allow_unmatched, warnings
-    )
-    out_refs = [
-        replace(r, shape=resized[r.name].shape) if r.name in resized else r for r in out_refs
-    ]
 
+
+def _add(
+    out_refs: list[TensorRef], origin: Mapping[str, str], adds: Sequence[AddSpec], shard: str
+) -> dict[str, AddSpec]:
+    """Append each --add tensor (in the last shard) to `out_refs`; a name that exists is an
+    error."""
     added: dict[str, AddSpec] = {}
-    shards = sorted({r.shard for r in refs}) or [""]
-    for a in surgery.adds:
+    for a in adds:
         if a.name in origin or a.name in added:
             raise RuleError(
                 f"--add {a.text!r}: a tensor '{a.name}' already exists; "
                 f"--drop it first or pick another name"
             )
         added[a.name] = a
-        out_refs.append(TensorRef(a.name, a.dtype, a.shape, shards[-1]))
-    return Edited(tuple(out_refs), origin, added, tuple(dropped), tuple(warnings), resized)
+        out_refs.append(TensorRef(a.name, a.dtype, a.shape, shard))
+    return added
 
 
 def _resize_refs(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -162,61 +162,77 @@ _FALSE = {"false", "no", "off", "0"}
 
 
 def _coerce(kind: Kind, value: Data, key: str, at: str) -> Value:
+    """`value` (as parsed, or `--set` text) converted to its key's kind, or a usage error."""
     set_text = value.text if isinstance(value, SetValue) else None
-    if set_text is not None and kind in ("rules", "paths", "any", "specs"):
-        value = (
-            _parse_set_list(set_text) if kind in ("rules", "paths") else _parse_set_any(set_text)
-        )
+    if set_text is not None and kind in ("rules", "paths"):
+        value = _parse_set_list(set_text)
+    elif set_text is not None and kind == "specs":
+        value = _parse_set_any(set_text)
     elif set_text is not None:
         value = set_text
-    if kind == "any":
+    convert = _CONVERT.get(kind)
+    if convert is None:
+        raise AssertionError(kind)
+    return convert(kind, value, key, at)
+
+
+def _as_str(kind: Kind, value: Data, key: str, at: str) -> Value:
+    if value is None and kind == "str?":
+        return None
+    if isinstance(value, str):
         return value
-    if kind in ("str", "str?"):
-        if value is None and kind == "str?":
-            return None
-        if isinstance(value, str):
-            return value
-        raise UsageError(f"{at}: {key!r} must be a string, got {value!r}")
-    if kind == "int":
-        if isinstance(value, bool):
-            raise UsageError(f"{at}: {key!r} must be an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
-            return int(value)
+    raise UsageError(f"{at}: {key!r} must be a string, got {value!r}")
+
+
+def _as_int(kind: Kind, value: Data, key: str, at: str) -> Value:
+    if isinstance(value, bool):
         raise UsageError(f"{at}: {key!r} must be an integer, got {value!r}")
-    if kind == "float":
-        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
-            try:  # a number, or --set text that reads as one
-                return float(value)
-            except ValueError:
-                pass
-        raise UsageError(f"{at}: {key!r} must be a number, got {value!r}")
-    if kind == "bool":
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
-        raise UsageError(f"{at}: {key!r} must be true or false, got {value!r}")
-    if kind in ("rules", "paths"):
-        if isinstance(value, str):
-            value = [value]
-        strings = _strings(value)
-        if strings is None:
-            what = "rule strings (PATTERN=ACTION)" if kind == "rules" else "paths"
-            raise UsageError(f"{at}: {key!r} must be a list of {what}, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        return int(value)
+    raise UsageError(f"{at}: {key!r} must be an integer, got {value!r}")
+
+
+def _as_float(kind: Kind, value: Data, key: str, at: str) -> Value:
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:  # a number, or --set text that reads as one
+            return float(value)
+        except ValueError:
+            pass
+    raise UsageError(f"{at}: {key!r} must be a number, got {value!r}")
+
+
+def _as_bool(kind: Kind, value: Data, key: str, at: str) -> Value:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise UsageError(f"{at}: {key!r} must be true or false, got {value!r}")
+
+
+def _as_strings(kind: Kind, value: Data, key: str, at: str) -> Value:
+    """rules, paths, specs: a list of strings (one string is a list of one)."""
+    strings = _strings([value] if isinstance(value, str) else value)
+    if strings is not None:
         return strings
     if kind == "specs":
-        if isinstance(value, str):
-            value = [value]
-        strings = _strings(value)
-        if strings is None:
-            example = SPEC_EXAMPLES.get(key, "")
-            raise UsageError(
-                f"{at}: {key!r} must be a list of strings, e.g. {example}, got {value!r}"
-            )
-        return strings
-    raise AssertionError(kind)
+        example = SPEC_EXAMPLES.get(key, "")
+        raise UsageError(f"{at}: {key!r} must be a list of strings, e.g. {example}, got {value!r}")
+    what = "rule strings (PATTERN=ACTION)" if kind == "rules" else "paths"
+    raise UsageError(f"{at}: {key!r} must be a list of {what}, got {value!r}")
+
+
+_CONVERT: dict[str, Callable[[Kind, Data, str, str], Value]] = {
+    "str": _as_str,
+    "str?": _as_str,
+    "int": _as_int,
+    "float": _as_float,
+    "bool": _as_bool,
+    "rules": _as_strings,
+    "paths": _as_strings,
+    "specs": _as_strings,
+}
 
 
 def _strings(value: Data) -> tuple[str, ...] | None:
