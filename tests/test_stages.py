@@ -54,7 +54,7 @@ def test_shards_written_one_at_a_time_then_published_equal_one_apply(llama, tmp_
     o = ApplyOptions(seed=3)
     with ExitStack() as stack:
         prepared = prepare(stack, Job.of(src, RULES, o), o)
-        layout = lay_out(prepared, OutputRequest.of(f"{split}/", o), o)
+        layout = lay_out(prepared, OutputRequest.of(f"{split}/", o))
         shards = layout.shards()
         assert len(shards) > 2 and layout.index is not None  # the index is decided up front
         staging = stage(stack, layout)
@@ -83,7 +83,7 @@ def test_an_unpublished_run_leaves_nothing(llama, tmp_path):
     o = ApplyOptions()
     with ExitStack() as stack:
         prepared = prepare(stack, Job.of(src, RULES, o), o)
-        layout = lay_out(prepared, OutputRequest.of(f"{out}/", o), o)
+        layout = lay_out(prepared, OutputRequest.of(f"{out}/", o))
         staging = stage(stack, layout)
         write(prepared, layout, staging.tmp)
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # the staged folder is removed
@@ -94,6 +94,6 @@ def test_a_shard_the_layout_lacks_is_refused(llama, tmp_path):
     o = ApplyOptions()
     with ExitStack() as stack:
         prepared = prepare(stack, Job.of(src, RULES, o), o)
-        layout = lay_out(prepared, OutputRequest.of(f"{tmp_path / 'out'}/", o), o)
+        layout = lay_out(prepared, OutputRequest.of(f"{tmp_path / 'out'}/", o))
         with pytest.raises(UsageError, match="no output shard 'model-9.safetensors'"):
             layout.files_of(["model-9.safetensors"])

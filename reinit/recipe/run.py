@@ -88,7 +88,7 @@ def _write_last(
     job, request = Job.of(current, last.rules, o), OutputRequest.of(recipe.output, o)
     with ExitStack() as stack:
         prepared = prepare(stack, job, o)
-        layout = lay_out(prepared, request, o)
+        layout = lay_out(prepared, request)
         staging = stage(stack, layout)
         written = write(prepared, layout, staging.tmp, progress=o.progress)
         seconds = time.perf_counter() - started

@@ -75,7 +75,7 @@ def apply(
     request = OutputRequest.of(output, o)
     with ExitStack() as stack:
         prepared = prepare(stack, job, o)
-        layout = lay_out(prepared, request, o)
+        layout = lay_out(prepared, request)
         staging = stage(stack, layout)
         written = write(prepared, layout, staging.tmp, progress=o.progress)
         report = report_of(prepared, layout, written)

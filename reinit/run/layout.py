@@ -64,14 +64,15 @@ class OutputRequest:
 @dataclass(frozen=True)
 class Layout:
     """Where every byte of a run goes (see the module docstring). `control` casts and hashes
-    the pieces on the way (its summary is the writer's warning); `extras` are source files
+    the pieces on the way (its summary is the writer's warning); `plan_entries` are the planned
+    tensors by name, `in_bytes` their source bytes (progress); `extras` are source files
     copied into a folder output; `index` and `config_file` are the texts of the shard index
     and config.json (None: not written); `side` the reports and plot; `how` and `merge` how
     the checkpoint is published."""
 
     spec: OutputSpec
     files: tuple[OutFile, ...]
-    entries: Mapping[str, PlanEntry]
+    plan_entries: Mapping[str, PlanEntry]
     out_dtype: Mapping[str, torch.dtype]
     in_bytes: Mapping[str, int]
     control: OutputControl
@@ -95,7 +96,8 @@ class Layout:
         unknown = sorted(set(shards) - set(self.shards()))
         if unknown:
             raise UsageError(f"{self.spec.path}: no output shard {unknown[0]!r} in the layout")
-        return tuple(f for f in self.files if f.relname in set(shards))
+        wanted = set(shards)
+        return tuple(f for f in self.files if f.relname in wanted)
 
     @property
     def config_beside(self) -> Path | None:
@@ -105,9 +107,10 @@ class Layout:
         return self.spec.path.parent / "config.json"
 
 
-def lay_out(prepared: Prepared, request: OutputRequest, o: ApplyOptions) -> Layout:
+def lay_out(prepared: Prepared, request: OutputRequest) -> Layout:
     """Decide where every byte of the prepared run goes, refusing any output that may not be
-    written (see `Layout`)."""
+    written (see `Layout`); the reports, plot and how to publish come from the run's options."""
+    o = prepared.options
     inputs = Inputs.of([prepared.job.source_text, *prepared.sources.opened()])
     spec = _output_spec(prepared, request, inputs, o)
     side = _side_targets(spec, o, inputs)
@@ -128,7 +131,7 @@ def lay_out(prepared: Prepared, request: OutputRequest, o: ApplyOptions) -> Layo
     return Layout(
         spec=spec,
         files=tuple(files),
-        entries=entries,
+        plan_entries=entries,
         out_dtype=out_dtype,
         in_bytes={n: refs[n].nbytes for n in entries},
         control=control,

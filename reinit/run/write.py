@@ -75,7 +75,7 @@ def write(
     """Write the tensors of `shards` (default: every file of the layout, then the folder's
     side files: copied extras, the index, config.json) under `tmp`."""
     files = layout.files_of(shards)
-    ordered = [layout.entries[n] for f in files for n in f.names]
+    ordered = [layout.plan_entries[n] for f in files for n in f.names]
     applier = prepared.applier()
     applier.spans = not layout.control.active  # a cast or a hash reads kept bytes as chunks
     total = sum(layout.in_bytes[e.name] for e in ordered)
@@ -129,7 +129,7 @@ def _write_files(
     for f in files:
         target = output_path(tmp, f.relname, prepared.job.source_text) if folder else tmp
         target.parent.mkdir(parents=True, exist_ok=True)
-        header = [(n, layout.out_dtype[n], layout.entries[n].shape) for n in f.names]
+        header = [(n, layout.out_dtype[n], layout.plan_entries[n].shape) for n in f.names]
         meta = output_metadata(prepared.ckpt, f.source_shard, prepared.seed, prepared.rule_texts)
         with SafetensorsWriter(target, header, meta) as w:
             entries.extend(_write_pieces(w, pieces, len(f.names), bar, applier))
@@ -162,7 +162,7 @@ def _write_torch(
 ) -> tuple[list[TensorEntry], int]:
     """The `.bin/.pt` output: `torch.save` needs every tensor at once, so this form holds the
     whole model in memory. Tied names stay tied (one tensor object, one storage in the file)."""
-    cast = {n: replace(e, dtype=layout.out_dtype[n]) for n, e in layout.entries.items()}
+    cast = {n: replace(e, dtype=layout.out_dtype[n]) for n, e in layout.plan_entries.items()}
     state, entries = assemble(pieces, cast, prepared.ties, on_piece=bar.update)
     return entries, write_torch_file(tmp, state)
 
