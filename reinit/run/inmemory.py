@@ -1,8 +1,9 @@
 """The same rules on tensors already in memory: state dicts, `nn.Module`s and in-memory
 checkpoints (a recipe's intermediate steps), and the probe's model.
 
-Nothing here computes a value: `run_in_memory` plans as `apply` does (`plan_for`) and runs the
-same `Applier` stream, only assembling its pieces into tensors instead of writing them, so a
+Nothing here computes a value: these run `apply`'s first stage (`run.prepare`: `prepare`, or
+`plan_on` for a checkpoint already edited) and the same `Applier` stream (`run_prepared`), only
+assembling its pieces into tensors instead of writing them, so a
 scheme that reads the tensor's own values or another tensor (`mean_resize`, `copy(...)`) gives
 exactly what `reinit apply` writes for the same tensors and seed."""
 
