@@ -173,7 +173,8 @@ def apply(
         numels = {n: refs[n].numel for n in out_dtype}
         sizes = {n: numels[n] * d.itemsize for n, d in out_dtype.items()}
         in_order = [refs[e.name] for e in the_plan.entries]
-        if max_shard is not None and view is not None:  # save_pretrained's order: the model's
+        # save_pretrained's order: the model's (a `reinit new` model is in that order already)
+        if max_shard is not None and view is not None and ckpt.kind != "model":
             in_order = model_order(in_order, view)
         files = output_files(spec, in_order, ckpt, max_shard, sizes)
         extras = (
