@@ -359,3 +359,34 @@ def test_existing_output_is_refused(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("x")
     refused(tmp_path, ["new", str(cfg), "-o", str(tmp_path / "out")], 2, "out")
+
+
+# --- recipes: `new: CONFIG` in place of `source:` -------------------------------------------
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_recipe_new_equals_the_command(tmp_path, steps):
+    cfg = _config_dir(tmp_path, "llama")
+    rules = ["*.mlp.down_proj.weight=zeros", "model.norm.weight=normal(std=0.5)"]
+    _new(cfg, "-o", tmp_path / "cmd", "--seed", "3", *(a for r in rules for a in ("-r", r)))
+    if steps == 1:
+        body = "rules:\n" + "".join(f"  - '{r}'\n" for r in rules)
+    else:
+        body = "steps:\n" + "".join(f"  - rules: ['{r}']\n" for r in rules)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"new: {cfg}\noutput: {tmp_path / 'rec'}\nseed: 3\n{body}")
+    res = run("run", recipe, "-q")
+    assert res.exit_code == 0, res.output
+    cmd, rec = _weights(tmp_path / "cmd"), _weights(tmp_path / "rec")
+    assert cmd.keys() == rec.keys()
+    assert all(torch.equal(cmd[n], rec[n]) for n in cmd)
+    _load_clean(transformers.LlamaForCausalLM, tmp_path / "rec")
+    dry = run("run", recipe, "--dry-run")
+    assert dry.exit_code == 0, dry.output
+
+
+def test_recipe_needs_source_or_new(tmp_path):
+    cfg = _config_dir(tmp_path, "llama")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"new: {cfg}\nsource: {cfg}\nrules: ['*=zeros']\n")
+    refused(tmp_path, ["run", str(recipe)], 2, "one of them")

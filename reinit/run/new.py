@@ -5,7 +5,7 @@ by the architecture's own init unless a later rule says otherwise, one tensor at
 
 from __future__ import annotations
 
-__all__ = ["NEW_FIELDS", "SAVE_PRETRAINED_SHARD", "new", "plan_new"]
+__all__ = ["NEW_FIELDS", "SAVE_PRETRAINED_SHARD", "new", "plan_new", "prepare_new"]
 
 import os
 from collections.abc import Sequence
@@ -87,7 +87,7 @@ def new(
     ```
     """
     o = with_kwargs("new", options, kwargs, NEW_FIELDS)
-    ckpt, rule_objs, run = _prepare(source, rules, o, output)
+    ckpt, rule_objs, run = prepare_new(source, rules, o, output)
     with ckpt:
         return apply(ckpt, rule_objs, output, options=run)
 
@@ -102,20 +102,21 @@ def plan_new(
     """What `new` would do (`--dry-run`): the plan of the model's checkpoint under
     `*=default` and the rules, writing nothing."""
     o = with_kwargs("plan_new", options, kwargs, NEW_FIELDS)
-    ckpt, rule_objs, run = _prepare(source, rules, o, None)
+    ckpt, rule_objs, run = prepare_new(source, rules, o, None)
     with ckpt:
         return plan(ckpt, rule_objs, options=run)
 
 
-def _prepare(
+def prepare_new(
     config: str | os.PathLike[str] | nn.Module,
     rules: Sequence[RuleInput],
     o: ApplyOptions,
     output: str | os.PathLike[str] | None,
 ) -> tuple[ModelCheckpoint, tuple[Rule, ...], ApplyOptions]:
     """The model's checkpoint (on the meta device; dtype: --dtype, else the config's, else
-    float32), the rules after `*=default`, and apply's options for it (the model view; the
-    shard size save_pretrained uses for a folder output)."""
+    float32; the caller closes it), the rules after `*=default`, and apply's options for it
+    (the model view; the shard size save_pretrained uses for a folder output). A recipe's
+    `new:` runs its first step with these."""
     spec = type(config).__name__ if isinstance(config, nn.Module) else os.fspath(config)
     model = load_model(config)
     check_architecture(spec, model)
