@@ -390,3 +390,38 @@ def test_recipe_needs_source_or_new(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"new: {cfg}\nsource: {cfg}\nrules: ['*=zeros']\n")
     refused(tmp_path, ["run", str(recipe)], 2, "one of them")
+
+
+def test_hf_url_needs_only_the_config(tmp_path, offline):
+    """`reinit new hf://OWNER/NAME` reads config.json alone (here the only file the cached
+    repo has) and writes the model it describes."""
+    from hubcache import seed_repo
+
+    cfg = _config_dir(tmp_path, "bert")
+    seed_repo(offline, "acme/bert-mlm", {"config.json": (cfg / "config.json").read_bytes()})
+    _new("hf://acme/bert-mlm", "-o", tmp_path / "out", "--seed", "2")
+    _new(cfg, "-o", tmp_path / "local", "--seed", "2")
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == (
+        tmp_path / "local" / "model.safetensors"
+    ).read_bytes()
+    _load_clean(transformers.BertForMaskedLM, tmp_path / "out")
+
+
+def test_options_new_cannot_honour_are_refused(tmp_path):
+    cfg = _config_dir(tmp_path, "llama")
+    with pytest.raises(reinit.UsageError, match="labels does not apply"):
+        reinit.new(cfg, tmp_path / "out", labels="a,b", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_moe_checkpoint_tensors_made_by_conversion_are_refused_for_now(tmp_path):
+    """Until the conversion-mapping view (issue 24 item 2) draws per-expert tensors: exit 2,
+    one line, nothing written."""
+    config = transformers.MixtralConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+        intermediate_size=64, vocab_size=64, num_local_experts=4, num_experts_per_tok=2,
+        architectures=["MixtralForCausalLM"],
+    )  # fmt: skip
+    config.save_pretrained(tmp_path / "moe")
+    refused(tmp_path, ["new", str(tmp_path / "moe"), "-o", str(tmp_path / "out")], 2,
+            "experts.0", "mixture of experts")  # fmt: skip

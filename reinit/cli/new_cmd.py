@@ -27,7 +27,18 @@ from reinit.cli.common import (
 __all__ = ["new"]
 
 # ApplyOptions flags `reinit new` does not take (run.new.NEW_FIELDS, kept import-free here)
-_NOT_NEW = {"in_place", "key", "add", "drop", "rename", "resize", "model", "config"}
+_NOT_NEW = {
+    "in_place", "key", "add", "drop", "rename", "resize", "model", "config", "config_set",
+    "labels",
+}  # fmt: skip
+
+# flags whose meaning differs for a model made from its config
+_HELP = {
+    "dtype": "float32, bfloat16 or float16: the dtype of every floating tensor (drawn in "
+    "float32, then cast). Default: the config's dtype (torch_dtype), else float32.",
+    "max_shard_size": "Shard size of a folder output, split as save_pretrained splits "
+    "(e.g. 5GB, 500MB, 10MiB, or bytes). Default: save_pretrained's 50GB.",
+}
 
 
 def _new_fields() -> tuple[str, ...]:
@@ -40,7 +51,7 @@ Command = Callable[..., None]
 def new_options(f: Command) -> Command:
     """apply's ApplyOptions flags that `new` takes."""
     for name in reversed(_new_fields()):
-        f = apply_option(name)(f)
+        f = apply_option(name, _HELP.get(name))(f)
     return f
 
 
@@ -50,7 +61,7 @@ def new_options(f: Command) -> Command:
         'reinit new llama-48-config/ -o llama-48-up/ --rule "*=from(llama-32/)" \\\n'
         '    --rule "re:model\\.layers\\.(2[4-9]|3[0-9]|4[0-7])\\.(.*)='
         'from(llama-32/, key=model.layers.{1-16}.{2})"',
-        'reinit new clf-config/ -o clf/ --rule "bert.*=from(bert-base/)"',
+        'reinit new clf-config/ -o clf/ --rule "bert.*=from(bert-base/, key={1})"',
     )
 )
 @click.argument("config")

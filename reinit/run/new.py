@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from reinit.errors import UsageError
 from reinit.options import APPLY_FIELDS, ApplyOptions, OptionKwargs, with_kwargs
 from reinit.planning.fresh import DEFAULT_RULE, ModelCheckpoint, check_architecture, config_dtype
 from reinit.planning.model_load import load_model
@@ -30,7 +31,9 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
 # What `new` takes of ApplyOptions: not the source-editing ones (the model is the source) nor
-# `model`/`config`/`in_place`/`key` (CONFIG names the model and its config).
+# `model`/`config`/`in_place`/`key` (CONFIG names the model and its config), nor
+# `config_set`/`labels` (a config.json edited after the model was built from it would not
+# describe the weights: edit the config first).
 NEW_FIELDS = APPLY_FIELDS - {
     "in_place",
     "key",
@@ -40,6 +43,8 @@ NEW_FIELDS = APPLY_FIELDS - {
     "resize",
     "model",
     "config",
+    "config_set",
+    "labels",
 }
 
 SAVE_PRETRAINED_SHARD = "50GB"  # transformers 5's save_pretrained default max_shard_size
@@ -67,7 +72,7 @@ def new(
             any scheme, `keep` (the model's own init), or `from(...)` with its transforms.
         options: An `ApplyOptions`; keywords given too override it.
         **kwargs: The fields of `reinit.ApplyOptions` but `in_place`, `key`, `add`, `drop`,
-            `rename`, `resize`, `model` and `config`: `seed`, `dtype` (default: the config's
+            `rename`, `resize`, `model`, `config`, `config_set` and `labels`: `seed`, `dtype` (default: the config's
             `dtype`/`torch_dtype`, else float32), `max_shard_size`, `reports`, `overwrite`, ...
 
     Returns:
@@ -105,6 +110,21 @@ def plan_new(
     ckpt, rule_objs, run = prepare_new(source, rules, o, None)
     with ckpt:
         return plan(ckpt, rule_objs, options=run)
+
+
+def _check_options(spec: str, o: ApplyOptions) -> None:
+    """An options object may carry any field; those `new` cannot honour are refused, not
+    ignored (e.g. a `new:` recipe with `config_set`)."""
+    given = [
+        f for f in ("add", "drop", "rename", "resize", "config_set", "labels") if getattr(o, f)
+    ]
+    if o.in_place or o.key or o.model is not None or o.config is not None:
+        given.append("in_place/key/model/config")
+    if given:
+        raise UsageError(
+            f"new {spec}: {given[0]} does not apply to a model made from its config; edit "
+            "the config (or run apply on the output)"
+        )
 
 
 def prepare_new(
