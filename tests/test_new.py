@@ -409,8 +409,12 @@ def test_hf_url_needs_only_the_config(tmp_path, offline):
 
 def test_options_new_cannot_honour_are_refused(tmp_path):
     cfg = _config_dir(tmp_path, "llama")
-    with pytest.raises(reinit.UsageError, match="labels does not apply"):
+    with pytest.raises(TypeError, match="labels"):  # not a keyword of new()
         reinit.new(cfg, tmp_path / "out", labels="a,b", progress=False)
+    # an options object may carry any field: one new cannot honour is refused, not ignored
+    options = reinit.ApplyOptions(labels="a,b", progress=False)
+    with pytest.raises(reinit.UsageError, match="labels does not apply"):
+        reinit.new(cfg, tmp_path / "out", options=options)
     assert not (tmp_path / "out").exists()
 
 
