@@ -138,6 +138,7 @@ def prepare_new(
     (the model view; the shard size save_pretrained uses for a folder output). A recipe's
     `new:` runs its first step with these."""
     spec = type(config).__name__ if isinstance(config, nn.Module) else os.fspath(config)
+    _check_options(spec, o)
     model = load_model(config)
     check_architecture(spec, model)
     dtype = parse_dtype(o.dtype) or config_dtype(model.module) or torch.float32
