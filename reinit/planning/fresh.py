@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from torch import nn
 
-from reinit.errors import ReinitError
+from reinit.errors import CheckpointError
 from reinit.io.checkpoint import Checkpoint, ConfigDict, TensorRef
 from reinit.io.safetensors_format import tensor_to_bytes
 from reinit.planning.model import Model, ModelError, ModelView, default_value
@@ -182,7 +182,7 @@ class ModelCheckpoint(Checkpoint):
         try:
             return self._refs[name]
         except KeyError:
-            raise ReinitError(f"{self.source}: the model has no tensor '{name}'") from None
+            raise CheckpointError(f"{self.source}: the model has no tensor '{name}'") from None
 
     def read(self, name: str) -> torch.Tensor:
         return default_value(self.view, name, self.ref(name).dtype, self.seed)
