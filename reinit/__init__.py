@@ -32,6 +32,8 @@ from reinit.version import __version__
 _LAZY = {
     "diff_checkpoints": "reinit.tools.diff",
     "apply": "reinit.run.apply",
+    "new": "reinit.run.new",
+    "plan_new": "reinit.run.new",
     "plan": "reinit.planning.session",
     "report_checkpoint": "reinit.tools.audit",
     "apply_to_module": "reinit.run.inmemory",
@@ -70,6 +72,7 @@ if TYPE_CHECKING:
     from reinit.rules import Rule, parse_rule
     from reinit.run.apply import apply
     from reinit.run.inmemory import apply_to_module, apply_to_state_dict
+    from reinit.run.new import new, plan_new
     from reinit.schemes import SCHEMES, calculate_gain, seed_for
     from reinit.tools.audit import report_checkpoint
     from reinit.tools.diff import diff_checkpoints
@@ -99,6 +102,8 @@ __all__ = [
     "apply",
     "apply_to_module",
     "apply_to_state_dict",
+    "new",
+    "plan_new",
     "load_recipe",
     "run_recipe",
     "plan_recipe",

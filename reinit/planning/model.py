@@ -318,7 +318,8 @@ def default_init(
         )
     if applied is None:  # set, but by nothing the trace names (a custom write)
         applied = AppliedInit(f"{kind}: its own init (not a torch.nn.init call)", None)
-    return value.detach().to(dtype).contiguous().clone(), applied
+    out = value.detach().to(dtype).contiguous()  # a copy unless the dtype is the module's
+    return (out.clone() if out.data_ptr() == value.data_ptr() else out), applied
 
 
 def _get_attr_tensor(module: nn.Module, attr: str) -> torch.Tensor:

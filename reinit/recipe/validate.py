@@ -33,6 +33,7 @@ Kind = Literal["int", "float", "bool", "str", "str?", "paths", "specs", "rules",
 # The keys a recipe has besides apply's options (which come from ApplyOptions, below).
 OWN_TOP_KEYS: dict[str, Kind] = {
     "source": "str",
+    "new": "str",  # instead of source: the model a config names, made as `reinit new` makes it
     "output": "str?",
     "rules": "rules",
     "steps": "steps",
@@ -103,6 +104,7 @@ class Recipe:
     output: str | None = None
     options: ApplyOptions = ApplyOptions()
     dry_run: bool = False
+    new: bool = False  # `new: CONFIG`: `source` is the config, the model made from it
 
     @property
     def seed(self) -> int:
@@ -305,9 +307,10 @@ def _options(
 
 def validate(data: Mapping[str, Data], where: Where, label: str) -> Recipe:
     top = _fields(data, TOP_KEYS, (), where, label)
-    if "source" not in top:
+    if ("source" in top) == ("new" in top):
         raise UsageError(
-            f"{label}: the recipe needs a source (a checkpoint path or hf://OWNER/NAME)"
+            f"{label}: the recipe needs a source (a checkpoint path or hf://OWNER/NAME) or "
+            "new (a model config, as reinit new takes it), one of them"
         )
     base = _options(ApplyOptions(), top, TOP_OPTION_KEYS)
     top_surgery = [k for k in SURGERY if k in top]
@@ -346,11 +349,12 @@ def validate(data: Mapping[str, Data], where: Where, label: str) -> Recipe:
     output = top.get("output")
     return Recipe(
         path=label,
-        source=str(top["source"]),
+        source=str(top["source"] if "source" in top else top["new"]),
         steps=tuple(steps),
         output=output if isinstance(output, str) else None,
         options=base,
         dry_run=bool(top.get("dry_run", False)),
+        new="new" in top,
     )
 
 

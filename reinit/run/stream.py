@@ -93,9 +93,9 @@ POOL_KEEP = READ_AHEAD + WRITE_AHEAD + 4
 
 
 def _made(p: PlanEntry) -> bool:
-    """Whether surgery makes the entry's values (--add, --resize): they are not in the source's
-    read stream, and are read whole."""
-    return p.added or p.resized is not None
+    """Whether surgery makes the entry's values (--add, --resize), or `reinit new` does: they
+    are not in the source's read stream, and are read whole."""
+    return p.added or p.fresh or p.resized is not None
 
 
 def _count(acc: StatsAccumulator, chunk: memoryview, dtype: torch.dtype) -> None:
