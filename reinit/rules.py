@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from reinit.errors import RuleError, SchemeError
@@ -312,18 +312,21 @@ class TransplantSpec:
     state: str = ""
     cat: tuple[str, ...] = ()  # key templates, concatenated in this order
     transform: TransformSpec = TransformSpec()
+    stack: tuple[str, ...] = ()  # key templates with {e}: each expert's (joined), stacked
 
     @property
     def has_transform(self) -> bool:
         """Whether the values are more than a (cast) copy of one source tensor."""
-        return bool(self.cat) or self.transform.active
+        return bool(self.cat) or bool(self.stack) or self.transform.active
 
     def transform_text(self) -> str | None:
         """The transform as written (`cat=…, dim=…, chunk=…, rotary=…`), None for a copy."""
         if not self.has_transform:
             return None
         parts = [f"cat={';'.join(self.cat)}"] if self.cat else []
-        if self.cat or self.transform.chunk is not None:
+        if self.stack:
+            parts.append(f"stack={';'.join(self.stack)}")
+        if self.cat or self.transform.chunk is not None or len(self.stack) > 1:
             parts.append(f"dim={self.transform.dim}")
         return ", ".join(parts + self.transform.parts())
 
@@ -341,7 +344,7 @@ class TransplantSpec:
         return f"from({', '.join(parts)})"
 
 
-_FROM_ARGS = ("source", "key", "on_mismatch", "state", "cat", *TRANSFORM_ARGS)
+_FROM_ARGS = ("source", "key", "on_mismatch", "state", "cat", "stack", *TRANSFORM_ARGS)
 
 
 def parse_from(action: Action, where: str) -> TransplantSpec:
@@ -353,7 +356,7 @@ def parse_from(action: Action, where: str) -> TransplantSpec:
         raise RuleError(
             f"{where}: from() has no argument {sorted(unknown)[0]!r}; "
             "use from(SOURCE, key=TEMPLATE|auto, on_mismatch=error|skip|slice, state=PATH) "
-            f"with transforms {', '.join(a + '=' for a in _FROM_ARGS[5:])}"
+            f"with transforms {', '.join(a + '=' for a in _FROM_ARGS[4:])}"
         )
     if len(action.args) > 1:
         raise RuleError(f"{where}: from() takes one positional argument, the source")
@@ -375,11 +378,12 @@ def parse_from(action: Action, where: str) -> TransplantSpec:
                 f"{where}: cat= needs two or more key templates separated by ';', "
                 "e.g. cat={1}.q.weight;{1}.k.weight;{1}.v.weight"
             )
+    stack = _stack_templates(kw, key, cat, where)
     policy = kw.get("on_mismatch", "error")
     if policy not in MISMATCH_POLICIES:
         raise RuleError(f"{where}: on_mismatch must be one of {', '.join(MISMATCH_POLICIES)}")
     state = kw.get("state", "")
-    transform = parse_transform(kw, where, has_cat=bool(cat))
+    transform = parse_transform(kw, where, has_cat=bool(cat), has_stack=bool(stack))
     for scheme_arg in ("init", "new"):
         text = getattr(transform, scheme_arg)
         if text is not None and text != KEEP:
@@ -387,4 +391,22 @@ def parse_from(action: Action, where: str) -> TransplantSpec:
                 get_scheme(parse_action(text, where).name)
             except SchemeError as e:
                 raise RuleError(f"{where}: {scheme_arg}={text}: {e}") from None
-    return TransplantSpec(source, key, str(policy), str(state), cat, transform)
+    return TransplantSpec(source, key, str(policy), str(state), cat, transform, stack)
+
+
+def _stack_templates(
+    kw: Mapping[str, object], key: str | None, cat: tuple[str, ...], where: str
+) -> tuple[str, ...]:
+    """`stack=T1[;T2...]`: key templates naming one expert with `{e}` (0..experts-1); each
+    expert's tensors are joined along dim= (as cat=), then the experts stacked along dim 0."""
+    if "stack" not in kw:
+        return ()
+    if key is not None or cat:
+        raise RuleError(f"{where}: stack= names every source key: not with key= or cat=")
+    stack = tuple(k.strip() for k in str(kw["stack"]).split(";"))
+    if not all(stack) or not all("{e}" in k for k in stack):
+        raise RuleError(
+            f"{where}: stack= needs key templates with {{e}} for the expert index, separated "
+            "by ';', e.g. stack={1}.experts.{e}.w1.weight;{1}.experts.{e}.w3.weight"
+        )
+    return stack

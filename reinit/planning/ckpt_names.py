@@ -18,7 +18,7 @@ from __future__ import annotations
 
 __all__ = ["CheckpointSlice", "checkpoint_slices"]
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +26,8 @@ from torch import nn
 
 _SHIFT = 40
 _MASK = (1 << _SHIFT) - 1
+
+Revert = Callable[..., dict[str, torch.Tensor]]  # transformers' revert_weight_conversion
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ def _unshared_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {n: t.detach() for n, t in state.items()}
 
 
-def _reverter():  # type: ignore[no-untyped-def]
+def _reverter() -> Revert | None:
     try:
         from transformers.core_model_loading import revert_weight_conversion
     except ImportError:  # transformers 4.x: checkpoints hold the module's names
@@ -88,7 +90,7 @@ def _saved_state(module: nn.Module) -> dict[str, torch.Tensor]:
     try:
         from transformers.modeling_utils import remove_tied_weights_from_state_dict
 
-        state = remove_tied_weights_from_state_dict(state, module)
+        state = remove_tied_weights_from_state_dict(state, module)  # type: ignore[arg-type]
     except Exception:  # an older or stricter transformers: drop later duplicates by identity
         state = _unshared_state(module)
     ignore = getattr(module, "_keys_to_ignore_on_save", None) or []
@@ -112,7 +114,9 @@ def _coords(i: int, t: torch.Tensor, d: int) -> torch.Tensor:
     return ar.view(view).expand(shape)
 
 
-def _run(revert, module: nn.Module, state: dict[str, torch.Tensor], d: int):  # type: ignore[no-untyped-def]
+def _run(
+    revert: Revert, module: nn.Module, state: dict[str, torch.Tensor], d: int
+) -> dict[str, torch.Tensor]:
     coords = {n: _coords(i, t, d) for i, (n, t) in enumerate(state.items())}
     return revert(module, coords)
 
