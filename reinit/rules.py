@@ -15,6 +15,7 @@ from reinit.io.hub_url import is_hf_url, parse_hf_url
 from reinit.matching import Glob, MatchAll, Matcher, UserRegex, compile_glob, literal_glob
 from reinit.schemes import KEEP, BoundScheme, bind_scheme, get_scheme
 from reinit.schemes import templates as schemes_templates
+from reinit.schemes.parts import PART_ARGS, Part, parse_part
 from reinit.transforms.spec import TRANSFORM_ARGS, TransformSpec, parse_transform
 
 __all__ = [
@@ -104,6 +105,7 @@ class Rule:
     action: Action
     scheme: BoundScheme | None  # None for `keep` and `from(...)`
     transplant: TransplantSpec | None = None  # for `from(...)` rules
+    part: Part | None = None  # rows=/cols=: the scheme on those indices only
 
     @property
     def kind(self) -> str:
@@ -270,11 +272,14 @@ def parse_rule(text: str) -> Rule:
         return Rule(text, pattern, action, None)
     if action.name == "from":
         return Rule(text, pattern, action, None, transplant=parse_from(action, where))
+    kw = action.kwargs_dict()
     try:
-        scheme = bind_scheme(action.name, action.args, action.kwargs_dict())
+        part = parse_part(kw, where)
+        own = {k: v for k, v in kw.items() if k not in PART_ARGS}
+        scheme = bind_scheme(action.name, action.args, own)
     except SchemeError as e:
         raise RuleError(f"{where}: {e}") from None
-    return Rule(text, pattern, action, scheme)
+    return Rule(text, pattern, action, scheme, part=part)
 
 
 def parse_rules(texts: Sequence[str]) -> tuple[Rule, ...]:
