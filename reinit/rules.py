@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from reinit.errors import RuleError, SchemeError
@@ -16,7 +16,7 @@ from reinit.matching import Glob, MatchAll, Matcher, UserRegex, compile_glob, li
 from reinit.schemes import KEEP, BoundScheme, bind_scheme, get_scheme
 from reinit.schemes import templates as schemes_templates
 from reinit.schemes.parts import PART_ARGS, Part, parse_part
-from reinit.transforms.spec import TRANSFORM_ARGS, TransformSpec, parse_transform
+from reinit.transforms.spec import TRANSFORM_ARGS, TransformSpec, parse_stack, parse_transform
 
 __all__ = [
     "MAX_HINTS",
@@ -383,7 +383,7 @@ def parse_from(action: Action, where: str) -> TransplantSpec:
                 f"{where}: cat= needs two or more key templates separated by ';', "
                 "e.g. cat={1}.q.weight;{1}.k.weight;{1}.v.weight"
             )
-    stack = _stack_templates(kw, key, cat, where)
+    stack = parse_stack(kw, key, cat, where)
     policy = kw.get("on_mismatch", "error")
     if policy not in MISMATCH_POLICIES:
         raise RuleError(f"{where}: on_mismatch must be one of {', '.join(MISMATCH_POLICIES)}")
@@ -397,21 +397,3 @@ def parse_from(action: Action, where: str) -> TransplantSpec:
             except SchemeError as e:
                 raise RuleError(f"{where}: {scheme_arg}={text}: {e}") from None
     return TransplantSpec(source, key, str(policy), str(state), cat, transform, stack)
-
-
-def _stack_templates(
-    kw: Mapping[str, object], key: str | None, cat: tuple[str, ...], where: str
-) -> tuple[str, ...]:
-    """`stack=T1[;T2...]`: key templates naming one expert with `{e}` (0..experts-1); each
-    expert's tensors are joined along dim= (as cat=), then the experts stacked along dim 0."""
-    if "stack" not in kw:
-        return ()
-    if key is not None or cat:
-        raise RuleError(f"{where}: stack= names every source key: not with key= or cat=")
-    stack = tuple(k.strip() for k in str(kw["stack"]).split(";"))
-    if not all(stack) or not all("{e}" in k for k in stack):
-        raise RuleError(
-            f"{where}: stack= needs key templates with {{e}} for the expert index, separated "
-            "by ';', e.g. stack={1}.experts.{e}.w1.weight;{1}.experts.{e}.w3.weight"
-        )
-    return stack

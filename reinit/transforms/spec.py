@@ -20,6 +20,7 @@ __all__ = [
     "TransformSpec",
     "parse_chunk",
     "parse_grid",
+    "parse_stack",
     "parse_transform",
 ]
 
@@ -261,3 +262,21 @@ def parse_transform(
         src_vocab=_text(kw, "src_vocab", where),
         new=_text(kw, "new", where),
     )
+
+
+def parse_stack(
+    kw: Mapping[str, object], key: str | None, cat: tuple[str, ...], where: str
+) -> tuple[str, ...]:
+    """`stack=T1[;T2...]`: key templates naming one expert with `{e}` (0..experts-1); each
+    expert's tensors are joined along dim= (as cat=), then the experts stacked along dim 0."""
+    if "stack" not in kw:
+        return ()
+    if key is not None or cat:
+        raise RuleError(f"{where}: stack= names every source key: not with key= or cat=")
+    stack = tuple(k.strip() for k in str(kw["stack"]).split(";"))
+    if not all(stack) or not all("{e}" in k for k in stack):
+        raise RuleError(
+            f"{where}: stack= needs key templates with {{e}} for the expert index, separated "
+            "by ';', e.g. stack={1}.experts.{e}.w1.weight;{1}.experts.{e}.w3.weight"
+        )
+    return stack
