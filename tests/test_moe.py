@@ -399,3 +399,32 @@ def test_expert_and_router_reinit_report_reads_at_a_glance(tmp_path):
     assert "block_sparse_moe.experts.*.w1.weight" in res.output
     assert "3072 layers" not in res.output
     assert "336 reinit" in res.output  # 48 layers x 2 experts x 3 + 48 routers
+
+
+def test_plot_puts_all_experts_of_a_kind_in_one_series_by_layer(tmp_path):
+    """The plot groups by kind too: one series per expert matrix kind, x = the layer."""
+    import reinit
+    from reinit.report.plot_groups import plot_panels
+
+    t = {}
+    for layer in range(6):
+        for e in range(8):
+            for w in ("w1", "w2", "w3"):
+                t[PER.format(l=layer, e=e, w=w)] = torch.randn(4, 4) * 0.02
+    save_file(t, tmp_path / "m.safetensors")
+    rep = reinit.apply(tmp_path / "m.safetensors", ["*.experts.[35].*=normal(std=0.02)"],
+                       tmp_path / "o.safetensors")  # fmt: skip
+    kinds = [k for p in plot_panels(rep.tensors) for k in p.kinds]
+    assert len(kinds) == 3
+    for k in kinds:
+        assert len(k.points) == 6 * 8
+        assert {p.layer for p in k.points} == set(range(6))
+
+
+def test_verify_forward_loads_per_expert_tensors_into_the_stacked_module(tmp_path):
+    """verify --forward (and probe --checkpoint) put each expert's tensor into its slice of
+    the stacked parameter: the upcycled MoE runs, and against itself nothing differs."""
+    path = mixtral(tmp_path / "m")
+    res = run("verify", "--forward", path, "--against", path)
+    assert res.exit_code == 0, res.output
+    assert "max |Δ| 0," in res.output or "max |Δ| 0 " in res.output, res.output
