@@ -37,7 +37,7 @@ class CheckpointSlice:
     broadcastable to `shape`)."""
 
     name: str  # the checkpoint's name
-    source: str  # the module's state-dict name
+    source: str  # the module's state-dict name ("" when made of several)
     shape: tuple[int, ...]
     dtype: torch.dtype
     index: tuple[torch.Tensor, ...] | None = None
@@ -62,8 +62,7 @@ def checkpoint_slices(module: nn.Module, hf: bool) -> list[CheckpointSlice]:
         return plain
     names = list(runs[0]) if runs else []
     order = list(state)
-    out = [_slice(n, [r[n] for r in runs], order, state) for n in names]
-    return [s for s in out if s is not None]
+    return [_slice(n, [r[n] for r in runs], order, state) for n in names]
 
 
 def _unshared_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -129,14 +128,14 @@ def _reduced(t: torch.Tensor) -> torch.Tensor:
 
 def _slice(
     name: str, per_dim: list[torch.Tensor], order: list[str], state: Mapping[str, torch.Tensor]
-) -> CheckpointSlice | None:
+) -> CheckpointSlice:
     reduced = [_reduced(t) for t in per_dim]
     sources = {int(x) for r in reduced for x in (r.min() >> _SHIFT, r.max() >> _SHIFT)}
-    if len(sources) != 1:
-        return None  # made of several module tensors: not served here
+    shape = tuple(per_dim[0].shape)
+    if len(sources) != 1:  # made of several module tensors: listed, with no one source
+        return CheckpointSlice(name, "", shape, state[order[min(sources)]].dtype)
     source = order[sources.pop()]
     full = state[source]
-    shape = tuple(per_dim[0].shape)
     index = tuple(r & _MASK for r in reduced[: full.dim()])
     if shape == tuple(full.shape) and _is_identity(index):
         return CheckpointSlice(name, source, shape, full.dtype)
