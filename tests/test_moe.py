@@ -428,3 +428,66 @@ def test_verify_forward_loads_per_expert_tensors_into_the_stacked_module(tmp_pat
     res = run("verify", "--forward", path, "--against", path)
     assert res.exit_code == 0, res.output
     assert "max |Δ| 0," in res.output or "max |Δ| 0 " in res.output, res.output
+
+
+SMALL = dict(
+    vocab_size=64,
+    hidden_size=16,
+    intermediate_size=24,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    max_position_embeddings=64,
+)
+ARCHS = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", SMALL),
+    "bert-mlm-tied": (
+        "BertConfig",
+        "BertForMaskedLM",
+        dict(
+            vocab_size=64,
+            hidden_size=16,
+            intermediate_size=24,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+        ),
+    ),  # fmt: skip
+    "vit": (
+        "ViTConfig",
+        "ViTForImageClassification",
+        dict(
+            hidden_size=16,
+            intermediate_size=24,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+    ),  # fmt: skip
+    "qwen3-moe": (
+        "Qwen3MoeConfig",
+        "Qwen3MoeForCausalLM",
+        {**SMALL, "moe_intermediate_size": 8, "num_experts": 4, "num_experts_per_tok": 2},
+    ),
+    "olmoe": ("OlmoeConfig", "OlmoeForCausalLM", {**SMALL, "num_experts": 4}),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_checkpoint_slices_reproduce_save_pretrained_values(arch, tmp_path):
+    """For each architecture: the listed checkpoint tensors are exactly the saved ones (names,
+    shapes, ties) and each one's slice of its module tensor holds exactly the saved values."""
+    from reinit.planning.ckpt_names import checkpoint_slices
+
+    cfg_name, cls_name, kw = ARCHS[arch]
+    if not hasattr(transformers, cls_name):
+        pytest.skip(f"transformers has no {cls_name}")
+    torch.manual_seed(0)
+    module = getattr(transformers, cls_name)(getattr(transformers, cfg_name)(**kw))
+    module.save_pretrained(tmp_path / "m")
+    saved = load_file(tmp_path / "m" / "model.safetensors")
+    listed = {t.name: t.shape for t in load_model(tmp_path / "m").checkpoint}
+    assert listed == {k: tuple(v.shape) for k, v in saved.items()}
+    state = module.state_dict()
+    for c in checkpoint_slices(module, hf=True):
+        assert torch.equal(c.take(state[c.source]), saved[c.name]), c.name
