@@ -265,7 +265,7 @@ def test_rows_and_cols_reinit_only_the_chosen_indices(tmp_path):
               "--report", tmp_path / "r.json")  # fmt: skip
     assert res.exit_code == 0, res.output
     entries = {t["name"]: t for t in json.loads((tmp_path / "r.json").read_text())["tensors"]}
-    assert entries["w"]["scheme"] == "normal(std=0.5) on rows=2:5"
+    assert entries["w"]["scheme"] == "normal(mean=0.0, std=0.5) on rows=2:5"
     assert entries["w"]["expected_std"] is None  # most of it is kept: no one std to expect
     got = load_file(out)
     drawn = generate(bind_scheme("normal", (), {"std": 0.5}), "w", (10, 6), torch.float32, 3)
