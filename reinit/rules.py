@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from reinit.errors import RuleError, SchemeError
 from reinit.io.hub_url import is_hf_url, parse_hf_url
-from reinit.matching import Glob, MatchAll, Matcher, UserRegex, compile_glob, literal_glob
+from reinit.matching import Glob, MatchAll, Matcher, UserRegex, compile_globs, literal_glob
 from reinit.schemes import KEEP, BoundScheme, bind_scheme, get_scheme
 from reinit.schemes import templates as schemes_templates
 from reinit.schemes.parts import PART_ARGS, Part, parse_part
@@ -173,7 +173,7 @@ def parse_pattern(text: str) -> Pattern:
         return Pattern(text, UserRegex(text, compiled), True)
     if not text:
         raise RuleError("empty pattern; write PATTERN=ACTION, e.g. '*.weight=kaiming'")
-    glob = compile_glob(text)
+    glob = compile_globs(text)
     return Pattern(text, glob, glob.has_wildcards)
 
 

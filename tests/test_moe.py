@@ -495,3 +495,31 @@ def test_checkpoint_slices_reproduce_save_pretrained_values(arch, tmp_path):
     state = module.state_dict()
     for c in checkpoint_slices(module, hf=True):
         assert torch.equal(c.take(state[c.source]), saved[c.name]), c.name
+
+
+def test_brace_alternatives_select_experts_by_number(tmp_path):
+    """`*.experts.{1,3}.*=default` (as the shell expands braces): experts 1 and 3 of every
+    layer at the module's init, the others and the rest kept; `{...}` captures nothing."""
+    from reinit.rules import parse_rule
+
+    p = parse_rule("*.experts.{3,5}.*=zeros").pattern
+    assert p.match("a.experts.3.w1.weight") == ("a", "w1.weight")
+    assert p.match("a.experts.5.w") == ("a", "w")
+    assert p.match("a.experts.13.w") is None and p.match("a.experts.35.w") is None
+    assert parse_rule("w{x}=zeros").pattern.match("w{x}") == ()  # no comma: literal braces
+    path = mixtral(tmp_path / "m")
+    out = tmp_path / "o"
+    res = run("apply", path, "-o", out, "-q", "--model", path,
+              "--rule", "model.layers.*.block_sparse_moe.experts.{1,3}.*=default")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    new, old = load_file(out / "model.safetensors"), load_file(path / "model.safetensors")
+    changed = {k for k in old if not torch.equal(new[k], old[k])}
+    want = {PER.format(l=i, e=e, w=w) for i in range(2) for e in (1, 3) for w in ("w1", "w2", "w3")}
+    assert changed == want
+
+
+def test_brace_expansion_is_bounded(tmp_path):
+    save_file({"w": torch.zeros(2)}, tmp_path / "a.safetensors")
+    rule = "w" + "{a,b}" * 11 + "=zeros"
+    refused(tmp_path, ["apply", str(tmp_path / "a.safetensors"), "-o",
+                       str(tmp_path / "o.safetensors"), "--rule", rule], 2, "expand to over")  # fmt: skip
