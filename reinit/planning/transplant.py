@@ -23,6 +23,7 @@ from reinit.planning.adapters import RowNamesCache, adapter_inputs, check_adapte
 from reinit.planning.planner import Plan, PlanEntry
 from reinit.rules import TransplantSpec, closest_hint, fill_template
 from reinit.transforms.apply import TransformContext, result_shape, transform
+from reinit.transforms.spec import TransformSpec
 
 __all__ = [
     "AUTO",
@@ -31,6 +32,7 @@ __all__ = [
     "SourcePool",
     "auto_keys",
     "check_transplants",
+    "entry_transform",
     "exact_source",
     "lossy_cast_note",
     "resolve_keys",
@@ -61,9 +63,15 @@ def source_key(spec: TransplantSpec, name: str, captures: Sequence[str], rule_te
 def source_keys(
     spec: TransplantSpec, name: str, captures: Sequence[str], rule_text: str
 ) -> tuple[str, ...]:
-    """Every source tensor the rule reads, in order: one, or the `cat=` templates filled."""
+    """Every source tensor the rule reads, in order: one, the `cat=` templates filled, or for
+    `stack=` each expert's templates (`{e}` = 0..experts-1), expert after expert."""
     if spec.cat:
         return tuple(fill_template(t, name, captures, f"rule {rule_text!r}") for t in spec.cat)
+    if spec.stack:
+        where = f"rule {rule_text!r}"
+        experts = range(spec.transform.experts)
+        filled = (t.replace("{e}", str(e)) for e in experts for t in spec.stack)
+        return tuple(fill_template(t, name, captures, where) for t in filled)
     return (source_key(spec, name, captures, rule_text),)
 
 
@@ -180,6 +188,19 @@ def _spec(entry: PlanEntry) -> TransplantSpec:
     return entry.rule.transplant
 
 
+def entry_transform(spec: TransplantSpec, entry: PlanEntry) -> TransformSpec:
+    """The rule's transform with what depends on the target's name filled in (`expert={2}`:
+    the expert index from the name's second capture)."""
+    t = spec.transform
+    if t.expert_template is None:
+        return t
+    where = f"rule {entry.rule_text!r}"
+    text = fill_template(t.expert_template, entry.name, entry.captures, where)
+    if not text.isdigit():
+        raise TransplantError(f"{where}: '{entry.name}': expert={text!r} is not an index")
+    return replace(t, expert=int(text), expert_template=None)
+
+
 def resolve_keys(plan: Plan, pool: SourcePool) -> dict[str, tuple[str, ...]]:
     """Each transplant target's source tensor names (several for `cat=`): from its key
     templates, or by `key=auto` over all the targets of the same source (so one source
@@ -242,7 +263,11 @@ def check_transplants(plan: Plan, pool: SourcePool) -> Plan:
         e = replace(e, source_key=";".join(names), source_keys=names)
         shape = _checked_shape(e, spec, [tuple(src.ref(k).shape) for k in names])
         if spec.transform.adapter is not None:
-            rows_in = None if spec.cat or spec.transform.chunk else tuple(src.ref(names[0]).shape)
+            rows_in = (
+                None
+                if spec.cat or spec.stack or spec.transform.chunk
+                else tuple(src.ref(names[0]).shape)
+            )
             where = f"rule {e.rule_text!r}: '{e.name}'"
             check_adapter(spec.transform, src, pool.target, pool.row_names, rows_in, e.shape, where)
         if shape == e.shape:
@@ -283,7 +308,7 @@ def _checked_shape(
     if not spec.has_transform:
         return shapes[0]
     try:
-        return result_shape(spec.transform, shapes, e.shape)
+        return result_shape(entry_transform(spec, e), shapes, e.shape)
     except TransplantError as err:
         sources = ", ".join(f"'{k}' {list(s)}" for k, s in zip(e.source_keys, shapes, strict=True))
         raise TransplantError(
@@ -350,7 +375,8 @@ def transplant_value(
             entry.name, entry.shape, entry.dtype, seed, target, keys, entry.rule_text, fill, names
         )
         try:
-            src, done = transform(spec.transform, [ck.read(k) for k in keys], ctx)
+            values = [ck.read(k) for k in keys]
+            src, done = transform(entry_transform(spec, entry), values, ctx)
         except TransplantError as err:
             raise TransplantError(f"rule {entry.rule_text!r}: '{entry.name}': {err}") from None
         notes += done

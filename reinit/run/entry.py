@@ -37,6 +37,10 @@ def entry_for(
     if applied is not None and bound is not None and bound.name == DEFAULT:
         expected = applied.expected_std
         scheme = f"{scheme} ({applied.description})"
+    part = p.rule.part if p.rule is not None and p.action == "reinit" else None
+    if part is not None:  # the rest of the tensor is kept: no one std to expect of it all
+        expected = None
+        scheme = f"{scheme} on {part.text}"
     return TensorEntry(
         name=p.name,
         shape=p.shape,

@@ -38,6 +38,7 @@ from reinit.schemes import (
     FillContext,
     generate,
 )
+from reinit.schemes.parts import apply_part, part_indices
 
 __all__ = [
     "DRAW_AHEAD",
@@ -283,6 +284,15 @@ class Applier:
         return generate(p.scheme, p.name, p.shape, p.dtype, self.seed, self.device, context=context)
 
     def _reinit(self, p: PlanEntry) -> torch.Tensor:
+        """A reinit entry's values (on the chosen rows/cols only, for `rows=`/`cols=`)."""
+        new = self._whole(p)
+        part = p.rule.part if p.rule is not None else None
+        if part is None or p.resize_fills:
+            return new
+        idx = part_indices(part, p.shape[part.dim], self.seed, p.name, p.captures)
+        return apply_part(self.ckpt.read(p.name), new, idx, part.dim)
+
+    def _whole(self, p: PlanEntry) -> torch.Tensor:
         """A reinit entry's values; with a model, module fans and `default` apply."""
         if p.resize_fills:  # the --resize's own values (kept block and new entries)
             return self.ckpt.read(p.name)

@@ -119,7 +119,9 @@ def _loaded(module: nn.Module, checkpoint: str) -> nn.Module:
     loaded one (tied embeddings, which save_pretrained writes once)."""
     load_weights(module, checkpoint)
     with open_checkpoint(checkpoint) as ckpt:
-        loaded = set(load_model(module).align(ckpt.names()).names.values())
+        view = load_model(module).align(ckpt.names())
+        sites = (view.site(n) for n in view.names)
+        loaded = {s.name for s in sites if s is not None}
     state = module.state_dict(keep_vars=True)
     ptrs = {state[n].data_ptr() for n in loaded if n in state}
     missing = [
