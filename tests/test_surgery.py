@@ -1,4 +1,8 @@
-"""--add / --drop / --rename: parsing, the edited tensor list, and end to end through apply."""
+"""--add / --drop / --rename: parsing, the edited tensor list, and end to end through apply.
+
+Internal: also tests reinit.io.checkpoint, reinit.planning.surgery, reinit.schemes directly (not
+the `reinit` API).
+"""
 
 from __future__ import annotations
 

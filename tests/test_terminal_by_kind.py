@@ -7,7 +7,11 @@ regenerate them with
 
     REINIT_UPDATE_GOLDEN=1 PYTHONPATH=$PWD python -m pytest tests/test_terminal_by_kind.py
 
-and read the diff before committing it."""
+and read the diff before committing it.
+
+Internal: also tests reinit.report.entries, reinit.report.groups, reinit.report.stats,
+reinit.report.terminal directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 
