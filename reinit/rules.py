@@ -304,7 +304,7 @@ class TransplantSpec:
     written. `state`: the dotted path of the state dict inside a torch training checkpoint
     (as `--key` for the main source); "" finds a well-known nest itself. `cat`: several
     source key templates joined along `transform.dim` (instead of `key`); `transform`: what
-    happens between reading and writing (README "Transplants across architecture changes")."""
+    happens between reading and writing (docs/guide/transplant.md)."""
 
     source: str
     key: str | None = None  # template; None = the target's own name

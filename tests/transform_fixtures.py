@@ -1,4 +1,4 @@
-"""Checkpoints for the README's "Transplants across architecture changes" examples (run by
+"""Checkpoints for the "Transplants across architecture changes" examples of docs/guide/transplant.md (run by
 tests/test_readme_examples.py): tiny models with the names the examples use."""
 
 from __future__ import annotations

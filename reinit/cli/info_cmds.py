@@ -37,7 +37,7 @@ def schemes(as_json: bool) -> None:
     )
     click.echo(
         "    transforms: cat=K1;K2 or chunk=I/N|START:STOP [dim=D]; rotary=hf_to_meta|meta_to_hf heads=N; "
-        "resample=linear|bilinear|bicubic|copy [prefix=N grid=HxW init=SCHEME], adapt=channels, rows=tokens|labels [vocab=PATH src_vocab=PATH new=SCHEME] (README: Transplants across architecture changes)"
+        "resample=linear|bilinear|bicubic|copy [prefix=N grid=HxW init=SCHEME], adapt=channels, rows=tokens|labels [vocab=PATH src_vocab=PATH new=SCHEME] (docs/guide/transplant.md)"
     )
 
 
