@@ -74,3 +74,18 @@ def test_no_design_section_citations():
     """The docs cite their own pages, not a design file the repository does not hold."""
     for page in PAGES:
         assert "DESIGN §" not in page.read_text(encoding="utf-8"), page
+
+
+def test_every_test_the_docs_name_exists():
+    """A promise is only as good as its test: each `tests/X.py` (and `tests/X.py::name`) the
+    docs name is a file of this repo (holding a function of that name)."""
+    missing = []
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        for path, name in re.findall(r"(tests/[\w/]+\.py)(?:::(\w+))?", text):
+            source = ROOT / path
+            if not source.is_file():
+                missing.append(f"{page.name}: {path}")
+            elif name and f"def {name}(" not in source.read_text(encoding="utf-8"):
+                missing.append(f"{page.name}: {path}::{name}")
+    assert not missing, missing
