@@ -1,4 +1,4 @@
-"""Which reader a source names (DESIGN §1): `open_checkpoint` turns what the user typed (a
+"""Which reader a source names (docs/reference.md): `open_checkpoint` turns what the user typed (a
 safetensors file, a torch file, a Hugging Face folder or `hf://OWNER/NAME[@REVISION][/SUB]`)
 into an open `Checkpoint`. Opening a safetensors file or folder imports no torch."""
 
