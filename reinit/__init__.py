@@ -56,6 +56,8 @@ _LAZY = {
     "SCHEMES": "reinit.schemes",
     "calculate_gain": "reinit.schemes",
     "seed_for": "reinit.schemes",
+    "forward_check": "reinit.tools.forward",
+    "ForwardResult": "reinit.tools.forward",
 }
 
 if TYPE_CHECKING:
@@ -76,6 +78,7 @@ if TYPE_CHECKING:
     from reinit.schemes import SCHEMES, calculate_gain, seed_for
     from reinit.tools.audit import report_checkpoint
     from reinit.tools.diff import diff_checkpoints
+    from reinit.tools.forward import ForwardResult, forward_check
 
 
 def __getattr__(name: str) -> Any:
@@ -94,7 +97,9 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    """Only the API: not this module's own helpers (`importlib`, `Any`, ...) nor the
+    submodules, which are not API (a name outside `__all__` may change without notice)."""
+    return sorted(__all__)
 
 
 __all__ = [
@@ -113,6 +118,8 @@ __all__ = [
     "plan",
     "report_checkpoint",
     "diff_checkpoints",
+    "forward_check",
+    "ForwardResult",
     "open_checkpoint",
     "parse_rule",
     "calculate_gain",

@@ -255,7 +255,7 @@ class Matcher(Protocol):
 
 # A user regex may spend this long on one tensor name before the rule is refused: tensor
 # names are short, so a sane regex needs microseconds; catastrophic backtracking (`(a+)+$`)
-# is stopped instead of hanging. Documented in README "Guarantees".
+# is stopped instead of hanging. Documented in docs/guarantees.md.
 REGEX_TIMEOUT_S = 0.5
 
 

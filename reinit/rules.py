@@ -1,4 +1,4 @@
-"""Rules: grammar (DESIGN §2), matching, and planning.
+"""Rules: grammar (docs/guide/rules-and-schemes.md), matching, and planning.
 
 A plan is plain data: for every tensor, the rule that won and what will happen to it (or why
 it is skipped). Applying a plan is a loop elsewhere (`reinit.run.stream`)."""
@@ -160,7 +160,7 @@ def parse_type_pattern(text: str) -> Pattern:
 
 
 def parse_pattern(text: str) -> Pattern:
-    """`re:REGEX`, `type:…`, or a glob (`*` matches any run, dots included; DESIGN §2)."""
+    """`re:REGEX`, `type:…`, or a glob (`*` matches any run, dots included; docs/guide/rules-and-schemes.md)."""
     if text.startswith(TYPE_PREFIX):
         return parse_type_pattern(text)
     if text.startswith("re:"):
@@ -309,7 +309,7 @@ class TransplantSpec:
     written. `state`: the dotted path of the state dict inside a torch training checkpoint
     (as `--key` for the main source); "" finds a well-known nest itself. `cat`: several
     source key templates joined along `transform.dim` (instead of `key`); `transform`: what
-    happens between reading and writing (README "Transplants across architecture changes")."""
+    happens between reading and writing (docs/guide/transplant.md)."""
 
     source: str
     key: str | None = None  # template; None = the target's own name

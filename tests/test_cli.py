@@ -1,5 +1,8 @@
 """The command line: CliRunner for each command and its errors, and once through the
-installed `reinit` executable in a subprocess."""
+installed `reinit` executable in a subprocess.
+
+Internal: also tests reinit.run.apply directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

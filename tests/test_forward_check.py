@@ -1,7 +1,10 @@
-"""`reinit verify OUTPUT --forward` (DESIGN §8 "Forward check", issue 14 item 6): the weights
+"""`reinit verify OUTPUT --forward` (docs/guide/model-awareness.md "Forward check", issue 14 item 6): the weights
 run in their architecture; a same-architecture transplant gives KL exactly 0, a mean_resize
 vocabulary growth a small measured KL; --max-kl fails beyond; --model callables; no transformers
--> a clear usage error."""
+-> a clear usage error.
+
+Internal: also tests reinit.tools.forward directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
 """Mixture-of-experts models (issue 24, items 2-3): checkpoint names <-> module names through
 transformers' own conversion mapping, and MoE surgery (stack/expert transforms, partial
 re-init, drop-upcycling, sparse upcycling, expert re-init, the report by kind), on
-transformers' own Mixtral and Qwen2-MoE built tiny from configs."""
+transformers' own Mixtral and Qwen2-MoE built tiny from configs.
+
+Internal: imports reinit.planning.ckpt_names, reinit.planning.model, reinit.planning.model_load, reinit.report.plot_groups, reinit.rules, reinit.schemes."""
 
 from __future__ import annotations
 

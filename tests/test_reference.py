@@ -1,7 +1,11 @@
-"""Reference scale (DESIGN §8, issue 13): every changed tensor carries the model's own scale
+"""Reference scale (docs/guide/report.md, issue 13): every changed tensor carries the model's own scale
 (`reference_std`) and where it came from (`reference`): `--model`'s own init, else the config's
 `initializer_range`, else the untouched siblings' median; `off_reference` flags a std beyond
-`--reference-tolerance` (2x) either way of it."""
+`--reference-tolerance` (2x) either way of it.
+
+Internal: also tests reinit.report.entries, reinit.report.flags, reinit.report.reference,
+reinit.report.stats directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,11 @@
 """The std report a person reads: flags (exactly the planted problems, nothing on healthy
 models), the per-layer view with var_gain, `report --against/--fail-on`, and the CSV/Markdown
-renderings parsed back."""
+renderings parsed back.
+
+Internal: also tests reinit.io.targets, reinit.report.assemble, reinit.report.entries,
+reinit.report.files, reinit.report.flags, reinit.report.layers, reinit.report.stats,
+reinit.report.terminal, reinit.report.text directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Rule grammar, matching and planning (DESIGN §2)."""
+"""Rule grammar, matching and planning (docs/guide/rules-and-schemes.md).
+
+Internal: also tests reinit.planning.planner, reinit.rules directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,9 @@
 """Every torch.nn.init scheme: std formula, distribution shape, exact patterns, and the
-reproducibility contract of DESIGN §3."""
+reproducibility contract of docs/guide/rules-and-schemes.md.
+
+Internal: also tests reinit.rules, reinit.schemes, reinit.schemes.gain directly (not the
+`reinit` API).
+"""
 
 from __future__ import annotations
 

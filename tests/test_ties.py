@@ -1,5 +1,8 @@
 """Tied and aliased tensors (issue #7 item 6): a .bin whose names share storage stays consistent;
-a safetensors file with duplicate data offsets is refused clearly."""
+a safetensors file with duplicate data offsets is refused clearly.
+
+Internal: also tests reinit.schemes directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""from(SOURCE, key=TEMPLATE, on_mismatch=…) end to end on small hand-built checkpoints."""
+"""from(SOURCE, key=TEMPLATE, on_mismatch=…) end to end on small hand-built checkpoints.
+
+Internal: also tests reinit.planning.transplant directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

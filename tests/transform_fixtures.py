@@ -1,5 +1,6 @@
-"""Checkpoints for the README's "Transplants across architecture changes" examples (run by
-tests/test_readme_examples.py): tiny models with the names the examples use."""
+"""Checkpoints for the "Transplants across architecture changes" examples of
+docs/guide/transplant.md (run by tests/test_readme_examples.py): tiny models with the names the
+examples use."""
 
 from __future__ import annotations
 

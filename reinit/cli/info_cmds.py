@@ -42,7 +42,7 @@ def schemes(as_json: bool) -> None:
     click.echo(
         "    transforms: cat=K1;K2 or chunk=I/N|START:STOP [dim=D]; stack=T1{e};T2{e} experts=N "
         "[dim=D] or expert=E|{2}; rotary=hf_to_meta|meta_to_hf heads=N; "
-        "resample=linear|bilinear|bicubic|copy [prefix=N grid=HxW init=SCHEME], adapt=channels, rows=tokens|labels [vocab=PATH src_vocab=PATH new=SCHEME] (README: Transplants across architecture changes)"
+        "resample=linear|bilinear|bicubic|copy [prefix=N grid=HxW init=SCHEME], adapt=channels, rows=tokens|labels [vocab=PATH src_vocab=PATH new=SCHEME] (docs/guide/transplant.md)"
     )
 
 

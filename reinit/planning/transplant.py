@@ -1,4 +1,4 @@
-"""Transplant: `from(SOURCE, key=TEMPLATE|auto, on_mismatch=error|skip|slice)` (DESIGN §4).
+"""Transplant: `from(SOURCE, key=TEMPLATE|auto, on_mismatch=error|skip|slice)` (docs/guide/transplant.md).
 
 Each source is opened once per run (`SourcePool`), lazily: only the shards that hold needed
 tensors are opened or downloaded. Every source key is resolved and checked before anything is

@@ -1,4 +1,4 @@
-"""Reference scale (DESIGN §8): the std a changed tensor would have by the model's own standard,
+"""Reference scale (docs/guide/report.md): the std a changed tensor would have by the model's own standard,
 where it came from, and the `off_reference` flag when the tensor is far from it.
 
 Why this exists: `std_off` compares a tensor with its own scheme's formula and `outlier` with

@@ -107,7 +107,7 @@ class Scheme:
     """One initialization scheme.
 
     `fill(t, generator, args)` fills a float32/float64 tensor in place (the reproducibility
-    contract of DESIGN §3 fixes the generator and the dtype); `std(shape, args)` is the
+    contract of docs/guide/rules-and-schemes.md fixes the generator and the dtype); `std(shape, args)` is the
     theoretical std of the result, or None where it is undefined (e.g. zero fan).
 
     Schemes that need data beyond their own tensor say so as data, and the engine provides it:

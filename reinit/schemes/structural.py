@@ -1,9 +1,9 @@
-"""Schemes that set structure rather than draw a distribution (DESIGN §3, "later
+"""Schemes that set structure rather than draw a distribution (docs/guide/rules-and-schemes.md, "later
 schemes"): the focal-loss bias prior (`bias_prior`), delta-orthogonal conv kernels
 (`delta_orthogonal`), and `copy` from another tensor of the same checkpoint.
 
 Every random draw comes from the tensor's own generator (the reproducibility contract of
-DESIGN §3); schemes that read other values declare it as data (`needs_before`, `reads`,
+docs/guide/rules-and-schemes.md); schemes that read other values declare it as data (`needs_before`, `reads`,
 `from_config`) and the engine provides a `FillContext`."""
 
 from __future__ import annotations

@@ -130,7 +130,7 @@ def value_diff(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float | None, i
 def diff_checkpoints(
     a: str | os.PathLike[str], b: str | os.PathLike[str], *, unsafe_pickle: TrustSpec = ()
 ) -> Diff:
-    """Compare two checkpoints (any form of DESIGN §1) tensor by tensor, streaming: at most
+    """Compare two checkpoints (any source form: docs/reference.md) tensor by tensor, streaming: at most
     one tensor of each is in memory at a time."""
     out: list[TensorDiff] = []
     with open_source(a, unsafe_pickle) as ca, open_source(b, unsafe_pickle) as cb:

@@ -1,6 +1,6 @@
 """`reinit verify OUTPUT --forward`: load a written checkpoint into its architecture, run fixed
 seeded inputs, and measure the per-layer activation std and (with a reference) how far the
-outputs moved: the check that surgery kept the function it meant to keep (DESIGN §8).
+outputs moved: the check that surgery kept the function it meant to keep (docs/guide/model-awareness.md).
 
 Why a module of its own: `probe` asks "is the signal healthy after these rules?" on a model it
 builds; this asks "does this *file* compute what the source computed?", so it needs a second

@@ -61,7 +61,7 @@ class TransformContext:
     names: RowNames | None = None
 
     def generator(self) -> torch.Generator:
-        """The tensor's own generator (DESIGN §3): new values stay reproducible."""
+        """The tensor's own generator (docs/guide/rules-and-schemes.md): new values stay reproducible."""
         return torch.Generator().manual_seed(seed_for(self.seed, self.name))
 
 

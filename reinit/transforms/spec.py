@@ -1,5 +1,5 @@
-"""The transform arguments of `from(...)` (DESIGN §8, README "Transplants across architecture
-changes") as data, and their parsing and validation.
+"""The transform arguments of `from(...)` (docs/guide/transplant.md, "Transplants across
+architecture changes") as data, and their parsing and validation.
 
 Order of application: select (`key=` / `cat=` / `stack=` / `expert=` / `chunk=`) -> `rotary=` -> one of `resample=`,
 `adapt=`, `rows=` -> cast to the target's dtype -> `on_mismatch=`."""
