@@ -6,10 +6,12 @@ written."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import replace
 from types import TracebackType
+from typing import NamedTuple
 
 import torch
 
@@ -27,8 +29,11 @@ from reinit.transforms.apply import TransformContext, result_shape, transform
 __all__ = [
     "AUTO",
     "AUTO_MIN_PARTS",
+    "EQUAL_TO_SOURCE",
     "MISMATCHES_SHOWN",
     "SourcePool",
+    "Transplanted",
+    "pooled_std",
     "auto_keys",
     "check_transplants",
     "exact_source",
@@ -45,6 +50,8 @@ MISMATCHES_SHOWN = 5  # pairs named in a shape-mismatch error; the count says ho
 
 
 AUTO = "auto"
+
+EQUAL_TO_SOURCE = "equal to source"  # a plain copy's note: its values are the source's
 
 
 AUTO_MIN_PARTS = 2  # a shared suffix of one part (`weight`, `bias`) says nothing
@@ -329,12 +336,39 @@ def lossy_cast_note(src: torch.Tensor, cast: torch.Tensor) -> str | None:
     return f"lossy cast {dtype_name(src.dtype)} -> {dtype_name(cast.dtype)}"
 
 
+class Transplanted(NamedTuple):
+    """A transplant's value, the source it came from, its notes and the std of the source
+    tensor(s) it was made from (the report's reference for it; None for a non-float source)."""
+
+    value: torch.Tensor
+    source: str
+    notes: tuple[str, ...]
+    source_std: float | None
+
+
+def pooled_std(tensors: Sequence[torch.Tensor]) -> float | None:
+    """The population std of all finite values of float `tensors` together (a `cat=`'s parts
+    pooled), in float64, without concatenating them."""
+    n, total, squares = 0, 0.0, 0.0
+    for t in tensors:
+        if not t.is_floating_point():
+            return None
+        x = t.detach().to(torch.float64).flatten()
+        x = x[torch.isfinite(x)]
+        n, total, squares = n + x.numel(), total + float(x.sum()), squares + float((x * x).sum())
+    if n < 2:
+        return None
+    mean = total / n
+    return math.sqrt(max(squares / n - mean * mean, 0.0))
+
+
 def transplant_value(
     pool: SourcePool, entry: PlanEntry, target: torch.Tensor, seed: int = 0
-) -> tuple[torch.Tensor, str, tuple[str, ...]]:
+) -> Transplanted:
     """The tensor to write for a transplant entry, the source it came from (`SOURCE:KEY`,
-    `SOURCE:K1;K2` for `cat=`), and notes for the report (transform, lossy cast, sliced
-    block). Reads only the source tensors the entry names."""
+    `SOURCE:K1;K2` for `cat=`), notes for the report (transform, lossy cast, sliced block,
+    `equal to source` for a plain copy) and the source tensors' std. Reads only the source
+    tensors the entry names."""
     spec = _spec(entry)
     keys = entry.source_keys
     if not keys:  # a plan that did not go through check_transplants
@@ -349,13 +383,17 @@ def transplant_value(
         ctx = TransformContext(
             entry.name, entry.shape, entry.dtype, seed, target, keys, entry.rule_text, fill, names
         )
+        inputs = [ck.read(k) for k in keys]
+        source_std = pooled_std(inputs)
         try:
-            src, done = transform(spec.transform, [ck.read(k) for k in keys], ctx)
+            src, done = transform(spec.transform, inputs, ctx)
         except TransplantError as err:
             raise TransplantError(f"rule {entry.rule_text!r}: '{entry.name}': {err}") from None
+        del inputs
         notes += done
     else:
         src = ck.read(keys[0])
+        source_std = pooled_std([src])
     cast = src.to(entry.dtype)
     note = lossy_cast_note(src, cast)
     if note:
@@ -369,4 +407,6 @@ def transplant_value(
             f"of source {list(cast.shape)}; the rest keeps the target's values"
         )
         cast = out
-    return cast.contiguous(), f"{spec.source}:{key}", tuple(notes)
+    if not spec.has_transform and not notes:
+        notes.append(EQUAL_TO_SOURCE)
+    return Transplanted(cast.contiguous(), f"{spec.source}:{key}", tuple(notes), source_std)

@@ -24,6 +24,7 @@ from reinit.report.reference import (
     REFERENCE_TOLERANCE,
     ReferenceBasis,
     off_reference,
+    reference_warnings,
     with_references,
 )
 from reinit.version import __version__
@@ -48,7 +49,8 @@ def make_report(
     flags added (`finalize`), counts and time summed, the plan's warnings and dropped names
     carried over."""
     basis = basis or ReferenceBasis()
-    final = finalize(with_references(entries, basis), basis.tolerance)
+    referenced = with_references(entries, basis)
+    final = finalize(referenced, basis.tolerance)
     return Report(
         reinit_version=__version__,
         source=source,
@@ -57,7 +59,7 @@ def make_report(
         rules=rules,
         tensors=final,
         summary=summarize(final, bytes_written, time.perf_counter() - started),
-        warnings=the_plan.warnings if the_plan else (),
+        warnings=(*(the_plan.warnings if the_plan else ()), *reference_warnings(final, basis)),
         dropped=the_plan.dropped if the_plan else (),
     )
 
