@@ -6,7 +6,6 @@ written."""
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import replace
@@ -23,6 +22,7 @@ from reinit.io.sources import open_checkpoint
 from reinit.io.trust import TrustSpec
 from reinit.planning.adapters import RowNamesCache, adapter_inputs, check_adapter
 from reinit.planning.planner import Plan, PlanEntry
+from reinit.planning.source_std import pooled_std
 from reinit.rules import TransplantSpec, closest_hint, fill_template
 from reinit.transforms.apply import TransformContext, result_shape, transform
 
@@ -33,7 +33,6 @@ __all__ = [
     "MISMATCHES_SHOWN",
     "SourcePool",
     "Transplanted",
-    "pooled_std",
     "auto_keys",
     "check_transplants",
     "exact_source",
@@ -344,22 +343,6 @@ class Transplanted(NamedTuple):
     source: str
     notes: tuple[str, ...]
     source_std: float | None
-
-
-def pooled_std(tensors: Sequence[torch.Tensor]) -> float | None:
-    """The population std of all finite values of float `tensors` together (a `cat=`'s parts
-    pooled), in float64, without concatenating them."""
-    n, total, squares = 0, 0.0, 0.0
-    for t in tensors:
-        if not t.is_floating_point():
-            return None
-        x = t.detach().to(torch.float64).flatten()
-        x = x[torch.isfinite(x)]
-        n, total, squares = n + x.numel(), total + float(x.sum()), squares + float((x * x).sum())
-    if n < 2:
-        return None
-    mean = total / n
-    return math.sqrt(max(squares / n - mean * mean, 0.0))
 
 
 def transplant_value(
