@@ -59,6 +59,7 @@ FLAGS = (
     "constant",
     "std_off",
     "off_reference",
+    "untrained",
     "outlier",
     "unstable_depth",
 )

@@ -36,6 +36,7 @@ __all__ = [
     "SOURCE",
     "config_fits",
     "config_where",
+    "init_scale",
     "reference_warnings",
     "ModelStd",
     "ReferenceBasis",
@@ -186,6 +187,27 @@ def with_references(
             continue
         out.append(replace(e, reference=ref[0], reference_std=ref[1]))
     return tuple(out)
+
+
+def init_scale(
+    entries: Sequence[TensorEntry], basis: ReferenceBasis | None = None
+) -> Callable[[TensorEntry], float | None]:
+    """The std each tensor would have at the model's own init: `--model`'s own init, else the
+    config's init std (when the config fits these tensors) for >=2-D weights that are not
+    norms; None where neither says (what `untrained` compares a tensor's scale with)."""
+    basis = basis or ReferenceBasis()
+    fits = config_fits(basis.config, entries)
+    from_config = config_reference(basis.config, basis.config_name) if fits else None
+
+    def scale(e: TensorEntry) -> float | None:
+        own = basis.model_std(e) if basis.model_std is not None else None
+        if own is not None:
+            return own
+        if from_config is not None and len(e.shape) >= 2 and not is_norm(e.name):
+            return from_config[1]
+        return None
+
+    return scale
 
 
 def _moved_note(e: TensorEntry, tolerance: float) -> TensorEntry:
