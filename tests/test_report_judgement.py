@@ -271,3 +271,58 @@ def test_a_fresh_model_is_not_untrained_anywhere(tmp_path):
 def test_a_tensor_this_run_reinitialized_is_not_untrained(minilm, tmp_path):
     rep = reinit.apply(minilm, [f"{QUERY3}=normal(std=0.02)"], tmp_path / "out")
     assert flagged(rep, "untrained") == []
+
+
+# --- 5. verify --forward says where it went wrong ----------------------------------------------
+
+
+def encoder_and_new_head(tmp_path: Path) -> tuple[Path, Path]:
+    """A 5-layer BERT encoder, and a 3-label classifier of its architecture holding it."""
+    config = transformers.BertConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=5, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=32,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    transformers.BertModel(config).save_pretrained(tmp_path / "enc")
+    config.num_labels = 3
+    transformers.BertForSequenceClassification(config).save_pretrained(tmp_path / "cls")
+    out = tmp_path / "new-head"
+    reinit.apply(tmp_path / "cls", [f"bert.*=from({tmp_path / 'enc'}, key={{1}})"], out)
+    return tmp_path / "enc", out
+
+
+def test_verify_forward_of_a_new_head_model_against_its_encoder_passes(tmp_path):
+    enc, out = encoder_and_new_head(tmp_path)
+    res = run("verify", out, "--forward", "--against", enc, "--min-cosine", "0.999999", "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["compared"] == "shared trunk" and data["kl"] is None
+    assert [d["layer"] for d in data["hidden_states"]] == ["embeddings", "0", "1", "2", "3", "4"]
+    assert all(d["rel_error"] < 1e-6 for d in data["hidden_states"])
+    assert data["first_divergent_layer"] is None
+    res = run("verify", out, "--forward", "--against", enc)
+    assert "the heads differ (logits [2, 3] vs [2, 16, 32])" in res.stdout
+
+
+def test_verify_forward_names_the_reinitialized_layer(tmp_path):
+    enc, out = encoder_and_new_head(tmp_path)
+    broken = tmp_path / "broken"
+    reinit.apply(out, ["bert.encoder.layer.3.*.weight=normal(std=0.02)"], broken)
+    res = run("verify", broken, "--forward", "--against", enc, "--min-cosine", "0.99")
+    assert res.exit_code == 1, res.output
+    assert "first divergent layer: 3 " in res.stdout
+    assert re.search(r"layer 3 +cosine \S+ +relative error \S+ +<- first divergent", res.stdout)
+    (line,) = res.stderr.strip().splitlines()
+    assert line.startswith("error: --min-cosine 0.99: cosine") and "(first divergent layer: 3)" in line
+    data = json.loads(run("verify", broken, "--forward", "--against", enc, "--json").stdout)
+    by = {d["layer"]: d for d in data["hidden_states"]}
+    assert all(by[k]["rel_error"] < 1e-6 for k in ("embeddings", "0", "1", "2"))
+    assert by["3"]["rel_error"] > 0.01 and data["first_divergent_layer"] == "3"
+
+
+def test_min_top1_and_max_kl_need_logits(tmp_path):
+    enc, out = encoder_and_new_head(tmp_path)
+    res = run("verify", out, "--forward", "--against", enc, "--max-kl", "0.1")
+    assert res.exit_code == 2 and "no logits were compared" in res.stderr
+    res = run("verify", out, "--forward", "--min-top1", "0.9")
+    assert res.exit_code == 2 and "give --against" in res.stderr
