@@ -61,7 +61,9 @@ def test_same_architecture_transplant_gives_kl_exactly_zero(tmp_path, make):
     data = json.loads(run("verify", out, "--forward", "--against", src, "--json").stdout)
     assert data["max_abs_diff"] == 0.0 and data["first_divergent_layer"] is None
     assert [d["layer"] for d in data["hidden_states"]] == ["embeddings", "0", "1"]
-    assert all(d["cosine"] == pytest.approx(1.0) and d["rel_error"] == 0 for d in data["hidden_states"])
+    assert all(
+        d["cosine"] == pytest.approx(1.0) and d["rel_error"] == 0 for d in data["hidden_states"]
+    )
     assert data["output_name"] == ("logits" if make is gpt2 else "last_hidden_state")
     if make is gpt2:
         assert data["kl"] == 0.0 and data["positions"] == 32  # 2 x 16 token positions

@@ -228,7 +228,9 @@ def test_a_transplant_is_judged_by_its_source(tmp_path):
     assert "off_reference" not in t.flags  # 0.045 against 0.02 would be 2.25x
     k = report.entry("layers.2.w")  # a reinit still takes the init scale first
     assert (k.reference, k.reference_std) == ("dst/config.json initializer_range", 0.02)
-    assert "dst/config.json initializer_range 0.02 (1 tensors)" in (reference_text(report.tensors) or "")
+    assert "dst/config.json initializer_range 0.02 (1 tensors)" in (
+        reference_text(report.tensors) or ""
+    )
 
 
 def test_an_hf_source_fetches_its_config_for_the_reference(offline, tmp_path):

@@ -313,7 +313,9 @@ def test_verify_forward_names_the_reinitialized_layer(tmp_path):
     assert "first divergent layer: 3 " in res.stdout
     assert re.search(r"layer 3 +cosine \S+ +relative error \S+ +<- first divergent", res.stdout)
     (line,) = res.stderr.strip().splitlines()
-    assert line.startswith("error: --min-cosine 0.99: cosine") and "(first divergent layer: 3)" in line
+    assert (
+        line.startswith("error: --min-cosine 0.99: cosine") and "(first divergent layer: 3)" in line
+    )
     data = json.loads(run("verify", broken, "--forward", "--against", enc, "--json").stdout)
     by = {d["layer"]: d for d in data["hidden_states"]}
     assert all(by[k]["rel_error"] < 1e-6 for k in ("embeddings", "0", "1", "2"))

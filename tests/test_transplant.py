@@ -59,7 +59,10 @@ def test_default_key_is_the_same_name(tmp_path):
     assert raw(out["b.w"]) == raw(t["b.w"])  # no rule: byte-for-byte
     e = rep.entry("a.w")
     assert e.action == "transplant" and e.source == f"{src}:a.w"
-    assert e.notes == ("equal to source",) and (e.reference, e.reference_std) == ("source", e.after.std)
+    assert e.notes == ("equal to source",) and (e.reference, e.reference_std) == (
+        "source",
+        e.after.std,
+    )
     assert rep.summary.transplant == 1 and rep.summary.kept == 1
 
 

@@ -98,7 +98,11 @@ def hidden_diff(layer: str, ref: torch.Tensor, out: torch.Tensor) -> LayerDiff:
 def layer_diffs(ref: Sequence[torch.Tensor], out: Sequence[torch.Tensor]) -> tuple[LayerDiff, ...]:
     """Each layer's hidden states compared (transformers' `hidden_states`: the embeddings'
     output, then each block's); empty when the two models' states do not pair up."""
-    if not ref or len(ref) != len(out) or any(a.shape != b.shape for a, b in zip(ref, out, strict=True)):
+    if (
+        not ref
+        or len(ref) != len(out)
+        or any(a.shape != b.shape for a, b in zip(ref, out, strict=True))
+    ):
         return ()
     names = ["embeddings", *(str(i) for i in range(len(ref) - 1))]
     return tuple(hidden_diff(n, r, o) for n, r, o in zip(names, ref, out, strict=True))
