@@ -328,3 +328,67 @@ def test_min_top1_and_max_kl_need_logits(tmp_path):
     assert res.exit_code == 2 and "no logits were compared" in res.stderr
     res = run("verify", out, "--forward", "--min-top1", "0.9")
     assert res.exit_code == 2 and "give --against" in res.stderr
+
+
+# --- 3. the reference names its source and refuses a misfit --------------------------------------
+
+
+def test_a_misfit_config_is_set_aside_and_no_reference_is_said(mtcnn, tmp_path):
+    """A BERT config.json beside a CNN is not its reference; with none, one line says what to
+    pass, and a re-initialized conv whose std moved beyond the tolerance is noted."""
+    folder = tmp_path / "cnn"
+    folder.mkdir()
+    sd = torch.load(mtcnn / "onet.pt", weights_only=True)
+    save_file({k: v.contiguous() for k, v in sd.items()}, folder / "model.safetensors")
+    (folder / "config.json").write_text(
+        json.dumps({"model_type": "bert", "hidden_size": 768, "initializer_range": 0.02})
+    )
+    rep = reinit.apply(folder, ["conv*.weight=normal(std=0.5)"], tmp_path / "out")
+    changed = [e for e in rep.tensors if e.action == "reinit"]
+    assert len(changed) == 4 and all(e.reference is None for e in changed)
+    assert flagged(rep, "off_reference") == []
+    (misfit,) = [w for w in rep.warnings if "fits none" in w]
+    assert misfit.startswith("cnn/config.json (model_type bert, width 768) fits none")
+    (none,) = [w for w in rep.warnings if w.startswith("no reference scale")]
+    assert "4 changed tensor(s)" in none and "pass --model" in none
+    for e in changed:  # trained convs sit at 0.03-0.2: N(0, 0.5) moved every one beyond 2x
+        assert e.before is not None and e.after.std / e.before.std > 2
+        assert any("its own before" in n and "no reference" in n for n in e.notes), e.notes
+    res = run("apply", folder, "-r", "conv*.weight=normal(std=0.5)", "-o", tmp_path / "o2")
+    assert "warning: no reference scale for the 4 changed tensor(s)" in res.stderr
+
+
+# --- the guide's examples run as written -----------------------------------------------------
+
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "guide" / "report-judgement.md"
+
+
+@pytest.mark.slow  # writes MiniLM three times (~90 MB each); the tests above cover each claim
+def test_the_guide_examples_run(minilm, tmp_path):
+    """Every ```bash block of docs/guide/report-judgement.md, in order, in one shell, with
+    `reinit` this checkout's CLI; the outputs the page quotes are checked."""
+    import os
+    import subprocess
+    import sys
+
+    blocks = re.findall(r"```bash\n(.*?)```", GUIDE.read_text(), flags=re.S)
+    assert len(blocks) == 4
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, command in (("reinit", "-m reinit "), ("python", "")):
+        (bin_dir / name).write_text(f'#!/bin/sh\nexec "{sys.executable}" {command}"$@"\n')
+        (bin_dir / name).chmod(0o755)
+    root = str(GUIDE.parents[2])
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": root}
+    work = tmp_path / "work"
+    work.mkdir()
+    script = "set -e\n" + "\n".join(blocks)
+    proc = subprocess.run(
+        ["bash", "-c", script], cwd=work, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "105 tensors, 0 reinit, 103 transplanted, 2 kept, 0 skipped, 1 flagged" in out
+    assert "--fail-on off_reference: 30 tensor(s) flagged" in out
+    assert "no layer diverges" in out and "first divergent layer: 3 " in out
+    assert out.count("exit 1") == 2
