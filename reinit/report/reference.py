@@ -227,9 +227,8 @@ def _moved_note(e: TensorEntry, tolerance: float) -> TensorEntry:
 def reference_warnings(
     entries: Sequence[TensorEntry], basis: ReferenceBasis | None = None
 ) -> tuple[str, ...]:
-    """The report's lines about its reference: a config set aside because its architecture
-    cannot own these tensors, and, when changed tensors have no reference at all, one line
-    saying so and what to pass."""
+    """The report's warning about its reference: a config set aside because its architecture
+    cannot own these tensors (no reference at all is said by `reference_text`)."""
     basis = basis or ReferenceBasis()
     lines = []
     if basis.config and not config_fits(basis.config, entries):
@@ -237,13 +236,6 @@ def reference_warnings(
         lines.append(
             f"{basis.config_name} (model_type {mtype}, width {_width(basis.config)}) fits none "
             "of these tensors' shapes: not used as the reference"
-        )
-    changed = [e for e in entries if e.changes and e.is_float and len(e.shape) >= 2]
-    if changed and all(e.reference_std is None for e in changed):
-        lines.append(
-            f"no reference scale for the {len(changed)} changed tensor(s): off_reference is not "
-            "judged; pass --model (module:callable or a model folder) to judge them by the "
-            "architecture's own init"
         )
     return tuple(lines)
 
@@ -282,13 +274,21 @@ def off_reference(e: TensorEntry, tolerance: float = REFERENCE_TOLERANCE) -> boo
 
 def reference_text(entries: Sequence[TensorEntry]) -> str | None:
     """`reference: config initializer_range 0.02` for the summary line: each source used, with
-    its value (or range), and how many tensors it served when there are several."""
+    its value (or range), and how many tensors it served when there are several; when changed
+    matrices have none at all, a line saying so and what to pass."""
     by_source: dict[str, list[float]] = defaultdict(list)
     for e in entries:
         if e.reference is not None and e.reference_std is not None:
             by_source[e.reference].append(e.reference_std)
     if not by_source:
-        return None
+        changed = sum(1 for e in entries if e.changes and e.is_float and len(e.shape) >= 2)
+        if not changed:
+            return None
+        return (
+            f"no reference scale for the {changed} changed tensor(s), so off_reference is not "
+            "judged: pass --model (module:callable or a model folder) to judge them by the "
+            "architecture's own init"
+        )
     parts = []
     for source, values in by_source.items():
         lo, hi = min(values), max(values)
