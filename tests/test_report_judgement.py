@@ -396,3 +396,27 @@ def test_the_guide_examples_run(minilm, tmp_path):
     assert "--fail-on off_reference: 30 tensor(s) flagged" in out
     assert "no layer diverges" in out and "first divergent layer: 3 " in out
     assert out.count("exit 1") == 2
+
+
+# --- 6. the small items -----------------------------------------------------------------------
+
+
+def test_rename_notes_collapse_to_one_line(tmp_path):
+    sd = {f"layers.{i}.w": torch.randn(4, 4) for i in range(5)}
+    save_file(sd, tmp_path / "m.safetensors")
+    res = run("apply", tmp_path / "m.safetensors", "--rename", "re:layers\\.(\\d+)\\.w=blocks.{1}.w",
+              "-o", tmp_path / "o.safetensors")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("note:")]
+    renamed = [ln for ln in lines if "renamed" in ln]
+    assert renamed == ["note: renamed (5 tensors, e.g. renamed from layers.0.w (blocks.0.w))"]
+
+
+def test_gain_swish_is_silu():
+    from reinit.schemes import calculate_gain
+
+    assert calculate_gain("swish") == calculate_gain("silu") == calculate_gain("SiLU")
+    _, a = reinit.apply_to_state_dict({"w": torch.zeros(64, 64)}, ["w=xavier_normal(gain=swish)"])
+    _, b = reinit.apply_to_state_dict({"w": torch.zeros(64, 64)}, ["w=xavier_normal(gain=silu)"])
+    assert a.entry("w").expected_std == b.entry("w").expected_std
+    assert run("gain", "swish").stdout.startswith("swish: gain 1.67653")
