@@ -420,3 +420,11 @@ def test_gain_swish_is_silu():
     _, b = reinit.apply_to_state_dict({"w": torch.zeros(64, 64)}, ["w=xavier_normal(gain=silu)"])
     assert a.entry("w").expected_std == b.entry("w").expected_std
     assert run("gain", "swish").stdout.startswith("swish: gain 1.67653")
+
+
+def test_a_garbage_tensor_shows_its_magnitude(tmp_path):
+    """A constant 1e37 tensor has std 0: the terminal says how large its values are."""
+    save_file({"a.0.w": torch.randn(8, 8), "a.1.w": torch.full((8, 8), 1e37)}, tmp_path / "g.safetensors")
+    for by in ("tensor", "kind"):
+        res = run("report", tmp_path / "g.safetensors", "--by", by)
+        assert "garbage" in res.stderr and "(max |x| 1e37)" in res.stderr, res.stderr
