@@ -281,7 +281,7 @@ class ApplyOptions:
                 "in the output's config.json).",
                 flags=("--labels",),
                 metavar="A,B,C",
-                recipe="str?",
+                recipe="names?",
             )
         ),
     )

@@ -424,7 +424,27 @@ def test_gain_swish_is_silu():
 
 def test_a_garbage_tensor_shows_its_magnitude(tmp_path):
     """A constant 1e37 tensor has std 0: the terminal says how large its values are."""
-    save_file({"a.0.w": torch.randn(8, 8), "a.1.w": torch.full((8, 8), 1e37)}, tmp_path / "g.safetensors")
+    save_file(
+        {"a.0.w": torch.randn(8, 8), "a.1.w": torch.full((8, 8), 1e37)}, tmp_path / "g.safetensors"
+    )
     for by in ("tensor", "kind"):
         res = run("report", tmp_path / "g.safetensors", "--by", by)
         assert "garbage" in res.stderr and "(max |x| 1e37)" in res.stderr, res.stderr
+
+
+def test_recipe_labels_as_a_list(tmp_path):
+    (tmp_path / "m").mkdir()
+    save_file({"classifier.weight": torch.randn(3, 8), "classifier.bias": torch.zeros(3)},
+              tmp_path / "m" / "model.safetensors")  # fmt: skip
+    (tmp_path / "m" / "config.json").write_text('{"num_labels": 3}')
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"source: {tmp_path / 'm'}\noutput: {tmp_path / 'o'}\nlabels: [neg, neu, pos]\n"
+        "rules: ['classifier.bias=zeros']\n"
+    )
+    assert run("run", recipe, "-q").exit_code == 0
+    config = json.loads((tmp_path / "o" / "config.json").read_text())
+    assert config["id2label"] == {"0": "neg", "1": "neu", "2": "pos"}
+    recipe.write_text(recipe.read_text().replace("[neg, neu, pos]", "[neg, 3]"))
+    res = run("run", recipe, "-q")
+    assert res.exit_code == 2 and "'labels' must be a list of names" in res.stderr

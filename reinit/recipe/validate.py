@@ -28,7 +28,7 @@ Value = Data | tuple[str, ...]
 
 # A value's kind: an ApplyOptions kind (reinit.options.RecipeKind), or one of the recipe's own:
 # rules (a list of rule strings), steps (a list of step mappings).
-Kind = Literal["int", "float", "bool", "str", "str?", "paths", "specs", "rules", "steps"]
+Kind = Literal["int", "float", "bool", "str", "str?", "names?", "paths", "specs", "rules", "steps"]
 
 # The keys a recipe has besides apply's options (which come from ApplyOptions, below).
 OWN_TOP_KEYS: dict[str, Kind] = {
@@ -177,6 +177,13 @@ def _coerce(kind: Kind, value: Data, key: str, at: str) -> Value:
         if isinstance(value, str):
             return value
         raise UsageError(f"{at}: {key!r} must be a string, got {value!r}")
+    if kind == "names?":  # `labels: neg,neu,pos` or `labels: [neg, neu, pos]`
+        strings = _strings(value) if isinstance(value, list) else None
+        if value is None or isinstance(value, str) or strings is not None:
+            return strings if strings is not None else value
+        raise UsageError(
+            f"{at}: {key!r} must be a list of names or a comma-separated string, got {value!r}"
+        )
     if kind == "int":
         if isinstance(value, bool):
             raise UsageError(f"{at}: {key!r} must be an integer, got {value!r}")
