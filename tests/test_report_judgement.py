@@ -448,3 +448,18 @@ def test_recipe_labels_as_a_list(tmp_path):
     recipe.write_text(recipe.read_text().replace("[neg, neu, pos]", "[neg, 3]"))
     res = run("run", recipe, "-q")
     assert res.exit_code == 2 and "'labels' must be a list of names" in res.stderr
+
+
+def test_diff_of_a_resized_tensor_compares_the_shared_block(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(20, 8, generator=g)
+    save_file({"wte": w, "h": torch.randn(4, 4, generator=g)}, tmp_path / "a.safetensors")
+    grown = {"wte": torch.cat([w, torch.randn(3, 8, generator=g)]), "h": torch.randn(4, 6)}
+    save_file(grown, tmp_path / "b.safetensors")
+    res = run("diff", tmp_path / "a.safetensors", tmp_path / "b.safetensors")
+    assert "wte: 20 shared rows identical, 3 rows added" in res.stdout
+    assert re.search(r"h: 4 shared columns changed \(max \|Δ\| \S+\), 2 columns added", res.stdout)
+    data = json.loads(run("diff", tmp_path / "a.safetensors", tmp_path / "b.safetensors",
+                          "--json").stdout)  # fmt: skip
+    by = {t["name"]: t for t in data["tensors"]}
+    assert by["wte"]["shared"] == "20 shared rows identical, 3 rows added"
