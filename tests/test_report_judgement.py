@@ -463,3 +463,13 @@ def test_diff_of_a_resized_tensor_compares_the_shared_block(tmp_path):
                           "--json").stdout)  # fmt: skip
     by = {t["name"]: t for t in data["tensors"]}
     assert by["wte"]["shared"] == "20 shared rows identical, 3 rows added"
+
+
+def test_probe_of_a_model_folder_probes_its_weights(tmp_path):
+    src = tiny_bert(tmp_path / "bert")
+    res = run("probe", src, "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["checkpoint"] == str(src)
+    assert "weights: the folder's own" in run("probe", src).stdout
+    built = json.loads(run("probe", src, "--as-built", "--json").stdout)
+    assert built["checkpoint"] is None
