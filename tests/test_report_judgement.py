@@ -473,3 +473,21 @@ def test_probe_of_a_model_folder_probes_its_weights(tmp_path):
     assert "weights: the folder's own" in run("probe", src).stdout
     built = json.loads(run("probe", src, "--as-built", "--json").stdout)
     assert built["checkpoint"] is None
+
+
+def test_plot_panels_of_a_cnn(tmp_path):
+    """A CNN's convs (no layer index) are `convolutions`, BatchNorm's running stats `norms`."""
+    from reinit.report.plot_groups import group_of
+
+    save_file({"conv1.weight": torch.randn(8, 3, 3, 3), "bn1.running_var": torch.ones(8),
+               "bn1.running_mean": torch.zeros(8), "fc.weight": torch.randn(10, 8),
+               "fc.bias": torch.zeros(10)}, tmp_path / "cnn.safetensors")  # fmt: skip
+    rep = reinit.report_checkpoint(tmp_path / "cnn.safetensors")
+    groups = {e.name: group_of(e) for e in rep.tensors}
+    assert groups == {
+        "conv1.weight": "convolutions",
+        "bn1.running_var": "norms",
+        "bn1.running_mean": "norms",
+        "fc.weight": "embeddings and heads",
+        "fc.bias": "biases",
+    }
