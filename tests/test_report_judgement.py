@@ -491,3 +491,14 @@ def test_plot_panels_of_a_cnn(tmp_path):
         "fc.weight": "embeddings and heads",
         "fc.bias": "biases",
     }
+
+
+def test_plot_thins_the_names_under_many_layerless_columns():
+    from reinit.report.plot import MAX_NAMED_TICKS, thin_labels
+
+    ticks = [(float(i), f"conv{i}.weight") for i in range(60)]
+    shown = [name for _, name in thin_labels(ticks) if name]
+    assert 0 < len(shown) <= MAX_NAMED_TICKS and shown[0] == "conv0.weight"
+    assert [x for x, _ in thin_labels(ticks)] == [x for x, _ in ticks]  # every column kept
+    few = ticks[:10]
+    assert thin_labels(few) == few
