@@ -10,17 +10,23 @@ from collections.abc import Sequence
 
 import torch
 
+CHUNK = 1 << 20  # values summed at a time: float64 copies stay at 8 MB, whatever the tensor
+
 
 def pooled_std(tensors: Sequence[torch.Tensor]) -> float | None:
     """The population std of all finite values of float `tensors` together (a `cat=`'s parts
-    pooled), in float64, without concatenating them."""
+    pooled), summed in float64 chunks of `CHUNK` values (no whole-tensor copy), without
+    concatenating them; None for a non-float tensor or fewer than 2 values."""
     n, total, squares = 0, 0.0, 0.0
     for t in tensors:
         if not t.is_floating_point():
             return None
-        x = t.detach().to(torch.float64).flatten()
-        x = x[torch.isfinite(x)]
-        n, total, squares = n + x.numel(), total + float(x.sum()), squares + float((x * x).sum())
+        for chunk in t.detach().reshape(-1).split(CHUNK):
+            x = chunk.to(torch.float64)
+            x = x[torch.isfinite(x)]
+            n += x.numel()
+            total += float(x.sum())
+            squares += float((x * x).sum())
     if n < 2:
         return None
     mean = total / n

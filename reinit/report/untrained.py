@@ -78,19 +78,24 @@ def _judged(e: TensorEntry) -> bool:
 
 
 def untrained(entries: Sequence[TensorEntry], init_std: InitStd | None) -> set[str]:
-    """The names of the tensors that look never trained while their siblings were."""
+    """The names of the tensors that look never trained while their siblings were (linear in
+    the number of tensors: each group's fresh count is summed once)."""
     judged = [e for e in entries if _judged(e)]
     fresh = {e.name: looks_fresh(e, init_std) for e in judged}
-    groups: dict[tuple[str, tuple[int, ...]], list[str]] = defaultdict(list)
+    size: dict[tuple[str, tuple[int, ...]], int] = defaultdict(int)
+    fresh_in: dict[tuple[str, tuple[int, ...]], int] = defaultdict(int)
     for e in judged:
-        groups[(kind_of(e.name), e.shape)].append(e.name)
+        size[(kind_of(e.name), e.shape)] += 1
+        fresh_in[(kind_of(e.name), e.shape)] += fresh[e.name]
+    all_fresh = sum(fresh.values())
     out = set()
     for e in judged:
         if not fresh[e.name] or e.action == "reinit":
             continue
-        siblings = [n for n in groups[(kind_of(e.name), e.shape)] if n != e.name]
-        if len(siblings) < 2:
-            siblings = [x.name for x in judged if x.name != e.name]
-        if len(siblings) >= 2 and sum(fresh[n] for n in siblings) < len(siblings) / 2:
+        key = (kind_of(e.name), e.shape)
+        siblings, fresh_siblings = size[key] - 1, fresh_in[key] - 1
+        if siblings < 2:  # no kind to speak of: the checkpoint's other weights
+            siblings, fresh_siblings = len(judged) - 1, all_fresh - 1
+        if siblings >= 2 and fresh_siblings < siblings / 2:
             out.add(e.name)
     return out
