@@ -66,8 +66,8 @@ def looks_fresh(e: TensorEntry, init_std: InitStd | None) -> bool:
     z, std, n = tail(e), e.after.std, e.after.count
     if z is None or std is None or n < 2 or e.after.nonfinite:
         return False
-    scale = init_std(e) if init_std is not None else None
-    if _near(std, scale, n) and z <= gaussian_tail(n):
+    # the tail first: it is free, and the model's init scale may need a draw (`--model`)
+    if z <= gaussian_tail(n) and init_std is not None and _near(std, init_std(e), n):
         return True
     torch_default = 1.0 / math.sqrt(3.0 * e.fan_in) if e.fan_in else None
     return _near(std, torch_default, n) and z <= UNIFORM_TAIL
