@@ -164,7 +164,7 @@ def test_gain_and_measure():
     assert r.exit_code == 0
     assert "gain 1.66667" in r.stdout and "1.59" in r.stdout
     assert "gain 1.41421" in run("gain", "leaky_relu", "0").stdout
-    bad = run("gain", "swish")
+    bad = run("gain", "mish")
     assert bad.exit_code == 2 and "relu" in bad.stderr
 
 

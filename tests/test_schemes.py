@@ -219,7 +219,7 @@ def test_gains_match_torch(nl, param, value):
 
 def test_unknown_nonlinearity_lists_the_valid_ones():
     with pytest.raises(SchemeError, match="tanh, relu, leaky_relu, selu, gelu, silu"):
-        calculate_gain("swish")
+        calculate_gain("mish")
 
 
 def test_measured_tanh_ratio():

@@ -10,6 +10,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import replace
 from types import TracebackType
+from typing import NamedTuple
 
 import torch
 
@@ -21,6 +22,7 @@ from reinit.io.sources import open_checkpoint
 from reinit.io.trust import TrustSpec
 from reinit.planning.adapters import RowNamesCache, adapter_inputs, check_adapter
 from reinit.planning.planner import Plan, PlanEntry
+from reinit.planning.source_std import pooled_std
 from reinit.rules import TransplantSpec, closest_hint, fill_template
 from reinit.transforms.apply import TransformContext, result_shape, transform
 from reinit.transforms.spec import TransformSpec
@@ -28,8 +30,10 @@ from reinit.transforms.spec import TransformSpec
 __all__ = [
     "AUTO",
     "AUTO_MIN_PARTS",
+    "EQUAL_TO_SOURCE",
     "MISMATCHES_SHOWN",
     "SourcePool",
+    "Transplanted",
     "auto_keys",
     "check_transplants",
     "entry_transform",
@@ -47,6 +51,8 @@ MISMATCHES_SHOWN = 5  # pairs named in a shape-mismatch error; the count says ho
 
 
 AUTO = "auto"
+
+EQUAL_TO_SOURCE = "equal to source"  # a plain copy's note: its values are the source's
 
 
 AUTO_MIN_PARTS = 2  # a shared suffix of one part (`weight`, `bias`) says nothing
@@ -354,12 +360,23 @@ def lossy_cast_note(src: torch.Tensor, cast: torch.Tensor) -> str | None:
     return f"lossy cast {dtype_name(src.dtype)} -> {dtype_name(cast.dtype)}"
 
 
+class Transplanted(NamedTuple):
+    """A transplant's value, the source it came from, its notes and the std of the source
+    tensor(s) it was made from (the report's reference for it; None for a non-float source)."""
+
+    value: torch.Tensor
+    source: str
+    notes: tuple[str, ...]
+    source_std: float | None
+
+
 def transplant_value(
     pool: SourcePool, entry: PlanEntry, target: torch.Tensor, seed: int = 0
-) -> tuple[torch.Tensor, str, tuple[str, ...]]:
+) -> Transplanted:
     """The tensor to write for a transplant entry, the source it came from (`SOURCE:KEY`,
-    `SOURCE:K1;K2` for `cat=`), and notes for the report (transform, lossy cast, sliced
-    block). Reads only the source tensors the entry names."""
+    `SOURCE:K1;K2` for `cat=`), notes for the report (transform, lossy cast, sliced block,
+    `equal to source` for a plain copy) and the source tensors' std. Reads only the source
+    tensors the entry names."""
     spec = _spec(entry)
     keys = entry.source_keys
     if not keys:  # a plan that did not go through check_transplants
@@ -374,14 +391,17 @@ def transplant_value(
         ctx = TransformContext(
             entry.name, entry.shape, entry.dtype, seed, target, keys, entry.rule_text, fill, names
         )
+        inputs = [ck.read(k) for k in keys]
+        source_std = pooled_std(inputs)
         try:
-            values = [ck.read(k) for k in keys]
-            src, done = transform(entry_transform(spec, entry), values, ctx)
+            src, done = transform(entry_transform(spec, entry), inputs, ctx)
         except TransplantError as err:
             raise TransplantError(f"rule {entry.rule_text!r}: '{entry.name}': {err}") from None
+        del inputs
         notes += done
     else:
         src = ck.read(keys[0])
+        source_std = pooled_std([src])
     cast = src.to(entry.dtype)
     note = lossy_cast_note(src, cast)
     if note:
@@ -395,4 +415,6 @@ def transplant_value(
             f"of source {list(cast.shape)}; the rest keeps the target's values"
         )
         cast = out
-    return cast.contiguous(), f"{spec.source}:{key}", tuple(notes)
+    if not spec.has_transform and not notes:
+        notes.append(EQUAL_TO_SOURCE)
+    return Transplanted(cast.contiguous(), f"{spec.source}:{key}", tuple(notes), source_std)

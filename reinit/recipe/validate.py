@@ -28,7 +28,7 @@ Value = Data | tuple[str, ...]
 
 # A value's kind: an ApplyOptions kind (reinit.options.RecipeKind), or one of the recipe's own:
 # rules (a list of rule strings), steps (a list of step mappings).
-Kind = Literal["int", "float", "bool", "str", "str?", "paths", "specs", "rules", "steps"]
+Kind = Literal["int", "float", "bool", "str", "str?", "names?", "paths", "specs", "rules", "steps"]
 
 # The keys a recipe has besides apply's options (which come from ApplyOptions, below).
 OWN_TOP_KEYS: dict[str, Kind] = {
@@ -186,6 +186,18 @@ def _as_str(kind: Kind, value: Data, key: str, at: str) -> Value:
     raise UsageError(f"{at}: {key!r} must be a string, got {value!r}")
 
 
+def _as_names(kind: Kind, value: Data, key: str, at: str) -> Value:
+    """`labels: neg,neu,pos` or `labels: [neg, neu, pos]`."""
+    strings = _strings(value) if isinstance(value, list) else None
+    if strings is not None:
+        return strings
+    if value is None or isinstance(value, str):
+        return value
+    raise UsageError(
+        f"{at}: {key!r} must be a list of names or a comma-separated string, got {value!r}"
+    )
+
+
 def _as_int(kind: Kind, value: Data, key: str, at: str) -> Value:
     if isinstance(value, bool):
         raise UsageError(f"{at}: {key!r} must be an integer, got {value!r}")
@@ -228,6 +240,7 @@ def _as_strings(kind: Kind, value: Data, key: str, at: str) -> Value:
 _CONVERT: dict[str, Callable[[Kind, Data, str, str], Value]] = {
     "str": _as_str,
     "str?": _as_str,
+    "names?": _as_names,
     "int": _as_int,
     "float": _as_float,
     "bool": _as_bool,

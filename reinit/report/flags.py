@@ -60,6 +60,7 @@ FLAGS = (
     "constant",
     "std_off",
     "off_reference",
+    "untrained",
     "outlier",
     "unstable_depth",
 )

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from reinit.errors import UsageError
+from reinit.io.directory import holds_weights
 from reinit.io.memory import StateDictCheckpoint
 from reinit.io.sources import open_checkpoint
 from reinit.planning.model import ModelError
@@ -365,10 +366,14 @@ def probe(
     seed: int = 0,
     checkpoint: str | None = None,
     allow_unmatched: bool = False,
+    as_built: bool = False,
 ) -> ProbeResult:
     """Build `model` (see `reinit.planning.model`; real weights as its constructor draws them from
-    `seed`, or `checkpoint`'s), probe it, apply `rules` in memory, probe again."""
+    `seed`, or `checkpoint`'s: a model folder's own weights unless `as_built`), probe it, apply
+    `rules` in memory, probe again."""
     rule_objs = tuple(r if isinstance(r, Rule) else parse_rules([r])[0] for r in rules)
+    if checkpoint is None and not as_built and holds_weights(model):
+        checkpoint = model
     module = build_real(model, seed)
     if checkpoint is not None:
         load_weights(module, checkpoint)
