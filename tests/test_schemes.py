@@ -235,3 +235,21 @@ def test_aliases():
         "uniform", "normal", "trunc_normal", "constant", "ones", "zeros", "eye", "dirac",
         "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "orthogonal", "sparse",
     }  # fmt: skip
+
+
+@pytest.mark.parametrize("scheme", ["kaiming_normal", "kaiming_uniform"])
+@pytest.mark.parametrize("nonlinearity", ["gelu", "silu", "swish"])
+def test_kaiming_with_a_gain_torch_does_not_name_is_torchs_own_fill(scheme, nonlinearity):
+    """torch's calculate_gain knows no gelu/silu (kaiming_normal_ raised ValueError, an
+    internal error); reinit's does, and the fill is torch's kaiming body with that gain:
+    std = gain/sqrt(fan_in), then normal_ or uniform_(±sqrt(3)·std) on the tensor's generator."""
+    ours = generate(
+        bind_scheme(scheme, (), {"nonlinearity": nonlinearity}), "w", (48, 24), torch.float32, 3
+    )
+    std = calculate_gain("silu" if nonlinearity == "swish" else nonlinearity) / math.sqrt(24)
+    g = torch.Generator().manual_seed(seed_for(3, "w"))
+    if scheme == "kaiming_normal":
+        ref = torch.empty(48, 24).normal_(0.0, std, generator=g)
+    else:
+        ref = torch.empty(48, 24).uniform_(-math.sqrt(3.0) * std, math.sqrt(3.0) * std, generator=g)
+    assert torch.equal(ours, ref)

@@ -7,12 +7,13 @@ positions torch draws from the global RNG; ours come from the tensor's generator
 from __future__ import annotations
 
 import math
+from typing import Any, cast
 
 import torch
 from torch.nn import init
 
 from reinit.schemes.base import Args, Param, Scheme, Shape
-from reinit.schemes.gain import calculate_gain, gain_value
+from reinit.schemes.gain import calculate_gain, canonical, gain_value
 from reinit.schemes.shapes import GAIN, fans, needs_2d_or_more, needs_exactly_2d
 
 __all__ = ["TORCH_SCHEMES", "truncated_normal_std"]
@@ -79,6 +80,28 @@ def _kaiming_std(shape: Shape, args: Args) -> float:
     fan_in, fan_out = fans(shape)
     fan = fan_in if args["mode"] == "fan_in" else fan_out
     return calculate_gain(args["nonlinearity"], args["a"]) / math.sqrt(fan)
+
+
+# Nonlinearities reinit's calculate_gain knows and torch's does not (gelu, silu/swish): the fill
+# is torch's own kaiming_*_ body (std = gain/sqrt(fan), then normal_ or uniform_ on the
+# tensor's generator), so a float32 result is what torch would give if it knew the gain.
+_TORCH_NONLINEARITIES = frozenset(
+    ("linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d")
+    + ("conv_transpose3d", "sigmoid", "tanh", "relu", "leaky_relu", "selu")
+)
+
+
+def _kaiming_fill(t: torch.Tensor, g: torch.Generator, a: Args, normal: bool) -> torch.Tensor:
+    name = canonical(a["nonlinearity"])
+    if name in _TORCH_NONLINEARITIES:
+        fill = init.kaiming_normal_ if normal else init.kaiming_uniform_
+        return fill(t, a["a"], a["mode"], cast("Any", name), generator=g)
+    std = _kaiming_std(tuple(t.shape), a)
+    with torch.no_grad():
+        if normal:
+            return t.normal_(0.0, std, generator=g)
+        bound = math.sqrt(3.0) * std
+        return t.uniform_(-bound, bound, generator=g)
 
 
 def _orthogonal_std(shape: Shape, args: Args) -> float:
@@ -217,7 +240,7 @@ TORCH_SCHEMES: tuple[Scheme, ...] = (
     Scheme(
         "kaiming_uniform",
         _KAIMING,
-        lambda t, g, a: init.kaiming_uniform_(t, a["a"], a["mode"], a["nonlinearity"], generator=g),
+        lambda t, g, a: _kaiming_fill(t, g, a, normal=False),
         _kaiming_std,
         "gain/√fan, gain = calculate_gain(nonlinearity, a)",
         "He et al. (2015), uniform",
@@ -228,7 +251,7 @@ TORCH_SCHEMES: tuple[Scheme, ...] = (
     Scheme(
         "kaiming_normal",
         _KAIMING,
-        lambda t, g, a: init.kaiming_normal_(t, a["a"], a["mode"], a["nonlinearity"], generator=g),
+        lambda t, g, a: _kaiming_fill(t, g, a, normal=True),
         _kaiming_std,
         "gain/√fan, gain = calculate_gain(nonlinearity, a)",
         "He et al. (2015), normal",
