@@ -234,11 +234,6 @@ def test_dir_lists_only_the_api():
         assert helper not in names, helper
 
 
-# Docstrings in reinit/run/ still name internal paths (`reinit.planning.model.Model` in `apply`);
-# run/ is being rewritten as stages on another branch, which fixes them there.
-_DOCSTRINGS_FIXED_ELSEWHERE = {"apply", "apply_to_module"}
-
-
 def test_public_docstrings_name_no_internal_module_path():
     """What `help(reinit.X)` shows points users at `reinit.X` names, not at internal modules."""
     import inspect
@@ -248,8 +243,6 @@ def test_public_docstrings_name_no_internal_module_path():
         r"reinit\.(run|planning|io|report|tools|recipe|schemes|transforms|cli)\.[a-z_]+"
     )
     for name in reinit.__all__:
-        if name in _DOCSTRINGS_FIXED_ELSEWHERE:
-            continue
         doc = inspect.getdoc(getattr(reinit, name)) or ""
         assert not internal.search(doc), (name, internal.search(doc))
 

@@ -47,9 +47,8 @@ def apply(
             `overwrite`, `in_place`, `device` ("cpu" or "cuda"), `progress`, `unsafe_pickle`
             (torch files trusted to run code), `add`/`drop`/`rename`/`resize` (surgery, run
             before the rules in the order drop, rename, resize, add; the rules see the new
-            names and shapes), `model` (a
-            Hugging Face folder, hf:// URL, `module:callable`, an `nn.Module` or a
-            `reinit.planning.model.Model`: enables `type:` patterns, module fans and `default`),
+            names and shapes), `model` (a Hugging Face folder, hf:// URL, `module:callable` or
+            an `nn.Module`: enables `type:` patterns, module fans and `default`),
             `config` (overrides the model config scaled_normal/small_init read), `plot` (a PNG
             path), `reference_tolerance` (2.0: `off_reference` beyond that factor of the
             model's own scale). An unknown keyword is a TypeError.

@@ -1,5 +1,5 @@
-"""The output's `config.json` follows the surgery (issue 14 item 1, DESIGN §8 "Outputs that load
-as the intended model").
+"""The output's `config.json` follows the surgery (issue 14 item 1; docs/guide/surgery.md,
+"config.json follows the surgery").
 
 Why: after `--add classifier.weight=[3,H]` or `--drop "encoder.layer.1.*"` the weights no longer
 match the source's config.json, and `from_pretrained(out)` fails on a size mismatch or builds the

@@ -154,15 +154,6 @@ def apply_to_checkpoint(
     Returns:
         `(tensors, report)`: every tensor on the CPU (kept tensors of a `StateDictCheckpoint`
         are its own objects, not copies) and the `Report`.
-
-    Example:
-
-    ```python
-    import reinit
-
-    with reinit.open_checkpoint("model.safetensors") as ckpt:
-        tensors, report = reinit.run.inmemory.apply_to_checkpoint(ckpt, ["*.bias=zeros"])
-    ```
     """
     o = with_kwargs("apply_to_checkpoint", options, kwargs, IN_MEMORY_FIELDS | SURGERY_FIELDS)
     job = Job.of(ckpt, rules, o, require_rules=False)
@@ -243,8 +234,7 @@ def apply_to_module(
     """Apply rules to a module's parameters and buffers in place (under `torch.no_grad`), by
     their `state_dict()` names. Values equal those `reinit apply` gives on the module's saved
     state dict with the same seed. Tied parameters (one storage under several names) stay tied
-    and consistent, as in `reinit.planning.ties`: rules that would give their names different values are
-    an error.
+    and consistent: rules that would give their names different values are an error.
 
     Args:
         module: The `nn.Module` to change in place.

@@ -1,7 +1,8 @@
-"""`new`: the checkpoint a model would have, from its config alone (DESIGN §9). The model is
-built on the meta device; its checkpoint (`ModelCheckpoint`: `save_pretrained`'s names, no
-bytes) goes through `apply` with the rule `*=default` before the user's, so each tensor is drawn
-by the architecture's own init unless a later rule says otherwise, one tensor at a time."""
+"""`new`: the checkpoint a model would have, from its config alone
+(docs/guide/new-from-config.md). The model is built on the meta device; its checkpoint
+(`ModelCheckpoint`: `save_pretrained`'s names, no bytes) goes through `apply` with the rule
+`*=default` before the user's, so each tensor is drawn by the architecture's own init unless a
+later rule says otherwise, one tensor at a time."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Output control (DESIGN §8): `--dtype` (cast floating tensors as they are written),
+"""Output control (docs/guide/outputs.md): `--dtype` (cast floating tensors as they are written),
 `--max-shard-size` (the Hugging Face sharded layout, split exactly as `save_pretrained` splits)
 and `--checksums` (each tensor's sha256 of the bytes as written).
 

@@ -1,5 +1,5 @@
 """Where a run writes and in what layout: the output path and format a SOURCE and `-o` give
-(DESIGN §1), the output files of a directory or sharded output, and the provenance metadata."""
+(docs/guide/outputs.md), the output files of a directory or sharded output, and the provenance metadata."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def output_format(path: str) -> str:
 
 
 def default_output(source: str, ckpt: Checkpoint) -> Path:
-    """DESIGN §1: X.safetensors / X.bin -> X.reinit.safetensors; D -> D-reinit/;
+    """docs/reference.md, "Sources and outputs": X.safetensors / X.bin -> X.reinit.safetensors; D -> D-reinit/;
     hf://OWNER/NAME -> ./NAME-reinit/."""
     if is_hf_url(source):
         return Path.cwd() / f"{parse_hf_url(source).name}-reinit"

@@ -60,7 +60,7 @@ __all__ = [
 # once). False (default): the buffer goes back at once and the writer copies the span
 # kernel-side with copy_file_range (KERNEL_COPY), which reads it again inside the kernel; on
 # the dev machine write(2) of the buffer measured no less system time than that copy (a tie
-# or worse, BENCH.md "read once"), and the kernel copy holds fewer buffers. Tests compare
+# or worse, docs/bench/log.md "read once"), and the kernel copy holds fewer buffers. Tests compare
 # both paths byte for byte.
 READ_ONCE = False
 
