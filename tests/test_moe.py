@@ -474,6 +474,22 @@ ARCHS = {
         {**SMALL, "moe_intermediate_size": 8, "num_experts": 4, "num_experts_per_tok": 2},
     ),
     "olmoe": ("OlmoeConfig", "OlmoeForCausalLM", {**SMALL, "num_experts": 4}),
+    "mixtral": (
+        "MixtralConfig",
+        "MixtralForCausalLM",
+        {**SMALL, "num_local_experts": 4, "num_experts_per_tok": 2},
+    ),
+    "qwen2-moe": (
+        "Qwen2MoeConfig",
+        "Qwen2MoeForCausalLM",
+        {
+            **SMALL,
+            "moe_intermediate_size": 8,
+            "shared_expert_intermediate_size": 24,
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+        },
+    ),  # fmt: skip
 }
 
 
@@ -602,7 +618,9 @@ def test_sparse_upcycling_from_a_config_alone(tmp_path):
     dense = mistral(tmp_path / "dense")
     cfg, cls = moe_config(tmp_path, "mixtral")
     out = tmp_path / "moe"
-    res = run("new", cfg, "-o", out, "-q", *[a for r in upcycle_rules(dense) for a in ("--rule", r)])
+    res = run(
+        "new", cfg, "-o", out, "-q", *[a for r in upcycle_rules(dense) for a in ("--rule", r)]
+    )
     assert res.exit_code == 0, res.output
     model = load_cleanly(cls, out)
     ref = transformers.MistralForCausalLM.from_pretrained(dense).eval()
@@ -623,3 +641,21 @@ def test_new_progress_bar_says_new(tmp_path, capsys):
     reinit.new(cfg, tmp_path / "out", progress=True)
     err = capsys.readouterr().err
     assert "reinit new" in err and "reinit apply" not in err
+
+
+def test_the_model_view_holds_no_index_per_expert_element(tmp_path):
+    """Learning the checkpoint names of a wide MoE config costs what its shapes cost, not an
+    int64 per expert weight (transformers' fused gate/up split copies; the view does not keep
+    or make that copy): each expert's index is a broadcastable part of its slice."""
+    cfg = transformers.MixtralConfig(
+        vocab_size=64, hidden_size=512, intermediate_size=2048, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=1, num_local_experts=8,
+        num_experts_per_tok=2, architectures=["MixtralForCausalLM"],
+    )  # fmt: skip
+    cfg.save_pretrained(tmp_path / "c")
+    model = load_model(tmp_path / "c")
+    parts = [s.part for s in model.sites.values() if s.part is not None]
+    assert len(parts) == 2 * 8 * 3
+    values = sum(math.prod(p.shape) for p in parts)
+    held = sum(ix.numel() for p in parts for ix in p.index)
+    assert held * 100 < values, (held, values)

@@ -409,4 +409,3 @@ def test_options_new_cannot_honour_are_refused(tmp_path):
     with pytest.raises(reinit.UsageError, match="labels does not apply"):
         reinit.new(cfg, tmp_path / "out", options=options)
     assert not (tmp_path / "out").exists()
-
