@@ -77,9 +77,10 @@ def mark_fresh(result: Plan) -> Plan:
 
 
 class ModelCheckpoint(Checkpoint):
-    """The checkpoint `model` would have (`ModelView.checkpoint_tensors`), floating tensors in `dtype`,
-    with no bytes: reading a tensor draws the architecture's own init for it (`default`, seeded
-    by `seed` and its name), which is what a rule that keeps it, or reads its values
+    """The checkpoint `model` would have (its view's `checkpoint_tensors()`), floating tensors
+    in `dtype`, with no bytes: reading a tensor draws the architecture's own init for it
+    (`default`, seeded by `seed` and its name; an expert's tensor: its slice of the experts
+    module's init), which is what a rule that keeps it, or reads its values
     (`on_mismatch=slice`, `mean_resize`), sees. Its extra file is the model's config.json."""
 
     kind = "model"
