@@ -476,6 +476,22 @@ ARCHS = {
         {**SMALL, "moe_intermediate_size": 8, "num_experts": 4, "num_experts_per_tok": 2},
     ),
     "olmoe": ("OlmoeConfig", "OlmoeForCausalLM", {**SMALL, "num_experts": 4}),
+    "mixtral": (
+        "MixtralConfig",
+        "MixtralForCausalLM",
+        {**SMALL, "num_local_experts": 4, "num_experts_per_tok": 2},
+    ),
+    "qwen2-moe": (
+        "Qwen2MoeConfig",
+        "Qwen2MoeForCausalLM",
+        {
+            **SMALL,
+            "moe_intermediate_size": 8,
+            "shared_expert_intermediate_size": 24,
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+        },
+    ),  # fmt: skip
 }
 
 
@@ -525,3 +541,123 @@ def test_brace_expansion_is_bounded(tmp_path):
     rule = "w" + "{a,b}" * 11 + "=zeros"
     refused(tmp_path, ["apply", str(tmp_path / "a.safetensors"), "-o",
                        str(tmp_path / "o.safetensors"), "--rule", rule], 2, "expand to over")  # fmt: skip
+
+
+# --- `reinit new` of an MoE: per-expert checkpoint tensors drawn from the stacked module ----
+
+
+def moe_configs() -> dict[str, object]:
+    qwen = dict(moe_intermediate_size=8, num_experts=E, num_experts_per_tok=2,
+                decoder_sparse_step=1, mlp_only_layers=[])  # fmt: skip
+    return {
+        "mixtral": transformers.MixtralConfig(
+            **DIMS, num_local_experts=E, num_experts_per_tok=2,
+            architectures=["MixtralForCausalLM"],
+        ),
+        "qwen2-moe": transformers.Qwen2MoeConfig(
+            **DIMS, **qwen, shared_expert_intermediate_size=24,
+            architectures=["Qwen2MoeForCausalLM"],
+        ),
+        "qwen3-moe": transformers.Qwen3MoeConfig(
+            **DIMS, **qwen, architectures=["Qwen3MoeForCausalLM"]
+        ),
+    }  # fmt: skip
+
+
+def moe_config(tmp_path: Path, kind: str) -> tuple[Path, type]:
+    cfg = moe_configs()[kind]
+    cfg.save_pretrained(tmp_path / f"{kind}-config")
+    return tmp_path / f"{kind}-config", getattr(transformers, cfg.architectures[0])
+
+
+@pytest.mark.parametrize("kind", ["mixtral", "qwen2-moe", "qwen3-moe"])
+def test_new_of_an_moe_loads_cleanly_with_experts_at_the_module_init(tmp_path, kind):
+    """`reinit new` of an MoE config: save_pretrained's per-expert names and shapes, loaded with
+    no missing/unexpected/mismatched key and no warning, every expert tensor (and the router)
+    at the module's init normal(0, initializer_range); experts differ from one another."""
+    cfg, cls = moe_config(tmp_path, kind)
+    out = tmp_path / "out"
+    res = run("new", cfg, "-o", out, "-q", "--seed", "3")
+    assert res.exit_code == 0, res.output
+    model = load_cleanly(cls, out)
+    ref = tmp_path / "ref"
+    cls(moe_configs()[kind]).save_pretrained(ref)
+    assert header(out) == header(ref)
+    w = load_file(out / "model.safetensors")
+    experts = {n: t for n, t in w.items() if ".experts." in n}
+    assert len(experts) == DIMS["num_hidden_layers"] * E * 3
+    sigma = moe_configs()[kind].initializer_range
+    pooled = torch.cat([t.flatten() for t in experts.values()]).double()
+    assert abs(pooled.std().item() - sigma) < 5 * sigma / math.sqrt(2 * pooled.numel())
+    for n, t in experts.items():  # each expert tensor on its own, too
+        assert abs(t.double().std().item() - sigma) < 5 * sigma / math.sqrt(2 * t.numel()), n
+    first = [t for n, t in experts.items() if ".experts.0." in n]
+    second = [t for n, t in experts.items() if ".experts.1." in n]
+    assert all(not torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    routers = [t for n, t in w.items() if n.endswith("gate.weight") and ".experts." not in n]
+    assert routers and all(abs(r.double().std().item() - sigma) < 0.5 * sigma for r in routers)
+    again = tmp_path / "again"  # what was loaded is what was written
+    model.save_pretrained(again)
+    assert all(torch.equal(t, w[n]) for n, t in load_file(again / "model.safetensors").items())
+
+
+def test_new_of_a_mixtral_equals_apply_default_on_its_checkpoint(tmp_path):
+    path = mixtral(tmp_path / "m")
+    res = run("apply", path, "--model", path, "-r", "*=default", "--seed", "4", "-q",
+              "-o", tmp_path / "applied")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    res = run("new", path, "-o", tmp_path / "new", "--seed", "4", "-q")
+    assert res.exit_code == 0, res.output
+    applied = load_file(tmp_path / "applied" / "model.safetensors")
+    made = load_file(tmp_path / "new" / "model.safetensors")
+    assert applied.keys() == made.keys()
+    assert all(torch.equal(applied[n], made[n]) for n in applied)
+
+
+def test_sparse_upcycling_from_a_config_alone(tmp_path):
+    """The one-command form: `reinit new MIXTRAL-CONFIG` with the upcycling rules, no target
+    checkpoint: loads cleanly, the dense model's logits, the router at normal(std=0.02)."""
+    dense = mistral(tmp_path / "dense")
+    cfg, cls = moe_config(tmp_path, "mixtral")
+    out = tmp_path / "moe"
+    res = run(
+        "new", cfg, "-o", out, "-q", *[a for r in upcycle_rules(dense) for a in ("--rule", r)]
+    )
+    assert res.exit_code == 0, res.output
+    model = load_cleanly(cls, out)
+    ref = transformers.MistralForCausalLM.from_pretrained(dense).eval()
+    ids = torch.randint(0, DIMS["vocab_size"], (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = model(ids).logits, ref(ids).logits
+    assert torch.allclose(a, b, rtol=0, atol=1e-5), (a - b).abs().max()
+    w, src = load_file(out / "model.safetensors"), load_file(dense / "model.safetensors")
+    assert torch.equal(w[PER.format(l=1, e=3, w="w2")], src["model.layers.1.mlp.down_proj.weight"])
+    router = w["model.layers.0.block_sparse_moe.gate.weight"]
+    assert abs(router.std().item() - 0.02) < 4 * 0.02 / math.sqrt(2 * router.numel())
+
+
+def test_new_progress_bar_says_new(tmp_path, capsys):
+    import reinit
+
+    cfg, _ = moe_config(tmp_path, "mixtral")
+    reinit.new(cfg, tmp_path / "out", progress=True)
+    err = capsys.readouterr().err
+    assert "reinit new" in err and "reinit apply" not in err
+
+
+def test_the_model_view_holds_no_index_per_expert_element(tmp_path):
+    """Learning the checkpoint names of a wide MoE config costs what its shapes cost, not an
+    int64 per expert weight (transformers' fused gate/up split copies; the view does not keep
+    or make that copy): each expert's index is a broadcastable part of its slice."""
+    cfg = transformers.MixtralConfig(
+        vocab_size=64, hidden_size=512, intermediate_size=2048, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=1, num_local_experts=8,
+        num_experts_per_tok=2, architectures=["MixtralForCausalLM"],
+    )  # fmt: skip
+    cfg.save_pretrained(tmp_path / "c")
+    model = load_model(tmp_path / "c")
+    parts = [s.part for s in model.sites.values() if s.part is not None]
+    assert len(parts) == 2 * 8 * 3
+    values = sum(math.prod(p.shape) for p in parts)
+    held = sum(ix.numel() for p in parts for ix in p.index)
+    assert held * 100 < values, (held, values)

@@ -166,14 +166,7 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
     assert all(not torch.equal(wa[n], wc[n]) for n in wa if wa[n].std() > 0)
 
 
-_VIT_NAMES = pytest.mark.xfail(
-    reason="apply --model aligns ViT's checkpoint names (encoder.layer.N) with the module's "
-    "(layers.N) only through the conversion-mapping view (issue 24 item 2)",
-    strict=False,
-)
-
-
-@pytest.mark.parametrize("kind", ["llama", "bert", pytest.param("vit", marks=_VIT_NAMES), "gpt2"])
+@pytest.mark.parametrize("kind", ["llama", "bert", "vit", "gpt2"])
 def test_new_equals_apply_default_on_a_checkpoint_of_the_model(tmp_path, kind):
     cfg = _config_dir(tmp_path, kind)
     ckpt = tmp_path / "ckpt"
@@ -416,16 +409,3 @@ def test_options_new_cannot_honour_are_refused(tmp_path):
     with pytest.raises(reinit.UsageError, match="labels does not apply"):
         reinit.new(cfg, tmp_path / "out", options=options)
     assert not (tmp_path / "out").exists()
-
-
-def test_moe_checkpoint_tensors_made_by_conversion_are_refused_for_now(tmp_path):
-    """Until the conversion-mapping view (issue 24 item 2) draws per-expert tensors: exit 2,
-    one line, nothing written."""
-    config = transformers.MixtralConfig(
-        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-        intermediate_size=64, vocab_size=64, num_local_experts=4, num_experts_per_tok=2,
-        architectures=["MixtralForCausalLM"],
-    )  # fmt: skip
-    config.save_pretrained(tmp_path / "moe")
-    refused(tmp_path, ["new", str(tmp_path / "moe"), "-o", str(tmp_path / "out")], 2,
-            "experts.0", "mixture of experts")  # fmt: skip

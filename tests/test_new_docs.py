@@ -45,6 +45,14 @@ def _fixtures(root: Path) -> None:
     transformers.BertConfig(
         **body, num_labels=3, architectures=["BertForSequenceClassification"]
     ).save_pretrained(root / "clf-config")
+    moe = dict(vocab_size=64, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+               num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)  # fmt: skip
+    transformers.MistralForCausalLM(transformers.MistralConfig(**moe)).save_pretrained(
+        root / "mistral"
+    )
+    transformers.MixtralConfig(
+        **moe, num_local_experts=4, num_experts_per_tok=2, architectures=["MixtralForCausalLM"]
+    ).save_pretrained(root / "mixtral-config")
 
 
 def test_the_pages_examples_run(tmp_path, monkeypatch):
@@ -74,5 +82,13 @@ def test_the_pages_examples_run(tmp_path, monkeypatch):
         if parts[1] == "layers" and int(parts[2]) >= 24:
             parts[2] = str(int(parts[2]) - 16)
         assert torch.equal(t, src[".".join(parts)]), name
+    # the upcycling example: every expert a copy of the dense MLP, the router drawn
+    dense = load_file(tmp_path / "mistral" / "model.safetensors")
+    moe = load_file(tmp_path / "mixtral-up" / "model.safetensors")
+    for layer in range(2):
+        for e in range(4):
+            w2 = moe[f"model.layers.{layer}.block_sparse_moe.experts.{e}.w2.weight"]
+            assert torch.equal(w2, dense[f"model.layers.{layer}.mlp.down_proj.weight"])
+    assert moe["model.layers.0.block_sparse_moe.gate.weight"].shape == (4, 16)
     bf16 = load_file(tmp_path / "llama-bf16" / "model.safetensors")
     assert {t.dtype for t in bf16.values()} == {torch.bfloat16}

@@ -20,9 +20,11 @@ __all__ = ["CheckpointSlice", "checkpoint_slices"]
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 _SHIFT = 40
 _MASK = (1 << _SHIFT) - 1
@@ -57,12 +59,10 @@ def checkpoint_slices(module: nn.Module, hf: bool) -> list[CheckpointSlice]:
     if revert is None:
         return plain
     try:
-        runs = [_run(revert, module, state, d) for d in range(_max_ndim(state))]
+        per_dim = _runs(revert, module, state)
     except Exception:  # a mapping that needs real values: keep the module's names
         return plain
-    names = list(runs[0]) if runs else []
-    order = list(state)
-    return [_slice(n, [r[n] for r in runs], order, state) for n in names]
+    return _slices(per_dim, list(state), state)
 
 
 def _unshared_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -113,17 +113,68 @@ def _coords(i: int, t: torch.Tensor, d: int) -> torch.Tensor:
     return ar.view(view).expand(shape)
 
 
+def _runs(
+    revert: Revert, module: nn.Module, state: dict[str, torch.Tensor]
+) -> list[dict[str, torch.Tensor]]:
+    """The save path run on the coordinates of each dimension, each output cut to the few
+    elements that describe it (`_compact`). Run first with `contiguous()` a no-op, so a
+    conversion that copies (transformers' `Chunk`) keeps the coordinates' stride-0 layout
+    instead of writing an int64 per element of every stacked expert tensor; a mapping that
+    needs a real copy runs again as it is."""
+    ndim = _max_ndim(state)
+    try:
+        with _NoCopy():
+            return [_run(revert, module, state, d) for d in range(ndim)]
+    except Exception:
+        return [_run(revert, module, state, d) for d in range(ndim)]
+
+
 def _run(
     revert: Revert, module: nn.Module, state: dict[str, torch.Tensor], d: int
 ) -> dict[str, torch.Tensor]:
     coords = {n: _coords(i, t, d) for i, (n, t) in enumerate(state.items())}
-    return revert(module, coords)
+    return {n: _compact(t) for n, t in revert(module, coords).items()}
+
+
+class _NoCopy(TorchFunctionMode):
+    """`Tensor.contiguous()` returns the tensor itself: the coordinates are only read."""
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        if func is torch.Tensor.contiguous:
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
+def _slices(
+    per_dim: list[dict[str, torch.Tensor]], order: list[str], state: Mapping[str, torch.Tensor]
+) -> list[CheckpointSlice]:
+    names = list(per_dim[0]) if per_dim else []
+    return [_slice(n, [r[n] for r in per_dim], order, state) for n in names]
 
 
 def _reduced(t: torch.Tensor) -> torch.Tensor:
     """The tensor with its stride-0 dimensions cut to length 1 (broadcastable to the shape)."""
     idx = tuple(slice(0, 1) if s == 0 else slice(None) for s in t.stride())
     return t[idx] if t.dim() else t
+
+
+def _compact(t: torch.Tensor) -> torch.Tensor:
+    """`t` as a stride-0 expansion of its smallest broadcastable part: every dimension along
+    which it does not vary cut to length 1 (so a materialized coordinate tensor, as a copying
+    conversion leaves it, is not kept at full size)."""
+    small = _reduced(t)
+    for d in range(small.dim()):
+        if small.shape[d] > 1:
+            first = small.narrow(d, 0, 1)
+            if torch.equal(small, first.expand_as(small)):
+                small = first
+    return small.expand(t.shape)
 
 
 def _slice(

@@ -79,7 +79,7 @@ def write(
     applier = prepared.applier()
     applier.spans = not layout.control.active  # a cast or a hash reads kept bytes as chunks
     total = sum(layout.in_bytes[e.name] for e in ordered)
-    with progress_bar(total, progress, "reinit apply") as bar:
+    with progress_bar(total, progress, _command(prepared)) as bar:
         stream = prefetch(applier.stream(ordered), WRITE_AHEAD, "reinit-compute")
         with closing(stream) as raw:
             pieces = layout.control.stream(raw, {e.name: e.dtype for e in ordered})
@@ -91,6 +91,12 @@ def write(
             written += write_side_files(prepared, layout, tmp)
     line = layout.control.summary()
     return Written(tuple(entries), written, (line,) if line is not None else ())
+
+
+def _command(prepared: Prepared) -> str:
+    """The progress bar's label: the command the user ran (a model's checkpoint drawn from
+    its config is `reinit new`)."""
+    return "reinit new" if prepared.ckpt.kind == "model" else "reinit apply"
 
 
 def report_of(prepared: Prepared, layout: Layout, written: Written) -> Report:
