@@ -42,6 +42,7 @@ class OptionKwargsBesidesSeed(TypedDict, total=False):
     plot: PathLike | None
     dtype: str | None
     max_shard_size: str | int | None
+    format: str
     checksums: bool
     reference_tolerance: float
     finish_report: Callable[[Report], Report] | None

@@ -321,6 +321,19 @@ class ApplyOptions:
             )
         ),
     )
+    format: str = field(
+        default="safetensors",
+        metadata=option_meta(
+            OptionMeta(
+                help="safetensors or dcp: the output's format; dcp writes a "
+                "torch.distributed.checkpoint directory (give -o DIR) that dcp.load reads.",
+                flags=("--format",),
+                metavar="FORMAT",
+                show_default=True,
+                recipe="str",
+            )
+        ),
+    )
     checksums: bool = field(
         default=False,
         metadata=option_meta(

@@ -5,11 +5,13 @@ into an open `Checkpoint`. Opening a safetensors file or folder imports no torch
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from reinit.errors import InputNotFoundError, UsageError
 from reinit.io.checkpoint import TORCH_SUFFIXES, Checkpoint
 from reinit.io.confine import require_regular
+from reinit.io.dcp_metadata import is_dcp_dir
 from reinit.io.directory import DirectoryCheckpoint, LocalFiles
 from reinit.io.hub import HubRepo
 from reinit.io.hub_url import is_hf_url, parse_hf_url
@@ -49,10 +51,13 @@ def open_checkpoint(
     """
     text = os.fspath(source)
     trust = pickle_trust(unsafe_pickle)
+    nested = _nesting_form(Path(text)) if not is_hf_url(text) else None
+    if nested is not None:
+        return nested(text, key, key_flag)
     if key and Path(text).suffix.lower() not in TORCH_SUFFIXES:
         raise UsageError(
             f"{text}: {key_flag} {key} picks a state inside a torch file "
-            f"({'/'.join(TORCH_SUFFIXES)}); this source is not one, drop {key_flag}"
+            f"({'/'.join(TORCH_SUFFIXES)}) or a DCP directory; this source is not one, drop {key_flag}"
         )
     if is_hf_url(text):
         ref = parse_hf_url(text)
@@ -74,3 +79,17 @@ def open_checkpoint(
         f"{text}: unknown checkpoint type {suffix or '(no suffix)'}; use a .safetensors, "
         ".bin/.pt/.pth/.ckpt file, a Hugging Face model directory or hf://OWNER/NAME"
     )
+
+
+def _nesting_form(path: Path) -> Callable[[str, str, str], Checkpoint] | None:
+    """The opener of a training-checkpoint directory (one that nests the model's state and
+    may take `--key`): a DCP directory (`.metadata`), or None for any other path."""
+    if is_dcp_dir(path):
+
+        def open_dcp(text: str, key: str, flag: str) -> Checkpoint:
+            from reinit.io.dcp_reader import DcpCheckpoint  # torch only for a DCP directory
+
+            return DcpCheckpoint(path, source=text, key=key, flag=flag)
+
+        return open_dcp
+    return None

@@ -21,6 +21,7 @@ from reinit.io.memory import reshaped
 from reinit.io.pipeline import prefetch
 from reinit.io.publish import Publication, how_to_publish
 from reinit.io.targets import REPORT_NAME, Inputs, check_replace_folder, check_target
+from reinit.io.dcp_writer import DcpWriter
 from reinit.io.writer import SafetensorsWriter, write_torch_file
 from reinit.options import APPLY_FIELDS, ApplyOptions, OptionKwargs, with_kwargs
 from reinit.planning.planner import PlanEntry
@@ -55,6 +56,7 @@ from reinit.run.output import (
     output_files,
     output_metadata,
     resolve_output,
+    with_format,
 )
 from reinit.run.pieces import Piece, assemble, progress_bar
 from reinit.run.stream import WRITE_AHEAD, Applier
@@ -153,6 +155,7 @@ def apply(
         spec = resolve_output(
             source_text, ckpt, output, overwrite=overwrite, in_place=in_place, inputs=inputs
         )
+        spec = with_format(spec, o.format, max_shard is not None)
         if max_shard is not None and spec.fmt != "directory":
             if output is not None or in_place:
                 raise UsageError(
@@ -223,7 +226,7 @@ def apply(
         tmp = pub.stage(
             spec.path,
             how="merge" if merge else how,
-            directory=spec.fmt == "directory",
+            directory=spec.fmt in ("directory", "dcp"),
             first=tuple(f.relname for f in files),
             last=(INDEX_NAME, REPORT_NAME),
         )
@@ -242,7 +245,8 @@ def apply(
                     target.parent.mkdir(parents=True, exist_ok=True)
                     layout = [(n, out_dtype[n], by_name[n].shape) for n in f.names]
                     meta = output_metadata(ckpt, f.source_shard, seed, rule_texts)
-                    with SafetensorsWriter(target, layout, meta) as w:
+                    sink = DcpWriter if spec.fmt == "dcp" else SafetensorsWriter
+                    with sink(target, layout, meta) as w:
                         entries.extend(_write_pieces(w, pieces, len(f.names), bar, applier))
                     bytes_written += w.bytes_written
                 if spec.fmt == "directory":
@@ -313,7 +317,7 @@ def _side_targets(
 
 
 def _write_pieces(
-    w: SafetensorsWriter, pieces: Iterator[Piece], count: int, bar: Progress, applier: Applier
+    w: SafetensorsWriter | DcpWriter, pieces: Iterator[Piece], count: int, bar: Progress, applier: Applier
 ) -> list[TensorEntry]:
     """Write `count` tensors' pieces with `w`, chunks back to `applier` once written."""
     entries: list[TensorEntry] = []
