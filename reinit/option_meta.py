@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["OptionMeta", "PathLike", "RecipeKind", "option_meta"]
+__all__ = ["FORMAT_META", "OptionMeta", "PathLike", "RecipeKind", "option_meta"]
 
 # How a recipe value is checked and converted (recipe/validate.py): an integer, a float, a boolean, a
 # string, a string or null, a string or list of strings (paths), or a list of
@@ -43,3 +43,15 @@ def option_meta(m: OptionMeta) -> dict[str, OptionMeta]:
     """`m` as a dataclass field's metadata (under the key `reinit`, where `options.meta`
     finds it)."""
     return {"reinit": m}
+
+
+#: `ApplyOptions.format` (`--format`, recipe key `format`, keyword `format=`); its meta lives
+#: here so that options.py stays within the file-size limit.
+FORMAT_META = OptionMeta(
+    help="safetensors or dcp: the output's format; dcp writes a torch.distributed.checkpoint "
+    "directory (give -o DIR/) that torch.distributed.checkpoint.load reads.",
+    flags=("--format",),
+    metavar="FORMAT",
+    show_default=True,
+    recipe="str",
+)

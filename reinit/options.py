@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from reinit.io.trust import TrustSpec
 from reinit.option_kwargs import OptionKwargs, OptionKwargsBesidesSeed
-from reinit.option_meta import OptionMeta, PathLike, RecipeKind, option_meta
+from reinit.option_meta import FORMAT_META, OptionMeta, PathLike, RecipeKind, option_meta
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -321,19 +321,7 @@ class ApplyOptions:
             )
         ),
     )
-    format: str = field(
-        default="safetensors",
-        metadata=option_meta(
-            OptionMeta(
-                help="safetensors or dcp: the output's format; dcp writes a "
-                "torch.distributed.checkpoint directory (give -o DIR) that dcp.load reads.",
-                flags=("--format",),
-                metavar="FORMAT",
-                show_default=True,
-                recipe="str",
-            )
-        ),
-    )
+    format: str = field(default="safetensors", metadata=option_meta(FORMAT_META))
     checksums: bool = field(
         default=False,
         metadata=option_meta(

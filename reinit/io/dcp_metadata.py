@@ -66,7 +66,9 @@ class _MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> object:
         import torch
 
-        if module == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.layout)):
+        if module == "torch" and isinstance(
+            getattr(torch, name, None), (torch.dtype, torch.layout)
+        ):
             return getattr(torch, name)
         if (module, name) not in _ALLOWED:
             raise pickle.UnpicklingError(f"GLOBAL {module}.{name}")
@@ -171,8 +173,10 @@ def _tensor(
     for c in entry.chunks:
         offsets = _ints(c.offsets, where, f"a chunk offset of '{fqn}'")
         sizes = _ints(c.sizes, where, f"a chunk size of '{fqn}'")
-        if len(offsets) != len(shape) or len(sizes) != len(shape) or any(
-            o + s > n for o, s, n in zip(offsets, sizes, shape, strict=True)
+        if (
+            len(offsets) != len(shape)
+            or len(sizes) != len(shape)
+            or any(o + s > n for o, s, n in zip(offsets, sizes, shape, strict=True))
         ):
             raise CheckpointError(
                 f"{where}: a chunk of '{fqn}' (at {list(offsets)}, {list(sizes)}) lies outside "

@@ -101,7 +101,11 @@ class DcpWriter:
         if self._filled != len(buf):
             raise ValueError(f"writer: tensor '{name}' is {len(buf) - self._filled} bytes short")
         _, dtype, shape = self.entries[self._next]
-        t = torch.frombuffer(buf, dtype=dtype).reshape(shape) if buf else torch.empty(shape, dtype=dtype)
+        t = (
+            torch.frombuffer(buf, dtype=dtype).reshape(shape)
+            if buf
+            else torch.empty(shape, dtype=dtype)
+        )
         assert self._file is not None
         start = self._file.tell()
         try:

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Protocol
 from reinit.errors import OutputError, UsageError
 from reinit.io.checkpoint import Checkpoint
 from reinit.io.confine import copy_regular, extras_to_copy, output_path
+from reinit.io.dcp_writer import DcpWriter
 from reinit.io.memory import reshaped
 from reinit.io.pipeline import prefetch
 from reinit.io.publish import Publication, how_to_publish
 from reinit.io.targets import REPORT_NAME, Inputs, check_replace_folder, check_target
-from reinit.io.dcp_writer import DcpWriter
 from reinit.io.writer import SafetensorsWriter, write_torch_file
 from reinit.options import APPLY_FIELDS, ApplyOptions, OptionKwargs, with_kwargs
 from reinit.planning.planner import PlanEntry
@@ -317,7 +317,11 @@ def _side_targets(
 
 
 def _write_pieces(
-    w: SafetensorsWriter | DcpWriter, pieces: Iterator[Piece], count: int, bar: Progress, applier: Applier
+    w: SafetensorsWriter | DcpWriter,
+    pieces: Iterator[Piece],
+    count: int,
+    bar: Progress,
+    applier: Applier,
 ) -> list[TensorEntry]:
     """Write `count` tensors' pieces with `w`, chunks back to `applier` once written."""
     entries: list[TensorEntry] = []
