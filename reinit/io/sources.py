@@ -17,6 +17,7 @@ from reinit.io.hub import HubRepo
 from reinit.io.hub_url import is_hf_url, parse_hf_url
 from reinit.io.safetensors_reader import SAFETENSORS_SUFFIXES, SafetensorsFile
 from reinit.io.trust import NO_TRUST, TrustSpec, pickle_trust
+from reinit.io.zero_layout import zero_tag_dir
 
 __all__ = ["open_checkpoint"]
 
@@ -82,8 +83,8 @@ def open_checkpoint(
 
 
 def _nesting_form(path: Path) -> Callable[[str, str, str], Checkpoint] | None:
-    """The opener of a training-checkpoint directory (one that nests the model's state and
-    may take `--key`): a DCP directory (`.metadata`), or None for any other path."""
+    """The opener of a training-checkpoint directory: a DCP directory (`.metadata`; may take
+    `--key`), a DeepSpeed ZeRO folder (`latest` + tag folder, or the tag folder), or None."""
     if is_dcp_dir(path):
 
         def open_dcp(text: str, key: str, flag: str) -> Checkpoint:
@@ -92,4 +93,14 @@ def _nesting_form(path: Path) -> Callable[[str, str, str], Checkpoint] | None:
             return DcpCheckpoint(path, source=text, key=key, flag=flag)
 
         return open_dcp
+    if zero_tag_dir(path) is not None:
+
+        def open_zero(text: str, key: str, flag: str) -> Checkpoint:
+            if key:
+                raise UsageError(f"{text}: a DeepSpeed ZeRO folder holds one model; drop {flag}")
+            from reinit.io.zero_reader import ZeroCheckpoint  # torch only for a ZeRO folder
+
+            return ZeroCheckpoint(path, source=text)
+
+        return open_zero
     return None
