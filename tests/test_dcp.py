@@ -289,3 +289,22 @@ def test_a_chunk_file_outside_the_directory_is_refused(dcp_root, tmp_path):
     md.storage_data[index].relative_path = "../outside.distcp"
     (src / ".metadata").write_bytes(pickle.dumps(md))
     refused(tmp_path, ["inspect", str(src)], 1, "../outside.distcp")
+
+
+def test_verify_reads_every_chunk_and_rechecks_checksums(dcp_root, tmp_path):
+    res = run("verify", dcp_root / "gloo-bf16")
+    assert res.exit_code == 0 and "valid DCP directory" in res.stdout and "35 tensors" in res.stdout
+    outd = tmp_path / "o-dcp"
+    args = ["apply", dcp_root / "gloo-fp32", "--rule", "*.bias=zeros", "--checksums"]
+    assert run(*args, "--format", "dcp", "-o", f"{outd}/").exit_code == 0
+    assert run("verify", outd, "--report", tmp_path / "o-dcp.report.json").exit_code == 0
+    md = pickle.loads((outd / ".metadata").read_bytes())
+    index = next(i for i in md.storage_data if i.fqn == "model.norm.weight")
+    blob = bytearray((outd / "__0_0.distcp").read_bytes())
+    info = md.storage_data[index]
+    record = bytes(blob[info.offset : info.offset + info.length])
+    at = info.offset + record.index(torch.ones(16).numpy().tobytes())  # the stored values
+    blob[at : at + 4] = torch.tensor([2.0]).numpy().tobytes()
+    (outd / "__0_0.distcp").write_bytes(bytes(blob))
+    bad = run("verify", outd, "--report", tmp_path / "o-dcp.report.json")
+    assert bad.exit_code == 1 and "model.norm.weight" in bad.stderr
