@@ -5,6 +5,7 @@ is saved the way training jobs save it:
 
 - `ROOT/gloo-fp32/` and `ROOT/gloo-bf16/`: a 2-process gloo job (`torch.multiprocessing.spawn`),
   every tensor a DTensor `Shard(0)` on a CPU device mesh, `dcp.save({"model": sd, "step": 100})`;
+- `ROOT/gloo-cols/`: the fp32 tensors split by their last dimension (`Shard(-1)`) instead;
 - `ROOT/single-fp32/`: `format_utils.torch_save_to_dcp` of `torch.save({"model": sd, ...})`;
 - `ROOT/expected-fp32.safetensors`, `ROOT/expected-bf16.safetensors`: the same tensors, whole;
 - `ROOT/config.json`: the model's config (for `from_pretrained`).
@@ -64,6 +65,9 @@ def worker(rank: int, world: int, root: str, port: int) -> None:
         whole = load_file(os.path.join(root, f"expected-{tag}.safetensors"))
         sd = {k: distribute_tensor(v, mesh, [Shard(0)]) for k, v in whole.items()}
         dcp.save({"model": sd, "step": 100}, checkpoint_id=os.path.join(root, f"gloo-{tag}"))
+    whole = load_file(os.path.join(root, "expected-fp32.safetensors"))  # 2-D tensors by columns
+    sd = {k: distribute_tensor(v, mesh, [Shard(v.dim() - 1)]) for k, v in whole.items()}
+    dcp.save({"model": sd, "step": 100}, checkpoint_id=os.path.join(root, "gloo-cols"))
     dist.barrier()
     dist.destroy_process_group()
 

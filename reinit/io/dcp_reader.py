@@ -3,91 +3,42 @@
 Names, dtypes and whole shapes come from `.metadata` (read by `dcp_metadata`, no code run).
 The model's state is found inside the saved nesting (`{"model": ..., "optimizer": ...,
 "step": ...}`) by the one rule torch files follow (`nested_state.find_state`: auto `model`,
-`--key K`); other entries (optimizer state, counters) are never read. A tensor is read when
-asked for, one at a time: each of its chunks (a DTensor sharded across ranks is one chunk per
-rank, in the rank's `__R_0.distcp`) is a `torch.save` blob at an offset of its file, loaded with
-`weights_only=True` from that byte range alone and copied into place."""
+`--key K`); other entries (optimizer state, counters) are never read.
+
+Each chunk of a tensor (a DTensor sharded across ranks is one chunk per rank, in the rank's
+`__R_0.distcp`) is a `torch.save` record (a zip archive) at an offset of its file. Its small
+`data.pkl` is read by `lazy_pickle`'s restricted unpickler, which admits torch's tensor records
+only (stricter than `torch.load(weights_only=True)`: anything else is refused, nothing run),
+and it must describe the tensor the metadata promises; its data is then read with positioned
+reads straight from the file. A tensor split by rows (`Shard(0)`, or a single chunk) is
+streamed in `CHUNK_BYTES` pieces (a single chunk is even a `FileSpan` for kernel-side copies),
+so memory holds a piece, not the tensor; other splits are assembled a tensor at a time."""
 
 from __future__ import annotations
 
-import io
 import os
-import pickle
-import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
 
-from reinit.errors import CheckpointError, UnsafePickleError
-from reinit.io.checkpoint import Checkpoint, ConfigDict, TensorRef, read_config_file
+from reinit.errors import CheckpointError
+from reinit.io.checkpoint import (
+    CHUNK_BYTES,
+    Checkpoint,
+    ConfigDict,
+    FileSpan,
+    TensorRef,
+    read_config_file,
+    tensor_from_bytes,
+)
 from reinit.io.dcp_metadata import DcpChunk, DcpTensor, read_metadata
+from reinit.io.lazy_pickle import LazyFile, LazyTensor, open_lazy
 from reinit.io.memory import check_tensor_names
 from reinit.io.nested_state import find_state
-from reinit.io.safetensors_format import tensor_to_bytes
-from reinit.io.safetensors_reader import pread_into
-from reinit.io.torch_reader import TORCH_FLOOR, torch_version
-from reinit.text import one_line
+from reinit.io.safetensors_format import dtype_size, tensor_to_bytes
 
-__all__ = ["DcpCheckpoint", "load_blob"]
-
-
-class _ByteRange(io.RawIOBase):
-    """A read-only, seekable view of `length` bytes of an open file at `start` (positioned
-    reads: the file's own offset is never moved)."""
-
-    def __init__(self, fd: int, start: int, length: int, where: str):
-        self.fd, self.start, self.length, self.where = fd, start, length, where
-        self.pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.length}[whence]
-        self.pos = max(0, base + offset)
-        return self.pos
-
-    def readinto(self, buf: memoryview) -> int:  # type: ignore[override]
-        n = max(0, min(len(buf), self.length - self.pos))
-        if n:
-            pread_into(self.fd, memoryview(buf)[:n], self.start + self.pos, self.where)
-        self.pos += n
-        return n
-
-
-def load_blob(fd: int, start: int, length: int, where: str) -> object:
-    """The object `torch.save` wrote at `start` of an open file (`length` bytes), loaded with
-    `weights_only=True`: a blob that needs any other global is an `UnsafePickleError`."""
-    if torch_version() < TORCH_FLOOR:
-        raise UnsafePickleError(
-            f"{where}: torch {torch.__version__}'s weights-only loader has a code-execution "
-            "flaw (CVE-2025-32434); upgrade to torch>=2.6 to read DCP checkpoints"
-        )
-    view = _ByteRange(fd, start, length, where)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return torch.load(view, map_location="cpu", weights_only=True)  # type: ignore[arg-type]
-    except pickle.UnpicklingError as e:
-        raise UnsafePickleError(
-            f"{where}: the blob at byte {start} is refused by the weights-only unpickler "
-            f"({one_line(e)[:200]}); loading it would run code from the file: get the "
-            "checkpoint from a trusted source"
-        ) from None
-    except CheckpointError:
-        raise
-    except Exception as e:
-        raise CheckpointError(
-            f"{where}: the blob at byte {start} is not a readable torch.save record "
-            f"({type(e).__name__}: {one_line(e)[:200]}); the file may be truncated or corrupt"
-        ) from None
+__all__ = ["DcpCheckpoint"]
 
 
 def _state_of(
@@ -160,37 +111,92 @@ class DcpCheckpoint(Checkpoint):
                 raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
         return self._fds[file]
 
-    def _chunk(self, t: DcpTensor, c: DcpChunk) -> torch.Tensor:
+    def _record(self, t: DcpTensor, c: DcpChunk) -> tuple[LazyFile, LazyTensor]:
+        """The chunk's record, checked against what the metadata says it holds."""
         where = str(self.folder / c.file)
-        got = load_blob(self._fd(c.file), c.start, c.length, where)
-        if not isinstance(got, torch.Tensor) or got.dtype != t.dtype or tuple(got.shape) != c.sizes:
+        rec = open_lazy(self._fd(c.file), c.start, c.length, where)
+        got = rec.obj
+        if not isinstance(got, LazyTensor) or got.dtype != t.dtype or got.shape != c.sizes:
             what = (
                 f"a {got.dtype} tensor of shape {list(got.shape)}"
-                if isinstance(got, torch.Tensor)
+                if isinstance(got, LazyTensor)
                 else f"a {type(got).__name__}"
             )
             raise CheckpointError(
                 f"{where}: the chunk of '{t.fqn}' at byte {c.start} holds {what}; the metadata "
                 f"says {t.dtype} {list(c.sizes)}: the checkpoint is corrupt"
             )
-        return got
+        return rec, got
+
+    def _rows(self, t: DcpTensor) -> list[DcpChunk] | None:
+        """The chunks in order when they split `t` by rows only (each chunk's bytes are then
+        one run of the whole tensor's bytes); else None."""
+        if not t.shape:
+            return list(t.chunks)
+        chunks = sorted(t.chunks, key=lambda c: c.offsets[0])
+        row = 0
+        for c in chunks:
+            if c.offsets[1:] != (0,) * (len(t.shape) - 1) or c.sizes[1:] != t.shape[1:]:
+                return None
+            if c.offsets[0] != row:
+                return None
+            row += c.sizes[0]
+        return chunks
+
+    def iter_chunks(self, name: str, size: int = CHUNK_BYTES) -> Iterator[memoryview]:
+        """Pieces of exactly `size` bytes (the last one shorter), cut across chunk records:
+        the engine counts a tensor's pieces from its size."""
+        t = self._get(name)
+        chunks = self._rows(t)
+        if chunks is None:
+            yield from super().iter_chunks(name, size)
+            return
+        item = dtype_size(t.dtype)
+        size = max(item, size - size % item)
+        left = self.ref(name).nbytes
+        out, filled = memoryview(bytearray(0)), 0
+        for c in chunks:
+            rec, lt = self._record(t, c)
+            pos = 0
+            while pos < lt.numel:
+                if filled == out.nbytes:
+                    out, filled = memoryview(bytearray(min(size, left))), 0
+                take = min(lt.numel - pos, (out.nbytes - filled) // item)
+                rec.read_into(lt, pos, out[filled : filled + take * item])
+                pos, filled, left = pos + take, filled + take * item, left - take * item
+                if filled == out.nbytes:
+                    yield out
+
+    def span(self, name: str) -> FileSpan | None:
+        t = self._get(name)
+        if len(t.chunks) != 1 or t.chunks[0].sizes != t.shape:
+            return None
+        c = t.chunks[0]
+        rec, lt = self._record(t, c)
+        nbytes = self.ref(name).nbytes
+        return FileSpan(str(self.folder / c.file), rec.fd, rec.byte_offset(lt), nbytes)
 
     def read(self, name: str) -> torch.Tensor:
         t = self._get(name)
-        if len(t.chunks) == 1 and t.chunks[0].sizes == t.shape:
-            return self._chunk(t, t.chunks[0]).contiguous()
         out = torch.empty(t.shape, dtype=t.dtype)
         for c in t.chunks:
-            part = self._chunk(t, c)
+            rec, lt = self._record(t, c)
+            part = tensor_from_bytes(rec.read_flat(lt, 0, lt.numel), t.dtype, c.sizes)
             view = out
             for dim, (o, s) in enumerate(zip(c.offsets, c.sizes, strict=True)):
                 view = view.narrow(dim, o, s)
             view.copy_(part)
-            del part
         return out
 
-    def read_bytes(self, name: str) -> memoryview:
-        return tensor_to_bytes(self.read(name))
+    def read_bytes(self, name: str) -> bytearray | memoryview:
+        if self._rows(self._get(name)) is None:
+            return tensor_to_bytes(self.read(name))
+        out = bytearray(self.ref(name).nbytes)
+        at = 0
+        for piece in self.iter_chunks(name):
+            out[at : at + piece.nbytes] = piece
+            at += piece.nbytes
+        return out
 
     def config(self) -> ConfigDict | None:
         candidate = self.folder / "config.json"

@@ -10,6 +10,7 @@ elements asked for (`read_flat`), so memory holds what is read, never the file."
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import pickle
@@ -28,7 +29,7 @@ from reinit.text import one_line
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Inert", "LazyFile", "LazyTensor", "load_lazy"]
+__all__ = ["ByteRange", "Inert", "LazyFile", "LazyTensor", "load_lazy", "open_lazy"]
 
 _REBUILDS = ("_rebuild_tensor_v2", "_rebuild_tensor", "_rebuild_parameter")
 
@@ -71,14 +72,50 @@ class LazyTensor:
         return math.prod(self.shape)
 
 
+class ByteRange(io.RawIOBase):
+    """A read-only, seekable view of `length` bytes of an open file at `start` (positioned
+    reads: the file's own offset is never moved)."""
+
+    def __init__(self, fd: int, start: int, length: int, where: str):
+        self.fd, self.start, self.length, self.where = fd, start, length, where
+        self.pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.length}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def readinto(self, buf: memoryview) -> int:  # type: ignore[override]
+        n = max(0, min(len(buf), self.length - self.pos))
+        if n:
+            pread_into(self.fd, memoryview(buf)[:n], self.start + self.pos, self.where)
+        self.pos += n
+        return n
+
+
 @dataclass(frozen=True)
 class LazyFile:
-    """An open `torch.save` file: what its pickle holds, and where each storage lies."""
+    """An open `torch.save` record (a file, or a byte range of one): what its pickle holds,
+    and where each storage lies."""
 
     path: str
     obj: object
-    starts: dict[str, int]  # storage key -> byte offset of its record in the file
+    starts: dict[str, int]  # storage key -> byte offset of its data in the file
     fd: int
+    owns_fd: bool = True
+
+    def byte_offset(self, t: LazyTensor, start: int = 0) -> int:
+        """Where element `start` of `t` lies in the file."""
+        return self.starts[t.key] + (t.offset + start) * dtype_size(t.dtype)
 
     def read_flat(self, t: LazyTensor, start: int, count: int) -> bytearray:
         """Elements [start, start+count) of `t` (flattened), as bytes."""
@@ -86,11 +123,18 @@ class LazyFile:
         if start < 0 or start + count > t.numel:
             raise CheckpointError(f"{self.path}: a read of {count} elements past its tensor")
         buf = bytearray(count * size)
-        pread_into(self.fd, buf, self.starts[t.key] + (t.offset + start) * size, self.path)
+        pread_into(self.fd, buf, self.byte_offset(t, start), self.path)
         return buf
 
+    def read_into(self, t: LazyTensor, start: int, view: memoryview) -> None:
+        """Fill `view` with `t`'s elements from `start` on (flattened)."""
+        if start < 0 or start + view.nbytes // dtype_size(t.dtype) > t.numel:
+            raise CheckpointError(f"{self.path}: a read past the end of its tensor")
+        pread_into(self.fd, view, self.byte_offset(t, start), self.path)
+
     def close(self) -> None:
-        os.close(self.fd)
+        if self.owns_fd:
+            os.close(self.fd)
 
 
 def _rebuild(storage: object, offset: object, size: object, stride: object, *_: object) -> object:
@@ -112,8 +156,6 @@ def _parameter(data: object, *_: object) -> object:
 
 class _Restricted(pickle.Unpickler):
     def __init__(self, data: bytes, inert: tuple[str, ...]):
-        import io
-
         super().__init__(io.BytesIO(data))
         self.inert = inert
 
@@ -145,8 +187,8 @@ class _Restricted(pickle.Unpickler):
         return (key, kind[1])
 
 
-def _record_starts(z: zipfile.ZipFile, fd: int, path: str) -> tuple[str, dict[str, int]]:
-    """The archive's `data.pkl` name and the byte offset of every stored record's data."""
+def _record_starts(z: zipfile.ZipFile, view: ByteRange, path: str) -> tuple[str, dict[str, int]]:
+    """The archive's `data.pkl` name and the byte offset (in the file) of every record's data."""
     pkl = [n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
     if len(pkl) != 1:
         raise CheckpointError(f"{path}: not a torch.save file (no single data.pkl)")
@@ -158,9 +200,12 @@ def _record_starts(z: zipfile.ZipFile, fd: int, path: str) -> tuple[str, dict[st
         if info.compress_type != zipfile.ZIP_STORED:
             raise CheckpointError(f"{path}: {info.filename} is compressed; save it again")
         head = bytearray(30)
-        pread_into(fd, head, info.header_offset, path)
+        pread_into(view.fd, head, view.start + info.header_offset, path)
         name_len, extra_len = struct.unpack("<HH", bytes(head[26:30]))
-        starts[info.filename[len(prefix) + 5 :]] = info.header_offset + 30 + name_len + extra_len
+        begin = info.header_offset + 30 + name_len + extra_len
+        if begin + info.file_size > view.length:
+            raise CheckpointError(f"{path}: record {info.filename} runs past its end")
+        starts[info.filename[len(prefix) + 5 :]] = view.start + begin
     return pkl[0], starts
 
 
@@ -171,26 +216,42 @@ def load_lazy(path: str, inert: tuple[str, ...] = ()) -> LazyFile:
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
     try:
-        with zipfile.ZipFile(path) as z:
-            name, starts = _record_starts(z, fd, path)
+        return open_lazy(fd, 0, os.fstat(fd).st_size, path, inert, owns_fd=True)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def open_lazy(
+    fd: int,
+    start: int,
+    length: int,
+    where: str,
+    inert: tuple[str, ...] = (),
+    owns_fd: bool = False,
+) -> LazyFile:
+    """The `torch.save` record in bytes [start, start+length) of the open file `fd`, lazily
+    (see the module docstring); `where` names the file in messages."""
+    view = ByteRange(fd, start, length, where)
+    at = f"{where} (the record at byte {start})" if start else where
+    try:
+        with zipfile.ZipFile(view) as z:
+            name, starts = _record_starts(z, view, at)
             data = z.read(name)
         obj = _Restricted(data, inert).load()
     except pickle.UnpicklingError as e:
-        os.close(fd)
         text = str(e)
         if text.startswith("GLOBAL "):
             raise UnsafePickleError(
-                f"{path}: refusing to unpickle {text[7:]}: loading it would run code from the "
+                f"{at}: refusing to unpickle {text[7:]}: loading it would run code from the "
                 "file; get the checkpoint from a trusted source"
             ) from None
-        raise CheckpointError(f"{path}: not a readable torch.save file ({one_line(e)})") from None
+        raise CheckpointError(f"{at}: not a readable torch.save record ({one_line(e)})") from None
     except CheckpointError:
-        os.close(fd)
         raise
     except Exception as e:
-        os.close(fd)
         raise CheckpointError(
-            f"{path}: not a readable torch.save file ({type(e).__name__}: {one_line(e)[:200]}); "
-            "it may be truncated, or in torch's legacy (pre-1.6) format"
+            f"{at}: not a readable torch.save record ({type(e).__name__}: "
+            f"{one_line(e)[:200]}); it may be truncated, or in torch's legacy (pre-1.6) format"
         ) from None
-    return LazyFile(path, obj, starts, fd)
+    return LazyFile(where, obj, starts, fd, owns_fd)
