@@ -312,3 +312,21 @@ def test_verify_reads_every_chunk_and_rechecks_checksums(dcp_root, tmp_path):
     (outd / "__0_0.distcp").write_bytes(bytes(blob))
     bad = run("verify", outd, "--report", tmp_path / "o-dcp.report.json")
     assert bad.exit_code == 1 and "model.norm.weight" in bad.stderr
+
+
+def test_a_flat_state_beside_a_nested_optimizer_reads_the_flat_tensors(tmp_path):
+    from torch.distributed.checkpoint.format_utils import torch_save_to_dcp
+
+    w, exp_avg = torch.randn(4, 3), torch.randn(4, 3)
+    torch.save({"w": w, "optimizer": {"state": {"w": {"exp_avg": exp_avg}}}}, tmp_path / "t.pt")
+    torch_save_to_dcp(tmp_path / "t.pt", tmp_path / "ck")
+    res = run("inspect", tmp_path / "ck", "--json")
+    assert res.exit_code == 0, res.output
+    assert [t["name"] for t in json.loads(res.stdout)] == ["w"]  # the optimizer is never read
+    import reinit
+
+    report = reinit.apply(tmp_path / "ck", ["w=zeros"], tmp_path / "o", format="dcp")
+    assert report.summary.reinit == 1
+    state = {"w": torch.ones(4, 3)}
+    dcp.load(state, checkpoint_id=tmp_path / "o")
+    assert not state["w"].any()
