@@ -259,7 +259,8 @@ def test_hostile_metadata_nested_in_a_real_one_is_refused(dcp_root, tmp_path):
     assert not marker.exists()
 
 
-def test_hostile_distcp_blob_is_refused_and_never_run(dcp_root, tmp_path):
+@pytest.mark.parametrize("form", ["safetensors", "dcp"])
+def test_hostile_distcp_blob_is_refused_and_never_run(dcp_root, tmp_path, form):
     src, marker = tmp_path / "src", tmp_path / "PWNED"
     shutil.copytree(dcp_root / "single-fp32", src)
     md = pickle.loads((src / ".metadata").read_bytes())
@@ -274,10 +275,15 @@ def test_hostile_distcp_blob_is_refused_and_never_run(dcp_root, tmp_path):
     with open(data, "ab") as f:  # the record appended, the metadata pointing at it
         f.write(evil)
     (src / ".metadata").write_bytes(pickle.dumps(md))
-    out = tmp_path / "o.safetensors"
+    # lm_head comes last: with --format dcp every other tensor was written before it fails
+    out = (
+        ["-o", str(tmp_path / "o.safetensors")]
+        if form == "safetensors"
+        else ["--format", "dcp", "-o", f"{tmp_path}/o/"]
+    )
     refused(
         tmp_path,
-        ["apply", str(src), "--rule", "*.bias=zeros", "-o", str(out)],
+        ["apply", str(src), "--rule", "*.bias=zeros", *out],
         1,
         str(data),
         "posix.system",

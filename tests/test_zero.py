@@ -28,6 +28,8 @@ from safetensors.torch import load_file
 
 WORLD = 2
 TIED = ("lm_head.weight", "model.embed_tokens.weight")  # shared_params: alias -> owner
+FROZEN = "model.norm.weight"  # requires_grad=False: in frozen_param_*, not in a group
+BUFFER = "model.rotary_emb.inv_freq"  # a buffer: in `module` and buffer_names (read as fp32)
 
 
 class LossScaler:  # DeepSpeed's, as pickled in every fp16/bf16 optimizer file
@@ -66,7 +68,7 @@ def deepspeed_names():
 
 def groups(sd: dict[str, torch.Tensor]) -> list[list[str]]:
     """Two parameter groups, as weight decay splits them (the tied head is not a parameter)."""
-    names = [n for n in sd if n != TIED[0]]
+    names = [n for n in sd if n not in (TIED[0], FROZEN, BUFFER)]
     decay = [n for n in names if n.endswith(".weight") and "norm" not in n]
     return [decay, [n for n in names if n not in decay]]
 
@@ -93,6 +95,8 @@ def make_zero(root: Path, stage: int, extra: object = None) -> dict[str, torch.T
     """A ZeRO checkpoint of the tiny Llama at `root`; returns what zero_to_fp32 would."""
     sd = state(torch.float32)
     sd[TIED[0]] = sd[TIED[1]]
+    sd[FROZEN] = torch.linspace(0.5, 1.5, sd[FROZEN].numel())  # 16 values: 8 per rank
+    sd[BUFFER] = (torch.arange(5) / 3).to(torch.bfloat16).float()
     tag = root / "global_step100"
     tag.mkdir(parents=True)
     (root / "latest").write_text("global_step100")
@@ -126,14 +130,16 @@ def make_zero(root: Path, stage: int, extra: object = None) -> dict[str, torch.T
             module = {
                 n: (t.to(torch.bfloat16) if stage <= 2 else torch.empty(0)) for n, t in sd.items()
             }
+            module[BUFFER] = sd[BUFFER].to(torch.bfloat16)
+            frozen = sd[FROZEN] if stage <= 2 else stage3_partitions(sd, [FROZEN])[r]
             torch.save(
                 {
                     "module": module,
-                    "buffer_names": [],
+                    "buffer_names": [BUFFER],
                     "param_shapes": shapes,
                     "shared_params": {TIED[0]: TIED[1]},
-                    "frozen_param_shapes": None,
-                    "frozen_param_fragments": None,
+                    "frozen_param_shapes": {FROZEN: sd[FROZEN].shape},
+                    "frozen_param_fragments": {FROZEN: frozen.clone()},
                     "ds_version": "0.19.8",
                 },
                 tag / name,
