@@ -151,7 +151,7 @@ def test_diff_of_the_sharded_and_the_single_process_checkpoint(dcp_root):
     assert {r["dtype_b"] for r in rows} == {"bfloat16"}
 
 
-@pytest.mark.parametrize("source", ["gloo-fp32", "gloo-bf16"])
+@pytest.mark.parametrize("source", ["gloo-fp32", "gloo-bf16", "single-fp32"])
 def test_format_dcp_reads_back_equal_to_the_safetensors_output(dcp_root, source, tmp_path):
     rules = ["--rule", "*.bias=zeros", "--rule", "lm_head.weight=normal(std=0.02)", "--seed", "7"]
     st, outd = tmp_path / "o.safetensors", tmp_path / "o-dcp"

@@ -1,8 +1,10 @@
 """DeepSpeed ZeRO (stages 1-3) checkpoint folders as a source, read as DeepSpeed's
 `zero_to_fp32.py` reads them (fp32 master weights from the flat partitions and `param_shapes`).
 
-DeepSpeed cannot make a checkpoint on this machine (no GPU, and it is not installed), so the
-fixture is built from DeepSpeed's layout as `zero_to_fp32.py` reads it: `latest` -> tag folder,
+Two kinds of fixture. `tests/golden/deepspeed/zeroN/`: checkpoints written by DeepSpeed 0.19.8
+itself (on CPU, 2 gloo processes; see its make.py), with what DeepSpeed's own `zero_to_fp32`
+returns for each. And, built here from DeepSpeed's layout as `zero_to_fp32.py` reads it (to
+cover what those do not: frozen parameters, buffers, shared parameters, hostile files): `latest` -> tag folder,
 `*_model_states.pt` (`module` in bf16, `buffer_names`, `param_shapes` per group,
 `shared_params`, `frozen_param_*`) and one `*_optim_states.pt` per rank (`zero_stage`,
 `partition_count`, `single_partition_of_fp32_groups` padded to 2 x world for stages 1-2,
@@ -145,6 +147,27 @@ def make_zero(root: Path, stage: int, extra: object = None) -> dict[str, torch.T
                 tag / name,
             )
     return sd
+
+
+GOLDEN = Path(__file__).parent / "golden" / "deepspeed"
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_a_checkpoint_deepspeed_wrote_reads_as_its_zero_to_fp32(tmp_path, stage):
+    import reinit
+
+    want = load_file(GOLDEN / f"zero{stage}.zero_to_fp32.safetensors")
+    with reinit.open_checkpoint(GOLDEN / f"zero{stage}") as ck:
+        assert set(ck.names()) == set(want)
+        for k, v in want.items():
+            got = ck.read(k)
+            assert got.dtype == torch.float32 and torch.equal(got, v), k
+    out = tmp_path / "o.safetensors"
+    res = run("apply", GOLDEN / f"zero{stage}", "--rule", "*.bias=zeros", "-o", out)
+    assert res.exit_code == 0, res.output
+    got = load_file(out)
+    for k, v in want.items():
+        assert torch.equal(got[k], torch.zeros_like(v) if k.endswith(".bias") else v), k
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])

@@ -154,6 +154,19 @@ def _parameter(data: object, *_: object) -> object:
     return data
 
 
+def _from_type(func: object, new_type: object, args: object, state: object) -> object:
+    """`torch._tensor._rebuild_from_type_v2` (a tensor saved as a subclass, as DeepSpeed's
+    stage 3 saves its partitions): the tensor itself; the subclass and its state are dropped."""
+    if func not in (_rebuild, _parameter) or new_type != _TENSOR_TYPE:
+        raise pickle.UnpicklingError("a tensor of an unknown subclass")
+    if not isinstance(args, tuple):
+        raise pickle.UnpicklingError("a tensor without arguments")
+    return func(*args)
+
+
+_TENSOR_TYPE = "a tensor type"  # what torch.Tensor / Parameter become: a marker, never called
+
+
 class _Restricted(pickle.Unpickler):
     def __init__(self, data: bytes, inert: tuple[str, ...]):
         super().__init__(io.BytesIO(data))
@@ -164,6 +177,10 @@ class _Restricted(pickle.Unpickler):
 
         if module == "torch._utils" and name in _REBUILDS:
             return _parameter if name == "_rebuild_parameter" else _rebuild
+        if (module, name) == ("torch._tensor", "_rebuild_from_type_v2"):
+            return _from_type
+        if (module, name) in (("torch", "Tensor"), ("torch.nn.parameter", "Parameter")):
+            return _TENSOR_TYPE
         if module == "torch" and name == "Size":
             return torch.Size
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
