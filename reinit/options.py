@@ -358,6 +358,20 @@ class ApplyOptions:
             )
         ),
     )
+    format: str = field(
+        default="safetensors",
+        metadata=option_meta(
+            OptionMeta(
+                help="safetensors or dcp: the output's format; dcp writes a "
+                "torch.distributed.checkpoint directory (give -o DIR/) that "
+                "torch.distributed.checkpoint.load reads.",
+                flags=("--format",),
+                metavar="FORMAT",
+                show_default=True,
+                recipe="str",
+            )
+        ),
+    )
     checksums: bool = field(
         default=False,
         metadata=option_meta(
@@ -435,6 +449,7 @@ class OptionKwargsBesidesSeed(TypedDict, total=False):
     plot: PathLike | None
     dtype: str | None
     max_shard_size: str | int | None
+    format: str
     checksums: bool
     reference_tolerance: float
 

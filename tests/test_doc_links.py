@@ -13,7 +13,6 @@ PAGES = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").r
 # Guide pages written on other branches at the same time; they exist once those are merged.
 PENDING = {
     "docs/guide/trust.md",
-    "docs/guide/distributed.md",
     "docs/guide/torchrun.md",
 }
 _LINK = re.compile(r"\]\(([^)\s]+)\)")

@@ -250,7 +250,7 @@ def verify(
         for f in result.files:
             err(f"{shown(f.path)}: ok, {f.tensors} tensors, {f.nbytes:,d} bytes")
     click.echo(
-        f"{shown(result.path)}: valid safetensors: {len(result.files)} file(s), "
+        f"{shown(result.path)}: valid {result.form}: {len(result.files)} file(s), "
         f"{result.tensors} tensors, {result.nbytes:,d} bytes of tensor data"
     )
 

@@ -5,16 +5,19 @@ into an open `Checkpoint`. Opening a safetensors file or folder imports no torch
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from reinit.errors import InputNotFoundError, UsageError
 from reinit.io.checkpoint import TORCH_SUFFIXES, Checkpoint
 from reinit.io.confine import require_regular
+from reinit.io.dcp_metadata import is_dcp_dir
 from reinit.io.directory import DirectoryCheckpoint, LocalFiles
 from reinit.io.hub import HubRepo
 from reinit.io.hub_url import is_hf_url, parse_hf_url
 from reinit.io.safetensors_reader import SAFETENSORS_SUFFIXES, SafetensorsFile
 from reinit.io.trust import NO_TRUST, TrustSpec, pickle_trust
+from reinit.io.zero_layout import zero_tag_dir
 
 __all__ = ["open_checkpoint"]
 
@@ -50,10 +53,13 @@ def open_checkpoint(
     """
     text = os.fspath(source)
     trust = pickle_trust(unsafe_pickle)
+    nested = _nesting_form(Path(text)) if not is_hf_url(text) else None
+    if nested is not None:
+        return nested(text, key, key_flag)
     if key and Path(text).suffix.lower() not in TORCH_SUFFIXES:
         raise UsageError(
             f"{text}: {key_flag} {key} picks a state inside a torch file "
-            f"({'/'.join(TORCH_SUFFIXES)}); this source is not one, drop {key_flag}"
+            f"({'/'.join(TORCH_SUFFIXES)}) or a DCP directory; this source is not one, drop {key_flag}"
         )
     if is_hf_url(text):
         ref = parse_hf_url(text)
@@ -75,3 +81,27 @@ def open_checkpoint(
         f"{text}: unknown checkpoint type {suffix or '(no suffix)'}; use a .safetensors, "
         ".bin/.pt/.pth/.ckpt file, a Hugging Face model directory or hf://OWNER/NAME"
     )
+
+
+def _nesting_form(path: Path) -> Callable[[str, str, str], Checkpoint] | None:
+    """The opener of a training-checkpoint directory: a DCP directory (`.metadata`; may take
+    `--key`), a DeepSpeed ZeRO folder (`latest` + tag folder, or the tag folder), or None."""
+    if is_dcp_dir(path):
+
+        def open_dcp(text: str, key: str, flag: str) -> Checkpoint:
+            from reinit.io.dcp_reader import DcpCheckpoint  # torch only for a DCP directory
+
+            return DcpCheckpoint(path, source=text, key=key, flag=flag)
+
+        return open_dcp
+    if zero_tag_dir(path) is not None:
+
+        def open_zero(text: str, key: str, flag: str) -> Checkpoint:
+            if key:
+                raise UsageError(f"{text}: a DeepSpeed ZeRO folder holds one model; drop {flag}")
+            from reinit.io.zero_reader import ZeroCheckpoint  # torch only for a ZeRO folder
+
+            return ZeroCheckpoint(path, source=text)
+
+        return open_zero
+    return None

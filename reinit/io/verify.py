@@ -16,8 +16,10 @@ from pathlib import Path
 
 from reinit.errors import CheckpointError, InputNotFoundError
 from reinit.io.confine import local_file, require_regular
+from reinit.io.dcp_metadata import is_dcp_dir
 from reinit.io.safetensors_format import Header, read_header
 from reinit.io.shardindex import check_shard, read_index
+from reinit.io.zero_layout import zero_tag_dir
 
 __all__ = ["FileCheck", "VerifyResult", "verify", "verify_file"]
 
@@ -33,6 +35,7 @@ class FileCheck:
 class VerifyResult:
     path: str
     files: tuple[FileCheck, ...]
+    form: str = "safetensors"  # or "DCP directory", "DeepSpeed ZeRO folder"
 
     @property
     def tensors(self) -> int:
@@ -64,12 +67,15 @@ def _check(path: str | os.PathLike[str], header: Header) -> FileCheck:
 
 
 def verify(path: str | os.PathLike[str]) -> VerifyResult:
-    """Validate a safetensors file or a directory of safetensors shards (with its index)."""
+    """Validate a safetensors file or a directory of safetensors shards (with its index); a
+    DCP directory or DeepSpeed ZeRO folder is read whole, a tensor at a time."""
     p = Path(path)
     where = os.fspath(path)
     if not p.exists():
         raise InputNotFoundError(f"{where}: no such file or directory")
     require_regular(p)
+    if is_dcp_dir(p) or zero_tag_dir(p) is not None:
+        return _verify_by_reading(where, "DCP directory" if is_dcp_dir(p) else "ZeRO folder")
     if p.is_file():
         if not p.name.endswith(".safetensors"):
             raise CheckpointError(
@@ -83,6 +89,18 @@ def verify(path: str | os.PathLike[str]) -> VerifyResult:
     headers = {rel: read_header(local_file(p, rel, where, "holds")) for rel in rels}
     _check_indexes(p, {rel: {t.name for t in h.tensors} for rel, h in headers.items()})
     return VerifyResult(where, tuple(_check(p / rel, h) for rel, h in headers.items()))
+
+
+def _verify_by_reading(where: str, form: str) -> VerifyResult:
+    """A DCP directory or ZeRO folder: every tensor is read (through the restricted loaders,
+    each piece checked against the metadata), as apply would read it."""
+    from reinit.io.sources import open_checkpoint
+
+    with open_checkpoint(where) as ckpt:
+        refs = ckpt.refs()
+        for r in refs:
+            ckpt.read(r.name)
+    return VerifyResult(where, (FileCheck(where, len(refs), sum(r.nbytes for r in refs)),), form)
 
 
 def _hidden(f: Path, root: Path) -> bool:

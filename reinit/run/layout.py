@@ -29,7 +29,14 @@ from reinit.planning.planner import PlanEntry
 from reinit.report.files import SideOutput, check_formats, report_targets
 from reinit.run.config_update import config_for, labels_list, parse_config_set, stale_file
 from reinit.run.outcontrol import OutputControl, model_order, parse_dtype, parse_size
-from reinit.run.output import INDEX_NAME, OutFile, OutputSpec, output_files, resolve_output
+from reinit.run.output import (
+    INDEX_NAME,
+    OutFile,
+    OutputSpec,
+    output_files,
+    resolve_output,
+    with_format,
+)
 from reinit.run.prepare import Prepared
 
 StrPath = str | os.PathLike[str]
@@ -156,7 +163,8 @@ def _output_spec(
     spec = resolve_output(
         source, ckpt, output, overwrite=overwrite, in_place=in_place, inputs=inputs
     )
-    if request.max_shard is None or spec.fmt == "directory":
+    spec = with_format(spec, o.format, request.max_shard is not None)
+    if request.max_shard is None or spec.fmt in ("directory", "dcp"):
         return spec
     if output is not None or in_place:
         raise UsageError(

@@ -13,6 +13,7 @@ __all__ = [
     "output_metadata",
     "resolve_output",
     "shard_output_name",
+    "with_format",
 ]
 
 import json
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from reinit.errors import OutputError
+from reinit.errors import OutputError, UsageError
 from reinit.io.checkpoint import Checkpoint, TensorRef
 from reinit.io.confine import (
     check_output_names,
@@ -42,7 +43,7 @@ class OutputSpec:
     """The checkpoint output of a run: where, and in which form (a file or a folder)."""
 
     path: Path
-    fmt: str  # "safetensors" | "torch" | "directory"
+    fmt: str  # "safetensors" | "torch" | "directory" | "dcp"
 
     @property
     def default_report(self) -> Path:
@@ -108,6 +109,25 @@ def resolve_output(
             f"(mkdir -p {path.parent})"
         )
     return OutputSpec(path, fmt)
+
+
+FORMATS = ("safetensors", "dcp")  # --format
+
+
+def with_format(spec: OutputSpec, fmt: str, sharded: bool) -> OutputSpec:
+    """The output as `--format` asks: safetensors (the form -o names) or a DCP directory,
+    which -o must name as a folder (`-o out/`) and which holds no shards."""
+    if fmt not in FORMATS:
+        raise UsageError(f"--format {fmt}: unknown output format; use {' or '.join(FORMATS)}")
+    if fmt == "safetensors":
+        return spec
+    if spec.fmt != "directory" or sharded:
+        what = "--max-shard-size (DCP has its own layout)" if sharded else f"-o {spec.path}"
+        raise UsageError(
+            f"--format dcp writes a torch.distributed.checkpoint directory; drop {what} "
+            "and give the folder with -o (e.g. -o out-dcp/)"
+        )
+    return OutputSpec(spec.path, "dcp")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from reinit.io.confine import copy_regular, output_path
+from reinit.io.dcp_writer import DcpWriter
 from reinit.io.pipeline import prefetch
 from reinit.io.publish import Publication
 from reinit.io.targets import REPORT_NAME
@@ -57,7 +58,7 @@ def stage(stack: ExitStack, layout: Layout) -> Staging:
     tmp = pub.stage(
         spec.path,
         how="merge" if layout.merge else layout.how,
-        directory=spec.fmt == "directory",
+        directory=spec.fmt in ("directory", "dcp"),
         first=layout.shards(),
         last=(INDEX_NAME, REPORT_NAME),
     )
@@ -137,14 +138,19 @@ def _write_files(
         target.parent.mkdir(parents=True, exist_ok=True)
         header = [(n, layout.out_dtype[n], layout.plan_entries[n].shape) for n in f.names]
         meta = output_metadata(prepared.ckpt, f.source_shard, prepared.seed, prepared.rule_texts)
-        with SafetensorsWriter(target, header, meta) as w:
+        sink = DcpWriter if layout.spec.fmt == "dcp" else SafetensorsWriter
+        with sink(target, header, meta) as w:
             entries.extend(_write_pieces(w, pieces, len(f.names), bar, applier))
         written += w.bytes_written
     return entries, written
 
 
 def _write_pieces(
-    w: SafetensorsWriter, pieces: Iterator[Piece], count: int, bar: Progress, applier: Applier
+    w: SafetensorsWriter | DcpWriter,
+    pieces: Iterator[Piece],
+    count: int,
+    bar: Progress,
+    applier: Applier,
 ) -> list[TensorEntry]:
     """Write `count` tensors' pieces with `w`, chunks back to `applier` once written."""
     entries: list[TensorEntry] = []

@@ -1,0 +1,176 @@
+"""Writing a `torch.distributed.checkpoint` (DCP) directory, tensor by tensor (`--format dcp`).
+
+`DcpWriter` is a sink with the streaming safetensors writer's interface (`write_part`,
+`copy_part`, `end_tensor`, `bytes_written`), so the apply loop feeds either the same way. It
+writes what torch's `FileSystemWriter` writes for one process: `__0_0.distcp`, each tensor a
+`torch.save` record appended at an offset, then `.metadata`, a pickle of torch's own
+`Metadata` (one whole chunk per tensor, `planner_data` and `storage_data` as torch's planner
+and writer fill them). `torch.distributed.checkpoint.load` reads it into a state dict of the
+same names, and `format_utils.dcp_to_torch_save` converts it. Memory is one tensor (a record
+is made from the whole tensor). The folder is written as is: atomicity is
+`reinit.io.publish`'s job."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO
+
+import torch
+
+from reinit.io.dcp_metadata import METADATA_NAME
+from reinit.io.safetensors_format import dtype_size
+from reinit.io.safetensors_reader import pread_into
+from reinit.io.writer import write_error
+
+__all__ = ["DATA_NAME", "DcpWriter"]
+
+DATA_NAME = "__0_0.distcp"  # rank 0's file, as torch names it
+
+
+class DcpWriter:
+    """Write a DCP directory tensor by tensor, in the order given at construction.
+
+    Args:
+        folder: an existing, empty folder (the staged output).
+        entries: (name, dtype, shape) of every tensor, in the order they will come.
+        metadata: unused (DCP has no free-form metadata); accepted so the call matches
+            `SafetensorsWriter`'s.
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        entries: Sequence[tuple[str, torch.dtype, Sequence[int]]],
+        metadata: Mapping[str, str] | None = None,
+    ):
+        self.folder = Path(folder)
+        self.entries = [(n, d, tuple(int(x) for x in s)) for n, d, s in entries]
+        self._next = 0
+        self._buf: bytearray | None = None
+        self._filled = 0
+        self._file: BinaryIO | None = None
+        self._stored: list[tuple[int, int]] = []  # (offset, length) of each tensor's record
+        self.bytes_written = 0
+
+    def __enter__(self) -> DcpWriter:
+        try:
+            self._file = open(self.folder / DATA_NAME, "wb")  # noqa: SIM115 (closed in __exit__)
+        except OSError as e:
+            raise write_error(str(self.folder), e) from None
+        return self
+
+    def _begin(self, name: str) -> bytearray:
+        if self._buf is not None:
+            return self._buf
+        if self._next >= len(self.entries):
+            raise ValueError(f"writer: unexpected tensor '{name}', all tensors already written")
+        want, dtype, shape = self.entries[self._next]
+        if name != want:
+            raise ValueError(f"writer: expected tensor '{want}' next, got '{name}'")
+        nbytes = dtype_size(dtype)
+        for n in shape:
+            nbytes *= n
+        self._buf, self._filled = bytearray(nbytes), 0
+        return self._buf
+
+    def _room(self, name: str, nbytes: int) -> memoryview:
+        buf = self._begin(name)
+        if self._filled + nbytes > len(buf):
+            left = len(buf) - self._filled
+            raise ValueError(f"writer: tensor '{name}' got {nbytes} bytes, {left} were left")
+        view = memoryview(buf)[self._filled : self._filled + nbytes]
+        self._filled += nbytes
+        return view
+
+    def write_part(self, name: str, data: bytes | bytearray | memoryview) -> None:
+        """The next piece of tensor `name` (its bytes in order, in any number of parts)."""
+        src = memoryview(data).cast("B")
+        self._room(name, src.nbytes)[:] = src
+
+    def copy_part(self, name: str, src_fd: int, offset: int, nbytes: int) -> None:
+        """The next piece of tensor `name`: `nbytes` of `src_fd` at `offset`."""
+        pread_into(src_fd, self._room(name, nbytes), offset, f"fd {src_fd}")
+
+    def end_tensor(self, name: str) -> None:
+        """Close tensor `name` (every byte given) and append its `torch.save` record."""
+        buf = self._begin(name)
+        if self._filled != len(buf):
+            raise ValueError(f"writer: tensor '{name}' is {len(buf) - self._filled} bytes short")
+        _, dtype, shape = self.entries[self._next]
+        t = (
+            torch.frombuffer(buf, dtype=dtype).reshape(shape)
+            if buf
+            else torch.empty(shape, dtype=dtype)
+        )
+        assert self._file is not None
+        start = self._file.tell()
+        try:
+            torch.save(t, self._file)
+        except OSError as e:
+            raise write_error(str(self.folder), e) from None
+        self._stored.append((start, self._file.tell() - start))
+        self._buf = None
+        self._next += 1
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if exc_type is None:
+                if self._buf is not None or self._next != len(self.entries):
+                    missing = self.entries[self._next][0]
+                    raise ValueError(f"writer: tensor '{missing}' was never written")
+                self._finish()
+        finally:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    def _finish(self) -> None:
+        assert self._file is not None
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self.bytes_written = self._file.tell()
+            with open(self.folder / METADATA_NAME, "wb") as f:
+                pickle.dump(self._metadata(), f)
+                f.flush()
+                os.fsync(f.fileno())
+                self.bytes_written += f.tell()
+        except OSError as e:
+            raise write_error(str(self.folder), e) from None
+
+    def _metadata(self) -> object:
+        """torch's `Metadata` for the records written: one whole chunk per tensor."""
+        from torch.distributed.checkpoint.filesystem import CURRENT_DCP_VERSION, _StorageInfo
+        from torch.distributed.checkpoint.metadata import (
+            ChunkStorageMetadata,
+            Metadata,
+            MetadataIndex,
+            StorageMeta,
+            TensorProperties,
+            TensorStorageMetadata,
+        )
+
+        tensors: dict[str, object] = {}
+        storage: dict[object, object] = {}
+        for (name, dtype, shape), (start, length) in zip(self.entries, self._stored, strict=True):
+            origin = torch.Size([0] * len(shape))
+            chunk = ChunkStorageMetadata(offsets=origin, sizes=torch.Size(shape))
+            props = TensorProperties(dtype=dtype)
+            tensors[name] = TensorStorageMetadata(props, torch.Size(shape), [chunk])
+            storage[MetadataIndex(name, origin, 0)] = _StorageInfo(DATA_NAME, start, length)
+        return Metadata(
+            state_dict_metadata=tensors,  # type: ignore[arg-type]
+            planner_data={name: (name,) for name in tensors},
+            storage_data=storage,
+            storage_meta=StorageMeta(),
+            version=CURRENT_DCP_VERSION,
+        )

@@ -1,0 +1,260 @@
+"""A DeepSpeed ZeRO (stages 1-3) checkpoint folder as a `Checkpoint`, read as DeepSpeed's own
+`zero_to_fp32.py` reads it: the fp32 master weights, from the flat partitions of every rank.
+
+Layout (DeepSpeed's): `DIR/latest` names a tag folder (`global_step100/`) holding
+`*_model_states.pt` (rank 0's for stages 1-2, one per rank for stage 3: `module`,
+`buffer_names`, `param_shapes` = one ordered {name: shape} per parameter group,
+`shared_params`, `frozen_param_shapes`/`frozen_param_fragments`) and one
+`*_optim_states.pt` per rank (`optimizer_state_dict`: `zero_stage`, `partition_count` and the
+flat fp32 partitions, `single_partition_of_fp32_groups` for stages 1-2, `fp32_flat_groups`
+for stage 3). Stages 1-2: a group's partitions, concatenated in rank order, hold its
+parameters one after another. Stage 3: every parameter is split across the ranks, each rank
+holding `ceil(numel / world)` elements of it at the same offset of its own flat groups.
+
+Every file is opened with `lazy_pickle` (restricted unpickling, DeepSpeed's own objects kept
+as inert records, nothing run) and every parameter is read alone, with positioned reads of
+just its elements: memory holds one parameter, never a partition."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from reinit.errors import CheckpointError
+from reinit.io.checkpoint import Checkpoint, ConfigDict, TensorRef, read_config_file
+from reinit.io.lazy_pickle import Inert, LazyFile, LazyTensor, load_lazy
+from reinit.io.safetensors_format import tensor_to_bytes
+from reinit.io.zero_layout import natural_key, zero_tag_dir
+
+__all__ = ["ZeroCheckpoint"]
+
+_INERT = ("deepspeed", "argparse", "numpy")  # their objects sit beside the weights, unused
+
+
+@dataclass(frozen=True)
+class _Piece:
+    file: LazyFile
+    tensor: LazyTensor
+    start: int
+    count: int
+
+
+@dataclass(frozen=True)
+class _Param:
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    pieces: tuple[_Piece, ...]
+
+
+def _key(obj: object, key: str, where: str) -> object:
+    if not isinstance(obj, Mapping) or key not in obj:
+        raise CheckpointError(f"{where}: has no '{key}'; not a DeepSpeed ZeRO checkpoint file")
+    return obj[key]
+
+
+def _as_int(v: object) -> int:
+    if isinstance(v, Inert) and v.args:
+        v = v.args[0]  # an enum (ZeroStageEnum) kept as its value
+    if isinstance(v, list) and v:
+        v = max(v)  # per-group partition counts: the data-parallel world is the largest
+    if not isinstance(v, int):
+        raise CheckpointError(f"expected an integer, found {type(v).__name__}")
+    return v
+
+
+def _tensors(obj: object, where: str) -> list[LazyTensor]:
+    if not isinstance(obj, (list, tuple)) or not all(isinstance(t, LazyTensor) for t in obj):
+        raise CheckpointError(f"{where}: the flat fp32 partitions are not a list of tensors")
+    return list(obj)
+
+
+def _take(f: LazyFile, flats: Sequence[LazyTensor], start: int, count: int) -> list[_Piece]:
+    """Elements [start, start+count) of the concatenation of `flats`, as pieces."""
+    out, base = [], 0
+    for t in flats:
+        lo, hi = max(start, base), min(start + count, base + t.numel)
+        if lo < hi:
+            out.append(_Piece(f, t, lo - base, hi - lo))
+        base += t.numel
+    if sum(p.count for p in out) != count:
+        raise CheckpointError(f"{f.path}: the flat partitions end before a parameter does")
+    return out
+
+
+def _capped(pieces: list[_Piece], n: int) -> tuple[_Piece, ...]:
+    """The first `n` elements of `pieces` (stage 3 pads each parameter to a multiple of ranks)."""
+    out = []
+    for p in pieces:
+        if n <= 0:
+            break
+        out.append(_Piece(p.file, p.tensor, p.start, min(p.count, n)))
+        n -= out[-1].count
+    return tuple(out)
+
+
+class ZeroCheckpoint(Checkpoint):
+    """A DeepSpeed ZeRO checkpoint folder (or its tag folder), read as `zero_to_fp32` does."""
+
+    kind = "zero"
+
+    def __init__(self, folder: str | os.PathLike[str], source: str | None = None):
+        self.source = source if source is not None else os.fspath(folder)
+        tag = zero_tag_dir(Path(folder))
+        if tag is None:
+            raise CheckpointError(f"{self.source}: not a DeepSpeed ZeRO checkpoint folder")
+        self.folder = tag
+        self._files: list[LazyFile] = []
+        try:
+            self._open(tag)
+        except BaseException:
+            self.close()
+            raise
+
+    def _load(self, path: Path) -> LazyFile:
+        f = load_lazy(str(path), _INERT)
+        self._files.append(f)
+        return f
+
+    def _open(self, tag: Path) -> None:
+        models = [self._load(p) for p in sorted(tag.glob("*_model_states.pt"), key=natural_key)]
+        optims = [self._load(p) for p in sorted(tag.glob("*_optim_states.pt"), key=natural_key)]
+        osds = [_key(o.obj, "optimizer_state_dict", o.path) for o in optims]
+        where = optims[0].path
+        stage = _as_int(_key(osds[0], "zero_stage", where))
+        world = _as_int(_key(osds[0], "partition_count", where))
+        if world != len(optims) or stage not in (1, 2, 3):
+            raise CheckpointError(
+                f"{tag}: ZeRO stage {stage} over {world} ranks, but {len(optims)} optimizer "
+                "files; a rank's file is missing or left from another run"
+            )
+        key = "single_partition_of_fp32_groups" if stage <= 2 else "fp32_flat_groups"
+        flats = [_tensors(_key(s, key, o.path), o.path) for s, o in zip(osds, optims, strict=True)]
+        m0 = models[0].obj
+        shapes = _key(m0, "param_shapes", models[0].path)
+        if not isinstance(shapes, list):
+            raise CheckpointError(f"{models[0].path}: param_shapes is not a list of groups")
+        self.params: dict[str, _Param] = {}
+        self._buffers(models[0])
+        self._frozen(models)
+        if stage <= 2:
+            self._stage12(shapes, flats, optims)
+        else:
+            self._stage3(shapes, flats, optims, world)
+        shared = m0.get("shared_params") if isinstance(m0, Mapping) else None
+        self._aliases = {str(a): str(b) for a, b in (shared or {}).items() if str(b) in self.params}
+        module = m0.get("module") if isinstance(m0, Mapping) else None
+        order = [k for k in (module or {}) if k in self.params or k in self._aliases]
+        rest = [k for k in [*self.params, *self._aliases] if k not in set(order)]
+        self._names = order + rest
+
+    def _buffers(self, model: LazyFile) -> None:
+        module = _key(model.obj, "module", model.path)
+        names = _key(model.obj, "buffer_names", model.path)
+        for name in names if isinstance(names, list) else []:
+            t = module.get(name) if isinstance(module, Mapping) else None
+            if isinstance(t, LazyTensor):
+                dtype = torch.float32 if t.dtype.is_floating_point else t.dtype  # as zero_to_fp32
+                self.params[name] = _Param(t.shape, dtype, (_Piece(model, t, 0, t.numel),))
+
+    def _frozen(self, models: list[LazyFile]) -> None:
+        shapes = (
+            models[0].obj.get("frozen_param_shapes") if isinstance(models[0].obj, Mapping) else None
+        )
+        for name, shape in (shapes or {}).items():
+            pieces = []
+            for m in models:
+                frag = (m.obj.get("frozen_param_fragments") or {}).get(name)  # type: ignore[attr-defined]
+                if isinstance(frag, LazyTensor):
+                    pieces.append(_Piece(m, frag, 0, frag.numel))
+            if not pieces:
+                raise CheckpointError(f"{models[0].path}: frozen parameter '{name}' has no data")
+            dims = tuple(int(n) for n in shape)
+            self.params[name] = _Param(
+                dims, pieces[0].tensor.dtype, _capped(pieces, math.prod(dims))
+            )
+
+    def _stage12(
+        self, shapes: list[object], flats: list[list[LazyTensor]], optims: list[LazyFile]
+    ) -> None:
+        for i, group in enumerate(shapes):
+            parts = [(o, f[i]) for o, f in zip(optims, flats, strict=True)]
+            offset = 0
+            for name, shape in dict(group).items():  # type: ignore[call-overload]
+                dims = tuple(int(n) for n in shape)
+                n, pieces, base = math.prod(dims), [], 0
+                for o, t in parts:
+                    lo, hi = max(offset, base), min(offset + n, base + t.numel)
+                    if lo < hi:
+                        pieces.append(_Piece(o, t, lo - base, hi - lo))
+                    base += t.numel
+                if sum(p.count for p in pieces) != n:
+                    raise CheckpointError(
+                        f"{optims[0].path}: parameter group {i} ends before '{name}' does"
+                    )
+                self.params[str(name)] = _Param(dims, torch.float32, tuple(pieces))
+                offset += n
+
+    def _stage3(
+        self,
+        shapes: list[object],
+        flats: list[list[LazyTensor]],
+        optims: list[LazyFile],
+        world: int,
+    ) -> None:
+        offset = 0
+        for group in shapes:
+            for name, shape in dict(group).items():  # type: ignore[call-overload]
+                dims = tuple(int(n) for n in shape)
+                n = math.prod(dims)
+                part = math.ceil(n / world)
+                pieces = [
+                    p for o, f in zip(optims, flats, strict=True) for p in _take(o, f, offset, part)
+                ]
+                self.params[str(name)] = _Param(dims, torch.float32, _capped(pieces, n))
+                offset += part
+
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    def _get(self, name: str) -> _Param:
+        target = self._aliases.get(name, name)
+        if target not in self.params:
+            raise CheckpointError(f"{self.source}: has no tensor '{name}'")
+        return self.params[target]
+
+    def ref(self, name: str) -> TensorRef:
+        p = self._get(name)
+        return TensorRef(name, p.dtype, p.shape)
+
+    def read(self, name: str) -> torch.Tensor:
+        p = self._get(name)
+        parts = [
+            torch.frombuffer(q.file.read_flat(q.tensor, q.start, q.count), dtype=q.tensor.dtype)
+            if q.count
+            else torch.empty(0, dtype=q.tensor.dtype)
+            for q in p.pieces
+        ]
+        flat = torch.cat(parts) if parts else torch.empty(0, dtype=p.dtype)
+        return flat.to(p.dtype).reshape(p.shape)
+
+    def read_bytes(self, name: str) -> memoryview:
+        return tensor_to_bytes(self.read(name))
+
+    def aliases(self) -> dict[str, str]:
+        return dict(self._aliases)
+
+    def config(self) -> ConfigDict | None:
+        for folder in (self.folder, self.folder.parent):
+            if (folder / "config.json").is_file():
+                return read_config_file(folder / "config.json")
+        return None
+
+    def close(self) -> None:
+        for f in self._files:
+            f.close()
+        self._files.clear()

@@ -1,0 +1,372 @@
+"""torch.distributed.checkpoint (DCP) directories as a source for every command and as an
+output (`--format dcp`), and hostile DCP files refused without running their payload.
+
+The sources are made once per session by `dcp_fixture.py` (a 2-process gloo job saving
+DTensors `Shard(0)`, and `format_utils.torch_save_to_dcp`), from a tiny Llama whose vocab of
+37 rows splits unevenly across the 2 ranks."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+from helpers import ROOT, refused, run
+from safetensors.torch import load_file, save_file
+
+SOURCES = ["gloo-fp32", "gloo-bf16", "gloo-cols", "single-fp32"]
+DTYPE_OF = {"gloo-fp32": "fp32", "gloo-bf16": "bf16", "gloo-cols": "fp32", "single-fp32": "fp32"}
+
+
+@pytest.fixture(scope="session")
+def dcp_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("dcp")
+    subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "dcp_fixture.py"), str(root)],
+        check=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    return root
+
+
+def expected(root: Path, source: str) -> dict[str, torch.Tensor]:
+    return load_file(root / f"expected-{DTYPE_OF[source]}.safetensors")
+
+
+def test_the_gloo_job_split_tensors_unevenly_across_two_files(dcp_root):
+    md = pickle.loads((dcp_root / "gloo-fp32" / ".metadata").read_bytes())  # our own fixture
+    emb = md.state_dict_metadata["model.model.embed_tokens.weight"]
+    assert [tuple(c.sizes) for c in emb.chunks] == [(19, 16), (18, 16)]
+    assert {i.relative_path for i in md.storage_data.values()} == {"__0_0.distcp", "__1_0.distcp"}
+    cols = pickle.loads((dcp_root / "gloo-cols" / ".metadata").read_bytes())
+    emb = cols.state_dict_metadata["model.model.embed_tokens.weight"]
+    assert [tuple(c.offsets) for c in emb.chunks] == [(0, 0), (0, 8)]  # not rows: assembled
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_inspect_lists_whole_shapes_and_dtypes(dcp_root, source):
+    res = run("inspect", dcp_root / source, "--json")
+    assert res.exit_code == 0, res.output
+    listed = {t["name"]: (tuple(t["shape"]), t["dtype"]) for t in json.loads(res.stdout)}
+    want = {
+        k: (tuple(v.shape), str(v.dtype).removeprefix("torch."))
+        for k, v in expected(dcp_root, source).items()
+    }
+    assert listed == want  # the model's names (the "model" nest), not "step"
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_apply_writes_exactly_the_saved_tensors_with_biases_zeroed(dcp_root, source, tmp_path):
+    out = tmp_path / "model.safetensors"
+    res = run("apply", dcp_root / source, "--rule", "*.bias=zeros", "-o", out)
+    assert res.exit_code == 0, res.output
+    got, want = load_file(out), expected(dcp_root, source)
+    assert got.keys() == want.keys()
+    biases = [k for k in want if k.endswith(".bias")]
+    assert len(biases) == 14
+    for k, v in want.items():
+        assert got[k].dtype == v.dtype
+        assert torch.equal(got[k], torch.zeros_like(v) if k in biases else v), k
+
+
+def test_the_output_loads_into_the_model_with_no_key_missing(dcp_root, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(dcp_root / "config.json", out / "config.json")
+    res = run(
+        "apply", dcp_root / "gloo-fp32", "--rule", "*.bias=zeros", "-o", out / "model.safetensors"
+    )
+    assert res.exit_code == 0, res.output
+    model, info = transformers.LlamaForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert not any(info.values()), info
+    want = expected(dcp_root, "gloo-fp32")["model.embed_tokens.weight"]
+    assert torch.equal(model.model.embed_tokens.weight.detach(), want)
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_report_stds_equal_the_saved_tensors(dcp_root, source, tmp_path):
+    res = run("report", dcp_root / source, "-o", tmp_path / "r.json")
+    assert res.exit_code == 0, res.output
+    stds = {
+        t["name"]: t["after"]["std"]
+        for t in json.loads((tmp_path / "r.json").read_text())["tensors"]
+    }
+    want = expected(dcp_root, source)
+    assert stds.keys() == want.keys()
+    for k, v in want.items():
+        assert stds[k] == pytest.approx(v.double().std(correction=0).item(), rel=1e-6, abs=1e-12), k
+
+
+def test_from_a_dcp_directory_transplants(dcp_root, tmp_path):
+    want = expected(dcp_root, "gloo-fp32")
+    target = tmp_path / "target.safetensors"
+    save_file({k: torch.zeros_like(v) for k, v in want.items()}, target)
+    out = tmp_path / "out.safetensors"
+    src = dcp_root / "gloo-fp32"
+    res = run(
+        "apply",
+        target,
+        "--rule",
+        f"model.embed_tokens.*=from({src}/)",
+        "--rule",
+        f"lm_head.*=from({src})",
+        "-o",
+        out,
+    )
+    assert res.exit_code == 0, res.output
+    got = load_file(out)
+    assert torch.equal(got["model.embed_tokens.weight"], want["model.embed_tokens.weight"])
+    assert torch.equal(got["lm_head.weight"], want["lm_head.weight"])
+    assert not got["model.layers.0.self_attn.q_proj.weight"].any()
+
+
+def test_key_picks_the_nest_and_a_wrong_key_is_refused(dcp_root, tmp_path):
+    ok = run("inspect", dcp_root / "gloo-fp32", "--key", "model", "--json")
+    assert ok.exit_code == 0 and len(json.loads(ok.stdout)) == 35
+    refused(
+        tmp_path,
+        ["inspect", str(dcp_root / "gloo-fp32"), "--key", "optimizer"],
+        2,
+        "optimizer",
+        "model",
+    )
+
+
+def test_diff_of_the_sharded_and_the_single_process_checkpoint(dcp_root):
+    res = run("diff", dcp_root / "gloo-fp32", dcp_root / "single-fp32", "--json")
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)["tensors"]
+    assert len(rows) == 35 and {r["status"] for r in rows} == {"identical"}
+    res = run("diff", dcp_root / "gloo-fp32", dcp_root / "gloo-bf16", "--json")
+    rows = json.loads(res.stdout)["tensors"]
+    assert {r["dtype_b"] for r in rows} == {"bfloat16"}
+
+
+@pytest.mark.parametrize("source", ["gloo-fp32", "gloo-bf16", "single-fp32"])
+def test_format_dcp_reads_back_equal_to_the_safetensors_output(dcp_root, source, tmp_path):
+    rules = ["--rule", "*.bias=zeros", "--rule", "lm_head.weight=normal(std=0.02)", "--seed", "7"]
+    st, outd = tmp_path / "o.safetensors", tmp_path / "o-dcp"
+    assert run("apply", dcp_root / source, *rules, "-o", st).exit_code == 0
+    res = run("apply", dcp_root / source, *rules, "--format", "dcp", "-o", f"{outd}/")
+    assert res.exit_code == 0, res.output
+    want = load_file(st)
+    assert sorted(p.name for p in outd.iterdir()) == [".metadata", "__0_0.distcp"]
+    assert (tmp_path / "o-dcp.report.json").is_file()
+    state = {k: torch.full_like(v, 7) for k, v in want.items()}
+    dcp.load(state, checkpoint_id=outd)
+    for k, v in want.items():
+        assert state[k].dtype == v.dtype and torch.equal(state[k], v), k
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    dcp_to_torch_save(outd, tmp_path / "o.pt")
+    converted = torch.load(tmp_path / "o.pt", weights_only=True)
+    assert converted.keys() == want.keys()
+    assert all(torch.equal(converted[k], v) for k, v in want.items())
+
+
+def test_format_dcp_output_is_itself_a_source(dcp_root, tmp_path):
+    outd = tmp_path / "o-dcp"
+    assert (
+        run(
+            "apply",
+            dcp_root / "gloo-fp32",
+            "--rule",
+            "*.bias=zeros",
+            "--format",
+            "dcp",
+            "-o",
+            f"{outd}/",
+        ).exit_code
+        == 0
+    )
+    res = run("apply", outd, "--rule", "*.weight=zeros", "-o", tmp_path / "o.safetensors")
+    assert res.exit_code == 0, res.output
+    assert not any(t.any() for t in load_file(tmp_path / "o.safetensors").values())
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-o", "x.safetensors"],
+        ["-o", "d/", "--max-shard-size", "1MB"],
+        ["-o", "d/", "--format", "npz"],
+    ],
+)
+def test_format_dcp_refusals_write_nothing(dcp_root, tmp_path, args, monkeypatch):
+    src = tmp_path / "src"
+    shutil.copytree(dcp_root / "single-fp32", src)
+    fmt = [] if "--format" in args else ["--format", "dcp"]
+    monkeypatch.chdir(tmp_path)
+    refused(tmp_path, ["apply", str(src), "--rule", "*.bias=zeros", *fmt, *args], 2, "-")
+
+
+# --- hostile files: refused, payload never run, nothing written ---------------------------
+
+
+class _Payload:
+    """Unpickling this runs `touch MARKER` (what an attacker's .metadata would do)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _hostile_metadata(dcp_root: Path, tmp_path: Path) -> tuple[Path, Path]:
+    src, marker = tmp_path / "src", tmp_path / "PWNED"
+    shutil.copytree(dcp_root / "single-fp32", src)
+    (src / ".metadata").write_bytes(pickle.dumps(_Payload(marker)))
+    return src, marker
+
+
+@pytest.mark.parametrize("command", ["apply", "inspect", "report"])
+def test_hostile_metadata_is_refused_and_never_run(dcp_root, tmp_path, command):
+    src, marker = _hostile_metadata(dcp_root, tmp_path)
+    pickle.loads(pickle.dumps(_Payload(tmp_path / "check")))  # the payload does run when unpickled
+    assert (tmp_path / "check").exists()
+    (tmp_path / "check").unlink()
+    args = [command, str(src)] + (
+        ["--rule", "*.bias=zeros", "-o", str(tmp_path / "o.safetensors")]
+        if command == "apply"
+        else []
+    )
+    refused(tmp_path, args, 1, str(src / ".metadata"), "posix.system")
+    assert not marker.exists()
+
+
+def test_hostile_metadata_nested_in_a_real_one_is_refused(dcp_root, tmp_path):
+    src, marker = tmp_path / "src", tmp_path / "PWNED"
+    shutil.copytree(dcp_root / "single-fp32", src)
+    md = pickle.loads((src / ".metadata").read_bytes())
+    md.planner_data["model.lm_head.weight"] = _Payload(marker)  # a payload deep inside
+    (src / ".metadata").write_bytes(pickle.dumps(md))
+    refused(
+        tmp_path,
+        ["apply", str(src), "--rule", "*.bias=zeros", "-o", str(tmp_path / "o.safetensors")],
+        1,
+        ".metadata",
+    )
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("form", ["safetensors", "dcp"])
+def test_hostile_distcp_blob_is_refused_and_never_run(dcp_root, tmp_path, form):
+    src, marker = tmp_path / "src", tmp_path / "PWNED"
+    shutil.copytree(dcp_root / "single-fp32", src)
+    md = pickle.loads((src / ".metadata").read_bytes())
+    index = next(i for i in md.storage_data if i.fqn == "model.lm_head.weight")
+    info = md.storage_data[index]
+    data = src / info.relative_path
+    blob = tmp_path / "blob.pt"
+    torch.save(_Payload(marker), blob)
+    evil = blob.read_bytes()
+    blob.unlink()
+    info.offset, info.length = data.stat().st_size, len(evil)
+    with open(data, "ab") as f:  # the record appended, the metadata pointing at it
+        f.write(evil)
+    (src / ".metadata").write_bytes(pickle.dumps(md))
+    # lm_head comes last: with --format dcp every other tensor was written before it fails
+    out = (
+        ["-o", str(tmp_path / "o.safetensors")]
+        if form == "safetensors"
+        else ["--format", "dcp", "-o", f"{tmp_path}/o/"]
+    )
+    refused(
+        tmp_path,
+        ["apply", str(src), "--rule", "*.bias=zeros", *out],
+        1,
+        str(data),
+        "posix.system",
+    )
+    assert not marker.exists()
+
+
+def test_a_chunk_file_outside_the_directory_is_refused(dcp_root, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(dcp_root / "single-fp32", src)
+    md = pickle.loads((src / ".metadata").read_bytes())
+    index = next(i for i in md.storage_data if i.fqn == "model.lm_head.weight")
+    md.storage_data[index].relative_path = "../outside.distcp"
+    (src / ".metadata").write_bytes(pickle.dumps(md))
+    refused(tmp_path, ["inspect", str(src)], 1, "../outside.distcp")
+
+
+def test_verify_reads_every_chunk_and_rechecks_checksums(dcp_root, tmp_path):
+    res = run("verify", dcp_root / "gloo-bf16")
+    assert res.exit_code == 0 and "valid DCP directory" in res.stdout and "35 tensors" in res.stdout
+    outd = tmp_path / "o-dcp"
+    args = ["apply", dcp_root / "gloo-fp32", "--rule", "*.bias=zeros", "--checksums"]
+    assert run(*args, "--format", "dcp", "-o", f"{outd}/").exit_code == 0
+    assert run("verify", outd, "--report", tmp_path / "o-dcp.report.json").exit_code == 0
+    md = pickle.loads((outd / ".metadata").read_bytes())
+    index = next(i for i in md.storage_data if i.fqn == "model.norm.weight")
+    blob = bytearray((outd / "__0_0.distcp").read_bytes())
+    info = md.storage_data[index]
+    record = bytes(blob[info.offset : info.offset + info.length])
+    at = info.offset + record.index(torch.ones(16).numpy().tobytes())  # the stored values
+    blob[at : at + 4] = torch.tensor([2.0]).numpy().tobytes()
+    (outd / "__0_0.distcp").write_bytes(bytes(blob))
+    bad = run("verify", outd, "--report", tmp_path / "o-dcp.report.json")
+    assert bad.exit_code == 1 and "model.norm.weight" in bad.stderr
+
+
+def test_a_flat_state_beside_a_nested_optimizer_reads_the_flat_tensors(tmp_path):
+    from torch.distributed.checkpoint.format_utils import torch_save_to_dcp
+
+    w, exp_avg = torch.randn(4, 3), torch.randn(4, 3)
+    torch.save({"w": w, "optimizer": {"state": {"w": {"exp_avg": exp_avg}}}}, tmp_path / "t.pt")
+    torch_save_to_dcp(tmp_path / "t.pt", tmp_path / "ck")
+    res = run("inspect", tmp_path / "ck", "--json")
+    assert res.exit_code == 0, res.output
+    assert [t["name"] for t in json.loads(res.stdout)] == ["w"]  # the optimizer is never read
+    import reinit
+
+    report = reinit.apply(tmp_path / "ck", ["w=zeros"], tmp_path / "o", format="dcp")
+    assert report.summary.reinit == 1
+    state = {"w": torch.ones(4, 3)}
+    dcp.load(state, checkpoint_id=tmp_path / "o")
+    assert not state["w"].any()
+
+
+def test_the_guide_page_runs(tmp_path):
+    """docs/guide/distributed.md: its ```bash block runs as one script (it holds a heredoc) in
+    an empty folder with this checkout's `reinit` on PATH, and its ```python block then loads
+    the `--format dcp` output with `dcp.load` into the safetensors output's names and values."""
+    page = (ROOT / "docs" / "guide" / "distributed.md").read_text(encoding="utf-8")
+    fences = page.split("```")
+    bash = [b[len("bash\n") :] for b in fences[1::2] if b.startswith("bash\n")]
+    python = [b[len("python\n") :] for b in fences[1::2] if b.startswith("python\n")]
+    assert len(bash) == 1 and len(python) == 1
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": str(ROOT),
+    }
+    proc = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", bash[0]],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    written = load_file(tmp_path / "model.safetensors")
+    assert torch.count_nonzero(written["head.weight"]) == 0
+    namespace = {"shapes": {n: t.shape for n, t in written.items()}}
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        exec(compile(python[0], "distributed.md", "exec"), namespace)
+    finally:
+        os.chdir(cwd)
+    state = namespace["state"]
+    assert isinstance(state, dict) and state.keys() == written.keys()
+    for name, tensor in written.items():
+        assert torch.equal(state[name], tensor), name
