@@ -141,6 +141,12 @@ class ReinitGroup(click.Group):
             _end_on_closed_pipe()
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except MemoryError:  # past every size check (ulimit -v, memory taken meanwhile)
+            if debug():
+                raise
+            raise CommandError(
+                "out of memory; free memory or raise `ulimit -v`, or give smaller sizes", 1
+            ) from None
         except Exception as e:  # a bug: still one line, and the way to see more
             if debug():
                 raise

@@ -175,7 +175,7 @@ def plan(
                 raise RuleError(f"rule {rule.text!r}: tensor '{t.name}' {shape}: {reason}")
             entries.append(PlanEntry(t.name, shape, t.dtype, "skipped", rule, caps, reason))
             continue
-        overflow = rule.scheme.overflow(t.dtype) if rule.scheme is not None else None
+        overflow = rule.scheme.overflow(t.dtype, shape) if rule.scheme is not None else None
         if overflow is not None:
             raise RuleError(f"rule {rule.text!r}: tensor '{t.name}': {overflow}")
         entries.append(PlanEntry(t.name, shape, t.dtype, "reinit", rule, caps))

@@ -4,6 +4,9 @@ transform fed it), so the streaming engine and every caller describe a tensor al
 
 from __future__ import annotations
 
+import torch
+
+from reinit.errors import ValueRangeError
 from reinit.io.safetensors_format import dtype_name
 from reinit.planning.init_trace import AppliedInit
 from reinit.planning.planner import PlanEntry
@@ -12,7 +15,7 @@ from reinit.report.entries import TensorEntry, var_gain
 from reinit.report.stats import Stats
 from reinit.schemes import DEFAULT, compute_fans, expected_std_for
 
-__all__ = ["entry_for"]
+__all__ = ["entry_for", "refuse_overflow"]
 
 
 def entry_for(
@@ -55,4 +58,19 @@ def entry_for(
         notes=notes,
         transform=transform_label(p),
         kurtosis=scored.scheme.kurtosis if scored is not None else 3.0,
+    )
+
+
+def refuse_overflow(p: PlanEntry, after: Stats, before: Stats | None) -> None:
+    """A tensor this run drew (reinit, --add, --resize) holds values beyond its dtype (inf):
+    fail before anything is published, naming it. Non-finite values it read (a scheme that
+    keeps old rows) are not its doing."""
+    if after.nonfinite <= (before.nonfinite if before is not None else 0):
+        return
+    how = p.scheme.describe() if p.scheme is not None else (p.resized or "its --add scheme")
+    top = torch.finfo(p.dtype).max if p.dtype.is_floating_point else None
+    limit = f" (largest finite value: {top:g})" if top is not None else ""
+    raise ValueRangeError(
+        f"tensor '{p.name}': {how} drew {after.nonfinite} value(s) beyond {dtype_name(p.dtype)}"
+        f"'s range{limit}; nothing was written: use a smaller mean, std or gain"
     )

@@ -31,7 +31,7 @@ from reinit.planning.transplant import (
     transplant_value,
 )
 from reinit.report.stats import Stats, StatsAccumulator, tensor_stats
-from reinit.run.entry import entry_for
+from reinit.run.entry import entry_for, refuse_overflow
 from reinit.run.pieces import Piece, narrow_in_place, progress_bar, tensor_pieces, view_bytes
 from reinit.schemes import (
     DEFAULT,
@@ -219,7 +219,10 @@ class Applier:
             else:
                 for piece in self._copy(self.ckpt, p.name, p.dtype, self._chunks(reads, p), acc):
                     yield piece
-            entry = entry_for(p, acc.result(), notes=p.notes + tie_note, fans=self.fans.get(p.name))
+            result = acc.result()
+            if _made(p):
+                refuse_overflow(p, result, None)
+            entry = entry_for(p, result, notes=p.notes + tie_note, fans=self.fans.get(p.name))
             yield Piece(p.name, entry=entry)
             return
         # an added tensor has no source bytes, so no "before"; a resized one's is its old value's
@@ -257,6 +260,7 @@ class Applier:
         source = None
         if p.action == "reinit":
             new, after = self._drawn_value(p)
+            refuse_overflow(p, after, before)
         else:
             new, source, got = transplant_value(self._pool(), p, self.ckpt.read(p.name), self.seed)
             after = tensor_stats(new)

@@ -1,0 +1,247 @@
+"""Issue 23, medium and low items: inputs that once ended in an `internal error`, a silent
+wrong result, or unbounded memory or time. Each is a one-line error with the right exit code,
+nothing written, or a bounded, counted result."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import refused, run, run_child
+from safetensors.torch import save_file
+
+from reinit.limits import MAX_JSON_DEPTH, available_memory
+
+DEEP = 100_000  # far past Python's recursion limit
+
+
+def llama_like(path: Path, dtype: torch.dtype = torch.float32) -> Path:
+    """A few tensors with Llama's names (the values do not matter here)."""
+    g = torch.Generator().manual_seed(0)
+    save_file(
+        {
+            "model.embed_tokens.weight": torch.randn(8, 4, generator=g).to(dtype),
+            "model.layers.0.self_attn.q_proj.weight": torch.randn(4, 4, generator=g).to(dtype),
+            "model.norm.weight": torch.ones(4).to(dtype),
+        },
+        path,
+    )
+    return path
+
+
+# --- M3: every remaining internal error is one line --------------------------------------
+
+
+@pytest.mark.parametrize(
+    "action, fragment",
+    [
+        ("xavier_uniform(gain=1e300)", "overflow float32"),
+        ("uniform(a=-3.4e38, b=3.4e38)", "spread"),
+        ("orthogonal(gain=1e300)", "overflow float32"),
+        ("kaiming_normal(a=0.0, nonlinearity='linear')", None),  # fine: control
+    ],
+)
+def test_scheme_values_past_the_dtype_are_refused_at_plan_time(tmp_path, action, fragment):
+    src = llama_like(tmp_path / "m.safetensors")
+    args = [
+        "apply",
+        str(src),
+        "-q",
+        "-o",
+        str(tmp_path / "o.safetensors"),
+        "-r",
+        f"model.layers.0.self_attn.q_proj.weight={action}",
+    ]
+    if fragment is None:
+        assert run(*args).exit_code == 0
+        return
+    refused(tmp_path, args, 2, "q_proj.weight", fragment, "largest finite float32")
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--rename", "model.norm.weight=__metadata__"),
+        ("--add", "__metadata__=[2]:zeros"),
+    ],
+)
+def test_the_header_key_cannot_name_a_tensor(tmp_path, flag, value):
+    src = llama_like(tmp_path / "m.safetensors")
+    out = tmp_path / "o.safetensors"
+    refused(tmp_path, ["apply", str(src), "-q", "-o", str(out), flag, value], 2, "__metadata__")
+
+
+def test_a_name_that_is_not_utf8_from_argv_is_refused(tmp_path):
+    # bytes that are not UTF-8 on the command line reach Python as lone surrogates
+    src = llama_like(tmp_path / "m.safetensors")
+    out = run_child(
+        "apply", src, "-q", "-o", tmp_path / "o.safetensors",
+        "--rename", os.fsdecode(b"model.norm.weight=norm\xff"),
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.count("error:") == 1 and "not valid UTF-8" in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+
+
+def _deep_list() -> str:
+    return "[" * DEEP + "]" * DEEP
+
+
+def test_deep_json_in_a_config_value_is_refused(tmp_path):
+    src = llama_like(tmp_path / "m.safetensors")
+    out = tmp_path / "o"
+    deep = "[" * (MAX_JSON_DEPTH + 1) + "]" * (MAX_JSON_DEPTH + 1)
+    refused(
+        tmp_path,
+        [
+            "apply",
+            str(src),
+            "-q",
+            "-o",
+            f"{out}/",
+            "--drop",
+            "model.norm.weight",
+            "--config",
+            f"x={deep}",
+        ],
+        2,
+        "--config x",
+        f"more than {MAX_JSON_DEPTH} levels",
+    )
+
+
+def test_deep_json_in_the_source_config_is_no_config(tmp_path):
+    """config.json that is not a config (here: nested far past any config) is read as none,
+    as a malformed one always was; the run goes on."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    llama_like(folder / "model.safetensors")
+    (folder / "config.json").write_text(_deep_list())
+    res = run("apply", folder, "-q", "-o", f"{tmp_path / 'o'}/", "-r", "model.norm.weight=ones")
+    assert res.exit_code == 0, res.output
+    assert "internal error" not in res.output
+
+
+def _two_embeddings(tmp_path: Path) -> tuple[Path, Path]:
+    g = torch.Generator().manual_seed(1)
+    save_file(
+        {"model.embed_tokens.weight": torch.randn(3, 4, generator=g)}, tmp_path / "s.safetensors"
+    )
+    save_file(
+        {"model.embed_tokens.weight": torch.randn(3, 4, generator=g)}, tmp_path / "t.safetensors"
+    )
+    return tmp_path / "s.safetensors", tmp_path / "t.safetensors"
+
+
+@pytest.mark.parametrize("rows", ["tokens", "labels"])
+def test_deep_json_in_a_vocab_or_labels_file_is_refused(tmp_path, rows):
+    src, tgt = _two_embeddings(tmp_path)
+    good = tmp_path / "good.json"
+    if rows == "tokens":
+        good.write_text(json.dumps({"model": {"vocab": {"a": 0, "b": 1, "c": 2}}}))
+        (tmp_path / "deep.json").write_text('{"model":' * DEEP + "1" + "}" * DEEP)
+    else:
+        good.write_text(json.dumps({"id2label": {"0": "a", "1": "b", "2": "c"}}))
+        (tmp_path / "deep.json").write_text('{"id2label":' * DEEP + "1" + "}" * DEEP)
+    rule = f"model.embed_tokens.weight=from({src}, rows={rows}, vocab=deep.json, src_vocab={good})"
+    os.chdir(tmp_path)
+    refused(
+        tmp_path,
+        ["apply", str(tgt), "-q", "-o", "o.safetensors", "-r", rule],
+        2,
+        "deep.json",
+        "levels deep",
+    )
+
+
+@pytest.fixture
+def checked_output(tmp_path: Path) -> Path:
+    src = llama_like(tmp_path / "m.safetensors")
+    out = tmp_path / "o.safetensors"
+    res = run("apply", src, "-q", "-o", out, "-r", "model.norm.weight=ones", "--checksums")
+    assert res.exit_code == 0, res.output
+    return out
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        (json.dumps({"tensors": [1, 2]}), "not a reinit JSON report"),
+        (_deep_list(), "levels deep"),
+        ("{" * 10, "not valid JSON"),
+    ],
+)
+def test_verify_report_that_is_not_a_report(tmp_path, checked_output, content, fragment):
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    refused(tmp_path, ["verify", str(checked_output), "--report", str(bad)], 2, fragment)
+
+
+def test_resize_past_ulimit_v_is_refused_before_allocating(tmp_path):
+    """`ulimit -v` (RLIMIT_AS) counts: a size check that reads MemAvailable only let torch's
+    allocator fail with an internal error."""
+    import resource
+    import subprocess
+    import sys
+
+    from helpers import child_env
+
+    src = llama_like(tmp_path / "m.safetensors")
+    # the child maps ~1 GB of address space for torch's libraries; the resized tensor (2 GB)
+    # fits the machine's memory (so MemAvailable alone lets it through) but not the limit
+    limit = 2 * 1024**3
+    side = 23_000  # 2.1 GB of float32
+    if available_memory() < 3 * side * side * 4:
+        pytest.skip("needs ~6 GB of free memory to tell the two checks apart")
+    code = (
+        "import resource, runpy, sys;"
+        f"resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}));"
+        "sys.argv = ['reinit'] + sys.argv[1:];"
+        "runpy.run_module('reinit', run_name='__main__')"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, "apply", str(src), "-q", "-o", str(tmp_path / "o.safetensors"),
+         "--resize", f"model.embed_tokens.weight=[{side},{side}]"],
+        capture_output=True, text=True, env=child_env(), timeout=120,
+    )  # fmt: skip
+    assert limit != resource.RLIM_INFINITY
+    assert out.returncode == 2, out.stderr
+    assert "internal error" not in out.stderr and "Traceback" not in out.stderr
+    assert "memory available" in out.stderr
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_available_memory_counts_the_address_space_limit():
+    import resource
+
+    mapped = next(
+        int(line.split()[1]) * 1024
+        for line in Path("/proc/self/status").read_text().splitlines()
+        if line.startswith("VmSize:")
+    )
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    room = 512 * 1024**2
+    try:
+        resource.setrlimit(resource.RLIMIT_AS, (mapped + room, hard))
+        left = available_memory()
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    assert left <= room
+
+
+# --- M4: verify --report never blocks or reads forever -----------------------------------
+
+
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero"])
+def test_verify_report_from_a_fifo_or_device_is_refused(tmp_path, checked_output, kind):
+    if kind == "fifo":
+        report = tmp_path / "r.json"
+        os.mkfifo(report)
+    else:
+        report = Path(kind)
+    out = run_child("verify", checked_output, "--report", report, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert "not a regular file" in out.stderr and out.stderr.count("\n") == 1
