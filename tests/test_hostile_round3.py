@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import refused, run, run_child
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from reinit.limits import MAX_JSON_DEPTH, available_memory
 
@@ -245,3 +245,56 @@ def test_verify_report_from_a_fifo_or_device_is_refused(tmp_path, checked_output
     out = run_child("verify", checked_output, "--report", report, timeout=60)
     assert out.returncode == 2, out.stderr
     assert "not a regular file" in out.stderr and out.stderr.count("\n") == 1
+
+
+# --- M9: a transplant into an integer tensor never wraps ---------------------------------
+
+POS = "bert.embeddings.position_ids"
+
+
+@pytest.mark.parametrize(
+    "source, ok",
+    [
+        (torch.tensor([[0.0, 300.0, 2.0]]), False),  # float past int8: once 300 -> 44
+        (torch.tensor([[0.0, float("nan"), 2.0]]), False),
+        (torch.tensor([[0, 300, 2]]), False),  # int64 past int8
+        (torch.tensor([[0.0, 1.0, 2.0]]), True),  # fits: copied
+    ],
+)
+def test_transplant_into_an_integer_tensor_refuses_values_that_wrap(tmp_path, source, ok):
+    save_file({POS: torch.zeros(1, 3, dtype=torch.int8)}, tmp_path / "t.safetensors")
+    save_file({POS: source}, tmp_path / "s.safetensors")
+    out = tmp_path / "o.safetensors"
+    args = [
+        "apply",
+        str(tmp_path / "t.safetensors"),
+        "-q",
+        "-o",
+        str(out),
+        "-r",
+        f"{POS}=from({tmp_path / 's.safetensors'})",
+    ]
+    if ok:
+        assert run(*args).exit_code == 0
+        assert load_file(out)[POS].tolist() == [[0, 1, 2]]
+        return
+    refused(tmp_path, args, 2, POS, "do not fit int8", "wrap")
+
+
+def test_transplant_overflow_to_inf_is_counted(tmp_path):
+    name = "model.norm.weight"
+    save_file({name: torch.ones(4, dtype=torch.float16)}, tmp_path / "t.safetensors")
+    save_file({name: torch.tensor([1.0, 1e5, -1e6, 2.0])}, tmp_path / "s.safetensors")
+    out = tmp_path / "o.safetensors"
+    res = run(
+        "apply",
+        tmp_path / "t.safetensors",
+        "-o",
+        out,
+        "--json",
+        "-r",
+        f"{name}=from({tmp_path / 's.safetensors'})",
+    )
+    assert res.exit_code == 0, res.output
+    notes = json.loads(res.stdout)["tensors"][0]["notes"]
+    assert any("2 values overflowed to inf" in n for n in notes), notes
