@@ -298,3 +298,45 @@ def test_transplant_overflow_to_inf_is_counted(tmp_path):
     assert res.exit_code == 0, res.output
     notes = json.loads(res.stdout)["tensors"][0]["notes"]
     assert any("2 values overflowed to inf" in n for n in notes), notes
+
+
+# --- M10: values that overflow the dtype are never published -----------------------------
+
+
+@pytest.mark.parametrize("how", ["rule", "add"])
+def test_drawn_values_past_float16_fail_before_publishing(tmp_path, how):
+    """normal(mean=65000, std=1000) fits float16 argument by argument (65000 < 65504), but
+    about a third of its values do not: exit 1, nothing written (once: exit 0 with infs)."""
+    src = llama_like(tmp_path / "m.safetensors", torch.float16)
+    out = tmp_path / "o.safetensors"
+    scheme = "normal(mean=65000, std=1000)"
+    if how == "rule":
+        extra = ["-r", f"model.layers.0.self_attn.q_proj.weight={scheme}"]
+        name = "q_proj.weight"
+    else:
+        extra = ["--add", f"model.extra.weight=[16,16]:{scheme}:dtype=float16"]
+        name = "model.extra.weight"
+    refused(
+        tmp_path,
+        ["apply", str(src), "-q", "-o", str(out), *extra],
+        1,
+        name,
+        "beyond float16",
+        "nothing was written",
+    )
+
+
+def test_values_that_fit_float16_are_written(tmp_path):
+    src = llama_like(tmp_path / "m.safetensors", torch.float16)
+    out = tmp_path / "o.safetensors"
+    res = run(
+        "apply",
+        src,
+        "-q",
+        "-o",
+        out,
+        "-r",
+        "model.layers.0.self_attn.q_proj.weight=normal(mean=60000, std=100)",
+    )
+    assert res.exit_code == 0, res.output
+    assert torch.isfinite(load_file(out)["model.layers.0.self_attn.q_proj.weight"]).all()
