@@ -14,9 +14,12 @@ __all__ = [
     "MAX_CONFIG_BYTES",
     "MAX_INDEX_BYTES",
     "MAX_JSON_DEPTH",
+    "MAX_REGEX_CHARS",
+    "MAX_REGEX_REPEAT",
     "MAX_REPORT_BYTES",
     "MAX_TENSOR_BYTES",
     "MAX_TOKENIZER_BYTES",
+    "REGEX_BUDGET_S",
     "available_memory",
     "declared_bytes",
 ]
@@ -34,6 +37,14 @@ MAX_TOKENIZER_BYTES = 64 * 1024 * 1024  # tokenizer.json, vocab.json, vocab.txt
 MAX_INDEX_BYTES = 64 * 1024 * 1024  # model.safetensors.index.json, pytorch_model.bin.index.json
 MAX_REPORT_BYTES = 256 * 1024 * 1024  # a reinit JSON report read back (verify --report)
 MAX_JSON_DEPTH = 64  # lists/objects inside each other, in any of these files or a --config value
+
+# A `re:` pattern is bounded before it is compiled (the regex compiler expands counted repeats:
+# `a{99999999}` took 23 GB) and while it runs: each name has `matching.REGEX_TIMEOUT_S`, and all
+# the names one pattern is tried on share `REGEX_BUDGET_S` (a sane regex spends microseconds
+# per name, under a second on 200,000 names).
+MAX_REGEX_CHARS = 4096
+MAX_REGEX_REPEAT = 1000  # the product of nested {n,m} counts
+REGEX_BUDGET_S = 10.0
 
 
 def declared_bytes(shape: tuple[int, ...] | list[int], itemsize: int) -> int | None:

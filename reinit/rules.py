@@ -12,7 +12,15 @@ from dataclasses import dataclass
 
 from reinit.errors import RuleError, SchemeError
 from reinit.io.hub_url import is_hf_url, parse_hf_url
-from reinit.matching import Glob, MatchAll, Matcher, UserRegex, compile_glob, literal_glob
+from reinit.matching import (
+    Glob,
+    MatchAll,
+    Matcher,
+    UserRegex,
+    compile_glob,
+    literal_glob,
+    regex_size_problem,
+)
 from reinit.schemes import KEEP, BoundScheme, bind_scheme, get_scheme
 from reinit.schemes import templates as schemes_templates
 from reinit.transforms.spec import TRANSFORM_ARGS, TransformSpec, parse_transform
@@ -164,6 +172,10 @@ def parse_pattern(text: str) -> Pattern:
     if text.startswith("re:"):
         import regex  # the `re` engine cannot be stopped; `regex` takes a timeout
 
+        problem = regex_size_problem(text[3:])
+        if problem is not None:
+            shown_text = text if len(text) <= 100 else text[:97] + "..."
+            raise RuleError(f"pattern {shown_text!r}: the regular expression {problem}")
         try:
             compiled = regex.compile(text[3:])
         except (regex.error, ValueError, OverflowError, RecursionError) as e:

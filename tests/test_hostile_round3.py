@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import refused, run, run_child
+from helpers import child_env, refused, run, run_child
 from safetensors.torch import load_file, save_file
 
 from reinit.limits import MAX_JSON_DEPTH, available_memory
@@ -180,34 +182,38 @@ def test_verify_report_that_is_not_a_report(tmp_path, checked_output, content, f
     refused(tmp_path, ["verify", str(checked_output), "--report", str(bad)], 2, fragment)
 
 
-def test_resize_past_ulimit_v_is_refused_before_allocating(tmp_path):
-    """`ulimit -v` (RLIMIT_AS) counts: a size check that reads MemAvailable only let torch's
-    allocator fail with an internal error."""
-    import resource
-    import subprocess
-    import sys
-
-    from helpers import child_env
-
-    src = llama_like(tmp_path / "m.safetensors")
-    # the child maps ~1 GB of address space for torch's libraries; the resized tensor (2 GB)
-    # fits the machine's memory (so MemAvailable alone lets it through) but not the limit
-    limit = 2 * 1024**3
-    side = 23_000  # 2.1 GB of float32
-    if available_memory() < 3 * side * side * 4:
-        pytest.skip("needs ~6 GB of free memory to tell the two checks apart")
+def run_limited(args: list[str], limit: int) -> subprocess.CompletedProcess[str]:
+    """`python -m reinit ARGS` in a child whose address space is capped at `limit` bytes
+    (`ulimit -v`): an unbounded allocation fails there instead of taking the machine."""
     code = (
         "import resource, runpy, sys;"
         f"resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}));"
         "sys.argv = ['reinit'] + sys.argv[1:];"
         "runpy.run_module('reinit', run_name='__main__')"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code, "apply", str(src), "-q", "-o", str(tmp_path / "o.safetensors"),
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=120,
+    )
+
+
+def test_resize_past_ulimit_v_is_refused_before_allocating(tmp_path):
+    """`ulimit -v` (RLIMIT_AS) counts: a size check that reads MemAvailable only let torch's
+    allocator fail with an internal error."""
+    src = llama_like(tmp_path / "m.safetensors")
+    # the child maps ~1 GB of address space for torch's libraries; the resized tensor (2 GB)
+    # fits the machine's memory (so MemAvailable alone lets it through) but not the limit
+    side = 23_000  # 2.1 GB of float32
+    if available_memory() < 3 * side * side * 4:
+        pytest.skip("needs ~6 GB of free memory to tell the two checks apart")
+    out = run_limited(
+        ["apply", str(src), "-q", "-o", str(tmp_path / "o.safetensors"),
          "--resize", f"model.embed_tokens.weight=[{side},{side}]"],
-        capture_output=True, text=True, env=child_env(), timeout=120,
+        2 * 1024**3,
     )  # fmt: skip
-    assert limit != resource.RLIM_INFINITY
     assert out.returncode == 2, out.stderr
     assert "internal error" not in out.stderr and "Traceback" not in out.stderr
     assert "memory available" in out.stderr
@@ -340,3 +346,49 @@ def test_values_that_fit_float16_are_written(tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert torch.isfinite(load_file(out)["model.layers.0.self_attn.q_proj.weight"]).all()
+
+
+# --- M1, M2: a regex is bounded in size before it compiles, and in time in total ----------
+
+
+@pytest.mark.parametrize(
+    "pattern, fragment",
+    [
+        ("re:model.a{99999999}", "multiply to over 1,000"),
+        ("re:((a{1000}){1000}){1000}", "multiply to over 1,000"),
+        ("re:" + "x" * 5000, "at most 4,096"),
+    ],
+)
+def test_a_regex_too_big_to_compile_is_refused(tmp_path, pattern, fragment):
+    """Once: 23.7 GB in 24 s at compile time (here capped at 3 GB: MemoryError)."""
+    src = llama_like(tmp_path / "m.safetensors")
+    out = run_limited(["apply", str(src), "-q", "--dry-run", "-r", f"{pattern}=zeros"], 3 * 1024**3)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.count("\n") == 1 and fragment in out.stderr, out.stderr
+    assert len(out.stderr) < 400  # the pattern is cut, not echoed whole
+
+
+def test_sane_counted_repeats_still_work(tmp_path):
+    src = llama_like(tmp_path / "m.safetensors")
+    res = run(
+        "apply",
+        src,
+        "--dry-run",
+        "-r",
+        r"re:model\.layers\.\d{1,3}\.self_attn\.q_proj\.weight=zeros",
+    )
+    assert res.exit_code == 0, res.output
+
+
+def test_a_slow_regex_has_a_total_budget(tmp_path, monkeypatch):
+    """Each name under the per-name limit, many names: the pattern's total time is bounded
+    (once: 300 names x 0.18 s = 56 s for one rule)."""
+    names = {f"{'a' * 24}.{i}": torch.zeros(1) for i in range(100)}
+    save_file(names, tmp_path / "m.safetensors")
+    monkeypatch.setattr("reinit.matching.REGEX_BUDGET_S", 0.2, raising=False)
+    refused(
+        tmp_path,
+        ["apply", str(tmp_path / "m.safetensors"), "--dry-run", "-r", "re:(a|aa)+c=zeros"],
+        2,
+        "in total",
+    )
