@@ -24,6 +24,7 @@ __all__ = [
     "TimedRegex",
     "UserRegex",
     "compile_glob",
+    "compile_user_regex",
     "literal_glob",
     "regex_size_problem",
 ]
@@ -258,6 +259,22 @@ class UserRegex:
             f"pattern {pattern!r}: the regular expression {took} (catastrophic backtracking, "
             "e.g. nested quantifiers like (a+)+); rewrite it without nested repeats, or use a glob"
         )
+
+
+def compile_user_regex(text: str) -> UserRegex:
+    """A `re:REGEX` pattern's matcher: its size checked (`regex_size_problem`) before the
+    `regex` module (whose matches take a timeout; `re`'s cannot be stopped) compiles it."""
+    import regex
+
+    shown_text = text if len(text) <= 100 else text[:97] + "..."
+    problem = regex_size_problem(text[3:])
+    if problem is not None:
+        raise RuleError(f"pattern {shown_text!r}: the regular expression {problem}")
+    try:
+        compiled = regex.compile(text[3:])
+    except (regex.error, ValueError, OverflowError, RecursionError, MemoryError) as e:
+        raise RuleError(f"pattern {shown_text!r}: invalid regular expression ({e})") from None
+    return UserRegex(text, compiled)
 
 
 _COUNTED = re.compile(r"\{(\d*)(?:,(\d*))?\}")

@@ -16,10 +16,9 @@ from reinit.matching import (
     Glob,
     MatchAll,
     Matcher,
-    UserRegex,
     compile_glob,
+    compile_user_regex,
     literal_glob,
-    regex_size_problem,
 )
 from reinit.schemes import KEEP, BoundScheme, bind_scheme, get_scheme
 from reinit.schemes import templates as schemes_templates
@@ -170,17 +169,7 @@ def parse_pattern(text: str) -> Pattern:
     if text.startswith(TYPE_PREFIX):
         return parse_type_pattern(text)
     if text.startswith("re:"):
-        import regex  # the `re` engine cannot be stopped; `regex` takes a timeout
-
-        problem = regex_size_problem(text[3:])
-        if problem is not None:
-            shown_text = text if len(text) <= 100 else text[:97] + "..."
-            raise RuleError(f"pattern {shown_text!r}: the regular expression {problem}")
-        try:
-            compiled = regex.compile(text[3:])
-        except (regex.error, ValueError, OverflowError, RecursionError) as e:
-            raise RuleError(f"pattern {text!r}: invalid regular expression ({e})") from None
-        return Pattern(text, UserRegex(text, compiled), True)
+        return Pattern(text, compile_user_regex(text), True)
     if not text:
         raise RuleError("empty pattern; write PATTERN=ACTION, e.g. '*.weight=kaiming'")
     glob = compile_glob(text)
