@@ -15,7 +15,13 @@ import torch
 from helpers import child_env, refused, run, run_child
 from safetensors.torch import load_file, save_file
 
-from reinit.limits import MAX_JSON_DEPTH, available_memory
+from reinit.limits import (
+    MAX_CONFIG_BYTES,
+    MAX_INDEX_BYTES,
+    MAX_JSON_DEPTH,
+    MAX_TOKENIZER_BYTES,
+    available_memory,
+)
 
 DEEP = 100_000  # far past Python's recursion limit
 
@@ -392,3 +398,56 @@ def test_a_slow_regex_has_a_total_budget(tmp_path, monkeypatch):
         2,
         "in total",
     )
+
+
+# --- M5: the JSON files beside a checkpoint are capped by size before parsing --------------
+
+
+def _sparse(path: Path, size: int) -> Path:
+    """A file of `size` bytes that takes no disk (its size alone must refuse it)."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+def test_an_oversized_index_is_refused_before_parsing(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    llama_like(folder / "model-00001-of-00001.safetensors")
+    _sparse(folder / "model.safetensors.index.json", MAX_INDEX_BYTES + 1)
+    refused(tmp_path, ["inspect", str(folder)], 1, "index", "more than the 64.0 MB")
+
+
+def test_an_oversized_tokenizer_file_is_refused_before_parsing(tmp_path):
+    src, tgt = _two_embeddings(tmp_path)
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"model": {"vocab": {"a": 0, "b": 1, "c": 2}}}))
+    big = _sparse(tmp_path / "tokenizer.json", MAX_TOKENIZER_BYTES + 1)
+    rule = f"model.embed_tokens.weight=from({src}, rows=tokens, vocab={big}, src_vocab={good})"
+    out = str(tmp_path / "o.safetensors")
+    refused(
+        tmp_path,
+        ["apply", str(tgt), "-q", "-o", out, "-r", rule],
+        2,
+        "tokenizer.json",
+        "more than the 64.0 MB",
+    )
+
+
+def test_an_oversized_config_is_refused_before_parsing(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    llama_like(folder / "model.safetensors")
+    _sparse(folder / "config.json", MAX_CONFIG_BYTES + 1)
+    args = [
+        "apply",
+        str(folder),
+        "-q",
+        "-o",
+        f"{tmp_path / 'o'}/",
+        "--drop",
+        "model.norm.weight",
+        "--config",
+        "x=1",
+    ]
+    refused(tmp_path, args, 1, "config.json", "more than the 16.0 MB")
