@@ -19,6 +19,7 @@ __all__ = [
     "MAX_REPORT_BYTES",
     "MAX_TENSOR_BYTES",
     "MAX_TOKENIZER_BYTES",
+    "MAX_TOTAL_TENSORS",
     "REGEX_BUDGET_S",
     "available_memory",
     "declared_bytes",
@@ -37,6 +38,10 @@ MAX_TOKENIZER_BYTES = 64 * 1024 * 1024  # tokenizer.json, vocab.json, vocab.txt
 MAX_INDEX_BYTES = 64 * 1024 * 1024  # model.safetensors.index.json, pytorch_model.bin.index.json
 MAX_REPORT_BYTES = 256 * 1024 * 1024  # a reinit JSON report read back (verify --report)
 MAX_JSON_DEPTH = 64  # lists/objects inside each other, in any of these files or a --config value
+
+# Tensors in one checkpoint, all its shards together (each file is also capped at 200,000 by
+# `io.safetensors_header.MAX_TENSORS`): the largest public models hold ~100,000.
+MAX_TOTAL_TENSORS = 200_000
 
 # A `re:` pattern is bounded before it is compiled (the regex compiler expands counted repeats:
 # `a{99999999}` took 23 GB) and while it runs: each name has `matching.REGEX_TIMEOUT_S`, and all

@@ -20,6 +20,7 @@ from reinit.limits import (
     MAX_INDEX_BYTES,
     MAX_JSON_DEPTH,
     MAX_TOKENIZER_BYTES,
+    MAX_TOTAL_TENSORS,
     available_memory,
 )
 
@@ -451,3 +452,22 @@ def test_an_oversized_config_is_refused_before_parsing(tmp_path):
         "x=1",
     ]
     refused(tmp_path, args, 1, "config.json", "more than the 16.0 MB")
+
+
+# --- M6: the tensor cap counts all shards together -----------------------------------------
+
+
+@pytest.mark.parametrize("command", ["inspect", "report"])
+def test_an_index_over_the_total_tensor_cap_is_refused(tmp_path, command):
+    """Once the cap was per file: 5 shards x 199,999 tensors took 107 s and 1.8 GB."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    shards = [f"model-0000{i}-of-00002.safetensors" for i in (1, 2)]
+    for shard in shards:
+        llama_like(folder / shard)
+    half = MAX_TOTAL_TENSORS // 2 + 1
+    weight_map = {
+        f"model.layers.{i}.mlp.up_proj.weight": shards[i // half] for i in range(2 * half)
+    }
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    refused(tmp_path, [command, str(folder)], 1, f"over reinit's limit of {MAX_TOTAL_TENSORS:,}")

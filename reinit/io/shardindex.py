@@ -22,7 +22,7 @@ from reinit.errors import CheckpointError
 from reinit.io.confine import check_relname
 from reinit.io.jsonfile import read_text_file
 from reinit.io.safetensors_header import DuplicateKey, no_duplicate_keys
-from reinit.limits import MAX_INDEX_BYTES
+from reinit.limits import MAX_INDEX_BYTES, MAX_TOTAL_TENSORS
 from reinit.text import one_line
 
 __all__ = ["ShardIndex", "check_shard", "parse_index", "read_index"]
@@ -61,6 +61,11 @@ def parse_index(text: str, where: str) -> ShardIndex:
         isinstance(k, str) and isinstance(v, str) for k, v in wm.items()
     ):
         raise CheckpointError(f"{where}: index has no valid weight_map of name -> shard file")
+    if len(wm) > MAX_TOTAL_TENSORS:
+        raise CheckpointError(
+            f"{where}: the index lists {len(wm):,} tensors, over reinit's limit of "
+            f"{MAX_TOTAL_TENSORS:,} for a checkpoint (all its shards together)"
+        )
     for name, shard in wm.items():
         check_relname(shard, where, f"the index puts tensor '{name}' in shard")
     meta = doc.get("metadata")
