@@ -471,3 +471,25 @@ def test_an_index_over_the_total_tensor_cap_is_refused(tmp_path, command):
     }
     (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     refused(tmp_path, [command, str(folder)], 1, f"over reinit's limit of {MAX_TOTAL_TENSORS:,}")
+
+
+# --- M8: verify --forward and probe check a model's size before allocating it -------------
+
+
+@pytest.mark.parametrize("command", ["probe", "verify"])
+def test_a_config_too_big_for_memory_is_refused_before_allocating(tmp_path, command):
+    """`vocab_size: 128000000` in an untrusted config.json: 8 GB of weights. Run under a 3 GB
+    address-space cap, so the old behaviour (allocate, then fail or swap) stays contained."""
+    from transformers import LlamaConfig
+
+    folder = tmp_path / "m"
+    LlamaConfig(
+        vocab_size=128_000_000, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2,
+    ).save_pretrained(folder)  # fmt: skip
+    llama_like(folder / "model.safetensors")
+    args = ["probe", str(folder)] if command == "probe" else ["verify", str(folder), "--forward"]
+    out = run_limited(args, 3 * 1024**3)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.count("\n") == 1, out.stderr
+    assert "bytes of weights, more than" in out.stderr and "vocab_size" in out.stderr

@@ -16,6 +16,7 @@ from reinit.io.memory import StateDictCheckpoint
 from reinit.io.sources import open_checkpoint
 from reinit.planning.model import ModelError
 from reinit.planning.model_load import build_real, load_model
+from reinit.planning.model_size import check_model_fits
 from reinit.planning.planner import Plan
 from reinit.planning.session import model_view
 from reinit.report.jsonio import dumps
@@ -364,6 +365,7 @@ def probe(
     """Build `model` (see `reinit.planning.model`; real weights as its constructor draws them from
     `seed`, or `checkpoint`'s), probe it, apply `rules` in memory, probe again."""
     rule_objs = tuple(r if isinstance(r, Rule) else parse_rules([r])[0] for r in rules)
+    check_model_fits(model, "probe")
     module = build_real(model, seed)
     if checkpoint is not None:
         load_weights(module, checkpoint)
