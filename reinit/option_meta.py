@@ -5,10 +5,13 @@ apart from `reinit.options` so the field list there stays readable."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["OptionMeta", "PathLike", "RecipeKind", "option_meta"]
+from reinit.errors import UsageError
+
+__all__ = ["OptionMeta", "PathLike", "RecipeKind", "check_option_types", "option_meta"]
 
 # How a recipe value is checked and converted (recipe/validate.py): an integer, a float, a boolean, a
 # string, a string or null, a string or list of strings (paths), or a list of
@@ -43,3 +46,20 @@ def option_meta(m: OptionMeta) -> dict[str, OptionMeta]:
     """`m` as a dataclass field's metadata (under the key `reinit`, where `options.meta`
     finds it)."""
     return {"reinit": m}
+
+
+def check_option_types(options: object, sequences: tuple[str, ...]) -> None:
+    """The API's option values of the wrong type are a `UsageError` naming the keyword (not a
+    TypeError deep inside, or a float seed silently accepted): `seed` an int, `config` a
+    mapping or None, the spec lists (`sequences`: add, drop, ...) a list or one string."""
+    seed, config = getattr(options, "seed", 0), getattr(options, "config", None)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise UsageError(f"seed= must be an integer, got {seed!r:.40}")
+    if config is not None and not isinstance(config, Mapping):
+        raise UsageError(
+            f"config= must be a mapping (as config.json holds), got {type(config).__name__}"
+        )
+    for name in sequences:
+        value = getattr(options, name)
+        if not isinstance(value, (str, os.PathLike, list, tuple)):
+            raise UsageError(f"{name}= must be a list, got {type(value).__name__}")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from reinit.io.trust import TrustSpec
 from reinit.option_kwargs import OptionKwargs, OptionKwargsBesidesSeed
-from reinit.option_meta import OptionMeta, PathLike, RecipeKind, option_meta
+from reinit.option_meta import OptionMeta, PathLike, RecipeKind, check_option_types, option_meta
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -358,6 +358,7 @@ class ApplyOptions:
     )
 
     def __post_init__(self) -> None:
+        check_option_types(self, SPEC_SEQUENCES)
         for name in SPEC_SEQUENCES:  # one string is one item, not its characters
             value = getattr(self, name)
             as_tuple = (value,) if isinstance(value, (str, os.PathLike)) else tuple(value)

@@ -493,3 +493,51 @@ def test_a_config_too_big_for_memory_is_refused_before_allocating(tmp_path, comm
     assert out.returncode == 2, out.stderr
     assert out.stderr.count("\n") == 1, out.stderr
     assert "bytes of weights, more than" in out.stderr and "vocab_size" in out.stderr
+
+
+# --- L7: the Python API raises reinit's own errors -----------------------------------------
+
+
+def _api_cases(src: Path, out: Path) -> dict[str, object]:
+    import reinit
+
+    rule = ["model.norm.weight=ones"]
+    return {
+        "rules=None": lambda: reinit.apply(src, None, output=out),
+        "rules=[1]": lambda: reinit.apply(src, [1], output=out),
+        "bytes source": lambda: reinit.apply(os.fsencode(src), rule, output=out),
+        "int source": lambda: reinit.apply(3, rule, output=out),
+        "config=[1, 2]": lambda: reinit.apply(src, rule, output=out, config=[1, 2]),
+        "seed=1.5": lambda: reinit.apply(src, rule, output=out, seed=1.5),
+        "state dict None": lambda: reinit.apply_to_state_dict(None, rule),
+        "meta tensor": lambda: reinit.apply_to_state_dict(
+            {"model.norm.weight": torch.empty(4, device="meta")}, rule
+        ),
+        "plan of an int": lambda: reinit.plan(3, rule),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["rules=None", "rules=[1]", "bytes source", "int source", "config=[1, 2]", "seed=1.5",
+     "state dict None", "meta tensor", "plan of an int"],
+)  # fmt: skip
+def test_the_api_refuses_wrong_types_with_its_own_errors(tmp_path, case):
+    from reinit import ReinitError
+
+    src = llama_like(tmp_path / "m.safetensors")
+    out = tmp_path / "o.safetensors"
+    with pytest.raises(ReinitError) as err:
+        _api_cases(src, out)[case]()
+    assert err.value.exit_code == 2 and "\n" not in str(err.value)
+    assert not out.exists()
+
+
+def test_planning_a_meta_state_dict_still_works():
+    """Only applying needs values: a plan of a meta model's state dict is fine."""
+    import reinit
+
+    plan = reinit.plan(
+        {"model.norm.weight": torch.empty(4, device="meta")}, ["model.norm.weight=ones"]
+    )
+    assert [e.action for e in plan.entries] == ["reinit"]

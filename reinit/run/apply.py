@@ -20,6 +20,7 @@ from reinit.io.confine import copy_regular, extras_to_copy, output_path
 from reinit.io.memory import reshaped
 from reinit.io.pipeline import prefetch
 from reinit.io.publish import Publication, how_to_publish
+from reinit.io.sources import source_text as path_text
 from reinit.io.targets import REPORT_NAME, Inputs, check_replace_folder, check_target
 from reinit.io.writer import SafetensorsWriter, write_torch_file
 from reinit.options import APPLY_FIELDS, ApplyOptions, OptionKwargs, with_kwargs
@@ -123,7 +124,7 @@ def apply(
     add, drop, rename, resize = o.add, o.drop, o.rename, o.resize
     reports, plot = o.reports, o.plot
     started = time.perf_counter()
-    source_text = source.source if isinstance(source, Checkpoint) else os.fspath(source)
+    source_text = source.source if isinstance(source, Checkpoint) else path_text(source)
     opened: str | Checkpoint = source if isinstance(source, Checkpoint) else source_text
     rule_objs = as_rules(rules)
     if not rule_objs and not (add or drop or rename or resize):
