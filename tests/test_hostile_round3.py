@@ -541,3 +541,58 @@ def test_planning_a_meta_state_dict_still_works():
         {"model.norm.weight": torch.empty(4, device="meta")}, ["model.norm.weight=ones"]
     )
     assert [e.action for e in plan.entries] == ["reinit"]
+
+
+# --- L3: messages say what is wrong, in bounded length --------------------------------------
+
+
+def test_a_fifo_vocab_is_not_called_missing(tmp_path):
+    src, tgt = _two_embeddings(tmp_path)
+    fifo = tmp_path / "tokenizer.json"
+    os.mkfifo(fifo)
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"model": {"vocab": {"a": 0, "b": 1, "c": 2}}}))
+    rule = f"model.embed_tokens.weight=from({src}, rows=tokens, vocab={fifo}, src_vocab={good})"
+    line = refused(
+        tmp_path,
+        ["apply", str(tgt), "-q", "-o", str(tmp_path / "o.safetensors"), "-r", rule],
+        2,
+        "not a regular file",
+    )
+    assert "not found" not in line
+
+
+def test_a_recipe_config_of_the_wrong_type_shows_an_example(tmp_path):
+    llama_like(tmp_path / "m.safetensors")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"source: {tmp_path / 'm.safetensors'}\nrules: ['model.norm.weight=ones']\nconfig: [1]\n"
+    )
+    line = refused(
+        tmp_path,
+        ["run", str(recipe), "--dry-run"],
+        2,
+        "'config' must be a list of strings, e.g. ['num_labels=3'",
+    )
+    assert "e.g. ," not in line
+
+
+@pytest.mark.parametrize("where", ["rule", "label"])
+def test_a_huge_value_is_cut_in_the_error_line(tmp_path, where):
+    """A 100 kB rule or id2label name was echoed whole to stderr."""
+    huge = "y" * 100_000
+    if where == "rule":
+        src = llama_like(tmp_path / "m.safetensors")
+        line = refused(
+            tmp_path, ["apply", str(src), "--dry-run", "-r", f"{huge}=zeros"], 2, "characters cut"
+        )
+    else:
+        src, tgt = _two_embeddings(tmp_path)
+        (tmp_path / "s.json").write_text(json.dumps({"id2label": {"0": "a", "1": "b", "2": "c"}}))
+        (tmp_path / "t.json").write_text(
+            json.dumps({"id2label": {"0": "a", "1": "b", "2": "c", "3": huge}})
+        )
+        rule = f"model.embed_tokens.weight=from({src}, rows=labels, vocab={tmp_path / 't.json'}, src_vocab={tmp_path / 's.json'})"
+        args = ["apply", str(tgt), "-q", "-o", str(tmp_path / "o.safetensors"), "-r", rule]
+        line = refused(tmp_path, args, 2, "characters cut")
+    assert len(line) < 2200

@@ -211,10 +211,9 @@ def _coerce(kind: Kind, value: Data, key: str, at: str) -> Value:
             value = [value]
         strings = _strings(value)
         if strings is None:
-            example = SPEC_EXAMPLES.get(key, "")
-            raise UsageError(
-                f"{at}: {key!r} must be a list of strings, e.g. {example}, got {value!r}"
-            )
+            example = SPEC_EXAMPLES.get(key)
+            eg = f", e.g. {example}" if example else ""
+            raise UsageError(f"{at}: {key!r} must be a list of strings{eg}, got {value!r}")
         return strings
     raise AssertionError(kind)
 
@@ -232,6 +231,7 @@ SPEC_EXAMPLES = {
     "drop": "['head.*']",
     "rename": "['enc.*=encoder.{1}']",
     "resize": "['transformer.wte.weight=[1008,*]']",
+    "config": "['num_labels=3', 'architectures=[\"BertForSequenceClassification\"]']",
 }
 
 
