@@ -596,3 +596,46 @@ def test_a_huge_value_is_cut_in_the_error_line(tmp_path, where):
         args = ["apply", str(tgt), "-q", "-o", str(tmp_path / "o.safetensors"), "-r", rule]
         line = refused(tmp_path, args, 2, "characters cut")
     assert len(line) < 2200
+
+
+# --- L2: --config writes standard JSON only -------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e999", "[1, NaN]"])
+def test_config_values_that_are_not_standard_json_are_refused(tmp_path, value):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    llama_like(folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    args = [
+        "apply",
+        str(folder),
+        "-q",
+        "-o",
+        f"{tmp_path / 'o'}/",
+        "--drop",
+        "model.norm.weight",
+        "--config",
+        f"x={value}",
+    ]
+    refused(tmp_path, args, 2, "--config x", "finite number")
+
+
+def test_a_finite_config_value_is_written(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    llama_like(folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    res = run(
+        "apply",
+        folder,
+        "-q",
+        "-o",
+        f"{tmp_path / 'o'}/",
+        "--drop",
+        "model.norm.weight",
+        "--config",
+        "x=1e300",
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "o" / "config.json").read_text())["x"] == 1e300
