@@ -639,3 +639,54 @@ def test_a_finite_config_value_is_written(tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "o" / "config.json").read_text())["x"] == 1e300
+
+
+# --- L4: a token listed twice in a tokenizer file is refused ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "filename, text",
+    [
+        ("vocab.txt", "[PAD]\na\nb\na\n"),
+        ("vocab.json", '{"a": 0, "b": 1, "a": 2}'),
+        (
+            "tokenizer.json",
+            '{"model": {"vocab": {"a": 0, "b": 1, "c": 2}}, "added_tokens": [{"id": 2, "content": "a"}]}',
+        ),
+        ("tokenizer.json", '{"model": {"vocab": [["a", 0.0], ["b", 0.0], ["a", 0.0]]}}'),
+    ],
+)
+def test_a_token_listed_twice_is_refused(tmp_path, filename, text):
+    src, tgt = _two_embeddings(tmp_path)
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"model": {"vocab": {"a": 0, "b": 1, "c": 2}}}))
+    (tmp_path / "dup").mkdir()
+    dup = tmp_path / "dup" / filename
+    dup.write_text(text)
+    rule = f"model.embed_tokens.weight=from({src}, rows=tokens, vocab={dup}, src_vocab={good})"
+    refused(
+        tmp_path,
+        ["apply", str(tgt), "-q", "-o", str(tmp_path / "o.safetensors"), "-r", rule],
+        2,
+        "'a' is listed twice",
+    )
+
+
+def test_an_added_token_that_restates_its_id_is_fine(tmp_path):
+    src, tgt = _two_embeddings(tmp_path)
+    tok = tmp_path / "tokenizer.json"
+    tok.write_text(
+        json.dumps(
+            {
+                "model": {"vocab": {"a": 0, "b": 1, "c": 2}},
+                "added_tokens": [{"id": 0, "content": "a"}],
+            }
+        )
+    )
+    rule = f"model.embed_tokens.weight=from({src}, rows=tokens, vocab={tok}, src_vocab={tok})"
+    res = run("apply", tgt, "-q", "-o", tmp_path / "o.safetensors", "-r", rule)
+    assert res.exit_code == 0, res.output
+    assert torch.equal(
+        load_file(tmp_path / "o.safetensors")["model.embed_tokens.weight"],
+        load_file(src)["model.embed_tokens.weight"],
+    )

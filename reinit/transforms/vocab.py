@@ -23,6 +23,7 @@ from typing import Any
 from reinit.errors import TransplantError
 from reinit.io.checkpoint import Checkpoint
 from reinit.io.jsonfile import parse_json, read_json_file, read_text_file
+from reinit.io.safetensors_header import DuplicateKey, no_duplicate_keys
 from reinit.limits import MAX_CONFIG_BYTES, MAX_TOKENIZER_BYTES
 from reinit.transforms.rows import RowNames
 
@@ -64,14 +65,29 @@ def _from_json(path: Path, data: Any) -> dict[str, int]:
         for i, item in enumerate(vocab):
             if not isinstance(item, (list, tuple)) or not item or not isinstance(item[0], str):
                 raise _bad(path, f"model.vocab[{i}] is not a [token, score] pair")
-            out[item[0]] = i
+            _put(path, out, item[0], i, f"model.vocab[{i}]")
     else:
         raise _bad(path, "its model has no vocab (a dict token -> id or a list of [token, score])")
     for j, added in enumerate(data.get("added_tokens") or []):
         if not isinstance(added, dict) or not isinstance(added.get("content"), str):
             raise _bad(path, f"added_tokens[{j}] has no content")
-        out[added["content"]] = _int_id(path, added["content"], added.get("id"))
+        token = added["content"]
+        new_id = _int_id(path, token, added.get("id"))
+        if token in out and out[token] != new_id:  # the same id again is the usual restatement
+            raise _duplicate(path, token, f"id {out[token]} and added_tokens[{j}] id {new_id}")
+        out[token] = new_id
     return out
+
+
+def _duplicate(path: Path, token: str, where: str) -> TransplantError:
+    shown_token = token if len(token) <= 60 else token[:57] + "..."
+    return _bad(path, f"token {shown_token!r} is listed twice ({where}), so its row is ambiguous")
+
+
+def _put(path: Path, out: dict[str, int], token: str, token_id: int, where: str) -> None:
+    if token in out:
+        raise _duplicate(path, token, f"id {out[token]} and {where}")
+    out[token] = token_id
 
 
 def read_vocab(path: str | Path) -> dict[str, int]:
@@ -84,10 +100,16 @@ def read_vocab(path: str | Path) -> dict[str, int]:
         )
     text = read_text_file(p, f"vocab file {p}", MAX_TOKENIZER_BYTES, TransplantError)
     if p.suffix == ".json":
-        out = _from_json(p, parse_json(text, f"vocab file {p}", TransplantError))
+        try:
+            data = parse_json(text, f"vocab file {p}", TransplantError, no_duplicate_keys)
+        except DuplicateKey as d:
+            raise _duplicate(p, d.key, "a JSON object names it twice") from None
+        out = _from_json(p, data)
     else:  # universal newlines, as transformers reads it
         lines = io.StringIO(text.replace("\r\n", "\n").replace("\r", "\n")).readlines()
-        out = {line.rstrip("\n"): index for index, line in enumerate(lines)}
+        out = {}
+        for index, line in enumerate(lines):
+            _put(p, out, line.rstrip("\n"), index, f"line {index + 1}")
     if not out:
         raise _bad(p, "it holds no tokens")
     return out
