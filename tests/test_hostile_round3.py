@@ -690,3 +690,29 @@ def test_an_added_token_that_restates_its_id_is_fine(tmp_path):
         load_file(tmp_path / "o.safetensors")["model.embed_tokens.weight"],
         load_file(src)["model.embed_tokens.weight"],
     )
+
+
+# --- L5: a folder whose shard names say shards are missing is refused ------------------------
+
+
+def test_shards_without_their_index_are_refused(tmp_path):
+    """One safetensors shard and one torch shard, no index: once read as one file, the torch
+    shard's tensors silently gone."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    llama_like(folder / "model-00001-of-00002.safetensors")
+    torch.save({"lm_head.weight": torch.zeros(8, 4)}, folder / "pytorch_model-00001-of-00002.bin")
+    for command in (
+        ["inspect", str(folder)],
+        ["apply", str(folder), "-q", "-o", f"{tmp_path / 'o'}/", "-r", "model.norm.weight=ones"],
+    ):
+        refused(
+            tmp_path, command, 1, "model-00001-of-00002.safetensors is shard 1 of 2", "no index"
+        )
+
+
+def test_a_single_shard_of_one_is_read(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    llama_like(folder / "model-00001-of-00001.safetensors")
+    assert run("inspect", folder).exit_code == 0
