@@ -716,3 +716,25 @@ def test_a_single_shard_of_one_is_read(tmp_path):
     folder.mkdir()
     llama_like(folder / "model-00001-of-00001.safetensors")
     assert run("inspect", folder).exit_code == 0
+
+
+# --- L8: -o with another file kind's suffix is not silently a folder --------------------------
+
+
+@pytest.mark.parametrize("name", ["out.json", "weights.gguf"])
+def test_an_output_named_like_another_file_kind_is_refused(tmp_path, name):
+    src = llama_like(tmp_path / "m.safetensors")
+    refused(
+        tmp_path,
+        ["apply", str(src), "-q", "-o", str(tmp_path / name), "-r", "model.norm.weight=ones"],
+        2,
+        "not a checkpoint format",
+        f"{name}/",
+    )
+
+
+def test_an_output_folder_with_that_suffix_and_a_slash_is_written(tmp_path):
+    src = llama_like(tmp_path / "m.safetensors")
+    res = run("apply", src, "-q", "-o", f"{tmp_path / 'out.json'}/", "-r", "model.norm.weight=ones")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "out.json" / "model.safetensors").is_file()
