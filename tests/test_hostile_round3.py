@@ -738,3 +738,33 @@ def test_an_output_folder_with_that_suffix_and_a_slash_is_written(tmp_path):
     res = run("apply", src, "-q", "-o", f"{tmp_path / 'out.json'}/", "-r", "model.norm.weight=ones")
     assert res.exit_code == 0, res.output
     assert (tmp_path / "out.json" / "model.safetensors").is_file()
+
+
+# --- L9: a top-level tensor beside a model_state_dict nest is ambiguous ----------------------
+
+
+def test_a_top_level_tensor_beside_a_nest_is_ambiguous(tmp_path):
+    ckpt = tmp_path / "train.pt"
+    torch.save(
+        {
+            "ema_decay": torch.tensor(0.999),
+            "model_state_dict": {
+                "model.norm.weight": torch.ones(4),
+                "lm_head.weight": torch.zeros(8, 4),
+            },
+            "epoch": 3,
+        },
+        ckpt,
+    )
+    refused(
+        tmp_path,
+        ["inspect", str(ckpt)],
+        2,
+        "beside nests",
+        "model_state_dict (2 tensors)",
+        "--key .",
+    )
+    nest = run("inspect", ckpt, "--key", "model_state_dict", "--json")
+    assert nest.exit_code == 0 and "lm_head.weight" in nest.stdout
+    top = run("inspect", ckpt, "--key", ".", "--json")
+    assert top.exit_code == 0 and "ema_decay" in top.stdout and "lm_head" not in top.stdout
