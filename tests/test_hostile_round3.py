@@ -768,3 +768,28 @@ def test_a_top_level_tensor_beside_a_nest_is_ambiguous(tmp_path):
     assert nest.exit_code == 0 and "lm_head.weight" in nest.stdout
     top = run("inspect", ckpt, "--key", ".", "--json")
     assert top.exit_code == 0 and "ema_decay" in top.stdout and "lm_head" not in top.stdout
+
+
+# --- L1 (part): a BOOL tensor with bytes other than 0/1 is flagged -------------------------
+
+
+def _bool_file(path: Path, data: bytes) -> Path:
+    import struct
+
+    header = json.dumps(
+        {"attention_mask": {"dtype": "BOOL", "shape": [len(data)], "data_offsets": [0, len(data)]}}
+    ).encode()
+    header += b" " * (-len(header) % 8)
+    path.write_bytes(struct.pack("<Q", len(header)) + header + data)
+    return path
+
+
+@pytest.mark.parametrize(
+    "data, flagged", [(bytes([0, 1, 2, 255]), True), (bytes([0, 1, 1, 0]), False)]
+)
+def test_bool_bytes_other_than_0_and_1_are_garbage(tmp_path, data, flagged):
+    src = _bool_file(tmp_path / "m.safetensors", data)
+    res = run("report", src, "--json")
+    assert res.exit_code == 0, res.output
+    flags = json.loads(res.stdout)["tensors"][0]["flags"]
+    assert ("garbage" in flags) == flagged, flags
