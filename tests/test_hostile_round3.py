@@ -793,3 +793,14 @@ def test_bool_bytes_other_than_0_and_1_are_garbage(tmp_path, data, flagged):
     assert res.exit_code == 0, res.output
     flags = json.loads(res.stdout)["tensors"][0]["flags"]
     assert ("garbage" in flags) == flagged, flags
+
+
+def test_non_tensor_entries_of_the_state_dict_are_named(tmp_path):
+    ckpt = tmp_path / "train.pt"
+    torch.save({"model.norm.weight": torch.ones(4), "step": 5, "optimizer_note": "adam"}, ckpt)
+    res = run(
+        "apply", ckpt, "-q", "-o", tmp_path / "o.safetensors", "-r", "model.norm.weight=zeros"
+    )
+    assert res.exit_code == 0, res.output
+    assert "left out 2 entries that are not tensors: step, optimizer_note" in res.stderr
+    assert list(load_file(tmp_path / "o.safetensors")) == ["model.norm.weight"]

@@ -147,6 +147,11 @@ class Checkpoint:
         """Non-weight files a directory output copies (relative names)."""
         return []
 
+    def left_out(self) -> tuple[str, ...]:
+        """Warnings about entries of the file that are not tensors and so are not in the
+        output (a training checkpoint's `epoch` beside its weights); () for most forms."""
+        return ()
+
     def fetch_extra(self, relname: str) -> Path:
         raise NotImplementedError
 

@@ -227,6 +227,8 @@ def plan_for(
         module_types=view.module_types if view is not None else None,
     )
     check_reads(result, ckpt)
+    if ckpt.left_out():  # a training checkpoint's non-tensor entries: said, not dropped silently
+        result = replace(result, warnings=(*ckpt.left_out(), *result.warnings))
     if view is not None:
         result = check_default(result, view, strict)
     if edited is not None:
