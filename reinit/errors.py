@@ -17,6 +17,7 @@ __all__ = [
     "UnsafePathError",
     "UnsafePickleError",
     "UsageError",
+    "ValueRangeError",
     "WriteError",
 ]
 
@@ -76,6 +77,11 @@ class TransplantError(ReinitError):
     """A `from(...)` source lacks a tensor or has one of the wrong shape."""
 
     exit_code = 2
+
+
+class ValueRangeError(ReinitError):
+    """Values drawn or cast for a tensor do not fit its dtype (they became inf or wrapped
+    around): found while working, before anything is published (exit 1)."""
 
 
 class WriteError(ReinitError):

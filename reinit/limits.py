@@ -10,10 +10,46 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["MAX_TENSOR_BYTES", "available_memory", "declared_bytes"]
+__all__ = [
+    "MAX_CONFIG_BYTES",
+    "MAX_INDEX_BYTES",
+    "MAX_JSON_DEPTH",
+    "MAX_REGEX_CHARS",
+    "MAX_REGEX_REPEAT",
+    "MAX_REPORT_BYTES",
+    "MAX_TENSOR_BYTES",
+    "MAX_TOKENIZER_BYTES",
+    "MAX_TOTAL_TENSORS",
+    "REGEX_BUDGET_S",
+    "available_memory",
+    "declared_bytes",
+]
 
 # Largest tensor byte size anything may declare: what torch (int64 sizes) can address.
 MAX_TENSOR_BYTES = 2**63 - 1
+
+# The JSON files read beside a checkpoint are capped by size before they are parsed (json's
+# objects take 10-20x their text in memory: a 254 MB tokenizer.json peaked at 2.9 GB) and by
+# depth (deeper nesting ends in Python's recursion limit). Real files sit far below: configs are
+# kilobytes (an ImageNet-21k id2label ~1 MB), tokenizer.json files up to ~35 MB, an index of
+# 200k tensors ~16 MB, a report of 200k tensors ~75 MB.
+MAX_CONFIG_BYTES = 16 * 1024 * 1024  # config.json (also a rows=labels config file)
+MAX_TOKENIZER_BYTES = 64 * 1024 * 1024  # tokenizer.json, vocab.json, vocab.txt
+MAX_INDEX_BYTES = 64 * 1024 * 1024  # model.safetensors.index.json, pytorch_model.bin.index.json
+MAX_REPORT_BYTES = 256 * 1024 * 1024  # a reinit JSON report read back (verify --report)
+MAX_JSON_DEPTH = 64  # lists/objects inside each other, in any of these files or a --config value
+
+# Tensors in one checkpoint, all its shards together (each file is also capped at 200,000 by
+# `io.safetensors_header.MAX_TENSORS`): the largest public models hold ~100,000.
+MAX_TOTAL_TENSORS = 200_000
+
+# A `re:` pattern is bounded before it is compiled (the regex compiler expands counted repeats:
+# `a{99999999}` took 23 GB) and while it runs: each name has `matching.REGEX_TIMEOUT_S`, and all
+# the names one pattern is tried on share `REGEX_BUDGET_S` (a sane regex spends microseconds
+# per name, under a second on 200,000 names).
+MAX_REGEX_CHARS = 4096
+MAX_REGEX_REPEAT = 1000  # the product of nested {n,m} counts
+REGEX_BUDGET_S = 10.0
 
 
 def declared_bytes(shape: tuple[int, ...] | list[int], itemsize: int) -> int | None:
@@ -31,11 +67,35 @@ def declared_bytes(shape: tuple[int, ...] | list[int], itemsize: int) -> int | N
     return total if all(shape) else 0
 
 
+def _address_space_left() -> int | None:
+    """RLIMIT_AS minus the address space this process already maps (VmSize), or None when
+    there is no such limit or it cannot be read."""
+    try:
+        import resource
+
+        soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
+    except (ImportError, OSError, ValueError):
+        return None
+    if soft == resource.RLIM_INFINITY or soft < 0:
+        return None
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmSize:"):
+                return max(soft - int(line.split()[1]) * 1024, 0)
+    except (OSError, ValueError, IndexError):
+        pass
+    return soft
+
+
 def available_memory() -> int:
-    """Bytes this process may still allocate: the smaller of the kernel's MemAvailable and the
-    cgroup's memory limit (a container's cap), else physical memory; a large number where
-    neither can be read (no refusal is then made on memory grounds)."""
+    """Bytes this process may still allocate: the smaller of the kernel's MemAvailable, the
+    cgroup's memory limit (a container's cap) and what `ulimit -v` (RLIMIT_AS) leaves of the
+    address space, else physical memory; a large number where none can be read (no refusal is
+    then made on memory grounds)."""
     candidates: list[int] = []
+    left = _address_space_left()
+    if left is not None:
+        candidates.append(left)
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):

@@ -5,11 +5,13 @@ captures of the old regex translation), user regexes under a per-match time limi
 from __future__ import annotations
 
 import re
+import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from reinit.errors import RuleError
+from reinit.limits import MAX_REGEX_CHARS, MAX_REGEX_REPEAT, REGEX_BUDGET_S
 
 __all__ = [
     "REGEX_TIMEOUT_S",
@@ -24,7 +26,9 @@ __all__ = [
     "GlobAlternatives",
     "compile_glob",
     "compile_globs",
+    "compile_user_regex",
     "literal_glob",
+    "regex_size_problem",
 ]
 
 
@@ -273,22 +277,112 @@ class TimedRegex(Protocol):
 @dataclass(frozen=True)
 class UserRegex:
     """A `re:` pattern, run by the `regex` module with a per-match timeout (Python's `re`
-    cannot be interrupted, and no static check catches every exponential regex)."""
+    cannot be interrupted, and no static check catches every exponential regex), and a total
+    budget over all the names it is tried on (`REGEX_BUDGET_S`): 300 names at just under the
+    per-name limit each would otherwise take minutes."""
 
     text: str
     compiled: TimedRegex  # a `regex.Pattern`
+    spent: list[float] = field(default_factory=lambda: [0.0], compare=False, repr=False)
 
     def fullmatch(self, name: str) -> tuple[str, ...] | None:
+        left = REGEX_BUDGET_S - self.spent[0]
+        start = time.monotonic()
         try:
-            m = self.compiled.fullmatch(name, timeout=REGEX_TIMEOUT_S)
+            m = self.compiled.fullmatch(name, timeout=max(min(REGEX_TIMEOUT_S, left), 0.001))
         except TimeoutError:
-            shown = name if len(name) <= 80 else name[:77] + "..."
-            raise RuleError(
-                f"pattern {self.text!r}: the regular expression took over {REGEX_TIMEOUT_S} s "
-                f"on tensor '{shown}' (catastrophic backtracking, e.g. nested quantifiers like "
-                "(a+)+); rewrite it without nested repeats, or use a glob"
-            ) from None
+            raise RuleError(self._too_slow(name, left < REGEX_TIMEOUT_S)) from None
+        finally:
+            self.spent[0] += time.monotonic() - start
         return None if m is None else tuple(g if g is not None else "" for g in m.groups())
+
+    def _too_slow(self, name: str, total: bool) -> str:
+        shown = name if len(name) <= 80 else name[:77] + "..."
+        pattern = self.text if len(self.text) <= 100 else self.text[:97] + "..."
+        took = (
+            f"took over {REGEX_BUDGET_S:g} s in total over this checkpoint's names"
+            if total
+            else f"took over {REGEX_TIMEOUT_S} s on tensor '{shown}'"
+        )
+        return (
+            f"pattern {pattern!r}: the regular expression {took} (catastrophic backtracking, "
+            "e.g. nested quantifiers like (a+)+); rewrite it without nested repeats, or use a glob"
+        )
+
+
+def compile_user_regex(text: str) -> UserRegex:
+    """A `re:REGEX` pattern's matcher: its size checked (`regex_size_problem`) before the
+    `regex` module (whose matches take a timeout; `re`'s cannot be stopped) compiles it."""
+    import regex
+
+    shown_text = text if len(text) <= 100 else text[:97] + "..."
+    problem = regex_size_problem(text[3:])
+    if problem is not None:
+        raise RuleError(f"pattern {shown_text!r}: the regular expression {problem}")
+    try:
+        compiled = regex.compile(text[3:])
+    except (regex.error, ValueError, OverflowError, RecursionError, MemoryError) as e:
+        raise RuleError(f"pattern {shown_text!r}: invalid regular expression ({e})") from None
+    return UserRegex(text, compiled)
+
+
+_COUNTED = re.compile(r"\{(\d*)(?:,(\d*))?\}")
+_BRACED_ESCAPES = frozenset("pPNxuUg")
+
+
+def regex_size_problem(body: str) -> str | None:
+    """Why a regex is too big to compile, or None: longer than `MAX_REGEX_CHARS`, or counted
+    repeats (`{n}`, `{n,m}`) whose product along any nesting passes `MAX_REGEX_REPEAT`
+    (`a{99999999}` or `((a{1000}){1000}){1000}`: the regex compiler expands them, taking
+    gigabytes before it is done). Tensor names are short: no real pattern comes near."""
+    if len(body) > MAX_REGEX_CHARS:
+        return f"is {len(body):,} characters long; at most {MAX_REGEX_CHARS:,} are allowed"
+    stack = [1]  # the largest repeat product inside each open group
+    last = 1  # the repeat product of the atom just read
+    i, n = 0, len(body)
+    while i < n:
+        c = body[i]
+        if c == "\\":
+            i += 2
+            if i - 1 < n and body[i - 1] in _BRACED_ESCAPES and i < n and body[i] == "{":
+                close = body.find("}", i)
+                i = n if close < 0 else close + 1
+            last = 1
+            continue
+        if c == "[":
+            i, last = _class_end(body, i), 1
+        elif c == "(":
+            stack.append(1)
+            i += 1
+            continue
+        elif c == ")" and len(stack) > 1:
+            i, last = i + 1, stack.pop()
+        elif c == "{" and (m := _COUNTED.match(body, i)) and (m.group(1) or m.group(2)):
+            digits = [g for g in m.groups() if g]
+            if any(len(d) > 9 for d in digits):
+                return f"repeats {m.group(0)} times; at most {MAX_REGEX_REPEAT:,} in all"
+            i, last = m.end(), last * (max(int(d) for d in digits) or 1)
+        else:
+            i, last = i + 1, 1
+        stack[-1] = max(stack[-1], last)
+        if stack[-1] > MAX_REGEX_REPEAT:
+            return (
+                f"has counted repeats ({{n}}, {{n,m}}) that multiply to over "
+                f"{MAX_REGEX_REPEAT:,}; tensor names are short: use + or * instead"
+            )
+    return None
+
+
+def _class_end(body: str, i: int) -> int:
+    """The index just past the character class `[...]` that starts at `i`."""
+    j = i + 1
+    if j < len(body) and body[j] == "^":
+        j += 1
+    if j < len(body) and body[j] == "]":
+        j += 1
+    while j < len(body) and body[j] != "]":
+        j += 2 if body[j] == "\\" else 1
+    return j + 1
 
 
 class MatchAll:

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Literal, TypedDict
 
+from reinit.errors import UsageError
 from reinit.io.trust import TrustSpec
 
 if TYPE_CHECKING:
@@ -71,6 +72,23 @@ def option_meta(m: OptionMeta) -> dict[str, OptionMeta]:
     """`m` as a dataclass field's metadata (under the key `reinit`, where `options.meta`
     finds it)."""
     return {"reinit": m}
+
+
+def check_option_types(options: object, sequences: tuple[str, ...]) -> None:
+    """The API's option values of the wrong type are a `UsageError` naming the keyword (not a
+    TypeError deep inside, or a float seed silently accepted): `seed` an int, `config` a
+    mapping or None, the spec lists (`sequences`: add, drop, ...) a list or one string."""
+    seed, config = getattr(options, "seed", 0), getattr(options, "config", None)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise UsageError(f"seed= must be an integer, got {seed!r:.40}")
+    if config is not None and not isinstance(config, Mapping):
+        raise UsageError(
+            f"config= must be a mapping (as config.json holds), got {type(config).__name__}"
+        )
+    for name in sequences:
+        value = getattr(options, name)
+        if not isinstance(value, (str, os.PathLike, list, tuple)):
+            raise UsageError(f"{name}= must be a list, got {type(value).__name__}")
 
 
 def meta(f_name: str) -> OptionMeta:
@@ -400,6 +418,7 @@ class ApplyOptions:
     )
 
     def __post_init__(self) -> None:
+        check_option_types(self, SPEC_SEQUENCES)
         for name in SPEC_SEQUENCES:  # one string is one item, not its characters
             value = getattr(self, name)
             as_tuple = (value,) if isinstance(value, (str, os.PathLike)) else tuple(value)

@@ -12,7 +12,14 @@ from dataclasses import dataclass
 
 from reinit.errors import RuleError, SchemeError
 from reinit.io.hub_url import is_hf_url, parse_hf_url
-from reinit.matching import Glob, MatchAll, Matcher, UserRegex, compile_globs, literal_glob
+from reinit.matching import (
+    Glob,
+    MatchAll,
+    Matcher,
+    compile_globs,
+    compile_user_regex,
+    literal_glob,
+)
 from reinit.schemes import KEEP, BoundScheme, bind_scheme, get_scheme
 from reinit.schemes import templates as schemes_templates
 from reinit.schemes.parts import PART_ARGS, Part, parse_part
@@ -164,13 +171,7 @@ def parse_pattern(text: str) -> Pattern:
     if text.startswith(TYPE_PREFIX):
         return parse_type_pattern(text)
     if text.startswith("re:"):
-        import regex  # the `re` engine cannot be stopped; `regex` takes a timeout
-
-        try:
-            compiled = regex.compile(text[3:])
-        except (regex.error, ValueError, OverflowError, RecursionError) as e:
-            raise RuleError(f"pattern {text!r}: invalid regular expression ({e})") from None
-        return Pattern(text, UserRegex(text, compiled), True)
+        return Pattern(text, compile_user_regex(text), True)
     if not text:
         raise RuleError("empty pattern; write PATTERN=ACTION, e.g. '*.weight=kaiming'")
     glob = compile_globs(text)

@@ -23,7 +23,20 @@ from __future__ import annotations
 
 import unicodedata
 
-__all__ = ["ESCAPED_CATEGORIES", "md_cell", "md_code", "one_line", "shown"]
+__all__ = [
+    "ESCAPED_CATEGORIES",
+    "MAX_MESSAGE_CHARS",
+    "bounded",
+    "md_cell",
+    "md_code",
+    "one_line",
+    "shown",
+]
+
+# The longest error or warning line printed: a message may quote a value from the user or a
+# file (a 10 MB rule, a 66 MB id2label), cut in its middle so the start (what) and the end (what
+# to do) stay.
+MAX_MESSAGE_CHARS = 2000
 
 ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 _SHORT = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
@@ -98,3 +111,14 @@ def one_line(message: BaseException | str, *, limit: int | None = 200, typed: bo
     if typed and name and text:
         return f"{name}: {text}"
     return text or name
+
+
+def bounded(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """`text` when at most `limit` characters, else its start and end around a note of how
+    much was cut, `limit` characters or fewer in all (plus the note)."""
+    if len(text) <= limit:
+        return text
+    head = (limit * 2) // 3
+    tail = limit - head
+    cut = len(text) - head - tail
+    return f"{text[:head]} ...[{cut:,} characters cut]... {text[-tail:]}"

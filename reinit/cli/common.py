@@ -55,8 +55,10 @@ def shown(text: str) -> str:
 
 def warn_all(warnings: tuple[str, ...]) -> None:
     """The library's warnings, one line each on stderr."""
+    from reinit.text import bounded
+
     for w in warnings:
-        err(f"warning: {shown(w)}")
+        err(f"warning: {bounded(shown(w))}")
 
 
 def warn_unsafe(paths: tuple[str, ...], what: str = "--unsafe-pickle") -> None:

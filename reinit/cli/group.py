@@ -39,9 +39,9 @@ class CommandError(click.ClickException):
     def show(self, file: IO[Any] | None = None) -> None:
         # The message may quote a tensor or file name from the input: escape control and bidi
         # characters (reinit.text) so the one line stays one line and cannot be forged.
-        from reinit.text import shown
+        from reinit.text import bounded, shown
 
-        click.echo(f"error: {shown(self.format_message())}", err=True)
+        click.echo(f"error: {bounded(shown(self.format_message()))}", err=True)
 
 
 def one_line(e: BaseException, empty: str | None = None) -> str:
@@ -141,6 +141,12 @@ class ReinitGroup(click.Group):
             _end_on_closed_pipe()
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except MemoryError:  # past every size check (ulimit -v, memory taken meanwhile)
+            if debug():
+                raise
+            raise CommandError(
+                "out of memory; free memory or raise `ulimit -v`, or give smaller sizes", 1
+            ) from None
         except Exception as e:  # a bug: still one line, and the way to see more
             if debug():
                 raise

@@ -9,7 +9,6 @@ of them from what the user typed."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterator
@@ -17,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from reinit.io.jsonfile import JsonError, parse_json, read_text_file
 from reinit.io.safetensors_header import TensorInfo
+from reinit.limits import MAX_CONFIG_BYTES
 
 if TYPE_CHECKING:
     import torch
@@ -146,6 +147,11 @@ class Checkpoint:
         """Non-weight files a directory output copies (relative names)."""
         return []
 
+    def left_out(self) -> tuple[str, ...]:
+        """Warnings about entries of the file that are not tensors and so are not in the
+        output (a training checkpoint's `epoch` beside its weights); () for most forms."""
+        return ()
+
     def fetch_extra(self, relname: str) -> Path:
         raise NotImplementedError
 
@@ -167,9 +173,10 @@ class Checkpoint:
 def read_config_file(path: str | os.PathLike[str]) -> ConfigDict | None:
     """A config.json as a dict, or None when absent or not a JSON object (a config we cannot
     read is not an error: only schemes that need it say so, naming what to pass instead)."""
+    text = read_text_file(path, os.fspath(path), MAX_CONFIG_BYTES)  # too big, a FIFO: refused
     try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        doc = parse_json(text, os.fspath(path))
+    except JsonError:  # not JSON, or nested past MAX_JSON_DEPTH: not a config we can use
         return None
     return doc if isinstance(doc, dict) else None
 

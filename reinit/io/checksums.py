@@ -7,12 +7,13 @@ from __future__ import annotations
 __all__ = ["ChecksumMismatch", "verify_checksums"]
 
 import hashlib
-import json
 import os
 
 from reinit.errors import CheckpointError, UsageError
 from reinit.io.checkpoint import CHUNK_BYTES
+from reinit.io.jsonfile import read_json_file
 from reinit.io.sources import open_checkpoint
+from reinit.limits import MAX_REPORT_BYTES
 
 
 class ChecksumMismatch(CheckpointError):
@@ -24,11 +25,10 @@ def verify_checksums(output: str | os.PathLike[str], report: str | os.PathLike[s
     many were checked. Raises `ChecksumMismatch` naming the first tensor that differs or is
     missing, `UsageError` when the report is unreadable or holds no checksums."""
     where = os.fspath(report)
+    doc = read_json_file(report, f"--report {where}", MAX_REPORT_BYTES, UsageError)
     try:
-        with open(report, encoding="utf-8") as f:
-            doc = json.load(f)
         expected = {t["name"]: t["sha256"] for t in doc["tensors"] if t.get("sha256") is not None}
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise UsageError(f"--report {where}: not a reinit JSON report ({e})") from None
     if not expected:
         raise UsageError(

@@ -103,6 +103,10 @@ class DirLayout:
     single: str | None  # the single weight file when there is no index
 
 
+# transformers' shard names: model-00001-of-00002.safetensors, pytorch_model-00003-of-00004.bin
+_SHARD_NAME = re.compile(r"-(\d+)-of-(\d+)\.[A-Za-z]+$")
+
+
 def detect_layout(files: list[str], where: str) -> DirLayout:
     """Which weights a Hugging Face directory holds; safetensors preferred over torch files."""
     present = set(files)
@@ -120,6 +124,13 @@ def detect_layout(files: list[str], where: str) -> DirLayout:
         return DirLayout("torch", None, "pytorch_model.bin")
     single = [f for f in top if f.endswith(".safetensors")]
     if len(single) == 1:
+        shard = _SHARD_NAME.search(single[0])
+        if shard is not None and int(shard.group(2)) > 1:
+            raise CheckpointError(
+                f"{where}: {single[0]} is shard {int(shard.group(1))} of {int(shard.group(2))}, "
+                "but the folder has no index (model.safetensors.index.json), so the other "
+                "shards' tensors would be missed; restore the index or the missing shards"
+            )
         return DirLayout("safetensors", None, single[0])
     raise InputNotFoundError(
         f"{where}: no model weights found; expected model.safetensors, "

@@ -13,17 +13,36 @@ from pathlib import Path
 
 import torch
 
-from reinit.errors import CheckpointError
+from reinit.errors import CheckpointError, UsageError
 from reinit.io.checkpoint import Checkpoint, ConfigDict, TensorRef
 from reinit.io.safetensors_format import MAX_TENSORS, tensor_to_bytes
+from reinit.text import shown
 
 __all__ = [
+    "check_state_dict",
     "StateDictCheckpoint",
     "TensorDictCheckpoint",
     "check_tensor_names",
     "find_aliases",
     "reshaped",
 ]
+
+
+def check_state_dict(tensors: object, where: str, *, values: bool = False) -> None:
+    """A state dict given to the API: a mapping of names to tensors, with names a file can
+    hold (`check_tensor_names`); with `values`, tensors with data (a meta tensor has none:
+    planning needs only shapes, applying needs values)."""
+    if not isinstance(tensors, Mapping):
+        raise UsageError(
+            f"{where}: a state dict is a mapping of names to tensors, got {type(tensors).__name__}"
+        )
+    check_tensor_names(tensors, where)
+    for name, t in tensors.items() if values else ():
+        if isinstance(t, torch.Tensor) and t.is_meta:
+            raise UsageError(
+                f"{where}: tensor '{shown(name)}' is on the meta device and holds no values; "
+                "materialize the model (e.g. to_empty + load) before applying rules"
+            )
 
 
 def check_tensor_names(tensors: Collection[object], where: str) -> None:
@@ -135,7 +154,7 @@ class StateDictCheckpoint(TensorDictCheckpoint):
         like: Checkpoint | None = None,
         config: Mapping[str, object] | None = None,
     ):
-        check_tensor_names(tensors, source)
+        check_state_dict(tensors, source)
         super().__init__(
             {k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)},
             like.source if like is not None else source,

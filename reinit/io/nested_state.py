@@ -6,8 +6,9 @@ One rule: a mapping that holds tensors itself is the state. Otherwise descend th
 well-known nest names only (`NEST_KEYS`, at any depth); every mapping reached that holds
 tensors is a candidate. One candidate is used; several is an exit-2 error listing them with
 their tensor counts (pick one with `--key PATH` / `from(..., state=PATH)`); none is an error
-that names the tensor-holding mappings found anywhere, as `--key` hints. An explicit dotted
-`key` is followed first, and the same rule applies below it."""
+that names the tensor-holding mappings found anywhere, as `--key` hints. A top level that
+holds tensors beside such nests is ambiguous too (exit 2). An explicit dotted `key` is followed
+first (`.` is the top level itself), and the same rule applies below it."""
 
 from __future__ import annotations
 
@@ -97,9 +98,15 @@ def find_state(
         raise CheckpointError(
             f"{where}: {('at ' + repr(path) + ' ') if path else ''}holds a {type(obj).__name__}, not a state dict"
         )
-    if _tensor_count(obj):
-        return obj
     cands = _candidates(obj, path, nests_only=True)
+    if _tensor_count(obj):
+        if cands and not key:  # tensors beside a model_state_dict: which is the model?
+            raise NestedStateError(
+                f"{where}: the top level holds {_tensor_count(obj)} tensors beside nests that "
+                f"hold tensors too: {_listed(cands)}; pick a nest with {flag} PATH, or the top "
+                f"level with {flag} ."
+            )
+        return obj
     if len(cands) == 1:
         return cands[0][2]
     if cands:

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from reinit.errors import UsageError
 from reinit.io.safetensors_header import (
     CODE_NAMES,
     MAX_HEADER_BYTES,
@@ -23,6 +24,7 @@ from reinit.io.safetensors_header import (
     parse_header_bytes,
     read_header,
 )
+from reinit.text import shown
 
 __all__ = [
     "DuplicateKey",
@@ -34,6 +36,7 @@ __all__ = [
     "MAX_TENSORS",
     "TensorInfo",
     "build_header",
+    "unwritable_name",
     "dtype_name",
     "dtype_size",
     "parse_header_bytes",
@@ -60,6 +63,25 @@ def dtype_size(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
+def unwritable_name(name: str) -> str | None:
+    """Why a safetensors file cannot hold a tensor of this name, or None: the header's own
+    `__metadata__` key, or text that is not Unicode (a lone surrogate, e.g. from bytes on the
+    command line that are not UTF-8, or a `\\ud800` escape in a JSON header)."""
+    if name == "__metadata__":
+        return (
+            "tensor name '__metadata__' is the safetensors header's own key and cannot name a "
+            "tensor: --rename it"
+        )
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return (
+            f"tensor name '{shown(name)}' is not valid UTF-8 text (a lone surrogate) and cannot "
+            "be written: --rename it"
+        )
+    return None
+
+
 def build_header(
     entries: Sequence[tuple[str, torch.dtype, Sequence[int]]],
     metadata: Mapping[str, str] | None,
@@ -75,6 +97,9 @@ def build_header(
     offsets: list[tuple[int, int]] = []
     pos = 0
     for name, dtype, shape in entries:
+        problem = unwritable_name(name)
+        if problem is not None:
+            raise UsageError(problem)
         if name in doc:
             raise ValueError(f"duplicate tensor name {name!r}")
         size = math.prod(shape) * dtype_size(dtype)

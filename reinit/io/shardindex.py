@@ -20,7 +20,9 @@ from typing import Any
 
 from reinit.errors import CheckpointError
 from reinit.io.confine import check_relname
+from reinit.io.jsonfile import read_text_file
 from reinit.io.safetensors_header import DuplicateKey, no_duplicate_keys
+from reinit.limits import MAX_INDEX_BYTES, MAX_TOTAL_TENSORS
 from reinit.text import one_line
 
 __all__ = ["ShardIndex", "check_shard", "parse_index", "read_index"]
@@ -59,6 +61,11 @@ def parse_index(text: str, where: str) -> ShardIndex:
         isinstance(k, str) and isinstance(v, str) for k, v in wm.items()
     ):
         raise CheckpointError(f"{where}: index has no valid weight_map of name -> shard file")
+    if len(wm) > MAX_TOTAL_TENSORS:
+        raise CheckpointError(
+            f"{where}: the index lists {len(wm):,} tensors, over reinit's limit of "
+            f"{MAX_TOTAL_TENSORS:,} for a checkpoint (all its shards together)"
+        )
     for name, shard in wm.items():
         check_relname(shard, where, f"the index puts tensor '{name}' in shard")
     meta = doc.get("metadata")
@@ -70,10 +77,7 @@ def parse_index(text: str, where: str) -> ShardIndex:
 
 
 def read_index(path: str | Path, where: str) -> ShardIndex:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{where}: unreadable index ({one_line(e)})") from None
+    text = read_text_file(path, where, MAX_INDEX_BYTES, CheckpointError)
     return parse_index(text, where)
 
 

@@ -19,7 +19,21 @@ from reinit.io.safetensors_reader import SAFETENSORS_SUFFIXES, SafetensorsFile
 from reinit.io.trust import NO_TRUST, TrustSpec, pickle_trust
 from reinit.io.zero_layout import zero_tag_dir
 
-__all__ = ["open_checkpoint"]
+__all__ = ["open_checkpoint", "source_text"]
+
+
+def source_text(source: object) -> str:
+    """A source given to the API as the text of its path or URL; anything but a str or a
+    path-like of str is a `UsageError` (not torch's or pathlib's TypeError)."""
+    if isinstance(source, str):
+        return source
+    if isinstance(source, os.PathLike):
+        text = os.fspath(source)
+        if isinstance(text, str):
+            return text
+    raise UsageError(
+        f"source must be a path (str or os.PathLike) or hf://OWNER/NAME, got {type(source).__name__}"
+    )
 
 
 def open_checkpoint(
@@ -51,7 +65,7 @@ def open_checkpoint(
         >>> with open_checkpoint("model.safetensors") as ck:  # doctest: +SKIP
         ...     print(ck.names()[:3])
     """
-    text = os.fspath(source)
+    text = source_text(source)
     trust = pickle_trust(unsafe_pickle)
     nested = _nesting_form(Path(text)) if not is_hf_url(text) else None
     if nested is not None:

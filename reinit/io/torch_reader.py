@@ -40,6 +40,17 @@ def unwrap_state_dict(
     return tensors  # type: ignore[return-value]
 
 
+def left_out_note(obj: object, where: str, key: str = "", flag: str = "--key") -> str | None:
+    """A warning naming the entries of the state dict `unwrap_state_dict` takes that are not
+    tensors (they are not written), or None when there are none."""
+    state = find_state(obj, where, key, flag)
+    other = [str(k) for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if not other:
+        return None
+    listed = ", ".join(other[:8]) + (f" and {len(other) - 8} more" if len(other) > 8 else "")
+    return f"{where}: left out {len(other)} entries that are not tensors: {listed}"
+
+
 # torch.load(weights_only=True) had a remote-code-execution flaw before 2.6 (CVE-2025-32434);
 # below this floor we refuse torch files rather than trust the weights-only loader.
 TORCH_FLOOR = (2, 6)
@@ -149,10 +160,13 @@ class TorchFile(TensorDictCheckpoint):
     ):
         self.path = os.fspath(path)
         self.shard = shard
-        super().__init__(
-            unwrap_state_dict(load_torch_file(self.path, unsafe), self.path, key, flag),
-            self.path,
-        )
+        loaded = load_torch_file(self.path, unsafe)
+        super().__init__(unwrap_state_dict(loaded, self.path, key, flag), self.path)
+        note = left_out_note(loaded, self.path, key, flag)
+        self._left_out = (note,) if note else ()
+
+    def left_out(self) -> tuple[str, ...]:
+        return self._left_out
 
     def shard_of(self, name: str) -> str:
         return self.shard

@@ -96,6 +96,9 @@ class EditedCheckpoint(Checkpoint):
     def metadata(self, shard: str = "") -> dict[str, str]:
         return self.base.metadata(shard)
 
+    def left_out(self) -> tuple[str, ...]:
+        return self.base.left_out()
+
     def aliases(self) -> dict[str, str]:
         new_name = {old: new for new, old in self.edited.origin.items()}
         return {

@@ -194,7 +194,7 @@ def _entry(t: TensorLike, hit: tuple[Rule, tuple[str, ...]] | None) -> PlanEntry
         if not rule.pattern.has_wildcards:
             raise RuleError(f"rule {rule.text!r}: tensor '{t.name}' {shape}: {reason}")
         return PlanEntry(t.name, shape, t.dtype, "skipped", rule, caps, reason)
-    overflow = rule.scheme.overflow(t.dtype) if rule.scheme is not None else None
+    overflow = rule.scheme.overflow(t.dtype, shape) if rule.scheme is not None else None
     if overflow is not None:
         raise RuleError(f"rule {rule.text!r}: tensor '{t.name}': {overflow}")
     return PlanEntry(t.name, shape, t.dtype, "reinit", rule, caps)

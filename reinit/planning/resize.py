@@ -200,7 +200,7 @@ def resize_ref(spec: ResizeSpec, ref: TensorRef, seed_name: str) -> Resized:
         reason = fill.scheme.can_take(shape, fill.kwargs)
         if reason is not None:
             raise RuleError(f"{where}: {fill.describe()} cannot fill '{ref.name}': {reason}")
-        overflow = fill.overflow(ref.dtype)
+        overflow = fill.overflow(ref.dtype, shape)
         if overflow is not None:
             raise RuleError(f"{where}: '{ref.name}': {overflow}")
     if shape != old:

@@ -37,6 +37,7 @@ from reinit.schemes import (
     missing_from_config,
     resolve_from_config,
 )
+from reinit.text import shown
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -103,6 +104,15 @@ def as_rules(rules: Sequence[RuleInput]) -> tuple[Rule, ...]:
     """Rules as given (text or parsed; a lone string is one rule) as parsed `Rule`s."""
     if isinstance(rules, str):
         rules = [rules]
+    if not isinstance(rules, (list, tuple)):
+        raise UsageError(
+            f"rules must be a list of 'PATTERN=ACTION' strings or Rules, got {type(rules).__name__}"
+        )
+    for r in rules:
+        if not isinstance(r, (str, Rule)):
+            raise UsageError(
+                f"rules: each rule is a 'PATTERN=ACTION' string or a Rule, got {shown(repr(r))[:80]}"
+            )
     return tuple(r if isinstance(r, Rule) else parse_rules([r])[0] for r in rules)
 
 
@@ -213,6 +223,8 @@ def plan_for(
         module_types=view.module_types if view is not None else None,
     )
     check_reads(result, ckpt)
+    if ckpt.left_out():  # a training checkpoint's non-tensor entries: said, not dropped silently
+        result = replace(result, warnings=(*ckpt.left_out(), *result.warnings))
     if view is not None:
         result = check_default(result, view, strict)
     if edited is not None:

@@ -144,7 +144,7 @@ def parse_add(text: str) -> AddSpec:
         raise RuleError(
             f"{where}: {bound.describe()} cannot fill a tensor of shape {shape}: {reason}"
         )
-    overflow = bound.overflow(dtype)
+    overflow = bound.overflow(dtype, shape)
     if overflow is not None:
         raise RuleError(f"{where}: {overflow}")
     return AddSpec(text, name, shape, dtype, bound)

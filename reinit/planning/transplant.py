@@ -17,10 +17,10 @@ import torch
 from reinit.errors import TransplantError
 from reinit.io.checkpoint import Checkpoint
 from reinit.io.hub_url import is_hf_url, parse_hf_url
-from reinit.io.safetensors_format import dtype_name
 from reinit.io.sources import open_checkpoint
 from reinit.io.trust import TrustSpec
 from reinit.planning.adapters import RowNamesCache, adapter_inputs, check_adapter
+from reinit.planning.casts import lossy_cast_note, refuse_out_of_range
 from reinit.planning.planner import Plan, PlanEntry
 from reinit.planning.source_std import pooled_std
 from reinit.rules import TransplantSpec, closest_hint, fill_template
@@ -38,7 +38,6 @@ __all__ = [
     "check_transplants",
     "entry_transform",
     "exact_source",
-    "lossy_cast_note",
     "resolve_keys",
     "source_key",
     "source_keys",
@@ -345,21 +344,6 @@ def exact_source(pool: SourcePool, entry: PlanEntry) -> tuple[Checkpoint, str, s
     return src, key, f"{spec.source}:{key}"
 
 
-def lossy_cast_note(src: torch.Tensor, cast: torch.Tensor) -> str | None:
-    """A note when casting changed any value (e.g. float32 -> bfloat16 rounding)."""
-    if src.dtype == cast.dtype:
-        return None
-    back = cast.to(src.dtype)
-    same = (
-        torch.equal(back, src)
-        if not src.is_floating_point()
-        else bool(((back == src) | (back.isnan() & src.isnan())).all())
-    )
-    if same:
-        return None
-    return f"lossy cast {dtype_name(src.dtype)} -> {dtype_name(cast.dtype)}"
-
-
 class Transplanted(NamedTuple):
     """A transplant's value, the source it came from, its notes and the std of the source
     tensor(s) it was made from (the report's reference for it; None for a non-float source)."""
@@ -402,6 +386,7 @@ def transplant_value(
     else:
         src = ck.read(keys[0])
         source_std = pooled_std([src])
+    refuse_out_of_range(src, entry.dtype, f"rule {entry.rule_text!r}: '{entry.name}'")
     cast = src.to(entry.dtype)
     note = lossy_cast_note(src, cast)
     if note:

@@ -231,8 +231,9 @@ def _as_strings(kind: Kind, value: Data, key: str, at: str) -> Value:
     if strings is not None:
         return strings
     if kind == "specs":
-        example = SPEC_EXAMPLES.get(key, "")
-        raise UsageError(f"{at}: {key!r} must be a list of strings, e.g. {example}, got {value!r}")
+        example = SPEC_EXAMPLES.get(key)
+        eg = f", e.g. {example}" if example else ""
+        raise UsageError(f"{at}: {key!r} must be a list of strings{eg}, got {value!r}")
     what = "rule strings (PATTERN=ACTION)" if kind == "rules" else "paths"
     raise UsageError(f"{at}: {key!r} must be a list of {what}, got {value!r}")
 
@@ -263,6 +264,7 @@ SPEC_EXAMPLES = {
     "drop": "['head.*']",
     "rename": "['enc.*=encoder.{1}']",
     "resize": "['transformer.wte.weight=[1008,*]']",
+    "config": "['num_labels=3', 'architectures=[\"BertForSequenceClassification\"]']",
 }
 
 

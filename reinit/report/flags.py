@@ -81,6 +81,8 @@ def tensor_flags(e: TensorEntry) -> tuple[str, ...]:
     """The flags one tensor earns on its own (the cross-layer ones come from `finalize`)."""
     flags: list[str] = []
     s = e.after
+    if e.dtype == "bool":  # a byte other than 0 or 1 is no boolean (torch's behaviour is undefined)
+        return ("garbage",) if s.max is not None and s.max > 1 else ()
     if not e.is_float:
         return ()
     if s.nonfinite:

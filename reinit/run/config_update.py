@@ -20,11 +20,15 @@ values are applied last, so they win over the implied ones."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from reinit.errors import UsageError
+from reinit.io.jsonfile import json_depth_ok
+from reinit.limits import MAX_JSON_DEPTH
+from reinit.text import shown
 
 __all__ = [
     "ConfigUpdate",
@@ -62,15 +66,50 @@ def parse_config_set(items: Sequence[str]) -> tuple[tuple[str, object], ...]:
                 f"--config {item!r}: expected KEY=VALUE with a JSON value "
                 "(e.g. --config 'architectures=[\"BertForSequenceClassification\"]')"
             )
-        try:
-            value = json.loads(text)
-        except ValueError:
-            raise UsageError(
-                f"--config {item!r}: {text!r} is not a JSON value; quote a string as JSON "
-                f"(--config '{key}=\"{text}\"')"
-            ) from None
+        value = _config_value(key, text)
         out.append((key, value))
     return tuple(out)
+
+
+def _config_value(key: str, text: str) -> object:
+    """`--config KEY=TEXT`'s value: standard JSON (no NaN, Infinity or a number that
+    overflows to one: config.json must stay readable by any JSON parser), at most
+    `MAX_JSON_DEPTH` deep."""
+    where = f"--config {shown(key)[:80]}"
+
+    def no_constant(name: str) -> object:
+        raise UsageError(f"{where}: {name} is not a JSON number; give a finite number")
+
+    try:
+        value = json.loads(text, parse_constant=no_constant)
+    except RecursionError:
+        raise UsageError(
+            f"{where}: the value nests more than {MAX_JSON_DEPTH} levels deep"
+        ) from None
+    except ValueError:
+        short = text if len(text) <= 60 else text[:60] + "..."
+        raise UsageError(
+            f"{where}: {short!r} is not a JSON value; quote a string as JSON "
+            f"(--config '{key}=\"{short}\"')"
+        ) from None
+    if not json_depth_ok(value):
+        raise UsageError(f"{where}: the value nests more than {MAX_JSON_DEPTH} levels deep")
+    if not _all_finite(value):
+        raise UsageError(f"{where}: a number overflows to infinity; give a finite number")
+    return value
+
+
+def _all_finite(value: object) -> bool:
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, float) and not math.isfinite(v):
+            return False
+        if isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return True
 
 
 def labels_list(labels: str | Sequence[str] | None) -> tuple[str, ...] | None:

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import torch
+
+from reinit.errors import ValueRangeError
 from reinit.io.safetensors_format import dtype_name
 from reinit.planning.init_trace import AppliedInit
 from reinit.planning.planner import PlanEntry
@@ -15,7 +18,7 @@ from reinit.report.reference import SOURCE
 from reinit.report.stats import Stats
 from reinit.schemes import DEFAULT, compute_fans, expected_std_for
 
-__all__ = ["entry_for", "with_source_std"]
+__all__ = ["entry_for", "refuse_overflow", "with_source_std"]
 
 
 def entry_for(
@@ -71,3 +74,18 @@ def with_source_std(entry: TensorEntry, source_std: float | None) -> TensorEntry
     if entry.action != "transplant" or source_std is None or not entry.is_float:
         return entry
     return replace(entry, reference=SOURCE, reference_std=source_std)
+
+
+def refuse_overflow(p: PlanEntry, after: Stats, before: Stats | None) -> None:
+    """A tensor this run drew (reinit, --add, --resize) holds values beyond its dtype (inf):
+    fail before anything is published, naming it. Non-finite values it read (a scheme that
+    keeps old rows) are not its doing."""
+    if after.nonfinite <= (before.nonfinite if before is not None else 0):
+        return
+    how = p.scheme.describe() if p.scheme is not None else (p.resized or "its --add scheme")
+    top = torch.finfo(p.dtype).max if p.dtype.is_floating_point else None
+    limit = f" (largest finite value: {top:g})" if top is not None else ""
+    raise ValueRangeError(
+        f"tensor '{p.name}': {how} drew {after.nonfinite} value(s) beyond {dtype_name(p.dtype)}"
+        f"'s range{limit}; nothing was written: use a smaller mean, std or gain"
+    )

@@ -18,7 +18,7 @@ import torch
 
 from reinit.errors import UsageError
 from reinit.io.checkpoint import Checkpoint
-from reinit.io.memory import StateDictCheckpoint
+from reinit.io.memory import StateDictCheckpoint, check_state_dict
 from reinit.io.trust import TrustSpec
 from reinit.options import (
     IN_MEMORY_FIELDS,
@@ -204,6 +204,7 @@ def apply_to_state_dict(
     if seed is not None:
         o = replace(o, seed=seed)
     config = o.config
+    check_state_dict(state_dict, source, values=True)
     ckpt = StateDictCheckpoint(state_dict, source=source, config=config)
     new, report = apply_to_checkpoint(ckpt, rules, options=replace(o, config=None))
     for e in report.tensors:

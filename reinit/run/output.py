@@ -57,6 +57,14 @@ class OutputSpec:
         return self.path.with_name(name + ".report.json")
 
 
+# Names that look like a file of another kind: without a trailing "/" such an -o is refused,
+# not taken as a folder name (reports and recipes go elsewhere; weights are .safetensors/.bin).
+FILE_SUFFIXES = frozenset(
+    {".json", ".csv", ".md", ".txt", ".png", ".yaml", ".yml", ".toml", ".gguf", ".h5", ".onnx"}
+    | {".npz", ".npy", ".pkl", ".msgpack", ".zip", ".tar", ".gz"}
+)
+
+
 def output_format(path: str) -> str:
     """The output form its name asks for: a known weight suffix is a file, anything else a
     folder."""
@@ -99,6 +107,13 @@ def resolve_output(
     path = Path(output) if output is not None else default_output(source, ckpt)
     text = os.fspath(output) if output is not None else os.fspath(path)
     fmt = "directory" if text.endswith(("/", os.sep)) else output_format(text)
+    suffix = Path(text).suffix.lower()
+    slash = text.endswith(("/", os.sep))
+    if fmt == "directory" and suffix in FILE_SUFFIXES and not slash and not path.is_dir():
+        raise OutputError(  # `-o out.json` once wrote a folder named out.json/
+            f"-o {text}: {suffix} is not a checkpoint format (use .safetensors, "
+            f"{', '.join(TORCH_SUFFIXES)}); for a folder of that name write {text}/"
+        )
     if path.is_dir() and fmt != "directory":
         raise OutputError(f"-o {path}: is a directory; give a file name or a directory form")
     inputs = inputs if inputs is not None else Inputs.of([source])

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 
 from reinit.errors import UsageError
 from reinit.io.checkpoint import Checkpoint
+from reinit.io.sources import source_text as path_text
 from reinit.options import ApplyOptions
 from reinit.planning.model import ModelView
 from reinit.planning.planner import Plan, PlanEntry
@@ -65,7 +66,7 @@ class Job:
     ) -> Job:
         """`source` and `rules` with the options' surgery, device and tolerance, checked.
         `require_rules`: a run that writes a file refuses to only copy its source."""
-        text = source.source if isinstance(source, Checkpoint) else os.fspath(source)
+        text = source.source if isinstance(source, Checkpoint) else path_text(source)
         parsed = as_rules(rules)
         if require_rules and not parsed and not (o.add or o.drop or o.rename or o.resize):
             raise UsageError(

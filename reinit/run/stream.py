@@ -32,7 +32,7 @@ from reinit.planning.transplant import (
     transplant_value,
 )
 from reinit.report.stats import Stats, StatsAccumulator, tensor_stats
-from reinit.run.entry import entry_for, with_source_std
+from reinit.run.entry import entry_for, refuse_overflow, with_source_std
 from reinit.run.pieces import Piece, narrow_in_place, tensor_pieces, view_bytes
 from reinit.schemes import (
     DEFAULT,
@@ -220,7 +220,10 @@ class Applier:
             else:
                 for piece in self._copy(self.ckpt, p.name, p.dtype, self._chunks(reads, p), acc):
                     yield piece
-            entry = entry_for(p, acc.result(), notes=p.notes + tie_note, fans=self.fans.get(p.name))
+            result = acc.result()
+            if _made(p):
+                refuse_overflow(p, result, None)
+            entry = entry_for(p, result, notes=p.notes + tie_note, fans=self.fans.get(p.name))
             yield Piece(p.name, entry=entry)
             return
         # an added tensor has no source bytes, so no "before"; a resized one's is its old value's
@@ -260,6 +263,7 @@ class Applier:
         source = source_std = None
         if p.action == "reinit":
             new, after = self._drawn_value(p)
+            refuse_overflow(p, after, before)
         else:
             new, source, got, source_std = transplant_value(
                 self._pool(), p, self.ckpt.read(p.name), self.seed

@@ -162,27 +162,41 @@ class BoundScheme:
         inner = ", ".join(f"{k}={v}" for k, v in self.args)
         return f"{self.scheme.name}({inner})"
 
-    def overflow(self, dtype: torch.dtype) -> str | None:
-        """Why the values this scheme writes cannot be stored in `dtype` (an argument that
-        lands in the tensor beyond the dtype's largest finite value), or None."""
+    def overflow(self, dtype: torch.dtype, shape: Shape | None = None) -> str | None:
+        """Why the values this scheme writes into a `dtype` tensor of `shape` cannot be stored
+        (or drawn), or None: an argument that lands in the tensor beyond the dtype's largest
+        finite value; a std beyond it (some value must then be beyond it too); or a spread,
+        2·√3·std (a uniform's b − a), beyond the largest value of the float32/float64 the
+        values are drawn in (torch's uniform_ computes b − a there)."""
         if not dtype.is_floating_point:
             return None
         top = torch.finfo(dtype).max
+        label = dtype_name(dtype)
         values = self.kwargs
         for p in self.scheme.params:
             v = values.get(p.name)
             if p.in_tensor and isinstance(v, (int, float)) and abs(v) > top:
-                label = dtype_name(dtype)
                 return (
                     f"{self.scheme.name}: argument {p.name!r}={v:g} overflows {label} "
                     f"(largest finite {label} value: {top:g})"
                 )
-        return None
+        std = self.expected_std(shape) if shape is not None else None
+        if std is None or not math.isfinite(std):
+            return None if std is None else f"{self.describe()}: its std overflows {label}"
+        work = torch.float64 if dtype == torch.float64 else torch.float32
+        spread = 2 * math.sqrt(3) * std
+        if std > top:
+            what = f"its values (std {std:.3g} on shape {list(shape or ())}) overflow {label}"
+        elif spread > torch.finfo(work).max:
+            what = f"its spread (2·√3·std = {spread:.3g}) overflows the {dtype_name(work)} it is drawn in"
+        else:
+            return None
+        return f"{self.describe()}: {what} (largest finite {label} value: {top:g}); use a smaller gain, std or range"
 
     def expected_std(self, shape: Shape) -> float | None:
         try:
             return self.scheme.std(shape, self.kwargs)
-        except (ZeroDivisionError, ValueError):
+        except (ZeroDivisionError, ValueError, OverflowError):
             return None
 
 

@@ -21,6 +21,7 @@ from torch import nn
 from reinit.errors import UsageError
 from reinit.io.sources import open_checkpoint
 from reinit.planning.model_load import build_real, load_model
+from reinit.planning.model_size import check_model_fits
 from reinit.report.jsonio import dumps
 from reinit.tools.forward_compare import (
     DIVERGENCE,
@@ -330,6 +331,7 @@ def forward_check(
     architecture (its config.json, else the same as `output`'s) and compare the outputs."""
     out_path = os.fspath(output)
     spec = _spec_for(out_path, model, "OUTPUT")
+    check_model_fits(spec, "verify --forward")
     module = _loaded(build_real(spec, seed), out_path)
     modules = [module]
     ref_path = ref_spec = None
@@ -340,6 +342,7 @@ def forward_check(
         ref_spec = ref_dir if ref_dir is not None else spec
         if ref_dir is not None:
             _require_transformers(ref_path)
+        check_model_fits(ref_spec, "verify --forward")
         ref_module = _loaded(build_real(ref_spec, seed), ref_path)
         modules.append(ref_module)
     inputs, described = forward_inputs(modules, seed)

@@ -17,6 +17,7 @@ from reinit.io.memory import StateDictCheckpoint
 from reinit.io.sources import open_checkpoint
 from reinit.planning.model import ModelError
 from reinit.planning.model_load import build_real, load_model
+from reinit.planning.model_size import check_model_fits
 from reinit.planning.planner import Plan
 from reinit.planning.session import model_view
 from reinit.report.jsonio import dumps
@@ -372,6 +373,7 @@ def probe(
     `seed`, or `checkpoint`'s: a model folder's own weights unless `as_built`), probe it, apply
     `rules` in memory, probe again."""
     rule_objs = tuple(r if isinstance(r, Rule) else parse_rules([r])[0] for r in rules)
+    check_model_fits(model, "probe")
     if checkpoint is None and not as_built and holds_weights(model):
         checkpoint = model
     module = build_real(model, seed)

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 __all__ = ["recorded_provenance"]
 
-import json
-
 from reinit.io.checkpoint import Checkpoint
+from reinit.io.jsonfile import JsonError, parse_json
 
 
 def recorded_provenance(ckpt: Checkpoint) -> tuple[int, tuple[str, ...]] | None:
@@ -23,8 +22,8 @@ def recorded_provenance(ckpt: Checkpoint) -> tuple[int, tuple[str, ...]] | None:
     if not raw:
         return None
     try:
-        data = json.loads(raw)
-    except ValueError:
+        data = parse_json(raw, "reinit metadata")
+    except JsonError:
         return None
     if not isinstance(data, dict):
         return None

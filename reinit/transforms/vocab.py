@@ -15,14 +15,16 @@ the weight file), in that order: tokenizer.json, vocab.txt, vocab.json."""
 
 from __future__ import annotations
 
-import json
+import io
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from reinit.errors import TransplantError
-from reinit.io.checkpoint import Checkpoint, read_config_file
-from reinit.io.confine import require_regular
+from reinit.io.checkpoint import Checkpoint
+from reinit.io.jsonfile import parse_json, read_json_file, read_text_file
+from reinit.io.safetensors_header import DuplicateKey, no_duplicate_keys
+from reinit.limits import MAX_CONFIG_BYTES, MAX_TOKENIZER_BYTES
 from reinit.transforms.rows import RowNames
 
 __all__ = [
@@ -63,38 +65,51 @@ def _from_json(path: Path, data: Any) -> dict[str, int]:
         for i, item in enumerate(vocab):
             if not isinstance(item, (list, tuple)) or not item or not isinstance(item[0], str):
                 raise _bad(path, f"model.vocab[{i}] is not a [token, score] pair")
-            out[item[0]] = i
+            _put(path, out, item[0], i, f"model.vocab[{i}]")
     else:
         raise _bad(path, "its model has no vocab (a dict token -> id or a list of [token, score])")
     for j, added in enumerate(data.get("added_tokens") or []):
         if not isinstance(added, dict) or not isinstance(added.get("content"), str):
             raise _bad(path, f"added_tokens[{j}] has no content")
-        out[added["content"]] = _int_id(path, added["content"], added.get("id"))
+        token = added["content"]
+        new_id = _int_id(path, token, added.get("id"))
+        if token in out and out[token] != new_id:  # the same id again is the usual restatement
+            raise _duplicate(path, token, f"id {out[token]} and added_tokens[{j}] id {new_id}")
+        out[token] = new_id
     return out
+
+
+def _duplicate(path: Path, token: str, where: str) -> TransplantError:
+    shown_token = token if len(token) <= 60 else token[:57] + "..."
+    return _bad(path, f"token {shown_token!r} is listed twice ({where}), so its row is ambiguous")
+
+
+def _put(path: Path, out: dict[str, int], token: str, token_id: int, where: str) -> None:
+    if token in out:
+        raise _duplicate(path, token, f"id {out[token]} and {where}")
+    out[token] = token_id
 
 
 def read_vocab(path: str | Path) -> dict[str, int]:
     """token -> id of a tokenizer file (see the module doc)."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise TransplantError(
             f"vocab file {p} not found; give vocab=PATH / src_vocab=PATH to a tokenizer.json, "
             "vocab.txt or vocab.json"
         )
-    require_regular(p, "vocab file")
-    try:
-        with open(p, encoding="utf-8") as f:  # universal newlines, as transformers reads it
-            lines = f.readlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise _bad(p, f"cannot be read as UTF-8 text ({e.__class__.__name__})") from None
+    text = read_text_file(p, f"vocab file {p}", MAX_TOKENIZER_BYTES, TransplantError)
     if p.suffix == ".json":
         try:
-            data = json.loads("".join(lines))
-        except json.JSONDecodeError as e:
-            raise _bad(p, f"not valid JSON ({e.msg} at line {e.lineno})") from None
+            data = parse_json(text, f"vocab file {p}", TransplantError, no_duplicate_keys)
+        except DuplicateKey as d:
+            raise _duplicate(p, d.key, "a JSON object names it twice") from None
         out = _from_json(p, data)
-    else:
-        out = {line.rstrip("\n"): index for index, line in enumerate(lines)}
+    else:  # universal newlines, as transformers reads it
+        lines = io.StringIO(text.replace("\r\n", "\n").replace("\r", "\n")).readlines()
+        out = {}
+        for index, line in enumerate(lines):
+            _put(p, out, line.rstrip("\n"), index, f"line {index + 1}")
     if not out:
         raise _bad(p, "it holds no tokens")
     return out
@@ -157,13 +172,12 @@ def _vocab_path(given: str | None, ck: Checkpoint, what: str, flag: str, where: 
 def _config_at(path: str, where: str) -> Mapping[str, Any]:
     """A config.json named by `vocab=`/`src_vocab=` for `rows=labels`."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise TransplantError(
             f"{where}: config file {p} not found (rows=labels reads its id2label)"
         )
-    require_regular(p, "config file")
-    config = read_config_file(p)
-    if config is None:
+    config = read_json_file(p, f"{where}: config file {p}", MAX_CONFIG_BYTES, TransplantError)
+    if not isinstance(config, dict):
         raise TransplantError(f"{where}: {p} is not a JSON object (rows=labels reads its id2label)")
     return config
 
