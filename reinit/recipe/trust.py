@@ -10,6 +10,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from reinit.errors import UsageError
 from reinit.io.hub_url import is_hf_url
@@ -22,6 +23,9 @@ from reinit.io.trust import (
 )
 from reinit.options import ApplyOptions
 from reinit.recipe.files import Where, location
+
+if TYPE_CHECKING:
+    from reinit.planning.session import ModelInput
 
 __all__ = ["granted"]
 
@@ -58,7 +62,7 @@ def _check_pickles(requested: TrustSpec, user: PickleTrust, at: str) -> None:
             )
 
 
-def _model(model: object, callables: frozenset[str], at: str) -> object:
+def _model(model: ModelInput | None, callables: frozenset[str], at: str) -> ModelInput | None:
     if not isinstance(model, str) or is_hf_url(model):
         return model
     name = callable_name(model)

@@ -389,6 +389,8 @@ def load_recipe(
     assert isinstance(expanded, dict)  # expand_all keeps a mapping a mapping
     recipe = validate(expanded, where, label)
     base = granted(recipe.options, where, label, unsafe_pickle, trust_model_callable)
-    trust = {"unsafe_pickle": base.unsafe_pickle, "model": base.model}
-    steps = tuple(replace(s, options=replace(s.options, **trust)) for s in recipe.steps)
+    steps = tuple(
+        replace(s, options=replace(s.options, unsafe_pickle=base.unsafe_pickle, model=base.model))
+        for s in recipe.steps
+    )
     return replace(recipe, options=base, steps=steps)
