@@ -87,15 +87,15 @@ def _read_report(where: str) -> dict[str, Expected]:
         expected = [_entry(t) for t in doc["tensors"]]
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
         raise UsageError(f"--report {where}: not a reinit JSON report ({e})") from None
-    if not any(e.sha256 is not None for e in expected):
+    if not any(x.sha256 is not None for x in expected):
         raise UsageError(
             f"--report {where}: holds no checksums; write it with `reinit apply --checksums`"
         )
     out: dict[str, Expected] = {}
-    for e in expected:
-        if e.name in out:
-            raise UsageError(f"--report {where}: lists tensor '{e.name}' twice")
-        out[e.name] = e
+    for x in expected:
+        if x.name in out:
+            raise UsageError(f"--report {where}: lists tensor '{x.name}' twice")
+        out[x.name] = x
     return out
 
 
