@@ -24,6 +24,7 @@ from pathlib import Path
 from reinit.errors import OutputError
 from reinit.io.checkpoint import Checkpoint, TensorRef
 from reinit.io.confine import (
+    cache_blobs,
     check_output_names,
     check_relname,
 )
@@ -91,9 +92,9 @@ def resolve_output(
     input without `--in-place`, or exists without `--overwrite` (see `reinit.io.targets`)."""
     if output is None and ckpt.kind == "memory":
         raise OutputError(f"{source}: an in-memory checkpoint has no default output; give -o")
+    if in_place:
+        _refuse_cache_in_place(source)
     if output is None and in_place:
-        if is_hf_url(source):
-            raise OutputError(f"--in-place: {source} is on the Hub; give -o for the output")
         output = source
     path = Path(output) if output is not None else default_output(source, ckpt)
     text = os.fspath(output) if output is not None else os.fspath(path)
@@ -108,6 +109,20 @@ def resolve_output(
             f"(mkdir -p {path.parent})"
         )
     return OutputSpec(path, fmt)
+
+
+def _refuse_cache_in_place(source: str) -> None:
+    """`--in-place` never rewrites the Hugging Face cache: not through hf://, nor through a
+    snapshot folder (or a file in one) given as a local path."""
+    if is_hf_url(source):
+        raise OutputError(f"--in-place: {source} is on the Hub; give -o for the output")
+    path = Path(source)
+    folder = path if path.is_dir() else path.parent
+    if cache_blobs(folder) is not None:
+        raise OutputError(
+            f"--in-place: {source} is a snapshot in the Hugging Face cache; rewriting it would "
+            "corrupt the cache; give -o for the output"
+        )
 
 
 @dataclass(frozen=True)
