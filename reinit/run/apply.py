@@ -52,6 +52,7 @@ from reinit.run.output import (
     INDEX_NAME,
     OutFile,
     OutputSpec,
+    check_unread_names,
     output_files,
     output_metadata,
     resolve_output,
@@ -214,6 +215,8 @@ def apply(
         # --in-place on a folder: only the files written here replace their namesakes
         merge = in_place and spec.fmt == "directory" and spec.path.is_dir()
         into_source = merge and inputs.owner(spec.path) == spec.path.resolve()
+        if merge:
+            check_unread_names(spec.path, files, ckpt)
         if spec.fmt == "directory" and not merge:
             held = [f.relname for f in files] + list(ckpt.extra_files())
             check_replace_folder(spec.path, [*held, INDEX_NAME, REPORT_NAME])

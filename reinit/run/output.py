@@ -7,6 +7,7 @@ __all__ = [
     "INDEX_NAME",
     "OutFile",
     "OutputSpec",
+    "check_unread_names",
     "default_output",
     "output_files",
     "output_format",
@@ -163,6 +164,24 @@ def output_files(
     ]
     check_output_names([(f.relname, f.source_shard) for f in files], ckpt.source)
     return files
+
+
+def check_unread_names(folder: Path, files: Sequence[OutFile], ckpt: Checkpoint) -> None:
+    """`--in-place` into a folder replaces only what this run read: an output name (a weight
+    file, or the index) that exists there but is none of the files the checkpoint was read from
+    belongs to someone else (`pytorch_model-00001-of-00002.bin` becomes
+    `model-00001-of-00002.safetensors`, which may already hold other tensors): exit 2, naming it."""
+    read = {*ckpt.shards(), *(f.source_shard for f in files)}
+    index = getattr(getattr(ckpt, "layout", None), "index", None)
+    if isinstance(index, str):
+        read.add(index)
+    names = [f.relname for f in files] + ([INDEX_NAME] if len(files) > 1 or index else [])
+    for rel in names:
+        if rel not in read and os.path.lexists(folder / rel):
+            raise OutputError(
+                f"--in-place: {folder / rel} exists but is not part of the checkpoint this run "
+                "read; writing it would replace it: move it away or give -o for the output"
+            )
 
 
 def shard_output_name(shard: str) -> str:
