@@ -107,6 +107,7 @@ def _exit_on_stop_signals(code: int) -> None:
 
 class ReinitGroup(click.Group):
     program = False  # run as the `reinit` program (see `main`), not in-process
+
     def main(
         self,
         args: Sequence[str] | None = None,

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Generator, Iterable
 from typing import TypeVar
 
-from reinit.io.signals import wait_held
+from reinit.io.signals import signals_deferred, wait_held
 
 __all__ = ["prefetch"]
 
@@ -87,8 +87,10 @@ def prefetch(
             yield item
     finally:
         stop.set()
-        while thread.is_alive():
-            try:  # unblock a producer waiting on a full queue
-                q.get_nowait()
-            except queue.Empty:
-                thread.join(timeout=0.05)
+        # a second Ctrl-C must not land inside the join (bpo-45274: "release unlocked lock")
+        with signals_deferred():
+            while thread.is_alive():
+                try:  # unblock a producer waiting on a full queue
+                    q.get_nowait()
+                except queue.Empty:
+                    thread.join(timeout=0.05)
