@@ -264,7 +264,7 @@ def test_errno_messages():
 
 def test_signals_are_held_while_publishing():
     """A Ctrl-C inside the publish step is delivered after it, not in the middle."""
-    from reinit.io.writer import signals_deferred
+    from reinit.io.signals import signals_deferred
 
     steps = []
     with pytest.raises(KeyboardInterrupt):  # noqa: SIM117

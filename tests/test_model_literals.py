@@ -118,7 +118,10 @@ def _recipe(tmp_path: Path, src: Path, with_model: bool) -> Path:
 def test_recipe_model_key_and_run_model_flag(tmp_path, netmod):
     src = _conv_source(tmp_path)
     before = load_file(src)
-    res = run("run", _recipe(tmp_path, src, True), "--quiet")
+    recipe = _recipe(tmp_path, src, True)
+    res = run("run", recipe, "--quiet")  # a recipe's callable needs the user's yes
+    assert res.exit_code == 2 and "--trust-model-callable models_for_tests:convnet" in res.stderr
+    res = run("run", recipe, "--quiet", "--trust-model-callable", "models_for_tests:convnet")
     assert res.exit_code == 0, res.output
     got = load_file(tmp_path / "out.safetensors")
     assert not torch.equal(got["stem.weight"], before["stem.weight"])

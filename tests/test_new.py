@@ -330,7 +330,7 @@ def test_remote_code_is_exit_2(tmp_path):
         })
     )  # fmt: skip
     refused(tmp_path, ["new", str(tmp_path / "remote"), "-o", str(tmp_path / "out")], 2,
-            "remote code")  # fmt: skip
+            "auto_map", "never runs code")  # fmt: skip
 
 
 def test_rule_naming_no_tensor_is_exit_2(tmp_path):

@@ -213,9 +213,13 @@ def test_recipe_unsafe_pickle_names_paths(tmp_path):
     assert res.exit_code == 2 and "internal error" not in res.output, res.output
     assert not marker.exists() and not out.exists()
     recipe.write_text(base + f"unsafe_pickle: [{src}]\n")
-    res = run("run", str(recipe), "-q")
+    res = run("run", str(recipe), "-q")  # the recipe asks; only the command line may say yes
+    assert res.exit_code == 2 and f"add --unsafe-pickle {src}" in res.stderr, res.output
+    assert not marker.exists() and not out.exists()
+    res = run("run", str(recipe), "-q", "--unsafe-pickle", str(src))
     assert res.exit_code == 0, res.output
-    assert f"warning: unsafe_pickle lets torch files run code while loading, only these: {src}" in (
-        res.stderr
+    assert (
+        f"warning: --unsafe-pickle lets torch files run code while loading, only these: {src}"
+        in (res.stderr)
     )
     assert out.is_file()

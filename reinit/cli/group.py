@@ -65,15 +65,16 @@ def _interrupted() -> int:
     # was published
     publish = sys.modules.get("reinit.io.publish")
     done = publish.published() if publish is not None else ()
-    if done:
-        click.echo(
-            f"interrupted after the output was published: {', '.join(done)} "
-            "(complete); nothing else was left behind",
-            err=True,
-        )
-        return 0
-    click.echo("error: interrupted; no partial output was left behind", err=True)
-    return 130
+    with suppress(KeyboardInterrupt):  # a second signal while saying so changes nothing
+        if done:
+            click.echo(
+                f"interrupted after the output was published: {', '.join(done)} "
+                "(complete); nothing else was left behind",
+                err=True,
+            )
+        else:
+            click.echo("error: interrupted; no partial output was left behind", err=True)
+    return 0 if done else 130
 
 
 def _end_on_closed_pipe() -> NoReturn:
@@ -88,7 +89,25 @@ def _end_on_closed_pipe() -> NoReturn:
     raise click.exceptions.Exit(0)
 
 
+def _exit_on_stop_signals(code: int) -> None:
+    """The command is over and its outcome told: from here to the end of the process
+    (interpreter teardown included), SIGINT/SIGTERM end it at once with that same exit code,
+    never as killed (143) nor with a traceback from teardown."""
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(Exception):  # a closed pipe: nothing more to say anyway
+            stream.flush()
+
+    def end(signum: int, frame: FrameType | None) -> NoReturn:
+        os._exit(code)
+
+    with suppress(ValueError):  # not the main thread
+        signal.signal(signal.SIGINT, end)
+        signal.signal(signal.SIGTERM, end)
+
+
 class ReinitGroup(click.Group):
+    program = False  # run as the `reinit` program (see `main`), not in-process
+
     def main(
         self,
         args: Sequence[str] | None = None,
@@ -103,14 +122,21 @@ class ReinitGroup(click.Group):
         run = super().main
         if not standalone_mode:
             return run(args, prog_name, complete_var, standalone_mode=False, **extra)
+        # args None: the `reinit` program itself (console script, python -m reinit), whose
+        # process ends here; in-process callers (CliRunner, notebooks) pass their args
+        self.program = args is None
         try:
             rv = run(args, prog_name, complete_var, standalone_mode=False, **extra)
+            code = rv if isinstance(rv, int) else 0
         except (click.exceptions.Abort, KeyboardInterrupt):
-            sys.exit(_interrupted())
+            code = _interrupted()
         except click.ClickException as e:
-            e.show()
-            sys.exit(e.exit_code)
-        sys.exit(rv if isinstance(rv, int) else 0)
+            code = e.exit_code
+            with suppress(KeyboardInterrupt):  # the error stands, whatever signal follows
+                e.show()
+        if self.program:
+            _exit_on_stop_signals(code)
+        sys.exit(code)
 
     def invoke(self, ctx: click.Context) -> Any:  # click's own: the command's return value
         previous = signal.getsignal(signal.SIGTERM)
@@ -156,5 +182,7 @@ class ReinitGroup(click.Group):
                 1,
             ) from None
         finally:
-            if previous is not None:
+            # the program keeps its handler until `_exit_on_stop_signals`: restoring SIG_DFL
+            # here let a SIGTERM after publication kill it with 143 and a complete output
+            if previous is not None and not self.program:
                 signal.signal(signal.SIGTERM, previous)

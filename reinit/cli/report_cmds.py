@@ -242,7 +242,10 @@ def verify(
         from reinit.io.checksums import verify_checksums
 
         checked = verify_checksums(path, report_path)
-        err(f"{shown(path)}: {checked} tensors match their sha256 in {shown(report_path)}")
+        err(
+            f"{shown(path)}: {checked} tensors match their name, dtype, shape and sha256 in "
+            f"{shown(report_path)}"
+        )
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
         return

@@ -15,6 +15,7 @@ from reinit.cli.common import (
     json_option,
     progress_on,
     quiet_option,
+    unsafe_pickle_option,
     warn_all,
     warn_unsafe,
     width,
@@ -43,6 +44,15 @@ __all__ = ["run"]
     metavar="MODEL",
     help="The model the checkpoint belongs to, as the recipe's model: key (overrides it).",
 )
+@unsafe_pickle_option()
+@click.option(
+    "--trust-model-callable",
+    "trust_callables",
+    multiple=True,
+    metavar="MODULE:CALLABLE",
+    help="Let the recipe's model: import and call this module:callable; repeatable. "
+    "A recipe never runs code without it (docs/guide/trust.md).",
+)
 @dry_run_option("Print each step's plan and write nothing.")
 @json_option()
 @quiet_option()
@@ -51,6 +61,8 @@ def run(
     recipe: str,
     sets: tuple[str, ...],
     model: str | None,
+    unsafe_pickle: tuple[str, ...],
+    trust_callables: tuple[str, ...],
     dry_run: bool,
     all_tensors: bool,
     as_json: bool,
@@ -59,17 +71,20 @@ def run(
 ) -> None:
     """Run a recipe (.yaml/.yml, .toml or .json): apply's options as keys, and `steps:` to
     chain several rule sets in memory."""
+    from reinit.io.trust import callable_name
     from reinit.recipe.run import plan_recipe, run_recipe
     from reinit.recipe.validate import load_recipe
     from reinit.report.plan_view import render_plan
     from reinit.report.terminal import render_terminal
 
-    if model is not None:  # the same as --set model=MODEL
+    if model is not None:  # --set model=MODEL, and a module:callable typed here is the user's
         sets = (*sets, f"model={model}")
-    loaded = load_recipe(recipe, sets)
-    trusted = loaded.unsafe_pickle
-    assert isinstance(trusted, tuple)  # a recipe's paths: a tuple of strings
-    warn_unsafe(trusted, "unsafe_pickle")
+        name = callable_name(model)
+        trust_callables = (*trust_callables, *([name] if name else []))
+    warn_unsafe(unsafe_pickle)
+    loaded = load_recipe(
+        recipe, sets, unsafe_pickle=unsafe_pickle, trust_model_callable=trust_callables
+    )
     if dry_run or loaded.dry_run:
         plans = plan_recipe(loaded, progress=progress_on(quiet))
         for i, plan in enumerate(plans):

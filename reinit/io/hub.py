@@ -53,7 +53,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from reinit.errors import HubError, UnsafePathError
-from reinit.io.confine import check_relname, check_revision
+from reinit.io.confine import check_relname, check_revision, local_file
 from reinit.io.hub_env import (
     clean_name,
     default_cache_dir,
@@ -176,6 +176,10 @@ class HubRepo(HubMessages):
                 f"{self.display}: the cached {name} ({path}) is not a regular file; "
                 "delete it from the cache and download again"
             )
+        # the rule a snapshot folder given as a local path follows: a link may lead into the
+        # snapshot or that repo's blobs/, never out of the cache (a hostile or shared cache)
+        rel = f"{self.ref.subfolder}/{name}" if self.ref.subfolder else name
+        local_file(self._snapshot_dir(), rel, self.display, "holds")
         return pathlib.Path(path)
 
     def __repr__(self) -> str:

@@ -13,6 +13,8 @@ import threading
 from collections.abc import Generator, Iterable
 from typing import TypeVar
 
+from reinit.io.signals import signals_deferred, wait_held
+
 __all__ = ["prefetch"]
 
 T = TypeVar("T")
@@ -28,6 +30,15 @@ _DONE = _Done()
 class _Failure:
     def __init__(self, exc: BaseException):
         self.exc = exc
+
+
+def _next(q: queue.Queue[T]) -> T:
+    """The next item; when it must be waited for, the wait holds SIGINT/SIGTERM (a handler
+    raising inside `Condition.wait` breaks the queue's lock: `reinit.io.signals`)."""
+    try:
+        return q.get_nowait()
+    except queue.Empty:
+        return wait_held(lambda timeout: q.get(timeout=timeout), queue.Empty)
 
 
 def prefetch(
@@ -68,7 +79,7 @@ def prefetch(
     thread.start()
     try:
         while True:
-            item = q.get()
+            item = _next(q)
             if isinstance(item, _Done):
                 return
             if isinstance(item, _Failure):
@@ -76,8 +87,10 @@ def prefetch(
             yield item
     finally:
         stop.set()
-        while thread.is_alive():
-            try:  # unblock a producer waiting on a full queue
-                q.get_nowait()
-            except queue.Empty:
-                thread.join(timeout=0.05)
+        # a second Ctrl-C must not land inside the join (bpo-45274: "release unlocked lock")
+        with signals_deferred():
+            while thread.is_alive():
+                try:  # unblock a producer waiting on a full queue
+                    q.get_nowait()
+                except queue.Empty:
+                    thread.join(timeout=0.05)

@@ -33,10 +33,10 @@ from types import TracebackType
 
 from reinit.errors import OutputError, WriteError
 from reinit.io.renameat import RENAME_NOREPLACE, renameat2
+from reinit.io.signals import signals_deferred
 from reinit.io.writer import (
     publish_directory,
     remove_path,
-    signals_deferred,
     temp_sibling,
     write_error,
 )

@@ -11,12 +11,14 @@ a PNG and `--report dir/model.safetensors.index.json` replaced the source's inde
   replacing, so a file that appears meanwhile is not replaced either);
 - an output folder that holds the source, or entries the output would not hold, is refused
   unless it is reinit's own earlier output (its `reinit-report.json`, or a safetensors file with
-  our `reinit` metadata key) or the user said `--in-place`."""
+  our `reinit` metadata key, and nothing such an output would not hold: no folder, link, other
+  weight format or stray file) or the user said `--in-place`."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,7 @@ __all__ = [
     "check_replace_folder",
     "check_suffix",
     "check_target",
+    "foreign_entry",
     "is_own_output",
 ]
 
@@ -149,13 +152,22 @@ def check_output(path: Path, fmt: str, *, inputs: Inputs, overwrite: bool, in_pl
 def check_replace_folder(path: Path, would_hold: Iterable[str]) -> None:
     """`--overwrite` of an existing folder replaces it as a whole: refuse when the folder has
     entries the new output would not hold (a project folder, `.git/`, notes), unless it is
-    reinit's own earlier output."""
+    reinit's own earlier output: marked as ours, and every entry one such an output holds."""
     if not path.is_dir() or path.is_symlink():
         return
     keep = {Path(n).parts[0] for n in would_hold}
     extra = sorted(e.name for e in path.iterdir() if e.name not in keep)
-    if not extra or is_own_output(path):
+    if not extra:
         return
+    if _marked_ours(path):
+        foreign = foreign_entry(path)
+        if foreign is None:
+            return
+        raise OutputError(
+            f"-o {path}: holds {foreign}, which no reinit output holds; --overwrite would delete "
+            "it with the folder; choose a new folder, or pass --in-place to change only the "
+            "weight files"
+        )
     shown = ", ".join(extra[:5]) + (", …" if len(extra) > 5 else "")
     raise OutputError(
         f"-o {path}: is not an earlier reinit output and holds {len(extra)} entr"
@@ -164,24 +176,58 @@ def check_replace_folder(path: Path, would_hold: Iterable[str]) -> None:
     )
 
 
+# What a reinit folder output holds besides its weight files: the shard index, its report, and
+# the Hugging Face files it copies from a source folder (config, generation, tokenizer, processor).
+_OWN_FILES = re.compile(
+    r"(model\.safetensors\.index|config|generation_config|preprocessor_config|processor_config"
+    r"|image_processor_config|feature_extractor_config|tokenizer_config|special_tokens_map"
+    r"|added_tokens|chat_template|vocab)\.json"
+    r"|tokenizer\.(json|model)|vocab\.txt|merges\.txt|(spiece|sentencepiece\.bpe)\.model"
+    r"|chat_template\.jinja|" + re.escape(REPORT_NAME)
+)
+
+
 def is_own_output(folder: Path) -> bool:
     """A folder reinit wrote: its `reinit-report.json` is one of our reports, or one of its
-    safetensors files carries our `reinit` metadata key."""
+    safetensors files carries our `reinit` metadata key; and every entry in it is one such an
+    output holds (`foreign_entry`)."""
+    return _marked_ours(folder) and foreign_entry(folder) is None
+
+
+def foreign_entry(folder: Path) -> str | None:
+    """The first entry (by name) of `folder` that no reinit folder output holds: a folder
+    (`.git/`, `onnx/`), a link, a weight file reinit does not write (`*.bin`, `*.gguf`), a
+    safetensors file without our metadata, any other file (`notes.txt`); None when there is none."""
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.is_symlink() or not entry.is_file():
+            return entry.name + ("/" if entry.is_dir() else "")
+        if entry.name.endswith(".safetensors"):
+            if not _has_our_metadata(entry):
+                return entry.name
+        elif not _OWN_FILES.fullmatch(entry.name):
+            return entry.name
+    return None
+
+
+def _marked_ours(folder: Path) -> bool:
     report = folder / REPORT_NAME
     try:
-        if report.is_file() and "reinit_version" in json.loads(report.read_text("utf-8")):
-            return True
-    except (OSError, ValueError, TypeError):
+        if report.is_file() and not report.is_symlink():
+            doc = json.loads(report.read_text("utf-8"))
+            if isinstance(doc, dict) and "reinit_version" in doc:
+                return True
+    except (OSError, ValueError, RecursionError):
         pass
+    return any(_has_our_metadata(f) for f in sorted(folder.glob("*.safetensors")))
+
+
+def _has_our_metadata(path: Path) -> bool:
     from reinit.io.safetensors_format import read_header
 
-    for f in sorted(folder.glob("*.safetensors")):
-        try:
-            if "reinit" in (read_header(f).metadata or {}):
-                return True
-        except Exception:  # noqa: BLE001 - an unreadable file is just not ours
-            continue
-    return False
+    try:
+        return not path.is_symlink() and "reinit" in (read_header(path).metadata or {})
+    except Exception:  # noqa: BLE001 - an unreadable file is just not ours
+        return False
 
 
 def check_distinct(paths: Iterable[Path]) -> None:

@@ -1,4 +1,5 @@
-"""Which torch files may run code while loading (`--unsafe-pickle PATH`).
+"""Which torch files may run code while loading (`--unsafe-pickle PATH`), and which recipe
+`module:callable` models may be imported and called (`--trust-model-callable MODULE:CALLABLE`).
 
 Trust names files: a run that reads several checkpoints (a source, `from(...)` sources, an
 `--against` baseline) lifts the weights-only loader only for the files the user named, never
@@ -8,13 +9,23 @@ a named file trusts that file, whatever path reaches it (compared after resolvin
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from reinit.errors import UsageError
 from reinit.io.hub_url import is_hf_url
 
-__all__ = ["NO_TRUST", "PathLike", "PickleTrust", "TrustSpec", "pickle_trust"]
+__all__ = [
+    "CALLABLE_SPEC",
+    "NO_TRUST",
+    "PathLike",
+    "PickleTrust",
+    "TrustSpec",
+    "callable_name",
+    "callable_trust",
+    "pickle_trust",
+]
 
 PathLike = str | os.PathLike[str]
 
@@ -89,3 +100,26 @@ def pickle_trust(value: TrustSpec, where: str = "unsafe_pickle") -> PickleTrust:
 
 # What every `unsafe_pickle=` parameter accepts: see `pickle_trust`.
 TrustSpec = PickleTrust | str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | bool | None
+
+
+# `module:callable` or `module:callable(ARGS)`: what `--model` imports and calls
+CALLABLE_SPEC = re.compile(r"([A-Za-z_][\w.]*):([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)(\(.*\))?\Z", re.S)
+
+
+def callable_name(text: str) -> str | None:
+    """`MODULE:CALLABLE` of a `module:callable(ARGS)` spec (what `--trust-model-callable`
+    names), or None when `text` is not one."""
+    m = CALLABLE_SPEC.match(text.strip())
+    return f"{m.group(1)}:{m.group(2)}" if m and not is_hf_url(text) else None
+
+
+def callable_trust(names: Iterable[str], where: str = "--trust-model-callable") -> frozenset[str]:
+    """The `MODULE:CALLABLE` names the user allows to be imported and called (arguments, if
+    given, are dropped: a recipe may pass its own literal arguments to a trusted callable)."""
+    out: set[str] = set()
+    for text in names:
+        name = callable_name(text) if isinstance(text, str) else None
+        if name is None:
+            raise UsageError(f"{where} {text}: write MODULE:CALLABLE, e.g. mypkg.nets:MLP")
+        out.add(name)
+    return frozenset(out)

@@ -13,13 +13,11 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import signal
-import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 
 import torch
 
@@ -33,7 +31,6 @@ __all__ = [
     "copy_file_span",
     "publish_directory",
     "remove_path",
-    "signals_deferred",
     "temp_sibling",
     "write_error",
     "write_torch_file",
@@ -268,39 +265,6 @@ def remove_path(path: Path) -> None:
     elif path.is_symlink() or path.exists():
         with suppress(FileNotFoundError):
             path.unlink()
-
-
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-@contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM until the block ends, so a Ctrl-C cannot land between the two steps
-    of publishing an output or in the middle of removing a temporary; a signal that arrives
-    meanwhile is re-raised right after, to whatever handler was there.
-
-    Python runs signal handlers in the main thread whichever thread the kernel picked (the
-    reader and compute threads, torch's pool), so holding means swapping in a handler that only
-    takes note; blocking the signal in one thread would not do. Off the main thread (where
-    handlers cannot be set) the block runs as is."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    saved: dict[signal.Signals, Callable[[int, FrameType | None], object] | int] = {}
-    for sig in _STOP_SIGNALS:
-        old = signal.getsignal(sig)
-        if old is None:  # installed outside Python: cannot be restored, leave it
-            continue
-        saved[sig] = old
-        signal.signal(sig, lambda signum, frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        for sig, old in saved.items():
-            signal.signal(sig, old)
-        if caught:
-            signal.raise_signal(caught[0])
 
 
 def _exchange(a: Path, b: Path) -> bool:

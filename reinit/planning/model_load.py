@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import ast
 import importlib
+import json
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -17,6 +17,7 @@ from torch import nn
 from reinit.errors import ReinitError
 from reinit.io.hub import HubRepo
 from reinit.io.hub_url import is_hf_url, parse_hf_url
+from reinit.io.trust import CALLABLE_SPEC, callable_name
 from reinit.planning.model import Model, ModelError, fans_from_module
 from reinit.text import one_line
 
@@ -32,7 +33,7 @@ __all__ = [
 
 Factory = Callable[[], object]  # builds a model; `build_module` checks it is an nn.Module
 
-_CALLABLE = re.compile(r"([A-Za-z_][\w.]*):([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)(\(.*\))?\Z", re.S)
+_CALLABLE = CALLABLE_SPEC
 
 
 def load_model(spec: str | os.PathLike[str] | nn.Module) -> Model:
@@ -42,19 +43,19 @@ def load_model(spec: str | os.PathLike[str] | nn.Module) -> Model:
         kind = "hf" if callable(getattr(spec, "_init_weights", None)) else "torch"
         return fans_from_module(type(spec).__name__, spec, kind, _prefix(spec))
     text = os.fspath(spec)
-    factory = model_factory(text)
+    factory = model_factory(spec)
     with torch.device("meta"):
         module = build_module(text, factory)
     kind = "hf" if _is_hf(module) else "torch"
     return fans_from_module(text, module, kind, _prefix(module) if kind == "hf" else "")
 
 
-def build_real(spec: str, seed: int = 0) -> nn.Module:
+def build_real(spec: str | os.PathLike[str], seed: int = 0) -> nn.Module:
     """The model `spec` names with real weights on the CPU, initialized as its constructor
     (for transformers, with `post_init`) does, from `torch.manual_seed(seed)` inside `fork_rng`
     (the caller's RNG is untouched)."""
     text = os.fspath(spec)
-    factory = model_factory(text)
+    factory = model_factory(spec)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build_module(text, factory)
@@ -78,8 +79,13 @@ def build_module(text: str, factory: Factory) -> nn.Module:
     return module
 
 
-def model_factory(text: str) -> Factory:
-    """A function that builds the model `text` names (on whatever device is current)."""
+def model_factory(spec: str | os.PathLike[str]) -> Factory:
+    """A function that builds the model `spec` names (on whatever device is current).
+
+    Only a `str` may be a `module:callable` (the caller's own code, or one the user allowed on
+    the command line); a path object (`pathlib.Path`: what a recipe's `model:` becomes unless
+    the user trusted it) is a model folder or config file, never imported."""
+    text = os.fspath(spec)
     if is_hf_url(text):
         ref = parse_hf_url(text)
         return _hf_factory(text, HubRepo(ref, progress=False).fetch("config.json"))
@@ -95,8 +101,13 @@ def model_factory(text: str) -> Factory:
     if path.is_file() and path.name.endswith(".json"):
         return _hf_factory(text, path)
     m = _CALLABLE.match(text)
-    if m and not path.exists():
+    if m and not path.exists() and isinstance(spec, str):
         return _callable_factory(text, m.group(1), m.group(2), m.group(3))
+    if m and not path.exists():
+        raise ModelError(
+            f"--model {text}: no such directory; a module:callable from a recipe runs only "
+            f"when the command line allows it (--trust-model-callable {callable_name(text)})"
+        )
     raise ModelError(
         f"--model {text}: no such directory and not module:callable; give a Hugging Face model "
         "directory (with config.json), hf://OWNER/NAME, or module:callable "
@@ -173,19 +184,35 @@ def _transformers() -> ModuleType:
 def _hf_factory(spec: str, config_path: Path) -> Factory:
     """The class comes from the config's `architectures` (so names line up with checkpoints
     saved from it), else `AutoModel`. Remote code is never run."""
+    refuse_remote_code(spec, config_path)
     transformers = _transformers()
     try:
-        config = transformers.AutoConfig.from_pretrained(str(config_path))
+        config = transformers.AutoConfig.from_pretrained(str(config_path), trust_remote_code=False)
     except Exception as e:
         raise ModelError(
             f"--model {spec}: transformers cannot read {config_path}: {one_line(e, typed=True)} "
             "(remote code is never run; upgrade transformers for new model types)"
         ) from None
     archs = getattr(config, "architectures", None) or []
-    cls = getattr(transformers, archs[0], None) if archs else None
-    if cls is not None:
+    cls = getattr(transformers, archs[0], None) if archs and isinstance(archs[0], str) else None
+    if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
         return lambda: cls(config)
-    return lambda: transformers.AutoModel.from_config(config)
+    return lambda: transformers.AutoModel.from_config(config, trust_remote_code=False)
+
+
+def refuse_remote_code(spec: str, config_path: Path) -> None:
+    """A config whose `auto_map` points at its own Python files asks to run them: refused
+    (exit 2) before transformers sees it, so it can neither prompt nor import."""
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError, RecursionError):
+        return  # transformers reports an unreadable config in its own words, below
+    if isinstance(data, dict) and "auto_map" in data:
+        raise ModelError(
+            f"--model {spec}: {config_path} has auto_map (custom model code); reinit never "
+            "runs code from a model folder: use a model type transformers ships"
+        )
 
 
 def _is_hf(module: nn.Module) -> bool:

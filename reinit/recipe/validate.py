@@ -21,6 +21,7 @@ from reinit.recipe.files import (
     location,
     read_recipe_file,
 )
+from reinit.recipe.trust import granted
 
 # A key's value after conversion by its kind (`_coerce`): lists become tuples of strings; a
 # `steps` value stays as parsed, checked step by step.
@@ -382,14 +383,22 @@ def _rules(values: Mapping[str, Value]) -> tuple[str, ...]:
 def load_recipe(
     path: str | os.PathLike[str],
     sets: Sequence[str] = (),
+    *,
+    unsafe_pickle: TrustSpec = (),
+    trust_model_callable: Sequence[str] = (),
 ) -> Recipe:
     """Read, override (`--set`), expand `${VAR}` and validate a recipe file. Relative paths in
     it are left as written: like the flags they mirror, they are relative to the current
-    directory.
+    directory. Nothing in the file (or `sets`) runs code by itself: its `unsafe_pickle:` paths
+    and a `model: module:callable` must be granted by the caller (docs/guide/trust.md).
 
     Args:
         path: A `.yaml`/`.yml`, `.toml` (Python >= 3.11) or `.json` recipe.
         sets: `KEY=VALUE` overrides, as `reinit run --set` (`seed=3`, `steps.1.seed=4`).
+        unsafe_pickle: The torch files you trust to run code while loading (`--unsafe-pickle`);
+            every path of the recipe's `unsafe_pickle:` must be among them.
+        trust_model_callable: The `MODULE:CALLABLE` names you allow the recipe's `model:` to
+            import and call (`--trust-model-callable`).
 
     Returns:
         The validated `Recipe`: its source, output, top-level `ApplyOptions` and steps (each
@@ -413,4 +422,10 @@ def load_recipe(
     apply_sets(data, where, sets)
     expanded = expand_all(data, (), where, label)
     assert isinstance(expanded, dict)  # expand_all keeps a mapping a mapping
-    return validate(expanded, where, label)
+    recipe = validate(expanded, where, label)
+    base = granted(recipe.options, where, label, unsafe_pickle, trust_model_callable)
+    steps = tuple(
+        replace(s, options=replace(s.options, unsafe_pickle=base.unsafe_pickle, model=base.model))
+        for s in recipe.steps
+    )
+    return replace(recipe, options=base, steps=steps)

@@ -33,6 +33,7 @@ from reinit.run.output import (
     INDEX_NAME,
     OutFile,
     OutputSpec,
+    check_unread_names,
     output_files,
     resolve_output,
     with_format,
@@ -276,6 +277,8 @@ def _check_folder(
     written replace their namesakes); a folder replaced whole must hold only what a run
     writes there."""
     merge = in_place and spec.fmt == "directory" and spec.path.is_dir()
+    if merge:
+        check_unread_names(spec.path, files, prepared.ckpt)
     if spec.fmt == "directory" and not merge:
         held = [f.relname for f in files] + list(prepared.ckpt.extra_files())
         check_replace_folder(spec.path, [*held, INDEX_NAME, REPORT_NAME])

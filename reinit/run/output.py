@@ -7,6 +7,7 @@ __all__ = [
     "INDEX_NAME",
     "OutFile",
     "OutputSpec",
+    "check_unread_names",
     "default_output",
     "output_files",
     "output_format",
@@ -25,6 +26,7 @@ from pathlib import Path
 from reinit.errors import OutputError, UsageError
 from reinit.io.checkpoint import Checkpoint, TensorRef
 from reinit.io.confine import (
+    cache_blobs,
     check_output_names,
     check_relname,
 )
@@ -100,9 +102,9 @@ def resolve_output(
     input without `--in-place`, or exists without `--overwrite` (see `reinit.io.targets`)."""
     if output is None and ckpt.kind == "memory":
         raise OutputError(f"{source}: an in-memory checkpoint has no default output; give -o")
+    if in_place:
+        _refuse_cache_in_place(source)
     if output is None and in_place:
-        if is_hf_url(source):
-            raise OutputError(f"--in-place: {source} is on the Hub; give -o for the output")
         output = source
     path = Path(output) if output is not None else default_output(source, ckpt)
     text = os.fspath(output) if output is not None else os.fspath(path)
@@ -145,6 +147,20 @@ def with_format(spec: OutputSpec, fmt: str, sharded: bool) -> OutputSpec:
     return OutputSpec(spec.path, "dcp")
 
 
+def _refuse_cache_in_place(source: str) -> None:
+    """`--in-place` never rewrites the Hugging Face cache: not through hf://, nor through a
+    snapshot folder (or a file in one) given as a local path."""
+    if is_hf_url(source):
+        raise OutputError(f"--in-place: {source} is on the Hub; give -o for the output")
+    path = Path(source)
+    folder = path if path.is_dir() else path.parent
+    if cache_blobs(folder) is not None:
+        raise OutputError(
+            f"--in-place: {source} is a snapshot in the Hugging Face cache; rewriting it would "
+            "corrupt the cache; give -o for the output"
+        )
+
+
 @dataclass(frozen=True)
 class OutFile:
     """One output file and the tensors it holds, in the order they are written."""
@@ -183,6 +199,24 @@ def output_files(
     ]
     check_output_names([(f.relname, f.source_shard) for f in files], ckpt.source)
     return files
+
+
+def check_unread_names(folder: Path, files: Sequence[OutFile], ckpt: Checkpoint) -> None:
+    """`--in-place` into a folder replaces only what this run read: an output name (a weight
+    file, or the index) that exists there but is none of the files the checkpoint was read from
+    belongs to someone else (`pytorch_model-00001-of-00002.bin` becomes
+    `model-00001-of-00002.safetensors`, which may already hold other tensors): exit 2, naming it."""
+    read = {*ckpt.shards(), *(f.source_shard for f in files)}
+    index = getattr(getattr(ckpt, "layout", None), "index", None)
+    if isinstance(index, str):
+        read.add(index)
+    names = [f.relname for f in files] + ([INDEX_NAME] if len(files) > 1 or index else [])
+    for rel in names:
+        if rel not in read and os.path.lexists(folder / rel):
+            raise OutputError(
+                f"--in-place: {folder / rel} exists but is not part of the checkpoint this run "
+                "read; writing it would replace it: move it away or give -o for the output"
+            )
 
 
 def shard_output_name(shard: str) -> str:

@@ -25,6 +25,7 @@ from reinit.io.checkpoint import CHUNK_BYTES, FileTensor
 from reinit.io.pipeline import prefetch
 from reinit.io.safetensors_header import CODE_NAMES
 from reinit.io.safetensors_reader import pread_into
+from reinit.io.signals import wait_held
 from reinit.report.entries import TensorEntry, kept_entry
 from reinit.report.kernels import FLOAT_CODES
 from reinit.report.progress import Progress
@@ -83,6 +84,11 @@ def plan_reads(tensors: Sequence[FileTensor], size: int = CHUNK_BYTES) -> list[R
         used += n
     flush()
     return reads
+
+
+def _result(fut: Future[Job]) -> Job:
+    """The job's result, waited for with SIGINT/SIGTERM held (`reinit.io.signals`)."""
+    return wait_held(lambda timeout: fut.result(timeout=timeout), TimeoutError)
 
 
 def _read_all(reads: Sequence[Read], ring: list[bytearray]) -> Iterator[tuple[Read, memoryview]]:
@@ -152,10 +158,10 @@ def raw_entries(tensors: Sequence[FileTensor], bar: Progress) -> list[TensorEntr
                 pending.append((pool.submit(job, parts), r.nbytes))
                 while len(pending) > WORKERS:
                     fut, nbytes = pending.popleft()
-                    finish(fut.result(), nbytes)
+                    finish(_result(fut), nbytes)
             while pending:
                 fut, nbytes = pending.popleft()
-                finish(fut.result(), nbytes)
+                finish(_result(fut), nbytes)
         finally:
             for fut, _ in pending:
                 fut.cancel()

@@ -1,0 +1,76 @@
+"""What a recipe may not do by itself: run code. A recipe is shared like a config file, so its
+`model: module:callable` (which imports and calls Python) and its `unsafe_pickle:` (which lets a
+torch file run code while loading) are requests the person at the command line must grant:
+`--trust-model-callable MODULE:CALLABLE` and `--unsafe-pickle PATH` (`load_recipe`'s
+`trust_model_callable=` and `unsafe_pickle=`). `--set` values count as the recipe's."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from reinit.errors import UsageError
+from reinit.io.hub_url import is_hf_url
+from reinit.io.trust import (
+    PickleTrust,
+    TrustSpec,
+    callable_name,
+    callable_trust,
+    pickle_trust,
+)
+from reinit.options import ApplyOptions
+from reinit.recipe.files import Where, location
+
+if TYPE_CHECKING:
+    from reinit.planning.session import ModelInput
+
+__all__ = ["granted"]
+
+
+def granted(
+    options: ApplyOptions,
+    where: Where,
+    label: str,
+    unsafe_pickle: TrustSpec,
+    trust_model_callable: Iterable[str],
+) -> ApplyOptions:
+    """The recipe's top-level `options` with only the trust the user granted: a recipe's
+    `unsafe_pickle` entry or callable `model` the user did not name is a `UsageError` naming
+    the key and the flag that would allow it. The result's `unsafe_pickle` is the user's, and
+    its `model` is a `pathlib.Path` (never imported) unless it is hf:// or a granted callable."""
+    user = pickle_trust(unsafe_pickle, "--unsafe-pickle")
+    _check_pickles(options.unsafe_pickle, user, location(where, ("unsafe_pickle",), label))
+    callables = callable_trust(trust_model_callable)
+    model = _model(options.model, callables, location(where, ("model",), label))
+    return replace(options, unsafe_pickle=user, model=model)
+
+
+def _check_pickles(requested: TrustSpec, user: PickleTrust, at: str) -> None:
+    if isinstance(requested, PickleTrust) or not requested:
+        return
+    items = [requested] if isinstance(requested, (str, os.PathLike)) else requested
+    assert isinstance(items, Iterable)
+    for path in items:
+        if isinstance(path, (str, os.PathLike)) and not user.allows(path):
+            text = os.fspath(path)
+            raise UsageError(
+                f"{at}: unsafe_pickle {text}: a recipe cannot let a file run code by itself; "
+                f"if you trust it, add --unsafe-pickle {text} to the command line"
+            )
+
+
+def _model(model: ModelInput | None, callables: frozenset[str], at: str) -> ModelInput | None:
+    if not isinstance(model, str) or is_hf_url(model):
+        return model
+    name = callable_name(model)
+    if name is None or Path(model).exists():
+        return Path(model)  # a model folder or config file, never imported
+    if name in callables:
+        return model
+    raise UsageError(
+        f"{at}: model {name} would import and call Python code; a recipe cannot run code by "
+        f"itself: if you trust it, add --trust-model-callable {name} to the command line"
+    )
