@@ -1,0 +1,225 @@
+"""`reinit apply` under torchrun (DESIGN §9, issue #25 item 4): the output's shards split over
+the ranks give the bytes of one process (shards, index, config, report minus timings); a rank
+that fails or is killed leaves nothing published and no temporary, and every rank that can
+speak says, in one line, which rank it is and why it stopped.
+
+The torchrun tests start `python -m torch.distributed.run --standalone --nproc-per-node 2`
+as a child process (this checkout first on PYTHONPATH); a rank is found by the RANK in its
+environment, among torchrun's children. Failures are made from outside, with no hook in the
+product: a rank's file-size limit lowered (`prlimit`, as a full quota would), a rank killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import child_env, run
+
+import reinit
+from reinit.errors import RankError
+from reinit.options import ApplyOptions
+from reinit.run.layout import OutputRequest, lay_out
+from reinit.run.prepare import Job, prepare
+from reinit.run.torchrun import Group, apply_split, assign_shards, torchrun_world
+
+RULES = ["*.mlp.*.weight=kaiming_normal", "*.self_attn.o_proj.weight=normal(std=0.02)"]
+TIMEOUT_S = 120
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    """A Llama of ~18 MB in 4 shards, as save_pretrained writes them."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(
+        vocab_size=1024,
+        hidden_size=256,
+        intermediate_size=1024,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    src = tmp_path_factory.mktemp("llama") / "llama"
+    model.save_pretrained(src, max_shard_size="5MB")
+    assert len(list(src.glob("*.safetensors"))) == 4
+    return transformers, src
+
+
+def _torchrun(*args: str | os.PathLike[str], cwd: Path) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
+    argv += ["2", "-m", "reinit", *map(os.fspath, args)]
+    env = child_env(OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
+    return subprocess.Popen(argv, cwd=cwd, env=env, stderr=subprocess.PIPE, text=True)
+
+
+def _rank_pid(launcher: subprocess.Popen[str], rank: int) -> int:
+    """The pid of torchrun's child whose environment says RANK=`rank`."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline:
+        for task in Path(f"/proc/{launcher.pid}/task").iterdir():
+            for pid in (task / "children").read_text().split():
+                try:
+                    env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if f"RANK={rank}".encode() in env:
+                    return int(pid)
+        time.sleep(0.01)
+    raise AssertionError(f"no rank {rank} under torchrun")
+
+
+def _writing(pid: int) -> bool:
+    """Whether the process has a shard of the shared temporary open (it is writing it)."""
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if ".reinit-tmp-" in target and target.endswith(".safetensors"):
+            return True
+    return False
+
+
+def _finished(launcher: subprocess.Popen[str], start: str = "error") -> tuple[int, list[str]]:
+    """torchrun's exit code and the lines of its ranks that begin with `start`."""
+    _, stderr = launcher.communicate(timeout=TIMEOUT_S)
+    return launcher.returncode, [line for line in stderr.splitlines() if line.startswith(start)]
+
+
+def _same_run(a: Path, b: Path) -> None:
+    """Every file byte for byte; the report too, once its timing and output path are set."""
+    assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())
+    for p in sorted(a.iterdir()):
+        q = b / p.name
+        if p.name != "reinit-report.json":
+            assert p.read_bytes() == q.read_bytes(), p.name
+    ra, rb = (json.loads((d / "reinit-report.json").read_text()) for d in (a, b))
+    for r in (ra, rb):
+        r.pop("output")
+        r["summary"].pop("seconds")
+    assert ra == rb
+
+
+def _nothing_left(folder: Path) -> None:
+    assert sorted(p.name for p in folder.iterdir()) == []  # no output, no .reinit-tmp-*
+
+
+def test_two_ranks_write_the_bytes_of_one_process(llama, tmp_path):
+    transformers, src = llama
+    flags = ["--seed", "7", "--dtype", "bfloat16", "--checksums", "-q"]
+    rules = [a for r in RULES for a in ("-r", r)]
+    one = tmp_path / "one"
+    alone = run("apply", src, "-o", f"{one}/", *rules, *flags)
+    assert alone.exit_code == 0
+    launcher = _torchrun("apply", src, "-o", "two/", *rules, *flags, cwd=tmp_path)
+    code, said = _finished(launcher, start="")
+    assert code == 0 and not [line for line in said if line.startswith("error")], said
+    two = tmp_path / "two"
+    assert len(list(two.glob("*.safetensors"))) == 4
+    _same_run(one, two)
+    # the run's one line on lossy casts counts every rank's tensors, as one process does
+    lossy = [line for line in alone.stderr.splitlines() if "cast lossily" in line]
+    assert lossy == ["warning: --dtype bfloat16: 39 tensors cast lossily"]  # all
+    assert [line for line in said if "cast lossily" in line] == lossy
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # no temporaries
+    loaded, info = transformers.LlamaForCausalLM.from_pretrained(two, output_loading_info=True)
+    assert not any(info.values()), info
+
+
+@pytest.mark.slow  # another torchrun start (~15 s loaded); the killed rank covers the rest
+def test_a_rank_that_cannot_write_fails_every_rank_and_publishes_nothing(llama, tmp_path):
+    _, src = llama
+    out = tmp_path / "work"
+    out.mkdir()
+    launcher = _torchrun("apply", src, "-o", "two/", "-r", RULES[0], "-q", cwd=out)
+    rank1 = _rank_pid(launcher, 1)  # before it has imported torch: seconds ahead of writing
+    limit = 1024 * 1024  # smaller than any of its shards: writing one fails (EFBIG)
+    resource.prlimit(rank1, resource.RLIMIT_FSIZE, (limit, limit))
+    code, errors = _finished(launcher)
+    assert code != 0
+    by_rank = sorted(errors)
+    assert len(by_rank) == 2, errors  # one line from each rank
+    assert by_rank[0].startswith("error: rank 0 of 2: rank 1 failed: "), by_rank
+    assert by_rank[1].startswith("error: rank 1 of 2: "), by_rank
+    assert all(line.endswith("nothing was published") for line in by_rank)
+    assert "internal error" not in by_rank[1] and ".reinit-tmp-" not in by_rank[1]
+    assert "two/model-" in by_rank[1]  # the shard it could not write, by its output path
+    _nothing_left(out)
+
+
+def test_a_rank_killed_mid_run_leaves_nothing(llama, tmp_path):
+    _, src = llama
+    out = tmp_path / "work"
+    out.mkdir()
+    launcher = _torchrun("apply", src, "-o", "two/", "-r", RULES[0], "-q", cwd=out)
+    rank0, rank1 = _rank_pid(launcher, 0), _rank_pid(launcher, 1)
+    deadline = time.monotonic() + TIMEOUT_S
+    while not _writing(rank1):
+        assert time.monotonic() < deadline and launcher.poll() is None
+        time.sleep(0.002)
+    os.kill(rank0, signal.SIGSTOP)  # held: it cannot publish, whatever rank 1 got done
+    os.kill(rank1, signal.SIGKILL)  # rank 1 dies while it writes a shard
+    os.kill(rank0, signal.SIGCONT)
+    code, errors = _finished(launcher)
+    assert code != 0
+    assert len(errors) == 1 and errors[0].startswith("error: rank 0 of 2: "), errors
+    assert errors[0].endswith("nothing was published")
+    assert "lost another rank" in errors[0] or "interrupted" in errors[0]  # gloo or torchrun
+    _nothing_left(out)  # the survivor removed the temporary rank 1 was writing into
+
+
+# --- in this process: the split itself, the one-process case, the messages ------------------
+
+
+def test_shards_go_biggest_first_to_the_least_loaded_rank(llama, tmp_path):
+    _, src = llama
+    o = ApplyOptions()
+    with ExitStack() as stack:
+        prepared = prepare(stack, Job.of(src, RULES, o), o)
+        folder = lay_out(prepared, OutputRequest.of(f"{tmp_path / 'o'}/", o))
+        single = lay_out(prepared, OutputRequest.of(tmp_path / "o.safetensors", o))
+    split = assign_shards(folder, 2)
+    assert sorted(s for part in split for s in part) == sorted(folder.shards())  # each once
+    assert all(split)  # both ranks have work
+    loads = [sum(folder.in_bytes[n] for f in folder.files_of(p) for n in f.names) for p in split]
+    assert max(loads) - min(loads) <= max(loads) // 2
+    # one output file: rank 0 writes it, the others wait
+    assert assign_shards(single, 3) == [("",), (), ()]
+
+
+def test_alone_it_is_apply(llama, tmp_path):
+    _, src = llama
+    whole = tmp_path / "whole"
+    reinit.apply(src, RULES, f"{whole}/", seed=5)
+    alone = tmp_path / "alone"
+    report = apply_split(src, RULES, f"{alone}/", seed=5)
+    assert report.summary.reinit == 16  # 4 x (3 mlp + o_proj)
+    _same_run(whole, alone)
+
+
+def test_torchrun_is_told_by_its_variables():
+    env = {"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "localhost"}
+    assert torchrun_world(env) == (1, 4)
+    assert torchrun_world({**env, "WORLD_SIZE": "1"}) is None  # one process: nothing to split
+    assert torchrun_world({k: v for k, v in env.items() if k != "MASTER_ADDR"}) is None
+    assert torchrun_world({}) is None
+
+
+def test_every_rank_names_itself_and_the_rank_that_failed():
+    outcomes = [(None, None), (None, (2, "x.safetensors: exists")), (None, (1, "later"))]
+    with pytest.raises(RankError, match=r"^rank 0 of 3: rank 1 failed: x.safetensors") as e:
+        Group(0, 3).verdict(outcomes)
+    assert e.value.exit_code == 2  # the failing rank's code
+    with pytest.raises(RankError, match=r"^rank 2 of 3: later; nothing was published$"):
+        Group(2, 3).verdict(outcomes)  # its own failure first
