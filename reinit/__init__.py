@@ -16,6 +16,7 @@ from reinit.errors import (
     CheckpointError,
     HubError,
     OutputError,
+    RankError,
     ReinitError,
     RuleError,
     SchemeError,
@@ -32,6 +33,7 @@ from reinit.version import __version__
 _LAZY = {
     "diff_checkpoints": "reinit.tools.diff",
     "apply": "reinit.run.apply",
+    "apply_split": "reinit.run.torchrun",
     "plan": "reinit.planning.session",
     "report_checkpoint": "reinit.tools.audit",
     "apply_to_module": "reinit.run.inmemory",
@@ -70,6 +72,7 @@ if TYPE_CHECKING:
     from reinit.rules import Rule, parse_rule
     from reinit.run.apply import apply
     from reinit.run.inmemory import apply_to_module, apply_to_state_dict
+    from reinit.run.torchrun import apply_split
     from reinit.schemes import SCHEMES, calculate_gain, seed_for
     from reinit.tools.audit import report_checkpoint
     from reinit.tools.diff import diff_checkpoints
@@ -97,6 +100,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "__version__",
     "apply",
+    "apply_split",
     "apply_to_module",
     "apply_to_state_dict",
     "load_recipe",
@@ -126,6 +130,7 @@ __all__ = [
     "SchemeError",
     "StrictError",
     "OutputError",
+    "RankError",
     "CheckpointError",
     "HubError",
     "TransplantError",

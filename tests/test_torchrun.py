@@ -29,7 +29,8 @@ from reinit.errors import RankError
 from reinit.options import ApplyOptions
 from reinit.run.layout import OutputRequest, lay_out
 from reinit.run.prepare import Job, prepare
-from reinit.run.torchrun import Group, apply_split, assign_shards, torchrun_world
+from reinit.run.ranks import Group, share, share_in_order, torchrun_world
+from reinit.run.torchrun import apply_split, assign_shards
 
 RULES = ["*.mlp.*.weight=kaiming_normal", "*.self_attn.o_proj.weight=normal(std=0.02)"]
 TIMEOUT_S = 120
@@ -179,6 +180,21 @@ def test_a_rank_killed_mid_run_leaves_nothing(llama, tmp_path):
     _nothing_left(out)  # the survivor removed the temporary rank 1 was writing into
 
 
+@pytest.mark.slow  # another torchrun start (~15 s loaded)
+def test_report_summed_by_two_ranks_is_the_report_of_one(llama, tmp_path):
+    _, src = llama
+    alone = run("report", src, "--json", "-q")
+    assert alone.exit_code == 0
+    launcher = _torchrun("report", src, "-o", "two.json", "-q", cwd=tmp_path)
+    code, errors = _finished(launcher)
+    assert (code, errors) == (0, [])
+    one, two = json.loads(alone.stdout), json.loads((tmp_path / "two.json").read_text())
+    for r in (one, two):
+        r["summary"].pop("seconds")
+    assert one == two and len(two["tensors"]) == 39
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["two.json"]  # written once, by rank 0
+
+
 # --- in this process: the split itself, the one-process case, the messages ------------------
 
 
@@ -206,6 +222,16 @@ def test_alone_it_is_apply(llama, tmp_path):
     report = apply_split(src, RULES, f"{alone}/", seed=5)
     assert report.summary.reinit == 16  # 4 x (3 mlp + o_proj)
     _same_run(whole, alone)
+
+
+def test_work_is_shared_out_whole_and_balanced():
+    assert share([5, 1, 4, 2], 2) == [[0, 1], [2, 3]]  # 5+1 | 4+2
+    assert share([3], 3) == [[0], [], []]
+    weights = [10, 1, 1, 1, 1, 6, 2, 2, 8]
+    runs = share_in_order(weights, 3)
+    assert [list(r) for r in runs] == [[0, 1], [2, 3, 4, 5, 6], [7, 8]]  # 11 | 11 | 10
+    assert [list(r) for r in share_in_order([1, 1], 4)] == [[], [0], [], [1]]
+    assert [list(r) for r in share_in_order([], 2)] == [[], []]
 
 
 def test_torchrun_is_told_by_its_variables():

@@ -76,7 +76,7 @@ def apply(
             '(e.g. --rule "*.weight=kaiming"), or --add/--drop/--rename/--resize (see reinit '
             "apply --help)"
         )
-    from reinit.run.torchrun import torchrun_world
+    from reinit.run.ranks import torchrun_world
 
     trusted = options.unsafe_pickle
     assert isinstance(trusted, tuple)  # a repeatable flag: a tuple of paths

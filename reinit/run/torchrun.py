@@ -19,30 +19,21 @@ which stops every rank when one fails (SIGTERM: an interrupt, cleaned up the sam
 rank that hangs is given up on after the process group's timeout (torch's default, 30 min).
 
 An output of one file (or a `.bin`) has one shard: rank 0 writes it all and the others wait.
-Without torchrun nothing here runs (`torchrun_world()` is None)."""
+Without torchrun nothing here runs (`ranks.torchrun_world()` is None); the ranks, their
+process group and how they agree are `run/ranks.py`."""
 
 from __future__ import annotations
 
-__all__ = [
-    "Group",
-    "Part",
-    "apply_split",
-    "assign_shards",
-    "process_group",
-    "run_split",
-    "torchrun_world",
-]
+__all__ = ["Part", "apply_split", "assign_shards", "run_split"]
 
 import os
-import re
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
-from reinit.errors import RankError, ReinitError, WriteError
+from reinit.errors import RankError, WriteError
 from reinit.io.checkpoint import Checkpoint
 from reinit.io.writer import remove_path
 from reinit.options import APPLY_FIELDS, ApplyOptions, OptionKwargs, with_kwargs
@@ -50,146 +41,18 @@ from reinit.planning.session import RuleInput
 from reinit.report.entries import Report
 from reinit.run.layout import Layout, OutputRequest, lay_out
 from reinit.run.prepare import Job, Prepared, prepare
+from reinit.run.ranks import Group, process_group, share
 from reinit.run.write import Staging, Written, publish, report_of, stage, write, write_side_files
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-T = TypeVar("T")
-
-#: The variables torchrun sets for every process it starts (all of them: torchrun).
-TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")
-POLL_S = 0.05  # how often a waiting rank looks up (and lets a signal in)
-INTERRUPTED = "interrupted (Ctrl-C, or SIGTERM: torchrun stops every rank when one fails)"
-
-Outcome = tuple[object, tuple[int, str] | None]  # a step's value, or (exit code, why)
-
-
-def torchrun_world(env: Mapping[str, str] | None = None) -> tuple[int, int] | None:
-    """(rank, world size) when this process is one of several torchrun started, else None."""
-    env = os.environ if env is None else env
-    if not all(env.get(k) for k in TORCHRUN_ENV):
-        return None
-    try:
-        rank, size = int(env["RANK"]), int(env["WORLD_SIZE"])
-    except ValueError:
-        return None
-    return (rank, size) if size > 1 else None
-
-
-@dataclass(frozen=True)
-class Group:
-    """This process's place among the ranks (size 1: alone, nothing exchanged)."""
-
-    rank: int
-    size: int
-
-    @property
-    def primary(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def who(self) -> str:
-        return f"rank {self.rank} of {self.size}"
-
-    def attempt(self, step: Callable[[], T]) -> Outcome:
-        """Run `step` here: its value, or why it failed (an interrupt stops this rank)."""
-        try:
-            return step(), None
-        except ReinitError as e:
-            return None, (e.exit_code, str(e).rstrip("\n"))
-        except KeyboardInterrupt:
-            raise RankError(f"{self.who}: {INTERRUPTED}; nothing was published", 130) from None
-        except Exception as e:  # a bug: still one line, on every rank
-            return None, (1, f"internal error: {type(e).__name__}: {e}")
-
-    def exchange(self, outcome: Outcome, what: str) -> list[Outcome]:
-        """Every rank's outcome, in rank order, once every rank has one. The wait is polled,
-        so an interrupt (torchrun's SIGTERM) is handled while waiting; a rank that died is a
-        lost connection (gloo), a hung one the process group's timeout."""
-        if self.size == 1:
-            return [outcome]
-        import torch.distributed as dist
-
-        out: list[Outcome | None] = [None] * self.size
-        try:
-            work = dist.barrier(async_op=True)
-            while not work.is_completed():
-                time.sleep(POLL_S)
-            work.wait()
-            dist.all_gather_object(out, outcome)
-        except KeyboardInterrupt:
-            raise RankError(f"{self.who}: {INTERRUPTED}; nothing was published", 130) from None
-        except RuntimeError as e:
-            raise RankError(
-                f"{self.who}: lost another rank while {what} (it failed or was killed: "
-                f"{_cause(e)}); nothing was published"
-            ) from None
-        return [o if o is not None else (None, (1, "no outcome")) for o in out]
-
-    def verdict(self, outcomes: Sequence[Outcome]) -> list[object]:
-        """Every rank's value, or (on every rank) the one line naming why it stops: its own
-        failure, else the first rank that failed and why, with that rank's exit code."""
-        own = outcomes[self.rank][1]
-        if own is not None:
-            raise RankError(f"{self.who}: {own[1]}; nothing was published", own[0])
-        for r, (_, failure) in enumerate(outcomes):
-            if failure is not None:
-                code, why = failure
-                raise RankError(f"{self.who}: rank {r} failed: {why}; nothing was published", code)
-        return [value for value, _ in outcomes]
-
-    def agree(self, what: str, step: Callable[[], T]) -> T:
-        """Run `step` on every rank; this rank's value once every rank's step succeeded, else
-        every rank stops (`verdict`). Only the outcome crosses the wire, not the value."""
-        value, failure = self.attempt(step)
-        self.verdict(self.exchange((None, failure), what))
-        return value  # type: ignore[return-value]  # `step`'s value: it did not fail
-
-    def gather(self, what: str, step: Callable[[], T]) -> list[object]:
-        """`agree`, with every rank's value (pickled across), in rank order."""
-        return self.verdict(self.exchange(self.attempt(step), what))
-
-
-def _cause(e: RuntimeError) -> str:
-    """gloo's error, short: `Read error [HOST]:PORT: Connection reset by peer`, without its
-    source location and advice."""
-    text = " ".join(str(e).split())
-    text = re.sub(r"^\[[^\]]*\]\s*", "", text)  # [.../gloo/transport/tcp/pair.cc:537]
-    return text.split(". ")[0].rstrip(".") or type(e).__name__
-
-
-@contextmanager
-def process_group() -> Iterator[Group]:
-    """The ranks: the process group already set up (a script under torchrun), else the one
-    torchrun's variables describe (gloo, destroyed after), else this process alone."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        yield Group(dist.get_rank(), dist.get_world_size())
-        return
-    world = torchrun_world()
-    if world is None:
-        yield Group(0, 1)
-        return
-    dist.init_process_group("gloo")
-    try:
-        yield Group(*world)
-    finally:
-        dist.destroy_process_group()
-
 
 def assign_shards(layout: Layout, size: int) -> list[tuple[str, ...]]:
-    """Each rank's output shards: the biggest (by source bytes) first, each to the least
-    loaded rank (ties: the lower rank), listed in layout order. One file: rank 0's alone."""
-    weight = {f.relname: sum(layout.in_bytes[n] for n in f.names) for f in layout.files}
-    loads = [0] * size
-    mine: list[set[str]] = [set() for _ in range(size)]
-    for name in sorted(weight, key=lambda s: -weight[s]):  # stable: ties in layout order
-        r = min(range(size), key=lambda i: (loads[i], i))
-        mine[r].add(name)
-        loads[r] += weight[name]
-    return [tuple(s for s in layout.shards() if s in m) for m in mine]
+    """Each rank's output shards (`share` by source bytes: the biggest first, each to the
+    least loaded rank), in layout order. One file: rank 0's alone, the others wait."""
+    weights = [sum(layout.in_bytes[n] for n in f.names) for f in layout.files]
+    return [tuple(layout.files[i].relname for i in mine) for mine in share(weights, size)]
 
 
 @dataclass(frozen=True)
