@@ -242,6 +242,14 @@ def test_torchrun_is_told_by_its_variables():
     assert torchrun_world({}) is None
 
 
+def test_a_recipe_under_torchrun_is_refused(tmp_path):
+    (tmp_path / "r.yaml").write_text("source: m.safetensors\nrules: ['*=zeros']\n")
+    env = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "localhost"}
+    res = run("run", tmp_path / "r.yaml", env=env)
+    assert res.exit_code == 2 and "does not split across processes" in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]
+
+
 def test_every_rank_names_itself_and_the_rank_that_failed():
     outcomes = [(None, None), (None, (2, "x.safetensors: exists")), (None, (1, "later"))]
     with pytest.raises(RankError, match=r"^rank 0 of 3: rank 1 failed: x.safetensors") as e:
