@@ -166,9 +166,13 @@ def test_a_rank_killed_mid_run_leaves_nothing(llama, tmp_path):
     launcher = _torchrun("apply", src, "-o", "two/", "-r", RULES[0], "-q", cwd=out)
     rank0, rank1 = _rank_pid(launcher, 0), _rank_pid(launcher, 1)
     deadline = time.monotonic() + TIMEOUT_S
-    while not _writing(rank1):
+    while not any(p.name.startswith(".two.reinit-tmp-") for p in out.iterdir()):
         assert time.monotonic() < deadline and launcher.poll() is None
         time.sleep(0.002)
+    os.setpriority(os.PRIO_PROCESS, rank1, 19)  # staged: rank 1 writes slowly, easy to catch
+    while not _writing(rank1):
+        assert time.monotonic() < deadline and launcher.poll() is None
+        time.sleep(0.001)
     os.kill(rank0, signal.SIGSTOP)  # held: it cannot publish, whatever rank 1 got done
     os.kill(rank1, signal.SIGKILL)  # rank 1 dies while it writes a shard
     os.kill(rank0, signal.SIGCONT)

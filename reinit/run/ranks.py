@@ -24,6 +24,7 @@ __all__ = [
 import os
 import re
 import time
+import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -79,6 +80,8 @@ class Group:
         except KeyboardInterrupt:
             raise RankError(f"{self.who}: {INTERRUPTED}; nothing was published", 130) from None
         except Exception as e:  # a bug: still one line, on every rank
+            if os.environ.get("REINIT_DEBUG", "") not in ("", "0"):
+                traceback.print_exc()
             return None, (1, f"internal error: {type(e).__name__}: {e}")
 
     def exchange(self, outcome: Outcome, what: str) -> list[Outcome]:
@@ -110,11 +113,12 @@ class Group:
         failure, else the first rank that failed and why, with that rank's exit code."""
         own = outcomes[self.rank][1]
         if own is not None:
-            raise RankError(f"{self.who}: {own[1]}; nothing was published", own[0])
+            raise RankError(f"{self.who}: {own[1].rstrip('.')}; nothing was published", own[0])
         for r, (_, failure) in enumerate(outcomes):
             if failure is not None:
                 code, why = failure
-                raise RankError(f"{self.who}: rank {r} failed: {why}; nothing was published", code)
+                said = f"rank {r} failed: {why.rstrip('.')}"
+                raise RankError(f"{self.who}: {said}; nothing was published", code)
         return [value for value, _ in outcomes]
 
     def agree(self, what: str, step: Callable[[], T]) -> T:
