@@ -25,7 +25,7 @@ import torch
 from helpers import child_env, run
 
 import reinit
-from reinit.errors import RankError
+from reinit.errors import OutputError, RankError
 from reinit.options import ApplyOptions
 from reinit.run.layout import OutputRequest, lay_out
 from reinit.run.prepare import Job, prepare
@@ -226,6 +226,8 @@ def test_alone_it_is_apply(llama, tmp_path):
     report = apply_split(src, RULES, f"{alone}/", seed=5)
     assert report.summary.reinit == 16  # 4 x (3 mlp + o_proj)
     _same_run(whole, alone)
+    with pytest.raises(OutputError, match="exists"):  # its own errors, as apply raises them
+        apply_split(src, RULES, f"{alone}/", seed=5)
 
 
 def test_work_is_shared_out_whole_and_balanced():

@@ -39,6 +39,7 @@ T = TypeVar("T")
 #: The variables torchrun sets for every process it starts (all of them: torchrun).
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")
 POLL_S = 0.05  # how often a waiting rank looks up (and lets a signal in)
+NOTHING = "nothing was published"
 INTERRUPTED = "interrupted (Ctrl-C, or SIGTERM: torchrun stops every rank when one fails)"
 
 Outcome = tuple[object, tuple[int, str] | None]  # a step's value, or (exit code, why)
@@ -72,7 +73,10 @@ class Group:
         return f"rank {self.rank} of {self.size}"
 
     def attempt(self, step: Callable[[], T]) -> Outcome:
-        """Run `step` here: its value, or why it failed (an interrupt stops this rank)."""
+        """Run `step` here: its value, or why it failed (an interrupt stops this rank).
+        Alone, an error is raised as it is."""
+        if self.size == 1:
+            return step(), None
         try:
             return step(), None
         except ReinitError as e:
@@ -84,10 +88,11 @@ class Group:
                 traceback.print_exc()
             return None, (1, f"internal error: {type(e).__name__}: {e}")
 
-    def exchange(self, outcome: Outcome, what: str) -> list[Outcome]:
+    def exchange(self, outcome: Outcome, what: str, lost: str | None = None) -> list[Outcome]:
         """Every rank's outcome, in rank order, once every rank has one. The wait is polled,
         so an interrupt (torchrun's SIGTERM) is handled while waiting; a rank that died is a
-        lost connection (gloo), a hung one the process group's timeout."""
+        lost connection (gloo), a hung one the process group's timeout. `lost`: what this
+        rank says of the output then (default: nothing was published)."""
         if self.size == 1:
             return [outcome]
         import torch.distributed as dist
@@ -100,11 +105,11 @@ class Group:
             work.wait()
             dist.all_gather_object(out, outcome)
         except KeyboardInterrupt:
-            raise RankError(f"{self.who}: {INTERRUPTED}; nothing was published", 130) from None
+            raise RankError(f"{self.who}: {INTERRUPTED}; {lost or NOTHING}", 130) from None
         except RuntimeError as e:
             raise RankError(
                 f"{self.who}: lost another rank while {what} (it failed or was killed: "
-                f"{_cause(e)}); nothing was published"
+                f"{_cause(e)}); {lost or NOTHING}"
             ) from None
         return [o if o is not None else (None, (1, "no outcome")) for o in out]
 

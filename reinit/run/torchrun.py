@@ -27,8 +27,8 @@ from __future__ import annotations
 __all__ = ["Part", "apply_split", "assign_shards", "run_split"]
 
 import os
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -122,21 +122,13 @@ def run_split(g: Group, planned: Planned, *, progress: bool = False) -> Report:
 
         tmp = g.gather("staging the output", stage_here)[0]
         assert isinstance(tmp, Path)
-        leftover = stack.enter_context(_closing(_Leftover(tmp)))
+        leftover = stack.enter_context(closing(_Leftover(tmp)))
         mine = assign_shards(layout, g.size)[g.rank]
         parts = g.gather(
             "writing", lambda: _part(prepared, layout, tmp, mine, progress and g.primary)
         )
         leftover.hand_over()
         return _finish(g, prepared, layout, held, [p for p in parts if isinstance(p, Part)])
-
-
-@contextmanager
-def _closing(leftover: _Leftover) -> Iterator[_Leftover]:
-    try:
-        yield leftover
-    finally:
-        leftover.close()
 
 
 def _part(
@@ -161,7 +153,8 @@ def _finish(
     step = (lambda: _publish(prepared, layout, held[0], parts)) if g.primary else (lambda: None)
     outcome = g.attempt(step)
     try:
-        outcomes = g.exchange(outcome, "rank 0 published")
+        lost = None if g.primary else "the output may be in place: check it"
+        outcomes = g.exchange(outcome, "rank 0 published", lost)
     except RankError:
         if g.primary and outcome[1] is None:
             assert isinstance(outcome[0], Report)
