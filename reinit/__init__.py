@@ -34,6 +34,8 @@ _LAZY = {
     "diff_checkpoints": "reinit.tools.diff",
     "apply": "reinit.run.apply",
     "apply_split": "reinit.run.torchrun",
+    "new": "reinit.run.new",
+    "plan_new": "reinit.run.new",
     "plan": "reinit.planning.session",
     "report_checkpoint": "reinit.tools.audit",
     "apply_to_module": "reinit.run.inmemory",
@@ -56,6 +58,8 @@ _LAZY = {
     "SCHEMES": "reinit.schemes",
     "calculate_gain": "reinit.schemes",
     "seed_for": "reinit.schemes",
+    "forward_check": "reinit.tools.forward",
+    "ForwardResult": "reinit.tools.forward",
 }
 
 if TYPE_CHECKING:
@@ -72,10 +76,12 @@ if TYPE_CHECKING:
     from reinit.rules import Rule, parse_rule
     from reinit.run.apply import apply
     from reinit.run.inmemory import apply_to_module, apply_to_state_dict
+    from reinit.run.new import new, plan_new
     from reinit.run.torchrun import apply_split
     from reinit.schemes import SCHEMES, calculate_gain, seed_for
     from reinit.tools.audit import report_checkpoint
     from reinit.tools.diff import diff_checkpoints
+    from reinit.tools.forward import ForwardResult, forward_check
 
 
 def __getattr__(name: str) -> Any:
@@ -94,7 +100,9 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    """Only the API: not this module's own helpers (`importlib`, `Any`, ...) nor the
+    submodules, which are not API (a name outside `__all__` may change without notice)."""
+    return sorted(__all__)
 
 
 __all__ = [
@@ -103,6 +111,8 @@ __all__ = [
     "apply_split",
     "apply_to_module",
     "apply_to_state_dict",
+    "new",
+    "plan_new",
     "load_recipe",
     "run_recipe",
     "plan_recipe",
@@ -112,6 +122,8 @@ __all__ = [
     "plan",
     "report_checkpoint",
     "diff_checkpoints",
+    "forward_check",
+    "ForwardResult",
     "open_checkpoint",
     "parse_rule",
     "calculate_gain",

@@ -1,4 +1,4 @@
-"""Typed errors. Each carries the exit code the CLI returns for it (DESIGN §1):
+"""Typed errors. Each carries the exit code the CLI returns for it (docs/reference.md):
 2 for usage errors (the user can fix the command line), 1 for failures while working."""
 
 from __future__ import annotations

@@ -21,7 +21,9 @@ __all__ = [
     "Segment",
     "TimedRegex",
     "UserRegex",
+    "GlobAlternatives",
     "compile_glob",
+    "compile_globs",
     "literal_glob",
 ]
 
@@ -192,6 +194,53 @@ def compile_glob(glob: str) -> Glob:
     return Glob(glob, tuple(segments), wild)
 
 
+MAX_ALTERNATIVES = 1024  # `{a,b}` groups multiply: a pattern may expand to this many globs
+_BRACES = re.compile(r"\{([^{}]*,[^{}]*)\}")
+
+
+@dataclass(frozen=True)
+class GlobAlternatives:
+    """A glob with `{a,b,...}` groups, as the shell expands them (`*.experts.{3,5}.*`): the
+    globs it expands to, in order; the first that matches gives the captures (its `*`s; a
+    brace group captures nothing)."""
+
+    text: str
+    globs: tuple[Glob, ...]
+    has_wildcards: bool = True
+
+    def fullmatch(self, name: str) -> tuple[str, ...] | None:
+        for g in self.globs:
+            caps = g.fullmatch(name)
+            if caps is not None:
+                return caps
+        return None
+
+
+def _expand(glob: str) -> list[str]:
+    m = _BRACES.search(glob)
+    if m is None:
+        return [glob]
+    head, tail = glob[: m.start()], glob[m.end() :]
+    out: list[str] = []
+    for alt in m.group(1).split(","):
+        out += _expand(head + alt + tail)
+        if len(out) > MAX_ALTERNATIVES:
+            raise RuleError(
+                f"pattern {glob!r}: its {{a,b}} groups expand to over {MAX_ALTERNATIVES} globs; "
+                "use a character set [35] or a re: pattern"
+            )
+    return out
+
+
+def compile_globs(glob: str) -> Glob | GlobAlternatives:
+    """A glob, or with `{a,b}` groups (a `{...}` holding a comma) the globs they expand to.
+    Braces without a comma are literal characters."""
+    texts = _expand(glob)
+    if len(texts) == 1:
+        return compile_glob(texts[0])
+    return GlobAlternatives(glob, tuple(compile_glob(t) for t in texts))
+
+
 def literal_glob(name: str) -> Glob:
     """A pattern that matches exactly `name` (no character of it is a wildcard)."""
     return Glob(name, (Segment((name,) if name else (), len(name), name),), False)
@@ -206,7 +255,7 @@ class Matcher(Protocol):
 
 # A user regex may spend this long on one tensor name before the rule is refused: tensor
 # names are short, so a sane regex needs microseconds; catastrophic backtracking (`(a+)+$`)
-# is stopped instead of hanging. Documented in README "Guarantees".
+# is stopped instead of hanging. Documented in docs/guarantees.md.
 REGEX_TIMEOUT_S = 0.5
 
 

@@ -41,7 +41,7 @@ __all__ = [
 # How a recipe value is checked and converted (recipe/validate.py): an integer, a float, a boolean, a
 # string, a string or null, a string or list of strings (paths), or a list of
 # --add/--drop/--rename values (specs).
-RecipeKind = Literal["int", "float", "bool", "str", "str?", "paths", "specs"]
+RecipeKind = Literal["int", "float", "bool", "str", "str?", "names?", "paths", "specs"]
 
 PathLike = str | os.PathLike[str]
 
@@ -318,7 +318,7 @@ class ApplyOptions:
                 "in the output's config.json).",
                 flags=("--labels",),
                 metavar="A,B,C",
-                recipe="str?",
+                recipe="names?",
             )
         ),
     )

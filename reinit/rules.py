@@ -1,4 +1,4 @@
-"""Rules: grammar (DESIGN §2), matching, and planning.
+"""Rules: grammar (docs/guide/rules-and-schemes.md), matching, and planning.
 
 A plan is plain data: for every tensor, the rule that won and what will happen to it (or why
 it is skipped). Applying a plan is a loop elsewhere (`reinit.run.stream`)."""
@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 from reinit.errors import RuleError, SchemeError
 from reinit.io.hub_url import is_hf_url, parse_hf_url
-from reinit.matching import Glob, MatchAll, Matcher, UserRegex, compile_glob, literal_glob
+from reinit.matching import Glob, MatchAll, Matcher, UserRegex, compile_globs, literal_glob
 from reinit.schemes import KEEP, BoundScheme, bind_scheme, get_scheme
 from reinit.schemes import templates as schemes_templates
-from reinit.transforms.spec import TRANSFORM_ARGS, TransformSpec, parse_transform
+from reinit.schemes.parts import PART_ARGS, Part, parse_part
+from reinit.transforms.spec import TRANSFORM_ARGS, TransformSpec, parse_stack, parse_transform
 
 __all__ = [
     "MAX_HINTS",
@@ -104,6 +105,7 @@ class Rule:
     action: Action
     scheme: BoundScheme | None  # None for `keep` and `from(...)`
     transplant: TransplantSpec | None = None  # for `from(...)` rules
+    part: Part | None = None  # rows=/cols=: the scheme on those indices only
 
     @property
     def kind(self) -> str:
@@ -158,7 +160,7 @@ def parse_type_pattern(text: str) -> Pattern:
 
 
 def parse_pattern(text: str) -> Pattern:
-    """`re:REGEX`, `type:…`, or a glob (`*` matches any run, dots included; DESIGN §2)."""
+    """`re:REGEX`, `type:…`, or a glob (`*` matches any run, dots included; docs/guide/rules-and-schemes.md)."""
     if text.startswith(TYPE_PREFIX):
         return parse_type_pattern(text)
     if text.startswith("re:"):
@@ -171,7 +173,7 @@ def parse_pattern(text: str) -> Pattern:
         return Pattern(text, UserRegex(text, compiled), True)
     if not text:
         raise RuleError("empty pattern; write PATTERN=ACTION, e.g. '*.weight=kaiming'")
-    glob = compile_glob(text)
+    glob = compile_globs(text)
     return Pattern(text, glob, glob.has_wildcards)
 
 
@@ -270,11 +272,14 @@ def parse_rule(text: str) -> Rule:
         return Rule(text, pattern, action, None)
     if action.name == "from":
         return Rule(text, pattern, action, None, transplant=parse_from(action, where))
+    kw = action.kwargs_dict()
     try:
-        scheme = bind_scheme(action.name, action.args, action.kwargs_dict())
+        part = parse_part(kw, where)
+        own = {k: v for k, v in kw.items() if k not in PART_ARGS}
+        scheme = bind_scheme(action.name, action.args, own)
     except SchemeError as e:
         raise RuleError(f"{where}: {e}") from None
-    return Rule(text, pattern, action, scheme)
+    return Rule(text, pattern, action, scheme, part=part)
 
 
 def parse_rules(texts: Sequence[str]) -> tuple[Rule, ...]:
@@ -304,7 +309,7 @@ class TransplantSpec:
     written. `state`: the dotted path of the state dict inside a torch training checkpoint
     (as `--key` for the main source); "" finds a well-known nest itself. `cat`: several
     source key templates joined along `transform.dim` (instead of `key`); `transform`: what
-    happens between reading and writing (README "Transplants across architecture changes")."""
+    happens between reading and writing (docs/guide/transplant.md)."""
 
     source: str
     key: str | None = None  # template; None = the target's own name
@@ -312,18 +317,21 @@ class TransplantSpec:
     state: str = ""
     cat: tuple[str, ...] = ()  # key templates, concatenated in this order
     transform: TransformSpec = TransformSpec()
+    stack: tuple[str, ...] = ()  # key templates with {e}: each expert's (joined), stacked
 
     @property
     def has_transform(self) -> bool:
         """Whether the values are more than a (cast) copy of one source tensor."""
-        return bool(self.cat) or self.transform.active
+        return bool(self.cat) or bool(self.stack) or self.transform.active
 
     def transform_text(self) -> str | None:
         """The transform as written (`cat=…, dim=…, chunk=…, rotary=…`), None for a copy."""
         if not self.has_transform:
             return None
         parts = [f"cat={';'.join(self.cat)}"] if self.cat else []
-        if self.cat or self.transform.chunk is not None:
+        if self.stack:
+            parts.append(f"stack={';'.join(self.stack)}")
+        if self.cat or self.transform.chunk is not None or len(self.stack) > 1:
             parts.append(f"dim={self.transform.dim}")
         return ", ".join(parts + self.transform.parts())
 
@@ -341,7 +349,7 @@ class TransplantSpec:
         return f"from({', '.join(parts)})"
 
 
-_FROM_ARGS = ("source", "key", "on_mismatch", "state", "cat", *TRANSFORM_ARGS)
+_FROM_ARGS = ("source", "key", "on_mismatch", "state", "cat", "stack", *TRANSFORM_ARGS)
 
 
 def parse_from(action: Action, where: str) -> TransplantSpec:
@@ -353,7 +361,7 @@ def parse_from(action: Action, where: str) -> TransplantSpec:
         raise RuleError(
             f"{where}: from() has no argument {sorted(unknown)[0]!r}; "
             "use from(SOURCE, key=TEMPLATE|auto, on_mismatch=error|skip|slice, state=PATH) "
-            f"with transforms {', '.join(a + '=' for a in _FROM_ARGS[5:])}"
+            f"with transforms {', '.join(a + '=' for a in _FROM_ARGS[4:])}"
         )
     if len(action.args) > 1:
         raise RuleError(f"{where}: from() takes one positional argument, the source")
@@ -375,11 +383,12 @@ def parse_from(action: Action, where: str) -> TransplantSpec:
                 f"{where}: cat= needs two or more key templates separated by ';', "
                 "e.g. cat={1}.q.weight;{1}.k.weight;{1}.v.weight"
             )
+    stack = parse_stack(kw, key, cat, where)
     policy = kw.get("on_mismatch", "error")
     if policy not in MISMATCH_POLICIES:
         raise RuleError(f"{where}: on_mismatch must be one of {', '.join(MISMATCH_POLICIES)}")
     state = kw.get("state", "")
-    transform = parse_transform(kw, where, has_cat=bool(cat))
+    transform = parse_transform(kw, where, has_cat=bool(cat), has_stack=bool(stack))
     for scheme_arg in ("init", "new"):
         text = getattr(transform, scheme_arg)
         if text is not None and text != KEEP:
@@ -387,4 +396,4 @@ def parse_from(action: Action, where: str) -> TransplantSpec:
                 get_scheme(parse_action(text, where).name)
             except SchemeError as e:
                 raise RuleError(f"{where}: {scheme_arg}={text}: {e}") from None
-    return TransplantSpec(source, key, str(policy), str(state), cat, transform)
+    return TransplantSpec(source, key, str(policy), str(state), cat, transform, stack)

@@ -1,5 +1,8 @@
 """`report NEW --against OLD`: the Markdown shows NEW's own recorded seed and rules (from the
-safetensors `reinit` metadata), not `seed: 0, rules: (none)`."""
+safetensors `reinit` metadata), not `seed: 0, rules: (none)`.
+
+Internal: also tests reinit.io.sources, reinit.tools.provenance directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,9 @@
-"""The Python API (DESIGN §6): reinit.apply -> a typed Report, open_checkpoint, plan, and the
-in-memory forms apply_to_state_dict / apply_to_module, which give the CLI's values."""
+"""The Python API (docs/guide/python-api.md): reinit.apply -> a typed Report, open_checkpoint, plan, and the
+in-memory forms apply_to_state_dict / apply_to_module, which give the CLI's values.
+
+Internal: also tests reinit.report.entries, reinit.report.stats, reinit.tools.diff directly (not
+the `reinit` API).
+"""
 
 from __future__ import annotations
 
@@ -71,6 +75,8 @@ def test_apply_to_module_equals_the_cli_on_its_saved_state_dict(tmp_path):
     def comparable(e: dict) -> dict:
         out = {k: v for k, v in e.items() if k not in ("reference", "reference_std")}
         out["flags"] = [f for f in e["flags"] if f != "off_reference"]
+        # with no reference (the CLI's case) a std moved from its own before is noted
+        out["notes"] = [n for n in e["notes"] if not n.endswith("; no reference")]
         return out
 
     for entry in report.to_dict()["tensors"]:
@@ -215,3 +221,60 @@ def test_apply_to_state_dict_takes_a_config():
     assert abs(
         new["h.0.proj.weight"].std().item() - e.expected_std
     ) < 5 * e.expected_std / math.sqrt(2 * 2048)
+
+
+def test_dir_lists_only_the_api():
+    """`dir(reinit)` is the API: no helper of the package module (`importlib`, `Any`,
+    `TYPE_CHECKING`, `annotations`) and no submodule, even after submodules were imported."""
+    import reinit.tools.diff  # noqa: F401  (makes `reinit.tools` an attribute)
+
+    names = dir(reinit)
+    assert names == sorted(reinit.__all__)
+    for helper in ("Any", "TYPE_CHECKING", "annotations", "importlib", "tools", "run", "io"):
+        assert helper not in names, helper
+
+
+# Docstrings in reinit/run/ still name internal paths (`reinit.planning.model.Model` in `apply`);
+# run/ is being rewritten as stages on another branch, which fixes them there.
+_DOCSTRINGS_FIXED_ELSEWHERE = {"apply", "apply_to_module"}
+
+
+def test_public_docstrings_name_no_internal_module_path():
+    """What `help(reinit.X)` shows points users at `reinit.X` names, not at internal modules."""
+    import inspect
+    import re
+
+    internal = re.compile(
+        r"reinit\.(run|planning|io|report|tools|recipe|schemes|transforms|cli)\.[a-z_]+"
+    )
+    for name in reinit.__all__:
+        if name in _DOCSTRINGS_FIXED_ELSEWHERE:
+            continue
+        doc = inspect.getdoc(getattr(reinit, name)) or ""
+        assert not internal.search(doc), (name, internal.search(doc))
+
+
+def test_tests_of_internal_modules_say_so():
+    """A test module that imports a module below `reinit` (not the API) says so in its
+    docstring with a line starting `Internal:`, so a refactor knows what it may break."""
+    import ast
+    from pathlib import Path
+
+    api = {"reinit", "reinit.cli", "reinit.errors", "reinit.version"}
+    silent = []
+    for path in sorted(Path(__file__).parent.glob("test_*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported = {
+            node.module
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("reinit.")
+        } | {
+            alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import)
+            for alias in node.names
+            if alias.name.startswith("reinit.")
+        }
+        if imported - api and "\nInternal:" not in (ast.get_docstring(tree) or ""):
+            silent.append(path.name)
+    assert not silent, silent

@@ -1,5 +1,9 @@
 """`reinit apply` end to end: the mission example, byte-for-byte guarantees, output forms,
-dtypes, and a real transformers round trip."""
+dtypes, and a real transformers round trip.
+
+Internal: also tests reinit.io.safetensors_format, reinit.schemes directly (not the `reinit`
+API).
+"""
 
 from __future__ import annotations
 

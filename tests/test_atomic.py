@@ -1,7 +1,10 @@
 """Atomic output (issue #7 items 1 and 4): output appears complete or not at all; the temporary
 sibling (`.NAME.reinit-tmp-*`) is removed on every failure, Ctrl-C and SIGTERM included; the
 source of `--in-place` is replaced only by a complete file; a full disk, a file size limit and a
-read-only folder are exit 1 with one line saying so."""
+read-only folder are exit 1 with one line saying so.
+
+Internal: also tests reinit.io.publish, reinit.io.writer directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

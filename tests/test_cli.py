@@ -1,5 +1,8 @@
 """The command line: CliRunner for each command and its errors, and once through the
-installed `reinit` executable in a subprocess."""
+installed `reinit` executable in a subprocess.
+
+Internal: also tests reinit.run.apply directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 
@@ -161,7 +164,7 @@ def test_gain_and_measure():
     assert r.exit_code == 0
     assert "gain 1.66667" in r.stdout and "1.59" in r.stdout
     assert "gain 1.41421" in run("gain", "leaky_relu", "0").stdout
-    bad = run("gain", "swish")
+    bad = run("gain", "mish")
     assert bad.exit_code == 2 and "relu" in bad.stderr
 
 

@@ -1,7 +1,10 @@
 """Issue 14 item 1: a directory output's config.json follows the surgery (`--config`, `--labels`,
 implied vocab_size/num_labels/num_hidden_layers), a file output with --config gets config.json
 beside it, and the source's stale reports and model card are not copied. Each output is loaded
-by its consumer with no missing, unexpected or mismatched keys and no warnings."""
+by its consumer with no missing, unexpected or mismatched keys and no warnings.
+
+Internal: also tests reinit.run.config_update directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

@@ -2,7 +2,11 @@
 local model folders: what a folder and its index may name (one rule for apply, inspect, report
 and verify), what a directory output may copy, shard-name collisions, index/shard agreement,
 FIFO sources. Every refused run is checked from the adversary's side: the whole tmp tree is the
-same before and after (treesnap)."""
+same before and after (treesnap).
+
+Internal: also tests reinit.io.confine, reinit.io.shardindex, reinit.io.sources,
+reinit.io.verify, reinit.run.output directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,10 @@
 """Issue 17 "writes outside the output", Hub side, against the local fake Hub: a repo's index
 or file listing cannot name a path outside the repo (and so cannot make a directory output
 write anywhere but its own folder), and a revision cannot climb out of the cache's `refs/`.
-Every refused run leaves the whole tmp tree as it was, except the Hub cache itself."""
+Every refused run leaves the whole tmp tree as it was, except the Hub cache itself.
+
+Internal: also tests reinit.io.confine, reinit.io.hub_url directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

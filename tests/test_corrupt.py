@@ -1,5 +1,9 @@
 """Corrupt input (issue #7 item 3): every defect is a `CheckpointError` (exit 1) with one line that
-names the file and what is wrong, and `apply` writes nothing and leaves the input as it was."""
+names the file and what is wrong, and `apply` writes nothing and leaves the input as it was.
+
+Internal: also tests reinit.io.safetensors_format, reinit.io.sources, reinit.io.torch_reader
+directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,9 @@
 """The `default` scheme says which init the architecture's code ran on each tensor and carries
 that init's expected std (JSON, terminal, Markdown), on a tiny transformers BERT and on plain
-torch modules; the std is computed from the recorded init call, not drawn a second time."""
+torch modules; the std is computed from the recorded init call, not drawn a second time.
+
+Internal: also tests reinit.planning.model, reinit.run.stream directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

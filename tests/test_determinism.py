@@ -1,6 +1,9 @@
 """Determinism (issue #7 item 5): the same inputs and seed give byte-identical output across runs
 and CPU thread counts, independent of the order of non-overlapping rules and of the input's
-sharding; a different seed changes every re-initialized tensor."""
+sharding; a different seed changes every re-initialized tensor.
+
+Internal: also tests reinit.io.safetensors_format directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

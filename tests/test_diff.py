@@ -1,5 +1,8 @@
 """`reinit diff A B`: bitwise change detection, the size of each change, shape/dtype
-changes, added and removed names; JSON and the terminal table."""
+changes, added and removed names; JSON and the terminal table.
+
+Internal: also tests reinit.tools.diff directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,10 @@
 """Names from a checkpoint cannot forge what reinit shows (issue #18): a tensor name holding
 `\\n`, `\\r`, `\\x1b[31m`, `\\x00` and a right-to-left override (U+202E) appears escaped in every
 human-readable output (`inspect`, `report`, `apply`'s table, `--dry-run`, `diff`, the error line,
-the `.md` and `.csv` reports) and byte-exact in every JSON output."""
+the `.md` and `.csv` reports) and byte-exact in every JSON output.
+
+Internal: also tests reinit.text directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Every file in examples/ runs with exactly the command(s) its header shows (or, for JSON, which
-has no comments, the README's), through a real shell and the installed `reinit` executable, on
+has no comments, the docs'), through a real shell and the installed `reinit` executable, on
 a tiny checkpoint of the architecture it is written for; its output loads in its consumer."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ transformers = pytest.importorskip("transformers")
 
 ROOT = Path(__file__).parents[1]
 EXAMPLES = ROOT / "examples"
-README = ROOT / "README.md"
+DOC_PAGES = [ROOT / "README.md", *sorted((ROOT / "docs" / "guide").glob("*.md"))]
 
 
 def header_commands(path: Path) -> list[str]:
@@ -36,8 +36,8 @@ def header_commands(path: Path) -> list[str]:
 
 
 def readme_commands(example: str) -> list[str]:
-    """Lines of README.md's code blocks that run this example."""
-    lines = README.read_text(encoding="utf-8").splitlines()
+    """Lines of README.md's and docs/guide/'s code blocks that run this example."""
+    lines = [ln for page in DOC_PAGES for ln in page.read_text(encoding="utf-8").splitlines()]
     return sorted(
         {
             ln.strip()
@@ -48,7 +48,7 @@ def readme_commands(example: str) -> list[str]:
 
 
 def shell(command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run a README/header line as written, with this venv's `reinit` first on PATH."""
+    """Run a docs/header line as written, with this venv's `reinit` first on PATH."""
     env = {k: v for k, v in os.environ.items() if k not in ("MODEL", "OLD", "OLD_VOCAB", "OUT")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return subprocess.run(
@@ -78,7 +78,7 @@ def test_every_example_is_covered_here():
 
 def test_gpt2_init_as_its_header_shows(workdir):
     commands = header_commands(EXAMPLES / "gpt2-init.yaml")
-    assert len(commands) == 2, commands  # the README's line runs in test_readme_examples.py
+    assert len(commands) == 2, commands  # the docs' line runs in test_readme_examples.py
     assert set(readme_commands("gpt2-init.yaml")) <= {c.split(" --set seed")[0] for c in commands}
     gpt2(workdir / "path" / "to" / "gpt2-dir")
     for cmd in dict.fromkeys(commands):
@@ -107,7 +107,7 @@ def test_gpt2_init_as_its_header_shows(workdir):
 
 def test_grow_vocab_as_its_header_shows(workdir):
     commands = header_commands(EXAMPLES / "grow-vocab.toml")
-    assert len(commands) == 1, commands  # the README's line runs in test_readme_examples.py
+    assert len(commands) == 1, commands  # the docs' line runs in test_readme_examples.py
     assert readme_commands("grow-vocab.toml")
     for cmd in dict.fromkeys(commands):
         sizes = {k: int(v) for k, v in re.findall(r"(OLD_VOCAB)=(\d+)", cmd)}
@@ -155,7 +155,7 @@ class RetinaHead(torch.nn.Module):
 
 def test_detection_head_as_the_readme_shows(workdir):
     commands = readme_commands("detection-head.json")
-    assert commands, "README.md shows no command for examples/detection-head.json"
+    assert commands, "the docs show no command for examples/detection-head.json"
     model = torch.nn.Module()
     model.backbone = torch.nn.Conv2d(3, 8, 3)
     model.head = RetinaHead()

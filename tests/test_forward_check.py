@@ -1,7 +1,10 @@
-"""`reinit verify OUTPUT --forward` (DESIGN §8 "Forward check", issue 14 item 6): the weights
+"""`reinit verify OUTPUT --forward` (docs/guide/model-awareness.md "Forward check", issue 14 item 6): the weights
 run in their architecture; a same-architecture transplant gives KL exactly 0, a mean_resize
 vocabulary growth a small measured KL; --max-kl fails beyond; --model callables; no transformers
--> a clear usage error."""
+-> a clear usage error.
+
+Internal: also tests reinit.tools.forward directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 
@@ -49,18 +52,33 @@ def test_same_architecture_transplant_gives_kl_exactly_zero(tmp_path, make):
     out = tmp_path / "out"
     res = run("apply", target, "-r", f"*=from({src})", "-o", out, "-q")
     assert res.exit_code == 0, res.output
-    res = run("verify", out, "--forward", "--against", src, "--max-kl", "0")
+    limit = ["--max-kl", "0", "--min-top1", "1"] if make is gpt2 else ["--min-cosine", "1"]
+    res = run("verify", out, "--forward", "--against", src, *limit)
     assert res.exit_code == 0, res.output
-    assert re.search(r"max \|Δ\| 0, KL 0 nats", res.stdout), res.stdout
+    if make is gpt2:
+        assert re.search(r"max \|Δ\| 0, KL 0 nats", res.stdout), res.stdout
+        assert "top-1 agreement 100.00%" in res.stdout
+    else:  # hidden features: no KL over a softmax of them, a cosine and a relative error
+        assert "max |Δ| 0, last_hidden_state cosine 1.000000, relative error 0" in res.stdout
+    assert "no layer diverges" in res.stdout
     data = json.loads(run("verify", out, "--forward", "--against", src, "--json").stdout)
-    assert data["kl"] == 0.0 and data["max_abs_diff"] == 0.0
+    assert data["max_abs_diff"] == 0.0 and data["first_divergent_layer"] is None
+    assert [d["layer"] for d in data["hidden_states"]] == ["embeddings", "0", "1"]
+    assert all(
+        d["cosine"] == pytest.approx(1.0) and d["rel_error"] == 0 for d in data["hidden_states"]
+    )
     assert data["output_name"] == ("logits" if make is gpt2 else "last_hidden_state")
-    assert data["positions"] == 32  # 2 x 16 token positions
+    if make is gpt2:
+        assert data["kl"] == 0.0 and data["positions"] == 32  # 2 x 16 token positions
+        assert data["kl_stats"]["kl_max"] == 0.0 and data["kl_stats"]["top1"] == 1.0
+    else:
+        assert data["kl"] is None and data["compared"] == "hidden states"
     assert all(s["act_std"] is None or s["act_std"] > 0 for s in data["layers"])
     assert any("attn" in s["name"] or "attention" in s["name"] for s in data["layers"])
     # against the untouched target (other weights), the outputs do differ: the check sees weights
     other = forward_check(out, against=target)
-    assert other.kl > 0 and other.max_abs_diff > 0
+    assert other.max_abs_diff > 0 and other.first_divergent_layer == "embeddings"
+    assert other.kl > 0 if make is gpt2 else other.output_diff.rel_error > 0
 
 
 def test_mean_resize_growth_by_8_tokens_gives_small_measured_kl(tmp_path, capsys):

@@ -1,5 +1,8 @@
 """Fuzzing the safetensors header parser (issue #7 item 3): any byte string gives a valid parse or
-a `CheckpointError`, never another exception. Bounded (max_examples) so it runs in CI."""
+a `CheckpointError`, never another exception. Bounded (max_examples) so it runs in CI.
+
+Internal: also tests reinit.io.safetensors_format directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,9 @@
 """`reinit gain gelu|silu`: the gain that keeps the second moment for a unit normal input,
 computed, matching a Monte-Carlo estimate; `--measure` says what it measured and why relu's
-number is not √2."""
+number is not √2.
+
+Internal: also tests reinit.schemes, reinit.schemes.gain directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

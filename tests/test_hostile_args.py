@@ -1,5 +1,9 @@
 """Hostile scheme arguments and recipes (issue 16): each is a one-line usage error naming the
-argument (with its allowed range) or the recipe file and line, never an internal error."""
+argument (with its allowed range) or the recipe file and line, never an internal error.
+
+Internal: also tests reinit.planning.planner, reinit.planning.surgery, reinit.recipe.validate,
+reinit.rules directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

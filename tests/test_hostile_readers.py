@@ -1,7 +1,11 @@
 """Hostile input on the reading side (issues #16 and #17): malformed safetensors headers, tensor
 counts past the limit, deflated torch zips, --add sizes that cannot be allocated. Each case is
 a one-line error naming the file/tensor/argument with the right exit code, never "internal
-error"."""
+error".
+
+Internal: also tests reinit.io, reinit.io.sources, reinit.io.torch_reader, reinit.limits,
+reinit.tools.audit directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

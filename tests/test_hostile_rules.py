@@ -2,7 +2,11 @@
 regexes, near-linear planning for thousands of rules, bad character sets as rule errors.
 
 Hangs run the CLI in a subprocess under a generous wall-clock bound, so a regression fails
-instead of hanging the suite."""
+instead of hanging the suite.
+
+Internal: also tests reinit.matching, reinit.planning.planner, reinit.planning.surgery,
+reinit.rules directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

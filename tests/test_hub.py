@@ -5,6 +5,9 @@ snapshots/ with relative symlinks into blobs/, exactly as hf_hub_download lays i
 offline mode; connection errors use a closed loopback port; the online paths use a tiny fake Hub
 served on 127.0.0.1 that answers the few routes huggingface_hub calls (model_info, HEAD/GET resolve)
 with the Hub's headers. The library itself is never mocked; only its config constants are set.
+
+Internal: also tests reinit.io.hub, reinit.io.hub_url, reinit.tools.audit directly (not the
+`reinit` API).
 """
 
 from __future__ import annotations

@@ -2,7 +2,11 @@
 stderr and its retries are bounded by reinit/io/hub_retry.py (8 s per streak by default).
 
 The CLI runs in a subprocess (`python -m reinit`, so stderr is the real one, with the library's
-own stderr handler) against the fake Hub of hubcache.py in this process."""
+own stderr handler) against the fake Hub of hubcache.py in this process.
+
+Internal: also tests reinit.io, reinit.io.hub, reinit.io.hub_url directly (not the `reinit`
+API).
+"""
 
 from __future__ import annotations
 

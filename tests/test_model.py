@@ -1,6 +1,10 @@
 """--model: type: selectors, module fans and the `default` scheme, on a tiny transformers BERT
 (saved with save_pretrained) and on a torchvision-style conv net (tests/models_for_tests.py,
-named as module:callable)."""
+named as module:callable).
+
+Internal: also tests reinit.planning.model, reinit.planning.model_load, reinit.rules,
+reinit.schemes directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

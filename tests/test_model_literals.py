@@ -1,5 +1,8 @@
 """`--model` arguments as Python literals, `model:` in recipes and `reinit run --model`, and
-`apply_to_module` using the module itself for `default` and `type:` (issue 14 item 3)."""
+`apply_to_module` using the module itself for `default` and `type:` (issue 14 item 3).
+
+Internal: also tests reinit.planning.model_load directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Torch training checkpoints whose weights are nested (DESIGN §8, issue 14 item 2): well-known
+"""Torch training checkpoints whose weights are nested (docs/guide/outputs.md, issue 14 item 2): well-known
 nests found by themselves, `--key PATH` picks one, ambiguity is exit 2 listing the candidates,
 and `from(SOURCE, state=PATH)` does the same for a transplant source."""
 

@@ -1,7 +1,11 @@
 """One apply loop (issue 12): `probe`, `apply_to_state_dict` and `apply_to_module` run the same
 streaming Applier as `reinit apply`, so the schemes that read other values (`copy(...)`, which
 reads another tensor, and `mean_resize`, which reads the tensor's own rows) work everywhere
-and give the values `reinit apply` writes for the same tensors and seed."""
+and give the values `reinit apply` writes for the same tensors and seed.
+
+Internal: also tests reinit.planning.model_load, reinit.rules, reinit.tools.probe directly (not
+the `reinit` API).
+"""
 
 from __future__ import annotations
 

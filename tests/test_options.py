@@ -1,7 +1,10 @@
 """One ApplyOptions (reinit/options.py): `reinit apply`'s flags, a recipe's keys and the API's
 keyword arguments are the same set as its fields, minus the exceptions each field documents;
 the API takes them as keywords or as one `options=` object; and a recipe's dry run plans each
-step on the previous step's result, as the run does."""
+step on the previous step's result, as the run does.
+
+Internal: also tests reinit.options, reinit.recipe.validate directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

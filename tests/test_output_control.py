@@ -1,5 +1,8 @@
-"""Output control (issue 14 item 5, DESIGN §8): --dtype, --max-shard-size, --checksums and
-`verify --report`."""
+"""Output control (issue 14 item 5, docs/guide/outputs.md): --dtype, --max-shard-size, --checksums and
+`verify --report`.
+
+Internal: also tests reinit.run.outcontrol directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

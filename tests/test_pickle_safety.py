@@ -1,6 +1,9 @@
 """No code execution from a checkpoint (issue #7 item 2): torch files load only through
 weights_only=True; a pickle that needs other globals is refused with a message naming them;
-`--unsafe-pickle` warns loudly and is never implied."""
+`--unsafe-pickle` warns loudly and is never implied.
+
+Internal: also tests reinit.io.torch_reader directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

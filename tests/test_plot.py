@@ -1,5 +1,9 @@
 """`--plot PNG` on `report` and `apply`: a PNG that decodes at the documented size, flagged
-tensors marked in red, and a one-line error naming the extra when matplotlib is missing."""
+tensors marked in red, and a one-line error naming the extra when matplotlib is missing.
+
+Internal: also tests reinit.report.entries, reinit.report.files, reinit.report.plot,
+reinit.report.plot_groups, reinit.report.stats directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

@@ -6,7 +6,10 @@ timm is not a dependency of the tests. When it is importable its own function is
 written from timm's published code (timm/layers/pos_embed.py): split the prefix tokens off,
 reshape the rest to a square (or given) grid, `torch.nn.functional.interpolate(posemb,
 size=new_size, mode=interpolation, antialias=True)` in float32 (align_corners left at its
-default, False), flatten, cast back, put the prefix back in front."""
+default, False), flatten, cast back, put the prefix back in front.
+
+Internal: also tests reinit.transforms.positions directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

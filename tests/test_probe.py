@@ -1,4 +1,8 @@
-"""`reinit probe`: activation and gradient std per layer, before and after rules."""
+"""`reinit probe`: activation and gradient std per layer, before and after rules.
+
+Internal: also tests reinit.tools.probe, reinit.tools.probe_render directly (not the `reinit`
+API).
+"""
 
 from __future__ import annotations
 

@@ -3,7 +3,12 @@ failure that is not what happened.
 
 The adversary's side: before every refused or interrupted run the whole temp tree is
 snapshotted (paths, kinds, sizes, modes, sha256) and compared after; nothing outside the named
-output may change."""
+output may change.
+
+Internal: also tests reinit.io.publish, reinit.report.assemble, reinit.report.entries,
+reinit.report.files, reinit.report.jsonio, reinit.report.stats, reinit.report.terminal,
+reinit.run.apply directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

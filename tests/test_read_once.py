@@ -3,7 +3,10 @@ buffer, its statistics computed there and the same buffer written; the default r
 reused buffers for the statistics and copies kernel-side. Both must give the same output bytes
 and the same report (statistics) as the first engine's path (fresh buffers, then a kernel
 copy, or a plain write) on every dtype a safetensors file holds, across chunk boundaries; and
-two tensors drawn at once must give the values one thread gives."""
+two tensors drawn at once must give the values one thread gives.
+
+Internal: also tests reinit.io, reinit.run, reinit.schemes directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

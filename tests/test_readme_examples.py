@@ -1,9 +1,21 @@
-"""Every ```python block of README.md runs, in order, in one namespace, in a fresh directory:
-the README's examples are executed, not just shown."""
+"""Every example of README.md and of each docs/guide/*.md page runs: its ```python blocks in
+order in one namespace in an empty folder, and its ```bash/```sh/```console (and bare ```)
+blocks line by line in a folder holding tiny checkpoints with the names the pages use. A block
+that cannot run here is preceded by `<!-- not-run: REASON -->`, which the tests honour and
+count; every other block runs. Pages added to docs/guide/ later are found by the glob. A page
+whose examples need fixtures of their own (an MoE, a model config) says so on a line
+`<!-- doc-test: tests/test_X.py -->`: that test module runs every block of the page, and
+this module checks that it exists and names the page."""
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,79 +23,131 @@ import pytest
 from helpers import run
 from transform_fixtures import transform_fixtures
 
-README = Path(__file__).parents[1] / "README.md"
-_BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
+ROOT = Path(__file__).parents[1]
+README = ROOT / "README.md"
+GUIDE = ROOT / "docs" / "guide"
+
+
+def doc_pages() -> list[Path]:
+    """README.md and every page of docs/guide/, found by glob."""
+    return [README, *sorted(GUIDE.glob("*.md"))]
+
+
+def page_id(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+SHELL_LANGS = ("", "bash", "sh", "console")
+_NOT_RUN = re.compile(r"^<!--\s*not-run:\s*(.*?)\s*-->\s*$")
+_OWN_TEST = re.compile(r"^<!--\s*doc-test:\s*(tests/test_\w+\.py)\s*-->\s*$", re.M)
+
+
+def own_test(page: Path) -> str | None:
+    """The test module that runs this page's blocks with fixtures of its own, if the page
+    names one; that module must exist and name the page."""
+    m = _OWN_TEST.search(page.read_text(encoding="utf-8"))
+    if m is None:
+        return None
+    module = ROOT / m.group(1)
+    assert module.is_file(), f"{page_id(page)} names {m.group(1)}, which does not exist"
+    assert page.name in module.read_text(encoding="utf-8"), (page_id(page), m.group(1))
+    return m.group(1)
+
+
+@dataclass(frozen=True)
+class Block:
+    line: int  # the line of its first content line (1-based)
+    lang: str
+    body: str
+    not_run: str | None  # the reason given by a preceding <!-- not-run: ... --> comment
+
+
+def blocks(text: str) -> list[Block]:
+    """Every fenced block (fences at the start of a line) with its language and, when the last
+    non-blank line before it is `<!-- not-run: REASON -->`, that reason."""
+    out: list[Block] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        if not lines[i].startswith("```"):
+            i += 1
+            continue
+        lang, start = lines[i][3:].strip(), i
+        j = i + 1
+        while j < len(lines) and not lines[j].startswith("```"):
+            j += 1
+        before = next((ln for ln in reversed(lines[:start]) if ln.strip()), "")
+        m = _NOT_RUN.match(before.strip())
+        body = "".join(ln + "\n" for ln in lines[start + 1 : j])
+        out.append(Block(start + 2, lang, body, m.group(1) if m else None))
+        i = j + 1
+    return out
 
 
 def python_blocks(text: str) -> list[tuple[int, str]]:
-    """(line number, code) of each ```python fenced block."""
-    return [(text.count("\n", 0, m.start()) + 1, m.group(1)) for m in _BLOCK.finditer(text)]
+    """(line number, code) of each ```python block that is not marked not-run."""
+    return [(b.line, b.body) for b in blocks(text) if b.lang == "python" and b.not_run is None]
 
 
 def run_blocks(path: Path) -> int:
-    """Execute the blocks of a Markdown file in order; returns how many ran."""
-    blocks = python_blocks(path.read_text(encoding="utf-8"))
+    """Execute the Python blocks of a Markdown file in order; returns how many ran."""
+    code_blocks = python_blocks(path.read_text(encoding="utf-8"))
     namespace: dict[str, object] = {"__name__": "__readme__"}
-    for line, code in blocks:
+    for line, code in code_blocks:
         try:
             exec(compile(code, f"{path.name}:{line}", "exec"), namespace)
         except Exception as e:  # name the block that failed
-            raise AssertionError(f"{path.name} block at line {line} failed: {e!r}") from e
-    return len(blocks)
+            raise AssertionError(f"{page_id(path)} block at line {line} failed: {e!r}") from e
+    return len(code_blocks)
 
 
-def test_python_blocks_of_the_readme_run(tmp_path, monkeypatch):
-    if not README.is_file() or not python_blocks(README.read_text(encoding="utf-8")):
-        pytest.skip("README.md has no ```python blocks")
+def shell_commands(text: str) -> list[tuple[int, str]]:
+    """(line number, command) of each command of the shell blocks not marked not-run, with
+    backslash continuations joined; in a ```console block only `$ ` lines are commands."""
+    out: list[tuple[int, str]] = []
+    for block in blocks(text):
+        if block.lang not in SHELL_LANGS or block.not_run is not None:
+            continue
+        pending, start = "", 0
+        for offset, line in enumerate(block.body.splitlines()):
+            if block.lang == "console" and not pending:
+                if not line.startswith("$ "):
+                    continue
+                line = line[2:]
+            if not pending:
+                start = block.line + offset
+            if line.rstrip().endswith("\\"):
+                pending += line.rstrip()[:-1] + " "
+                continue
+            command, pending = (pending + line).strip(), ""
+            if command and not command.startswith("#"):
+                out.append((start, command))
+    return out
+
+
+def not_run_blocks(text: str) -> list[Block]:
+    return [b for b in blocks(text) if b.not_run is not None]
+
+
+@pytest.mark.parametrize("page", doc_pages(), ids=page_id)
+def test_python_blocks_of_the_page_run(page, tmp_path, monkeypatch):
+    if (runner := own_test(page)) is not None:
+        pytest.skip(f"{page_id(page)} runs in {runner}")
+    if not python_blocks(page.read_text(encoding="utf-8")):
+        pytest.skip(f"{page_id(page)} has no ```python blocks")
     monkeypatch.chdir(tmp_path)
-    assert run_blocks(README) > 0
+    assert run_blocks(page) > 0
 
 
 def test_block_extraction():
     text = "intro\n```python\nx = 1\n```\n```\nnot python\n```\n```python\ny = x + 1\n```\n"
-    assert python_blocks(text) == [(2, "x = 1\n"), (8, "y = x + 1\n")]
-
-
-# --- shell blocks ---------------------------------------------------------------------------
-
-SHELL_LANGS = ("", "bash", "sh")
-
-# Lines of README shell blocks that are not run here, each with the reason. Anything else in a
-# shell block must be a `reinit ...` command (optionally after VAR=value), and it runs.
-NOT_RUN = {
-    "./scripts/": "the set-up scripts: CI runs ./scripts/test, and scripts/smoke runs "
-    "./scripts/demo in a fresh clone",
-    "hf://": "needs the network (the Hub paths run against a local fake Hub in tests/test_hub_apply.py)",
-    "from_pretrained('minilm-clf'": "loads the output of the hf:// command above",
-    "torchvision.": "torchvision is not a dependency of the tests",
-}
-
-
-def shell_commands(text: str) -> list[tuple[int, str]]:
-    """(line number, command) of each command line of the ``` and ```bash blocks (fences at
-    the start of a line), with backslash continuations joined."""
-    out: list[tuple[int, str]] = []
-    lang: str | None = None  # the open block's language; None outside a block
-    pending, start = "", 0
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.startswith("```"):
-            lang = line[3:].strip() if lang is None else None
-            continue
-        if lang not in SHELL_LANGS:
-            continue
-        if not pending:
-            start = number
-        if line.rstrip().endswith("\\"):
-            pending += line.rstrip()[:-1] + " "
-            continue
-        command, pending = (pending + line).strip(), ""
-        if command:
-            out.append((start, command))
-    return out
+    assert python_blocks(text) == [(3, "x = 1\n"), (9, "y = x + 1\n")]
+    marked = "<!-- not-run: needs a GPU -->\n```python\nz = 1\n```\n"
+    assert python_blocks(marked) == [] and not_run_blocks(marked)[0].not_run == "needs a GPU"
 
 
 def _fixtures(root: Path) -> None:
-    """The checkpoints and files the README's commands name, as tiny models of the kind each
+    """The checkpoints and files the documented commands name, as tiny models of the kind each
     command expects (names as transformers saves them)."""
     import shutil
 
@@ -158,7 +222,7 @@ def _fixtures(root: Path) -> None:
         "head.bbox_pred.bias": torch.randn(12),
     }
     save_file(det, root / "detector.safetensors")
-    shutil.copytree(README.parent / "examples", root / "examples")
+    shutil.copytree(ROOT / "examples", root / "examples")
     transform_fixtures(root)
     _architecture_change_fixtures(root, transformers)
 
@@ -211,42 +275,92 @@ def _architecture_change_fixtures(root: Path, transformers: Any) -> None:
         transformers.BertForSequenceClassification(cfg).save_pretrained(root / name)
 
 
-def test_shell_blocks_of_the_readme_run(tmp_path, monkeypatch):
-    """Every `reinit ...` line of the README's shell blocks runs as written (in order, in one
-    folder holding checkpoints with the names the README uses) and exits 0; the lines it does
-    not run are listed in NOT_RUN with the reason. The ```yaml recipe block runs too."""
-    import shlex
+@pytest.fixture(scope="module")
+def fixture_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fixture checkpoints, made once per module (each page works on a copy)."""
+    root = tmp_path_factory.mktemp("doc-fixtures")
+    _fixtures(root)
+    return root
 
-    _fixtures(tmp_path)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))  # `mypkg.nets:MLP` as a user's own package
-    ran, skipped = [], []
-    for line, command in shell_commands(README.read_text(encoding="utf-8")):
-        reason = next((why for key, why in NOT_RUN.items() if key in command), None)
-        if reason is not None:
-            skipped.append((line, reason))
-            continue
-        words = shlex.split(command, comments=True)
-        env = {}
-        while words and re.fullmatch(r"[A-Z_]+=.*", words[0]):
-            key, value = words.pop(0).split("=", 1)
-            env[key] = value
-        assert words[0] == "reinit", f"README.md line {line}: not a reinit command: {command}"
+
+def _run_line(command: str, line: str, cwd: Path) -> None:
+    """A `reinit ...` line runs in process (after any VAR=value words); any other line runs
+    through bash with this venv's `reinit` first on PATH. Either must exit 0."""
+    words = shlex.split(command, comments=True)
+    env = {}
+    while words and re.fullmatch(r"[A-Z_]+=.*", words[0]):
+        key, value = words.pop(0).split("=", 1)
+        env[key] = value
+    if words and words[0] == "reinit":
         res = run(*words[1:], env=env)
-        assert res.exit_code == 0, f"README.md line {line}: {command}\n{res.output}"
-        ran.append(command)
-    assert len(ran) >= 25 and len(skipped) <= 8, (len(ran), skipped)
-    # the ```yaml recipe of "Recipes", run as a file on the GPT-2 checkpoints above
-    (yaml_block,) = re.findall(r"^```yaml[ \t]*\n(.*?)^```", README.read_text(), re.S | re.M)
-    (tmp_path / "readme-recipe.yaml").write_text(yaml_block)
+        assert res.exit_code == 0, f"{line}: {command}\n{res.output}"
+        return
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    pythonpath = os.pathsep.join([str(ROOT), str(cwd), os.environ.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        ["bash", "-c", command], cwd=cwd, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PATH": path, "PYTHONPATH": pythonpath},
+    )  # fmt: skip
+    assert proc.returncode == 0, f"{line}: {command}\n{proc.stdout}{proc.stderr}"
+
+
+@pytest.mark.parametrize("page", doc_pages(), ids=page_id)
+def test_shell_blocks_of_the_page_run(page, fixture_folder, tmp_path, monkeypatch):
+    """Every command of the page's shell blocks runs as written, in order, in a copy of the
+    fixture folder, and exits 0; blocks marked not-run are counted and say why."""
+    if (runner := own_test(page)) is not None:
+        pytest.skip(f"{page_id(page)} runs in {runner}")
+    text = page.read_text(encoding="utf-8")
+    commands = shell_commands(text)
+    skipped = not_run_blocks(text)
+    if not commands:
+        pytest.skip(f"{page_id(page)}: no shell commands ({len(skipped)} blocks marked not-run)")
+    work = tmp_path / "work"
+    shutil.copytree(fixture_folder, work, symlinks=True)
+    monkeypatch.chdir(work)
+    monkeypatch.syspath_prepend(str(work))  # `mypkg.nets:MLP` as a user's own package
+    for line, command in commands:
+        _run_line(command, f"{page_id(page)} line {line}", work)
+
+
+def test_not_run_blocks_say_why_and_are_counted():
+    """Each block that does not run names its reason; the README's and the guides' runnable
+    commands far outnumber them."""
+    ran, skipped = 0, []
+    for page in doc_pages():
+        text = page.read_text(encoding="utf-8")
+        ran += len(shell_commands(text)) + len(python_blocks(text))
+        for block in not_run_blocks(text):
+            assert len(block.not_run or "") >= 10, f"{page_id(page)} line {block.line}"
+            skipped.append((page_id(page), block.line, block.not_run))
+    assert ran >= 40 and len(skipped) <= ran // 4, (ran, skipped)
+
+
+def test_the_readme_recipe_is_the_example_file():
+    """README's ```yaml block is examples/gpt2-init.yaml as it is (tests/test_examples.py
+    runs that file)."""
+    (yaml_block,) = [b for b in blocks(README.read_text(encoding="utf-8")) if b.lang == "yaml"]
+    body = "".join(ln + "\n" for ln in yaml_block.body.splitlines() if not ln.startswith("# "))
+    assert body in (ROOT / "examples" / "gpt2-init.yaml").read_text(encoding="utf-8")
+
+
+def test_the_recipes_page_yaml_recipe_runs(fixture_folder, tmp_path, monkeypatch):
+    """The ```yaml recipe of docs/guide/recipes.md, run as a file on the GPT-2 checkpoints."""
+    page = GUIDE / "recipes.md"
+    (yaml_block,) = [b for b in blocks(page.read_text(encoding="utf-8")) if b.lang == "yaml"]
+    work = tmp_path / "work"
+    shutil.copytree(fixture_folder, work, symlinks=True)
+    monkeypatch.chdir(work)
+    (work / "doc-recipe.yaml").write_text(yaml_block.body)
     env = {"MODEL": "new", "OLD": "old", "OLD_VOCAB": "50257"}
-    res = run("run", "readme-recipe.yaml", "-q", env=env)
-    assert res.exit_code == 0, f"README.md yaml recipe\n{res.output}"
-    assert (tmp_path / "model-init" / "model.safetensors").is_file()
-    assert (tmp_path / "init.report.md").is_file()
-    assert (tmp_path / "model.reinit.safetensors").is_file() and (tmp_path / "std.png").is_file()
+    res = run("run", "doc-recipe.yaml", "-q", env=env)
+    assert res.exit_code == 0, f"recipes.md yaml recipe\n{res.output}"
+    assert (work / "model-init" / "model.safetensors").is_file()
+    assert (work / "init.report.md").is_file()
 
 
 def test_shell_command_extraction():
     text = "```\nreinit a \\\n  --b c   # note\n\nX=1 reinit d\n```\n```python\nnot = 1\n```\n"
     assert shell_commands(text) == [(2, "reinit a    --b c   # note"), (5, "X=1 reinit d")]
+    console = "```console\n$ reinit e\noutput line\n```\n<!-- not-run: needs torchrun -->\n```bash\ntorchrun x\n```\n"
+    assert shell_commands(console) == [(2, "reinit e")]

@@ -1,6 +1,9 @@
 """`reinit run RECIPE`: each recipe form gives the bytes the same flags give, multi-step recipes
 chain in memory (no intermediate file, output byte-identical to chained applies), --set and
-${VAR}, errors that name the key and its line, and the examples in examples/."""
+${VAR}, errors that name the key and its line, and the examples in examples/.
+
+Internal: also tests reinit.io directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

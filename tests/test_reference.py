@@ -1,7 +1,11 @@
-"""Reference scale (DESIGN §8, issue 13): every changed tensor carries the model's own scale
+"""Reference scale (docs/guide/report.md, issue 13): every changed tensor carries the model's own scale
 (`reference_std`) and where it came from (`reference`): `--model`'s own init, else the config's
 `initializer_range`, else the untouched siblings' median; `off_reference` flags a std beyond
-`--reference-tolerance` (2x) either way of it."""
+`--reference-tolerance` (2x) either way of it.
+
+Internal: also tests reinit.report.entries, reinit.report.flags, reinit.report.reference,
+reinit.report.stats directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 
@@ -70,12 +74,12 @@ def test_kaiming_on_a_minilm_shaped_bert_is_off_reference_from_its_config(tmp_pa
     weights = changed_matrices(rep)
     assert len(weights) == 16  # 3 embeddings, 6 per layer, the pooler
     for t in weights:
-        assert t["reference"] == "config initializer_range" and t["reference_std"] == 0.02
+        assert t["reference"] == "bert/config.json initializer_range" and t["reference_std"] == 0.02
         assert "off_reference" in t["flags"], t["name"]
         assert t["after"]["std"] / 0.02 > 8  # kaiming at fan 32 or 64: 0.25 or 0.18
     # unchanged tensors have no reference; the 1-D weights kaiming cannot take are skipped
     assert all(t["reference"] is None for t in rep["tensors"] if t["action"] != "reinit")
-    assert "; reference: config initializer_range 0.02\n" in flat(res.stderr) + "\n"
+    assert "; reference: bert/config.json initializer_range 0.02\n" in flat(res.stderr) + "\n"
     assert "16 flagged" in res.stderr
 
 
@@ -86,7 +90,7 @@ def test_normal_002_on_the_same_bert_is_not_off_reference(tmp_path):
     weights = [e for e in report.tensors if e.action == "reinit" and len(e.shape) >= 2]
     assert len(weights) == 16
     for e in weights:  # config.json beside the weight file counts as the checkpoint's
-        assert (e.reference, e.reference_std) == ("config initializer_range", 0.02)
+        assert (e.reference, e.reference_std) == ("bert/config.json initializer_range", 0.02)
         assert "off_reference" not in e.flags
     assert not any("off_reference" in e.flags for e in report.tensors)
 
@@ -125,7 +129,7 @@ def test_kaiming_on_the_top_layers_of_a_768_wide_bert_is_flagged(tmp_path):
     weights = [e for e in report.tensors if e.action == "reinit"]
     assert len(weights) == 12
     for e in weights:
-        assert (e.reference, e.reference_std) == ("config initializer_range", 0.02)
+        assert (e.reference, e.reference_std) == ("m/config.json initializer_range", 0.02)
         ratio = (e.after.std or 0.0) / 0.02
         if e.fan_in == 768:
             assert ratio == pytest.approx(math.sqrt(2 / 768) / 0.02, rel=0.01)  # 2.55
@@ -207,9 +211,10 @@ def test_without_config_the_reference_is_the_untouched_siblings_median(tmp_path)
     assert reference_text(report.tensors) == f"reference: siblings median {kept[1]:.3g}"
 
 
-def test_a_transplant_is_judged_by_its_trained_siblings_first(tmp_path):
+def test_a_transplant_is_judged_by_its_source(tmp_path):
     """Trained weights sit at ~2x the init scale; a transplanted layer is compared with the
-    trained layers beside it, not with the config's initializer_range."""
+    source tensor it was copied from (on reference by definition), not with the config's
+    initializer_range."""
     g = torch.Generator().manual_seed(2)
     trained = {f"layers.{i}.w": torch.randn(64, 64, generator=g) * 0.045 for i in range(4)}
     (tmp_path / "dst").mkdir()
@@ -222,11 +227,14 @@ def test_a_transplant_is_judged_by_its_trained_siblings_first(tmp_path):
         tmp_path / "o.safetensors",
     )
     t = report.entry("layers.3.w")
-    assert t.action == "transplant" and t.reference == "siblings median"
+    assert t.action == "transplant" and t.reference == "source"
+    assert t.reference_std == t.after.std and "equal to source" in t.notes
     assert "off_reference" not in t.flags  # 0.045 against 0.02 would be 2.25x
     k = report.entry("layers.2.w")  # a reinit still takes the init scale first
-    assert (k.reference, k.reference_std) == ("config initializer_range", 0.02)
-    assert "config initializer_range 0.02 (1 tensors)" in (reference_text(report.tensors) or "")
+    assert (k.reference, k.reference_std) == ("dst/config.json initializer_range", 0.02)
+    assert "dst/config.json initializer_range 0.02 (1 tensors)" in (
+        reference_text(report.tensors) or ""
+    )
 
 
 def test_an_hf_source_fetches_its_config_for_the_reference(offline, tmp_path):
@@ -243,7 +251,7 @@ def test_an_hf_source_fetches_its_config_for_the_reference(offline, tmp_path):
     report = reinit.apply("hf://acme/mini", ["encoder.layer.1.*.weight=kaiming"], out)
     changed = [e for e in report.tensors if e.action == "reinit"]
     assert len(changed) == 6
-    assert all(e.reference == "config initializer_range" for e in changed)
+    assert all(e.reference == "mini/config.json initializer_range" for e in changed)
     assert all("off_reference" in e.flags for e in changed)
 
 
@@ -288,13 +296,13 @@ def test_csv_markdown_and_json_carry_the_reference(tmp_path):
     report = reinit.apply(src, ["encoder.layer.0.*.weight=kaiming"], out, reports=reports)
     rows = list(csv.DictReader(io.StringIO(reports[0].read_text())))
     q = next(r for r in rows if r["name"] == "encoder.layer.0.attention.self.query.weight")
-    assert (q["reference_std"], q["reference"]) == ("0.02", "config initializer_range")
+    assert (q["reference_std"], q["reference"]) == ("0.02", "bert/config.json initializer_range")
     assert "off_reference" in q["flags"]
     kept = next(r for r in rows if r["name"] == "encoder.layer.1.attention.self.query.weight")
     assert kept["reference_std"] == "" and kept["reference"] == ""
     md = reports[1].read_text()
-    assert "| reference |" in md and "0.02 (config initializer_range)" in md
-    assert "reference: config initializer_range 0.02" in md
+    assert "| reference |" in md and "0.02 (bert/config.json initializer_range)" in md
+    assert "reference: bert/config.json initializer_range 0.02" in md
     (default,) = tmp_path.glob("o*.json")  # the default report, read back as a Report
     again = Report.from_dict(json.loads(default.read_text()))
     fields = [(e.name, e.reference, e.reference_std, e.flags) for e in report.tensors]

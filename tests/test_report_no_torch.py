@@ -1,7 +1,12 @@
 """`reinit report` of safetensors (a file, or a folder of shards) runs without torch
 (tools.raw_report) and gives the same report as the streaming engine that `apply` uses: on
 a tiny BERT and on a file with every dtype and the edge cases (zero-size, scalar, NaN/Inf,
-huge values, LayerNorm-like values, a tensor over one 16 MB chunk)."""
+huge values, LayerNorm-like values, a tensor over one 16 MB chunk).
+
+Internal: also tests reinit.io.checkpoint, reinit.io.directory, reinit.io.safetensors_format,
+reinit.io.safetensors_header, reinit.io.safetensors_reader, reinit.tools.audit,
+reinit.tools.raw_report directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

@@ -209,7 +209,7 @@ def test_a_named_scheme_fills_new_rows_from_the_tensors_generator(tmp_path):
     assert res.exit_code == 0, res.output
     new = load_file(out)["emb.weight"]
     # the whole new shape drawn as torch would with the tensor's own generator, the kept
-    # block put back: reproducible without reinit (DESIGN §3)
+    # block put back: reproducible without reinit (docs/guide/rules-and-schemes.md)
     want = torch.empty(16, 4)
     g = torch.Generator().manual_seed(reinit.schemes.seed_for(3, "emb.weight"))
     torch.nn.init.normal_(want, 0.0, 0.02, generator=g)

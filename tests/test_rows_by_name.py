@@ -1,6 +1,10 @@
 """Rows mapped by token string or class name (issue 15 item 6): the pure functions of
 `reinit/transforms/vocab.py` (tokenizer files read as plain files) and `rows.py` (the mapping,
-the new rows)."""
+the new rows).
+
+Internal: also tests reinit.schemes, reinit.schemes.transformer, reinit.transforms.rows,
+reinit.transforms.vocab directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Rule grammar, matching and planning (DESIGN §2)."""
+"""Rule grammar, matching and planning (docs/guide/rules-and-schemes.md).
+
+Internal: also tests reinit.planning.planner, reinit.rules directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 
@@ -91,7 +94,7 @@ def test_rule_splits_at_first_equals_and_binds_torch_defaults():
         ("*.weight=kaimin", "Did you mean"),
         ("*.weight=kaiming_normal(mode=sideways)", "fan_in, fan_out"),
         ("*.weight=kaiming_normal(nonlin=relu)", "no argument 'nonlin'"),
-        ("*.weight=xavier_uniform(gain=swish)", "unknown nonlinearity"),
+        ("*.weight=xavier_uniform(gain=mish)", "unknown nonlinearity"),
         ("*.weight=uniform(1, 2, 3)", "at most 2"),
         ("*.weight=constant", "needs argument 'val'"),
         ("*.weight=normal(std=1", "missing ')'"),

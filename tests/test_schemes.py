@@ -1,5 +1,9 @@
 """Every torch.nn.init scheme: std formula, distribution shape, exact patterns, and the
-reproducibility contract of DESIGN §3."""
+reproducibility contract of docs/guide/rules-and-schemes.md.
+
+Internal: also tests reinit.rules, reinit.schemes, reinit.schemes.gain directly (not the
+`reinit` API).
+"""
 
 from __future__ import annotations
 
@@ -215,7 +219,7 @@ def test_gains_match_torch(nl, param, value):
 
 def test_unknown_nonlinearity_lists_the_valid_ones():
     with pytest.raises(SchemeError, match="tanh, relu, leaky_relu, selu, gelu, silu"):
-        calculate_gain("swish")
+        calculate_gain("mish")
 
 
 def test_measured_tanh_ratio():

@@ -1,7 +1,10 @@
 """The schemes beyond torch.nn.init: std formulas and distribution shapes checked statistically
 (fixed seeds, tolerances from sampling error), variance_scaling against a reference of Keras'
 formula written here, mean_resize against its formula, and the context the engine provides
-(the tensor's own values, another tensor, the model config)."""
+(the tensor's own values, another tensor, the model config).
+
+Internal: also tests reinit.rules, reinit.schemes directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

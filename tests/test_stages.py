@@ -1,7 +1,9 @@
 """`apply` as named stages (internals: reinit.run.prepare, layout, write). A writer may write any
 subset of the layout's shards and publishing is a step of its own, so a run split across
 writers (one per rank, say) gives the same bytes as one `reinit.apply`, and nothing is in
-place before `publish`."""
+place before `publish`.
+
+Internal: imports reinit.options, reinit.run.layout, reinit.run.prepare, reinit.run.write."""
 
 from __future__ import annotations
 

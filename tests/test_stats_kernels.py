@@ -1,7 +1,10 @@
 """The fused statistics pass (report.kernels via StatsAccumulator) against a float64 reference
 computed here with torch, on every dtype safetensors has, fed as torch tensors (`add`) and as
 raw bytes (`add_bytes`, no torch): zero-size, scalars, NaN/Inf sub-chunks, huge finite
-values, tensors spanning many sub-chunks fed in uneven chunks, LayerNorm-like 1±0.01."""
+values, tensors spanning many sub-chunks fed in uneven chunks, LayerNorm-like 1±0.01.
+
+Internal: also tests reinit.report.kernels, reinit.report.stats directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

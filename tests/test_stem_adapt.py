@@ -4,7 +4,10 @@ of `reinit/transforms/stems.py` against timm's `adapt_input_conv`.
 timm is not a dependency of the tests. When it is importable its own function is the reference
 (`test_matches_timm_itself`); otherwise `timm_adapt_input_conv` below is, written from timm's
 published code (timm/models/_manipulate.py): in float32, 1 channel = the sum over the input
-filters; N channels = `weight.repeat(1, ceil(N/3), 1, 1)[:, :N]` scaled by 3/N; cast back."""
+filters; N channels = `weight.repeat(1, ceil(N/3), 1, 1)[:, :N]` scaled by 3/N; cast back.
+
+Internal: also tests reinit.transforms.stems directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

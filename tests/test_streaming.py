@@ -1,6 +1,9 @@
 """The streaming path: kernel-side copies give the same bytes as the plain path, the
 buffered fallback works without copy_file_range, the pipeline cleans up after errors, and
-memory stays bounded for apply, transplant and report."""
+memory stays bounded for apply, transplant and report.
+
+Internal: also tests reinit.io, reinit.io.pipeline, reinit.run directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

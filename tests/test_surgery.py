@@ -1,4 +1,8 @@
-"""--add / --drop / --rename: parsing, the edited tensor list, and end to end through apply."""
+"""--add / --drop / --rename: parsing, the edited tensor list, and end to end through apply.
+
+Internal: also tests reinit.io.checkpoint, reinit.planning.surgery, reinit.schemes directly (not
+the `reinit` API).
+"""
 
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ def randn(*shape: int, seed: int = 0) -> torch.Tensor:
 
 
 def torch_normal(shape, std: float, seed: int, name: str) -> torch.Tensor:
-    """What DESIGN §3 promises: the plain torch call with the tensor's own generator."""
+    """What docs/guide/rules-and-schemes.md promises: the plain torch call with the tensor's own generator."""
     t = torch.empty(shape)
     torch.nn.init.normal_(
         t, 0.0, std, generator=torch.Generator().manual_seed(seed_for(seed, name))

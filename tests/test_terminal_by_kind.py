@@ -1,4 +1,4 @@
-"""The terminal report by kind (DESIGN §8): a 24-layer Llama-shaped checkpoint whose top 4
+"""The terminal report by kind (docs/guide/report.md): a 24-layer Llama-shaped checkpoint whose top 4
 layers are re-initialized reads on one screen, at 80 and 100 columns, without cut cells.
 
 Golden files: tests/golden/llama_top4_{80,100,120}.txt, compared exactly (the run time and the
@@ -7,7 +7,11 @@ regenerate them with
 
     REINIT_UPDATE_GOLDEN=1 PYTHONPATH=$PWD python -m pytest tests/test_terminal_by_kind.py
 
-and read the diff before committing it."""
+and read the diff before committing it.
+
+Internal: also tests reinit.report.entries, reinit.report.groups, reinit.report.stats,
+reinit.report.terminal directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

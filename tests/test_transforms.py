@@ -1,7 +1,12 @@
 """Transplants across architecture changes, the select and permute half (issue 15): capture
 arithmetic in key templates, `chunk=` / `cat=` (fused QKV <-> q/k/v, checked by a forward pass),
 `rotary=` (checked against transformers' Llama conversion `permute` and by attention scores),
-and the exit-2 refusals. Tiny checkpoints built in the tests."""
+and the exit-2 refusals. Tiny checkpoints built in the tests.
+
+Internal: also tests reinit.planning.transplant, reinit.rules, reinit.schemes.templates,
+reinit.transforms.fuse, reinit.transforms.rotary, reinit.transforms.spec directly (not the
+`reinit` API).
+"""
 
 from __future__ import annotations
 

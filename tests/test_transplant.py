@@ -1,4 +1,7 @@
-"""from(SOURCE, key=TEMPLATE, on_mismatch=…) end to end on small hand-built checkpoints."""
+"""from(SOURCE, key=TEMPLATE, on_mismatch=…) end to end on small hand-built checkpoints.
+
+Internal: also tests reinit.planning.transplant directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 
@@ -58,7 +61,11 @@ def test_default_key_is_the_same_name(tmp_path):
     assert raw(out["a.w"]) == raw(s["a.w"])
     assert raw(out["b.w"]) == raw(t["b.w"])  # no rule: byte-for-byte
     e = rep.entry("a.w")
-    assert e.action == "transplant" and e.source == f"{src}:a.w" and e.notes == ()
+    assert e.action == "transplant" and e.source == f"{src}:a.w"
+    assert e.notes == ("equal to source",) and (e.reference, e.reference_std) == (
+        "source",
+        e.after.std,
+    )
     assert rep.summary.transplant == 1 and rep.summary.kept == 1
 
 
@@ -245,8 +252,8 @@ def test_cast_to_target_dtype_and_lossy_note(tmp_path):
     assert o["b"].dtype == torch.float32 and torch.equal(o["b"], src_t["b"].float())
     assert o["c"].dtype == torch.float16 and torch.equal(o["c"], torch.ones(4, dtype=torch.float16))
     assert rep.entry("a").notes == ("lossy cast float32 -> bfloat16",)
-    assert rep.entry("b").notes == ()  # bf16 -> fp32 is exact
-    assert rep.entry("c").notes == ()  # 1.0 is exact in fp16
+    assert rep.entry("b").notes == ("equal to source",)  # bf16 -> fp32 is exact
+    assert rep.entry("c").notes == ("equal to source",)  # 1.0 is exact in fp16
     doc = {t["name"]: t for t in json.loads(rep.to_json())["tensors"]}
     assert doc["a"]["notes"] == ["lossy cast float32 -> bfloat16"]
     assert doc["a"]["from"] == f"{src}:a"

@@ -1,6 +1,9 @@
 """The new-head workflow on real (tiny) transformers models: a BertForSequenceClassification
 target filled from a BertModel source with `bert.*=from(SRC, key={1})`, its head re-initialized,
-loaded back by transformers with no missing or unexpected keys."""
+loaded back by transformers with no missing or unexpected keys.
+
+Internal: also tests reinit.schemes directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

@@ -8,7 +8,10 @@ The references are timm's `resample_abs_pos_embed` and `adapt_input_conv`, writt
 timm's published code because timm is not a dependency (see tests/test_pos_resample.py and
 tests/test_stem_adapt.py, which also compare with timm itself when it is importable):
 `F.interpolate(grid, size, mode="bicubic", antialias=True)` in float32 on the grid after the
-class token, and `weight.repeat(1, ceil(N/3), 1, 1)[:, :N] * 3/N` (N = 1: the sum over RGB)."""
+class token, and `weight.repeat(1, ceil(N/3), 1, 1)[:, :N] * 3/N` (N = 1: the sum over RGB).
+
+Internal: also tests reinit.schemes directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """`reinit verify PATH` (issue #7 item 8): the reader's validator as a command; exit 0 with the
-tensor count and bytes when valid, 1 with one line naming the defect otherwise."""
+tensor count and bytes when valid, 1 with one line naming the defect otherwise.
+
+Internal: also tests reinit.io.verify directly (not the `reinit` API).
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Checkpoints for the README's "Transplants across architecture changes" examples (run by
-tests/test_readme_examples.py): tiny models with the names the examples use."""
+"""Checkpoints for the "Transplants across architecture changes" examples of
+docs/guide/transplant.md (run by tests/test_readme_examples.py): tiny models with the names the
+examples use."""
 
 from __future__ import annotations
 
@@ -29,10 +30,15 @@ def tiny_llama(path: Path, layers: int, seed: int) -> None:
 
 def transform_fixtures(root: Path) -> None:
     """llama-32/ (the source), llama-48/ and llama-16/ (deeper and shallower targets),
+    llama-48-config/ (llama-48's config.json alone),
     fused-qkv.safetensors (a Phi-3-style fused [q; k; v] projection per layer, GQA: 16 + 8 + 8
     rows), vit-fused.safetensors / vit-split.safetensors (timm-style equal thirds)."""
     tiny_llama(root / "llama-32", 32, 11)
     tiny_llama(root / "llama-48", 48, 12)
+    (root / "llama-48-config").mkdir()  # `reinit new`'s up-scaling: the 48-layer config alone
+    (root / "llama-48-config" / "config.json").write_bytes(
+        (root / "llama-48" / "config.json").read_bytes()
+    )
     tiny_llama(root / "llama-16", 16, 13)
     g = torch.Generator().manual_seed(14)
     save_file(

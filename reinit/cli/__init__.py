@@ -13,6 +13,7 @@ import click
 from reinit.cli.apply_cmd import apply
 from reinit.cli.group import ReinitGroup
 from reinit.cli.info_cmds import gain, schemes
+from reinit.cli.new_cmd import new
 from reinit.cli.probe_cmd import probe
 from reinit.cli.report_cmds import diff, inspect, report, verify
 from reinit.cli.run_cmd import run
@@ -29,6 +30,7 @@ def main() -> None:
 
 
 main.add_command(apply)
+main.add_command(new)
 main.add_command(report)
 main.add_command(diff)
 main.add_command(verify)

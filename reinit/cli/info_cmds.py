@@ -31,13 +31,18 @@ def schemes(as_json: bool) -> None:
         click.echo(f"{row['signature']}{aliases}")
         click.echo(f"    std: {row['std']}")
         click.echo(f"    {row['doc']}")
+    click.echo(
+        "any scheme(..., rows=START:STOP|random(R)) or cols=...: only those rows/columns "
+        "re-initialized, the rest kept [group=TEMPLATE: the key of the random indices]"
+    )
     click.echo("keep\n    leaves the tensor as it is (carve an exception out of a broader rule)")
     click.echo(
         "from(SOURCE, key=TEMPLATE|auto, on_mismatch=error|skip|slice, state=PATH)\n    copies the tensor from another checkpoint (key: {name}, {1}, {2}, ... with integer arithmetic {1+8}, {1*2+1}, or auto = longest common dotted suffix; state: the state dict's dotted path inside a torch training checkpoint)"
     )
     click.echo(
-        "    transforms: cat=K1;K2 or chunk=I/N|START:STOP [dim=D]; rotary=hf_to_meta|meta_to_hf heads=N; "
-        "resample=linear|bilinear|bicubic|copy [prefix=N grid=HxW init=SCHEME], adapt=channels, rows=tokens|labels [vocab=PATH src_vocab=PATH new=SCHEME] (README: Transplants across architecture changes)"
+        "    transforms: cat=K1;K2 or chunk=I/N|START:STOP [dim=D]; stack=T1{e};T2{e} experts=N "
+        "[dim=D] or expert=E|{2}; rotary=hf_to_meta|meta_to_hf heads=N; "
+        "resample=linear|bilinear|bicubic|copy [prefix=N grid=HxW init=SCHEME], adapt=channels, rows=tokens|labels [vocab=PATH src_vocab=PATH new=SCHEME] (docs/guide/transplant.md)"
     )
 
 

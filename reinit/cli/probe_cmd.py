@@ -40,7 +40,14 @@ __all__ = ["probe"]
 )
 @apply_option("seed", "Seeds the inputs and the rules.")
 @click.option(
-    "--checkpoint", default=None, help="Load these weights first (else the model as built)."
+    "--checkpoint",
+    default=None,
+    help="Load these weights first (default: a model folder's own weights, else as built).",
+)
+@click.option(
+    "--as-built",
+    is_flag=True,
+    help="Probe a model folder as its config builds it, not its weights.",
 )
 @apply_option("allow_unmatched", "A rule that matches nothing is a warning.")
 @json_option("Print the JSON result on stdout.")
@@ -51,6 +58,7 @@ def probe(
     rules: tuple[str, ...],
     seed: int,
     checkpoint: str | None,
+    as_built: bool,
     allow_unmatched: bool,
     as_json: bool,
     plot: str | None,
@@ -77,6 +85,7 @@ def probe(
         seed=seed,
         checkpoint=checkpoint,
         allow_unmatched=allow_unmatched,
+        as_built=as_built,
     )
     warn_all(result.warnings)
     if plot is not None:

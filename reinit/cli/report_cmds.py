@@ -202,7 +202,21 @@ def diff(a: str, b: str, as_json: bool, unsafe_pickle: tuple[str, ...]) -> None:
     type=float,
     default=None,
     metavar="X",
-    help="--forward --against: exit 1 when the KL (nats) exceeds X.",
+    help="--forward --against: exit 1 when the logits' mean KL (nats) exceeds X.",
+)
+@click.option(
+    "--min-top1",
+    type=float,
+    default=None,
+    metavar="X",
+    help="--forward --against: exit 1 when the top-1 agreement (0-1) is below X.",
+)
+@click.option(
+    "--min-cosine",
+    type=float,
+    default=None,
+    metavar="X",
+    help="--forward --against: exit 1 when a layer's hidden-state cosine is below X.",
 )
 def verify(
     path: str,
@@ -212,17 +226,21 @@ def verify(
     against: str | None,
     model: str | None,
     max_kl: float | None,
+    min_top1: float | None,
+    min_cosine: float | None,
 ) -> None:
     """Check a safetensors file, or a directory of shards and its index, against the format
     rules (the validator reinit reads with). Exit 0 when valid, 1 when not (with --report: also
     when a tensor's sha256 differs from the report's, naming the first). With --forward:
-    run the weights in their architecture (per-layer std; max |Δ| and KL against SOURCE)."""
-    from reinit.cli.forward_out import check_forward_options, verify_forward
+    run the weights in their architecture (per-layer std; against SOURCE: each layer's hidden
+    states, the first divergent layer, the logits' KL and top-1 agreement)."""
+    from reinit.cli.forward_out import ForwardLimits, check_forward_options, verify_forward
     from reinit.io.verify import verify as verify_path
 
-    check_forward_options(forward, against, model, max_kl)
+    limits = ForwardLimits(max_kl, min_top1, min_cosine)
+    check_forward_options(forward, against, model, limits)
     if forward:
-        verify_forward(path, against, model, max_kl, as_json)
+        verify_forward(path, against, model, limits, as_json)
         return
     result = verify_path(path)
     if report_path is not None:

@@ -3,7 +3,7 @@
 Why: every kept byte of `apply` and every byte of `reinit report` is read into the process for
 its statistics. A fresh 8 MB buffer per chunk costs the zeroing and first-touch page faults of
 every page; measured on the dev machine, reading 2.7 GB into fresh buffers took about twice
-the system time of reading it into one reused buffer (BENCH.md, "read once"). So buffers are
+the system time of reading it into one reused buffer (docs/bench/log.md, "read once"). So buffers are
 recycled: whoever is done with a chunk gives it back. With `stream.READ_ONCE` the writer
 writes the very buffer the statistics were computed on and gives it back after.
 

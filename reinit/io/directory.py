@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "WEIGHT_FILE",
+    "holds_weights",
     "DirLayout",
     "DirectoryCheckpoint",
     "FileProvider",
@@ -43,6 +44,16 @@ __all__ = [
 WEIGHT_FILE = re.compile(
     r".*\.(safetensors|bin|pt|pth|ckpt|h5|msgpack|onnx|gguf)$|.*\.(safetensors|bin)\.index\.json$"
 )
+
+
+def holds_weights(path: str) -> bool:
+    """A local folder with a safetensors, torch or index file of weights in it (`probe DIR`
+    probes those weights by default)."""
+    if not os.path.isdir(path):
+        return False
+    return any(
+        re.match(r".*\.(safetensors|bin|pt|pth)$|.*\.index\.json$", f) for f in os.listdir(path)
+    )
 
 
 class FileProvider(Protocol):

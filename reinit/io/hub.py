@@ -1,4 +1,4 @@
-"""Hugging Face Hub access for `hf://OWNER/NAME[@REVISION][/SUBFOLDER]` sources (DESIGN §1, §4).
+"""Hugging Face Hub access for `hf://OWNER/NAME[@REVISION][/SUBFOLDER]` sources (docs/reference.md, docs/guide/transplant.md).
 
 This module (`HubRepo`) and its helpers are the only code that talks to the Hub, always through
 `huggingface_hub` (tested with 2.4.0): `hub_url` parses the URL with `parse_hf_uri`, `hub_env`

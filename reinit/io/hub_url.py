@@ -1,4 +1,4 @@
-"""The `hf://OWNER/NAME[@REVISION][/SUBFOLDER]` grammar (DESIGN §1): `is_hf_url` says whether a
+"""The `hf://OWNER/NAME[@REVISION][/SUBFOLDER]` grammar (docs/reference.md): `is_hf_url` says whether a
 source is meant as a Hub URL, `parse_hf_url` checks it (huggingface_hub's grammar, restricted to
 model repositories, with a safe revision: see `hub`'s module doc) into a `HubRef`.
 

@@ -1,4 +1,4 @@
-"""Where a torch checkpoint keeps its weights (DESIGN §8): training checkpoints nest the state
+"""Where a torch checkpoint keeps its weights (docs/guide/outputs.md): training checkpoints nest the state
 dict (`{"epoch", "model_state_dict", "optimizer_state_dict"}`, Lightning's `state_dict`,
 DeepSpeed's `module`, `ema` copies ...).
 

@@ -41,7 +41,7 @@ __all__ = [
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
 # Most tensors one file may declare. Real checkpoints hold at most tens of thousands per file
 # (a large MoE shard); a header of a million one-element tensors fits in 100 MB but costs
-# minutes and gigabytes downstream (plan, report). README "Guarantees" states this limit.
+# minutes and gigabytes downstream (plan, report). docs/guarantees.md states this limit.
 MAX_TENSORS = 200_000
 
 # safetensors dtype code -> torch's dtype name (as the report spells dtypes) and element size

@@ -1,4 +1,4 @@
-"""Which reader a source names (DESIGN §1): `open_checkpoint` turns what the user typed (a
+"""Which reader a source names (docs/reference.md): `open_checkpoint` turns what the user typed (a
 safetensors file, a torch file, a Hugging Face folder or `hf://OWNER/NAME[@REVISION][/SUB]`)
 into an open `Checkpoint`. Opening a safetensors file or folder imports no torch."""
 
@@ -27,17 +27,18 @@ def open_checkpoint(
     key: str = "",
     key_flag: str = "--key",
 ) -> Checkpoint:
-    """Open any source form of DESIGN §1.
+    """Open any source form (docs/reference.md, "Sources and outputs").
 
     Args:
         source: a safetensors file, a torch file (.bin/.pt/.pth/.ckpt), a Hugging Face model
             directory, or `hf://OWNER/NAME[@REVISION][/SUBFOLDER]`.
         unsafe_pickle: the torch files (or model folders) that may run code while loading
-            (see `reinit.io.trust`); this source is loaded unsafely only if it is among them.
+            (trust names a file: docs/guarantees.md); this source is loaded unsafely only if it is among them.
         progress: False silences the Hub's download bars for this source (the CLI's
             `--quiet`, or stderr not a terminal).
         key: the dotted path of the state dict inside a torch file (`--key`); "" finds a
-            well-known nest itself (see `reinit.io.nested_state`). Other forms refuse a key.
+            well-known nest itself (`model_state_dict`, `state_dict`, `model`, `module`, `ema`,
+            ...: docs/guide/outputs.md). Other forms refuse a key.
         key_flag: how the key is spelled in messages (`--key`, or `state=` in `from()`).
 
     Returns:

@@ -1,4 +1,4 @@
-"""What the adapters of `from(...)` need besides tensors (issue 15, DESIGN §8): `init=` /
+"""What the adapters of `from(...)` need besides tensors (issue 15, docs/guide/transplant.md): `init=` /
 `new=` bound to a scheme, and `rows=`' names read from the two tokenizer files (or the two
 config.json files' `id2label`). Resolved when the plan is checked, so a missing tokenizer
 file, a file that does not describe the tensor or a scheme that cannot fill rows is exit 2

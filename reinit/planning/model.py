@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from reinit.errors import RuleError, SchemeError, UsageError
+from reinit.planning.ckpt_names import CheckpointSlice, checkpoint_slices
 from reinit.planning.init_trace import AppliedInit, InitTrace, applied_init
 from reinit.planning.planner import Plan, check_strict
 from reinit.schemes import (
@@ -27,6 +28,7 @@ from reinit.schemes import (
 )
 
 __all__ = [
+    "CheckpointTensor",
     "Fans",
     "Model",
     "ModelError",
@@ -62,6 +64,24 @@ class TensorSite:
     shape: tuple[int, ...]
     fans: Fans | None
     is_buffer: bool = False
+    # A checkpoint tensor that is a part of the module's tensor (one expert of a stacked
+    # `[E, ...]` parameter): how to take it out, and the module tensor's own shape.
+    part: CheckpointSlice | None = field(default=None, compare=False)
+
+    @property
+    def source_shape(self) -> tuple[int, ...]:
+        """The shape of the module tensor the init runs on (`shape` unless a part)."""
+        return self.shape if self.part is None else self.part.source_shape
+
+
+@dataclass(frozen=True)
+class CheckpointTensor:
+    """One tensor of the checkpoint a model saves: its name, shape and dtype as
+    `save_pretrained` writes them (tied copies stored once, as transformers stores them)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
 
 
 @dataclass(frozen=True)
@@ -71,8 +91,14 @@ class Model:
     spec: str
     module: nn.Module
     kind: str  # "hf" | "torch"
-    sites: Mapping[str, TensorSite]
+    sites: Mapping[str, TensorSite]  # by the module's names and the checkpoint's
     prefix: str = ""  # transformers' base_model_prefix ("bert"), for name alignment
+    checkpoint: tuple[CheckpointTensor, ...] = ()  # what save_pretrained writes, in order
+
+    def view(self) -> ModelView:
+        """The model seen through its own checkpoint's names (for writing that checkpoint)."""
+        shapes = {t.name: t.shape for t in self.checkpoint}
+        return ModelView(self, {t.name: t.name for t in self.checkpoint}, shapes)
 
     def align(
         self, names: Sequence[str], shapes: Mapping[str, Sequence[int]] | None = None
@@ -121,6 +147,12 @@ class ModelView:
         m = self.names.get(name)
         return self.model.sites[m] if m is not None else None
 
+    def checkpoint_tensors(self) -> tuple[CheckpointTensor, ...]:
+        """Every tensor of the checkpoint this model saves (`save_pretrained`'s names, shapes,
+        dtypes, ties and order), whatever checkpoint the view was aligned to. Draw any of them
+        with `default_value(model.view(), name, dtype, seed)`."""
+        return self.model.checkpoint
+
 
 def _type_names(module: nn.Module) -> tuple[str, ...]:
     names = []
@@ -130,6 +162,15 @@ def _type_names(module: nn.Module) -> tuple[str, ...]:
         if not cls.__name__.startswith("_"):
             names.append(cls.__name__)
     return tuple(names) or (type(module).__name__,)
+
+
+def _linear_like(owner: nn.Module, attr: str, shape: Sequence[int]) -> tuple[str, ...]:
+    """A mixture-of-experts router (transformers' `*Router`/`*Gate` modules with a 2-D weight)
+    is a Linear without being one: `type:Linear` matches it too."""
+    name = type(owner).__name__
+    if isinstance(owner, nn.Linear) or attr != "weight" or len(shape) != 2:
+        return ()
+    return ("Linear",) if name.endswith(("Router", "Gate")) else ()
 
 
 def module_fans(module: nn.Module, attr: str, shape: Sequence[int]) -> Fans | None:
@@ -167,13 +208,43 @@ def fans_from_module(spec: str, module: nn.Module, kind: str, prefix: str) -> Mo
                 full,
                 mname,
                 attr,
-                _type_names(owner),
+                _type_names(owner) + _linear_like(owner, attr, shape),
                 shape,
                 module_fans(owner, attr, shape),
                 is_buffer,
             ),
         )
-    return Model(spec, module, kind, sites, prefix)
+    slices = checkpoint_slices(module, hf=kind == "hf")
+    checkpoint = tuple(CheckpointTensor(c.name, c.shape, c.dtype) for c in slices)
+    sites = _with_checkpoint_sites(sites, slices, modules)
+    return Model(spec, module, kind, sites, prefix, checkpoint)
+
+
+def _with_checkpoint_sites(
+    sites: Mapping[str, TensorSite],
+    slices: Sequence[CheckpointSlice],
+    modules: Mapping[str, nn.Module],
+) -> dict[str, TensorSite]:
+    """The module's sites and, just before each module tensor, the checkpoint names that are
+    not module names and come from it (so the sites' order is the order `save_pretrained`
+    walks)."""
+    extra: dict[str, list[tuple[str, TensorSite]]] = {}
+    for c in slices:
+        if c.name in sites or c.source not in sites:
+            continue
+        base = sites[c.source]
+        part = c if c.index is not None else None
+        fans = module_fans(modules[base.module_name], base.attr, c.shape)
+        types = base.types
+        if part is not None and len(c.shape) == 2 and "Linear" not in types:
+            types = (*types, "Linear")  # one expert's matrix, used as a Linear's weight
+        site = replace(base, types=types, shape=c.shape, fans=fans, part=part)
+        extra.setdefault(c.source, []).append((c.name, site))
+    out: dict[str, TensorSite] = {}
+    for name, site in sites.items():
+        out.update(extra.get(name, []))
+        out[name] = site
+    return out
 
 
 def align(
@@ -308,7 +379,9 @@ def default_init(
                 init(real)
                 ran = True
     value = _get_attr_tensor(real, site.attr)
-    applied = applied_init(trace.calls, site.shape)
+    if site.part is not None:  # one expert of a stacked tensor: its slice of the init
+        value = site.part.take(value)
+    applied = applied_init(trace.calls, site.source_shape)
     if not ran or (value.is_floating_point() and bool(value.isnan().any())):
         raise SchemeError(
             f"default: the architecture's init does not set '{name}' (module "
@@ -318,7 +391,8 @@ def default_init(
         )
     if applied is None:  # set, but by nothing the trace names (a custom write)
         applied = AppliedInit(f"{kind}: its own init (not a torch.nn.init call)", None)
-    return value.detach().to(dtype).contiguous().clone(), applied
+    out = value.detach().to(dtype).contiguous()  # a copy unless the dtype is the module's
+    return (out.clone() if out.data_ptr() == value.data_ptr() else out), applied
 
 
 def _get_attr_tensor(module: nn.Module, attr: str) -> torch.Tensor:

@@ -62,6 +62,7 @@ class PlanEntry:
     renamed_from: str | None = None  # its name in the source, when --rename changed it
     resized: str | None = None  # what --resize did ("resized [a, b] -> [c, b] (...)")
     resize_fills: bool = False  # its values are the --resize's own (no rule overrides them)
+    fresh: bool = False  # a tensor of `reinit new`'s model: no source bytes, nothing to keep
 
     @property
     def notes(self) -> tuple[str, ...]:

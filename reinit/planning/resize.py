@@ -11,7 +11,7 @@ What it does, for every dim (`*` keeps a dim as it is):
   transformers does for the bias), else `zeros` (new columns of a Linear's weight then ignore
   the new inputs, so the layer computes what it did; integer tensors take zeros only).
   Any other scheme draws the whole new shape (fans from the new shape) from the tensor's own
-  generator, then the kept block is put back, so new values are reproducible (DESIGN §3);
+  generator, then the kept block is put back, so new values are reproducible (docs/guide/rules-and-schemes.md);
 - tied names (one storage, e.g. a `.bin` GPT-2's `wte` and `lm_head`) are resized together,
   with one value drawn under the name given.
 

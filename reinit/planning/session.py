@@ -18,6 +18,7 @@ from reinit.io.sources import open_checkpoint
 from reinit.io.trust import TrustSpec
 from reinit.options import PLAN_FIELDS, ApplyOptions, OptionKwargs, with_kwargs
 from reinit.planning.edited import EditedCheckpoint
+from reinit.planning.fresh import ModelCheckpoint, mark_fresh
 from reinit.planning.model import Model, ModelInput, ModelView, check_default
 from reinit.planning.model_load import load_model
 from reinit.planning.planner import Plan, check_strict
@@ -216,6 +217,8 @@ def plan_for(
         result = check_default(result, view, strict)
     if edited is not None:
         result = mark_plan(result, edited)
+    if isinstance(ckpt, ModelCheckpoint):  # `reinit new`: nothing to read before
+        result = mark_fresh(result)
     if any(r.kind == "transplant" for r in rules):
         result = check_transplants(result, pool)
         check_strict(result, strict)

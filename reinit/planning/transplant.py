@@ -1,4 +1,4 @@
-"""Transplant: `from(SOURCE, key=TEMPLATE|auto, on_mismatch=error|skip|slice)` (DESIGN §4).
+"""Transplant: `from(SOURCE, key=TEMPLATE|auto, on_mismatch=error|skip|slice)` (docs/guide/transplant.md).
 
 Each source is opened once per run (`SourcePool`), lazily: only the shards that hold needed
 tensors are opened or downloaded. Every source key is resolved and checked before anything is
@@ -10,6 +10,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import replace
 from types import TracebackType
+from typing import NamedTuple
 
 import torch
 
@@ -21,16 +22,21 @@ from reinit.io.sources import open_checkpoint
 from reinit.io.trust import TrustSpec
 from reinit.planning.adapters import RowNamesCache, adapter_inputs, check_adapter
 from reinit.planning.planner import Plan, PlanEntry
+from reinit.planning.source_std import pooled_std
 from reinit.rules import TransplantSpec, closest_hint, fill_template
 from reinit.transforms.apply import TransformContext, result_shape, transform
+from reinit.transforms.spec import TransformSpec
 
 __all__ = [
     "AUTO",
     "AUTO_MIN_PARTS",
+    "EQUAL_TO_SOURCE",
     "MISMATCHES_SHOWN",
     "SourcePool",
+    "Transplanted",
     "auto_keys",
     "check_transplants",
+    "entry_transform",
     "exact_source",
     "lossy_cast_note",
     "resolve_keys",
@@ -45,6 +51,8 @@ MISMATCHES_SHOWN = 5  # pairs named in a shape-mismatch error; the count says ho
 
 
 AUTO = "auto"
+
+EQUAL_TO_SOURCE = "equal to source"  # a plain copy's note: its values are the source's
 
 
 AUTO_MIN_PARTS = 2  # a shared suffix of one part (`weight`, `bias`) says nothing
@@ -61,9 +69,15 @@ def source_key(spec: TransplantSpec, name: str, captures: Sequence[str], rule_te
 def source_keys(
     spec: TransplantSpec, name: str, captures: Sequence[str], rule_text: str
 ) -> tuple[str, ...]:
-    """Every source tensor the rule reads, in order: one, or the `cat=` templates filled."""
+    """Every source tensor the rule reads, in order: one, the `cat=` templates filled, or for
+    `stack=` each expert's templates (`{e}` = 0..experts-1), expert after expert."""
     if spec.cat:
         return tuple(fill_template(t, name, captures, f"rule {rule_text!r}") for t in spec.cat)
+    if spec.stack:
+        where = f"rule {rule_text!r}"
+        experts = range(spec.transform.experts)
+        filled = (t.replace("{e}", str(e)) for e in experts for t in spec.stack)
+        return tuple(fill_template(t, name, captures, where) for t in filled)
     return (source_key(spec, name, captures, rule_text),)
 
 
@@ -180,6 +194,19 @@ def _spec(entry: PlanEntry) -> TransplantSpec:
     return entry.rule.transplant
 
 
+def entry_transform(spec: TransplantSpec, entry: PlanEntry) -> TransformSpec:
+    """The rule's transform with what depends on the target's name filled in (`expert={2}`:
+    the expert index from the name's second capture)."""
+    t = spec.transform
+    if t.expert_template is None:
+        return t
+    where = f"rule {entry.rule_text!r}"
+    text = fill_template(t.expert_template, entry.name, entry.captures, where)
+    if not text.isdigit():
+        raise TransplantError(f"{where}: '{entry.name}': expert={text!r} is not an index")
+    return replace(t, expert=int(text), expert_template=None)
+
+
 def resolve_keys(plan: Plan, pool: SourcePool) -> dict[str, tuple[str, ...]]:
     """Each transplant target's source tensor names (several for `cat=`): from its key
     templates, or by `key=auto` over all the targets of the same source (so one source
@@ -242,7 +269,11 @@ def check_transplants(plan: Plan, pool: SourcePool) -> Plan:
         e = replace(e, source_key=";".join(names), source_keys=names)
         shape = _checked_shape(e, spec, [tuple(src.ref(k).shape) for k in names])
         if spec.transform.adapter is not None:
-            rows_in = None if spec.cat or spec.transform.chunk else tuple(src.ref(names[0]).shape)
+            rows_in = (
+                None
+                if spec.cat or spec.stack or spec.transform.chunk
+                else tuple(src.ref(names[0]).shape)
+            )
             where = f"rule {e.rule_text!r}: '{e.name}'"
             check_adapter(spec.transform, src, pool.target, pool.row_names, rows_in, e.shape, where)
         if shape == e.shape:
@@ -283,7 +314,7 @@ def _checked_shape(
     if not spec.has_transform:
         return shapes[0]
     try:
-        return result_shape(spec.transform, shapes, e.shape)
+        return result_shape(entry_transform(spec, e), shapes, e.shape)
     except TransplantError as err:
         sources = ", ".join(f"'{k}' {list(s)}" for k, s in zip(e.source_keys, shapes, strict=True))
         raise TransplantError(
@@ -329,12 +360,23 @@ def lossy_cast_note(src: torch.Tensor, cast: torch.Tensor) -> str | None:
     return f"lossy cast {dtype_name(src.dtype)} -> {dtype_name(cast.dtype)}"
 
 
+class Transplanted(NamedTuple):
+    """A transplant's value, the source it came from, its notes and the std of the source
+    tensor(s) it was made from (the report's reference for it; None for a non-float source)."""
+
+    value: torch.Tensor
+    source: str
+    notes: tuple[str, ...]
+    source_std: float | None
+
+
 def transplant_value(
     pool: SourcePool, entry: PlanEntry, target: torch.Tensor, seed: int = 0
-) -> tuple[torch.Tensor, str, tuple[str, ...]]:
+) -> Transplanted:
     """The tensor to write for a transplant entry, the source it came from (`SOURCE:KEY`,
-    `SOURCE:K1;K2` for `cat=`), and notes for the report (transform, lossy cast, sliced
-    block). Reads only the source tensors the entry names."""
+    `SOURCE:K1;K2` for `cat=`), notes for the report (transform, lossy cast, sliced block,
+    `equal to source` for a plain copy) and the source tensors' std. Reads only the source
+    tensors the entry names."""
     spec = _spec(entry)
     keys = entry.source_keys
     if not keys:  # a plan that did not go through check_transplants
@@ -349,13 +391,17 @@ def transplant_value(
         ctx = TransformContext(
             entry.name, entry.shape, entry.dtype, seed, target, keys, entry.rule_text, fill, names
         )
+        inputs = [ck.read(k) for k in keys]
+        source_std = pooled_std(inputs)
         try:
-            src, done = transform(spec.transform, [ck.read(k) for k in keys], ctx)
+            src, done = transform(entry_transform(spec, entry), inputs, ctx)
         except TransplantError as err:
             raise TransplantError(f"rule {entry.rule_text!r}: '{entry.name}': {err}") from None
+        del inputs
         notes += done
     else:
         src = ck.read(keys[0])
+        source_std = pooled_std([src])
     cast = src.to(entry.dtype)
     note = lossy_cast_note(src, cast)
     if note:
@@ -369,4 +415,6 @@ def transplant_value(
             f"of source {list(cast.shape)}; the rest keeps the target's values"
         )
         cast = out
-    return cast.contiguous(), f"{spec.source}:{key}", tuple(notes)
+    if not spec.has_transform and not notes:
+        notes.append(EQUAL_TO_SOURCE)
+    return Transplanted(cast.contiguous(), f"{spec.source}:{key}", tuple(notes), source_std)

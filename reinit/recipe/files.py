@@ -52,7 +52,7 @@ SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".json": "json"}
 
 # Bounds on what a recipe file may hold (a recipe needs a few levels and a few thousand
 # values): deeper nesting overflowed Python's recursion, YAML aliases expanded exponentially
-# (a "billion laughs" exhausted memory). Documented in README "Guarantees".
+# (a "billion laughs" exhausted memory). Documented in docs/guarantees.md.
 MAX_RECIPE_BYTES = 16 * 1024 * 1024
 
 

@@ -56,18 +56,25 @@ def run_recipe(recipe: Recipe, *, progress: bool = False) -> Report:
             f"{recipe.path}: the recipe says dry_run, so nothing may be written; plan it with "
             "reinit.plan_recipe(recipe) (or set dry_run to false)"
         )
-    if len(recipe.steps) == 1:
+    if len(recipe.steps) == 1 and not recipe.new:
         step = recipe.steps[0]
         return apply(recipe.source, step.rules, recipe.output, options=_live(step, progress))
+    if len(recipe.steps) == 1:
+        from reinit.run.new import new
+
+        step = recipe.steps[0]
+        with _naming(step):
+            return new(
+                recipe.source, _new_output(recipe), step.rules, options=_live(step, progress)
+            )
     started = time.perf_counter()
     reports: list[Report] = []
     with _open_source(recipe, progress) as original:
         current: Checkpoint = original
-        for step in recipe.steps[:-1]:
+        for i, step in enumerate(recipe.steps[:-1]):
             with _naming(step):
-                tensors, rep = apply_to_checkpoint(
-                    current, step.rules, options=_live(step, progress)
-                )
+                rules, options = _first_step(recipe, original, i, step, progress)
+                tensors, rep = apply_to_checkpoint(current, rules, options=options)
             reports.append(rep)
             current = StateDictCheckpoint(tensors, like=original)
         with _naming(recipe.steps[-1]):
@@ -127,9 +134,10 @@ def plan_recipe(recipe: Recipe, *, progress: bool = False) -> list[Plan]:
     plans: list[Plan] = []
     with _open_source(recipe, progress) as original:
         current: Checkpoint = original
-        for step in recipe.steps:
+        for i, step in enumerate(recipe.steps):
             with _naming(step):
-                the_plan = plan(current, step.rules, options=_live(step, progress))
+                rules, options = _first_step(recipe, original, i, step, progress)
+                the_plan = plan(current, rules, options=options)
             plans.append(the_plan)
             current = PlannedCheckpoint(the_plan, current, original)
     return plans
@@ -219,10 +227,35 @@ def merge_reports(
     )
 
 
+def _new_output(recipe: Recipe) -> str:
+    if recipe.output is None:
+        raise UsageError(f"{recipe.path}: a new: recipe has no default output; give output")
+    return recipe.output
+
+
+def _first_step(
+    recipe: Recipe, original: Checkpoint, index: int, step: Step, progress: bool
+) -> tuple[Sequence[str], ApplyOptions]:
+    """A step's rules and options; a `new:` recipe's first step draws the model's own init
+    (`*=default` first) with the model's view, as `reinit new` does."""
+    options = _live(step, progress)
+    if not recipe.new or index > 0:
+        return step.rules, options
+    from reinit.planning.fresh import DEFAULT_RULE, ModelCheckpoint
+
+    assert isinstance(original, ModelCheckpoint)
+    return (DEFAULT_RULE, *step.rules), replace(options, model=original.view, dtype=None)
+
+
 def _open_source(recipe: Recipe, progress: bool) -> Checkpoint:
     """The recipe's source, opened as its run and its dry run both read it (trust and --key
-    as the recipe says)."""
+    as the recipe says); for `new:`, the model's checkpoint as `reinit new` makes it."""
     from reinit.io.sources import open_checkpoint
+
+    if recipe.new:
+        from reinit.run.new import prepare_new
+
+        return prepare_new(recipe.source, (), recipe.options, None)[0]
 
     return open_checkpoint(
         recipe.source,

@@ -28,11 +28,12 @@ Value = Data | tuple[str, ...]
 
 # A value's kind: an ApplyOptions kind (reinit.options.RecipeKind), or one of the recipe's own:
 # rules (a list of rule strings), steps (a list of step mappings).
-Kind = Literal["int", "float", "bool", "str", "str?", "paths", "specs", "rules", "steps"]
+Kind = Literal["int", "float", "bool", "str", "str?", "names?", "paths", "specs", "rules", "steps"]
 
 # The keys a recipe has besides apply's options (which come from ApplyOptions, below).
 OWN_TOP_KEYS: dict[str, Kind] = {
     "source": "str",
+    "new": "str",  # instead of source: the model a config names, made as `reinit new` makes it
     "output": "str?",
     "rules": "rules",
     "steps": "steps",
@@ -103,6 +104,7 @@ class Recipe:
     output: str | None = None
     options: ApplyOptions = ApplyOptions()
     dry_run: bool = False
+    new: bool = False  # `new: CONFIG`: `source` is the config, the model made from it
 
     @property
     def seed(self) -> int:
@@ -184,6 +186,18 @@ def _as_str(kind: Kind, value: Data, key: str, at: str) -> Value:
     raise UsageError(f"{at}: {key!r} must be a string, got {value!r}")
 
 
+def _as_names(kind: Kind, value: Data, key: str, at: str) -> Value:
+    """`labels: neg,neu,pos` or `labels: [neg, neu, pos]`."""
+    strings = _strings(value) if isinstance(value, list) else None
+    if strings is not None:
+        return strings
+    if value is None or isinstance(value, str):
+        return value
+    raise UsageError(
+        f"{at}: {key!r} must be a list of names or a comma-separated string, got {value!r}"
+    )
+
+
 def _as_int(kind: Kind, value: Data, key: str, at: str) -> Value:
     if isinstance(value, bool):
         raise UsageError(f"{at}: {key!r} must be an integer, got {value!r}")
@@ -226,6 +240,7 @@ def _as_strings(kind: Kind, value: Data, key: str, at: str) -> Value:
 _CONVERT: dict[str, Callable[[Kind, Data, str, str], Value]] = {
     "str": _as_str,
     "str?": _as_str,
+    "names?": _as_names,
     "int": _as_int,
     "float": _as_float,
     "bool": _as_bool,
@@ -305,9 +320,10 @@ def _options(
 
 def validate(data: Mapping[str, Data], where: Where, label: str) -> Recipe:
     top = _fields(data, TOP_KEYS, (), where, label)
-    if "source" not in top:
+    if ("source" in top) == ("new" in top):
         raise UsageError(
-            f"{label}: the recipe needs a source (a checkpoint path or hf://OWNER/NAME)"
+            f"{label}: the recipe needs a source (a checkpoint path or hf://OWNER/NAME) or "
+            "new (a model config, as reinit new takes it), one of them"
         )
     base = _options(ApplyOptions(), top, TOP_OPTION_KEYS)
     top_surgery = [k for k in SURGERY if k in top]
@@ -346,11 +362,12 @@ def validate(data: Mapping[str, Data], where: Where, label: str) -> Recipe:
     output = top.get("output")
     return Recipe(
         path=label,
-        source=str(top["source"]),
+        source=str(top["source"] if "source" in top else top["new"]),
         steps=tuple(steps),
         output=output if isinstance(output, str) else None,
         options=base,
         dry_run=bool(top.get("dry_run", False)),
+        new="new" in top,
     )
 
 

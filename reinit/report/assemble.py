@@ -6,7 +6,7 @@ __all__ = ["finalize", "make_report", "summarize"]
 
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -23,9 +23,12 @@ from reinit.report.flags import (
 from reinit.report.reference import (
     REFERENCE_TOLERANCE,
     ReferenceBasis,
+    init_scale,
     off_reference,
+    reference_warnings,
     with_references,
 )
+from reinit.report.untrained import untrained
 from reinit.version import __version__
 
 if TYPE_CHECKING:
@@ -48,7 +51,9 @@ def make_report(
     flags added (`finalize`), counts and time summed, the plan's warnings and dropped names
     carried over."""
     basis = basis or ReferenceBasis()
-    final = finalize(with_references(entries, basis), basis.tolerance)
+    referenced = with_references(entries, basis)
+    never_trained = untrained(referenced, init_scale(referenced, basis))
+    final = finalize(referenced, basis.tolerance, never_trained)
     return Report(
         reinit_version=__version__,
         source=source,
@@ -57,17 +62,20 @@ def make_report(
         rules=rules,
         tensors=final,
         summary=summarize(final, bytes_written, time.perf_counter() - started),
-        warnings=the_plan.warnings if the_plan else (),
+        warnings=(*(the_plan.warnings if the_plan else ()), *reference_warnings(final, basis)),
         dropped=the_plan.dropped if the_plan else (),
     )
 
 
 def finalize(
-    entries: Sequence[TensorEntry], tolerance: float = REFERENCE_TOLERANCE
+    entries: Sequence[TensorEntry],
+    tolerance: float = REFERENCE_TOLERANCE,
+    never_trained: Collection[str] = (),
 ) -> tuple[TensorEntry, ...]:
     """Add every flag: per-tensor ones, `off_reference` (beyond `tolerance`x of the entry's
-    `reference_std`, unless a self-explaining flag already names the problem), then `outlier`
-    and `unstable_depth` (see `outliers` and `depth_checks` for which tensors take part)."""
+    `reference_std`, unless a self-explaining flag already names the problem), `untrained`
+    for the names in `never_trained` (report/untrained.py), then `outlier` and
+    `unstable_depth` (see `outliers` and `depth_checks` for which tensors take part)."""
     out_names = outliers(entries)
     unstable = {c.kind for c in depth_checks(entries) if c.unstable}
     result = []
@@ -75,6 +83,8 @@ def finalize(
         flags = list(tensor_flags(e))
         if not set(flags) & set(SELF_FLAGS) and off_reference(e, tolerance):
             flags.append("off_reference")
+        if e.name in never_trained:
+            flags.append("untrained")
         if e.name in out_names:
             flags.append("outlier")
         if (

@@ -1,4 +1,4 @@
-"""The report as data: frozen `TensorEntry`, `Summary`, `Report`, with their JSON form (DESIGN §5)."""
+"""The report as data: frozen `TensorEntry`, `Summary`, `Report`, with their JSON form (docs/reference.md)."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ class TensorEntry:
         return self.dtype.startswith(("float", "bfloat"))
 
     def to_dict(self) -> dict[str, JSON]:
-        """The tensor's object in the JSON report (DESIGN §5); `sha256` only with --checksums,
+        """The tensor's object in the JSON report (docs/reference.md); `sha256` only with --checksums,
         `transform` only for a transplant that ran one."""
         d: dict[str, JSON] = {
             "name": self.name,
@@ -164,7 +164,7 @@ class Report:
     notes: tuple[str, ...] = field(default=())  # config.json fields changed, files not copied
 
     def to_dict(self) -> dict[str, JSON]:
-        """The JSON report (DESIGN §5) as Python values (non-finite numbers as floats)."""
+        """The JSON report (docs/reference.md) as Python values (non-finite numbers as floats)."""
         return self._fields([t.to_dict() for t in self.tensors])
 
     def _fields(self, tensors: JSON) -> dict[str, JSON]:

@@ -10,6 +10,7 @@ __all__ = [
     "ZERO_INIT_NAMES",
     "DepthCheck",
     "depth_checks",
+    "depth_key",
     "geometric_mean",
     "is_norm",
     "kind_of",
@@ -59,6 +60,7 @@ FLAGS = (
     "constant",
     "std_off",
     "off_reference",
+    "untrained",
     "outlier",
     "unstable_depth",
 )
@@ -139,6 +141,16 @@ def layer_key(name: str) -> tuple[int, ...]:
     return tuple(int(m.group(0)) for m in _NUM.finditer(name))
 
 
+def depth_key(name: str) -> tuple[int, ...]:
+    """The dotted numbers that say how deep the tensor sits: `layer_key` without the index
+    of a mixture-of-experts expert (`layers.3.experts.7` -> (3,)): experts sit side by side."""
+    return tuple(
+        int(m.group(0))
+        for m in _NUM.finditer(name)
+        if not name[: m.start()].rstrip(".").endswith("experts")
+    )
+
+
 def layer_prefix(name: str) -> str | None:
     """The name up to and including its first dotted number (`model.layers.3`): the block."""
     m = _NUM.search(name)
@@ -199,7 +211,7 @@ def depth_checks(entries: Sequence[TensorEntry]) -> tuple[DepthCheck, ...]:
             by_kind[kind_of(e.name)].append(e)
     out = []
     for kind, members in by_kind.items():
-        depths = {layer_key(e.name) for e in members}
+        depths = {depth_key(e.name) for e in members}
         if len(depths) < UNSTABLE_MIN_LAYERS:
             continue
         g = geometric_mean(e.var_gain or 0.0 for e in members)

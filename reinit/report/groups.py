@@ -1,4 +1,4 @@
-"""Tensors grouped by kind (DESIGN §8 "Terminal report by kind"): a real model changes 40-700
+"""Tensors grouped by kind (docs/guide/report.md "Terminal report by kind"): a real model changes 40-700
 tensors, and a reader wants one row per (kind, shape, action, rule), not one per tensor. The
 renderers (terminal, Markdown, --dry-run) share the grouping and the label helpers here."""
 

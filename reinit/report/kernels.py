@@ -8,7 +8,7 @@ after the decode touch only cache.
 Why this shape: `reinit report` and `apply` push every byte of a checkpoint through here.
 torch's path (copy into a buffer, aminmax, sub, sum, square, sum over 1M values) cost
 1.3–2 ns per bf16 value on one core here; this costs ~0.9–1.1 (f32: 1.5–2 -> 0.8–1.0; the
-log is in BENCH.md, issue 19). The non-finite count is taken only when the fast sums are not
+log is in docs/bench/log.md, issue 19). The non-finite count is taken only when the fast sums are not
 finite (NaN propagates through min/max, an Inf shows in them), so a clean chunk pays nothing
 for it.
 

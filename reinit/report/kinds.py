@@ -1,4 +1,4 @@
-"""Report entries grouped by kind, shape, action and rule (DESIGN §8): what the terminal and
+"""Report entries grouped by kind, shape, action and rule (docs/guide/report.md): what the terminal and
 the Markdown report show instead of one row per tensor."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from reinit.text import md_cell, md_code
 
 
 def reference_of(e: TensorEntry) -> float | None:
-    """The entry's reference std (DESIGN §8 "Reference scale"), where the report has one."""
+    """The entry's reference std (docs/guide/report.md "Reference scale"), where the report has one."""
     ref = getattr(e, "reference_std", None)
     return ref if isinstance(ref, int | float) else None
 

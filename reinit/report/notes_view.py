@@ -16,6 +16,20 @@ from reinit.report.kinds import applied_init
 QUIET_NOTES = (NOTE_CHANGED, NOTE_NEW)  # already counted by the summary of `report --against`
 
 
+#: Notes that differ for every tensor, said once with a count and one example: a `--rename`
+#: of 101 tensors is one line, not 101 (prefix -> the line's text).
+FAMILIES = {"renamed from ": "renamed"}
+
+
+def _family(note: str, name: str) -> tuple[str, str]:
+    """(the note's line key, its example): a family note's key is the family, its example
+    `NAME (renamed from OLD)`; any other note is its own key, its example the tensor's name."""
+    for prefix, family in FAMILIES.items():
+        if note.startswith(prefix):
+            return family, f"{note} ({name})"
+    return note, name
+
+
 def note_lines(report: Report) -> list[str]:
     """`note: TEXT (N tensors)` per distinct note, most frequent first; the first tensor named.
     A tensor re-initialized by `default` adds `note: default ran Linear.reset_parameters:
@@ -26,8 +40,9 @@ def note_lines(report: Report) -> list[str]:
         for note in e.notes:
             if note in QUIET_NOTES:
                 continue
-            counts[note] += 1
-            first.setdefault(note, e.name)
+            key, example = _family(note, e.name)
+            counts[key] += 1
+            first.setdefault(key, example)
     for e in report.tensors:  # which init `default` ran, said once per distinct init
         init = applied_init(e)
         if init is not None:
@@ -36,6 +51,9 @@ def note_lines(report: Report) -> list[str]:
             first.setdefault(note, e.name)
     lines = []
     for note, n in counts.most_common():
+        if n == 1 and note in FAMILIES.values():  # one renamed tensor: its own note, as it was
+            lines.append(f"note: {first[note]}")
+            continue
         where = first[note] if n == 1 else f"{n} tensors, e.g. {first[note]}"
         lines.append(f"note: {note} ({where})")
     return lines

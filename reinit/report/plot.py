@@ -33,9 +33,11 @@ __all__ = [
     "DPI",
     "FIGSIZE",
     "LABEL_WIDTH",
+    "MAX_NAMED_TICKS",
     "build_figure",
     "draw_plot",
     "mpl_text",
+    "thin_labels",
     "require_matplotlib",
 ]
 
@@ -142,6 +144,16 @@ def build_figure(report: Report, title: str | None = None) -> Figure:
     return fig
 
 
+MAX_NAMED_TICKS = 24  # names under the layer-less columns: beyond this, every k-th is shown
+
+
+def thin_labels(ticks: list[tuple[float, str]]) -> list[tuple[float, str]]:
+    """Every k-th named tick kept (the others blank), so at most `MAX_NAMED_TICKS` names are
+    written under a panel: a CNN's 60 layer-less tensors would print as one black smear."""
+    step = math.ceil(len(ticks) / MAX_NAMED_TICKS) if ticks else 1
+    return [(x, name if i % step == 0 else "") for i, (x, name) in enumerate(ticks)]
+
+
 def _draw_panel(ax: Axes, panel: PlotPanel, last: int, lo: float, hi: float) -> None:
     ax.set_yscale("log")
     ax.set_ylim(lo, hi)
@@ -167,6 +179,7 @@ def _draw_panel(ax: Axes, panel: PlotPanel, last: int, lo: float, hi: float) -> 
                 ticks.append((column, mpl_text(label_text(name))))
                 column += 1.0
         _draw_kind(ax, kind, xs, color, zero_y, lo, hi)
+    ticks = thin_labels(ticks)
     layered = last >= 0 and any(k.layered for k in panel.kinds)
     if layered:
         step = max(1, math.ceil((last + 1) / 12))

@@ -6,7 +6,15 @@ and so that the grouping (which reads names only) can change without touching ma
 
 from __future__ import annotations
 
-__all__ = ["PANEL_ORDER", "PlotKind", "PlotPanel", "PlotPoint", "plot_panels"]
+__all__ = [
+    "BATCHNORM_STATS",
+    "PANEL_ORDER",
+    "PlotKind",
+    "PlotPanel",
+    "PlotPoint",
+    "group_of",
+    "plot_panels",
+]
 
 import re
 from collections import defaultdict
@@ -27,6 +35,9 @@ PANEL_ORDER = (
     "biases",
     "norms and biases",
 )
+
+#: BatchNorm's buffers (`bn1.running_var`): statistics of a norm, not biases.
+BATCHNORM_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 PER_KIND_MAX = 4  # at most this many kinds: one panel per kind instead of per group
 NORMS_BIASES_SPLIT = 7  # more kinds than this in "norms and biases": two panels
@@ -80,14 +91,14 @@ class PlotPanel:
 def group_of(e: TensorEntry) -> str:
     """The panel a tensor belongs to, by its name and rank."""
     name = e.name
-    if is_norm(name):
+    if is_norm(name) or name.endswith(BATCHNORM_STATS):
         return "norms"
     if len(e.shape) <= 1:
         return "biases"
+    if len(e.shape) >= 3:  # a CNN's `conv1`, `conv2`, … have no layer index, and are no head
+        return "convolutions"
     if layer_index(name) is None:
         return "embeddings and heads"
-    if len(e.shape) >= 3:
-        return "convolutions"
     if _ATTN.search(name):
         return "attention"
     if _MLP.search(name):

@@ -1,4 +1,4 @@
-"""Reference scale (DESIGN §8): the std a changed tensor would have by the model's own standard,
+"""Reference scale (docs/guide/report.md): the std a changed tensor would have by the model's own standard,
 where it came from, and the `off_reference` flag when the tensor is far from it.
 
 Why this exists: `std_off` compares a tensor with its own scheme's formula and `outlier` with
@@ -14,9 +14,15 @@ model's own scale?" from, in this order (the first that is known wins):
    from N(0, initializer_range); biases and norm gains start constant);
 3. `siblings median`: the median std of the untouched tensors of the same kind and shape.
 
-A transplanted tensor holds trained values, which sit beside trained siblings rather than
-at the init scale (trained BERT weights reach ~2x initializer_range), so for a transplant the
-siblings come first and the init scale second.
+A transplanted tensor is judged against its source, never the init scale: trained weights sit
+at ~2x initializer_range by design. The run records the source tensor(s)' std (`source`): a
+plain copy is on reference by definition, a transform (chunk/cat, resample, rows, adapt,
+rotary) is judged against what it was made from. A transplant whose source std was not
+recorded (a report read back) falls back to its siblings, then the init scale. The reference
+follows the tensor, not its name, so renaming changes no judgement.
+
+A config is used only when it can own the tensors: one whose hidden size appears in none of
+their shapes (a BERT config.json beside a CNN) is set aside, and the report says so.
 
 Everything here is pure except `model_default_std`, which draws the model's init."""
 
@@ -27,6 +33,11 @@ __all__ = [
     "MODEL_DEFAULT",
     "REFERENCE_TOLERANCE",
     "SIBLINGS",
+    "SOURCE",
+    "config_fits",
+    "config_where",
+    "init_scale",
+    "reference_warnings",
     "ModelStd",
     "ReferenceBasis",
     "basis_for",
@@ -63,6 +74,11 @@ MODEL_DEFAULT = "model default"
 
 SIBLINGS = "siblings median"
 
+SOURCE = "source"  # a transplant's reference: its source tensor(s)' std, recorded by the run
+
+#: The config keys that name a model's width, in the order they are tried.
+WIDTH_KEYS = ("hidden_size", "d_model", "n_embd", "dim", "embed_dim")
+
 #: The config keys that hold a model's init std, in the order they are tried.
 CONFIG_KEYS = ("initializer_range", "init_std")
 
@@ -80,6 +96,7 @@ class ReferenceBasis:
     config: Mapping[str, object] | None = None
     model_std: ModelStd | None = None
     tolerance: float = REFERENCE_TOLERANCE
+    config_name: str = "config"  # where the config came from (`minilm/config.json`)
 
 
 def check_tolerance(tolerance: float) -> float:
@@ -93,15 +110,52 @@ def check_tolerance(tolerance: float) -> float:
     return float(tolerance)
 
 
-def config_reference(config: Mapping[str, object] | None) -> Ref | None:
-    """("config initializer_range", 0.02) from a config that holds a positive init std."""
+def config_reference(config: Mapping[str, object] | None, name: str = "config") -> Ref | None:
+    """("config initializer_range", 0.02) from a config that holds a positive init std; with
+    `name`, the file it came from (`("minilm/config.json initializer_range", 0.02)`)."""
     for key in CONFIG_KEYS:
         value = (config or {}).get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         if math.isfinite(value) and value > 0:
-            return f"config {key}", float(value)
+            return f"{name} {key}", float(value)
     return None
+
+
+def _width(config: Mapping[str, object]) -> int | None:
+    for key in WIDTH_KEYS:
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def config_fits(config: Mapping[str, object] | None, entries: Sequence[TensorEntry]) -> bool:
+    """Can this config's architecture own these tensors? Its width (`hidden_size`, `d_model`,
+    …) must appear in the shape of at least one >=2-D float tensor. A config with no width
+    key is given the benefit of the doubt."""
+    if not config:
+        return False
+    width = _width(config)
+    if width is None:
+        return True
+    return any(width in e.shape for e in entries if e.is_float and len(e.shape) >= 2)
+
+
+def config_where(ckpt: object) -> str:
+    """The config.json a checkpoint's config comes from, as the summary line names it: the
+    folder's own or the one beside a single file (`minilm/config.json`, its folder's name
+    only, so a report reads the same wherever it ran); `config` when the form does not say."""
+    import os
+
+    if getattr(ckpt, "kind", None) == "directory":
+        folder = str(getattr(ckpt, "source", ""))
+    elif isinstance(getattr(ckpt, "path", None), str):
+        folder = os.path.dirname(os.path.abspath(str(getattr(ckpt, "path", ""))))
+    else:
+        return "config"
+    base = os.path.basename(folder.rstrip("/"))
+    return f"{base}/config.json" if base else "config.json"
 
 
 def sibling_medians(entries: Sequence[TensorEntry]) -> dict[tuple[str, tuple[int, ...]], float]:
@@ -119,13 +173,71 @@ def with_references(
     """Every changed float tensor with its `reference_std` and `reference` (see the module
     docstring for the order); the others unchanged. A tensor no source speaks for keeps None."""
     basis = basis or ReferenceBasis()
-    from_config = config_reference(basis.config)
+    fits = config_fits(basis.config, entries)
+    from_config = config_reference(basis.config, basis.config_name) if fits else None
     medians = sibling_medians(entries)
     out = []
     for e in entries:
+        if e.reference == SOURCE and e.reference_std is not None:
+            out.append(e)  # the run recorded the source's std: the reference follows the tensor
+            continue
         ref = _reference_for(e, from_config, medians, basis.model_std)
-        out.append(replace(e, reference=ref[0], reference_std=ref[1]) if ref else e)
+        if ref is None:
+            out.append(_moved_note(e, basis.tolerance))
+            continue
+        out.append(replace(e, reference=ref[0], reference_std=ref[1]))
     return tuple(out)
+
+
+def init_scale(
+    entries: Sequence[TensorEntry], basis: ReferenceBasis | None = None
+) -> Callable[[TensorEntry], float | None]:
+    """The std each tensor would have at the model's own init: `--model`'s own init, else the
+    config's init std (when the config fits these tensors) for >=2-D weights that are not
+    norms; None where neither says (what `untrained` compares a tensor's scale with)."""
+    basis = basis or ReferenceBasis()
+    fits = config_fits(basis.config, entries)
+    from_config = config_reference(basis.config, basis.config_name) if fits else None
+
+    def scale(e: TensorEntry) -> float | None:
+        own = basis.model_std(e) if basis.model_std is not None else None
+        if own is not None:
+            return own
+        if from_config is not None and len(e.shape) >= 2 and not is_norm(e.name):
+            return from_config[1]
+        return None
+
+    return scale
+
+
+def _moved_note(e: TensorEntry, tolerance: float) -> TensorEntry:
+    """With no reference, a re-initialized tensor whose std moved beyond `tolerance`x of its
+    own `before` gets a note saying by how much (not a flag: nothing says which is right)."""
+    before = e.before.std if e.before is not None else None
+    got = e.after.std
+    if e.action != "reinit" or not before or not got or before <= 0 or not math.isfinite(got):
+        return e
+    factor = got / before
+    if 1 / tolerance <= factor <= tolerance:
+        return e
+    note = f"std {fmt(factor)}x its own before ({fmt(before)} -> {fmt(got)}); no reference"
+    return replace(e, notes=(*e.notes, note))
+
+
+def reference_warnings(
+    entries: Sequence[TensorEntry], basis: ReferenceBasis | None = None
+) -> tuple[str, ...]:
+    """The report's warning about its reference: a config set aside because its architecture
+    cannot own these tensors (no reference at all is said by `reference_text`)."""
+    basis = basis or ReferenceBasis()
+    lines = []
+    if basis.config and not config_fits(basis.config, entries):
+        mtype = basis.config.get("model_type", "?")
+        lines.append(
+            f"{basis.config_name} (model_type {mtype}, width {_width(basis.config)}) fits none "
+            "of these tensors' shapes: not used as the reference"
+        )
+    return tuple(lines)
 
 
 def _reference_for(
@@ -144,6 +256,7 @@ def _reference_for(
         own = from_config
     median = medians.get((kind_of(e.name), e.shape))
     siblings = (SIBLINGS, median) if median is not None else None
+    # a transplant whose source std was not recorded: trained siblings first, init scale second
     order = (siblings, own) if e.action == "transplant" else (own, siblings)
     return next((r for r in order if r is not None), None)
 
@@ -161,13 +274,21 @@ def off_reference(e: TensorEntry, tolerance: float = REFERENCE_TOLERANCE) -> boo
 
 def reference_text(entries: Sequence[TensorEntry]) -> str | None:
     """`reference: config initializer_range 0.02` for the summary line: each source used, with
-    its value (or range), and how many tensors it served when there are several."""
+    its value (or range), and how many tensors it served when there are several; when changed
+    matrices have none at all, a line saying so and what to pass."""
     by_source: dict[str, list[float]] = defaultdict(list)
     for e in entries:
         if e.reference is not None and e.reference_std is not None:
             by_source[e.reference].append(e.reference_std)
     if not by_source:
-        return None
+        changed = sum(1 for e in entries if e.changes and e.is_float and len(e.shape) >= 2)
+        if not changed:
+            return None
+        return (
+            f"no reference scale for the {changed} changed tensor(s), so off_reference is not "
+            "judged: pass --model (module:callable or a model folder) to judge them by the "
+            "architecture's own init"
+        )
     parts = []
     for source, values in by_source.items():
         lo, hi = min(values), max(values)
@@ -223,8 +344,12 @@ def basis_for(
             config = ckpt.config()
         except ReinitError:
             config = None
+        name = config_where(ckpt) if config is not None else "config"
+    else:
+        name = "config"
     return ReferenceBasis(
         config=config,
         model_std=model_default_std(view, seed) if view is not None else None,
         tolerance=tolerance,
+        config_name=name,
     )

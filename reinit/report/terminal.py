@@ -60,6 +60,17 @@ def depth_lines(entries: Sequence[TensorEntry]) -> list[str]:
     return lines
 
 
+def garbage_size(entries: Sequence[TensorEntry]) -> str:
+    """` (max |x| 1e+37)` beside a `garbage` flag: a constant 1e37 tensor has std 0, and the
+    std column alone would not show its magnitude."""
+    sizes = [
+        max(abs(e.after.min or 0.0), abs(e.after.max or 0.0))
+        for e in entries
+        if "garbage" in e.flags
+    ]
+    return f" (max |x| {fmt(max(sizes))})" if sizes else ""
+
+
 def render_table(entries: Sequence[TensorEntry], width: int = 100, color: bool = False) -> str:
     """One row per tensor (flagged rows first) that fits `width` columns: the prefix every
     name shares is named once above the table, a name too long for its column is wrapped
@@ -78,7 +89,7 @@ def render_table(entries: Sequence[TensorEntry], width: int = 100, color: bool =
             fmt(e.expected_std),
         ]
         cells += [fmt(reference_of(e))] * with_ref + [fmt(e.var_gain)]
-        cells += [",".join(e.flags)] * with_flags
+        cells += [",".join(e.flags) + garbage_size([e])] * with_flags
         fg = "red" if e.flags else "green" if is_changed(e) else None
         table.append(GroupRow(e.name, tuple(cells), fg))
     return "\n".join(render_group_table(header, table, width, color))
@@ -106,7 +117,7 @@ def render_kind_table(entries: Sequence[TensorEntry], width: int = 100, color: b
             span(e.expected_std for e in m),
         ]
         cells += [span(reference_of(e) for e in m)] * with_ref + [span(e.var_gain for e in m)]
-        cells += [flag_counts([e.flags for e in m])] * with_flags
+        cells += [flag_counts([e.flags for e in m]) + garbage_size(m)] * with_flags
         flagged = any(e.flags for e in m)
         fg = "red" if flagged else "green" if any(is_changed(e) for e in m) else None
         rows.append(GroupRow(g.kind, tuple(cells), fg))

@@ -4,15 +4,18 @@ transform fed it), so the streaming engine and every caller describe a tensor al
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from reinit.io.safetensors_format import dtype_name
 from reinit.planning.init_trace import AppliedInit
 from reinit.planning.planner import PlanEntry
 from reinit.planning.transplant import transform_label
 from reinit.report.entries import TensorEntry, var_gain
+from reinit.report.reference import SOURCE
 from reinit.report.stats import Stats
 from reinit.schemes import DEFAULT, compute_fans, expected_std_for
 
-__all__ = ["entry_for"]
+__all__ = ["entry_for", "with_source_std"]
 
 
 def entry_for(
@@ -37,6 +40,10 @@ def entry_for(
     if applied is not None and bound is not None and bound.name == DEFAULT:
         expected = applied.expected_std
         scheme = f"{scheme} ({applied.description})"
+    part = p.rule.part if p.rule is not None and p.action == "reinit" else None
+    if part is not None:  # the rest of the tensor is kept: no one std to expect of it all
+        expected = None
+        scheme = f"{scheme} on {part.text}"
     return TensorEntry(
         name=p.name,
         shape=p.shape,
@@ -56,3 +63,11 @@ def entry_for(
         transform=transform_label(p),
         kurtosis=scored.scheme.kurtosis if scored is not None else 3.0,
     )
+
+
+def with_source_std(entry: TensorEntry, source_std: float | None) -> TensorEntry:
+    """A transplant's entry with its source tensor(s)' std as its reference (DESIGN §8): what
+    `off_reference` judges it by, whatever the tensor is named."""
+    if entry.action != "transplant" or source_std is None or not entry.is_float:
+        return entry
+    return replace(entry, reference=SOURCE, reference_std=source_std)

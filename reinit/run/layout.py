@@ -199,7 +199,8 @@ def _files(
     refs = {r.name: r for r in ckpt.refs()}
     sizes = {n: refs[n].numel * d.itemsize for n, d in out_dtype.items()}
     in_order = [refs[e.name] for e in prepared.plan.entries]
-    if max_shard is not None and view is not None:  # save_pretrained's order: the model's
+    # save_pretrained's order: the model's (a `reinit new` model is in that order already)
+    if max_shard is not None and view is not None and ckpt.kind != "model":
         in_order = model_order(in_order, view)
     return output_files(spec, in_order, ckpt, max_shard, sizes)
 

@@ -26,18 +26,20 @@ from reinit.planning.model import ModelView, default_init, reinit_value
 from reinit.planning.planner import PlanEntry
 from reinit.planning.ties import Ties
 from reinit.planning.transplant import (
+    EQUAL_TO_SOURCE,
     SourcePool,
     exact_source,
     transplant_value,
 )
 from reinit.report.stats import Stats, StatsAccumulator, tensor_stats
-from reinit.run.entry import entry_for
+from reinit.run.entry import entry_for, with_source_std
 from reinit.run.pieces import Piece, narrow_in_place, tensor_pieces, view_bytes
 from reinit.schemes import (
     DEFAULT,
     FillContext,
     generate,
 )
+from reinit.schemes.parts import apply_part, part_indices
 
 __all__ = [
     "DRAW_AHEAD",
@@ -93,9 +95,9 @@ POOL_KEEP = READ_AHEAD + WRITE_AHEAD + 4
 
 
 def _made(p: PlanEntry) -> bool:
-    """Whether surgery makes the entry's values (--add, --resize): they are not in the source's
-    read stream, and are read whole."""
-    return p.added or p.resized is not None
+    """Whether surgery makes the entry's values (--add, --resize), or `reinit new` does: they
+    are not in the source's read stream, and are read whole."""
+    return p.added or p.fresh or p.resized is not None
 
 
 def _count(acc: StatsAccumulator, chunk: memoryview, dtype: torch.dtype) -> None:
@@ -249,21 +251,25 @@ class Applier:
                 chunks = read_stream(src, [key], self.pool)
                 for piece in self._copy(src, key, p.dtype, (c for _, c in chunks), acc):
                     yield Piece(p.name, piece.data, piece.span)
-                entry = entry_for(p, acc.result(), before, label, p.notes, self.fans.get(p.name))
-                yield Piece(p.name, entry=entry)
+                after = acc.result()  # a byte copy: the source's own statistics
+                notes = (*p.notes, EQUAL_TO_SOURCE)
+                entry = entry_for(p, after, before, label, notes, self.fans.get(p.name))
+                yield Piece(p.name, entry=with_source_std(entry, after.std))
                 return
         got: tuple[str, ...] = ()
-        source = None
+        source = source_std = None
         if p.action == "reinit":
             new, after = self._drawn_value(p)
         else:
-            new, source, got = transplant_value(self._pool(), p, self.ckpt.read(p.name), self.seed)
+            new, source, got, source_std = transplant_value(
+                self._pool(), p, self.ckpt.read(p.name), self.seed
+            )
             after = tensor_stats(new)
         yield from tensor_pieces(p.name, new)
         del new
         applied = self._applied.pop(p.name, None)
         entry = entry_for(p, after, before, source, p.notes + got, self.fans.get(p.name), applied)
-        yield Piece(p.name, entry=entry)
+        yield Piece(p.name, entry=with_source_std(entry, source_std))
 
     def _draw(self, p: PlanEntry) -> tuple[torch.Tensor, Stats]:
         """A reinit entry's values and their statistics, on a drawing thread."""
@@ -283,6 +289,15 @@ class Applier:
         return generate(p.scheme, p.name, p.shape, p.dtype, self.seed, self.device, context=context)
 
     def _reinit(self, p: PlanEntry) -> torch.Tensor:
+        """A reinit entry's values (on the chosen rows/cols only, for `rows=`/`cols=`)."""
+        new = self._whole(p)
+        part = p.rule.part if p.rule is not None else None
+        if part is None or p.resize_fills:
+            return new
+        idx = part_indices(part, p.shape[part.dim], self.seed, p.name, p.captures)
+        return apply_part(self.ckpt.read(p.name), new, idx, part.dim)
+
+    def _whole(self, p: PlanEntry) -> torch.Tensor:
         """A reinit entry's values; with a model, module fans and `default` apply."""
         if p.resize_fills:  # the --resize's own values (kept block and new entries)
             return self.ckpt.read(p.name)
@@ -307,7 +322,7 @@ class Applier:
                 new = self._reinit(d)
                 value = (new, None, ())
             else:
-                value = transplant_value(self._pool(), d, self.ckpt.read(d.name), self.seed)
+                value = transplant_value(self._pool(), d, self.ckpt.read(d.name), self.seed)[:3]
             self._tied_values[root] = value
         self._tied_left[root] -= 1
         if self._tied_left[root] <= 0:

@@ -71,7 +71,7 @@ def bind_scheme(
 
 
 def seed_for(seed: int, name: str) -> int:
-    """Each tensor's own seed (DESIGN §3): from the run's seed and the tensor's name only, so a
+    """Each tensor's own seed (docs/guide/rules-and-schemes.md): from the run's seed and the tensor's name only, so a
     value never depends on rule order, other tensors, sharding or thread count."""
     digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1

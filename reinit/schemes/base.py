@@ -107,7 +107,7 @@ class Scheme:
     """One initialization scheme.
 
     `fill(t, generator, args)` fills a float32/float64 tensor in place (the reproducibility
-    contract of DESIGN §3 fixes the generator and the dtype); `std(shape, args)` is the
+    contract of docs/guide/rules-and-schemes.md fixes the generator and the dtype); `std(shape, args)` is the
     theoretical std of the result, or None where it is undefined (e.g. zero fan).
 
     Schemes that need data beyond their own tensor say so as data, and the engine provides it:
@@ -227,7 +227,7 @@ def bind(scheme: Scheme, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Boun
 
 
 def _coerce(scheme: str, p: Param, value: Any) -> Any:
-    from reinit.schemes.gain import NONLINEARITIES, calculate_gain
+    from reinit.schemes.gain import NONLINEARITIES, calculate_gain, canonical
 
     def bad(expected: str) -> SchemeError:
         return SchemeError(f"{scheme}: argument {p.name!r} must be {expected}, got {value!r}")
@@ -251,9 +251,9 @@ def _coerce(scheme: str, p: Param, value: Any) -> Any:
             raise bad("a number or a nonlinearity name")
         return float(value)
     if p.kind == "nonlinearity":
-        if not isinstance(value, str) or value not in NONLINEARITIES:
+        if not isinstance(value, str) or canonical(value) not in NONLINEARITIES:
             raise bad(f"one of {', '.join(NONLINEARITIES)}")
-        return value
+        return canonical(value)
     if p.choices is not None:
         if not isinstance(value, str) or value not in p.choices:
             raise bad(f"one of {', '.join(p.choices)}")

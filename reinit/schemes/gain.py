@@ -22,10 +22,12 @@ if TYPE_CHECKING:  # torch is imported only where a gain is measured
     from torch import Tensor
 
 __all__ = [
+    "ALIASES",
     "LINEAR_LIKE",
     "NONLINEARITIES",
     "activation",
     "calculate_gain",
+    "canonical",
     "gain_value",
     "measure_gain",
     "measure_second_moment_gain",
@@ -44,6 +46,15 @@ LINEAR_LIKE = (
     "sigmoid",
 )
 NONLINEARITIES = (*LINEAR_LIKE, "tanh", "relu", "leaky_relu", "selu", "gelu", "silu")
+
+#: Other names of the same nonlinearities (`swish` is SiLU).
+ALIASES = {"swish": "silu"}
+
+
+def canonical(nonlinearity: str) -> str:
+    """The nonlinearity's name as NONLINEARITIES spells it (`Swish` -> `silu`)."""
+    name = nonlinearity.strip().lower()
+    return ALIASES.get(name, name)
 
 
 def gelu_scalar(x: float) -> float:
@@ -72,7 +83,7 @@ def second_moment_gain(name: str, steps: int = 4000, half_width: float = 12.0) -
 
 def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
     """The recommended gain for a nonlinearity; `param` is leaky_relu's negative slope."""
-    name = nonlinearity.strip().lower()
+    name = canonical(nonlinearity)
     if name in LINEAR_LIKE:
         return 1.0
     if name == "tanh":
@@ -89,7 +100,8 @@ def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
             raise SchemeError(f"leaky_relu's negative slope must be a number, got {slope!r}")
         return math.sqrt(2.0 / (1.0 + float(slope) ** 2))
     raise SchemeError(
-        f"unknown nonlinearity {nonlinearity!r}; use one of: {', '.join(NONLINEARITIES)}"
+        f"unknown nonlinearity {nonlinearity!r}; use one of: {', '.join(NONLINEARITIES)} "
+        f"(or {', '.join(f'{a} = {b}' for a, b in ALIASES.items())})"
     )
 
 
@@ -108,7 +120,7 @@ def gain_value(value: object) -> float:
 def activation(nonlinearity: str, param: float | None = None) -> Callable[[Tensor], Tensor]:
     import torch.nn.functional as F
 
-    name = nonlinearity.strip().lower()
+    name = canonical(nonlinearity)
     calculate_gain(name, param)  # validates the name
     if name in LINEAR_LIKE and name != "sigmoid":
         return lambda x: x

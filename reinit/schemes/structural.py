@@ -1,9 +1,9 @@
-"""Schemes that set structure rather than draw a distribution (DESIGN §3, "later
+"""Schemes that set structure rather than draw a distribution (docs/guide/rules-and-schemes.md, "later
 schemes"): the focal-loss bias prior (`bias_prior`), delta-orthogonal conv kernels
 (`delta_orthogonal`), and `copy` from another tensor of the same checkpoint.
 
 Every random draw comes from the tensor's own generator (the reproducibility contract of
-DESIGN §3); schemes that read other values declare it as data (`needs_before`, `reads`,
+docs/guide/rules-and-schemes.md); schemes that read other values declare it as data (`needs_before`, `reads`,
 `from_config`) and the engine provides a `FillContext`."""
 
 from __future__ import annotations
@@ -68,6 +68,13 @@ def _copy_fill(t: torch.Tensor, g: torch.Generator, args: Args, ctx: FillContext
     t.copy_(ctx.other.reshape(t.shape).to(t.dtype))
 
 
+def _normal_like_fill(t: torch.Tensor, g: torch.Generator, args: Args, ctx: FillContext) -> None:
+    if ctx.before is None:
+        raise SchemeError("normal_like needs the tensor's current values")
+    before = ctx.before.to(torch.float64)
+    t.normal_(float(before.mean()), float(before.std()), generator=g)
+
+
 STRUCTURAL_SCHEMES: tuple[Scheme, ...] = (
     Scheme(
         "bias_prior",
@@ -99,5 +106,16 @@ STRUCTURAL_SCHEMES: tuple[Scheme, ...] = (
         "changes), cast to this tensor's dtype; shapes must match",
         fill_ctx=_copy_fill,
         reads=_copy_reads,
+    ),
+    Scheme(
+        "normal_like",
+        (),
+        context_only,
+        lambda s, a: None,
+        "the tensor's own std (before this run)",
+        "N(mean, std²) with the tensor's own mean and std as read (before this run's "
+        "changes): drop-upcycling's re-init (Nakamura et al. 2025), usually with rows=/cols=",
+        fill_ctx=_normal_like_fill,
+        needs_before=True,
     ),
 )

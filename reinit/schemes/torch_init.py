@@ -1,7 +1,7 @@
 """Every `torch.nn.init` scheme, with torch's argument names, positional order and defaults.
 
 Fills call the torch function itself with the tensor's own generator, so a float32 result is
-bit-identical to the plain torch call (DESIGN §3). The one exception is `sparse`, whose zero
+bit-identical to the plain torch call (docs/guide/rules-and-schemes.md). The one exception is `sparse`, whose zero
 positions torch draws from the global RNG; ours come from the tensor's generator."""
 
 from __future__ import annotations

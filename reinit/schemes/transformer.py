@@ -1,10 +1,10 @@
-"""Transformer-era schemes (DESIGN §3, "later schemes"): GPT-2's scaled residual init
+"""Transformer-era schemes (docs/guide/rules-and-schemes.md, "later schemes"): GPT-2's scaled residual init
 (`scaled_normal`), Nguyen & Salazar's `small_init`, and transformers' mean-resizing of new
 embedding rows (`mean_resize`). The first two read their size from the model config when not
 given.
 
 Every random draw comes from the tensor's own generator (the reproducibility contract of
-DESIGN §3); schemes that read other values declare it as data (`needs_before`, `reads`,
+docs/guide/rules-and-schemes.md); schemes that read other values declare it as data (`needs_before`, `reads`,
 `from_config`) and the engine provides a `FillContext`."""
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""Variance scaling as Keras and JAX define it (DESIGN §3, "later schemes"), in timm's
+"""Variance scaling as Keras and JAX define it (docs/guide/rules-and-schemes.md, "later schemes"), in timm's
 `layers/weight_init.py` style: one parametric `variance_scaling` fill (truncated std corrected by
 0.87962566103423978) with thin wrappers (`lecun_normal`, `lecun_uniform`), and TF/timm's
 truncated normal with bounds in std units (`trunc_normal_tf`).
 
 Every random draw comes from the tensor's own generator (the reproducibility contract of
-DESIGN §3); schemes that read other values declare it as data (`needs_before`, `reads`,
+docs/guide/rules-and-schemes.md); schemes that read other values declare it as data (`needs_before`, `reads`,
 `from_config`) and the engine provides a `FillContext`."""
 
 from __future__ import annotations

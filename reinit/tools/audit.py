@@ -26,6 +26,7 @@ from reinit.report.assemble import make_report
 from reinit.report.entries import NOTE_CHANGED, NOTE_NEW, Report, TensorEntry
 from reinit.report.files import check_formats, publish_report_files, report_targets
 from reinit.report.progress import Progress, progress_bar
+from reinit.report.reference import REFERENCE_TOLERANCE, basis_for
 from reinit.report.stats import StatsAccumulator
 from reinit.run.ranks import Group, split_map
 from reinit.tools.provenance import recorded_provenance
@@ -73,7 +74,12 @@ def report_checkpoint(
             entries = _streamed(ckpt, base, progress, stack, ranks)
         # the file's own recorded seed and rules (written by reinit), else seed 0 and none
         seed, rules = recorded_provenance(ckpt) or (0, ())
-        report = make_report(os.fspath(source), None, seed, rules, entries, 0, started)
+        if base is not None:  # what apply said of every tensor that differs from the baseline
+            from reinit.tools.verdict import as_applied
+
+            entries = as_applied(entries, ckpt, rules)
+        basis = basis_for(ckpt, None, None, seed, REFERENCE_TOLERANCE)
+        report = make_report(os.fspath(source), None, seed, rules, entries, 0, started, basis=basis)
         if base is not None:
             missing = [n for n in base.names() if n not in ckpt]
             if missing:

@@ -35,6 +35,7 @@ class TensorDiff:
     max_abs_diff: float | None = None  # same shape only
     rel_frobenius: float | None = None  # ‖B−A‖/‖A‖; None when A is all zero or shapes differ
     nonfinite_changed: int = 0
+    shared: str | None = None  # a resized tensor: its shared block compared (`shared_block`)
 
     def to_dict(self) -> dict[str, JSON]:
         return {
@@ -49,6 +50,7 @@ class TensorDiff:
             "max_abs_diff": self.max_abs_diff,
             "rel_frobenius": self.rel_frobenius,
             "nonfinite_changed": self.nonfinite_changed,
+            "shared": self.shared,
         }
 
     @property
@@ -130,7 +132,7 @@ def value_diff(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float | None, i
 def diff_checkpoints(
     a: str | os.PathLike[str], b: str | os.PathLike[str], *, unsafe_pickle: TrustSpec = ()
 ) -> Diff:
-    """Compare two checkpoints (any form of DESIGN §1) tensor by tensor, streaming: at most
+    """Compare two checkpoints (any source form: docs/reference.md) tensor by tensor, streaming: at most
     one tensor of each is in memory at a time."""
     out: list[TensorDiff] = []
     with open_source(a, unsafe_pickle) as ca, open_source(b, unsafe_pickle) as cb:
@@ -172,8 +174,11 @@ def diff_checkpoints(
             max_abs: float | None = None
             rel: float | None = None
             bad = 0
+            shared = None
             if ref.shape == bref.shape and not (ta.dtype.is_complex or tb.dtype.is_complex):
                 max_abs, rel, bad = value_diff(ta, tb)
+            elif ta.dim() == tb.dim() and not (ta.dtype.is_complex or tb.dtype.is_complex):
+                shared = shared_block(ta, tb)
             out.append(
                 TensorDiff(
                     ref.name,
@@ -187,6 +192,7 @@ def diff_checkpoints(
                     _finite_or_none(max_abs) if max_abs is not None else None,
                     rel,
                     bad,
+                    shared,
                 )
             )
             del ta, tb
@@ -204,6 +210,22 @@ def diff_checkpoints(
                     )
                 )
     return Diff(os.fspath(a), os.fspath(b), tuple(out))
+
+
+def shared_block(a: torch.Tensor, b: torch.Tensor) -> str:
+    """What a resize kept and what it added: `50257 shared rows identical, 8 rows added`
+    (`columns` for dim 1, `[a, b] shared block` beyond), with max |Δ| when the block moved."""
+    block = tuple(slice(0, min(x, y)) for x, y in zip(a.shape, b.shape, strict=True))
+    max_abs, _, _ = value_diff(a[block].contiguous(), b[block].contiguous())
+    dims = [d for d, (x, y) in enumerate(zip(a.shape, b.shape, strict=True)) if x != y]
+    state = "identical" if max_abs == 0 else f"changed (max |Δ| {fmt(max_abs)})"
+    if len(dims) != 1 or dims[0] > 1:
+        return f"shared block {[s.stop for s in block]} {state}"
+    d = dims[0]
+    unit = "rows" if d == 0 else "columns"
+    grown = b.shape[d] - a.shape[d]
+    change = f"{grown} {unit} added" if grown > 0 else f"{-grown} {unit} removed"
+    return f"{min(a.shape[d], b.shape[d])} shared {unit} {state}, {change}"
 
 
 def summary_line(d: Diff) -> str:
@@ -234,6 +256,7 @@ def render_diff(d: Diff, width: int = 100, color: bool = False) -> str:
         )
         for t in rows
     ]
+    notes = [f"{shown(t.name)}: {t.shared}" for t in rows if t.shared is not None]
     widths = column_widths(header, cells)
     fixed = sum(widths[1:]) + 2 * (len(widths) - 1)
     widths[0] = max(16, min(widths[0], width - fixed))
@@ -243,4 +266,4 @@ def render_diff(d: Diff, width: int = 100, color: bool = False) -> str:
     style = {"changed": "yellow", "added": "green", "removed": "red"}
     for t, c in zip(rows, cells, strict=True):
         lines.append(click_style(table_row(c, widths), color, fg=style[t.status]))
-    return "\n".join(lines)
+    return "\n".join(lines + notes)

@@ -1,6 +1,6 @@
 """`reinit verify OUTPUT --forward`: load a written checkpoint into its architecture, run fixed
 seeded inputs, and measure the per-layer activation std and (with a reference) how far the
-outputs moved: the check that surgery kept the function it meant to keep (DESIGN §8).
+outputs moved: the check that surgery kept the function it meant to keep (docs/guide/model-awareness.md).
 
 Why a module of its own: `probe` asks "is the signal healthy after these rules?" on a model it
 builds; this asks "does this *file* compute what the source computed?", so it needs a second
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,15 @@ from reinit.errors import UsageError
 from reinit.io.sources import open_checkpoint
 from reinit.planning.model_load import build_real, load_model
 from reinit.report.jsonio import dumps
+from reinit.tools.forward_compare import (
+    DIVERGENCE,
+    LayerDiff,
+    LogitStats,
+    first_divergent,
+    hidden_diff,
+    layer_diffs,
+    logit_stats,
+)
 from reinit.tools.probe import LayerSignal, load_weights, run_pass
 
 __all__ = ["ForwardError", "ForwardResult", "forward_check", "forward_inputs", "output_distance"]
@@ -57,6 +66,18 @@ class ForwardResult:
     kl: float | None = None
     positions: int | None = None
     compared_classes: int | None = None
+    compared: str | None = None  # "logits", "hidden states" or "shared trunk" (heads differ)
+    logits: LogitStats | None = None
+    output_diff: LayerDiff | None = None  # a hidden-state output (no KL over hidden features)
+    hidden: tuple[LayerDiff, ...] = ()
+    first_divergent_layer: str | None = None
+
+    @property
+    def min_cosine(self) -> float | None:
+        """The lowest cosine over the compared layers and a hidden-state output."""
+        values = [d.cosine for d in self.hidden]
+        values += [self.output_diff.cosine] if self.output_diff is not None else []
+        return min(values) if values else None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -75,6 +96,13 @@ class ForwardResult:
             "kl": self.kl,
             "positions": self.positions,
             "compared_classes": self.compared_classes,
+            "compared": self.compared,
+            "kl_stats": None if self.logits is None else asdict(self.logits),
+            "output_diff": None if self.output_diff is None else self.output_diff.to_dict(),
+            "hidden_states": [d.to_dict() for d in self.hidden],
+            "first_divergent_layer": self.first_divergent_layer,
+            "divergence_threshold": DIVERGENCE,
+            "min_cosine": self.min_cosine,
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -119,7 +147,9 @@ def _loaded(module: nn.Module, checkpoint: str) -> nn.Module:
     loaded one (tied embeddings, which save_pretrained writes once)."""
     load_weights(module, checkpoint)
     with open_checkpoint(checkpoint) as ckpt:
-        loaded = set(load_model(module).align(ckpt.names()).names.values())
+        view = load_model(module).align(ckpt.names())
+        sites = (view.site(n) for n in view.names)
+        loaded = {s.name for s in sites if s is not None}
     state = module.state_dict(keep_vars=True)
     ptrs = {state[n].data_ptr() for n in loaded if n in state}
     missing = [
@@ -208,13 +238,56 @@ def _main_output(out: object) -> tuple[str, torch.Tensor]:
     raise ForwardError("verify --forward: the model returned no floating-point tensor")
 
 
+Hidden = tuple[torch.Tensor, ...]
+
+
 def _run(
     module: nn.Module, inputs: dict[str, torch.Tensor] | torch.Tensor
-) -> tuple[str, torch.Tensor]:
+) -> tuple[str, torch.Tensor, Hidden]:
+    """The main output (name, values) and, for a transformers model, its hidden states (the
+    embeddings' output, then each block's)."""
     with torch.no_grad():
-        out = module(**inputs) if isinstance(inputs, dict) else module(inputs)
+        if isinstance(inputs, dict):
+            extra = {"output_hidden_states": True} if hasattr(module, "config") else {}
+            out = module(**inputs, **extra)
+        else:
+            out = module(inputs)
     name, t = _main_output(out)
-    return name, t.detach().to(torch.float64)
+    states = out.get("hidden_states") if isinstance(out, dict) else None
+    hidden = tuple(h.detach().to(torch.float64) for h in states or () if torch.is_tensor(h))
+    return name, t.detach().to(torch.float64), hidden
+
+
+LOGIT_NAMES = ("logits", "output", "prediction_logits")  # a plain module's output is its logits
+
+
+def _compared(
+    result: ForwardResult, name: str, y: torch.Tensor, hidden: Hidden,
+    ref_name: str, y_ref: torch.Tensor, ref_hidden: Hidden,
+) -> ForwardResult:  # fmt: skip
+    """`result` with what the two runs' outputs say: KL statistics for logits, cosine and
+    relative error for a hidden-state output, each layer's hidden states when both have them;
+    when the heads differ (a new-head classifier against its encoder), the shared trunk only."""
+    diffs = layer_diffs(ref_hidden, hidden)
+    result = replace(
+        result, against_shape=tuple(y_ref.shape), hidden=diffs,
+        first_divergent_layer=first_divergent(diffs),
+    )  # fmt: skip
+    if y_ref.shape[:-1] != y.shape[:-1] or y.dim() == 0:
+        if not diffs:
+            output_distance(y_ref, y)  # raises: the outputs cannot be compared
+        return replace(result, compared="shared trunk")
+    n = min(y_ref.shape[-1], y.shape[-1])
+    diff = float((y_ref[..., :n] - y[..., :n]).abs().max()) if y.numel() else 0.0
+    result = replace(result, max_abs_diff=diff, compared_classes=n)
+    if name in LOGIT_NAMES and ref_name in LOGIT_NAMES:
+        stats = logit_stats(y_ref, y)
+        return replace(
+            result, compared="logits", logits=stats, kl=stats.kl_mean, positions=stats.positions
+        )
+    if y_ref.shape != y.shape:
+        return replace(result, compared="hidden states")
+    return replace(result, compared="hidden states", output_diff=hidden_diff(name, y_ref, y))
 
 
 def output_distance(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float, int, int]:
@@ -271,20 +344,12 @@ def forward_check(
         modules.append(ref_module)
     inputs, described = forward_inputs(modules, seed)
     signal = run_pass(module, inputs, seed)
-    name, y = _run(module, inputs)
+    name, y, hidden = _run(module, inputs)
     result = ForwardResult(
         out_path, spec, ref_path, ref_spec, described, seed, signal.layers, name,
         tuple(y.shape), _std(y),
     )  # fmt: skip
     if ref_module is None:
         return result
-    _, y_ref = _run(ref_module, inputs)
-    diff, kl, positions, classes = output_distance(y_ref, y)
-    return replace(
-        result,
-        against_shape=tuple(y_ref.shape),
-        max_abs_diff=diff,
-        kl=kl,
-        positions=positions,
-        compared_classes=classes,
-    )
+    ref_name, y_ref, ref_hidden = _run(ref_module, inputs)
+    return _compared(result, name, y, hidden, ref_name, y_ref, ref_hidden)

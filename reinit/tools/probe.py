@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from reinit.errors import UsageError
+from reinit.io.directory import holds_weights
 from reinit.io.memory import StateDictCheckpoint
 from reinit.io.sources import open_checkpoint
 from reinit.planning.model import ModelError
@@ -334,22 +335,27 @@ def apply_rules_in_memory(
 
 
 def load_weights(module: nn.Module, checkpoint: str) -> None:
-    """Copy a checkpoint's tensors into the module (names aligned as for `--model`)."""
+    """Copy a checkpoint's tensors into the module (names aligned as for `--model`; one
+    expert's tensor into its slice of a stacked module parameter)."""
     state = module.state_dict(keep_vars=True)
     with open_checkpoint(checkpoint) as ckpt:
         view = load_model(module).align(ckpt.names())
         with torch.no_grad():
-            for ck_name, m_name in view.names.items():
-                if m_name not in state:
+            for ck_name in view.names:
+                site = view.site(ck_name)
+                if site is None or site.name not in state:
                     continue
                 src = ckpt.read(ck_name)
-                dst = state[m_name]
-                if tuple(src.shape) != tuple(dst.shape):
+                if tuple(src.shape) != site.shape:
                     raise ModelError(
                         f"--checkpoint {checkpoint}: '{ck_name}' is {list(src.shape)} but the "
-                        f"model's '{m_name}' is {list(dst.shape)}"
+                        f"model's '{site.name}' is {list(site.shape)}"
                     )
-                dst.copy_(src.to(dst.dtype))
+                dst = state[site.name]
+                if site.part is not None and site.part.index is not None:
+                    dst[site.part.index] = src.to(dst.dtype)
+                else:
+                    dst.copy_(src.to(dst.dtype))
 
 
 def probe(
@@ -360,10 +366,14 @@ def probe(
     seed: int = 0,
     checkpoint: str | None = None,
     allow_unmatched: bool = False,
+    as_built: bool = False,
 ) -> ProbeResult:
     """Build `model` (see `reinit.planning.model`; real weights as its constructor draws them from
-    `seed`, or `checkpoint`'s), probe it, apply `rules` in memory, probe again."""
+    `seed`, or `checkpoint`'s: a model folder's own weights unless `as_built`), probe it, apply
+    `rules` in memory, probe again."""
     rule_objs = tuple(r if isinstance(r, Rule) else parse_rules([r])[0] for r in rules)
+    if checkpoint is None and not as_built and holds_weights(model):
+        checkpoint = model
     module = build_real(model, seed)
     if checkpoint is not None:
         load_weights(module, checkpoint)

@@ -56,6 +56,10 @@ def render(result: ProbeResult, width: int = 100) -> str:
             f"weights: randomly initialized by the model's constructor (seed {result.seed}), "
             "not trained ones: pass --checkpoint FILE to probe a checkpoint's weights"
         )
+    elif result.checkpoint == result.model:
+        lines.append(
+            f"weights: the folder's own ({result.checkpoint}); --as-built for the config's init"
+        )
     lines.append(head)
     for b, a in rows:
         act = f(b.act_std) if a is None else f"{f(b.act_std)} → {f(a.act_std)}"

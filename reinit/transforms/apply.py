@@ -16,6 +16,7 @@ import torch
 
 from reinit.errors import TransplantError
 from reinit.schemes import seed_for
+from reinit.transforms.experts import select_expert, select_shape, stack_experts, stack_shape
 from reinit.transforms.fuse import cat_shape, chunk_bounds, chunk_shape, concat, take_chunk
 from reinit.transforms.positions import position_layout, positions_value
 from reinit.transforms.rotary import check_rotary, permute_rotary
@@ -60,7 +61,7 @@ class TransformContext:
     names: RowNames | None = None
 
     def generator(self) -> torch.Generator:
-        """The tensor's own generator (DESIGN §3): new values stay reproducible."""
+        """The tensor's own generator (docs/guide/rules-and-schemes.md): new values stay reproducible."""
         return torch.Generator().manual_seed(seed_for(self.seed, self.name))
 
 
@@ -150,7 +151,12 @@ ADAPTER_IMPLS: dict[str, tuple[AdapterShape, AdapterApply]] = {
 def result_shape(spec: TransformSpec, sources: Sequence[Shape], target: Shape) -> Shape:
     """The shape `transform` would give, from the source shapes alone (before the cast and
     on_mismatch=, which the planner applies)."""
-    shape = cat_shape(sources, spec.dim) if len(sources) > 1 else tuple(sources[0])
+    if spec.experts:
+        shape = stack_shape(sources, spec.experts, spec.dim)
+    else:
+        shape = cat_shape(sources, spec.dim) if len(sources) > 1 else tuple(sources[0])
+    if spec.expert is not None:
+        shape = select_shape(shape, spec.expert)
     if spec.chunk is not None:
         shape = chunk_shape(shape, spec.chunk, spec.dim)
     if spec.rotary is not None:
@@ -167,11 +173,18 @@ def transform(
     notes saying what was done, for the report."""
     # notes name no tensor (the report's `from` does), so the terminal groups equal ones
     notes: list[str] = []
-    if len(sources) > 1:
+    if spec.experts:
+        t = stack_experts(sources, spec.experts, spec.dim)
+        notes.append(f"stack: {spec.experts} experts stacked along a new dim 0")
+    elif len(sources) > 1:
         t = concat(sources, spec.dim)
         notes.append(f"cat: {len(sources)} source tensors joined along dim {spec.dim}")
     else:
         t = sources[0]
+    if spec.expert is not None:
+        whole = list(t.shape)
+        t = select_expert(t, spec.expert)
+        notes.append(f"expert {spec.expert}: index {spec.expert} along dim 0 of a {whole} source")
     if spec.chunk is not None:
         a, b = chunk_bounds(spec.chunk, t.shape[spec.dim] if spec.dim < t.dim() else 0, spec.dim)
         whole = list(t.shape)

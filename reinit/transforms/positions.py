@@ -1,4 +1,4 @@
-"""Position tables resampled to a new length or grid (issue 15, DESIGN §8 "Transplants across
+"""Position tables resampled to a new length or grid (issue 15, docs/guide/transplant.md "Transplants across
 architecture changes"): `from(SRC, resample=linear|bilinear|bicubic|copy, prefix=N,
 grid=HxW, init=SCHEME)`.
 

@@ -1,4 +1,4 @@
-"""Rows mapped by name (issue 15, DESIGN §8): `from(SRC, rows=tokens|labels, vocab=PATH,
+"""Rows mapped by name (issue 15, docs/guide/transplant.md): `from(SRC, rows=tokens|labels, vocab=PATH,
 src_vocab=PATH, new=SCHEME)`.
 
 Each target row (dim 0: embedding rows, LM-head rows, a classifier's weight rows and bias
@@ -13,7 +13,7 @@ source lacks, and rows no name points at (padding rows past the tokenizer), are 
 - any scheme (`normal(std=0.02)`): the values that scheme gives the whole tensor, at the new
   rows, so a new row equals what `--rule NAME=SCHEME` would have written there.
 
-Every draw comes from the tensor's own generator (DESIGN §3 `seed_for`). Copied rows are cast
+Every draw comes from the tensor's own generator (docs/guide/rules-and-schemes.md `seed_for`). Copied rows are cast
 to the target's dtype, so with equal dtypes they are byte-identical to the source's."""
 
 from __future__ import annotations

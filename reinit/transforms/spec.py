@@ -1,7 +1,7 @@
-"""The transform arguments of `from(...)` (DESIGN §8, README "Transplants across architecture
-changes") as data, and their parsing and validation.
+"""The transform arguments of `from(...)` (docs/guide/transplant.md, "Transplants across
+architecture changes") as data, and their parsing and validation.
 
-Order of application: select (`key=` / `cat=` / `chunk=`) -> `rotary=` -> one of `resample=`,
+Order of application: select (`key=` / `cat=` / `stack=` / `expert=` / `chunk=`) -> `rotary=` -> one of `resample=`,
 `adapt=`, `rows=` -> cast to the target's dtype -> `on_mismatch=`."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ __all__ = [
     "TransformSpec",
     "parse_chunk",
     "parse_grid",
+    "parse_stack",
     "parse_transform",
 ]
 
@@ -36,7 +37,8 @@ ADAPTERS = ("resample", "adapt", "rows")
 
 # the arguments that only make sense beside another one
 _NEEDS: dict[str, tuple[str, ...]] = {
-    "dim": ("chunk", "cat"),
+    "dim": ("chunk", "cat", "stack"),
+    "experts": ("stack",),
     "heads": ("rotary",),
     "prefix": ("resample",),
     "grid": ("resample",),
@@ -46,7 +48,18 @@ _NEEDS: dict[str, tuple[str, ...]] = {
     "new": ("rows",),
 }
 
-TRANSFORM_ARGS = ("chunk", "dim", *CHOICES, "heads", "prefix", "grid", "init", "vocab") + (
+TRANSFORM_ARGS = (
+    "chunk",
+    "dim",
+    "experts",
+    "expert",
+    *CHOICES,
+    "heads",
+    "prefix",
+    "grid",
+    "init",
+    "vocab",
+) + (
     "src_vocab",
     "new",
 )
@@ -73,7 +86,10 @@ class TransformSpec:
     All defaults: no transform (a plain copy)."""
 
     chunk: Chunk | None = None
-    dim: int = 0  # of chunk= and cat=
+    dim: int = 0  # of chunk= and cat= (stack=: of the cat within one expert)
+    experts: int = 0  # stack=: how many experts are stacked along a new dim 0
+    expert: int | None = None  # expert=E: index E along dim 0 of a stacked source
+    expert_template: str | None = None  # expert={2}: E from the target's name (bound per entry)
     rotary: str | None = None  # hf_to_meta | meta_to_hf
     heads: int = 0  # rotary=: the number of heads of THIS tensor (n_kv_heads for k under GQA)
     resample: str | None = None  # linear | bilinear | bicubic | copy (position tables)
@@ -97,11 +113,23 @@ class TransformSpec:
     @property
     def active(self) -> bool:
         """Whether anything happens besides a copy (cat= is the TransplantSpec's)."""
-        return self.chunk is not None or self.rotary is not None or self.adapter is not None
+        return (
+            self.chunk is not None
+            or self.expert is not None
+            or self.expert_template is not None
+            or self.rotary is not None
+            or self.adapter is not None
+        )
 
     def parts(self) -> list[str]:
         """`key=value` texts as written, for `describe()` and the report's `transform`."""
         out: list[str] = []
+        if self.experts:
+            out.append(f"experts={self.experts}")
+        if self.expert_template is not None:
+            out.append(f"expert={self.expert_template}")
+        elif self.expert is not None:
+            out.append(f"expert={self.expert}")
         if self.chunk is not None:
             out.append(f"chunk={self.chunk.text}")
         if self.rotary is not None:
@@ -175,11 +203,19 @@ def _text(kw: Mapping[str, object], name: str, where: str) -> str | None:
     return v
 
 
-def parse_transform(kw: Mapping[str, object], where: str, has_cat: bool = False) -> TransformSpec:
+def _is_template(v: object) -> bool:
+    """`expert={2}`: a template field filled from the target's name for each tensor."""
+    return isinstance(v, str) and "{" in v
+
+
+def parse_transform(
+    kw: Mapping[str, object], where: str, has_cat: bool = False, has_stack: bool = False
+) -> TransformSpec:
     """The transform arguments among a `from(...)` action's keyword arguments, checked: values
     among their choices, companions only beside what they qualify, at most one adapter."""
     for name, needs in _NEEDS.items():
-        if name in kw and not any(n in kw or (n == "cat" and has_cat) for n in needs):
+        given = {"cat": has_cat, "stack": has_stack}
+        if name in kw and not any(n in kw or given.get(n, False) for n in needs):
             raise RuleError(
                 f"{where}: {name}= only applies with {' or '.join(n + '=' for n in needs)}"
             )
@@ -194,6 +230,11 @@ def parse_transform(kw: Mapping[str, object], where: str, has_cat: bool = False)
             f"{where}: chunk= takes a piece of one source tensor and cat= joins several: "
             "use one per rule"
         )
+    experts = _int(kw, "experts", where, 1)
+    if has_stack and experts is None:
+        raise RuleError(f"{where}: stack= needs experts=N, how many experts to stack (0..N-1)")
+    if has_stack and "expert" in kw:
+        raise RuleError(f"{where}: stack= builds every expert and expert= takes one: use one")
     rotary = _choice(kw, "rotary", where)
     heads = _int(kw, "heads", where, 1)
     if rotary is not None and heads is None:
@@ -206,6 +247,9 @@ def parse_transform(kw: Mapping[str, object], where: str, has_cat: bool = False)
     return TransformSpec(
         chunk=parse_chunk(kw["chunk"], where) if "chunk" in kw else None,
         dim=dim or 0,
+        experts=experts or 0,
+        expert=None if _is_template(kw.get("expert")) else _int(kw, "expert", where, 0),
+        expert_template=str(kw["expert"]) if _is_template(kw.get("expert")) else None,
         rotary=rotary,
         heads=heads or 0,
         resample=_choice(kw, "resample", where),
@@ -218,3 +262,21 @@ def parse_transform(kw: Mapping[str, object], where: str, has_cat: bool = False)
         src_vocab=_text(kw, "src_vocab", where),
         new=_text(kw, "new", where),
     )
+
+
+def parse_stack(
+    kw: Mapping[str, object], key: str | None, cat: tuple[str, ...], where: str
+) -> tuple[str, ...]:
+    """`stack=T1[;T2...]`: key templates naming one expert with `{e}` (0..experts-1); each
+    expert's tensors are joined along dim= (as cat=), then the experts stacked along dim 0."""
+    if "stack" not in kw:
+        return ()
+    if key is not None or cat:
+        raise RuleError(f"{where}: stack= names every source key: not with key= or cat=")
+    stack = tuple(k.strip() for k in str(kw["stack"]).split(";"))
+    if not all(stack) or not all("{e}" in k for k in stack):
+        raise RuleError(
+            f"{where}: stack= needs key templates with {{e}} for the expert index, separated "
+            "by ';', e.g. stack={1}.experts.{e}.w1.weight;{1}.experts.{e}.w3.weight"
+        )
+    return stack

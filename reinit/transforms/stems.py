@@ -1,4 +1,4 @@
-"""Conv stems adapted to another number of input channels (issue 15, DESIGN §8):
+"""Conv stems adapted to another number of input channels (issue 15, docs/guide/transplant.md):
 `from(SRC, adapt=channels)`.
 
 timm's `adapt_input_conv`, for a convolution weight `[out, in, *kernel]` (any number of kernel

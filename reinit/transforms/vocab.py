@@ -1,4 +1,4 @@
-"""Row names for `from(SRC, rows=tokens|labels, ...)` (issue 15, DESIGN §8): a tokenizer's
+"""Row names for `from(SRC, rows=tokens|labels, ...)` (issue 15, docs/guide/transplant.md): a tokenizer's
 token -> id, read as a plain file (no tokenizers library), and a config's label -> id.
 
 Tokenizer files:

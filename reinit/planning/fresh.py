@@ -1,0 +1,236 @@
+"""`reinit new`: the checkpoint a model would have, as a source that holds no bytes yet
+(`ModelCheckpoint`). Its names, shapes and order are those `save_pretrained` writes
+(`checkpoint_tensors`); its values are drawn when the run asks for them, one tensor (one
+module) at a time, by the `default` scheme or whatever rule wins."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import torch
+from torch import nn
+
+from reinit.errors import CheckpointError
+from reinit.io.checkpoint import Checkpoint, ConfigDict, TensorRef
+from reinit.io.safetensors_format import tensor_to_bytes
+from reinit.planning.model import Model, ModelError, ModelView, default_value
+from reinit.planning.planner import Plan
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+__all__ = [
+    "DEFAULT_RULE",
+    "CheckpointTensor",
+    "ModelCheckpoint",
+    "check_architecture",
+    "checkpoint_tensors",
+    "config_dtype",
+    "mark_fresh",
+    "model_config_json",
+]
+
+DEFAULT_RULE = "*=default"  # the rule `reinit new` puts before the user's: the model's own init
+
+# what `save_pretrained` writes in each safetensors file's metadata
+_SAVE_METADATA = {"format": "pt"}
+
+
+class CheckpointTensor(NamedTuple):
+    """One tensor of the checkpoint `save_pretrained` writes: its name there, shape and dtype,
+    and the model's parameter or buffer it is (None: made by a conversion, not a 1:1 rename)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    model_name: str | None
+
+
+def checkpoint_tensors(model: Model) -> list[CheckpointTensor]:
+    """The tensors `save_pretrained` would write for `model`, in its order: the state dict
+    (persistent buffers included, non-persistent ones not), less `_keys_to_ignore_on_save` and
+    the tied names transformers drops (`remove_tied_weights_from_state_dict`, which keeps the
+    name `from_pretrained` expects), then named as on disk (`revert_weight_conversion`:
+    transformers 5 renames some modules, e.g. ViT's `encoder.layer.N` <-> `layers.N`). All on
+    the meta device: no bytes. A plain torch module keeps the first name of each shared tensor
+    (safetensors stores no aliases).
+
+    This is the one place `reinit new` learns the checkpoint's names. Where a checkpoint tensor
+    is not one module tensor renamed (MoE experts stacked `[E, ...]` in the module and one
+    tensor per expert on disk) its `model_name` is None: the switch to a view that maps those
+    (the conversion mapping's checkpoint-name view) goes here."""
+    module = model.module
+    state = module.state_dict(keep_vars=True)
+    for key in getattr(module, "_keys_to_ignore_on_save", None) or ():
+        state.pop(key, None)
+    pretrained = _pretrained(module) if model.kind == "hf" else None
+    if pretrained is None:
+        seen: set[int] = set()
+        out = []
+        for n, t in state.items():
+            if id(t) not in seen:
+                seen.add(id(t))
+                out.append(CheckpointTensor(n, tuple(t.shape), t.dtype, n))
+        return out
+    from transformers.modeling_utils import remove_tied_weights_from_state_dict
+
+    kept = remove_tied_weights_from_state_dict(dict(state), pretrained)
+    owner = {id(t): n for n, t in kept.items()}  # a tied tensor: the name that is kept
+    saved = _reverted(pretrained, kept)
+    return [
+        CheckpointTensor(n, tuple(t.shape), t.dtype, owner.get(id(t))) for n, t in saved.items()
+    ]
+
+
+def _pretrained(module: nn.Module) -> PreTrainedModel | None:
+    """The module as transformers' `PreTrainedModel`, or None for any other module."""
+    from transformers import PreTrainedModel
+
+    return module if isinstance(module, PreTrainedModel) else None
+
+
+def _reverted(module: PreTrainedModel, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict under the checkpoint's names (transformers >= 5); as it is before."""
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # transformers 4.x: names are the module's
+        return state
+    out: dict[str, torch.Tensor] = revert_weight_conversion(module, state)
+    return out
+
+
+def config_dtype(module: nn.Module) -> torch.dtype | None:
+    """The floating dtype the model's config names (`dtype`, or the older `torch_dtype`), or
+    None (no config, "auto", or a name that is not a floating torch dtype)."""
+    config = getattr(module, "config", None)
+    if config is None:
+        return None
+    for attr in ("dtype", "torch_dtype"):  # transformers 5 names it dtype, 4.x torch_dtype
+        if not hasattr(config, attr):
+            continue
+        value = getattr(config, attr)
+        if isinstance(value, str):
+            value = getattr(torch, value.removeprefix("torch."), None)
+        if isinstance(value, torch.dtype) and value.is_floating_point:
+            return value
+        return None
+    return None
+
+
+def model_config_json(module: nn.Module, dtype: torch.dtype) -> str | None:
+    """The config.json `save_pretrained` would write beside the weights (its `architectures`
+    the model's class, its dtype the output's), or None for a model without a config."""
+    config = getattr(module, "config", None)
+    if config is None or not hasattr(config, "to_json_string"):
+        return None
+    import copy
+
+    config = copy.deepcopy(config)
+    config.architectures = [type(module).__name__]
+    config.dtype = str(dtype).removeprefix("torch.")
+    text = config.to_json_string(use_diff=True)
+    assert isinstance(text, str)
+    return text
+
+
+def mark_fresh(result: Plan) -> Plan:
+    """Every entry of a new model's plan has no source bytes (no `before`, nothing read)."""
+    from dataclasses import replace
+
+    return replace(result, entries=tuple(replace(e, fresh=True) for e in result.entries))
+
+
+class ModelCheckpoint(Checkpoint):
+    """The checkpoint `model` would have (`checkpoint_tensors`), floating tensors in `dtype`,
+    with no bytes: reading a tensor draws the architecture's own init for it (`default`, seeded
+    by `seed` and its name), which is what a rule that keeps it, or reads its values
+    (`on_mismatch=slice`, `mean_resize`), sees. Its extra file is the model's config.json."""
+
+    kind = "model"
+
+    def __init__(self, spec: str, model: Model, dtype: torch.dtype, seed: int = 0):
+        self.source = spec
+        self.model = model
+        self.seed = seed
+        self.dtype = dtype
+        tensors = checkpoint_tensors(model)
+        if not tensors:
+            raise ModelError(f"{spec}: the model has no parameters or buffers to write")
+        made = [t.name for t in tensors if t.model_name is None]
+        if made:
+            raise ModelError(
+                f"{spec}: checkpoint tensor '{made[0]}' (and {len(made) - 1} more) is made by "
+                "transformers' conversion from the model's stacked parameters (mixture of "
+                "experts); reinit new does not draw those yet"
+            )
+        self._refs = {
+            t.name: TensorRef(t.name, dtype if t.dtype.is_floating_point else t.dtype, t.shape)
+            for t in tensors
+        }
+        names = {t.name: t.model_name for t in tensors if t.model_name is not None}
+        self.view = ModelView(model, names, {n: r.shape for n, r in self._refs.items()})
+        self._config_text = model_config_json(model.module, dtype)
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    def names(self) -> list[str]:
+        return list(self._refs)
+
+    def ref(self, name: str) -> TensorRef:
+        try:
+            return self._refs[name]
+        except KeyError:
+            raise CheckpointError(f"{self.source}: the model has no tensor '{name}'") from None
+
+    def read(self, name: str) -> torch.Tensor:
+        return default_value(self.view, name, self.ref(name).dtype, self.seed)
+
+    def read_bytes(self, name: str) -> bytes | bytearray | memoryview:
+        return tensor_to_bytes(self.read(name))
+
+    def metadata(self, shard: str = "") -> dict[str, str]:
+        return dict(_SAVE_METADATA)
+
+    def config(self) -> ConfigDict | None:
+        if self._config_text is None:
+            return None
+        doc: dict[str, Any] = json.loads(self._config_text)
+        return doc
+
+    def extra_files(self) -> list[str]:
+        return ["config.json"] if self._config_text is not None else []
+
+    def fetch_extra(self, relname: str) -> Path:
+        assert relname == "config.json" and self._config_text is not None
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="reinit-new-")
+        path = Path(self._tmp.name) / relname
+        path.write_text(self._config_text, encoding="utf-8")
+        return path
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+def check_architecture(spec: str, model: Model) -> None:
+    """A config whose `architectures` names a class this transformers lacks would be built
+    as its base `AutoModel`, with other names: refused (remote code is never run)."""
+    config = getattr(model.module, "config", None)
+    archs = list(getattr(config, "architectures", None) or []) if model.kind == "hf" else []
+    if not archs or archs[0] == type(model.module).__name__:
+        return
+    if getattr(config, "auto_map", None):
+        raise ModelError(
+            f"{spec}: {archs[0]} is remote code (the config's auto_map), which reinit never "
+            "runs; give a config of an architecture transformers has"
+        )
+    import transformers
+
+    raise ModelError(
+        f"{spec}: transformers {transformers.__version__} has no architecture {archs[0]!r}; "
+        "upgrade transformers or give a config of an architecture it has"
+    )
