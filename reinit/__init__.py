@@ -34,6 +34,7 @@ _LAZY = {
     "diff_checkpoints": "reinit.tools.diff",
     "apply": "reinit.run.apply",
     "apply_split": "reinit.run.torchrun",
+    "new_split": "reinit.run.torchrun",
     "new": "reinit.run.new",
     "plan_new": "reinit.run.new",
     "plan": "reinit.planning.session",
@@ -77,7 +78,7 @@ if TYPE_CHECKING:
     from reinit.run.apply import apply
     from reinit.run.inmemory import apply_to_module, apply_to_state_dict
     from reinit.run.new import new, plan_new
-    from reinit.run.torchrun import apply_split
+    from reinit.run.torchrun import apply_split, new_split
     from reinit.schemes import SCHEMES, calculate_gain, seed_for
     from reinit.tools.audit import report_checkpoint
     from reinit.tools.diff import diff_checkpoints
@@ -112,6 +113,7 @@ __all__ = [
     "apply_to_module",
     "apply_to_state_dict",
     "new",
+    "new_split",
     "plan_new",
     "load_recipe",
     "run_recipe",

@@ -199,6 +199,22 @@ def test_report_summed_by_two_ranks_is_the_report_of_one(llama, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["two.json"]  # written once, by rank 0
 
 
+@pytest.mark.slow  # another torchrun start (~15 s loaded)
+def test_new_by_two_ranks_writes_the_bytes_of_one_process(llama, tmp_path):
+    transformers, src = llama
+    flags = ["--max-shard-size", "5MB", "--seed", "4", "-r", RULES[1], "-q"]
+    one = tmp_path / "one"
+    assert run("new", src / "config.json", "-o", f"{one}/", *flags).exit_code == 0
+    launcher = _torchrun("new", src / "config.json", "-o", "two/", *flags, cwd=tmp_path)
+    code, errors = _finished(launcher)
+    assert (code, errors) == (0, [])
+    two = tmp_path / "two"
+    assert len(list(two.glob("*.safetensors"))) == 4
+    _same_run(one, two)
+    loaded, info = transformers.LlamaForCausalLM.from_pretrained(two, output_loading_info=True)
+    assert not any(info.values()), info
+
+
 # --- in this process: the split itself, the one-process case, the messages ------------------
 
 

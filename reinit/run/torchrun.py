@@ -24,7 +24,7 @@ process group and how they agree are `run/ranks.py`."""
 
 from __future__ import annotations
 
-__all__ = ["Part", "apply_split", "assign_shards", "run_split"]
+__all__ = ["Part", "apply_split", "assign_shards", "new_split", "run_split"]
 
 import os
 from collections.abc import Callable, Sequence
@@ -40,11 +40,13 @@ from reinit.options import APPLY_FIELDS, ApplyOptions, OptionKwargs, with_kwargs
 from reinit.planning.session import RuleInput
 from reinit.report.entries import Report
 from reinit.run.layout import Layout, OutputRequest, lay_out
+from reinit.run.new import NEW_FIELDS, prepare_new
 from reinit.run.prepare import Job, Prepared, prepare
 from reinit.run.ranks import Group, process_group, share
 from reinit.run.write import Staging, Written, publish, report_of, stage, write, write_side_files
 
 if TYPE_CHECKING:
+    from torch import nn
     from typing_extensions import Unpack
 
 
@@ -95,16 +97,46 @@ def apply_split(
     Alone (no torchrun), it is `apply`. Raises `RankError` on every rank when one fails."""
     o = with_kwargs("apply_split", options, kwargs, APPLY_FIELDS)
     with process_group() as g:
-        job, request = g.agree(
-            "checking the command",
-            lambda: (Job.of(source, rules, o), OutputRequest.of(output, o)),
+        return _apply_over(g, source, rules, output, o)
+
+
+def new_split(
+    source: str | os.PathLike[str] | nn.Module,
+    output: str | os.PathLike[str],
+    rules: Sequence[RuleInput] = (),
+    *,
+    options: ApplyOptions | None = None,
+    **kwargs: Unpack[OptionKwargs],
+) -> Report:
+    """`reinit.new` with the output's shards written by the ranks (as `apply_split`): every
+    rank builds the model's checkpoint from its config alike; the same files as one process."""
+    o = with_kwargs("new_split", options, kwargs, NEW_FIELDS)
+    with process_group() as g:
+        ckpt, rule_objs, run = g.agree(
+            "reading the model", lambda: prepare_new(source, rules, o, output)
         )
+        with ckpt:
+            return _apply_over(g, ckpt, rule_objs, output, run)
 
-        def planned(stack: ExitStack) -> tuple[Prepared, Layout]:
-            prepared = prepare(stack, job, o)
-            return prepared, lay_out(prepared, request)
 
-        return run_split(g, planned, progress=o.progress)
+def _apply_over(
+    g: Group,
+    source: str | os.PathLike[str] | Checkpoint,
+    rules: Sequence[RuleInput],
+    output: str | os.PathLike[str] | None,
+    o: ApplyOptions,
+) -> Report:
+    """`apply`'s stages over the ranks of `g` (`run_split`), the command checked on each."""
+    job, request = g.agree(
+        "checking the command",
+        lambda: (Job.of(source, rules, o), OutputRequest.of(output, o)),
+    )
+
+    def planned(stack: ExitStack) -> tuple[Prepared, Layout]:
+        prepared = prepare(stack, job, o)
+        return prepared, lay_out(prepared, request)
+
+    return run_split(g, planned, progress=o.progress)
 
 
 def run_split(g: Group, planned: Planned, *, progress: bool = False) -> Report:
