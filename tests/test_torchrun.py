@@ -6,7 +6,10 @@ speak says, in one line, which rank it is and why it stopped.
 The torchrun tests start `python -m torch.distributed.run --standalone --nproc-per-node 2`
 as a child process (this checkout first on PYTHONPATH); a rank is found by the RANK in its
 environment, among torchrun's children. Failures are made from outside, with no hook in the
-product: a rank's file-size limit lowered (`prlimit`, as a full quota would), a rank killed."""
+product: a rank's file-size limit lowered (`prlimit`, as a full quota would), a rank killed.
+
+Internal: imports reinit.options, reinit.run.layout, reinit.run.prepare, reinit.run.ranks,
+reinit.run.torchrun (the shard assignment, the ranks' verdict, torchrun's variables)."""
 
 from __future__ import annotations
 

@@ -50,8 +50,9 @@ def report_checkpoint(
     thread reads ahead while another computes, so this runs at the disk's (or the page
     cache's) speed rather than at the sum of both.
 
-    `ranks` (under torchrun, `reinit.run.ranks.process_group()`): each rank sums a contiguous
-    share of the tensors, and every rank gets the whole report, the same as one process's.
+    `ranks` (the ranks of a run under torchrun, as `reinit report` sets them up): each rank
+    sums a contiguous share of the tensors, and every rank gets the whole report, the same as
+    one process's.
 
     With `against` (a baseline checkpoint, any form of §1), each tensor of the same name in
     the baseline gives the `before` statistics, a tensor whose bytes (or shape or dtype) differ
