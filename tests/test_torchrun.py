@@ -275,6 +275,27 @@ def test_a_recipe_under_torchrun_is_refused(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]
 
 
+def test_a_signal_while_stopping_keeps_the_line_of_the_failure():
+    g = Group(1, 2)
+
+    def failing_then_signalled() -> None:
+        try:
+            raise RankError("rank 1 of 2: rank 0 failed: x; nothing was published", 2)
+        finally:  # the cleanup, as torchrun's SIGTERM lands in it
+            raise KeyboardInterrupt
+
+    with pytest.raises(RankError, match="rank 0 failed: x") as e:
+        g.speaking(failing_then_signalled)
+    assert e.value.exit_code == 2
+
+    def signalled() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(RankError, match=r"^rank 1 of 2: interrupted") as e:
+        g.speaking(signalled)
+    assert e.value.exit_code == 130
+
+
 def test_every_rank_names_itself_and_the_rank_that_failed():
     outcomes = [(None, None), (None, (2, "x.safetensors: exists")), (None, (1, "later"))]
     with pytest.raises(RankError, match=r"^rank 0 of 3: rank 1 failed: x.safetensors") as e:

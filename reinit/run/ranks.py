@@ -126,6 +126,20 @@ class Group:
                 raise RankError(f"{self.who}: {said}; nothing was published", code)
         return [value for value, _ in outcomes]
 
+    def speaking(self, step: Callable[[], T]) -> T:
+        """Run `step` (a whole split run). A signal while it stops for a failure (torchrun
+        sends SIGTERM to every rank once one exits non-zero) keeps that failure's line; any
+        other interrupt is this rank's own."""
+        try:
+            return step()
+        except KeyboardInterrupt as e:
+            cause: BaseException | None = e.__context__
+            while cause is not None and not isinstance(cause, RankError):
+                cause = cause.__context__
+            if cause is not None:
+                raise cause from None
+            raise RankError(f"{self.who}: {INTERRUPTED}; {NOTHING}", 130) from None
+
     def agree(self, what: str, step: Callable[[], T]) -> T:
         """Run `step` on every rank; this rank's value once every rank's step succeeded, else
         every rank stops (`verdict`). Only the outcome crosses the wire, not the value."""

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 from reinit.errors import RankError, WriteError
 from reinit.io.checkpoint import Checkpoint
-from reinit.io.writer import remove_path
+from reinit.io.writer import remove_path, signals_deferred
 from reinit.options import APPLY_FIELDS, ApplyOptions, OptionKwargs, with_kwargs
 from reinit.planning.session import RuleInput
 from reinit.report.entries import Report
@@ -78,7 +78,8 @@ class _Leftover:
 
     def close(self) -> None:
         if self.tmp is not None:
-            remove_path(self.tmp)
+            with signals_deferred():  # removed whole, even as torchrun's SIGTERM arrives
+                remove_path(self.tmp)
 
 
 Planned = Callable[[ExitStack], tuple[Prepared, Layout]]
@@ -97,7 +98,7 @@ def apply_split(
     Alone (no torchrun), it is `apply`. Raises `RankError` on every rank when one fails."""
     o = with_kwargs("apply_split", options, kwargs, APPLY_FIELDS)
     with process_group() as g:
-        return _apply_over(g, source, rules, output, o)
+        return g.speaking(lambda: _apply_over(g, source, rules, output, o))
 
 
 def new_split(
@@ -112,11 +113,22 @@ def new_split(
     rank builds the model's checkpoint from its config alike; the same files as one process."""
     o = with_kwargs("new_split", options, kwargs, NEW_FIELDS)
     with process_group() as g:
-        ckpt, rule_objs, run = g.agree(
-            "reading the model", lambda: prepare_new(source, rules, o, output)
-        )
-        with ckpt:
-            return _apply_over(g, ckpt, rule_objs, output, run)
+        return g.speaking(lambda: _new_over(g, source, output, rules, o))
+
+
+def _new_over(
+    g: Group,
+    source: str | os.PathLike[str] | nn.Module,
+    output: str | os.PathLike[str],
+    rules: Sequence[RuleInput],
+    o: ApplyOptions,
+) -> Report:
+    """The model's checkpoint built on every rank alike, then `apply`'s split."""
+    ckpt, rule_objs, run = g.agree(
+        "reading the model", lambda: prepare_new(source, rules, o, output)
+    )
+    with ckpt:
+        return _apply_over(g, ckpt, rule_objs, output, run)
 
 
 def _apply_over(
