@@ -9,10 +9,12 @@ environment, among torchrun's children. Failures are made from outside, with no 
 product: a rank's file-size limit lowered (`prlimit`, as a full quota would), a rank killed.
 
 Internal: imports reinit.options, reinit.run.layout, reinit.run.prepare, reinit.run.ranks,
-reinit.run.torchrun (the shard assignment, the ranks' verdict, torchrun's variables)."""
+reinit.run.torchrun, reinit.run.write (the shard assignment, the ranks' verdict, torchrun's
+variables, a rank's view of the shared folder)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import resource
@@ -33,7 +35,8 @@ from reinit.options import ApplyOptions
 from reinit.run.layout import OutputRequest, lay_out
 from reinit.run.prepare import Job, prepare
 from reinit.run.ranks import Group, share, share_in_order, torchrun_world
-from reinit.run.torchrun import apply_split, assign_shards
+from reinit.run.torchrun import Part, apply_split, assign_shards, run_split
+from reinit.run.write import Written
 
 RULES = ["*.mlp.*.weight=kaiming_normal", "*.self_attn.o_proj.weight=normal(std=0.02)"]
 TIMEOUT_S = 120
@@ -257,6 +260,43 @@ def test_work_is_shared_out_whole_and_balanced():
     assert [list(r) for r in runs] == [[0, 1], [2, 3, 4, 5, 6], [7, 8]]  # 11 | 11 | 10
     assert [list(r) for r in share_in_order([1, 1], 4)] == [[], [0], [], [1]]
     assert [list(r) for r in share_in_order([], 2)] == [[], []]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Beside(Group):
+    """One rank of two, the other imagined: it stages `theirs` (rank 0's temporary, as rank 1
+    sees it) and writes nothing of its own."""
+
+    theirs: Path | None = None
+
+    def exchange(self, outcome, what, lost=None):
+        other = (self.theirs if what == "staging the output" else None, None)
+        if what == "writing":
+            other = (Part(Written((), 0)), None)
+        return [outcome, other] if self.rank == 0 else [other, outcome]
+
+
+def _planned(src, out):
+    o = ApplyOptions(seed=1)
+
+    def planned(stack):
+        prepared = prepare(stack, Job.of(src, RULES, o), o)
+        return prepared, lay_out(prepared, OutputRequest.of(f"{out}/", o))
+
+    return planned
+
+
+def test_ranks_on_file_systems_of_their_own_are_refused(llama, tmp_path):
+    """A rank that cannot see rank 0's temporary folder writes nothing; a rank 0 that lacks a
+    shard another rank wrote elsewhere publishes nothing."""
+    _, src = llama
+    out = tmp_path / "out"
+    rank1 = _Beside(1, 2, theirs=tmp_path / ".out.reinit-tmp-elsewhere")
+    with pytest.raises(RankError, match=r"^rank 1 of 2: .*that rank 0 made is not there"):
+        run_split(rank1, _planned(src, out))
+    with pytest.raises(RankError, match=r"^rank 0 of 2: .* is not in the temporary folder"):
+        run_split(_Beside(0, 2), _planned(src, out))
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written, nothing left
 
 
 def test_torchrun_is_told_by_its_variables():

@@ -181,6 +181,11 @@ def _part(
     """This rank's shards written under the shared `tmp` (none: nothing to do)."""
     if not mine:
         return Part(Written((), 0))
+    if layout.spec.fmt == "directory" and not tmp.is_dir():
+        raise WriteError(
+            f"{layout.spec.path}: the temporary folder {tmp} that rank 0 made is not there; "
+            "every rank must see the output's folder on one shared file system"
+        )
     try:
         written = write(prepared, layout, tmp, shards=mine, progress=progress)
     except WriteError as e:  # name the output asked for, not the shared temporary
@@ -212,6 +217,7 @@ def _finish(
 def _publish(prepared: Prepared, layout: Layout, staging: Staging, parts: Sequence[Part]) -> Report:
     """Rank 0, every part written: the side files, the report of every rank's entries (one
     lossy-cast line for the run, as one process gives), then publish."""
+    _check_all_there(layout, staging.tmp)
     side = write_side_files(prepared, layout, staging.tmp)
     control = layout.control
     control.lossy = [n for p in parts for n in p.lossy]
@@ -223,3 +229,16 @@ def _publish(prepared: Prepared, layout: Layout, staging: Staging, parts: Sequen
     report = report_of(prepared, layout, written)
     publish(staging, layout, report)
     return report
+
+
+def _check_all_there(layout: Layout, tmp: Path) -> None:
+    """Every shard the ranks wrote is in rank 0's temporary folder (a rank that wrote to a
+    file system of its own would otherwise leave a hole in the published folder)."""
+    if layout.spec.fmt != "directory":
+        return
+    missing = [f.relname for f in layout.files if not (tmp / f.relname).is_file()]
+    if missing:
+        raise WriteError(
+            f"{layout.spec.path}: shard {missing[0]} is not in the temporary folder though its "
+            "rank wrote it; every rank must see the output's folder on one shared file system"
+        )
