@@ -273,6 +273,8 @@ class _Beside(Group):
         other = (self.theirs if what == "staging the output" else None, None)
         if what == "writing":
             other = (Part(Written((), 0)), None)
+        if what == "rank 0 published":
+            other = (None, (1, "the imagined rank 0 stops here"))
         return [outcome, other] if self.rank == 0 else [other, outcome]
 
 
@@ -297,6 +299,29 @@ def test_ranks_on_file_systems_of_their_own_are_refused(llama, tmp_path):
     with pytest.raises(RankError, match=r"^rank 0 of 2: .* is not in the temporary folder"):
         run_split(_Beside(0, 2), _planned(src, out))
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written, nothing left
+
+
+def test_a_rank_reads_only_the_tensors_of_its_shards(llama, tmp_path, monkeypatch):
+    import reinit.run.stream as stream
+
+    _, src = llama
+    read: list[str] = []
+    real = stream.read_stream
+
+    def spy(ckpt, names, pool):
+        read.extend(names)
+        return real(ckpt, names, pool)
+
+    monkeypatch.setattr(stream, "read_stream", spy)
+    shared = tmp_path / ".out.reinit-tmp-shared"
+    shared.mkdir()
+    with pytest.raises(RankError, match="the imagined rank 0 stops here"):
+        run_split(_Beside(1, 2, theirs=shared), _planned(src, tmp_path / "out"))
+    written = sorted(p.name for p in shared.iterdir())  # handed over to rank 0: left in place
+    assert 0 < len(written) < 4
+    index = json.loads((src / "model.safetensors.index.json").read_text())["weight_map"]
+    mine = {n for n, f in index.items() if f in written}
+    assert sorted(read) == sorted(mine)  # its shards' tensors, each once, nothing else
 
 
 def test_torchrun_is_told_by_its_variables():
