@@ -174,10 +174,19 @@ def process_group() -> Iterator[Group]:
         yield Group(0, 1)
         return
     dist.init_process_group("gloo")
+    _own_gpu()
     try:
         yield Group(*world)
     finally:
         dist.destroy_process_group()
+
+
+def _own_gpu() -> None:
+    """With GPUs (`--device cuda`), each process of a node on its own (by LOCAL_RANK)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
 
 
 def share(weights: Sequence[int], size: int) -> list[list[int]]:
