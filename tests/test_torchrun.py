@@ -34,7 +34,7 @@ from reinit.errors import OutputError, RankError
 from reinit.options import ApplyOptions
 from reinit.run.layout import OutputRequest, lay_out
 from reinit.run.prepare import Job, prepare
-from reinit.run.ranks import Group, share, share_in_order, torchrun_world
+from reinit.run.ranks import Group, share, share_in_order, torchrun_world, wait_timeout
 from reinit.run.torchrun import Part, apply_split, assign_shards, run_split
 from reinit.run.write import Written
 
@@ -63,10 +63,10 @@ def llama(tmp_path_factory):
     return transformers, src
 
 
-def _torchrun(*args: str | os.PathLike[str], cwd: Path) -> subprocess.Popen[str]:
+def _torchrun(*args: str | os.PathLike[str], cwd: Path, **env_extra: str) -> subprocess.Popen[str]:
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
     argv += ["2", "-m", "reinit", *map(os.fspath, args)]
-    env = child_env(OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
+    env = child_env(OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1", **env_extra)
     return subprocess.Popen(argv, cwd=cwd, env=env, stderr=subprocess.PIPE, text=True)
 
 
@@ -221,6 +221,30 @@ def test_new_by_two_ranks_writes_the_bytes_of_one_process(llama, tmp_path):
     assert not any(info.values()), info
 
 
+@pytest.mark.slow  # another torchrun start, and the wait for the hung rank
+def test_a_hung_rank_is_given_up_on_after_the_timeout(llama, tmp_path):
+    _, src = llama
+    out = tmp_path / "work"
+    out.mkdir()
+    launcher = _torchrun(
+        "apply", src, "-o", "two/", "-r", RULES[0], "-q", cwd=out, REINIT_TORCHRUN_TIMEOUT="3"
+    )
+    rank0, rank1 = _rank_pid(launcher, 0), _rank_pid(launcher, 1)
+    deadline = time.monotonic() + TIMEOUT_S
+    while not any(p.name.startswith(".two.reinit-tmp-") for p in out.iterdir()):
+        assert time.monotonic() < deadline and launcher.poll() is None
+        time.sleep(0.002)
+    os.kill(rank1, signal.SIGSTOP)  # rank 1 hangs; rank 0 waits 3 s for it, then gives up
+    while Path(f"/proc/{rank0}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(rank1, signal.SIGCONT)  # torchrun's SIGTERM, pending meanwhile, stops it now
+    code, errors = _finished(launcher)
+    assert code != 0
+    ours = [line for line in errors if line.startswith("error: rank 0 of 2: ")]
+    assert len(ours) == 1 and "lost another rank while" in ours[0], errors
+    _nothing_left(out)
+
+
 # --- in this process: the split itself, the one-process case, the messages ------------------
 
 
@@ -322,6 +346,14 @@ def test_a_rank_reads_only_the_tensors_of_its_shards(llama, tmp_path, monkeypatc
     index = json.loads((src / "model.safetensors.index.json").read_text())["weight_map"]
     mine = {n for n, f in index.items() if f in written}
     assert sorted(read) == sorted(mine)  # its shards' tensors, each once, nothing else
+
+
+def test_the_wait_for_the_others_is_a_day_unless_told(monkeypatch):
+    assert wait_timeout() == 24 * 3600
+    monkeypatch.setenv("REINIT_TORCHRUN_TIMEOUT", "90")
+    assert wait_timeout() == 90
+    monkeypatch.setenv("REINIT_TORCHRUN_TIMEOUT", "soon")
+    assert wait_timeout() == 24 * 3600
 
 
 def test_torchrun_is_told_by_its_variables():

@@ -19,6 +19,7 @@ __all__ = [
     "share_in_order",
     "split_map",
     "torchrun_world",
+    "wait_timeout",
 ]
 
 import os
@@ -28,6 +29,7 @@ import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TypeVar
 
 from reinit.errors import RankError, ReinitError
@@ -38,6 +40,8 @@ T = TypeVar("T")
 
 #: The variables torchrun sets for every process it starts (all of them: torchrun).
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")
+WAIT_ENV = "REINIT_TORCHRUN_TIMEOUT"
+DEFAULT_WAIT_S = 24 * 3600.0
 POLL_S = 0.05  # how often a waiting rank looks up (and lets a signal in)
 NOTHING = "nothing was published"
 INTERRUPTED = "interrupted (Ctrl-C, or SIGTERM: torchrun stops every rank when one fails)"
@@ -91,7 +95,7 @@ class Group:
     def exchange(self, outcome: Outcome, what: str, lost: str | None = None) -> list[Outcome]:
         """Every rank's outcome, in rank order, once every rank has one. The wait is polled,
         so an interrupt (torchrun's SIGTERM) is handled while waiting; a rank that died is a
-        lost connection (gloo), a hung one the process group's timeout. `lost`: what this
+        lost connection (gloo), a hung one the process group's timeout (`wait_timeout`). `lost`: what this
         rank says of the output then (default: nothing was published)."""
         if self.size == 1:
             return [outcome]
@@ -173,12 +177,24 @@ def process_group() -> Iterator[Group]:
     if world is None:
         yield Group(0, 1)
         return
-    dist.init_process_group("gloo")
+    dist.init_process_group("gloo", timeout=timedelta(seconds=wait_timeout()))
     _own_gpu()
     try:
         yield Group(*world)
     finally:
         dist.destroy_process_group()
+
+
+def wait_timeout() -> float:
+    """Seconds a rank waits for the others at one step (the slowest rank's whole share of the
+    writing, on a slow disk): `REINIT_TORCHRUN_TIMEOUT`, else a day. A rank that dies is
+    noticed at once (its connection drops, or torchrun stops the others); this bounds a hang."""
+    raw = os.environ.get(WAIT_ENV, "").strip()
+    try:
+        value = float(raw) if raw else DEFAULT_WAIT_S
+    except ValueError:
+        return DEFAULT_WAIT_S
+    return value if value > 0 else DEFAULT_WAIT_S
 
 
 def _own_gpu() -> None:

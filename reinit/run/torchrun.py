@@ -16,7 +16,7 @@ one line naming itself and the failing rank; nothing is published and the shared
 is removed (by rank 0's publication, or by the other ranks when rank 0 is gone). A rank that
 dies (killed) is noticed by the others as a lost connection at the next step, or by torchrun,
 which stops every rank when one fails (SIGTERM: an interrupt, cleaned up the same way). A
-rank that hangs is given up on after the process group's timeout (torch's default, 30 min).
+rank that hangs is given up on after `ranks.wait_timeout()` (a day, `REINIT_TORCHRUN_TIMEOUT`).
 
 An output of one file (or a `.bin`) has one shard: rank 0 writes it all and the others wait.
 Without torchrun nothing here runs (`ranks.torchrun_world()` is None); the ranks, their
