@@ -16,6 +16,7 @@ from reinit.errors import (
     CheckpointError,
     HubError,
     OutputError,
+    RankError,
     ReinitError,
     RuleError,
     SchemeError,
@@ -32,6 +33,8 @@ from reinit.version import __version__
 _LAZY = {
     "diff_checkpoints": "reinit.tools.diff",
     "apply": "reinit.run.apply",
+    "apply_split": "reinit.run.torchrun",
+    "new_split": "reinit.run.torchrun",
     "new": "reinit.run.new",
     "plan_new": "reinit.run.new",
     "plan": "reinit.planning.session",
@@ -75,6 +78,7 @@ if TYPE_CHECKING:
     from reinit.run.apply import apply
     from reinit.run.inmemory import apply_to_module, apply_to_state_dict
     from reinit.run.new import new, plan_new
+    from reinit.run.torchrun import apply_split, new_split
     from reinit.schemes import SCHEMES, calculate_gain, seed_for
     from reinit.tools.audit import report_checkpoint
     from reinit.tools.diff import diff_checkpoints
@@ -105,9 +109,11 @@ def __dir__() -> list[str]:
 __all__ = [
     "__version__",
     "apply",
+    "apply_split",
     "apply_to_module",
     "apply_to_state_dict",
     "new",
+    "new_split",
     "plan_new",
     "load_recipe",
     "run_recipe",
@@ -138,6 +144,7 @@ __all__ = [
     "SchemeError",
     "StrictError",
     "OutputError",
+    "RankError",
     "CheckpointError",
     "HubError",
     "TransplantError",

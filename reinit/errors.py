@@ -9,6 +9,7 @@ __all__ = [
     "InputNotFoundError",
     "NestedStateError",
     "OutputError",
+    "RankError",
     "ReinitError",
     "RuleError",
     "SchemeError",
@@ -91,3 +92,13 @@ class WriteError(ReinitError):
 class NestedStateError(UsageError):
     """A torch checkpoint nests its tensors where `--key` / `state=` must say which (several
     candidates, or a key that is not there); exit 2, nothing read further."""
+
+
+class RankError(ReinitError):
+    """A run split across processes (torchrun) failed on one rank: every rank raises it, the
+    line naming the rank that says it and why (the failing rank and its own error, a rank lost,
+    an interrupt); the exit code is the failing rank's. Nothing was published."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code

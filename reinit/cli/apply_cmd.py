@@ -76,6 +76,8 @@ def apply(
             '(e.g. --rule "*.weight=kaiming"), or --add/--drop/--rename/--resize (see reinit '
             "apply --help)"
         )
+    from reinit.run.ranks import torchrun_world
+
     trusted = options.unsafe_pickle
     assert isinstance(trusted, tuple)  # a repeatable flag: a tuple of paths
     warn_unsafe(trusted)
@@ -84,6 +86,8 @@ def apply(
         from reinit.report.plan_view import render_plan
 
         the_plan = plan(source, rules, options=options)
+        if (torchrun_world() or (0, 1))[0] != 0:
+            return  # under torchrun: rank 0 prints the plan
         warn_all(the_plan.warnings)
         click.echo(render_plan(the_plan, width(), by=by, every=all_tensors), err=as_json)
         if the_plan.dropped:
@@ -94,9 +98,18 @@ def apply(
 
         require_matplotlib()
     from reinit.report.terminal import render_terminal
-    from reinit.run.apply import apply as run_apply
 
-    report = run_apply(source, rules, output, options=options)
+    world = torchrun_world()
+    if world is None:
+        from reinit.run.apply import apply as run_apply
+
+        report = run_apply(source, rules, output, options=options)
+    else:  # under torchrun: the shards split over the ranks; rank 0 speaks for the run
+        from reinit.run.torchrun import apply_split
+
+        report = apply_split(source, rules, output, options=options)
+        if world[0] != 0:
+            return
     warn_all(report.warnings)
     for note in report.notes:
         err(f"note: {note}")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import click
@@ -14,6 +15,7 @@ from reinit.options import meta
 
 if TYPE_CHECKING:
     from reinit.options import ApplyOptions
+    from reinit.run.ranks import Group
 
 __all__ = [
     "FlagValue",
@@ -30,6 +32,7 @@ __all__ = [
     "plot_option",
     "progress_on",
     "quiet_option",
+    "ranks_of_run",
     "shown",
     "unsafe_pickle_option",
     "warn_all",
@@ -187,3 +190,16 @@ def options_from_flags(values: dict[str, FlagValue], *, progress: bool) -> Apply
     assert set(values) == set(flag_fields()), sorted(set(values) ^ set(flag_fields()))
     # each value has the type its click declaration (from the field's metadata) gives it
     return ApplyOptions(progress=progress, **values)  # type: ignore[arg-type]
+
+
+@contextmanager
+def ranks_of_run() -> Iterator[Group | None]:
+    """Under torchrun, the ranks (their gloo process group, set up for the command and torn
+    down after); else None, and nothing distributed is touched."""
+    from reinit.run.ranks import process_group, torchrun_world
+
+    if torchrun_world() is None:
+        yield None
+        return
+    with process_group() as ranks:
+        yield ranks

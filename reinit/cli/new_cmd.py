@@ -113,6 +113,10 @@ def new(
         from reinit.run.new import plan_new
 
         the_plan = plan_new(config, rules, options=options)
+        from reinit.run.ranks import torchrun_world
+
+        if (torchrun_world() or (0, 1))[0] != 0:
+            return  # under torchrun: rank 0 prints the plan
         warn_all(the_plan.warnings)
         click.echo(render_plan(the_plan, width(), by=by, every=all_tensors), err=as_json)
         return
@@ -121,9 +125,19 @@ def new(
 
         require_matplotlib()
     from reinit.report.terminal import render_terminal
-    from reinit.run.new import new as run_new
+    from reinit.run.ranks import torchrun_world
 
-    report = run_new(config, output, rules, options=options)
+    world = torchrun_world()
+    if world is None:
+        from reinit.run.new import new as run_new
+
+        report = run_new(config, output, rules, options=options)
+    else:  # under torchrun: the shards split over the ranks; rank 0 speaks for the run
+        from reinit.run.torchrun import new_split
+
+        report = new_split(config, output, rules, options=options)
+        if world[0] != 0:
+            return
     warn_all(report.warnings)
     for note in report.notes:
         err(f"note: {note}")

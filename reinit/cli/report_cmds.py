@@ -17,6 +17,7 @@ from reinit.cli.common import (
     plot_option,
     progress_on,
     quiet_option,
+    ranks_of_run,
     shown,
     unsafe_pickle_option,
     warn_all,
@@ -116,16 +117,20 @@ def report(
 
         require_matplotlib()
     warn_unsafe(unsafe_pickle)
-    rep = write_report_files(
-        source,
-        against,
-        outputs,
-        plot,
-        overwrite=overwrite,
-        progress=progress_on(quiet),
-        unsafe_pickle=unsafe_pickle,
-        key=key,
-    )
+    with ranks_of_run() as ranks:  # under torchrun: the tensors shared out; rank 0 speaks
+        rep = write_report_files(
+            source,
+            against,
+            outputs,
+            plot,
+            overwrite=overwrite,
+            progress=progress_on(quiet),
+            unsafe_pickle=unsafe_pickle,
+            key=key,
+            ranks=ranks,
+        )
+    if ranks is not None and not ranks.primary:
+        return
     warn_all(rep.warnings)
     if as_json:
         click.echo(rep.to_json())

@@ -93,6 +93,15 @@ def run(
                 click.echo(f"step {i}:", err=as_json)
             click.echo(render_plan(plan, width(), by=by, every=all_tensors), err=as_json)
         return
+    from reinit.run.ranks import torchrun_world
+
+    if torchrun_world() is not None:  # every rank would publish the same output
+        from reinit.errors import UsageError
+
+        raise UsageError(
+            f"{recipe}: reinit run does not split across processes; run it without torchrun "
+            "(apply and report do split)"
+        )
     result = run_recipe(loaded, progress=progress_on(quiet))
     warn_all(result.warnings)
     for note in result.notes:  # config.json fields changed, stale files not copied

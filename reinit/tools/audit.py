@@ -14,10 +14,11 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from reinit.io.checkpoint import CHUNK_BYTES, Checkpoint
+from reinit.io.checkpoint import CHUNK_BYTES, Checkpoint, FileTensor
 from reinit.io.sources import open_checkpoint
 from reinit.io.targets import Inputs
 from reinit.io.trust import TrustSpec
@@ -27,8 +28,13 @@ from reinit.report.files import check_formats, publish_report_files, report_targ
 from reinit.report.progress import Progress, progress_bar
 from reinit.report.reference import REFERENCE_TOLERANCE, basis_for
 from reinit.report.stats import StatsAccumulator
+from reinit.run.ranks import Group, split_map
 from reinit.tools.provenance import recorded_provenance
 from reinit.tools.raw_report import raw_entries
+
+if TYPE_CHECKING:
+    from reinit.planning.planner import PlanEntry
+    from reinit.planning.ties import Ties
 
 
 def report_checkpoint(
@@ -38,10 +44,15 @@ def report_checkpoint(
     progress: bool = False,
     unsafe_pickle: TrustSpec = (),
     key: str = "",
+    ranks: Group | None = None,
 ) -> Report:
     """The report of a checkpoint as it is: every tensor `kept`, with its statistics. One
     thread reads ahead while another computes, so this runs at the disk's (or the page
     cache's) speed rather than at the sum of both.
+
+    `ranks` (the ranks of a run under torchrun, as `reinit report` sets them up): each rank
+    sums a contiguous share of the tensors, and every rank gets the whole report, the same as
+    one process's.
 
     With `against` (a baseline checkpoint, any form of §1), each tensor of the same name in
     the baseline gives the `before` statistics, a tensor whose bytes (or shape or dtype) differ
@@ -55,12 +66,13 @@ def report_checkpoint(
         else:
             base = None
         stored = ckpt.file_tensors() if base is None else None
+        progress = progress and (ranks is None or ranks.primary)
         if stored is not None:  # safetensors: no torch
-            total = sum(t.info.nbytes for t in stored)
-            bar = stack.enter_context(progress_bar(total, progress, "reinit report"))
-            entries = raw_entries(stored, bar)
+            entries = split_map(
+                ranks, stored, _stored_bytes, lambda part: _raw(part, progress), "summing"
+            )
         else:
-            entries = _streamed(ckpt, base, progress, stack)
+            entries = _streamed(ckpt, base, progress, stack, ranks)
         # the file's own recorded seed and rules (written by reinit), else seed 0 and none
         seed, rules = recorded_provenance(ckpt) or (0, ())
         if base is not None:  # what apply said of every tensor that differs from the baseline
@@ -106,30 +118,63 @@ def _opened(
         ckpt.close()
 
 
-def _streamed(
-    ckpt: Checkpoint, base: Checkpoint | None, progress: bool, stack: ExitStack
-) -> list[TensorEntry]:
-    """Every tensor's entry through the streaming engine (torch), with the baseline's."""
-    from contextlib import closing
+def _stored_bytes(t: FileTensor) -> int:
+    return t.info.nbytes
 
-    from reinit.io.checkpoint import TensorRef
+
+def _raw(tensors: list[FileTensor], progress: bool) -> list[TensorEntry]:
+    """The entries of safetensors tensors (no torch), with a progress bar over their bytes."""
+    with progress_bar(sum(t.info.nbytes for t in tensors), progress, "reinit report") as bar:
+        return raw_entries(tensors, bar)
+
+
+def _streamed(
+    ckpt: Checkpoint,
+    base: Checkpoint | None,
+    progress: bool,
+    stack: ExitStack,
+    ranks: Group | None = None,
+) -> list[TensorEntry]:
+    """Every tensor's entry through the streaming engine (torch), with the baseline's; with
+    `ranks`, each rank streams its contiguous share."""
     from reinit.planning.planner import plan as make_plan
     from reinit.planning.ties import resolve_ties
-    from reinit.run.stream import Applier
 
     the_plan = make_plan(ckpt.refs(), ())
-    applier = Applier(ckpt, 0, "cpu", ties=resolve_ties(the_plan, ckpt.aliases())[1])
-    total = sum(TensorRef(e.name, e.dtype, e.shape).nbytes for e in the_plan.entries)
+    ties = resolve_ties(the_plan, ckpt.aliases())[1]
+
+    def entries_of(part: list[PlanEntry]) -> list[TensorEntry]:
+        return _stream_entries(ckpt, base, part, ties, progress)
+
+    return split_map(ranks, the_plan.entries, _planned_bytes, entries_of, "summing")
+
+
+def _planned_bytes(e: PlanEntry) -> int:
+    from reinit.io.checkpoint import TensorRef
+
+    return TensorRef(e.name, e.dtype, e.shape).nbytes
+
+
+def _stream_entries(
+    ckpt: Checkpoint, base: Checkpoint | None, part: list[PlanEntry], ties: Ties, progress: bool
+) -> list[TensorEntry]:
+    """The entries of `part` (planned `kept`) through one `Applier`, in order."""
+    from contextlib import closing
+
+    from reinit.run.stream import Applier
+
+    applier = Applier(ckpt, 0, "cpu", ties=ties)
+    total = sum(_planned_bytes(e) for e in part)
     entries = []
-    bar: Progress = stack.enter_context(progress_bar(total, progress, "reinit report"))
-    pieces = stack.enter_context(closing(applier.stream(the_plan.entries)))
-    for piece in pieces:
-        if piece.entry is not None:
-            entry = piece.entry
-            if base is not None:
-                entry = _against(ckpt, base, entry)
-            entries.append(entry)
-        bar.update(piece.nbytes)
+    bar: Progress
+    with progress_bar(total, progress, "reinit report") as bar, closing(applier.stream(part)) as s:
+        for piece in s:
+            if piece.entry is not None:
+                entry = piece.entry
+                if base is not None:
+                    entry = _against(ckpt, base, entry)
+                entries.append(entry)
+            bar.update(piece.nbytes)
     return entries
 
 
@@ -143,17 +188,18 @@ def write_report_files(
     progress: bool = False,
     unsafe_pickle: TrustSpec = (),
     key: str = "",
+    ranks: Group | None = None,
 ) -> Report:
     """`reinit report SOURCE -o ... --plot ...`: every path checked by the one rule before the
     checkpoint is read (never an input, never an existing file without `overwrite`), then all
-    of them published together."""
+    of them published together (with `ranks`: by rank 0, the report summed by all)."""
     check_formats(outputs, plot, "-o")
     inputs = Inputs.of([source, against])
     targets = report_targets(outputs, plot, "-o", inputs=inputs, overwrite=overwrite)
     rep = report_checkpoint(
-        source, against, progress=progress, unsafe_pickle=unsafe_pickle, key=key
+        source, against, progress=progress, unsafe_pickle=unsafe_pickle, key=key, ranks=ranks
     )
-    if targets:  # publishing imports the writer (and torch): only when there are files
+    if targets and (ranks is None or ranks.primary):  # publishing imports torch: only then
         from reinit.io.publish import how_to_publish
 
         publish_report_files(rep, targets, how_to_publish(overwrite=overwrite))
