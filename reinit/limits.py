@@ -40,7 +40,7 @@ MAX_REPORT_BYTES = 256 * 1024 * 1024  # a reinit JSON report read back (verify -
 MAX_JSON_DEPTH = 64  # lists/objects inside each other, in any of these files or a --config value
 
 # Tensors in one checkpoint, all its shards together (each file is also capped at 200,000 by
-# `io.safetensors_header.MAX_TENSORS`): the largest public models hold ~100,000.
+# `io.formats` MAX_TENSORS): the largest public models hold ~100,000.
 MAX_TOTAL_TENSORS = 200_000
 
 # A `re:` pattern is bounded before it is compiled (the regex compiler expands counted repeats:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from reinit.errors import RuleError, SchemeError
-from reinit.io.hub_url import is_hf_url, parse_hf_url
+from reinit.io.hub import is_hf_url, parse_hf_url
 from reinit.matching import (
     Glob,
     MatchAll,

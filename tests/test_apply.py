@@ -1,7 +1,7 @@
 """`reinit apply` end to end: the mission example, byte-for-byte guarantees, output forms,
 dtypes, and a real transformers round trip.
 
-Internal: also tests reinit.io.safetensors_format, reinit.schemes directly (not the `reinit`
+Internal: also tests reinit.io.formats._safetensors_format, reinit.schemes directly (not the `reinit`
 API).
 """
 
@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 import reinit
 from reinit.errors import OutputError, RuleError
-from reinit.io.safetensors_format import tensor_to_bytes
+from reinit.io.formats import tensor_to_bytes
 from reinit.schemes import seed_for
 
 

@@ -1,6 +1,6 @@
 """The package's shape, checked: the rules of reinit/ARCHITECTURE.md as tests, so the map stays
 true as the code grows (imports point one way, no cycles, typing-only imports included, no
-private names across modules). Size is limited per function, by ruff (C901, PLR0915 in
+private names across modules, a subpackage's `_`-prefixed modules imported only from inside it). Size is limited per function, by ruff (C901, PLR0915 in
 pyproject.toml); a file's length is advisory (one topic, up to ~600 lines)."""
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ LAYERS = {
     "reinit.limits": 0,
     "reinit.fans": 0,
     "reinit.matching": 2,
-    "reinit.io": 1,
+    "reinit.io": 1,  # subpackages io.hub, io.formats: private modules behind their __init__
     "reinit.schemes": 1,
     "reinit.transforms": 1,
     "reinit.rules": 2,
     "reinit.options": 3,  # its ModelInput names planning's Model (typing only)
     "reinit.planning": 3,
-    "reinit.report": 4,
+    "reinit.report": 4,  # report.views: the renderers, private modules behind their __init__
     "reinit.run": 5,
     "reinit.tools": 6,
     "reinit.recipe": 6,
@@ -51,6 +51,17 @@ def layer(mod: str) -> int:
         if (mod == prefix or mod.startswith(prefix + ".")) and len(prefix) > len(best):
             best = prefix
     return LAYERS[best]
+
+
+def private_owner(mod: str) -> str | None:
+    """The package a `_`-prefixed module belongs to (`reinit.io.hub` for `reinit.io.hub._url`):
+    only that package (its `__init__` and its own modules) may import it; the rest of reinit
+    imports the names the package's `__init__` exports."""
+    parts = mod.split(".")
+    for i, part in enumerate(parts):
+        if part.startswith("_") and not part.startswith("__"):
+            return ".".join(parts[:i])
+    return None
 
 
 def type_checking_nodes(tree: ast.Module) -> set[int]:
@@ -99,6 +110,21 @@ def test_imports_point_down_and_name_no_private(mod):
         assert layer(target) <= me, f"{where}: {mod} (layer {me}) imports {target} (higher)"
         private = [n for n in names if n.startswith("_") and not n.startswith("__")]
         assert not private, f"{where}: imports private {private} from {target}"
+        owner = private_owner(target)
+        inside = owner is not None and (mod == owner or mod.startswith(owner + "."))
+        assert owner is None or inside, (
+            f"{where}: imports the private module {target}; import from {owner} instead"
+        )
+
+
+def test_subpackage_modules_are_private_behind_their_init():
+    """`io/hub/`, `io/formats/` and `report/views/` show the rest of reinit a few names in their
+    `__init__`; every other module in them is `_`-prefixed, so the rule above keeps it inside."""
+    for pkg in ("reinit.io.hub", "reinit.io.formats", "reinit.report.views"):
+        assert pkg in MODS, pkg
+        inner = [m for m in MODS if m.startswith(pkg + ".")]
+        assert inner, pkg
+        assert all(private_owner(m) == pkg for m in inner), inner
 
 
 def test_no_import_cycles():

@@ -4,7 +4,7 @@ and verify), what a directory output may copy, shard-name collisions, index/shar
 FIFO sources. Every refused run is checked from the adversary's side: the whole tmp tree is the
 same before and after (treesnap).
 
-Internal: also tests reinit.io.confine, reinit.io.shardindex, reinit.io.sources,
+Internal: also tests reinit.io.confine, reinit.io.formats._shardindex, reinit.io.sources,
 reinit.io.verify, reinit.run.output directly (not the `reinit` API).
 """
 
@@ -22,7 +22,7 @@ from treesnap import assert_unchanged, tree_state
 
 from reinit.errors import CheckpointError, UnsafePathError
 from reinit.io.confine import check_relname, relname_problem
-from reinit.io.shardindex import parse_index
+from reinit.io.formats._shardindex import parse_index
 from reinit.io.verify import verify
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,7 +3,7 @@ or file listing cannot name a path outside the repo (and so cannot make a direct
 write anywhere but its own folder), and a revision cannot climb out of the cache's `refs/`.
 Every refused run leaves the whole tmp tree as it was, except the Hub cache itself.
 
-Internal: also tests reinit.io.confine, reinit.io.hub_url directly (not the `reinit` API).
+Internal: also tests reinit.io.confine, reinit.io.hub directly (not the `reinit` API).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from treesnap import assert_unchanged, tree_state
 
 from reinit.errors import UsageError
 from reinit.io.confine import check_revision, revision_problem
-from reinit.io.hub_url import parse_hf_url
+from reinit.io.hub import parse_hf_url
 
 S1 = "model-00001-of-00001.safetensors"
 A = {"a.weight": torch.arange(6.0).reshape(2, 3)}

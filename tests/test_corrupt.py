@@ -1,7 +1,7 @@
 """Corrupt input (issue #7 item 3): every defect is a `CheckpointError` (exit 1) with one line that
 names the file and what is wrong, and `apply` writes nothing and leaves the input as it was.
 
-Internal: also tests reinit.io.safetensors_format, reinit.io.sources, reinit.io.torch_reader
+Internal: also tests reinit.io.formats._safetensors_format, reinit.io.sources, reinit.io.formats._torch_reader
 directly (not the `reinit` API).
 """
 
@@ -17,9 +17,8 @@ from helpers import run
 from safetensors.torch import save_file
 
 from reinit.errors import CheckpointError
-from reinit.io.safetensors_format import read_header
+from reinit.io.formats import TorchFile, read_header
 from reinit.io.sources import open_checkpoint
-from reinit.io.torch_reader import TorchFile
 
 GOOD = {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.ones(4)}
 

@@ -2,7 +2,7 @@
 and CPU thread counts, independent of the order of non-overlapping rules and of the input's
 sharding; a different seed changes every re-initialized tensor.
 
-Internal: also tests reinit.io.safetensors_format directly (not the `reinit` API).
+Internal: also tests reinit.io.formats._safetensors_format directly (not the `reinit` API).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import reinit
-from reinit.io.safetensors_format import read_header
+from reinit.io.formats import read_header
 
 RULES = [
     "enc.*.weight=kaiming_normal",

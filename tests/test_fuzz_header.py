@@ -1,7 +1,7 @@
 """Fuzzing the safetensors header parser (issue #7 item 3): any byte string gives a valid parse or
 a `CheckpointError`, never another exception. Bounded (max_examples) so it runs in CI.
 
-Internal: also tests reinit.io.safetensors_format directly (not the `reinit` API).
+Internal: also tests reinit.io.formats._safetensors_format directly (not the `reinit` API).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from reinit.errors import CheckpointError
-from reinit.io.safetensors_format import CODE_TO_DTYPE, Header, parse_header_bytes
+from reinit.io.formats._safetensors_format import CODE_TO_DTYPE, Header, parse_header_bytes
 
 # Hypothesis keeps caches in ./.hypothesis; tests never write to the working folder. The
 # folder is removed when the test process ends.

@@ -3,7 +3,7 @@ counts past the limit, deflated torch zips, --add sizes that cannot be allocated
 a one-line error naming the file/tensor/argument with the right exit code, never "internal
 error".
 
-Internal: also tests reinit.io, reinit.io.sources, reinit.io.torch_reader, reinit.limits,
+Internal: also tests reinit.io, reinit.io.sources, reinit.io.formats._torch_reader, reinit.limits,
 reinit.tools.audit directly (not the `reinit` API).
 """
 
@@ -22,9 +22,9 @@ from safetensors.torch import save_file
 
 from reinit.cli import main
 from reinit.errors import CheckpointError
-from reinit.io import safetensors_header
+from reinit.io.formats import TorchFile
+from reinit.io.formats import _safetensors_header as safetensors_header
 from reinit.io.sources import open_checkpoint
-from reinit.io.torch_reader import TorchFile
 
 
 def write_raw(path: Path, doc: dict, data_len: int) -> Path:

@@ -6,7 +6,7 @@ offline mode; connection errors use a closed loopback port; the online paths use
 served on 127.0.0.1 that answers the few routes huggingface_hub calls (model_info, HEAD/GET resolve)
 with the Hub's headers. The library itself is never mocked; only its config constants are set.
 
-Internal: also tests reinit.io.hub, reinit.io.hub_url, reinit.tools.audit directly (not the
+Internal: also tests reinit.io.hub, reinit.io.hub._url, reinit.tools.audit directly (not the
 `reinit` API).
 """
 
@@ -37,8 +37,8 @@ from hubcache import (
 from safetensors.torch import load_file
 
 from reinit.errors import HubError, UnsafePathError, UsageError
-from reinit.io.hub import HubRepo
-from reinit.io.hub_url import HubRef, is_hf_url, parse_hf_url
+from reinit.io.hub import HubRepo, is_hf_url, parse_hf_url
+from reinit.io.hub._url import HubRef
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -256,7 +256,7 @@ def test_offline_env_set_before_import_subprocess(tmp_path):
         import huggingface_hub.constants as c
         from reinit.errors import HubError
         from reinit.io.hub import HubRepo
-        from reinit.io.hub_url import parse_hf_url
+        from reinit.io.hub import parse_hf_url
         repo = HubRepo(parse_hf_url("hf://acme/tiny-bert"), progress=False)
         out = {"constant": c.HF_HUB_OFFLINE, "files": repo.list_files(),
                "path": str(repo.fetch("model.safetensors"))}

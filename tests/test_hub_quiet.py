@@ -1,10 +1,10 @@
 """A Hub failure is one line, fast (issue #18): huggingface_hub's retry chatter never reaches
-stderr and its retries are bounded by reinit/io/hub_retry.py (8 s per streak by default).
+stderr and its retries are bounded by reinit/io/hub/_retry.py (8 s per streak by default).
 
 The CLI runs in a subprocess (`python -m reinit`, so stderr is the real one, with the library's
 own stderr handler) against the fake Hub of hubcache.py in this process.
 
-Internal: also tests reinit.io, reinit.io.hub, reinit.io.hub_url directly (not the `reinit`
+Internal: also tests reinit.io, reinit.io.hub, reinit.io.hub._retry directly (not the `reinit`
 API).
 """
 
@@ -22,7 +22,7 @@ import pytest
 import torch
 from hubcache import FakeHub, st_bytes
 
-from reinit.io import hub_retry
+from reinit.io.hub import _retry as hub_retry
 
 ROOT = Path(__file__).resolve().parents[1]
 S1, S2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
@@ -112,8 +112,7 @@ def test_endless_resume_is_cut_by_the_budget(fake_hub, tmp_path, monkeypatch):
     """Cut past the first 10 MB chunk, huggingface_hub resumes without end (its counter resets
     whenever a chunk arrived); the budget (2 s here, to keep the test short) stops it."""
     from reinit.errors import HubError
-    from reinit.io.hub import HubRepo
-    from reinit.io.hub_url import parse_hf_url
+    from reinit.io.hub import HubRepo, parse_hf_url
 
     data = st_bytes(tmp_path, {"w": torch.zeros(3200, 2000)})  # 25.6 MB, cut at 12.8 MB
     fake_hub.add("acme/big", {"model.safetensors": data})

@@ -3,7 +3,7 @@ transformers' own conversion mapping, and MoE surgery (stack/expert transforms, 
 re-init, drop-upcycling, sparse upcycling, expert re-init, the report by kind), on
 transformers' own Mixtral and Qwen2-MoE built tiny from configs.
 
-Internal: imports reinit.planning.ckpt_names, reinit.planning.model, reinit.planning.model_load, reinit.report.plot_groups, reinit.rules, reinit.schemes."""
+Internal: imports reinit.planning.ckpt_names, reinit.planning.model, reinit.planning.model_load, reinit.report.views._plot_groups, reinit.rules, reinit.schemes."""
 
 from __future__ import annotations
 
@@ -410,7 +410,7 @@ def test_expert_and_router_reinit_report_reads_at_a_glance(tmp_path):
 def test_plot_puts_all_experts_of_a_kind_in_one_series_by_layer(tmp_path):
     """The plot groups by kind too: one series per expert matrix kind, x = the layer."""
     import reinit
-    from reinit.report.plot_groups import plot_panels
+    from reinit.report.views._plot_groups import plot_panels
 
     t = {}
     for layer in range(6):

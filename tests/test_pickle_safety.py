@@ -2,7 +2,7 @@
 weights_only=True; a pickle that needs other globals is refused with a message naming them;
 `--unsafe-pickle` warns loudly and is never implied.
 
-Internal: also tests reinit.io.torch_reader directly (not the `reinit` API).
+Internal: also tests reinit.io.formats._torch_reader directly (not the `reinit` API).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from helpers import run
 import reinit
 from reinit.cli import main
 from reinit.errors import UnsafePickleError
-from reinit.io.torch_reader import TORCH_FLOOR, load_torch_file, torch_version
+from reinit.io.formats._torch_reader import TORCH_FLOOR, load_torch_file, torch_version
 
 
 class Planted:

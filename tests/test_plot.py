@@ -1,8 +1,8 @@
 """`--plot PNG` on `report` and `apply`: a PNG that decodes at the documented size, flagged
 tensors marked in red, and a one-line error naming the extra when matplotlib is missing.
 
-Internal: also tests reinit.report.entries, reinit.report.files, reinit.report.plot,
-reinit.report.plot_groups, reinit.report.stats directly (not the `reinit` API).
+Internal: also tests reinit.report.entries, reinit.report.views._files, reinit.report.views._plot,
+reinit.report.views._plot_groups, reinit.report.stats directly (not the `reinit` API).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from helpers import run
 from safetensors.torch import save_file
 
 import reinit
-from reinit.report.files import plot_report
-from reinit.report.plot import DPI, FIGSIZE
+from reinit.report.views._files import plot_report
+from reinit.report.views._plot import DPI, FIGSIZE
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -107,7 +107,7 @@ def _after_points(ax) -> int:
 
 
 def test_plot_panels_by_group_every_tensor_drawn_and_zeros_kept(tmp_path):
-    from reinit.report.plot import build_figure
+    from reinit.report.views._plot import build_figure
 
     g = torch.Generator().manual_seed(0)
     sd = {"model.embed_tokens.weight": torch.randn(64, 16, generator=g) * 0.02}
@@ -152,8 +152,8 @@ def test_plot_panels_by_group_every_tensor_drawn_and_zeros_kept(tmp_path):
 
 
 def test_few_kinds_one_panel_each_and_labels_cut_at_dots():
-    from reinit.report.plot import LABEL_WIDTH, label_text
-    from reinit.report.plot_groups import plot_panels
+    from reinit.report.views._plot import LABEL_WIDTH, label_text
+    from reinit.report.views._plot_groups import plot_panels
 
     name = "encoder.layer.*.attention.self.very_long_module_name.query.weight"
     cut = label_text(name)
@@ -197,7 +197,7 @@ def test_names_with_mathtext_characters_render_literally(tmp_path):
 
     from matplotlib import cbook
 
-    from reinit.report.plot import build_figure, mpl_text
+    from reinit.report.views._plot import build_figure, mpl_text
 
     g = torch.Generator().manual_seed(0)
     names = [f"blocks.{i}.$w_1$.weight" for i in range(3)]

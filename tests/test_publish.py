@@ -6,7 +6,7 @@ snapshotted (paths, kinds, sizes, modes, sha256) and compared after; nothing out
 output may change.
 
 Internal: also tests reinit.io.publish, reinit.report.assemble, reinit.report.entries,
-reinit.report.files, reinit.report.jsonio, reinit.report.stats, reinit.report.terminal,
+reinit.report.views._files, reinit.report.jsonio, reinit.report.stats, reinit.report.views._terminal,
 reinit.run.apply directly (not the `reinit` API).
 """
 
@@ -327,7 +327,7 @@ def test_concurrent_runs_to_one_output_exactly_one_wins(tmp_path):
 
 
 def test_checkpoint_and_report_are_published_together_or_not_at_all(tmp_path, monkeypatch):
-    import reinit.report.files as report_mod
+    import reinit.report.views._files as report_mod
 
     src = weights(tmp_path / "m.safetensors")
     before = tree_state(tmp_path, mtime=False)
@@ -391,7 +391,7 @@ def test_signal_during_publish_finishes_and_says_so(tmp_path, monkeypatch):
 
 
 def test_signal_after_publish_exits_0_naming_the_output(tmp_path, monkeypatch):
-    import reinit.report.terminal as report_mod
+    import reinit.report.views as report_mod  # the CLI takes render_terminal from here
 
     def ctrl_c(*a, **k):
         raise KeyboardInterrupt

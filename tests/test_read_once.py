@@ -5,7 +5,7 @@ and the same report (statistics) as the first engine's path (fresh buffers, then
 copy, or a plain write) on every dtype a safetensors file holds, across chunk boundaries; and
 two tensors drawn at once must give the values one thread gives.
 
-Internal: also tests reinit.io, reinit.run, reinit.schemes directly (not the `reinit` API).
+Internal: also tests reinit.io, reinit.io.formats._safetensors_reader, reinit.run, reinit.schemes directly (not the `reinit` API).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import torch
 from safetensors.torch import save_file
 
 import reinit
-from reinit.io import buffers, safetensors_reader, writer
+from reinit.io import buffers, writer
+from reinit.io.formats import _safetensors_reader as safetensors_reader
 from reinit.run import pieces
 from reinit.run import stream as engine
 from reinit.schemes import bind_scheme, generate

@@ -3,8 +3,8 @@ models), the per-layer view with var_gain, `report --against/--fail-on`, and the
 renderings parsed back.
 
 Internal: also tests reinit.io.targets, reinit.report.assemble, reinit.report.entries,
-reinit.report.files, reinit.report.flags, reinit.report.layers, reinit.report.stats,
-reinit.report.terminal, reinit.report.text directly (not the `reinit` API).
+reinit.report.views._files, reinit.report.flags, reinit.report.views._layers, reinit.report.stats,
+reinit.report.views._terminal, reinit.report.views._text directly (not the `reinit` API).
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ import reinit
 from reinit.io.targets import SUFFIXES
 from reinit.report.assemble import finalize
 from reinit.report.entries import TensorEntry
-from reinit.report.files import RENDERERS, to_csv, to_markdown, write_report
 from reinit.report.flags import depth_checks, std_tolerance
-from reinit.report.layers import layer_tables
 from reinit.report.stats import Stats
-from reinit.report.terminal import render_terminal
+from reinit.report.views import render_terminal
+from reinit.report.views._files import RENDERERS, to_csv, to_markdown, write_report
+from reinit.report.views._layers import layer_tables
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -449,7 +449,7 @@ def test_terminal_fits_100_columns_flagged_first_no_colour(tmp_path):
 def test_long_names_lose_their_shared_prefix_first():
     """Names run from general to specific: the prefix every row shares is clipped first, and
     the layer number and the specific tail survive."""
-    from reinit.report.text import shorten_name
+    from reinit.report.views._text import shorten_name
 
     name = "bert.encoder.layer.3.attention.output.dense.weight"
     assert shorten_name(name, 60) == name

@@ -8,7 +8,7 @@ Real checkpoints (shipped inside registry packages, loaded offline from site-pac
   CNNs `pnet.pt`, `rnet.pt`, `onet.pt`.
 Tests that need one skip, naming the package, when it is not installed.
 
-Internal: imports reinit.report.plot, reinit.report.plot_groups, reinit.report.reference, reinit.schemes."""
+Internal: imports reinit.report.views._plot, reinit.report.views._plot_groups, reinit.report.reference, reinit.schemes."""
 
 from __future__ import annotations
 
@@ -479,7 +479,7 @@ def test_probe_of_a_model_folder_probes_its_weights(tmp_path):
 
 def test_plot_panels_of_a_cnn(tmp_path):
     """A CNN's convs (no layer index) are `convolutions`, BatchNorm's running stats `norms`."""
-    from reinit.report.plot_groups import group_of
+    from reinit.report.views._plot_groups import group_of
 
     save_file({"conv1.weight": torch.randn(8, 3, 3, 3), "bn1.running_var": torch.ones(8),
                "bn1.running_mean": torch.zeros(8), "fc.weight": torch.randn(10, 8),
@@ -496,7 +496,7 @@ def test_plot_panels_of_a_cnn(tmp_path):
 
 
 def test_plot_thins_the_names_under_many_layerless_columns():
-    from reinit.report.plot import MAX_NAMED_TICKS, thin_labels
+    from reinit.report.views._plot import MAX_NAMED_TICKS, thin_labels
 
     ticks = [(float(i), f"conv{i}.weight") for i in range(60)]
     shown = [name for _, name in thin_labels(ticks) if name]

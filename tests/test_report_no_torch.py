@@ -3,8 +3,8 @@
 a tiny BERT and on a file with every dtype and the edge cases (zero-size, scalar, NaN/Inf,
 huge values, LayerNorm-like values, a tensor over one 16 MB chunk).
 
-Internal: also tests reinit.io.checkpoint, reinit.io.directory, reinit.io.safetensors_format,
-reinit.io.safetensors_header, reinit.io.safetensors_reader, reinit.tools.audit,
+Internal: also tests reinit.io.checkpoint, reinit.io.formats._directory, reinit.io.formats._safetensors_format,
+reinit.io.formats._safetensors_header, reinit.io.formats._safetensors_reader, reinit.tools.audit,
 reinit.tools.raw_report directly (not the `reinit` API).
 """
 
@@ -20,10 +20,14 @@ import pytest
 import torch
 
 from reinit.io.checkpoint import CHUNK_BYTES, FileTensor
-from reinit.io.directory import DirectoryCheckpoint
-from reinit.io.safetensors_format import CODE_TO_DTYPE, build_header, tensor_to_bytes
-from reinit.io.safetensors_header import TensorInfo
-from reinit.io.safetensors_reader import SafetensorsFile
+from reinit.io.formats import (
+    DirectoryCheckpoint,
+    SafetensorsFile,
+    TensorInfo,
+    build_header,
+    tensor_to_bytes,
+)
+from reinit.io.formats._safetensors_format import CODE_TO_DTYPE
 from reinit.tools.audit import report_checkpoint
 from reinit.tools.raw_report import plan_reads
 

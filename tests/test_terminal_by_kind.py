@@ -9,8 +9,8 @@ regenerate them with
 
 and read the diff before committing it.
 
-Internal: also tests reinit.report.entries, reinit.report.groups, reinit.report.stats,
-reinit.report.terminal directly (not the `reinit` API).
+Internal: also tests reinit.report.entries, reinit.report.views._groups, reinit.report.stats,
+reinit.report.views._terminal directly (not the `reinit` API).
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def _entry(name: str, std: float, flags: tuple[str, ...] = (), **kw):
 
 
 def test_kind_rows_count_flags_and_put_flagged_groups_first():
-    from reinit.report.terminal import render_kind_table
+    from reinit.report.views._terminal import render_kind_table
 
     entries = [_entry(f"enc.layer.{i}.fc.weight", 0.02) for i in range(6)]
     entries += [_entry(f"enc.layer.{i}.attn.weight", 0.1, ("std_off",)) for i in (0, 1, 2, 5)]
@@ -152,7 +152,7 @@ def test_reference_column_when_entries_carry_one():
     from dataclasses import dataclass
 
     from reinit.report.entries import TensorEntry
-    from reinit.report.terminal import render_kind_table
+    from reinit.report.views._terminal import render_kind_table
 
     @dataclass(frozen=True)
     class WithReference(TensorEntry):
@@ -170,7 +170,7 @@ def test_reference_column_when_entries_carry_one():
 
 
 def test_label_helpers():
-    from reinit.report.groups import common_prefix, layer_range, wrap_label
+    from reinit.report.views._groups import common_prefix, layer_range, wrap_label
 
     assert layer_range(["a.0.w", "a.1.w", "a.2.w", "a.7.w", "a.9.w", "a.10.w"]) == "0-2,7,9-10"
     assert layer_range(["head.w"]) == "-"

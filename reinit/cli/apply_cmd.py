@@ -83,7 +83,7 @@ def apply(
     warn_unsafe(trusted)
     if dry_run:
         from reinit.planning.session import plan
-        from reinit.report.plan_view import render_plan
+        from reinit.report.views import render_plan
 
         the_plan = plan(source, rules, options=options)
         if (torchrun_world() or (0, 1))[0] != 0:
@@ -94,10 +94,10 @@ def apply(
             err(dropped_line(the_plan.dropped))
         return
     if options.plot is not None:
-        from reinit.report.plot import require_matplotlib
+        from reinit.report.views import require_matplotlib
 
         require_matplotlib()
-    from reinit.report.terminal import render_terminal
+    from reinit.report.views import render_terminal
 
     world = torchrun_world()
     if world is None:
@@ -120,7 +120,7 @@ def apply(
     if not quiet:
         per_layer = "none" if by == "kind" else "changed"
         err(render_terminal(report, width(), sys.stderr.isatty(), per_layer, by))
-        from reinit.report.notes_view import note_lines
+        from reinit.report.views import note_lines
 
         for line in note_lines(report):
             err(line)

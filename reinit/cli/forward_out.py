@@ -53,7 +53,7 @@ def check_forward_options(
 
 
 def _print_result(res: ForwardResult) -> None:
-    from reinit.report.text import fmt
+    from reinit.report.views import fmt
     from reinit.tools.forward_compare import DIVERGENCE
 
     width = max([len(s.name) for s in res.layers] + [8])

@@ -150,7 +150,7 @@ class ReinitGroup(click.Group):
             previous = None
         if not debug():
             # huggingface_hub's warnings.warn() (e.g. about disk space or symlinks) would add
-            # lines to our one-line failures; its logging is captured by reinit/io/hub_retry.py.
+            # lines to our one-line failures; its logging is captured by reinit/io/hub/_retry.py.
             warnings.filterwarnings("ignore", module=r"huggingface_hub(\.|$)")
         publish = sys.modules.get("reinit.io.publish")  # in-process reruns (tests, notebooks)
         if publish is not None:

@@ -109,7 +109,7 @@ def new(
     assert isinstance(trusted, tuple)
     warn_unsafe(trusted)
     if dry_run:
-        from reinit.report.plan_view import render_plan
+        from reinit.report.views import render_plan
         from reinit.run.new import plan_new
 
         the_plan = plan_new(config, rules, options=options)
@@ -121,10 +121,10 @@ def new(
         click.echo(render_plan(the_plan, width(), by=by, every=all_tensors), err=as_json)
         return
     if options.plot is not None:
-        from reinit.report.plot import require_matplotlib
+        from reinit.report.views import require_matplotlib
 
         require_matplotlib()
-    from reinit.report.terminal import render_terminal
+    from reinit.report.views import render_terminal
     from reinit.run.ranks import torchrun_world
 
     world = torchrun_world()

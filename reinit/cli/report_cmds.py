@@ -105,7 +105,7 @@ def report(
     Flags (nonfinite, garbage, constant, std_off, outlier, unstable_depth) are shown and the
     exit status is 0, unless --fail-on names one that a tensor carries (exit 1)."""
     from reinit.io.targets import check_suffix
-    from reinit.report.terminal import render_terminal
+    from reinit.report.views import render_terminal
     from reinit.tools.audit import write_report_files
 
     failing = fail_on_flags(fail_on)
@@ -113,7 +113,7 @@ def report(
         check_suffix(path, "-o", "report")
     if plot is not None:
         check_suffix(plot, "--plot", "plot")
-        from reinit.report.plot import require_matplotlib
+        from reinit.report.views import require_matplotlib
 
         require_matplotlib()
     warn_unsafe(unsafe_pickle)
@@ -284,7 +284,7 @@ def verify(
 )
 def inspect(source: str, pattern: str | None, stats: bool, as_json: bool, key: str) -> None:
     """List the tensors of a checkpoint: name, shape, dtype, size (and statistics)."""
-    from reinit.report.text import fmt, shape_text, shorten
+    from reinit.report.views import fmt, shape_text, shorten
     from reinit.tools.inspect import inspect_checkpoint
 
     rows = inspect_checkpoint(source, pattern, stats=stats, key=key)

@@ -74,8 +74,7 @@ def run(
     from reinit.io.trust import callable_name
     from reinit.recipe.run import plan_recipe, run_recipe
     from reinit.recipe.validate import load_recipe
-    from reinit.report.plan_view import render_plan
-    from reinit.report.terminal import render_terminal
+    from reinit.report.views import render_plan, render_terminal
 
     if model is not None:  # --set model=MODEL, and a module:callable typed here is the user's
         sets = (*sets, f"model={model}")

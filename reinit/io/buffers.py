@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterator
 
 from reinit.io.checkpoint import FileSpan
-from reinit.io.safetensors_reader import pread_into
+from reinit.io.formats import pread_into
 
 __all__ = ["BufferPool", "read_span"]
 

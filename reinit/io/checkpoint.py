@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from reinit.io.formats import TensorInfo
 from reinit.io.jsonfile import JsonError, parse_json, read_text_file
-from reinit.io.safetensors_header import TensorInfo
 from reinit.limits import MAX_CONFIG_BYTES
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ class TensorRef:
 
     @property
     def nbytes(self) -> int:
-        from reinit.io.safetensors_format import dtype_size
+        from reinit.io.formats import dtype_size
 
         return self.numel * dtype_size(self.dtype)
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from reinit.errors import CheckpointError, UsageError
 from reinit.io.checkpoint import CHUNK_BYTES, Checkpoint, TensorRef
+from reinit.io.formats import dtype_name
 from reinit.io.jsonfile import read_json_file
-from reinit.io.safetensors_format import dtype_name
 from reinit.io.sources import open_checkpoint
 from reinit.limits import MAX_REPORT_BYTES
 

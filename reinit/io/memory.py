@@ -15,7 +15,7 @@ import torch
 
 from reinit.errors import CheckpointError, UsageError
 from reinit.io.checkpoint import Checkpoint, ConfigDict, TensorRef
-from reinit.io.safetensors_format import MAX_TENSORS, tensor_to_bytes
+from reinit.io.formats import MAX_TENSORS, tensor_to_bytes
 from reinit.text import shown
 
 __all__ = [

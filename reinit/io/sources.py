@@ -11,13 +11,16 @@ from pathlib import Path
 from reinit.errors import InputNotFoundError, UsageError
 from reinit.io.checkpoint import TORCH_SUFFIXES, Checkpoint
 from reinit.io.confine import require_regular
-from reinit.io.dcp_metadata import is_dcp_dir
-from reinit.io.directory import DirectoryCheckpoint, LocalFiles
-from reinit.io.hub import HubRepo
-from reinit.io.hub_url import is_hf_url, parse_hf_url
-from reinit.io.safetensors_reader import SAFETENSORS_SUFFIXES, SafetensorsFile
+from reinit.io.formats import (
+    SAFETENSORS_SUFFIXES,
+    DirectoryCheckpoint,
+    LocalFiles,
+    SafetensorsFile,
+    is_dcp_dir,
+    zero_tag_dir,
+)
+from reinit.io.hub import HubRepo, is_hf_url, parse_hf_url
 from reinit.io.trust import NO_TRUST, TrustSpec, pickle_trust
-from reinit.io.zero_layout import zero_tag_dir
 
 __all__ = ["open_checkpoint", "source_text"]
 
@@ -88,7 +91,7 @@ def open_checkpoint(
     if suffix in SAFETENSORS_SUFFIXES:
         return SafetensorsFile(path)
     if suffix in TORCH_SUFFIXES:
-        from reinit.io.torch_reader import TorchFile  # torch only for a torch file
+        from reinit.io.formats import TorchFile  # torch only for a torch file
 
         return TorchFile(path, unsafe=trust.allows(path), key=key, flag=key_flag)
     raise InputNotFoundError(
@@ -103,7 +106,7 @@ def _nesting_form(path: Path) -> Callable[[str, str, str], Checkpoint] | None:
     if is_dcp_dir(path):
 
         def open_dcp(text: str, key: str, flag: str) -> Checkpoint:
-            from reinit.io.dcp_reader import DcpCheckpoint  # torch only for a DCP directory
+            from reinit.io.formats import DcpCheckpoint  # torch only for a DCP directory
 
             return DcpCheckpoint(path, source=text, key=key, flag=flag)
 
@@ -113,7 +116,7 @@ def _nesting_form(path: Path) -> Callable[[str, str, str], Checkpoint] | None:
         def open_zero(text: str, key: str, flag: str) -> Checkpoint:
             if key:
                 raise UsageError(f"{text}: a DeepSpeed ZeRO folder holds one model; drop {flag}")
-            from reinit.io.zero_reader import ZeroCheckpoint  # torch only for a ZeRO folder
+            from reinit.io.formats import ZeroCheckpoint  # torch only for a ZeRO folder
 
             return ZeroCheckpoint(path, source=text)
 

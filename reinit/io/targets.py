@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reinit.errors import OutputError, UsageError
-from reinit.io.hub_url import is_hf_url
+from reinit.io.hub import is_hf_url
 
 __all__ = [
     "Inputs",
@@ -222,7 +222,7 @@ def _marked_ours(folder: Path) -> bool:
 
 
 def _has_our_metadata(path: Path) -> bool:
-    from reinit.io.safetensors_format import read_header
+    from reinit.io.formats import read_header
 
     try:
         return not path.is_symlink() and "reinit" in (read_header(path).metadata or {})

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from reinit.errors import UsageError
-from reinit.io.hub_url import is_hf_url
+from reinit.io.hub import is_hf_url
 
 __all__ = [
     "CALLABLE_SPEC",

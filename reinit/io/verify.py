@@ -16,10 +16,7 @@ from pathlib import Path
 
 from reinit.errors import CheckpointError, InputNotFoundError
 from reinit.io.confine import local_file, require_regular
-from reinit.io.dcp_metadata import is_dcp_dir
-from reinit.io.safetensors_format import Header, read_header
-from reinit.io.shardindex import check_shard, read_index
-from reinit.io.zero_layout import zero_tag_dir
+from reinit.io.formats import Header, check_shard, is_dcp_dir, read_header, read_index, zero_tag_dir
 
 __all__ = ["FileCheck", "VerifyResult", "verify", "verify_file"]
 

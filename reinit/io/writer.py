@@ -22,8 +22,8 @@ from types import TracebackType
 import torch
 
 from reinit.errors import WriteError
+from reinit.io.formats import build_header
 from reinit.io.renameat import RENAME_EXCHANGE, renameat2
-from reinit.io.safetensors_format import build_header
 
 __all__ = [
     "SafetensorsWriter",

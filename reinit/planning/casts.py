@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from reinit.errors import TransplantError
-from reinit.io.safetensors_format import dtype_name
+from reinit.io.formats import dtype_name
 
 __all__ = ["lossy_cast_note", "refuse_out_of_range"]
 

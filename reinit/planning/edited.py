@@ -10,7 +10,7 @@ import torch
 
 from reinit.errors import CheckpointError
 from reinit.io.checkpoint import CHUNK_BYTES, Checkpoint, FileSpan, TensorRef, iter_chunks
-from reinit.io.safetensors_format import tensor_to_bytes
+from reinit.io.formats import tensor_to_bytes
 from reinit.planning.resize import resized_value
 from reinit.planning.surgery import Edited
 from reinit.schemes import generate

@@ -16,7 +16,7 @@ from torch import nn
 
 from reinit.errors import CheckpointError
 from reinit.io.checkpoint import Checkpoint, ConfigDict, TensorRef
-from reinit.io.safetensors_format import tensor_to_bytes
+from reinit.io.formats import tensor_to_bytes
 from reinit.planning.model import Model, ModelError, default_value
 from reinit.planning.planner import Plan
 

@@ -15,8 +15,7 @@ import torch
 from torch import nn
 
 from reinit.errors import ReinitError
-from reinit.io.hub import HubRepo
-from reinit.io.hub_url import is_hf_url, parse_hf_url
+from reinit.io.hub import HubRepo, is_hf_url, parse_hf_url
 from reinit.io.trust import CALLABLE_SPEC, callable_name
 from reinit.planning.model import Model, ModelError, fans_from_module
 from reinit.text import one_line

@@ -11,7 +11,7 @@ from typing import Protocol
 import torch
 
 from reinit.errors import RuleError, StrictError
-from reinit.io.safetensors_format import dtype_name
+from reinit.io.formats import dtype_name
 from reinit.planning.actions import ACTIONS, CHANGING_ACTIONS, action_changes
 from reinit.planning.ruleindex import RuleIndex
 from reinit.rules import MAX_HINTS, Pattern, Rule, closest_hint

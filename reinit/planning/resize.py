@@ -28,7 +28,7 @@ import torch
 from reinit import limits
 from reinit.errors import RuleError, SchemeError
 from reinit.io.checkpoint import TensorRef
-from reinit.io.safetensors_format import dtype_name, dtype_size
+from reinit.io.formats import dtype_name, dtype_size
 from reinit.limits import MAX_TENSOR_BYTES, declared_bytes
 from reinit.rules import Action, Pattern, Rule, parse_action
 from reinit.schemes import KEEP, BoundScheme, bind_scheme, generate, seed_for

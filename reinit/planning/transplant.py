@@ -16,7 +16,7 @@ import torch
 
 from reinit.errors import TransplantError
 from reinit.io.checkpoint import Checkpoint
-from reinit.io.hub_url import is_hf_url, parse_hf_url
+from reinit.io.hub import is_hf_url, parse_hf_url
 from reinit.io.sources import open_checkpoint
 from reinit.io.trust import TrustSpec
 from reinit.planning.adapters import RowNamesCache, adapter_inputs, check_adapter

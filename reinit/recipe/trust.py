@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reinit.errors import UsageError
-from reinit.io.hub_url import is_hf_url
+from reinit.io.hub import is_hf_url
 from reinit.io.trust import (
     PickleTrust,
     TrustSpec,

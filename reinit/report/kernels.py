@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from reinit.io.safetensors_header import CODE_NAMES
+from reinit.io.formats import CODE_NAMES
 
 #: Values per sub-chunk: 128 Ki float32 values (512 KiB) and their differences stay in L2.
 SUB = 1 << 17

@@ -61,7 +61,7 @@ from reinit.errors import ReinitError, SchemeError, UsageError
 from reinit.report.entries import TensorEntry
 from reinit.report.flags import is_norm, kind_of, std_tolerance
 from reinit.report.stats import tensor_stats
-from reinit.report.text import fmt
+from reinit.report.views import fmt
 
 if TYPE_CHECKING:  # torch and the model only where a model's own init is drawn
     from reinit.io.checkpoint import Checkpoint

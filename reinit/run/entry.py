@@ -9,7 +9,7 @@ from dataclasses import replace
 import torch
 
 from reinit.errors import ValueRangeError
-from reinit.io.safetensors_format import dtype_name
+from reinit.io.formats import dtype_name
 from reinit.planning.init_trace import AppliedInit
 from reinit.planning.planner import PlanEntry
 from reinit.planning.transplant import transform_label

@@ -26,7 +26,7 @@ from reinit.io.publish import how_to_publish
 from reinit.io.targets import REPORT_NAME, Inputs, check_replace_folder, check_target
 from reinit.options import ApplyOptions
 from reinit.planning.planner import PlanEntry
-from reinit.report.files import SideOutput, check_formats, report_targets
+from reinit.report.views import SideOutput, check_formats, report_targets
 from reinit.run.config_update import config_for, labels_list, parse_config_set, stale_file
 from reinit.run.outcontrol import OutputControl, model_order, parse_dtype, parse_size
 from reinit.run.output import (

@@ -28,7 +28,7 @@ import torch
 
 from reinit.errors import UsageError
 from reinit.io.checkpoint import TensorRef
-from reinit.io.safetensors_format import dtype_name, tensor_to_bytes
+from reinit.io.formats import dtype_name, tensor_to_bytes
 from reinit.planning.model import ModelView
 from reinit.run.pieces import Piece, view_bytes
 

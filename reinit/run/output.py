@@ -30,9 +30,9 @@ from reinit.io.confine import (
     check_output_names,
     check_relname,
 )
-from reinit.io.hub_url import is_hf_url, parse_hf_url
+from reinit.io.formats import TORCH_SUFFIXES
+from reinit.io.hub import is_hf_url, parse_hf_url
 from reinit.io.targets import REPORT_NAME, Inputs, check_output
-from reinit.io.torch_reader import TORCH_SUFFIXES
 from reinit.run.outcontrol import hf_shard_name, split_like_save_pretrained
 from reinit.version import __version__
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from reinit.io.checkpoint import CHUNK_BYTES, tensor_from_bytes
-from reinit.io.safetensors_format import tensor_to_bytes
+from reinit.io.formats import tensor_to_bytes
 from reinit.planning.planner import PlanEntry
 from reinit.planning.ties import Ties
 from reinit.report.entries import TensorEntry

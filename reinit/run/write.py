@@ -16,14 +16,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from reinit.io.confine import copy_regular, output_path
-from reinit.io.dcp_writer import DcpWriter
+from reinit.io.formats import DcpWriter
 from reinit.io.pipeline import prefetch
 from reinit.io.publish import Publication
 from reinit.io.targets import REPORT_NAME
 from reinit.io.writer import SafetensorsWriter, write_torch_file
 from reinit.report.entries import Report, TensorEntry
-from reinit.report.files import render_for_path, stage_report_files, write_text_file
 from reinit.report.progress import Progress, progress_bar
+from reinit.report.views import render_for_path, stage_report_files, write_text_file
 from reinit.run.layout import Layout
 from reinit.run.output import INDEX_NAME, OutFile, output_metadata
 from reinit.run.pieces import Piece, assemble

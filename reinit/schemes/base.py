@@ -12,7 +12,7 @@ import torch
 
 from reinit.errors import SchemeError
 from reinit.fans import compute_fans
-from reinit.io.safetensors_format import dtype_name
+from reinit.io.formats import dtype_name
 
 __all__ = [
     "Args",

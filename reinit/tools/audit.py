@@ -24,10 +24,10 @@ from reinit.io.targets import Inputs
 from reinit.io.trust import TrustSpec
 from reinit.report.assemble import make_report
 from reinit.report.entries import NOTE_CHANGED, NOTE_NEW, Report, TensorEntry
-from reinit.report.files import check_formats, publish_report_files, report_targets
 from reinit.report.progress import Progress, progress_bar
 from reinit.report.reference import REFERENCE_TOLERANCE, basis_for
 from reinit.report.stats import StatsAccumulator
+from reinit.report.views import check_formats, publish_report_files, report_targets
 from reinit.run.ranks import Group, split_map
 from reinit.tools.provenance import recorded_provenance
 from reinit.tools.raw_report import raw_entries
@@ -213,7 +213,7 @@ def _against(ckpt: Checkpoint, base: Checkpoint, entry: TensorEntry) -> TensorEn
     if entry.name not in base:
         return replace(entry, notes=(*entry.notes, NOTE_NEW))
     ref, bref = ckpt.ref(entry.name), base.ref(entry.name)
-    from reinit.io.safetensors_format import dtype_name
+    from reinit.io.formats import dtype_name
     from reinit.run.stream import view_bytes
 
     acc = StatsAccumulator(bref.dtype)

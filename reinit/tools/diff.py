@@ -10,12 +10,12 @@ from dataclasses import dataclass
 
 import torch
 
-from reinit.io.safetensors_format import dtype_name
+from reinit.io.formats import dtype_name
 from reinit.io.trust import TrustSpec
 from reinit.planning.session import open_source
 from reinit.report.jsonio import JSON, dumps
 from reinit.report.stats import tensor_stats
-from reinit.report.text import click_style, column_widths, fmt, shape_text, table_row
+from reinit.report.views import click_style, column_widths, fmt, shape_text, table_row
 from reinit.text import shown
 from reinit.tools.audit import same_bytes
 

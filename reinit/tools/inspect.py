@@ -7,7 +7,7 @@ __all__ = ["InspectRow", "inspect_checkpoint"]
 import os
 from dataclasses import dataclass
 
-from reinit.io.safetensors_format import dtype_name
+from reinit.io.formats import dtype_name
 from reinit.planning.session import open_source
 from reinit.report.jsonio import JSON
 from reinit.report.stats import Stats, tensor_stats

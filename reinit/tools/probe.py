@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from reinit.errors import UsageError
-from reinit.io.directory import holds_weights
+from reinit.io.formats import holds_weights
 from reinit.io.memory import StateDictCheckpoint
 from reinit.io.sources import open_checkpoint
 from reinit.planning.model import ModelError

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from reinit.errors import UsageError
 from reinit.io.publish import atomic_output
-from reinit.report.text import fmt, shorten
+from reinit.report.views import fmt, shorten
 from reinit.text import shown
 from reinit.tools.probe import ProbePass, ProbeResult, is_positive, per_layer_factor
 

@@ -22,9 +22,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from reinit.io.checkpoint import CHUNK_BYTES, FileTensor
+from reinit.io.formats import CODE_NAMES, pread_into
 from reinit.io.pipeline import prefetch
-from reinit.io.safetensors_header import CODE_NAMES
-from reinit.io.safetensors_reader import pread_into
 from reinit.io.signals import wait_held
 from reinit.report.entries import TensorEntry, kept_entry
 from reinit.report.kernels import FLOAT_CODES

@@ -22,8 +22,8 @@ from typing import Any
 
 from reinit.errors import TransplantError
 from reinit.io.checkpoint import Checkpoint
+from reinit.io.formats import DuplicateKey, no_duplicate_keys
 from reinit.io.jsonfile import parse_json, read_json_file, read_text_file
-from reinit.io.safetensors_header import DuplicateKey, no_duplicate_keys
 from reinit.limits import MAX_CONFIG_BYTES, MAX_TOKENIZER_BYTES
 from reinit.transforms.rows import RowNames
 

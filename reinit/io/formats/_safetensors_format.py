@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from reinit.errors import UsageError
-from reinit.io.safetensors_header import (
+from reinit.io.formats._safetensors_header import (
     CODE_NAMES,
     MAX_HEADER_BYTES,
     MAX_TENSORS,

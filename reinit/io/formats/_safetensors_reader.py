@@ -19,7 +19,7 @@ from reinit.io.checkpoint import (
     beside_config,
     tensor_from_bytes,
 )
-from reinit.io.safetensors_header import TensorInfo, read_header
+from reinit.io.formats._safetensors_header import TensorInfo, read_header
 
 if TYPE_CHECKING:
     import torch

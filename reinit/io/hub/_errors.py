@@ -7,9 +7,9 @@ from __future__ import annotations
 import pathlib
 
 from reinit.errors import HubError
-from reinit.io.hub_env import file_listing, is_unreachable, reason_of, status_of
-from reinit.io.hub_retry import failure_message
-from reinit.io.hub_url import HubRef
+from reinit.io.hub._env import file_listing, is_unreachable, reason_of, status_of
+from reinit.io.hub._retry import failure_message
+from reinit.io.hub._url import HubRef
 from reinit.io.stall import STALL_ENV, HubStalled
 
 __all__ = ["HubMessages"]

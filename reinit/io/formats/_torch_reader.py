@@ -14,8 +14,8 @@ import torch
 
 from reinit.errors import CheckpointError, UnsafePickleError
 from reinit.io.checkpoint import TORCH_SUFFIXES, ConfigDict, beside_config
+from reinit.io.formats._nested_state import find_state
 from reinit.io.memory import TensorDictCheckpoint, check_tensor_names
-from reinit.io.nested_state import find_state
 from reinit.text import one_line
 
 __all__ = [
@@ -32,7 +32,7 @@ def unwrap_state_dict(
     obj: object, where: str, key: str = "", flag: str = "--key"
 ) -> dict[str, torch.Tensor]:
     """The tensors of a state dict, found inside training-checkpoint nestings by the one rule
-    of `reinit.io.nested_state.find_state` (`key`: a dotted path to start from). Non-tensor
+    of `find_state` (nested_state) (`key`: a dotted path to start from). Non-tensor
     entries are ignored."""
     state = find_state(obj, where, key, flag)
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}

@@ -20,8 +20,8 @@ from typing import Any
 
 from reinit.errors import CheckpointError
 from reinit.io.confine import check_relname
+from reinit.io.formats._safetensors_header import DuplicateKey, no_duplicate_keys
 from reinit.io.jsonfile import read_text_file
-from reinit.io.safetensors_header import DuplicateKey, no_duplicate_keys
 from reinit.limits import MAX_INDEX_BYTES, MAX_TOTAL_TENSORS
 from reinit.text import one_line
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from reinit.report.entries import TensorEntry
 from reinit.report.flags import is_norm, kind_of, layer_index
-from reinit.report.layers import is_changed
+from reinit.report.views._layers import is_changed
 
 PANEL_ORDER = (
     "attention",

@@ -35,10 +35,10 @@ from typing import TYPE_CHECKING, Literal
 
 from reinit.io.targets import Inputs, check_distinct, check_suffix, check_target
 from reinit.report.entries import Report
-from reinit.report.kinds import kinds_markdown
-from reinit.report.layers import layer_tables, layers_markdown
-from reinit.report.plot import draw_plot
-from reinit.report.terminal import depth_lines, summary_line
+from reinit.report.views._kinds import kinds_markdown
+from reinit.report.views._layers import layer_tables, layers_markdown
+from reinit.report.views._plot import draw_plot
+from reinit.report.views._terminal import depth_lines, summary_line
 from reinit.text import md_cell, md_code, shown
 
 if TYPE_CHECKING:  # publishing imports the writer (torch): only when a file is written

@@ -21,9 +21,9 @@ from typing import BinaryIO
 
 import torch
 
-from reinit.io.dcp_metadata import METADATA_NAME
-from reinit.io.safetensors_format import dtype_size
-from reinit.io.safetensors_reader import pread_into
+from reinit.io.formats._dcp_metadata import METADATA_NAME
+from reinit.io.formats._safetensors_format import dtype_size
+from reinit.io.formats._safetensors_reader import pread_into
 from reinit.io.writer import write_error
 
 __all__ = ["DATA_NAME", "DcpWriter"]

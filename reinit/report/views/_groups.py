@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from reinit.report.flags import kind_of, layer_index
-from reinit.report.text import fmt
+from reinit.report.views._text import fmt
 
 T = TypeVar("T")
 

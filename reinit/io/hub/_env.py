@@ -9,7 +9,7 @@ import pathlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from reinit.io.hub_retry import library_call
+from reinit.io.hub._retry import library_call
 from reinit.text import one_line, shown
 
 if TYPE_CHECKING:  # pragma: no cover

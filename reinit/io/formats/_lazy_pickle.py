@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from reinit.errors import CheckpointError, UnsafePickleError
-from reinit.io.safetensors_format import dtype_size
-from reinit.io.safetensors_reader import pread_into
+from reinit.io.formats._safetensors_format import dtype_size
+from reinit.io.formats._safetensors_reader import pread_into
 from reinit.text import one_line
 
 if TYPE_CHECKING:

@@ -9,11 +9,11 @@ __all__ = ["plan_what", "render_plan"]
 
 from collections import Counter
 
-from reinit.io.safetensors_format import dtype_name
+from reinit.io.formats import dtype_name
 from reinit.planning.planner import Plan, PlanEntry
-from reinit.report.group_table import GroupRow, render_group_table
-from reinit.report.groups import fit_items, group_by_kind, layer_range
-from reinit.report.text import shape_text, shorten_name
+from reinit.report.views._group_table import GroupRow, render_group_table
+from reinit.report.views._groups import fit_items, group_by_kind, layer_range
+from reinit.report.views._text import shape_text, shorten_name
 from reinit.text import shown
 
 

@@ -11,7 +11,7 @@ __all__ = ["note_lines"]
 from collections import Counter
 
 from reinit.report.entries import NOTE_CHANGED, NOTE_NEW, Report
-from reinit.report.kinds import applied_init
+from reinit.report.views._kinds import applied_init
 
 QUIET_NOTES = (NOTE_CHANGED, NOTE_NEW)  # already counted by the summary of `report --against`
 

@@ -11,12 +11,12 @@ from collections.abc import Sequence
 
 from reinit.report.entries import NOTE_CHANGED, Report, TensorEntry
 from reinit.report.flags import depth_checks
-from reinit.report.group_table import GroupRow, render_group_table
-from reinit.report.groups import fit_items, flag_counts, layer_range, span
-from reinit.report.kinds import entry_groups, reference_of
-from reinit.report.layers import is_changed, layer_tables, render_layer_table
 from reinit.report.reference import reference_text
-from reinit.report.text import (
+from reinit.report.views._group_table import GroupRow, render_group_table
+from reinit.report.views._groups import fit_items, flag_counts, layer_range, span
+from reinit.report.views._kinds import entry_groups, reference_of
+from reinit.report.views._layers import is_changed, layer_tables, render_layer_table
+from reinit.report.views._text import (
     click_style,
     fmt,
     shape_text,

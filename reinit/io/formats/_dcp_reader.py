@@ -32,11 +32,11 @@ from reinit.io.checkpoint import (
     read_config_file,
     tensor_from_bytes,
 )
-from reinit.io.dcp_metadata import DcpChunk, DcpTensor, read_metadata
-from reinit.io.lazy_pickle import LazyFile, LazyTensor, open_lazy
+from reinit.io.formats._dcp_metadata import DcpChunk, DcpTensor, read_metadata
+from reinit.io.formats._lazy_pickle import LazyFile, LazyTensor, open_lazy
+from reinit.io.formats._nested_state import find_state
+from reinit.io.formats._safetensors_format import dtype_size, tensor_to_bytes
 from reinit.io.memory import check_tensor_names
-from reinit.io.nested_state import find_state
-from reinit.io.safetensors_format import dtype_size, tensor_to_bytes
 
 __all__ = ["DcpCheckpoint"]
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 from reinit.report.entries import NOTE_CHANGED, TensorEntry
 from reinit.report.flags import geometric_mean, kind_of, layer_index, layer_key, takes_part
-from reinit.report.groups import wrap_label
-from reinit.report.text import click_style, fmt, shape_text, shorten
+from reinit.report.views._groups import wrap_label
+from reinit.report.views._text import click_style, fmt, shape_text, shorten
 from reinit.text import md_code, shown
 
 

@@ -16,8 +16,8 @@ import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from reinit.report.groups import common_prefix, wrap_label
-from reinit.report.text import click_style
+from reinit.report.views._groups import common_prefix, wrap_label
+from reinit.report.views._text import click_style
 from reinit.text import shown
 
 #: The narrowest label column worth keeping beside the cells; below it labels get own lines.

@@ -19,9 +19,9 @@ from typing import Any, TypeGuard
 
 from reinit.errors import UsageError
 from reinit.report.entries import Report
-from reinit.report.plot_groups import PlotKind, PlotPanel, plot_panels
-from reinit.report.terminal import summary_line
-from reinit.report.text import shorten, shorten_name
+from reinit.report.views._plot_groups import PlotKind, PlotPanel, plot_panels
+from reinit.report.views._terminal import summary_line
+from reinit.report.views._text import shorten, shorten_name
 from reinit.text import shown
 
 # matplotlib is an extra, imported lazily (tests/test_dependencies.py forbids a module-level
@@ -62,7 +62,7 @@ def require_matplotlib() -> None:
 
 
 def draw_plot(report: Report, path: str | os.PathLike[str], title: str | None = None) -> None:
-    """Write (directly: `path` is a temporary that `reinit.report.files` publishes) the PNG."""
+    """Write (directly: `path` is a temporary that the report files' writer publishes) the PNG."""
     fig = build_figure(report, title)
     with open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=DPI)

@@ -8,8 +8,8 @@ __all__ = ["applied_init", "entry_groups", "kinds_markdown", "reference_of"]
 from collections.abc import Sequence
 
 from reinit.report.entries import TensorEntry
-from reinit.report.groups import KindGroup, flag_counts, group_by_kind, layer_range, span
-from reinit.report.text import shape_text
+from reinit.report.views._groups import KindGroup, flag_counts, group_by_kind, layer_range, span
+from reinit.report.views._text import shape_text
 from reinit.text import md_cell, md_code
 
 

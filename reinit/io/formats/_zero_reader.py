@@ -27,9 +27,9 @@ import torch
 
 from reinit.errors import CheckpointError
 from reinit.io.checkpoint import Checkpoint, ConfigDict, TensorRef, read_config_file
-from reinit.io.lazy_pickle import Inert, LazyFile, LazyTensor, load_lazy
-from reinit.io.safetensors_format import tensor_to_bytes
-from reinit.io.zero_layout import natural_key, zero_tag_dir
+from reinit.io.formats._lazy_pickle import Inert, LazyFile, LazyTensor, load_lazy
+from reinit.io.formats._safetensors_format import tensor_to_bytes
+from reinit.io.formats._zero_layout import natural_key, zero_tag_dir
 
 __all__ = ["ZeroCheckpoint"]
 

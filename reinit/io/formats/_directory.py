@@ -22,8 +22,8 @@ from reinit.io.checkpoint import (
     read_config_file,
 )
 from reinit.io.confine import check_relname, local_file, relname_problem
-from reinit.io.safetensors_reader import SafetensorsFile
-from reinit.io.shardindex import ShardIndex, check_shard, read_index
+from reinit.io.formats._safetensors_reader import SafetensorsFile
+from reinit.io.formats._shardindex import ShardIndex, check_shard, read_index
 from reinit.io.trust import NO_TRUST, TrustSpec, pickle_trust
 
 if TYPE_CHECKING:
@@ -191,7 +191,7 @@ class DirectoryCheckpoint(Checkpoint):
             if shard.endswith(".safetensors"):
                 ck = SafetensorsFile(path, shard=shard, source=f"{self.source}/{shard}")
             else:
-                from reinit.io.torch_reader import TorchFile  # torch only for torch shards
+                from reinit.io.formats._torch_reader import TorchFile  # torch only for torch shards
 
                 # a shard may run code only when the user named this model or that shard
                 unsafe = self.trust.allows(self.source) or self.trust.allows(path)

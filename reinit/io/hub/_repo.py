@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING
 
 from reinit.errors import HubError, UnsafePathError
 from reinit.io.confine import check_relname, check_revision, local_file
-from reinit.io.hub_env import (
+from reinit.io.hub._env import (
     clean_name,
     default_cache_dir,
     file_listing,
@@ -67,9 +67,9 @@ from reinit.io.hub_env import (
     reason_of,
     top_level,
 )
-from reinit.io.hub_errors import HubMessages
-from reinit.io.hub_retry import RetryBudgetSpent, library_call
-from reinit.io.hub_url import COMMIT_RE, HubRef
+from reinit.io.hub._errors import HubMessages
+from reinit.io.hub._retry import RetryBudgetSpent, library_call
+from reinit.io.hub._url import COMMIT_RE, HubRef
 from reinit.io.stall import HubStalled, call_with_stall_timeout, pinging_bar, stall_timeout
 
 if TYPE_CHECKING:  # pragma: no cover
