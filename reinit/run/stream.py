@@ -20,7 +20,7 @@ import torch
 from reinit.io.buffers import BufferPool, read_span
 from reinit.io.checkpoint import CHUNK_BYTES, Checkpoint, TensorRef
 from reinit.io.pipeline import prefetch
-from reinit.planning.edited import original_of
+from reinit.planning.edited import EditedCheckpoint, original_of
 from reinit.planning.init_trace import AppliedInit
 from reinit.planning.model import ModelView, default_init, reinit_value
 from reinit.planning.planner import PlanEntry
@@ -167,9 +167,11 @@ class Applier:
         }
 
     def _chunks(
-        self, reads: Iterator[tuple[str, memoryview]], p: PlanEntry
+        self, reads: Iterator[tuple[str, memoryview]], p: PlanEntry, nbytes: int | None = None
     ) -> Iterator[memoryview]:
-        for _ in range(_n_chunks(TensorRef(p.name, p.dtype, p.shape).nbytes)):
+        """`p`'s chunks of the read stream (`nbytes` of them: its source's, when not its own)."""
+        size = TensorRef(p.name, p.dtype, p.shape).nbytes if nbytes is None else nbytes
+        for _ in range(_n_chunks(size)):
             name, chunk = next(reads)
             assert name == p.name, (name, p.name)
             yield chunk
@@ -207,6 +209,9 @@ class Applier:
             pos += chunk.nbytes
 
     def pieces(self, p: PlanEntry, reads: Iterator[tuple[str, memoryview]]) -> Iterator[Piece]:
+        if self._grown(p):
+            yield from self._grown_pieces(p, reads)
+            return
         tie_note = self.ties.note(p.name)
         if p.action in ("kept", "skipped"):
             acc = StatsAccumulator(p.dtype)
@@ -265,6 +270,56 @@ class Applier:
         entry = entry_for(p, after, before, source, p.notes + got, self.fans.get(p.name), applied)
         yield Piece(p.name, entry=entry)
 
+    def _grown(self, p: PlanEntry) -> bool:
+        """Whether `p` is a tensor whose rows alone grow by `--resize` (its values the resize's
+        own, not tied): it streams, its old bytes read from the source as they lie."""
+        return (
+            p.resize_fills
+            and isinstance(self.ckpt, EditedCheckpoint)
+            and self.ckpt.grown_rows(p.name) is not None
+            and not self._tied(p)
+        )
+
+    def _grown_pieces(
+        self, p: PlanEntry, reads: Iterator[tuple[str, memoryview]]
+    ) -> Iterator[Piece]:
+        """A `_grown` tensor: its old bytes copied as they lie (their statistics are its
+        `before`), then its new rows (drawn ahead, at their own size); `after` counts both."""
+        assert isinstance(self.ckpt, EditedCheckpoint)
+        src, key = self.ckpt.source_of(p.name)
+        before, after = StatsAccumulator(p.dtype), StatsAccumulator(p.dtype)
+
+        def counted(chunks: Iterator[memoryview]) -> Iterator[memoryview]:
+            for chunk in chunks:
+                _count(before, chunk, p.dtype)
+                yield chunk
+
+        old = self._chunks(reads, p, src.ref(key).nbytes)
+        for piece in self._copy(src, key, p.dtype, counted(old), after):
+            yield Piece(p.name, piece.data, piece.span)
+        rows, _ = self._drawn_value(p)
+        for piece in tensor_pieces(p.name, rows):
+            assert piece.data is not None
+            _count(after, piece.data, p.dtype)
+            yield piece
+        del rows
+        entry = entry_for(p, after.result(), before.result(), None, p.notes, self.fans.get(p.name))
+        yield Piece(p.name, entry=entry)
+
+    def _source_chunks(self, entries: Sequence[PlanEntry]) -> Iterator[tuple[str, memoryview]]:
+        """The one sequential read: every entry's source bytes in output order (a `_grown`
+        tensor's old bytes under its name; added and other resized tensors have none)."""
+        for p in entries:
+            if self._grown(p):
+                assert isinstance(self.ckpt, EditedCheckpoint)
+                ck, key = self.ckpt.source_of(p.name)
+            elif _made(p):
+                continue
+            else:
+                ck, key = self.ckpt, p.name
+            for _, chunk in read_stream(ck, [key], self.pool):
+                yield p.name, chunk
+
     def _draw(self, p: PlanEntry) -> tuple[torch.Tensor, Stats]:
         """A reinit entry's values and their statistics, on a drawing thread."""
         new = self._reinit(p)
@@ -284,7 +339,10 @@ class Applier:
 
     def _reinit(self, p: PlanEntry) -> torch.Tensor:
         """A reinit entry's values; with a model, module fans and `default` apply."""
-        if p.resize_fills:  # the --resize's own values (kept block and new entries)
+        if p.resize_fills:  # the --resize's own values: new rows only, or the whole tensor
+            if self._grown(p):
+                assert isinstance(self.ckpt, EditedCheckpoint)
+                return self.ckpt.new_rows(p.name)
             return self.ckpt.read(p.name)
         assert p.scheme is not None
         context = self._context(p)
@@ -321,11 +379,7 @@ class Applier:
         `DRAW_AHEAD` tensors), each with its statistics: torch draws with an explicit generator
         on one core, so two tensors drawn at once keep both cores busy. Values do not depend
         on this: each tensor has its own generator."""
-        reads = prefetch(
-            read_stream(self.ckpt, [p.name for p in entries if not _made(p)], self.pool),
-            READ_AHEAD,
-            "reinit-read",
-        )
+        reads = prefetch(self._source_chunks(entries), READ_AHEAD, "reinit-read")
         pending = deque(p for p in entries if p.action == "reinit" and not self._tied(p))
         with ThreadPoolExecutor(DRAW_THREADS, thread_name_prefix="reinit-draw") as pool:
             ahead: dict[str, int] = {}  # float32 bytes of the tensors drawn ahead, by name
