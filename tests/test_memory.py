@@ -69,3 +69,18 @@ def test_rows_grown_by_resize_stream(tmp_path):
     assert out.shape == (32256, 2048)
     assert torch.equal(out[:32000], emb) and not out[32000:].any()
     assert growth < 100 * MB
+
+
+def test_a_big_narrow_draw_is_never_whole_in_float32(tmp_path):
+    """Issue 28 item 7: an LM head (32000×2048 bf16, 131 MB) re-drawn by `normal` is drawn in
+    float32 chunks and cast chunk by chunk (`generate_chunked`), so it costs its bf16 bytes,
+    not a 262 MB float32 draw (measured over the imports: 302 MB drawn whole, 166 MB in chunks)."""
+    import torch
+    from safetensors.torch import save_file
+
+    src = tmp_path / "head.safetensors"
+    head = torch.zeros(32000, 2048, dtype=torch.bfloat16)
+    save_file({"lm_head.weight": head, "model.norm.weight": torch.ones(2048)}, src)
+    growth = rss_growth("apply", src, "-r", "lm_head.weight=normal(std=0.02)", "-q", cwd=tmp_path)
+    print(f"head drawn: growth {growth / MB:.0f} MB")
+    assert growth < 220 * MB

@@ -37,6 +37,7 @@ from reinit.schemes import (
     DEFAULT,
     FillContext,
     generate,
+    generate_chunked,
 )
 
 __all__ = [
@@ -330,6 +331,10 @@ class Applier:
         `generate` always does) and cast in that tensor's own storage, so no float32 copy
         stands beside the cast one (see `narrow_in_place`)."""
         assert p.scheme is not None
+        if context is None:  # a plain normal draw of a big narrow tensor: in float32 chunks
+            chunked = generate_chunked(p.scheme, p.name, p.shape, p.dtype, self.seed, self.device)
+            if chunked is not None:
+                return chunked
         if p.dtype.is_floating_point and p.dtype.itemsize < 4:
             drawn = generate(
                 p.scheme, p.name, p.shape, torch.float32, self.seed, self.device, context=context
