@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
-from reinit.io.buffers import BufferPool, read_span
+from reinit.io.buffers import BufferPool, read_span, return_big_frees
 from reinit.io.checkpoint import CHUNK_BYTES, Checkpoint, TensorRef
 from reinit.io.pipeline import prefetch
 from reinit.planning.edited import EditedCheckpoint, original_of
@@ -145,6 +145,7 @@ class Applier:
         ties: Ties | None = None,
         model: ModelView | None = None,
     ):
+        return_big_frees()  # the drawn tensors and chunks go back to the kernel when freed
         self.ckpt = ckpt
         self.seed = seed
         self.device = device
