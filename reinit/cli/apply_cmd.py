@@ -3,6 +3,7 @@ command's own (--rule, -o, --dry-run, --json, --quiet)."""
 
 from __future__ import annotations
 
+import gc
 import sys
 
 import click
@@ -96,6 +97,10 @@ def apply(
     from reinit.report.terminal import render_terminal
     from reinit.run.apply import apply as run_apply
 
+    # torch's and reinit's modules are ~10^5 objects that live as long as the process: frozen,
+    # the collector stops walking them on every full collection the stream's many small
+    # objects set off (-0.3 CPU s user of ~3 on the bench's apply, BENCH round three)
+    gc.freeze()
     report = run_apply(source, rules, output, options=options)
     warn_all(report.warnings)
     for note in report.notes:
