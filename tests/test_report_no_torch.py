@@ -200,3 +200,47 @@ def test_reads_cover_every_byte_once_in_order_and_cut_big_tensors_as_iter_chunks
     assert [n for _, n in seen[3]] == [64, 36]
     assert [n for _, n in seen[6]] == [64, 64, 64, 64, 44]
     assert len(reads) < len(tensors) + 5  # small neighbours share reads
+
+
+@pytest.mark.parametrize("form", ["file", "shards"])
+@pytest.mark.parametrize(
+    "args", [["--help"], ["--version"], ["inspect", "{p}"], ["inspect", "{p}", "--stats", "--json"]]
+)
+def test_help_version_and_inspect_of_safetensors_never_import_torch(form, args, tmp_path):
+    """Issue 28 item 4: start-up without torch for what only reads headers (or raw bytes)."""
+    if form == "file":
+        path = write_safetensors(tmp_path / "edge.safetensors", edge_tensors())
+    else:
+        path = sharded(tmp_path)
+    env = {"PYTHONPATH": str(ROOT), "COLUMNS": "100", "PATH": "/usr/bin:/bin"}
+    argv = [a.format(p=path) for a in args]
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, *argv], capture_output=True, text=True, env=env,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    if "--json" in argv:
+        rows = json.loads(proc.stdout)
+        assert len(rows) == len(edge_tensors()) and all(r["stats"] for r in rows)
+
+
+@pytest.mark.parametrize("form", ["file", "shards"])
+def test_inspect_without_torch_lists_what_torch_reads(form, tmp_path):
+    """The header-and-raw-bytes rows equal the rows read through torch (`tensor_stats` of
+    each tensor), statistics included, on every dtype and the edge cases."""
+    from reinit.io.sources import open_checkpoint
+    from reinit.tools.inspect import _torch_rows, inspect_checkpoint
+
+    path = write_safetensors(tmp_path / "e.safetensors", edge_tensors())
+    if form == "shards":
+        path = sharded(tmp_path)
+    raw = inspect_checkpoint(path, stats=True)
+    with open_checkpoint(path) as ckpt:
+        via_torch = _torch_rows(ckpt, lambda name: True, stats=True)
+    assert [r.to_dict() for r in raw] == [r.to_dict() for r in via_torch]
+    assert {r.shard for r in raw} == ({""} if form == "file" else {
+        "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"})  # fmt: skip
+    big = write_safetensors(tmp_path / "big.safetensors", {"w": torch.randn(4097, 1025)})
+    (row,) = inspect_checkpoint(big, stats=True)  # over one 4 Mi-value step
+    with open_checkpoint(big) as ckpt:
+        assert row == _torch_rows(ckpt, lambda name: True, stats=True)[0]

@@ -83,6 +83,7 @@ class FileTensor:
     info: TensorInfo
     path: str
     fd: int
+    shard: str = ""  # the file within a directory checkpoint ("" for one file), as TensorRef's
 
 
 class Checkpoint:

@@ -11,7 +11,7 @@ import torch
 from reinit.errors import CheckpointError
 from reinit.io.checkpoint import CHUNK_BYTES, Checkpoint, FileSpan, TensorRef, iter_chunks
 from reinit.io.formats import tensor_to_bytes
-from reinit.planning.resize import resized_value
+from reinit.planning.resize import Resized, grows_rows_only, new_rows, resized_value
 from reinit.planning.surgery import Edited
 from reinit.schemes import generate
 
@@ -66,6 +66,24 @@ class EditedCheckpoint(Checkpoint):
             return resized_value(self.original(name), resize, self.seed, self.device)
         a = self.edited.added[name]
         return generate(a.scheme, a.name, a.shape, a.dtype, self.seed, self.device)
+
+    def grown_rows(self, name: str) -> Resized | None:
+        """`name`'s resize when only its rows grow and no rule overrides its values: its old
+        bytes lie in the source as the new tensor's leading bytes (`source_of`), and only the
+        new rows are made (`new_rows`), so it streams instead of being made whole."""
+        r = self.edited.resized.get(name)
+        return r if r is not None and grows_rows_only(r) else None
+
+    def new_rows(self, name: str) -> torch.Tensor:
+        """The rows a `grown_rows` resize appends (the old values are read only for
+        mean_resize)."""
+        r = self.edited.resized[name]
+        return new_rows(r, lambda: self.original(name), self.seed, self.device)
+
+    def source_of(self, name: str) -> tuple[Checkpoint, str]:
+        """The checkpoint and name `name`'s source bytes are read from (not for an added one)."""
+        self.ref(name)
+        return self.base, self.edited.origin[name]
 
     def read(self, name: str) -> torch.Tensor:
         if self._made(name):

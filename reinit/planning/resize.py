@@ -15,12 +15,14 @@ What it does, for every dim (`*` keeps a dim as it is):
 - tied names (one storage, e.g. a `.bin` GPT-2's `wte` and `lm_head`) are resized together,
   with one value drawn under the name given.
 
-The resized tensor is built whole in memory (like an `--add`ed one); every other tensor still
-streams. Resizing runs after `--drop` and `--rename` (names as renamed) and before `--add`."""
+A tensor whose rows alone grow streams like any other (its old bytes copied as they lie, the
+new rows made at their own size: `new_rows`); any other resize is built whole in memory (like an
+`--add`ed one), and every other tensor still streams. Resizing runs after `--drop` and `--rename` (names as renamed) and before `--add`."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +42,8 @@ __all__ = [
     "ResizeSpec",
     "bind_fill",
     "check_whole_in_memory",
+    "grows_rows_only",
+    "new_rows",
     "parse_resize",
     "resize_ref",
     "resized_value",
@@ -238,21 +242,50 @@ def resized_value(old: torch.Tensor, r: Resized, seed: int, device: str = "cpu")
     if not r.grows:
         return kept.contiguous().clone()
     if r.mean:
-        work = torch.float64 if old.dtype == torch.float64 else torch.float32
-        g = torch.Generator(device=device).manual_seed(seed_for(seed, r.seed_name))
-        rows = kept.to(device=device, dtype=work)
-        extra = r.shape[0] - r.old[0]
-        if rows.dim() == 2:
-            new = mean_resize_rows(rows, extra, g)
-        else:  # transformers' lm_head bias: N(mean, (1e-9·std)²)
-            std = rows.std() if rows.numel() > 1 else torch.zeros((), dtype=work, device=device)
-            z = torch.randn((extra,), generator=g, dtype=work, device=device)
-            new = rows.mean() + MEAN_RESIZE_EPS * std * z
         out = torch.empty(r.shape, dtype=old.dtype)
         out[: r.old[0]] = kept
-        out[r.old[0] :] = new.to(device="cpu", dtype=old.dtype)
+        out[r.old[0] :] = _mean_rows(kept, r, seed, device)
         return out
     assert r.fill is not None
     out = generate(r.fill, r.seed_name, r.shape, old.dtype, seed, device)
     out[keep] = kept
     return out
+
+
+def grows_rows_only(r: Resized) -> bool:
+    """Whether only dim 0 grows: the old tensor's bytes are then the new one's leading bytes,
+    as they lie, and the new rows follow them (so the engine can stream it)."""
+    return r.shape[1:] == r.old[1:] and r.shape[0] > r.old[0]
+
+
+def new_rows(
+    r: Resized, old: Callable[[], torch.Tensor], seed: int, device: str = "cpu"
+) -> torch.Tensor:
+    """The rows a rows-only growth (`grows_rows_only`) appends, byte for byte those of
+    `resized_value`: zeros made at their own size, `mean_resize` from the old values (`old()`
+    is read only then), any other scheme drawn on the whole new shape in its working dtype (the
+    generator's sequence depends on it) and only the new rows cast. On the CPU."""
+    start = r.old[0]
+    if r.mean:
+        return _mean_rows(old(), r, seed, device)
+    assert r.fill is not None
+    if r.fill.scheme.name == "zeros":
+        return torch.zeros((r.shape[0] - start, *r.shape[1:]), dtype=r.dtype)
+    work = torch.float64 if r.dtype == torch.float64 else torch.float32  # as `generate` draws
+    drawn = generate(r.fill, r.seed_name, r.shape, work, seed, device)
+    return drawn[start:].to(r.dtype, copy=True)
+
+
+def _mean_rows(kept: torch.Tensor, r: Resized, seed: int, device: str) -> torch.Tensor:
+    """`mean_resize`'s new rows from the kept ones, in their dtype, on the CPU."""
+    work = torch.float64 if kept.dtype == torch.float64 else torch.float32
+    g = torch.Generator(device=device).manual_seed(seed_for(seed, r.seed_name))
+    rows = kept.to(device=device, dtype=work)
+    extra = r.shape[0] - r.old[0]
+    if rows.dim() == 2:
+        new = mean_resize_rows(rows, extra, g)
+    else:  # transformers' lm_head bias: N(mean, (1e-9·std)²)
+        std = rows.std() if rows.numel() > 1 else torch.zeros((), dtype=work, device=device)
+        z = torch.randn((extra,), generator=g, dtype=work, device=device)
+        new = rows.mean() + MEAN_RESIZE_EPS * std * z
+    return new.to(device="cpu", dtype=kept.dtype)

@@ -6,7 +6,7 @@ it."""
 
 from __future__ import annotations
 
-__all__ = ["Buffers", "ChunkSums", "Stats", "StatsAccumulator", "tensor_stats"]
+__all__ = ["TORCH_STEP", "Buffers", "ChunkSums", "Stats", "StatsAccumulator", "tensor_stats"]
 
 import math
 from collections.abc import Mapping
@@ -63,7 +63,7 @@ class Stats:
         )
 
 
-_TORCH_STEP = 1 << 22  # elements of a non-CPU (or non-contiguous) tensor moved at a time
+TORCH_STEP = 1 << 22  # elements of a non-CPU (or non-contiguous) tensor moved at a time
 
 
 class StatsAccumulator:
@@ -107,8 +107,8 @@ class StatsAccumulator:
             import torch
 
             flat = flat.to(torch.float64)
-        for i in range(0, flat.numel(), _TORCH_STEP):
-            part = flat[i : i + _TORCH_STEP].cpu().contiguous()
+        for i in range(0, flat.numel(), TORCH_STEP):
+            part = flat[i : i + TORCH_STEP].cpu().contiguous()
             self.add_bytes(_bytes_of(part))
 
     def add_bytes(self, raw: bytes | bytearray | memoryview) -> None:

@@ -17,10 +17,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
-from reinit.io.buffers import BufferPool, read_span
+from reinit.io.buffers import BufferPool, read_span, return_big_frees
 from reinit.io.checkpoint import CHUNK_BYTES, Checkpoint, TensorRef
 from reinit.io.pipeline import prefetch
-from reinit.planning.edited import original_of
+from reinit.planning.edited import EditedCheckpoint, original_of
 from reinit.planning.init_trace import AppliedInit
 from reinit.planning.model import ModelView, default_init, reinit_value
 from reinit.planning.planner import PlanEntry
@@ -38,6 +38,7 @@ from reinit.schemes import (
     DEFAULT,
     FillContext,
     generate,
+    generate_chunked,
 )
 from reinit.schemes.parts import apply_part, part_indices
 
@@ -146,6 +147,7 @@ class Applier:
         ties: Ties | None = None,
         model: ModelView | None = None,
     ):
+        return_big_frees()  # the drawn tensors and chunks go back to the kernel when freed
         self.ckpt = ckpt
         self.seed = seed
         self.device = device
@@ -169,9 +171,11 @@ class Applier:
         }
 
     def _chunks(
-        self, reads: Iterator[tuple[str, memoryview]], p: PlanEntry
+        self, reads: Iterator[tuple[str, memoryview]], p: PlanEntry, nbytes: int | None = None
     ) -> Iterator[memoryview]:
-        for _ in range(_n_chunks(TensorRef(p.name, p.dtype, p.shape).nbytes)):
+        """`p`'s chunks of the read stream (`nbytes` of them: its source's, when not its own)."""
+        size = TensorRef(p.name, p.dtype, p.shape).nbytes if nbytes is None else nbytes
+        for _ in range(_n_chunks(size)):
             name, chunk = next(reads)
             assert name == p.name, (name, p.name)
             yield chunk
@@ -209,6 +213,9 @@ class Applier:
             pos += chunk.nbytes
 
     def pieces(self, p: PlanEntry, reads: Iterator[tuple[str, memoryview]]) -> Iterator[Piece]:
+        if self._grown(p):
+            yield from self._grown_pieces(p, reads)
+            return
         tie_note = self.ties.note(p.name)
         if p.action in ("kept", "skipped"):
             acc = StatsAccumulator(p.dtype)
@@ -275,6 +282,56 @@ class Applier:
         entry = entry_for(p, after, before, source, p.notes + got, self.fans.get(p.name), applied)
         yield Piece(p.name, entry=with_source_std(entry, source_std))
 
+    def _grown(self, p: PlanEntry) -> bool:
+        """Whether `p` is a tensor whose rows alone grow by `--resize` (its values the resize's
+        own, not tied): it streams, its old bytes read from the source as they lie."""
+        return (
+            p.resize_fills
+            and isinstance(self.ckpt, EditedCheckpoint)
+            and self.ckpt.grown_rows(p.name) is not None
+            and not self._tied(p)
+        )
+
+    def _grown_pieces(
+        self, p: PlanEntry, reads: Iterator[tuple[str, memoryview]]
+    ) -> Iterator[Piece]:
+        """A `_grown` tensor: its old bytes copied as they lie (their statistics are its
+        `before`), then its new rows (drawn ahead, at their own size); `after` counts both."""
+        assert isinstance(self.ckpt, EditedCheckpoint)
+        src, key = self.ckpt.source_of(p.name)
+        before, after = StatsAccumulator(p.dtype), StatsAccumulator(p.dtype)
+
+        def counted(chunks: Iterator[memoryview]) -> Iterator[memoryview]:
+            for chunk in chunks:
+                _count(before, chunk, p.dtype)
+                yield chunk
+
+        old = self._chunks(reads, p, src.ref(key).nbytes)
+        for piece in self._copy(src, key, p.dtype, counted(old), after):
+            yield Piece(p.name, piece.data, piece.span)
+        rows, _ = self._drawn_value(p)
+        for piece in tensor_pieces(p.name, rows):
+            assert piece.data is not None
+            _count(after, piece.data, p.dtype)
+            yield piece
+        del rows
+        entry = entry_for(p, after.result(), before.result(), None, p.notes, self.fans.get(p.name))
+        yield Piece(p.name, entry=entry)
+
+    def _source_chunks(self, entries: Sequence[PlanEntry]) -> Iterator[tuple[str, memoryview]]:
+        """The one sequential read: every entry's source bytes in output order (a `_grown`
+        tensor's old bytes under its name; added and other resized tensors have none)."""
+        for p in entries:
+            if self._grown(p):
+                assert isinstance(self.ckpt, EditedCheckpoint)
+                ck, key = self.ckpt.source_of(p.name)
+            elif _made(p):
+                continue
+            else:
+                ck, key = self.ckpt, p.name
+            for _, chunk in read_stream(ck, [key], self.pool):
+                yield p.name, chunk
+
     def _draw(self, p: PlanEntry) -> tuple[torch.Tensor, Stats]:
         """A reinit entry's values and their statistics, on a drawing thread."""
         new = self._reinit(p)
@@ -285,6 +342,10 @@ class Applier:
         `generate` always does) and cast in that tensor's own storage, so no float32 copy
         stands beside the cast one (see `narrow_in_place`)."""
         assert p.scheme is not None
+        if context is None:  # a plain normal draw of a big narrow tensor: in float32 chunks
+            chunked = generate_chunked(p.scheme, p.name, p.shape, p.dtype, self.seed, self.device)
+            if chunked is not None:
+                return chunked
         if p.dtype.is_floating_point and p.dtype.itemsize < 4:
             drawn = generate(
                 p.scheme, p.name, p.shape, torch.float32, self.seed, self.device, context=context
@@ -303,7 +364,10 @@ class Applier:
 
     def _whole(self, p: PlanEntry) -> torch.Tensor:
         """A reinit entry's values; with a model, module fans and `default` apply."""
-        if p.resize_fills:  # the --resize's own values (kept block and new entries)
+        if p.resize_fills:  # the --resize's own values: new rows only, or the whole tensor
+            if self._grown(p):
+                assert isinstance(self.ckpt, EditedCheckpoint)
+                return self.ckpt.new_rows(p.name)
             return self.ckpt.read(p.name)
         assert p.scheme is not None
         context = self._context(p)
@@ -340,11 +404,7 @@ class Applier:
         `DRAW_AHEAD` tensors), each with its statistics: torch draws with an explicit generator
         on one core, so two tensors drawn at once keep both cores busy. Values do not depend
         on this: each tensor has its own generator."""
-        reads = prefetch(
-            read_stream(self.ckpt, [p.name for p in entries if not _made(p)], self.pool),
-            READ_AHEAD,
-            "reinit-read",
-        )
+        reads = prefetch(self._source_chunks(entries), READ_AHEAD, "reinit-read")
         pending = deque(p for p in entries if p.action == "reinit" and not self._tied(p))
         with ThreadPoolExecutor(DRAW_THREADS, thread_name_prefix="reinit-draw") as pool:
             ahead: dict[str, int] = {}  # float32 bytes of the tensors drawn ahead, by name

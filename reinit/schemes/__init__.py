@@ -21,6 +21,7 @@ from reinit.schemes.variance import VARIANCE_SCHEMES
 
 __all__ = [
     "BoundScheme",
+    "DRAW_CHUNK",
     "FillContext",
     "Param",
     "Scheme",
@@ -32,6 +33,7 @@ __all__ = [
     "calculate_gain",
     "compute_fans",
     "generate",
+    "generate_chunked",
     "get_scheme",
     "resolve_from_config",
     "seed_for",
@@ -111,6 +113,49 @@ def generate(
             else:
                 bound.scheme.fill(t, generator, bound.kwargs)
     return t.to(device="cpu", dtype=dtype)
+
+
+DRAW_CHUNK = 1 << 20  # float32 values `generate_chunked` draws at a time (a multiple of 16)
+
+
+def generate_chunked(
+    bound: BoundScheme,
+    name: str,
+    shape: Sequence[int],
+    dtype: torch.dtype,
+    seed: int,
+    device: str = "cpu",
+) -> torch.Tensor | None:
+    """`generate`'s values for a float target narrower than float32, without the whole float32
+    draw: DRAW_CHUNK values drawn at a time into one float32 buffer and cast into the result.
+    The same bytes, because a scheme with `plain_normal` fills with one CPU `normal_`, which
+    takes its uniforms from the generator value after value and transforms them 16 at a time
+    (redrawing the last 16 when the count is not a multiple of 16): every chunk but the last
+    is a multiple of 16, and the last has at least 16 values. None where this does not hold
+    (another scheme, another device, a small or float32/float64 tensor): use `generate`."""
+    plain = bound.scheme.plain_normal
+    numel = 1
+    for d in shape:
+        numel *= d
+    narrow = dtype.is_floating_point and dtype.itemsize < 4
+    if plain is None or device != "cpu" or not narrow or numel <= 2 * DRAW_CHUNK:
+        return None
+    mean, std = plain(tuple(shape), bound.kwargs)
+    g = torch.Generator().manual_seed(seed_for(seed, name))
+    out = torch.empty(tuple(shape), dtype=dtype)
+    flat = out.view(-1)
+    buf = torch.empty(DRAW_CHUNK + 16, dtype=torch.float32)
+    start = 0
+    with torch.no_grad():
+        while start < numel:
+            end = min(numel, start + DRAW_CHUNK)
+            if numel - end < 16:
+                end = numel  # the last chunk takes the tail: torch's redraw stays inside it
+            part = buf[: end - start]
+            part.normal_(mean, std, generator=g)
+            flat[start:end].copy_(part)
+            start = end
+    return out
 
 
 def missing_from_config(bound: BoundScheme) -> str | None:

@@ -95,6 +95,8 @@ class FillContext:
 Fill = Callable[[torch.Tensor, torch.Generator, Args], torch.Tensor | None]
 StdFormula = Callable[[Shape, Args], float | None]
 ContextFill = Callable[[torch.Tensor, torch.Generator, Args, FillContext], None]
+# (mean, std) of the one `normal_(mean, std)` call a fill makes, from the shape and arguments
+PlainNormal = Callable[[Shape, Args], tuple[float, float]]
 ReadsFn = Callable[[str, tuple[str, ...], Args], str]
 
 
@@ -135,6 +137,9 @@ class Scheme:
     validate: Callable[[Args], str | None] | None = None  # bad argument values, at parse time
     # (low, high, strict): argument `low` must be below (strict) or at most `high`
     ordered: tuple[tuple[str, str, bool], ...] = ()
+    # set when `fill` is exactly one `t.normal_(mean, std, generator=g)`: torch draws that
+    # one value after another, so a big tensor can be drawn in chunks (`generate_chunked`)
+    plain_normal: PlainNormal | None = None
 
     @property
     def needs_context(self) -> bool:

@@ -170,6 +170,7 @@ TORCH_SCHEMES: tuple[Scheme, ...] = (
         lambda s, a: a["std"],
         "std",
         "N(mean, std²)",
+        plain_normal=lambda s, a: (a["mean"], a["std"]),
     ),
     Scheme(
         "trunc_normal",
@@ -236,6 +237,7 @@ TORCH_SCHEMES: tuple[Scheme, ...] = (
         "Glorot & Bengio (2010), normal",
         can_take=needs_2d_or_more("xavier_normal"),
         uses_fans=True,
+        plain_normal=lambda s, a: (0.0, _xavier_std(s, a)),
     ),
     Scheme(
         "kaiming_uniform",
@@ -258,6 +260,7 @@ TORCH_SCHEMES: tuple[Scheme, ...] = (
         can_take=needs_2d_or_more("kaiming_normal"),
         uses_fans=True,
         aliases=("kaiming", "he"),
+        plain_normal=lambda s, a: (0.0, _kaiming_std(s, a)),
     ),
     Scheme(
         "orthogonal",

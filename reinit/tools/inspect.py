@@ -1,17 +1,23 @@
-"""`reinit inspect`: the tensors of a checkpoint, optionally filtered, with statistics."""
+"""`reinit inspect`: the tensors of a checkpoint, optionally filtered, with statistics.
+
+Safetensors (a file or a folder of shards) is listed from its headers and its statistics are
+computed from the raw bytes, without importing torch (as `reinit report` does); other forms
+are read through torch."""
 
 from __future__ import annotations
 
 __all__ = ["InspectRow", "inspect_checkpoint"]
 
+import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from reinit.io.formats import dtype_name
-from reinit.planning.session import open_source
+from reinit.io.checkpoint import Checkpoint, FileTensor
+from reinit.io.formats import CODE_NAMES, pread_into
+from reinit.io.sources import open_checkpoint
 from reinit.report.jsonio import JSON
-from reinit.report.stats import Stats, tensor_stats
-from reinit.rules import parse_pattern
+from reinit.report.stats import TORCH_STEP, Stats, StatsAccumulator
 
 
 @dataclass(frozen=True)
@@ -46,12 +52,50 @@ def inspect_checkpoint(
     """The tensors of a checkpoint (optionally only those matching `pattern`, a rule's
     pattern: glob, `re:` or `type:`), reading a tensor only when `stats` asks for it. `key`:
     the state's dotted path inside a torch training checkpoint (`--key`)."""
-    pat = parse_pattern(pattern) if pattern else None
-    with open_source(source, key=key) as ckpt:
-        rows = []
-        for r in ckpt.refs():
-            if pat is not None and pat.match(r.name) is None:
-                continue
-            st = tensor_stats(ckpt.read(r.name)) if stats else None
-            rows.append(InspectRow(r.name, r.shape, dtype_name(r.dtype), r.nbytes, r.shard, st))
-        return rows
+    wanted = _matcher(pattern)
+    with open_checkpoint(source, key=key) as ckpt:
+        stored = ckpt.file_tensors()
+        if stored is not None:  # safetensors: no torch
+            return [_raw_row(t, stats) for t in stored if wanted(t.info.name)]
+        return _torch_rows(ckpt, wanted, stats)
+
+
+def _matcher(pattern: str | None) -> Callable[[str], bool]:
+    """Whether a name is listed (the rules' pattern language imports torch: only with one)."""
+    if not pattern:
+        return lambda name: True
+    from reinit.rules import parse_pattern
+
+    pat = parse_pattern(pattern)
+    return lambda name: pat.match(name) is not None
+
+
+def _raw_row(t: FileTensor, stats: bool) -> InspectRow:
+    info = t.info
+    st = _raw_stats(t) if stats else None
+    return InspectRow(info.name, info.shape, CODE_NAMES[info.code], info.nbytes, t.shard, st)
+
+
+def _raw_stats(t: FileTensor) -> Stats:
+    """`tensor_stats` of the stored bytes, fed in the same steps (the same numbers)."""
+    acc = StatsAccumulator(t.info.code)
+    numel = math.prod(t.info.shape)
+    step = TORCH_STEP * (t.info.nbytes // numel) if numel else 0
+    for start in range(t.info.start, t.info.end, max(step, 1)):
+        buf = bytearray(min(step, t.info.end - start))
+        pread_into(t.fd, buf, start, t.path)
+        acc.add_bytes(buf)
+    return acc.result()
+
+
+def _torch_rows(ckpt: Checkpoint, wanted: Callable[[str], bool], stats: bool) -> list[InspectRow]:
+    from reinit.io.formats import dtype_name
+    from reinit.report.stats import tensor_stats
+
+    rows = []
+    for r in ckpt.refs():
+        if not wanted(r.name):
+            continue
+        st = tensor_stats(ckpt.read(r.name)) if stats else None
+        rows.append(InspectRow(r.name, r.shape, dtype_name(r.dtype), r.nbytes, r.shard, st))
+    return rows

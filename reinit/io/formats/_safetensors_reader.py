@@ -91,7 +91,7 @@ class SafetensorsFile(Checkpoint):
             yield memoryview(buf)
 
     def file_tensors(self) -> list[FileTensor]:
-        return [FileTensor(t, self.path, self.fd) for t in self.header.tensors]
+        return [FileTensor(t, self.path, self.fd, self.shard) for t in self.header.tensors]
 
     def shards(self) -> list[str]:
         return [self.shard]
