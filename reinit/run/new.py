@@ -20,6 +20,7 @@ from reinit.errors import UsageError
 from reinit.options import APPLY_FIELDS, ApplyOptions, OptionKwargs, with_kwargs
 from reinit.planning.fresh import DEFAULT_RULE, ModelCheckpoint, check_architecture, config_dtype
 from reinit.planning.model_load import load_model
+from reinit.planning.model_size import check_draws_fit
 from reinit.planning.planner import Plan
 from reinit.planning.session import RuleInput, as_rules, plan
 from reinit.report.entries import Report
@@ -148,4 +149,6 @@ def prepare_new(
         shard = SAVE_PRETRAINED_SHARD
     rule_objs = (*as_rules([DEFAULT_RULE]), *as_rules(rules))
     ckpt = ModelCheckpoint(spec, model, dtype, o.seed)
+    if output is not None:  # a plan (--dry-run) draws nothing
+        check_draws_fit(spec, ckpt.view)
     return ckpt, rule_objs, replace(o, model=ckpt.view, dtype=None, max_shard_size=shard)

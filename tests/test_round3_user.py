@@ -1,0 +1,32 @@
+"""Round three as a new user meets it (the qa pass over `reinit new`, `--format dcp` and
+torchrun): each test is a command that misbehaved before its fix."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import refused
+
+transformers = pytest.importorskip("transformers")
+
+
+def _llama_config(tmp_path, **edits: object):
+    folder = tmp_path / "cfg"
+    transformers.LlamaConfig(
+        vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16,
+        architectures=["LlamaForCausalLM"],
+    ).save_pretrained(folder)  # fmt: skip
+    doc = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**doc, **edits}))
+    return folder
+
+
+def test_new_with_a_huge_vocab_is_refused_before_drawing(tmp_path):
+    # was: exit 1 "internal error: RuntimeError: ... DefaultCPUAllocator: can't allocate
+    # memory: you tried to allocate 64000000000000 bytes" after making the temporary folder
+    cfg = _llama_config(tmp_path, vocab_size=10**12)
+    refused(tmp_path, ["new", str(cfg), "-o", str(tmp_path / "out")], 2,
+            "embed_tokens.weight", "memory available", "vocab_size")  # fmt: skip
+
