@@ -29,4 +29,3 @@ def test_new_with_a_huge_vocab_is_refused_before_drawing(tmp_path):
     cfg = _llama_config(tmp_path, vocab_size=10**12)
     refused(tmp_path, ["new", str(cfg), "-o", str(tmp_path / "out")], 2,
             "embed_tokens.weight", "memory available", "vocab_size")  # fmt: skip
-
