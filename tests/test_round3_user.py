@@ -29,3 +29,24 @@ def test_new_with_a_huge_vocab_is_refused_before_drawing(tmp_path):
     cfg = _llama_config(tmp_path, vocab_size=10**12)
     refused(tmp_path, ["new", str(cfg), "-o", str(tmp_path / "out")], 2,
             "embed_tokens.weight", "memory available", "vocab_size")  # fmt: skip
+
+
+def test_new_writes_a_dcp_directory_that_torch_loads(tmp_path):
+    # was: exit 2 "drop --max-shard-size" although none was given (new's save_pretrained
+    # shard default was passed on to the DCP writer)
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from helpers import run
+
+    cfg = _llama_config(tmp_path)
+    res = run("new", str(cfg), "-o", str(tmp_path / "out-dcp"), "--format", "dcp", "-q")
+    assert res.exit_code == 0, res.output
+    res = run("new", str(cfg), "-o", str(tmp_path / "out.safetensors"), "-q")
+    assert res.exit_code == 0, res.output
+    from safetensors.torch import load_file
+
+    want = load_file(tmp_path / "out.safetensors")
+    state = {k: torch.empty_like(v) for k, v in want.items()}
+    dcp.load(state, checkpoint_id=str(tmp_path / "out-dcp"))
+    assert state.keys() == want.keys()
+    assert all(torch.equal(state[k], want[k]) for k in want)

@@ -145,7 +145,8 @@ def prepare_new(
     check_architecture(spec, model)
     dtype = parse_dtype(o.dtype) or config_dtype(model.module) or torch.float32
     shard = o.max_shard_size
-    if shard is None and output is not None and output_format(os.fspath(output)) == "directory":
+    folder = output is not None and output_format(os.fspath(output)) == "directory"
+    if shard is None and folder and o.format != "dcp":  # DCP has its own layout
         shard = SAVE_PRETRAINED_SHARD
     rule_objs = (*as_rules([DEFAULT_RULE]), *as_rules(rules))
     ckpt = ModelCheckpoint(spec, model, dtype, o.seed)
