@@ -50,3 +50,17 @@ def test_new_writes_a_dcp_directory_that_torch_loads(tmp_path):
     dcp.load(state, checkpoint_id=str(tmp_path / "out-dcp"))
     assert state.keys() == want.keys()
     assert all(torch.equal(state[k], want[k]) for k in want)
+
+
+@pytest.mark.parametrize("dry", [[], ["--dry-run"]])
+def test_a_recipes_new_never_runs_code(tmp_path, dry):
+    # was: `new: "os:system('touch PWNED')"` ran the command (then "the callable returned
+    # int"), with and without --dry-run: issue 23's C1 through the new key
+    pwned = tmp_path / "PWNED"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"new: \"os:system('touch {pwned}')\"\noutput: {tmp_path / 'out'}\n"
+        'rules: ["*.bias=zeros"]\n'
+    )
+    refused(tmp_path, ["run", str(recipe), *dry], 2, "new", "--trust-model-callable os:system")
+    assert not pwned.exists()
