@@ -15,9 +15,10 @@ import torch
 
 from reinit.errors import UsageError
 from reinit.limits import available_memory
+from reinit.planning.model import ModelView
 from reinit.planning.model_load import build_module, model_factory
 
-__all__ = ["check_model_fits", "model_bytes"]
+__all__ = ["check_draws_fit", "check_model_fits", "model_bytes"]
 
 
 def model_bytes(spec: str | os.PathLike[str]) -> int:
@@ -40,4 +41,32 @@ def check_model_fits(spec: str | os.PathLike[str], where: str) -> None:
             f"{where}: the model {os.fspath(spec)} needs {need:,} bytes of weights, more than "
             f"the {free:,} bytes of memory available; check its config (vocab_size, "
             "hidden_size, num_hidden_layers)"
+        )
+
+
+def _module_bytes(module: torch.nn.Module) -> int:
+    """What `default` allocates to draw a tensor of `module`: the module whole, in float32."""
+    tensors = itertools.chain(module.parameters(), module.buffers())
+    return sum(t.numel() * max(4, t.element_size()) for t in tensors)
+
+
+def check_draws_fit(spec: str, view: ModelView) -> None:
+    """Refuse (exit 2, before anything is made) a model from its config (`new`) whose largest
+    draw does not fit: `default` builds each tensor's owning module in float32."""
+    need, name = 0, ""
+    seen: set[str] = set()
+    for t in view.checkpoint_tensors():
+        site = view.site(t.name)
+        if site is None or site.module_name in seen:
+            continue
+        seen.add(site.module_name)
+        size = _module_bytes(view.model.module.get_submodule(site.module_name))
+        if size > need:
+            need, name = size, t.name
+    free = available_memory()
+    if need > free:
+        raise UsageError(
+            f"new {spec}: drawing '{name}' needs {need:,} bytes (its module in float32), more "
+            f"than the {free:,} bytes of memory available; check the config (vocab_size, "
+            "hidden_size, intermediate_size)"
         )

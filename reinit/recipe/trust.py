@@ -27,7 +27,7 @@ from reinit.recipe.files import Where, location
 if TYPE_CHECKING:
     from reinit.planning.session import ModelInput
 
-__all__ = ["granted"]
+__all__ = ["granted", "granted_new"]
 
 
 def granted(
@@ -46,6 +46,13 @@ def granted(
     callables = callable_trust(trust_model_callable)
     model = _model(options.model, callables, location(where, ("model",), label))
     return replace(options, unsafe_pickle=user, model=model)
+
+
+def granted_new(source: str, where: Where, label: str, trust_model_callable: Iterable[str]) -> None:
+    """A recipe's `new:` names a model as its `model:` does: a `module:callable` there is
+    refused (`UsageError`) unless the user named it with `--trust-model-callable`."""
+    if not is_hf_url(source):
+        _model(source, callable_trust(trust_model_callable), location(where, ("new",), label))
 
 
 def _check_pickles(requested: TrustSpec, user: PickleTrust, at: str) -> None:

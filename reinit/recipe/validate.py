@@ -21,7 +21,7 @@ from reinit.recipe.files import (
     location,
     read_recipe_file,
 )
-from reinit.recipe.trust import granted
+from reinit.recipe.trust import granted, granted_new
 
 # A key's value after conversion by its kind (`_coerce`): lists become tuples of strings; a
 # `steps` value stays as parsed, checked step by step.
@@ -424,6 +424,8 @@ def load_recipe(
     assert isinstance(expanded, dict)  # expand_all keeps a mapping a mapping
     recipe = validate(expanded, where, label)
     base = granted(recipe.options, where, label, unsafe_pickle, trust_model_callable)
+    if recipe.new:
+        granted_new(recipe.source, where, label, trust_model_callable)
     steps = tuple(
         replace(s, options=replace(s.options, unsafe_pickle=base.unsafe_pickle, model=base.model))
         for s in recipe.steps

@@ -20,6 +20,7 @@ from reinit.errors import UsageError
 from reinit.options import APPLY_FIELDS, ApplyOptions, OptionKwargs, with_kwargs
 from reinit.planning.fresh import DEFAULT_RULE, ModelCheckpoint, check_architecture, config_dtype
 from reinit.planning.model_load import load_model
+from reinit.planning.model_size import check_draws_fit
 from reinit.planning.planner import Plan
 from reinit.planning.session import RuleInput, as_rules, plan
 from reinit.report.entries import Report
@@ -144,8 +145,11 @@ def prepare_new(
     check_architecture(spec, model)
     dtype = parse_dtype(o.dtype) or config_dtype(model.module) or torch.float32
     shard = o.max_shard_size
-    if shard is None and output is not None and output_format(os.fspath(output)) == "directory":
+    folder = output is not None and output_format(os.fspath(output)) == "directory"
+    if shard is None and folder and o.format != "dcp":  # DCP has its own layout
         shard = SAVE_PRETRAINED_SHARD
     rule_objs = (*as_rules([DEFAULT_RULE]), *as_rules(rules))
     ckpt = ModelCheckpoint(spec, model, dtype, o.seed)
+    if output is not None:  # a plan (--dry-run) draws nothing
+        check_draws_fit(spec, ckpt.view)
     return ckpt, rule_objs, replace(o, model=ckpt.view, dtype=None, max_shard_size=shard)
