@@ -64,3 +64,24 @@ def test_a_recipes_new_never_runs_code(tmp_path, dry):
     )
     refused(tmp_path, ["run", str(recipe), *dry], 2, "new", "--trust-model-callable os:system")
     assert not pwned.exists()
+
+
+def test_a_new_recipe_without_rules_is_reinit_new(tmp_path):
+    """`new: CONFIG` with no rules runs as `reinit new CONFIG` (it was refused: "the recipe
+    has no rules"): the same bytes."""
+    from helpers import run
+
+    cfg = _llama_config(tmp_path)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"new: {cfg}/\noutput: {tmp_path / 'a'}/\n")
+    assert run("run", recipe, "-q").exit_code == 0
+    assert run("new", cfg, "-o", f"{tmp_path / 'b'}/", "-q").exit_code == 0
+    a = (tmp_path / "a" / "model.safetensors").read_bytes()
+    assert a == (tmp_path / "b" / "model.safetensors").read_bytes()
+
+
+def test_new_errors_name_the_command_not_a_model_flag(tmp_path):
+    """`reinit new` has no --model flag: its errors name `reinit new CONFIG`."""
+    line = refused(tmp_path, ["new", str(tmp_path / "nope"), "-o", str(tmp_path / "o")], 2,
+                   "reinit new ")  # fmt: skip
+    assert "--model" not in line

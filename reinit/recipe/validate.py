@@ -357,7 +357,7 @@ def validate(data: Mapping[str, Data], where: Where, label: str) -> Recipe:
                 )
             )
     else:
-        if not top.get("rules") and not top_surgery:
+        if not top.get("rules") and not top_surgery and "new" not in top:
             raise UsageError(
                 f"{label}: the recipe has no rules (give rules: [...] or steps: [...])"
             )

@@ -19,6 +19,7 @@ from torch import nn
 from reinit.errors import UsageError
 from reinit.options import APPLY_FIELDS, ApplyOptions, OptionKwargs, with_kwargs
 from reinit.planning.fresh import DEFAULT_RULE, ModelCheckpoint, check_architecture, config_dtype
+from reinit.planning.model import Model, ModelError
 from reinit.planning.model_load import load_model
 from reinit.planning.model_size import check_draws_fit
 from reinit.planning.planner import Plan
@@ -141,7 +142,7 @@ def prepare_new(
     `new:` runs its first step with these."""
     spec = type(config).__name__ if isinstance(config, nn.Module) else os.fspath(config)
     _check_options(spec, o)
-    model = load_model(config)
+    model = _load(config)
     check_architecture(spec, model)
     dtype = parse_dtype(o.dtype) or config_dtype(model.module) or torch.float32
     shard = o.max_shard_size
@@ -153,3 +154,15 @@ def prepare_new(
     if output is not None:  # a plan (--dry-run) draws nothing
         check_draws_fit(spec, ckpt.view)
     return ckpt, rule_objs, replace(o, model=ckpt.view, dtype=None, max_shard_size=shard)
+
+
+def _load(config: str | os.PathLike[str] | nn.Module) -> Model:
+    """`load_model`, its errors naming what the user typed (`reinit new CONFIG`), not a
+    `--model` flag that `new` does not have."""
+    try:
+        return load_model(config)
+    except ModelError as e:
+        text = str(e)
+        if not text.startswith("--model "):
+            raise
+        raise ModelError("reinit new " + text[len("--model ") :]) from None
