@@ -18,6 +18,7 @@ from reinit.io.hub import HubRepo
 from reinit.io.hub_url import is_hf_url, parse_hf_url
 from reinit.io.jsonfile import read_json_file
 from reinit.io.trust import CALLABLE_SPEC, callable_name
+from reinit.library_output import route_transformers
 from reinit.limits import MAX_CONFIG_BYTES
 from reinit.planning.model import Model, ModelError, fans_from_module
 from reinit.text import one_line
@@ -179,6 +180,7 @@ def _transformers() -> ModuleType:
         raise ModelError(
             "--model with a Hugging Face config needs transformers: pip install 'reinit[hf]'"
         ) from None
+    route_transformers()  # its log text, inside the CLI, as reinit's warning: lines
     return transformers
 
 
