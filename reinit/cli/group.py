@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from types import FrameType
 from typing import IO, Any, NoReturn
@@ -19,6 +19,7 @@ from typing import IO, Any, NoReturn
 import click
 
 from reinit.errors import ReinitError
+from reinit.library_output import routed
 
 __all__ = ["CommandError", "ReinitGroup", "one_line"]
 
@@ -138,6 +139,17 @@ class ReinitGroup(click.Group):
             _exit_on_stop_signals(code)
         sys.exit(code)
 
+    def _invoke_routed(self, ctx: click.Context) -> Any:
+        """click's invoke, with torch's and transformers' text as reinit's `warning:` lines
+        (raw under REINIT_DEBUG, for the one debugging)."""
+        if debug():
+            return super().invoke(ctx)
+        # huggingface_hub's warnings.warn() (e.g. about disk space or symlinks) would add
+        # lines to our one-line failures; its logging is captured by reinit/io/hub/_retry.py.
+        warnings.filterwarnings("ignore", module=r"huggingface_hub(\.|$)")
+        with routed(_library_warning()):
+            return super().invoke(ctx)
+
     def invoke(self, ctx: click.Context) -> Any:  # click's own: the command's return value
         previous = signal.getsignal(signal.SIGTERM)
         try:
@@ -148,15 +160,11 @@ class ReinitGroup(click.Group):
                 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         except ValueError:  # not the main thread (e.g. some test runners)
             previous = None
-        if not debug():
-            # huggingface_hub's warnings.warn() (e.g. about disk space or symlinks) would add
-            # lines to our one-line failures; its logging is captured by reinit/io/hub/_retry.py.
-            warnings.filterwarnings("ignore", module=r"huggingface_hub(\.|$)")
         publish = sys.modules.get("reinit.io.publish")  # in-process reruns (tests, notebooks)
         if publish is not None:
             publish.forget_published()
         try:
-            return super().invoke(ctx)
+            return self._invoke_routed(ctx)
         except ReinitError as e:
             if debug():
                 raise
@@ -186,3 +194,28 @@ class ReinitGroup(click.Group):
             # here let a SIGTERM after publication kill it with 143 and a complete output
             if previous is not None and not self.program:
                 signal.signal(signal.SIGTERM, previous)
+
+
+#: The most library warnings one command prints (each distinct text once); past it, silence.
+MAX_LIBRARY_WARNINGS = 20
+LIBRARY_WARNING_CHARS = 300
+
+
+def _library_warning() -> Callable[[str], None]:
+    """How one command shows torch's and transformers' warnings (`reinit.library_output`): one
+    `warning:` line on stderr each, whitespace folded, cut to `LIBRARY_WARNING_CHARS`,
+    escaped for the terminal, each distinct text once and at most `MAX_LIBRARY_WARNINGS`."""
+    from reinit.text import one_line as folded
+    from reinit.text import shown
+
+    seen: set[str] = set()
+
+    def emit(text: str) -> None:
+        line = folded(text, limit=LIBRARY_WARNING_CHARS)
+        if line in seen or len(seen) >= MAX_LIBRARY_WARNINGS:
+            return
+        seen.add(line)
+        with suppress(OSError):  # a closed stderr must not end the command
+            click.echo(f"warning: {shown(line)}", err=True)
+
+    return emit

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ast
 import importlib
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +15,10 @@ from torch import nn
 
 from reinit.errors import ReinitError
 from reinit.io.hub import HubRepo, is_hf_url, parse_hf_url
+from reinit.io.jsonfile import read_json_file
 from reinit.io.trust import CALLABLE_SPEC, callable_name
+from reinit.library_output import route_transformers
+from reinit.limits import MAX_CONFIG_BYTES
 from reinit.planning.model import Model, ModelError, fans_from_module
 from reinit.text import one_line
 
@@ -177,21 +179,15 @@ def _transformers() -> ModuleType:
         raise ModelError(
             "--model with a Hugging Face config needs transformers: pip install 'reinit[hf]'"
         ) from None
+    route_transformers()  # its log text, inside the CLI, as reinit's warning: lines
     return transformers
 
 
 def _hf_factory(spec: str, config_path: Path) -> Factory:
     """The class comes from the config's `architectures` (so names line up with checkpoints
     saved from it), else `AutoModel`. Remote code is never run."""
-    refuse_remote_code(spec, config_path)
+    config = _hf_config(spec, config_path)
     transformers = _transformers()
-    try:
-        config = transformers.AutoConfig.from_pretrained(str(config_path), trust_remote_code=False)
-    except Exception as e:
-        raise ModelError(
-            f"--model {spec}: transformers cannot read {config_path}: {one_line(e, typed=True)} "
-            "(remote code is never run; upgrade transformers for new model types)"
-        ) from None
     archs = getattr(config, "architectures", None) or []
     cls = getattr(transformers, archs[0], None) if archs and isinstance(archs[0], str) else None
     if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
@@ -199,19 +195,40 @@ def _hf_factory(spec: str, config_path: Path) -> Factory:
     return lambda: transformers.AutoModel.from_config(config, trust_remote_code=False)
 
 
-def refuse_remote_code(spec: str, config_path: Path) -> None:
-    """A config whose `auto_map` points at its own Python files asks to run them: refused
-    (exit 2) before transformers sees it, so it can neither prompt nor import."""
+def _hf_config(spec: str, config_path: Path) -> object:
+    """The transformers config built from `config_path`, read once the bounded way (size and
+    nesting capped, a FIFO refused: `io.jsonfile`), so transformers never parses the file itself.
+    Its `model_type` picks the class as `AutoConfig` does; remote code is never run."""
+    data = read_config_json(spec, config_path)
+    transformers = _transformers()
+    model_type = data.get("model_type")
+    if not isinstance(model_type, str) or model_type not in transformers.CONFIG_MAPPING:
+        raise ModelError(
+            f"--model {spec}: {config_path} has model_type {one_line(repr(model_type), limit=80)}, "
+            "which this transformers does not know; upgrade transformers for new model types"
+        )
     try:
-        with open(config_path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError, RecursionError):
-        return  # transformers reports an unreadable config in its own words, below
-    if isinstance(data, dict) and "auto_map" in data:
+        return transformers.CONFIG_MAPPING[model_type].from_dict(data)
+    except Exception as e:
+        raise ModelError(
+            f"--model {spec}: transformers cannot read {config_path}: {one_line(e, typed=True)}"
+        ) from None
+
+
+def read_config_json(spec: str, config_path: Path) -> dict[str, object]:
+    """config.json as a dict, read with the caps of `reinit.limits` (exit 2 past them). One
+    whose `auto_map` points at its own Python files asks to run them: refused (exit 2), so
+    transformers can neither prompt nor import."""
+    where = f"--model {spec}: {config_path}"
+    data = read_json_file(config_path, where, MAX_CONFIG_BYTES, ModelError)
+    if not isinstance(data, dict):
+        raise ModelError(f"{where}: is not a JSON object; give a model's config.json")
+    if "auto_map" in data:
         raise ModelError(
             f"--model {spec}: {config_path} has auto_map (custom model code); reinit never "
             "runs code from a model folder: use a model type transformers ships"
         )
+    return data
 
 
 def _is_hf(module: nn.Module) -> bool:

@@ -106,6 +106,9 @@ def is_integer_dtype(dtype: torch.dtype) -> bool:
     return not (dtype.is_floating_point or dtype.is_complex)
 
 
+_E8M0 = getattr(torch, "float8_e8m0fnu", None)
+
+
 def why_cannot_take(rule: Rule, shape: tuple[int, ...], dtype: torch.dtype) -> str | None:
     """The reason a reinit rule's scheme cannot take this tensor, or None."""
     if rule.scheme is None:
@@ -114,6 +117,11 @@ def why_cannot_take(rule: Rule, shape: tuple[int, ...], dtype: torch.dtype) -> s
         return f"{dtype_name(dtype)} tensor: integer and bool tensors are never re-initialized"
     if dtype.is_complex:
         return f"{dtype_name(dtype)} tensor: complex tensors are not re-initialized"
+    if dtype == _E8M0:  # an MX scale: 2**k only, so no draw (nor zero) survives the cast
+        return (
+            f"{dtype_name(dtype)} tensor: it holds only powers of two (block scales), so no "
+            "scheme's values fit it; it is not re-initialized"
+        )
     return rule.scheme.scheme.can_take(shape, rule.scheme.kwargs)
 
 

@@ -14,7 +14,7 @@ __all__ = [
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -179,23 +179,32 @@ class Report:
             "dropped": list(self.dropped),
         }
 
-    def to_json(self, indent: int | None = 2) -> str:
-        """The report as JSON: indented, with one line per tensor.
+    def to_json(self, indent: int | None = 2, end: str = "") -> str:
+        """The report as JSON (then `end`): indented, with one line per tensor.
 
         Why one line per tensor: json's indenting encoder is pure Python, and a fully indented
         tensor list cost ~0.4 ms and ~500 bytes per tensor (a third of `apply`'s time on a file
-        of 100k small tensors); each row is encoded by the C encoder instead."""
+        of 100k small tensors); each row is encoded by the C encoder instead. Rows are encoded
+        one at a time and joined once, so no row's dict outlives its line and the text is
+        built once, not copied (a 100k-tensor report: about 55 MB of text)."""
         if indent is None:  # non-finite numbers as strings: strict JSON
-            return json.dumps(json_safe(self.to_dict()), allow_nan=False)
-        rows = [json_safe(t.to_dict()) for t in self.tensors]
+            return json.dumps(json_safe(self.to_dict()), allow_nan=False) + end
+        return "".join([*self._json_pieces(indent), end])
+
+    def _json_pieces(self, indent: int) -> Iterator[str]:
         # a placeholder no real value encodes to, kept in key order
-        d = json_safe(self._fields(_ROWS))
+        text = json.dumps(json_safe(self._fields(_ROWS)), indent=indent, allow_nan=False)
+        head, _, tail = text.partition(json.dumps(_ROWS))
+        yield head
+        if not self.tensors:
+            yield "[]"
         encode = json.JSONEncoder(allow_nan=False).encode
         pad = " " * indent
-        body = ",\n".join(pad * 2 + encode(row) for row in rows)
-        text = json.dumps(d, indent=indent, allow_nan=False)
-        tensors = f"[\n{body}\n{pad}]" if rows else "[]"
-        return text.replace(json.dumps(_ROWS), tensors, 1)
+        for i, t in enumerate(self.tensors):
+            yield ("[\n" if i == 0 else ",\n") + pad * 2 + encode(json_safe(t.to_dict()))
+        if self.tensors:
+            yield f"\n{pad}]"
+        yield tail
 
     @staticmethod
     def from_dict(d: Mapping[str, Any]) -> Report:  # Any: json.loads' output, as read

@@ -99,6 +99,8 @@ class StatsAccumulator:
         self.lo = math.inf
         self.hi = -math.inf
         self.bad = 0
+        self.pair_diff = 0.0  # complex: Σ(re − im) over the pairs with both parts finite
+        self.pairs = 0
 
     def add(self, chunk: torch.Tensor) -> None:
         """A torch tensor's values (any device, any layout), in order."""
@@ -140,12 +142,17 @@ class StatsAccumulator:
         """The sums of `values` around the pivot (set): pure, so it may run on any thread
         with its own `bufs`; `merge` the parts in order to get what `add_bytes` gives."""
         assert self.pivot is not None, "set_pivot first"
-        return chunk_sums(self.code, values, self.pivot, bufs)
+        parts = chunk_sums(self.code, values, self.pivot, bufs)
+        return [*parts, _pair_diff(values)] if self.code in _COMPLEX else parts
 
     def merge(self, parts: list[ChunkSums]) -> None:
         """Add parts' sums, each in units of 2**e (squares: 2**2e), to the running ones,
         which are kept in units of 2**self.exp: both go to the larger unit."""
         for c in parts:
+            if isinstance(c, _PairDiff):
+                self.pair_diff += c.s1
+                self.pairs += int(c.s2)
+                continue
             self.bad += c.bad
             if c.k == 0:
                 continue
@@ -165,7 +172,40 @@ class StatsAccumulator:
         mean = (self.pivot or 0.0) + _unscale(m1, self.exp)
         # the shifted sums can round outside [min, max] for near-constant tensors
         mean = min(max(mean, self.lo), self.hi)
-        return Stats(mean, _unscale(math.sqrt(var), self.exp), self.lo, self.hi, self.bad, self.n)
+        std = _unscale(math.sqrt(var), self.exp)
+        if self.code in _COMPLEX:
+            std = self._complex_std(std)
+        return Stats(mean, std, self.lo, self.hi, self.bad, self.n)
+
+    def _complex_std(self, pooled: float) -> float:
+        """torch's std of a complex tensor, sqrt(E|z − E z|²), from the std `pooled` of its
+        real and imaginary parts taken together (what the sums hold) and the mean difference
+        d = E re − E im of the parts: E|z − E z|² = 2·pooled² − d²/2."""
+        d = self.pair_diff / self.pairs if self.pairs else 0.0
+        return math.sqrt(max(2.0 * pooled * pooled - d * d / 2.0, 0.0))
+
+
+_COMPLEX = frozenset({"C64", "C128"})
+
+
+@dataclass(frozen=True)
+class _PairDiff(ChunkSums):
+    """A complex chunk's Σ(re − im) (in s1) over its pairs with both parts finite (count in
+    s2); k = 0, so it adds no values."""
+
+
+def _pair_diff(values: np.ndarray) -> _PairDiff:
+    """`values` (re, im, re, im, ...) as the sum of re − im, in float64, a sub-chunk at a time."""
+    total, pairs = 0.0, 0
+    step = 2 * SUB
+    with np.errstate(over="ignore", invalid="ignore"):
+        for i in range(0, values.shape[0], step):
+            part = values[i : i + step].astype(np.float64).reshape(-1, 2)
+            diff = part[:, 0] - part[:, 1]
+            ok = np.isfinite(diff)
+            total += float(diff[ok].sum())
+            pairs += int(ok.sum())
+    return _PairDiff(0, total, float(pairs), 0.0, 0.0)
 
 
 def _bytes_of(t: torch.Tensor) -> memoryview:

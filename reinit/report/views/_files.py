@@ -148,7 +148,7 @@ def to_markdown(report: Report) -> str:
 
 
 def _to_json(report: Report) -> str:
-    return report.to_json() + "\n"
+    return report.to_json(end="\n")
 
 
 #: The text report formats by extension. A new format: a renderer here and its suffix in

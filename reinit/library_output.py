@@ -1,0 +1,82 @@
+"""What torch and transformers say while reinit works, routed instead of printed raw: the CLI
+opens `routed(emit)` around a command, and every Python warning (torch's UserWarnings) and every
+record transformers logs at WARNING or above becomes one call `emit(text)` (the CLI prints it as
+one bounded `warning:` line on stderr, each text once). Nothing reaches stdout, so `--json` stays
+parseable, and no multi-line library text lands between reinit's one-line messages.
+
+transformers adds its own stderr handler when first imported, and importing it costs seconds, so
+it is not imported here: whoever imports it calls `route_transformers()` after (idempotent), and
+`routed` hooks it at once when it is already loaded. Outside `routed` (the Python API) nothing is
+changed: the caller's warnings and logging settings stand."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+
+__all__ = ["route_transformers", "routed"]
+
+Emit = Callable[[str], None]
+
+_emit: Emit | None = None
+_saved: tuple[list[logging.Handler], bool] | None = None
+_LOGGER = "transformers"
+
+
+class _Forward(logging.Handler):
+    """transformers' records, to the open `routed` window's `emit`."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+        except Exception:  # a malformed record must not end the command
+            return
+        if _emit is not None and record.levelno >= logging.WARNING:
+            _emit(f"transformers: {text}")
+
+
+_FORWARD = _Forward()
+
+
+def route_transformers() -> None:
+    """Inside `routed`: transformers' logger sends its records to `emit` instead of its own
+    stderr handler (call after importing transformers). Outside `routed`: nothing."""
+    global _saved
+    if _emit is None or _saved is not None or _LOGGER not in sys.modules:
+        return
+    lib = logging.getLogger(_LOGGER)
+    _saved = (lib.handlers[:], lib.propagate)
+    lib.handlers = [_FORWARD]
+    lib.propagate = False
+
+
+def _unroute_transformers() -> None:
+    global _saved
+    if _saved is not None:
+        lib = logging.getLogger(_LOGGER)
+        lib.handlers, lib.propagate = _saved
+        _saved = None
+
+
+@contextlib.contextmanager
+def routed(emit: Emit) -> Iterator[None]:
+    """Within: Python warnings and transformers' log records go to `emit` (see the module doc);
+    the previous warning display and transformers' handlers are restored after."""
+    global _emit
+
+    def show(message, category, filename, lineno, file=None, line=None):  # warnings.showwarning
+        emit(f"{category.__name__}: {message}")
+
+    previous = _emit
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        _emit = emit
+        try:
+            route_transformers()
+            yield
+        finally:
+            _unroute_transformers()
+            _emit = previous
