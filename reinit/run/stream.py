@@ -308,13 +308,22 @@ class Applier:
         assert p.scheme is not None
         context = self._context(p)
         if self.model is not None and p.scheme.name == DEFAULT:
-            value, self._applied[p.name] = default_init(self.model, p.name, p.dtype, self.seed)
-            return value
+            return self._default(p)
         if self.model is not None:
             return reinit_value(
                 self.model, p.scheme, p.name, p.shape, p.dtype, self.seed, self.device, context
             )
         return self._generate(p, context)
+
+    def _default(self, p: PlanEntry) -> torch.Tensor:
+        """`default`'s values. The init runs in float32; a narrower floating target is cast in
+        the float32 tensor's own storage (as `_generate` does), so no second buffer of the
+        tensor stands beside it (the widest, a 32000x2048 embedding, sets `new`'s peak)."""
+        assert self.model is not None
+        narrow = p.dtype.is_floating_point and p.dtype.itemsize < 4
+        drawn = torch.float32 if narrow else p.dtype
+        value, self._applied[p.name] = default_init(self.model, p.name, drawn, self.seed)
+        return narrow_in_place(value, p.dtype) if narrow else value
 
     def _tied_value(self, root: str) -> tuple[torch.Tensor, str | None, tuple[str, ...]]:
         """A changed tied group's one new value: made once from its defining entry (the member
