@@ -3,19 +3,20 @@ module types for `type:` patterns, module fans, and the `default` init."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import nn
 
 from reinit.errors import RuleError, SchemeError, UsageError
 from reinit.planning.ckpt_names import CheckpointSlice, checkpoint_slices
-from reinit.planning.init_rng import PrivateRNG
+from reinit.planning.init_rng import seeded_draw
 from reinit.planning.init_trace import AppliedInit, InitTrace, applied_init
 from reinit.planning.planner import Plan, check_strict
 from reinit.schemes import (
@@ -326,12 +327,6 @@ def default_value(view: ModelView, name: str, dtype: torch.dtype, seed: int) -> 
     return default_init(view, name, dtype, seed)[0]
 
 
-# `reset_parameters` and `_init_weights` draw from torch's one global RNG. They are given a
-# private generator instead (`PrivateRNG`); where one of their draws escapes it, the tensor is
-# drawn again on the global RNG, and that seeded section is held by one thread at a time.
-_GLOBAL_RNG = threading.Lock()
-
-
 def default_init(
     view: ModelView | None, name: str, dtype: torch.dtype, seed: int
 ) -> tuple[torch.Tensor, AppliedInit]:
@@ -415,25 +410,16 @@ def _blank_owner(model: Model, site: TensorSite) -> tuple[nn.Module, InitTrace]:
 
 def _run_init(model: Model, site: TensorSite, seed: int) -> tuple[nn.Module, InitTrace, bool]:
     """The owning module initialized from `seed` (see `default_init`), its trace, and whether
-    any init ran. Drawn from a generator of this thread's own (`PrivateRNG`: the values the
-    global generator seeded with `seed` gives), so two threads draw at once. If anything drew
-    from the global generator meanwhile (its state, read under the lock so no serial draw is
-    half done, moved), the global state is put back and the tensor drawn again the serial way:
-    the global generator seeded inside `fork_rng`, one thread at a time."""
-    real, trace = _blank_owner(model, site)
-    with _GLOBAL_RNG:
-        before = torch.default_generator.get_state()
-    with torch.no_grad(), trace, PrivateRNG(seed):
-        ran = _init_module(model, real, trace)
-    with _GLOBAL_RNG:
-        if torch.equal(torch.default_generator.get_state(), before):
-            return real, trace, ran
-        torch.default_generator.set_state(before)  # the caller's RNG, as it was
+    any init ran: drawn on a generator of the thread's own where the init lets it (two
+    threads draw at once), else on the global one, one thread at a time (`seeded_draw`)."""
+
+    def draw(rng: contextlib.AbstractContextManager[Any]) -> tuple[nn.Module, InitTrace, bool]:
         real, trace = _blank_owner(model, site)
-        with torch.random.fork_rng(devices=[]), torch.no_grad(), trace:
-            torch.manual_seed(seed)
-            ran = _init_module(model, real, trace)
-    return real, trace, ran
+        with torch.no_grad(), trace, rng:
+            return real, trace, _init_module(model, real, trace)
+
+    owner = model.module.get_submodule(site.module_name)
+    return seeded_draw(seed, type(owner), draw)
 
 
 def _init_module(model: Model, real: nn.Module, trace: InitTrace) -> bool:
