@@ -333,8 +333,9 @@ def default_init(
     """The architecture's own init for one tensor: a real CPU copy of its owning module (only
     that module), initialized the way the architecture does it — torch's `reset_parameters()`
     (as at construction), then for transformers models the model's `_init_weights(module)` —
-    with torch's global RNG seeded from `seed_for(seed, name)` inside `fork_rng`, so the caller's
-    RNG is untouched and the values depend on seed and name only.
+    with the values torch's global RNG seeded from `seed_for(seed, name)` gives (drawn from a
+    generator of the thread's own seeded the same way, so two threads draw at once; see
+    `init_rng`), so the caller's RNG is untouched and the values depend on seed and name only.
 
     The values follow the architecture's init distribution; they are not those of one
     particular from-scratch model instance (that one draws all tensors from one RNG stream).
