@@ -12,7 +12,7 @@ scheme (including those that read the tensor's own values or another tensor: `me
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
@@ -161,6 +161,8 @@ class Applier:
         self._tied_values: dict[str, tuple[torch.Tensor, str | None, tuple[str, ...]]] = {}
         # values drawn ahead with their statistics, by name
         self._drawn: dict[str, Future[tuple[torch.Tensor, Stats]]] = {}
+        # starts the next draws (set by `stream` while it runs; called on its thread)
+        self._top_up: Callable[[], None] = lambda: None
         # what `default` ran, by name (set by the draw, on whichever thread drew it)
         self._applied: dict[str, AppliedInit] = {}
         self._tied_left = {
@@ -369,11 +371,13 @@ class Applier:
                     ahead[q.name] = size
                     self._drawn[q.name] = pool.submit(self._draw, q)
 
+            self._top_up = top_up
             try:
                 for p in entries:
                     top_up()
                     yield from self.pieces(p, reads)
             finally:
+                self._top_up = lambda: None
                 reads.close()
                 for future in self._drawn.values():
                     future.cancel()
@@ -391,7 +395,10 @@ class Applier:
 
     def _drawn_value(self, p: PlanEntry) -> tuple[torch.Tensor, Stats]:
         future = self._drawn.pop(p.name, None)
-        return future.result() if future is not None else self._draw(p)
+        if future is None:
+            return self._draw(p)
+        self._top_up()  # the next tensors draw while this one is waited for and written
+        return future.result()
 
     def _context(self, p: PlanEntry) -> FillContext | None:
         """What a scheme that reads beyond its own shape gets (see `Scheme.needs_context`):
