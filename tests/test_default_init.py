@@ -203,3 +203,56 @@ def test_default_on_two_drawing_threads_gives_the_values_of_one(
         assert two.keys() == one.keys()
         for name in one:
             assert torch.equal(two[name], one[name]), name
+
+
+def _global_rng_reference(module: nn.Module, name: str, seed: int) -> torch.Tensor:
+    """What `default` promises for a plain torch module: its `reset_parameters()` run on
+    torch's global generator seeded with `seed_for(seed, name)`."""
+    from reinit.schemes import seed_for
+
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed_for(seed, name))
+        module.reset_parameters()
+    return module.weight.detach().clone()
+
+
+def test_default_on_a_private_generator_gives_the_global_generators_values() -> None:
+    """The draws run on a generator of the drawing thread's own (so two threads draw at
+    once); the values are exactly those of the global generator seeded the same way, and the
+    caller's global RNG state is untouched."""
+    net = nn.Sequential(nn.Linear(300, 200), nn.Embedding(50, 64))
+    torch.manual_seed(11)
+    state = torch.get_rng_state()
+    got = reinit.apply_to_module(net, ["*.weight=default"], seed=5)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert {t.name for t in got.tensors if t.action == "reinit"} == {"0.weight", "1.weight"}
+    assert torch.equal(net[0].weight, _global_rng_reference(nn.Linear(300, 200), "0.weight", 5))
+    assert torch.equal(net[1].weight, _global_rng_reference(nn.Embedding(50, 64), "1.weight", 5))
+
+
+class _DropoutInit(nn.Module):
+    """An init drawing through a call that takes no generator (dropout's mask comes from
+    the global generator): it escapes the private generator."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(64, 64))
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.weight.copy_(nn.functional.dropout(torch.ones(64, 64), 0.5))
+
+
+def test_default_whose_draw_escapes_the_private_generator_is_drawn_on_the_global_one() -> None:
+    """A draw the private generator cannot take (dropout) moves the global generator: the
+    tensor is drawn again the serial way, so its values are still the global generator's
+    seeded with the tensor's seed, on one thread or two, and the caller's RNG is untouched."""
+    net = nn.Sequential(*[_DropoutInit() for _ in range(6)])
+    torch.manual_seed(2)
+    state = torch.get_rng_state()
+    reinit.apply_to_module(net, ["*=default"], seed=9)
+    assert torch.equal(torch.get_rng_state(), state)
+    for i, m in enumerate(net):
+        want = _global_rng_reference(_DropoutInit(), f"{i}.weight", 9)
+        assert torch.equal(m.weight, want), i
+        assert 0 < int((want == 0).sum()) < want.numel()  # really drawn, half dropped

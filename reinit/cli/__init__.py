@@ -8,6 +8,9 @@ options the commands share are defined once in `common.py`, apply's derived from
 
 from __future__ import annotations
 
+import atexit
+import gc
+
 import click
 
 from reinit.cli.apply_cmd import apply
@@ -27,6 +30,20 @@ __all__ = ["main"]
 def main() -> None:
     """Model surgery for checkpoints: re-initialize or transplant parameters by name pattern,
     and see every layer's scale at a glance."""
+    _no_collection_at_exit()
+
+
+def _no_collection_at_exit() -> None:
+    """At exit the interpreter would run one last garbage collection over every object torch
+    and transformers made (a CPU-second for `reinit new`); objects still alive then are freed
+    with the process anyway, so they are frozen out of it (`gc.freeze`). Once per process."""
+    global _EXIT_HOOKED
+    if not _EXIT_HOOKED:
+        atexit.register(gc.freeze)
+        _EXIT_HOOKED = True
+
+
+_EXIT_HOOKED = False
 
 
 main.add_command(apply)

@@ -3,18 +3,20 @@ module types for `type:` patterns, module fans, and the `default` init."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import nn
 
 from reinit.errors import RuleError, SchemeError, UsageError
 from reinit.planning.ckpt_names import CheckpointSlice, checkpoint_slices
+from reinit.planning.init_rng import seeded_draw
 from reinit.planning.init_trace import AppliedInit, InitTrace, applied_init
 from reinit.planning.planner import Plan, check_strict
 from reinit.schemes import (
@@ -325,20 +327,15 @@ def default_value(view: ModelView, name: str, dtype: torch.dtype, seed: int) -> 
     return default_init(view, name, dtype, seed)[0]
 
 
-# `reset_parameters` and `_init_weights` draw from torch's one global RNG: two tensors drawn at
-# once (the engine's two drawing threads) would interleave their draws, so the seeded section
-# is held by one thread at a time.
-_GLOBAL_RNG = threading.Lock()
-
-
 def default_init(
     view: ModelView | None, name: str, dtype: torch.dtype, seed: int
 ) -> tuple[torch.Tensor, AppliedInit]:
     """The architecture's own init for one tensor: a real CPU copy of its owning module (only
     that module), initialized the way the architecture does it — torch's `reset_parameters()`
     (as at construction), then for transformers models the model's `_init_weights(module)` —
-    with torch's global RNG seeded from `seed_for(seed, name)` inside `fork_rng`, so the caller's
-    RNG is untouched and the values depend on seed and name only.
+    with the values torch's global RNG seeded from `seed_for(seed, name)` gives (drawn from a
+    generator of the thread's own seeded the same way, so two threads draw at once; see
+    `init_rng`), so the caller's RNG is untouched and the values depend on seed and name only.
 
     The values follow the architecture's init distribution; they are not those of one
     particular from-scratch model instance (that one draws all tensors from one RNG stream).
@@ -352,6 +349,55 @@ def default_init(
     site = view.site(name)
     assert site is not None
     model = view.model
+    real, trace, ran = _run_init(model, site, seed_for(seed, name))
+    value = _get_attr_tensor(real, site.attr)
+    if site.part is not None:  # one expert of a stacked tensor: its slice of the init
+        value = site.part.take(value)
+    applied = applied_init(trace.calls, site.source_shape)
+    if not ran or not _surely_set(value, trace, applied):
+        raise SchemeError(
+            f"default: the architecture's init does not set '{name}' (module "
+            f"{site.module_name or '(root)'} of type {site.types[0]} has no reset_parameters"
+            f"{' and _init_weights leaves it' if model.kind == 'hf' else ''}); give it an "
+            "explicit scheme"
+        )
+    if applied is None:  # set, but by nothing the trace names (a custom write)
+        applied = AppliedInit(
+            f"{type(real).__name__}: its own init (not a torch.nn.init call)", None
+        )
+    return _own_copy(value.detach().to(dtype).contiguous(), value), applied
+
+
+def _surely_set(value: torch.Tensor, trace: InitTrace, applied: AppliedInit | None) -> bool:
+    """Whether the init set every value of the NaN-filled tensor. Where the trace saw it set
+    whole by a known scheme, with nothing after it but what keeps a finite std (a constant on
+    a part, a scalar scaling: `expected_std` finite), in the traced storage itself, no value
+    can be the NaN sentinel, and the pass over the tensor is saved; otherwise it is looked at."""
+    if not value.is_floating_point():
+        return True
+    std = applied.expected_std if applied is not None else None
+    traced = value.untyped_storage().data_ptr() == trace.storage
+    if traced and std is not None and math.isfinite(std):
+        return True
+    return not bool(value.isnan().any())
+
+
+def _own_copy(out: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """`out` (the value cast to the output dtype) as a tensor that holds only its own bytes:
+    a cast is already a new tensor, and so is the module's whole parameter (the module is a
+    private copy, dropped on return); a part of a larger storage (one expert's slice of a
+    stacked parameter) is copied out, so the rest of the storage is not kept alive."""
+    if out.data_ptr() != value.data_ptr():
+        return out
+    whole = out.storage_offset() == 0 and out.untyped_storage().nbytes() == (
+        out.numel() * out.element_size()
+    )
+    return out if whole else out.clone()
+
+
+def _blank_owner(model: Model, site: TensorSite) -> tuple[nn.Module, InitTrace]:
+    """A real float32 CPU copy of the tensor's owning module (only that module), every float
+    tensor NaN (the sentinel for values its init leaves unset), and the trace watching it."""
     owner = model.module.get_submodule(site.module_name)
     real = copy.deepcopy(owner).to_empty(device="cpu", recurse=True).float()
     with torch.no_grad():
@@ -360,39 +406,42 @@ def default_init(
                 del t._is_hf_initialized
             if t.is_floating_point():
                 t.fill_(float("nan"))
-    trace = InitTrace(_get_attr_tensor(real, site.attr))
+    return real, InitTrace(_get_attr_tensor(real, site.attr))
+
+
+def _run_init(model: Model, site: TensorSite, seed: int) -> tuple[nn.Module, InitTrace, bool]:
+    """The owning module initialized from `seed` (see `default_init`), its trace, and whether
+    any init ran: drawn on a generator of the thread's own where the init lets it (two
+    threads draw at once), else on the global one, one thread at a time (`seeded_draw`)."""
+
+    def draw(rng: contextlib.AbstractContextManager[Any]) -> tuple[nn.Module, InitTrace, bool]:
+        real, trace = _blank_owner(model, site)
+        with torch.no_grad(), trace, rng:
+            return real, trace, _init_module(model, real, trace)
+
+    owner = model.module.get_submodule(site.module_name)
+    return seeded_draw(seed, type(owner), draw)
+
+
+def _init_module(model: Model, real: nn.Module, trace: InitTrace) -> bool:
+    """torch's `reset_parameters()` (as at construction), then for transformers models the
+    model's `_init_weights(module)`, on `real`; whether either ran."""
     kind = type(real).__name__
-    with _GLOBAL_RNG, torch.random.fork_rng(devices=[]), torch.no_grad(), trace:
-        torch.manual_seed(seed_for(seed, name))
-        ran = False
-        for method in ("reset_parameters", "_reset_parameters"):
-            fn = getattr(real, method, None)
-            if callable(fn):
-                trace.phase = f"{kind}.{method}"
-                fn()
-                ran = True
-                break
-        if model.kind == "hf":
-            init = getattr(model.module, "_init_weights", None)
-            if callable(init):
-                trace.phase = f"{type(model.module).__name__}._init_weights on {kind}"
-                init(real)
-                ran = True
-    value = _get_attr_tensor(real, site.attr)
-    if site.part is not None:  # one expert of a stacked tensor: its slice of the init
-        value = site.part.take(value)
-    applied = applied_init(trace.calls, site.source_shape)
-    if not ran or (value.is_floating_point() and bool(value.isnan().any())):
-        raise SchemeError(
-            f"default: the architecture's init does not set '{name}' (module "
-            f"{site.module_name or '(root)'} of type {site.types[0]} has no reset_parameters"
-            f"{' and _init_weights leaves it' if model.kind == 'hf' else ''}); give it an "
-            "explicit scheme"
-        )
-    if applied is None:  # set, but by nothing the trace names (a custom write)
-        applied = AppliedInit(f"{kind}: its own init (not a torch.nn.init call)", None)
-    out = value.detach().to(dtype).contiguous()  # a copy unless the dtype is the module's
-    return (out.clone() if out.data_ptr() == value.data_ptr() else out), applied
+    ran = False
+    for method in ("reset_parameters", "_reset_parameters"):
+        fn = getattr(real, method, None)
+        if callable(fn):
+            trace.phase = f"{kind}.{method}"
+            fn()
+            ran = True
+            break
+    if model.kind == "hf":
+        init = getattr(model.module, "_init_weights", None)
+        if callable(init):
+            trace.phase = f"{type(model.module).__name__}._init_weights on {kind}"
+            init(real)
+            ran = True
+    return ran
 
 
 def _get_attr_tensor(module: nn.Module, attr: str) -> torch.Tensor:

@@ -4,9 +4,11 @@ or a `module:callable` spec."""
 from __future__ import annotations
 
 import ast
+import contextlib
+import gc
 import importlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -44,11 +46,27 @@ def load_model(spec: str | os.PathLike[str] | nn.Module) -> Model:
         kind = "hf" if callable(getattr(spec, "_init_weights", None)) else "torch"
         return fans_from_module(type(spec).__name__, spec, kind, _prefix(spec))
     text = os.fspath(spec)
-    factory = model_factory(spec)
-    with torch.device("meta"):
-        module = build_module(text, factory)
+    with gc_paused():
+        factory = model_factory(spec)
+        with torch.device("meta"):
+            module = build_module(text, factory)
     kind = "hf" if _is_hf(module) else "torch"
     return fans_from_module(text, module, kind, _prefix(module) if kind == "hf" else "")
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while transformers is imported and the model
+    built on the meta device: that makes ~10^6 long-lived objects, over which the collector
+    ran full passes again and again (about a CPU-second of `reinit new`'s start); the caller's
+    setting is restored after."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def build_real(spec: str | os.PathLike[str], seed: int = 0) -> nn.Module:

@@ -12,7 +12,7 @@ scheme (including those that read the tensor's own values or another tensor: `me
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
@@ -163,6 +163,8 @@ class Applier:
         self._tied_values: dict[str, tuple[torch.Tensor, str | None, tuple[str, ...]]] = {}
         # values drawn ahead with their statistics, by name
         self._drawn: dict[str, Future[tuple[torch.Tensor, Stats]]] = {}
+        # starts the next draws (set by `stream` while it runs; called on its thread)
+        self._top_up: Callable[[], None] = lambda: None
         # what `default` ran, by name (set by the draw, on whichever thread drew it)
         self._applied: dict[str, AppliedInit] = {}
         self._tied_left = {
@@ -372,13 +374,22 @@ class Applier:
         assert p.scheme is not None
         context = self._context(p)
         if self.model is not None and p.scheme.name == DEFAULT:
-            value, self._applied[p.name] = default_init(self.model, p.name, p.dtype, self.seed)
-            return value
+            return self._default(p)
         if self.model is not None:
             return reinit_value(
                 self.model, p.scheme, p.name, p.shape, p.dtype, self.seed, self.device, context
             )
         return self._generate(p, context)
+
+    def _default(self, p: PlanEntry) -> torch.Tensor:
+        """`default`'s values. The init runs in float32; a narrower floating target is cast in
+        the float32 tensor's own storage (as `_generate` does), so no second buffer of the
+        tensor stands beside it (the widest, a 32000x2048 embedding, sets `new`'s peak)."""
+        assert self.model is not None
+        narrow = p.dtype.is_floating_point and p.dtype.itemsize < 4
+        drawn = torch.float32 if narrow else p.dtype
+        value, self._applied[p.name] = default_init(self.model, p.name, drawn, self.seed)
+        return narrow_in_place(value, p.dtype) if narrow else value
 
     def _tied_value(self, root: str) -> tuple[torch.Tensor, str | None, tuple[str, ...]]:
         """A changed tied group's one new value: made once from its defining entry (the member
@@ -420,11 +431,13 @@ class Applier:
                     ahead[q.name] = size
                     self._drawn[q.name] = pool.submit(self._draw, q)
 
+            self._top_up = top_up
             try:
                 for p in entries:
                     top_up()
                     yield from self.pieces(p, reads)
             finally:
+                self._top_up = lambda: None
                 reads.close()
                 for future in self._drawn.values():
                     future.cancel()
@@ -442,7 +455,10 @@ class Applier:
 
     def _drawn_value(self, p: PlanEntry) -> tuple[torch.Tensor, Stats]:
         future = self._drawn.pop(p.name, None)
-        return future.result() if future is not None else self._draw(p)
+        if future is None:
+            return self._draw(p)
+        self._top_up()  # the next tensors draw while this one is waited for and written
+        return future.result()
 
     def _context(self, p: PlanEntry) -> FillContext | None:
         """What a scheme that reads beyond its own shape gets (see `Scheme.needs_context`):
