@@ -88,10 +88,10 @@ if TYPE_CHECKING:
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is not None:
-        value = getattr(importlib.import_module(module), name)
+        value = getattr(importlib.import_module(module), name)  # reviewed: own literal table
     else:
         try:  # a submodule not imported yet (`reinit.run.apply`), as an eager package allowed
-            value = importlib.import_module(f"{__name__}.{name}")
+            value = importlib.import_module(f"{__name__}.{name}")  # reviewed: a reinit submodule
         except ModuleNotFoundError as exc:
             if exc.name != f"{__name__}.{name}":
                 raise  # the submodule exists but needs something missing: say that

@@ -19,6 +19,7 @@ LAYERS = {
     "reinit.text": 0,
     "reinit.limits": 0,
     "reinit.library_output": 0,
+    "reinit.lazy": 0,
     "reinit.fans": 0,
     "reinit.matching": 2,
     "reinit.io": 1,  # subpackages io.hub, io.formats: private modules behind their __init__

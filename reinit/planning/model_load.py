@@ -172,8 +172,10 @@ def _callable_factory(text: str, module_name: str, attr: str, call: str | None) 
     kwargs: dict[str, object] = {}
     if call:
         args, kwargs = call_arguments(text, call)
+    # typed on the command line or passed by the API caller; a spec from a recipe, --set or
+    # ${VAR} reaches here only when --trust-model-callable names it
     try:
-        mod = importlib.import_module(module_name)
+        mod = importlib.import_module(module_name)  # reviewed: the user's own or granted
     except ImportError as e:
         raise ModelError(
             f"--model {text}: cannot import {module_name!r} ({e}); install it or put its "

@@ -2,7 +2,7 @@
 "config.json follows the surgery").
 
 Why: after `--add classifier.weight=[3,H]` or `--drop "encoder.layer.1.*"` the weights no longer
-match the source's config.json, and `from_pretrained(out)` fails on a size mismatch or builds the
+match the source's config.json, and loading the output fails on a size mismatch or builds the
 wrong model. These pure functions take the source config, the output's tensor shapes and the
 user's `--config KEY=VALUE` / `--labels a,b,c` and return the new config and one note per field
 changed, so `run/apply.py` writes config.json from the dict instead of copying the stale one.

@@ -120,7 +120,7 @@ def _config_dir(path: str) -> str | None:
 
 def _require_transformers(path: str) -> None:
     try:
-        importlib.import_module("transformers")
+        importlib.import_module("transformers")  # reviewed: a fixed name
     except ImportError:
         raise ForwardError(
             f"verify --forward {path}: building the model from its config.json needs "

