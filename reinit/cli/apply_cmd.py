@@ -4,7 +4,6 @@ command's own (--rule, -o, --dry-run, --json, --quiet)."""
 from __future__ import annotations
 
 import gc
-import sys
 
 import click
 
@@ -20,6 +19,7 @@ from reinit.cli.common import (
     options_from_flags,
     progress_on,
     quiet_option,
+    show_report,
     warn_all,
     warn_unsafe,
     width,
@@ -98,7 +98,6 @@ def apply(
         from reinit.report.views import require_matplotlib
 
         require_matplotlib()
-    from reinit.report.views import render_terminal
 
     # torch's and reinit's modules are ~10^5 objects that live as long as the process: frozen,
     # the collector stops walking them on every full collection the stream's many small
@@ -115,17 +114,4 @@ def apply(
         report = apply_split(source, rules, output, options=options)
         if world[0] != 0:
             return
-    warn_all(report.warnings)
-    for note in report.notes:
-        err(f"note: {note}")
-    if report.dropped and not quiet:
-        err(dropped_line(report.dropped))
-    if as_json:
-        click.echo(report.to_json())
-    if not quiet:
-        per_layer = "none" if by == "kind" else "changed"
-        err(render_terminal(report, width(), sys.stderr.isatty(), per_layer, by))
-        from reinit.report.views import note_lines
-
-        for line in note_lines(report):
-            err(line)
+    show_report(report, as_json=as_json, quiet=quiet, by=by)

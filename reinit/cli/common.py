@@ -15,6 +15,7 @@ from reinit.options import meta
 
 if TYPE_CHECKING:
     from reinit.options import ApplyOptions
+    from reinit.report.entries import Report
     from reinit.run.ranks import Group
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "plot_option",
     "progress_on",
     "quiet_option",
+    "show_report",
     "ranks_of_run",
     "shown",
     "unsafe_pickle_option",
@@ -203,3 +205,23 @@ def ranks_of_run() -> Iterator[Group | None]:
         return
     with process_group() as ranks:
         yield ranks
+
+
+def show_report(report: Report, *, as_json: bool, quiet: bool, by: str) -> None:
+    """What `apply` and `new` print after a run: warnings and notes, the dropped names, the
+    JSON report on stdout (`--json`), and the terminal view with its notes (unless `-q`)."""
+    warn_all(report.warnings)
+    for note in report.notes:
+        err(f"note: {note}")
+    if report.dropped and not quiet:
+        err(dropped_line(report.dropped))
+    if as_json:
+        click.echo(report.to_json())
+    if quiet:
+        return
+    from reinit.report.views import note_lines, render_terminal
+
+    per_layer = "none" if by == "kind" else "changed"
+    err(render_terminal(report, width(), sys.stderr.isatty(), per_layer, by))
+    for line in note_lines(report):
+        err(line)

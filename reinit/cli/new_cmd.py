@@ -3,7 +3,6 @@ are apply's (derived from ApplyOptions) but those that edit or name a source."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 
 import click
@@ -13,12 +12,12 @@ from reinit.cli.common import (
     apply_option,
     by_option,
     dry_run_option,
-    err,
     examples,
     flag_fields,
     json_option,
     progress_on,
     quiet_option,
+    show_report,
     warn_all,
     warn_unsafe,
     width,
@@ -124,7 +123,6 @@ def new(
         from reinit.report.views import require_matplotlib
 
         require_matplotlib()
-    from reinit.report.views import render_terminal
     from reinit.run.ranks import torchrun_world
 
     world = torchrun_world()
@@ -138,11 +136,4 @@ def new(
         report = new_split(config, output, rules, options=options)
         if world[0] != 0:
             return
-    warn_all(report.warnings)
-    for note in report.notes:
-        err(f"note: {note}")
-    if as_json:
-        click.echo(report.to_json())
-    if not quiet:
-        per_layer = "none" if by == "kind" else "changed"
-        err(render_terminal(report, width(), sys.stderr.isatty(), per_layer, by))
+    show_report(report, as_json=as_json, quiet=quiet, by=by)
