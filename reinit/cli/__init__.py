@@ -10,17 +10,23 @@ from __future__ import annotations
 
 import atexit
 import gc
+import os
 
-import click
+# Before numpy loads: the statistics kernel sums rows of 1,024 values with BLAS (report.kernels),
+# far too little work to share, so a BLAS thread pool only spins beside reinit's own threads
+# (~0.15 CPU-s of the bench's 2-core apply, docs/bench/log.md). The user's setting wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from reinit.cli.apply_cmd import apply
-from reinit.cli.group import ReinitGroup
-from reinit.cli.info_cmds import gain, schemes
-from reinit.cli.new_cmd import new
-from reinit.cli.probe_cmd import probe
-from reinit.cli.report_cmds import diff, inspect, report, verify
-from reinit.cli.run_cmd import run
-from reinit.version import __version__
+import click  # noqa: E402
+
+from reinit.cli.apply_cmd import apply  # noqa: E402
+from reinit.cli.group import ReinitGroup  # noqa: E402
+from reinit.cli.info_cmds import gain, schemes  # noqa: E402
+from reinit.cli.new_cmd import new  # noqa: E402
+from reinit.cli.probe_cmd import probe  # noqa: E402
+from reinit.cli.report_cmds import diff, inspect, report, verify  # noqa: E402
+from reinit.cli.run_cmd import run  # noqa: E402
+from reinit.version import __version__  # noqa: E402
 
 __all__ = ["main"]
 

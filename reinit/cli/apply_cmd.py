@@ -105,9 +105,13 @@ def apply(
     gc.freeze()
     world = torchrun_world()
     if world is None:
-        from reinit.run.apply import apply as run_apply
+        from reinit.run.ahead import stats_ahead
 
-        report = run_apply(source, rules, output, options=options)
+        # the source's statistics start in a second process while torch is imported here
+        with stats_ahead(source):
+            from reinit.run.apply import apply as run_apply
+
+            report = run_apply(source, rules, output, options=options)
     else:  # under torchrun: the shards split over the ranks; rank 0 speaks for the run
         from reinit.run.torchrun import apply_split
 

@@ -31,7 +31,9 @@ from reinit.planning.transplant import (
     exact_source,
     transplant_value,
 )
+from reinit.report.kernels import code_of
 from reinit.report.stats import Stats, StatsAccumulator, tensor_stats
+from reinit.run import ahead
 from reinit.run.entry import entry_for, refuse_overflow, with_source_std
 from reinit.run.pieces import Piece, narrow_in_place, tensor_pieces, view_bytes
 from reinit.schemes import (
@@ -167,6 +169,8 @@ class Applier:
         self._top_up: Callable[[], None] = lambda: None
         # what `default` ran, by name (set by the draw, on whichever thread drew it)
         self._applied: dict[str, AppliedInit] = {}
+        # the entries whose source statistics come from the stats worker (set by `stream`)
+        self._ahead: set[str] = set()
         self._tied_left = {
             root: sum(1 for g in self.ties.groups.values() if g[0] == root)
             for root in self.ties.defining
@@ -187,6 +191,8 @@ class Applier:
         self.pool.give(data)
 
     def _source_stats(self, reads: Iterator[tuple[str, memoryview]], p: PlanEntry) -> Stats:
+        if p.name in self._ahead:
+            return self._ahead_stats(p)
         acc = StatsAccumulator(p.dtype)
         for chunk in self._chunks(reads, p):
             _count(acc, chunk, p.dtype)
@@ -214,26 +220,74 @@ class Applier:
                 yield Piece(name, data=chunk)
             pos += chunk.nbytes
 
+    def _kept_pieces(
+        self, p: PlanEntry, reads: Iterator[tuple[str, memoryview]], tie_note: tuple[str, ...]
+    ) -> Iterator[Piece]:
+        """A tensor no rule changes: its bytes (or its --add/--resize values) and its entry."""
+        acc = StatsAccumulator(p.dtype)
+        if _made(p):  # no source bytes as such: its --add / --resize values
+            for piece in tensor_pieces(p.name, self.ckpt.read(p.name)):
+                assert piece.data is not None
+                _count(acc, piece.data, p.dtype)
+                yield piece
+        elif p.name in self._ahead:  # copied unread; the stats worker sums it
+            yield from self._span_pieces(p)
+        else:
+            yield from self._copy(self.ckpt, p.name, p.dtype, self._chunks(reads, p), acc)
+        result = self._ahead_stats(p) if p.name in self._ahead else acc.result()
+        if _made(p):
+            refuse_overflow(p, result, None)
+        entry = entry_for(p, result, notes=p.notes + tie_note, fans=self.fans.get(p.name))
+        yield Piece(p.name, entry=entry)
+
+    def _span_pieces(self, p: PlanEntry) -> Iterator[Piece]:
+        """`p`'s bytes as file spans for the writer's kernel-side copy, in `CHUNK_BYTES` pieces
+        (the progress bar's steps), none of them read here."""
+        span = self.ckpt.span(p.name)
+        assert span is not None
+        for pos in range(0, span.nbytes, CHUNK_BYTES):
+            yield Piece(
+                p.name, span=(span.fd, span.start + pos, min(CHUNK_BYTES, span.nbytes - pos))
+            )
+
+    def _plan_ahead(self, entries: Sequence[PlanEntry]) -> set[str]:
+        """The entries whose source statistics the stats worker (`run.ahead`) gives: bytes
+        that lie in one of its files as they are, copied kernel-side (no --dtype, no hash)."""
+        worker = ahead.current()
+        if worker is None or not (KERNEL_COPY and self.spans and not READ_ONCE):
+            return set()
+        out = set()
+        for p in entries:
+            if _made(p) or self._grown(p):
+                continue
+            span = self.ckpt.span(p.name)
+            code = code_of(str(p.dtype).removeprefix("torch."))
+            if span is not None and code and worker.covers(span.fd, span.start, span.nbytes, code):
+                out.add(p.name)
+        return out
+
+    def _ahead_stats(self, p: PlanEntry) -> Stats:
+        """`p`'s source statistics from the stats worker, or summed here where it cannot give
+        them (it ended, or the file changed): the same cut, so the same numbers."""
+        span = self.ckpt.span(p.name)
+        assert span is not None
+        worker = ahead.current()
+        code = code_of(str(p.dtype).removeprefix("torch.")) or ""
+        got = worker.stats(span.fd, span.start, span.nbytes, code) if worker is not None else None
+        if got is not None:
+            return got
+        acc = StatsAccumulator(p.dtype)
+        for chunk in self.ckpt.iter_chunks(p.name, CHUNK_BYTES):
+            _count(acc, chunk, p.dtype)
+        return acc.result()
+
     def pieces(self, p: PlanEntry, reads: Iterator[tuple[str, memoryview]]) -> Iterator[Piece]:
         if self._grown(p):
             yield from self._grown_pieces(p, reads)
             return
         tie_note = self.ties.note(p.name)
         if p.action in ("kept", "skipped"):
-            acc = StatsAccumulator(p.dtype)
-            if _made(p):  # no source bytes as such: its --add / --resize values
-                for piece in tensor_pieces(p.name, self.ckpt.read(p.name)):
-                    assert piece.data is not None
-                    _count(acc, piece.data, p.dtype)
-                    yield piece
-            else:
-                for piece in self._copy(self.ckpt, p.name, p.dtype, self._chunks(reads, p), acc):
-                    yield piece
-            result = acc.result()
-            if _made(p):
-                refuse_overflow(p, result, None)
-            entry = entry_for(p, result, notes=p.notes + tie_note, fans=self.fans.get(p.name))
-            yield Piece(p.name, entry=entry)
+            yield from self._kept_pieces(p, reads, tie_note)
             return
         # an added tensor has no source bytes, so no "before"; a resized one's is its old value's
         before = None if _made(p) else self._source_stats(reads, p)
@@ -327,7 +381,7 @@ class Applier:
             if self._grown(p):
                 assert isinstance(self.ckpt, EditedCheckpoint)
                 ck, key = self.ckpt.source_of(p.name)
-            elif _made(p):
+            elif _made(p) or p.name in self._ahead:
                 continue
             else:
                 ck, key = self.ckpt, p.name
@@ -415,6 +469,7 @@ class Applier:
         `DRAW_AHEAD` tensors), each with its statistics: torch draws with an explicit generator
         on one core, so two tensors drawn at once keep both cores busy. Values do not depend
         on this: each tensor has its own generator."""
+        self._ahead = self._plan_ahead(entries)
         reads = prefetch(self._source_chunks(entries), READ_AHEAD, "reinit-read")
         pending = deque(p for p in entries if p.action == "reinit" and not self._tied(p))
         with ThreadPoolExecutor(DRAW_THREADS, thread_name_prefix="reinit-draw") as pool:
