@@ -108,7 +108,8 @@ def apply(
         from reinit.run.ahead import stats_ahead
 
         # the source's statistics start in a second process while torch is imported here
-        with stats_ahead(source):
+        # (not with --dtype or --checksums: those read every kept byte here anyway)
+        with stats_ahead(None if options.dtype or options.checksums else source):
             from reinit.run.apply import apply as run_apply
 
             report = run_apply(source, rules, output, options=options)
