@@ -16,6 +16,11 @@ import os
 # far too little work to share, so a BLAS thread pool only spins beside reinit's own threads
 # (~0.15 CPU-s of the bench's 2-core apply, docs/bench/log.md). The user's setting wins.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# Before torch loads: OpenMP threads that wait for the next parallel region sleep instead of
+# spinning. reinit draws tensors on two threads of its own, each casting in chunks with torch's
+# parallel_for, and spinning teams burnt 13 CPU-s of 31 on the bench's 27 GB apply (user 31 ->
+# 17 s, docs/bench/round3.md). The user's setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import click  # noqa: E402
 

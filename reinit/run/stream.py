@@ -83,8 +83,10 @@ DRAW_AHEAD = 2  # re-initialized tensors drawn ahead (drawing or drawn, not yet 
 DRAW_THREADS = 2  # worker threads drawing them: two tensors at once, one per core
 
 
-# a second tensor is drawn ahead only while the drawn-ahead tensors' float32 draws stay under
-# this together (one is always drawn ahead): two huge embeddings are not held at once
+# a second tensor is drawn ahead only while the float32 sizes of the tensors drawn ahead or
+# being written stay under this together (one is always drawn): two huge tensors are not held
+# at once (on the bench's 27 GB folder, a 141 MB bf16 down_proj being written beside the next
+# one drawn whole was 533 MB peak, docs/bench/round3.md)
 DRAW_AHEAD_BYTES = 256 << 20
 
 
@@ -473,14 +475,13 @@ class Applier:
         reads = prefetch(self._source_chunks(entries), READ_AHEAD, "reinit-read")
         pending = deque(p for p in entries if p.action == "reinit" and not self._tied(p))
         with ThreadPoolExecutor(DRAW_THREADS, thread_name_prefix="reinit-draw") as pool:
-            ahead: dict[str, int] = {}  # float32 bytes of the tensors drawn ahead, by name
+            # float32 bytes of the tensors drawn ahead or being written, by name
+            ahead: dict[str, int] = {}
 
             def top_up() -> None:
-                for name in [n for n in ahead if n not in self._drawn]:
-                    del ahead[name]  # taken by pieces()
                 while pending and len(self._drawn) < DRAW_AHEAD:
                     size = _draw_bytes(pending[0])
-                    if self._drawn and sum(ahead.values()) + size > DRAW_AHEAD_BYTES:
+                    if ahead and sum(ahead.values()) + size > DRAW_AHEAD_BYTES:
                         break
                     q = pending.popleft()
                     ahead[q.name] = size
@@ -491,6 +492,7 @@ class Applier:
                 for p in entries:
                     top_up()
                     yield from self.pieces(p, reads)
+                    ahead.pop(p.name, None)  # written (all but the writer's last pieces)
             finally:
                 self._top_up = lambda: None
                 reads.close()
