@@ -242,3 +242,22 @@ def test_a_hostile_header_is_refused_the_same_with_the_worker(tmp_path):
     assert runs[0].returncode == runs[1].returncode == 1  # a corrupt source: exit 1
     assert runs[0].stderr == runs[1].stderr
     assert [p.name for p in tmp_path.iterdir()] == ["bad.safetensors"]
+
+
+@pytest.mark.parametrize(
+    ("name", "ours"), [("OPENBLAS_NUM_THREADS", "1"), ("OMP_WAIT_POLICY", "PASSIVE")]
+)
+def test_the_command_sets_thread_defaults_the_user_can_override(name, ours):
+    """The `reinit` command sets these before numpy and torch load; a value the user set wins."""
+    code = f"import os, reinit.cli; print(os.environ.get({name!r}))"
+    env = child_env()
+    env.pop(name, None)
+    got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert got.stdout.strip() == ours, got.stderr
+    env[name] = "7"
+    got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert got.stdout.strip() == "7", got.stderr
+    plain = f"import os, reinit; print(os.environ.get({name!r}))"  # the API leaves it alone
+    env.pop(name)
+    got = subprocess.run([sys.executable, "-c", plain], env=env, capture_output=True, text=True)
+    assert got.stdout.strip() == "None", got.stderr
