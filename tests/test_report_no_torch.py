@@ -151,12 +151,18 @@ assert not bad, "imported " + ", ".join(bad[:5])
 
 @pytest.mark.parametrize("form", ["file", "shards"])
 @pytest.mark.parametrize("args", [["--json"], []])
-def test_report_of_safetensors_never_imports_torch(form, args, tmp_path):
+@pytest.mark.parametrize("worker", ["0", "1"])  # without, and with a second summing process
+def test_report_of_safetensors_never_imports_torch(form, args, worker, tmp_path):
     if form == "file":
         path = write_safetensors(tmp_path / "edge.safetensors", edge_tensors())
     else:
         path = sharded(tmp_path)
-    env = {"PYTHONPATH": str(ROOT), "COLUMNS": "100", "PATH": "/usr/bin:/bin"}
+    env = {
+        "PYTHONPATH": str(ROOT),
+        "COLUMNS": "100",
+        "PATH": "/usr/bin:/bin",
+        "REINIT_STATS_PROCESS": worker,
+    }
     proc = subprocess.run(
         [sys.executable, "-c", NO_TORCH, "report", str(path), *args],
         capture_output=True,

@@ -112,25 +112,14 @@ def test_apply_with_the_worker_equals_apply_without(src, tmp_path, forced, monke
 
 
 def test_a_folder_of_shards(tmp_path, forced, monkeypatch):
-    d = tmp_path / "sharded"
-    d.mkdir()
+    d = _shards(tmp_path)
     t = tensors()
-    names = sorted(t)
-    halves = {
-        "m-00001-of-00002.safetensors": names[::2],
-        "m-00002-of-00002.safetensors": names[1::2],
-    }
-    weight_map = {}
-    for shard, ns in halves.items():
-        write_safetensors(d / shard, {n: t[n] for n in ns})
-        weight_map.update(dict.fromkeys(ns, shard))
-    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     with ahead.stats_ahead(d) as worker:
         reinit.apply(d, RULES, tmp_path / "with", seed=3)
     assert worker is not None and worker.served == len(t)
     monkeypatch.setenv(ahead.ENV, "0")
     reinit.apply(d, RULES, tmp_path / "without", seed=3)
-    for shard in halves:
+    for shard in ("m-00001-of-00002.safetensors", "m-00002-of-00002.safetensors"):
         assert (tmp_path / "with" / shard).read_bytes() == (
             tmp_path / "without" / shard
         ).read_bytes()
@@ -261,3 +250,76 @@ def test_the_command_sets_thread_defaults_the_user_can_override(name, ours):
     env.pop(name)
     got = subprocess.run([sys.executable, "-c", plain], env=env, capture_output=True, text=True)
     assert got.stdout.strip() == "None", got.stderr
+
+
+class Recorded(ahead.StatsAhead):
+    """A worker that records itself (and, with `kill`, is killed as soon as it starts)."""
+
+    made: list[ahead.StatsAhead] = []
+    kill = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        Recorded.made.append(self)
+        if Recorded.kill:
+            self.proc.kill()
+
+
+@pytest.mark.parametrize("kill", [False, True])
+@pytest.mark.parametrize("form", ["file", "shards"])
+def test_report_shares_the_summing_with_a_worker_and_gives_the_same_report(
+    kill, form, src, tmp_path, forced, monkeypatch
+):
+    """`reinit report` sums the second half of the bytes in the worker, the first here; a
+    worker that dies leaves its half to this process. The report is the same either way."""
+    from reinit.tools.audit import report_checkpoint
+
+    path = src if form == "file" else _shards(tmp_path)
+    monkeypatch.setattr(ahead, "StatsAhead", Recorded)
+    monkeypatch.setattr(Recorded, "made", [])
+    monkeypatch.setattr(Recorded, "kill", kill)
+    shared = json.loads(report_checkpoint(path).to_json())
+    (worker,) = Recorded.made
+    assert worker.proc.returncode is not None  # reaped
+    if kill:
+        assert worker.served == 0
+    else:  # the second half of the bytes: some tensors, not all
+        assert 0 < worker.served < len(tensors())
+    monkeypatch.setenv(ahead.ENV, "0")
+    alone = json.loads(report_checkpoint(path).to_json())
+    assert len(Recorded.made) == 1
+    for doc in (shared, alone):
+        doc["summary"].pop("seconds")
+    assert shared == alone
+
+
+def _shards(tmp_path: Path) -> Path:
+    d = tmp_path / "sharded"
+    d.mkdir()
+    t = tensors()
+    names = sorted(t)
+    halves = {
+        "m-00001-of-00002.safetensors": names[::2],
+        "m-00002-of-00002.safetensors": names[1::2],
+    }
+    weight_map = {}
+    for shard, ns in halves.items():
+        write_safetensors(d / shard, {n: t[n] for n in ns})
+        weight_map.update(dict.fromkeys(ns, shard))
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    return d
+
+
+def test_the_worker_never_imports_torch(src):
+    code = (
+        "import io, os, sys\n"
+        "from reinit.run import ahead\n"
+        "r, w = os.pipe()\n"  # asks that stay open: the worker runs to its end
+        f"ahead._serve({str(src)!r}, 1 << 60, 0, os.fdopen(r, 'rb'), io.BytesIO())\n"
+        "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]\n"
+        "assert not bad, bad[:5]\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=child_env(), capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr

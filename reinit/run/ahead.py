@@ -35,6 +35,7 @@ __all__ = [
     "current",
     "lead_bytes",
     "main",
+    "started",
     "stats_ahead",
     "wanted",
 ]
@@ -129,13 +130,14 @@ class StatsAhead:
     first); `stats(...)` waits for that tensor's numbers and returns None when the worker
     cannot give them (then the engine sums the tensor itself). Thread-safe."""
 
-    def __init__(self, source: Path, lead: int):
+    def __init__(self, source: Path, lead: int, from_byte: int = 0):
         package_parent = str(Path(__file__).resolve().parents[2])
         flags = ["-P"] if sys.version_info >= (3, 11) else []
+        args = [package_parent, str(source), str(lead), str(from_byte)]
         # reviewed: runs this package's own fixed line in a new interpreter (no shell, no
         # file from the checkpoint or the current directory); the source path is an argument
         self.proc = subprocess.Popen(
-            [sys.executable, *flags, "-c", _BOOT, package_parent, str(source), str(lead)],
+            [sys.executable, *flags, "-c", _BOOT, *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -180,7 +182,10 @@ class StatsAhead:
                 self._files = [_File(*map(int, f)) for f in files]
                 tensors = msg["tensors"]
                 assert isinstance(tensors, list)
+                first = int(str(msg.get("from", 0)))  # its share: the tensors from there
                 for i, (f, start, n, code) in enumerate(tensors):
+                    if i < first:
+                        continue
                     ident = self._files[int(f)]
                     self._index[(ident.dev, ident.ino, int(start), int(n), str(code))] = i
             else:
@@ -267,44 +272,61 @@ def current() -> StatsAhead | None:
 
 
 @contextlib.contextmanager
-def stats_ahead(source: object) -> Iterator[StatsAhead | None]:
-    """Start a worker for `source` (where `wanted` says it helps) for the block's duration."""
-    global _current
+def started(
+    source: object, lead: int | None = None, from_byte: int = 0
+) -> Iterator[StatsAhead | None]:
+    """A worker for `source` (where `wanted` says it helps) for the block's duration, summing
+    the tensors from `from_byte` of the source's bytes in file order (its share) on."""
     path = wanted(source)
-    if path is None or _current is not None:
+    if path is None:
         yield None
         return
     try:
-        worker = StatsAhead(path, lead_bytes())
+        worker = StatsAhead(path, lead_bytes() if lead is None else lead, from_byte)
     except OSError:
         yield None
         return
-    _current = worker
     try:
         yield worker
     finally:
-        _current = None
         worker.close()
+
+
+@contextlib.contextmanager
+def stats_ahead(source: object) -> Iterator[StatsAhead | None]:
+    """A worker for the `apply` of `source` for the block's duration: the run's engine finds
+    it with `current()`."""
+    global _current
+    if _current is not None:
+        yield None
+        return
+    with started(source) as worker:
+        _current = worker
+        try:
+            yield worker
+        finally:
+            _current = None
 
 
 # --- the worker process ---------------------------------------------------------------------
 
 
 def main(argv: list[str]) -> int:
-    """The worker: `SOURCE LEAD`. Writes one line of its files and tensors, then one line of
-    statistics per tensor, in file order, never more than LEAD bytes past the furthest tensor
-    asked for on stdin. Any failure ends it quietly (the engine then sums for itself)."""
+    """The worker: `SOURCE LEAD FROM_BYTE`. Writes one line of its files and tensors, then one
+    line of statistics per tensor of its share (those that start at FROM_BYTE of the source's
+    bytes in file order, or later), in that order, never more than LEAD bytes past the furthest
+    tensor asked for on stdin. Any failure ends it quietly (the engine then sums for itself)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C reaches the whole group: just end
     try:
-        _serve(argv[0], int(argv[1]), sys.stdin.buffer, sys.stdout.buffer)
+        _serve(argv[0], int(argv[1]), int(argv[2]), sys.stdin.buffer, sys.stdout.buffer)
     except Exception:
         return 1
     return 0
 
 
-def _serve(source: str, lead: int, asks: IO[bytes], out: IO[bytes]) -> None:
+def _serve(source: str, lead: int, from_byte: int, asks: IO[bytes], out: IO[bytes]) -> None:
     from reinit.io.sources import open_checkpoint
 
     ckpt = open_checkpoint(source, progress=False)
@@ -318,6 +340,12 @@ def _serve(source: str, lead: int, asks: IO[bytes], out: IO[bytes]) -> None:
         for fd in files:
             with contextlib.suppress(OSError):
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        ends, total = [], 0
+        for t in order:
+            total += t.info.nbytes
+            ends.append(total)
+        starts = [end - t.info.nbytes for end, t in zip(ends, order, strict=True)]
+        first = next((i for i, start in enumerate(starts) if start >= from_byte), len(order))
         _line(
             out,
             {
@@ -325,16 +353,15 @@ def _serve(source: str, lead: int, asks: IO[bytes], out: IO[bytes]) -> None:
                 "tensors": [
                     [files.index(t.fd), t.info.start, t.info.nbytes, t.info.code] for t in order
                 ],
+                "from": first,
             },
         )
-        ends, total = [], 0
-        for t in order:
-            total += t.info.nbytes
-            ends.append(total)
         pacer = _Pacer(asks, ends, lead)
         buf = bytearray(CHUNK_BYTES)
         for i, t in enumerate(order):
-            pacer.wait_for(i, ends[i] - t.info.nbytes)
+            if i < first:
+                continue
+            pacer.wait_for(i, starts[i])
             s = _sum(t.path, t.fd, t.info.start, t.info.nbytes, t.info.code, buf)
             _line(out, {"i": i, "s": [s.mean, s.std, s.min, s.max, s.nonfinite, s.count]})
     finally:

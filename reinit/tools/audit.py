@@ -69,7 +69,11 @@ def report_checkpoint(
         progress = progress and (ranks is None or ranks.primary)
         if stored is not None:  # safetensors: no torch
             entries = split_map(
-                ranks, stored, _stored_bytes, lambda part: _raw(part, progress), "summing"
+                ranks,
+                stored,
+                _stored_bytes,
+                lambda part: _raw(part, progress, source if ranks is None else None),
+                "summing",
             )
         else:
             entries = _streamed(ckpt, base, progress, stack, ranks)
@@ -122,10 +126,11 @@ def _stored_bytes(t: FileTensor) -> int:
     return t.info.nbytes
 
 
-def _raw(tensors: list[FileTensor], progress: bool) -> list[TensorEntry]:
-    """The entries of safetensors tensors (no torch), with a progress bar over their bytes."""
+def _raw(tensors: list[FileTensor], progress: bool, source: object = None) -> list[TensorEntry]:
+    """The entries of safetensors tensors (no torch), with a progress bar over their bytes;
+    `source`: the path they were opened from, for a second summing process (`run.ahead`)."""
     with progress_bar(sum(t.info.nbytes for t in tensors), progress, "reinit report") as bar:
-        return raw_entries(tensors, bar)
+        return raw_entries(tensors, bar, source)
 
 
 def _streamed(

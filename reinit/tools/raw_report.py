@@ -28,10 +28,14 @@ from reinit.io.signals import wait_held
 from reinit.report.entries import TensorEntry, kept_entry
 from reinit.report.kernels import FLOAT_CODES
 from reinit.report.progress import Progress
-from reinit.report.stats import Buffers, ChunkSums, StatsAccumulator
+from reinit.report.stats import Buffers, ChunkSums, Stats, StatsAccumulator
+from reinit.run import ahead
 
 READ_AHEAD = 2  # reads queued ahead of the compute
 WORKERS = 2  # threads summing pieces (numpy and BLAS release the GIL)
+# with a second process (`run.ahead`): where its share of the bytes starts (it sums the second
+# half; a smaller share measured no faster although it starts an interpreter first)
+WORKER_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -115,13 +119,53 @@ def _buffers(code: str) -> Buffers:
 Job = list[tuple[int, list[ChunkSums], bool]]
 
 
-def raw_entries(tensors: Sequence[FileTensor], bar: Progress) -> list[TensorEntry]:
-    """Every tensor's report entry (`kept`, with its statistics), in order."""
+def raw_entries(
+    tensors: Sequence[FileTensor], bar: Progress, source: object = None
+) -> list[TensorEntry]:
+    """Every tensor's report entry (`kept`, with its statistics), in order.
+
+    With `source` (the path the tensors were opened from) big enough for it (`run.ahead`), a
+    second process sums the later part of the bytes while this one sums the first (one thread
+    each, so neither waits on the other's GIL); whatever it cannot give is summed here."""
+    total = sum(t.info.nbytes for t in tensors)
+    with ahead.started(source, lead=total, from_byte=int(total * WORKER_SHARE)) as worker:
+        if worker is None:
+            return _summed(tensors, bar, WORKERS)
+        theirs = {i for i, t in enumerate(tensors) if worker.covers(*_key(t))}
+        entries: list[TensorEntry | None] = [None] * len(tensors)
+        mine = [i for i in range(len(tensors)) if i not in theirs]
+        for i, e in zip(mine, _summed([tensors[i] for i in mine], bar, 1), strict=True):
+            entries[i] = e
+        missing = []
+        for i in sorted(theirs):
+            got = worker.stats(*_key(tensors[i]))
+            if got is None:
+                missing.append(i)
+                continue
+            entries[i] = _entry(tensors[i], got)
+            bar.update(tensors[i].info.nbytes)
+    for i, e in zip(missing, _summed([tensors[i] for i in missing], bar, WORKERS), strict=True):
+        entries[i] = e
+    assert all(e is not None for e in entries)
+    return [e for e in entries if e is not None]
+
+
+def _key(t: FileTensor) -> tuple[int, int, int, str]:
+    return t.fd, t.info.start, t.info.nbytes, t.info.code
+
+
+def _entry(t: FileTensor, stats: Stats) -> TensorEntry:
+    i = t.info
+    return kept_entry(i.name, i.shape, CODE_NAMES[i.code], i.code in FLOAT_CODES, stats)
+
+
+def _summed(tensors: Sequence[FileTensor], bar: Progress, workers: int) -> list[TensorEntry]:
+    """The entries of `tensors`, summed here on `workers` threads."""
     accs: dict[int, StatsAccumulator] = {}
     entries: list[TensorEntry | None] = [None] * len(tensors)
     reads = plan_reads(tensors)
     biggest = max((r.nbytes for r in reads), default=0)
-    ring = [bytearray(biggest) for _ in range(min(len(reads), READ_AHEAD + WORKERS + 2))]
+    ring = [bytearray(biggest) for _ in range(min(len(reads), READ_AHEAD + workers + 2))]
 
     def job(parts: list[tuple[int, StatsAccumulator, memoryview, bool]]) -> Job:
         out: Job = []
@@ -135,15 +179,12 @@ def raw_entries(tensors: Sequence[FileTensor], bar: Progress) -> list[TensorEntr
             acc = accs[i]
             acc.merge(parts)
             if last:
-                t = tensors[i].info
-                entries[i] = kept_entry(
-                    t.name, t.shape, CODE_NAMES[t.code], t.code in FLOAT_CODES, acc.result()
-                )
+                entries[i] = _entry(tensors[i], acc.result())
                 del accs[i]
         bar.update(nbytes)
 
     pending: deque[tuple[Future[Job], int]] = deque()
-    with ThreadPoolExecutor(WORKERS, thread_name_prefix="reinit-stats") as pool:
+    with ThreadPoolExecutor(workers, thread_name_prefix="reinit-stats") as pool:
         try:
             for r, view in prefetch(_read_all(reads, ring), READ_AHEAD, "reinit-read"):
                 parts = []
@@ -155,7 +196,7 @@ def raw_entries(tensors: Sequence[FileTensor], bar: Progress) -> list[TensorEntr
                     acc.set_pivot(acc.values_of(piece))
                     parts.append((i, acc, piece, last))
                 pending.append((pool.submit(job, parts), r.nbytes))
-                while len(pending) > WORKERS:
+                while len(pending) > workers:
                     fut, nbytes = pending.popleft()
                     finish(_result(fut), nbytes)
             while pending:
