@@ -47,6 +47,7 @@ import select
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +65,10 @@ _MIN_LEAD = 256 << 20
 _MAX_LINE = 1 << 20
 # below this many bytes of safetensors a worker is not started: starting an interpreter with
 # numpy (~0.1 CPU-s) would cost more than the statistics it takes off the run
-MIN_SOURCE_BYTES = 256 << 20  # a worker's line (one tensor's name and numbers) is far below this
+MIN_SOURCE_BYTES = 256 << 20
+# how long the engine waits for a worker's list of tensors before it does without it (a
+# worker lists them within ~0.2 s of its start on the dev machine)
+LIST_WAIT_S = 10.0  # a worker's line (one tensor's name and numbers) is far below this
 
 
 def lead_bytes() -> int:
@@ -149,6 +153,8 @@ class StatsAhead:
         self._index: dict[tuple[int, int, int, int, str], int] = {}  # (dev, ino, start, n, code)
         self._results: dict[int, Stats] = {}
         self._asked = -1
+        self._write = threading.Lock()  # one writer of asks at a time
+        self._opened: dict[int, _File] = {}  # the engine's descriptors, fstat once each
         self._done = False  # the worker ended (or said something unreadable)
         self.served = 0  # results handed to the engine (tests read it)
         self._thread = threading.Thread(target=self._read, name="reinit-ahead", daemon=True)
@@ -200,17 +206,25 @@ class StatsAhead:
 
     def _key(self, fd: int, start: int, nbytes: int, code: str) -> int | None:
         """The worker's index of this tensor, if it sums this very file's bytes there."""
-        with self._cond:
-            while self._files is None:
-                self._cond.wait(0.1)
-            files = self._files
-        try:
-            ident = _identity(os.fstat(fd))
-        except OSError:
-            return None
+        files = self._listed()
+        ident = self._opened.get(fd)
+        if ident is None:
+            try:
+                ident = self._opened[fd] = _identity(os.fstat(fd))
+            except OSError:
+                return None
         if ident not in files:
             return None
         return self._index.get((ident.dev, ident.ino, start, nbytes, code))
+
+    def _listed(self) -> list[_File]:
+        """The worker's files, once it said them (none if it has not within `LIST_WAIT_S`,
+        e.g. on a machine too busy to start it: then this run does without it)."""
+        deadline = time.monotonic() + LIST_WAIT_S
+        with self._cond:
+            while self._files is None and time.monotonic() < deadline:
+                self._cond.wait(0.05)
+            return self._files or []
 
     def covers(self, fd: int, start: int, nbytes: int, code: str) -> bool:
         return self._key(fd, start, nbytes, code) is not None
@@ -238,18 +252,25 @@ class StatsAhead:
         return wait_held(get, TimeoutError)
 
     def _ask(self, i: int) -> None:
-        """Tell the worker the engine reached tensor `i` (it may read `lead` bytes past it)."""
+        """Tell the worker the engine reached tensor `i` (it may read `lead` bytes past it).
+
+        Written outside `_cond`: a write that waits for the worker to read its stdin must not
+        stop the reader thread from taking the worker's results (which the worker may be
+        waiting to write)."""
         with self._cond:
             if i <= self._asked or self._done:
                 return
             self._asked = i
+        with self._write:
             stdin = self.proc.stdin
             assert stdin is not None
             try:
                 stdin.write(b"%d\n" % i)
                 stdin.flush()
-            except OSError:
-                self._done = True
+            except (OSError, ValueError):  # the worker ended (or was closed)
+                with self._cond:
+                    self._done = True
+                    self._cond.notify_all()
 
     def close(self) -> None:
         """Stop the worker and wait for it (nothing of it outlives the run)."""
@@ -399,16 +420,17 @@ class _Pacer:
                 return
 
     def _poll(self, block: bool) -> None:
+        """Take every ask waiting on stdin (waiting for one with `block`)."""
         fd = self.asks.fileno()
-        ready, _, _ = select.select([fd], [], [], None if block else 0)
-        if not ready:
-            return
-        data = os.read(fd, 4096)
-        if not data:
-            raise EOFError("the engine is gone")
-        *lines, self.pending = (self.pending + data).split(b"\n")
-        for line in lines:
-            self.asked = max(self.asked, int(line))
+        timeout = None if block else 0
+        while select.select([fd], [], [], timeout)[0]:
+            data = os.read(fd, 1 << 16)
+            if not data:
+                raise EOFError("the engine is gone")
+            *lines, self.pending = (self.pending + data).split(b"\n")
+            for line in lines:
+                self.asked = max(self.asked, int(line))
+            timeout = 0
 
 
 def _line(out: IO[bytes], msg: dict[str, object]) -> None:
