@@ -131,3 +131,39 @@ def make_checkpoint(path: Path, layers: int = 12) -> int:
     save_file(sd, path)
     del sd
     return path.stat().st_size
+
+
+# --- safetensors fixtures written with reinit's own header builder -------------------------
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> Path:
+    """A safetensors file written with reinit's header builder: every dtype this torch has,
+    fp8 and uint included, in the order given."""
+    from reinit.io.formats import build_header, tensor_to_bytes
+
+    items = list(tensors.items())
+    header, _ = build_header([(k, v.dtype, tuple(v.shape)) for k, v in items], {"k": "v"})
+    with open(path, "wb") as f:
+        f.write(header)
+        for _, v in items:
+            f.write(tensor_to_bytes(v))
+    return path
+
+
+def write_two_shards(folder: Path, tensors: dict[str, torch.Tensor]) -> Path:
+    """A model folder of two safetensors shards (alternate names by sort order) and their
+    index; returns the folder."""
+    import json
+
+    folder.mkdir()
+    names = sorted(tensors)
+    halves = {
+        "model-00001-of-00002.safetensors": names[::2],
+        "model-00002-of-00002.safetensors": names[1::2],
+    }
+    weight_map = {}
+    for shard, ns in halves.items():
+        write_safetensors(folder / shard, {n: tensors[n] for n in ns})
+        weight_map.update(dict.fromkeys(ns, shard))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    return folder

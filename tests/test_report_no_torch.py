@@ -24,25 +24,13 @@ from reinit.io.formats import (
     DirectoryCheckpoint,
     SafetensorsFile,
     TensorInfo,
-    build_header,
-    tensor_to_bytes,
 )
 from reinit.io.formats._safetensors_format import CODE_TO_DTYPE
 from reinit.tools.audit import report_checkpoint
 from reinit.tools.raw_report import plan_reads
+from tests.helpers import write_safetensors, write_two_shards
 
 ROOT = Path(__file__).parents[1]
-
-
-def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> Path:
-    """With reinit's own header builder: every dtype this torch has, fp8 and uint included."""
-    items = list(tensors.items())
-    header, _ = build_header([(k, v.dtype, tuple(v.shape)) for k, v in items], {"k": "v"})
-    with open(path, "wb") as f:
-        f.write(header)
-        for _, v in items:
-            f.write(tensor_to_bytes(v))
-    return path
 
 
 def edge_tensors() -> dict[str, torch.Tensor]:
@@ -88,20 +76,7 @@ def tiny_bert(tmp_path: Path) -> Path:
 
 def sharded(tmp_path: Path) -> Path:
     """A model folder of two safetensors shards and their index."""
-    d = tmp_path / "sharded"
-    d.mkdir()
-    t = edge_tensors()
-    names = sorted(t)
-    halves = {
-        "model-00001-of-00002.safetensors": names[::2],
-        "model-00002-of-00002.safetensors": names[1::2],
-    }
-    weight_map = {}
-    for shard, ns in halves.items():
-        write_safetensors(d / shard, {n: t[n] for n in ns})
-        weight_map.update(dict.fromkeys(ns, shard))
-    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
-    return d
+    return write_two_shards(tmp_path / "sharded", edge_tensors())
 
 
 def comparable(report_json: str) -> dict:

@@ -22,22 +22,12 @@ import torch
 
 import reinit
 from reinit.io.checkpoint import CHUNK_BYTES
-from reinit.io.formats import SafetensorsFile, build_header, tensor_to_bytes
+from reinit.io.formats import SafetensorsFile
 from reinit.report.stats import StatsAccumulator
 from reinit.run import ahead
-from tests.helpers import child_env, run_child
+from tests.helpers import child_env, run_child, write_safetensors, write_two_shards
 
 RULES = ["*.down.weight=kaiming_normal", "ln.weight=ones"]
-
-
-def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> Path:
-    items = list(tensors.items())
-    header, _ = build_header([(k, v.dtype, tuple(v.shape)) for k, v in items], None)
-    with open(path, "wb") as f:
-        f.write(header)
-        for _, v in items:
-            f.write(tensor_to_bytes(v))
-    return path
 
 
 def tensors(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -119,7 +109,7 @@ def test_a_folder_of_shards(tmp_path, forced, monkeypatch):
     assert worker is not None and worker.served == len(t)
     monkeypatch.setenv(ahead.ENV, "0")
     reinit.apply(d, RULES, tmp_path / "without", seed=3)
-    for shard in ("m-00001-of-00002.safetensors", "m-00002-of-00002.safetensors"):
+    for shard in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"):
         assert (tmp_path / "with" / shard).read_bytes() == (
             tmp_path / "without" / shard
         ).read_bytes()
@@ -294,20 +284,7 @@ def test_report_shares_the_summing_with_a_worker_and_gives_the_same_report(
 
 
 def _shards(tmp_path: Path) -> Path:
-    d = tmp_path / "sharded"
-    d.mkdir()
-    t = tensors()
-    names = sorted(t)
-    halves = {
-        "m-00001-of-00002.safetensors": names[::2],
-        "m-00002-of-00002.safetensors": names[1::2],
-    }
-    weight_map = {}
-    for shard, ns in halves.items():
-        write_safetensors(d / shard, {n: t[n] for n in ns})
-        weight_map.update(dict.fromkeys(ns, shard))
-    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
-    return d
+    return write_two_shards(tmp_path / "sharded", tensors())
 
 
 def test_the_worker_never_imports_torch(src):
