@@ -11,18 +11,15 @@ from reinit.cli.common import (
     FlagValue,
     apply_options,
     by_option,
-    dropped_line,
     dry_run_option,
-    err,
     examples,
     json_option,
     options_from_flags,
     progress_on,
     quiet_option,
+    show_plan,
     show_report,
-    warn_all,
     warn_unsafe,
-    width,
 )
 
 __all__ = ["apply"]
@@ -84,15 +81,8 @@ def apply(
     warn_unsafe(trusted)
     if dry_run:
         from reinit.planning.session import plan
-        from reinit.report.views import render_plan
 
-        the_plan = plan(source, rules, options=options)
-        if (torchrun_world() or (0, 1))[0] != 0:
-            return  # under torchrun: rank 0 prints the plan
-        warn_all(the_plan.warnings)
-        click.echo(render_plan(the_plan, width(), by=by, every=all_tensors), err=as_json)
-        if the_plan.dropped:
-            err(dropped_line(the_plan.dropped))
+        show_plan(plan(source, rules, options=options), as_json=as_json, by=by, every=all_tensors)
         return
     if options.plot is not None:
         from reinit.report.views import require_matplotlib

@@ -15,11 +15,13 @@ from reinit.options import meta
 
 if TYPE_CHECKING:
     from reinit.options import ApplyOptions
+    from reinit.planning.planner import Plan
     from reinit.report.entries import Report
     from reinit.run.ranks import Group
 
 __all__ = [
     "FlagValue",
+    "show_plan",
     "apply_option",
     "apply_options",
     "by_option",
@@ -205,6 +207,20 @@ def ranks_of_run() -> Iterator[Group | None]:
         return
     with process_group() as ranks:
         yield ranks
+
+
+def show_plan(the_plan: Plan, *, as_json: bool, by: str, every: bool) -> None:
+    """What `apply --dry-run` and `new --dry-run` print: the plan's warnings, the plan (on
+    stderr with `--json`), and the names it drops; under torchrun only rank 0 prints."""
+    from reinit.report.views import render_plan
+    from reinit.run.ranks import torchrun_world
+
+    if (torchrun_world() or (0, 1))[0] != 0:
+        return
+    warn_all(the_plan.warnings)
+    click.echo(render_plan(the_plan, width(), by=by, every=every), err=as_json)
+    if the_plan.dropped:
+        err(dropped_line(the_plan.dropped))
 
 
 def show_report(report: Report, *, as_json: bool, quiet: bool, by: str) -> None:

@@ -17,10 +17,9 @@ from reinit.cli.common import (
     json_option,
     progress_on,
     quiet_option,
+    show_plan,
     show_report,
-    warn_all,
     warn_unsafe,
-    width,
 )
 
 __all__ = ["new"]
@@ -108,16 +107,10 @@ def new(
     assert isinstance(trusted, tuple)
     warn_unsafe(trusted)
     if dry_run:
-        from reinit.report.views import render_plan
         from reinit.run.new import plan_new
 
         the_plan = plan_new(config, rules, options=options)
-        from reinit.run.ranks import torchrun_world
-
-        if (torchrun_world() or (0, 1))[0] != 0:
-            return  # under torchrun: rank 0 prints the plan
-        warn_all(the_plan.warnings)
-        click.echo(render_plan(the_plan, width(), by=by, every=all_tensors), err=as_json)
+        show_plan(the_plan, as_json=as_json, by=by, every=all_tensors)
         return
     if options.plot is not None:
         from reinit.report.views import require_matplotlib
