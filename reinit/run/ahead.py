@@ -62,13 +62,13 @@ ENV = "REINIT_STATS_PROCESS"
 # the most a worker reads past the furthest tensor the engine asked for: half of what this
 # machine can still cache, and at least 256 MB
 _MIN_LEAD = 256 << 20
-_MAX_LINE = 1 << 20
+_MAX_LINE = 64 << 20  # a worker's line: its list of tensors (up to MAX_TOTAL_TENSORS) fits
 # below this many bytes of safetensors a worker is not started: starting an interpreter with
 # numpy (~0.1 CPU-s) would cost more than the statistics it takes off the run
 MIN_SOURCE_BYTES = 256 << 20
 # how long the engine waits for a worker's list of tensors before it does without it (a
 # worker lists them within ~0.2 s of its start on the dev machine)
-LIST_WAIT_S = 10.0  # a worker's line (one tensor's name and numbers) is far below this
+LIST_WAIT_S = 10.0
 
 
 def lead_bytes() -> int:
@@ -85,9 +85,9 @@ def wanted(source: object) -> Path | None:
     mode = os.environ.get(ENV, "")
     if mode == "0" or not isinstance(source, (str, os.PathLike)):
         return None
-    path = Path(os.fspath(source))
-    if str(path).startswith("hf://"):
+    if os.fspath(source).startswith("hf://"):
         return None
+    path = Path(os.fspath(source))
     try:
         if path.is_file() and path.suffix == ".safetensors":
             size = path.stat().st_size
