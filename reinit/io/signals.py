@@ -14,11 +14,12 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, wait
 from contextlib import contextmanager
 from types import FrameType
 from typing import TypeVar
 
-__all__ = ["POLL_SECONDS", "signals_deferred", "wait_held"]
+__all__ = ["POLL_SECONDS", "result_held", "signals_deferred", "wait_held"]
 
 T = TypeVar("T")
 
@@ -71,3 +72,22 @@ def wait_held(get: Callable[[float], T], timeout_error: type[BaseException]) -> 
                 except timeout_error:
                     continue
         # the held signal went to its handler, which did not raise (ignored): wait on
+
+
+class _NotYet(Exception):
+    """`result_held`'s own "not done yet" (never the future's: see there)."""
+
+
+def result_held(future: Future[T]) -> T:
+    """`future.result()`, waited for and taken with SIGINT/SIGTERM held (`wait_held`): a
+    future takes its lock in Python code (`Condition.__enter__`), where a raising handler can
+    leave it locked, and then the thread finishing the future blocks on it forever (and so
+    does whoever joins that thread). An exception the future holds is raised as is: a
+    TimeoutError of its own (an OSError with ETIMEDOUT) is not taken for "not done yet"."""
+
+    def get(timeout: float) -> T:
+        if not wait((future,), timeout).done:
+            raise _NotYet
+        return future.result()
+
+    return wait_held(get, _NotYet)
