@@ -10,8 +10,11 @@ handler left it before the `with` held the lock. The tests make the signal arriv
 (a profile hook on that acquire's return), with a SIGALRM watchdog that ends a hang as a
 failure.
 
-Internal: tests reinit.io.pipeline.prefetch, reinit.run.stream.Applier (its drawing, slowed)
-and reinit.tools.raw_report._result directly.
+Also: `signals_deferred` itself leaves no handler swapped when a signal lands while it swaps
+them.
+
+Internal: tests reinit.io.pipeline.prefetch, reinit.run.stream.Applier (its drawing, slowed),
+reinit.tools.raw_report._result and reinit.io.signals.signals_deferred directly.
 """
 
 from __future__ import annotations
@@ -163,3 +166,38 @@ def test_a_jobs_own_timeout_is_raised(watchdog):
         fut: Future[None] = pool.submit(job)
         with pytest.raises(TimeoutError, match="timed out"):
             _result(fut)  # type: ignore[arg-type]
+
+
+def test_a_signal_while_holding_begins_leaves_no_handler_swapped(default_sigint):
+    """SIGTERM (raising, as the `reinit` program's handler does) arriving after
+    `signals_deferred` swapped SIGINT's handler and before SIGTERM's: the interrupt goes
+    through, and SIGINT's own handler is back (it was left taking notes nobody read, so every
+    later Ctrl-C was swallowed)."""
+    from reinit.io.signals import signals_deferred
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    old_term = signal.signal(signal.SIGTERM, on_sigterm)
+    fired: list[str] = []
+
+    def hook(frame: FrameType, event: str, arg: object) -> None:
+        # the return of `_signal.signal` in `signal.signal`, called by `signals_deferred`
+        if fired or event != "c_return" or getattr(arg, "__name__", "") != "signal":
+            return
+        caller = frame.f_back
+        swapped = signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        if caller is not None and caller.f_code.co_name == "signals_deferred" and swapped:
+            fired.append("sent")
+            sys.setprofile(None)
+            signal.raise_signal(signal.SIGTERM)
+
+    try:
+        sys.setprofile(hook)
+        with pytest.raises(KeyboardInterrupt), signals_deferred():
+            pass
+    finally:
+        sys.setprofile(None)
+        signal.signal(signal.SIGTERM, old_term)
+    assert fired == ["sent"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -15,8 +15,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, wait
-from contextlib import contextmanager
-from types import FrameType
+from contextlib import ExitStack, contextmanager
 from typing import TypeVar
 
 __all__ = ["POLL_SECONDS", "result_held", "signals_deferred", "wait_held"]
@@ -44,18 +43,20 @@ def signals_deferred() -> Iterator[list[int]]:
     if threading.current_thread() is not threading.main_thread():
         yield caught
         return
-    saved: dict[signal.Signals, Callable[[int, FrameType | None], object] | int] = {}
-    for sig in _STOP_SIGNALS:
-        old = signal.getsignal(sig)
-        if old is None:  # installed outside Python: cannot be restored, leave it
-            continue
-        saved[sig] = old
-        signal.signal(sig, lambda signum, frame: caught.append(signum))
     try:
-        yield caught
+        with ExitStack() as restore:
+            for sig in _STOP_SIGNALS:
+                old = signal.getsignal(sig)
+                if old is None:  # installed outside Python: cannot be restored, leave it
+                    continue
+                # the way back is registered before the swap, and ExitStack runs every one of
+                # them even when a signal's handler raises in between (the other signal's,
+                # not yet held, or a second one while restoring): none is left taking notes
+                # that nobody reads, which would swallow every later Ctrl-C
+                restore.callback(signal.signal, sig, old)
+                signal.signal(sig, lambda signum, frame: caught.append(signum))
+            yield caught
     finally:
-        for sig, old in saved.items():
-            signal.signal(sig, old)
         if caught:
             signal.raise_signal(caught[0])
 
