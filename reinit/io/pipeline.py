@@ -33,12 +33,12 @@ class _Failure:
 
 
 def _next(q: queue.Queue[T]) -> T:
-    """The next item; when it must be waited for, the wait holds SIGINT/SIGTERM (a handler
-    raising inside `Condition.wait` breaks the queue's lock: `reinit.io.signals`)."""
-    try:
-        return q.get_nowait()
-    except queue.Empty:
-        return wait_held(lambda timeout: q.get(timeout=timeout), queue.Empty)
+    """The next item, taken with SIGINT/SIGTERM held even when one is ready: `Queue.get`
+    takes the queue's mutex in `Condition.__enter__`, which is Python code, so a handler
+    raising there can leave right after the acquire, before the `with` holds the mutex, and
+    leave it locked for good. The producer's `put` and this generator's own cleanup then
+    block on it forever: `reinit apply` hung after a SIGTERM instead of exiting 130."""
+    return wait_held(lambda timeout: q.get(timeout=timeout), queue.Empty)
 
 
 def prefetch(
@@ -86,9 +86,10 @@ def prefetch(
                 raise item.exc
             yield item
     finally:
-        stop.set()
-        # a second Ctrl-C must not land inside the join (bpo-45274: "release unlocked lock")
+        # a second Ctrl-C must not land inside the join (bpo-45274: "release unlocked lock"),
+        # nor in `stop.set()` (its lock is taken in Python code too: see `_next`)
         with signals_deferred():
+            stop.set()
             while thread.is_alive():
                 try:  # unblock a producer waiting on a full queue
                     q.get_nowait()

@@ -14,11 +14,11 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from types import FrameType
+from concurrent.futures import Future, wait
+from contextlib import ExitStack, contextmanager
 from typing import TypeVar
 
-__all__ = ["POLL_SECONDS", "signals_deferred", "wait_held"]
+__all__ = ["POLL_SECONDS", "result_held", "signals_deferred", "wait_held"]
 
 T = TypeVar("T")
 
@@ -43,18 +43,20 @@ def signals_deferred() -> Iterator[list[int]]:
     if threading.current_thread() is not threading.main_thread():
         yield caught
         return
-    saved: dict[signal.Signals, Callable[[int, FrameType | None], object] | int] = {}
-    for sig in _STOP_SIGNALS:
-        old = signal.getsignal(sig)
-        if old is None:  # installed outside Python: cannot be restored, leave it
-            continue
-        saved[sig] = old
-        signal.signal(sig, lambda signum, frame: caught.append(signum))
     try:
-        yield caught
+        with ExitStack() as restore:
+            for sig in _STOP_SIGNALS:
+                old = signal.getsignal(sig)
+                if old is None:  # installed outside Python: cannot be restored, leave it
+                    continue
+                # the way back is registered before the swap, and ExitStack runs every one of
+                # them even when a signal's handler raises in between (the other signal's,
+                # not yet held, or a second one while restoring): none is left taking notes
+                # that nobody reads, which would swallow every later Ctrl-C
+                restore.callback(signal.signal, sig, old)
+                signal.signal(sig, lambda signum, frame: caught.append(signum))
+            yield caught
     finally:
-        for sig, old in saved.items():
-            signal.signal(sig, old)
         if caught:
             signal.raise_signal(caught[0])
 
@@ -71,3 +73,22 @@ def wait_held(get: Callable[[float], T], timeout_error: type[BaseException]) -> 
                 except timeout_error:
                     continue
         # the held signal went to its handler, which did not raise (ignored): wait on
+
+
+class _NotYet(Exception):
+    """`result_held`'s own "not done yet" (never the future's: see there)."""
+
+
+def result_held(future: Future[T]) -> T:
+    """`future.result()`, waited for and taken with SIGINT/SIGTERM held (`wait_held`): a
+    future takes its lock in Python code (`Condition.__enter__`), where a raising handler can
+    leave it locked, and then the thread finishing the future blocks on it forever (and so
+    does whoever joins that thread). An exception the future holds is raised as is: a
+    TimeoutError of its own (an OSError with ETIMEDOUT) is not taken for "not done yet"."""
+
+    def get(timeout: float) -> T:
+        if not wait((future,), timeout).done:
+            raise _NotYet
+        return future.result()
+
+    return wait_held(get, _NotYet)

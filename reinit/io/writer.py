@@ -18,12 +18,14 @@ from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 
 import torch
 
 from reinit.errors import WriteError
 from reinit.io.formats import build_header
 from reinit.io.renameat import RENAME_EXCHANGE, renameat2
+from reinit.io.signals import signals_deferred
 
 __all__ = [
     "SafetensorsWriter",
@@ -31,6 +33,7 @@ __all__ = [
     "copy_file_span",
     "publish_directory",
     "remove_path",
+    "save_to",
     "temp_sibling",
     "write_error",
     "write_torch_file",
@@ -196,13 +199,33 @@ def write_torch_file(path: str | os.PathLike[str], state: Mapping[str, torch.Ten
     where = os.fspath(path)
     try:
         with open(path, "wb") as f:
-            torch.save(dict(state), f)
+            save_to(f, dict(state), where)
             f.flush()
             os.fsync(f.fileno())
             return f.tell()
     except OSError as e:
         raise write_error(where, e) from None
-    except RuntimeError as e:
+
+
+def save_to(f: BinaryIO, obj: object, where: str) -> None:
+    """`torch.save(obj, f)` into our own file object `f` (of the output `where`), with
+    SIGINT/SIGTERM held until it returns (`reinit.io.signals`); a write's OSError (a full
+    disk, `ulimit -f`) fails as `write_error`.
+
+    Why held: torch's zip writer calls `f.write` from C++, in the main thread, where Python
+    runs signal handlers. An interrupt raised inside it either reached torch's `__exit__`,
+    whose end of the archive then failed ("unexpected pos") and replaced the interrupt with a
+    RuntimeError (exit 1, "internal error", instead of 130), or skipped that `__exit__`, and the
+    writer left unfinished wrote its end from its destructor, after `f` was closed: an
+    exception in a C++ destructor, so the process aborted (SIGABRT). Held, the signal is raised
+    as soon as the record is complete: a Ctrl-C waits at most for one `torch.save` (a DCP
+    record is one tensor; the `.bin/.pt` output is the whole model)."""
+    try:
+        with signals_deferred():
+            torch.save(obj, f)
+    except OSError as e:
+        raise write_error(where, e) from None
+    except RuntimeError as e:  # torch's own end replaced the write's OSError (see above)
         cause = _os_error_in_chain(e)
         if cause is not None:
             raise write_error(where, cause) from None

@@ -20,6 +20,7 @@ import torch
 from reinit.io.buffers import BufferPool, read_span, return_big_frees
 from reinit.io.checkpoint import CHUNK_BYTES, Checkpoint, TensorRef
 from reinit.io.pipeline import prefetch
+from reinit.io.signals import result_held
 from reinit.planning.edited import EditedCheckpoint, original_of
 from reinit.planning.init_trace import AppliedInit
 from reinit.planning.model import ModelView, default_init, reinit_value
@@ -515,7 +516,7 @@ class Applier:
         if future is None:
             return self._draw(p)
         self._top_up()  # the next tensors draw while this one is waited for and written
-        return future.result()
+        return result_held(future)  # on the main thread too (the in-memory API, `report`)
 
     def _context(self, p: PlanEntry) -> FillContext | None:
         """What a scheme that reads beyond its own shape gets (see `Scheme.needs_context`):

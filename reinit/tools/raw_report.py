@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from reinit.io.checkpoint import CHUNK_BYTES, FileTensor
 from reinit.io.formats import CODE_NAMES, pread_into
 from reinit.io.pipeline import prefetch
-from reinit.io.signals import wait_held
+from reinit.io.signals import result_held
 from reinit.report.entries import TensorEntry, kept_entry
 from reinit.report.kernels import FLOAT_CODES
 from reinit.report.progress import Progress
@@ -91,7 +91,7 @@ def plan_reads(tensors: Sequence[FileTensor], size: int = CHUNK_BYTES) -> list[R
 
 def _result(fut: Future[Job]) -> Job:
     """The job's result, waited for with SIGINT/SIGTERM held (`reinit.io.signals`)."""
-    return wait_held(lambda timeout: fut.result(timeout=timeout), TimeoutError)
+    return result_held(fut)
 
 
 def _read_all(reads: Sequence[Read], ring: list[bytearray]) -> Iterator[tuple[Read, memoryview]]:

@@ -24,7 +24,7 @@ import torch
 from reinit.io.formats._dcp_metadata import METADATA_NAME
 from reinit.io.formats._safetensors_format import dtype_size
 from reinit.io.formats._safetensors_reader import pread_into
-from reinit.io.writer import write_error
+from reinit.io.writer import save_to, write_error
 
 __all__ = ["DATA_NAME", "DcpWriter"]
 
@@ -108,10 +108,7 @@ class DcpWriter:
         )
         assert self._file is not None
         start = self._file.tell()
-        try:
-            torch.save(t, self._file)
-        except OSError as e:
-            raise write_error(str(self.folder), e) from None
+        save_to(self._file, t, str(self.folder))  # whole, a Ctrl-C meanwhile raised after
         self._stored.append((start, self._file.tell() - start))
         self._buf = None
         self._next += 1

@@ -1,0 +1,203 @@
+"""A Ctrl-C or SIGTERM whose handler runs while the main thread takes a lock another thread
+needs must not leave that lock locked: the consumer of `prefetch` taking the queue's mutex
+(the producer's `put` and the generator's own cleanup then waited on it forever: the hang of
+`reinit apply` after a SIGTERM), and the in-memory API taking a drawn value's future (the
+drawing thread, and the pool's shutdown joining it, waited forever).
+
+`Queue.get` and `Future.result` take their lock in `Condition.__enter__`, Python code: CPython
+runs a pending signal handler right after the C-level acquire returns there, so a raising
+handler left it before the `with` held the lock. The tests make the signal arrive exactly there
+(a profile hook on that acquire's return), with a SIGALRM watchdog that ends a hang as a
+failure.
+
+Also: `signals_deferred` itself leaves no handler swapped when a signal lands while it swaps
+them.
+
+Internal: tests reinit.io.pipeline.prefetch, reinit.run.stream.Applier (its drawing, slowed),
+reinit.tools.raw_report._result and reinit.io.signals.signals_deferred directly.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from types import FrameType
+
+import pytest
+import torch
+
+import reinit
+from reinit.io.pipeline import prefetch
+from reinit.run.stream import Applier
+from reinit.tools.raw_report import _result
+
+WATCHDOG_SECONDS = 20
+NAME = "reinit-test-prefetch"
+
+
+class Hung(Exception):
+    pass
+
+
+@pytest.fixture
+def default_sigint() -> Iterator[None]:
+    """Python's own SIGINT handler (raises KeyboardInterrupt), as in the `reinit` program."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+@pytest.fixture
+def watchdog() -> Iterator[None]:
+    """A hang ends as `Hung` (a lock's wait is interrupted by SIGALRM's raising handler)."""
+
+    def hung(signum: int, frame: FrameType | None) -> None:
+        raise Hung(f"still blocked after {WATCHDOG_SECONDS} s")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.setitimer(signal.ITIMER_REAL, WATCHDOG_SECONDS)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _stack(frame: FrameType | None) -> list[tuple[str, str]]:
+    names = []
+    while frame is not None:
+        names.append((frame.f_code.co_name, frame.f_code.co_filename))
+        frame = frame.f_back
+    return names
+
+
+def _taking_an_item(frame: FrameType) -> bool:
+    """Whether `frame` runs inside `Queue.get` called by the prefetch consumer."""
+    names = _stack(frame)
+    in_get = any(n == "get" and f.endswith("queue.py") for n, f in names)
+    return in_get and any(n == "_next" and f.endswith("pipeline.py") for n, f in names)
+
+
+def _taking_a_drawn_value(frame: FrameType) -> bool:
+    """Whether `frame` runs inside concurrent.futures, called for a drawn value."""
+    names = _stack(frame)
+    in_futures = any(f.endswith("_base.py") and "concurrent" in f for _, f in names)
+    return in_futures and any(n == "_drawn_value" for n, _ in names)
+
+
+def signal_after_a_lock_is_taken(where: Callable[[FrameType], bool], then=None) -> list[str]:
+    """Arrange a SIGINT the moment the main thread has acquired a lock at a place `where`
+    accepts (the return of the C-level acquire), once; `then()` runs just before."""
+    fired: list[str] = []
+
+    def hook(frame: FrameType, event: str, arg: object) -> None:
+        if fired or event != "c_return":
+            return
+        if getattr(arg, "__name__", "") in ("__enter__", "acquire") and where(frame):
+            fired.append("sent")
+            sys.setprofile(None)
+            if then is not None:
+                then()
+            signal.raise_signal(signal.SIGINT)  # its handler runs here, as at a real arrival
+
+    sys.setprofile(hook)
+    return fired
+
+
+def producer_alive() -> bool:
+    return any(t.name == NAME and t.is_alive() for t in threading.enumerate())
+
+
+def test_interrupt_while_taking_an_item_does_not_hang(default_sigint, watchdog):
+    items = prefetch(iter(range(10_000)), depth=2, name=NAME)
+    assert next(items) == 0  # the producer runs
+    fired = signal_after_a_lock_is_taken(_taking_an_item)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            for _ in items:
+                pass
+    finally:
+        sys.setprofile(None)
+    assert fired == ["sent"]
+    assert not producer_alive()  # the cleanup joined it (a locked mutex would block both)
+
+
+def draw_threads_alive() -> bool:
+    return any(t.name.startswith("reinit-draw") and t.is_alive() for t in threading.enumerate())
+
+
+def test_interrupt_while_taking_a_drawn_value_does_not_hang(default_sigint, watchdog, monkeypatch):
+    """The in-memory API draws on worker threads and takes each value on the main thread: a
+    Ctrl-C there is a KeyboardInterrupt, and no drawing thread is left blocked."""
+    go = threading.Event()
+    draw = Applier._draw
+
+    def slow_draw(self, p):  # the value is still being drawn when the main thread asks for it
+        go.wait(WATCHDOG_SECONDS)
+        return draw(self, p)
+
+    monkeypatch.setattr(Applier, "_draw", slow_draw)
+    state = {f"layers.{i}.weight": torch.randn(64, 64) for i in range(4)}
+    fired = signal_after_a_lock_is_taken(_taking_a_drawn_value, then=go.set)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            reinit.apply_to_state_dict(state, ["*.weight=kaiming_normal"], seed=0)
+    finally:
+        sys.setprofile(None)
+        go.set()
+    assert fired == ["sent"]
+    assert not draw_threads_alive()
+
+
+def test_a_jobs_own_timeout_is_raised(watchdog):
+    """`reinit report`'s wait on a job: a job that failed with TimeoutError (an OSError with
+    ETIMEDOUT) is that error, not "wait more" (waiting on `fut.result(timeout)` took it for its
+    own timeout and spun forever)."""
+
+    def job() -> None:
+        raise TimeoutError(110, "timed out")
+
+    with ThreadPoolExecutor(1) as pool:
+        fut: Future[None] = pool.submit(job)
+        with pytest.raises(TimeoutError, match="timed out"):
+            _result(fut)  # type: ignore[arg-type]
+
+
+def test_a_signal_while_holding_begins_leaves_no_handler_swapped(default_sigint):
+    """SIGTERM (raising, as the `reinit` program's handler does) arriving after
+    `signals_deferred` swapped SIGINT's handler and before SIGTERM's: the interrupt goes
+    through, and SIGINT's own handler is back (it was left taking notes nobody read, so every
+    later Ctrl-C was swallowed)."""
+    from reinit.io.signals import signals_deferred
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    old_term = signal.signal(signal.SIGTERM, on_sigterm)
+    fired: list[str] = []
+
+    def hook(frame: FrameType, event: str, arg: object) -> None:
+        # the return of `_signal.signal` in `signal.signal`, called by `signals_deferred`
+        if fired or event != "c_return" or getattr(arg, "__name__", "") != "signal":
+            return
+        caller = frame.f_back
+        swapped = signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        if caller is not None and caller.f_code.co_name == "signals_deferred" and swapped:
+            fired.append("sent")
+            sys.setprofile(None)
+            signal.raise_signal(signal.SIGTERM)
+
+    try:
+        sys.setprofile(hook)
+        with pytest.raises(KeyboardInterrupt), signals_deferred():
+            pass
+    finally:
+        sys.setprofile(None)
+        signal.signal(signal.SIGTERM, old_term)
+    assert fired == ["sent"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
