@@ -14,6 +14,7 @@ from reinit.cli.common import (
     dry_run_option,
     examples,
     json_option,
+    load_torch,
     options_from_flags,
     progress_on,
     quiet_option,
@@ -80,6 +81,7 @@ def apply(
     assert isinstance(trusted, tuple)  # a repeatable flag: a tuple of paths
     warn_unsafe(trusted)
     if dry_run:
+        load_torch()
         from reinit.planning.session import plan
 
         show_plan(plan(source, rules, options=options), as_json=as_json, by=by, every=all_tensors)
@@ -100,10 +102,12 @@ def apply(
         # the source's statistics start in a second process while torch is imported here
         # (not with --dtype or --checksums: those read every kept byte here anyway)
         with stats_ahead(None if options.dtype or options.checksums else source):
+            load_torch()
             from reinit.run.apply import apply as run_apply
 
             report = run_apply(source, rules, output, options=options)
     else:  # under torchrun: the shards split over the ranks; rank 0 speaks for the run
+        load_torch()
         from reinit.run.torchrun import apply_split
 
         report = apply_split(source, rules, output, options=options)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FlagValue",
+    "load_torch",
     "show_plan",
     "apply_option",
     "apply_options",
@@ -207,6 +208,18 @@ def ranks_of_run() -> Iterator[Group | None]:
         return
     with process_group() as ranks:
         yield ranks
+
+
+def load_torch() -> None:
+    """Import torch with SIGINT/SIGTERM held, before a command's first module that needs it.
+
+    Why: an interrupt raised inside torch's import runs into its C++ code and aborts the
+    process (SIGABRT, exit 134) instead of exiting 130. Held, it is raised as soon as torch is
+    loaded: a Ctrl-C waits at most for the import (about a second)."""
+    from reinit.io.signals import signals_deferred
+
+    with signals_deferred():
+        import torch  # noqa: F401
 
 
 def show_plan(the_plan: Plan, *, as_json: bool, by: str, every: bool) -> None:

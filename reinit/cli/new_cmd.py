@@ -15,6 +15,7 @@ from reinit.cli.common import (
     examples,
     flag_fields,
     json_option,
+    load_torch,
     progress_on,
     quiet_option,
     show_plan,
@@ -106,6 +107,7 @@ def new(
     trusted = options.unsafe_pickle
     assert isinstance(trusted, tuple)
     warn_unsafe(trusted)
+    load_torch()
     if dry_run:
         from reinit.run.new import plan_new
 

@@ -8,6 +8,7 @@ from reinit.cli.common import (
     apply_option,
     examples,
     json_option,
+    load_torch,
     plot_option,
     warn_all,
     width,
@@ -67,6 +68,7 @@ def probe(
     before and after the rules: see signals vanish or explode through depth.
 
     MODEL: a Hugging Face model directory, hf://OWNER/NAME, or module:callable."""
+    load_torch()
     from reinit.tools.probe import parse_shape
     from reinit.tools.probe import probe as run_probe
     from reinit.tools.probe_render import plot as plot_probe

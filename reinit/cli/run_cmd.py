@@ -13,6 +13,7 @@ from reinit.cli.common import (
     err,
     examples,
     json_option,
+    load_torch,
     progress_on,
     quiet_option,
     unsafe_pickle_option,
@@ -72,6 +73,8 @@ def run(
     """Run a recipe (.yaml/.yml, .toml or .json): apply's options as keys, and `steps:` to
     chain several rule sets in memory."""
     from reinit.io.trust import callable_name
+
+    load_torch()
     from reinit.recipe.run import plan_recipe, run_recipe
     from reinit.recipe.validate import load_recipe
     from reinit.report.views import render_plan, render_terminal

@@ -55,6 +55,7 @@ from typing import IO
 
 from reinit.io.checkpoint import CHUNK_BYTES
 from reinit.io.formats import pread_into
+from reinit.io.signals import signals_deferred, wait_held
 from reinit.report.stats import Stats, StatsAccumulator
 
 ENV = "REINIT_STATS_PROCESS"
@@ -221,10 +222,16 @@ class StatsAhead:
         """The worker's files, once it said them (none if it has not within `LIST_WAIT_S`,
         e.g. on a machine too busy to start it: then this run does without it)."""
         deadline = time.monotonic() + LIST_WAIT_S
-        with self._cond:
-            while self._files is None and time.monotonic() < deadline:
-                self._cond.wait(0.05)
-            return self._files or []
+
+        def get(timeout: float) -> list[_File]:
+            with self._cond:
+                if self._files is None and time.monotonic() < deadline:
+                    self._cond.wait(min(timeout, 0.05))
+                if self._files is not None or time.monotonic() >= deadline:
+                    return self._files or []
+            raise TimeoutError
+
+        return wait_held(get, TimeoutError)  # `report` asks on the main thread
 
     def covers(self, fd: int, start: int, nbytes: int, code: str) -> bool:
         return self._key(fd, start, nbytes, code) is not None
@@ -236,7 +243,6 @@ class StatsAhead:
         if i is None:
             return None
         self._ask(i)
-        from reinit.io.signals import wait_held
 
         def get(timeout: float) -> Stats | None:
             with self._cond:
@@ -256,21 +262,23 @@ class StatsAhead:
 
         Written outside `_cond`: a write that waits for the worker to read its stdin must not
         stop the reader thread from taking the worker's results (which the worker may be
-        waiting to write)."""
-        with self._cond:
-            if i <= self._asked or self._done:
-                return
-            self._asked = i
-        with self._write:
-            stdin = self.proc.stdin
-            assert stdin is not None
-            try:
-                stdin.write(b"%d\n" % i)
-                stdin.flush()
-            except (OSError, ValueError):  # the worker ended (or was closed)
-                with self._cond:
-                    self._done = True
-                    self._cond.notify_all()
+        waiting to write). Held: on the main thread (`report`) a signal landing as a lock is
+        taken in Python code would leave it locked (`reinit.io.signals`)."""
+        with signals_deferred():
+            with self._cond:
+                if i <= self._asked or self._done:
+                    return
+                self._asked = i
+            with self._write:
+                stdin = self.proc.stdin
+                assert stdin is not None
+                try:
+                    stdin.write(b"%d\n" % i)
+                    stdin.flush()
+                except (OSError, ValueError):  # the worker ended (or was closed)
+                    with self._cond:
+                        self._done = True
+                        self._cond.notify_all()
 
     def close(self) -> None:
         """Stop the worker and wait for it (nothing of it outlives the run)."""
