@@ -281,6 +281,7 @@ def test_a_second_tensor_is_drawn_ahead_only_within_the_byte_budget(
     together are drawn one ahead, as before (two huge embeddings are never held at once)."""
     src = tmp_path / "m.safetensors"
     _reinit_all(src)
+    monkeypatch.setattr(engine, "DRAW_AHEAD", 2)  # the count bound; this test is the bytes'
     monkeypatch.setattr(engine, "DRAW_AHEAD_BYTES", budget)
     seen: list[int] = []
     real_pieces = engine.Applier.pieces

@@ -78,7 +78,12 @@ READ_AHEAD = 2  # chunks read ahead of the compute thread
 WRITE_AHEAD = 2  # pieces computed ahead of the writer
 
 
-DRAW_AHEAD = 2  # re-initialized tensors drawn ahead (drawing or drawn, not yet written)
+# re-initialized tensors drawn ahead (drawing or drawn, not yet taken), within DRAW_AHEAD_BYTES.
+# More than the two threads: draws end out of order (a 2048x2048 after a 2048x5632), and with
+# only two ahead one thread then idled until the writer took the earlier one. 4 vs 2, quiet
+# machine, 3 pairs each: `reinit new` of the bench's config 9.7-10.1 vs 10.2-11.8 s; the
+# bench's apply 2.86-3.10 vs 3.12-3.22 s, peak 356 vs 311 MB (docs/bench/round3.md)
+DRAW_AHEAD = 4
 
 
 DRAW_THREADS = 2  # worker threads drawing them: two tensors at once, one per core
