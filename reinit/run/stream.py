@@ -82,7 +82,7 @@ WRITE_AHEAD = 2  # pieces computed ahead of the writer
 # More than the two threads: draws end out of order (a 2048x2048 after a 2048x5632), and with
 # only two ahead one thread then idled until the writer took the earlier one. 4 vs 2, quiet
 # machine, 3 pairs each: `reinit new` of the bench's config 9.7-10.1 vs 10.2-11.8 s; the
-# bench's apply 2.86-3.10 vs 3.12-3.22 s, peak 356 vs 311 MB (docs/bench/round3.md)
+# bench's apply a tie (2.86-3.21 vs 2.90 s), peak 365 vs 319 MB (docs/bench/round3.md)
 DRAW_AHEAD = 4
 
 
