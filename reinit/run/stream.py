@@ -268,20 +268,25 @@ class Applier:
         for p in entries:
             if _made(p) or self._grown(p):
                 continue
-            span = self.ckpt.span(p.name)
-            code = code_of(str(p.dtype).removeprefix("torch."))
-            if span is not None and code and worker.covers(span.fd, span.start, span.nbytes, code):
+            key = self._worker_key(p)
+            if key is not None and worker.covers(*key):
                 out.add(p.name)
         return out
+
+    def _worker_key(self, p: PlanEntry) -> tuple[int, int, int, str] | None:
+        """How the stats worker names `p`'s source bytes: (descriptor, start, bytes, dtype
+        code), or None where they do not lie in a file as they are."""
+        span = self.ckpt.span(p.name)
+        code = code_of(str(p.dtype).removeprefix("torch."))
+        return None if span is None or code is None else (span.fd, span.start, span.nbytes, code)
 
     def _ahead_stats(self, p: PlanEntry) -> Stats:
         """`p`'s source statistics from the stats worker, or summed here where it cannot give
         them (it ended, or the file changed): the same cut, so the same numbers."""
-        span = self.ckpt.span(p.name)
-        assert span is not None
+        key = self._worker_key(p)
+        assert key is not None
         worker = ahead.current()
-        code = code_of(str(p.dtype).removeprefix("torch.")) or ""
-        got = worker.stats(span.fd, span.start, span.nbytes, code) if worker is not None else None
+        got = worker.stats(*key) if worker is not None else None
         if got is not None:
             return got
         acc = StatsAccumulator(p.dtype)
