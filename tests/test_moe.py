@@ -661,3 +661,36 @@ def test_the_model_view_holds_no_index_per_expert_element(tmp_path):
     values = sum(math.prod(p.shape) for p in parts)
     held = sum(ix.numel() for p in parts for ix in p.index)
     assert held * 100 < values, (held, values)
+
+
+@pytest.mark.parametrize("kind", ["mixtral", "qwen2-moe", "qwen3-moe"])
+def test_new_of_an_moe_shards_exactly_as_save_pretrained(tmp_path, kind):
+    """save_pretrained writes a layer's per-expert tensors as views of one stacked storage, and
+    huggingface_hub's split keeps a storage's tensors in one shard, counted once where the
+    first of them comes: `--max-shard-size` must put every expert tensor where it does."""
+    cfg, cls = moe_config(tmp_path, kind)
+    res = run("new", cfg, "-o", tmp_path / "out", "-q", "--max-shard-size", "7KB")
+    assert res.exit_code == 0, res.output
+    cls(moe_configs()[kind]).save_pretrained(tmp_path / "ref", max_shard_size="7KB")
+    index = "model.safetensors.index.json"
+    got = json.loads((tmp_path / "out" / index).read_text())
+    want = json.loads((tmp_path / "ref" / index).read_text())
+    assert len(set(want["weight_map"].values())) > 2
+    assert got["weight_map"] == want["weight_map"]
+    assert got["metadata"] == want["metadata"]
+    load_cleanly(cls, tmp_path / "out")
+
+
+def test_apply_with_model_shards_an_moe_as_save_pretrained(tmp_path):
+    """The same on `apply --model`: a Mixtral checkpoint resharded in the model's order."""
+    path = mixtral(tmp_path / "m")
+    res = run("apply", path, "--model", path, "-r", "*.gate.weight=zeros", "-q",
+              "--max-shard-size", "20KB", "-o", tmp_path / "out")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    model = transformers.MixtralForCausalLM.from_pretrained(path)
+    model.save_pretrained(tmp_path / "ref", max_shard_size="20KB")
+    index = "model.safetensors.index.json"
+    got = json.loads((tmp_path / "out" / index).read_text())
+    want = json.loads((tmp_path / "ref" / index).read_text())
+    assert len(set(want["weight_map"].values())) > 2
+    assert got["weight_map"] == want["weight_map"]

@@ -84,6 +84,9 @@ class CheckpointTensor:
     name: str
     shape: tuple[int, ...]
     dtype: torch.dtype
+    # the first checkpoint tensor whose storage save_pretrained writes this one from ("": its
+    # own); its split into shards keeps a storage's tensors together (`CheckpointSlice.storage`)
+    storage: str = ""
 
 
 @dataclass(frozen=True)
@@ -217,7 +220,7 @@ def fans_from_module(spec: str, module: nn.Module, kind: str, prefix: str) -> Mo
             ),
         )
     slices = checkpoint_slices(module, hf=kind == "hf")
-    checkpoint = tuple(CheckpointTensor(c.name, c.shape, c.dtype) for c in slices)
+    checkpoint = tuple(CheckpointTensor(c.name, c.shape, c.dtype, c.storage) for c in slices)
     sites = _with_checkpoint_sites(sites, slices, modules)
     return Model(spec, module, kind, sites, prefix, checkpoint)
 
