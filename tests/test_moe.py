@@ -694,3 +694,40 @@ def test_apply_with_model_shards_an_moe_as_save_pretrained(tmp_path):
     want = json.loads((tmp_path / "ref" / index).read_text())
     assert len(set(want["weight_map"].values())) > 2
     assert got["weight_map"] == want["weight_map"]
+
+
+def big_moe(path: Path) -> Path:
+    """48 layers x 64 experts of tiny matrices (the shape of a real large MoE's names)."""
+    torch.manual_seed(0)
+    t = {}
+    for layer in range(48):
+        t[f"model.layers.{layer}.input_layernorm.weight"] = torch.ones(8)
+        t[f"model.layers.{layer}.block_sparse_moe.gate.weight"] = torch.randn(64, 8) * 0.3
+        for e in range(64):
+            for w, s in (("w1", (4, 8)), ("w2", (8, 4)), ("w3", (4, 8))):
+                t[PER.format(l=layer, e=e, w=w)] = torch.randn(*s) * 0.3
+    save_file(t, path)
+    return path
+
+
+def test_report_per_layer_view_has_a_column_per_layer_not_per_expert(tmp_path):
+    """`reinit report` (and apply --by tensor, --report X.md) of 64 experts x 48 layers: the
+    per-layer view has one column per layer (the experts' std as a min-max span), titled
+    with layers and experts, so the whole report reads in a screenful or two, not 2,000 lines
+    of 3,072 'layers'."""
+    src = big_moe(tmp_path / "big.safetensors")
+    res = run("report", src, "-o", tmp_path / "r.md", env={"COLUMNS": "100"})
+    assert res.exit_code == 0, res.output
+    lines = res.output.rstrip("\n").splitlines()
+    assert "3072 layers" not in res.output and "48 layers × 64 experts" in res.output
+    assert len(lines) <= 150, len(lines)
+    assert max(len(x) for x in lines) <= 100
+    md = (tmp_path / "r.md").read_text()
+    assert "3072 layers" not in md and "48 layers × 64 experts" in md
+    row = next(x for x in md.splitlines() if x.startswith("| layer |"))
+    assert row.count("|") == 48 + 2
+    w = load_file(src)  # layer 7's column: the span of its 64 experts' std
+    stds = [w[PER.format(l=7, e=e, w="w1")].double().std(correction=0).item() for e in range(64)]
+    std_row = next(x for x in md.splitlines() if x.startswith("| std |"))
+    cell = std_row.split("|")[2 + 7].strip().strip("*")
+    assert cell == f"{min(stds):.3g}–{max(stds):.3g}"
