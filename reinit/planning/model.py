@@ -420,7 +420,9 @@ def _run_init(model: Model, site: TensorSite, seed: int) -> tuple[nn.Module, Ini
     def draw(rng: contextlib.AbstractContextManager[Any]) -> tuple[nn.Module, InitTrace, bool]:
         real, trace = _blank_owner(model, site)
         with torch.no_grad(), trace, rng:
-            return real, trace, _init_module(model, real, trace)
+            ran = _init_module(model, real, trace)
+            _init_ancestors(model, site.module_name, real, trace)
+            return real, trace, ran
 
     owner = model.module.get_submodule(site.module_name)
     return seeded_draw(seed, type(owner), draw)
@@ -445,6 +447,41 @@ def _init_module(model: Model, real: nn.Module, trace: InitTrace) -> bool:
             init(real)
             ran = True
     return ran
+
+
+def _init_ancestors(model: Model, path: str, real: nn.Module, trace: InitTrace) -> None:
+    """transformers runs `_init_weights` on a module after its children, and a block's may
+    set its children's tensors (GPT-2's attention and MLP draw `c_proj.weight` again, scaled
+    by depth; T5's feed-forward its `wi`/`wo`): so each ancestor of the owner, nearest first,
+    is initialized too, as a shallow copy whose path down leads to `real` (every other tensor
+    stays on the meta device, where an init writes nothing). An ancestor whose init cannot
+    run on meta tensors (it reads values) is passed over."""
+    init = getattr(model.module, "_init_weights", None)
+    if model.kind != "hf" or not callable(init) or not path:
+        return
+    parts = path.split(".")
+    for depth in range(len(parts) - 1, -1, -1):
+        ancestor = model.module.get_submodule(".".join(parts[:depth]))
+        trace.phase = f"{type(model.module).__name__}._init_weights on {type(ancestor).__name__}"
+        try:
+            init(_leading_to(ancestor, parts[depth:], real))
+        except Exception:  # noqa: BLE001 (an init that needs real values: as before)
+            continue
+
+
+def _leading_to(module: nn.Module, path: Sequence[str], real: nn.Module) -> nn.Module:
+    """A shallow copy of `module` (its own tensor and module tables copied, so nothing the
+    init assigns reaches the model) whose submodule at `path` is `real`."""
+    if not path:
+        return real
+    proxy = copy.copy(module)
+    proxy._parameters = dict(module._parameters)
+    proxy._buffers = dict(module._buffers)
+    proxy._modules = dict(module._modules)
+    child = module._modules[path[0]]
+    assert child is not None
+    proxy._modules[path[0]] = _leading_to(child, path[1:], real)
+    return proxy
 
 
 def _get_attr_tensor(module: nn.Module, attr: str) -> torch.Tensor:
