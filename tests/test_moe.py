@@ -731,3 +731,21 @@ def test_report_per_layer_view_has_a_column_per_layer_not_per_expert(tmp_path):
     std_row = next(x for x in md.splitlines() if x.startswith("| std |"))
     cell = std_row.split("|")[2 + 7].strip().strip("*")
     assert cell == f"{min(stds):.3g}–{max(stds):.3g}"
+
+
+def test_a_stacked_checkpoint_resharded_with_model_keeps_layer_order(tmp_path):
+    """A checkpoint in the module's own layout (stacked experts, names save_pretrained never
+    writes) resharded with --model: each stacked tensor stays among its layer's tensors."""
+    per = mixtral(tmp_path / "m")
+    state = transformers.MixtralForCausalLM.from_pretrained(per).state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "stacked.safetensors")
+    res = run("apply", tmp_path / "stacked.safetensors", "--model", per, "-q",
+              "-r", "*.norm.weight=ones", "--max-shard-size", "16KB",
+              "-o", tmp_path / "out")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    shard = {k: int(v.split("-")[1]) for k, v in index["weight_map"].items()}
+    for layer in range(DIMS["num_hidden_layers"] - 1):
+        this = [s for k, s in shard.items() if f".layers.{layer}." in k]
+        after = [s for k, s in shard.items() if f".layers.{layer + 1}." in k]
+        assert max(this) <= min(after), index["weight_map"]

@@ -135,20 +135,33 @@ def _storage_units(
 def model_order(refs: Sequence[TensorRef], view: ModelView) -> list[TensorRef]:
     """The tensors in the order `save_pretrained` walks, which a safetensors file does not
     keep (it stores names sorted): the model's checkpoint order (transformers 5 sorts the names
-    when it reverts a conversion, e.g. Mixtral's experts), then its other parameters and
-    buffers (a tied copy). Tensors the model lacks keep their place after those it has."""
-    saved = {t.name: i for i, t in enumerate(view.checkpoint_tensors())}
-    rank = {name: i for i, name in enumerate(view.model.sites)}
-    big = len(saved) + len(rank)
+    when it reverts a conversion, e.g. Mixtral's experts); a name the model does not save (a
+    tied copy, a stacked module tensor) right after the saved one before it in the model's
+    parameter order. Tensors the model lacks keep their place after those it has."""
+    rank = _save_rank(view)
+    big = (len(rank) + 1, 0, 0)
 
-    def key(item: tuple[int, TensorRef]) -> tuple[int, int, int]:
+    def key(item: tuple[int, TensorRef]) -> tuple[tuple[int, int, int], int]:
         i, r = item
         m = view.names.get(r.name)
-        if m is None:
-            return (big, big, i)
-        return (saved.get(m, big), rank.get(m, big), i)
+        return (rank.get(m, big) if m is not None else big, i)
 
     return [r for _, r in sorted(enumerate(refs), key=key)]
+
+
+def _save_rank(view: ModelView) -> dict[str, tuple[int, int, int]]:
+    """Each model name's place: (its checkpoint index, 0, 0) when the model saves it, else
+    (the index of the saved name before it among the model's sites, 1, its site index)."""
+    saved = {t.name: i for i, t in enumerate(view.checkpoint_tensors())}
+    rank: dict[str, tuple[int, int, int]] = {}
+    last = -1
+    for j, name in enumerate(view.model.sites):
+        if name in saved:
+            last = saved[name]
+            rank[name] = (last, 0, 0)
+        else:
+            rank[name] = (last, 1, j)
+    return rank
 
 
 def shared_storage(view: ModelView, names: Iterable[str]) -> dict[str, str]:
