@@ -749,3 +749,13 @@ def test_a_stacked_checkpoint_resharded_with_model_keeps_layer_order(tmp_path):
         this = [s for k, s in shard.items() if f".layers.{layer}." in k]
         after = [s for k, s in shard.items() if f".layers.{layer + 1}." in k]
         assert max(this) <= min(after), index["weight_map"]
+
+
+def test_a_rule_naming_a_stacked_module_tensor_says_how_the_checkpoint_holds_it(tmp_path):
+    """`reinit new` of a Mixtral with a rule on the module's stacked parameter: the checkpoint
+    holds one tensor per expert, and the refusal names them."""
+    cfg, _ = moe_config(tmp_path, "mixtral")
+    rule = "model.layers.*.mlp.experts.gate_up_proj=zeros"
+    refused(tmp_path, ["new", str(cfg), "-o", str(tmp_path / "out"), "-r", rule], 2,
+            "'model.layers.0.mlp.experts.gate_up_proj' is held in the checkpoint as "
+            f"{2 * E} tensors", "block_sparse_moe.experts.0.w1.weight")  # fmt: skip

@@ -339,6 +339,17 @@ def test_rule_naming_no_tensor_is_exit_2(tmp_path):
             2, "encoder.*")  # fmt: skip
 
 
+def test_a_rule_naming_a_tied_copy_says_where_it_is_stored(tmp_path):
+    """A tied Llama's `lm_head.weight` is a tensor of the model that the checkpoint stores once,
+    under `model.embed_tokens.weight`: the refusal says so instead of listing close names."""
+    cfg = _config_dir(tmp_path, "llama")
+    refused(tmp_path, ["new", str(cfg), "-o", str(tmp_path / "out"), "-r", "lm_head.weight=zeros"],
+            2, "'lm_head.weight' is tied to 'model.embed_tokens.weight'")  # fmt: skip
+    gpt2 = _config_dir(tmp_path, "gpt2")
+    refused(tmp_path, ["new", str(gpt2), "-o", str(tmp_path / "out"), "-r", "lm_head.*=zeros"],
+            2, "'lm_head.weight' is tied to 'transformer.wte.weight'")  # fmt: skip
+
+
 def test_from_source_of_the_wrong_shape_is_exit_2(tmp_path):
     torch.manual_seed(0)
     transformers.LlamaForCausalLM(_llama_config(2)).save_pretrained(tmp_path / "small")

@@ -152,11 +152,47 @@ class ModelView:
         m = self.names.get(name)
         return self.model.sites[m] if m is not None else None
 
+    def held_elsewhere(self) -> dict[str, str]:
+        """The model's tensors that this checkpoint holds under other names, each with where:
+        a tied copy (`'lm_head.weight' is tied to 'model.embed_tokens.weight' ...`) or a
+        stacked module parameter the checkpoint keeps per expert. For the hint of a rule that
+        names them and so matches no checkpoint tensor."""
+        by_model = {m: ck for ck, m in self.names.items()}
+        parts: dict[str, list[str]] = {}
+        for m, site in self.model.sites.items():
+            if site.part is not None and m in by_model:
+                parts.setdefault(site.part.source, []).append(by_model[m])
+        out = {}
+        for m, held in parts.items():
+            if m not in by_model:
+                out[m] = (
+                    f"'{m}' is held in the checkpoint as {len(held)} tensors, one per expert "
+                    f"({held[0]}, ..., {held[-1]}): name those"
+                )
+        for m, kept in _tied_copies(self.model.module).items():
+            if m not in by_model and kept in by_model:
+                out[m] = (
+                    f"'{m}' is tied to '{by_model[kept]}' (the checkpoint stores it once, under "
+                    "that name): a rule on that name sets both"
+                )
+        return out
+
     def checkpoint_tensors(self) -> tuple[CheckpointTensor, ...]:
         """Every tensor of the checkpoint this model saves (`save_pretrained`'s names, shapes,
         dtypes, ties and order), whatever checkpoint the view was aligned to. Draw any of them
         with `default_value(model.view(), name, dtype, seed)`."""
         return self.model.checkpoint
+
+
+def _tied_copies(module: nn.Module) -> dict[str, str]:
+    """Each parameter name that is another name's parameter (tied), with the first name."""
+    first: dict[int, str] = {}
+    copies = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        kept = first.setdefault(id(p), name)
+        if kept != name:
+            copies[name] = kept
+    return copies
 
 
 def _type_names(module: nn.Module) -> tuple[str, ...]:
