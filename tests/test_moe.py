@@ -759,3 +759,15 @@ def test_a_rule_naming_a_stacked_module_tensor_says_how_the_checkpoint_holds_it(
     refused(tmp_path, ["new", str(cfg), "-o", str(tmp_path / "out"), "-r", rule], 2,
             "'model.layers.0.mlp.experts.gate_up_proj' is held in the checkpoint as "
             f"{2 * E} tensors", "block_sparse_moe.experts.0.w1.weight")  # fmt: skip
+
+
+def test_a_missing_source_key_is_listed_once_however_many_experts_read_it(tmp_path):
+    """Upcycling with a wrong key= template: 24 expert tensors read 2 source keys; the refusal
+    counts and lists the 2 keys, not 24 entries of the same 2."""
+    dense = mistral(tmp_path / "dense")
+    cfg, _ = moe_config(tmp_path, "mixtral")
+    rule = f"*.experts.*=from({dense}, key=model.layers.{{1}}.mlp.gate_proj.weight)"
+    line = refused(tmp_path, ["new", str(cfg), "-o", str(tmp_path / "out"), "-r", rule], 2,
+                   "1 more missing: ")  # fmt: skip
+    missing = line.split("1 more missing: ")[1].split("; fix key=")[0]
+    assert missing == "'model.layers.model.layers.1.block_sparse_moe.mlp.gate_proj.weight'"
