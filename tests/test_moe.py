@@ -771,3 +771,31 @@ def test_a_missing_source_key_is_listed_once_however_many_experts_read_it(tmp_pa
                    "1 more missing: ")  # fmt: skip
     missing = line.split("1 more missing: ")[1].split("; fix key=")[0]
     assert missing == "'model.layers.model.layers.1.block_sparse_moe.mlp.gate_proj.weight'"
+
+
+def test_a_new_then_apply_recipe_equals_the_two_commands_byte_for_byte(tmp_path):
+    """Upcycle then drop-upcycle: a two-step `new:` recipe writes the bytes `reinit new` then
+    `reinit apply` write through files (tensors in the same order in the file)."""
+    dense = mistral(tmp_path / "dense")
+    cfg, _ = moe_config(tmp_path, "mixtral")
+    drop = [
+        "model.layers.*.block_sparse_moe.experts.*.w[13].weight="
+        "normal_like(rows=random(0.5), group=L{1}E{2})",
+        "model.layers.*.block_sparse_moe.experts.*.w2.weight="
+        "normal_like(cols=random(0.5), group=L{1}E{2})",
+    ]
+    up = upcycle_rules(dense)
+    res = run("new", cfg, "-o", tmp_path / "moe", "-q", *[a for r in up for a in ("-r", r)])
+    assert res.exit_code == 0, res.output
+    res = run("apply", tmp_path / "moe", "-o", tmp_path / "cmd", "-q",
+              *[a for r in drop for a in ("-r", r)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    steps = "".join(
+        "  - rules:\n" + "".join(f"      - '{r}'\n" for r in rules) for rules in (up, drop)
+    )
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"new: {cfg}\noutput: {tmp_path / 'rec'}\nsteps:\n{steps}")
+    res = run("run", recipe, "-q")
+    assert res.exit_code == 0, res.output
+    cmd = (tmp_path / "cmd" / "model.safetensors").read_bytes()
+    assert cmd == (tmp_path / "rec" / "model.safetensors").read_bytes()

@@ -223,7 +223,7 @@ def test_api_keywords(tmp_path):
 
 def test_split_keeps_a_shared_storage_in_one_shard():
     """huggingface_hub counts the tensors of one storage once, at the first, and puts the
-    others in its shard (at the shard's end)."""
+    others in its shard; within a shard the tensors keep their order."""
     names = ["a", "e0", "b", "e1", "e2", "c"]
     sizes = [2, 3, 2, 3, 3, 1]
     storage = {"e0": "E", "e1": "E", "e2": "E"}
@@ -237,4 +237,9 @@ def test_split_keeps_a_shared_storage_in_one_shard():
     assert split_like_save_pretrained(names, sizes, 10, storage) == [
         ["a", "e0", "b", "e1", "e2"],
         ["c"],
+    ]
+    sizes = [1, 2, 9, 2, 2, 1]  # e1 and e2 join e0's shard, before b's
+    assert split_like_save_pretrained(names, sizes, 10, storage) == [
+        ["a", "e0", "e1", "e2"],
+        ["b", "c"],
     ]

@@ -98,7 +98,8 @@ def split_like_save_pretrained(
     a tensor bigger than `limit` gets a shard of its own, placed before the current one.
     `storage` (name -> a key shared by the tensors save_pretrained writes from one storage,
     e.g. a layer's per-expert views of a stacked tensor): such tensors count as one, of their
-    sizes' sum, where the first comes, and the others join its shard at the shard's end."""
+    sizes' sum, where the first comes, and the others join its shard. Which shard holds a
+    tensor is what save_pretrained decides; within a shard the tensors keep their order."""
     units, members = _storage_units(names, sizes, storage or {})
     shards: list[list[str]] = []
     current: list[str] = []
@@ -114,7 +115,11 @@ def split_like_save_pretrained(
         current_size += size
     if current:
         shards.append(current)
-    return [[*shard, *(m for name in shard for m in members[name][1:])] for shard in shards]
+    shard_of = {m: i for i, shard in enumerate(shards) for name in shard for m in members[name]}
+    out: list[list[str]] = [[] for _ in shards]
+    for name in names:
+        out[shard_of[name]].append(name)
+    return out
 
 
 def _storage_units(
