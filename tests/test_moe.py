@@ -661,3 +661,141 @@ def test_the_model_view_holds_no_index_per_expert_element(tmp_path):
     values = sum(math.prod(p.shape) for p in parts)
     held = sum(ix.numel() for p in parts for ix in p.index)
     assert held * 100 < values, (held, values)
+
+
+@pytest.mark.parametrize("kind", ["mixtral", "qwen2-moe", "qwen3-moe"])
+def test_new_of_an_moe_shards_exactly_as_save_pretrained(tmp_path, kind):
+    """save_pretrained writes a layer's per-expert tensors as views of one stacked storage, and
+    huggingface_hub's split keeps a storage's tensors in one shard, counted once where the
+    first of them comes: `--max-shard-size` must put every expert tensor where it does."""
+    cfg, cls = moe_config(tmp_path, kind)
+    res = run("new", cfg, "-o", tmp_path / "out", "-q", "--max-shard-size", "7KB")
+    assert res.exit_code == 0, res.output
+    cls(moe_configs()[kind]).save_pretrained(tmp_path / "ref", max_shard_size="7KB")
+    index = "model.safetensors.index.json"
+    got = json.loads((tmp_path / "out" / index).read_text())
+    want = json.loads((tmp_path / "ref" / index).read_text())
+    assert len(set(want["weight_map"].values())) > 2
+    assert got["weight_map"] == want["weight_map"]
+    assert got["metadata"] == want["metadata"]
+    load_cleanly(cls, tmp_path / "out")
+
+
+def test_apply_with_model_shards_an_moe_as_save_pretrained(tmp_path):
+    """The same on `apply --model`: a Mixtral checkpoint resharded in the model's order."""
+    path = mixtral(tmp_path / "m")
+    res = run("apply", path, "--model", path, "-r", "*.gate.weight=zeros", "-q",
+              "--max-shard-size", "20KB", "-o", tmp_path / "out")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    model = transformers.MixtralForCausalLM.from_pretrained(path)
+    model.save_pretrained(tmp_path / "ref", max_shard_size="20KB")
+    index = "model.safetensors.index.json"
+    got = json.loads((tmp_path / "out" / index).read_text())
+    want = json.loads((tmp_path / "ref" / index).read_text())
+    assert len(set(want["weight_map"].values())) > 2
+    assert got["weight_map"] == want["weight_map"]
+
+
+def big_moe(path: Path) -> Path:
+    """48 layers x 64 experts of tiny matrices (the shape of a real large MoE's names)."""
+    torch.manual_seed(0)
+    t = {}
+    for layer in range(48):
+        t[f"model.layers.{layer}.input_layernorm.weight"] = torch.ones(8)
+        t[f"model.layers.{layer}.block_sparse_moe.gate.weight"] = torch.randn(64, 8) * 0.3
+        for e in range(64):
+            for w, s in (("w1", (4, 8)), ("w2", (8, 4)), ("w3", (4, 8))):
+                t[PER.format(l=layer, e=e, w=w)] = torch.randn(*s) * 0.3
+    save_file(t, path)
+    return path
+
+
+def test_report_per_layer_view_has_a_column_per_layer_not_per_expert(tmp_path):
+    """`reinit report` (and apply --by tensor, --report X.md) of 64 experts x 48 layers: the
+    per-layer view has one column per layer (the experts' std as a min-max span), titled
+    with layers and experts, so the whole report reads in a screenful or two, not 2,000 lines
+    of 3,072 'layers'."""
+    src = big_moe(tmp_path / "big.safetensors")
+    res = run("report", src, "-o", tmp_path / "r.md", env={"COLUMNS": "100"})
+    assert res.exit_code == 0, res.output
+    lines = res.output.rstrip("\n").splitlines()
+    assert "3072 layers" not in res.output and "48 layers × 64 experts" in res.output
+    assert len(lines) <= 150, len(lines)
+    assert max(len(x) for x in lines) <= 100
+    md = (tmp_path / "r.md").read_text()
+    assert "3072 layers" not in md and "48 layers × 64 experts" in md
+    row = next(x for x in md.splitlines() if x.startswith("| layer |"))
+    assert row.count("|") == 48 + 2
+    w = load_file(src)  # layer 7's column: the span of its 64 experts' std
+    stds = [w[PER.format(l=7, e=e, w="w1")].double().std(correction=0).item() for e in range(64)]
+    std_row = next(x for x in md.splitlines() if x.startswith("| std |"))
+    cell = std_row.split("|")[2 + 7].strip().strip("*")
+    assert cell == f"{min(stds):.3g}–{max(stds):.3g}"
+
+
+def test_a_stacked_checkpoint_resharded_with_model_keeps_layer_order(tmp_path):
+    """A checkpoint in the module's own layout (stacked experts, names save_pretrained never
+    writes) resharded with --model: each stacked tensor stays among its layer's tensors."""
+    per = mixtral(tmp_path / "m")
+    state = transformers.MixtralForCausalLM.from_pretrained(per).state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "stacked.safetensors")
+    res = run("apply", tmp_path / "stacked.safetensors", "--model", per, "-q",
+              "-r", "*.norm.weight=ones", "--max-shard-size", "16KB",
+              "-o", tmp_path / "out")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    shard = {k: int(v.split("-")[1]) for k, v in index["weight_map"].items()}
+    for layer in range(DIMS["num_hidden_layers"] - 1):
+        this = [s for k, s in shard.items() if f".layers.{layer}." in k]
+        after = [s for k, s in shard.items() if f".layers.{layer + 1}." in k]
+        assert max(this) <= min(after), index["weight_map"]
+
+
+def test_a_rule_naming_a_stacked_module_tensor_says_how_the_checkpoint_holds_it(tmp_path):
+    """`reinit new` of a Mixtral with a rule on the module's stacked parameter: the checkpoint
+    holds one tensor per expert, and the refusal names them."""
+    cfg, _ = moe_config(tmp_path, "mixtral")
+    rule = "model.layers.*.mlp.experts.gate_up_proj=zeros"
+    refused(tmp_path, ["new", str(cfg), "-o", str(tmp_path / "out"), "-r", rule], 2,
+            "'model.layers.0.mlp.experts.gate_up_proj' is held in the checkpoint as "
+            f"{2 * E} tensors", "block_sparse_moe.experts.0.w1.weight")  # fmt: skip
+
+
+def test_a_missing_source_key_is_listed_once_however_many_experts_read_it(tmp_path):
+    """Upcycling with a wrong key= template: 24 expert tensors read 2 source keys; the refusal
+    counts and lists the 2 keys, not 24 entries of the same 2."""
+    dense = mistral(tmp_path / "dense")
+    cfg, _ = moe_config(tmp_path, "mixtral")
+    rule = f"*.experts.*=from({dense}, key=model.layers.{{1}}.mlp.gate_proj.weight)"
+    line = refused(tmp_path, ["new", str(cfg), "-o", str(tmp_path / "out"), "-r", rule], 2,
+                   "1 more missing: ")  # fmt: skip
+    missing = line.split("1 more missing: ")[1].split("; fix key=")[0]
+    assert missing == "'model.layers.model.layers.1.block_sparse_moe.mlp.gate_proj.weight'"
+
+
+def test_a_new_then_apply_recipe_equals_the_two_commands_byte_for_byte(tmp_path):
+    """Upcycle then drop-upcycle: a two-step `new:` recipe writes the bytes `reinit new` then
+    `reinit apply` write through files (tensors in the same order in the file)."""
+    dense = mistral(tmp_path / "dense")
+    cfg, _ = moe_config(tmp_path, "mixtral")
+    drop = [
+        "model.layers.*.block_sparse_moe.experts.*.w[13].weight="
+        "normal_like(rows=random(0.5), group=L{1}E{2})",
+        "model.layers.*.block_sparse_moe.experts.*.w2.weight="
+        "normal_like(cols=random(0.5), group=L{1}E{2})",
+    ]
+    up = upcycle_rules(dense)
+    res = run("new", cfg, "-o", tmp_path / "moe", "-q", *[a for r in up for a in ("-r", r)])
+    assert res.exit_code == 0, res.output
+    res = run("apply", tmp_path / "moe", "-o", tmp_path / "cmd", "-q",
+              *[a for r in drop for a in ("-r", r)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    steps = "".join(
+        "  - rules:\n" + "".join(f"      - '{r}'\n" for r in rules) for rules in (up, drop)
+    )
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"new: {cfg}\noutput: {tmp_path / 'rec'}\nsteps:\n{steps}")
+    res = run("run", recipe, "-q")
+    assert res.exit_code == 0, res.output
+    cmd = (tmp_path / "cmd" / "model.safetensors").read_bytes()
+    assert cmd == (tmp_path / "rec" / "model.safetensors").read_bytes()

@@ -339,6 +339,17 @@ def test_rule_naming_no_tensor_is_exit_2(tmp_path):
             2, "encoder.*")  # fmt: skip
 
 
+def test_a_rule_naming_a_tied_copy_says_where_it_is_stored(tmp_path):
+    """A tied Llama's `lm_head.weight` is a tensor of the model that the checkpoint stores once,
+    under `model.embed_tokens.weight`: the refusal says so instead of listing close names."""
+    cfg = _config_dir(tmp_path, "llama")
+    refused(tmp_path, ["new", str(cfg), "-o", str(tmp_path / "out"), "-r", "lm_head.weight=zeros"],
+            2, "'lm_head.weight' is tied to 'model.embed_tokens.weight'")  # fmt: skip
+    gpt2 = _config_dir(tmp_path, "gpt2")
+    refused(tmp_path, ["new", str(gpt2), "-o", str(tmp_path / "out"), "-r", "lm_head.*=zeros"],
+            2, "'lm_head.weight' is tied to 'transformer.wte.weight'")  # fmt: skip
+
+
 def test_from_source_of_the_wrong_shape_is_exit_2(tmp_path):
     torch.manual_seed(0)
     transformers.LlamaForCausalLM(_llama_config(2)).save_pretrained(tmp_path / "small")
@@ -409,3 +420,50 @@ def test_options_new_cannot_honour_are_refused(tmp_path):
     with pytest.raises(reinit.UsageError, match="labels does not apply"):
         reinit.new(cfg, tmp_path / "out", options=options)
     assert not (tmp_path / "out").exists()
+
+
+def _parent_init_configs() -> dict[str, object]:
+    return {
+        "gpt2": transformers.GPT2Config(
+            n_embd=64, n_layer=8, n_head=2, vocab_size=100, n_positions=64,
+            bos_token_id=99, eos_token_id=99, architectures=["GPT2LMHeadModel"],
+        ),
+        "t5": transformers.T5Config(
+            d_model=64, d_ff=128, num_layers=2, num_heads=2, d_kv=32, vocab_size=100,
+            architectures=["T5ForConditionalGeneration"],
+        ),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "t5"])
+def test_inits_a_parent_module_runs_on_its_children(tmp_path, kind):
+    """transformers runs `_init_weights` on a block after its children, and some blocks draw
+    their children's tensors again: GPT-2's attention and MLP their `c_proj.weight` with std
+    initializer_range / sqrt(2 n_layer), T5's attention and feed-forward blocks every Linear
+    (d_model^-0.5 ...; torch's reset_parameters alone gives std 1 there, 8x too big). Every
+    tensor of `reinit new` must have the std and mean `from_config` gives it (within sampling
+    error), and the report name the init that ran and its std."""
+    cfg = _parent_init_configs()[kind]
+    cfg.save_pretrained(tmp_path / "cfg")
+    out = tmp_path / "out"
+    _new(tmp_path / "cfg", "-o", out, "--seed", "3")
+    torch.manual_seed(0)
+    model = getattr(transformers, cfg.architectures[0])(cfg)
+    ref = model.state_dict()
+    made = _weights(out)
+    for name, t in made.items():
+        want, got = ref[name].double(), t.double()
+        if want.std() == 0:
+            assert torch.equal(got, want), name
+            continue
+        s_want, s_got = want.std(correction=0).item(), got.std(correction=0).item()
+        assert abs(s_got - s_want) < math.sqrt(2) * _sampling_bound(s_want, t.numel()), name
+        assert abs(got.mean() - want.mean()).item() < 7 * s_want / math.sqrt(t.numel()), name
+    if kind != "gpt2":
+        return
+    scaled = cfg.initializer_range / math.sqrt(2 * cfg.n_layer)
+    entries = json.loads((out / "reinit-report.json").read_text())["tensors"]
+    by_name = {e["name"]: e for e in entries}
+    for name in ("transformer.h.0.attn.c_proj.weight", "transformer.h.7.mlp.c_proj.weight"):
+        assert by_name[name]["expected_std"] == pytest.approx(scaled), by_name[name]
+        assert "on GPT2" in by_name[name]["scheme"], by_name[name]["scheme"]

@@ -219,3 +219,27 @@ def test_api_keywords(tmp_path):
     assert by["emb.weight"].dtype == "float16" and by["pos.ids"].dtype == "int64"
     assert load_file(out)["emb.weight"].dtype == torch.float16
     assert all(t.sha256 is not None for t in report.tensors)
+
+
+def test_split_keeps_a_shared_storage_in_one_shard():
+    """huggingface_hub counts the tensors of one storage once, at the first, and puts the
+    others in its shard; within a shard the tensors keep their order."""
+    names = ["a", "e0", "b", "e1", "e2", "c"]
+    sizes = [2, 3, 2, 3, 3, 1]
+    storage = {"e0": "E", "e1": "E", "e2": "E"}
+    assert split_like_save_pretrained(names, sizes, 10, storage) == [
+        ["a"],
+        ["e0", "e1", "e2"],
+        ["b", "c"],
+    ]
+    assert split_like_save_pretrained(names, sizes, 10) == [["a", "e0", "b", "e1"], ["e2", "c"]]
+    sizes = [1, 2, 1, 2, 2, 9]
+    assert split_like_save_pretrained(names, sizes, 10, storage) == [
+        ["a", "e0", "b", "e1", "e2"],
+        ["c"],
+    ]
+    sizes = [1, 2, 9, 2, 2, 1]  # e1 and e2 join e0's shard, before b's
+    assert split_like_save_pretrained(names, sizes, 10, storage) == [
+        ["a", "e0", "e1", "e2"],
+        ["b", "c"],
+    ]

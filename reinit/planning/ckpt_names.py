@@ -19,7 +19,7 @@ from __future__ import annotations
 __all__ = ["CheckpointSlice", "checkpoint_slices"]
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -44,6 +44,9 @@ class CheckpointSlice:
     dtype: torch.dtype
     index: tuple[torch.Tensor, ...] | None = None
     source_shape: tuple[int, ...] = ()  # the module tensor's (set when `index` is)
+    # the first checkpoint tensor whose storage `save_pretrained` writes this one from ("":
+    # a storage of its own); huggingface_hub's split keeps a storage's tensors in one shard
+    storage: str = ""
 
     def take(self, full: torch.Tensor) -> torch.Tensor:
         """This checkpoint tensor's values out of the module tensor's."""
@@ -62,7 +65,30 @@ def checkpoint_slices(module: nn.Module, hf: bool) -> list[CheckpointSlice]:
         per_dim = _runs(revert, module, state)
     except Exception:  # a mapping that needs real values: keep the module's names
         return plain
-    return _slices(per_dim, list(state), state)
+    slices = _slices(per_dim, list(state), state)
+    shared = _shared_storage(revert, module, state)
+    return [replace(c, storage=shared.get(c.name, "")) for c in slices]
+
+
+def _shared_storage(
+    revert: Revert, module: nn.Module, state: Mapping[str, torch.Tensor]
+) -> dict[str, str]:
+    """Checkpoint name -> the first checkpoint name whose storage it shares, as the save path
+    leaves them (Mixtral's per-expert tensors: views of one stacked tensor), for the names
+    that share one. Run on meta tensors: the views and copies transformers makes, no bytes."""
+    meta = {n: t.detach().to("meta") for n, t in state.items()}
+    try:
+        saved = revert(module, meta)
+    except Exception:  # a mapping that needs real values: each tensor on its own
+        return {}
+    first: dict[int, str] = {}
+    shared: dict[str, str] = {}
+    for name, t in saved.items():
+        key = t.untyped_storage()._cdata  # the storage's identity (a meta tensor has no data)
+        lead = first.setdefault(key, name)
+        if lead != name:
+            shared[name] = shared[lead] = lead
+    return shared
 
 
 def _unshared_state(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -84,6 +84,9 @@ class CheckpointTensor:
     name: str
     shape: tuple[int, ...]
     dtype: torch.dtype
+    # the first checkpoint tensor whose storage save_pretrained writes this one from ("": its
+    # own); its split into shards keeps a storage's tensors together (`CheckpointSlice.storage`)
+    storage: str = ""
 
 
 @dataclass(frozen=True)
@@ -149,11 +152,47 @@ class ModelView:
         m = self.names.get(name)
         return self.model.sites[m] if m is not None else None
 
+    def held_elsewhere(self) -> dict[str, str]:
+        """The model's tensors that this checkpoint holds under other names, each with where:
+        a tied copy (`'lm_head.weight' is tied to 'model.embed_tokens.weight' ...`) or a
+        stacked module parameter the checkpoint keeps per expert. For the hint of a rule that
+        names them and so matches no checkpoint tensor."""
+        by_model = {m: ck for ck, m in self.names.items()}
+        parts: dict[str, list[str]] = {}
+        for m, site in self.model.sites.items():
+            if site.part is not None and m in by_model:
+                parts.setdefault(site.part.source, []).append(by_model[m])
+        out = {}
+        for m, held in parts.items():
+            if m not in by_model:
+                out[m] = (
+                    f"'{m}' is held in the checkpoint as {len(held)} tensors, one per expert "
+                    f"({held[0]}, ..., {held[-1]}): name those"
+                )
+        for m, kept in _tied_copies(self.model.module).items():
+            if m not in by_model and kept in by_model:
+                out[m] = (
+                    f"'{m}' is tied to '{by_model[kept]}' (the checkpoint stores it once, under "
+                    "that name): a rule on that name sets both"
+                )
+        return out
+
     def checkpoint_tensors(self) -> tuple[CheckpointTensor, ...]:
         """Every tensor of the checkpoint this model saves (`save_pretrained`'s names, shapes,
         dtypes, ties and order), whatever checkpoint the view was aligned to. Draw any of them
         with `default_value(model.view(), name, dtype, seed)`."""
         return self.model.checkpoint
+
+
+def _tied_copies(module: nn.Module) -> dict[str, str]:
+    """Each parameter name that is another name's parameter (tied), with the first name."""
+    first: dict[int, str] = {}
+    copies = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        kept = first.setdefault(id(p), name)
+        if kept != name:
+            copies[name] = kept
+    return copies
 
 
 def _type_names(module: nn.Module) -> tuple[str, ...]:
@@ -217,7 +256,7 @@ def fans_from_module(spec: str, module: nn.Module, kind: str, prefix: str) -> Mo
             ),
         )
     slices = checkpoint_slices(module, hf=kind == "hf")
-    checkpoint = tuple(CheckpointTensor(c.name, c.shape, c.dtype) for c in slices)
+    checkpoint = tuple(CheckpointTensor(c.name, c.shape, c.dtype, c.storage) for c in slices)
     sites = _with_checkpoint_sites(sites, slices, modules)
     return Model(spec, module, kind, sites, prefix, checkpoint)
 
@@ -417,7 +456,9 @@ def _run_init(model: Model, site: TensorSite, seed: int) -> tuple[nn.Module, Ini
     def draw(rng: contextlib.AbstractContextManager[Any]) -> tuple[nn.Module, InitTrace, bool]:
         real, trace = _blank_owner(model, site)
         with torch.no_grad(), trace, rng:
-            return real, trace, _init_module(model, real, trace)
+            ran = _init_module(model, real, trace)
+            _init_ancestors(model, site.module_name, real, trace)
+            return real, trace, ran
 
     owner = model.module.get_submodule(site.module_name)
     return seeded_draw(seed, type(owner), draw)
@@ -442,6 +483,41 @@ def _init_module(model: Model, real: nn.Module, trace: InitTrace) -> bool:
             init(real)
             ran = True
     return ran
+
+
+def _init_ancestors(model: Model, path: str, real: nn.Module, trace: InitTrace) -> None:
+    """transformers runs `_init_weights` on a module after its children, and a block's may
+    set its children's tensors (GPT-2's attention and MLP draw `c_proj.weight` again, scaled
+    by depth; T5's feed-forward its `wi`/`wo`): so each ancestor of the owner, nearest first,
+    is initialized too, as a shallow copy whose path down leads to `real` (every other tensor
+    stays on the meta device, where an init writes nothing). An ancestor whose init cannot
+    run on meta tensors (it reads values) is passed over."""
+    init = getattr(model.module, "_init_weights", None)
+    if model.kind != "hf" or not callable(init) or not path:
+        return
+    parts = path.split(".")
+    for depth in range(len(parts) - 1, -1, -1):
+        ancestor = model.module.get_submodule(".".join(parts[:depth]))
+        trace.phase = f"{type(model.module).__name__}._init_weights on {type(ancestor).__name__}"
+        try:
+            init(_leading_to(ancestor, parts[depth:], real))
+        except Exception:  # noqa: BLE001 (an init that needs real values: as before)
+            continue
+
+
+def _leading_to(module: nn.Module, path: Sequence[str], real: nn.Module) -> nn.Module:
+    """A shallow copy of `module` (its own tensor and module tables copied, so nothing the
+    init assigns reaches the model) whose submodule at `path` is `real`."""
+    if not path:
+        return real
+    proxy = copy.copy(module)
+    proxy._parameters = dict(module._parameters)
+    proxy._buffers = dict(module._buffers)
+    proxy._modules = dict(module._modules)
+    child = module._modules[path[0]]
+    assert child is not None
+    proxy._modules[path[0]] = _leading_to(child, path[1:], real)
+    return proxy
 
 
 def _get_attr_tensor(module: nn.Module, attr: str) -> torch.Tensor:

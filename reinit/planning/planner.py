@@ -143,13 +143,16 @@ def plan(
     strict: bool = False,
     allow_unmatched: bool = False,
     module_types: Mapping[str, Sequence[str]] | None = None,
+    held_elsewhere: Mapping[str, str] | None = None,
 ) -> Plan:
     """Decide, for each tensor, which rule wins and what it does. Raises `RuleError` for a rule
     that matches nothing (unless allowed) or a wildcard-free rule naming a tensor its scheme
     cannot take, and `StrictError` under `strict` for any skip.
 
     `module_types` (from a model, see `reinit.planning.model`) maps each tensor name to its owning
-    module's class names; `type:` patterns and the `default` scheme need it."""
+    module's class names; `type:` patterns and the `default` scheme need it. `held_elsewhere`
+    (a model's tensors the checkpoint holds under other names, with where) explains a rule
+    that matches nothing because it names one of those."""
     check_model_needs(rules, module_types)
     used: set[int] = set()
     index = RuleIndex(rules)
@@ -158,7 +161,8 @@ def plan(
         types = module_types.get(t.name) if module_types is not None else None
         entries.append(_entry(t, _winner(rules, index, used, t.name, types)))
     names = [t.name for t in tensors]
-    warnings = _unmatched_rules(rules, used, names, module_types, allow_unmatched)
+    hints = _Hints(names, module_types, held_elsewhere or {})
+    warnings = _unmatched_rules(rules, used, hints, allow_unmatched)
     result = Plan(tuple(entries), tuple(rules), tuple(warnings))
     check_strict(result, strict)
     return result
@@ -208,12 +212,26 @@ def _entry(t: TensorLike, hit: tuple[Rule, tuple[str, ...]] | None) -> PlanEntry
     return PlanEntry(t.name, shape, t.dtype, "reinit", rule, caps)
 
 
+@dataclass(frozen=True)
+class _Hints:
+    """What an unmatched rule's message can point to: the checkpoint's names, the module types,
+    and the model's tensors held under other names."""
+
+    names: Sequence[str]
+    module_types: Mapping[str, Sequence[str]] | None
+    held_elsewhere: Mapping[str, str]
+
+    def for_rule(self, r: Rule) -> str:
+        for name, where in self.held_elsewhere.items():
+            if r.pattern.match(name) is not None:
+                return f"; {where}"
+        if r.pattern.module_types and self.module_types is not None:
+            return type_hint(r.pattern, self.module_types)
+        return closest_hint(r.pattern.text, self.names)
+
+
 def _unmatched_rules(
-    rules: Sequence[Rule],
-    used: set[int],
-    names: Sequence[str],
-    module_types: Mapping[str, Sequence[str]] | None,
-    allow_unmatched: bool,
+    rules: Sequence[Rule], used: set[int], hints: _Hints, allow_unmatched: bool
 ) -> list[str]:
     """A rule that matched nothing: an error, or (allowed) a warning, with a hint."""
     warnings: list[str] = []
@@ -224,12 +242,7 @@ def _unmatched_rules(
         # a hint costs a fuzzy search over all names: give it to the first few rules only,
         # so thousands of unmatched rules stay fast
         hinted += 1
-        if hinted > MAX_HINTS:
-            hint = ""
-        elif r.pattern.module_types and module_types is not None:
-            hint = type_hint(r.pattern, module_types)
-        else:
-            hint = closest_hint(r.pattern.text, names)
+        hint = hints.for_rule(r) if hinted <= MAX_HINTS else ""
         msg = f"rule {r.text!r} matches no tensor{hint}"
         if not allow_unmatched:
             raise RuleError(msg + " (--allow-unmatched makes this a warning)")

@@ -221,6 +221,7 @@ def plan_for(
         strict=strict,
         allow_unmatched=allow_unmatched,
         module_types=view.module_types if view is not None else None,
+        held_elsewhere=view.held_elsewhere() if view is not None else None,
     )
     check_reads(result, ckpt)
     if ckpt.left_out():  # a training checkpoint's non-tensor entries: said, not dropped silently

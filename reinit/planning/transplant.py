@@ -7,7 +7,7 @@ written."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from types import TracebackType
 from typing import NamedTuple
@@ -229,6 +229,22 @@ def resolve_keys(plan: Plan, pool: SourcePool) -> dict[str, tuple[str, ...]]:
     return keys
 
 
+def _missing_keys(
+    plan: Plan, keys: Mapping[str, tuple[str, ...]], pool: SourcePool
+) -> list[tuple[PlanEntry, str]]:
+    """Each source key a transplant needs and its source lacks, once (many targets may read
+    one key: every expert of a layer from its dense MLP), with the first entry that needs it."""
+    missing: dict[tuple[str, str, str], tuple[PlanEntry, str]] = {}
+    for e in plan.entries:
+        if e.action != "transplant":
+            continue
+        spec = _spec(e)
+        for k in keys[e.name]:
+            if k not in pool.get(spec.source, spec.state):
+                missing.setdefault((spec.source, spec.state, k), (e, k))
+    return list(missing.values())
+
+
 def check_transplants(plan: Plan, pool: SourcePool) -> Plan:
     """Resolve every transplant's source tensor before anything is written: a missing source
     tensor is an error listing the closest source names; shape mismatches are collected and
@@ -236,13 +252,7 @@ def check_transplants(plan: Plan, pool: SourcePool) -> Plan:
     Only the index (or header) of each source is read, and of a sharded source only the shards
     holding the tensors asked for."""
     keys = resolve_keys(plan, pool)
-    missing = [
-        (e, k)
-        for e in plan.entries
-        if e.action == "transplant"
-        for k in keys[e.name]
-        if k not in pool.get(_spec(e).source, _spec(e).state)
-    ]
+    missing = _missing_keys(plan, keys, pool)
     if missing:
         e, key = missing[0]
         spec = _spec(e)

@@ -28,7 +28,13 @@ from reinit.options import ApplyOptions
 from reinit.planning.planner import PlanEntry
 from reinit.report.views import SideOutput, check_formats, report_targets
 from reinit.run.config_update import config_for, labels_list, parse_config_set, stale_file
-from reinit.run.outcontrol import OutputControl, model_order, parse_dtype, parse_size
+from reinit.run.outcontrol import (
+    OutputControl,
+    model_order,
+    parse_dtype,
+    parse_size,
+    shared_storage,
+)
 from reinit.run.output import (
     INDEX_NAME,
     OutFile,
@@ -209,9 +215,12 @@ def _files(
     sizes = {n: refs[n].numel * d.itemsize for n, d in out_dtype.items()}
     in_order = [refs[e.name] for e in prepared.plan.entries]
     # save_pretrained's order: the model's (a `reinit new` model is in that order already)
-    if max_shard is not None and view is not None and ckpt.kind != "model":
+    if max_shard is None or view is None:
+        return output_files(spec, in_order, ckpt, max_shard, sizes)
+    if ckpt.kind != "model":
         in_order = model_order(in_order, view)
-    return output_files(spec, in_order, ckpt, max_shard, sizes)
+    # a layer's per-expert tensors, written from one storage: one shard, as save_pretrained
+    return output_files(spec, in_order, ckpt, max_shard, sizes, shared_storage(view, sizes))
 
 
 def _extras(

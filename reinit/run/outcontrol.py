@@ -15,13 +15,14 @@ __all__ = [
     "model_order",
     "parse_dtype",
     "parse_size",
+    "shared_storage",
     "split_like_save_pretrained",
 ]
 
 import hashlib
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 
 import torch
@@ -87,15 +88,23 @@ def parse_size(value: str | int | None) -> int | None:
 
 
 def split_like_save_pretrained(
-    names: Sequence[str], sizes: Sequence[int], limit: int
+    names: Sequence[str],
+    sizes: Sequence[int],
+    limit: int,
+    storage: Mapping[str, str] | None = None,
 ) -> list[list[str]]:
     """huggingface_hub's `split_state_dict_into_shards_factory` (what `save_pretrained` uses):
     greedy in order; a tensor that would tip the current shard over `limit` starts a new one;
-    a tensor bigger than `limit` gets a shard of its own, placed before the current one."""
+    a tensor bigger than `limit` gets a shard of its own, placed before the current one.
+    `storage` (name -> a key shared by the tensors save_pretrained writes from one storage,
+    e.g. a layer's per-expert views of a stacked tensor): such tensors count as one, of their
+    sizes' sum, where the first comes, and the others join its shard. Which shard holds a
+    tensor is what save_pretrained decides; within a shard the tensors keep their order."""
+    units, members = _storage_units(names, sizes, storage or {})
     shards: list[list[str]] = []
     current: list[str] = []
     current_size = 0
-    for name, size in zip(names, sizes, strict=True):
+    for name, size in units:
         if size > limit:
             shards.append([name])
             continue
@@ -106,22 +115,70 @@ def split_like_save_pretrained(
         current_size += size
     if current:
         shards.append(current)
-    return shards
+    shard_of = {m: i for i, shard in enumerate(shards) for name in shard for m in members[name]}
+    out: list[list[str]] = [[] for _ in shards]
+    for name in names:
+        out[shard_of[name]].append(name)
+    return out
+
+
+def _storage_units(
+    names: Sequence[str], sizes: Sequence[int], storage: Mapping[str, str]
+) -> tuple[list[tuple[str, int]], dict[str, list[str]]]:
+    """The split's units in order (a storage's first tensor stands for all of them, with their
+    summed size) and each first tensor's whole group (itself first)."""
+    first: dict[str, str] = {}
+    total: dict[str, int] = {}
+    members: dict[str, list[str]] = {}
+    for name, size in zip(names, sizes, strict=True):
+        lead = first.setdefault(storage[name], name) if name in storage else name
+        total[lead] = total.get(lead, 0) + size
+        members.setdefault(lead, []).append(name)
+    return [(n, total[n]) for n in members], members
 
 
 def model_order(refs: Sequence[TensorRef], view: ModelView) -> list[TensorRef]:
-    """The tensors in the model's parameter order (then its buffers): the order
-    `save_pretrained` walks, which a safetensors file does not keep (it stores names sorted).
-    Tensors the model lacks keep their place after those it has."""
-    rank = {name: i for i, name in enumerate(view.model.sites)}
-    big = len(rank)
+    """The tensors in the order `save_pretrained` walks, which a safetensors file does not
+    keep (it stores names sorted): the model's checkpoint order (transformers 5 sorts the names
+    when it reverts a conversion, e.g. Mixtral's experts); a name the model does not save (a
+    tied copy, a stacked module tensor) right after the saved one before it in the model's
+    parameter order. Tensors the model lacks keep their place after those it has."""
+    rank = _save_rank(view)
+    big = (len(rank) + 1, 0, 0)
 
-    def key(item: tuple[int, TensorRef]) -> tuple[int, int]:
+    def key(item: tuple[int, TensorRef]) -> tuple[tuple[int, int, int], int]:
         i, r = item
         m = view.names.get(r.name)
         return (rank.get(m, big) if m is not None else big, i)
 
     return [r for _, r in sorted(enumerate(refs), key=key)]
+
+
+def _save_rank(view: ModelView) -> dict[str, tuple[int, int, int]]:
+    """Each model name's place: (its checkpoint index, 0, 0) when the model saves it, else
+    (the index of the saved name before it among the model's sites, 1, its site index)."""
+    saved = {t.name: i for i, t in enumerate(view.checkpoint_tensors())}
+    rank: dict[str, tuple[int, int, int]] = {}
+    last = -1
+    for j, name in enumerate(view.model.sites):
+        if name in saved:
+            last = saved[name]
+            rank[name] = (last, 0, 0)
+        else:
+            rank[name] = (last, 1, j)
+    return rank
+
+
+def shared_storage(view: ModelView, names: Iterable[str]) -> dict[str, str]:
+    """The checkpoint names among `names` that `save_pretrained` writes from a storage shared
+    with others (a layer's per-expert tensors), each with that storage's key."""
+    groups = {t.name: t.storage for t in view.checkpoint_tensors() if t.storage}
+    shared = {}
+    for name in names:
+        m = view.names.get(name)
+        if m is not None and m in groups:
+            shared[name] = groups[m]
+    return shared
 
 
 def hf_shard_name(index: int, count: int) -> str:

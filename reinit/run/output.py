@@ -19,7 +19,7 @@ __all__ = [
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,15 +176,17 @@ def output_files(
     ckpt: Checkpoint,
     max_shard: int | None = None,
     sizes: dict[str, int] | None = None,
+    storage: Mapping[str, str] | None = None,
 ) -> list[OutFile]:
     """A file output holds everything; a directory output keeps the source's shard layout
     (torch shards become safetensors shards of the same numbering), or, with `max_shard`
-    (bytes), is split as transformers' `save_pretrained` splits (`sizes`: output bytes)."""
+    (bytes), is split as transformers' `save_pretrained` splits (`sizes`: output bytes;
+    `storage`: the tensors it writes from one storage, kept in one shard)."""
     if max_shard is not None:
         sized = sizes or {r.name: r.nbytes for r in refs}
         shard_of = {r.name: r.shard for r in refs}
         names = [r.name for r in refs]
-        split = split_like_save_pretrained(names, [sized[n] for n in names], max_shard)
+        split = split_like_save_pretrained(names, [sized[n] for n in names], max_shard, storage)
         return [
             OutFile(hf_shard_name(i, len(split)), tuple(group), shard_of[group[0]])
             for i, group in enumerate(split)

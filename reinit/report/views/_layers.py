@@ -1,4 +1,5 @@
-"""The per-layer view: one table per tensor kind, one column per layer index."""
+"""The per-layer view: one table per tensor kind, one column per layer index (a layer's
+mixture-of-experts experts share its column: their std as a min–max span)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from reinit.report.entries import NOTE_CHANGED, TensorEntry
-from reinit.report.flags import geometric_mean, kind_of, layer_index, layer_key, takes_part
-from reinit.report.views._groups import wrap_label
+from reinit.report.flags import (
+    depth_key,
+    geometric_mean,
+    kind_of,
+    layer_index,
+    layer_key,
+    takes_part,
+)
+from reinit.report.views._groups import span, wrap_label
 from reinit.report.views._text import click_style, fmt, shape_text, shorten
 from reinit.text import md_code, shown
 
@@ -29,7 +37,7 @@ def is_changed(e: TensorEntry) -> bool:
 
 @dataclass(frozen=True)
 class LayerCell:
-    label: str  # the layer's numbers, "3" or "3.7"
+    label: str  # the tensor's numbers, "3" or "3.7"
     name: str
     after: float | None
     before: float | None
@@ -51,6 +59,16 @@ class LayerTable:
     def flags(self) -> tuple[str, ...]:
         seen = dict.fromkeys(f for c in self.cells for f in c.flags)
         return tuple(seen)
+
+    @property
+    def columns(self) -> tuple[tuple[str, tuple[LayerCell, ...]], ...]:
+        """(label, cells) per column: one per depth (`depth_key`), so a layer's experts
+        (`layers.3.experts.7`) share the layer's column; in the cells' order."""
+        cols: dict[str, list[LayerCell]] = {}
+        for c in self.cells:
+            depth = depth_key(c.name) or layer_key(c.name)
+            cols.setdefault(".".join(map(str, depth)), []).append(c)
+        return tuple((label, tuple(cells)) for label, cells in cols.items())
 
     @property
     def has_before(self) -> bool:
@@ -103,27 +121,49 @@ def layer_tables(entries: Sequence[TensorEntry]) -> tuple[LayerTable, ...]:
 
 def _table_title(t: LayerTable) -> str:
     parts = [", ".join(t.shapes) if len(t.shapes) <= 2 else f"{len(t.shapes)} shapes"]
-    parts.append(f"{len(t.cells)} layers")
+    columns = t.columns
+    per = {len(cells) for _, cells in columns}
+    if len(columns) == len(t.cells):
+        parts.append(f"{len(t.cells)} layers")
+    elif len(per) == 1:
+        parts.append(f"{len(columns)} layers × {per.pop()} experts")
+    else:
+        parts.append(f"{len(columns)} layers, {len(t.cells)} tensors")
     if t.gmean_var_gain is not None:
         parts.append(f"geometric-mean var_gain {fmt(t.gmean_var_gain)}")
     return "  ".join(parts)
 
 
 def _layer_rows(t: LayerTable, mark: str) -> list[tuple[str, list[str]]]:
-    """(label, cells) rows: std after (a flagged tensor's std carries `mark`), std before,
-    var_gain."""
+    """(label, cells) rows, a cell per column: std after (a flagged column's std carries
+    `mark`), std before, var_gain; a column of several tensors shows their min–max."""
+    columns = [cells for _, cells in t.columns]
 
-    def flagged(c: LayerCell, text: str) -> str:
-        return text + mark if c.flags else text
+    def flagged(cells: tuple[LayerCell, ...], text: str) -> str:
+        return text + mark if any(c.flags for c in cells) else text
 
-    rows = [("std after" if t.has_before else "std", [flagged(c, fmt(c.after)) for c in t.cells])]
-    if t.has_before:
-        rows.append(
-            ("std before", [fmt(c.before) if c.before is not None else "=" for c in t.cells])
+    rows = [
+        (
+            "std after" if t.has_before else "std",
+            [flagged(cs, span(c.after for c in cs)) for cs in columns],
         )
+    ]
+    if t.has_before:
+        rows.append(("std before", [_before_text(cs) for cs in columns]))
     if t.has_var_gain:
-        rows.append(("var_gain", [fmt(c.var_gain) for c in t.cells]))
+        rows.append(("var_gain", [span(c.var_gain for c in cs) for cs in columns]))
     return rows
+
+
+def _before_text(cells: tuple[LayerCell, ...]) -> str:
+    """The std before of a column: `=` when no tensor of it has one (unchanged)."""
+    if all(c.before is None for c in cells):
+        return "="
+    return span(c.before for c in cells)
+
+
+def _column_flagged(t: LayerTable) -> list[bool]:
+    return [any(c.flags for c in cells) for _, cells in t.columns]
 
 
 def render_layer_table(t: LayerTable, width: int = 100, color: bool = False) -> str:
@@ -136,20 +176,22 @@ def render_layer_table(t: LayerTable, width: int = 100, color: bool = False) -> 
     else:  # the kind on its own line, what it is below
         titles = [*wrap_label(kind, width), "  " + shorten(rest, width - 2)]
     lines = [click_style(x, color, bold=True) for x in titles]  # kind: shown() above
-    rows = [("layer", [c.label for c in t.cells]), *_layer_rows(t, "!")]
+    rows = [("layer", [label for label, _ in t.columns]), *_layer_rows(t, "!")]
+    flagged = _column_flagged(t)
     label_w = max(len(r[0]) for r in rows)
-    col_w = [max(len(r[1][i]) for r in rows) for i in range(len(t.cells))]
+    count = len(flagged)
+    col_w = [max(len(r[1][i]) for r in rows) for i in range(count)]
     start = 0
-    while start < len(t.cells):
+    while start < count:
         used, stop = 2 + label_w, start
-        while stop < len(t.cells) and (stop == start or used + 2 + col_w[stop] <= width):
+        while stop < count and (stop == start or used + 2 + col_w[stop] <= width):
             used += 2 + col_w[stop]
             stop += 1
         for label, cells in rows:
             parts = []
             for i in range(start, stop):
                 text = cells[i].rjust(col_w[i])
-                if label.startswith("std") and t.cells[i].flags and label != "std before":
+                if label.startswith("std") and flagged[i] and label != "std before":
                     text = click_style(text, color, fg="red", bold=True)
                 parts.append(text)
             lines.append(f"  {label.ljust(label_w)}  " + "  ".join(parts))
@@ -163,12 +205,13 @@ def layers_markdown(t: LayerTable) -> list[str]:
     if t.flags:
         title += " · " + ", ".join(f"**{f}**" for f in t.flags)
     lines = [f"### {md_code(t.kind)}", "", title, ""]
-    lines.append("| layer | " + " | ".join(c.label for c in t.cells) + " |")
-    lines.append("| --- |" + " ---: |" * len(t.cells))
+    flagged = _column_flagged(t)
+    lines.append("| layer | " + " | ".join(label for label, _ in t.columns) + " |")
+    lines.append("| --- |" + " ---: |" * len(flagged))
     for label, cells in _layer_rows(t, ""):
         marked = [
-            f"**{v}**" if label != "std before" and c.flags and label.startswith("std") else v
-            for v, c in zip(cells, t.cells, strict=True)
+            f"**{v}**" if label != "std before" and f and label.startswith("std") else v
+            for v, f in zip(cells, flagged, strict=True)
         ]
         lines.append(f"| {label} | " + " | ".join(marked) + " |")
     lines.append("")
