@@ -54,6 +54,17 @@ __all__ = ["run"]
     help="Let the recipe's model: import and call this module:callable; repeatable. "
     "A recipe never runs code without it (docs/guide/trust.md).",
 )
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an existing output (and reports); a recipe's own overwrite: true needs it.",
+)
+@click.option(
+    "--in-place",
+    "in_place",
+    is_flag=True,
+    help="Rewrite the source's weight files; a recipe's own in_place: true needs it.",
+)
 @dry_run_option("Print each step's plan and write nothing.")
 @json_option()
 @quiet_option()
@@ -64,6 +75,8 @@ def run(
     model: str | None,
     unsafe_pickle: tuple[str, ...],
     trust_callables: tuple[str, ...],
+    overwrite: bool,
+    in_place: bool,
     dry_run: bool,
     all_tensors: bool,
     as_json: bool,
@@ -85,7 +98,12 @@ def run(
         trust_callables = (*trust_callables, *([name] if name else []))
     warn_unsafe(unsafe_pickle)
     loaded = load_recipe(
-        recipe, sets, unsafe_pickle=unsafe_pickle, trust_model_callable=trust_callables
+        recipe,
+        sets,
+        unsafe_pickle=unsafe_pickle,
+        trust_model_callable=trust_callables,
+        overwrite=overwrite,
+        in_place=in_place,
     )
     if dry_run or loaded.dry_run:
         plans = plan_recipe(loaded, progress=progress_on(quiet))

@@ -1,0 +1,83 @@
+"""A recipe cannot replace files by itself: its `overwrite: true` (which replaces whatever lies
+at its `output:`, `report:` and `plot:` paths: a user's notes.md, another model) and its
+`in_place: true` (which rewrites its source) are requests that only the command line grants
+(`reinit run --overwrite` / `--in-place`, `load_recipe(overwrite=..., in_place=...)`), as its
+`unsafe_pickle:` and `model: module:callable` are (docs/guide/trust.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import run
+from safetensors.torch import load_file, save_file
+from treesnap import assert_unchanged, tree_state
+
+import reinit
+from reinit.errors import UsageError
+
+
+def _setup(tmp_path: Path) -> None:
+    save_file({"a.weight": torch.randn(4, 4), "b.bias": torch.ones(4)}, tmp_path / "m.safetensors")
+    save_file({"other": torch.ones(2)}, tmp_path / "theirs.safetensors")
+    (tmp_path / "notes.md").write_text("my notes, not a report\n")
+
+
+HOSTILE = {
+    "overwrite": (
+        "output: theirs.safetensors\nreport: [notes.md]\noverwrite: true\n",
+        "add --overwrite to the command line",
+    ),
+    "in_place": ("in_place: true\n", "add --in-place to the command line"),
+}
+
+
+@pytest.mark.parametrize("how", ["file", "set"])
+@pytest.mark.parametrize("key", sorted(HOSTILE))
+def test_a_recipe_cannot_replace_files_by_itself(tmp_path, monkeypatch, key, how):
+    monkeypatch.chdir(tmp_path)
+    _setup(tmp_path)
+    text, hint = HOSTILE[key]
+    if how == "set":  # --set values count as the recipe's
+        extra, sets = text.replace(f"{key}: true\n", ""), ["--set", f"{key}=true"]
+    else:
+        extra, sets = text, []
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"source: m.safetensors\nrules: ['*.weight=zeros']\n{extra}")
+    before = tree_state(tmp_path)
+    for dry in ([], ["--dry-run"]):
+        res = run("run", recipe, "-q", *sets, *dry)
+        assert res.exit_code == 2, res.output
+        assert f"{key}: a recipe cannot" in res.stderr and hint in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+    assert_unchanged(before, tree_state(tmp_path))
+    with pytest.raises(UsageError, match=hint):
+        reinit.load_recipe(recipe, [s for s in sets if s != "--set"])
+
+
+def test_the_command_line_grants_overwrite(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _setup(tmp_path)
+    recipe = tmp_path / "r.yaml"
+    text = "source: m.safetensors\nrules: ['*.weight=zeros']\n" + HOSTILE["overwrite"][0]
+    recipe.write_text(text)
+    res = run("run", recipe, "-q", "--overwrite")
+    assert res.exit_code == 0, res.output
+    assert load_file(tmp_path / "theirs.safetensors")["a.weight"].abs().sum() == 0
+    assert (tmp_path / "notes.md").read_text().startswith("# reinit report")
+    # the user's flag alone replaces too (the recipe need not ask), and so does the API keyword
+    recipe.write_text(text.replace("overwrite: true\n", ""))
+    assert run("run", recipe, "-q").exit_code == 2
+    assert run("run", recipe, "-q", "--overwrite").exit_code == 0
+    reinit.run_recipe(reinit.load_recipe(recipe, overwrite=True))
+
+
+def test_the_command_line_grants_in_place(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _setup(tmp_path)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("source: m.safetensors\nrules: ['*.weight=zeros']\nin_place: true\n")
+    res = run("run", recipe, "-q", "--in-place")
+    assert res.exit_code == 0, res.output
+    assert load_file(tmp_path / "m.safetensors")["a.weight"].abs().sum() == 0
