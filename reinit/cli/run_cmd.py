@@ -14,6 +14,7 @@ from reinit.cli.common import (
     examples,
     json_option,
     load_torch,
+    note_all,
     progress_on,
     quiet_option,
     unsafe_pickle_option,
@@ -124,8 +125,7 @@ def run(
         )
     result = run_recipe(loaded, progress=progress_on(quiet))
     warn_all(result.warnings)
-    for note in result.notes:  # config.json fields changed, stale files not copied
-        err(f"note: {note}")
+    note_all(result.notes)  # config.json fields changed, stale files not copied
     if as_json:
         click.echo(result.to_json())
     if not quiet:
