@@ -176,7 +176,14 @@ def _coerce(kind: Kind, value: Data, key: str, at: str) -> Value:
     convert = _CONVERT.get(kind)
     if convert is None:
         raise AssertionError(kind)
-    return convert(kind, value, key, at)
+    out = convert(kind, value, key, at)
+    for text in out if isinstance(out, tuple) else (out,):
+        if isinstance(text, str) and "\0" in text:  # a file's "\0", or --set's YAML "\0"
+            raise UsageError(
+                f"{at}: {key!r} holds a NUL character (\\x00), which no path can hold; "
+                "remove it (in a pattern, match it with ? or re:\\x00)"
+            )
+    return out
 
 
 def _as_str(kind: Kind, value: Data, key: str, at: str) -> Value:
