@@ -2,7 +2,8 @@
 at its `output:`, `report:` and `plot:` paths: a user's notes.md, another model) and its
 `in_place: true` (which rewrites its source) are requests that only the command line grants
 (`reinit run --overwrite` / `--in-place`, `load_recipe(overwrite=..., in_place=...)`), as its
-`unsafe_pickle:` and `model: module:callable` are (docs/guide/trust.md)."""
+`unsafe_pickle:` and `model: module:callable` are (docs/guide/trust.md). Nor can it copy a
+credential from the environment (`${HF_TOKEN}`) into the output it writes."""
 
 from __future__ import annotations
 
@@ -81,3 +82,29 @@ def test_the_command_line_grants_in_place(tmp_path, monkeypatch):
     res = run("run", recipe, "-q", "--in-place")
     assert res.exit_code == 0, res.output
     assert load_file(tmp_path / "m.safetensors")["a.weight"].abs().sum() == 0
+
+
+@pytest.mark.parametrize("name", ["HF_TOKEN", "AWS_SECRET_ACCESS_KEY", "OPENAI_API_KEY"])
+def test_a_recipe_cannot_copy_a_credential_into_its_output(tmp_path, monkeypatch, name):
+    """`${HF_TOKEN}` in a rule (`re:(?:x${HF_TOKEN})?a\\.weight` matches as `a\\.weight` does)
+    was expanded and written into the output's `reinit` metadata and its report: published
+    with the model, it leaked the token. A credential's name is refused before anything runs."""
+    monkeypatch.chdir(tmp_path)
+    _setup(tmp_path)
+    monkeypatch.setenv(name, "hf_SECRETSECRET")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"source: m.safetensors\noutput: o.safetensors\nrules: ['re:(?:x${{{name}}})?a\\.weight=zeros']\n"
+    )
+    before = tree_state(tmp_path)
+    res = run("run", recipe, "-q")
+    assert res.exit_code == 2, res.output
+    assert f"r.yaml line 3: ${{{name}}} names a credential" in res.stderr
+    assert_unchanged(before, tree_state(tmp_path))
+    # an ordinary variable still expands
+    monkeypatch.setenv("PATTERN", "a")
+    recipe.write_text(
+        "source: m.safetensors\noutput: o.safetensors\nrules: ['${PATTERN}.weight=zeros']\n"
+    )
+    assert run("run", recipe, "-q").exit_code == 0
+    assert load_file(tmp_path / "o.safetensors")["a.weight"].abs().sum() == 0
