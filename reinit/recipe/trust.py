@@ -62,6 +62,7 @@ def granted(options: ApplyOptions, where: Where, label: str, grants: Grants) -> 
     _check_pickles(options.unsafe_pickle, user, location(where, ("unsafe_pickle",), label))
     callables = callable_trust(grants.trust_model_callable)
     model = _model(options.model, callables, location(where, ("model",), label))
+    _check_config(options.config_set, location(where, ("config",), label))
     for key, flag, what in _WRITE_GRANTS:
         if getattr(options, key) and not getattr(grants, key):
             raise UsageError(
@@ -95,6 +96,18 @@ def _check_pickles(requested: TrustSpec, user: PickleTrust, at: str) -> None:
             raise UsageError(
                 f"{at}: unsafe_pickle {text}: a recipe cannot let a file run code by itself; "
                 f"if you trust it, add --unsafe-pickle {text} to the command line"
+            )
+
+
+def _check_config(items: Iterable[str], at: str) -> None:
+    """A recipe's `config:` may not set `auto_map`: the output's config.json would then send
+    whoever loads it with `trust_remote_code=True` to code the recipe's author chose (a
+    Hub repo's `modeling_*.py`), and reinit itself refuses such a config as a model."""
+    for item in items:
+        if item.partition("=")[0].strip() == "auto_map":
+            raise UsageError(
+                f"{at}: config auto_map: a recipe cannot make its output's config.json point at "
+                "Python code; if you want that, edit the output's config.json yourself"
             )
 
 
