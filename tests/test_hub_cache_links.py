@@ -114,3 +114,22 @@ def test_a_snapshot_folder_that_links_out_of_the_cache_is_not_read(offline, tmp_
     args = ["apply", "hf://acme/linked", "-o", str(work / "out"), "-r", "a.weight=zeros", "-q"]
     line = refused(tmp_path, args, 1, "outside the repo's cache folder")
     assert not (work / "out").exists() and "TOPSECRET" not in line
+
+
+@pytest.mark.parametrize("how", ["hf", "local"])
+def test_a_blobs_folder_that_links_out_of_the_cache_is_not_read(offline, tmp_path, work, how):
+    """A snapshot file may link into its repo's `blobs/`, but `blobs/` itself was not checked:
+    with `blobs -> ~` a `tokenizer.json -> ../../blobs/.ssh/id_rsa` was copied into the
+    output verbatim."""
+    snapshot = _repo(offline, tmp_path)
+    repo = snapshot.parent.parent
+    home = tmp_path / "home"
+    shutil.copytree(repo / "blobs", home)
+    (home / "id_rsa").write_text("PRIVATE KEY")
+    shutil.rmtree(repo / "blobs")
+    (repo / "blobs").symlink_to(home)
+    _relink(snapshot, "tokenizer.json", "../../blobs/id_rsa")
+    src = "hf://acme/linked" if how == "hf" else str(snapshot)
+    args = ["apply", src, "-o", str(work / "out"), "-r", "a.weight=zeros", "-q"]
+    line = refused(tmp_path, args, 1, "outside the model folder")
+    assert not (work / "out").exists() and "PRIVATE KEY" not in line
