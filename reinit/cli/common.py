@@ -71,9 +71,11 @@ def warn_all(warnings: tuple[str, ...]) -> None:
 
 def note_all(notes: tuple[str, ...]) -> None:
     """The run's notes (config.json fields changed, files not copied), one line each on
-    stderr, escaped: they quote a source's config values and file names."""
+    stderr, escaped and cut as warnings are: they quote a source's config values."""
+    from reinit.text import bounded
+
     for note in notes:
-        err(f"note: {shown(note)}")
+        err(f"note: {bounded(shown(note))}")
 
 
 def warn_unsafe(paths: tuple[str, ...], what: str = "--unsafe-pickle") -> None:
