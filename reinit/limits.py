@@ -14,6 +14,7 @@ __all__ = [
     "MAX_CONFIG_BYTES",
     "MAX_INDEX_BYTES",
     "MAX_JSON_DEPTH",
+    "MAX_MODEL_COUNT",
     "MAX_REGEX_CHARS",
     "MAX_REGEX_REPEAT",
     "MAX_REPORT_BYTES",
@@ -42,6 +43,13 @@ MAX_JSON_DEPTH = 64  # lists/objects inside each other, in any of these files or
 # Tensors in one checkpoint, all its shards together (each file is also capped at 200,000 by
 # `io.formats` MAX_TENSORS): the largest public models hold ~100,000.
 MAX_TOTAL_TENSORS = 200_000
+
+# Layers or experts a model's config.json may declare (`num_hidden_layers`, `n_layer`,
+# `num_local_experts`, ... in it or a nested text/vision config): the largest public models
+# have ~100 layers and ~400 experts. transformers builds per-layer lists from these counts
+# while it reads the config, before any module exists (`num_hidden_layers: 30000000`: 4 GB and
+# 90 s before the build's own cap, MAX_TOTAL_TENSORS, could stop it).
+MAX_MODEL_COUNT = 65_536
 
 # A `re:` pattern is bounded before it is compiled (the regex compiler expands counted repeats:
 # `a{99999999}` took 23 GB) and while it runs: each name has `matching.REGEX_TIMEOUT_S`, and all

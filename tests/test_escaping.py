@@ -175,3 +175,46 @@ def test_error_line(evil, tmp_path):
     lines = res.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
     assert_escaped(res.stderr)
+
+
+def test_note_lines_quote_names_escaped(evil, tmp_path):
+    """`note:` lines quote tensor names (`renamed from ...`): escaped like every other line."""
+    res = run("apply", evil, "--rename", "enc.*=dec.{1}", "-o", tmp_path / "o.safetensors",
+              env=WIDE)  # fmt: skip
+    assert res.exit_code == 0, res.output
+    notes = [line for line in res.stderr.splitlines() if line.startswith("note: ")]
+    assert notes and any(ESCAPED in line for line in notes), res.stderr
+    assert_escaped(res.stderr)
+
+
+def test_config_notes_quote_values_and_keys_escaped(tmp_path):
+    """The notes about config.json quote the source config's old value and the --config key
+    (a recipe's, or a config.json from elsewhere): a value cannot forge an `error:` line."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    save_file(
+        {f"encoder.layer.{i}.w": torch.ones(2, 2) for i in range(2)}, folder / "model.safetensors"
+    )
+    value = f"a{EVIL[0][len('enc.layer.0.a') :]}"  # the evil name's tail: \n, \r, ESC, NUL, RLO
+    (folder / "config.json").write_text(json.dumps({"num_hidden_layers": value}))
+    key = "k\r\x1b]0;t\x07\u202e"
+    res = run("apply", folder, "-r", "*=zeros", "-o", tmp_path / "out", "-q",
+              "--config", f"{key}=1", env=WIDE)  # fmt: skip
+    assert res.exit_code == 0, res.output
+    notes = [line for line in res.stderr.splitlines() if line.startswith("note: ")]
+    assert len(notes) == len(res.stderr.splitlines()) == 2, res.stderr
+    assert_escaped(res.stderr)
+    assert "k\\r\\x1b]0;t\\x07\\u202e = 1" in res.stderr
+
+
+def test_a_huge_config_value_is_cut_in_its_note(tmp_path):
+    """A 1 MB string as the source config's `num_hidden_layers` was printed whole."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    tensors = {f"encoder.layer.{i}.w": torch.ones(2, 2) for i in range(2)}
+    save_file(tensors, folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps({"num_hidden_layers": "x" * 1_000_000}))
+    res = run("apply", folder, "-r", "*=zeros", "-o", tmp_path / "out", "-q", "--config", "k=1")
+    assert res.exit_code == 0, res.output
+    notes = [line for line in res.stderr.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 2 and all(len(line) < 2_200 for line in notes), res.stderr[:300]

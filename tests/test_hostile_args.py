@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run
 from safetensors.torch import save_file
+from treesnap import assert_unchanged, tree_state
 
 from reinit.errors import RuleError, UsageError
 from reinit.planning.planner import plan
@@ -198,3 +200,31 @@ def test_billion_laughs_through_the_cli_is_refused_in_bounded_time(tmp_path):
     assert "expands to more than 200000 values" in r.stderr and str(path) in r.stderr
     assert "internal error" not in r.stdout + r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+NUL_KEYS = {
+    "output": '"output": "o\\u0000.safetensors"',
+    "report": '"report": ["r\\u0000.json"]',
+    "plot": '"plot": "p\\u0000.png"',
+    "from": '"rules": ["*.weight=from(m\\u0000.safetensors)"]',
+    "unsafe_pickle": '"unsafe_pickle": ["a\\u0000.pt"]',
+}
+
+
+@pytest.mark.parametrize("key", [*sorted(NUL_KEYS), "--set"])
+def test_a_nul_in_a_recipe_value_is_a_usage_error_with_its_line(tmp_path, monkeypatch, key):
+    """A NUL character (JSON's \\u0000, YAML's "\\0", also through --set's YAML list) reached
+    the OS as a path and ended as `internal error: ValueError: embedded null byte`."""
+    monkeypatch.chdir(tmp_path)
+    save_file({"a.weight": torch.ones(2, 2)}, tmp_path / "m.safetensors")
+    extra = NUL_KEYS.get(key, '"output": "o.safetensors"')
+    rules = "" if key == "from" else '"rules": ["*.weight=zeros"],\n'
+    (tmp_path / "r.json").write_text(f'{{"source": "m.safetensors",\n{rules}{extra}}}\n')
+    sets = ["--set", 'report=["r\\0.json"]'] if key == "--set" else []
+    before = tree_state(tmp_path)
+    res = run("run", "r.json", "-q", *sets)
+    assert res.exit_code == 2, res.output
+    assert "NUL character" in res.stderr and "internal error" not in res.stderr, res.stderr
+    assert ("--set report" if key == "--set" else "r.json line ") in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert_unchanged(before, tree_state(tmp_path))

@@ -7,6 +7,7 @@ local path is refused, as `hf://` + `--in-place` is."""
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 import torch
@@ -90,3 +91,45 @@ def test_in_place_on_a_snapshot_folder_given_as_a_path_is_refused(offline, tmp_p
     assert snapshot.name == C2
     args = ["apply", str(snapshot), "-r", "a.weight=zeros", "--in-place", "-q"]
     refused(tmp_path, args, 2, "--in-place", "Hugging Face cache")
+
+
+@pytest.mark.parametrize("linked", ["snapshot", "snapshots"])
+def test_a_snapshot_folder_that_links_out_of_the_cache_is_not_read(offline, tmp_path, work, linked):
+    """Each file of the snapshot was checked, but not the snapshot folder itself: with
+    `snapshots/<commit>` (or `snapshots/`) a link to any local folder, `hf://acme/linked` read
+    that folder's weights and copied its config.json into the output."""
+    snapshot = _repo(offline, tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    save_file({"a.weight": torch.full((3, 4), 7.0)}, outside / "model.safetensors")
+    (outside / "config.json").write_text('{"secret": "TOPSECRET"}')
+    moved = snapshot if linked == "snapshot" else snapshot.parent
+    if linked == "snapshots":  # the whole snapshots/ folder elsewhere, the commit inside it
+        (outside / snapshot.name).mkdir()
+        for name in ("model.safetensors", "config.json"):
+            shutil.copy(outside / name, outside / snapshot.name / name)
+    shutil.rmtree(moved)
+    moved.symlink_to(outside)
+    refused(tmp_path, ["inspect", "hf://acme/linked"], 1, "outside the repo's cache folder")
+    args = ["apply", "hf://acme/linked", "-o", str(work / "out"), "-r", "a.weight=zeros", "-q"]
+    line = refused(tmp_path, args, 1, "outside the repo's cache folder")
+    assert not (work / "out").exists() and "TOPSECRET" not in line
+
+
+@pytest.mark.parametrize("how", ["hf", "local"])
+def test_a_blobs_folder_that_links_out_of_the_cache_is_not_read(offline, tmp_path, work, how):
+    """A snapshot file may link into its repo's `blobs/`, but `blobs/` itself was not checked:
+    with `blobs -> ~` a `tokenizer.json -> ../../blobs/.ssh/id_rsa` was copied into the
+    output verbatim."""
+    snapshot = _repo(offline, tmp_path)
+    repo = snapshot.parent.parent
+    home = tmp_path / "home"
+    shutil.copytree(repo / "blobs", home)
+    (home / "id_rsa").write_text("PRIVATE KEY")
+    shutil.rmtree(repo / "blobs")
+    (repo / "blobs").symlink_to(home)
+    _relink(snapshot, "tokenizer.json", "../../blobs/id_rsa")
+    src = "hf://acme/linked" if how == "hf" else str(snapshot)
+    args = ["apply", src, "-o", str(work / "out"), "-r", "a.weight=zeros", "-q"]
+    line = refused(tmp_path, args, 1, "outside the model folder")
+    assert not (work / "out").exists() and "PRIVATE KEY" not in line

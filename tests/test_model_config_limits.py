@@ -96,3 +96,44 @@ def test_config_within_caps_still_builds(tmp_path):
     out = run_child(*_commands(d)["new"], cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "out" / "config.json").is_file()
+
+
+MIXTRAL = {
+    **LLAMA,
+    "model_type": "mixtral",
+    "architectures": ["MixtralForCausalLM"],
+    "num_local_experts": 4,
+    "num_experts_per_tok": 2,
+}
+
+
+@pytest.mark.parametrize("cmd", ["apply-model", "new"])
+@pytest.mark.parametrize(
+    "config, key",
+    [
+        ({**LLAMA, "num_hidden_layers": 30_000_000}, "num_hidden_layers is 30,000,000"),
+        ({**MIXTRAL, "num_local_experts": 10_000_000}, "num_local_experts is 10,000,000"),
+    ],
+    ids=["layers", "experts"],
+)
+def test_a_layer_or_expert_count_past_the_cap_is_refused_before_building(
+    tmp_path, cmd, config, key
+):
+    """transformers builds per-layer lists while it reads a config and then one module per
+    layer: 30,000,000 layers took 4 GB and 90 s (Qwen2), or grew ~85 MB/s until memory ran
+    out (Llama), before anything refused it."""
+    d = _model_dir(tmp_path, json.dumps(config))
+    refused(tmp_path, _commands(d)[cmd], 2, "config.json", key)
+
+
+def test_a_build_that_registers_too_many_tensors_is_stopped(tmp_path, monkeypatch):
+    """Whatever the config says (or a module:callable does), a build stops once it registers
+    more parameters and buffers than a checkpoint may hold (the cap lowered here: a 2-layer
+    Llama registers ~25)."""
+    import reinit.planning.model_load as model_load
+
+    monkeypatch.setattr(model_load, "MAX_TOTAL_TENSORS", 10)
+    d = _model_dir(tmp_path, json.dumps({**LLAMA, "num_hidden_layers": 2}))
+    refused(tmp_path, _commands(d)["new"], 2, str(d), "registers more than 10 parameters")
+    monkeypatch.setattr(model_load, "MAX_TOTAL_TENSORS", 1000)
+    assert model_load.load_model(d).module is not None  # the hooks are gone, a build works

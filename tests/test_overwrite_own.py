@@ -6,10 +6,11 @@ is refused, naming the first foreign entry, and left untouched."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
-from helpers import refused, run
+from helpers import refused, run, run_child
 from safetensors.torch import save_file
 
 
@@ -64,3 +65,19 @@ def test_own_earlier_output_is_still_replaced(tmp_path):
     res = run("apply", src, "-o", f"{out}/", "-r", "a.weight=ones", "--overwrite", "-q")
     assert res.exit_code == 0, res.output
     assert not (out / "config.json").exists()  # this run's output holds none
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_fifo_in_the_output_folder_does_not_block_overwrite(tmp_path):
+    """Deciding whether `-o DIR` is ours read the header of each `*.safetensors` in it: a FIFO
+    named `a.safetensors` (beside a user's file) blocked `apply` forever."""
+    src = _source(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / "a.safetensors")
+    (out / "notes.txt").write_text("mine")
+    res = run_child("apply", src, "-o", out, "--overwrite", "-r", "a.weight=zeros", "-q",
+                    cwd=tmp_path, timeout=60)  # fmt: skip
+    assert res.returncode == 2, res.stderr
+    assert "is not an earlier reinit output" in res.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["a.safetensors", "notes.txt"]

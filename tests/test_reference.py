@@ -263,13 +263,12 @@ def test_reference_tolerance_flag_recipe_key_and_keyword(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
         f"source: {src}\noutput: {tmp_path / 'r.safetensors'}\nreference_tolerance: 13\n"
-        "overwrite: true\n"
         "rules: ['*.weight=kaiming']\n"
     )
     res = run("run", recipe)
     assert res.exit_code == 0, res.output
     assert "0 flagged" in res.stderr
-    res = run("run", recipe, "--set", "reference_tolerance=5")
+    res = run("run", recipe, "--set", "reference_tolerance=5", "--overwrite")
     assert res.exit_code == 0, res.output
     assert "16 flagged" in res.stderr
     state = {"w": torch.randn(64, 64) * 0.02, "v": torch.randn(64, 64) * 0.02}

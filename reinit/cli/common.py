@@ -69,6 +69,15 @@ def warn_all(warnings: tuple[str, ...]) -> None:
         err(f"warning: {bounded(shown(w))}")
 
 
+def note_all(notes: tuple[str, ...]) -> None:
+    """The run's notes (config.json fields changed, files not copied), one line each on
+    stderr, escaped and cut as warnings are: they quote a source's config values."""
+    from reinit.text import bounded
+
+    for note in notes:
+        err(f"note: {bounded(shown(note))}")
+
+
 def warn_unsafe(paths: tuple[str, ...], what: str = "--unsafe-pickle") -> None:
     """The loud warning whenever trust is given, naming exactly what it covers (and refusing a
     value that is no path, e.g. the old flag form followed by another option)."""
@@ -240,8 +249,7 @@ def show_report(report: Report, *, as_json: bool, quiet: bool, by: str) -> None:
     """What `apply` and `new` print after a run: warnings and notes, the dropped names, the
     JSON report on stdout (`--json`), and the terminal view with its notes (unless `-q`)."""
     warn_all(report.warnings)
-    for note in report.notes:
-        err(f"note: {note}")
+    note_all(report.notes)
     if report.dropped and not quiet:
         err(dropped_line(report.dropped))
     if as_json:

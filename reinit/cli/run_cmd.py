@@ -14,6 +14,7 @@ from reinit.cli.common import (
     examples,
     json_option,
     load_torch,
+    note_all,
     progress_on,
     quiet_option,
     unsafe_pickle_option,
@@ -54,6 +55,17 @@ __all__ = ["run"]
     help="Let the recipe's model: import and call this module:callable; repeatable. "
     "A recipe never runs code without it (docs/guide/trust.md).",
 )
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an existing output (and reports); a recipe's own overwrite: true needs it.",
+)
+@click.option(
+    "--in-place",
+    "in_place",
+    is_flag=True,
+    help="Rewrite the source's weight files; a recipe's own in_place: true needs it.",
+)
 @dry_run_option("Print each step's plan and write nothing.")
 @json_option()
 @quiet_option()
@@ -64,6 +76,8 @@ def run(
     model: str | None,
     unsafe_pickle: tuple[str, ...],
     trust_callables: tuple[str, ...],
+    overwrite: bool,
+    in_place: bool,
     dry_run: bool,
     all_tensors: bool,
     as_json: bool,
@@ -85,7 +99,12 @@ def run(
         trust_callables = (*trust_callables, *([name] if name else []))
     warn_unsafe(unsafe_pickle)
     loaded = load_recipe(
-        recipe, sets, unsafe_pickle=unsafe_pickle, trust_model_callable=trust_callables
+        recipe,
+        sets,
+        unsafe_pickle=unsafe_pickle,
+        trust_model_callable=trust_callables,
+        overwrite=overwrite,
+        in_place=in_place,
     )
     if dry_run or loaded.dry_run:
         plans = plan_recipe(loaded, progress=progress_on(quiet))
@@ -106,8 +125,7 @@ def run(
         )
     result = run_recipe(loaded, progress=progress_on(quiet))
     warn_all(result.warnings)
-    for note in result.notes:  # config.json fields changed, stale files not copied
-        err(f"note: {note}")
+    note_all(result.notes)  # config.json fields changed, stale files not copied
     if as_json:
         click.echo(result.to_json())
     if not quiet:

@@ -93,8 +93,11 @@ def cache_blobs(root: Path) -> Path | None:
     parts = Path(os.path.realpath(root)).parts
     for i in range(len(parts) - 2, 0, -1):
         if parts[i] == "snapshots":
-            blobs = Path(*parts[:i], "blobs")
-            return blobs if blobs.is_dir() else None
+            repo = Path(*parts[:i])
+            blobs = repo / "blobs"
+            # a blobs/ that links out of the repo's folder would let its links reach any file
+            inside = _inside(os.path.realpath(blobs), os.fspath(repo))
+            return blobs if blobs.is_dir() and inside else None
     return None
 
 

@@ -224,8 +224,10 @@ def _marked_ours(folder: Path) -> bool:
 def _has_our_metadata(path: Path) -> bool:
     from reinit.io.formats import read_header
 
+    if path.is_symlink() or not path.is_file():  # a FIFO named x.safetensors would block
+        return False
     try:
-        return not path.is_symlink() and "reinit" in (read_header(path).metadata or {})
+        return "reinit" in (read_header(path).metadata or {})
     except Exception:  # noqa: BLE001 - an unreadable file is just not ours
         return False
 

@@ -8,6 +8,7 @@ import contextlib
 import gc
 import importlib
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -20,7 +21,7 @@ from reinit.io.hub import HubRepo, is_hf_url, parse_hf_url
 from reinit.io.jsonfile import read_json_file
 from reinit.io.trust import CALLABLE_SPEC, callable_name
 from reinit.library_output import route_transformers
-from reinit.limits import MAX_CONFIG_BYTES
+from reinit.limits import MAX_CONFIG_BYTES, MAX_MODEL_COUNT, MAX_TOTAL_TENSORS
 from reinit.planning.model import Model, ModelError, fans_from_module
 from reinit.text import one_line
 
@@ -84,7 +85,8 @@ def build_module(text: str, factory: Factory) -> nn.Module:
     """Call a model factory (on whatever device and RNG state the caller set up): a failure
     inside the user's code, or a result that is not a module, is one `ModelError` line."""
     try:
-        module = factory()
+        with _tensor_cap(text):
+            module = factory()
     except ReinitError:
         raise
     except Exception as e:
@@ -96,6 +98,40 @@ def build_module(text: str, factory: Factory) -> nn.Module:
             f"--model {text}: the callable returned {type(module).__name__}, not a torch.nn.Module"
         )
     return module
+
+
+@contextlib.contextmanager
+def _tensor_cap(text: str) -> Iterator[None]:
+    """Stop a build that registers more than `MAX_TOTAL_TENSORS` parameters and buffers, the
+    cap a checkpoint has: a config saying `num_hidden_layers: 100000000` built modules for
+    minutes, ~85 MB more each second, until memory ran out (nothing is allocated on meta,
+    but every module is a Python object)."""
+    count = 0
+
+    def hook(module: nn.Module, name: str, value: object) -> None:
+        nonlocal count
+        count += 1
+        if count > MAX_TOTAL_TENSORS:
+            raise ModelError(
+                f"--model {text}: the model registers more than {MAX_TOTAL_TENSORS:,} "
+                "parameters and buffers (the largest public models hold ~100,000); check its "
+                "config (num_hidden_layers, num_experts, ...)"
+            )
+
+    from torch.nn.modules.module import (
+        register_module_buffer_registration_hook,
+        register_module_parameter_registration_hook,
+    )
+
+    handles = [
+        register_module_parameter_registration_hook(hook),
+        register_module_buffer_registration_hook(hook),
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def model_factory(spec: str | os.PathLike[str]) -> Factory:
@@ -248,7 +284,29 @@ def read_config_json(spec: str, config_path: Path) -> dict[str, object]:
             f"--model {spec}: {config_path} has auto_map (custom model code); reinit never "
             "runs code from a model folder: use a model type transformers ships"
         )
+    _check_counts(data, f"--model {spec}: {config_path}")
     return data
+
+
+_COUNT_KEY = re.compile(r"(?:^|_)(?:layers?|experts)$")
+
+
+def _check_counts(data: dict[str, object], where: str) -> None:
+    """Refuse a layer or expert count past `MAX_MODEL_COUNT`, in the config or a config nested
+    in it (nesting is already capped by `read_json_file`)."""
+    stack: list[object] = [data]
+    while stack:
+        node = stack.pop()
+        items = node.items() if isinstance(node, dict) else ()
+        for key, value in items:
+            if isinstance(value, dict):
+                stack.append(value)
+            too_many = isinstance(value, int) and value > MAX_MODEL_COUNT
+            if too_many and _COUNT_KEY.search(str(key)):
+                raise ModelError(
+                    f"{where}: {key} is {value:,}, past the {MAX_MODEL_COUNT:,} layers or experts "
+                    "any model has; fix the config"
+                )
 
 
 def _is_hf(module: nn.Module) -> bool:

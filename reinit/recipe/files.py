@@ -326,6 +326,26 @@ def read_recipe_file(path: str | os.PathLike[str]) -> tuple[dict[str, Data], Whe
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
+# Parts of an environment variable's name that mark a credential (HF_TOKEN, GITHUB_TOKEN,
+# AWS_SECRET_ACCESS_KEY, OPENAI_API_KEY, DB_PASSWORD, ...): a recipe is shared like a config
+# file, and whatever it expands ends in the output's metadata and report, which get published.
+_CREDENTIAL_PARTS = frozenset(
+    {"TOKEN", "SECRET", "SECRETS", "PASSWORD", "PASSWD", "CREDENTIAL", "CREDENTIALS", "APIKEY"}
+)
+_CREDENTIAL_KEYS = ("API_KEY", "ACCESS_KEY", "PRIVATE_KEY", "AUTH_KEY")
+
+
+def is_credential(name: str) -> bool:
+    """Whether an environment variable's name says it holds a credential.
+
+    >>> [is_credential(n) for n in ("HF_TOKEN", "OPENAI_API_KEY", "MODEL", "TOKENIZER", "KEY")]
+    [True, True, False, False, False]
+    """
+    upper = name.upper()
+    parts = set(upper.split("_"))
+    return bool(parts & _CREDENTIAL_PARTS) or any(k in upper for k in _CREDENTIAL_KEYS)
+
+
 def expand_vars(text: str, where: str, env: Mapping[str, str] | None = None) -> str:
     """`${VAR}` -> the environment variable (an error when unset), `${VAR:-default}` -> it or
     the default when unset or empty, `$$` -> `$`. A bare `$VAR` is left alone.
@@ -339,6 +359,12 @@ def expand_vars(text: str, where: str, env: Mapping[str, str] | None = None) -> 
         if m.group(0) == "$$":
             return "$"
         name, default = m.group(1), m.group(2)
+        if is_credential(name):
+            raise UsageError(
+                f"{where}: ${{{name}}} names a credential; a recipe may not read one from the "
+                "environment (its value would be written into the output's metadata and "
+                f"report); if the recipe really needs this value, give it with --set"
+            )
         value = env.get(name)
         if value is None or (value == "" and default is not None):
             if default is None:

@@ -1,14 +1,17 @@
-"""What a recipe may not do by itself: run code. A recipe is shared like a config file, so its
-`model: module:callable` (which imports and calls Python) and its `unsafe_pickle:` (which lets a
-torch file run code while loading) are requests the person at the command line must grant:
-`--trust-model-callable MODULE:CALLABLE` and `--unsafe-pickle PATH` (`load_recipe`'s
-`trust_model_callable=` and `unsafe_pickle=`). `--set` values count as the recipe's."""
+"""What a recipe may not do by itself: run code, or replace files. A recipe is shared like a
+config file, so its `model: module:callable` (which imports and calls Python), its
+`unsafe_pickle:` (which lets a torch file run code while loading), its `overwrite: true` (which
+replaces whatever file lies at its `output:`, `report:` or `plot:` paths) and its `in_place:
+true` (which rewrites its source) are requests the person at the command line must grant:
+`--trust-model-callable MODULE:CALLABLE`, `--unsafe-pickle PATH`, `--overwrite`, `--in-place`
+(`load_recipe`'s `trust_model_callable=`, `unsafe_pickle=`, `overwrite=`, `in_place=`). `--set`
+values count as the recipe's."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,25 +30,52 @@ from reinit.recipe.files import Where, location
 if TYPE_CHECKING:
     from reinit.planning.session import ModelInput
 
-__all__ = ["granted", "granted_new"]
+__all__ = ["Grants", "granted", "granted_new"]
 
 
-def granted(
-    options: ApplyOptions,
-    where: Where,
-    label: str,
-    unsafe_pickle: TrustSpec,
-    trust_model_callable: Iterable[str],
-) -> ApplyOptions:
+@dataclass(frozen=True)
+class Grants:
+    """What the person at the command line allows a recipe (`reinit run`'s flags, or
+    `load_recipe`'s keywords): the torch files that may run code, the callables its `model:`
+    may import, and whether existing outputs may be replaced or the source rewritten."""
+
+    unsafe_pickle: TrustSpec = ()
+    trust_model_callable: Iterable[str] = ()
+    overwrite: bool = False
+    in_place: bool = False
+
+
+# A recipe key that replaces files, the flag that grants it, and what it would do.
+_WRITE_GRANTS = (
+    ("overwrite", "--overwrite", "replace an existing file or folder at its output or reports"),
+    ("in_place", "--in-place", "rewrite its source's weight files"),
+)
+
+
+def granted(options: ApplyOptions, where: Where, label: str, grants: Grants) -> ApplyOptions:
     """The recipe's top-level `options` with only the trust the user granted: a recipe's
-    `unsafe_pickle` entry or callable `model` the user did not name is a `UsageError` naming
-    the key and the flag that would allow it. The result's `unsafe_pickle` is the user's, and
-    its `model` is a `pathlib.Path` (never imported) unless it is hf:// or a granted callable."""
-    user = pickle_trust(unsafe_pickle, "--unsafe-pickle")
+    `unsafe_pickle` entry, callable `model`, `overwrite` or `in_place` the user did not grant
+    is a `UsageError` naming the key and the flag that would allow it. The result's
+    `unsafe_pickle`, `overwrite` and `in_place` are the user's, and its `model` is a
+    `pathlib.Path` (never imported) unless it is hf:// or a granted callable."""
+    user = pickle_trust(grants.unsafe_pickle, "--unsafe-pickle")
     _check_pickles(options.unsafe_pickle, user, location(where, ("unsafe_pickle",), label))
-    callables = callable_trust(trust_model_callable)
+    callables = callable_trust(grants.trust_model_callable)
     model = _model(options.model, callables, location(where, ("model",), label))
-    return replace(options, unsafe_pickle=user, model=model)
+    _check_config(options.config_set, location(where, ("config",), label))
+    for key, flag, what in _WRITE_GRANTS:
+        if getattr(options, key) and not getattr(grants, key):
+            raise UsageError(
+                f"{location(where, (key,), label)}: {key}: a recipe cannot {what} by itself; "
+                f"if you mean it, add {flag} to the command line"
+            )
+    return replace(
+        options,
+        unsafe_pickle=user,
+        model=model,
+        overwrite=grants.overwrite,
+        in_place=grants.in_place,
+    )
 
 
 def granted_new(source: str, where: Where, label: str, trust_model_callable: Iterable[str]) -> None:
@@ -66,6 +96,18 @@ def _check_pickles(requested: TrustSpec, user: PickleTrust, at: str) -> None:
             raise UsageError(
                 f"{at}: unsafe_pickle {text}: a recipe cannot let a file run code by itself; "
                 f"if you trust it, add --unsafe-pickle {text} to the command line"
+            )
+
+
+def _check_config(items: Iterable[str], at: str) -> None:
+    """A recipe's `config:` may not set `auto_map`: the output's config.json would then send
+    whoever loads it with `trust_remote_code=True` to code the recipe's author chose (a
+    Hub repo's `modeling_*.py`), and reinit itself refuses such a config as a model."""
+    for item in items:
+        if item.partition("=")[0].strip() == "auto_map":
+            raise UsageError(
+                f"{at}: config auto_map: a recipe cannot make its output's config.json point at "
+                "Python code; if you want that, edit the output's config.json yourself"
             )
 
 

@@ -21,7 +21,7 @@ from reinit.recipe.files import (
     location,
     read_recipe_file,
 )
-from reinit.recipe.trust import granted, granted_new
+from reinit.recipe.trust import Grants, granted, granted_new
 
 # A key's value after conversion by its kind (`_coerce`): lists become tuples of strings; a
 # `steps` value stays as parsed, checked step by step.
@@ -176,7 +176,14 @@ def _coerce(kind: Kind, value: Data, key: str, at: str) -> Value:
     convert = _CONVERT.get(kind)
     if convert is None:
         raise AssertionError(kind)
-    return convert(kind, value, key, at)
+    out = convert(kind, value, key, at)
+    for text in out if isinstance(out, tuple) else (out,):
+        if isinstance(text, str) and "\0" in text:  # a file's "\0", or --set's YAML "\0"
+            raise UsageError(
+                f"{at}: {key!r} holds a NUL character (\\x00), which no path can hold; "
+                "remove it (in a pattern, match it with ? or re:\\x00)"
+            )
+    return out
 
 
 def _as_str(kind: Kind, value: Data, key: str, at: str) -> Value:
@@ -380,17 +387,31 @@ def _rules(values: Mapping[str, Value]) -> tuple[str, ...]:
     return tuple(str(r) for r in rules)
 
 
+def _with_grants(options: ApplyOptions, base: ApplyOptions) -> ApplyOptions:
+    """A step's options with what the user granted (and nothing the recipe granted itself)."""
+    return replace(
+        options,
+        unsafe_pickle=base.unsafe_pickle,
+        model=base.model,
+        overwrite=base.overwrite,
+        in_place=base.in_place,
+    )
+
+
 def load_recipe(
     path: str | os.PathLike[str],
     sets: Sequence[str] = (),
     *,
     unsafe_pickle: TrustSpec = (),
     trust_model_callable: Sequence[str] = (),
+    overwrite: bool = False,
+    in_place: bool = False,
 ) -> Recipe:
     """Read, override (`--set`), expand `${VAR}` and validate a recipe file. Relative paths in
     it are left as written: like the flags they mirror, they are relative to the current
-    directory. Nothing in the file (or `sets`) runs code by itself: its `unsafe_pickle:` paths
-    and a `model: module:callable` must be granted by the caller (docs/guide/trust.md).
+    directory. Nothing in the file (or `sets`) runs code or replaces files by itself: its
+    `unsafe_pickle:` paths, a `model: module:callable`, `overwrite: true` and `in_place: true`
+    must be granted by the caller (docs/guide/trust.md).
 
     Args:
         path: A `.yaml`/`.yml`, `.toml` (Python >= 3.11) or `.json` recipe.
@@ -399,6 +420,10 @@ def load_recipe(
             every path of the recipe's `unsafe_pickle:` must be among them.
         trust_model_callable: The `MODULE:CALLABLE` names you allow the recipe's `model:` to
             import and call (`--trust-model-callable`).
+        overwrite: Replace an existing output (`--overwrite`); a recipe's own `overwrite: true`
+            is refused without it.
+        in_place: Rewrite the source's weight files (`--in-place`); a recipe's own
+            `in_place: true` is refused without it.
 
     Returns:
         The validated `Recipe`: its source, output, top-level `ApplyOptions` and steps (each
@@ -423,11 +448,9 @@ def load_recipe(
     expanded = expand_all(data, (), where, label)
     assert isinstance(expanded, dict)  # expand_all keeps a mapping a mapping
     recipe = validate(expanded, where, label)
-    base = granted(recipe.options, where, label, unsafe_pickle, trust_model_callable)
+    grants = Grants(unsafe_pickle, trust_model_callable, overwrite, in_place)
+    base = granted(recipe.options, where, label, grants)
     if recipe.new:
         granted_new(recipe.source, where, label, trust_model_callable)
-    steps = tuple(
-        replace(s, options=replace(s.options, unsafe_pickle=base.unsafe_pickle, model=base.model))
-        for s in recipe.steps
-    )
+    steps = tuple(replace(s, options=_with_grants(s.options, base)) for s in recipe.steps)
     return replace(recipe, options=base, steps=steps)

@@ -179,8 +179,21 @@ class HubRepo(HubMessages):
         # the rule a snapshot folder given as a local path follows: a link may lead into the
         # snapshot or that repo's blobs/, never out of the cache (a hostile or shared cache)
         rel = f"{self.ref.subfolder}/{name}" if self.ref.subfolder else name
-        local_file(self._snapshot_dir(), rel, self.display, "holds")
+        local_file(self._confined_snapshot(), rel, self.display, "holds")
         return pathlib.Path(path)
+
+    def _confined_snapshot(self) -> pathlib.Path:
+        """The snapshot folder, refused when it (or `snapshots/`) is a link out of its repo's
+        cache folder: its files would then be any local folder's, read as this repo's."""
+        snapshot = self._snapshot_dir()
+        real, repo = os.path.realpath(snapshot), os.path.realpath(snapshot.parent.parent)
+        if not real.startswith(repo.rstrip(os.sep) + os.sep):
+            raise UnsafePathError(
+                f"{self.display}: the cached snapshot {snapshot} is a link to {real}, outside "
+                "the repo's cache folder; refusing to read it: delete it from the cache and "
+                "download again"
+            )
+        return snapshot
 
     def __repr__(self) -> str:
         return f"HubRepo({self.display!r})"

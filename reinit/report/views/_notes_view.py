@@ -12,6 +12,7 @@ from collections import Counter
 
 from reinit.report.entries import NOTE_CHANGED, NOTE_NEW, Report
 from reinit.report.views._kinds import applied_init
+from reinit.text import shown
 
 QUIET_NOTES = (NOTE_CHANGED, NOTE_NEW)  # already counted by the summary of `report --against`
 
@@ -52,8 +53,8 @@ def note_lines(report: Report) -> list[str]:
     lines = []
     for note, n in counts.most_common():
         if n == 1 and note in FAMILIES.values():  # one renamed tensor: its own note, as it was
-            lines.append(f"note: {first[note]}")
+            lines.append(f"note: {shown(first[note])}")
             continue
         where = first[note] if n == 1 else f"{n} tensors, e.g. {first[note]}"
-        lines.append(f"note: {note} ({where})")
+        lines.append(f"note: {shown(note)} ({shown(where)})")  # they quote tensor names
     return lines
