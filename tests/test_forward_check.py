@@ -86,7 +86,8 @@ def test_mean_resize_growth_by_8_tokens_gives_small_measured_kl(tmp_path, capsys
     new = gpt2(tmp_path / "new", vocab=1008, seed=2)  # the grown config: vocab_size 1008
     grown = tmp_path / "grown"
     env = {"MODEL": str(new), "OLD": str(old), "OLD_VOCAB": "1000", "OUT": str(grown)}
-    res = run("run", ROOT / "examples" / "grow-vocab.toml", "-q", env=env)
+    recipe = ROOT / "examples" / "grow-vocab.toml"
+    res = run("run", recipe, "-q", "--allow-write", tmp_path, env=env)  # OUT is outside examples/
     assert res.exit_code == 0, res.output
     res = run("verify", grown, "--forward", "--against", old)
     assert res.exit_code == 0, res.output

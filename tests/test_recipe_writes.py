@@ -133,3 +133,98 @@ def test_a_recipe_cannot_point_its_outputs_config_at_code(tmp_path, monkeypatch,
     # another config field is fine
     recipe.write_text(text + "config: ['num_labels=3']\n")
     assert run("run", recipe, "-q").exit_code == 0
+
+
+# --- where a recipe may write ----------------------------------------------------------------
+
+
+def _plant(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A source folder that carries a shell script beside its weights (a folder output copies
+    it), a home-like folder to attack, and the folder the user runs the recipe from."""
+    src = tmp_path / "src"
+    src.mkdir()
+    save_file({"a.weight": torch.randn(4, 4)}, src / "model.safetensors")
+    (src / "evil.sh").write_text("echo owned\n")
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    return src, home, work
+
+
+# output paths a recipe run from `work/` (where the recipe lies too) may not write by itself
+OUTSIDE = {
+    "hidden folder": "{home}/.bashrc.d/",  # a shell sources every file there
+    "hidden below the current directory": ".config/autostart/",
+    "absolute, elsewhere": "{home}/models/",
+    "up and out": "../home/models/",
+    "package folder": "venv/lib/python3.11/site-packages/x/",
+}
+
+
+@pytest.mark.parametrize("case", sorted(OUTSIDE))
+def test_a_recipe_writes_only_below_where_it_runs_and_where_it_lies(tmp_path, monkeypatch, case):
+    src, home, work = _plant(tmp_path)
+    monkeypatch.chdir(work)
+    output = OUTSIDE[case].format(home=home)
+    recipe = work / "r.yaml"
+    recipe.write_text(f"source: {src}\noutput: {output}\nrules: ['*.weight=zeros']\n")
+    before = tree_state(tmp_path)
+    for dry in ([], ["--dry-run"]):
+        res = run("run", recipe, "-q", *dry)
+        assert res.exit_code == 2, res.output
+        assert "r.yaml line 2: output" in res.stderr and "add --allow-write" in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+    assert_unchanged(before, tree_state(tmp_path))
+    with pytest.raises(UsageError, match="a recipe writes only below"):
+        reinit.load_recipe(recipe)
+
+
+@pytest.mark.parametrize("key", ["report", "plot"])
+def test_reports_and_plots_follow_the_same_rule(tmp_path, monkeypatch, key):
+    src, home, work = _plant(tmp_path)
+    monkeypatch.chdir(work)
+    name = "x.md" if key == "report" else "x.png"
+    value = f"[{home}/.bashrc.d/{name}]" if key == "report" else f"{home}/.bashrc.d/{name}"
+    recipe = work / "r.yaml"
+    recipe.write_text(f"source: {src}\noutput: out/\nrules: ['*.weight=zeros']\n{key}: {value}\n")
+    with pytest.raises(UsageError, match=f"line 4: {key} "):
+        reinit.load_recipe(recipe)
+
+
+def test_a_link_out_of_the_current_directory_is_followed(tmp_path, monkeypatch):
+    src, home, work = _plant(tmp_path)
+    (work / "models").symlink_to(home)
+    monkeypatch.chdir(work)
+    recipe = work / "r.yaml"
+    recipe.write_text(f"source: {src}\noutput: models/.bashrc.d/\nrules: ['*.weight=zeros']\n")
+    with pytest.raises(UsageError, match="output models/.bashrc.d/"):
+        reinit.load_recipe(recipe)
+    (work / "models").unlink()
+    (work / "models").symlink_to(home / ".bashrc.d", target_is_directory=True)
+    recipe.write_text(f"source: {src}\noutput: models/x/\nrules: ['*.weight=zeros']\n")
+    with pytest.raises(UsageError, match="output models/x/"):  # the link leads into a hidden one
+        reinit.load_recipe(recipe)
+
+
+def test_allow_write_grants_a_folder_and_the_usual_places_need_nothing(tmp_path, monkeypatch):
+    src, home, work = _plant(tmp_path)
+    monkeypatch.chdir(work)
+    recipe = work / "r.yaml"
+    recipe.write_text(f"source: {src}\noutput: {home}/.bashrc.d/\nrules: ['*.weight=zeros']\n")
+    res = run("run", recipe, "-q", "--allow-write", home)
+    assert res.exit_code == 0, res.output
+    assert (home / ".bashrc.d" / "model.safetensors").exists()  # the user said so
+    assert reinit.load_recipe(recipe, allow_write=[home]).output == f"{home}/.bashrc.d/"
+    # below the current directory, and below the recipe's own folder, no flag is needed
+    (work / "nested").mkdir()
+    for output in ("out/", f"{work}/nested/out.safetensors"):
+        recipe.write_text(f"source: {src}\noutput: {output}\nrules: ['*.weight=zeros']\n")
+        res = run("run", recipe, "-q")
+        assert res.exit_code == 0, res.output
+    elsewhere = tmp_path / "recipes"
+    elsewhere.mkdir()
+    beside = elsewhere / "r.yaml"
+    beside.write_text(f"source: {src}\noutput: {elsewhere}/out/\nrules: ['*.weight=zeros']\n")
+    res = run("run", beside, "-q")
+    assert res.exit_code == 0, res.output
+    assert (elsewhere / "out" / "model.safetensors").exists()

@@ -66,6 +66,15 @@ __all__ = ["run"]
     is_flag=True,
     help="Rewrite the source's weight files; a recipe's own in_place: true needs it.",
 )
+@click.option(
+    "--allow-write",
+    "allow_write",
+    multiple=True,
+    metavar="DIR",
+    help="Let the recipe's output, report and plot paths lie below DIR; repeatable. Without "
+    "it a recipe writes only below the current directory or its own folder, in no hidden or "
+    "Python package folder (docs/guide/trust.md).",
+)
 @dry_run_option("Print each step's plan and write nothing.")
 @json_option()
 @quiet_option()
@@ -78,6 +87,7 @@ def run(
     trust_callables: tuple[str, ...],
     overwrite: bool,
     in_place: bool,
+    allow_write: tuple[str, ...],
     dry_run: bool,
     all_tensors: bool,
     as_json: bool,
@@ -105,6 +115,7 @@ def run(
         trust_model_callable=trust_callables,
         overwrite=overwrite,
         in_place=in_place,
+        allow_write=allow_write,
     )
     if dry_run or loaded.dry_run:
         plans = plan_recipe(loaded, progress=progress_on(quiet))

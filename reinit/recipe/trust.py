@@ -1,10 +1,14 @@
-"""What a recipe may not do by itself: run code, or replace files. A recipe is shared like a
-config file, so its `model: module:callable` (which imports and calls Python), its
-`unsafe_pickle:` (which lets a torch file run code while loading), its `overwrite: true` (which
-replaces whatever file lies at its `output:`, `report:` or `plot:` paths) and its `in_place:
-true` (which rewrites its source) are requests the person at the command line must grant:
-`--trust-model-callable MODULE:CALLABLE`, `--unsafe-pickle PATH`, `--overwrite`, `--in-place`
-(`load_recipe`'s `trust_model_callable=`, `unsafe_pickle=`, `overwrite=`, `in_place=`). `--set`
+"""What a recipe may not do by itself: run code, replace files, or write where other programs
+load files by themselves. A recipe is shared like a config file, so its `model:
+module:callable` (which imports and calls Python), its `unsafe_pickle:` (which lets a torch file
+run code while loading), its `overwrite: true` (which replaces whatever file lies at its
+`output:`, `report:` or `plot:` paths), its `in_place: true` (which rewrites its source) and an
+`output:`, `report:` or `plot:` path outside the current directory and the recipe's own folder,
+or in a hidden or Python package folder below them (`~/.bashrc.d/`, `.config/autostart/`,
+`site-packages/`: a folder output copies the source's other files, whatever they are) are
+requests the person at the command line must grant: `--trust-model-callable MODULE:CALLABLE`,
+`--unsafe-pickle PATH`, `--overwrite`, `--in-place`, `--allow-write DIR` (`load_recipe`'s
+`trust_model_callable=`, `unsafe_pickle=`, `overwrite=`, `in_place=`, `allow_write=`). `--set`
 values count as the recipe's."""
 
 from __future__ import annotations
@@ -25,24 +29,26 @@ from reinit.io.trust import (
     pickle_trust,
 )
 from reinit.options import ApplyOptions
-from reinit.recipe.files import Where, location
+from reinit.recipe.files import Path_, Where, location
 
 if TYPE_CHECKING:
     from reinit.planning.session import ModelInput
 
-__all__ = ["Grants", "granted", "granted_new"]
+__all__ = ["Grants", "granted", "granted_new", "granted_writes"]
 
 
 @dataclass(frozen=True)
 class Grants:
     """What the person at the command line allows a recipe (`reinit run`'s flags, or
     `load_recipe`'s keywords): the torch files that may run code, the callables its `model:`
-    may import, and whether existing outputs may be replaced or the source rewritten."""
+    may import, whether existing outputs may be replaced or the source rewritten, and the
+    folders it may write in besides the current directory and its own folder."""
 
     unsafe_pickle: TrustSpec = ()
     trust_model_callable: Iterable[str] = ()
     overwrite: bool = False
     in_place: bool = False
+    allow_write: Iterable[str | os.PathLike[str]] = ()
 
 
 # A recipe key that replaces files, the flag that grants it, and what it would do.
@@ -83,6 +89,49 @@ def granted_new(source: str, where: Where, label: str, trust_model_callable: Ite
     refused (`UsageError`) unless the user named it with `--trust-model-callable`."""
     if not is_hf_url(source):
         _model(source, callable_trust(trust_model_callable), location(where, ("new",), label))
+
+
+# Folders below the current directory or a recipe's own where a recipe may not write by
+# itself: programs load what lies there without being asked (a shell's ~/.bashrc.d/, a
+# desktop's .config/autostart/, Python's site-packages/ with its .pth files).
+_PACKAGE_FOLDERS = frozenset({"site-packages", "dist-packages"})
+
+
+def granted_writes(
+    writes: Iterable[tuple[Path_, str | os.PathLike[str]]],
+    where: Where,
+    label: str,
+    recipe_dir: Path,
+    grants: Grants,
+) -> None:
+    """Each path a recipe names to write (`output:`, `report:`, `plot:`: its key and value)
+    must lie below the current directory or the recipe's own folder, in no hidden folder
+    and no Python package folder (nor be a hidden file), links resolved, or below a folder
+    the user allowed (`--allow-write DIR`, where anything goes); else a `UsageError` naming
+    the key, the path and the flag that would allow it."""
+    own = [Path(os.path.realpath(p)) for p in (Path.cwd(), recipe_dir)]
+    allowed = [Path(os.path.realpath(p)) for p in grants.allow_write]
+    for keys, path in writes:
+        target = Path(os.path.realpath(path))  # links resolved, `..` gone
+        if any(target.is_relative_to(root) for root in allowed):
+            continue
+        if any(_plain_below(target, root) for root in own):
+            continue
+        key = next(k for k in reversed(keys) if isinstance(k, str))
+        raise UsageError(
+            f"{location(where, keys, label)}: {key} {os.fspath(path)}: a recipe writes only "
+            "below the current directory or its own folder, and never into a hidden or Python "
+            "package folder, where other programs load files by themselves; if you mean it, "
+            f"add --allow-write {target.parent} to the command line"
+        )
+
+
+def _plain_below(target: Path, root: Path) -> bool:
+    """Whether `target` lies below `root` through no hidden name and no package folder."""
+    if not target.is_relative_to(root):
+        return False
+    parts = target.relative_to(root).parts
+    return not any(p.startswith(".") or p in _PACKAGE_FOLDERS for p in parts)
 
 
 def _check_pickles(requested: TrustSpec, user: PickleTrust, at: str) -> None:

@@ -7,6 +7,7 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Literal
 
 from reinit.errors import UsageError
@@ -21,7 +22,7 @@ from reinit.recipe.files import (
     location,
     read_recipe_file,
 )
-from reinit.recipe.trust import Grants, granted, granted_new
+from reinit.recipe.trust import Grants, granted, granted_new, granted_writes
 
 # A key's value after conversion by its kind (`_coerce`): lists become tuples of strings; a
 # `steps` value stays as parsed, checked step by step.
@@ -387,6 +388,18 @@ def _rules(values: Mapping[str, Value]) -> tuple[str, ...]:
     return tuple(str(r) for r in rules)
 
 
+def _writes(recipe: Recipe) -> list[tuple[Path_, str | os.PathLike[str]]]:
+    """Every path the recipe names to write, with its key: its output, reports and plot
+    (top-level keys: a step has none of its own)."""
+    out: list[tuple[Path_, str | os.PathLike[str]]] = []
+    if recipe.output is not None:
+        out.append((("output",), recipe.output))
+    out += [(("report", i), p) for i, p in enumerate(recipe.options.reports)]
+    if recipe.options.plot is not None:
+        out.append((("plot",), recipe.options.plot))
+    return out
+
+
 def _with_grants(options: ApplyOptions, base: ApplyOptions) -> ApplyOptions:
     """A step's options with what the user granted (and nothing the recipe granted itself)."""
     return replace(
@@ -406,12 +419,15 @@ def load_recipe(
     trust_model_callable: Sequence[str] = (),
     overwrite: bool = False,
     in_place: bool = False,
+    allow_write: Sequence[str | os.PathLike[str]] = (),
 ) -> Recipe:
     """Read, override (`--set`), expand `${VAR}` and validate a recipe file. Relative paths in
     it are left as written: like the flags they mirror, they are relative to the current
     directory. Nothing in the file (or `sets`) runs code or replaces files by itself: its
     `unsafe_pickle:` paths, a `model: module:callable`, `overwrite: true` and `in_place: true`
-    must be granted by the caller (docs/guide/trust.md).
+    must be granted by the caller, and so must an `output:`, `report:` or `plot:` path outside
+    the current directory and the recipe's own folder, or in a hidden or Python package
+    folder below them (docs/guide/trust.md).
 
     Args:
         path: A `.yaml`/`.yml`, `.toml` (Python >= 3.11) or `.json` recipe.
@@ -424,6 +440,8 @@ def load_recipe(
             is refused without it.
         in_place: Rewrite the source's weight files (`--in-place`); a recipe's own
             `in_place: true` is refused without it.
+        allow_write: Folders the recipe may write in besides the current directory and its own
+            folder (`--allow-write DIR`), hidden or package folders included.
 
     Returns:
         The validated `Recipe`: its source, output, top-level `ApplyOptions` and steps (each
@@ -448,8 +466,9 @@ def load_recipe(
     expanded = expand_all(data, (), where, label)
     assert isinstance(expanded, dict)  # expand_all keeps a mapping a mapping
     recipe = validate(expanded, where, label)
-    grants = Grants(unsafe_pickle, trust_model_callable, overwrite, in_place)
+    grants = Grants(unsafe_pickle, trust_model_callable, overwrite, in_place, allow_write)
     base = granted(recipe.options, where, label, grants)
+    granted_writes(_writes(recipe), where, label, Path(path).parent, grants)
     if recipe.new:
         granted_new(recipe.source, where, label, trust_model_callable)
     steps = tuple(replace(s, options=_with_grants(s.options, base)) for s in recipe.steps)
