@@ -370,3 +370,37 @@ def test_the_guide_page_runs(tmp_path):
     assert isinstance(state, dict) and state.keys() == written.keys()
     for name, tensor in written.items():
         assert torch.equal(state[name], tensor), name
+
+
+def _moved_chunk(md: object, fqn: str, old: tuple[int, ...], new: tuple[int, ...]) -> None:
+    """Point the chunk of `fqn` at `old` to offsets `new` (same sizes, same stored bytes)."""
+    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex
+
+    entry = md.state_dict_metadata[fqn]  # type: ignore[attr-defined]
+    i = next(i for i, c in enumerate(entry.chunks) if tuple(c.offsets) == old)
+    entry.chunks[i] = ChunkStorageMetadata(torch.Size(new), entry.chunks[i].sizes)
+    storage = md.storage_data  # type: ignore[attr-defined]
+    storage[MetadataIndex(fqn, torch.Size(new))] = storage.pop(MetadataIndex(fqn, torch.Size(old)))
+
+
+@pytest.mark.parametrize(
+    ("source", "old", "new"),
+    [
+        ("gloo-fp32", (19, 0), (1, 0)),  # rows 1..18 twice, rows 19..36 never
+        ("gloo-cols", (0, 8), (0, 4)),  # columns 4..7 twice, 12..15 never
+    ],
+)
+def test_overlapping_chunks_are_refused(dcp_root, tmp_path, source, old, new):
+    """Chunks that overlap cover as many elements as the tensor has while leaving a hole: the
+    hole must not be written out as whatever memory held (it was, silently, exit 0)."""
+    src = tmp_path / "src"
+    shutil.copytree(dcp_root / source, src)
+    md = pickle.loads((src / ".metadata").read_bytes())
+    _moved_chunk(md, "model.model.embed_tokens.weight", old, new)
+    (src / ".metadata").write_bytes(pickle.dumps(md))
+    out = tmp_path / "o.safetensors"
+    for args in (
+        ["inspect", str(src)],
+        ["apply", str(src), "--rule", "*.bias=zeros", "-o", str(out)],
+    ):
+        refused(tmp_path, args, 1, ".metadata", "model.model.embed_tokens.weight", "overlap")

@@ -7,7 +7,8 @@ plain `pickle.load` (what torch's `FileSystemReader` does) would call whatever t
 `read_metadata` admits only those DCP classes, `torch.Size`, dtypes and layouts and plain
 containers, and refuses everything else before it is called (`UnsafePickleError`, exit 1).
 What was read is then checked as data (`DcpTensor`): chunk files are plain names inside the
-directory, chunks lie inside their tensor, offsets and lengths are non-negative integers."""
+directory, chunks lie inside their tensor without overlapping, offsets and lengths are
+non-negative integers."""
 
 from __future__ import annotations
 
@@ -195,7 +196,36 @@ def _tensor(
             f"{where}: the chunks of '{fqn}' cover {covered} of its {math.prod(shape)} elements; "
             "the checkpoint is incomplete or corrupt"
         )
+    _check_disjoint(chunks, fqn, where)
     return DcpTensor(fqn, dtype, shape, tuple(chunks))
+
+
+def _overlap(a: DcpChunk, b: DcpChunk) -> bool:
+    return all(
+        max(oa, ob) < min(oa + sa, ob + sb)
+        for oa, sa, ob, sb in zip(a.offsets, a.sizes, b.offsets, b.sizes, strict=True)
+    )
+
+
+def _check_disjoint(chunks: list[DcpChunk], fqn: str, where: str) -> None:
+    """Refuse chunks that overlap: with as many elements as the tensor, they leave a hole.
+    A sweep along the dimension the chunks are split most by, so a rank's chunk is compared
+    only with the chunks beside it (not every pair of thousands of ranks)."""
+    boxes = [c for c in chunks if all(c.sizes)]
+    if len(boxes) < 2:
+        return
+    dim = max(range(len(boxes[0].offsets)), key=lambda d: len({c.offsets[d] for c in boxes}))
+    open_: list[DcpChunk] = []
+    for c in sorted(boxes, key=lambda c: c.offsets[dim]):
+        open_ = [o for o in open_ if o.offsets[dim] + o.sizes[dim] > c.offsets[dim]]
+        other = next((o for o in open_ if _overlap(o, c)), None)
+        if other is not None:
+            raise CheckpointError(
+                f"{where}: chunks of '{fqn}' overlap (at {list(other.offsets)}, "
+                f"{list(other.sizes)} and at {list(c.offsets)}, {list(c.sizes)}), so part of "
+                "the tensor is stored twice and part never; the metadata is corrupt"
+            )
+        open_.append(c)
 
 
 def _chunk(
