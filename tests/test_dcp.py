@@ -404,3 +404,36 @@ def test_overlapping_chunks_are_refused(dcp_root, tmp_path, source, old, new):
         ["apply", str(src), "--rule", "*.bias=zeros", "-o", str(out)],
     ):
         refused(tmp_path, args, 1, ".metadata", "model.model.embed_tokens.weight", "overlap")
+
+
+def test_dtypes_torch_saves_untyped_are_read(tmp_path):
+    """float8, uint16/32/64 and complex32 are pickled by `torch.save` as `_rebuild_tensor_v3`
+    over an `UntypedStorage`: a DCP of them (torch's own `dcp.save`, and reinit's own
+    `--format dcp`) reads back byte for byte (it was refused as unsafe)."""
+    g = torch.Generator().manual_seed(0)
+    sd = {
+        "w8": torch.randn(6, 4, generator=g).to(torch.float8_e4m3fn),
+        "w5": torch.randn(5, generator=g).to(torch.float8_e5m2),
+        "u16": torch.arange(0, 60000, 7000, dtype=torch.int32).to(torch.uint16),
+        "u32": torch.arange(9, dtype=torch.int64).to(torch.uint32) * 400_000_000,
+        "u64": torch.tensor([1, 2**40, 3], dtype=torch.int64).to(torch.uint64),
+        "f32": torch.randn(3, 2, generator=g),
+    }
+    src = tmp_path / "ck"
+    dcp.save({"model": sd}, checkpoint_id=src, no_dist=True)
+    for args in (["inspect", src], ["verify", src]):
+        res = run(*args)
+        assert res.exit_code == 0, res.output
+    out, back = tmp_path / "o.safetensors", tmp_path / "o-dcp"
+    assert run("apply", src, "--rule", "f32=zeros", "-o", out).exit_code == 0
+    assert (
+        run("apply", src, "--rule", "f32=zeros", "--format", "dcp", "-o", f"{back}/").exit_code == 0
+    )
+    res = run("diff", out, back, "--json")
+    assert res.exit_code == 0, res.output
+    got = load_file(out)
+    for name, want in sd.items():
+        if name != "f32":
+            assert got[name].dtype == want.dtype
+            assert got[name].view(torch.uint8).equal(want.view(torch.uint8)), name
+    assert not got["f32"].any()

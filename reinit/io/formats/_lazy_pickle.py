@@ -150,6 +150,24 @@ def _rebuild(storage: object, offset: object, size: object, stride: object, *_: 
     return LazyTensor(key, dtype, offset, shape)
 
 
+def _rebuild_v3(
+    storage: object, offset: object, size: object, stride: object, *rest: object
+) -> object:
+    """`torch._utils._rebuild_tensor_v3`: what `torch.save` writes for the dtypes it keeps in an
+    `UntypedStorage` (float8, uint16/32/64, ...); the tensor's dtype is an argument, and its
+    offset counts elements of that dtype."""
+    dtype = rest[2] if len(rest) >= 3 else None
+    if not isinstance(storage, tuple) or not _is_dtype(dtype):
+        raise pickle.UnpicklingError("a tensor without a storage or dtype")
+    return _rebuild((storage[0], dtype), offset, size, stride)
+
+
+def _is_dtype(value: object) -> bool:
+    import torch
+
+    return isinstance(value, torch.dtype)
+
+
 def _parameter(data: object, *_: object) -> object:
     return data
 
@@ -157,7 +175,7 @@ def _parameter(data: object, *_: object) -> object:
 def _from_type(func: object, new_type: object, args: object, state: object) -> object:
     """`torch._tensor._rebuild_from_type_v2` (a tensor saved as a subclass, as DeepSpeed's
     stage 3 saves its partitions): the tensor itself; the subclass and its state are dropped."""
-    if func not in (_rebuild, _parameter) or new_type != _TENSOR_TYPE:
+    if func not in (_rebuild, _rebuild_v3, _parameter) or new_type != _TENSOR_TYPE:
         raise pickle.UnpicklingError("a tensor of an unknown subclass")
     if not isinstance(args, tuple):
         raise pickle.UnpicklingError("a tensor without arguments")
@@ -177,6 +195,10 @@ class _Restricted(pickle.Unpickler):
 
         if module == "torch._utils" and name in _REBUILDS:
             return _parameter if name == "_rebuild_parameter" else _rebuild
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v3"):
+            return _rebuild_v3
+        if name == "UntypedStorage" and module in ("torch", "torch.storage"):
+            return ("storage", torch.uint8)  # bytes; `_rebuild_v3` names the dtype
         if (module, name) == ("torch._tensor", "_rebuild_from_type_v2"):
             return _from_type
         if (module, name) in (("torch", "Tensor"), ("torch.nn.parameter", "Parameter")):
