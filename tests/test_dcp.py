@@ -437,3 +437,30 @@ def test_dtypes_torch_saves_untyped_are_read(tmp_path):
             assert got[name].dtype == want.dtype
             assert got[name].view(torch.uint8).equal(want.view(torch.uint8)), name
     assert not got["f32"].any()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link out", "metadata link out"])
+def test_a_chunk_file_that_is_a_fifo_or_links_out_is_refused(dcp_root, tmp_path, kind):
+    """A `.distcp` file (or `.metadata`) must be a regular file inside the directory, as a
+    model folder's shards must: a FIFO blocked every command forever, and a link to a file
+    elsewhere was read. A link inside the directory is still read."""
+    from helpers import run_child
+
+    src = tmp_path / "src"
+    shutil.copytree(dcp_root / "gloo-fp32", src)
+    name = ".metadata" if kind.startswith("metadata") else "__1_0.distcp"
+    (src / name).rename(tmp_path / name)
+    if kind == "fifo":
+        os.mkfifo(src / name)
+    else:
+        (src / name).symlink_to(tmp_path / name)
+    out = tmp_path / "o.safetensors"
+    proc = run_child("apply", src, "--rule", "*.bias=zeros", "-o", out)
+    assert proc.returncode == 1, proc.stderr
+    assert name in proc.stderr and ("FIFO" if kind == "fifo" else "outside") in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not out.exists()
+    (src / name).unlink()
+    (tmp_path / name).rename(src / "moved")
+    (src / name).symlink_to("moved")  # a link that stays inside the directory
+    assert run("inspect", src).exit_code == 0
+    assert run("apply", src, "--rule", "*.bias=zeros", "-o", out).exit_code == 0

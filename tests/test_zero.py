@@ -233,3 +233,22 @@ def test_a_missing_rank_file_is_refused(tmp_path):
         tmp_path / "ckpt" / "global_step100" / "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"
     ).unlink()
     refused(tmp_path, ["inspect", str(tmp_path / "ckpt")], 1, "2 ranks", "1 optimizer")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link out"])
+def test_a_rank_file_that_is_a_fifo_or_links_out_is_refused(tmp_path, kind):
+    """Every file of a ZeRO folder must be a regular file inside the folder given: a FIFO
+    blocked every command forever, a link to a file elsewhere was read."""
+    from helpers import run_child
+
+    make_zero(tmp_path / "ckpt", 2)
+    rank1 = tmp_path / "ckpt" / "global_step100" / "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    rank1.rename(tmp_path / "elsewhere.pt")
+    if kind == "fifo":
+        os.mkfifo(rank1)
+    else:
+        rank1.symlink_to(tmp_path / "elsewhere.pt")
+    proc = run_child("inspect", tmp_path / "ckpt")
+    assert proc.returncode == 1, proc.stderr
+    assert rank1.name in proc.stderr and ("FIFO" if kind == "fifo" else "outside") in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

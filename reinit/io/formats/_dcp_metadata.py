@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reinit.errors import CheckpointError, UnsafePickleError
-from reinit.io.confine import check_relname
+from reinit.io.confine import check_relname, local_file
 from reinit.text import one_line
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ class DcpTensor:
 def read_metadata(folder: Path) -> tuple[dict[str, DcpTensor], dict[str, tuple[object, ...]]]:
     """The tensors of the DCP directory `folder` (flattened names, storage order) and the
     nesting path of every entry (`planner_data`: `"model.w" -> ("model", "w")`)."""
-    path = folder / METADATA_NAME
+    path = local_file(folder, METADATA_NAME, str(folder), "holds")  # inside, regular
     md = _unpickle(path)
     where = str(path)
     from torch.distributed.checkpoint.metadata import Metadata

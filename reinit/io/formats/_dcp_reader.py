@@ -32,6 +32,7 @@ from reinit.io.checkpoint import (
     read_config_file,
     tensor_from_bytes,
 )
+from reinit.io.confine import local_file
 from reinit.io.formats._dcp_metadata import DcpChunk, DcpTensor, read_metadata
 from reinit.io.formats._lazy_pickle import LazyFile, LazyTensor, open_lazy
 from reinit.io.formats._nested_state import find_state
@@ -104,7 +105,7 @@ class DcpCheckpoint(Checkpoint):
 
     def _fd(self, file: str) -> int:
         if file not in self._fds:
-            path = self.folder / file
+            path = local_file(self.folder, file, self.source, "stores a tensor in")  # no FIFO
             try:
                 self._fds[file] = os.open(path, os.O_RDONLY)
             except OSError as e:

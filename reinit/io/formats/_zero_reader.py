@@ -27,6 +27,7 @@ import torch
 
 from reinit.errors import CheckpointError
 from reinit.io.checkpoint import Checkpoint, ConfigDict, TensorRef, read_config_file
+from reinit.io.confine import local_file
 from reinit.io.formats._lazy_pickle import Inert, LazyFile, LazyTensor, load_lazy
 from reinit.io.formats._safetensors_format import tensor_to_bytes
 from reinit.io.formats._zero_layout import natural_key, zero_tag_dir
@@ -107,7 +108,7 @@ class ZeroCheckpoint(Checkpoint):
         tag = zero_tag_dir(Path(folder))
         if tag is None:
             raise CheckpointError(f"{self.source}: not a DeepSpeed ZeRO checkpoint folder")
-        self.folder = tag
+        self.folder, self._root = tag, Path(folder)
         self._files: list[LazyFile] = []
         try:
             self._open(tag)
@@ -116,7 +117,8 @@ class ZeroCheckpoint(Checkpoint):
             raise
 
     def _load(self, path: Path) -> LazyFile:
-        f = load_lazy(str(path), _INERT)
+        rel = os.path.relpath(path, self._root)  # a regular file inside the folder: no FIFO
+        f = load_lazy(str(local_file(self._root, rel, self.source, "holds")), _INERT)
         self._files.append(f)
         return f
 
