@@ -464,3 +464,18 @@ def test_a_chunk_file_that_is_a_fifo_or_links_out_is_refused(dcp_root, tmp_path,
     (src / name).symlink_to("moved")  # a link that stays inside the directory
     assert run("inspect", src).exit_code == 0
     assert run("apply", src, "--rule", "*.bias=zeros", "-o", out).exit_code == 0
+
+
+def test_an_empty_chunk_with_any_strides_is_read(tmp_path):
+    """A chunk with no elements keeps its view's strides in its record (a column shard left
+    empty by an uneven split: `[3, 0]`, strides `(2, 1)`); torch reads it, and reinit refused
+    it as "a non-contiguous tensor"."""
+    g = torch.Generator().manual_seed(0)
+    sd = {"e": torch.randn(3, 5, generator=g)[:, 5:], "w": torch.randn(2, 2, generator=g)}
+    assert sd["e"].stride() == (5, 1)
+    dcp.save({"model": sd}, checkpoint_id=tmp_path / "ck", no_dist=True)
+    out = tmp_path / "o.safetensors"
+    res = run("apply", tmp_path / "ck", "--rule", "w=zeros", "-o", out)
+    assert res.exit_code == 0, res.output
+    got = load_file(out)
+    assert got["e"].shape == (3, 0) and not got["w"].any()
