@@ -479,3 +479,25 @@ def test_an_empty_chunk_with_any_strides_is_read(tmp_path):
     assert res.exit_code == 0, res.output
     got = load_file(out)
     assert got["e"].shape == (3, 0) and not got["w"].any()
+
+
+def test_a_size_past_what_torch_addresses_is_a_corrupt_checkpoint(dcp_root, tmp_path):
+    """A tensor declared `[2**62, 2**62]` (one whole chunk) is refused as the safetensors
+    header's limit refuses it, naming the tensor (it was an "internal error" from torch)."""
+    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex
+
+    src = tmp_path / "src"
+    shutil.copytree(dcp_root / "single-fp32", src)
+    md = pickle.loads((src / ".metadata").read_bytes())
+    fqn, big = "model.lm_head.weight", torch.Size([2**62, 2**62])
+    entry = md.state_dict_metadata[fqn]
+    entry.size = big
+    entry.chunks[0] = ChunkStorageMetadata(entry.chunks[0].offsets, big)
+    assert MetadataIndex(fqn, entry.chunks[0].offsets) in md.storage_data
+    (src / ".metadata").write_bytes(pickle.dumps(md))
+    out = tmp_path / "o.safetensors"
+    for args in (
+        ["inspect", str(src)],
+        ["apply", str(src), "--rule", "*.bias=zeros", "-o", str(out)],
+    ):
+        refused(tmp_path, args, 1, ".metadata", fqn, "2^63 - 1")

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from reinit.errors import CheckpointError, UnsafePickleError
 from reinit.io.confine import check_relname, local_file
+from reinit.limits import MAX_TENSOR_BYTES, declared_bytes
 from reinit.text import one_line
 
 if TYPE_CHECKING:
@@ -171,6 +172,12 @@ def _tensor(
     if not isinstance(dtype, torch.dtype):
         raise CheckpointError(f"{where}: tensor '{fqn}' has no dtype")
     shape = _ints(entry.size, where, f"the size of '{fqn}'")
+    if declared_bytes(shape, dtype.itemsize) is None:
+        raise CheckpointError(
+            f"{where}: tensor '{fqn}' has a size {list(shape)} whose dims multiply past "
+            f"{MAX_TENSOR_BYTES} bytes (2^63 - 1, the most torch can address); the metadata is "
+            "corrupt"
+        )
     chunks = []
     for c in entry.chunks:
         offsets = _ints(c.offsets, where, f"a chunk offset of '{fqn}'")
