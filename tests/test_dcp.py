@@ -501,3 +501,20 @@ def test_a_size_past_what_torch_addresses_is_a_corrupt_checkpoint(dcp_root, tmp_
         ["apply", str(src), "--rule", "*.bias=zeros", "-o", str(out)],
     ):
         refused(tmp_path, args, 1, ".metadata", fqn, "2^63 - 1")
+
+
+def test_in_place_on_a_dcp_directory_rewrites_it_as_dcp_or_is_refused(dcp_root, tmp_path):
+    """`--in-place` on a DCP directory wrote model.safetensors into it and said so, but the
+    folder still read (for reinit and torch) as the untouched DCP checkpoint: refused (exit
+    2, nothing written) unless `--format dcp` rewrites the DCP itself."""
+    src = tmp_path / "src"
+    shutil.copytree(dcp_root / "gloo-fp32", src)
+    refused(
+        tmp_path, ["apply", str(src), "--rule", "*.bias=zeros", "--in-place"], 2, "--format dcp"
+    )
+    res = run("apply", src, "--rule", "*.bias=zeros", "--in-place", "--format", "dcp")
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in src.iterdir()) == [".metadata", "__0_0.distcp"]
+    state = {k: torch.empty_like(v) for k, v in expected(dcp_root, "gloo-fp32").items()}
+    dcp.load(state, checkpoint_id=src)
+    assert all(not v.any() for k, v in state.items() if k.endswith(".bias"))

@@ -292,7 +292,10 @@ def test_a_malformed_model_states_file_is_a_corrupt_checkpoint(tmp_path, stage, 
     make_zero(tmp_path / "ckpt", stage)
     _edit_model_states(tmp_path / "ckpt", stage, MALFORMED[case])
     out = tmp_path / "o.safetensors"
-    for args in (["inspect", tmp_path / "ckpt"], ["apply", tmp_path / "ckpt", "-r", "*.bias=zeros", "-o", out]):
+    for args in (
+        ["inspect", tmp_path / "ckpt"],
+        ["apply", tmp_path / "ckpt", "-r", "*.bias=zeros", "-o", out],
+    ):
         refused(tmp_path, [str(a) for a in args], 1, "model_states.pt")
 
 
@@ -302,5 +305,16 @@ def test_stage3_with_a_rank_s_model_states_missing_is_refused(tmp_path):
     make_zero(tmp_path / "ckpt", 3)
     (tmp_path / "ckpt" / "global_step100" / "zero_pp_rank_1_mp_rank_00_model_states.pt").unlink()
     out = tmp_path / "o.safetensors"
-    for args in (["inspect", tmp_path / "ckpt"], ["apply", tmp_path / "ckpt", "-r", "*.bias=zeros", "-o", out]):
+    for args in (
+        ["inspect", tmp_path / "ckpt"],
+        ["apply", tmp_path / "ckpt", "-r", "*.bias=zeros", "-o", out],
+    ):
         refused(tmp_path, [str(a) for a in args], 1, "model states", "missing")
+
+
+def test_in_place_on_a_zero_folder_is_refused(tmp_path):
+    """reinit reads ZeRO folders but does not write them: `--in-place` wrote model.safetensors
+    beside the rank files, and the folder still read as the untouched ZeRO checkpoint."""
+    make_zero(tmp_path / "ckpt", 2)
+    for src in (tmp_path / "ckpt", tmp_path / "ckpt" / "global_step100"):
+        refused(tmp_path, ["apply", str(src), "-r", "*.bias=zeros", "--in-place"], 2, "ZeRO")

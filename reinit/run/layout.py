@@ -35,6 +35,7 @@ from reinit.run.output import (
     OutputSpec,
     check_unread_names,
     output_files,
+    refuse_unread_in_place,
     resolve_output,
     with_format,
 )
@@ -165,6 +166,7 @@ def _output_spec(
         source, ckpt, output, overwrite=overwrite, in_place=in_place, inputs=inputs
     )
     spec = with_format(spec, o.format, request.max_shard is not None)
+    refuse_unread_in_place(source, ckpt.kind, spec)
     if request.max_shard is None or spec.fmt in ("directory", "dcp"):
         return spec
     if output is not None or in_place:
