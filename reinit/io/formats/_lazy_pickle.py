@@ -145,7 +145,7 @@ def _rebuild(storage: object, offset: object, size: object, stride: object, *_: 
     shape = tuple(int(n) for n in size)
     want = tuple(math.prod(shape[i + 1 :]) for i in range(len(shape)))
     contiguous = all(s == w for n, s, w in zip(shape, stride, want, strict=True) if n > 1)
-    if not contiguous and math.prod(shape):  # no elements: any strides are contiguous
+    if not contiguous and 0 not in shape:  # no elements: any strides are contiguous
         raise pickle.UnpicklingError("a non-contiguous tensor")
     key, dtype = storage
     return LazyTensor(key, dtype, offset, shape)
