@@ -518,3 +518,30 @@ def test_in_place_on_a_dcp_directory_rewrites_it_as_dcp_or_is_refused(dcp_root, 
     state = {k: torch.empty_like(v) for k, v in expected(dcp_root, "gloo-fp32").items()}
     dcp.load(state, checkpoint_id=src)
     assert all(not v.any() for k, v in state.items() if k.endswith(".bias"))
+
+
+@pytest.mark.parametrize("how", ["--overwrite", "--in-place"])
+def test_format_dcp_never_deletes_what_the_folder_holds_besides(dcp_root, tmp_path, how):
+    """`--format dcp` replaces its folder whole: `--overwrite` of a project folder (`.git/`,
+    notes) and `--in-place` on a DCP directory holding a config and notes deleted them all.
+    Refused (exit 2, nothing touched) as a safetensors folder output refuses it."""
+    folder = tmp_path / "f"
+    if how == "--in-place":
+        shutil.copytree(dcp_root / "gloo-fp32", folder)
+    else:
+        folder.mkdir()
+    (folder / ".git").mkdir()
+    (folder / "notes.txt").write_text("mine")
+    src = folder if how == "--in-place" else dcp_root / "gloo-fp32"
+    args = ["apply", str(src), "--rule", "*.bias=zeros", "--format", "dcp", how]
+    args += ["-o", f"{folder}/"] if how == "--overwrite" else []
+    refused(tmp_path, args, 2, str(folder), "notes.txt")
+    for name in (".git", "notes.txt"):  # a DCP folder of its own files only is replaced
+        shutil.rmtree(folder / name) if name == ".git" else (folder / name).unlink()
+    if how == "--overwrite":
+        assert (
+            run("apply", src, "--rule", "*.bias=zeros", "--format", "dcp", "-o", folder).exit_code
+            == 2
+        )
+    assert run(*args).exit_code == 0
+    assert sorted(p.name for p in folder.iterdir()) == [".metadata", "__0_0.distcp"]

@@ -284,7 +284,26 @@ def _check_folder(
     if spec.fmt == "directory" and not merge:
         held = [f.relname for f in files] + list(prepared.ckpt.extra_files())
         check_replace_folder(spec.path, [*held, INDEX_NAME, REPORT_NAME])
+    if spec.fmt == "dcp" and spec.path.is_dir():
+        _check_dcp_folder(spec.path, in_place)
     return merge
+
+
+def _check_dcp_folder(path: Path, in_place: bool) -> None:
+    """`--format dcp` replaces its folder whole: `--in-place` may drop only the DCP's own files
+    (`.metadata`, `*.distcp`), `--overwrite` only what reinit's DCP output holds."""
+    from reinit.io.formats import is_dcp_file
+
+    if not in_place:
+        check_replace_folder(path, [".metadata", "__0_0.distcp"])
+        return
+    extra = sorted(e.name for e in path.iterdir() if e.is_dir() or not is_dcp_file(e.name))
+    if extra:
+        shown = ", ".join(extra[:5]) + (", …" if len(extra) > 5 else "")
+        raise OutputError(
+            f"--in-place: {path} holds {shown} besides the DCP checkpoint; --format dcp writes "
+            "the directory whole and would delete them: move them out, or give -o"
+        )
 
 
 def _index(

@@ -28,7 +28,7 @@ from reinit.text import one_line
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["METADATA_NAME", "DcpChunk", "DcpTensor", "is_dcp_dir", "read_metadata"]
+__all__ = ["METADATA_NAME", "DcpChunk", "DcpTensor", "is_dcp_dir", "is_dcp_file", "read_metadata"]
 
 METADATA_NAME = ".metadata"  # torch's name (filesystem._metadata_fn)
 _MAX_METADATA_BYTES = 1 << 30
@@ -60,6 +60,11 @@ _ALLOWED = {
 def is_dcp_dir(path: Path) -> bool:
     """Whether `path` is a DCP checkpoint directory (it holds `.metadata`)."""
     return path.is_dir() and (path / METADATA_NAME).is_file()
+
+
+def is_dcp_file(name: str) -> bool:
+    """Whether a file of that name is one of a DCP directory's own (`.metadata`, `*.distcp`)."""
+    return name == METADATA_NAME or name.endswith(".distcp")
 
 
 class _MetadataUnpickler(pickle.Unpickler):
