@@ -545,3 +545,70 @@ def test_format_dcp_never_deletes_what_the_folder_holds_besides(dcp_root, tmp_pa
         )
     assert run(*args).exit_code == 0
     assert sorted(p.name for p in folder.iterdir()) == [".metadata", "__0_0.distcp"]
+
+
+class _Storage:
+    def __init__(self, key: str):
+        self.key = key
+
+
+class _Record:
+    """Pickles as torch's own tensor record: `_rebuild_tensor_v2` over storage `key`."""
+
+    def __init__(self, key: str, size: tuple[int, ...]):
+        self.key, self.size = key, size
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        from collections import OrderedDict
+
+        args = (_Storage(self.key), 0, self.size, (1,), False, OrderedDict())
+        return (torch._utils._rebuild_tensor_v2, args)
+
+
+class _RecordPickler(pickle.Pickler):
+    def persistent_id(self, obj):  # type: ignore[no-untyped-def]
+        return (
+            ("storage", torch.FloatStorage, obj.key, "cpu", 4)
+            if isinstance(obj, _Storage)
+            else None
+        )
+
+
+def _record(key: str, size: tuple[int, ...]) -> bytes:
+    """A `torch.save` archive of 4 float32 values whose pickle claims `size` elements of the
+    storage record `key` (torch.load refuses both lies)."""
+    import io
+    import zipfile
+
+    pkl, out = io.BytesIO(), io.BytesIO()
+    _RecordPickler(pkl, protocol=2).dump(_Record(key, size))
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data.pkl", pkl.getvalue())
+        z.writestr("archive/data/0", torch.arange(4.0).numpy().tobytes())
+        z.writestr("archive/version", "3\n")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("key", "size", "fragment"),
+    [("0", (8,), "past its storage"), ("7", (4,), "storage record '7'")],
+)
+def test_a_record_that_lies_about_its_storage_is_refused(tmp_path, key, size, fragment):
+    """A chunk record whose tensor runs past its storage was read on into the bytes after it
+    (the zip's own records, written out as values, exit 0); one naming a storage the archive
+    lacks was an internal error. Both are a corrupt checkpoint naming the file."""
+    src = tmp_path / "ck"
+    dcp.save(
+        {"model": {"w": torch.zeros(size), "v": torch.ones(3)}}, checkpoint_id=src, no_dist=True
+    )
+    md = pickle.loads((src / ".metadata").read_bytes())
+    info = md.storage_data[next(i for i in md.storage_data if i.fqn == "model.w")]
+    blob = _record(key, size)
+    with open(src / info.relative_path, "ab") as f:  # appended; the metadata points at it
+        info.offset, info.length = f.tell(), len(blob)
+        f.write(blob)
+    (src / ".metadata").write_bytes(pickle.dumps(md))
+    out = tmp_path / "o.safetensors"
+    refused(
+        tmp_path, ["apply", str(src), "--rule", "v=zeros", "-o", str(out)], 1, ".distcp", fragment
+    )
