@@ -318,3 +318,19 @@ def test_in_place_on_a_zero_folder_is_refused(tmp_path):
     make_zero(tmp_path / "ckpt", 2)
     for src in (tmp_path / "ckpt", tmp_path / "ckpt" / "global_step100"):
         refused(tmp_path, ["apply", str(src), "-r", "*.bias=zeros", "--in-place"], 2, "ZeRO")
+
+
+def test_latest_naming_a_missing_tag_says_so(tmp_path):
+    """`latest` naming a tag folder that is gone (deleted, or a save that never finished)
+    beside one that holds a checkpoint: the error names `latest` and the tag folders there
+    (it said the folder held no model.safetensors)."""
+    make_zero(tmp_path / "ckpt", 2)
+    (tmp_path / "ckpt" / "latest").write_text("global_step200")
+    refused(
+        tmp_path,
+        ["inspect", str(tmp_path / "ckpt")],
+        1,
+        "latest",
+        "global_step200",
+        "global_step100",
+    )
