@@ -612,3 +612,44 @@ def test_a_record_that_lies_about_its_storage_is_refused(tmp_path, key, size, fr
     refused(
         tmp_path, ["apply", str(src), "--rule", "v=zeros", "-o", str(out)], 1, ".distcp", fragment
     )
+
+
+def _chunks_int(md: object) -> None:
+    md.state_dict_metadata["model.model.norm.weight"].chunks = 5  # type: ignore[attr-defined]
+
+
+def _chunks_not_chunks(md: object) -> None:
+    md.state_dict_metadata["model.model.norm.weight"].chunks = [1, 2]  # type: ignore[attr-defined]
+
+
+def _two_names_nest_alike(md: object) -> None:
+    md.planner_data["model.model.norm.weight"] = ("model", "lm_head.weight")  # type: ignore[attr-defined]
+
+
+def _a_name_below_a_tensor(md: object) -> None:
+    md.planner_data["model.model.norm.weight"] = ("model", "lm_head.weight", "x")  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        (_chunks_int, "chunks"),
+        (_chunks_not_chunks, "chunks"),
+        (_two_names_nest_alike, "lm_head.weight"),
+        (_a_name_below_a_tensor, "lm_head.weight"),
+    ],
+)
+def test_malformed_metadata_is_a_corrupt_checkpoint(dcp_root, tmp_path, edit, fragment):
+    """Chunks that are not a list of chunks were an internal error; two entries nested at one
+    name (or one below another's tensor) silently lost a tensor (34 of 35 written, exit 0)."""
+    src = tmp_path / "src"
+    shutil.copytree(dcp_root / "single-fp32", src)
+    md = pickle.loads((src / ".metadata").read_bytes())
+    edit(md)
+    (src / ".metadata").write_bytes(pickle.dumps(md))
+    out = tmp_path / "o.safetensors"
+    for args in (
+        ["inspect", str(src)],
+        ["apply", str(src), "--rule", "*.bias=zeros", "-o", str(out)],
+    ):
+        refused(tmp_path, args, 1, str(src), fragment)

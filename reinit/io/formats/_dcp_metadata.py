@@ -27,6 +27,7 @@ from reinit.text import one_line
 
 if TYPE_CHECKING:
     import torch
+    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
 
 __all__ = ["METADATA_NAME", "DcpChunk", "DcpTensor", "is_dcp_dir", "is_dcp_file", "read_metadata"]
 
@@ -184,7 +185,7 @@ def _tensor(
             "corrupt"
         )
     chunks = []
-    for c in entry.chunks:
+    for c in _chunk_records(entry.chunks, fqn, where):
         offsets = _ints(c.offsets, where, f"a chunk offset of '{fqn}'")
         sizes = _ints(c.sizes, where, f"a chunk size of '{fqn}'")
         if (
@@ -210,6 +211,19 @@ def _tensor(
         )
     _check_disjoint(chunks, fqn, where)
     return DcpTensor(fqn, dtype, shape, tuple(chunks))
+
+
+def _chunk_records(value: object, fqn: str, where: str) -> list[ChunkStorageMetadata]:
+    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
+
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(c, ChunkStorageMetadata) for c in value
+    ):
+        raise CheckpointError(
+            f"{where}: the chunks of '{fqn}' are not a list of chunk records; the metadata is "
+            "corrupt"
+        )
+    return list(value)
 
 
 def _overlap(a: DcpChunk, b: DcpChunk) -> bool:

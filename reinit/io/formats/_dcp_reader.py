@@ -58,18 +58,27 @@ def _state_of(
         for part in path[:-1]:
             nxt = node.setdefault(part, {})
             if not isinstance(nxt, dict):
-                break
+                raise _clash(where, fqn, path)
             node = nxt
-        else:
-            t = tensors.get(fqn)
-            stand_in = torch.empty(t.shape, dtype=t.dtype, device="meta") if t else None
-            node[path[-1]] = stand_in
-            if t is not None:
-                whose[id(stand_in)] = t
+        if path[-1] in node:
+            raise _clash(where, fqn, path)
+        t = tensors.get(fqn)
+        stand_in = torch.empty(t.shape, dtype=t.dtype, device="meta") if t else None
+        node[path[-1]] = stand_in
+        if t is not None:
+            whose[id(stand_in)] = t
     state = find_state(root, where, key, flag)
     found = {k: whose[id(v)] for k, v in state.items() if isinstance(v, torch.Tensor)}
     check_tensor_names(found, where)
     return found  # type: ignore[return-value]
+
+
+def _clash(where: str, fqn: str, path: tuple[object, ...]) -> CheckpointError:
+    at = ".".join(map(str, path))
+    return CheckpointError(
+        f"{where}: '{fqn}' nests at {at}, where another entry of the metadata already is (or "
+        "lies below it); one of them would be lost: the metadata is corrupt"
+    )
 
 
 class DcpCheckpoint(Checkpoint):
