@@ -281,6 +281,7 @@ MALFORMED = {
         FROZEN, [32]
     ),
     "shared params that are not a mapping": lambda s: s.__setitem__("shared_params", [1, 2]),
+    "buffer names that are not names": lambda s: s.__setitem__("buffer_names", [["x"]]),
 }
 
 

@@ -203,7 +203,9 @@ class ZeroCheckpoint(Checkpoint):
     def _buffers(self, model: LazyFile) -> None:
         module = _key(model.obj, "module", model.path)
         names = _key(model.obj, "buffer_names", model.path)
-        for name in names if isinstance(names, list) else []:
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise CheckpointError(f"{model.path}: buffer_names is not a list of names")
+        for name in names:
             t = module.get(name) if isinstance(module, Mapping) else None
             if isinstance(t, LazyTensor):
                 dtype = torch.float32 if t.dtype.is_floating_point else t.dtype  # as zero_to_fp32
