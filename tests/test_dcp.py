@@ -653,3 +653,12 @@ def test_malformed_metadata_is_a_corrupt_checkpoint(dcp_root, tmp_path, edit, fr
         ["apply", str(src), "--rule", "*.bias=zeros", "-o", str(out)],
     ):
         refused(tmp_path, args, 1, str(src), fragment)
+
+
+def test_a_dcp_directory_without_its_metadata_says_so(dcp_root, tmp_path):
+    """torch writes `.metadata` last: a save that never finished leaves the `.distcp` files
+    alone. The error says that (it said no model.safetensors was found), exit 1."""
+    src = tmp_path / "src"
+    shutil.copytree(dcp_root / "gloo-fp32", src)
+    (src / ".metadata").unlink()
+    refused(tmp_path, ["inspect", str(src)], 1, "__0_0.distcp", ".metadata")
