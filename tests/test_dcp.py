@@ -139,6 +139,8 @@ def test_key_picks_the_nest_and_a_wrong_key_is_refused(dcp_root, tmp_path):
         "optimizer",
         "model",
     )
+    # `step` is a counter, which DCP stores as bytes: said so (it was "holds a NoneType")
+    refused(tmp_path, ["inspect", str(dcp_root / "gloo-fp32"), "--key", "step"], 1, "holds a bytes")
 
 
 def test_diff_of_the_sharded_and_the_single_process_checkpoint(dcp_root):

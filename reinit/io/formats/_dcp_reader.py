@@ -63,7 +63,8 @@ def _state_of(
         if path[-1] in node:
             raise _clash(where, fqn, path)
         t = tensors.get(fqn)
-        stand_in = torch.empty(t.shape, dtype=t.dtype, device="meta") if t else None
+        # a non-tensor entry (a counter, a config) is stored as pickled bytes, never read
+        stand_in = torch.empty(t.shape, dtype=t.dtype, device="meta") if t else b""
         node[path[-1]] = stand_in
         if t is not None:
             whose[id(stand_in)] = t
