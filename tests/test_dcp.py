@@ -139,6 +139,8 @@ def test_key_picks_the_nest_and_a_wrong_key_is_refused(dcp_root, tmp_path):
         "optimizer",
         "model",
     )
+    # `step` is a counter, which DCP stores as bytes: said so (it was "holds a NoneType")
+    refused(tmp_path, ["inspect", str(dcp_root / "gloo-fp32"), "--key", "step"], 1, "holds a bytes")
 
 
 def test_diff_of_the_sharded_and_the_single_process_checkpoint(dcp_root):
@@ -370,3 +372,295 @@ def test_the_guide_page_runs(tmp_path):
     assert isinstance(state, dict) and state.keys() == written.keys()
     for name, tensor in written.items():
         assert torch.equal(state[name], tensor), name
+
+
+def _moved_chunk(md: object, fqn: str, old: tuple[int, ...], new: tuple[int, ...]) -> None:
+    """Point the chunk of `fqn` at `old` to offsets `new` (same sizes, same stored bytes)."""
+    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex
+
+    entry = md.state_dict_metadata[fqn]  # type: ignore[attr-defined]
+    i = next(i for i, c in enumerate(entry.chunks) if tuple(c.offsets) == old)
+    entry.chunks[i] = ChunkStorageMetadata(torch.Size(new), entry.chunks[i].sizes)
+    storage = md.storage_data  # type: ignore[attr-defined]
+    storage[MetadataIndex(fqn, torch.Size(new))] = storage.pop(MetadataIndex(fqn, torch.Size(old)))
+
+
+@pytest.mark.parametrize(
+    ("source", "old", "new"),
+    [
+        ("gloo-fp32", (19, 0), (1, 0)),  # rows 1..18 twice, rows 19..36 never
+        ("gloo-cols", (0, 8), (0, 4)),  # columns 4..7 twice, 12..15 never
+    ],
+)
+def test_overlapping_chunks_are_refused(dcp_root, tmp_path, source, old, new):
+    """Chunks that overlap cover as many elements as the tensor has while leaving a hole: the
+    hole must not be written out as whatever memory held (it was, silently, exit 0)."""
+    src = tmp_path / "src"
+    shutil.copytree(dcp_root / source, src)
+    md = pickle.loads((src / ".metadata").read_bytes())
+    _moved_chunk(md, "model.model.embed_tokens.weight", old, new)
+    (src / ".metadata").write_bytes(pickle.dumps(md))
+    out = tmp_path / "o.safetensors"
+    for args in (
+        ["inspect", str(src)],
+        ["apply", str(src), "--rule", "*.bias=zeros", "-o", str(out)],
+    ):
+        refused(tmp_path, args, 1, ".metadata", "model.model.embed_tokens.weight", "overlap")
+
+
+def test_dtypes_torch_saves_untyped_are_read(tmp_path):
+    """float8, uint16/32/64 and complex32 are pickled by `torch.save` as `_rebuild_tensor_v3`
+    over an `UntypedStorage`: a DCP of them (torch's own `dcp.save`, and reinit's own
+    `--format dcp`) reads back byte for byte (it was refused as unsafe)."""
+    g = torch.Generator().manual_seed(0)
+    sd = {
+        "w8": torch.randn(6, 4, generator=g).to(torch.float8_e4m3fn),
+        "w5": torch.randn(5, generator=g).to(torch.float8_e5m2),
+        "u16": torch.arange(0, 60000, 7000, dtype=torch.int32).to(torch.uint16),
+        "u32": torch.arange(9, dtype=torch.int64).to(torch.uint32) * 400_000_000,
+        "u64": torch.tensor([1, 2**40, 3], dtype=torch.int64).to(torch.uint64),
+        "f32": torch.randn(3, 2, generator=g),
+    }
+    src = tmp_path / "ck"
+    dcp.save({"model": sd}, checkpoint_id=src, no_dist=True)
+    for args in (["inspect", src], ["verify", src]):
+        res = run(*args)
+        assert res.exit_code == 0, res.output
+    out, back = tmp_path / "o.safetensors", tmp_path / "o-dcp"
+    assert run("apply", src, "--rule", "f32=zeros", "-o", out).exit_code == 0
+    assert (
+        run("apply", src, "--rule", "f32=zeros", "--format", "dcp", "-o", f"{back}/").exit_code == 0
+    )
+    res = run("diff", out, back, "--json")
+    assert res.exit_code == 0, res.output
+    got = load_file(out)
+    for name, want in sd.items():
+        if name != "f32":
+            assert got[name].dtype == want.dtype
+            assert got[name].view(torch.uint8).equal(want.view(torch.uint8)), name
+    assert not got["f32"].any()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link out", "metadata link out"])
+def test_a_chunk_file_that_is_a_fifo_or_links_out_is_refused(dcp_root, tmp_path, kind):
+    """A `.distcp` file (or `.metadata`) must be a regular file inside the directory, as a
+    model folder's shards must: a FIFO blocked every command forever, and a link to a file
+    elsewhere was read. A link inside the directory is still read."""
+    from helpers import run_child
+
+    src = tmp_path / "src"
+    shutil.copytree(dcp_root / "gloo-fp32", src)
+    name = ".metadata" if kind.startswith("metadata") else "__1_0.distcp"
+    (src / name).rename(tmp_path / name)
+    if kind == "fifo":
+        os.mkfifo(src / name)
+    else:
+        (src / name).symlink_to(tmp_path / name)
+    out = tmp_path / "o.safetensors"
+    proc = run_child("apply", src, "--rule", "*.bias=zeros", "-o", out)
+    assert proc.returncode == 1, proc.stderr
+    assert name in proc.stderr and ("FIFO" if kind == "fifo" else "outside") in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not out.exists()
+    (src / name).unlink()
+    (tmp_path / name).rename(src / "moved")
+    (src / name).symlink_to("moved")  # a link that stays inside the directory
+    assert run("inspect", src).exit_code == 0
+    assert run("apply", src, "--rule", "*.bias=zeros", "-o", out).exit_code == 0
+
+
+def test_an_empty_chunk_with_any_strides_is_read(tmp_path):
+    """A chunk with no elements keeps its view's strides in its record (a column shard left
+    empty by an uneven split: `[3, 0]`, strides `(2, 1)`); torch reads it, and reinit refused
+    it as "a non-contiguous tensor"."""
+    g = torch.Generator().manual_seed(0)
+    sd = {"e": torch.randn(3, 5, generator=g)[:, 5:], "w": torch.randn(2, 2, generator=g)}
+    assert sd["e"].stride() == (5, 1)
+    dcp.save({"model": sd}, checkpoint_id=tmp_path / "ck", no_dist=True)
+    out = tmp_path / "o.safetensors"
+    res = run("apply", tmp_path / "ck", "--rule", "w=zeros", "-o", out)
+    assert res.exit_code == 0, res.output
+    got = load_file(out)
+    assert got["e"].shape == (3, 0) and not got["w"].any()
+
+
+def test_a_size_past_what_torch_addresses_is_a_corrupt_checkpoint(dcp_root, tmp_path):
+    """A tensor declared `[2**62, 2**62]` (one whole chunk) is refused as the safetensors
+    header's limit refuses it, naming the tensor (it was an "internal error" from torch)."""
+    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex
+
+    src = tmp_path / "src"
+    shutil.copytree(dcp_root / "single-fp32", src)
+    md = pickle.loads((src / ".metadata").read_bytes())
+    fqn, big = "model.lm_head.weight", torch.Size([2**62, 2**62])
+    entry = md.state_dict_metadata[fqn]
+    entry.size = big
+    entry.chunks[0] = ChunkStorageMetadata(entry.chunks[0].offsets, big)
+    assert MetadataIndex(fqn, entry.chunks[0].offsets) in md.storage_data
+    (src / ".metadata").write_bytes(pickle.dumps(md))
+    out = tmp_path / "o.safetensors"
+    for args in (
+        ["inspect", str(src)],
+        ["apply", str(src), "--rule", "*.bias=zeros", "-o", str(out)],
+    ):
+        refused(tmp_path, args, 1, ".metadata", fqn, "2^63 - 1")
+
+
+def test_in_place_on_a_dcp_directory_rewrites_it_as_dcp_or_is_refused(dcp_root, tmp_path):
+    """`--in-place` on a DCP directory wrote model.safetensors into it and said so, but the
+    folder still read (for reinit and torch) as the untouched DCP checkpoint: refused (exit
+    2, nothing written) unless `--format dcp` rewrites the DCP itself."""
+    src = tmp_path / "src"
+    shutil.copytree(dcp_root / "gloo-fp32", src)
+    refused(
+        tmp_path, ["apply", str(src), "--rule", "*.bias=zeros", "--in-place"], 2, "--format dcp"
+    )
+    res = run("apply", src, "--rule", "*.bias=zeros", "--in-place", "--format", "dcp")
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in src.iterdir()) == [".metadata", "__0_0.distcp"]
+    state = {k: torch.empty_like(v) for k, v in expected(dcp_root, "gloo-fp32").items()}
+    dcp.load(state, checkpoint_id=src)
+    assert all(not v.any() for k, v in state.items() if k.endswith(".bias"))
+
+
+@pytest.mark.parametrize("how", ["--overwrite", "--in-place"])
+def test_format_dcp_never_deletes_what_the_folder_holds_besides(dcp_root, tmp_path, how):
+    """`--format dcp` replaces its folder whole: `--overwrite` of a project folder (`.git/`,
+    notes) and `--in-place` on a DCP directory holding a config and notes deleted them all.
+    Refused (exit 2, nothing touched) as a safetensors folder output refuses it."""
+    folder = tmp_path / "f"
+    if how == "--in-place":
+        shutil.copytree(dcp_root / "gloo-fp32", folder)
+    else:
+        folder.mkdir()
+    (folder / ".git").mkdir()
+    (folder / "notes.txt").write_text("mine")
+    src = folder if how == "--in-place" else dcp_root / "gloo-fp32"
+    args = ["apply", str(src), "--rule", "*.bias=zeros", "--format", "dcp", how]
+    args += ["-o", f"{folder}/"] if how == "--overwrite" else []
+    refused(tmp_path, args, 2, str(folder), "notes.txt")
+    for name in (".git", "notes.txt"):  # a DCP folder of its own files only is replaced
+        shutil.rmtree(folder / name) if name == ".git" else (folder / name).unlink()
+    if how == "--overwrite":
+        assert (
+            run("apply", src, "--rule", "*.bias=zeros", "--format", "dcp", "-o", folder).exit_code
+            == 2
+        )
+    assert run(*args).exit_code == 0
+    assert sorted(p.name for p in folder.iterdir()) == [".metadata", "__0_0.distcp"]
+
+
+class _Storage:
+    def __init__(self, key: str):
+        self.key = key
+
+
+class _Record:
+    """Pickles as torch's own tensor record: `_rebuild_tensor_v2` over storage `key`."""
+
+    def __init__(self, key: str, size: tuple[int, ...]):
+        self.key, self.size = key, size
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        from collections import OrderedDict
+
+        args = (_Storage(self.key), 0, self.size, (1,), False, OrderedDict())
+        return (torch._utils._rebuild_tensor_v2, args)
+
+
+class _RecordPickler(pickle.Pickler):
+    def persistent_id(self, obj):  # type: ignore[no-untyped-def]
+        return (
+            ("storage", torch.FloatStorage, obj.key, "cpu", 4)
+            if isinstance(obj, _Storage)
+            else None
+        )
+
+
+def _record(key: str, size: tuple[int, ...]) -> bytes:
+    """A `torch.save` archive of 4 float32 values whose pickle claims `size` elements of the
+    storage record `key` (torch.load refuses both lies)."""
+    import io
+    import zipfile
+
+    pkl, out = io.BytesIO(), io.BytesIO()
+    _RecordPickler(pkl, protocol=2).dump(_Record(key, size))
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data.pkl", pkl.getvalue())
+        z.writestr("archive/data/0", torch.arange(4.0).numpy().tobytes())
+        z.writestr("archive/version", "3\n")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("key", "size", "fragment"),
+    [("0", (8,), "past its storage"), ("7", (4,), "storage record '7'")],
+)
+def test_a_record_that_lies_about_its_storage_is_refused(tmp_path, key, size, fragment):
+    """A chunk record whose tensor runs past its storage was read on into the bytes after it
+    (the zip's own records, written out as values, exit 0); one naming a storage the archive
+    lacks was an internal error. Both are a corrupt checkpoint naming the file."""
+    src = tmp_path / "ck"
+    dcp.save(
+        {"model": {"w": torch.zeros(size), "v": torch.ones(3)}}, checkpoint_id=src, no_dist=True
+    )
+    md = pickle.loads((src / ".metadata").read_bytes())
+    info = md.storage_data[next(i for i in md.storage_data if i.fqn == "model.w")]
+    blob = _record(key, size)
+    with open(src / info.relative_path, "ab") as f:  # appended; the metadata points at it
+        info.offset, info.length = f.tell(), len(blob)
+        f.write(blob)
+    (src / ".metadata").write_bytes(pickle.dumps(md))
+    out = tmp_path / "o.safetensors"
+    refused(
+        tmp_path, ["apply", str(src), "--rule", "v=zeros", "-o", str(out)], 1, ".distcp", fragment
+    )
+
+
+def _chunks_int(md: object) -> None:
+    md.state_dict_metadata["model.model.norm.weight"].chunks = 5  # type: ignore[attr-defined]
+
+
+def _chunks_not_chunks(md: object) -> None:
+    md.state_dict_metadata["model.model.norm.weight"].chunks = [1, 2]  # type: ignore[attr-defined]
+
+
+def _two_names_nest_alike(md: object) -> None:
+    md.planner_data["model.model.norm.weight"] = ("model", "lm_head.weight")  # type: ignore[attr-defined]
+
+
+def _a_name_below_a_tensor(md: object) -> None:
+    md.planner_data["model.model.norm.weight"] = ("model", "lm_head.weight", "x")  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        (_chunks_int, "chunks"),
+        (_chunks_not_chunks, "chunks"),
+        (_two_names_nest_alike, "lm_head.weight"),
+        (_a_name_below_a_tensor, "lm_head.weight"),
+    ],
+)
+def test_malformed_metadata_is_a_corrupt_checkpoint(dcp_root, tmp_path, edit, fragment):
+    """Chunks that are not a list of chunks were an internal error; two entries nested at one
+    name (or one below another's tensor) silently lost a tensor (34 of 35 written, exit 0)."""
+    src = tmp_path / "src"
+    shutil.copytree(dcp_root / "single-fp32", src)
+    md = pickle.loads((src / ".metadata").read_bytes())
+    edit(md)
+    (src / ".metadata").write_bytes(pickle.dumps(md))
+    out = tmp_path / "o.safetensors"
+    for args in (
+        ["inspect", str(src)],
+        ["apply", str(src), "--rule", "*.bias=zeros", "-o", str(out)],
+    ):
+        refused(tmp_path, args, 1, str(src), fragment)
+
+
+def test_a_dcp_directory_without_its_metadata_says_so(dcp_root, tmp_path):
+    """torch writes `.metadata` last: a save that never finished leaves the `.distcp` files
+    alone. The error says that (it said no model.safetensors was found), exit 1."""
+    src = tmp_path / "src"
+    shutil.copytree(dcp_root / "gloo-fp32", src)
+    (src / ".metadata").unlink()
+    refused(tmp_path, ["inspect", str(src)], 1, "__0_0.distcp", ".metadata")

@@ -145,3 +145,27 @@ def test_from_state_picks_the_nest_of_a_transplant_source(tmp_path):
     got = load_file(out)
     assert torch.equal(got["2.weight"], donor.state_dict()["2.weight"])
     assert torch.equal(got["0.weight"], net.state_dict()["0.weight"])
+
+
+def test_key_follows_names_with_dots_and_integer_keys(tmp_path):
+    """Optimizer state is keyed by parameter names (`state["0.weight"]`, as
+    `torch.distributed.checkpoint.state_dict.get_state_dict` gives it) or by integers (as
+    `Optimizer.state_dict()` does): the `--key` paths the error's hint lists must work (they
+    were split at every dot, and "0" never matched the key 0)."""
+    net = _net()
+    exp_avg = {k: torch.full_like(v, 3.0) for k, v in net.state_dict().items()}
+    by_name = {k: {"exp_avg": v, "exp_avg_sq": v * 2} for k, v in exp_avg.items()}
+    by_int = {i: {"exp_avg": v} for i, v in enumerate(exp_avg.values())}
+    src = tmp_path / "ckpt.pt"
+    torch.save({"optim": {"state": by_name}, "opt2": {"state": by_int}}, src)
+    res = run("inspect", src)
+    assert res.exit_code == 1 and "optim.state.0.weight (2 tensors)" in res.stderr, res.output
+    for key, want in (
+        ("optim.state.0.weight", {"exp_avg", "exp_avg_sq"}),
+        ("opt2.state.0", {"exp_avg"}),
+    ):
+        out = tmp_path / f"{key}.safetensors"
+        res = run("apply", src, "-r", "*=keep", "-o", out, "--key", key)
+        assert res.exit_code == 0, res.output
+        got = load_file(out)
+        assert set(got) == want and torch.equal(got["exp_avg"], exp_avg["0.weight"])

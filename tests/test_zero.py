@@ -233,3 +233,105 @@ def test_a_missing_rank_file_is_refused(tmp_path):
         tmp_path / "ckpt" / "global_step100" / "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"
     ).unlink()
     refused(tmp_path, ["inspect", str(tmp_path / "ckpt")], 1, "2 ranks", "1 optimizer")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link out"])
+def test_a_rank_file_that_is_a_fifo_or_links_out_is_refused(tmp_path, kind):
+    """Every file of a ZeRO folder must be a regular file inside the folder given: a FIFO
+    blocked every command forever, a link to a file elsewhere was read."""
+    from helpers import run_child
+
+    make_zero(tmp_path / "ckpt", 2)
+    rank1 = tmp_path / "ckpt" / "global_step100" / "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    rank1.rename(tmp_path / "elsewhere.pt")
+    if kind == "fifo":
+        os.mkfifo(rank1)
+    else:
+        rank1.symlink_to(tmp_path / "elsewhere.pt")
+    proc = run_child("inspect", tmp_path / "ckpt")
+    assert proc.returncode == 1, proc.stderr
+    assert rank1.name in proc.stderr and ("FIFO" if kind == "fifo" else "outside") in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def _edit_model_states(root: Path, stage: int, edit) -> None:  # type: ignore[no-untyped-def]
+    name = (
+        "mp_rank_00_model_states.pt" if stage <= 2 else "zero_pp_rank_0_mp_rank_00_model_states.pt"
+    )
+    path = root / "global_step100" / name
+    with deepspeed_names():
+        states = torch.load(path, weights_only=False)  # our own fixture
+        edit(states)
+        torch.save(states, path)
+
+
+def _first(group: dict) -> str:  # type: ignore[type-arg]
+    return next(iter(group))
+
+
+MALFORMED = {
+    "a group that is not a mapping": lambda s: s["param_shapes"].append("abc"),
+    "a shape that is not a list of sizes": lambda s: s["param_shapes"][0].__setitem__(
+        _first(s["param_shapes"][0]), "xy"
+    ),
+    "frozen fragments that are not a mapping": lambda s: s.__setitem__(
+        "frozen_param_fragments", [1]
+    ),
+    "a frozen shape larger than its fragments": lambda s: s["frozen_param_shapes"].__setitem__(
+        FROZEN, [32]
+    ),
+    "shared params that are not a mapping": lambda s: s.__setitem__("shared_params", [1, 2]),
+    "buffer names that are not names": lambda s: s.__setitem__("buffer_names", [["x"]]),
+}
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_a_malformed_model_states_file_is_a_corrupt_checkpoint(tmp_path, stage, case):
+    """Model states that DeepSpeed would never write are a one-line corrupt-checkpoint error
+    naming the file (each of these was an "internal error", at inspect or at apply)."""
+    make_zero(tmp_path / "ckpt", stage)
+    _edit_model_states(tmp_path / "ckpt", stage, MALFORMED[case])
+    out = tmp_path / "o.safetensors"
+    for args in (
+        ["inspect", tmp_path / "ckpt"],
+        ["apply", tmp_path / "ckpt", "-r", "*.bias=zeros", "-o", out],
+    ):
+        refused(tmp_path, [str(a) for a in args], 1, "model_states.pt")
+
+
+def test_stage3_with_a_rank_s_model_states_missing_is_refused(tmp_path):
+    """Stage 3 splits frozen parameters over every rank's model states file: one missing
+    left half of such a parameter (an "internal error" when it was read)."""
+    make_zero(tmp_path / "ckpt", 3)
+    (tmp_path / "ckpt" / "global_step100" / "zero_pp_rank_1_mp_rank_00_model_states.pt").unlink()
+    out = tmp_path / "o.safetensors"
+    for args in (
+        ["inspect", tmp_path / "ckpt"],
+        ["apply", tmp_path / "ckpt", "-r", "*.bias=zeros", "-o", out],
+    ):
+        refused(tmp_path, [str(a) for a in args], 1, "model states", "missing")
+
+
+def test_in_place_on_a_zero_folder_is_refused(tmp_path):
+    """reinit reads ZeRO folders but does not write them: `--in-place` wrote model.safetensors
+    beside the rank files, and the folder still read as the untouched ZeRO checkpoint."""
+    make_zero(tmp_path / "ckpt", 2)
+    for src in (tmp_path / "ckpt", tmp_path / "ckpt" / "global_step100"):
+        refused(tmp_path, ["apply", str(src), "-r", "*.bias=zeros", "--in-place"], 2, "ZeRO")
+
+
+def test_latest_naming_a_missing_tag_says_so(tmp_path):
+    """`latest` naming a tag folder that is gone (deleted, or a save that never finished)
+    beside one that holds a checkpoint: the error names `latest` and the tag folders there
+    (it said the folder held no model.safetensors)."""
+    make_zero(tmp_path / "ckpt", 2)
+    (tmp_path / "ckpt" / "latest").write_text("global_step200")
+    refused(
+        tmp_path,
+        ["inspect", str(tmp_path / "ckpt")],
+        1,
+        "latest",
+        "global_step200",
+        "global_step100",
+    )

@@ -41,6 +41,7 @@ from reinit.run.output import (
     OutputSpec,
     check_unread_names,
     output_files,
+    refuse_unread_in_place,
     resolve_output,
     with_format,
 )
@@ -171,6 +172,7 @@ def _output_spec(
         source, ckpt, output, overwrite=overwrite, in_place=in_place, inputs=inputs
     )
     spec = with_format(spec, o.format, request.max_shard is not None)
+    refuse_unread_in_place(source, ckpt.kind, spec)
     if request.max_shard is None or spec.fmt in ("directory", "dcp"):
         return spec
     if output is not None or in_place:
@@ -291,7 +293,26 @@ def _check_folder(
     if spec.fmt == "directory" and not merge:
         held = [f.relname for f in files] + list(prepared.ckpt.extra_files())
         check_replace_folder(spec.path, [*held, INDEX_NAME, REPORT_NAME])
+    if spec.fmt == "dcp" and spec.path.is_dir():
+        _check_dcp_folder(spec.path, in_place)
     return merge
+
+
+def _check_dcp_folder(path: Path, in_place: bool) -> None:
+    """`--format dcp` replaces its folder whole: `--in-place` may drop only the DCP's own files
+    (`.metadata`, `*.distcp`), `--overwrite` only what reinit's DCP output holds."""
+    from reinit.io.formats import is_dcp_file
+
+    if not in_place:
+        check_replace_folder(path, [".metadata", "__0_0.distcp"])
+        return
+    extra = sorted(e.name for e in path.iterdir() if e.is_dir() or not is_dcp_file(e.name))
+    if extra:
+        shown = ", ".join(extra[:5]) + (", …" if len(extra) > 5 else "")
+        raise OutputError(
+            f"--in-place: {path} holds {shown} besides the DCP checkpoint; --format dcp writes "
+            "the directory whole and would delete them: move them out, or give -o"
+        )
 
 
 def _index(

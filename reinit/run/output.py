@@ -14,6 +14,7 @@ __all__ = [
     "output_metadata",
     "resolve_output",
     "shard_output_name",
+    "refuse_unread_in_place",
     "with_format",
 ]
 
@@ -145,6 +146,25 @@ def with_format(spec: OutputSpec, fmt: str, sharded: bool) -> OutputSpec:
             "and give the folder with -o (e.g. -o out-dcp/)"
         )
     return OutputSpec(spec.path, "dcp")
+
+
+def refuse_unread_in_place(source: str, kind: str, spec: OutputSpec) -> None:
+    """Refuse (exit 2) an output written over a DCP directory or a DeepSpeed ZeRO folder in a
+    form that folder is not read as: `model.safetensors` beside `.metadata` or the rank files
+    would leave the folder reading as the checkpoint it held, unchanged."""
+    if kind not in ("dcp", "zero") or spec.fmt == kind:
+        return
+    if os.path.realpath(spec.path) != os.path.realpath(source):
+        return
+    what, fix = (
+        ("a DCP directory", "add --format dcp to rewrite it as DCP, or give -o")
+        if kind == "dcp"
+        else ("a DeepSpeed ZeRO folder, which reinit reads but does not write", "give -o")
+    )
+    raise OutputError(
+        f"--in-place: {source} is {what}; files written into it would not be read (it would "
+        f"still read as the checkpoint it holds): {fix}"
+    )
 
 
 def _refuse_cache_in_place(source: str) -> None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from reinit.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from reinit.io.formats._dcp_metadata import is_dcp_dir
+    from reinit.io.formats._dcp_metadata import is_dcp_dir, is_dcp_file
     from reinit.io.formats._dcp_reader import DcpCheckpoint
     from reinit.io.formats._dcp_writer import DcpWriter
     from reinit.io.formats._directory import DirectoryCheckpoint, LocalFiles, holds_weights
@@ -60,6 +60,7 @@ _WHERE = {
     "dtype_size": "_safetensors_format",
     "holds_weights": "_directory",
     "is_dcp_dir": "_dcp_metadata",
+    "is_dcp_file": "_dcp_metadata",
     "no_duplicate_keys": "_safetensors_header",
     "pread_into": "_safetensors_reader",
     "read_header": "_safetensors_format",
@@ -89,6 +90,7 @@ __all__ = [
     "dtype_size",
     "holds_weights",
     "is_dcp_dir",
+    "is_dcp_file",
     "no_duplicate_keys",
     "pread_into",
     "read_header",

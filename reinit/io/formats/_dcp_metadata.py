@@ -7,7 +7,8 @@ plain `pickle.load` (what torch's `FileSystemReader` does) would call whatever t
 `read_metadata` admits only those DCP classes, `torch.Size`, dtypes and layouts and plain
 containers, and refuses everything else before it is called (`UnsafePickleError`, exit 1).
 What was read is then checked as data (`DcpTensor`): chunk files are plain names inside the
-directory, chunks lie inside their tensor, offsets and lengths are non-negative integers."""
+directory, chunks lie inside their tensor without overlapping, offsets and lengths are
+non-negative integers."""
 
 from __future__ import annotations
 
@@ -20,13 +21,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reinit.errors import CheckpointError, UnsafePickleError
-from reinit.io.confine import check_relname
+from reinit.io.confine import check_relname, local_file
+from reinit.limits import MAX_TENSOR_BYTES, declared_bytes
 from reinit.text import one_line
 
 if TYPE_CHECKING:
     import torch
+    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
 
-__all__ = ["METADATA_NAME", "DcpChunk", "DcpTensor", "is_dcp_dir", "read_metadata"]
+__all__ = ["METADATA_NAME", "DcpChunk", "DcpTensor", "is_dcp_dir", "is_dcp_file", "read_metadata"]
 
 METADATA_NAME = ".metadata"  # torch's name (filesystem._metadata_fn)
 _MAX_METADATA_BYTES = 1 << 30
@@ -58,6 +61,11 @@ _ALLOWED = {
 def is_dcp_dir(path: Path) -> bool:
     """Whether `path` is a DCP checkpoint directory (it holds `.metadata`)."""
     return path.is_dir() and (path / METADATA_NAME).is_file()
+
+
+def is_dcp_file(name: str) -> bool:
+    """Whether a file of that name is one of a DCP directory's own (`.metadata`, `*.distcp`)."""
+    return name == METADATA_NAME or name.endswith(".distcp")
 
 
 class _MetadataUnpickler(pickle.Unpickler):
@@ -105,7 +113,7 @@ class DcpTensor:
 def read_metadata(folder: Path) -> tuple[dict[str, DcpTensor], dict[str, tuple[object, ...]]]:
     """The tensors of the DCP directory `folder` (flattened names, storage order) and the
     nesting path of every entry (`planner_data`: `"model.w" -> ("model", "w")`)."""
-    path = folder / METADATA_NAME
+    path = local_file(folder, METADATA_NAME, str(folder), "holds")  # inside, regular
     md = _unpickle(path)
     where = str(path)
     from torch.distributed.checkpoint.metadata import Metadata
@@ -170,8 +178,14 @@ def _tensor(
     if not isinstance(dtype, torch.dtype):
         raise CheckpointError(f"{where}: tensor '{fqn}' has no dtype")
     shape = _ints(entry.size, where, f"the size of '{fqn}'")
+    if declared_bytes(shape, dtype.itemsize) is None:
+        raise CheckpointError(
+            f"{where}: tensor '{fqn}' has a size {list(shape)} whose dims multiply past "
+            f"{MAX_TENSOR_BYTES} bytes (2^63 - 1, the most torch can address); the metadata is "
+            "corrupt"
+        )
     chunks = []
-    for c in entry.chunks:
+    for c in _chunk_records(entry.chunks, fqn, where):
         offsets = _ints(c.offsets, where, f"a chunk offset of '{fqn}'")
         sizes = _ints(c.sizes, where, f"a chunk size of '{fqn}'")
         if (
@@ -195,7 +209,49 @@ def _tensor(
             f"{where}: the chunks of '{fqn}' cover {covered} of its {math.prod(shape)} elements; "
             "the checkpoint is incomplete or corrupt"
         )
+    _check_disjoint(chunks, fqn, where)
     return DcpTensor(fqn, dtype, shape, tuple(chunks))
+
+
+def _chunk_records(value: object, fqn: str, where: str) -> list[ChunkStorageMetadata]:
+    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
+
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(c, ChunkStorageMetadata) for c in value
+    ):
+        raise CheckpointError(
+            f"{where}: the chunks of '{fqn}' are not a list of chunk records; the metadata is "
+            "corrupt"
+        )
+    return list(value)
+
+
+def _overlap(a: DcpChunk, b: DcpChunk) -> bool:
+    return all(
+        max(oa, ob) < min(oa + sa, ob + sb)
+        for oa, sa, ob, sb in zip(a.offsets, a.sizes, b.offsets, b.sizes, strict=True)
+    )
+
+
+def _check_disjoint(chunks: list[DcpChunk], fqn: str, where: str) -> None:
+    """Refuse chunks that overlap: with as many elements as the tensor, they leave a hole.
+    A sweep along the dimension the chunks are split most by, so a rank's chunk is compared
+    only with the chunks beside it (not every pair of thousands of ranks)."""
+    boxes = [c for c in chunks if all(c.sizes)]
+    if len(boxes) < 2:
+        return
+    dim = max(range(len(boxes[0].offsets)), key=lambda d: len({c.offsets[d] for c in boxes}))
+    open_: list[DcpChunk] = []
+    for c in sorted(boxes, key=lambda c: c.offsets[dim]):
+        open_ = [o for o in open_ if o.offsets[dim] + o.sizes[dim] > c.offsets[dim]]
+        other = next((o for o in open_ if _overlap(o, c)), None)
+        if other is not None:
+            raise CheckpointError(
+                f"{where}: chunks of '{fqn}' overlap (at {list(other.offsets)}, "
+                f"{list(other.sizes)} and at {list(c.offsets)}, {list(c.sizes)}), so part of "
+                "the tensor is stored twice and part never; the metadata is corrupt"
+            )
+        open_.append(c)
 
 
 def _chunk(

@@ -32,6 +32,7 @@ from reinit.io.checkpoint import (
     read_config_file,
     tensor_from_bytes,
 )
+from reinit.io.confine import local_file
 from reinit.io.formats._dcp_metadata import DcpChunk, DcpTensor, read_metadata
 from reinit.io.formats._lazy_pickle import LazyFile, LazyTensor, open_lazy
 from reinit.io.formats._nested_state import find_state
@@ -57,18 +58,28 @@ def _state_of(
         for part in path[:-1]:
             nxt = node.setdefault(part, {})
             if not isinstance(nxt, dict):
-                break
+                raise _clash(where, fqn, path)
             node = nxt
-        else:
-            t = tensors.get(fqn)
-            stand_in = torch.empty(t.shape, dtype=t.dtype, device="meta") if t else None
-            node[path[-1]] = stand_in
-            if t is not None:
-                whose[id(stand_in)] = t
+        if path[-1] in node:
+            raise _clash(where, fqn, path)
+        t = tensors.get(fqn)
+        # a non-tensor entry (a counter, a config) is stored as pickled bytes, never read
+        stand_in = torch.empty(t.shape, dtype=t.dtype, device="meta") if t else b""
+        node[path[-1]] = stand_in
+        if t is not None:
+            whose[id(stand_in)] = t
     state = find_state(root, where, key, flag)
     found = {k: whose[id(v)] for k, v in state.items() if isinstance(v, torch.Tensor)}
     check_tensor_names(found, where)
     return found  # type: ignore[return-value]
+
+
+def _clash(where: str, fqn: str, path: tuple[object, ...]) -> CheckpointError:
+    at = ".".join(map(str, path))
+    return CheckpointError(
+        f"{where}: '{fqn}' nests at {at}, where another entry of the metadata already is (or "
+        "lies below it); one of them would be lost: the metadata is corrupt"
+    )
 
 
 class DcpCheckpoint(Checkpoint):
@@ -104,7 +115,7 @@ class DcpCheckpoint(Checkpoint):
 
     def _fd(self, file: str) -> int:
         if file not in self._fds:
-            path = self.folder / file
+            path = local_file(self.folder, file, self.source, "stores a tensor in")  # no FIFO
             try:
                 self._fds[file] = os.open(path, os.O_RDONLY)
             except OSError as e:

@@ -132,6 +132,13 @@ def detect_layout(files: list[str], where: str) -> DirLayout:
                 "shards' tensors would be missed; restore the index or the missing shards"
             )
         return DirLayout("safetensors", None, single[0])
+    distcp = sorted(f for f in top if f.endswith(".distcp"))
+    if distcp:
+        raise CheckpointError(
+            f"{where}: holds {distcp[0]} but no .metadata: a torch.distributed.checkpoint save "
+            "that never finished (torch writes .metadata last), or its .metadata was removed; "
+            "restore it, or use a checkpoint whose save finished"
+        )
     raise InputNotFoundError(
         f"{where}: no model weights found; expected model.safetensors, "
         "model.safetensors.index.json, pytorch_model.bin or pytorch_model.bin.index.json"

@@ -18,7 +18,7 @@ import struct
 import warnings
 import zipfile
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from reinit.errors import CheckpointError, UnsafePickleError
@@ -112,10 +112,24 @@ class LazyFile:
     starts: dict[str, int]  # storage key -> byte offset of its data in the file
     fd: int
     owns_fd: bool = True
+    sizes: dict[str, int] = field(default_factory=dict)  # storage key -> its bytes
 
     def byte_offset(self, t: LazyTensor, start: int = 0) -> int:
-        """Where element `start` of `t` lies in the file."""
-        return self.starts[t.key] + (t.offset + start) * dtype_size(t.dtype)
+        """Where element `start` of `t` lies in the file, once `t` is known to lie inside its
+        storage record (a pickle that says otherwise is a corrupt file, never a read of the
+        bytes after the record)."""
+        if t.key not in self.starts:
+            raise CheckpointError(
+                f"{self.path}: a tensor names storage record '{t.key}', which the archive does "
+                "not hold; the file is corrupt"
+            )
+        size = dtype_size(t.dtype)
+        if t.offset < 0 or (t.offset + t.numel) * size > self.sizes[t.key]:
+            raise CheckpointError(
+                f"{self.path}: a tensor of {t.numel} elements at element {t.offset} runs past "
+                f"its storage ({self.sizes[t.key]} bytes); the file is corrupt"
+            )
+        return self.starts[t.key] + (t.offset + start) * size
 
     def read_flat(self, t: LazyTensor, start: int, count: int) -> bytearray:
         """Elements [start, start+count) of `t` (flattened), as bytes."""
@@ -144,10 +158,29 @@ def _rebuild(storage: object, offset: object, size: object, stride: object, *_: 
         raise pickle.UnpicklingError("a tensor without a shape")
     shape = tuple(int(n) for n in size)
     want = tuple(math.prod(shape[i + 1 :]) for i in range(len(shape)))
-    if any(n > 1 and s != w for n, s, w in zip(shape, stride, want, strict=True)):
+    contiguous = all(s == w for n, s, w in zip(shape, stride, want, strict=True) if n > 1)
+    if not contiguous and 0 not in shape:  # no elements: any strides are contiguous
         raise pickle.UnpicklingError("a non-contiguous tensor")
     key, dtype = storage
     return LazyTensor(key, dtype, offset, shape)
+
+
+def _rebuild_v3(
+    storage: object, offset: object, size: object, stride: object, *rest: object
+) -> object:
+    """`torch._utils._rebuild_tensor_v3`: what `torch.save` writes for the dtypes it keeps in an
+    `UntypedStorage` (float8, uint16/32/64, ...); the tensor's dtype is an argument, and its
+    offset counts elements of that dtype."""
+    dtype = rest[2] if len(rest) >= 3 else None
+    if not isinstance(storage, tuple) or not _is_dtype(dtype):
+        raise pickle.UnpicklingError("a tensor without a storage or dtype")
+    return _rebuild((storage[0], dtype), offset, size, stride)
+
+
+def _is_dtype(value: object) -> bool:
+    import torch
+
+    return isinstance(value, torch.dtype)
 
 
 def _parameter(data: object, *_: object) -> object:
@@ -157,7 +190,7 @@ def _parameter(data: object, *_: object) -> object:
 def _from_type(func: object, new_type: object, args: object, state: object) -> object:
     """`torch._tensor._rebuild_from_type_v2` (a tensor saved as a subclass, as DeepSpeed's
     stage 3 saves its partitions): the tensor itself; the subclass and its state are dropped."""
-    if func not in (_rebuild, _parameter) or new_type != _TENSOR_TYPE:
+    if func not in (_rebuild, _rebuild_v3, _parameter) or new_type != _TENSOR_TYPE:
         raise pickle.UnpicklingError("a tensor of an unknown subclass")
     if not isinstance(args, tuple):
         raise pickle.UnpicklingError("a tensor without arguments")
@@ -177,6 +210,10 @@ class _Restricted(pickle.Unpickler):
 
         if module == "torch._utils" and name in _REBUILDS:
             return _parameter if name == "_rebuild_parameter" else _rebuild
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v3"):
+            return _rebuild_v3
+        if name == "UntypedStorage" and module in ("torch", "torch.storage"):
+            return ("storage", torch.uint8)  # bytes; `_rebuild_v3` names the dtype
         if (module, name) == ("torch._tensor", "_rebuild_from_type_v2"):
             return _from_type
         if (module, name) in (("torch", "Tensor"), ("torch.nn.parameter", "Parameter")):
@@ -204,13 +241,17 @@ class _Restricted(pickle.Unpickler):
         return (key, kind[1])
 
 
-def _record_starts(z: zipfile.ZipFile, view: ByteRange, path: str) -> tuple[str, dict[str, int]]:
-    """The archive's `data.pkl` name and the byte offset (in the file) of every record's data."""
+def _record_starts(
+    z: zipfile.ZipFile, view: ByteRange, path: str
+) -> tuple[str, dict[str, int], dict[str, int]]:
+    """The archive's `data.pkl` name, and the byte offset (in the file) and size of every
+    record's data."""
     pkl = [n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
     if len(pkl) != 1:
         raise CheckpointError(f"{path}: not a torch.save file (no single data.pkl)")
     prefix = pkl[0][: -len("data.pkl")]
     starts: dict[str, int] = {}
+    sizes: dict[str, int] = {}
     for info in z.infolist():
         if not info.filename.startswith(prefix + "data/"):
             continue
@@ -223,7 +264,8 @@ def _record_starts(z: zipfile.ZipFile, view: ByteRange, path: str) -> tuple[str,
         if begin + info.file_size > view.length:
             raise CheckpointError(f"{path}: record {info.filename} runs past its end")
         starts[info.filename[len(prefix) + 5 :]] = view.start + begin
-    return pkl[0], starts
+        sizes[info.filename[len(prefix) + 5 :]] = info.file_size
+    return pkl[0], starts, sizes
 
 
 def load_lazy(path: str, inert: tuple[str, ...] = ()) -> LazyFile:
@@ -253,7 +295,7 @@ def open_lazy(
     at = f"{where} (the record at byte {start})" if start else where
     try:
         with zipfile.ZipFile(view) as z:
-            name, starts = _record_starts(z, view, at)
+            name, starts, sizes = _record_starts(z, view, at)
             data = z.read(name)
         obj = _Restricted(data, inert).load()
     except pickle.UnpicklingError as e:
@@ -271,4 +313,4 @@ def open_lazy(
             f"{at}: not a readable torch.save record ({type(e).__name__}: "
             f"{one_line(e)[:200]}); it may be truncated, or in torch's legacy (pre-1.6) format"
         ) from None
-    return LazyFile(where, obj, starts, fd, owns_fd)
+    return LazyFile(where, obj, starts, fd, owns_fd, sizes)

@@ -69,6 +69,21 @@ def _listed(cands: list[Candidate]) -> str:
     return ", ".join(f"{p} ({n} tensors)" for p, n, _ in cands[:8])
 
 
+def _step(obj: object, parts: list[str]) -> tuple[object, int] | None:
+    """The key of `obj` that the next of the dotted `parts` name, and how many parts it took:
+    the longest run that is a key (parameter names hold dots: `state.0.weight.exp_avg`), an
+    integer key written as digits (`Optimizer.state_dict()`'s `state.0`); None if none is."""
+    if not isinstance(obj, Mapping):
+        return None
+    for used in range(len(parts), 0, -1):
+        name = ".".join(parts[:used])
+        if name in obj:
+            return name, used
+        if name.isdigit() and int(name) in obj:
+            return int(name), used
+    return None
+
+
 def find_state(
     obj: object, where: str, key: str = "", flag: str = "--key"
 ) -> Mapping[object, object]:
@@ -81,8 +96,10 @@ def find_state(
         flag: how the user spells the key in messages (`--key` or `state=`).
     """
     path = ""
-    for part in [p for p in key.split(".") if p] if key else []:
-        if not isinstance(obj, Mapping) or part not in obj:
+    parts = [p for p in key.split(".") if p] if key else []
+    while parts:
+        found = _step(obj, parts)
+        if found is None:
             here = f"'{path}'" if path else "the top level"
             keys = (
                 ", ".join(map(str, list(obj)[:8]))
@@ -90,10 +107,12 @@ def find_state(
                 else type(obj).__name__
             )
             raise NestedStateError(
-                f"{where}: {flag} {key}: no key '{part}' at {here} (keys: {keys})"
+                f"{where}: {flag} {key}: no key '{parts[0]}' at {here} (keys: {keys})"
             )
-        obj = obj[part]
-        path = f"{path}.{part}" if path else part
+        k, used = found
+        obj = obj[k]  # type: ignore[index]
+        path = f"{path}.{k}" if path else str(k)
+        parts = parts[used:]
     if not isinstance(obj, Mapping):
         raise CheckpointError(
             f"{where}: {('at ' + repr(path) + ' ') if path else ''}holds a {type(obj).__name__}, not a state dict"

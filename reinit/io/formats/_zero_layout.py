@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from reinit.errors import CheckpointError
+
 __all__ = ["natural_key", "zero_tag_dir"]
 
 
@@ -15,8 +17,14 @@ def natural_key(p: Path) -> list[object]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)]
 
 
+def _holds_zero(path: Path) -> bool:
+    return any(path.glob("*_optim_states.pt")) and any(path.glob("*_model_states.pt"))
+
+
 def zero_tag_dir(path: Path) -> Path | None:
-    """The folder holding the ZeRO files: `path` itself, or the tag its `latest` names."""
+    """The folder holding the ZeRO files: `path` itself, or the tag its `latest` names. A
+    `latest` naming a tag that holds none, beside tag folders that do, is a `CheckpointError`
+    naming them (a deleted or unfinished save), not "no ZeRO folder"."""
     if not path.is_dir():
         return None
     latest = path / "latest"
@@ -26,6 +34,18 @@ def zero_tag_dir(path: Path) -> Path | None:
         except (OSError, UnicodeDecodeError):
             return None
         if tag and "/" not in tag and tag not in (".", ".."):
+            _check_tag(path, tag)
             path = path / tag
-    has = any(path.glob("*_optim_states.pt")) and any(path.glob("*_model_states.pt"))
-    return path if has else None
+    return path if _holds_zero(path) else None
+
+
+def _check_tag(folder: Path, tag: str) -> None:
+    if _holds_zero(folder / tag):
+        return
+    others = sorted((d for d in folder.iterdir() if d.is_dir() and _holds_zero(d)), key=natural_key)
+    if others:
+        raise CheckpointError(
+            f"{folder}: latest names '{tag}', which holds no ZeRO checkpoint (deleted, or a save "
+            f"that never finished); the tag folders here are {', '.join(d.name for d in others[:5])}: "
+            f"give one (e.g. {others[-1]}) or fix latest"
+        )

@@ -27,6 +27,7 @@ import torch
 
 from reinit.errors import CheckpointError
 from reinit.io.checkpoint import Checkpoint, ConfigDict, TensorRef, read_config_file
+from reinit.io.confine import local_file
 from reinit.io.formats._lazy_pickle import Inert, LazyFile, LazyTensor, load_lazy
 from reinit.io.formats._safetensors_format import tensor_to_bytes
 from reinit.io.formats._zero_layout import natural_key, zero_tag_dir
@@ -57,14 +58,39 @@ def _key(obj: object, key: str, where: str) -> object:
     return obj[key]
 
 
-def _as_int(v: object) -> int:
+def _as_int(v: object, where: str, key: str) -> int:
     if isinstance(v, Inert) and v.args:
         v = v.args[0]  # an enum (ZeroStageEnum) kept as its value
-    if isinstance(v, list) and v:
+    if isinstance(v, list) and v and all(isinstance(n, int) for n in v):
         v = max(v)  # per-group partition counts: the data-parallel world is the largest
-    if not isinstance(v, int):
-        raise CheckpointError(f"expected an integer, found {type(v).__name__}")
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise CheckpointError(f"{where}: '{key}' is a {type(v).__name__}, not an integer")
     return v
+
+
+def _mapping(obj: object, key: str, where: str) -> Mapping[object, object]:
+    """`obj[key]` when it is a mapping, {} when absent; a corrupt file otherwise."""
+    value = obj.get(key) if isinstance(obj, Mapping) else None
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise CheckpointError(f"{where}: '{key}' is a {type(value).__name__}, not a mapping")
+    return value
+
+
+def _dims(shape: object, where: str, name: object) -> tuple[int, ...]:
+    if not isinstance(shape, (list, tuple)) or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
+    ):
+        raise CheckpointError(f"{where}: the shape of '{name}' is {shape!r}, not a list of sizes")
+    return tuple(shape)
+
+
+def _groups(shapes: object, where: str) -> list[dict[str, tuple[int, ...]]]:
+    """`param_shapes`: one ordered {name: shape} per parameter group, checked."""
+    if not isinstance(shapes, list) or not all(isinstance(g, Mapping) for g in shapes):
+        raise CheckpointError(f"{where}: param_shapes is not a list of groups")
+    return [{str(k): _dims(v, where, k) for k, v in g.items()} for g in shapes]
 
 
 def _tensors(obj: object, where: str) -> list[LazyTensor]:
@@ -97,6 +123,28 @@ def _capped(pieces: list[_Piece], n: int) -> tuple[_Piece, ...]:
     return tuple(out)
 
 
+def _check_counts(
+    tag: Path,
+    stage: int,
+    world: int,
+    models: list[LazyFile],
+    shapes: list[dict[str, tuple[int, ...]]],
+    flats: list[list[LazyTensor]],
+) -> None:
+    """Stage 3 keeps one model states file per rank; stages 1-2 one flat partition per
+    parameter group in every rank's optimizer file."""
+    if stage == 3 and len(models) != world:
+        raise CheckpointError(
+            f"{tag}: ZeRO stage 3 over {world} ranks, but {len(models)} model states files; "
+            "a rank's model states file is missing or left from another run"
+        )
+    if stage <= 2 and any(len(f) != len(shapes) for f in flats):
+        raise CheckpointError(
+            f"{models[0].path}: param_shapes has {len(shapes)} parameter groups, the optimizer "
+            f"files {sorted({len(f) for f in flats})}; the checkpoint is corrupt"
+        )
+
+
 class ZeroCheckpoint(Checkpoint):
     """A DeepSpeed ZeRO checkpoint folder (or its tag folder), read as `zero_to_fp32` does."""
 
@@ -107,7 +155,7 @@ class ZeroCheckpoint(Checkpoint):
         tag = zero_tag_dir(Path(folder))
         if tag is None:
             raise CheckpointError(f"{self.source}: not a DeepSpeed ZeRO checkpoint folder")
-        self.folder = tag
+        self.folder, self._root = tag, Path(folder)
         self._files: list[LazyFile] = []
         try:
             self._open(tag)
@@ -116,7 +164,8 @@ class ZeroCheckpoint(Checkpoint):
             raise
 
     def _load(self, path: Path) -> LazyFile:
-        f = load_lazy(str(path), _INERT)
+        rel = os.path.relpath(path, self._root)  # a regular file inside the folder: no FIFO
+        f = load_lazy(str(local_file(self._root, rel, self.source, "holds")), _INERT)
         self._files.append(f)
         return f
 
@@ -125,8 +174,8 @@ class ZeroCheckpoint(Checkpoint):
         optims = [self._load(p) for p in sorted(tag.glob("*_optim_states.pt"), key=natural_key)]
         osds = [_key(o.obj, "optimizer_state_dict", o.path) for o in optims]
         where = optims[0].path
-        stage = _as_int(_key(osds[0], "zero_stage", where))
-        world = _as_int(_key(osds[0], "partition_count", where))
+        stage = _as_int(_key(osds[0], "zero_stage", where), where, "zero_stage")
+        world = _as_int(_key(osds[0], "partition_count", where), where, "partition_count")
         if world != len(optims) or stage not in (1, 2, 3):
             raise CheckpointError(
                 f"{tag}: ZeRO stage {stage} over {world} ranks, but {len(optims)} optimizer "
@@ -135,9 +184,8 @@ class ZeroCheckpoint(Checkpoint):
         key = "single_partition_of_fp32_groups" if stage <= 2 else "fp32_flat_groups"
         flats = [_tensors(_key(s, key, o.path), o.path) for s, o in zip(osds, optims, strict=True)]
         m0 = models[0].obj
-        shapes = _key(m0, "param_shapes", models[0].path)
-        if not isinstance(shapes, list):
-            raise CheckpointError(f"{models[0].path}: param_shapes is not a list of groups")
+        shapes = _groups(_key(m0, "param_shapes", models[0].path), models[0].path)
+        _check_counts(tag, stage, world, models, shapes, flats)
         self.params: dict[str, _Param] = {}
         self._buffers(models[0])
         self._frozen(models)
@@ -145,8 +193,8 @@ class ZeroCheckpoint(Checkpoint):
             self._stage12(shapes, flats, optims)
         else:
             self._stage3(shapes, flats, optims, world)
-        shared = m0.get("shared_params") if isinstance(m0, Mapping) else None
-        self._aliases = {str(a): str(b) for a, b in (shared or {}).items() if str(b) in self.params}
+        shared = _mapping(m0, "shared_params", models[0].path)
+        self._aliases = {str(a): str(b) for a, b in shared.items() if str(b) in self.params}
         module = m0.get("module") if isinstance(m0, Mapping) else None
         order = [k for k in (module or {}) if k in self.params or k in self._aliases]
         rest = [k for k in [*self.params, *self._aliases] if k not in set(order)]
@@ -155,37 +203,43 @@ class ZeroCheckpoint(Checkpoint):
     def _buffers(self, model: LazyFile) -> None:
         module = _key(model.obj, "module", model.path)
         names = _key(model.obj, "buffer_names", model.path)
-        for name in names if isinstance(names, list) else []:
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise CheckpointError(f"{model.path}: buffer_names is not a list of names")
+        for name in names:
             t = module.get(name) if isinstance(module, Mapping) else None
             if isinstance(t, LazyTensor):
                 dtype = torch.float32 if t.dtype.is_floating_point else t.dtype  # as zero_to_fp32
                 self.params[name] = _Param(t.shape, dtype, (_Piece(model, t, 0, t.numel),))
 
     def _frozen(self, models: list[LazyFile]) -> None:
-        shapes = (
-            models[0].obj.get("frozen_param_shapes") if isinstance(models[0].obj, Mapping) else None
-        )
-        for name, shape in (shapes or {}).items():
-            pieces = []
-            for m in models:
-                frag = (m.obj.get("frozen_param_fragments") or {}).get(name)  # type: ignore[attr-defined]
-                if isinstance(frag, LazyTensor):
-                    pieces.append(_Piece(m, frag, 0, frag.numel))
-            if not pieces:
-                raise CheckpointError(f"{models[0].path}: frozen parameter '{name}' has no data")
-            dims = tuple(int(n) for n in shape)
-            self.params[name] = _Param(
+        where = models[0].path
+        fragments = [_mapping(m.obj, "frozen_param_fragments", m.path) for m in models]
+        for name, shape in _mapping(models[0].obj, "frozen_param_shapes", where).items():
+            pieces = [
+                _Piece(m, frag, 0, frag.numel)
+                for m, frags in zip(models, fragments, strict=True)
+                if isinstance(frag := frags.get(name), LazyTensor)
+            ]
+            dims = _dims(shape, where, name)
+            if sum(p.count for p in pieces) < math.prod(dims) or not pieces:
+                raise CheckpointError(
+                    f"{where}: frozen parameter '{name}' {list(dims)} has "
+                    f"{sum(p.count for p in pieces)} values stored; the checkpoint is corrupt"
+                )
+            self.params[str(name)] = _Param(
                 dims, pieces[0].tensor.dtype, _capped(pieces, math.prod(dims))
             )
 
     def _stage12(
-        self, shapes: list[object], flats: list[list[LazyTensor]], optims: list[LazyFile]
+        self,
+        shapes: list[dict[str, tuple[int, ...]]],
+        flats: list[list[LazyTensor]],
+        optims: list[LazyFile],
     ) -> None:
         for i, group in enumerate(shapes):
             parts = [(o, f[i]) for o, f in zip(optims, flats, strict=True)]
             offset = 0
-            for name, shape in dict(group).items():  # type: ignore[call-overload]
-                dims = tuple(int(n) for n in shape)
+            for name, dims in group.items():
                 n, pieces, base = math.prod(dims), [], 0
                 for o, t in parts:
                     lo, hi = max(offset, base), min(offset + n, base + t.numel)
@@ -196,26 +250,25 @@ class ZeroCheckpoint(Checkpoint):
                     raise CheckpointError(
                         f"{optims[0].path}: parameter group {i} ends before '{name}' does"
                     )
-                self.params[str(name)] = _Param(dims, torch.float32, tuple(pieces))
+                self.params[name] = _Param(dims, torch.float32, tuple(pieces))
                 offset += n
 
     def _stage3(
         self,
-        shapes: list[object],
+        shapes: list[dict[str, tuple[int, ...]]],
         flats: list[list[LazyTensor]],
         optims: list[LazyFile],
         world: int,
     ) -> None:
         offset = 0
         for group in shapes:
-            for name, shape in dict(group).items():  # type: ignore[call-overload]
-                dims = tuple(int(n) for n in shape)
+            for name, dims in group.items():
                 n = math.prod(dims)
                 part = math.ceil(n / world)
                 pieces = [
                     p for o, f in zip(optims, flats, strict=True) for p in _take(o, f, offset, part)
                 ]
-                self.params[str(name)] = _Param(dims, torch.float32, _capped(pieces, n))
+                self.params[name] = _Param(dims, torch.float32, _capped(pieces, n))
                 offset += part
 
     def names(self) -> list[str]:
