@@ -375,3 +375,53 @@ def test_with_references_is_pure_and_orders_its_sources():
     model = ReferenceBasis({"initializer_range": 0.02}, model_std=lambda e: 0.03)
     assert with_references([changed], model)[0].reference == "model default"
     assert with_references([changed], model)[0].reference_std == 0.03
+
+
+@pytest.mark.parametrize(
+    "surgery",
+    [
+        ["--drop", "pooler.dense.bias"],
+        ["--rename", "embeddings.*=embed.{1}"],
+        ["--resize", "embeddings.word_embeddings.weight=[120,32]"],
+        ["--add", "head.weight=[3,32]:normal(std=0.02)"],
+    ],
+    ids=["drop", "rename", "resize", "add"],
+)
+def test_surgery_keeps_the_config_as_the_reference(tmp_path, surgery):
+    """Surgery wraps the source in an edited checkpoint; its config.json still speaks for the
+    tensors. Before, any --drop/--rename/--resize/--add lost the config: kaiming on the pooler
+    (8.8x the config's 0.02) was not judged at all, and apply passed what `report --against`
+    failed."""
+    src = bert_dir(tmp_path / "bert")
+    out = tmp_path / "out"
+    res = run("apply", src, *surgery, "-r", "pooler.dense.weight=kaiming", "-o", out)
+    assert res.exit_code == 0, res.output
+    (pooler,) = [
+        t
+        for t in report_of(out / "reinit-report.json")["tensors"]
+        if t["name"] == "pooler.dense.weight"
+    ]
+    assert (pooler["reference"], pooler["reference_std"]) == (
+        "bert/config.json initializer_range",
+        0.02,
+    )
+    assert "off_reference" in pooler["flags"]
+
+
+def test_a_scheme_reads_the_config_under_surgery(tmp_path):
+    """scaled_normal takes its layer count from config.json; with a --drop it once said the
+    config was missing (exit 2)."""
+    src = bert_dir(tmp_path / "bert")
+    res = run(
+        "apply",
+        src,
+        "--drop",
+        "pooler.dense.bias",
+        "-r",
+        "encoder.layer.1.output.dense.weight=scaled_normal",
+        "-o",
+        tmp_path / "out",
+    )
+    assert res.exit_code == 0, res.output
+    (t,) = changed_matrices(report_of(tmp_path / "out" / "reinit-report.json"))
+    assert t["expected_std"] == pytest.approx(0.02 / math.sqrt(2 * 2))  # 2 layers
