@@ -425,3 +425,32 @@ def test_a_scheme_reads_the_config_under_surgery(tmp_path):
     assert res.exit_code == 0, res.output
     (t,) = changed_matrices(report_of(tmp_path / "out" / "reinit-report.json"))
     assert t["expected_std"] == pytest.approx(0.02 / math.sqrt(2 * 2))  # 2 layers
+
+
+def trained_bert(path: Path) -> Path:
+    """bert_dir with its matrices at 3x the config's 0.02, as trained weights sit."""
+    from safetensors.torch import load_file
+
+    bert_dir(path)
+    sd = load_file(path / "model.safetensors")
+    sd = {k: v * 3 if v.dim() >= 2 else v for k, v in sd.items()}
+    save_file(sd, path / "model.safetensors", metadata={"format": "pt"})
+    return path
+
+
+def test_a_grown_vocabulary_is_judged_against_its_own_rows(tmp_path):
+    """A tensor --resize grew keeps its trained rows: its reference is its own std before, so a
+    correct vocabulary growth (mean_resize) is on reference, a growth by a wrong scale is not,
+    and `report --against` says the same of the written folder."""
+    src = trained_bert(tmp_path / "bert")
+    emb = "embeddings.word_embeddings.weight"
+    for shape, scheme, flagged in [("[120,32]", "", False), ("[300,32]", ":normal(std=1)", True)]:
+        out = tmp_path / f"out{shape}"
+        rep = reinit.apply(
+            src, ["pooler.dense.weight=normal(std=0.02)"], out, resize=[f"{emb}={shape}{scheme}"]
+        )
+        e = next(t for t in rep.tensors if t.name == emb)
+        assert (e.reference, e.reference_std) == ("before resize", pytest.approx(0.06, rel=0.1))
+        assert ("off_reference" in e.flags) is flagged
+        again = next(t for t in reinit.report_checkpoint(out, src).tensors if t.name == emb)
+        assert (again.action, again.reference, again.flags) == ("reinit", "before resize", e.flags)

@@ -231,6 +231,51 @@ def test_report_against_fails_the_file_apply_flagged_with_the_same_count(tmp_pat
     assert res.exit_code == 0, res.output
 
 
+def verdicts(rep: reinit.Report) -> dict[str, tuple[str, tuple[str, ...]]]:
+    return {e.name: (e.action, tuple(e.flags)) for e in rep.tensors}
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_report_against_a_cast_output_is_apply_s_verdict(tmp_path, dtype):
+    """A cast is not a re-init: after `apply --dtype`, the tensors no rule touched are the
+    baseline's values cast, and `report --against` keeps them (with apply's cast note) instead
+    of judging every tensor `reinit` against the config (16 false off_reference before)."""
+    src = tiny_bert(tmp_path / "bert")
+    with torch.no_grad():  # trained scale: 2.5x the config's 0.02
+        sd = {
+            k: v * 2.5 if v.dim() >= 2 else v
+            for k, v in load_file(src / "model.safetensors").items()
+        }
+    save_file(sd, src / "model.safetensors", metadata={"format": "pt"})
+    out = tmp_path / "out"
+    rep = reinit.apply(src, ["encoder.layer.1.*.weight=kaiming"], out, dtype=dtype)
+    again = reinit.report_checkpoint(out, src)
+    assert verdicts(again) == verdicts(rep)
+    assert (again.summary.reinit, again.summary.flagged) == (
+        rep.summary.reinit,
+        rep.summary.flagged,
+    )
+    kept = next(e for e in again.tensors if e.name == "embeddings.word_embeddings.weight")
+    assert kept.action == "kept" and f"lossy cast float32 -> {dtype}" in kept.notes
+    assert "changed vs baseline" not in kept.notes
+    res = run("report", out, "--against", src)
+    assert f"{rep.summary.reinit} changed vs baseline" in " ".join(res.stderr.split())
+
+
+def test_report_against_still_sees_a_cast_tensor_that_was_also_changed(tmp_path):
+    """A tensor of the output's dtype whose values are not the baseline's cast is a change."""
+    src = tiny_bert(tmp_path / "bert")
+    out = tmp_path / "out.safetensors"
+    reinit.apply(src, ["pooler.dense.bias=zeros"], out, dtype="bfloat16")
+    sd = load_file(out)
+    sd["pooler.dense.weight"] = sd["pooler.dense.weight"] * 3  # edited after apply
+    save_file(sd, out, metadata={"format": "pt"})
+    again = {e.name: e for e in reinit.report_checkpoint(out, src / "model.safetensors").tensors}
+    assert again["pooler.dense.weight"].action == "reinit"
+    assert "changed vs baseline" in again["pooler.dense.weight"].notes
+    assert again["encoder.layer.0.output.dense.weight"].action == "kept"
+
+
 # --- 4. untrained -----------------------------------------------------------------------------
 
 QUERY3 = "encoder.layer.3.attention.self.query.weight"

@@ -23,7 +23,7 @@ from reinit.io.sources import open_checkpoint
 from reinit.io.targets import Inputs
 from reinit.io.trust import TrustSpec
 from reinit.report.assemble import make_report
-from reinit.report.entries import NOTE_CHANGED, NOTE_NEW, Report, TensorEntry
+from reinit.report.entries import NOTE_CHANGED, NOTE_NEW, NOTE_SHAPE, Report, TensorEntry
 from reinit.report.progress import Progress, progress_bar
 from reinit.report.reference import REFERENCE_TOLERANCE, basis_for
 from reinit.report.stats import StatsAccumulator
@@ -230,13 +230,37 @@ def _against(ckpt: Checkpoint, base: Checkpoint, entry: TensorEntry) -> TensorEn
         if same:
             same = same_bytes(next(mine, memoryview(b"")), chunk)
     notes: tuple[str, ...] = ()
-    if not same:
+    if not same and _is_cast(ckpt, base, entry.name):
+        from reinit.run.outcontrol import cast_note
+
+        notes = (cast_note(bref.dtype, ref.dtype),)  # as apply --dtype notes it
+    elif not same:
         notes = (NOTE_CHANGED,)
         if bref.shape != ref.shape:
-            notes += (f"baseline shape {list(bref.shape)}",)
+            notes += (f"{NOTE_SHAPE}{list(bref.shape)}",)
         if bref.dtype != ref.dtype:
             notes += (f"baseline dtype {dtype_name(bref.dtype)}",)
     return replace(entry, before=acc.result(), notes=(*entry.notes, *notes))
+
+
+def _is_cast(ckpt: Checkpoint, base: Checkpoint, name: str) -> bool:
+    """Whether `name` in `ckpt` holds exactly the baseline's values cast to another floating
+    dtype (what `apply --dtype` writes for a tensor no rule touched): a cast, not a change.
+    Compared piece by piece (the same elements on both sides) until the first difference."""
+    from reinit.io.formats import tensor_to_bytes
+    from reinit.run.stream import view_bytes
+
+    ref, bref = ckpt.ref(name), base.ref(name)
+    floats = ref.dtype.is_floating_point and bref.dtype.is_floating_point
+    if ref.shape != bref.shape or ref.dtype == bref.dtype or not floats:
+        return False
+    count = CHUNK_BYTES // 8  # elements per piece: a whole number of bytes for every dtype
+    mine = ckpt.iter_chunks(name, count * ref.dtype.itemsize)
+    for chunk in base.iter_chunks(name, count * bref.dtype.itemsize):
+        cast = tensor_to_bytes(view_bytes(chunk, bref.dtype).to(ref.dtype))
+        if not same_bytes(next(mine, memoryview(b"")), cast):
+            return False
+    return next(mine, None) is None
 
 
 def same_bytes(a: bytes | bytearray | memoryview, b: bytes | bytearray | memoryview) -> bool:
