@@ -276,6 +276,31 @@ def test_report_against_still_sees_a_cast_tensor_that_was_also_changed(tmp_path)
     assert again["encoder.layer.0.output.dense.weight"].action == "kept"
 
 
+@pytest.mark.parametrize("dtype", [None, "bfloat16"])
+def test_report_against_a_renamed_output_is_apply_s_verdict(tmp_path, dtype):
+    """Renaming changes nothing: a tensor `--rename` moved holds its baseline's bytes (or their
+    cast) under a new name, and `report --against` says `renamed from` as apply did, instead of
+    judging it a re-init `not in baseline` (32 reinit and 12 off_reference where apply had 6)."""
+    src = tiny_bert(tmp_path / "bert")
+    with torch.no_grad():  # trained scale: 2.5x the config's 0.02
+        sd = {
+            k: v * 2.5 if v.dim() >= 2 else v
+            for k, v in load_file(src / "model.safetensors").items()
+        }
+    save_file(sd, src / "model.safetensors", metadata={"format": "pt"})
+    out = tmp_path / "out"
+    rep = reinit.apply(
+        src, ["enc.layer.1.*.weight=kaiming"], out, rename=["encoder.*=enc.{1}"], dtype=dtype
+    )
+    again = reinit.report_checkpoint(out, src)
+    assert verdicts(again) == verdicts(rep)
+    assert again.summary.flagged == rep.summary.flagged == 6
+    moved = next(e for e in again.tensors if e.name == "enc.layer.0.output.dense.weight")
+    assert "renamed from encoder.layer.0.output.dense.weight" in moved.notes
+    # the old names are accounted for, but for the 6 re-initialized ones (no bytes to match)
+    assert [w.split(" tensor(s)")[0] for w in again.warnings if "are not in" in w] == ["6"]
+
+
 # --- 4. untrained -----------------------------------------------------------------------------
 
 QUERY3 = "encoder.layer.3.attention.self.query.weight"

@@ -91,8 +91,11 @@ def _baseline_shape(e: TensorEntry) -> tuple[int, ...] | None:
 
 
 def _unchanged(e: TensorEntry, p: PlanEntry | None) -> TensorEntry:
-    """A tensor equal to the baseline (or its cast): `kept`, or `skipped` with the reason
-    where a rule matched it and could not take it, as apply said."""
+    """A tensor equal to the baseline (or its cast): `kept`; `skipped` with the reason where a
+    rule matched it and could not take it; what its rule did where that left the same values
+    (a transplant of equal values, zeros on zeros), as apply said."""
+    if p is not None and p.changes:
+        return _judged(e, p)
     if p is None or p.action != "skipped":
         return e
     return replace(e, action="skipped", rule=p.rule_text or None, reason=p.reason)
