@@ -574,3 +574,22 @@ def test_plot_thins_the_names_under_many_layerless_columns():
     assert [x for x, _ in thin_labels(ticks)] == [x for x, _ in ticks]  # every column kept
     few = ticks[:10]
     assert thin_labels(few) == few
+
+
+def test_report_against_prints_apply_s_notes(tmp_path):
+    """`report --against` says what apply said under its table: the cast, and a re-init with
+    no reference that moved far from its own std (before, only the JSON held them)."""
+    g = torch.Generator().manual_seed(0)
+    sd = {f"conv{i}.weight": torch.randn(16, 16, 3, 3, generator=g) * 0.1 for i in range(1, 4)}
+    save_file(sd, tmp_path / "cnn.safetensors")
+    out = tmp_path / "out.safetensors"
+    args = ("-r", "conv2.weight=normal(std=1)", "--dtype", "bfloat16", "-o", out)
+    applied = run("apply", tmp_path / "cnn.safetensors", *args)
+    assert applied.exit_code == 0, applied.output
+    res = run("report", out, "--against", tmp_path / "cnn.safetensors")
+    assert res.exit_code == 0, res.output
+    notes = [line for line in res.stderr.splitlines() if line.startswith("note: ")]
+    moved = "note: std 10.1x its own before (0.0974 -> 0.987); no reference (conv2.weight)"
+    assert moved in notes and moved in applied.stderr.splitlines()
+    # the two kept tensors' cast (apply counts the re-initialized one's too)
+    assert "note: lossy cast float32 -> bfloat16 (2 tensors, e.g. conv1.weight)" in notes
