@@ -88,6 +88,48 @@ def test_dropping_a_layer_sets_num_hidden_layers_and_loads(tmp_path, caplog):
     assert len(model.encoder.layer) == 1
 
 
+def test_dropping_a_layer_of_a_qwen2_shortens_layer_types_and_loads(tmp_path, caplog):
+    """Qwen2 (like Qwen3, Gemma 2/3) has a per-layer `layer_types` list that transformers checks
+    against `num_hidden_layers`: cutting layers must shorten it, or the output does not load
+    ("`num_hidden_layers` (2) must be equal to the number of `layer_types` (3)")."""
+    import torch
+
+    torch.manual_seed(0)
+    cfg = transformers.Qwen2Config(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=64, max_position_embeddings=64,
+    )  # fmt: skip
+    transformers.Qwen2ForCausalLM(cfg).save_pretrained(tmp_path / "src")
+    out = tmp_path / "cut"
+    res = run("apply", tmp_path / "src", "--drop", "model.layers.2.*", "-o", f"{out}/", "-q")
+    assert res.exit_code == 0, res.output
+    assert "note: config.json: layer_types" in res.stderr, res.stderr
+    written = json.loads((out / "config.json").read_text())
+    assert written["num_hidden_layers"] == 2
+    assert written["layer_types"] == ["full_attention"] * 2
+    model = _load_clean(transformers.AutoModelForCausalLM, out, caplog)
+    assert len(model.model.layers) == 2
+
+
+def test_layer_types_follow_the_layer_indices_unit():
+    shapes = {"model.layers.0.w": (4, 4), "model.layers.1.w": (4, 4)}
+    mixed = ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]
+    cut = update_config({"num_hidden_layers": 4, "layer_types": mixed}, shapes)
+    assert cut.config["layer_types"] == mixed[:2]
+    assert any("layer_types" in n and "by layer index" in n for n in cut.notes), cut.notes
+    grown = {f"model.layers.{i}.w": (4, 4) for i in range(3)}
+    up = update_config({"num_hidden_layers": 2, "layer_types": ["full_attention"] * 2}, grown)
+    assert up.config["layer_types"] == ["full_attention"] * 3
+    odd = update_config({"num_hidden_layers": 2, "layer_types": ["a", "b"]}, grown)
+    assert odd.config["layer_types"] == ["a", "b"]  # no way to know layer 2's type
+    assert any("--config" in n and "layer_types" in n for n in odd.notes), odd.notes
+    # set by the user: theirs wins, whatever the surgery implies
+    mine = update_config(
+        {"num_hidden_layers": 4, "layer_types": mixed}, shapes, (("layer_types", ["x", "y"]),)
+    )
+    assert mine.config["layer_types"] == ["x", "y"]
+
+
 def test_a_file_output_with_config_writes_config_json_beside_it(tmp_path, caplog):
     _minilm(tmp_path / "src")
     (tmp_path / "o").mkdir()

@@ -13,7 +13,8 @@ Fields the surgery implies (each only when the config has a different value):
 - `num_labels`, `id2label`, `label2id`: the rows of the classifier head (`classifier`, `score`,
   `classifier.out_proj`), names from `--labels` (else `LABEL_i`, as transformers names them);
 - `num_hidden_layers` (or `n_layer`/`num_layers`, whichever the config has): how many layer
-  indices (`layer.N.`, `layers.N.`, `h.N.`, `block.N.`) the output holds.
+  indices (`layer.N.`, `layers.N.`, `h.N.`, `block.N.`) the output holds, and the per-layer
+  `layer_types` list (Qwen2/3, Gemma 2/3) one entry per layer, which transformers checks.
 `architectures` is never guessed: set it with `--config 'architectures=["..."]'`. `--config`
 values are applied last, so they win over the implied ones."""
 
@@ -43,6 +44,7 @@ _EMBED = re.compile(r"(?:^|\.)(?:word_embeddings|embed_tokens|wte|shared)\.weigh
 _HEAD = re.compile(r"(?:^|\.)(?:classifier|score)(?:\.out_proj)?\.weight$")
 _LAYER = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")
 _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+_PER_LAYER = ("layer_types",)
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,37 @@ def _label_count(config: Mapping[str, object]) -> int:
     return n if isinstance(n, int) else 2  # transformers' default
 
 
+def _follow_per_layer(config: dict[str, object], indices: set[int]) -> list[str]:
+    """Make each per-layer list (`layer_types`: Qwen2/3, Gemma 2/3; transformers refuses a
+    config whose list is not `num_hidden_layers` long) one entry per output layer, in place; one
+    note per list changed. A list of one value keeps it; a mixed one keeps the entries of the
+    output's layer indices (by index: a layer renumbered by --rename takes its new index's
+    entry); one that cannot say (an index past its end) is left, with a note."""
+    notes: list[str] = []
+    for key in _PER_LAYER:
+        old = config.get(key)
+        if not isinstance(old, list) or not old or len(old) == len(indices):
+            continue
+        if len({json.dumps(v, sort_keys=True) for v in old}) == 1:
+            value, why = [old[0]] * len(indices), "one entry per layer, as before"
+        elif max(indices) < len(old):
+            value = [old[i] for i in sorted(indices)]
+            why = (
+                "kept by layer index; if --rename renumbered layers, set it with "
+                f"--config '{key}=[...]'"
+            )
+        else:
+            notes.append(
+                f"config.json: {key} has {len(old)} entries for {len(indices)} layers and "
+                f"cannot say which the new ones are: transformers will not load it; set it with "
+                f"--config '{key}=[...]'"
+            )
+            continue
+        config[key] = value
+        notes.append(f"config.json: {key} {len(old)} -> {len(value)} entries ({why})")
+    return notes
+
+
 def update_config(
     config: Mapping[str, object] | None,
     shapes: Mapping[str, Sequence[int]],
@@ -180,6 +213,7 @@ def update_config(
     key = next((k for k in _LAYER_KEYS if k in new), None)
     if indices and key is not None:
         put(key, len(indices), "layer indices present in the output")
+        notes.extend(_follow_per_layer(new, indices))
         if indices != set(range(len(indices))):
             notes.append(
                 f"layer indices {sorted(indices)} are not 0..{len(indices) - 1}: transformers "
