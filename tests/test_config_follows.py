@@ -111,6 +111,28 @@ def test_dropping_a_layer_of_a_qwen2_shortens_layer_types_and_loads(tmp_path, ca
     assert len(model.model.layers) == 2
 
 
+def test_the_renumber_hint_is_a_rename_that_runs(tmp_path, caplog):
+    """Dropping a middle layer leaves indices 0, 2; the note's example --rename must be one the
+    CLI takes (it said 'encoder.layer.3.*=encoder.layer.1.{2}', whose glob has one capture)
+    and that, given, makes the output load."""
+    import re
+
+    _minilm(tmp_path / "src", layers=3)
+    res = run(
+        "apply", tmp_path / "src", "--drop", "encoder.layer.1.*", "-o", tmp_path / "gap", "-q"
+    )
+    assert res.exit_code == 0, res.output
+    hint = re.search(r"--rename '([^']*)'", res.stderr)
+    assert hint and hint.group(1) == "encoder.layer.2.*=encoder.layer.1.{1}", res.stderr
+    out = tmp_path / "renumbered"
+    args = ["--drop", "encoder.layer.1.*", "--rename", hint.group(1), "-o", f"{out}/", "-q"]
+    res = run("apply", tmp_path / "src", *args)
+    assert res.exit_code == 0, res.output
+    assert "not 0..1" not in res.stderr
+    model = _load_clean(transformers.AutoModel, out, caplog)
+    assert len(model.encoder.layer) == 2
+
+
 def test_layer_types_follow_the_layer_indices_unit():
     shapes = {"model.layers.0.w": (4, 4), "model.layers.1.w": (4, 4)}
     mixed = ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from reinit.errors import UsageError
@@ -138,6 +138,16 @@ def _label_count(config: Mapping[str, object]) -> int:
     return n if isinstance(n, int) else 2  # transformers' default
 
 
+def _renumber_hint(names: Iterable[str]) -> str:
+    """A `--rename` the CLI takes that moves the first layer out of place to its place:
+    `'model.layers.2.*=model.layers.1.{1}'` for indices 0, 2."""
+    found = {int(m.group(1)): n[: m.start(1)] for n in names for m in [_LAYER.search(n)] if m}
+    order = sorted(found)
+    index = next(i for pos, i in enumerate(order) if i != pos)
+    prefix = found[index]
+    return f"--rename '{prefix}{index}.*={prefix}{order.index(index)}.{{1}}'"
+
+
 def _follow_per_layer(config: dict[str, object], indices: set[int]) -> list[str]:
     """Make each per-layer list (`layer_types`: Qwen2/3, Gemma 2/3; transformers refuses a
     config whose list is not `num_hidden_layers` long) one entry per output layer, in place; one
@@ -217,7 +227,7 @@ def update_config(
         if indices != set(range(len(indices))):
             notes.append(
                 f"layer indices {sorted(indices)} are not 0..{len(indices) - 1}: transformers "
-                "will not load them; renumber with --rename (e.g. 'encoder.layer.3.*=encoder.layer.1.{2}')"
+                f"will not load them; renumber with --rename (e.g. {_renumber_hint(shapes)})"
             )
     for k, value in config_set:
         if new.get(k) != value:
