@@ -169,6 +169,15 @@ def _vocab_path(given: str | None, ck: Checkpoint, what: str, flag: str, where: 
     return found
 
 
+def _vocab_label(path: Path, ck: Checkpoint, given: str | None) -> str:
+    """A tokenizer file as the report names it: `folder/tokenizer.json`, or for one found in a
+    Hub repo the repo's own name (`hf://acme/tok/tokenizer.json`), not the cache's snapshot
+    folder (a commit hash)."""
+    if not given and ck.source.startswith("hf://"):
+        return f"{ck.source.rstrip('/')}/{path.name}"
+    return f"{path.parent.name}/{path.name}"
+
+
 def _config_at(path: str, where: str) -> Mapping[str, Any]:
     """A config.json named by `vocab=`/`src_vocab=` for `rows=labels`."""
     p = Path(path)
@@ -205,5 +214,5 @@ def row_names(
         )
     sp = _vocab_path(src_vocab, source, "source", "src_vocab", where)
     tp = _vocab_path(vocab, target, "target", "vocab", where)
-    how = f"by token ({sp.parent.name}/{sp.name} -> {tp.parent.name}/{tp.name})"
+    how = f"by token ({_vocab_label(sp, source, src_vocab)} -> {_vocab_label(tp, target, vocab)})"
     return RowNames(read_vocab(sp), read_vocab(tp), how)
