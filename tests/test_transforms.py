@@ -74,6 +74,22 @@ def test_capture_arithmetic_refusals():
         fill_template("{name+1}", "1.w", ("1",), "", RuleError)
 
 
+@pytest.mark.parametrize("field", ["{1/2}", "{1 + 8}", "{nmae}", "{1+}", "{}"])
+def test_a_field_the_templates_do_not_know_is_refused_not_kept_literally(field):
+    """`{1/2}` (no division) or a misspelt `{nmae}` was left in the name as written, so the
+    user saw "source has no tensor 'layers.{1/2}.w'" instead of what is wrong."""
+    with pytest.raises(RuleError, match=r"unknown field .*\{name\}, \{1\}"):
+        fill_template(f"layers.{field}.w", "layers.4.w", ("4",), "", RuleError)
+
+
+def test_an_unknown_field_in_a_key_is_exit_2_naming_it(tmp_path):
+    save_file({"layers.4.w": torch.zeros(2)}, tmp_path / "a.safetensors")
+    rule = f"re:layers\\.(\\d+)\\.w=from({tmp_path / 'a.safetensors'}, key=layers.{{1/2}}.w)"
+    refused(tmp_path, ["apply", str(tmp_path / "a.safetensors"), "-o",
+                       str(tmp_path / "o.safetensors"), "--rule", rule], 2,
+            "unknown field {1/2}")  # fmt: skip
+
+
 # --- parsing --------------------------------------------------------------------------------
 
 
