@@ -24,7 +24,7 @@ from reinit.planning.casts import lossy_cast_note, refuse_out_of_range
 from reinit.planning.planner import Plan, PlanEntry
 from reinit.planning.source_std import pooled_std
 from reinit.rules import TransplantSpec, closest_hint, fill_template
-from reinit.transforms.apply import TransformContext, result_shape, transform
+from reinit.transforms.apply import TransformContext, other_dim_hint, result_shape, transform
 from reinit.transforms.spec import TransformSpec
 
 __all__ = [
@@ -276,7 +276,8 @@ def check_transplants(plan: Plan, pool: SourcePool) -> Plan:
         names = keys[e.name]
         src = pool.get(spec.source, spec.state)
         e = replace(e, source_key=";".join(names), source_keys=names)
-        shape = _checked_shape(e, spec, [tuple(src.ref(k).shape) for k in names])
+        shapes = [tuple(src.ref(k).shape) for k in names]
+        shape = _checked_shape(e, spec, shapes)
         if spec.transform.adapter is not None:
             rows_in = (
                 None
@@ -290,6 +291,8 @@ def check_transplants(plan: Plan, pool: SourcePool) -> Plan:
             continue
         label = "transformed " if spec.has_transform else ""
         pair = f"'{e.name}' {list(e.shape)} <- {label}'{e.source_key}' {list(shape)}"
+        if spec.has_transform and spec.on_mismatch == "error":
+            pair += other_dim_hint(entry_transform(spec, e), shapes, e.shape)
         if spec.on_mismatch == "error":
             mismatches.append(pair)
             entries.append(e)
@@ -322,12 +325,14 @@ def _checked_shape(
     transform that cannot take the source shapes is an error saying why."""
     if not spec.has_transform:
         return shapes[0]
+    t = entry_transform(spec, e)
     try:
-        return result_shape(entry_transform(spec, e), shapes, e.shape)
+        return result_shape(t, shapes, e.shape)
     except TransplantError as err:
         sources = ", ".join(f"'{k}' {list(s)}" for k, s in zip(e.source_keys, shapes, strict=True))
         raise TransplantError(
             f"rule {e.rule_text!r}: cannot make '{e.name}' {list(e.shape)} from {sources}: {err}"
+            f"{other_dim_hint(t, shapes, e.shape)}"
         ) from None
 
 
