@@ -9,7 +9,14 @@ from pathlib import Path
 import torch
 
 from reinit.errors import CheckpointError
-from reinit.io.checkpoint import CHUNK_BYTES, Checkpoint, FileSpan, TensorRef, iter_chunks
+from reinit.io.checkpoint import (
+    CHUNK_BYTES,
+    Checkpoint,
+    ConfigDict,
+    FileSpan,
+    TensorRef,
+    iter_chunks,
+)
 from reinit.io.formats import tensor_to_bytes
 from reinit.planning.resize import Resized, grows_rows_only, new_rows, resized_value
 from reinit.planning.surgery import Edited
@@ -130,6 +137,12 @@ class EditedCheckpoint(Checkpoint):
 
     def fetch_extra(self, relname: str) -> Path:
         return self.base.fetch_extra(relname)
+
+    def config(self) -> ConfigDict | None:
+        """The source's config.json: what planning reads from it (`rows=labels`' id2label,
+        `auto` scheme arguments, the reference's `initializer_range`) is the model's before
+        the surgery; the output's config.json follows the surgery separately."""
+        return self.base.config()
 
     def close(self) -> None:
         self.base.close()
