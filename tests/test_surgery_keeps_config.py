@@ -72,3 +72,27 @@ def test_config_auto_arguments_and_the_reference_survive_surgery(tmp_path):
     assert "initializer_range" in entries[cut][name]["reference"]
     assert torch.equal(load_file(cut / "model.safetensors")[name],
                        load_file(plain / "model.safetensors")[name])  # fmt: skip
+
+
+def test_rows_by_label_maps_to_the_names_labels_gives_the_output(tmp_path, caplog):
+    """A 3-class head grown to 4 classes with new names (`--labels`), its rows taken from the
+    old head by class name: each output row must hold the source row of the name the output's
+    config.json gives it. Before, rows were matched against the source config's old names
+    (neg, neu, pos) and then relabelled, so the row named "pos" held "neg"'s weights."""
+    src = _bert_clf(tmp_path / "old", ["neg", "neu", "pos"])
+    out = tmp_path / "out"
+    res = run("apply", tmp_path / "old", "-o", f"{out}/", "-q",
+              "--resize", "classifier.weight=[4,*]:zeros", "--resize", "classifier.bias=[4]:zeros",
+              "--labels", "pos,angry,neg,calm",
+              "--rule", f"classifier.*=from({tmp_path / 'old'}, rows=labels, new=zeros)")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    got = load_file(out / "model.safetensors")
+    for name in ("classifier.weight", "classifier.bias"):
+        assert torch.equal(got[name][0], src[name][2])  # pos
+        assert torch.equal(got[name][2], src[name][0])  # neg
+        assert not got[name][1].any() and not got[name][3].any()  # angry, calm: new (zeros)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(out)
+    assert model.config.id2label == {0: "pos", 1: "angry", 2: "neg", 3: "calm"}
+    report = json.loads((out / "reinit-report.json").read_text())
+    (bias,) = [t for t in report["tensors"] if t["name"] == "classifier.bias"]
+    assert "rows: 2 copied, 2 new (zeros)" in bias["notes"], bias["notes"]

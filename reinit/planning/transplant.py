@@ -137,8 +137,10 @@ class SourcePool:
         target: Checkpoint | None = None,
         unsafe_pickle: TrustSpec = (),
         progress: bool = True,
+        target_labels: Sequence[str] | None = None,
     ):
         self.target = target
+        self.target_labels = target_labels  # --labels: the output's class names (rows=labels)
         self.unsafe_pickle = unsafe_pickle
         self.progress = progress
         self._open: dict[str, Checkpoint] = {}
@@ -285,7 +287,16 @@ def check_transplants(plan: Plan, pool: SourcePool) -> Plan:
                 else tuple(src.ref(names[0]).shape)
             )
             where = f"rule {e.rule_text!r}: '{e.name}'"
-            check_adapter(spec.transform, src, pool.target, pool.row_names, rows_in, e.shape, where)
+            check_adapter(
+                spec.transform,
+                src,
+                pool.target,
+                pool.row_names,
+                rows_in,
+                e.shape,
+                where,
+                pool.target_labels,
+            )
         if shape == e.shape:
             entries.append(e)
             continue
@@ -385,7 +396,12 @@ def transplant_value(
     notes: list[str] = []
     if spec.has_transform:
         fill, names = adapter_inputs(
-            spec.transform, ck, pool.target, pool.row_names, f"rule {entry.rule_text!r}"
+            spec.transform,
+            ck,
+            pool.target,
+            pool.row_names,
+            f"rule {entry.rule_text!r}",
+            pool.target_labels,
         )
         ctx = TransformContext(
             entry.name, entry.shape, entry.dtype, seed, target, keys, entry.rule_text, fill, names

@@ -16,7 +16,7 @@ the weight file), in that order: tokenizer.json, vocab.txt, vocab.json."""
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -199,18 +199,26 @@ def row_names(
     vocab: str | None,
     src_vocab: str | None,
     where: str,
+    target_labels: Sequence[str] | None = None,
 ) -> RowNames:
     """The source's and the target's row names for `rows=tokens|labels`: tokens
     from the two tokenizer files (given, or found in/beside each checkpoint), labels from the
     `id2label` of each checkpoint's config.json (or of the config files `vocab=`/`src_vocab=`
-    name)."""
+    name; `target_labels`: the output's class names, given by `--labels`, which win over the
+    target's config.json)."""
     if kind == "labels":
         src_config = _config_at(src_vocab, where) if src_vocab else source.config()
-        tgt_config = _config_at(vocab, where) if vocab else target.config()
+        how = "by class name (id2label)"
+        tgt_config: Mapping[str, Any] | None
+        if vocab:
+            tgt_config = _config_at(vocab, where)
+        elif target_labels is not None:
+            tgt_config = {"id2label": {str(i): n for i, n in enumerate(target_labels)}}
+            how = "by class name (id2label; the target's from --labels)"
+        else:
+            tgt_config = target.config()
         return RowNames(
-            labels_of(src_config, where, "source"),
-            labels_of(tgt_config, where, "target"),
-            "by class name (id2label)",
+            labels_of(src_config, where, "source"), labels_of(tgt_config, where, "target"), how
         )
     sp = _vocab_path(src_vocab, source, "source", "src_vocab", where)
     tp = _vocab_path(vocab, target, "target", "vocab", where)
