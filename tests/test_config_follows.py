@@ -133,6 +133,43 @@ def test_the_renumber_hint_is_a_rename_that_runs(tmp_path, caplog):
     assert len(model.encoder.layer) == 2
 
 
+@pytest.mark.parametrize(
+    ("make", "table", "auto", "key"),
+    [
+        ("gpt2", "transformer.wpe.weight", "AutoModelForCausalLM", "n_positions"),
+        ("bert", "embeddings.position_embeddings.weight", "AutoModel", "max_position_embeddings"),
+    ],
+)
+def test_a_resized_position_table_sets_the_positions_and_loads(
+    tmp_path, caplog, make, table, auto, key
+):
+    """Growing the learned position table (GPT-2's wpe, BERT's position_embeddings) from 32 to
+    64 rows must set n_positions / max_position_embeddings, or the output does not load (a
+    size mismatch)."""
+    import torch
+
+    torch.manual_seed(0)
+    if make == "gpt2":
+        cfg = transformers.GPT2Config(
+            n_embd=16, n_layer=1, n_head=2, vocab_size=40, n_positions=32, bos_token_id=1,
+            eos_token_id=2,
+        )  # fmt: skip
+        transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "src")
+    else:
+        _minilm(tmp_path / "src")
+        cfg_path = tmp_path / "src" / "config.json"
+        assert json.loads(cfg_path.read_text())["max_position_embeddings"] == 512
+        table_rows = 512
+    out = tmp_path / "out"
+    rows = 64 if make == "gpt2" else 1024
+    res = run("apply", tmp_path / "src", "--resize", f"{table}=[{rows},*]", "-o", f"{out}/", "-q")
+    assert res.exit_code == 0, res.output
+    old = 32 if make == "gpt2" else table_rows
+    assert f"note: config.json: {key} {old} -> {rows}" in res.stderr, res.stderr
+    assert json.loads((out / "config.json").read_text())[key] == rows
+    _load_clean(getattr(transformers, auto), out, caplog)
+
+
 def test_layer_types_follow_the_layer_indices_unit():
     shapes = {"model.layers.0.w": (4, 4), "model.layers.1.w": (4, 4)}
     mixed = ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]

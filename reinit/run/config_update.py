@@ -12,6 +12,8 @@ Fields the surgery implies (each only when the config has a different value):
   `shared`), when the config has a `vocab_size`;
 - `num_labels`, `id2label`, `label2id`: the rows of the classifier head (`classifier`, `score`,
   `classifier.out_proj`), names from `--labels` (else `LABEL_i`, as transformers names them);
+- `max_position_embeddings` (or `n_positions`, and an old GPT-2 config's `n_ctx`): the rows of
+  the learned position table (`position_embeddings.weight`, GPT-2's `wpe.weight`);
 - `num_hidden_layers` (or `n_layer`/`num_layers`, whichever the config has): how many layer
   indices (`layer.N.`, `layers.N.`, `h.N.`, `block.N.`) the output holds, and the per-layer
   `layer_types` list (Qwen2/3, Gemma 2/3) one entry per layer, which transformers checks.
@@ -44,6 +46,8 @@ _EMBED = re.compile(r"(?:^|\.)(?:word_embeddings|embed_tokens|wte|shared)\.weigh
 _HEAD = re.compile(r"(?:^|\.)(?:classifier|score)(?:\.out_proj)?\.weight$")
 _LAYER = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")
 _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+_POSITIONS = re.compile(r"(?:^|\.)(?:position_embeddings|wpe)\.weight$")
+_POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx")
 _PER_LAYER = ("layer_types",)
 
 
@@ -199,6 +203,9 @@ def update_config(
     vocab = _rows(shapes, _EMBED)
     if vocab is not None and "vocab_size" in new:
         put("vocab_size", vocab, "rows of the word embeddings")
+    positions = _rows(shapes, _POSITIONS)
+    for key in (k for k in _POSITION_KEYS if k in new and positions is not None):
+        put(key, positions, "rows of the learned position table")
     head = _rows(shapes, _HEAD)
     if labels is not None and head is not None and len(labels) != head:
         raise UsageError(
