@@ -7,6 +7,7 @@ written."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from types import TracebackType
@@ -247,6 +248,25 @@ def _missing_keys(
     return list(missing.values())
 
 
+_LM_HEAD = re.compile(r"(?:^|\.)(?:lm_head|embed_out)\.weight$")
+_EMBEDDING = re.compile(r"(?:^|\.)(?:embed_tokens|wte|word_embeddings|embed_in)\.weight$")
+
+
+def _tied_head_hint(key: str, target: str, source: str, ck: Checkpoint) -> str:
+    """For a missing LM head in a source that holds one embedding: a model whose head is tied
+    to its embedding (Qwen2-0.5B, GPT-2) saves only the embedding, so say which tensor the
+    head is and the rule that takes it."""
+    if not _LM_HEAD.search(key):
+        return ""
+    embeddings = [n for n in ck.names() if _EMBEDDING.search(n)]
+    if len(embeddings) != 1:
+        return ""
+    return (
+        f"; a source whose LM head is tied to its embedding saves only the embedding: take it "
+        f"with --rule '{target}=from({source}, key={embeddings[0]})'"
+    )
+
+
 def check_transplants(plan: Plan, pool: SourcePool) -> Plan:
     """Resolve every transplant's source tensor before anything is written: a missing source
     tensor is an error listing the closest source names; shape mismatches are collected and
@@ -265,7 +285,8 @@ def check_transplants(plan: Plan, pool: SourcePool) -> Plan:
         raise TransplantError(
             f"rule {e.rule_text!r}: source {spec.source} has no tensor "
             f"'{key}' (for target '{e.name}'){closest_hint(key, pool.get(spec.source, spec.state).names())}"
-            f"{more}; fix key= (templates take {{name}}, {{1}}, {{2}}, …) or try key=auto"
+            f"{more}{_tied_head_hint(key, e.name, spec.source, pool.get(spec.source, spec.state))}"
+            "; fix key= (templates take {name}, {1}, {2}, …) or try key=auto"
         )
     mismatches: list[str] = []
     entries: list[PlanEntry] = []
