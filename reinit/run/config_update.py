@@ -12,7 +12,7 @@ Fields the surgery implies (each only when the config has a different value):
   `shared`), when the config has a `vocab_size`;
 - `num_labels`, `id2label`, `label2id`: the rows of the classifier head (`classifier`, `score`,
   `classifier.out_proj`), names from `--labels` (else `LABEL_i`, as transformers names them);
-- `max_position_embeddings` (or `n_positions`, and an old GPT-2 config's `n_ctx`): the rows of
+- `max_position_embeddings` (or `n_positions`, whichever the config has): the rows of
   the learned position table (`position_embeddings.weight`, GPT-2's `wpe.weight`);
 - `num_hidden_layers` (or `n_layer`/`num_layers`, whichever the config has): how many layer
   indices (`layer.N.`, `layers.N.`, `h.N.`, `block.N.`) the output holds, and the per-layer
@@ -47,7 +47,7 @@ _HEAD = re.compile(r"(?:^|\.)(?:classifier|score)(?:\.out_proj)?\.weight$")
 _LAYER = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")
 _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 _POSITIONS = re.compile(r"(?:^|\.)(?:position_embeddings|wpe)\.weight$")
-_POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx")
+_POSITION_KEYS = ("max_position_embeddings", "n_positions")
 _PER_LAYER = ("layer_types",)
 
 
