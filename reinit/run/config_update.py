@@ -204,8 +204,8 @@ def update_config(
     if vocab is not None and "vocab_size" in new:
         put("vocab_size", vocab, "rows of the word embeddings")
     positions = _rows(shapes, _POSITIONS)
-    for key in (k for k in _POSITION_KEYS if k in new and positions is not None):
-        put(key, positions, "rows of the learned position table")
+    for field in (k for k in _POSITION_KEYS if k in new and positions is not None):
+        put(field, positions, "rows of the learned position table")
     head = _rows(shapes, _HEAD)
     if labels is not None and head is not None and len(labels) != head:
         raise UsageError(
