@@ -88,6 +88,107 @@ def test_dropping_a_layer_sets_num_hidden_layers_and_loads(tmp_path, caplog):
     assert len(model.encoder.layer) == 1
 
 
+def test_dropping_a_layer_of_a_qwen2_shortens_layer_types_and_loads(tmp_path, caplog):
+    """Qwen2 (like Qwen3, Gemma 2/3) has a per-layer `layer_types` list that transformers checks
+    against `num_hidden_layers`: cutting layers must shorten it, or the output does not load
+    ("`num_hidden_layers` (2) must be equal to the number of `layer_types` (3)")."""
+    import torch
+
+    torch.manual_seed(0)
+    cfg = transformers.Qwen2Config(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=64, max_position_embeddings=64,
+    )  # fmt: skip
+    transformers.Qwen2ForCausalLM(cfg).save_pretrained(tmp_path / "src")
+    out = tmp_path / "cut"
+    res = run("apply", tmp_path / "src", "--drop", "model.layers.2.*", "-o", f"{out}/", "-q")
+    assert res.exit_code == 0, res.output
+    assert "note: config.json: layer_types" in res.stderr, res.stderr
+    written = json.loads((out / "config.json").read_text())
+    assert written["num_hidden_layers"] == 2
+    assert written["layer_types"] == ["full_attention"] * 2
+    model = _load_clean(transformers.AutoModelForCausalLM, out, caplog)
+    assert len(model.model.layers) == 2
+
+
+def test_the_renumber_hint_is_a_rename_that_runs(tmp_path, caplog):
+    """Dropping a middle layer leaves indices 0, 2; the note's example --rename must be one the
+    CLI takes (it said 'encoder.layer.3.*=encoder.layer.1.{2}', whose glob has one capture)
+    and that, given, makes the output load."""
+    import re
+
+    _minilm(tmp_path / "src", layers=3)
+    res = run(
+        "apply", tmp_path / "src", "--drop", "encoder.layer.1.*", "-o", tmp_path / "gap", "-q"
+    )
+    assert res.exit_code == 0, res.output
+    hint = re.search(r"--rename '([^']*)'", res.stderr)
+    assert hint and hint.group(1) == "encoder.layer.2.*=encoder.layer.1.{1}", res.stderr
+    out = tmp_path / "renumbered"
+    args = ["--drop", "encoder.layer.1.*", "--rename", hint.group(1), "-o", f"{out}/", "-q"]
+    res = run("apply", tmp_path / "src", *args)
+    assert res.exit_code == 0, res.output
+    assert "not 0..1" not in res.stderr
+    model = _load_clean(transformers.AutoModel, out, caplog)
+    assert len(model.encoder.layer) == 2
+
+
+@pytest.mark.parametrize(
+    ("make", "table", "auto", "key"),
+    [
+        ("gpt2", "transformer.wpe.weight", "AutoModelForCausalLM", "n_positions"),
+        ("bert", "embeddings.position_embeddings.weight", "AutoModel", "max_position_embeddings"),
+    ],
+)
+def test_a_resized_position_table_sets_the_positions_and_loads(
+    tmp_path, caplog, make, table, auto, key
+):
+    """Growing the learned position table (GPT-2's wpe, BERT's position_embeddings) from 32 to
+    64 rows must set n_positions / max_position_embeddings, or the output does not load (a
+    size mismatch)."""
+    import torch
+
+    torch.manual_seed(0)
+    if make == "gpt2":
+        cfg = transformers.GPT2Config(
+            n_embd=16, n_layer=1, n_head=2, vocab_size=40, n_positions=32, bos_token_id=1,
+            eos_token_id=2,
+        )  # fmt: skip
+        transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "src")
+    else:
+        _minilm(tmp_path / "src")
+        cfg_path = tmp_path / "src" / "config.json"
+        assert json.loads(cfg_path.read_text())["max_position_embeddings"] == 512
+        table_rows = 512
+    out = tmp_path / "out"
+    rows = 64 if make == "gpt2" else 1024
+    res = run("apply", tmp_path / "src", "--resize", f"{table}=[{rows},*]", "-o", f"{out}/", "-q")
+    assert res.exit_code == 0, res.output
+    old = 32 if make == "gpt2" else table_rows
+    assert f"note: config.json: {key} {old} -> {rows}" in res.stderr, res.stderr
+    assert json.loads((out / "config.json").read_text())[key] == rows
+    _load_clean(getattr(transformers, auto), out, caplog)
+
+
+def test_layer_types_follow_the_layer_indices_unit():
+    shapes = {"model.layers.0.w": (4, 4), "model.layers.1.w": (4, 4)}
+    mixed = ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]
+    cut = update_config({"num_hidden_layers": 4, "layer_types": mixed}, shapes)
+    assert cut.config["layer_types"] == mixed[:2]
+    assert any("layer_types" in n and "by layer index" in n for n in cut.notes), cut.notes
+    grown = {f"model.layers.{i}.w": (4, 4) for i in range(3)}
+    up = update_config({"num_hidden_layers": 2, "layer_types": ["full_attention"] * 2}, grown)
+    assert up.config["layer_types"] == ["full_attention"] * 3
+    odd = update_config({"num_hidden_layers": 2, "layer_types": ["a", "b"]}, grown)
+    assert odd.config["layer_types"] == ["a", "b"]  # no way to know layer 2's type
+    assert any("--config" in n and "layer_types" in n for n in odd.notes), odd.notes
+    # set by the user: theirs wins, whatever the surgery implies
+    mine = update_config(
+        {"num_hidden_layers": 4, "layer_types": mixed}, shapes, (("layer_types", ["x", "y"]),)
+    )
+    assert mine.config["layer_types"] == ["x", "y"]
+
+
 def test_a_file_output_with_config_writes_config_json_beside_it(tmp_path, caplog):
     _minilm(tmp_path / "src")
     (tmp_path / "o").mkdir()

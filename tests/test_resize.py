@@ -275,3 +275,29 @@ def test_the_api_and_recipes_take_resize(tmp_path, monkeypatch):
 def test_bad_resizes_are_usage_errors_that_write_nothing(tmp_path, spec, fragments):
     src = _tiny(tmp_path / "m.safetensors")
     refused(tmp_path, ["apply", str(src), "--resize", spec], 2, "--resize", *fragments)
+
+
+def test_a_bert_mlm_grown_is_told_to_grow_its_decoder_bias_and_then_loads(tmp_path):
+    """BERT's MLM head ties its decoder to the word embeddings but keeps its own bias
+    (`cls.predictions.bias`, one entry per token): growing the embedding alone gives a folder
+    that does not load (a size mismatch). Say so, as for an untied `lm_head`, and name the fix;
+    with it, the output loads clean."""
+    cfg = transformers.BertConfig(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        vocab_size=50, max_position_embeddings=32,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    src = tmp_path / "mlm"
+    transformers.BertForMaskedLM(cfg).save_pretrained(src)
+    grow = ["--resize", "bert.embeddings.word_embeddings.weight=[56,*]"]
+    res = run("apply", src, *grow, "-o", f"{tmp_path / 'half'}/", "-q")
+    assert res.exit_code == 0, res.output
+    assert "'cls.predictions.bias' still has 50 rows; resize it too" in res.stderr, res.stderr
+    assert "--resize 'cls.predictions.bias=[56]'" in res.stderr, res.stderr
+    out = tmp_path / "grown"
+    res = run("apply", src, *grow, "--resize", "cls.predictions.bias=[56]", "-o", f"{out}/", "-q")
+    assert res.exit_code == 0, res.output
+    assert "still has" not in res.stderr
+    grown = _load_clean(transformers.AutoModelForMaskedLM, out)
+    assert grown.config.vocab_size == 56
+    assert grown(torch.tensor([[3, 4, 55]])).logits.shape == (1, 3, 56)

@@ -74,6 +74,22 @@ def test_capture_arithmetic_refusals():
         fill_template("{name+1}", "1.w", ("1",), "", RuleError)
 
 
+@pytest.mark.parametrize("field", ["{1/2}", "{1 + 8}", "{nmae}", "{1+}", "{}"])
+def test_a_field_the_templates_do_not_know_is_refused_not_kept_literally(field):
+    """`{1/2}` (no division) or a misspelt `{nmae}` was left in the name as written, so the
+    user saw "source has no tensor 'layers.{1/2}.w'" instead of what is wrong."""
+    with pytest.raises(RuleError, match=r"unknown field .*\{name\}, \{1\}"):
+        fill_template(f"layers.{field}.w", "layers.4.w", ("4",), "", RuleError)
+
+
+def test_an_unknown_field_in_a_key_is_exit_2_naming_it(tmp_path):
+    save_file({"layers.4.w": torch.zeros(2)}, tmp_path / "a.safetensors")
+    rule = f"re:layers\\.(\\d+)\\.w=from({tmp_path / 'a.safetensors'}, key=layers.{{1/2}}.w)"
+    refused(tmp_path, ["apply", str(tmp_path / "a.safetensors"), "-o",
+                       str(tmp_path / "o.safetensors"), "--rule", rule], 2,
+            "unknown field {1/2}")  # fmt: skip
+
+
 # --- parsing --------------------------------------------------------------------------------
 
 
@@ -462,3 +478,72 @@ def test_rename_takes_capture_arithmetic(tmp_path):
     got = load_file(out)
     assert sorted(got) == ["layers.1.w", "layers.2.w", "layers.3.w"]
     assert all(got[f"layers.{i + 1}.w"][0].item() == i for i in range(3))
+
+
+# --- GPT-2's Conv1D: a fused c_attn splits along dim=1 ------------------------------------------
+
+
+@pytest.fixture
+def gpt2_c_attn(tmp_path):
+    """A tiny GPT-2 (its c_attn weight is a Conv1D's [in, 3*out]) and a file with its q/k/v
+    split out as separate [in, out] weights (and [out] biases), all zeros."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_embd=24, n_layer=1, n_head=2, vocab_size=40, n_positions=8)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "gpt2")
+    split = {f"h.0.{p}.{w}": torch.zeros((24, 24) if w == "weight" else (24,))
+             for p in "qkv" for w in ("weight", "bias")}  # fmt: skip
+    save_file(split, tmp_path / "split.safetensors")
+    return tmp_path / "gpt2", tmp_path / "split.safetensors"
+
+
+def test_gpt2_c_attn_splits_along_dim_1_and_joins_back(gpt2_c_attn, tmp_path):
+    gpt2, split = gpt2_c_attn
+    rules = []
+    for i, p in enumerate("qkv"):
+        key = "transformer.h.{1}.attn.c_attn"
+        rules += ["--rule", f"h.*.{p}.weight=from({gpt2}, key={key}.weight, chunk={i}/3, dim=1)",
+                  "--rule", f"h.*.{p}.bias=from({gpt2}, key={key}.bias, chunk={i}/3)"]  # fmt: skip
+    out = tmp_path / "filled.safetensors"
+    res = run("apply", split, "-o", out, "-q", *rules)
+    assert res.exit_code == 0, res.output
+    src, got = load_file(gpt2 / "model.safetensors"), load_file(out)
+    w, b = src["transformer.h.0.attn.c_attn.weight"], src["transformer.h.0.attn.c_attn.bias"]
+    for i, p in enumerate("qkv"):
+        assert torch.equal(got[f"h.0.{p}.weight"], w[:, 24 * i : 24 * (i + 1)])
+        assert torch.equal(got[f"h.0.{p}.bias"], b[24 * i : 24 * (i + 1)])
+    back = tmp_path / "back"
+    cat = "h.{1}.q.{2};h.{1}.k.{2};h.{1}.v.{2}"
+    res = run("apply", gpt2, "-o", f"{back}/", "-q",
+              "--rule", f"re:transformer\\.h\\.(\\d+)\\.attn\\.c_attn\\.(weight)=from({out}, cat={cat}, dim=1)",
+              "--rule", f"re:transformer\\.h\\.(\\d+)\\.attn\\.c_attn\\.(bias)=from({out}, cat={cat})")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    again = load_file(back / "model.safetensors")
+    assert again.keys() == src.keys()
+    assert all(torch.equal(again[k], src[k]) for k in src)
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        # dim 0 of [24, 72] splits into thirds, giving [8, 72]: a shape mismatch
+        "h.*.q.weight=from(GPT2, key=transformer.h.{1}.attn.c_attn.weight, chunk=0/3)",
+        # 0:24 along dim 0 is the whole [24, 72]; along dim 1 it is q
+        "h.*.q.weight=from(GPT2, key=transformer.h.{1}.attn.c_attn.weight, chunk=0:24)",
+    ],
+)
+def test_a_chunk_along_the_wrong_dim_says_which_dim_fits(gpt2_c_attn, tmp_path, rule):
+    """GPT-2's Conv1D holds [in, out], so its fused c_attn splits along dim=1, not dim 0 as a
+    Linear's qkv: the refusal says so instead of only 'give the range' / 'on_mismatch='."""
+    gpt2, split = gpt2_c_attn
+    args = ["apply", str(split), "-o", str(tmp_path / "o.safetensors"),
+            "--rule", rule.replace("GPT2", str(gpt2))]  # fmt: skip
+    refused(tmp_path, args, 2, "with dim=1 it gives [24, 24]", "add dim=1")
+
+
+def test_a_cat_along_the_wrong_dim_says_which_dim_fits(gpt2_c_attn, tmp_path):
+    gpt2, split = gpt2_c_attn
+    cat = "h.{1}.q.weight;h.{1}.k.weight;h.{1}.v.weight"
+    rule = f"re:transformer\\.h\\.(\\d+)\\.attn\\.c_attn\\.weight=from({split}, cat={cat})"
+    args = ["apply", str(gpt2), "-o", f"{tmp_path / 'o'}/", "--rule", rule]
+    refused(tmp_path, args, 2, "with dim=1 it gives [24, 72]", "add dim=1")

@@ -10,7 +10,7 @@ import warnings
 
 import pytest
 import torch
-from helpers import run
+from helpers import refused, run
 from safetensors.torch import load_file, save_file
 
 transformers = pytest.importorskip("transformers")
@@ -174,3 +174,26 @@ def test_grouped_query_fused_qkv_splits_by_ranges(source, tmp_path):
         want = transformers.LlamaForCausalLM.from_pretrained(source).eval()(ids).logits
         have = transformers.LlamaForCausalLM.from_pretrained(out).eval()(ids).logits
     assert torch.equal(have, want)
+
+
+def test_a_tied_source_missing_its_lm_head_says_which_tensor_is_the_head(tmp_path):
+    """A source with tied embeddings (Qwen2-0.5B, GPT-2: `save_pretrained` keeps only the
+    embedding) has no `lm_head.weight`; transplanting it into an untied model must say the
+    head is the embedding and name the rule that takes it, and that rule must work."""
+    transformers = pytest.importorskip("transformers")
+    small = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=40, max_position_embeddings=16)  # fmt: skip
+    torch.manual_seed(0)
+    tied = transformers.Qwen2Config(tie_word_embeddings=True, **small)
+    transformers.Qwen2ForCausalLM(tied).save_pretrained(tmp_path / "tied")
+    untied = transformers.Qwen2Config(tie_word_embeddings=False, **small)
+    transformers.Qwen2ForCausalLM(untied).save_pretrained(tmp_path / "untied")
+    src = tmp_path / "tied"
+    args = ["apply", str(tmp_path / "untied"), "-o", f"{tmp_path / 'out'}/",
+            "--rule", f"*=from({src})"]  # fmt: skip
+    hint = f"--rule 'lm_head.weight=from({src}, key=model.embed_tokens.weight)'"
+    refused(tmp_path, args, 2, "has no tensor 'lm_head.weight'", "tied to its embedding", hint)
+    res = run(*args, "-q", "--rule", f"lm_head.weight=from({src}, key=model.embed_tokens.weight)")
+    assert res.exit_code == 0, res.output
+    model = transformers.Qwen2ForCausalLM.from_pretrained(tmp_path / "out")
+    assert torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)

@@ -285,3 +285,8 @@ def test_hub_source_tokenizer_is_fetched_from_the_repo(offline, tmp_path):
     got = load_file(out)["emb"]
     for t in SHARED:
         assert torch.equal(got[TGT_TOKENS.index(t)], emb[SRC_TOKENS.index(t)])
+    # the note names the file as the user knows it, not the cache's snapshot folder (a commit)
+    (entry,) = json.loads((tmp_path / "o.report.json").read_text())["tensors"]
+    assert (
+        "rows mapped by token (hf://acme/tok/tokenizer.json -> t/tokenizer.json)" in entry["notes"]
+    ), entry["notes"]

@@ -18,8 +18,8 @@ from reinit.transforms.vocab import row_names
 
 __all__ = ["RowNamesCache", "adapter_inputs", "bind_fill", "check_adapter"]
 
-# (rows, source, target, vocab=, src_vocab=) -> the names read
-RowNamesCache = dict[tuple[str | None, ...], RowNames]
+# (rows, source, target, vocab=, src_vocab=, --labels) -> the names read
+RowNamesCache = dict[tuple[str | tuple[str, ...] | None, ...], RowNames]
 
 
 def bind_fill(
@@ -55,9 +55,11 @@ def adapter_inputs(
     target: Checkpoint | None,
     cache: RowNamesCache,
     where: str,
+    target_labels: Sequence[str] | None = None,
 ) -> tuple[NewFill | None, RowNames | None]:
     """(the bound fill of new positions/rows, the row names) a transform needs; (None, None)
-    for the transforms that need neither."""
+    for the transforms that need neither. `target_labels`: `--labels`, the output's class
+    names (for `rows=labels`)."""
     if spec.resample == "copy":
         return bind_fill(spec.init, KEEP, (KEEP,), "init", where), None
     if spec.rows is None:
@@ -66,11 +68,18 @@ def adapter_inputs(
     fill = bind_fill(spec.new, default, (MEAN_RESIZE, KEEP), "new", where)
     if target is None:
         raise TransplantError(f"{where}: rows= needs the target checkpoint's files")
-    key = (spec.rows, source.source, target.source, spec.vocab, spec.src_vocab)
+    labels = tuple(target_labels) if target_labels is not None else None
+    key = (spec.rows, source.source, target.source, spec.vocab, spec.src_vocab, labels)
     names = cache.get(key)
     if names is None:
         names = row_names(
-            spec.rows, source, target, vocab=spec.vocab, src_vocab=spec.src_vocab, where=where
+            spec.rows,
+            source,
+            target,
+            vocab=spec.vocab,
+            src_vocab=spec.src_vocab,
+            where=where,
+            target_labels=labels,
         )
         cache[key] = names
     return fill, names
@@ -84,10 +93,11 @@ def check_adapter(
     source_shape: tuple[int, ...] | None,
     target_shape: tuple[int, ...],
     where: str,
+    target_labels: Sequence[str] | None = None,
 ) -> None:
     """At plan time: the fill binds and, for `rows=`, both name files describe the tensors
     (no id past a tensor's rows; `source_shape` None: known only once the source is cut)."""
-    _, names = adapter_inputs(spec, source, target, cache, where)
+    _, names = adapter_inputs(spec, source, target, cache, where, target_labels)
     if names is not None and source_shape and target_shape:
         what = "vocab" if spec.rows == "tokens" else "id2label"
         rows = source_shape[0], target_shape[0]

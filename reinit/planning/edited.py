@@ -143,6 +143,12 @@ class EditedCheckpoint(Checkpoint):
     def fetch_extra(self, relname: str) -> Path:
         return self.base.fetch_extra(relname)
 
+    def config(self) -> ConfigDict | None:
+        """The source's config.json: what planning reads from it (`rows=labels`' id2label,
+        `auto` scheme arguments, the reference's `initializer_range`) is the model's before
+        the surgery; the output's config.json follows the surgery separately."""
+        return self.base.config()
+
     def close(self) -> None:
         self.base.close()
 

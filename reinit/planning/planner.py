@@ -16,6 +16,7 @@ from reinit.planning.actions import ACTIONS, CHANGING_ACTIONS, action_changes
 from reinit.planning.ruleindex import RuleIndex
 from reinit.rules import MAX_HINTS, Pattern, Rule, closest_hint
 from reinit.schemes import DEFAULT, BoundScheme
+from reinit.schemes.parts import why_part_cannot_take
 
 __all__ = [
     "ACTIONS",
@@ -122,7 +123,10 @@ def why_cannot_take(rule: Rule, shape: tuple[int, ...], dtype: torch.dtype) -> s
             f"{dtype_name(dtype)} tensor: it holds only powers of two (block scales), so no "
             "scheme's values fit it; it is not re-initialized"
         )
-    return rule.scheme.scheme.can_take(shape, rule.scheme.kwargs)
+    reason = rule.scheme.scheme.can_take(shape, rule.scheme.kwargs)
+    if reason is None and rule.part is not None:
+        reason = why_part_cannot_take(rule.part, shape)
+    return reason
 
 
 def last_match(

@@ -363,24 +363,48 @@ def _resize_refs(
     return out
 
 
-_LM_HEAD = re.compile(r"(?:^|\.)(?:lm_head|embed_out)\.weight$")
+#: The LM head's tensors with one entry per token: its weight (untied: Llama's `lm_head`) and
+#: its own bias (BERT's `cls.predictions.bias`, RoBERTa's `lm_head.bias`, BART's
+#: `final_logits_bias` `[1, V]`), which a tied decoder does not share with the embedding.
+_LM_HEAD = re.compile(
+    r"(?:^|\.)(?:(?:lm_head|embed_out|generator_lm_head|vocab_projector)(?:\.decoder)?"
+    r"\.(?:weight|bias)|predictions(?:\.decoder)?\.bias|final_logits_bias)$"
+)
+
+
+def _head_shape(name: str, embedding: tuple[int, ...], rows: int) -> tuple[int, ...]:
+    """The shape the LM-head tensor `name` has for `rows` tokens, beside an `embedding`."""
+    if name.endswith("final_logits_bias"):
+        return (1, rows)
+    return (rows,) if name.endswith(".bias") else (rows, *embedding[1:])
 
 
 def _untied_heads(refs: Sequence[TensorRef], resized: Mapping[str, Resized]) -> list[str]:
-    """A warning for an untied LM head left at the old vocabulary while the embedding it
-    mirrors grew or shrank (a Llama's `lm_head`): the model would not load."""
+    """A warning for an LM head's tensor left at the old vocabulary while the embedding it
+    mirrors grew or shrank (a Llama's `lm_head`, a BERT MLM's decoder bias): the model would
+    not load."""
     out: list[str] = []
     for r in refs:
         if r.name in resized or not _LM_HEAD.search(r.name):
             continue
         for rs in resized.values():
-            if len(rs.old) == 2 and r.shape == rs.old and rs.shape[1:] == rs.old[1:]:
-                out.append(
-                    f"--resize {rs.spec.text!r}: '{r.name}' still has {r.shape[0]} rows; "
-                    f"resize it too (--resize '{r.name}=[{rs.shape[0]},*]') if it is the "
-                    f"head of '{rs.spec.name}'"
-                )
-                break
+            old, new = tuple(rs.old), tuple(rs.shape)
+            if (
+                len(old) != 2
+                or new[1:] != old[1:]
+                or tuple(r.shape) != _head_shape(r.name, old, old[0])
+            ):
+                continue
+            want = _head_shape(r.name, old, new[0])
+            dims = (
+                f"{new[0]},*" if len(want) == 2 and want[0] == new[0] else ",".join(map(str, want))
+            )
+            out.append(
+                f"--resize {rs.spec.text!r}: '{r.name}' still has {old[0]} rows; "
+                f"resize it too (--resize '{r.name}=[{dims}]') if it is the "
+                f"head of '{rs.spec.name}'"
+            )
+            break
     return out
 
 

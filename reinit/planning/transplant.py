@@ -7,6 +7,7 @@ written."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from types import TracebackType
@@ -24,7 +25,7 @@ from reinit.planning.casts import lossy_cast_note, refuse_out_of_range
 from reinit.planning.planner import Plan, PlanEntry
 from reinit.planning.source_std import pooled_std
 from reinit.rules import TransplantSpec, closest_hint, fill_template
-from reinit.transforms.apply import TransformContext, result_shape, transform
+from reinit.transforms.apply import TransformContext, other_dim_hint, result_shape, transform
 from reinit.transforms.spec import TransformSpec
 
 __all__ = [
@@ -137,8 +138,10 @@ class SourcePool:
         target: Checkpoint | None = None,
         unsafe_pickle: TrustSpec = (),
         progress: bool = True,
+        target_labels: Sequence[str] | None = None,
     ):
         self.target = target
+        self.target_labels = target_labels  # --labels: the output's class names (rows=labels)
         self.unsafe_pickle = unsafe_pickle
         self.progress = progress
         self._open: dict[str, Checkpoint] = {}
@@ -245,6 +248,25 @@ def _missing_keys(
     return list(missing.values())
 
 
+_LM_HEAD = re.compile(r"(?:^|\.)(?:lm_head|embed_out)\.weight$")
+_EMBEDDING = re.compile(r"(?:^|\.)(?:embed_tokens|wte|word_embeddings|embed_in)\.weight$")
+
+
+def _tied_head_hint(key: str, target: str, source: str, ck: Checkpoint) -> str:
+    """For a missing LM head in a source that holds one embedding: a model whose head is tied
+    to its embedding (Qwen2-0.5B, GPT-2) saves only the embedding, so say which tensor the
+    head is and the rule that takes it."""
+    if not _LM_HEAD.search(key):
+        return ""
+    embeddings = [n for n in ck.names() if _EMBEDDING.search(n)]
+    if len(embeddings) != 1:
+        return ""
+    return (
+        f"; a source whose LM head is tied to its embedding saves only the embedding: take it "
+        f"with --rule '{target}=from({source}, key={embeddings[0]})'"
+    )
+
+
 def check_transplants(plan: Plan, pool: SourcePool) -> Plan:
     """Resolve every transplant's source tensor before anything is written: a missing source
     tensor is an error listing the closest source names; shape mismatches are collected and
@@ -263,7 +285,8 @@ def check_transplants(plan: Plan, pool: SourcePool) -> Plan:
         raise TransplantError(
             f"rule {e.rule_text!r}: source {spec.source} has no tensor "
             f"'{key}' (for target '{e.name}'){closest_hint(key, pool.get(spec.source, spec.state).names())}"
-            f"{more}; fix key= (templates take {{name}}, {{1}}, {{2}}, …) or try key=auto"
+            f"{more}{_tied_head_hint(key, e.name, spec.source, pool.get(spec.source, spec.state))}"
+            "; fix key= (templates take {name}, {1}, {2}, …) or try key=auto"
         )
     mismatches: list[str] = []
     entries: list[PlanEntry] = []
@@ -276,7 +299,8 @@ def check_transplants(plan: Plan, pool: SourcePool) -> Plan:
         names = keys[e.name]
         src = pool.get(spec.source, spec.state)
         e = replace(e, source_key=";".join(names), source_keys=names)
-        shape = _checked_shape(e, spec, [tuple(src.ref(k).shape) for k in names])
+        shapes = [tuple(src.ref(k).shape) for k in names]
+        shape = _checked_shape(e, spec, shapes)
         if spec.transform.adapter is not None:
             rows_in = (
                 None
@@ -284,12 +308,23 @@ def check_transplants(plan: Plan, pool: SourcePool) -> Plan:
                 else tuple(src.ref(names[0]).shape)
             )
             where = f"rule {e.rule_text!r}: '{e.name}'"
-            check_adapter(spec.transform, src, pool.target, pool.row_names, rows_in, e.shape, where)
+            check_adapter(
+                spec.transform,
+                src,
+                pool.target,
+                pool.row_names,
+                rows_in,
+                e.shape,
+                where,
+                pool.target_labels,
+            )
         if shape == e.shape:
             entries.append(e)
             continue
         label = "transformed " if spec.has_transform else ""
         pair = f"'{e.name}' {list(e.shape)} <- {label}'{e.source_key}' {list(shape)}"
+        if spec.has_transform and spec.on_mismatch == "error":
+            pair += other_dim_hint(entry_transform(spec, e), shapes, e.shape)
         if spec.on_mismatch == "error":
             mismatches.append(pair)
             entries.append(e)
@@ -322,12 +357,14 @@ def _checked_shape(
     transform that cannot take the source shapes is an error saying why."""
     if not spec.has_transform:
         return shapes[0]
+    t = entry_transform(spec, e)
     try:
-        return result_shape(entry_transform(spec, e), shapes, e.shape)
+        return result_shape(t, shapes, e.shape)
     except TransplantError as err:
         sources = ", ".join(f"'{k}' {list(s)}" for k, s in zip(e.source_keys, shapes, strict=True))
         raise TransplantError(
             f"rule {e.rule_text!r}: cannot make '{e.name}' {list(e.shape)} from {sources}: {err}"
+            f"{other_dim_hint(t, shapes, e.shape)}"
         ) from None
 
 
@@ -380,7 +417,12 @@ def transplant_value(
     notes: list[str] = []
     if spec.has_transform:
         fill, names = adapter_inputs(
-            spec.transform, ck, pool.target, pool.row_names, f"rule {entry.rule_text!r}"
+            spec.transform,
+            ck,
+            pool.target,
+            pool.row_names,
+            f"rule {entry.rule_text!r}",
+            pool.target_labels,
         )
         ctx = TransformContext(
             entry.name, entry.shape, entry.dtype, seed, target, keys, entry.rule_text, fill, names

@@ -12,8 +12,11 @@ Fields the surgery implies (each only when the config has a different value):
   `shared`), when the config has a `vocab_size`;
 - `num_labels`, `id2label`, `label2id`: the rows of the classifier head (`classifier`, `score`,
   `classifier.out_proj`), names from `--labels` (else `LABEL_i`, as transformers names them);
+- `max_position_embeddings` (or `n_positions`, whichever the config has): the rows of
+  the learned position table (`position_embeddings.weight`, GPT-2's `wpe.weight`);
 - `num_hidden_layers` (or `n_layer`/`num_layers`, whichever the config has): how many layer
-  indices (`layer.N.`, `layers.N.`, `h.N.`, `block.N.`) the output holds.
+  indices (`layer.N.`, `layers.N.`, `h.N.`, `block.N.`) the output holds, and the per-layer
+  `layer_types` list (Qwen2/3, Gemma 2/3) one entry per layer, which transformers checks.
 `architectures` is never guessed: set it with `--config 'architectures=["..."]'`. `--config`
 values are applied last, so they win over the implied ones."""
 
@@ -22,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from reinit.errors import UsageError
@@ -43,6 +46,9 @@ _EMBED = re.compile(r"(?:^|\.)(?:word_embeddings|embed_tokens|wte|shared)\.weigh
 _HEAD = re.compile(r"(?:^|\.)(?:classifier|score)(?:\.out_proj)?\.weight$")
 _LAYER = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")
 _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+_POSITIONS = re.compile(r"(?:^|\.)(?:position_embeddings|wpe)\.weight$")
+_POSITION_KEYS = ("max_position_embeddings", "n_positions")
+_PER_LAYER = ("layer_types",)
 
 
 @dataclass(frozen=True)
@@ -136,6 +142,47 @@ def _label_count(config: Mapping[str, object]) -> int:
     return n if isinstance(n, int) else 2  # transformers' default
 
 
+def _renumber_hint(names: Iterable[str]) -> str:
+    """A `--rename` the CLI takes that moves the first layer out of place to its place:
+    `'model.layers.2.*=model.layers.1.{1}'` for indices 0, 2."""
+    found = {int(m.group(1)): n[: m.start(1)] for n in names for m in [_LAYER.search(n)] if m}
+    order = sorted(found)
+    index = next(i for pos, i in enumerate(order) if i != pos)
+    prefix = found[index]
+    return f"--rename '{prefix}{index}.*={prefix}{order.index(index)}.{{1}}'"
+
+
+def _follow_per_layer(config: dict[str, object], indices: set[int]) -> list[str]:
+    """Make each per-layer list (`layer_types`: Qwen2/3, Gemma 2/3; transformers refuses a
+    config whose list is not `num_hidden_layers` long) one entry per output layer, in place; one
+    note per list changed. A list of one value keeps it; a mixed one keeps the entries of the
+    output's layer indices (by index: a layer renumbered by --rename takes its new index's
+    entry); one that cannot say (an index past its end) is left, with a note."""
+    notes: list[str] = []
+    for key in _PER_LAYER:
+        old = config.get(key)
+        if not isinstance(old, list) or not old or len(old) == len(indices):
+            continue
+        if len({json.dumps(v, sort_keys=True) for v in old}) == 1:
+            value, why = [old[0]] * len(indices), "one entry per layer, as before"
+        elif max(indices) < len(old):
+            value = [old[i] for i in sorted(indices)]
+            why = (
+                "kept by layer index; if --rename renumbered layers, set it with "
+                f"--config '{key}=[...]'"
+            )
+        else:
+            notes.append(
+                f"config.json: {key} has {len(old)} entries for {len(indices)} layers and "
+                f"cannot say which the new ones are: transformers will not load it; set it with "
+                f"--config '{key}=[...]'"
+            )
+            continue
+        config[key] = value
+        notes.append(f"config.json: {key} {len(old)} -> {len(value)} entries ({why})")
+    return notes
+
+
 def update_config(
     config: Mapping[str, object] | None,
     shapes: Mapping[str, Sequence[int]],
@@ -156,6 +203,9 @@ def update_config(
     vocab = _rows(shapes, _EMBED)
     if vocab is not None and "vocab_size" in new:
         put("vocab_size", vocab, "rows of the word embeddings")
+    positions = _rows(shapes, _POSITIONS)
+    for field in (k for k in _POSITION_KEYS if k in new and positions is not None):
+        put(field, positions, "rows of the learned position table")
     head = _rows(shapes, _HEAD)
     if labels is not None and head is not None and len(labels) != head:
         raise UsageError(
@@ -180,10 +230,11 @@ def update_config(
     key = next((k for k in _LAYER_KEYS if k in new), None)
     if indices and key is not None:
         put(key, len(indices), "layer indices present in the output")
+        notes.extend(_follow_per_layer(new, indices))
         if indices != set(range(len(indices))):
             notes.append(
                 f"layer indices {sorted(indices)} are not 0..{len(indices) - 1}: transformers "
-                "will not load them; renumber with --rename (e.g. 'encoder.layer.3.*=encoder.layer.1.{2}')"
+                f"will not load them; renumber with --rename (e.g. {_renumber_hint(shapes)})"
             )
     for k, value in config_set:
         if new.get(k) != value:

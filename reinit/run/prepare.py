@@ -39,6 +39,7 @@ from reinit.report.assemble import make_report
 from reinit.report.entries import Report, TensorEntry
 from reinit.report.reference import basis_for, check_tolerance
 from reinit.rules import Rule
+from reinit.run.config_update import labels_list
 from reinit.run.stream import Applier
 
 
@@ -164,7 +165,8 @@ def plan_on(
 ) -> Prepared:
     """Plan the job's rules on a checkpoint already opened and edited (`edited`: the surgery
     it went through, marked on the plan), pooling the `from()` sources (closed with `stack`)."""
-    sources = stack.enter_context(SourcePool(ckpt, o.unsafe_pickle, o.progress))
+    labels = labels_list(o.labels)  # the output's class names: rows=labels maps to them
+    sources = stack.enter_context(SourcePool(ckpt, o.unsafe_pickle, o.progress, labels))
     the_plan, ties = plan_for(
         ckpt, job.rules, o.strict, o.allow_unmatched, sources, view, o.config, edited
     )

@@ -25,7 +25,7 @@ from reinit.errors import SchemeError
 from reinit.schemes import seed_for
 from reinit.schemes.templates import fill_template
 
-__all__ = ["PART_ARGS", "Part", "apply_part", "parse_part", "part_indices"]
+__all__ = ["PART_ARGS", "Part", "apply_part", "parse_part", "part_indices", "why_part_cannot_take"]
 
 PART_ARGS = ("rows", "cols", "group")
 
@@ -84,6 +84,17 @@ def parse_part(kw: Mapping[str, object], where: str) -> Part | None:
         f"{given[0]}={sel!r} must be START:STOP (START < STOP) or random(R) with 0 < R <= 1, "
         f"e.g. {given[0]}=0:128 or {given[0]}=random(0.5)"
     )
+
+
+def why_part_cannot_take(part: Part, shape: Sequence[int]) -> str | None:
+    """Why `part` does not fit a tensor of `shape` (too few dims, a range past the dim), or
+    None; the planner skips or refuses the tensor with it, before anything is written."""
+    what = "rows" if part.dim == 0 else "cols"
+    if len(shape) <= part.dim:
+        return f"{what}= needs a tensor of {part.dim + 1} or more dims; this one is {len(shape)}-D"
+    if part.fraction is None and part.stop > shape[part.dim]:
+        return f"{part.text} runs past dim {part.dim}'s size {shape[part.dim]}"
+    return None
 
 
 def part_indices(

@@ -12,6 +12,7 @@ from reinit.errors import ReinitError
 __all__ = ["arithmetic", "fill_template"]
 
 _FIELD = re.compile(r"\{(name|\d+)((?:[-+*]\d+)*)\}")
+_BRACED = re.compile(r"\{[^{}]*\}")
 _TERM = re.compile(r"([-+*])(\d+)")
 _DIGITS = re.compile(r"[0-9]+\Z")
 
@@ -84,4 +85,16 @@ def fill_template(
             )
         return str(value)
 
+    _check_fields(template, prefix, error)
     return _FIELD.sub(sub, template)
+
+
+def _check_fields(template: str, prefix: str, error: type[ReinitError]) -> None:
+    """Every `{...}` of `template` is a field: one we do not know (`{1/2}`, `{nmae}`) is an
+    error, not text kept in the name."""
+    for m in _BRACED.finditer(template):
+        if not _FIELD.fullmatch(m.group(0)):
+            raise error(
+                f"{prefix}{template!r}: unknown field {m.group(0)}; fields are {{name}}, {{1}}, "
+                "{2}, ... and integer arithmetic on a capture: {1+8}, {1-16}, {1*2}"
+            )

@@ -10,7 +10,7 @@ those come from the tensor's own generator (`TransformContext.generator`)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -37,6 +37,7 @@ __all__ = [
     "AdapterShape",
     "Shape",
     "TransformContext",
+    "other_dim_hint",
     "result_shape",
     "transform",
 ]
@@ -164,6 +165,28 @@ def result_shape(spec: TransformSpec, sources: Sequence[Shape], target: Shape) -
     if spec.adapter is not None:
         shape = ADAPTER_IMPLS[spec.adapter][0](spec, shape, target)
     return shape
+
+
+def other_dim_hint(spec: TransformSpec, sources: Sequence[Shape], target: Shape) -> str:
+    """For a `chunk=` or `cat=` that cannot make the target's shape along its dim: the dim
+    along which it would (GPT-2's Conv1D weights are [in, out], so its fused `c_attn` splits
+    along dim=1 where a Linear's `qkv` splits along dim 0), as text to add to the refusal;
+    "" when no other dim does."""
+    if spec.experts or (spec.chunk is None and len(sources) < 2):
+        return ""
+    for d in range(min(len(s) for s in sources)):
+        if d == spec.dim:
+            continue
+        try:
+            fits = result_shape(replace(spec, dim=d), sources, target) == tuple(target)
+        except TransplantError:
+            continue
+        if fits:
+            return (
+                f"; with dim={d} it gives {list(target)}: add dim={d} (a GPT-2 Conv1D weight "
+                "is [in, out]: its fused c_attn splits and joins along dim=1)"
+            )
+    return ""
 
 
 def transform(

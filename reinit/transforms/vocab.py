@@ -16,7 +16,7 @@ the weight file), in that order: tokenizer.json, vocab.txt, vocab.json."""
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +169,15 @@ def _vocab_path(given: str | None, ck: Checkpoint, what: str, flag: str, where: 
     return found
 
 
+def _vocab_label(path: Path, ck: Checkpoint, given: str | None) -> str:
+    """A tokenizer file as the report names it: `folder/tokenizer.json`, or for one found in a
+    Hub repo the repo's own name (`hf://acme/tok/tokenizer.json`), not the cache's snapshot
+    folder (a commit hash)."""
+    if not given and ck.source.startswith("hf://"):
+        return f"{ck.source.rstrip('/')}/{path.name}"
+    return f"{path.parent.name}/{path.name}"
+
+
 def _config_at(path: str, where: str) -> Mapping[str, Any]:
     """A config.json named by `vocab=`/`src_vocab=` for `rows=labels`."""
     p = Path(path)
@@ -190,20 +199,28 @@ def row_names(
     vocab: str | None,
     src_vocab: str | None,
     where: str,
+    target_labels: Sequence[str] | None = None,
 ) -> RowNames:
     """The source's and the target's row names for `rows=tokens|labels`: tokens
     from the two tokenizer files (given, or found in/beside each checkpoint), labels from the
     `id2label` of each checkpoint's config.json (or of the config files `vocab=`/`src_vocab=`
-    name)."""
+    name; `target_labels`: the output's class names, given by `--labels`, which win over the
+    target's config.json)."""
     if kind == "labels":
         src_config = _config_at(src_vocab, where) if src_vocab else source.config()
-        tgt_config = _config_at(vocab, where) if vocab else target.config()
+        how = "by class name (id2label)"
+        tgt_config: Mapping[str, Any] | None
+        if vocab:
+            tgt_config = _config_at(vocab, where)
+        elif target_labels is not None:
+            tgt_config = {"id2label": {str(i): n for i, n in enumerate(target_labels)}}
+            how = "by class name (id2label; the target's from --labels)"
+        else:
+            tgt_config = target.config()
         return RowNames(
-            labels_of(src_config, where, "source"),
-            labels_of(tgt_config, where, "target"),
-            "by class name (id2label)",
+            labels_of(src_config, where, "source"), labels_of(tgt_config, where, "target"), how
         )
     sp = _vocab_path(src_vocab, source, "source", "src_vocab", where)
     tp = _vocab_path(vocab, target, "target", "vocab", where)
-    how = f"by token ({sp.parent.name}/{sp.name} -> {tp.parent.name}/{tp.name})"
+    how = f"by token ({_vocab_label(sp, source, src_vocab)} -> {_vocab_label(tp, target, vocab)})"
     return RowNames(read_vocab(sp), read_vocab(tp), how)
