@@ -135,11 +135,6 @@ class EditedCheckpoint(Checkpoint):
     def extra_files(self) -> list[str]:
         return self.base.extra_files()
 
-    def config(self) -> ConfigDict | None:
-        # the source's config.json still speaks for its tensors: the reference scale, and
-        # the schemes that read it (scaled_normal's layers, small_init's dim)
-        return self.base.config()
-
     def fetch_extra(self, relname: str) -> Path:
         return self.base.fetch_extra(relname)
 
