@@ -64,6 +64,32 @@ def test_dtype_float16_counts_overflow(tmp_path):
     assert "2 values overflowed to inf" in r.output
 
 
+@pytest.mark.parametrize("fp8", [torch.float8_e4m3fn, torch.float8_e5m2, torch.float8_e8m0fnu])
+def test_dtype_float16_casts_fp8_tensors_like_torch(tmp_path, fp8):
+    # The fp16 overflow count asked torch.isfinite of the fp8 source, which torch lacks: exit 1
+    # "internal error". e8m0 reaches 2**127, past fp16's range: those values become inf, counted.
+    g = torch.Generator().manual_seed(0)
+    sd = {"q.weight": torch.randn(8, 8, generator=g).to(fp8), "lin.bias": torch.zeros(8)}
+    if fp8 == torch.float8_e8m0fnu:
+        sd["q.weight"] = torch.tensor([2.0**-3, 1.0, 2.0**20, 2.0**100]).to(fp8)
+    src = save_file(sd, tmp_path / "m.safetensors") or tmp_path / "m.safetensors"
+    out = tmp_path / "o.safetensors"
+    r = run("apply", src, "-o", out, "-r", "lin.bias=ones", "--dtype", "float16", "-q")
+    assert r.exit_code == 0, r.output
+    got = load_file(out)["q.weight"]
+    assert got.dtype == torch.float16
+    assert torch.equal(got, sd["q.weight"].to(torch.float16))
+    by = {t["name"]: t for t in json.loads((tmp_path / "o.report.json").read_text())["tensors"]}
+    if fp8 == torch.float8_e8m0fnu:
+        assert got.isinf().sum() == 2
+        assert (
+            "lossy cast float8_e8m0fnu -> float16; 2 values overflowed to inf"
+            in by["q.weight"]["notes"]
+        )
+    else:
+        assert by["q.weight"]["notes"] == [f"cast {str(fp8)[6:]} -> float16"]
+
+
 def test_dtype_unknown_is_a_usage_error(tmp_path):
     src, _ = _src(tmp_path)
     refused(tmp_path, ["apply", str(src), "-r", "lin.bias=zeros", "--dtype", "int8"], 2, "--dtype")

@@ -223,7 +223,7 @@ class OutputControl:
             if piece.entry is not None:
                 entry = piece.entry
                 if dst != src:
-                    lossy = _is_lossy(src, dst)
+                    lossy = _is_lossy(src, dst) or overflow > 0
                     note = f"cast {dtype_name(src)} -> {dtype_name(dst)}"
                     if lossy:
                         note = f"lossy cast {dtype_name(src)} -> {dtype_name(dst)}"
@@ -246,7 +246,7 @@ class OutputControl:
                 values = view_bytes(data, src)
                 cast = values.to(dst)
                 if dst == torch.float16:
-                    overflow += int((torch.isinf(cast) & torch.isfinite(values)).sum())
+                    overflow += _overflowed(values, cast)
                 data = tensor_to_bytes(cast)
             if data is not None and hasher is not None:
                 hasher.update(data)
@@ -264,6 +264,14 @@ class OutputControl:
         if self.overflowed:
             line += f", {self.overflowed} values overflowed to inf"
         return line
+
+
+def _overflowed(values: torch.Tensor, cast: torch.Tensor) -> int:
+    """How many finite `values` became inf in `cast`. torch has no `isfinite` for every fp8
+    dtype, so those are widened first (exactly: every fp8 value is a float32 value)."""
+    if values.dtype.itemsize == 1:
+        values = values.to(torch.float32)
+    return int((torch.isinf(cast) & torch.isfinite(values)).sum())
 
 
 def _is_lossy(src: torch.dtype, dst: torch.dtype) -> bool:
