@@ -537,7 +537,9 @@ def test_format_dcp_never_deletes_what_the_folder_holds_besides(dcp_root, tmp_pa
     src = folder if how == "--in-place" else dcp_root / "gloo-fp32"
     args = ["apply", str(src), "--rule", "*.bias=zeros", "--format", "dcp", how]
     args += ["-o", f"{folder}/"] if how == "--overwrite" else []
-    refused(tmp_path, args, 2, str(folder), "notes.txt")
+    line = refused(tmp_path, args, 2, str(folder), "notes.txt")
+    if how == "--overwrite":  # --in-place is refused too (above): it is no way out here
+        assert "--in-place" not in line, line
     for name in (".git", "notes.txt"):  # a DCP folder of its own files only is replaced
         shutil.rmtree(folder / name) if name == ".git" else (folder / name).unlink()
     if how == "--overwrite":

@@ -304,7 +304,7 @@ def _check_dcp_folder(path: Path, in_place: bool) -> None:
     from reinit.io.formats import is_dcp_file
 
     if not in_place:
-        check_replace_folder(path, [".metadata", "__0_0.distcp"])
+        check_replace_folder(path, [".metadata", "__0_0.distcp"], merges=False)
         return
     extra = sorted(e.name for e in path.iterdir() if e.is_dir() or not is_dcp_file(e.name))
     if extra:
