@@ -306,6 +306,12 @@ def test_a_chunk_file_outside_the_directory_is_refused(dcp_root, tmp_path):
 def test_verify_reads_every_chunk_and_rechecks_checksums(dcp_root, tmp_path):
     res = run("verify", dcp_root / "gloo-bf16")
     assert res.exit_code == 0 and "valid DCP directory" in res.stdout and "35 tensors" in res.stdout
+    assert "2 file(s)" in res.stdout, res.stdout  # __0_0.distcp and __1_0.distcp, not "1 file(s)"
+    doc = json.loads(run("verify", dcp_root / "gloo-bf16", "--json").stdout)
+    files = {Path(f["path"]).name: f for f in doc["files"]}
+    assert sorted(files) == ["__0_0.distcp", "__1_0.distcp"]
+    assert sum(f["bytes"] for f in files.values()) == doc["bytes"]
+    assert doc["tensors"] == 35 and all(0 < f["tensors"] <= 35 for f in files.values())
     outd = tmp_path / "o-dcp"
     args = ["apply", dcp_root / "gloo-fp32", "--rule", "*.bias=zeros", "--checksums"]
     assert run(*args, "--format", "dcp", "-o", f"{outd}/").exit_code == 0
