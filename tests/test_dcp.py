@@ -520,6 +520,13 @@ def test_in_place_on_a_dcp_directory_rewrites_it_as_dcp_or_is_refused(dcp_root, 
     refused(
         tmp_path, ["apply", str(src), "--rule", "*.bias=zeros", "--in-place"], 2, "--format dcp"
     )
+    # {"model": sd, "step": 100} rewritten as the flat state dict lost "step" and the "model."
+    # prefix that dcp.load({"model": ...}) of the training code needs: refused
+    args = ["apply", str(src), "--rule", "*.bias=zeros", "--in-place", "--format", "dcp"]
+    refused(tmp_path, args, 2, "the nest model", "step", "give -o")
+    shutil.rmtree(src)  # a DCP directory of the state dict alone is rewritten in place
+    flat = ["apply", dcp_root / "gloo-fp32", "-r", "*.bias=ones", "--format", "dcp", "-o", src]
+    assert run(*flat).exit_code == 0
     res = run("apply", src, "--rule", "*.bias=zeros", "--in-place", "--format", "dcp")
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in src.iterdir()) == [".metadata", "__0_0.distcp"]
@@ -534,8 +541,8 @@ def test_format_dcp_never_deletes_what_the_folder_holds_besides(dcp_root, tmp_pa
     notes) and `--in-place` on a DCP directory holding a config and notes deleted them all.
     Refused (exit 2, nothing touched) as a safetensors folder output refuses it."""
     folder = tmp_path / "f"
-    if how == "--in-place":
-        shutil.copytree(dcp_root / "gloo-fp32", folder)
+    if how == "--in-place":  # a DCP of the state dict alone (a nested one is refused anyway)
+        run("apply", dcp_root / "gloo-fp32", "-r", "*.bias=ones", "--format", "dcp", "-o", folder)
     else:
         folder.mkdir()
     (folder / ".git").mkdir()

@@ -41,6 +41,7 @@ from reinit.run.output import (
     OutputSpec,
     check_unread_names,
     output_files,
+    refuse_lossy_in_place,
     refuse_unread_in_place,
     resolve_output,
     with_format,
@@ -173,6 +174,7 @@ def _output_spec(
     )
     spec = with_format(spec, o.format, request.max_shard is not None)
     refuse_unread_in_place(source, ckpt.kind, spec)
+    refuse_lossy_in_place(source, ckpt, spec)
     if request.max_shard is None or spec.fmt in ("directory", "dcp"):
         return spec
     if output is not None or in_place:

@@ -14,6 +14,7 @@ __all__ = [
     "output_metadata",
     "resolve_output",
     "shard_output_name",
+    "refuse_lossy_in_place",
     "refuse_unread_in_place",
     "with_format",
 ]
@@ -164,6 +165,20 @@ def refuse_unread_in_place(source: str, kind: str, spec: OutputSpec) -> None:
     raise OutputError(
         f"--in-place: {source} is {what}; files written into it would not be read (it would "
         f"still read as the checkpoint it holds): {fix}"
+    )
+
+
+def refuse_lossy_in_place(source: str, ckpt: Checkpoint, spec: OutputSpec) -> None:
+    """Refuse (exit 2) rewriting a training checkpoint in place: the output holds the state
+    dict's tensors alone, so the optimizer state, counters and the nest itself would be lost
+    (and the training code that loads `["model_state_dict"]` would fail)."""
+    beside = ckpt.beside_state()
+    if not beside or os.path.realpath(spec.path) != os.path.realpath(source):
+        return
+    shown = ", ".join(beside[:6]) + (f" and {len(beside) - 6} more" if len(beside) > 6 else "")
+    raise OutputError(
+        f"--in-place: {source} holds {shown} besides the weights; the output holds the state "
+        "dict's tensors alone and would lose them: give -o for a new file"
     )
 
 
