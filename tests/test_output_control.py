@@ -269,3 +269,26 @@ def test_split_keeps_a_shared_storage_in_one_shard():
         ["a", "e0", "e1", "e2"],
         ["b", "c"],
     ]
+
+
+def test_dtype_folder_output_loads_in_that_dtype(tmp_path):
+    """`--dtype bfloat16 -o out/` kept the source config's `"dtype": "float32"`, so
+    `from_pretrained(out)` built a float32 model (twice the memory) from the bf16 weights."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1,
+    )  # fmt: skip
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "src")
+    assert json.loads((tmp_path / "src" / "config.json").read_text())["dtype"] == "float32"
+    out = tmp_path / "out"
+    r = run("apply", tmp_path / "src", "-o", f"{out}/", "-r", "lm_head.weight=zeros",
+            "--dtype", "bfloat16", "--max-shard-size", "10KB")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    assert 'config.json: dtype float32 -> "bfloat16" (--dtype)' in r.output
+    model, info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert not any(info.values()), info
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}

@@ -13,7 +13,9 @@ Fields the surgery implies (each only when the config has a different value):
 - `num_labels`, `id2label`, `label2id`: the rows of the classifier head (`classifier`, `score`,
   `classifier.out_proj`), names from `--labels` (else `LABEL_i`, as transformers names them);
 - `num_hidden_layers` (or `n_layer`/`num_layers`, whichever the config has): how many layer
-  indices (`layer.N.`, `layers.N.`, `h.N.`, `block.N.`) the output holds.
+  indices (`layer.N.`, `layers.N.`, `h.N.`, `block.N.`) the output holds;
+- `dtype` (and `torch_dtype`, the name before transformers 5, where the config has it): the
+  output's `--dtype`, which `from_pretrained` builds the model in.
 `architectures` is never guessed: set it with `--config 'architectures=["..."]'`. `--config`
 values are applied last, so they win over the implied ones."""
 
@@ -43,6 +45,7 @@ _EMBED = re.compile(r"(?:^|\.)(?:word_embeddings|embed_tokens|wte|shared)\.weigh
 _HEAD = re.compile(r"(?:^|\.)(?:classifier|score)(?:\.out_proj)?\.weight$")
 _LAYER = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")
 _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+_DTYPE_KEYS = ("dtype", "torch_dtype")
 
 
 @dataclass(frozen=True)
@@ -141,9 +144,10 @@ def update_config(
     shapes: Mapping[str, Sequence[int]],
     config_set: Sequence[tuple[str, object]] = (),
     labels: tuple[str, ...] | None = None,
+    dtype: str | None = None,
 ) -> ConfigUpdate:
     """The config the output's weights imply (see the module docstring), then `config_set`.
-    `shapes`: every output tensor's name and shape."""
+    `shapes`: every output tensor's name and shape; `dtype`: `--dtype`'s name, if given."""
     new: dict[str, object] = dict(config or {})
     notes: list[str] = []
 
@@ -185,6 +189,9 @@ def update_config(
                 f"layer indices {sorted(indices)} are not 0..{len(indices) - 1}: transformers "
                 "will not load them; renumber with --rename (e.g. 'encoder.layer.3.*=encoder.layer.1.{2}')"
             )
+    if dtype is not None:
+        for k in [k for k in _DTYPE_KEYS if k in new] or [_DTYPE_KEYS[0]]:
+            put(k, dtype, "--dtype")
     for k, value in config_set:
         if new.get(k) != value:
             new[k] = value
@@ -199,18 +206,20 @@ def config_for(
     config_set: Sequence[tuple[str, object]],
     labels: tuple[str, ...] | None,
     surgery: bool,
+    dtype: str | None = None,
 ) -> tuple[list[str], str | None]:
     """The notes and the text of the output's config.json, or None to leave it as it is
     (copied from a source folder, or not written beside a file output). A folder's (`fmt`
     "directory") config follows the surgery (`surgery`: this run's, or a recipe's earlier
-    step's); a file output gets one only when --config or --labels asks."""
+    step's) and its `--dtype` (`dtype`); a file output gets one only when --config or
+    --labels asks."""
     asked = bool(config_set) or labels is not None
-    if not (asked or (fmt == "directory" and surgery)):
+    if not (asked or (fmt == "directory" and (surgery or dtype is not None))):
         return [], None
     base = source_config()
     if base is None and not asked:
         return [], None
-    update = update_config(base, shapes, config_set, labels)
+    update = update_config(base, shapes, config_set, labels, dtype if fmt == "directory" else None)
     if not update.changed and fmt == "directory":
         return list(update.notes), None
     return list(update.notes), json.dumps(update.config, indent=2) + "\n"

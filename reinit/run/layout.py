@@ -21,6 +21,7 @@ import torch
 
 from reinit.errors import OutputError, UsageError
 from reinit.io.confine import extras_to_copy
+from reinit.io.formats import dtype_name
 from reinit.io.memory import reshaped
 from reinit.io.publish import how_to_publish
 from reinit.io.targets import REPORT_NAME, Inputs, check_replace_folder, check_target
@@ -256,6 +257,7 @@ def _config(
         request.config_set,
         request.labels,
         edited_before,
+        dtype_name(request.dtype) if request.dtype is not None else None,
     )
     if spec.fmt != "directory":
         return notes, config_file
