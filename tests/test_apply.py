@@ -327,3 +327,26 @@ def test_report_formats(tmp_path):
     table = [line for line in md if line.startswith("| `")]
     assert len(table) == 2
     assert json.loads((tmp_path / "r.json").read_text())["summary"]["tensors"] == 2
+
+
+@pytest.mark.parametrize("form", ["folder", "dcp"])
+def test_source_given_as_dot_gets_its_default_output_beside_it(tmp_path, monkeypatch, form):
+    """`cd bert && reinit apply .` put the default output at `./-reinit`... inside the source
+    (refused: "-o bert-reinit: is inside the source folder"); for a DCP directory
+    `Path('.').with_name` failed with an internal error. The default is beside the folder."""
+    from helpers import run
+
+    src = tiny_bert(tmp_path)
+    want = tmp_path / "bert-reinit"
+    if form == "dcp":
+        from torch.distributed.checkpoint.format_utils import torch_save_to_dcp
+
+        torch.save({"model": load_file(src / "model.safetensors")}, tmp_path / "t.pt")
+        src = tmp_path / "bert-dcp"
+        torch_save_to_dcp(tmp_path / "t.pt", src)
+        want = tmp_path / "bert-dcp.reinit.safetensors"
+    monkeypatch.chdir(src)
+    for dot in (".", "./", f"../{src.name}/."):
+        res = run("apply", dot, "-r", "pooler.dense.bias=zeros", "--overwrite", "-q")
+        assert res.exit_code == 0, res.output
+        assert want.exists() and not (src / want.name).exists()

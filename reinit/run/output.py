@@ -86,6 +86,8 @@ def default_output(source: str, ckpt: Checkpoint) -> Path:
     if is_hf_url(source):
         return Path.cwd() / f"{parse_hf_url(source).name}-reinit"
     p = Path(source)
+    if p.name in ("", ".", ".."):  # `.`, `./`, `x/..`: name the folder, beside it
+        p = Path(os.path.abspath(p))
     if ckpt.kind == "directory":
         return p.parent / f"{p.resolve().name}-reinit"
     return p.with_name(p.stem + ".reinit.safetensors")
