@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run, write_safetensors
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -329,13 +330,23 @@ def test_report_formats(tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["summary"]["tensors"] == 2
 
 
+@pytest.mark.parametrize("out", ["o.SAFETENSORS", "o.Safetensors", "o.PT", "o.BIN"])
+def test_default_report_of_an_upper_case_suffix_drops_it(tmp_path, out):
+    """`-o o.SAFETENSORS` is a safetensors output (the form is read case-blind), but its
+    report was `o.SAFETENSORS.report.json`, not `o.report.json` as for `o.safetensors`."""
+    src = write_safetensors(tmp_path / "m.safetensors", {"w": torch.ones(2, 2)})
+    reinit.apply(src, ["w=zeros"], tmp_path / out)
+    assert (tmp_path / "o.report.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["m.safetensors", out, "o.report.json"]
+    )
+
+
 @pytest.mark.parametrize("form", ["folder", "dcp"])
 def test_source_given_as_dot_gets_its_default_output_beside_it(tmp_path, monkeypatch, form):
     """`cd bert && reinit apply .` put the default output at `./-reinit`... inside the source
     (refused: "-o bert-reinit: is inside the source folder"); for a DCP directory
     `Path('.').with_name` failed with an internal error. The default is beside the folder."""
-    from helpers import run
-
     src = tiny_bert(tmp_path)
     want = tmp_path / "bert-reinit"
     if form == "dcp":

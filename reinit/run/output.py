@@ -56,7 +56,7 @@ class OutputSpec:
             return self.path / REPORT_NAME
         name = self.path.name
         for suffix in (".safetensors", *TORCH_SUFFIXES):
-            if name.endswith(suffix):
+            if name.lower().endswith(suffix):  # the form is read case-blind too
                 return self.path.with_name(name[: -len(suffix)] + ".report.json")
         return self.path.with_name(name + ".report.json")
 
