@@ -292,3 +292,21 @@ def test_dtype_folder_output_loads_in_that_dtype(tmp_path):
     model, info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
     assert not any(info.values()), info
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+def test_checksums_of_a_torch_output_are_verified_and_a_changed_value_caught(tmp_path):
+    """`-o out.pt --checksums` wrote a sha256 per tensor, but `reinit verify out.pt --report`
+    refused the file ("verify checks safetensors files"): the checksums could not be checked."""
+    src, sd = _src(tmp_path)
+    out, rep = tmp_path / "o.pt", tmp_path / "o.report.json"
+    r = run("apply", src, "-o", out, "-r", "lin.bias=zeros", "--checksums", "-q")
+    assert r.exit_code == 0, r.output
+    ok = run("verify", out, "--report", rep)
+    assert ok.exit_code == 0, ok.output
+    assert "5 tensors match" in ok.output and "valid torch file" in ok.output
+    state = torch.load(out, weights_only=True)
+    state["lin.weight"][0, 0] += 1.0
+    torch.save(state, out)
+    bad = run("verify", out, "--report", rep)
+    assert bad.exit_code == 1
+    assert "'lin.weight' does not match its sha256" in bad.output

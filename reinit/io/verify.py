@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reinit.errors import CheckpointError, InputNotFoundError
+from reinit.io.checkpoint import TORCH_SUFFIXES
 from reinit.io.confine import local_file, require_regular
 from reinit.io.formats import Header, check_shard, is_dcp_dir, read_header, read_index, zero_tag_dir
 
@@ -37,7 +38,7 @@ class FileCheck:
 class VerifyResult:
     path: str
     files: tuple[FileCheck, ...]
-    form: str = "safetensors"  # or "DCP directory", "DeepSpeed ZeRO folder"
+    form: str = "safetensors"  # or "DCP directory", "ZeRO folder", "torch file"
     count: int | None = None  # the tensors, where one may lie in several files (DCP)
 
     @property
@@ -80,9 +81,12 @@ def verify(path: str | os.PathLike[str]) -> VerifyResult:
     if is_dcp_dir(p) or zero_tag_dir(p) is not None:
         return _verify_by_reading(where, "DCP directory" if is_dcp_dir(p) else "ZeRO folder")
     if p.is_file():
+        if p.name.lower().endswith(TORCH_SUFFIXES):  # `-o out.pt`: weights-only, as apply reads
+            return _verify_by_reading(where, "torch file")
         if not p.name.endswith(".safetensors"):
             raise CheckpointError(
-                f"{where}: verify checks safetensors files; this is not one (.safetensors)"
+                f"{where}: verify checks safetensors and torch files; this is neither "
+                f"(.safetensors, {', '.join(TORCH_SUFFIXES)})"
             )
         return VerifyResult(where, (verify_file(p),))
     files = sorted(f for f in p.rglob("*.safetensors") if not _hidden(f, p))
@@ -95,8 +99,8 @@ def verify(path: str | os.PathLike[str]) -> VerifyResult:
 
 
 def _verify_by_reading(where: str, form: str) -> VerifyResult:
-    """A DCP directory or ZeRO folder: every tensor is read (through the restricted loaders,
-    each piece checked against the metadata), as apply would read it."""
+    """A DCP directory, ZeRO folder or torch file: every tensor is read (through the restricted
+    loaders, each piece checked against the metadata), as apply would read it."""
     from reinit.io.formats import DcpCheckpoint
     from reinit.io.sources import open_checkpoint
 
