@@ -40,6 +40,7 @@ from reinit.run.output import (
     INDEX_NAME,
     OutFile,
     OutputSpec,
+    check_no_stale_shards,
     check_unread_names,
     output_files,
     refuse_lossy_in_place,
@@ -294,6 +295,7 @@ def _check_folder(
     merge = in_place and spec.fmt == "directory" and spec.path.is_dir()
     if merge:
         check_unread_names(spec.path, files, prepared.ckpt)
+        check_no_stale_shards(spec.path, files, prepared.ckpt)
     if spec.fmt == "directory" and not merge:
         held = [f.relname for f in files] + list(prepared.ckpt.extra_files())
         check_replace_folder(spec.path, [*held, INDEX_NAME, REPORT_NAME])

@@ -14,6 +14,7 @@ __all__ = [
     "output_metadata",
     "resolve_output",
     "shard_output_name",
+    "check_no_stale_shards",
     "refuse_lossy_in_place",
     "refuse_unread_in_place",
     "with_format",
@@ -256,6 +257,24 @@ def check_unread_names(folder: Path, files: Sequence[OutFile], ckpt: Checkpoint)
                 f"--in-place: {folder / rel} exists but is not part of the checkpoint this run "
                 "read; writing it would replace it: move it away or give -o for the output"
             )
+
+
+def check_no_stale_shards(folder: Path, files: Sequence[OutFile], ckpt: Checkpoint) -> None:
+    """`--in-place` with new shard names (`--max-shard-size`) would leave a safetensors shard
+    this run read, and whose tensors it writes elsewhere, beside the new ones: every such
+    tensor twice, and a stale `model.safetensors` is what `from_pretrained` loads (before any
+    index), the old weights. Exit 2, naming it."""
+    written = {f.relname for f in files}
+    out_names = {n for f in files for n in f.names}
+    stale = sorted({r.shard for r in ckpt.refs() if r.name in out_names} - written - {""})
+    stale = [s for s in stale if s.endswith(".safetensors") and os.path.lexists(folder / s)]
+    if stale:
+        raise OutputError(
+            f"--in-place: {folder / stale[0]} would stay beside the new shards "
+            f"({', '.join(sorted(written)[:3])}{', …' if len(written) > 3 else ''}) with the old "
+            "values of tensors they hold (from_pretrained may load it); keep the source's "
+            "sharding (drop --max-shard-size) or give -o for the output"
+        )
 
 
 def shard_output_name(shard: str) -> str:
