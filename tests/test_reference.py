@@ -375,3 +375,82 @@ def test_with_references_is_pure_and_orders_its_sources():
     model = ReferenceBasis({"initializer_range": 0.02}, model_std=lambda e: 0.03)
     assert with_references([changed], model)[0].reference == "model default"
     assert with_references([changed], model)[0].reference_std == 0.03
+
+
+@pytest.mark.parametrize(
+    "surgery",
+    [
+        ["--drop", "pooler.dense.bias"],
+        ["--rename", "embeddings.*=embed.{1}"],
+        ["--resize", "embeddings.word_embeddings.weight=[120,32]"],
+        ["--add", "head.weight=[3,32]:normal(std=0.02)"],
+    ],
+    ids=["drop", "rename", "resize", "add"],
+)
+def test_surgery_keeps_the_config_as_the_reference(tmp_path, surgery):
+    """Surgery wraps the source in an edited checkpoint; its config.json still speaks for the
+    tensors. Before, any --drop/--rename/--resize/--add lost the config: kaiming on the pooler
+    (8.8x the config's 0.02) was not judged at all, and apply passed what `report --against`
+    failed."""
+    src = bert_dir(tmp_path / "bert")
+    out = tmp_path / "out"
+    res = run("apply", src, *surgery, "-r", "pooler.dense.weight=kaiming", "-o", out)
+    assert res.exit_code == 0, res.output
+    (pooler,) = [
+        t
+        for t in report_of(out / "reinit-report.json")["tensors"]
+        if t["name"] == "pooler.dense.weight"
+    ]
+    assert (pooler["reference"], pooler["reference_std"]) == (
+        "bert/config.json initializer_range",
+        0.02,
+    )
+    assert "off_reference" in pooler["flags"]
+
+
+def test_a_scheme_reads_the_config_under_surgery(tmp_path):
+    """scaled_normal takes its layer count from config.json; with a --drop it once said the
+    config was missing (exit 2)."""
+    src = bert_dir(tmp_path / "bert")
+    res = run(
+        "apply",
+        src,
+        "--drop",
+        "pooler.dense.bias",
+        "-r",
+        "encoder.layer.1.output.dense.weight=scaled_normal",
+        "-o",
+        tmp_path / "out",
+    )
+    assert res.exit_code == 0, res.output
+    (t,) = changed_matrices(report_of(tmp_path / "out" / "reinit-report.json"))
+    assert t["expected_std"] == pytest.approx(0.02 / math.sqrt(2 * 2))  # 2 layers
+
+
+def trained_bert(path: Path) -> Path:
+    """bert_dir with its matrices at 3x the config's 0.02, as trained weights sit."""
+    from safetensors.torch import load_file
+
+    bert_dir(path)
+    sd = load_file(path / "model.safetensors")
+    sd = {k: v * 3 if v.dim() >= 2 else v for k, v in sd.items()}
+    save_file(sd, path / "model.safetensors", metadata={"format": "pt"})
+    return path
+
+
+def test_a_grown_vocabulary_is_judged_against_its_own_rows(tmp_path):
+    """A tensor --resize grew keeps its trained rows: its reference is its own std before, so a
+    correct vocabulary growth (mean_resize) is on reference, a growth by a wrong scale is not,
+    and `report --against` says the same of the written folder."""
+    src = trained_bert(tmp_path / "bert")
+    emb = "embeddings.word_embeddings.weight"
+    for shape, scheme, flagged in [("[120,32]", "", False), ("[300,32]", ":normal(std=1)", True)]:
+        out = tmp_path / f"out{shape}"
+        rep = reinit.apply(
+            src, ["pooler.dense.weight=normal(std=0.02)"], out, resize=[f"{emb}={shape}{scheme}"]
+        )
+        e = next(t for t in rep.tensors if t.name == emb)
+        assert (e.reference, e.reference_std) == ("before resize", pytest.approx(0.06, rel=0.1))
+        assert ("off_reference" in e.flags) is flagged
+        again = next(t for t in reinit.report_checkpoint(out, src).tensors if t.name == emb)
+        assert (again.action, again.reference, again.flags) == ("reinit", "before resize", e.flags)

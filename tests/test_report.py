@@ -308,7 +308,8 @@ def test_report_against_baseline(tmp_path):
     save_file(base, tmp_path / "base.safetensors")
     new = {k: v.clone() for k, v in base.items() if k != "old_head"}
     new["layers.1.w"] = new["layers.1.w"] * 0.5
-    new["layers.2.w"] = new["layers.2.w"].to(torch.bfloat16)
+    # changed and cast (a cast alone is not a change: test_report_judgement.py)
+    new["layers.2.w"] = (new["layers.2.w"] * 2).to(torch.bfloat16)
     new["head"] = torch.zeros(3, 8)
     save_file(new, tmp_path / "new.safetensors")
     rep = reinit.report_checkpoint(tmp_path / "new.safetensors", tmp_path / "base.safetensors")

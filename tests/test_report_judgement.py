@@ -231,6 +231,76 @@ def test_report_against_fails_the_file_apply_flagged_with_the_same_count(tmp_pat
     assert res.exit_code == 0, res.output
 
 
+def verdicts(rep: reinit.Report) -> dict[str, tuple[str, tuple[str, ...]]]:
+    return {e.name: (e.action, tuple(e.flags)) for e in rep.tensors}
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_report_against_a_cast_output_is_apply_s_verdict(tmp_path, dtype):
+    """A cast is not a re-init: after `apply --dtype`, the tensors no rule touched are the
+    baseline's values cast, and `report --against` keeps them (with apply's cast note) instead
+    of judging every tensor `reinit` against the config (16 false off_reference before)."""
+    src = tiny_bert(tmp_path / "bert")
+    with torch.no_grad():  # trained scale: 2.5x the config's 0.02
+        sd = {
+            k: v * 2.5 if v.dim() >= 2 else v
+            for k, v in load_file(src / "model.safetensors").items()
+        }
+    save_file(sd, src / "model.safetensors", metadata={"format": "pt"})
+    out = tmp_path / "out"
+    rep = reinit.apply(src, ["encoder.layer.1.*.weight=kaiming"], out, dtype=dtype)
+    again = reinit.report_checkpoint(out, src)
+    assert verdicts(again) == verdicts(rep)
+    assert (again.summary.reinit, again.summary.flagged) == (
+        rep.summary.reinit,
+        rep.summary.flagged,
+    )
+    kept = next(e for e in again.tensors if e.name == "embeddings.word_embeddings.weight")
+    assert kept.action == "kept" and f"lossy cast float32 -> {dtype}" in kept.notes
+    assert "changed vs baseline" not in kept.notes
+    res = run("report", out, "--against", src)
+    assert f"{rep.summary.reinit} changed vs baseline" in " ".join(res.stderr.split())
+
+
+def test_report_against_still_sees_a_cast_tensor_that_was_also_changed(tmp_path):
+    """A tensor of the output's dtype whose values are not the baseline's cast is a change."""
+    src = tiny_bert(tmp_path / "bert")
+    out = tmp_path / "out.safetensors"
+    reinit.apply(src, ["pooler.dense.bias=zeros"], out, dtype="bfloat16")
+    sd = load_file(out)
+    sd["pooler.dense.weight"] = sd["pooler.dense.weight"] * 3  # edited after apply
+    save_file(sd, out, metadata={"format": "pt"})
+    again = {e.name: e for e in reinit.report_checkpoint(out, src / "model.safetensors").tensors}
+    assert again["pooler.dense.weight"].action == "reinit"
+    assert "changed vs baseline" in again["pooler.dense.weight"].notes
+    assert again["encoder.layer.0.output.dense.weight"].action == "kept"
+
+
+@pytest.mark.parametrize("dtype", [None, "bfloat16"])
+def test_report_against_a_renamed_output_is_apply_s_verdict(tmp_path, dtype):
+    """Renaming changes nothing: a tensor `--rename` moved holds its baseline's bytes (or their
+    cast) under a new name, and `report --against` says `renamed from` as apply did, instead of
+    judging it a re-init `not in baseline` (32 reinit and 12 off_reference where apply had 6)."""
+    src = tiny_bert(tmp_path / "bert")
+    with torch.no_grad():  # trained scale: 2.5x the config's 0.02
+        sd = {
+            k: v * 2.5 if v.dim() >= 2 else v
+            for k, v in load_file(src / "model.safetensors").items()
+        }
+    save_file(sd, src / "model.safetensors", metadata={"format": "pt"})
+    out = tmp_path / "out"
+    rep = reinit.apply(
+        src, ["enc.layer.1.*.weight=kaiming"], out, rename=["encoder.*=enc.{1}"], dtype=dtype
+    )
+    again = reinit.report_checkpoint(out, src)
+    assert verdicts(again) == verdicts(rep)
+    assert again.summary.flagged == rep.summary.flagged == 6
+    moved = next(e for e in again.tensors if e.name == "enc.layer.0.output.dense.weight")
+    assert "renamed from encoder.layer.0.output.dense.weight" in moved.notes
+    # the old names are accounted for, but for the 6 re-initialized ones (no bytes to match)
+    assert [w.split(" tensor(s)")[0] for w in again.warnings if "are not in" in w] == ["6"]
+
+
 # --- 4. untrained -----------------------------------------------------------------------------
 
 QUERY3 = "encoder.layer.3.attention.self.query.weight"
@@ -504,3 +574,22 @@ def test_plot_thins_the_names_under_many_layerless_columns():
     assert [x for x, _ in thin_labels(ticks)] == [x for x, _ in ticks]  # every column kept
     few = ticks[:10]
     assert thin_labels(few) == few
+
+
+def test_report_against_prints_apply_s_notes(tmp_path):
+    """`report --against` says what apply said under its table: the cast, and a re-init with
+    no reference that moved far from its own std (before, only the JSON held them)."""
+    g = torch.Generator().manual_seed(0)
+    sd = {f"conv{i}.weight": torch.randn(16, 16, 3, 3, generator=g) * 0.1 for i in range(1, 4)}
+    save_file(sd, tmp_path / "cnn.safetensors")
+    out = tmp_path / "out.safetensors"
+    args = ("-r", "conv2.weight=normal(std=1)", "--dtype", "bfloat16", "-o", out)
+    applied = run("apply", tmp_path / "cnn.safetensors", *args)
+    assert applied.exit_code == 0, applied.output
+    res = run("report", out, "--against", tmp_path / "cnn.safetensors")
+    assert res.exit_code == 0, res.output
+    notes = [line for line in res.stderr.splitlines() if line.startswith("note: ")]
+    moved = "note: std 10.1x its own before (0.0974 -> 0.987); no reference (conv2.weight)"
+    assert moved in notes and moved in applied.stderr.splitlines()
+    # the two kept tensors' cast (apply counts the re-initialized one's too)
+    assert "note: lossy cast float32 -> bfloat16 (2 tensors, e.g. conv1.weight)" in notes

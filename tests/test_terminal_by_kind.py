@@ -180,3 +180,48 @@ def test_label_helpers():
     name = "encoder.layer.*.attention.output.dense.weight"
     assert wrap_label(name, 20) == ["encoder.layer.*", ".attention.output", ".dense.weight"]
     assert "".join(wrap_label(name, 20)) == name
+
+
+@pytest.mark.parametrize("columns", [80, 100])
+def test_the_no_reference_summary_wraps_to_the_width(tmp_path, columns):
+    """With no reference scale the summary ends in a 125-character sentence (`…, so
+    off_reference is not judged: pass --model …`); it was printed as one line past the width.
+    Every line of the summary now fits, broken between words."""
+    g = torch.Generator().manual_seed(0)
+    sd = {f"conv{i}.weight": torch.randn(16, 16, 3, 3, generator=g) * 0.1 for i in range(1, 4)}
+    save_file(sd, tmp_path / "cnn.safetensors")
+    args = (
+        "apply",
+        tmp_path / "cnn.safetensors",
+        "-r",
+        "conv2.weight=kaiming",
+        "-o",
+        tmp_path / "out.safetensors",
+    )
+    res = run(*args, env={"COLUMNS": str(columns), "NO_COLOR": "1"})
+    assert res.exit_code == 0, res.output
+    summary = res.stderr.split("\nwrote ")[0]
+    assert "pass --model" in summary
+    assert max(len(line) for line in summary.splitlines()) <= columns, summary
+    assert "by the architecture's own init" in " ".join(summary.split())  # nothing lost
+
+
+def test_the_skipped_reason_wraps_to_the_width(tmp_path):
+    """`skipped 4: kaiming_normal needs a tensor of 2 or more dims to compute fans; this one is
+    1-D` (91 characters) was one line past COLUMNS=80; it wraps as the unstable_depth lines do."""
+    g = torch.Generator().manual_seed(0)
+    sd = {"fc.weight": torch.randn(8, 8, generator=g), "fc.bias": torch.zeros(8)}
+    save_file(sd, tmp_path / "m.safetensors")
+    args = (
+        "apply",
+        tmp_path / "m.safetensors",
+        "-r",
+        "*=kaiming",
+        "-o",
+        tmp_path / "o.safetensors",
+    )
+    res = run(*args, env={"COLUMNS": "80", "NO_COLOR": "1"})
+    assert res.exit_code == 0, res.output
+    table = res.stderr.split("\nwrote ")[1]
+    assert max(len(line) for line in table.splitlines()) <= 80, table
+    assert "skipped 1: kaiming_normal needs a tensor of 2 or more dims" in " ".join(table.split())

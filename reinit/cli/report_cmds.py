@@ -105,7 +105,7 @@ def report(
     Flags (nonfinite, garbage, constant, std_off, outlier, unstable_depth) are shown and the
     exit status is 0, unless --fail-on names one that a tensor carries (exit 1)."""
     from reinit.io.targets import check_suffix
-    from reinit.report.views import render_terminal
+    from reinit.report.views import note_lines, render_terminal
     from reinit.tools.audit import write_report_files
 
     failing = fail_on_flags(fail_on)
@@ -136,6 +136,8 @@ def report(
         click.echo(rep.to_json())
     if not quiet:
         err(render_terminal(rep, width(), color=sys.stderr.isatty(), per_layer="all", by=by))
+        for line in note_lines(rep):  # as apply says them (casts, renames, moved stds)
+            err(line)
     hits = [e for e in rep.tensors if failing & set(e.flags)]
     if hits:
         first = hits[0]

@@ -9,7 +9,14 @@ from pathlib import Path
 import torch
 
 from reinit.errors import CheckpointError
-from reinit.io.checkpoint import CHUNK_BYTES, Checkpoint, FileSpan, TensorRef, iter_chunks
+from reinit.io.checkpoint import (
+    CHUNK_BYTES,
+    Checkpoint,
+    ConfigDict,
+    FileSpan,
+    TensorRef,
+    iter_chunks,
+)
 from reinit.io.formats import tensor_to_bytes
 from reinit.planning.resize import Resized, grows_rows_only, new_rows, resized_value
 from reinit.planning.surgery import Edited
@@ -130,6 +137,11 @@ class EditedCheckpoint(Checkpoint):
 
     def extra_files(self) -> list[str]:
         return self.base.extra_files()
+
+    def config(self) -> ConfigDict | None:
+        # the source's config.json still speaks for its tensors: the reference scale, and
+        # the schemes that read it (scaled_normal's layers, small_init's dim)
+        return self.base.config()
 
     def fetch_extra(self, relname: str) -> Path:
         return self.base.fetch_extra(relname)

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "NOTE_CHANGED",
     "NOTE_NEW",
+    "NOTE_SHAPE",
     "Report",
     "Summary",
     "TensorEntry",
@@ -261,3 +262,5 @@ NOTE_CHANGED = "changed vs baseline"  # `report --against`: the bytes differ fro
 
 
 NOTE_NEW = "not in baseline"
+
+NOTE_SHAPE = "baseline shape "  # `report --against`, then the baseline's shape: [10, 4]

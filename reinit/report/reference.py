@@ -32,6 +32,7 @@ __all__ = [
     "CONFIG_KEYS",
     "MODEL_DEFAULT",
     "REFERENCE_TOLERANCE",
+    "RESIZED",
     "SIBLINGS",
     "SOURCE",
     "config_fits",
@@ -75,6 +76,11 @@ MODEL_DEFAULT = "model default"
 SIBLINGS = "siblings median"
 
 SOURCE = "source"  # a transplant's reference: its source tensor(s)' std, recorded by the run
+
+RESIZED = "before resize"  # a grown tensor's reference: its own std before --resize
+
+#: References the run records itself, which the tensor keeps whatever its name or siblings.
+RECORDED = (SOURCE, RESIZED)
 
 #: The config keys that name a model's width, in the order they are tried.
 WIDTH_KEYS = ("hidden_size", "d_model", "n_embd", "dim", "embed_dim")
@@ -178,8 +184,8 @@ def with_references(
     medians = sibling_medians(entries)
     out = []
     for e in entries:
-        if e.reference == SOURCE and e.reference_std is not None:
-            out.append(e)  # the run recorded the source's std: the reference follows the tensor
+        if e.reference in RECORDED and e.reference_std is not None:
+            out.append(e)  # the run recorded it (the source's std): it follows the tensor
             continue
         ref = _reference_for(e, from_config, medians, basis.model_std)
         if ref is None:

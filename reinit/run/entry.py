@@ -14,7 +14,7 @@ from reinit.planning.init_trace import AppliedInit
 from reinit.planning.planner import PlanEntry
 from reinit.planning.transplant import transform_label
 from reinit.report.entries import TensorEntry, var_gain
-from reinit.report.reference import SOURCE
+from reinit.report.reference import RESIZED, SOURCE
 from reinit.report.stats import Stats
 from reinit.schemes import DEFAULT, compute_fans, expected_std_for
 
@@ -47,7 +47,7 @@ def entry_for(
     if part is not None:  # the rest of the tensor is kept: no one std to expect of it all
         expected = None
         scheme = f"{scheme} on {part.text}"
-    return TensorEntry(
+    entry = TensorEntry(
         name=p.name,
         shape=p.shape,
         dtype=dtype_name(p.dtype),
@@ -66,6 +66,16 @@ def entry_for(
         transform=transform_label(p),
         kurtosis=scored.scheme.kurtosis if scored is not None else 3.0,
     )
+    return _grown_reference(entry, p, before)
+
+
+def _grown_reference(entry: TensorEntry, p: PlanEntry, before: Stats | None) -> TensorEntry:
+    """A tensor `--resize` grew keeps its old values beside the new ones: it is judged against
+    its own std before (trained embeddings sit at 2-3x the config's init scale, so a correct
+    vocabulary growth must not be judged by that), never by the init scale."""
+    if not p.resize_fills or before is None or not before.std or not p.dtype.is_floating_point:
+        return entry
+    return replace(entry, reference=RESIZED, reference_std=before.std)
 
 
 def with_source_std(entry: TensorEntry, source_std: float | None) -> TensorEntry:

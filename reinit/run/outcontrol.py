@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "CAST_DTYPES",
     "OutputControl",
+    "cast_note",
     "hf_shard_name",
     "model_order",
     "parse_dtype",
@@ -223,10 +224,10 @@ class OutputControl:
             if piece.entry is not None:
                 entry = piece.entry
                 if dst != src:
-                    lossy = _is_lossy(src, dst) or overflow > 0
-                    note = f"cast {dtype_name(src)} -> {dtype_name(dst)}"
-                    if lossy:
-                        note = f"lossy cast {dtype_name(src)} -> {dtype_name(dst)}"
+                    note = cast_note(src, dst)
+                    if overflow and not _is_lossy(src, dst):  # a widening cast past the range
+                        note = f"lossy {note}"
+                    if _is_lossy(src, dst) or overflow:
                         self.lossy.append(piece.name)
                     if overflow:
                         note += f"; {overflow} values overflowed to inf"
@@ -272,6 +273,13 @@ def _overflowed(values: torch.Tensor, cast: torch.Tensor) -> int:
     if values.dtype.itemsize == 1:
         values = values.to(torch.float32)
     return int((torch.isinf(cast) & torch.isfinite(values)).sum())
+
+
+def cast_note(src: torch.dtype, dst: torch.dtype) -> str:
+    """The report's note on a tensor written as `dst` from `src` (`--dtype`; `report
+    --against` says the same of a tensor that is its baseline's values cast)."""
+    lossy = "lossy " if _is_lossy(src, dst) else ""
+    return f"{lossy}cast {dtype_name(src)} -> {dtype_name(dst)}"
 
 
 def _is_lossy(src: torch.dtype, dst: torch.dtype) -> bool:

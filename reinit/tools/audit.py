@@ -7,7 +7,7 @@ engine (`run.stream`), imported only then."""
 
 from __future__ import annotations
 
-__all__ = ["report_checkpoint", "same_bytes", "write_report_files"]
+__all__ = ["report_checkpoint", "same_bytes", "with_renames", "write_report_files"]
 
 import os
 import time
@@ -23,7 +23,7 @@ from reinit.io.sources import open_checkpoint
 from reinit.io.targets import Inputs
 from reinit.io.trust import TrustSpec
 from reinit.report.assemble import make_report
-from reinit.report.entries import NOTE_CHANGED, NOTE_NEW, Report, TensorEntry
+from reinit.report.entries import NOTE_CHANGED, NOTE_NEW, NOTE_SHAPE, Report, TensorEntry
 from reinit.report.progress import Progress, progress_bar
 from reinit.report.reference import REFERENCE_TOLERANCE, basis_for
 from reinit.report.stats import StatsAccumulator
@@ -33,6 +33,8 @@ from reinit.tools.provenance import recorded_provenance
 from reinit.tools.raw_report import raw_entries
 
 if TYPE_CHECKING:
+    import torch
+
     from reinit.planning.planner import PlanEntry
     from reinit.planning.ties import Ties
 
@@ -79,14 +81,16 @@ def report_checkpoint(
             entries = _streamed(ckpt, base, progress, stack, ranks)
         # the file's own recorded seed and rules (written by reinit), else seed 0 and none
         seed, rules = recorded_provenance(ckpt) or (0, ())
+        renamed: set[str] = set()
         if base is not None:  # what apply said of every tensor that differs from the baseline
             from reinit.tools.verdict import as_applied
 
+            entries, renamed = with_renames(entries, ckpt, base)
             entries = as_applied(entries, ckpt, rules)
         basis = basis_for(ckpt, None, None, seed, REFERENCE_TOLERANCE)
         report = make_report(os.fspath(source), None, seed, rules, entries, 0, started, basis=basis)
         if base is not None:
-            missing = [n for n in base.names() if n not in ckpt]
+            missing = [n for n in base.names() if n not in ckpt and n not in renamed]
             if missing:
                 shown = ", ".join(missing[:10]) + (", …" if len(missing) > 10 else "")
                 report = replace(
@@ -230,13 +234,106 @@ def _against(ckpt: Checkpoint, base: Checkpoint, entry: TensorEntry) -> TensorEn
         if same:
             same = same_bytes(next(mine, memoryview(b"")), chunk)
     notes: tuple[str, ...] = ()
-    if not same:
+    if not same and _is_cast(ckpt, base, entry.name):
+        from reinit.run.outcontrol import cast_note
+
+        notes = (cast_note(bref.dtype, ref.dtype),)  # as apply --dtype notes it
+    elif not same:
         notes = (NOTE_CHANGED,)
         if bref.shape != ref.shape:
-            notes += (f"baseline shape {list(bref.shape)}",)
+            notes += (f"{NOTE_SHAPE}{list(bref.shape)}",)
         if bref.dtype != ref.dtype:
             notes += (f"baseline dtype {dtype_name(bref.dtype)}",)
     return replace(entry, before=acc.result(), notes=(*entry.notes, *notes))
+
+
+def _is_cast(ckpt: Checkpoint, base: Checkpoint, name: str, old: str = "") -> bool:
+    """Whether `name` in `ckpt` holds exactly the baseline's values (of `old`, default the
+    same name) cast to another floating dtype (what `apply --dtype` writes for a tensor no
+    rule touched): a cast, not a change."""
+    ref, bref = ckpt.ref(name), base.ref(old or name)
+    floats = ref.dtype.is_floating_point and bref.dtype.is_floating_point
+    if ref.shape != bref.shape or ref.dtype == bref.dtype or not floats:
+        return False
+    return _same_values(ckpt, name, base, old or name)
+
+
+def _same_values(ckpt: Checkpoint, name: str, base: Checkpoint, old: str) -> bool:
+    """Whether `name` holds exactly `old`'s values of the baseline, in its own dtype (the
+    baseline's cast to it when they differ). Compared piece by piece (the same elements on
+    both sides) until the first difference."""
+    ref, bref = ckpt.ref(name), base.ref(old)
+    if ref.shape != bref.shape:
+        return False
+    count = CHUNK_BYTES // 8  # elements per piece: a whole number of bytes for every dtype
+    mine = ckpt.iter_chunks(name, count * ref.dtype.itemsize)
+    for chunk in base.iter_chunks(old, count * bref.dtype.itemsize):
+        if not same_bytes(next(mine, memoryview(b"")), _as_dtype(chunk, bref.dtype, ref.dtype)):
+            return False
+    return next(mine, None) is None
+
+
+def _as_dtype(chunk: memoryview, dtype: torch.dtype, to: torch.dtype) -> bytes | memoryview:
+    """Raw values of `dtype` as `to` would store them (as they are when the dtypes agree)."""
+    if dtype == to:
+        return chunk
+    from reinit.io.formats import tensor_to_bytes
+    from reinit.run.stream import view_bytes
+
+    return tensor_to_bytes(view_bytes(chunk, dtype).to(to))
+
+
+HEAD_VALUES = 4096  # the leading values a renamed tensor is first matched by
+
+
+def _head(ck: Checkpoint, name: str, to: torch.dtype) -> bytes:
+    """The first `HEAD_VALUES` values of `name` as `to` stores them (a cheap first match)."""
+    dtype = ck.ref(name).dtype
+    pieces = ck.iter_chunks(name, HEAD_VALUES * dtype.itemsize)
+    return bytes(_as_dtype(next(pieces, memoryview(b"")), dtype, to))
+
+
+def _castable(dtype: torch.dtype, to: torch.dtype) -> bool:
+    return dtype == to or (dtype.is_floating_point and to.is_floating_point)
+
+
+def with_renames(
+    entries: Sequence[TensorEntry], ckpt: Checkpoint, base: Checkpoint
+) -> tuple[list[TensorEntry], set[str]]:
+    """`entries` of `report --against` with each tensor `not in baseline` that holds exactly
+    the values of a baseline tensor SOURCE lacks (or their cast) noted `renamed from OLD`, as
+    `--rename` left it: renaming is not a change. Returns the baseline names so accounted for.
+    Candidates are matched by shape and their first values, then compared whole."""
+    missing = [n for n in base.names() if n not in ckpt]
+    new = [e for e in entries if NOTE_NEW in e.notes]
+    if not missing or not new:
+        return list(entries), set()
+    dtypes = {ckpt.ref(e.name).dtype for e in new}
+    index: dict[tuple[tuple[int, ...], torch.dtype, bytes], list[str]] = {}
+    for old in missing:
+        bref = base.ref(old)
+        for to in (d for d in dtypes if _castable(bref.dtype, d)):
+            index.setdefault((bref.shape, to, _head(base, old, to)), []).append(old)
+    used: set[str] = set()
+    out = []
+    for e in entries:
+        if NOTE_NEW in e.notes:
+            ref = ckpt.ref(e.name)
+            olds = index.get((ref.shape, ref.dtype, _head(ckpt, e.name, ref.dtype)), [])
+            match = (o for o in olds if o not in used and _same_values(ckpt, e.name, base, o))
+            found = next(match, None)
+            if found is not None:
+                used.add(found)
+                e = _renamed_entry(e, found, base.ref(found).dtype, ref.dtype)
+        out.append(e)
+    return out, used
+
+
+def _renamed_entry(e: TensorEntry, old: str, dtype: torch.dtype, to: torch.dtype) -> TensorEntry:
+    from reinit.run.outcontrol import cast_note
+
+    notes = tuple(n for n in e.notes if n != NOTE_NEW) + (f"renamed from {old}",)
+    return replace(e, notes=notes + ((cast_note(dtype, to),) if dtype != to else ()))
 
 
 def same_bytes(a: bytes | bytearray | memoryview, b: bytes | bytearray | memoryview) -> bool:

@@ -19,8 +19,8 @@ from dataclasses import replace
 from reinit.errors import ReinitError
 from reinit.io.checkpoint import Checkpoint
 from reinit.planning.planner import PlanEntry, plan
-from reinit.report.entries import NOTE_CHANGED, NOTE_NEW, TensorEntry
-from reinit.report.reference import SOURCE
+from reinit.report.entries import NOTE_CHANGED, NOTE_NEW, NOTE_SHAPE, TensorEntry
+from reinit.report.reference import RESIZED, SOURCE
 from reinit.rules import parse_rules
 from reinit.run.entry import entry_for
 
@@ -46,7 +46,7 @@ def _judged(e: TensorEntry, p: PlanEntry | None) -> TensorEntry:
     expected std), a transplant on its source's reference, else a reinit of no known scheme
     (judged against the model's init scale only)."""
     if p is None or not p.changes:
-        return replace(e, action="reinit")
+        return _resized(e) or replace(e, action="reinit")
     fans = (e.fan_in, e.fan_out) if e.fan_in is not None and e.fan_out is not None else None
     made = entry_for(p, e.after, e.before, e.source, e.notes, fans)
     if made.action == "transplant" and made.is_float and made.transform is None:
@@ -60,4 +60,42 @@ def as_applied(
     """`entries` (from `report --against`) with every tensor that differs from the baseline
     judged as `apply` judged it (see the module docstring); the others left `kept`."""
     planned = _planned(ckpt, rules)
-    return [_judged(e, planned.get(e.name)) if _differs(e) else e for e in entries]
+    return [
+        _judged(e, planned.get(e.name)) if _differs(e) else _unchanged(e, planned.get(e.name))
+        for e in entries
+    ]
+
+
+def _resized(e: TensorEntry) -> TensorEntry | None:
+    """A tensor whose shape differs from the baseline's, as `--resize` left it when no rule
+    touched it: shrunk, `kept` (its values are the baseline's leading block); grown, a
+    `reinit` judged against its own std before (the rows it kept), as apply judged it."""
+    old = _baseline_shape(e)
+    if old is None or len(old) != len(e.shape) or e.before is None:
+        return None
+    if all(n <= o for n, o in zip(e.shape, old, strict=True)):
+        return replace(e, action="kept")
+    if not e.is_float or not e.before.std:
+        return replace(e, action="reinit")
+    return replace(e, action="reinit", reference=RESIZED, reference_std=e.before.std)
+
+
+def _baseline_shape(e: TensorEntry) -> tuple[int, ...] | None:
+    for note in e.notes:
+        if note.startswith(NOTE_SHAPE):
+            try:
+                return tuple(int(n) for n in note[len(NOTE_SHAPE) :].strip("[]").split(",") if n)
+            except ValueError:
+                return None
+    return None
+
+
+def _unchanged(e: TensorEntry, p: PlanEntry | None) -> TensorEntry:
+    """A tensor equal to the baseline (or its cast): `kept`; `skipped` with the reason where a
+    rule matched it and could not take it; what its rule did where that left the same values
+    (a transplant of equal values, zeros on zeros), as apply said."""
+    if p is not None and p.changes:
+        return _judged(e, p)
+    if p is None or p.action != "skipped":
+        return e
+    return replace(e, action="skipped", rule=p.rule_text or None, reason=p.reason)

@@ -15,6 +15,7 @@ __all__ = [
     "wrap_label",
 ]
 
+import textwrap
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
@@ -119,7 +120,9 @@ def wrap_label(label: str, width: int) -> list[str]:
 
 
 def fit_items(items: Sequence[str], width: int) -> list[str]:
-    """`a, b, c` on as many lines of `width` as it needs, broken only between items."""
+    """`a, b, c` on as many lines of `width` as it needs, broken between items; an item longer
+    than a line (a sentence, such as the summary's "no reference scale … pass --model …") is
+    broken between its words."""
     lines = [""]
     for item in items:
         piece = f"{lines[-1]}, {item}" if lines[-1] else item
@@ -128,4 +131,8 @@ def fit_items(items: Sequence[str], width: int) -> list[str]:
             lines.append(item)
         else:
             lines[-1] = piece
+        if len(lines[-1]) > width:
+            lines[-1:] = textwrap.wrap(
+                lines[-1], width, break_long_words=False, break_on_hyphens=False
+            )
     return lines

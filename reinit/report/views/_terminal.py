@@ -154,7 +154,10 @@ def render_terminal(
         for e in skipped:
             reasons[e.reason or ""] += 1
         for reason, n in reasons.items():
-            lines.append(f"skipped {n}: {shown(reason)}")
+            line = f"skipped {n}: {shown(reason)}"
+            lines.append(
+                textwrap.fill(line, width, subsequent_indent="    ", break_on_hyphens=False)
+            )
     if per_layer != "none":
         tables = [
             t
