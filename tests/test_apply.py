@@ -361,3 +361,27 @@ def test_source_given_as_dot_gets_its_default_output_beside_it(tmp_path, monkeyp
         res = run("apply", dot, "-r", "pooler.dense.bias=zeros", "--overwrite", "-q")
         assert res.exit_code == 0, res.output
         assert want.exists() and not (src / want.name).exists()
+
+
+def test_a_safetensors_file_the_index_does_not_name_is_said_not_dropped_silently(tmp_path):
+    """A folder of shards with a safetensors file its index does not name (an adapter, a
+    shard of an earlier save): apply read around it and left it out of the folder output
+    without a word, while `reinit verify` counted its tensors in. A warning names it."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        vocab_size=99, max_position_embeddings=64,
+    )  # fmt: skip
+    src = tmp_path / "bert"
+    BertModel(cfg).save_pretrained(src, max_shard_size="20KB")
+    write_safetensors(src / "adapter_model.safetensors", {"lora_A.weight": torch.ones(2, 32)})
+    res = run("apply", src, "-r", "pooler.dense.bias=zeros", "-o", f"{tmp_path / 'out'}/")
+    assert res.exit_code == 0, res.output
+    warned = [ln for ln in res.stderr.splitlines() if "adapter_model.safetensors" in ln]
+    assert len(warned) == 1 and warned[0].startswith("warning: "), res.stderr
+    assert "model.safetensors.index.json does not name" in warned[0]
+    assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
+    clean = run("apply", src, "-r", "pooler.dense.bias=zeros", "-o", f"{tmp_path / 'o2'}/")
+    assert "adapter_model" in clean.stderr  # said on every run, not only the first
