@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run, write_safetensors
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -327,3 +328,60 @@ def test_report_formats(tmp_path):
     table = [line for line in md if line.startswith("| `")]
     assert len(table) == 2
     assert json.loads((tmp_path / "r.json").read_text())["summary"]["tensors"] == 2
+
+
+@pytest.mark.parametrize("out", ["o.SAFETENSORS", "o.Safetensors", "o.PT", "o.BIN"])
+def test_default_report_of_an_upper_case_suffix_drops_it(tmp_path, out):
+    """`-o o.SAFETENSORS` is a safetensors output (the form is read case-blind), but its
+    report was `o.SAFETENSORS.report.json`, not `o.report.json` as for `o.safetensors`."""
+    src = write_safetensors(tmp_path / "m.safetensors", {"w": torch.ones(2, 2)})
+    reinit.apply(src, ["w=zeros"], tmp_path / out)
+    assert (tmp_path / "o.report.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["m.safetensors", out, "o.report.json"]
+    )
+
+
+@pytest.mark.parametrize("form", ["folder", "dcp"])
+def test_source_given_as_dot_gets_its_default_output_beside_it(tmp_path, monkeypatch, form):
+    """`cd bert && reinit apply .` put the default output at `./-reinit`... inside the source
+    (refused: "-o bert-reinit: is inside the source folder"); for a DCP directory
+    `Path('.').with_name` failed with an internal error. The default is beside the folder."""
+    src = tiny_bert(tmp_path)
+    want = tmp_path / "bert-reinit"
+    if form == "dcp":
+        from torch.distributed.checkpoint.format_utils import torch_save_to_dcp
+
+        torch.save({"model": load_file(src / "model.safetensors")}, tmp_path / "t.pt")
+        src = tmp_path / "bert-dcp"
+        torch_save_to_dcp(tmp_path / "t.pt", src)
+        want = tmp_path / "bert-dcp.reinit.safetensors"
+    monkeypatch.chdir(src)
+    for dot in (".", "./", f"../{src.name}/."):
+        res = run("apply", dot, "-r", "pooler.dense.bias=zeros", "--overwrite", "-q")
+        assert res.exit_code == 0, res.output
+        assert want.exists() and not (src / want.name).exists()
+
+
+def test_a_safetensors_file_the_index_does_not_name_is_said_not_dropped_silently(tmp_path):
+    """A folder of shards with a safetensors file its index does not name (an adapter, a
+    shard of an earlier save): apply read around it and left it out of the folder output
+    without a word, while `reinit verify` counted its tensors in. A warning names it."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        vocab_size=99, max_position_embeddings=64,
+    )  # fmt: skip
+    src = tmp_path / "bert"
+    BertModel(cfg).save_pretrained(src, max_shard_size="20KB")
+    write_safetensors(src / "adapter_model.safetensors", {"lora_A.weight": torch.ones(2, 32)})
+    res = run("apply", src, "-r", "pooler.dense.bias=zeros", "-o", f"{tmp_path / 'out'}/")
+    assert res.exit_code == 0, res.output
+    warned = [ln for ln in res.stderr.splitlines() if "adapter_model.safetensors" in ln]
+    assert len(warned) == 1 and warned[0].startswith("warning: "), res.stderr
+    assert "model.safetensors.index.json does not name" in warned[0]
+    assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
+    clean = run("apply", src, "-r", "pooler.dense.bias=zeros", "-o", f"{tmp_path / 'o2'}/")
+    assert "adapter_model" in clean.stderr  # said on every run, not only the first

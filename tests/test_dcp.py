@@ -306,6 +306,12 @@ def test_a_chunk_file_outside_the_directory_is_refused(dcp_root, tmp_path):
 def test_verify_reads_every_chunk_and_rechecks_checksums(dcp_root, tmp_path):
     res = run("verify", dcp_root / "gloo-bf16")
     assert res.exit_code == 0 and "valid DCP directory" in res.stdout and "35 tensors" in res.stdout
+    assert "2 file(s)" in res.stdout, res.stdout  # __0_0.distcp and __1_0.distcp, not "1 file(s)"
+    doc = json.loads(run("verify", dcp_root / "gloo-bf16", "--json").stdout)
+    files = {Path(f["path"]).name: f for f in doc["files"]}
+    assert sorted(files) == ["__0_0.distcp", "__1_0.distcp"]
+    assert sum(f["bytes"] for f in files.values()) == doc["bytes"]
+    assert doc["tensors"] == 35 and all(0 < f["tensors"] <= 35 for f in files.values())
     outd = tmp_path / "o-dcp"
     args = ["apply", dcp_root / "gloo-fp32", "--rule", "*.bias=zeros", "--checksums"]
     assert run(*args, "--format", "dcp", "-o", f"{outd}/").exit_code == 0
@@ -514,6 +520,13 @@ def test_in_place_on_a_dcp_directory_rewrites_it_as_dcp_or_is_refused(dcp_root, 
     refused(
         tmp_path, ["apply", str(src), "--rule", "*.bias=zeros", "--in-place"], 2, "--format dcp"
     )
+    # {"model": sd, "step": 100} rewritten as the flat state dict lost "step" and the "model."
+    # prefix that dcp.load({"model": ...}) of the training code needs: refused
+    args = ["apply", str(src), "--rule", "*.bias=zeros", "--in-place", "--format", "dcp"]
+    refused(tmp_path, args, 2, "the nest model", "step", "give -o")
+    shutil.rmtree(src)  # a DCP directory of the state dict alone is rewritten in place
+    flat = ["apply", dcp_root / "gloo-fp32", "-r", "*.bias=ones", "--format", "dcp", "-o", src]
+    assert run(*flat).exit_code == 0
     res = run("apply", src, "--rule", "*.bias=zeros", "--in-place", "--format", "dcp")
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in src.iterdir()) == [".metadata", "__0_0.distcp"]
@@ -528,8 +541,8 @@ def test_format_dcp_never_deletes_what_the_folder_holds_besides(dcp_root, tmp_pa
     notes) and `--in-place` on a DCP directory holding a config and notes deleted them all.
     Refused (exit 2, nothing touched) as a safetensors folder output refuses it."""
     folder = tmp_path / "f"
-    if how == "--in-place":
-        shutil.copytree(dcp_root / "gloo-fp32", folder)
+    if how == "--in-place":  # a DCP of the state dict alone (a nested one is refused anyway)
+        run("apply", dcp_root / "gloo-fp32", "-r", "*.bias=ones", "--format", "dcp", "-o", folder)
     else:
         folder.mkdir()
     (folder / ".git").mkdir()
@@ -537,7 +550,9 @@ def test_format_dcp_never_deletes_what_the_folder_holds_besides(dcp_root, tmp_pa
     src = folder if how == "--in-place" else dcp_root / "gloo-fp32"
     args = ["apply", str(src), "--rule", "*.bias=zeros", "--format", "dcp", how]
     args += ["-o", f"{folder}/"] if how == "--overwrite" else []
-    refused(tmp_path, args, 2, str(folder), "notes.txt")
+    line = refused(tmp_path, args, 2, str(folder), "notes.txt")
+    if how == "--overwrite":  # --in-place is refused too (above): it is no way out here
+        assert "--in-place" not in line, line
     for name in (".git", "notes.txt"):  # a DCP folder of its own files only is replaced
         shutil.rmtree(folder / name) if name == ".git" else (folder / name).unlink()
     if how == "--overwrite":

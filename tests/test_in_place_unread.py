@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from helpers import refused, run
 from safetensors.torch import load_file, save_file
@@ -42,3 +43,31 @@ def test_in_place_on_a_torch_sharded_folder_still_converts(tmp_path):
     assert res.exit_code == 0, res.output
     assert not load_file(m / "model-00001-of-00002.safetensors")["a.weight"].any()
     assert json.loads((m / "model.safetensors.index.json").read_text())["weight_map"]
+
+
+def _llama(folder, **save):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1,
+    )  # fmt: skip
+    LlamaForCausalLM(cfg).save_pretrained(folder, **save)
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_in_place_resharding_never_leaves_the_old_shards_beside(tmp_path, sharded):
+    """`--in-place --max-shard-size` wrote new shards and index beside the old
+    `model.safetensors`, which `from_pretrained` loads first: the surgery was silently not
+    there. From 7 shards to 3, every tensor was in two files (`verify` failed). Refused."""
+    folder = tmp_path / "m"
+    _llama(folder, **({"max_shard_size": "8KB"} if sharded else {}))
+    stale = min(p.name for p in folder.glob("model*.safetensors"))
+    assert stale == ("model-00001-of-00004.safetensors" if sharded else "model.safetensors")
+    args = ["apply", str(folder), "-r", "lm_head.weight=zeros", "--in-place"]
+    refused(tmp_path, [*args, "--max-shard-size", "20KB"], 2, stale, "--max-shard-size")
+    assert run(*args, "-q").exit_code == 0  # the same sharding is rewritten in place
+    from transformers import LlamaForCausalLM
+
+    assert not LlamaForCausalLM.from_pretrained(folder).lm_head.weight.any()

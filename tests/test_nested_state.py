@@ -4,6 +4,7 @@ and `from(SOURCE, state=PATH)` does the same for a transplant source."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from helpers import refused, run
 from safetensors.torch import load_file, save_file
@@ -169,3 +170,40 @@ def test_key_follows_names_with_dots_and_integer_keys(tmp_path):
         assert res.exit_code == 0, res.output
         got = load_file(out)
         assert set(got) == want and torch.equal(got["exp_avg"], exp_avg["0.weight"])
+
+
+def _gpt2_state() -> dict[str, torch.Tensor]:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_positions=32)
+    return {k: v.clone() for k, v in GPT2LMHeadModel(cfg).state_dict().items()}
+
+
+@pytest.mark.parametrize(
+    ("layout", "lost"),
+    [
+        ("nested", "optimizer_state_dict"),  # the state under model_state_dict, beside the rest
+        ("flat+counter", "step"),  # a flat state dict with a non-tensor entry
+    ],
+)
+def test_in_place_on_a_training_checkpoint_is_refused_not_flattened(tmp_path, layout, lost):
+    """`--in-place` on a training checkpoint wrote the model's state dict alone over it: the
+    optimizer state, the epoch and the `model_state_dict` nesting were gone, and the training
+    script's `torch.load(...)["model_state_dict"]` failed. Refused (exit 2, the file as it was)."""
+    sd = _gpt2_state()
+    src = tmp_path / "train.pt"
+    if layout == "nested":
+        opt = {"state": {0: {"exp_avg": torch.ones(3)}}, "param_groups": [{"lr": 1e-3}]}
+        torch.save({"epoch": 5, "model_state_dict": sd, "optimizer_state_dict": opt}, src)
+    else:
+        torch.save({**sd, "step": 100}, src)
+    rule = ["-r", "transformer.ln_f.bias=ones"]
+    refused(tmp_path, ["apply", str(src), *rule, "--in-place"], 2, str(src), lost, "-o")
+    refused(tmp_path, ["apply", str(src), *rule, "-o", str(src), "--in-place"], 2, lost)
+    # a plain state dict is still rewritten in place, and loads back into the model
+    plain = tmp_path / "plain.pt"
+    torch.save(sd, plain)
+    assert run("apply", plain, *rule, "--in-place", "-q").exit_code == 0
+    back = torch.load(plain, weights_only=True)
+    assert back.keys() == sd.keys() and torch.equal(back["transformer.ln_f.bias"], torch.ones(16))

@@ -64,6 +64,32 @@ def test_dtype_float16_counts_overflow(tmp_path):
     assert "2 values overflowed to inf" in r.output
 
 
+@pytest.mark.parametrize("fp8", [torch.float8_e4m3fn, torch.float8_e5m2, torch.float8_e8m0fnu])
+def test_dtype_float16_casts_fp8_tensors_like_torch(tmp_path, fp8):
+    # The fp16 overflow count asked torch.isfinite of the fp8 source, which torch lacks: exit 1
+    # "internal error". e8m0 reaches 2**127, past fp16's range: those values become inf, counted.
+    g = torch.Generator().manual_seed(0)
+    sd = {"q.weight": torch.randn(8, 8, generator=g).to(fp8), "lin.bias": torch.zeros(8)}
+    if fp8 == torch.float8_e8m0fnu:
+        sd["q.weight"] = torch.tensor([2.0**-3, 1.0, 2.0**20, 2.0**100]).to(fp8)
+    src = save_file(sd, tmp_path / "m.safetensors") or tmp_path / "m.safetensors"
+    out = tmp_path / "o.safetensors"
+    r = run("apply", src, "-o", out, "-r", "lin.bias=ones", "--dtype", "float16", "-q")
+    assert r.exit_code == 0, r.output
+    got = load_file(out)["q.weight"]
+    assert got.dtype == torch.float16
+    assert torch.equal(got, sd["q.weight"].to(torch.float16))
+    by = {t["name"]: t for t in json.loads((tmp_path / "o.report.json").read_text())["tensors"]}
+    if fp8 == torch.float8_e8m0fnu:
+        assert got.isinf().sum() == 2
+        assert (
+            "lossy cast float8_e8m0fnu -> float16; 2 values overflowed to inf"
+            in by["q.weight"]["notes"]
+        )
+    else:
+        assert by["q.weight"]["notes"] == [f"cast {str(fp8)[6:]} -> float16"]
+
+
 def test_dtype_unknown_is_a_usage_error(tmp_path):
     src, _ = _src(tmp_path)
     refused(tmp_path, ["apply", str(src), "-r", "lin.bias=zeros", "--dtype", "int8"], 2, "--dtype")
@@ -243,3 +269,44 @@ def test_split_keeps_a_shared_storage_in_one_shard():
         ["a", "e0", "e1", "e2"],
         ["b", "c"],
     ]
+
+
+def test_dtype_folder_output_loads_in_that_dtype(tmp_path):
+    """`--dtype bfloat16 -o out/` kept the source config's `"dtype": "float32"`, so
+    `from_pretrained(out)` built a float32 model (twice the memory) from the bf16 weights."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1,
+    )  # fmt: skip
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "src")
+    assert json.loads((tmp_path / "src" / "config.json").read_text())["dtype"] == "float32"
+    out = tmp_path / "out"
+    r = run("apply", tmp_path / "src", "-o", f"{out}/", "-r", "lm_head.weight=zeros",
+            "--dtype", "bfloat16", "--max-shard-size", "10KB")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    assert 'config.json: dtype float32 -> "bfloat16" (--dtype)' in r.output
+    model, info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert not any(info.values()), info
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+def test_checksums_of_a_torch_output_are_verified_and_a_changed_value_caught(tmp_path):
+    """`-o out.pt --checksums` wrote a sha256 per tensor, but `reinit verify out.pt --report`
+    refused the file ("verify checks safetensors files"): the checksums could not be checked."""
+    src, sd = _src(tmp_path)
+    out, rep = tmp_path / "o.pt", tmp_path / "o.report.json"
+    r = run("apply", src, "-o", out, "-r", "lin.bias=zeros", "--checksums", "-q")
+    assert r.exit_code == 0, r.output
+    ok = run("verify", out, "--report", rep)
+    assert ok.exit_code == 0, ok.output
+    assert "5 tensors match" in ok.output and "valid torch file" in ok.output
+    state = torch.load(out, weights_only=True)
+    state["lin.weight"][0, 0] += 1.0
+    torch.save(state, out)
+    bad = run("verify", out, "--report", rep)
+    assert bad.exit_code == 1
+    assert "'lin.weight' does not match its sha256" in bad.output

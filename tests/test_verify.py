@@ -66,10 +66,14 @@ def test_truncated_file(tmp_path):
 
 
 def test_not_safetensors(tmp_path):
-    p = tmp_path / "m.bin"
+    p = tmp_path / "m.bin"  # a torch file is read tensor by tensor (weights-only)
     torch.save(SD, p)
     res = run("verify", str(p))
-    assert res.exit_code == 1 and "not one (.safetensors)" in res.stderr
+    assert res.exit_code == 0 and f"valid torch file: 1 file(s), {len(SD)} tensors" in res.stdout
+    other = tmp_path / "m.npz"
+    other.write_bytes(b"PK\x03\x04")
+    res = run("verify", str(other))
+    assert res.exit_code == 1 and "this is neither (.safetensors, .bin" in res.stderr
     assert run("verify", str(tmp_path / "missing.safetensors")).exit_code == 2
 
 

@@ -232,7 +232,8 @@ def verify(
     min_cosine: float | None,
 ) -> None:
     """Check a safetensors file, or a directory of shards and its index, against the format
-    rules (the validator reinit reads with). Exit 0 when valid, 1 when not (with --report: also
+    rules (the validator reinit reads with); a torch file, DCP directory or ZeRO folder is
+    read tensor by tensor. Exit 0 when valid, 1 when not (with --report: also
     when a tensor's sha256 differs from the report's, naming the first). With --forward:
     run the weights in their architecture (per-layer std; against SOURCE: each layer's hidden
     states, the first divergent layer, the logits' KL and top-1 agreement)."""

@@ -153,6 +153,12 @@ class Checkpoint:
         output (a training checkpoint's `epoch` beside its weights); () for most forms."""
         return ()
 
+    def beside_state(self) -> tuple[str, ...]:
+        """What the source file holds besides the tensors read (the nest they sit in, an
+        optimizer state, a step counter): a rewrite of the file in place would lose it; ()
+        for most forms."""
+        return ()
+
     def fetch_extra(self, relname: str) -> Path:
         raise NotImplementedError
 

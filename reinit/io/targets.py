@@ -149,10 +149,12 @@ def check_output(path: Path, fmt: str, *, inputs: Inputs, overwrite: bool, in_pl
         raise OutputError(f"-o {path}: exists; pass --overwrite to replace it")
 
 
-def check_replace_folder(path: Path, would_hold: Iterable[str]) -> None:
+def check_replace_folder(path: Path, would_hold: Iterable[str], *, merges: bool = True) -> None:
     """`--overwrite` of an existing folder replaces it as a whole: refuse when the folder has
     entries the new output would not hold (a project folder, `.git/`, notes), unless it is
-    reinit's own earlier output: marked as ours, and every entry one such an output holds."""
+    reinit's own earlier output: marked as ours, and every entry one such an output holds.
+    `merges`: whether `--in-place` could write into the folder instead (a `--format dcp`
+    output cannot: it replaces its folder whole), and so is worth suggesting."""
     if not path.is_dir() or path.is_symlink():
         return
     keep = {Path(n).parts[0] for n in would_hold}
@@ -165,15 +167,20 @@ def check_replace_folder(path: Path, would_hold: Iterable[str]) -> None:
             return
         raise OutputError(
             f"-o {path}: holds {foreign}, which no reinit output holds; --overwrite would delete "
-            "it with the folder; choose a new folder, or pass --in-place to change only the "
-            "weight files"
+            f"it with the folder; {_remedy(merges)}"
         )
     shown = ", ".join(extra[:5]) + (", …" if len(extra) > 5 else "")
     raise OutputError(
         f"-o {path}: is not an earlier reinit output and holds {len(extra)} entr"
         f"{'y' if len(extra) == 1 else 'ies'} the output would not ({shown}); --overwrite would "
-        "delete them; choose a new folder, or pass --in-place to change only the weight files"
+        f"delete them; {_remedy(merges)}"
     )
+
+
+def _remedy(merges: bool) -> str:
+    if merges:
+        return "choose a new folder, or pass --in-place to change only the weight files"
+    return "choose a new folder"
 
 
 # What a reinit folder output holds besides its weight files: the shard index, its report, and

@@ -10,13 +10,19 @@ so verify, apply, inspect and report accept and refuse the same folders."""
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from reinit.errors import CheckpointError, InputNotFoundError
+from reinit.io.checkpoint import TORCH_SUFFIXES
 from reinit.io.confine import local_file, require_regular
 from reinit.io.formats import Header, check_shard, is_dcp_dir, read_header, read_index, zero_tag_dir
+
+if TYPE_CHECKING:
+    from reinit.io.formats import DcpCheckpoint
 
 __all__ = ["FileCheck", "VerifyResult", "verify", "verify_file"]
 
@@ -32,11 +38,12 @@ class FileCheck:
 class VerifyResult:
     path: str
     files: tuple[FileCheck, ...]
-    form: str = "safetensors"  # or "DCP directory", "DeepSpeed ZeRO folder"
+    form: str = "safetensors"  # or "DCP directory", "ZeRO folder", "torch file"
+    count: int | None = None  # the tensors, where one may lie in several files (DCP)
 
     @property
     def tensors(self) -> int:
-        return sum(f.tensors for f in self.files)
+        return self.count if self.count is not None else sum(f.tensors for f in self.files)
 
     @property
     def nbytes(self) -> int:
@@ -74,9 +81,12 @@ def verify(path: str | os.PathLike[str]) -> VerifyResult:
     if is_dcp_dir(p) or zero_tag_dir(p) is not None:
         return _verify_by_reading(where, "DCP directory" if is_dcp_dir(p) else "ZeRO folder")
     if p.is_file():
+        if p.name.lower().endswith(TORCH_SUFFIXES):  # `-o out.pt`: weights-only, as apply reads
+            return _verify_by_reading(where, "torch file")
         if not p.name.endswith(".safetensors"):
             raise CheckpointError(
-                f"{where}: verify checks safetensors files; this is not one (.safetensors)"
+                f"{where}: verify checks safetensors and torch files; this is neither "
+                f"(.safetensors, {', '.join(TORCH_SUFFIXES)})"
             )
         return VerifyResult(where, (verify_file(p),))
     files = sorted(f for f in p.rglob("*.safetensors") if not _hidden(f, p))
@@ -89,15 +99,33 @@ def verify(path: str | os.PathLike[str]) -> VerifyResult:
 
 
 def _verify_by_reading(where: str, form: str) -> VerifyResult:
-    """A DCP directory or ZeRO folder: every tensor is read (through the restricted loaders,
-    each piece checked against the metadata), as apply would read it."""
+    """A DCP directory, ZeRO folder or torch file: every tensor is read (through the restricted
+    loaders, each piece checked against the metadata), as apply would read it."""
+    from reinit.io.formats import DcpCheckpoint
     from reinit.io.sources import open_checkpoint
 
     with open_checkpoint(where) as ckpt:
         refs = ckpt.refs()
         for r in refs:
             ckpt.read(r.name)
-    return VerifyResult(where, (FileCheck(where, len(refs), sum(r.nbytes for r in refs)),), form)
+        files = _dcp_files(ckpt) if isinstance(ckpt, DcpCheckpoint) else None
+    if files is None:  # a ZeRO folder: its rank files hold flat groups, not tensors
+        files = (FileCheck(where, len(refs), sum(r.nbytes for r in refs)),)
+    return VerifyResult(where, files, form, count=len(refs))
+
+
+def _dcp_files(ckpt: DcpCheckpoint) -> tuple[FileCheck, ...]:
+    """Each `.distcp` file the state's chunks lie in: the tensors with a chunk there (a tensor
+    split over ranks counts in each of its files) and the tensor bytes of those chunks."""
+    tensors: dict[str, set[str]] = {}
+    nbytes: dict[str, int] = {}
+    for t in ckpt.tensors.values():
+        for c in t.chunks:
+            tensors.setdefault(c.file, set()).add(t.fqn)
+            nbytes[c.file] = nbytes.get(c.file, 0) + math.prod(c.sizes) * t.dtype.itemsize
+    return tuple(
+        FileCheck(os.fspath(ckpt.folder / f), len(tensors[f]), nbytes[f]) for f in sorted(tensors)
+    )
 
 
 def _hidden(f: Path, root: Path) -> bool:

@@ -124,6 +124,9 @@ class EditedCheckpoint(Checkpoint):
     def left_out(self) -> tuple[str, ...]:
         return self.base.left_out()
 
+    def beside_state(self) -> tuple[str, ...]:
+        return self.base.beside_state()
+
     def aliases(self) -> dict[str, str]:
         new_name = {old: new for new, old in self.edited.origin.items()}
         return {

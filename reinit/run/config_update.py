@@ -16,7 +16,9 @@ Fields the surgery implies (each only when the config has a different value):
   the learned position table (`position_embeddings.weight`, GPT-2's `wpe.weight`);
 - `num_hidden_layers` (or `n_layer`/`num_layers`, whichever the config has): how many layer
   indices (`layer.N.`, `layers.N.`, `h.N.`, `block.N.`) the output holds, and the per-layer
-  `layer_types` list (Qwen2/3, Gemma 2/3) one entry per layer, which transformers checks.
+  `layer_types` list (Qwen2/3, Gemma 2/3) one entry per layer, which transformers checks;
+- `dtype` (and `torch_dtype`, the name before transformers 5, where the config has it): the
+  output's `--dtype`, which `from_pretrained` builds the model in.
 `architectures` is never guessed: set it with `--config 'architectures=["..."]'`. `--config`
 values are applied last, so they win over the implied ones."""
 
@@ -49,6 +51,7 @@ _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 _POSITIONS = re.compile(r"(?:^|\.)(?:position_embeddings|wpe)\.weight$")
 _POSITION_KEYS = ("max_position_embeddings", "n_positions")
 _PER_LAYER = ("layer_types",)
+_DTYPE_KEYS = ("dtype", "torch_dtype")
 
 
 @dataclass(frozen=True)
@@ -183,29 +186,18 @@ def _follow_per_layer(config: dict[str, object], indices: set[int]) -> list[str]
     return notes
 
 
-def update_config(
-    config: Mapping[str, object] | None,
+_Put = Callable[[str, object, str], None]
+
+
+def _follow_head(
+    new: dict[str, object],
     shapes: Mapping[str, Sequence[int]],
-    config_set: Sequence[tuple[str, object]] = (),
-    labels: tuple[str, ...] | None = None,
-) -> ConfigUpdate:
-    """The config the output's weights imply (see the module docstring), then `config_set`.
-    `shapes`: every output tensor's name and shape."""
-    new: dict[str, object] = dict(config or {})
-    notes: list[str] = []
-
-    def put(key: str, value: object, why: str) -> None:
-        if new.get(key) != value:
-            old = new.get(key, "unset")
-            new[key] = value
-            notes.append(f"config.json: {key} {old} -> {json.dumps(value)} ({why})")
-
-    vocab = _rows(shapes, _EMBED)
-    if vocab is not None and "vocab_size" in new:
-        put("vocab_size", vocab, "rows of the word embeddings")
-    positions = _rows(shapes, _POSITIONS)
-    for field in (k for k in _POSITION_KEYS if k in new and positions is not None):
-        put(field, positions, "rows of the learned position table")
+    labels: tuple[str, ...] | None,
+    put: _Put,
+    notes: list[str],
+) -> None:
+    """`num_labels`, `id2label`, `label2id` from the classifier head's rows (`--labels` names
+    them); with their notes (`put`'s and `notes`)."""
     head = _rows(shapes, _HEAD)
     if labels is not None and head is not None and len(labels) != head:
         raise UsageError(
@@ -226,6 +218,13 @@ def update_config(
             "--labels: the output has no classifier head (classifier.weight, score.weight) "
             "whose rows the names would label"
         )
+
+
+def _follow_layers(
+    new: dict[str, object], shapes: Mapping[str, Sequence[int]], put: _Put, notes: list[str]
+) -> None:
+    """The layer count (and per-layer lists) from the layer indices the output holds, with
+    their notes (`put`'s and `notes`)."""
     indices = {int(m.group(1)) for n in shapes for m in [_LAYER.search(n)] if m}
     key = next((k for k in _LAYER_KEYS if k in new), None)
     if indices and key is not None:
@@ -236,6 +235,37 @@ def update_config(
                 f"layer indices {sorted(indices)} are not 0..{len(indices) - 1}: transformers "
                 f"will not load them; renumber with --rename (e.g. {_renumber_hint(shapes)})"
             )
+
+
+def update_config(
+    config: Mapping[str, object] | None,
+    shapes: Mapping[str, Sequence[int]],
+    config_set: Sequence[tuple[str, object]] = (),
+    labels: tuple[str, ...] | None = None,
+    dtype: str | None = None,
+) -> ConfigUpdate:
+    """The config the output's weights imply (see the module docstring), then `config_set`.
+    `shapes`: every output tensor's name and shape; `dtype`: `--dtype`'s name, if given."""
+    new: dict[str, object] = dict(config or {})
+    notes: list[str] = []
+
+    def put(key: str, value: object, why: str) -> None:
+        if new.get(key) != value:
+            old = new.get(key, "unset")
+            new[key] = value
+            notes.append(f"config.json: {key} {old} -> {json.dumps(value)} ({why})")
+
+    vocab = _rows(shapes, _EMBED)
+    if vocab is not None and "vocab_size" in new:
+        put("vocab_size", vocab, "rows of the word embeddings")
+    positions = _rows(shapes, _POSITIONS)
+    for field in (k for k in _POSITION_KEYS if k in new and positions is not None):
+        put(field, positions, "rows of the learned position table")
+    _follow_head(new, shapes, labels, put, notes)
+    _follow_layers(new, shapes, put, notes)
+    if dtype is not None:
+        for k in [k for k in _DTYPE_KEYS if k in new] or [_DTYPE_KEYS[0]]:
+            put(k, dtype, "--dtype")
     for k, value in config_set:
         if new.get(k) != value:
             new[k] = value
@@ -250,18 +280,20 @@ def config_for(
     config_set: Sequence[tuple[str, object]],
     labels: tuple[str, ...] | None,
     surgery: bool,
+    dtype: str | None = None,
 ) -> tuple[list[str], str | None]:
     """The notes and the text of the output's config.json, or None to leave it as it is
     (copied from a source folder, or not written beside a file output). A folder's (`fmt`
     "directory") config follows the surgery (`surgery`: this run's, or a recipe's earlier
-    step's); a file output gets one only when --config or --labels asks."""
+    step's) and its `--dtype` (`dtype`); a file output gets one only when --config or
+    --labels asks."""
     asked = bool(config_set) or labels is not None
-    if not (asked or (fmt == "directory" and surgery)):
+    if not (asked or (fmt == "directory" and (surgery or dtype is not None))):
         return [], None
     base = source_config()
     if base is None and not asked:
         return [], None
-    update = update_config(base, shapes, config_set, labels)
+    update = update_config(base, shapes, config_set, labels, dtype if fmt == "directory" else None)
     if not update.changed and fmt == "directory":
         return list(update.notes), None
     return list(update.notes), json.dumps(update.config, indent=2) + "\n"

@@ -21,6 +21,7 @@ import torch
 
 from reinit.errors import OutputError, UsageError
 from reinit.io.confine import extras_to_copy
+from reinit.io.formats import dtype_name
 from reinit.io.memory import reshaped
 from reinit.io.publish import how_to_publish
 from reinit.io.targets import REPORT_NAME, Inputs, check_replace_folder, check_target
@@ -39,8 +40,10 @@ from reinit.run.output import (
     INDEX_NAME,
     OutFile,
     OutputSpec,
+    check_no_stale_shards,
     check_unread_names,
     output_files,
+    refuse_lossy_in_place,
     refuse_unread_in_place,
     resolve_output,
     with_format,
@@ -173,6 +176,7 @@ def _output_spec(
     )
     spec = with_format(spec, o.format, request.max_shard is not None)
     refuse_unread_in_place(source, ckpt.kind, spec)
+    refuse_lossy_in_place(source, ckpt, spec)
     if request.max_shard is None or spec.fmt in ("directory", "dcp"):
         return spec
     if output is not None or in_place:
@@ -254,6 +258,7 @@ def _config(
         request.config_set,
         request.labels,
         edited_before,
+        dtype_name(request.dtype) if request.dtype is not None else None,
     )
     if spec.fmt != "directory":
         return notes, config_file
@@ -290,6 +295,7 @@ def _check_folder(
     merge = in_place and spec.fmt == "directory" and spec.path.is_dir()
     if merge:
         check_unread_names(spec.path, files, prepared.ckpt)
+        check_no_stale_shards(spec.path, files, prepared.ckpt)
     if spec.fmt == "directory" and not merge:
         held = [f.relname for f in files] + list(prepared.ckpt.extra_files())
         check_replace_folder(spec.path, [*held, INDEX_NAME, REPORT_NAME])
@@ -304,7 +310,7 @@ def _check_dcp_folder(path: Path, in_place: bool) -> None:
     from reinit.io.formats import is_dcp_file
 
     if not in_place:
-        check_replace_folder(path, [".metadata", "__0_0.distcp"])
+        check_replace_folder(path, [".metadata", "__0_0.distcp"], merges=False)
         return
     extra = sorted(e.name for e in path.iterdir() if e.is_dir() or not is_dcp_file(e.name))
     if extra:

@@ -225,7 +225,9 @@ class OutputControl:
                 entry = piece.entry
                 if dst != src:
                     note = cast_note(src, dst)
-                    if _is_lossy(src, dst):
+                    if overflow and not _is_lossy(src, dst):  # a widening cast past the range
+                        note = f"lossy {note}"
+                    if _is_lossy(src, dst) or overflow:
                         self.lossy.append(piece.name)
                     if overflow:
                         note += f"; {overflow} values overflowed to inf"
@@ -245,7 +247,7 @@ class OutputControl:
                 values = view_bytes(data, src)
                 cast = values.to(dst)
                 if dst == torch.float16:
-                    overflow += int((torch.isinf(cast) & torch.isfinite(values)).sum())
+                    overflow += _overflowed(values, cast)
                 data = tensor_to_bytes(cast)
             if data is not None and hasher is not None:
                 hasher.update(data)
@@ -263,6 +265,14 @@ class OutputControl:
         if self.overflowed:
             line += f", {self.overflowed} values overflowed to inf"
         return line
+
+
+def _overflowed(values: torch.Tensor, cast: torch.Tensor) -> int:
+    """How many finite `values` became inf in `cast`. torch has no `isfinite` for every fp8
+    dtype, so those are widened first (exactly: every fp8 value is a float32 value)."""
+    if values.dtype.itemsize == 1:
+        values = values.to(torch.float32)
+    return int((torch.isinf(cast) & torch.isfinite(values)).sum())
 
 
 def cast_note(src: torch.dtype, dst: torch.dtype) -> str:

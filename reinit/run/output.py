@@ -14,6 +14,8 @@ __all__ = [
     "output_metadata",
     "resolve_output",
     "shard_output_name",
+    "check_no_stale_shards",
+    "refuse_lossy_in_place",
     "refuse_unread_in_place",
     "with_format",
 ]
@@ -55,7 +57,7 @@ class OutputSpec:
             return self.path / REPORT_NAME
         name = self.path.name
         for suffix in (".safetensors", *TORCH_SUFFIXES):
-            if name.endswith(suffix):
+            if name.lower().endswith(suffix):  # the form is read case-blind too
                 return self.path.with_name(name[: -len(suffix)] + ".report.json")
         return self.path.with_name(name + ".report.json")
 
@@ -85,6 +87,8 @@ def default_output(source: str, ckpt: Checkpoint) -> Path:
     if is_hf_url(source):
         return Path.cwd() / f"{parse_hf_url(source).name}-reinit"
     p = Path(source)
+    if p.name in ("", ".", ".."):  # `.`, `./`, `x/..`: name the folder, beside it
+        p = Path(os.path.abspath(p))
     if ckpt.kind == "directory":
         return p.parent / f"{p.resolve().name}-reinit"
     return p.with_name(p.stem + ".reinit.safetensors")
@@ -167,6 +171,20 @@ def refuse_unread_in_place(source: str, kind: str, spec: OutputSpec) -> None:
     )
 
 
+def refuse_lossy_in_place(source: str, ckpt: Checkpoint, spec: OutputSpec) -> None:
+    """Refuse (exit 2) rewriting a training checkpoint in place: the output holds the state
+    dict's tensors alone, so the optimizer state, counters and the nest itself would be lost
+    (and the training code that loads `["model_state_dict"]` would fail)."""
+    beside = ckpt.beside_state()
+    if not beside or os.path.realpath(spec.path) != os.path.realpath(source):
+        return
+    shown = ", ".join(beside[:6]) + (f" and {len(beside) - 6} more" if len(beside) > 6 else "")
+    raise OutputError(
+        f"--in-place: {source} holds {shown} besides the weights; the output holds the state "
+        "dict's tensors alone and would lose them: give -o for a new file"
+    )
+
+
 def _refuse_cache_in_place(source: str) -> None:
     """`--in-place` never rewrites the Hugging Face cache: not through hf://, nor through a
     snapshot folder (or a file in one) given as a local path."""
@@ -239,6 +257,24 @@ def check_unread_names(folder: Path, files: Sequence[OutFile], ckpt: Checkpoint)
                 f"--in-place: {folder / rel} exists but is not part of the checkpoint this run "
                 "read; writing it would replace it: move it away or give -o for the output"
             )
+
+
+def check_no_stale_shards(folder: Path, files: Sequence[OutFile], ckpt: Checkpoint) -> None:
+    """`--in-place` with new shard names (`--max-shard-size`) would leave a safetensors shard
+    this run read, and whose tensors it writes elsewhere, beside the new ones: every such
+    tensor twice, and a stale `model.safetensors` is what `from_pretrained` loads (before any
+    index), the old weights. Exit 2, naming it."""
+    written = {f.relname for f in files}
+    out_names = {n for f in files for n in f.names}
+    stale = sorted({r.shard for r in ckpt.refs() if r.name in out_names} - written - {""})
+    stale = [s for s in stale if s.endswith(".safetensors") and os.path.lexists(folder / s)]
+    if stale:
+        raise OutputError(
+            f"--in-place: {folder / stale[0]} would stay beside the new shards "
+            f"({', '.join(sorted(written)[:3])}{', …' if len(written) > 3 else ''}) with the old "
+            "values of tensors they hold (from_pretrained may load it); keep the source's "
+            "sharding (drop --max-shard-size) or give -o for the output"
+        )
 
 
 def shard_output_name(shard: str) -> str:

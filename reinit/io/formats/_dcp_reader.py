@@ -35,7 +35,7 @@ from reinit.io.checkpoint import (
 from reinit.io.confine import local_file
 from reinit.io.formats._dcp_metadata import DcpChunk, DcpTensor, read_metadata
 from reinit.io.formats._lazy_pickle import LazyFile, LazyTensor, open_lazy
-from reinit.io.formats._nested_state import find_state
+from reinit.io.formats._nested_state import beside_state, find_state
 from reinit.io.formats._safetensors_format import dtype_size, tensor_to_bytes
 from reinit.io.memory import check_tensor_names
 
@@ -48,9 +48,10 @@ def _state_of(
     where: str,
     key: str,
     flag: str,
-) -> dict[str, DcpTensor]:
+) -> tuple[dict[str, DcpTensor], tuple[str, ...]]:
     """The model's tensors under their names in the state dict the checkpoint nests (found
-    as in a nested torch file), built over shape-only stand-ins (meta tensors)."""
+    as in a nested torch file), built over shape-only stand-ins (meta tensors), and what the
+    checkpoint holds besides them (`beside_state`)."""
     root: dict[object, object] = {}
     whose: dict[int, DcpTensor] = {}
     for fqn, path in nesting.items():
@@ -71,7 +72,7 @@ def _state_of(
     state = find_state(root, where, key, flag)
     found = {k: whose[id(v)] for k, v in state.items() if isinstance(v, torch.Tensor)}
     check_tensor_names(found, where)
-    return found  # type: ignore[return-value]
+    return found, beside_state(root, state)  # type: ignore[return-value]
 
 
 def _clash(where: str, fqn: str, path: tuple[object, ...]) -> CheckpointError:
@@ -97,11 +98,14 @@ class DcpCheckpoint(Checkpoint):
         self.folder = Path(folder)
         self.source = source if source is not None else os.fspath(folder)
         tensors, nesting = read_metadata(self.folder)
-        self.tensors = _state_of(tensors, nesting, self.source, key, flag)
+        self.tensors, self._beside = _state_of(tensors, nesting, self.source, key, flag)
         self._fds: dict[str, int] = {}
 
     def names(self) -> list[str]:
         return list(self.tensors)
+
+    def beside_state(self) -> tuple[str, ...]:
+        return self._beside
 
     def _get(self, name: str) -> DcpTensor:
         try:

@@ -228,6 +228,29 @@ class DirectoryCheckpoint(Checkpoint):
     def names(self) -> list[str]:
         return list(self._names)
 
+    def left_out(self) -> tuple[str, ...]:
+        """A safetensors file beside the shards that the index does not name (an adapter, a
+        shard of an earlier save): not read and not copied, as transformers ignores it, but
+        said rather than dropped silently (`reinit verify` counts it in)."""
+        index = self.layout.index
+        if index is None:
+            return ()
+        named = set(self.weight_map.values())
+        here = os.path.dirname(index)
+        stray = [
+            f
+            for f in sorted(self._files)
+            if f.endswith(".safetensors") and f not in named and os.path.dirname(f) == here
+        ]
+        if not stray:
+            return ()
+        listed = ", ".join(stray[:4]) + (f" and {len(stray) - 4} more" if len(stray) > 4 else "")
+        it, its = ("it", "its") if len(stray) == 1 else ("them", "their")
+        return (
+            f"{self.source}: left out {listed}: {index} does not name {it}, so {its} tensors "
+            f"are not read and a folder output does not copy {it}",
+        )
+
     def refs(self) -> list[TensorRef]:
         """All refs in shard order, and within a shard in its storage order."""
         out: list[TensorRef] = []

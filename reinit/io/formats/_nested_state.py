@@ -18,7 +18,7 @@ import torch
 
 from reinit.errors import CheckpointError, NestedStateError
 
-__all__ = ["NEST_KEYS", "find_state"]
+__all__ = ["NEST_KEYS", "beside_state", "find_state"]
 
 # Names training code gives the model's state inside a bigger checkpoint.
 NEST_KEYS = (
@@ -141,3 +141,33 @@ def find_state(
     raise CheckpointError(
         f"{where}: holds no tensors (keys: {', '.join(map(str, list(obj)[:8]))}){hint}"
     )
+
+
+def beside_state(obj: object, state: Mapping[object, object]) -> tuple[str, ...]:
+    """What `obj` (a loaded checkpoint) holds besides the tensors of `state`, the mapping
+    `find_state` took from it: the nest the state sits in, the entries beside it on the way
+    down (`epoch`, `optimizer_state_dict`) and the state's own entries that are not tensors.
+    A file rewritten with the state's tensors alone would lose all of them; () when none."""
+    path = _path_to(obj, state, 0) or []
+    beside: list[str] = [f"the nest {'.'.join(map(str, path))}"] if path else []
+    node = obj
+    for i, k in enumerate(path):
+        assert isinstance(node, Mapping)
+        prefix = ".".join(map(str, path[:i]))
+        beside += [f"{prefix}.{o}" if prefix else str(o) for o in node if o != k]
+        node = node[k]
+    beside += [str(k) for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    return tuple(beside)
+
+
+def _path_to(obj: object, target: object, depth: int) -> list[object] | None:
+    """The keys from `obj` down to the mapping `target` (by identity): [] when it is `obj`."""
+    if obj is target:
+        return []
+    if not isinstance(obj, Mapping) or depth > 64:  # a --key path is not deeper
+        return None
+    for k, v in obj.items():
+        below = _path_to(v, target, depth + 1)
+        if below is not None:
+            return [k, *below]
+    return None

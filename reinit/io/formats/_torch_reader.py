@@ -14,7 +14,7 @@ import torch
 
 from reinit.errors import CheckpointError, UnsafePickleError
 from reinit.io.checkpoint import TORCH_SUFFIXES, ConfigDict, beside_config
-from reinit.io.formats._nested_state import find_state
+from reinit.io.formats._nested_state import beside_state, find_state
 from reinit.io.memory import TensorDictCheckpoint, check_tensor_names
 from reinit.text import one_line
 
@@ -166,9 +166,13 @@ class TorchFile(TensorDictCheckpoint):
         super().__init__(unwrap_state_dict(loaded, self.path, key, flag), self.path)
         note = left_out_note(loaded, self.path, key, flag)
         self._left_out = (note,) if note else ()
+        self._beside = beside_state(loaded, find_state(loaded, self.path, key, flag))
 
     def left_out(self) -> tuple[str, ...]:
         return self._left_out
+
+    def beside_state(self) -> tuple[str, ...]:
+        return self._beside
 
     def shard_of(self, name: str) -> str:
         return self.shard
