@@ -76,8 +76,9 @@ def option_meta(m: OptionMeta) -> dict[str, OptionMeta]:
 
 def check_option_types(options: object, sequences: tuple[str, ...]) -> None:
     """The API's option values of the wrong type are a `UsageError` naming the keyword (not a
-    TypeError deep inside, or a float seed silently accepted): `seed` an int, `config` a
-    mapping or None, the spec lists (`sequences`: add, drop, ...) a list or one string."""
+    TypeError deep inside, or a float seed or `strict="no"` silently accepted): `seed` an
+    int, `config` a mapping or None, the spec lists (`sequences`: add, drop, ...) a list or
+    one string, the scalars as `SCALAR_TYPES` says."""
     seed, config = getattr(options, "seed", 0), getattr(options, "config", None)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise UsageError(f"seed= must be an integer, got {seed!r:.40}")
@@ -89,6 +90,44 @@ def check_option_types(options: object, sequences: tuple[str, ...]) -> None:
         value = getattr(options, name)
         if not isinstance(value, (str, os.PathLike, list, tuple)):
             raise UsageError(f"{name}= must be a list, got {type(value).__name__}")
+    for name, kinds, what in SCALAR_TYPES:
+        value = getattr(options, name)
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            raise UsageError(f"{name}= must be {what}, got {value!r:.40}")
+
+
+# The scalar options a caller could pass as the wrong type, with the types each may be (None
+# where it means "not given"; `True` is not a number here, nor `1` a bool) and what it must be.
+SCALAR_TYPES: tuple[tuple[str, tuple[type, ...], str], ...] = (
+    *(
+        (name, (bool,), "True or False")
+        for name in (
+            "default_report",
+            "strict",
+            "allow_unmatched",
+            "overwrite",
+            "in_place",
+            "progress",
+            "checksums",
+        )
+    ),
+    ("device", (str,), "a device name (a string or a torch.device)"),
+    ("dtype", (str, type(None)), "float32, bfloat16 or float16 (a string or a torch.dtype)"),
+    ("key", (str,), "a string"),
+    ("format", (str,), "safetensors or dcp"),
+    ("plot", (str, os.PathLike, type(None)), "a path"),
+    ("max_shard_size", (str, int, type(None)), "a size (e.g. '5GB') or a number of bytes"),
+    ("reference_tolerance", (int, float), "a number"),
+)
+
+
+def torch_names(options: object) -> None:
+    """A `torch.device` or `torch.dtype` given as `device=`/`dtype=` becomes its name
+    (`cuda:0`, `float16`), the text the flags take; torch is not imported for this."""
+    for name in ("device", "dtype"):
+        value = getattr(options, name)
+        if type(value).__module__ == "torch" and type(value).__name__ in {"device", "dtype"}:
+            object.__setattr__(options, name, str(value).removeprefix("torch."))
 
 
 def meta(f_name: str) -> OptionMeta:
@@ -418,6 +457,7 @@ class ApplyOptions:
     )
 
     def __post_init__(self) -> None:
+        torch_names(self)
         check_option_types(self, SPEC_SEQUENCES)
         for name in SPEC_SEQUENCES:  # one string is one item, not its characters
             value = getattr(self, name)

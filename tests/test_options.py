@@ -108,6 +108,51 @@ def test_options_object_equals_keywords_and_keywords_override_it(tmp_path):
     assert torch.equal(a["w"], b["w"])
 
 
+def test_torch_dtype_and_device_objects_are_taken_as_their_names(tmp_path):
+    """A pipeline passes `dtype=torch.float16`, `device=torch.device("cpu")`: the same as
+    the names (was an AttributeError from `.strip()`/`.startswith()` deep in the run)."""
+    src = tiny(tmp_path / "m.safetensors")
+    reinit.apply(src, ["*=normal"], tmp_path / "s.safetensors", dtype="float16", device="cpu")
+    reinit.apply(
+        src,
+        ["*=normal"],
+        tmp_path / "t.safetensors",
+        dtype=torch.float16,  # type: ignore[typeddict-item]
+        device=torch.device("cpu"),  # type: ignore[typeddict-item]
+    )
+    by_name, by_object = (
+        load_file(tmp_path / "s.safetensors"),
+        load_file(tmp_path / "t.safetensors"),
+    )
+    assert all(by_object[n].dtype == torch.float16 for n in by_object)
+    assert all(torch.equal(by_name[n], by_object[n]) for n in by_name)
+    assert ApplyOptions(dtype=torch.bfloat16).dtype == "bfloat16"  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [
+        ("dtype", 3),
+        ("device", 0),
+        ("strict", "yes"),
+        ("overwrite", 1),
+        ("max_shard_size", 1.5),
+        ("max_shard_size", True),
+        ("plot", 3),
+        ("reference_tolerance", "2"),
+        ("key", 1),
+        ("format", None),
+    ],
+)
+def test_an_option_of_the_wrong_type_is_a_usage_error_naming_it(tmp_path, keyword, value):
+    """Not an AttributeError/TypeError from inside the run, nor `strict="yes"` taken as
+    true: a UsageError that names the keyword, before anything is written."""
+    src = tiny(tmp_path / "m.safetensors")
+    with pytest.raises(reinit.UsageError, match=f"^{keyword}= must be "):
+        reinit.apply(src, ["*=zeros"], tmp_path / "o.safetensors", **{keyword: value})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+
+
 def _rows(plan: reinit.Plan) -> list[tuple]:
     return [
         (e.name, e.action, e.shape, e.dtype, e.rule.text if e.rule else None) for e in plan.entries
