@@ -8,6 +8,7 @@ __all__ = [
     "HubError",
     "InputNotFoundError",
     "NestedStateError",
+    "NoSuchEntryError",
     "OutputError",
     "RankError",
     "ReinitError",
@@ -92,6 +93,14 @@ class WriteError(ReinitError):
 class NestedStateError(UsageError):
     """A torch checkpoint nests its tensors where `--key` / `state=` must say which (several
     candidates, or a key that is not there); exit 2, nothing read further."""
+
+
+class NoSuchEntryError(UsageError, KeyError):
+    """`Report.entry(name)` for a name the report does not list: a `UsageError` that is also
+    the `KeyError` a lookup by name raises, so either `except` catches it."""
+
+    def __str__(self) -> str:  # the message, not KeyError's repr of it
+        return str(self.args[0]) if self.args else ""
 
 
 class RankError(ReinitError):

@@ -131,6 +131,27 @@ def test_typed_errors_and_nothing_changed_on_error():
         assert torch.equal(v, before[k])
 
 
+def test_report_lookups_and_json_that_is_not_a_report_are_typed_errors():
+    """`entry(name)` of a name not listed is a UsageError that is also a KeyError (a caller
+    may catch either); `Report.from_dict` of a JSON that is not a report is a UsageError
+    naming what is missing (was a bare KeyError/TypeError)."""
+    report = reinit.apply_to_module(make_module(), RULES, seed=0)
+    again = Report.from_dict(json.loads(report.to_json()))
+    assert again.entry("0.weight").after == report.entry("0.weight").after
+    for catch in (KeyError, reinit.UsageError):
+        with pytest.raises(catch, match=r"^the report of <Sequential> has no tensor 'nope' \("):
+            report.entry("nope")
+    d = json.loads(report.to_json())
+    for bad, fragment in [
+        ({}, "no 'reinit_version'"),
+        ({**d, "tensors": [{"name": "x"}]}, "no 'shape'"),
+        ({**d, "seed": "abc"}, "invalid literal"),
+        ({**d, "summary": {"tensors": 1}}, "missing"),
+    ]:
+        with pytest.raises(reinit.UsageError, match=f"^not a reinit JSON report: .*{fragment}"):
+            Report.from_dict(bad)
+
+
 def test_apply_returns_a_typed_report_and_plan_and_open_checkpoint_work(tmp_path):
     src = tmp_path / "m.safetensors"
     save_file({"a.weight": torch.randn(8, 4), "a.bias": torch.randn(8)}, src)

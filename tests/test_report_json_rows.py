@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+from reinit.errors import UsageError
 from reinit.report.entries import Report
 
 
@@ -44,7 +45,7 @@ def _report(n: int) -> Report:
     }
     try:
         return Report.from_dict(d)
-    except TypeError:  # the summary's fields, as this version has them
+    except UsageError:  # the summary's fields, as this version has them (not a report)
         from reinit.report.entries import Summary
 
         fields = Summary.__dataclass_fields__

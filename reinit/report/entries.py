@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from reinit.errors import NoSuchEntryError, UsageError
 from reinit.fans import compute_fans
 from reinit.planning.actions import action_changes
 from reinit.report.jsonio import JSON, json_safe, number
@@ -209,6 +210,16 @@ class Report:
 
     @staticmethod
     def from_dict(d: Mapping[str, Any]) -> Report:  # Any: json.loads' output, as read
+        """The report a JSON report holds (`json.loads` of `to_json()` or a report file); a
+        value that is not one is a `UsageError` naming what is missing or wrong."""
+        try:
+            return Report._of(d)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            what = f"no {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
+            raise UsageError(f"not a reinit JSON report: {what:.200}") from None
+
+    @staticmethod
+    def _of(d: Mapping[str, Any]) -> Report:
         return Report(
             reinit_version=d["reinit_version"],
             source=d["source"],
@@ -224,7 +235,9 @@ class Report:
         for t in self.tensors:
             if t.name == name:
                 return t
-        raise KeyError(name)
+        raise NoSuchEntryError(
+            f"the report of {self.source} has no tensor {name!r} ({len(self.tensors)} listed)"
+        )
 
     @property
     def flagged(self) -> tuple[TensorEntry, ...]:
