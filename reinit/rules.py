@@ -261,6 +261,8 @@ def parse_action(text: str, where: str = "rule") -> Action:
 def parse_rule(text: str) -> Rule:
     """`PATTERN=ACTION`, split at the first `=`. Scheme names and arguments are checked here,
     so a bad rule is a usage error before anything is read."""
+    if not isinstance(text, str):
+        raise RuleError(f"a rule is a 'PATTERN=ACTION' string, got {type(text).__name__}")
     if "=" not in text:
         raise RuleError(f"rule {text!r} has no '='; write PATTERN=ACTION, e.g. '*.weight=kaiming'")
     left, right = text.split("=", 1)

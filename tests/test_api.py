@@ -152,6 +152,41 @@ def test_report_lookups_and_json_that_is_not_a_report_are_typed_errors():
             Report.from_dict(bad)
 
 
+@pytest.mark.parametrize(
+    ("call", "error", "fragment"),
+    [
+        (
+            lambda: reinit.apply_to_module({"w": torch.ones(2)}, ["*=zeros"]),
+            reinit.UsageError,
+            "module must be a torch.nn.Module, got dict",
+        ),
+        (lambda: reinit.run_recipe("r.yaml"), reinit.UsageError, "recipe must be a reinit.Recipe"),
+        (lambda: reinit.plan_recipe("r.yaml"), reinit.UsageError, "recipe must be a reinit.Recipe"),
+        (lambda: reinit.load_recipe(5), reinit.UsageError, "path must be a str or os.PathLike"),
+        (lambda: reinit.plan_new(5), reinit.UsageError, "or an nn.Module, got int"),
+        (lambda: reinit.new(5, "o.safetensors"), reinit.UsageError, "or an nn.Module, got int"),
+        (lambda: reinit.parse_rule(5), reinit.RuleError, "'PATTERN=ACTION' string, got int"),
+        (lambda: reinit.calculate_gain(5), reinit.SchemeError, "is a name"),
+        (lambda: reinit.forward_check(5), reinit.UsageError, "must be a path"),
+        (
+            lambda: reinit.apply("m.safetensors", ["*=zeros"], 5),
+            reinit.UsageError,
+            "output must be a path",
+        ),
+    ],
+)
+def test_an_argument_of_the_wrong_type_is_a_typed_error(
+    tmp_path, monkeypatch, call, error, fragment
+):
+    """A pipeline's slip (a path where a Recipe goes, a dict where a module goes) is a
+    ReinitError naming the argument, not an AttributeError/TypeError from deep inside."""
+    monkeypatch.chdir(tmp_path)
+    save_file({"w": torch.ones(2, 2)}, "m.safetensors")
+    with pytest.raises(error, match=fragment):
+        call()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+
+
 def test_apply_returns_a_typed_report_and_plan_and_open_checkpoint_work(tmp_path):
     src = tmp_path / "m.safetensors"
     save_file({"a.weight": torch.randn(8, 4), "a.bias": torch.randn(8)}, src)

@@ -51,6 +51,7 @@ def run_recipe(recipe: Recipe, *, progress: bool = False) -> Report:
     from reinit.run.apply import apply
     from reinit.run.inmemory import apply_to_checkpoint
 
+    check_recipe("run_recipe", recipe)
     if recipe.dry_run:
         raise UsageError(
             f"{recipe.path}: the recipe says dry_run, so nothing may be written; plan it with "
@@ -106,6 +107,15 @@ def _write_last(
     return report
 
 
+def check_recipe(function: str, recipe: object) -> None:
+    """A `Recipe` (what `load_recipe` returns); a path or a dict is a `UsageError` saying so."""
+    if not isinstance(recipe, Recipe):
+        raise UsageError(
+            f"{function}: recipe must be a reinit.Recipe, got {type(recipe).__name__}; "
+            "read the file with reinit.load_recipe(path) first"
+        )
+
+
 def plan_recipe(recipe: Recipe, *, progress: bool = False) -> list[Plan]:
     """Each step's plan, as `run_recipe` would run it, writing nothing (`--dry-run`).
 
@@ -131,6 +141,7 @@ def plan_recipe(recipe: Recipe, *, progress: bool = False) -> list[Plan]:
     """
     from reinit.planning.session import plan
 
+    check_recipe("plan_recipe", recipe)
     plans: list[Plan] = []
     with _open_source(recipe, progress) as original:
         current: Checkpoint = original

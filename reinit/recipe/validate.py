@@ -459,6 +459,10 @@ def load_recipe(
     print(recipe.source, [step.rules for step in recipe.steps], recipe.options.seed)
     ```
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise UsageError(
+            f"load_recipe: path must be a str or os.PathLike, got {type(path).__name__}"
+        )
     data, where, label = read_recipe_file(path)
     # --set first: a key it overrides is not expanded, so `--set source=dir` works on a recipe
     # whose source is `${MODEL}` without MODEL set (--set values are taken as written)

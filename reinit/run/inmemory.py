@@ -260,6 +260,11 @@ def apply_to_module(
     >>> layer.weight.requires_grad, report.summary.reinit
     (True, 2)
     """
+    if not isinstance(module, torch.nn.Module):
+        raise UsageError(
+            f"apply_to_module: module must be a torch.nn.Module, got {type(module).__name__}"
+            " (a state dict goes to apply_to_state_dict)"
+        )
     o = with_kwargs("apply_to_module", options, kwargs, IN_MEMORY_FIELDS)
     surgery = [k for k in sorted(SURGERY_FIELDS) if getattr(o, k)]
     if surgery:

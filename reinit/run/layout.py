@@ -67,6 +67,10 @@ class OutputRequest:
 
     @classmethod
     def of(cls, output: StrPath | None, o: ApplyOptions) -> OutputRequest:
+        if output is not None and not isinstance(output, (str, os.PathLike)):
+            raise UsageError(
+                f"output must be a path (str or os.PathLike), got {type(output).__name__}"
+            )
         check_formats(o.reports, o.plot, "--report")  # before any work: a typo costs nothing
         dtype, max_shard = parse_dtype(o.dtype), parse_size(o.max_shard_size)
         return cls(

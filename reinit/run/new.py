@@ -130,6 +130,18 @@ def _check_options(spec: str, o: ApplyOptions) -> None:
         )
 
 
+def model_text(config: object) -> str:
+    """The text of a model given as a path (a config.json, a model folder, `hf://`,
+    `module:callable`); anything else but an `nn.Module` is a `UsageError`."""
+    text = os.fspath(config) if isinstance(config, (str, os.PathLike)) else None
+    if not isinstance(text, str):
+        raise UsageError(
+            "reinit new: the model must be a config.json, a model folder, hf://OWNER/NAME, "
+            f"module:callable or an nn.Module, got {type(config).__name__}"
+        )
+    return text
+
+
 def prepare_new(
     config: str | os.PathLike[str] | nn.Module,
     rules: Sequence[RuleInput],
@@ -140,7 +152,7 @@ def prepare_new(
     float32; the caller closes it), the rules after `*=default`, and apply's options for it
     (the model view; the shard size save_pretrained uses for a folder output). A recipe's
     `new:` runs its first step with these."""
-    spec = type(config).__name__ if isinstance(config, nn.Module) else os.fspath(config)
+    spec = type(config).__name__ if isinstance(config, nn.Module) else model_text(config)
     _check_options(spec, o)
     model = _load(config)
     check_architecture(spec, model)

@@ -53,6 +53,10 @@ ALIASES = {"swish": "silu"}
 
 def canonical(nonlinearity: str) -> str:
     """The nonlinearity's name as NONLINEARITIES spells it (`Swish` -> `silu`)."""
+    if not isinstance(nonlinearity, str):
+        raise SchemeError(
+            f"a nonlinearity is a name (e.g. 'relu'), got {type(nonlinearity).__name__}"
+        )
     name = nonlinearity.strip().lower()
     return ALIASES.get(name, name)
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from reinit.errors import UsageError
-from reinit.io.sources import open_checkpoint
+from reinit.io.sources import open_checkpoint, source_text
 from reinit.planning.model_load import build_real, load_model
 from reinit.planning.model_size import check_model_fits
 from reinit.report.jsonio import dumps
@@ -329,7 +329,7 @@ def forward_check(
     spec, else the config.json of its directory), run fixed inputs drawn from `seed`, and
     measure per-layer activation std; with `against`, load that checkpoint into its own
     architecture (its config.json, else the same as `output`'s) and compare the outputs."""
-    out_path = os.fspath(output)
+    out_path = source_text(output)
     spec = _spec_for(out_path, model, "OUTPUT")
     check_model_fits(spec, "verify --forward")
     module = _loaded(build_real(spec, seed), out_path)
