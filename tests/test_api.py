@@ -187,6 +187,35 @@ def test_an_argument_of_the_wrong_type_is_a_typed_error(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
 
 
+class _WithExtraState(torch.nn.Linear):
+    """A layer whose `state_dict()` holds a non-tensor `_extra_state` (as quantized and
+    TransformerEngine layers do)."""
+
+    def get_extra_state(self) -> dict[str, float]:
+        return {"scale": 2.0}
+
+    def set_extra_state(self, state: dict[str, float]) -> None:
+        self.loaded_extra = state
+
+
+def test_apply_to_state_dict_keeps_entries_that_are_not_tensors():
+    """A module's state dict with `_extra_state`: the result loads back with
+    load_state_dict (strict), the extra state the input's own object (was left out: 'Missing
+    key(s) in state_dict: "0._extra_state"'); apply_to_module takes the module (was an
+    AttributeError: the extra state read as a tensor)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(_WithExtraState(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    state = model.state_dict()
+    new, report = reinit.apply_to_state_dict(state, ["*.weight=zeros"], seed=0)
+    assert new["0._extra_state"] is state["0._extra_state"]
+    assert report.summary.tensors == 4 and "0._extra_state" not in {t.name for t in report.tensors}
+    model.load_state_dict(new)
+    assert model[0].loaded_extra == {"scale": 2.0} and not model[0].weight.any()
+    # in place, with `default` (the module's own init; its fans read the module's tensors)
+    report = reinit.apply_to_module(model, ["*.weight=zeros", "*.bias=default"], seed=0)
+    assert report.summary.reinit == 4 and not model[2].weight.any()
+
+
 def test_apply_returns_a_typed_report_and_plan_and_open_checkpoint_work(tmp_path):
     src = tmp_path / "m.safetensors"
     save_file({"a.weight": torch.randn(8, 4), "a.bias": torch.randn(8)}, src)

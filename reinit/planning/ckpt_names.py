@@ -92,7 +92,7 @@ def _shared_storage(
 
 
 def _unshared_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    state = dict(module.state_dict(keep_vars=True))
+    state = _tensors(module.state_dict(keep_vars=True))
     seen: set[int] = set()
     for name, t in list(state.items()):
         if id(t) in seen:
@@ -121,7 +121,13 @@ def _saved_state(module: nn.Module) -> dict[str, torch.Tensor]:
     ignore = getattr(module, "_keys_to_ignore_on_save", None) or []
     for key in ignore:
         state.pop(key, None)
-    return state
+    return _tensors(state)
+
+
+def _tensors(state: Mapping[str, object]) -> dict[str, torch.Tensor]:
+    """A state dict's tensors: not a module's `_extra_state` (any object), which no
+    checkpoint file of tensors holds."""
+    return {n: t for n, t in state.items() if isinstance(t, torch.Tensor)}
 
 
 def _max_ndim(state: Mapping[str, torch.Tensor]) -> int:

@@ -188,7 +188,8 @@ def apply_to_state_dict(
 
     Returns:
         `(new_state_dict, report)`: changed tensors are new tensors on their original device
-        with their original dtype; the others are the input's own objects.
+        with their original dtype; the others, and entries that are not tensors (a
+        module's `_extra_state`), are the input's own objects.
 
     Example:
 
@@ -210,6 +211,9 @@ def apply_to_state_dict(
     for e in report.tensors:
         if e.changes and e.name in state_dict:
             new[e.name] = new[e.name].to(state_dict[e.name].device)
+    # what is not a tensor (a module's `_extra_state`) comes back as it is, so the result
+    # loads with `load_state_dict` where the input did
+    new.update({k: v for k, v in state_dict.items() if not isinstance(v, torch.Tensor)})
     return new, report
 
 
