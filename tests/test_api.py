@@ -165,6 +165,12 @@ def test_report_lookups_and_json_that_is_not_a_report_are_typed_errors():
         (lambda: reinit.load_recipe(5), reinit.UsageError, "path must be a str or os.PathLike"),
         (lambda: reinit.plan_new(5), reinit.UsageError, "or an nn.Module, got int"),
         (lambda: reinit.new(5, "o.safetensors"), reinit.UsageError, "or an nn.Module, got int"),
+        (lambda: reinit.new(torch.nn.Linear(2, 2), None), reinit.UsageError, "output is required"),
+        (
+            lambda: reinit.new_split(torch.nn.Linear(2, 2), None),
+            reinit.UsageError,
+            "output is required",
+        ),
         (lambda: reinit.parse_rule(5), reinit.RuleError, "'PATTERN=ACTION' string, got int"),
         (lambda: reinit.calculate_gain(5), reinit.SchemeError, "is a name"),
         (lambda: reinit.forward_check(5), reinit.UsageError, "must be a path"),

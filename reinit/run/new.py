@@ -6,7 +6,14 @@ later rule says otherwise, one tensor at a time."""
 
 from __future__ import annotations
 
-__all__ = ["NEW_FIELDS", "SAVE_PRETRAINED_SHARD", "new", "plan_new", "prepare_new"]
+__all__ = [
+    "NEW_FIELDS",
+    "SAVE_PRETRAINED_SHARD",
+    "check_new_output",
+    "new",
+    "plan_new",
+    "prepare_new",
+]
 
 import os
 from collections.abc import Sequence
@@ -95,6 +102,7 @@ def new(
     ```
     """
     o = with_kwargs("new", options, kwargs, NEW_FIELDS)
+    check_new_output("new", output)
     ckpt, rule_objs, run = prepare_new(source, rules, o, output)
     with ckpt:
         return apply(ckpt, rule_objs, output, options=run)
@@ -127,6 +135,16 @@ def _check_options(spec: str, o: ApplyOptions) -> None:
         raise UsageError(
             f"new {spec}: {given[0]} does not apply to a model made from its config; edit "
             "the config (or run apply on the output)"
+        )
+
+
+def check_new_output(function: str, output: object) -> None:
+    """`new` needs its output named, as `reinit new -o` does: with none, apply's default (the
+    source's name + `.reinit.safetensors`) put `config.reinit.safetensors` in the model's
+    folder, or `<Class>.reinit.safetensors` in the current one for a module."""
+    if output is None:
+        raise UsageError(
+            f"{function}: output is required: a .safetensors file or a folder (as reinit new -o)"
         )
 
 

@@ -41,7 +41,7 @@ from reinit.options import APPLY_FIELDS, ApplyOptions, OptionKwargs, with_kwargs
 from reinit.planning.session import RuleInput
 from reinit.report.entries import Report
 from reinit.run.layout import Layout, OutputRequest, lay_out
-from reinit.run.new import NEW_FIELDS, prepare_new
+from reinit.run.new import NEW_FIELDS, check_new_output, prepare_new
 from reinit.run.prepare import Job, Prepared, prepare
 from reinit.run.ranks import Group, process_group, share
 from reinit.run.write import Staging, Written, publish, report_of, stage, write, write_side_files
@@ -113,6 +113,7 @@ def new_split(
     """`reinit.new` with the output's shards written by the ranks (as `apply_split`): every
     rank builds the model's checkpoint from its config alike; the same files as one process."""
     o = with_kwargs("new_split", options, kwargs, NEW_FIELDS)
+    check_new_output("new_split", output)
     with process_group() as g:
         return g.speaking(lambda: _new_over(g, source, output, rules, o))
 
