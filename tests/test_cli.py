@@ -289,3 +289,44 @@ def test_a_closed_pipe_ends_quietly_with_exit_0(many, args):
     err = p.stderr.read().decode()
     assert p.wait(timeout=120) == 0, err
     assert "error" not in err and "Traceback" not in err and "Exception" not in err, err
+
+
+def test_dry_run_json_prints_the_plan_as_json_on_stdout(ckpt, tmp_path):
+    """`--dry-run --json` printed the plan on stderr and nothing on stdout: `| jq` got no JSON."""
+    r = run(
+        "apply", ckpt, "-r", "*.weight=kaiming", "-r", "head.weight=zeros", "--dry-run", "--json"
+    )
+    assert r.exit_code == 0, r.output
+    plan = json.loads(r.stdout)
+    assert plan["dry_run"] is True
+    assert plan["summary"] == {"tensors": 4, "reinit": 2, "transplant": 0, "kept": 1, "skipped": 1}
+    by_name = {t["name"]: t for t in plan["tensors"]}
+    assert by_name["head.weight"] == {
+        "name": "head.weight",
+        "shape": [4, 16],
+        "dtype": "float32",
+        "action": "reinit",
+        "what": "zeros",
+        "rule": "head.weight=zeros",
+    }
+    assert by_name["layers.0.norm.weight"]["action"] == "skipped"
+    assert by_name["layers.0.fc.bias"]["rule"] is None
+    assert "plan: 4 tensors" in r.stderr  # the human view stays on stderr
+    assert list(tmp_path.iterdir()) == [ckpt]  # nothing written
+
+
+def test_recipe_dry_run_json_is_one_document_with_every_step(ckpt, tmp_path):
+    recipe = tmp_path / "r.json"
+    recipe.write_text(
+        json.dumps(
+            {
+                "source": str(ckpt),
+                "output": str(tmp_path / "o.safetensors"),
+                "steps": [{"rules": ["head.weight=zeros"]}, {"rules": ["*.fc.weight=kaiming"]}],
+            }
+        )
+    )
+    r = run("run", recipe, "--dry-run", "--json")
+    assert r.exit_code == 0, r.output
+    steps = json.loads(r.stdout)["steps"]
+    assert [s["summary"]["reinit"] for s in steps] == [1, 1]

@@ -81,7 +81,7 @@ def new_options(f: Command) -> Command:
     "matching rule wins.",
 )
 @dry_run_option()
-@json_option()
+@json_option("Print the JSON report on stdout (with --dry-run: the plan as JSON).")
 @quiet_option()
 @by_option()
 @new_options

@@ -76,7 +76,7 @@ __all__ = ["run"]
     "Python package folder (docs/guide/trust.md).",
 )
 @dry_run_option("Print each step's plan and write nothing.")
-@json_option()
+@json_option("Print the JSON report on stdout (with --dry-run: the plan as JSON).")
 @quiet_option()
 @by_option()
 def run(
@@ -101,7 +101,7 @@ def run(
     load_torch()
     from reinit.recipe.run import plan_recipe, run_recipe
     from reinit.recipe.validate import load_recipe
-    from reinit.report.views import render_plan, render_terminal
+    from reinit.report.views import plan_json, render_plan, render_terminal
 
     if model is not None:  # --set model=MODEL, and a module:callable typed here is the user's
         sets = (*sets, f"model={model}")
@@ -119,6 +119,8 @@ def run(
     )
     if dry_run or loaded.dry_run:
         plans = plan_recipe(loaded, progress=progress_on(quiet))
+        if as_json:
+            click.echo(plan_json(plans))
         for i, plan in enumerate(plans):
             warn_all(plan.warnings)
             if len(plans) > 1:
