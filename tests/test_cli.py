@@ -330,3 +330,15 @@ def test_recipe_dry_run_json_is_one_document_with_every_step(ckpt, tmp_path):
     assert r.exit_code == 0, r.output
     steps = json.loads(r.stdout)["steps"]
     assert [s["summary"]["reinit"] for s in steps] == [1, 1]
+
+
+def test_verify_help_report_example_runs_as_written(ckpt, tmp_path, monkeypatch):
+    """The example named `out/reinit_report.json`; a folder output's report is reinit-report.json."""
+    import shlex
+
+    monkeypatch.chdir(tmp_path)
+    assert run("apply", ckpt, "-r", "head.weight=zeros", "-o", "out/", "--checksums").exit_code == 0
+    examples = run("verify", "--help").output.split("Examples:\n", 1)[1].splitlines()
+    line = next(e.strip() for e in examples if "--report" in e)
+    r = run(*shlex.split(line)[1:])
+    assert r.exit_code == 0, r.output

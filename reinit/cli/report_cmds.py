@@ -175,7 +175,7 @@ def diff(a: str, b: str, as_json: bool, unsafe_pickle: tuple[str, ...]) -> None:
         "reinit verify model.safetensors",
         "reinit verify ./my-model/ --json",
         "reinit verify ./grown/ --forward --against ./old/ --max-kl 0.01",
-        "reinit verify out/ --report out/reinit_report.json",
+        "reinit verify out/ --report out/reinit-report.json",
     )
 )
 @click.argument("path")
