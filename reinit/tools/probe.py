@@ -302,7 +302,9 @@ def run_pass(
         y = _first_tensor(out)
         output_std = _std(y) if y is not None else None
         if y is not None and y.requires_grad:
-            cot = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed + 1))
+            # torch reads a seed modulo 2**64: the same draw as seed + 1, without its overflow
+            g = torch.Generator().manual_seed((seed + 1) % 2**64)
+            cot = torch.randn(y.shape, generator=g)
             y.backward(cot.to(y.dtype))
     finally:
         for h in handles:
