@@ -342,3 +342,30 @@ def test_verify_help_report_example_runs_as_written(ckpt, tmp_path, monkeypatch)
     line = next(e.strip() for e in examples if "--report" in e)
     r = run(*shlex.split(line)[1:])
     assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["apply"], "Missing argument 'SOURCE'"),
+        (
+            ["apply", "m.safetensors", "--rul", "*=zeros"],
+            "(Did you mean one of: '--all', '--rule'?)",
+        ),
+        (["aply"], "Did you mean 'apply'?"),
+        (["apply", "m.safetensors", "--by", "kindd"], "'kindd' is not one of 'kind', 'tensor'"),
+        (["gain", "leaky_relu", "abc"], "'abc' is not a valid float"),
+    ],
+)
+def test_a_usage_error_is_one_error_line_naming_the_help(args, fragment):
+    """click's own usage errors printed four lines (Usage:, Try ..., a blank, `Error: ...`)."""
+    r = run(*args)
+    assert r.exit_code == 2
+    assert r.stdout == ""
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: "), r.stderr
+    assert fragment in r.stderr and "--help" in r.stderr
+
+
+def test_reinit_alone_still_shows_the_help():
+    r = run()
+    assert "Commands:" in r.output and "apply" in r.output

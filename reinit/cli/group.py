@@ -124,6 +124,20 @@ def _end_program(code: int) -> NoReturn:
     os._exit(code)
 
 
+def _show(e: click.ClickException) -> None:
+    """Say a click error: a usage error (an unknown option or command, a missing or invalid
+    argument) as one `error:` line naming the help to read, like every other error, not
+    click's four lines (Usage:, Try ..., a blank, `Error: ...`); `reinit` alone shows the help."""
+    if not isinstance(e, click.UsageError) or isinstance(e, click.exceptions.NoArgsIsHelpError):
+        e.show()
+        return
+    from reinit.text import bounded, shown
+
+    path = e.ctx.command_path if e.ctx is not None else "reinit"
+    message = f"{e.format_message()} (see '{path} --help')"
+    click.echo(f"error: {bounded(shown(message))}", err=True)
+
+
 class ReinitGroup(click.Group):
     program = False  # run as the `reinit` program (see `main`), not in-process
 
@@ -152,7 +166,7 @@ class ReinitGroup(click.Group):
         except click.ClickException as e:
             code = e.exit_code
             with suppress(KeyboardInterrupt):  # the error stands, whatever signal follows
-                e.show()
+                _show(e)
         if self.program:
             _exit_on_stop_signals(code)
             _end_program(code)
