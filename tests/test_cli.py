@@ -369,3 +369,18 @@ def test_a_usage_error_is_one_error_line_naming_the_help(args, fragment):
 def test_reinit_alone_still_shows_the_help():
     r = run()
     assert "Commands:" in r.output and "apply" in r.output
+
+
+@pytest.mark.parametrize(
+    ("args", "hint"),
+    [
+        (["gain", "relux"], "did you mean relu?"),
+        (["gain", "leaky_reluu"], "did you mean leaky_relu?"),
+        (["report", "{m}", "--fail-on", "nonfinit"], "did you mean nonfinite?"),
+        (["report", "{m}", "--fail-on", "garbage,stdoff"], "did you mean std_off?"),
+    ],
+)
+def test_a_mistyped_nonlinearity_or_fail_on_flag_gets_a_did_you_mean(ckpt, args, hint):
+    r = run(*(a.format(m=ckpt) for a in args))
+    assert r.exit_code == 2
+    assert r.stderr.startswith("error: ") and hint in r.stderr, r.stderr

@@ -30,6 +30,8 @@ __all__ = ["diff", "inspect", "report", "verify"]
 
 def fail_on_flags(value: str | None) -> frozenset[str]:
     """`--fail-on nonfinite,garbage` (or `any`) -> the set of flags that fail the run."""
+    import difflib
+
     from reinit.errors import UsageError
     from reinit.report.flags import FLAGS
 
@@ -40,8 +42,10 @@ def fail_on_flags(value: str | None) -> frozenset[str]:
         return frozenset(FLAGS)
     unknown = sorted(names - set(FLAGS))
     if unknown:
+        close = [c for u in unknown for c in difflib.get_close_matches(u, FLAGS, n=1)]
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise UsageError(
-            f"--fail-on {value}: unknown flag {', '.join(unknown)}; use any of "
+            f"--fail-on {value}: unknown flag {', '.join(unknown)}{hint}; use any of "
             f"{', '.join(FLAGS)} (comma-separated) or 'any'"
         )
     return frozenset(names)
