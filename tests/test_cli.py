@@ -384,3 +384,39 @@ def test_a_mistyped_nonlinearity_or_fail_on_flag_gets_a_did_you_mean(ckpt, args,
     r = run(*(a.format(m=ckpt) for a in args))
     assert r.exit_code == 2
     assert r.stderr.startswith("error: ") and hint in r.stderr, r.stderr
+
+
+def _on_a_terminal(args: list[str], env: dict[str, str]) -> str:
+    """`reinit ARGS` with stdout and stderr on a pseudo-terminal: what it printed there."""
+    import pty
+
+    leader, follower = pty.openpty()
+    p = subprocess.Popen(
+        [sys.executable, "-m", "reinit", *args],
+        stdout=follower,
+        stderr=follower,
+        env={**os.environ, "COLUMNS": "120", **env},
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # the child closed its end
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert p.wait(timeout=120) == 0
+    os.close(leader)
+    return b"".join(chunks).decode()
+
+
+def test_no_color_turns_the_terminal_colors_off(ckpt, tmp_path):
+    """NO_COLOR (no-color.org) was ignored: a terminal always got ANSI colors."""
+    other = tmp_path / "b.safetensors"
+    save_file({k: v * 2 for k, v in load_file(ckpt).items()}, other)
+    args = ["diff", str(ckpt), str(other)]
+    assert "\x1b[" in _on_a_terminal(args, {})
+    shown = _on_a_terminal(args, {"NO_COLOR": "1"})
+    assert "changed" in shown and "\x1b[" not in shown

@@ -3,11 +3,12 @@ from `ApplyOptions`), output helpers, and the loud --unsafe-pickle warning."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 import click
 
@@ -26,6 +27,7 @@ __all__ = [
     "apply_option",
     "apply_options",
     "by_option",
+    "color_on",
     "dry_run_option",
     "flag_fields",
     "options_from_flags",
@@ -90,6 +92,12 @@ def warn_unsafe(paths: tuple[str, ...], what: str = "--unsafe-pickle") -> None:
         f"warning: {what} lets torch files run code while loading, only these: "
         f"{', '.join(paths)}; use it only for files you trust"
     )
+
+
+def color_on(stream: TextIO) -> bool:
+    """Colors in the terminal views: only on a terminal, and never when `NO_COLOR` is set to
+    anything but the empty string (no-color.org)."""
+    return stream.isatty() and not os.environ.get("NO_COLOR")
 
 
 def progress_on(quiet: bool) -> bool:
@@ -261,6 +269,6 @@ def show_report(report: Report, *, as_json: bool, quiet: bool, by: str) -> None:
     from reinit.report.views import note_lines, render_terminal
 
     per_layer = "none" if by == "kind" else "changed"
-    err(render_terminal(report, width(), sys.stderr.isatty(), per_layer, by))
+    err(render_terminal(report, width(), color_on(sys.stderr), per_layer, by))
     for line in note_lines(report):
         err(line)

@@ -11,6 +11,7 @@ import click
 
 from reinit.cli.common import (
     by_option,
+    color_on,
     err,
     examples,
     json_option,
@@ -139,7 +140,7 @@ def report(
     if as_json:
         click.echo(rep.to_json())
     if not quiet:
-        err(render_terminal(rep, width(), color=sys.stderr.isatty(), per_layer="all", by=by))
+        err(render_terminal(rep, width(), color=color_on(sys.stderr), per_layer="all", by=by))
         for line in note_lines(rep):  # as apply says them (casts, renames, moved stds)
             err(line)
     hits = [e for e in rep.tensors if failing & set(e.flags)]
@@ -171,7 +172,7 @@ def diff(a: str, b: str, as_json: bool, unsafe_pickle: tuple[str, ...]) -> None:
     if as_json:
         click.echo(d.to_json())
         return
-    click.echo(render_diff(d, width(), color=sys.stdout.isatty()))
+    click.echo(render_diff(d, width(), color=color_on(sys.stdout)))
 
 
 @click.command(

@@ -9,6 +9,7 @@ import click
 
 from reinit.cli.common import (
     by_option,
+    color_on,
     dry_run_option,
     err,
     examples,
@@ -143,4 +144,4 @@ def run(
         click.echo(result.to_json())
     if not quiet:
         per_layer = "none" if by == "kind" else "changed"
-        err(render_terminal(result, width(), sys.stderr.isatty(), per_layer, by))
+        err(render_terminal(result, width(), color_on(sys.stderr), per_layer, by))
