@@ -420,3 +420,17 @@ def test_no_color_turns_the_terminal_colors_off(ckpt, tmp_path):
     assert "\x1b[" in _on_a_terminal(args, {})
     shown = _on_a_terminal(args, {"NO_COLOR": "1"})
     assert "changed" in shown and "\x1b[" not in shown
+
+
+@pytest.mark.parametrize("columns", ["1", "2", "0", "-5", "abc"])
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_tiny_or_odd_columns_never_fails_a_run(ckpt, tmp_path, columns, dry_run):
+    """COLUMNS=1 or 2: apply published its output, then ended 'internal error: ValueError:
+    invalid width -3' (exit 1 for a run that was done); the dry run too."""
+    out = tmp_path / "o.safetensors"
+    args = ["apply", ckpt, "-r", "*.weight=kaiming", "-o", out, *(["--dry-run"] if dry_run else [])]
+    r = run(*args, env={"COLUMNS": columns})
+    assert r.exit_code == 0, r.output
+    assert "error" not in r.stderr
+    assert "error" not in r.stdout and "kaiming" in r.output
+    assert out.is_file() != dry_run

@@ -105,8 +105,14 @@ def progress_on(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
+#: The narrowest and widest the terminal views are drawn (`COLUMNS`, else the terminal's).
+MIN_WIDTH, MAX_WIDTH = 20, 160
+
+
 def width() -> int:
-    return min(shutil.get_terminal_size((100, 24)).columns, 160)
+    """The terminal views' width: the terminal's (or `COLUMNS`), within 20..160 (below ~4
+    columns the views' wrapping had no room left: a finished run ended as an internal error)."""
+    return max(MIN_WIDTH, min(shutil.get_terminal_size((100, 24)).columns, MAX_WIDTH))
 
 
 def examples(*lines: str) -> str:
