@@ -434,3 +434,20 @@ def test_a_tiny_or_odd_columns_never_fails_a_run(ckpt, tmp_path, columns, dry_ru
     assert "error" not in r.stderr
     assert "error" not in r.stdout and "kaiming" in r.output
     assert out.is_file() != dry_run
+
+
+def test_inspect_never_elides_a_name(tmp_path):
+    """At 100 columns a BERT name of 54 characters showed as
+    `bert.encoder.layer.0.att…ion.output.LayerNorm.bias`: not a name one can copy into --rule
+    or grep for. A name too long for its column now stands whole on its own line."""
+    long = "bert.encoder.layer.0.attention.output.LayerNorm.bias"
+    path = tmp_path / "m.safetensors"
+    save_file({long: torch.zeros(16), "short.weight": torch.ones(4, 4)}, path)
+    for columns in ("100", "20"):
+        r = run("inspect", path, "--stats", env={"COLUMNS": columns})
+        assert r.exit_code == 0
+        lines = r.stdout.splitlines()
+        assert long in lines and "…" not in r.stdout
+        row = lines[lines.index(long) + 1]
+        assert row.split()[:2] == ["16", "float32"]
+        assert any(line.startswith("short.weight") and "4×4" in line for line in lines)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import click
 
@@ -25,6 +27,9 @@ from reinit.cli.common import (
     warn_unsafe,
     width,
 )
+
+if TYPE_CHECKING:
+    from reinit.tools.inspect import InspectRow
 
 __all__ = ["diff", "inspect", "report", "verify"]
 
@@ -271,6 +276,27 @@ def verify(
     )
 
 
+def _inspect_lines(rows: Sequence[InspectRow], cols: int) -> Iterator[str]:
+    """One line per tensor: name, shape, dtype, bytes (and statistics). A name is never cut
+    (it is what a rule or a grep is written from): one longer than its column (half the width)
+    stands on its own line, its row below it."""
+    from reinit.report.views import fmt, shape_text
+
+    names = [shown(r.name) for r in rows]
+    name_w = max(16, min(max(map(len, names), default=4), cols // 2))
+    for r, name in zip(rows, names, strict=True):
+        if len(name) > name_w:
+            yield name
+            name = ""
+        line = f"{name.ljust(name_w)}  {shape_text(r.shape):<16} {r.dtype:<14} {r.nbytes:>12,d} B"
+        if r.stats is not None:
+            s = r.stats
+            line += f"  mean {fmt(s.mean)}  std {fmt(s.std)}  min {fmt(s.min)}  max {fmt(s.max)}"
+            if s.nonfinite:
+                line += f"  nonfinite {s.nonfinite}"
+        yield line
+
+
 @click.command(
     epilog=examples(
         "reinit inspect model.safetensors",
@@ -292,7 +318,6 @@ def verify(
 )
 def inspect(source: str, pattern: str | None, stats: bool, as_json: bool, key: str) -> None:
     """List the tensors of a checkpoint: name, shape, dtype, size (and statistics)."""
-    from reinit.report.views import fmt, shape_text, shorten
     from reinit.tools.inspect import inspect_checkpoint
 
     rows = inspect_checkpoint(source, pattern, stats=stats, key=key)
@@ -301,16 +326,7 @@ def inspect(source: str, pattern: str | None, stats: bool, as_json: bool, key: s
 
         click.echo(dumps([r.to_dict() for r in rows], indent=2))
         return
-    cols = width()
-    names = [shown(r.name) for r in rows]
-    name_w = max(16, min(max(map(len, names), default=4), cols // 2))
-    for r, name in zip(rows, names, strict=True):
-        line = f"{shorten(name, name_w).ljust(name_w)}  {shape_text(r.shape):<16} {r.dtype:<14} {r.nbytes:>12,d} B"
-        if r.stats is not None:
-            s = r.stats
-            line += f"  mean {fmt(s.mean)}  std {fmt(s.std)}  min {fmt(s.min)}  max {fmt(s.max)}"
-            if s.nonfinite:
-                line += f"  nonfinite {s.nonfinite}"
+    for line in _inspect_lines(rows, width()):
         click.echo(line)
     total = sum(r.nbytes for r in rows)
     click.echo(f"{len(rows)} tensors, {total:,d} bytes", err=True)
