@@ -451,3 +451,23 @@ def test_inspect_never_elides_a_name(tmp_path):
         row = lines[lines.index(long) + 1]
         assert row.split()[:2] == ["16", "float32"]
         assert any(line.startswith("short.weight") and "4×4" in line for line in lines)
+
+
+@pytest.mark.parametrize("command", ["diff", "dry-run"])
+def test_diff_and_the_dry_run_never_elide_a_name(tmp_path, command):
+    """`reinit diff` at 100 columns showed `b….emb….position_embeddings.weight`, and the dry
+    run by tensor `b….enco….layer.0...`: names one cannot copy into a rule."""
+    long = "bert.encoder.layer.0.attention.output.LayerNorm.weight.with.a.longer.tail"
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save_file({long: torch.ones(4, 4), "short.weight": torch.ones(4, 4)}, a)
+    save_file({long: torch.full((4, 4), 2.0), "short.weight": torch.zeros(4, 4)}, b)
+    if command == "diff":
+        r = run("diff", a, b, env={"COLUMNS": "100"})
+    else:
+        args = ["apply", a, "-r", "*=zeros", "--dry-run", "--by", "tensor"]
+        r = run(*args, env={"COLUMNS": "100"})
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert long in lines and "…" not in r.output
+    assert "4×4" in lines[lines.index(long) + 1]  # its row, below it
+    assert any(line.startswith("short.weight") and "4×4" in line for line in lines)

@@ -15,7 +15,7 @@ from reinit.planning.planner import Plan, PlanEntry
 from reinit.report.jsonio import JSON
 from reinit.report.views._group_table import GroupRow, render_group_table
 from reinit.report.views._groups import fit_items, group_by_kind, layer_range
-from reinit.report.views._text import shape_text, shorten_name
+from reinit.report.views._text import shape_text
 from reinit.text import shown
 
 
@@ -55,10 +55,10 @@ def _by_tensor(entries: list[PlanEntry], width: int) -> list[str]:
     widths[0] = max(16, min(widths[0], width // 2))
     lines = []
     for r in [header, *rows]:
-        head = "  ".join(
-            (shorten_name(c, widths[i]) if i == 0 else c).ljust(widths[i])
-            for i, c in enumerate(r[:4])
-        )
+        if len(r[0]) > widths[0]:  # a name is never cut: whole on its own line, its row below
+            lines.append(r[0])
+            r = ("", *r[1:])
+        head = "  ".join(c.ljust(widths[i]) for i, c in enumerate(r[:4]))
         lines.append(f"{head}  {r[4]}" + (f"   [{r[5]}]" if r[5] not in ("-", "rule") else ""))
     return lines
 
