@@ -471,3 +471,11 @@ def test_diff_and_the_dry_run_never_elide_a_name(tmp_path, command):
     assert long in lines and "…" not in r.output
     assert "4×4" in lines[lines.index(long) + 1]  # its row, below it
     assert any(line.startswith("short.weight") and "4×4" in line for line in lines)
+
+
+def test_inspect_filter_matching_nothing_names_the_closest(ckpt):
+    """`--filter "hed.*"` said only `0 tensors, 0 bytes`: no hint of the typo, where a rule
+    matching nothing names the closest names."""
+    r = run("inspect", ckpt, "--filter", "hed.*")
+    assert r.exit_code == 0 and r.stdout == ""
+    assert "no tensor matches 'hed.*'; closest names: head.weight" in r.stderr

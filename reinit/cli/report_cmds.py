@@ -330,3 +330,8 @@ def inspect(source: str, pattern: str | None, stats: bool, as_json: bool, key: s
         click.echo(line)
     total = sum(r.nbytes for r in rows)
     click.echo(f"{len(rows)} tensors, {total:,d} bytes", err=True)
+    if pattern and not rows:  # a typo in --filter: say the names it came closest to
+        from reinit.rules import closest_hint
+
+        names = [r.name for r in inspect_checkpoint(source, None, key=key)]
+        err(shown(f"no tensor matches {pattern!r}{closest_hint(pattern, names)}"))
