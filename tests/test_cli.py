@@ -479,3 +479,10 @@ def test_inspect_filter_matching_nothing_names_the_closest(ckpt):
     r = run("inspect", ckpt, "--filter", "hed.*")
     assert r.exit_code == 0 and r.stdout == ""
     assert "no tensor matches 'hed.*'; closest names: head.weight" in r.stderr
+
+
+def test_dry_run_json_quiet_prints_the_json_alone(ckpt):
+    r = run("apply", ckpt, "-r", "head.weight=zeros", "--dry-run", "--json", "-q")
+    assert r.exit_code == 0
+    assert json.loads(r.stdout)["summary"]["reinit"] == 1
+    assert r.stderr == ""

@@ -84,7 +84,13 @@ def apply(
         load_torch()
         from reinit.planning.session import plan
 
-        show_plan(plan(source, rules, options=options), as_json=as_json, by=by, every=all_tensors)
+        show_plan(
+            plan(source, rules, options=options),
+            as_json=as_json,
+            by=by,
+            every=all_tensors,
+            quiet=quiet,
+        )
         return
     if options.plot is not None:
         from reinit.report.views import require_matplotlib

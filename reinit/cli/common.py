@@ -245,9 +245,9 @@ def load_torch() -> None:
         import torch  # noqa: F401
 
 
-def show_plan(the_plan: Plan, *, as_json: bool, by: str, every: bool) -> None:
+def show_plan(the_plan: Plan, *, as_json: bool, by: str, every: bool, quiet: bool = False) -> None:
     """What `apply --dry-run` and `new --dry-run` print: the plan's warnings, the plan (on
-    stderr with `--json`, and its JSON on stdout), and the names it drops; under torchrun only rank 0 prints."""
+    stderr with `--json`, unless `-q`, and its JSON on stdout), and the names it drops; under torchrun only rank 0 prints."""
     from reinit.report.views import plan_json, render_plan
     from reinit.run.ranks import torchrun_world
 
@@ -256,7 +256,8 @@ def show_plan(the_plan: Plan, *, as_json: bool, by: str, every: bool) -> None:
     warn_all(the_plan.warnings)
     if as_json:
         click.echo(plan_json([the_plan]))
-    click.echo(render_plan(the_plan, width(), by=by, every=every), err=as_json)
+    if not (as_json and quiet):  # -q with --json: the JSON alone
+        click.echo(render_plan(the_plan, width(), by=by, every=every), err=as_json)
     if the_plan.dropped:
         err(dropped_line(the_plan.dropped))
 

@@ -112,7 +112,7 @@ def new(
         from reinit.run.new import plan_new
 
         the_plan = plan_new(config, rules, options=options)
-        show_plan(the_plan, as_json=as_json, by=by, every=all_tensors)
+        show_plan(the_plan, as_json=as_json, by=by, every=all_tensors, quiet=quiet)
         return
     if options.plot is not None:
         from reinit.report.views import require_matplotlib

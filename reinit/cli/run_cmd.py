@@ -124,6 +124,8 @@ def run(
             click.echo(plan_json(plans))
         for i, plan in enumerate(plans):
             warn_all(plan.warnings)
+            if as_json and quiet:  # -q with --json: the JSON alone
+                continue
             if len(plans) > 1:
                 click.echo(f"step {i}:", err=as_json)
             click.echo(render_plan(plan, width(), by=by, every=all_tensors), err=as_json)
