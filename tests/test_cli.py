@@ -486,3 +486,18 @@ def test_dry_run_json_quiet_prints_the_json_alone(ckpt):
     assert r.exit_code == 0
     assert json.loads(r.stdout)["summary"]["reinit"] == 1
     assert r.stderr == ""
+
+
+def test_a_closed_stderr_does_not_stop_a_run(ckpt, tmp_path):
+    """`reinit apply ... 2>&-` (a cron line, a daemon): stderr is None in Python, and
+    `sys.stderr.isatty()` ended the run as an internal error no one could read (exit 1,
+    nothing written)."""
+    out = tmp_path / "o.safetensors"
+    code = (
+        "import sys; sys.stderr = None; sys.argv = ['reinit', *sys.argv[1:]]\n"
+        "from reinit.cli import main; main()"
+    )
+    args = ["apply", str(ckpt), "-r", "*.weight=kaiming", "-o", str(out)]
+    p = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, timeout=120)
+    assert p.returncode == 0, p.stdout
+    assert out.is_file()

@@ -28,6 +28,7 @@ __all__ = [
     "apply_options",
     "by_option",
     "color_on",
+    "on_a_terminal",
     "dry_run_option",
     "flag_fields",
     "options_from_flags",
@@ -94,15 +95,21 @@ def warn_unsafe(paths: tuple[str, ...], what: str = "--unsafe-pickle") -> None:
     )
 
 
-def color_on(stream: TextIO) -> bool:
+def on_a_terminal(stream: TextIO | None) -> bool:
+    """Whether `stream` is a terminal; a closed one (`2>&-`: Python's `sys.stderr` is None)
+    is not."""
+    return stream is not None and stream.isatty()
+
+
+def color_on(stream: TextIO | None) -> bool:
     """Colors in the terminal views: only on a terminal, and never when `NO_COLOR` is set to
     anything but the empty string (no-color.org)."""
-    return stream.isatty() and not os.environ.get("NO_COLOR")
+    return on_a_terminal(stream) and not os.environ.get("NO_COLOR")
 
 
 def progress_on(quiet: bool) -> bool:
     """Progress bars: on a terminal, unless --quiet."""
-    return not quiet and sys.stderr.isatty()
+    return not quiet and on_a_terminal(sys.stderr)
 
 
 #: The narrowest and widest the terminal views are drawn (`COLUMNS`, else the terminal's).
