@@ -501,3 +501,19 @@ def test_a_closed_stderr_does_not_stop_a_run(ckpt, tmp_path):
     p = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, timeout=120)
     assert p.returncode == 0, p.stdout
     assert out.is_file()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_stdout_on_a_full_disk_is_one_line_not_an_internal_error(ckpt):
+    """`reinit inspect x > /dev/full` said `internal error: OSError ... please report it`."""
+    with open("/dev/full", "w") as full:
+        p = subprocess.run(
+            [sys.executable, "-m", "reinit", "inspect", str(ckpt)],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            timeout=120,
+        )
+    err = p.stderr.decode()
+    assert p.returncode == 1, err
+    assert "error: cannot write to stdout: No space left on device" in err
+    assert "internal error" not in err and "Traceback" not in err

@@ -217,16 +217,39 @@ class ReinitGroup(click.Group):
         except Exception as e:  # a bug: still one line, and the way to see more
             if debug():
                 raise
-            raise CommandError(
-                f"internal error: {type(e).__name__}: {one_line(e, '')} "
-                "(run with REINIT_DEBUG=1 for the traceback, and please report it)",
-                1,
-            ) from None
+            raise _unexpected(e) from None
         finally:
             # the program keeps its handler until `_exit_on_stop_signals`: restoring SIG_DFL
             # here let a SIGTERM after publication kill it with 143 and a complete output
             if previous is not None and not self.program:
                 signal.signal(signal.SIGTERM, previous)
+
+
+def _unexpected(e: Exception) -> CommandError:
+    """The one line for an exception no layer turned into a `ReinitError`: our printing to a
+    stream that cannot take it (`> /dev/full`) says so; anything else is a bug to report."""
+    stream = _echo_stream(e) if isinstance(e, OSError) else None
+    if isinstance(e, OSError) and stream is not None:
+        return CommandError(f"cannot write to {stream}: {e.strerror or one_line(e)}", 1)
+    return CommandError(
+        f"internal error: {type(e).__name__}: {one_line(e, '')} "
+        "(run with REINIT_DEBUG=1 for the traceback, and please report it)",
+        1,
+    )
+
+
+def _echo_stream(e: OSError) -> str | None:
+    """'stdout' or 'stderr' (or 'the output') when `e` was raised by click.echo writing to
+    that stream, else None."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    frame = tb.tb_frame if tb is not None else None
+    if frame is None or frame.f_globals.get("__name__") != "click.utils":
+        return None
+    file = frame.f_locals.get("file")
+    names = {id(sys.stdout): "stdout", id(sys.stderr): "stderr"}
+    return names.get(id(file), "the output")
 
 
 #: The most library warnings one command prints (each distinct text once); past it, silence.
