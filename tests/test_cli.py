@@ -517,3 +517,14 @@ def test_stdout_on_a_full_disk_is_one_line_not_an_internal_error(ckpt):
     assert p.returncode == 1, err
     assert "error: cannot write to stdout: No space left on device" in err
     assert "internal error" not in err and "Traceback" not in err
+
+
+def test_report_naming_the_default_report_is_that_report(ckpt, tmp_path):
+    """`-o o.safetensors --report o.report.json` named the default report path once, and was
+    refused as `named twice among the outputs (also as o.report.json)`."""
+    out = tmp_path / "o.safetensors"
+    r = run(
+        "apply", ckpt, "-r", "head.weight=zeros", "-o", out, "--report", tmp_path / "o.report.json"
+    )
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "o.report.json").read_text())["summary"]["reinit"] == 1
