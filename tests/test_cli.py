@@ -528,3 +528,11 @@ def test_report_naming_the_default_report_is_that_report(ckpt, tmp_path):
     )
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "o.report.json").read_text())["summary"]["reinit"] == 1
+
+
+@pytest.mark.parametrize("slope", ["nan", "inf"])
+def test_gain_of_a_non_finite_slope_is_refused(slope):
+    """`reinit gain leaky_relu nan` printed `gain nan`, exit 0."""
+    r = run("gain", "leaky_relu", slope)
+    assert r.exit_code == 2
+    assert r.stderr.startswith("error: ") and "finite" in r.stderr

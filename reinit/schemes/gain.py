@@ -99,6 +99,8 @@ def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
         slope = 0.01 if param is None else param
         if isinstance(slope, bool) or not isinstance(slope, (int, float)):
             raise SchemeError(f"leaky_relu's negative slope must be a number, got {slope!r}")
+        if not math.isfinite(slope):
+            raise SchemeError(f"leaky_relu's negative slope must be finite, got {slope!r}")
         return math.sqrt(2.0 / (1.0 + float(slope) ** 2))
     raise SchemeError(
         f"unknown nonlinearity {nonlinearity!r}{_did_you_mean(nonlinearity)}; use one of: "
