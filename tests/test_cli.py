@@ -289,3 +289,250 @@ def test_a_closed_pipe_ends_quietly_with_exit_0(many, args):
     err = p.stderr.read().decode()
     assert p.wait(timeout=120) == 0, err
     assert "error" not in err and "Traceback" not in err and "Exception" not in err, err
+
+
+def test_dry_run_json_prints_the_plan_as_json_on_stdout(ckpt, tmp_path):
+    """`--dry-run --json` printed the plan on stderr and nothing on stdout: `| jq` got no JSON."""
+    r = run(
+        "apply", ckpt, "-r", "*.weight=kaiming", "-r", "head.weight=zeros", "--dry-run", "--json"
+    )
+    assert r.exit_code == 0, r.output
+    plan = json.loads(r.stdout)
+    assert plan["dry_run"] is True
+    assert plan["summary"] == {"tensors": 4, "reinit": 2, "transplant": 0, "kept": 1, "skipped": 1}
+    by_name = {t["name"]: t for t in plan["tensors"]}
+    assert by_name["head.weight"] == {
+        "name": "head.weight",
+        "shape": [4, 16],
+        "dtype": "float32",
+        "action": "reinit",
+        "what": "zeros",
+        "rule": "head.weight=zeros",
+    }
+    assert by_name["layers.0.norm.weight"]["action"] == "skipped"
+    assert by_name["layers.0.fc.bias"]["rule"] is None
+    assert "plan: 4 tensors" in r.stderr  # the human view stays on stderr
+    assert list(tmp_path.iterdir()) == [ckpt]  # nothing written
+
+
+def test_recipe_dry_run_json_is_one_document_with_every_step(ckpt, tmp_path):
+    recipe = tmp_path / "r.json"
+    recipe.write_text(
+        json.dumps(
+            {
+                "source": str(ckpt),
+                "output": str(tmp_path / "o.safetensors"),
+                "steps": [{"rules": ["head.weight=zeros"]}, {"rules": ["*.fc.weight=kaiming"]}],
+            }
+        )
+    )
+    r = run("run", recipe, "--dry-run", "--json")
+    assert r.exit_code == 0, r.output
+    steps = json.loads(r.stdout)["steps"]
+    assert [s["summary"]["reinit"] for s in steps] == [1, 1]
+
+
+def test_verify_help_report_example_runs_as_written(ckpt, tmp_path, monkeypatch):
+    """The example named `out/reinit_report.json`; a folder output's report is reinit-report.json."""
+    import shlex
+
+    monkeypatch.chdir(tmp_path)
+    assert run("apply", ckpt, "-r", "head.weight=zeros", "-o", "out/", "--checksums").exit_code == 0
+    examples = run("verify", "--help").output.split("Examples:\n", 1)[1].splitlines()
+    line = next(e.strip() for e in examples if "--report" in e)
+    r = run(*shlex.split(line)[1:])
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["apply"], "Missing argument 'SOURCE'"),
+        (
+            ["apply", "m.safetensors", "--rul", "*=zeros"],
+            "(Did you mean one of: '--all', '--rule'?)",
+        ),
+        (["aply"], "Did you mean 'apply'?"),
+        (["apply", "m.safetensors", "--by", "kindd"], "'kindd' is not one of 'kind', 'tensor'"),
+        (["gain", "leaky_relu", "abc"], "'abc' is not a valid float"),
+    ],
+)
+def test_a_usage_error_is_one_error_line_naming_the_help(args, fragment):
+    """click's own usage errors printed four lines (Usage:, Try ..., a blank, `Error: ...`)."""
+    r = run(*args)
+    assert r.exit_code == 2
+    assert r.stdout == ""
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: "), r.stderr
+    assert fragment in r.stderr and "--help" in r.stderr
+
+
+def test_reinit_alone_still_shows_the_help():
+    r = run()
+    assert "Commands:" in r.output and "apply" in r.output
+
+
+@pytest.mark.parametrize(
+    ("args", "hint"),
+    [
+        (["gain", "relux"], "did you mean relu?"),
+        (["gain", "leaky_reluu"], "did you mean leaky_relu?"),
+        (["report", "{m}", "--fail-on", "nonfinit"], "did you mean nonfinite?"),
+        (["report", "{m}", "--fail-on", "garbage,stdoff"], "did you mean std_off?"),
+    ],
+)
+def test_a_mistyped_nonlinearity_or_fail_on_flag_gets_a_did_you_mean(ckpt, args, hint):
+    r = run(*(a.format(m=ckpt) for a in args))
+    assert r.exit_code == 2
+    assert r.stderr.startswith("error: ") and hint in r.stderr, r.stderr
+
+
+def _on_a_terminal(args: list[str], env: dict[str, str]) -> str:
+    """`reinit ARGS` with stdout and stderr on a pseudo-terminal: what it printed there."""
+    import pty
+
+    leader, follower = pty.openpty()
+    p = subprocess.Popen(
+        [sys.executable, "-m", "reinit", *args],
+        stdout=follower,
+        stderr=follower,
+        env={**os.environ, "COLUMNS": "120", **env},
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # the child closed its end
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert p.wait(timeout=120) == 0
+    os.close(leader)
+    return b"".join(chunks).decode()
+
+
+def test_no_color_turns_the_terminal_colors_off(ckpt, tmp_path):
+    """NO_COLOR (no-color.org) was ignored: a terminal always got ANSI colors."""
+    other = tmp_path / "b.safetensors"
+    save_file({k: v * 2 for k, v in load_file(ckpt).items()}, other)
+    args = ["diff", str(ckpt), str(other)]
+    assert "\x1b[" in _on_a_terminal(args, {})
+    shown = _on_a_terminal(args, {"NO_COLOR": "1"})
+    assert "changed" in shown and "\x1b[" not in shown
+
+
+@pytest.mark.parametrize("columns", ["1", "2", "0", "-5", "abc"])
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_tiny_or_odd_columns_never_fails_a_run(ckpt, tmp_path, columns, dry_run):
+    """COLUMNS=1 or 2: apply published its output, then ended 'internal error: ValueError:
+    invalid width -3' (exit 1 for a run that was done); the dry run too."""
+    out = tmp_path / "o.safetensors"
+    args = ["apply", ckpt, "-r", "*.weight=kaiming", "-o", out, *(["--dry-run"] if dry_run else [])]
+    r = run(*args, env={"COLUMNS": columns})
+    assert r.exit_code == 0, r.output
+    assert "error" not in r.stderr
+    assert "error" not in r.stdout and "kaiming" in r.output
+    assert out.is_file() != dry_run
+
+
+def test_inspect_never_elides_a_name(tmp_path):
+    """At 100 columns a BERT name of 54 characters showed as
+    `bert.encoder.layer.0.att…ion.output.LayerNorm.bias`: not a name one can copy into --rule
+    or grep for. A name too long for its column now stands whole on its own line."""
+    long = "bert.encoder.layer.0.attention.output.LayerNorm.bias"
+    path = tmp_path / "m.safetensors"
+    save_file({long: torch.zeros(16), "short.weight": torch.ones(4, 4)}, path)
+    for columns in ("100", "20"):
+        r = run("inspect", path, "--stats", env={"COLUMNS": columns})
+        assert r.exit_code == 0
+        lines = r.stdout.splitlines()
+        assert long in lines and "…" not in r.stdout
+        row = lines[lines.index(long) + 1]
+        assert row.split()[:2] == ["16", "float32"]
+        assert any(line.startswith("short.weight") and "4×4" in line for line in lines)
+
+
+@pytest.mark.parametrize("command", ["diff", "dry-run"])
+def test_diff_and_the_dry_run_never_elide_a_name(tmp_path, command):
+    """`reinit diff` at 100 columns showed `b….emb….position_embeddings.weight`, and the dry
+    run by tensor `b….enco….layer.0...`: names one cannot copy into a rule."""
+    long = "bert.encoder.layer.0.attention.output.LayerNorm.weight.with.a.longer.tail"
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save_file({long: torch.ones(4, 4), "short.weight": torch.ones(4, 4)}, a)
+    save_file({long: torch.full((4, 4), 2.0), "short.weight": torch.zeros(4, 4)}, b)
+    if command == "diff":
+        r = run("diff", a, b, env={"COLUMNS": "100"})
+    else:
+        args = ["apply", a, "-r", "*=zeros", "--dry-run", "--by", "tensor"]
+        r = run(*args, env={"COLUMNS": "100"})
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert long in lines and "…" not in r.output
+    assert "4×4" in lines[lines.index(long) + 1]  # its row, below it
+    assert any(line.startswith("short.weight") and "4×4" in line for line in lines)
+
+
+def test_inspect_filter_matching_nothing_names_the_closest(ckpt):
+    """`--filter "hed.*"` said only `0 tensors, 0 bytes`: no hint of the typo, where a rule
+    matching nothing names the closest names."""
+    r = run("inspect", ckpt, "--filter", "hed.*")
+    assert r.exit_code == 0 and r.stdout == ""
+    assert "no tensor matches 'hed.*'; closest names: head.weight" in r.stderr
+
+
+def test_dry_run_json_quiet_prints_the_json_alone(ckpt):
+    r = run("apply", ckpt, "-r", "head.weight=zeros", "--dry-run", "--json", "-q")
+    assert r.exit_code == 0
+    assert json.loads(r.stdout)["summary"]["reinit"] == 1
+    assert r.stderr == ""
+
+
+def test_a_closed_stderr_does_not_stop_a_run(ckpt, tmp_path):
+    """`reinit apply ... 2>&-` (a cron line, a daemon): stderr is None in Python, and
+    `sys.stderr.isatty()` ended the run as an internal error no one could read (exit 1,
+    nothing written)."""
+    out = tmp_path / "o.safetensors"
+    code = (
+        "import sys; sys.stderr = None; sys.argv = ['reinit', *sys.argv[1:]]\n"
+        "from reinit.cli import main; main()"
+    )
+    args = ["apply", str(ckpt), "-r", "*.weight=kaiming", "-o", str(out)]
+    p = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, timeout=120)
+    assert p.returncode == 0, p.stdout
+    assert out.is_file()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_stdout_on_a_full_disk_is_one_line_not_an_internal_error(ckpt):
+    """`reinit inspect x > /dev/full` said `internal error: OSError ... please report it`."""
+    with open("/dev/full", "w") as full:
+        p = subprocess.run(
+            [sys.executable, "-m", "reinit", "inspect", str(ckpt)],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            timeout=120,
+        )
+    err = p.stderr.decode()
+    assert p.returncode == 1, err
+    assert "error: cannot write to stdout: No space left on device" in err
+    assert "internal error" not in err and "Traceback" not in err
+
+
+def test_report_naming_the_default_report_is_that_report(ckpt, tmp_path):
+    """`-o o.safetensors --report o.report.json` named the default report path once, and was
+    refused as `named twice among the outputs (also as o.report.json)`."""
+    out = tmp_path / "o.safetensors"
+    r = run(
+        "apply", ckpt, "-r", "head.weight=zeros", "-o", out, "--report", tmp_path / "o.report.json"
+    )
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "o.report.json").read_text())["summary"]["reinit"] == 1
+
+
+@pytest.mark.parametrize("slope", ["nan", "inf"])
+def test_gain_of_a_non_finite_slope_is_refused(slope):
+    """`reinit gain leaky_relu nan` printed `gain nan`, exit 0."""
+    r = run("gain", "leaky_relu", slope)
+    assert r.exit_code == 2
+    assert r.stderr.startswith("error: ") and "finite" in r.stderr

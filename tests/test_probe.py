@@ -178,3 +178,24 @@ def test_probe_with_checkpoint_does_not_say_random(tmp_path: Path) -> None:
     assert "randomly initialized" not in render(
         probe(MLP, input_shape=(16, 64), checkpoint=str(ckpt))
     )
+
+
+@pytest.mark.parametrize("seed", [2**64, -(2**63) - 1])
+def test_probe_seed_past_torchs_range_is_a_usage_error(seed: int) -> None:
+    """`--seed 2**64` reached torch.manual_seed: "internal error: ValueError: Overflow"."""
+    r = CliRunner().invoke(main, ["probe", MLP, "--input-shape", "4,64", "--seed", str(seed)])
+    assert r.exit_code == 2, r.output
+    assert r.output.startswith(f"error: --seed {seed}:") and "internal" not in r.output
+
+
+def test_probe_takes_the_largest_seed_torch_takes() -> None:
+    """Its gradient pass seeds `seed + 1`, which overflowed at 2**64 - 1."""
+    assert probe(MLP, input_shape=(4, 64), seed=2**64 - 1).seed == 2**64 - 1
+
+
+def test_probe_of_a_missing_model_names_probe_not_a_model_flag(tmp_path: Path) -> None:
+    """`reinit probe nope` said `error: --model nope: ...`, a flag probe does not have."""
+    r = CliRunner().invoke(main, ["probe", str(tmp_path / "nope")])
+    assert r.exit_code == 2
+    assert r.output.startswith(f"error: reinit probe {tmp_path / 'nope'}: no such directory")
+    assert "--model" not in r.output

@@ -45,7 +45,7 @@ OUTPUT_HELP = (
 @click.option("--rule", "-r", "rules", multiple=True, metavar="PATTERN=ACTION", help=RULE_HELP)
 @click.option("-o", "--output", default=None, help=OUTPUT_HELP)
 @dry_run_option()
-@json_option()
+@json_option("Print the JSON report on stdout (with --dry-run: the plan as JSON).")
 @quiet_option()
 @by_option()
 @apply_options
@@ -84,7 +84,13 @@ def apply(
         load_torch()
         from reinit.planning.session import plan
 
-        show_plan(plan(source, rules, options=options), as_json=as_json, by=by, every=all_tensors)
+        show_plan(
+            plan(source, rules, options=options),
+            as_json=as_json,
+            by=by,
+            every=all_tensors,
+            quiet=quiet,
+        )
         return
     if options.plot is not None:
         from reinit.report.views import require_matplotlib

@@ -3,11 +3,12 @@ from `ApplyOptions`), output helpers, and the loud --unsafe-pickle warning."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 import click
 
@@ -26,6 +27,8 @@ __all__ = [
     "apply_option",
     "apply_options",
     "by_option",
+    "color_on",
+    "on_a_terminal",
     "dry_run_option",
     "flag_fields",
     "options_from_flags",
@@ -92,13 +95,31 @@ def warn_unsafe(paths: tuple[str, ...], what: str = "--unsafe-pickle") -> None:
     )
 
 
+def on_a_terminal(stream: TextIO | None) -> bool:
+    """Whether `stream` is a terminal; a closed one (`2>&-`: Python's `sys.stderr` is None)
+    is not."""
+    return stream is not None and stream.isatty()
+
+
+def color_on(stream: TextIO | None) -> bool:
+    """Colors in the terminal views: only on a terminal, and never when `NO_COLOR` is set to
+    anything but the empty string (no-color.org)."""
+    return on_a_terminal(stream) and not os.environ.get("NO_COLOR")
+
+
 def progress_on(quiet: bool) -> bool:
     """Progress bars: on a terminal, unless --quiet."""
-    return not quiet and sys.stderr.isatty()
+    return not quiet and on_a_terminal(sys.stderr)
+
+
+#: The narrowest and widest the terminal views are drawn (`COLUMNS`, else the terminal's).
+MIN_WIDTH, MAX_WIDTH = 20, 160
 
 
 def width() -> int:
-    return min(shutil.get_terminal_size((100, 24)).columns, 160)
+    """The terminal views' width: the terminal's (or `COLUMNS`), within 20..160 (below ~4
+    columns the views' wrapping had no room left: a finished run ended as an internal error)."""
+    return max(MIN_WIDTH, min(shutil.get_terminal_size((100, 24)).columns, MAX_WIDTH))
 
 
 def examples(*lines: str) -> str:
@@ -231,16 +252,19 @@ def load_torch() -> None:
         import torch  # noqa: F401
 
 
-def show_plan(the_plan: Plan, *, as_json: bool, by: str, every: bool) -> None:
+def show_plan(the_plan: Plan, *, as_json: bool, by: str, every: bool, quiet: bool = False) -> None:
     """What `apply --dry-run` and `new --dry-run` print: the plan's warnings, the plan (on
-    stderr with `--json`), and the names it drops; under torchrun only rank 0 prints."""
-    from reinit.report.views import render_plan
+    stderr with `--json`, unless `-q`, and its JSON on stdout), and the names it drops; under torchrun only rank 0 prints."""
+    from reinit.report.views import plan_json, render_plan
     from reinit.run.ranks import torchrun_world
 
     if (torchrun_world() or (0, 1))[0] != 0:
         return
     warn_all(the_plan.warnings)
-    click.echo(render_plan(the_plan, width(), by=by, every=every), err=as_json)
+    if as_json:
+        click.echo(plan_json([the_plan]))
+    if not (as_json and quiet):  # -q with --json: the JSON alone
+        click.echo(render_plan(the_plan, width(), by=by, every=every), err=as_json)
     if the_plan.dropped:
         err(dropped_line(the_plan.dropped))
 
@@ -259,6 +283,6 @@ def show_report(report: Report, *, as_json: bool, quiet: bool, by: str) -> None:
     from reinit.report.views import note_lines, render_terminal
 
     per_layer = "none" if by == "kind" else "changed"
-    err(render_terminal(report, width(), sys.stderr.isatty(), per_layer, by))
+    err(render_terminal(report, width(), color_on(sys.stderr), per_layer, by))
     for line in note_lines(report):
         err(line)

@@ -124,6 +124,20 @@ def _end_program(code: int) -> NoReturn:
     os._exit(code)
 
 
+def _show(e: click.ClickException) -> None:
+    """Say a click error: a usage error (an unknown option or command, a missing or invalid
+    argument) as one `error:` line naming the help to read, like every other error, not
+    click's four lines (Usage:, Try ..., a blank, `Error: ...`); `reinit` alone shows the help."""
+    if not isinstance(e, click.UsageError) or isinstance(e, click.exceptions.NoArgsIsHelpError):
+        e.show()
+        return
+    from reinit.text import bounded, shown
+
+    path = e.ctx.command_path if e.ctx is not None else "reinit"
+    message = f"{e.format_message()} (see '{path} --help')"
+    click.echo(f"error: {bounded(shown(message))}", err=True)
+
+
 class ReinitGroup(click.Group):
     program = False  # run as the `reinit` program (see `main`), not in-process
 
@@ -152,7 +166,7 @@ class ReinitGroup(click.Group):
         except click.ClickException as e:
             code = e.exit_code
             with suppress(KeyboardInterrupt):  # the error stands, whatever signal follows
-                e.show()
+                _show(e)
         if self.program:
             _exit_on_stop_signals(code)
             _end_program(code)
@@ -203,16 +217,39 @@ class ReinitGroup(click.Group):
         except Exception as e:  # a bug: still one line, and the way to see more
             if debug():
                 raise
-            raise CommandError(
-                f"internal error: {type(e).__name__}: {one_line(e, '')} "
-                "(run with REINIT_DEBUG=1 for the traceback, and please report it)",
-                1,
-            ) from None
+            raise _unexpected(e) from None
         finally:
             # the program keeps its handler until `_exit_on_stop_signals`: restoring SIG_DFL
             # here let a SIGTERM after publication kill it with 143 and a complete output
             if previous is not None and not self.program:
                 signal.signal(signal.SIGTERM, previous)
+
+
+def _unexpected(e: Exception) -> CommandError:
+    """The one line for an exception no layer turned into a `ReinitError`: our printing to a
+    stream that cannot take it (`> /dev/full`) says so; anything else is a bug to report."""
+    stream = _echo_stream(e) if isinstance(e, OSError) else None
+    if isinstance(e, OSError) and stream is not None:
+        return CommandError(f"cannot write to {stream}: {e.strerror or one_line(e)}", 1)
+    return CommandError(
+        f"internal error: {type(e).__name__}: {one_line(e, '')} "
+        "(run with REINIT_DEBUG=1 for the traceback, and please report it)",
+        1,
+    )
+
+
+def _echo_stream(e: OSError) -> str | None:
+    """'stdout' or 'stderr' (or 'the output') when `e` was raised by click.echo writing to
+    that stream, else None."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    frame = tb.tb_frame if tb is not None else None
+    if frame is None or frame.f_globals.get("__name__") != "click.utils":
+        return None
+    file = frame.f_locals.get("file")
+    names = {id(sys.stdout): "stdout", id(sys.stderr): "stderr"}
+    return names.get(id(file), "the output")
 
 
 #: The most library warnings one command prints (each distinct text once); past it, silence.

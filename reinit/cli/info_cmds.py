@@ -60,7 +60,8 @@ def schemes(as_json: bool) -> None:
     "--measure", is_flag=True, help="Also measure std(x)/std(f(x)) on a million N(0,1) samples."
 )
 def gain(nonlinearity: str, param: float | None, measure: bool) -> None:
-    """The recommended gain for NONLINEARITY (torch.nn.init.calculate_gain)."""
+    """The recommended gain for NONLINEARITY (torch.nn.init.calculate_gain). PARAM is
+    leaky_relu's negative slope; a negative one goes after `--` (`leaky_relu -- -0.2`)."""
     from reinit.schemes import calculate_gain
     from reinit.schemes.gain import measure_gain, measure_second_moment_gain
 

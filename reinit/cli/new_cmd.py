@@ -81,7 +81,7 @@ def new_options(f: Command) -> Command:
     "matching rule wins.",
 )
 @dry_run_option()
-@json_option()
+@json_option("Print the JSON report on stdout (with --dry-run: the plan as JSON).")
 @quiet_option()
 @by_option()
 @new_options
@@ -112,7 +112,7 @@ def new(
         from reinit.run.new import plan_new
 
         the_plan = plan_new(config, rules, options=options)
-        show_plan(the_plan, as_json=as_json, by=by, every=all_tensors)
+        show_plan(the_plan, as_json=as_json, by=by, every=all_tensors, quiet=quiet)
         return
     if options.plot is not None:
         from reinit.report.views import require_matplotlib

@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import click
 
 from reinit.cli.common import (
     by_option,
+    color_on,
     err,
     examples,
     json_option,
@@ -25,11 +28,16 @@ from reinit.cli.common import (
     width,
 )
 
+if TYPE_CHECKING:
+    from reinit.tools.inspect import InspectRow
+
 __all__ = ["diff", "inspect", "report", "verify"]
 
 
 def fail_on_flags(value: str | None) -> frozenset[str]:
     """`--fail-on nonfinite,garbage` (or `any`) -> the set of flags that fail the run."""
+    import difflib
+
     from reinit.errors import UsageError
     from reinit.report.flags import FLAGS
 
@@ -40,8 +48,10 @@ def fail_on_flags(value: str | None) -> frozenset[str]:
         return frozenset(FLAGS)
     unknown = sorted(names - set(FLAGS))
     if unknown:
+        close = [c for u in unknown for c in difflib.get_close_matches(u, FLAGS, n=1)]
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise UsageError(
-            f"--fail-on {value}: unknown flag {', '.join(unknown)}; use any of "
+            f"--fail-on {value}: unknown flag {', '.join(unknown)}{hint}; use any of "
             f"{', '.join(FLAGS)} (comma-separated) or 'any'"
         )
     return frozenset(names)
@@ -135,7 +145,7 @@ def report(
     if as_json:
         click.echo(rep.to_json())
     if not quiet:
-        err(render_terminal(rep, width(), color=sys.stderr.isatty(), per_layer="all", by=by))
+        err(render_terminal(rep, width(), color=color_on(sys.stderr), per_layer="all", by=by))
         for line in note_lines(rep):  # as apply says them (casts, renames, moved stds)
             err(line)
     hits = [e for e in rep.tensors if failing & set(e.flags)]
@@ -167,7 +177,7 @@ def diff(a: str, b: str, as_json: bool, unsafe_pickle: tuple[str, ...]) -> None:
     if as_json:
         click.echo(d.to_json())
         return
-    click.echo(render_diff(d, width(), color=sys.stdout.isatty()))
+    click.echo(render_diff(d, width(), color=color_on(sys.stdout)))
 
 
 @click.command(
@@ -175,7 +185,7 @@ def diff(a: str, b: str, as_json: bool, unsafe_pickle: tuple[str, ...]) -> None:
         "reinit verify model.safetensors",
         "reinit verify ./my-model/ --json",
         "reinit verify ./grown/ --forward --against ./old/ --max-kl 0.01",
-        "reinit verify out/ --report out/reinit_report.json",
+        "reinit verify out/ --report out/reinit-report.json",
     )
 )
 @click.argument("path")
@@ -266,6 +276,27 @@ def verify(
     )
 
 
+def _inspect_lines(rows: Sequence[InspectRow], cols: int) -> Iterator[str]:
+    """One line per tensor: name, shape, dtype, bytes (and statistics). A name is never cut
+    (it is what a rule or a grep is written from): one longer than its column (half the width)
+    stands on its own line, its row below it."""
+    from reinit.report.views import fmt, shape_text
+
+    names = [shown(r.name) for r in rows]
+    name_w = max(16, min(max(map(len, names), default=4), cols // 2))
+    for r, name in zip(rows, names, strict=True):
+        if len(name) > name_w:
+            yield name
+            name = ""
+        line = f"{name.ljust(name_w)}  {shape_text(r.shape):<16} {r.dtype:<14} {r.nbytes:>12,d} B"
+        if r.stats is not None:
+            s = r.stats
+            line += f"  mean {fmt(s.mean)}  std {fmt(s.std)}  min {fmt(s.min)}  max {fmt(s.max)}"
+            if s.nonfinite:
+                line += f"  nonfinite {s.nonfinite}"
+        yield line
+
+
 @click.command(
     epilog=examples(
         "reinit inspect model.safetensors",
@@ -287,7 +318,6 @@ def verify(
 )
 def inspect(source: str, pattern: str | None, stats: bool, as_json: bool, key: str) -> None:
     """List the tensors of a checkpoint: name, shape, dtype, size (and statistics)."""
-    from reinit.report.views import fmt, shape_text, shorten
     from reinit.tools.inspect import inspect_checkpoint
 
     rows = inspect_checkpoint(source, pattern, stats=stats, key=key)
@@ -296,16 +326,12 @@ def inspect(source: str, pattern: str | None, stats: bool, as_json: bool, key: s
 
         click.echo(dumps([r.to_dict() for r in rows], indent=2))
         return
-    cols = width()
-    names = [shown(r.name) for r in rows]
-    name_w = max(16, min(max(map(len, names), default=4), cols // 2))
-    for r, name in zip(rows, names, strict=True):
-        line = f"{shorten(name, name_w).ljust(name_w)}  {shape_text(r.shape):<16} {r.dtype:<14} {r.nbytes:>12,d} B"
-        if r.stats is not None:
-            s = r.stats
-            line += f"  mean {fmt(s.mean)}  std {fmt(s.std)}  min {fmt(s.min)}  max {fmt(s.max)}"
-            if s.nonfinite:
-                line += f"  nonfinite {s.nonfinite}"
+    for line in _inspect_lines(rows, width()):
         click.echo(line)
     total = sum(r.nbytes for r in rows)
     click.echo(f"{len(rows)} tensors, {total:,d} bytes", err=True)
+    if pattern and not rows:  # a typo in --filter: say the names it came closest to
+        from reinit.rules import closest_hint
+
+        names = [r.name for r in inspect_checkpoint(source, None, key=key)]
+        err(shown(f"no tensor matches {pattern!r}{closest_hint(pattern, names)}"))

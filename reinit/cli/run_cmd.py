@@ -9,6 +9,7 @@ import click
 
 from reinit.cli.common import (
     by_option,
+    color_on,
     dry_run_option,
     err,
     examples,
@@ -76,7 +77,7 @@ __all__ = ["run"]
     "Python package folder (docs/guide/trust.md).",
 )
 @dry_run_option("Print each step's plan and write nothing.")
-@json_option()
+@json_option("Print the JSON report on stdout (with --dry-run: the plan as JSON).")
 @quiet_option()
 @by_option()
 def run(
@@ -101,7 +102,7 @@ def run(
     load_torch()
     from reinit.recipe.run import plan_recipe, run_recipe
     from reinit.recipe.validate import load_recipe
-    from reinit.report.views import render_plan, render_terminal
+    from reinit.report.views import plan_json, render_plan, render_terminal
 
     if model is not None:  # --set model=MODEL, and a module:callable typed here is the user's
         sets = (*sets, f"model={model}")
@@ -119,8 +120,12 @@ def run(
     )
     if dry_run or loaded.dry_run:
         plans = plan_recipe(loaded, progress=progress_on(quiet))
+        if as_json:
+            click.echo(plan_json(plans))
         for i, plan in enumerate(plans):
             warn_all(plan.warnings)
+            if as_json and quiet:  # -q with --json: the JSON alone
+                continue
             if len(plans) > 1:
                 click.echo(f"step {i}:", err=as_json)
             click.echo(render_plan(plan, width(), by=by, every=all_tensors), err=as_json)
@@ -141,4 +146,4 @@ def run(
         click.echo(result.to_json())
     if not quiet:
         per_layer = "none" if by == "kind" else "changed"
-        err(render_terminal(result, width(), sys.stderr.isatty(), per_layer, by))
+        err(render_terminal(result, width(), color_on(sys.stderr), per_layer, by))

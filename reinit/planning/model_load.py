@@ -16,7 +16,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
-from reinit.errors import ReinitError
+from reinit.errors import ReinitError, UsageError
 from reinit.io.hub import HubRepo, is_hf_url, parse_hf_url
 from reinit.io.jsonfile import read_json_file
 from reinit.io.trust import CALLABLE_SPEC, callable_name
@@ -30,6 +30,7 @@ __all__ = [
     "build_module",
     "build_real",
     "call_arguments",
+    "check_torch_seed",
     "load_model",
     "model_factory",
 ]
@@ -74,11 +75,26 @@ def build_real(spec: str | os.PathLike[str], seed: int = 0) -> nn.Module:
     """The model `spec` names with real weights on the CPU, initialized as its constructor
     (for transformers, with `post_init`) does, from `torch.manual_seed(seed)` inside `fork_rng`
     (the caller's RNG is untouched)."""
+    check_torch_seed(seed)
     text = os.fspath(spec)
     factory = model_factory(spec)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build_module(text, factory)
+
+
+#: The seeds torch's own generators take (`torch.manual_seed`): a signed or unsigned 64-bit int.
+TORCH_SEEDS = range(-(2**63), 2**64)
+
+
+def check_torch_seed(seed: int) -> None:
+    """A seed handed to torch as it is (a model's constructor, probe's and verify --forward's
+    inputs) must be one torch takes: past it, torch's own "Overflow" error, not one line."""
+    if seed not in TORCH_SEEDS:
+        raise UsageError(
+            f"--seed {seed}: a model is built and its inputs drawn by torch's generator, which "
+            "takes seeds from -2**63 to 2**64 - 1; give a seed in that range"
+        )
 
 
 def build_module(text: str, factory: Factory) -> nn.Module:

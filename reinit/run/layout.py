@@ -202,7 +202,7 @@ def _side_targets(spec: OutputSpec, o: ApplyOptions, inputs: Inputs) -> list[Sid
             raise OutputError(f"-o {spec.path}: its report {path} exists; pass --overwrite")
         first.append(SideOutput("report", path))
     rest = report_targets(
-        o.reports,
+        _besides(o.reports, first),
         o.plot,
         "--report",
         inputs=inputs,
@@ -210,6 +210,13 @@ def _side_targets(spec: OutputSpec, o: ApplyOptions, inputs: Inputs) -> list[Sid
         also=[spec.path, *(t.path for t in first)],
     )
     return [*first, *rest]
+
+
+def _besides(reports: Sequence[StrPath], first: Sequence[SideOutput]) -> list[StrPath]:
+    """The `--report` paths less the default report's own (naming it asks for that report,
+    which is written anyway; the same path twice would be refused as named twice)."""
+    default = {os.path.abspath(t.path) for t in first}
+    return [r for r in reports if os.path.abspath(r) not in default]
 
 
 def _files(

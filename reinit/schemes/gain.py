@@ -11,6 +11,7 @@ argument can take a name (`xavier_uniform(gain=tanh)`)."""
 
 from __future__ import annotations
 
+import difflib
 import functools
 import math
 from collections.abc import Callable
@@ -102,11 +103,21 @@ def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
         slope = 0.01 if param is None else param
         if isinstance(slope, bool) or not isinstance(slope, (int, float)):
             raise SchemeError(f"leaky_relu's negative slope must be a number, got {slope!r}")
+        if not math.isfinite(slope):
+            raise SchemeError(f"leaky_relu's negative slope must be finite, got {slope!r}")
         return math.sqrt(2.0 / (1.0 + float(slope) ** 2))
     raise SchemeError(
-        f"unknown nonlinearity {nonlinearity!r}; use one of: {', '.join(NONLINEARITIES)} "
-        f"(or {', '.join(f'{a} = {b}' for a, b in ALIASES.items())})"
+        f"unknown nonlinearity {nonlinearity!r}{_did_you_mean(nonlinearity)}; use one of: "
+        f"{', '.join(NONLINEARITIES)} (or {', '.join(f'{a} = {b}' for a, b in ALIASES.items())})"
     )
+
+
+def _did_you_mean(nonlinearity: object) -> str:
+    """` (did you mean relu?)` for a typo of a known name, else ''."""
+    if not isinstance(nonlinearity, str):
+        return ""
+    close = difflib.get_close_matches(nonlinearity, [*NONLINEARITIES, *ALIASES], n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def gain_value(value: object) -> float:

@@ -302,7 +302,9 @@ def run_pass(
         y = _first_tensor(out)
         output_std = _std(y) if y is not None else None
         if y is not None and y.requires_grad:
-            cot = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed + 1))
+            # torch reads a seed modulo 2**64: the same draw as seed + 1, without its overflow
+            g = torch.Generator().manual_seed((seed + 1) % 2**64)
+            cot = torch.randn(y.shape, generator=g)
             y.backward(cot.to(y.dtype))
     finally:
         for h in handles:
@@ -359,6 +361,19 @@ def load_weights(module: nn.Module, checkpoint: str) -> None:
                     dst.copy_(src.to(dst.dtype))
 
 
+def _built(model: str, seed: int) -> nn.Module:
+    """The model MODEL names, built with real weights; its errors name what the user typed
+    (`reinit probe MODEL`), not a `--model` flag that probe does not have."""
+    try:
+        check_model_fits(model, "probe")
+        return build_real(model, seed)
+    except ModelError as e:
+        text = str(e)
+        if not text.startswith("--model "):
+            raise
+        raise ModelError("reinit probe " + text.removeprefix("--model ")) from None
+
+
 def probe(
     model: str,
     rules: Sequence[str | Rule] = (),
@@ -373,10 +388,9 @@ def probe(
     `seed`, or `checkpoint`'s: a model folder's own weights unless `as_built`), probe it, apply
     `rules` in memory, probe again."""
     rule_objs = tuple(r if isinstance(r, Rule) else parse_rules([r])[0] for r in rules)
-    check_model_fits(model, "probe")
+    module = _built(model, seed)
     if checkpoint is None and not as_built and holds_weights(model):
         checkpoint = model
-    module = build_real(model, seed)
     if checkpoint is not None:
         load_weights(module, checkpoint)
     inputs, described = make_inputs(module, input_shape, seed)

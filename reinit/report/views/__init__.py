@@ -20,7 +20,7 @@ if TYPE_CHECKING:
         write_text_file,
     )
     from reinit.report.views._notes_view import note_lines
-    from reinit.report.views._plan_view import render_plan
+    from reinit.report.views._plan_view import plan_json, render_plan
     from reinit.report.views._plot import require_matplotlib
     from reinit.report.views._terminal import render_terminal
     from reinit.report.views._text import (
@@ -41,6 +41,7 @@ _WHERE = {
     "note_lines": "_notes_view",
     "publish_report_files": "_files",
     "render_for_path": "_files",
+    "plan_json": "_plan_view",
     "render_plan": "_plan_view",
     "render_terminal": "_terminal",
     "report_targets": "_files",
@@ -59,6 +60,7 @@ __all__ = [
     "column_widths",
     "fmt",
     "note_lines",
+    "plan_json",
     "publish_report_files",
     "render_for_path",
     "render_plan",

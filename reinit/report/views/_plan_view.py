@@ -5,15 +5,17 @@ unchanged ones and
 
 from __future__ import annotations
 
-__all__ = ["plan_what", "render_plan"]
+__all__ = ["plan_json", "plan_what", "render_plan"]
 
+import json
 from collections import Counter
 
 from reinit.io.formats import dtype_name
 from reinit.planning.planner import Plan, PlanEntry
+from reinit.report.jsonio import JSON
 from reinit.report.views._group_table import GroupRow, render_group_table
 from reinit.report.views._groups import fit_items, group_by_kind, layer_range
-from reinit.report.views._text import shape_text, shorten_name
+from reinit.report.views._text import shape_text
 from reinit.text import shown
 
 
@@ -53,10 +55,10 @@ def _by_tensor(entries: list[PlanEntry], width: int) -> list[str]:
     widths[0] = max(16, min(widths[0], width // 2))
     lines = []
     for r in [header, *rows]:
-        head = "  ".join(
-            (shorten_name(c, widths[i]) if i == 0 else c).ljust(widths[i])
-            for i, c in enumerate(r[:4])
-        )
+        if len(r[0]) > widths[0]:  # a name is never cut: whole on its own line, its row below
+            lines.append(r[0])
+            r = ("", *r[1:])
+        head = "  ".join(c.ljust(widths[i]) for i, c in enumerate(r[:4]))
         lines.append(f"{head}  {r[4]}" + (f"   [{r[5]}]" if r[5] not in ("-", "rule") else ""))
     return lines
 
@@ -92,11 +94,46 @@ def _by_kind(entries: list[PlanEntry], width: int) -> list[str]:
     return render_group_table(header, rows, width)
 
 
+def _summary(plan: Plan) -> dict[str, int]:
+    counts = Counter(e.action for e in plan.entries)
+    return {a: counts[a] for a in ("reinit", "transplant", "kept", "skipped")}
+
+
+def _entry_dict(e: PlanEntry) -> dict[str, JSON]:
+    return {
+        "name": e.name,
+        "shape": list(e.shape),
+        "dtype": dtype_name(e.dtype),
+        "action": e.action,
+        "what": plan_what(e),
+        "rule": e.rule.text if e.rule is not None else None,
+    }
+
+
+def plan_dict(plan: Plan) -> dict[str, JSON]:
+    """`--dry-run --json`'s document: every tensor (its action, what and winning rule), the
+    names `--drop` removes, the plan's warnings and the counts."""
+    return {
+        "dry_run": True,
+        "summary": {"tensors": len(plan.entries), **_summary(plan)},
+        "tensors": [_entry_dict(e) for e in plan.entries],
+        "dropped": list(plan.dropped),
+        "warnings": list(plan.warnings),
+    }
+
+
+def plan_json(plans: list[Plan]) -> str:
+    """The JSON `--dry-run --json` prints on stdout: one plan's document, or `{"steps": [...]}`
+    for a recipe of several steps."""
+    docs = [plan_dict(p) for p in plans]
+    doc: JSON = docs[0] if len(docs) == 1 else {"dry_run": True, "steps": list[JSON](docs)}
+    return json.dumps(doc, indent=2, ensure_ascii=False)
+
+
 def render_plan(plan: Plan, width: int = 100, *, by: str = "tensor", every: bool = True) -> str:
     """The `--dry-run` view: the summary line, then the tensors (`every=False`: only those
     that change) grouped by kind (`by="kind"`) or one row each (`by="tensor"`)."""
-    counts = Counter(e.action for e in plan.entries)
-    summary = ", ".join(f"{counts[a]} {a}" for a in ("reinit", "transplant", "kept", "skipped"))
+    summary = ", ".join(f"{n} {a}" for a, n in _summary(plan).items())
     entries = [e for e in plan.entries if every or e.changes or e.notes or e.action == "skipped"]
     lines = _by_kind(entries, width) if by == "kind" else _by_tensor(entries, width)
     head = f"plan: {len(plan.entries)} tensors: {summary} (dry run, nothing written)"

@@ -74,11 +74,15 @@ def column_widths(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[
 
 
 def table_row(cells: Sequence[str], widths: Sequence[int]) -> str:
-    """One aligned row of a renderer's table: the first cell is a tensor name, shortened by
-    `shorten_name`, the others in the middle; trailing blanks dropped."""
-    parts = [shorten_name(cells[0], widths[0]).ljust(widths[0])]
+    """One aligned row of a renderer's table: the first cell is a tensor name, never cut (it
+    is what a rule or a grep is written from: one too long for its column stands whole on a
+    line of its own, the row below it), the others shortened in the middle; trailing blanks
+    dropped."""
+    name = cells[0]
+    head = f"{name}\n" if len(name) > widths[0] else ""
+    parts = ["".ljust(widths[0]) if head else name.ljust(widths[0])]
     parts += [shorten(c, w).ljust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
-    return "  ".join(parts).rstrip()
+    return head + "  ".join(parts).rstrip()
 
 
 def click_style(text: str, color: bool, *, fg: str | None = None, bold: bool | None = None) -> str:
