@@ -3,6 +3,9 @@ request sent to a closed local port), offline and online modes, and a fake Hub."
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Iterator
+
 import huggingface_hub.constants as hf_constants
 import pytest
 from hubcache import FakeHub, closed_port
@@ -104,3 +107,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.nodeid.split("[")[0].removeprefix("tests/") in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def default_sigint() -> Iterator[None]:
+    """Python's own SIGINT handler (raises KeyboardInterrupt), as in the `reinit` program."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)

@@ -385,16 +385,7 @@ def test_drop_upcycling_equals_the_papers_algorithm(tmp_path):
 def test_expert_and_router_reinit_report_reads_at_a_glance(tmp_path):
     """64 experts x 48 layers: the terminal report groups experts by kind (one row each)
     and counts depth in layers, not experts; <= 40 lines at 100 columns."""
-    torch.manual_seed(0)
-    t = {}
-    for layer in range(48):
-        t[f"model.layers.{layer}.input_layernorm.weight"] = torch.ones(8)
-        t[f"model.layers.{layer}.block_sparse_moe.gate.weight"] = torch.randn(64, 8) * 0.3
-        for e in range(64):
-            for w, s in (("w1", (4, 8)), ("w2", (8, 4)), ("w3", (4, 8))):
-                name = f"model.layers.{layer}.block_sparse_moe.experts.{e}.{w}.weight"
-                t[name] = torch.randn(*s) * 0.3
-    save_file(t, tmp_path / "big.safetensors")
+    big_moe(tmp_path / "big.safetensors")
     res = run("apply", tmp_path / "big.safetensors", "-o", tmp_path / "o.safetensors",
               "--rule", "*.experts.[35].*=normal(std=0.3)",
               "--rule", "*.gate.weight=normal(std=0.3)", env={"COLUMNS": "100"})  # fmt: skip

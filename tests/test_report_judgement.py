@@ -235,18 +235,24 @@ def verdicts(rep: reinit.Report) -> dict[str, tuple[str, tuple[str, ...]]]:
     return {e.name: (e.action, tuple(e.flags)) for e in rep.tensors}
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_report_against_a_cast_output_is_apply_s_verdict(tmp_path, dtype):
-    """A cast is not a re-init: after `apply --dtype`, the tensors no rule touched are the
-    baseline's values cast, and `report --against` keeps them (with apply's cast note) instead
-    of judging every tensor `reinit` against the config (16 false off_reference before)."""
-    src = tiny_bert(tmp_path / "bert")
-    with torch.no_grad():  # trained scale: 2.5x the config's 0.02
+def trained_bert(path: Path) -> Path:
+    """`tiny_bert` with its matrices at a trained scale: 2.5x the config's 0.02."""
+    src = tiny_bert(path)
+    with torch.no_grad():
         sd = {
             k: v * 2.5 if v.dim() >= 2 else v
             for k, v in load_file(src / "model.safetensors").items()
         }
     save_file(sd, src / "model.safetensors", metadata={"format": "pt"})
+    return src
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_report_against_a_cast_output_is_apply_s_verdict(tmp_path, dtype):
+    """A cast is not a re-init: after `apply --dtype`, the tensors no rule touched are the
+    baseline's values cast, and `report --against` keeps them (with apply's cast note) instead
+    of judging every tensor `reinit` against the config (16 false off_reference before)."""
+    src = trained_bert(tmp_path / "bert")
     out = tmp_path / "out"
     rep = reinit.apply(src, ["encoder.layer.1.*.weight=kaiming"], out, dtype=dtype)
     again = reinit.report_checkpoint(out, src)
@@ -281,13 +287,7 @@ def test_report_against_a_renamed_output_is_apply_s_verdict(tmp_path, dtype):
     """Renaming changes nothing: a tensor `--rename` moved holds its baseline's bytes (or their
     cast) under a new name, and `report --against` says `renamed from` as apply did, instead of
     judging it a re-init `not in baseline` (32 reinit and 12 off_reference where apply had 6)."""
-    src = tiny_bert(tmp_path / "bert")
-    with torch.no_grad():  # trained scale: 2.5x the config's 0.02
-        sd = {
-            k: v * 2.5 if v.dim() >= 2 else v
-            for k, v in load_file(src / "model.safetensors").items()
-        }
-    save_file(sd, src / "model.safetensors", metadata={"format": "pt"})
+    src = trained_bert(tmp_path / "bert")
     out = tmp_path / "out"
     rep = reinit.apply(
         src, ["enc.layer.1.*.weight=kaiming"], out, rename=["encoder.*=enc.{1}"], dtype=dtype

@@ -43,16 +43,6 @@ class Hung(Exception):
 
 
 @pytest.fixture
-def default_sigint() -> Iterator[None]:
-    """Python's own SIGINT handler (raises KeyboardInterrupt), as in the `reinit` program."""
-    old = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old)
-
-
-@pytest.fixture
 def watchdog() -> Iterator[None]:
     """A hang ends as `Hung` (a lock's wait is interrupted by SIGALRM's raising handler)."""
 

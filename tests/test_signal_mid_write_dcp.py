@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -58,16 +58,6 @@ class _FailingWrite:
 
     def __exit__(self, *exc: object) -> None:
         self.f.close()
-
-
-@pytest.fixture
-def default_sigint() -> Iterator[None]:
-    """Python's own SIGINT handler (raises KeyboardInterrupt), as in the `reinit` program."""
-    old = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old)
 
 
 def failing_open(monkeypatch, module, fail: Callable[[], None]) -> None:
