@@ -1,14 +1,21 @@
 """Lazy exports for a package `__init__` (PEP 562): a name loads its own private module on first
 use, so importing `reinit.io.formats` does not import torch and `reinit.report.views` does not
 import matplotlib. The modules named are fixed in the package's own `_WHERE` table, never taken
-from a file or an argument."""
+from a file or an argument. And a deferred package (`defer_import`): torch bound by every
+`import torch` but loaded only when a run first uses it, so `reinit apply` of a plain copy
+never loads it."""
 
 from __future__ import annotations
 
-__all__ = ["lazy_exports"]
+__all__ = ["defer_import", "is_loaded", "lazy_exports"]
 
 import importlib
+import importlib.util
+import sys
+import threading
+import types
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 
@@ -31,3 +38,67 @@ def lazy_exports(
         return list(namespace["__all__"])
 
     return __getattr__, __dir__
+
+
+class _Deferred(types.ModuleType):
+    """A module found but not yet run: the first look at any attribute other than `__spec__`
+    runs it, in place, under the lock (one thread runs it, any other waits for the whole
+    module) and inside `around()`; then the object is a plain module. `__spec__` answers
+    without running it, so `import torch` elsewhere (which reads it) binds the same object and
+    loads nothing."""
+
+    def __getattribute__(self, attr: str) -> Any:
+        if attr != "__spec__":
+            with _LOCK:
+                if type(self) is _Deferred and id(self) not in _RUNNING:
+                    _run(self)
+        return types.ModuleType.__getattribute__(self, attr)
+
+
+_LOCK = threading.RLock()  # the module's own code re-enters it while it runs
+_RUNNING: set[int] = set()  # modules whose code is running (their reads pass straight through)
+_AROUND: dict[str, Callable[[], AbstractContextManager[object]]] = {}
+
+
+def _run(module: types.ModuleType) -> None:
+    spec = object.__getattribute__(module, "__spec__")
+    assert spec is not None and spec.loader is not None
+    _RUNNING.add(id(module))
+    try:
+        with _AROUND[spec.name]():
+            spec.loader.exec_module(module)
+    except BaseException:
+        if sys.modules.get(spec.name) is module:  # as a failed import leaves it: not there
+            del sys.modules[spec.name]
+        raise
+    finally:
+        _RUNNING.discard(id(module))
+    module.__class__ = types.ModuleType
+
+
+def defer_import(name: str, around: Callable[[], AbstractContextManager[object]]) -> None:
+    """Put `name` (a top-level package that is installed but not imported) in `sys.modules`
+    unloaded: modules that `import` it bind it at no cost, and it loads (whole, inside
+    `around()`, e.g. with signals held) the first time anything reads one of its attributes.
+    A package already imported, or not installed, is left as it is (the import then fails
+    where it is used, as it would have).
+
+    Why: `reinit apply` of a plain copy needs no torch, but ~40 modules `import torch` at the
+    top for the paths that do (the stdlib's `importlib.util.LazyLoader` does this too, but
+    loads on `__spec__` and, before Python 3.12, not thread-safely)."""
+    with _LOCK:
+        if name in sys.modules:
+            return
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return
+        module = importlib.util.module_from_spec(spec)
+        _AROUND[name] = around
+        module.__class__ = _Deferred
+        sys.modules[name] = module
+
+
+def is_loaded(name: str) -> bool:
+    """Whether `name` has been imported and run (False while `defer_import` holds it)."""
+    module = sys.modules.get(name)
+    return module is not None and type(module) is not _Deferred

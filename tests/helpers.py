@@ -139,10 +139,12 @@ def make_checkpoint(path: Path, layers: int = 12) -> int:
 def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> Path:
     """A safetensors file written with reinit's header builder: every dtype this torch has,
     fp8 and uint included, in the order given."""
-    from reinit.io.formats import build_header, tensor_to_bytes
+    from reinit.io.formats import build_header, dtype_name, tensor_to_bytes
 
     items = list(tensors.items())
-    header, _ = build_header([(k, v.dtype, tuple(v.shape)) for k, v in items], {"k": "v"})
+    header, _ = build_header(
+        [(k, dtype_name(v.dtype), tuple(v.shape)) for k, v in items], {"k": "v"}
+    )
     with open(path, "wb") as f:
         f.write(header)
         for _, v in items:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from reinit.errors import CheckpointError
-from reinit.io.formats._safetensors_format import CODE_TO_DTYPE, Header, parse_header_bytes
+from reinit.io.formats._safetensors_format import Header, code_dtypes, parse_header_bytes
 
 # Hypothesis keeps caches in ./.hypothesis; tests never write to the working folder. The
 # folder is removed when the test process ends.
@@ -87,7 +87,7 @@ json_values = st.recursive(
 
 entries = st.fixed_dictionaries(
     {
-        "dtype": st.sampled_from([*CODE_TO_DTYPE, "F31", "", "f32"]) | json_values,
+        "dtype": st.sampled_from([*code_dtypes(), "F31", "", "f32"]) | json_values,
         "shape": st.lists(st.integers(min_value=-2, max_value=6), max_size=3)
         | st.lists(st.sampled_from([0, 1, 2**31, 2**61, 2**62, 2**63, 2**64, 2**70]), max_size=3)
         | json_values,

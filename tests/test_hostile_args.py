@@ -34,6 +34,10 @@ class T:
     shape: tuple[int, ...]
     dtype: torch.dtype = torch.float32
 
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
 
 @pytest.mark.parametrize(
     "action, fragment",

@@ -161,6 +161,10 @@ class T:
     shape: tuple[int, ...]
     dtype: torch.dtype = torch.float32
 
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
 
 def write(path: Path, names: list[str]) -> Path:
     save_file({n: torch.zeros(2) for n in names}, str(path))

@@ -25,7 +25,7 @@ from reinit.io.formats import (
     SafetensorsFile,
     TensorInfo,
 )
-from reinit.io.formats._safetensors_format import CODE_TO_DTYPE
+from reinit.io.formats._safetensors_format import code_dtypes
 from reinit.tools.audit import report_checkpoint
 from reinit.tools.raw_report import plan_reads
 from tests.helpers import write_safetensors, write_two_shards
@@ -36,7 +36,7 @@ ROOT = Path(__file__).parents[1]
 def edge_tensors() -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     out: dict[str, torch.Tensor] = {}
-    for code, dtype in CODE_TO_DTYPE.items():
+    for code, dtype in code_dtypes().items():
         if dtype.is_floating_point:
             base = torch.randn(33, 17, generator=g) * 0.5
             if code == "F8_E8M0":

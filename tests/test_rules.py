@@ -21,6 +21,10 @@ class T:
     shape: tuple[int, ...]
     dtype: torch.dtype = torch.float32
 
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
 
 BERTISH = [
     T("embeddings.word_embeddings.weight", (100, 32)),

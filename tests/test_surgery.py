@@ -96,7 +96,7 @@ def test_parse_rename_needs_template():
 
 
 def refs(*names: str) -> list[TensorRef]:
-    return [TensorRef(n, torch.float32, (2,), "") for n in names]
+    return [TensorRef(n, "float32", (2,), "") for n in names]
 
 
 def test_edit_order_drop_then_rename_then_add():

@@ -11,6 +11,7 @@ from reinit.cli.common import (
     FlagValue,
     apply_options,
     by_option,
+    defer_torch,
     dry_run_option,
     examples,
     json_option,
@@ -108,7 +109,7 @@ def apply(
         # the source's statistics start in a second process while torch is imported here
         # (not with --dtype or --checksums: those read every kept byte here anyway)
         with stats_ahead(None if options.dtype or options.checksums else source):
-            load_torch()
+            defer_torch()  # loaded when the run first needs it: a plain copy never does
             from reinit.run.apply import apply as run_apply
 
             report = run_apply(source, rules, output, options=options)

@@ -252,6 +252,16 @@ def load_torch() -> None:
         import torch  # noqa: F401
 
 
+def defer_torch() -> None:
+    """Bind torch for every module that imports it, but load it (with SIGINT/SIGTERM held, as
+    `load_torch`) only when the run first uses it: a plain copy or transplant of same-dtype
+    safetensors bytes never does (`reinit.lazy.defer_import`)."""
+    from reinit.io.signals import signals_deferred
+    from reinit.lazy import defer_import
+
+    defer_import("torch", around=signals_deferred)
+
+
 def show_plan(the_plan: Plan, *, as_json: bool, by: str, every: bool, quiet: bool = False) -> None:
     """What `apply --dry-run` and `new --dry-run` print: the plan's warnings, the plan (on
     stderr with `--json`, unless `-q`, and its JSON on stdout), and the names it drops; under torchrun only rank 0 prints."""

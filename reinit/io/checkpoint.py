@@ -47,12 +47,30 @@ ConfigDict = dict[str, Any]
 
 @dataclass(frozen=True)
 class TensorRef:
-    """A tensor's identity without its data: enough to plan and to lay out the output."""
+    """A tensor's identity without its data: enough to plan and to lay out the output. Its
+    dtype is held by name (torch's spelling, "bfloat16": what a safetensors header gives
+    without torch); `dtype` is the torch dtype, for the paths that compute."""
 
     name: str
-    dtype: torch.dtype
+    dtype_name: str
     shape: tuple[int, ...]
     shard: str = ""  # the file within a directory checkpoint that holds it ("" for one file)
+
+    @classmethod
+    def of(
+        cls, name: str, dtype: torch.dtype, shape: tuple[int, ...], shard: str = ""
+    ) -> TensorRef:
+        """The ref of a tensor whose torch dtype is at hand (a torch file, a state dict)."""
+        from reinit.io.formats import dtype_name
+
+        return cls(name, dtype_name(dtype), shape, shard)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The torch dtype (loads torch: a plain copy never asks)."""
+        from reinit.io.formats import torch_dtype
+
+        return torch_dtype(self.dtype_name, self.name)
 
     @property
     def numel(self) -> int:
@@ -60,9 +78,9 @@ class TensorRef:
 
     @property
     def nbytes(self) -> int:
-        from reinit.io.formats import dtype_size
+        from reinit.io.formats import name_size
 
-        return self.numel * dtype_size(self.dtype)
+        return self.numel * name_size(self.dtype_name)
 
 
 @dataclass(frozen=True)

@@ -113,7 +113,7 @@ class TensorDictCheckpoint(Checkpoint):
 
     def ref(self, name: str) -> TensorRef:
         t = self._get(name)
-        return TensorRef(name, t.dtype, tuple(t.shape), self.shard_of(name))
+        return TensorRef.of(name, t.dtype, tuple(t.shape), self.shard_of(name))
 
     def read(self, name: str) -> torch.Tensor:
         t = self._get(name).detach()

@@ -70,7 +70,7 @@ class SafetensorsWriter:
     def __init__(
         self,
         path: str | os.PathLike[str],
-        entries: Sequence[tuple[str, torch.dtype, Sequence[int]]],
+        entries: Sequence[tuple[str, str, Sequence[int]]],  # (name, dtype name, shape)
         metadata: Mapping[str, str] | None = None,
     ):
         self.path = os.fspath(path)

@@ -9,16 +9,18 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
 from reinit.errors import CheckpointError
 from reinit.io.checkpoint import Checkpoint, ConfigDict, TensorRef
 from reinit.io.formats import tensor_to_bytes
 from reinit.planning.model import Model, ModelError, default_value
 from reinit.planning.planner import Plan
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = [
     "DEFAULT_RULE",
@@ -95,7 +97,7 @@ class ModelCheckpoint(Checkpoint):
         if not tensors:
             raise ModelError(f"{spec}: the model has no parameters or buffers to write")
         self._refs = {
-            t.name: TensorRef(t.name, dtype if t.dtype.is_floating_point else t.dtype, t.shape)
+            t.name: TensorRef.of(t.name, dtype if t.dtype.is_floating_point else t.dtype, t.shape)
             for t in tensors
         }
         self._config_text = model_config_json(model.module, dtype)

@@ -9,15 +9,11 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import torch
-from torch import nn
 
 from reinit.errors import RuleError, SchemeError, UsageError
-from reinit.planning.ckpt_names import CheckpointSlice, checkpoint_slices
-from reinit.planning.init_rng import seeded_draw
-from reinit.planning.init_trace import AppliedInit, InitTrace, applied_init
 from reinit.planning.planner import Plan, check_strict
 from reinit.schemes import (
     DEFAULT,
@@ -28,6 +24,12 @@ from reinit.schemes import (
     generate,
     seed_for,
 )
+
+if TYPE_CHECKING:  # the modules that subclass torch's are imported where a model is used
+    from torch import nn
+
+    from reinit.planning.ckpt_names import CheckpointSlice
+    from reinit.planning.init_trace import AppliedInit, InitTrace
 
 __all__ = [
     "CheckpointTensor",
@@ -198,7 +200,7 @@ def _tied_copies(module: nn.Module) -> dict[str, str]:
 def _type_names(module: nn.Module) -> tuple[str, ...]:
     names = []
     for cls in type(module).__mro__:
-        if cls is nn.Module or cls is object:
+        if cls is torch.nn.Module or cls is object:
             break
         if not cls.__name__.startswith("_"):
             names.append(cls.__name__)
@@ -209,7 +211,7 @@ def _linear_like(owner: nn.Module, attr: str, shape: Sequence[int]) -> tuple[str
     """A mixture-of-experts router (transformers' `*Router`/`*Gate` modules with a 2-D weight)
     is a Linear without being one: `type:Linear` matches it too."""
     name = type(owner).__name__
-    if isinstance(owner, nn.Linear) or attr != "weight" or len(shape) != 2:
+    if isinstance(owner, torch.nn.Linear) or attr != "weight" or len(shape) != 2:
         return ()
     return ("Linear",) if name.endswith(("Router", "Gate")) else ()
 
@@ -220,10 +222,10 @@ def module_fans(module: nn.Module, attr: str, shape: Sequence[int]) -> Fans | No
     if fans is None or attr != "weight":
         return fans
     rf = math.prod(shape[2:])
-    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+    if isinstance(module, torch.nn.modules.conv._ConvTransposeNd):
         g = module.groups
         return shape[0] // g * rf, shape[1] * rf
-    if isinstance(module, nn.modules.conv._ConvNd):
+    if isinstance(module, torch.nn.modules.conv._ConvNd):
         g = module.groups
         return shape[1] * rf, shape[0] // g * rf
     if type(module).__name__ == "Conv1D" and len(shape) == 2:  # transformers' GPT-2 layer
@@ -255,6 +257,8 @@ def fans_from_module(spec: str, module: nn.Module, kind: str, prefix: str) -> Mo
                 is_buffer,
             ),
         )
+    from reinit.planning.ckpt_names import checkpoint_slices
+
     slices = checkpoint_slices(module, hf=kind == "hf")
     checkpoint = tuple(CheckpointTensor(c.name, c.shape, c.dtype, c.storage) for c in slices)
     sites = _with_checkpoint_sites(sites, slices, modules)
@@ -382,6 +386,8 @@ def default_init(
     With them comes what ran (`AppliedInit`: `Linear.reset_parameters: kaiming_uniform(a=2.236)`,
     `BertModel._init_weights on Linear: normal(std=0.02)`) and the std that init's formula
     gives for the tensor, recorded while the init runs (`init_trace`): nothing is drawn twice."""
+    from reinit.planning.init_trace import AppliedInit, applied_init
+
     why = view.why_no_default(name) if view is not None else "default needs --model"
     if view is None or why is not None:
         raise SchemeError(f"'{name}': {why}")
@@ -437,6 +443,8 @@ def _own_copy(out: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
 def _blank_owner(model: Model, site: TensorSite) -> tuple[nn.Module, InitTrace]:
     """A real float32 CPU copy of the tensor's owning module (only that module), every float
     tensor NaN (the sentinel for values its init leaves unset), and the trace watching it."""
+    from reinit.planning.init_trace import InitTrace
+
     owner = model.module.get_submodule(site.module_name)
     real = copy.deepcopy(owner).to_empty(device="cpu", recurse=True).float()
     with torch.no_grad():
@@ -452,6 +460,7 @@ def _run_init(model: Model, site: TensorSite, seed: int) -> tuple[nn.Module, Ini
     """The owning module initialized from `seed` (see `default_init`), its trace, and whether
     any init ran: drawn on a generator of the thread's own where the init lets it (two
     threads draw at once), else on the global one, one thread at a time (`seeded_draw`)."""
+    from reinit.planning.init_rng import seeded_draw
 
     def draw(rng: contextlib.AbstractContextManager[Any]) -> tuple[nn.Module, InitTrace, bool]:
         real, trace = _blank_owner(model, site)
@@ -526,6 +535,6 @@ def _get_attr_tensor(module: nn.Module, attr: str) -> torch.Tensor:
     return t
 
 
-ModelInput = str | os.PathLike[str] | nn.Module | Model | ModelView
+ModelInput: TypeAlias = "str | os.PathLike[str] | nn.Module | Model | ModelView"
 """What `--model` / `model=` accepts: a Hugging Face directory, hf:// URL or `module:callable`
 spec; a module; a loaded `Model`; or a `ModelView` already aligned to the checkpoint."""

@@ -12,9 +12,9 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from reinit.errors import ReinitError, UsageError
 from reinit.io.hub import HubRepo, is_hf_url, parse_hf_url
@@ -24,6 +24,9 @@ from reinit.library_output import route_transformers
 from reinit.limits import MAX_CONFIG_BYTES, MAX_MODEL_COUNT, MAX_TOTAL_TENSORS
 from reinit.planning.model import Model, ModelError, fans_from_module
 from reinit.text import one_line
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = [
     "Factory",
@@ -44,7 +47,7 @@ _CALLABLE = CALLABLE_SPEC
 def load_model(spec: str | os.PathLike[str] | nn.Module) -> Model:
     """Build the skeleton `spec` names (see the module docstring), on the meta device. An
     `nn.Module` is taken as it is (its tensors may be real or meta)."""
-    if isinstance(spec, nn.Module):
+    if isinstance(spec, torch.nn.Module):
         kind = "hf" if callable(getattr(spec, "_init_weights", None)) else "torch"
         return fans_from_module(type(spec).__name__, spec, kind, _prefix(spec))
     text = os.fspath(spec)
@@ -109,7 +112,7 @@ def build_module(text: str, factory: Factory) -> nn.Module:
         raise ModelError(
             f"--model {text}: building the model failed: {one_line(e, typed=True)}"
         ) from None
-    if not isinstance(module, nn.Module):
+    if not isinstance(module, torch.nn.Module):
         raise ModelError(
             f"--model {text}: the callable returned {type(module).__name__}, not a torch.nn.Module"
         )

@@ -11,7 +11,7 @@ from typing import Protocol
 import torch
 
 from reinit.errors import RuleError, StrictError
-from reinit.io.formats import dtype_name
+from reinit.io.formats import dtype_name, torch_dtype
 from reinit.planning.actions import ACTIONS, CHANGING_ACTIONS, action_changes
 from reinit.planning.ruleindex import RuleIndex
 from reinit.rules import MAX_HINTS, Pattern, Rule, closest_hint
@@ -43,16 +43,20 @@ class TensorLike(Protocol):
     @property
     def shape(self) -> tuple[int, ...]: ...
     @property
+    def dtype_name(self) -> str: ...
+    @property
     def dtype(self) -> torch.dtype: ...
 
 
 @dataclass(frozen=True)
 class PlanEntry:
-    """What happens to one tensor. `rule` is None when no rule matched (kept byte-for-byte)."""
+    """What happens to one tensor. `rule` is None when no rule matched (kept byte-for-byte).
+    Its dtype is held by name, as `TensorRef`'s (a plan of copies needs no torch); `dtype` is
+    the torch dtype, for the paths that compute."""
 
     name: str
     shape: tuple[int, ...]
-    dtype: torch.dtype
+    dtype_name: str
     action: str  # one of ACTIONS
     rule: Rule | None = None
     captures: tuple[str, ...] = ()
@@ -72,6 +76,11 @@ class PlanEntry:
             return ("added",)
         renamed = () if self.renamed_from is None else (f"renamed from {self.renamed_from}",)
         return renamed + (() if self.resized is None else (self.resized,))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The torch dtype (loads torch: a plain copy never asks)."""
+        return torch_dtype(self.dtype_name, self.name)
 
     @property
     def scheme(self) -> BoundScheme | None:
@@ -107,9 +116,6 @@ def is_integer_dtype(dtype: torch.dtype) -> bool:
     return not (dtype.is_floating_point or dtype.is_complex)
 
 
-_E8M0 = getattr(torch, "float8_e8m0fnu", None)
-
-
 def why_cannot_take(rule: Rule, shape: tuple[int, ...], dtype: torch.dtype) -> str | None:
     """The reason a reinit rule's scheme cannot take this tensor, or None."""
     if rule.scheme is None:
@@ -118,7 +124,9 @@ def why_cannot_take(rule: Rule, shape: tuple[int, ...], dtype: torch.dtype) -> s
         return f"{dtype_name(dtype)} tensor: integer and bool tensors are never re-initialized"
     if dtype.is_complex:
         return f"{dtype_name(dtype)} tensor: complex tensors are not re-initialized"
-    if dtype == _E8M0:  # an MX scale: 2**k only, so no draw (nor zero) survives the cast
+    if (
+        dtype_name(dtype) == "float8_e8m0fnu"
+    ):  # an MX scale: 2**k only, so no draw (nor zero) survives the cast
         return (
             f"{dtype_name(dtype)} tensor: it holds only powers of two (block scales), so no "
             "scheme's values fit it; it is not re-initialized"
@@ -199,21 +207,21 @@ def _entry(t: TensorLike, hit: tuple[Rule, tuple[str, ...]] | None) -> PlanEntry
     scheme cannot take it), or reinit; a rule naming `t` alone that cannot is an error."""
     shape = tuple(t.shape)
     if hit is None:
-        return PlanEntry(t.name, shape, t.dtype, "kept")
+        return PlanEntry(t.name, shape, t.dtype_name, "kept")
     rule, caps = hit
     if rule.kind == "keep":
-        return PlanEntry(t.name, shape, t.dtype, "kept", rule, caps)
+        return PlanEntry(t.name, shape, t.dtype_name, "kept", rule, caps)
     if rule.kind == "transplant":
-        return PlanEntry(t.name, shape, t.dtype, "transplant", rule, caps)
+        return PlanEntry(t.name, shape, t.dtype_name, "transplant", rule, caps)
     reason = why_cannot_take(rule, shape, t.dtype)
     if reason is not None:
         if not rule.pattern.has_wildcards:
             raise RuleError(f"rule {rule.text!r}: tensor '{t.name}' {shape}: {reason}")
-        return PlanEntry(t.name, shape, t.dtype, "skipped", rule, caps, reason)
+        return PlanEntry(t.name, shape, t.dtype_name, "skipped", rule, caps, reason)
     overflow = rule.scheme.overflow(t.dtype, shape) if rule.scheme is not None else None
     if overflow is not None:
         raise RuleError(f"rule {rule.text!r}: tensor '{t.name}': {overflow}")
-    return PlanEntry(t.name, shape, t.dtype, "reinit", rule, caps)
+    return PlanEntry(t.name, shape, t.dtype_name, "reinit", rule, caps)
 
 
 @dataclass(frozen=True)

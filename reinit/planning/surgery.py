@@ -40,12 +40,7 @@ __all__ = [
 ]
 
 
-ADD_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
+ADD_DTYPES = ("float32", "float64", "float16", "bfloat16")  # torch's names: getattr(torch, _)
 
 
 _ADD = re.compile(r"\s*(?P<name>[^=]+?)\s*=\s*\[(?P<shape>[^\]]*)\]\s*:(?P<rest>.+)\Z", re.S)
@@ -129,7 +124,7 @@ def parse_add(text: str) -> AddSpec:
         label = dm.group("dtype")
         if label not in ADD_DTYPES:
             raise RuleError(f"{where}: dtype {label!r}: use one of {', '.join(ADD_DTYPES)}")
-        dtype = ADD_DTYPES[label]
+        dtype = getattr(torch, label)
         rest = rest[: dm.start()]
     _check_add_size(where, shape, dtype)
     action = parse_action(rest, where)
@@ -322,7 +317,7 @@ def _add(
                 f"--drop it first or pick another name"
             )
         added[a.name] = a
-        out_refs.append(TensorRef(a.name, a.dtype, a.shape, shard))
+        out_refs.append(TensorRef.of(a.name, a.dtype, a.shape, shard))
     return added
 
 

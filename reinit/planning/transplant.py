@@ -386,7 +386,7 @@ def exact_source(pool: SourcePool, entry: PlanEntry) -> tuple[Checkpoint, str, s
         key = source_key(spec, entry.name, entry.captures, entry.rule_text)
     src = pool.get(spec.source, spec.state)
     ref = src.ref(key)
-    if ref.dtype != entry.dtype or ref.shape != entry.shape:
+    if ref.dtype_name != entry.dtype_name or ref.shape != entry.shape:
         return None
     return src, key, f"{spec.source}:{key}"
 

@@ -69,8 +69,9 @@ TORCH_STEP = 1 << 22  # elements of a non-CPU (or non-contiguous) tensor moved a
 class StatsAccumulator:
     """Streaming mean/std/min/max/nonfinite of one tensor, fed chunk by chunk in order.
 
-    `dtype` is a torch dtype or a safetensors code ("BF16", "F8_E4M3", ...). Feed it torch
-    tensors (`add`) or the raw little-endian bytes of that dtype (`add_bytes`, no torch).
+    `dtype` is a torch dtype, its name ("bfloat16", as `TensorRef.dtype_name`) or a safetensors
+    code ("BF16", "F8_E4M3", ...). Feed it torch tensors (`add`) or the raw little-endian bytes
+    of that dtype (`add_bytes`, no torch).
 
     Why it looks like this: statistics are on the hot path of every command (every byte of a
     checkpoint passes through here), so each chunk is decoded one cache-sized sub-chunk at a
@@ -84,7 +85,7 @@ class StatsAccumulator:
         self.dtype = dtype
         if isinstance(dtype, str) and dtype in CODE_NAMES:
             code: str | None = dtype
-        else:
+        else:  # a name, or a torch dtype (whose str is "torch." and its name)
             code = code_of(str(dtype).removeprefix("torch."))
         # a torch dtype the kernel does not decode (e.g. float8_e4m3fnuz) is widened first
         self.code = code or "F64"

@@ -5,18 +5,21 @@ transform fed it), so the streaming engine and every caller describe a tensor al
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 
 from reinit.errors import ValueRangeError
-from reinit.io.formats import dtype_name
-from reinit.planning.init_trace import AppliedInit
+from reinit.io.formats import dtype_name, is_float_name
 from reinit.planning.planner import PlanEntry
 from reinit.planning.transplant import transform_label
 from reinit.report.entries import TensorEntry, var_gain
 from reinit.report.reference import RESIZED, SOURCE
 from reinit.report.stats import Stats
 from reinit.schemes import DEFAULT, compute_fans, expected_std_for
+
+if TYPE_CHECKING:  # its TorchFunctionMode loads torch: imported where a model is used
+    from reinit.planning.init_trace import AppliedInit
 
 __all__ = ["entry_for", "refuse_overflow", "with_source_std"]
 
@@ -50,7 +53,7 @@ def entry_for(
     entry = TensorEntry(
         name=p.name,
         shape=p.shape,
-        dtype=dtype_name(p.dtype),
+        dtype=p.dtype_name,
         action=p.action,
         after=after,
         rule=p.rule_text or None,
@@ -61,7 +64,7 @@ def entry_for(
         fan_out=fan_out,
         before=before,
         expected_std=expected,
-        var_gain=var_gain(fan_in, after.std) if p.dtype.is_floating_point else None,
+        var_gain=var_gain(fan_in, after.std) if is_float_name(p.dtype_name) else None,
         notes=notes,
         transform=transform_label(p),
         kurtosis=scored.scheme.kurtosis if scored is not None else 3.0,
@@ -73,7 +76,7 @@ def _grown_reference(entry: TensorEntry, p: PlanEntry, before: Stats | None) -> 
     """A tensor `--resize` grew keeps its old values beside the new ones: it is judged against
     its own std before (trained embeddings sit at 2-3x the config's init scale, so a correct
     vocabulary growth must not be judged by that), never by the init scale."""
-    if not p.resize_fills or before is None or not before.std or not p.dtype.is_floating_point:
+    if not p.resize_fills or before is None or not before.std or not is_float_name(p.dtype_name):
         return entry
     return replace(entry, reference=RESIZED, reference_std=before.std)
 

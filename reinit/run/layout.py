@@ -21,7 +21,7 @@ import torch
 
 from reinit.errors import OutputError, UsageError
 from reinit.io.confine import extras_to_copy
-from reinit.io.formats import dtype_name
+from reinit.io.formats import dtype_name, name_size
 from reinit.io.memory import reshaped
 from reinit.io.publish import how_to_publish
 from reinit.io.targets import REPORT_NAME, Inputs, check_replace_folder, check_target
@@ -95,7 +95,7 @@ class Layout:
     spec: OutputSpec
     files: tuple[OutFile, ...]
     plan_entries: Mapping[str, PlanEntry]
-    out_dtype: Mapping[str, torch.dtype]
+    out_dtype: Mapping[str, str]  # each tensor's output dtype, by name (`dtype_name`)
     in_bytes: Mapping[str, int]
     control: OutputControl
     side: tuple[SideOutput, ...]
@@ -138,7 +138,7 @@ def lay_out(prepared: Prepared, request: OutputRequest) -> Layout:
     side = _side_targets(spec, o, inputs)
     control = OutputControl(request.dtype, request.checksums)
     entries = prepared.by_name
-    out_dtype = {n: control.out_dtype(e.dtype) for n, e in entries.items()}
+    out_dtype = {n: control.out_dtype_name(e.dtype_name) for n, e in entries.items()}
     files = _files(prepared, spec, request.max_shard, out_dtype)
     extras = _extras(prepared, spec, files)
     notes, config_file = _config(prepared, spec, request, extras, o.in_place)
@@ -223,13 +223,13 @@ def _files(
     prepared: Prepared,
     spec: OutputSpec,
     max_shard: int | None,
-    out_dtype: Mapping[str, torch.dtype],
+    out_dtype: Mapping[str, str],
 ) -> list[OutFile]:
     """The output files and their tensors: the source's layout, or split as save_pretrained
     splits (in the model's order when there is one) by output bytes."""
     ckpt, view = prepared.ckpt, prepared.view
     refs = {r.name: r for r in ckpt.refs()}
-    sizes = {n: refs[n].numel * d.itemsize for n, d in out_dtype.items()}
+    sizes = {n: refs[n].numel * name_size(d) for n, d in out_dtype.items()}
     in_order = [refs[e.name] for e in prepared.plan.entries]
     # save_pretrained's order: the model's (a `reinit new` model is in that order already)
     if max_shard is None or view is None:
@@ -336,7 +336,7 @@ def _index(
     prepared: Prepared,
     spec: OutputSpec,
     files: Sequence[OutFile],
-    out_dtype: Mapping[str, torch.dtype],
+    out_dtype: Mapping[str, str],
     sharded: bool,
 ) -> str | None:
     """The shard index's text: when there is more than one shard, or the source had an index
@@ -349,7 +349,9 @@ def _index(
         return None
     refs = {r.name: r for r in ckpt.refs()}
     names = [n for f in files for n in f.names]
-    meta: dict[str, int] = {"total_size": sum(refs[n].numel * out_dtype[n].itemsize for n in names)}
+    meta: dict[str, int] = {
+        "total_size": sum(refs[n].numel * name_size(out_dtype[n]) for n in names)
+    }
     if sharded:  # save_pretrained's metadata, keys sorted as it writes them
         meta["total_parameters"] = sum(refs[n].numel for n in names)
     index = {"metadata": meta, "weight_map": {n: f.relname for f in files for n in f.names}}

@@ -30,16 +30,12 @@ import torch
 
 from reinit.errors import UsageError
 from reinit.io.checkpoint import TensorRef
-from reinit.io.formats import dtype_name, tensor_to_bytes
+from reinit.io.formats import dtype_name, tensor_to_bytes, torch_dtype
 from reinit.planning.model import ModelView
 from reinit.run.pieces import Piece, view_bytes
 
 #: What `--dtype` accepts.
-CAST_DTYPES = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
+CAST_DTYPES = ("float32", "bfloat16", "float16")  # torch's names: getattr(torch, _)
 
 # huggingface_hub's decimal units (what save_pretrained's "5GB" means) plus the binary ones
 _UNITS = {
@@ -60,12 +56,11 @@ def parse_dtype(value: str | None) -> torch.dtype | None:
     """`--dtype` text -> the torch dtype (None: keep each tensor's own)."""
     if value is None:
         return None
-    try:
-        return CAST_DTYPES[value.strip().lower()]
-    except KeyError:
-        raise UsageError(
-            f"--dtype {value}: unknown dtype; use one of {', '.join(CAST_DTYPES)}"
-        ) from None
+    name = value.strip().lower()
+    if name not in CAST_DTYPES:
+        raise UsageError(f"--dtype {value}: unknown dtype; use one of {', '.join(CAST_DTYPES)}")
+    dtype: torch.dtype = getattr(torch, name)
+    return dtype
 
 
 def parse_size(value: str | int | None) -> int | None:
@@ -213,13 +208,24 @@ class OutputControl:
             return dtype
         return self.dtype
 
-    def stream(self, pieces: Iterator[Piece], dtypes: dict[str, torch.dtype]) -> Iterator[Piece]:
-        """The pieces with data cast and hashed; spans (kernel copies) pass through only when
-        neither applies (the Applier is told to hand chunks instead when this is active)."""
+    def out_dtype_name(self, name: str) -> str:
+        """The dtype, by name, a tensor of dtype `name` is written as (without `--dtype`, its
+        own: no torch needed)."""
+        if self.dtype is None:
+            return name
+        return dtype_name(self.out_dtype(torch_dtype(name)))
+
+    def stream(self, pieces: Iterator[Piece], dtypes: Mapping[str, str]) -> Iterator[Piece]:
+        """The pieces with data cast and hashed (`dtypes`: each tensor's, by name); spans
+        (kernel copies) pass through only when neither applies (the Applier is told to hand
+        chunks instead when this is active). Neither: the pieces as they come (no torch)."""
+        if not self.active:
+            yield from pieces
+            return
         hasher = hashlib.sha256() if self.checksums else None
         overflow = 0
         for piece in pieces:
-            src = dtypes[piece.name]
+            src = torch_dtype(dtypes[piece.name], piece.name)
             dst = self.out_dtype(src)
             if piece.entry is not None:
                 entry = piece.entry

@@ -14,15 +14,16 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import torch
 
 from reinit.io.buffers import BufferPool, read_span, return_big_frees
 from reinit.io.checkpoint import CHUNK_BYTES, Checkpoint, TensorRef
+from reinit.io.formats import torch_dtype
 from reinit.io.pipeline import prefetch
 from reinit.io.signals import result_held
 from reinit.planning.edited import EditedCheckpoint, original_of
-from reinit.planning.init_trace import AppliedInit
 from reinit.planning.model import ModelView, default_init, reinit_value
 from reinit.planning.planner import PlanEntry
 from reinit.planning.ties import Ties
@@ -44,6 +45,9 @@ from reinit.schemes import (
     generate_chunked,
 )
 from reinit.schemes.parts import apply_part, part_indices
+
+if TYPE_CHECKING:  # its TorchFunctionMode loads torch: imported where a model is used
+    from reinit.planning.init_trace import AppliedInit
 
 __all__ = [
     "DRAW_AHEAD",
@@ -97,7 +101,7 @@ DRAW_AHEAD_BYTES = 256 << 20
 
 
 def _draw_bytes(p: PlanEntry) -> int:
-    return TensorRef(p.name, p.dtype, p.shape).numel * (8 if p.dtype == torch.float64 else 4)
+    return TensorRef(p.name, p.dtype_name, p.shape).numel * (8 if p.dtype_name == "float64" else 4)
 
 
 # buffers the pool keeps: the chunks in flight between the reader, the compute thread and the
@@ -111,11 +115,12 @@ def _made(p: PlanEntry) -> bool:
     return p.added or p.fresh or p.resized is not None
 
 
-def _count(acc: StatsAccumulator, chunk: memoryview, dtype: torch.dtype) -> None:
-    """A chunk's statistics straight from its bytes (no tensor view) where the kernel decodes
-    the dtype; the few it does not (e.g. float8_e4m3fnuz) are widened through torch."""
+def _count(acc: StatsAccumulator, chunk: memoryview, dtype: str) -> None:
+    """A chunk's statistics straight from its bytes (no tensor view, no torch) where the
+    kernel decodes the dtype (`dtype`: its name); the few it does not (e.g. float8_e4m3fnuz)
+    are widened through torch."""
     if acc.widen:
-        acc.add(view_bytes(chunk, dtype))
+        acc.add(view_bytes(chunk, torch_dtype(dtype)))
     else:
         acc.add_bytes(chunk)
 
@@ -188,7 +193,7 @@ class Applier:
         self, reads: Iterator[tuple[str, memoryview]], p: PlanEntry, nbytes: int | None = None
     ) -> Iterator[memoryview]:
         """`p`'s chunks of the read stream (`nbytes` of them: its source's, when not its own)."""
-        size = TensorRef(p.name, p.dtype, p.shape).nbytes if nbytes is None else nbytes
+        size = TensorRef(p.name, p.dtype_name, p.shape).nbytes if nbytes is None else nbytes
         for _ in range(_n_chunks(size)):
             name, chunk = next(reads)
             assert name == p.name, (name, p.name)
@@ -201,9 +206,9 @@ class Applier:
     def _source_stats(self, reads: Iterator[tuple[str, memoryview]], p: PlanEntry) -> Stats:
         if p.name in self._ahead:
             return self._ahead_stats(p)
-        acc = StatsAccumulator(p.dtype)
+        acc = StatsAccumulator(p.dtype_name)
         for chunk in self._chunks(reads, p):
-            _count(acc, chunk, p.dtype)
+            _count(acc, chunk, p.dtype_name)
             self.release(chunk)
         return acc.result()
 
@@ -211,7 +216,7 @@ class Applier:
         self,
         ck: Checkpoint,
         name: str,
-        dtype: torch.dtype,
+        dtype: str,  # by name
         chunks: Iterator[memoryview],
         acc: StatsAccumulator,
     ) -> Iterator[Piece]:
@@ -232,16 +237,16 @@ class Applier:
         self, p: PlanEntry, reads: Iterator[tuple[str, memoryview]], tie_note: tuple[str, ...]
     ) -> Iterator[Piece]:
         """A tensor no rule changes: its bytes (or its --add/--resize values) and its entry."""
-        acc = StatsAccumulator(p.dtype)
+        acc = StatsAccumulator(p.dtype_name)
         if _made(p):  # no source bytes as such: its --add / --resize values
             for piece in tensor_pieces(p.name, self.ckpt.read(p.name)):
                 assert piece.data is not None
-                _count(acc, piece.data, p.dtype)
+                _count(acc, piece.data, p.dtype_name)
                 yield piece
         elif p.name in self._ahead:  # copied unread; the stats worker sums it
             yield from self._span_pieces(p)
         else:
-            yield from self._copy(self.ckpt, p.name, p.dtype, self._chunks(reads, p), acc)
+            yield from self._copy(self.ckpt, p.name, p.dtype_name, self._chunks(reads, p), acc)
         result = self._ahead_stats(p) if p.name in self._ahead else acc.result()
         if _made(p):
             refuse_overflow(p, result, None)
@@ -277,7 +282,7 @@ class Applier:
         """How the stats worker names `p`'s source bytes: (descriptor, start, bytes, dtype
         code), or None where they do not lie in a file as they are."""
         span = self.ckpt.span(p.name)
-        code = code_of(str(p.dtype).removeprefix("torch."))
+        code = code_of(p.dtype_name)
         return None if span is None or code is None else (span.fd, span.start, span.nbytes, code)
 
     def _ahead_stats(self, p: PlanEntry) -> Stats:
@@ -289,9 +294,9 @@ class Applier:
         got = worker.stats(*key) if worker is not None else None
         if got is not None:
             return got
-        acc = StatsAccumulator(p.dtype)
+        acc = StatsAccumulator(p.dtype_name)
         for chunk in self.ckpt.iter_chunks(p.name, CHUNK_BYTES):
-            _count(acc, chunk, p.dtype)
+            _count(acc, chunk, p.dtype_name)
         return acc.result()
 
     def pieces(self, p: PlanEntry, reads: Iterator[tuple[str, memoryview]]) -> Iterator[Piece]:
@@ -326,9 +331,9 @@ class Applier:
             direct = exact_source(self._pool(), p)
             if direct is not None:  # same dtype and shape: a byte copy, streamed
                 src, key, label = direct
-                acc = StatsAccumulator(p.dtype)
+                acc = StatsAccumulator(p.dtype_name)
                 chunks = read_stream(src, [key], self.pool)
-                for piece in self._copy(src, key, p.dtype, (c for _, c in chunks), acc):
+                for piece in self._copy(src, key, p.dtype_name, (c for _, c in chunks), acc):
                     yield Piece(p.name, piece.data, piece.span)
                 after = acc.result()  # a byte copy: the source's own statistics
                 notes = (*p.notes, EQUAL_TO_SOURCE)
@@ -368,20 +373,20 @@ class Applier:
         `before`), then its new rows (drawn ahead, at their own size); `after` counts both."""
         assert isinstance(self.ckpt, EditedCheckpoint)
         src, key = self.ckpt.source_of(p.name)
-        before, after = StatsAccumulator(p.dtype), StatsAccumulator(p.dtype)
+        before, after = StatsAccumulator(p.dtype_name), StatsAccumulator(p.dtype_name)
 
         def counted(chunks: Iterator[memoryview]) -> Iterator[memoryview]:
             for chunk in chunks:
-                _count(before, chunk, p.dtype)
+                _count(before, chunk, p.dtype_name)
                 yield chunk
 
         old = self._chunks(reads, p, src.ref(key).nbytes)
-        for piece in self._copy(src, key, p.dtype, counted(old), after):
+        for piece in self._copy(src, key, p.dtype_name, counted(old), after):
             yield Piece(p.name, piece.data, piece.span)
         rows, _ = self._drawn_value(p)
         for piece in tensor_pieces(p.name, rows):
             assert piece.data is not None
-            _count(after, piece.data, p.dtype)
+            _count(after, piece.data, p.dtype_name)
             yield piece
         del rows
         entry = entry_for(p, after.result(), before.result(), None, p.notes, self.fans.get(p.name))

@@ -83,7 +83,7 @@ def write(
     with progress_bar(total, progress, _command(prepared)) as bar:
         stream = prefetch(applier.stream(ordered), WRITE_AHEAD, "reinit-compute")
         with closing(stream) as raw:
-            pieces = layout.control.stream(raw, {e.name: e.dtype for e in ordered})
+            pieces = layout.control.stream(raw, {e.name: e.dtype_name for e in ordered})
             if layout.spec.fmt == "torch":
                 entries, written = _write_torch(prepared, layout, tmp, pieces, bar)
             else:
@@ -174,7 +174,7 @@ def _write_torch(
 ) -> tuple[list[TensorEntry], int]:
     """The `.bin/.pt` output: `torch.save` needs every tensor at once, so this form holds the
     whole model in memory. Tied names stay tied (one tensor object, one storage in the file)."""
-    cast = {n: replace(e, dtype=layout.out_dtype[n]) for n, e in layout.plan_entries.items()}
+    cast = {n: replace(e, dtype_name=layout.out_dtype[n]) for n, e in layout.plan_entries.items()}
     state, entries = assemble(pieces, cast, prepared.ties, on_piece=bar.update)
     return entries, write_torch_file(tmp, state)
 

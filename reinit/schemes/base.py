@@ -92,9 +92,10 @@ class FillContext:
 
 
 # A fill works in place; torch.nn.init's functions also return the tensor, which is ignored.
-Fill = Callable[[torch.Tensor, torch.Generator, Args], torch.Tensor | None]
+# (quoted: read at import, and torch loads only when a run draws)
+Fill = Callable[["torch.Tensor", "torch.Generator", Args], "torch.Tensor | None"]
 StdFormula = Callable[[Shape, Args], float | None]
-ContextFill = Callable[[torch.Tensor, torch.Generator, Args, FillContext], None]
+ContextFill = Callable[["torch.Tensor", "torch.Generator", Args, FillContext], None]
 # (mean, std) of the one `normal_(mean, std)` call a fill makes, from the shape and arguments
 PlainNormal = Callable[[Shape, Args], tuple[float, float]]
 ReadsFn = Callable[[str, tuple[str, ...], Args], str]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.nn import init
 
 from reinit.errors import SchemeError
 from reinit.schemes.base import Args, FillContext, Param, Scheme, Shape, context_only
@@ -41,7 +40,7 @@ def _delta_fill(t: torch.Tensor, g: torch.Generator, args: Args) -> None:
     orthogonal out×in matrix; the centre is at size//2 in each spatial dim, as torch's dirac."""
     out_ch, in_ch = t.shape[:2]
     centre = torch.empty((out_ch, in_ch), dtype=t.dtype, device=t.device)
-    init.orthogonal_(centre, gain_value(args["gain"]), generator=g)
+    torch.nn.init.orthogonal_(centre, gain_value(args["gain"]), generator=g)
     t.zero_()
     index: tuple[slice | int, ...] = (slice(None), slice(None))
     t[index + tuple(k // 2 for k in t.shape[2:])] = centre
@@ -79,7 +78,7 @@ STRUCTURAL_SCHEMES: tuple[Scheme, ...] = (
     Scheme(
         "bias_prior",
         (Param("p", "float", 0.01, help="prior probability of the positive class"),),
-        lambda t, g, a: init.constant_(t, bias_prior_value(a["p"])),
+        lambda t, g, a: torch.nn.init.constant_(t, bias_prior_value(a["p"])),
         lambda s, a: 0.0,
         "0 (every value = −log((1−p)/p))",
         "focal-loss bias prior (Lin et al. 2017): sigmoid(bias) = p at init",

@@ -10,7 +10,6 @@ import math
 from typing import Any, cast
 
 import torch
-from torch.nn import init
 
 from reinit.schemes.base import Args, Param, Scheme, Shape
 from reinit.schemes.gain import calculate_gain, canonical, gain_value
@@ -94,7 +93,7 @@ _TORCH_NONLINEARITIES = frozenset(
 def _kaiming_fill(t: torch.Tensor, g: torch.Generator, a: Args, normal: bool) -> torch.Tensor:
     name = canonical(a["nonlinearity"])
     if name in _TORCH_NONLINEARITIES:
-        fill = init.kaiming_normal_ if normal else init.kaiming_uniform_
+        fill = torch.nn.init.kaiming_normal_ if normal else torch.nn.init.kaiming_uniform_
         return fill(t, a["a"], a["mode"], cast("Any", name), generator=g)
     std = _kaiming_std(tuple(t.shape), a)
     with torch.no_grad():
@@ -126,7 +125,7 @@ def _orthogonal_fill(t: torch.Tensor, g: torch.Generator, args: Args) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        init.orthogonal_(t, gain_value(args["gain"]), generator=g)
+        torch.nn.init.orthogonal_(t, gain_value(args["gain"]), generator=g)
     finally:
         torch.set_num_threads(threads)
 
@@ -153,7 +152,7 @@ TORCH_SCHEMES: tuple[Scheme, ...] = (
     Scheme(
         "uniform",
         (Param("a", "float", 0.0, in_tensor=True), Param("b", "float", 1.0, in_tensor=True)),
-        lambda t, g, a: init.uniform_(t, a["a"], a["b"], generator=g),
+        lambda t, g, a: torch.nn.init.uniform_(t, a["a"], a["b"], generator=g),
         lambda s, a: (a["b"] - a["a"]) / _SQRT12,
         "(b−a)/√12",
         "U(a, b)",
@@ -166,7 +165,7 @@ TORCH_SCHEMES: tuple[Scheme, ...] = (
             Param("mean", "float", 0.0, in_tensor=True),
             Param("std", "float", 1.0, low=0.0, in_tensor=True),
         ),
-        lambda t, g, a: init.normal_(t, a["mean"], a["std"], generator=g),
+        lambda t, g, a: torch.nn.init.normal_(t, a["mean"], a["std"], generator=g),
         lambda s, a: a["std"],
         "std",
         "N(mean, std²)",
@@ -180,7 +179,9 @@ TORCH_SCHEMES: tuple[Scheme, ...] = (
             Param("a", "float", -2.0, help="absolute lower bound", in_tensor=True),
             Param("b", "float", 2.0, help="absolute upper bound", in_tensor=True),
         ),
-        lambda t, g, a: init.trunc_normal_(t, a["mean"], a["std"], a["a"], a["b"], generator=g),
+        lambda t, g, a: torch.nn.init.trunc_normal_(
+            t, a["mean"], a["std"], a["a"], a["b"], generator=g
+        ),
         lambda s, a: truncated_normal_std(a["mean"], a["std"], a["a"], a["b"]),
         "std of N(mean, std²) truncated to [a, b]",
         "N(mean, std²) truncated to [a, b] (absolute bounds)",
@@ -190,17 +191,26 @@ TORCH_SCHEMES: tuple[Scheme, ...] = (
     Scheme(
         "constant",
         (Param("val", "float", in_tensor=True),),
-        lambda t, g, a: init.constant_(t, a["val"]),
+        lambda t, g, a: torch.nn.init.constant_(t, a["val"]),
         lambda s, a: 0.0,
         "0",
         "every value = val",
     ),
-    Scheme("ones", (), lambda t, g, a: init.ones_(t), lambda s, a: 0.0, "0", "every value = 1"),
-    Scheme("zeros", (), lambda t, g, a: init.zeros_(t), lambda s, a: 0.0, "0", "every value = 0"),
+    Scheme(
+        "ones", (), lambda t, g, a: torch.nn.init.ones_(t), lambda s, a: 0.0, "0", "every value = 1"
+    ),
+    Scheme(
+        "zeros",
+        (),
+        lambda t, g, a: torch.nn.init.zeros_(t),
+        lambda s, a: 0.0,
+        "0",
+        "every value = 0",
+    ),
     Scheme(
         "eye",
         (),
-        lambda t, g, a: init.eye_(t),
+        lambda t, g, a: torch.nn.init.eye_(t),
         _eye_std,
         "√(p(1−p)), p = min(n,m)/(n·m)",
         "identity matrix (2-D)",
@@ -210,7 +220,7 @@ TORCH_SCHEMES: tuple[Scheme, ...] = (
     Scheme(
         "dirac",
         (Param("groups", "int", 1),),
-        lambda t, g, a: init.dirac_(t, a["groups"]),
+        lambda t, g, a: torch.nn.init.dirac_(t, a["groups"]),
         _dirac_std,
         "√(p(1−p)), p = fraction of ones in the dirac pattern",
         "Dirac delta: convolution that preserves its input (3/4/5-D)",
@@ -219,7 +229,7 @@ TORCH_SCHEMES: tuple[Scheme, ...] = (
     Scheme(
         "xavier_uniform",
         (GAIN,),
-        lambda t, g, a: init.xavier_uniform_(t, gain_value(a["gain"]), generator=g),
+        lambda t, g, a: torch.nn.init.xavier_uniform_(t, gain_value(a["gain"]), generator=g),
         _xavier_std,
         "gain·√(2/(fan_in+fan_out))",
         "Glorot & Bengio (2010), uniform",
@@ -231,7 +241,7 @@ TORCH_SCHEMES: tuple[Scheme, ...] = (
     Scheme(
         "xavier_normal",
         (GAIN,),
-        lambda t, g, a: init.xavier_normal_(t, gain_value(a["gain"]), generator=g),
+        lambda t, g, a: torch.nn.init.xavier_normal_(t, gain_value(a["gain"]), generator=g),
         _xavier_std,
         "gain·√(2/(fan_in+fan_out))",
         "Glorot & Bengio (2010), normal",

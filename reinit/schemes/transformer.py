@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.nn import init
 
 from reinit.errors import SchemeError
 from reinit.schemes.base import Args, FillContext, Param, Scheme, Shape, context_only
@@ -37,7 +36,7 @@ def _scaled_std(shape: Shape, args: Args) -> float:
 
 
 def _scaled_fill(t: torch.Tensor, g: torch.Generator, args: Args) -> None:
-    init.normal_(t, 0.0, _scaled_std(tuple(t.shape), args), generator=g)
+    torch.nn.init.normal_(t, 0.0, _scaled_std(tuple(t.shape), args), generator=g)
 
 
 def _small_dim(shape: Shape, args: Args) -> int:
@@ -54,7 +53,7 @@ def _small_std(shape: Shape, args: Args) -> float:
 
 
 def _small_fill(t: torch.Tensor, g: torch.Generator, args: Args) -> None:
-    init.normal_(t, 0.0, _small_std(tuple(t.shape), args), generator=g)
+    torch.nn.init.normal_(t, 0.0, _small_std(tuple(t.shape), args), generator=g)
 
 
 def _small_can_take(shape: Shape, args: Args) -> str | None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.nn import init
 
 from reinit.schemes.base import Args, Fill, Param, Scheme, Shape, StdFormula
 from reinit.schemes.shapes import fans, needs_2d_or_more
@@ -56,12 +55,12 @@ def _vs_fill(t: torch.Tensor, g: torch.Generator, args: Args) -> None:
     dist = args["distribution"]
     if dist == "truncated_normal":
         stddev = math.sqrt(variance) / TRUNC_CORRECTION
-        init.trunc_normal_(t, 0.0, stddev, -2.0 * stddev, 2.0 * stddev, generator=g)
+        torch.nn.init.trunc_normal_(t, 0.0, stddev, -2.0 * stddev, 2.0 * stddev, generator=g)
     elif dist in ("normal", "untruncated_normal"):
-        init.normal_(t, 0.0, math.sqrt(variance), generator=g)
+        torch.nn.init.normal_(t, 0.0, math.sqrt(variance), generator=g)
     else:
         limit = math.sqrt(3.0 * variance)
-        init.uniform_(t, -limit, limit, generator=g)
+        torch.nn.init.uniform_(t, -limit, limit, generator=g)
 
 
 def _vs_validate(args: Args) -> str | None:
@@ -90,7 +89,7 @@ _lecun_uniform_fill, _lecun_uniform_std = _lecun("uniform")
 def _trunc_tf_fill(t: torch.Tensor, g: torch.Generator, args: Args) -> None:
     """timm's `trunc_normal_tf_`: sample N(0, 1) truncated to [a, b], then scale and shift,
     so the bounds are mean + a·std and mean + b·std."""
-    init.trunc_normal_(t, 0.0, 1.0, args["a"], args["b"], generator=g)
+    torch.nn.init.trunc_normal_(t, 0.0, 1.0, args["a"], args["b"], generator=g)
     t.mul_(args["std"]).add_(args["mean"])
 
 

@@ -161,7 +161,7 @@ def _streamed(
 def _planned_bytes(e: PlanEntry) -> int:
     from reinit.io.checkpoint import TensorRef
 
-    return TensorRef(e.name, e.dtype, e.shape).nbytes
+    return TensorRef(e.name, e.dtype_name, e.shape).nbytes
 
 
 def _stream_entries(

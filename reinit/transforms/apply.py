@@ -70,8 +70,8 @@ class TransformContext:
 # (the spec, the selected source tensor, the context) -> the values and notes for the report
 AdapterShape = Callable[[TransformSpec, Shape, Shape], Shape]
 AdapterApply = Callable[
-    [TransformSpec, torch.Tensor, TransformContext], tuple[torch.Tensor, tuple[str, ...]]
-]
+    [TransformSpec, "torch.Tensor", TransformContext], tuple["torch.Tensor", tuple[str, ...]]
+]  # (quoted: read at import, and torch loads only when a run computes)
 
 
 def _target(ctx: TransformContext) -> torch.Tensor:

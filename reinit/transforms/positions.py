@@ -29,7 +29,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from reinit.errors import TransplantError
 
@@ -180,10 +179,12 @@ def resample_positions(
     pre, body = _split(src, layout)
     (_, n), (_, m) = layout.src_grid, layout.tgt_grid
     if not layout.two_d and mode != "bicubic" and m > n:  # growing a 1-D table: plain linear
-        line = F.interpolate(body[:, :, 0], size=m, mode="linear", align_corners=False)
+        line = torch.nn.functional.interpolate(
+            body[:, :, 0], size=m, mode="linear", align_corners=False
+        )
         return line[0].T.reshape(layout.tgt_shape).to(dtype)
     if layout.src_grid != layout.tgt_grid:
-        body = F.interpolate(
+        body = torch.nn.functional.interpolate(
             body,
             size=layout.tgt_grid,
             mode="bicubic" if mode == "bicubic" else "bilinear",

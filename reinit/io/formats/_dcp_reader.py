@@ -115,7 +115,7 @@ class DcpCheckpoint(Checkpoint):
 
     def ref(self, name: str) -> TensorRef:
         t = self._get(name)
-        return TensorRef(name, t.dtype, t.shape)
+        return TensorRef.of(name, t.dtype, t.shape)
 
     def _fd(self, file: str) -> int:
         if file not in self._fds:

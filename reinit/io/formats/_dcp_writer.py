@@ -22,7 +22,7 @@ from typing import BinaryIO
 import torch
 
 from reinit.io.formats._dcp_metadata import METADATA_NAME
-from reinit.io.formats._safetensors_format import dtype_size
+from reinit.io.formats._safetensors_format import dtype_size, torch_dtype
 from reinit.io.formats._safetensors_reader import pread_into
 from reinit.io.writer import save_to, write_error
 
@@ -36,7 +36,7 @@ class DcpWriter:
 
     Args:
         folder: an existing, empty folder (the staged output).
-        entries: (name, dtype, shape) of every tensor, in the order they will come.
+        entries: (name, dtype name, shape) of every tensor, in the order they will come.
         metadata: unused (DCP has no free-form metadata); accepted so the call matches
             `SafetensorsWriter`'s.
     """
@@ -44,11 +44,11 @@ class DcpWriter:
     def __init__(
         self,
         folder: str | os.PathLike[str],
-        entries: Sequence[tuple[str, torch.dtype, Sequence[int]]],
+        entries: Sequence[tuple[str, str, Sequence[int]]],
         metadata: Mapping[str, str] | None = None,
     ):
         self.folder = Path(folder)
-        self.entries = [(n, d, tuple(int(x) for x in s)) for n, d, s in entries]
+        self.entries = [(n, torch_dtype(d, n), tuple(int(x) for x in s)) for n, d, s in entries]
         self._next = 0
         self._buf: bytearray | None = None
         self._filled = 0

@@ -12,11 +12,13 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from reinit.errors import UsageError
+from reinit.errors import CheckpointError, UsageError
 from reinit.io.formats._safetensors_header import (
     CODE_NAMES,
+    CODE_SIZES,
     MAX_HEADER_BYTES,
     MAX_TENSORS,
+    NAME_CODES,
     DuplicateKey,
     Header,
     TensorInfo,
@@ -29,8 +31,7 @@ from reinit.text import shown
 __all__ = [
     "DuplicateKey",
     "no_duplicate_keys",
-    "CODE_TO_DTYPE",
-    "DTYPE_TO_CODE",
+    "code_dtypes",
     "Header",
     "MAX_HEADER_BYTES",
     "MAX_TENSORS",
@@ -39,16 +40,31 @@ __all__ = [
     "unwritable_name",
     "dtype_name",
     "dtype_size",
+    "is_float_name",
+    "name_size",
     "parse_header_bytes",
     "read_header",
     "tensor_to_bytes",
+    "torch_dtype",
 ]
 
-# safetensors dtype code -> torch dtype. Only dtypes this torch build has are listed.
-CODE_TO_DTYPE: dict[str, torch.dtype] = {
-    code: getattr(torch, name) for code, name in CODE_NAMES.items() if hasattr(torch, name)
-}
-DTYPE_TO_CODE: dict[torch.dtype, str] = {dt: code for code, dt in CODE_TO_DTYPE.items()}
+
+@functools.cache
+def code_dtypes() -> dict[str, torch.dtype]:
+    """safetensors dtype code -> torch dtype, for the dtypes this torch build has (a function:
+    the table needs torch loaded, and a plain copy never loads it)."""
+    return {code: getattr(torch, name) for code, name in CODE_NAMES.items() if hasattr(torch, name)}
+
+
+def torch_dtype(name: str, tensor: str = "") -> torch.dtype:
+    """The torch dtype of a dtype name (`dtype_name`'s spelling, "bfloat16"); loads torch."""
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        what = f"tensor '{tensor}': " if tensor else ""
+        raise CheckpointError(
+            f"{what}dtype {name} needs a newer torch than {torch.__version__}; upgrade torch"
+        )
+    return dtype
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -61,6 +77,22 @@ def dtype_size(dtype: torch.dtype) -> int:
     """Bytes per element (cached: it is asked once per tensor, and files hold up to
     `MAX_TENSORS`)."""
     return torch.empty((), dtype=dtype).element_size()
+
+
+def is_float_name(name: str) -> bool:
+    """torch's `dtype.is_floating_point` of a dtype name: from the safetensors table without
+    torch (its F* and BF16 codes), else torch's own answer."""
+    code = NAME_CODES.get(name)
+    if code is not None:
+        return code.startswith(("F", "BF"))
+    return torch_dtype(name).is_floating_point
+
+
+def name_size(name: str) -> int:
+    """Bytes per element of a dtype name: from the safetensors table without torch, else
+    torch's (a dtype safetensors cannot store, read from a torch file)."""
+    code = NAME_CODES.get(name)
+    return CODE_SIZES[code] if code is not None else dtype_size(torch_dtype(name))
 
 
 def unwritable_name(name: str) -> str | None:
@@ -83,11 +115,12 @@ def unwritable_name(name: str) -> str | None:
 
 
 def build_header(
-    entries: Sequence[tuple[str, torch.dtype, Sequence[int]]],
+    entries: Sequence[tuple[str, str, Sequence[int]]],
     metadata: Mapping[str, str] | None,
 ) -> tuple[bytes, list[tuple[int, int]]]:
     """The header bytes (length prefix included, padded to 8 bytes) for tensors laid out in the
-    given order, and each tensor's [begin, end) relative to the data section.
+    given order, and each tensor's [begin, end) relative to the data section. Each entry's
+    dtype is its name (`dtype_name`): no torch needed.
 
     Knowing every name, dtype and shape up front is what lets the writer stream: the header goes
     first and tensor bytes are appended in order."""
@@ -102,9 +135,9 @@ def build_header(
             raise UsageError(problem)
         if name in doc:
             raise ValueError(f"duplicate tensor name {name!r}")
-        size = math.prod(shape) * dtype_size(dtype)
+        size = math.prod(shape) * name_size(dtype)
         doc[name] = {
-            "dtype": DTYPE_TO_CODE[dtype],
+            "dtype": NAME_CODES[dtype],
             "shape": list(shape),
             "data_offsets": [pos, pos + size],
         }

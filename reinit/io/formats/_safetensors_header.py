@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CODE_NAMES",
     "CODE_SIZES",
+    "NAME_CODES",
     "DuplicateKey",
     "Header",
     "MAX_HEADER_BYTES",
@@ -83,6 +84,9 @@ CODE_SIZES: dict[str, int] = {
     "BOOL": 1,
     "C64": 8,
 }
+
+# torch's dtype name -> safetensors code: what a plan of dtype names writes, without torch
+NAME_CODES: dict[str, str] = {name: code for code, name in CODE_NAMES.items()}
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from reinit.io.checkpoint import (
     beside_config,
     tensor_from_bytes,
 )
-from reinit.io.formats._safetensors_header import TensorInfo, read_header
+from reinit.io.formats._safetensors_header import CODE_NAMES, TensorInfo, read_header
 
 if TYPE_CHECKING:
     import torch
@@ -67,7 +67,7 @@ class SafetensorsFile(Checkpoint):
 
     def ref(self, name: str) -> TensorRef:
         t = self.info(name)
-        return TensorRef(t.name, t.dtype, t.shape, self.shard)
+        return TensorRef(t.name, CODE_NAMES[t.code], t.shape, self.shard)
 
     def read_bytes(self, name: str) -> bytearray:
         t = self.info(name)

@@ -282,7 +282,7 @@ class ZeroCheckpoint(Checkpoint):
 
     def ref(self, name: str) -> TensorRef:
         p = self._get(name)
-        return TensorRef(name, p.dtype, p.shape)
+        return TensorRef.of(name, p.dtype, p.shape)
 
     def read(self, name: str) -> torch.Tensor:
         p = self._get(name)
