@@ -64,16 +64,16 @@ def _run(module: types.ModuleType) -> None:
     spec = object.__getattribute__(module, "__spec__")
     assert spec is not None and spec.loader is not None
     _RUNNING.add(id(module))
-    try:
-        with _AROUND[spec.name]():
+    with _AROUND[spec.name]():  # a signal it holds is raised on leaving: the module is done
+        try:
             spec.loader.exec_module(module)
-    except BaseException:
-        if sys.modules.get(spec.name) is module:  # as a failed import leaves it: not there
-            del sys.modules[spec.name]
-        raise
-    finally:
-        _RUNNING.discard(id(module))
-    module.__class__ = types.ModuleType
+        except BaseException:
+            if sys.modules.get(spec.name) is module:  # as a failed import leaves it: not there
+                del sys.modules[spec.name]
+            raise
+        finally:  # run once, whatever happened: never again on a later read
+            _RUNNING.discard(id(module))
+            module.__class__ = types.ModuleType
 
 
 def defer_import(name: str, around: Callable[[], AbstractContextManager[object]]) -> None:

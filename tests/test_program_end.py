@@ -48,8 +48,9 @@ def test_the_exit_code_is_the_commands_and_exit_handlers_run(tmp_path):
 
 
 def test_an_interrupt_during_the_torch_import_waits_for_it_and_exits_130(tmp_path):
-    """SIGINT sent as torch starts to import: the import completes, then the interrupt is
-    raised (exit 130, nothing written), not inside torch's import."""
+    """SIGINT sent while torch imports (as it loads its C extension: torch is deferred, so
+    this is wherever the run first uses it, here the plan of a draw): the import completes,
+    then the interrupt is raised (exit 130, nothing written), not inside torch's import."""
     src = tmp_path / "m.safetensors"
     save_file({"w": torch.zeros(4, 4)}, src)
     mark = tmp_path / "torch_loaded"
@@ -57,7 +58,7 @@ def test_an_interrupt_during_the_torch_import_waits_for_it_and_exits_130(tmp_pat
         "import atexit, importlib.abc, os, signal\n"
         "class Hook(importlib.abc.MetaPathFinder):\n"
         "    def find_spec(self, name, path, target=None):\n"
-        "        if name == 'torch':\n"
+        "        if name == 'torch._C':\n"
         "            sys.meta_path.remove(self)\n"
         "            os.kill(os.getpid(), signal.SIGINT)\n"
         "        return None\n"

@@ -32,6 +32,7 @@ from reinit.errors import UsageError
 from reinit.io.checkpoint import TensorRef
 from reinit.io.formats import dtype_name, tensor_to_bytes, torch_dtype
 from reinit.planning.model import ModelView
+from reinit.report.entries import TensorEntry
 from reinit.run.pieces import Piece, view_bytes
 
 #: What `--dtype` accepts.
@@ -225,20 +226,12 @@ class OutputControl:
         hasher = hashlib.sha256() if self.checksums else None
         overflow = 0
         for piece in pieces:
-            src = torch_dtype(dtypes[piece.name], piece.name)
-            dst = self.out_dtype(src)
+            src = dtypes[piece.name]
+            dst = self.out_dtype_name(src)  # a name: a hash alone needs no torch
             if piece.entry is not None:
                 entry = piece.entry
                 if dst != src:
-                    note = cast_note(src, dst)
-                    if overflow and not _is_lossy(src, dst):  # a widening cast past the range
-                        note = f"lossy {note}"
-                    if _is_lossy(src, dst) or overflow:
-                        self.lossy.append(piece.name)
-                    if overflow:
-                        note += f"; {overflow} values overflowed to inf"
-                        self.overflowed += overflow
-                    entry = replace(entry, dtype=dtype_name(dst), notes=(*entry.notes, note))
+                    entry = self._cast_entry(entry, src, dst, overflow)
                 if hasher is not None:
                     entry = replace(entry, sha256=hasher.hexdigest())
                     hasher = hashlib.sha256()
@@ -250,17 +243,28 @@ class OutputControl:
                 fd, offset, nbytes = piece.span
                 data = memoryview(os.pread(fd, nbytes, offset))
             if data is not None and dst != src:
-                values = view_bytes(data, src)
-                cast = values.to(dst)
-                if dst == torch.float16:
-                    overflow += _overflowed(values, cast)
-                data = tensor_to_bytes(cast)
+                data, over = _cast_bytes(data, src, dst)
+                overflow += over
             if data is not None and hasher is not None:
                 hasher.update(data)
             if data is None:
                 yield piece
             else:
                 yield Piece(piece.name, data=data)
+
+    def _cast_entry(self, entry: TensorEntry, src: str, dst: str, overflow: int) -> TensorEntry:
+        """A cast tensor's entry: its output dtype and the note on the cast (`overflow`: its
+        values that became inf); a lossy one is counted for `summary`."""
+        lossy = _is_lossy(torch_dtype(src), torch_dtype(dst))
+        note = cast_note(torch_dtype(src), torch_dtype(dst))
+        if overflow and not lossy:  # a widening cast past the range
+            note = f"lossy {note}"
+        if lossy or overflow:
+            self.lossy.append(entry.name)
+        if overflow:
+            note += f"; {overflow} values overflowed to inf"
+            self.overflowed += overflow
+        return replace(entry, dtype=dst, notes=(*entry.notes, note))
 
     def summary(self) -> str | None:
         """One line for the whole run, when any cast lost precision or range."""
@@ -271,6 +275,14 @@ class OutputControl:
         if self.overflowed:
             line += f", {self.overflowed} values overflowed to inf"
         return line
+
+
+def _cast_bytes(data: memoryview, src: str, dst: str) -> tuple[memoryview, int]:
+    """A chunk of `src` values (by dtype name) as `dst` bytes, and how many overflowed to inf."""
+    values = view_bytes(data, torch_dtype(src))
+    cast = values.to(torch_dtype(dst))
+    over = _overflowed(values, cast) if dst == "float16" else 0
+    return tensor_to_bytes(cast), over
 
 
 def _overflowed(values: torch.Tensor, cast: torch.Tensor) -> int:

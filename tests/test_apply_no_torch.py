@@ -1,0 +1,217 @@
+"""`reinit apply` of a plain copy or transplant of same-dtype safetensors bytes never loads torch
+(issue 28, item 4): its modules still `import torch`, but bind a deferred module that loads only
+when the run first computes (a draw, a cast, a torch file, `--model`). The outputs are those the
+run writes with torch loaded, byte for byte.
+
+Internal: also tests reinit.lazy (`defer_import`), reinit.io.formats (dtype names).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import HANG_BOUND_S, child_env, run
+
+transformers = pytest.importorskip("transformers")
+
+PROGRAM = "import runpy; runpy.run_module('reinit', run_name='__main__', alter_sys=True)\n"
+
+# at exit (the CLI runs its exit handlers before it ends), whether torch was loaded
+MARK_TORCH = (
+    "import atexit\n"
+    "def _mark():\n"
+    "    from reinit.lazy import is_loaded\n"
+    "    subs = sorted(m for m in sys.modules if m.startswith('torch.'))\n"
+    "    open('torch_loaded', 'w').write(str(is_loaded('torch') or bool(subs)))\n"
+    "atexit.register(_mark)\n"
+)
+
+
+def child(cwd: Path, *args: str) -> bool:
+    """`reinit ARGS` as users run it, in a child process; whether it loaded torch."""
+    code = f"import sys\nsys.argv = ['reinit', *{list(args)!r}]\n{MARK_TORCH}{PROGRAM}"
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        cwd=cwd,
+        timeout=HANG_BOUND_S,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr, res.stderr
+    return (cwd / "torch_loaded").read_text() == "True"
+
+
+def llama(path: Path, seed: int, dtype: torch.dtype) -> Path:
+    """A tiny Llama, saved as transformers saves it (one safetensors file)."""
+    cfg = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    transformers.LlamaForCausalLM(cfg).to(dtype).save_pretrained(path)
+    return path / "model.safetensors"
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pair")
+    return llama(root / "a", 0, torch.bfloat16), llama(root / "b", 1, torch.bfloat16)
+
+
+def without_timing(path: Path) -> dict[str, object]:
+    doc = json.loads(path.read_text())
+    del doc["summary"]["seconds"]
+    return doc
+
+
+def child_then_with_torch(tmp_path: Path, args: list[str]) -> bool:
+    """Run `args` (whose output is tmp_path/out.safetensors) in a child, then in this process
+    (torch loaded) to the same path: the outputs agree byte for byte, and so do the reports but
+    for the run's duration. Returns whether the child loaded torch."""
+    loaded = child(tmp_path, *args)
+    out, report = tmp_path / "out.safetensors", tmp_path / "out.report.json"
+    theirs, their_report = out.read_bytes(), without_timing(report)
+    out.unlink()
+    report.unlink()
+    res = run(*args)
+    assert res.exit_code == 0, res.output
+    assert out.read_bytes() == theirs
+    assert without_timing(report) == their_report
+    return loaded
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        ["--rule", "*=from({b})"],  # a full transplant
+        ["--rule", "model.layers.*.mlp.*=from({b})"],  # some transplanted, the rest copied
+        ["--rule", "nothing.*=zeros", "--allow-unmatched"],  # a plain copy
+        ["--rule", "*=keep"],
+    ],
+)
+def test_a_plain_copy_or_transplant_never_loads_torch(pair, tmp_path, rules):
+    a, b = pair
+    args = [
+        "apply",
+        str(a),
+        *(r.format(b=b) for r in rules),
+        "-o",
+        str(tmp_path / "out.safetensors"),
+    ]
+    assert child_then_with_torch(tmp_path, args) is False
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--rule", "*.mlp.down_proj.weight=kaiming_normal"],  # a draw
+        ["--rule", "*=from({b})", "--dtype", "float16"],  # a cast
+        ["--rule", "*=from({b})", "--checksums"],  # kept bytes read and hashed: still none
+    ],
+)
+def test_a_run_that_computes_loads_torch_then(pair, tmp_path, extra):
+    a, b = pair
+    args = [
+        "apply",
+        str(a),
+        *(e.format(b=b) for e in extra),
+        "-o",
+        str(tmp_path / "out.safetensors"),
+    ]
+    assert child_then_with_torch(tmp_path, args) is ("--checksums" not in extra)
+
+
+def test_a_transplant_across_dtypes_loads_torch(tmp_path):
+    """The source is bfloat16, OTHER float32: the transplant casts, so it computes."""
+    a = llama(tmp_path / "a", 0, torch.bfloat16)
+    b = llama(tmp_path / "b", 1, torch.float32)
+    args = ["apply", str(a), "--rule", f"*=from({b})", "-o", str(tmp_path / "out.safetensors")]
+    assert child_then_with_torch(tmp_path, args) is True
+
+
+# --- the deferred module itself --------------------------------------------------------------
+
+SLOW = """
+import sys, time
+sys.modules["slowcount"].runs += 1
+time.sleep(0.3)
+VALUE = 42
+"""
+
+
+@pytest.fixture
+def slowpkg(tmp_path, monkeypatch):
+    """A package whose import takes 0.3 s and counts its runs (in `slowcount.runs`)."""
+    (tmp_path / "slowpkg").mkdir()
+    (tmp_path / "slowpkg" / "__init__.py").write_text(SLOW)
+    counter = type(sys)("slowcount")
+    counter.runs = 0
+    monkeypatch.setitem(sys.modules, "slowcount", counter)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield counter
+    sys.modules.pop("slowpkg", None)
+
+
+def test_a_deferred_package_runs_once_on_first_use_whole_for_every_thread(slowpkg):
+    from reinit.lazy import defer_import, is_loaded
+
+    entered: list[str] = []
+
+    @contextlib.contextmanager
+    def around():
+        entered.append("in")
+        yield
+
+    defer_import("slowpkg", around)
+    import slowpkg  # binds it: nothing runs
+
+    assert slowpkg.__spec__ is not None and slowpkg.__spec__.name == "slowpkg"
+    assert slowpkg_runs(slowpkg) == 0 and not is_loaded("slowpkg") and entered == []
+    seen: list[int] = []
+    threads = [threading.Thread(target=lambda: seen.append(slowpkg.VALUE)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == [42] * 4  # no thread saw it half run
+    assert slowpkg_runs(slowpkg) == 1 and entered == ["in"] and is_loaded("slowpkg")
+    assert type(sys.modules["slowpkg"]) is type(sys)  # a plain module from now on
+
+
+def slowpkg_runs(_: object) -> int:
+    return int(sys.modules["slowcount"].runs)
+
+
+def test_a_package_already_imported_is_left_as_it_is():
+    from reinit.lazy import defer_import, is_loaded
+
+    before = sys.modules["json"]
+    defer_import("json", contextlib.nullcontext)
+    assert sys.modules["json"] is before and is_loaded("json")
+
+
+def test_dtype_names_agree_with_torch():
+    """What a plan of names says without torch is what torch says of the dtype."""
+    from reinit.io.formats import dtype_size, is_float_name, name_size, torch_dtype
+    from reinit.io.formats._safetensors_format import code_dtypes
+
+    for dtype in code_dtypes().values():
+        name = str(dtype).removeprefix("torch.")
+        assert torch_dtype(name) is dtype
+        assert is_float_name(name) is dtype.is_floating_point, name
+        assert name_size(name) == dtype_size(dtype), name
