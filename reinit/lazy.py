@@ -10,11 +10,13 @@ from __future__ import annotations
 __all__ = ["defer_import", "is_loaded", "lazy_exports"]
 
 import importlib
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import sys
 import threading
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -76,6 +78,35 @@ def _run(module: types.ModuleType) -> None:
             module.__class__ = types.ModuleType
 
 
+class _AlreadyRun(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """`import torch.distributed` while torch is deferred: the import system has checked that
+    `torch.distributed` is not loaded, then reads `torch.__path__`, which runs torch, which
+    imports `torch.distributed`; left alone, the import would then run that module's code a
+    second time (a C extension's types registered twice abort the process). This finder, first
+    on `sys.meta_path`, hands that import the module the load made. It answers only for a
+    submodule of a deferred package that is already in `sys.modules` and not being reloaded
+    (`importlib.reload` passes `target`), which the import system asks only in that case."""
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None,
+        target: types.ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
+        module = sys.modules.get(fullname)
+        if target is not None or module is None or fullname.partition(".")[0] not in _AROUND:
+            return None
+        return importlib.machinery.ModuleSpec(fullname, self, loader_state=module.__spec__)
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
+        return sys.modules[spec.name]
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        spec = module.__spec__
+        assert spec is not None
+        module.__spec__ = spec.loader_state  # its own spec back (the import system set ours)
+
+
 def defer_import(name: str, around: Callable[[], AbstractContextManager[object]]) -> None:
     """Put `name` (a top-level package that is installed but not imported) in `sys.modules`
     unloaded: modules that `import` it bind it at no cost, and it loads (whole, inside
@@ -95,6 +126,8 @@ def defer_import(name: str, around: Callable[[], AbstractContextManager[object]]
         module = importlib.util.module_from_spec(spec)
         _AROUND[name] = around
         module.__class__ = _Deferred
+        if not any(isinstance(f, _AlreadyRun) for f in sys.meta_path):
+            sys.meta_path.insert(0, _AlreadyRun())
         sys.modules[name] = module
 
 

@@ -150,7 +150,12 @@ SLOW = """
 import sys, time
 sys.modules["slowcount"].runs += 1
 time.sleep(0.3)
+from slowpkg import sub
 VALUE = 42
+"""
+SUB = """
+import sys
+sys.modules["slowcount"].subs += 1
 """
 
 
@@ -159,12 +164,14 @@ def slowpkg(tmp_path, monkeypatch):
     """A package whose import takes 0.3 s and counts its runs (in `slowcount.runs`)."""
     (tmp_path / "slowpkg").mkdir()
     (tmp_path / "slowpkg" / "__init__.py").write_text(SLOW)
+    (tmp_path / "slowpkg" / "sub.py").write_text(SUB)
     counter = type(sys)("slowcount")
-    counter.runs = 0
+    counter.runs = counter.subs = 0
     monkeypatch.setitem(sys.modules, "slowcount", counter)
     monkeypatch.syspath_prepend(str(tmp_path))
     yield counter
     sys.modules.pop("slowpkg", None)
+    sys.modules.pop("slowpkg.sub", None)
 
 
 def test_a_deferred_package_runs_once_on_first_use_whole_for_every_thread(slowpkg):
@@ -191,6 +198,20 @@ def test_a_deferred_package_runs_once_on_first_use_whole_for_every_thread(slowpk
     assert seen == [42] * 4  # no thread saw it half run
     assert slowpkg_runs(slowpkg) == 1 and entered == ["in"] and is_loaded("slowpkg")
     assert type(sys.modules["slowpkg"]) is type(sys)  # a plain module from now on
+
+
+def test_a_submodule_imported_first_runs_the_package_once_and_itself_once(slowpkg):
+    """`import torch.distributed` before torch is loaded: the package runs (importing the
+    submodule), and the import gets that submodule, not a second run of it (torch's C types
+    registered twice abort the process)."""
+    from reinit.lazy import defer_import
+
+    defer_import("slowpkg", contextlib.nullcontext)
+    import slowpkg.sub
+
+    assert (slowpkg.sub.__name__, slowpkg.VALUE) == ("slowpkg.sub", 42)
+    assert (slowpkg_runs(slowpkg), sys.modules["slowcount"].subs) == (1, 1)
+    assert slowpkg.sub.__spec__.origin.endswith("sub.py")  # its own spec, as imported
 
 
 def slowpkg_runs(_: object) -> int:
