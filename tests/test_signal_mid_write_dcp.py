@@ -80,7 +80,7 @@ def disk_full() -> None:
 
 
 def write_dcp(folder: Path, t: torch.Tensor) -> None:
-    with DcpWriter(folder, [("w", t.dtype, SHAPE)]) as w:
+    with DcpWriter(folder, [("w", str(t.dtype).removeprefix("torch."), SHAPE)]) as w:
         w.write_part("w", memoryview(t.view(torch.uint8).numpy()))
         w.end_tensor("w")
 
