@@ -245,4 +245,3 @@ def _unchanged(judge: _Judge, e: TensorEntry, p: PlanEntry | None) -> TensorEntr
     if p is None or p.action != "skipped":
         return e
     return replace(e, action="skipped", rule=p.rule_text or None, reason=p.reason)
-
