@@ -226,6 +226,7 @@ def test_the_surgery_record_is_bounded():
     assert got is not None and got.surgery is None  # read back: ignored, seed and rules kept
     later = parse_provenance({"seed": 1, "rules": ["w=zeros"], "record": 99, "surgery": {}})
     assert later is not None and later.rules == ("w=zeros",) and later.surgery is None
+    assert later.format == 99
     assert parse_provenance({"seed": 0, "rules": [], "surgery": {"drop": [1]}}).surgery is None
 
 
@@ -249,3 +250,24 @@ def test_provenance_reads_the_record(tmp_path):
         got = recorded_provenance(ck)
     assert got is not None and (got.seed, got.rules) == (3, ("lm_head.weight=zeros",))
     assert got.surgery == SurgeryTexts(drop=("model.layers.2.*",)) and got.model is None
+
+
+def test_a_hostile_surgery_record_is_set_aside_not_run(tmp_path):
+    """A record edited into a huge `--add`, a runaway regex, broken texts: nothing is
+    allocated or hangs; the record is set aside with a warning and the file judged by name."""
+    src = tmp_path / "src.safetensors"
+    save_file({"w": torch.ones(4, 4), "v": torch.ones(4)}, src, metadata={"format": "pt"})
+    surgery = {
+        "add": ["x=[99999999999999,99999999999]:zeros", "y=[2,2]:nonsense(", "z" * 5000],
+        "drop": ["re:(a+)+$"],
+        "resize": ["q=[1,2,3"],
+        "rename": ["noeq"],
+    }
+    record = {"version": "x", "record": 2, "seed": 0, "rules": [], "surgery": surgery}
+    out = tmp_path / "out.safetensors"
+    save_file({"w": torch.ones(4, 4)}, out, metadata={"format": "pt", "reinit": json.dumps(record)})
+    res = run("report", out, "--against", src)
+    assert res.exit_code == 0, res.output
+    assert "its recorded surgery does not replay on the baseline" in res.stderr
+    rep = reinit.report_checkpoint(out, src)
+    assert [(e.name, e.action) for e in rep.tensors] == [("w", "kept")]

@@ -129,7 +129,8 @@ def parse_provenance(data: object) -> Provenance | None:
         return None
     fmt = data.get("record", 1)
     if isinstance(fmt, bool) or not isinstance(fmt, int) or fmt > RECORD_FORMAT:
-        return Provenance(seed, tuple(rules), None if "surgery" in data else SurgeryTexts())
+        unread = None if "surgery" in data else SurgeryTexts()
+        return Provenance(seed, tuple(rules), unread, format=fmt)
     version = data.get("version")
     return Provenance(
         seed,

@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from reinit.errors import ReinitError, SchemeError
-from reinit.io.checkpoint import Checkpoint
+from reinit.io.checkpoint import Checkpoint, TensorRef
 from reinit.planning.init_trace import AppliedInit
 from reinit.planning.model import ModelInput, ModelView, check_default, default_init
 from reinit.planning.planner import Plan, PlanEntry, check_model_needs, plan
@@ -41,7 +41,7 @@ from reinit.report.flags import kind_of
 from reinit.report.reference import RESIZED, SOURCE
 from reinit.rules import Rule, parse_rules
 from reinit.run.entry import entry_for
-from reinit.run.record import Provenance
+from reinit.run.record import RECORD_FORMAT, Provenance
 from reinit.schemes import DEFAULT
 
 
@@ -84,9 +84,13 @@ def _surgery_on(
     """The recorded surgery run again on the baseline's names, when it gives OUT's tensors
     (names and shapes); else None and why."""
     out = os.fspath(ckpt.source)
-    unreplayed = "the tensors it added, renamed or resized are judged without it"
     if record.surgery is None:
-        return None, (f"{out}: its surgery was not recorded (too large); {unreplayed}",)
+        why = (
+            f"was recorded by a later reinit (record format {record.format})"
+            if record.format > RECORD_FORMAT
+            else "was not recorded (too large)"
+        )
+        return None, (f"{out}: its surgery {why}; {_UNREPLAYED}",)
     if not record.surgery:
         return None, ()
     s = record.surgery
@@ -94,18 +98,22 @@ def _surgery_on(
         surgery = parse_surgery(s.add, s.drop, s.rename, s.resize)
         edited = edit_refs(base.refs(), surgery, allow_unmatched=True, aliases=base.aliases())
     except ReinitError as e:
-        return None, (f"{out}: its recorded surgery does not replay on the baseline ({e}); "
-                      f"{unreplayed}",)  # fmt: skip
+        why = f"does not replay on the baseline ({e})"
+        return None, (f"{out}: its recorded surgery {why}; {_UNREPLAYED}",)
     if _shapes(edited.refs) != _shapes(ckpt.refs()):
-        return None, (
-            f"{out}: its recorded surgery, run on {base.source}, does not give its tensors "
-            f"(another baseline, or a file changed after apply); {unreplayed}",
+        why = (
+            f"run on {base.source}, does not give its tensors (another baseline, or a file "
+            "changed after apply)"
         )
+        return None, (f"{out}: its recorded surgery, {why}; {_UNREPLAYED}",)
     return edited, ()
 
 
-def _shapes(refs: Sequence[object]) -> dict[str, tuple[int, ...]]:
-    return {r.name: tuple(r.shape) for r in refs}  # type: ignore[attr-defined]
+_UNREPLAYED = "the tensors it added, renamed or resized are judged without it"
+
+
+def _shapes(refs: Sequence[TensorRef]) -> dict[str, tuple[int, ...]]:
+    return {r.name: tuple(r.shape) for r in refs}
 
 
 def as_applied(
