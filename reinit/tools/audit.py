@@ -101,13 +101,7 @@ def report_checkpoint(
         renamed: set[str] = set()
         warnings: tuple[str, ...] = ()
         if base is not None and replay is not None:  # what apply said of what differs
-            from reinit.tools.verdict import as_applied
-
-            if replay.edited is None:  # no surgery recorded: renames found by their values
-                entries, renamed = with_renames(entries, ckpt, base)
-            else:
-                renamed = set(replay.edited.origin.values())
-            entries, warnings = as_applied(entries, ckpt, replay)
+            entries, renamed, warnings = _as_applied(entries, ckpt, base, replay)
         view = replay.view if replay is not None else None
         basis = basis_for(ckpt, None, view, seed, REFERENCE_TOLERANCE)
         report = make_report(os.fspath(source), None, seed, rules, entries, 0, started, basis=basis)
@@ -126,6 +120,22 @@ def report_checkpoint(
                     ),
                 )
         return report
+
+
+def _as_applied(
+    entries: list[TensorEntry], ckpt: Checkpoint, base: Checkpoint, replay: Replay
+) -> tuple[list[TensorEntry], set[str], tuple[str, ...]]:
+    """`report --against`'s entries judged as apply judged them (`tools.verdict`), the
+    baseline names SOURCE holds under another name (renamed by the replayed surgery, else
+    found by their values), and what could not be replayed."""
+    from reinit.tools.verdict import as_applied
+
+    if replay.edited is None:  # no surgery recorded: renames found by their values
+        entries, renamed = with_renames(entries, ckpt, base)
+    else:
+        renamed = set(replay.edited.origin.values())
+    judged, warnings = as_applied(entries, ckpt, replay)
+    return judged, renamed, warnings
 
 
 @contextmanager
