@@ -137,7 +137,7 @@ def _write_files(
         target = output_path(tmp, f.relname, prepared.job.source_text) if folder else tmp
         target.parent.mkdir(parents=True, exist_ok=True)
         header = [(n, layout.out_dtype[n], layout.plan_entries[n].shape) for n in f.names]
-        meta = output_metadata(prepared.ckpt, f.source_shard, prepared.seed, prepared.rule_texts)
+        meta = output_metadata(prepared.ckpt, f.source_shard, prepared.record)
         sink = DcpWriter if layout.spec.fmt == "dcp" else SafetensorsWriter
         with sink(target, header, meta) as w:
             entries.extend(_write_pieces(w, pieces, len(f.names), bar, applier))
