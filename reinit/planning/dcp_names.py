@@ -1,0 +1,136 @@
+"""The names a `--format dcp` output is written under: the model's own `state_dict()` keys.
+
+What reads a DCP directory is a training job's `torch.distributed.checkpoint.load(
+model.state_dict(), ...)`: it asks for the module's names. Where transformers 5 keeps a
+tensor in the module in another form than in the checkpoint (Mixtral's per-expert
+`block_sparse_moe.experts.{e}.w1.weight` `[I, H]` are boxes of the module's stacked
+`mlp.experts.gate_up_proj` `[E, 2I, H]`), each checkpoint tensor is written as its box of the
+module tensor, at its offsets (`DcpChunk`), with `ckpt_names`' description of the slice; a
+renamed one (`block_sparse_moe.gate.weight` -> `mlp.gate.weight`) under the module's name.
+Nothing is stacked in memory: a box is one checkpoint tensor.
+
+All or nothing: when some tensor cannot be placed so (a slice that is no box, a shape the
+model does not have, a module tensor whose boxes do not all come, a name written twice), the
+whole output keeps the checkpoint's names, with a note saying why."""
+
+from __future__ import annotations
+
+__all__ = ["DcpNames", "dcp_names", "module_box"]
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from reinit.io.formats import DcpChunk
+from reinit.planning.ckpt_names import CheckpointSlice
+from reinit.planning.model import ModelView
+
+Entry = tuple[str, torch.dtype, tuple[int, ...]]  # an output tensor: name, dtype, shape
+
+
+@dataclass(frozen=True)
+class DcpNames:
+    """The output tensors written as (a box of) a module tensor, by checkpoint name; `note`
+    says why the checkpoint's names were kept (None: nothing to say)."""
+
+    chunks: Mapping[str, DcpChunk]
+    note: str | None = None
+
+
+class _Kept(Exception):
+    """Why the checkpoint's names are kept."""
+
+
+def dcp_names(view: ModelView, entries: Sequence[Entry]) -> DcpNames:
+    """Where each output tensor goes in a DCP read by the model's `state_dict()` (see the
+    module docstring)."""
+    try:
+        chunks = {c_name: c for c_name, c in _placed(view, entries)}
+        _check_whole(chunks, {n: d for n, d, _ in entries})
+    except _Kept as why:
+        return DcpNames({}, f"--format dcp: written under the checkpoint's names ({why})")
+    return DcpNames(chunks)
+
+
+def _placed(view: ModelView, entries: Sequence[Entry]) -> list[tuple[str, DcpChunk]]:
+    """Each output tensor the model holds under another name, with its place there."""
+    out = []
+    for name, _, shape in entries:
+        model_name = view.names.get(name)
+        site = view.model.sites.get(model_name) if model_name is not None else None
+        if site is None or site.name == model_name:  # the module's own name (or none)
+            continue
+        if tuple(shape) != site.shape:
+            raise _Kept(f"'{name}' is {list(shape)}, the model's checkpoint has {list(site.shape)}")
+        if site.part is None:  # renamed, whole
+            out.append((name, DcpChunk(site.name, (0,) * len(shape), shape, shape)))
+            continue
+        box = module_box(site.part)
+        if box is None:
+            raise _Kept(f"'{name}' is no box of the model's '{site.name}'")
+        out.append((name, box))
+    return out
+
+
+def _check_whole(chunks: Mapping[str, DcpChunk], dtypes: Mapping[str, torch.dtype]) -> None:
+    """Every module tensor written is covered by its boxes, once, in one dtype, and its name
+    is not also an output tensor's own."""
+    by_target: dict[str, list[tuple[str, DcpChunk]]] = {}
+    for name, c in chunks.items():
+        by_target.setdefault(c.name, []).append((name, c))
+    for target, parts in by_target.items():
+        if target in dtypes and target not in chunks:
+            raise _Kept(f"'{target}' is both an output tensor and the model's name for others")
+        if len({dtypes[n] for n, _ in parts}) > 1:
+            raise _Kept(f"the parts of '{target}' differ in dtype")
+        whole = parts[0][1].whole
+        offsets = {c.offsets for _, c in parts}
+        volume = sum(math.prod(c.sizes) for _, c in parts)
+        if len(offsets) != len(parts) or volume != math.prod(whole):
+            raise _Kept(f"the output holds {len(parts)} parts of '{target}', not all of it")
+
+
+def module_box(part: CheckpointSlice) -> DcpChunk | None:
+    """The checkpoint tensor `part` as a box of its module tensor, or None when it is not one
+    (some index is not a run of consecutive indices along one of its dimensions)."""
+    if part.index is None:
+        return None
+    shape = part.shape
+    offsets: list[int] = []
+    sizes: list[int] = []
+    claimed: list[int] = []  # the checkpoint dimension each varying module dimension runs along
+    for ix in part.index:
+        run = _run_of(ix, shape)
+        if run is None:
+            return None
+        start, length, dim = run
+        offsets.append(start)
+        sizes.append(length)
+        if dim is not None:
+            claimed.append(dim)
+    if len(set(claimed)) != len(claimed) or math.prod(sizes) != math.prod(shape):
+        return None
+    rest = [d for d in range(len(shape)) if d not in claimed]  # all of length 1
+    perm = (*claimed, *rest)
+    in_order = claimed == sorted(claimed)
+    whole = part.source_shape
+    return DcpChunk(part.source, tuple(offsets), tuple(sizes), whole, None if in_order else perm)
+
+
+def _run_of(ix: torch.Tensor, shape: tuple[int, ...]) -> tuple[int, int, int | None] | None:
+    """One module dimension's index (broadcastable to the checkpoint tensor's `shape`) as
+    (first index, length, the checkpoint dimension it runs along or None for one index), or
+    None when it is not consecutive indices along at most one dimension."""
+    full = ix.reshape((1,) * (len(shape) - ix.dim()) + tuple(ix.shape))
+    varying = [d for d, n in enumerate(full.shape) if n > 1]
+    values = full.flatten()
+    if not varying:
+        return int(values[0]), 1, None
+    if len(varying) > 1 or full.shape[varying[0]] != shape[varying[0]]:
+        return None
+    start = int(values[0])
+    if not torch.equal(values, torch.arange(start, start + values.numel())):
+        return None
+    return start, values.numel(), varying[0]
