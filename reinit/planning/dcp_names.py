@@ -9,6 +9,10 @@ module tensor, at its offsets (`DcpChunk`), with `ckpt_names`' description of th
 renamed one (`block_sparse_moe.gate.weight` -> `mlp.gate.weight`) under the module's name.
 Nothing is stacked in memory: a box is one checkpoint tensor.
 
+A module tensor tied to another (`lm_head.weight` to `model.embed_tokens.weight`), which
+`save_pretrained` stores once, is listed under its own name too, its chunks the same records
+(`aliases`): `state_dict()` asks for both names, as torch's own DCP save writes both.
+
 All or nothing: when some tensor cannot be placed so (a slice that is no box, a shape the
 model does not have, a module tensor whose boxes do not all come, a name written twice), the
 whole output keeps the checkpoint's names, with a note saying why."""
@@ -19,23 +23,26 @@ __all__ = ["DcpNames", "dcp_names", "module_box"]
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from reinit.io.formats import DcpChunk
 from reinit.planning.ckpt_names import CheckpointSlice
-from reinit.planning.model import ModelView
+from reinit.planning.model import ModelView, tied_copies
 
 Entry = tuple[str, torch.dtype, tuple[int, ...]]  # an output tensor: name, dtype, shape
 
 
 @dataclass(frozen=True)
 class DcpNames:
-    """The output tensors written as (a box of) a module tensor, by checkpoint name; `note`
-    says why the checkpoint's names were kept (None: nothing to say)."""
+    """The output tensors written as (a box of) a module tensor, by checkpoint name; the
+    module's tied names listed with the records of the name they are tied to (`aliases`:
+    tied name -> the DCP name written); `note` says why the checkpoint's names were kept
+    (None: nothing to say)."""
 
     chunks: Mapping[str, DcpChunk]
+    aliases: Mapping[str, str] = field(default_factory=dict)
     note: str | None = None
 
 
@@ -50,8 +57,20 @@ def dcp_names(view: ModelView, entries: Sequence[Entry]) -> DcpNames:
         chunks = {c_name: c for c_name, c in _placed(view, entries)}
         _check_whole(chunks, {n: d for n, d, _ in entries})
     except _Kept as why:
-        return DcpNames({}, f"--format dcp: written under the checkpoint's names ({why})")
-    return DcpNames(chunks)
+        return DcpNames({}, note=f"--format dcp: written under the checkpoint's names ({why})")
+    written = {chunks[n].name if n in chunks else n for n, _, _ in entries}
+    return DcpNames(chunks, _aliases(view, written))
+
+
+def _aliases(view: ModelView, written: set[str]) -> dict[str, str]:
+    """Each tied module name not written, with the written DCP name it is tied to (the
+    module's name, or the checkpoint's name the view maps to it)."""
+    dcp_name = {view.names.get(w, w): w for w in written}
+    out = {}
+    for tied, kept in tied_copies(view.model.module).items():
+        if tied not in written and kept in dcp_name:
+            out[tied] = dcp_name[kept]
+    return out
 
 
 def _placed(view: ModelView, entries: Sequence[Entry]) -> list[tuple[str, DcpChunk]]:

@@ -109,8 +109,10 @@ class Layout:
     how: str
     merge: bool
     default_report: bool
-    # `--format dcp`: the tensors written as (a box of) a module tensor of another name
+    # `--format dcp`: the tensors written as (a box of) a module tensor of another name, and
+    # the module's tied names listed with the records of the name they are tied to
     dcp_chunks: Mapping[str, DcpChunk] = field(default_factory=dict)
+    dcp_aliases: Mapping[str, str] = field(default_factory=dict)
 
     def shards(self) -> tuple[str, ...]:
         """The output files' names (within a folder output; "" for a single file)."""
@@ -174,6 +176,7 @@ def lay_out(prepared: Prepared, request: OutputRequest) -> Layout:
         merge=merge,
         default_report=o.default_report,
         dcp_chunks=dcp.chunks,
+        dcp_aliases=dcp.aliases,
     )
 
 

@@ -139,7 +139,7 @@ def _write_files(
         header = [(n, layout.out_dtype[n], layout.plan_entries[n].shape) for n in f.names]
         meta = output_metadata(prepared.ckpt, f.source_shard, prepared.seed, prepared.rule_texts)
         w: SafetensorsWriter | DcpWriter = (
-            DcpWriter(target, header, meta, layout.dcp_chunks)
+            DcpWriter(target, header, meta, layout.dcp_chunks, layout.dcp_aliases)
             if layout.spec.fmt == "dcp"
             else SafetensorsWriter(target, header, meta)
         )

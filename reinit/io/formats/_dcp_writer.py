@@ -68,6 +68,8 @@ class DcpWriter:
             `SafetensorsWriter`'s.
         chunks: the tensors written as a chunk of a larger tensor (see `DcpChunk`), by name;
             the others are written whole under their own names.
+        aliases: more names of a tensor written (a tied name -> the DCP name it is written
+            under), listed in `.metadata` with the same records: no bytes twice.
     """
 
     def __init__(
@@ -76,10 +78,12 @@ class DcpWriter:
         entries: Sequence[tuple[str, torch.dtype, Sequence[int]]],
         metadata: Mapping[str, str] | None = None,
         chunks: Mapping[str, DcpChunk] | None = None,
+        aliases: Mapping[str, str] | None = None,
     ):
         self.folder = Path(folder)
         self.entries = [(n, d, tuple(int(x) for x in s)) for n, d, s in entries]
         self.chunks = dict(chunks or {})
+        self.aliases = dict(aliases or {})
         self._next = 0
         self._buf: bytearray | None = None
         self._filled = 0
@@ -203,6 +207,12 @@ class DcpWriter:
             entry.chunks.append(chunk)
             where = MetadataIndex(part.name, offsets, len(entry.chunks) - 1)
             storage[where] = _StorageInfo(DATA_NAME, start, length)
+        for alias, name in self.aliases.items():  # the same records under a tied name
+            entry = tensors[name]
+            tensors[alias] = TensorStorageMetadata(entry.properties, entry.size, entry.chunks)
+            for i, c in enumerate(entry.chunks):
+                record = storage[MetadataIndex(name, c.offsets)]
+                storage[MetadataIndex(alias, c.offsets, i)] = record
         return Metadata(
             state_dict_metadata=tensors,  # type: ignore[arg-type]
             planner_data={name: (name,) for name in tensors},
