@@ -224,3 +224,29 @@ def test_a_slice_that_is_no_box_is_not_placed():
     index = (torch.tensor([[0]]), torch.arange(0, 8, 2).view(4, 1), torch.arange(3).view(1, 3))
     part = CheckpointSlice("x", "stacked", (4, 3), torch.float32, index, (2, 8, 3))
     assert module_box(part) is None
+
+
+def test_a_dcp_with_the_modules_names_is_a_source_both_ways(tmp_path):
+    """Read back, the DCP holds the module's names (stacked experts, whole shapes); its
+    safetensors output keeps them and `from_pretrained` loads it with no key missing or
+    unexpected; its `--format dcp` output loads into `state_dict()` again."""
+    src = saved(tmp_path, "mixtral")
+    out_dcp, out_st = apply_both(src, tmp_path, "*.experts.*=kaiming_normal")
+    res = run("inspect", out_dcp, "--json")
+    assert res.exit_code == 0, res.output
+    shapes = {t["name"]: tuple(t["shape"]) for t in json.loads(res.stdout)}
+    assert shapes["model.layers.1.mlp.experts.gate_up_proj"] == (E, 48, 16)
+    back = tmp_path / "back"
+    res = run("apply", out_dcp, "--rule", "*norm*=zeros", "-o", f"{back}/", "-q")
+    assert res.exit_code == 0, res.output
+    (back / "config.json").write_text((src / "config.json").read_text())
+    model, info = transformers.AutoModelForCausalLM.from_pretrained(back, output_loading_info=True)
+    assert not any(info.values()), info
+    want = transformers.AutoModelForCausalLM.from_pretrained(out_st).state_dict()
+    got = model.state_dict()
+    assert all(torch.equal(got[n], t) for n, t in want.items() if "norm" not in n)
+    again = tmp_path / "again"
+    res = run("apply", out_dcp, "--rule", "*norm*=zeros", "--format", "dcp", "-o", f"{again}/")
+    assert res.exit_code == 0, res.output
+    assert torch.equal(loaded("mixtral", again)["model.layers.1.mlp.experts.down_proj"],
+                       want["model.layers.1.mlp.experts.down_proj"])  # fmt: skip
