@@ -137,12 +137,13 @@ def test_each_expert_is_a_chunk_of_the_stacked_parameter_never_the_whole(kind, t
     assert not [n for n in names if n.endswith("gate_up_proj")]
 
 
-def test_a_tied_mixtral_lists_the_tied_name_with_the_same_records(tmp_path):
+@pytest.mark.parametrize("kind", ["mixtral", "llama"])
+def test_a_tied_model_lists_the_tied_name_with_the_same_records(kind, tmp_path):
     """`lm_head.weight` (tied, stored once by save_pretrained) is a key of `state_dict()`: the
     DCP lists it, pointing at the embedding's record (no bytes twice), so a strict load passes."""
-    src = saved(tmp_path, "mixtral", tie=True)
-    out_dcp, out_st = apply_both(src, tmp_path, "*.experts.*=kaiming_normal")
-    state = loaded("mixtral", out_dcp, tie=True)
+    src = saved(tmp_path, kind, tie=True)
+    out_dcp, out_st = apply_both(src, tmp_path, f"{FFN[kind][0]}=kaiming_normal")
+    state = loaded(kind, out_dcp, tie=True)
     want = transformers.AutoModelForCausalLM.from_pretrained(out_st).state_dict()
     assert all(torch.equal(state[n], t) for n, t in want.items())
     md = metadata(out_dcp)

@@ -63,14 +63,10 @@ def dcp_names(view: ModelView, entries: Sequence[Entry]) -> DcpNames:
 
 
 def _aliases(view: ModelView, written: set[str]) -> dict[str, str]:
-    """Each tied module name not written, with the written DCP name it is tied to (the
-    module's name, or the checkpoint's name the view maps to it)."""
-    dcp_name = {view.names.get(w, w): w for w in written}
-    out = {}
-    for tied, kept in tied_copies(view.model.module).items():
-        if tied not in written and kept in dcp_name:
-            out[tied] = dcp_name[kept]
-    return out
+    """Each tied module name not written whose kept name is written (under the module's own
+    name: a checkpoint that lacks the base-model prefix gets no prefixed name added)."""
+    tied = tied_copies(view.model.module).items()
+    return {name: kept for name, kept in tied if name not in written and kept in written}
 
 
 def _placed(view: ModelView, entries: Sequence[Entry]) -> list[tuple[str, DcpChunk]]:
