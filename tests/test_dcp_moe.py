@@ -70,12 +70,14 @@ def loaded(kind: str, folder: Path, tie: bool = False) -> dict[str, torch.Tensor
     return state
 
 
-def apply_both(src: Path, tmp_path: Path, *rules: str) -> tuple[Path, Path]:
-    """The same apply (same seed) written as DCP and as a safetensors folder."""
+def apply_both(src: Path, tmp_path: Path, *rules: str, said: str = "") -> tuple[Path, Path]:
+    """The same apply (same seed) written as DCP and as a safetensors folder; `said`: a line
+    the DCP run prints."""
     args = [a for r in rules for a in ("--rule", r)]
     out_dcp, out_st = tmp_path / "out-dcp", tmp_path / "out-st"
-    res = run("apply", src, *args, "--format", "dcp", "-o", f"{out_dcp}/", "-q", "--seed", "7")
+    res = run("apply", src, *args, "--format", "dcp", "-o", f"{out_dcp}/", "--seed", "7")
     assert res.exit_code == 0, res.output
+    assert said in res.output, res.output
     res = run("apply", src, *args, "-o", f"{out_st}/", "-q", "--seed", "7")
     assert res.exit_code == 0, res.output
     return out_dcp, out_st
@@ -113,7 +115,9 @@ def test_each_expert_is_a_chunk_of_the_stacked_parameter_never_the_whole(kind, t
     their offsets (one record each, none larger than one expert's matrix); the report keeps the
     checkpoint's per-expert entries."""
     src = saved(tmp_path, kind)
-    out_dcp, _ = apply_both(src, tmp_path, "*.experts.*=kaiming_normal")
+    routers = 2 if kind == "mixtral" else 0  # Mixtral's block_sparse_moe.gate is mlp.gate
+    said = f"{EXPERTS + routers} checkpoint tensors into {4 + routers} of the model's"
+    out_dcp, _ = apply_both(src, tmp_path, "*.experts.*=kaiming_normal", said=said)
     md = metadata(out_dcp)
     fresh = transformers.AutoModelForCausalLM.from_config(config(kind)).state_dict()
     stacked = md.state_dict_metadata["model.layers.0.mlp.experts.gate_up_proj"]

@@ -38,8 +38,8 @@ Entry = tuple[str, torch.dtype, tuple[int, ...]]  # an output tensor: name, dtyp
 class DcpNames:
     """The output tensors written as (a box of) a module tensor, by checkpoint name; the
     module's tied names listed with the records of the name they are tied to (`aliases`:
-    tied name -> the DCP name written); `note` says why the checkpoint's names were kept
-    (None: nothing to say)."""
+    tied name -> the DCP name written); `note` says which names were used, or why the
+    checkpoint's were kept (None: nothing to say)."""
 
     chunks: Mapping[str, DcpChunk]
     aliases: Mapping[str, str] = field(default_factory=dict)
@@ -59,7 +59,20 @@ def dcp_names(view: ModelView, entries: Sequence[Entry]) -> DcpNames:
     except _Kept as why:
         return DcpNames({}, note=f"--format dcp: written under the checkpoint's names ({why})")
     written = {chunks[n].name if n in chunks else n for n, _, _ in entries}
-    return DcpNames(chunks, _aliases(view, written))
+    return DcpNames(chunks, _aliases(view, written), _said(chunks))
+
+
+def _said(chunks: Mapping[str, DcpChunk]) -> str | None:
+    """The note that the DCP's names are not the report's (None: they are)."""
+    if not chunks:
+        return None
+    name, first = next(iter(chunks.items()))
+    targets = len({c.name for c in chunks.values()})
+    return (
+        f"--format dcp: written under the model's state_dict() names: {len(chunks)} checkpoint "
+        f"tensors into {targets} of the model's (e.g. '{name}' -> '{first.name}' at "
+        f"{list(first.offsets)})"
+    )
 
 
 def _aliases(view: ModelView, written: set[str]) -> dict[str, str]:
