@@ -10,14 +10,17 @@ Internal: imports reinit.io.formats, reinit.planning.ckpt_names, reinit.planning
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import subprocess
+import sys
 from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
-from helpers import run
+from helpers import ROOT, run
 from safetensors.torch import load_file
 
 transformers = pytest.importorskip("transformers")
@@ -255,3 +258,16 @@ def test_a_dcp_with_the_modules_names_is_a_source_both_ways(tmp_path):
     assert res.exit_code == 0, res.output
     assert torch.equal(loaded("mixtral", again)["model.layers.1.mlp.experts.down_proj"],
                        want["model.layers.1.mlp.experts.down_proj"])  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_job_of_two_processes_loads_it_into_sharded_dtensors(tmp_path):
+    """As FSDP2 loads it: 2 gloo processes, the fresh model's tensors DTensors sharded by
+    expert (dim 0) or along their last dim, every whole tensor equal to `from_pretrained`'s."""
+    src = saved(tmp_path, "mixtral")
+    out_dcp, out_st = apply_both(src, tmp_path, "*.experts.*=kaiming_normal")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "dcp_sharded_load.py"), str(out_dcp), str(out_st)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
