@@ -271,3 +271,19 @@ def test_a_job_of_two_processes_loads_it_into_sharded_dtensors(tmp_path):
         capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_boxes_must_cover_the_stacked_tensor_once():
+    """Boxes that add up to the tensor's elements but overlap (so leave a hole) do not cover it;
+    the experts' halves do."""
+    from reinit.io.formats import DcpBox
+    from reinit.planning.dcp_names import covers_once
+
+    def box(offsets, sizes):
+        return DcpBox("t", offsets, sizes, (2, 4, 3))
+
+    halves = [box((e, h, 0), (1, 2, 3)) for e in range(2) for h in (0, 2)]
+    assert covers_once(halves, (2, 4, 3))
+    shifted = [*halves[:3], box((1, 1, 0), (1, 2, 3))]  # rows 1-2 of expert 1 twice, row 3 never
+    assert not covers_once(shifted, (2, 4, 3))
+    assert not covers_once(halves[:3], (2, 4, 3))

@@ -5,7 +5,7 @@ model.state_dict(), ...)`: it asks for the module's names. Where transformers 5 
 tensor in the module in another form than in the checkpoint (Mixtral's per-expert
 `block_sparse_moe.experts.{e}.w1.weight` `[I, H]` are boxes of the module's stacked
 `mlp.experts.gate_up_proj` `[E, 2I, H]`), each checkpoint tensor is written as its box of the
-module tensor, at its offsets (`DcpChunk`), with `ckpt_names`' description of the slice; a
+module tensor, at its offsets (`DcpBox`), with `ckpt_names`' description of the slice; a
 renamed one (`block_sparse_moe.gate.weight` -> `mlp.gate.weight`) under the module's name.
 Nothing is stacked in memory: a box is one checkpoint tensor.
 
@@ -19,7 +19,7 @@ whole output keeps the checkpoint's names, with a note saying why."""
 
 from __future__ import annotations
 
-__all__ = ["DcpNames", "dcp_names", "module_box"]
+__all__ = ["DcpNames", "covers_once", "dcp_names", "module_box"]
 
 import math
 from collections.abc import Mapping, Sequence
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from reinit.io.formats import DcpChunk
+from reinit.io.formats import DcpBox
 from reinit.planning.ckpt_names import CheckpointSlice
 from reinit.planning.model import ModelView, tied_copies
 
@@ -41,7 +41,7 @@ class DcpNames:
     tied name -> the DCP name written); `note` says which names were used, or why the
     checkpoint's were kept (None: nothing to say)."""
 
-    chunks: Mapping[str, DcpChunk]
+    chunks: Mapping[str, DcpBox]
     aliases: Mapping[str, str] = field(default_factory=dict)
     note: str | None = None
 
@@ -62,7 +62,7 @@ def dcp_names(view: ModelView, entries: Sequence[Entry]) -> DcpNames:
     return DcpNames(chunks, _aliases(view, written), _said(chunks))
 
 
-def _said(chunks: Mapping[str, DcpChunk]) -> str | None:
+def _said(chunks: Mapping[str, DcpBox]) -> str | None:
     """The note that the DCP's names are not the report's (None: they are)."""
     if not chunks:
         return None
@@ -76,13 +76,17 @@ def _said(chunks: Mapping[str, DcpChunk]) -> str | None:
 
 
 def _aliases(view: ModelView, written: set[str]) -> dict[str, str]:
-    """Each tied module name not written whose kept name is written (under the module's own
-    name: a checkpoint that lacks the base-model prefix gets no prefixed name added)."""
-    tied = tied_copies(view.model.module).items()
-    return {name: kept for name, kept in tied if name not in written and kept in written}
+    """Each tied module name not written, with the one it is tied to that is (under the
+    module's own name: a checkpoint that lacks the base-model prefix gets no prefixed name)."""
+    out = {}
+    for copy, first in tied_copies(view.model.module).items():
+        for missing, kept in ((copy, first), (first, copy)):
+            if missing not in written and kept in written:
+                out[missing] = kept
+    return out
 
 
-def _placed(view: ModelView, entries: Sequence[Entry]) -> list[tuple[str, DcpChunk]]:
+def _placed(view: ModelView, entries: Sequence[Entry]) -> list[tuple[str, DcpBox]]:
     """Each output tensor the model holds under another name, with its place there."""
     out = []
     for name, _, shape in entries:
@@ -93,7 +97,7 @@ def _placed(view: ModelView, entries: Sequence[Entry]) -> list[tuple[str, DcpChu
         if tuple(shape) != site.shape:
             raise _Kept(f"'{name}' is {list(shape)}, the model's checkpoint has {list(site.shape)}")
         if site.part is None:  # renamed, whole
-            out.append((name, DcpChunk(site.name, (0,) * len(shape), shape, shape)))
+            out.append((name, DcpBox(site.name, (0,) * len(shape), shape, shape)))
             continue
         box = module_box(site.part)
         if box is None:
@@ -102,10 +106,10 @@ def _placed(view: ModelView, entries: Sequence[Entry]) -> list[tuple[str, DcpChu
     return out
 
 
-def _check_whole(chunks: Mapping[str, DcpChunk], dtypes: Mapping[str, torch.dtype]) -> None:
+def _check_whole(chunks: Mapping[str, DcpBox], dtypes: Mapping[str, torch.dtype]) -> None:
     """Every module tensor written is covered by its boxes, once, in one dtype, and its name
     is not also an output tensor's own."""
-    by_target: dict[str, list[tuple[str, DcpChunk]]] = {}
+    by_target: dict[str, list[tuple[str, DcpBox]]] = {}
     for name, c in chunks.items():
         by_target.setdefault(c.name, []).append((name, c))
     for target, parts in by_target.items():
@@ -113,14 +117,35 @@ def _check_whole(chunks: Mapping[str, DcpChunk], dtypes: Mapping[str, torch.dtyp
             raise _Kept(f"'{target}' is both an output tensor and the model's name for others")
         if len({dtypes[n] for n, _ in parts}) > 1:
             raise _Kept(f"the parts of '{target}' differ in dtype")
-        whole = parts[0][1].whole
-        offsets = {c.offsets for _, c in parts}
-        volume = sum(math.prod(c.sizes) for _, c in parts)
-        if len(offsets) != len(parts) or volume != math.prod(whole):
-            raise _Kept(f"the output holds {len(parts)} parts of '{target}', not all of it")
+        boxes = [c for _, c in parts]
+        if not covers_once(boxes, boxes[0].whole):
+            raise _Kept(f"the output holds {len(parts)} parts of '{target}', not all of it once")
 
 
-def module_box(part: CheckpointSlice) -> DcpChunk | None:
+_MAX_CELLS = 1 << 22  # a coverage grid past this is not built (the element count still is)
+
+
+def covers_once(boxes: Sequence[DcpBox], whole: tuple[int, ...]) -> bool:
+    """Whether the boxes cover `whole` exactly once: their elements add up to it and, on the
+    grid their edges cut (one cell per expert and half for a stacked `[E, 2I, H]`), each cell
+    is covered once."""
+    if sum(math.prod(b.sizes) for b in boxes) != math.prod(whole):
+        return False
+    cuts = [
+        sorted({0, n, *(x for b in boxes for x in (b.offsets[d], b.offsets[d] + b.sizes[d]))})
+        for d, n in enumerate(whole)
+    ]
+    if math.prod(len(c) - 1 for c in cuts) > _MAX_CELLS:
+        return len({b.offsets for b in boxes}) == len(boxes)
+    at = [{x: i for i, x in enumerate(c)} for c in cuts]
+    grid = torch.zeros([len(c) - 1 for c in cuts], dtype=torch.int32)
+    for b in boxes:
+        cell = zip(at, b.offsets, b.sizes, strict=True)
+        grid[tuple(slice(a[o], a[o + s]) for a, o, s in cell)] += 1
+    return bool((grid == 1).all())
+
+
+def module_box(part: CheckpointSlice) -> DcpBox | None:
     """The checkpoint tensor `part` as a box of its module tensor, or None when it is not one
     (some index is not a run of consecutive indices along one of its dimensions)."""
     if part.index is None:
@@ -144,7 +169,7 @@ def module_box(part: CheckpointSlice) -> DcpChunk | None:
     perm = (*claimed, *rest)
     in_order = claimed == sorted(claimed)
     whole = part.source_shape
-    return DcpChunk(part.source, tuple(offsets), tuple(sizes), whole, None if in_order else perm)
+    return DcpBox(part.source, tuple(offsets), tuple(sizes), whole, None if in_order else perm)
 
 
 def _run_of(ix: torch.Tensor, shape: tuple[int, ...]) -> tuple[int, int, int | None] | None:

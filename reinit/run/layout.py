@@ -21,7 +21,7 @@ import torch
 
 from reinit.errors import OutputError, ReinitError, UsageError
 from reinit.io.confine import extras_to_copy
-from reinit.io.formats import DcpChunk, dtype_name
+from reinit.io.formats import DcpBox, dtype_name
 from reinit.io.memory import reshaped
 from reinit.io.publish import how_to_publish
 from reinit.io.targets import REPORT_NAME, Inputs, check_replace_folder, check_target
@@ -111,7 +111,7 @@ class Layout:
     default_report: bool
     # `--format dcp`: the tensors written as (a box of) a module tensor of another name, and
     # the module's tied names listed with the records of the name they are tied to
-    dcp_chunks: Mapping[str, DcpChunk] = field(default_factory=dict)
+    dcp_chunks: Mapping[str, DcpBox] = field(default_factory=dict)
     dcp_aliases: Mapping[str, str] = field(default_factory=dict)
 
     def shards(self) -> tuple[str, ...]:

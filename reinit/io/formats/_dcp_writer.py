@@ -8,7 +8,7 @@ writes what torch's `FileSystemWriter` writes for one process: `__0_0.distcp`, e
 and writer fill them). `torch.distributed.checkpoint.load` reads it into a state dict of the
 same names, and `format_utils.dcp_to_torch_save` converts it.
 
-A tensor given a `DcpChunk` is written as that chunk of another, larger tensor instead (one
+A tensor given a `DcpBox` is written as that chunk of another, larger tensor instead (one
 expert's matrix as its box of a module's stacked `[E, ...]` parameter, at its offsets): its
 record holds the box's values in the large tensor's axis order, and `.metadata` lists the
 large tensor under its own name, its chunks being the tensors written into it, as torch lists
@@ -33,13 +33,13 @@ from reinit.io.formats._safetensors_format import dtype_size
 from reinit.io.formats._safetensors_reader import pread_into
 from reinit.io.writer import save_to, write_error
 
-__all__ = ["DATA_NAME", "DcpChunk", "DcpWriter"]
+__all__ = ["DATA_NAME", "DcpBox", "DcpWriter"]
 
 DATA_NAME = "__0_0.distcp"  # rank 0's file, as torch names it
 
 
 @dataclass(frozen=True)
-class DcpChunk:
+class DcpBox:
     """Where one tensor goes in the DCP: the box `offsets` .. `offsets + sizes` of the tensor
     `name`, whose whole shape is `whole`. `perm`: the tensor's dimensions in the order of the
     large tensor's (None: already in that order); its dimensions of length 1 that the box
@@ -66,7 +66,7 @@ class DcpWriter:
         entries: (name, dtype, shape) of every tensor, in the order they will come.
         metadata: unused (DCP has no free-form metadata); accepted so the call matches
             `SafetensorsWriter`'s.
-        chunks: the tensors written as a chunk of a larger tensor (see `DcpChunk`), by name;
+        chunks: the tensors written as a chunk of a larger tensor (see `DcpBox`), by name;
             the others are written whole under their own names.
         aliases: more names of a tensor written (a tied name -> the DCP name it is written
             under), listed in `.metadata` with the same records: no bytes twice.
@@ -77,7 +77,7 @@ class DcpWriter:
         folder: str | os.PathLike[str],
         entries: Sequence[tuple[str, torch.dtype, Sequence[int]]],
         metadata: Mapping[str, str] | None = None,
-        chunks: Mapping[str, DcpChunk] | None = None,
+        chunks: Mapping[str, DcpBox] | None = None,
         aliases: Mapping[str, str] | None = None,
     ):
         self.folder = Path(folder)
@@ -197,7 +197,7 @@ class DcpWriter:
         tensors: dict[str, TensorStorageMetadata] = {}
         storage: dict[object, object] = {}
         for (name, dtype, shape), (start, length) in zip(self.entries, self._stored, strict=True):
-            part = self.chunks.get(name) or DcpChunk(name, (0,) * len(shape), shape, shape)
+            part = self.chunks.get(name) or DcpBox(name, (0,) * len(shape), shape, shape)
             offsets = torch.Size(part.offsets)
             chunk = ChunkStorageMetadata(offsets=offsets, sizes=torch.Size(part.sizes))
             entry = tensors.setdefault(
