@@ -138,8 +138,12 @@ def _write_files(
         target.parent.mkdir(parents=True, exist_ok=True)
         header = [(n, layout.out_dtype[n], layout.plan_entries[n].shape) for n in f.names]
         meta = output_metadata(prepared.ckpt, f.source_shard, prepared.record)
-        sink = DcpWriter if layout.spec.fmt == "dcp" else SafetensorsWriter
-        with sink(target, header, meta) as w:
+        w: SafetensorsWriter | DcpWriter = (
+            DcpWriter(target, header, meta, layout.dcp_chunks, layout.dcp_aliases)
+            if layout.spec.fmt == "dcp"
+            else SafetensorsWriter(target, header, meta)
+        )
+        with w:
             entries.extend(_write_pieces(w, pieces, len(f.names), bar, applier))
         written += w.bytes_written
     return entries, written
