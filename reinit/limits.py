@@ -15,6 +15,7 @@ __all__ = [
     "MAX_INDEX_BYTES",
     "MAX_JSON_DEPTH",
     "MAX_MODEL_COUNT",
+    "MAX_RECORDED_SURGERY_BYTES",
     "MAX_REGEX_CHARS",
     "MAX_REGEX_REPEAT",
     "MAX_REPORT_BYTES",
@@ -39,6 +40,12 @@ MAX_TOKENIZER_BYTES = 64 * 1024 * 1024  # tokenizer.json, vocab.json, vocab.txt
 MAX_INDEX_BYTES = 64 * 1024 * 1024  # model.safetensors.index.json, pytorch_model.bin.index.json
 MAX_REPORT_BYTES = 256 * 1024 * 1024  # a reinit JSON report read back (verify --report)
 MAX_JSON_DEPTH = 64  # lists/objects inside each other, in any of these files or a --config value
+
+# The surgery an output records in its safetensors metadata (`run.record`: the --drop, --rename,
+# --resize and --add texts, which `report --against` replays), as JSON. Each text is ~50 bytes:
+# 64 KiB holds ~1,000 of them, and every shard's header carries a copy. Beyond it the output
+# records that its surgery was left out; a longer record read back is ignored.
+MAX_RECORDED_SURGERY_BYTES = 64 * 1024
 
 # Tensors in one checkpoint, all its shards together (each file is also capped at 200,000 by
 # `io.formats` MAX_TENSORS): the largest public models hold ~100,000.

@@ -173,7 +173,7 @@ def test_metadata_kept_and_provenance_added(tmp_path):
         meta = f.metadata()
     assert meta["author"] == "me" and meta["format"] == "pt"
     prov = json.loads(meta["reinit"])
-    assert prov == {"version": reinit.__version__, "seed": 9, "rules": ["w=zeros"]}
+    assert prov == {"version": reinit.__version__, "record": 2, "seed": 9, "rules": ["w=zeros"]}
 
 
 def test_refuses_existing_output_and_source_as_output(tmp_path):

@@ -8,6 +8,7 @@ Internal: also tests reinit.io.formats._safetensors_format directly (not the `re
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,39 @@ def test_thread_count_does_not_matter(src, tmp_path):
     finally:
         torch.set_num_threads(before)
     assert one == two
+
+
+def _count_in_a_new_thread() -> int:
+    seen: list[int] = []
+    t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    return seen[0]
+
+
+@pytest.mark.parametrize("where", ["file", "memory"])
+def test_a_run_leaves_the_thread_count_of_later_threads_as_it_was(where, tmp_path):
+    """`orthogonal` draws its QR on one thread (`set_num_threads(1)` in a draw thread). The count
+    a thread adopts when it first uses torch is process-wide, so a draw thread that started while
+    another held 1 put back 1, and every thread a pipeline made after the run computed on one
+    core (seen in 17-22 of 40 rounds on the old code). A run now leaves it as it found it."""
+    sd = {f"l{i}.weight": torch.zeros(384, 384) for i in range(6)}
+    src = tmp_path / "orth.safetensors"
+    save_file(sd, src)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        seen = []
+        for k in range(30):
+            if where == "file":
+                reinit.apply(src, ["*=orthogonal"], tmp_path / f"o{k}.safetensors", seed=k)
+            else:
+                reinit.apply_to_state_dict(sd, ["*=orthogonal"], seed=k)
+            seen.append(_count_in_a_new_thread())
+            torch.set_num_threads(2)  # each round starts from the same count
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [2] * 30
 
 
 def test_order_of_non_overlapping_rules_does_not_matter(src, tmp_path):

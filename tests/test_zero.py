@@ -335,3 +335,29 @@ def test_latest_naming_a_missing_tag_says_so(tmp_path):
         "global_step200",
         "global_step100",
     )
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_verify_counts_every_file_it_reads(tmp_path, stage):
+    """`reinit verify` of a ZeRO folder reads its model-states file(s) and every rank's
+    optimizer file; it said `1 file(s)` (the folder) for 3 or 4 files."""
+    import json
+
+    want = make_zero(tmp_path / "ckpt", stage)
+    tag = tmp_path / "ckpt" / "global_step100"
+    on_disk = sorted(p.name for p in tag.iterdir())
+    res = run("verify", tmp_path / "ckpt")
+    assert res.exit_code == 0, res.output
+    assert f"valid ZeRO folder: {len(on_disk)} file(s), {len(want)} tensors" in res.stdout
+    doc = json.loads(run("verify", tmp_path / "ckpt", "--json").stdout)
+    files = {Path(f["path"]).name: f for f in doc["files"]}
+    assert sorted(files) == on_disk and doc["tensors"] == len(want)
+    stored = want[FROZEN].numel() * 4 + want[BUFFER].numel() * 2  # fp32 fragments, bf16 buffer
+    models = [f for n, f in files.items() if n.endswith("_model_states.pt")]
+    assert sum(f["bytes"] for f in models) == stored
+    assert sum(f["tensors"] for f in models) == 2 + (
+        WORLD - 1 if stage == 3 else 0
+    )  # the frozen one: on each rank
+    opt = sum(f["bytes"] for n, f in files.items() if n.endswith("_optim_states.pt"))
+    owned = [k for k in want if k not in (FROZEN, BUFFER, TIED[0])]
+    assert opt == sum(want[k].numel() for k in owned) * 4  # fp32 master weights, no padding

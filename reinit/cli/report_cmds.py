@@ -97,6 +97,13 @@ def fail_on_flags(value: str | None) -> frozenset[str]:
 )
 @unsafe_pickle_option()
 @by_option()
+@click.option(
+    "--model",
+    default=None,
+    metavar="MODEL",
+    help="With --against: the model apply had (HF directory, hf://OWNER/NAME, module:callable), "
+    "to judge the recorded rules that need it (default, type:).",
+)
 def report(
     source: str,
     against: str | None,
@@ -109,6 +116,7 @@ def report(
     key: str,
     unsafe_pickle: tuple[str, ...],
     by: str,
+    model: str | None,
 ) -> None:
     """The per-tensor std report of a checkpoint as it is (before/after with --against).
 
@@ -138,6 +146,7 @@ def report(
             unsafe_pickle=unsafe_pickle,
             key=key,
             ranks=ranks,
+            model=model,
         )
     if ranks is not None and not ranks.primary:
         return

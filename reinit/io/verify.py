@@ -101,16 +101,19 @@ def verify(path: str | os.PathLike[str]) -> VerifyResult:
 def _verify_by_reading(where: str, form: str) -> VerifyResult:
     """A DCP directory, ZeRO folder or torch file: every tensor is read (through the restricted
     loaders, each piece checked against the metadata), as apply would read it."""
-    from reinit.io.formats import DcpCheckpoint
+    from reinit.io.formats import DcpCheckpoint, ZeroCheckpoint
     from reinit.io.sources import open_checkpoint
 
     with open_checkpoint(where) as ckpt:
         refs = ckpt.refs()
         for r in refs:
             ckpt.read(r.name)
-        files = _dcp_files(ckpt) if isinstance(ckpt, DcpCheckpoint) else None
-    if files is None:  # a ZeRO folder: its rank files hold flat groups, not tensors
-        files = (FileCheck(where, len(refs), sum(r.nbytes for r in refs)),)
+        if isinstance(ckpt, DcpCheckpoint):
+            files = _dcp_files(ckpt)
+        elif isinstance(ckpt, ZeroCheckpoint):  # every rank's files, each read and checked
+            files = tuple(FileCheck(*f) for f in ckpt.stored_files())
+        else:
+            files = (FileCheck(where, len(refs), sum(r.nbytes for r in refs)),)
     return VerifyResult(where, files, form, count=len(refs))
 
 

@@ -46,6 +46,7 @@ __all__ = [
     "fans_from_module",
     "module_fans",
     "reinit_value",
+    "tied_copies",
 ]
 
 
@@ -171,7 +172,7 @@ class ModelView:
                     f"'{m}' is held in the checkpoint as {len(held)} tensors, one per expert "
                     f"({held[0]}, ..., {held[-1]}): name those"
                 )
-        for m, kept in _tied_copies(self.model.module).items():
+        for m, kept in tied_copies(self.model.module).items():
             if m not in by_model and kept in by_model:
                 out[m] = (
                     f"'{m}' is tied to '{by_model[kept]}' (the checkpoint stores it once, under "
@@ -186,7 +187,7 @@ class ModelView:
         return self.model.checkpoint
 
 
-def _tied_copies(module: nn.Module) -> dict[str, str]:
+def tied_copies(module: nn.Module) -> dict[str, str]:
     """Each parameter name that is another name's parameter (tied), with the first name."""
     first: dict[int, str] = {}
     copies = {}

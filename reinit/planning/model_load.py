@@ -9,7 +9,7 @@ import gc
 import importlib
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -33,9 +33,12 @@ __all__ = [
     "build_module",
     "build_real",
     "call_arguments",
+    "check_config",
     "check_torch_seed",
     "load_model",
     "model_factory",
+    "model_of_config",
+    "read_config_json",
 ]
 
 
@@ -261,7 +264,11 @@ def _transformers() -> ModuleType:
 def _hf_factory(spec: str, config_path: Path) -> Factory:
     """The class comes from the config's `architectures` (so names line up with checkpoints
     saved from it), else `AutoModel`. Remote code is never run."""
-    config = _hf_config(spec, config_path)
+    data = read_config_json(spec, config_path)
+    return _config_factory(_hf_config(spec, str(config_path), data))
+
+
+def _config_factory(config: object) -> Factory:
     transformers = _transformers()
     archs = getattr(config, "architectures", None) or []
     cls = getattr(transformers, archs[0], None) if archs and isinstance(archs[0], str) else None
@@ -270,55 +277,73 @@ def _hf_factory(spec: str, config_path: Path) -> Factory:
     return lambda: transformers.AutoModel.from_config(config, trust_remote_code=False)
 
 
-def _hf_config(spec: str, config_path: Path) -> object:
-    """The transformers config built from `config_path`, read once the bounded way (size and
-    nesting capped, a FIFO refused: `io.jsonfile`), so transformers never parses the file itself.
-    Its `model_type` picks the class as `AutoConfig` does; remote code is never run."""
-    data = read_config_json(spec, config_path)
+def _hf_config(spec: str, where: str, data: Mapping[str, object]) -> object:
+    """The transformers config built from `data` (config.json, read once the bounded way: size
+    and nesting capped, a FIFO refused: `io.jsonfile`), so transformers never parses the file
+    itself. Its `model_type` picks the class as `AutoConfig` does; remote code is never run."""
     transformers = _transformers()
     model_type = data.get("model_type")
     if not isinstance(model_type, str) or model_type not in transformers.CONFIG_MAPPING:
         raise ModelError(
-            f"--model {spec}: {config_path} has model_type {one_line(repr(model_type), limit=80)}, "
+            f"--model {spec}: {where} has model_type {one_line(repr(model_type), limit=80)}, "
             "which this transformers does not know; upgrade transformers for new model types"
         )
     try:
-        return transformers.CONFIG_MAPPING[model_type].from_dict(data)
+        return transformers.CONFIG_MAPPING[model_type].from_dict(dict(data))
     except Exception as e:
         raise ModelError(
-            f"--model {spec}: transformers cannot read {config_path}: {one_line(e, typed=True)}"
+            f"--model {spec}: transformers cannot read {where}: {one_line(e, typed=True)}"
         ) from None
 
 
+def model_of_config(spec: str, data: Mapping[str, object]) -> Model:
+    """The transformers model a config.json already read (`data`, e.g. a checkpoint's own)
+    describes, on the meta device, checked as `--model` checks one (no `auto_map`, counts)."""
+    check_config(spec, "config.json", data)
+    with gc_paused():
+        factory = _config_factory(_hf_config(spec, "config.json", data))
+        with torch.device("meta"):
+            module = build_module(spec, factory)
+    if not _is_hf(module):
+        raise ModelError(f"--model {spec}: config.json does not describe a transformers model")
+    return fans_from_module(spec, module, "hf", _prefix(module))
+
+
 def read_config_json(spec: str, config_path: Path) -> dict[str, object]:
-    """config.json as a dict, read with the caps of `reinit.limits` (exit 2 past them). One
-    whose `auto_map` points at its own Python files asks to run them: refused (exit 2), so
-    transformers can neither prompt nor import."""
+    """config.json as a dict, read with the caps of `reinit.limits` (exit 2 past them), and
+    checked (`check_config`)."""
     where = f"--model {spec}: {config_path}"
     data = read_json_file(config_path, where, MAX_CONFIG_BYTES, ModelError)
     if not isinstance(data, dict):
         raise ModelError(f"{where}: is not a JSON object; give a model's config.json")
+    check_config(spec, str(config_path), data)
+    return data
+
+
+def check_config(spec: str, where: str, data: Mapping[str, object]) -> None:
+    """One whose `auto_map` points at its own Python files asks to run them: refused (exit 2),
+    so transformers can neither prompt nor import; a layer or expert count past any model's
+    too."""
     if "auto_map" in data:
         raise ModelError(
-            f"--model {spec}: {config_path} has auto_map (custom model code); reinit never "
+            f"--model {spec}: {where} has auto_map (custom model code); reinit never "
             "runs code from a model folder: use a model type transformers ships"
         )
-    _check_counts(data, f"--model {spec}: {config_path}")
-    return data
+    _check_counts(data, f"--model {spec}: {where}")
 
 
 _COUNT_KEY = re.compile(r"(?:^|_)(?:layers?|experts)$")
 
 
-def _check_counts(data: dict[str, object], where: str) -> None:
+def _check_counts(data: Mapping[str, object], where: str) -> None:
     """Refuse a layer or expert count past `MAX_MODEL_COUNT`, in the config or a config nested
     in it (nesting is already capped by `read_json_file`)."""
     stack: list[object] = [data]
     while stack:
         node = stack.pop()
-        items = node.items() if isinstance(node, dict) else ()
+        items = node.items() if isinstance(node, Mapping) else ()
         for key, value in items:
-            if isinstance(value, dict):
+            if isinstance(value, Mapping):
                 stack.append(value)
             too_many = isinstance(value, int) and value > MAX_MODEL_COUNT
             if too_many and _COUNT_KEY.search(str(key)):

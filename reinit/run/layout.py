@@ -14,18 +14,21 @@ __all__ = ["Layout", "OutputRequest", "lay_out"]
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from reinit.errors import OutputError, UsageError
+from reinit.errors import OutputError, ReinitError, UsageError
 from reinit.io.confine import extras_to_copy
-from reinit.io.formats import dtype_name, name_size
+from reinit.io.formats import DcpBox, dtype_name, name_size
 from reinit.io.memory import reshaped
 from reinit.io.publish import how_to_publish
 from reinit.io.targets import REPORT_NAME, Inputs, check_replace_folder, check_target
 from reinit.options import ApplyOptions
+from reinit.planning.dcp_names import DcpNames, dcp_names
+from reinit.planning.model import ModelView
+from reinit.planning.model_load import model_of_config
 from reinit.planning.planner import PlanEntry
 from reinit.report.views import SideOutput, check_formats, report_targets
 from reinit.run.config_update import config_for, labels_list, parse_config_set, stale_file
@@ -106,6 +109,10 @@ class Layout:
     how: str
     merge: bool
     default_report: bool
+    # `--format dcp`: the tensors written as (a box of) a module tensor of another name, and
+    # the module's tied names listed with the records of the name they are tied to
+    dcp_chunks: Mapping[str, DcpBox] = field(default_factory=dict)
+    dcp_aliases: Mapping[str, str] = field(default_factory=dict)
 
     def shards(self) -> tuple[str, ...]:
         """The output files' names (within a folder output; "" for a single file)."""
@@ -150,6 +157,9 @@ def lay_out(prepared: Prepared, request: OutputRequest) -> Layout:
     merge = _check_folder(prepared, spec, files, o.in_place)
     into_source = merge and inputs.owner(spec.path) == spec.path.resolve()
     refs = {r.name: r for r in prepared.ckpt.refs()}
+    dcp = _dcp_names(prepared, out_dtype) if spec.fmt == "dcp" else DcpNames({})
+    if dcp.note is not None:
+        notes.append(dcp.note)
     return Layout(
         spec=spec,
         files=tuple(files),
@@ -165,7 +175,35 @@ def lay_out(prepared: Prepared, request: OutputRequest) -> Layout:
         how=how_to_publish(overwrite=o.overwrite, in_place=o.in_place),
         merge=merge,
         default_report=o.default_report,
+        dcp_chunks=dcp.chunks,
+        dcp_aliases=dcp.aliases,
     )
+
+
+def _dcp_names(prepared: Prepared, out_dtype: Mapping[str, str]) -> DcpNames:
+    """A DCP output's tensors under the model's `state_dict()` names (`planning.dcp_names`):
+    the model of `--model`, else the one the source's own config.json describes (a
+    transformers architecture); without one, the checkpoint's names."""
+    view = prepared.view or _own_model_view(prepared)
+    if view is None:
+        return DcpNames({})
+    entries = [(e.name, out_dtype[e.name], tuple(e.shape)) for e in prepared.plan.entries]
+    return dcp_names(view, entries)
+
+
+def _own_model_view(prepared: Prepared) -> ModelView | None:
+    """The model the source's config.json describes, seen through the checkpoint's names;
+    None when there is no config, or it names no transformers model this one can build (not
+    installed, an unknown type, custom code)."""
+    config = prepared.source_config()
+    if config is None or "model_type" not in config:
+        return None
+    try:
+        model = model_of_config(prepared.job.source_text, config)
+        ckpt = prepared.ckpt
+        return model.align(ckpt.names(), {r.name: r.shape for r in ckpt.refs()})
+    except ReinitError:
+        return None
 
 
 def _output_spec(

@@ -20,10 +20,9 @@ __all__ = [
     "with_format",
 ]
 
-import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from reinit.errors import OutputError, UsageError
@@ -37,6 +36,7 @@ from reinit.io.formats import TORCH_SUFFIXES
 from reinit.io.hub import is_hf_url, parse_hf_url
 from reinit.io.targets import REPORT_NAME, Inputs, check_output
 from reinit.run.outcontrol import hf_shard_name, split_like_save_pretrained
+from reinit.run.record import Provenance
 from reinit.version import __version__
 
 #: The shard index of a sharded output (transformers' name).
@@ -296,14 +296,10 @@ def shard_output_name(shard: str) -> str:
     return f"{folder}/{stem}.safetensors" if folder else stem + ".safetensors"
 
 
-def output_metadata(
-    ckpt: Checkpoint, shard: str, seed: int, rules: Sequence[str]
-) -> dict[str, str]:
+def output_metadata(ckpt: Checkpoint, shard: str, record: Provenance) -> dict[str, str]:
     """The source's metadata, plus `format: pt` (transformers refuses safetensors files with
-    metadata but no format) and our provenance under `reinit`."""
+    metadata but no format) and our provenance under `reinit` (`run.record`)."""
     meta = dict(ckpt.metadata(shard)) if shard is not None else {}
     meta.setdefault("format", "pt")
-    meta["reinit"] = json.dumps(
-        {"version": __version__, "seed": seed, "rules": list(rules)}, separators=(",", ":")
-    )
+    meta["reinit"] = replace(record, version=__version__).to_json()
     return meta

@@ -40,6 +40,7 @@ from reinit.report.entries import Report, TensorEntry
 from reinit.report.reference import basis_for, check_tolerance
 from reinit.rules import Rule
 from reinit.run.config_update import labels_list
+from reinit.run.record import Provenance, SurgeryTexts, model_record
 from reinit.run.stream import Applier
 
 
@@ -103,6 +104,18 @@ class Prepared:
     @property
     def rule_texts(self) -> tuple[str, ...]:
         return tuple(r.text for r in self.job.rules)
+
+    @property
+    def record(self) -> Provenance:
+        """What the output records about this run (`run.record`): seed, rules, surgery, model."""
+        s = self.job.surgery
+        texts = SurgeryTexts(
+            tuple(d.text for d in s.drops),
+            tuple(r.text for r in s.renames),
+            tuple(r.text for r in s.resizes),
+            tuple(a.text for a in s.adds),
+        )
+        return Provenance(self.seed, self.rule_texts, texts, model_record(self.options.model))
 
     @property
     def by_name(self) -> dict[str, PlanEntry]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 import torch
@@ -43,6 +44,7 @@ from reinit.schemes import (
     FillContext,
     generate,
     generate_chunked,
+    keep_thread_count,
 )
 from reinit.schemes.parts import apply_part, part_indices
 
@@ -490,7 +492,8 @@ class Applier:
         self._ahead = self._plan_ahead(entries)
         reads = prefetch(self._source_chunks(entries), READ_AHEAD, "reinit-read")
         pending = deque(p for p in entries if p.action == "reinit" and not self._tied(p))
-        with ThreadPoolExecutor(DRAW_THREADS, thread_name_prefix="reinit-draw") as pool:
+        threads = keep_thread_count() if pending else nullcontext()  # outlives the pool
+        with threads, ThreadPoolExecutor(DRAW_THREADS, thread_name_prefix="reinit-draw") as pool:
             # float32 bytes of the tensors drawn ahead or being written, by name
             ahead: dict[str, int] = {}
 

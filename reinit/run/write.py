@@ -137,9 +137,13 @@ def _write_files(
         target = output_path(tmp, f.relname, prepared.job.source_text) if folder else tmp
         target.parent.mkdir(parents=True, exist_ok=True)
         header = [(n, layout.out_dtype[n], layout.plan_entries[n].shape) for n in f.names]
-        meta = output_metadata(prepared.ckpt, f.source_shard, prepared.seed, prepared.rule_texts)
-        sink = DcpWriter if layout.spec.fmt == "dcp" else SafetensorsWriter
-        with sink(target, header, meta) as w:
+        meta = output_metadata(prepared.ckpt, f.source_shard, prepared.record)
+        w: SafetensorsWriter | DcpWriter = (
+            DcpWriter(target, header, meta, layout.dcp_chunks, layout.dcp_aliases)
+            if layout.spec.fmt == "dcp"
+            else SafetensorsWriter(target, header, meta)
+        )
+        with w:
             entries.extend(_write_pieces(w, pieces, len(f.names), bar, applier))
         written += w.bytes_written
     return entries, written

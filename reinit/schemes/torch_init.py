@@ -7,6 +7,8 @@ positions torch draws from the global RNG; ours come from the tensor's generator
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, cast
 
 import torch
@@ -15,7 +17,7 @@ from reinit.schemes.base import Args, Param, Scheme, Shape
 from reinit.schemes.gain import calculate_gain, canonical, gain_value
 from reinit.schemes.shapes import GAIN, fans, needs_2d_or_more, needs_exactly_2d
 
-__all__ = ["TORCH_SCHEMES", "truncated_normal_std"]
+__all__ = ["TORCH_SCHEMES", "keep_thread_count", "truncated_normal_std"]
 
 _SQRT12 = math.sqrt(12.0)
 
@@ -126,6 +128,23 @@ def _orthogonal_fill(t: torch.Tensor, g: torch.Generator, args: Args) -> None:
     torch.set_num_threads(1)
     try:
         torch.nn.init.orthogonal_(t, gain_value(args["gain"]), generator=g)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@contextmanager
+def keep_thread_count() -> Iterator[None]:
+    """Put torch's thread count back as it was when the block began, for threads made later.
+
+    `_orthogonal_fill` runs in reinit's draw threads. `torch.set_num_threads` there sets the
+    count each thread adopts when it first uses torch, process-wide: a draw thread that starts
+    while another holds 1 adopts 1, and its own restore puts back 1. Left so, every thread a
+    caller makes after the run (a data loader's, a training loop's) would compute on one core.
+    Wrap the span in which draw threads run; the block's end sets the count once more, after
+    every draw thread has finished."""
+    threads = torch.get_num_threads()
+    try:
+        yield
     finally:
         torch.set_num_threads(threads)
 

@@ -11,13 +11,14 @@ __all__ = ["report_checkpoint", "same_bytes", "with_renames", "write_report_file
 
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from reinit.errors import UsageError
 from reinit.io.checkpoint import CHUNK_BYTES, Checkpoint, FileTensor
 from reinit.io.sources import open_checkpoint
 from reinit.io.targets import Inputs
@@ -35,8 +36,10 @@ from reinit.tools.raw_report import raw_entries
 if TYPE_CHECKING:
     import torch
 
+    from reinit.planning.model import ModelInput
     from reinit.planning.planner import PlanEntry
     from reinit.planning.ties import Ties
+    from reinit.tools.verdict import Replay
 
 
 def report_checkpoint(
@@ -47,6 +50,7 @@ def report_checkpoint(
     unsafe_pickle: TrustSpec = (),
     key: str = "",
     ranks: Group | None = None,
+    model: ModelInput | None = None,
 ) -> Report:
     """The report of a checkpoint as it is: every tensor `kept`, with its statistics. One
     thread reads ahead while another computes, so this runs at the disk's (or the page
@@ -59,12 +63,24 @@ def report_checkpoint(
     With `against` (a baseline checkpoint, any form of §1), each tensor of the same name in
     the baseline gives the `before` statistics, a tensor whose bytes (or shape or dtype) differ
     carries the note "changed vs baseline", one absent from the baseline "not in baseline", and
-    the baseline's names absent from SOURCE are listed in the report's warnings."""
+    the baseline's names absent from SOURCE are listed in the report's warnings. What SOURCE
+    records of how reinit made it is replayed (`tools.verdict`): its surgery pairs each tensor
+    with the baseline tensor it came from, its rules judge what differs as apply did;
+    `model` (`--model`) serves rules that need the architecture (`default`, `type:`)."""
     started = time.perf_counter()
+    if model is not None and against is None:
+        raise UsageError(
+            "--model judges the rules a checkpoint records against its baseline: give --against"
+        )
     with ExitStack() as stack:
         ckpt = stack.enter_context(_opened(source, unsafe_pickle, progress, key))
+        record = recorded_provenance(ckpt)
+        replay: Replay | None = None
         if against is not None:
             base = stack.enter_context(_opened(against, unsafe_pickle, progress))
+            from reinit.tools.verdict import replay_of
+
+            replay = replay_of(record, ckpt, base, model)
         else:
             base = None
         stored = ckpt.file_tensors() if base is None else None
@@ -78,17 +94,19 @@ def report_checkpoint(
                 "summing",
             )
         else:
-            entries = _streamed(ckpt, base, progress, stack, ranks)
+            origins = replay.origins() if replay is not None else {}
+            entries = _streamed(ckpt, base, progress, stack, ranks, origins)
         # the file's own recorded seed and rules (written by reinit), else seed 0 and none
-        seed, rules = recorded_provenance(ckpt) or (0, ())
+        seed, rules = (record.seed, record.rules) if record is not None else (0, ())
         renamed: set[str] = set()
-        if base is not None:  # what apply said of every tensor that differs from the baseline
-            from reinit.tools.verdict import as_applied
-
-            entries, renamed = with_renames(entries, ckpt, base)
-            entries = as_applied(entries, ckpt, rules)
-        basis = basis_for(ckpt, None, None, seed, REFERENCE_TOLERANCE)
+        warnings: tuple[str, ...] = ()
+        if base is not None and replay is not None:  # what apply said of what differs
+            entries, renamed, warnings = _as_applied(entries, ckpt, base, replay)
+        view = replay.view if replay is not None else None
+        basis = basis_for(ckpt, None, view, seed, REFERENCE_TOLERANCE)
         report = make_report(os.fspath(source), None, seed, rules, entries, 0, started, basis=basis)
+        if warnings:
+            report = replace(report, warnings=(*report.warnings, *warnings))
         if base is not None:
             missing = [n for n in base.names() if n not in ckpt and n not in renamed]
             if missing:
@@ -102,6 +120,22 @@ def report_checkpoint(
                     ),
                 )
         return report
+
+
+def _as_applied(
+    entries: list[TensorEntry], ckpt: Checkpoint, base: Checkpoint, replay: Replay
+) -> tuple[list[TensorEntry], set[str], tuple[str, ...]]:
+    """`report --against`'s entries judged as apply judged them (`tools.verdict`), the
+    baseline names SOURCE holds under another name (renamed by the replayed surgery, else
+    found by their values), and what could not be replayed."""
+    from reinit.tools.verdict import as_applied
+
+    if replay.edited is None:  # no surgery recorded: renames found by their values
+        entries, renamed = with_renames(entries, ckpt, base)
+    else:
+        renamed = set(replay.edited.origin.values())
+    judged, warnings = as_applied(entries, ckpt, replay)
+    return judged, renamed, warnings
 
 
 @contextmanager
@@ -143,9 +177,11 @@ def _streamed(
     progress: bool,
     stack: ExitStack,
     ranks: Group | None = None,
+    origins: Mapping[str, str | None] | None = None,
 ) -> list[TensorEntry]:
-    """Every tensor's entry through the streaming engine (torch), with the baseline's; with
-    `ranks`, each rank streams its contiguous share."""
+    """Every tensor's entry through the streaming engine (torch), with the baseline's (of the
+    name `origins` gives, where a replayed surgery renamed or added it); with `ranks`, each
+    rank streams its contiguous share."""
     from reinit.planning.planner import plan as make_plan
     from reinit.planning.ties import resolve_ties
 
@@ -153,7 +189,7 @@ def _streamed(
     ties = resolve_ties(the_plan, ckpt.aliases())[1]
 
     def entries_of(part: list[PlanEntry]) -> list[TensorEntry]:
-        return _stream_entries(ckpt, base, part, ties, progress)
+        return _stream_entries(ckpt, base, part, ties, progress, origins or {})
 
     return split_map(ranks, the_plan.entries, _planned_bytes, entries_of, "summing")
 
@@ -165,7 +201,12 @@ def _planned_bytes(e: PlanEntry) -> int:
 
 
 def _stream_entries(
-    ckpt: Checkpoint, base: Checkpoint | None, part: list[PlanEntry], ties: Ties, progress: bool
+    ckpt: Checkpoint,
+    base: Checkpoint | None,
+    part: list[PlanEntry],
+    ties: Ties,
+    progress: bool,
+    origins: Mapping[str, str | None],
 ) -> list[TensorEntry]:
     """The entries of `part` (planned `kept`) through one `Applier`, in order."""
     from contextlib import closing
@@ -181,7 +222,7 @@ def _stream_entries(
             if piece.entry is not None:
                 entry = piece.entry
                 if base is not None:
-                    entry = _against(ckpt, base, entry)
+                    entry = _against(ckpt, base, entry, origins.get(entry.name, entry.name))
                 entries.append(entry)
             bar.update(piece.nbytes)
     return entries
@@ -198,6 +239,7 @@ def write_report_files(
     unsafe_pickle: TrustSpec = (),
     key: str = "",
     ranks: Group | None = None,
+    model: ModelInput | None = None,
 ) -> Report:
     """`reinit report SOURCE -o ... --plot ...`: every path checked by the one rule before the
     checkpoint is read (never an input, never an existing file without `overwrite`), then all
@@ -206,7 +248,13 @@ def write_report_files(
     inputs = Inputs.of([source, against])
     targets = report_targets(outputs, plot, "-o", inputs=inputs, overwrite=overwrite)
     rep = report_checkpoint(
-        source, against, progress=progress, unsafe_pickle=unsafe_pickle, key=key, ranks=ranks
+        source,
+        against,
+        progress=progress,
+        unsafe_pickle=unsafe_pickle,
+        key=key,
+        ranks=ranks,
+        model=model,
     )
     if targets and (ranks is None or ranks.primary):  # publishing imports torch: only then
         from reinit.io.publish import how_to_publish
@@ -215,13 +263,18 @@ def write_report_files(
     return rep
 
 
-def _against(ckpt: Checkpoint, base: Checkpoint, entry: TensorEntry) -> TensorEntry:
-    """`entry` with the baseline's statistics as `before` and a note when it differs: one
-    pass over the baseline's chunks, compared with the source's chunk for chunk (bitwise, so
-    a NaN equals the same NaN) until the first difference."""
-    if entry.name not in base:
+def _against(
+    ckpt: Checkpoint, base: Checkpoint, entry: TensorEntry, old: str | None
+) -> TensorEntry:
+    """`entry` with the statistics of the baseline's `old` (its own name, or the one a
+    replayed `--rename` gave it; None: `--add` made it) as `before` and a note when it
+    differs: one pass over the baseline's chunks, compared with the source's chunk for chunk
+    (bitwise, so a NaN equals the same NaN) until the first difference."""
+    if old is None or old not in base:
         return replace(entry, notes=(*entry.notes, NOTE_NEW))
-    ref, bref = ckpt.ref(entry.name), base.ref(entry.name)
+    if old != entry.name:
+        entry = replace(entry, notes=(*entry.notes, f"renamed from {old}"))
+    ref, bref = ckpt.ref(entry.name), base.ref(old)
     from reinit.io.formats import dtype_name
     from reinit.run.stream import view_bytes
 
@@ -229,12 +282,12 @@ def _against(ckpt: Checkpoint, base: Checkpoint, entry: TensorEntry) -> TensorEn
     same = (ref.dtype, ref.shape) == (bref.dtype, bref.shape)
     # the source's chunks are read lazily and only until the first difference
     mine = ckpt.iter_chunks(entry.name, CHUNK_BYTES)
-    for chunk in base.iter_chunks(entry.name, CHUNK_BYTES):
+    for chunk in base.iter_chunks(old, CHUNK_BYTES):
         acc.add(view_bytes(chunk, bref.dtype))
         if same:
             same = same_bytes(next(mine, memoryview(b"")), chunk)
     notes: tuple[str, ...] = ()
-    if not same and _is_cast(ckpt, base, entry.name):
+    if not same and _is_cast(ckpt, base, entry.name, old):
         from reinit.run.outcontrol import cast_note
 
         notes = (cast_note(bref.dtype, ref.dtype),)  # as apply --dtype notes it

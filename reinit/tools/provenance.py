@@ -1,5 +1,6 @@
-"""What a checkpoint written by reinit records about itself: the seed and rules in the
-safetensors metadata's `reinit` key (written by `run.output.output_metadata`).
+"""What a checkpoint written by reinit records about itself: the seed, rules, surgery and kind
+of model in the safetensors metadata's `reinit` key (written by `run.output.output_metadata`,
+its format in `run.record`).
 
 Why: `reinit report new --against old` built its report with seed 0 and no rules, so its
 Markdown said `seed: 0, rules: (none)` about a file that records both."""
@@ -10,11 +11,12 @@ __all__ = ["recorded_provenance"]
 
 from reinit.io.checkpoint import Checkpoint
 from reinit.io.jsonfile import JsonError, parse_json
+from reinit.run.record import Provenance, parse_provenance
 
 
-def recorded_provenance(ckpt: Checkpoint) -> tuple[int, tuple[str, ...]] | None:
-    """(seed, rules) from the file's `reinit` metadata, or None when absent or unreadable
-    (a file not written by reinit, or one whose metadata was edited into something else)."""
+def recorded_provenance(ckpt: Checkpoint) -> Provenance | None:
+    """The file's `reinit` metadata, or None when absent or unreadable (a file not written by
+    reinit, or one whose metadata was edited into something else)."""
     try:
         raw = ckpt.metadata().get("reinit")
     except Exception:  # noqa: BLE001 - a form without metadata, or a shard that cannot be read
@@ -25,11 +27,4 @@ def recorded_provenance(ckpt: Checkpoint) -> tuple[int, tuple[str, ...]] | None:
         data = parse_json(raw, "reinit metadata")
     except JsonError:
         return None
-    if not isinstance(data, dict):
-        return None
-    seed, rules = data.get("seed"), data.get("rules")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not isinstance(rules, list):
-        return None
-    if not all(isinstance(r, str) for r in rules):
-        return None
-    return seed, tuple(rules)
+    return parse_provenance(data)

@@ -12,7 +12,7 @@ from reinit.lazy import lazy_exports
 if TYPE_CHECKING:
     from reinit.io.formats._dcp_metadata import is_dcp_dir, is_dcp_file
     from reinit.io.formats._dcp_reader import DcpCheckpoint
-    from reinit.io.formats._dcp_writer import DcpWriter
+    from reinit.io.formats._dcp_writer import DcpBox, DcpWriter
     from reinit.io.formats._directory import DirectoryCheckpoint, LocalFiles, holds_weights
     from reinit.io.formats._safetensors_format import (
         MAX_TENSORS,
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 _WHERE = {
     "CODE_NAMES": "_safetensors_header",
     "DcpCheckpoint": "_dcp_reader",
+    "DcpBox": "_dcp_writer",
     "DcpWriter": "_dcp_writer",
     "DirectoryCheckpoint": "_directory",
     "DuplicateKey": "_safetensors_header",
@@ -80,6 +81,7 @@ _WHERE = {
 __all__ = [
     "CODE_NAMES",
     "DcpCheckpoint",
+    "DcpBox",
     "DcpWriter",
     "DirectoryCheckpoint",
     "DuplicateKey",

@@ -6,8 +6,14 @@ writes what torch's `FileSystemWriter` writes for one process: `__0_0.distcp`, e
 `torch.save` record appended at an offset, then `.metadata`, a pickle of torch's own
 `Metadata` (one whole chunk per tensor, `planner_data` and `storage_data` as torch's planner
 and writer fill them). `torch.distributed.checkpoint.load` reads it into a state dict of the
-same names, and `format_utils.dcp_to_torch_save` converts it. Memory is one tensor (a record
-is made from the whole tensor). The folder is written as is: atomicity is
+same names, and `format_utils.dcp_to_torch_save` converts it.
+
+A tensor given a `DcpBox` is written as that chunk of another, larger tensor instead (one
+expert's matrix as its box of a module's stacked `[E, ...]` parameter, at its offsets): its
+record holds the box's values in the large tensor's axis order, and `.metadata` lists the
+large tensor under its own name, its chunks being the tensors written into it, as torch lists
+a DTensor's shards. Memory is one tensor (a record is made from the whole tensor; a box whose
+axes come in another order is permuted, one copy). The folder is written as is: atomicity is
 `reinit.io.publish`'s job."""
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import os
 import pickle
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
@@ -26,9 +33,29 @@ from reinit.io.formats._safetensors_format import dtype_size, torch_dtype
 from reinit.io.formats._safetensors_reader import pread_into
 from reinit.io.writer import save_to, write_error
 
-__all__ = ["DATA_NAME", "DcpWriter"]
+__all__ = ["DATA_NAME", "DcpBox", "DcpWriter"]
 
 DATA_NAME = "__0_0.distcp"  # rank 0's file, as torch names it
+
+
+@dataclass(frozen=True)
+class DcpBox:
+    """Where one tensor goes in the DCP: the box `offsets` .. `offsets + sizes` of the tensor
+    `name`, whose whole shape is `whole`. `perm`: the tensor's dimensions in the order of the
+    large tensor's (None: already in that order); its dimensions of length 1 that the box
+    lacks, or the box's that it lacks, are dropped or added by a reshape."""
+
+    name: str
+    offsets: tuple[int, ...]
+    sizes: tuple[int, ...]
+    whole: tuple[int, ...]
+    perm: tuple[int, ...] | None = None
+
+    def arrange(self, t: torch.Tensor) -> torch.Tensor:
+        """`t` (the tensor as written) as the box's values, in the large tensor's axis order."""
+        if self.perm is not None:
+            t = t.permute(self.perm).contiguous()
+        return t.reshape(self.sizes)
 
 
 class DcpWriter:
@@ -39,6 +66,10 @@ class DcpWriter:
         entries: (name, dtype name, shape) of every tensor, in the order they will come.
         metadata: unused (DCP has no free-form metadata); accepted so the call matches
             `SafetensorsWriter`'s.
+        chunks: the tensors written as a chunk of a larger tensor (see `DcpBox`), by name;
+            the others are written whole under their own names.
+        aliases: more names of a tensor written (a tied name -> the DCP name it is written
+            under), listed in `.metadata` with the same records: no bytes twice.
     """
 
     def __init__(
@@ -46,9 +77,13 @@ class DcpWriter:
         folder: str | os.PathLike[str],
         entries: Sequence[tuple[str, str, Sequence[int]]],
         metadata: Mapping[str, str] | None = None,
+        chunks: Mapping[str, DcpBox] | None = None,
+        aliases: Mapping[str, str] | None = None,
     ):
         self.folder = Path(folder)
         self.entries = [(n, torch_dtype(d, n), tuple(int(x) for x in s)) for n, d, s in entries]
+        self.chunks = dict(chunks or {})
+        self.aliases = dict(aliases or {})
         self._next = 0
         self._buf: bytearray | None = None
         self._filled = 0
@@ -106,6 +141,9 @@ class DcpWriter:
             if buf
             else torch.empty(shape, dtype=dtype)
         )
+        chunk = self.chunks.get(name)
+        if chunk is not None:
+            t = chunk.arrange(t)
         assert self._file is not None
         start = self._file.tell()
         save_to(self._file, t, str(self.folder))  # whole, a Ctrl-C meanwhile raised after
@@ -156,14 +194,25 @@ class DcpWriter:
             TensorStorageMetadata,
         )
 
-        tensors: dict[str, object] = {}
+        tensors: dict[str, TensorStorageMetadata] = {}
         storage: dict[object, object] = {}
         for (name, dtype, shape), (start, length) in zip(self.entries, self._stored, strict=True):
-            origin = torch.Size([0] * len(shape))
-            chunk = ChunkStorageMetadata(offsets=origin, sizes=torch.Size(shape))
-            props = TensorProperties(dtype=dtype)
-            tensors[name] = TensorStorageMetadata(props, torch.Size(shape), [chunk])
-            storage[MetadataIndex(name, origin, 0)] = _StorageInfo(DATA_NAME, start, length)
+            part = self.chunks.get(name) or DcpBox(name, (0,) * len(shape), shape, shape)
+            offsets = torch.Size(part.offsets)
+            chunk = ChunkStorageMetadata(offsets=offsets, sizes=torch.Size(part.sizes))
+            entry = tensors.setdefault(
+                part.name,
+                TensorStorageMetadata(TensorProperties(dtype=dtype), torch.Size(part.whole), []),
+            )
+            entry.chunks.append(chunk)
+            where = MetadataIndex(part.name, offsets, len(entry.chunks) - 1)
+            storage[where] = _StorageInfo(DATA_NAME, start, length)
+        for alias, name in self.aliases.items():  # the same records under a tied name
+            entry = tensors[name]
+            tensors[alias] = TensorStorageMetadata(entry.properties, entry.size, entry.chunks)
+            for i, c in enumerate(entry.chunks):
+                record = storage[MetadataIndex(name, c.offsets)]
+                storage[MetadataIndex(alias, c.offsets, i)] = record
         return Metadata(
             state_dict_metadata=tensors,  # type: ignore[arg-type]
             planner_data={name: (name,) for name in tensors},

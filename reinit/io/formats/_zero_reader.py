@@ -274,6 +274,20 @@ class ZeroCheckpoint(Checkpoint):
     def names(self) -> list[str]:
         return list(self._names)
 
+    def stored_files(self) -> list[tuple[str, int, int]]:
+        """Each file the checkpoint was read from, in the order read (model states, then each
+        rank's optimizer states): its path, the tensors with values there and the bytes of
+        those values as stored (a tensor split over ranks counts in each of its files; a
+        tied name, once, under the tensor it shares)."""
+        tensors: dict[str, set[str]] = {f.path: set() for f in self._files}
+        nbytes = dict.fromkeys(tensors, 0)
+        for name, p in self.params.items():
+            for q in p.pieces:
+                if q.count:
+                    tensors[q.file.path].add(name)
+                    nbytes[q.file.path] += q.count * q.tensor.dtype.itemsize
+        return [(path, len(tensors[path]), nbytes[path]) for path in tensors]
+
     def _get(self, name: str) -> _Param:
         target = self._aliases.get(name, name)
         if target not in self.params:

@@ -1,0 +1,166 @@
+"""What an output written by reinit records about itself, in its safetensors metadata's `reinit`
+key: the seed, the rules, the surgery (`--drop`, `--rename`, `--resize`, `--add` as written) and
+which kind of `--model` the run had. `reinit report OUT --against SRC` replays them
+(`tools.verdict`) to judge OUT as `apply` did.
+
+Why the surgery: without it, `report --against` could not tell an added tensor's scheme nor
+where a renamed-and-resized tensor came from, so it judged them against the config (an
+`--add ...:zeros` tensor flagged `constant`, a renamed grown embedding `off_reference`).
+
+What is recorded is text the user typed, bounded (`limits.MAX_RECORDED_SURGERY_BYTES`), and
+never acted on as code: a `module:callable` model is recorded by name only, for the message
+that asks for `--model`; a model folder is recorded as a folder, without its path.
+
+Format 1 (no `record` key): version, seed, rules. Format 2 adds `record`, `surgery` (absent
+when there was none, null when it was too large to record) and `model`. Torch-free."""
+
+from __future__ import annotations
+
+__all__ = [
+    "RECORD_FORMAT",
+    "ModelRecord",
+    "Provenance",
+    "SurgeryTexts",
+    "model_record",
+    "parse_provenance",
+]
+
+import json
+import os
+from dataclasses import dataclass
+
+from reinit.limits import MAX_RECORDED_SURGERY_BYTES
+
+RECORD_FORMAT = 2
+SURGERY_KEYS = ("drop", "rename", "resize", "add")  # the order surgery runs in
+MODEL_KINDS = ("hub", "callable", "folder", "module")
+
+
+@dataclass(frozen=True)
+class SurgeryTexts:
+    """A run's `--drop`, `--rename`, `--resize` and `--add` as written (`parse_surgery` reads
+    them back)."""
+
+    drop: tuple[str, ...] = ()
+    rename: tuple[str, ...] = ()
+    resize: tuple[str, ...] = ()
+    add: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.drop or self.rename or self.resize or self.add)
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return {k: list(getattr(self, k)) for k in SURGERY_KEYS if getattr(self, k)}
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """The kind of `--model` a run had (`hub`, `callable`, `folder`, or `module`: an object
+    passed to the API) and, for `hub` and `callable`, its name (never a path)."""
+
+    kind: str
+    ref: str | None = None
+
+    def shown(self) -> str:
+        return self.ref if self.ref is not None else f"a model {self.kind}"
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What an output records: seed, rules, surgery (None: too large to record, so not
+    recorded) and the kind of model."""
+
+    seed: int
+    rules: tuple[str, ...]
+    surgery: SurgeryTexts | None = SurgeryTexts()
+    model: ModelRecord | None = None
+    version: str = ""
+    format: int = RECORD_FORMAT
+
+    def to_json(self) -> str:
+        """The `reinit` metadata value; a surgery record over its limit is written as null."""
+        data: dict[str, object] = {
+            "version": self.version,
+            "record": RECORD_FORMAT,
+            "seed": self.seed,
+            "rules": list(self.rules),
+        }
+        if self.surgery:
+            texts = self.surgery.to_dict()
+            fits = len(json.dumps(texts)) <= MAX_RECORDED_SURGERY_BYTES
+            data["surgery"] = texts if fits else None
+        elif self.surgery is None:
+            data["surgery"] = None
+        if self.model is not None:
+            data["model"] = {"kind": self.model.kind, "ref": self.model.ref}
+        return json.dumps(data, separators=(",", ":"))
+
+
+def model_record(model: object) -> ModelRecord | None:
+    """How the run's `--model` is recorded: an `hf://` reference and a `module:callable` by
+    their text (names, not paths: `report` never imports or fetches them), a folder or
+    config file as a folder (its path stays on the machine that ran), an object as `module`."""
+    if model is None:
+        return None
+    if not isinstance(model, (str, os.PathLike)):
+        return ModelRecord("module")
+    from reinit.io.hub import is_hf_url
+    from reinit.io.trust import CALLABLE_SPEC
+
+    text = os.fspath(model)
+    if is_hf_url(text):
+        return ModelRecord("hub", text)
+    if isinstance(model, str) and CALLABLE_SPEC.match(text) and not os.path.exists(text):
+        return ModelRecord("callable", text)
+    return ModelRecord("folder")
+
+
+def parse_provenance(data: object) -> Provenance | None:
+    """A `Provenance` from the parsed `reinit` metadata; None when it is not one (a file not
+    written by reinit, or metadata edited into something else). A surgery or model record that
+    is malformed or over its limit reads as not recorded; one of a later format than this
+    reinit knows is not replayed (its seed and rules still are)."""
+    if not isinstance(data, dict):
+        return None
+    seed, rules = data.get("seed"), data.get("rules")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not isinstance(rules, list):
+        return None
+    if not all(isinstance(r, str) for r in rules):
+        return None
+    fmt = data.get("record", 1)
+    if isinstance(fmt, bool) or not isinstance(fmt, int) or fmt > RECORD_FORMAT:
+        unread = None if "surgery" in data else SurgeryTexts()
+        return Provenance(seed, tuple(rules), unread, format=fmt)
+    version = data.get("version")
+    return Provenance(
+        seed,
+        tuple(rules),
+        _surgery(data),
+        _model(data.get("model")),
+        version if isinstance(version, str) else "",
+        fmt,
+    )
+
+
+def _surgery(data: dict[str, object]) -> SurgeryTexts | None:
+    if "surgery" not in data:
+        return SurgeryTexts()
+    raw = data["surgery"]
+    if not isinstance(raw, dict) or len(json.dumps(raw)) > MAX_RECORDED_SURGERY_BYTES:
+        return None
+    parts: dict[str, tuple[str, ...]] = {}
+    for k in SURGERY_KEYS:
+        v = raw.get(k, [])
+        if not isinstance(v, list) or not all(isinstance(t, str) for t in v):
+            return None
+        parts[k] = tuple(v)
+    return SurgeryTexts(**parts)
+
+
+def _model(raw: object) -> ModelRecord | None:
+    if not isinstance(raw, dict) or raw.get("kind") not in MODEL_KINDS:
+        return None
+    ref = raw.get("ref")
+    if not isinstance(ref, str) or len(ref) > MAX_RECORDED_SURGERY_BYTES:
+        ref = None
+    return ModelRecord(str(raw["kind"]), ref)

@@ -1,0 +1,50 @@
+"""Load a `--format dcp` output as an FSDP2 job does: 2 gloo processes, every tensor of a fresh
+model's `state_dict()` a DTensor sharded on dim 0 (stacked experts split by expert) or on its
+last dim, filled by `torch.distributed.checkpoint.load`; each rank checks the whole tensors
+against `from_pretrained` of the safetensors output. Run by tests/test_dcp_moe.py:
+`python dcp_sharded_load.py DCP_DIR SAFETENSORS_DIR`; exits non-zero when a rank fails."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+import torch.multiprocessing as mp
+import transformers
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import Shard, distribute_tensor
+
+
+def worker(rank: int, world: int, out_dcp: str, out_st: str, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    mesh = init_device_mesh("cpu", (world,))
+    want = transformers.AutoModelForCausalLM.from_pretrained(out_st).state_dict()
+    config = transformers.AutoConfig.from_pretrained(out_st)
+    for dim in ("first", "last"):
+        fresh = transformers.AutoModelForCausalLM.from_config(config).state_dict()
+        state = {
+            n: distribute_tensor(
+                t.detach().clone(), mesh, [Shard(0 if dim == "first" else t.dim() - 1)]
+            )
+            for n, t in fresh.items()
+        }
+        dcp.load(state, checkpoint_id=out_dcp)
+        for n, t in want.items():
+            assert torch.equal(state[n].full_tensor(), t), (dim, n)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+if __name__ == "__main__":
+    mp.spawn(worker, args=(2, sys.argv[1], sys.argv[2], free_port()), nprocs=2)
