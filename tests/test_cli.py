@@ -259,6 +259,16 @@ def test_every_help_shows_real_examples(command):
     assert all(f"reinit {command}" in line for line in lines)
 
 
+def test_report_help_names_every_flag_fail_on_takes():
+    """`reinit report --help` lists the flags it shows and --fail-on takes: all of them
+    (it once left out off_reference and untrained)."""
+    from reinit.report.flags import FLAGS
+
+    text = " ".join(run("report", "--help").output.split())
+    missing = [f for f in FLAGS if f not in text]
+    assert not missing, missing
+
+
 def test_apply_help_says_the_default_output_and_what_seed_does():
     r = run("apply", "--help")
     text = " ".join(r.output.split())
