@@ -220,3 +220,20 @@ def test_sparse_matches_torchs_sparsity_and_the_printed_std(sparsity):
     kept = ours[ours != 0]
     assert abs(kept.std(unbiased=False).item() / 0.3 - 1) < 5 * math.sqrt(2 / (4 * kept.numel()))
     assert abs(ours.std(unbiased=False).item() / expected - 1) < 0.05
+
+
+@pytest.mark.parametrize("shape", [(200, 300), (32, 16, 5, 5)], ids=str)
+def test_normal_like_is_normal_with_the_tensors_own_mean_and_std(shape):
+    """`normal_like` (docs/reference.md): N(mean, std²) with the tensor's own mean and std as
+    read. The input here is uniform, so a result that copied its shape would fail the KS test."""
+    import reinit
+
+    source = torch.rand(shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    source = 0.3 + 0.4 * source  # U(0.3, 0.7): mean 0.5, std 0.4/√12
+    new, report = reinit.apply_to_state_dict({"w": source}, ["w=normal_like"], seed=SEED)
+    t, n = new["w"], source.numel()
+    mean, std = source.mean().item(), source.std(unbiased=False).item()
+    assert abs(t.mean().item() - mean) < 5 * std / math.sqrt(n)
+    assert abs(t.std(unbiased=False).item() / std - 1) < 5 * math.sqrt(2 / (4 * n))
+    assert sps.kstest(t.flatten().numpy(), sps.norm(mean, std).cdf).pvalue > 1e-4
+    assert report.entry("w").scheme.startswith("normal_like")
