@@ -491,6 +491,14 @@ def test_inspect_filter_matching_nothing_names_the_closest(ckpt):
     assert "no tensor matches 'hed.*'; closest names: head.weight" in r.stderr
 
 
+def test_inspect_filter_by_module_type_is_refused_not_an_empty_list(ckpt):
+    """`inspect` has no --model, so a `type:` filter can select nothing: it said
+    "no tensor matches 'type:Linear'" with exit 0, as if the checkpoint had no Linear."""
+    r = run("inspect", ckpt, "--filter", "type:Linear")
+    assert r.exit_code == 2 and r.stdout == ""
+    assert "--filter type:Linear" in r.stderr and "glob or re:" in r.stderr
+
+
 def test_dry_run_json_quiet_prints_the_json_alone(ckpt):
     r = run("apply", ckpt, "-r", "head.weight=zeros", "--dry-run", "--json", "-q")
     assert r.exit_code == 0
