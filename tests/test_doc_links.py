@@ -100,3 +100,25 @@ def test_every_docs_page_is_reachable_from_the_front_pages(front):
         if p.name not in skip and p.resolve() not in linked
     ]
     assert not missing, f"{front} does not link {missing}"
+
+
+def test_the_docs_use_only_the_public_api():
+    """A user reads the API `reinit/__init__.py` exports (`reinit.apply`, `reinit.Report`,
+    ...); a page that writes `from reinit.run.apply import ...` or `reinit.schemes.generate`
+    sends them to a module that may change without notice."""
+    submodules = sorted(
+        p.stem
+        for p in (ROOT / "reinit").iterdir()
+        if not p.name.startswith("_") and p.suffix in (".py", "")
+    )
+    internal = re.compile(  # (`model.reinit.report.json` is a file name, not a module)
+        rf"\b(?:from|import)\s+reinit\.\w"
+        rf"|(?<![\w.])reinit\.(?:{'|'.join(submodules)})\.(?!(?:json|csv|md)\b)\w"
+    )
+    found = [
+        f"{page.relative_to(ROOT)}: {m.group(0)}"
+        for page in PAGES
+        if page.name != "CONTRIBUTING.md"  # the contributors' page may name modules
+        for m in internal.finditer(page.read_text(encoding="utf-8"))
+    ]
+    assert not found, found
