@@ -356,8 +356,9 @@ class ApplyOptions:
         metadata=option_meta(
             OptionMeta(
                 help="Set a field of the output's config.json (VALUE is JSON); repeatable. "
-                "Fields the surgery implies (vocab_size, num_labels/id2label, "
-                "num_hidden_layers) follow it anyway, with a note. A file output writes "
+                "Fields the surgery implies (vocab_size, max_position_embeddings, "
+                "num_labels/id2label, num_hidden_layers/layer_types, and dtype with --dtype) "
+                "follow it anyway, with a note. A file output writes "
                 "config.json beside it. (Not `config`: that is the config schemes read.)",
                 flags=("--config",),
                 metavar="KEY=VALUE",

@@ -259,6 +259,16 @@ def test_every_help_shows_real_examples(command):
     assert all(f"reinit {command}" in line for line in lines)
 
 
+def test_report_help_names_every_flag_fail_on_takes():
+    """`reinit report --help` lists the flags it shows and --fail-on takes: all of them
+    (it once left out off_reference and untrained)."""
+    from reinit.report.flags import FLAGS
+
+    text = " ".join(run("report", "--help").output.split())
+    missing = [f for f in FLAGS if f not in text]
+    assert not missing, missing
+
+
 def test_apply_help_says_the_default_output_and_what_seed_does():
     r = run("apply", "--help")
     text = " ".join(r.output.split())
@@ -479,6 +489,14 @@ def test_inspect_filter_matching_nothing_names_the_closest(ckpt):
     r = run("inspect", ckpt, "--filter", "hed.*")
     assert r.exit_code == 0 and r.stdout == ""
     assert "no tensor matches 'hed.*'; closest names: head.weight" in r.stderr
+
+
+def test_inspect_filter_by_module_type_is_refused_not_an_empty_list(ckpt):
+    """`inspect` has no --model, so a `type:` filter can select nothing: it said
+    "no tensor matches 'type:Linear'" with exit 0, as if the checkpoint had no Linear."""
+    r = run("inspect", ckpt, "--filter", "type:Linear")
+    assert r.exit_code == 2 and r.stdout == ""
+    assert "--filter type:Linear" in r.stderr and "glob or re:" in r.stderr
 
 
 def test_dry_run_json_quiet_prints_the_json_alone(ckpt):

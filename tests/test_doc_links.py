@@ -83,3 +83,42 @@ def test_every_test_the_docs_name_exists():
             elif name and f"def {name}(" not in source.read_text(encoding="utf-8"):
                 missing.append(f"{page.name}: {path}::{name}")
     assert not missing, missing
+
+
+@pytest.mark.parametrize("front", ["README.md", "docs/index.md"])
+def test_every_docs_page_is_reachable_from_the_front_pages(front):
+    """A page nothing links to is a page no new user finds: README.md and docs/index.md each
+    link every guide page and every page of docs/ (the bench logs are reached through
+    docs/bench/, the report example through the report guide)."""
+    page = ROOT / front
+    linked = {(page.parent / t.partition("#")[0]).resolve() for t in links(page) if ":" not in t}
+    pages = [*(ROOT / "docs" / "guide").glob("*.md"), *(ROOT / "docs").glob("*.md")]
+    skip = {"index.md", "report-example.md"}
+    missing = [
+        p.relative_to(ROOT).as_posix()
+        for p in sorted(pages)
+        if p.name not in skip and p.resolve() not in linked
+    ]
+    assert not missing, f"{front} does not link {missing}"
+
+
+def test_the_docs_use_only_the_public_api():
+    """A user reads the API `reinit/__init__.py` exports (`reinit.apply`, `reinit.Report`,
+    ...); a page that writes `from reinit.run.apply import ...` or `reinit.schemes.generate`
+    sends them to a module that may change without notice."""
+    submodules = sorted(
+        p.stem
+        for p in (ROOT / "reinit").iterdir()
+        if not p.name.startswith("_") and p.suffix in (".py", "")
+    )
+    internal = re.compile(  # (`model.reinit.report.json` is a file name, not a module)
+        rf"\b(?:from|import)\s+reinit\.\w"
+        rf"|(?<![\w.])reinit\.(?:{'|'.join(submodules)})\.(?!(?:json|csv|md)\b)\w"
+    )
+    found = [
+        f"{page.relative_to(ROOT)}: {m.group(0)}"
+        for page in PAGES
+        if page.name != "CONTRIBUTING.md"  # the contributors' page may name modules
+        for m in internal.finditer(page.read_text(encoding="utf-8"))
+    ]
+    assert not found, found

@@ -224,6 +224,20 @@ def test_max_shard_size_from_a_single_file_makes_a_folder(tmp_path):
     )
 
 
+def test_max_shard_size_default_folder_is_the_one_checked_for_existence(tmp_path):
+    """With --max-shard-size and no -o, the output is `m.reinit/`: an earlier
+    `m.reinit.safetensors` (which this run does not write) must not block it, and an existing
+    `m.reinit/` is what the refusal names."""
+    src, _ = _src(tmp_path)
+    (tmp_path / "m.reinit.safetensors").write_bytes(b"an earlier run's file")
+    r = run("apply", src, "-r", "lin.bias=zeros", "--max-shard-size", "1000", "-q")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "m.reinit" / "model.safetensors.index.json").is_file()
+    assert (tmp_path / "m.reinit.safetensors").read_bytes() == b"an earlier run's file"
+    again = run("apply", src, "-r", "lin.bias=zeros", "--max-shard-size", "1000", "-q")
+    assert again.exit_code == 2 and "m.reinit: exists" in again.output, again.output
+
+
 @pytest.mark.slow
 def test_dtype_cast_memory_stays_bounded(tmp_path):
     src = tmp_path / "big.safetensors"

@@ -95,6 +95,23 @@ def test_parse_rename_needs_template():
         parse_rename("encoder.*=")
 
 
+@pytest.mark.parametrize("parse, text", [(parse_drop, "type:LayerNorm"),
+                                          (parse_rename, "type:Linear@head.*=new.{1}")])  # fmt: skip
+def test_surgery_patterns_by_module_type_are_refused_saying_why(parse, text):
+    """Surgery runs on names before any model maps modules, so `type:` could select nothing:
+    `--drop type:LayerNorm` said it "matches no tensor" and listed LayerNorm tensors as the
+    closest names."""
+    with pytest.raises(RuleError, match="by name") as info:
+        parse(text)
+    assert info.value.exit_code == 2 and "type:" in str(info.value)
+
+
+def test_drop_by_module_type_through_the_cli_says_why(model, tmp_path):
+    res = run("apply", model[0], "--drop", "type:Linear", "-o", tmp_path / "o.safetensors")
+    assert res.exit_code == 2 and "by name" in res.stderr and "matches no tensor" not in res.stderr
+    assert not (tmp_path / "o.safetensors").exists()
+
+
 def refs(*names: str) -> list[TensorRef]:
     return [TensorRef(n, "float32", (2,), "") for n in names]
 

@@ -120,8 +120,9 @@ def report(
 ) -> None:
     """The per-tensor std report of a checkpoint as it is (before/after with --against).
 
-    Flags (nonfinite, garbage, constant, std_off, outlier, unstable_depth) are shown and the
-    exit status is 0, unless --fail-on names one that a tensor carries (exit 1)."""
+    Flags (nonfinite, garbage, constant, std_off, off_reference, untrained, outlier,
+    unstable_depth) are shown and the exit status is 0, unless --fail-on names one that a
+    tensor carries (exit 1)."""
     from reinit.io.targets import check_suffix
     from reinit.report.views import note_lines, render_terminal
     from reinit.tools.audit import write_report_files

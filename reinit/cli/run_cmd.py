@@ -137,7 +137,7 @@ def run(
 
         raise UsageError(
             f"{recipe}: reinit run does not split across processes; run it without torchrun "
-            "(apply and report do split)"
+            "(apply, new and report do split)"
         )
     result = run_recipe(loaded, progress=progress_on(quiet))
     warn_all(result.warnings)

@@ -151,8 +151,20 @@ def _check_add_size(where: str, shape: tuple[int, ...], dtype: torch.dtype) -> N
 
 
 def parse_drop(text: str) -> DropSpec:
-    """`--drop PATTERN`: any rule pattern."""
-    return DropSpec(text, parse_pattern(text.strip()))
+    """`--drop PATTERN`: a rule's glob or `re:` pattern."""
+    return DropSpec(text, _name_pattern(text.strip(), "--drop"))
+
+
+def _name_pattern(text: str, flag: str) -> Pattern:
+    """A surgery pattern: surgery runs on the names before any model maps its modules, so a
+    `type:` pattern would select nothing (and the closest names would be its own tensors)."""
+    pattern = parse_pattern(text)
+    if pattern.module_types:
+        raise RuleError(
+            f"{flag} {text}: surgery selects tensors by name, before --model maps modules, so "
+            "type: patterns cannot select here; give a glob or re: pattern"
+        )
+    return pattern
 
 
 def parse_rename(text: str) -> RenameSpec:
@@ -166,7 +178,7 @@ def parse_rename(text: str) -> RenameSpec:
     template = right.strip()
     if not template:
         raise RuleError(f"--rename {text!r}: the template after '=' is empty")
-    return RenameSpec(text, parse_pattern(left.strip()), template)
+    return RenameSpec(text, _name_pattern(left.strip(), "--rename"), template)
 
 
 def parse_surgery(

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from reinit.errors import OutputError, ReinitError, UsageError
+from reinit.io.checkpoint import Checkpoint
 from reinit.io.confine import extras_to_copy
 from reinit.io.formats import DcpBox, dtype_name, name_size
 from reinit.io.memory import reshaped
@@ -45,7 +46,9 @@ from reinit.run.output import (
     OutputSpec,
     check_no_stale_shards,
     check_unread_names,
+    default_output,
     output_files,
+    output_format,
     refuse_lossy_in_place,
     refuse_unread_in_place,
     resolve_output,
@@ -213,21 +216,32 @@ def _output_spec(
     folder of the same stem."""
     source, ckpt = prepared.job.source_text, prepared.ckpt
     output, overwrite, in_place = request.output, o.overwrite, o.in_place
+    if output is None and not in_place and request.max_shard is not None:
+        output = _default_shard_folder(source, ckpt)
     spec = resolve_output(
         source, ckpt, output, overwrite=overwrite, in_place=in_place, inputs=inputs
     )
     spec = with_format(spec, o.format, request.max_shard is not None)
     refuse_unread_in_place(source, ckpt.kind, spec)
     refuse_lossy_in_place(source, ckpt, spec)
-    if request.max_shard is None or spec.fmt in ("directory", "dcp"):
-        return spec
-    if output is not None or in_place:
+    if request.max_shard is not None and spec.fmt not in ("directory", "dcp"):
         raise UsageError(
             f"-o {spec.path}: --max-shard-size writes a folder of shards; give a "
             "folder as -o (e.g. -o out/)"
         )
-    folder = str(spec.path.with_name(spec.path.name.split(".safetensors")[0])) + "/"
-    return resolve_output(source, ckpt, folder, overwrite=overwrite, in_place=False, inputs=inputs)
+    return spec
+
+
+def _default_shard_folder(source: str, ckpt: Checkpoint) -> str | None:
+    """The default output under `--max-shard-size`: a file default (`X.reinit.safetensors`)
+    becomes the folder of that stem (`X.reinit/`), the path then checked for existence (not
+    the file this run does not write); a folder default stays as it is (None)."""
+    if ckpt.kind == "memory":
+        return None  # no default output: resolve_output says so
+    default = default_output(source, ckpt)
+    if output_format(os.fspath(default)) != "safetensors":
+        return None
+    return str(default.with_name(default.name.split(".safetensors")[0])) + "/"
 
 
 def _side_targets(spec: OutputSpec, o: ApplyOptions, inputs: Inputs) -> list[SideOutput]:

@@ -83,7 +83,7 @@ def output_format(path: str) -> str:
 
 def default_output(source: str, ckpt: Checkpoint) -> Path:
     """docs/reference.md, "Sources and outputs": X.safetensors / X.bin -> X.reinit.safetensors; D -> D-reinit/;
-    hf://OWNER/NAME -> ./NAME-reinit/."""
+    a DCP or ZeRO folder D -> D.reinit.safetensors; hf://OWNER/NAME -> ./NAME-reinit/."""
     if is_hf_url(source):
         return Path.cwd() / f"{parse_hf_url(source).name}-reinit"
     p = Path(source)
@@ -91,6 +91,8 @@ def default_output(source: str, ckpt: Checkpoint) -> Path:
         p = Path(os.path.abspath(p))
     if ckpt.kind == "directory":
         return p.parent / f"{p.resolve().name}-reinit"
+    if ckpt.kind in ("dcp", "zero"):  # a folder: its whole name (`run.v2` has no suffix)
+        return p.parent / f"{p.resolve().name}.reinit.safetensors"
     return p.with_name(p.stem + ".reinit.safetensors")
 
 

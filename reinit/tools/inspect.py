@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from reinit.errors import RuleError
 from reinit.io.checkpoint import Checkpoint, FileTensor
 from reinit.io.formats import CODE_NAMES, pread_into
 from reinit.io.sources import open_checkpoint
@@ -67,6 +68,11 @@ def _matcher(pattern: str | None) -> Callable[[str], bool]:
     from reinit.rules import parse_pattern
 
     pat = parse_pattern(pattern)
+    if pat.module_types:  # it would match nothing, as if the checkpoint had no such module
+        raise RuleError(
+            f"--filter {pattern}: selecting by module type needs a model, which inspect does "
+            "not take; give a glob or re: pattern (e.g. '*.attention.*')"
+        )
     return lambda name: pat.match(name) is not None
 
 
