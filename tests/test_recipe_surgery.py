@@ -145,3 +145,28 @@ def test_surgery_at_the_top_of_a_multi_step_recipe_is_refused(tmp_path, monkeypa
         "  - rules: ['*.bias=zeros']\n"
     )
     refused(tmp_path, ["run", "r.yaml"], 2, "step 0", "give 1 dims")
+
+
+def test_a_tensor_redrawn_then_renamed_is_reported_as_redrawn(tmp_path, monkeypatch):
+    """Step 1 redraws a tensor, step 2 renames it: the merged report follows the rename back
+    to step 1 (it once reported the redrawn tensor `kept`, with no rule and no step note)."""
+    monkeypatch.chdir(tmp_path)
+    _gpt2(tmp_path / "gpt2")
+    old, new = "transformer.h.0.attn.c_proj.weight", "transformer.h.0.attn.out_proj.weight"
+    Path("r.yaml").write_text(
+        "source: gpt2\noutput: o.safetensors\nsteps:\n"
+        f"  - rules: ['{old}=normal(std=0.5)']\n"
+        f"  - rename: ['{old}={new}']\n"
+        "    rules: ['transformer.ln_f.bias=ones']\n"
+    )
+    res = run("run", "r.yaml", "--json", "-q")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    entry = {t["name"]: t for t in report["tensors"]}[new]
+    assert entry["action"] == "reinit"
+    assert entry["rule"] == f"{old}=normal(std=0.5)"
+    assert entry["expected_std"] == 0.5
+    assert entry["before"]["std"] < 0.05 < 0.4 < entry["after"]["std"]
+    assert entry["notes"] == [f"renamed from {old}", "changed by step 1"]
+    assert "off_reference" in entry["flags"]
+    assert report["summary"]["reinit"] == 2

@@ -14,7 +14,7 @@ from reinit.errors import UsageError
 from reinit.io.checkpoint import Checkpoint
 from reinit.io.memory import StateDictCheckpoint
 from reinit.options import ApplyOptions
-from reinit.planning.planner import Plan
+from reinit.planning.planner import NOTE_RENAMED, Plan
 from reinit.recipe.validate import Recipe, Step
 from reinit.report.entries import Report, TensorEntry
 
@@ -185,12 +185,27 @@ def _naming(step: Step) -> Iterator[None]:
         raise type(e)(f"{step.label}: {e}") from None
 
 
-def step_note(name: str, steps: Sequence[Mapping[str, TensorEntry]]) -> tuple[str, ...]:
-    """`changed by step 2` / `changed by steps 1, 3` (1-based), or nothing if no step did."""
-    which = [str(i + 1) for i, s in enumerate(steps) if name in s and s[name].changes]
+def step_note(seen: Sequence[tuple[int, TensorEntry]]) -> tuple[str, ...]:
+    """`changed by step 2` / `changed by steps 1, 3` (1-based), or nothing if no step did;
+    `seen`: the tensor's entry in each step that had it (`lineage`)."""
+    which = [str(i + 1) for i, x in seen if x.changes]
     if not which:
         return ()
     return (f"changed by step{'s' if len(which) > 1 else ''} {', '.join(which)}",)
+
+
+def lineage(name: str, steps: Sequence[Mapping[str, TensorEntry]]) -> list[tuple[int, TensorEntry]]:
+    """The final tensor `name`'s entry in each step that had it, first step first, followed
+    back through each step's `--rename` (a step's entry is under the name that step gave it)."""
+    seen: list[tuple[int, TensorEntry]] = []
+    for i in range(len(steps) - 1, -1, -1):
+        x = steps[i].get(name)
+        if x is None:
+            break
+        seen.append((i, x))
+        old = next((n[len(NOTE_RENAMED) :] for n in x.notes if n.startswith(NOTE_RENAMED)), None)
+        name = old if old is not None else name
+    return seen[::-1]
 
 
 def merge_reports(
@@ -208,18 +223,21 @@ def merge_reports(
     steps = [{e.name: e for e in r.tensors} for r in reports]
     entries = []
     for e in final.tensors:
-        seen = [s[e.name] for s in steps if e.name in s]
+        trace = lineage(e.name, steps)
+        seen = [x for _, x in trace]
         changed = [x for x in seen if x.changes]
         acted = [x for x in seen if x.rule is not None]
         if changed:
-            entry = replace(changed[-1], before=changed[0].before, after=e.after, flags=())
+            entry = replace(
+                changed[-1], name=e.name, before=changed[0].before, after=e.after, flags=()
+            )
         elif acted:
-            entry = replace(acted[-1], after=e.after, flags=())
+            entry = replace(acted[-1], name=e.name, after=e.after, flags=())
         else:
             entry = replace(e, flags=())
         if len(reports) > 1:  # every step's notes (a step-1 resize's too), then which step
             earlier = [n for x in seen for n in x.notes]
-            notes = dict.fromkeys([*earlier, *entry.notes, *step_note(e.name, steps)])
+            notes = dict.fromkeys([*earlier, *entry.notes, *step_note(trace)])
             entry = replace(entry, notes=tuple(notes))
         entries.append(entry)
     done = finalize(entries, tolerance)
