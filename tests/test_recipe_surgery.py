@@ -170,3 +170,29 @@ def test_a_tensor_redrawn_then_renamed_is_reported_as_redrawn(tmp_path, monkeypa
     assert entry["notes"] == [f"renamed from {old}", "changed by step 1"]
     assert "off_reference" in entry["flags"]
     assert report["summary"]["reinit"] == 2
+
+
+def test_a_tensor_redrawn_then_shrunk_is_reported_as_written(tmp_path, monkeypatch):
+    """Step 1 redraws a tensor, step 2 shrinks it, and `checksums: true`: the merged entry
+    has the written tensor's shape, fans, var_gain and sha256 (it had step 1's shape and fans,
+    and no sha256 for any tensor an earlier step changed, so verify --report skipped them)."""
+    monkeypatch.chdir(tmp_path)
+    _gpt2(tmp_path / "gpt2")
+    fc, other = "transformer.h.0.mlp.c_fc.weight", "transformer.h.1.mlp.c_fc.weight"
+    Path("r.yaml").write_text(
+        "source: gpt2\noutput: o.safetensors\nchecksums: true\nsteps:\n"
+        f"  - rules: ['{fc}=normal(std=0.5)', '{other}=normal(std=0.5)']\n"
+        f"  - resize: ['{fc}=[8,*]']\n"
+        "    rules: ['transformer.ln_f.bias=ones']\n"
+    )
+    res = run("run", "r.yaml", "--json", "-q")
+    assert res.exit_code == 0, res.output
+    entries = {t["name"]: t for t in json.loads(res.stdout)["tensors"]}
+    written = load_file("o.safetensors")
+    fc_entry = entries[fc]
+    assert fc_entry["shape"] == [8, 128] == list(written[fc].shape)
+    assert (fc_entry["fan_in"], fc_entry["fan_out"]) == (128, 8)  # Conv1D [in, out]
+    assert fc_entry["var_gain"] == pytest.approx(128 * fc_entry["after"]["std"] ** 2)
+    assert all(t["sha256"] for t in entries.values())
+    verified = run("verify", "o.safetensors", "--report", "o.report.json")
+    assert verified.exit_code == 0, verified.output

@@ -208,6 +208,24 @@ def lineage(name: str, steps: Sequence[Mapping[str, TensorEntry]]) -> list[tuple
     return seen[::-1]
 
 
+def as_written(done: TensorEntry, final: TensorEntry) -> TensorEntry:
+    """The entry of the step that acted on a tensor (`done`: what was done, its expected and
+    reference std) with what the last step wrote (`final`: its name, shape, dtype, fans,
+    statistics and checksum), flags left to be recomputed."""
+    return replace(
+        done,
+        name=final.name,
+        shape=final.shape,
+        dtype=final.dtype,
+        fan_in=final.fan_in,
+        fan_out=final.fan_out,
+        after=final.after,
+        var_gain=final.var_gain,
+        sha256=final.sha256,
+        flags=(),
+    )
+
+
 def merge_reports(
     reports: Sequence[Report], seed: int, seconds: float, tolerance: float = 2.0
 ) -> Report:
@@ -228,11 +246,9 @@ def merge_reports(
         changed = [x for x in seen if x.changes]
         acted = [x for x in seen if x.rule is not None]
         if changed:
-            entry = replace(
-                changed[-1], name=e.name, before=changed[0].before, after=e.after, flags=()
-            )
+            entry = as_written(replace(changed[-1], before=changed[0].before), e)
         elif acted:
-            entry = replace(acted[-1], name=e.name, after=e.after, flags=())
+            entry = as_written(acted[-1], e)
         else:
             entry = replace(e, flags=())
         if len(reports) > 1:  # every step's notes (a step-1 resize's too), then which step
