@@ -196,3 +196,23 @@ def test_a_tensor_redrawn_then_shrunk_is_reported_as_written(tmp_path, monkeypat
     assert all(t["sha256"] for t in entries.values())
     verified = run("verify", "o.safetensors", "--report", "o.report.json")
     assert verified.exit_code == 0, verified.output
+
+
+def test_equal_to_source_is_not_kept_once_a_later_step_redraws_the_tensor(tmp_path, monkeypatch):
+    """Step 1 copies two tensors from a donor, step 2 redraws one: only the untouched one
+    still says `equal to source` (the redrawn one said it too, though its values were not)."""
+    monkeypatch.chdir(tmp_path)
+    _gpt2(tmp_path / "gpt2")
+    a, b = "transformer.h.0.attn.c_proj.weight", "transformer.h.1.attn.c_proj.weight"
+    save_file({a: torch.randn(32, 32), b: torch.randn(32, 32)}, "donor.safetensors")
+    Path("r.yaml").write_text(
+        "source: gpt2\noutput: o.safetensors\nsteps:\n"
+        "  - rules: ['*.attn.c_proj.weight=from(donor.safetensors)']\n"
+        f"  - rules: ['{b}=normal(std=0.02)']\n"
+    )
+    res = run("run", "r.yaml", "--json", "-q")
+    assert res.exit_code == 0, res.output
+    notes = {t["name"]: t["notes"] for t in json.loads(res.stdout)["tensors"]}
+    assert notes[a] == ["equal to source", "changed by step 1"]
+    assert notes[b] == ["changed by steps 1, 2"]
+    assert torch.equal(load_file("o.safetensors")[a], load_file("donor.safetensors")[a])

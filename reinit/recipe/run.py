@@ -15,6 +15,7 @@ from reinit.io.checkpoint import Checkpoint
 from reinit.io.memory import StateDictCheckpoint
 from reinit.options import ApplyOptions
 from reinit.planning.planner import NOTE_RENAMED, Plan
+from reinit.planning.transplant import EQUAL_TO_SOURCE
 from reinit.recipe.validate import Recipe, Step
 from reinit.report.entries import Report, TensorEntry
 
@@ -208,6 +209,16 @@ def lineage(name: str, steps: Sequence[Mapping[str, TensorEntry]]) -> list[tuple
     return seen[::-1]
 
 
+def step_notes(seen: Sequence[TensorEntry]) -> list[str]:
+    """Every step's notes on a tensor, in order, but `equal to source` where a later step
+    changed the tensor again (it says what the values are, and they are no longer that)."""
+    out: list[str] = []
+    for i, x in enumerate(seen):
+        redrawn = any(y.changes for y in seen[i + 1 :])
+        out += [n for n in x.notes if not (redrawn and n == EQUAL_TO_SOURCE)]
+    return out
+
+
 def as_written(done: TensorEntry, final: TensorEntry) -> TensorEntry:
     """The entry of the step that acted on a tensor (`done`: what was done, its expected and
     reference std) with what the last step wrote (`final`: its name, shape, dtype, fans,
@@ -252,8 +263,7 @@ def merge_reports(
         else:
             entry = replace(e, flags=())
         if len(reports) > 1:  # every step's notes (a step-1 resize's too), then which step
-            earlier = [n for x in seen for n in x.notes]
-            notes = dict.fromkeys([*earlier, *entry.notes, *step_note(trace)])
+            notes = dict.fromkeys([*step_notes(seen), *entry.notes, *step_note(trace)])
             entry = replace(entry, notes=tuple(notes))
         entries.append(entry)
     done = finalize(entries, tolerance)
