@@ -105,7 +105,10 @@ def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
             raise SchemeError(f"leaky_relu's negative slope must be a number, got {slope!r}")
         if not math.isfinite(slope):
             raise SchemeError(f"leaky_relu's negative slope must be finite, got {slope!r}")
-        return math.sqrt(2.0 / (1.0 + float(slope) ** 2))
+        try:
+            return math.sqrt(2.0 / (1.0 + float(slope) ** 2))  # torch's formula, to the bit
+        except OverflowError:  # slope**2 past float's range: the formula's limit
+            return math.sqrt(2.0) / abs(float(slope))
     raise SchemeError(
         f"unknown nonlinearity {nonlinearity!r}{_did_you_mean(nonlinearity)}; use one of: "
         f"{', '.join(NONLINEARITIES)} (or {', '.join(f'{a} = {b}' for a, b in ALIASES.items())})"
