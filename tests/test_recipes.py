@@ -434,3 +434,41 @@ def test_multi_step_report_says_which_step_changed_each_tensor(tmp_path, monkeyp
     assert res.exit_code == 0, res.output
     notes = {t["name"]: t["notes"] for t in json.loads(res.stdout)["tensors"]}
     assert notes == {"a": ["changed by step 1"], "b": ["changed by steps 1, 2"], "c": []}
+
+
+@pytest.mark.parametrize(
+    "rule, says",
+    [
+        ("head.weight=zeroes", "unknown scheme 'zeroes'"),
+        ("head.weight=normal(sd=1)", "normal has no argument 'sd'"),
+        ("head.weight=normal(std=-1)", "argument 'std' must be in [0, inf)"),
+        ("head.weight=normal(", "missing ')'"),
+        ("head.weight", "has no '='"),
+    ],
+)
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_a_bad_rule_names_the_line_it_is_written_on(tmp_path, monkeypatch, suffix, rule, says):
+    """A rule that does not parse (unknown scheme, bad argument or value, bad syntax) named
+    only the file (`r.yaml: rule ...`), in a step of a long recipe too; now its line."""
+    monkeypatch.chdir(tmp_path)
+    small_file(tmp_path / "m.safetensors")
+    doc = {
+        "source": "m.safetensors",
+        "steps": [{"rules": ["*.weight=zeros"]}, {"seed": 2, "rules": ["head.*=ones", rule]}],
+    }
+    recipe = write_recipe(tmp_path / f"r{suffix}", doc)
+    res = run("run", recipe, "--dry-run")
+    assert res.exit_code == 2
+    line = _line_of(recipe.read_text(), rule)
+    assert res.stderr.startswith("error: ") and len(res.stderr.splitlines()) == 1
+    assert f"r{suffix} line {line}: rule {rule!r}" in res.stderr, res.stderr
+    assert says in res.stderr
+
+
+def test_a_bad_rule_given_with_set_is_named_as_set_not_by_the_file_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    small_file(tmp_path / "m.safetensors")
+    recipe = write_recipe(tmp_path / "r.yaml", {"source": "m.safetensors", "rules": ["a=zeros"]})
+    res = run("run", recipe, "--set", 'rules=["head.weight=zeroes"]', "--dry-run")
+    assert res.exit_code == 2
+    assert res.stderr.startswith("error: --set rules: rule 'head.weight=zeroes'"), res.stderr

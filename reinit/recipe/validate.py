@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from reinit.errors import UsageError
+from reinit.errors import RuleError, UsageError
 from reinit.io.trust import TrustSpec
 from reinit.options import ApplyOptions, meta, option_names
 from reinit.recipe.files import (
@@ -23,6 +23,7 @@ from reinit.recipe.files import (
     read_recipe_file,
 )
 from reinit.recipe.trust import Grants, granted, granted_new, granted_writes
+from reinit.rules import parse_rule
 
 # A key's value after conversion by its kind (`_coerce`): lists become tuples of strings; a
 # `steps` value stays as parsed, checked step by step.
@@ -141,6 +142,8 @@ def apply_sets(data: dict[str, Data], where: Where, sets: Sequence[str]) -> None
         if not isinstance(node, dict) or not isinstance(last, str):
             raise UsageError(f"--set {key}: name a key, e.g. seed or steps.0.seed")
         node[last] = SetValue(value)
+        for inner in [w for w in where if w[: len(parts)] == tuple(parts)]:
+            del where[inner]  # the file's items under the key are gone with it
         where[tuple(parts)] = f"--set {key}"
 
 
@@ -358,7 +361,7 @@ def validate(data: Mapping[str, Data], where: Where, label: str) -> Recipe:
             name = str(f.get("name", ""))
             steps.append(
                 Step(
-                    rules=_rules(f),
+                    rules=_rules(f, ("steps", i), where, label),
                     options=_options(base, f, STEP_OPTION_KEYS),
                     name=name,
                     where=f"{label} step {i}" + (f" ({name})" if name else ""),
@@ -369,7 +372,7 @@ def validate(data: Mapping[str, Data], where: Where, label: str) -> Recipe:
             raise UsageError(
                 f"{label}: the recipe has no rules (give rules: [...] or steps: [...])"
             )
-        steps.append(Step(_rules(top), base, where=label))
+        steps.append(Step(_rules(top, (), where, label), base, where=label))
     output = top.get("output")
     return Recipe(
         path=label,
@@ -382,9 +385,16 @@ def validate(data: Mapping[str, Data], where: Where, label: str) -> Recipe:
     )
 
 
-def _rules(values: Mapping[str, Value]) -> tuple[str, ...]:
+def _rules(values: Mapping[str, Value], path: Path_, where: Where, label: str) -> tuple[str, ...]:
+    """The rules of a step (or of the recipe, `path` ()), each parsed here so that a bad rule,
+    scheme or argument names the line it is written on."""
     rules = values.get("rules", ())
     assert isinstance(rules, tuple)
+    for i, text in enumerate(rules):
+        try:
+            parse_rule(text)
+        except RuleError as e:
+            raise type(e)(f"{location(where, (*path, 'rules', i), label)}: {e}") from None
     return tuple(str(r) for r in rules)
 
 
