@@ -543,3 +543,11 @@ def test_gain_of_a_huge_slope_prints_its_limit():
     r = run("gain", "leaky_relu", "1e200")
     assert r.exit_code == 0, r.output
     assert r.stdout.strip() == "leaky_relu: gain 1.41421e-200"
+
+
+def test_inspect_filter_by_type_is_refused_not_an_empty_list(ckpt):
+    """`inspect --filter type:Linear` listed `0 tensors` and exit 0: a type: pattern never
+    matches without a model, and inspect reads none."""
+    r = run("inspect", ckpt, "--filter", "type:Linear")
+    assert r.exit_code == 2
+    assert r.stderr.startswith("error: --filter type:Linear: a type: pattern") and r.stdout == ""

@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from reinit.errors import UsageError
 from reinit.io.checkpoint import Checkpoint, FileTensor
 from reinit.io.formats import CODE_NAMES, pread_into
 from reinit.io.sources import open_checkpoint
@@ -50,7 +51,7 @@ def inspect_checkpoint(
     key: str = "",
 ) -> list[InspectRow]:
     """The tensors of a checkpoint (optionally only those matching `pattern`, a rule's
-    pattern: glob, `re:` or `type:`), reading a tensor only when `stats` asks for it. `key`:
+    name pattern: glob or `re:`; a `type:` one is a UsageError), reading a tensor only when `stats` asks for it. `key`:
     the state's dotted path inside a torch training checkpoint (`--key`)."""
     wanted = _matcher(pattern)
     with open_checkpoint(source, key=key) as ckpt:
@@ -67,6 +68,11 @@ def _matcher(pattern: str | None) -> Callable[[str], bool]:
     from reinit.rules import parse_pattern
 
     pat = parse_pattern(pattern)
+    if pat.module_types:  # it matches by the owning module's class: inspect reads no model
+        raise UsageError(
+            f"--filter {pattern}: a type: pattern selects by module class, which needs a "
+            "model; inspect reads only the checkpoint, so filter by name (a glob or re:)"
+        )
     return lambda name: pat.match(name) is not None
 
 
