@@ -472,3 +472,28 @@ def test_a_bad_rule_given_with_set_is_named_as_set_not_by_the_file_line(tmp_path
     res = run("run", recipe, "--set", 'rules=["head.weight=zeroes"]', "--dry-run")
     assert res.exit_code == 2
     assert res.stderr.startswith("error: --set rules: rule 'head.weight=zeroes'"), res.stderr
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".toml", ".json"])
+def test_a_number_too_long_for_python_is_a_usage_error_with_its_line(tmp_path, monkeypatch, suffix):
+    """A 5,000-digit integer (past Python's int-string cap) was `internal error: ValueError`,
+    exit 1, in every recipe form and in `--set seed=`."""
+    monkeypatch.chdir(tmp_path)
+    small_file(tmp_path / "m.safetensors")
+    huge = "9" * 5000
+    recipe = tmp_path / f"r{suffix}"
+    recipe.write_text(
+        {
+            ".yaml": f"source: m.safetensors\nrules: ['a=b']\nseed: {huge}\n",
+            ".toml": f'source = "m.safetensors"\nrules = ["a=b"]\nseed = {huge}\n',
+            ".json": f'{{"source": "m.safetensors",\n "rules": ["a=b"],\n "seed": {huge}}}',
+        }[suffix]
+    )
+    res = run("run", recipe, "--dry-run")
+    assert res.exit_code == 2, res.output
+    line = _line_of(recipe.read_text(), huge)
+    assert f"r{suffix} line {line}: a number of more than" in res.stderr
+    assert "internal error" not in res.output
+    ok = write_recipe(tmp_path / f"s{suffix}", {"source": "m.safetensors", "rules": ["a=b"]})
+    res = run("run", ok, "--set", f"seed={huge}", "--dry-run")
+    assert res.exit_code == 2 and "--set seed: 'seed' is an integer of 5000 digits" in res.stderr

@@ -314,6 +314,11 @@ def read_recipe_file(path: str | os.PathLike[str]) -> tuple[dict[str, Data], Whe
         raise UsageError(
             f"{label}: nested too deeply to parse; a recipe needs only a few levels"
         ) from None
+    except ValueError:  # Python's cap on an integer's digits (the parsers' other errors are theirs)
+        raise UsageError(
+            f"{_long_number(text, label)}: a number of more than "
+            f"{sys.get_int_max_str_digits()} digits; a recipe's numbers are short"
+        ) from None
     if data is None:
         raise UsageError(f"{label}: the recipe is empty; it needs at least source and rules")
     if not isinstance(data, dict):
@@ -321,6 +326,12 @@ def read_recipe_file(path: str | os.PathLike[str]) -> tuple[dict[str, Data], Whe
             f"{label}: a recipe is a mapping of keys (source, rules, …), not a {type(data).__name__}"
         )
     return data, where, label
+
+
+def _long_number(text: str, label: str) -> str:
+    """`label line N` of the first integer longer than Python converts, else `label`."""
+    m = re.search(rf"\d{{{sys.get_int_max_str_digits() + 1},}}", text)
+    return f"{label} line {text.count(chr(10), 0, m.start()) + 1}" if m else label
 
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

@@ -216,7 +216,12 @@ def _as_int(kind: Kind, value: Data, key: str, at: str) -> Value:
     if isinstance(value, int):
         return value
     if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
-        return int(value)
+        try:
+            return int(value)
+        except ValueError:  # more digits than Python converts
+            raise UsageError(
+                f"{at}: {key!r} is an integer of {len(value.strip())} digits; give a shorter one"
+            ) from None
     raise UsageError(f"{at}: {key!r} must be an integer, got {value!r}")
 
 
@@ -286,7 +291,7 @@ def _parse_set_list(text: str) -> Data:
 
         try:
             return yaml.safe_load(text)
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError):  # ValueError: an integer of too many digits
             return text
     return [text]
 
@@ -296,7 +301,7 @@ def _parse_set_any(text: str) -> Data:
 
     try:
         return yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):  # ValueError: an integer of too many digits
         return text
 
 
