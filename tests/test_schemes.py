@@ -13,7 +13,8 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from reinit.errors import SchemeError
+from reinit.errors import RuleError, SchemeError
+from reinit.rules import parse_rule
 from reinit.schemes import ALIASES, SCHEMES, bind_scheme, calculate_gain, generate, seed_for
 from reinit.schemes.gain import measure_gain
 
@@ -277,3 +278,10 @@ def test_leaky_relu_gain_of_a_huge_slope_is_its_limit_not_an_overflow(slope):
     """`reinit gain leaky_relu 1e200` was an internal error (torch's own formula overflows
     in slope**2): the gain is √2/|slope| there, the formula's limit."""
     assert calculate_gain("leaky_relu", slope) == pytest.approx(math.sqrt(2) / abs(slope))
+
+
+@pytest.mark.parametrize("sel", ["0:" + "9" * 5000, "9" * 5000 + ":1", "0:" + "9" * 19])
+def test_a_part_index_of_too_many_digits_is_a_rule_error(sel):
+    """`rows=0:<5,000 digits>` was `internal error: ValueError` (Python's cap on int())."""
+    with pytest.raises(RuleError, match="digits is past any tensor's size"):
+        parse_rule(f"w=normal(rows={sel})")
