@@ -497,3 +497,18 @@ def test_a_number_too_long_for_python_is_a_usage_error_with_its_line(tmp_path, m
     ok = write_recipe(tmp_path / f"s{suffix}", {"source": "m.safetensors", "rules": ["a=b"]})
     res = run("run", ok, "--set", f"seed={huge}", "--dry-run")
     assert res.exit_code == 2 and "--set seed: 'seed' is an integer of 5000 digits" in res.stderr
+
+
+def test_set_with_a_huge_or_non_ascii_step_index_names_the_missing_step(tmp_path, monkeypatch):
+    """`--set steps.<5,000 digits>.seed=1` was `internal error: ValueError`; `steps.١.seed`
+    (an Arabic-Indic one, which int() reads as 1) set steps[1] silently."""
+    monkeypatch.chdir(tmp_path)
+    small_file(tmp_path / "m.safetensors")
+    doc = {"source": "m.safetensors", "steps": [{"rules": ["a=b"]}, {"rules": ["a=b"]}]}
+    recipe = write_recipe(tmp_path / "r.yaml", doc)
+    for index in ("9" * 5000, "\u0661"):
+        res = run("run", recipe, "--set", f"steps.{index}.seed=1", "--dry-run")
+        assert res.exit_code == 2, res.output
+        assert res.stderr.startswith("error: --set steps.") and "internal" not in res.stderr
+    res = run("run", recipe, "--set", "steps.\u0661.seed=1", "--dry-run")
+    assert "error: --set steps.\u0661.seed: the recipe has no steps.\u0661" in res.stderr

@@ -127,7 +127,7 @@ def apply_sets(data: dict[str, Data], where: Where, sets: Sequence[str]) -> None
             raise UsageError(f"--set {item}: write KEY=VALUE, e.g. --set seed=3")
         key, value = item.split("=", 1)
         key = key.strip()
-        parts: list[str | int] = [int(p) if p.isdigit() else p for p in key.split(".")]
+        parts: list[str | int] = [_index_or_key(p) for p in key.split(".")]
         node: Data = data
         for depth, part in enumerate(parts[:-1]):
             found, node = _child(node, part)
@@ -145,6 +145,11 @@ def apply_sets(data: dict[str, Data], where: Where, sets: Sequence[str]) -> None
         for inner in [w for w in where if w[: len(parts)] == tuple(parts)]:
             del where[inner]  # the file's items under the key are gone with it
         where[tuple(parts)] = f"--set {key}"
+
+
+def _index_or_key(part: str) -> str | int:
+    """A list index (ASCII digits, at most 18: any list's length) or a mapping key."""
+    return int(part) if part.isascii() and part.isdigit() and len(part) <= 18 else part
 
 
 def _child(node: Data, part: str | int) -> tuple[bool, Data]:
