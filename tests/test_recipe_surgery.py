@@ -216,3 +216,26 @@ def test_equal_to_source_is_not_kept_once_a_later_step_redraws_the_tensor(tmp_pa
     assert notes[a] == ["equal to source", "changed by step 1"]
     assert notes[b] == ["changed by steps 1, 2"]
     assert torch.equal(load_file("o.safetensors")[a], load_file("donor.safetensors")[a])
+
+
+def test_the_report_lists_what_every_step_dropped(tmp_path, monkeypatch):
+    """A multi-step recipe's report said `"dropped": []` though its steps dropped tensors
+    (the merged report left the steps' dropped names out)."""
+    monkeypatch.chdir(tmp_path)
+    _gpt2(tmp_path / "gpt2")
+    Path("r.yaml").write_text(
+        "source: gpt2\noutput: o.safetensors\nsteps:\n"
+        "  - drop: ['transformer.h.1.ln_2.*']\n"
+        "    rules: ['transformer.ln_f.bias=ones']\n"
+        "  - drop: ['transformer.h.0.ln_2.weight']\n"
+        "    rules: ['transformer.ln_f.weight=zeros']\n"
+    )
+    res = run("run", "r.yaml", "--json", "-q")
+    assert res.exit_code == 0, res.output
+    dropped = json.loads(res.stdout)["dropped"]
+    assert dropped == [
+        "transformer.h.1.ln_2.bias",
+        "transformer.h.1.ln_2.weight",
+        "transformer.h.0.ln_2.weight",
+    ]
+    assert not set(dropped) & set(load_file("o.safetensors"))

@@ -278,6 +278,7 @@ def merge_reports(
         tensors=done,
         summary=summarize(done, final.summary.bytes_written, seconds),
         warnings=warnings,
+        dropped=tuple(n for rep in reports for n in rep.dropped),
         notes=tuple(n for rep in reports for n in rep.notes),
     )
 
