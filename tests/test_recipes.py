@@ -512,3 +512,13 @@ def test_set_with_a_huge_or_non_ascii_step_index_names_the_missing_step(tmp_path
         assert res.stderr.startswith("error: --set steps.") and "internal" not in res.stderr
     res = run("run", recipe, "--set", "steps.\u0661.seed=1", "--dry-run")
     assert "error: --set steps.\u0661.seed: the recipe has no steps.\u0661" in res.stderr
+
+
+def test_a_recipe_that_never_ends_is_read_only_up_to_the_cap(tmp_path, monkeypatch):
+    """A recipe path that is /dev/zero (a size of 0 by stat, endless to read) was read
+    whole: the 16 MiB cap was checked on st_size, and the read ran until memory ran out."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.yaml").symlink_to("/dev/zero")
+    res = run("run", "r.yaml", "--dry-run")
+    assert res.exit_code == 2
+    assert "r.yaml: the recipe is larger than 16 MiB" in res.stderr

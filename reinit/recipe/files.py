@@ -293,12 +293,14 @@ def read_recipe_file(path: str | os.PathLike[str]) -> tuple[dict[str, Data], Whe
             f"{label}: unknown recipe type {p.suffix or '(no suffix)'}; use .yaml, .yml, .toml or .json"
         )
     try:
-        if p.stat().st_size > MAX_RECIPE_BYTES:
+        with p.open("rb") as f:  # at most the cap: a size the file reports may be 0 (/dev/zero)
+            raw = f.read(MAX_RECIPE_BYTES + 1)
+        if len(raw) > MAX_RECIPE_BYTES:
             raise UsageError(
                 f"{label}: the recipe is larger than {MAX_RECIPE_BYTES // 2**20} MiB; "
                 "a recipe holds rules, not data"
             )
-        text = p.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise UsageError(f"{label}: no such recipe file") from None
     except (OSError, UnicodeDecodeError) as e:
