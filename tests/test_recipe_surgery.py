@@ -144,7 +144,7 @@ def test_surgery_at_the_top_of_a_multi_step_recipe_is_refused(tmp_path, monkeypa
         "source: m.safetensors\nsteps:\n  - resize: ['head.bias=[3,1]']\n"
         "  - rules: ['*.bias=zeros']\n"
     )
-    refused(tmp_path, ["run", "r.yaml"], 2, "step 0", "give 1 dims")
+    refused(tmp_path, ["run", "r.yaml"], 2, "step 1", "give 1 dims")
 
 
 def test_a_tensor_redrawn_then_renamed_is_reported_as_redrawn(tmp_path, monkeypatch):

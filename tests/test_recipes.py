@@ -312,7 +312,7 @@ def test_dry_run_plans_every_step_and_writes_nothing(tmp_path, monkeypatch):
     before = sorted(os.listdir(tmp_path))
     res = run("run", r, "--dry-run")
     assert res.exit_code == 0
-    assert "step 0:" in res.output and "step 1:" in res.output
+    assert "step 1:" in res.output and "step 2:" in res.output
     assert "bias_prior(p=0.2)" in res.output and "lecun_normal" in res.output
     assert sorted(os.listdir(tmp_path)) == before
 
@@ -416,7 +416,7 @@ def test_a_failing_later_step_names_the_step_and_writes_nothing(tmp_path, monkey
     before = sorted(os.listdir(tmp_path))
     res = run("run", r)
     assert res.exit_code == 2
-    assert "r.yaml step 1 (head): rule 'classifier.*=zeros' matches no tensor" in res.output
+    assert "r.yaml step 2 (head): rule 'classifier.*=zeros' matches no tensor" in res.output
     assert sorted(os.listdir(tmp_path)) == before
 
 
@@ -522,3 +522,23 @@ def test_a_recipe_that_never_ends_is_read_only_up_to_the_cap(tmp_path, monkeypat
     res = run("run", "r.yaml", "--dry-run")
     assert res.exit_code == 2
     assert "r.yaml: the recipe is larger than 16 MiB" in res.stderr
+
+
+def test_errors_the_dry_run_and_the_report_number_steps_alike(tmp_path, monkeypatch):
+    """The second step was `step 1 (b)` in errors and `step 1:` in the dry run, but
+    `changed by step 2` in the report: one step, two numbers. All count from 1 now."""
+    monkeypatch.chdir(tmp_path)
+    small_file(tmp_path / "m.safetensors")
+    doc = {
+        "source": "m.safetensors",
+        "output": "o.safetensors",
+        "steps": [{"rules": ["*.weight=zeros"]}, {"name": "b", "rules": ["head.bias=ones"]}],
+    }
+    recipe = write_recipe(tmp_path / "r.yaml", doc)
+    dry = run("run", recipe, "--dry-run")
+    assert dry.exit_code == 0 and "step 1:" in dry.output and "step 2 (b):" in dry.output
+    res = run("run", recipe, "--json", "-q")
+    notes = {t["name"]: t["notes"] for t in json.loads(res.stdout)["tensors"]}
+    assert notes["head.bias"] == ["changed by step 2"]
+    bad = run("run", recipe, "--set", "steps.1.rules=nothing.here=zeros", "--dry-run")
+    assert bad.exit_code == 2 and "r.yaml step 2 (b): rule 'nothing.here=zeros'" in bad.stderr

@@ -126,8 +126,9 @@ def run(
             warn_all(plan.warnings)
             if as_json and quiet:  # -q with --json: the JSON alone
                 continue
-            if len(plans) > 1:
-                click.echo(f"step {i}:", err=as_json)
+            if len(plans) > 1:  # numbered from 1, as the report's `changed by step N`
+                name = loaded.steps[i].name
+                click.echo(f"step {i + 1}" + (f" ({name})" if name else "") + ":", err=as_json)
             click.echo(render_plan(plan, width(), by=by, every=all_tensors), err=as_json)
         return
     from reinit.run.ranks import torchrun_world

@@ -367,14 +367,14 @@ def validate(data: Mapping[str, Data], where: Where, label: str) -> Recipe:
                 raise UsageError(f"{sat}: each step is a mapping with rules (and seed, strict, …)")
             f = _fields(step, STEP_KEYS, ("steps", i), where, label)
             if not f.get("rules") and not any(k in f for k in SURGERY):
-                raise UsageError(f"{sat}: step {i} has no rules")
+                raise UsageError(f"{sat}: step {i + 1} has no rules")
             name = str(f.get("name", ""))
             steps.append(
                 Step(
                     rules=_rules(f, ("steps", i), where, label),
                     options=_options(base, f, STEP_OPTION_KEYS),
                     name=name,
-                    where=f"{label} step {i}" + (f" ({name})" if name else ""),
+                    where=f"{label} step {i + 1}" + (f" ({name})" if name else ""),
                 )
             )
     else:
