@@ -542,3 +542,23 @@ def test_errors_the_dry_run_and_the_report_number_steps_alike(tmp_path, monkeypa
     assert notes["head.bias"] == ["changed by step 2"]
     bad = run("run", recipe, "--set", "steps.1.rules=nothing.here=zeros", "--dry-run")
     assert bad.exit_code == 2 and "r.yaml step 2 (b): rule 'nothing.here=zeros'" in bad.stderr
+
+
+@pytest.mark.parametrize("value", ["${OUT-model}", "${OUT:-${HOME}/m}", "${1}", "x${OUT"])
+def test_a_variable_reference_a_recipe_cannot_expand_is_refused(tmp_path, monkeypatch, value):
+    """`output: ${OUT-model}` (the shell's form without `:`) was kept as text: exit 0, the
+    output written to a folder literally named `${OUT-model}`, whatever OUT held."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OUT", "wanted")
+    small_file(tmp_path / "m.safetensors")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"source: m.safetensors\noutput: '{value}'\nrules: ['head.bias=ones']\n")
+    before = sorted(os.listdir(tmp_path))
+    res = run("run", recipe)
+    assert res.exit_code == 2, res.output
+    assert "r.yaml line 2: " in res.stderr and "expands only ${VAR} and ${VAR:-default}" in (
+        res.stderr
+    )
+    assert sorted(os.listdir(tmp_path)) == before
+    recipe.write_text("source: m.safetensors\noutput: '$${OUT}.safetensors'\nrules: ['a=ones']\n")
+    assert reinit.load_recipe(recipe).output == "${OUT}.safetensors"  # $$: a literal $

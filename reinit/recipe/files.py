@@ -336,7 +336,8 @@ def _long_number(text: str, label: str) -> str:
     return f"{label} line {text.count(chr(10), 0, m.start()) + 1}" if m else label
 
 
-_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# `$$`, `${VAR}`, `${VAR:-default}`, and (the last alternative) any other `${`, which is refused
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{")
 
 
 # Parts of an environment variable's name that mark a credential (HF_TOKEN, GITHUB_TOKEN,
@@ -361,7 +362,8 @@ def is_credential(name: str) -> bool:
 
 def expand_vars(text: str, where: str, env: Mapping[str, str] | None = None) -> str:
     """`${VAR}` -> the environment variable (an error when unset), `${VAR:-default}` -> it or
-    the default when unset or empty, `$$` -> `$`. A bare `$VAR` is left alone.
+    the default when unset or empty, `$$` -> `$`. A bare `$VAR` is left alone; any other `${`
+    (`${VAR-default}`, `${A:-${B}}`, `${1}`) is an error, not text kept in a path.
 
     >>> expand_vars("${MODEL}/x-${TAG:-v1} costs $$5, $HOME stays", "r.yaml", {"MODEL": "m"})
     'm/x-v1 costs $5, $HOME stays'
@@ -372,6 +374,11 @@ def expand_vars(text: str, where: str, env: Mapping[str, str] | None = None) -> 
         if m.group(0) == "$$":
             return "$"
         name, default = m.group(1), m.group(2)
+        if name is None or (default is not None and "${" in default):
+            raise UsageError(
+                f"{where}: {text[m.start() : m.start() + 40]!r}: a recipe expands only ${{VAR}} "
+                "and ${VAR:-default} (no nesting, no ${VAR-default}); write $$ for a literal $"
+            )
         if is_credential(name):
             raise UsageError(
                 f"{where}: ${{{name}}} names a credential; a recipe may not read one from the "
