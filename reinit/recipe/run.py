@@ -242,7 +242,8 @@ def merge_reports(
 ) -> Report:
     """One report for a multi-step run: each tensor as the last step that acted on it, with its
     std before the first change and after the last (and the reference scale of that step);
-    flags recomputed over the result, `off_reference` with `tolerance`. With more
+    flags recomputed over the result, `off_reference` with `tolerance`, `untrained` as the last
+    step found it on a tensor no step changed. With more
     than one step, a tensor keeps the notes every step gave it (`resized ...` by step 1 though
     step 2 redrew it), and one that changed carries the note `changed by step N`
     (`steps 1, 3`), numbered as the recipe's steps, so the report says which step did it."""
@@ -251,10 +252,13 @@ def merge_reports(
     final = reports[-1]
     steps = [{e.name: e for e in r.tensors} for r in reports]
     entries = []
+    never_trained = set()  # the last step's `untrained`, but where a step drew the values
     for e in final.tensors:
         trace = lineage(e.name, steps)
         seen = [x for _, x in trace]
         changed = [x for x in seen if x.changes]
+        if "untrained" in e.flags and not changed:
+            never_trained.add(e.name)
         acted = [x for x in seen if x.rule is not None]
         if changed:
             entry = as_written(replace(changed[-1], before=changed[0].before), e)
@@ -266,7 +270,7 @@ def merge_reports(
             notes = dict.fromkeys([*step_notes(seen), *entry.notes, *step_note(trace)])
             entry = replace(entry, notes=tuple(notes))
         entries.append(entry)
-    done = finalize(entries, tolerance)
+    done = finalize(entries, tolerance, never_trained)
     rules = tuple(r for rep in reports for r in rep.rules)
     warnings = tuple(w for rep in reports for w in rep.warnings)
     return Report(
