@@ -562,3 +562,18 @@ def test_a_variable_reference_a_recipe_cannot_expand_is_refused(tmp_path, monkey
     assert sorted(os.listdir(tmp_path)) == before
     recipe.write_text("source: m.safetensors\noutput: '$${OUT}.safetensors'\nrules: ['a=ones']\n")
     assert reinit.load_recipe(recipe).output == "${OUT}.safetensors"  # $$: a literal $
+
+
+def test_a_step_name_is_escaped_in_the_dry_run_heading(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    small_file(tmp_path / "m.safetensors")
+    doc = {
+        "source": "m.safetensors",
+        "steps": [
+            {"name": "a\x1b[2Jb", "rules": ["*.weight=zeros"]},
+            {"rules": ["head.bias=ones"]},
+        ],
+    }
+    res = run("run", write_recipe(tmp_path / "r.json", doc), "--dry-run")
+    assert res.exit_code == 0 and "step 1 (a\\x1b[2Jb):" in res.output
+    assert "\x1b" not in res.output

@@ -127,8 +127,12 @@ def run(
             if as_json and quiet:  # -q with --json: the JSON alone
                 continue
             if len(plans) > 1:  # numbered from 1, as the report's `changed by step N`
-                name = loaded.steps[i].name
-                click.echo(f"step {i + 1}" + (f" ({name})" if name else "") + ":", err=as_json)
+                from reinit.text import shown
+
+                name = loaded.steps[i].name  # as the recipe wrote it: escaped for the terminal
+                click.echo(
+                    f"step {i + 1}" + (f" ({shown(name)})" if name else "") + ":", err=as_json
+                )
             click.echo(render_plan(plan, width(), by=by, every=all_tensors), err=as_json)
         return
     from reinit.run.ranks import torchrun_world
