@@ -416,7 +416,8 @@ def test_a_failing_later_step_names_the_step_and_writes_nothing(tmp_path, monkey
     before = sorted(os.listdir(tmp_path))
     res = run("run", r)
     assert res.exit_code == 2
-    assert "r.yaml step 2 (head): rule 'classifier.*=zeros' matches no tensor" in res.output
+    line = _line_of(r.read_text(), "classifier.*=zeros")
+    assert f"r.yaml line {line} (step 2, head): rule 'classifier.*=zeros' matches no" in res.output
     assert sorted(os.listdir(tmp_path)) == before
 
 
@@ -461,7 +462,7 @@ def test_a_bad_rule_names_the_line_it_is_written_on(tmp_path, monkeypatch, suffi
     assert res.exit_code == 2
     line = _line_of(recipe.read_text(), rule)
     assert res.stderr.startswith("error: ") and len(res.stderr.splitlines()) == 1
-    assert f"r{suffix} line {line}: rule {rule!r}" in res.stderr, res.stderr
+    assert f"r{suffix} line {line} (step 2): rule {rule!r}" in res.stderr, res.stderr
     assert says in res.stderr
 
 
@@ -541,7 +542,9 @@ def test_errors_the_dry_run_and_the_report_number_steps_alike(tmp_path, monkeypa
     notes = {t["name"]: t["notes"] for t in json.loads(res.stdout)["tensors"]}
     assert notes["head.bias"] == ["changed by step 2"]
     bad = run("run", recipe, "--set", "steps.1.rules=nothing.here=zeros", "--dry-run")
-    assert bad.exit_code == 2 and "r.yaml step 2 (b): rule 'nothing.here=zeros'" in bad.stderr
+    assert (
+        bad.exit_code == 2 and "--set steps.1.rules (step 2, b): rule 'nothing.here" in bad.stderr
+    )
 
 
 @pytest.mark.parametrize("value", ["${OUT-model}", "${OUT:-${HOME}/m}", "${1}", "x${OUT"])
@@ -577,3 +580,24 @@ def test_a_step_name_is_escaped_in_the_dry_run_heading(tmp_path, monkeypatch):
     res = run("run", write_recipe(tmp_path / "r.json", doc), "--dry-run")
     assert res.exit_code == 0 and "step 1 (a\\x1b[2Jb):" in res.output
     assert "\x1b" not in res.output
+
+
+def test_a_rule_that_matches_nothing_names_its_line_in_the_run_and_the_dry_run(
+    tmp_path, monkeypatch
+):
+    """A one-step recipe's unmatched rule said `error: rule 'x' matches no tensor` in the run
+    (no file) but `r.yaml: rule ...` in its dry run; neither named the line."""
+    monkeypatch.chdir(tmp_path)
+    small_file(tmp_path / "m.safetensors")
+    doc = {
+        "source": "m.safetensors",
+        "output": "o.safetensors",
+        "rules": ["head.bias=ones", "nothing=zeros"],
+    }
+    recipe = write_recipe(tmp_path / "r.yaml", doc)
+    line = _line_of(recipe.read_text(), "nothing=zeros")
+    for args in ((), ("--dry-run",)):
+        res = run("run", recipe, *args)
+        assert res.exit_code == 2, res.output
+        assert f"r.yaml line {line}: rule 'nothing=zeros' matches no tensor" in res.stderr
+    assert not (tmp_path / "o.safetensors").exists()

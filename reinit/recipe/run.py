@@ -60,7 +60,8 @@ def run_recipe(recipe: Recipe, *, progress: bool = False) -> Report:
         )
     if len(recipe.steps) == 1 and not recipe.new:
         step = recipe.steps[0]
-        return apply(recipe.source, step.rules, recipe.output, options=_live(step, progress))
+        with _naming(step):  # as its dry run names its errors
+            return apply(recipe.source, step.rules, recipe.output, options=_live(step, progress))
     if len(recipe.steps) == 1:
         from reinit.run.new import new
 
@@ -179,11 +180,21 @@ def _live(step: Step, progress: bool) -> ApplyOptions:
 
 @contextmanager
 def _naming(step: Step) -> Iterator[None]:
-    """Prefix a step's usage errors with the step, so a multi-step error says where."""
+    """Prefix a step's usage errors with where they come from: the line of the rule an error
+    names (`r.yaml line 7 (step 2, head): rule '...' matches no tensor`), else the step."""
     try:
         yield
     except UsageError as e:
-        raise type(e)(f"{step.label}: {e}") from None
+        text = str(e)
+        at = next(
+            (
+                w
+                for r, w in zip(step.rules, step.rule_where, strict=False)
+                if text.startswith(f"rule {r!r}")
+            ),
+            step.label,
+        )
+        raise type(e)(f"{at}: {text}") from None
 
 
 def step_note(seen: Sequence[tuple[int, TensorEntry]]) -> tuple[str, ...]:

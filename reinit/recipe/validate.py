@@ -84,6 +84,8 @@ class Step:
     options: ApplyOptions
     name: str = ""
     where: str = ""
+    # where each rule is written, as errors name it: `r.yaml line 7 (step 2, head)`
+    rule_where: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -369,12 +371,18 @@ def validate(data: Mapping[str, Data], where: Where, label: str) -> Recipe:
             if not f.get("rules") and not any(k in f for k in SURGERY):
                 raise UsageError(f"{sat}: step {i + 1} has no rules")
             name = str(f.get("name", ""))
+            which = f"step {i + 1}" + (f", {name}" if name else "")
+            rules = _rules(f, ("steps", i), where, label, f" ({which})")
             steps.append(
                 Step(
-                    rules=_rules(f, ("steps", i), where, label),
+                    rules=rules,
                     options=_options(base, f, STEP_OPTION_KEYS),
                     name=name,
                     where=f"{label} step {i + 1}" + (f" ({name})" if name else ""),
+                    rule_where=tuple(
+                        f"{location(where, ('steps', i, 'rules', j), label)} ({which})"
+                        for j in range(len(rules))
+                    ),
                 )
             )
     else:
@@ -382,7 +390,9 @@ def validate(data: Mapping[str, Data], where: Where, label: str) -> Recipe:
             raise UsageError(
                 f"{label}: the recipe has no rules (give rules: [...] or steps: [...])"
             )
-        steps.append(Step(_rules(top, (), where, label), base, where=label))
+        rules = _rules(top, (), where, label)
+        at = tuple(location(where, ("rules", j), label) for j in range(len(rules)))
+        steps.append(Step(rules, base, where=label, rule_where=at))
     output = top.get("output")
     return Recipe(
         path=label,
@@ -395,16 +405,18 @@ def validate(data: Mapping[str, Data], where: Where, label: str) -> Recipe:
     )
 
 
-def _rules(values: Mapping[str, Value], path: Path_, where: Where, label: str) -> tuple[str, ...]:
+def _rules(
+    values: Mapping[str, Value], path: Path_, where: Where, label: str, which: str = ""
+) -> tuple[str, ...]:
     """The rules of a step (or of the recipe, `path` ()), each parsed here so that a bad rule,
-    scheme or argument names the line it is written on."""
+    scheme or argument names the line it is written on (and `which` step)."""
     rules = values.get("rules", ())
     assert isinstance(rules, tuple)
     for i, text in enumerate(rules):
         try:
             parse_rule(text)
         except RuleError as e:
-            raise type(e)(f"{location(where, (*path, 'rules', i), label)}: {e}") from None
+            raise type(e)(f"{location(where, (*path, 'rules', i), label)}{which}: {e}") from None
     return tuple(str(r) for r in rules)
 
 
