@@ -391,8 +391,8 @@ def validate(data: Mapping[str, Data], where: Where, label: str) -> Recipe:
                 f"{label}: the recipe has no rules (give rules: [...] or steps: [...])"
             )
         rules = _rules(top, (), where, label)
-        at = tuple(location(where, ("rules", j), label) for j in range(len(rules)))
-        steps.append(Step(rules, base, where=label, rule_where=at))
+        lines = tuple(location(where, ("rules", j), label) for j in range(len(rules)))
+        steps.append(Step(rules, base, where=label, rule_where=lines))
     output = top.get("output")
     return Recipe(
         path=label,
