@@ -285,3 +285,15 @@ def test_a_part_index_of_too_many_digits_is_a_rule_error(sel):
     """`rows=0:<5,000 digits>` was `internal error: ValueError` (Python's cap on int())."""
     with pytest.raises(RuleError, match="digits is past any tensor's size"):
         parse_rule(f"w=normal(rows={sel})")
+
+
+def test_measured_gains_of_a_huge_leaky_relu_slope_are_not_zero():
+    """`reinit gain leaky_relu 1e200 --measure` printed ratios of 0: f(x)² overflowed."""
+    from reinit.schemes.gain import measure_second_moment_gain
+
+    assert measure_gain("leaky_relu", 1e200) * 1e200 == pytest.approx(
+        measure_gain("leaky_relu", 1e20) * 1e20, rel=1e-6
+    )
+    assert measure_second_moment_gain("leaky_relu", 1e200) == pytest.approx(
+        calculate_gain("leaky_relu", 1e200), rel=0.01
+    )

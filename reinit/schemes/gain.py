@@ -164,8 +164,15 @@ def measure_gain(nonlinearity: str, param: float | None = None, n: int = 1_000_0
     import torch
 
     x = torch.randn(n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    y = activation(nonlinearity, param)(x)
-    return float(x.std() / y.std())
+    y, scale = _scaled(activation(nonlinearity, param)(x))
+    return float(x.std() / y.std()) / scale
+
+
+def _scaled(y: Tensor) -> tuple[Tensor, float]:
+    """`y`, or `y / s` and `s` = max |y| when squares of `y` would overflow float64 (a
+    leaky_relu slope of 1e200: its measured gain read 0)."""
+    s = float(y.abs().max()) if y.numel() else 0.0
+    return (y / s, s) if 1e150 < s < math.inf else (y, 1.0)
 
 
 def measure_second_moment_gain(
@@ -176,5 +183,5 @@ def measure_second_moment_gain(
     import torch
 
     x = torch.randn(n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    y = activation(nonlinearity, param)(x)
-    return float(x.pow(2).mean().sqrt() / y.pow(2).mean().sqrt())
+    y, scale = _scaled(activation(nonlinearity, param)(x))
+    return float(x.pow(2).mean().sqrt() / y.pow(2).mean().sqrt()) / scale
