@@ -554,3 +554,10 @@ def test_gain_of_a_non_finite_slope_is_refused(slope):
     r = run("gain", "leaky_relu", slope)
     assert r.exit_code == 2
     assert r.stderr.startswith("error: ") and "finite" in r.stderr
+
+
+def test_gain_of_a_huge_slope_prints_its_limit():
+    """`reinit gain leaky_relu 1e200` was `error: internal error: OverflowError`, exit 1."""
+    r = run("gain", "leaky_relu", "1e200")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip() == "leaky_relu: gain 1.41421e-200"

@@ -143,3 +143,19 @@ def test_diff_of_an_apply(tmp_path):
     assert [t.name for t in d.of("changed")] == ["layers.2.weight"]
     assert d.entry("layers.2.weight").rel_frobenius == pytest.approx(1.0)
     assert math.isclose(d.entry("layers.2.weight").std_b, 0.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8])
+def test_integer_tensors_are_compared_exactly(tmp_path, dtype):
+    """int64 values past 2^53 (a step counter, a hashed id) that differ by 1 were reported
+    `changed` with max |Δ| 0 and rel Δ 0: the difference was taken after a float64 cast."""
+    big = 2**53 if dtype == torch.int64 else 100
+    a = torch.tensor([big, 7, 3], dtype=dtype)
+    b = torch.tensor([big + 1, 7, 3], dtype=dtype)
+    save_file({"t": a}, tmp_path / "a.safetensors")
+    save_file({"t": b}, tmp_path / "b.safetensors")
+    d = reinit.diff_checkpoints(tmp_path / "a.safetensors", tmp_path / "b.safetensors")
+    t = d.entry("t")
+    assert t.status == "changed"
+    assert t.max_abs_diff == 1.0
+    assert t.rel_frobenius == pytest.approx(1 / math.sqrt(big**2 + 49 + 9))

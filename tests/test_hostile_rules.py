@@ -271,3 +271,29 @@ def test_bad_character_range_on_the_command_line(tmp_path):
         timeout=HANG_BOUND_S,
     )
     assert out.returncode == 2 and "a.[z-a]weight" in out.stderr
+
+
+HUGE = "9" * 5000  # past Python's 4,300-digit cap on int(): int(HUGE) raises ValueError
+
+
+@pytest.mark.parametrize(
+    "action, says",
+    [
+        (f"from(m.safetensors, key={{1+{HUGE}}})", "fields are {name}, {1}"),
+        (f"copy({{{HUGE}}})", "fields are {name}, {1}"),
+        (f"from(m.safetensors, chunk=0/{HUGE})", "must be I/N"),
+        (f"from(m.safetensors, chunk=0:{HUGE})", "must be I/N"),
+        (f"from(m.safetensors, grid={HUGE}x2, resample=bilinear)", "must be HxW"),
+        ("copy(l.{1" + "*999999999999999999" * 300 + "}.w)", "results must be below 2^63"),
+    ],
+)
+def test_numbers_too_long_for_int_are_rule_errors_not_internal_ones(tmp_path, action, says):
+    """Each was `internal error: ValueError: Exceeds the limit (4300 digits)`, exit 1."""
+    from helpers import run
+    from safetensors.torch import save_file
+
+    save_file({"l.0.w": torch.zeros(2, 2), "l.1.w": torch.zeros(2, 2)}, tmp_path / "m.safetensors")
+    res = run("apply", tmp_path / "m.safetensors", "-r", f"l.*.w={action}", "--dry-run")
+    assert res.exit_code == 2, res.output
+    assert res.stderr.startswith("error: ") and says in res.stderr
+    assert "internal error" not in res.output

@@ -189,7 +189,7 @@ def test_recipe_dry_run_equals_the_run_step_by_step(tmp_path, monkeypatch):
     before = sorted(p.name for p in tmp_path.iterdir())
     res = CliRunner().invoke(main, ["run", "r.yaml", "--dry-run"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    assert "enc.weight" in res.output and "step 1:" in res.output
+    assert "enc.weight" in res.output and "step 2:" in res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 

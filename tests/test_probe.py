@@ -199,3 +199,56 @@ def test_probe_of_a_missing_model_names_probe_not_a_model_flag(tmp_path: Path) -
     assert r.exit_code == 2
     assert r.output.startswith(f"error: reinit probe {tmp_path / 'nope'}: no such directory")
     assert "--model" not in r.output
+
+
+def test_probe_numbers_equal_a_hand_computation_with_torch(tmp_path: Path) -> None:
+    """Every layer's act_std and grad_std, and the growths, before and after the rules,
+    equal a plain torch forward/backward on the same weights, inputs (seed) and cotangents
+    (seed + 1)."""
+    import torch
+    from models_for_tests import mlp
+    from safetensors.torch import save_file
+
+    import reinit
+
+    torch.manual_seed(3)
+    model = mlp(depth=4, width=32, inputs=16)
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "w.safetensors"
+    )
+    got = probe(
+        "models_for_tests:mlp(depth=4, width=32, inputs=16)",
+        ["*.weight=kaiming_normal"],
+        input_shape=(8, 16),
+        seed=5,
+        checkpoint=str(tmp_path / "w.safetensors"),
+    )
+
+    def by_hand(state: dict[str, torch.Tensor]) -> tuple[list[tuple[float, float]], float]:
+        m = mlp(depth=4, width=32, inputs=16)
+        m.load_state_dict(state)
+        outs: list[torch.Tensor] = []
+
+        def keep(_m: torch.nn.Module, _i: object, o: torch.Tensor) -> None:
+            o.retain_grad()
+            outs.append(o)
+
+        for layer in m:
+            layer.register_forward_hook(keep)
+        y = m(torch.randn((8, 16), generator=torch.Generator().manual_seed(5)))
+        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(6)))
+
+        def std(t: torch.Tensor) -> float:
+            return float(t.detach().double().std(correction=0))
+
+        return [(std(o), std(o.grad)) for o in outs], std(y)
+
+    after, _ = reinit.apply_to_state_dict(model.state_dict(), ["*.weight=kaiming_normal"], seed=5)
+    for p, state in ((got.before, model.state_dict()), (got.after, after)):
+        assert p is not None
+        layers, out_std = by_hand(state)
+        assert [(x.act_std, x.grad_std) for x in p.layers] == layers
+        assert p.output_std == out_std
+        linear = [i for i, x in enumerate(p.layers) if x.type == "Linear"]
+        assert p.act_growth == layers[linear[-1]][0] / layers[linear[0]][0]
+        assert p.grad_growth == layers[linear[0]][1] / layers[linear[-1]][1]

@@ -144,4 +144,98 @@ def test_surgery_at_the_top_of_a_multi_step_recipe_is_refused(tmp_path, monkeypa
         "source: m.safetensors\nsteps:\n  - resize: ['head.bias=[3,1]']\n"
         "  - rules: ['*.bias=zeros']\n"
     )
-    refused(tmp_path, ["run", "r.yaml"], 2, "step 0", "give 1 dims")
+    refused(tmp_path, ["run", "r.yaml"], 2, "step 1", "give 1 dims")
+
+
+def test_a_tensor_redrawn_then_renamed_is_reported_as_redrawn(tmp_path, monkeypatch):
+    """Step 1 redraws a tensor, step 2 renames it: the merged report follows the rename back
+    to step 1 (it once reported the redrawn tensor `kept`, with no rule and no step note)."""
+    monkeypatch.chdir(tmp_path)
+    _gpt2(tmp_path / "gpt2")
+    old, new = "transformer.h.0.attn.c_proj.weight", "transformer.h.0.attn.out_proj.weight"
+    Path("r.yaml").write_text(
+        "source: gpt2\noutput: o.safetensors\nsteps:\n"
+        f"  - rules: ['{old}=normal(std=0.5)']\n"
+        f"  - rename: ['{old}={new}']\n"
+        "    rules: ['transformer.ln_f.bias=ones']\n"
+    )
+    res = run("run", "r.yaml", "--json", "-q")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    entry = {t["name"]: t for t in report["tensors"]}[new]
+    assert entry["action"] == "reinit"
+    assert entry["rule"] == f"{old}=normal(std=0.5)"
+    assert entry["expected_std"] == 0.5
+    assert entry["before"]["std"] < 0.05 < 0.4 < entry["after"]["std"]
+    assert entry["notes"] == [f"renamed from {old}", "changed by step 1"]
+    assert "off_reference" in entry["flags"]
+    assert report["summary"]["reinit"] == 2
+
+
+def test_a_tensor_redrawn_then_shrunk_is_reported_as_written(tmp_path, monkeypatch):
+    """Step 1 redraws a tensor, step 2 shrinks it, and `checksums: true`: the merged entry
+    has the written tensor's shape, fans, var_gain and sha256 (it had step 1's shape and fans,
+    and no sha256 for any tensor an earlier step changed, so verify --report skipped them)."""
+    monkeypatch.chdir(tmp_path)
+    _gpt2(tmp_path / "gpt2")
+    fc, other = "transformer.h.0.mlp.c_fc.weight", "transformer.h.1.mlp.c_fc.weight"
+    Path("r.yaml").write_text(
+        "source: gpt2\noutput: o.safetensors\nchecksums: true\nsteps:\n"
+        f"  - rules: ['{fc}=normal(std=0.5)', '{other}=normal(std=0.5)']\n"
+        f"  - resize: ['{fc}=[8,*]']\n"
+        "    rules: ['transformer.ln_f.bias=ones']\n"
+    )
+    res = run("run", "r.yaml", "--json", "-q")
+    assert res.exit_code == 0, res.output
+    entries = {t["name"]: t for t in json.loads(res.stdout)["tensors"]}
+    written = load_file("o.safetensors")
+    fc_entry = entries[fc]
+    assert fc_entry["shape"] == [8, 128] == list(written[fc].shape)
+    assert (fc_entry["fan_in"], fc_entry["fan_out"]) == (128, 8)  # Conv1D [in, out]
+    assert fc_entry["var_gain"] == pytest.approx(128 * fc_entry["after"]["std"] ** 2)
+    assert all(t["sha256"] for t in entries.values())
+    verified = run("verify", "o.safetensors", "--report", "o.report.json")
+    assert verified.exit_code == 0, verified.output
+
+
+def test_equal_to_source_is_not_kept_once_a_later_step_redraws_the_tensor(tmp_path, monkeypatch):
+    """Step 1 copies two tensors from a donor, step 2 redraws one: only the untouched one
+    still says `equal to source` (the redrawn one said it too, though its values were not)."""
+    monkeypatch.chdir(tmp_path)
+    _gpt2(tmp_path / "gpt2")
+    a, b = "transformer.h.0.attn.c_proj.weight", "transformer.h.1.attn.c_proj.weight"
+    save_file({a: torch.randn(32, 32), b: torch.randn(32, 32)}, "donor.safetensors")
+    Path("r.yaml").write_text(
+        "source: gpt2\noutput: o.safetensors\nsteps:\n"
+        "  - rules: ['*.attn.c_proj.weight=from(donor.safetensors)']\n"
+        f"  - rules: ['{b}=normal(std=0.02)']\n"
+    )
+    res = run("run", "r.yaml", "--json", "-q")
+    assert res.exit_code == 0, res.output
+    notes = {t["name"]: t["notes"] for t in json.loads(res.stdout)["tensors"]}
+    assert notes[a] == ["equal to source", "changed by step 1"]
+    assert notes[b] == ["changed by steps 1, 2"]
+    assert torch.equal(load_file("o.safetensors")[a], load_file("donor.safetensors")[a])
+
+
+def test_the_report_lists_what_every_step_dropped(tmp_path, monkeypatch):
+    """A multi-step recipe's report said `"dropped": []` though its steps dropped tensors
+    (the merged report left the steps' dropped names out)."""
+    monkeypatch.chdir(tmp_path)
+    _gpt2(tmp_path / "gpt2")
+    Path("r.yaml").write_text(
+        "source: gpt2\noutput: o.safetensors\nsteps:\n"
+        "  - drop: ['transformer.h.1.ln_2.*']\n"
+        "    rules: ['transformer.ln_f.bias=ones']\n"
+        "  - drop: ['transformer.h.0.ln_2.weight']\n"
+        "    rules: ['transformer.ln_f.weight=zeros']\n"
+    )
+    res = run("run", "r.yaml", "--json", "-q")
+    assert res.exit_code == 0, res.output
+    dropped = json.loads(res.stdout)["dropped"]
+    assert dropped == [
+        "transformer.h.1.ln_2.bias",
+        "transformer.h.1.ln_2.weight",
+        "transformer.h.0.ln_2.weight",
+    ]
+    assert not set(dropped) & set(load_file("o.safetensors"))

@@ -312,7 +312,7 @@ def test_dry_run_plans_every_step_and_writes_nothing(tmp_path, monkeypatch):
     before = sorted(os.listdir(tmp_path))
     res = run("run", r, "--dry-run")
     assert res.exit_code == 0
-    assert "step 0:" in res.output and "step 1:" in res.output
+    assert "step 1:" in res.output and "step 2:" in res.output
     assert "bias_prior(p=0.2)" in res.output and "lecun_normal" in res.output
     assert sorted(os.listdir(tmp_path)) == before
 
@@ -416,7 +416,8 @@ def test_a_failing_later_step_names_the_step_and_writes_nothing(tmp_path, monkey
     before = sorted(os.listdir(tmp_path))
     res = run("run", r)
     assert res.exit_code == 2
-    assert "r.yaml step 1 (head): rule 'classifier.*=zeros' matches no tensor" in res.output
+    line = _line_of(r.read_text(), "classifier.*=zeros")
+    assert f"r.yaml line {line} (step 2, head): rule 'classifier.*=zeros' matches no" in res.output
     assert sorted(os.listdir(tmp_path)) == before
 
 
@@ -434,3 +435,169 @@ def test_multi_step_report_says_which_step_changed_each_tensor(tmp_path, monkeyp
     assert res.exit_code == 0, res.output
     notes = {t["name"]: t["notes"] for t in json.loads(res.stdout)["tensors"]}
     assert notes == {"a": ["changed by step 1"], "b": ["changed by steps 1, 2"], "c": []}
+
+
+@pytest.mark.parametrize(
+    "rule, says",
+    [
+        ("head.weight=zeroes", "unknown scheme 'zeroes'"),
+        ("head.weight=normal(sd=1)", "normal has no argument 'sd'"),
+        ("head.weight=normal(std=-1)", "argument 'std' must be in [0, inf)"),
+        ("head.weight=normal(", "missing ')'"),
+        ("head.weight", "has no '='"),
+    ],
+)
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_a_bad_rule_names_the_line_it_is_written_on(tmp_path, monkeypatch, suffix, rule, says):
+    """A rule that does not parse (unknown scheme, bad argument or value, bad syntax) named
+    only the file (`r.yaml: rule ...`), in a step of a long recipe too; now its line."""
+    monkeypatch.chdir(tmp_path)
+    small_file(tmp_path / "m.safetensors")
+    doc = {
+        "source": "m.safetensors",
+        "steps": [{"rules": ["*.weight=zeros"]}, {"seed": 2, "rules": ["head.*=ones", rule]}],
+    }
+    recipe = write_recipe(tmp_path / f"r{suffix}", doc)
+    res = run("run", recipe, "--dry-run")
+    assert res.exit_code == 2
+    line = _line_of(recipe.read_text(), rule)
+    assert res.stderr.startswith("error: ") and len(res.stderr.splitlines()) == 1
+    assert f"r{suffix} line {line} (step 2): rule {rule!r}" in res.stderr, res.stderr
+    assert says in res.stderr
+
+
+def test_a_bad_rule_given_with_set_is_named_as_set_not_by_the_file_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    small_file(tmp_path / "m.safetensors")
+    recipe = write_recipe(tmp_path / "r.yaml", {"source": "m.safetensors", "rules": ["a=zeros"]})
+    res = run("run", recipe, "--set", 'rules=["head.weight=zeroes"]', "--dry-run")
+    assert res.exit_code == 2
+    assert res.stderr.startswith("error: --set rules: rule 'head.weight=zeroes'"), res.stderr
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".toml", ".json"])
+def test_a_number_too_long_for_python_is_a_usage_error_with_its_line(tmp_path, monkeypatch, suffix):
+    """A 5,000-digit integer (past Python's int-string cap) was `internal error: ValueError`,
+    exit 1, in every recipe form and in `--set seed=`."""
+    monkeypatch.chdir(tmp_path)
+    small_file(tmp_path / "m.safetensors")
+    huge = "9" * 5000
+    recipe = tmp_path / f"r{suffix}"
+    recipe.write_text(
+        {
+            ".yaml": f"source: m.safetensors\nrules: ['a=b']\nseed: {huge}\n",
+            ".toml": f'source = "m.safetensors"\nrules = ["a=b"]\nseed = {huge}\n',
+            ".json": f'{{"source": "m.safetensors",\n "rules": ["a=b"],\n "seed": {huge}}}',
+        }[suffix]
+    )
+    res = run("run", recipe, "--dry-run")
+    assert res.exit_code == 2, res.output
+    line = _line_of(recipe.read_text(), huge)
+    assert f"r{suffix} line {line}: a number of more than" in res.stderr
+    assert "internal error" not in res.output
+    ok = write_recipe(tmp_path / f"s{suffix}", {"source": "m.safetensors", "rules": ["a=b"]})
+    res = run("run", ok, "--set", f"seed={huge}", "--dry-run")
+    assert res.exit_code == 2 and "--set seed: 'seed' is an integer of 5000 digits" in res.stderr
+
+
+def test_set_with_a_huge_or_non_ascii_step_index_names_the_missing_step(tmp_path, monkeypatch):
+    """`--set steps.<5,000 digits>.seed=1` was `internal error: ValueError`; `steps.١.seed`
+    (an Arabic-Indic one, which int() reads as 1) set steps[1] silently."""
+    monkeypatch.chdir(tmp_path)
+    small_file(tmp_path / "m.safetensors")
+    doc = {"source": "m.safetensors", "steps": [{"rules": ["a=b"]}, {"rules": ["a=b"]}]}
+    recipe = write_recipe(tmp_path / "r.yaml", doc)
+    for index in ("9" * 5000, "\u0661"):
+        res = run("run", recipe, "--set", f"steps.{index}.seed=1", "--dry-run")
+        assert res.exit_code == 2, res.output
+        assert res.stderr.startswith("error: --set steps.") and "internal" not in res.stderr
+    res = run("run", recipe, "--set", "steps.\u0661.seed=1", "--dry-run")
+    assert "error: --set steps.\u0661.seed: the recipe has no steps.\u0661" in res.stderr
+
+
+def test_a_recipe_that_never_ends_is_read_only_up_to_the_cap(tmp_path, monkeypatch):
+    """A recipe path that is /dev/zero (a size of 0 by stat, endless to read) was read
+    whole: the 16 MiB cap was checked on st_size, and the read ran until memory ran out."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.yaml").symlink_to("/dev/zero")
+    res = run("run", "r.yaml", "--dry-run")
+    assert res.exit_code == 2
+    assert "r.yaml: the recipe is larger than 16 MiB" in res.stderr
+
+
+def test_errors_the_dry_run_and_the_report_number_steps_alike(tmp_path, monkeypatch):
+    """The second step was `step 1 (b)` in errors and `step 1:` in the dry run, but
+    `changed by step 2` in the report: one step, two numbers. All count from 1 now."""
+    monkeypatch.chdir(tmp_path)
+    small_file(tmp_path / "m.safetensors")
+    doc = {
+        "source": "m.safetensors",
+        "output": "o.safetensors",
+        "steps": [{"rules": ["*.weight=zeros"]}, {"name": "b", "rules": ["head.bias=ones"]}],
+    }
+    recipe = write_recipe(tmp_path / "r.yaml", doc)
+    dry = run("run", recipe, "--dry-run")
+    assert dry.exit_code == 0 and "step 1:" in dry.output and "step 2 (b):" in dry.output
+    res = run("run", recipe, "--json", "-q")
+    notes = {t["name"]: t["notes"] for t in json.loads(res.stdout)["tensors"]}
+    assert notes["head.bias"] == ["changed by step 2"]
+    bad = run("run", recipe, "--set", "steps.1.rules=nothing.here=zeros", "--dry-run")
+    assert (
+        bad.exit_code == 2 and "--set steps.1.rules (step 2, b): rule 'nothing.here" in bad.stderr
+    )
+
+
+@pytest.mark.parametrize("value", ["${OUT-model}", "${OUT:-${HOME}/m}", "${1}", "x${OUT"])
+def test_a_variable_reference_a_recipe_cannot_expand_is_refused(tmp_path, monkeypatch, value):
+    """`output: ${OUT-model}` (the shell's form without `:`) was kept as text: exit 0, the
+    output written to a folder literally named `${OUT-model}`, whatever OUT held."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OUT", "wanted")
+    small_file(tmp_path / "m.safetensors")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"source: m.safetensors\noutput: '{value}'\nrules: ['head.bias=ones']\n")
+    before = sorted(os.listdir(tmp_path))
+    res = run("run", recipe)
+    assert res.exit_code == 2, res.output
+    assert "r.yaml line 2: " in res.stderr and "expands only ${VAR} and ${VAR:-default}" in (
+        res.stderr
+    )
+    assert sorted(os.listdir(tmp_path)) == before
+    recipe.write_text("source: m.safetensors\noutput: '$${OUT}.safetensors'\nrules: ['a=ones']\n")
+    assert reinit.load_recipe(recipe).output == "${OUT}.safetensors"  # $$: a literal $
+
+
+def test_a_step_name_is_escaped_in_the_dry_run_heading(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    small_file(tmp_path / "m.safetensors")
+    doc = {
+        "source": "m.safetensors",
+        "steps": [
+            {"name": "a\x1b[2Jb", "rules": ["*.weight=zeros"]},
+            {"rules": ["head.bias=ones"]},
+        ],
+    }
+    res = run("run", write_recipe(tmp_path / "r.json", doc), "--dry-run")
+    assert res.exit_code == 0 and "step 1 (a\\x1b[2Jb):" in res.output
+    assert "\x1b" not in res.output
+
+
+def test_a_rule_that_matches_nothing_names_its_line_in_the_run_and_the_dry_run(
+    tmp_path, monkeypatch
+):
+    """A one-step recipe's unmatched rule said `error: rule 'x' matches no tensor` in the run
+    (no file) but `r.yaml: rule ...` in its dry run; neither named the line."""
+    monkeypatch.chdir(tmp_path)
+    small_file(tmp_path / "m.safetensors")
+    doc = {
+        "source": "m.safetensors",
+        "output": "o.safetensors",
+        "rules": ["head.bias=ones", "nothing=zeros"],
+    }
+    recipe = write_recipe(tmp_path / "r.yaml", doc)
+    line = _line_of(recipe.read_text(), "nothing=zeros")
+    for args in ((), ("--dry-run",)):
+        res = run("run", recipe, *args)
+        assert res.exit_code == 2, res.output
+        assert f"r.yaml line {line}: rule 'nothing=zeros' matches no tensor" in res.stderr
+    assert not (tmp_path / "o.safetensors").exists()

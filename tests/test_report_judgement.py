@@ -596,3 +596,27 @@ def test_report_against_prints_apply_s_notes(tmp_path):
     assert moved in notes and moved in applied.stderr.splitlines()
     # the two kept tensors' cast (apply counts the re-initialized one's too)
     assert "note: lossy cast float32 -> bfloat16 (2 tensors, e.g. conv1.weight)" in notes
+
+
+def test_a_multi_step_recipe_still_finds_the_untrained_matrix(minilm, tmp_path, monkeypatch):
+    """A recipe of two steps reported no `untrained` tensor where `apply` of either step found
+    MiniLM's one matrix left at its init (the merged report dropped every step's flag); a
+    matrix a step redrew (fresh, on purpose) is still not flagged."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "minilm"
+    path.mkdir()
+    sd = load_file(minilm / "model.safetensors")
+    g = torch.Generator().manual_seed(0)
+    sd[QUERY3] = torch.randn(sd[QUERY3].shape, generator=g) * 0.02
+    save_file(sd, path / "model.safetensors")
+    shutil.copy(minilm / "config.json", path)
+    key2 = "encoder.layer.2.attention.self.key.weight"
+    rules = ["pooler.dense.bias=zeros", f"{key2}=normal(std=0.02)"]
+    assert flagged(reinit.apply(path, rules, tmp_path / "a.safetensors"), "untrained") == [QUERY3]
+    for first, second in (rules, rules[::-1]):
+        Path("r.yaml").write_text(
+            f"source: minilm\noutput: o.safetensors\n"
+            f"steps:\n  - rules: ['{first}']\n  - rules: ['{second}']\n"
+        )
+        rep = reinit.run_recipe(reinit.load_recipe("r.yaml", overwrite=True))
+        assert flagged(rep, "untrained") == [QUERY3]

@@ -13,7 +13,8 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from reinit.errors import SchemeError
+from reinit.errors import RuleError, SchemeError
+from reinit.rules import parse_rule
 from reinit.schemes import ALIASES, SCHEMES, bind_scheme, calculate_gain, generate, seed_for
 from reinit.schemes.gain import measure_gain
 
@@ -253,3 +254,46 @@ def test_kaiming_with_a_gain_torch_does_not_name_is_torchs_own_fill(scheme, nonl
     else:
         ref = torch.empty(48, 24).uniform_(-math.sqrt(3.0) * std, math.sqrt(3.0) * std, generator=g)
     assert torch.equal(ours, ref)
+
+
+TORCH_NONLINEARITIES = [
+    *("linear", "conv1d", "conv2d", "conv3d"),
+    *("conv_transpose1d", "conv_transpose2d", "conv_transpose3d"),
+    *("sigmoid", "tanh", "relu", "leaky_relu", "selu"),
+]
+
+
+@pytest.mark.parametrize("nl", TORCH_NONLINEARITIES)
+def test_every_gain_torch_knows_is_torch_s_to_the_last_bit(nl):
+    assert calculate_gain(nl) == torch.nn.init.calculate_gain(nl)
+
+
+@pytest.mark.parametrize("slope", [0, 1, -1, 0.2, -0.2, 3, 1e-30, 1e6, 1e150])
+def test_leaky_relu_gain_is_torch_s_for_any_slope_torch_can_compute(slope):
+    assert calculate_gain("leaky_relu", slope) == torch.nn.init.calculate_gain("leaky_relu", slope)
+
+
+@pytest.mark.parametrize("slope", [1e155, -1e200, 1.7e308])
+def test_leaky_relu_gain_of_a_huge_slope_is_its_limit_not_an_overflow(slope):
+    """`reinit gain leaky_relu 1e200` was an internal error (torch's own formula overflows
+    in slope**2): the gain is √2/|slope| there, the formula's limit."""
+    assert calculate_gain("leaky_relu", slope) == pytest.approx(math.sqrt(2) / abs(slope))
+
+
+@pytest.mark.parametrize("sel", ["0:" + "9" * 5000, "9" * 5000 + ":1", "0:" + "9" * 19])
+def test_a_part_index_of_too_many_digits_is_a_rule_error(sel):
+    """`rows=0:<5,000 digits>` was `internal error: ValueError` (Python's cap on int())."""
+    with pytest.raises(RuleError, match="digits is past any tensor's size"):
+        parse_rule(f"w=normal(rows={sel})")
+
+
+def test_measured_gains_of_a_huge_leaky_relu_slope_are_not_zero():
+    """`reinit gain leaky_relu 1e200 --measure` printed ratios of 0: f(x)² overflowed."""
+    from reinit.schemes.gain import measure_second_moment_gain
+
+    assert measure_gain("leaky_relu", 1e200) * 1e200 == pytest.approx(
+        measure_gain("leaky_relu", 1e20) * 1e20, rel=1e-6
+    )
+    assert measure_second_moment_gain("leaky_relu", 1e200) == pytest.approx(
+        calculate_gain("leaky_relu", 1e200), rel=0.01
+    )

@@ -126,8 +126,13 @@ def run(
             warn_all(plan.warnings)
             if as_json and quiet:  # -q with --json: the JSON alone
                 continue
-            if len(plans) > 1:
-                click.echo(f"step {i}:", err=as_json)
+            if len(plans) > 1:  # numbered from 1, as the report's `changed by step N`
+                from reinit.text import shown
+
+                name = loaded.steps[i].name  # as the recipe wrote it: escaped for the terminal
+                click.echo(
+                    f"step {i + 1}" + (f" ({shown(name)})" if name else "") + ":", err=as_json
+                )
             click.echo(render_plan(plan, width(), by=by, every=all_tensors), err=as_json)
         return
     from reinit.run.ranks import torchrun_world

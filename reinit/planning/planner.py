@@ -22,6 +22,7 @@ __all__ = [
     "ACTIONS",
     "CHANGING_ACTIONS",
     "NEEDS_MODEL",
+    "NOTE_RENAMED",
     "Plan",
     "PlanEntry",
     "TensorLike",
@@ -33,6 +34,10 @@ __all__ = [
     "type_hint",
     "why_cannot_take",
 ]
+
+
+# The note of a tensor `--rename` renamed, before its old name: `renamed from OLD`.
+NOTE_RENAMED = "renamed from "
 
 
 class TensorLike(Protocol):
@@ -74,7 +79,7 @@ class PlanEntry:
         """What surgery did to this tensor, for the report."""
         if self.added:
             return ("added",)
-        renamed = () if self.renamed_from is None else (f"renamed from {self.renamed_from}",)
+        renamed = () if self.renamed_from is None else (f"{NOTE_RENAMED}{self.renamed_from}",)
         return renamed + (() if self.resized is None else (self.resized,))
 
     @property

@@ -293,12 +293,14 @@ def read_recipe_file(path: str | os.PathLike[str]) -> tuple[dict[str, Data], Whe
             f"{label}: unknown recipe type {p.suffix or '(no suffix)'}; use .yaml, .yml, .toml or .json"
         )
     try:
-        if p.stat().st_size > MAX_RECIPE_BYTES:
+        with p.open("rb") as f:  # at most the cap: a size the file reports may be 0 (/dev/zero)
+            raw = f.read(MAX_RECIPE_BYTES + 1)
+        if len(raw) > MAX_RECIPE_BYTES:
             raise UsageError(
                 f"{label}: the recipe is larger than {MAX_RECIPE_BYTES // 2**20} MiB; "
                 "a recipe holds rules, not data"
             )
-        text = p.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise UsageError(f"{label}: no such recipe file") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -314,6 +316,11 @@ def read_recipe_file(path: str | os.PathLike[str]) -> tuple[dict[str, Data], Whe
         raise UsageError(
             f"{label}: nested too deeply to parse; a recipe needs only a few levels"
         ) from None
+    except ValueError:  # Python's cap on an integer's digits (the parsers' other errors are theirs)
+        raise UsageError(
+            f"{_long_number(text, label)}: a number of more than "
+            f"{sys.get_int_max_str_digits()} digits; a recipe's numbers are short"
+        ) from None
     if data is None:
         raise UsageError(f"{label}: the recipe is empty; it needs at least source and rules")
     if not isinstance(data, dict):
@@ -323,7 +330,14 @@ def read_recipe_file(path: str | os.PathLike[str]) -> tuple[dict[str, Data], Whe
     return data, where, label
 
 
-_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+def _long_number(text: str, label: str) -> str:
+    """`label line N` of the first integer longer than Python converts, else `label`."""
+    m = re.search(rf"\d{{{sys.get_int_max_str_digits() + 1},}}", text)
+    return f"{label} line {text.count(chr(10), 0, m.start()) + 1}" if m else label
+
+
+# `$$`, `${VAR}`, `${VAR:-default}`, and (the last alternative) any other `${`, which is refused
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{")
 
 
 # Parts of an environment variable's name that mark a credential (HF_TOKEN, GITHUB_TOKEN,
@@ -348,7 +362,8 @@ def is_credential(name: str) -> bool:
 
 def expand_vars(text: str, where: str, env: Mapping[str, str] | None = None) -> str:
     """`${VAR}` -> the environment variable (an error when unset), `${VAR:-default}` -> it or
-    the default when unset or empty, `$$` -> `$`. A bare `$VAR` is left alone.
+    the default when unset or empty, `$$` -> `$`. A bare `$VAR` is left alone; any other `${`
+    (`${VAR-default}`, `${A:-${B}}`, `${1}`) is an error, not text kept in a path.
 
     >>> expand_vars("${MODEL}/x-${TAG:-v1} costs $$5, $HOME stays", "r.yaml", {"MODEL": "m"})
     'm/x-v1 costs $5, $HOME stays'
@@ -359,6 +374,11 @@ def expand_vars(text: str, where: str, env: Mapping[str, str] | None = None) -> 
         if m.group(0) == "$$":
             return "$"
         name, default = m.group(1), m.group(2)
+        if name is None or (default is not None and "${" in default):
+            raise UsageError(
+                f"{where}: {text[m.start() : m.start() + 40]!r}: a recipe expands only ${{VAR}} "
+                "and ${VAR:-default} (no nesting, no ${VAR-default}); write $$ for a literal $"
+            )
         if is_credential(name):
             raise UsageError(
                 f"{where}: ${{{name}}} names a credential; a recipe may not read one from the "

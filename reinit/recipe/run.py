@@ -14,7 +14,8 @@ from reinit.errors import UsageError
 from reinit.io.checkpoint import Checkpoint
 from reinit.io.memory import StateDictCheckpoint
 from reinit.options import ApplyOptions
-from reinit.planning.planner import Plan
+from reinit.planning.planner import NOTE_RENAMED, Plan
+from reinit.planning.transplant import EQUAL_TO_SOURCE
 from reinit.recipe.validate import Recipe, Step
 from reinit.report.entries import Report, TensorEntry
 
@@ -59,7 +60,8 @@ def run_recipe(recipe: Recipe, *, progress: bool = False) -> Report:
         )
     if len(recipe.steps) == 1 and not recipe.new:
         step = recipe.steps[0]
-        return apply(recipe.source, step.rules, recipe.output, options=_live(step, progress))
+        with _naming(step):  # as its dry run names its errors
+            return apply(recipe.source, step.rules, recipe.output, options=_live(step, progress))
     if len(recipe.steps) == 1:
         from reinit.run.new import new
 
@@ -178,19 +180,72 @@ def _live(step: Step, progress: bool) -> ApplyOptions:
 
 @contextmanager
 def _naming(step: Step) -> Iterator[None]:
-    """Prefix a step's usage errors with the step, so a multi-step error says where."""
+    """Prefix a step's usage errors with where they come from: the line of the rule an error
+    names (`r.yaml line 7 (step 2, head): rule '...' matches no tensor`), else the step."""
     try:
         yield
     except UsageError as e:
-        raise type(e)(f"{step.label}: {e}") from None
+        text = str(e)
+        at = next(
+            (
+                w
+                for r, w in zip(step.rules, step.rule_where, strict=False)
+                if text.startswith(f"rule {r!r}")
+            ),
+            step.label,
+        )
+        raise type(e)(f"{at}: {text}") from None
 
 
-def step_note(name: str, steps: Sequence[Mapping[str, TensorEntry]]) -> tuple[str, ...]:
-    """`changed by step 2` / `changed by steps 1, 3` (1-based), or nothing if no step did."""
-    which = [str(i + 1) for i, s in enumerate(steps) if name in s and s[name].changes]
+def step_note(seen: Sequence[tuple[int, TensorEntry]]) -> tuple[str, ...]:
+    """`changed by step 2` / `changed by steps 1, 3` (1-based), or nothing if no step did;
+    `seen`: the tensor's entry in each step that had it (`lineage`)."""
+    which = [str(i + 1) for i, x in seen if x.changes]
     if not which:
         return ()
     return (f"changed by step{'s' if len(which) > 1 else ''} {', '.join(which)}",)
+
+
+def lineage(name: str, steps: Sequence[Mapping[str, TensorEntry]]) -> list[tuple[int, TensorEntry]]:
+    """The final tensor `name`'s entry in each step that had it, first step first, followed
+    back through each step's `--rename` (a step's entry is under the name that step gave it)."""
+    seen: list[tuple[int, TensorEntry]] = []
+    for i in range(len(steps) - 1, -1, -1):
+        x = steps[i].get(name)
+        if x is None:
+            break
+        seen.append((i, x))
+        old = next((n[len(NOTE_RENAMED) :] for n in x.notes if n.startswith(NOTE_RENAMED)), None)
+        name = old if old is not None else name
+    return seen[::-1]
+
+
+def step_notes(seen: Sequence[TensorEntry]) -> list[str]:
+    """Every step's notes on a tensor, in order, but `equal to source` where a later step
+    changed the tensor again (it says what the values are, and they are no longer that)."""
+    out: list[str] = []
+    for i, x in enumerate(seen):
+        redrawn = any(y.changes for y in seen[i + 1 :])
+        out += [n for n in x.notes if not (redrawn and n == EQUAL_TO_SOURCE)]
+    return out
+
+
+def as_written(done: TensorEntry, final: TensorEntry) -> TensorEntry:
+    """The entry of the step that acted on a tensor (`done`: what was done, its expected and
+    reference std) with what the last step wrote (`final`: its name, shape, dtype, fans,
+    statistics and checksum), flags left to be recomputed."""
+    return replace(
+        done,
+        name=final.name,
+        shape=final.shape,
+        dtype=final.dtype,
+        fan_in=final.fan_in,
+        fan_out=final.fan_out,
+        after=final.after,
+        var_gain=final.var_gain,
+        sha256=final.sha256,
+        flags=(),
+    )
 
 
 def merge_reports(
@@ -198,7 +253,8 @@ def merge_reports(
 ) -> Report:
     """One report for a multi-step run: each tensor as the last step that acted on it, with its
     std before the first change and after the last (and the reference scale of that step);
-    flags recomputed over the result, `off_reference` with `tolerance`. With more
+    flags recomputed over the result, `off_reference` with `tolerance`, `untrained` as the last
+    step found it on a tensor no step changed. With more
     than one step, a tensor keeps the notes every step gave it (`resized ...` by step 1 though
     step 2 redrew it), and one that changed carries the note `changed by step N`
     (`steps 1, 3`), numbered as the recipe's steps, so the report says which step did it."""
@@ -207,22 +263,25 @@ def merge_reports(
     final = reports[-1]
     steps = [{e.name: e for e in r.tensors} for r in reports]
     entries = []
+    never_trained = set()  # the last step's `untrained`, but where a step drew the values
     for e in final.tensors:
-        seen = [s[e.name] for s in steps if e.name in s]
+        trace = lineage(e.name, steps)
+        seen = [x for _, x in trace]
         changed = [x for x in seen if x.changes]
+        if "untrained" in e.flags and not changed:
+            never_trained.add(e.name)
         acted = [x for x in seen if x.rule is not None]
         if changed:
-            entry = replace(changed[-1], before=changed[0].before, after=e.after, flags=())
+            entry = as_written(replace(changed[-1], before=changed[0].before), e)
         elif acted:
-            entry = replace(acted[-1], after=e.after, flags=())
+            entry = as_written(acted[-1], e)
         else:
             entry = replace(e, flags=())
         if len(reports) > 1:  # every step's notes (a step-1 resize's too), then which step
-            earlier = [n for x in seen for n in x.notes]
-            notes = dict.fromkeys([*earlier, *entry.notes, *step_note(e.name, steps)])
+            notes = dict.fromkeys([*step_notes(seen), *entry.notes, *step_note(trace)])
             entry = replace(entry, notes=tuple(notes))
         entries.append(entry)
-    done = finalize(entries, tolerance)
+    done = finalize(entries, tolerance, never_trained)
     rules = tuple(r for rep in reports for r in rep.rules)
     warnings = tuple(w for rep in reports for w in rep.warnings)
     return Report(
@@ -234,6 +293,7 @@ def merge_reports(
         tensors=done,
         summary=summarize(done, final.summary.bytes_written, seconds),
         warnings=warnings,
+        dropped=tuple(n for rep in reports for n in rep.dropped),
         notes=tuple(n for rep in reports for n in rep.notes),
     )
 

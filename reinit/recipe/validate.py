@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from reinit.errors import UsageError
+from reinit.errors import RuleError, UsageError
 from reinit.io.trust import TrustSpec
 from reinit.options import ApplyOptions, meta, option_names
 from reinit.recipe.files import (
@@ -23,6 +23,7 @@ from reinit.recipe.files import (
     read_recipe_file,
 )
 from reinit.recipe.trust import Grants, granted, granted_new, granted_writes
+from reinit.rules import parse_rule
 
 # A key's value after conversion by its kind (`_coerce`): lists become tuples of strings; a
 # `steps` value stays as parsed, checked step by step.
@@ -83,6 +84,8 @@ class Step:
     options: ApplyOptions
     name: str = ""
     where: str = ""
+    # where each rule is written, as errors name it: `r.yaml line 7 (step 2, head)`
+    rule_where: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -126,7 +129,7 @@ def apply_sets(data: dict[str, Data], where: Where, sets: Sequence[str]) -> None
             raise UsageError(f"--set {item}: write KEY=VALUE, e.g. --set seed=3")
         key, value = item.split("=", 1)
         key = key.strip()
-        parts: list[str | int] = [int(p) if p.isdigit() else p for p in key.split(".")]
+        parts: list[str | int] = [_index_or_key(p) for p in key.split(".")]
         node: Data = data
         for depth, part in enumerate(parts[:-1]):
             found, node = _child(node, part)
@@ -141,7 +144,14 @@ def apply_sets(data: dict[str, Data], where: Where, sets: Sequence[str]) -> None
         if not isinstance(node, dict) or not isinstance(last, str):
             raise UsageError(f"--set {key}: name a key, e.g. seed or steps.0.seed")
         node[last] = SetValue(value)
+        for inner in [w for w in where if w[: len(parts)] == tuple(parts)]:
+            del where[inner]  # the file's items under the key are gone with it
         where[tuple(parts)] = f"--set {key}"
+
+
+def _index_or_key(part: str) -> str | int:
+    """A list index (ASCII digits, at most 18: any list's length) or a mapping key."""
+    return int(part) if part.isascii() and part.isdigit() and len(part) <= 18 else part
 
 
 def _child(node: Data, part: str | int) -> tuple[bool, Data]:
@@ -213,7 +223,12 @@ def _as_int(kind: Kind, value: Data, key: str, at: str) -> Value:
     if isinstance(value, int):
         return value
     if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
-        return int(value)
+        try:
+            return int(value)
+        except ValueError:  # more digits than Python converts
+            raise UsageError(
+                f"{at}: {key!r} is an integer of {len(value.strip())} digits; give a shorter one"
+            ) from None
     raise UsageError(f"{at}: {key!r} must be an integer, got {value!r}")
 
 
@@ -283,7 +298,7 @@ def _parse_set_list(text: str) -> Data:
 
         try:
             return yaml.safe_load(text)
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError):  # ValueError: an integer of too many digits
             return text
     return [text]
 
@@ -293,7 +308,7 @@ def _parse_set_any(text: str) -> Data:
 
     try:
         return yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):  # ValueError: an integer of too many digits
         return text
 
 
@@ -354,14 +369,20 @@ def validate(data: Mapping[str, Data], where: Where, label: str) -> Recipe:
                 raise UsageError(f"{sat}: each step is a mapping with rules (and seed, strict, …)")
             f = _fields(step, STEP_KEYS, ("steps", i), where, label)
             if not f.get("rules") and not any(k in f for k in SURGERY):
-                raise UsageError(f"{sat}: step {i} has no rules")
+                raise UsageError(f"{sat}: step {i + 1} has no rules")
             name = str(f.get("name", ""))
+            which = f"step {i + 1}" + (f", {name}" if name else "")
+            rules = _rules(f, ("steps", i), where, label, f" ({which})")
             steps.append(
                 Step(
-                    rules=_rules(f),
+                    rules=rules,
                     options=_options(base, f, STEP_OPTION_KEYS),
                     name=name,
-                    where=f"{label} step {i}" + (f" ({name})" if name else ""),
+                    where=f"{label} step {i + 1}" + (f" ({name})" if name else ""),
+                    rule_where=tuple(
+                        f"{location(where, ('steps', i, 'rules', j), label)} ({which})"
+                        for j in range(len(rules))
+                    ),
                 )
             )
     else:
@@ -369,7 +390,9 @@ def validate(data: Mapping[str, Data], where: Where, label: str) -> Recipe:
             raise UsageError(
                 f"{label}: the recipe has no rules (give rules: [...] or steps: [...])"
             )
-        steps.append(Step(_rules(top), base, where=label))
+        rules = _rules(top, (), where, label)
+        lines = tuple(location(where, ("rules", j), label) for j in range(len(rules)))
+        steps.append(Step(rules, base, where=label, rule_where=lines))
     output = top.get("output")
     return Recipe(
         path=label,
@@ -382,9 +405,18 @@ def validate(data: Mapping[str, Data], where: Where, label: str) -> Recipe:
     )
 
 
-def _rules(values: Mapping[str, Value]) -> tuple[str, ...]:
+def _rules(
+    values: Mapping[str, Value], path: Path_, where: Where, label: str, which: str = ""
+) -> tuple[str, ...]:
+    """The rules of a step (or of the recipe, `path` ()), each parsed here so that a bad rule,
+    scheme or argument names the line it is written on (and `which` step)."""
     rules = values.get("rules", ())
     assert isinstance(rules, tuple)
+    for i, text in enumerate(rules):
+        try:
+            parse_rule(text)
+        except RuleError as e:
+            raise type(e)(f"{location(where, (*path, 'rules', i), label)}{which}: {e}") from None
     return tuple(str(r) for r in rules)
 
 

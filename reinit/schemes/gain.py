@@ -105,7 +105,10 @@ def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
             raise SchemeError(f"leaky_relu's negative slope must be a number, got {slope!r}")
         if not math.isfinite(slope):
             raise SchemeError(f"leaky_relu's negative slope must be finite, got {slope!r}")
-        return math.sqrt(2.0 / (1.0 + float(slope) ** 2))
+        try:
+            return math.sqrt(2.0 / (1.0 + float(slope) ** 2))  # torch's formula, to the bit
+        except OverflowError:  # slope**2 past float's range: the formula's limit
+            return math.sqrt(2.0) / abs(float(slope))
     raise SchemeError(
         f"unknown nonlinearity {nonlinearity!r}{_did_you_mean(nonlinearity)}; use one of: "
         f"{', '.join(NONLINEARITIES)} (or {', '.join(f'{a} = {b}' for a, b in ALIASES.items())})"
@@ -161,8 +164,15 @@ def measure_gain(nonlinearity: str, param: float | None = None, n: int = 1_000_0
     import torch
 
     x = torch.randn(n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    y = activation(nonlinearity, param)(x)
-    return float(x.std() / y.std())
+    y, scale = _scaled(activation(nonlinearity, param)(x))
+    return float(x.std() / y.std()) / scale
+
+
+def _scaled(y: Tensor) -> tuple[Tensor, float]:
+    """`y`, or `y / s` and `s` = max |y| when squares of `y` would overflow float64 (a
+    leaky_relu slope of 1e200: its measured gain read 0)."""
+    s = float(y.abs().max()) if y.numel() else 0.0
+    return (y / s, s) if 1e150 < s < math.inf else (y, 1.0)
 
 
 def measure_second_moment_gain(
@@ -173,5 +183,5 @@ def measure_second_moment_gain(
     import torch
 
     x = torch.randn(n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    y = activation(nonlinearity, param)(x)
-    return float(x.pow(2).mean().sqrt() / y.pow(2).mean().sqrt())
+    y, scale = _scaled(activation(nonlinearity, param)(x))
+    return float(x.pow(2).mean().sqrt() / y.pow(2).mean().sqrt()) / scale

@@ -68,6 +68,11 @@ def parse_part(kw: Mapping[str, object], where: str) -> Part | None:
     dim = 0 if given[0] == "rows" else 1
     group = str(kw["group"]) if "group" in kw else None
     m = _RANGE.match(sel)
+    if m and any(len(g) > 18 for g in m.groups()):  # past any tensor's size (and int()'s cap)
+        raise SchemeError(
+            f"{given[0]}={sel[:40]}…: an index of {max(map(len, m.groups()))} "
+            "digits is past any tensor's size"
+        )
     if m and int(m.group(1)) < int(m.group(2)):
         if group is not None:
             raise SchemeError("group= only applies with random(R)")

@@ -11,7 +11,9 @@ from reinit.errors import ReinitError
 
 __all__ = ["arithmetic", "fill_template"]
 
-_FIELD = re.compile(r"\{(name|\d+)((?:[-+*]\d+)*)\}")
+# Numbers of at most 18 digits (any index fits): a longer one is no field (Python's int() stops
+# at 4,300 digits, and a product of long factors would print past that).
+_FIELD = re.compile(r"\{(name|\d{1,18})((?:[-+*]\d{1,18})*)\}")
 _BRACED = re.compile(r"\{[^{}]*\}")
 _TERM = re.compile(r"([-+*])(\d+)")
 _DIGITS = re.compile(r"[0-9]+\Z")
@@ -71,6 +73,11 @@ def fill_template(
             )
         if not ops:
             return captures[i - 1]
+        if len(captures[i - 1]) > 18 and _DIGITS.match(captures[i - 1]):
+            raise error(
+                f"{prefix}{template!r}: {{{i}}} is a number of {len(captures[i - 1])} digits "
+                f"(in {name[:60]!r}…); arithmetic takes at most 18"
+            )
         if not _DIGITS.match(captures[i - 1]):
             raise error(
                 f"{prefix}{template!r}: {{{i}{ops}}} needs an integer capture, but {{{i}}} "
@@ -78,6 +85,11 @@ def fill_template(
                 "re:layers\\.(\\d+)\\..*"
             )
         value = arithmetic(int(captures[i - 1]), ops)
+        if value >= 2**63:
+            raise error(
+                f"{prefix}{template!r}: {{{i}{ops}}} gives a number of {value.bit_length()} bits "
+                f"for {name!r}; results must be below 2^63"
+            )
         if value < 0:
             raise error(
                 f"{prefix}{template!r}: {{{i}{ops}}} gives {value} for {name!r} "

@@ -121,12 +121,29 @@ def value_diff(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float | None, i
             x, y = x[fin], y[fin]
         if x.numel() == 0:
             continue
-        d = y - x
+        d = _exact_difference(fa[i : i + _CHUNK], fb[i : i + _CHUNK], y - x)
         max_abs = max(max_abs, float(d.abs().max()))
         sq_diff += float(d.square().sum())
         sq_a += float(x.square().sum())
     rel = (0.0 if sq_diff == 0.0 else None) if sq_a == 0.0 else math.sqrt(sq_diff / sq_a)
     return max_abs, rel, bad
+
+
+def _exact_difference(a: torch.Tensor, b: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """b − a: `d` (computed in float64), or for two integer tensors the difference taken in
+    int64 first, so values past 2^53 that float64 rounds together (2^53 and 2^53 + 1) still
+    differ; integers too large for int64's difference keep `d`."""
+    ints = not (a.dtype.is_floating_point or a.dtype.is_complex or a.dtype == torch.bool)
+    ints = ints and not (b.dtype.is_floating_point or b.dtype.is_complex or b.dtype == torch.bool)
+    if not ints or a.numel() == 0:
+        return d
+    big = 2**62
+    try:
+        if max(int(a.max()), int(b.max())) >= big or min(int(a.min()), int(b.min())) < -big:
+            return d
+    except RuntimeError:  # an unsigned dtype torch has no max/min for
+        return d
+    return (b.to(torch.int64) - a.to(torch.int64)).to(torch.float64)
 
 
 def diff_checkpoints(

@@ -51,7 +51,7 @@ def inspect_checkpoint(
     key: str = "",
 ) -> list[InspectRow]:
     """The tensors of a checkpoint (optionally only those matching `pattern`, a rule's
-    pattern: glob, `re:` or `type:`), reading a tensor only when `stats` asks for it. `key`:
+    name pattern: glob or `re:`; a `type:` one is a RuleError (a usage error)), reading a tensor only when `stats` asks for it. `key`:
     the state's dotted path inside a torch training checkpoint (`--key`)."""
     wanted = _matcher(pattern)
     with open_checkpoint(source, key=key) as ckpt:

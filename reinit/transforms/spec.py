@@ -143,7 +143,7 @@ class TransformSpec:
         return out
 
 
-_CHUNK = re.compile(r"(\d+)/(\d+)\Z|(\d+):(\d+)\Z")
+_CHUNK = re.compile(r"(\d{1,18})/(\d{1,18})\Z|(\d{1,18}):(\d{1,18})\Z")  # 18: any index
 
 
 def parse_chunk(value: object, where: str) -> Chunk:
@@ -165,7 +165,7 @@ def parse_chunk(value: object, where: str) -> Chunk:
     return Chunk(start=a, stop=b)
 
 
-_GRID = re.compile(r"(\d+)[xX](\d+)\Z")
+_GRID = re.compile(r"(\d{1,18})[xX](\d{1,18})\Z")
 
 
 def parse_grid(value: object, where: str) -> tuple[int, int]:
