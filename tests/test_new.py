@@ -432,17 +432,31 @@ def _parent_init_configs() -> dict[str, object]:
             d_model=64, d_ff=128, num_layers=2, num_heads=2, d_kv=32, vocab_size=100,
             architectures=["T5ForConditionalGeneration"],
         ),
+        "llava": transformers.LlavaConfig(
+            text_config=dict(
+                model_type="llama", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                intermediate_size=64, vocab_size=128,
+            ),
+            vision_config=dict(
+                model_type="clip_vision_model", hidden_size=64, num_hidden_layers=2,
+                num_attention_heads=2, intermediate_size=128, image_size=32, patch_size=8,
+            ),
+            image_token_index=5, architectures=["LlavaForConditionalGeneration"],
+        ),
     }  # fmt: skip
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "t5"])
+@pytest.mark.parametrize("kind", ["gpt2", "t5", "llava"])
 def test_inits_a_parent_module_runs_on_its_children(tmp_path, kind):
     """transformers runs `_init_weights` on a block after its children, and some blocks draw
     their children's tensors again: GPT-2's attention and MLP their `c_proj.weight` with std
     initializer_range / sqrt(2 n_layer), T5's attention and feed-forward blocks every Linear
     (d_model^-0.5 ...; torch's reset_parameters alone gives std 1 there, 8x too big). Every
     tensor of `reinit new` must have the std and mean `from_config` gives it (within sampling
-    error), and the report name the init that ran and its std."""
+    error), and the report name the init that ran and its std. A composite model (Llava) inits
+    each sub-model's modules with that sub-model's own `_init_weights` (transformers'
+    `smart_apply`): its CLIP vision tower's Linears at CLIP's scales (0.088 to 0.125 here), not
+    Llava's 0.02, and CLIP's `class_embedding`, which Llava's init leaves, set."""
     cfg = _parent_init_configs()[kind]
     cfg.save_pretrained(tmp_path / "cfg")
     out = tmp_path / "out"
@@ -450,7 +464,8 @@ def test_inits_a_parent_module_runs_on_its_children(tmp_path, kind):
     torch.manual_seed(0)
     model = getattr(transformers, cfg.architectures[0])(cfg)
     ref = model.state_dict()
-    made = _weights(out)
+    # by the module's names (a composite model's checkpoint names are save_pretrained's)
+    made = _load_clean(type(model), out).state_dict()
     for name, t in made.items():
         want, got = ref[name].double(), t.double()
         if want.std() == 0:
@@ -459,6 +474,13 @@ def test_inits_a_parent_module_runs_on_its_children(tmp_path, kind):
         s_want, s_got = want.std(correction=0).item(), got.std(correction=0).item()
         assert abs(s_got - s_want) < math.sqrt(2) * _sampling_bound(s_want, t.numel()), name
         assert abs(got.mean() - want.mean()).item() < 7 * s_want / math.sqrt(t.numel()), name
+    if kind == "llava":
+        entries = json.loads((out / "reinit-report.json").read_text())["tensors"]
+        fc1 = next(
+            e for e in entries if e["name"].endswith("vision_tower.encoder.layers.0.mlp.fc1.weight")
+        )
+        assert fc1["scheme"].startswith("default (CLIPVisionModel._init_weights"), fc1
+        assert fc1["expected_std"] == pytest.approx(128**-0.5), fc1
     if kind != "gpt2":
         return
     scaled = cfg.initializer_range / math.sqrt(2 * cfg.n_layer)
