@@ -489,3 +489,23 @@ def test_inits_a_parent_module_runs_on_its_children(tmp_path, kind):
     for name in ("transformer.h.0.attn.c_proj.weight", "transformer.h.7.mlp.c_proj.weight"):
         assert by_name[name]["expected_std"] == pytest.approx(scaled), by_name[name]
         assert "on GPT2" in by_name[name]["scheme"], by_name[name]["scheme"]
+
+
+def test_a_config_with_a_zero_width_writes_what_save_pretrained_writes(tmp_path):
+    """A zero-element tensor (`intermediate_size: 0`) has no coordinates to trace through the
+    save path; it was an internal error (`min(): Expected reduction dim`). It is written as
+    save_pretrained writes it: every name, its empty shape."""
+    cfg = transformers.LlamaConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=0,
+        vocab_size=64, architectures=["LlamaForCausalLM"],
+    )  # fmt: skip
+    cfg.save_pretrained(tmp_path / "cfg")
+    res = run("new", tmp_path / "cfg", "-o", tmp_path / "out", "-q")
+    assert res.exit_code == 0, res.output
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch: "Initializing zero-element tensors is a no-op"
+        model = transformers.LlamaForCausalLM(cfg)
+        model.save_pretrained(tmp_path / "ref")
+    got, want = _weights(tmp_path / "out"), _weights(tmp_path / "ref")
+    assert {n: t.shape for n, t in got.items()} == {n: t.shape for n, t in want.items()}
+    assert got["model.layers.0.mlp.up_proj.weight"].shape == (0, 32)

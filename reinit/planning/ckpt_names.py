@@ -213,6 +213,8 @@ def _slice(
     name: str, per_dim: list[torch.Tensor], order: list[str], state: Mapping[str, torch.Tensor]
 ) -> CheckpointSlice:
     reduced = [_reduced(t) for t in per_dim]
+    if any(r.numel() == 0 for r in reduced):  # no coordinates to say where it came from
+        return _empty_slice(name, tuple(per_dim[0].shape), state)
     sources = {int(x) for r in reduced for x in (r.min() >> _SHIFT, r.max() >> _SHIFT)}
     shape = tuple(per_dim[0].shape)
     if len(sources) != 1:  # made of several module tensors: listed, with no one source
@@ -223,6 +225,19 @@ def _slice(
     if shape == tuple(full.shape) and _is_identity(index):
         return CheckpointSlice(name, source, shape, full.dtype)
     return CheckpointSlice(name, source, shape, full.dtype, index, tuple(full.shape))
+
+
+def _empty_slice(
+    name: str, shape: tuple[int, ...], state: Mapping[str, torch.Tensor]
+) -> CheckpointSlice:
+    """A tensor with no elements (a config with a zero width): the module tensor of its name
+    and shape, whole; else one with no source, in the dtype of the module's first empty
+    tensor."""
+    own = state.get(name)
+    if own is not None and tuple(own.shape) == shape:
+        return CheckpointSlice(name, name, shape, own.dtype)
+    empty = next((t for t in state.values() if t.numel() == 0), None)
+    return CheckpointSlice(name, "", shape, empty.dtype if empty is not None else torch.float32)
 
 
 def _is_identity(index: tuple[torch.Tensor, ...]) -> bool:
