@@ -270,6 +270,8 @@ def test_the_api_and_recipes_take_resize(tmp_path, monkeypatch):
         ("emb.weight=[12,*]:from(x.safetensors)", ("new entries need a scheme",)),
         ("emb.weight=[12,x]", ("integer or '*'",)),
         ("half=[4]:constant(1e6)", ("overflows float16",)),
+        # a pattern: was "matches no tensor; closest names: fc.weight, ..." (the names it matches)
+        ("fc.*=[8,*]", ("exact name, not a pattern", "fc.bias, fc.weight", "one --resize per")),
     ],
 )
 def test_bad_resizes_are_usage_errors_that_write_nothing(tmp_path, spec, fragments):

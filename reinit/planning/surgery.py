@@ -24,6 +24,7 @@ from reinit.planning.resize import (
 )
 from reinit.rules import Pattern, Rule, closest_hint, fill_template, parse_action, parse_pattern
 from reinit.schemes import BoundScheme
+from reinit.text import shown
 
 __all__ = [
     "AddSpec",
@@ -345,6 +346,7 @@ def _resize_refs(
     for spec in resizes:
         ref = by_name.get(spec.name)
         if ref is None:
+            _not_a_pattern(spec, list(by_name))
             _unmatched("--resize", spec.text, list(by_name), allow_unmatched, warnings)
             continue
         root = aliases.get(origin[spec.name], origin[spec.name])
@@ -361,6 +363,23 @@ def _resize_refs(
             out.setdefault(name, done)
     warnings.extend(_untied_heads(refs, out))
     return out
+
+
+def _not_a_pattern(spec: ResizeSpec, names: Sequence[str]) -> None:
+    """A `--resize` whose name is a pattern that matches tensors is told that it takes one
+    tensor's exact name (not "matches no tensor" with the very names it matches)."""
+    try:
+        pattern = parse_pattern(spec.name)
+    except RuleError:
+        return
+    hits = [n for n in names if pattern.has_wildcards and pattern.match(n) is not None]
+    if hits:
+        more = f", … ({len(hits)} in all)" if len(hits) > 3 else ""
+        raise RuleError(
+            f"--resize {spec.text!r}: --resize takes one tensor's exact name, not a pattern "
+            f"(this one matches {', '.join(map(shown, hits[:3]))}{more}); give one --resize "
+            "per tensor"
+        )
 
 
 #: The LM head's tensors with one entry per token: its weight (untied: Llama's `lm_head`) and
