@@ -509,3 +509,19 @@ def test_a_config_with_a_zero_width_writes_what_save_pretrained_writes(tmp_path)
     got, want = _weights(tmp_path / "out"), _weights(tmp_path / "ref")
     assert {n: t.shape for n, t in got.items()} == {n: t.shape for n, t in want.items()}
     assert got["model.layers.0.mlp.up_proj.weight"].shape == (0, 32)
+
+
+def test_a_config_with_an_infinite_float_is_read_as_transformers_reads_it(tmp_path):
+    """transformers writes an infinite float of a config as `{"__float__": "Infinity"}`
+    (Mamba2's default `time_step_limit` is `(0.0, inf)`) and decodes it when it reads the file;
+    reinit passed the tag through, so every Mamba2 config was refused ("transformers cannot
+    read ... time_step_limit")."""
+    cfg = transformers.Mamba2Config(
+        hidden_size=32, num_hidden_layers=2, vocab_size=100, state_size=8, head_dim=16,
+        num_heads=4, n_groups=1, expand=2, architectures=["Mamba2ForCausalLM"],
+    )  # fmt: skip
+    cfg.save_pretrained(tmp_path / "cfg")
+    assert '"__float__": "Infinity"' in (tmp_path / "cfg" / "config.json").read_text()
+    _new(tmp_path / "cfg", "-o", tmp_path / "out")
+    model = _load_clean(transformers.Mamba2ForCausalLM, tmp_path / "out")
+    assert list(model.config.time_step_limit) == [0.0, float("inf")]
