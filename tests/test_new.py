@@ -525,3 +525,25 @@ def test_a_config_with_an_infinite_float_is_read_as_transformers_reads_it(tmp_pa
     _new(tmp_path / "cfg", "-o", tmp_path / "out")
     model = _load_clean(transformers.Mamba2ForCausalLM, tmp_path / "out")
     assert list(model.config.time_step_limit) == [0.0, float("inf")]
+
+
+def test_a_dimension_too_long_to_trace_is_refused_before_any_allocation(tmp_path, monkeypatch):
+    """The checkpoint names come from transformers' save path run on coordinate tensors, one
+    int64 per index of each dimension. A config with `n_positions: 10**9` made that 8 GB per
+    copy: the process grew to 23 GB and was killed by the kernel (even `--dry-run`, which
+    draws nothing). Now the trace's bytes are counted first and a model whose trace does not
+    fit is refused, exit 2, naming the tensor. Here a machine with 100 MB free is simulated
+    and `n_positions: 10**7` (a 320 MB trace; old code: exit 0, the memory used)."""
+    from reinit.planning import ckpt_names
+
+    monkeypatch.setattr(ckpt_names, "available_memory", lambda: 10**8)
+    cfg = transformers.GPT2Config(
+        n_embd=8, n_layer=1, n_head=2, vocab_size=100, n_positions=10**7,
+        architectures=["GPT2LMHeadModel"],
+    )  # fmt: skip
+    cfg.save_pretrained(tmp_path / "cfg")
+    res = run("new", tmp_path / "cfg", "-o", tmp_path / "out", "--dry-run")
+    assert res.exit_code == 2, res.output
+    assert "'transformer.wpe.weight' [10000000, 8]" in res.stderr, res.stderr
+    assert "more than the 100,000,000 bytes of memory available" in res.stderr, res.stderr
+    assert "Traceback" not in res.output and not (tmp_path / "out").exists()
