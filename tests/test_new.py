@@ -1,7 +1,10 @@
 """Issue 24 items 1 and 4: `reinit new CONFIG -o OUT` writes the checkpoint the model would
 have (save_pretrained's names, ties and layout; config.json beside), every tensor drawn by the
 architecture's own init unless a rule says otherwise; depth up-scaling and a new head from a
-config alone. Tiny Llama, BERT-MLM (tied), ViT and GPT-2 built from their configs."""
+config alone. Tiny Llama, BERT-MLM (tied), ViT and GPT-2 built from their configs.
+
+Internal: imports reinit.planning.ckpt_names (the memory available that the name trace is
+checked against, made small to stand for a small machine)."""
 
 from __future__ import annotations
 
