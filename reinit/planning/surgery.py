@@ -362,6 +362,7 @@ def _resize_refs(
                 )
             out.setdefault(name, done)
     warnings.extend(_untied_heads(refs, out))
+    warnings.extend(_heads_resized_apart(out))
     return out
 
 
@@ -424,6 +425,32 @@ def _untied_heads(refs: Sequence[TensorRef], resized: Mapping[str, Resized]) -> 
                 f"head of '{rs.spec.name}'"
             )
             break
+    return out
+
+
+def _rows_of(name: str, shape: Sequence[int]) -> int:
+    """The tokens an LM-head tensor's shape stands for (`final_logits_bias` is [1, V])."""
+    return shape[-1] if name.endswith("final_logits_bias") else shape[0]
+
+
+def _heads_resized_apart(resized: Mapping[str, Resized]) -> list[str]:
+    """A warning for an LM head's tensor resized to another vocabulary than the embedding it
+    mirrored (`--resize 'embed_tokens.weight=[140,*]' --resize 'lm_head.weight=[141,*]'`, a
+    typo): the model would not load."""
+    out: list[str] = []
+    for name, head in resized.items():
+        if not _LM_HEAD.search(name):
+            continue
+        old, new = _rows_of(name, head.old), _rows_of(name, head.shape)
+        for other, rs in resized.items():
+            if other == name or _LM_HEAD.search(other) or len(rs.old) != 2:
+                continue
+            if rs.old[0] == old and rs.shape[0] != new and rs.shape[1:] == rs.old[1:]:
+                out.append(
+                    f"--resize {head.spec.text!r}: '{name}' gets {new} rows but '{other}' "
+                    f"{rs.shape[0]}; give them one vocabulary if '{name}' is its head"
+                )
+                break
     return out
 
 
