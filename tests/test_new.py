@@ -321,6 +321,12 @@ def test_unknown_architecture_is_exit_2(tmp_path):
     )
     refused(tmp_path, ["new", str(tmp_path / "bad"), "-o", str(tmp_path / "out")], 2,
             "NoSuchForCausalLM")  # fmt: skip
+    # a string, not a list: was "has no architecture 'L'" (its first letter)
+    (tmp_path / "bad" / "config.json").write_text(
+        json.dumps({**doc, "architectures": "LlamaForCausalLM"})
+    )
+    refused(tmp_path, ["new", str(tmp_path / "bad"), "-o", str(tmp_path / "out")], 2,
+            "architectures is a string", '["LlamaForCausalLM"]')  # fmt: skip
 
 
 def test_remote_code_is_exit_2(tmp_path):
