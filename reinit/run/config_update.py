@@ -228,7 +228,10 @@ def _follow_head(
 #: `num_decoder_layers`; BART, Whisper, Marian: `encoder_layers`, `decoder_layers`). A stack
 #: whose key the config lacks (BERT's `encoder.layer.N`, OPT's `decoder.layers.N`) is counted
 #: under the model's one layer count (`_LAYER_KEYS`).
-_STACK_KEYS = {"encoder": ("encoder_layers",), "decoder": ("num_decoder_layers", "decoder_layers")}
+_STACK_KEYS = {
+    "encoder": ("encoder_layers", "num_encoder_layers"),
+    "decoder": ("num_decoder_layers", "decoder_layers"),
+}
 
 
 def _stack(name: str, start: int) -> str:
