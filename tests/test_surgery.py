@@ -305,6 +305,9 @@ def test_dry_run_and_errors_write_nothing(model, tmp_path):
         (["--add", "encoder.0.bias=[8]:zeros"], 2, "already exists"),
         (["--rename", "encoder.*=x"], 2, "would both be named 'x'"),
         (["--add", "h=[2]:bogus"], 2, "unknown scheme"),
+        # copy(...) as an --add fill was checked only while writing: an internal error
+        (["--add", "h=[4,2]:copy(classifier.bias)"], 2, "cannot copy 'classifier.bias' [3]"),
+        (["--add", "h=[3]:copy(nosuch)"], 2, "has no tensor 'nosuch'"),
     ]:
         res = run("apply", str(path), *args)
         assert res.exit_code == code, (args, res.output)
