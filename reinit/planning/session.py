@@ -29,6 +29,7 @@ from reinit.planning.surgery import (
     edit_refs,
     mark_plan,
     parse_surgery,
+    resolve_fills,
 )
 from reinit.planning.ties import Ties, resolve_ties
 from reinit.planning.transplant import SourcePool, check_transplants
@@ -197,6 +198,7 @@ def edit_checkpoint(
     the edit (which `plan_for` marks on the plan: added, renamed, dropped)."""
     if not surgery:
         return ckpt, None
+    surgery = resolve_fills(surgery, ckpt.config)
     aliases = ckpt.aliases() if surgery.resizes else {}  # tied names resize together
     edited = edit_refs(ckpt.refs(), surgery, allow_unmatched=allow_unmatched, aliases=aliases)
     return EditedCheckpoint(ckpt, edited, seed, device), edited

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -23,7 +23,7 @@ from reinit.planning.resize import (
     resize_ref,
 )
 from reinit.rules import Pattern, Rule, closest_hint, fill_template, parse_action, parse_pattern
-from reinit.schemes import BoundScheme
+from reinit.schemes import BoundScheme, missing_from_config, resolve_from_config
 from reinit.text import shown
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "parse_drop",
     "parse_rename",
     "parse_surgery",
+    "resolve_fills",
 ]
 
 
@@ -188,6 +189,42 @@ def parse_surgery(
         _parsed(rename, parse_rename),
         _parsed(resize, parse_resize),
     )
+
+
+def resolve_fills(surgery: Surgery, config: Callable[[], Mapping[str, Any] | None]) -> Surgery:
+    """`--add`/`--resize` fills whose arguments come from the model config (`scaled_normal`'s
+    layers, `small_init`'s dim) filled from the source's `config.json` (`config`, read only
+    when one needs it), as a rule's are; one still missing is a usage error, not an error
+    while writing."""
+    if not any(_from_config(b) for b in _fills(surgery)):
+        return surgery
+    cfg = config()
+    adds = tuple(replace(a, scheme=_resolved(a.text, "--add", a.scheme, cfg)) for a in surgery.adds)
+    resizes = tuple(
+        replace(r, scheme=_resolved(r.text, "--resize", r.scheme, cfg)) if r.scheme else r
+        for r in surgery.resizes
+    )
+    return replace(surgery, adds=adds, resizes=resizes)
+
+
+def _fills(surgery: Surgery) -> list[BoundScheme]:
+    return [a.scheme for a in surgery.adds] + [r.scheme for r in surgery.resizes if r.scheme]
+
+
+def _from_config(bound: BoundScheme) -> bool:
+    return bool(bound.scheme.from_config)
+
+
+def _resolved(
+    text: str, flag: str, bound: BoundScheme, config: Mapping[str, Any] | None
+) -> BoundScheme:
+    if not _from_config(bound):
+        return bound
+    resolved = resolve_from_config(bound, config)
+    problem = missing_from_config(resolved)
+    if problem:
+        raise RuleError(f"{flag} {text!r}: {problem}")
+    return resolved
 
 
 def _parsed(items: Sequence[str | T], parse: Callable[[str], T]) -> tuple[T, ...]:
