@@ -324,3 +324,107 @@ def test_in_place_surgery_updates_config_and_keeps_the_card(tmp_path):
     assert json.loads((tmp_path / "src" / "config.json").read_text())["num_hidden_layers"] == 1
     assert (tmp_path / "src" / "README.md").read_text() == "# the source's model card\n"
     assert "not copied" not in res.stderr  # nothing is copied in place: the card stays
+
+
+# --- encoder-decoder stacks and experts (QA of surgery, config follows) ---------------------
+
+
+def _save(model_cls, cfg, path):
+    import torch
+
+    torch.manual_seed(0)
+    model_cls(cfg).save_pretrained(path)
+
+
+@pytest.mark.parametrize(
+    ("drop", "want"),
+    [("decoder.block.2.*", {"num_layers": 3, "num_decoder_layers": 2}),
+     ("encoder.block.2.*", {"num_layers": 2, "num_decoder_layers": 3})],
+)  # fmt: skip
+def test_cutting_one_stack_of_a_t5_sets_that_stacks_count_and_loads(tmp_path, caplog, drop, want):
+    """T5 counts its encoder's blocks in `num_layers` and its decoder's in
+    `num_decoder_layers`: a layer dropped from one stack changes that stack's count only (the
+    union of both stacks' indices was counted, so nothing changed and the output did not load:
+    the dropped block's keys were missing)."""
+    cfg = transformers.T5Config(
+        d_model=16, d_kv=4, d_ff=32, num_layers=3, num_heads=4, vocab_size=64,
+    )  # fmt: skip
+    _save(transformers.T5ForConditionalGeneration, cfg, tmp_path / "src")
+    out = tmp_path / "cut"
+    res = run("apply", tmp_path / "src", "--drop", drop, "-o", f"{out}/", "-q")
+    assert res.exit_code == 0, res.output
+    written = json.loads((out / "config.json").read_text())
+    assert {k: written[k] for k in want} == want
+    model = _load_clean(transformers.T5ForConditionalGeneration, out, caplog)
+    assert len(model.encoder.block) == want["num_layers"]
+    assert len(model.decoder.block) == want["num_decoder_layers"]
+
+
+def test_cutting_a_bart_decoder_layer_sets_decoder_layers_and_loads(tmp_path, caplog):
+    """BART counts its stacks in `encoder_layers` / `decoder_layers` (no `num_hidden_layers`
+    in its config.json): a dropped decoder layer must set `decoder_layers`."""
+    cfg = transformers.BartConfig(
+        d_model=16, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, vocab_size=64,
+        max_position_embeddings=32,
+    )  # fmt: skip
+    _save(transformers.BartForConditionalGeneration, cfg, tmp_path / "src")
+    out = tmp_path / "cut"
+    res = run(
+        "apply", tmp_path / "src", "--drop", "model.decoder.layers.1.*", "-o", f"{out}/", "-q"
+    )
+    assert res.exit_code == 0, res.output
+    assert "note: config.json: decoder_layers 2 -> 1" in res.stderr, res.stderr
+    written = json.loads((out / "config.json").read_text())
+    assert (written["encoder_layers"], written["decoder_layers"]) == (2, 1)
+    model = _load_clean(transformers.BartForConditionalGeneration, out, caplog)
+    assert len(model.model.decoder.layers) == 1
+
+
+def _mixtral(path):
+    cfg = transformers.MixtralConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=64, max_position_embeddings=64, num_local_experts=4,
+        num_experts_per_tok=2,
+    )  # fmt: skip
+    _save(transformers.MixtralForCausalLM, cfg, path)
+
+
+def test_dropping_an_expert_sets_the_expert_count_and_loads(tmp_path, caplog):
+    """Mixtral's last expert dropped from every layer (and its router row cut): the output is a
+    3-expert Mixtral, so `num_local_experts` must say 3 or transformers builds 4 and the
+    router's rows mismatch."""
+    _mixtral(tmp_path / "src")
+    out = tmp_path / "cut"
+    res = run(
+        "apply", tmp_path / "src", "--drop", "model.layers.*.block_sparse_moe.experts.3.*",
+        "--resize", "model.layers.0.block_sparse_moe.gate.weight=[3,*]",
+        "--resize", "model.layers.1.block_sparse_moe.gate.weight=[3,*]",
+        "-o", f"{out}/", "-q",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "note: config.json: num_local_experts 4 -> 3" in res.stderr, res.stderr
+    assert json.loads((out / "config.json").read_text())["num_local_experts"] == 3
+    model = _load_clean(transformers.MixtralForCausalLM, out, caplog)
+    assert model.model.layers[0].mlp.experts.gate_up_proj.shape[0] == 3
+
+
+def test_experts_that_no_config_can_describe_get_a_note(tmp_path):
+    """Experts dropped from one layer only (3 in one, 4 in the other), or a middle one dropped
+    (indices 0, 1, 3): no expert count loads that; the run says so instead of writing a
+    config.json that silently does not fit."""
+    _mixtral(tmp_path / "src")
+    uneven = run(
+        "apply", tmp_path / "src", "--drop", "model.layers.1.block_sparse_moe.experts.3.*",
+        "-o", f"{tmp_path / 'uneven'}/", "-q",
+    )  # fmt: skip
+    assert uneven.exit_code == 0, uneven.output
+    assert "experts per layer differ" in uneven.stderr, uneven.stderr
+    gap = run(
+        "apply", tmp_path / "src", "--drop", "model.layers.*.block_sparse_moe.experts.2.*",
+        "-o", f"{tmp_path / 'gap'}/", "-q",
+    )  # fmt: skip
+    assert gap.exit_code == 0, gap.output
+    assert "expert indices [0, 1, 3] are not 0..2" in gap.stderr, gap.stderr
+    assert "--rename 'model.layers.*.block_sparse_moe.experts.3.*=" in gap.stderr, gap.stderr
+    assert "block_sparse_moe.gate.weight has 4 rows for 3 experts" in gap.stderr, gap.stderr

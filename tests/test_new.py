@@ -1,7 +1,10 @@
 """Issue 24 items 1 and 4: `reinit new CONFIG -o OUT` writes the checkpoint the model would
 have (save_pretrained's names, ties and layout; config.json beside), every tensor drawn by the
 architecture's own init unless a rule says otherwise; depth up-scaling and a new head from a
-config alone. Tiny Llama, BERT-MLM (tied), ViT and GPT-2 built from their configs."""
+config alone. Tiny Llama, BERT-MLM (tied), ViT and GPT-2 built from their configs.
+
+Internal: imports reinit.planning.ckpt_names (the memory available that the name trace is
+checked against, made small to stand for a small machine)."""
 
 from __future__ import annotations
 
@@ -318,6 +321,12 @@ def test_unknown_architecture_is_exit_2(tmp_path):
     )
     refused(tmp_path, ["new", str(tmp_path / "bad"), "-o", str(tmp_path / "out")], 2,
             "NoSuchForCausalLM")  # fmt: skip
+    # a string, not a list: was "has no architecture 'L'" (its first letter)
+    (tmp_path / "bad" / "config.json").write_text(
+        json.dumps({**doc, "architectures": "LlamaForCausalLM"})
+    )
+    refused(tmp_path, ["new", str(tmp_path / "bad"), "-o", str(tmp_path / "out")], 2,
+            "architectures is a string", '["LlamaForCausalLM"]')  # fmt: skip
 
 
 def test_remote_code_is_exit_2(tmp_path):
@@ -432,17 +441,31 @@ def _parent_init_configs() -> dict[str, object]:
             d_model=64, d_ff=128, num_layers=2, num_heads=2, d_kv=32, vocab_size=100,
             architectures=["T5ForConditionalGeneration"],
         ),
+        "llava": transformers.LlavaConfig(
+            text_config=dict(
+                model_type="llama", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                intermediate_size=64, vocab_size=128,
+            ),
+            vision_config=dict(
+                model_type="clip_vision_model", hidden_size=64, num_hidden_layers=2,
+                num_attention_heads=2, intermediate_size=128, image_size=32, patch_size=8,
+            ),
+            image_token_index=5, architectures=["LlavaForConditionalGeneration"],
+        ),
     }  # fmt: skip
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "t5"])
+@pytest.mark.parametrize("kind", ["gpt2", "t5", "llava"])
 def test_inits_a_parent_module_runs_on_its_children(tmp_path, kind):
     """transformers runs `_init_weights` on a block after its children, and some blocks draw
     their children's tensors again: GPT-2's attention and MLP their `c_proj.weight` with std
     initializer_range / sqrt(2 n_layer), T5's attention and feed-forward blocks every Linear
     (d_model^-0.5 ...; torch's reset_parameters alone gives std 1 there, 8x too big). Every
     tensor of `reinit new` must have the std and mean `from_config` gives it (within sampling
-    error), and the report name the init that ran and its std."""
+    error), and the report name the init that ran and its std. A composite model (Llava) inits
+    each sub-model's modules with that sub-model's own `_init_weights` (transformers'
+    `smart_apply`): its CLIP vision tower's Linears at CLIP's scales (0.088 to 0.125 here), not
+    Llava's 0.02, and CLIP's `class_embedding`, which Llava's init leaves, set."""
     cfg = _parent_init_configs()[kind]
     cfg.save_pretrained(tmp_path / "cfg")
     out = tmp_path / "out"
@@ -450,7 +473,8 @@ def test_inits_a_parent_module_runs_on_its_children(tmp_path, kind):
     torch.manual_seed(0)
     model = getattr(transformers, cfg.architectures[0])(cfg)
     ref = model.state_dict()
-    made = _weights(out)
+    # by the module's names (a composite model's checkpoint names are save_pretrained's)
+    made = _load_clean(type(model), out).state_dict()
     for name, t in made.items():
         want, got = ref[name].double(), t.double()
         if want.std() == 0:
@@ -459,6 +483,13 @@ def test_inits_a_parent_module_runs_on_its_children(tmp_path, kind):
         s_want, s_got = want.std(correction=0).item(), got.std(correction=0).item()
         assert abs(s_got - s_want) < math.sqrt(2) * _sampling_bound(s_want, t.numel()), name
         assert abs(got.mean() - want.mean()).item() < 7 * s_want / math.sqrt(t.numel()), name
+    if kind == "llava":
+        entries = json.loads((out / "reinit-report.json").read_text())["tensors"]
+        fc1 = next(
+            e for e in entries if e["name"].endswith("vision_tower.encoder.layers.0.mlp.fc1.weight")
+        )
+        assert fc1["scheme"].startswith("default (CLIPVisionModel._init_weights"), fc1
+        assert fc1["expected_std"] == pytest.approx(128**-0.5), fc1
     if kind != "gpt2":
         return
     scaled = cfg.initializer_range / math.sqrt(2 * cfg.n_layer)
@@ -467,3 +498,61 @@ def test_inits_a_parent_module_runs_on_its_children(tmp_path, kind):
     for name in ("transformer.h.0.attn.c_proj.weight", "transformer.h.7.mlp.c_proj.weight"):
         assert by_name[name]["expected_std"] == pytest.approx(scaled), by_name[name]
         assert "on GPT2" in by_name[name]["scheme"], by_name[name]["scheme"]
+
+
+def test_a_config_with_a_zero_width_writes_what_save_pretrained_writes(tmp_path):
+    """A zero-element tensor (`intermediate_size: 0`) has no coordinates to trace through the
+    save path; it was an internal error (`min(): Expected reduction dim`). It is written as
+    save_pretrained writes it: every name, its empty shape."""
+    cfg = transformers.LlamaConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=0,
+        vocab_size=64, architectures=["LlamaForCausalLM"],
+    )  # fmt: skip
+    cfg.save_pretrained(tmp_path / "cfg")
+    res = run("new", tmp_path / "cfg", "-o", tmp_path / "out", "-q")
+    assert res.exit_code == 0, res.output
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch: "Initializing zero-element tensors is a no-op"
+        model = transformers.LlamaForCausalLM(cfg)
+        model.save_pretrained(tmp_path / "ref")
+    got, want = _weights(tmp_path / "out"), _weights(tmp_path / "ref")
+    assert {n: t.shape for n, t in got.items()} == {n: t.shape for n, t in want.items()}
+    assert got["model.layers.0.mlp.up_proj.weight"].shape == (0, 32)
+
+
+def test_a_config_with_an_infinite_float_is_read_as_transformers_reads_it(tmp_path):
+    """transformers writes an infinite float of a config as `{"__float__": "Infinity"}`
+    (Mamba2's default `time_step_limit` is `(0.0, inf)`) and decodes it when it reads the file;
+    reinit passed the tag through, so every Mamba2 config was refused ("transformers cannot
+    read ... time_step_limit")."""
+    cfg = transformers.Mamba2Config(
+        hidden_size=32, num_hidden_layers=2, vocab_size=100, state_size=8, head_dim=16,
+        num_heads=4, n_groups=1, expand=2, architectures=["Mamba2ForCausalLM"],
+    )  # fmt: skip
+    cfg.save_pretrained(tmp_path / "cfg")
+    assert '"__float__": "Infinity"' in (tmp_path / "cfg" / "config.json").read_text()
+    _new(tmp_path / "cfg", "-o", tmp_path / "out")
+    model = _load_clean(transformers.Mamba2ForCausalLM, tmp_path / "out")
+    assert list(model.config.time_step_limit) == [0.0, float("inf")]
+
+
+def test_a_dimension_too_long_to_trace_is_refused_before_any_allocation(tmp_path, monkeypatch):
+    """The checkpoint names come from transformers' save path run on coordinate tensors, one
+    int64 per index of each dimension. A config with `n_positions: 10**9` made that 8 GB per
+    copy: the process grew to 23 GB and was killed by the kernel (even `--dry-run`, which
+    draws nothing). Now the trace's bytes are counted first and a model whose trace does not
+    fit is refused, exit 2, naming the tensor. Here a machine with 100 MB free is simulated
+    and `n_positions: 10**7` (a 320 MB trace; old code: exit 0, the memory used)."""
+    from reinit.planning import ckpt_names
+
+    monkeypatch.setattr(ckpt_names, "available_memory", lambda: 10**8)
+    cfg = transformers.GPT2Config(
+        n_embd=8, n_layer=1, n_head=2, vocab_size=100, n_positions=10**7,
+        architectures=["GPT2LMHeadModel"],
+    )  # fmt: skip
+    cfg.save_pretrained(tmp_path / "cfg")
+    res = run("new", tmp_path / "cfg", "-o", tmp_path / "out", "--dry-run")
+    assert res.exit_code == 2, res.output
+    assert "'transformer.wpe.weight' [10000000, 8]" in res.stderr, res.stderr
+    assert "more than the 100,000,000 bytes of memory available" in res.stderr, res.stderr
+    assert "Traceback" not in res.output and not (tmp_path / "out").exists()

@@ -154,7 +154,12 @@ def test_llama_cut_from_4_to_2_layers_loads_as_a_2_layer_model(tmp_path):
     res = run("apply", out, *grow, "--resize", "lm_head.weight=[136,*]",
               "-o", f"{tmp_path / 'grown'}/", "-q")  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert "still has" not in res.stderr
+    assert "still has" not in res.stderr and "gets" not in res.stderr
+    # a typo gives the head another vocabulary: said (it was silent; the output did not load)
+    apart = ["--resize", "lm_head.weight=[137,*]", "-o", f"{tmp_path / 'apart'}/", "-q"]
+    res = run("apply", out, *grow, *apart)
+    assert res.exit_code == 0, res.output
+    assert "'lm_head.weight' gets 137 rows but 'model.embed_tokens.weight' 136" in res.stderr
     grown = _load_clean(transformers.AutoModelForCausalLM, tmp_path / "grown")
     assert grown.config.vocab_size == 136 and grown.config.num_hidden_layers == 2
     assert grown(ids).logits.shape == (1, 3, 136)
@@ -270,6 +275,8 @@ def test_the_api_and_recipes_take_resize(tmp_path, monkeypatch):
         ("emb.weight=[12,*]:from(x.safetensors)", ("new entries need a scheme",)),
         ("emb.weight=[12,x]", ("integer or '*'",)),
         ("half=[4]:constant(1e6)", ("overflows float16",)),
+        # a pattern: was "matches no tensor; closest names: fc.weight, ..." (the names it matches)
+        ("fc.*=[8,*]", ("exact name, not a pattern", "fc.bias, fc.weight", "one --resize per")),
     ],
 )
 def test_bad_resizes_are_usage_errors_that_write_nothing(tmp_path, spec, fragments):
@@ -297,7 +304,14 @@ def test_a_bert_mlm_grown_is_told_to_grow_its_decoder_bias_and_then_loads(tmp_pa
     out = tmp_path / "grown"
     res = run("apply", src, *grow, "--resize", "cls.predictions.bias=[56]", "-o", f"{out}/", "-q")
     assert res.exit_code == 0, res.output
-    assert "still has" not in res.stderr
+    assert "still has" not in res.stderr and "gets" not in res.stderr
+    apart = ["--resize", "cls.predictions.bias=[57]", "-o", f"{tmp_path / 'apart'}/", "-q"]
+    res = run("apply", src, *grow, *apart)
+    assert res.exit_code == 0, res.output
+    assert (
+        "'cls.predictions.bias' gets 57 rows but 'bert.embeddings.word_embeddings.weight' 56"
+        in res.stderr
+    )
     grown = _load_clean(transformers.AutoModelForMaskedLM, out)
     assert grown.config.vocab_size == 56
     assert grown(torch.tensor([[3, 4, 55]])).logits.shape == (1, 3, 56)

@@ -322,6 +322,9 @@ def test_dry_run_and_errors_write_nothing(model, tmp_path):
         (["--add", "encoder.0.bias=[8]:zeros"], 2, "already exists"),
         (["--rename", "encoder.*=x"], 2, "would both be named 'x'"),
         (["--add", "h=[2]:bogus"], 2, "unknown scheme"),
+        # copy(...) as an --add fill was checked only while writing: an internal error
+        (["--add", "h=[4,2]:copy(classifier.bias)"], 2, "cannot copy 'classifier.bias' [3]"),
+        (["--add", "h=[3]:copy(nosuch)"], 2, "has no tensor 'nosuch'"),
     ]:
         res = run("apply", str(path), *args)
         assert res.exit_code == code, (args, res.output)
@@ -340,3 +343,27 @@ def test_rename_keeps_tied_tensors_tied(tmp_path):
     assert torch.equal(o["embed.weight"], o["lm_head.weight"])  # still one tensor's values
     assert not torch.equal(o["embed.weight"], emb)
     assert "renamed from emb.weight" in rep.entry("embed.weight").notes
+
+
+def test_add_and_resize_fills_read_the_config_as_rules_do(tmp_path):
+    """`scaled_normal`'s layers (and `small_init`'s dim) come from config.json for a rule; an
+    `--add`/`--resize` fill was never resolved: 'internal error: ValueError: layers unknown'.
+    Now the same as the rule with the argument written out, and without a config a usage
+    error that says what to give."""
+    src = tmp_path / "src"
+    src.mkdir()
+    st(src / "model.safetensors", {"emb.weight": randn(10, 8), "layers.0.w.weight": randn(8, 8)})
+    (src / "config.json").write_text(json.dumps({"num_hidden_layers": 8, "vocab_size": 10}))
+    outs = {}
+    for tag, fill in (("auto", "scaled_normal"), ("given", "scaled_normal(layers=8)")):
+        out = tmp_path / tag
+        res = run("apply", src, "-o", f"{out}/", "--add", f"x=[64,64]:{fill}",
+                  "--resize", f"emb.weight=[12,*]:{fill}", "-q")  # fmt: skip
+        assert res.exit_code == 0, res.output
+        outs[tag] = load_file(out / "model.safetensors")
+    for name in ("x", "emb.weight"):
+        assert torch.equal(outs["auto"][name], outs["given"][name]), name
+    lone = st(tmp_path / "lone.safetensors", {"emb.weight": randn(10, 8)})  # no config beside
+    res = run("apply", lone, "-o", tmp_path / "out.safetensors", "--add", "x=[4,4]:scaled_normal")
+    assert res.exit_code == 2 and "internal error" not in res.output, res.output
+    assert "--add 'x=[4,4]:scaled_normal': scaled_normal needs layers=N" in res.output

@@ -356,6 +356,28 @@ def test_the_wait_for_the_others_is_a_day_unless_told(monkeypatch):
     assert wait_timeout() == 24 * 3600
 
 
+@pytest.mark.parametrize("told", ["inf", "1e400", "1e15", "1e10"])
+def test_a_wait_too_long_for_gloo_is_a_year(monkeypatch, tmp_path, told):
+    """`inf` or `1e15` seconds was an internal error in every rank (OverflowError while gloo
+    took the timeout), `1e10` a store that gave up at once: the wait is capped at a year, which
+    a gloo group takes."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    monkeypatch.setenv("REINIT_TORCHRUN_TIMEOUT", told)
+    assert wait_timeout() == 365 * 24 * 3600
+    store = f"file://{tmp_path / 'store'}"
+    dist.init_process_group("gloo", init_method=store, rank=0, world_size=1,
+                            timeout=timedelta(seconds=wait_timeout()))  # fmt: skip
+    try:
+        got = [None]
+        dist.all_gather_object(got, "ok")
+        assert got == ["ok"]
+    finally:
+        dist.destroy_process_group()
+
+
 def test_torchrun_is_told_by_its_variables():
     env = {"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "localhost"}
     assert torchrun_world(env) == (1, 4)

@@ -26,8 +26,13 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from reinit.errors import UsageError
+from reinit.limits import available_memory
+from reinit.text import shown
+
 _SHIFT = 40
 _MASK = (1 << _SHIFT) - 1
+_INDEX_BYTES = 8  # one int64 coordinate per index
 
 Revert = Callable[..., dict[str, torch.Tensor]]  # transformers' revert_weight_conversion
 
@@ -61,6 +66,7 @@ def checkpoint_slices(module: nn.Module, hf: bool) -> list[CheckpointSlice]:
     revert = _reverter() if hf else None
     if revert is None:
         return plain
+    _check_trace_fits(state)
     try:
         per_dim = _runs(revert, module, state)
     except Exception:  # a mapping that needs real values: keep the module's names
@@ -68,6 +74,28 @@ def checkpoint_slices(module: nn.Module, hf: bool) -> list[CheckpointSlice]:
     slices = _slices(per_dim, list(state), state)
     shared = _shared_storage(revert, module, state)
     return [replace(c, storage=shared.get(c.name, "")) for c in slices]
+
+
+def _check_trace_fits(state: Mapping[str, torch.Tensor]) -> None:
+    """Refuse (exit 2, before anything is allocated) a model whose coordinate trace does not
+    fit in memory: every tensor's coordinates (an int64 per index of each dimension) are alive
+    at once, and the longest dimension's are copied ~3 times more while its slice is read. A
+    config with `n_positions: 10**9` took 23 GB here before the kernel killed the process."""
+    if not state:
+        return
+    alive = _INDEX_BYTES * sum(sum(t.shape) for t in state.values())
+    name, longest = max(
+        ((n, t) for n, t in state.items()), key=lambda nt: max(nt[1].shape, default=0)
+    )
+    need = alive + 3 * _INDEX_BYTES * max(longest.shape, default=0)
+    free = available_memory()
+    if need > free:
+        raise UsageError(
+            f"the model's tensor {shown(name)!r} {list(longest.shape)}: finding the names "
+            f"save_pretrained gives its tensors needs {need:,} bytes, more than the {free:,} "
+            "bytes of memory available; check the config (vocab_size, max_position_embeddings, "
+            "hidden_size)"
+        )
 
 
 def _shared_storage(
@@ -213,6 +241,8 @@ def _slice(
     name: str, per_dim: list[torch.Tensor], order: list[str], state: Mapping[str, torch.Tensor]
 ) -> CheckpointSlice:
     reduced = [_reduced(t) for t in per_dim]
+    if any(r.numel() == 0 for r in reduced):  # no coordinates to say where it came from
+        return _empty_slice(name, tuple(per_dim[0].shape), state)
     sources = {int(x) for r in reduced for x in (r.min() >> _SHIFT, r.max() >> _SHIFT)}
     shape = tuple(per_dim[0].shape)
     if len(sources) != 1:  # made of several module tensors: listed, with no one source
@@ -223,6 +253,19 @@ def _slice(
     if shape == tuple(full.shape) and _is_identity(index):
         return CheckpointSlice(name, source, shape, full.dtype)
     return CheckpointSlice(name, source, shape, full.dtype, index, tuple(full.shape))
+
+
+def _empty_slice(
+    name: str, shape: tuple[int, ...], state: Mapping[str, torch.Tensor]
+) -> CheckpointSlice:
+    """A tensor with no elements (a config with a zero width): the module tensor of its name
+    and shape, whole; else one with no source, in the dtype of the module's first empty
+    tensor."""
+    own = state.get(name)
+    if own is not None and tuple(own.shape) == shape:
+        return CheckpointSlice(name, name, shape, own.dtype)
+    empty = next((t for t in state.values() if t.numel() == 0), None)
+    return CheckpointSlice(name, "", shape, empty.dtype if empty is not None else torch.float32)
 
 
 def _is_identity(index: tuple[torch.Tensor, ...]) -> bool:

@@ -18,6 +18,7 @@ from reinit.io.checkpoint import Checkpoint, ConfigDict, TensorRef
 from reinit.io.formats import tensor_to_bytes
 from reinit.planning.model import Model, ModelError, default_value
 from reinit.planning.planner import Plan
+from reinit.text import shown
 
 if TYPE_CHECKING:
     from torch import nn
@@ -148,7 +149,13 @@ def check_architecture(spec: str, model: Model) -> None:
     """A config whose `architectures` names a class this transformers lacks would be built
     as its base `AutoModel`, with other names: refused (remote code is never run)."""
     config = getattr(model.module, "config", None)
-    archs = list(getattr(config, "architectures", None) or []) if model.kind == "hf" else []
+    named = getattr(config, "architectures", None) if model.kind == "hf" else None
+    if isinstance(named, str):
+        raise ModelError(
+            f"{spec}: the config's architectures is a string, {shown(named)!r}; write it as "
+            f"a list of class names, as save_pretrained does ({json.dumps([named])})"
+        )
+    archs = list(named or [])
     if not archs or archs[0] == type(model.module).__name__:
         return
     if getattr(config, "auto_map", None):

@@ -466,7 +466,7 @@ def _run_init(model: Model, site: TensorSite, seed: int) -> tuple[nn.Module, Ini
     def draw(rng: contextlib.AbstractContextManager[Any]) -> tuple[nn.Module, InitTrace, bool]:
         real, trace = _blank_owner(model, site)
         with torch.no_grad(), trace, rng:
-            ran = _init_module(model, real, trace)
+            ran = _init_module(model, site.module_name, real, trace)
             _init_ancestors(model, site.module_name, real, trace)
             return real, trace, ran
 
@@ -474,9 +474,10 @@ def _run_init(model: Model, site: TensorSite, seed: int) -> tuple[nn.Module, Ini
     return seeded_draw(seed, type(owner), draw)
 
 
-def _init_module(model: Model, real: nn.Module, trace: InitTrace) -> bool:
+def _init_module(model: Model, path: str, real: nn.Module, trace: InitTrace) -> bool:
     """torch's `reset_parameters()` (as at construction), then for transformers models the
-    model's `_init_weights(module)`, on `real`; whether either ran."""
+    `_init_weights(module)` of the model it belongs to (`init_owner`), on `real` (the module
+    at `path`); whether either ran."""
     kind = type(real).__name__
     ran = False
     for method in ("reset_parameters", "_reset_parameters"):
@@ -487,12 +488,39 @@ def _init_module(model: Model, real: nn.Module, trace: InitTrace) -> bool:
             ran = True
             break
     if model.kind == "hf":
-        init = getattr(model.module, "_init_weights", None)
+        owner = init_owner(model.module, path)
+        init = getattr(owner, "_init_weights", None)
         if callable(init):
-            trace.phase = f"{type(model.module).__name__}._init_weights on {kind}"
+            trace.phase = f"{type(owner).__name__}._init_weights on {kind}"
             init(real)
             ran = True
     return ran
+
+
+def init_owner(root: nn.Module, path: str) -> nn.Module:
+    """The model whose `_init_weights` transformers runs on the module at `path`: the nearest
+    transformers model at or above it (`PreTrainedModel.initialize_weights` hands each
+    sub-model, e.g. Llava's CLIP vision tower, its own init for everything below it), else
+    `root`. A sub-model whose init is the one above it (LlamaForCausalLM's LlamaModel: the same
+    `_init_weights` on the same config) does not count, so the report keeps naming the model."""
+    owner, module = root, root
+    for part in path.split(".") if path else ():
+        child = module._modules[part]
+        assert child is not None
+        module = child
+        if _own_init(module, owner):
+            owner = module
+    return owner
+
+
+def _own_init(module: nn.Module, above: nn.Module) -> bool:
+    """Whether `module` is a transformers model whose init differs from `above`'s: another
+    `_init_weights`, or the same one reading another config."""
+    init = getattr(type(module), "_init_weights", None)
+    if not callable(init) or not hasattr(module, "config"):
+        return False
+    same = init is getattr(type(above), "_init_weights", None)
+    return not same or getattr(module, "config", None) is not getattr(above, "config", None)
 
 
 def _init_ancestors(model: Model, path: str, real: nn.Module, trace: InitTrace) -> None:
@@ -502,13 +530,17 @@ def _init_ancestors(model: Model, path: str, real: nn.Module, trace: InitTrace) 
     is initialized too, as a shallow copy whose path down leads to `real` (every other tensor
     stays on the meta device, where an init writes nothing). An ancestor whose init cannot
     run on meta tensors (it reads values) is passed over."""
-    init = getattr(model.module, "_init_weights", None)
-    if model.kind != "hf" or not callable(init) or not path:
+    if model.kind != "hf" or not path:
         return
     parts = path.split(".")
     for depth in range(len(parts) - 1, -1, -1):
-        ancestor = model.module.get_submodule(".".join(parts[:depth]))
-        trace.phase = f"{type(model.module).__name__}._init_weights on {type(ancestor).__name__}"
+        where = ".".join(parts[:depth])
+        ancestor = model.module.get_submodule(where)
+        owner = init_owner(model.module, where)
+        init = getattr(owner, "_init_weights", None)
+        if not callable(init):
+            continue
+        trace.phase = f"{type(owner).__name__}._init_weights on {type(ancestor).__name__}"
         try:
             init(_leading_to(ancestor, parts[depth:], real))
         except Exception:  # noqa: BLE001 (an init that needs real values: as before)

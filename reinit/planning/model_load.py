@@ -7,6 +7,7 @@ import ast
 import contextlib
 import gc
 import importlib
+import math
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -289,7 +290,7 @@ def _hf_config(spec: str, where: str, data: Mapping[str, object]) -> object:
             "which this transformers does not know; upgrade transformers for new model types"
         )
     try:
-        return transformers.CONFIG_MAPPING[model_type].from_dict(dict(data))
+        return transformers.CONFIG_MAPPING[model_type].from_dict(_special_floats(dict(data)))
     except Exception as e:
         raise ModelError(
             f"--model {spec}: transformers cannot read {where}: {one_line(e, typed=True)}"
@@ -307,6 +308,23 @@ def model_of_config(spec: str, data: Mapping[str, object]) -> Model:
     if not _is_hf(module):
         raise ModelError(f"--model {spec}: config.json does not describe a transformers model")
     return fans_from_module(spec, module, "hf", _prefix(module))
+
+
+_FLOAT_TAGS = {"Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}
+
+
+def _special_floats(value: object) -> object:
+    """`value` with transformers' tagged floats decoded as its own config reader decodes them:
+    `{"__float__": "Infinity"}` (how `save_pretrained` writes Mamba2's `time_step_limit`
+    bound, strict JSON having no infinity) is `inf`. Depth is capped by the reader."""
+    if isinstance(value, dict):
+        tag = value.get("__float__") if len(value) == 1 else None
+        if isinstance(tag, str) and tag in _FLOAT_TAGS:
+            return _FLOAT_TAGS[tag]
+        return {k: _special_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_special_floats(v) for v in value]
+    return value
 
 
 def read_config_json(spec: str, config_path: Path) -> dict[str, object]:

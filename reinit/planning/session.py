@@ -29,6 +29,7 @@ from reinit.planning.surgery import (
     edit_refs,
     mark_plan,
     parse_surgery,
+    resolve_fills,
 )
 from reinit.planning.ties import Ties, resolve_ties
 from reinit.planning.transplant import SourcePool, check_transplants
@@ -82,20 +83,21 @@ def check_reads(result: Plan, ckpt: Checkpoint) -> None:
         bound = e.scheme
         if bound is None or bound.scheme.reads is None:
             continue
-        rule = e.rule_text
+        text = e.rule_text
+        rule = text if text.startswith("--") else f"rule {text!r}"  # `--add ...`: as given
         try:
             other = bound.scheme.reads(e.name, e.captures, bound.kwargs)
         except SchemeError as err:
-            raise RuleError(f"rule {rule!r}: {err}") from None
+            raise RuleError(f"{rule}: {err}") from None
         if other not in ckpt:
             raise RuleError(
-                f"rule {rule!r}: {bound.describe()} for '{e.name}': the checkpoint has no "
+                f"{rule}: {bound.describe()} for '{e.name}': the checkpoint has no "
                 f"tensor '{other}'{closest_hint(other, ckpt.names())}"
             )
         shape = ckpt.ref(other).shape
         if shape != e.shape:
             raise RuleError(
-                f"rule {rule!r}: cannot copy '{other}' {list(shape)} into '{e.name}' "
+                f"{rule}: cannot copy '{other}' {list(shape)} into '{e.name}' "
                 f"{list(e.shape)}: shapes differ"
             )
 
@@ -196,6 +198,7 @@ def edit_checkpoint(
     the edit (which `plan_for` marks on the plan: added, renamed, dropped)."""
     if not surgery:
         return ckpt, None
+    surgery = resolve_fills(surgery, ckpt.config)
     aliases = ckpt.aliases() if surgery.resizes else {}  # tied names resize together
     edited = edit_refs(ckpt.refs(), surgery, allow_unmatched=allow_unmatched, aliases=aliases)
     return EditedCheckpoint(ckpt, edited, seed, device), edited
@@ -223,13 +226,13 @@ def plan_for(
         module_types=view.module_types if view is not None else None,
         held_elsewhere=view.held_elsewhere() if view is not None else None,
     )
-    check_reads(result, ckpt)
     if ckpt.left_out():  # a training checkpoint's non-tensor entries: said, not dropped silently
         result = replace(result, warnings=(*ckpt.left_out(), *result.warnings))
     if view is not None:
         result = check_default(result, view, strict)
     if edited is not None:
         result = mark_plan(result, edited)
+    check_reads(result, ckpt)  # after the surgery's own fills (`--add x=[32]:copy(y)`)
     if isinstance(ckpt, ModelCheckpoint):  # `reinit new`: nothing to read before
         result = mark_fresh(result)
     if any(r.kind == "transplant" for r in rules):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -23,7 +23,8 @@ from reinit.planning.resize import (
     resize_ref,
 )
 from reinit.rules import Pattern, Rule, closest_hint, fill_template, parse_action, parse_pattern
-from reinit.schemes import BoundScheme
+from reinit.schemes import BoundScheme, missing_from_config, resolve_from_config
+from reinit.text import shown
 
 __all__ = [
     "AddSpec",
@@ -37,6 +38,7 @@ __all__ = [
     "parse_drop",
     "parse_rename",
     "parse_surgery",
+    "resolve_fills",
 ]
 
 
@@ -196,6 +198,42 @@ def parse_surgery(
     )
 
 
+def resolve_fills(surgery: Surgery, config: Callable[[], Mapping[str, Any] | None]) -> Surgery:
+    """`--add`/`--resize` fills whose arguments come from the model config (`scaled_normal`'s
+    layers, `small_init`'s dim) filled from the source's `config.json` (`config`, read only
+    when one needs it), as a rule's are; one still missing is a usage error, not an error
+    while writing."""
+    if not any(_from_config(b) for b in _fills(surgery)):
+        return surgery
+    cfg = config()
+    adds = tuple(replace(a, scheme=_resolved(a.text, "--add", a.scheme, cfg)) for a in surgery.adds)
+    resizes = tuple(
+        replace(r, scheme=_resolved(r.text, "--resize", r.scheme, cfg)) if r.scheme else r
+        for r in surgery.resizes
+    )
+    return replace(surgery, adds=adds, resizes=resizes)
+
+
+def _fills(surgery: Surgery) -> list[BoundScheme]:
+    return [a.scheme for a in surgery.adds] + [r.scheme for r in surgery.resizes if r.scheme]
+
+
+def _from_config(bound: BoundScheme) -> bool:
+    return bool(bound.scheme.from_config)
+
+
+def _resolved(
+    text: str, flag: str, bound: BoundScheme, config: Mapping[str, Any] | None
+) -> BoundScheme:
+    if not _from_config(bound):
+        return bound
+    resolved = resolve_from_config(bound, config)
+    problem = missing_from_config(resolved)
+    if problem:
+        raise RuleError(f"{flag} {text!r}: {problem}")
+    return resolved
+
+
 def _parsed(items: Sequence[str | T], parse: Callable[[str], T]) -> tuple[T, ...]:
     """Each item parsed from its text, or taken as given (a bare string is one item)."""
     if isinstance(items, str):
@@ -352,6 +390,7 @@ def _resize_refs(
     for spec in resizes:
         ref = by_name.get(spec.name)
         if ref is None:
+            _not_a_pattern(spec, list(by_name))
             _unmatched("--resize", spec.text, list(by_name), allow_unmatched, warnings)
             continue
         root = aliases.get(origin[spec.name], origin[spec.name])
@@ -367,7 +406,25 @@ def _resize_refs(
                 )
             out.setdefault(name, done)
     warnings.extend(_untied_heads(refs, out))
+    warnings.extend(_heads_resized_apart(out))
     return out
+
+
+def _not_a_pattern(spec: ResizeSpec, names: Sequence[str]) -> None:
+    """A `--resize` whose name is a pattern that matches tensors is told that it takes one
+    tensor's exact name (not "matches no tensor" with the very names it matches)."""
+    try:
+        pattern = parse_pattern(spec.name)
+    except RuleError:
+        return
+    hits = [n for n in names if pattern.has_wildcards and pattern.match(n) is not None]
+    if hits:
+        more = f", … ({len(hits)} in all)" if len(hits) > 3 else ""
+        raise RuleError(
+            f"--resize {spec.text!r}: --resize takes one tensor's exact name, not a pattern "
+            f"(this one matches {', '.join(map(shown, hits[:3]))}{more}); give one --resize "
+            "per tensor"
+        )
 
 
 #: The LM head's tensors with one entry per token: its weight (untied: Llama's `lm_head`) and
@@ -412,6 +469,32 @@ def _untied_heads(refs: Sequence[TensorRef], resized: Mapping[str, Resized]) -> 
                 f"head of '{rs.spec.name}'"
             )
             break
+    return out
+
+
+def _rows_of(name: str, shape: Sequence[int]) -> int:
+    """The tokens an LM-head tensor's shape stands for (`final_logits_bias` is [1, V])."""
+    return shape[-1] if name.endswith("final_logits_bias") else shape[0]
+
+
+def _heads_resized_apart(resized: Mapping[str, Resized]) -> list[str]:
+    """A warning for an LM head's tensor resized to another vocabulary than the embedding it
+    mirrored (`--resize 'embed_tokens.weight=[140,*]' --resize 'lm_head.weight=[141,*]'`, a
+    typo): the model would not load."""
+    out: list[str] = []
+    for name, head in resized.items():
+        if not _LM_HEAD.search(name):
+            continue
+        old, new = _rows_of(name, head.old), _rows_of(name, head.shape)
+        for other, rs in resized.items():
+            if other == name or _LM_HEAD.search(other) or len(rs.old) != 2:
+                continue
+            if rs.old[0] == old and rs.shape[0] != new and rs.shape[1:] == rs.old[1:]:
+                out.append(
+                    f"--resize {head.spec.text!r}: '{name}' gets {new} rows but '{other}' "
+                    f"{rs.shape[0]}; give them one vocabulary if '{name}' is its head"
+                )
+                break
     return out
 
 

@@ -17,6 +17,10 @@ Fields the surgery implies (each only when the config has a different value):
 - `num_hidden_layers` (or `n_layer`/`num_layers`, whichever the config has): how many layer
   indices (`layer.N.`, `layers.N.`, `h.N.`, `block.N.`) the output holds, and the per-layer
   `layer_types` list (Qwen2/3, Gemma 2/3) one entry per layer, which transformers checks;
+  an encoder-decoder's stacks each by its own key (T5's `num_layers` / `num_decoder_layers`,
+  BART's `encoder_layers` / `decoder_layers`);
+- `num_local_experts` (or `num_experts` / `n_routed_experts`): the experts per MoE layer, from
+  the per-expert tensors; notes where no count fits (uneven layers, gaps, a router's rows);
 - `dtype` (and `torch_dtype`, the name before transformers 5, where the config has it): the
   output's `--dtype`, which `from_pretrained` builds the model in.
 `architectures` is never guessed: set it with `--config 'architectures=["..."]'`. `--config`
@@ -220,21 +224,124 @@ def _follow_head(
         )
 
 
+#: A layer stack's own count in an encoder-decoder config (T5: `num_layers` for the encoder and
+#: `num_decoder_layers`; BART, Whisper, Marian: `encoder_layers`, `decoder_layers`). A stack
+#: whose key the config lacks (BERT's `encoder.layer.N`, OPT's `decoder.layers.N`) is counted
+#: under the model's one layer count (`_LAYER_KEYS`).
+_STACK_KEYS = {
+    "encoder": ("encoder_layers", "num_encoder_layers"),
+    "decoder": ("num_decoder_layers", "decoder_layers"),
+}
+
+
+def _stack(name: str, start: int) -> str:
+    """`encoder`, `decoder` or "" by the last such segment before the layer index."""
+    segments = name[:start].split(".")
+    return next((s for s in reversed(segments) if s in _STACK_KEYS), "")
+
+
+def _layer_groups(new: Mapping[str, object], names: Iterable[str]) -> dict[str, list[str]]:
+    """The output's layered tensor names by the config key that counts their layers."""
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        m = _LAYER.search(n)
+        if m is None:
+            continue
+        own = _STACK_KEYS.get(_stack(n, m.start(1)), ())
+        key = next((k for k in (*own, *_LAYER_KEYS) if k in new), None)
+        if key is not None:
+            groups.setdefault(key, []).append(n)
+    return groups
+
+
 def _follow_layers(
     new: dict[str, object], shapes: Mapping[str, Sequence[int]], put: _Put, notes: list[str]
 ) -> None:
-    """The layer count (and per-layer lists) from the layer indices the output holds, with
-    their notes (`put`'s and `notes`)."""
-    indices = {int(m.group(1)) for n in shapes for m in [_LAYER.search(n)] if m}
-    key = next((k for k in _LAYER_KEYS if k in new), None)
-    if indices and key is not None:
+    """Each layer count (and per-layer lists) from the layer indices the output holds, stack by
+    stack (an encoder-decoder's own keys), with their notes (`put`'s and `notes`)."""
+    for key, names in _layer_groups(new, shapes).items():
+        indices = {int(m.group(1)) for n in names for m in [_LAYER.search(n)] if m}
         put(key, len(indices), "layer indices present in the output")
-        notes.extend(_follow_per_layer(new, indices))
+        if key in _LAYER_KEYS:
+            notes.extend(_follow_per_layer(new, indices))
         if indices != set(range(len(indices))):
             notes.append(
                 f"layer indices {sorted(indices)} are not 0..{len(indices) - 1}: transformers "
-                f"will not load them; renumber with --rename (e.g. {_renumber_hint(shapes)})"
+                f"will not load them; renumber with --rename (e.g. {_renumber_hint(names)})"
             )
+
+
+_EXPERT = re.compile(r"(?:^|\.)experts\.(\d+)\.")
+_EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
+
+
+def _experts_by_layer(names: Iterable[str]) -> dict[str, set[int]]:
+    """Per-expert tensor names (`...experts.3.w1.weight`) as each layer's expert indices, by
+    the name's part before `experts.N.`."""
+    layers: dict[str, set[int]] = {}
+    for n in names:
+        m = _EXPERT.search(n)
+        if m is not None:
+            layers.setdefault(n[: m.start(1)], set()).add(int(m.group(1)))
+    return layers
+
+
+def _follow_experts(
+    new: dict[str, object], shapes: Mapping[str, Sequence[int]], put: _Put, notes: list[str]
+) -> None:
+    """The expert count (`num_local_experts`, `num_experts`, `n_routed_experts`, whichever the
+    config has) from the per-expert tensors each MoE layer holds; a note where no count can
+    describe them (layers with different counts, indices not 0..n-1)."""
+    layers = _experts_by_layer(shapes)
+    keys = [k for k in _EXPERT_KEYS if isinstance(new.get(k), int)]
+    if not layers or not keys:
+        return
+    counts = {len(v) for v in layers.values()}
+    if len(counts) > 1:
+        notes.append(
+            f"config.json: the experts per layer differ ({sorted(counts)}): transformers "
+            "builds every MoE layer with one expert count and will not load this"
+        )
+        return
+    count = next(iter(counts))
+    for k in keys:
+        put(k, count, "experts per MoE layer")
+    notes.extend(_router_notes(shapes, layers, count))
+    gaps = [(p, i) for p, i in layers.items() if i != set(range(len(i)))]
+    if gaps:
+        prefix, indices = gaps[0]
+        notes.append(
+            f"expert indices {sorted(indices)} are not 0..{len(indices) - 1}: transformers "
+            f"will not load them; renumber with --rename (e.g. {_expert_hint(prefix, indices)})"
+        )
+
+
+def _router_notes(
+    shapes: Mapping[str, Sequence[int]], layers: Mapping[str, set[int]], count: int
+) -> list[str]:
+    """A note for the first router (`...block_sparse_moe.gate.weight`, `...mlp.gate.weight`:
+    one row per expert) whose rows are not the layer's expert count."""
+    for prefix in layers:
+        router = prefix.removesuffix("experts.") + "gate.weight"
+        shape = shapes.get(router)
+        if shape is not None and len(shape) == 2 and shape[0] != count:
+            return [
+                f"{router} has {shape[0]} rows for {count} experts: transformers will not "
+                f"load it; resize each layer's router too (--resize '{router}=[{count},*]')"
+            ]
+    return []
+
+
+def _expert_hint(prefix: str, indices: set[int]) -> str:
+    """A `--rename` that moves the first expert out of place to the first free index, in every
+    layer: `'model.layers.*.mlp.experts.3.*=model.layers.{1}.mlp.experts.2.{2}'`."""
+    first = min(indices - set(range(len(indices))))
+    free = min(set(range(len(indices))) - indices)
+    m = _LAYER.search(prefix)
+    if m is None:
+        return f"--rename '{prefix}{first}.*={prefix}{free}.{{1}}'"
+    head, tail = prefix[: m.start(1)], prefix[m.end(1) :]
+    return f"--rename '{head}*{tail}{first}.*={head}{{1}}{tail}{free}.{{2}}'"
 
 
 def update_config(
@@ -263,6 +370,7 @@ def update_config(
         put(field, positions, "rows of the learned position table")
     _follow_head(new, shapes, labels, put, notes)
     _follow_layers(new, shapes, put, notes)
+    _follow_experts(new, shapes, put, notes)
     if dtype is not None:
         for k in [k for k in _DTYPE_KEYS if k in new] or [_DTYPE_KEYS[0]]:
             put(k, dtype, "--dtype")

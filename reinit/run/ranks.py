@@ -42,6 +42,9 @@ T = TypeVar("T")
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")
 WAIT_ENV = "REINIT_TORCHRUN_TIMEOUT"
 DEFAULT_WAIT_S = 24 * 3600.0
+#: The longest wait: gloo's store takes its timeout as an integer count of a fine unit, so
+#: `inf`, `1e15` (OverflowError) or `1e10` (an overflow that gives up at once) cannot be told.
+MAX_WAIT_S = 365 * 24 * 3600.0
 POLL_S = 0.05  # how often a waiting rank looks up (and lets a signal in)
 NOTHING = "nothing was published"
 INTERRUPTED = "interrupted (Ctrl-C, or SIGTERM: torchrun stops every rank when one fails)"
@@ -187,14 +190,15 @@ def process_group() -> Iterator[Group]:
 
 def wait_timeout() -> float:
     """Seconds a rank waits for the others at one step (the slowest rank's whole share of the
-    writing, on a slow disk): `REINIT_TORCHRUN_TIMEOUT`, else a day. A rank that dies is
-    noticed at once (its connection drops, or torchrun stops the others); this bounds a hang."""
+    writing, on a slow disk): `REINIT_TORCHRUN_TIMEOUT` (at most a year, `MAX_WAIT_S`), else
+    a day. A rank that dies is noticed at once (its connection drops, or torchrun stops the
+    others); this bounds a hang."""
     raw = os.environ.get(WAIT_ENV, "").strip()
     try:
         value = float(raw) if raw else DEFAULT_WAIT_S
     except ValueError:
         return DEFAULT_WAIT_S
-    return value if value > 0 else DEFAULT_WAIT_S
+    return min(value, MAX_WAIT_S) if value > 0 else DEFAULT_WAIT_S
 
 
 def _own_gpu() -> None:
