@@ -428,3 +428,106 @@ def test_experts_that_no_config_can_describe_get_a_note(tmp_path):
     assert "expert indices [0, 1, 3] are not 0..2" in gap.stderr, gap.stderr
     assert "--rename 'model.layers.*.block_sparse_moe.experts.3.*=" in gap.stderr, gap.stderr
     assert "block_sparse_moe.gate.weight has 4 rows for 3 experts" in gap.stderr, gap.stderr
+
+
+def _vit(path):
+    cfg = transformers.ViTConfig(
+        image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32,
+    )  # fmt: skip
+    _save(transformers.ViTModel, cfg, path)
+    return transformers.ViTModel
+
+
+def _clip(path):
+    cfg = transformers.CLIPConfig(
+        vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 16,
+                       "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "intermediate_size": 32},
+        text_config={"vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "intermediate_size": 32,
+                     "max_position_embeddings": 16},
+        projection_dim=8,
+    )  # fmt: skip
+    _save(transformers.CLIPModel, cfg, path)
+    return transformers.CLIPModel
+
+
+def _bart(path):
+    cfg = transformers.BartConfig(
+        d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, vocab_size=64,
+        max_position_embeddings=32,
+    )  # fmt: skip
+    _save(transformers.BartModel, cfg, path)
+    return transformers.BartModel
+
+
+@pytest.mark.parametrize(
+    ("make", "resize", "section", "want"),
+    [
+        # ViT: 1 class token + a 4x4 grid of 8-pixel patches -> 1 + 6x6: image_size 48
+        (_vit, ["embeddings.position_embeddings=[1,37,*]"], "", {"image_size": 48}),
+        # CLIP: each tower's table sets its own section of the composite config
+        (
+            _clip,
+            [
+                "vision_model.embeddings.position_embedding.weight=[37,*]",
+                "text_model.embeddings.position_embedding.weight=[24,*]",
+            ],
+            "both",
+            {"vision_config": {"image_size": 48}, "text_config": {"max_position_embeddings": 24}},
+        ),  # fmt: skip
+        # BART: 2 rows before position 0 in both tables; 66 -> 130 rows is 64 -> 128 positions
+        (
+            _bart,
+            ["encoder.embed_positions.weight=[130,*]", "decoder.embed_positions.weight=[130,*]"],
+            "",
+            {"max_position_embeddings": 128},
+        ),
+    ],
+)
+def test_a_resized_vision_or_offset_position_table_sets_its_field_and_loads(
+    tmp_path, caplog, make, resize, section, want
+):
+    """ViT's and CLIP vision's positions are a class token and a grid (`image_size` /
+    `patch_size`), BART's table keeps 2 rows before position 0: a resized table must set the
+    field the model reads, in its own section of a composite config, or the output does not
+    load (a size mismatch)."""
+    model_class = make(tmp_path / "src")
+    out = tmp_path / "out"
+    flags = [a for r in resize for a in ("--resize", r)]
+    res = run("apply", tmp_path / "src", *flags, "-o", f"{out}/", "-q")
+    assert res.exit_code == 0, res.output
+    written = json.loads((out / "config.json").read_text())
+    for key, value in want.items():
+        if isinstance(value, dict):
+            for k, v in value.items():
+                assert written[key][k] == v, written[key]
+                assert f"note: config.json: {key}.{k} " in res.stderr, res.stderr
+        else:
+            assert written[key] == value, written
+            assert f"note: config.json: {key} " in res.stderr, res.stderr
+    _load_clean(model_class, out, caplog)
+
+
+@pytest.mark.parametrize(
+    ("make", "resize", "says"),
+    [
+        (_vit, ["embeddings.position_embeddings=[1,20,*]"], "no class token and square grid"),
+        (_bart, ["encoder.embed_positions.weight=[130,*]"], "different rows"),
+    ],
+)
+def test_a_position_table_no_config_can_describe_gets_a_note(tmp_path, make, resize, says):
+    """20 positions are no 1 + g*g grid; a BART whose encoder table alone grew has two sizes
+    for one max_position_embeddings: a note says so and how to fix it, the field is left."""
+    make(tmp_path / "src")
+    before = json.loads((tmp_path / "src" / "config.json").read_text())
+    out = tmp_path / "out"
+    flags = [a for r in resize for a in ("--resize", r)]
+    res = run("apply", tmp_path / "src", *flags, "-o", f"{out}/", "-q")
+    assert res.exit_code == 0, res.output
+    assert says in res.stderr and "transformers will not load" in res.stderr, res.stderr
+    written = json.loads((out / "config.json").read_text())
+    for key in ("image_size", "max_position_embeddings"):
+        assert written.get(key) == before.get(key)

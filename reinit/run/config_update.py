@@ -13,7 +13,12 @@ Fields the surgery implies (each only when the config has a different value):
 - `num_labels`, `id2label`, `label2id`: the rows of the classifier head (`classifier`, `score`,
   `classifier.out_proj`), names from `--labels` (else `LABEL_i`, as transformers names them);
 - `max_position_embeddings` (or `n_positions`, whichever the config has): the rows of
-  the learned position table (`position_embeddings.weight`, GPT-2's `wpe.weight`);
+  the learned position table (`position_embeddings.weight`, GPT-2's `wpe.weight`, CLIP text's
+  `position_embedding.weight`), less the 2 rows BART-style tables (`embed_positions.weight` of
+  BART, mBART, OPT, ...) keep before position 0; a vision config's (`image_size` and
+  `patch_size`: ViT, CLIP vision) `image_size` instead: its patch grid is the table's positions
+  after the class token; each in its own section of a composite config (CLIP's `vision_config`,
+  `text_config`); a note where no value can describe the tables;
 - `num_hidden_layers` (or `n_layer`/`num_layers`, whichever the config has): how many layer
   indices (`layer.N.`, `layers.N.`, `h.N.`, `block.N.`) the output holds, and the per-layer
   `layer_types` list (Qwen2/3, Gemma 2/3) one entry per layer, which transformers checks;
@@ -37,6 +42,7 @@ from dataclasses import dataclass
 from reinit.errors import UsageError
 from reinit.io.jsonfile import json_depth_ok
 from reinit.limits import MAX_JSON_DEPTH
+from reinit.run.config_positions import follow_positions
 from reinit.text import shown
 
 __all__ = [
@@ -52,8 +58,6 @@ _EMBED = re.compile(r"(?:^|\.)(?:word_embeddings|embed_tokens|wte|shared)\.weigh
 _HEAD = re.compile(r"(?:^|\.)(?:classifier|score)(?:\.out_proj)?\.weight$")
 _LAYER = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")
 _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
-_POSITIONS = re.compile(r"(?:^|\.)(?:position_embeddings|wpe)\.weight$")
-_POSITION_KEYS = ("max_position_embeddings", "n_positions")
 _PER_LAYER = ("layer_types",)
 _DTYPE_KEYS = ("dtype", "torch_dtype")
 
@@ -365,9 +369,7 @@ def update_config(
     vocab = _rows(shapes, _EMBED)
     if vocab is not None and "vocab_size" in new:
         put("vocab_size", vocab, "rows of the word embeddings")
-    positions = _rows(shapes, _POSITIONS)
-    for field in (k for k in _POSITION_KEYS if k in new and positions is not None):
-        put(field, positions, "rows of the learned position table")
+    notes.extend(follow_positions(new, shapes))
     _follow_head(new, shapes, labels, put, notes)
     _follow_layers(new, shapes, put, notes)
     _follow_experts(new, shapes, put, notes)
