@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run
+from helpers import refused, run
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -367,3 +367,45 @@ def test_add_and_resize_fills_read_the_config_as_rules_do(tmp_path):
     res = run("apply", lone, "-o", tmp_path / "out.safetensors", "--add", "x=[4,4]:scaled_normal")
     assert res.exit_code == 2 and "internal error" not in res.output, res.output
     assert "--add 'x=[4,4]:scaled_normal': scaled_normal needs layers=N" in res.output
+
+
+def _tiny_vit(path: Path) -> Path:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.ViTConfig(
+        image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32,
+    )  # fmt: skip
+    transformers.ViTModel(cfg).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("out", ["out/", "out.safetensors"])
+def test_a_drop_that_leaves_no_tensor_is_refused(tmp_path, out):
+    """`--drop "*"` (or drops that together take every tensor) would write a checkpoint of
+    nothing with exit 0: refused, exit 2, naming the drop and the tensors, nothing written."""
+    src = _tiny_vit(tmp_path / "vit")
+    refused(
+        tmp_path,
+        ["apply", src, "-o", tmp_path / out, "--drop", "embeddings.*", "--drop", "[elp]*", "-q"],
+        2,
+        "--drop 'embeddings.*' --drop '[elp]*' drops every tensor",
+        "embeddings.cls_token",
+        "nothing written",
+    )
+
+
+def test_a_recipe_step_or_the_api_that_drops_everything_is_refused(tmp_path):
+    src = _tiny_vit(tmp_path / "vit")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"source: {src}\noutput: {tmp_path / 'out'}/\nsteps:\n"
+        "  - drop: ['pooler.*']\n  - drop: ['*']\n"
+    )
+    refused(tmp_path, ["run", recipe], 2, "r.yaml step 2: --drop '*' drops every tensor")
+    with pytest.raises(RuleError, match="drops every tensor"):
+        reinit.apply_to_state_dict({"a.weight": torch.zeros(2, 2)}, [], drop=["*"])
+    new, _ = reinit.apply_to_state_dict(
+        {"a.weight": torch.zeros(2, 2)}, [], drop=["*"], add=["b.weight=[2,2]:zeros"]
+    )
+    assert list(new) == ["b.weight"]  # new tensors only: not empty, so allowed

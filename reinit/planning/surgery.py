@@ -287,7 +287,21 @@ def edit_refs(
     ]
     shards = sorted({r.shard for r in refs}) or [""]
     added = _add(out_refs, origin, surgery.adds, shards[-1])
+    if refs and not out_refs and not added:
+        _refuse_empty(surgery, dropped)
     return Edited(tuple(out_refs), origin, added, tuple(dropped), tuple(warnings), resized)
+
+
+def _refuse_empty(surgery: Surgery, dropped: Sequence[str]) -> None:
+    """An output with no tensor is refused (exit 2): a checkpoint of nothing loads as nothing,
+    and a `--drop` that takes every tensor is far likelier a pattern wider than meant."""
+    drops = " ".join(f"--drop {shown(d.text)!r}" for d in surgery.drops)
+    names = ", ".join(shown(n) for n in dropped[:3]) + (", ..." if len(dropped) > 3 else "")
+    raise RuleError(
+        f"{drops} drops every tensor ({len(dropped)}: {names}), which would write "
+        "a checkpoint with none; nothing written. Drop fewer (a narrower pattern), or, to keep "
+        "only new tensors, --add them"
+    )
 
 
 def _drop(
