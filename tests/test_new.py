@@ -204,6 +204,28 @@ def test_dtype_from_the_config_and_dtype_overrides(tmp_path):
     assert all(torch.equal(fp32[n].to(torch.bfloat16), bf16[n]) for n in fp32)
 
 
+@pytest.mark.parametrize("dtype", ["complex64", "int8"])
+def test_a_config_dtype_that_is_not_floating_is_refused_and_dtype_overrides(tmp_path, dtype):
+    """A config whose dtype no model's weights are drawn in was written as float32 with exit 0
+    (its config.json then saying float32 too): refused, exit 2, naming it and --dtype; with
+    --dtype the output is that dtype and loads."""
+    cfg = tmp_path / "cfg"
+    config = _configs()["vit"]
+    config.save_pretrained(cfg)
+    data = json.loads((cfg / "config.json").read_text())
+    data["dtype"] = dtype
+    (cfg / "config.json").write_text(json.dumps(data))
+    refused(
+        tmp_path, ["new", cfg, "-o", tmp_path / "out/"], 2, f"config's dtype is {dtype}",
+        "--dtype float32",
+    )  # fmt: skip
+    with pytest.raises(reinit.UsageError, match=f"dtype is {dtype}"):
+        reinit.new(cfg, tmp_path / "api/")
+    _new(cfg, "-o", tmp_path / "out", "--dtype", "bfloat16")
+    assert {t.dtype for t in _weights(tmp_path / "out").values()} == {torch.bfloat16}
+    assert _load_clean(_cls("vit"), tmp_path / "out").dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize("kind", ["bert", "vit"])
 def test_sharded_like_save_pretrained(tmp_path, kind):
     cfg = _config_dir(tmp_path, kind)

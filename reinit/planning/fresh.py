@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from reinit.errors import CheckpointError
+from reinit.errors import CheckpointError, UsageError
 from reinit.io.checkpoint import Checkpoint, ConfigDict, TensorRef
 from reinit.io.formats import tensor_to_bytes
 from reinit.planning.model import Model, ModelError, default_value
@@ -38,9 +38,11 @@ DEFAULT_RULE = "*=default"  # the rule `reinit new` puts before the user's: the 
 _SAVE_METADATA = {"format": "pt"}
 
 
-def config_dtype(module: nn.Module) -> torch.dtype | None:
+def config_dtype(module: nn.Module, spec: str = "the model") -> torch.dtype | None:
     """The floating dtype the model's config names (`dtype`, or the older `torch_dtype`), or
-    None (no config, "auto", or a name that is not a floating torch dtype)."""
+    None (no config, "auto", or a name that is no torch dtype). A torch dtype that is not
+    floating (complex64, int8, bool: no init draws a model's weights in it, and writing it as
+    float32 would say otherwise than the config) is a UsageError naming `--dtype`."""
     config = getattr(module, "config", None)
     if config is None:
         return None
@@ -50,9 +52,16 @@ def config_dtype(module: nn.Module) -> torch.dtype | None:
         value = getattr(config, attr)
         if isinstance(value, str):
             value = getattr(torch, value.removeprefix("torch."), None)
-        if isinstance(value, torch.dtype) and value.is_floating_point:
-            return value
-        return None
+        if not isinstance(value, torch.dtype):
+            return None
+        if not value.is_floating_point:
+            name = str(value).removeprefix("torch.")
+            raise UsageError(
+                f"reinit new {spec}: its config's {attr} is {name}, not a floating dtype a "
+                "model's weights are drawn in; give --dtype float32 (or bfloat16, float16) to "
+                "write it in that"
+            )
+        return value
     return None
 
 

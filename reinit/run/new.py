@@ -174,7 +174,7 @@ def prepare_new(
     _check_options(spec, o)
     model = _load(config)
     check_architecture(spec, model)
-    dtype = parse_dtype(o.dtype) or config_dtype(model.module) or torch.float32
+    dtype = parse_dtype(o.dtype) or config_dtype(model.module, spec) or torch.float32
     shard = o.max_shard_size
     folder = output is not None and output_format(os.fspath(output)) == "directory"
     if shard is None and folder and o.format != "dcp":  # DCP has its own layout
