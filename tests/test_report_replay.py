@@ -271,3 +271,40 @@ def test_a_hostile_surgery_record_is_set_aside_not_run(tmp_path):
     assert "its recorded surgery does not replay on the baseline" in res.stderr
     rep = reinit.report_checkpoint(out, src)
     assert [(e.name, e.action) for e in rep.tensors] == [("w", "kept")]
+
+
+def test_report_against_a_recipes_first_input_sets_aside_what_its_record_does_not_say(
+    tmp_path, monkeypatch
+):
+    """A two-step recipe's output records its last step (as two applies chained through a file
+    would). `report OUT --against` the recipe's own input used to judge step 1's transplant as a
+    reinit against the config's 0.02 and flag it off_reference (exit 1 under --fail-on): a
+    tensor the replayed record does not change is now judged against no reference, with a
+    warning naming it and what to compare against; step 2's tensor is still judged as apply
+    did. The report's seed is the last step's (each step's in a note), not the top-level one."""
+    monkeypatch.chdir(tmp_path)
+    donor = trained_bert(tmp_path / "donor")
+    config = transformers.BertConfig.from_pretrained(donor)
+    torch.manual_seed(1)
+    transformers.BertModel(config).save_pretrained(tmp_path / "fresh")
+    moved = "encoder.layer.0.output.dense.weight"
+    (tmp_path / "r.yaml").write_text(
+        "source: fresh\noutput: out/\nseed: 9\nsteps:\n"
+        f"  - rules: ['{moved}=from(donor/)']\n    seed: 1\n"
+        "  - rules: ['pooler.dense.weight=normal(std=0.02)']\n    seed: 3\n"
+    )
+    res = run("run", "r.yaml", "-q")
+    assert res.exit_code == 0, res.output
+    assert "note: seeds by step: step 1 seed 1, step 2 seed 3" in res.stderr, res.stderr
+    assert json.loads((tmp_path / "out" / "reinit-report.json").read_text())["seed"] == 3
+
+    res = run("report", "out", "--against", "fresh", "--fail-on", "off_reference", "--json")
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout)
+    by = {t["name"]: t for t in rep["tensors"]}
+    assert by[moved]["flags"] == [] and by[moved]["reference_std"] is None, by[moved]
+    assert by["pooler.dense.weight"]["rule"] == "pooler.dense.weight=normal(std=0.02)"
+    assert by["pooler.dense.weight"]["reference_std"] == pytest.approx(0.02)
+    warned = [w for w in res.stderr.splitlines() if "differ from the baseline though" in w]
+    assert len(warned) == 1 and moved in warned[0], res.stderr
+    assert "1 tensor(s)" in warned[0] and "records its last step only" in warned[0]

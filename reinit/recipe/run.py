@@ -282,6 +282,7 @@ def merge_reports(
             entry = replace(entry, notes=tuple(notes))
         entries.append(entry)
     done = finalize(entries, tolerance, never_trained)
+    seed, seed_notes = _seeds(reports, seed)
     rules = tuple(r for rep in reports for r in rep.rules)
     warnings = tuple(w for rep in reports for w in rep.warnings)
     return Report(
@@ -294,8 +295,19 @@ def merge_reports(
         summary=summarize(done, final.summary.bytes_written, seconds),
         warnings=warnings,
         dropped=tuple(n for rep in reports for n in rep.dropped),
-        notes=tuple(n for rep in reports for n in rep.notes),
+        notes=(*(n for rep in reports for n in rep.notes), *seed_notes),
     )
+
+
+def _seeds(reports: Sequence[Report], seed: int) -> tuple[int, tuple[str, ...]]:
+    """The merged report's seed: the last step's, which the output records (the recipe's
+    top-level `seed` is only the default of the steps that set none); with a note naming each
+    step's seed when they differ, so the report says what reproduces each step's draws."""
+    seeds = [r.seed for r in reports] or [seed]
+    if len(set(seeds)) <= 1:
+        return seeds[-1], ()
+    each = ", ".join(f"step {i} seed {s}" for i, s in enumerate(seeds, 1))
+    return seeds[-1], (f"seeds by step: {each} (the report's seed is the last step's)",)
 
 
 def _new_output(recipe: Recipe) -> str:

@@ -33,6 +33,7 @@ __all__ = [
     "MODEL_DEFAULT",
     "REFERENCE_TOLERANCE",
     "RESIZED",
+    "UNRECORDED",
     "SIBLINGS",
     "SOURCE",
     "config_fits",
@@ -78,6 +79,12 @@ SIBLINGS = "siblings median"
 SOURCE = "source"  # a transplant's reference: its source tensor(s)' std, recorded by the run
 
 RESIZED = "before resize"  # a grown tensor's reference: its own std before --resize
+
+#: `report --against`: a tensor that differs from the baseline though the output's recorded
+#: rules and surgery do not change it (the baseline is not the input of the run that wrote it:
+#: a recipe's or a chain's earlier step changed it). Nothing says what its scale should be, so it
+#: has no reference std and is not judged `off_reference`.
+UNRECORDED = "not in its record"
 
 #: References the run records itself, which the tensor keeps whatever its name or siblings.
 RECORDED = (SOURCE, RESIZED)
@@ -186,6 +193,9 @@ def with_references(
     for e in entries:
         if e.reference in RECORDED and e.reference_std is not None:
             out.append(e)  # the run recorded it (the source's std): it follows the tensor
+            continue
+        if e.reference == UNRECORDED:
+            out.append(e)  # no rule or surgery of the record made it: nothing to judge it by
             continue
         ref = _reference_for(e, from_config, medians, basis.model_std)
         if ref is None:

@@ -38,7 +38,7 @@ from reinit.planning.session import model_view
 from reinit.planning.surgery import Edited, edit_refs, mark_plan, parse_surgery
 from reinit.report.entries import NOTE_CHANGED, NOTE_NEW, NOTE_SHAPE, TensorEntry
 from reinit.report.flags import kind_of
-from reinit.report.reference import RESIZED, SOURCE
+from reinit.report.reference import RESIZED, SOURCE, UNRECORDED
 from reinit.rules import Rule, parse_rules
 from reinit.run.entry import entry_for
 from reinit.run.record import RECORD_FORMAT, Provenance
@@ -55,6 +55,7 @@ class Replay:
     edited: Edited | None = None
     view: ModelView | None = None
     warnings: tuple[str, ...] = ()
+    recorded: bool = False  # OUT has a record (written by reinit), not the stand-in
 
     def origins(self) -> dict[str, str | None]:
         """OUT's name -> the baseline name its values came from (None: added by `--add`);
@@ -72,10 +73,11 @@ def replay_of(
 ) -> Replay:
     """OUT's record (seed 0 and no rules when it has none) with its surgery replayed on
     `base` and the view of `model` (given on the command line) over OUT's names."""
+    recorded = record is not None
     record = record or Provenance(0, ())
     edited, warnings = _surgery_on(record, ckpt, base)
     view = model_view(model, ckpt) if model is not None else None
-    return Replay(record, edited, view, warnings)
+    return Replay(record, edited, view, warnings, recorded)
 
 
 def _surgery_on(
@@ -125,11 +127,51 @@ def as_applied(
     the_plan, warnings = _planned(ckpt, replay)
     planned = {p.name: p for p in the_plan.entries}
     judge = _Judge(replay.view, replay.record.seed)
-    out = [
-        judge(e, planned.get(e.name)) if _differs(e) else _unchanged(judge, e, planned.get(e.name))
-        for e in entries
-    ]
+    whole = _replayed_whole(replay) and not warnings
+    out, unrecorded = [], []
+    for e in entries:
+        p = planned.get(e.name)
+        if not _differs(e):
+            out.append(_unchanged(judge, e, p))
+        elif whole and not _recorded_change(p):
+            unrecorded.append(e.name)
+            out.append(_unrecorded(e))
+        else:
+            out.append(judge(e, p))
+    if unrecorded:
+        warnings = (*warnings, _unrecorded_warning(ckpt, unrecorded))
     return out, (*replay.warnings, *warnings)
+
+
+def _replayed_whole(replay: Replay) -> bool:
+    """Whether OUT's record (this format: rules and surgery) replayed in full, so a tensor it
+    does not change was not changed by the run that wrote OUT."""
+    return replay.recorded and replay.record.format == RECORD_FORMAT and not replay.warnings
+
+
+def _recorded_change(p: PlanEntry | None) -> bool:
+    """Whether the replayed record changes this tensor (a rule that changes it, an --add, a
+    --resize); apply changes nothing else (a --dtype cast is equal values, not a change)."""
+    return p is not None and (p.changes or p.added or p.resized is not None)
+
+
+def _unrecorded(e: TensorEntry) -> TensorEntry:
+    """A differing tensor the record does not explain: changed, by nothing it says, so judged
+    against no reference (`UNRECORDED`): its flags are the ones its values alone give."""
+    made = _resized(e) or replace(e, action="reinit")
+    return replace(made, reference=UNRECORDED, reference_std=None)
+
+
+def _unrecorded_warning(ckpt: Checkpoint, names: Sequence[str]) -> str:
+    out = os.fspath(ckpt.source)
+    first = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return (
+        f"{out}: {len(names)} tensor(s) differ from the baseline though its recorded rules "
+        f"and surgery do not change them ({first}): the baseline is not the input of the run "
+        "that wrote it (a recipe or a chain of applies records its last step only: compare "
+        "against that step's input), or the file changed after; they are judged against no "
+        "reference"
+    )
 
 
 def _differs(e: TensorEntry) -> bool:
