@@ -447,7 +447,7 @@ def test_multi_step_report_says_which_step_changed_each_tensor(tmp_path, monkeyp
         ("head.weight", "has no '='"),
     ],
 )
-@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+@pytest.mark.parametrize("suffix", [".yaml", ".json", ".toml"])
 def test_a_bad_rule_names_the_line_it_is_written_on(tmp_path, monkeypatch, suffix, rule, says):
     """A rule that does not parse (unknown scheme, bad argument or value, bad syntax) named
     only the file (`r.yaml: rule ...`), in a step of a long recipe too; now its line."""
@@ -464,6 +464,20 @@ def test_a_bad_rule_names_the_line_it_is_written_on(tmp_path, monkeypatch, suffi
     assert res.stderr.startswith("error: ") and len(res.stderr.splitlines()) == 1
     assert f"r{suffix} line {line} (step 2): rule {rule!r}" in res.stderr, res.stderr
     assert says in res.stderr
+
+
+def test_a_toml_rule_in_a_literal_string_names_its_own_line(tmp_path, monkeypatch):
+    """TOML's parser keeps no positions: a bad rule named the `rules = [` line; its own line is
+    found in the text for basic ("...") and literal ('...') strings alike."""
+    monkeypatch.chdir(tmp_path)
+    small_file(tmp_path / "m.safetensors")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        'source = "m.safetensors"\nrules = [\n  "head.*=ones",\n  \'head.weight=zeroes\',\n]\n'
+    )
+    res = run("run", recipe, "--dry-run")
+    assert res.exit_code == 2
+    assert "r.toml line 4: rule 'head.weight=zeroes'" in res.stderr, res.stderr
 
 
 def test_a_bad_rule_given_with_set_is_named_as_set_not_by_the_file_line(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
@@ -263,10 +263,30 @@ def _toml_where(data: Data, text: str, label: str) -> Where:
                             walk(step, ("steps", n), i or 0, len(lines))
                 else:
                     walk(val, (*path, key), i or start, stop)
+        elif isinstance(node, list):
+            at = start
+            for n, item in enumerate(node):
+                j = _toml_string_line(lines, item, at, stop) if isinstance(item, str) else None
+                if j is not None:  # a rule's own line, as YAML and JSON say it
+                    where[path + (n,)] = f"{label} line {j + 1}"
+                    at = j
 
     top_stop = step_starts[0] if step_starts else len(lines)
     walk(data, (), 0, top_stop)
     return where
+
+
+def _toml_string_line(lines: Sequence[str], value: str, start: int, stop: int) -> int | None:
+    """The first line from `start` that writes the string `value` as a one-line TOML string
+    (basic `"..."`, escaped as JSON escapes, or literal `'...'`); None when it is written
+    another way (a multi-line string, unusual escapes): its key's line stands then."""
+    forms = [json.dumps(value, ensure_ascii=False), json.dumps(value)]
+    if "'" not in value and "\n" not in value:
+        forms.append(f"'{value}'")
+    for i in range(start, stop):
+        if any(f in lines[i] for f in forms):
+            return i
+    return None
 
 
 def _read_toml(text: str, label: str) -> tuple[Data, Where]:
