@@ -453,6 +453,19 @@ def _clip(path):
     return transformers.CLIPModel
 
 
+def _resize_flags(items):
+    """`--resize X` for each item; an item after "--rule" (and "--rule" itself) as given."""
+    out, i = [], 0
+    while i < len(items):
+        if items[i] == "--rule":
+            out += items[i : i + 2]
+            i += 2
+        else:
+            out += ["--resize", items[i]]
+            i += 1
+    return out
+
+
 def _bart(path):
     cfg = transformers.BartConfig(
         d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
@@ -468,6 +481,17 @@ def _bart(path):
     [
         # ViT: 1 class token + a 4x4 grid of 8-pixel patches -> 1 + 6x6: image_size 48
         (_vit, ["embeddings.position_embeddings=[1,37,*]"], "", {"image_size": 48}),
+        # the same, filled from the 4x4 table by resample= (transplant.md, position tables)
+        (
+            _vit,
+            [
+                "embeddings.position_embeddings=[1,37,*]",
+                "--rule",
+                "embeddings.position_embeddings=from(src/, resample=bicubic)",
+            ],
+            "",
+            {"image_size": 48},
+        ),  # fmt: skip
         # CLIP: each tower's table sets its own section of the composite config
         (
             _clip,
@@ -488,15 +512,16 @@ def _bart(path):
     ],
 )
 def test_a_resized_vision_or_offset_position_table_sets_its_field_and_loads(
-    tmp_path, caplog, make, resize, section, want
+    tmp_path, caplog, monkeypatch, make, resize, section, want
 ):
     """ViT's and CLIP vision's positions are a class token and a grid (`image_size` /
     `patch_size`), BART's table keeps 2 rows before position 0: a resized table must set the
     field the model reads, in its own section of a composite config, or the output does not
     load (a size mismatch)."""
+    monkeypatch.chdir(tmp_path)
     model_class = make(tmp_path / "src")
     out = tmp_path / "out"
-    flags = [a for r in resize for a in ("--resize", r)]
+    flags = _resize_flags(resize)
     res = run("apply", tmp_path / "src", *flags, "-o", f"{out}/", "-q")
     assert res.exit_code == 0, res.output
     written = json.loads((out / "config.json").read_text())
