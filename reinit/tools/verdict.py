@@ -13,7 +13,12 @@ judged it, by replaying what OUT records (its safetensors `reinit` metadata, `ru
 - the rules are planned on OUT's names: each differing tensor gets the action and scheme its
   rule gave it (the expected std for `std_off`). Rules that need a model (`default`, `type:`)
   are replayed with `--model` (the recorded model is a name to show, never loaded from the
-  file); without it they are set aside with a warning naming the recorded model.
+  file); without it they are set aside with a warning naming the recorded model;
+- a tensor that differs though the record, replayed in full, does not change it was changed by
+  something the record does not hold (a recipe's or a chain's earlier step: a multi-step
+  recipe records its last step, as chained applies do; an edit after): it is judged against
+  no reference (`UNRECORDED`: no `off_reference` against a config it never followed), and one
+  warning names those tensors.
 
 The report then finds references (OUT's config, the model's init with `--model`, the untouched
 tensors) and flags as `apply` did. A transplant is judged against its source: the source is not
