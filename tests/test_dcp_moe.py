@@ -287,3 +287,25 @@ def test_boxes_must_cover_the_stacked_tensor_once():
     shifted = [*halves[:3], box((1, 1, 0), (1, 2, 3))]  # rows 1-2 of expert 1 twice, row 3 never
     assert not covers_once(shifted, (2, 4, 3))
     assert not covers_once(halves[:3], (2, 4, 3))
+
+
+def test_expert_surgery_names_the_model_of_the_config_the_output_follows(tmp_path):
+    """Dropping the last expert of every layer (and its router row) makes the output a 3-expert
+    Mixtral (the folder's config.json says so): the DCP is written under that model's names,
+    the stacked parameters whole from 3 experts' boxes, and `dcp.load` into a fresh 3-expert
+    model equals `from_pretrained` of the safetensors output of the same surgery."""
+    src = saved(tmp_path, "mixtral")
+    routers = [f"model.layers.{i}.block_sparse_moe.gate.weight=[3,*]" for i in (0, 1)]
+    surgery = ["--drop", "*.experts.3.*", *(a for r in routers for a in ("--resize", r))]
+    out_dcp, out_st = tmp_path / "d", tmp_path / "s"
+    for fmt, out in (("dcp", out_dcp), ("safetensors", out_st)):
+        res = run("apply", src, *surgery, "--format", fmt, "-o", f"{out}/", "--seed", "7")
+        assert res.exit_code == 0, res.output
+    assert "3 experts" not in res.output, res.output  # the routers were resized: no warning
+    cfg = transformers.AutoConfig.from_pretrained(out_st)
+    assert cfg.num_local_experts == E - 1
+    state = transformers.AutoModelForCausalLM.from_config(cfg).state_dict()
+    dcp.load(state, checkpoint_id=out_dcp)
+    want = transformers.AutoModelForCausalLM.from_pretrained(out_st).state_dict()
+    assert state.keys() == want.keys() == metadata(out_dcp).state_dict_metadata.keys()
+    assert all(torch.equal(state[n], t) for n, t in want.items())
