@@ -309,3 +309,26 @@ def test_expert_surgery_names_the_model_of_the_config_the_output_follows(tmp_pat
     want = transformers.AutoModelForCausalLM.from_pretrained(out_st).state_dict()
     assert state.keys() == want.keys() == metadata(out_dcp).state_dict_metadata.keys()
     assert all(torch.equal(state[n], t) for n, t in want.items())
+
+
+@pytest.mark.parametrize(
+    ("edit", "said"),
+    [
+        ({"auto_map": {"AutoModelForCausalLM": "modeling_x.MyMixtral"}}, "auto_map"),
+        ({"model_type": "nosuchmodel"}, "nosuchmodel"),
+    ],
+)
+def test_a_config_that_is_not_built_keeps_the_checkpoint_names_and_says_why(edit, said, tmp_path):
+    """A source whose config.json names a model reinit does not build (custom code, a type this
+    transformers lacks) is written under the checkpoint's names, and a note says so and why:
+    the training job's module may name its tensors otherwise."""
+    src = saved(tmp_path, "mixtral")
+    cfg = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**cfg, **edit}))
+    out = tmp_path / "o"
+    res = run("apply", src, "--rule", "*norm*=zeros", "--format", "dcp", "-o", f"{out}/")
+    assert res.exit_code == 0, res.output
+    names = set(metadata(out).state_dict_metadata)
+    assert names == set(load_file(src / "model.safetensors"))
+    notes = [line for line in res.output.splitlines() if "checkpoint's names" in line]
+    assert len(notes) == 1 and said in notes[0] and "--model" not in notes[0], res.output

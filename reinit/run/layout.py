@@ -195,9 +195,14 @@ def _dcp_names(
     """A DCP output's tensors under the model's `state_dict()` names (`planning.dcp_names`):
     the model of `--model`, else the one the output's config describes (the source's own
     config.json, as the surgery and `--config` change it: a transformers architecture);
-    without one, the checkpoint's names."""
+    without one, the checkpoint's names (a note says why when the config names a model that
+    is not built)."""
     entries = [(e.name, out_dtype[e.name], tuple(e.shape)) for e in prepared.plan.entries]
-    view = prepared.view or _own_model_view(prepared, request, entries)
+    try:
+        view = prepared.view or _own_model_view(prepared, request, entries)
+    except ReinitError as why:
+        said = str(why).removeprefix(f"--model {prepared.job.source_text}: ")
+        return DcpNames({}, note=f"--format dcp: written under the checkpoint's names ({said})")
     if view is None:
         return DcpNames({})
     return dcp_names(view, entries)
@@ -208,19 +213,17 @@ def _own_model_view(
 ) -> ModelView | None:
     """The model the output's config.json describes (the source's, followed as a folder
     output's follows the surgery: a dropped expert makes a model of fewer experts), seen
-    through the output's names; None when there is no config, or it names no transformers
-    model this one can build (not installed, an unknown type, custom code)."""
+    through the output's names; None when there is no config or it names no model type.
+    A config this one cannot build (transformers not installed, an unknown type, custom
+    code) raises its `ReinitError`."""
     config = prepared.source_config()
     if config is None or "model_type" not in config:
         return None
     shapes = {n: s for n, _, s in entries}
     if prepared.job.surgery or reshaped(prepared.ckpt) or request.config_set or request.labels:
         config = update_config(config, shapes, request.config_set, request.labels).config
-    try:
-        model = model_of_config(prepared.job.source_text, config)
-        return model.align(list(shapes), shapes)
-    except ReinitError:
-        return None
+    model = model_of_config(prepared.job.source_text, config)
+    return model.align(list(shapes), shapes)
 
 
 def _output_spec(
