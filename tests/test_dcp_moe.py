@@ -332,3 +332,23 @@ def test_a_config_that_is_not_built_keeps_the_checkpoint_names_and_says_why(edit
     assert names == set(load_file(src / "model.safetensors"))
     notes = [line for line in res.output.splitlines() if "checkpoint's names" in line]
     assert len(notes) == 1 and said in notes[0] and "--model" not in notes[0], res.output
+
+
+@pytest.mark.parametrize("kind", ["mixtral", "qwen3-moe"])
+def test_a_rule_on_the_stacked_parameter_scales_as_on_each_expert(kind, tmp_path):
+    """`kaiming_normal` on the module-named DCP's stacked experts (`[E, 2I, H]`), with the
+    source as `--model`, uses each expert matrix's fans (fan_in H), as the same rule on the
+    per-expert source does, not torch's 2I*H of the 3-D tensor (a std 2I times too small)."""
+    src = saved(tmp_path, kind)
+    out_dcp, _ = apply_both(src, tmp_path, "*norm*=zeros")
+    expected = {}
+    for source, model, out in ((src, [], "per-expert"), (out_dcp, ["--model", src], "stacked")):
+        res = run("apply", source, *model, "--rule", "*.experts.*=kaiming_normal",
+                  "-o", f"{tmp_path / out}/", "-q", "--report", tmp_path / f"{out}.json")  # fmt: skip
+        assert res.exit_code == 0, res.output
+        report = json.loads((tmp_path / f"{out}.json").read_text())
+        stds = {t["expected_std"] for t in report["tensors"] if ".experts." in t["name"]}
+        expected[out] = sorted(round(x, 6) for x in stds)
+    inter = 24 if kind == "mixtral" else 8  # w2's fan_in; w1's and w3's is H = 16
+    assert expected["per-expert"] == sorted(round((2 / n) ** 0.5, 6) for n in (16, inter))
+    assert expected["stacked"] == expected["per-expert"]

@@ -289,8 +289,19 @@ def _with_checkpoint_sites(
     out: dict[str, TensorSite] = {}
     for name, site in sites.items():
         out.update(extra.get(name, []))
-        out[name] = site
+        out[name] = _with_parts_fans(site, [s for _, s in extra.get(name, [])])
     return out
+
+
+def _with_parts_fans(site: TensorSite, parts: Sequence[TensorSite]) -> TensorSite:
+    """A module tensor saved as parts (a stacked `[E, 2I, H]` experts parameter, saved one
+    `[I, H]` matrix per expert) has its parts' fans when they all agree (`fan_in` = H, as
+    for each expert's matrix, not torch's 2I·H of the 3-D tensor): a rule on the stacked
+    parameter (a DCP written under the module's names) scales as on the per-expert tensors."""
+    fans = {p.fans for p in parts if p.part is not None}
+    if len(fans) != 1 or len(parts) != len([p for p in parts if p.part is not None]):
+        return site
+    return replace(site, fans=fans.pop())
 
 
 def align(
