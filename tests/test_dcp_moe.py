@@ -352,3 +352,30 @@ def test_a_rule_on_the_stacked_parameter_scales_as_on_each_expert(kind, tmp_path
     inter = 24 if kind == "mixtral" else 8  # w2's fan_in; w1's and w3's is H = 16
     assert expected["per-expert"] == sorted(round((2 / n) ** 0.5, 6) for n in (16, inter))
     assert expected["stacked"] == expected["per-expert"]
+
+
+def test_legacy_names_are_written_under_the_names_transformers_loads_them_as(tmp_path):
+    """A BERT checkpoint of the old `LayerNorm.gamma`/`beta` names (which `from_pretrained`
+    renames as it loads, by transformers' legacy conversion mapping): the DCP holds them
+    under the module's `LayerNorm.weight`/`bias`, so a strict `dcp.load` into a fresh
+    model's `state_dict()` equals `from_pretrained` of the safetensors output."""
+    cfg = transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2,
+                                  num_attention_heads=2, intermediate_size=24,
+                                  max_position_embeddings=32)  # fmt: skip
+    torch.manual_seed(0)
+    src = tmp_path / "bert"
+    transformers.BertForMaskedLM(cfg).save_pretrained(src)
+    from safetensors.torch import save_file
+
+    state = load_file(src / "model.safetensors")
+    legacy = {n.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias",
+              "LayerNorm.beta"): t for n, t in state.items()}  # fmt: skip
+    assert len([n for n in legacy if n.endswith(".gamma")]) == 6
+    save_file(legacy, src / "model.safetensors", metadata={"format": "pt"})
+    out_dcp, out_st = apply_both(src, tmp_path, "*.dense.weight=normal(0,0.02)")
+    fresh = transformers.BertForMaskedLM(cfg).state_dict()
+    dcp.load(fresh, checkpoint_id=out_dcp)
+    model, info = transformers.BertForMaskedLM.from_pretrained(out_st, output_loading_info=True)
+    assert not any(info.values()), info
+    assert all(torch.equal(fresh[n], t) for n, t in model.state_dict().items())
+    assert not [n for n in metadata(out_dcp).state_dict_metadata if n.endswith((".gamma", ".beta"))]

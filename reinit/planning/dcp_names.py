@@ -97,7 +97,7 @@ def _placed(view: ModelView, entries: Sequence[Entry]) -> list[tuple[str, DcpBox
     for name, _, shape in entries:
         model_name = view.names.get(name)
         site = view.model.sites.get(model_name) if model_name is not None else None
-        if site is None or site.name == model_name:  # the module's own name (or none)
+        if site is None or _own_name(view, name, site.name):  # the module's own (or none)
             continue
         if tuple(shape) != site.shape:
             raise _Kept(f"'{name}' is {list(shape)}, the model's checkpoint has {list(site.shape)}")
@@ -109,6 +109,13 @@ def _placed(view: ModelView, entries: Sequence[Entry]) -> list[tuple[str, DcpBox
             raise _Kept(f"'{name}' is no box of the model's '{site.name}'")
         out.append((name, box))
     return out
+
+
+def _own_name(view: ModelView, name: str, module_name: str) -> bool:
+    """Whether checkpoint name `name` is the module's `module_name`, but for the base-model
+    prefix (kept as the checkpoint has it); a legacy name (`LayerNorm.gamma`) is not."""
+    pre = view.model.prefix + "." if view.model.prefix else ""
+    return module_name in (name, pre + name) or (bool(pre) and pre + module_name == name)
 
 
 def _check_whole(chunks: Mapping[str, DcpBox], dtypes: Mapping[str, str]) -> None:

@@ -7,7 +7,7 @@ import contextlib
 import copy
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -311,14 +311,17 @@ def align(
     added or removed (a `BertModel` checkpoint against `BertForSequenceClassification`, or the
     other way round). Nothing in common is an error that shows both sides."""
     mapping: dict[str, str] = {}
-    pre = model.prefix + "." if model.prefix else ""
+    renamed: Callable[[str], str] | None = None
     for n in names:
-        if n in model.sites:
-            mapping[n] = n
-        elif pre and pre + n in model.sites:
-            mapping[n] = pre + n
-        elif pre and n.startswith(pre) and n[len(pre) :] in model.sites:
-            mapping[n] = n[len(pre) :]
+        found = _site_of(model, n)
+        if found is None and model.kind == "hf":  # a legacy name (`LayerNorm.gamma`)
+            if renamed is None:
+                from reinit.planning.ckpt_names import load_renaming
+
+                renamed = load_renaming(model.module)
+            found = _site_of(model, renamed(n)) if renamed(n) != n else None
+        if found is not None:
+            mapping[n] = found
     if names and not mapping:
         ck = ", ".join(list(names)[:3])
         mm = ", ".join(list(model.sites)[:3])
@@ -328,6 +331,19 @@ def align(
             "saved from?"
         )
     return ModelView(model, mapping, {k: tuple(v) for k, v in (shapes or {}).items()})
+
+
+def _site_of(model: Model, name: str) -> str | None:
+    """The model's name for checkpoint name `name`: the same, else with the base-model prefix
+    added or removed; None when the model has neither."""
+    pre = model.prefix + "." if model.prefix else ""
+    if name in model.sites:
+        return name
+    if pre and pre + name in model.sites:
+        return pre + name
+    if pre and name.startswith(pre) and name[len(pre) :] in model.sites:
+        return name[len(pre) :]
+    return None
 
 
 def check_default(result: Plan, view: ModelView | None, strict: bool = False) -> Plan:
