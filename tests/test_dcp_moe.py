@@ -39,7 +39,7 @@ E = 4
 EXPERTS = 2 * 3 * E  # per-expert tensors of the two layers
 # a rule on the feed-forward weights, and the checkpoint tensors it changes
 FFN = {"mixtral": ("*.experts.*", EXPERTS), "qwen3-moe": ("*.experts.*", EXPERTS),
-       "llama": ("*.mlp.*", 2 * 3)}  # fmt: skip
+       "qwen2-moe": ("*.experts.*", EXPERTS), "llama": ("*.mlp.*", 2 * 3)}  # fmt: skip
 
 
 def config(kind: str, tie: bool = False) -> object:
@@ -50,6 +50,11 @@ def config(kind: str, tie: bool = False) -> object:
         return transformers.Qwen3MoeConfig(
             **dims, moe_intermediate_size=8, num_experts=E, num_experts_per_tok=2,
             decoder_sparse_step=1, mlp_only_layers=[],
+        )  # fmt: skip
+    if kind == "qwen2-moe":  # a shared expert and its gate beside the routed experts
+        return transformers.Qwen2MoeConfig(
+            **dims, moe_intermediate_size=8, shared_expert_intermediate_size=12, num_experts=E,
+            num_experts_per_tok=2, decoder_sparse_step=1, mlp_only_layers=[],
         )  # fmt: skip
     return transformers.LlamaConfig(**dims)
 
@@ -86,7 +91,7 @@ def apply_both(src: Path, tmp_path: Path, *rules: str, said: str = "") -> tuple[
     return out_dcp, out_st
 
 
-@pytest.mark.parametrize("kind", ["mixtral", "qwen3-moe", "llama"])
+@pytest.mark.parametrize("kind", ["mixtral", "qwen3-moe", "qwen2-moe", "llama"])
 def test_dcp_load_into_a_fresh_models_state_dict_equals_from_pretrained(kind, tmp_path):
     """Every tensor of the fresh model's `state_dict()` (none missing: `dcp.load` is strict)
     equals what `from_pretrained` of the safetensors output of the same apply holds, and the
@@ -379,3 +384,37 @@ def test_legacy_names_are_written_under_the_names_transformers_loads_them_as(tmp
     assert not any(info.values()), info
     assert all(torch.equal(fresh[n], t) for n, t in model.state_dict().items())
     assert not [n for n in metadata(out_dcp).state_dict_metadata if n.endswith((".gamma", ".beta"))]
+
+
+def _other(kind: str) -> tuple[type, object]:
+    t = transformers
+    if kind == "gpt2":  # Conv1D weights, stored [in, out]
+        return t.GPT2LMHeadModel, t.GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=2,
+                                              n_positions=32)  # fmt: skip
+    if kind == "vit":  # checkpoint names transformers renames (attention.attention.key)
+        return t.ViTForImageClassification, t.ViTConfig(
+            hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24,
+            image_size=16, patch_size=8, num_labels=3,
+        )  # fmt: skip
+    return t.T5ForConditionalGeneration, t.T5Config(  # shared, encoder/decoder embeddings tied
+        vocab_size=64, d_model=16, d_kv=8, d_ff=24, num_layers=2, num_heads=2,
+        tie_word_embeddings=True,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "vit", "t5"])
+def test_other_architectures_load_strictly_equal_to_from_pretrained(kind, tmp_path):
+    """GPT-2 (Conv1D), ViT (renamed checkpoint names), T5 (four names tied to one): a strict
+    `dcp.load` into a fresh model's `state_dict()` equals `from_pretrained` of the
+    safetensors output of the same apply."""
+    cls, cfg = _other(kind)
+    torch.manual_seed(0)
+    cls(cfg).save_pretrained(tmp_path / kind)
+    out_dcp, out_st = apply_both(tmp_path / kind, tmp_path, "*=normal(0,0.02)")
+    state = cls(cfg).state_dict()
+    dcp.load(state, checkpoint_id=out_dcp)
+    model, info = cls.from_pretrained(out_st, output_loading_info=True)
+    assert not any(info.values()), info
+    want = model.state_dict()
+    assert state.keys() == want.keys()
+    assert all(torch.equal(state[n], t) for n, t in want.items())
