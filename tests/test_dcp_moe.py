@@ -418,3 +418,28 @@ def test_other_architectures_load_strictly_equal_to_from_pretrained(kind, tmp_pa
     want = model.state_dict()
     assert state.keys() == want.keys()
     assert all(torch.equal(state[n], t) for n, t in want.items())
+
+
+@pytest.mark.parametrize("kind", ["llama", "t5"])
+def test_a_tied_name_read_back_stays_tied_under_a_rule(kind, tmp_path):
+    """Read back, a DCP's tied names (listed with the same records) are one tensor: a rule
+    that redraws every tensor draws it once, so the output's `lm_head.weight` (T5: its four
+    embedding names) equal the kept name's, and `from_pretrained` ties them again."""
+    if kind == "t5":
+        cls, cfg = _other("t5")
+        tied = ["shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight",
+                "lm_head.weight"]  # fmt: skip
+    else:
+        cls, cfg = transformers.LlamaForCausalLM, config("llama", tie=True)
+        tied = ["model.embed_tokens.weight", "lm_head.weight"]
+    torch.manual_seed(0)
+    cls(cfg).save_pretrained(tmp_path / kind)
+    out_dcp, _ = apply_both(tmp_path / kind, tmp_path, "*norm*=zeros")
+    back = tmp_path / "back"
+    res = run("apply", out_dcp, "--rule", "*=normal(0,0.02)", "-o", f"{back}/", "-q")
+    assert res.exit_code == 0, res.output
+    state = load_file(back / "model.safetensors")
+    assert all(torch.equal(state[n], state[tied[0]]) for n in tied)
+    (back / "config.json").write_text((tmp_path / kind / "config.json").read_text())
+    model = cls.from_pretrained(back)
+    assert model.state_dict()[tied[-1]].data_ptr() == model.state_dict()[tied[0]].data_ptr()
