@@ -443,3 +443,18 @@ def test_a_tied_name_read_back_stays_tied_under_a_rule(kind, tmp_path):
     (back / "config.json").write_text((tmp_path / kind / "config.json").read_text())
     model = cls.from_pretrained(back)
     assert model.state_dict()[tied[-1]].data_ptr() == model.state_dict()[tied[0]].data_ptr()
+
+
+def test_report_against_the_per_expert_source_says_what_it_did_not_compare(tmp_path):
+    """`report DCP --against SOURCE`: the per-expert tensors the DCP holds as boxes of stacked
+    parameters (and the renamed routers) are named in one warning as held under the model's
+    names and not compared, not as missing from the DCP."""
+    src = saved(tmp_path, "mixtral")
+    out_dcp, _ = apply_both(src, tmp_path, "*.experts.*=kaiming_normal")
+    res = run("report", out_dcp, "--against", src)
+    assert res.exit_code == 0, res.output
+    held = [line for line in res.output.splitlines() if "state_dict() names" in line]
+    assert len(held) == 1, res.output
+    # the routers, unchanged, are found by their values ('renamed from'): the experts remain
+    assert f"{EXPERTS} tensor(s) of the baseline" in held[0] and "under 4 of" in held[0]
+    assert "are not in" not in res.output, res.output

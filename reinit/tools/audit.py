@@ -109,6 +109,10 @@ def report_checkpoint(
             report = replace(report, warnings=(*report.warnings, *warnings))
         if base is not None:
             missing = [n for n in base.names() if n not in ckpt and n not in renamed]
+            held = _held_as_module(base, missing, ckpt, os.fspath(against or ""))
+            missing = [n for n in missing if n not in held]
+            if held:
+                report = replace(report, warnings=(*report.warnings, _held_warning(held, source)))
             if missing:
                 shown = ", ".join(missing[:10]) + (", …" if len(missing) > 10 else "")
                 report = replace(
@@ -120,6 +124,44 @@ def report_checkpoint(
                     ),
                 )
         return report
+
+
+def _held_as_module(
+    base: Checkpoint, missing: Sequence[str], ckpt: Checkpoint, where: str
+) -> dict[str, str]:
+    """The baseline's tensors SOURCE lacks that SOURCE holds as (a part of) the model's own
+    tensor of another name (a `--format dcp` output under the model's `state_dict()` names:
+    an expert's `[I, H]` as a box of `mlp.experts.gate_up_proj`), by the model the baseline's
+    config.json describes; {} without one."""
+    config = base.config() if missing else None
+    if config is None or "model_type" not in config:
+        return {}
+    from reinit.errors import ReinitError
+    from reinit.planning.model_load import model_of_config
+
+    try:
+        model = model_of_config(where, config)
+        view = model.align(base.names())
+    except ReinitError:
+        return {}
+    held = {}
+    for n in missing:
+        site = model.sites.get(view.names.get(n, ""))
+        if site is not None and site.name != n and site.name in ckpt:
+            held[n] = site.name
+    return held
+
+
+def _held_warning(held: Mapping[str, str], source: str | os.PathLike[str]) -> str:
+    """What `report --against` says of baseline tensors held under the model's names."""
+    old, new = next(iter(held.items()))
+    targets = len(set(held.values()))
+    return (
+        f"{len(held)} tensor(s) of the baseline are held in {os.fspath(source)} under "
+        f"{targets} of the model's state_dict() names (e.g. '{old}' in '{new}'), not "
+        "compared: those are listed as not in baseline; compare against the safetensors "
+        "output, or a DCP of the baseline written the same way"
+    )
 
 
 def _as_applied(
