@@ -458,3 +458,19 @@ def test_report_against_the_per_expert_source_says_what_it_did_not_compare(tmp_p
     # the routers, unchanged, are found by their values ('renamed from'): the experts remain
     assert f"{EXPERTS} tensor(s) of the baseline" in held[0] and "under 4 of" in held[0]
     assert "are not in" not in res.output, res.output
+
+
+def test_diff_with_the_per_expert_source_says_where_the_experts_went(tmp_path):
+    """`diff SOURCE DCP` (and the other way round) lists the experts as removed (added) by
+    name, and a note says the DCP holds them under the model's names; `--json` carries it."""
+    src = saved(tmp_path, "mixtral")
+    out_dcp, _ = apply_both(src, tmp_path, "*.experts.*=kaiming_normal")
+    for a, b, status in ((src, out_dcp, "removed"), (out_dcp, src, "added")):
+        res = run("diff", a, b)
+        assert res.exit_code == 0, res.output
+        notes = [line for line in res.output.splitlines() if line.startswith("note: ")]
+        routers = 2  # renamed whole: block_sparse_moe.gate -> mlp.gate
+        assert len(notes) == 1 and f"{EXPERTS + routers} {status} tensor(s)" in notes[0]
+        assert "under 6 of the model's state_dict() names" in notes[0]
+        res = run("diff", a, b, "--json")
+        assert len(json.loads(res.stdout)["notes"]) == 1

@@ -109,7 +109,9 @@ def report_checkpoint(
             report = replace(report, warnings=(*report.warnings, *warnings))
         if base is not None:
             missing = [n for n in base.names() if n not in ckpt and n not in renamed]
-            held = _held_as_module(base, missing, ckpt, os.fspath(against or ""))
+            from reinit.planning.dcp_names import held_under_model_names  # torch: --against
+
+            held = held_under_model_names(base, missing, ckpt, os.fspath(against or ""))
             missing = [n for n in missing if n not in held]
             if held:
                 report = replace(report, warnings=(*report.warnings, _held_warning(held, source)))
@@ -124,32 +126,6 @@ def report_checkpoint(
                     ),
                 )
         return report
-
-
-def _held_as_module(
-    base: Checkpoint, missing: Sequence[str], ckpt: Checkpoint, where: str
-) -> dict[str, str]:
-    """The baseline's tensors SOURCE lacks that SOURCE holds as (a part of) the model's own
-    tensor of another name (a `--format dcp` output under the model's `state_dict()` names:
-    an expert's `[I, H]` as a box of `mlp.experts.gate_up_proj`), by the model the baseline's
-    config.json describes; {} without one."""
-    config = base.config() if missing else None
-    if config is None or "model_type" not in config:
-        return {}
-    from reinit.errors import ReinitError
-    from reinit.planning.model_load import model_of_config
-
-    try:
-        model = model_of_config(where, config)
-        view = model.align(base.names())
-    except ReinitError:
-        return {}
-    held = {}
-    for n in missing:
-        site = model.sites.get(view.names.get(n, ""))
-        if site is not None and site.name != n and site.name in ckpt:
-            held[n] = site.name
-    return held
 
 
 def _held_warning(held: Mapping[str, str], source: str | os.PathLike[str]) -> str:
