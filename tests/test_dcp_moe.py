@@ -39,7 +39,7 @@ E = 4
 EXPERTS = 2 * 3 * E  # per-expert tensors of the two layers
 # a rule on the feed-forward weights, and the checkpoint tensors it changes
 FFN = {"mixtral": ("*.experts.*", EXPERTS), "qwen3-moe": ("*.experts.*", EXPERTS),
-       "llama": ("*.mlp.*", 2 * 3)}  # fmt: skip
+       "qwen2-moe": ("*.experts.*", EXPERTS), "llama": ("*.mlp.*", 2 * 3)}  # fmt: skip
 
 
 def config(kind: str, tie: bool = False) -> object:
@@ -50,6 +50,11 @@ def config(kind: str, tie: bool = False) -> object:
         return transformers.Qwen3MoeConfig(
             **dims, moe_intermediate_size=8, num_experts=E, num_experts_per_tok=2,
             decoder_sparse_step=1, mlp_only_layers=[],
+        )  # fmt: skip
+    if kind == "qwen2-moe":  # a shared expert and its gate beside the routed experts
+        return transformers.Qwen2MoeConfig(
+            **dims, moe_intermediate_size=8, shared_expert_intermediate_size=12, num_experts=E,
+            num_experts_per_tok=2, decoder_sparse_step=1, mlp_only_layers=[],
         )  # fmt: skip
     return transformers.LlamaConfig(**dims)
 
@@ -86,7 +91,7 @@ def apply_both(src: Path, tmp_path: Path, *rules: str, said: str = "") -> tuple[
     return out_dcp, out_st
 
 
-@pytest.mark.parametrize("kind", ["mixtral", "qwen3-moe", "llama"])
+@pytest.mark.parametrize("kind", ["mixtral", "qwen3-moe", "qwen2-moe", "llama"])
 def test_dcp_load_into_a_fresh_models_state_dict_equals_from_pretrained(kind, tmp_path):
     """Every tensor of the fresh model's `state_dict()` (none missing: `dcp.load` is strict)
     equals what `from_pretrained` of the safetensors output of the same apply holds, and the
@@ -287,3 +292,185 @@ def test_boxes_must_cover_the_stacked_tensor_once():
     shifted = [*halves[:3], box((1, 1, 0), (1, 2, 3))]  # rows 1-2 of expert 1 twice, row 3 never
     assert not covers_once(shifted, (2, 4, 3))
     assert not covers_once(halves[:3], (2, 4, 3))
+
+
+def test_expert_surgery_names_the_model_of_the_config_the_output_follows(tmp_path):
+    """Dropping the last expert of every layer (and its router row) makes the output a 3-expert
+    Mixtral (the folder's config.json says so): the DCP is written under that model's names,
+    the stacked parameters whole from 3 experts' boxes, and `dcp.load` into a fresh 3-expert
+    model equals `from_pretrained` of the safetensors output of the same surgery."""
+    src = saved(tmp_path, "mixtral")
+    routers = [f"model.layers.{i}.block_sparse_moe.gate.weight=[3,*]" for i in (0, 1)]
+    surgery = ["--drop", "*.experts.3.*", *(a for r in routers for a in ("--resize", r))]
+    out_dcp, out_st = tmp_path / "d", tmp_path / "s"
+    for fmt, out in (("dcp", out_dcp), ("safetensors", out_st)):
+        res = run("apply", src, *surgery, "--format", fmt, "-o", f"{out}/", "--seed", "7")
+        assert res.exit_code == 0, res.output
+    assert "3 experts" not in res.output, res.output  # the routers were resized: no warning
+    cfg = transformers.AutoConfig.from_pretrained(out_st)
+    assert cfg.num_local_experts == E - 1
+    state = transformers.AutoModelForCausalLM.from_config(cfg).state_dict()
+    dcp.load(state, checkpoint_id=out_dcp)
+    want = transformers.AutoModelForCausalLM.from_pretrained(out_st).state_dict()
+    assert state.keys() == want.keys() == metadata(out_dcp).state_dict_metadata.keys()
+    assert all(torch.equal(state[n], t) for n, t in want.items())
+
+
+@pytest.mark.parametrize(
+    ("edit", "said"),
+    [
+        ({"auto_map": {"AutoModelForCausalLM": "modeling_x.MyMixtral"}}, "auto_map"),
+        ({"model_type": "nosuchmodel"}, "nosuchmodel"),
+    ],
+)
+def test_a_config_that_is_not_built_keeps_the_checkpoint_names_and_says_why(edit, said, tmp_path):
+    """A source whose config.json names a model reinit does not build (custom code, a type this
+    transformers lacks) is written under the checkpoint's names, and a note says so and why:
+    the training job's module may name its tensors otherwise."""
+    src = saved(tmp_path, "mixtral")
+    cfg = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**cfg, **edit}))
+    out = tmp_path / "o"
+    res = run("apply", src, "--rule", "*norm*=zeros", "--format", "dcp", "-o", f"{out}/")
+    assert res.exit_code == 0, res.output
+    names = set(metadata(out).state_dict_metadata)
+    assert names == set(load_file(src / "model.safetensors"))
+    notes = [line for line in res.output.splitlines() if "checkpoint's names" in line]
+    assert len(notes) == 1 and said in notes[0] and "--model" not in notes[0], res.output
+
+
+@pytest.mark.parametrize("kind", ["mixtral", "qwen3-moe"])
+def test_a_rule_on_the_stacked_parameter_scales_as_on_each_expert(kind, tmp_path):
+    """`kaiming_normal` on the module-named DCP's stacked experts (`[E, 2I, H]`), with the
+    source as `--model`, uses each expert matrix's fans (fan_in H), as the same rule on the
+    per-expert source does, not torch's 2I*H of the 3-D tensor (a std 2I times too small)."""
+    src = saved(tmp_path, kind)
+    out_dcp, _ = apply_both(src, tmp_path, "*norm*=zeros")
+    expected = {}
+    for source, model, out in ((src, [], "per-expert"), (out_dcp, ["--model", src], "stacked")):
+        res = run("apply", source, *model, "--rule", "*.experts.*=kaiming_normal",
+                  "-o", f"{tmp_path / out}/", "-q", "--report", tmp_path / f"{out}.json")  # fmt: skip
+        assert res.exit_code == 0, res.output
+        report = json.loads((tmp_path / f"{out}.json").read_text())
+        stds = {t["expected_std"] for t in report["tensors"] if ".experts." in t["name"]}
+        expected[out] = sorted(round(x, 6) for x in stds)
+    inter = 24 if kind == "mixtral" else 8  # w2's fan_in; w1's and w3's is H = 16
+    assert expected["per-expert"] == sorted(round((2 / n) ** 0.5, 6) for n in (16, inter))
+    assert expected["stacked"] == expected["per-expert"]
+
+
+def test_legacy_names_are_written_under_the_names_transformers_loads_them_as(tmp_path):
+    """A BERT checkpoint of the old `LayerNorm.gamma`/`beta` names (which `from_pretrained`
+    renames as it loads, by transformers' legacy conversion mapping): the DCP holds them
+    under the module's `LayerNorm.weight`/`bias`, so a strict `dcp.load` into a fresh
+    model's `state_dict()` equals `from_pretrained` of the safetensors output."""
+    cfg = transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2,
+                                  num_attention_heads=2, intermediate_size=24,
+                                  max_position_embeddings=32)  # fmt: skip
+    torch.manual_seed(0)
+    src = tmp_path / "bert"
+    transformers.BertForMaskedLM(cfg).save_pretrained(src)
+    from safetensors.torch import save_file
+
+    state = load_file(src / "model.safetensors")
+    legacy = {n.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias",
+              "LayerNorm.beta"): t for n, t in state.items()}  # fmt: skip
+    assert len([n for n in legacy if n.endswith(".gamma")]) == 6
+    save_file(legacy, src / "model.safetensors", metadata={"format": "pt"})
+    out_dcp, out_st = apply_both(src, tmp_path, "*.dense.weight=normal(0,0.02)")
+    fresh = transformers.BertForMaskedLM(cfg).state_dict()
+    dcp.load(fresh, checkpoint_id=out_dcp)
+    model, info = transformers.BertForMaskedLM.from_pretrained(out_st, output_loading_info=True)
+    assert not any(info.values()), info
+    assert all(torch.equal(fresh[n], t) for n, t in model.state_dict().items())
+    assert not [n for n in metadata(out_dcp).state_dict_metadata if n.endswith((".gamma", ".beta"))]
+
+
+def _other(kind: str) -> tuple[type, object]:
+    t = transformers
+    if kind == "gpt2":  # Conv1D weights, stored [in, out]
+        return t.GPT2LMHeadModel, t.GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=2,
+                                              n_positions=32)  # fmt: skip
+    if kind == "vit":  # checkpoint names transformers renames (attention.attention.key)
+        return t.ViTForImageClassification, t.ViTConfig(
+            hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24,
+            image_size=16, patch_size=8, num_labels=3,
+        )  # fmt: skip
+    return t.T5ForConditionalGeneration, t.T5Config(  # shared, encoder/decoder embeddings tied
+        vocab_size=64, d_model=16, d_kv=8, d_ff=24, num_layers=2, num_heads=2,
+        tie_word_embeddings=True,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "vit", "t5"])
+def test_other_architectures_load_strictly_equal_to_from_pretrained(kind, tmp_path):
+    """GPT-2 (Conv1D), ViT (renamed checkpoint names), T5 (four names tied to one): a strict
+    `dcp.load` into a fresh model's `state_dict()` equals `from_pretrained` of the
+    safetensors output of the same apply."""
+    cls, cfg = _other(kind)
+    torch.manual_seed(0)
+    cls(cfg).save_pretrained(tmp_path / kind)
+    out_dcp, out_st = apply_both(tmp_path / kind, tmp_path, "*=normal(0,0.02)")
+    state = cls(cfg).state_dict()
+    dcp.load(state, checkpoint_id=out_dcp)
+    model, info = cls.from_pretrained(out_st, output_loading_info=True)
+    assert not any(info.values()), info
+    want = model.state_dict()
+    assert state.keys() == want.keys()
+    assert all(torch.equal(state[n], t) for n, t in want.items())
+
+
+@pytest.mark.parametrize("kind", ["llama", "t5"])
+def test_a_tied_name_read_back_stays_tied_under_a_rule(kind, tmp_path):
+    """Read back, a DCP's tied names (listed with the same records) are one tensor: a rule
+    that redraws every tensor draws it once, so the output's `lm_head.weight` (T5: its four
+    embedding names) equal the kept name's, and `from_pretrained` ties them again."""
+    if kind == "t5":
+        cls, cfg = _other("t5")
+        tied = ["shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight",
+                "lm_head.weight"]  # fmt: skip
+    else:
+        cls, cfg = transformers.LlamaForCausalLM, config("llama", tie=True)
+        tied = ["model.embed_tokens.weight", "lm_head.weight"]
+    torch.manual_seed(0)
+    cls(cfg).save_pretrained(tmp_path / kind)
+    out_dcp, _ = apply_both(tmp_path / kind, tmp_path, "*norm*=zeros")
+    back = tmp_path / "back"
+    res = run("apply", out_dcp, "--rule", "*=normal(0,0.02)", "-o", f"{back}/", "-q")
+    assert res.exit_code == 0, res.output
+    state = load_file(back / "model.safetensors")
+    assert all(torch.equal(state[n], state[tied[0]]) for n in tied)
+    (back / "config.json").write_text((tmp_path / kind / "config.json").read_text())
+    model = cls.from_pretrained(back)
+    assert model.state_dict()[tied[-1]].data_ptr() == model.state_dict()[tied[0]].data_ptr()
+
+
+def test_report_against_the_per_expert_source_says_what_it_did_not_compare(tmp_path):
+    """`report DCP --against SOURCE`: the per-expert tensors the DCP holds as boxes of stacked
+    parameters (and the renamed routers) are named in one warning as held under the model's
+    names and not compared, not as missing from the DCP."""
+    src = saved(tmp_path, "mixtral")
+    out_dcp, _ = apply_both(src, tmp_path, "*.experts.*=kaiming_normal")
+    res = run("report", out_dcp, "--against", src)
+    assert res.exit_code == 0, res.output
+    held = [line for line in res.output.splitlines() if "state_dict() names" in line]
+    assert len(held) == 1, res.output
+    # the routers, unchanged, are found by their values ('renamed from'): the experts remain
+    assert f"{EXPERTS} tensor(s) of the baseline" in held[0] and "under 4 of" in held[0]
+    assert "are not in" not in res.output, res.output
+
+
+def test_diff_with_the_per_expert_source_says_where_the_experts_went(tmp_path):
+    """`diff SOURCE DCP` (and the other way round) lists the experts as removed (added) by
+    name, and a note says the DCP holds them under the model's names; `--json` carries it."""
+    src = saved(tmp_path, "mixtral")
+    out_dcp, _ = apply_both(src, tmp_path, "*.experts.*=kaiming_normal")
+    for a, b, status in ((src, out_dcp, "removed"), (out_dcp, src, "added")):
+        res = run("diff", a, b)
+        assert res.exit_code == 0, res.output
+        notes = [line for line in res.output.splitlines() if line.startswith("note: ")]
+        routers = 2  # renamed whole: block_sparse_moe.gate -> mlp.gate
+        assert len(notes) == 1 and f"{EXPERTS + routers} {status} tensor(s)" in notes[0]
+        assert "under 6 of the model's state_dict() names" in notes[0]
+        res = run("diff", a, b, "--json")
+        assert len(json.loads(res.stdout)["notes"]) == 1

@@ -159,7 +159,7 @@ class Checkpoint:
         return {}
 
     def aliases(self) -> dict[str, str]:
-        """Tied tensors: name -> the first name sharing its storage (only for torch files)."""
+        """Tied tensors: name -> the first name sharing its storage (torch files, DCP)."""
         return {}
 
     def extra_files(self) -> list[str]:

@@ -16,7 +16,7 @@ plain torch model the names are the module's, one to one."""
 
 from __future__ import annotations
 
-__all__ = ["CheckpointSlice", "checkpoint_slices"]
+__all__ = ["CheckpointSlice", "checkpoint_slices", "load_renaming"]
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -135,6 +135,22 @@ def _reverter() -> Revert | None:
     except ImportError:  # transformers 4.x: checkpoints hold the module's names
         return None
     return revert_weight_conversion
+
+
+def load_renaming(module: nn.Module) -> Callable[[str], str]:
+    """How transformers renames a checkpoint key when `from_pretrained` loads it into `module`
+    (its conversion mapping's `WeightRenaming`s, the legacy ones included: BERT's
+    `LayerNorm.gamma` -> `LayerNorm.weight`): a checkpoint saved before the rename names the
+    module's tensor so. The identity without one (transformers 4.x, a torch model)."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming, apply_renamings
+
+        transforms = get_model_conversion_mapping(module)  # type: ignore[arg-type]
+    except Exception:  # transformers 4.x, or a module it does not map
+        return lambda name: name
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    return lambda name: str(apply_renamings(name, renamings))
 
 
 def _saved_state(module: nn.Module) -> dict[str, torch.Tensor]:

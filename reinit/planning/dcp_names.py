@@ -19,7 +19,7 @@ whole output keeps the checkpoint's names, with a note saying why."""
 
 from __future__ import annotations
 
-__all__ = ["DcpNames", "covers_once", "dcp_names", "module_box"]
+__all__ = ["DcpNames", "covers_once", "dcp_names", "held_under_model_names", "module_box"]
 
 import math
 from collections.abc import Mapping, Sequence
@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from reinit.errors import ReinitError
+from reinit.io.checkpoint import Checkpoint
 from reinit.io.formats import DcpBox
 from reinit.planning.model import ModelView, tied_copies
 
@@ -97,7 +99,7 @@ def _placed(view: ModelView, entries: Sequence[Entry]) -> list[tuple[str, DcpBox
     for name, _, shape in entries:
         model_name = view.names.get(name)
         site = view.model.sites.get(model_name) if model_name is not None else None
-        if site is None or site.name == model_name:  # the module's own name (or none)
+        if site is None or _own_name(view, name, site.name):  # the module's own (or none)
             continue
         if tuple(shape) != site.shape:
             raise _Kept(f"'{name}' is {list(shape)}, the model's checkpoint has {list(site.shape)}")
@@ -109,6 +111,13 @@ def _placed(view: ModelView, entries: Sequence[Entry]) -> list[tuple[str, DcpBox
             raise _Kept(f"'{name}' is no box of the model's '{site.name}'")
         out.append((name, box))
     return out
+
+
+def _own_name(view: ModelView, name: str, module_name: str) -> bool:
+    """Whether checkpoint name `name` is the module's `module_name`, but for the base-model
+    prefix (kept as the checkpoint has it); a legacy name (`LayerNorm.gamma`) is not."""
+    pre = view.model.prefix + "." if view.model.prefix else ""
+    return module_name in (name, pre + name) or (bool(pre) and pre + module_name == name)
 
 
 def _check_whole(chunks: Mapping[str, DcpBox], dtypes: Mapping[str, str]) -> None:
@@ -192,3 +201,29 @@ def _run_of(ix: torch.Tensor, shape: tuple[int, ...]) -> tuple[int, int, int | N
     if not torch.equal(values, torch.arange(start, start + values.numel())):
         return None
     return start, values.numel(), varying[0]
+
+
+def held_under_model_names(
+    ckpt: Checkpoint, lacking: Sequence[str], other: Checkpoint, where: str
+) -> dict[str, str]:
+    """Of `ckpt`'s tensors `lacking` in `other`, those `other` holds as (a part of) the model's
+    tensor of another name (a `--format dcp` output under the model's `state_dict()` names:
+    an expert's `[I, H]` as a box of `mlp.experts.gate_up_proj`), by the model `ckpt`'s
+    config.json describes (`where`: its path, for errors): name -> the model's name. {}
+    without such a config (or one that is not built)."""
+    config = ckpt.config() if lacking else None
+    if config is None or "model_type" not in config:
+        return {}
+    from reinit.planning.model_load import model_of_config
+
+    try:
+        model = model_of_config(where, config)
+        view = model.align(ckpt.names())
+    except ReinitError:
+        return {}
+    held = {}
+    for n in lacking:
+        site = model.sites.get(view.names.get(n, ""))
+        if site is not None and site.name != n and site.name in other:
+            held[n] = site.name
+    return held

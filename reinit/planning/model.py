@@ -7,7 +7,7 @@ import contextlib
 import copy
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -289,8 +289,19 @@ def _with_checkpoint_sites(
     out: dict[str, TensorSite] = {}
     for name, site in sites.items():
         out.update(extra.get(name, []))
-        out[name] = site
+        out[name] = _with_parts_fans(site, [s for _, s in extra.get(name, [])])
     return out
+
+
+def _with_parts_fans(site: TensorSite, parts: Sequence[TensorSite]) -> TensorSite:
+    """A module tensor saved as parts (a stacked `[E, 2I, H]` experts parameter, saved one
+    `[I, H]` matrix per expert) has its parts' fans when they all agree (`fan_in` = H, as
+    for each expert's matrix, not torch's 2I·H of the 3-D tensor): a rule on the stacked
+    parameter (a DCP written under the module's names) scales as on the per-expert tensors."""
+    fans = {p.fans for p in parts if p.part is not None}
+    if len(fans) != 1 or len(parts) != len([p for p in parts if p.part is not None]):
+        return site
+    return replace(site, fans=fans.pop())
 
 
 def align(
@@ -300,14 +311,17 @@ def align(
     added or removed (a `BertModel` checkpoint against `BertForSequenceClassification`, or the
     other way round). Nothing in common is an error that shows both sides."""
     mapping: dict[str, str] = {}
-    pre = model.prefix + "." if model.prefix else ""
+    renamed: Callable[[str], str] | None = None
     for n in names:
-        if n in model.sites:
-            mapping[n] = n
-        elif pre and pre + n in model.sites:
-            mapping[n] = pre + n
-        elif pre and n.startswith(pre) and n[len(pre) :] in model.sites:
-            mapping[n] = n[len(pre) :]
+        found = _site_of(model, n)
+        if found is None and model.kind == "hf":  # a legacy name (`LayerNorm.gamma`)
+            if renamed is None:
+                from reinit.planning.ckpt_names import load_renaming
+
+                renamed = load_renaming(model.module)
+            found = _site_of(model, renamed(n)) if renamed(n) != n else None
+        if found is not None:
+            mapping[n] = found
     if names and not mapping:
         ck = ", ".join(list(names)[:3])
         mm = ", ".join(list(model.sites)[:3])
@@ -317,6 +331,19 @@ def align(
             "saved from?"
         )
     return ModelView(model, mapping, {k: tuple(v) for k, v in (shapes or {}).items()})
+
+
+def _site_of(model: Model, name: str) -> str | None:
+    """The model's name for checkpoint name `name`: the same, else with the base-model prefix
+    added or removed; None when the model has neither."""
+    pre = model.prefix + "." if model.prefix else ""
+    if name in model.sites:
+        return name
+    if pre and pre + name in model.sites:
+        return pre + name
+    if pre and name.startswith(pre) and name[len(pre) :] in model.sites:
+        return name[len(pre) :]
+    return None
 
 
 def check_default(result: Plan, view: ModelView | None, strict: bool = False) -> Plan:

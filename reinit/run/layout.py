@@ -32,7 +32,13 @@ from reinit.planning.model import ModelView
 from reinit.planning.model_load import model_of_config
 from reinit.planning.planner import PlanEntry
 from reinit.report.views import SideOutput, check_formats, report_targets
-from reinit.run.config_update import config_for, labels_list, parse_config_set, stale_file
+from reinit.run.config_update import (
+    config_for,
+    labels_list,
+    parse_config_set,
+    stale_file,
+    update_config,
+)
 from reinit.run.outcontrol import (
     OutputControl,
     model_order,
@@ -160,7 +166,7 @@ def lay_out(prepared: Prepared, request: OutputRequest) -> Layout:
     merge = _check_folder(prepared, spec, files, o.in_place)
     into_source = merge and inputs.owner(spec.path) == spec.path.resolve()
     refs = {r.name: r for r in prepared.ckpt.refs()}
-    dcp = _dcp_names(prepared, out_dtype) if spec.fmt == "dcp" else DcpNames({})
+    dcp = _dcp_names(prepared, request, out_dtype) if spec.fmt == "dcp" else DcpNames({})
     if dcp.note is not None:
         notes.append(dcp.note)
     return Layout(
@@ -183,30 +189,41 @@ def lay_out(prepared: Prepared, request: OutputRequest) -> Layout:
     )
 
 
-def _dcp_names(prepared: Prepared, out_dtype: Mapping[str, str]) -> DcpNames:
+def _dcp_names(
+    prepared: Prepared, request: OutputRequest, out_dtype: Mapping[str, str]
+) -> DcpNames:
     """A DCP output's tensors under the model's `state_dict()` names (`planning.dcp_names`):
-    the model of `--model`, else the one the source's own config.json describes (a
-    transformers architecture); without one, the checkpoint's names."""
-    view = prepared.view or _own_model_view(prepared)
+    the model of `--model`, else the one the output's config describes (the source's own
+    config.json, as the surgery and `--config` change it: a transformers architecture);
+    without one, the checkpoint's names (a note says why when the config names a model that
+    is not built)."""
+    entries = [(e.name, out_dtype[e.name], tuple(e.shape)) for e in prepared.plan.entries]
+    try:
+        view = prepared.view or _own_model_view(prepared, request, entries)
+    except ReinitError as why:
+        said = str(why).removeprefix(f"--model {prepared.job.source_text}: ")
+        return DcpNames({}, note=f"--format dcp: written under the checkpoint's names ({said})")
     if view is None:
         return DcpNames({})
-    entries = [(e.name, out_dtype[e.name], tuple(e.shape)) for e in prepared.plan.entries]
     return dcp_names(view, entries)
 
 
-def _own_model_view(prepared: Prepared) -> ModelView | None:
-    """The model the source's config.json describes, seen through the checkpoint's names;
-    None when there is no config, or it names no transformers model this one can build (not
-    installed, an unknown type, custom code)."""
+def _own_model_view(
+    prepared: Prepared, request: OutputRequest, entries: Sequence[tuple[str, str, tuple[int, ...]]]
+) -> ModelView | None:
+    """The model the output's config.json describes (the source's, followed as a folder
+    output's follows the surgery: a dropped expert makes a model of fewer experts), seen
+    through the output's names; None when there is no config or it names no model type.
+    A config this one cannot build (transformers not installed, an unknown type, custom
+    code) raises its `ReinitError`."""
     config = prepared.source_config()
     if config is None or "model_type" not in config:
         return None
-    try:
-        model = model_of_config(prepared.job.source_text, config)
-        ckpt = prepared.ckpt
-        return model.align(ckpt.names(), {r.name: r.shape for r in ckpt.refs()})
-    except ReinitError:
-        return None
+    shapes = {n: s for n, _, s in entries}
+    if prepared.job.surgery or reshaped(prepared.ckpt) or request.config_set or request.labels:
+        config = update_config(config, shapes, request.config_set, request.labels).config
+    model = model_of_config(prepared.job.source_text, config)
+    return model.align(list(shapes), shapes)
 
 
 def _output_spec(

@@ -109,6 +109,12 @@ def report_checkpoint(
             report = replace(report, warnings=(*report.warnings, *warnings))
         if base is not None:
             missing = [n for n in base.names() if n not in ckpt and n not in renamed]
+            from reinit.planning.dcp_names import held_under_model_names  # torch: --against
+
+            held = held_under_model_names(base, missing, ckpt, os.fspath(against or ""))
+            missing = [n for n in missing if n not in held]
+            if held:
+                report = replace(report, warnings=(*report.warnings, _held_warning(held, source)))
             if missing:
                 shown = ", ".join(missing[:10]) + (", …" if len(missing) > 10 else "")
                 report = replace(
@@ -120,6 +126,18 @@ def report_checkpoint(
                     ),
                 )
         return report
+
+
+def _held_warning(held: Mapping[str, str], source: str | os.PathLike[str]) -> str:
+    """What `report --against` says of baseline tensors held under the model's names."""
+    old, new = next(iter(held.items()))
+    targets = len(set(held.values()))
+    return (
+        f"{len(held)} tensor(s) of the baseline are held in {os.fspath(source)} under "
+        f"{targets} of the model's state_dict() names (e.g. '{old}' in '{new}'), not "
+        "compared: those are listed as not in baseline; compare against the safetensors "
+        "output, or a DCP of the baseline written the same way"
+    )
 
 
 def _as_applied(

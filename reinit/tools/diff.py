@@ -6,10 +6,12 @@ __all__ = ["Diff", "TensorDiff", "diff_checkpoints", "render_diff", "summary_lin
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from reinit.io.checkpoint import Checkpoint
 from reinit.io.formats import dtype_name
 from reinit.io.trust import TrustSpec
 from reinit.planning.session import open_source
@@ -71,6 +73,7 @@ class Diff:
     a: str
     b: str
     tensors: tuple[TensorDiff, ...]
+    notes: tuple[str, ...] = ()  # what the table's removed/added mean beyond the names
 
     def of(self, status: str) -> tuple[TensorDiff, ...]:
         return tuple(t for t in self.tensors if t.status == status)
@@ -88,6 +91,7 @@ class Diff:
             "tensors": [t.to_dict() for t in self.tensors],
             "added": [t.name for t in self.of("added")],
             "removed": [t.name for t in self.of("removed")],
+            "notes": list(self.notes),
             "summary": dict(self.counts()),
         }
 
@@ -226,7 +230,31 @@ def diff_checkpoints(
                         std_b=tensor_stats(cb.read(bref.name)).std,
                     )
                 )
-    return Diff(os.fspath(a), os.fspath(b), tuple(out))
+        notes = _held_notes(ca, cb, out, os.fspath(a), os.fspath(b))
+    return Diff(os.fspath(a), os.fspath(b), tuple(out), notes)
+
+
+def _held_notes(
+    ca: Checkpoint, cb: Checkpoint, out: Sequence[TensorDiff], a: str, b: str
+) -> tuple[str, ...]:
+    """A note where one side holds the other's removed (added) tensors under the model's
+    `state_dict()` names (a `--format dcp` output of a per-expert checkpoint), by the model
+    of the per-expert side's config.json."""
+    from reinit.planning.dcp_names import held_under_model_names
+
+    notes = []
+    for status, mine, other, where in (("removed", ca, cb, a), ("added", cb, ca, b)):
+        names = [t.name for t in out if t.status == status]
+        held = held_under_model_names(mine, names, other, where)
+        if held:
+            old, new = next(iter(held.items()))
+            notes.append(
+                f"{len(held)} {status} tensor(s) of {where} are held in "
+                f"{b if status == 'removed' else a} under {len(set(held.values()))} of the "
+                f"model's state_dict() names (e.g. '{old}' in '{new}'); compare a DCP written "
+                "the same way, or the safetensors output"
+            )
+    return tuple(notes)
 
 
 def shared_block(a: torch.Tensor, b: torch.Tensor) -> str:
@@ -257,9 +285,9 @@ def render_diff(d: Diff, width: int = 100, color: bool = False) -> str:
     """The summary, then the changed, added and removed tensors as an aligned table that fits
     `width` columns (identical ones are only counted)."""
     rows = [t for t in d.tensors if t.status != "identical"]
-    lines = [summary_line(d)]
+    lines = [summary_line(d), *(f"note: {n}" for n in d.notes)]
     if not rows:
-        return lines[0]
+        return "\n".join(lines)
     header = ("name", "status", "shape/dtype", "max |Δ|", "rel Δ", "std A → B")
     cells = [
         (

@@ -107,6 +107,17 @@ class DcpCheckpoint(Checkpoint):
     def beside_state(self) -> tuple[str, ...]:
         return self._beside
 
+    def aliases(self) -> dict[str, str]:
+        """Tied tensors: a name listed with the very records of an earlier one (same dtype,
+        shape and chunks: `--format dcp` lists a tied `lm_head.weight` so) -> that name."""
+        first: dict[tuple[object, ...], str] = {}
+        out: dict[str, str] = {}
+        for name, t in self.tensors.items():
+            out_of = first.setdefault((t.dtype, t.shape, t.chunks), name)
+            if out_of != name:
+                out[name] = out_of
+        return out
+
     def _get(self, name: str) -> DcpTensor:
         try:
             return self.tensors[name]
