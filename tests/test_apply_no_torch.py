@@ -9,6 +9,7 @@ Internal: also tests reinit.lazy (`defer_import`), reinit.io.formats (dtype name
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import subprocess
 import sys
@@ -236,3 +237,34 @@ def test_dtype_names_agree_with_torch():
         assert torch_dtype(name) is dtype
         assert is_float_name(name) is dtype.is_floating_point, name
         assert name_size(name) == dtype_size(dtype), name
+
+
+def test_a_submodule_imported_while_another_thread_runs_the_package_does_not_deadlock(slowpkg):
+    """Thread A reads an attribute (so runs the package, whose code imports `slowpkg.sub`)
+    while thread B imports `slowpkg.sub`: B holds that module's import lock and reads the
+    package's `__path__`. Waiting for A there never ended (A waits for B's import lock); B
+    reads the package as it stands instead, as the import system does in a concurrent
+    circular import, and both finish with the one module each."""
+    from reinit.lazy import defer_import
+
+    defer_import("slowpkg", contextlib.nullcontext)
+    import slowpkg
+
+    seen: dict[str, object] = {}
+
+    def a() -> None:
+        seen["a"] = slowpkg.VALUE
+
+    def b() -> None:
+        while not slowpkg_runs(slowpkg):  # A is running the package (asleep in its code)
+            pass
+        seen["b"] = importlib.import_module("slowpkg.sub").__name__  # `import slowpkg.sub`
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(HANG_BOUND_S)
+    assert not any(t.is_alive() for t in threads), "deadlock"
+    assert seen == {"a": 42, "b": "slowpkg.sub"}
+    assert (slowpkg_runs(slowpkg), sys.modules["slowcount"].subs) == (1, 1)
