@@ -38,6 +38,11 @@ MARK_TORCH = (
 
 def child(cwd: Path, *args: str) -> bool:
     """`reinit ARGS` as users run it, in a child process; whether it loaded torch."""
+    return child_output(cwd, *args)[0]
+
+
+def child_output(cwd: Path, *args: str) -> tuple[bool, str]:
+    """`reinit ARGS` in a child process: whether it loaded torch, and its stdout."""
     code = f"import sys\nsys.argv = ['reinit', *{list(args)!r}]\n{MARK_TORCH}{PROGRAM}"
     res = subprocess.run(
         [sys.executable, "-c", code],
@@ -49,7 +54,7 @@ def child(cwd: Path, *args: str) -> bool:
     )
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr, res.stderr
-    return (cwd / "torch_loaded").read_text() == "True"
+    return (cwd / "torch_loaded").read_text() == "True", res.stdout
 
 
 def llama(path: Path, seed: int, dtype: torch.dtype) -> Path:
@@ -143,6 +148,26 @@ def test_a_transplant_across_dtypes_loads_torch(tmp_path):
     b = llama(tmp_path / "b", 1, torch.float32)
     args = ["apply", str(a), "--rule", f"*=from({b})", "-o", str(tmp_path / "out.safetensors")]
     assert child_then_with_torch(tmp_path, args) is True
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--rule", "*=from({b})"],  # the terminal view of the plan
+        ["--rule", "model.layers.*.mlp.*=from({b})", "--json", "--all"],  # its JSON
+        ["--rule", "*=keep", "--by", "tensor", "--all"],  # every tensor's row
+    ],
+)
+def test_a_dry_run_of_a_plain_copy_or_transplant_never_loads_torch(pair, tmp_path, extra):
+    """`--dry-run` plans as the run does and shows each tensor's dtype by name: no torch,
+    and the same text as with torch loaded."""
+    a, b = pair
+    args = ["apply", str(a), *(e.format(b=b) for e in extra), "--dry-run"]
+    loaded, out = child_output(tmp_path, *args)
+    res = run(*args)
+    assert res.exit_code == 0 and "plan" in res.output
+    assert res.stdout == out
+    assert loaded is False
 
 
 # --- the deferred module itself --------------------------------------------------------------
