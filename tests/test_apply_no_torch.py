@@ -170,6 +170,49 @@ def test_a_dry_run_of_a_plain_copy_or_transplant_never_loads_torch(pair, tmp_pat
     assert loaded is False
 
 
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "*.mlp.down_proj.weight=zeros",  # torch first used by the plan, on the main thread
+        "*.mlp.down_proj.weight=from({c})",  # by the cast, on the compute thread
+    ],
+)
+def test_a_torch_that_cannot_load_is_one_error_line_where_the_run_first_needs_it(
+    pair, tmp_path, rule
+):
+    """An install whose torch fails to import (a shared library missing): a run that needs
+    torch ends with one line saying so (exit 1, nothing written), not an internal error; a
+    plain copy still works."""
+    a, b = pair
+    c = llama(tmp_path / "c", 2, torch.float32)
+    broken = tmp_path / "broken" / "torch"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text(
+        'raise ImportError("libtorch_cpu.so: cannot open shared object file")\n'
+    )
+    env = child_env()
+    env["PYTHONPATH"] = f"{broken.parent}:{env['PYTHONPATH']}"
+    out = tmp_path / "out.safetensors"
+
+    def reinit(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "reinit", "apply", str(a), *args, "-o", str(out), "-q"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=HANG_BOUND_S,
+        )
+
+    res = reinit("--rule", rule.format(c=c))
+    assert res.returncode == 1, res.stderr
+    assert res.stderr.strip() == (
+        "error: torch cannot be loaded (libtorch_cpu.so: cannot open shared object file); "
+        "reinstall it (pip install torch)"
+    )
+    assert not out.exists()
+    assert reinit("--rule", f"*=from({b})").returncode == 0 and out.exists()
+
+
 # --- the deferred module itself --------------------------------------------------------------
 
 SLOW = """
