@@ -131,7 +131,9 @@ class _AlreadyRun(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     second time (a C extension's types registered twice abort the process). This finder, first
     on `sys.meta_path`, hands that import the module the load made. It answers only for a
     submodule of a deferred package that is already in `sys.modules` and not being reloaded
-    (`importlib.reload` passes `target`), which the import system asks only in that case."""
+    (`importlib.reload` passes `target`), which the import system asks only in that case (and
+    `importlib.util.find_spec`, after loading the package: its answer has the module's own
+    origin and search path)."""
 
     def find_spec(
         self,
@@ -142,7 +144,14 @@ class _AlreadyRun(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         module = sys.modules.get(fullname)
         if target is not None or module is None or fullname.partition(".")[0] not in _AROUND:
             return None
-        return importlib.machinery.ModuleSpec(fullname, self, loader_state=module.__spec__)
+        real = module.__spec__
+        if real is None:
+            return importlib.machinery.ModuleSpec(fullname, self)
+        # where it is, as `importlib.util.find_spec("torch.nn")` (which loads torch) answers
+        spec = importlib.machinery.ModuleSpec(fullname, self, origin=real.origin, loader_state=real)
+        spec.submodule_search_locations = real.submodule_search_locations
+        spec.has_location = real.has_location
+        return spec
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
         return sys.modules[spec.name]

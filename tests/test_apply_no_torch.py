@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import json
 import subprocess
 import sys
@@ -281,6 +282,19 @@ def test_a_submodule_imported_first_runs_the_package_once_and_itself_once(slowpk
     assert (slowpkg.sub.__name__, slowpkg.VALUE) == ("slowpkg.sub", 42)
     assert (slowpkg_runs(slowpkg), sys.modules["slowcount"].subs) == (1, 1)
     assert slowpkg.sub.__spec__.origin.endswith("sub.py")  # its own spec, as imported
+
+
+def test_find_spec_of_a_submodule_says_where_it_is(slowpkg):
+    """`importlib.util.find_spec("torch.nn")` while torch is deferred (third-party code asks
+    it): it loads the package, and says where the submodule is, as without the deferral."""
+    from reinit.lazy import defer_import
+
+    defer_import("slowpkg", contextlib.nullcontext)
+    spec = importlib.util.find_spec("slowpkg.sub")
+    assert spec is not None and spec.origin is not None and spec.origin.endswith("sub.py")
+    assert spec.submodule_search_locations is None and spec.has_location
+    assert spec.loader_state is sys.modules["slowpkg.sub"].__spec__
+    assert (slowpkg_runs(slowpkg), sys.modules["slowcount"].subs) == (1, 1)
 
 
 def slowpkg_runs(_: object) -> int:
