@@ -284,6 +284,52 @@ def test_a_submodule_imported_first_runs_the_package_once_and_itself_once(slowpk
     assert slowpkg.sub.__spec__.origin.endswith("sub.py")  # its own spec, as imported
 
 
+THREADS = """
+import importlib.abc, sys, threading
+from reinit.cli.common import defer_torch
+defer_torch()
+import torch
+started, out = threading.Event(), []
+class Hook(importlib.abc.MetaPathFinder):  # torch's load has begun (on thread A)
+    def find_spec(self, name, path, target=None):
+        if name == "torch._C":
+            sys.meta_path.remove(self)
+            started.set()
+        return None
+sys.meta_path.insert(0, Hook())
+def a():
+    out.append(str(torch.float32))
+def b():
+    started.wait()
+    import torch.nn.functional as F
+    out.append(F.relu(torch.tensor([-1.0, 2.0])).tolist())
+threads = [threading.Thread(target=f, daemon=True) for f in (a, b)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join(30)
+print(sorted(map(str, out)))
+sys.stdout.flush()
+import os
+os._exit(0 if len(out) == 2 else 3)
+"""
+
+
+def test_torch_loading_on_one_thread_while_another_imports_torch_nn(tmp_path):
+    """Torch itself: thread A's first use loads it while thread B imports `torch.nn.functional`
+    (as a worker's lazy import would): both finish, and torch works."""
+    res = subprocess.run(
+        [sys.executable, "-c", THREADS],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        cwd=tmp_path,
+        timeout=HANG_BOUND_S,
+    )
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    assert res.stdout.strip() == "['[0.0, 2.0]', 'torch.float32']"
+
+
 def test_find_spec_of_a_submodule_says_where_it_is(slowpkg):
     """`importlib.util.find_spec("torch.nn")` while torch is deferred (third-party code asks
     it): it loads the package, and says where the submodule is, as without the deferral."""
