@@ -73,13 +73,24 @@ def _acquire(module: types.ModuleType) -> bool:
     that module's import lock) and reads `torch.__path__` while thread A runs torch, whose
     code imports `torch.nn` and so waits for B."""
     me = threading.get_ident()
-    while not _LOCK.acquire(blocking=False):
-        runner = _RUNNER.get(id(module))
-        if runner is not None and _waits_on(runner, me):
-            return False
-        if _LOCK.acquire(timeout=_POLL_S):
-            break
-    return True
+    owned = _is_owned()  # re-entered (the running module's own reads): never waits
+    try:
+        while not _LOCK.acquire(blocking=False):
+            runner = _RUNNER.get(id(module))
+            if runner is not None and _waits_on(runner, me):
+                return False
+            if _LOCK.acquire(timeout=_POLL_S):
+                break
+        return True
+    except BaseException:  # a signal's exception right after the lock was taken: give it back
+        if not owned and _is_owned():
+            _LOCK.release()
+        raise
+
+
+def _is_owned() -> bool:
+    """Whether this thread holds `_LOCK` (an RLock says so; the typing stubs leave it out)."""
+    return bool(_LOCK._is_owned())  # type: ignore[attr-defined]
 
 
 def _waits_on(tid: int, holder: int) -> bool:

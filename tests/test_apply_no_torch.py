@@ -330,6 +330,35 @@ def test_torch_loading_on_one_thread_while_another_imports_torch_nn(tmp_path):
     assert res.stdout.strip() == "['[0.0, 2.0]', 'torch.float32']"
 
 
+def test_an_interrupt_just_after_the_lock_is_taken_gives_it_back(slowpkg, monkeypatch):
+    """A Ctrl-C's KeyboardInterrupt raised as the lock's acquire returns (Python runs signal
+    handlers there): the lock is released, so a later read (any thread's) still loads it."""
+    import reinit.lazy as lazy
+
+    real = lazy._LOCK
+
+    class Interrupted:
+        def acquire(self, *args: object, **kwargs: object) -> bool:
+            assert real.acquire(*args, **kwargs)
+            raise KeyboardInterrupt
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+    lazy.defer_import("slowpkg", contextlib.nullcontext)
+    import slowpkg
+
+    monkeypatch.setattr(lazy, "_LOCK", Interrupted())
+    with pytest.raises(KeyboardInterrupt):
+        slowpkg.VALUE  # noqa: B018
+    monkeypatch.setattr(lazy, "_LOCK", real)
+    seen: list[int] = []
+    t = threading.Thread(target=lambda: seen.append(slowpkg.VALUE), daemon=True)
+    t.start()
+    t.join(HANG_BOUND_S)
+    assert seen == [42] and slowpkg_runs(slowpkg) == 1
+
+
 def test_find_spec_of_a_submodule_says_where_it_is(slowpkg):
     """`importlib.util.find_spec("torch.nn")` while torch is deferred (third-party code asks
     it): it loads the package, and says where the submodule is, as without the deferral."""
