@@ -50,22 +50,78 @@ class _Deferred(types.ModuleType):
     loads nothing."""
 
     def __getattribute__(self, attr: str) -> Any:
-        if attr != "__spec__":
-            with _LOCK:
+        if attr != "__spec__" and _acquire(self):
+            try:
                 if type(self) is _Deferred and id(self) not in _RUNNING:
                     _run(self)
+            finally:
+                _LOCK.release()
         return types.ModuleType.__getattribute__(self, attr)
 
 
 _LOCK = threading.RLock()  # the module's own code re-enters it while it runs
 _RUNNING: set[int] = set()  # modules whose code is running (their reads pass straight through)
+_RUNNER: dict[int, int] = {}  # the thread running each of them
 _AROUND: dict[str, Callable[[], AbstractContextManager[object]]] = {}
+_POLL_S = 0.05  # how often a thread waiting for the lock looks for a deadlock
+
+
+def _acquire(module: types.ModuleType) -> bool:
+    """Take `_LOCK`; or, when the thread running `module` waits on an import lock this thread
+    holds, give up (False) and read the module as it stands, as the import system does in a
+    concurrent circular import. Waiting would never end: thread B imports `torch.nn` (holding
+    that module's import lock) and reads `torch.__path__` while thread A runs torch, whose
+    code imports `torch.nn` and so waits for B."""
+    me = threading.get_ident()
+    owned = _is_owned()  # re-entered (the running module's own reads): never waits
+    try:
+        while not _LOCK.acquire(blocking=False):
+            runner = _RUNNER.get(id(module))
+            if runner is not None and _waits_on(runner, me):
+                return False
+            if _LOCK.acquire(timeout=_POLL_S):
+                break
+        return True
+    except BaseException:  # a signal's exception right after the lock was taken: give it back
+        if not owned and _is_owned():
+            _LOCK.release()
+        raise
+
+
+def _is_owned() -> bool:
+    """Whether this thread holds `_LOCK` (an RLock says so; the typing stubs leave it out)."""
+    return bool(_LOCK._is_owned())  # type: ignore[attr-defined]
+
+
+def _waits_on(tid: int, holder: int) -> bool:
+    """Whether thread `tid` waits, directly or through other threads, for an import lock
+    (`importlib._bootstrap._blocking_on`, which the import system keeps for its own deadlock
+    check: one lock per thread up to 3.11, a list of them since 3.12) that `holder` owns."""
+    from importlib import _bootstrap
+
+    blocking = getattr(_bootstrap, "_blocking_on", None)
+    seen: set[int] = set()
+    todo = [tid]
+    while blocking is not None and todo:
+        t = todo.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        locks = blocking.get(t)
+        for lock in locks if isinstance(locks, list) else [locks] if locks is not None else []:
+            owner = getattr(lock, "owner", None)
+            if owner == holder:
+                return True
+            if owner is not None:
+                todo.append(owner)
+    return False
 
 
 def _run(module: types.ModuleType) -> None:
     spec = object.__getattribute__(module, "__spec__")
     assert spec is not None and spec.loader is not None
     _RUNNING.add(id(module))
+    _RUNNER[id(module)] = threading.get_ident()
     with _AROUND[spec.name]():  # a signal it holds is raised on leaving: the module is done
         try:
             spec.loader.exec_module(module)
@@ -75,6 +131,7 @@ def _run(module: types.ModuleType) -> None:
             raise
         finally:  # run once, whatever happened: never again on a later read
             _RUNNING.discard(id(module))
+            _RUNNER.pop(id(module), None)
             module.__class__ = types.ModuleType
 
 
@@ -85,7 +142,9 @@ class _AlreadyRun(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     second time (a C extension's types registered twice abort the process). This finder, first
     on `sys.meta_path`, hands that import the module the load made. It answers only for a
     submodule of a deferred package that is already in `sys.modules` and not being reloaded
-    (`importlib.reload` passes `target`), which the import system asks only in that case."""
+    (`importlib.reload` passes `target`), which the import system asks only in that case (and
+    `importlib.util.find_spec`, after loading the package: its answer has the module's own
+    origin and search path)."""
 
     def find_spec(
         self,
@@ -96,7 +155,14 @@ class _AlreadyRun(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         module = sys.modules.get(fullname)
         if target is not None or module is None or fullname.partition(".")[0] not in _AROUND:
             return None
-        return importlib.machinery.ModuleSpec(fullname, self, loader_state=module.__spec__)
+        real = module.__spec__
+        if real is None:
+            return importlib.machinery.ModuleSpec(fullname, self)
+        # where it is, as `importlib.util.find_spec("torch.nn")` (which loads torch) answers
+        spec = importlib.machinery.ModuleSpec(fullname, self, origin=real.origin, loader_state=real)
+        spec.submodule_search_locations = real.submodule_search_locations
+        spec.has_location = real.has_location
+        return spec
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
         return sys.modules[spec.name]

@@ -9,6 +9,8 @@ Internal: also tests reinit.lazy (`defer_import`), reinit.io.formats (dtype name
 from __future__ import annotations
 
 import contextlib
+import importlib
+import importlib.util
 import json
 import subprocess
 import sys
@@ -37,6 +39,11 @@ MARK_TORCH = (
 
 def child(cwd: Path, *args: str) -> bool:
     """`reinit ARGS` as users run it, in a child process; whether it loaded torch."""
+    return child_output(cwd, *args)[0]
+
+
+def child_output(cwd: Path, *args: str) -> tuple[bool, str]:
+    """`reinit ARGS` in a child process: whether it loaded torch, and its stdout."""
     code = f"import sys\nsys.argv = ['reinit', *{list(args)!r}]\n{MARK_TORCH}{PROGRAM}"
     res = subprocess.run(
         [sys.executable, "-c", code],
@@ -48,7 +55,7 @@ def child(cwd: Path, *args: str) -> bool:
     )
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr, res.stderr
-    return (cwd / "torch_loaded").read_text() == "True"
+    return (cwd / "torch_loaded").read_text() == "True", res.stdout
 
 
 def llama(path: Path, seed: int, dtype: torch.dtype) -> Path:
@@ -144,6 +151,69 @@ def test_a_transplant_across_dtypes_loads_torch(tmp_path):
     assert child_then_with_torch(tmp_path, args) is True
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--rule", "*=from({b})"],  # the terminal view of the plan
+        ["--rule", "model.layers.*.mlp.*=from({b})", "--json", "--all"],  # its JSON
+        ["--rule", "*=keep", "--by", "tensor", "--all"],  # every tensor's row
+    ],
+)
+def test_a_dry_run_of_a_plain_copy_or_transplant_never_loads_torch(pair, tmp_path, extra):
+    """`--dry-run` plans as the run does and shows each tensor's dtype by name: no torch,
+    and the same text as with torch loaded."""
+    a, b = pair
+    args = ["apply", str(a), *(e.format(b=b) for e in extra), "--dry-run"]
+    loaded, out = child_output(tmp_path, *args)
+    res = run(*args)
+    assert res.exit_code == 0 and "plan" in res.output
+    assert res.stdout == out
+    assert loaded is False
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "*.mlp.down_proj.weight=zeros",  # torch first used by the plan, on the main thread
+        "*.mlp.down_proj.weight=from({c})",  # by the cast, on the compute thread
+    ],
+)
+def test_a_torch_that_cannot_load_is_one_error_line_where_the_run_first_needs_it(
+    pair, tmp_path, rule
+):
+    """An install whose torch fails to import (a shared library missing): a run that needs
+    torch ends with one line saying so (exit 1, nothing written), not an internal error; a
+    plain copy still works."""
+    a, b = pair
+    c = llama(tmp_path / "c", 2, torch.float32)
+    broken = tmp_path / "broken" / "torch"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text(
+        'raise ImportError("libtorch_cpu.so: cannot open shared object file")\n'
+    )
+    env = child_env()
+    env["PYTHONPATH"] = f"{broken.parent}:{env['PYTHONPATH']}"
+    out = tmp_path / "out.safetensors"
+
+    def reinit(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "reinit", "apply", str(a), *args, "-o", str(out), "-q"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=HANG_BOUND_S,
+        )
+
+    res = reinit("--rule", rule.format(c=c))
+    assert res.returncode == 1, res.stderr
+    assert res.stderr.strip() == (
+        "error: torch cannot be loaded (libtorch_cpu.so: cannot open shared object file); "
+        "reinstall it (pip install torch)"
+    )
+    assert not out.exists()
+    assert reinit("--rule", f"*=from({b})").returncode == 0 and out.exists()
+
+
 # --- the deferred module itself --------------------------------------------------------------
 
 SLOW = """
@@ -214,6 +284,94 @@ def test_a_submodule_imported_first_runs_the_package_once_and_itself_once(slowpk
     assert slowpkg.sub.__spec__.origin.endswith("sub.py")  # its own spec, as imported
 
 
+THREADS = """
+import importlib.abc, sys, threading
+from reinit.cli.common import defer_torch
+defer_torch()
+import torch
+started, out = threading.Event(), []
+class Hook(importlib.abc.MetaPathFinder):  # torch's load has begun (on thread A)
+    def find_spec(self, name, path, target=None):
+        if name == "torch._C":
+            sys.meta_path.remove(self)
+            started.set()
+        return None
+sys.meta_path.insert(0, Hook())
+def a():
+    out.append(str(torch.float32))
+def b():
+    started.wait()
+    import torch.nn.functional as F
+    out.append(F.relu(torch.tensor([-1.0, 2.0])).tolist())
+threads = [threading.Thread(target=f, daemon=True) for f in (a, b)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join(30)
+print(sorted(map(str, out)))
+sys.stdout.flush()
+import os
+os._exit(0 if len(out) == 2 else 3)
+"""
+
+
+def test_torch_loading_on_one_thread_while_another_imports_torch_nn(tmp_path):
+    """Torch itself: thread A's first use loads it while thread B imports `torch.nn.functional`
+    (as a worker's lazy import would): both finish, and torch works."""
+    res = subprocess.run(
+        [sys.executable, "-c", THREADS],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        cwd=tmp_path,
+        timeout=HANG_BOUND_S,
+    )
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    assert res.stdout.strip() == "['[0.0, 2.0]', 'torch.float32']"
+
+
+def test_an_interrupt_just_after_the_lock_is_taken_gives_it_back(slowpkg, monkeypatch):
+    """A Ctrl-C's KeyboardInterrupt raised as the lock's acquire returns (Python runs signal
+    handlers there): the lock is released, so a later read (any thread's) still loads it."""
+    import reinit.lazy as lazy
+
+    real = lazy._LOCK
+
+    class Interrupted:
+        def acquire(self, *args: object, **kwargs: object) -> bool:
+            assert real.acquire(*args, **kwargs)
+            raise KeyboardInterrupt
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+    lazy.defer_import("slowpkg", contextlib.nullcontext)
+    import slowpkg
+
+    monkeypatch.setattr(lazy, "_LOCK", Interrupted())
+    with pytest.raises(KeyboardInterrupt):
+        slowpkg.VALUE  # noqa: B018
+    monkeypatch.setattr(lazy, "_LOCK", real)
+    seen: list[int] = []
+    t = threading.Thread(target=lambda: seen.append(slowpkg.VALUE), daemon=True)
+    t.start()
+    t.join(HANG_BOUND_S)
+    assert seen == [42] and slowpkg_runs(slowpkg) == 1
+
+
+def test_find_spec_of_a_submodule_says_where_it_is(slowpkg):
+    """`importlib.util.find_spec("torch.nn")` while torch is deferred (third-party code asks
+    it): it loads the package, and says where the submodule is, as without the deferral."""
+    from reinit.lazy import defer_import
+
+    defer_import("slowpkg", contextlib.nullcontext)
+    spec = importlib.util.find_spec("slowpkg.sub")
+    assert spec is not None and spec.origin is not None and spec.origin.endswith("sub.py")
+    assert spec.submodule_search_locations is None and spec.has_location
+    assert spec.loader_state is sys.modules["slowpkg.sub"].__spec__
+    assert (slowpkg_runs(slowpkg), sys.modules["slowcount"].subs) == (1, 1)
+
+
 def slowpkg_runs(_: object) -> int:
     return int(sys.modules["slowcount"].runs)
 
@@ -236,3 +394,34 @@ def test_dtype_names_agree_with_torch():
         assert torch_dtype(name) is dtype
         assert is_float_name(name) is dtype.is_floating_point, name
         assert name_size(name) == dtype_size(dtype), name
+
+
+def test_a_submodule_imported_while_another_thread_runs_the_package_does_not_deadlock(slowpkg):
+    """Thread A reads an attribute (so runs the package, whose code imports `slowpkg.sub`)
+    while thread B imports `slowpkg.sub`: B holds that module's import lock and reads the
+    package's `__path__`. Waiting for A there never ended (A waits for B's import lock); B
+    reads the package as it stands instead, as the import system does in a concurrent
+    circular import, and both finish with the one module each."""
+    from reinit.lazy import defer_import
+
+    defer_import("slowpkg", contextlib.nullcontext)
+    import slowpkg
+
+    seen: dict[str, object] = {}
+
+    def a() -> None:
+        seen["a"] = slowpkg.VALUE
+
+    def b() -> None:
+        while not slowpkg_runs(slowpkg):  # A is running the package (asleep in its code)
+            pass
+        seen["b"] = importlib.import_module("slowpkg.sub").__name__  # `import slowpkg.sub`
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(HANG_BOUND_S)
+    assert not any(t.is_alive() for t in threads), "deadlock"
+    assert seen == {"a": 42, "b": "slowpkg.sub"}
+    assert (slowpkg_runs(slowpkg), sys.modules["slowcount"].subs) == (1, 1)

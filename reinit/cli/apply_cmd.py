@@ -82,7 +82,7 @@ def apply(
     assert isinstance(trusted, tuple)  # a repeatable flag: a tuple of paths
     warn_unsafe(trusted)
     if dry_run:
-        load_torch()
+        defer_torch()  # a plan of a plain copy or transplant never loads it
         from reinit.planning.session import plan
 
         show_plan(

@@ -246,9 +246,7 @@ def load_torch() -> None:
     Why: an interrupt raised inside torch's import runs into its C++ code and aborts the
     process (SIGABRT, exit 134) instead of exiting 130. Held, it is raised as soon as torch is
     loaded: a Ctrl-C waits at most for the import (about a second)."""
-    from reinit.io.signals import signals_deferred
-
-    with signals_deferred():
+    with torch_loading():
         import torch  # noqa: F401
 
 
@@ -256,10 +254,27 @@ def defer_torch() -> None:
     """Bind torch for every module that imports it, but load it (with SIGINT/SIGTERM held, as
     `load_torch`) only when the run first uses it: a plain copy or transplant of same-dtype
     safetensors bytes never does (`reinit.lazy.defer_import`)."""
-    from reinit.io.signals import signals_deferred
     from reinit.lazy import defer_import
 
-    defer_import("torch", around=signals_deferred)
+    defer_import("torch", around=torch_loading)
+
+
+@contextmanager
+def torch_loading() -> Iterator[None]:
+    """Around torch's import: SIGINT/SIGTERM held, and an install that cannot load (a missing
+    or mismatched shared library) one line that says so, not an internal error (deferred, it
+    surfaces wherever the run first uses torch, a worker thread included)."""
+    from reinit.errors import ReinitError
+    from reinit.io.signals import signals_deferred
+    from reinit.text import one_line
+
+    with signals_deferred():
+        try:
+            yield
+        except ImportError as e:
+            raise ReinitError(
+                f"torch cannot be loaded ({one_line(e)}); reinstall it (pip install torch)"
+            ) from e
 
 
 def show_plan(the_plan: Plan, *, as_json: bool, by: str, every: bool, quiet: bool = False) -> None:

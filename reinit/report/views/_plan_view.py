@@ -10,7 +10,6 @@ __all__ = ["plan_json", "plan_what", "render_plan"]
 import json
 from collections import Counter
 
-from reinit.io.formats import dtype_name
 from reinit.planning.planner import Plan, PlanEntry
 from reinit.report.jsonio import JSON
 from reinit.report.views._group_table import GroupRow, render_group_table
@@ -43,7 +42,7 @@ def _by_tensor(entries: list[PlanEntry], width: int) -> list[str]:
         (
             shown(e.name),
             shape_text(e.shape),
-            dtype_name(e.dtype),
+            e.dtype_name,
             e.action,
             shown(plan_what(e)),
             shown(e.rule.text) if e.rule else "-",
@@ -68,7 +67,7 @@ def _by_kind(entries: list[PlanEntry], width: int) -> list[str]:
     groups = group_by_kind(
         entries,
         lambda e: e.name,
-        lambda e: (e.shape, dtype_name(e.dtype), e.action, e.rule.text if e.rule else None),
+        lambda e: (e.shape, e.dtype_name, e.action, e.rule.text if e.rule else None),
     )
     rows = []
     for g in groups:
@@ -82,7 +81,7 @@ def _by_kind(entries: list[PlanEntry], width: int) -> list[str]:
                 (
                     layer_range(m.name for m in g.members),
                     shape_text(e.shape),
-                    dtype_name(e.dtype),
+                    e.dtype_name,
                     e.action,
                     shown(f"{what} {rule}".strip()),
                 ),
@@ -103,7 +102,7 @@ def _entry_dict(e: PlanEntry) -> dict[str, JSON]:
     return {
         "name": e.name,
         "shape": list(e.shape),
-        "dtype": dtype_name(e.dtype),
+        "dtype": e.dtype_name,
         "action": e.action,
         "what": plan_what(e),
         "rule": e.rule.text if e.rule is not None else None,
