@@ -296,6 +296,17 @@ def test_transplant_into_an_integer_tensor_refuses_values_that_wrap(tmp_path, so
     refused(tmp_path, args, 2, POS, "do not fit int8", "wrap")
 
 
+def test_transplant_of_a_complex_source_into_a_real_tensor_is_refused(tmp_path):
+    """`from()` of a complex64 tensor into a float32 one dropped the imaginary part, exit 0,
+    with only torch's own UserWarning relayed as a warning line."""
+    save_file({"w": torch.zeros(2, 3)}, tmp_path / "t.safetensors")
+    source = torch.complex(torch.ones(2, 3), torch.full((2, 3), 5.0))
+    save_file({"w": source}, tmp_path / "s.safetensors")
+    args = ["apply", str(tmp_path / "t.safetensors"), "-q", "-o", str(tmp_path / "o.safetensors")]
+    args += ["-r", f"w=from({tmp_path / 's.safetensors'})"]
+    refused(tmp_path, args, 2, "'w'", "complex source cannot go into float32", "imaginary")
+
+
 def test_transplant_overflow_to_inf_is_counted(tmp_path):
     name = "model.norm.weight"
     save_file({name: torch.ones(4, dtype=torch.float16)}, tmp_path / "t.safetensors")

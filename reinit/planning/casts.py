@@ -1,5 +1,6 @@
 """What casting a transplanted tensor into the target's dtype may do to its values, checked:
-wrapping into an integer dtype is refused, rounding and overflow to inf are noted."""
+wrapping into an integer dtype and dropping a complex source's imaginary part are refused,
+rounding and overflow to inf are noted."""
 
 from __future__ import annotations
 
@@ -15,10 +16,14 @@ def refuse_out_of_range(src: torch.Tensor, dtype: torch.dtype, where: str) -> No
     """Casting into an integer dtype wraps what does not fit (300 -> 44 in int8) and turns
     NaN/inf into garbage: such a source is refused (exit 2) instead of written wrapped.
     Float-to-float casts round (a "lossy cast" note) and overflow to inf (counted there)."""
+    if src.is_complex() and not dtype.is_complex and src.numel():
+        raise TransplantError(
+            f"{where}: a complex source cannot go into {dtype_name(dtype)} (its imaginary part "
+            "would be dropped); save its real part as a source first, or transplant into a complex "
+            "tensor"
+        )
     if dtype.is_floating_point or dtype.is_complex or dtype == torch.bool or src.numel() == 0:
         return
-    if src.is_complex():
-        raise TransplantError(f"{where}: a complex source cannot go into {dtype_name(dtype)}")
     info = torch.iinfo(dtype)
     bad = src.isnan() if src.is_floating_point() else torch.zeros_like(src, dtype=torch.bool)
     if src.is_floating_point():
