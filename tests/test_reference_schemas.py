@@ -93,42 +93,28 @@ def test_plan_schema_names_every_key(work, tmp_path, monkeypatch):
     assert all(keys(step) == keys(one) for step in several["steps"])
 
 
+def zeroed(work, name: str):
+    """The BERT with its prediction transform zeroed: a second checkpoint to diff against."""
+    other = work / name
+    r = run(
+        "apply", work / "bert", "-o", other, "-r", "cls.predictions.transform.dense.*=zeros", "-q"
+    )
+    assert r.exit_code == 0, r.output
+    return other
+
+
 def test_inspect_diff_and_verify_schemas_name_every_key(work):
     block = schema_after("### `inspect --json`")
     inspected = json_of("inspect", work / "bert", "--json", "--stats")
     assert keys(inspected) == documented(block, "inspect")
     block = schema_after("### `diff --json` and `verify --json`")
-    other = work / "zeroed"
-    assert (
-        run(
-            "apply",
-            work / "bert",
-            "-o",
-            other,
-            "-r",
-            "cls.predictions.transform.dense.*=zeros",
-            "-q",
-        ).exit_code
-        == 0
-    )
+    other = zeroed(work, "zeroed")
     assert keys(json_of("diff", work / "bert", other, "--json")) == documented(block, "diff")
     assert keys(json_of("verify", other, "--json")) == documented(block, "verify")
 
 
 def test_verify_forward_schema_names_every_key(work):
-    other = work / "zeroed-forward"
-    assert (
-        run(
-            "apply",
-            work / "bert",
-            "-o",
-            other,
-            "-r",
-            "cls.predictions.transform.dense.*=zeros",
-            "-q",
-        ).exit_code
-        == 0
-    )
+    other = zeroed(work, "zeroed-forward")
     block = schema_after("### `diff --json` and `verify --json`")
     doc = json_of("verify", other, "--forward", "--against", work / "bert", "--json")
     assert keys(doc) == documented(block, "verify --forward")
