@@ -7,8 +7,8 @@ against `from_pretrained` of the safetensors output. Run by tests/test_dcp_moe.p
 from __future__ import annotations
 
 import os
-import socket
 import sys
+import tempfile
 
 import torch
 import torch.distributed as dist
@@ -19,9 +19,10 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import Shard, distribute_tensor
 
 
-def worker(rank: int, world: int, out_dcp: str, out_st: str, port: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def worker(rank: int, world: int, out_dcp: str, out_st: str, store: str) -> None:
+    # a file store, not rank 0's TCP store: a rank still tearing down its group after rank 0
+    # has exited finds no server gone (once seen under load: rank 1 aborted in teardown)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     mesh = init_device_mesh("cpu", (world,))
     want = transformers.AutoModelForCausalLM.from_pretrained(out_st).state_dict()
     config = transformers.AutoConfig.from_pretrained(out_st)
@@ -40,11 +41,7 @@ def worker(rank: int, world: int, out_dcp: str, out_st: str, port: int) -> None:
     dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 if __name__ == "__main__":
-    mp.spawn(worker, args=(2, sys.argv[1], sys.argv[2], free_port()), nprocs=2)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = os.path.join(tmp, "store")
+        mp.spawn(worker, args=(2, sys.argv[1], sys.argv[2], store), nprocs=2)
