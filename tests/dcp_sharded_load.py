@@ -20,8 +20,9 @@ from torch.distributed.tensor import Shard, distribute_tensor
 
 
 def worker(rank: int, world: int, out_dcp: str, out_st: str, store: str) -> None:
-    # a file store, not rank 0's TCP store: a rank still tearing down its group after rank 0
-    # has exited finds no server gone (once seen under load: rank 1 aborted in teardown)
+    # a file store, not one served by rank 0: a rank still tearing down its group never talks
+    # to a server in a process that may have exited (once, under load, rank 1 aborted after
+    # loading its weights; the cause is not proven to be this)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     mesh = init_device_mesh("cpu", (world,))
     want = transformers.AutoModelForCausalLM.from_pretrained(out_st).state_dict()
