@@ -169,3 +169,28 @@ def write_two_shards(folder: Path, tensors: dict[str, torch.Tensor]) -> Path:
         weight_map.update(dict.fromkeys(ns, shard))
     (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     return folder
+
+
+def tiny_bert(path: Path) -> Path:
+    """A tiny BERT (transformers, seed 0) saved at `path`: 2 layers, hidden 64, vocabulary 64."""
+    import transformers
+
+    config = transformers.BertConfig(
+        vocab_size=64, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=128, max_position_embeddings=32,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    transformers.BertModel(config).save_pretrained(path)
+    return path
+
+
+def trained_bert(path: Path) -> Path:
+    """`tiny_bert` with its matrices at a trained scale: 2.5x the config's 0.02."""
+    from safetensors.torch import load_file
+
+    src = tiny_bert(path)
+    sd = {
+        k: v * 2.5 if v.dim() >= 2 else v for k, v in load_file(src / "model.safetensors").items()
+    }
+    save_file(sd, src / "model.safetensors", metadata={"format": "pt"})
+    return src

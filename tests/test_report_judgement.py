@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from helpers import run
+from helpers import run, tiny_bert, trained_bert
 from safetensors.torch import load_file, save_file
 
 import reinit
@@ -203,16 +203,6 @@ def test_the_readme_rows_by_token_flags_nothing(tmp_path):
 # --- 2. the same verdict on the written file ------------------------------------------------
 
 
-def tiny_bert(path: Path) -> Path:
-    config = transformers.BertConfig(
-        vocab_size=64, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=128, max_position_embeddings=32,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    transformers.BertModel(config).save_pretrained(path)
-    return path
-
-
 def test_report_against_fails_the_file_apply_flagged_with_the_same_count(tmp_path):
     src = tiny_bert(tmp_path / "bert")
     rep = reinit.apply(src, ["encoder.*.weight=kaiming"], tmp_path / "out")
@@ -233,18 +223,6 @@ def test_report_against_fails_the_file_apply_flagged_with_the_same_count(tmp_pat
 
 def verdicts(rep: reinit.Report) -> dict[str, tuple[str, tuple[str, ...]]]:
     return {e.name: (e.action, tuple(e.flags)) for e in rep.tensors}
-
-
-def trained_bert(path: Path) -> Path:
-    """`tiny_bert` with its matrices at a trained scale: 2.5x the config's 0.02."""
-    src = tiny_bert(path)
-    with torch.no_grad():
-        sd = {
-            k: v * 2.5 if v.dim() >= 2 else v
-            for k, v in load_file(src / "model.safetensors").items()
-        }
-    save_file(sd, src / "model.safetensors", metadata={"format": "pt"})
-    return src
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from helpers import run
+from helpers import run, trained_bert
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -26,21 +26,6 @@ from reinit.io.sources import open_checkpoint
 from reinit.limits import MAX_RECORDED_SURGERY_BYTES
 from reinit.run.record import Provenance, SurgeryTexts, model_record, parse_provenance
 from reinit.tools.provenance import recorded_provenance
-
-
-def trained_bert(path: Path) -> Path:
-    """A tiny BERT whose matrices sit at 2.5x the config's 0.02 (a trained scale)."""
-    config = transformers.BertConfig(
-        vocab_size=64, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=128, max_position_embeddings=32,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    transformers.BertModel(config).save_pretrained(path)
-    sd = {
-        k: v * 2.5 if v.dim() >= 2 else v for k, v in load_file(path / "model.safetensors").items()
-    }
-    save_file(sd, path / "model.safetensors", metadata={"format": "pt"})
-    return path
 
 
 def tiny_llama(path: Path) -> Path:
