@@ -321,3 +321,65 @@ def test_a_checkpoint_of_many_small_tensors_still_uses_the_worker(tmp_path, forc
     for doc in (shared, alone):
         doc["summary"].pop("seconds")
     assert shared == alone
+
+
+def transplanted(model: Path, rules: list[str], out: Path) -> tuple[bytes, dict]:
+    reinit.apply(model, rules, out, seed=3)
+    return out.read_bytes(), comparable(out.with_name(out.stem + ".report.json"))
+
+
+@pytest.mark.parametrize("kill", [False, True])
+def test_a_full_transplant_shares_its_sources_summing_with_a_second_worker(
+    kill, src, tmp_path, forced, monkeypatch
+):
+    """`*=from(OTHER)`: a worker for the model (its `before`) and one for OTHER, summing the
+    later part of OTHER's bytes, copied here unread. Same bytes and report as without
+    workers, and when the source's worker dies at once."""
+    other = write_safetensors(tmp_path / "other.safetensors", tensors(seed=1))
+    rules = [f"*=from({other})"]
+    monkeypatch.setattr(ahead, "StatsAhead", Recorded)
+    monkeypatch.setattr(Recorded, "made", [])
+    monkeypatch.setattr(Recorded, "kill", False)
+    with ahead.stats_ahead(src) as worker:
+        monkeypatch.setattr(Recorded, "kill", kill)
+        data, report = transplanted(src, rules, tmp_path / "with.safetensors")
+    model_worker, source_worker = Recorded.made
+    assert worker is model_worker and model_worker.served == len(tensors())
+    assert source_worker.source == other.resolve()
+    assert source_worker.proc.returncode is not None  # reaped with the run
+    if kill:
+        assert source_worker.served == 0
+    else:  # the later share of OTHER's bytes: some tensors, not all
+        assert 0 < source_worker.served < len(tensors())
+    monkeypatch.setenv(ahead.ENV, "0")
+    data0, report0 = transplanted(src, rules, tmp_path / "without.safetensors")
+    assert len(Recorded.made) == 2
+    assert data == data0
+    assert tensor_bytes(tmp_path / "with.safetensors") == tensor_bytes(other)  # OTHER's values
+    report["output"] = report0["output"]
+    assert report == report0
+
+
+def tensor_bytes(path: Path) -> dict[str, bytes]:
+    """Each tensor's bytes, by name."""
+    f = SafetensorsFile(path)
+    try:
+        return {t.info.name: bytes(f.read_bytes(t.info.name)) for t in f.file_tensors()}
+    finally:
+        f.close()
+
+
+@pytest.mark.parametrize("case", ["partial", "itself"])
+def test_no_second_worker_for_a_partial_transplant_or_the_model_itself(
+    case, src, tmp_path, forced, monkeypatch
+):
+    """A worker for a `from()` source only when the plan copies (nearly) all of it as it
+    is, and not for the file the model's worker already reads."""
+    other = write_safetensors(tmp_path / "other.safetensors", tensors(seed=1))
+    rules = [f"ln.weight=from({other})"] if case == "partial" else [f"*=from({src})"]
+    monkeypatch.setattr(ahead, "StatsAhead", Recorded)
+    monkeypatch.setattr(Recorded, "made", [])
+    monkeypatch.setattr(Recorded, "kill", False)
+    with ahead.stats_ahead(src):
+        transplanted(src, rules, tmp_path / "out.safetensors")
+    assert len(Recorded.made) == 1
