@@ -12,6 +12,7 @@ __all__ = [
     "output_files",
     "output_format",
     "output_metadata",
+    "record_json",
     "resolve_output",
     "shard_output_name",
     "check_no_stale_shards",
@@ -303,5 +304,10 @@ def output_metadata(ckpt: Checkpoint, shard: str, record: Provenance) -> dict[st
     metadata but no format) and our provenance under `reinit` (`run.record`)."""
     meta = dict(ckpt.metadata(shard)) if shard is not None else {}
     meta.setdefault("format", "pt")
-    meta["reinit"] = replace(record, version=__version__).to_json()
+    meta["reinit"] = record_json(record)
     return meta
+
+
+def record_json(record: Provenance) -> str:
+    """The `reinit` metadata value of an output written now (this reinit's version)."""
+    return replace(record, version=__version__).to_json()

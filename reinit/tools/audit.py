@@ -160,10 +160,10 @@ def _as_applied(
     found by their values), and what could not be replayed."""
     from reinit.tools.verdict import as_applied
 
-    if replay.edited is None:  # no surgery recorded: renames found by their values
+    if not replay.surgery:  # no surgery recorded: renames found by their values
         entries, renamed = with_renames(entries, ckpt, base)
     else:
-        renamed = set(replay.edited.origin.values())
+        renamed = {n for n in replay.origins().values() if n is not None}
     judged, warnings = as_applied(entries, ckpt, replay)
     return judged, renamed, warnings
 

@@ -10,21 +10,10 @@ from __future__ import annotations
 __all__ = ["recorded_provenance"]
 
 from reinit.io.checkpoint import Checkpoint
-from reinit.io.jsonfile import JsonError, parse_json
-from reinit.run.record import Provenance, parse_provenance
+from reinit.run.record import Provenance, recorded
 
 
 def recorded_provenance(ckpt: Checkpoint) -> Provenance | None:
     """The file's `reinit` metadata, or None when absent or unreadable (a file not written by
     reinit, or one whose metadata was edited into something else)."""
-    try:
-        raw = ckpt.metadata().get("reinit")
-    except Exception:  # noqa: BLE001 - a form without metadata, or a shard that cannot be read
-        return None
-    if not raw:
-        return None
-    try:
-        data = parse_json(raw, "reinit metadata")
-    except JsonError:
-        return None
-    return parse_provenance(data)
+    return recorded(ckpt)
