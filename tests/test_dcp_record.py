@@ -4,7 +4,9 @@ verdicts it gives the same job written as safetensors; `torch.distributed.checkp
 still reads the DCP with no key missing or unexpected.
 
 Before: a DCP output recorded nothing, so a tensor dropped and added back as zeros was
-compared with the dropped one and flagged `constant`, and the rules' schemes were unknown."""
+compared with the dropped one and flagged `constant`, and the rules' schemes were unknown.
+
+Internal: also reads the record with reinit.tools.provenance and reinit.io.sources."""
 
 from __future__ import annotations
 

@@ -3,22 +3,28 @@
 Why: `report` judged every tensor of OUT as `kept`, so a file `apply` flagged 34 times
 `off_reference` passed `--fail-on off_reference` with 0 flags, and a CI gate on the output
 let it through. Here every tensor that differs from SRC (or is new) is judged as `apply`
-judged it, by replaying what OUT records (its safetensors `reinit` metadata, `run.record`):
+judged it, by replaying what OUT records (its safetensors `reinit` metadata, a DCP's
+`reinit.json`, `run.record`):
 
-- the surgery (`--drop`, `--rename`, `--resize`, `--add`) is run again on SRC's names
-  (`replay_of`): each of OUT's tensors is compared with the SRC tensor it came from (a renamed
-  one under its old name), an added one is new, and a grown one is judged against its std
-  before, with its fill as its scheme, as apply judged it. A record that does not give OUT's
-  tensors from SRC (another baseline, a file edited after apply) is set aside with a warning;
-- the rules are planned on OUT's names: each differing tensor gets the action and scheme its
-  rule gave it (the expected std for `std_off`). Rules that need a model (`default`, `type:`)
-  are replayed with `--model` (the recorded model is a name to show, never loaded from the
-  file); without it they are set aside with a warning naming the recorded model;
-- a tensor that differs though the record, replayed in full, does not change it was changed by
-  something the record does not hold (a recipe's or a chain's earlier step: a multi-step
-  recipe records its last step, as chained applies do; an edit after): it is judged against
-  no reference (`UNRECORDED`: no `off_reference` against a config it never followed), and one
-  warning names those tensors.
+- the steps: OUT records every step that made it (a recipe's, or a chain of applies through
+  files: `before`), and the ones after those SRC itself records are replayed in order (all of
+  them when SRC records none: it is their first input; OUT's own run alone when SRC's steps
+  do not begin OUT's: `steps_from`);
+- each step's surgery (`--drop`, `--rename`, `--resize`, `--add`) is run again on the names
+  before it, from SRC's (`replay_of`): each of OUT's tensors is compared with the SRC tensor
+  it came from (a renamed one under its old name, through every step), an added one is new,
+  and a grown one is judged against its std before, with its fill as its scheme, as apply
+  judged it. A record that does not give OUT's tensors from SRC (another baseline, a file
+  edited after apply) is set aside with a warning;
+- each step's rules are planned on the names after its surgery: each differing tensor gets
+  the action and scheme the rule of the last step that changed it gave it (the expected std
+  for `std_off`). Rules that need a model (`default`, `type:`) are replayed with `--model`
+  (the recorded model is a name to show, never loaded from the file); without it they are
+  set aside with a warning naming the recorded model;
+- a tensor that differs though the steps, replayed in full, do not change it was changed by
+  something the record does not hold (SRC is not the input of the steps replayed; an edit
+  after): it is judged against no reference (`UNRECORDED`: no `off_reference` against a
+  config it never followed), and one warning names those tensors.
 
 The report then finds references (OUT's config, the model's init with `--model`, the untouched
 tensors) and flags as `apply` did. A transplant is judged against its source: the source is not
@@ -212,7 +218,7 @@ def as_applied(
     whole = _replayed_whole(replay) and not warnings
     out, unrecorded = [], []
     for e in entries:
-        k, p = _acted(e.name, replay, plans)
+        k, p = _acted(e, replay, plans)
         if not _differs(e):
             out.append(_unchanged(judges[k], e, p))
         elif whole and not _recorded_change(p):
@@ -226,22 +232,21 @@ def as_applied(
 
 
 def _acted(
-    name: str, replay: Replay, plans: Sequence[dict[str, PlanEntry]]
+    e: TensorEntry, replay: Replay, plans: Sequence[dict[str, PlanEntry]]
 ) -> tuple[int, PlanEntry | None]:
-    """The last stage whose replayed record changes OUT's tensor `name` (followed back
-    through the stages' renames) and its plan entry, under OUT's name; else the last stage's
-    entry (a rule that matched it and left it, or none)."""
-    at: str | None = name
-    for k in range(len(replay.stages) - 1, -1, -1):
+    """The last stage whose replayed record changes OUT's tensor `e` (followed back through
+    the stages' renames) and its plan entry, as OUT holds the tensor (its name and dtype);
+    else the last stage's entry (a rule that matched it and left it, or none)."""
+    at: str | None = e.name
+    last = len(plans) - 1
+    for k in range(last, -1, -1):
         if at is None:
             break
         p = plans[k].get(at)
-        if _recorded_change(p):
-            assert p is not None
-            return k, replace(p, name=name) if k < len(plans) - 1 else p
+        if p is not None and _recorded_change(p):
+            return k, p if k == last else replace(p, name=e.name, dtype_name=e.dtype)
         at = replay.stages[k].earlier_name(at)
-    last = len(plans) - 1
-    return last, plans[last].get(name)
+    return last, plans[last].get(e.name)
 
 
 def _replayed_whole(replay: Replay) -> bool:
