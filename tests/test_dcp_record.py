@@ -131,9 +131,45 @@ def test_a_record_file_that_is_not_one_is_no_record(tmp_path):
     src = source(tmp_path, "llama")
     out = tmp_path / "out-dcp"
     reinit.apply(src, ["lm_head.weight=zeros"], out, format="dcp")
+    with open_checkpoint(out) as ckpt:
+        got = recorded_provenance(ckpt)
+    assert got is not None and got.rules == ("lm_head.weight=zeros",)
     (out / "reinit.json").write_text("cos\nos\nsystem\n(S'touch pwned'\ntR.")
     with open_checkpoint(out) as ckpt:
         assert recorded_provenance(ckpt) is None
     assert not (tmp_path / "pwned").exists()
     rep = reinit.report_checkpoint(out, src)
     assert rep.rules == () and rep.seed == 0
+
+
+@pytest.mark.slow
+def test_under_torchrun_the_dcp_is_written_once_with_its_record(tmp_path):
+    """Two processes under torchrun: the DCP (one output file) is written by one rank with its
+    record and published once; its report replays the record as the one-process output's."""
+    import subprocess
+    import sys
+
+    from helpers import child_env
+
+    src = source(tmp_path, "llama")
+    args = ["apply", src, "--rule", "lm_head.weight=zeros", "--add", "model.x.weight=[4,4]:zeros"]
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    argv += ["-m", "reinit", *map(str, args), "--format", "dcp", "-o", str(tmp_path / "two"), "-q"]
+    done = subprocess.run(argv, env=child_env(OMP_NUM_THREADS="1"), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
+        ".metadata",
+        "__0_0.distcp",
+        "reinit.json",
+    ]
+    reinit.apply(src, ["lm_head.weight=zeros"], tmp_path / "one", format="dcp",
+                 add=["model.x.weight=[4,4]:zeros"])  # fmt: skip
+    assert (tmp_path / "two" / "reinit.json").read_bytes() == (
+        tmp_path / "one" / "reinit.json"
+    ).read_bytes()
+    two = reinit.report_checkpoint(tmp_path / "two", src)
+    assert verdicts(two) == verdicts(reinit.report_checkpoint(tmp_path / "one", src))
+    assert {e.name: e.scheme for e in two.tensors if e.action != "kept"} == {
+        "lm_head.weight": "zeros",
+        "model.x.weight": "zeros",
+    }
