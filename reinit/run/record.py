@@ -1,7 +1,13 @@
 """What an output written by reinit records about itself, in its safetensors metadata's `reinit`
-key: the seed, the rules, the surgery (`--drop`, `--rename`, `--resize`, `--add` as written) and
-which kind of `--model` the run had. `reinit report OUT --against SRC` replays them
-(`tools.verdict`) to judge OUT as `apply` did.
+key (a `--format dcp` output: the same JSON as `reinit.json` beside `.metadata`): the seed, the
+rules, the surgery (`--drop`, `--rename`, `--resize`, `--add` as written), which kind of
+`--model` the run had, and the steps that made its input. `reinit report OUT --against SRC`
+replays them (`tools.verdict`) to judge OUT as `apply` did.
+
+Why the steps: a multi-step recipe's output recorded its last step only, so `report --against`
+the recipe's input set aside every tensor an earlier step changed. Each run now carries its
+input's recorded steps before its own, so a recipe's output and the same steps chained through
+files stay byte-identical and both record every step.
 
 Why the surgery: without it, `report --against` could not tell an added tensor's scheme nor
 where a renamed-and-resized tensor came from, so it judged them against the config (an

@@ -1,6 +1,6 @@
-"""What a checkpoint written by reinit records about itself: the seed, rules, surgery and kind
-of model in the safetensors metadata's `reinit` key (written by `run.output.output_metadata`,
-its format in `run.record`).
+"""What a checkpoint written by reinit records about itself: the seed, rules, surgery, kind
+of model and steps before in the safetensors metadata's `reinit` key (written by
+`run.output.output_metadata`; a DCP's `reinit.json`), its format and reader in `run.record`.
 
 Why: `reinit report new --against old` built its report with seed 0 and no rules, so its
 Markdown said `seed: 0, rules: (none)` about a file that records both."""
