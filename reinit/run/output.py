@@ -303,6 +303,7 @@ def output_metadata(ckpt: Checkpoint, shard: str, record: Provenance) -> dict[st
     """The source's metadata, plus `format: pt` (transformers refuses safetensors files with
     metadata but no format) and our provenance under `reinit` (`run.record`)."""
     meta = dict(ckpt.metadata(shard)) if shard is not None else {}
+    meta.pop("reinit", None)  # the source's record is in `record.before`; ours goes last
     meta.setdefault("format", "pt")
     meta["reinit"] = record_json(record)
     return meta
