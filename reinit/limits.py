@@ -15,6 +15,7 @@ __all__ = [
     "MAX_INDEX_BYTES",
     "MAX_JSON_DEPTH",
     "MAX_MODEL_COUNT",
+    "MAX_RECORDED_STEPS",
     "MAX_RECORDED_SURGERY_BYTES",
     "MAX_REGEX_CHARS",
     "MAX_REGEX_REPEAT",
@@ -46,6 +47,11 @@ MAX_JSON_DEPTH = 64  # lists/objects inside each other, in any of these files or
 # 64 KiB holds ~1,000 of them, and every shard's header carries a copy. Beyond it the output
 # records that its surgery was left out; a longer record read back is ignored.
 MAX_RECORDED_SURGERY_BYTES = 64 * 1024
+
+# The steps an output records as having made its input (`run.record`: a recipe's earlier steps,
+# the applies of a chain of files), each with its rules and surgery. Beyond it the output
+# records that its input's steps were left out; a longer list read back is ignored.
+MAX_RECORDED_STEPS = 32
 
 # Tensors in one checkpoint, all its shards together (each file is also capped at 200,000 by
 # `io.formats` MAX_TENSORS): the largest public models hold ~100,000.

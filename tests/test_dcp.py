@@ -161,7 +161,7 @@ def test_format_dcp_reads_back_equal_to_the_safetensors_output(dcp_root, source,
     res = run("apply", dcp_root / source, *rules, "--format", "dcp", "-o", f"{outd}/")
     assert res.exit_code == 0, res.output
     want = load_file(st)
-    assert sorted(p.name for p in outd.iterdir()) == [".metadata", "__0_0.distcp"]
+    assert sorted(p.name for p in outd.iterdir()) == [".metadata", "__0_0.distcp", "reinit.json"]
     assert (tmp_path / "o-dcp.report.json").is_file()
     state = {k: torch.full_like(v, 7) for k, v in want.items()}
     dcp.load(state, checkpoint_id=outd)
@@ -546,7 +546,7 @@ def test_in_place_on_a_dcp_directory_rewrites_it_as_dcp_or_is_refused(dcp_root, 
     assert run(*flat).exit_code == 0
     res = run("apply", src, "--rule", "*.bias=zeros", "--in-place", "--format", "dcp")
     assert res.exit_code == 0, res.output
-    assert sorted(p.name for p in src.iterdir()) == [".metadata", "__0_0.distcp"]
+    assert sorted(p.name for p in src.iterdir()) == [".metadata", "__0_0.distcp", "reinit.json"]
     state = {k: torch.empty_like(v) for k, v in expected(dcp_root, "gloo-fp32").items()}
     dcp.load(state, checkpoint_id=src)
     assert all(not v.any() for k, v in state.items() if k.endswith(".bias"))
@@ -578,7 +578,7 @@ def test_format_dcp_never_deletes_what_the_folder_holds_besides(dcp_root, tmp_pa
             == 2
         )
     assert run(*args).exit_code == 0
-    assert sorted(p.name for p in folder.iterdir()) == [".metadata", "__0_0.distcp"]
+    assert sorted(p.name for p in folder.iterdir()) == [".metadata", "__0_0.distcp", "reinit.json"]
 
 
 class _Storage:

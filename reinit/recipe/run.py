@@ -48,7 +48,6 @@ def run_recipe(recipe: Recipe, *, progress: bool = False) -> Report:
     print(report.output, report.summary.reinit)
     ```
     """
-    from reinit.io.memory import StateDictCheckpoint
     from reinit.run.apply import apply
     from reinit.run.inmemory import apply_to_checkpoint
 
@@ -79,9 +78,33 @@ def run_recipe(recipe: Recipe, *, progress: bool = False) -> Report:
                 rules, options = _first_step(recipe, original, i, step, progress)
                 tensors, rep = apply_to_checkpoint(current, rules, options=options)
             reports.append(rep)
-            current = StateDictCheckpoint(tensors, like=original)
+            current = StepOutput(tensors, original, _step_record(current, rules, options))
         with _naming(recipe.steps[-1]):
             return _write_last(recipe, current, tuple(reports), started, progress)
+
+
+class StepOutput(StateDictCheckpoint):
+    """A step's tensors, laid out like the source, recording the step as its output file
+    would (`reinit` metadata: `run.record`), so the next step's output records every step
+    that made it, as a chain of files does."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], like: Checkpoint, record: str):
+        super().__init__(tensors, like=like)
+        self.record = record
+
+    def metadata(self, shard: str = "") -> dict[str, str]:
+        meta = dict(super().metadata(shard))  # as `run.output.output_metadata` writes it
+        meta.setdefault("format", "pt")
+        return {**meta, "reinit": self.record}
+
+
+def _step_record(ckpt: Checkpoint, rules: Sequence[str], options: ApplyOptions) -> str:
+    """What the output of a step run on `ckpt` records (`run.record`), as its file would."""
+    from reinit.run.output import record_json
+    from reinit.run.prepare import Job, record_of
+
+    job = Job.of(ckpt, rules, options, require_rules=False)
+    return record_json(record_of(job, options, ckpt))
 
 
 def _write_last(

@@ -386,11 +386,12 @@ def _check_folder(
 
 def _check_dcp_folder(path: Path, in_place: bool) -> None:
     """`--format dcp` replaces its folder whole: `--in-place` may drop only the DCP's own files
-    (`.metadata`, `*.distcp`), `--overwrite` only what reinit's DCP output holds."""
-    from reinit.io.formats import is_dcp_file
+    (`.metadata`, `*.distcp`, `reinit.json`), `--overwrite` only what reinit's DCP output
+    holds."""
+    from reinit.io.formats import DCP_RECORD_NAME, is_dcp_file
 
     if not in_place:
-        check_replace_folder(path, [".metadata", "__0_0.distcp"], merges=False)
+        check_replace_folder(path, [".metadata", "__0_0.distcp", DCP_RECORD_NAME], merges=False)
         return
     extra = sorted(e.name for e in path.iterdir() if e.is_dir() or not is_dcp_file(e.name))
     if extra:

@@ -12,6 +12,7 @@ __all__ = [
     "output_files",
     "output_format",
     "output_metadata",
+    "record_json",
     "resolve_output",
     "shard_output_name",
     "check_no_stale_shards",
@@ -302,6 +303,12 @@ def output_metadata(ckpt: Checkpoint, shard: str, record: Provenance) -> dict[st
     """The source's metadata, plus `format: pt` (transformers refuses safetensors files with
     metadata but no format) and our provenance under `reinit` (`run.record`)."""
     meta = dict(ckpt.metadata(shard)) if shard is not None else {}
+    meta.pop("reinit", None)  # the source's record is in `record.before`; ours goes last
     meta.setdefault("format", "pt")
-    meta["reinit"] = replace(record, version=__version__).to_json()
+    meta["reinit"] = record_json(record)
     return meta
+
+
+def record_json(record: Provenance) -> str:
+    """The `reinit` metadata value of an output written now (this reinit's version)."""
+    return replace(record, version=__version__).to_json()

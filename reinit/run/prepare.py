@@ -9,7 +9,7 @@ planning made of it, open until the caller's `ExitStack` closes."""
 
 from __future__ import annotations
 
-__all__ = ["Job", "Prepared", "plan_on", "prepare"]
+__all__ = ["Job", "Prepared", "plan_on", "prepare", "record_of"]
 
 import os
 import time
@@ -40,7 +40,7 @@ from reinit.report.entries import Report, TensorEntry
 from reinit.report.reference import basis_for, check_tolerance
 from reinit.rules import Rule
 from reinit.run.config_update import labels_list
-from reinit.run.record import Provenance, SurgeryTexts, model_record
+from reinit.run.record import Provenance, SurgeryTexts, history_of, model_record
 from reinit.run.stream import Applier
 
 
@@ -82,6 +82,22 @@ class Job:
         return cls(opened, text, parsed, surgery, device, tolerance)
 
 
+def record_of(job: Job, options: ApplyOptions, ckpt: Checkpoint) -> Provenance:
+    """What the output of `job` on `ckpt` (its input, as the surgery left it or not) records
+    about the run (`run.record`): seed, rules, surgery, model, and the steps `ckpt` records as
+    having made it (`before`: a recipe's earlier step, or a chain of files, keeps them all)."""
+    s = job.surgery
+    texts = SurgeryTexts(
+        tuple(d.text for d in s.drops),
+        tuple(r.text for r in s.renames),
+        tuple(r.text for r in s.resizes),
+        tuple(a.text for a in s.adds),
+    )
+    rules = tuple(r.text for r in job.rules)
+    model = model_record(options.model)
+    return Provenance(options.seed, rules, texts, model, before=history_of(ckpt))
+
+
 @dataclass(frozen=True)
 class Prepared:
     """A planned run: the checkpoint as the surgery left it, the `from()` sources, the model
@@ -107,15 +123,9 @@ class Prepared:
 
     @property
     def record(self) -> Provenance:
-        """What the output records about this run (`run.record`): seed, rules, surgery, model."""
-        s = self.job.surgery
-        texts = SurgeryTexts(
-            tuple(d.text for d in s.drops),
-            tuple(r.text for r in s.renames),
-            tuple(r.text for r in s.resizes),
-            tuple(a.text for a in s.adds),
-        )
-        return Provenance(self.seed, self.rule_texts, texts, model_record(self.options.model))
+        """What the output records about this run (`run.record`): seed, rules, surgery, model,
+        and the steps its input records (`before`)."""
+        return record_of(self.job, self.options, self.ckpt)
 
     @property
     def by_name(self) -> dict[str, PlanEntry]:

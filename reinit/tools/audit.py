@@ -26,7 +26,7 @@ from reinit.io.trust import TrustSpec
 from reinit.report.assemble import make_report
 from reinit.report.entries import NOTE_CHANGED, NOTE_NEW, NOTE_SHAPE, Report, TensorEntry
 from reinit.report.progress import Progress, progress_bar
-from reinit.report.reference import REFERENCE_TOLERANCE, basis_for
+from reinit.report.reference import REFERENCE_TOLERANCE, ReferenceBasis, basis_for
 from reinit.report.stats import StatsAccumulator
 from reinit.report.views import check_formats, publish_report_files, report_targets
 from reinit.run.ranks import Group, split_map
@@ -36,7 +36,7 @@ from reinit.tools.raw_report import raw_entries
 if TYPE_CHECKING:
     import torch
 
-    from reinit.planning.model import ModelInput
+    from reinit.planning.model import ModelInput, ModelView
     from reinit.planning.planner import PlanEntry
     from reinit.planning.ties import Ties
     from reinit.tools.verdict import Replay
@@ -103,7 +103,7 @@ def report_checkpoint(
         if base is not None and replay is not None:  # what apply said of what differs
             entries, renamed, warnings = _as_applied(entries, ckpt, base, replay)
         view = replay.view if replay is not None else None
-        basis = basis_for(ckpt, None, view, seed, REFERENCE_TOLERANCE)
+        basis = _basis(ckpt, base, view, seed)
         report = make_report(os.fspath(source), None, seed, rules, entries, 0, started, basis=basis)
         if warnings:
             report = replace(report, warnings=(*report.warnings, *warnings))
@@ -128,6 +128,18 @@ def report_checkpoint(
         return report
 
 
+def _basis(
+    ckpt: Checkpoint, base: Checkpoint | None, view: ModelView | None, seed: int
+) -> ReferenceBasis:
+    """The references `report` judges by: SOURCE's config.json; where SOURCE has none (a
+    `--format dcp` output holds no config.json) and a baseline is given, the baseline's, the
+    config apply judged the run by."""
+    basis = basis_for(ckpt, None, view, seed, REFERENCE_TOLERANCE)
+    if basis.config is None and base is not None:
+        return basis_for(base, None, view, seed, REFERENCE_TOLERANCE)
+    return basis
+
+
 def _held_warning(held: Mapping[str, str], source: str | os.PathLike[str]) -> str:
     """What `report --against` says of baseline tensors held under the model's names."""
     old, new = next(iter(held.items()))
@@ -148,10 +160,10 @@ def _as_applied(
     found by their values), and what could not be replayed."""
     from reinit.tools.verdict import as_applied
 
-    if replay.edited is None:  # no surgery recorded: renames found by their values
+    if not replay.surgery:  # no surgery recorded: renames found by their values
         entries, renamed = with_renames(entries, ckpt, base)
     else:
-        renamed = set(replay.edited.origin.values())
+        renamed = {n for n in replay.origins().values() if n is not None}
     judged, warnings = as_applied(entries, ckpt, replay)
     return judged, renamed, warnings
 

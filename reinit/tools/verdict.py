@@ -3,22 +3,28 @@
 Why: `report` judged every tensor of OUT as `kept`, so a file `apply` flagged 34 times
 `off_reference` passed `--fail-on off_reference` with 0 flags, and a CI gate on the output
 let it through. Here every tensor that differs from SRC (or is new) is judged as `apply`
-judged it, by replaying what OUT records (its safetensors `reinit` metadata, `run.record`):
+judged it, by replaying what OUT records (its safetensors `reinit` metadata, a DCP's
+`reinit.json`, `run.record`):
 
-- the surgery (`--drop`, `--rename`, `--resize`, `--add`) is run again on SRC's names
-  (`replay_of`): each of OUT's tensors is compared with the SRC tensor it came from (a renamed
-  one under its old name), an added one is new, and a grown one is judged against its std
-  before, with its fill as its scheme, as apply judged it. A record that does not give OUT's
-  tensors from SRC (another baseline, a file edited after apply) is set aside with a warning;
-- the rules are planned on OUT's names: each differing tensor gets the action and scheme its
-  rule gave it (the expected std for `std_off`). Rules that need a model (`default`, `type:`)
-  are replayed with `--model` (the recorded model is a name to show, never loaded from the
-  file); without it they are set aside with a warning naming the recorded model;
-- a tensor that differs though the record, replayed in full, does not change it was changed by
-  something the record does not hold (a recipe's or a chain's earlier step: a multi-step
-  recipe records its last step, as chained applies do; an edit after): it is judged against
-  no reference (`UNRECORDED`: no `off_reference` against a config it never followed), and one
-  warning names those tensors.
+- the steps: OUT records every step that made it (a recipe's, or a chain of applies through
+  files: `before`), and the ones after those SRC itself records are replayed in order (all of
+  them when SRC records none: it is their first input; OUT's own run alone when SRC's steps
+  do not begin OUT's: `steps_from`);
+- each step's surgery (`--drop`, `--rename`, `--resize`, `--add`) is run again on the names
+  before it, from SRC's (`replay_of`): each of OUT's tensors is compared with the SRC tensor
+  it came from (a renamed one under its old name, through every step), an added one is new,
+  and a grown one is judged against its std before, with its fill as its scheme, as apply
+  judged it. A record that does not give OUT's tensors from SRC (another baseline, a file
+  edited after apply) is set aside with a warning;
+- each step's rules are planned on the names after its surgery: each differing tensor gets
+  the action and scheme the rule of the last step that changed it gave it (the expected std
+  for `std_off`). Rules that need a model (`default`, `type:`) are replayed with `--model`
+  (the recorded model is a name to show, never loaded from the file); without it they are
+  set aside with a warning naming the recorded model;
+- a tensor that differs though the steps, replayed in full, do not change it was changed by
+  something the record does not hold (SRC is not the input of the steps replayed; an edit
+  after): it is judged against no reference (`UNRECORDED`: no `off_reference` against a
+  config it never followed), and one warning names those tensors.
 
 The report then finds references (OUT's config, the model's init with `--model`, the untouched
 tensors) and flags as `apply` did. A transplant is judged against its source: the source is not
@@ -26,7 +32,7 @@ re-read, and a tensor whose rule copies it as it is, is on reference by definiti
 
 from __future__ import annotations
 
-__all__ = ["Replay", "as_applied", "replay_of"]
+__all__ = ["Replay", "Stage", "as_applied", "replay_of", "steps_from"]
 
 import os
 from collections.abc import Sequence
@@ -46,28 +52,57 @@ from reinit.report.flags import kind_of
 from reinit.report.reference import RESIZED, SOURCE, UNRECORDED
 from reinit.rules import Rule, parse_rules
 from reinit.run.entry import entry_for
-from reinit.run.record import RECORD_FORMAT, Provenance
+from reinit.run.record import RECORD_FORMAT, STEP_FORMAT, Provenance, recorded
 from reinit.schemes import DEFAULT
 
 
 @dataclass(frozen=True)
+class Stage:
+    """One recorded step as replayed from the baseline: its record, its surgery run again on
+    the names before it (None: it had none, or the surgery was set aside) and the tensors its
+    rules are planned on (the names and shapes after its surgery)."""
+
+    step: Provenance
+    edited: Edited | None
+    refs: tuple[TensorRef, ...]
+
+    def earlier_name(self, name: str) -> str | None:
+        """`name`'s name before this step (None: this step's `--add` made it)."""
+        if self.edited is None:
+            return name
+        if name in self.edited.added:
+            return None
+        return self.edited.origin.get(name, name)
+
+
+@dataclass(frozen=True)
 class Replay:
-    """What `report --against` knows of how OUT was made: its record, its surgery replayed on
-    the baseline's names (None: none recorded, or set aside), the `--model` view, and what
-    could not be replayed (the report's warnings)."""
+    """What `report --against` knows of how OUT was made: its record, the steps replayed from
+    the baseline (`stages`, in order, OUT's own run last: every step OUT records when the
+    baseline is their first input), the `--model` view, and what could not be replayed (the
+    report's warnings)."""
 
     record: Provenance
-    edited: Edited | None = None
+    stages: tuple[Stage, ...]
+    surgery: bool = False  # the stages' surgery replayed (some recorded, and it gives OUT)
     view: ModelView | None = None
     warnings: tuple[str, ...] = ()
     recorded: bool = False  # OUT has a record (written by reinit), not the stand-in
 
+    def origin(self, name: str) -> str | None:
+        """The baseline name OUT's `name` came from, followed back through every stage
+        (None: added by an `--add`); `name` itself without a replayed surgery."""
+        at: str | None = name
+        for stage in reversed(self.stages):
+            at = stage.earlier_name(at) if at is not None else None
+        return at
+
     def origins(self) -> dict[str, str | None]:
         """OUT's name -> the baseline name its values came from (None: added by `--add`);
         empty without a replayed surgery (then names are matched as they are)."""
-        if self.edited is None:
+        if not self.surgery:
             return {}
-        return {**self.edited.origin, **dict.fromkeys(self.edited.added)}
+        return {r.name: self.origin(r.name) for r in self.stages[-1].refs}
 
 
 def replay_of(
@@ -76,44 +111,93 @@ def replay_of(
     base: Checkpoint,
     model: ModelInput | None = None,
 ) -> Replay:
-    """OUT's record (seed 0 and no rules when it has none) with its surgery replayed on
-    `base` and the view of `model` (given on the command line) over OUT's names."""
-    recorded = record is not None
+    """OUT's record (seed 0 and no rules when it has none) replayed from `base`: the steps it
+    records after the ones `base` records (all of them when `base` records none), their
+    surgery on `base`'s names, and the view of `model` (given on the command line) over OUT's
+    names."""
+    has_record = record is not None
     record = record or Provenance(0, ())
-    edited, warnings = _surgery_on(record, ckpt, base)
+    steps = steps_from(record, recorded(base))
+    stages, warnings = _surgery_on(steps, ckpt, base)
+    surgery = not warnings and any(st.edited is not None for st in stages)
     view = model_view(model, ckpt) if model is not None else None
-    return Replay(record, edited, view, warnings, recorded)
+    return Replay(record, stages, surgery, view, warnings, has_record)
+
+
+def steps_from(record: Provenance, base: Provenance | None) -> tuple[Provenance, ...]:
+    """The steps of OUT's record that start from the baseline: all of them when the baseline
+    records none (it is their first input), the ones after the baseline's own when OUT's
+    begin with those (it is a later step's input); else OUT's own run alone (the baseline is
+    no input the record names: judged as a one-step record is)."""
+    steps = record.steps
+    done = base.steps if base is not None else ()
+    if steps is None or done is None or len(done) >= len(steps):
+        return (record,)
+    if not all(a.same_step(b) for a, b in zip(done, steps, strict=False)):
+        return (record,)
+    return steps[len(done) :]
 
 
 def _surgery_on(
-    record: Provenance, ckpt: Checkpoint, base: Checkpoint
-) -> tuple[Edited | None, tuple[str, ...]]:
-    """The recorded surgery run again on the baseline's names, when it gives OUT's tensors
-    (names and shapes); else None and why."""
-    out = os.fspath(ckpt.source)
-    if record.surgery is None:
-        why = (
-            f"was recorded by a later reinit (record format {record.format})"
-            if record.format > RECORD_FORMAT
-            else "was not recorded (too large)"
-        )
-        return None, (f"{out}: its surgery {why}; {_UNREPLAYED}",)
-    if not record.surgery:
-        return None, ()
-    s = record.surgery
-    try:
-        surgery = parse_surgery(s.add, s.drop, s.rename, s.resize)
-        edited = edit_refs(base.refs(), surgery, allow_unmatched=True, aliases=base.aliases())
-    except ReinitError as e:
-        why = f"does not replay on the baseline ({e})"
-        return None, (f"{out}: its recorded surgery {why}; {_UNREPLAYED}",)
-    if _shapes(edited.refs) != _shapes(ckpt.refs()):
+    steps: Sequence[Provenance], ckpt: Checkpoint, base: Checkpoint
+) -> tuple[tuple[Stage, ...], tuple[str, ...]]:
+    """Each step's recorded surgery run again on the names before it, from the baseline's,
+    when together they give OUT's tensors (names and shapes); else stages planned on OUT's
+    names with no surgery, and why."""
+    refs, aliases = tuple(base.refs()), base.aliases()
+    stages: list[Stage] = []
+    for i, step in enumerate(steps):
+        edited, why = _step_surgery(step, refs, aliases)
+        if why is not None:
+            return _unedited(steps, ckpt), (_set_aside(ckpt, why, i, len(steps)),)
+        if edited is not None:
+            refs, aliases = edited.refs, _still(aliases, edited.refs)
+        stages.append(Stage(step, edited, refs))
+    if any(st.edited is not None for st in stages) and _shapes(refs) != _shapes(ckpt.refs()):
         why = (
             f"run on {base.source}, does not give its tensors (another baseline, or a file "
             "changed after apply)"
         )
-        return None, (f"{out}: its recorded surgery, {why}; {_UNREPLAYED}",)
-    return edited, ()
+        return _unedited(steps, ckpt), (_set_aside(ckpt, why, None, len(steps)),)
+    last = stages[-1]
+    return (*stages[:-1], replace(last, refs=tuple(ckpt.refs()))), ()
+
+
+def _step_surgery(
+    step: Provenance, refs: Sequence[TensorRef], aliases: dict[str, str]
+) -> tuple[Edited | None, str | None]:
+    """One step's surgery replayed on `refs` (None: it had none), or why it cannot be."""
+    if step.surgery is None:
+        if step.format > RECORD_FORMAT:
+            return None, f"was recorded by a later reinit (record format {step.format})"
+        return None, "was not recorded (too large)"
+    if not step.surgery:
+        return None, None
+    s = step.surgery
+    try:
+        surgery = parse_surgery(s.add, s.drop, s.rename, s.resize)
+        return edit_refs(refs, surgery, allow_unmatched=True, aliases=aliases), None
+    except ReinitError as e:
+        return None, f"does not replay on the baseline ({e})"
+
+
+def _still(aliases: dict[str, str], refs: Sequence[TensorRef]) -> dict[str, str]:
+    """The tied names that are both still there after a step's surgery."""
+    names = {r.name for r in refs}
+    return {n: t for n, t in aliases.items() if n in names and t in names}
+
+
+def _unedited(steps: Sequence[Provenance], ckpt: Checkpoint) -> tuple[Stage, ...]:
+    refs = tuple(ckpt.refs())
+    return tuple(Stage(step, None, refs) for step in steps)
+
+
+def _set_aside(ckpt: Checkpoint, why: str, index: int | None, count: int) -> str:
+    out = os.fspath(ckpt.source)
+    which = (
+        f" (step {index + 1} of the {count} it records)" if index is not None and count > 1 else ""
+    )
+    return f"{out}: its recorded surgery{which} {why}; {_UNREPLAYED}"
 
 
 _UNREPLAYED = "the tensors it added, renamed or resized are judged without it"
@@ -129,29 +213,47 @@ def as_applied(
     """`entries` (from `report --against`) with every tensor that differs from the baseline
     judged as `apply` judged it (see the module docstring); the others left `kept`. With the
     warnings of what could not be replayed."""
-    the_plan, warnings = _planned(ckpt, replay)
-    planned = {p.name: p for p in the_plan.entries}
-    judge = _Judge(replay.view, replay.record.seed)
+    plans, warnings = _planned(ckpt, replay)
+    judges = [_Judge(replay.view, st.step.seed) for st in replay.stages]
     whole = _replayed_whole(replay) and not warnings
     out, unrecorded = [], []
     for e in entries:
-        p = planned.get(e.name)
+        k, p = _acted(e, replay, plans)
         if not _differs(e):
-            out.append(_unchanged(judge, e, p))
+            out.append(_unchanged(judges[k], e, p))
         elif whole and not _recorded_change(p):
             unrecorded.append(e.name)
             out.append(_unrecorded(e))
         else:
-            out.append(judge(e, p))
+            out.append(judges[k](e, p))
     if unrecorded:
-        warnings = (*warnings, _unrecorded_warning(ckpt, unrecorded))
+        warnings = (*warnings, _unrecorded_warning(ckpt, unrecorded, len(replay.stages)))
     return out, (*replay.warnings, *warnings)
 
 
+def _acted(
+    e: TensorEntry, replay: Replay, plans: Sequence[dict[str, PlanEntry]]
+) -> tuple[int, PlanEntry | None]:
+    """The last stage whose replayed record changes OUT's tensor `e` (followed back through
+    the stages' renames) and its plan entry, as OUT holds the tensor (its name and dtype);
+    else the last stage's entry (a rule that matched it and left it, or none)."""
+    at: str | None = e.name
+    last = len(plans) - 1
+    for k in range(last, -1, -1):
+        if at is None:
+            break
+        p = plans[k].get(at)
+        if p is not None and _recorded_change(p):
+            return k, p if k == last else replace(p, name=e.name, dtype_name=e.dtype)
+        at = replay.stages[k].earlier_name(at)
+    return last, plans[last].get(e.name)
+
+
 def _replayed_whole(replay: Replay) -> bool:
-    """Whether OUT's record (this format: rules and surgery) replayed in full, so a tensor it
-    does not change was not changed by the run that wrote OUT."""
-    return replay.recorded and replay.record.format == RECORD_FORMAT and not replay.warnings
+    """Whether OUT's record (format 2 or later: rules and surgery) replayed in full, so a
+    tensor it does not change was not changed by the runs it records."""
+    fmt = replay.record.format
+    return replay.recorded and STEP_FORMAT <= fmt <= RECORD_FORMAT and not replay.warnings
 
 
 def _recorded_change(p: PlanEntry | None) -> bool:
@@ -167,15 +269,16 @@ def _unrecorded(e: TensorEntry) -> TensorEntry:
     return replace(made, reference=UNRECORDED, reference_std=None)
 
 
-def _unrecorded_warning(ckpt: Checkpoint, names: Sequence[str]) -> str:
+def _unrecorded_warning(ckpt: Checkpoint, names: Sequence[str], steps: int) -> str:
     out = os.fspath(ckpt.source)
     first = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    replayed = f"the {steps} steps it records" if steps > 1 else "its recorded rules and surgery"
     return (
-        f"{out}: {len(names)} tensor(s) differ from the baseline though its recorded rules "
-        f"and surgery do not change them ({first}): the baseline is not the input of the run "
-        "that wrote it (a recipe or a chain of applies records its last step only: compare "
-        "against that step's input), or the file changed after; they are judged against no "
-        "reference"
+        f"{out}: {len(names)} tensor(s) differ from the baseline though {replayed} do not "
+        f"change them ({first}): the baseline is not the input of the runs it records (an "
+        "output records the steps that made its input only when that input was written by "
+        "reinit: compare against the input of its first recorded step), or the file changed "
+        "after; they are judged against no reference"
     )
 
 
@@ -183,28 +286,33 @@ def _differs(e: TensorEntry) -> bool:
     return NOTE_CHANGED in e.notes or NOTE_NEW in e.notes
 
 
-def _planned(ckpt: Checkpoint, replay: Replay) -> tuple[Plan, tuple[str, ...]]:
-    """OUT's names planned by its recorded rules (none when they cannot be: rules that need a
-    model without `--model`, or that name tensors OUT no longer has), marked by the replayed
-    surgery as apply marked them."""
-    warnings: tuple[str, ...] = ()
-    try:
-        rules = parse_rules(replay.record.rules)
-        the_plan = _plan_rules(ckpt, rules, replay.view)
-    except ReinitError as e:
-        warnings = (_unplanned(ckpt, replay, e),)
-        the_plan = plan(ckpt.refs(), ())
-    if replay.edited is not None:
-        the_plan = mark_plan(the_plan, replay.edited)
-    return the_plan, warnings
+def _planned(
+    ckpt: Checkpoint, replay: Replay
+) -> tuple[list[dict[str, PlanEntry]], tuple[str, ...]]:
+    """Each stage's names planned by its recorded rules (none when they cannot be: rules that
+    need a model without `--model`, or that name tensors it no longer has), marked by its
+    replayed surgery as apply marked them; by name."""
+    plans: list[dict[str, PlanEntry]] = []
+    warnings: list[str] = []
+    for i, stage in enumerate(replay.stages):
+        try:
+            rules = parse_rules(stage.step.rules)
+            the_plan = _plan_rules(stage.refs, rules, replay.view)
+        except ReinitError as e:
+            warnings.append(_unplanned(ckpt, replay, i, e))
+            the_plan = plan(stage.refs, ())
+        if stage.edited is not None:
+            the_plan = mark_plan(the_plan, stage.edited)
+        plans.append({p.name: p for p in the_plan.entries})
+    return plans, tuple(warnings)
 
 
-def _plan_rules(ckpt: Checkpoint, rules: Sequence[Rule], view: ModelView | None) -> Plan:
+def _plan_rules(refs: Sequence[TensorRef], rules: Sequence[Rule], view: ModelView | None) -> Plan:
     if view is None:
         check_model_needs(rules, None)
-        return plan(ckpt.refs(), rules, allow_unmatched=True)
+        return plan(refs, rules, allow_unmatched=True)
     the_plan = plan(
-        ckpt.refs(),
+        refs,
         rules,
         allow_unmatched=True,
         module_types=view.module_types,
@@ -213,22 +321,25 @@ def _plan_rules(ckpt: Checkpoint, rules: Sequence[Rule], view: ModelView | None)
     return check_default(the_plan, view)
 
 
-def _unplanned(ckpt: Checkpoint, replay: Replay, e: ReinitError) -> str:
-    """Why the recorded rules were set aside: a model to pass (naming the recorded one), or
-    the planner's own words."""
+def _unplanned(ckpt: Checkpoint, replay: Replay, index: int, e: ReinitError) -> str:
+    """Why a stage's recorded rules were set aside: a model to pass (naming the recorded
+    one), or the planner's own words."""
     out = os.fspath(ckpt.source)
+    step = replay.stages[index].step
+    count = len(replay.stages)
+    which = f" (step {index + 1} of the {count} it replays)" if count > 1 else ""
     unjudged = "the tensors that differ are judged without its rules"
     if replay.view is None and any(
         r.pattern.module_types or (r.scheme is not None and r.scheme.name == DEFAULT)
-        for r in parse_rules(replay.record.rules)
+        for r in parse_rules(step.rules)
     ):
-        model = replay.record.model
+        model = step.model
         had = f" (apply had {model.shown()})" if model is not None else ""
         return (
-            f"{out}: its rules need the model (default, type:): pass --model{had} to judge them "
-            f"as apply did; {unjudged}"
+            f"{out}: its rules{which} need the model (default, type:): pass --model{had} to "
+            f"judge them as apply did; {unjudged}"
         )
-    return f"{out}: its recorded rules do not plan on its tensors ({e}); {unjudged}"
+    return f"{out}: its recorded rules{which} do not plan on its tensors ({e}); {unjudged}"
 
 
 class _Judge:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from reinit.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from reinit.io.formats._dcp_metadata import is_dcp_dir, is_dcp_file
+    from reinit.io.formats._dcp_metadata import DCP_RECORD_NAME, is_dcp_dir, is_dcp_file
     from reinit.io.formats._dcp_reader import DcpCheckpoint
     from reinit.io.formats._dcp_writer import DcpBox, DcpWriter
     from reinit.io.formats._directory import DirectoryCheckpoint, LocalFiles, holds_weights
@@ -69,6 +69,7 @@ _WHERE = {
     "is_float_name": "_safetensors_format",
     "name_size": "_safetensors_format",
     "is_dcp_file": "_dcp_metadata",
+    "DCP_RECORD_NAME": "_dcp_metadata",
     "no_duplicate_keys": "_safetensors_header",
     "pread_into": "_safetensors_reader",
     "read_header": "_safetensors_format",
@@ -102,6 +103,7 @@ __all__ = [
     "holds_weights",
     "is_dcp_dir",
     "is_dcp_file",
+    "DCP_RECORD_NAME",
     "is_float_name",
     "name_size",
     "no_duplicate_keys",

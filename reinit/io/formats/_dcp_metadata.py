@@ -29,9 +29,18 @@ if TYPE_CHECKING:
     import torch
     from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
 
-__all__ = ["METADATA_NAME", "DcpChunk", "DcpTensor", "is_dcp_dir", "is_dcp_file", "read_metadata"]
+__all__ = [
+    "METADATA_NAME",
+    "DCP_RECORD_NAME",
+    "DcpChunk",
+    "DcpTensor",
+    "is_dcp_dir",
+    "is_dcp_file",
+    "read_metadata",
+]
 
 METADATA_NAME = ".metadata"  # torch's name (filesystem._metadata_fn)
+DCP_RECORD_NAME = "reinit.json"  # what a `--format dcp` output records about its run (`run.record`)
 _MAX_METADATA_BYTES = 1 << 30
 
 _DCP_MD = "torch.distributed.checkpoint.metadata"
@@ -64,8 +73,9 @@ def is_dcp_dir(path: Path) -> bool:
 
 
 def is_dcp_file(name: str) -> bool:
-    """Whether a file of that name is one of a DCP directory's own (`.metadata`, `*.distcp`)."""
-    return name == METADATA_NAME or name.endswith(".distcp")
+    """Whether a file of that name is one of a DCP directory's own (`.metadata`, `*.distcp`,
+    and the record reinit writes beside them, `reinit.json`)."""
+    return name in (METADATA_NAME, DCP_RECORD_NAME) or name.endswith(".distcp")
 
 
 class _MetadataUnpickler(pickle.Unpickler):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from reinit.errors import CheckpointError
+from reinit.errors import CheckpointError, ReinitError
 from reinit.io.checkpoint import (
     CHUNK_BYTES,
     Checkpoint,
@@ -33,11 +33,13 @@ from reinit.io.checkpoint import (
     tensor_from_bytes,
 )
 from reinit.io.confine import local_file
-from reinit.io.formats._dcp_metadata import DcpChunk, DcpTensor, read_metadata
+from reinit.io.formats._dcp_metadata import DCP_RECORD_NAME, DcpChunk, DcpTensor, read_metadata
 from reinit.io.formats._lazy_pickle import LazyFile, LazyTensor, open_lazy
 from reinit.io.formats._nested_state import beside_state, find_state
 from reinit.io.formats._safetensors_format import dtype_size, tensor_to_bytes
+from reinit.io.jsonfile import read_text_file
 from reinit.io.memory import check_tensor_names
+from reinit.limits import MAX_CONFIG_BYTES
 
 __all__ = ["DcpCheckpoint"]
 
@@ -223,6 +225,18 @@ class DcpCheckpoint(Checkpoint):
             out[at : at + piece.nbytes] = piece
             at += piece.nbytes
         return out
+
+    def metadata(self, shard: str = "") -> dict[str, str]:
+        """What reinit recorded about the run that wrote this DCP (`reinit.json`, the
+        safetensors metadata's `reinit` value) under `reinit`; {} when there is none or it
+        cannot be read (a file of another kind, too large, outside the folder)."""
+        if not (self.folder / DCP_RECORD_NAME).exists():
+            return {}
+        try:
+            path = local_file(self.folder, DCP_RECORD_NAME, self.source, "records its run in")
+            return {"reinit": read_text_file(path, f"record {path}", MAX_CONFIG_BYTES)}
+        except ReinitError:
+            return {}
 
     def config(self) -> ConfigDict | None:
         candidate = self.folder / "config.json"

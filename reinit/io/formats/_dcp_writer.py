@@ -6,7 +6,9 @@ writes what torch's `FileSystemWriter` writes for one process: `__0_0.distcp`, e
 `torch.save` record appended at an offset, then `.metadata`, a pickle of torch's own
 `Metadata` (one whole chunk per tensor, `planner_data` and `storage_data` as torch's planner
 and writer fill them). `torch.distributed.checkpoint.load` reads it into a state dict of the
-same names, and `format_utils.dcp_to_torch_save` converts it.
+same names, and `format_utils.dcp_to_torch_save` converts it. What the run records about
+itself (the safetensors metadata's `reinit` value, `run.record`) is `reinit.json` beside them:
+plain JSON that torch's reader never opens (it reads `.metadata` and the files it names).
 
 A tensor given a `DcpBox` is written as that chunk of another, larger tensor instead (one
 expert's matrix as its box of a module's stacked `[E, ...]` parameter, at its offsets): its
@@ -28,7 +30,7 @@ from typing import BinaryIO
 
 import torch
 
-from reinit.io.formats._dcp_metadata import METADATA_NAME
+from reinit.io.formats._dcp_metadata import DCP_RECORD_NAME, METADATA_NAME
 from reinit.io.formats._safetensors_format import dtype_size, torch_dtype
 from reinit.io.formats._safetensors_reader import pread_into
 from reinit.io.writer import save_to, write_error
@@ -64,8 +66,9 @@ class DcpWriter:
     Args:
         folder: an existing, empty folder (the staged output).
         entries: (name, dtype name, shape) of every tensor, in the order they will come.
-        metadata: unused (DCP has no free-form metadata); accepted so the call matches
-            `SafetensorsWriter`'s.
+        metadata: the safetensors metadata the call would give `SafetensorsWriter`; its
+            `reinit` value (the run's record) is written as `reinit.json` (DCP's `.metadata`
+            has no free-form field), the rest has no place in a DCP.
         chunks: the tensors written as a chunk of a larger tensor (see `DcpBox`), by name;
             the others are written whole under their own names.
         aliases: more names of a tensor written (a tied name -> the DCP name it is written
@@ -84,6 +87,7 @@ class DcpWriter:
         self.entries = [(n, torch_dtype(d, n), tuple(int(x) for x in s)) for n, d, s in entries]
         self.chunks = dict(chunks or {})
         self.aliases = dict(aliases or {})
+        self.record = (metadata or {}).get("reinit")
         self._next = 0
         self._buf: bytearray | None = None
         self._filled = 0
@@ -179,6 +183,8 @@ class DcpWriter:
                 f.flush()
                 os.fsync(f.fileno())
                 self.bytes_written += f.tell()
+            if self.record is not None:
+                self.bytes_written += _write_record(self.folder / DCP_RECORD_NAME, self.record)
         except OSError as e:
             raise write_error(str(self.folder), e) from None
 
@@ -220,3 +226,13 @@ class DcpWriter:
             storage_meta=StorageMeta(),
             version=CURRENT_DCP_VERSION,
         )
+
+
+def _write_record(path: Path, record: str) -> int:
+    """The run's record as `reinit.json` (synced like the rest); its size in bytes."""
+    data = record.encode("utf-8")
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return len(data)
