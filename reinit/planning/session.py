@@ -17,6 +17,7 @@ from reinit.io.checkpoint import Checkpoint
 from reinit.io.sources import open_checkpoint
 from reinit.io.trust import TrustSpec
 from reinit.options import PLAN_FIELDS, ApplyOptions, OptionKwargs, with_kwargs
+from reinit.planning.config_ties import config_ties
 from reinit.planning.edited import EditedCheckpoint
 from reinit.planning.fresh import ModelCheckpoint, mark_fresh
 from reinit.planning.model import Model, ModelInput, ModelView, check_default
@@ -238,7 +239,16 @@ def plan_for(
     if any(r.kind == "transplant" for r in rules):
         result = check_transplants(result, pool)
         check_strict(result, strict)
-    return resolve_ties(result, ckpt.aliases())
+    tied_by_config = config_ties(result, ckpt, view, _config_of(ckpt, config))
+    return resolve_ties(result, ckpt.aliases(), tied_by_config)
+
+
+def _config_of(ckpt: Checkpoint, config: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """`--config` when given, else the checkpoint's own config.json (None for `reinit new`'s
+    model checkpoint, whose ties are already `save_pretrained`'s)."""
+    if config is not None or isinstance(ckpt, ModelCheckpoint):
+        return config
+    return ckpt.config()
 
 
 def model_view(model: ModelInput | None, ckpt: Checkpoint) -> ModelView | None:
