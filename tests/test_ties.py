@@ -179,6 +179,9 @@ def test_a_rule_on_wte_sets_the_saved_lm_head_too(tmp_path, how):
     by = {t["name"]: t for t in doc["tensors"]}
     assert by["lm_head.weight"]["notes"][0] == "tied with transformer.wte.weight"
     assert "the model's config ties them" in by["lm_head.weight"]["reason"]
+    # `report --against` replays the rule with the tie, as apply ran it: nothing unexplained
+    res = run("report", str(out), "--against", str(src), *args[6:])
+    assert res.exit_code == 0 and "differ from the baseline" not in res.output + res.stderr
     if how == "config.json beside":
         transformers = pytest.importorskip("transformers")
         model = load_clean(transformers.GPT2LMHeadModel, out)

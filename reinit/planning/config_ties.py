@@ -21,14 +21,19 @@ __all__ = ["config_ties"]
 
 
 def config_ties(
-    plan: Plan, ckpt: Checkpoint, view: ModelView | None, config: Mapping[str, Any] | None
+    plan: Plan, ckpt: Checkpoint, view: ModelView | None, config: Mapping[str, Any] | None = None
 ) -> dict[str, str]:
     """Tied names the checkpoint holds as separate, equal tensors: name -> the first name of
-    its group (as `Checkpoint.aliases`). The model is `view`'s, else the one `config` builds
-    (none when it names none or does not tie: then {})."""
-    if ckpt.aliases() or not _could_be_tied(plan, config if view is None else None):
+    its group (as `Checkpoint.aliases`). The model is `view`'s, else the one the config
+    (`config`, else the checkpoint's config.json, read only when a changed tensor could be
+    tied) builds; {} when there is none or it ties nothing the checkpoint holds twice."""
+    if ckpt.aliases() or not _could_be_tied(plan, None):
         return {}
-    view = view or _own_view(ckpt, config)
+    if view is None:
+        config = config if config is not None else ckpt.config()
+        if config is None or not _could_be_tied(plan, config):
+            return {}
+        view = _own_view(ckpt, config)
     if view is None:
         return {}
     by_model = {m: ck for ck, m in view.names.items()}

@@ -239,16 +239,8 @@ def plan_for(
     if any(r.kind == "transplant" for r in rules):
         result = check_transplants(result, pool)
         check_strict(result, strict)
-    tied_by_config = config_ties(result, ckpt, view, _config_of(ckpt, config))
+    tied_by_config = config_ties(result, ckpt, view, config)
     return resolve_ties(result, ckpt.aliases(), tied_by_config)
-
-
-def _config_of(ckpt: Checkpoint, config: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
-    """`--config` when given, else the checkpoint's own config.json (None for `reinit new`'s
-    model checkpoint, whose ties are already `save_pretrained`'s)."""
-    if config is not None or isinstance(ckpt, ModelCheckpoint):
-        return config
-    return ckpt.config()
 
 
 def model_view(model: ModelInput | None, ckpt: Checkpoint) -> ModelView | None:

@@ -36,11 +36,13 @@ import torch
 
 from reinit.errors import ReinitError, SchemeError
 from reinit.io.checkpoint import Checkpoint, TensorRef
+from reinit.planning.config_ties import config_ties
 from reinit.planning.init_trace import AppliedInit
 from reinit.planning.model import ModelInput, ModelView, check_default, default_init
 from reinit.planning.planner import Plan, PlanEntry, check_model_needs, plan
 from reinit.planning.session import model_view
 from reinit.planning.surgery import Edited, edit_refs, mark_plan, parse_surgery
+from reinit.planning.ties import resolve_ties
 from reinit.report.entries import NOTE_CHANGED, NOTE_NEW, NOTE_SHAPE, TensorEntry
 from reinit.report.flags import kind_of
 from reinit.report.reference import RESIZED, SOURCE, UNRECORDED
@@ -200,17 +202,22 @@ def _planned(ckpt: Checkpoint, replay: Replay) -> tuple[Plan, tuple[str, ...]]:
 
 
 def _plan_rules(ckpt: Checkpoint, rules: Sequence[Rule], view: ModelView | None) -> Plan:
+    """OUT's names planned by the rules as apply planned them, tied groups included (a rule
+    on one tied name changed the others)."""
     if view is None:
         check_model_needs(rules, None)
-        return plan(ckpt.refs(), rules, allow_unmatched=True)
-    the_plan = plan(
-        ckpt.refs(),
-        rules,
-        allow_unmatched=True,
-        module_types=view.module_types,
-        held_elsewhere=view.held_elsewhere(),
-    )
-    return check_default(the_plan, view)
+        the_plan = plan(ckpt.refs(), rules, allow_unmatched=True)
+    else:
+        the_plan = plan(
+            ckpt.refs(),
+            rules,
+            allow_unmatched=True,
+            module_types=view.module_types,
+            held_elsewhere=view.held_elsewhere(),
+        )
+        the_plan = check_default(the_plan, view)
+    tied_by_config = config_ties(the_plan, ckpt, view)
+    return resolve_ties(the_plan, ckpt.aliases(), tied_by_config)[0]
 
 
 def _unplanned(ckpt: Checkpoint, replay: Replay, e: ReinitError) -> str:
