@@ -23,8 +23,8 @@ from torch.overrides import TorchFunctionMode
 
 __all__ = ["MAX_BYTES", "MAX_ELEMENTS", "ConstructedValues"]
 
-MAX_ELEMENTS = 1 << 20  # per tensor
-MAX_BYTES = 64 << 20  # all values kept, together
+MAX_ELEMENTS = 1 << 16  # per tensor (a norm weight of a 65,536-wide model)
+MAX_BYTES = 16 << 20  # all values kept, together
 
 #: Factories whose result is fully determined by their arguments (not `empty`, not random).
 _FACTORIES = frozenset(
@@ -94,15 +94,20 @@ class ConstructedValues(TorchFunctionMode):
 
     def __init__(self) -> None:
         super().__init__()
-        self._values: dict[_Key, tuple[torch.Tensor, torch.Tensor]] = {}  # meta kept alive
+        # by storage, then by view of it: the CPU value, and the meta tensor (kept alive, so
+        # its storage's address is not reused while the build runs)
+        self._values: dict[int, dict[_Key, tuple[torch.Tensor, torch.Tensor]]] = {}
         self._bytes = 0
 
     def value(self, t: torch.Tensor) -> torch.Tensor | None:
         """The CPU value of meta tensor `t` (as it stands now), or None when not known."""
+        if not self._values:
+            return None
         try:
-            found = self._values.get(_key(t))
+            key = _key(t)
         except (RuntimeError, NotImplementedError):
             return None
+        found = self._values.get(key[0], {}).get(key)
         return found[1] if found is not None else None
 
     def __torch_function__(
@@ -140,7 +145,8 @@ class ConstructedValues(TorchFunctionMode):
         if self._bytes + value.numel() * value.element_size() > MAX_BYTES:
             return
         self._bytes += value.numel() * value.element_size()
-        self._values[_key(out)] = (out, value)
+        key = _key(out)
+        self._values.setdefault(key[0], {})[key] = (out, value)
 
     def _compute(
         self, func: Callable[..., Any], name: str, args: Sequence[Any], kwargs: dict[str, Any]
@@ -179,9 +185,8 @@ class ConstructedValues(TorchFunctionMode):
     def _forget(self, target: object) -> None:
         if not isinstance(target, torch.Tensor) or target.device.type != "meta":
             return
-        storage = target.untyped_storage()._cdata
-        for k in [k for k in self._values if k[0] == storage]:
-            del self._values[k]
+        if self._values:
+            self._values.pop(target.untyped_storage()._cdata, None)
 
     def _substitute(self, value: Any) -> Any:
         """`value` with every meta tensor replaced by its CPU value (None if one has none),
