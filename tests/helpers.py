@@ -8,9 +8,11 @@ import from here (and from `treesnap`, `hubcache`, `models_for_tests`), never fr
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -194,3 +196,30 @@ def trained_bert(path: Path) -> Path:
     }
     save_file(sd, src / "model.safetensors", metadata={"format": "pt"})
     return src
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def load_clean(cls, path: Path):
+    """`cls.from_pretrained(path)` (a transformers model class) with no missing/unexpected/
+    mismatched key, no Python warning and no transformers log record of WARNING or above."""
+    handler = _Records()
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            model, info = cls.from_pretrained(path, output_loading_info=True)
+    finally:
+        logger.removeHandler(handler)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert not info["mismatched_keys"] and not info["error_msgs"], info
+    assert [str(w.message) for w in seen] + handler.messages == []
+    return model

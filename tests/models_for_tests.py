@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -39,3 +40,23 @@ def mlp(depth: int = 8, width: int = 64, inputs: int = 64) -> nn.Sequential:
     for i in range(depth):
         layers += [nn.Linear(inputs if i == 0 else width, width), nn.ReLU()]
     return nn.Sequential(*layers)
+
+
+class Constants(nn.Module):
+    """Parameters whose values only the constructor gives (no `reset_parameters`, no init
+    touches them), as CLIP's `logit_scale`: a constant, one computed from a constant, one
+    written in place through a view; one drawn and one left empty (no value without a rule)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 4)
+        self.scale = nn.Parameter(torch.full((4,), 0.5))
+        self.temperature = nn.Parameter(torch.tensor(2.0).log())
+        self.shift = nn.Parameter(torch.ones(4))
+        self.shift.data[1:] *= 3
+        self.noise = nn.Parameter(torch.ones(2).normal_())
+        self.gate = nn.Parameter(torch.empty(3))
+
+
+def constants() -> Constants:
+    return Constants()

@@ -314,6 +314,14 @@ def test_expert_surgery_names_the_model_of_the_config_the_output_follows(tmp_pat
     want = transformers.AutoModelForCausalLM.from_pretrained(out_st).state_dict()
     assert state.keys() == want.keys() == metadata(out_dcp).state_dict_metadata.keys()
     assert all(torch.equal(state[n], t) for n, t in want.items())
+    # the 4-expert source's experts do not line up with the 3-expert stacks: matched by name,
+    # and said to be held under the model's names, not compared
+    res = run("report", out_dcp, "--against", src)
+    assert res.exit_code == 0 and "under 6 of the model's state_dict() names" in res.stderr
+    assert "not compared" in res.stderr and "compared as" not in res.stderr
+    res = run("diff", src, out_dcp)
+    assert res.exit_code == 0 and "26 removed tensor(s)" in res.output
+    assert "are held in" in res.output and "compared as" not in res.output
 
 
 @pytest.mark.parametrize(
@@ -445,32 +453,78 @@ def test_a_tied_name_read_back_stays_tied_under_a_rule(kind, tmp_path):
     assert model.state_dict()[tied[-1]].data_ptr() == model.state_dict()[tied[0]].data_ptr()
 
 
-def test_report_against_the_per_expert_source_says_what_it_did_not_compare(tmp_path):
-    """`report DCP --against SOURCE`: the per-expert tensors the DCP holds as boxes of stacked
-    parameters (and the renamed routers) are named in one warning as held under the model's
-    names and not compared, not as missing from the DCP."""
-    src = saved(tmp_path, "mixtral")
-    out_dcp, _ = apply_both(src, tmp_path, "*.experts.*=kaiming_normal")
-    res = run("report", out_dcp, "--against", src)
+@pytest.mark.parametrize("kind", ["mixtral", "qwen3-moe"])
+def test_report_against_the_per_expert_source_compares_the_stacked_values(kind, tmp_path):
+    """`report DCP --against SOURCE`: the source's per-expert tensors are stacked as the DCP
+    holds them (the writer's own placement, read backwards), so each stacked parameter has its
+    `before` (the std of the module tensor `from_pretrained` of the source builds) and is
+    "changed vs baseline" only where the rule changed it; a note says how they were compared."""
+    src = saved(tmp_path, kind)
+    out_dcp, _ = apply_both(src, tmp_path, "model.layers.0.*experts.*=kaiming_normal")
+    res = run("report", out_dcp, "--against", src, "--json")
     assert res.exit_code == 0, res.output
-    held = [line for line in res.output.splitlines() if "state_dict() names" in line]
-    assert len(held) == 1, res.output
-    # the routers, unchanged, are found by their values ('renamed from'): the experts remain
-    assert f"{EXPERTS} tensor(s) of the baseline" in held[0] and "under 4 of" in held[0]
-    assert "are not in" not in res.output, res.output
+    assert "not compared" not in res.stderr and "are not in" not in res.stderr, res.stderr
+    notes = [ln for ln in res.stderr.splitlines() if ln.startswith("note: ")]
+    routers = 2 if kind == "mixtral" else 0  # Mixtral's block_sparse_moe.gate: renamed whole
+    said = f"{EXPERTS + routers} tensor(s) of {src} compared as the {4 + routers} tensor(s)"
+    assert len(notes) == 1 and said in notes[0], notes
+    by = {t["name"]: t for t in json.loads(res.stdout)["tensors"]}
+    module = transformers.AutoModelForCausalLM.from_pretrained(src).state_dict()
+    for layer in (0, 1):
+        for p in ("gate_up_proj", "down_proj"):
+            name = f"model.layers.{layer}.mlp.experts.{p}"
+            entry = by[name]
+            assert entry["before"]["std"] == pytest.approx(module[name].std(correction=0).item())
+            assert ("changed vs baseline" in entry["notes"]) == (layer == 0), entry
+            assert entry["action"] == ("reinit" if layer == 0 else "kept")
+    assert by["model.layers.0.mlp.gate.weight"]["action"] == "kept"  # a router, renamed whole
 
 
-def test_diff_with_the_per_expert_source_says_where_the_experts_went(tmp_path):
-    """`diff SOURCE DCP` (and the other way round) lists the experts as removed (added) by
-    name, and a note says the DCP holds them under the model's names; `--json` carries it."""
-    src = saved(tmp_path, "mixtral")
-    out_dcp, _ = apply_both(src, tmp_path, "*.experts.*=kaiming_normal")
-    for a, b, status in ((src, out_dcp, "removed"), (out_dcp, src, "added")):
-        res = run("diff", a, b)
-        assert res.exit_code == 0, res.output
-        notes = [line for line in res.output.splitlines() if line.startswith("note: ")]
-        routers = 2  # renamed whole: block_sparse_moe.gate -> mlp.gate
-        assert len(notes) == 1 and f"{EXPERTS + routers} {status} tensor(s)" in notes[0]
-        assert "under 6 of the model's state_dict() names" in notes[0]
+@pytest.mark.parametrize("kind", ["mixtral", "qwen3-moe"])
+def test_diff_with_the_per_expert_source_compares_the_stacked_values(kind, tmp_path):
+    """`diff SOURCE DCP` (and the other way round) compares the stacked parameters: changed
+    where the rule changed them, by the max |Δ| between `from_pretrained` of the source and
+    `dcp.load` of the DCP, identical elsewhere; nothing added or removed; `--json` carries the
+    note."""
+    src = saved(tmp_path, kind)
+    out_dcp, _ = apply_both(src, tmp_path, "model.layers.0.*experts.*=kaiming_normal")
+    before = transformers.AutoModelForCausalLM.from_pretrained(src).state_dict()
+    after = loaded(kind, out_dcp)
+    for a, b in ((src, out_dcp), (out_dcp, src)):
         res = run("diff", a, b, "--json")
-        assert len(json.loads(res.stdout)["notes"]) == 1
+        assert res.exit_code == 0, res.output
+        doc = json.loads(res.stdout)
+        routers = 2 if kind == "mixtral" else 0
+        said = f"compared as the {4 + routers} tensor(s)"
+        assert len(doc["notes"]) == 1 and said in doc["notes"][0], doc["notes"]
+        by = {t["name"]: t for t in doc["tensors"]}
+        assert {t["status"] for t in doc["tensors"]} == {"changed", "identical"}
+        assert set(by) == set(after)  # under the model's names, every one
+        for name, t in by.items():
+            want = (after[name].double() - before[name].double()).abs().max().item()
+            assert t["status"] == ("identical" if want == 0 else "changed"), name
+            assert t["max_abs_diff"] == pytest.approx(want), name
+            assert ("layers.0.mlp.experts." in name) == (want > 0), name
+
+
+def test_per_expert_tensors_stored_transposed_are_stacked_back_in_place():
+    """The stacked view of per-expert tensors whose module stacks them transposed (`[E, H, I]`
+    from `[I, H]` matrices): each is permuted back into its box, as the DCP writer put it."""
+    from reinit.io.formats import DcpBox
+    from reinit.io.memory import StateDictCheckpoint
+    from reinit.planning.dcp_names import DcpNames
+    from reinit.planning.model_named import ModelNamedCheckpoint
+
+    n_exp, hid, inter = 3, 4, 5
+    g = torch.Generator().manual_seed(0)
+    experts = {f"experts.{e}.w": torch.randn(inter, hid, generator=g) for e in range(n_exp)}
+    boxes = {
+        f"experts.{e}.w": DcpBox("stacked", (e, 0, 0), (1, hid, inter), (n_exp, hid, inter), (1, 0))
+        for e in range(n_exp)
+    }
+    base = StateDictCheckpoint({**experts, "other": torch.ones(2)})
+    seen = ModelNamedCheckpoint(base, DcpNames(boxes))
+    assert seen.names() == ["stacked", "other"]
+    assert seen.ref("stacked").shape == (n_exp, hid, inter)
+    assert torch.equal(seen.read("stacked"), torch.stack([x.T for x in experts.values()]))
+    assert torch.equal(seen.read("other"), torch.ones(2))

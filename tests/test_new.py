@@ -9,47 +9,19 @@ checked against, made small to stand for a small machine)."""
 from __future__ import annotations
 
 import json
-import logging
 import math
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import refused, run
+from helpers import load_clean, refused, run
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 import reinit
 
 transformers = pytest.importorskip("transformers")
-
-
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-def _load_clean(cls, path: Path):
-    """`cls.from_pretrained(path)` with no missing/unexpected/mismatched key, no Python
-    warning and no transformers log record of WARNING or above."""
-    handler = _Records()
-    logger = logging.getLogger("transformers")
-    logger.addHandler(handler)
-    try:
-        with warnings.catch_warnings(record=True) as seen:
-            warnings.simplefilter("always")
-            model, info = cls.from_pretrained(path, output_loading_info=True)
-    finally:
-        logger.removeHandler(handler)
-    assert not info["missing_keys"] and not info["unexpected_keys"], info
-    assert not info["mismatched_keys"] and not info["error_msgs"], info
-    assert [str(w.message) for w in seen] + handler.messages == []
-    return model
 
 
 def _configs() -> dict[str, object]:
@@ -102,7 +74,7 @@ def test_new_loads_clean_with_save_pretrained_names(tmp_path, kind):
     cfg = _config_dir(tmp_path, kind)
     out = tmp_path / "out"
     _new(cfg, "-o", out)
-    model = _load_clean(_cls(kind), out)
+    model = load_clean(_cls(kind), out)
     # the names and shapes save_pretrained writes for this model (ties stored once)
     ref = tmp_path / "ref"
     _cls(kind)(_configs()[kind]).save_pretrained(ref)
@@ -196,7 +168,7 @@ def test_dtype_from_the_config_and_dtype_overrides(tmp_path):
     assert {t.dtype for t in bf16.values()} == {torch.bfloat16}
     assert {t.dtype for t in fp16.values()} == {torch.float16}
     assert json.loads((tmp_path / "fp16" / "config.json").read_text())["dtype"] == "float16"
-    model = _load_clean(transformers.LlamaForCausalLM, tmp_path / "bf16")
+    model = load_clean(transformers.LlamaForCausalLM, tmp_path / "bf16")
     assert model.dtype == torch.bfloat16
     # the same draws, cast: bf16 is the float32 values rounded
     _new(tmp_path / "cfg", "-o", tmp_path / "fp32", "--dtype", "float32")
@@ -223,7 +195,7 @@ def test_a_config_dtype_that_is_not_floating_is_refused_and_dtype_overrides(tmp_
         reinit.new(cfg, tmp_path / "api/")
     _new(cfg, "-o", tmp_path / "out", "--dtype", "bfloat16")
     assert {t.dtype for t in _weights(tmp_path / "out").values()} == {torch.bfloat16}
-    assert _load_clean(_cls("vit"), tmp_path / "out").dtype == torch.bfloat16
+    assert load_clean(_cls("vit"), tmp_path / "out").dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("kind", ["bert", "vit"])
@@ -238,7 +210,7 @@ def test_sharded_like_save_pretrained(tmp_path, kind):
     assert got["weight_map"] == want["weight_map"]
     assert got["metadata"] == want["metadata"]
     assert len(set(got["weight_map"].values())) == 3
-    _load_clean(_cls(kind), tmp_path / "out")
+    load_clean(_cls(kind), tmp_path / "out")
 
 
 def test_rules_override_default_and_the_api(tmp_path):
@@ -309,7 +281,7 @@ def test_depth_up_scaling_from_a_config(tmp_path):
         if parts[1] == "layers" and int(parts[2]) >= 5:
             parts[2] = str(int(parts[2]) - 3)
         assert torch.equal(t, src[".".join(parts)]), name
-    model = _load_clean(transformers.LlamaForCausalLM, tmp_path / "llama-9-up")
+    model = load_clean(transformers.LlamaForCausalLM, tmp_path / "llama-9-up")
     assert model.config.num_hidden_layers == 9
 
 
@@ -328,7 +300,7 @@ def test_new_head_classifier_from_a_pretrained_body(tmp_path):
     assert all(torch.equal(out[f"bert.{n}"], t) for n, t in src.items())
     assert out["classifier.weight"].shape == (4, 16)
     assert torch.equal(out["classifier.bias"], torch.zeros(4))
-    model = _load_clean(transformers.BertForSequenceClassification, tmp_path / "clf")
+    model = load_clean(transformers.BertForSequenceClassification, tmp_path / "clf")
     assert model.config.num_labels == 4
 
 
@@ -415,7 +387,7 @@ def test_recipe_new_equals_the_command(tmp_path, steps):
     cmd, rec = _weights(tmp_path / "cmd"), _weights(tmp_path / "rec")
     assert cmd.keys() == rec.keys()
     assert all(torch.equal(cmd[n], rec[n]) for n in cmd)
-    _load_clean(transformers.LlamaForCausalLM, tmp_path / "rec")
+    load_clean(transformers.LlamaForCausalLM, tmp_path / "rec")
     dry = run("run", recipe, "--dry-run")
     assert dry.exit_code == 0, dry.output
 
@@ -439,7 +411,7 @@ def test_hf_url_needs_only_the_config(tmp_path, offline):
     assert (tmp_path / "out" / "model.safetensors").read_bytes() == (
         tmp_path / "local" / "model.safetensors"
     ).read_bytes()
-    _load_clean(transformers.BertForMaskedLM, tmp_path / "out")
+    load_clean(transformers.BertForMaskedLM, tmp_path / "out")
 
 
 def test_options_new_cannot_honour_are_refused(tmp_path):
@@ -496,7 +468,7 @@ def test_inits_a_parent_module_runs_on_its_children(tmp_path, kind):
     model = getattr(transformers, cfg.architectures[0])(cfg)
     ref = model.state_dict()
     # by the module's names (a composite model's checkpoint names are save_pretrained's)
-    made = _load_clean(type(model), out).state_dict()
+    made = load_clean(type(model), out).state_dict()
     for name, t in made.items():
         want, got = ref[name].double(), t.double()
         if want.std() == 0:
@@ -554,7 +526,7 @@ def test_a_config_with_an_infinite_float_is_read_as_transformers_reads_it(tmp_pa
     cfg.save_pretrained(tmp_path / "cfg")
     assert '"__float__": "Infinity"' in (tmp_path / "cfg" / "config.json").read_text()
     _new(tmp_path / "cfg", "-o", tmp_path / "out")
-    model = _load_clean(transformers.Mamba2ForCausalLM, tmp_path / "out")
+    model = load_clean(transformers.Mamba2ForCausalLM, tmp_path / "out")
     assert list(model.config.time_step_limit) == [0.0, float("inf")]
 
 

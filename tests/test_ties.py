@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import run
-from safetensors.torch import load_file
+from helpers import load_clean, run
+from safetensors.torch import load_file, save_file
 
 import reinit
 from reinit.cli import main
@@ -135,3 +135,78 @@ def test_safetensors_with_duplicate_offsets_is_refused(tmp_path):
     )
     assert res.exit_code == 1
     assert "'embed.weight' and 'lm_head.weight' share data offsets [0, 16]" in res.stderr
+
+
+# A safetensors GPT-2 holding both `transformer.wte.weight` and an equal `lm_head.weight` (what
+# `save_file(model.state_dict())` or an older tool writes; `save_pretrained` writes `wte` only):
+# its config ties word embeddings, so the two names are one tie group.
+
+
+def _gpt2_both(folder: Path, tie: bool = True, differ: bool = False) -> Path:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(
+        n_layer=2, n_embd=16, n_head=2, vocab_size=50, n_positions=32, bos_token_id=49,
+        eos_token_id=49, architectures=["GPT2LMHeadModel"], tie_word_embeddings=tie,
+    )  # fmt: skip
+    sd = {k: v.clone() for k, v in transformers.GPT2LMHeadModel(cfg).state_dict().items()}
+    if differ:
+        sd["lm_head.weight"] = sd["lm_head.weight"] + 1
+    assert torch.equal(sd["lm_head.weight"], sd["transformer.wte.weight"]) == (tie and not differ)
+    folder.mkdir()
+    save_file(sd, folder / "model.safetensors", metadata={"format": "pt"})
+    cfg.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("how", ["config.json beside", "--model"])
+def test_a_rule_on_wte_sets_the_saved_lm_head_too(tmp_path, how):
+    src = _gpt2_both(tmp_path / "gpt2")
+    out = tmp_path / "out"
+    args = ["apply", str(src), "-r", "transformer.wte.weight=normal(std=0.05)", "-o", str(out)]
+    if how == "--model":  # the checkpoint alone, the model from --model
+        (tmp_path / "model").mkdir()
+        (src / "config.json").rename(tmp_path / "model" / "config.json")
+        args += ["--model", str(tmp_path / "model")]
+    res = run(*args, "-q")
+    assert res.exit_code == 0, res.output
+    new = load_file(out / "model.safetensors")
+    g = torch.Generator().manual_seed(seed_for(0, "transformer.wte.weight"))
+    expected = torch.nn.init.normal_(torch.empty(50, 16), 0.0, 0.05, generator=g)
+    assert torch.equal(new["transformer.wte.weight"], expected)
+    assert torch.equal(new["lm_head.weight"], expected)  # the file agrees with itself
+    doc = json.loads((out / "reinit-report.json").read_text())
+    by = {t["name"]: t for t in doc["tensors"]}
+    assert by["lm_head.weight"]["notes"][0] == "tied with transformer.wte.weight"
+    assert "the model's config ties them" in by["lm_head.weight"]["reason"]
+    # `report --against` replays the rule with the tie, as apply ran it: nothing unexplained
+    res = run("report", str(out), "--against", str(src), *args[6:])
+    assert res.exit_code == 0 and "differ from the baseline" not in res.output + res.stderr
+    if how == "config.json beside":
+        transformers = pytest.importorskip("transformers")
+        model = load_clean(transformers.GPT2LMHeadModel, out)
+        assert torch.equal(model.lm_head.weight.detach(), expected)
+
+
+def test_a_keep_on_the_saved_lm_head_against_a_rule_on_wte_is_refused(tmp_path):
+    src = _gpt2_both(tmp_path / "gpt2")
+    out = tmp_path / "out"
+    res = run(
+        "apply", str(src), "-o", str(out), "-r", "transformer.wte.weight=zeros",
+        "-r", "lm_head.weight=keep",
+    )  # fmt: skip
+    assert res.exit_code == 2 and not out.exists()
+    assert "are tied (the model's config ties them; the file holds two equal copies)" in res.stderr
+    assert "give the tied names one rule" in res.stderr
+
+
+@pytest.mark.parametrize("case", ["untied config", "copies that differ"])
+def test_no_tie_when_the_config_unties_or_the_copies_differ(tmp_path, case):
+    src = _gpt2_both(tmp_path / "gpt2", tie=case != "untied config", differ=case != "untied config")
+    before = load_file(src / "model.safetensors")["lm_head.weight"]
+    out = tmp_path / "out"
+    res = run("apply", str(src), "-r", "transformer.wte.weight=zeros", "-o", str(out), "-q")
+    assert res.exit_code == 0, res.output
+    new = load_file(out / "model.safetensors")
+    assert torch.count_nonzero(new["transformer.wte.weight"]) == 0
+    assert torch.equal(new["lm_head.weight"], before)  # its own tensor, kept

@@ -17,6 +17,7 @@ from reinit.cli.common import (
     err,
     examples,
     json_option,
+    note_all,
     plot_option,
     progress_on,
     quiet_option,
@@ -152,6 +153,7 @@ def report(
     if ranks is not None and not ranks.primary:
         return
     warn_all(rep.warnings)
+    note_all(rep.notes)  # e.g. the baseline compared under the model's names
     if as_json:
         click.echo(rep.to_json())
     if not quiet:

@@ -102,6 +102,9 @@ class Model:
     sites: Mapping[str, TensorSite]  # by the module's names and the checkpoint's
     prefix: str = ""  # transformers' base_model_prefix ("bert"), for name alignment
     checkpoint: tuple[CheckpointTensor, ...] = ()  # what save_pretrained writes, in order
+    # the values its constructor gave tensors built on the meta device, where known (CLIP's
+    # `logit_scale` from the config), by the module's names: `default` starts from them
+    constructed: Mapping[str, torch.Tensor] = field(default_factory=dict, compare=False, repr=False)
 
     def view(self) -> ModelView:
         """The model seen through its own checkpoint's names (for writing that checkpoint)."""
@@ -234,8 +237,15 @@ def module_fans(module: nn.Module, attr: str, shape: Sequence[int]) -> Fans | No
     return fans
 
 
-def fans_from_module(spec: str, module: nn.Module, kind: str, prefix: str) -> Model:
-    """Every parameter and buffer, tied names included (a checkpoint may hold either)."""
+def fans_from_module(
+    spec: str,
+    module: nn.Module,
+    kind: str,
+    prefix: str,
+    constructed: Mapping[str, torch.Tensor] | None = None,
+) -> Model:
+    """Every parameter and buffer, tied names included (a checkpoint may hold either), with
+    the values the constructor gave them where known (`constructed`)."""
     modules = dict(module.named_modules(remove_duplicate=False))
     sites: dict[str, TensorSite] = {}
     named = [
@@ -263,7 +273,7 @@ def fans_from_module(spec: str, module: nn.Module, kind: str, prefix: str) -> Mo
     slices = checkpoint_slices(module, hf=kind == "hf")
     checkpoint = tuple(CheckpointTensor(c.name, c.shape, c.dtype, c.storage) for c in slices)
     sites = _with_checkpoint_sites(sites, slices, modules)
-    return Model(spec, module, kind, sites, prefix, checkpoint)
+    return Model(spec, module, kind, sites, prefix, checkpoint, dict(constructed or {}))
 
 
 def _with_checkpoint_sites(
@@ -427,6 +437,8 @@ def default_init(
     if site.part is not None:  # one expert of a stacked tensor: its slice of the init
         value = site.part.take(value)
     applied = applied_init(trace.calls, site.source_shape)
+    if applied is None and site.name in model.constructed:  # the constructor's value stands
+        ran, applied = True, _constructed_init(real, model.constructed[site.name])
     if not ran or not _surely_set(value, trace, applied):
         raise SchemeError(
             f"default: the architecture's init does not set '{name}' (module "
@@ -439,6 +451,19 @@ def default_init(
             f"{type(real).__name__}: its own init (not a torch.nn.init call)", None
         )
     return _own_copy(value.detach().to(dtype).contiguous(), value), applied
+
+
+def _constructed_init(owner: nn.Module, value: torch.Tensor) -> AppliedInit:
+    """What a tensor that keeps its constructor's value ran: `CLIPModel.__init__:
+    constant(val=2.659)` when every value is one, else its values as built; the std is theirs."""
+    from reinit.planning.init_trace import AppliedInit
+
+    flat = value.detach().double().flatten()
+    where = f"{type(owner).__name__}.__init__"
+    if flat.numel() and bool((flat == flat[0]).all()):
+        return AppliedInit(f"{where}: constant(val={float(flat[0]):.4g})", 0.0)
+    std = float(flat.std(correction=0)) if flat.numel() else None
+    return AppliedInit(f"{where}: its constructor's values", std)
 
 
 def _surely_set(value: torch.Tensor, trace: InitTrace, applied: AppliedInit | None) -> bool:
@@ -481,7 +506,23 @@ def _blank_owner(model: Model, site: TensorSite) -> tuple[nn.Module, InitTrace]:
                 del t._is_hf_initialized
             if t.is_floating_point():
                 t.fill_(float("nan"))
+        _fill_constructed(real, site.module_name, model.constructed)
     return real, InitTrace(_get_attr_tensor(real, site.attr))
+
+
+def _fill_constructed(real: nn.Module, path: str, constructed: Mapping[str, torch.Tensor]) -> None:
+    """The values the constructor gave the module's tensors, where known (before its init
+    runs, as when the model is built for real)."""
+    if not constructed:
+        return
+    named = [
+        *real.named_parameters(remove_duplicate=False),
+        *real.named_buffers(remove_duplicate=False),
+    ]
+    for local, t in named:
+        value = constructed.get(f"{path}.{local}" if path else local)
+        if value is not None and value.shape == t.shape:
+            t.copy_(value)
 
 
 def _run_init(model: Model, site: TensorSite, seed: int) -> tuple[nn.Module, InitTrace, bool]:

@@ -29,6 +29,8 @@ from reinit.text import one_line
 if TYPE_CHECKING:
     from torch import nn
 
+    from reinit.planning.build_trace import ConstructedValues
+
 __all__ = [
     "Factory",
     "build_module",
@@ -57,10 +59,12 @@ def load_model(spec: str | os.PathLike[str] | nn.Module) -> Model:
     text = os.fspath(spec)
     with gc_paused():
         factory = model_factory(spec)
+        constructed: dict[str, torch.Tensor] = {}
         with torch.device("meta"):
-            module = build_module(text, factory)
+            module = build_module(text, factory, constructed)
     kind = "hf" if _is_hf(module) else "torch"
-    return fans_from_module(text, module, kind, _prefix(module) if kind == "hf" else "")
+    prefix = _prefix(module) if kind == "hf" else ""
+    return fans_from_module(text, module, kind, prefix, constructed)
 
 
 @contextlib.contextmanager
@@ -104,11 +108,18 @@ def check_torch_seed(seed: int) -> None:
         )
 
 
-def build_module(text: str, factory: Factory) -> nn.Module:
+def build_module(
+    text: str, factory: Factory, constructed: dict[str, torch.Tensor] | None = None
+) -> nn.Module:
     """Call a model factory (on whatever device and RNG state the caller set up): a failure
-    inside the user's code, or a result that is not a module, is one `ModelError` line."""
+    inside the user's code, or a result that is not a module, is one `ModelError` line.
+    `constructed`, when given, receives the values the constructor gave the module's meta
+    tensors, by name, where they are known (`build_trace`: CLIP's `logit_scale`)."""
+    from reinit.planning.build_trace import ConstructedValues
+
+    values = ConstructedValues()
     try:
-        with _tensor_cap(text):
+        with _tensor_cap(text), values if constructed is not None else contextlib.nullcontext():
             module = factory()
     except ReinitError:
         raise
@@ -120,7 +131,23 @@ def build_module(text: str, factory: Factory) -> nn.Module:
         raise ModelError(
             f"--model {text}: the callable returned {type(module).__name__}, not a torch.nn.Module"
         )
+    if constructed is not None:
+        constructed.update(_constructed(module, values))
     return module
+
+
+def _constructed(module: nn.Module, values: ConstructedValues) -> dict[str, torch.Tensor]:
+    """Each parameter and buffer (tied names included) whose constructed value is known."""
+    named = [
+        *module.named_parameters(remove_duplicate=False),
+        *module.named_buffers(remove_duplicate=False),
+    ]
+    out = {}
+    for name, t in named:
+        value = values.value(t) if t.device.type == "meta" else None
+        if value is not None:
+            out[name] = value
+    return out
 
 
 @contextlib.contextmanager
@@ -303,11 +330,12 @@ def model_of_config(spec: str, data: Mapping[str, object]) -> Model:
     check_config(spec, "config.json", data)
     with gc_paused():
         factory = _config_factory(_hf_config(spec, "config.json", data))
+        constructed: dict[str, torch.Tensor] = {}
         with torch.device("meta"):
-            module = build_module(spec, factory)
+            module = build_module(spec, factory, constructed)
     if not _is_hf(module):
         raise ModelError(f"--model {spec}: config.json does not describe a transformers model")
-    return fans_from_module(spec, module, "hf", _prefix(module))
+    return fans_from_module(spec, module, "hf", _prefix(module), constructed)
 
 
 _FLOAT_TAGS = {"Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}

@@ -17,6 +17,7 @@ from reinit.io.checkpoint import Checkpoint
 from reinit.io.sources import open_checkpoint
 from reinit.io.trust import TrustSpec
 from reinit.options import PLAN_FIELDS, ApplyOptions, OptionKwargs, with_kwargs
+from reinit.planning.config_ties import config_ties
 from reinit.planning.edited import EditedCheckpoint
 from reinit.planning.fresh import ModelCheckpoint, mark_fresh
 from reinit.planning.model import Model, ModelInput, ModelView, check_default
@@ -238,7 +239,8 @@ def plan_for(
     if any(r.kind == "transplant" for r in rules):
         result = check_transplants(result, pool)
         check_strict(result, strict)
-    return resolve_ties(result, ckpt.aliases())
+    tied_by_config = config_ties(result, ckpt, view, config)
+    return resolve_ties(result, ckpt.aliases(), tied_by_config)
 
 
 def model_view(model: ModelInput | None, ckpt: Checkpoint) -> ModelView | None:

@@ -55,21 +55,34 @@ def tie_groups(order: Sequence[str], aliases: Mapping[str, str]) -> dict[str, tu
     return out
 
 
-def _conflict(group: tuple[str, ...], a: PlanEntry, b: PlanEntry, why: str) -> RuleError:
+#: What ties a group the model's config ties while the file holds two equal copies.
+BY_CONFIG = "the model's config ties them; the file holds two equal copies"
+
+
+def _conflict(
+    group: tuple[str, ...], a: PlanEntry, b: PlanEntry, why: str, by_config: bool = False
+) -> RuleError:
     ra = a.rule_text or "(no rule)"
     rb = b.rule_text or "(no rule)"
     return RuleError(
-        f"tensors '{a.name}' and '{b.name}' are tied (they share storage"
+        f"tensors '{a.name}' and '{b.name}' are tied"
+        f" ({BY_CONFIG if by_config else 'they share storage'}"
         f"{', with ' + ', '.join(n for n in group if n not in (a.name, b.name)) if len(group) > 2 else ''})"
         f" but {why}: {ra!r} vs {rb!r}; give the tied names one rule"
     )
 
 
-def resolve_ties(plan: Plan, aliases: Mapping[str, str]) -> tuple[Plan, Ties]:
+def resolve_ties(
+    plan: Plan, aliases: Mapping[str, str], by_config: Mapping[str, str] | None = None
+) -> tuple[Plan, Ties]:
     """The plan with every member of a changed tied group changed the same way, and the ties.
+    `by_config`: more tied names (as `aliases`) that the model's config ties but the file
+    holds as separate equal tensors (`planning.config_ties`).
 
     Raises `RuleError` when members of a group get different rules (including `keep` against a
     change) or one transplant rule maps them to different source tensors."""
+    declared = set(by_config or {}) | set((by_config or {}).values())
+    aliases = {**aliases, **(by_config or {})}
     if not aliases:
         return plan, Ties()
     by_name = {e.name: e for e in plan.entries}
@@ -86,9 +99,11 @@ def resolve_ties(plan: Plan, aliases: Mapping[str, str]) -> tuple[Plan, Ties]:
         if not changing:
             continue
         first = changing[0]
+        tied_by_config = group[0] in declared
+        how = "the model's config ties them" if tied_by_config else "shares its storage"
         for e in members:
             if e.rule is not None and e.rule != first.rule:
-                raise _conflict(group, first, e, "different rules hit them")
+                raise _conflict(group, first, e, "different rules hit them", tied_by_config)
         if first.action == "transplant":
             _check_same_source(group, changing)
         defining[group[0]] = first
@@ -100,7 +115,7 @@ def resolve_ties(plan: Plan, aliases: Mapping[str, str]) -> tuple[Plan, Ties]:
                 action=first.action,
                 rule=first.rule,
                 captures=first.captures,
-                reason=f"tied with '{first.name}' (shares its storage), so it takes the same values",
+                reason=f"tied with '{first.name}' ({how}), so it takes the same values",
             )
     entries = tuple(replaced.get(e.name, e) for e in plan.entries)
     return replace(plan, entries=entries), Ties(groups, defining)

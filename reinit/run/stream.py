@@ -346,10 +346,12 @@ class Applier:
         if self.sources is None or not (KERNEL_COPY and self.spans and not READ_ONCE):
             return None
         copied: dict[int, tuple[Checkpoint, int]] = {}  # by source: bytes copied as they lie
-        for p in entries:
-            direct = exact_source(self.sources, p) if p.action == "transplant" else None
+        for p in entries:  # as `pieces` takes them: a tied member is its group's value
+            if p.action != "transplant" or self._tied(p) or self._grown(p):
+                continue
+            direct = exact_source(self.sources, p)
             span = direct[0].span(direct[1]) if direct is not None else None
-            if direct is not None and span is not None and not self._tied(p):
+            if direct is not None and span is not None:
                 ck, nbytes = copied.get(id(direct[0]), (direct[0], 0))
                 copied[id(ck)] = (ck, nbytes + span.nbytes)
         if not copied:

@@ -7,7 +7,13 @@ engine (`run.stream`), imported only then."""
 
 from __future__ import annotations
 
-__all__ = ["report_checkpoint", "same_bytes", "with_renames", "write_report_files"]
+__all__ = [
+    "report_checkpoint",
+    "same_bytes",
+    "seen_as_note",
+    "with_renames",
+    "write_report_files",
+]
 
 import os
 import time
@@ -37,6 +43,7 @@ if TYPE_CHECKING:
     import torch
 
     from reinit.planning.model import ModelInput, ModelView
+    from reinit.planning.model_named import ModelNamedCheckpoint
     from reinit.planning.planner import PlanEntry
     from reinit.planning.ties import Ties
     from reinit.tools.verdict import Replay
@@ -78,11 +85,12 @@ def report_checkpoint(
         replay: Replay | None = None
         if against is not None:
             base = stack.enter_context(_opened(against, unsafe_pickle, progress))
+            base, seen_as = _under_names_of(base, ckpt, against)
             from reinit.tools.verdict import replay_of
 
             replay = replay_of(record, ckpt, base, model)
         else:
-            base = None
+            base, seen_as = None, None
         stored = ckpt.file_tensors() if base is None else None
         progress = progress and (ranks is None or ranks.primary)
         if stored is not None:  # safetensors: no torch
@@ -107,6 +115,8 @@ def report_checkpoint(
         report = make_report(os.fspath(source), None, seed, rules, entries, 0, started, basis=basis)
         if warnings:
             report = replace(report, warnings=(*report.warnings, *warnings))
+        if seen_as:
+            report = replace(report, notes=(*report.notes, seen_as))
         if base is not None:
             missing = [n for n in base.names() if n not in ckpt and n not in renamed]
             from reinit.planning.dcp_names import held_under_model_names  # torch: --against
@@ -138,6 +148,35 @@ def _basis(
     if basis.config is None and base is not None:
         return basis_for(base, None, view, seed, REFERENCE_TOLERANCE)
     return basis
+
+
+def _under_names_of(
+    base: Checkpoint, ckpt: Checkpoint, against: str | os.PathLike[str] | Checkpoint
+) -> tuple[Checkpoint, str | None]:
+    """The baseline under SOURCE's names where SOURCE holds its per-expert tensors under the
+    model's `state_dict()` names (a `--format dcp` output: `planning.model_named`), with the
+    note that says so; else the baseline as it is. Only where each holds names the other
+    lacks (the model is built, so torch is loaded, then only)."""
+    if all(n in ckpt for n in base.names()) or all(n in base for n in ckpt.names()):
+        return base, None
+    from reinit.planning.model_named import ModelNamedCheckpoint, under_names_of
+
+    where = os.fspath(against) if isinstance(against, (str, os.PathLike)) else base.source
+    seen = under_names_of(base, ckpt, where)
+    if not isinstance(seen, ModelNamedCheckpoint):
+        return base, None
+    return seen, seen_as_note(seen, where, os.fspath(ckpt.source))
+
+
+def seen_as_note(seen: ModelNamedCheckpoint, where: str, other: str) -> str:
+    """The note that `where`'s tensors were compared under `other`'s (the model's) names."""
+    old, box = next(iter(seen.placed.items()))
+    targets = len({b.name for b in seen.placed.values()})
+    return (
+        f"{len(seen.placed)} tensor(s) of {where} compared as the {targets} tensor(s) of the "
+        f"model's state_dict() names that {other} holds them in (e.g. '{old}' as "
+        f"'{box.name}' at {list(box.offsets)}; transformers' conversion mapping)"
+    )
 
 
 def _held_warning(held: Mapping[str, str], source: str | os.PathLike[str]) -> str:

@@ -19,7 +19,7 @@ from reinit.report.jsonio import JSON, dumps
 from reinit.report.stats import tensor_stats
 from reinit.report.views import click_style, column_widths, fmt, shape_text, table_row
 from reinit.text import shown
-from reinit.tools.audit import same_bytes
+from reinit.tools.audit import same_bytes, seen_as_note
 
 _CHUNK = 1 << 21
 
@@ -157,6 +157,7 @@ def diff_checkpoints(
     one tensor of each is in memory at a time."""
     out: list[TensorDiff] = []
     with open_source(a, unsafe_pickle) as ca, open_source(b, unsafe_pickle) as cb:
+        ca, cb, seen_as = _same_names(ca, cb, os.fspath(a), os.fspath(b))
         for ref in ca.refs():
             if ref.name not in cb:
                 t = ca.read(ref.name)
@@ -230,8 +231,28 @@ def diff_checkpoints(
                         std_b=tensor_stats(cb.read(bref.name)).std,
                     )
                 )
-        notes = _held_notes(ca, cb, out, os.fspath(a), os.fspath(b))
+        notes = (*seen_as, *_held_notes(ca, cb, out, os.fspath(a), os.fspath(b)))
     return Diff(os.fspath(a), os.fspath(b), tuple(out), notes)
+
+
+def _same_names(
+    ca: Checkpoint, cb: Checkpoint, a: str, b: str
+) -> tuple[Checkpoint, Checkpoint, tuple[str, ...]]:
+    """A and B, the one that holds a model's per-expert tensors seen under the model's
+    `state_dict()` names where the other holds them so (`planning.model_named`), and the
+    note that says so; else both as they are. The model is built only where each side holds
+    names the other lacks."""
+    if all(n in cb for n in ca.names()) or all(n in ca for n in cb.names()):
+        return ca, cb, ()
+    from reinit.planning.model_named import ModelNamedCheckpoint, under_names_of
+
+    seen = under_names_of(ca, cb, a)
+    if isinstance(seen, ModelNamedCheckpoint):
+        return seen, cb, (seen_as_note(seen, a, b),)
+    seen = under_names_of(cb, ca, b)
+    if isinstance(seen, ModelNamedCheckpoint):
+        return ca, seen, (seen_as_note(seen, b, a),)
+    return ca, cb, ()
 
 
 def _held_notes(

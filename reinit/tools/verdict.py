@@ -42,11 +42,13 @@ import torch
 
 from reinit.errors import ReinitError, SchemeError
 from reinit.io.checkpoint import Checkpoint, TensorRef
+from reinit.planning.config_ties import config_ties
 from reinit.planning.init_trace import AppliedInit
 from reinit.planning.model import ModelInput, ModelView, check_default, default_init
 from reinit.planning.planner import Plan, PlanEntry, check_model_needs, plan
 from reinit.planning.session import model_view
 from reinit.planning.surgery import Edited, edit_refs, mark_plan, parse_surgery
+from reinit.planning.ties import resolve_ties
 from reinit.report.entries import NOTE_CHANGED, NOTE_NEW, NOTE_SHAPE, TensorEntry
 from reinit.report.flags import kind_of
 from reinit.report.reference import RESIZED, SOURCE, UNRECORDED
@@ -297,7 +299,7 @@ def _planned(
     for i, stage in enumerate(replay.stages):
         try:
             rules = parse_rules(stage.step.rules)
-            the_plan = _plan_rules(stage.refs, rules, replay.view)
+            the_plan = _plan_rules(stage.refs, rules, replay.view, ckpt)
         except ReinitError as e:
             warnings.append(_unplanned(ckpt, replay, i, e))
             the_plan = plan(stage.refs, ())
@@ -307,18 +309,25 @@ def _planned(
     return plans, tuple(warnings)
 
 
-def _plan_rules(refs: Sequence[TensorRef], rules: Sequence[Rule], view: ModelView | None) -> Plan:
+def _plan_rules(
+    refs: Sequence[TensorRef], rules: Sequence[Rule], view: ModelView | None, ckpt: Checkpoint
+) -> Plan:
+    """A stage's names planned by its rules as apply planned them, tied groups included (a
+    rule on one tied name changed the others; the ties are OUT's, `ckpt`'s)."""
     if view is None:
         check_model_needs(rules, None)
-        return plan(refs, rules, allow_unmatched=True)
-    the_plan = plan(
-        refs,
-        rules,
-        allow_unmatched=True,
-        module_types=view.module_types,
-        held_elsewhere=view.held_elsewhere(),
-    )
-    return check_default(the_plan, view)
+        the_plan = plan(refs, rules, allow_unmatched=True)
+    else:
+        the_plan = plan(
+            refs,
+            rules,
+            allow_unmatched=True,
+            module_types=view.module_types,
+            held_elsewhere=view.held_elsewhere(),
+        )
+        the_plan = check_default(the_plan, view)
+    tied_by_config = config_ties(the_plan, ckpt, view)
+    return resolve_ties(the_plan, ckpt.aliases(), tied_by_config)[0]
 
 
 def _unplanned(ckpt: Checkpoint, replay: Replay, index: int, e: ReinitError) -> str:
