@@ -61,8 +61,8 @@ def worker(rank: int, world: int, root: str, port: int) -> None:
     from torch.distributed.tensor import Shard, distribute_tensor
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    # a rank that died leaves the other waiting: a minute, not gloo's default half hour
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+    # a rank that died leaves the other waiting: 5 minutes (a loaded machine), not half an hour
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=300))
     mesh = init_device_mesh("cpu", (world,))
     for tag in ("fp32", "bf16"):
         whole = load_file(os.path.join(root, f"expected-{tag}.safetensors"))
@@ -79,7 +79,7 @@ def gloo_job(root: str) -> None:
     """Rank 0 here, rank 1 in a spawned process: one torch import fewer than two spawned ranks
     (this process has torch already), the same job."""
     port = free_port()
-    other = mp.get_context("spawn").Process(target=worker, args=(1, 2, root, port))
+    other = mp.get_context("spawn").Process(target=worker, args=(1, 2, root, port), daemon=True)
     other.start()
     try:
         worker(0, 2, root, port)
