@@ -3,8 +3,9 @@
 A tiny Llama (biases on; vocab 37, so the embedding and LM head split unevenly: 19 + 18 rows)
 is saved the way training jobs save it:
 
-- `ROOT/gloo-fp32/` and `ROOT/gloo-bf16/`: a 2-process gloo job (`torch.multiprocessing.spawn`),
-  every tensor a DTensor `Shard(0)` on a CPU device mesh, `dcp.save({"model": sd, "step": 100})`;
+- `ROOT/gloo-fp32/` and `ROOT/gloo-bf16/`: a 2-process gloo job (rank 0 this process, rank 1
+  a `spawn`ed one), every tensor a DTensor `Shard(0)` on a CPU device mesh,
+  `dcp.save({"model": sd, "step": 100})`;
 - `ROOT/gloo-cols/`: the fp32 tensors split by their last dimension (`Shard(-1)`) instead;
 - `ROOT/single-fp32/`: `format_utils.torch_save_to_dcp` of `torch.save({"model": sd, ...})`;
 - `ROOT/expected-fp32.safetensors`, `ROOT/expected-bf16.safetensors`: the same tensors, whole;
@@ -17,6 +18,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -59,7 +61,8 @@ def worker(rank: int, world: int, root: str, port: int) -> None:
     from torch.distributed.tensor import Shard, distribute_tensor
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a rank that died leaves the other waiting: 5 minutes (a loaded machine), not half an hour
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=300))
     mesh = init_device_mesh("cpu", (world,))
     for tag in ("fp32", "bf16"):
         whole = load_file(os.path.join(root, f"expected-{tag}.safetensors"))
@@ -70,6 +73,20 @@ def worker(rank: int, world: int, root: str, port: int) -> None:
     dcp.save({"model": sd, "step": 100}, checkpoint_id=os.path.join(root, "gloo-cols"))
     dist.barrier()
     dist.destroy_process_group()
+
+
+def gloo_job(root: str) -> None:
+    """Rank 0 here, rank 1 in a spawned process: one torch import fewer than two spawned ranks
+    (this process has torch already), the same job."""
+    port = free_port()
+    other = mp.get_context("spawn").Process(target=worker, args=(1, 2, root, port), daemon=True)
+    other.start()
+    try:
+        worker(0, 2, root, port)
+    finally:
+        other.join(timeout=120)
+    if other.exitcode != 0:
+        raise SystemExit(f"rank 1 of the gloo job ended with {other.exitcode}")
 
 
 def free_port() -> int:
@@ -84,7 +101,7 @@ def main(root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     for tag, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         save_file(state(dtype), root / f"expected-{tag}.safetensors")
-    mp.spawn(worker, args=(2, str(root), free_port()), nprocs=2)
+    gloo_job(str(root))
     torch.save({"model": state(torch.float32), "step": 100}, root / "single.pt")
     torch_save_to_dcp(root / "single.pt", root / "single-fp32")
     (root / "single.pt").unlink()

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
+from filelock import FileLock
 from helpers import ROOT, refused, run
 from safetensors.torch import load_file, save_file
 
@@ -26,8 +27,23 @@ DTYPE_OF = {"gloo-fp32": "fp32", "gloo-bf16": "bf16", "gloo-cols": "fp32", "sing
 
 
 @pytest.fixture(scope="session")
-def dcp_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("dcp")
+def dcp_root(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """The sources, made once per run (a gloo job of two processes: seconds). Under
+    pytest-xdist the workers share one copy: the first to get the lock makes it, in the run's
+    base folder (the parent of each worker's). Tests only read it."""
+    if worker_id == "master":
+        return _make_dcp_sources(tmp_path_factory.mktemp("dcp"))
+    root = tmp_path_factory.getbasetemp().parent / "dcp"
+    with FileLock(f"{root}.lock"):
+        if not root.is_dir():
+            partial = _make_dcp_sources(root.with_name("dcp.partial"))
+            partial.rename(root)  # whole or not at all
+    return root
+
+
+def _make_dcp_sources(root: Path) -> Path:
+    shutil.rmtree(root, ignore_errors=True)  # a worker that failed half-way left it
+    root.mkdir()
     subprocess.run(
         [sys.executable, str(ROOT / "tests" / "dcp_fixture.py"), str(root)],
         check=True,
