@@ -410,3 +410,47 @@ def test_a_submodule_imported_while_another_thread_runs_the_package_does_not_dea
     assert not any(t.is_alive() for t in threads), "deadlock"
     assert seen == {"a": 42, "b": "slowpkg.sub"}
     assert (slowpkg_runs(slowpkg), sys.modules["slowcount"].subs) == (1, 1)
+
+
+GC_AROUND_LOAD = """
+import gc, sys
+from reinit.cli.common import defer_torch
+defer_torch()
+import torch
+starts = []
+gc.callbacks.append(lambda phase, info: starts.append(info["generation"]) if phase == "start" else None)
+frozen = gc.get_freeze_count()
+torch.zeros(1)  # the first use loads it
+print(len(starts), gc.isenabled(), gc.get_freeze_count() - frozen > 10_000)
+"""
+
+
+def test_the_collector_is_off_while_torch_loads_and_torch_is_frozen_out_of_it_after():
+    """Deferred torch loads with the cyclic collector paused (no collection starts during the
+    ~10^5 objects it makes) and is then frozen out of later collections; the collector is on
+    again after."""
+    res = subprocess.run(
+        [sys.executable, "-c", GC_AROUND_LOAD], capture_output=True, text=True, env=child_env()
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["0", "True", "True"]
+
+
+def test_gc_paused_restores_the_collector_and_freezes_only_on_success():
+    import gc
+
+    from reinit.lazy import gc_paused
+
+    assert gc.isenabled()
+    before = gc.get_freeze_count()
+    with pytest.raises(RuntimeError), gc_paused(freeze=True):
+        assert not gc.isenabled()
+        raise RuntimeError
+    assert gc.isenabled() and gc.get_freeze_count() == before
+    try:
+        with gc_paused(freeze=True):
+            kept = [[] for _ in range(100)]
+        assert gc.isenabled() and gc.get_freeze_count() >= before + 100
+    finally:
+        gc.unfreeze()
+    del kept

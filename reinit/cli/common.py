@@ -266,9 +266,12 @@ def torch_loading() -> Iterator[None]:
     surfaces wherever the run first uses torch, a worker thread included)."""
     from reinit.errors import ReinitError
     from reinit.io.signals import signals_deferred
+    from reinit.lazy import gc_paused
     from reinit.text import one_line
 
-    with signals_deferred():
+    # the collector off while torch loads, and torch's modules frozen out of it after (they
+    # live as long as the process, as `apply` freezes reinit's own before: `gc.freeze`)
+    with signals_deferred(), gc_paused(freeze=True):
         try:
             yield
         except ImportError as e:

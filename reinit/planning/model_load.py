@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import gc
 import importlib
 import math
 import os
@@ -21,6 +20,7 @@ from reinit.errors import ReinitError, UsageError
 from reinit.io.hub import HubRepo, is_hf_url, parse_hf_url
 from reinit.io.jsonfile import read_json_file
 from reinit.io.trust import CALLABLE_SPEC, callable_name
+from reinit.lazy import gc_paused
 from reinit.library_output import route_transformers
 from reinit.limits import MAX_CONFIG_BYTES, MAX_MODEL_COUNT, MAX_TOTAL_TENSORS
 from reinit.planning.model import Model, ModelError, fans_from_module
@@ -65,21 +65,6 @@ def load_model(spec: str | os.PathLike[str] | nn.Module) -> Model:
     kind = "hf" if _is_hf(module) else "torch"
     prefix = _prefix(module) if kind == "hf" else ""
     return fans_from_module(text, module, kind, prefix, constructed)
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off while transformers is imported and the model
-    built on the meta device: that makes ~10^6 long-lived objects, over which the collector
-    ran full passes again and again (about a CPU-second of `reinit new`'s start); the caller's
-    setting is restored after."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def build_real(spec: str | os.PathLike[str], seed: int = 0) -> nn.Module:
