@@ -223,3 +223,21 @@ def load_clean(cls, path: Path):
     assert not info["mismatched_keys"] and not info["error_msgs"], info
     assert [str(w.message) for w in seen] + handler.messages == []
     return model
+
+
+def verdicts(rep: object, notes: bool = False) -> dict[str, tuple[object, ...]]:
+    """What a `reinit.Report` says of each tensor: action, scheme, flags, the reference's file
+    name (apply names SRC's config, `report` OUT's copy of it), reference and expected std,
+    and with `notes` its notes."""
+    return {
+        e.name: (
+            e.action,
+            e.scheme,
+            tuple(e.flags),
+            (e.reference or "").rsplit("/", 1)[-1],
+            e.reference_std,
+            e.expected_std,
+            *((e.notes,) if notes else ()),
+        )
+        for e in rep.tensors  # type: ignore[attr-defined]
+    }

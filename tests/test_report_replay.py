@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from helpers import run, trained_bert
+from helpers import run, trained_bert, verdicts
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -36,22 +36,6 @@ def tiny_llama(path: Path) -> Path:
     torch.manual_seed(1)
     transformers.LlamaForCausalLM(config).save_pretrained(path)
     return path
-
-
-def verdicts(rep: reinit.Report) -> dict[str, tuple[object, ...]]:
-    """What apply said of each tensor (the reference's file aside: apply names SRC's config,
-    report OUT's copy of it)."""
-    return {
-        e.name: (
-            e.action,
-            e.scheme,
-            tuple(e.flags),
-            (e.reference or "").rsplit("/", 1)[-1],
-            e.reference_std,
-            e.expected_std,
-        )
-        for e in rep.tensors
-    }
 
 
 def metadata(path: Path) -> dict[str, object]:
