@@ -86,6 +86,8 @@ def report_checkpoint(
         if against is not None:
             base = stack.enter_context(_opened(against, unsafe_pickle, progress))
             base, seen_as = _under_names_of(base, ckpt, against)
+            if seen_as is None:  # SOURCE per-expert, the baseline under the model's names
+                ckpt, seen_as = _under_names_of(ckpt, base, source)
             from reinit.tools.verdict import replay_of
 
             replay = replay_of(record, ckpt, base, model)
@@ -156,7 +158,8 @@ def _under_names_of(
     """The baseline under SOURCE's names where SOURCE holds its per-expert tensors under the
     model's `state_dict()` names (a `--format dcp` output: `planning.model_named`), with the
     note that says so; else the baseline as it is. Only where each holds names the other
-    lacks (the model is built, so torch is loaded, then only)."""
+    lacks (the model is built, so torch is loaded, then only). Called the other way round
+    (`base` SOURCE, `ckpt` the baseline), SOURCE under the baseline's names."""
     if all(n in ckpt for n in base.names()) or all(n in base for n in ckpt.names()):
         return base, None
     from reinit.planning.model_named import ModelNamedCheckpoint, under_names_of
