@@ -2,7 +2,8 @@
 and CPU thread counts, independent of the order of non-overlapping rules and of the input's
 sharding; a different seed changes every re-initialized tensor.
 
-Internal: also tests reinit.io.formats._safetensors_format directly (not the `reinit` API).
+Internal: also tests reinit.io.formats._safetensors_format directly (not the `reinit` API), and
+probes reinit.run.stream.Applier._draw (the thread count each draw runs on).
 """
 
 from __future__ import annotations

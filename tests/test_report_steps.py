@@ -9,7 +9,7 @@ import json
 
 from helpers import run, tiny_bert
 
-from reinit.report.entries import Report
+import reinit
 
 FIRST = "encoder.layer.0.*.weight=normal(std=0.02)"
 LAST = "*.bias=zeros"
@@ -48,7 +48,7 @@ def test_every_step_is_in_the_terminal_json_and_markdown_reports(tmp_path):
             {"seed": 3, "rules": [FIRST], "surgery": []},
             {"seed": 0, "rules": [LAST], "surgery": ["--drop pooler.*"]},
         ]
-        assert Report.from_dict(doc).to_dict()["steps"] == doc["steps"]  # read back whole
+        assert reinit.Report.from_dict(doc).to_dict()["steps"] == doc["steps"]  # read back whole
         md = tmp_path / f"{out.name}.md"
         assert run("report", out, "-o", md).exit_code == 0
         assert [f"- {line}" for line in STEPS] == [
