@@ -481,6 +481,34 @@ def test_report_against_the_per_expert_source_compares_the_stacked_values(kind, 
 
 
 @pytest.mark.parametrize("kind", ["mixtral", "qwen3-moe"])
+def test_report_of_the_per_expert_source_against_the_dcp_compares_the_stacked_values(
+    kind, tmp_path
+):
+    """`report SOURCE --against DCP` (the other way round): SOURCE's per-expert tensors are
+    stacked as the DCP holds them, so each stacked parameter has the DCP's tensor as its
+    `before` and is "changed vs baseline" only where the rule changed it. Was: matched by name,
+    every per-expert tensor "not in baseline" and the DCP's stacked ones listed as missing."""
+    src = saved(tmp_path, kind)
+    out_dcp, _ = apply_both(src, tmp_path, "model.layers.0.*experts.*=kaiming_normal")
+    res = run("report", src, "--against", out_dcp, "--json")
+    assert res.exit_code == 0, res.output
+    assert "warning" not in res.stderr, res.stderr
+    notes = [ln for ln in res.stderr.splitlines() if ln.startswith("note: ")]
+    routers = 2 if kind == "mixtral" else 0
+    said = f"{EXPERTS + routers} tensor(s) of {src} compared as the {4 + routers} tensor(s)"
+    assert len(notes) == 1 and said in notes[0] and str(out_dcp) in notes[0], notes
+    doc = json.loads(res.stdout)
+    by = {t["name"]: t for t in doc["tensors"]}
+    after = loaded(kind, out_dcp)  # the baseline: what `dcp.load` of the DCP gives
+    module = transformers.AutoModelForCausalLM.from_pretrained(src).state_dict()
+    assert set(by) == set(after)  # under the model's names, every one
+    for name, entry in by.items():
+        assert entry["before"]["std"] == pytest.approx(after[name].std(correction=0).item())
+        assert entry["after"]["std"] == pytest.approx(module[name].std(correction=0).item())
+        assert ("changed vs baseline" in entry["notes"]) == ("layers.0.mlp.experts." in name)
+
+
+@pytest.mark.parametrize("kind", ["mixtral", "qwen3-moe"])
 def test_diff_with_the_per_expert_source_compares_the_stacked_values(kind, tmp_path):
     """`diff SOURCE DCP` (and the other way round) compares the stacked parameters: changed
     where the rule changed them, by the max |Δ| between `from_pretrained` of the source and

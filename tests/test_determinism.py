@@ -2,7 +2,8 @@
 and CPU thread counts, independent of the order of non-overlapping rules and of the input's
 sharding; a different seed changes every re-initialized tensor.
 
-Internal: also tests reinit.io.formats._safetensors_format directly (not the `reinit` API).
+Internal: also tests reinit.io.formats._safetensors_format directly (not the `reinit` API), and
+probes reinit.run.stream.Applier._draw (the thread count each draw runs on).
 """
 
 from __future__ import annotations
@@ -106,6 +107,56 @@ def test_a_run_leaves_the_thread_count_of_later_threads_as_it_was(where, tmp_pat
     finally:
         torch.set_num_threads(before)
     assert seen == [2] * 30
+
+
+@pytest.mark.parametrize("where", ["file", "memory"])
+def test_each_draw_runs_on_the_runs_thread_count(where, tmp_path, monkeypatch):
+    """A draw thread that first uses torch while another holds the count at 1 (inside its
+    `orthogonal`) adopts 1, and its own orthogonal put back 1: it drew every later tensor on
+    one core. Made to happen every time: the other draw thread begins only while the first
+    orthogonal holds 1, which waits for it; each draw records the count it runs on, which is
+    now the run's (2) every time. Was: the second thread's draws ran on 1."""
+    from reinit.run.stream import Applier
+
+    sd = {f"l{i}.weight": torch.zeros(8, 8) for i in range(8)}
+    src = tmp_path / "orth.safetensors"
+    save_file(sd, src)
+    seen: list[tuple[str, int]] = []
+    holder: list[str] = []  # the thread of the first draw: its orthogonal holds 1
+    holding, started, pick = threading.Event(), threading.Event(), threading.Lock()
+    draw, orthogonal = Applier._draw, torch.nn.init.orthogonal_
+
+    def probe(self, p):
+        me = threading.current_thread().name
+        with pick:
+            holder[:] = holder or [me]
+        if me != holder[0]:  # begin only while the holder is at 1
+            assert holding.wait(60), "the first orthogonal never began"
+        seen.append((me, torch.get_num_threads()))
+        if me != holder[0]:
+            started.set()
+        return draw(self, p)
+
+    def held(t, gain=1.0, generator=None):
+        if threading.current_thread().name == holder[0] and not holding.is_set():
+            assert torch.get_num_threads() == 1
+            holding.set()
+            assert started.wait(60), "the second draw thread never began a draw"
+        return orthogonal(t, gain, generator=generator)
+
+    monkeypatch.setattr(Applier, "_draw", probe)
+    monkeypatch.setattr(torch.nn.init, "orthogonal_", held)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        if where == "file":
+            reinit.apply(src, ["*=orthogonal"], tmp_path / "o.safetensors")
+        else:
+            reinit.apply_to_state_dict(sd, ["*=orthogonal"])
+    finally:
+        torch.set_num_threads(before)
+    assert len(seen) == 8 and len({name for name, _ in seen}) == 2, seen
+    assert [n for _, n in seen] == [2] * 8, seen
 
 
 def test_order_of_non_overlapping_rules_does_not_matter(src, tmp_path):

@@ -75,7 +75,17 @@ def test_report_schema_names_every_key(work):
         "-r", "cls.predictions.transform.dense.weight=normal(std=0.02)",
         "-r", f"bert.embeddings.position_embeddings.weight=from({work / 'bert'}, resample=linear)",
     )  # fmt: skip
-    assert keys(doc) == documented(schema_after("JSON (the default file"), "")
+    assert "steps" not in doc  # one step: the report's seed and rules say it
+    # an output made in several steps: `reinit report OUT` lists every one (`steps`)
+    recipe = work / "r.yaml"
+    recipe.write_text(
+        f"source: {work / 'bert'}\noutput: {work / 'r-out'}/\nsteps:\n"
+        "  - rules: ['*.bias=zeros']\n  - rules: ['cls.*=keep']\n    drop: ['bert.encoder.layer.1.*']\n"
+    )
+    assert run("run", recipe, "-q").exit_code == 0
+    several = json_of("report", work / "r-out", "--json")
+    assert [st["surgery"] for st in several["steps"]] == [[], ["--drop bert.encoder.layer.1.*"]]
+    assert keys(doc) | keys(several) == documented(schema_after("JSON (the default file"), "")
 
 
 def test_plan_schema_names_every_key(work, tmp_path, monkeypatch):

@@ -210,3 +210,70 @@ def test_no_tie_when_the_config_unties_or_the_copies_differ(tmp_path, case):
     new = load_file(out / "model.safetensors")
     assert torch.count_nonzero(new["transformer.wte.weight"]) == 0
     assert torch.equal(new["lm_head.weight"], before)  # its own tensor, kept
+
+
+def _llama_both(folder: Path) -> Path:
+    """A Llama-like safetensors checkpoint with `tie_word_embeddings: true` holding both
+    `model.embed_tokens.weight` and an equal `lm_head.weight`."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, vocab_size=50, max_position_embeddings=32, bos_token_id=1,
+        eos_token_id=2, tie_word_embeddings=True, architectures=["LlamaForCausalLM"],
+    )  # fmt: skip
+    sd = {k: v.clone() for k, v in transformers.LlamaForCausalLM(cfg).state_dict().items()}
+    assert torch.equal(sd["lm_head.weight"], sd["model.embed_tokens.weight"])
+    folder.mkdir()
+    save_file(sd, folder / "model.safetensors", metadata={"format": "pt"})
+    cfg.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("make", "embedding", "cls"),
+    [
+        (_gpt2_both, "transformer.wte.weight", "GPT2LMHeadModel"),
+        (_llama_both, "model.embed_tokens.weight", "LlamaForCausalLM"),
+    ],
+)
+def test_a_resize_of_the_embedding_resizes_the_saved_lm_head_too(tmp_path, make, embedding, cls):
+    """Was: only the embedding grew, with a warning naming the `--resize` to add for
+    `lm_head.weight`, and the output did not load (a size mismatch)."""
+    transformers = pytest.importorskip("transformers")
+    src = make(tmp_path / "src")
+    before = load_file(src / "model.safetensors")
+    out = tmp_path / "out"
+    res = run("apply", str(src), "--resize", f"{embedding}=[56,*]", "-o", str(out), "-q")
+    assert res.exit_code == 0, res.output
+    assert "warning" not in res.stderr, res.stderr
+    new = load_file(out / "model.safetensors")
+    assert new[embedding].shape == new["lm_head.weight"].shape == (56, 16)
+    assert torch.equal(new[embedding], new["lm_head.weight"])  # the same new rows
+    assert torch.equal(new[embedding][:50], before[embedding])
+    model = load_clean(getattr(transformers, cls), out)
+    assert model.config.vocab_size == 56
+    assert torch.equal(model.get_output_embeddings().weight.detach(), new[embedding])
+    doc = json.loads((out / "reinit-report.json").read_text())
+    head = next(t for t in doc["tensors"] if t["name"] == "lm_head.weight")
+    assert head["notes"] == [
+        "resized [50, 16] -> [56, 16] (6 new rows by mean_resize)",
+        f"tied with {embedding}",
+    ]
+    # `report --against` replays the resize with the tie: nothing unexplained, no warning
+    res = run("report", str(out), "--against", str(src))
+    assert res.exit_code == 0, res.output
+    assert "warning" not in res.stderr and "differ from the baseline" not in res.output
+
+
+def test_a_rule_on_a_resized_tied_embedding_sets_the_saved_lm_head_too(tmp_path):
+    src = _gpt2_both(tmp_path / "gpt2")
+    out = tmp_path / "out.safetensors"
+    res = run("apply", str(src), "--resize", "lm_head.weight=[56,*]",
+              "-r", "transformer.wte.weight=normal(std=0.05)", "-o", str(out), "-q")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    new = load_file(out)
+    g = torch.Generator().manual_seed(seed_for(0, "transformer.wte.weight"))
+    expected = torch.nn.init.normal_(torch.empty(56, 16), 0.0, 0.05, generator=g)
+    assert torch.equal(new["transformer.wte.weight"], expected)
+    assert torch.equal(new["lm_head.weight"], expected)

@@ -4,12 +4,16 @@ whose config ties word embeddings. Safetensors cannot alias, so the file holds t
 the model's tie (transformers' own, read off the model its config builds) makes them one group,
 which `planning.ties` keeps consistent: a rule on one gives both the same values.
 
+A `--resize` of one member resizes the group (`resize_ties`, asked before the surgery), as
+for names that share storage, so the two copies stay equal.
+
 Only asked when a changed tensor could be one (a 2-D tensor of the vocabulary's length with a
 same-shaped partner in the checkpoint), so other runs never build the model."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from reinit.errors import ReinitError
@@ -17,7 +21,7 @@ from reinit.io.checkpoint import Checkpoint
 from reinit.planning.model import ModelView, tied_copies
 from reinit.planning.planner import Plan
 
-__all__ = ["config_ties"]
+__all__ = ["config_ties", "resize_ties"]
 
 
 def config_ties(
@@ -27,11 +31,30 @@ def config_ties(
     its group (as `Checkpoint.aliases`). The model is `view`'s, else the one the config
     (`config`, else the checkpoint's config.json, read only when a changed tensor could be
     tied) builds; {} when there is none or it ties nothing the checkpoint holds twice."""
-    if ckpt.aliases() or not _could_be_tied(plan, None):
+    changed = [tuple(e.shape) for e in plan.entries if e.changes]
+    return _ties(ckpt, view, config, changed, [tuple(e.shape) for e in plan.entries])
+
+
+def resize_ties(ckpt: Checkpoint, config: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """`config_ties` of the source before a `--resize` (any tensor may be the one resized):
+    the names a resize of one member resizes together."""
+    shapes = [tuple(r.shape) for r in ckpt.refs()]
+    return _ties(ckpt, None, config, shapes, shapes)
+
+
+def _ties(
+    ckpt: Checkpoint,
+    view: ModelView | None,
+    config: Mapping[str, Any] | None,
+    changed: Sequence[tuple[int, ...]],
+    shapes: Sequence[tuple[int, ...]],
+) -> dict[str, str]:
+    """`config_ties` for tensors of shapes `changed` among all the checkpoint's `shapes`."""
+    if ckpt.aliases() or not _could_be_tied(changed, shapes, None):
         return {}
     if view is None:
         config = config if config is not None else ckpt.config()
-        if config is None or not _could_be_tied(plan, config):
+        if config is None or not _could_be_tied(changed, shapes, config):
             return {}
         view = _own_view(ckpt, config)
     if view is None:
@@ -53,24 +76,23 @@ def _vocab_size(config: Mapping[str, Any]) -> object:
     return own if own is not None or not isinstance(text, Mapping) else text.get("vocab_size")
 
 
-def _could_be_tied(plan: Plan, config: Mapping[str, Any] | None) -> bool:
-    """Whether a changed tensor has a same-shaped partner that an embedding tie could make:
-    with a config (no `--model`), one that ties word embeddings and a tensor of its
-    vocabulary's length. Cheap: decides whether the model is built at all."""
+def _could_be_tied(
+    changed: Sequence[tuple[int, ...]],
+    shapes: Sequence[tuple[int, ...]],
+    config: Mapping[str, Any] | None,
+) -> bool:
+    """Whether a changed tensor (of a shape in `changed`) has a same-shaped partner that an
+    embedding tie could make: with a config (no `--model`), one that ties word embeddings and
+    a tensor of its vocabulary's length. Cheap: decides whether the model is built at all."""
     vocab: object = None
     if config is not None:
         if "model_type" not in config or config.get("tie_word_embeddings") is False:
             return False
         vocab = _vocab_size(config)
-    shapes: dict[tuple[int, ...], int] = {}
-    for e in plan.entries:
-        shapes[tuple(e.shape)] = shapes.get(tuple(e.shape), 0) + 1
+    count = Counter(shapes)
     return any(
-        e.changes
-        and len(e.shape) == 2
-        and shapes[tuple(e.shape)] > 1
-        and (config is None or e.shape[0] == vocab)
-        for e in plan.entries
+        len(shape) == 2 and count[shape] > 1 and (config is None or shape[0] == vocab)
+        for shape in changed
     )
 
 

@@ -17,7 +17,7 @@ from reinit.io.checkpoint import Checkpoint
 from reinit.io.sources import open_checkpoint
 from reinit.io.trust import TrustSpec
 from reinit.options import PLAN_FIELDS, ApplyOptions, OptionKwargs, with_kwargs
-from reinit.planning.config_ties import config_ties
+from reinit.planning.config_ties import config_ties, resize_ties
 from reinit.planning.edited import EditedCheckpoint
 from reinit.planning.fresh import ModelCheckpoint, mark_fresh
 from reinit.planning.model import Model, ModelInput, ModelView, check_default
@@ -182,7 +182,7 @@ def plan(
     rule_objs = as_rules(rules)
     with ExitStack() as stack:
         ckpt = stack.enter_context(open_source(source, unsafe_pickle, progress, o.key))
-        ckpt, edited = edit_checkpoint(ckpt, surgery, allow_unmatched)
+        ckpt, edited = edit_checkpoint(ckpt, surgery, allow_unmatched, config=config)
         pool = stack.enter_context(SourcePool(ckpt, unsafe_pickle, progress))
         view = model_view(model, ckpt)
         return plan_for(ckpt, rule_objs, strict, allow_unmatched, pool, view, config, edited)[0]
@@ -194,14 +194,24 @@ def edit_checkpoint(
     allow_unmatched: bool,
     seed: int = 0,
     device: str = "cpu",
+    config: Mapping[str, Any] | None = None,
 ) -> tuple[Checkpoint, Edited | None]:
     """The checkpoint as `--drop/--rename/--resize/--add` leave it (itself when there are none), and
-    the edit (which `plan_for` marks on the plan: added, renamed, dropped)."""
+    the edit (which `plan_for` marks on the plan: added, renamed, dropped). Tied names resize
+    together: those that share storage, and those the model's config (`config`, else the
+    checkpoint's config.json) ties while the file holds two equal copies."""
     if not surgery:
         return ckpt, None
     surgery = resolve_fills(surgery, ckpt.config)
-    aliases = ckpt.aliases() if surgery.resizes else {}  # tied names resize together
-    edited = edit_refs(ckpt.refs(), surgery, allow_unmatched=allow_unmatched, aliases=aliases)
+    aliases = ckpt.aliases() if surgery.resizes else {}
+    by_config = resize_ties(ckpt, config) if surgery.resizes else {}
+    edited = edit_refs(
+        ckpt.refs(),
+        surgery,
+        allow_unmatched=allow_unmatched,
+        aliases=aliases,
+        config_tied=by_config,
+    )
     return EditedCheckpoint(ckpt, edited, seed, device), edited
 
 
@@ -240,6 +250,8 @@ def plan_for(
         result = check_transplants(result, pool)
         check_strict(result, strict)
     tied_by_config = config_ties(result, ckpt, view, config)
+    if edited is not None:  # a group resized together: no longer of the config's vocabulary
+        tied_by_config = {**edited.tied, **tied_by_config}
     return resolve_ties(result, ckpt.aliases(), tied_by_config)
 
 

@@ -251,6 +251,9 @@ class Edited:
     dropped: tuple[str, ...]
     warnings: tuple[str, ...] = ()
     resized: Mapping[str, Resized] = field(default_factory=dict)  # output name -> its resize
+    # the names the model's config ties while the file holds two equal copies (as
+    # `Checkpoint.aliases`, output names): resized together, so still one tie group
+    tied: Mapping[str, str] = field(default_factory=dict)
 
 
 def _unmatched(
@@ -268,20 +271,21 @@ def edit_refs(
     *,
     allow_unmatched: bool = False,
     aliases: Mapping[str, str] | None = None,
+    config_tied: Mapping[str, str] | None = None,
 ) -> Edited:
     """Drop, then rename, then resize, then add. Usage errors: a pattern that matches nothing
     (unless allowed), two tensors renamed to one name, a resize of a missing name or of the
     wrong rank, an added name that already exists. `aliases` (the source's tied names) make a
-    resize of one tied name resize its group."""
+    resize of one tied name resize its group; so do `config_tied` (the names the model's
+    config ties, held as two equal copies: `planning.config_ties.resize_ties`)."""
     warnings: list[str] = []
     kept, dropped = _drop(refs, surgery.drops, allow_unmatched, warnings)
     current = _rename([r.name for r in kept], surgery.renames, allow_unmatched, warnings)
     _check_distinct(kept, current)
     out_refs = [replace(r, name=new) for r, new in zip(kept, current, strict=True)]
     origin = {new: r.name for r, new in zip(kept, current, strict=True)}
-    resized = _resize_refs(
-        out_refs, origin, surgery.resizes, aliases or {}, allow_unmatched, warnings
-    )
+    tied = {**(aliases or {}), **(config_tied or {})}
+    resized = _resize_refs(out_refs, origin, surgery.resizes, tied, allow_unmatched, warnings)
     out_refs = [
         replace(r, shape=resized[r.name].shape) if r.name in resized else r for r in out_refs
     ]
@@ -289,7 +293,16 @@ def edit_refs(
     added = _add(out_refs, origin, surgery.adds, shards[-1])
     if refs and not out_refs and not added:
         _refuse_empty(surgery, dropped)
-    return Edited(tuple(out_refs), origin, added, tuple(dropped), tuple(warnings), resized)
+    kept_ties = _renamed_ties(config_tied or {}, origin)
+    return Edited(
+        tuple(out_refs), origin, added, tuple(dropped), tuple(warnings), resized, kept_ties
+    )
+
+
+def _renamed_ties(tied: Mapping[str, str], origin: Mapping[str, str]) -> dict[str, str]:
+    """The tied names (source names) that surgery kept, under their output names."""
+    new_name = {old: new for new, old in origin.items()}
+    return {new_name[a]: new_name[b] for a, b in tied.items() if a in new_name and b in new_name}
 
 
 def _refuse_empty(surgery: Surgery, dropped: Sequence[str]) -> None:

@@ -98,23 +98,27 @@ def resolve_ties(
         changing = [e for e in members if e.changes]
         if not changing:
             continue
-        first = changing[0]
+        # a rule wins over the --resize's own fill of a tied member, as over its own
+        ruled = [e for e in changing if not e.resize_fills] or changing
+        first = ruled[0]
         tied_by_config = group[0] in declared
         how = "the model's config ties them" if tied_by_config else "shares its storage"
         for e in members:
-            if e.rule is not None and e.rule != first.rule:
+            overridden = e.resize_fills and not first.resize_fills
+            if e.rule is not None and e.rule != first.rule and not overridden:
                 raise _conflict(group, first, e, "different rules hit them", tied_by_config)
         if first.action == "transplant":
-            _check_same_source(group, changing)
+            _check_same_source(group, ruled)
         defining[group[0]] = first
         for e in members:
-            if e.changes:
+            if e.changes and (first.resize_fills or not e.resize_fills):
                 continue
             replaced[e.name] = replace(
                 e,
                 action=first.action,
                 rule=first.rule,
                 captures=first.captures,
+                resize_fills=first.resize_fills,
                 reason=f"tied with '{first.name}' ({how}), so it takes the same values",
             )
     entries = tuple(replaced.get(e.name, e) for e in plan.entries)

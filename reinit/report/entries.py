@@ -7,9 +7,11 @@ __all__ = [
     "NOTE_NEW",
     "NOTE_SHAPE",
     "Report",
+    "ReportStep",
     "Summary",
     "TensorEntry",
     "kept_entry",
+    "step_lines",
     "var_gain",
 ]
 
@@ -146,6 +148,50 @@ class Summary:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class ReportStep:
+    """One step of an output made in several (a recipe's steps, or applies chained through
+    files), as its record holds it: the seed, the rules and the surgery as written (`--drop
+    X`, …, in the order surgery runs; None: too large to have been recorded)."""
+
+    seed: int
+    rules: tuple[str, ...]
+    surgery: tuple[str, ...] | None = ()
+
+    def to_dict(self) -> dict[str, JSON]:
+        surgery: JSON = None if self.surgery is None else list[JSON](self.surgery)
+        return {"seed": self.seed, "rules": list[JSON](self.rules), "surgery": surgery}
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> ReportStep:
+        surgery = d.get("surgery", ())
+        return ReportStep(
+            int(d["seed"]),
+            tuple(d.get("rules", ())),
+            None if surgery is None else tuple(surgery),
+        )
+
+    def text(self) -> str:
+        """`seed 0, rules a=kaiming, b=zeros; --resize c=[56,*]`."""
+        rules = ", ".join(self.rules) or "(none)"
+        surgery = (
+            "; surgery not recorded"
+            if self.surgery is None
+            else "".join(f"; {t}" for t in self.surgery)
+        )
+        return f"seed {self.seed}, rules {rules}{surgery}"
+
+
+def step_lines(steps: tuple[ReportStep, ...] | None) -> list[str]:
+    """`step 1 of 3: seed 0, rules …`, one line per step of an output made in several; for
+    one whose earlier steps are not known, a line that says so; none for one step."""
+    if steps is None:
+        return ["made in several steps; the steps before the last are not recorded"]
+    if not steps:
+        return []
+    return [f"step {i} of {len(steps)}: {st.text()}" for i, st in enumerate(steps, 1)]
+
+
 _ROWS = "\x00reinit-tensor-rows\x00"  # to_json's placeholder for the tensor rows
 
 
@@ -164,6 +210,9 @@ class Report:
     warnings: tuple[str, ...] = field(default=())
     dropped: tuple[str, ...] = field(default=())  # names removed by --drop
     notes: tuple[str, ...] = field(default=())  # config.json fields changed, files not copied
+    # every step of an output made in several (its record's, oldest first); () for one step
+    # (then the JSON has no "steps"), None when the steps before the last are not recorded
+    steps: tuple[ReportStep, ...] | None = field(default=())
 
     def to_dict(self) -> dict[str, JSON]:
         """The JSON report (docs/reference.md) as Python values (non-finite numbers as floats)."""
@@ -179,7 +228,13 @@ class Report:
             "tensors": tensors,
             "summary": self.summary.to_dict(),
             "dropped": list(self.dropped),
+            **self._steps_field(),
         }
+
+    def _steps_field(self) -> dict[str, JSON]:
+        if self.steps == ():
+            return {}  # one step: its seed and rules above, the JSON as it always was
+        return {"steps": None if self.steps is None else [st.to_dict() for st in self.steps]}
 
     def to_json(self, indent: int | None = 2, end: str = "") -> str:
         """The report as JSON (then `end`): indented, with one line per tensor.
@@ -229,7 +284,15 @@ class Report:
             tensors=tuple(TensorEntry.from_dict(t) for t in d["tensors"]),
             summary=Summary(**d["summary"]),
             dropped=tuple(d.get("dropped", ())),
+            steps=Report._steps_of(d),
         )
+
+    @staticmethod
+    def _steps_of(d: Mapping[str, Any]) -> tuple[ReportStep, ...] | None:
+        if "steps" not in d:
+            return ()
+        steps = d["steps"]
+        return None if steps is None else tuple(ReportStep.from_dict(st) for st in steps)
 
     def entry(self, name: str) -> TensorEntry:
         for t in self.tensors:

@@ -173,7 +173,9 @@ def prepare(stack: ExitStack, job: Job, o: ApplyOptions) -> Prepared:
     then plan (`plan_on`)."""
     ckpt = stack.enter_context(open_source(job.source, o.unsafe_pickle, o.progress, o.key))
     source_config = ckpt.config  # read only when needed (on the Hub: one more download)
-    ckpt, edited = edit_checkpoint(ckpt, job.surgery, o.allow_unmatched, o.seed, job.device)
+    ckpt, edited = edit_checkpoint(
+        ckpt, job.surgery, o.allow_unmatched, o.seed, job.device, o.config
+    )
     return plan_on(stack, job, ckpt, o, model_view(o.model, ckpt), edited, source_config)
 
 

@@ -45,6 +45,7 @@ from reinit.schemes import (
     generate,
     generate_chunked,
     keep_thread_count,
+    use_thread_count,
 )
 from reinit.schemes.parts import apply_part, part_indices
 
@@ -482,6 +483,11 @@ class Applier:
             for _, chunk in read_stream(ck, [key], self.pool):
                 yield p.name, chunk
 
+    def _draw_on(self, threads: int, p: PlanEntry) -> tuple[torch.Tensor, Stats]:
+        """`_draw` in a draw thread, on torch's thread count `threads` (the run's)."""
+        use_thread_count(threads)
+        return self._draw(p)
+
     def _draw(self, p: PlanEntry) -> tuple[torch.Tensor, Stats]:
         """A reinit entry's values and their statistics, on a drawing thread."""
         new = self._reinit(p)
@@ -566,10 +572,11 @@ class Applier:
         self._ahead = self._plan_ahead(entries)
         reads = prefetch(self._source_chunks(entries), READ_AHEAD, "reinit-read")
         pending = deque(p for p in entries if p.action == "reinit" and not self._tied(p))
-        threads = keep_thread_count() if pending else nullcontext()  # outlives the pool
+        # outlives the pool; each draw runs on the count the run began with
+        threads = keep_thread_count() if pending else nullcontext(0)
         with (
             self._source_worker(entries),
-            threads,
+            threads as count,
             ThreadPoolExecutor(DRAW_THREADS, thread_name_prefix="reinit-draw") as pool,
         ):
             # float32 bytes of the tensors drawn ahead or being written, by name
@@ -582,7 +589,7 @@ class Applier:
                         break
                     q = pending.popleft()
                     ahead[q.name] = size
-                    self._drawn[q.name] = pool.submit(self._draw, q)
+                    self._drawn[q.name] = pool.submit(self._draw_on, count, q)
 
             self._top_up = top_up
             try:

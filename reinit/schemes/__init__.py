@@ -15,7 +15,7 @@ from reinit.schemes.base import BoundScheme, FillContext, Param, Scheme, bind, c
 from reinit.schemes.gain import NONLINEARITIES, calculate_gain
 from reinit.schemes.model_default import DEFAULT, DEFAULT_SCHEMES
 from reinit.schemes.structural import STRUCTURAL_SCHEMES
-from reinit.schemes.torch_init import TORCH_SCHEMES, keep_thread_count
+from reinit.schemes.torch_init import TORCH_SCHEMES, keep_thread_count, use_thread_count
 from reinit.schemes.transformer import TRANSFORMER_SCHEMES
 from reinit.schemes.variance import VARIANCE_SCHEMES
 
@@ -36,6 +36,7 @@ __all__ = [
     "generate_chunked",
     "get_scheme",
     "keep_thread_count",
+    "use_thread_count",
     "resolve_from_config",
     "seed_for",
 ]

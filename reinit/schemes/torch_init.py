@@ -17,7 +17,7 @@ from reinit.schemes.base import Args, Param, Scheme, Shape
 from reinit.schemes.gain import calculate_gain, canonical, gain_value
 from reinit.schemes.shapes import GAIN, fans, needs_2d_or_more, needs_exactly_2d
 
-__all__ = ["TORCH_SCHEMES", "keep_thread_count", "truncated_normal_std"]
+__all__ = ["TORCH_SCHEMES", "keep_thread_count", "truncated_normal_std", "use_thread_count"]
 
 _SQRT12 = math.sqrt(12.0)
 
@@ -133,8 +133,9 @@ def _orthogonal_fill(t: torch.Tensor, g: torch.Generator, args: Args) -> None:
 
 
 @contextmanager
-def keep_thread_count() -> Iterator[None]:
-    """Put torch's thread count back as it was when the block began, for threads made later.
+def keep_thread_count() -> Iterator[int]:
+    """Put torch's thread count back as it was when the block began, for threads made later;
+    the block gets that count, for `use_thread_count` in its draw threads.
 
     `_orthogonal_fill` runs in reinit's draw threads. `torch.set_num_threads` there sets the
     count each thread adopts when it first uses torch, process-wide: a draw thread that starts
@@ -144,8 +145,18 @@ def keep_thread_count() -> Iterator[None]:
     every draw thread has finished."""
     threads = torch.get_num_threads()
     try:
-        yield
+        yield threads
     finally:
+        torch.set_num_threads(threads)
+
+
+def use_thread_count(threads: int) -> None:
+    """The calling draw thread's torch thread count set to `threads`, the count its run began
+    with (`keep_thread_count`), where it differs. A draw thread that first used torch while
+    another held 1 for `_orthogonal_fill` adopted 1, and its own orthogonal put back 1: it
+    drew on one core for the rest of the run. Called before each draw, so a thread is at 1
+    only inside its own `_orthogonal_fill`."""
+    if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
 
 

@@ -30,12 +30,20 @@ from reinit.io.sources import open_checkpoint
 from reinit.io.targets import Inputs
 from reinit.io.trust import TrustSpec
 from reinit.report.assemble import make_report
-from reinit.report.entries import NOTE_CHANGED, NOTE_NEW, NOTE_SHAPE, Report, TensorEntry
+from reinit.report.entries import (
+    NOTE_CHANGED,
+    NOTE_NEW,
+    NOTE_SHAPE,
+    Report,
+    ReportStep,
+    TensorEntry,
+)
 from reinit.report.progress import Progress, progress_bar
 from reinit.report.reference import REFERENCE_TOLERANCE, ReferenceBasis, basis_for
 from reinit.report.stats import StatsAccumulator
 from reinit.report.views import check_formats, publish_report_files, report_targets
 from reinit.run.ranks import Group, split_map
+from reinit.run.record import Provenance, SurgeryTexts
 from reinit.tools.provenance import recorded_provenance
 from reinit.tools.raw_report import raw_entries
 
@@ -86,6 +94,8 @@ def report_checkpoint(
         if against is not None:
             base = stack.enter_context(_opened(against, unsafe_pickle, progress))
             base, seen_as = _under_names_of(base, ckpt, against)
+            if seen_as is None:  # SOURCE per-expert, the baseline under the model's names
+                ckpt, seen_as = _under_names_of(ckpt, base, source)
             from reinit.tools.verdict import replay_of
 
             replay = replay_of(record, ckpt, base, model)
@@ -117,6 +127,8 @@ def report_checkpoint(
             report = replace(report, warnings=(*report.warnings, *warnings))
         if seen_as:
             report = replace(report, notes=(*report.notes, seen_as))
+        if record is not None:
+            report = replace(report, steps=report_steps(record))
         if base is not None:
             missing = [n for n in base.names() if n not in ckpt and n not in renamed]
             from reinit.planning.dcp_names import held_under_model_names  # torch: --against
@@ -138,6 +150,24 @@ def report_checkpoint(
         return report
 
 
+def report_steps(record: Provenance) -> tuple[ReportStep, ...] | None:
+    """The report's `steps`: every step the record holds when it holds more than its own
+    (() for one: the report's seed and rules say it all), None when those before are unknown."""
+    steps = record.steps
+    if steps is None:
+        return None
+    if len(steps) < 2:
+        return ()
+    return tuple(ReportStep(st.seed, st.rules, _surgery_texts(st.surgery)) for st in steps)
+
+
+def _surgery_texts(surgery: SurgeryTexts | None) -> tuple[str, ...] | None:
+    """A step's surgery as written (`--drop X`, ..., in the order it runs)."""
+    if surgery is None:
+        return None
+    return tuple(f"--{k} {t}" for k, texts in surgery.to_dict().items() for t in texts)
+
+
 def _basis(
     ckpt: Checkpoint, base: Checkpoint | None, view: ModelView | None, seed: int
 ) -> ReferenceBasis:
@@ -156,7 +186,8 @@ def _under_names_of(
     """The baseline under SOURCE's names where SOURCE holds its per-expert tensors under the
     model's `state_dict()` names (a `--format dcp` output: `planning.model_named`), with the
     note that says so; else the baseline as it is. Only where each holds names the other
-    lacks (the model is built, so torch is loaded, then only)."""
+    lacks (the model is built, so torch is loaded, then only). Called the other way round
+    (`base` SOURCE, `ckpt` the baseline), SOURCE under the baseline's names."""
     if all(n in ckpt for n in base.names()) or all(n in base for n in ckpt.names()):
         return base, None
     from reinit.planning.model_named import ModelNamedCheckpoint, under_names_of

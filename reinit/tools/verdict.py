@@ -42,7 +42,7 @@ import torch
 
 from reinit.errors import ReinitError, SchemeError
 from reinit.io.checkpoint import Checkpoint, TensorRef
-from reinit.planning.config_ties import config_ties
+from reinit.planning.config_ties import config_ties, resize_ties
 from reinit.planning.init_trace import AppliedInit
 from reinit.planning.model import ModelInput, ModelView, check_default, default_init
 from reinit.planning.planner import Plan, PlanEntry, check_model_needs, plan
@@ -145,8 +145,8 @@ def _surgery_on(
 ) -> tuple[tuple[Stage, ...], tuple[str, ...]]:
     """Each step's recorded surgery run again on the names before it, from the baseline's,
     when together they give OUT's tensors (names and shapes); else stages planned on OUT's
-    names with no surgery, and why."""
-    refs, aliases = tuple(base.refs()), base.aliases()
+    names with no surgery, and why. Tied names resize together, as apply resized them."""
+    refs, aliases = tuple(base.refs()), _resize_aliases(steps, base)
     stages: list[Stage] = []
     for i, step in enumerate(steps):
         edited, why = _step_surgery(step, refs, aliases)
@@ -163,6 +163,14 @@ def _surgery_on(
         return _unedited(steps, ckpt), (_set_aside(ckpt, why, None, len(steps)),)
     last = stages[-1]
     return (*stages[:-1], replace(last, refs=tuple(ckpt.refs()))), ()
+
+
+def _resize_aliases(steps: Sequence[Provenance], base: Checkpoint) -> dict[str, str]:
+    """The baseline's tied names (shared storage, or the config's tie of two equal copies:
+    read only when a step resizes)."""
+    if not any(st.surgery is not None and st.surgery.resize for st in steps):
+        return base.aliases()
+    return {**base.aliases(), **resize_ties(base)}
 
 
 def _step_surgery(

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from reinit.io.targets import Inputs, check_distinct, check_suffix, check_target
-from reinit.report.entries import Report
+from reinit.report.entries import Report, step_lines
 from reinit.report.views._kinds import kinds_markdown
 from reinit.report.views._layers import layer_tables, layers_markdown
 from reinit.report.views._plot import draw_plot
@@ -121,6 +121,7 @@ def to_markdown(report: Report) -> str:
         f"- output: {md_cell(report.output or '(none)')}",
         f"- seed: {report.seed}",
         f"- rules: {', '.join(md_code(r) for r in report.rules) or '(none)'}",
+        *(f"- {md_cell(line)}" for line in step_lines(report.steps)),
         f"- {summary_line(report)}",
         *(f"- warning: {md_cell(w)}" for w in report.warnings),
         *(f"- {md_cell(line)}" for line in depth_lines(report.tensors)),

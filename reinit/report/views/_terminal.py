@@ -9,7 +9,7 @@ import textwrap
 from collections import defaultdict
 from collections.abc import Sequence
 
-from reinit.report.entries import NOTE_CHANGED, Report, TensorEntry
+from reinit.report.entries import NOTE_CHANGED, Report, TensorEntry, step_lines
 from reinit.report.flags import depth_checks
 from reinit.report.reference import reference_text
 from reinit.report.views._group_table import GroupRow, render_group_table
@@ -139,6 +139,10 @@ def render_terminal(
     listed = [e for e in report.tensors if set(e.flags) - {"unstable_depth"} or is_changed(e)]
     skipped = [e for e in report.tensors if e.action == "skipped"]
     lines = fit_items(summary_line(report).split(", "), width)
+    for line in step_lines(report.steps):  # an output made in several steps: each of them
+        lines.append(
+            textwrap.fill(shown(line), width, subsequent_indent="    ", break_on_hyphens=False)
+        )
     if report.output:
         lines.append(f"wrote {shown(report.output)}")
     if listed:

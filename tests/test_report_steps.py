@@ -1,0 +1,68 @@
+"""`reinit report OUT` of an output made in several steps (a recipe's, or applies chained
+through files) lists every step its record holds in its header (terminal, Markdown) and in the
+JSON's `steps`; a one-step output's report is as it always was (no `steps`, no step line).
+Was: the header gave the last step's seed and rules only."""
+
+from __future__ import annotations
+
+import json
+
+from helpers import run, tiny_bert
+
+import reinit
+
+FIRST = "encoder.layer.0.*.weight=normal(std=0.02)"
+LAST = "*.bias=zeros"
+
+
+def _two_steps(tmp_path):
+    """The same two steps as a recipe and as two applies chained through files."""
+    src = tiny_bert(tmp_path / "bert")
+    (tmp_path / "r.yaml").write_text(
+        f"source: {src}\noutput: {tmp_path / 'recipe'}/\nsteps:\n"
+        f"  - rules: ['{FIRST}']\n    seed: 3\n"
+        f"  - rules: ['{LAST}']\n    drop: ['pooler.*']\n"
+    )
+    assert run("run", tmp_path / "r.yaml", "-q").exit_code == 0
+    mid, out = tmp_path / "mid", tmp_path / "chained"
+    assert run("apply", src, "-r", FIRST, "--seed", "3", "-o", f"{mid}/", "-q").exit_code == 0
+    res = run("apply", mid, "-r", LAST, "--drop", "pooler.*", "-o", f"{out}/", "-q")
+    assert res.exit_code == 0, res.output
+    return tmp_path / "recipe", out, mid
+
+
+STEPS = [
+    f"step 1 of 2: seed 3, rules {FIRST}",
+    f"step 2 of 2: seed 0, rules {LAST}; --drop pooler.*",
+]
+
+
+def test_every_step_is_in_the_terminal_json_and_markdown_reports(tmp_path):
+    for out in _two_steps(tmp_path)[:2]:
+        res = run("report", out)
+        assert res.exit_code == 0, res.output
+        assert res.output.splitlines()[1:3] == STEPS, res.output
+        doc = json.loads(run("report", out, "--json").stdout)
+        assert doc["seed"] == 0 and doc["rules"] == [LAST]  # the last step's, as before
+        assert doc["steps"] == [
+            {"seed": 3, "rules": [FIRST], "surgery": []},
+            {"seed": 0, "rules": [LAST], "surgery": ["--drop pooler.*"]},
+        ]
+        assert reinit.Report.from_dict(doc).to_dict()["steps"] == doc["steps"]  # read back whole
+        md = tmp_path / f"{out.name}.md"
+        assert run("report", out, "-o", md).exit_code == 0
+        assert [f"- {line}" for line in STEPS] == [
+            ln for ln in md.read_text().splitlines() if ln.startswith("- step ")
+        ]
+
+
+def test_a_one_step_output_reports_as_before(tmp_path):
+    mid = _two_steps(tmp_path)[2]
+    res = run("report", mid)
+    assert res.exit_code == 0, res.output
+    assert "step 1" not in res.output
+    doc = json.loads(run("report", mid, "--json").stdout)
+    assert "steps" not in doc and doc["seed"] == 3 and doc["rules"] == [FIRST]
+    assert list(doc) == [
+        "reinit_version", "source", "output", "seed", "rules", "tensors", "summary", "dropped",
+    ]  # fmt: skip
