@@ -109,54 +109,104 @@ def test_a_run_leaves_the_thread_count_of_later_threads_as_it_was(where, tmp_pat
     assert seen == [2] * 30
 
 
+def _me() -> str:
+    return threading.current_thread().name
+
+
+class QrRace:
+    """Forces the race of `test_each_draw_runs_on_...`: the second draw thread first uses
+    torch while the first one's orthogonal holds the count at 1, and that QR goes on only once
+    the second thread asks for the run's thread-count lock. Records the count each draw runs
+    on and any count change made while another thread's QR runs."""
+
+    def __init__(self):
+        from reinit.run.stream import Applier
+
+        self.seen: list[tuple[str, int]] = []
+        self.under_qr: list[str] = []
+        self.holder: list[str] = []  # the thread of the first draw: its orthogonal holds 1
+        self.in_qr: list[str] = []
+        self.holding, self.trying, self.pick = (
+            threading.Event(),
+            threading.Event(),
+            threading.Lock(),
+        )
+        self.lock = threading.Lock()
+        self.draw_on, self.draw = Applier._draw_on, Applier._draw
+        self.orthogonal, self.set_threads = torch.nn.init.orthogonal_, torch.set_num_threads
+
+    def begin(self, applier, threads, p):  # Applier._draw_on
+        with self.pick:
+            self.holder[:] = self.holder or [_me()]
+        if _me() != self.holder[0]:  # first uses torch only while the holder is at 1
+            assert self.holding.wait(60), "the first orthogonal never began"
+        return self.draw_on(applier, threads, p)
+
+    def probe(self, applier, p):  # Applier._draw
+        self.seen.append((_me(), torch.get_num_threads()))
+        return self.draw(applier, p)
+
+    def held(self, t, gain=1.0, generator=None):  # torch.nn.init.orthogonal_
+        self.in_qr.append(_me())
+        try:
+            if _me() == self.holder[0] and not self.holding.is_set():
+                assert torch.get_num_threads() == 1
+                self.holding.set()
+                assert self.trying.wait(60), "the second thread never asked to set the count"
+            return self.orthogonal(t, gain, generator=generator)
+        finally:
+            self.in_qr.remove(_me())
+
+    def set_num_threads(self, n):  # torch.set_num_threads
+        if any(t != _me() for t in self.in_qr):
+            self.under_qr.append(_me())
+            self.trying.set()  # it asked, without the lock: the held QR goes on
+        self.set_threads(n)
+
+    def __enter__(self):  # the run's thread-count lock (torch_init._THREAD_COUNT)
+        if self.holder and _me() != self.holder[0]:
+            self.trying.set()
+        self.lock.acquire()
+
+    def __exit__(self, *exc):
+        self.lock.release()
+
+
 @pytest.mark.parametrize("where", ["file", "memory"])
-def test_each_draw_runs_on_the_runs_thread_count(where, tmp_path, monkeypatch):
+def test_each_draw_runs_on_the_runs_thread_count_and_no_count_changes_under_a_qr(
+    where, tmp_path, monkeypatch
+):
     """A draw thread that first uses torch while another holds the count at 1 (inside its
-    `orthogonal`) adopts 1, and its own orthogonal put back 1: it drew every later tensor on
-    one core. Made to happen every time: the other draw thread begins only while the first
-    orthogonal holds 1, which waits for it; each draw records the count it runs on, which is
-    now the run's (2) every time. Was: the second thread's draws ran on 1."""
+    `orthogonal`) adopts 1; it used to draw every later tensor on one core. And the count
+    LAPACK's QR runs on is process-wide: that thread setting it back while the other's QR ran
+    would run the QR on two threads, which rounds differently. Made to happen every time
+    (`QrRace`). Now the change waits for the QR, no count changes under a QR, and every draw
+    runs on the run's count (2)."""
     from reinit.run.stream import Applier
+    from reinit.schemes import torch_init
 
     sd = {f"l{i}.weight": torch.zeros(8, 8) for i in range(8)}
     src = tmp_path / "orth.safetensors"
     save_file(sd, src)
-    seen: list[tuple[str, int]] = []
-    holder: list[str] = []  # the thread of the first draw: its orthogonal holds 1
-    holding, started, pick = threading.Event(), threading.Event(), threading.Lock()
-    draw, orthogonal = Applier._draw, torch.nn.init.orthogonal_
-
-    def probe(self, p):
-        me = threading.current_thread().name
-        with pick:
-            holder[:] = holder or [me]
-        if me != holder[0]:  # begin only while the holder is at 1
-            assert holding.wait(60), "the first orthogonal never began"
-        seen.append((me, torch.get_num_threads()))
-        if me != holder[0]:
-            started.set()
-        return draw(self, p)
-
-    def held(t, gain=1.0, generator=None):
-        if threading.current_thread().name == holder[0] and not holding.is_set():
-            assert torch.get_num_threads() == 1
-            holding.set()
-            assert started.wait(60), "the second draw thread never began a draw"
-        return orthogonal(t, gain, generator=generator)
-
-    monkeypatch.setattr(Applier, "_draw", probe)
-    monkeypatch.setattr(torch.nn.init, "orthogonal_", held)
+    race = QrRace()
+    monkeypatch.setattr(Applier, "_draw_on", lambda a, threads, p: race.begin(a, threads, p))
+    monkeypatch.setattr(Applier, "_draw", lambda a, p: race.probe(a, p))
+    monkeypatch.setattr(torch.nn.init, "orthogonal_", race.held)
+    monkeypatch.setattr(torch_init, "_THREAD_COUNT", race)
     before = torch.get_num_threads()
     try:
-        torch.set_num_threads(2)
+        race.set_threads(2)
+        monkeypatch.setattr(torch, "set_num_threads", race.set_num_threads)
         if where == "file":
             reinit.apply(src, ["*=orthogonal"], tmp_path / "o.safetensors")
         else:
             reinit.apply_to_state_dict(sd, ["*=orthogonal"])
     finally:
-        torch.set_num_threads(before)
-    assert len(seen) == 8 and len({name for name, _ in seen}) == 2, seen
-    assert [n for _, n in seen] == [2] * 8, seen
+        monkeypatch.setattr(torch, "set_num_threads", race.set_threads)
+        race.set_threads(before)
+    assert len(race.seen) == 8 and len({name for name, _ in race.seen}) == 2, race.seen
+    assert [n for _, n in race.seen] == [2] * 8, race.seen
+    assert race.under_qr == [], race.under_qr
 
 
 def test_order_of_non_overlapping_rules_does_not_matter(src, tmp_path):

@@ -7,6 +7,7 @@ positions torch draws from the global RNG; ours come from the tensor's generator
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, cast
@@ -120,16 +121,26 @@ def _sparse_std(shape: Shape, args: Args) -> float:
 # --- fills ------------------------------------------------------------------------------
 
 
+# Held by every `_orthogonal_fill` and every change of torch's thread count in a run. The
+# count LAPACK's QR (MKL here) runs on is process-wide, not per thread: a draw thread setting
+# it while another thread's QR runs would run that QR on several threads, which rounds
+# differently (a 3000x1500 QR here: 2.8e-7 apart on 1 and 2 threads), so the values would
+# depend on timing. So QRs run one at a time, and no count changes under one.
+_THREAD_COUNT = threading.Lock()
+
+
 def _orthogonal_fill(t: torch.Tensor, g: torch.Generator, args: Args) -> None:
     """torch's orthogonal_, with LAPACK's QR on one thread: a blocked QR on several threads
     rounds differently, and the output must not depend on the machine's thread count. (Equal,
-    bit for bit, to `init.orthogonal_` run under `torch.set_num_threads(1)`.)"""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.nn.init.orthogonal_(t, gain_value(args["gain"]), generator=g)
-    finally:
-        torch.set_num_threads(threads)
+    bit for bit, to `init.orthogonal_` run under `torch.set_num_threads(1)`.) One at a time,
+    under `_THREAD_COUNT`."""
+    with _THREAD_COUNT:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            torch.nn.init.orthogonal_(t, gain_value(args["gain"]), generator=g)
+        finally:
+            torch.set_num_threads(threads)
 
 
 @contextmanager
@@ -147,7 +158,8 @@ def keep_thread_count() -> Iterator[int]:
     try:
         yield threads
     finally:
-        torch.set_num_threads(threads)
+        with _THREAD_COUNT:
+            torch.set_num_threads(threads)
 
 
 def use_thread_count(threads: int) -> None:
@@ -155,9 +167,10 @@ def use_thread_count(threads: int) -> None:
     with (`keep_thread_count`), where it differs. A draw thread that first used torch while
     another held 1 for `_orthogonal_fill` adopted 1, and its own orthogonal put back 1: it
     drew on one core for the rest of the run. Called before each draw, so a thread is at 1
-    only inside its own `_orthogonal_fill`."""
+    only inside its own `_orthogonal_fill`. Under `_THREAD_COUNT`: never while a QR runs."""
     if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
+        with _THREAD_COUNT:
+            torch.set_num_threads(threads)
 
 
 def _sparse_fill(t: torch.Tensor, g: torch.Generator, args: Args) -> None:
