@@ -338,10 +338,7 @@ def _unplanned(ckpt: Checkpoint, replay: Replay, index: int, e: ReinitError) -> 
     count = len(replay.stages)
     which = f" (step {index + 1} of the {count} it replays)" if count > 1 else ""
     unjudged = "the tensors that differ are judged without its rules"
-    if replay.view is None and any(
-        r.pattern.module_types or (r.scheme is not None and r.scheme.name == DEFAULT)
-        for r in parse_rules(step.rules)
-    ):
+    if replay.view is None and _needs_model(step.rules):
         model = step.model
         had = f" (apply had {model.shown()})" if model is not None else ""
         return (
@@ -349,6 +346,18 @@ def _unplanned(ckpt: Checkpoint, replay: Replay, index: int, e: ReinitError) -> 
             f"judge them as apply did; {unjudged}"
         )
     return f"{out}: its recorded rules{which} do not plan on its tensors ({e}); {unjudged}"
+
+
+def _needs_model(texts: Sequence[str]) -> bool:
+    """Whether recorded rules need the model (`default`, `type:`); False for rules that do
+    not parse (a record edited by hand: the planner's words say why)."""
+    try:
+        rules = parse_rules(texts)
+    except ReinitError:
+        return False
+    return any(
+        r.pattern.module_types or (r.scheme is not None and r.scheme.name == DEFAULT) for r in rules
+    )
 
 
 class _Judge:
