@@ -60,3 +60,20 @@ class Constants(nn.Module):
 
 def constants() -> Constants:
     return Constants()
+
+
+class BitViews(nn.Module):
+    """Constants read and written through a view of another dtype (the same storage, shape
+    and strides): `scale` is 1.0 written as its int32 bits; `mask` only viewed as int32."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 4)
+        self.scale = nn.Parameter(torch.zeros(4))
+        self.scale.data.view(torch.int32).fill_(0x3F800000)  # 1.0's bits
+        self.register_buffer("mask", torch.full((4,), 2.0))
+        self.bits = self.mask.view(torch.int32)  # not a buffer: a view kept beside
+
+
+def bit_views() -> BitViews:
+    return BitViews()

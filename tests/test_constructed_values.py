@@ -77,6 +77,22 @@ def test_a_module_callables_constructed_values_are_those_eager_construction_give
     assert schemes["shift"] == "default (Constants.__init__: its constructor's values)"
 
 
+def test_a_value_viewed_as_another_dtype_keeps_its_own_dtype(tmp_path):
+    """A constructor that writes a float parameter through its int32 view, or keeps an int32
+    view of a float buffer: the values written are the float ones eager construction gives.
+    Before: the view (same storage, shape and strides) took the tensor's place, so `scale`
+    was written as the float 1065353216.0 and `mask` as 1073741824.0."""
+    from tests.models_for_tests import bit_views
+
+    out = tmp_path / "m.safetensors"
+    res = run("new", "tests.models_for_tests:bit_views", "-o", out, "-q")
+    assert res.exit_code == 0, res.output
+    got, eager = load_file(out), bit_views().state_dict()
+    assert got["scale"].tolist() == [1.0] * 4 and got["mask"].tolist() == [2.0] * 4
+    for name in ("scale", "mask"):
+        assert got[name].dtype == eager[name].dtype and torch.equal(got[name], eager[name])
+
+
 @pytest.mark.parametrize(("name", "other"), [("noise", "gate"), ("gate", "noise")])
 def test_a_value_drawn_or_left_empty_by_the_constructor_is_refused(tmp_path, name, other):
     out = tmp_path / "m.safetensors"

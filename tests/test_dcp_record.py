@@ -126,6 +126,61 @@ def test_a_record_file_that_is_not_one_is_no_record(tmp_path):
     assert rep.rules == () and rep.seed == 0
 
 
+def test_a_per_expert_rule_on_a_dcp_of_stacked_experts_is_not_blamed_on_the_baseline(tmp_path):
+    """A Mixtral's per-expert safetensors, one expert redrawn by its per-expert name, written
+    as a DCP of stacked experts: `report DCP --against SRC` cannot replay that rule on the
+    stacked names, and says so; it never says SRC is not the run's input (it is).
+    Before: the warning blamed the baseline ("not the input of the runs it records")."""
+    torch.manual_seed(0)
+    src = tmp_path / "mixtral"
+    transformers.AutoModelForCausalLM.from_config(config("mixtral")).save_pretrained(src)
+    out = tmp_path / "out-dcp"
+    rule = "*.experts.1.w2.weight=normal(std=0.5)"
+    reinit.apply(src, [rule], out, format="dcp", seed=1)
+    rep = reinit.report_checkpoint(out, src)
+    assert not any("not the input of the runs" in w for w in rep.warnings), rep.warnings
+    stacked = [w for w in rep.warnings if "stacked tensor(s) differ" in w]
+    assert len(stacked) == 1 and "model.layers.0.mlp.experts.down_proj" in stacked[0]
+    changed = {e.name for e in rep.tensors if e.action != "kept"}
+    assert changed == {f"model.layers.{i}.mlp.experts.down_proj" for i in (0, 1)}
+
+
+@pytest.mark.parametrize("kind", ["file", "link", "folder"])
+def test_a_users_reinit_json_in_a_dcp_folder_is_never_deleted(tmp_path, kind):
+    """A DCP folder torch wrote, holding the user's own `reinit.json` (their notes, a link to
+    one, a folder of that name): `--overwrite` and `--in-place` with `--format dcp` would
+    replace the folder whole, so both are refused (exit 2, naming it) and it is kept. Only a
+    `reinit.json` that is a record reinit wrote is reinit's to replace.
+    Before: the name alone made it reinit's, and both deleted the user's file."""
+    src = source(tmp_path, "llama")
+    folder = tmp_path / "user-dcp"
+    state = {k: v.clone() for k, v in transformers.AutoModelForCausalLM.from_pretrained(src)
+             .state_dict().items()}  # fmt: skip
+    dcp.save(state, checkpoint_id=folder)
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"lr": 3e-4}')
+    mine = folder / "reinit.json"
+    if kind == "file":
+        mine.write_text(notes.read_text())
+    elif kind == "link":
+        mine.symlink_to(notes)
+    else:
+        mine.mkdir()
+        (mine / "a.txt").write_text("mine")
+    before = sorted(p.name for p in folder.rglob("*"))
+    for args in (
+        (src, "-o", folder, "--overwrite"),
+        (folder, "-o", folder, "--in-place"),
+    ):
+        res = run("apply", args[0], "--rule", "*norm*=ones", "--format", "dcp", *args[1:])
+        assert res.exit_code == 2, res.output
+        assert "reinit.json" in res.stderr, res.output
+        assert sorted(p.name for p in folder.rglob("*")) == before
+    assert notes.read_text() == '{"lr": 3e-4}'
+    if kind == "file":
+        assert mine.read_text() == '{"lr": 3e-4}'
+
+
 @pytest.mark.slow
 def test_under_torchrun_the_dcp_is_written_once_with_its_record(tmp_path):
     """Two processes under torchrun: the DCP (one output file) is written by one rank with its

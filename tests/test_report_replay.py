@@ -242,6 +242,31 @@ def test_a_hostile_surgery_record_is_set_aside_not_run(tmp_path):
     assert [(e.name, e.action) for e in rep.tensors] == [("w", "kept")]
 
 
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_recorded_rules_that_do_not_parse_are_set_aside_not_an_error(tmp_path, fmt):
+    """A record whose rules were edited into text that is no rule (its own run's, format 2,
+    or an earlier step's in `before`, format 3, which every later apply carries): `report
+    --against` warns that they do not plan and judges the changed tensor without them.
+    Before, the warning's own check parsed the rules again, so the report failed (exit 2)."""
+    src = tmp_path / "src.safetensors"
+    save_file({"w": torch.ones(4, 4), "v": torch.ones(4)}, src, metadata={"format": "pt"})
+    bad = ["((((", "v=zeros"]
+    step = {"version": "x", "seed": 1, "rules": bad}
+    record = (
+        {**step, "record": 2}
+        if fmt == 2
+        else {"version": "x", "record": 3, "seed": 2, "rules": [], "before": [step]}
+    )
+    out = tmp_path / "out.safetensors"
+    meta = {"format": "pt", "reinit": json.dumps(record)}
+    save_file({"w": torch.ones(4, 4), "v": torch.zeros(4)}, out, metadata=meta)
+    res = run("report", out, "--against", src)
+    assert res.exit_code == 0, res.output
+    assert "do not plan on its tensors (rule '((((' has no '='" in res.stderr
+    rep = reinit.report_checkpoint(out, src)
+    assert {e.name: e.action for e in rep.tensors} == {"w": "kept", "v": "reinit"}
+
+
 def test_report_against_a_recipes_first_input_judges_every_step(tmp_path, monkeypatch):
     """A two-step recipe's output records both steps (`before`: step 1). `report OUT
     --against` the recipe's own input used to judge step 1's transplant as a reinit against

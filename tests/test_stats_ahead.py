@@ -383,3 +383,48 @@ def test_no_second_worker_for_a_partial_transplant_or_the_model_itself(
     with ahead.stats_ahead(src):
         transplanted(src, rules, tmp_path / "out.safetensors")
     assert len(Recorded.made) == 1
+
+
+_TWICE = """
+import sys
+from reinit.run import ahead
+ahead.lead_bytes = lambda: 1  # the worker one tensor ahead: a source far past its lead
+import reinit
+src, other, out = sys.argv[1:4]
+reinit.apply(src, [f"*=from({other})", f"l0.weight=from({other}, key=l13.weight)"], out)
+"""
+
+
+def test_a_source_tensor_copied_twice_with_the_second_worker_does_not_hang(tmp_path):
+    """`*=from(OTHER)` plus a rule copying one of OTHER's later tensors into an earlier target
+    too (a layer duplicated, as depth up-scaling does): the second target asks the source's
+    worker for a tensor it already gave. The run ends, with the bytes and report of a run
+    without workers. Before: the result was handed out once, so the second ask waited on a
+    worker that waited in turn for the engine to ask further on (a source past the worker's
+    lead: forever)."""
+    g = torch.Generator().manual_seed(0)
+    names = [f"l{i}.weight" for i in range(20)]
+    src = write_safetensors(tmp_path / "src.safetensors", {n: torch.zeros(64, 64) for n in names})
+    other = write_safetensors(
+        tmp_path / "other.safetensors", {n: torch.randn(64, 64, generator=g) for n in names}
+    )
+    outs = {}
+    for mode in ("1", "0"):
+        out = tmp_path / f"out{mode}.safetensors"
+        done = subprocess.run(
+            [sys.executable, "-c", _TWICE, str(src), str(other), str(out)],
+            env=child_env(**{ahead.ENV: mode}),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        outs[mode] = (out.read_bytes(), comparable(out.with_name(out.stem + ".report.json")))
+    assert outs["1"][0] == outs["0"][0]
+    for mode in outs:
+        outs[mode][1]["output"] = ""
+    assert outs["1"][1] == outs["0"][1]
+    assert (
+        tensor_bytes(tmp_path / "out1.safetensors")["l0.weight"]
+        == tensor_bytes(other)["l13.weight"]
+    )

@@ -277,3 +277,38 @@ def test_a_rule_on_a_resized_tied_embedding_sets_the_saved_lm_head_too(tmp_path)
     expected = torch.nn.init.normal_(torch.empty(56, 16), 0.0, 0.05, generator=g)
     assert torch.equal(new["transformer.wte.weight"], expected)
     assert torch.equal(new["lm_head.weight"], expected)
+
+
+def test_a_config_beside_the_checkpoint_never_makes_it_reach_the_network(
+    tmp_path, online, monkeypatch
+):
+    """Whether a config ties the two equal tensors is read off the model transformers builds
+    from it, so a config.json beside a checkpoint could make that build reach the Hub: a
+    DETR's `backbone` naming a Hub repo is looked up by its config's own constructor (here
+    beside a file holding two equal vocabulary-shaped tensors, with a `vocab_size` that
+    matches). The build is offline: no connection is tried, the config ties nothing, the run
+    is the plain one. Before: `apply` looked the repo up on the Hub."""
+    import socket
+
+    tried: list[object] = []
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        tried.append(args[0] if args else kwargs)
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    w = torch.randn(64, 32, generator=torch.Generator().manual_seed(0))
+    save_file({"transformer.wte.weight": w, "lm_head.weight": w.clone()},
+              folder / "model.safetensors", metadata={"format": "pt"})  # fmt: skip
+    config = {"model_type": "detr", "vocab_size": 64, "use_timm_backbone": False,
+              "backbone": "facebook/detr-resnet-50", "backbone_config": None}  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(config))
+    rep = reinit.apply(folder, ["lm_head.weight=zeros"], tmp_path / "out.safetensors")
+    assert tried == []
+    new = load_file(tmp_path / "out.safetensors")
+    assert torch.count_nonzero(new["lm_head.weight"]) == 0
+    assert torch.equal(new["transformer.wte.weight"], w)  # no tie: its own tensor, kept
+    assert rep.entry("lm_head.weight").notes == ()

@@ -79,13 +79,14 @@ _INPLACE_DUNDERS = frozenset(
     }
 )
 
-_Key = tuple[int, int, tuple[int, ...], tuple[int, ...]]
+_Key = tuple[int, int, tuple[int, ...], tuple[int, ...], torch.dtype]
 
 
 def _key(t: torch.Tensor) -> _Key:
-    """A meta tensor's identity: its storage, offset, shape and strides (a view differs)."""
+    """A meta tensor's identity: its storage, offset, shape, strides and dtype (a view
+    differs; so does `t.view(torch.int32)` of a float32 `t`, which has the same shape)."""
     storage: int = t.untyped_storage()._cdata
-    return (storage, int(t.storage_offset()), tuple(t.shape), tuple(t.stride()))
+    return (storage, int(t.storage_offset()), tuple(t.shape), tuple(t.stride()), t.dtype)
 
 
 class ConstructedValues(TorchFunctionMode):
@@ -141,6 +142,8 @@ class ConstructedValues(TorchFunctionMode):
         assert isinstance(out, torch.Tensor)
         value = self._compute(func, name, args, kwargs)
         if value is None or value.device.type != "cpu" or value.shape != out.shape:
+            return
+        if value.dtype != out.dtype:
             return
         if self._bytes + value.numel() * value.element_size() > MAX_BYTES:
             return

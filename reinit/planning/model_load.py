@@ -312,8 +312,10 @@ def _hf_config(spec: str, where: str, data: Mapping[str, object]) -> object:
 def model_of_config(spec: str, data: Mapping[str, object]) -> Model:
     """The transformers model a config.json already read (`data`, e.g. a checkpoint's own)
     describes, on the meta device, checked as `--model` checks one (no `auto_map`, counts)."""
+    from reinit.io.hub import hub_offline
+
     check_config(spec, "config.json", data)
-    with gc_paused():
+    with gc_paused(), hub_offline():  # a file's config never makes transformers reach the Hub
         factory = _config_factory(_hf_config(spec, "config.json", data))
         constructed: dict[str, torch.Tensor] = {}
         with torch.device("meta"):

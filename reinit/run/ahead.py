@@ -159,6 +159,9 @@ class StatsAhead:
         self._cond = threading.Condition()
         self._files: list[_File] | None = None  # the worker's files, once it said them
         self._index: dict[tuple[int, int, int, int, str], int] = {}  # (dev, ino, start, n, code)
+        # every result, kept once given (two targets may copy the same source tensor: a
+        # second ask of a result handed out and dropped would wait on a worker that waits in
+        # turn for the engine to ask further on)
         self._results: dict[int, Stats] = {}
         self._asked = -1
         self._write = threading.Lock()  # one writer of asks at a time
@@ -257,7 +260,7 @@ class StatsAhead:
                     self._cond.wait(timeout)
                 if i in self._results:
                     self.served += 1
-                    return self._results.pop(i)
+                    return self._results[i]  # kept: a rule may copy one tensor twice
                 if self._done:
                     return None
             raise TimeoutError

@@ -390,16 +390,41 @@ def _check_dcp_folder(path: Path, in_place: bool) -> None:
     holds."""
     from reinit.io.formats import DCP_RECORD_NAME, is_dcp_file
 
+    foreign = _not_our_record(path / DCP_RECORD_NAME)
     if not in_place:
-        check_replace_folder(path, [".metadata", "__0_0.distcp", DCP_RECORD_NAME], merges=False)
+        ours = [".metadata", "__0_0.distcp"] + ([] if foreign else [DCP_RECORD_NAME])
+        check_replace_folder(path, ours, merges=False)
         return
-    extra = sorted(e.name for e in path.iterdir() if e.is_dir() or not is_dcp_file(e.name))
+    extra = sorted(
+        e.name
+        for e in path.iterdir()
+        if e.is_dir() or not is_dcp_file(e.name) or (e.name == DCP_RECORD_NAME and foreign)
+    )
     if extra:
         shown = ", ".join(extra[:5]) + (", …" if len(extra) > 5 else "")
         raise OutputError(
             f"--in-place: {path} holds {shown} besides the DCP checkpoint; --format dcp writes "
             "the directory whole and would delete them: move them out, or give -o"
         )
+
+
+def _not_our_record(path: Path) -> bool:
+    """Whether a DCP folder's `reinit.json` is there and is not a record reinit wrote (a
+    user's file of that name, a link, a folder): `--overwrite` and `--in-place` would delete
+    it with the folder, so it counts as the user's."""
+    from reinit.io.jsonfile import parse_json, read_text_file
+    from reinit.limits import MAX_CONFIG_BYTES
+    from reinit.run.record import parse_provenance
+
+    if not path.is_symlink() and not path.exists():
+        return False
+    if path.is_symlink() or not path.is_file():
+        return True
+    try:
+        data = parse_json(read_text_file(path, f"record {path}", MAX_CONFIG_BYTES), str(path))
+    except ReinitError:
+        return True
+    return parse_provenance(data) is None
 
 
 def _index(

@@ -228,13 +228,19 @@ def _as_applied(
     """`report --against`'s entries judged as apply judged them (`tools.verdict`), the
     baseline names SOURCE holds under another name (renamed by the replayed surgery, else
     found by their values), and what could not be replayed."""
+    from reinit.planning.model_named import ModelNamedCheckpoint
     from reinit.tools.verdict import as_applied
 
     if not replay.surgery:  # no surgery recorded: renames found by their values
         entries, renamed = with_renames(entries, ckpt, base)
     else:
         renamed = {n for n in replay.origins().values() if n is not None}
-    judged, warnings = as_applied(entries, ckpt, replay)
+    stacked = (
+        frozenset(b.name for b in base.placed.values())
+        if isinstance(base, ModelNamedCheckpoint)
+        else frozenset()
+    )
+    judged, warnings = as_applied(entries, ckpt, replay, stacked)
     return judged, renamed, warnings
 
 

@@ -218,27 +218,48 @@ def _shapes(refs: Sequence[TensorRef]) -> dict[str, tuple[int, ...]]:
 
 
 def as_applied(
-    entries: Sequence[TensorEntry], ckpt: Checkpoint, replay: Replay
+    entries: Sequence[TensorEntry],
+    ckpt: Checkpoint,
+    replay: Replay,
+    stacked: frozenset[str] = frozenset(),
 ) -> tuple[list[TensorEntry], tuple[str, ...]]:
     """`entries` (from `report --against`) with every tensor that differs from the baseline
     judged as `apply` judged it (see the module docstring); the others left `kept`. With the
-    warnings of what could not be replayed."""
+    warnings of what could not be replayed. `stacked`: OUT's names that hold several baseline
+    tensors (a `--format dcp` output's stacked experts, the baseline seen under its names),
+    which rules naming the baseline's per-expert tensors do not match here."""
     plans, warnings = _planned(ckpt, replay)
     judges = [_Judge(replay.view, st.step.seed) for st in replay.stages]
     whole = _replayed_whole(replay) and not warnings
-    out, unrecorded = [], []
+    out: list[TensorEntry] = []
+    unrecorded: list[str] = []
+    unmatched: list[str] = []
     for e in entries:
         k, p = _acted(e, replay, plans)
         if not _differs(e):
             out.append(_unchanged(judges[k], e, p))
         elif whole and not _recorded_change(p):
-            unrecorded.append(e.name)
+            (unmatched if e.name in stacked else unrecorded).append(e.name)
             out.append(_unrecorded(e))
         else:
             out.append(judges[k](e, p))
     if unrecorded:
         warnings = (*warnings, _unrecorded_warning(ckpt, unrecorded, len(replay.stages)))
+    if unmatched:
+        warnings = (*warnings, _stacked_warning(ckpt, unmatched))
     return out, (*replay.warnings, *warnings)
+
+
+def _stacked_warning(ckpt: Checkpoint, names: Sequence[str]) -> str:
+    out = os.fspath(ckpt.source)
+    first = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return (
+        f"{out}: {len(names)} stacked tensor(s) differ from the baseline though its recorded "
+        f"rules, replayed on its own names, do not change them ({first}): it holds the "
+        "baseline's per-expert tensors stacked under the model's state_dict() names, which "
+        "rules naming the per-expert tensors do not match; they are judged against no "
+        "reference (compare against a DCP of the baseline written the same way to replay them)"
+    )
 
 
 def _acted(
@@ -346,10 +367,7 @@ def _unplanned(ckpt: Checkpoint, replay: Replay, index: int, e: ReinitError) -> 
     count = len(replay.stages)
     which = f" (step {index + 1} of the {count} it replays)" if count > 1 else ""
     unjudged = "the tensors that differ are judged without its rules"
-    if replay.view is None and any(
-        r.pattern.module_types or (r.scheme is not None and r.scheme.name == DEFAULT)
-        for r in parse_rules(step.rules)
-    ):
+    if replay.view is None and _needs_model(step.rules):
         model = step.model
         had = f" (apply had {model.shown()})" if model is not None else ""
         return (
@@ -357,6 +375,18 @@ def _unplanned(ckpt: Checkpoint, replay: Replay, index: int, e: ReinitError) -> 
             f"judge them as apply did; {unjudged}"
         )
     return f"{out}: its recorded rules{which} do not plan on its tensors ({e}); {unjudged}"
+
+
+def _needs_model(texts: Sequence[str]) -> bool:
+    """Whether recorded rules need the model (`default`, `type:`); False for rules that do
+    not parse (a record edited by hand: the planner's words say why)."""
+    try:
+        rules = parse_rules(texts)
+    except ReinitError:
+        return False
+    return any(
+        r.pattern.module_types or (r.scheme is not None and r.scheme.name == DEFAULT) for r in rules
+    )
 
 
 class _Judge:

@@ -8,17 +8,20 @@ from typing import TYPE_CHECKING
 from reinit.lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from reinit.io.hub._env import hub_offline
     from reinit.io.hub._repo import HubRepo
     from reinit.io.hub._url import is_hf_url, parse_hf_url
 
 _WHERE = {
     "HubRepo": "_repo",
+    "hub_offline": "_env",
     "is_hf_url": "_url",
     "parse_hf_url": "_url",
 }
 
 __all__ = [
     "HubRepo",
+    "hub_offline",
     "is_hf_url",
     "parse_hf_url",
 ]

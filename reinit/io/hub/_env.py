@@ -4,9 +4,10 @@ exceptions mean "is_unreachable", and how a failure or a file list reads in one 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, TypeVar
 
 from reinit.io.hub._retry import library_call
@@ -24,6 +25,7 @@ __all__ = [
     "in_library_call",
     "file_listing",
     "offline_mode",
+    "hub_offline",
     "quiet_bar",
     "reason_of",
     "status_of",
@@ -47,6 +49,21 @@ def offline_mode() -> bool:
     from huggingface_hub import constants
 
     return bool(constants.is_offline_mode()) or env_true("HF_HUB_OFFLINE")
+
+
+@contextlib.contextmanager
+def hub_offline() -> Iterator[None]:
+    """huggingface_hub offline for the block (every request it would make refused): transformers
+    building a config a checkpoint carries (a DETR's `backbone` names a Hub repo, which its
+    config's own constructor looks up) reaches no network because of a file."""
+    from huggingface_hub import constants
+
+    was = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = was
 
 
 def default_cache_dir() -> pathlib.Path:
