@@ -34,9 +34,7 @@ __all__ = [
     "StatsAhead",
     "current",
     "lead_bytes",
-    "local_bytes",
     "main",
-    "reads_same",
     "started",
     "stats_ahead",
     "wanted",
@@ -86,27 +84,23 @@ def wanted(source: object) -> Path | None:
     another form, the Hub, an open checkpoint, `REINIT_STATS_PROCESS=0`, and, unless it is
     `1`, one CPU or under `MIN_SOURCE_BYTES` (a new interpreter costs more than it saves)."""
     mode = os.environ.get(ENV, "")
-    size = local_bytes(source) if mode != "0" else None
-    if not size or (mode != "1" and (size < MIN_SOURCE_BYTES or _cpus() < 2)):
+    if mode == "0" or not isinstance(source, (str, os.PathLike)):
         return None
-    assert isinstance(source, (str, os.PathLike))  # `local_bytes` said so
-    return Path(os.fspath(source)).resolve()
-
-
-def local_bytes(source: object) -> int | None:
-    """The size of a local safetensors file, or of a folder's safetensors shards together;
-    None for another form (the Hub, a torch file, DCP, an open checkpoint). Opens nothing."""
-    if not isinstance(source, (str, os.PathLike)) or os.fspath(source).startswith("hf://"):
+    if os.fspath(source).startswith("hf://"):
         return None
     path = Path(os.fspath(source))
     try:
         if path.is_file() and path.suffix == ".safetensors":
-            return path.stat().st_size
-        if path.is_dir() and not (path / ".metadata").exists():
-            return sum(p.stat().st_size for p in path.glob("*.safetensors"))
+            size = path.stat().st_size
+        elif path.is_dir() and not (path / ".metadata").exists():
+            size = sum(p.stat().st_size for p in path.glob("*.safetensors"))
+        else:
+            return None
     except OSError:
-        pass
-    return None
+        return None
+    if mode != "1" and (size < MIN_SOURCE_BYTES or _cpus() < 2):
+        return None
+    return path.resolve() if size else None
 
 
 def _cpus() -> int:
@@ -142,7 +136,6 @@ class StatsAhead:
     cannot give them (then the engine sums the tensor itself). Thread-safe."""
 
     def __init__(self, source: Path, lead: int, from_byte: int = 0):
-        self.source = source  # resolved (`wanted`)
         package_parent = str(Path(__file__).resolve().parents[2])
         flags = ["-P"] if sys.version_info >= (3, 11) else []
         args = [package_parent, str(source), str(lead), str(from_byte)]
@@ -159,9 +152,6 @@ class StatsAhead:
         self._cond = threading.Condition()
         self._files: list[_File] | None = None  # the worker's files, once it said them
         self._index: dict[tuple[int, int, int, int, str], int] = {}  # (dev, ino, start, n, code)
-        # every result, kept once given (two targets may copy the same source tensor: a
-        # second ask of a result handed out and dropped would wait on a worker that waits in
-        # turn for the engine to ask further on)
         self._results: dict[int, Stats] = {}
         self._asked = -1
         self._write = threading.Lock()  # one writer of asks at a time
@@ -260,7 +250,7 @@ class StatsAhead:
                     self._cond.wait(timeout)
                 if i in self._results:
                     self.served += 1
-                    return self._results[i]  # kept: a rule may copy one tensor twice
+                    return self._results.pop(i)
                 if self._done:
                     return None
             raise TimeoutError
@@ -308,12 +298,6 @@ _current: StatsAhead | None = None
 def current() -> StatsAhead | None:
     """The worker of the run in progress in this process, if one was started."""
     return _current
-
-
-def reads_same(source: object) -> bool:
-    """Whether the run's worker (`current()`) already reads `source`."""
-    worker, path = _current, wanted(source)
-    return worker is not None and path is not None and worker.source == path
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 import torch
@@ -103,18 +103,6 @@ DRAW_THREADS = 2  # worker threads drawing them: two tensors at once, one per co
 DRAW_AHEAD_BYTES = 256 << 20
 
 
-# a plan that copies (nearly) all of a big local safetensors `from()` source as it is (a full
-# transplant) hands the later part of that source's bytes, this share of them, to a second
-# statistics worker (`run.ahead`): the main process then reads and sums only the rest while it
-# writes, and the first worker sums the model's own `before`. The main process copies every
-# byte besides, so its share is the smaller; 0.4 measured best of 0.3/0.4/0.5 on the bench's
-# 2.73 GB transplant (docs/bench/round3.md)
-SOURCE_SHARE = 0.4
-# ... and only when the plan copies at least this fraction of that source's bytes, so the
-# worker never sums tensors no rule takes
-SOURCE_MIN_USED = 0.9
-
-
 def _draw_bytes(p: PlanEntry) -> int:
     return TensorRef(p.name, p.dtype_name, p.shape).numel * (8 if p.dtype_name == "float64" else 4)
 
@@ -199,8 +187,6 @@ class Applier:
         self._applied: dict[str, AppliedInit] = {}
         # the entries whose source statistics come from the stats worker (set by `stream`)
         self._ahead: set[str] = set()
-        # the stats worker of the `from()` source a full transplant copies (set by `stream`)
-        self._from_worker: ahead.StatsAhead | None = None
         self._tied_left = {
             root: sum(1 for g in self.ties.groups.values() if g[0] == root)
             for root in self.ties.defining
@@ -261,7 +247,7 @@ class Applier:
                 _count(acc, piece.data, p.dtype_name)
                 yield piece
         elif p.name in self._ahead:  # copied unread; the stats worker sums it
-            yield from self._span_pieces(p.name, self.ckpt, p.name)
+            yield from self._span_pieces(p)
         else:
             yield from self._copy(self.ckpt, p.name, p.dtype_name, self._chunks(reads, p), acc)
         result = self._ahead_stats(p) if p.name in self._ahead else acc.result()
@@ -270,13 +256,15 @@ class Applier:
         entry = entry_for(p, result, notes=p.notes + tie_note, fans=self.fans.get(p.name))
         yield Piece(p.name, entry=entry)
 
-    def _span_pieces(self, name: str, ck: Checkpoint, key: str) -> Iterator[Piece]:
-        """`key`'s bytes of `ck` as file spans (under `name`) for the writer's kernel-side
-        copy, in `CHUNK_BYTES` pieces (the progress bar's steps), none of them read here."""
-        span = ck.span(key)
+    def _span_pieces(self, p: PlanEntry) -> Iterator[Piece]:
+        """`p`'s bytes as file spans for the writer's kernel-side copy, in `CHUNK_BYTES` pieces
+        (the progress bar's steps), none of them read here."""
+        span = self.ckpt.span(p.name)
         assert span is not None
         for pos in range(0, span.nbytes, CHUNK_BYTES):
-            yield Piece(name, span=(span.fd, span.start + pos, min(CHUNK_BYTES, span.nbytes - pos)))
+            yield Piece(
+                p.name, span=(span.fd, span.start + pos, min(CHUNK_BYTES, span.nbytes - pos))
+            )
 
     def _plan_ahead(self, entries: Sequence[PlanEntry]) -> set[str]:
         """The entries whose source statistics the stats worker (`run.ahead`) gives: bytes
@@ -294,74 +282,25 @@ class Applier:
         return out
 
     def _worker_key(self, p: PlanEntry) -> tuple[int, int, int, str] | None:
-        """How the stats worker names `p`'s source bytes (see `_span_key`)."""
-        return self._span_key(self.ckpt, p.name, p.dtype_name)
-
-    @staticmethod
-    def _span_key(ck: Checkpoint, key: str, dtype: str) -> tuple[int, int, int, str] | None:
-        """How a stats worker names `key`'s bytes of `ck`: (descriptor, start, bytes, dtype
+        """How the stats worker names `p`'s source bytes: (descriptor, start, bytes, dtype
         code), or None where they do not lie in a file as they are."""
-        span = ck.span(key)
-        code = code_of(dtype)
+        span = self.ckpt.span(p.name)
+        code = code_of(p.dtype_name)
         return None if span is None or code is None else (span.fd, span.start, span.nbytes, code)
 
     def _ahead_stats(self, p: PlanEntry) -> Stats:
-        """`p`'s source statistics from the stats worker (see `_worker_stats`)."""
-        return self._worker_stats(ahead.current(), self.ckpt, p.name, p.dtype_name)
-
-    def _worker_stats(
-        self, worker: ahead.StatsAhead | None, ck: Checkpoint, key: str, dtype: str
-    ) -> Stats:
-        """The statistics of `key`'s bytes of `ck` from `worker`, or summed here where it
-        cannot give them (it ended, or the file changed): the same cut, so the same numbers."""
-        wkey = self._span_key(ck, key, dtype)
-        assert wkey is not None
-        got = worker.stats(*wkey) if worker is not None else None
+        """`p`'s source statistics from the stats worker, or summed here where it cannot give
+        them (it ended, or the file changed): the same cut, so the same numbers."""
+        key = self._worker_key(p)
+        assert key is not None
+        worker = ahead.current()
+        got = worker.stats(*key) if worker is not None else None
         if got is not None:
             return got
-        acc = StatsAccumulator(dtype)
-        for chunk in ck.iter_chunks(key, CHUNK_BYTES):
-            _count(acc, chunk, dtype)
+        acc = StatsAccumulator(p.dtype_name)
+        for chunk in self.ckpt.iter_chunks(p.name, CHUNK_BYTES):
+            _count(acc, chunk, p.dtype_name)
         return acc.result()
-
-    @contextmanager
-    def _source_worker(self, entries: Sequence[PlanEntry]) -> Iterator[None]:
-        """For the block: a stats worker summing the later `SOURCE_SHARE` of the bytes of the
-        `from()` source a full transplant copies as it is (`_full_source`), if any."""
-        chosen = self._full_source(entries)
-        if chosen is None:
-            yield
-            return
-        path, total = chosen
-        with ahead.started(path, from_byte=int(total * (1 - SOURCE_SHARE))) as worker:
-            self._from_worker = worker
-            try:
-                yield
-            finally:
-                self._from_worker = None
-
-    def _full_source(self, entries: Sequence[PlanEntry]) -> tuple[str, int] | None:
-        """The local `from()` source (and its files' size) of which the plan copies, as they
-        lie, at least `SOURCE_MIN_USED` of the bytes: the one with the most such bytes, if it
-        is not the file the run's own stats worker reads."""
-        if self.sources is None or not (KERNEL_COPY and self.spans and not READ_ONCE):
-            return None
-        copied: dict[int, tuple[Checkpoint, int]] = {}  # by source: bytes copied as they lie
-        for p in entries:  # as `pieces` takes them: a tied member is its group's value
-            if p.action != "transplant" or self._tied(p) or self._grown(p):
-                continue
-            direct = exact_source(self.sources, p)
-            span = direct[0].span(direct[1]) if direct is not None else None
-            if direct is not None and span is not None:
-                ck, nbytes = copied.get(id(direct[0]), (direct[0], 0))
-                copied[id(ck)] = (ck, nbytes + span.nbytes)
-        if not copied:
-            return None
-        ck, nbytes = max(copied.values(), key=lambda c: c[1])
-        total = ahead.local_bytes(ck.source)  # its files' sizes: no shard opened
-        if not total or nbytes < SOURCE_MIN_USED * total or ahead.reads_same(ck.source):
-            return None
-        return ck.source, total
 
     def pieces(self, p: PlanEntry, reads: Iterator[tuple[str, memoryview]]) -> Iterator[Piece]:
         if self._grown(p):
@@ -395,7 +334,11 @@ class Applier:
             direct = exact_source(self._pool(), p)
             if direct is not None:  # same dtype and shape: a byte copy, streamed
                 src, key, label = direct
-                after = yield from self._direct_copy(p, src, key)
+                acc = StatsAccumulator(p.dtype_name)
+                chunks = read_stream(src, [key], self.pool)
+                for piece in self._copy(src, key, p.dtype_name, (c for _, c in chunks), acc):
+                    yield Piece(p.name, piece.data, piece.span)
+                after = acc.result()  # a byte copy: the source's own statistics
                 notes = (*p.notes, EQUAL_TO_SOURCE)
                 entry = entry_for(p, after, before, label, notes, self.fans.get(p.name))
                 yield Piece(p.name, entry=with_source_std(entry, after.std))
@@ -415,23 +358,6 @@ class Applier:
         applied = self._applied.pop(p.name, None)
         entry = entry_for(p, after, before, source, p.notes + got, self.fans.get(p.name), applied)
         yield Piece(p.name, entry=with_source_std(entry, source_std))
-
-    def _direct_copy(
-        self, p: PlanEntry, src: Checkpoint, key: str
-    ) -> Generator[Piece, None, Stats]:
-        """A same-dtype, same-shape transplant's pieces (`key` of `src`, under `p`'s name), and
-        its statistics: the source's own (a byte copy). Where the `from()` source's stats
-        worker sums those bytes, they are copied kernel-side unread here."""
-        worker = self._from_worker
-        wkey = self._span_key(src, key, p.dtype_name) if worker is not None else None
-        if worker is not None and wkey is not None and worker.covers(*wkey):
-            yield from self._span_pieces(p.name, src, key)
-            return self._worker_stats(worker, src, key, p.dtype_name)
-        acc = StatsAccumulator(p.dtype_name)
-        chunks = read_stream(src, [key], self.pool)
-        for piece in self._copy(src, key, p.dtype_name, (c for _, c in chunks), acc):
-            yield Piece(p.name, piece.data, piece.span)
-        return acc.result()
 
     def _grown(self, p: PlanEntry) -> bool:
         """Whether `p` is a tensor whose rows alone grow by `--resize` (its values the resize's
@@ -575,7 +501,6 @@ class Applier:
         # outlives the pool; each draw runs on the count the run began with
         threads = keep_thread_count() if pending else nullcontext(0)
         with (
-            self._source_worker(entries),
             threads as count,
             ThreadPoolExecutor(DRAW_THREADS, thread_name_prefix="reinit-draw") as pool,
         ):
