@@ -207,21 +207,29 @@ class _Records(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def load_clean(cls, path: Path):
-    """`cls.from_pretrained(path)` (a transformers model class) with no missing/unexpected/
-    mismatched key, no Python warning and no transformers log record of WARNING or above."""
+def quietly(fn, *args, **kwargs):
+    """`fn(...)` with every Python warning and every transformers log record of WARNING or
+    above captured: returns (result, the messages), so a test can assert there were none."""
     handler = _Records()
     logger = logging.getLogger("transformers")
     logger.addHandler(handler)
     try:
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always")
-            model, info = cls.from_pretrained(path, output_loading_info=True)
+            result = fn(*args, **kwargs)
     finally:
         logger.removeHandler(handler)
+    return result, [str(w.message) for w in seen] + handler.messages
+
+
+def load_clean(cls, path: Path, **kwargs):
+    """`cls.from_pretrained(path)` (a transformers model or auto class) with no missing/
+    unexpected/mismatched key, no Python warning and no transformers log record of WARNING or
+    above."""
+    (model, info), messages = quietly(cls.from_pretrained, path, output_loading_info=True, **kwargs)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     assert not info["mismatched_keys"] and not info["error_msgs"], info
-    assert [str(w.message) for w in seen] + handler.messages == []
+    assert messages == []
     return model
 
 

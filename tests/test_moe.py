@@ -8,14 +8,12 @@ Internal: imports reinit.planning.ckpt_names, reinit.planning.model, reinit.plan
 from __future__ import annotations
 
 import json
-import logging
 import math
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import refused, run
+from helpers import load_clean, refused, run
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -83,28 +81,8 @@ def header(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
 
 
 def load_cleanly(cls, path: Path):
-    """from_pretrained with its loading info, Python warnings and transformers' log records
-    at WARNING or above."""
-    records: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if record.levelno >= logging.WARNING:
-                records.append(record.getMessage())
-
-    handler = Keep()
-    logger = logging.getLogger("transformers")
-    logger.addHandler(handler)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            model, info = cls.from_pretrained(path, output_loading_info=True)
-    finally:
-        logger.removeHandler(handler)
-    assert not info["missing_keys"] and not info["unexpected_keys"], info
-    assert not info["mismatched_keys"], info["mismatched_keys"]
-    assert not caught and not records, ([str(w.message) for w in caught], records)
-    return model.eval()
+    """`load_clean` (no missing/unexpected/mismatched key, no warning), in eval mode."""
+    return load_clean(cls, path).eval()
 
 
 # --- item 2: checkpoint names through transformers' conversion mapping ----------------------

@@ -7,13 +7,11 @@ loads, each with no missing/unexpected/mismatched key and no warning."""
 from __future__ import annotations
 
 import json
-import logging
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import refused, run
+from helpers import load_clean, quietly, refused, run
 from safetensors.torch import load_file, save_file
 
 import reinit
@@ -21,38 +19,6 @@ import reinit
 transformers = pytest.importorskip("transformers")
 
 WTE = "transformer.wte.weight"
-
-
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-def _quietly(fn, *args, **kwargs):
-    """`fn(...)` with every Python warning and every transformers log record of WARNING or
-    above captured: returns (result, the messages), so a test can assert there were none."""
-    handler = _Records()
-    logger = logging.getLogger("transformers")
-    logger.addHandler(handler)
-    try:
-        with warnings.catch_warnings(record=True) as seen:
-            warnings.simplefilter("always")
-            result = fn(*args, **kwargs)
-    finally:
-        logger.removeHandler(handler)
-    return result, [str(w.message) for w in seen] + handler.messages
-
-
-def _load_clean(auto, path: Path):
-    (model, info), messages = _quietly(auto.from_pretrained, path, output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"], info
-    assert not info["mismatched_keys"] and not info["error_msgs"], info
-    assert messages == []
-    return model
 
 
 def _gpt2(path: Path) -> Path:
@@ -73,12 +39,12 @@ def test_gpt2_grown_by_8_tokens_loads_and_generates(tmp_path):
     res = run("apply", src, "--resize", f"{WTE}=[1008,*]", "-o", f"{out}/", "-q")
     assert res.exit_code == 0, res.output
     assert "note: config.json: vocab_size 1000 -> 1008" in res.stderr
-    model = _load_clean(transformers.AutoModelForCausalLM, out)
+    model = load_clean(transformers.AutoModelForCausalLM, out)
     assert model.config.vocab_size == 1008
     assert model.lm_head.weight.shape == (1008, 32)
     assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()  # tied
     ids = torch.tensor([[1, 2, 3, 4]])
-    gen, messages = _quietly(
+    gen, messages = quietly(
         model.generate,
         ids,
         attention_mask=torch.ones_like(ids),
@@ -138,7 +104,7 @@ def test_llama_cut_from_4_to_2_layers_loads_as_a_2_layer_model(tmp_path):
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "note: config.json: num_hidden_layers 4 -> 2" in res.stderr
-    model = _load_clean(transformers.AutoModelForCausalLM, out)
+    model = load_clean(transformers.AutoModelForCausalLM, out)
     assert model.config.num_hidden_layers == 2 and len(model.model.layers) == 2
     old = load_file(src / "model.safetensors")
     for name, t in model.state_dict().items():
@@ -160,7 +126,7 @@ def test_llama_cut_from_4_to_2_layers_loads_as_a_2_layer_model(tmp_path):
     res = run("apply", out, *grow, *apart)
     assert res.exit_code == 0, res.output
     assert "'lm_head.weight' gets 137 rows but 'model.embed_tokens.weight' 136" in res.stderr
-    grown = _load_clean(transformers.AutoModelForCausalLM, tmp_path / "grown")
+    grown = load_clean(transformers.AutoModelForCausalLM, tmp_path / "grown")
     assert grown.config.vocab_size == 136 and grown.config.num_hidden_layers == 2
     assert grown(ids).logits.shape == (1, 3, 136)
 
@@ -312,6 +278,6 @@ def test_a_bert_mlm_grown_is_told_to_grow_its_decoder_bias_and_then_loads(tmp_pa
         "'cls.predictions.bias' gets 57 rows but 'bert.embeddings.word_embeddings.weight' 56"
         in res.stderr
     )
-    grown = _load_clean(transformers.AutoModelForMaskedLM, out)
+    grown = load_clean(transformers.AutoModelForMaskedLM, out)
     assert grown.config.vocab_size == 56
     assert grown(torch.tensor([[3, 4, 55]])).logits.shape == (1, 3, 56)

@@ -7,10 +7,10 @@ report counts copied and new rows; missing tokenizer files are exit 2."""
 from __future__ import annotations
 
 import json
-import logging
 
 import pytest
 import torch
+from helpers import load_clean as helpers_load_clean
 from helpers import refused, run
 from safetensors.torch import load_file, save_file
 
@@ -54,29 +54,9 @@ def gpt2(path, vocab: int, seed: int, eot: int):
     return model
 
 
-class Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record):
-        self.records.append(record)
-
-
 def load_clean(cls, path):
-    """from_pretrained with no missing, unexpected or mismatched key and no warning logged
-    (transformers' logger does not propagate to the root, so a handler is put on it)."""
-    logger = logging.getLogger("transformers")
-    handler = Records()
-    logger.addHandler(handler)
-    try:
-        model, info = cls.from_pretrained(path, output_loading_info=True)
-    finally:
-        logger.removeHandler(handler)
-    assert not [r.getMessage() for r in handler.records]
-    assert not info["missing_keys"] and not info["unexpected_keys"]
-    assert not info["mismatched_keys"], info["mismatched_keys"]
-    return model.eval()
+    """`helpers.load_clean` (no missing/unexpected/mismatched key, no warning), in eval mode."""
+    return helpers_load_clean(cls, path).eval()
 
 
 @pytest.fixture
