@@ -130,24 +130,37 @@ def report_checkpoint(
         if record is not None:
             report = replace(report, steps=report_steps(record))
         if base is not None:
-            missing = [n for n in base.names() if n not in ckpt and n not in renamed]
-            from reinit.planning.dcp_names import held_under_model_names  # torch: --against
-
-            held = held_under_model_names(base, missing, ckpt, os.fspath(against or ""))
-            missing = [n for n in missing if n not in held]
-            if held:
-                report = replace(report, warnings=(*report.warnings, _held_warning(held, source)))
-            if missing:
-                shown = ", ".join(missing[:10]) + (", …" if len(missing) > 10 else "")
-                report = replace(
-                    report,
-                    warnings=(
-                        *report.warnings,
-                        f"{len(missing)} tensor(s) of the baseline {os.fspath(against or '')} "
-                        f"are not in {os.fspath(source)}: {shown}",
-                    ),
-                )
+            report = _with_missing(report, ckpt, base, renamed, replay, source, against)
         return report
+
+
+
+def _with_missing(
+    report: Report,
+    ckpt: Checkpoint,
+    base: Checkpoint,
+    renamed: set[str],
+    replay: Replay | None,
+    source: str | os.PathLike[str],
+    against: str | os.PathLike[str] | None,
+) -> Report:
+    """The report with the baseline names SOURCE lacks: those a recorded `--drop` removed as
+    its `dropped`, those held under the model's names and the rest as warnings."""
+    from reinit.planning.dcp_names import held_under_model_names  # torch: --against
+
+    dropped = replay.dropped() if replay is not None else ()
+    gone = set(renamed) | set(dropped)
+    missing = [n for n in base.names() if n not in ckpt and n not in gone]
+    held = held_under_model_names(base, missing, ckpt, os.fspath(against or ""))
+    missing = [n for n in missing if n not in held]
+    warnings = [_held_warning(held, source)] if held else []
+    if missing:
+        shown = ", ".join(missing[:10]) + (", …" if len(missing) > 10 else "")
+        warnings.append(
+            f"{len(missing)} tensor(s) of the baseline {os.fspath(against or '')} "
+            f"are not in {os.fspath(source)}: {shown}"
+        )
+    return replace(report, warnings=(*report.warnings, *warnings), dropped=tuple(dropped))
 
 
 def report_steps(record: Provenance) -> tuple[ReportStep, ...] | None:

@@ -106,6 +106,22 @@ class Replay:
             return {}
         return {r.name: self.origin(r.name) for r in self.stages[-1].refs}
 
+    def dropped(self) -> tuple[str, ...]:
+        """The baseline names a replayed `--drop` removed (each under its baseline name,
+        followed back through the stages before the one that dropped it); () without a
+        replayed surgery."""
+        if not self.surgery:
+            return ()
+        names = []
+        for i, stage in enumerate(self.stages):
+            for name in stage.edited.dropped if stage.edited is not None else ():
+                at: str | None = name
+                for earlier in reversed(self.stages[:i]):
+                    at = earlier.earlier_name(at) if at is not None else None
+                if at is not None:  # None: an earlier step's --add made it
+                    names.append(at)
+        return tuple(names)
+
 
 def replay_of(
     record: Provenance | None,
