@@ -7,6 +7,7 @@ Internal: also tests reinit.schemes directly (not the `reinit` API).
 from __future__ import annotations
 
 import json
+import logging
 import struct
 from pathlib import Path
 
@@ -312,3 +313,35 @@ def test_a_config_beside_the_checkpoint_never_makes_it_reach_the_network(
     assert torch.count_nonzero(new["lm_head.weight"]) == 0
     assert torch.equal(new["transformer.wte.weight"], w)  # no tie: its own tensor, kept
     assert rep.entry("lm_head.weight").notes == ()
+
+
+def _out_of_vocabulary(folder: Path, token: int) -> Path:
+    """`_gpt2_both` with bos/eos `token`, outside its vocabulary of 50. (transformers says so
+    once per process and message: `warning_once`, so each test gives its own token.)"""
+    src = _gpt2_both(folder)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg.update(bos_token_id=token, eos_token_id=token)
+    (src / "config.json").write_text(json.dumps(cfg))
+    return src
+
+
+def test_the_internal_build_of_the_checkpoint_s_config_says_nothing(tmp_path):
+    """The model a checkpoint's own config.json builds to find its ties is reinit's, not the
+    command's: what transformers says of that config (token ids outside the vocabulary) was
+    printed as `warning: transformers: ...` lines by an ordinary apply. Given as `--model`, a
+    config is the user's, and its warnings are still shown."""
+    src = _out_of_vocabulary(tmp_path / "gpt2", 7907)
+    rule = ["-r", "transformer.wte.weight=normal(std=0.05)"]
+    level = logging.getLogger("transformers").level
+    for i, surgery in enumerate([[], ["--resize", "lm_head.weight=[56,*]"]]):
+        out = tmp_path / f"out{i}"
+        res = run("apply", src, *rule, *surgery, "-o", f"{out}/", "-q")
+        assert res.exit_code == 0, res.output
+        assert "transformers" not in res.stderr, res.stderr
+        new = load_file(out / "model.safetensors")
+        assert torch.equal(new["transformer.wte.weight"], new["lm_head.weight"])  # tie found
+    assert logging.getLogger("transformers").level == level  # restored after the quiet build
+    own = _out_of_vocabulary(tmp_path / "own", 7919)
+    res = run("apply", own, *rule, "--model", own, "-o", f"{tmp_path / 'o'}/", "-q")
+    assert res.exit_code == 0, res.output
+    assert "warning: transformers: " in res.stderr and "got 7919" in res.stderr

@@ -104,7 +104,7 @@ def _own_view(ckpt: Checkpoint, config: Mapping[str, Any] | None) -> ModelView |
     from reinit.planning.model_load import model_of_config
 
     try:
-        model = model_of_config("config.json", config)
+        model = model_of_config("config.json", config, internal=True)
     except ReinitError:
         return None
     return model.align(ckpt.names(), {r.name: r.shape for r in ckpt.refs()})

@@ -115,7 +115,7 @@ def _placement(ckpt: Checkpoint, where: str) -> DcpNames | None:
 
     refs = ckpt.refs()
     try:
-        model = model_of_config(where, config)
+        model = model_of_config(where, config, internal=True)
         view = model.align([r.name for r in refs], {r.name: r.shape for r in refs})
     except ReinitError:
         return None
