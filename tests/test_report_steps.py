@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 
 from helpers import run, tiny_bert
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 import reinit
 
@@ -66,3 +68,30 @@ def test_a_one_step_output_reports_as_before(tmp_path):
     assert list(doc) == [
         "reinit_version", "source", "output", "seed", "rules", "tensors", "summary", "dropped",
     ]  # fmt: skip
+
+
+def test_a_hostile_record_s_steps_neither_drive_nor_flood_the_terminal(tmp_path):
+    """A record's rules are the file's text: escapes are shown escaped (never sent to the
+    terminal), and each step line is bounded (was: a record of 32 steps with 1 MB rules printed
+    33 MB on the terminal); the JSON holds every step's rules whole."""
+    out = _two_steps(tmp_path)[1]
+    path = out / "model.safetensors"
+    with safe_open(path, "pt") as f:
+        record = json.loads(f.metadata()["reinit"])
+    evil = "\x1b[2J\x1b[31merror: forged\n\u202e" + "x" * 100_000 + "=zeros"
+    record["before"] = [{**record["before"][0], "rules": [evil]}] * 5
+    save_file(load_file(path), path, metadata={"format": "pt", "reinit": json.dumps(record)})
+    res = run("report", out)
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.startswith("step ")]
+    assert len(lines) == 6 and "\x1b" not in res.output and "\u202e" not in res.output
+    assert "\\x1b[2J" in lines[0]  # shown escaped
+    assert len(res.output) < 6 * 3000, len(res.output)
+    md = tmp_path / "r.md"
+    assert run("report", out, "-o", md).exit_code == 0
+    text = md.read_text()
+    assert "\x1b" not in text and all(
+        len(ln) < 3000 for ln in text.splitlines() if ln.startswith("- step ")
+    )
+    doc = json.loads(run("report", out, "--json").stdout)
+    assert [st["rules"] for st in doc["steps"][:5]] == [[evil]] * 5
