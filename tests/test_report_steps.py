@@ -95,3 +95,18 @@ def test_a_hostile_record_s_steps_neither_drive_nor_flood_the_terminal(tmp_path)
     )
     doc = json.loads(run("report", out, "--json").stdout)
     assert [st["rules"] for st in doc["steps"][:5]] == [[evil]] * 5
+
+
+def test_a_record_of_a_later_format_claims_no_steps(tmp_path):
+    """A one-step output a later reinit recorded (record format past this one's) was reported
+    as 'made in several steps; the steps before the last are not recorded' (JSON `steps`
+    null): its steps are not read, so nothing is said of them."""
+    mid = _two_steps(tmp_path)[2]
+    path = mid / "model.safetensors"
+    with safe_open(path, "pt") as f:
+        record = {**json.loads(f.metadata()["reinit"]), "record": 99}
+    save_file(load_file(path), path, metadata={"format": "pt", "reinit": json.dumps(record)})
+    res = run("report", mid)
+    assert res.exit_code == 0 and "steps" not in res.output, res.output
+    doc = json.loads(run("report", mid, "--json").stdout)
+    assert "steps" not in doc and doc["seed"] == 3 and doc["rules"] == [FIRST]

@@ -43,7 +43,7 @@ from reinit.report.reference import REFERENCE_TOLERANCE, ReferenceBasis, basis_f
 from reinit.report.stats import StatsAccumulator
 from reinit.report.views import check_formats, publish_report_files, report_targets
 from reinit.run.ranks import Group, split_map
-from reinit.run.record import Provenance, SurgeryTexts
+from reinit.run.record import RECORD_FORMAT, Provenance, SurgeryTexts
 from reinit.tools.provenance import recorded_provenance
 from reinit.tools.raw_report import raw_entries
 
@@ -165,7 +165,11 @@ def _with_missing(
 
 def report_steps(record: Provenance) -> tuple[ReportStep, ...] | None:
     """The report's `steps`: every step the record holds when it holds more than its own
-    (() for one: the report's seed and rules say it all), None when those before are unknown."""
+    (() for one: the report's seed and rules say it all), None when those before are unknown.
+    A record of a later format than this reinit reads says nothing of its steps here: () (was:
+    'made in several steps' for any, one step too)."""
+    if record.format > RECORD_FORMAT:
+        return ()
     steps = record.steps
     if steps is None:
         return None
