@@ -319,6 +319,11 @@ def test_expert_surgery_names_the_model_of_the_config_the_output_follows(tmp_pat
     res = run("report", out_dcp, "--against", src)
     assert res.exit_code == 0 and "under 6 of the model's state_dict() names" in res.stderr
     assert "not compared" in res.stderr and "compared as" not in res.stderr
+    # its recorded surgery, replayed on the source, gives the DCP's tensors as the writer placed
+    # them: said so, not blamed on the baseline (was: 'does not give its tensors (another
+    # baseline, or a file changed after apply)', both false)
+    assert "another baseline" not in res.stderr, res.stderr
+    assert "under the model's state_dict() names (a --format dcp output)" in res.stderr
     res = run("diff", src, out_dcp)
     assert res.exit_code == 0 and "26 removed tensor(s)" in res.output
     assert "are held in" in res.output and "compared as" not in res.output

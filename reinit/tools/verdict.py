@@ -172,13 +172,31 @@ def _surgery_on(
             refs, aliases = edited.refs, _still(aliases, edited.refs)
         stages.append(Stage(step, edited, refs))
     if any(st.edited is not None for st in stages) and _shapes(refs) != _shapes(ckpt.refs()):
-        why = (
-            f"run on {base.source}, does not give its tensors (another baseline, or a file "
-            "changed after apply)"
-        )
+        why = _not_given(refs, ckpt, base)
         return _unedited(steps, ckpt), (_set_aside(ckpt, why, None, len(steps)),)
     last = stages[-1]
     return (*stages[:-1], replace(last, refs=tuple(ckpt.refs()))), ()
+
+
+def _not_given(refs: Sequence[TensorRef], ckpt: Checkpoint, base: Checkpoint) -> str:
+    """Why the replayed surgery's tensors (`refs`) are not OUT's: OUT a `--format dcp` output
+    that holds them under the model's `state_dict()` names (its config's model, as the writer
+    placed them), else another baseline or a file changed after apply."""
+    from reinit.planning.model_named import dcp_shapes
+    from reinit.run.config_update import update_config
+
+    out, config = os.fspath(ckpt.source), base.config()  # a DCP output has no config.json:
+    config = update_config(config, _shapes(refs)).config if config is not None else None
+    if dcp_shapes(refs, config, out) == _shapes(ckpt.refs()):  # the writer's, as surgery left it
+        return (
+            f"run on {base.source}, gives its tensors as it holds them: under the model's "
+            "state_dict() names (a --format dcp output), which are not paired with the "
+            "baseline's per-expert names"
+        )
+    return (
+        f"run on {base.source}, does not give its tensors (another baseline, or a file "
+        "changed after apply)"
+    )
 
 
 def _resize_aliases(steps: Sequence[Provenance], base: Checkpoint) -> dict[str, str]:
