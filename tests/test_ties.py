@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import load_clean, run
+from helpers import load_clean, run, verdicts
 from safetensors.torch import load_file, save_file
 
 import reinit
@@ -345,3 +345,32 @@ def test_the_internal_build_of_the_checkpoint_s_config_says_nothing(tmp_path):
     res = run("apply", own, *rule, "--model", own, "-o", f"{tmp_path / 'o'}/", "-q")
     assert res.exit_code == 0, res.output
     assert "warning: transformers: " in res.stderr and "got 7919" in res.stderr
+
+
+def test_report_against_a_bin_judges_its_tied_resize_as_apply_did(tmp_path):
+    """A `.bin` GPT-2 (wte and lm_head one storage; a config.json without `architectures`, so
+    it builds no head to ask about ties), resized with a rule on the other name, written as
+    safetensors (two copies, tied no more in the file): `report OUT --against SRC` judged
+    `transformer.wte.weight` as the resize's fill and flagged it `constant`; apply had given
+    it lm_head's rule. The baseline's shared storage ties the replay as it tied apply."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(
+        n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=32, bos_token_id=49,
+        eos_token_id=49,
+    )  # fmt: skip
+    sd = transformers.GPT2LMHeadModel(cfg).state_dict()
+    assert sd["lm_head.weight"].data_ptr() == sd["transformer.wte.weight"].data_ptr()
+    src = tmp_path / "gpt2"
+    src.mkdir()
+    torch.save(sd, src / "pytorch_model.bin")
+    cfg.save_pretrained(src)
+    out = tmp_path / "out"
+    rep = reinit.apply(
+        src, ["lm_head.weight=zeros"], out, resize=["transformer.wte.weight=[56,*]"]
+    )
+    new = load_file(out / "model.safetensors")
+    assert torch.count_nonzero(new["transformer.wte.weight"]) == 0
+    again = reinit.report_checkpoint(out, src)
+    assert verdicts(again) == verdicts(rep)
+    assert again.entry("transformer.wte.weight").flags == () and again.warnings == ()

@@ -35,8 +35,8 @@ from __future__ import annotations
 __all__ = ["Replay", "Stage", "as_applied", "replay_of", "steps_from"]
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -62,11 +62,14 @@ from reinit.schemes import DEFAULT
 class Stage:
     """One recorded step as replayed from the baseline: its record, its surgery run again on
     the names before it (None: it had none, or the surgery was set aside) and the tensors its
-    rules are planned on (the names and shapes after its surgery)."""
+    rules are planned on (the names and shapes after its surgery), and the baseline's tied
+    names still there after it (shared storage in a `.bin`, a config's tie of two equal
+    copies): apply tied them, whatever OUT's own form still says of it."""
 
     step: Provenance
     edited: Edited | None
     refs: tuple[TensorRef, ...]
+    tied: Mapping[str, str] = field(default_factory=dict)
 
     def earlier_name(self, name: str) -> str | None:
         """`name`'s name before this step (None: this step's `--add` made it)."""
@@ -170,12 +173,12 @@ def _surgery_on(
             return _unedited(steps, ckpt), (_set_aside(ckpt, why, i, len(steps)),)
         if edited is not None:
             refs, aliases = edited.refs, _still(aliases, edited.refs)
-        stages.append(Stage(step, edited, refs))
+        stages.append(Stage(step, edited, refs, aliases))
     if any(st.edited is not None for st in stages) and _shapes(refs) != _shapes(ckpt.refs()):
         why = _not_given(refs, ckpt, base)
         return _unedited(steps, ckpt), (_set_aside(ckpt, why, None, len(steps)),)
-    last = stages[-1]
-    return (*stages[:-1], replace(last, refs=tuple(ckpt.refs()))), ()
+    last, out = stages[-1], tuple(ckpt.refs())
+    return (*stages[:-1], replace(last, refs=out, tied=_still(last.tied, out))), ()
 
 
 def _not_given(refs: Sequence[TensorRef], ckpt: Checkpoint, base: Checkpoint) -> str:
@@ -225,7 +228,7 @@ def _step_surgery(
         return None, f"does not replay on the baseline ({e})"
 
 
-def _still(aliases: dict[str, str], refs: Sequence[TensorRef]) -> dict[str, str]:
+def _still(aliases: Mapping[str, str], refs: Sequence[TensorRef]) -> dict[str, str]:
     """The tied names that are both still there after a step's surgery."""
     names = {r.name for r in refs}
     return {n: t for n, t in aliases.items() if n in names and t in names}
@@ -362,7 +365,7 @@ def _planned(
     for i, stage in enumerate(replay.stages):
         try:
             rules = parse_rules(stage.step.rules)
-            the_plan = _plan_rules(stage.refs, rules, replay.view, ckpt)
+            the_plan = _plan_rules(stage.refs, rules, replay.view, ckpt, stage.tied)
         except ReinitError as e:
             warnings.append(_unplanned(ckpt, replay, i, e))
             the_plan = plan(stage.refs, ())
@@ -373,10 +376,16 @@ def _planned(
 
 
 def _plan_rules(
-    refs: Sequence[TensorRef], rules: Sequence[Rule], view: ModelView | None, ckpt: Checkpoint
+    refs: Sequence[TensorRef],
+    rules: Sequence[Rule],
+    view: ModelView | None,
+    ckpt: Checkpoint,
+    tied: Mapping[str, str],
 ) -> Plan:
     """A stage's names planned by its rules as apply planned them, tied groups included (a
-    rule on one tied name changed the others; the ties are OUT's, `ckpt`'s)."""
+    rule on one tied name changed the others; the ties are OUT's, `ckpt`'s, and the
+    baseline's still there, `tied`: a `.bin`'s shared storage written as two safetensors
+    copies is tied no more in OUT, but was when apply ran)."""
     if view is None:
         check_model_needs(rules, None)
         the_plan = plan(refs, rules, allow_unmatched=True)
@@ -390,7 +399,7 @@ def _plan_rules(
         )
         the_plan = check_default(the_plan, view)
     tied_by_config = config_ties(the_plan, ckpt, view)
-    return resolve_ties(the_plan, ckpt.aliases(), tied_by_config)[0]
+    return resolve_ties(the_plan, {**tied, **ckpt.aliases()}, tied_by_config)[0]
 
 
 def _unplanned(ckpt: Checkpoint, replay: Replay, index: int, e: ReinitError) -> str:
