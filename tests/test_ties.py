@@ -366,9 +366,7 @@ def test_report_against_a_bin_judges_its_tied_resize_as_apply_did(tmp_path):
     torch.save(sd, src / "pytorch_model.bin")
     cfg.save_pretrained(src)
     out = tmp_path / "out"
-    rep = reinit.apply(
-        src, ["lm_head.weight=zeros"], out, resize=["transformer.wte.weight=[56,*]"]
-    )
+    rep = reinit.apply(src, ["lm_head.weight=zeros"], out, resize=["transformer.wte.weight=[56,*]"])
     new = load_file(out / "model.safetensors")
     assert torch.count_nonzero(new["transformer.wte.weight"]) == 0
     again = reinit.report_checkpoint(out, src)

@@ -111,9 +111,7 @@ def _placement(ckpt: Checkpoint, where: str) -> DcpNames | None:
     return _placed(ckpt.refs(), ckpt.config(), where)
 
 
-def _placed(
-    refs: Sequence[TensorRef], config: ConfigDict | None, where: str
-) -> DcpNames | None:
+def _placed(refs: Sequence[TensorRef], config: ConfigDict | None, where: str) -> DcpNames | None:
     """`dcp_names` of `refs` by the model `config` describes; None without one reinit builds."""
     if config is None or "model_type" not in config:
         return None

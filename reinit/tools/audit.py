@@ -134,7 +134,6 @@ def report_checkpoint(
         return report
 
 
-
 def _with_missing(
     report: Report,
     ckpt: Checkpoint,
