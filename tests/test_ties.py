@@ -372,3 +372,22 @@ def test_report_against_a_bin_judges_its_tied_resize_as_apply_did(tmp_path):
     again = reinit.report_checkpoint(out, src)
     assert verdicts(again) == verdicts(rep)
     assert again.entry("transformer.wte.weight").flags == () and again.warnings == ()
+
+
+def test_a_vocabulary_cut_below_a_token_id_says_which_to_set(tmp_path):
+    """Shrinking the tied embeddings below `eos_token_id` wrote a config transformers warns
+    about at every load (the id outside the vocabulary), with nothing said: a note names each
+    such id and the `--config` that sets it; set, the output loads clean."""
+    transformers = pytest.importorskip("transformers")
+    src = _gpt2_both(tmp_path / "gpt2")  # bos = eos = 49, vocabulary 50
+    res = run("apply", src, "--resize", "lm_head.weight=[37,*]", "-o", f"{tmp_path / 'a'}/")
+    assert res.exit_code == 0, res.output
+    for key in ("bos_token_id", "eos_token_id"):
+        assert f"note: config.json: {key} 49 is outside the 37 rows" in res.output, res.output
+        assert f"--config '{key}=N' (N < 37)" in res.output
+    ids = ["--config", "bos_token_id=36", "--config", "eos_token_id=36"]
+    out = tmp_path / "b"
+    res = run("apply", src, "--resize", "lm_head.weight=[37,*]", *ids, "-o", f"{out}/")
+    assert res.exit_code == 0 and "is outside" not in res.output, res.output
+    model = load_clean(transformers.GPT2LMHeadModel, out)
+    assert model.config.vocab_size == 37 and model.config.eos_token_id == 36
