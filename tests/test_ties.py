@@ -341,6 +341,11 @@ def test_the_internal_build_of_the_checkpoint_s_config_says_nothing(tmp_path):
         new = load_file(out / "model.safetensors")
         assert torch.equal(new["transformer.wte.weight"], new["lm_head.weight"])  # tie found
     assert logging.getLogger("transformers").level == level  # restored after the quiet build
+    # the model that names a --format dcp output's tensors is reinit's too
+    dcp_src = _out_of_vocabulary(tmp_path / "for-dcp", 7933)
+    layer = ["-r", "transformer.h.0.*.weight=zeros"]  # no tie to look for: the layout's build
+    res = run("apply", dcp_src, *layer, "--format", "dcp", "-o", f"{tmp_path / 'dcp'}/", "-q")
+    assert res.exit_code == 0 and "transformers" not in res.stderr, res.output
     own = _out_of_vocabulary(tmp_path / "own", 7919)
     res = run("apply", own, *rule, "--model", own, "-o", f"{tmp_path / 'o'}/", "-q")
     assert res.exit_code == 0, res.output
