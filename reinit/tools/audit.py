@@ -147,7 +147,7 @@ def _with_missing(
     its `dropped`, those held under the model's names and the rest as warnings."""
     from reinit.planning.dcp_names import held_under_model_names  # torch: --against
 
-    dropped = replay.dropped() if replay is not None else ()
+    dropped = replay.dropped if replay is not None else ()
     gone = set(renamed) | set(dropped)
     missing = [n for n in base.names() if n not in ckpt and n not in gone]
     held = held_under_model_names(base, missing, ckpt, os.fspath(against or ""))

@@ -93,6 +93,9 @@ class Replay:
     view: ModelView | None = None
     warnings: tuple[str, ...] = ()
     recorded: bool = False  # OUT has a record (written by reinit), not the stand-in
+    # the baseline names a replayed --drop removed: with a replayed surgery, or one that
+    # gives OUT's tensors as a --format dcp output holds them (then set aside all the same)
+    dropped: tuple[str, ...] = ()
 
     def origin(self, name: str) -> str | None:
         """The baseline name OUT's `name` came from, followed back through every stage
@@ -109,21 +112,19 @@ class Replay:
             return {}
         return {r.name: self.origin(r.name) for r in self.stages[-1].refs}
 
-    def dropped(self) -> tuple[str, ...]:
-        """The baseline names a replayed `--drop` removed (each under its baseline name,
-        followed back through the stages before the one that dropped it); () without a
-        replayed surgery."""
-        if not self.surgery:
-            return ()
-        names = []
-        for i, stage in enumerate(self.stages):
-            for name in stage.edited.dropped if stage.edited is not None else ():
-                at: str | None = name
-                for earlier in reversed(self.stages[:i]):
-                    at = earlier.earlier_name(at) if at is not None else None
-                if at is not None:  # None: an earlier step's --add made it
-                    names.append(at)
-        return tuple(names)
+
+def _dropped(stages: Sequence[Stage]) -> tuple[str, ...]:
+    """The baseline names the stages' `--drop` removed (each under its baseline name, followed
+    back through the stages before the one that dropped it)."""
+    names = []
+    for i, stage in enumerate(stages):
+        for name in stage.edited.dropped if stage.edited is not None else ():
+            at: str | None = name
+            for earlier in reversed(stages[:i]):
+                at = earlier.earlier_name(at) if at is not None else None
+            if at is not None:  # None: an earlier step's --add made it
+                names.append(at)
+    return tuple(names)
 
 
 def replay_of(
@@ -139,10 +140,10 @@ def replay_of(
     has_record = record is not None
     record = record or Provenance(0, ())
     steps = steps_from(record, recorded(base))
-    stages, warnings = _surgery_on(steps, ckpt, base)
+    stages, warnings, dropped = _surgery_on(steps, ckpt, base)
     surgery = not warnings and any(st.edited is not None for st in stages)
     view = model_view(model, ckpt) if model is not None else None
-    return Replay(record, stages, surgery, view, warnings, has_record)
+    return Replay(record, stages, surgery, view, warnings, has_record, dropped)
 
 
 def steps_from(record: Provenance, base: Provenance | None) -> tuple[Provenance, ...]:
@@ -161,30 +162,37 @@ def steps_from(record: Provenance, base: Provenance | None) -> tuple[Provenance,
 
 def _surgery_on(
     steps: Sequence[Provenance], ckpt: Checkpoint, base: Checkpoint
-) -> tuple[tuple[Stage, ...], tuple[str, ...]]:
+) -> tuple[tuple[Stage, ...], tuple[str, ...], tuple[str, ...]]:
     """Each step's recorded surgery run again on the names before it, from the baseline's,
     when together they give OUT's tensors (names and shapes); else stages planned on OUT's
-    names with no surgery, and why. Tied names resize together, as apply resized them."""
+    names with no surgery, and why. Tied names resize together, as apply resized them. Then
+    the baseline names it dropped, where it gives OUT's tensors (as they are, or as a DCP
+    holds them)."""
     refs, aliases = tuple(base.refs()), _resize_aliases(steps, base)
     stages: list[Stage] = []
     for i, step in enumerate(steps):
         edited, why = _step_surgery(step, refs, aliases)
         if why is not None:
-            return _unedited(steps, ckpt), (_set_aside(ckpt, why, i, len(steps)),)
+            return _unedited(steps, ckpt), (_set_aside(ckpt, why, i, len(steps)),), ()
         if edited is not None:
             refs, aliases = edited.refs, _still(aliases, edited.refs)
         stages.append(Stage(step, edited, refs, aliases))
     if any(st.edited is not None for st in stages) and _shapes(refs) != _shapes(ckpt.refs()):
-        why = _not_given(refs, ckpt, base)
-        return _unedited(steps, ckpt), (_set_aside(ckpt, why, None, len(steps)),)
+        why, placed = _not_given(refs, ckpt, base)
+        gone = _dropped(stages) if placed else ()
+        return _unedited(steps, ckpt), (_set_aside(ckpt, why, None, len(steps)),), gone
     last, out = stages[-1], tuple(ckpt.refs())
-    return (*stages[:-1], replace(last, refs=out, tied=_still(last.tied, out))), ()
+    return (
+        (*stages[:-1], replace(last, refs=out, tied=_still(last.tied, out))),
+        (),
+        _dropped(stages),
+    )
 
 
-def _not_given(refs: Sequence[TensorRef], ckpt: Checkpoint, base: Checkpoint) -> str:
+def _not_given(refs: Sequence[TensorRef], ckpt: Checkpoint, base: Checkpoint) -> tuple[str, bool]:
     """Why the replayed surgery's tensors (`refs`) are not OUT's: OUT a `--format dcp` output
     that holds them under the model's `state_dict()` names (its config's model, as the writer
-    placed them), else another baseline or a file changed after apply."""
+    placed them: True), else another baseline or a file changed after apply."""
     from reinit.planning.model_named import dcp_shapes
     from reinit.run.config_update import update_config
 
@@ -195,11 +203,11 @@ def _not_given(refs: Sequence[TensorRef], ckpt: Checkpoint, base: Checkpoint) ->
             f"run on {base.source}, gives its tensors as it holds them: under the model's "
             "state_dict() names (a --format dcp output), which are not paired with the "
             "baseline's per-expert names"
-        )
+        ), True
     return (
         f"run on {base.source}, does not give its tensors (another baseline, or a file "
         "changed after apply)"
-    )
+    ), False
 
 
 def _resize_aliases(steps: Sequence[Provenance], base: Checkpoint) -> dict[str, str]:
