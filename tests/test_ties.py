@@ -396,3 +396,21 @@ def test_a_vocabulary_cut_below_a_token_id_says_which_to_set(tmp_path):
     assert res.exit_code == 0 and "is outside" not in res.output, res.output
     model = load_clean(transformers.GPT2LMHeadModel, out)
     assert model.config.vocab_size == 37 and model.config.eos_token_id == 36
+
+
+def test_only_a_resize_of_a_possible_tie_builds_the_model_to_ask(tmp_path, monkeypatch):
+    """Every `--resize` built the model of the checkpoint's config and read both copies of its
+    embeddings whole to see whether they are tied, even a resize of another tensor (on a
+    256k-token model, gigabytes read for a classifier's resize). Only a resize of a tensor of
+    the vocabulary's length asks."""
+    from reinit.planning import config_ties
+
+    src = _gpt2_both(tmp_path / "gpt2")
+    built: list[object] = []
+    real = config_ties._own_view
+    monkeypatch.setattr(config_ties, "_own_view", lambda *a: built.append(a) or real(*a))
+    reinit.apply(src, [], tmp_path / "a", resize=["transformer.h.0.mlp.c_fc.bias=[80]"])
+    assert built == []
+    reinit.apply(src, [], tmp_path / "b", resize=["transformer.wte.weight=[56,*]"])
+    assert len(built) == 1
+    assert load_file(tmp_path / "b" / "model.safetensors")["lm_head.weight"].shape == (56, 16)

@@ -204,7 +204,8 @@ def edit_checkpoint(
         return ckpt, None
     surgery = resolve_fills(surgery, ckpt.config)
     aliases = ckpt.aliases() if surgery.resizes else {}
-    by_config = resize_ties(ckpt, config) if surgery.resizes else {}
+    resized = None if surgery.renames else {r.name for r in surgery.resizes}  # source names
+    by_config = resize_ties(ckpt, config, resized) if surgery.resizes else {}
     edited = edit_refs(
         ckpt.refs(),
         surgery,

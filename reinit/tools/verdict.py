@@ -215,7 +215,22 @@ def _resize_aliases(steps: Sequence[Provenance], base: Checkpoint) -> dict[str, 
     read only when a step resizes)."""
     if not any(st.surgery is not None and st.surgery.resize for st in steps):
         return base.aliases()
-    return {**base.aliases(), **resize_ties(base)}
+    return {**base.aliases(), **resize_ties(base, None, _resized_names(steps))}
+
+
+def _resized_names(steps: Sequence[Provenance]) -> set[str] | None:
+    """The baseline names the steps' `--resize` name, as apply asks (None: any may be, after
+    a `--rename`, or a record that does not parse: `_step_surgery` says so)."""
+    names: set[str] = set()
+    for st in steps:
+        s = st.surgery
+        if s is None or s.rename:
+            return None
+        try:
+            names.update(r.name for r in parse_surgery((), (), (), s.resize).resizes)
+        except ReinitError:
+            return None
+    return names
 
 
 def _step_surgery(
