@@ -53,9 +53,9 @@ def test_every_step_is_in_the_terminal_json_and_markdown_reports(tmp_path):
         assert reinit.Report.from_dict(doc).to_dict()["steps"] == doc["steps"]  # read back whole
         md = tmp_path / f"{out.name}.md"
         assert run("report", out, "-o", md).exit_code == 0
-        assert [f"- {line}" for line in STEPS] == [
+        assert [f"- {line[:12]} `{line[13:]}`" for line in STEPS] == [
             ln for ln in md.read_text().splitlines() if ln.startswith("- step ")
-        ]
+        ]  # each step's text in a code span, as the rules line shows rules
 
 
 def test_a_one_step_output_reports_as_before(tmp_path):
@@ -78,7 +78,7 @@ def test_a_hostile_record_s_steps_neither_drive_nor_flood_the_terminal(tmp_path)
     path = out / "model.safetensors"
     with safe_open(path, "pt") as f:
         record = json.loads(f.metadata()["reinit"])
-    evil = "\x1b[2J\x1b[31merror: forged\n\u202e" + "x" * 100_000 + "=zeros"
+    evil = "<img src=x>\x1b[2J\x1b[31merror: forged\n\u202e" + "x" * 100_000 + "=zeros"
     record["before"] = [{**record["before"][0], "rules": [evil]}] * 5
     save_file(load_file(path), path, metadata={"format": "pt", "reinit": json.dumps(record)})
     res = run("report", out)
@@ -90,9 +90,9 @@ def test_a_hostile_record_s_steps_neither_drive_nor_flood_the_terminal(tmp_path)
     md = tmp_path / "r.md"
     assert run("report", out, "-o", md).exit_code == 0
     text = md.read_text()
-    assert "\x1b" not in text and all(
-        len(ln) < 3000 for ln in text.splitlines() if ln.startswith("- step ")
-    )
+    steps = [ln for ln in text.splitlines() if ln.startswith("- step ")]
+    assert "\x1b" not in text and all(len(ln) < 3000 for ln in steps)
+    assert steps[0].startswith("- step 1 of 6: `seed 3, rules <img src=x>\\x1b[2J")  # shown
     doc = json.loads(run("report", out, "--json").stdout)
     assert [st["rules"] for st in doc["steps"][:5]] == [[evil]] * 5
 
