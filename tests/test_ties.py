@@ -414,3 +414,25 @@ def test_only_a_resize_of_a_possible_tie_builds_the_model_to_ask(tmp_path, monke
     reinit.apply(src, [], tmp_path / "b", resize=["transformer.wte.weight=[56,*]"])
     assert len(built) == 1
     assert load_file(tmp_path / "b" / "model.safetensors")["lm_head.weight"].shape == (56, 16)
+
+
+def test_a_resize_with_model_resizes_the_copy_the_model_ties(tmp_path):
+    """The checkpoint alone (no config.json beside it), the model from `--model`: a rule on
+    `transformer.wte.weight` set `lm_head.weight` too, but a `--resize` of it left the head at
+    50 rows with a warning, and the output did not load. `--model`'s ties resize together."""
+    transformers = pytest.importorskip("transformers")
+    folder = _gpt2_both(tmp_path / "gpt2")
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+    out = tmp_path / "out"
+    res = run("apply", lone / "model.safetensors", "--model", folder,
+              "--resize", "transformer.wte.weight=[56,*]", "-o", f"{out}/", "-q")  # fmt: skip
+    assert res.exit_code == 0 and "warning" not in res.output, res.output
+    new = load_file(out / "model.safetensors")
+    assert new["lm_head.weight"].shape == (56, 16)
+    assert torch.equal(new["lm_head.weight"], new["transformer.wte.weight"])
+    cfg = transformers.GPT2Config.from_pretrained(folder)
+    cfg.vocab_size = 56
+    cfg.save_pretrained(out)
+    load_clean(transformers.GPT2LMHeadModel, out)

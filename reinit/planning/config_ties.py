@@ -39,6 +39,7 @@ def resize_ties(
     ckpt: Checkpoint,
     config: Mapping[str, Any] | None = None,
     resized: Collection[str] | None = None,
+    view: ModelView | None = None,
 ) -> dict[str, str]:
     """`config_ties` of the source before a `--resize`: the names a resize of one member
     resizes together. `resized`: the source names resized (None: any may be, e.g. under a
@@ -46,7 +47,7 @@ def resize_ties(
     classifier's resize never reads a 2 × vocabulary × hidden pair of embeddings)."""
     shapes = [tuple(r.shape) for r in ckpt.refs()]
     changed = [tuple(r.shape) for r in ckpt.refs() if resized is None or r.name in resized]
-    return _ties(ckpt, None, config, changed, shapes)
+    return _ties(ckpt, view, config, changed, shapes)
 
 
 def _ties(
