@@ -7,7 +7,12 @@ parseable, and no multi-line library text lands between reinit's one-line messag
 transformers adds its own stderr handler when first imported, and importing it costs seconds, so
 it is not imported here: whoever imports it calls `route_transformers()` after (idempotent), and
 `routed` hooks it at once when it is already loaded. Outside `routed` (the Python API) nothing is
-changed: the caller's warnings and logging settings stand."""
+changed: the caller's warnings and logging settings stand.
+
+`transformers_quiet` is for a model reinit builds for itself, not for the command (a
+checkpoint's own config.json, built to find its ties or its DCP names): what transformers says
+of that config (an `eos_token_id` outside the vocabulary, ...) is about the file, not the
+command, so it is not said at all, in the CLI or through the Python API."""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator
 
-__all__ = ["route_transformers", "routed"]
+__all__ = ["route_transformers", "routed", "transformers_quiet"]
 
 Emit = Callable[[str], None]
 
@@ -80,3 +85,19 @@ def routed(emit: Emit) -> Iterator[None]:
         finally:
             _unroute_transformers()
             _emit = previous
+
+
+@contextlib.contextmanager
+def transformers_quiet() -> Iterator[None]:
+    """Within: transformers (already imported: it sets its level when first imported) logs
+    errors only, and Python warnings are not shown; both restored after. For a model reinit
+    builds for itself (see the module doc), never around what the user asked for."""
+    lib = logging.getLogger(_LOGGER)
+    level = lib.level
+    lib.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        lib.setLevel(level)

@@ -319,6 +319,19 @@ def test_expert_surgery_names_the_model_of_the_config_the_output_follows(tmp_pat
     res = run("report", out_dcp, "--against", src)
     assert res.exit_code == 0 and "under 6 of the model's state_dict() names" in res.stderr
     assert "not compared" in res.stderr and "compared as" not in res.stderr
+    # its recorded surgery, replayed on the source, gives the DCP's tensors as the writer placed
+    # them: said so, not blamed on the baseline (was: 'does not give its tensors (another
+    # baseline, or a file changed after apply)', both false)
+    assert "another baseline" not in res.stderr, res.stderr
+    assert "under the model's state_dict() names (a --format dcp output)" in res.stderr
+    # the dropped expert is the report's `dropped`, not said to be held in the DCP (was: 26)
+    assert "20 tensor(s) of the baseline are held in" in res.stderr, res.stderr
+    doc = json.loads(run("report", out_dcp, "--against", src, "--json").stdout)
+    assert sorted(doc["dropped"]) == sorted(
+        f"model.layers.{i}.block_sparse_moe.experts.3.{w}.weight"
+        for i in (0, 1)
+        for w in ("w1", "w2", "w3")
+    )
     res = run("diff", src, out_dcp)
     assert res.exit_code == 0 and "26 removed tensor(s)" in res.output
     assert "are held in" in res.output and "compared as" not in res.output

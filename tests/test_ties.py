@@ -7,13 +7,14 @@ Internal: also tests reinit.schemes directly (not the `reinit` API).
 from __future__ import annotations
 
 import json
+import logging
 import struct
 from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import load_clean, run
+from helpers import load_clean, run, verdicts
 from safetensors.torch import load_file, save_file
 
 import reinit
@@ -312,3 +313,126 @@ def test_a_config_beside_the_checkpoint_never_makes_it_reach_the_network(
     assert torch.count_nonzero(new["lm_head.weight"]) == 0
     assert torch.equal(new["transformer.wte.weight"], w)  # no tie: its own tensor, kept
     assert rep.entry("lm_head.weight").notes == ()
+
+
+def _out_of_vocabulary(folder: Path, token: int) -> Path:
+    """`_gpt2_both` with bos/eos `token`, outside its vocabulary of 50. (transformers says so
+    once per process and message: `warning_once`, so each test gives its own token.)"""
+    src = _gpt2_both(folder)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg.update(bos_token_id=token, eos_token_id=token)
+    (src / "config.json").write_text(json.dumps(cfg))
+    return src
+
+
+def test_the_internal_build_of_the_checkpoint_s_config_says_nothing(tmp_path):
+    """The model a checkpoint's own config.json builds to find its ties is reinit's, not the
+    command's: what transformers says of that config (token ids outside the vocabulary) was
+    printed as `warning: transformers: ...` lines by an ordinary apply. Given as `--model`, a
+    config is the user's, and its warnings are still shown."""
+    src = _out_of_vocabulary(tmp_path / "gpt2", 7907)
+    rule = ["-r", "transformer.wte.weight=normal(std=0.05)"]
+    level = logging.getLogger("transformers").level
+    for i, surgery in enumerate([[], ["--resize", "lm_head.weight=[56,*]"]]):
+        out = tmp_path / f"out{i}"
+        res = run("apply", src, *rule, *surgery, "-o", f"{out}/", "-q")
+        assert res.exit_code == 0, res.output
+        assert "transformers" not in res.stderr, res.stderr
+        new = load_file(out / "model.safetensors")
+        assert torch.equal(new["transformer.wte.weight"], new["lm_head.weight"])  # tie found
+    assert logging.getLogger("transformers").level == level  # restored after the quiet build
+    # the model that names a --format dcp output's tensors is reinit's too
+    dcp_src = _out_of_vocabulary(tmp_path / "for-dcp", 7933)
+    layer = ["-r", "transformer.h.0.*.weight=zeros"]  # no tie to look for: the layout's build
+    res = run("apply", dcp_src, *layer, "--format", "dcp", "-o", f"{tmp_path / 'dcp'}/", "-q")
+    assert res.exit_code == 0 and "transformers" not in res.stderr, res.output
+    own = _out_of_vocabulary(tmp_path / "own", 7919)
+    res = run("apply", own, *rule, "--model", own, "-o", f"{tmp_path / 'o'}/", "-q")
+    assert res.exit_code == 0, res.output
+    assert "warning: transformers: " in res.stderr and "got 7919" in res.stderr
+
+
+def test_report_against_a_bin_judges_its_tied_resize_as_apply_did(tmp_path):
+    """A `.bin` GPT-2 (wte and lm_head one storage; a config.json without `architectures`, so
+    it builds no head to ask about ties), resized with a rule on the other name, written as
+    safetensors (two copies, tied no more in the file): `report OUT --against SRC` judged
+    `transformer.wte.weight` as the resize's fill and flagged it `constant`; apply had given
+    it lm_head's rule. The baseline's shared storage ties the replay as it tied apply."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(
+        n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=32, bos_token_id=49,
+        eos_token_id=49,
+    )  # fmt: skip
+    sd = transformers.GPT2LMHeadModel(cfg).state_dict()
+    assert sd["lm_head.weight"].data_ptr() == sd["transformer.wte.weight"].data_ptr()
+    src = tmp_path / "gpt2"
+    src.mkdir()
+    torch.save(sd, src / "pytorch_model.bin")
+    cfg.save_pretrained(src)
+    out = tmp_path / "out"
+    rep = reinit.apply(src, ["lm_head.weight=zeros"], out, resize=["transformer.wte.weight=[56,*]"])
+    new = load_file(out / "model.safetensors")
+    assert torch.count_nonzero(new["transformer.wte.weight"]) == 0
+    again = reinit.report_checkpoint(out, src)
+    assert verdicts(again) == verdicts(rep)
+    assert again.entry("transformer.wte.weight").flags == () and again.warnings == ()
+
+
+def test_a_vocabulary_cut_below_a_token_id_says_which_to_set(tmp_path):
+    """Shrinking the tied embeddings below `eos_token_id` wrote a config transformers warns
+    about at every load (the id outside the vocabulary), with nothing said: a note names each
+    such id and the `--config` that sets it; set, the output loads clean."""
+    transformers = pytest.importorskip("transformers")
+    src = _gpt2_both(tmp_path / "gpt2")  # bos = eos = 49, vocabulary 50
+    res = run("apply", src, "--resize", "lm_head.weight=[37,*]", "-o", f"{tmp_path / 'a'}/")
+    assert res.exit_code == 0, res.output
+    for key in ("bos_token_id", "eos_token_id"):
+        assert f"note: config.json: {key} 49 is outside the 37 rows" in res.output, res.output
+        assert f"--config '{key}=N' (N < 37)" in res.output
+    ids = ["--config", "bos_token_id=36", "--config", "eos_token_id=36"]
+    out = tmp_path / "b"
+    res = run("apply", src, "--resize", "lm_head.weight=[37,*]", *ids, "-o", f"{out}/")
+    assert res.exit_code == 0 and "is outside" not in res.output, res.output
+    model = load_clean(transformers.GPT2LMHeadModel, out)
+    assert model.config.vocab_size == 37 and model.config.eos_token_id == 36
+
+
+def test_only_a_resize_of_a_possible_tie_builds_the_model_to_ask(tmp_path, monkeypatch):
+    """Every `--resize` built the model of the checkpoint's config and read both copies of its
+    embeddings whole to see whether they are tied, even a resize of another tensor (on a
+    256k-token model, gigabytes read for a classifier's resize). Only a resize of a tensor of
+    the vocabulary's length asks."""
+    from reinit.planning import config_ties
+
+    src = _gpt2_both(tmp_path / "gpt2")
+    built: list[object] = []
+    real = config_ties._own_view
+    monkeypatch.setattr(config_ties, "_own_view", lambda *a: built.append(a) or real(*a))
+    reinit.apply(src, [], tmp_path / "a", resize=["transformer.h.0.mlp.c_fc.bias=[80]"])
+    assert built == []
+    reinit.apply(src, [], tmp_path / "b", resize=["transformer.wte.weight=[56,*]"])
+    assert len(built) == 1
+    assert load_file(tmp_path / "b" / "model.safetensors")["lm_head.weight"].shape == (56, 16)
+
+
+def test_a_resize_with_model_resizes_the_copy_the_model_ties(tmp_path):
+    """The checkpoint alone (no config.json beside it), the model from `--model`: a rule on
+    `transformer.wte.weight` set `lm_head.weight` too, but a `--resize` of it left the head at
+    50 rows with a warning, and the output did not load. `--model`'s ties resize together."""
+    transformers = pytest.importorskip("transformers")
+    folder = _gpt2_both(tmp_path / "gpt2")
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+    out = tmp_path / "out"
+    res = run("apply", lone / "model.safetensors", "--model", folder,
+              "--resize", "transformer.wte.weight=[56,*]", "-o", f"{out}/", "-q")  # fmt: skip
+    assert res.exit_code == 0 and "warning" not in res.output, res.output
+    new = load_file(out / "model.safetensors")
+    assert new["lm_head.weight"].shape == (56, 16)
+    assert torch.equal(new["lm_head.weight"], new["transformer.wte.weight"])
+    cfg = transformers.GPT2Config.from_pretrained(folder)
+    cfg.vocab_size = 56
+    cfg.save_pretrained(out)
+    load_clean(transformers.GPT2LMHeadModel, out)

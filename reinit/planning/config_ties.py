@@ -13,7 +13,7 @@ same-shaped partner in the checkpoint), so other runs never build the model."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from reinit.errors import ReinitError
@@ -35,11 +35,19 @@ def config_ties(
     return _ties(ckpt, view, config, changed, [tuple(e.shape) for e in plan.entries])
 
 
-def resize_ties(ckpt: Checkpoint, config: Mapping[str, Any] | None = None) -> dict[str, str]:
-    """`config_ties` of the source before a `--resize` (any tensor may be the one resized):
-    the names a resize of one member resizes together."""
+def resize_ties(
+    ckpt: Checkpoint,
+    config: Mapping[str, Any] | None = None,
+    resized: Collection[str] | None = None,
+    view: ModelView | None = None,
+) -> dict[str, str]:
+    """`config_ties` of the source before a `--resize`: the names a resize of one member
+    resizes together. `resized`: the source names resized (None: any may be, e.g. under a
+    rename); only a resize of a possible member builds the model and compares the copies (a
+    classifier's resize never reads a 2 × vocabulary × hidden pair of embeddings)."""
     shapes = [tuple(r.shape) for r in ckpt.refs()]
-    return _ties(ckpt, None, config, shapes, shapes)
+    changed = [tuple(r.shape) for r in ckpt.refs() if resized is None or r.name in resized]
+    return _ties(ckpt, view, config, changed, shapes)
 
 
 def _ties(
@@ -104,7 +112,7 @@ def _own_view(ckpt: Checkpoint, config: Mapping[str, Any] | None) -> ModelView |
     from reinit.planning.model_load import model_of_config
 
     try:
-        model = model_of_config("config.json", config)
+        model = model_of_config("config.json", config, internal=True)
     except ReinitError:
         return None
     return model.align(ckpt.names(), {r.name: r.shape for r in ckpt.refs()})

@@ -217,7 +217,7 @@ def held_under_model_names(
     from reinit.planning.model_load import model_of_config
 
     try:
-        model = model_of_config(where, config)
+        model = model_of_config(where, config, internal=True)
         view = model.align(ckpt.names())
     except ReinitError:
         return {}

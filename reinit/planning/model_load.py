@@ -21,7 +21,7 @@ from reinit.io.hub import HubRepo, is_hf_url, parse_hf_url
 from reinit.io.jsonfile import read_json_file
 from reinit.io.trust import CALLABLE_SPEC, callable_name
 from reinit.lazy import gc_paused
-from reinit.library_output import route_transformers
+from reinit.library_output import route_transformers, transformers_quiet
 from reinit.limits import MAX_CONFIG_BYTES, MAX_MODEL_COUNT, MAX_TOTAL_TENSORS
 from reinit.planning.model import Model, ModelError, fans_from_module
 from reinit.text import one_line
@@ -309,13 +309,18 @@ def _hf_config(spec: str, where: str, data: Mapping[str, object]) -> object:
         ) from None
 
 
-def model_of_config(spec: str, data: Mapping[str, object]) -> Model:
+def model_of_config(spec: str, data: Mapping[str, object], *, internal: bool = False) -> Model:
     """The transformers model a config.json already read (`data`, e.g. a checkpoint's own)
-    describes, on the meta device, checked as `--model` checks one (no `auto_map`, counts)."""
+    describes, on the meta device, checked as `--model` checks one (no `auto_map`, counts).
+    `internal`: a build reinit makes for itself (a checkpoint's ties, its DCP names), during
+    which transformers says nothing below an error (`library_output.transformers_quiet`)."""
     from reinit.io.hub import hub_offline
 
     check_config(spec, "config.json", data)
-    with gc_paused(), hub_offline():  # a file's config never makes transformers reach the Hub
+    if internal:
+        _transformers()  # imported before its level is set: its first import sets its own
+    quiet = transformers_quiet() if internal else contextlib.nullcontext()
+    with gc_paused(), hub_offline(), quiet:  # a file's config never makes it reach the Hub
         factory = _config_factory(_hf_config(spec, "config.json", data))
         constructed: dict[str, torch.Tensor] = {}
         with torch.device("meta"):

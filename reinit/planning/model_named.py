@@ -12,9 +12,9 @@ the name it is tied to. One assembled tensor at a time is in memory."""
 
 from __future__ import annotations
 
-__all__ = ["ModelNamedCheckpoint", "under_names_of"]
+__all__ = ["ModelNamedCheckpoint", "dcp_shapes", "under_names_of"]
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -108,15 +108,33 @@ def under_names_of(ckpt: Checkpoint, other: Checkpoint, where: str) -> Checkpoin
 def _placement(ckpt: Checkpoint, where: str) -> DcpNames | None:
     """Where a DCP written from `ckpt` would put each tensor (`dcp_names`), by the model of
     its config.json; None without one that reinit builds."""
-    config = ckpt.config()
+    return _placed(ckpt.refs(), ckpt.config(), where)
+
+
+def _placed(refs: Sequence[TensorRef], config: ConfigDict | None, where: str) -> DcpNames | None:
+    """`dcp_names` of `refs` by the model `config` describes; None without one reinit builds."""
     if config is None or "model_type" not in config:
         return None
     from reinit.planning.model_load import model_of_config
 
-    refs = ckpt.refs()
     try:
-        model = model_of_config(where, config)
+        model = model_of_config(where, config, internal=True)
         view = model.align([r.name for r in refs], {r.name: r.shape for r in refs})
     except ReinitError:
         return None
     return dcp_names(view, [(r.name, r.dtype_name, tuple(r.shape)) for r in refs])
+
+
+def dcp_shapes(
+    refs: Sequence[TensorRef], config: ConfigDict | None, where: str
+) -> dict[str, tuple[int, ...]] | None:
+    """The names and shapes of a `--format dcp` output of `refs` written under the model's
+    `state_dict()` names (by the model `config` describes: the output's); None when such an
+    output keeps the checkpoint's names (or there is no model to ask)."""
+    names = _placed(refs, config, where)
+    if names is None or not names.chunks:
+        return None
+    shapes = {r.name: tuple(r.shape) for r in refs if r.name not in names.chunks}
+    shapes.update({b.name: tuple(b.whole) for b in names.chunks.values()})
+    shapes.update({alias: shapes[to] for alias, to in names.aliases.items() if to in shapes})
+    return shapes

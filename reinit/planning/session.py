@@ -51,6 +51,7 @@ __all__ = [
     "check_device",
     "check_reads",
     "edit_checkpoint",
+    "loaded_model",
     "model_view",
     "open_source",
     "plan",
@@ -182,9 +183,10 @@ def plan(
     rule_objs = as_rules(rules)
     with ExitStack() as stack:
         ckpt = stack.enter_context(open_source(source, unsafe_pickle, progress, o.key))
-        ckpt, edited = edit_checkpoint(ckpt, surgery, allow_unmatched, config=config)
+        loaded = loaded_model(model)
+        ckpt, edited = edit_checkpoint(ckpt, surgery, allow_unmatched, config=config, model=loaded)
         pool = stack.enter_context(SourcePool(ckpt, unsafe_pickle, progress))
-        view = model_view(model, ckpt)
+        view = model_view(loaded if loaded is not None else model, ckpt)
         return plan_for(ckpt, rule_objs, strict, allow_unmatched, pool, view, config, edited)[0]
 
 
@@ -195,16 +197,20 @@ def edit_checkpoint(
     seed: int = 0,
     device: str = "cpu",
     config: Mapping[str, Any] | None = None,
+    model: Model | None = None,
 ) -> tuple[Checkpoint, Edited | None]:
     """The checkpoint as `--drop/--rename/--resize/--add` leave it (itself when there are none), and
     the edit (which `plan_for` marks on the plan: added, renamed, dropped). Tied names resize
-    together: those that share storage, and those the model's config (`config`, else the
-    checkpoint's config.json) ties while the file holds two equal copies."""
+    together: those that share storage, and those the model (`model`, `--model`; else the one
+    `config`, else the checkpoint's config.json, builds) ties while the file holds two equal
+    copies."""
     if not surgery:
         return ckpt, None
     surgery = resolve_fills(surgery, ckpt.config)
     aliases = ckpt.aliases() if surgery.resizes else {}
-    by_config = resize_ties(ckpt, config) if surgery.resizes else {}
+    resized = None if surgery.renames else {r.name for r in surgery.resizes}  # source names
+    view = model_view(model, ckpt) if model is not None and surgery.resizes else None
+    by_config = resize_ties(ckpt, config, resized, view) if surgery.resizes else {}
     edited = edit_refs(
         ckpt.refs(),
         surgery,
@@ -253,6 +259,14 @@ def plan_for(
     if edited is not None:  # a group resized together: no longer of the config's vocabulary
         tied_by_config = {**edited.tied, **tied_by_config}
     return resolve_ties(result, ckpt.aliases(), tied_by_config)
+
+
+def loaded_model(model: ModelInput | None) -> Model | None:
+    """`--model` loaded once (so the surgery's ties and the plan see the same model); None
+    without one, or for a view already aligned to other names."""
+    if model is None or isinstance(model, ModelView):
+        return None
+    return model if isinstance(model, Model) else load_model(model)
 
 
 def model_view(model: ModelInput | None, ckpt: Checkpoint) -> ModelView | None:

@@ -26,6 +26,7 @@ from reinit.fans import compute_fans
 from reinit.planning.actions import action_changes
 from reinit.report.jsonio import JSON, json_safe, number
 from reinit.report.stats import Stats
+from reinit.text import bounded
 
 
 @dataclass(frozen=True)
@@ -184,12 +185,14 @@ class ReportStep:
 
 def step_lines(steps: tuple[ReportStep, ...] | None) -> list[str]:
     """`step 1 of 3: seed 0, rules …`, one line per step of an output made in several; for
-    one whose earlier steps are not known, a line that says so; none for one step."""
+    one whose earlier steps are not known, a line that says so; none for one step. Each line
+    is `bounded`: a record's rules are the file's text (a hostile one printed 33 MB on the
+    terminal); the JSON's `steps` hold them whole."""
     if steps is None:
         return ["made in several steps; the steps before the last are not recorded"]
     if not steps:
         return []
-    return [f"step {i} of {len(steps)}: {st.text()}" for i, st in enumerate(steps, 1)]
+    return [bounded(f"step {i} of {len(steps)}: {st.text()}") for i, st in enumerate(steps, 1)]
 
 
 _ROWS = "\x00reinit-tensor-rows\x00"  # to_json's placeholder for the tensor rows

@@ -380,7 +380,24 @@ def update_config(
         if new.get(k) != value:
             new[k] = value
             notes.append(f"config.json: {k} = {json.dumps(value)} (--config)")
+    if vocab is not None and vocab != (config or {}).get("vocab_size"):
+        notes.extend(_tokens_outside(new, vocab))
     return ConfigUpdate(new, tuple(notes), new != dict(config or {}))
+
+
+def _tokens_outside(config: Mapping[str, object], vocab: int) -> list[str]:
+    """A note per top-level `*_token_id` a vocabulary cut to `vocab` rows no longer holds
+    (transformers warns of it at every load, and generation would index past the embedding):
+    the value to set with `--config`."""
+    return [
+        f"config.json: {k} {v} is outside the {vocab} rows of the word embeddings; set it "
+        f"with --config '{k}=N' (N < {vocab}) or null"
+        for k, v in config.items()
+        if k.endswith("_token_id")
+        and isinstance(v, int)
+        and not isinstance(v, bool)
+        and not 0 <= v < vocab
+    ]
 
 
 def config_for(

@@ -222,7 +222,7 @@ def _own_model_view(
     shapes = {n: s for n, _, s in entries}
     if prepared.job.surgery or reshaped(prepared.ckpt) or request.config_set or request.labels:
         config = update_config(config, shapes, request.config_set, request.labels).config
-    model = model_of_config(prepared.job.source_text, config)
+    model = model_of_config(prepared.job.source_text, config, internal=True)
     return model.align(list(shapes), shapes)
 
 

@@ -28,6 +28,7 @@ from reinit.planning.session import (
     as_rules,
     check_device,
     edit_checkpoint,
+    loaded_model,
     model_view,
     open_source,
     plan_for,
@@ -173,10 +174,12 @@ def prepare(stack: ExitStack, job: Job, o: ApplyOptions) -> Prepared:
     then plan (`plan_on`)."""
     ckpt = stack.enter_context(open_source(job.source, o.unsafe_pickle, o.progress, o.key))
     source_config = ckpt.config  # read only when needed (on the Hub: one more download)
+    model = loaded_model(o.model)  # once: the surgery's ties (--resize) and the plan's view
     ckpt, edited = edit_checkpoint(
-        ckpt, job.surgery, o.allow_unmatched, o.seed, job.device, o.config
+        ckpt, job.surgery, o.allow_unmatched, o.seed, job.device, o.config, model
     )
-    return plan_on(stack, job, ckpt, o, model_view(o.model, ckpt), edited, source_config)
+    view = model_view(model if model is not None else o.model, ckpt)
+    return plan_on(stack, job, ckpt, o, view, edited, source_config)
 
 
 def plan_on(

@@ -43,7 +43,7 @@ from reinit.report.reference import REFERENCE_TOLERANCE, ReferenceBasis, basis_f
 from reinit.report.stats import StatsAccumulator
 from reinit.report.views import check_formats, publish_report_files, report_targets
 from reinit.run.ranks import Group, split_map
-from reinit.run.record import Provenance, SurgeryTexts
+from reinit.run.record import RECORD_FORMAT, Provenance, SurgeryTexts
 from reinit.tools.provenance import recorded_provenance
 from reinit.tools.raw_report import raw_entries
 
@@ -130,29 +130,45 @@ def report_checkpoint(
         if record is not None:
             report = replace(report, steps=report_steps(record))
         if base is not None:
-            missing = [n for n in base.names() if n not in ckpt and n not in renamed]
-            from reinit.planning.dcp_names import held_under_model_names  # torch: --against
-
-            held = held_under_model_names(base, missing, ckpt, os.fspath(against or ""))
-            missing = [n for n in missing if n not in held]
-            if held:
-                report = replace(report, warnings=(*report.warnings, _held_warning(held, source)))
-            if missing:
-                shown = ", ".join(missing[:10]) + (", …" if len(missing) > 10 else "")
-                report = replace(
-                    report,
-                    warnings=(
-                        *report.warnings,
-                        f"{len(missing)} tensor(s) of the baseline {os.fspath(against or '')} "
-                        f"are not in {os.fspath(source)}: {shown}",
-                    ),
-                )
+            report = _with_missing(report, ckpt, base, renamed, replay, source, against)
         return report
+
+
+def _with_missing(
+    report: Report,
+    ckpt: Checkpoint,
+    base: Checkpoint,
+    renamed: set[str],
+    replay: Replay | None,
+    source: str | os.PathLike[str],
+    against: str | os.PathLike[str] | None,
+) -> Report:
+    """The report with the baseline names SOURCE lacks: those a recorded `--drop` removed as
+    its `dropped`, those held under the model's names and the rest as warnings."""
+    from reinit.planning.dcp_names import held_under_model_names  # torch: --against
+
+    dropped = replay.dropped if replay is not None else ()
+    gone = set(renamed) | set(dropped)
+    missing = [n for n in base.names() if n not in ckpt and n not in gone]
+    held = held_under_model_names(base, missing, ckpt, os.fspath(against or ""))
+    missing = [n for n in missing if n not in held]
+    warnings = [_held_warning(held, source)] if held else []
+    if missing:
+        shown = ", ".join(missing[:10]) + (", …" if len(missing) > 10 else "")
+        warnings.append(
+            f"{len(missing)} tensor(s) of the baseline {os.fspath(against or '')} "
+            f"are not in {os.fspath(source)}: {shown}"
+        )
+    return replace(report, warnings=(*report.warnings, *warnings), dropped=tuple(dropped))
 
 
 def report_steps(record: Provenance) -> tuple[ReportStep, ...] | None:
     """The report's `steps`: every step the record holds when it holds more than its own
-    (() for one: the report's seed and rules say it all), None when those before are unknown."""
+    (() for one: the report's seed and rules say it all), None when those before are unknown.
+    A record of a later format than this reinit reads says nothing of its steps here: () (was:
+    'made in several steps' for any, one step too)."""
+    if record.format > RECORD_FORMAT:
+        return ()
     steps = record.steps
     if steps is None:
         return None

@@ -35,8 +35,8 @@ from __future__ import annotations
 __all__ = ["Replay", "Stage", "as_applied", "replay_of", "steps_from"]
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -62,11 +62,14 @@ from reinit.schemes import DEFAULT
 class Stage:
     """One recorded step as replayed from the baseline: its record, its surgery run again on
     the names before it (None: it had none, or the surgery was set aside) and the tensors its
-    rules are planned on (the names and shapes after its surgery)."""
+    rules are planned on (the names and shapes after its surgery), and the baseline's tied
+    names still there after it (shared storage in a `.bin`, a config's tie of two equal
+    copies): apply tied them, whatever OUT's own form still says of it."""
 
     step: Provenance
     edited: Edited | None
     refs: tuple[TensorRef, ...]
+    tied: Mapping[str, str] = field(default_factory=dict)
 
     def earlier_name(self, name: str) -> str | None:
         """`name`'s name before this step (None: this step's `--add` made it)."""
@@ -90,6 +93,9 @@ class Replay:
     view: ModelView | None = None
     warnings: tuple[str, ...] = ()
     recorded: bool = False  # OUT has a record (written by reinit), not the stand-in
+    # the baseline names a replayed --drop removed: with a replayed surgery, or one that
+    # gives OUT's tensors as a --format dcp output holds them (then set aside all the same)
+    dropped: tuple[str, ...] = ()
 
     def origin(self, name: str) -> str | None:
         """The baseline name OUT's `name` came from, followed back through every stage
@@ -107,6 +113,20 @@ class Replay:
         return {r.name: self.origin(r.name) for r in self.stages[-1].refs}
 
 
+def _dropped(stages: Sequence[Stage]) -> tuple[str, ...]:
+    """The baseline names the stages' `--drop` removed (each under its baseline name, followed
+    back through the stages before the one that dropped it)."""
+    names = []
+    for i, stage in enumerate(stages):
+        for name in stage.edited.dropped if stage.edited is not None else ():
+            at: str | None = name
+            for earlier in reversed(stages[:i]):
+                at = earlier.earlier_name(at) if at is not None else None
+            if at is not None:  # None: an earlier step's --add made it
+                names.append(at)
+    return tuple(names)
+
+
 def replay_of(
     record: Provenance | None,
     ckpt: Checkpoint,
@@ -120,10 +140,10 @@ def replay_of(
     has_record = record is not None
     record = record or Provenance(0, ())
     steps = steps_from(record, recorded(base))
-    stages, warnings = _surgery_on(steps, ckpt, base)
+    stages, warnings, dropped = _surgery_on(steps, ckpt, base)
     surgery = not warnings and any(st.edited is not None for st in stages)
     view = model_view(model, ckpt) if model is not None else None
-    return Replay(record, stages, surgery, view, warnings, has_record)
+    return Replay(record, stages, surgery, view, warnings, has_record, dropped)
 
 
 def steps_from(record: Provenance, base: Provenance | None) -> tuple[Provenance, ...]:
@@ -142,27 +162,52 @@ def steps_from(record: Provenance, base: Provenance | None) -> tuple[Provenance,
 
 def _surgery_on(
     steps: Sequence[Provenance], ckpt: Checkpoint, base: Checkpoint
-) -> tuple[tuple[Stage, ...], tuple[str, ...]]:
+) -> tuple[tuple[Stage, ...], tuple[str, ...], tuple[str, ...]]:
     """Each step's recorded surgery run again on the names before it, from the baseline's,
     when together they give OUT's tensors (names and shapes); else stages planned on OUT's
-    names with no surgery, and why. Tied names resize together, as apply resized them."""
+    names with no surgery, and why. Tied names resize together, as apply resized them. Then
+    the baseline names it dropped, where it gives OUT's tensors (as they are, or as a DCP
+    holds them)."""
     refs, aliases = tuple(base.refs()), _resize_aliases(steps, base)
     stages: list[Stage] = []
     for i, step in enumerate(steps):
         edited, why = _step_surgery(step, refs, aliases)
         if why is not None:
-            return _unedited(steps, ckpt), (_set_aside(ckpt, why, i, len(steps)),)
+            return _unedited(steps, ckpt), (_set_aside(ckpt, why, i, len(steps)),), ()
         if edited is not None:
             refs, aliases = edited.refs, _still(aliases, edited.refs)
-        stages.append(Stage(step, edited, refs))
+        stages.append(Stage(step, edited, refs, aliases))
     if any(st.edited is not None for st in stages) and _shapes(refs) != _shapes(ckpt.refs()):
-        why = (
-            f"run on {base.source}, does not give its tensors (another baseline, or a file "
-            "changed after apply)"
-        )
-        return _unedited(steps, ckpt), (_set_aside(ckpt, why, None, len(steps)),)
-    last = stages[-1]
-    return (*stages[:-1], replace(last, refs=tuple(ckpt.refs()))), ()
+        why, placed = _not_given(refs, ckpt, base)
+        gone = _dropped(stages) if placed else ()
+        return _unedited(steps, ckpt), (_set_aside(ckpt, why, None, len(steps)),), gone
+    last, out = stages[-1], tuple(ckpt.refs())
+    return (
+        (*stages[:-1], replace(last, refs=out, tied=_still(last.tied, out))),
+        (),
+        _dropped(stages),
+    )
+
+
+def _not_given(refs: Sequence[TensorRef], ckpt: Checkpoint, base: Checkpoint) -> tuple[str, bool]:
+    """Why the replayed surgery's tensors (`refs`) are not OUT's: OUT a `--format dcp` output
+    that holds them under the model's `state_dict()` names (its config's model, as the writer
+    placed them: True), else another baseline or a file changed after apply."""
+    from reinit.planning.model_named import dcp_shapes
+    from reinit.run.config_update import update_config
+
+    out, config = os.fspath(ckpt.source), base.config()  # a DCP output has no config.json:
+    config = update_config(config, _shapes(refs)).config if config is not None else None
+    if dcp_shapes(refs, config, out) == _shapes(ckpt.refs()):  # the writer's, as surgery left it
+        return (
+            f"run on {base.source}, gives its tensors as it holds them: under the model's "
+            "state_dict() names (a --format dcp output), which are not paired with the "
+            "baseline's per-expert names"
+        ), True
+    return (
+        f"run on {base.source}, does not give its tensors (another baseline, or a file "
+        "changed after apply)"
+    ), False
 
 
 def _resize_aliases(steps: Sequence[Provenance], base: Checkpoint) -> dict[str, str]:
@@ -170,7 +215,22 @@ def _resize_aliases(steps: Sequence[Provenance], base: Checkpoint) -> dict[str, 
     read only when a step resizes)."""
     if not any(st.surgery is not None and st.surgery.resize for st in steps):
         return base.aliases()
-    return {**base.aliases(), **resize_ties(base)}
+    return {**base.aliases(), **resize_ties(base, None, _resized_names(steps))}
+
+
+def _resized_names(steps: Sequence[Provenance]) -> set[str] | None:
+    """The baseline names the steps' `--resize` name, as apply asks (None: any may be, after
+    a `--rename`, or a record that does not parse: `_step_surgery` says so)."""
+    names: set[str] = set()
+    for st in steps:
+        s = st.surgery
+        if s is None or s.rename:
+            return None
+        try:
+            names.update(r.name for r in parse_surgery((), (), (), s.resize).resizes)
+        except ReinitError:
+            return None
+    return names
 
 
 def _step_surgery(
@@ -191,7 +251,7 @@ def _step_surgery(
         return None, f"does not replay on the baseline ({e})"
 
 
-def _still(aliases: dict[str, str], refs: Sequence[TensorRef]) -> dict[str, str]:
+def _still(aliases: Mapping[str, str], refs: Sequence[TensorRef]) -> dict[str, str]:
     """The tied names that are both still there after a step's surgery."""
     names = {r.name for r in refs}
     return {n: t for n, t in aliases.items() if n in names and t in names}
@@ -328,7 +388,7 @@ def _planned(
     for i, stage in enumerate(replay.stages):
         try:
             rules = parse_rules(stage.step.rules)
-            the_plan = _plan_rules(stage.refs, rules, replay.view, ckpt)
+            the_plan = _plan_rules(stage.refs, rules, replay.view, ckpt, stage.tied)
         except ReinitError as e:
             warnings.append(_unplanned(ckpt, replay, i, e))
             the_plan = plan(stage.refs, ())
@@ -339,10 +399,16 @@ def _planned(
 
 
 def _plan_rules(
-    refs: Sequence[TensorRef], rules: Sequence[Rule], view: ModelView | None, ckpt: Checkpoint
+    refs: Sequence[TensorRef],
+    rules: Sequence[Rule],
+    view: ModelView | None,
+    ckpt: Checkpoint,
+    tied: Mapping[str, str],
 ) -> Plan:
     """A stage's names planned by its rules as apply planned them, tied groups included (a
-    rule on one tied name changed the others; the ties are OUT's, `ckpt`'s)."""
+    rule on one tied name changed the others; the ties are OUT's, `ckpt`'s, and the
+    baseline's still there, `tied`: a `.bin`'s shared storage written as two safetensors
+    copies is tied no more in OUT, but was when apply ran)."""
     if view is None:
         check_model_needs(rules, None)
         the_plan = plan(refs, rules, allow_unmatched=True)
@@ -356,7 +422,7 @@ def _plan_rules(
         )
         the_plan = check_default(the_plan, view)
     tied_by_config = config_ties(the_plan, ckpt, view)
-    return resolve_ties(the_plan, ckpt.aliases(), tied_by_config)[0]
+    return resolve_ties(the_plan, {**tied, **ckpt.aliases()}, tied_by_config)[0]
 
 
 def _unplanned(ckpt: Checkpoint, replay: Replay, index: int, e: ReinitError) -> str:

@@ -34,12 +34,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from reinit.io.targets import Inputs, check_distinct, check_suffix, check_target
-from reinit.report.entries import Report, step_lines
+from reinit.report.entries import Report, ReportStep, step_lines
 from reinit.report.views._kinds import kinds_markdown
 from reinit.report.views._layers import layer_tables, layers_markdown
 from reinit.report.views._plot import draw_plot
 from reinit.report.views._terminal import depth_lines, summary_line
-from reinit.text import md_cell, md_code, shown
+from reinit.text import bounded, md_cell, md_code, shown
 
 if TYPE_CHECKING:  # publishing imports the writer (torch): only when a file is written
     from reinit.io.publish import Publication
@@ -111,6 +111,16 @@ def to_csv(report: Report) -> str:
     return buf.getvalue()
 
 
+def _markdown_steps(steps: tuple[ReportStep, ...] | None) -> list[str]:
+    """`- step 1 of 3: `seed 0, rules …; --drop x``: each step's text (the record's, the
+    file's) in a code span, as the rules line above shows rules, so a recorded `<img …>` or
+    `[link](…)` is shown, never rendered; bounded as the terminal's lines are."""
+    if not steps:
+        return [f"- {md_cell(line)}" for line in step_lines(steps)]
+    n = len(steps)
+    return [f"- step {i} of {n}: {md_code(bounded(st.text()))}" for i, st in enumerate(steps, 1)]
+
+
 def to_markdown(report: Report) -> str:
     """A header, `## Tensors by kind` (one table row per group of tensors, flags with their
     counts in the last column) and
@@ -121,7 +131,7 @@ def to_markdown(report: Report) -> str:
         f"- output: {md_cell(report.output or '(none)')}",
         f"- seed: {report.seed}",
         f"- rules: {', '.join(md_code(r) for r in report.rules) or '(none)'}",
-        *(f"- {md_cell(line)}" for line in step_lines(report.steps)),
+        *_markdown_steps(report.steps),
         f"- {summary_line(report)}",
         *(f"- warning: {md_cell(w)}" for w in report.warnings),
         *(f"- {md_cell(line)}" for line in depth_lines(report.tensors)),
