@@ -254,6 +254,11 @@ def defer_torch() -> None:
     """Bind torch for every module that imports it, but load it (with SIGINT/SIGTERM held, as
     `load_torch`) only when the run first uses it: a plain copy or transplant of same-dtype
     safetensors bytes never does (`reinit.lazy.defer_import`)."""
+    # what `torch_loading` uses, imported now: its first use then imports nothing (and so makes
+    # no garbage) before the collector is paused
+    import reinit.errors
+    import reinit.io.signals
+    import reinit.text  # noqa: F401
     from reinit.lazy import defer_import
 
     defer_import("torch", around=torch_loading)
