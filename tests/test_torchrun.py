@@ -422,3 +422,24 @@ def test_every_rank_names_itself_and_the_rank_that_failed():
     assert e.value.exit_code == 2  # the failing rank's code
     with pytest.raises(RankError, match=r"^rank 2 of 3: later; nothing was published$"):
         Group(2, 3).verdict(outcomes)  # its own failure first
+
+
+def test_an_interrupt_anywhere_in_a_rank_is_told_as_every_rank_tells_it(monkeypatch, capsys):
+    """torchrun's SIGTERM can land between the steps a rank words itself (once, in a fresh
+    clone's suite, rank 0 said the plain 'error: interrupted; ...' line): the command's own
+    handler says it as the ranks do. Alone, the plain line."""
+    import reinit.run.ranks as ranks
+    from reinit.cli.group import _interrupted
+
+    for k in ranks.TORCHRUN_ENV:
+        monkeypatch.delenv(k, raising=False)
+    assert _interrupted() == 130
+    assert capsys.readouterr().err == "error: interrupted; no partial output was left behind\n"
+    for k, v in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "x"}.items():
+        monkeypatch.setenv(k, v)
+    assert set(ranks.TORCHRUN_ENV) <= {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"}
+    assert _interrupted() == 130
+    err = capsys.readouterr().err
+    assert err.startswith("error: rank 1 of 2: interrupted") and err.endswith(
+        "; nothing was published\n"
+    ), err

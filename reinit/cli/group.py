@@ -75,8 +75,19 @@ def _interrupted() -> int:
                 err=True,
             )
         else:
-            click.echo("error: interrupted; no partial output was left behind", err=True)
+            click.echo(f"error: {_ranked_interrupt()}", err=True)
     return 0 if done else 130
+
+
+def _ranked_interrupt() -> str:
+    """What an interrupt left: under torchrun, said as every rank says it (`rank R of N: …;
+    nothing was published`), wherever the signal landed (torchrun's SIGTERM can come between
+    the steps a rank words itself); alone, the plain line."""
+    ranks = sys.modules.get("reinit.run.ranks")  # loaded by every torchrun run (no import here)
+    world = ranks.torchrun_world() if ranks is not None else None
+    if ranks is None or world is None:
+        return "interrupted; no partial output was left behind"
+    return f"rank {world[0]} of {world[1]}: {ranks.INTERRUPTED}; {ranks.NOTHING}"
 
 
 def _end_on_closed_pipe() -> NoReturn:
