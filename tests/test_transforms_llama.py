@@ -5,12 +5,10 @@ grouped-query fused QKV split by index ranges gives the same logits."""
 from __future__ import annotations
 
 import json
-import logging
-import warnings
 
 import pytest
 import torch
-from helpers import refused, run
+from helpers import quietly, refused, run
 from safetensors.torch import load_file, save_file
 
 transformers = pytest.importorskip("transformers")
@@ -47,30 +45,13 @@ def source(tmp_path_factory):
     return llama(tmp_path_factory.mktemp("llama") / "src4", 4, 0)
 
 
-class Captured(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.records: list[str] = []
-
-    def emit(self, record):
-        self.records.append(record.getMessage())
-
-
 def load_cleanly(path):
     """from_pretrained with its loading info, every Python warning and every transformers
-    log record at WARNING or above captured."""
-    handler = Captured()
-    logger = logging.getLogger("transformers")
-    logger.addHandler(handler)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            model, info = transformers.LlamaForCausalLM.from_pretrained(
-                path, output_loading_info=True
-            )
-    finally:
-        logger.removeHandler(handler)
-    return model.eval(), info, [str(w.message) for w in caught] + handler.records
+    log record at WARNING or above captured (`helpers.quietly`)."""
+    (model, info), warned = quietly(
+        transformers.LlamaForCausalLM.from_pretrained, path, output_loading_info=True
+    )
+    return model.eval(), info, warned
 
 
 def test_depth_upscaled_llama_loads_cleanly_and_keeps_the_source_layers(source, tmp_path):
