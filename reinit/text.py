@@ -65,11 +65,36 @@ def shown(text: object) -> str:
     )
 
 
+# What Markdown (CommonMark, GFM) would act on in text from a file: `|` splits a table cell, a
+# backtick opens a code span, `<` starts raw HTML or an autolink, `&` an entity (`&#x202e;`
+# renders the bidi override `shown` escaped), `[`/`]` a link or image, `*`/`_` emphasis (`_` not
+# inside a word, where CommonMark never reads it as emphasis: `init_weights` stays). Each
+# is shown as itself by a backslash before it; so is a backslash the file put before one of them
+# (else `\\<` would read as an escaped `\\` and a raw `<`). Other backslashes, like the escapes
+# `shown` writes (`\\n`, `\\x1b`), are literal in Markdown and stay as they are.
+_MD_ACTIVE = frozenset("|`<&[]*_")
+_MD_PUNCT = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+
+
 def md_cell(text: object) -> str:
-    """`shown(text)` as plain text in a Markdown table cell: `|` escaped (a raw one would split
-    the cell) and backticks escaped (a raw one would open a code span that swallows the rest
-    of the row)."""
-    return shown(text).replace("|", "\\|").replace("`", "\\`")
+    """`shown(text)` as plain text in Markdown (a table cell, a list item): every character
+    Markdown would act on escaped with a backslash (see `_MD_ACTIVE`), so a file's `|` cannot
+    split the row, a backtick cannot open a code span, and `<img …>`, `&#x202e;`, `[a](b)` or
+    `*x*` are shown as written, never rendered."""
+    s = shown(text)
+    if not any(ch in _MD_ACTIVE or ch == "\\" for ch in s):
+        return s
+    out = []
+    for i, ch in enumerate(s):
+        if ch == "_" and s[i - 1 : i].isalnum() and s[i + 1 : i + 2].isalnum():
+            out.append(ch)  # inside a word `_` never opens or closes emphasis (`init_weights`)
+        elif ch in _MD_ACTIVE:
+            out.append("\\" + ch)
+        elif ch == "\\" and s[i + 1 : i + 2] in _MD_PUNCT:
+            out.append("\\\\")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def md_code(text: object, *, table: bool = False) -> str:

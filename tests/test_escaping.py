@@ -63,6 +63,7 @@ def test_shown_set():
     assert shown("\u2028\u2029\ud800") == "\\u2028\\u2029\\ud800"
     assert shown("\U000e0001") == "\\U000e0001"  # a Cf outside the BMP (language tag)
     assert md_cell("a|b\n") == "a\\|b\\n"
+    assert md_cell("_x_y*<&[]\\<\\n") == "\\_x_y\\*\\<\\&\\[\\]\\\\\\<\\n"
 
 
 def test_inspect(evil):
@@ -144,6 +145,36 @@ def test_markdown_backticks_and_pipes_in_names_keep_the_table(tmp_path):
     spans = {unescape(x.split("</code>")[0]) for x in html.split("<code>")[1:]}
     assert set(rules) <= spans, spans  # the rules line and the rule cells, exact
     assert "\\|" not in "".join(spans)  # no stray backslash before a pipe in any code span
+
+
+def test_markdown_lines_show_html_entities_links_and_emphasis_as_written(tmp_path):
+    """The report's title (the source path) and its warnings are text from the user's files:
+    rendered by a real CommonMark parser, `<b>`, `&#x202e;` (which would render the bidi
+    override `shown` escaped), `[l](…)`, `*e*` and a backslash before `<` show as written; no
+    tag, link, emphasis or entity reaches the HTML."""
+    markdown_it = pytest.importorskip("markdown_it")
+    from html import unescape
+
+    name = "<b>x&lt;&#x202e;[l](http:e)*e*_u_\\<i>"
+    src = tmp_path / f"{name}.safetensors"
+    g = torch.Generator().manual_seed(0)
+    save_file({"a.weight": torch.randn(4, 4, generator=g), "b": torch.ones(2)}, str(src))
+    md = tmp_path / "r.md"
+    rule = "zz<b>y*_q_=ones"
+    res = run(
+        "apply", src, "-r", "a.weight=zeros", "-r", rule, "--allow-unmatched",
+        "-o", tmp_path / "o.safetensors", "--report", md, "-q",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    html = markdown_it.MarkdownIt("commonmark").enable("table").render(md.read_text())
+    title = html.split("<h1>")[1].split("</h1>")[0]
+    assert unescape(title) == f"reinit report: {src}"
+    warning = next(li for li in html.split("<li>") if li.startswith("warning:"))
+    warning = warning.split("</li>")[0]
+    assert f"rule '{rule}' matches no tensor" in unescape(warning)
+    for tag in ("<b>", "<i>", "<em>", "<strong>", "<a "):
+        assert tag not in title + warning
+    assert "\u202e" not in unescape(html)
 
 
 def test_dry_run(evil):
