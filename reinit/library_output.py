@@ -95,9 +95,39 @@ def transformers_quiet() -> Iterator[None]:
     lib = logging.getLogger(_LOGGER)
     level = lib.level
     lib.setLevel(logging.ERROR)
+    once = _quiet_once()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
+        for name, method in once.items():
+            setattr(logging.Logger, name, method)
         lib.setLevel(level)
+
+
+def _quiet_once() -> dict[str, Callable[..., None]]:
+    """transformers' `warning_once`/`info_once` (set on `logging.Logger`, each behind an
+    `lru_cache`) would remember a message they did not show while the level is ERROR, and a
+    later build the user asked for would then not show it. Within the quiet block they pass a
+    message on only where the logger would show it (so nothing is remembered unshown); returns
+    the methods to put back."""
+    saved: dict[str, Callable[..., None]] = {}
+    for name, level in (("warning_once", logging.WARNING), ("info_once", logging.INFO)):
+        method = getattr(logging.Logger, name, None)
+        if method is None:
+            continue
+        saved[name] = method
+
+        def shown_only(
+            self: logging.Logger,
+            *args: object,
+            _m: Callable[..., None] = method,
+            _lvl: int = level,
+            **kwargs: object,
+        ) -> None:
+            if self.isEnabledFor(_lvl):
+                _m(self, *args, **kwargs)
+
+        setattr(logging.Logger, name, shown_only)
+    return saved

@@ -87,3 +87,26 @@ def test_transformers_logger_restored_after_window():
     with routed(lambda text: None):
         pass
     assert (lib.handlers, lib.propagate) == before
+
+
+def test_a_quiet_internal_build_does_not_use_up_a_warning_once():
+    """transformers' `warning_once` remembers every message it is given (an `lru_cache`), shown
+    or not: a message given while reinit's own build was quiet was then never shown to the
+    user's `--model` build in the same process. Now the quiet block lets nothing be remembered
+    that was not shown; the real transformers logger and `warning_once` are used."""
+    from transformers.utils import logging as hf_logging
+
+    from reinit.library_output import transformers_quiet
+
+    seen: list[str] = []
+    logger = hf_logging.get_logger("transformers.models.reinit_test_quiet")
+    once = logging.Logger.warning_once  # type: ignore[attr-defined]
+    msg = f"reinit-test {id(seen)}: a config warning"  # a message no other test gives
+    with routed(seen.append):
+        with transformers_quiet():
+            logger.warning_once(msg)  # type: ignore[attr-defined]
+        assert seen == []
+        assert logging.Logger.warning_once is once  # type: ignore[attr-defined]
+        logger.warning_once(msg)  # type: ignore[attr-defined]
+        logger.warning_once(msg)  # type: ignore[attr-defined]  (once: remembered now)
+    assert seen == [f"transformers: {msg}"]
