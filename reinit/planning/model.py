@@ -7,7 +7,7 @@ import contextlib
 import copy
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -560,9 +560,21 @@ def _init_module(model: Model, path: str, real: nn.Module, trace: InitTrace) -> 
         init = getattr(owner, "_init_weights", None)
         if callable(init):
             trace.phase = f"{type(owner).__name__}._init_weights on {kind}"
+            _mark_done(real.modules(), but=real)
             init(real)
             ran = True
     return ran
+
+
+def _mark_done(modules: Iterable[nn.Module], but: nn.Module) -> None:
+    """transformers initializes a module after its children and marks each one done
+    (`_is_hf_initialized`) as it goes, and an init may read the mark: ViTMAE's embeddings skip
+    their sin-cos table, xavier and cls_token draw once their patch projection is marked, so
+    `from_config` leaves them as constructed. So every module below the one whose
+    `_init_weights` runs is marked, as there (on reinit's own copies, never the model's)."""
+    for module in modules:
+        if module is not but:
+            module.__dict__["_is_hf_initialized"] = True
 
 
 def init_owner(root: nn.Module, path: str) -> nn.Module:
@@ -609,8 +621,10 @@ def _init_ancestors(model: Model, path: str, real: nn.Module, trace: InitTrace) 
         if not callable(init):
             continue
         trace.phase = f"{type(owner).__name__}._init_weights on {type(ancestor).__name__}"
+        proxy = _leading_to(ancestor, parts[depth:], real)
+        _mark_done([*_down_to(proxy, parts[depth:]), *real.modules()], but=proxy)
         try:
-            init(_leading_to(ancestor, parts[depth:], real))
+            init(proxy)
         except Exception:  # noqa: BLE001 (an init that needs real values: as before)
             continue
 
@@ -628,6 +642,17 @@ def _leading_to(module: nn.Module, path: Sequence[str], real: nn.Module) -> nn.M
     assert child is not None
     proxy._modules[path[0]] = _leading_to(child, path[1:], real)
     return proxy
+
+
+def _down_to(module: nn.Module, path: Sequence[str]) -> list[nn.Module]:
+    """The modules on `path` from `module` down, `module` first (a `_leading_to` chain: its
+    own copies and `real`, every one of which reinit may mark)."""
+    chain = [module]
+    for part in path:
+        child = chain[-1]._modules[part]
+        assert child is not None
+        chain.append(child)
+    return chain
 
 
 def _get_attr_tensor(module: nn.Module, attr: str) -> torch.Tensor:
