@@ -51,7 +51,15 @@ def _configs() -> dict[str, tuple[object, str]]:
             text_config=dict(**_DEC, projection_size=32), vision_config=dict(
                 **_S, image_size=32, patch_size=8),
         ), "SiglipModel"),
+        "wav2vec2": (t.Wav2Vec2Config(
+            **_S, vocab_size=32, conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3),
+            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, pad_token_id=0,
+        ), "Wav2Vec2ForCTC"),
         # the sweep (slow)
+        "hubert": (t.HubertConfig(
+            **_S, vocab_size=32, conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3),
+            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, pad_token_id=0,
+        ), "HubertForCTC"),
         "gemma3": (t.Gemma3Config(
             text_config=dict(**_DEC, num_key_value_heads=1, head_dim=16),
             vision_config=dict(**_S, image_size=32, patch_size=8), mm_tokens_per_image=4,
@@ -114,7 +122,7 @@ def _configs() -> dict[str, tuple[object, str]]:
     }  # fmt: skip
 
 
-_FAST = ["vit_mae", "gemma2", "whisper", "siglip"]
+_FAST = ["vit_mae", "wav2vec2", "gemma2", "whisper", "siglip"]
 _SLOW = [k for k in _configs() if k not in _FAST]
 
 
@@ -177,8 +185,32 @@ def test_new_is_what_from_config_builds(tmp_path, kind):
     ViTMAE's embeddings skip their init (sin-cos positions, xavier patch projection, cls_token
     draw) once the patch projection is marked, so `from_config` gives zeros and a normal(0.02)
     projection; reinit drew the skipped init (positions at std 0.5, the projection 5x too
-    wide, flagged `std_off` against a std computed for the wrong fans)."""
+    wide, flagged `std_off` against a std computed for the wrong fans).
+
+    wav2vec2: its positional convolution's weight is `weight_norm`ed (a torch parametrization:
+    `conv.parametrizations.weight.original0`, the norms g, and `original1`, v), which no init
+    after the constructor reaches; `default` had no value for them (exit 2). They are the
+    Conv1d's own draw through weight_norm's `right_inverse`, as the constructor makes them."""
     _check(tmp_path, kind)
+
+
+def test_apply_default_on_a_parametrized_checkpoint_equals_new(tmp_path):
+    """`apply --model CONFIG --rule '*=default'` on a checkpoint of the model gives what
+    `new` gives, the weight_norm originals included."""
+    cfg, cls_name = _configs()["wav2vec2"]
+    cfg.architectures = [cls_name]  # type: ignore[attr-defined]
+    cfg.save_pretrained(tmp_path / "cfg")  # type: ignore[attr-defined]
+    getattr(transformers, cls_name)(cfg).save_pretrained(tmp_path / "ckpt")
+    assert run("new", tmp_path / "cfg", "-o", tmp_path / "new", "--seed", "2", "-q").exit_code == 0
+    res = run(
+        "apply", tmp_path / "ckpt", "-o", tmp_path / "applied", "--model", tmp_path / "cfg",
+        "--rule", "*=default", "--seed", "2", "-q",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    new, applied = _weights(tmp_path / "new"), _weights(tmp_path / "applied")
+    assert new.keys() == applied.keys()
+    assert any("parametrizations.weight.original0" in k for k in new)
+    assert all(torch.equal(new[k], applied[k]) for k in new)
 
 
 @pytest.mark.slow

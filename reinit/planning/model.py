@@ -432,11 +432,12 @@ def default_init(
     site = view.site(name)
     assert site is not None
     model = view.model
-    real, trace, ran = _run_init(model, site, seed_for(seed, name))
+    real, trace, ran, built = _run_init(model, site, seed_for(seed, name))
     value = _get_attr_tensor(real, site.attr)
     if site.part is not None:  # one expert of a stacked tensor: its slice of the init
         value = site.part.take(value)
-    applied = applied_init(trace.calls, site.source_shape)
+    applied = applied_init(trace.calls, site.source_shape) or built
+    ran = ran or built is not None
     if applied is None and site.name in model.constructed:  # the constructor's value stands
         ran, applied = True, _constructed_init(real, model.constructed[site.name])
     if not ran or not _surely_set(value, trace, applied):
@@ -525,18 +526,26 @@ def _fill_constructed(real: nn.Module, path: str, constructed: Mapping[str, torc
             t.copy_(value)
 
 
-def _run_init(model: Model, site: TensorSite, seed: int) -> tuple[nn.Module, InitTrace, bool]:
-    """The owning module initialized from `seed` (see `default_init`), its trace, and whether
-    any init ran: drawn on a generator of the thread's own where the init lets it (two
-    threads draw at once), else on the global one, one thread at a time (`seeded_draw`)."""
-    from reinit.planning.init_rng import seeded_draw
+_Drawn: TypeAlias = "tuple[nn.Module, InitTrace, bool, AppliedInit | None]"
 
-    def draw(rng: contextlib.AbstractContextManager[Any]) -> tuple[nn.Module, InitTrace, bool]:
+
+def _run_init(model: Model, site: TensorSite, seed: int) -> _Drawn:
+    """The owning module initialized from `seed` (see `default_init`), its trace, whether
+    any init ran, and what the constructor gave a parametrization's originals (`parametrized`:
+    weight_norm's g and v, which no later init reaches): drawn on a generator of the thread's
+    own where the init lets it (two threads draw at once), else on the global one, one thread
+    at a time (`seeded_draw`)."""
+    from reinit.planning.init_rng import seeded_draw
+    from reinit.planning.parametrized import construct_originals
+
+    def draw(rng: contextlib.AbstractContextManager[Any]) -> _Drawn:
         real, trace = _blank_owner(model, site)
-        with torch.no_grad(), trace, rng:
-            ran = _init_module(model, site.module_name, real, trace)
-            _init_ancestors(model, site.module_name, real, trace)
-            return real, trace, ran
+        with torch.no_grad(), rng:
+            built = construct_originals(model.module, site.module_name, real, site.attr)
+            with trace:
+                ran = _init_module(model, site.module_name, real, trace)
+                _init_ancestors(model, site.module_name, real, trace)
+            return real, trace, ran, built
 
     owner = model.module.get_submodule(site.module_name)
     return seeded_draw(seed, type(owner), draw)
@@ -621,9 +630,9 @@ def _init_ancestors(model: Model, path: str, real: nn.Module, trace: InitTrace) 
         if not callable(init):
             continue
         trace.phase = f"{type(owner).__name__}._init_weights on {type(ancestor).__name__}"
-        proxy = _leading_to(ancestor, parts[depth:], real)
-        _mark_done([*_down_to(proxy, parts[depth:]), *real.modules()], but=proxy)
-        try:
+        try:  # (a parametrized module on the way cannot be copied: torch refuses)
+            proxy = _leading_to(ancestor, parts[depth:], real)
+            _mark_done([*_down_to(proxy, parts[depth:]), *real.modules()], but=proxy)
             init(proxy)
         except Exception:  # noqa: BLE001 (an init that needs real values: as before)
             continue
