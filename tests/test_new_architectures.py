@@ -241,6 +241,23 @@ def test_new_is_what_from_config_builds(tmp_path, kind):
     _check(tmp_path, kind)
 
 
+def test_weight_norms_g_is_the_norm_of_its_v(tmp_path):
+    """weight_norm's originals are one draw, as the constructor makes them: g the norms of v,
+    so the convolution's weight (g * v / |v|) is v, the Conv1d's own draw. Each was seeded by
+    its own name, so g held the norms of another draw than v (a weight at the architecture's
+    distribution only on average)."""
+    cfg, cls_name = _configs()["wav2vec2"]
+    cfg.architectures = [cls_name]  # type: ignore[attr-defined]
+    cfg.save_pretrained(tmp_path / "cfg")  # type: ignore[attr-defined]
+    assert run("new", tmp_path / "cfg", "-o", tmp_path / "out", "-q").exit_code == 0
+    w = _weights(tmp_path / "out")
+    conv = "wav2vec2.encoder.pos_conv_embed.conv.parametrizations.weight"
+    g, v = w[f"{conv}.original0"], w[f"{conv}.original1"]
+    assert torch.equal(g, torch.norm_except_dim(v, 2, 2))
+    model = load_clean(getattr(transformers, cls_name), tmp_path / "out")
+    assert torch.allclose(model.wav2vec2.encoder.pos_conv_embed.conv.weight, v)
+
+
 def test_apply_default_on_a_parametrized_checkpoint_equals_new(tmp_path):
     """`apply --model CONFIG --rule '*=default'` on a checkpoint of the model gives what
     `new` gives, the weight_norm originals included."""

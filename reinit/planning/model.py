@@ -414,7 +414,8 @@ def default_init(
     """The architecture's own init for one tensor: a real CPU copy of its owning module (only
     that module), initialized the way the architecture does it — torch's `reset_parameters()`
     (as at construction), then for transformers models the model's `_init_weights(module)` —
-    with the values torch's global RNG seeded from `seed_for(seed, name)` gives (drawn from a
+    with the values torch's global RNG seeded from `seed_for(seed, name)` gives (a
+    parametrization's originals: from its weight's name, `parametrized.draw_key`; drawn from a
     generator of the thread's own seeded the same way, so two threads draw at once; see
     `init_rng`), so the caller's RNG is untouched and the values depend on seed and name only.
 
@@ -425,6 +426,7 @@ def default_init(
     `BertModel._init_weights on Linear: normal(std=0.02)`) and the std that init's formula
     gives for the tensor, recorded while the init runs (`init_trace`): nothing is drawn twice."""
     from reinit.planning.init_trace import AppliedInit, applied_init
+    from reinit.planning.parametrized import draw_key
 
     why = view.why_no_default(name) if view is not None else "default needs --model"
     if view is None or why is not None:
@@ -432,7 +434,8 @@ def default_init(
     site = view.site(name)
     assert site is not None
     model = view.model
-    real, trace, ran, built = _run_init(model, site, seed_for(seed, name))
+    key = draw_key(model.module, site.module_name, site.attr) or name
+    real, trace, ran, built = _run_init(model, site, seed_for(seed, key))
     value = _get_attr_tensor(real, site.attr)
     if site.part is not None:  # one expert of a stacked tensor: its slice of the init
         value = site.part.take(value)

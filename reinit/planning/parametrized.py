@@ -22,9 +22,25 @@ from reinit.planning.init_trace import AppliedInit, InitTrace, applied_init
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["construct_originals"]
+__all__ = ["construct_originals", "draw_key"]
 
 _MARK = ".parametrizations."
+
+
+def draw_key(root: nn.Module, path: str, attr: str) -> str | None:
+    """The name one parametrization's originals are all drawn under: its module's weight
+    (`conv.weight` for `conv.parametrizations.weight.original0` and `original1`), so they
+    come from one draw, weight_norm's g the norms of its v, as the constructor makes them
+    (each seeded by its own name, g held the norms of another draw than v); None for any
+    other tensor."""
+    from torch.nn.utils import parametrize
+
+    if _MARK not in f".{path}" or not attr.startswith("original"):
+        return None
+    if not isinstance(root.get_submodule(path), parametrize.ParametrizationList):
+        return None
+    host_path, _, tensor_name = f".{path}".rpartition(_MARK)
+    return f"{host_path}.{tensor_name}".lstrip(".")
 
 
 def construct_originals(
