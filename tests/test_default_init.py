@@ -78,6 +78,31 @@ def test_plain_torch_modules_name_reset_parameters_and_its_std() -> None:
         assert t.reference_std == t.expected_std  # `default` is its own reference
 
 
+class _PatchAsLinear(nn.Conv2d):
+    """A patch embedding initialized like a Linear, as ViTMAE's (`xavier_uniform_` on the
+    weight seen as [out, in*k*k])."""
+
+    def reset_parameters(self) -> None:
+        w = self.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.bias)
+
+
+def test_an_init_on_a_reshaped_view_is_judged_by_the_views_fans() -> None:
+    """xavier_uniform on a conv weight's 2-D view [32, 3*8*8] has std sqrt(2/(32+192)) =
+    0.0945; the expected std was computed with the 4-D tensor's fans (0.0299), so a fresh init
+    was flagged std_off, 3x off what its own init gives."""
+    torch.manual_seed(0)
+    net = nn.ModuleDict({"patch": _PatchAsLinear(3, 32, 8, stride=8)})
+    rep = reinit.apply_to_module(net, ["*=default"])
+    e = {t.name: t for t in rep.tensors}["patch.weight"]
+    assert e.scheme == "default (_PatchAsLinear.reset_parameters: xavier_uniform)"
+    assert e.expected_std == pytest.approx(math.sqrt(2 / (32 + 3 * 8 * 8)), rel=1e-12)
+    assert e.after is not None
+    assert abs(e.after.std - e.expected_std) < 5 * e.expected_std / math.sqrt(2 * 32 * 192)
+    assert e.flags == ()
+
+
 def test_tiny_bert_default_names_init_weights_in_json_terminal_and_markdown(
     tmp_path: Path,
 ) -> None:

@@ -89,3 +89,34 @@ def test_a_signal_during_the_interpreters_teardown_cannot_change_the_exit_code(t
     )
     res = program(tmp_path, bomb, "--version")
     assert res.returncode == 0, (res.returncode, res.stderr)
+
+
+_FINALIZER_MODEL = """\
+import os, signal
+from torch import nn
+
+class Interrupts:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):  # the handler runs here: KeyboardInterrupt inside a finalizer
+            pass
+
+def build():
+    Interrupts()  # dropped at once: its finalizer runs while the model is built
+    return nn.Linear(4, 4)
+"""
+
+
+def test_an_interrupt_that_lands_in_a_finalizer_still_stops_the_run(tmp_path):
+    """A Ctrl-C whose KeyboardInterrupt is raised inside a `__del__` (a garbage collection of
+    `regex`'s parse trees while transformers builds a model: 2 of 25 Ctrl-Cs of `reinit new`)
+    is swallowed by Python ('Exception ignored in ... KeyboardInterrupt', a traceback on
+    stderr) and the run went on to publish its output with exit 0. It is raised again where
+    the program runs: exit 130, one line, nothing written."""
+    (tmp_path / "finalizer_model.py").write_text(_FINALIZER_MODEL)
+    out = tmp_path / "out"
+    res = program(tmp_path, "", "new", "finalizer_model:build", "-o", str(out), "-q")
+    assert res.returncode == 130, (res.returncode, res.stderr)
+    assert res.stderr.strip() == "error: interrupted; no partial output was left behind"
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name != "__pycache__")
+    assert left == ["finalizer_model.py"]

@@ -7,6 +7,7 @@ REINIT_DEBUG=1. `--json` output goes to stdout and nothing else does."""
 
 from __future__ import annotations
 
+import _thread
 import atexit
 import os
 import signal
@@ -57,6 +58,20 @@ def one_line(e: BaseException, empty: str | None = None) -> str:
 def _on_sigterm(signum: int, frame: FrameType | None) -> NoReturn:
     # Unwind like Ctrl-C so every `finally` (temporary output removal) runs.
     raise KeyboardInterrupt
+
+
+def _interrupt_again(unraisable: Any) -> None:
+    """`sys.unraisablehook` of the program: a Ctrl-C (or SIGTERM) whose KeyboardInterrupt was
+    raised inside a finalizer (`__del__` during a garbage collection) is one Python swallows,
+    printing 'Exception ignored in ...' and its traceback, and the run went on to publish.
+    It is raised again in the main thread, through SIGTERM's handler (the one that unwinds
+    like Ctrl-C, or holds it where signals are held), asked by another thread once this hook
+    has returned: asked here, it would run inside the hook and be swallowed again (and if it
+    still lands in a finalizer, this hook asks again); anything else as Python reports it."""
+    if issubclass(unraisable.exc_type, KeyboardInterrupt):
+        _thread.start_new_thread(_thread.interrupt_main, (signal.SIGTERM,))  # not waited for
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def _interrupted() -> int:
@@ -169,6 +184,8 @@ class ReinitGroup(click.Group):
         # args None: the `reinit` program itself (console script, python -m reinit), whose
         # process ends here; in-process callers (CliRunner, notebooks) pass their args
         self.program = args is None
+        if self.program:
+            sys.unraisablehook = _interrupt_again
         try:
             rv = run(args, prog_name, complete_var, standalone_mode=False, **extra)
             code = rv if isinstance(rv, int) else 0

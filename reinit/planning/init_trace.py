@@ -98,6 +98,7 @@ class InitCall:
     args: tuple[tuple[str, Any], ...]  # "" names a positional argument of a method
     whole: bool
     part: float = 1.0  # the fraction of the tensor written
+    shape: tuple[int, ...] = ()  # the shape written through (a view's: ViTMAE's 2-D xavier)
     sets: bool = True
 
 
@@ -135,15 +136,16 @@ class InitTrace(TorchFunctionMode):
             self.calls.append(call)
         return func(*args, **kwargs)
 
-    def _covers(self, t: object) -> tuple[bool, float] | None:
-        """(whole, fraction) when `t` is a view of the target's storage, else None."""
+    def _covers(self, t: object) -> tuple[bool, float, tuple[int, ...]] | None:
+        """(whole, fraction, shape) when `t` is a view of the target's storage, else None: a
+        view of another shape (`w.view(out, -1)`) has its own fans, which its init's std reads."""
         try:
             if not isinstance(t, torch.Tensor) or t.untyped_storage().data_ptr() != self.storage:
                 return None
         except (RuntimeError, NotImplementedError):  # a tensor without storage (sparse, ...)
             return None
         whole = t.data_ptr() == self.start and t.numel() == self.numel
-        return whole, (t.numel() / self.numel if self.numel else 1.0)
+        return whole, (t.numel() / self.numel if self.numel else 1.0), tuple(t.shape)
 
     def _call(
         self, func: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]
@@ -275,7 +277,7 @@ def applied_init(calls: Sequence[InitCall], shape: Sequence[int]) -> AppliedInit
         return None
     main = calls[last]
     bound = _bound(main)
-    expected = bound.expected_std(tuple(shape)) if bound is not None else None
+    expected = bound.expected_std(main.shape or tuple(shape)) if bound is not None else None
     mean = _mean(main)
     text = f"{main.phase}: {compact(main)}"
     for c in calls[last + 1 :]:

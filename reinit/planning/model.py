@@ -7,7 +7,7 @@ import contextlib
 import copy
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -414,7 +414,8 @@ def default_init(
     """The architecture's own init for one tensor: a real CPU copy of its owning module (only
     that module), initialized the way the architecture does it — torch's `reset_parameters()`
     (as at construction), then for transformers models the model's `_init_weights(module)` —
-    with the values torch's global RNG seeded from `seed_for(seed, name)` gives (drawn from a
+    with the values torch's global RNG seeded from `seed_for(seed, name)` gives (a
+    parametrization's originals: from its weight's name, `parametrized.draw_key`; drawn from a
     generator of the thread's own seeded the same way, so two threads draw at once; see
     `init_rng`), so the caller's RNG is untouched and the values depend on seed and name only.
 
@@ -425,6 +426,7 @@ def default_init(
     `BertModel._init_weights on Linear: normal(std=0.02)`) and the std that init's formula
     gives for the tensor, recorded while the init runs (`init_trace`): nothing is drawn twice."""
     from reinit.planning.init_trace import AppliedInit, applied_init
+    from reinit.planning.parametrized import draw_key
 
     why = view.why_no_default(name) if view is not None else "default needs --model"
     if view is None or why is not None:
@@ -432,11 +434,13 @@ def default_init(
     site = view.site(name)
     assert site is not None
     model = view.model
-    real, trace, ran = _run_init(model, site, seed_for(seed, name))
+    key = draw_key(model.module, site.module_name, site.attr) or name
+    real, trace, ran, built = _run_init(model, site, seed_for(seed, key))
     value = _get_attr_tensor(real, site.attr)
     if site.part is not None:  # one expert of a stacked tensor: its slice of the init
         value = site.part.take(value)
-    applied = applied_init(trace.calls, site.source_shape)
+    applied = applied_init(trace.calls, site.source_shape) or built
+    ran = ran or built is not None
     if applied is None and site.name in model.constructed:  # the constructor's value stands
         ran, applied = True, _constructed_init(real, model.constructed[site.name])
     if not ran or not _surely_set(value, trace, applied):
@@ -525,18 +529,26 @@ def _fill_constructed(real: nn.Module, path: str, constructed: Mapping[str, torc
             t.copy_(value)
 
 
-def _run_init(model: Model, site: TensorSite, seed: int) -> tuple[nn.Module, InitTrace, bool]:
-    """The owning module initialized from `seed` (see `default_init`), its trace, and whether
-    any init ran: drawn on a generator of the thread's own where the init lets it (two
-    threads draw at once), else on the global one, one thread at a time (`seeded_draw`)."""
-    from reinit.planning.init_rng import seeded_draw
+_Drawn: TypeAlias = "tuple[nn.Module, InitTrace, bool, AppliedInit | None]"
 
-    def draw(rng: contextlib.AbstractContextManager[Any]) -> tuple[nn.Module, InitTrace, bool]:
+
+def _run_init(model: Model, site: TensorSite, seed: int) -> _Drawn:
+    """The owning module initialized from `seed` (see `default_init`), its trace, whether
+    any init ran, and what the constructor gave a parametrization's originals (`parametrized`:
+    weight_norm's g and v, which no later init reaches): drawn on a generator of the thread's
+    own where the init lets it (two threads draw at once), else on the global one, one thread
+    at a time (`seeded_draw`)."""
+    from reinit.planning.init_rng import seeded_draw
+    from reinit.planning.parametrized import construct_originals
+
+    def draw(rng: contextlib.AbstractContextManager[Any]) -> _Drawn:
         real, trace = _blank_owner(model, site)
-        with torch.no_grad(), trace, rng:
-            ran = _init_module(model, site.module_name, real, trace)
-            _init_ancestors(model, site.module_name, real, trace)
-            return real, trace, ran
+        with torch.no_grad(), rng:
+            built = construct_originals(model.module, site.module_name, real, site.attr)
+            with trace:
+                ran = _init_module(model, site.module_name, real, trace)
+                _init_ancestors(model, site.module_name, real, trace)
+            return real, trace, ran, built
 
     owner = model.module.get_submodule(site.module_name)
     return seeded_draw(seed, type(owner), draw)
@@ -560,9 +572,21 @@ def _init_module(model: Model, path: str, real: nn.Module, trace: InitTrace) -> 
         init = getattr(owner, "_init_weights", None)
         if callable(init):
             trace.phase = f"{type(owner).__name__}._init_weights on {kind}"
+            _mark_done(real.modules(), but=real)
             init(real)
             ran = True
     return ran
+
+
+def _mark_done(modules: Iterable[nn.Module], but: nn.Module) -> None:
+    """transformers initializes a module after its children and marks each one done
+    (`_is_hf_initialized`) as it goes, and an init may read the mark: ViTMAE's embeddings skip
+    their sin-cos table, xavier and cls_token draw once their patch projection is marked, so
+    `from_config` leaves them as constructed. So every module below the one whose
+    `_init_weights` runs is marked, as there (on reinit's own copies, never the model's)."""
+    for module in modules:
+        if module is not but:
+            module.__dict__["_is_hf_initialized"] = True
 
 
 def init_owner(root: nn.Module, path: str) -> nn.Module:
@@ -609,8 +633,10 @@ def _init_ancestors(model: Model, path: str, real: nn.Module, trace: InitTrace) 
         if not callable(init):
             continue
         trace.phase = f"{type(owner).__name__}._init_weights on {type(ancestor).__name__}"
-        try:
-            init(_leading_to(ancestor, parts[depth:], real))
+        try:  # (a parametrized module on the way cannot be copied: torch refuses)
+            proxy = _leading_to(ancestor, parts[depth:], real)
+            _mark_done([*_down_to(proxy, parts[depth:]), *real.modules()], but=proxy)
+            init(proxy)
         except Exception:  # noqa: BLE001 (an init that needs real values: as before)
             continue
 
@@ -628,6 +654,17 @@ def _leading_to(module: nn.Module, path: Sequence[str], real: nn.Module) -> nn.M
     assert child is not None
     proxy._modules[path[0]] = _leading_to(child, path[1:], real)
     return proxy
+
+
+def _down_to(module: nn.Module, path: Sequence[str]) -> list[nn.Module]:
+    """The modules on `path` from `module` down, `module` first (a `_leading_to` chain: its
+    own copies and `real`, every one of which reinit may mark)."""
+    chain = [module]
+    for part in path:
+        child = chain[-1]._modules[part]
+        assert child is not None
+        chain.append(child)
+    return chain
 
 
 def _get_attr_tensor(module: nn.Module, attr: str) -> torch.Tensor:

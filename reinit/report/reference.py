@@ -279,13 +279,18 @@ def _reference_for(
 
 def off_reference(e: TensorEntry, tolerance: float = REFERENCE_TOLERANCE) -> bool:
     """The std is beyond `tolerance`x either way of a positive reference. A tensor with std 0
-    is not judged (meant constant, or flagged `constant`), and a tiny tensor's factor widens
-    to its sampling error (`std_tolerance`), so a 4-value head is not flagged by chance."""
+    is not judged (meant constant, or flagged `constant`), and a tiny tensor's bounds widen
+    to its sampling error (`std_tolerance`, t), so a 4-value head is not flagged by chance:
+    above, ref·(1 + t); below, ref·(1 − t), which a sample std of a few values often falls
+    under when t is taken as a factor (a 2-value draw 31% of the time), and none can when
+    t >= 1 (12 values or fewer)."""
     ref, got = e.reference_std, e.after.std
     if ref is None or got is None or ref <= 0 or got <= 0 or not math.isfinite(got):
         return False
-    factor = max(tolerance, 1.0 + std_tolerance(e.after.count, e.kurtosis))
-    return got > ref * factor or got < ref / factor
+    chance = std_tolerance(e.after.count, e.kurtosis)
+    above = max(tolerance, 1.0 + chance)
+    below = min(1.0 / tolerance, max(1.0 - chance, 0.0))  # a fraction of ref; 0: never
+    return got > ref * above or got < ref * below
 
 
 def reference_text(entries: Sequence[TensorEntry]) -> str | None:
