@@ -112,6 +112,7 @@ def resolve_output(
         raise OutputError(f"{source}: an in-memory checkpoint has no default output; give -o")
     if in_place:
         _refuse_cache_in_place(source)
+        _refuse_other_in_place_target(source, output)
     if output is None and in_place:
         output = source
     path = Path(output) if output is not None else default_output(source, ckpt)
@@ -185,6 +186,18 @@ def refuse_lossy_in_place(source: str, ckpt: Checkpoint, spec: OutputSpec) -> No
     raise OutputError(
         f"--in-place: {source} holds {shown} besides the weights; the output holds the state "
         "dict's tensors alone and would lose them: give -o for a new file"
+    )
+
+
+def _refuse_other_in_place_target(source: str, output: str | os.PathLike[str] | None) -> None:
+    """`--in-place` rewrites the source and nothing else: an `-o` that is not the source (links
+    resolved) is refused, as it once was written under `--in-place`'s leave, an existing file
+    there (even a `from()` source) replaced without `--overwrite`."""
+    if output is None or Path(output).resolve() == Path(source).resolve():
+        return
+    raise OutputError(
+        f"-o {os.fspath(output)}: is not the source {source}, and --in-place only rewrites the "
+        "source; drop --in-place to write -o (--overwrite replaces an existing one), or drop -o"
     )
 
 
