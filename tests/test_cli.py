@@ -246,6 +246,25 @@ def test_output_in_a_missing_folder_is_exit_2_naming_it(ckpt, tmp_path, out):
     assert not (tmp_path / "missing").exists()
 
 
+def test_o_dash_is_not_stdout_and_writes_no_folder_named_dash(ckpt, tmp_path, monkeypatch):
+    """`-o -` (stdout, by the shell's convention) wrote a folder named `-` (any -o without a
+    checkpoint suffix is a folder), awkward to remove (`rm -r -` fails). Exit 2, nothing
+    written; `-o ./-/` still names such a folder on purpose."""
+    from transformers import BertConfig
+
+    BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+               vocab_size=20).save_pretrained(tmp_path / "bert")  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for args in (["apply", str(ckpt), "-r", "*=zeros"], ["new", "bert"]):
+        r = run(*args, "-o", "-")
+        assert r.exit_code == 2, r.output
+        assert r.stderr.startswith("error: -o -: ") and "stdout" in r.stderr, r.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert run("apply", str(ckpt), "-r", "*=zeros", "-o", "./-/", "-q").exit_code == 0
+    assert (tmp_path / "-" / "model.safetensors").is_file()
+
+
 COMMANDS = ["apply", "report", "diff", "verify", "inspect", "schemes", "gain", "probe", "run"]
 
 

@@ -110,6 +110,11 @@ def resolve_output(
     input without `--in-place`, or exists without `--overwrite` (see `reinit.io.targets`)."""
     if output is None and ckpt.kind == "memory":
         raise OutputError(f"{source}: an in-memory checkpoint has no default output; give -o")
+    if output is not None and os.fspath(output) == "-":  # a folder named `-`, once
+        raise OutputError(
+            "-o -: a checkpoint is written to a path, never to stdout; give a file or a folder "
+            "(a folder named '-' is -o ./-/)"
+        )
     if in_place:
         _refuse_cache_in_place(source)
         _refuse_other_in_place_target(source, output)
