@@ -266,3 +266,25 @@ def test_corrupt_shard_names_the_shard(tmp_path):
     assert res.exit_code == 1, res.output
     assert "model-00002-of-00002.safetensors" in res.stderr and "truncated" in res.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("layout", ["coo", "csr"])
+def test_a_torch_file_holding_a_sparse_tensor_is_one_line_naming_it(tmp_path, layout):
+    """A sparse tensor in a `.pt` (torch.load reads it weights-only) was an internal error
+    from every command ('Cannot access storage of SparseTensorImpl'). Exit 1 naming the file
+    and the tensor, nothing written."""
+    sparse = torch.eye(3).to_sparse() if layout == "coo" else torch.eye(3).to_sparse_csr()
+    src = tmp_path / "m.pt"
+    torch.save({"emb.weight": sparse, "fc.weight": torch.ones(3, 3)}, src)
+    for args in (
+        ["inspect", src],
+        ["report", src],
+        ["diff", src, src],
+        ["apply", src, "-r", "fc.weight=zeros", "-o", tmp_path / "out.safetensors"],
+    ):
+        res = run(*args)
+        assert res.exit_code == 1, res.output
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and "internal error" not in lines[0], res.stderr
+        assert lines[0].startswith(f"error: {src}: tensor 'emb.weight' is sparse"), lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]

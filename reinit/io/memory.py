@@ -37,6 +37,12 @@ def check_state_dict(tensors: object, where: str, *, values: bool = False) -> No
             f"{where}: a state dict is a mapping of names to tensors, got {type(tensors).__name__}"
         )
     check_tensor_names(tensors, where)
+    for name, t in tensors.items():  # a sparse tensor has no storage to read (torch raised)
+        if isinstance(t, torch.Tensor) and t.layout != torch.strided:
+            raise UsageError(
+                f"{where}: tensor '{shown(name)}' is sparse ({t.layout}); reinit works on dense "
+                "tensors: pass t.to_dense() instead"
+            )
     for name, t in tensors.items() if values else ():
         if isinstance(t, torch.Tensor) and t.is_meta:
             raise UsageError(
@@ -89,6 +95,17 @@ def find_aliases(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
     return out
 
 
+def _refuse_sparse(tensors: Mapping[str, torch.Tensor], source: str) -> None:
+    """A sparse tensor (a torch file may hold one) has no storage to read or write as a
+    checkpoint's bytes: one line naming it, not torch's 'Cannot access storage'."""
+    for name, t in tensors.items():
+        if t.layout != torch.strided:
+            raise CheckpointError(
+                f"{source}: tensor '{shown(name)}' is sparse ({t.layout}); reinit reads dense "
+                "tensors: save it with .to_dense() (or drop it) with the code that made the file"
+            )
+
+
 class TensorDictCheckpoint(Checkpoint):
     """A checkpoint whose tensors are already objects (`self.tensors`). Reads are independent,
     contiguous CPU copies, whatever device a tensor lives on."""
@@ -96,6 +113,7 @@ class TensorDictCheckpoint(Checkpoint):
     def __init__(self, tensors: Mapping[str, torch.Tensor], source: str):
         self.source = source
         self.tensors = dict(tensors)
+        _refuse_sparse(self.tensors, source)
         self._aliases = find_aliases(self.tensors)
 
     def shard_of(self, name: str) -> str:
