@@ -268,14 +268,19 @@ def test_corrupt_shard_names_the_shard(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("layout", ["coo", "csr"])
-def test_a_torch_file_holding_a_sparse_tensor_is_one_line_naming_it(tmp_path, layout):
-    """A sparse tensor in a `.pt` (torch.load reads it weights-only) was an internal error
-    from every command ('Cannot access storage of SparseTensorImpl'). Exit 1 naming the file
-    and the tensor, nothing written."""
-    sparse = torch.eye(3).to_sparse() if layout == "coo" else torch.eye(3).to_sparse_csr()
+@pytest.mark.parametrize("layout", ["sparse coo", "sparse csr", "quantized", "nested"])
+def test_a_torch_file_holding_a_sparse_quantized_or_nested_tensor_is_one_line(tmp_path, layout):
+    """A sparse, quantized or nested tensor in a `.pt` (torch.load reads them weights-only)
+    was an internal error from every command ('Cannot access storage of SparseTensorImpl',
+    KeyError 'qint8'). Exit 1 naming the file and the tensor, nothing written."""
+    odd = {
+        "sparse coo": lambda: torch.eye(3).to_sparse(),
+        "sparse csr": lambda: torch.eye(3).to_sparse_csr(),
+        "quantized": lambda: torch.quantize_per_tensor(torch.eye(3), 0.1, 0, torch.qint8),
+        "nested": lambda: torch.nested.nested_tensor([torch.ones(2), torch.ones(3)]),
+    }[layout]()
     src = tmp_path / "m.pt"
-    torch.save({"emb.weight": sparse, "fc.weight": torch.ones(3, 3)}, src)
+    torch.save({"emb.weight": odd, "fc.weight": torch.ones(3, 3)}, src)
     for args in (
         ["inspect", src],
         ["report", src],
@@ -286,5 +291,5 @@ def test_a_torch_file_holding_a_sparse_tensor_is_one_line_naming_it(tmp_path, la
         assert res.exit_code == 1, res.output
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and "internal error" not in lines[0], res.stderr
-        assert lines[0].startswith(f"error: {src}: tensor 'emb.weight' is sparse"), lines[0]
+        assert lines[0].startswith(f"error: {src}: tensor 'emb.weight' is {layout.split()[0]}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
