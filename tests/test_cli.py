@@ -246,6 +246,29 @@ def test_output_in_a_missing_folder_is_exit_2_naming_it(ckpt, tmp_path, out):
     assert not (tmp_path / "missing").exists()
 
 
+@pytest.mark.parametrize(
+    ("command", "option", "name"),
+    [
+        ("apply", "--report", "r.json"),
+        ("apply", "--plot", "p.png"),
+        ("report", "-o", "r.md"),
+        ("report", "--plot", "p.png"),
+    ],
+)
+def test_a_report_or_plot_in_a_missing_folder_is_exit_2_before_any_work(
+    ckpt, tmp_path, command, option, name
+):
+    """`--report missing/r.json` was found missing only when publishing, after all the work
+    (hours, on a big model), and as exit 1 without the option's name; `-o` in a missing
+    folder was already exit 2 up front. Now every output path is."""
+    rules = ["-r", "*=zeros", "-o", str(tmp_path / "out.safetensors")] if command == "apply" else []
+    target = tmp_path / "missing" / name
+    r = run(command, str(ckpt), *rules, option, str(target))
+    assert r.exit_code == 2, r.output
+    assert r.stderr.startswith(f"error: {option} {target}: the folder {target.parent} does not")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
+
+
 def test_o_dash_is_not_stdout_and_writes_no_folder_named_dash(ckpt, tmp_path, monkeypatch):
     """`-o -` (stdout, by the shell's convention) wrote a folder named `-` (any -o without a
     checkpoint suffix is a folder), awkward to remove (`rm -r -` fails). Exit 2, nothing
