@@ -269,6 +269,40 @@ def test_a_report_or_plot_in_a_missing_folder_is_exit_2_before_any_work(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["apply", "", "-r", "*=zeros", "-o", "../out.safetensors"],
+        ["inspect", ""],
+        ["report", ""],
+        ["verify", ""],
+        ["diff", "", "model.safetensors"],
+        ["probe", ""],
+        ["new", "", "-o", "../out/"],
+        ["apply", "model.safetensors", "-r", "*=zeros", "-o", "", "--overwrite"],
+        ["apply", "model.safetensors", "-r", "*=zeros", "--model", "", "-o", "../o.safetensors"],
+        ["report", "model.safetensors", "--against", ""],
+    ],
+    ids=lambda a: " ".join(repr(x) if x == "" else x for x in a[:3]),
+)
+def test_an_empty_path_is_a_usage_error_never_the_current_directory(tmp_path, monkeypatch, args):
+    """`reinit apply "$MODEL"` with MODEL unset read the current directory (pathlib's
+    `Path("")` is "."), `new ""` built the model of its config.json, and `-o "" --overwrite`
+    tried to replace the current directory, a reinit output, as a whole. Exit 2 saying the
+    path is empty, nothing written, whatever the current directory holds."""
+    from helpers import tiny_bert
+
+    here = tiny_bert(tmp_path / "bert")
+    run("apply", here, "-r", "pooler.*=zeros", "--in-place", "-q")  # a reinit output, too
+    monkeypatch.chdir(here)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    r = run(*args)
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "empty" in lines[0], r.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
 def test_o_dash_is_not_stdout_and_writes_no_folder_named_dash(ckpt, tmp_path, monkeypatch):
     """`-o -` (stdout, by the shell's convention) wrote a folder named `-` (any -o without a
     checkpoint suffix is a folder), awkward to remove (`rm -r -` fails). Exit 2, nothing

@@ -110,6 +110,10 @@ def resolve_output(
     input without `--in-place`, or exists without `--overwrite` (see `reinit.io.targets`)."""
     if output is None and ckpt.kind == "memory":
         raise OutputError(f"{source}: an in-memory checkpoint has no default output; give -o")
+    if output is not None and os.fspath(output) == "":  # "." to pathlib: the current folder
+        raise OutputError(
+            "-o '': the output path is empty (an unset variable?); give a file or a folder"
+        )
     if output is not None and os.fspath(output) == "-":  # a folder named `-`, once
         raise OutputError(
             "-o -: a checkpoint is written to a path, never to stdout; give a file or a folder "
