@@ -166,7 +166,7 @@ def _child(node: Data, part: str | int) -> tuple[bool, Data]:
 def _unknown(key: str, known: Mapping[str, Kind], at: str, inside: str) -> UsageError:
     close = difflib.get_close_matches(key, list(known), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    return UsageError(f"{at}: unknown key {key!r}{inside}{hint} Known keys: {', '.join(known)}")
+    return UsageError(f"{at}: unknown key {key!r}{inside}{hint}; known keys: {', '.join(known)}")
 
 
 _TRUE = {"true", "yes", "on", "1"}
