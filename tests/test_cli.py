@@ -279,7 +279,7 @@ def test_a_report_or_plot_in_a_missing_folder_is_exit_2_before_any_work(
         ["diff", "", "model.safetensors"],
         ["probe", ""],
         ["new", "", "-o", "../out/"],
-        ["apply", "model.safetensors", "-r", "*=zeros", "-o", "", "--overwrite"],
+        ["apply", "../m.safetensors", "-r", "*=zeros", "-o", "", "--overwrite"],
         ["apply", "model.safetensors", "-r", "*=zeros", "--model", "", "-o", "../o.safetensors"],
         ["report", "model.safetensors", "--against", ""],
     ],
@@ -294,12 +294,14 @@ def test_an_empty_path_is_a_usage_error_never_the_current_directory(tmp_path, mo
 
     here = tiny_bert(tmp_path / "bert")
     run("apply", here, "-r", "pooler.*=zeros", "--in-place", "-q")  # a reinit output, too
+    save_file({"w": torch.ones(2, 2)}, tmp_path / "m.safetensors")
     monkeypatch.chdir(here)
     before = sorted(p.name for p in tmp_path.rglob("*"))
     r = run(*args)
     assert r.exit_code == 2, r.output
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "empty" in lines[0], r.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert "path is empty (an unset variable?)" in lines[0], lines[0]
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
 
 
