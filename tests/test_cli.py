@@ -269,6 +269,25 @@ def test_a_report_or_plot_in_a_missing_folder_is_exit_2_before_any_work(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
 
 
+@pytest.mark.parametrize("option", ["--report", "--plot"])
+@pytest.mark.parametrize("exists", [False, True])
+def test_a_report_or_plot_inside_a_folder_output_is_refused_up_front(
+    ckpt, tmp_path, option, exists
+):
+    """`-o out/ --report out/x.md` ran the whole job and then failed with exit 1, 'cannot write:
+    No such file or directory' (the folder is written whole, then renamed into place; with
+    `--overwrite`, an earlier output was replaced under the report). Exit 2 before any work."""
+    out = tmp_path / "out"
+    if exists:
+        assert run("apply", str(ckpt), "-r", "*=zeros", "-o", f"{out}/", "-q").exit_code == 0
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    side = out / ("x.md" if option == "--report" else "p.png")
+    r = run("apply", str(ckpt), "-r", "*=ones", "-o", f"{out}/", "--overwrite", option, str(side))
+    assert r.exit_code == 2, r.output
+    assert r.stderr.startswith(f"error: {option} {side}: lies inside the output folder"), r.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
 @pytest.mark.parametrize(
     "args",
     [

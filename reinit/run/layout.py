@@ -264,6 +264,7 @@ def _default_shard_folder(source: str, ckpt: Checkpoint) -> str | None:
 def _side_targets(spec: OutputSpec, o: ApplyOptions, inputs: Inputs) -> list[SideOutput]:
     """The reports and plot a run writes beside its checkpoint, each checked by the one rule
     before any work; the default report of a file output comes first."""
+    _refuse_inside_folder_output(spec, o)
     first: list[SideOutput] = []
     if o.default_report and spec.fmt != "directory":
         path = spec.default_report
@@ -279,6 +280,25 @@ def _side_targets(spec: OutputSpec, o: ApplyOptions, inputs: Inputs) -> list[Sid
         also=[spec.path, *(t.path for t in first)],
     )
     return [*first, *rest]
+
+
+def _refuse_inside_folder_output(spec: OutputSpec, o: ApplyOptions) -> None:
+    """A `--report`/`--plot` inside a folder output: the folder is written whole and renamed
+    into place, so the run failed at its end ('cannot write'), after all the work. Refused
+    first (with `--in-place` such a path is inside the source folder: refused as that)."""
+    if spec.fmt not in ("directory", "dcp") or o.in_place:
+        return
+    folder = spec.path.resolve()
+    named: list[tuple[str, StrPath]] = [("--report", r) for r in o.reports]
+    if o.plot is not None:
+        named.append(("--plot", o.plot))
+    for option, path in named:
+        if Path(path).resolve().is_relative_to(folder):
+            raise OutputError(
+                f"{option} {os.fspath(path)}: lies inside the output folder {spec.path}, which "
+                "the run writes whole; put it beside the folder (it holds its own "
+                "reinit-report.json)"
+            )
 
 
 def _besides(reports: Sequence[StrPath], first: Sequence[SideOutput]) -> list[StrPath]:
