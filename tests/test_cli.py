@@ -269,6 +269,44 @@ def test_a_report_or_plot_in_a_missing_folder_is_exit_2_before_any_work(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
 
 
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--max-shard-size", "nan"],
+        ["--dtype", "int8"],
+        ["--format", "bogus"],
+        ["--report", "r.txt"],
+        ["--plot", "p.jpg"],
+        ["--config", "not-json"],
+        ["--labels", ",,"],
+    ],
+    ids=lambda f: f[0],
+)
+def test_a_dry_run_refuses_the_output_flags_the_run_refuses(ckpt, tmp_path, flags):
+    """`--dry-run` never looked at the output flags: it said yes (exit 0) to a command the
+    run then refused (exit 2), so a dry run as a pipeline's pre-flight check passed it. The
+    same error line, from apply, new and a recipe's dry run."""
+    out = ["-o", str(tmp_path / "out/")]
+    real = run("apply", str(ckpt), "-r", "*=zeros", *out, *flags)
+    assert real.exit_code == 2, real.output
+    dry = run("apply", str(ckpt), "-r", "*=zeros", *out, *flags, "--dry-run")
+    assert (dry.exit_code, dry.stderr) == (2, real.stderr)
+    from transformers import BertConfig
+
+    BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+               vocab_size=20).save_pretrained(tmp_path / "bert")  # fmt: skip
+    if flags[0] not in ("--config", "--labels"):  # apply's alone
+        new = run("new", str(tmp_path / "bert"), *out, *flags, "--dry-run")
+        assert (new.exit_code, new.stderr) == (2, real.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bert", "model.safetensors"]
+    if flags[0] in ("--max-shard-size", "--dtype", "--format"):
+        key = flags[0].removeprefix("--").replace("-", "_")
+        recipe = tmp_path / "bert" / "r.yaml"
+        recipe.write_text(f"source: {ckpt}\noutput: {recipe.parent}/o/\nrules: ['*=zeros']\n")
+        planned = run("run", str(recipe), "--set", f"{key}={flags[1]}", "--dry-run")
+        assert planned.exit_code == 2 and flags[0] in planned.stderr, planned.output
+
+
 @pytest.mark.parametrize("option", ["--report", "--plot"])
 @pytest.mark.parametrize("exists", [False, True])
 def test_a_report_or_plot_inside_a_folder_output_is_refused_up_front(

@@ -9,7 +9,7 @@ and publishing is a step of its own after every writer has finished."""
 
 from __future__ import annotations
 
-__all__ = ["Layout", "OutputRequest", "lay_out"]
+__all__ = ["Layout", "OutputRequest", "check_output_flags", "lay_out"]
 
 import json
 import os
@@ -50,6 +50,7 @@ from reinit.run.output import (
     INDEX_NAME,
     OutFile,
     OutputSpec,
+    check_format_name,
     check_no_stale_shards,
     check_unread_names,
     default_output,
@@ -259,6 +260,14 @@ def _default_shard_folder(source: str, ckpt: Checkpoint) -> str | None:
     if output_format(os.fspath(default)) != "safetensors":
         return None
     return str(default.with_name(default.name.split(".safetensors")[0])) + "/"
+
+
+def check_output_flags(output: StrPath | None, o: ApplyOptions) -> None:
+    """The output flags, checked as a run checks them before any work, for a dry run: it
+    writes nothing, and once said yes (exit 0) to `--max-shard-size nan`, `--dtype int8`,
+    `--format bogus` or `--report r.txt`, which the run then refused (exit 2)."""
+    OutputRequest.of(output, o)
+    check_format_name(o.format)
 
 
 def _side_targets(spec: OutputSpec, o: ApplyOptions, inputs: Inputs) -> list[SideOutput]:

@@ -7,6 +7,7 @@ __all__ = [
     "INDEX_NAME",
     "OutFile",
     "OutputSpec",
+    "check_format_name",
     "check_unread_names",
     "default_output",
     "output_files",
@@ -149,11 +150,15 @@ def resolve_output(
 FORMATS = ("safetensors", "dcp")  # --format
 
 
+def check_format_name(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise UsageError(f"--format {fmt}: unknown output format; use {' or '.join(FORMATS)}")
+
+
 def with_format(spec: OutputSpec, fmt: str, sharded: bool) -> OutputSpec:
     """The output as `--format` asks: safetensors (the form -o names) or a DCP directory,
     which -o must name as a folder (`-o out/`) and which holds no shards."""
-    if fmt not in FORMATS:
-        raise UsageError(f"--format {fmt}: unknown output format; use {' or '.join(FORMATS)}")
+    check_format_name(fmt)
     if fmt == "safetensors":
         return spec
     if spec.fmt != "directory" or sharded:
