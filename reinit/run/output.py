@@ -138,6 +138,8 @@ def resolve_output(
     if path.is_dir() and fmt != "directory":
         raise OutputError(f"-o {path}: is a directory; give a file name or a directory form")
     inputs = inputs if inputs is not None else Inputs.of([source])
+    if ckpt.kind == "model":  # `reinit new`, which has no --in-place to suggest
+        _refuse_new_into_its_config_folder(path, inputs)
     check_output(path, fmt, inputs=inputs, overwrite=overwrite, in_place=in_place)
     if not path.parent.is_dir():  # refused like any output we will not write: exit 2, early
         raise OutputError(
@@ -201,6 +203,18 @@ def refuse_lossy_in_place(source: str, ckpt: Checkpoint, spec: OutputSpec) -> No
         f"--in-place: {source} holds {shown} besides the weights; the output holds the state "
         "dict's tensors alone and would lose them: give -o for a new file"
     )
+
+
+def _refuse_new_into_its_config_folder(path: Path, inputs: Inputs) -> None:
+    """`reinit new FOLDER -o FOLDER/` was refused with "pass --in-place", which `new` does
+    not take; say what works."""
+    owner = inputs.owner(path)
+    if owner is not None and owner.is_dir():
+        raise OutputError(
+            f"-o {path}: is (or is inside) the model folder {owner} that new reads the config "
+            f"of; pick another -o, or write the weights file beside that config by naming it: "
+            f"reinit new {owner}/config.json -o {owner}/model.safetensors"
+        )
 
 
 def _refuse_other_in_place_target(source: str, output: str | os.PathLike[str] | None) -> None:
