@@ -137,6 +137,11 @@ def resolve_output(
         )
     if path.is_dir() and fmt != "directory":
         raise OutputError(f"-o {path}: is a directory; give a file name or a directory form")
+    if fmt == "directory" and path.is_symlink() and not in_place:  # found only when publishing
+        raise OutputError(
+            f"-o {path}: is a link to {os.path.realpath(path)}; a folder output replaces its "
+            f"folder whole and never a link: give -o {os.path.realpath(path)}/"
+        )
     inputs = inputs if inputs is not None else Inputs.of([source])
     if ckpt.kind == "model":  # `reinit new`, which has no --in-place to suggest
         _refuse_new_into_its_config_folder(path, inputs)
