@@ -279,10 +279,12 @@ def test_a_report_or_plot_in_a_missing_folder_is_exit_2_before_any_work(
         ["--plot", "p.jpg"],
         ["--config", "not-json"],
         ["--labels", ",,"],
+        ["--reference-tolerance", "0"],
+        ["--device", "tpu"],
     ],
     ids=lambda f: f[0],
 )
-def test_a_dry_run_refuses_the_output_flags_the_run_refuses(ckpt, tmp_path, flags):
+def test_a_dry_run_refuses_the_flags_the_run_refuses(ckpt, tmp_path, flags):
     """`--dry-run` never looked at the output flags: it said yes (exit 0) to a command the
     run then refused (exit 2), so a dry run as a pipeline's pre-flight check passed it. The
     same error line, from apply, new and a recipe's dry run."""
@@ -299,7 +301,7 @@ def test_a_dry_run_refuses_the_output_flags_the_run_refuses(ckpt, tmp_path, flag
         new = run("new", str(tmp_path / "bert"), *out, *flags, "--dry-run")
         assert (new.exit_code, new.stderr) == (2, real.stderr)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bert", "model.safetensors"]
-    if flags[0] in ("--max-shard-size", "--dtype", "--format"):
+    if flags[0] in ("--max-shard-size", "--dtype", "--format", "--device"):
         key = flags[0].removeprefix("--").replace("-", "_")
         recipe = tmp_path / "bert" / "r.yaml"
         recipe.write_text(f"source: {ckpt}\noutput: {recipe.parent}/o/\nrules: ['*=zeros']\n")

@@ -9,7 +9,7 @@ and publishing is a step of its own after every writer has finished."""
 
 from __future__ import annotations
 
-__all__ = ["Layout", "OutputRequest", "check_output_flags", "lay_out"]
+__all__ = ["Layout", "OutputRequest", "check_run_flags", "lay_out"]
 
 import json
 import os
@@ -31,6 +31,8 @@ from reinit.planning.dcp_names import DcpNames, dcp_names
 from reinit.planning.model import ModelView
 from reinit.planning.model_load import model_of_config
 from reinit.planning.planner import PlanEntry
+from reinit.planning.session import check_device
+from reinit.report.reference import check_tolerance
 from reinit.report.views import SideOutput, check_formats, report_targets
 from reinit.run.config_update import (
     config_for,
@@ -262,12 +264,15 @@ def _default_shard_folder(source: str, ckpt: Checkpoint) -> str | None:
     return str(default.with_name(default.name.split(".safetensors")[0])) + "/"
 
 
-def check_output_flags(output: StrPath | None, o: ApplyOptions) -> None:
-    """The output flags, checked as a run checks them before any work, for a dry run: it
-    writes nothing, and once said yes (exit 0) to `--max-shard-size nan`, `--dtype int8`,
-    `--format bogus` or `--report r.txt`, which the run then refused (exit 2)."""
+def check_run_flags(output: StrPath | None, o: ApplyOptions) -> None:
+    """The flags a run checks before any work, checked for a dry run: it writes nothing, and
+    once said yes (exit 0) to `--max-shard-size nan`, `--dtype int8`, `--format bogus`,
+    `--report r.txt`, `--reference-tolerance 0` or `--device tpu`, which the run then refused
+    (exit 2)."""
     OutputRequest.of(output, o)
     check_format_name(o.format)
+    check_tolerance(o.reference_tolerance)
+    check_device(o.device)
 
 
 def _side_targets(spec: OutputSpec, o: ApplyOptions, inputs: Inputs) -> list[SideOutput]:
