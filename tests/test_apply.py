@@ -439,3 +439,17 @@ def test_a_folder_with_a_single_weight_file_and_an_index_is_read_as_from_pretrai
     assert all(out[k].equal(v) for k, v in loaded.items() if k != "pooler.dense.bias")
     assert run("apply", folder, *rules, "--in-place", "-q").exit_code == 0
     assert BertModel.from_pretrained(folder).pooler.dense.bias.eq(1).all()
+
+
+def test_an_index_of_the_single_file_alone_is_read_without_a_warning(tmp_path):
+    """Some repos hold `model.safetensors` and an index that names only it: the same tensors
+    either way, so nothing is said to be left out."""
+    from helpers import tiny_bert
+
+    folder = tiny_bert(tmp_path / "bert")
+    names = list(load_file(folder / "model.safetensors"))
+    index = {"metadata": {}, "weight_map": dict.fromkeys(names, "model.safetensors")}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    res = run("apply", folder, "-r", "pooler.dense.bias=ones", "-o", f"{tmp_path / 'out'}/", "-q")
+    assert res.exit_code == 0 and "warning" not in res.stderr, res.output
+    assert sorted(load_file(tmp_path / "out" / "model.safetensors")) == sorted(names)

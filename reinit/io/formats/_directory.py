@@ -258,8 +258,10 @@ class DirectoryCheckpoint(Checkpoint):
         `model.safetensors.index.json`): from_pretrained loads the single file, and so does
         reinit; the index and its shards are said, not read, and a folder output does not
         copy them."""
-        index = f"{self.layout.single}.index.json"
-        if index not in self._files:
+        single = self.layout.single or ""
+        index, ext = f"{single}.index.json", os.path.splitext(single)[1]
+        shards = [f for f in self._files if "/" not in f and f.endswith(ext) and f != single]
+        if index not in self._files or not shards:  # an index of the single file alone
             return ()
         return (
             f"{self.source}: left out {index} and the shards it names: "
