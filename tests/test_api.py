@@ -179,6 +179,21 @@ def test_report_lookups_and_json_that_is_not_a_report_are_typed_errors():
             reinit.UsageError,
             "output must be a path",
         ),
+        # were a bare TypeError from os.fspath, a NotImplementedError from torch, or a seed
+        # silently computed from swapped arguments
+        (
+            lambda: reinit.new(torch.nn.Linear(2, 2), 5),
+            reinit.UsageError,
+            "output must be a path",
+        ),
+        (lambda: reinit.seed_for("w", 0), reinit.UsageError, "seed_for: seed must be an int"),
+        (lambda: reinit.seed_for(True, "w"), reinit.UsageError, "seed_for: seed must be an int"),
+        (lambda: reinit.seed_for(0, 5), reinit.UsageError, "seed_for: name must be a str"),
+        (
+            lambda: reinit.apply_to_state_dict({"w": torch.eye(3).to_sparse()}, ["w=zeros"]),
+            reinit.UsageError,
+            "tensor 'w' is sparse",
+        ),
     ],
 )
 def test_an_argument_of_the_wrong_type_is_a_typed_error(

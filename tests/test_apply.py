@@ -385,3 +385,71 @@ def test_a_safetensors_file_the_index_does_not_name_is_said_not_dropped_silently
     assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
     clean = run("apply", src, "-r", "pooler.dense.bias=zeros", "-o", f"{tmp_path / 'o2'}/")
     assert "adapter_model" in clean.stderr  # said on every run, not only the first
+
+
+def _two_shards_beside(folder: Path, fmt: str, state: dict[str, torch.Tensor]) -> str:
+    """`state` as two shards and their index in `folder`, in transformers' names for `fmt`;
+    returns the index's name."""
+    stem, ext = ("model", "safetensors") if fmt == "safetensors" else ("pytorch_model", "bin")
+    names = sorted(state)
+    weight_map = {}
+    for i, part in enumerate((names[::2], names[1::2])):
+        shard = f"{stem}-0000{i + 1}-of-00002.{ext}"
+        tensors = {n: state[n].contiguous() for n in part}
+        if fmt == "safetensors":
+            save_file(tensors, folder / shard, metadata={"format": "pt"})
+        else:
+            torch.save(tensors, folder / shard)
+        weight_map.update(dict.fromkeys(part, shard))
+    index = f"{stem}.{ext}.index.json"
+    (folder / index).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return index
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "torch"])
+def test_a_folder_with_a_single_weight_file_and_an_index_is_read_as_from_pretrained_loads_it(
+    tmp_path, fmt
+):
+    """A folder with `model.safetensors` beside `model.safetensors.index.json` and its shards
+    (an earlier save left behind): from_pretrained loads `model.safetensors`; reinit read the
+    index, so `--in-place` rewrote the shards and the model loaded unchanged, and `-o` wrote
+    the weights that never load. Read as transformers reads it; a warning names the index.
+    The same for `pytorch_model.bin` beside `pytorch_model.bin.index.json`."""
+    from helpers import load_clean, tiny_bert
+    from transformers import BertModel
+
+    folder = tiny_bert(tmp_path / "bert")
+    state = load_file(folder / "model.safetensors")
+    single = "model.safetensors"
+    if fmt == "torch":
+        (folder / single).unlink()
+        single = "pytorch_model.bin"
+        torch.save(state, folder / single)
+    stale = {k: torch.full_like(v, 0.5) for k, v in state.items()}
+    index = _two_shards_beside(folder, fmt, stale)
+    loaded = load_clean(BertModel, folder).state_dict()
+    assert not loaded["pooler.dense.weight"].eq(0.5).all()  # transformers loads `single`
+    rules = ["-r", "pooler.dense.bias=ones"]
+    res = run("apply", folder, *rules, "-o", f"{tmp_path / 'out'}/", "-q")
+    assert res.exit_code == 0, res.output
+    warned = [ln for ln in res.stderr.splitlines() if index in ln]
+    assert len(warned) == 1 and warned[0].startswith("warning: ") and single in warned[0]
+    out = load_clean(BertModel, tmp_path / "out").state_dict()
+    assert out["pooler.dense.bias"].eq(1).all()
+    assert all(out[k].equal(v) for k, v in loaded.items() if k != "pooler.dense.bias")
+    assert run("apply", folder, *rules, "--in-place", "-q").exit_code == 0
+    assert BertModel.from_pretrained(folder).pooler.dense.bias.eq(1).all()
+
+
+def test_an_index_of_the_single_file_alone_is_read_without_a_warning(tmp_path):
+    """Some repos hold `model.safetensors` and an index that names only it: the same tensors
+    either way, so nothing is said to be left out."""
+    from helpers import tiny_bert
+
+    folder = tiny_bert(tmp_path / "bert")
+    names = list(load_file(folder / "model.safetensors"))
+    index = {"metadata": {}, "weight_map": dict.fromkeys(names, "model.safetensors")}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    res = run("apply", folder, "-r", "pooler.dense.bias=ones", "-o", f"{tmp_path / 'out'}/", "-q")
+    assert res.exit_code == 0 and "warning" not in res.stderr, res.output
+    assert sorted(load_file(tmp_path / "out" / "model.safetensors")) == sorted(names)

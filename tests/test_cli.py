@@ -246,6 +246,143 @@ def test_output_in_a_missing_folder_is_exit_2_naming_it(ckpt, tmp_path, out):
     assert not (tmp_path / "missing").exists()
 
 
+@pytest.mark.parametrize(
+    ("command", "option", "name"),
+    [
+        ("apply", "--report", "r.json"),
+        ("apply", "--plot", "p.png"),
+        ("report", "-o", "r.md"),
+        ("report", "--plot", "p.png"),
+    ],
+)
+def test_a_report_or_plot_in_a_missing_folder_is_exit_2_before_any_work(
+    ckpt, tmp_path, command, option, name
+):
+    """`--report missing/r.json` was found missing only when publishing, after all the work
+    (hours, on a big model), and as exit 1 without the option's name; `-o` in a missing
+    folder was already exit 2 up front. Now every output path is."""
+    rules = ["-r", "*=zeros", "-o", str(tmp_path / "out.safetensors")] if command == "apply" else []
+    target = tmp_path / "missing" / name
+    r = run(command, str(ckpt), *rules, option, str(target))
+    assert r.exit_code == 2, r.output
+    assert r.stderr.startswith(f"error: {option} {target}: the folder {target.parent} does not")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--max-shard-size", "nan"],
+        ["--dtype", "int8"],
+        ["--format", "bogus"],
+        ["--report", "r.txt"],
+        ["--plot", "p.jpg"],
+        ["--config", "not-json"],
+        ["--labels", ",,"],
+        ["--reference-tolerance", "0"],
+        ["--device", "tpu"],
+    ],
+    ids=lambda f: f[0],
+)
+def test_a_dry_run_refuses_the_flags_the_run_refuses(ckpt, tmp_path, flags):
+    """`--dry-run` never looked at the output flags: it said yes (exit 0) to a command the
+    run then refused (exit 2), so a dry run as a pipeline's pre-flight check passed it. The
+    same error line, from apply, new and a recipe's dry run."""
+    out = ["-o", str(tmp_path / "out/")]
+    real = run("apply", str(ckpt), "-r", "*=zeros", *out, *flags)
+    assert real.exit_code == 2, real.output
+    dry = run("apply", str(ckpt), "-r", "*=zeros", *out, *flags, "--dry-run")
+    assert (dry.exit_code, dry.stderr) == (2, real.stderr)
+    from transformers import BertConfig
+
+    BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+               vocab_size=20).save_pretrained(tmp_path / "bert")  # fmt: skip
+    if flags[0] not in ("--config", "--labels"):  # apply's alone
+        new = run("new", str(tmp_path / "bert"), *out, *flags, "--dry-run")
+        assert (new.exit_code, new.stderr) == (2, real.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bert", "model.safetensors"]
+    if flags[0] in ("--max-shard-size", "--dtype", "--format", "--device"):
+        key = flags[0].removeprefix("--").replace("-", "_")
+        recipe = tmp_path / "bert" / "r.yaml"
+        recipe.write_text(f"source: {ckpt}\noutput: {recipe.parent}/o/\nrules: ['*=zeros']\n")
+        planned = run("run", str(recipe), "--set", f"{key}={flags[1]}", "--dry-run")
+        assert planned.exit_code == 2 and flags[0] in planned.stderr, planned.output
+
+
+@pytest.mark.parametrize("option", ["--report", "--plot"])
+@pytest.mark.parametrize("exists", [False, True])
+def test_a_report_or_plot_inside_a_folder_output_is_refused_up_front(
+    ckpt, tmp_path, option, exists
+):
+    """`-o out/ --report out/x.md` ran the whole job and then failed with exit 1, 'cannot write:
+    No such file or directory' (the folder is written whole, then renamed into place; with
+    `--overwrite`, an earlier output was replaced under the report). Exit 2 before any work."""
+    out = tmp_path / "out"
+    if exists:
+        assert run("apply", str(ckpt), "-r", "*=zeros", "-o", f"{out}/", "-q").exit_code == 0
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    side = out / ("x.md" if option == "--report" else "p.png")
+    r = run("apply", str(ckpt), "-r", "*=ones", "-o", f"{out}/", "--overwrite", option, str(side))
+    assert r.exit_code == 2, r.output
+    assert r.stderr.startswith(f"error: {option} {side}: lies inside the output folder"), r.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["apply", "", "-r", "*=zeros", "-o", "../out.safetensors"],
+        ["inspect", ""],
+        ["report", ""],
+        ["verify", ""],
+        ["diff", "", "model.safetensors"],
+        ["probe", ""],
+        ["new", "", "-o", "../out/"],
+        ["apply", "../m.safetensors", "-r", "*=zeros", "-o", "", "--overwrite"],
+        ["apply", "model.safetensors", "-r", "*=zeros", "--model", "", "-o", "../o.safetensors"],
+        ["report", "model.safetensors", "--against", ""],
+    ],
+    ids=lambda a: " ".join(repr(x) if x == "" else x for x in a[:3]),
+)
+def test_an_empty_path_is_a_usage_error_never_the_current_directory(tmp_path, monkeypatch, args):
+    """`reinit apply "$MODEL"` with MODEL unset read the current directory (pathlib's
+    `Path("")` is "."), `new ""` built the model of its config.json, and `-o "" --overwrite`
+    tried to replace the current directory, a reinit output, as a whole. Exit 2 saying the
+    path is empty, nothing written, whatever the current directory holds."""
+    from helpers import tiny_bert
+
+    here = tiny_bert(tmp_path / "bert")
+    run("apply", here, "-r", "pooler.*=zeros", "--in-place", "-q")  # a reinit output, too
+    save_file({"w": torch.ones(2, 2)}, tmp_path / "m.safetensors")
+    monkeypatch.chdir(here)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    r = run(*args)
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert "path is empty (an unset variable?)" in lines[0], lines[0]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_o_dash_is_not_stdout_and_writes_no_folder_named_dash(ckpt, tmp_path, monkeypatch):
+    """`-o -` (stdout, by the shell's convention) wrote a folder named `-` (any -o without a
+    checkpoint suffix is a folder), awkward to remove (`rm -r -` fails). Exit 2, nothing
+    written; `-o ./-/` still names such a folder on purpose."""
+    from transformers import BertConfig
+
+    BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+               vocab_size=20).save_pretrained(tmp_path / "bert")  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for args in (["apply", str(ckpt), "-r", "*=zeros"], ["new", "bert"]):
+        r = run(*args, "-o", "-")
+        assert r.exit_code == 2, r.output
+        assert r.stderr.startswith("error: -o -: ") and "stdout" in r.stderr, r.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert run("apply", str(ckpt), "-r", "*=zeros", "-o", "./-/", "-q").exit_code == 0
+    assert (tmp_path / "-" / "model.safetensors").is_file()
+
+
 COMMANDS = ["apply", "report", "diff", "verify", "inspect", "schemes", "gain", "probe", "run"]
 
 

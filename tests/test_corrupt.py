@@ -266,3 +266,30 @@ def test_corrupt_shard_names_the_shard(tmp_path):
     assert res.exit_code == 1, res.output
     assert "model-00002-of-00002.safetensors" in res.stderr and "truncated" in res.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("layout", ["sparse coo", "sparse csr", "quantized", "nested"])
+def test_a_torch_file_holding_a_sparse_quantized_or_nested_tensor_is_one_line(tmp_path, layout):
+    """A sparse, quantized or nested tensor in a `.pt` (torch.load reads them weights-only)
+    was an internal error from every command ('Cannot access storage of SparseTensorImpl',
+    KeyError 'qint8'). Exit 1 naming the file and the tensor, nothing written."""
+    odd = {
+        "sparse coo": lambda: torch.eye(3).to_sparse(),
+        "sparse csr": lambda: torch.eye(3).to_sparse_csr(),
+        "quantized": lambda: torch.quantize_per_tensor(torch.eye(3), 0.1, 0, torch.qint8),
+        "nested": lambda: torch.nested.nested_tensor([torch.ones(2), torch.ones(3)]),
+    }[layout]()
+    src = tmp_path / "m.pt"
+    torch.save({"emb.weight": odd, "fc.weight": torch.ones(3, 3)}, src)
+    for args in (
+        ["inspect", src],
+        ["report", src],
+        ["diff", src, src],
+        ["apply", src, "-r", "fc.weight=zeros", "-o", tmp_path / "out.safetensors"],
+    ):
+        res = run(*args)
+        assert res.exit_code == 1, res.output
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and "internal error" not in lines[0], res.stderr
+        assert lines[0].startswith(f"error: {src}: tensor 'emb.weight' is {layout.split()[0]}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]

@@ -71,3 +71,39 @@ def test_in_place_resharding_never_leaves_the_old_shards_beside(tmp_path, sharde
     from transformers import LlamaForCausalLM
 
     assert not LlamaForCausalLM.from_pretrained(folder).lm_head.weight.any()
+
+
+@pytest.mark.parametrize("target", ["victim", "from_source", "new_file", "folder"])
+def test_in_place_with_an_o_that_is_not_the_source_is_refused(tmp_path, target):
+    """`--in-place -o X` with X not the source wrote X, and an existing X (a file the run never
+    read, even a `from()` source, which is an input) was replaced without `--overwrite`:
+    `--in-place` skipped both the exists and the is-an-input checks. Exit 2, nothing written."""
+    src = tmp_path / "m.safetensors"
+    save_file({"a.weight": torch.randn(3, 3), "b.weight": torch.randn(3, 3)}, src)
+    donor = tmp_path / "donor.safetensors"
+    save_file({"a.weight": torch.ones(3, 3)}, donor)
+    victim = tmp_path / "victim.safetensors"
+    save_file({"precious.weight": torch.ones(4)}, victim)
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "notes.txt").write_text("mine")
+    out = {
+        "victim": str(victim),
+        "from_source": str(donor),
+        "new_file": str(tmp_path / "new.safetensors"),
+        "folder": f"{tmp_path / 'proj'}/",
+    }[target]
+    rules = ["-r", f"a.weight=from({donor})", "-r", "b.weight=zeros"]
+    args = ["apply", str(src), *rules, "--in-place", "-o", out]
+    refused(tmp_path, args, 2, "--in-place", "is not the source")
+    assert list(load_file(victim)) == ["precious.weight"]
+
+
+def test_in_place_with_the_source_as_o_still_rewrites_it(tmp_path):
+    src = tmp_path / "m.safetensors"
+    save_file({"a.weight": torch.randn(3, 3)}, src)
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(src)
+    for out in (src, link):  # the source itself, however it is named
+        res = run("apply", str(src), "-r", "a.weight=zeros", "--in-place", "-o", str(out), "-q")
+        assert res.exit_code == 0, res.output
+        assert not load_file(src)["a.weight"].any()

@@ -550,3 +550,20 @@ def test_a_dimension_too_long_to_trace_is_refused_before_any_allocation(tmp_path
     assert "'transformer.wpe.weight' [10000000, 8]" in res.stderr, res.stderr
     assert "more than the 100,000,000 bytes of memory available" in res.stderr, res.stderr
     assert "Traceback" not in res.output and not (tmp_path / "out").exists()
+
+
+def test_new_into_its_own_config_folder_says_what_works_not_in_place(tmp_path):
+    """`reinit new FOLDER -o FOLDER/` was refused with "pass --in-place", a flag `new` does
+    not take (it answered "No such option"). The refusal names what works, and that works."""
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path / "bert"
+    BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+               vocab_size=20).save_pretrained(folder)  # fmt: skip
+    for out in (f"{folder}/", f"{folder}/sub/"):
+        line = refused(tmp_path, ["new", str(folder), "-o", out], 2, "model folder")
+        assert "--in-place" not in line
+        assert f"reinit new {folder}/config.json -o {folder}/model.safetensors" in line
+    res = run("new", folder / "config.json", "-o", folder / "model.safetensors", "-q")
+    assert res.exit_code == 0, res.output
+    load_clean(BertModel, folder)

@@ -81,3 +81,18 @@ def test_a_fifo_in_the_output_folder_does_not_block_overwrite(tmp_path):
     assert res.returncode == 2, res.stderr
     assert "is not an earlier reinit output" in res.stderr
     assert sorted(p.name for p in out.iterdir()) == ["a.safetensors", "notes.txt"]
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "dcp"])
+def test_a_folder_output_named_through_a_link_is_refused_up_front(tmp_path, fmt):
+    """`-o link/ --overwrite`, `link` a symlink to an earlier output: the run did all its
+    work, then failed to publish with exit 1, 'exists and is not a directory' (the folder is
+    replaced whole, and a link is not replaced by one). Exit 2 before any work, naming the
+    folder to give instead; the link and its folder untouched."""
+    src, out = _earlier_output(tmp_path)
+    link = tmp_path / "link"
+    link.symlink_to(out, target_is_directory=True)
+    args = ["apply", str(src), "-r", "a.weight=ones", "-o", f"{link}/", "--overwrite"]
+    line = refused(tmp_path, [*args, "--format", fmt], 2, "is a link", f"-o {out}/")
+    assert line.startswith(f"error: -o {link}")
+    assert link.is_symlink()

@@ -252,3 +252,20 @@ def test_probe_numbers_equal_a_hand_computation_with_torch(tmp_path: Path) -> No
         linear = [i for i, x in enumerate(p.layers) if x.type == "Linear"]
         assert p.act_growth == layers[linear[-1]][0] / layers[linear[0]][0]
         assert p.grad_growth == layers[linear[0]][1] / layers[linear[-1]][1]
+
+
+@pytest.mark.parametrize("shape", ["1,99999999999", "100000,1000000", "99999999999,64"])
+def test_an_input_shape_past_the_memory_available_is_a_usage_error(shape: str) -> None:
+    """`--input-shape 1,99999999999` was an internal error (torch's 'can't allocate memory:
+    you tried to allocate 799999999992 bytes'); the limits table promises probe exit 2 before
+    allocating. Token ids (int64) and N(0, 1) inputs (float32) alike."""
+    from transformers import BertConfig
+
+    with CliRunner().isolated_filesystem():
+        BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                   intermediate_size=24).save_pretrained("bert")  # fmt: skip
+        model = "bert" if not shape.endswith(",64") else MLP
+        r = CliRunner().invoke(main, ["probe", model, "--input-shape", shape])
+    assert r.exit_code == 2, r.output
+    assert "internal error" not in r.output
+    assert f"--input-shape {shape}" in r.output and "bytes of memory available" in r.output

@@ -228,3 +228,30 @@ def test_allow_write_grants_a_folder_and_the_usual_places_need_nothing(tmp_path,
     res = run("run", beside, "-q")
     assert res.exit_code == 0, res.output
     assert (elsewhere / "out" / "model.safetensors").exists()
+
+
+def test_load_recipes_grants_given_as_one_string_grant_that_one_thing(tmp_path, monkeypatch):
+    """`load_recipe(allow_write="/some/dir")` (a str where a list goes) was read character by
+    character: "/" granted every folder, so a recipe wrote into a hidden folder. A str (or
+    PathLike) is one folder, one callable, one `--set`, as `unsafe_pickle=` takes one path; an
+    item of another type is a UsageError naming the keyword."""
+    src, home, work = _plant(tmp_path)
+    monkeypatch.chdir(work)
+    recipe = work / "r.yaml"
+    recipe.write_text(f"source: {src}\noutput: .config/autostart/\nrules: ['*.weight=zeros']\n")
+    for one in (str(home), home):
+        with pytest.raises(UsageError, match="output .config/autostart/: a recipe writes only"):
+            reinit.load_recipe(recipe, allow_write=one)
+    assert reinit.load_recipe(recipe, allow_write=str(work)).output == ".config/autostart/"
+    recipe.write_text(f"source: {src}\noutput: out/\nrules: ['*.weight=zeros']\n")
+    assert reinit.load_recipe(recipe, sets="seed=7").options.seed == 7
+    for keyword, bad in [
+        ("allow_write", 5),
+        ("allow_write", [5]),
+        ("sets", [1]),
+        ("sets", 5),
+        ("trust_model_callable", [None]),
+        ("trust_model_callable", 5),
+    ]:
+        with pytest.raises(UsageError, match=f"^load_recipe: {keyword}= "):
+            reinit.load_recipe(recipe, **{keyword: bad})

@@ -122,6 +122,16 @@ def test_fail_on_exit_codes(tmp_path):
     assert shown.exit_code == 0 and "garbage" in shown.stderr
 
 
+@pytest.mark.parametrize("value", ["", ",", " , "])
+def test_a_fail_on_that_names_no_flag_is_a_usage_error_not_a_gate_that_never_fails(tmp_path, value):
+    """`--fail-on "$FLAGS"` with FLAGS empty (unset in a CI script) checked nothing and
+    passed a checkpoint full of garbage with exit 0. Exit 2 saying so."""
+    src = planted_checkpoint(tmp_path / "m.safetensors")
+    r = run("report", str(src), "--fail-on", value, "-q")
+    assert r.exit_code == 2, r.output
+    assert r.stderr.startswith("error: --fail-on") and "names no flag" in r.stderr, r.stderr
+
+
 # --- depth: var_gain and unstable_depth, with a real forward pass ------------------------
 
 

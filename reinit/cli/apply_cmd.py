@@ -84,6 +84,9 @@ def apply(
     if dry_run:
         defer_torch()  # a plan of a plain copy or transplant never loads it
         from reinit.planning.session import plan
+        from reinit.run.layout import check_run_flags
+
+        check_run_flags(output, options)  # what the run refuses, the plan refuses
 
         show_plan(
             plan(source, rules, options=options),

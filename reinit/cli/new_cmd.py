@@ -109,7 +109,10 @@ def new(
     warn_unsafe(trusted)
     load_torch()
     if dry_run:
+        from reinit.run.layout import check_run_flags
         from reinit.run.new import plan_new
+
+        check_run_flags(output, options)  # what the run refuses, the plan refuses
 
         the_plan = plan_new(config, rules, options=options)
         show_plan(the_plan, as_json=as_json, by=by, every=all_tensors, quiet=quiet)

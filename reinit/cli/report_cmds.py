@@ -42,9 +42,14 @@ def fail_on_flags(value: str | None) -> frozenset[str]:
     from reinit.errors import UsageError
     from reinit.report.flags import FLAGS
 
-    if not value:
+    if value is None:
         return frozenset()
     names = {v.strip() for v in value.split(",") if v.strip()}
+    if not names:  # `--fail-on "$FLAGS"` with FLAGS unset: a gate that never fails
+        raise UsageError(
+            f"--fail-on {value!r}: names no flag; give one of {', '.join(FLAGS)} "
+            "(comma-separated) or 'any', or leave --fail-on out"
+        )
     if "any" in names:
         return frozenset(FLAGS)
     unknown = sorted(names - set(FLAGS))

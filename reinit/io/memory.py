@@ -37,6 +37,13 @@ def check_state_dict(tensors: object, where: str, *, values: bool = False) -> No
             f"{where}: a state dict is a mapping of names to tensors, got {type(tensors).__name__}"
         )
     check_tensor_names(tensors, where)
+    for name, t in tensors.items():  # torch raised from inside ('Cannot access storage')
+        kind = unreadable_kind(t)
+        if kind is not None:
+            raise UsageError(
+                f"{where}: tensor '{shown(name)}' is {kind}; reinit works on dense tensors: "
+                "pass t.to_dense() or t.dequantize() instead"
+            )
     for name, t in tensors.items() if values else ():
         if isinstance(t, torch.Tensor) and t.is_meta:
             raise UsageError(
@@ -89,6 +96,31 @@ def find_aliases(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
     return out
 
 
+def unreadable_kind(t: object) -> str | None:
+    """What makes a tensor one reinit cannot read as a checkpoint's bytes (sparse, nested,
+    quantized: torch raised from inside, 'Cannot access storage'), or None."""
+    if not isinstance(t, torch.Tensor):
+        return None
+    if t.is_nested:
+        return "nested"
+    if t.layout != torch.strided:
+        return f"sparse ({t.layout})"
+    if t.is_quantized:
+        return f"quantized ({t.dtype})"
+    return None
+
+
+def _refuse_unreadable(tensors: Mapping[str, torch.Tensor], source: str) -> None:
+    """A torch file may hold a sparse, nested or quantized tensor: one line naming it."""
+    for name, t in tensors.items():
+        kind = unreadable_kind(t)
+        if kind is not None:
+            raise CheckpointError(
+                f"{source}: tensor '{shown(name)}' is {kind}; reinit reads dense tensors: save "
+                "it with .to_dense() or .dequantize() (or drop it) with the code that made the file"
+            )
+
+
 class TensorDictCheckpoint(Checkpoint):
     """A checkpoint whose tensors are already objects (`self.tensors`). Reads are independent,
     contiguous CPU copies, whatever device a tensor lives on."""
@@ -96,6 +128,7 @@ class TensorDictCheckpoint(Checkpoint):
     def __init__(self, tensors: Mapping[str, torch.Tensor], source: str):
         self.source = source
         self.tensors = dict(tensors)
+        _refuse_unreadable(self.tensors, source)
         self._aliases = find_aliases(self.tensors)
 
     def shard_of(self, name: str) -> str:

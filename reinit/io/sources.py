@@ -27,13 +27,16 @@ __all__ = ["open_checkpoint", "source_text"]
 
 def source_text(source: object) -> str:
     """A source given to the API as the text of its path or URL; anything but a str or a
-    path-like of str is a `UsageError` (not torch's or pathlib's TypeError)."""
-    if isinstance(source, str):
-        return source
-    if isinstance(source, os.PathLike):
-        text = os.fspath(source)
-        if isinstance(text, str):
-            return text
+    path-like of str is a `UsageError` (not torch's or pathlib's TypeError); so is an empty
+    one (`"$MODEL"` unset), which pathlib reads as the current directory."""
+    text = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
+    if text == "":
+        raise UsageError(
+            "the source path is empty (an unset variable?); give a checkpoint file, a model "
+            "folder or hf://OWNER/NAME (an empty path is never read as the current directory)"
+        )
+    if isinstance(text, str):
+        return text
     raise UsageError(
         f"source must be a path (str or os.PathLike) or hf://OWNER/NAME, got {type(source).__name__}"
     )

@@ -121,6 +121,11 @@ def check_target(
         raise OutputError(f"{option} {path}: is a directory; give a file name")
     if os.path.lexists(p) and not overwrite:
         raise OutputError(f"{option} {path}: exists; pass --overwrite to replace it")
+    if not p.parent.is_dir():  # found only when publishing, after the work, once
+        raise OutputError(
+            f"{option} {path}: the folder {p.parent} does not exist; create it first "
+            f"(mkdir -p {p.parent})"
+        )
     return p
 
 

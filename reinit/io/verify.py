@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from reinit.errors import CheckpointError, InputNotFoundError
+from reinit.errors import CheckpointError, InputNotFoundError, UsageError
 from reinit.io.checkpoint import TORCH_SUFFIXES
 from reinit.io.confine import local_file, require_regular
 from reinit.io.formats import Header, check_shard, is_dcp_dir, read_header, read_index, zero_tag_dir
@@ -75,6 +75,8 @@ def verify(path: str | os.PathLike[str]) -> VerifyResult:
     DCP directory or DeepSpeed ZeRO folder is read whole, a tensor at a time."""
     p = Path(path)
     where = os.fspath(path)
+    if where == "":  # "." to pathlib: the current folder
+        raise UsageError("verify: the path is empty (an unset variable?); give a file or folder")
     if not p.exists():
         raise InputNotFoundError(f"{where}: no such file or directory")
     require_regular(p)

@@ -176,6 +176,11 @@ def model_factory(spec: str | os.PathLike[str]) -> Factory:
     the command line); a path object (`pathlib.Path`: what a recipe's `model:` becomes unless
     the user trusted it) is a model folder or config file, never imported."""
     text = os.fspath(spec)
+    if text == "":  # "." to pathlib: the current folder's config.json
+        raise ModelError(
+            "--model '': the model path is empty (an unset variable?); give a model folder, "
+            "a config.json, hf://OWNER/NAME or module:callable"
+        )
     if is_hf_url(text):
         ref = parse_hf_url(text)
         return _hf_factory(text, HubRepo(ref, progress=False).fetch("config.json"))

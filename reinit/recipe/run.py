@@ -165,8 +165,10 @@ def plan_recipe(recipe: Recipe, *, progress: bool = False) -> list[Plan]:
     ```
     """
     from reinit.planning.session import plan
+    from reinit.run.layout import check_run_flags
 
     check_recipe("plan_recipe", recipe)
+    check_run_flags(recipe.output, _live(recipe.steps[-1], progress))  # as the run will
     plans: list[Plan] = []
     with _open_source(recipe, progress) as original:
         current: Checkpoint = original

@@ -5,10 +5,10 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from reinit.errors import RuleError, UsageError
 from reinit.io.trust import TrustSpec
@@ -166,7 +166,7 @@ def _child(node: Data, part: str | int) -> tuple[bool, Data]:
 def _unknown(key: str, known: Mapping[str, Kind], at: str, inside: str) -> UsageError:
     close = difflib.get_close_matches(key, list(known), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    return UsageError(f"{at}: unknown key {key!r}{inside}{hint} Known keys: {', '.join(known)}")
+    return UsageError(f"{at}: unknown key {key!r}{inside}{hint}; known keys: {', '.join(known)}")
 
 
 _TRUE = {"true", "yes", "on", "1"}
@@ -443,6 +443,22 @@ def _with_grants(options: ApplyOptions, base: ApplyOptions) -> ApplyOptions:
     )
 
 
+def _one_or_many(value: object, keyword: str, what: str) -> tuple[Any, ...]:
+    """A `load_recipe` keyword that takes several items (`what`: "str" or "path"), as a tuple:
+    one item alone (a str was once read character by character, `allow_write="/x"` granting
+    "/") is that item; an item of another type is a `UsageError` naming the keyword."""
+    kind = (str, os.PathLike) if what == "path" else str
+    items = (value,) if isinstance(value, (str, os.PathLike)) else value
+    out = tuple(items) if isinstance(items, Iterable) else (items,)
+    for item in out:
+        if not isinstance(item, kind):
+            raise UsageError(
+                f"load_recipe: {keyword}= takes a {what} or a list of them, got {item!r} "
+                f"({type(item).__name__})"
+            )
+    return out
+
+
 def load_recipe(
     path: str | os.PathLike[str],
     sets: Sequence[str] = (),
@@ -495,6 +511,9 @@ def load_recipe(
         raise UsageError(
             f"load_recipe: path must be a str or os.PathLike, got {type(path).__name__}"
         )
+    sets = _one_or_many(sets, "sets", "str")
+    trust_model_callable = _one_or_many(trust_model_callable, "trust_model_callable", "str")
+    allow_write = _one_or_many(allow_write, "allow_write", "path")
     data, where, label = read_recipe_file(path)
     # --set first: a key it overrides is not expanded, so `--set source=dir` works on a recipe
     # whose source is `${MODEL}` without MODEL set (--set values are taken as written)

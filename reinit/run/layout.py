@@ -9,7 +9,7 @@ and publishing is a step of its own after every writer has finished."""
 
 from __future__ import annotations
 
-__all__ = ["Layout", "OutputRequest", "lay_out"]
+__all__ = ["Layout", "OutputRequest", "check_run_flags", "lay_out"]
 
 import json
 import os
@@ -31,6 +31,8 @@ from reinit.planning.dcp_names import DcpNames, dcp_names
 from reinit.planning.model import ModelView
 from reinit.planning.model_load import model_of_config
 from reinit.planning.planner import PlanEntry
+from reinit.planning.session import check_device
+from reinit.report.reference import check_tolerance
 from reinit.report.views import SideOutput, check_formats, report_targets
 from reinit.run.config_update import (
     config_for,
@@ -50,6 +52,7 @@ from reinit.run.output import (
     INDEX_NAME,
     OutFile,
     OutputSpec,
+    check_format_name,
     check_no_stale_shards,
     check_unread_names,
     default_output,
@@ -261,9 +264,21 @@ def _default_shard_folder(source: str, ckpt: Checkpoint) -> str | None:
     return str(default.with_name(default.name.split(".safetensors")[0])) + "/"
 
 
+def check_run_flags(output: StrPath | None, o: ApplyOptions) -> None:
+    """The flags a run checks before any work, checked for a dry run: it writes nothing, and
+    once said yes (exit 0) to `--max-shard-size nan`, `--dtype int8`, `--format bogus`,
+    `--report r.txt`, `--reference-tolerance 0` or `--device tpu`, which the run then refused
+    (exit 2)."""
+    OutputRequest.of(output, o)
+    check_format_name(o.format)
+    check_tolerance(o.reference_tolerance)
+    check_device(o.device)
+
+
 def _side_targets(spec: OutputSpec, o: ApplyOptions, inputs: Inputs) -> list[SideOutput]:
     """The reports and plot a run writes beside its checkpoint, each checked by the one rule
     before any work; the default report of a file output comes first."""
+    _refuse_inside_folder_output(spec, o)
     first: list[SideOutput] = []
     if o.default_report and spec.fmt != "directory":
         path = spec.default_report
@@ -279,6 +294,25 @@ def _side_targets(spec: OutputSpec, o: ApplyOptions, inputs: Inputs) -> list[Sid
         also=[spec.path, *(t.path for t in first)],
     )
     return [*first, *rest]
+
+
+def _refuse_inside_folder_output(spec: OutputSpec, o: ApplyOptions) -> None:
+    """A `--report`/`--plot` inside a folder output: the folder is written whole and renamed
+    into place, so the run failed at its end ('cannot write'), after all the work. Refused
+    first (with `--in-place` such a path is inside the source folder: refused as that)."""
+    if spec.fmt not in ("directory", "dcp") or o.in_place:
+        return
+    folder = spec.path.resolve()
+    named: list[tuple[str, StrPath]] = [("--report", r) for r in o.reports]
+    if o.plot is not None:
+        named.append(("--plot", o.plot))
+    for option, path in named:
+        if Path(path).resolve().is_relative_to(folder):
+            raise OutputError(
+                f"{option} {os.fspath(path)}: lies inside the output folder {spec.path}, which "
+                "the run writes whole; put it beside the folder (it holds its own "
+                "reinit-report.json)"
+            )
 
 
 def _besides(reports: Sequence[StrPath], first: Sequence[SideOutput]) -> list[StrPath]:

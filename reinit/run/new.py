@@ -146,6 +146,10 @@ def check_new_output(function: str, output: object) -> None:
         raise UsageError(
             f"{function}: output is required: a .safetensors file or a folder (as reinit new -o)"
         )
+    if not isinstance(output, (str, os.PathLike)):  # was os.fspath's bare TypeError
+        raise UsageError(
+            f"{function}: output must be a path (str or os.PathLike), got {type(output).__name__}"
+        )
 
 
 def model_text(config: object) -> str:

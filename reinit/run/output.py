@@ -7,6 +7,7 @@ __all__ = [
     "INDEX_NAME",
     "OutFile",
     "OutputSpec",
+    "check_format_name",
     "check_unread_names",
     "default_output",
     "output_files",
@@ -110,8 +111,18 @@ def resolve_output(
     input without `--in-place`, or exists without `--overwrite` (see `reinit.io.targets`)."""
     if output is None and ckpt.kind == "memory":
         raise OutputError(f"{source}: an in-memory checkpoint has no default output; give -o")
+    if output is not None and os.fspath(output) == "":  # "." to pathlib: the current folder
+        raise OutputError(
+            "-o '': the output path is empty (an unset variable?); give a file or a folder"
+        )
+    if output is not None and os.fspath(output) == "-":  # a folder named `-`, once
+        raise OutputError(
+            "-o -: a checkpoint is written to a path, never to stdout; give a file or a folder "
+            "(a folder named '-' is -o ./-/)"
+        )
     if in_place:
         _refuse_cache_in_place(source)
+        _refuse_other_in_place_target(source, output)
     if output is None and in_place:
         output = source
     path = Path(output) if output is not None else default_output(source, ckpt)
@@ -126,7 +137,14 @@ def resolve_output(
         )
     if path.is_dir() and fmt != "directory":
         raise OutputError(f"-o {path}: is a directory; give a file name or a directory form")
+    if fmt == "directory" and path.is_symlink() and not in_place:  # found only when publishing
+        raise OutputError(
+            f"-o {path}: is a link to {os.path.realpath(path)}; a folder output replaces its "
+            f"folder whole and never a link: give -o {os.path.realpath(path)}/"
+        )
     inputs = inputs if inputs is not None else Inputs.of([source])
+    if ckpt.kind == "model":  # `reinit new`, which has no --in-place to suggest
+        _refuse_new_into_its_config_folder(path, inputs)
     check_output(path, fmt, inputs=inputs, overwrite=overwrite, in_place=in_place)
     if not path.parent.is_dir():  # refused like any output we will not write: exit 2, early
         raise OutputError(
@@ -139,11 +157,15 @@ def resolve_output(
 FORMATS = ("safetensors", "dcp")  # --format
 
 
+def check_format_name(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise UsageError(f"--format {fmt}: unknown output format; use {' or '.join(FORMATS)}")
+
+
 def with_format(spec: OutputSpec, fmt: str, sharded: bool) -> OutputSpec:
     """The output as `--format` asks: safetensors (the form -o names) or a DCP directory,
     which -o must name as a folder (`-o out/`) and which holds no shards."""
-    if fmt not in FORMATS:
-        raise UsageError(f"--format {fmt}: unknown output format; use {' or '.join(FORMATS)}")
+    check_format_name(fmt)
     if fmt == "safetensors":
         return spec
     if spec.fmt != "directory" or sharded:
@@ -185,6 +207,30 @@ def refuse_lossy_in_place(source: str, ckpt: Checkpoint, spec: OutputSpec) -> No
     raise OutputError(
         f"--in-place: {source} holds {shown} besides the weights; the output holds the state "
         "dict's tensors alone and would lose them: give -o for a new file"
+    )
+
+
+def _refuse_new_into_its_config_folder(path: Path, inputs: Inputs) -> None:
+    """`reinit new FOLDER -o FOLDER/` was refused with "pass --in-place", which `new` does
+    not take; say what works."""
+    owner = inputs.owner(path)
+    if owner is not None and owner.is_dir():
+        raise OutputError(
+            f"-o {path}: is (or is inside) the model folder {owner} that new reads the config "
+            f"of; pick another -o, or write the weights file beside that config by naming it: "
+            f"reinit new {owner}/config.json -o {owner}/model.safetensors"
+        )
+
+
+def _refuse_other_in_place_target(source: str, output: str | os.PathLike[str] | None) -> None:
+    """`--in-place` rewrites the source and nothing else: an `-o` that is not the source (links
+    resolved) is refused, as it once was written under `--in-place`'s leave, an existing file
+    there (even a `from()` source) replaced without `--overwrite`."""
+    if output is None or Path(output).resolve() == Path(source).resolve():
+        return
+    raise OutputError(
+        f"-o {os.fspath(output)}: is not the source {source}, and --in-place only rewrites the "
+        "source; drop --in-place to write -o (--overwrite replaces an existing one), or drop -o"
     )
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from reinit.errors import SchemeError
+from reinit.errors import SchemeError, UsageError
 from reinit.schemes.base import BoundScheme, FillContext, Param, Scheme, bind, compute_fans
 from reinit.schemes.gain import NONLINEARITIES, calculate_gain
 from reinit.schemes.model_default import DEFAULT, DEFAULT_SCHEMES
@@ -77,6 +77,10 @@ def bind_scheme(
 def seed_for(seed: int, name: str) -> int:
     """Each tensor's own seed (docs/guide/rules-and-schemes.md): from the run's seed and the tensor's name only, so a
     value never depends on rule order, other tensors, sharding or thread count."""
+    if not isinstance(seed, int) or isinstance(seed, bool):  # `seed_for(name, seed)` once passed
+        raise UsageError(f"seed_for: seed must be an int, got {type(seed).__name__}")
+    if not isinstance(name, str):
+        raise UsageError(f"seed_for: name must be a str, got {type(name).__name__}")
     digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 

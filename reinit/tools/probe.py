@@ -15,6 +15,7 @@ from reinit.errors import UsageError
 from reinit.io.formats import holds_weights
 from reinit.io.memory import StateDictCheckpoint
 from reinit.io.sources import open_checkpoint
+from reinit.limits import available_memory
 from reinit.planning.model import ModelError
 from reinit.planning.model_load import build_real, load_model
 from reinit.planning.model_size import check_model_fits
@@ -192,6 +193,17 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _check_input_fits(shape: Sequence[int], element_size: int) -> None:
+    """Refuse (exit 2, before allocating) an input larger than the memory available: it was
+    torch's allocator error, an internal error."""
+    need, free = math.prod(shape) * element_size, available_memory()
+    if need > free:
+        raise UsageError(
+            f"--input-shape {','.join(map(str, shape))}: the input alone needs {need:,} bytes, "
+            f"more than the {free:,} bytes of memory available; give a smaller shape"
+        )
+
+
 def make_inputs(
     module: nn.Module, input_shape: Sequence[int] | None, seed: int
 ) -> tuple[dict[str, torch.Tensor] | torch.Tensor, str]:
@@ -208,6 +220,7 @@ def make_inputs(
         vocab = int(getattr(config, "vocab_size", 0) or 0)
         if vocab <= 0:
             raise UsageError("the model config has no vocab_size; cannot draw token ids")
+        _check_input_fits(shape, 8)  # int64 ids
         ids = torch.randint(0, vocab, shape, generator=g)
         return {"input_ids": ids}, f"token ids {list(shape)} uniform in [0, {vocab})"
     if main == "pixel_values" and not input_shape:
@@ -220,6 +233,7 @@ def make_inputs(
             "--input-shape is needed for this model (e.g. --input-shape 32,784 for an MLP, "
             "32,3,224,224 for an image model)"
         )
+    _check_input_fits(input_shape, 4)
     x = torch.randn(tuple(input_shape), generator=g)
     if main == "pixel_values":
         return {"pixel_values": x}, f"N(0,1) images {list(input_shape)}"

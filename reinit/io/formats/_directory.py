@@ -108,20 +108,22 @@ _SHARD_NAME = re.compile(r"-(\d+)-of-(\d+)\.[A-Za-z]+$")
 
 
 def detect_layout(files: list[str], where: str) -> DirLayout:
-    """Which weights a Hugging Face directory holds; safetensors preferred over torch files."""
+    """Which weights a Hugging Face directory holds, in the order `from_pretrained` looks:
+    `model.safetensors` before its index (an index beside it, left from an earlier save, is
+    not what loads), safetensors before torch files."""
     present = set(files)
     top = [f for f in files if "/" not in f and os.sep not in f]
+    if "model.safetensors" in present:
+        return DirLayout("safetensors", None, "model.safetensors")
     if "model.safetensors.index.json" in present:
         return DirLayout("safetensors", "model.safetensors.index.json", None)
     idx = [f for f in top if f.endswith(".safetensors.index.json")]
     if len(idx) == 1:
         return DirLayout("safetensors", idx[0], None)
-    if "model.safetensors" in present:
-        return DirLayout("safetensors", None, "model.safetensors")
-    if "pytorch_model.bin.index.json" in present:
-        return DirLayout("torch", "pytorch_model.bin.index.json", None)
     if "pytorch_model.bin" in present:
         return DirLayout("torch", None, "pytorch_model.bin")
+    if "pytorch_model.bin.index.json" in present:
+        return DirLayout("torch", "pytorch_model.bin.index.json", None)
     single = [f for f in top if f.endswith(".safetensors")]
     if len(single) == 1:
         shard = _SHARD_NAME.search(single[0])
@@ -234,7 +236,7 @@ class DirectoryCheckpoint(Checkpoint):
         said rather than dropped silently (`reinit verify` counts it in)."""
         index = self.layout.index
         if index is None:
-            return ()
+            return self._index_left_out()
         named = set(self.weight_map.values())
         here = os.path.dirname(index)
         stray = [
@@ -249,6 +251,22 @@ class DirectoryCheckpoint(Checkpoint):
         return (
             f"{self.source}: left out {listed}: {index} does not name {it}, so {its} tensors "
             f"are not read and a folder output does not copy {it}",
+        )
+
+    def _index_left_out(self) -> tuple[str, ...]:
+        """An index beside the single weight file read (`model.safetensors` beside
+        `model.safetensors.index.json`): from_pretrained loads the single file, and so does
+        reinit; the index and its shards are said, not read, and a folder output does not
+        copy them."""
+        single = self.layout.single or ""
+        index, ext = f"{single}.index.json", os.path.splitext(single)[1]
+        shards = [f for f in self._files if "/" not in f and f.endswith(ext) and f != single]
+        if index not in self._files or not shards:  # an index of the single file alone
+            return ()
+        return (
+            f"{self.source}: left out {index} and the shards it names: "
+            f"{self.layout.single} beside it is read, as from_pretrained loads it first; a folder output "
+            "does not copy them (delete what is stale)",
         )
 
     def refs(self) -> list[TensorRef]:
