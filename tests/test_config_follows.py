@@ -13,6 +13,7 @@ import logging
 import warnings
 
 import pytest
+import torch
 from helpers import refused, run
 
 import reinit
@@ -428,6 +429,76 @@ def test_experts_that_no_config_can_describe_get_a_note(tmp_path):
     assert "expert indices [0, 1, 3] are not 0..2" in gap.stderr, gap.stderr
     assert "--rename 'model.layers.*.block_sparse_moe.experts.3.*=" in gap.stderr, gap.stderr
     assert "block_sparse_moe.gate.weight has 4 rows for 3 experts" in gap.stderr, gap.stderr
+
+
+DEEPSEEK = dict(
+    vocab_size=64, hidden_size=16, intermediate_size=24, moe_intermediate_size=8,
+    num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, kv_lora_rank=8,
+    q_lora_rank=8, qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=8, n_routed_experts=4,
+    num_experts_per_tok=2, n_shared_experts=1, first_k_dense_replace=1, n_group=1, topk_group=1,
+    max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+)  # fmt: skip
+
+
+def test_dropping_an_expert_names_every_router_tensor_to_resize(tmp_path, caplog):
+    """DeepSeek-V3's router keeps a bias per expert beside its weight
+    (`mlp.gate.e_score_correction_bias` [E]): with the weight's rows cut and the bias not, the
+    output did not load (a size mismatch) and the run said nothing. The note names the bias and
+    its `--resize`; with it, the 3-expert model loads and keeps the first 3 experts' values."""
+    cfg = transformers.DeepseekV3Config(**DEEPSEEK)
+    _save(transformers.DeepseekV3ForCausalLM, cfg, tmp_path / "src")
+    cut = ["--drop", "model.layers.1.mlp.experts.3.*"]
+    cut += ["--resize", "model.layers.1.mlp.gate.weight=[3,*]"]
+    res = run("apply", tmp_path / "src", *cut, "-o", f"{tmp_path / 'half'}/", "-q")
+    assert res.exit_code == 0, res.output
+    assert (
+        "note: model.layers.1.mlp.gate.e_score_correction_bias has 4 entries for 3 experts: "
+        "transformers will not load it; resize each layer's router too "
+        "(--resize 'model.layers.1.mlp.gate.e_score_correction_bias=[3]')"
+    ) in res.stderr, res.stderr
+    assert "gate.weight has" not in res.stderr, res.stderr
+    out = tmp_path / "cut"
+    cut += ["--resize", "model.layers.1.mlp.gate.e_score_correction_bias=[3]"]
+    res = run("apply", tmp_path / "src", *cut, "-o", f"{out}/", "-q")
+    assert res.exit_code == 0 and "has 4" not in res.stderr, res.output
+    assert json.loads((out / "config.json").read_text())["n_routed_experts"] == 3
+    model = _load_clean(transformers.DeepseekV3ForCausalLM, out, caplog)
+    src = transformers.DeepseekV3ForCausalLM.from_pretrained(tmp_path / "src").model.layers[1].mlp
+    moe = model.model.layers[1].mlp
+    assert torch.equal(moe.experts.gate_up_proj, src.experts.gate_up_proj[:3])
+    assert torch.equal(moe.gate.weight, src.gate.weight[:3])
+    assert torch.equal(moe.gate.e_score_correction_bias, src.gate.e_score_correction_bias[:3])
+
+
+def test_ernie_s_expert_count_follows_a_dropped_expert(tmp_path, caplog):
+    """ERNIE 4.5 MoE counts its experts in `moe_num_experts` (and keeps its router's expert
+    biases in `mlp.moe_statics.e_score_correction_bias`, [1, E]): the count was left at 4 after
+    an expert was dropped, so the output did not load."""
+    cfg = transformers.Ernie4_5_MoeConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=24, moe_intermediate_size=8,
+        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+        moe_num_experts=4, moe_k=2, moe_num_shared_experts=1, max_position_embeddings=64,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )  # fmt: skip
+    _save(transformers.Ernie4_5_MoeForCausalLM, cfg, tmp_path / "src")
+    cut = ["--drop", "model.layers.*.mlp.experts.3.*"]
+    cut += ["--resize", "model.layers.1.mlp.gate.weight=[3,*]"]
+    res = run("apply", tmp_path / "src", *cut, "-o", f"{tmp_path / 'half'}/", "-q")
+    assert res.exit_code == 0, res.output
+    assert "note: config.json: moe_num_experts 4 -> 3 (experts per MoE layer)" in res.stderr
+    bias = "model.layers.1.mlp.moe_statics.e_score_correction_bias"
+    assert f"{bias} has 4 columns for 3 experts" in res.stderr, res.stderr
+    assert f"(--resize '{bias}=[*,3]')" in res.stderr, res.stderr
+    out = tmp_path / "cut"
+    res = run("apply", tmp_path / "src", *cut, "--resize", f"{bias}=[*,3]", "-o", f"{out}/", "-q")
+    assert res.exit_code == 0 and "has 4" not in res.stderr, res.output
+    assert json.loads((out / "config.json").read_text())["moe_num_experts"] == 3
+    model = _load_clean(transformers.Ernie4_5_MoeForCausalLM, out, caplog)
+    src = transformers.Ernie4_5_MoeForCausalLM.from_pretrained(tmp_path / "src")
+    moe, was = model.model.layers[1].mlp, src.model.layers[1].mlp
+    assert torch.equal(moe.experts.down_proj, was.experts.down_proj[:3])
+    bias_in = moe.gate.moe_statics.e_score_correction_bias  # the module holds it in its gate
+    assert torch.equal(bias_in, was.gate.moe_statics.e_score_correction_bias[:, :3])
 
 
 def _vit(path):

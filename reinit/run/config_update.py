@@ -24,8 +24,9 @@ Fields the surgery implies (each only when the config has a different value):
   `layer_types` list (Qwen2/3, Gemma 2/3) one entry per layer, which transformers checks;
   an encoder-decoder's stacks each by its own key (T5's `num_layers` / `num_decoder_layers`,
   BART's `encoder_layers` / `decoder_layers`);
-- `num_local_experts` (or `num_experts` / `n_routed_experts`): the experts per MoE layer, from
-  the per-expert tensors; notes where no count fits (uneven layers, gaps, a router's rows);
+- `num_local_experts` (or `num_experts` / `n_routed_experts` / `moe_num_experts`): the experts
+  per MoE layer, from the per-expert tensors; notes where no count fits (uneven layers, gaps, a
+  router tensor's expert axis: its weight's rows, a sigmoid router's per-expert bias);
 - `dtype` (and `torch_dtype`, the name before transformers 5, where the config has it): the
   output's `--dtype`, which `from_pretrained` builds the model in.
 `architectures` is never guessed: set it with `--config 'architectures=["..."]'`. `--config`
@@ -276,7 +277,7 @@ def _follow_layers(
 
 
 _EXPERT = re.compile(r"(?:^|\.)experts\.(\d+)\.")
-_EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
+_EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
 
 
 def _experts_by_layer(names: Iterable[str]) -> dict[str, set[int]]:
@@ -293,9 +294,10 @@ def _experts_by_layer(names: Iterable[str]) -> dict[str, set[int]]:
 def _follow_experts(
     new: dict[str, object], shapes: Mapping[str, Sequence[int]], put: _Put, notes: list[str]
 ) -> None:
-    """The expert count (`num_local_experts`, `num_experts`, `n_routed_experts`, whichever the
-    config has) from the per-expert tensors each MoE layer holds; a note where no count can
-    describe them (layers with different counts, indices not 0..n-1)."""
+    """The expert count (`num_local_experts`, `num_experts`, `n_routed_experts`,
+    `moe_num_experts`, whichever the config has) from the per-expert tensors each MoE layer
+    holds; a note where no count can describe them (layers with different counts, indices not
+    0..n-1, a router tensor not of the count)."""
     layers = _experts_by_layer(shapes)
     keys = [k for k in _EXPERT_KEYS if isinstance(new.get(k), int)]
     if not layers or not keys:
@@ -320,20 +322,43 @@ def _follow_experts(
         )
 
 
+# What routes a layer's tokens to its experts: one entry per expert along one axis. The router's
+# weight (`gate.weight` [E, H]; Hunyuan's `gate.wg.weight`, GPT-OSS' `router.weight`) and the
+# expert biases a sigmoid router keeps beside it (DeepSeek-V3's `gate.e_score_correction_bias`
+# [E], ERNIE 4.5's `moe_statics.e_score_correction_bias` [1, E]), named after the MoE block.
+_ROUTER = re.compile(
+    r"(?:gate|router|moe_statics)\.(?:.*\.)?(?:weight|bias|e_score_correction_bias)$"
+)
+
+
 def _router_notes(
     shapes: Mapping[str, Sequence[int]], layers: Mapping[str, set[int]], count: int
 ) -> list[str]:
-    """A note for the first router (`...block_sparse_moe.gate.weight`, `...mlp.gate.weight`:
-    one row per expert) whose rows are not the layer's expert count."""
+    """A note for the first router tensor of each kind (`...block_sparse_moe.gate.weight`: one
+    row per expert; `...mlp.gate.e_score_correction_bias`: one entry) whose expert axis is not
+    the layer's expert count, with the `--resize` that fits it."""
+    notes: dict[str, str] = {}
     for prefix in layers:
-        router = prefix.removesuffix("experts.") + "gate.weight"
-        shape = shapes.get(router)
-        if shape is not None and len(shape) == 2 and shape[0] != count:
-            return [
-                f"{router} has {shape[0]} rows for {count} experts: transformers will not "
-                f"load it; resize each layer's router too (--resize '{router}=[{count},*]')"
-            ]
-    return []
+        block = prefix.removesuffix("experts.")
+        for name, shape in shapes.items():
+            rest = name[len(block) :] if name.startswith(block) else ""
+            if rest in notes or not _ROUTER.fullmatch(rest) or not 1 <= len(shape) <= 2:
+                continue
+            axis = 0 if rest.endswith("weight") else len(shape) - 1  # weight: a row per expert
+            if shape[axis] != count:
+                notes[rest] = _router_note(name, shape, axis, count)
+    return list(notes.values())
+
+
+def _router_note(name: str, shape: Sequence[int], axis: int, count: int) -> str:
+    """`NAME has 4 rows for 3 experts: ...; resize ... (--resize 'NAME=[3,*]')`."""
+    what = "columns" if axis else ("rows" if len(shape) == 2 else "entries")
+    fit = ["*"] * len(shape)
+    fit[axis] = str(count)
+    return (
+        f"{name} has {shape[axis]} {what} for {count} experts: transformers will not "
+        f"load it; resize each layer's router too (--resize '{name}=[{','.join(fit)}]')"
+    )
 
 
 def _expert_hint(prefix: str, indices: set[int]) -> str:
