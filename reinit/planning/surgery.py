@@ -22,6 +22,7 @@ from reinit.planning.resize import (
     parse_resize,
     resize_ref,
 )
+from reinit.planning.routers import dropped_experts, expert_axis, router_block
 from reinit.rules import Pattern, Rule, closest_hint, fill_template, parse_action, parse_pattern
 from reinit.schemes import BoundScheme, missing_from_config, resolve_from_config
 from reinit.text import shown
@@ -286,6 +287,7 @@ def edit_refs(
     origin = {new: r.name for r, new in zip(kept, current, strict=True)}
     tied = {**(aliases or {}), **(config_tied or {})}
     resized = _resize_refs(out_refs, origin, surgery.resizes, tied, allow_unmatched, warnings)
+    warnings.extend(_routers_cut_past_dropped(dropped, origin, resized))
     out_refs = [
         replace(r, shape=resized[r.name].shape) if r.name in resized else r for r in out_refs
     ]
@@ -434,6 +436,33 @@ def _resize_refs(
             out.setdefault(name, done)
     warnings.extend(_untied_heads(refs, out))
     warnings.extend(_heads_resized_apart(out))
+    return out
+
+
+def _routers_cut_past_dropped(
+    dropped: Sequence[str], origin: Mapping[str, str], resized: Mapping[str, Resized]
+) -> list[str]:
+    """A warning for a router `--resize` cut to its first N rows in a run whose `--drop` took an
+    expert of that layer below N: row i routes to expert i, so the dropped expert's row stays
+    and a later expert's is lost (renumbered, that expert is routed by the wrong row)."""
+    out: list[str] = []
+    for name, rs in resized.items():
+        src = origin.get(name, name)
+        block = router_block(src, len(rs.old))
+        if block is None:
+            continue
+        axis = expert_axis(src, len(rs.old))
+        rows = rs.shape[axis]
+        gone = dropped_experts(dropped, block)
+        early = sorted(i for i in gone if i < rows)
+        lost = [i for i in range(rows, rs.old[axis]) if i not in gone]
+        if rows < rs.old[axis] and early and lost:
+            out.append(
+                f"--resize {rs.spec.text!r} keeps the first {rows} entries of '{name}' along "
+                f"its experts axis, but --drop took expert {early[0]} of that layer: its router "
+                f"entry stays and expert {lost[0]}'s is lost (entry i routes to expert i); "
+                f"re-initialize the router with a rule, or drop the last experts instead"
+            )
     return out
 
 

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from reinit.errors import UsageError
 from reinit.io.jsonfile import json_depth_ok
 from reinit.limits import MAX_JSON_DEPTH
+from reinit.planning.routers import expert_axis, is_router
 from reinit.run.config_positions import follow_positions
 from reinit.text import shown
 
@@ -318,17 +319,9 @@ def _follow_experts(
         prefix, indices = gaps[0]
         notes.append(
             f"expert indices {sorted(indices)} are not 0..{len(indices) - 1}: transformers "
-            f"will not load them; renumber with --rename (e.g. {_expert_hint(prefix, indices)})"
+            f"will not load them; renumber with --rename (e.g. {_expert_hint(prefix, indices)}), "
+            "and give the router the kept experts' rows (row i routes to expert i)"
         )
-
-
-# What routes a layer's tokens to its experts: one entry per expert along one axis. The router's
-# weight (`gate.weight` [E, H]; Hunyuan's `gate.wg.weight`, GPT-OSS' `router.weight`) and the
-# expert biases a sigmoid router keeps beside it (DeepSeek-V3's `gate.e_score_correction_bias`
-# [E], ERNIE 4.5's `moe_statics.e_score_correction_bias` [1, E]), named after the MoE block.
-_ROUTER = re.compile(
-    r"(?:gate|router|moe_statics)\.(?:.*\.)?(?:weight|bias|e_score_correction_bias)$"
-)
 
 
 def _router_notes(
@@ -338,21 +331,32 @@ def _router_notes(
     row per expert; `...mlp.gate.e_score_correction_bias`: one entry) whose expert axis is not
     the layer's expert count, with the `--resize` that fits it."""
     notes: dict[str, str] = {}
-    for prefix in layers:
+    for prefix, kept in layers.items():
         block = prefix.removesuffix("experts.")
         for name, shape in shapes.items():
             rest = name[len(block) :] if name.startswith(block) else ""
-            if rest in notes or not _ROUTER.fullmatch(rest) or not 1 <= len(shape) <= 2:
+            if rest in notes or not is_router(rest, len(shape)):
                 continue
-            axis = 0 if rest.endswith("weight") else len(shape) - 1  # weight: a row per expert
+            axis = expert_axis(rest, len(shape))
             if shape[axis] != count:
-                notes[rest] = _router_note(name, shape, axis, count)
+                notes[rest] = _router_note(name, shape, axis, sorted(kept))
     return list(notes.values())
 
 
-def _router_note(name: str, shape: Sequence[int], axis: int, count: int) -> str:
-    """`NAME has 4 rows for 3 experts: ...; resize ... (--resize 'NAME=[3,*]')`."""
+def _router_note(name: str, shape: Sequence[int], axis: int, kept: list[int]) -> str:
+    """`NAME has 4 rows for 3 experts: ...; resize ... (--resize 'NAME=[3,*]')`; where the
+    kept experts are not the first ones (a middle one dropped), no `--resize`: it keeps the
+    first rows, so a renumbered expert would be routed by a dropped expert's row."""
     what = "columns" if axis else ("rows" if len(shape) == 2 else "entries")
+    count = len(kept)
+    if kept != list(range(count)):
+        return (
+            f"{name} has {shape[axis]} {what} for experts {kept}: transformers will not load "
+            f"it; its {what} follow the expert indices, so it needs {what} {kept}, not the "
+            f"first {count} that --resize keeps (a renumbered expert would be routed by a "
+            f"dropped expert's {what[:-1]}): re-initialize the router after its --resize, or "
+            f"drop the last experts instead"
+        )
     fit = ["*"] * len(shape)
     fit[axis] = str(count)
     return (
