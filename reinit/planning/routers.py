@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-__all__ = ["dropped_experts", "expert_axis", "is_router", "router_block"]
+__all__ = ["dropped_experts", "expert_axis", "router_block"]
 
 _ROUTER = re.compile(
     r"(?:gate|router|moe_statics)\.(?:.*\.)?(?:weight|bias|e_score_correction_bias)"
@@ -23,7 +23,7 @@ _START = re.compile(r"(?:^|\.)(?=(?:gate|router|moe_statics)\.)")
 _EXPERT_OF = re.compile(r"experts\.(\d+)\.")
 
 
-def is_router(rest: str, ndim: int) -> bool:
+def _is_router(rest: str, ndim: int) -> bool:
     """Whether `rest`, a name after its MoE block (`gate.weight`), is a router tensor."""
     return 1 <= ndim <= 2 and _ROUTER.fullmatch(rest) is not None
 
@@ -37,7 +37,7 @@ def router_block(name: str, ndim: int) -> str | None:
     """The MoE block a router tensor belongs to (`model.layers.0.mlp.` for
     `model.layers.0.mlp.gate.weight`), or None if `name` is no router tensor."""
     m = _START.search(name)
-    if m is None or not is_router(name[m.end() :], ndim):
+    if m is None or not _is_router(name[m.end() :], ndim):
         return None
     return name[: m.end()]
 

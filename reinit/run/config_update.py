@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from reinit.errors import UsageError
 from reinit.io.jsonfile import json_depth_ok
 from reinit.limits import MAX_JSON_DEPTH
-from reinit.planning.routers import expert_axis, is_router
+from reinit.planning.routers import expert_axis, router_block
 from reinit.run.config_positions import follow_positions
 from reinit.text import shown
 
@@ -331,15 +331,15 @@ def _router_notes(
     row per expert; `...mlp.gate.e_score_correction_bias`: one entry) whose expert axis is not
     the layer's expert count, with the `--resize` that fits it."""
     notes: dict[str, str] = {}
-    for prefix, kept in layers.items():
-        block = prefix.removesuffix("experts.")
-        for name, shape in shapes.items():
-            rest = name[len(block) :] if name.startswith(block) else ""
-            if rest in notes or not is_router(rest, len(shape)):
-                continue
-            axis = expert_axis(rest, len(shape))
-            if shape[axis] != count:
-                notes[rest] = _router_note(name, shape, axis, sorted(kept))
+    for name, shape in shapes.items():
+        block = router_block(name, len(shape))
+        kept = layers.get(f"{block}experts.") if block is not None else None
+        rest = name[len(block or "") :]
+        if kept is None or rest in notes:
+            continue
+        axis = expert_axis(rest, len(shape))
+        if shape[axis] != count:
+            notes[rest] = _router_note(name, shape, axis, sorted(kept))
     return list(notes.values())
 
 
