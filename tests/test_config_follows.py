@@ -540,6 +540,39 @@ def test_ernie_s_expert_count_follows_a_dropped_expert(tmp_path, caplog):
     assert torch.equal(bias_in, was.gate.moe_statics.e_score_correction_bias[:, :3])
 
 
+def test_a_stacked_experts_checkpoint_s_expert_count_follows_a_resize(tmp_path, caplog):
+    """Llama 4 saves its experts stacked (`feed_forward.experts.gate_up_proj` [E, H, 2I]): cut
+    to 3 experts with `--resize` (and the router with them), the output said nothing and its
+    config.json still built 4, so it did not load. The count now follows dim 0 of the stacked
+    parameters; one left at 4 beside the others is a note."""
+    cfg = transformers.Llama4TextConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=24, intermediate_size_mlp=32,
+        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+        num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=64,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )  # fmt: skip
+    _save(transformers.Llama4ForCausalLM, cfg, tmp_path / "src")
+    ff = "model.layers.{}.feed_forward."
+    cut = [f"--resize={ff.format(i)}router.weight=[3,*]" for i in (0, 1)]
+    cut += [f"--resize={ff.format(i)}experts.{t}=[3,*,*]" for i in (0, 1) for t in ("gate_up_proj", "down_proj")]  # fmt: skip
+    out = tmp_path / "cut"
+    res = run("apply", tmp_path / "src", *cut, "-o", f"{out}/", "-q")
+    assert res.exit_code == 0, res.output
+    assert "note: config.json: num_local_experts 4 -> 3 (experts per MoE layer)" in res.stderr
+    assert json.loads((out / "config.json").read_text())["num_local_experts"] == 3
+    model = _load_clean(transformers.Llama4ForCausalLM, out, caplog)
+    src = transformers.Llama4ForCausalLM.from_pretrained(tmp_path / "src").model.layers[1]
+    got = model.model.layers[1].feed_forward
+    assert torch.equal(got.experts.down_proj, src.feed_forward.experts.down_proj[:3])
+    assert torch.equal(got.router.weight, src.feed_forward.router.weight[:3])
+    res = run("apply", tmp_path / "src", *cut[:-1], "-o", f"{tmp_path / 'half'}/", "-q")
+    assert res.exit_code == 0, res.output
+    assert (
+        f"note: config.json: the stacked experts of '{ff.format(1)}experts.*' hold [3, 4] "
+        "experts (dim 0): transformers will not load them; resize them together"
+    ) in res.stderr, res.stderr
+
+
 def _vit(path):
     cfg = transformers.ViTConfig(
         image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,

@@ -25,7 +25,7 @@ Fields the surgery implies (each only when the config has a different value):
   an encoder-decoder's stacks each by its own key (T5's `num_layers` / `num_decoder_layers`,
   BART's `encoder_layers` / `decoder_layers`);
 - `num_local_experts` (or `num_experts` / `n_routed_experts` / `moe_num_experts`): the experts
-  per MoE layer, from the per-expert tensors; notes where no count fits (uneven layers, gaps, a
+  per MoE layer, from the per-expert tensors (or dim 0 of stacked ones: GPT-OSS, Llama 4); notes where no count fits (uneven layers, gaps, a
   router tensor's expert axis: its weight's rows, a sigmoid router's per-expert bias);
 - `dtype` (and `torch_dtype`, the name before transformers 5, where the config has it): the
   output's `--dtype`, which `from_pretrained` builds the model in.
@@ -292,6 +292,31 @@ def _experts_by_layer(names: Iterable[str]) -> dict[str, set[int]]:
     return layers
 
 
+# A stacked experts parameter as transformers 5 saves it for GPT-OSS and Llama 4
+# (`...mlp.experts.gate_up_proj` [E, H, 2I], `...experts.down_proj_bias` [E, H]): one
+# parameter of the experts module, the experts along dim 0.
+_STACKED = re.compile(r"(?:^|\.)(experts\.)[A-Za-z_]\w*$")
+
+
+def _stacked_by_layer(shapes: Mapping[str, Sequence[int]], notes: list[str]) -> dict[str, set[int]]:
+    """Where no tensor is one expert's, the stacked experts parameters as each layer's expert
+    indices (0..E-1, E their dim 0), by the name's part up to `experts.`; none, with a note,
+    where one layer's stacked parameters differ in E (one was resized, not the others)."""
+    sizes: dict[str, set[int]] = {}
+    for n, shape in shapes.items():
+        m = _STACKED.search(n)
+        if m is not None and len(shape) >= 2:
+            sizes.setdefault(n[: m.end(1)], set()).add(shape[0])
+    for prefix, found in sizes.items():
+        if len(found) > 1:
+            notes.append(
+                f"config.json: the stacked experts of '{prefix}*' hold {sorted(found)} experts "
+                "(dim 0): transformers will not load them; resize them together"
+            )
+            return {}
+    return {p: set(range(next(iter(e)))) for p, e in sizes.items()}
+
+
 def _follow_experts(
     new: dict[str, object], shapes: Mapping[str, Sequence[int]], put: _Put, notes: list[str]
 ) -> None:
@@ -299,9 +324,9 @@ def _follow_experts(
     `moe_num_experts`, whichever the config has) from the per-expert tensors each MoE layer
     holds; a note where no count can describe them (layers with different counts, indices not
     0..n-1, a router tensor not of the count)."""
-    layers = _experts_by_layer(shapes)
     keys = [k for k in _EXPERT_KEYS if isinstance(new.get(k), int)]
-    if not layers or not keys:
+    layers = _experts_by_layer(shapes) or _stacked_by_layer(shapes, notes) if keys else {}
+    if not layers:
         return
     counts = {len(v) for v in layers.values()}
     if len(counts) > 1:
