@@ -468,6 +468,13 @@ def test_a_router_cut_to_its_first_rows_after_a_middle_expert_is_dropped_is_warn
         *resize, "-o", f"{tmp_path / 'last'}/", "-q",
     )  # fmt: skip
     assert last.exit_code == 0 and "warning" not in last.stderr, last.output
+    fresh = run(  # the router re-initialized by a rule: nothing routes by a dropped row
+        "apply", tmp_path / "src", "--drop", "model.layers.*.block_sparse_moe.experts.2.*",
+        "--rename", "model.layers.*.block_sparse_moe.experts.3.*="
+        "model.layers.{1}.block_sparse_moe.experts.2.{2}",
+        *resize, "--rule", "*.gate.weight=normal(std=0.02)", "-o", f"{tmp_path / 'fresh'}/", "-q",
+    )  # fmt: skip
+    assert fresh.exit_code == 0 and "warning" not in fresh.stderr, fresh.output
 
 
 DEEPSEEK = dict(

@@ -13,6 +13,7 @@ import torch
 
 from reinit.errors import RuleError
 from reinit.io.checkpoint import TensorRef
+from reinit.planning.actions import action_changes
 from reinit.planning.planner import Plan, PlanEntry
 from reinit.planning.resize import (
     Resized,
@@ -255,6 +256,9 @@ class Edited:
     # the names the model's config ties while the file holds two equal copies (as
     # `Checkpoint.aliases`, output names): resized together, so still one tie group
     tied: Mapping[str, str] = field(default_factory=dict)
+    # a router cut to its first entries though a dropped expert's entry is among them: output
+    # name -> the warning, said unless a rule gives that router new values (`mark_plan`)
+    router_cuts: Mapping[str, str] = field(default_factory=dict)
 
 
 def _unmatched(
@@ -287,7 +291,6 @@ def edit_refs(
     origin = {new: r.name for r, new in zip(kept, current, strict=True)}
     tied = {**(aliases or {}), **(config_tied or {})}
     resized = _resize_refs(out_refs, origin, surgery.resizes, tied, allow_unmatched, warnings)
-    warnings.extend(_routers_cut_past_dropped(dropped, origin, resized))
     out_refs = [
         replace(r, shape=resized[r.name].shape) if r.name in resized else r for r in out_refs
     ]
@@ -296,8 +299,9 @@ def edit_refs(
     if refs and not out_refs and not added:
         _refuse_empty(surgery, dropped)
     kept_ties = _renamed_ties(config_tied or {}, origin)
+    cuts = _routers_cut_past_dropped(dropped, origin, resized)
     return Edited(
-        tuple(out_refs), origin, added, tuple(dropped), tuple(warnings), resized, kept_ties
+        tuple(out_refs), origin, added, tuple(dropped), tuple(warnings), resized, kept_ties, cuts
     )
 
 
@@ -441,11 +445,11 @@ def _resize_refs(
 
 def _routers_cut_past_dropped(
     dropped: Sequence[str], origin: Mapping[str, str], resized: Mapping[str, Resized]
-) -> list[str]:
+) -> dict[str, str]:
     """A warning for a router `--resize` cut to its first N rows in a run whose `--drop` took an
     expert of that layer below N: row i routes to expert i, so the dropped expert's row stays
     and a later expert's is lost (renumbered, that expert is routed by the wrong row)."""
-    out: list[str] = []
+    out: dict[str, str] = {}
     for name, rs in resized.items():
         src = origin.get(name, name)
         block = router_block(src, len(rs.old))
@@ -457,7 +461,7 @@ def _routers_cut_past_dropped(
         early = sorted(i for i in gone if i < rows)
         lost = [i for i in range(rows, rs.old[axis]) if i not in gone]
         if rows < rs.old[axis] and early and lost:
-            out.append(
+            out[name] = (
                 f"--resize {rs.spec.text!r} keeps the first {rows} entries of '{name}' along "
                 f"its experts axis, but --drop took expert {early[0]} of that layer: its router "
                 f"entry stays and expert {lost[0]}'s is lost (entry i routes to expert i); "
@@ -572,9 +576,14 @@ def mark_plan(plan: Plan, edited: Edited) -> Plan:
             if e.rule is None and rs.grows:  # its new entries are the resize's own values
                 e = replace(e, action="reinit", rule=rs.rule(), resize_fills=True)
         entries.append(e)
+    cuts = tuple(
+        edited.router_cuts[e.name]
+        for e in entries
+        if e.name in edited.router_cuts and not action_changes(e.action)
+    )
     return replace(
         plan,
         entries=tuple(entries),
-        warnings=plan.warnings + edited.warnings,
+        warnings=plan.warnings + edited.warnings + cuts,
         dropped=edited.dropped,
     )
