@@ -13,7 +13,9 @@ import logging
 import warnings
 
 import pytest
+import torch
 from helpers import refused, run
+from safetensors.torch import load_file
 
 import reinit
 from reinit.run.config_update import stale_file, update_config
@@ -427,7 +429,155 @@ def test_experts_that_no_config_can_describe_get_a_note(tmp_path):
     assert gap.exit_code == 0, gap.output
     assert "expert indices [0, 1, 3] are not 0..2" in gap.stderr, gap.stderr
     assert "--rename 'model.layers.*.block_sparse_moe.experts.3.*=" in gap.stderr, gap.stderr
-    assert "block_sparse_moe.gate.weight has 4 rows for 3 experts" in gap.stderr, gap.stderr
+    # the router's rows follow the expert indices: it needs rows 0, 1, 3, which `--resize`
+    # (it keeps the first rows) does not give, so no `--resize` is offered for it
+    assert (
+        "block_sparse_moe.gate.weight has 4 rows for experts [0, 1, 3]: transformers will not "
+        "load it; its rows follow the expert indices, so it needs rows [0, 1, 3], not the first 3 "
+        "that --resize keeps"
+    ) in gap.stderr, gap.stderr
+    assert "gate.weight=[3,*]" not in gap.stderr, gap.stderr
+
+
+def test_a_router_cut_to_its_first_rows_after_a_middle_expert_is_dropped_is_warned(tmp_path):
+    """Following the notes for a dropped middle expert by the letter (drop expert 2, rename 3
+    to 2, `--resize` each router to 3 rows) writes a model that loads and routes wrongly: the
+    router keeps row 2 (the dropped expert's) for the expert renumbered 2, and expert 3's row
+    is gone. The run says so (it said nothing); dropping the last expert is not warned."""
+    _mixtral(tmp_path / "src")
+    moe = "model.layers.{}.block_sparse_moe."
+    resize = [f"--resize={moe.format(i)}gate.weight=[3,*]" for i in (0, 1)]
+    res = run(
+        "apply", tmp_path / "src", "--drop", "model.layers.*.block_sparse_moe.experts.2.*",
+        "--rename", "model.layers.*.block_sparse_moe.experts.3.*="
+        "model.layers.{1}.block_sparse_moe.experts.2.{2}",
+        *resize, "-o", f"{tmp_path / 'mid'}/", "-q",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert (
+        f"warning: --resize '{moe.format(0)}gate.weight=[3,*]' keeps the first 3 entries of "
+        f"'{moe.format(0)}gate.weight' along its experts axis, but --drop took expert 2 of that "
+        "layer: its router entry stays and expert 3's is lost (entry i routes to expert i); "
+        "re-initialize the router with a rule, or drop the last experts instead"
+    ) in res.stderr, res.stderr
+    src, out = (load_file(p / "model.safetensors") for p in (tmp_path / "src", tmp_path / "mid"))
+    router = f"{moe.format(0)}gate.weight"  # what the warning says: rows 0..2 of the source
+    assert torch.equal(out[router], src[router][:3])
+    last = run(
+        "apply", tmp_path / "src", "--drop", "model.layers.*.block_sparse_moe.experts.3.*",
+        *resize, "-o", f"{tmp_path / 'last'}/", "-q",
+    )  # fmt: skip
+    assert last.exit_code == 0 and "warning" not in last.stderr, last.output
+    fresh = run(  # the router re-initialized by a rule: nothing routes by a dropped row
+        "apply", tmp_path / "src", "--drop", "model.layers.*.block_sparse_moe.experts.2.*",
+        "--rename", "model.layers.*.block_sparse_moe.experts.3.*="
+        "model.layers.{1}.block_sparse_moe.experts.2.{2}",
+        *resize, "--rule", "*.gate.weight=normal(std=0.02)", "-o", f"{tmp_path / 'fresh'}/", "-q",
+    )  # fmt: skip
+    assert fresh.exit_code == 0 and "warning" not in fresh.stderr, fresh.output
+
+
+DEEPSEEK = dict(
+    vocab_size=64, hidden_size=16, intermediate_size=24, moe_intermediate_size=8,
+    num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, kv_lora_rank=8,
+    q_lora_rank=8, qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=8, n_routed_experts=4,
+    num_experts_per_tok=2, n_shared_experts=1, first_k_dense_replace=1, n_group=1, topk_group=1,
+    max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+)  # fmt: skip
+
+
+def test_dropping_an_expert_names_every_router_tensor_to_resize(tmp_path, caplog):
+    """DeepSeek-V3's router keeps a bias per expert beside its weight
+    (`mlp.gate.e_score_correction_bias` [E]): with the weight's rows cut and the bias not, the
+    output did not load (a size mismatch) and the run said nothing. The note names the bias and
+    its `--resize`; with it, the 3-expert model loads and keeps the first 3 experts' values."""
+    cfg = transformers.DeepseekV3Config(**DEEPSEEK)
+    _save(transformers.DeepseekV3ForCausalLM, cfg, tmp_path / "src")
+    cut = ["--drop", "model.layers.1.mlp.experts.3.*"]
+    cut += ["--resize", "model.layers.1.mlp.gate.weight=[3,*]"]
+    res = run("apply", tmp_path / "src", *cut, "-o", f"{tmp_path / 'half'}/", "-q")
+    assert res.exit_code == 0, res.output
+    assert (
+        "note: model.layers.1.mlp.gate.e_score_correction_bias has 4 entries for 3 experts: "
+        "transformers will not load it; resize each layer's router too "
+        "(--resize 'model.layers.1.mlp.gate.e_score_correction_bias=[3]')"
+    ) in res.stderr, res.stderr
+    assert "gate.weight has" not in res.stderr, res.stderr
+    out = tmp_path / "cut"
+    cut += ["--resize", "model.layers.1.mlp.gate.e_score_correction_bias=[3]"]
+    res = run("apply", tmp_path / "src", *cut, "-o", f"{out}/", "-q")
+    assert res.exit_code == 0 and "has 4" not in res.stderr, res.output
+    assert json.loads((out / "config.json").read_text())["n_routed_experts"] == 3
+    model = _load_clean(transformers.DeepseekV3ForCausalLM, out, caplog)
+    src = transformers.DeepseekV3ForCausalLM.from_pretrained(tmp_path / "src").model.layers[1].mlp
+    moe = model.model.layers[1].mlp
+    assert torch.equal(moe.experts.gate_up_proj, src.experts.gate_up_proj[:3])
+    assert torch.equal(moe.gate.weight, src.gate.weight[:3])
+    assert torch.equal(moe.gate.e_score_correction_bias, src.gate.e_score_correction_bias[:3])
+
+
+def test_ernie_s_expert_count_follows_a_dropped_expert(tmp_path, caplog):
+    """ERNIE 4.5 MoE counts its experts in `moe_num_experts` (and keeps its router's expert
+    biases in `mlp.moe_statics.e_score_correction_bias`, [1, E]): the count was left at 4 after
+    an expert was dropped, so the output did not load."""
+    cfg = transformers.Ernie4_5_MoeConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=24, moe_intermediate_size=8,
+        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+        moe_num_experts=4, moe_k=2, moe_num_shared_experts=1, max_position_embeddings=64,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )  # fmt: skip
+    _save(transformers.Ernie4_5_MoeForCausalLM, cfg, tmp_path / "src")
+    cut = ["--drop", "model.layers.*.mlp.experts.3.*"]
+    cut += ["--resize", "model.layers.1.mlp.gate.weight=[3,*]"]
+    res = run("apply", tmp_path / "src", *cut, "-o", f"{tmp_path / 'half'}/", "-q")
+    assert res.exit_code == 0, res.output
+    assert "note: config.json: moe_num_experts 4 -> 3 (experts per MoE layer)" in res.stderr
+    bias = "model.layers.1.mlp.moe_statics.e_score_correction_bias"
+    assert f"{bias} has 4 columns for 3 experts" in res.stderr, res.stderr
+    assert f"(--resize '{bias}=[*,3]')" in res.stderr, res.stderr
+    out = tmp_path / "cut"
+    res = run("apply", tmp_path / "src", *cut, "--resize", f"{bias}=[*,3]", "-o", f"{out}/", "-q")
+    assert res.exit_code == 0 and "has 4" not in res.stderr, res.output
+    assert json.loads((out / "config.json").read_text())["moe_num_experts"] == 3
+    model = _load_clean(transformers.Ernie4_5_MoeForCausalLM, out, caplog)
+    src = transformers.Ernie4_5_MoeForCausalLM.from_pretrained(tmp_path / "src")
+    moe, was = model.model.layers[1].mlp, src.model.layers[1].mlp
+    assert torch.equal(moe.experts.down_proj, was.experts.down_proj[:3])
+    bias_in = moe.gate.moe_statics.e_score_correction_bias  # the module holds it in its gate
+    assert torch.equal(bias_in, was.gate.moe_statics.e_score_correction_bias[:, :3])
+
+
+def test_a_stacked_experts_checkpoint_s_expert_count_follows_a_resize(tmp_path, caplog):
+    """Llama 4 saves its experts stacked (`feed_forward.experts.gate_up_proj` [E, H, 2I]): cut
+    to 3 experts with `--resize` (and the router with them), the output said nothing and its
+    config.json still built 4, so it did not load. The count now follows dim 0 of the stacked
+    parameters; one left at 4 beside the others is a note."""
+    cfg = transformers.Llama4TextConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=24, intermediate_size_mlp=32,
+        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+        num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=64,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )  # fmt: skip
+    _save(transformers.Llama4ForCausalLM, cfg, tmp_path / "src")
+    ff = "model.layers.{}.feed_forward."
+    cut = [f"--resize={ff.format(i)}router.weight=[3,*]" for i in (0, 1)]
+    cut += [f"--resize={ff.format(i)}experts.{t}=[3,*,*]" for i in (0, 1) for t in ("gate_up_proj", "down_proj")]  # fmt: skip
+    out = tmp_path / "cut"
+    res = run("apply", tmp_path / "src", *cut, "-o", f"{out}/", "-q")
+    assert res.exit_code == 0, res.output
+    assert "note: config.json: num_local_experts 4 -> 3 (experts per MoE layer)" in res.stderr
+    assert json.loads((out / "config.json").read_text())["num_local_experts"] == 3
+    model = _load_clean(transformers.Llama4ForCausalLM, out, caplog)
+    src = transformers.Llama4ForCausalLM.from_pretrained(tmp_path / "src").model.layers[1]
+    got = model.model.layers[1].feed_forward
+    assert torch.equal(got.experts.down_proj, src.feed_forward.experts.down_proj[:3])
+    assert torch.equal(got.router.weight, src.feed_forward.router.weight[:3])
+    res = run("apply", tmp_path / "src", *cut[:-1], "-o", f"{tmp_path / 'half'}/", "-q")
+    assert res.exit_code == 0, res.output
+    assert (
+        f"note: config.json: the stacked experts of '{ff.format(1)}experts.*' hold [3, 4] "
+        "experts (dim 0): transformers will not load them; resize them together"
+    ) in res.stderr, res.stderr
 
 
 def _vit(path):

@@ -196,3 +196,45 @@ def test_output_distance_counts_new_classes_as_taken_mass():
     diff, kl, positions, classes = output_distance(ref, out)
     assert (diff, positions, classes) == (0.0, 3, 4)
     assert kl == pytest.approx(-torch.log(torch.tensor(4 / 5, dtype=torch.float64)).item())
+
+
+def _qwen3_next(path: Path, seed: int, **extra) -> Path:
+    """A tiny Qwen3-Next (a mixture of experts) at transformers' default layer types: for 2
+    layers, both linear attention."""
+    cfg = transformers.Qwen3NextConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=24, moe_intermediate_size=8,
+        shared_expert_intermediate_size=8, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=8, num_experts=4, num_experts_per_tok=2,
+        linear_num_value_heads=2, linear_num_key_heads=1, linear_key_head_dim=8,
+        linear_value_head_dim=8, max_position_embeddings=64, bos_token_id=1, eos_token_id=2,
+        pad_token_id=0, **extra,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    transformers.Qwen3NextForCausalLM(cfg).save_pretrained(path)
+    return path
+
+
+def test_a_model_whose_cache_cannot_be_built_is_run_without_one(tmp_path):
+    """verify --forward runs the model with no cache (nothing is generated): a Qwen3-Next of
+    linear-attention layers only, which transformers' own cached forward cannot run, was an
+    internal error; it is compared as any model is."""
+    a, b = _qwen3_next(tmp_path / "a", 0), _qwen3_next(tmp_path / "b", 0)
+    res = run("verify", b, "--forward", "--against", a)
+    assert res.exit_code == 0, res.output
+    assert "max |Δ| 0, KL 0 nats" in res.stdout, res.stdout
+    assert "top-1 agreement 100.00%" in res.stdout, res.stdout
+
+
+def test_a_model_that_fails_on_the_inputs_is_a_usage_error_naming_it(tmp_path):
+    """A config the model cannot run (here Qwen3-Next's attention with a head size its rotary
+    table does not fit) is one line naming the model, exit 2: not an internal error."""
+    bad = _qwen3_next(
+        tmp_path / "bad", 0, layer_types=["full_attention"] * 2, partial_rotary_factor=3.0
+    )
+    refused(
+        tmp_path,
+        ["verify", bad, "--forward"],
+        2,
+        "Qwen3NextForCausalLM fails on the fixed inputs (",
+        "the model does not run as configured",
+    )

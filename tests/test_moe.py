@@ -768,3 +768,35 @@ def test_a_new_then_apply_recipe_equals_the_two_commands_byte_for_byte(tmp_path)
     assert res.exit_code == 0, res.output
     cmd = (tmp_path / "cmd" / "model.safetensors").read_bytes()
     assert cmd == (tmp_path / "rec" / "model.safetensors").read_bytes()
+
+
+def test_fan_schemes_on_stacked_experts_use_each_expert_s_fans_transposed_or_not(tmp_path):
+    """GPT-OSS saves its experts stacked and transposed (`experts.gate_up_proj` [E, H, 2I],
+    used as `x @ W[e]`: fan_in H; `down_proj` [E, I, H]: fan_in I), as its module says
+    (`is_transposed`, transformers' experts flag). With `--model`, `kaiming_normal` drew them
+    at torch's fans of the 3-D tensor (H·2I), a std 7x too small, silently. Each expert's own
+    fans now: sqrt(2/H) and sqrt(2/I); the output loads."""
+    cfg = transformers.GptOssConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=8, num_local_experts=4,
+        num_experts_per_tok=2, max_position_embeddings=64, tie_word_embeddings=False,
+        rope_parameters={"rope_type": "yarn", "rope_theta": 150000.0, "factor": 32.0,
+                         "original_max_position_embeddings": 2, "beta_fast": 32.0,
+                         "beta_slow": 1.0, "truncate": False},
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    transformers.GptOssForCausalLM(cfg).save_pretrained(tmp_path / "src")
+    out = tmp_path / "out"
+    res = run(
+        "apply", tmp_path / "src", "--model", tmp_path / "src", "-o", f"{out}/", "-q",
+        "--rule", "*.mlp.experts.gate_up_proj=kaiming_normal",
+        "--rule", "*.mlp.experts.down_proj=kaiming_normal",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    load_clean(transformers.GptOssForCausalLM, out)
+    got = load_file(out / "model.safetensors")
+    for t, fan_in in (("gate_up_proj", 16), ("down_proj", 24)):
+        w = torch.cat([got[f"model.layers.{i}.mlp.experts.{t}"].flatten() for i in (0, 1)])
+        want = math.sqrt(2 / fan_in)  # 0.354, 0.289; the 3-D fans gave 0.051, 0.072
+        assert abs(w.std().item() / want - 1) < 5 / math.sqrt(2 * w.numel()), (t, w.std())

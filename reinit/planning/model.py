@@ -222,6 +222,10 @@ def _linear_like(owner: nn.Module, attr: str, shape: Sequence[int]) -> tuple[str
 
 def module_fans(module: nn.Module, attr: str, shape: Sequence[int]) -> Fans | None:
     """A tensor's fans as its module uses it (see the module docstring)."""
+    if len(shape) == 3 and isinstance(getattr(module, "is_transposed", None), bool):
+        # transformers' experts modules (`use_experts_implementation`): E matrices, each
+        # [out, in], or [in, out] where the module says so (GPT-OSS): each expert's fans
+        return (shape[1], shape[2]) if module.is_transposed else (shape[2], shape[1])
     fans = compute_fans(shape)
     if fans is None or attr != "weight":
         return fans

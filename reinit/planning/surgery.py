@@ -13,6 +13,7 @@ import torch
 
 from reinit.errors import RuleError
 from reinit.io.checkpoint import TensorRef
+from reinit.planning.actions import action_changes
 from reinit.planning.planner import Plan, PlanEntry
 from reinit.planning.resize import (
     Resized,
@@ -22,6 +23,7 @@ from reinit.planning.resize import (
     parse_resize,
     resize_ref,
 )
+from reinit.planning.routers import dropped_experts, expert_axis, router_block
 from reinit.rules import Pattern, Rule, closest_hint, fill_template, parse_action, parse_pattern
 from reinit.schemes import BoundScheme, missing_from_config, resolve_from_config
 from reinit.text import shown
@@ -254,6 +256,9 @@ class Edited:
     # the names the model's config ties while the file holds two equal copies (as
     # `Checkpoint.aliases`, output names): resized together, so still one tie group
     tied: Mapping[str, str] = field(default_factory=dict)
+    # a router cut to its first entries though a dropped expert's entry is among them: output
+    # name -> the warning, said unless a rule gives that router new values (`mark_plan`)
+    router_cuts: Mapping[str, str] = field(default_factory=dict)
 
 
 def _unmatched(
@@ -294,8 +299,9 @@ def edit_refs(
     if refs and not out_refs and not added:
         _refuse_empty(surgery, dropped)
     kept_ties = _renamed_ties(config_tied or {}, origin)
+    cuts = _routers_cut_past_dropped(dropped, origin, resized)
     return Edited(
-        tuple(out_refs), origin, added, tuple(dropped), tuple(warnings), resized, kept_ties
+        tuple(out_refs), origin, added, tuple(dropped), tuple(warnings), resized, kept_ties, cuts
     )
 
 
@@ -437,6 +443,33 @@ def _resize_refs(
     return out
 
 
+def _routers_cut_past_dropped(
+    dropped: Sequence[str], origin: Mapping[str, str], resized: Mapping[str, Resized]
+) -> dict[str, str]:
+    """A warning for a router `--resize` cut to its first N rows in a run whose `--drop` took an
+    expert of that layer below N: row i routes to expert i, so the dropped expert's row stays
+    and a later expert's is lost (renumbered, that expert is routed by the wrong row)."""
+    out: dict[str, str] = {}
+    for name, rs in resized.items():
+        src = origin.get(name, name)
+        block = router_block(src, len(rs.old))
+        if block is None:
+            continue
+        axis = expert_axis(src, len(rs.old))
+        rows = rs.shape[axis]
+        gone = dropped_experts(dropped, block)
+        early = sorted(i for i in gone if i < rows)
+        lost = [i for i in range(rows, rs.old[axis]) if i not in gone]
+        if rows < rs.old[axis] and early and lost:
+            out[name] = (
+                f"--resize {rs.spec.text!r} keeps the first {rows} entries of '{name}' along "
+                f"its experts axis, but --drop took expert {early[0]} of that layer: its router "
+                f"entry stays and expert {lost[0]}'s is lost (entry i routes to expert i); "
+                f"re-initialize the router with a rule, or drop the last experts instead"
+            )
+    return out
+
+
 def _not_a_pattern(spec: ResizeSpec, names: Sequence[str]) -> None:
     """A `--resize` whose name is a pattern that matches tensors is told that it takes one
     tensor's exact name (not "matches no tensor" with the very names it matches)."""
@@ -543,9 +576,14 @@ def mark_plan(plan: Plan, edited: Edited) -> Plan:
             if e.rule is None and rs.grows:  # its new entries are the resize's own values
                 e = replace(e, action="reinit", rule=rs.rule(), resize_fills=True)
         entries.append(e)
+    cuts = tuple(
+        edited.router_cuts[e.name]
+        for e in entries
+        if e.name in edited.router_cuts and not action_changes(e.action)
+    )
     return replace(
         plan,
         entries=tuple(entries),
-        warnings=plan.warnings + edited.warnings,
+        warnings=plan.warnings + edited.warnings + cuts,
         dropped=edited.dropped,
     )

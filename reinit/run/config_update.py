@@ -24,8 +24,9 @@ Fields the surgery implies (each only when the config has a different value):
   `layer_types` list (Qwen2/3, Gemma 2/3) one entry per layer, which transformers checks;
   an encoder-decoder's stacks each by its own key (T5's `num_layers` / `num_decoder_layers`,
   BART's `encoder_layers` / `decoder_layers`);
-- `num_local_experts` (or `num_experts` / `n_routed_experts`): the experts per MoE layer, from
-  the per-expert tensors; notes where no count fits (uneven layers, gaps, a router's rows);
+- `num_local_experts` (or `num_experts` / `n_routed_experts` / `moe_num_experts`): the experts
+  per MoE layer, from the per-expert tensors (or dim 0 of stacked ones: GPT-OSS, Llama 4); notes where no count fits (uneven layers, gaps, a
+  router tensor's expert axis: its weight's rows, a sigmoid router's per-expert bias);
 - `dtype` (and `torch_dtype`, the name before transformers 5, where the config has it): the
   output's `--dtype`, which `from_pretrained` builds the model in.
 `architectures` is never guessed: set it with `--config 'architectures=["..."]'`. `--config`
@@ -42,6 +43,7 @@ from dataclasses import dataclass
 from reinit.errors import UsageError
 from reinit.io.jsonfile import json_depth_ok
 from reinit.limits import MAX_JSON_DEPTH
+from reinit.planning.routers import expert_axis, router_block
 from reinit.run.config_positions import follow_positions
 from reinit.text import shown
 
@@ -276,7 +278,7 @@ def _follow_layers(
 
 
 _EXPERT = re.compile(r"(?:^|\.)experts\.(\d+)\.")
-_EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
+_EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
 
 
 def _experts_by_layer(names: Iterable[str]) -> dict[str, set[int]]:
@@ -290,15 +292,41 @@ def _experts_by_layer(names: Iterable[str]) -> dict[str, set[int]]:
     return layers
 
 
+# A stacked experts parameter as transformers 5 saves it for GPT-OSS and Llama 4
+# (`...mlp.experts.gate_up_proj` [E, H, 2I], `...experts.down_proj_bias` [E, H]): one
+# parameter of the experts module, the experts along dim 0.
+_STACKED = re.compile(r"(?:^|\.)(experts\.)[A-Za-z_]\w*$")
+
+
+def _stacked_by_layer(shapes: Mapping[str, Sequence[int]], notes: list[str]) -> dict[str, set[int]]:
+    """Where no tensor is one expert's, the stacked experts parameters as each layer's expert
+    indices (0..E-1, E their dim 0), by the name's part up to `experts.`; none, with a note,
+    where one layer's stacked parameters differ in E (one was resized, not the others)."""
+    sizes: dict[str, set[int]] = {}
+    for n, shape in shapes.items():
+        m = _STACKED.search(n)
+        if m is not None and len(shape) >= 2:
+            sizes.setdefault(n[: m.end(1)], set()).add(shape[0])
+    for prefix, found in sizes.items():
+        if len(found) > 1:
+            notes.append(
+                f"config.json: the stacked experts of '{prefix}*' hold {sorted(found)} experts "
+                "(dim 0): transformers will not load them; resize them together"
+            )
+            return {}
+    return {p: set(range(next(iter(e)))) for p, e in sizes.items()}
+
+
 def _follow_experts(
     new: dict[str, object], shapes: Mapping[str, Sequence[int]], put: _Put, notes: list[str]
 ) -> None:
-    """The expert count (`num_local_experts`, `num_experts`, `n_routed_experts`, whichever the
-    config has) from the per-expert tensors each MoE layer holds; a note where no count can
-    describe them (layers with different counts, indices not 0..n-1)."""
-    layers = _experts_by_layer(shapes)
+    """The expert count (`num_local_experts`, `num_experts`, `n_routed_experts`,
+    `moe_num_experts`, whichever the config has) from the per-expert tensors each MoE layer
+    holds; a note where no count can describe them (layers with different counts, indices not
+    0..n-1, a router tensor not of the count)."""
     keys = [k for k in _EXPERT_KEYS if isinstance(new.get(k), int)]
-    if not layers or not keys:
+    layers = _experts_by_layer(shapes) or _stacked_by_layer(shapes, notes) if keys else {}
+    if not layers:
         return
     counts = {len(v) for v in layers.values()}
     if len(counts) > 1:
@@ -316,24 +344,50 @@ def _follow_experts(
         prefix, indices = gaps[0]
         notes.append(
             f"expert indices {sorted(indices)} are not 0..{len(indices) - 1}: transformers "
-            f"will not load them; renumber with --rename (e.g. {_expert_hint(prefix, indices)})"
+            f"will not load them; renumber with --rename (e.g. {_expert_hint(prefix, indices)}), "
+            "and give the router the kept experts' rows (row i routes to expert i)"
         )
 
 
 def _router_notes(
     shapes: Mapping[str, Sequence[int]], layers: Mapping[str, set[int]], count: int
 ) -> list[str]:
-    """A note for the first router (`...block_sparse_moe.gate.weight`, `...mlp.gate.weight`:
-    one row per expert) whose rows are not the layer's expert count."""
-    for prefix in layers:
-        router = prefix.removesuffix("experts.") + "gate.weight"
-        shape = shapes.get(router)
-        if shape is not None and len(shape) == 2 and shape[0] != count:
-            return [
-                f"{router} has {shape[0]} rows for {count} experts: transformers will not "
-                f"load it; resize each layer's router too (--resize '{router}=[{count},*]')"
-            ]
-    return []
+    """A note for the first router tensor of each kind (`...block_sparse_moe.gate.weight`: one
+    row per expert; `...mlp.gate.e_score_correction_bias`: one entry) whose expert axis is not
+    the layer's expert count, with the `--resize` that fits it."""
+    notes: dict[str, str] = {}
+    for name, shape in shapes.items():
+        block = router_block(name, len(shape))
+        kept = layers.get(f"{block}experts.") if block is not None else None
+        rest = name[len(block or "") :]
+        if kept is None or rest in notes:
+            continue
+        axis = expert_axis(rest, len(shape))
+        if shape[axis] != count:
+            notes[rest] = _router_note(name, shape, axis, sorted(kept))
+    return list(notes.values())
+
+
+def _router_note(name: str, shape: Sequence[int], axis: int, kept: list[int]) -> str:
+    """`NAME has 4 rows for 3 experts: ...; resize ... (--resize 'NAME=[3,*]')`; where the
+    kept experts are not the first ones (a middle one dropped), no `--resize`: it keeps the
+    first rows, so a renumbered expert would be routed by a dropped expert's row."""
+    what = "columns" if axis else ("rows" if len(shape) == 2 else "entries")
+    count = len(kept)
+    if kept != list(range(count)):
+        return (
+            f"{name} has {shape[axis]} {what} for experts {kept}: transformers will not load "
+            f"it; its {what} follow the expert indices, so it needs {what} {kept}, not the "
+            f"first {count} that --resize keeps (a renumbered expert would be routed by a "
+            f"dropped expert's {what[:-1]}): re-initialize the router after its --resize, or "
+            f"drop the last experts instead"
+        )
+    fit = ["*"] * len(shape)
+    fit[axis] = str(count)
+    return (
+        f"{name} has {shape[axis]} {what} for {count} experts: transformers will not "
+        f"load it; resize each layer's router too (--resize '{name}=[{','.join(fit)}]')"
+    )
 
 
 def _expert_hint(prefix: str, indices: set[int]) -> str:

@@ -32,7 +32,7 @@ from reinit.tools.forward_compare import (
     layer_diffs,
     logit_stats,
 )
-from reinit.tools.probe import LayerSignal, load_weights, run_pass
+from reinit.tools.probe import LayerSignal, call_model, load_weights, run_pass
 
 __all__ = ["ForwardError", "ForwardResult", "forward_check", "forward_inputs", "output_distance"]
 
@@ -247,12 +247,9 @@ def _run(
 ) -> tuple[str, torch.Tensor, Hidden]:
     """The main output (name, values) and, for a transformers model, its hidden states (the
     embeddings' output, then each block's)."""
+    hidden_on = {"output_hidden_states": True} if hasattr(module, "config") else {}
     with torch.no_grad():
-        if isinstance(inputs, dict):
-            extra = {"output_hidden_states": True} if hasattr(module, "config") else {}
-            out = module(**inputs, **extra)
-        else:
-            out = module(inputs)
+        out = call_model(module, inputs, **hidden_on)
     name, t = _main_output(out)
     states = out.get("hidden_states") if isinstance(out, dict) else None
     hidden = tuple(h.detach().to(torch.float64) for h in states or () if torch.is_tensor(h))

@@ -3,6 +3,7 @@ per-layer activation and gradient std, before and after the rules."""
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,8 +25,10 @@ from reinit.planning.session import model_view
 from reinit.report.jsonio import dumps
 from reinit.rules import Rule, parse_rules
 from reinit.run.inmemory import module_config, run_in_memory, write_back
+from reinit.text import shown
 
 __all__ = [
+    "call_model",
     "STABLE_FACTOR",
     "LayerSignal",
     "ProbePass",
@@ -312,7 +315,7 @@ def run_pass(
     module.eval()
     try:
         module.zero_grad(set_to_none=True)
-        out = module(**inputs) if isinstance(inputs, dict) else module(inputs)
+        out = call_model(module, inputs)
         y = _first_tensor(out)
         output_std = _std(y) if y is not None else None
         if y is not None and y.requires_grad:
@@ -327,6 +330,29 @@ def run_pass(
         module.zero_grad(set_to_none=True)
     layers = tuple(LayerSignal(r.name, r.type, r.act, r.grad, r.weighted) for r in records)
     return ProbePass(layers, output_std)
+
+
+def call_model(
+    module: nn.Module, inputs: dict[str, torch.Tensor] | torch.Tensor, **options: bool
+) -> object:
+    """`module` on the fixed inputs; a transformers model with no cache (nothing is generated,
+    and some configs cannot build one: a Qwen3-Next of linear-attention layers only). A model
+    that fails on them (a config it cannot run) is a usage error naming it, not an internal
+    one."""
+    try:
+        if not isinstance(inputs, dict):
+            return module(inputs)
+        if (
+            hasattr(module, "config")
+            and "use_cache" in inspect.signature(module.forward).parameters
+        ):
+            options = {"use_cache": False, **options}
+        return module(**inputs, **options)
+    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as e:
+        raise UsageError(
+            f"{type(module).__name__} fails on the fixed inputs ({type(e).__name__}: "
+            f"{shown(str(e))[:300]}): the model does not run as configured"
+        ) from e
 
 
 def apply_rules_in_memory(
