@@ -196,3 +196,40 @@ def test_output_distance_counts_new_classes_as_taken_mass():
     diff, kl, positions, classes = output_distance(ref, out)
     assert (diff, positions, classes) == (0.0, 3, 4)
     assert kl == pytest.approx(-torch.log(torch.tensor(4 / 5, dtype=torch.float64)).item())
+
+
+def test_top1_counts_a_new_class_that_wins_as_a_disagreement():
+    """A grown head whose new class takes the argmax predicts that class, not the old top one:
+    top-1 is the argmax over each model's own classes (the first n are the same tokens)."""
+    from reinit.tools.forward_compare import logit_stats
+
+    ref = torch.tensor([[0.0, 2.0, 1.0], [3.0, 0.0, 1.0]], dtype=torch.float64)
+    out = torch.cat([ref, torch.tensor([[9.0], [-9.0]], dtype=torch.float64)], dim=-1)
+    assert logit_stats(ref, out).top1 == 0.5  # row 0 now predicts the new class 3
+    assert logit_stats(out, ref).top1 == 0.5  # a shrunk head: the same positions disagree
+
+
+def llama(path: Path, head: bool) -> Path:
+    cfg = transformers.LlamaConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    lm = transformers.LlamaForCausalLM(cfg)
+    (lm if head else lm.model).save_pretrained(path)
+    return path
+
+
+def test_logits_against_hidden_states_of_the_same_positions_compare_the_shared_trunk(tmp_path):
+    """LlamaForCausalLM's logits [2, 16, 64] against LlamaModel's last_hidden_state [2, 16, 16]:
+    the heads differ though the positions agree; no |Δ| between logits and hidden features."""
+    lm, base = llama(tmp_path / "lm", head=True), llama(tmp_path / "base", head=False)
+    for out, against in ((lm, base), (base, lm)):
+        res = forward_check(out, against=against)
+        assert res.compared == "shared trunk"
+        assert res.max_abs_diff is None and res.logits is None and res.output_diff is None
+        assert [d.rel_error for d in res.hidden] == [0.0, 0.0, 0.0]
+    res = run("verify", lm, "--forward", "--against", base, "--json")
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout)
+    assert (got["compared"], got["max_abs_diff"]) == ("shared trunk", None)

@@ -274,6 +274,13 @@ def _compared(
         result, against_shape=tuple(y_ref.shape), hidden=diffs,
         first_divergent_layer=first_divergent(diffs),
     )  # fmt: skip
+    if (name in LOGIT_NAMES) != (ref_name in LOGIT_NAMES):  # logits vs hidden features
+        if not diffs:
+            raise ForwardError(
+                f"verify --forward: {name} {list(y.shape)} and {ref_name} {list(y_ref.shape)} "
+                "(against) are different outputs; they cannot be compared"
+            )
+        return replace(result, compared="shared trunk")
     if y_ref.shape[:-1] != y.shape[:-1] or y.dim() == 0:
         if not diffs:
             output_distance(y_ref, y)  # raises: the outputs cannot be compared

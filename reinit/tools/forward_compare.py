@@ -69,11 +69,13 @@ def per_position_kl(ref: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
 
 
 def logit_stats(ref: torch.Tensor, out: torch.Tensor) -> LogitStats:
-    """The KL statistics and top-1 agreement of two logit tensors of the same positions."""
+    """The KL statistics and top-1 agreement of two logit tensors of the same positions. Top-1
+    is each model's argmax over all its own classes (the first n are the same ones): a class
+    only the wider head has that wins a position is a disagreement there."""
     kl = per_position_kl(ref, out)
     n = min(ref.shape[-1], out.shape[-1])
-    top_ref = ref[..., :n].argmax(-1).reshape(-1)
-    top_out = out[..., :n].argmax(-1).reshape(-1)
+    top_ref = ref.argmax(-1).reshape(-1)
+    top_out = out.argmax(-1).reshape(-1)
     q = torch.quantile(kl, torch.tensor([0.5, 0.99], dtype=kl.dtype))
     return LogitStats(
         kl_mean=float(kl.mean()),
