@@ -63,7 +63,8 @@ def test_same_architecture_transplant_gives_kl_exactly_zero(tmp_path, make):
     assert "no layer diverges" in res.stdout
     data = json.loads(run("verify", out, "--forward", "--against", src, "--json").stdout)
     assert data["max_abs_diff"] == 0.0 and data["first_divergent_layer"] is None
-    assert [d["layer"] for d in data["hidden_states"]] == ["embeddings", "0", "1"]
+    final = ["transformer.ln_f"] if make is gpt2 else []  # GPT-2's last state is after ln_f
+    assert [d["layer"] for d in data["hidden_states"]] == ["embeddings", "0", "1", *final]
     assert all(
         d["cosine"] == pytest.approx(1.0) and d["rel_error"] == 0 for d in data["hidden_states"]
     )
@@ -228,8 +229,32 @@ def test_logits_against_hidden_states_of_the_same_positions_compare_the_shared_t
         res = forward_check(out, against=against)
         assert res.compared == "shared trunk"
         assert res.max_abs_diff is None and res.logits is None and res.output_diff is None
-        assert [d.rel_error for d in res.hidden] == [0.0, 0.0, 0.0]
+        assert [d.rel_error for d in res.hidden] == [0.0, 0.0, 0.0, 0.0]
     res = run("verify", lm, "--forward", "--against", base, "--json")
     assert res.exit_code == 0, res.output
     got = json.loads(res.stdout)
     assert (got["compared"], got["max_abs_diff"]) == ("shared trunk", None)
+
+
+def test_a_changed_final_norm_is_named_not_blamed_on_the_last_block(tmp_path):
+    """Llama's last hidden state has the final norm applied: a change to `model.norm.weight`
+    alone was reported as `first divergent layer: 1` (block 1, whose weights are untouched).
+    The last block's own output is layer 1, and the final norm is a layer of its own."""
+    from safetensors.torch import load_file, save_file
+
+    src = llama(tmp_path / "src", head=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.json").write_text((src / "config.json").read_text())
+    tensors = load_file(src / "model.safetensors")
+    tensors["model.norm.weight"] = tensors["model.norm.weight"] * 1.5
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    res = forward_check(out, against=src)
+    got = [(d.layer, d.rel_error) for d in res.hidden]
+    assert [n for n, _ in got] == ["embeddings", "0", "1", "model.norm"]
+    assert [e for _, e in got[:3]] == [0.0, 0.0, 0.0]
+    assert got[3][1] == pytest.approx(0.5, rel=1e-6)
+    assert res.first_divergent_layer == "model.norm"
+    same = forward_check(src, against=src)  # BERT-like naming is kept where nothing differs
+    assert [d.layer for d in same.hidden] == ["embeddings", "0", "1", "model.norm"]
+    assert same.first_divergent_layer is None

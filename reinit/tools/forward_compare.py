@@ -97,16 +97,20 @@ def hidden_diff(layer: str, ref: torch.Tensor, out: torch.Tensor) -> LayerDiff:
     return LayerDiff(layer, cosine, rel)
 
 
-def layer_diffs(ref: Sequence[torch.Tensor], out: Sequence[torch.Tensor]) -> tuple[LayerDiff, ...]:
+def layer_diffs(
+    ref: Sequence[torch.Tensor], out: Sequence[torch.Tensor], names: Sequence[str] = ()
+) -> tuple[LayerDiff, ...]:
     """Each layer's hidden states compared (transformers' `hidden_states`: the embeddings'
-    output, then each block's); empty when the two models' states do not pair up."""
+    output, then each block's; `names` where they are not these, as a final norm's);
+    empty when the two models' states do not pair up."""
     if (
         not ref
         or len(ref) != len(out)
         or any(a.shape != b.shape for a, b in zip(ref, out, strict=True))
     ):
         return ()
-    names = ["embeddings", *(str(i) for i in range(len(ref) - 1))]
+    if len(names) != len(ref):
+        names = ["embeddings", *(str(i) for i in range(len(ref) - 1))]
     return tuple(hidden_diff(n, r, o) for n, r, o in zip(names, ref, out, strict=True))
 
 
