@@ -258,3 +258,25 @@ def test_a_changed_final_norm_is_named_not_blamed_on_the_last_block(tmp_path):
     same = forward_check(src, against=src)  # BERT-like naming is kept where nothing differs
     assert [d.layer for d in same.hidden] == ["embeddings", "0", "1", "model.norm"]
     assert same.first_divergent_layer is None
+
+
+def test_nan_outputs_fail_every_limit_and_add_no_layer(tmp_path):
+    """A NaN in one weight makes the logits NaN: `--max-kl` passed them (NaN > X is false,
+    exit 0), and a NaN state counted as unequal to itself made a final norm of BERT-like
+    last blocks. Each limit now fails; the layers are the model's own."""
+    from safetensors.torch import load_file, save_file
+
+    src = llama(tmp_path / "src", head=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.json").write_text((src / "config.json").read_text())
+    tensors = load_file(src / "model.safetensors")
+    tensors["model.layers.1.mlp.down_proj.weight"][0, 0] = float("nan")
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    for limit in (["--max-kl", "0.01"], ["--min-top1", "0.5"], ["--min-cosine", "0.5"]):
+        res = run("verify", out, "--forward", "--against", src, *limit)
+        assert res.exit_code == 1, (limit, res.output)
+        assert res.stderr.startswith(f"error: {limit[0]} "), res.stderr
+    res = forward_check(out, against=src)
+    assert [d.layer for d in res.hidden] == ["embeddings", "0", "1", "model.norm"]
+    assert res.first_divergent_layer == "1"

@@ -253,6 +253,11 @@ def _blocks(module: nn.Module) -> nn.ModuleList | None:
     return max(lists, key=lambda m: sum(p.numel() for p in m.parameters()), default=None)
 
 
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal values, a NaN equal to a NaN (the same computation gives the same NaNs)."""
+    return a.shape == b.shape and bool(((a == b) | (a.isnan() & b.isnan())).all())
+
+
 def _first_tensor(out: object) -> torch.Tensor | None:
     if isinstance(out, (tuple, list)) and out:
         out = out[0]
@@ -300,9 +305,9 @@ class _AfterBlocks:
         if not hidden or last is None or self.count != len(hidden) - 1:
             return hidden, names
         last = last.detach().to(torch.float64)
-        if last.shape != hidden[-1].shape or torch.equal(last, hidden[-1]):
+        if _same(last, hidden[-1]):
             return hidden, names
-        made = [n for n, t in self.after if torch.equal(t.detach().to(torch.float64), hidden[-1])]
+        made = [n for n, t in self.after if _same(t.detach().to(torch.float64), hidden[-1])]
         return (*hidden[:-1], last, hidden[-1]), (*names, made[-1] if made else "final norm")
 
 
