@@ -23,6 +23,7 @@ import pytest
 import torch
 import transformers
 from helpers import run, tiny_bert, trained_bert
+from helpers import verdicts as full_verdicts
 from safetensors.torch import load_file, save_file
 
 import reinit
@@ -598,3 +599,39 @@ def test_a_multi_step_recipe_still_finds_the_untrained_matrix(minilm, tmp_path, 
         )
         rep = reinit.run_recipe(reinit.load_recipe("r.yaml", overwrite=True))
         assert flagged(rep, "untrained") == [QUERY3]
+
+
+def test_a_partial_reinit_of_a_trained_tensor_is_judged_against_its_own_std_before(
+    minilm, tmp_path
+):
+    """`rows=`/`cols=` re-initialize part of a tensor and keep the rest: on MiniLM, 8 embedding
+    rows at N(0, 0.02) (its std stays 0.0556), drop-upcycling's `normal_like` on half a query
+    matrix and 4 columns of an FFN were each flagged `off_reference` against the config's 0.02,
+    a trained tensor judged by the init scale. As a grown tensor, each is judged against its
+    own std before; new parts at a wrong scale still move it off, and `report --against`
+    gives the same verdicts."""
+    src = tmp_path / "minilm"
+    src.mkdir()
+    shutil.copy(minilm / "config.json", src / "config.json")
+    keep = (
+        "embeddings.word_embeddings.weight",
+        "encoder.layer.0.attention.self.query.weight",
+        "encoder.layer.1.intermediate.dense.weight",
+    )
+    tensors = load_file(minilm / "model.safetensors")
+    save_file({k: tensors[k] for k in keep}, src / "model.safetensors", metadata={"format": "pt"})
+    rules = [
+        "embeddings.word_embeddings.weight=normal(std=0.02, rows=0:8)",
+        "encoder.layer.0.attention.self.query.weight=normal_like(rows=random(0.5))",
+        "encoder.layer.1.intermediate.dense.weight=normal(std=0.02, cols=0:4)",
+    ]
+    rep = reinit.apply(src, rules, tmp_path / "out", default_report=False)
+    assert flagged(rep, "off_reference") == []
+    for name in keep:
+        e = rep.entry(name)
+        assert e.reference == "before partial re-init" and e.reference_std == e.before.std
+    again = reinit.report_checkpoint(tmp_path / "out", against=src)
+    assert full_verdicts(again) == full_verdicts(rep)
+    wrong = ["embeddings.word_embeddings.weight=normal(std=1.0, rows=0:4000)"]
+    rep = reinit.apply(src, wrong, tmp_path / "wrong", default_report=False)
+    assert flagged(rep, "off_reference") == ["embeddings.word_embeddings.weight"]

@@ -31,6 +31,7 @@ from __future__ import annotations
 __all__ = [
     "CONFIG_KEYS",
     "MODEL_DEFAULT",
+    "PARTIAL",
     "REFERENCE_TOLERANCE",
     "RESIZED",
     "UNRECORDED",
@@ -80,6 +81,10 @@ SOURCE = "source"  # a transplant's reference: its source tensor(s)' std, record
 
 RESIZED = "before resize"  # a grown tensor's reference: its own std before --resize
 
+#: A tensor a rule re-initialized only in part (`rows=`/`cols=`): the rest is kept, so it is
+#: judged against its own std before, as a grown tensor is, never the init scale.
+PARTIAL = "before partial re-init"
+
 #: `report --against`: a tensor that differs from the baseline though the output's recorded
 #: rules and surgery do not change it (the baseline is not the input of the run that wrote it:
 #: a recipe's or a chain's earlier step changed it). Nothing says what its scale should be, so it
@@ -87,7 +92,7 @@ RESIZED = "before resize"  # a grown tensor's reference: its own std before --re
 UNRECORDED = "not in its record"
 
 #: References the run records itself, which the tensor keeps whatever its name or siblings.
-RECORDED = (SOURCE, RESIZED)
+RECORDED = (SOURCE, RESIZED, PARTIAL)
 
 #: The config keys that name a model's width, in the order they are tried.
 WIDTH_KEYS = ("hidden_size", "d_model", "n_embd", "dim", "embed_dim")

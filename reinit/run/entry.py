@@ -14,7 +14,7 @@ from reinit.io.formats import dtype_name, is_float_name
 from reinit.planning.planner import PlanEntry
 from reinit.planning.transplant import transform_label
 from reinit.report.entries import TensorEntry, var_gain
-from reinit.report.reference import RESIZED, SOURCE
+from reinit.report.reference import PARTIAL, RESIZED, SOURCE
 from reinit.report.stats import Stats
 from reinit.schemes import DEFAULT, compute_fans, expected_std_for
 
@@ -69,16 +69,23 @@ def entry_for(
         transform=transform_label(p),
         kurtosis=scored.scheme.kurtosis if scored is not None else 3.0,
     )
-    return _grown_reference(entry, p, before)
+    return _kept_part_reference(entry, p, before, part is not None)
 
 
-def _grown_reference(entry: TensorEntry, p: PlanEntry, before: Stats | None) -> TensorEntry:
-    """A tensor `--resize` grew keeps its old values beside the new ones: it is judged against
-    its own std before (trained embeddings sit at 2-3x the config's init scale, so a correct
-    vocabulary growth must not be judged by that), never by the init scale."""
-    if not p.resize_fills or before is None or not before.std or not is_float_name(p.dtype_name):
+def _kept_part_reference(
+    entry: TensorEntry, p: PlanEntry, before: Stats | None, partial: bool
+) -> TensorEntry:
+    """A tensor `--resize` grew, or a rule re-initialized only in part (`rows=`/`cols=`), keeps
+    old values beside the new ones: it is judged against its own std before (trained
+    embeddings sit at 2-3x the config's init scale, so a correct vocabulary growth or a few
+    re-drawn rows must not be judged by that), never by the init scale."""
+    if not (p.resize_fills or partial) or before is None or not before.std:
         return entry
-    return replace(entry, reference=RESIZED, reference_std=before.std)
+    if not is_float_name(p.dtype_name):
+        return entry
+    return replace(
+        entry, reference=RESIZED if p.resize_fills else PARTIAL, reference_std=before.std
+    )
 
 
 def with_source_std(entry: TensorEntry, source_std: float | None) -> TensorEntry:
