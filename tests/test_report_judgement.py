@@ -635,3 +635,26 @@ def test_a_partial_reinit_of_a_trained_tensor_is_judged_against_its_own_std_befo
     wrong = ["embeddings.word_embeddings.weight=normal(std=1.0, rows=0:4000)"]
     rep = reinit.apply(src, wrong, tmp_path / "wrong", default_report=False)
     assert flagged(rep, "off_reference") == ["embeddings.word_embeddings.weight"]
+
+
+def test_copy_and_normal_like_of_trained_tensors_are_judged_by_their_own_source(minilm, tmp_path):
+    """`copy(...)` puts another trained tensor's values in place, `normal_like` draws at the
+    tensor's own trained scale: on MiniLM each was `off_reference` against the config's 0.02
+    (4x), a trained tensor judged by the init scale. A copy is judged against its source (on
+    reference by definition, as a `from()` copy), `normal_like` against its own std before;
+    `report --against` gives the same verdicts."""
+    src = tmp_path / "minilm"
+    src.mkdir()
+    shutil.copy(minilm / "config.json", src / "config.json")
+    tensors = load_file(minilm / "model.safetensors")
+    layers = {k: v for k, v in tensors.items() if re.search(r"layer\.[012]\.", k)}
+    save_file(layers, src / "model.safetensors", metadata={"format": "pt"})
+    q = "encoder.layer.{}.attention.self.query.weight"
+    rules = [f"{q.format(1)}=normal_like", f"{q.format(2)}=copy({q.format(0)})"]
+    rep = reinit.apply(src, rules, tmp_path / "out", default_report=False)
+    assert flagged(rep, "off_reference") == []
+    like, copied = rep.entry(q.format(1)), rep.entry(q.format(2))
+    assert (like.reference, like.reference_std) == ("its own std before", like.before.std)
+    assert (copied.reference, copied.reference_std) == ("source", copied.after.std)
+    again = reinit.report_checkpoint(tmp_path / "out", against=src)
+    assert full_verdicts(again) == full_verdicts(rep)

@@ -31,6 +31,7 @@ from __future__ import annotations
 __all__ = [
     "CONFIG_KEYS",
     "MODEL_DEFAULT",
+    "OWN_BEFORE",
     "PARTIAL",
     "REFERENCE_TOLERANCE",
     "RESIZED",
@@ -85,6 +86,10 @@ RESIZED = "before resize"  # a grown tensor's reference: its own std before --re
 #: judged against its own std before, as a grown tensor is, never the init scale.
 PARTIAL = "before partial re-init"
 
+#: A tensor redrawn at its own scale (`normal_like`: its own mean and std as read): judged
+#: against that std, never the init scale.
+OWN_BEFORE = "its own std before"
+
 #: `report --against`: a tensor that differs from the baseline though the output's recorded
 #: rules and surgery do not change it (the baseline is not the input of the run that wrote it:
 #: a recipe's or a chain's earlier step changed it). Nothing says what its scale should be, so it
@@ -92,7 +97,7 @@ PARTIAL = "before partial re-init"
 UNRECORDED = "not in its record"
 
 #: References the run records itself, which the tensor keeps whatever its name or siblings.
-RECORDED = (SOURCE, RESIZED, PARTIAL)
+RECORDED = (SOURCE, RESIZED, PARTIAL, OWN_BEFORE)
 
 #: The config keys that name a model's width, in the order they are tried.
 WIDTH_KEYS = ("hidden_size", "d_model", "n_embd", "dim", "embed_dim")

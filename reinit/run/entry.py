@@ -14,7 +14,7 @@ from reinit.io.formats import dtype_name, is_float_name
 from reinit.planning.planner import PlanEntry
 from reinit.planning.transplant import transform_label
 from reinit.report.entries import TensorEntry, var_gain
-from reinit.report.reference import PARTIAL, RESIZED, SOURCE
+from reinit.report.reference import OWN_BEFORE, PARTIAL, RESIZED, SOURCE
 from reinit.report.stats import Stats
 from reinit.schemes import DEFAULT, compute_fans, expected_std_for
 
@@ -69,7 +69,26 @@ def entry_for(
         transform=transform_label(p),
         kurtosis=scored.scheme.kurtosis if scored is not None else 3.0,
     )
+    if part is None and bound is not None and bound.name in OWN_SCALE:
+        return _own_scale_reference(entry, bound.name, before)
     return _kept_part_reference(entry, p, before, part is not None)
+
+
+#: Schemes whose values are the checkpoint's own: `copy` another tensor's, `normal_like` a
+#: draw at the tensor's own mean and std.
+OWN_SCALE = ("copy", "normal_like")
+
+
+def _own_scale_reference(entry: TensorEntry, scheme: str, before: Stats | None) -> TensorEntry:
+    """A `copy(...)` is judged against its source, as a `from()` copy (its values are the
+    source's: on reference by definition); `normal_like` against its own std before. A
+    trained tensor so made is never judged by the init scale."""
+    if not entry.is_float:
+        return entry
+    std = entry.after.std if scheme == "copy" else (before.std if before is not None else None)
+    if not std:
+        return entry
+    return replace(entry, reference=SOURCE if scheme == "copy" else OWN_BEFORE, reference_std=std)
 
 
 def _kept_part_reference(
