@@ -280,3 +280,27 @@ def test_nan_outputs_fail_every_limit_and_add_no_layer(tmp_path):
     res = forward_check(out, against=src)
     assert [d.layer for d in res.hidden] == ["embeddings", "0", "1", "model.norm"]
     assert res.first_divergent_layer == "1"
+
+
+def test_another_tasks_head_compares_the_shared_trunk(tmp_path):
+    """A token classifier (logits [2, 16, 5]) whose encoder is a masked LM's, against that
+    masked LM (logits [2, 16, 50]): the 5 labels were compared with the first 5 tokens as a
+    grown head (KL 2.3 nats, top-1 0%: `--max-kl` failed a file whose trunk agrees exactly).
+    Another class of model with another class count is another head: the trunk is compared."""
+    cfg = transformers.BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=32, num_labels=5,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    mlm = transformers.BertForMaskedLM(cfg)
+    mlm.save_pretrained(tmp_path / "mlm")
+    tagger = transformers.BertForTokenClassification(cfg)
+    tagger.bert.load_state_dict(mlm.bert.state_dict(), strict=False)  # no pooler in either
+    tagger.save_pretrained(tmp_path / "tagger")
+    res = forward_check(tmp_path / "tagger", against=tmp_path / "mlm")
+    assert res.compared == "shared trunk" and res.logits is None and res.max_abs_diff is None
+    assert [d.rel_error for d in res.hidden] == [0.0, 0.0, 0.0]
+    res = run("verify", tmp_path / "tagger", "--forward", "--against", tmp_path / "mlm",
+              "--min-cosine", "0.9999")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "the heads differ (logits [2, 16, 5] vs [2, 16, 50])" in res.stdout

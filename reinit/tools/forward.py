@@ -340,16 +340,18 @@ LOGIT_NAMES = ("logits", "output", "prediction_logits")  # a plain module's outp
 def _compared(
     result: ForwardResult, name: str, y: torch.Tensor, hidden: Hidden,
     ref_name: str, y_ref: torch.Tensor, ref_hidden: Hidden, names: tuple[str, ...],
+    other_head: bool = False,
 ) -> ForwardResult:  # fmt: skip
     """`result` with what the two runs' outputs say: KL statistics for logits, cosine and
     relative error for a hidden-state output, each layer's hidden states when both have them;
-    when the heads differ (a new-head classifier against its encoder), the shared trunk only."""
+    when the heads differ (a new-head classifier against its encoder; `other_head`: another
+    task's head, a token classifier against a masked LM), the shared trunk only."""
     diffs = layer_diffs(ref_hidden, hidden, names)
     result = replace(
         result, against_shape=tuple(y_ref.shape), hidden=diffs,
         first_divergent_layer=first_divergent(diffs),
     )  # fmt: skip
-    if (name in LOGIT_NAMES) != (ref_name in LOGIT_NAMES):  # logits vs hidden features
+    if other_head or (name in LOGIT_NAMES) != (ref_name in LOGIT_NAMES):  # not one output
         if not diffs:
             raise ForwardError(
                 f"verify --forward: {name} {list(y.shape)} and {ref_name} {list(y_ref.shape)} "
@@ -437,4 +439,7 @@ def forward_check(
     if ref_module is None:
         return result
     ref_name, y_ref, ref_hidden, _ = _run(ref_module, inputs)
-    return _compared(result, name, y, hidden, ref_name, y_ref, ref_hidden, names)
+    # another class of model with another class count: another head (BertForTokenClassification
+    # against BertForMaskedLM), not a grown one (a vocabulary growth keeps the model's class)
+    other_head = type(module) is not type(ref_module) and y.shape[-1:] != y_ref.shape[-1:]
+    return _compared(result, name, y, hidden, ref_name, y_ref, ref_hidden, names, other_head)
