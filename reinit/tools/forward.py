@@ -308,7 +308,7 @@ class _AfterBlocks:
         if _same(last, hidden[-1]):
             return hidden, names
         made = [n for n, t in self.after if _same(t.detach().to(torch.float64), hidden[-1])]
-        return (*hidden[:-1], last, hidden[-1]), (*names, made[-1] if made else "final norm")
+        return (*hidden[:-1], last, hidden[-1]), (*names, made[0] if made else "final norm")
 
 
 def _run(
