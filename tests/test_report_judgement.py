@@ -658,3 +658,28 @@ def test_copy_and_normal_like_of_trained_tensors_are_judged_by_their_own_source(
     assert (copied.reference, copied.reference_std) == ("source", copied.after.std)
     again = reinit.report_checkpoint(tmp_path / "out", against=src)
     assert full_verdicts(again) == full_verdicts(rep)
+
+
+def test_report_against_does_not_judge_a_transform_by_the_init_scale(tmp_path):
+    """Every layer's query made by `chunk=` from its trained FFN (2.5x the config's 0.02):
+    apply judged each against its source and flagged nothing; `report --against` (which does
+    not re-read the source) had no kept sibling and judged them by the init scale, flagging
+    every one `off_reference`. They are judged by `apply` only, as the guide says: no
+    reference, no `off_reference`, the flags their values alone give."""
+    src = trained_bert(tmp_path / "bert")
+    rule = (
+        f"encoder.layer.*.attention.self.query.weight=from({src}, "
+        "key=encoder.layer.{1}.intermediate.dense.weight, chunk=0/2)"
+    )
+    rep = reinit.apply(src, [rule], tmp_path / "out", default_report=False)
+    again = reinit.report_checkpoint(tmp_path / "out", against=src)
+    assert flagged(rep, "off_reference") == flagged(again, "off_reference") == []
+    for layer in (0, 1):
+        e = again.entry(f"encoder.layer.{layer}.attention.self.query.weight")
+        assert (e.action, e.reference, e.reference_std) == (
+            "transplant",
+            "source (not re-read)",
+            None,
+        )
+    assert {e.name: e.flags for e in again.tensors} == {e.name: e.flags for e in rep.tensors}
+    assert reference_text(again.tensors) is None  # not "pass --model": it would not judge them

@@ -36,6 +36,7 @@ __all__ = [
     "REFERENCE_TOLERANCE",
     "RESIZED",
     "UNRECORDED",
+    "NOT_RE_READ",
     "SIBLINGS",
     "SOURCE",
     "config_fits",
@@ -95,6 +96,11 @@ OWN_BEFORE = "its own std before"
 #: a recipe's or a chain's earlier step changed it). Nothing says what its scale should be, so it
 #: has no reference std and is not judged `off_reference`.
 UNRECORDED = "not in its record"
+
+#: `report --against`: a transplant a transform made (chunk/cat, resample, rows, adapt,
+#: rotary). Apply judged it against its source, which `report` does not re-read: it has no
+#: reference std (never the init scale a trained source's values would be far from).
+NOT_RE_READ = "source (not re-read)"
 
 #: References the run records itself, which the tensor keeps whatever its name or siblings.
 RECORDED = (SOURCE, RESIZED, PARTIAL, OWN_BEFORE)
@@ -204,8 +210,8 @@ def with_references(
         if e.reference in RECORDED and e.reference_std is not None:
             out.append(e)  # the run recorded it (the source's std): it follows the tensor
             continue
-        if e.reference == UNRECORDED:
-            out.append(e)  # no rule or surgery of the record made it: nothing to judge it by
+        if e.reference in (UNRECORDED, NOT_RE_READ):
+            out.append(e)  # nothing here to judge it by (no rule made it; a source not read)
             continue
         ref = _reference_for(e, from_config, medians, basis.model_std)
         if ref is None:
@@ -312,7 +318,14 @@ def reference_text(entries: Sequence[TensorEntry]) -> str | None:
         if e.reference is not None and e.reference_std is not None:
             by_source[e.reference].append(e.reference_std)
     if not by_source:
-        changed = sum(1 for e in entries if e.changes and e.is_float and len(e.shape) >= 2)
+        changed = sum(
+            1
+            for e in entries
+            if e.changes
+            and e.is_float
+            and len(e.shape) >= 2
+            and e.reference not in (UNRECORDED, NOT_RE_READ)  # --model would not judge these
+        )
         if not changed:
             return None
         return (

@@ -51,7 +51,7 @@ from reinit.planning.surgery import Edited, edit_refs, mark_plan, parse_surgery
 from reinit.planning.ties import resolve_ties
 from reinit.report.entries import NOTE_CHANGED, NOTE_NEW, NOTE_SHAPE, TensorEntry
 from reinit.report.flags import kind_of
-from reinit.report.reference import RESIZED, SOURCE, UNRECORDED
+from reinit.report.reference import NOT_RE_READ, RESIZED, SOURCE, UNRECORDED
 from reinit.rules import Rule, parse_rules
 from reinit.run.entry import entry_for
 from reinit.run.record import RECORD_FORMAT, STEP_FORMAT, Provenance, recorded
@@ -476,6 +476,8 @@ class _Judge:
         made = entry_for(p, e.after, e.before, e.source, e.notes, fans, self._applied(p))
         if made.action == "transplant" and made.is_float and made.transform is None:
             made = replace(made, reference=SOURCE, reference_std=e.after.std)
+        elif made.action == "transplant" and made.is_float:  # judged by apply, from its source
+            made = replace(made, reference=NOT_RE_READ, reference_std=None)
         return made
 
     def _applied(self, p: PlanEntry) -> AppliedInit | None:
