@@ -683,3 +683,20 @@ def test_report_against_does_not_judge_a_transform_by_the_init_scale(tmp_path):
         )
     assert {e.name: e.flags for e in again.tensors} == {e.name: e.flags for e in rep.tensors}
     assert reference_text(again.tensors) is None  # not "pass --model": it would not judge them
+
+
+def test_report_against_reads_scheme_arguments_from_the_config_as_apply_did(tmp_path):
+    """`scaled_normal` (layers from the config) and `small_init` (dim from it): apply drew and
+    judged them with `layers=2`, `dim=64` (expected std 0.01 and 0.079); `report --against`
+    replayed the recorded rules unresolved, `scaled_normal(std=0.02, layers=None)` with no
+    expected std, so a `std_off` apply gave could not be given again."""
+    src = trained_bert(tmp_path / "bert")
+    rules = [
+        "encoder.layer.*.intermediate.dense.weight=scaled_normal",
+        "encoder.layer.*.attention.self.query.weight=small_init",
+    ]
+    rep = reinit.apply(src, rules, tmp_path / "out", default_report=False)
+    again = reinit.report_checkpoint(tmp_path / "out", against=src)
+    e = again.entry("encoder.layer.0.intermediate.dense.weight")
+    assert (e.scheme, e.expected_std) == ("scaled_normal(std=0.02, layers=2)", pytest.approx(0.01))
+    assert full_verdicts(again) == full_verdicts(rep)
