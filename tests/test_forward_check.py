@@ -63,7 +63,8 @@ def test_same_architecture_transplant_gives_kl_exactly_zero(tmp_path, make):
     assert "no layer diverges" in res.stdout
     data = json.loads(run("verify", out, "--forward", "--against", src, "--json").stdout)
     assert data["max_abs_diff"] == 0.0 and data["first_divergent_layer"] is None
-    assert [d["layer"] for d in data["hidden_states"]] == ["embeddings", "0", "1"]
+    final = ["transformer.ln_f"] if make is gpt2 else []  # GPT-2's last state is after ln_f
+    assert [d["layer"] for d in data["hidden_states"]] == ["embeddings", "0", "1", *final]
     assert all(
         d["cosine"] == pytest.approx(1.0) and d["rel_error"] == 0 for d in data["hidden_states"]
     )
@@ -238,3 +239,110 @@ def test_a_model_that_fails_on_the_inputs_is_a_usage_error_naming_it(tmp_path):
         "Qwen3NextForCausalLM fails on the fixed inputs (",
         "the model does not run as configured",
     )
+
+
+def test_top1_counts_a_new_class_that_wins_as_a_disagreement():
+    """A grown head whose new class takes the argmax predicts that class, not the old top one:
+    top-1 is the argmax over each model's own classes (the first n are the same tokens)."""
+    from reinit.tools.forward_compare import logit_stats
+
+    ref = torch.tensor([[0.0, 2.0, 1.0], [3.0, 0.0, 1.0]], dtype=torch.float64)
+    out = torch.cat([ref, torch.tensor([[9.0], [-9.0]], dtype=torch.float64)], dim=-1)
+    assert logit_stats(ref, out).top1 == 0.5  # row 0 now predicts the new class 3
+    assert logit_stats(out, ref).top1 == 0.5  # a shrunk head: the same positions disagree
+
+
+def llama(path: Path, head: bool) -> Path:
+    cfg = transformers.LlamaConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    lm = transformers.LlamaForCausalLM(cfg)
+    (lm if head else lm.model).save_pretrained(path)
+    return path
+
+
+def test_logits_against_hidden_states_of_the_same_positions_compare_the_shared_trunk(tmp_path):
+    """LlamaForCausalLM's logits [2, 16, 64] against LlamaModel's last_hidden_state [2, 16, 16]:
+    the heads differ though the positions agree; no |Δ| between logits and hidden features."""
+    lm, base = llama(tmp_path / "lm", head=True), llama(tmp_path / "base", head=False)
+    for out, against in ((lm, base), (base, lm)):
+        res = forward_check(out, against=against)
+        assert res.compared == "shared trunk"
+        assert res.max_abs_diff is None and res.logits is None and res.output_diff is None
+        assert [d.rel_error for d in res.hidden] == [0.0, 0.0, 0.0, 0.0]
+    res = run("verify", lm, "--forward", "--against", base, "--json")
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout)
+    assert (got["compared"], got["max_abs_diff"]) == ("shared trunk", None)
+
+
+def test_a_changed_final_norm_is_named_not_blamed_on_the_last_block(tmp_path):
+    """Llama's last hidden state has the final norm applied: a change to `model.norm.weight`
+    alone was reported as `first divergent layer: 1` (block 1, whose weights are untouched).
+    The last block's own output is layer 1, and the final norm is a layer of its own."""
+    from safetensors.torch import load_file, save_file
+
+    src = llama(tmp_path / "src", head=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.json").write_text((src / "config.json").read_text())
+    tensors = load_file(src / "model.safetensors")
+    tensors["model.norm.weight"] = tensors["model.norm.weight"] * 1.5
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    res = forward_check(out, against=src)
+    got = [(d.layer, d.rel_error) for d in res.hidden]
+    assert [n for n, _ in got] == ["embeddings", "0", "1", "model.norm"]
+    assert [e for _, e in got[:3]] == [0.0, 0.0, 0.0]
+    assert got[3][1] == pytest.approx(0.5, rel=1e-6)
+    assert res.first_divergent_layer == "model.norm"
+    same = forward_check(src, against=src)  # BERT-like naming is kept where nothing differs
+    assert [d.layer for d in same.hidden] == ["embeddings", "0", "1", "model.norm"]
+    assert same.first_divergent_layer is None
+
+
+def test_nan_outputs_fail_every_limit_and_add_no_layer(tmp_path):
+    """A NaN in one weight makes the logits NaN: `--max-kl` passed them (NaN > X is false,
+    exit 0), and a NaN state counted as unequal to itself made a final norm of BERT-like
+    last blocks. Each limit now fails; the layers are the model's own."""
+    from safetensors.torch import load_file, save_file
+
+    src = llama(tmp_path / "src", head=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.json").write_text((src / "config.json").read_text())
+    tensors = load_file(src / "model.safetensors")
+    tensors["model.layers.1.mlp.down_proj.weight"][0, 0] = float("nan")
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    for limit in (["--max-kl", "0.01"], ["--min-top1", "0.5"], ["--min-cosine", "0.5"]):
+        res = run("verify", out, "--forward", "--against", src, *limit)
+        assert res.exit_code == 1, (limit, res.output)
+        assert res.stderr.startswith(f"error: {limit[0]} "), res.stderr
+    res = forward_check(out, against=src)
+    assert [d.layer for d in res.hidden] == ["embeddings", "0", "1", "model.norm"]
+    assert res.first_divergent_layer == "1"
+
+
+def test_another_tasks_head_compares_the_shared_trunk(tmp_path):
+    """A token classifier (logits [2, 16, 5]) whose encoder is a masked LM's, against that
+    masked LM (logits [2, 16, 50]): the 5 labels were compared with the first 5 tokens as a
+    grown head (KL 2.3 nats, top-1 0%: `--max-kl` failed a file whose trunk agrees exactly).
+    Another class of model with another class count is another head: the trunk is compared."""
+    cfg = transformers.BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=32, num_labels=5,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    mlm = transformers.BertForMaskedLM(cfg)
+    mlm.save_pretrained(tmp_path / "mlm")
+    tagger = transformers.BertForTokenClassification(cfg)
+    tagger.bert.load_state_dict(mlm.bert.state_dict(), strict=False)  # no pooler in either
+    tagger.save_pretrained(tmp_path / "tagger")
+    res = forward_check(tmp_path / "tagger", against=tmp_path / "mlm")
+    assert res.compared == "shared trunk" and res.logits is None and res.max_abs_diff is None
+    assert [d.rel_error for d in res.hidden] == [0.0, 0.0, 0.0]
+    res = run("verify", tmp_path / "tagger", "--forward", "--against", tmp_path / "mlm",
+              "--min-cosine", "0.9999")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "the heads differ (logits [2, 16, 5] vs [2, 16, 50])" in res.stdout

@@ -23,6 +23,7 @@ import pytest
 import torch
 import transformers
 from helpers import run, tiny_bert, trained_bert
+from helpers import verdicts as full_verdicts
 from safetensors.torch import load_file, save_file
 
 import reinit
@@ -598,3 +599,104 @@ def test_a_multi_step_recipe_still_finds_the_untrained_matrix(minilm, tmp_path, 
         )
         rep = reinit.run_recipe(reinit.load_recipe("r.yaml", overwrite=True))
         assert flagged(rep, "untrained") == [QUERY3]
+
+
+def test_a_partial_reinit_of_a_trained_tensor_is_judged_against_its_own_std_before(
+    minilm, tmp_path
+):
+    """`rows=`/`cols=` re-initialize part of a tensor and keep the rest: on MiniLM, 8 embedding
+    rows at N(0, 0.02) (its std stays 0.0556), drop-upcycling's `normal_like` on half a query
+    matrix and 4 columns of an FFN were each flagged `off_reference` against the config's 0.02,
+    a trained tensor judged by the init scale. As a grown tensor, each is judged against its
+    own std before; new parts at a wrong scale still move it off, and `report --against`
+    gives the same verdicts."""
+    src = tmp_path / "minilm"
+    src.mkdir()
+    shutil.copy(minilm / "config.json", src / "config.json")
+    keep = (
+        "embeddings.word_embeddings.weight",
+        "encoder.layer.0.attention.self.query.weight",
+        "encoder.layer.1.intermediate.dense.weight",
+    )
+    tensors = load_file(minilm / "model.safetensors")
+    save_file({k: tensors[k] for k in keep}, src / "model.safetensors", metadata={"format": "pt"})
+    rules = [
+        "embeddings.word_embeddings.weight=normal(std=0.02, rows=0:8)",
+        "encoder.layer.0.attention.self.query.weight=normal_like(rows=random(0.5))",
+        "encoder.layer.1.intermediate.dense.weight=normal(std=0.02, cols=0:4)",
+    ]
+    rep = reinit.apply(src, rules, tmp_path / "out", default_report=False)
+    assert flagged(rep, "off_reference") == []
+    for name in keep:
+        e = rep.entry(name)
+        assert e.reference == "before partial re-init" and e.reference_std == e.before.std
+    again = reinit.report_checkpoint(tmp_path / "out", against=src)
+    assert full_verdicts(again) == full_verdicts(rep)
+    wrong = ["embeddings.word_embeddings.weight=normal(std=1.0, rows=0:4000)"]
+    rep = reinit.apply(src, wrong, tmp_path / "wrong", default_report=False)
+    assert flagged(rep, "off_reference") == ["embeddings.word_embeddings.weight"]
+
+
+def test_copy_and_normal_like_of_trained_tensors_are_judged_by_their_own_source(minilm, tmp_path):
+    """`copy(...)` puts another trained tensor's values in place, `normal_like` draws at the
+    tensor's own trained scale: on MiniLM each was `off_reference` against the config's 0.02
+    (4x), a trained tensor judged by the init scale. A copy is judged against its source (on
+    reference by definition, as a `from()` copy), `normal_like` against its own std before;
+    `report --against` gives the same verdicts."""
+    src = tmp_path / "minilm"
+    src.mkdir()
+    shutil.copy(minilm / "config.json", src / "config.json")
+    tensors = load_file(minilm / "model.safetensors")
+    layers = {k: v for k, v in tensors.items() if re.search(r"layer\.[012]\.", k)}
+    save_file(layers, src / "model.safetensors", metadata={"format": "pt"})
+    q = "encoder.layer.{}.attention.self.query.weight"
+    rules = [f"{q.format(1)}=normal_like", f"{q.format(2)}=copy({q.format(0)})"]
+    rep = reinit.apply(src, rules, tmp_path / "out", default_report=False)
+    assert flagged(rep, "off_reference") == []
+    like, copied = rep.entry(q.format(1)), rep.entry(q.format(2))
+    assert (like.reference, like.reference_std) == ("its own std before", like.before.std)
+    assert (copied.reference, copied.reference_std) == ("source", copied.after.std)
+    again = reinit.report_checkpoint(tmp_path / "out", against=src)
+    assert full_verdicts(again) == full_verdicts(rep)
+
+
+def test_report_against_does_not_judge_a_transform_by_the_init_scale(tmp_path):
+    """Every layer's query made by `chunk=` from its trained FFN (2.5x the config's 0.02):
+    apply judged each against its source and flagged nothing; `report --against` (which does
+    not re-read the source) had no kept sibling and judged them by the init scale, flagging
+    every one `off_reference`. They are judged by `apply` only, as the guide says: no
+    reference, no `off_reference`, the flags their values alone give."""
+    src = trained_bert(tmp_path / "bert")
+    rule = (
+        f"encoder.layer.*.attention.self.query.weight=from({src}, "
+        "key=encoder.layer.{1}.intermediate.dense.weight, chunk=0/2)"
+    )
+    rep = reinit.apply(src, [rule], tmp_path / "out", default_report=False)
+    again = reinit.report_checkpoint(tmp_path / "out", against=src)
+    assert flagged(rep, "off_reference") == flagged(again, "off_reference") == []
+    for layer in (0, 1):
+        e = again.entry(f"encoder.layer.{layer}.attention.self.query.weight")
+        assert (e.action, e.reference, e.reference_std) == (
+            "transplant",
+            "source (not re-read)",
+            None,
+        )
+    assert {e.name: e.flags for e in again.tensors} == {e.name: e.flags for e in rep.tensors}
+    assert reference_text(again.tensors) is None  # not "pass --model": it would not judge them
+
+
+def test_report_against_reads_scheme_arguments_from_the_config_as_apply_did(tmp_path):
+    """`scaled_normal` (layers from the config) and `small_init` (dim from it): apply drew and
+    judged them with `layers=2`, `dim=64` (expected std 0.01 and 0.079); `report --against`
+    replayed the recorded rules unresolved, `scaled_normal(std=0.02, layers=None)` with no
+    expected std, so a `std_off` apply gave could not be given again."""
+    src = trained_bert(tmp_path / "bert")
+    rules = [
+        "encoder.layer.*.intermediate.dense.weight=scaled_normal",
+        "encoder.layer.*.attention.self.query.weight=small_init",
+    ]
+    rep = reinit.apply(src, rules, tmp_path / "out", default_report=False)
+    again = reinit.report_checkpoint(tmp_path / "out", against=src)
+    e = again.entry("encoder.layer.0.intermediate.dense.weight")
+    assert (e.scheme, e.expected_std) == ("scaled_normal(std=0.02, layers=2)", pytest.approx(0.01))
+    assert full_verdicts(again) == full_verdicts(rep)

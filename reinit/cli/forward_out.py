@@ -112,18 +112,19 @@ def _check_limits(res: ForwardResult, limits: ForwardLimits) -> None:
             f"verify --forward: no logits were compared ({res.compared}: {res.output_name}); "
             "--max-kl and --min-top1 need logits: use --min-cosine"
         )
-    if limits.max_kl is not None and k is not None and k.kl_mean > limits.max_kl:
+    # `not x <= limit`: a NaN (NaN logits, states) fails every limit instead of passing it
+    if limits.max_kl is not None and k is not None and not k.kl_mean <= limits.max_kl:
         _fail(
             f"--max-kl {limits.max_kl:g}: KL {k.kl_mean:.6g} nats exceeds it by "
             f"{k.kl_mean - limits.max_kl:.6g}"
         )
-    if limits.min_top1 is not None and k is not None and k.top1 < limits.min_top1:
+    if limits.min_top1 is not None and k is not None and not k.top1 >= limits.min_top1:
         _fail(f"--min-top1 {limits.min_top1:g}: top-1 agreement {k.top1:.4g} is below it")
     low = res.min_cosine
     if limits.min_cosine is not None:
         if low is None:
             raise UsageError("verify --forward --min-cosine: no hidden states were compared")
-        if low < limits.min_cosine:
+        if not low >= limits.min_cosine:
             where = res.first_divergent_layer
             at = f" (first divergent layer: {where})" if where is not None else ""
             _fail(f"--min-cosine {limits.min_cosine:g}: cosine {low:.6g} is below it{at}")

@@ -31,9 +31,12 @@ from __future__ import annotations
 __all__ = [
     "CONFIG_KEYS",
     "MODEL_DEFAULT",
+    "OWN_BEFORE",
+    "PARTIAL",
     "REFERENCE_TOLERANCE",
     "RESIZED",
     "UNRECORDED",
+    "NOT_RE_READ",
     "SIBLINGS",
     "SOURCE",
     "config_fits",
@@ -80,14 +83,27 @@ SOURCE = "source"  # a transplant's reference: its source tensor(s)' std, record
 
 RESIZED = "before resize"  # a grown tensor's reference: its own std before --resize
 
+#: A tensor a rule re-initialized only in part (`rows=`/`cols=`): the rest is kept, so it is
+#: judged against its own std before, as a grown tensor is, never the init scale.
+PARTIAL = "before partial re-init"
+
+#: A tensor redrawn at its own scale (`normal_like`: its own mean and std as read): judged
+#: against that std, never the init scale.
+OWN_BEFORE = "its own std before"
+
 #: `report --against`: a tensor that differs from the baseline though the output's recorded
 #: rules and surgery do not change it (the baseline is not the input of the run that wrote it:
 #: a recipe's or a chain's earlier step changed it). Nothing says what its scale should be, so it
 #: has no reference std and is not judged `off_reference`.
 UNRECORDED = "not in its record"
 
+#: `report --against`: a transplant a transform made (chunk/cat, resample, rows, adapt,
+#: rotary). Apply judged it against its source, which `report` does not re-read: it has no
+#: reference std (never the init scale a trained source's values would be far from).
+NOT_RE_READ = "source (not re-read)"
+
 #: References the run records itself, which the tensor keeps whatever its name or siblings.
-RECORDED = (SOURCE, RESIZED)
+RECORDED = (SOURCE, RESIZED, PARTIAL, OWN_BEFORE)
 
 #: The config keys that name a model's width, in the order they are tried.
 WIDTH_KEYS = ("hidden_size", "d_model", "n_embd", "dim", "embed_dim")
@@ -194,8 +210,8 @@ def with_references(
         if e.reference in RECORDED and e.reference_std is not None:
             out.append(e)  # the run recorded it (the source's std): it follows the tensor
             continue
-        if e.reference == UNRECORDED:
-            out.append(e)  # no rule or surgery of the record made it: nothing to judge it by
+        if e.reference in (UNRECORDED, NOT_RE_READ):
+            out.append(e)  # nothing here to judge it by (no rule made it; a source not read)
             continue
         ref = _reference_for(e, from_config, medians, basis.model_std)
         if ref is None:
@@ -302,7 +318,14 @@ def reference_text(entries: Sequence[TensorEntry]) -> str | None:
         if e.reference is not None and e.reference_std is not None:
             by_source[e.reference].append(e.reference_std)
     if not by_source:
-        changed = sum(1 for e in entries if e.changes and e.is_float and len(e.shape) >= 2)
+        changed = sum(
+            1
+            for e in entries
+            if e.changes
+            and e.is_float
+            and len(e.shape) >= 2
+            and e.reference not in (UNRECORDED, NOT_RE_READ)  # --model would not judge these
+        )
         if not changed:
             return None
         return (

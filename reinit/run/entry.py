@@ -14,7 +14,7 @@ from reinit.io.formats import dtype_name, is_float_name
 from reinit.planning.planner import PlanEntry
 from reinit.planning.transplant import transform_label
 from reinit.report.entries import TensorEntry, var_gain
-from reinit.report.reference import RESIZED, SOURCE
+from reinit.report.reference import OWN_BEFORE, PARTIAL, RESIZED, SOURCE
 from reinit.report.stats import Stats
 from reinit.schemes import DEFAULT, compute_fans, expected_std_for
 
@@ -69,16 +69,42 @@ def entry_for(
         transform=transform_label(p),
         kurtosis=scored.scheme.kurtosis if scored is not None else 3.0,
     )
-    return _grown_reference(entry, p, before)
+    if part is None and bound is not None and bound.name in OWN_SCALE:
+        return _own_scale_reference(entry, bound.name, before)
+    return _kept_part_reference(entry, p, before, part is not None)
 
 
-def _grown_reference(entry: TensorEntry, p: PlanEntry, before: Stats | None) -> TensorEntry:
-    """A tensor `--resize` grew keeps its old values beside the new ones: it is judged against
-    its own std before (trained embeddings sit at 2-3x the config's init scale, so a correct
-    vocabulary growth must not be judged by that), never by the init scale."""
-    if not p.resize_fills or before is None or not before.std or not is_float_name(p.dtype_name):
+#: Schemes whose values are the checkpoint's own: `copy` another tensor's, `normal_like` a
+#: draw at the tensor's own mean and std.
+OWN_SCALE = ("copy", "normal_like")
+
+
+def _own_scale_reference(entry: TensorEntry, scheme: str, before: Stats | None) -> TensorEntry:
+    """A `copy(...)` is judged against its source, as a `from()` copy (its values are the
+    source's: on reference by definition); `normal_like` against its own std before. A
+    trained tensor so made is never judged by the init scale."""
+    if not entry.is_float:
         return entry
-    return replace(entry, reference=RESIZED, reference_std=before.std)
+    std = entry.after.std if scheme == "copy" else (before.std if before is not None else None)
+    if not std:
+        return entry
+    return replace(entry, reference=SOURCE if scheme == "copy" else OWN_BEFORE, reference_std=std)
+
+
+def _kept_part_reference(
+    entry: TensorEntry, p: PlanEntry, before: Stats | None, partial: bool
+) -> TensorEntry:
+    """A tensor `--resize` grew, or a rule re-initialized only in part (`rows=`/`cols=`), keeps
+    old values beside the new ones: it is judged against its own std before (trained
+    embeddings sit at 2-3x the config's init scale, so a correct vocabulary growth or a few
+    re-drawn rows must not be judged by that), never by the init scale."""
+    if not (p.resize_fills or partial) or before is None or not before.std:
+        return entry
+    if not is_float_name(p.dtype_name):
+        return entry
+    return replace(
+        entry, reference=RESIZED if p.resize_fills else PARTIAL, reference_std=before.std
+    )
 
 
 def with_source_std(entry: TensorEntry, source_std: float | None) -> TensorEntry:

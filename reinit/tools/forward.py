@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -242,18 +243,92 @@ def _main_output(out: object) -> tuple[str, torch.Tensor]:
 Hidden = tuple[torch.Tensor, ...]
 
 
+def _blocks(module: nn.Module) -> nn.ModuleList | None:
+    """The model's stack of blocks: its ModuleList of modules of one class that holds the most
+    parameters (the layers, not the experts inside one)."""
+    lists = [
+        m for m in module.modules()
+        if isinstance(m, nn.ModuleList) and len(m) and len({type(b) for b in m}) == 1
+    ]  # fmt: skip
+    return max(lists, key=lambda m: sum(p.numel() for p in m.parameters()), default=None)
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal values, a NaN equal to a NaN (the same computation gives the same NaNs)."""
+    return a.shape == b.shape and bool(((a == b) | (a.isnan() & b.isnan())).all())
+
+
+def _first_tensor(out: object) -> torch.Tensor | None:
+    if isinstance(out, (tuple, list)) and out:
+        out = out[0]
+    return out if isinstance(out, torch.Tensor) else None
+
+
+class _AfterBlocks:
+    """Forward hooks that keep the last block's output and, after it, each module's output of
+    the same shape (in call order): what tells a final norm from the last block."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.last: torch.Tensor | None = None
+        self.after: list[tuple[str, torch.Tensor]] = []
+        blocks = _blocks(module)
+        self.count = len(blocks) if blocks is not None else 0
+        inside = {id(m) for m in blocks.modules()} if blocks is not None else set()
+        self.handles = [blocks[-1].register_forward_hook(self._block)] if blocks else []
+        self.handles += [
+            m.register_forward_hook(self._hook(name))
+            for name, m in module.named_modules()
+            if name and id(m) not in inside
+        ]
+
+    def _block(self, _m: nn.Module, _i: object, out: object) -> None:
+        self.last, self.after = _first_tensor(out), []
+
+    def _hook(self, name: str) -> Callable[[nn.Module, object, object], None]:
+        def keep(_m: nn.Module, _i: object, out: object) -> None:
+            t = _first_tensor(out)
+            if self.last is not None and t is not None and t.shape == self.last.shape:
+                self.after.append((name, t))
+
+        return keep
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def named(self, hidden: Hidden) -> tuple[Hidden, tuple[str, ...]]:
+        """The hidden states and their layer names. Where the last state is not the last
+        block's output (Llama's, GPT-2's: the final norm applied), that output is block L-1's
+        state, and the last is named by the module that made it (`model.norm`)."""
+        names = ("embeddings", *(str(i) for i in range(len(hidden) - 1)))
+        last = self.last
+        if not hidden or last is None or self.count != len(hidden) - 1:
+            return hidden, names
+        last = last.detach().to(torch.float64)
+        if _same(last, hidden[-1]):
+            return hidden, names
+        made = [n for n, t in self.after if _same(t.detach().to(torch.float64), hidden[-1])]
+        return (*hidden[:-1], last, hidden[-1]), (*names, made[0] if made else "final norm")
+
+
 def _run(
     module: nn.Module, inputs: dict[str, torch.Tensor] | torch.Tensor
-) -> tuple[str, torch.Tensor, Hidden]:
+) -> tuple[str, torch.Tensor, Hidden, tuple[str, ...]]:
     """The main output (name, values) and, for a transformers model, its hidden states (the
-    embeddings' output, then each block's)."""
+    embeddings' output, then each block's, then a final norm's where the model applies one to
+    its last state) with their layer names."""
     hidden_on = {"output_hidden_states": True} if hasattr(module, "config") else {}
-    with torch.no_grad():
-        out = call_model(module, inputs, **hidden_on)
+    hooks = _AfterBlocks(module)
+    try:
+        with torch.no_grad():
+            out = call_model(module, inputs, **hidden_on)
+    finally:
+        hooks.close()
     name, t = _main_output(out)
     states = out.get("hidden_states") if isinstance(out, dict) else None
     hidden = tuple(h.detach().to(torch.float64) for h in states or () if torch.is_tensor(h))
-    return name, t.detach().to(torch.float64), hidden
+    hidden, names = hooks.named(hidden)
+    return name, t.detach().to(torch.float64), hidden, names
 
 
 LOGIT_NAMES = ("logits", "output", "prediction_logits")  # a plain module's output is its logits
@@ -261,16 +336,25 @@ LOGIT_NAMES = ("logits", "output", "prediction_logits")  # a plain module's outp
 
 def _compared(
     result: ForwardResult, name: str, y: torch.Tensor, hidden: Hidden,
-    ref_name: str, y_ref: torch.Tensor, ref_hidden: Hidden,
+    ref_name: str, y_ref: torch.Tensor, ref_hidden: Hidden, names: tuple[str, ...],
+    other_head: bool = False,
 ) -> ForwardResult:  # fmt: skip
     """`result` with what the two runs' outputs say: KL statistics for logits, cosine and
     relative error for a hidden-state output, each layer's hidden states when both have them;
-    when the heads differ (a new-head classifier against its encoder), the shared trunk only."""
-    diffs = layer_diffs(ref_hidden, hidden)
+    when the heads differ (a new-head classifier against its encoder; `other_head`: another
+    task's head, a token classifier against a masked LM), the shared trunk only."""
+    diffs = layer_diffs(ref_hidden, hidden, names)
     result = replace(
         result, against_shape=tuple(y_ref.shape), hidden=diffs,
         first_divergent_layer=first_divergent(diffs),
     )  # fmt: skip
+    if other_head or (name in LOGIT_NAMES) != (ref_name in LOGIT_NAMES):  # not one output
+        if not diffs:
+            raise ForwardError(
+                f"verify --forward: {name} {list(y.shape)} and {ref_name} {list(y_ref.shape)} "
+                "(against) are different outputs; they cannot be compared"
+            )
+        return replace(result, compared="shared trunk")
     if y_ref.shape[:-1] != y.shape[:-1] or y.dim() == 0:
         if not diffs:
             output_distance(y_ref, y)  # raises: the outputs cannot be compared
@@ -344,12 +428,15 @@ def forward_check(
         modules.append(ref_module)
     inputs, described = forward_inputs(modules, seed)
     signal = run_pass(module, inputs, seed)
-    name, y, hidden = _run(module, inputs)
+    name, y, hidden, names = _run(module, inputs)
     result = ForwardResult(
         out_path, spec, ref_path, ref_spec, described, seed, signal.layers, name,
         tuple(y.shape), _std(y),
     )  # fmt: skip
     if ref_module is None:
         return result
-    ref_name, y_ref, ref_hidden = _run(ref_module, inputs)
-    return _compared(result, name, y, hidden, ref_name, y_ref, ref_hidden)
+    ref_name, y_ref, ref_hidden, _ = _run(ref_module, inputs)
+    # another class of model with another class count: another head (BertForTokenClassification
+    # against BertForMaskedLM), not a grown one (a vocabulary growth keeps the model's class)
+    other_head = type(module) is not type(ref_module) and y.shape[-1:] != y_ref.shape[-1:]
+    return _compared(result, name, y, hidden, ref_name, y_ref, ref_hidden, names, other_head)

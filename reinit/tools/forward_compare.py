@@ -69,11 +69,13 @@ def per_position_kl(ref: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
 
 
 def logit_stats(ref: torch.Tensor, out: torch.Tensor) -> LogitStats:
-    """The KL statistics and top-1 agreement of two logit tensors of the same positions."""
+    """The KL statistics and top-1 agreement of two logit tensors of the same positions. Top-1
+    is each model's argmax over all its own classes (the first n are the same ones): a class
+    only the wider head has that wins a position is a disagreement there."""
     kl = per_position_kl(ref, out)
     n = min(ref.shape[-1], out.shape[-1])
-    top_ref = ref[..., :n].argmax(-1).reshape(-1)
-    top_out = out[..., :n].argmax(-1).reshape(-1)
+    top_ref = ref.argmax(-1).reshape(-1)
+    top_out = out.argmax(-1).reshape(-1)
     q = torch.quantile(kl, torch.tensor([0.5, 0.99], dtype=kl.dtype))
     return LogitStats(
         kl_mean=float(kl.mean()),
@@ -95,16 +97,20 @@ def hidden_diff(layer: str, ref: torch.Tensor, out: torch.Tensor) -> LayerDiff:
     return LayerDiff(layer, cosine, rel)
 
 
-def layer_diffs(ref: Sequence[torch.Tensor], out: Sequence[torch.Tensor]) -> tuple[LayerDiff, ...]:
+def layer_diffs(
+    ref: Sequence[torch.Tensor], out: Sequence[torch.Tensor], names: Sequence[str] = ()
+) -> tuple[LayerDiff, ...]:
     """Each layer's hidden states compared (transformers' `hidden_states`: the embeddings'
-    output, then each block's); empty when the two models' states do not pair up."""
+    output, then each block's; `names` where they are not these, as a final norm's);
+    empty when the two models' states do not pair up."""
     if (
         not ref
         or len(ref) != len(out)
         or any(a.shape != b.shape for a, b in zip(ref, out, strict=True))
     ):
         return ()
-    names = ["embeddings", *(str(i) for i in range(len(ref) - 1))]
+    if len(names) != len(ref):
+        names = ["embeddings", *(str(i) for i in range(len(ref) - 1))]
     return tuple(hidden_diff(n, r, o) for n, r, o in zip(names, ref, out, strict=True))
 
 

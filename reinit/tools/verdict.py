@@ -37,21 +37,22 @@ __all__ = ["Replay", "Stage", "as_applied", "replay_of", "steps_from"]
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 
-from reinit.errors import ReinitError, SchemeError
+from reinit.errors import ReinitError, RuleError, SchemeError
 from reinit.io.checkpoint import Checkpoint, TensorRef
 from reinit.planning.config_ties import config_ties, resize_ties
 from reinit.planning.init_trace import AppliedInit
 from reinit.planning.model import ModelInput, ModelView, check_default, default_init
 from reinit.planning.planner import Plan, PlanEntry, check_model_needs, plan
-from reinit.planning.session import model_view
+from reinit.planning.session import model_view, resolve_rules
 from reinit.planning.surgery import Edited, edit_refs, mark_plan, parse_surgery
 from reinit.planning.ties import resolve_ties
 from reinit.report.entries import NOTE_CHANGED, NOTE_NEW, NOTE_SHAPE, TensorEntry
 from reinit.report.flags import kind_of
-from reinit.report.reference import RESIZED, SOURCE, UNRECORDED
+from reinit.report.reference import NOT_RE_READ, RESIZED, SOURCE, UNRECORDED
 from reinit.rules import Rule, parse_rules
 from reinit.run.entry import entry_for
 from reinit.run.record import RECORD_FORMAT, STEP_FORMAT, Provenance, recorded
@@ -96,6 +97,8 @@ class Replay:
     # the baseline names a replayed --drop removed: with a replayed surgery, or one that
     # gives OUT's tensors as a --format dcp output holds them (then set aside all the same)
     dropped: tuple[str, ...] = ()
+    # the config apply read its schemes' arguments from (scaled_normal's layers): the baseline's
+    config: Mapping[str, Any] | None = None
 
     def origin(self, name: str) -> str | None:
         """The baseline name OUT's `name` came from, followed back through every stage
@@ -143,7 +146,16 @@ def replay_of(
     stages, warnings, dropped = _surgery_on(steps, ckpt, base)
     surgery = not warnings and any(st.edited is not None for st in stages)
     view = model_view(model, ckpt) if model is not None else None
-    return Replay(record, stages, surgery, view, warnings, has_record, dropped)
+    config = _config_of(base) or _config_of(ckpt)
+    return Replay(record, stages, surgery, view, warnings, has_record, dropped, config)
+
+
+def _config_of(ckpt: Checkpoint) -> Mapping[str, Any] | None:
+    """A checkpoint's config.json; None when it cannot be read (as for the references)."""
+    try:
+        return ckpt.config()
+    except ReinitError:
+        return None
 
 
 def steps_from(record: Provenance, base: Provenance | None) -> tuple[Provenance, ...]:
@@ -387,7 +399,7 @@ def _planned(
     warnings: list[str] = []
     for i, stage in enumerate(replay.stages):
         try:
-            rules = parse_rules(stage.step.rules)
+            rules = _resolved(parse_rules(stage.step.rules), replay.config)
             the_plan = _plan_rules(stage.refs, rules, replay.view, ckpt, stage.tied)
         except ReinitError as e:
             warnings.append(_unplanned(ckpt, replay, i, e))
@@ -396,6 +408,15 @@ def _planned(
             the_plan = mark_plan(the_plan, stage.edited)
         plans.append({p.name: p for p in the_plan.entries})
     return plans, tuple(warnings)
+
+
+def _resolved(rules: Sequence[Rule], config: Mapping[str, Any] | None) -> Sequence[Rule]:
+    """The rules with the arguments apply read from the config (scaled_normal's layers), as
+    it drew them; as recorded where the config does not give them (apply had `--config`)."""
+    try:
+        return resolve_rules(rules, config)
+    except RuleError:
+        return rules
 
 
 def _plan_rules(
@@ -476,6 +497,8 @@ class _Judge:
         made = entry_for(p, e.after, e.before, e.source, e.notes, fans, self._applied(p))
         if made.action == "transplant" and made.is_float and made.transform is None:
             made = replace(made, reference=SOURCE, reference_std=e.after.std)
+        elif made.action == "transplant" and made.is_float:  # judged by apply, from its source
+            made = replace(made, reference=NOT_RE_READ, reference_std=None)
         return made
 
     def _applied(self, p: PlanEntry) -> AppliedInit | None:
