@@ -51,7 +51,8 @@ class ForwardResult:
     """What `forward_check` measured. `layers`: every leaf module's output std, in call order
     (the probe's hooks; `grad_std` is the probe's backward pass and is not shown by the CLI).
     With `against`: `max_abs_diff` over the compared outputs and `kl`, the mean over positions
-    of KL(P_against || P_output) in nats, P = softmax over the last dim (see `output_distance`)."""
+    of KL(P_against || P_output) in nats (from the narrower side when the class counts differ),
+    P = softmax over the last dim (see `output_distance`)."""
 
     output: str
     model: str

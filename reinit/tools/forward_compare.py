@@ -33,7 +33,8 @@ DIVERGENCE = 1e-2
 
 @dataclass(frozen=True)
 class LogitStats:
-    """KL(P_against ‖ P_output) in nats over positions, and how often the top token agrees."""
+    """KL(P_against ‖ P_output) in nats over positions (from the narrower side when the class
+    counts differ), and how often the top token agrees."""
 
     kl_mean: float
     kl_median: float
