@@ -25,6 +25,7 @@ def refuse_out_of_range(src: torch.Tensor, dtype: torch.dtype, where: str) -> No
     if dtype.is_floating_point or dtype.is_complex or dtype == torch.bool or src.numel() == 0:
         return
     info = torch.iinfo(dtype)
+    src = _wide(src)
     bad = src.isnan() if src.is_floating_point() else torch.zeros_like(src, dtype=torch.bool)
     if src.is_floating_point():
         bad |= (src < info.min) | (src > info.max) | src.isinf()
@@ -44,20 +45,46 @@ def refuse_out_of_range(src: torch.Tensor, dtype: torch.dtype, where: str) -> No
 
 
 def lossy_cast_note(src: torch.Tensor, cast: torch.Tensor) -> str | None:
-    """A note when casting changed any value (e.g. float32 -> bfloat16 rounding)."""
+    """A note when casting changed any value (e.g. float32 -> bfloat16 rounding), with how many
+    finite values fell outside the target's range: float16 makes them inf, float8_e4m3fn
+    saturates them at +-448 (it has no inf)."""
     if src.dtype == cast.dtype:
         return None
-    back = cast.to(src.dtype)
+    wide_src, back = _wide(src), _wide(cast.to(src.dtype))
     same = (
-        torch.equal(back, src)
-        if not src.is_floating_point()
-        else bool(((back == src) | (back.isnan() & src.isnan())).all())
+        torch.equal(back, wide_src)
+        if not wide_src.is_floating_point()
+        else bool(((back == wide_src) | (back.isnan() & wide_src.isnan())).all())
     )
     if same:
         return None
     note = f"lossy cast {dtype_name(src.dtype)} -> {dtype_name(cast.dtype)}"
     if src.is_floating_point() and cast.is_floating_point():
-        overflowed = int((cast.isinf() & src.isfinite()).sum())
-        if overflowed:
-            note += f"; {overflowed} values overflowed to inf"
+        note += _out_of_range(wide_src, _wide(cast), cast.dtype)
     return note
+
+
+def _out_of_range(src: torch.Tensor, cast: torch.Tensor, dtype: torch.dtype) -> str:
+    """'; N values overflowed to inf' (or to nan, or saturated at the largest value: float8_e4m3fn
+    has no inf) for the finite `src` values beyond what `dtype` holds; '' when none."""
+    out = src.isfinite() & ((src.abs() > torch.finfo(dtype).max) | ~cast.isfinite())
+    count = int(out.sum())
+    if not count:
+        return ""
+    got = cast[out]
+    if bool(got.isinf().all()):
+        return f"; {count} values overflowed to inf"
+    if bool(got.isnan().all()):
+        return f"; {count} values overflowed to nan"
+    top = torch.finfo(dtype).max
+    if bool((got.abs() == top).all()):
+        return f"; {count} values out of range saturated at +-{top:g}"
+    return f"; {count} values out of range of {dtype_name(dtype)} (saturated or not finite)"
+
+
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """`t` as float32 when it is a one-byte float (float8, e8m0): torch compares and tests
+    those for inf/nan in no kernel, and float32 holds each of their values exactly."""
+    if t.is_floating_point() and t.element_size() == 1:
+        return t.float()
+    return t

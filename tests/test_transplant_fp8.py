@@ -1,0 +1,65 @@
+"""from() between one-byte floats (float8_e4m3fn, float8_e5m2) and the other dtypes: each pair
+gives the source's values cast to the target's dtype, and an out-of-range value is named in the
+note (it was an internal error, exit 1: torch has no `isinf`/`<` kernel for float8)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers import run
+from safetensors.torch import load_file, save_file
+
+DTYPES = [torch.float8_e4m3fn, torch.float8_e5m2, torch.bfloat16, torch.float16, torch.float32]
+
+
+def _values() -> torch.Tensor:
+    return torch.randn(8, 8, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("src_dtype", DTYPES, ids=str)
+def test_every_dtype_pair_gives_the_cast_source(tmp_path, src_dtype):
+    source = _values().to(src_dtype)
+    save_file({"w": source}, tmp_path / "s.safetensors")
+    target = {f"t{i}": torch.zeros(8, 8, dtype=d) for i, d in enumerate(DTYPES)}
+    target["i"] = torch.zeros(8, 8, dtype=torch.int16)
+    save_file(target, tmp_path / "t.safetensors")
+    out = tmp_path / "o.safetensors"
+    res = run("apply", tmp_path / "t.safetensors", "-o", out, "-q",
+              "-r", f"*=from({tmp_path / 's.safetensors'}, key=w)")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    got = load_file(out)
+    for name, t in target.items():
+        assert got[name].dtype == t.dtype
+        assert torch.equal(got[name].float(), source.to(t.dtype).float()), name
+
+
+@pytest.mark.parametrize(
+    "dtype, note",
+    [
+        (torch.float8_e5m2, "2 values overflowed to inf"),
+        (torch.float8_e4m3fn, "2 values out of range saturated at +-448"),
+    ],
+    ids=str,
+)
+def test_a_value_past_a_float8_range_is_named(tmp_path, dtype, note):
+    save_file({"w": torch.zeros(4, dtype=dtype)}, tmp_path / "t.safetensors")
+    save_file({"w": torch.tensor([1.0, 1e6, -7e5, 2.0])}, tmp_path / "s.safetensors")
+    out = tmp_path / "o.safetensors"
+    res = run("apply", tmp_path / "t.safetensors", "-o", out, "--json",
+              "-r", f"w=from({tmp_path / 's.safetensors'})")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    notes = json.loads(res.stdout)["tensors"][0]["notes"]
+    assert any(n.startswith("lossy cast float32 -> ") and n.endswith(note) for n in notes), notes
+
+
+def test_a_float8_source_into_an_integer_refuses_what_does_not_fit(tmp_path):
+    save_file({"w": torch.zeros(3, dtype=torch.int8)}, tmp_path / "t.safetensors")
+    source = torch.tensor([1.0, 300.0, -2.0]).to(torch.float8_e4m3fn)
+    save_file({"w": source}, tmp_path / "s.safetensors")
+    out = tmp_path / "o.safetensors"
+    res = run("apply", tmp_path / "t.safetensors", "-o", out,
+              "-r", f"w=from({tmp_path / 's.safetensors'})")  # fmt: skip
+    assert res.exit_code == 2 and "1 source value(s) do not fit int8" in res.output, res.output
+    assert not out.exists()
