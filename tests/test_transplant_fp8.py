@@ -63,3 +63,27 @@ def test_a_float8_source_into_an_integer_refuses_what_does_not_fit(tmp_path):
               "-r", f"w=from({tmp_path / 's.safetensors'})")  # fmt: skip
     assert res.exit_code == 2 and "1 source value(s) do not fit int8" in res.output, res.output
     assert not out.exists()
+
+
+@pytest.mark.parametrize("part", ["rows=6:8", "cols=random(0.5), group=g"])
+def test_a_partial_reinit_of_a_float8_tensor_keeps_the_rest_byte_for_byte(tmp_path, part):
+    """`rows=`/`cols=` on a float8 tensor (drop-upcycling an fp8 MoE) was an internal error:
+    torch has no index_copy for float8. The part gets the whole-tensor draw's values there."""
+    before = _values().to(torch.float8_e4m3fn)
+    save_file({"w": before}, tmp_path / "t.safetensors")
+    whole, out = tmp_path / "whole.safetensors", tmp_path / "o.safetensors"
+    assert run("apply", tmp_path / "t.safetensors", "-o", whole, "-q",
+               "-r", "w=normal(std=0.02)").exit_code == 0  # fmt: skip
+    res = run("apply", tmp_path / "t.safetensors", "-o", out, "-q",
+              "-r", f"w=normal(std=0.02, {part})")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    got, drawn = (load_file(p)["w"].view(torch.uint8) for p in (out, whole))
+    old = before.view(torch.uint8)
+    dim = 0 if part.startswith("rows") else 1
+    changed = (got != old).any(dim=1 - dim)
+    assert changed.sum() >= 2  # rows 6, 7 / about half the columns were drawn again
+    kept = changed.logical_not()
+    assert torch.equal(got.index_select(dim, kept.nonzero().flatten()),
+                       old.index_select(dim, kept.nonzero().flatten()))  # fmt: skip
+    picked = changed.nonzero().flatten()
+    assert torch.equal(got.index_select(dim, picked), drawn.index_select(dim, picked))
