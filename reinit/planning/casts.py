@@ -26,22 +26,30 @@ def refuse_out_of_range(src: torch.Tensor, dtype: torch.dtype, where: str) -> No
         return
     info = torch.iinfo(dtype)
     src = _wide(src)
-    bad = src.isnan() if src.is_floating_point() else torch.zeros_like(src, dtype=torch.bool)
-    if src.is_floating_point():
-        bad |= (src < info.min) | (src > info.max) | src.isinf()
-    elif src.dtype == torch.uint64:  # above int64's max its int64 view is negative
-        wide = src.view(torch.int64)
-        bad |= (wide < 0) | (wide > info.max)
-    elif src.dtype != torch.bool:
-        wide = src.to(torch.int64)
-        bad |= (wide < info.min) | (wide > info.max)
-    count = int(bad.sum())
+    count = int(_not_fitting(src, info).sum())
     if count:
         raise TransplantError(
             f"{where}: {count} source value(s) do not fit {dtype_name(dtype)} "
             f"[{info.min}, {info.max}] (or are not finite) and would wrap around; convert the "
             "source first, or transplant into a tensor of a wider dtype"
         )
+
+
+def _not_fitting(src: torch.Tensor, info: torch.iinfo) -> torch.Tensor:
+    """Where `src`'s values do not fit the integer type `info` describes. Bounds are compared
+    where they are exact: a float against 2**k (int32's max + 1 is 2**31, which float32 holds,
+    where 2**31 - 1 rounds up and let 2**31 through to wrap), an integer in int64 unless the
+    bound is uint64's max, which int64 cannot hold (every value was counted as not fitting)."""
+    if src.is_floating_point():
+        return src.isnan() | src.isinf() | (src < info.min) | (src >= float(info.max) + 1.0)
+    if src.dtype == torch.bool:
+        return torch.zeros_like(src)
+    big = info.max >= 2**63  # uint64: only a negative value misses
+    if src.dtype == torch.uint64:  # above int64's max its int64 view is negative
+        wide = src.view(torch.int64)
+        return torch.zeros_like(src, dtype=torch.bool) if big else (wide < 0) | (wide > info.max)
+    wide = src.to(torch.int64)
+    return wide < info.min if big else (wide < info.min) | (wide > info.max)
 
 
 def lossy_cast_note(src: torch.Tensor, cast: torch.Tensor) -> str | None:

@@ -1,4 +1,4 @@
-"""from() between one-byte floats (float8_e4m3fn, float8_e5m2) and the other dtypes: each pair
+"""from() across dtypes: between one-byte floats (float8_e4m3fn, float8_e5m2) and the other dtypes: each pair
 gives the source's values cast to the target's dtype, and an out-of-range value is named in the
 note (it was an internal error, exit 1: torch has no `isinf`/`<` kernel for float8)."""
 
@@ -87,3 +87,40 @@ def test_a_partial_reinit_of_a_float8_tensor_keeps_the_rest_byte_for_byte(tmp_pa
                        old.index_select(dim, kept.nonzero().flatten()))  # fmt: skip
     picked = changed.nonzero().flatten()
     assert torch.equal(got.index_select(dim, picked), drawn.index_select(dim, picked))
+
+
+@pytest.mark.parametrize(
+    "src_dtype", [torch.uint64, torch.int64, torch.uint8, torch.float32], ids=str
+)
+def test_a_uint64_target_takes_the_values_that_fit_it(tmp_path, src_dtype):
+    """uint64's max does not fit int64, in which the bound was compared: every source value,
+    0 included, was 'not fitting uint64' (exit 2), even a plain uint64 -> uint64 copy."""
+    source = torch.tensor([0, 3, 255]).to(src_dtype)
+    save_file({"w": source}, tmp_path / "s.safetensors")
+    save_file({"w": torch.zeros(3, dtype=torch.uint64)}, tmp_path / "t.safetensors")
+    out = tmp_path / "o.safetensors"
+    res = run("apply", tmp_path / "t.safetensors", "-o", out, "-q",
+              "-r", f"w=from({tmp_path / 's.safetensors'})")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert load_file(out)["w"].tolist() == [0, 3, 255]
+
+
+@pytest.mark.parametrize(
+    "source, dtype",
+    [
+        (torch.tensor([2.0**31]), torch.int32),  # float32 rounds int32's max up to 2**31
+        (torch.tensor([2.0**63], dtype=torch.float64), torch.int64),
+        (torch.tensor([-1], dtype=torch.int64), torch.uint64),
+    ],
+    ids=["2**31-int32", "2**63-int64", "-1-uint64"],
+)
+def test_a_value_just_past_an_integer_range_is_refused_not_wrapped(tmp_path, source, dtype):
+    """2**31 in float32 compared equal to int32's max (2**31 - 1, rounded up to float32) and was
+    written as -2**31."""
+    save_file({"w": source}, tmp_path / "s.safetensors")
+    save_file({"w": torch.zeros(1, dtype=dtype)}, tmp_path / "t.safetensors")
+    out = tmp_path / "o.safetensors"
+    res = run("apply", tmp_path / "t.safetensors", "-o", out,
+              "-r", f"w=from({tmp_path / 's.safetensors'})")  # fmt: skip
+    assert res.exit_code == 2 and "1 source value(s) do not fit" in res.output, res.output
+    assert not out.exists()
