@@ -1,6 +1,8 @@
-"""from() across dtypes: between one-byte floats (float8_e4m3fn, float8_e5m2) and the other dtypes: each pair
-gives the source's values cast to the target's dtype, and an out-of-range value is named in the
-note (it was an internal error, exit 1: torch has no `isinf`/`<` kernel for float8)."""
+"""Values as the rules say across dtypes: from() between one-byte floats (float8_e4m3fn,
+float8_e5m2) and the other dtypes gives the source's values cast to the target's dtype (it was
+an internal error: torch has no `isinf`/`<` kernel for float8), an out-of-range value is named in
+the note or refused for an integer target, and `mean_resize` as a rule gives what `--resize`
+gives (a bias too)."""
 
 from __future__ import annotations
 
@@ -124,3 +126,26 @@ def test_a_value_just_past_an_integer_range_is_refused_not_wrapped(tmp_path, sou
               "-r", f"w=from({tmp_path / 's.safetensors'})")  # fmt: skip
     assert res.exit_code == 2 and "1 source value(s) do not fit" in res.output, res.output
     assert not out.exists()
+
+
+def test_the_mean_resize_rule_gives_what_resize_gives_a_bias(tmp_path):
+    """The report of `--resize b=[48]` names the scheme `mean_resize(old_rows=40)`, and the docs
+    say that rule gives the same values on the grown tensor; on a 1-D tensor (an LM head's bias)
+    the rule was refused ('needs a 2-D tensor')."""
+    g = torch.Generator().manual_seed(0)
+    save_file({"b": torch.randn(40, generator=g), "w": torch.randn(40, 4, generator=g)},
+              tmp_path / "s.safetensors")  # fmt: skip
+    grown, again = tmp_path / "grown.safetensors", tmp_path / "again.safetensors"
+    res = run("apply", tmp_path / "s.safetensors", "-o", grown, "--json",
+              "--resize", "b=[48]", "--resize", "w=[48,*]")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    schemes = {t["name"]: t["scheme"] for t in json.loads(res.stdout)["tensors"]}
+    assert schemes == {"b": "mean_resize(old_rows=40)", "w": "mean_resize(old_rows=40)"}
+    res = run("apply", grown, "-o", again, "-q",
+              "-r", "b=mean_resize(old_rows=40)", "-r", "w=mean_resize(old_rows=40)")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    a, b = load_file(grown), load_file(again)
+    assert torch.equal(a["b"], b["b"]) and torch.equal(a["w"], b["w"])
+    source = load_file(tmp_path / "s.safetensors")["b"]
+    assert torch.equal(a["b"][:40], source)
+    assert torch.allclose(a["b"][40:], source.mean().expand(8), rtol=0, atol=1e-6)
