@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import run
-from hubcache import seed_repo, st_bytes
+from hubcache import C2, seed_repo, st_bytes
 from safetensors.torch import load_file, save_file
 
 S1, S2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
@@ -111,3 +111,37 @@ def test_hub_errors_from_a_server(fake_hub, work, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_bad")
     msg = assert_failed_cleanly(apply("hf://acme/private", "-r", "*=zeros"), work)
     assert "401" in msg and "HF_TOKEN" in msg
+
+
+def _gone(snapshot_file: Path) -> None:
+    """What a cache cleaned by hand leaves: the snapshot's link, its blob deleted."""
+    snapshot_file.resolve().unlink()
+    assert snapshot_file.is_symlink() and not snapshot_file.exists()
+
+
+@pytest.mark.parametrize("as_source", [True, False])
+def test_a_cached_file_whose_blob_is_gone_says_so(offline, tmp_path, work, as_source):
+    """A single-file repo whose model.safetensors link leads to a deleted blob: it said 'no model
+    weights found' (exit 2), as if the repo held none; now exit 1 naming the file and the fix."""
+    snapshot = seed_repo(
+        offline,
+        "acme/tiny",
+        {"model.safetensors": st_bytes(tmp_path, {"w": torch.ones(2)}), "config.json": b"{}"},
+    )
+    _gone(snapshot / "model.safetensors")
+    if as_source:
+        save_file({"w": torch.zeros(2)}, tmp_path / "t.safetensors")
+        out = work / "o.safetensors"
+        res = apply(str(tmp_path / "t.safetensors"), "-o", str(out), "-r", "w=from(hf://acme/tiny)")
+    else:
+        res = apply("hf://acme/tiny", "-r", "*=zeros")
+    line = assert_failed_cleanly(res, work, "hf://acme/tiny", "model.safetensors")
+    assert "no longer there" in line and "hf download acme/tiny model.safetensors" in line
+
+
+def test_a_shard_whose_blob_is_gone_says_so(offline, tmp_path, work):
+    sharded(offline, tmp_path)
+    _gone(offline / "hub" / "models--acme--sharded" / "snapshots" / C2 / S2)
+    res = apply("hf://acme/sharded", "-r", "*=zeros")
+    line = assert_failed_cleanly(res, work, "hf://acme/sharded", S2)
+    assert "no longer there" in line

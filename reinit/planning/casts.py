@@ -25,16 +25,8 @@ def refuse_out_of_range(src: torch.Tensor, dtype: torch.dtype, where: str) -> No
     if dtype.is_floating_point or dtype.is_complex or dtype == torch.bool or src.numel() == 0:
         return
     info = torch.iinfo(dtype)
-    bad = src.isnan() if src.is_floating_point() else torch.zeros_like(src, dtype=torch.bool)
-    if src.is_floating_point():
-        bad |= (src < info.min) | (src > info.max) | src.isinf()
-    elif src.dtype == torch.uint64:  # above int64's max its int64 view is negative
-        wide = src.view(torch.int64)
-        bad |= (wide < 0) | (wide > info.max)
-    elif src.dtype != torch.bool:
-        wide = src.to(torch.int64)
-        bad |= (wide < info.min) | (wide > info.max)
-    count = int(bad.sum())
+    src = _wide(src)
+    count = int(_not_fitting(src, info).sum())
     if count:
         raise TransplantError(
             f"{where}: {count} source value(s) do not fit {dtype_name(dtype)} "
@@ -43,21 +35,64 @@ def refuse_out_of_range(src: torch.Tensor, dtype: torch.dtype, where: str) -> No
         )
 
 
+def _not_fitting(src: torch.Tensor, info: torch.iinfo) -> torch.Tensor:
+    """Where `src`'s values do not fit the integer type `info` describes. Bounds are compared
+    where they are exact: a float against 2**k (int32's max + 1 is 2**31, which float32 holds,
+    where 2**31 - 1 rounds up and let 2**31 through to wrap), an integer in int64 unless the
+    bound is uint64's max, which int64 cannot hold (every value was counted as not fitting)."""
+    if src.is_floating_point():
+        return src.isnan() | src.isinf() | (src < info.min) | (src >= float(info.max) + 1.0)
+    if src.dtype == torch.bool:
+        return torch.zeros_like(src)
+    big = info.max >= 2**63  # uint64: only a negative value misses
+    if src.dtype == torch.uint64:  # above int64's max its int64 view is negative
+        wide = src.view(torch.int64)
+        return torch.zeros_like(src, dtype=torch.bool) if big else (wide < 0) | (wide > info.max)
+    wide = src.to(torch.int64)
+    return wide < info.min if big else (wide < info.min) | (wide > info.max)
+
+
 def lossy_cast_note(src: torch.Tensor, cast: torch.Tensor) -> str | None:
-    """A note when casting changed any value (e.g. float32 -> bfloat16 rounding)."""
+    """A note when casting changed any value (e.g. float32 -> bfloat16 rounding), with how many
+    finite values fell outside the target's range: float16 makes them inf, float8_e4m3fn
+    saturates them at +-448 (it has no inf)."""
     if src.dtype == cast.dtype:
         return None
-    back = cast.to(src.dtype)
+    wide_src, back = _wide(src), _wide(cast.to(src.dtype))
     same = (
-        torch.equal(back, src)
-        if not src.is_floating_point()
-        else bool(((back == src) | (back.isnan() & src.isnan())).all())
+        torch.equal(back, wide_src)
+        if not wide_src.is_floating_point()
+        else bool(((back == wide_src) | (back.isnan() & wide_src.isnan())).all())
     )
     if same:
         return None
     note = f"lossy cast {dtype_name(src.dtype)} -> {dtype_name(cast.dtype)}"
     if src.is_floating_point() and cast.is_floating_point():
-        overflowed = int((cast.isinf() & src.isfinite()).sum())
-        if overflowed:
-            note += f"; {overflowed} values overflowed to inf"
+        note += _out_of_range(wide_src, _wide(cast), cast.dtype)
     return note
+
+
+def _out_of_range(src: torch.Tensor, cast: torch.Tensor, dtype: torch.dtype) -> str:
+    """'; N values overflowed to inf' (or to nan, or saturated at the largest value: float8_e4m3fn
+    has no inf) for the finite `src` values beyond what `dtype` holds; '' when none."""
+    out = src.isfinite() & ((src.abs() > torch.finfo(dtype).max) | ~cast.isfinite())
+    count = int(out.sum())
+    if not count:
+        return ""
+    got = cast[out]
+    if bool(got.isinf().all()):
+        return f"; {count} values overflowed to inf"
+    if bool(got.isnan().all()):
+        return f"; {count} values overflowed to nan"
+    top = torch.finfo(dtype).max
+    if bool((got.abs() == top).all()):
+        return f"; {count} values out of range saturated at +-{top:g}"
+    return f"; {count} values out of range of {dtype_name(dtype)} (saturated or not finite)"
+
+
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """`t` as float32 when it is a one-byte float (float8, e8m0): torch compares and tests
+    those for inf/nan in no kernel, and float32 holds each of their values exactly."""
+    if t.is_floating_point() and t.element_size() == 1:
+        return t.float()
+    return t

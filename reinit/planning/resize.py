@@ -34,7 +34,7 @@ from reinit.io.formats import dtype_name, dtype_size
 from reinit.limits import MAX_TENSOR_BYTES, declared_bytes
 from reinit.rules import Action, Pattern, Rule, parse_action
 from reinit.schemes import KEEP, BoundScheme, bind_scheme, generate, seed_for
-from reinit.schemes.transformer import MEAN_RESIZE_EPS, mean_resize_rows
+from reinit.schemes.transformer import mean_resize_values
 
 __all__ = [
     "MEAN_RESIZE",
@@ -281,11 +281,5 @@ def _mean_rows(kept: torch.Tensor, r: Resized, seed: int, device: str) -> torch.
     work = torch.float64 if kept.dtype == torch.float64 else torch.float32
     g = torch.Generator(device=device).manual_seed(seed_for(seed, r.seed_name))
     rows = kept.to(device=device, dtype=work)
-    extra = r.shape[0] - r.old[0]
-    if rows.dim() == 2:
-        new = mean_resize_rows(rows, extra, g)
-    else:  # transformers' lm_head bias: N(mean, (1e-9·std)²)
-        std = rows.std() if rows.numel() > 1 else torch.zeros((), dtype=work, device=device)
-        z = torch.randn((extra,), generator=g, dtype=work, device=device)
-        new = rows.mean() + MEAN_RESIZE_EPS * std * z
+    new = mean_resize_values(rows, r.shape[0] - r.old[0], g)
     return new.to(device="cpu", dtype=kept.dtype)

@@ -143,6 +143,7 @@ def resolve_output(
             f"folder whole and never a link: give -o {os.path.realpath(path)}/"
         )
     inputs = inputs if inputs is not None else Inputs.of([source])
+    _refuse_over_a_from_source(path, source, inputs)
     if ckpt.kind == "model":  # `reinit new`, which has no --in-place to suggest
         _refuse_new_into_its_config_folder(path, inputs)
     check_output(path, fmt, inputs=inputs, overwrite=overwrite, in_place=in_place)
@@ -207,6 +208,19 @@ def refuse_lossy_in_place(source: str, ckpt: Checkpoint, spec: OutputSpec) -> No
     raise OutputError(
         f"--in-place: {source} holds {shown} besides the weights; the output holds the state "
         "dict's tensors alone and would lose them: give -o for a new file"
+    )
+
+
+def _refuse_over_a_from_source(path: Path, source: str, inputs: Inputs) -> None:
+    """-o naming (or inside) a `from()` source, not the run's own source, was refused as "is the
+    source; pass --in-place", which would rewrite the other file; say which input it is."""
+    owner = inputs.owner(path)
+    if owner is None or is_hf_url(source) or owner == Path(source).resolve():
+        return
+    where = "is" if owner == path.resolve() else "is inside"
+    raise OutputError(
+        f"-o {path}: {where} {owner}, a from() source this run reads; pick another -o (copy "
+        "the source elsewhere first to write the output over it)"
     )
 
 

@@ -126,6 +126,9 @@ def apply_part(
     """`before` with the indices `idx` along `dim` taken from `drawn`."""
     if before.dim() <= dim:
         raise SchemeError(f"{'cols' if dim else 'rows'}= needs a tensor with {dim + 1}+ dims")
-    out = before.clone()
-    out.index_copy_(dim, idx, drawn.to(before.dtype).index_select(dim, idx))
+    out, new = before.clone(), drawn.to(before.dtype)
+    if out.is_floating_point() and out.element_size() == 1:  # float8: no index_copy kernel,
+        out.view(torch.uint8).index_copy_(dim, idx, new.view(torch.uint8).index_select(dim, idx))
+        return out  # so its bytes are copied
+    out.index_copy_(dim, idx, new.index_select(dim, idx))
     return out

@@ -81,18 +81,31 @@ def mean_resize_rows(old: torch.Tensor, new_rows: int, g: torch.Generator) -> to
     return mean + z @ chol.T
 
 
+def mean_resize_values(old: torch.Tensor, new_rows: int, g: torch.Generator) -> torch.Tensor:
+    """`mean_resize_rows` for a 2-D `old`; for a 1-D one (an LM head's bias, as transformers
+    resizes it) N(mean, (1e-9·std)²) of its values."""
+    if old.dim() == 2:
+        return mean_resize_rows(old, new_rows, g)
+    std = old.std() if old.numel() > 1 else torch.zeros((), dtype=old.dtype, device=old.device)
+    z = torch.randn((new_rows,), generator=g, dtype=old.dtype, device=old.device)
+    return old.mean() + MEAN_RESIZE_EPS * std * z
+
+
 def _mean_resize_fill(t: torch.Tensor, g: torch.Generator, args: Args, ctx: FillContext) -> None:
     if ctx.before is None:
         raise SchemeError("mean_resize needs the tensor's current values")
     n = args["old_rows"]
     old = ctx.before[:n].to(t.dtype)
     t[:n] = old
-    t[n:] = mean_resize_rows(old, t.shape[0] - n, g)
+    t[n:] = mean_resize_values(old, t.shape[0] - n, g)
 
 
 def _mean_resize_can_take(shape: Shape, args: Args) -> str | None:
-    if len(shape) != 2:
-        return f"mean_resize needs a 2-D tensor (rows × dim); this one is {len(shape)}-D"
+    if len(shape) not in (1, 2):
+        return (
+            "mean_resize needs a 2-D tensor (rows × dim) or a 1-D one (a bias); this one is "
+            f"{len(shape)}-D"
+        )
     if args["old_rows"] >= shape[0]:
         return (
             f"mean_resize(old_rows={args['old_rows']}) needs more than {args['old_rows']} rows; "
@@ -137,7 +150,8 @@ TRANSFORMER_SCHEMES: tuple[Scheme, ...] = (
         lambda s, a: None,
         "none (kept rows unchanged; new rows ≈ the old rows' mean, spread √1e-9·σ)",
         "transformers ≥ 4.46 resize: keep the first old_rows rows, draw the rest from "
-        "MVN(μ, 1e-9·Σ) of them (μ itself when that is not positive definite)",
+        "MVN(μ, 1e-9·Σ) of them (μ itself when that is not positive definite); a 1-D tensor: "
+        "N(mean, (1e-9·std)²) of its first old_rows",
         can_take=_mean_resize_can_take,
         fill_ctx=_mean_resize_fill,
         needs_before=True,

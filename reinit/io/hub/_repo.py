@@ -170,6 +170,7 @@ class HubRepo(HubMessages):
         except HubStalled as exc:
             raise self._stalled(exc, f"downloading '{name}'") from None
         except (Exception, RetryBudgetSpent) as exc:
+            self._refuse_dangling(name)
             raise self._error(exc, filename=name) from None
         if not os.path.isfile(path):  # a FIFO or device planted in the cache is never opened
             raise UnsafePathError(
@@ -181,6 +182,17 @@ class HubRepo(HubMessages):
         rel = f"{self.ref.subfolder}/{name}" if self.ref.subfolder else name
         local_file(self._confined_snapshot(), rel, self.display, "holds")
         return pathlib.Path(path)
+
+    def _refuse_dangling(self, name: str) -> None:
+        """A cached file whose link leads to a blob no longer there (a cache cleaned by hand, a
+        disk that filled up): offline, say so and how to get it back, not 'no weights'."""
+        rel = f"{self.ref.subfolder}/{name}" if self.ref.subfolder else name
+        pointer = self._snapshot_dir() / rel
+        if self._offline and os.path.islink(pointer) and not os.path.exists(pointer):
+            raise HubError(
+                f"{self.display}: the cached {name} ({pointer}) is a link to a file that is no "
+                f"longer there; delete the link and run once online or {self._download_hint(name)}"
+            )
 
     def _confined_snapshot(self) -> pathlib.Path:
         """The snapshot folder, refused when it (or `snapshots/`) is a link out of its repo's
@@ -318,7 +330,9 @@ class HubRepo(HubMessages):
         for root, _dirs, names in os.walk(snapshot):
             for n in names:
                 full = os.path.join(root, n)
-                if os.path.isfile(full):  # follows the blob symlink; skips dangling ones
+                # follows the blob symlink; a dangling one is listed, so that fetching it
+                # says the blob is gone (`_refuse_dangling`) instead of 'no weights here'
+                if os.path.isfile(full) or (os.path.islink(full) and not os.path.exists(full)):
                     rel = pathlib.Path(full).relative_to(snapshot).as_posix()
                     if not hidden(rel):
                         files.append(rel)
