@@ -237,7 +237,8 @@ def test_mean_resize_in_apply_and_its_limits(tmp_path):
     src = tmp_path / "m.safetensors"
     torch.manual_seed(3)
     emb = torch.randn(40, 16).to(torch.bfloat16)
-    save_file({"emb.weight": emb, "ln.weight": torch.ones(16)}, src)
+    conv = torch.randn(16, 2, 3)
+    save_file({"emb.weight": emb, "ln.weight": torch.ones(16), "conv.weight": conv}, src)
     rep = reinit.apply(src, ["emb.weight=mean_resize(old_rows=30)"], default_report=False)
     new = load_file(tmp_path / "m.reinit.safetensors")["emb.weight"]
     assert torch.equal(new[:30], emb[:30])
@@ -247,8 +248,9 @@ def test_mean_resize_in_apply_and_its_limits(tmp_path):
     with pytest.raises(RuleError, match="needs more than 40 rows"):
         reinit.plan(src, ["emb.weight=mean_resize(40)"])
     by = {e.name: e for e in reinit.plan(src, ["*.weight=mean_resize(8)"]).entries}
-    assert by["ln.weight"].action == "skipped" and "2-D" in by["ln.weight"].reason
-    assert by["emb.weight"].action == "reinit"
+    assert by["conv.weight"].action == "skipped" and "3-D" in by["conv.weight"].reason
+    # a 1-D tensor (a bias, as --resize fills one) takes it: N(mean, (1e-9·std)²) of its rows
+    assert by["emb.weight"].action == by["ln.weight"].action == "reinit"
 
 
 # --- bias prior, delta-orthogonal, copy --------------------------------------------------
