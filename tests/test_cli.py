@@ -309,23 +309,33 @@ def test_a_dry_run_refuses_the_flags_the_run_refuses(ckpt, tmp_path, flags):
         assert planned.exit_code == 2 and flags[0] in planned.stderr, planned.output
 
 
-@pytest.mark.parametrize("option", ["--report", "--plot"])
-@pytest.mark.parametrize("exists", [False, True])
-def test_a_report_or_plot_inside_a_folder_output_is_refused_up_front(
-    ckpt, tmp_path, option, exists
+@pytest.mark.parametrize("output", ["out.json", "-", ""], ids=["suffix", "dash", "empty"])
+def test_a_dry_run_refuses_an_output_the_run_refuses_by_its_name(
+    ckpt, tmp_path, monkeypatch, output
 ):
-    """`-o out/ --report out/x.md` ran the whole job and then failed with exit 1, 'cannot write:
-    No such file or directory' (the folder is written whole, then renamed into place; with
-    `--overwrite`, an earlier output was replaced under the report). Exit 2 before any work."""
-    out = tmp_path / "out"
-    if exists:
-        assert run("apply", str(ckpt), "-r", "*=zeros", "-o", f"{out}/", "-q").exit_code == 0
-    before = sorted(p.name for p in tmp_path.rglob("*"))
-    side = out / ("x.md" if option == "--report" else "p.png")
-    r = run("apply", str(ckpt), "-r", "*=ones", "-o", f"{out}/", "--overwrite", option, str(side))
-    assert r.exit_code == 2, r.output
-    assert r.stderr.startswith(f"error: {option} {side}: lies inside the output folder"), r.stderr
-    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    """`-o out.json` (no checkpoint format), `-o -` and `-o ""` are refused by the run (exit
+    2) from their text alone, but `--dry-run` said yes to them (exit 0), so a dry run as a
+    pre-flight check passed a command that then failed. The same line from apply, new and a
+    recipe's dry run; nothing written."""
+    from transformers import BertConfig
+
+    BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+               vocab_size=20).save_pretrained(tmp_path / "bert")  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    real = run("apply", str(ckpt), "-r", "*=zeros", "-o", output)
+    assert real.exit_code == 2 and real.stderr.startswith("error: -o "), real.output
+    dry = run("apply", str(ckpt), "-r", "*=zeros", "-o", output, "--dry-run")
+    assert (dry.exit_code, dry.stderr) == (2, real.stderr)
+    new = run("new", str(tmp_path / "bert"), "-o", output, "--dry-run")
+    assert (new.exit_code, new.stderr) == (2, real.stderr)
+    names = ["bert", "model.safetensors"]
+    if output:  # a recipe's empty output is refused as a recipe value, its own line
+        recipe = f"source: {ckpt}\noutput: '{output}'\nrules: ['*=zeros']\n"
+        (tmp_path / "r.yaml").write_text(recipe)
+        planned = run("run", "r.yaml", "--dry-run")
+        assert (planned.exit_code, planned.stderr) == (2, real.stderr), planned.output
+        names.append("r.yaml")
+    assert sorted(p.name for p in tmp_path.iterdir()) == names
 
 
 @pytest.mark.parametrize(

@@ -54,6 +54,7 @@ from reinit.run.output import (
     OutputSpec,
     check_format_name,
     check_no_stale_shards,
+    check_output_form,
     check_unread_names,
     default_output,
     output_files,
@@ -267,8 +268,9 @@ def _default_shard_folder(source: str, ckpt: Checkpoint) -> str | None:
 def check_run_flags(output: StrPath | None, o: ApplyOptions) -> None:
     """The flags a run checks before any work, checked for a dry run: it writes nothing, and
     once said yes (exit 0) to `--max-shard-size nan`, `--dtype int8`, `--format bogus`,
-    `--report r.txt`, `--reference-tolerance 0` or `--device tpu`, which the run then refused
-    (exit 2)."""
+    `--report r.txt`, `--reference-tolerance 0`, `--device tpu` or `-o out.json`, which the
+    run then refused (exit 2). Whether the output exists, or its folder, is the run's question."""
+    check_output_form(output)
     OutputRequest.of(output, o)
     check_format_name(o.format)
     check_tolerance(o.reference_tolerance)

@@ -8,6 +8,7 @@ __all__ = [
     "OutFile",
     "OutputSpec",
     "check_format_name",
+    "check_output_form",
     "check_unread_names",
     "default_output",
     "output_files",
@@ -98,6 +99,30 @@ def default_output(source: str, ckpt: Checkpoint) -> Path:
     return p.with_name(p.stem + ".reinit.safetensors")
 
 
+def check_output_form(output: str | os.PathLike[str] | None) -> None:
+    """`-o` refused by its text alone, before any work (and by a dry run, which reads no
+    output): empty, `-`, or a file name whose suffix is no checkpoint format."""
+    if output is None:
+        return
+    text = os.fspath(output)
+    if text == "":  # "." to pathlib: the current folder
+        raise OutputError(
+            "-o '': the output path is empty (an unset variable?); give a file or a folder"
+        )
+    if text == "-":  # a folder named `-`, once
+        raise OutputError(
+            "-o -: a checkpoint is written to a path, never to stdout; give a file or a folder "
+            "(a folder named '-' is -o ./-/)"
+        )
+    suffix = Path(text).suffix.lower()
+    slash = text.endswith(("/", os.sep))
+    if not slash and suffix in FILE_SUFFIXES and not Path(text).is_dir():
+        raise OutputError(  # `-o out.json` once wrote a folder named out.json/
+            f"-o {text}: {suffix} is not a checkpoint format (use .safetensors, "
+            f"{', '.join(TORCH_SUFFIXES)}); for a folder of that name write {text}/"
+        )
+
+
 def resolve_output(
     source: str,
     ckpt: Checkpoint,
@@ -111,15 +136,7 @@ def resolve_output(
     input without `--in-place`, or exists without `--overwrite` (see `reinit.io.targets`)."""
     if output is None and ckpt.kind == "memory":
         raise OutputError(f"{source}: an in-memory checkpoint has no default output; give -o")
-    if output is not None and os.fspath(output) == "":  # "." to pathlib: the current folder
-        raise OutputError(
-            "-o '': the output path is empty (an unset variable?); give a file or a folder"
-        )
-    if output is not None and os.fspath(output) == "-":  # a folder named `-`, once
-        raise OutputError(
-            "-o -: a checkpoint is written to a path, never to stdout; give a file or a folder "
-            "(a folder named '-' is -o ./-/)"
-        )
+    check_output_form(output)
     if in_place:
         _refuse_cache_in_place(source)
         _refuse_other_in_place_target(source, output)
@@ -128,13 +145,6 @@ def resolve_output(
     path = Path(output) if output is not None else default_output(source, ckpt)
     text = os.fspath(output) if output is not None else os.fspath(path)
     fmt = "directory" if text.endswith(("/", os.sep)) else output_format(text)
-    suffix = Path(text).suffix.lower()
-    slash = text.endswith(("/", os.sep))
-    if fmt == "directory" and suffix in FILE_SUFFIXES and not slash and not path.is_dir():
-        raise OutputError(  # `-o out.json` once wrote a folder named out.json/
-            f"-o {text}: {suffix} is not a checkpoint format (use .safetensors, "
-            f"{', '.join(TORCH_SUFFIXES)}); for a folder of that name write {text}/"
-        )
     if path.is_dir() and fmt != "directory":
         raise OutputError(f"-o {path}: is a directory; give a file name or a directory form")
     if fmt == "directory" and path.is_symlink() and not in_place:  # found only when publishing
