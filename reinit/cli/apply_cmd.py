@@ -28,7 +28,7 @@ __all__ = ["apply"]
 
 RULE_HELP = "Repeatable; the last matching rule wins."
 OUTPUT_HELP = (
-    "Output file (.safetensors, .bin/.pt) or directory (a trailing /). Default: "
+    "Output file (.safetensors, .bin/.pt/.pth/.ckpt) or directory (a trailing /). Default: "
     "X.reinit.safetensors beside a file X.safetensors, D-reinit/ beside a directory D, "
     "./NAME-reinit/ for hf://OWNER/NAME."
 )
