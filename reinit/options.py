@@ -267,8 +267,8 @@ class ApplyOptions:
         default="",
         metadata=option_meta(
             OptionMeta(
-                help="The dotted path of the state dict inside a torch training checkpoint "
-                "(e.g. model_state_dict); default: a well-known nest found by itself.",
+                help="The dotted path of the state dict inside a torch training checkpoint or "
+                "DCP directory (e.g. model_state_dict); default: a well-known nest found by itself.",
                 flags=("--key",),
                 metavar="PATH",
                 recipe="str",

@@ -99,7 +99,7 @@ def fail_on_flags(value: str | None) -> frozenset[str]:
     "--key",
     default="",
     metavar="PATH",
-    help="The dotted path of the state dict inside a torch training checkpoint.",
+    help="The dotted path of the state dict inside a torch training checkpoint or DCP directory.",
 )
 @unsafe_pickle_option()
 @by_option()
@@ -331,7 +331,7 @@ def _inspect_lines(rows: Sequence[InspectRow], cols: int) -> Iterator[str]:
     "--key",
     default="",
     metavar="PATH",
-    help="The dotted path of the state dict inside a torch training checkpoint.",
+    help="The dotted path of the state dict inside a torch training checkpoint or DCP directory.",
 )
 def inspect(source: str, pattern: str | None, stats: bool, as_json: bool, key: str) -> None:
     """List the tensors of a checkpoint: name, shape, dtype, size (and statistics)."""
