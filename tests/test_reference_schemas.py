@@ -1,7 +1,8 @@
 """docs/reference.md's JSON schemas name exactly the keys the documents have: the report (with
 `--checksums` and a transform, so its optional keys show), the plan of `--dry-run --json`
-(one step and a recipe's several), `inspect --json --stats`, `diff --json`, `verify --json` and
-`verify --forward --json`, each made here by the CLI on a tiny BERT built by transformers. A key
+(one step and a recipe's several), `inspect --json --stats`, `diff --json`, `verify --json`,
+`verify --forward --json` (each made here by the CLI on a tiny BERT built by transformers),
+`probe --json` (on a plain torch MLP) and `schemes --json`. A key
 added to (or renamed in) a document without its schema line fails here, and so does a schema
 key no document has."""
 
@@ -128,6 +129,20 @@ def test_verify_forward_schema_names_every_key(work):
     block = schema_after("### `diff --json` and `verify --json`")
     doc = json_of("verify", other, "--forward", "--against", work / "bert", "--json")
     assert keys(doc) == documented(block, "verify --forward")
+
+
+def test_probe_and_schemes_schemas_name_every_key(work):
+    """`probe --json` (a plain torch MLP, with a rule so its `after` pass is there) and
+    `schemes --json` against the reference's block for them (its `inspect:` line repeats the
+    schema tested above)."""
+    block = schema_after("### `probe --json`, `schemes --json`, `inspect --json`")
+    probed = json_of(
+        "probe", "models_for_tests:mlp(depth=3, width=8, inputs=8)", "--input-shape", "4,8",
+        "-r", "*.weight=zeros", "--json",
+    )  # fmt: skip
+    assert probed["after"] is not None
+    assert keys(probed) == documented(block, "probe")
+    assert keys(json_of("schemes", "--json")) == documented(block, "schemes")
 
 
 def test_key_extraction():
