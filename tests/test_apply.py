@@ -387,6 +387,33 @@ def test_a_safetensors_file_the_index_does_not_name_is_said_not_dropped_silently
     assert "adapter_model" in clean.stderr  # said on every run, not only the first
 
 
+def test_a_safetensors_file_beside_the_single_weight_file_is_said_not_dropped_silently(tmp_path):
+    """`adapter_model.safetensors` beside a single `model.safetensors` (no index): apply read
+    the one file, as from_pretrained does, and left the other out of the folder output without
+    a word, while `reinit verify` counted it in. A warning names it, as beside an index."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        vocab_size=99, max_position_embeddings=64,
+    )  # fmt: skip
+    src = tmp_path / "bert"
+    BertModel(cfg).save_pretrained(src)
+    write_safetensors(src / "adapter_model.safetensors", {"lora_A.weight": torch.ones(2, 32)})
+    res = run("apply", src, "-r", "pooler.dense.bias=zeros", "-o", f"{tmp_path / 'out'}/")
+    assert res.exit_code == 0, res.output
+    warned = [ln for ln in res.stderr.splitlines() if "adapter_model.safetensors" in ln]
+    assert len(warned) == 1 and warned[0].startswith("warning: "), res.stderr
+    assert "model.safetensors is the weight file read" in warned[0]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "config.json", "model.safetensors", "reinit-report.json",
+    ]  # fmt: skip
+    (src / "adapter_model.safetensors").unlink()
+    clean = run("apply", src, "-r", "pooler.dense.bias=zeros", "-o", f"{tmp_path / 'o2'}/")
+    assert clean.exit_code == 0 and "warning" not in clean.stderr, clean.stderr
+
+
 def _two_shards_beside(folder: Path, fmt: str, state: dict[str, torch.Tensor]) -> str:
     """`state` as two shards and their index in `folder`, in transformers' names for `fmt`;
     returns the index's name."""

@@ -253,6 +253,26 @@ class DirectoryCheckpoint(Checkpoint):
             f"are not read and a folder output does not copy {it}",
         )
 
+    def _stray_beside(self, single: str) -> tuple[str, ...]:
+        """Another safetensors file beside the one weight file read (`adapter_model.safetensors`
+        beside `model.safetensors`): not read and not copied, as from_pretrained loads the one
+        file, but said rather than dropped silently, as beside an index."""
+        here = os.path.dirname(single)
+        stray = [
+            f
+            for f in sorted(self._files)
+            if f.endswith(".safetensors") and f != single and os.path.dirname(f) == here
+        ]
+        if not stray:
+            return ()
+        listed = ", ".join(stray[:4]) + (f" and {len(stray) - 4} more" if len(stray) > 4 else "")
+        it, its = ("it", "its") if len(stray) == 1 else ("them", "their")
+        return (
+            f"{self.source}: left out {listed}: {single} is the weight file read, as "
+            f"from_pretrained loads it, so {its} tensors are not read and a folder output does "
+            f"not copy {it}",
+        )
+
     def _index_left_out(self) -> tuple[str, ...]:
         """An index beside the single weight file read (`model.safetensors` beside
         `model.safetensors.index.json`): from_pretrained loads the single file, and so does
@@ -262,7 +282,7 @@ class DirectoryCheckpoint(Checkpoint):
         index, ext = f"{single}.index.json", os.path.splitext(single)[1]
         shards = [f for f in self._files if "/" not in f and f.endswith(ext) and f != single]
         if index not in self._files or not shards:  # an index of the single file alone
-            return ()
+            return self._stray_beside(single)
         return (
             f"{self.source}: left out {index} and the shards it names: "
             f"{self.layout.single} beside it is read, as from_pretrained loads it first; a folder output "
