@@ -239,3 +239,37 @@ def test_the_report_lists_what_every_step_dropped(tmp_path, monkeypatch):
         "transformer.h.0.ln_2.weight",
     ]
     assert not set(dropped) & set(load_file("o.safetensors"))
+
+
+def test_a_sharded_folders_renamed_and_added_tensors_go_to_the_shards_a_chain_of_files_puts_them(
+    tmp_path, monkeypatch
+):
+    # a renamed tensor stays in its own shard and an added one goes to the last, in a recipe's
+    # later step as in an apply on a file: the recipe's folder is the chain's, byte for byte
+    monkeypatch.chdir(tmp_path)
+    cfg = transformers.LlamaConfig(
+        vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).save_pretrained("llama", max_shard_size="100KB")
+    index = json.loads(Path("llama/model.safetensors.index.json").read_text())["weight_map"]
+    up = "model.layers.1.mlp.up_proj.weight"
+    assert index[up] != index["model.embed_tokens.weight"]  # not in the first shard
+    step1 = {"rename": [f"{up}=model.layers.1.mlp.upx.weight"], "add": ["extra.bias=[64]:ones"]}
+    step2 = {"rules": ["*.gate_proj.weight=kaiming_normal"]}
+    Path("r.json").write_text(
+        json.dumps({"source": "llama", "output": "out/", "seed": 2, "steps": [step1, step2]})
+    )
+    res = run("run", "r.json", "-q")
+    assert res.exit_code == 0, res.output
+    reinit.apply("llama", [], "mid/", seed=2, **step1)
+    reinit.apply("mid", step2["rules"], "chained/", seed=2)
+    names = sorted(p.name for p in Path("chained").iterdir())
+    assert sorted(p.name for p in Path("out").iterdir()) == names
+    for name in names:
+        if name != "reinit-report.json":
+            assert Path("out", name).read_bytes() == Path("chained", name).read_bytes(), name
+    placed = json.loads(Path("out/model.safetensors.index.json").read_text())["weight_map"]
+    assert placed["model.layers.1.mlp.upx.weight"] == index[up]
+    assert placed["extra.bias"] == sorted(set(index.values()))[-1]
