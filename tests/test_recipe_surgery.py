@@ -273,3 +273,27 @@ def test_a_sharded_folders_renamed_and_added_tensors_go_to_the_shards_a_chain_of
     placed = json.loads(Path("out/model.safetensors.index.json").read_text())["weight_map"]
     assert placed["model.layers.1.mlp.upx.weight"] == index[up]
     assert placed["extra.bias"] == sorted(set(index.values()))[-1]
+
+
+def test_a_recipes_dtype_casts_once_the_written_output(tmp_path, monkeypatch):
+    # output options act on the output: the earlier steps run in the source's dtypes, so the
+    # recipe equals the chain that passes --dtype to its last apply only (a mean of rows
+    # already rounded to bfloat16 would differ)
+    monkeypatch.chdir(tmp_path)
+    _small(tmp_path / "m.safetensors")
+    step1 = {"rules": ["head.weight=kaiming_normal"], "resize": ["enc.0.weight=[9,*]"]}
+    step2 = {"rules": ["enc.0.weight=mean_resize(old_rows=6)"], "seed": 3}
+    Path("r.json").write_text(
+        json.dumps({"source": "m.safetensors", "output": "out.safetensors", "dtype": "bfloat16",
+                    "steps": [step1, step2]})
+    )  # fmt: skip
+    assert run("run", "r.json", "-q").exit_code == 0
+    reinit.apply("m.safetensors", step1.pop("rules"), "mid.safetensors", **step1)
+    rules = step2.pop("rules")
+    reinit.apply("mid.safetensors", rules, "last.safetensors", dtype="bfloat16", **step2)
+    assert Path("out.safetensors").read_bytes() == Path("last.safetensors").read_bytes()
+    reinit.apply("m.safetensors", ["head.weight=kaiming_normal"], "mid16.safetensors",
+                 resize=["enc.0.weight=[9,*]"], dtype="bfloat16")  # fmt: skip
+    reinit.apply("mid16.safetensors", rules, "each.safetensors", dtype="bfloat16", **step2)
+    assert load_file("out.safetensors")["enc.0.weight"].dtype == torch.bfloat16
+    assert Path("each.safetensors").read_bytes() != Path("out.safetensors").read_bytes()
