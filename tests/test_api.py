@@ -377,3 +377,48 @@ def test_tests_of_internal_modules_say_so():
         if imported - api and "\nInternal:" not in (ast.get_docstring(tree) or ""):
             silent.append(path.name)
     assert not silent, silent
+
+
+def _gpt2_or_wav2vec2(kind: str) -> torch.nn.Module:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    if kind == "gpt2":  # its block init draws every `c_proj.weight` below it again
+        cfg = transformers.GPT2Config(
+            n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=32
+        )
+        return transformers.GPT2LMHeadModel(cfg)
+    cfg = transformers.Wav2Vec2Config(  # a weight_norm'ed convolution, whose bias is drawn too
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        conv_dim=(8, 8), conv_stride=(2, 2), conv_kernel=(3, 3), num_conv_pos_embeddings=4,
+        num_conv_pos_embedding_groups=2,
+    )  # fmt: skip
+    return transformers.Wav2Vec2Model(cfg)
+
+
+@pytest.mark.parametrize("how", ["apply_to_module", "model=module"])
+@pytest.mark.parametrize("kind", ["gpt2", "wav2vec2"])
+def test_a_live_module_keeps_every_tensor_no_rule_names(tmp_path, kind, how):
+    # planning learns the architecture's own init by running it on copies; a live module
+    # (apply_to_module's own model, or model=) holds real tensors, and none of them may change
+    # but those the rules name, while `default` draws what it draws from a model on meta
+    model = _gpt2_or_wav2vec2(kind)
+    model.save_pretrained(tmp_path / "src")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    name = {"gpt2": "transformer.h.1.mlp.c_fc.bias"}.get(
+        kind, "encoder.layers.0.attention.k_proj.bias"
+    )
+    rules = [f"{name}=ones"]
+    if how == "model=module":
+        reinit.apply(tmp_path / "src", rules, tmp_path / "o.safetensors", model=model)
+        want: set[str] = set()
+    else:
+        reinit.apply_to_module(model, rules)
+        want = {name}
+    assert {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])} == want
+    drawn = ["*=default"]
+    reinit.apply_to_module(model, drawn, seed=3)
+    reinit.apply(
+        tmp_path / "src", drawn, tmp_path / "d.safetensors", model=tmp_path / "src", seed=3
+    )
+    after = model.state_dict()
+    assert all(torch.equal(after[k], t) for k, t in load_file(tmp_path / "d.safetensors").items())

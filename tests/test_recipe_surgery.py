@@ -239,3 +239,61 @@ def test_the_report_lists_what_every_step_dropped(tmp_path, monkeypatch):
         "transformer.h.0.ln_2.weight",
     ]
     assert not set(dropped) & set(load_file("o.safetensors"))
+
+
+def test_a_sharded_folders_renamed_and_added_tensors_go_to_the_shards_a_chain_of_files_puts_them(
+    tmp_path, monkeypatch
+):
+    # a renamed tensor stays in its own shard and an added one goes to the last, in a recipe's
+    # later step as in an apply on a file: the recipe's folder is the chain's, byte for byte
+    monkeypatch.chdir(tmp_path)
+    cfg = transformers.LlamaConfig(
+        vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).save_pretrained("llama", max_shard_size="100KB")
+    index = json.loads(Path("llama/model.safetensors.index.json").read_text())["weight_map"]
+    up = "model.layers.1.mlp.up_proj.weight"
+    assert index[up] != index["model.embed_tokens.weight"]  # not in the first shard
+    step1 = {"rename": [f"{up}=model.layers.1.mlp.upx.weight"], "add": ["extra.bias=[64]:ones"]}
+    step2 = {"rules": ["*.gate_proj.weight=kaiming_normal"]}
+    Path("r.json").write_text(
+        json.dumps({"source": "llama", "output": "out/", "seed": 2, "steps": [step1, step2]})
+    )
+    res = run("run", "r.json", "-q")
+    assert res.exit_code == 0, res.output
+    reinit.apply("llama", [], "mid/", seed=2, **step1)
+    reinit.apply("mid", step2["rules"], "chained/", seed=2)
+    names = sorted(p.name for p in Path("chained").iterdir())
+    assert sorted(p.name for p in Path("out").iterdir()) == names
+    for name in names:
+        if name != "reinit-report.json":
+            assert Path("out", name).read_bytes() == Path("chained", name).read_bytes(), name
+    placed = json.loads(Path("out/model.safetensors.index.json").read_text())["weight_map"]
+    assert placed["model.layers.1.mlp.upx.weight"] == index[up]
+    assert placed["extra.bias"] == sorted(set(index.values()))[-1]
+
+
+def test_a_recipes_dtype_casts_once_the_written_output(tmp_path, monkeypatch):
+    # output options act on the output: the earlier steps run in the source's dtypes, so the
+    # recipe equals the chain that passes --dtype to its last apply only (a mean of rows
+    # already rounded to bfloat16 would differ)
+    monkeypatch.chdir(tmp_path)
+    _small(tmp_path / "m.safetensors")
+    step1 = {"rules": ["head.weight=kaiming_normal"], "resize": ["enc.0.weight=[9,*]"]}
+    step2 = {"rules": ["enc.0.weight=mean_resize(old_rows=6)"], "seed": 3}
+    Path("r.json").write_text(
+        json.dumps({"source": "m.safetensors", "output": "out.safetensors", "dtype": "bfloat16",
+                    "steps": [step1, step2]})
+    )  # fmt: skip
+    assert run("run", "r.json", "-q").exit_code == 0
+    reinit.apply("m.safetensors", step1.pop("rules"), "mid.safetensors", **step1)
+    rules = step2.pop("rules")
+    reinit.apply("mid.safetensors", rules, "last.safetensors", dtype="bfloat16", **step2)
+    assert Path("out.safetensors").read_bytes() == Path("last.safetensors").read_bytes()
+    reinit.apply("m.safetensors", ["head.weight=kaiming_normal"], "mid16.safetensors",
+                 resize=["enc.0.weight=[9,*]"], dtype="bfloat16")  # fmt: skip
+    reinit.apply("mid16.safetensors", rules, "each.safetensors", dtype="bfloat16", **step2)
+    assert load_file("out.safetensors")["enc.0.weight"].dtype == torch.bfloat16
+    assert Path("each.safetensors").read_bytes() != Path("out.safetensors").read_bytes()

@@ -647,17 +647,38 @@ def _init_ancestors(model: Model, path: str, real: nn.Module, trace: InitTrace) 
 
 def _leading_to(module: nn.Module, path: Sequence[str], real: nn.Module) -> nn.Module:
     """A shallow copy of `module` (its own tensor and module tables copied, so nothing the
-    init assigns reaches the model) whose submodule at `path` is `real`."""
+    init assigns reaches the model) whose submodule at `path` is `real`, every other tensor
+    on the meta device: a model given as a live module (`apply_to_module`, `model=module`)
+    holds real tensors, which an ancestor's init (GPT-2's block drawing every `c_proj.weight`
+    below it) would otherwise overwrite."""
+    from reinit.planning.parametrized import meta_tables
+
     if not path:
         return real
     proxy = copy.copy(module)
-    proxy._parameters = dict(module._parameters)
-    proxy._buffers = dict(module._buffers)
-    proxy._modules = dict(module._modules)
+    proxy._parameters, proxy._buffers = meta_tables(module)
+    proxy._modules = {k: _meta_skeleton(m) for k, m in module._modules.items()}
     child = module._modules[path[0]]
     assert child is not None
     proxy._modules[path[0]] = _leading_to(child, path[1:], real)
     return proxy
+
+
+def _meta_skeleton(module: nn.Module | None) -> nn.Module | None:
+    """`module` itself when its tensors are all on the meta device, else a copy whose tensors
+    are (tied ones still shared); no tensor data is copied."""
+    from reinit.planning.parametrized import on_meta
+
+    if module is None:
+        return None
+    tensors = [
+        *(t for _, t in module.named_parameters(remove_duplicate=False)),
+        *(t for _, t in module.named_buffers(remove_duplicate=False)),
+    ]
+    if all(t.device.type == "meta" for t in tensors):
+        return module
+    memo: dict[int, Any] = {id(t): on_meta(t) for t in tensors}
+    return copy.deepcopy(module, memo)
 
 
 def _down_to(module: nn.Module, path: Sequence[str]) -> list[nn.Module]:

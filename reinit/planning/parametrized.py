@@ -101,10 +101,33 @@ def _unparametrized(host: nn.Module) -> nn.Module:
     own: type[nn.Module] = type(host).__bases__[0]
     plain = own.__new__(own)
     plain.__dict__.update(host.__dict__)
-    plain._parameters = dict(host._parameters)
-    plain._buffers = dict(host._buffers)
+    plain._parameters, plain._buffers = meta_tables(host)
     plain._modules = {k: v for k, v in host._modules.items() if k != "parametrizations"}
     return plain
+
+
+def on_meta(t: torch.Tensor) -> torch.Tensor:
+    """`t` as a meta tensor of its shape and dtype (a Parameter stays a Parameter), no data
+    copied: what an init given a copy of a module to run on may write into, when the module
+    is a user's live one (`apply_to_module`, `model=module`) and not a skeleton on meta."""
+    if t.device.type == "meta":
+        return t
+    meta = t.detach().to("meta")
+    return torch.nn.Parameter(meta, t.requires_grad) if isinstance(t, torch.nn.Parameter) else meta
+
+
+def meta_tables(
+    module: nn.Module,
+) -> tuple[dict[str, torch.nn.Parameter | None], dict[str, torch.Tensor | None]]:
+    """Copies of `module`'s parameter and buffer tables, every tensor `on_meta`."""
+    params = {
+        k: p
+        if p is None or p.device.type == "meta"
+        else torch.nn.Parameter(on_meta(p), p.requires_grad)
+        for k, p in module._parameters.items()
+    }
+    buffers = {k: None if b is None else on_meta(b) for k, b in module._buffers.items()}
+    return params, buffers
 
 
 def _said(drawn: AppliedInit, same: bool, how: str) -> AppliedInit:

@@ -49,7 +49,6 @@ def run_recipe(recipe: Recipe, *, progress: bool = False) -> Report:
     ```
     """
     from reinit.run.apply import apply
-    from reinit.run.inmemory import apply_to_checkpoint
 
     check_recipe("run_recipe", recipe)
     if recipe.dry_run:
@@ -76,21 +75,45 @@ def run_recipe(recipe: Recipe, *, progress: bool = False) -> Report:
         for i, step in enumerate(recipe.steps[:-1]):
             with _naming(step):
                 rules, options = _first_step(recipe, original, i, step, progress)
-                tensors, rep = apply_to_checkpoint(current, rules, options=options)
+                tensors, rep, shards = _run_step(current, rules, options)
             reports.append(rep)
-            current = StepOutput(tensors, original, _step_record(current, rules, options))
+            record = _step_record(current, rules, options)
+            current = StepOutput(tensors, original, record, shards)
         with _naming(recipe.steps[-1]):
             return _write_last(recipe, current, tuple(reports), started, progress)
 
 
-class StepOutput(StateDictCheckpoint):
-    """A step's tensors, laid out like the source, recording the step as its output file
-    would (`reinit` metadata: `run.record`), so the next step's output records every step
-    that made it, as a chain of files does."""
+def _run_step(
+    ckpt: Checkpoint, rules: Sequence[str], options: ApplyOptions
+) -> tuple[dict[str, torch.Tensor], Report, dict[str, str]]:
+    """A step run in memory: its tensors, its report and the shard each tensor's file would
+    put it in (a renamed tensor in its own, an added one in the last: the surgery's refs)."""
+    from reinit.run.inmemory import run_prepared
+    from reinit.run.prepare import Job, prepare
 
-    def __init__(self, tensors: Mapping[str, torch.Tensor], like: Checkpoint, record: str):
+    with ExitStack() as stack:
+        prepared = prepare(stack, Job.of(ckpt, rules, options, require_rules=False), options)
+        shards = {r.name: r.shard for r in prepared.ckpt.refs()}
+        run = run_prepared(prepared)
+    return run.tensors, run.report, shards
+
+
+class StepOutput(StateDictCheckpoint):
+    """A step's tensors, laid out like the source (each in the shard its step's output file
+    would put it in: `shards`), recording the step as its output file would (`reinit`
+    metadata: `run.record`), so the next step's output records every step that made it, as a
+    chain of files does."""
+
+    def __init__(
+        self,
+        tensors: Mapping[str, torch.Tensor],
+        like: Checkpoint,
+        record: str,
+        shards: Mapping[str, str],
+    ):
         super().__init__(tensors, like=like)
         self.record = record
+        self._shard_of = {**self._shard_of, **shards}
 
     def metadata(self, shard: str = "") -> dict[str, str]:
         meta = dict(super().metadata(shard))  # as `run.output.output_metadata` writes it
