@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -237,41 +237,36 @@ class DirectoryCheckpoint(Checkpoint):
         index = self.layout.index
         if index is None:
             return self._index_left_out()
-        named = set(self.weight_map.values())
-        here = os.path.dirname(index)
-        stray = [
-            f
-            for f in sorted(self._files)
-            if f.endswith(".safetensors") and f not in named and os.path.dirname(f) == here
-        ]
-        if not stray:
-            return ()
-        listed = ", ".join(stray[:4]) + (f" and {len(stray) - 4} more" if len(stray) > 4 else "")
-        it, its = ("it", "its") if len(stray) == 1 else ("them", "their")
-        return (
-            f"{self.source}: left out {listed}: {index} does not name {it}, so {its} tensors "
-            f"are not read and a folder output does not copy {it}",
+        stray = self._stray(os.path.dirname(index), set(self.weight_map.values()))
+        return _left_out(
+            self.source,
+            stray,
+            lambda it, its: (
+                f"{index} does not name {it}, so {its} tensors are not read and a "
+                f"folder output does not copy {it}"
+            ),
         )
 
     def _stray_beside(self, single: str) -> tuple[str, ...]:
         """Another safetensors file beside the one weight file read (`adapter_model.safetensors`
         beside `model.safetensors`): not read and not copied, as from_pretrained loads the one
         file, but said rather than dropped silently, as beside an index."""
-        here = os.path.dirname(single)
-        stray = [
+        return _left_out(
+            self.source,
+            self._stray(os.path.dirname(single), {single}),
+            lambda it, its: (
+                f"{single} is the weight file read, as from_pretrained loads it, so "
+                f"{its} tensors are not read and a folder output does not copy {it}"
+            ),
+        )
+
+    def _stray(self, here: str, read: set[str]) -> list[str]:
+        """The safetensors files in folder `here` other than those `read`, sorted."""
+        return [
             f
             for f in sorted(self._files)
-            if f.endswith(".safetensors") and f != single and os.path.dirname(f) == here
+            if f.endswith(".safetensors") and f not in read and os.path.dirname(f) == here
         ]
-        if not stray:
-            return ()
-        listed = ", ".join(stray[:4]) + (f" and {len(stray) - 4} more" if len(stray) > 4 else "")
-        it, its = ("it", "its") if len(stray) == 1 else ("them", "their")
-        return (
-            f"{self.source}: left out {listed}: {single} is the weight file read, as "
-            f"from_pretrained loads it, so {its} tensors are not read and a folder output does "
-            f"not copy {it}",
-        )
 
     def _index_left_out(self) -> tuple[str, ...]:
         """An index beside the single weight file read (`model.safetensors` beside
@@ -353,3 +348,13 @@ class DirectoryCheckpoint(Checkpoint):
         for ck in self._open.values():
             ck.close()
         self._open.clear()
+
+
+def _left_out(source: str, stray: list[str], why: Callable[[str, str], str]) -> tuple[str, ...]:
+    """The one warning line naming the files `stray` (up to four) that a read leaves out, and
+    `why(it, its)`, worded for one file or several; none when nothing is left out."""
+    if not stray:
+        return ()
+    listed = ", ".join(stray[:4]) + (f" and {len(stray) - 4} more" if len(stray) > 4 else "")
+    it, its = ("it", "its") if len(stray) == 1 else ("them", "their")
+    return (f"{source}: left out {listed}: {why(it, its)}",)
