@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -105,6 +106,14 @@ class Model:
     # the values its constructor gave tensors built on the meta device, where known (CLIP's
     # `logit_scale` from the config), by the module's names: `default` starts from them
     constructed: Mapping[str, torch.Tensor] = field(default_factory=dict, compare=False, repr=False)
+
+    @functools.cached_property
+    def all_meta(self) -> bool:
+        """Whether every tensor of the module is on the meta device (a model reinit built,
+        not a live module handed in): an ancestor's init then runs on the module's own parts
+        (`_leading_to` copies none), looked up once rather than once per tensor."""
+        tensors = (*self.module.parameters(), *self.module.buffers())
+        return all(t.device.type == "meta" for t in tensors)
 
     def view(self) -> ModelView:
         """The model seen through its own checkpoint's names (for writing that checkpoint)."""
@@ -638,29 +647,34 @@ def _init_ancestors(model: Model, path: str, real: nn.Module, trace: InitTrace) 
             continue
         trace.phase = f"{type(owner).__name__}._init_weights on {type(ancestor).__name__}"
         try:  # (a parametrized module on the way cannot be copied: torch refuses)
-            proxy = _leading_to(ancestor, parts[depth:], real)
+            proxy = _leading_to(ancestor, parts[depth:], real, model.all_meta)
             _mark_done([*_down_to(proxy, parts[depth:]), *real.modules()], but=proxy)
             init(proxy)
         except Exception:  # noqa: BLE001 (an init that needs real values: as before)
             continue
 
 
-def _leading_to(module: nn.Module, path: Sequence[str], real: nn.Module) -> nn.Module:
+def _leading_to(
+    module: nn.Module, path: Sequence[str], real: nn.Module, all_meta: bool = False
+) -> nn.Module:
     """A shallow copy of `module` (its own tensor and module tables copied, so nothing the
     init assigns reaches the model) whose submodule at `path` is `real`, every other tensor
     on the meta device: a model given as a live module (`apply_to_module`, `model=module`)
     holds real tensors, which an ancestor's init (GPT-2's block drawing every `c_proj.weight`
-    below it) would otherwise overwrite."""
+    below it) would otherwise overwrite. With `all_meta` (the model holds no real tensor)
+    the other submodules are the model's own, uncopied."""
     from reinit.planning.parametrized import meta_tables
 
     if not path:
         return real
     proxy = copy.copy(module)
     proxy._parameters, proxy._buffers = meta_tables(module)
-    proxy._modules = {k: _meta_skeleton(m) for k, m in module._modules.items()}
+    proxy._modules = {
+        k: m if all_meta or k == path[0] else _meta_skeleton(m) for k, m in module._modules.items()
+    }
     child = module._modules[path[0]]
     assert child is not None
-    proxy._modules[path[0]] = _leading_to(child, path[1:], real)
+    proxy._modules[path[0]] = _leading_to(child, path[1:], real, all_meta)
     return proxy
 
 
