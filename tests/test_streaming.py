@@ -100,6 +100,7 @@ def test_kernel_copy_and_plain_path_give_identical_bytes(tmp_path, monkeypatch, 
 
 def test_buffered_fallback_without_copy_file_range(tmp_path, monkeypatch):
     monkeypatch.setattr(engine, "READ_ONCE", False)  # the kernel copy is the old path's
+    monkeypatch.setenv("REINIT_DIRECT_IO", "0")  # ... and the ordinary output's
     src = tmp_path / "m.safetensors"
     odd_checkpoint(src)
     expected = _outputs(tmp_path, src, ["a.weight=zeros"], "kernel")
@@ -118,6 +119,7 @@ def test_fallback_when_the_kernel_refuses(tmp_path, monkeypatch):
         raise OSError(errno.EXDEV, "cross-device")
 
     monkeypatch.setattr(engine, "READ_ONCE", False)  # the kernel copy is the old path's
+    monkeypatch.setenv("REINIT_DIRECT_IO", "0")  # ... and the ordinary output's
     src = tmp_path / "m.safetensors"
     odd_checkpoint(src)
     expected = _outputs(tmp_path, src, ["b.bias=ones"], "kernel")
@@ -154,24 +156,31 @@ def test_prefetch_propagates_errors_and_stops_its_thread():
     assert len(produced) <= 5  # stopped, not running on
 
 
-def test_write_error_midway_leaves_nothing(tmp_path, monkeypatch):
+@pytest.mark.parametrize("direct", ["0", "1"])
+def test_write_error_midway_leaves_nothing(tmp_path, monkeypatch, direct):
+    """A full disk met by the ordinary writes (the third `write`) or the direct ones (the
+    first `pwrite`, where this small file's blocks go out at its end)."""
     src = tmp_path / "m.safetensors"
     odd_checkpoint(src)
     calls = {"n": 0}
-    real_write = os.write
+    name = "pwrite" if direct == "1" else "write"
+    real = getattr(os, name)
+    fail_at = 1 if direct == "1" else 3
 
-    def failing_write(fd, data):
+    def failing(fd, *args):
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == fail_at:
             import errno
 
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(fd, data)
+        return real(fd, *args)
 
+    monkeypatch.setenv("REINIT_DIRECT_IO", direct)
     monkeypatch.setattr(engine, "KERNEL_COPY", False)
-    monkeypatch.setattr(writer.os, "write", failing_write)
+    monkeypatch.setattr(writer.os, name, failing)
     with pytest.raises(reinit.WriteError, match="disk is full"):
         reinit.apply(src, ["a.weight=zeros"], tmp_path / "o.safetensors")
+    assert calls["n"] >= fail_at
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
     assert not [t.name for t in threading.enumerate() if t.name.startswith("reinit-")]
 

@@ -1,0 +1,202 @@
+"""Outputs written with direct I/O (`O_DIRECT`, the default where the file system takes it):
+the same bytes as the ordinary way (`REINIT_DIRECT_IO=0`) whatever the sizes and where the
+staging buffer's edges fall, the flag really in effect, and a file system that refuses direct
+writes (at the open, or only at a write) still given the whole file the ordinary way.
+
+Internal: also tests reinit.io.writer directly (not the `reinit` API)."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import itertools
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import run
+from safetensors.torch import load_file, save_file
+
+import reinit
+from reinit.io.writer import DIRECT_ALIGN, DIRECT_STAGE, SafetensorsWriter
+
+O_DIRECT = getattr(os, "O_DIRECT", 0)
+pytestmark = pytest.mark.skipif(not O_DIRECT, reason="the platform has no O_DIRECT")
+
+# Sizes that put tensor edges on, just before and just after the 4 KiB blocks and the 8 MiB
+# staging buffer's end, and one tensor larger than the buffer (bytes, float32 values x 4).
+SIZES = [12, DIRECT_ALIGN - 4, DIRECT_STAGE - 4096, 8, DIRECT_STAGE + 4 * 1001, 4 * 3, 40]
+
+
+def takes_direct(folder: Path) -> bool:
+    try:
+        fd = os.open(folder / ".probe", os.O_WRONLY | os.O_CREAT | O_DIRECT, 0o644)
+    except OSError:
+        return False
+    os.close(fd)
+    (folder / ".probe").unlink()
+    return True
+
+
+def entries() -> list[tuple[str, str, tuple[int, ...]]]:
+    return [(f"t{i}", "float32", (n // 4,)) for i, n in enumerate(SIZES)]
+
+
+def payload(i: int, n: int) -> bytes:
+    return bytes((i * 31 + k) % 251 for k in range(min(n, 4093))) * (n // 4093 + 1)
+
+
+def write_file(path: Path, source: Path) -> list[int]:
+    """Write SIZES' tensors: even ones as data in uneven parts, odd ones copied from `source`
+    (the same bytes at the same offsets) in uneven spans. Returns the fd flags seen while the
+    file was open, after each tensor."""
+    flags = []
+    with SafetensorsWriter(path, entries()) as w, open(source, "rb") as src:
+        offset = 0
+        for i, n in enumerate(SIZES):
+            data = payload(i, n)[:n]
+            cut = sorted({0, min(n, n // 3 + 1), min(n, n // 2 + 7), n})
+            for a, b in itertools.pairwise(cut):
+                if i % 2:
+                    w.copy_part(f"t{i}", src.fileno(), offset + a, b - a)
+                else:
+                    w.write_part(f"t{i}", memoryview(data)[a:b])
+            w.end_tensor(f"t{i}")
+            offset += n
+            flags.append(fcntl.fcntl(w._fd, fcntl.F_GETFL))
+    return flags
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    src = tmp_path / "raw.bin"
+    src.write_bytes(b"".join(payload(i, n)[:n] for i, n in enumerate(SIZES)))
+    return src
+
+
+def expected(i: int, n: int) -> torch.Tensor:
+    return torch.frombuffer(bytearray(payload(i, n)[:n]), dtype=torch.float32)
+
+
+def test_direct_and_ordinary_writes_give_the_same_file(tmp_path, source, monkeypatch):
+    if not takes_direct(tmp_path):
+        pytest.skip("tmp_path's file system refuses O_DIRECT")
+    direct, plain = tmp_path / "direct.safetensors", tmp_path / "plain.safetensors"
+    flags = write_file(direct, source)
+    monkeypatch.setenv("REINIT_DIRECT_IO", "0")
+    plain_flags = write_file(plain, source)
+    assert direct.read_bytes() == plain.read_bytes()
+    assert all(f & O_DIRECT for f in flags)  # direct while it wrote
+    assert not any(f & O_DIRECT for f in plain_flags)
+    got = load_file(direct)
+    for i, n in enumerate(SIZES):
+        assert torch.equal(got[f"t{i}"], expected(i, n)), i
+
+
+def _refusing_pwrite(monkeypatch, after: int) -> list[int]:
+    """Make `os.pwrite` refuse (EINVAL) every write to an O_DIRECT file once `after` such
+    writes went through, as a file system that takes the flag at open but not the writes."""
+    real = os.pwrite
+    seen = [0]
+
+    def pwrite(fd: int, data, offset: int) -> int:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & O_DIRECT:
+            seen[0] += 1
+            if seen[0] > after:
+                raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    return seen
+
+
+@pytest.mark.parametrize("after", [0, 1, 2])
+def test_a_refused_direct_write_leaves_the_rest_to_the_ordinary_way(
+    tmp_path, source, monkeypatch, after
+):
+    """Refused at the first, second or third block write (the third: at the end's flush)."""
+    if not takes_direct(tmp_path):
+        pytest.skip("tmp_path's file system refuses O_DIRECT")
+    seen = _refusing_pwrite(monkeypatch, after)
+    out = tmp_path / "out.safetensors"
+    flags = write_file(out, source)
+    assert seen[0] == after + 1  # one refusal, then no direct write was tried again
+    # a write's refusal is met when the next one starts: the first's while the file is still
+    # being written, the second's and third's only at the end
+    assert all(f & O_DIRECT for f in flags) == (after >= 1)
+    got = load_file(out)
+    for i, n in enumerate(SIZES):
+        assert torch.equal(got[f"t{i}"], expected(i, n)), i
+
+
+def test_a_file_system_refusing_direct_at_open_gets_the_ordinary_way(tmp_path, source, monkeypatch):
+    real = os.open
+
+    def refusing_open(path, flags, *args, **kwargs):
+        if flags & O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    out = tmp_path / "out.safetensors"
+    flags = write_file(out, source)
+    assert not any(f & O_DIRECT for f in flags)
+    got = load_file(out)
+    assert all(torch.equal(got[f"t{i}"], expected(i, n)) for i, n in enumerate(SIZES))
+
+
+def test_apply_outputs_are_the_same_bytes_with_and_without_direct_io(tmp_path):
+    """The user's path: a re-init, a transplant and a sharded folder (each larger than the
+    staging buffer), written both ways."""
+    if not takes_direct(tmp_path):
+        pytest.skip("tmp_path's file system refuses O_DIRECT")
+    g = torch.Generator().manual_seed(0)
+    src, other = tmp_path / "m.safetensors", tmp_path / "o.safetensors"
+    shapes = {"a.weight": (1500, 1024), "b.bias": (7,), "c.weight": (2300, 1001), "d.w": (3,)}
+    save_file({k: torch.randn(s, generator=g) for k, s in shapes.items()}, src)
+    save_file({k: torch.randn(s, generator=g) for k, s in shapes.items()}, other)
+    jobs = {
+        "reinit.safetensors": ["-r", "c.weight=kaiming_normal", "-r", "b.bias=zeros"],
+        "xplant.safetensors": ["-r", f"*=from({other})"],
+        "shards": ["-r", "a.weight=orthogonal", "--max-shard-size", "6MB"],
+    }
+    for env in ("1", "0"):
+        (tmp_path / env).mkdir()
+        for name, rules in jobs.items():
+            out = tmp_path / env / name
+            res = run(
+                "apply", src, "-o", out, *rules, "--seed", "3", "-q", env={"REINIT_DIRECT_IO": env}
+            )
+            assert res.exit_code == 0, res.output
+    for name in jobs:
+        a, b = tmp_path / "1" / name, tmp_path / "0" / name
+        files = sorted(p.relative_to(a) for p in a.rglob("*.safetensors")) if a.is_dir() else [""]
+        assert len(files) >= (2 if a.is_dir() else 1)
+        for f in files:
+            assert (a / f).read_bytes() == (b / f).read_bytes(), (name, f)
+
+
+def test_a_full_disk_met_by_the_writing_thread_leaves_nothing(tmp_path, monkeypatch):
+    """ENOSPC on the second block write (made by the writer's thread while the next block
+    fills): one WriteError, no thread left, nothing beside the source."""
+    if not takes_direct(tmp_path):
+        pytest.skip("tmp_path's file system refuses O_DIRECT")
+    src = tmp_path / "m.safetensors"
+    save_file({"a.weight": torch.ones(3000, 2000), "b.weight": torch.ones(1000, 1000)}, src)
+    real = os.pwrite
+    calls = [0]
+
+    def full(fd: int, data, offset: int) -> int:
+        calls[0] += 1
+        if calls[0] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(reinit.WriteError, match="disk is full"):
+        reinit.apply(src, ["b.weight=zeros"], tmp_path / "o.safetensors")
+    assert calls[0] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("reinit-")]
