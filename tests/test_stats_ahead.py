@@ -224,7 +224,8 @@ def test_a_hostile_header_is_refused_the_same_with_the_worker(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("name", "ours"), [("OPENBLAS_NUM_THREADS", "1"), ("OMP_WAIT_POLICY", "PASSIVE")]
+    ("name", "ours"),
+    [("OPENBLAS_NUM_THREADS", "1"), ("OMP_WAIT_POLICY", "PASSIVE"), ("THP_MEM_ALLOC_ENABLE", "1")],
 )
 def test_the_command_sets_thread_defaults_the_user_can_override(name, ours):
     """The `reinit` command sets these before numpy and torch load; a value the user set wins."""

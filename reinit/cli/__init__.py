@@ -21,6 +21,11 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # parallel_for, and spinning teams burnt 13 CPU-s of 31 on the bench's 27 GB apply (user 31 ->
 # 17 s, docs/bench/round3.md). The user's setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Before torch allocates: torch's own switch for transparent huge pages on CPU tensors of 2 MB
+# or more (2 MB-aligned, madvise(MADV_HUGEPAGE)). A run draws into fresh float32 buffers, and each
+# then faults in 2 MB pages rather than 4 KB ones: `reinit new` of the bench's 1.36B Llama spent
+# 2.0-2.1 sys-s against 2.8-2.9 (docs/bench/round3.md). The user's setting wins.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 import click  # noqa: E402
 
