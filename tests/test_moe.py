@@ -800,3 +800,43 @@ def test_fan_schemes_on_stacked_experts_use_each_expert_s_fans_transposed_or_not
         w = torch.cat([got[f"model.layers.{i}.mlp.experts.{t}"].flatten() for i in (0, 1)])
         want = math.sqrt(2 / fan_in)  # 0.354, 0.289; the 3-D fans gave 0.051, 0.072
         assert abs(w.std().item() / want - 1) < 5 / math.sqrt(2 * w.numel()), (t, w.std())
+
+
+@pytest.mark.parametrize("arch", ["llama4", "jetmoe"])
+def test_fan_schemes_on_experts_modules_without_the_flag_use_each_expert_s_fans(tmp_path, arch):
+    """Llama 4's experts ([E, H, 2I] and [E, I, H], used as `torch.bmm(x, W)`) and JetMoE's
+    ([E, out, in], used as `F.linear(x, W[e])`) carry no `is_transposed`: `kaiming_normal` with
+    `--model` drew them at torch's fans of the whole 3-D tensor (JetMoE's input experts at
+    sqrt(2/(2I·H)), 8x too small). Each expert's own fans now; the output loads."""
+    t = transformers
+    if arch == "llama4":
+        cfg = t.Llama4TextConfig(
+            vocab_size=64, hidden_size=16, intermediate_size=24, intermediate_size_mlp=32,
+            num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+            num_local_experts=4, num_experts_per_tok=1, interleave_moe_layer_step=1,
+            moe_layers=[0, 1], max_position_embeddings=64, tie_word_embeddings=False,
+        )  # fmt: skip
+        cls, experts = t.Llama4ForCausalLM, "feed_forward.experts"
+        fans = {"gate_up_proj": 16, "down_proj": 24}  # [E, H, 2I]: in H; [E, I, H]: in I
+    else:
+        cfg = t.JetMoeConfig(
+            vocab_size=64, hidden_size=16, intermediate_size=24, kv_channels=8,
+            num_hidden_layers=2, num_key_value_heads=2, num_local_experts=4,
+            num_experts_per_tok=2, max_position_embeddings=64, tie_word_embeddings=False,
+        )  # fmt: skip
+        cls, experts = t.JetMoeForCausalLM, "mlp"
+        fans = {"input_linear.weight": 16, "output_linear.weight": 24}  # [E, out, in]
+    torch.manual_seed(0)
+    cls(cfg).save_pretrained(tmp_path / "src")
+    names = load_file(tmp_path / "src" / "model.safetensors")
+    rules = [a for n in fans for a in ("--rule", f"*.{experts}.{n}=kaiming_normal")]
+    assert all(any(k.endswith(f"{experts}.{n}") for k in names) for n in fans), sorted(names)
+    out = tmp_path / "out"
+    res = run("apply", tmp_path / "src", "--model", tmp_path / "src", "-o", f"{out}/", "-q", *rules)
+    assert res.exit_code == 0, res.output
+    load_clean(cls, out)
+    got = load_file(out / "model.safetensors")
+    for n, fan_in in fans.items():
+        w = torch.cat([v.flatten() for k, v in got.items() if k.endswith(f"{experts}.{n}")])
+        want = math.sqrt(2 / fan_in)
+        assert abs(w.std().item() / want - 1) < 5 / math.sqrt(2 * w.numel()), (n, w.std())

@@ -229,12 +229,29 @@ def _linear_like(owner: nn.Module, attr: str, shape: Sequence[int]) -> tuple[str
     return ("Linear",) if name.endswith(("Router", "Gate")) else ()
 
 
+# transformers' experts modules that do not carry `is_transposed`, with the layout their
+# forward reads: Llama 4's `torch.bmm(x, W)` takes [E, in, out]; JetMoE's
+# `F.linear(x, W[e])` [E, out, in].
+_EXPERTS_TRANSPOSED = {"Llama4TextExperts": True, "JetMoeParallelExperts": False}
+
+
+def _experts_transposed(module: nn.Module) -> bool | None:
+    """Whether an experts module holds each expert [in, out] (True) or [out, in] (False): its
+    own `is_transposed` (transformers' `use_experts_implementation`), else the table above;
+    None for any other module."""
+    flag = getattr(module, "is_transposed", None)
+    if isinstance(flag, bool):
+        return flag
+    return _EXPERTS_TRANSPOSED.get(type(module).__name__)
+
+
 def module_fans(module: nn.Module, attr: str, shape: Sequence[int]) -> Fans | None:
     """A tensor's fans as its module uses it (see the module docstring)."""
-    if len(shape) == 3 and isinstance(getattr(module, "is_transposed", None), bool):
-        # transformers' experts modules (`use_experts_implementation`): E matrices, each
-        # [out, in], or [in, out] where the module says so (GPT-OSS): each expert's fans
-        return (shape[1], shape[2]) if module.is_transposed else (shape[2], shape[1])
+    transposed = _experts_transposed(module) if len(shape) == 3 else None
+    if transposed is not None:
+        # E matrices, each [out, in], or [in, out] where the module says so (GPT-OSS, Llama 4):
+        # each expert's fans
+        return (shape[1], shape[2]) if transposed else (shape[2], shape[1])
     fans = compute_fans(shape)
     if fans is None or attr != "weight":
         return fans
