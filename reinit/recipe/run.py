@@ -215,10 +215,18 @@ class PlannedCheckpoint(StateDictCheckpoint):
         }
         super().__init__(tensors, like=like)
         self.tied = {n: r for n, r in before.aliases().items() if n in tensors and r in tensors}
+        self.overlapping = {
+            n: {m: sure for m, sure in others.items() if m in tensors}
+            for n, others in before.overlaps().items()
+            if n in tensors and any(m in tensors for m in others)
+        }
 
     def aliases(self) -> dict[str, str]:
         # meta tensors share no storage to find ties by: the input's ties carry over
         return dict(self.tied)
+
+    def overlaps(self) -> dict[str, dict[str, bool]]:
+        return {n: dict(o) for n, o in self.overlapping.items()}
 
 
 def _live(step: Step, progress: bool) -> ApplyOptions:
