@@ -253,3 +253,22 @@ def test_overlaps_itself():
     assert overlaps_itself(torch.zeros(3).expand(4, 3))
     assert overlaps_itself(w.view(-1).as_strided((3, 4), (2, 1)))  # rows two apart, four wide
     assert not overlaps_itself(w.view(-1).as_strided((2, 3), (1, 2)))  # 0,2,4 and 1,3,5
+
+
+def test_tensors_without_an_address_of_their_own_are_never_overlapping():
+    """A wrapper subclass (as DTensor is) reports address 0 for every instance: not one memory."""
+    from reinit.io.memory import find_overlaps, overlaps_itself
+
+    class Wrapper(torch.Tensor):
+        @staticmethod
+        def __new__(cls, shape: tuple[int, ...]) -> Wrapper:
+            return torch.Tensor._make_wrapper_subclass(cls, shape, dtype=torch.float32)
+
+        @classmethod
+        def __torch_dispatch__(cls, func, types, args=(), kwargs=None):  # type: ignore[override]
+            raise NotImplementedError(func)
+
+    a, b = Wrapper((3, 4)), Wrapper((12,))
+    assert a.data_ptr() == b.data_ptr() == 0
+    assert find_overlaps({"a": a, "b": b, "m": torch.empty(3, device="meta")}) == {}
+    assert not overlaps_itself(a)

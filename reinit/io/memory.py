@@ -181,7 +181,7 @@ def _note_pair(
 def overlaps_itself(t: torch.Tensor) -> bool:
     """Whether some elements of `t` share memory (`expand`'s zero strides, `as_strided`), so
     that no value can be written into it in place. Past `EXACT_OVERLAP_LIMIT`, assumed so."""
-    if t.is_meta or t.numel() < 2:
+    if t.numel() < 2 or _address(t) is None:
         return False
     span = _Span.of(("",), t)
     reach = 0  # how far the smaller strides' dimensions reach, in bytes
@@ -204,12 +204,25 @@ def _distinct_spans(tensors: Mapping[str, torch.Tensor]) -> list[_Span]:
     names: dict[tuple[object, ...], list[str]] = {}
     first: dict[tuple[object, ...], torch.Tensor] = {}
     for name, t in tensors.items():
-        if t.is_meta or t.numel() == 0:
+        ptr = _address(t)
+        if ptr is None:
             continue
-        key = (str(t.device), t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        key = (str(t.device), ptr, tuple(t.shape), tuple(t.stride()), t.dtype)
         names.setdefault(key, []).append(name)
         first.setdefault(key, t)
     return [_Span.of(tuple(names[k]), first[k]) for k in names]
+
+
+def _address(t: torch.Tensor) -> int | None:
+    """Where `t`'s first element lies, or None when it holds no memory of its own to share
+    (meta, empty, a wrapper subclass such as DTensor: torch gives it address 0, or raises)."""
+    if t.is_meta or t.numel() == 0:
+        return None
+    try:
+        ptr = int(t.data_ptr())
+    except RuntimeError:
+        return None
+    return ptr or None
 
 
 def _overlap(a: _Span, b: _Span) -> bool | None:
