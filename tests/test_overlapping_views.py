@@ -272,3 +272,23 @@ def test_tensors_without_an_address_of_their_own_are_never_overlapping():
     assert a.data_ptr() == b.data_ptr() == 0
     assert find_overlaps({"a": a, "b": b, "m": torch.empty(3, device="meta")}) == {}
     assert not overlaps_itself(a)
+
+
+def test_a_recipe_refuses_a_later_step_that_changes_one_of_two_views(tmp_path):
+    """A step's kept tensors are the source's own objects, so a later step sees the views too:
+    `plan_recipe` (steps planned on shapes only) and `run_recipe` refuse alike, writing nothing."""
+    w = torch.randn(4, 6)
+    torch.save({"w": w, "w_t": w.t(), "b": torch.zeros(4)}, tmp_path / "m.pt")
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text(
+        f"source: {tmp_path / 'm.pt'}\n"
+        f"output: {tmp_path / 'out.safetensors'}\n"
+        "steps:\n"
+        "  - rules: ['b=ones']\n"
+        "  - rules: ['w_t=zeros']\n"
+    )
+    recipe = reinit.load_recipe(recipe_file)
+    for how in (reinit.plan_recipe, reinit.run_recipe):
+        with pytest.raises(UsageError, match="step 2.*'w_t'.*'w'"):
+            how(recipe)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "r.yaml"]
