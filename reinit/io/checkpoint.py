@@ -162,6 +162,13 @@ class Checkpoint:
         """Tied tensors: name -> the first name sharing its storage (torch files, DCP)."""
         return {}
 
+    def overlaps(self) -> dict[str, dict[str, bool]]:
+        """Tensors whose memory overlaps another's without being the same view (slices,
+        transposes, reshapes of one storage: torch files, state dicts): name -> {other name:
+        True, or False where assumed} (`memory.find_overlaps`). A change to one would change
+        or desert the other, so planning refuses it."""
+        return {}
+
     def extra_files(self) -> list[str]:
         """Non-weight files a directory output copies (relative names)."""
         return []

@@ -8,7 +8,9 @@ layout they report."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,7 +25,10 @@ __all__ = [
     "StateDictCheckpoint",
     "TensorDictCheckpoint",
     "check_tensor_names",
+    "EXACT_OVERLAP_LIMIT",
     "find_aliases",
+    "find_overlaps",
+    "overlaps_itself",
     "reshaped",
 ]
 
@@ -96,6 +101,163 @@ def find_aliases(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
     return out
 
 
+#: The most cells (a cell: the largest unit every element and stride of the two views is a
+#: multiple of, usually one element) the exact overlap check of two strided views may mark in
+#: a boolean mask (128 MiB); past it, a pair whose byte ranges overlap and that no cheaper test
+#: tells apart counts as overlapping (refused if changed, the message says "may overlap").
+EXACT_OVERLAP_LIMIT = 1 << 27
+
+
+@dataclass(frozen=True)
+class _Span:
+    """One distinct view (its exact aliases together, `names`): where its bytes lie."""
+
+    names: tuple[str, ...]
+    device: str
+    start: int  # the address of its first byte
+    end: int  # one past its last byte
+    itemsize: int
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]  # in bytes
+
+    @classmethod
+    def of(cls, names: tuple[str, ...], t: torch.Tensor) -> _Span:
+        size = t.element_size()
+        strides = tuple(s * size for s in t.stride())
+        last = sum((n - 1) * s for n, s in zip(t.shape, strides, strict=True))
+        start = t.data_ptr()
+        return cls(names, str(t.device), start, start + last + size, size, tuple(t.shape), strides)
+
+    def steps(self) -> list[int]:
+        """The byte strides of the dimensions that move (size > 1)."""
+        return [s for n, s in zip(self.shape, self.strides, strict=True) if n > 1]
+
+    def dense(self) -> bool:
+        """Whether the view covers every byte between its first and last (a permutation of a
+        contiguous tensor: `w`, `w.t()`, a slice of rows)."""
+        want = self.itemsize
+        for s, n in sorted((s, n) for n, s in zip(self.shape, self.strides, strict=True) if n > 1):
+            if s != want:
+                return False
+            want *= n
+        return True
+
+
+def find_overlaps(tensors: Mapping[str, torch.Tensor]) -> dict[str, dict[str, bool]]:
+    """Names whose memory overlaps another entry's without being the same view (which
+    `find_aliases` ties): name -> {other name: True where some byte is shared, False where it
+    could not be told within `EXACT_OVERLAP_LIMIT` and is assumed}, in the dict's order.
+
+    Exact for strided views: byte ranges first (disjoint slices of a flat buffer end here),
+    then the strides' common divisor (`w[:, ::2]` and `w[:, 1::2]` of an even width), then a
+    view that covers its whole range, and only then a mask of the two views' cells. Nothing
+    reads the tensors' values; meta and empty tensors hold no memory."""
+    spans = _distinct_spans(tensors)
+    found: dict[str, dict[str, bool]] = {}
+    active: list[_Span] = []
+    for span in sorted(spans, key=lambda v: (v.device, v.start)):
+        active = [a for a in active if a.device == span.device and a.end > span.start]
+        for a in active:
+            verdict = _overlap(a, span)
+            if verdict is not None:
+                _note_pair(found, a.names, span.names, verdict)
+        active.append(span)
+    pos = {n: i for i, n in enumerate(tensors)}
+    return {
+        n: dict(sorted(found[n].items(), key=lambda kv: pos[kv[0]]))
+        for n in sorted(found, key=pos.__getitem__)
+    }
+
+
+def _note_pair(
+    found: dict[str, dict[str, bool]], left: tuple[str, ...], right: tuple[str, ...], sure: bool
+) -> None:
+    for n in left:
+        for m in right:
+            found.setdefault(n, {})[m] = sure
+            found.setdefault(m, {})[n] = sure
+
+
+def overlaps_itself(t: torch.Tensor) -> bool:
+    """Whether some elements of `t` share memory (`expand`'s zero strides, `as_strided`), so
+    that no value can be written into it in place. Past `EXACT_OVERLAP_LIMIT`, assumed so."""
+    if t.numel() < 2 or _address(t) is None:
+        return False
+    span = _Span.of(("",), t)
+    reach = 0  # how far the smaller strides' dimensions reach, in bytes
+    for s, n in sorted((s, n) for n, s in zip(span.shape, span.strides, strict=True) if n > 1):
+        if s < reach + span.itemsize:
+            break
+        reach += (n - 1) * s
+    else:
+        return False  # each stride steps past all the smaller ones: no element repeats a byte
+    cell = math.gcd(span.itemsize, *span.steps())
+    if (span.end - span.start) // cell > EXACT_OVERLAP_LIMIT:
+        return True
+    mask = torch.zeros((span.end - span.start) // cell, dtype=torch.bool)
+    _cells(mask, span, span.start, cell).fill_(True)  # a cell marked twice counts once
+    return int(mask.sum()) < t.numel() * (span.itemsize // cell)
+
+
+def _distinct_spans(tensors: Mapping[str, torch.Tensor]) -> list[_Span]:
+    """One `_Span` per distinct view (exact aliases share one), of the tensors with memory."""
+    names: dict[tuple[object, ...], list[str]] = {}
+    first: dict[tuple[object, ...], torch.Tensor] = {}
+    for name, t in tensors.items():
+        ptr = _address(t)
+        if ptr is None:
+            continue
+        key = (str(t.device), ptr, tuple(t.shape), tuple(t.stride()), t.dtype)
+        names.setdefault(key, []).append(name)
+        first.setdefault(key, t)
+    return [_Span.of(tuple(names[k]), first[k]) for k in names]
+
+
+def _address(t: torch.Tensor) -> int | None:
+    """Where `t`'s first element lies, or None when it holds no memory of its own to share
+    (meta, empty, a wrapper subclass such as DTensor: torch gives it address 0, or raises)."""
+    if t.is_meta or t.numel() == 0:
+        return None
+    try:
+        ptr = int(t.data_ptr())
+    except RuntimeError:
+        return None
+    return ptr or None
+
+
+def _overlap(a: _Span, b: _Span) -> bool | None:
+    """None when `a` and `b` (`a` starting first) share no byte, True when they do, False when
+    the mask they need is over `EXACT_OVERLAP_LIMIT` (assumed)."""
+    if b.start >= a.end:
+        return None
+    step = math.gcd(*a.steps(), *b.steps())
+    if step:  # every byte of a lies at a.start + k*step + [0, a.itemsize), b's alike
+        gap = (b.start - a.start) % step
+        if gap >= a.itemsize and gap + b.itemsize <= step:
+            return None
+    if a.dense() or (b.dense() and a.end <= b.end):  # one holds a byte of the other's range
+        return True
+    return _mask_overlap(a, b, step)
+
+
+def _mask_overlap(a: _Span, b: _Span, step: int) -> bool | None:
+    """Mark a's cells in a mask over both views' range and look for one of b's."""
+    cell = math.gcd(a.itemsize, b.itemsize, step, b.start - a.start)
+    cells = (max(a.end, b.end) - a.start) // cell
+    if cells > EXACT_OVERLAP_LIMIT:
+        return False
+    mask = torch.zeros(cells, dtype=torch.bool)
+    _cells(mask, a, a.start, cell).fill_(True)
+    return True if bool(_cells(mask, b, a.start, cell).any()) else None
+
+
+def _cells(mask: torch.Tensor, v: _Span, base: int, cell: int) -> torch.Tensor:
+    """`v`'s cells in `mask` (which starts at address `base`), one per `cell` bytes."""
+    shape = (*v.shape, v.itemsize // cell)
+    strides = (*(s // cell for s in v.strides), 1)
+    return mask.as_strided(shape, strides, (v.start - base) // cell)
+
+
 def unreadable_kind(t: object) -> str | None:
     """What makes a tensor one reinit cannot read as a checkpoint's bytes (sparse, nested,
     quantized: torch raised from inside, 'Cannot access storage'), or None."""
@@ -130,6 +292,7 @@ class TensorDictCheckpoint(Checkpoint):
         self.tensors = dict(tensors)
         _refuse_unreadable(self.tensors, source)
         self._aliases = find_aliases(self.tensors)
+        self._overlaps: dict[str, dict[str, bool]] | None = None
 
     def shard_of(self, name: str) -> str:
         """The shard a tensor is reported in (its file within a folder layout)."""
@@ -157,6 +320,11 @@ class TensorDictCheckpoint(Checkpoint):
 
     def aliases(self) -> dict[str, str]:
         return dict(self._aliases)
+
+    def overlaps(self) -> dict[str, dict[str, bool]]:
+        if self._overlaps is None:  # only planning asks: a state dict's views, a torch file's
+            self._overlaps = find_overlaps(self.tensors)
+        return {n: dict(o) for n, o in self._overlaps.items()}
 
 
 class StateDictCheckpoint(TensorDictCheckpoint):

@@ -135,6 +135,14 @@ class EditedCheckpoint(Checkpoint):
             if a in new_name and b in new_name
         }
 
+    def overlaps(self) -> dict[str, dict[str, bool]]:
+        new_name = {old: new for new, old in self.edited.origin.items()}
+        return {
+            new_name[a]: {new_name[b]: sure for b, sure in others.items() if b in new_name}
+            for a, others in self.base.overlaps().items()
+            if a in new_name and any(b in new_name for b in others)
+        }
+
     def extra_files(self) -> list[str]:
         return self.base.extra_files()
 

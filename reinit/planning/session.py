@@ -32,7 +32,7 @@ from reinit.planning.surgery import (
     parse_surgery,
     resolve_fills,
 )
-from reinit.planning.ties import Ties, resolve_ties
+from reinit.planning.ties import Ties, refuse_overlaps, resolve_ties
 from reinit.planning.transplant import SourcePool, check_transplants
 from reinit.rules import Rule, closest_hint, parse_rules
 from reinit.schemes import (
@@ -258,7 +258,9 @@ def plan_for(
     tied_by_config = config_ties(result, ckpt, view, config)
     if edited is not None:  # a group resized together: no longer of the config's vocabulary
         tied_by_config = {**edited.tied, **tied_by_config}
-    return resolve_ties(result, ckpt.aliases(), tied_by_config)
+    result, ties = resolve_ties(result, ckpt.aliases(), tied_by_config)
+    refuse_overlaps(result, ckpt.overlaps(), ckpt.source)  # after ties: a tie may change one
+    return result, ties
 
 
 def loaded_model(model: ModelInput | None) -> Model | None:

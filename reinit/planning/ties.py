@@ -6,12 +6,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from reinit.errors import RuleError
+from reinit.errors import RuleError, UsageError
 from reinit.planning.planner import Plan, PlanEntry
 from reinit.planning.transplant import source_keys
+from reinit.text import shown
 
 __all__ = [
     "Ties",
+    "refuse_overlaps",
     "resolve_ties",
     "tie_groups",
 ]
@@ -140,3 +142,23 @@ def _check_same_source(group: tuple[str, ...], changing: Sequence[PlanEntry]) ->
             )
         if other.transform_text() != spec.transform_text():
             raise _conflict(group, first, e, "the rules transform the source differently")
+
+
+def refuse_overlaps(plan: Plan, overlaps: Mapping[str, Mapping[str, bool]], where: str) -> None:
+    """Refuse a plan that changes a tensor whose memory overlaps another entry's without being
+    the same view (`Checkpoint.overlaps`: a slice, transpose or reshape of one storage). No
+    one value keeps both in step: written back in place the other would change while the
+    report says it was kept; written apart they would disagree. Raises `UsageError`."""
+    for e in plan.entries:
+        others = overlaps.get(e.name)
+        if not (e.changes and others):
+            continue
+        other, sure = next(iter(others.items()))
+        how = "overlaps" if sure else "may overlap (too large to check element by element)"
+        by = f"rule {e.rule_text!r}" if e.rule_text else "the surgery"
+        raise UsageError(
+            f"{where}: {by} would change tensor '{shown(e.name)}', whose memory {how} that of "
+            f"'{shown(other)}' (another view of one storage: a slice, transpose or reshape), so "
+            "the two cannot stay in step; give one its own memory (a .clone() of it in the "
+            "state dict or module, or re-save the file so), drop one, or leave both unchanged"
+        )

@@ -75,19 +75,20 @@ def run_recipe(recipe: Recipe, *, progress: bool = False) -> Report:
         for i, step in enumerate(recipe.steps[:-1]):
             with _naming(step):
                 rules, options = _first_step(recipe, original, i, step, progress)
-                tensors, rep, shards = _run_step(current, rules, options)
+                tensors, rep, shards, views = _run_step(current, rules, options)
             reports.append(rep)
             record = _step_record(current, rules, options)
-            current = StepOutput(tensors, original, record, shards)
+            current = StepOutput(tensors, original, record, shards, views)
         with _naming(recipe.steps[-1]):
             return _write_last(recipe, current, tuple(reports), started, progress)
 
 
 def _run_step(
     ckpt: Checkpoint, rules: Sequence[str], options: ApplyOptions
-) -> tuple[dict[str, torch.Tensor], Report, dict[str, str]]:
-    """A step run in memory: its tensors, its report and the shard each tensor's file would
-    put it in (a renamed tensor in its own, an added one in the last: the surgery's refs)."""
+) -> tuple[dict[str, torch.Tensor], Report, dict[str, str], dict[str, dict[str, bool]]]:
+    """A step run in memory: its tensors, its report, the shard each tensor's file would
+    put it in (a renamed tensor in its own, an added one in the last: the surgery's refs) and
+    the input's overlapping views under the output's names (all kept: a change is refused)."""
     from reinit.run.inmemory import run_prepared
     from reinit.run.prepare import Job, prepare
 
@@ -95,14 +96,17 @@ def _run_step(
         prepared = prepare(stack, Job.of(ckpt, rules, options, require_rules=False), options)
         shards = {r.name: r.shard for r in prepared.ckpt.refs()}
         run = run_prepared(prepared)
-    return run.tensors, run.report, shards
+        views = prepared.ckpt.overlaps()
+    return run.tensors, run.report, shards, views
 
 
 class StepOutput(StateDictCheckpoint):
     """A step's tensors, laid out like the source (each in the shard its step's output file
     would put it in: `shards`), recording the step as its output file would (`reinit`
     metadata: `run.record`), so the next step's output records every step that made it, as a
-    chain of files does."""
+    chain of files does. `views`: the input's overlapping views (`Checkpoint.overlaps`), which
+    a later step may not change either, though a step's kept tensors may be copies (a torch
+    file's are)."""
 
     def __init__(
         self,
@@ -110,10 +114,18 @@ class StepOutput(StateDictCheckpoint):
         like: Checkpoint,
         record: str,
         shards: Mapping[str, str],
+        views: Mapping[str, Mapping[str, bool]] | None = None,
     ):
         super().__init__(tensors, like=like)
         self.record = record
         self._shard_of = {**self._shard_of, **shards}
+        self.views = {n: dict(o) for n, o in (views or {}).items()}
+
+    def overlaps(self) -> dict[str, dict[str, bool]]:
+        out = super().overlaps()
+        for n, others in self.views.items():
+            out.setdefault(n, {}).update({m: s for m, s in others.items() if m not in out[n]})
+        return out
 
     def metadata(self, shard: str = "") -> dict[str, str]:
         meta = dict(super().metadata(shard))  # as `run.output.output_metadata` writes it
@@ -215,10 +227,18 @@ class PlannedCheckpoint(StateDictCheckpoint):
         }
         super().__init__(tensors, like=like)
         self.tied = {n: r for n, r in before.aliases().items() if n in tensors and r in tensors}
+        self.overlapping = {
+            n: {m: sure for m, sure in others.items() if m in tensors}
+            for n, others in before.overlaps().items()
+            if n in tensors and any(m in tensors for m in others)
+        }
 
     def aliases(self) -> dict[str, str]:
         # meta tensors share no storage to find ties by: the input's ties carry over
         return dict(self.tied)
+
+    def overlaps(self) -> dict[str, dict[str, bool]]:
+        return {n: dict(o) for n, o in self.overlapping.items()}
 
 
 def _live(step: Step, progress: bool) -> ApplyOptions:

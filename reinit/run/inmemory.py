@@ -18,7 +18,7 @@ import torch
 
 from reinit.errors import UsageError
 from reinit.io.checkpoint import Checkpoint
-from reinit.io.memory import StateDictCheckpoint, check_state_dict
+from reinit.io.memory import StateDictCheckpoint, check_state_dict, overlaps_itself
 from reinit.io.trust import TrustSpec
 from reinit.options import (
     IN_MEMORY_FIELDS,
@@ -38,6 +38,7 @@ from reinit.report.reference import REFERENCE_TOLERANCE
 from reinit.rules import Rule
 from reinit.run.pieces import assemble
 from reinit.run.prepare import Job, Prepared, plan_on, prepare
+from reinit.text import shown
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -122,7 +123,17 @@ def write_back(
     state: Mapping[str, torch.Tensor], new: Mapping[str, torch.Tensor], report: Report
 ) -> None:
     """Copy the tensors `report` says changed from `new` into `state`'s own tensors, in place
-    (under `torch.no_grad`, so parameters keep `requires_grad` and stay the module's objects)."""
+    (under `torch.no_grad`, so parameters keep `requires_grad` and stay the module's objects).
+    A changed tensor whose elements share memory (`expand`) is refused before any is written:
+    `UsageError`."""
+    for e in report.tensors:
+        if e.changes and overlaps_itself(state[e.name]):
+            raise UsageError(
+                f"{report.source}: tensor '{shown(e.name)}' would change, but some of its "
+                "elements share memory (an expand() or as_strided view), so no value can be "
+                "written into it in place; give it its own memory (a .clone() of it in the "
+                "module) or leave it unchanged"
+            )
     with torch.no_grad():
         for e in report.tensors:
             if e.changes:

@@ -333,6 +333,14 @@ class DirectoryCheckpoint(Checkpoint):
             out.update(self._shard(shard).aliases())
         return out
 
+    def overlaps(self) -> dict[str, dict[str, bool]]:
+        if self.layout.fmt != "torch":
+            return {}
+        out: dict[str, dict[str, bool]] = {}
+        for shard in self.shards():  # shards are separate files: views of one storage share one
+            out.update(self._shard(shard).overlaps())
+        return out
+
     def extra_files(self) -> list[str]:
         return [f for f in self._files if not WEIGHT_FILE.match(f)]
 
