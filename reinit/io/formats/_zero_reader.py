@@ -30,7 +30,7 @@ from reinit.io.checkpoint import Checkpoint, ConfigDict, TensorRef, read_config_
 from reinit.io.confine import local_file
 from reinit.io.formats._lazy_pickle import Inert, LazyFile, LazyTensor, load_lazy
 from reinit.io.formats._safetensors_format import tensor_to_bytes
-from reinit.io.formats._zero_layout import natural_key, zero_tag_dir
+from reinit.io.formats._zero_layout import ZeroFiles, zero_files, zero_tag_dir
 
 __all__ = ["ZeroCheckpoint"]
 
@@ -145,6 +145,40 @@ def _check_counts(
         )
 
 
+def _check_files(tag: Path, files: ZeroFiles) -> None:
+    """A DeepSpeed-MoE save without ZeRO has only `expp_rank_*` optimizer files; a folder
+    whose only model states are experts' lacks the ranks' own."""
+    if not files.optims:
+        raise CheckpointError(
+            f"{tag}: a DeepSpeed-MoE checkpoint saved without ZeRO (only expp_rank_* optimizer "
+            "files); not supported: reinit reads ZeRO stage 1-3 folders, so save it with ZeRO "
+            "stage 1 or 2"
+        )
+    if not files.models:
+        raise CheckpointError(
+            f"{tag}: has no ranks' model states file (mp_rank_00_model_states.pt), only "
+            "experts'; a file is missing or left from another run"
+        )
+
+
+def _check_expert_parallel(tag: Path, osd: object, world: int) -> None:
+    """DeepSpeed-MoE with expert parallelism (ep_size > 1) splits each expert group over the
+    ranks of one expert-data-parallel group only: every such group's partitions hold other
+    experts, under the same (local) names, so the ranks' partitions cannot be joined."""
+    counts = osd.get("partition_count") if isinstance(osd, Mapping) else None
+    if not isinstance(counts, list):
+        return
+    for i, n in enumerate(counts):
+        if isinstance(n, int) and 0 < n < world:
+            raise CheckpointError(
+                f"{tag}: DeepSpeed-MoE with expert parallelism (ep_size {world // n}): parameter "
+                f"group {i} is split over {n} of the {world} ranks, each group of ranks holding "
+                "other experts under the same names; not supported: reinit reads DeepSpeed-MoE "
+                "saved with ep_size 1 (load it in DeepSpeed with ep_size=1, load_module_only="
+                "True, and save again)"
+            )
+
+
 class ZeroCheckpoint(Checkpoint):
     """A DeepSpeed ZeRO checkpoint folder (or its tag folder), read as `zero_to_fp32` does."""
 
@@ -170,8 +204,10 @@ class ZeroCheckpoint(Checkpoint):
         return f
 
     def _open(self, tag: Path) -> None:
-        models = [self._load(p) for p in sorted(tag.glob("*_model_states.pt"), key=natural_key)]
-        optims = [self._load(p) for p in sorted(tag.glob("*_optim_states.pt"), key=natural_key)]
+        files = zero_files(tag)
+        _check_files(tag, files)
+        models = [self._load(p) for p in files.models]
+        optims = [self._load(p) for p in files.optims]
         osds = [_key(o.obj, "optimizer_state_dict", o.path) for o in optims]
         where = optims[0].path
         stage = _as_int(_key(osds[0], "zero_stage", where), where, "zero_stage")
@@ -181,6 +217,7 @@ class ZeroCheckpoint(Checkpoint):
                 f"{tag}: ZeRO stage {stage} over {world} ranks, but {len(optims)} optimizer "
                 "files; a rank's file is missing or left from another run"
             )
+        _check_expert_parallel(tag, osds[0], world)
         key = "single_partition_of_fp32_groups" if stage <= 2 else "fp32_flat_groups"
         flats = [_tensors(_key(s, key, o.path), o.path) for s, o in zip(osds, optims, strict=True)]
         m0 = models[0].obj
@@ -199,6 +236,29 @@ class ZeroCheckpoint(Checkpoint):
         order = [k for k in (module or {}) if k in self.params or k in self._aliases]
         rest = [k for k in [*self.params, *self._aliases] if k not in set(order)]
         self._names = order + rest
+        for path in files.experts:
+            self._check_expert_file(path)
+
+    def _check_expert_file(self, path: Path) -> None:
+        """A DeepSpeed-MoE expert file holds its expert's module weights under the names the
+        model's state_dict gives them; with ep_size 1 the ZeRO partitions hold each of them
+        too, as fp32 master weights. One that does not is refused, never dropped."""
+        f = self._load(path)
+        self._files.remove(f)
+        try:
+            if not isinstance(f.obj, Mapping):
+                raise CheckpointError(f"{f.path}: is not a DeepSpeed-MoE expert file")
+            for name, t in f.obj.items():
+                p = self.params.get(str(name))
+                if not isinstance(t, LazyTensor) or p is None or p.shape != t.shape:
+                    raise CheckpointError(
+                        f"{f.path}: expert tensor '{name}' is not among the parameters of the "
+                        "ZeRO partitions (a frozen expert, or an expert layout reinit does not "
+                        "read); not supported: load the checkpoint in DeepSpeed and save the "
+                        "model's state_dict"
+                    )
+        finally:
+            f.close()
 
     def _buffers(self, model: LazyFile) -> None:
         module = _key(model.obj, "module", model.path)

@@ -1,0 +1,100 @@
+"""DeepSpeed-MoE ZeRO folders: each expert's weights also sit in their own file
+(`layer_{L}_expert_{E}_mp_rank_00_model_states.pt`) beside the ranks' files.
+
+The fixtures in `tests/golden/deepspeed/moe-*` were written by DeepSpeed 0.19.8 itself (CPU,
+2 gloo processes, one `deepspeed.moe.layer.MoE` of 4 experts; see its make_moe.py), with
+DeepSpeed's own fp32 master weights (`safe_get_full_fp32_param`) for the ep_size 1 ones.
+`moe-zero2-ep2` (expert parallelism) and `moe-nozero-ep2` (no ZeRO: `expp_rank_*` optimizer
+files) are refused in one line. Two cases are built here from DeepSpeed's source layout, not
+by its writer: the `{'optimizer': None}` `expp_rank_*` files older versions wrote beside ZeRO
+files, and an expert file the partitions do not hold."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import refused, run
+from safetensors.torch import load_file
+
+GOLDEN = Path(__file__).parent / "golden" / "deepspeed"
+EXPERT = "moe.deepspeed_moe.experts.deepspeed_experts.{}.{}"
+EXPERT_TENSORS = {
+    EXPERT.format(e, t) for e in range(4) for t in ("0.weight", "0.bias", "2.weight", "2.bias")
+}
+
+
+def copy(name: str, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(GOLDEN / name, tmp_path / name))
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_every_expert_reads_as_deepspeed_s_own_fp32_master_weights(tmp_path, stage):
+    import reinit
+
+    want = load_file(GOLDEN / f"moe-zero{stage}.fp32.safetensors")
+    assert set(want) >= EXPERT_TENSORS
+    tag = GOLDEN / f"moe-zero{stage}" / "global_step1"
+    with reinit.open_checkpoint(GOLDEN / f"moe-zero{stage}") as ck:
+        assert set(ck.names()) == set(want)
+        for k, v in want.items():
+            got = ck.read(k)
+            assert got.dtype == torch.float32 and torch.equal(got, v), k
+        for e in range(4):  # each expert file: the module's bf16 copy of those masters
+            f = torch.load(tag / f"layer_0_expert_{e}_mp_rank_00_model_states.pt")
+            assert len(f) == 4
+            for k, v in f.items():
+                assert torch.equal(ck.read(k).to(v.dtype), v), k
+    out = tmp_path / "o.safetensors"
+    res = run("apply", GOLDEN / f"moe-zero{stage}", "--rule", "*.bias=zeros", "-o", out)
+    assert res.exit_code == 0, res.output
+    got = load_file(out)
+    assert set(got) == set(want)
+    for k, v in want.items():
+        assert torch.equal(got[k], torch.zeros_like(v) if k.endswith(".bias") else v), k
+
+
+def test_expert_parallelism_is_refused_in_one_line(tmp_path):
+    """ep_size 2 over 2 ranks: each rank's expert partition holds other experts under the same
+    (local) names; joining them would give experts 0-1 twice and lose 2-3."""
+    ckpt = copy("moe-zero2-ep2", tmp_path)
+    args = ["apply", str(ckpt), "--rule", "*.bias=zeros", "-o", str(tmp_path / "o.safetensors")]
+    refused(tmp_path, args, 1, "global_step1", "expert parallelism (ep_size 2)", "ep_size=1")
+
+
+def test_a_moe_save_without_zero_is_refused_in_one_line(tmp_path):
+    ckpt = copy("moe-nozero-ep2", tmp_path)
+    refused(tmp_path, ["inspect", str(ckpt)], 1, "global_step1", "without ZeRO", "stage 1 or 2")
+
+
+def test_the_expp_optimizer_files_older_versions_wrote_beside_zero_files_hold_no_weights(
+    tmp_path,
+):
+    """Before 0.19 `_save_moe_checkpoint` wrote `{'optimizer': None}` per expert-parallel rank
+    under ZeRO too (built here from that source's layout); they are not ranks' ZeRO files."""
+    import reinit
+
+    ckpt = copy("moe-zero2", tmp_path)
+    torch.save(
+        {"optimizer": None}, ckpt / "global_step1" / "expp_rank_0_mp_rank_00_optim_states.pt"
+    )
+    want = load_file(GOLDEN / "moe-zero2.fp32.safetensors")
+    with reinit.open_checkpoint(ckpt) as ck:
+        assert set(ck.names()) == set(want)
+        assert all(torch.equal(ck.read(k), v) for k, v in want.items())
+
+
+@pytest.mark.parametrize("case", ["unknown name", "other shape"])
+def test_an_expert_file_the_partitions_do_not_hold_is_refused_not_dropped(tmp_path, case):
+    """An expert tensor that the ZeRO partitions do not hold (built here: a second MoE layer's
+    expert file, or one of another shape) would be lost if read without it: refused."""
+    ckpt = copy("moe-zero2", tmp_path)
+    name = EXPERT.format(0, "0.weight")
+    if case == "unknown name":
+        name = name.replace("moe.", "moe2.", 1)
+    shape = (12, 8) if case == "unknown name" else (8, 8)
+    bad = ckpt / "global_step1" / "layer_1_expert_0_mp_rank_00_model_states.pt"
+    torch.save({name: torch.ones(shape, dtype=torch.bfloat16)}, bad)
+    refused(tmp_path, ["inspect", str(ckpt)], 1, bad.name, f"'{name}'", "not supported")
