@@ -3,15 +3,20 @@
 
 The fixtures in `tests/golden/deepspeed/moe-*` were written by DeepSpeed 0.19.8 itself (CPU,
 2 gloo processes, one `deepspeed.moe.layer.MoE` of 4 experts; see its make_moe.py), with
-DeepSpeed's own fp32 master weights (`safe_get_full_fp32_param`) for the ep_size 1 ones.
+DeepSpeed's own fp32 master weights (`safe_get_full_fp32_param`) for the ep_size 1 ones
+(one with ZeRO's `parameter_alignment`).
 `moe-zero2-ep2` (expert parallelism) and `moe-nozero-ep2` (no ZeRO: `expp_rank_*` optimizer
 files) are refused in one line. Two cases are built here from DeepSpeed's source layout, not
 by its writer: the `{'optimizer': None}` `expp_rank_*` files older versions wrote beside ZeRO
-files, and an expert file the partitions do not hold."""
+files, and an expert file the partitions do not hold. Where DeepSpeed is installed (it is not
+a reinit dependency), one test also has it write fresh folders with make_moe.py."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,14 +35,17 @@ def copy(name: str, tmp_path: Path) -> Path:
     return Path(shutil.copytree(GOLDEN / name, tmp_path / name))
 
 
-@pytest.mark.parametrize("stage", [1, 2])
-def test_every_expert_reads_as_deepspeed_s_own_fp32_master_weights(tmp_path, stage):
+@pytest.mark.parametrize("name", ["moe-zero1", "moe-zero2", "moe-zero2-aligned"])
+def test_every_expert_reads_as_deepspeed_s_own_fp32_master_weights(tmp_path, name):
+    """`-aligned`: ZeRO's `parameter_alignment` pads a 12-element bias by 4 in each expert
+    group (`param_alignment_paddings`); read without them, 14 of the 21 tensors were
+    silently another's values."""
     import reinit
 
-    want = load_file(GOLDEN / f"moe-zero{stage}.fp32.safetensors")
+    want = load_file(GOLDEN / f"{name}.fp32.safetensors")
     assert set(want) >= EXPERT_TENSORS
-    tag = GOLDEN / f"moe-zero{stage}" / "global_step1"
-    with reinit.open_checkpoint(GOLDEN / f"moe-zero{stage}") as ck:
+    tag = GOLDEN / name / "global_step1"
+    with reinit.open_checkpoint(GOLDEN / name) as ck:
         assert set(ck.names()) == set(want)
         for k, v in want.items():
             got = ck.read(k)
@@ -48,7 +56,7 @@ def test_every_expert_reads_as_deepspeed_s_own_fp32_master_weights(tmp_path, sta
             for k, v in f.items():
                 assert torch.equal(ck.read(k).to(v.dtype), v), k
     out = tmp_path / "o.safetensors"
-    res = run("apply", GOLDEN / f"moe-zero{stage}", "--rule", "*.bias=zeros", "-o", out)
+    res = run("apply", GOLDEN / name, "--rule", "*.bias=zeros", "-o", out)
     assert res.exit_code == 0, res.output
     got = load_file(out)
     assert set(got) == set(want)
@@ -72,7 +80,7 @@ def test_a_moe_save_without_zero_is_refused_in_one_line(tmp_path):
 def test_the_expp_optimizer_files_older_versions_wrote_beside_zero_files_hold_no_weights(
     tmp_path,
 ):
-    """Before 0.19 `_save_moe_checkpoint` wrote `{'optimizer': None}` per expert-parallel rank
+    """Older `_save_moe_checkpoint`s wrote `{'optimizer': None}` per expert-parallel rank
     under ZeRO too (built here from that source's layout); they are not ranks' ZeRO files."""
     import reinit
 
@@ -98,3 +106,29 @@ def test_an_expert_file_the_partitions_do_not_hold_is_refused_not_dropped(tmp_pa
     bad = ckpt / "global_step1" / "layer_1_expert_0_mp_rank_00_model_states.pt"
     torch.save({name: torch.ones(shape, dtype=torch.bfloat16)}, bad)
     refused(tmp_path, ["inspect", str(ckpt)], 1, bad.name, f"'{name}'", "not supported")
+
+
+@pytest.mark.slow
+def test_folders_deepspeed_writes_here_read_or_refuse(tmp_path):
+    """Only where DeepSpeed is installed: make_moe.py writes a ZeRO-2 MoE folder with ep_size
+    1, read as DeepSpeed's own fp32 masters, and one with ep_size 2, refused."""
+    pytest.importorskip("deepspeed")
+    import reinit
+
+    for ep in (1, 2):
+        argv = [
+            sys.executable,
+            str(GOLDEN / "make_moe.py"),
+            "2",
+            str(ep),
+            str(tmp_path / f"ep{ep}"),
+        ]
+        env = {**os.environ, "DS_ACCELERATOR": "cpu"}
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+    want = load_file(tmp_path / "ep1.fp32.safetensors")
+    assert set(want) >= EXPERT_TENSORS
+    with reinit.open_checkpoint(tmp_path / "ep1") as ck:
+        assert set(ck.names()) == set(want)
+        assert all(torch.equal(ck.read(k), v) for k, v in want.items())
+    refused(tmp_path, ["inspect", str(tmp_path / "ep2")], 1, "expert parallelism (ep_size 2)")

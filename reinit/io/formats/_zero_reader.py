@@ -123,6 +123,25 @@ def _capped(pieces: list[_Piece], n: int) -> tuple[_Piece, ...]:
     return tuple(out)
 
 
+def _paddings(osd: object, shapes: list[dict[str, tuple[int, ...]]], where: str) -> list[list[int]]:
+    """`param_alignment_paddings` (stages 1-2 with `parameter_alignment`): the elements left
+    after each parameter of each group, before the next; none (older versions) is all 0."""
+    pads = osd.get("param_alignment_paddings") if isinstance(osd, Mapping) else None
+    if pads is None:
+        return [[0] * len(g) for g in shapes]
+    if not (
+        isinstance(pads, list)
+        and len(pads) == len(shapes)
+        and all(isinstance(p, list) and len(p) == len(g) for p, g in zip(pads, shapes, strict=True))
+        and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for p in pads for n in p)
+    ):
+        raise CheckpointError(
+            f"{where}: param_alignment_paddings does not give one padding per parameter of each "
+            "group of param_shapes; the checkpoint is corrupt"
+        )
+    return pads
+
+
 def _check_counts(
     tag: Path,
     stage: int,
@@ -227,7 +246,7 @@ class ZeroCheckpoint(Checkpoint):
         self._buffers(models[0])
         self._frozen(models)
         if stage <= 2:
-            self._stage12(shapes, flats, optims)
+            self._stage12(shapes, flats, optims, _paddings(osds[0], shapes, where))
         else:
             self._stage3(shapes, flats, optims, world)
         shared = _mapping(m0, "shared_params", models[0].path)
@@ -295,11 +314,12 @@ class ZeroCheckpoint(Checkpoint):
         shapes: list[dict[str, tuple[int, ...]]],
         flats: list[list[LazyTensor]],
         optims: list[LazyFile],
+        paddings: list[list[int]],
     ) -> None:
         for i, group in enumerate(shapes):
             parts = [(o, f[i]) for o, f in zip(optims, flats, strict=True)]
             offset = 0
-            for name, dims in group.items():
+            for (name, dims), pad in zip(group.items(), paddings[i], strict=True):
                 n, pieces, base = math.prod(dims), [], 0
                 for o, t in parts:
                     lo, hi = max(offset, base), min(offset + n, base + t.numel)
@@ -311,7 +331,7 @@ class ZeroCheckpoint(Checkpoint):
                         f"{optims[0].path}: parameter group {i} ends before '{name}' does"
                     )
                 self.params[name] = _Param(dims, torch.float32, tuple(pieces))
-                offset += n
+                offset += n + pad
 
     def _stage3(
         self,

@@ -6,10 +6,11 @@ layer (4 experts, top-1) as `engine.save_checkpoint` writes it, beside its ranks
 without ZeRO. For ep_size 1 it also keeps DeepSpeed's own fp32 master weights
 (`deepspeed.utils.safe_get_full_fp32_param` of every parameter, on rank 0) as
 `OUT_DIR.fp32.safetensors`: DeepSpeed's `zero_to_fp32` cannot be the reference here, it
-refuses the expert files ("... is not a model state checkpoint").
+refuses the expert files ("... is not a model state checkpoint"). `--align` sets ZeRO's
+`parameter_alignment` (each parameter padded to 16 bytes in the flat partitions).
 
-    python make_moe.py STAGE EP_SIZE OUT_DIR    # then keep OUT_DIR/latest, OUT_DIR/global_step1/*.pt
-    python make_moe.py STAGE EP_SIZE OUT_DIR FROM_DIR   # load FROM_DIR's module first
+    python make_moe.py STAGE EP_SIZE OUT_DIR [--align]   # keep OUT_DIR/latest, global_step1/*.pt
+    python make_moe.py STAGE EP_SIZE OUT_DIR --from DIR  # load DIR's module first
 """
 
 import os
@@ -39,7 +40,7 @@ def build(ep):
     return Net()
 
 
-def work(rank, world, stage, ep, out, src, port):
+def work(rank, world, stage, ep, out, src, align, port):
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -65,7 +66,8 @@ def work(rank, world, stage, ep, out, src, port):
     opt = torch.optim.AdamW(groups, lr=1e-2)
     ds = {"train_micro_batch_size_per_gpu": 2, "zero_allow_untested_optimizer": True}
     if stage > 0:
-        ds.update(zero_optimization={"stage": stage}, bf16={"enabled": True})
+        zero = {"stage": stage, "parameter_alignment": align}
+        ds.update(zero_optimization=zero, bf16={"enabled": True})
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds)
     if src:
         engine.load_checkpoint(src, load_module_only=True)
@@ -83,6 +85,7 @@ def work(rank, world, stage, ep, out, src, port):
 
 
 if __name__ == "__main__":
-    stage, ep, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-    src = sys.argv[4] if len(sys.argv) > 4 else None
-    mp.spawn(work, args=(2, stage, ep, out, src, 29650 + stage * 10 + ep), nprocs=2)
+    stage, ep, out, rest = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4:]
+    src = rest[rest.index("--from") + 1] if "--from" in rest else None
+    align = "--align" in rest
+    mp.spawn(work, args=(2, stage, ep, out, src, align, 29650 + stage * 10 + ep), nprocs=2)
