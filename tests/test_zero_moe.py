@@ -1,15 +1,16 @@
 """DeepSpeed-MoE ZeRO folders: each expert's weights also sit in their own file
 (`layer_{L}_expert_{E}_mp_rank_00_model_states.pt`) beside the ranks' files.
 
-The fixtures in `tests/golden/deepspeed/moe-*` were written by DeepSpeed 0.19.8 itself (CPU,
-2 gloo processes, one `deepspeed.moe.layer.MoE` of 4 experts; see its make_moe.py), with
-DeepSpeed's own fp32 master weights (`safe_get_full_fp32_param`) for the ep_size 1 ones
-(one with ZeRO's `parameter_alignment`).
-`moe-zero2-ep2` (expert parallelism) and `moe-nozero-ep2` (no ZeRO: `expp_rank_*` optimizer
-files) are refused in one line. Two cases are built here from DeepSpeed's source layout, not
-by its writer: the `{'optimizer': None}` `expp_rank_*` files older versions wrote beside ZeRO
-files, and an expert file the partitions do not hold. Where DeepSpeed is installed (it is not
-a reinit dependency), one test also has it write fresh folders with make_moe.py."""
+The fixtures in `tests/golden/deepspeed/` were written by DeepSpeed 0.19.8 itself (CPU, 2 gloo
+processes), with DeepSpeed's own fp32 master weights (`safe_get_full_fp32_param`) for the
+ep_size 1 ones: `moe-*`, one `deepspeed.moe.layer.MoE` of 4 experts (make_moe.py; one with
+ZeRO's `parameter_alignment`), and `autoep-*`, DeepSpeed's AutoEP layers in a tiny Mixtral
+(make_autoep.py). `moe-zero2-ep2`, `autoep-zero3-ep2` (expert parallelism) and
+`moe-nozero-ep2` (no ZeRO: `expp_rank_*` optimizer files) are refused in one line. Two cases
+are built here from DeepSpeed's source layout, not by its writer: the `{'optimizer': None}`
+`expp_rank_*` files older versions wrote beside ZeRO files, and an expert file the partitions
+do not hold. Where DeepSpeed is installed (it is not a reinit dependency), one test also has
+it write fresh folders with make_moe.py."""
 
 from __future__ import annotations
 
@@ -62,6 +63,39 @@ def test_every_expert_reads_as_deepspeed_s_own_fp32_master_weights(tmp_path, nam
     assert set(got) == set(want)
     for k, v in want.items():
         assert torch.equal(got[k], torch.zeros_like(v) if k.endswith(".bias") else v), k
+
+
+@pytest.mark.parametrize("name", ["autoep-zero2", "autoep-zero3"])
+def test_autoep_stacked_experts_read_as_deepspeed_s_own_fp32_master_weights(name):
+    """DeepSpeed's AutoEP layers (a tiny Mixtral's MoE blocks replaced, make_autoep.py) stack
+    the experts (`mlp.experts.w1` [4, 24, 16]); with ZeRO 1-2 each expert file holds one
+    expert's slice of each (`mlp.experts.w1.3` [24, 16]), a stage 3 save has none."""
+    import reinit
+
+    want = load_file(GOLDEN / f"{name}.fp32.safetensors")
+    w1 = "model.layers.0.mlp.experts.w1"
+    assert want[w1].shape == (4, 24, 16)
+    tag = GOLDEN / name / "global_step1"
+    with reinit.open_checkpoint(GOLDEN / name) as ck:
+        assert set(ck.names()) == set(want)
+        for k, v in want.items():
+            got = ck.read(k)
+            assert got.dtype == torch.float32 and torch.equal(got, v), k
+        files = sorted(tag.glob("layer_0_expert_*_model_states.pt"))
+        assert len(files) == (4 if name == "autoep-zero2" else 0)
+        for e, path in enumerate(files):
+            f = torch.load(path)
+            assert set(f) == {f"model.layers.0.mlp.experts.w{i}.{e}" for i in (1, 2, 3)}
+            for k, v in f.items():
+                assert torch.equal(ck.read(k.rpartition(".")[0])[e].to(v.dtype), v), k
+
+
+def test_autoep_with_expert_parallelism_is_refused_in_one_line(tmp_path):
+    """ZeRO-3 with autoep_size 2: `param_shapes` gives each rank's own [2, ...] experts, and
+    reinit read half of every stacked expert tensor as if whole (13 tensors, 17,472 bytes
+    instead of 26,688)."""
+    ckpt = copy("autoep-zero3-ep2", tmp_path)
+    refused(tmp_path, ["inspect", str(ckpt)], 1, "AutoEP layer 'model.layers.0.mlp'", "ep_size 2")
 
 
 def test_expert_parallelism_is_refused_in_one_line(tmp_path):

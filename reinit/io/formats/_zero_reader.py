@@ -180,6 +180,26 @@ def _check_files(tag: Path, files: ZeroFiles) -> None:
         )
 
 
+def _check_autoep(tag: Path, model: object) -> None:
+    """DeepSpeed's AutoEP layers record themselves in the model states (`ds_autoep_layers`,
+    `autoep_layers` before): with ep_size > 1 each rank's stacked experts are its own
+    experts only (in ZeRO stage 3 too, where `param_shapes` then gives the local shape)."""
+    layers = model.get("ds_autoep_layers") if isinstance(model, Mapping) else None
+    if layers is None and isinstance(model, Mapping):
+        layers = model.get("autoep_layers")
+    for layer in layers if isinstance(layers, list) else []:
+        ep = layer.get("ep_size") if isinstance(layer, Mapping) else None
+        if ep != 1:
+            where = layer.get("module_path") if isinstance(layer, Mapping) else None
+            raise CheckpointError(
+                f"{tag}: DeepSpeed AutoEP layer '{where}' with expert parallelism (ep_size "
+                f"{ep}): each rank holds only its own experts; not supported: reinit reads "
+                "AutoEP saved with autoep_size 1 (with ZeRO 1-2, load it in DeepSpeed with "
+                "autoep_size 1, load_module_only=True, and save again; for ZeRO-3 DeepSpeed "
+                "points to its ds_to_universal.py)"
+            )
+
+
 def _check_expert_parallel(tag: Path, osd: object, world: int) -> None:
     """DeepSpeed-MoE with expert parallelism (ep_size > 1) splits each expert group over the
     ranks of one expert-data-parallel group only: every such group's partitions hold other
@@ -236,6 +256,7 @@ class ZeroCheckpoint(Checkpoint):
                 f"{tag}: ZeRO stage {stage} over {world} ranks, but {len(optims)} optimizer "
                 "files; a rank's file is missing or left from another run"
             )
+        _check_autoep(tag, models[0].obj)
         _check_expert_parallel(tag, osds[0], world)
         key = "single_partition_of_fp32_groups" if stage <= 2 else "fp32_flat_groups"
         flats = [_tensors(_key(s, key, o.path), o.path) for s, o in zip(osds, optims, strict=True)]
@@ -268,8 +289,7 @@ class ZeroCheckpoint(Checkpoint):
             if not isinstance(f.obj, Mapping):
                 raise CheckpointError(f"{f.path}: is not a DeepSpeed-MoE expert file")
             for name, t in f.obj.items():
-                p = self.params.get(str(name))
-                if not isinstance(t, LazyTensor) or p is None or p.shape != t.shape:
+                if not isinstance(t, LazyTensor) or not self._holds_expert(str(name), t.shape):
                     raise CheckpointError(
                         f"{f.path}: expert tensor '{name}' is not among the parameters of the "
                         "ZeRO partitions (a frozen expert, or an expert layout reinit does not "
@@ -278,6 +298,16 @@ class ZeroCheckpoint(Checkpoint):
                     )
         finally:
             f.close()
+
+    def _holds_expert(self, name: str, shape: tuple[int, ...]) -> bool:
+        """`name` is a parameter read, or (AutoEP) expert E of a stacked one: `...experts.w1.E`
+        is `...experts.w1[E]`."""
+        p = self.params.get(name)
+        if p is not None:
+            return p.shape == shape
+        stacked, _, e = name.rpartition(".")
+        p = self.params.get(stacked)
+        return p is not None and e.isdigit() and int(e) < p.shape[0] and p.shape[1:] == shape
 
     def _buffers(self, model: LazyFile) -> None:
         module = _key(model.obj, "module", model.path)
