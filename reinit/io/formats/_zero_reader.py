@@ -11,6 +11,11 @@ for stage 3). Stages 1-2: a group's partitions, concatenated in rank order, hold
 parameters one after another. Stage 3: every parameter is split across the ranks, each rank
 holding `ceil(numel / world)` elements of it at the same offset of its own flat groups.
 
+DeepSpeed-MoE (see `_zero_layout`): with ep_size 1 every expert's fp32 master weights are in
+the partitions like any parameter, and each expert file (the module's copy) is only checked
+against them; expert parallelism (an expert group split over fewer ranks than the world, or
+an AutoEP layer with ep_size > 1) and MoE saves without ZeRO are refused, never read in part.
+
 Every file is opened with `lazy_pickle` (restricted unpickling, DeepSpeed's own objects kept
 as inert records, nothing run) and every parameter is read alone, with positioned reads of
 just its elements: memory holds one parameter, never a partition."""
@@ -307,7 +312,7 @@ class ZeroCheckpoint(Checkpoint):
             return p.shape == shape
         stacked, _, e = name.rpartition(".")
         p = self.params.get(stacked)
-        return p is not None and e.isdigit() and int(e) < p.shape[0] and p.shape[1:] == shape
+        return bool(p and p.shape and e.isdigit() and int(e) < p.shape[0] and p.shape[1:] == shape)
 
     def _buffers(self, model: LazyFile) -> None:
         module = _key(model.obj, "module", model.path)
