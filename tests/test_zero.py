@@ -93,7 +93,9 @@ def stage3_partitions(sd, group: list[str]) -> list[torch.Tensor]:
     return [torch.cat(p) for p in per_rank]
 
 
-def make_zero(root: Path, stage: int, extra: object = None) -> dict[str, torch.Tensor]:
+def make_zero(
+    root: Path, stage: int, extra: object = None, pads: object = None
+) -> dict[str, torch.Tensor]:
     """A ZeRO checkpoint of the tiny Llama at `root`; returns what zero_to_fp32 would."""
     sd = state(torch.float32)
     sd[TIED[0]] = sd[TIED[1]]
@@ -117,6 +119,7 @@ def make_zero(root: Path, stage: int, extra: object = None) -> dict[str, torch.T
                 "base_optimizer_state": {"state": {0: {"exp_avg": torch.ones(3)}}},
                 "ds_version": "0.19.8",
                 "extra": extra,
+                **({"param_alignment_paddings": pads} if pads is not None else {}),
             }
             torch.save(
                 {"optimizer_state_dict": osd, "ds_config": {"zero_optimization": {"stage": stage}}},
@@ -298,6 +301,14 @@ def test_a_malformed_model_states_file_is_a_corrupt_checkpoint(tmp_path, stage, 
         ["apply", tmp_path / "ckpt", "-r", "*.bias=zeros", "-o", out],
     ):
         refused(tmp_path, [str(a) for a in args], 1, "model_states.pt")
+
+
+@pytest.mark.parametrize("pads", [[[0]], "x", [[0, 0], [True]]])
+def test_malformed_alignment_paddings_are_a_corrupt_checkpoint(tmp_path, pads):
+    """`param_alignment_paddings` (ZeRO's `parameter_alignment`, stages 1-2) must give one
+    padding per parameter of each group: read at the wrong offsets otherwise."""
+    make_zero(tmp_path / "ckpt", 2, pads=pads)
+    refused(tmp_path, ["inspect", str(tmp_path / "ckpt")], 1, "_optim_states.pt", "paddings")
 
 
 def test_stage3_with_a_rank_s_model_states_missing_is_refused(tmp_path):

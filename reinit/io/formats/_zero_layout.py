@@ -1,20 +1,53 @@
 """Where a DeepSpeed ZeRO checkpoint keeps its files (no torch needed: `sources` asks this of
 every folder it opens). The folder a user names holds `latest`, a text file naming the tag
 folder (`global_step100`) that holds the `*_model_states.pt` and `*_optim_states.pt` files;
-the tag folder itself is accepted too."""
+the tag folder itself is accepted too.
+
+DeepSpeed-MoE puts two more kinds of file beside them: each expert's module weights
+(`layer_{L}_expert_{E}_mp_rank_{MP}_model_states.pt`, `expert_{E}_...` before layer ids) and,
+per expert-parallel rank, `expp_rank_{R}_mp_rank_{MP}_optim_states.pt` (the optimizer state
+without ZeRO; `{'optimizer': None}` under ZeRO in older versions). `zero_files` tells them
+apart from the ranks' own files."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from reinit.errors import CheckpointError
 
-__all__ = ["natural_key", "zero_tag_dir"]
+__all__ = ["ZeroFiles", "natural_key", "zero_files", "zero_tag_dir"]
+
+_EXPERT_MODEL = re.compile(r"(layer_\d+_)?expert_\d+_mp_rank_\d+_model_states\.pt")
+_EXPERT_OPTIM = re.compile(r"expp_rank_\d+_mp_rank_\d+_optim_states\.pt")
 
 
 def natural_key(p: Path) -> list[object]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)]
+
+
+@dataclass(frozen=True)
+class ZeroFiles:
+    """A tag folder's files, each list in rank (natural) order."""
+
+    models: list[Path]  # the ranks' `*_model_states.pt`
+    optims: list[Path]  # the ranks' ZeRO `*_optim_states.pt`
+    experts: list[Path]  # DeepSpeed-MoE: one expert's weights each
+    expert_optims: list[Path]  # DeepSpeed-MoE: `expp_rank_*_optim_states.pt`
+
+
+def zero_files(tag: Path) -> ZeroFiles:
+    def ordered(pattern: str, expert: re.Pattern[str], want: bool) -> list[Path]:
+        found = [p for p in tag.glob(pattern) if bool(expert.fullmatch(p.name)) is want]
+        return sorted(found, key=natural_key)
+
+    return ZeroFiles(
+        ordered("*_model_states.pt", _EXPERT_MODEL, False),
+        ordered("*_optim_states.pt", _EXPERT_OPTIM, False),
+        ordered("*_model_states.pt", _EXPERT_MODEL, True),
+        ordered("*_optim_states.pt", _EXPERT_OPTIM, True),
+    )
 
 
 def _holds_zero(path: Path) -> bool:

@@ -11,6 +11,11 @@ for stage 3). Stages 1-2: a group's partitions, concatenated in rank order, hold
 parameters one after another. Stage 3: every parameter is split across the ranks, each rank
 holding `ceil(numel / world)` elements of it at the same offset of its own flat groups.
 
+DeepSpeed-MoE (see `_zero_layout`): with ep_size 1 every expert's fp32 master weights are in
+the partitions like any parameter, and each expert file (the module's copy) is only checked
+against them; expert parallelism (an expert group split over fewer ranks than the world, or
+an AutoEP layer with ep_size > 1) and MoE saves without ZeRO are refused, never read in part.
+
 Every file is opened with `lazy_pickle` (restricted unpickling, DeepSpeed's own objects kept
 as inert records, nothing run) and every parameter is read alone, with positioned reads of
 just its elements: memory holds one parameter, never a partition."""
@@ -30,7 +35,7 @@ from reinit.io.checkpoint import Checkpoint, ConfigDict, TensorRef, read_config_
 from reinit.io.confine import local_file
 from reinit.io.formats._lazy_pickle import Inert, LazyFile, LazyTensor, load_lazy
 from reinit.io.formats._safetensors_format import tensor_to_bytes
-from reinit.io.formats._zero_layout import natural_key, zero_tag_dir
+from reinit.io.formats._zero_layout import ZeroFiles, zero_files, zero_tag_dir
 
 __all__ = ["ZeroCheckpoint"]
 
@@ -123,6 +128,25 @@ def _capped(pieces: list[_Piece], n: int) -> tuple[_Piece, ...]:
     return tuple(out)
 
 
+def _paddings(osd: object, shapes: list[dict[str, tuple[int, ...]]], where: str) -> list[list[int]]:
+    """`param_alignment_paddings` (stages 1-2 with `parameter_alignment`): the elements left
+    after each parameter of each group, before the next; none (older versions) is all 0."""
+    pads = osd.get("param_alignment_paddings") if isinstance(osd, Mapping) else None
+    if pads is None:
+        return [[0] * len(g) for g in shapes]
+    if not (
+        isinstance(pads, list)
+        and len(pads) == len(shapes)
+        and all(isinstance(p, list) and len(p) == len(g) for p, g in zip(pads, shapes, strict=True))
+        and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for p in pads for n in p)
+    ):
+        raise CheckpointError(
+            f"{where}: param_alignment_paddings does not give one padding per parameter of each "
+            "group of param_shapes; the checkpoint is corrupt"
+        )
+    return pads
+
+
 def _check_counts(
     tag: Path,
     stage: int,
@@ -143,6 +167,60 @@ def _check_counts(
             f"{models[0].path}: param_shapes has {len(shapes)} parameter groups, the optimizer "
             f"files {sorted({len(f) for f in flats})}; the checkpoint is corrupt"
         )
+
+
+def _check_files(tag: Path, files: ZeroFiles) -> None:
+    """A DeepSpeed-MoE save without ZeRO has only `expp_rank_*` optimizer files; a folder
+    whose only model states are experts' lacks the ranks' own."""
+    if not files.optims:
+        raise CheckpointError(
+            f"{tag}: a DeepSpeed-MoE checkpoint saved without ZeRO (only expp_rank_* optimizer "
+            "files); not supported: reinit reads ZeRO stage 1-3 folders, so save it with ZeRO "
+            "stage 1 or 2"
+        )
+    if not files.models:
+        raise CheckpointError(
+            f"{tag}: has no ranks' model states file (mp_rank_00_model_states.pt), only "
+            "experts'; a file is missing or left from another run"
+        )
+
+
+def _check_autoep(tag: Path, model: object) -> None:
+    """DeepSpeed's AutoEP layers record themselves in the model states (`ds_autoep_layers`,
+    `autoep_layers` before): with ep_size > 1 each rank's stacked experts are its own
+    experts only (in ZeRO stage 3 too, where `param_shapes` then gives the local shape)."""
+    layers = model.get("ds_autoep_layers") if isinstance(model, Mapping) else None
+    if layers is None and isinstance(model, Mapping):
+        layers = model.get("autoep_layers")
+    for layer in layers if isinstance(layers, list) else []:
+        ep = layer.get("ep_size") if isinstance(layer, Mapping) else None
+        if ep != 1:
+            where = layer.get("module_path") if isinstance(layer, Mapping) else None
+            raise CheckpointError(
+                f"{tag}: DeepSpeed AutoEP layer '{where}' with expert parallelism (ep_size "
+                f"{ep}): each rank holds only its own experts; not supported: reinit reads "
+                "AutoEP saved with autoep_size 1 (with ZeRO 1-2, load it in DeepSpeed with "
+                "autoep_size 1, load_module_only=True, and save again; for ZeRO-3 DeepSpeed "
+                "points to its ds_to_universal.py)"
+            )
+
+
+def _check_expert_parallel(tag: Path, osd: object, world: int) -> None:
+    """DeepSpeed-MoE with expert parallelism (ep_size > 1) splits each expert group over the
+    ranks of one expert-data-parallel group only: every such group's partitions hold other
+    experts, under the same (local) names, so the ranks' partitions cannot be joined."""
+    counts = osd.get("partition_count") if isinstance(osd, Mapping) else None
+    if not isinstance(counts, list):
+        return
+    for i, n in enumerate(counts):
+        if isinstance(n, int) and 0 < n < world:
+            raise CheckpointError(
+                f"{tag}: DeepSpeed-MoE with expert parallelism (ep_size {world // n}): parameter "
+                f"group {i} is split over {n} of the {world} ranks, each group of ranks holding "
+                "other experts under the same names; not supported: reinit reads DeepSpeed-MoE "
+                "saved with ep_size 1 (load it in DeepSpeed with ep_size=1, load_module_only="
+                "True, and save again)"
+            )
 
 
 class ZeroCheckpoint(Checkpoint):
@@ -170,8 +248,10 @@ class ZeroCheckpoint(Checkpoint):
         return f
 
     def _open(self, tag: Path) -> None:
-        models = [self._load(p) for p in sorted(tag.glob("*_model_states.pt"), key=natural_key)]
-        optims = [self._load(p) for p in sorted(tag.glob("*_optim_states.pt"), key=natural_key)]
+        files = zero_files(tag)
+        _check_files(tag, files)
+        models = [self._load(p) for p in files.models]
+        optims = [self._load(p) for p in files.optims]
         osds = [_key(o.obj, "optimizer_state_dict", o.path) for o in optims]
         where = optims[0].path
         stage = _as_int(_key(osds[0], "zero_stage", where), where, "zero_stage")
@@ -181,6 +261,8 @@ class ZeroCheckpoint(Checkpoint):
                 f"{tag}: ZeRO stage {stage} over {world} ranks, but {len(optims)} optimizer "
                 "files; a rank's file is missing or left from another run"
             )
+        _check_autoep(tag, models[0].obj)
+        _check_expert_parallel(tag, osds[0], world)
         key = "single_partition_of_fp32_groups" if stage <= 2 else "fp32_flat_groups"
         flats = [_tensors(_key(s, key, o.path), o.path) for s, o in zip(osds, optims, strict=True)]
         m0 = models[0].obj
@@ -190,7 +272,7 @@ class ZeroCheckpoint(Checkpoint):
         self._buffers(models[0])
         self._frozen(models)
         if stage <= 2:
-            self._stage12(shapes, flats, optims)
+            self._stage12(shapes, flats, optims, _paddings(osds[0], shapes, where))
         else:
             self._stage3(shapes, flats, optims, world)
         shared = _mapping(m0, "shared_params", models[0].path)
@@ -199,6 +281,38 @@ class ZeroCheckpoint(Checkpoint):
         order = [k for k in (module or {}) if k in self.params or k in self._aliases]
         rest = [k for k in [*self.params, *self._aliases] if k not in set(order)]
         self._names = order + rest
+        for path in files.experts:
+            self._check_expert_file(path)
+
+    def _check_expert_file(self, path: Path) -> None:
+        """A DeepSpeed-MoE expert file holds its expert's module weights under the names the
+        model's state_dict gives them; with ep_size 1 the ZeRO partitions hold each of them
+        too, as fp32 master weights. One that does not is refused, never dropped."""
+        f = self._load(path)
+        self._files.remove(f)
+        try:
+            if not isinstance(f.obj, Mapping):
+                raise CheckpointError(f"{f.path}: is not a DeepSpeed-MoE expert file")
+            for name, t in f.obj.items():
+                if not isinstance(t, LazyTensor) or not self._holds_expert(str(name), t.shape):
+                    raise CheckpointError(
+                        f"{f.path}: expert tensor '{name}' is not among the parameters of the "
+                        "ZeRO partitions (a frozen expert, or an expert layout reinit does not "
+                        "read); not supported: load the checkpoint in DeepSpeed and save the "
+                        "model's state_dict"
+                    )
+        finally:
+            f.close()
+
+    def _holds_expert(self, name: str, shape: tuple[int, ...]) -> bool:
+        """`name` is a parameter read, or (AutoEP) expert E of a stacked one: `...experts.w1.E`
+        is `...experts.w1[E]`."""
+        p = self.params.get(name)
+        if p is not None:
+            return p.shape == shape
+        stacked, _, e = name.rpartition(".")
+        p = self.params.get(stacked)
+        return bool(p and p.shape and e.isdigit() and int(e) < p.shape[0] and p.shape[1:] == shape)
 
     def _buffers(self, model: LazyFile) -> None:
         module = _key(model.obj, "module", model.path)
@@ -235,11 +349,12 @@ class ZeroCheckpoint(Checkpoint):
         shapes: list[dict[str, tuple[int, ...]]],
         flats: list[list[LazyTensor]],
         optims: list[LazyFile],
+        paddings: list[list[int]],
     ) -> None:
         for i, group in enumerate(shapes):
             parts = [(o, f[i]) for o, f in zip(optims, flats, strict=True)]
             offset = 0
-            for name, dims in group.items():
+            for (name, dims), pad in zip(group.items(), paddings[i], strict=True):
                 n, pieces, base = math.prod(dims), [], 0
                 for o, t in parts:
                     lo, hi = max(offset, base), min(offset + n, base + t.numel)
@@ -251,7 +366,7 @@ class ZeroCheckpoint(Checkpoint):
                         f"{optims[0].path}: parameter group {i} ends before '{name}' does"
                     )
                 self.params[name] = _Param(dims, torch.float32, tuple(pieces))
-                offset += n
+                offset += n + pad
 
     def _stage3(
         self,
