@@ -248,3 +248,53 @@ def test_interrupt_while_waiting_for_a_direct_write_does_not_hang(
     assert fired == ["sent"]
     assert not write_threads_alive()
     assert set(os.listdir("/proc/self/fd")) <= fds_before
+
+
+def _closing_the_direct_writer(frame: FrameType) -> bool:
+    """Whether `frame` runs inside concurrent.futures, called by the direct-I/O writer's close
+    (waiting for the write still in flight when the output is given up)."""
+    names = _stack(frame)
+    in_futures = any(f.endswith("_base.py") and "concurrent" in f for _, f in names)
+    return in_futures and any(n == "close" and f.endswith("writer.py") for n, f in names)
+
+
+def test_interrupt_while_the_direct_writer_closes_does_not_hang(
+    default_sigint, watchdog, monkeypatch, tmp_path
+):
+    """The output given up (an error) while the writer's thread still writes a staging buffer:
+    the writer's close waits for that write. A second Ctrl-C landing as it takes the write's
+    lock is a KeyboardInterrupt once the thread is joined and the file closed (it left the lock
+    taken, the thread blocked on it, and the program's exit, joining it, waited forever)."""
+    from reinit.io import writer
+    from reinit.io.writer import DIRECT_STAGE, SafetensorsWriter
+
+    o_direct = getattr(os, "O_DIRECT", 0)
+    try:
+        os.close(os.open(tmp_path / "probe", os.O_WRONLY | os.O_CREAT | o_direct, 0o644))
+    except OSError:
+        pytest.skip("no O_DIRECT here")
+    go = threading.Event()
+    pwrite_all = writer._pwrite_all
+
+    def slow_write(fd: int, view: memoryview, at: int) -> None:  # still writing at the close
+        go.wait(WATCHDOG_SECONDS)
+        pwrite_all(fd, view, at)
+
+    monkeypatch.setattr(writer, "_pwrite_all", slow_write)
+    fds_before = set(os.listdir("/proc/self/fd"))
+    fired = signal_after_a_lock_is_taken(_closing_the_direct_writer, then=go.set)
+    try:
+        with (
+            pytest.raises(KeyboardInterrupt),
+            SafetensorsWriter(
+                tmp_path / "out.safetensors", [("a", "uint8", (2 * DIRECT_STAGE,))]
+            ) as w,
+        ):
+            w.write_part("a", bytes(DIRECT_STAGE + 1))  # one buffer handed to the thread
+            raise RuntimeError("given up")
+    finally:
+        sys.setprofile(None)
+        go.set()
+    assert fired == ["sent"]
+    assert not write_threads_alive()
+    assert set(os.listdir("/proc/self/fd")) <= fds_before
