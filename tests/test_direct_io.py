@@ -203,3 +203,26 @@ def test_a_full_disk_leaves_nothing(tmp_path, monkeypatch, where):
     assert calls == ([True, True] if where == "thread" else [True, True, True, True, False])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
     assert not [t.name for t in threading.enumerate() if t.name.startswith("reinit-")]
+
+
+def test_an_interrupt_while_the_header_is_written_closes_the_file(tmp_path, monkeypatch):
+    """A Ctrl-C landing while the writer opens its file and writes the header (before the
+    `with` body, so no `__exit__`): the file is closed and no writing thread is left (an API
+    caller that goes on after the KeyboardInterrupt kept the fd and the staging buffers)."""
+    if not takes_direct(tmp_path):
+        pytest.skip("tmp_path's file system refuses O_DIRECT")
+    from reinit.io import writer
+
+    def interrupted(self, view):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writer._DirectFile, "write", interrupted)
+    before = set(os.listdir("/proc/self/fd"))
+    for direct in ("1", "0"):
+        monkeypatch.setenv("REINIT_DIRECT_IO", direct)
+        if direct == "0":
+            monkeypatch.setattr(os, "write", lambda fd, data: interrupted(None, data))
+        with pytest.raises(KeyboardInterrupt), SafetensorsWriter(tmp_path / "o", entries()):
+            pass
+        assert set(os.listdir("/proc/self/fd")) <= before, direct
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("reinit-")]

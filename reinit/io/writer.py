@@ -266,6 +266,9 @@ class SafetensorsWriter:
         except OSError as e:
             self._close()
             raise write_error(self.path, e) from None
+        except BaseException:  # an interrupt: `__exit__` will not run, so close here
+            self._close()
+            raise
         return self
 
     def _open(self) -> None:
