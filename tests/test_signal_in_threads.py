@@ -208,6 +208,16 @@ def write_threads_alive() -> bool:
     return any(t.name.startswith("reinit-write") and t.is_alive() for t in threading.enumerate())
 
 
+def skip_without_direct_io(folder) -> None:
+    o_direct = getattr(os, "O_DIRECT", 0)
+    try:
+        if not o_direct:
+            raise OSError("no O_DIRECT on this platform")
+        os.close(os.open(folder / "probe", os.O_WRONLY | os.O_CREAT | o_direct, 0o644))
+    except OSError:
+        pytest.skip("no O_DIRECT here")
+
+
 def test_interrupt_while_waiting_for_a_direct_write_does_not_hang(
     default_sigint, watchdog, monkeypatch, tmp_path
 ):
@@ -219,11 +229,7 @@ def test_interrupt_while_waiting_for_a_direct_write_does_not_hang(
     from reinit.io import writer
     from reinit.io.writer import DIRECT_STAGE, SafetensorsWriter
 
-    o_direct = getattr(os, "O_DIRECT", 0)
-    try:
-        os.close(os.open(tmp_path / "probe", os.O_WRONLY | os.O_CREAT | o_direct, 0o644))
-    except OSError:
-        pytest.skip("no O_DIRECT here")
+    skip_without_direct_io(tmp_path)
     go = threading.Event()
     pwrite_all = writer._pwrite_all
 
@@ -268,11 +274,7 @@ def test_interrupt_while_the_direct_writer_closes_does_not_hang(
     from reinit.io import writer
     from reinit.io.writer import DIRECT_STAGE, SafetensorsWriter
 
-    o_direct = getattr(os, "O_DIRECT", 0)
-    try:
-        os.close(os.open(tmp_path / "probe", os.O_WRONLY | os.O_CREAT | o_direct, 0o644))
-    except OSError:
-        pytest.skip("no O_DIRECT here")
+    skip_without_direct_io(tmp_path)
     go = threading.Event()
     pwrite_all = writer._pwrite_all
 
