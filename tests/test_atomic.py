@@ -254,6 +254,47 @@ def test_signal_mid_write(tmp_path):
         assert digest(d / "model.safetensors") == snapshots[label], label
 
 
+def test_signal_mid_write_of_reinit_new(tmp_path):
+    """`reinit new` of a ~58 MB Llama into a folder (written with direct I/O where tmp_path
+    takes it: the writer's thread busy with one staging buffer while the next fills), sent
+    SIGTERM or SIGINT once the output is part-written: exit 130, one line, no output and no
+    temporary, the config untouched."""
+    from transformers import LlamaConfig
+
+    config = tmp_path / "cfg"
+    LlamaConfig(
+        vocab_size=1000,
+        hidden_size=512,
+        intermediate_size=1536,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        tie_word_embeddings=False,
+        architectures=["LlamaForCausalLM"],
+    ).save_pretrained(config)
+    snapshot = digest(config)
+    rules = ["-r", "*mlp*.weight=orthogonal", "-q"]
+    procs = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        (tmp_path / sig.name).mkdir()
+        procs[sig] = cli("new", str(config), "-o", str(tmp_path / sig.name / "out"), *rules)
+    deadline = time.monotonic() + 90
+    pending = set(procs)
+    while pending:
+        for sig in list(pending):
+            assert procs[sig].poll() is None, procs[sig].communicate()
+            if written(tmp_path / sig.name) > 2**20:  # the output is part-written
+                procs[sig].send_signal(sig)
+                pending.remove(sig)
+        assert time.monotonic() < deadline, f"never started writing: {pending}"
+        time.sleep(0.002)
+    for sig, p in procs.items():
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 130, (sig, p.returncode, err)
+        assert err.strip().splitlines() == ["error: interrupted; no partial output was left behind"]
+        assert list((tmp_path / sig.name).iterdir()) == [], sig
+    assert digest(config) == snapshot
+
+
 def test_errno_messages():
     from reinit.io.writer import write_error
 

@@ -178,25 +178,51 @@ def test_apply_outputs_are_the_same_bytes_with_and_without_direct_io(tmp_path):
             assert (a / f).read_bytes() == (b / f).read_bytes(), (name, f)
 
 
-def test_a_full_disk_met_by_the_writing_thread_leaves_nothing(tmp_path, monkeypatch):
+@pytest.mark.parametrize("where", ["thread", "tail"])
+def test_a_full_disk_leaves_nothing(tmp_path, monkeypatch, where):
     """ENOSPC on the second block write (made by the writer's thread while the next block
-    fills): one WriteError, no thread left, nothing beside the source."""
+    fills), or on the last partial block (written the ordinary way at the end): one
+    WriteError, no thread left, nothing beside the source."""
     if not takes_direct(tmp_path):
         pytest.skip("tmp_path's file system refuses O_DIRECT")
     src = tmp_path / "m.safetensors"
     save_file({"a.weight": torch.ones(3000, 2000), "b.weight": torch.ones(1000, 1000)}, src)
     real = os.pwrite
-    calls = [0]
+    calls = []
 
     def full(fd: int, data, offset: int) -> int:
-        calls[0] += 1
-        if calls[0] == 2:
+        direct = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & O_DIRECT)
+        calls.append(direct)
+        if (where == "thread" and len(calls) == 2) or (where == "tail" and not direct):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(fd, data, offset)
 
     monkeypatch.setattr(os, "pwrite", full)
     with pytest.raises(reinit.WriteError, match="disk is full"):
         reinit.apply(src, ["b.weight=zeros"], tmp_path / "o.safetensors")
-    assert calls[0] == 2
+    assert calls == ([True, True] if where == "thread" else [True, True, True, True, False])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("reinit-")]
+
+
+def test_an_interrupt_while_the_header_is_written_closes_the_file(tmp_path, monkeypatch):
+    """A Ctrl-C landing while the writer opens its file and writes the header (before the
+    `with` body, so no `__exit__`): the file is closed and no writing thread is left (an API
+    caller that goes on after the KeyboardInterrupt kept the fd and the staging buffers)."""
+    if not takes_direct(tmp_path):
+        pytest.skip("tmp_path's file system refuses O_DIRECT")
+    from reinit.io import writer
+
+    def interrupted(self, view):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writer._DirectFile, "write", interrupted)
+    before = set(os.listdir("/proc/self/fd"))
+    for direct in ("1", "0"):
+        monkeypatch.setenv("REINIT_DIRECT_IO", direct)
+        if direct == "0":
+            monkeypatch.setattr(os, "write", lambda fd, data: interrupted(None, data))
+        with pytest.raises(KeyboardInterrupt), SafetensorsWriter(tmp_path / "o", entries()):
+            pass
+        assert set(os.listdir("/proc/self/fd")) <= before, direct
     assert not [t.name for t in threading.enumerate() if t.name.startswith("reinit-")]

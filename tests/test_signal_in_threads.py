@@ -1,8 +1,9 @@
 """A Ctrl-C or SIGTERM whose handler runs while the main thread takes a lock another thread
 needs must not leave that lock locked: the consumer of `prefetch` taking the queue's mutex
 (the producer's `put` and the generator's own cleanup then waited on it forever: the hang of
-`reinit apply` after a SIGTERM), and the in-memory API taking a drawn value's future (the
-drawing thread, and the pool's shutdown joining it, waited forever).
+`reinit apply` after a SIGTERM), the in-memory API taking a drawn value's future (the
+drawing thread, and the pool's shutdown joining it, waited forever), and the direct-I/O writer
+waiting for its thread's write of a staging buffer (the same: the writer's close hung).
 
 `Queue.get` and `Future.result` take their lock in `Condition.__enter__`, Python code: CPython
 runs a pending signal handler right after the C-level acquire returns there, so a raising
@@ -14,11 +15,13 @@ Also: `signals_deferred` itself leaves no handler swapped when a signal lands wh
 them.
 
 Internal: tests reinit.io.pipeline.prefetch, reinit.run.stream.Applier (its drawing, slowed),
-reinit.tools.raw_report._result and reinit.io.signals.signals_deferred directly.
+reinit.tools.raw_report._result, reinit.io.signals.signals_deferred and
+reinit.io.writer.SafetensorsWriter directly.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -191,3 +194,109 @@ def test_a_signal_while_holding_begins_leaves_no_handler_swapped(default_sigint)
         signal.signal(signal.SIGTERM, old_term)
     assert fired == ["sent"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def _waiting_for_a_direct_write(frame: FrameType) -> bool:
+    """Whether `frame` runs inside concurrent.futures, called by the direct-I/O writer waiting
+    for its thread's write of the other staging buffer."""
+    names = _stack(frame)
+    in_futures = any(f.endswith("_base.py") and "concurrent" in f for _, f in names)
+    return in_futures and any(n == "_settle" and f.endswith("writer.py") for n, f in names)
+
+
+def write_threads_alive() -> bool:
+    return any(t.name.startswith("reinit-write") and t.is_alive() for t in threading.enumerate())
+
+
+def skip_without_direct_io(folder) -> None:
+    o_direct = getattr(os, "O_DIRECT", 0)
+    try:
+        if not o_direct:
+            raise OSError("no O_DIRECT on this platform")
+        os.close(os.open(folder / "probe", os.O_WRONLY | os.O_CREAT | o_direct, 0o644))
+    except OSError:
+        pytest.skip("no O_DIRECT here")
+
+
+def test_interrupt_while_waiting_for_a_direct_write_does_not_hang(
+    default_sigint, watchdog, monkeypatch, tmp_path
+):
+    """A safetensors output written with O_DIRECT: the main thread fills one staging buffer
+    while the writer's thread writes the other, and waits for that write before reusing it. A
+    Ctrl-C landing as that wait takes the write's lock is a KeyboardInterrupt; the writing
+    thread is not left blocked on the lock (the writer's close joined it forever), and the
+    output file is closed."""
+    from reinit.io import writer
+    from reinit.io.writer import DIRECT_STAGE, SafetensorsWriter
+
+    skip_without_direct_io(tmp_path)
+    go = threading.Event()
+    pwrite_all = writer._pwrite_all
+
+    def slow_write(fd: int, view: memoryview, at: int) -> None:  # still writing when asked
+        go.wait(WATCHDOG_SECONDS)
+        pwrite_all(fd, view, at)
+
+    monkeypatch.setattr(writer, "_pwrite_all", slow_write)
+    fds_before = set(os.listdir("/proc/self/fd"))
+    fired = signal_after_a_lock_is_taken(_waiting_for_a_direct_write, then=go.set)
+    try:
+        with (
+            pytest.raises(KeyboardInterrupt),
+            SafetensorsWriter(
+                tmp_path / "out.safetensors", [("a", "uint8", (3 * DIRECT_STAGE,))]
+            ) as w,
+        ):
+            w.write("a", bytes(3 * DIRECT_STAGE))
+    finally:
+        sys.setprofile(None)
+        go.set()
+    assert fired == ["sent"]
+    assert not write_threads_alive()
+    assert set(os.listdir("/proc/self/fd")) <= fds_before
+
+
+def _closing_the_direct_writer(frame: FrameType) -> bool:
+    """Whether `frame` runs inside concurrent.futures, called by the direct-I/O writer's close
+    (waiting for the write still in flight when the output is given up)."""
+    names = _stack(frame)
+    in_futures = any(f.endswith("_base.py") and "concurrent" in f for _, f in names)
+    return in_futures and any(n == "close" and f.endswith("writer.py") for n, f in names)
+
+
+def test_interrupt_while_the_direct_writer_closes_does_not_hang(
+    default_sigint, watchdog, monkeypatch, tmp_path
+):
+    """The output given up (an error) while the writer's thread still writes a staging buffer:
+    the writer's close waits for that write. A second Ctrl-C landing as it takes the write's
+    lock is a KeyboardInterrupt once the thread is joined and the file closed (it left the lock
+    taken, the thread blocked on it, and the program's exit, joining it, waited forever)."""
+    from reinit.io import writer
+    from reinit.io.writer import DIRECT_STAGE, SafetensorsWriter
+
+    skip_without_direct_io(tmp_path)
+    go = threading.Event()
+    pwrite_all = writer._pwrite_all
+
+    def slow_write(fd: int, view: memoryview, at: int) -> None:  # still writing at the close
+        go.wait(WATCHDOG_SECONDS)
+        pwrite_all(fd, view, at)
+
+    monkeypatch.setattr(writer, "_pwrite_all", slow_write)
+    fds_before = set(os.listdir("/proc/self/fd"))
+    fired = signal_after_a_lock_is_taken(_closing_the_direct_writer, then=go.set)
+    try:
+        with (
+            pytest.raises(KeyboardInterrupt),
+            SafetensorsWriter(
+                tmp_path / "out.safetensors", [("a", "uint8", (2 * DIRECT_STAGE,))]
+            ) as w,
+        ):
+            w.write_part("a", bytes(DIRECT_STAGE + 1))  # one buffer handed to the thread
+            raise RuntimeError("given up")
+    finally:
+        sys.setprofile(None)
+        go.set()
+    assert fired == ["sent"]
+    assert not write_threads_alive()
+    assert set(os.listdir("/proc/self/fd")) <= fds_before

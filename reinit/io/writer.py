@@ -27,7 +27,7 @@ import torch
 from reinit.errors import WriteError
 from reinit.io.formats import build_header
 from reinit.io.renameat import RENAME_EXCHANGE, renameat2
-from reinit.io.signals import signals_deferred
+from reinit.io.signals import result_held, signals_deferred
 
 __all__ = [
     "SafetensorsWriter",
@@ -143,19 +143,16 @@ class _DirectFile:
         self._fill = 0
 
     def _settle(self) -> None:
-        """Wait for the write in flight; a refusal of direct I/O ends it (`_leave`)."""
+        """Wait for the write in flight; a refusal of direct I/O ends it (`_leave`). Interrupted
+        while waiting, the write stays pending: `close` waits for it before the file closes."""
         if self._pending is None:
             return
         future, buf, at = self._pending
+        refused = _refused(future)
         self._pending = None
-        error = future.exception()  # waits; not raised here, so no frame of ours holds it
         del future
-        if error is None:
-            return
-        if not isinstance(error, OSError) or error.errno not in _NO_DIRECT:
-            raise error
-        del error
-        self._leave(buf, at)
+        if refused:
+            self._leave(buf, at)
 
     def _leave(self, buf: int, at: int) -> None:
         """Direct I/O refused: the buffer whose write failed (at `at`), then the one filling,
@@ -187,22 +184,39 @@ class _DirectFile:
 
     def close(self) -> None:
         """Wait for a write in flight (its error, if any, is the caller's no more: the file is
-        being given up or was finished) and free the buffers."""
-        if self._pending is not None:
-            with suppress(Exception):
-                self._pending[0].result()
-            self._pending = None
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-        for v in self._views:
-            v.release()
-        for m in self._maps:
-            # a slice of it still held (by a failed write's traceback) keeps it mapped until
-            # that is collected: nothing is written through it any more
-            with suppress(BufferError):
-                m.close()
-        self._views, self._maps = [], []
+        being given up or was finished) and free the buffers. SIGINT/SIGTERM are held until
+        the thread is joined (`reinit.io.signals`): an interrupt raised inside the future's or
+        the join's lock machinery could leave a lock taken and the join waiting forever."""
+        with signals_deferred():
+            if self._pending is not None:
+                with suppress(Exception):
+                    self._pending[0].result()
+                self._pending = None
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+            for v in self._views:
+                v.release()
+            for m in self._maps:
+                # a slice of it still held (by a failed write's traceback) keeps it mapped
+                # until that is collected: nothing is written through it any more
+                with suppress(BufferError):
+                    m.close()
+            self._views, self._maps = [], []
+
+
+def _refused(future: Future[None]) -> bool:
+    """Wait for a direct write done by the writer's thread, with SIGINT/SIGTERM held while
+    blocked (`result_held`: the main thread never blocks in a future's lock with a raising
+    handler in place, which could leave the lock taken and the thread finishing the write
+    stuck on it forever). True if the file system refused it; its other errors are raised."""
+    try:
+        result_held(future)
+    except OSError as e:
+        if e.errno in _NO_DIRECT:
+            return True
+        raise
+    return False
 
 
 def _pwrite_all(fd: int, view: memoryview, at: int) -> None:
@@ -252,6 +266,9 @@ class SafetensorsWriter:
         except OSError as e:
             self._close()
             raise write_error(self.path, e) from None
+        except BaseException:  # an interrupt: `__exit__` will not run, so close here
+            self._close()
+            raise
         return self
 
     def _open(self) -> None:
@@ -363,12 +380,14 @@ class SafetensorsWriter:
         self.end_tensor(name)
 
     def _close(self) -> None:
-        if self._direct is not None:
-            self._direct.close()  # its write in flight ends before the file closes
-            self._direct = None
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        direct, self._direct = self._direct, None
+        try:
+            if direct is not None:
+                direct.close()  # its write in flight ends before the file closes
+        finally:  # an interrupt held during it is raised after it: the file still closes
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
     def __exit__(
         self,
