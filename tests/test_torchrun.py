@@ -443,3 +443,52 @@ def test_an_interrupt_anywhere_in_a_rank_is_told_as_every_rank_tells_it(monkeypa
     assert err.startswith("error: rank 1 of 2: interrupted") and err.endswith(
         "; nothing was published\n"
     ), err
+
+
+def test_rank_0_interrupted_after_it_published_says_so_as_one_process_does(monkeypatch):
+    """A Ctrl-C held through the renames is let in after them: rank 0 has published, so the
+    interrupt goes on to the command, which names what was published (exit 0), instead of
+    'nothing was published'. Before it published: the rank's one line, exit 130."""
+    from reinit.io import publish
+
+    g = Group(0, 2)
+
+    def signalled() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(RankError, match="nothing was published"):
+        g.speaking(lambda: g.attempt(signalled))
+    monkeypatch.setattr(publish, "_PUBLISHED", ["out.safetensors"])
+    with pytest.raises(KeyboardInterrupt):
+        g.speaking(lambda: g.attempt(signalled))
+
+
+def test_a_rank_interrupted_once_every_part_is_written_says_the_output_may_be_in_place(
+    monkeypatch, tmp_path
+):
+    """Once every rank has written its part, rank 0 may publish whatever becomes of the others:
+    a rank other than 0 interrupted from then on (here as it hands the temporary over) must not
+    say 'nothing was published' (seen once in ~21 interrupted torchrun runs)."""
+    from reinit.run import torchrun
+    from reinit.run.write import Written
+
+    class Local(Group):
+        def agree(self, what, step):
+            return step()
+
+        def gather(self, what, step):
+            step()
+            if what == "staging the output":
+                return [tmp_path]
+            return [torchrun.Part(Written((), 0))] * self.size
+
+    def interrupted(self) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torchrun, "assign_shards", lambda layout, n: [[]] * n)
+    monkeypatch.setattr(torchrun, "_part", lambda *a: torchrun.Part(Written((), 0)))
+    monkeypatch.setattr(torchrun._Leftover, "hand_over", interrupted)
+    g = Local(1, 2)
+    with pytest.raises(RankError, match="the output may be in place: check it") as e:
+        g.speaking(lambda: torchrun.run_split(g, lambda stack: (None, None)))
+    assert e.value.exit_code == 130 and "nothing was published" not in str(e.value)

@@ -11,6 +11,9 @@ Importing this module imports no torch (`reinit report` of safetensors stays tor
 from __future__ import annotations
 
 __all__ = [
+    "INTERRUPTED",
+    "MAY_BE_IN_PLACE",
+    "NOTHING",
     "Group",
     "Outcome",
     "TORCHRUN_ENV",
@@ -24,6 +27,7 @@ __all__ = [
 
 import os
 import re
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -47,6 +51,8 @@ DEFAULT_WAIT_S = 24 * 3600.0
 MAX_WAIT_S = 365 * 24 * 3600.0
 POLL_S = 0.05  # how often a waiting rank looks up (and lets a signal in)
 NOTHING = "nothing was published"
+#: what a rank other than 0 says once every rank has written its part: rank 0 may have published
+MAY_BE_IN_PLACE = "the output may be in place: check it"
 INTERRUPTED = "interrupted (Ctrl-C, or SIGTERM: torchrun stops every rank when one fails)"
 
 Outcome = tuple[object, tuple[int, str] | None]  # a step's value, or (exit code, why)
@@ -62,6 +68,13 @@ def torchrun_world(env: Mapping[str, str] | None = None) -> tuple[int, int] | No
     except ValueError:
         return None
     return (rank, size) if size > 1 else None
+
+
+def _published_here() -> bool:
+    """Whether this process has put an output in place (`io.publish.published`), looked up
+    without importing it: not loaded, nothing was published."""
+    publish = sys.modules.get("reinit.io.publish")
+    return bool(publish is not None and publish.published())
 
 
 @dataclass(frozen=True)
@@ -89,6 +102,8 @@ class Group:
         except ReinitError as e:
             return None, (e.exit_code, str(e).rstrip("\n"))
         except KeyboardInterrupt:
+            if _published_here():  # held through the renames, let in after: said as one
+                raise  # process says it (the command names what it published)
             raise RankError(f"{self.who}: {INTERRUPTED}; nothing was published", 130) from None
         except Exception as e:  # a bug: still one line, on every rank
             if os.environ.get("REINIT_DEBUG", "") not in ("", "0"):
@@ -145,6 +160,8 @@ class Group:
                 cause = cause.__context__
             if cause is not None:
                 raise cause from None
+            if _published_here():  # said as one process says it (`attempt`)
+                raise
             raise RankError(f"{self.who}: {INTERRUPTED}; {NOTHING}", 130) from None
 
     def agree(self, what: str, step: Callable[[], T]) -> T:

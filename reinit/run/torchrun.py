@@ -43,7 +43,7 @@ from reinit.report.entries import Report
 from reinit.run.layout import Layout, OutputRequest, lay_out
 from reinit.run.new import NEW_FIELDS, check_new_output, prepare_new
 from reinit.run.prepare import Job, Prepared, prepare
-from reinit.run.ranks import Group, process_group, share
+from reinit.run.ranks import INTERRUPTED, MAY_BE_IN_PLACE, Group, Outcome, process_group, share
 from reinit.run.write import Staging, Written, publish, report_of, stage, write, write_side_files
 
 if TYPE_CHECKING:
@@ -173,8 +173,13 @@ def run_split(g: Group, planned: Planned, *, progress: bool = False) -> Report:
         parts = g.gather(
             "writing", lambda: _part(prepared, layout, tmp, mine, progress and g.primary)
         )
-        leftover.hand_over()
-        return _finish(g, prepared, layout, held, [p for p in parts if isinstance(p, Part)])
+        try:
+            leftover.hand_over()
+            return _finish(g, prepared, layout, held, [p for p in parts if isinstance(p, Part)])
+        except KeyboardInterrupt:  # every part is written: rank 0 may publish without us
+            if g.primary:
+                raise
+            raise RankError(f"{g.who}: {INTERRUPTED}; {MAY_BE_IN_PLACE}", 130) from None
 
 
 def _part(
@@ -201,10 +206,11 @@ def _finish(
 ) -> Report:
     """Rank 0 publishes; every rank learns how it went and returns its report. Rank 0 has
     published once its own step succeeded, whatever became of a rank after its part."""
-    step = (lambda: _publish(prepared, layout, held[0], parts)) if g.primary else (lambda: None)
-    outcome = g.attempt(step)
+    outcome: Outcome = (None, None)  # a rank other than 0 has nothing left to do
+    if g.primary:
+        outcome = g.attempt(lambda: _publish(prepared, layout, held[0], parts))
     try:
-        lost = None if g.primary else "the output may be in place: check it"
+        lost = None if g.primary else MAY_BE_IN_PLACE
         outcomes = g.exchange(outcome, "rank 0 published", lost)
     except RankError:
         if g.primary and outcome[1] is None:
