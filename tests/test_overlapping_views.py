@@ -255,20 +255,39 @@ def test_overlaps_itself():
     assert not overlaps_itself(w.view(-1).as_strided((2, 3), (1, 2)))  # 0,2,4 and 1,3,5
 
 
+class _Wrapper(torch.Tensor):
+    """A tensor subclass with no memory of its own (as DTensor is): torch gives address 0."""
+
+    @staticmethod
+    def __new__(cls, shape: tuple[int, ...]) -> _Wrapper:
+        return torch.Tensor._make_wrapper_subclass(cls, shape, dtype=torch.float32)
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):  # type: ignore[override]
+        raise NotImplementedError(func)
+
+
+def test_tensors_without_an_address_are_tied_only_to_views_of_their_own_storage():
+    """Meta tensors and wrapper subclasses (DTensor) all have address 0: two of one shape are
+    not one tie, while a meta tensor's detach() (what state_dict() holds) is.
+
+    Was: every such tensor of one shape was tied to the first; and a wrapper subclass's storage
+    address raised RuntimeError ('invalid python storage') out of planning, a traceback."""
+    from reinit.io.memory import find_aliases
+
+    m = torch.empty(3, 4, device="meta")
+    got = find_aliases(
+        {"a": _Wrapper((3, 4)), "b": _Wrapper((3, 4)), "m": m, "n": torch.empty(3, 4, device="meta"),
+         "m2": m.detach(), "m_t": m.t()}
+    )  # fmt: skip
+    assert got == {"m2": "m"}
+
+
 def test_tensors_without_an_address_of_their_own_are_never_overlapping():
     """A wrapper subclass (as DTensor is) reports address 0 for every instance: not one memory."""
     from reinit.io.memory import find_overlaps, overlaps_itself
 
-    class Wrapper(torch.Tensor):
-        @staticmethod
-        def __new__(cls, shape: tuple[int, ...]) -> Wrapper:
-            return torch.Tensor._make_wrapper_subclass(cls, shape, dtype=torch.float32)
-
-        @classmethod
-        def __torch_dispatch__(cls, func, types, args=(), kwargs=None):  # type: ignore[override]
-            raise NotImplementedError(func)
-
-    a, b = Wrapper((3, 4)), Wrapper((12,))
+    a, b = _Wrapper((3, 4)), _Wrapper((12,))
     assert a.data_ptr() == b.data_ptr() == 0
     assert find_overlaps({"a": a, "b": b, "m": torch.empty(3, device="meta")}) == {}
     assert not overlaps_itself(a)
@@ -292,3 +311,26 @@ def test_a_recipe_refuses_a_later_step_that_changes_one_of_two_views(tmp_path):
         with pytest.raises(UsageError, match="step 2.*'w_t'.*'w'"):
             how(recipe)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "r.yaml"]
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_planning_a_meta_model_ties_only_its_tied_weights(tie):
+    """A model built on the meta device (plan only: no memory, every address 0) has ties only
+    where the model ties (the LM head and the embeddings when the config says so).
+
+    Was: every meta tensor of one shape counted as the same view of one storage, so a rule on
+    q_proj also re-initialized k_proj, v_proj and o_proj of every layer ("tied with ...")."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, vocab_size=50, max_position_embeddings=32,
+        tie_word_embeddings=tie,
+    )  # fmt: skip
+    with torch.device("meta"):
+        model = transformers.LlamaForCausalLM(cfg)
+    plan = reinit.plan(model.state_dict(), ["*.q_proj.weight=zeros", "lm_head.weight=ones"])
+    changed = sorted(e.name for e in plan.entries if e.changes)
+    want = ["lm_head.weight"] + [f"model.layers.{i}.self_attn.q_proj.weight" for i in (0, 1)]
+    assert changed == sorted(want + (["model.embed_tokens.weight"] if tie else []))
+    tied = {e.name: e.reason for e in plan.entries if e.reason and "tied" in e.reason}
+    assert list(tied) == (["model.embed_tokens.weight"] if tie else [])

@@ -81,24 +81,37 @@ def check_tensor_names(tensors: Collection[object], where: str) -> None:
 
 def find_aliases(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
     """Names whose tensor is the same view of the same storage as an earlier name (tied
-    weights such as embeddings shared with the LM head)."""
-    seen: dict[tuple[int, int, tuple[int, ...], tuple[int, ...], torch.dtype], str] = {}
+    weights such as embeddings shared with the LM head). Tensors with no memory of their own
+    (meta, wrapper subclasses such as DTensor: address 0) are tied only to views of their own
+    storage object, not to every tensor of their shape."""
+    seen: dict[tuple[object, ...], str] = {}
     out: dict[str, str] = {}
     for name, t in tensors.items():
-        if t.numel() == 0:
+        where = _storage_id(t)
+        if where is None:
             continue
-        key = (
-            t.untyped_storage().data_ptr(),
-            int(t.storage_offset()),
-            tuple(t.shape),
-            tuple(t.stride()),
-            t.dtype,
-        )
+        key = (*where, int(t.storage_offset()), tuple(t.shape), tuple(t.stride()), t.dtype)
         if key in seen:
             out[name] = seen[key]
         else:
             seen[key] = name
     return out
+
+
+def _storage_id(t: torch.Tensor) -> tuple[object, ...] | None:
+    """What tells `t`'s storage apart: its device and address, or for a tensor with no
+    address the storage object itself (a meta tensor's `detach()` shares it); None for an
+    empty tensor or one whose storage torch cannot give."""
+    if t.numel() == 0:
+        return None
+    try:
+        storage = t.untyped_storage()
+        if _address(t) is not None:
+            return (str(t.device), int(storage.data_ptr()))
+    except RuntimeError:
+        return None
+    own = getattr(storage, "_cdata", None)  # the C++ storage's identity
+    return ("storage", own) if own else None
 
 
 #: The most cells (a cell: the largest unit every element and stride of the two views is a
