@@ -192,6 +192,7 @@ def test_find_overlaps_past_its_exact_limit_says_maybe(monkeypatch):
     from reinit.io.memory import find_overlaps
 
     monkeypatch.setattr(memory, "EXACT_OVERLAP_LIMIT", 16)
+    monkeypatch.setattr(memory, "OVERLAP_SOLVER_WORK", 0)
     w = torch.zeros(5, 7)
     assert find_overlaps({"even": w[:, ::2], "odd": w[:, 1::2]}) == {
         "even": {"odd": False},
@@ -334,3 +335,68 @@ def test_planning_a_meta_model_ties_only_its_tied_weights(tie):
     assert changed == sorted(want + (["model.embed_tokens.weight"] if tie else []))
     tied = {e.name: e.reason for e in plan.entries if e.reason and "tied" in e.reason}
     assert list(tied) == (["model.embed_tokens.weight"] if tie else [])
+
+
+def test_column_halves_of_a_matrix_past_the_masks_limit_are_separate(monkeypatch):
+    """Two column blocks of one matrix (a tensor-parallel split along the input dimension) share
+    no byte. numpy's exact solver tells them apart at any size; the mask is only its fallback
+    (its limit lowered here to what a 65536x4096 bf16 matrix's halves exceed at 2^27).
+
+    Was: past the mask's limit the pair counted as 'may overlap' and a rule on one half was
+    refused."""
+    import reinit.io.memory as memory
+    from reinit.io.memory import find_overlaps
+
+    monkeypatch.setattr(memory, "EXACT_OVERLAP_LIMIT", 16)
+    w = torch.zeros(6, 8)
+    state = {"left": w[:, :4], "right": w[:, 4:], "mid": w[:, 3:5]}
+    assert find_overlaps({"left": state["left"], "right": state["right"]}) == {}
+    assert find_overlaps(state) == {
+        "left": {"mid": True},
+        "right": {"mid": True},
+        "mid": {"left": True, "right": True},
+    }
+    out, _ = reinit.apply_to_state_dict(
+        {"left": state["left"], "right": state["right"]}, ["left=ones"]
+    )
+    assert bool((out["left"] == 1).all()) and not out["right"].any()
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.float32, torch.complex64])
+@pytest.mark.parametrize("decider", ["solver", "mask"])
+def test_find_overlaps_agrees_with_the_bytes_each_view_covers(dtype, decider, monkeypatch):
+    """Random strided views (slices, steps, transposes, zero strides) of one small buffer: two
+    overlap exactly when the sets of bytes they cover meet, whether numpy's solver or the mask
+    decides what the cheap tests leave (the other one switched off)."""
+    import reinit.io.memory as memory
+    from reinit.io.memory import find_overlaps
+
+    off = {"solver": "EXACT_OVERLAP_LIMIT", "mask": "OVERLAP_SOLVER_WORK"}[decider]
+    monkeypatch.setattr(memory, off, 0)
+    seen = set()
+
+    size = torch.empty(0, dtype=dtype).element_size()
+    gen = torch.Generator().manual_seed(int(size))
+    base = torch.zeros(64, dtype=dtype)
+
+    def draw() -> torch.Tensor:
+        dims = int(torch.randint(1, 4, (1,), generator=gen))
+        shape = [int(torch.randint(1, 5, (1,), generator=gen)) for _ in range(dims)]
+        strides = [int(torch.randint(0, 9, (1,), generator=gen)) for _ in range(dims)]
+        reach = sum((n - 1) * s for n, s in zip(shape, strides, strict=True))
+        offset = int(torch.randint(0, 64 - reach, (1,), generator=gen)) if reach < 64 else 0
+        return base.as_strided(shape, strides, offset) if reach < 64 else base[:1]
+
+    def covered(t: torch.Tensor) -> set[int]:
+        start = (t.data_ptr() - base.data_ptr()) // size
+        idx = torch.arange(64).as_strided(t.shape, t.stride(), start).flatten().tolist()
+        return {i * size + k for i in idx for k in range(size)}
+
+    for _ in range(60):
+        a, b = draw(), draw()
+        if (a.shape, a.stride(), a.data_ptr()) == (b.shape, b.stride(), b.data_ptr()):
+            continue  # one view: a tie, not an overlap
+        want = bool(covered(a) & covered(b))
+        assert bool(find_overlaps({"a": a, "b": b})) == want, (a.shape, a.stride(), b.stride())
+        seen.add(want)
+    assert seen == {True, False}

@@ -13,7 +13,9 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from numpy.lib.stride_tricks import as_strided
 
 from reinit.errors import CheckpointError, UsageError
 from reinit.io.checkpoint import Checkpoint, ConfigDict, TensorRef
@@ -26,6 +28,7 @@ __all__ = [
     "TensorDictCheckpoint",
     "check_tensor_names",
     "EXACT_OVERLAP_LIMIT",
+    "OVERLAP_SOLVER_WORK",
     "find_aliases",
     "find_overlaps",
     "overlaps_itself",
@@ -250,7 +253,44 @@ def _overlap(a: _Span, b: _Span) -> bool | None:
             return None
     if a.dense() or (b.dense() and a.end <= b.end):  # one holds a byte of the other's range
         return True
+    solved = _solve_overlap(a, b)
+    if solved is not None:
+        return True if solved else None
     return _mask_overlap(a, b, step)
+
+
+#: The most candidate solutions numpy's exact overlap solver (`numpy.shares_memory`'s
+#: `max_work`) may try on one pair before the mask of `EXACT_OVERLAP_LIMIT` takes over (0: none).
+OVERLAP_SOLVER_WORK = 1 << 20
+_TOO_HARD: type[Exception] = getattr(np, "exceptions", np).TooHardError  # top level before 1.25
+
+
+def _solve_overlap(a: _Span, b: _Span) -> bool | None:
+    """numpy's exact solver (a bounded Diophantine problem on the strides, microseconds for
+    column blocks of one matrix, which a mask would mark cell by cell over the whole matrix) on
+    the two views' geometry; None when it gives up (`OVERLAP_SOLVER_WORK`) or numpy cannot
+    hold the views' dimensions."""
+    if OVERLAP_SOLVER_WORK <= 0:
+        return None
+    base = np.zeros(1, dtype=np.uint8)  # the views point past it: only their geometry is used
+    try:
+        left, right = _geometry(a, a.start, base), _geometry(b, a.start, base)
+        work = OVERLAP_SOLVER_WORK  # numpy takes any positive bound; its stubs name only -1 and 0
+        return bool(np.shares_memory(left, right, max_work=work))  # type: ignore[arg-type]
+    except (_TOO_HARD, ValueError):
+        return None
+
+
+def _geometry(v: _Span, base_address: int, base: np.ndarray) -> np.ndarray:
+    """A byte array with `v`'s shape and strides at `v.start - base_address` past `base`'s
+    first byte, never read (numpy's `as_strided` checks no bounds): what `shares_memory` needs."""
+    dims = [(n, s) for n, s in zip(v.shape, v.strides, strict=True) if n > 1]
+    shape = [n for n, _ in dims] + [v.itemsize]
+    strides = [s for _, s in dims] + [1]
+    offset = v.start - base_address
+    if offset:  # a leading dimension of two whose second entry starts `offset` bytes on
+        return as_strided(base, (2, *shape), (offset, *strides))[1]
+    return as_strided(base, shape, strides)
 
 
 def _mask_overlap(a: _Span, b: _Span, step: int) -> bool | None:
