@@ -400,3 +400,20 @@ def test_find_overlaps_agrees_with_the_bytes_each_view_covers(dtype, decider, mo
         assert bool(find_overlaps({"a": a, "b": b})) == want, (a.shape, a.stride(), b.stride())
         seen.add(want)
     assert seen == {True, False}
+
+
+def test_the_refusal_names_the_tensor_the_rule_hits_when_its_tie_overlaps_a_view():
+    """'tied' is an exact alias of 'w', which 'w_t' transposes: a rule on 'tied' is refused
+    naming 'tied' (the tensor the user's rule names) and 'w_t', and leaves the dict unchanged.
+
+    Was: the message named 'w' (changed only through the tie), which no rule named."""
+    w = torch.randn(4, 6)
+    state = {"w": w, "tied": w, "w_t": w.t(), "b": torch.zeros(4)}
+    before = {k: v.clone() for k, v in state.items()}
+    with pytest.raises(UsageError) as err:
+        reinit.apply_to_state_dict(state, ["tied=zeros"])
+    msg = str(err.value)
+    assert "would change tensor 'tied', whose memory overlaps that of 'w_t'" in msg
+    assert "\n" not in msg and "clone" in msg
+    assert all(torch.equal(before[k], v) for k, v in state.items())
+    assert state["w_t"].data_ptr() == state["w"].data_ptr()  # still the caller's own views
