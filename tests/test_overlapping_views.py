@@ -265,6 +265,8 @@ class _Wrapper(torch.Tensor):
 
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):  # type: ignore[override]
+        if func is torch.ops.aten.detach.default:  # what state_dict() takes of a buffer
+            return _Wrapper(tuple(args[0].shape))
         raise NotImplementedError(func)
 
 
@@ -417,3 +419,23 @@ def test_the_refusal_names_the_tensor_the_rule_hits_when_its_tie_overlaps_a_view
     assert "\n" not in msg and "clone" in msg
     assert all(torch.equal(before[k], v) for k, v in state.items())
     assert state["w_t"].data_ptr() == state["w"].data_ptr()  # still the caller's own views
+
+
+def test_applying_to_a_tensor_subclass_with_no_memory_is_one_line():
+    """A DTensor (FSDP2, tensor parallelism) or another wrapper subclass holds no memory reinit
+    can read or write: `apply_to_state_dict` and `apply_to_module` refuse it in one line naming
+    it and the way to plain tensors, and change nothing; planning (shapes only) works.
+
+    Was: RuntimeError ('.numpy() is not supported for tensor subclasses') from the reader."""
+    state = {"a": _Wrapper((3, 4)), "b": torch.zeros(2)}
+    plan = reinit.plan(state, ["*=ones"])
+    assert [e.name for e in plan.entries if e.changes] == ["a", "b"]
+    with pytest.raises(UsageError) as err:
+        reinit.apply_to_state_dict(state, ["b=ones"])
+    assert "'a' is a _Wrapper" in str(err.value) and "full_tensor()" in str(err.value)
+    module = torch.nn.Linear(2, 2)
+    module.register_buffer("sharded", _Wrapper((3, 4)))
+    before = module.weight.detach().clone()
+    with pytest.raises(UsageError, match="'sharded' is a _Wrapper"):
+        reinit.apply_to_module(module, ["weight=zeros"])
+    assert torch.equal(module.weight.detach(), before)

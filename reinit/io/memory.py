@@ -58,6 +58,13 @@ def check_state_dict(tensors: object, where: str, *, values: bool = False) -> No
                 f"{where}: tensor '{shown(name)}' is on the meta device and holds no values; "
                 "materialize the model (e.g. to_empty + load) before applying rules"
             )
+        if isinstance(t, torch.Tensor) and t.numel() and _address(t) is None:
+            raise UsageError(
+                f"{where}: tensor '{shown(name)}' is a {type(t).__name__} (a tensor subclass "
+                "with no memory of its own, as FSDP2 and tensor parallelism hold); apply to "
+                "plain tensors (a DTensor's .full_tensor(), or get_model_state_dict(model, "
+                "options=StateDictOptions(full_state_dict=True))) and load the result back"
+            )
 
 
 def check_tensor_names(tensors: Collection[object], where: str) -> None:
