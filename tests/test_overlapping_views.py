@@ -439,3 +439,32 @@ def test_applying_to_a_tensor_subclass_with_no_memory_is_one_line():
     with pytest.raises(UsageError, match="'sharded' is a _Wrapper"):
         reinit.apply_to_module(module, ["weight=zeros"])
     assert torch.equal(module.weight.detach(), before)
+
+
+def test_a_recipe_plans_ties_and_views_under_a_steps_new_names_as_it_runs(tmp_path):
+    """A step's --rename keeps a tie and an overlapping view: `plan_recipe` (the dry run) plans
+    the next step as `run_recipe` runs it, the renamed tie changed with its partner, a change
+    to the renamed view refused by both.
+
+    Was: the dry run dropped ties and views whose names a step renamed, so it showed 'tied'
+    kept where the run changed it, and planned a change the run refused."""
+    w = torch.randn(4, 6)
+    torch.save({"w": w, "tied": w, "b": torch.zeros(4)}, tmp_path / "t.pt")
+    torch.save({"w": w, "w_t": w.t(), "b": torch.zeros(4)}, tmp_path / "v.pt")
+
+    def recipe(source: str, out: str, rule: str) -> reinit.Recipe:
+        (tmp_path / "r.yaml").write_text(
+            f"source: {tmp_path / source}\noutput: {tmp_path / out}\nsteps:\n"
+            f"  - rename: ['w=v']\n  - rules: ['{rule}']\n"
+        )
+        return reinit.load_recipe(tmp_path / "r.yaml")
+
+    tied = recipe("t.pt", "t-out.pt", "v=zeros")
+    planned = {e.name: e.changes for e in reinit.plan_recipe(tied)[-1].entries}
+    ran = {e.name: e.changes for e in reinit.run_recipe(tied).tensors}
+    assert planned == ran == {"v": True, "tied": True, "b": False}
+    views = recipe("v.pt", "v-out.safetensors", "w_t=zeros")
+    for how in (reinit.plan_recipe, reinit.run_recipe):
+        with pytest.raises(UsageError, match="step 2.*'w_t'.*'v'"):
+            how(views)
+    assert not (tmp_path / "v-out.safetensors").exists()
