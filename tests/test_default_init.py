@@ -282,3 +282,24 @@ def test_default_whose_draw_escapes_the_private_generator_is_drawn_on_the_global
         want = _global_rng_reference(_DropoutInit(), f"{i}.weight", 9)
         assert torch.equal(m.weight, want), i
         assert 0 < int((want == 0).sum()) < want.numel()  # really drawn, half dropped
+
+
+def test_default_on_a_module_with_the_old_weight_norm_is_one_line_or_works() -> None:
+    """`torch.nn.utils.weight_norm` (the old hook form) keeps `weight` as a plain attribute that
+    autograd computes from `weight_g` and `weight_v`; `default` copies the owning module to run
+    its init. Its other tensors get their init; weight_g/weight_v, which Conv1d's
+    reset_parameters never sets, are a one-line SchemeError and the module is left unchanged.
+
+    Was: RuntimeError out of `copy.deepcopy` ('Only Tensors created explicitly by the user
+    (graph leaves) support the deepcopy protocol'), a traceback."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(4, 4, 3), nn.Linear(3, 3))
+    with pytest.warns(FutureWarning):
+        nn.utils.weight_norm(model[0], dim=2)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    with pytest.raises(reinit.SchemeError, match=r"does not set '0\.weight_g'"):
+        reinit.apply_to_module(model, ["*=default"], seed=0)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    report = reinit.apply_to_module(model, ["0.bias=default"], seed=0)
+    assert [e.name for e in report.tensors if e.changes] == ["0.bias"]
+    assert not torch.equal(before["0.bias"], model[0].bias.detach())

@@ -192,6 +192,7 @@ def test_find_overlaps_past_its_exact_limit_says_maybe(monkeypatch):
     from reinit.io.memory import find_overlaps
 
     monkeypatch.setattr(memory, "EXACT_OVERLAP_LIMIT", 16)
+    monkeypatch.setattr(memory, "OVERLAP_SOLVER_WORK", 0)
     w = torch.zeros(5, 7)
     assert find_overlaps({"even": w[:, ::2], "odd": w[:, 1::2]}) == {
         "even": {"odd": False},
@@ -255,20 +256,41 @@ def test_overlaps_itself():
     assert not overlaps_itself(w.view(-1).as_strided((2, 3), (1, 2)))  # 0,2,4 and 1,3,5
 
 
+class _Wrapper(torch.Tensor):
+    """A tensor subclass with no memory of its own (as DTensor is): torch gives address 0."""
+
+    @staticmethod
+    def __new__(cls, shape: tuple[int, ...]) -> _Wrapper:
+        return torch.Tensor._make_wrapper_subclass(cls, shape, dtype=torch.float32)
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):  # type: ignore[override]
+        if func is torch.ops.aten.detach.default:  # what state_dict() takes of a buffer
+            return _Wrapper(tuple(args[0].shape))
+        raise NotImplementedError(func)
+
+
+def test_tensors_without_an_address_are_tied_only_to_views_of_their_own_storage():
+    """Meta tensors and wrapper subclasses (DTensor) all have address 0: two of one shape are
+    not one tie, while a meta tensor's detach() (what state_dict() holds) is.
+
+    Was: every such tensor of one shape was tied to the first; and a wrapper subclass's storage
+    address raised RuntimeError ('invalid python storage') out of planning, a traceback."""
+    from reinit.io.memory import find_aliases
+
+    m = torch.empty(3, 4, device="meta")
+    got = find_aliases(
+        {"a": _Wrapper((3, 4)), "b": _Wrapper((3, 4)), "m": m, "n": torch.empty(3, 4, device="meta"),
+         "m2": m.detach(), "m_t": m.t()}
+    )  # fmt: skip
+    assert got == {"m2": "m"}
+
+
 def test_tensors_without_an_address_of_their_own_are_never_overlapping():
     """A wrapper subclass (as DTensor is) reports address 0 for every instance: not one memory."""
     from reinit.io.memory import find_overlaps, overlaps_itself
 
-    class Wrapper(torch.Tensor):
-        @staticmethod
-        def __new__(cls, shape: tuple[int, ...]) -> Wrapper:
-            return torch.Tensor._make_wrapper_subclass(cls, shape, dtype=torch.float32)
-
-        @classmethod
-        def __torch_dispatch__(cls, func, types, args=(), kwargs=None):  # type: ignore[override]
-            raise NotImplementedError(func)
-
-    a, b = Wrapper((3, 4)), Wrapper((12,))
+    a, b = _Wrapper((3, 4)), _Wrapper((12,))
     assert a.data_ptr() == b.data_ptr() == 0
     assert find_overlaps({"a": a, "b": b, "m": torch.empty(3, device="meta")}) == {}
     assert not overlaps_itself(a)
@@ -292,3 +314,157 @@ def test_a_recipe_refuses_a_later_step_that_changes_one_of_two_views(tmp_path):
         with pytest.raises(UsageError, match="step 2.*'w_t'.*'w'"):
             how(recipe)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "r.yaml"]
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_planning_a_meta_model_ties_only_its_tied_weights(tie):
+    """A model built on the meta device (plan only: no memory, every address 0) has ties only
+    where the model ties (the LM head and the embeddings when the config says so).
+
+    Was: every meta tensor of one shape counted as the same view of one storage, so a rule on
+    q_proj also re-initialized k_proj, v_proj and o_proj of every layer ("tied with ...")."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, vocab_size=50, max_position_embeddings=32,
+        tie_word_embeddings=tie,
+    )  # fmt: skip
+    with torch.device("meta"):
+        model = transformers.LlamaForCausalLM(cfg)
+    plan = reinit.plan(model.state_dict(), ["*.q_proj.weight=zeros", "lm_head.weight=ones"])
+    changed = sorted(e.name for e in plan.entries if e.changes)
+    want = ["lm_head.weight"] + [f"model.layers.{i}.self_attn.q_proj.weight" for i in (0, 1)]
+    assert changed == sorted(want + (["model.embed_tokens.weight"] if tie else []))
+    tied = {e.name: e.reason for e in plan.entries if e.reason and "tied" in e.reason}
+    assert list(tied) == (["model.embed_tokens.weight"] if tie else [])
+
+
+def test_column_halves_of_a_matrix_past_the_masks_limit_are_separate(monkeypatch):
+    """Two column blocks of one matrix (a tensor-parallel split along the input dimension) share
+    no byte. numpy's exact solver tells them apart at any size; the mask is only its fallback
+    (its limit lowered here to what a 65536x4096 bf16 matrix's halves exceed at 2^27).
+
+    Was: past the mask's limit the pair counted as 'may overlap' and a rule on one half was
+    refused."""
+    import reinit.io.memory as memory
+    from reinit.io.memory import find_overlaps
+
+    monkeypatch.setattr(memory, "EXACT_OVERLAP_LIMIT", 16)
+    w = torch.zeros(6, 8)
+    state = {"left": w[:, :4], "right": w[:, 4:], "mid": w[:, 3:5]}
+    assert find_overlaps({"left": state["left"], "right": state["right"]}) == {}
+    assert find_overlaps(state) == {
+        "left": {"mid": True},
+        "right": {"mid": True},
+        "mid": {"left": True, "right": True},
+    }
+    out, _ = reinit.apply_to_state_dict(
+        {"left": state["left"], "right": state["right"]}, ["left=ones"]
+    )
+    assert bool((out["left"] == 1).all()) and not out["right"].any()
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.float32, torch.complex64])
+@pytest.mark.parametrize("decider", ["solver", "mask"])
+def test_find_overlaps_agrees_with_the_bytes_each_view_covers(dtype, decider, monkeypatch):
+    """Random strided views (slices, steps, transposes, zero strides) of one small buffer: two
+    overlap exactly when the sets of bytes they cover meet, whether numpy's solver or the mask
+    decides what the cheap tests leave (the other one switched off)."""
+    import reinit.io.memory as memory
+    from reinit.io.memory import find_overlaps
+
+    off = {"solver": "EXACT_OVERLAP_LIMIT", "mask": "OVERLAP_SOLVER_WORK"}[decider]
+    monkeypatch.setattr(memory, off, 0)
+    seen = set()
+
+    size = torch.empty(0, dtype=dtype).element_size()
+    gen = torch.Generator().manual_seed(int(size))
+    base = torch.zeros(64, dtype=dtype)
+
+    def draw() -> torch.Tensor:
+        dims = int(torch.randint(1, 4, (1,), generator=gen))
+        shape = [int(torch.randint(1, 5, (1,), generator=gen)) for _ in range(dims)]
+        strides = [int(torch.randint(0, 9, (1,), generator=gen)) for _ in range(dims)]
+        reach = sum((n - 1) * s for n, s in zip(shape, strides, strict=True))
+        offset = int(torch.randint(0, 64 - reach, (1,), generator=gen)) if reach < 64 else 0
+        return base.as_strided(shape, strides, offset) if reach < 64 else base[:1]
+
+    def covered(t: torch.Tensor) -> set[int]:
+        start = (t.data_ptr() - base.data_ptr()) // size
+        idx = torch.arange(64).as_strided(t.shape, t.stride(), start).flatten().tolist()
+        return {i * size + k for i in idx for k in range(size)}
+
+    for _ in range(60):
+        a, b = draw(), draw()
+        if (a.shape, a.stride(), a.data_ptr()) == (b.shape, b.stride(), b.data_ptr()):
+            continue  # one view: a tie, not an overlap
+        want = bool(covered(a) & covered(b))
+        assert bool(find_overlaps({"a": a, "b": b})) == want, (a.shape, a.stride(), b.stride())
+        seen.add(want)
+    assert seen == {True, False}
+
+
+def test_the_refusal_names_the_tensor_the_rule_hits_when_its_tie_overlaps_a_view():
+    """'tied' is an exact alias of 'w', which 'w_t' transposes: a rule on 'tied' is refused
+    naming 'tied' (the tensor the user's rule names) and 'w_t', and leaves the dict unchanged.
+
+    Was: the message named 'w' (changed only through the tie), which no rule named."""
+    w = torch.randn(4, 6)
+    state = {"w": w, "tied": w, "w_t": w.t(), "b": torch.zeros(4)}
+    before = {k: v.clone() for k, v in state.items()}
+    with pytest.raises(UsageError) as err:
+        reinit.apply_to_state_dict(state, ["tied=zeros"])
+    msg = str(err.value)
+    assert "would change tensor 'tied', whose memory overlaps that of 'w_t'" in msg
+    assert "\n" not in msg and "clone" in msg
+    assert all(torch.equal(before[k], v) for k, v in state.items())
+    assert state["w_t"].data_ptr() == state["w"].data_ptr()  # still the caller's own views
+
+
+def test_applying_to_a_tensor_subclass_with_no_memory_is_one_line():
+    """A DTensor (FSDP2, tensor parallelism) or another wrapper subclass holds no memory reinit
+    can read or write: `apply_to_state_dict` and `apply_to_module` refuse it in one line naming
+    it and the way to plain tensors, and change nothing; planning (shapes only) works.
+
+    Was: RuntimeError ('.numpy() is not supported for tensor subclasses') from the reader."""
+    state = {"a": _Wrapper((3, 4)), "b": torch.zeros(2)}
+    plan = reinit.plan(state, ["*=ones"])
+    assert [e.name for e in plan.entries if e.changes] == ["a", "b"]
+    with pytest.raises(UsageError) as err:
+        reinit.apply_to_state_dict(state, ["b=ones"])
+    assert "'a' is a _Wrapper" in str(err.value) and "full_tensor()" in str(err.value)
+    module = torch.nn.Linear(2, 2)
+    module.register_buffer("sharded", _Wrapper((3, 4)))
+    before = module.weight.detach().clone()
+    with pytest.raises(UsageError, match="'sharded' is a _Wrapper"):
+        reinit.apply_to_module(module, ["weight=zeros"])
+    assert torch.equal(module.weight.detach(), before)
+
+
+def test_a_recipe_plans_ties_and_views_under_a_steps_new_names_as_it_runs(tmp_path):
+    """A step's --rename keeps a tie and an overlapping view: `plan_recipe` (the dry run) plans
+    the next step as `run_recipe` runs it, the renamed tie changed with its partner, a change
+    to the renamed view refused by both.
+
+    Was: the dry run dropped ties and views whose names a step renamed, so it showed 'tied'
+    kept where the run changed it, and planned a change the run refused."""
+    w = torch.randn(4, 6)
+    torch.save({"w": w, "tied": w, "b": torch.zeros(4)}, tmp_path / "t.pt")
+    torch.save({"w": w, "w_t": w.t(), "b": torch.zeros(4)}, tmp_path / "v.pt")
+
+    def recipe(source: str, out: str, rule: str) -> reinit.Recipe:
+        (tmp_path / "r.yaml").write_text(
+            f"source: {tmp_path / source}\noutput: {tmp_path / out}\nsteps:\n"
+            f"  - rename: ['w=v']\n  - rules: ['{rule}']\n"
+        )
+        return reinit.load_recipe(tmp_path / "r.yaml")
+
+    tied = recipe("t.pt", "t-out.pt", "v=zeros")
+    planned = {e.name: e.changes for e in reinit.plan_recipe(tied)[-1].entries}
+    ran = {e.name: e.changes for e in reinit.run_recipe(tied).tensors}
+    assert planned == ran == {"v": True, "tied": True, "b": False}
+    views = recipe("v.pt", "v-out.safetensors", "w_t=zeros")
+    for how in (reinit.plan_recipe, reinit.run_recipe):
+        with pytest.raises(UsageError, match="step 2.*'w_t'.*'v'"):
+            how(views)
+    assert not (tmp_path / "v-out.safetensors").exists()

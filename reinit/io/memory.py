@@ -13,7 +13,9 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from numpy.lib.stride_tricks import as_strided
 
 from reinit.errors import CheckpointError, UsageError
 from reinit.io.checkpoint import Checkpoint, ConfigDict, TensorRef
@@ -26,6 +28,7 @@ __all__ = [
     "TensorDictCheckpoint",
     "check_tensor_names",
     "EXACT_OVERLAP_LIMIT",
+    "OVERLAP_SOLVER_WORK",
     "find_aliases",
     "find_overlaps",
     "overlaps_itself",
@@ -55,6 +58,13 @@ def check_state_dict(tensors: object, where: str, *, values: bool = False) -> No
                 f"{where}: tensor '{shown(name)}' is on the meta device and holds no values; "
                 "materialize the model (e.g. to_empty + load) before applying rules"
             )
+        if isinstance(t, torch.Tensor) and t.numel() and _address(t) is None:
+            raise UsageError(
+                f"{where}: tensor '{shown(name)}' is a {type(t).__name__} (a tensor subclass "
+                "with no memory of its own, as FSDP2 and tensor parallelism hold); apply to "
+                "plain tensors (a DTensor's .full_tensor(), or get_model_state_dict(model, "
+                "options=StateDictOptions(full_state_dict=True))) and load the result back"
+            )
 
 
 def check_tensor_names(tensors: Collection[object], where: str) -> None:
@@ -81,24 +91,37 @@ def check_tensor_names(tensors: Collection[object], where: str) -> None:
 
 def find_aliases(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
     """Names whose tensor is the same view of the same storage as an earlier name (tied
-    weights such as embeddings shared with the LM head)."""
-    seen: dict[tuple[int, int, tuple[int, ...], tuple[int, ...], torch.dtype], str] = {}
+    weights such as embeddings shared with the LM head). Tensors with no memory of their own
+    (meta, wrapper subclasses such as DTensor: address 0) are tied only to views of their own
+    storage object, not to every tensor of their shape."""
+    seen: dict[tuple[object, ...], str] = {}
     out: dict[str, str] = {}
     for name, t in tensors.items():
-        if t.numel() == 0:
+        where = _storage_id(t)
+        if where is None:
             continue
-        key = (
-            t.untyped_storage().data_ptr(),
-            int(t.storage_offset()),
-            tuple(t.shape),
-            tuple(t.stride()),
-            t.dtype,
-        )
+        key = (*where, int(t.storage_offset()), tuple(t.shape), tuple(t.stride()), t.dtype)
         if key in seen:
             out[name] = seen[key]
         else:
             seen[key] = name
     return out
+
+
+def _storage_id(t: torch.Tensor) -> tuple[object, ...] | None:
+    """What tells `t`'s storage apart: its device and address, or for a tensor with no
+    address the storage object itself (a meta tensor's `detach()` shares it); None for an
+    empty tensor or one whose storage torch cannot give."""
+    if t.numel() == 0:
+        return None
+    try:
+        storage = t.untyped_storage()
+        if _address(t) is not None:
+            return (str(t.device), int(storage.data_ptr()))
+    except RuntimeError:
+        return None
+    own = getattr(storage, "_cdata", None)  # the C++ storage's identity
+    return ("storage", own) if own else None
 
 
 #: The most cells (a cell: the largest unit every element and stride of the two views is a
@@ -237,7 +260,44 @@ def _overlap(a: _Span, b: _Span) -> bool | None:
             return None
     if a.dense() or (b.dense() and a.end <= b.end):  # one holds a byte of the other's range
         return True
+    solved = _solve_overlap(a, b)
+    if solved is not None:
+        return True if solved else None
     return _mask_overlap(a, b, step)
+
+
+#: The most candidate solutions numpy's exact overlap solver (`numpy.shares_memory`'s
+#: `max_work`) may try on one pair before the mask of `EXACT_OVERLAP_LIMIT` takes over (0: none).
+OVERLAP_SOLVER_WORK = 1 << 20
+_TOO_HARD: type[Exception] = getattr(np, "exceptions", np).TooHardError  # top level before 1.25
+
+
+def _solve_overlap(a: _Span, b: _Span) -> bool | None:
+    """numpy's exact solver (a bounded Diophantine problem on the strides, microseconds for
+    column blocks of one matrix, which a mask would mark cell by cell over the whole matrix) on
+    the two views' geometry; None when it gives up (`OVERLAP_SOLVER_WORK`) or numpy cannot
+    hold the views' dimensions."""
+    if OVERLAP_SOLVER_WORK <= 0:
+        return None
+    base = np.zeros(1, dtype=np.uint8)  # the views point past it: only their geometry is used
+    try:
+        left, right = _geometry(a, a.start, base), _geometry(b, a.start, base)
+        work = OVERLAP_SOLVER_WORK  # numpy takes any positive bound; its stubs name only -1 and 0
+        return bool(np.shares_memory(left, right, max_work=work))  # type: ignore[arg-type]
+    except (_TOO_HARD, ValueError):
+        return None
+
+
+def _geometry(v: _Span, base_address: int, base: np.ndarray) -> np.ndarray:
+    """A byte array with `v`'s shape and strides at `v.start - base_address` past `base`'s
+    first byte, never read (numpy's `as_strided` checks no bounds): what `shares_memory` needs."""
+    dims = [(n, s) for n, s in zip(v.shape, v.strides, strict=True) if n > 1]
+    shape = [n for n, _ in dims] + [v.itemsize]
+    strides = [s for _, s in dims] + [1]
+    offset = v.start - base_address
+    if offset:  # a leading dimension of two whose second entry starts `offset` bytes on
+        return as_strided(base, (2, *shape), (offset, *strides))[1]
+    return as_strided(base, shape, strides)
 
 
 def _mask_overlap(a: _Span, b: _Span, step: int) -> bool | None:

@@ -533,7 +533,8 @@ def _blank_owner(model: Model, site: TensorSite) -> tuple[nn.Module, InitTrace]:
     from reinit.planning.init_trace import InitTrace
 
     owner = model.module.get_submodule(site.module_name)
-    real = copy.deepcopy(owner).to_empty(device="cpu", recurse=True).float()
+    real = copy.deepcopy(owner, _derived_tensors(owner)).to_empty(device="cpu", recurse=True)
+    real = real.float()
     with torch.no_grad():
         for t in [*real.parameters(), *real.buffers()]:
             if hasattr(t, "_is_hf_initialized"):  # transformers would skip "done" tensors
@@ -708,8 +709,23 @@ def _meta_skeleton(module: nn.Module | None) -> nn.Module | None:
     ]
     if all(t.device.type == "meta" for t in tensors):
         return module
-    memo: dict[int, Any] = {id(t): on_meta(t) for t in tensors}
+    memo: dict[int, Any] = {id(t): on_meta(t) for t in tensors} | _derived_tensors(module)
     return copy.deepcopy(module, memo)
+
+
+def _derived_tensors(module: nn.Module) -> dict[int, Any]:
+    """`deepcopy` memo entries for the tensors `module`'s submodules hold as plain attributes
+    that autograd computed (the `weight` of `torch.nn.utils.weight_norm`, recomputed before each
+    forward from `weight_g` and `weight_v`), which deepcopy refuses (RuntimeError, 'graph
+    leaves'): a meta tensor of its shape stands in, no data copied."""
+    from reinit.planning.parametrized import on_meta
+
+    return {
+        id(v): on_meta(v)
+        for m in module.modules()
+        for v in vars(m).values()
+        if isinstance(v, torch.Tensor) and v.grad_fn is not None
+    }
 
 
 def _down_to(module: nn.Module, path: Sequence[str]) -> list[nn.Module]:

@@ -149,11 +149,9 @@ def refuse_overlaps(plan: Plan, overlaps: Mapping[str, Mapping[str, bool]], wher
     the same view (`Checkpoint.overlaps`: a slice, transpose or reshape of one storage). No
     one value keeps both in step: written back in place the other would change while the
     report says it was kept; written apart they would disagree. Raises `UsageError`."""
-    for e in plan.entries:
-        others = overlaps.get(e.name)
-        if not (e.changes and others):
-            continue
-        other, sure = next(iter(others.items()))
+    hit = [e for e in plan.entries if e.changes and overlaps.get(e.name)]
+    for e in sorted(hit, key=lambda e: e.reason is not None)[:1]:  # a rule's own before a tie's
+        other, sure = next(iter(overlaps[e.name].items()))
         how = "overlaps" if sure else "may overlap (too large to check element by element)"
         by = f"rule {e.rule_text!r}" if e.rule_text else "the surgery"
         raise UsageError(

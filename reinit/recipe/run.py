@@ -219,18 +219,20 @@ def plan_recipe(recipe: Recipe, *, progress: bool = False) -> list[Plan]:
 class PlannedCheckpoint(StateDictCheckpoint):
     """The tensors a plan produces, as a checkpoint without data (meta tensors: names, shapes
     and dtypes), laid out like the source as the run's in-memory steps are. Names tied in the
-    step's input stay tied, as the run keeps them one tensor object."""
+    step's input stay tied, as the run keeps them one tensor object, and overlapping views stay
+    so, under the names the step's --rename gives them."""
 
     def __init__(self, the_plan: Plan, before: Checkpoint, like: Checkpoint):
         tensors = {
             e.name: torch.empty(e.shape, dtype=e.dtype, device="meta") for e in the_plan.entries
         }
         super().__init__(tensors, like=like)
-        self.tied = {n: r for n, r in before.aliases().items() if n in tensors and r in tensors}
-        self.overlapping = {
-            n: {m: sure for m, sure in others.items() if m in tensors}
+        new = {e.renamed_from or e.name: e.name for e in the_plan.entries if not e.added}
+        self.tied = {new[n]: new[r] for n, r in before.aliases().items() if n in new and r in new}
+        self.overlapping = {  # under the step's new names, as the run's `StepOutput` has them
+            new[n]: {new[m]: sure for m, sure in others.items() if m in new}
             for n, others in before.overlaps().items()
-            if n in tensors and any(m in tensors for m in others)
+            if n in new and any(m in new for m in others)
         }
 
     def aliases(self) -> dict[str, str]:
