@@ -20,14 +20,23 @@ from helpers import run
 from safetensors.torch import load_file, save_file
 
 import reinit
-from reinit.io.writer import DIRECT_ALIGN, DIRECT_STAGE, SafetensorsWriter
+from reinit.io.writer import DIRECT_ALIGN, DIRECT_BUFFERS, DIRECT_STAGE, SafetensorsWriter
 
 O_DIRECT = getattr(os, "O_DIRECT", 0)
 pytestmark = pytest.mark.skipif(not O_DIRECT, reason="the platform has no O_DIRECT")
 
 # Sizes that put tensor edges on, just before and just after the 4 KiB blocks and the 8 MiB
 # staging buffer's end, and one tensor larger than the buffer (bytes, float32 values x 4).
-SIZES = [12, DIRECT_ALIGN - 4, DIRECT_STAGE - 4096, 8, DIRECT_STAGE + 4 * 1001, 4 * 3, 40]
+SIZES = [
+    12,
+    DIRECT_ALIGN - 4,
+    DIRECT_STAGE - 4096,
+    8,
+    DIRECT_STAGE + 4 * 1001,
+    4 * 3,
+    5 * DIRECT_STAGE + 4 * 77,  # with the rest: 7 full buffers, more than are ever in flight
+    40,
+]
 
 
 def takes_direct(folder: Path) -> bool:
@@ -116,16 +125,15 @@ def _refusing_pwrite(monkeypatch, after: int) -> list[int]:
 def test_a_refused_direct_write_leaves_the_rest_to_the_ordinary_way(
     tmp_path, source, monkeypatch, after
 ):
-    """Refused at the first, second or third block write (the third: at the end's flush)."""
+    """Refused at the first, second or third block write. The writes already handed to the
+    writer's thread when the refusal is met may be tried (at most DIRECT_BUFFERS - 1 of
+    them); none is started after it, though 8 blocks are written in all."""
     if not takes_direct(tmp_path):
         pytest.skip("tmp_path's file system refuses O_DIRECT")
     seen = _refusing_pwrite(monkeypatch, after)
     out = tmp_path / "out.safetensors"
-    flags = write_file(out, source)
-    assert seen[0] == after + 1  # one refusal, then no direct write was tried again
-    # a write's refusal is met when the next one starts: the first's while the file is still
-    # being written, the second's and third's only at the end
-    assert all(f & O_DIRECT for f in flags) == (after >= 1)
+    write_file(out, source)
+    assert after + 1 <= seen[0] <= after + DIRECT_BUFFERS, seen
     got = load_file(out)
     for i, n in enumerate(SIZES):
         assert torch.equal(got[f"t{i}"], expected(i, n)), i
@@ -180,8 +188,8 @@ def test_apply_outputs_are_the_same_bytes_with_and_without_direct_io(tmp_path):
 
 @pytest.mark.parametrize("where", ["thread", "tail"])
 def test_a_full_disk_leaves_nothing(tmp_path, monkeypatch, where):
-    """ENOSPC on the second block write (made by the writer's thread while the next block
-    fills), or on the last partial block (written the ordinary way at the end): one
+    """ENOSPC on the second block write (made by the writer's thread while later blocks
+    fill), or on the last partial block (written the ordinary way at the end): one
     WriteError, no thread left, nothing beside the source."""
     if not takes_direct(tmp_path):
         pytest.skip("tmp_path's file system refuses O_DIRECT")
@@ -200,7 +208,10 @@ def test_a_full_disk_leaves_nothing(tmp_path, monkeypatch, where):
     monkeypatch.setattr(os, "pwrite", full)
     with pytest.raises(reinit.WriteError, match="disk is full"):
         reinit.apply(src, ["b.weight=zeros"], tmp_path / "o.safetensors")
-    assert calls == ([True, True] if where == "thread" else [True, True, True, True, False])
+    if where == "thread":  # the writes already handed to the thread may be tried, no later one
+        assert calls[:2] == [True, True] and all(calls) and len(calls) <= DIRECT_BUFFERS, calls
+    else:
+        assert calls == [True, True, True, True, False]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
     assert not [t.name for t in threading.enumerate() if t.name.startswith("reinit-")]
 

@@ -15,6 +15,7 @@ import mmap
 import os
 import shutil
 import uuid
+from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
@@ -67,6 +68,10 @@ _HAVE_FADVISE = hasattr(os, "posix_fadvise") and hasattr(os, "POSIX_FADV_DONTNEE
 #: the last partial block is written the ordinary way. `REINIT_DIRECT_IO=0` turns it off.
 DIRECT_ALIGN = 4096
 DIRECT_STAGE = 8 << 20
+# staging buffers: one filling, up to three written. Four against two, the bench's 2.7 GB,
+# interleaved, 7 runs each: transplant 2.21 against 2.40 s, apply 2.46 against 2.59 s (median;
+# docs/bench/round3.md); eight measured no better
+DIRECT_BUFFERS = 4
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 # what a file system that cannot take direct I/O answers at open or at the first write
 _NO_DIRECT = frozenset({errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP})
@@ -78,11 +83,12 @@ def direct_io_wanted() -> bool:
 
 
 class _DirectFile:
-    """A file opened with `O_DIRECT`, written from its start through two page-aligned staging
-    buffers: one fills (tensor bytes copied in, or a source's bytes read straight in) while a
-    thread writes the other, whole, to the disk. Nothing passes through the page cache, so
-    writing costs the disk's time rather than the CPU's copy into page-cache pages (on this
-    project's machines 0.8-2.4 system-s less for 2.7 GB; docs/bench/round3.md).
+    """A file opened with `O_DIRECT`, written from its start through `DIRECT_BUFFERS`
+    page-aligned staging buffers: one fills (tensor bytes copied in, or a source's bytes read
+    straight in) while a thread writes the full ones, in order, to the disk. Nothing passes
+    through the page cache, so writing costs the disk's time rather than the CPU's copy into
+    page-cache pages (on this project's machines 0.8-2.4 system-s less for 2.7 GB;
+    docs/bench/round3.md).
 
     The last partial block is written the ordinary way (`O_DIRECT` cleared) by `finish`, so the
     file is exactly its bytes. A file system that refuses a direct write after the open
@@ -92,13 +98,14 @@ class _DirectFile:
     def __init__(self, fd: int):
         self.fd = fd
         self.active = True
-        self._maps = [mmap.mmap(-1, DIRECT_STAGE) for _ in range(2)]
+        self._maps = [mmap.mmap(-1, DIRECT_STAGE) for _ in range(DIRECT_BUFFERS)]
         self._views = [memoryview(m) for m in self._maps]
         self._cur = 0  # the buffer filling
         self._at = 0  # the file offset of its first byte (a multiple of DIRECT_ALIGN)
         self._fill = 0
         self._pool: ThreadPoolExecutor | None = None
-        self._pending: tuple[Future[None], int, int] | None = None  # (write, buffer, offset)
+        # the writes in flight, oldest first: (write, buffer, offset)
+        self._pending: deque[tuple[Future[None], int, int]] = deque()
 
     def write(self, view: memoryview) -> None:
         """Append `view`'s bytes."""
@@ -127,38 +134,44 @@ class _DirectFile:
         self._fill += n
         if self._fill < DIRECT_STAGE:
             return
-        self._settle()  # the other buffer's write is done: it fills next
+        if len(self._pending) == len(self._views) - 1:
+            self._settle()  # the oldest write is done: its buffer fills next
         if not self.active:
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="reinit-write")
         view = self._views[self._cur]
-        self._pending = (
-            self._pool.submit(_pwrite_all, self.fd, view, self._at),
-            self._cur,
-            self._at,
+        self._pending.append(
+            (self._pool.submit(_pwrite_all, self.fd, view, self._at), self._cur, self._at)
         )
-        self._cur ^= 1
+        self._cur = (self._cur + 1) % len(self._views)
         self._at += DIRECT_STAGE
         self._fill = 0
 
     def _settle(self) -> None:
-        """Wait for the write in flight; a refusal of direct I/O ends it (`_leave`). Interrupted
-        while waiting, the write stays pending: `close` waits for it before the file closes."""
-        if self._pending is None:
+        """Wait for the oldest write in flight; a refusal of direct I/O ends it (`_leave`).
+        Interrupted while waiting, the write stays pending: `close` waits for it before the
+        file closes."""
+        if not self._pending:
             return
-        future, buf, at = self._pending
+        future, buf, at = self._pending[0]
         refused = _refused(future)
-        self._pending = None
+        self._pending.popleft()
         del future
         if refused:
             self._leave(buf, at)
 
     def _leave(self, buf: int, at: int) -> None:
-        """Direct I/O refused: the buffer whose write failed (at `at`), then the one filling,
-        written the ordinary way; the file position ends after them."""
+        """Direct I/O refused: the buffer whose write failed (at `at`), the ones written after
+        it, then the one filling, written the ordinary way; the file position ends after them."""
+        later = list(self._pending)
+        for future, _, _ in later:  # done (or refused too) before their bytes are rewritten
+            with suppress(OSError):
+                result_held(future)
+        self._pending.clear()
         _clear_direct(self.fd)
-        _pwrite_all(self.fd, self._views[buf], at)
+        for b, a in [(buf, at), *((b, a) for _, b, a in later)]:
+            _pwrite_all(self.fd, self._views[b], a)
         _pwrite_all(self.fd, self._views[self._cur][: self._fill], self._at)
         os.lseek(self.fd, self._at + self._fill, os.SEEK_SET)
         self.active = False
@@ -166,7 +179,8 @@ class _DirectFile:
     def finish(self) -> None:
         """Write what is left: its whole blocks directly, the last partial block the ordinary
         way (a fresh file system refusal: all of it the ordinary way)."""
-        self._settle()
+        while self._pending and self.active:
+            self._settle()
         if not self.active:
             return
         view = self._views[self._cur]
@@ -188,10 +202,10 @@ class _DirectFile:
         the thread is joined (`reinit.io.signals`): an interrupt raised inside the future's or
         the join's lock machinery could leave a lock taken and the join waiting forever."""
         with signals_deferred():
-            if self._pending is not None:
+            for future, _, _ in self._pending:
                 with suppress(Exception):
-                    self._pending[0].result()
-                self._pending = None
+                    future.result()
+            self._pending.clear()
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
                 self._pool = None
