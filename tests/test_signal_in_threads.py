@@ -222,38 +222,46 @@ def test_interrupt_while_waiting_for_a_direct_write_does_not_hang(
     default_sigint, watchdog, monkeypatch, tmp_path
 ):
     """A safetensors output written with O_DIRECT: the main thread fills one staging buffer
-    while the writer's thread writes the other, and waits for that write before reusing it. A
+    while the writer's thread writes the full ones, and waits for the oldest write before
+    reusing its buffer. A
     Ctrl-C landing as that wait takes the write's lock is a KeyboardInterrupt; the writing
     thread is not left blocked on the lock (the writer's close joined it forever), and the
     output file is closed."""
-    from reinit.io import writer
-    from reinit.io.writer import DIRECT_STAGE, SafetensorsWriter
+    from reinit.io.writer import DIRECT_BUFFERS, DIRECT_STAGE, SafetensorsWriter
 
     skip_without_direct_io(tmp_path)
-    go = threading.Event()
-    pwrite_all = writer._pwrite_all
-
-    def slow_write(fd: int, view: memoryview, at: int) -> None:  # still writing when asked
-        go.wait(WATCHDOG_SECONDS)
-        pwrite_all(fd, view, at)
-
-    monkeypatch.setattr(writer, "_pwrite_all", slow_write)
+    go = slow_direct_writes(monkeypatch)
     fds_before = set(os.listdir("/proc/self/fd"))
     fired = signal_after_a_lock_is_taken(_waiting_for_a_direct_write, then=go.set)
+    size = (DIRECT_BUFFERS + 1) * DIRECT_STAGE  # every buffer handed over, then one reused
     try:
         with (
             pytest.raises(KeyboardInterrupt),
-            SafetensorsWriter(
-                tmp_path / "out.safetensors", [("a", "uint8", (3 * DIRECT_STAGE,))]
-            ) as w,
+            SafetensorsWriter(tmp_path / "out.safetensors", [("a", "uint8", (size,))]) as w,
         ):
-            w.write("a", bytes(3 * DIRECT_STAGE))
+            w.write("a", bytes(size))
     finally:
         sys.setprofile(None)
         go.set()
     assert fired == ["sent"]
     assert not write_threads_alive()
     assert set(os.listdir("/proc/self/fd")) <= fds_before
+
+
+def slow_direct_writes(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Make the direct-I/O writer's thread hold each write until the returned event is set
+    (so a write is still in flight when the main thread waits for it or closes)."""
+    from reinit.io import writer
+
+    go = threading.Event()
+    pwrite_all = writer._pwrite_all
+
+    def slow_write(fd: int, view: memoryview, at: int) -> None:
+        go.wait(WATCHDOG_SECONDS)
+        pwrite_all(fd, view, at)
+
+    monkeypatch.setattr(writer, "_pwrite_all", slow_write)
+    return go
 
 
 def _closing_the_direct_writer(frame: FrameType) -> bool:
@@ -271,18 +279,10 @@ def test_interrupt_while_the_direct_writer_closes_does_not_hang(
     the writer's close waits for that write. A second Ctrl-C landing as it takes the write's
     lock is a KeyboardInterrupt once the thread is joined and the file closed (it left the lock
     taken, the thread blocked on it, and the program's exit, joining it, waited forever)."""
-    from reinit.io import writer
     from reinit.io.writer import DIRECT_STAGE, SafetensorsWriter
 
     skip_without_direct_io(tmp_path)
-    go = threading.Event()
-    pwrite_all = writer._pwrite_all
-
-    def slow_write(fd: int, view: memoryview, at: int) -> None:  # still writing at the close
-        go.wait(WATCHDOG_SECONDS)
-        pwrite_all(fd, view, at)
-
-    monkeypatch.setattr(writer, "_pwrite_all", slow_write)
+    go = slow_direct_writes(monkeypatch)
     fds_before = set(os.listdir("/proc/self/fd"))
     fired = signal_after_a_lock_is_taken(_closing_the_direct_writer, then=go.set)
     try:
