@@ -142,11 +142,13 @@ def test_a_transplant_across_dtypes_loads_torch(tmp_path):
         ["--rule", "*=from({b})"],  # the terminal view of the plan
         ["--rule", "model.layers.*.mlp.*=from({b})", "--json", "--all"],  # its JSON
         ["--rule", "*=keep", "--by", "tensor", "--all"],  # every tensor's row
+        ["--rule", "*.mlp.down_proj.weight=kaiming_normal"],  # a draw planned, not drawn
     ],
 )
-def test_a_dry_run_of_a_plain_copy_or_transplant_never_loads_torch(pair, tmp_path, extra):
-    """`--dry-run` plans as the run does and shows each tensor's dtype by name: no torch,
-    and the same text as with torch loaded."""
+def test_a_dry_run_never_loads_torch(pair, tmp_path, extra):
+    """`--dry-run` plans as the run does and shows each tensor's dtype by name: no torch
+    (planning a draw checks the scheme against the dtype by its name), and the same text as
+    with torch loaded."""
     a, b = pair
     args = ["apply", str(a), *(e.format(b=b) for e in extra), "--dry-run"]
     loaded, out = child_output(tmp_path, *args)
@@ -159,7 +161,7 @@ def test_a_dry_run_of_a_plain_copy_or_transplant_never_loads_torch(pair, tmp_pat
 @pytest.mark.parametrize(
     "rule",
     [
-        "*.mlp.down_proj.weight=zeros",  # torch first used by the plan, on the main thread
+        "*.mlp.down_proj.weight=zeros",  # torch first used by the draw, on the compute thread
         "*.mlp.down_proj.weight=from({c})",  # by the cast, on the compute thread
     ],
 )
@@ -371,7 +373,7 @@ def test_a_package_already_imported_is_left_as_it_is():
 
 def test_dtype_names_agree_with_torch():
     """What a plan of names says without torch is what torch says of the dtype."""
-    from reinit.io.formats import dtype_size, is_float_name, name_size, torch_dtype
+    from reinit.io.formats import dtype_size, float_max, is_float_name, name_size, torch_dtype
     from reinit.io.formats._safetensors_format import code_dtypes
 
     for dtype in code_dtypes().values():
@@ -379,6 +381,8 @@ def test_dtype_names_agree_with_torch():
         assert torch_dtype(name) is dtype
         assert is_float_name(name) is dtype.is_floating_point, name
         assert name_size(name) == dtype_size(dtype), name
+        top = float_max(name)
+        assert top == (torch.finfo(dtype).max if dtype.is_floating_point else None), name
 
 
 def test_a_submodule_imported_while_another_thread_runs_the_package_does_not_deadlock(slowpkg):

@@ -57,24 +57,33 @@ def payload(i: int, n: int) -> bytes:
     return bytes((i * 31 + k) % 251 for k in range(min(n, 4093))) * (n // 4093 + 1)
 
 
-def write_file(path: Path, source: Path) -> list[int]:
+def write_file(path: Path, source: Path, known: set[int] = frozenset()) -> list[int]:
     """Write SIZES' tensors: even ones as data in uneven parts, odd ones copied from `source`
-    (the same bytes at the same offsets) in uneven spans. Returns the fd flags seen while the
-    file was open, after each tensor."""
+    (the same bytes at the same offsets) in uneven spans; the tensors `known` are given to the
+    writer up front as lying in `source` (as `reinit apply` does for the bytes it keeps).
+    Returns the fd flags seen while the file was open, after each tensor."""
+    with open(source, "rb") as src:
+        starts = list(itertools.accumulate([0, *SIZES]))
+        spans = {f"t{i}": (src.fileno(), starts[i]) for i in known}
+        with SafetensorsWriter(path, entries(), known=spans) as w:
+            flags = _write_tensors(w, src)
+    return flags
+
+
+def _write_tensors(w: SafetensorsWriter, src) -> list[int]:
     flags = []
-    with SafetensorsWriter(path, entries()) as w, open(source, "rb") as src:
-        offset = 0
-        for i, n in enumerate(SIZES):
-            data = payload(i, n)[:n]
-            cut = sorted({0, min(n, n // 3 + 1), min(n, n // 2 + 7), n})
-            for a, b in itertools.pairwise(cut):
-                if i % 2:
-                    w.copy_part(f"t{i}", src.fileno(), offset + a, b - a)
-                else:
-                    w.write_part(f"t{i}", memoryview(data)[a:b])
-            w.end_tensor(f"t{i}")
-            offset += n
-            flags.append(fcntl.fcntl(w._fd, fcntl.F_GETFL))
+    offset = 0
+    for i, n in enumerate(SIZES):
+        data = payload(i, n)[:n]
+        cut = sorted({0, min(n, n // 3 + 1), min(n, n // 2 + 7), n})
+        for a, b in itertools.pairwise(cut):
+            if i % 2:
+                w.copy_part(f"t{i}", src.fileno(), offset + a, b - a)
+            else:
+                w.write_part(f"t{i}", memoryview(data)[a:b])
+        w.end_tensor(f"t{i}")
+        offset += n
+        flags.append(fcntl.fcntl(w._fd, fcntl.F_GETFL))
     return flags
 
 
@@ -210,8 +219,8 @@ def test_a_full_disk_leaves_nothing(tmp_path, monkeypatch, where):
         reinit.apply(src, ["b.weight=zeros"], tmp_path / "o.safetensors")
     if where == "thread":  # the writes already handed to the thread may be tried, no later one
         assert calls[:2] == [True, True] and all(calls) and len(calls) <= DIRECT_BUFFERS, calls
-    else:
-        assert calls == [True, True, True, True, False]
+    else:  # a.weight's blocks (kept: written from the start) and b.weight's, then the tail
+        assert calls[-1] is False and all(calls[:-1]) and len(calls) >= 5, calls
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
     assert not [t.name for t in threading.enumerate() if t.name.startswith("reinit-")]
 
@@ -237,3 +246,148 @@ def test_an_interrupt_while_the_header_is_written_closes_the_file(tmp_path, monk
             pass
         assert set(os.listdir("/proc/self/fd")) <= before, direct
     assert not [t.name for t in threading.enumerate() if t.name.startswith("reinit-")]
+
+
+# which tensors are handed to the writer as lying in the source: the copied ones (all under a
+# block: none is written ahead); every one (a run from the header to the end); alternate
+# pairs; the big ones alone
+KNOWN = [
+    set(range(1, len(SIZES), 2)),
+    set(range(len(SIZES))),
+    {0, 1, 4, 5},
+    {4, 6},
+]
+
+
+def _recorded_pwrites(monkeypatch) -> list[tuple[str, int, int]]:
+    """Record every `os.pwrite` as (thread name, offset, bytes)."""
+    real = os.pwrite
+    seen: list[tuple[str, int, int]] = []
+
+    def pwrite(fd: int, data, offset: int) -> int:
+        n = real(fd, data, offset)
+        seen.append((threading.current_thread().name, offset, n))
+        return n
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    return seen
+
+
+@pytest.mark.parametrize("known", KNOWN, ids=["copied", "all", "pairs", "big"])
+def test_known_tensors_are_written_ahead_and_the_file_is_the_same(
+    tmp_path, source, monkeypatch, known
+):
+    """The blocks of tensors the writer is told lie in a source file are written by the
+    prefill thread, the in-order writes skip them (no byte written twice), and the file is
+    byte for byte the one written without it, and the one written the ordinary way."""
+    if not takes_direct(tmp_path):
+        pytest.skip("tmp_path's file system refuses O_DIRECT")
+    seen = _recorded_pwrites(monkeypatch)
+    ahead, plain = tmp_path / "ahead.safetensors", tmp_path / "plain.safetensors"
+    write_file(ahead, source, known)
+    writes = list(seen)
+    write_file(plain, source)
+    assert ahead.read_bytes() == plain.read_bytes()
+    monkeypatch.setenv("REINIT_DIRECT_IO", "0")
+    write_file(tmp_path / "ordinary.safetensors", source, known)
+    assert ahead.read_bytes() == (tmp_path / "ordinary.safetensors").read_bytes()
+    prefilled = [(a, a + n) for t, a, n in writes if t.startswith("reinit-prefill")]
+    assert all(a % DIRECT_ALIGN == 0 and b % DIRECT_ALIGN == 0 for a, b in prefilled)
+    assert sum(b - a for a, b in prefilled) == _whole_blocks_of_runs(ahead, known)
+    bytes_on_disk = [0] * ahead.stat().st_size
+    for _, a, n in writes:
+        for k in range(a // DIRECT_ALIGN, -(-(a + n) // DIRECT_ALIGN)):
+            bytes_on_disk[k] += 1
+    written_twice = [k for k in range(len(bytes_on_disk)) if bytes_on_disk[k] > 1]
+    assert written_twice == [], written_twice[:5]  # each block once (by one of the two)
+
+
+def _whole_blocks_of_runs(path: Path, known: set[int]) -> int:
+    """The bytes of whole blocks inside runs of consecutive `known` tensors of the file."""
+    data = path.read_bytes()
+    at = 8 + int.from_bytes(data[:8], "little")
+    total, run = 0, None
+    for i, n in enumerate([*SIZES, 0]):
+        if i in known and run is None:
+            run = at
+        elif i not in known and run is not None:
+            total += max(0, at // DIRECT_ALIGN - -(-run // DIRECT_ALIGN)) * DIRECT_ALIGN
+            run = None
+        at += n
+    return total
+
+
+def test_a_prefill_refused_direct_io_writes_the_ordinary_way(tmp_path, source, monkeypatch):
+    """The prefill's own descriptor refuses direct writes: its blocks go the ordinary way,
+    the in-order writer stays direct, the file is the same."""
+    if not takes_direct(tmp_path):
+        pytest.skip("tmp_path's file system refuses O_DIRECT")
+    real = os.pwrite
+
+    def pwrite(fd: int, data, offset: int) -> int:
+        prefill = threading.current_thread().name.startswith("reinit-prefill")
+        if prefill and fcntl.fcntl(fd, fcntl.F_GETFL) & O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    out, plain = tmp_path / "out.safetensors", tmp_path / "plain.safetensors"
+    flags = write_file(out, source, set(range(len(SIZES))))
+    write_file(plain, source)
+    assert out.read_bytes() == plain.read_bytes()
+    assert all(f & O_DIRECT for f in flags)
+
+
+def test_an_interrupt_while_the_prefill_writes_leaves_no_thread_and_no_file(tmp_path, monkeypatch):
+    """A Ctrl-C in the in-order stream while the prefill thread still writes (held on its
+    first block here): `reinit.apply` removes its temporary and leaves no thread and no
+    descriptor behind; nothing beside the source."""
+    if not takes_direct(tmp_path):
+        pytest.skip("tmp_path's file system refuses O_DIRECT")
+    from reinit.io import writer
+
+    src = tmp_path / "m.safetensors"
+    save_file({"a.weight": torch.ones(3000, 2000), "b.weight": torch.ones(1000, 1000)}, src)
+    started, release = threading.Event(), threading.Event()
+    real_fill = writer._fill_window
+
+    def slow_fill(*args):
+        started.set()
+        release.wait(10)
+        return real_fill(*args)
+
+    def interrupted(self, name, *args):
+        assert started.wait(10)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writer, "_fill_window", slow_fill)
+    monkeypatch.setattr(writer.SafetensorsWriter, "write_part", interrupted)
+    before = set(os.listdir("/proc/self/fd"))
+    timer = threading.Timer(0.5, release.set)
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            reinit.apply(src, ["b.weight=zeros"], tmp_path / "o.safetensors")
+    finally:
+        timer.cancel()
+        release.set()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("reinit-")]
+    assert set(os.listdir("/proc/self/fd")) <= before
+
+
+def test_apply_writes_kept_tensors_ahead(tmp_path, monkeypatch):
+    """`reinit apply` hands the writer the kept tensors: their blocks are written by the
+    prefill thread, the changed tensor's by the in-order writer."""
+    if not takes_direct(tmp_path):
+        pytest.skip("tmp_path's file system refuses O_DIRECT")
+    src = tmp_path / "m.safetensors"
+    save_file({"a.weight": torch.ones(3000, 2000), "b.weight": torch.ones(1000, 1000)}, src)
+    seen = _recorded_pwrites(monkeypatch)
+    reinit.apply(src, ["b.weight=zeros"], tmp_path / "o.safetensors")
+    by = {t.split("_")[0] for t, _, _ in seen}
+    prefilled = sum(n for t, _, n in seen if t.startswith("reinit-prefill"))
+    assert "reinit-prefill" in by and prefilled >= 3000 * 2000 * 4 - 2 * DIRECT_ALIGN
+    got = load_file(tmp_path / "o.safetensors")
+    assert torch.equal(got["a.weight"], torch.ones(3000, 2000))
+    assert torch.equal(got["b.weight"], torch.zeros(1000, 1000))

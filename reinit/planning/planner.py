@@ -11,7 +11,7 @@ from typing import Protocol
 import torch
 
 from reinit.errors import RuleError, StrictError
-from reinit.io.formats import dtype_name, torch_dtype
+from reinit.io.formats import is_float_name, torch_dtype
 from reinit.planning.actions import ACTIONS, CHANGING_ACTIONS, action_changes
 from reinit.planning.ruleindex import RuleIndex
 from reinit.rules import MAX_HINTS, Pattern, Rule, closest_hint
@@ -121,19 +121,18 @@ def is_integer_dtype(dtype: torch.dtype) -> bool:
     return not (dtype.is_floating_point or dtype.is_complex)
 
 
-def why_cannot_take(rule: Rule, shape: tuple[int, ...], dtype: torch.dtype) -> str | None:
-    """The reason a reinit rule's scheme cannot take this tensor, or None."""
+def why_cannot_take(rule: Rule, shape: tuple[int, ...], dtype: str) -> str | None:
+    """The reason a reinit rule's scheme cannot take this tensor (`dtype`: its dtype's name,
+    "bfloat16"; no torch is loaded for safetensors' dtypes), or None."""
     if rule.scheme is None:
         return None
-    if is_integer_dtype(dtype):
-        return f"{dtype_name(dtype)} tensor: integer and bool tensors are never re-initialized"
-    if dtype.is_complex:
-        return f"{dtype_name(dtype)} tensor: complex tensors are not re-initialized"
-    if (
-        dtype_name(dtype) == "float8_e8m0fnu"
-    ):  # an MX scale: 2**k only, so no draw (nor zero) survives the cast
+    if dtype.startswith("complex"):
+        return f"{dtype} tensor: complex tensors are not re-initialized"
+    if not is_float_name(dtype):
+        return f"{dtype} tensor: integer and bool tensors are never re-initialized"
+    if dtype == "float8_e8m0fnu":  # an MX scale: 2**k only, so no draw (nor zero) survives the cast
         return (
-            f"{dtype_name(dtype)} tensor: it holds only powers of two (block scales), so no "
+            f"{dtype} tensor: it holds only powers of two (block scales), so no "
             "scheme's values fit it; it is not re-initialized"
         )
     reason = rule.scheme.scheme.can_take(shape, rule.scheme.kwargs)
@@ -218,12 +217,12 @@ def _entry(t: TensorLike, hit: tuple[Rule, tuple[str, ...]] | None) -> PlanEntry
         return PlanEntry(t.name, shape, t.dtype_name, "kept", rule, caps)
     if rule.kind == "transplant":
         return PlanEntry(t.name, shape, t.dtype_name, "transplant", rule, caps)
-    reason = why_cannot_take(rule, shape, t.dtype)
+    reason = why_cannot_take(rule, shape, t.dtype_name)
     if reason is not None:
         if not rule.pattern.has_wildcards:
             raise RuleError(f"rule {rule.text!r}: tensor '{t.name}' {shape}: {reason}")
         return PlanEntry(t.name, shape, t.dtype_name, "skipped", rule, caps, reason)
-    overflow = rule.scheme.overflow(t.dtype, shape) if rule.scheme is not None else None
+    overflow = rule.scheme.overflow(t.dtype_name, shape) if rule.scheme is not None else None
     if overflow is not None:
         raise RuleError(f"rule {rule.text!r}: tensor '{t.name}': {overflow}")
     return PlanEntry(t.name, shape, t.dtype_name, "reinit", rule, caps)

@@ -12,7 +12,7 @@ scheme (including those that read the tensor's own values or another tensor: `me
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import TYPE_CHECKING
@@ -279,6 +279,21 @@ class Applier:
             key = self._worker_key(p)
             if key is not None and worker.covers(*key):
                 out.add(p.name)
+        return out
+
+    def known_bytes(self, entries: Iterable[PlanEntry]) -> dict[str, tuple[int, int]]:
+        """The entries whose output bytes lie in a source file as they are, `(fd, offset)` by
+        name: the kept tensors the stream copies as file spans (`_kept_pieces`). The writer
+        may write them before the stream reaches them (`SafetensorsWriter`'s `known`)."""
+        if not (KERNEL_COPY and self.spans and not READ_ONCE):
+            return {}
+        out = {}
+        for p in entries:
+            if p.action not in ("kept", "skipped") or _made(p) or self._grown(p):
+                continue
+            span = self.ckpt.span(p.name)
+            if span is not None:
+                out[p.name] = (span.fd, span.start)
         return out
 
     def _worker_key(self, p: PlanEntry) -> tuple[int, int, int, str] | None:

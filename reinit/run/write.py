@@ -141,7 +141,9 @@ def _write_files(
         w: SafetensorsWriter | DcpWriter = (
             DcpWriter(target, header, meta, layout.dcp_chunks, layout.dcp_aliases)
             if layout.spec.fmt == "dcp"
-            else SafetensorsWriter(target, header, meta)
+            else SafetensorsWriter(
+                target, header, meta, applier.known_bytes(layout.plan_entries[n] for n in f.names)
+            )
         )
         with w:
             entries.extend(_write_pieces(w, pieces, len(f.names), bar, applier))

@@ -12,7 +12,7 @@ import torch
 
 from reinit.errors import SchemeError
 from reinit.fans import compute_fans
-from reinit.io.formats import dtype_name
+from reinit.io.formats import dtype_name, float_max
 
 __all__ = [
     "Args",
@@ -168,16 +168,17 @@ class BoundScheme:
         inner = ", ".join(f"{k}={v}" for k, v in self.args)
         return f"{self.scheme.name}({inner})"
 
-    def overflow(self, dtype: torch.dtype, shape: Shape | None = None) -> str | None:
-        """Why the values this scheme writes into a `dtype` tensor of `shape` cannot be stored
-        (or drawn), or None: an argument that lands in the tensor beyond the dtype's largest
-        finite value; a std beyond it (some value must then be beyond it too); or a spread,
-        2·√3·std (a uniform's b − a), beyond the largest value of the float32/float64 the
-        values are drawn in (torch's uniform_ computes b − a there)."""
-        if not dtype.is_floating_point:
+    def overflow(self, dtype: torch.dtype | str, shape: Shape | None = None) -> str | None:
+        """Why the values this scheme writes into a `dtype` tensor (a torch dtype, or its name:
+        then no torch is loaded for safetensors' dtypes) of `shape` cannot be stored (or
+        drawn), or None: an argument that lands in the tensor beyond the dtype's largest finite
+        value; a std beyond it (some value must then be beyond it too); or a spread, 2·√3·std
+        (a uniform's b − a), beyond the largest value of the float32/float64 the values are
+        drawn in (torch's uniform_ computes b − a there)."""
+        label = dtype if isinstance(dtype, str) else dtype_name(dtype)
+        top = float_max(label)
+        if top is None:
             return None
-        top = torch.finfo(dtype).max
-        label = dtype_name(dtype)
         values = self.kwargs
         for p in self.scheme.params:
             v = values.get(p.name)
@@ -189,12 +190,12 @@ class BoundScheme:
         std = self.expected_std(shape) if shape is not None else None
         if std is None or not math.isfinite(std):
             return None if std is None else f"{self.describe()}: its std overflows {label}"
-        work = torch.float64 if dtype == torch.float64 else torch.float32
+        work = "float64" if label == "float64" else "float32"
         spread = 2 * math.sqrt(3) * std
         if std > top:
             what = f"its values (std {std:.3g} on shape {list(shape or ())}) overflow {label}"
-        elif spread > torch.finfo(work).max:
-            what = f"its spread (2·√3·std = {spread:.3g}) overflows the {dtype_name(work)} it is drawn in"
+        elif spread > (float_max(work) or math.inf):
+            what = f"its spread (2·√3·std = {spread:.3g}) overflows the {work} it is drawn in"
         else:
             return None
         return f"{self.describe()}: {what} (largest finite {label} value: {top:g}); use a smaller gain, std or range"

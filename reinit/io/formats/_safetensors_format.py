@@ -40,6 +40,7 @@ __all__ = [
     "unwritable_name",
     "dtype_name",
     "dtype_size",
+    "float_max",
     "is_float_name",
     "name_size",
     "parse_header_bytes",
@@ -86,6 +87,31 @@ def is_float_name(name: str) -> bool:
     if code is not None:
         return code.startswith(("F", "BF"))
     return torch_dtype(name).is_floating_point
+
+
+# `torch.finfo(dtype).max` of the floating dtypes safetensors stores, by name: planning checks a
+# scheme's values against it with no torch loaded (tests/test_dtype_names.py holds it to torch's)
+_FLOAT_MAX: dict[str, float] = {
+    "float64": 1.7976931348623157e308,
+    "float32": 3.4028234663852886e38,
+    "bfloat16": 3.3895313892515355e38,
+    "float16": 65504.0,
+    "float8_e4m3fn": 448.0,
+    "float8_e5m2": 57344.0,
+    "float8_e8m0fnu": 1.7014118346046923e38,
+}
+
+
+def float_max(name: str) -> float | None:
+    """`torch.finfo(dtype).max` of a dtype name, None for a dtype that is not floating point:
+    from a table without torch for safetensors' float dtypes, else torch's own answer."""
+    top = _FLOAT_MAX.get(name)
+    if top is not None:
+        return top
+    if name in NAME_CODES:  # an integer, bool or complex code
+        return None
+    dtype = torch_dtype(name)
+    return float(torch.finfo(dtype).max) if dtype.is_floating_point else None
 
 
 def name_size(name: str) -> int:
