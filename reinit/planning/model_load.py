@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import copy
 import importlib
 import math
 import os
 import re
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
@@ -35,6 +37,7 @@ __all__ = [
     "Factory",
     "build_module",
     "build_real",
+    "rebuilt_constructed",
     "call_arguments",
     "check_config",
     "check_torch_seed",
@@ -52,10 +55,10 @@ _CALLABLE = CALLABLE_SPEC
 
 def load_model(spec: str | os.PathLike[str] | nn.Module) -> Model:
     """Build the skeleton `spec` names (see the module docstring), on the meta device. An
-    `nn.Module` is taken as it is (its tensors may be real or meta)."""
+    `nn.Module` is taken as it is (its tensors may be real or meta), with its constructor's
+    values where they can be known (`rebuilt_constructed`)."""
     if isinstance(spec, torch.nn.Module):
-        kind = "hf" if callable(getattr(spec, "_init_weights", None)) else "torch"
-        return fans_from_module(type(spec).__name__, spec, kind, _prefix(spec))
+        return _live_model(spec)
     text = os.fspath(spec)
     with gc_paused():
         factory = model_factory(spec)
@@ -65,6 +68,66 @@ def load_model(spec: str | os.PathLike[str] | nn.Module) -> Model:
     kind = "hf" if _is_hf(module) else "torch"
     prefix = _prefix(module) if kind == "hf" else ""
     return fans_from_module(text, module, kind, prefix, constructed)
+
+
+def _live_model(module: nn.Module) -> Model:
+    """A model handed in as a module (its tensors real or meta), with the values its
+    constructor gives where they can be known (`rebuilt_constructed`)."""
+    kind = "hf" if callable(getattr(module, "_init_weights", None)) else "torch"
+    constructed = rebuilt_constructed(module)
+    return fans_from_module(type(module).__name__, module, kind, _prefix(module), constructed)
+
+
+def rebuilt_constructed(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The values the constructor of a transformers model gives its tensors, learnt as
+    `reinit new` learns them: its class built again on the meta device from a copy of its
+    config, the constructor traced (`build_trace`), so `default` on a live model gives CLIP's
+    `logit_scale` its `config.logit_scale_init_value`. Only tensors the module holds alike
+    (same name, shape and owning class) are kept. Empty for any other module, or a class that
+    its config alone does not build (a subclass taking other arguments): their constructor's
+    values are not known. Nothing of `module` (config included) nor the caller's RNG changes."""
+    cls, config = type(module), getattr(module, "config", None)
+    transformers = sys.modules.get("transformers")  # imported, where the module is its model's
+    if transformers is None or not isinstance(module, transformers.PreTrainedModel):
+        return {}
+    if not isinstance(config, transformers.PretrainedConfig):
+        return {}
+    constructed: dict[str, torch.Tensor] = {}
+    try:
+        built = _rebuild(cls.__name__, lambda: cls(copy.deepcopy(config)), constructed)
+    except ReinitError:
+        return {}
+    return _held_alike(constructed, built, module)
+
+
+def _rebuild(name: str, factory: Factory, constructed: dict[str, torch.Tensor]) -> nn.Module:
+    """`factory` built on the meta device, quietly, offline, on a forked RNG, `constructed`
+    receiving its constructor's values."""
+    from reinit.io.hub import hub_offline
+
+    rng = torch.random.fork_rng(devices=[])
+    with gc_paused(), hub_offline(), transformers_quiet(), rng, torch.device("meta"):
+        return build_module(name, factory, constructed)
+
+
+def _held_alike(
+    constructed: Mapping[str, torch.Tensor], built: nn.Module, live: nn.Module
+) -> dict[str, torch.Tensor]:
+    """The values of `constructed` (by `built`'s names) whose tensor `live` holds alike."""
+    if not constructed:
+        return {}
+    ours, theirs = _tensor_places(built), _tensor_places(live)
+    return {n: v for n, v in constructed.items() if n in theirs and ours.get(n) == theirs[n]}
+
+
+def _tensor_places(module: nn.Module) -> dict[str, tuple[tuple[int, ...], type]]:
+    """Each parameter and buffer name (tied names included): its shape and owner's class."""
+    modules = dict(module.named_modules(remove_duplicate=False))
+    named = [
+        *module.named_parameters(remove_duplicate=False),
+        *module.named_buffers(remove_duplicate=False),
+    ]
+    return {n: (tuple(t.shape), type(modules[n.rpartition(".")[0]])) for n, t in named}
 
 
 def build_real(spec: str | os.PathLike[str], seed: int = 0) -> nn.Module:
