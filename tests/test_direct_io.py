@@ -376,18 +376,44 @@ def test_an_interrupt_while_the_prefill_writes_leaves_no_thread_and_no_file(tmp_
     assert set(os.listdir("/proc/self/fd")) <= before
 
 
-def test_apply_writes_kept_tensors_ahead(tmp_path, monkeypatch):
-    """`reinit apply` hands the writer the kept tensors: their blocks are written by the
-    prefill thread, the changed tensor's by the in-order writer."""
+def test_a_full_disk_met_by_the_prefill_leaves_nothing(tmp_path, monkeypatch):
+    """ENOSPC on the prefill thread's first write of the kept tensor: one WriteError naming
+    the output, no thread left, nothing beside the source."""
     if not takes_direct(tmp_path):
         pytest.skip("tmp_path's file system refuses O_DIRECT")
     src = tmp_path / "m.safetensors"
+    save_file({"a.weight": torch.ones(3000, 2000), "b.weight": torch.ones(2000, 2000)}, src)
+    real = os.pwrite
+
+    def full(fd: int, data, offset: int) -> int:
+        if threading.current_thread().name.startswith("reinit-prefill"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", full)
+    out = tmp_path / "o.safetensors"
+    with pytest.raises(reinit.WriteError, match=r"o\.safetensors: cannot write: the disk is full"):
+        reinit.apply(src, ["b.weight=zeros"], out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("reinit-")]
+
+
+@pytest.mark.parametrize("transplant", [False, True])
+def test_apply_writes_kept_and_copied_tensors_ahead(tmp_path, monkeypatch, transplant):
+    """`reinit apply` hands the writer the kept tensors (and a transplant's byte copies from
+    another file): their blocks are written by the prefill thread, the changed tensor's by the
+    in-order writer."""
+    if not takes_direct(tmp_path):
+        pytest.skip("tmp_path's file system refuses O_DIRECT")
+    src, other = tmp_path / "m.safetensors", tmp_path / "other.safetensors"
     save_file({"a.weight": torch.ones(3000, 2000), "b.weight": torch.ones(1000, 1000)}, src)
+    save_file({"a.weight": torch.full((3000, 2000), 2.0)}, other)
     seen = _recorded_pwrites(monkeypatch)
-    reinit.apply(src, ["b.weight=zeros"], tmp_path / "o.safetensors")
-    by = {t.split("_")[0] for t, _, _ in seen}
+    rules = ["b.weight=zeros", *([f"a.weight=from({other})"] if transplant else [])]
+    reinit.apply(src, rules, tmp_path / "o.safetensors")
     prefilled = sum(n for t, _, n in seen if t.startswith("reinit-prefill"))
-    assert "reinit-prefill" in by and prefilled >= 3000 * 2000 * 4 - 2 * DIRECT_ALIGN
+    assert prefilled >= 3000 * 2000 * 4 - 2 * DIRECT_ALIGN
+    assert prefilled <= 3000 * 2000 * 4  # b.weight's values are not among them
     got = load_file(tmp_path / "o.safetensors")
-    assert torch.equal(got["a.weight"], torch.ones(3000, 2000))
+    assert torch.equal(got["a.weight"], torch.full((3000, 2000), 2.0 if transplant else 1.0))
     assert torch.equal(got["b.weight"], torch.zeros(1000, 1000))
