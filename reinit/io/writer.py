@@ -147,12 +147,21 @@ def prefill_plan(
             j += 1
         lo = -(-(base + offsets[i][0]) // DIRECT_ALIGN) * DIRECT_ALIGN
         hi = (base + offsets[j][1]) // DIRECT_ALIGN * DIRECT_ALIGN
-        segments = []
+        segments: list[tuple[int, int, int, int]] = []
         for k in range(i, j + 1):
             a, b = max(lo, base + offsets[k][0]), min(hi, base + offsets[k][1])
             fd_at = known[k]
             if a < b and fd_at is not None:
-                segments.append((a, b, fd_at[0], fd_at[1] + a - base - offsets[k][0]))
+                src_at = fd_at[1] + a - base - offsets[k][0]
+                last = segments[-1] if segments else None
+                if (
+                    last is not None
+                    and last[2] == fd_at[0]
+                    and last[3] + last[1] - last[0] == src_at
+                ):
+                    segments[-1] = (last[0], b, last[2], last[3])  # the next bytes of the source
+                else:
+                    segments.append((a, b, fd_at[0], src_at))
         if lo < hi:
             runs.append((lo, hi, segments))
         i = j + 1
