@@ -398,22 +398,37 @@ def test_a_full_disk_met_by_the_prefill_leaves_nothing(tmp_path, monkeypatch):
     assert not [t.name for t in threading.enumerate() if t.name.startswith("reinit-")]
 
 
-@pytest.mark.parametrize("transplant", [False, True])
-def test_apply_writes_kept_and_copied_tensors_ahead(tmp_path, monkeypatch, transplant):
-    """`reinit apply` hands the writer the kept tensors (and a transplant's byte copies from
-    another file): their blocks are written by the prefill thread, the changed tensor's by the
-    in-order writer."""
+def test_apply_writes_kept_tensors_ahead(tmp_path, monkeypatch):
+    """`reinit apply` hands the writer the kept tensors: their blocks are written by the
+    prefill thread; the changed tensor's, and a transplant's byte copies from another file,
+    by the in-order writer."""
     if not takes_direct(tmp_path):
         pytest.skip("tmp_path's file system refuses O_DIRECT")
     src, other = tmp_path / "m.safetensors", tmp_path / "other.safetensors"
-    save_file({"a.weight": torch.ones(3000, 2000), "b.weight": torch.ones(1000, 1000)}, src)
-    save_file({"a.weight": torch.full((3000, 2000), 2.0)}, other)
+    shapes = {"a.weight": (3000, 2000), "b.weight": (1000, 1000), "c.weight": (2000, 1000)}
+    save_file({k: torch.ones(s) for k, s in shapes.items()}, src)
+    save_file({"c.weight": torch.full((2000, 1000), 2.0)}, other)
     seen = _recorded_pwrites(monkeypatch)
-    rules = ["b.weight=zeros", *([f"a.weight=from({other})"] if transplant else [])]
-    reinit.apply(src, rules, tmp_path / "o.safetensors")
+    reinit.apply(src, ["b.weight=zeros", f"c.weight=from({other})"], tmp_path / "o.safetensors")
     prefilled = sum(n for t, _, n in seen if t.startswith("reinit-prefill"))
-    assert prefilled >= 3000 * 2000 * 4 - 2 * DIRECT_ALIGN
-    assert prefilled <= 3000 * 2000 * 4  # b.weight's values are not among them
+    assert 3000 * 2000 * 4 - 2 * DIRECT_ALIGN <= prefilled <= 3000 * 2000 * 4  # a.weight's
     got = load_file(tmp_path / "o.safetensors")
-    assert torch.equal(got["a.weight"], torch.full((3000, 2000), 2.0 if transplant else 1.0))
+    assert torch.equal(got["a.weight"], torch.ones(3000, 2000))
     assert torch.equal(got["b.weight"], torch.zeros(1000, 1000))
+    assert torch.equal(got["c.weight"], torch.full((2000, 1000), 2.0))
+
+
+def test_a_run_that_only_copies_writes_in_order(tmp_path, monkeypatch):
+    """No draw, no torch to wait for: the in-order stream writes everything (nothing is
+    handed to a prefill thread), and the file is the source's tensors."""
+    if not takes_direct(tmp_path):
+        pytest.skip("tmp_path's file system refuses O_DIRECT")
+    src, other = tmp_path / "m.safetensors", tmp_path / "other.safetensors"
+    save_file({"a.weight": torch.ones(3000, 2000), "c.weight": torch.ones(2000, 1000)}, src)
+    save_file({"c.weight": torch.full((2000, 1000), 2.0)}, other)
+    seen = _recorded_pwrites(monkeypatch)
+    reinit.apply(src, [f"c.weight=from({other})"], tmp_path / "o.safetensors")
+    assert seen and not [t for t, _, _ in seen if t.startswith("reinit-prefill")]
+    got = load_file(tmp_path / "o.safetensors")
+    assert torch.equal(got["a.weight"], torch.ones(3000, 2000))
+    assert torch.equal(got["c.weight"], torch.full((2000, 1000), 2.0))

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from reinit.io.buffers import BufferPool, read_span, return_big_frees
-from reinit.io.checkpoint import CHUNK_BYTES, Checkpoint, FileSpan, TensorRef
+from reinit.io.checkpoint import CHUNK_BYTES, Checkpoint, TensorRef
 from reinit.io.formats import torch_dtype
 from reinit.io.pipeline import prefetch
 from reinit.io.signals import result_held
@@ -282,28 +282,23 @@ class Applier:
         return out
 
     def known_bytes(self, entries: Iterable[PlanEntry]) -> dict[str, tuple[int, int]]:
-        """The entries whose output bytes lie in a file as they are, `(fd, offset)` by name:
-        the kept tensors and the byte-copy transplants the stream copies as file spans (as
-        `pieces` decides). The writer may write them before the stream reaches them
-        (`SafetensorsWriter`'s `known`)."""
+        """The kept entries whose output bytes lie in the source file as they are, `(fd,
+        offset)` by name: those the stream copies as file spans (`_kept_pieces`). The writer
+        may write them before the stream reaches them (`SafetensorsWriter`'s `known`), which
+        pays while torch loads. Not a transplant's byte copies: a run that only copies loads
+        no torch, its stream writes from the start, and handing those copies to the writer's
+        one prefill thread measured slower (the bench's full transplant, 6 interleaved runs:
+        median 2.52 s against 2.35 s; docs/bench/round3.md)."""
         if not (KERNEL_COPY and self.spans and not READ_ONCE):
             return {}
         out = {}
         for p in entries:
-            span = self._known_span(p)
+            if p.action not in ("kept", "skipped") or _made(p) or self._grown(p):
+                continue
+            span = self.ckpt.span(p.name)
             if span is not None:
                 out[p.name] = (span.fd, span.start)
         return out
-
-    def _known_span(self, p: PlanEntry) -> FileSpan | None:
-        if self._grown(p):
-            return None
-        if p.action in ("kept", "skipped"):
-            return None if _made(p) else self.ckpt.span(p.name)
-        if p.action == "transplant" and not self._tied(p):
-            direct = exact_source(self._pool(), p)
-            return direct[0].span(direct[1]) if direct is not None else None
-        return None
 
     def _worker_key(self, p: PlanEntry) -> tuple[int, int, int, str] | None:
         """How the stats worker names `p`'s source bytes: (descriptor, start, bytes, dtype

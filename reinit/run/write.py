@@ -141,14 +141,23 @@ def _write_files(
         w: SafetensorsWriter | DcpWriter = (
             DcpWriter(target, header, meta, layout.dcp_chunks, layout.dcp_aliases)
             if layout.spec.fmt == "dcp"
-            else SafetensorsWriter(
-                target, header, meta, applier.known_bytes(layout.plan_entries[n] for n in f.names)
-            )
+            else SafetensorsWriter(target, header, meta, _known(applier, layout, f))
         )
         with w:
             entries.extend(_write_pieces(w, pieces, len(f.names), bar, applier))
         written += w.bytes_written
     return entries, written
+
+
+def _known(applier: Applier, layout: Layout, f: OutFile) -> dict[str, tuple[int, int]]:
+    """The kept tensors of `f` the writer may write ahead of the stream (`Applier.known_bytes`),
+    in a run that draws: the stream then waits for torch to load and for draws, and the disk
+    can work meanwhile. A run that only copies writes from the start; there writing ahead on
+    one more thread measured slower (`*=keep` of the bench's 2.7 GB, 6 interleaved runs:
+    median 2.30 s against 2.03 s; docs/bench/round3.md)."""
+    if not any(e.action == "reinit" for e in layout.plan_entries.values()):
+        return {}
+    return applier.known_bytes(layout.plan_entries[n] for n in f.names)
 
 
 def _write_pieces(
