@@ -223,15 +223,25 @@ def _range_clusters(order: list[_Span], group: list[int]) -> Iterator[list[int]]
 def _split_or_sweep(
     order: list[_Span], cluster: list[int], work: list[list[int]]
 ) -> Iterator[tuple[int, int]]:
-    """The pairs of `cluster` to check now: with a stride most of its views step by, those of
-    the views that stride cannot split (`wild`) against all, the residue parts of the others
-    queued on `work`; where nothing splits, every pair whose ranges overlap (`_sweep`)."""
+    """The pairs of `cluster` to check now. Modulo the stride most of its views step by
+    (`_common_step`), the views whose bytes lie in a short arc of residues (`_arc`) are split
+    into parts whose arcs meet, queued on `work`; the others (`wild`: a whole matrix beside its
+    columns) are paired with every view. Where the parts do not split, the views of longer
+    arcs than most are made wild, and where all are alike, the pairs whose arcs meet are
+    taken (`_arc_pairs`). Without such a stride, every pair whose ranges overlap (`_sweep`)."""
     modulus = _common_step([order[i] for i in cluster])
-    tame = [i for i in cluster if modulus and _arc(order[i], modulus) < modulus]
-    parts = _residue_parts(order, tame, modulus) if len(tame) > 1 else []
-    if len(parts) < 2 and len(tame) in (0, 1, len(cluster)):
+    arcs = {i: _arc(order[i], modulus) for i in cluster} if modulus else {}
+    tame = [i for i in cluster if modulus and arcs[i] < modulus]
+    if len(tame) < 2:
         yield from _sweep(order, cluster)
         return
+    parts = _residue_parts(order, tame, modulus, arcs)
+    if len(parts) == 1 and len(tame) == len(cluster):
+        tame = _typical(tame, arcs)
+        if len(tame) == len(cluster):
+            yield from _arc_pairs(order, cluster, modulus, arcs)
+            return
+        parts = [tame]
     work.extend(parts)
     yield from _wild_pairs(order, cluster, set(tame))
 
@@ -245,25 +255,56 @@ def _common_step(views: list[_Span]) -> int:
 
 def _arc(v: _Span, modulus: int) -> int:
     """How many consecutive residues modulo `modulus` hold `v`'s bytes, from `v.start`'s: its
-    element and the reach of the dimensions whose stride `modulus` does not divide."""
+    element and the reach of the dimensions whose stride `modulus` does not divide (strides
+    are never negative). Two views whose arcs do not meet share no byte."""
     inner = sum((n - 1) * s for n, s in zip(v.shape, v.strides, strict=True) if s % modulus)
     return inner + v.itemsize
 
 
-def _residue_parts(order: list[_Span], tame: list[int], modulus: int) -> list[list[int]]:
-    """`tame` (views whose bytes lie in an arc of residues modulo `modulus` shorter than it)
-    in parts whose arcs meet, circularly: views of different parts share no byte. Each part
-    ascending, as `order` is."""
-    arcs = sorted((order[i].start % modulus, i) for i in tame)
+def _typical(group: list[int], arcs: dict[int, int]) -> list[int]:
+    """The views of `group` whose arc is no longer than the most common one's."""
+    common = Counter(arcs[i] for i in group).most_common(1)[0][0]
+    return [i for i in group if arcs[i] <= common]
+
+
+def _residue_parts(
+    order: list[_Span], tame: list[int], modulus: int, arcs: dict[int, int]
+) -> list[list[int]]:
+    """`tame` (views whose arc of residues modulo `modulus` is shorter than it) in parts whose
+    arcs meet, circularly: views of different parts share no byte. Each part ascending, as
+    `order` is."""
     parts: list[_Part] = []
-    for r, i in arcs:
-        end = r + _arc(order[i], modulus)
+    for r, i in sorted((order[i].start % modulus, i) for i in tame):
+        end = r + arcs[i]
         if parts and r < parts[-1].reach:
             parts[-1].reach = max(parts[-1].reach, end)
             parts[-1].members.append(i)
         else:
             parts.append(_Part(r, end, [i]))
     return [sorted(p.members) for p in _join_wrapped(parts, modulus)]
+
+
+def _arc_pairs(
+    order: list[_Span], group: list[int], modulus: int, arcs: dict[int, int]
+) -> Iterator[tuple[int, int]]:
+    """Each pair of `group` whose arcs of residues meet (circularly) and whose byte ranges
+    overlap, found by a sweep over the arcs (one that wraps is swept again from below 0)."""
+    events = []
+    for i in group:
+        r = order[i].start % modulus
+        events.append((r, r + arcs[i], i))
+        if r + arcs[i] > modulus:
+            events.append((r - modulus, r + arcs[i] - modulus, i))
+    events.sort()
+    active: list[tuple[int, int]] = []
+    seen: set[tuple[int, int]] = set()
+    for r, end, j in events:
+        active = [(e, i) for e, i in active if e > r]
+        for pair in {(min(i, j), max(i, j)) for _, i in active if i != j} - seen:
+            seen.add(pair)
+            if order[pair[0]].end > order[pair[1]].start:
+                yield pair
+        active.append((end, j))
 
 
 @dataclass
