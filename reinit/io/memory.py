@@ -176,8 +176,9 @@ def find_overlaps(tensors: Mapping[str, torch.Tensor]) -> dict[str, dict[str, bo
     then the strides' common divisor (`w[:, ::2]` and `w[:, 1::2]` of an even width), then a
     view that covers its whole range, and only then a mask of the two views' cells. Only the
     pairs `_pairs_to_check` leaves are compared, so that many views of one matrix (its columns)
-    cost about n log n, not n^2. Nothing reads the tensors' values; meta and empty tensors hold
-    no memory."""
+    cost about n log n, not n^2; a pair it proves apart by residues is apart even where the
+    solver and the mask would give up (blocks of columns). Nothing reads the tensors' values;
+    meta and empty tensors hold no memory."""
     order = sorted(_distinct_spans(tensors), key=lambda v: (v.device, v.start))
     found: dict[str, dict[str, bool]] = {}
     for i, j in _pairs_to_check(order):
@@ -196,7 +197,7 @@ def _pairs_to_check(order: list[_Span]) -> Iterator[tuple[int, int]]:
     may meet: every pair whose byte ranges overlap, less those that lie in disjoint residues
     modulo a stride both step by (`_residue_parts`: a matrix's columns, a buffer's interleaved
     strided views), which share no byte. Range clusters and residue parts are split in turn
-    until neither splits; within what is left, each pair whose ranges overlap."""
+    until neither splits (`_split_or_sweep`)."""
     work = [list(range(len(order)))]
     while work:
         for cluster in _range_clusters(order, work.pop()):
@@ -225,10 +226,10 @@ def _split_or_sweep(
 ) -> Iterator[tuple[int, int]]:
     """The pairs of `cluster` to check now. Modulo the stride most of its views step by
     (`_common_step`), the views whose bytes lie in a short arc of residues (`_arc`) are split
-    into parts whose arcs meet, queued on `work`; the others (`wild`: a whole matrix beside its
-    columns) are paired with every view. Where the parts do not split, the views of longer
-    arcs than most are made wild, and where all are alike, the pairs whose arcs meet are
-    taken (`_arc_pairs`). Without such a stride, every pair whose ranges overlap (`_sweep`)."""
+    into parts whose arcs meet, queued on `work`; the others (a whole matrix beside its columns)
+    are paired with every view. Where the parts do not split, the views of longer arcs than
+    most are paired so, and where all are alike, the pairs whose arcs meet are taken
+    (`_arc_pairs`). Without such a stride, every pair whose ranges overlap (`_sweep`)."""
     modulus = _common_step([order[i] for i in cluster])
     arcs = {i: _arc(order[i], modulus) for i in cluster} if modulus else {}
     tame = [i for i in cluster if modulus and arcs[i] < modulus]
