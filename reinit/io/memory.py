@@ -9,7 +9,8 @@ layout they report."""
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping
+from collections import Counter
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,23 +174,184 @@ def find_overlaps(tensors: Mapping[str, torch.Tensor]) -> dict[str, dict[str, bo
 
     Exact for strided views: byte ranges first (disjoint slices of a flat buffer end here),
     then the strides' common divisor (`w[:, ::2]` and `w[:, 1::2]` of an even width), then a
-    view that covers its whole range, and only then a mask of the two views' cells. Nothing
-    reads the tensors' values; meta and empty tensors hold no memory."""
-    spans = _distinct_spans(tensors)
+    view that covers its whole range, and only then a mask of the two views' cells. Only the
+    pairs `_pairs_to_check` leaves are compared, so that many views of one matrix (its columns)
+    cost about n log n, not n^2; a pair it proves apart by residues is apart even where the
+    solver and the mask would give up (blocks of columns). Nothing reads the tensors' values;
+    meta and empty tensors hold no memory."""
+    order = sorted(_distinct_spans(tensors), key=lambda v: (v.device, v.start))
     found: dict[str, dict[str, bool]] = {}
-    active: list[_Span] = []
-    for span in sorted(spans, key=lambda v: (v.device, v.start)):
-        active = [a for a in active if a.device == span.device and a.end > span.start]
-        for a in active:
-            verdict = _overlap(a, span)
-            if verdict is not None:
-                _note_pair(found, a.names, span.names, verdict)
-        active.append(span)
+    for i, j in _pairs_to_check(order):
+        verdict = _overlap(order[i], order[j])
+        if verdict is not None:
+            _note_pair(found, order[i].names, order[j].names, verdict)
     pos = {n: i for i, n in enumerate(tensors)}
     return {
         n: dict(sorted(found[n].items(), key=lambda kv: pos[kv[0]]))
         for n in sorted(found, key=pos.__getitem__)
     }
+
+
+def _pairs_to_check(order: list[_Span]) -> Iterator[tuple[int, int]]:
+    """Pairs `(i, j)`, `i < j`, of `order` (views sorted by device and first byte) whose bytes
+    may meet: every pair whose byte ranges overlap, less those that lie in disjoint residues
+    modulo a stride both step by (`_residue_parts`: a matrix's columns, a buffer's interleaved
+    strided views), which share no byte. Range clusters and residue parts are split in turn
+    until neither splits (`_split_or_sweep`)."""
+    work = [list(range(len(order)))]
+    while work:
+        for cluster in _range_clusters(order, work.pop()):
+            if len(cluster) > 1:
+                yield from _split_or_sweep(order, cluster, work)
+
+
+def _range_clusters(order: list[_Span], group: list[int]) -> Iterator[list[int]]:
+    """`group` (ascending indices of `order`) in runs whose byte ranges chain together on one
+    device: no view of one run shares a byte with a view of another."""
+    cluster: list[int] = []
+    reach = 0
+    for i in group:
+        v = order[i]
+        if cluster and (v.device != order[cluster[0]].device or v.start >= reach):
+            yield cluster
+            cluster = []
+        reach = max(reach, v.end) if cluster else v.end
+        cluster.append(i)
+    if cluster:
+        yield cluster
+
+
+def _split_or_sweep(
+    order: list[_Span], cluster: list[int], work: list[list[int]]
+) -> Iterator[tuple[int, int]]:
+    """The pairs of `cluster` to check now. Modulo the stride most of its views step by
+    (`_common_step`), the views whose bytes lie in a short arc of residues (`_arc`) are split
+    into parts whose arcs meet, queued on `work`; the others (a whole matrix beside its columns)
+    are paired with every view. Where the parts do not split, the views of longer arcs than
+    most are paired so, and where all are alike, the pairs whose arcs meet are taken
+    (`_arc_pairs`). Without such a stride, every pair whose ranges overlap (`_sweep`)."""
+    modulus = _common_step([order[i] for i in cluster])
+    arcs = {i: _arc(order[i], modulus) for i in cluster} if modulus else {}
+    tame = [i for i in cluster if modulus and arcs[i] < modulus]
+    if len(tame) < 2:
+        yield from _sweep(order, cluster)
+        return
+    parts = _residue_parts(order, tame, modulus, arcs)
+    if len(parts) == 1 and len(tame) == len(cluster):
+        tame = _typical(tame, arcs)
+        if len(tame) == len(cluster):
+            yield from _arc_pairs(order, cluster, modulus, arcs)
+            return
+        parts = [tame]
+    work.extend(parts)
+    yield from _wild_pairs(order, cluster, set(tame))
+
+
+def _common_step(views: list[_Span]) -> int:
+    """The most common largest byte stride of `views` (0 when none moves): the modulus most
+    of them may be told apart by (a matrix's row stride for its columns)."""
+    counts = Counter(m for m in (max(v.steps(), default=0) for v in views) if m)
+    return counts.most_common(1)[0][0] if counts else 0
+
+
+def _arc(v: _Span, modulus: int) -> int:
+    """How many consecutive residues modulo `modulus` hold `v`'s bytes, from `v.start`'s: its
+    element and the reach of the dimensions whose stride `modulus` does not divide (strides
+    are never negative). Two views whose arcs do not meet share no byte."""
+    inner = sum((n - 1) * s for n, s in zip(v.shape, v.strides, strict=True) if s % modulus)
+    return inner + v.itemsize
+
+
+def _typical(group: list[int], arcs: dict[int, int]) -> list[int]:
+    """The views of `group` whose arc is no longer than the most common one's."""
+    common = Counter(arcs[i] for i in group).most_common(1)[0][0]
+    return [i for i in group if arcs[i] <= common]
+
+
+def _residue_parts(
+    order: list[_Span], tame: list[int], modulus: int, arcs: dict[int, int]
+) -> list[list[int]]:
+    """`tame` (views whose arc of residues modulo `modulus` is shorter than it) in parts whose
+    arcs meet, circularly: views of different parts share no byte. Each part ascending, as
+    `order` is."""
+    parts: list[_Part] = []
+    for r, i in sorted((order[i].start % modulus, i) for i in tame):
+        end = r + arcs[i]
+        if parts and r < parts[-1].reach:
+            parts[-1].reach = max(parts[-1].reach, end)
+            parts[-1].members.append(i)
+        else:
+            parts.append(_Part(r, end, [i]))
+    return [sorted(p.members) for p in _join_wrapped(parts, modulus)]
+
+
+def _arc_pairs(
+    order: list[_Span], group: list[int], modulus: int, arcs: dict[int, int]
+) -> Iterator[tuple[int, int]]:
+    """Each pair of `group` whose arcs of residues meet (circularly) and whose byte ranges
+    overlap, found by a sweep over the arcs (one that wraps is swept again from below 0)."""
+    events = []
+    for i in group:
+        r = order[i].start % modulus
+        events.append((r, r + arcs[i], i))
+        if r + arcs[i] > modulus:
+            events.append((r - modulus, r + arcs[i] - modulus, i))
+    events.sort()
+    active: list[tuple[int, int]] = []
+    seen: set[tuple[int, int]] = set()
+    for r, end, j in events:
+        active = [(e, i) for e, i in active if e > r]
+        for pair in {(min(i, j), max(i, j)) for _, i in active if i != j} - seen:
+            seen.add(pair)
+            if order[pair[0]].end > order[pair[1]].start:
+                yield pair
+        active.append((end, j))
+
+
+@dataclass
+class _Part:
+    """Views whose residue arcs meet: from residue `first` up to `reach` (which may pass the
+    modulus: the arc wraps round to the first residues)."""
+
+    first: int
+    reach: int
+    members: list[int]
+
+
+def _join_wrapped(parts: list[_Part], modulus: int) -> list[_Part]:
+    """`parts` (in order of first residue) with the first ones that the last one's wrapped arc
+    reaches joined into it."""
+    head = 0
+    while head < len(parts) - 1 and parts[head].first < parts[-1].reach - modulus:
+        last = parts[-1]
+        last.reach = max(last.reach, parts[head].reach + modulus)
+        last.members.extend(parts[head].members)
+        head += 1
+    return parts[head:]
+
+
+def _sweep(order: list[_Span], cluster: list[int]) -> Iterator[tuple[int, int]]:
+    """Each pair of `cluster` (ascending, one device) whose byte ranges overlap."""
+    active: list[int] = []
+    for j in cluster:
+        start = order[j].start
+        active = [i for i in active if order[i].end > start]
+        yield from ((i, j) for i in active)
+        active.append(j)
+
+
+def _wild_pairs(
+    order: list[_Span], cluster: list[int], tame: set[int]
+) -> Iterator[tuple[int, int]]:
+    """Each pair of `cluster` with a view not in `tame` whose byte ranges overlap."""
+    for i in cluster:
+        if i in tame:
+            continue
+        for j in cluster:
+            if j != i and (j in tame or j > i):
+                a, b = min(i, j), max(i, j)
+                if order[a].end > order[b].start:
+                    yield a, b
 
 
 def _note_pair(
