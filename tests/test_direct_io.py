@@ -432,3 +432,27 @@ def test_a_run_that_only_copies_writes_in_order(tmp_path, monkeypatch):
     got = load_file(tmp_path / "o.safetensors")
     assert torch.equal(got["a.weight"], torch.ones(3000, 2000))
     assert torch.equal(got["c.weight"], torch.full((2000, 1000), 2.0))
+
+
+def test_a_source_not_in_the_page_cache_is_written_in_order(tmp_path, monkeypatch):
+    """The kept tensors of a source whose pages are not cached (dropped here with
+    POSIX_FADV_DONTNEED) are left to the in-order stream: reading them ahead would compete for
+    the disk with the reads the stream waits on. The output is the same either way."""
+    if not takes_direct(tmp_path) or not hasattr(os, "RWF_NOWAIT"):
+        pytest.skip("needs O_DIRECT and RWF_NOWAIT")
+    src = tmp_path / "m.safetensors"
+    save_file({"a.weight": torch.ones(3000, 2000), "b.weight": torch.ones(1000, 1000)}, src)
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    seen = _recorded_pwrites(monkeypatch)
+    reinit.apply(src, ["b.weight=zeros"], tmp_path / "cold.safetensors")
+    assert seen and not [t for t, _, _ in seen if t.startswith("reinit-prefill")]
+    seen.clear()
+    reinit.apply(src, ["b.weight=zeros"], tmp_path / "warm.safetensors")  # now cached
+    assert [t for t, _, _ in seen if t.startswith("reinit-prefill")]
+    cold, warm = tmp_path / "cold.safetensors", tmp_path / "warm.safetensors"
+    assert cold.read_bytes() == warm.read_bytes()
