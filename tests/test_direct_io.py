@@ -456,3 +456,46 @@ def test_a_source_not_in_the_page_cache_is_written_in_order(tmp_path, monkeypatc
     assert [t for t, _, _ in seen if t.startswith("reinit-prefill")]
     cold, warm = tmp_path / "cold.safetensors", tmp_path / "warm.safetensors"
     assert cold.read_bytes() == warm.read_bytes()
+
+
+def test_an_interrupt_as_the_prefill_starts_leaves_no_thread_and_no_descriptor(
+    tmp_path, monkeypatch
+):
+    """A Ctrl-C landing right as the prefill thread has started (its descriptor open, its
+    thread running, not yet the writer's to close): the writer still stops it and closes its
+    descriptor; `reinit.apply` raises KeyboardInterrupt and leaves nothing behind."""
+    if not takes_direct(tmp_path):
+        pytest.skip("tmp_path's file system refuses O_DIRECT")
+    import signal
+
+    from reinit.io import writer
+
+    src = tmp_path / "m.safetensors"
+    save_file({"a.weight": torch.ones(3000, 2000), "b.weight": torch.ones(1000, 1000)}, src)
+    src.read_bytes()  # in the page cache: the prefill is used
+    release = threading.Event()
+    real_fill = writer._fill_window
+
+    def held_fill(*args):
+        release.wait(10)  # the thread is still writing when the signal lands
+        return real_fill(*args)
+
+    class Signalled(writer._Prefill):
+        def __init__(self, *args):
+            super().__init__(*args)
+            signal.raise_signal(signal.SIGINT)  # the signal lands as the thread has started
+
+    monkeypatch.setattr(writer, "_fill_window", held_fill)
+    monkeypatch.setattr(writer, "_Prefill", Signalled)
+    before = set(os.listdir("/proc/self/fd"))
+    timer = threading.Timer(0.5, release.set)
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            reinit.apply(src, ["b.weight=zeros"], tmp_path / "o.safetensors")
+    finally:
+        timer.cancel()
+        release.set()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("reinit-")]
+    assert set(os.listdir("/proc/self/fd")) <= before

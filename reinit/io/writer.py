@@ -547,10 +547,13 @@ class SafetensorsWriter:
         runs = prefill_plan(self.offsets, known, len(self.header))
         if not runs or not source_cached(runs):
             return
-        try:
-            self._prefill = _Prefill(self._fd, runs)
-        except OSError:
-            return
+        # signals held: a Ctrl-C landing once its descriptor is open and its thread started,
+        # but before it is ours, would leave both running past the run (`_close` stops it)
+        with signals_deferred():
+            try:
+                self._prefill = _Prefill(self._fd, runs)
+            except OSError:
+                return
         direct.covered = self._prefill.covered
 
     def _staged(self) -> _DirectFile | None:
