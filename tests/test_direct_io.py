@@ -499,3 +499,31 @@ def test_an_interrupt_as_the_prefill_starts_leaves_no_thread_and_no_descriptor(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
     assert not [t.name for t in threading.enumerate() if t.name.startswith("reinit-")]
     assert set(os.listdir("/proc/self/fd")) <= before
+
+
+@pytest.mark.parametrize("ahead", [False, True], ids=["in-order", "prefill"])
+def test_a_source_truncated_during_the_copy_is_named_not_the_output(tmp_path, monkeypatch, ahead):
+    """The source shrinks after the writer started (another program rewrote it): the copy of
+    its bytes (by the in-order stream, or read ahead by the prefill) fails as the source's
+    `CheckpointError` naming that file and saying it was truncated, not as the output's "cannot
+    write" (its disk is not at fault); the writer leaves no thread behind."""
+    if not takes_direct(tmp_path):
+        pytest.skip("tmp_path's file system refuses O_DIRECT")
+    src = tmp_path / "src.bin"
+    n = 3 * DIRECT_STAGE
+    src.write_bytes(bytes(range(256)) * (n // 256))
+    src.read_bytes()  # in the page cache: the prefill is used
+    out = tmp_path / "out.safetensors"
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        with pytest.raises(
+            reinit.CheckpointError, match=r"src\.bin: unexpected end of file.*trunc"
+        ):
+            known = {"t": (fd, 0)} if ahead else None
+            with SafetensorsWriter(out, [("t", "uint8", (n,))], known=known) as w:
+                os.truncate(src, n // 2)
+                w.copy_part("t", fd, 0, n)
+                w.end_tensor("t")
+    finally:
+        os.close(fd)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("reinit-")]

@@ -27,7 +27,7 @@ from typing import BinaryIO
 
 import torch
 
-from reinit.errors import WriteError
+from reinit.errors import CheckpointError, WriteError
 from reinit.io.formats import build_header
 from reinit.io.renameat import RENAME_EXCHANGE, renameat2
 from reinit.io.signals import result_held, signals_deferred
@@ -60,6 +60,28 @@ def write_error(path: str, e: OSError) -> WriteError:
     else:
         why = e.strerror or str(e)
     return WriteError(f"{path}: cannot write: {why}")
+
+
+class _SourceEnded(OSError):
+    """A source file held fewer bytes than the tensors copied from it: it was truncated (or
+    replaced) while the run read it. `fd` is its descriptor (which names the file)."""
+
+    def __init__(self, fd: int):
+        super().__init__(errno.EIO, "source ended early during copy")
+        self.fd = fd
+
+
+def _source_ended_error(e: _SourceEnded) -> CheckpointError:
+    """The one-line error for a source that ended early while its bytes were copied: it names
+    the source (by its descriptor), not the output, whose disk is not at fault."""
+    try:
+        name = os.readlink(f"/proc/self/fd/{e.fd}")
+    except OSError:
+        name = "a source file"
+    return CheckpointError(
+        f"{name}: unexpected end of file while its tensors were copied; the file was "
+        "truncated or replaced during the run, run it again once the file is complete"
+    )
 
 
 WRITEBACK_BYTES = 64 << 20
@@ -281,7 +303,7 @@ def _pread_all(fd: int, view: memoryview, at: int) -> None:
     while done < len(view):
         n = os.preadv(fd, [view[done:]], at + done)
         if n == 0:
-            raise OSError(errno.EIO, "source ended early during copy")
+            raise _SourceEnded(fd)
         done += n
 
 
@@ -619,6 +641,8 @@ class SafetensorsWriter:
             self._start_writeback()
             if self._prefill is not None:
                 self._prefill.check()
+        except _SourceEnded as e:  # the prefill's read of a source that shrank
+            raise _source_ended_error(e) from None
         except OSError as e:
             raise write_error(self.path, e) from None
 
@@ -635,6 +659,8 @@ class SafetensorsWriter:
                 copy_file_span(src_fd, offset, self._fd, nbytes)
             if self._prefill is not None:
                 self._prefill.check()
+        except _SourceEnded as e:
+            raise _source_ended_error(e) from None
         except OSError as e:
             raise write_error(self.path, e) from None
         self.bytes_written += nbytes
@@ -683,6 +709,8 @@ class SafetensorsWriter:
                     if self._prefill is not None:
                         self._prefill.wait()
                     os.fsync(self._fd)
+                except _SourceEnded as e:
+                    raise _source_ended_error(e) from None
                 except OSError as e:
                     raise write_error(self.path, e) from None
         finally:
@@ -767,7 +795,7 @@ def copy_file_span(src_fd: int, offset: int, dst_fd: int, nbytes: int) -> None:
             while view:
                 view = view[os.write(dst_fd, view) :]
         if n == 0:
-            raise OSError(errno.EIO, "source ended early during copy")
+            raise _SourceEnded(src_fd)
         pos += n
         remaining -= n
 
