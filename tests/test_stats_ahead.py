@@ -9,6 +9,7 @@ Internal: also tests reinit.run.ahead, reinit.io.checkpoint and reinit.report.st
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -322,3 +323,30 @@ def test_a_checkpoint_of_many_small_tensors_still_uses_the_worker(tmp_path, forc
     for doc in (shared, alone):
         doc["summary"].pop("seconds")
     assert shared == alone
+
+
+def test_an_interrupt_as_the_worker_starts_stops_and_reaps_it(src, forced, monkeypatch):
+    """A Ctrl-C landing as the worker process has just started (before the block holds it):
+    the interrupt goes on, and the worker is still killed and reaped, not left running."""
+    import signal
+
+    pids: list[int] = []
+
+    class Signalled(ahead.StatsAhead):
+        def __init__(self, *args):
+            super().__init__(*args)
+            pids.append(self.proc.pid)
+            signal.raise_signal(signal.SIGINT)  # lands as the process has started
+
+    monkeypatch.setattr(ahead, "StatsAhead", Signalled)
+    try:
+        with pytest.raises(KeyboardInterrupt), ahead.stats_ahead(src):
+            pass
+        assert pids
+        with pytest.raises(ChildProcessError):  # reaped: no such child any more
+            os.waitpid(pids[0], os.WNOHANG)
+    finally:
+        for pid in pids:  # the old code's leftover, so the suite does not keep it
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)

@@ -310,15 +310,17 @@ def started(
     if path is None:
         yield None
         return
+    worker: StatsAhead | None = None
     try:
-        worker = StatsAhead(path, lead_bytes() if lead is None else lead, from_byte)
-    except OSError:
-        yield None
-        return
-    try:
+        # signals held while it starts: a Ctrl-C landing once the process runs but before
+        # `worker` holds it would leave it unstopped and unreaped (raised below, inside the
+        # `try`, so it is closed)
+        with signals_deferred(), contextlib.suppress(OSError):
+            worker = StatsAhead(path, lead_bytes() if lead is None else lead, from_byte)
         yield worker
     finally:
-        worker.close()
+        if worker is not None:
+            worker.close()
 
 
 @contextlib.contextmanager
