@@ -18,7 +18,7 @@ import shutil
 import threading
 import uuid
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from pathlib import Path
@@ -161,35 +161,47 @@ def prefill_plan(
     the file. A run's first and last partial blocks are left to the in-order stream, which also
     writes every other tensor."""
     runs: list[PrefillRun] = []
+    for i, j in _known_runs(known):
+        lo = -(-(base + offsets[i][0]) // DIRECT_ALIGN) * DIRECT_ALIGN
+        hi = (base + offsets[j][1]) // DIRECT_ALIGN * DIRECT_ALIGN
+        if lo < hi:
+            spans = [
+                (base + offsets[k][0], base + offsets[k][1], known[k]) for k in range(i, j + 1)
+            ]
+            runs.append((lo, hi, _segments(spans, lo, hi)))
+    return runs
+
+
+def _known_runs(known: Sequence[tuple[int, int] | None]) -> Iterator[tuple[int, int]]:
+    """`(first, last)` indices of each run of consecutive entries that are not None."""
     i = 0
-    while i < len(offsets):
+    while i < len(known):
         if known[i] is None:
             i += 1
             continue
         j = i
-        while j + 1 < len(offsets) and known[j + 1] is not None:
+        while j + 1 < len(known) and known[j + 1] is not None:
             j += 1
-        lo = -(-(base + offsets[i][0]) // DIRECT_ALIGN) * DIRECT_ALIGN
-        hi = (base + offsets[j][1]) // DIRECT_ALIGN * DIRECT_ALIGN
-        segments: list[tuple[int, int, int, int]] = []
-        for k in range(i, j + 1):
-            a, b = max(lo, base + offsets[k][0]), min(hi, base + offsets[k][1])
-            fd_at = known[k]
-            if a < b and fd_at is not None:
-                src_at = fd_at[1] + a - base - offsets[k][0]
-                last = segments[-1] if segments else None
-                if (
-                    last is not None
-                    and last[2] == fd_at[0]
-                    and last[3] + last[1] - last[0] == src_at
-                ):
-                    segments[-1] = (last[0], b, last[2], last[3])  # the next bytes of the source
-                else:
-                    segments.append((a, b, fd_at[0], src_at))
-        if lo < hi:
-            runs.append((lo, hi, segments))
+        yield i, j
         i = j + 1
-    return runs
+
+
+def _segments(
+    spans: Sequence[tuple[int, int, tuple[int, int] | None]], lo: int, hi: int
+) -> list[tuple[int, int, int, int]]:
+    """The source pieces that fill `[lo, hi)`: each tensor's `(start, end, (fd, offset))` cut
+    to it, one piece where a tensor's bytes follow the previous one's in the same file."""
+    out: list[tuple[int, int, int, int]] = []
+    for start, end, fd_at in spans:
+        a, b = max(lo, start), min(hi, end)
+        if a >= b or fd_at is None:
+            continue
+        fd, src_at = fd_at[0], fd_at[1] + a - start
+        if out and out[-1][2] == fd and out[-1][3] + out[-1][1] - out[-1][0] == src_at:
+            out[-1] = (out[-1][0], b, fd, out[-1][3])  # the next bytes of the same source
+        else:
+            out.append((a, b, fd, src_at))
+    return out
 
 
 class _Prefill:
