@@ -338,6 +338,24 @@ def test_a_prefill_refused_direct_io_writes_the_ordinary_way(tmp_path, source, m
     assert all(f & O_DIRECT for f in flags)
 
 
+def _interrupted_run_leaves_nothing(tmp_path: Path, src: Path, release: threading.Event) -> None:
+    """`reinit.apply` of `src` raises KeyboardInterrupt (the caller's patches see to it) while
+    the prefill thread is held until `release` (set after 0.5 s at the latest): after it,
+    nothing beside the source, no reinit thread, no descriptor left open."""
+    before = set(os.listdir("/proc/self/fd"))
+    timer = threading.Timer(0.5, release.set)
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            reinit.apply(src, ["b.weight=zeros"], tmp_path / "o.safetensors")
+    finally:
+        timer.cancel()
+        release.set()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("reinit-")]
+    assert set(os.listdir("/proc/self/fd")) <= before
+
+
 def test_an_interrupt_while_the_prefill_writes_leaves_no_thread_and_no_file(tmp_path, monkeypatch):
     """A Ctrl-C in the in-order stream while the prefill thread still writes (held on its
     first block here): `reinit.apply` removes its temporary and leaves no thread and no
@@ -362,18 +380,7 @@ def test_an_interrupt_while_the_prefill_writes_leaves_no_thread_and_no_file(tmp_
 
     monkeypatch.setattr(writer, "_fill_window", slow_fill)
     monkeypatch.setattr(writer.SafetensorsWriter, "write_part", interrupted)
-    before = set(os.listdir("/proc/self/fd"))
-    timer = threading.Timer(0.5, release.set)
-    timer.start()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            reinit.apply(src, ["b.weight=zeros"], tmp_path / "o.safetensors")
-    finally:
-        timer.cancel()
-        release.set()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
-    assert not [t.name for t in threading.enumerate() if t.name.startswith("reinit-")]
-    assert set(os.listdir("/proc/self/fd")) <= before
+    _interrupted_run_leaves_nothing(tmp_path, src, release)
 
 
 def test_a_full_disk_met_by_the_prefill_leaves_nothing(tmp_path, monkeypatch):
@@ -487,18 +494,7 @@ def test_an_interrupt_as_the_prefill_starts_leaves_no_thread_and_no_descriptor(
 
     monkeypatch.setattr(writer, "_fill_window", held_fill)
     monkeypatch.setattr(writer, "_Prefill", Signalled)
-    before = set(os.listdir("/proc/self/fd"))
-    timer = threading.Timer(0.5, release.set)
-    timer.start()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            reinit.apply(src, ["b.weight=zeros"], tmp_path / "o.safetensors")
-    finally:
-        timer.cancel()
-        release.set()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
-    assert not [t.name for t in threading.enumerate() if t.name.startswith("reinit-")]
-    assert set(os.listdir("/proc/self/fd")) <= before
+    _interrupted_run_leaves_nothing(tmp_path, src, release)
 
 
 @pytest.mark.parametrize("ahead", [False, True], ids=["in-order", "prefill"])

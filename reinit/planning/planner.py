@@ -28,7 +28,6 @@ __all__ = [
     "TensorLike",
     "action_changes",
     "check_model_needs",
-    "is_integer_dtype",
     "last_match",
     "plan",
     "type_hint",
@@ -114,11 +113,6 @@ class Plan:
     @property
     def skipped(self) -> tuple[PlanEntry, ...]:
         return tuple(e for e in self.entries if e.action == "skipped")
-
-
-def is_integer_dtype(dtype: torch.dtype) -> bool:
-    """Integer and bool tensors (token ids, counters, masks) are never re-initialized."""
-    return not (dtype.is_floating_point or dtype.is_complex)
 
 
 def why_cannot_take(rule: Rule, shape: tuple[int, ...], dtype: str) -> str | None:

@@ -225,7 +225,7 @@ class Applier:
     ) -> Iterator[Piece]:
         """Pieces that reproduce `name`'s bytes of `ck` exactly: spans for the writer to copy
         kernel-side when the bytes lie in a file, else the chunks themselves."""
-        span = ck.span(name) if KERNEL_COPY and self.spans and not READ_ONCE else None
+        span = ck.span(name) if self._span_copies() else None
         pos = 0
         for chunk in chunks:
             _count(acc, chunk, dtype)
@@ -270,7 +270,7 @@ class Applier:
         """The entries whose source statistics the stats worker (`run.ahead`) gives: bytes
         that lie in one of its files as they are, copied kernel-side (no --dtype, no hash)."""
         worker = ahead.current()
-        if worker is None or not (KERNEL_COPY and self.spans and not READ_ONCE):
+        if worker is None or not self._span_copies():
             return set()
         out = set()
         for p in entries:
@@ -281,6 +281,11 @@ class Applier:
                 out.add(p.name)
         return out
 
+    def _span_copies(self) -> bool:
+        """Whether bytes that lie in a file as they are reach the output as file spans (the
+        writer copies them) rather than as the chunks read here."""
+        return KERNEL_COPY and self.spans and not READ_ONCE
+
     def known_bytes(self, entries: Iterable[PlanEntry]) -> dict[str, tuple[int, int]]:
         """The kept entries whose output bytes lie in the source file as they are, `(fd,
         offset)` by name: those the stream copies as file spans (`_kept_pieces`). The writer
@@ -289,7 +294,7 @@ class Applier:
         no torch, its stream writes from the start, and handing those copies to the writer's
         one prefill thread measured slower (the bench's full transplant, 6 interleaved runs:
         median 2.52 s against 2.35 s; docs/bench/round3.md)."""
-        if not (KERNEL_COPY and self.spans and not READ_ONCE):
+        if not self._span_copies():
             return {}
         out = {}
         for p in entries:

@@ -90,7 +90,7 @@ def is_float_name(name: str) -> bool:
 
 
 # `torch.finfo(dtype).max` of the floating dtypes safetensors stores, by name: planning checks a
-# scheme's values against it with no torch loaded (tests/test_dtype_names.py holds it to torch's)
+# scheme's values against it with no torch loaded (tests/test_apply_no_torch.py holds it to torch's)
 _FLOAT_MAX: dict[str, float] = {
     "float64": 1.7976931348623157e308,
     "float32": 3.4028234663852886e38,
